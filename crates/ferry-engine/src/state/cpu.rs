@@ -1,0 +1,208 @@
+//! Registers: general purpose (with fs/gs base) and the full XSAVE area, plus the syscall
+//! restart rules for a thread frozen inside a blocking system call.
+
+use crate::error::{Ctx, Error};
+use ferry_image::{Regs, Thread};
+use ferry_sys::consts::*;
+use ferry_sys::{ptrace, UserRegs};
+
+const NR_RESTART_SYSCALL: u64 = 219;
+
+/// How a thread frozen in a syscall must continue. The kernel would sort this out when the
+/// thread leaves the stop; a restored thread never goes through that path (its `orig_rax` is
+/// -1), so ferry applies the same rules as arch/x86/kernel/signal.c with no handler to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    /// Not in a syscall, or the syscall already finished: resume as is.
+    None,
+    /// Re-execute the syscall (ERESTARTSYS/ERESTARTNOINTR/ERESTARTNOHAND).
+    Again,
+    /// The kernel's restart block (nanosleep, poll with timeout ...): only usable by the same
+    /// task; a restored task gets EINTR instead, as if a signal handler had run.
+    Block,
+}
+
+/// Classify the registers of a thread frozen by ptrace.
+pub fn restart_kind(r: &UserRegs) -> Restart {
+    if (r.orig_rax as i64) < 0 {
+        return Restart::None;
+    }
+    match -(r.rax as i64) {
+        ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => Restart::Again,
+        ERESTART_RESTARTBLOCK => Restart::Block,
+        _ => Restart::None,
+    }
+}
+
+/// Registers to resume with: in the image (`same_task == false`) or in the very same task
+/// after `dump -R` (`same_task == true`, where the restart block is still valid).
+pub fn resume_regs(r: &UserRegs, same_task: bool) -> UserRegs {
+    let mut out = *r;
+    match restart_kind(r) {
+        Restart::None => {}
+        Restart::Again => {
+            out.rax = r.orig_rax;
+            out.rip -= 2;
+        }
+        Restart::Block if same_task => {
+            out.rax = NR_RESTART_SYSCALL;
+            out.rip -= 2;
+        }
+        Restart::Block => out.rax = (-(libc::EINTR as i64)) as u64,
+    }
+    out.orig_rax = u64::MAX;
+    out
+}
+
+/// Describe where the thread stopped, for `inspect`.
+pub fn describe(r: &UserRegs) -> String {
+    match restart_kind(r) {
+        Restart::None if (r.orig_rax as i64) >= 0 => format!("after syscall {}", r.orig_rax),
+        Restart::None => "running in user space".into(),
+        Restart::Again => format!("in syscall {} (will be restarted)", r.orig_rax),
+        Restart::Block => format!("in syscall {} (restart block: will return EINTR)", r.orig_rax),
+    }
+}
+
+pub fn regs_to_image(r: &UserRegs) -> Regs {
+    Regs {
+        r15: r.r15,
+        r14: r.r14,
+        r13: r.r13,
+        r12: r.r12,
+        rbp: r.rbp,
+        rbx: r.rbx,
+        r11: r.r11,
+        r10: r.r10,
+        r9: r.r9,
+        r8: r.r8,
+        rax: r.rax,
+        rcx: r.rcx,
+        rdx: r.rdx,
+        rsi: r.rsi,
+        rdi: r.rdi,
+        orig_rax: r.orig_rax,
+        rip: r.rip,
+        cs: r.cs,
+        eflags: r.eflags,
+        rsp: r.rsp,
+        ss: r.ss,
+        fs_base: r.fs_base,
+        gs_base: r.gs_base,
+        ds: r.ds,
+        es: r.es,
+        fs: r.fs,
+        gs: r.gs,
+    }
+}
+
+pub fn regs_from_image(i: &Regs, base: &UserRegs) -> UserRegs {
+    let mut r = *base;
+    r.r15 = i.r15;
+    r.r14 = i.r14;
+    r.r13 = i.r13;
+    r.r12 = i.r12;
+    r.rbp = i.rbp;
+    r.rbx = i.rbx;
+    r.r11 = i.r11;
+    r.r10 = i.r10;
+    r.r9 = i.r9;
+    r.r8 = i.r8;
+    r.rax = i.rax;
+    r.rcx = i.rcx;
+    r.rdx = i.rdx;
+    r.rsi = i.rsi;
+    r.rdi = i.rdi;
+    r.orig_rax = i.orig_rax;
+    r.rip = i.rip;
+    r.cs = i.cs;
+    r.eflags = i.eflags;
+    r.rsp = i.rsp;
+    r.ss = i.ss;
+    r.fs_base = i.fs_base;
+    r.gs_base = i.gs_base;
+    r.ds = i.ds;
+    r.es = i.es;
+    r.fs = i.fs;
+    r.gs = i.gs;
+    r
+}
+
+/// Collect registers and XSAVE state of a frozen thread into `t`. Returns the raw registers.
+pub fn collect(tid: i32, t: &mut Thread) -> Result<UserRegs, Error> {
+    let regs = ptrace::get_regs(tid).ctx(|| format!("pid {tid}: cannot read registers"))?;
+    t.xstate = ptrace::get_xstate(tid).ctx(|| format!("pid {tid}: cannot read the XSAVE state"))?;
+    t.regs = Some(regs_to_image(&resume_regs(&regs, false)));
+    t.stopped_in = describe(&regs);
+    Ok(regs)
+}
+
+/// The XSAVE feature bitmap stored in an XSAVE area (bytes 512..520, XSTATE_BV of the header
+/// is at 512; the kernel's xfeatures mask of the whole area lives in the software-reserved
+/// bytes 464..472 of the legacy area).
+pub fn xstate_features(xstate: &[u8]) -> u64 {
+    if xstate.len() < 472 {
+        return 0;
+    }
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&xstate[464..472]);
+    u64::from_le_bytes(w)
+}
+
+/// Check that this machine can load `img`'s XSAVE area into thread `tid` (a restored child
+/// whose own area tells what this CPU and kernel support).
+pub fn check_compatible(pid: i32, tid: i32, img: &[u8]) -> Result<(), Error> {
+    let here = ptrace::get_xstate(tid).ctx(|| format!("pid {tid}: cannot read the XSAVE state"))?;
+    let (want, have) = (xstate_features(img), xstate_features(&here));
+    if want & !have != 0 || img.len() > here.len() {
+        return Err(Error::Invalid {
+            object: format!("pid {pid}"),
+            what: format!(
+                "the image's CPU state (xfeatures {want:#x}, {} bytes) does not fit this CPU (xfeatures {have:#x}, {} bytes)",
+                img.len(),
+                here.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Load the final registers and XSAVE state; the thread runs them when released.
+pub fn restore(tid: i32, t: &Thread, base: &UserRegs) -> Result<(), Error> {
+    let img = t.regs.as_ref().ok_or_else(|| Error::Invalid { object: format!("thread {tid}"), what: "no registers in image".into() })?;
+    let mut regs = regs_from_image(img, base);
+    regs.orig_rax = u64::MAX;
+    if !t.xstate.is_empty() {
+        ptrace::set_xstate(tid, &t.xstate).ctx(|| format!("pid {tid}: cannot load the XSAVE state"))?;
+    }
+    ptrace::set_regs(tid, &regs).ctx(|| format!("pid {tid}: cannot load registers"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn regs(orig: i64, rax: i64) -> UserRegs {
+        let mut r = ferry_sys::zeroed_regs();
+        r.orig_rax = orig as u64;
+        r.rax = rax as u64;
+        r.rip = 0x1002;
+        r
+    }
+
+    #[test]
+    fn restart_rules() {
+        let r = resume_regs(&regs(0, -ERESTARTSYS), false);
+        assert_eq!((r.rax, r.rip, r.orig_rax), (0, 0x1000, u64::MAX));
+        let r = resume_regs(&regs(34, -ERESTARTNOHAND), false);
+        assert_eq!((r.rax, r.rip), (34, 0x1000));
+        let r = resume_regs(&regs(35, -ERESTART_RESTARTBLOCK), false);
+        assert_eq!((r.rax as i64, r.rip), (-(libc::EINTR as i64), 0x1002));
+        let r = resume_regs(&regs(35, -ERESTART_RESTARTBLOCK), true);
+        assert_eq!((r.rax, r.rip), (NR_RESTART_SYSCALL, 0x1000));
+        let r = resume_regs(&regs(-1, -ERESTARTSYS), false);
+        assert_eq!((r.rax as i64, r.rip), (-ERESTARTSYS, 0x1002));
+        let r = resume_regs(&regs(0, 5), false);
+        assert_eq!((r.rax, r.rip), (5, 0x1002));
+    }
+}

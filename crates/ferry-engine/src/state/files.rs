@@ -1,0 +1,283 @@
+//! The fd table: regular files (offset, flags, FD_CLOEXEC, shared descriptions), directories,
+//! harmless character devices, files deleted while open, pipes, and fds inherited from outside.
+//!
+//! Restore opens every file description in ferry before forking, so a missing file is reported
+//! before any process exists; the forked child only `dup3`s them onto their old numbers.
+
+use crate::error::{Ctx, Error};
+use crate::state::pipes;
+use crate::procfs;
+use ferry_image::{Fd, File, FileKind, ImageWriter, Process};
+use ferry_sys::consts::KCMP_FILE;
+use ferry_sys::process::{kcmp, open_raw};
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+/// Character devices any process may hold that carry no state: (major, minor, path).
+const PLAIN_DEVICES: &[(u32, u32, &str)] = &[
+    (1, 3, "/dev/null"),
+    (1, 5, "/dev/zero"),
+    (1, 7, "/dev/full"),
+    (1, 8, "/dev/random"),
+    (1, 9, "/dev/urandom"),
+];
+
+fn is_tty_major(major: u32) -> bool {
+    matches!(major, 4 | 5 | 136..=143)
+}
+
+/// Name an fd target for an "is not supported" error.
+fn unsupported_kind(link: &str) -> String {
+    if link == "anon_inode:[io_uring]" {
+        return "io_uring".into();
+    }
+    if let Some(rest) = link.strip_prefix("anon_inode:") {
+        return rest.trim_matches(|c| c == '[' || c == ']').to_string();
+    }
+    if link.starts_with("socket:") {
+        return format!("{link} (sockets are not supported yet)").replace(" is not supported", "");
+    }
+    link.to_string()
+}
+
+/// Collect the fd table of `pid` into `p.fds`, `p.files`, `p.pipes`; deleted files' content
+/// goes into ghost files of the image.
+pub fn collect(pid: i32, pidfd: BorrowedFd<'_>, img: &mut ImageWriter, p: &mut Process) -> Result<(), Error> {
+    let dir = procfs::path(pid, "fd");
+    let mut fds: Vec<i32> = std::fs::read_dir(&dir)
+        .ctx(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort_unstable();
+    // Representative fd of each file description, to find dups with kcmp.
+    let mut reps: Vec<(i32, u32)> = Vec::new();
+    let mut pipe_ends: HashMap<u64, (Vec<i32>, Vec<i32>)> = HashMap::new();
+    for fd in fds {
+        let link = procfs::read_link(pid, &format!("fd/{fd}"))?;
+        let info_text = procfs::read_string(pid, &format!("fdinfo/{fd}"))?;
+        let info = procfs::parse(pid, &format!("fdinfo/{fd}"), ferry_proc::parse_fdinfo(&info_text))?;
+        let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
+        let flags = info.flags & !(libc::O_CLOEXEC as u32);
+        let mut shared = None;
+        for (rep, idx) in &reps {
+            if kcmp(pid, pid, KCMP_FILE, *rep as u64, fd as u64).ctx(|| format!("pid {pid} fd {fd}: kcmp"))? == 0 {
+                shared = Some(*idx);
+                break;
+            }
+        }
+        if let Some(idx) = shared {
+            p.fds.push(Fd { fd, cloexec, file: idx });
+            continue;
+        }
+        let unsupported = |what: String| Error::Unsupported { pid, what: format!("fd {fd}: {what}") };
+        let mut file = File { flags, pos: info.pos, describe: link.clone(), ..Default::default() };
+        if let Some(ino) = pipes::pipe_ino(&link) {
+            file.kind = FileKind::Pipe as i32;
+            file.pipe_ino = ino;
+            let ends = pipe_ends.entry(ino).or_default();
+            if flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32 {
+                ends.0.push(fd);
+            } else {
+                ends.1.push(fd);
+            }
+        } else if link.starts_with('/') && !link.starts_with("/memfd:") {
+            let fdpath = procfs::path(pid, &format!("fd/{fd}"));
+            let md = std::fs::metadata(&fdpath).ctx(|| format!("pid {pid} fd {fd}: cannot stat {link}"))?;
+            let ft = md.file_type();
+            file.mode = md.mode();
+            file.size = md.size();
+            let deleted = link.ends_with(" (deleted)") && md.nlink() == 0;
+            file.path = if deleted { link.trim_end_matches(" (deleted)").to_string() } else { link.clone() };
+            if ft.is_file() {
+                file.kind = FileKind::Regular as i32;
+                if deleted {
+                    let content = std::fs::read(&fdpath).ctx(|| format!("pid {pid} fd {fd}: cannot read deleted file {link}"))?;
+                    let name = format!("ghost-{pid}-fd{fd}.img");
+                    img.write_file(&name, &content)?;
+                    file.ghost = name;
+                }
+            } else if ft.is_dir() {
+                if deleted {
+                    return Err(unsupported(format!("deleted directory {link}")));
+                }
+                file.kind = FileKind::Directory as i32;
+            } else if ft.is_char_device() {
+                let (maj, min) = (libc::major(md.rdev()), libc::minor(md.rdev()));
+                if let Some((_, _, path)) = PLAIN_DEVICES.iter().find(|(a, b, _)| (*a, *b) == (maj, min)) {
+                    file.kind = FileKind::CharDevice as i32;
+                    file.path = path.to_string();
+                } else if is_tty_major(maj) && fd <= 2 {
+                    file.kind = FileKind::Inherited as i32;
+                } else if is_tty_major(maj) {
+                    return Err(unsupported(format!("terminal {link} (only fds 0-2 can be inherited; see --shell-job)")));
+                } else {
+                    return Err(unsupported(format!("device {link}")));
+                }
+            } else if ft.is_fifo() {
+                return Err(unsupported(format!("FIFO {link}")));
+            } else {
+                return Err(unsupported(format!("special file {link}")));
+            }
+        } else if fd <= 2 && link.starts_with("socket:") {
+            file.kind = FileKind::Inherited as i32;
+        } else {
+            return Err(unsupported(unsupported_kind(&link)));
+        }
+        let idx = p.files.len() as u32;
+        p.files.push(file);
+        reps.push((fd, idx));
+        p.fds.push(Fd { fd, cloexec, file: idx });
+    }
+    // Pipes: both ends must be ours, or (on stdio) the pipe is inherited from outside.
+    let mut inos: Vec<_> = pipe_ends.into_iter().collect();
+    inos.sort_by_key(|(ino, _)| *ino);
+    for (ino, (readers, writers)) in inos {
+        if !readers.is_empty() && !writers.is_empty() {
+            p.pipes.push(pipes::collect(pid, pidfd, readers[0], ino)?);
+            continue;
+        }
+        for fd in readers.iter().chain(writers.iter()) {
+            if *fd > 2 {
+                return Err(Error::Unsupported {
+                    pid,
+                    what: format!("fd {fd}: pipe:[{ino}] shared with a process outside the dump"),
+                });
+            }
+            let idx = p.fds.iter().find(|f| f.fd == *fd).map(|f| f.file as usize);
+            if let Some(i) = idx {
+                p.files[i].kind = FileKind::Inherited as i32;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Files opened for the restored process, at fd numbers at or above a base that collides with
+/// nothing the child needs.
+pub struct Prepared {
+    /// Number of each `Process.files` entry's fd in ferry (and so in the forked child).
+    pub numbers: Vec<i32>,
+    pub owned: Vec<OwnedFd>,
+}
+
+fn cstr(path: &str) -> Result<CString, Error> {
+    CString::new(path).map_err(|_| Error::Invalid { object: path.into(), what: "path has a NUL byte".into() })
+}
+
+/// Open every file description in ferry (`base` = lowest number the copies may take).
+pub fn prepare(p: &Process, img: &ferry_image::ImageReader, pipes: &pipes::Prepared, base: i32) -> Result<Prepared, Error> {
+    let pid = p.pid;
+    let mut out = Prepared { numbers: Vec::new(), owned: Vec::new() };
+    for (i, f) in p.files.iter().enumerate() {
+        let fd_of = || p.fds.iter().find(|d| d.file as usize == i).map(|d| d.fd).unwrap_or(-1);
+        let obj = || format!("pid {pid} fd {}: {}", fd_of(), f.describe);
+        let flags = (f.flags as i32) & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC) | libc::O_CLOEXEC;
+        let fd: OwnedFd = match FileKind::try_from(f.kind).unwrap_or(FileKind::Invalid) {
+            FileKind::Regular if !f.ghost.is_empty() => ghost::recreate(img, &f.ghost, &f.path, f.mode, flags).map_err(|e| match e {
+                Error::Sys { source, .. } => Error::Sys { object: obj(), source },
+                other => other,
+            })?,
+            FileKind::Regular | FileKind::Directory | FileKind::CharDevice => {
+                let fd = open_raw(&cstr(&f.path)?, flags, 0).ctx(|| format!("{}: cannot open {}", obj(), f.path))?;
+                if f.kind == FileKind::Regular as i32 {
+                    let md = ferry_sys::process::fstat(std::os::fd::AsFd::as_fd(&fd)).ctx(obj)?;
+                    if (md.st_size as u64) < f.pos && f.flags & libc::O_APPEND as u32 == 0 {
+                        tracing::warn!(file = %f.path, "file is shorter than the saved offset");
+                    }
+                }
+                fd
+            }
+            FileKind::Pipe => {
+                let (r, w) = pipes.get(&f.pipe_ino).ok_or_else(|| Error::Invalid { object: obj(), what: "pipe missing from image".into() })?;
+                let end = if f.flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32 { r } else { w };
+                let fd = end.try_clone().ctx(obj)?;
+                ferry_sys::process::set_status_flags(std::os::fd::AsFd::as_fd(&fd), f.flags as i32).ctx(obj)?;
+                fd
+            }
+            FileKind::Inherited => {
+                use std::os::fd::AsFd;
+                let n = fd_of();
+                let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+                let own = match n {
+                    0 => stdin.as_fd(),
+                    1 => stdout.as_fd(),
+                    2 => stderr.as_fd(),
+                    _ => return Err(Error::Invalid { object: obj(), what: "only fds 0-2 can be inherited".into() }),
+                };
+                let dup = ferry_sys::raw::dup_above(own, base).map_err(|_| Error::Invalid {
+                    object: obj(),
+                    what: format!("was inherited from outside the image, and ferry has no fd {n} to hand over"),
+                })?;
+                out.numbers.push(dup.as_raw_fd());
+                out.owned.push(dup);
+                continue;
+            }
+            FileKind::Invalid => return Err(Error::Invalid { object: obj(), what: "unknown file kind".into() }),
+        };
+        if matches!(FileKind::try_from(f.kind), Ok(FileKind::Regular) | Ok(FileKind::Directory)) {
+            ferry_sys::raw::seek_to(fd.as_raw_fd(), f.pos).ctx(|| format!("{}: cannot seek to {}", obj(), f.pos))?;
+        }
+        let n = ferry_sys::raw::dup_above(std::os::fd::AsFd::as_fd(&fd), base).ctx(obj)?;
+        drop(fd);
+        out.numbers.push(n.as_raw_fd());
+        out.owned.push(n);
+    }
+    Ok(out)
+}
+
+/// In the child: put every fd at its number with its FD_CLOEXEC flag, and close every other
+/// fd below `base`.
+pub fn apply_in_child(p: &Process, prepared_numbers: &[i32], base: i32) -> Result<(), String> {
+    let mut wanted = vec![false; base as usize];
+    for f in &p.fds {
+        let src = prepared_numbers[f.file as usize];
+        ferry_sys::raw::dup3_numbers(src, f.fd, f.cloexec).map_err(|e| format!("fd {}: dup3: {e}", f.fd))?;
+        if (f.fd as usize) < wanted.len() {
+            wanted[f.fd as usize] = true;
+        }
+    }
+    let mut fd = 0;
+    while fd < base {
+        if wanted[fd as usize] {
+            fd += 1;
+            continue;
+        }
+        let start = fd;
+        while fd < base && !wanted[fd as usize] {
+            fd += 1;
+        }
+        ferry_sys::raw::close_range(start as u32, (fd - 1) as u32).map_err(|e| format!("close_range: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Files deleted while open: their content travels in the image and is put back under a
+/// temporary name next to the original path, opened, and unlinked again.
+pub mod ghost {
+    use super::*;
+
+    pub fn recreate(img: &ferry_image::ImageReader, name: &str, path: &str, mode: u32, flags: i32) -> Result<OwnedFd, Error> {
+        let content = img.read_file(name)?;
+        let orig = std::path::Path::new(path);
+        let parent = orig.parent().filter(|d| d.is_dir()).unwrap_or(std::path::Path::new("/tmp"));
+        let base = orig.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = parent.join(format!(".{base}.ferry-ghost-{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode & 0o7777)
+                .open(&tmp)
+                .ctx(|| format!("cannot create {}", tmp.display()))?;
+            f.write_all(&content).ctx(|| format!("cannot write {}", tmp.display()))?;
+        }
+        let r = open_raw(&cstr(&tmp.to_string_lossy())?, flags, 0).ctx(|| format!("cannot open {}", tmp.display()));
+        let _ = std::fs::remove_file(&tmp);
+        r
+    }
+}

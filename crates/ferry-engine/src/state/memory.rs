@@ -1,0 +1,489 @@
+//! The address space: every mapping with its protection and backing, the pages that only
+//! memory holds, the mm fields (brk, arg/env bounds, auxv, exe link) and the vDSO.
+//!
+//! Only pages the kernel reports present or swapped are considered (PAGEMAP_SCAN, one ioctl
+//! per mapping instead of 8 bytes of pagemap per page), clean file pages and the shared zero
+//! page are skipped by category, and pages that read back as all zeros are not stored either.
+//! Restore maps everything at its old address with injected `mmap(MAP_FIXED)`, copies stored
+//! pages in with `process_vm_writev` straight from the page cache of the image (one copy),
+//! then applies the final protections.
+
+use crate::error::{Ctx, Error};
+use crate::inject::Injector;
+use crate::procfs;
+use ferry_image::{ImageWriter, Mm, PageRun, Process, Vma, VmaKind, PAGE_SIZE};
+use ferry_proc::MapEntry;
+use ferry_sys::consts::{nr, PR_SET_MM, PR_SET_MM_MAP};
+use ferry_sys::process::{page_is, pagemap_scan, vm_read, vm_write};
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+
+const CHUNK: usize = 4 << 20;
+
+fn prot_of(m: &MapEntry) -> u32 {
+    let mut p = 0;
+    if m.perms.read {
+        p |= libc::PROT_READ;
+    }
+    if m.perms.write {
+        p |= libc::PROT_WRITE;
+    }
+    if m.perms.exec {
+        p |= libc::PROT_EXEC;
+    }
+    p as u32
+}
+
+/// Describe the mappings of `pid`, refusing the kinds ferry cannot restore yet.
+pub fn scan(pid: i32, img: &mut ImageWriter) -> Result<Vec<Vma>, Error> {
+    let maps_text = procfs::read_string(pid, "maps")?;
+    let maps = procfs::parse(pid, "maps", ferry_proc::parse_maps(&maps_text))?;
+    let smaps_text = procfs::read_string(pid, "smaps")?;
+    let smaps = procfs::parse(pid, "smaps", ferry_proc::parse_smaps(&smaps_text))?;
+    let flags: HashMap<u64, Vec<String>> = smaps.into_iter().map(|s| (s.start, s.vm_flags)).collect();
+    let mut ghosts: HashMap<u64, String> = HashMap::new();
+    let mut out = Vec::new();
+    for m in maps {
+        let at = |what: String| Error::Unsupported { pid, what: format!("mapping {:#x}-{:#x}: {what}", m.start, m.end) };
+        let mut v = Vma {
+            start: m.start,
+            end: m.end,
+            prot: prot_of(&m),
+            offset: m.offset,
+            path: m.path.clone().unwrap_or_default(),
+            vm_flags: flags.get(&m.start).cloned().unwrap_or_default(),
+            ..Default::default()
+        };
+        let anon = if m.perms.shared { VmaKind::SharedAnon } else { VmaKind::Anon };
+        let kind = match m.path.as_deref() {
+            None => anon,
+            Some("[heap]") | Some("[stack]") => anon,
+            Some(s) if s.starts_with("[anon:") || s.starts_with("[anon_shmem:") => anon,
+            Some("[vdso]") => VmaKind::Vdso,
+            Some("[vvar]") => VmaKind::Vvar,
+            Some("[vvar_vclock]") => VmaKind::VvarVclock,
+            Some("[vsyscall]") => VmaKind::Vsyscall,
+            Some("/dev/zero") if m.deleted || !m.perms.shared => anon,
+            Some(s) if s.starts_with("/memfd:") => return Err(at(format!("memfd {s} (not supported yet)"))),
+            Some(s) if s.starts_with("/SYSV") => return Err(at(format!("SysV shared memory {s} (not supported yet)"))),
+            Some(s) if s.starts_with('/') => {
+                let mf = procfs::path(pid, &format!("map_files/{:x}-{:x}", m.start, m.end));
+                let md = std::fs::metadata(&mf).ctx(|| format!("pid {pid}: cannot stat {s} mapped at {:#x}", m.start))?;
+                if !md.file_type().is_file() {
+                    return Err(at(format!("device or special file {s}")));
+                }
+                v.file_size = md.size();
+                v.file_mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+                v.file_writable = m.perms.shared && (m.perms.write || v.vm_flags.iter().any(|f| f == "mw"));
+                if m.deleted || md.nlink() == 0 {
+                    let name = match ghosts.get(&md.ino()) {
+                        Some(n) => n.clone(),
+                        None => {
+                            let content = std::fs::read(&mf).ctx(|| format!("pid {pid}: cannot read deleted file {s}"))?;
+                            let n = format!("ghost-{pid}-map{}.img", ghosts.len());
+                            img.write_file(&n, &content)?;
+                            ghosts.insert(md.ino(), n.clone());
+                            n
+                        }
+                    };
+                    v.ghost = name;
+                }
+                if m.perms.shared {
+                    VmaKind::FileShared
+                } else {
+                    VmaKind::FilePrivate
+                }
+            }
+            Some(other) => return Err(at(other.to_string())),
+        };
+        v.kind = kind as i32;
+        out.push(v);
+    }
+    Ok(out)
+}
+
+/// The mm fields; `brk` comes from an injected `brk(0)`.
+pub fn collect_mm(inj: &Injector, stat: &ferry_proc::Stat, vmas: Vec<Vma>) -> Result<Mm, Error> {
+    let pid = inj.pid();
+    let brk = inj.call(nr::BRK, &[0]).ctx(|| format!("pid {pid}: cannot read brk"))?;
+    let auxv_raw = procfs::read_bytes(pid, "auxv")?;
+    let auxv = procfs::parse(pid, "auxv", ferry_proc::parse_auxv(&auxv_raw))?;
+    let mut mm = Mm {
+        start_code: stat.start_code,
+        end_code: stat.end_code,
+        start_data: stat.start_data,
+        end_data: stat.end_data,
+        start_brk: stat.start_brk,
+        brk,
+        start_stack: stat.start_stack,
+        arg_start: stat.arg_start,
+        arg_end: stat.arg_end,
+        env_start: stat.env_start,
+        env_end: stat.env_end,
+        auxv: auxv.iter().flat_map(|(k, v)| [*k, *v]).collect(),
+        exe_path: procfs::read_link(pid, "exe")?,
+        vmas,
+        ..Default::default()
+    };
+    if let Some(v) = mm.vmas.iter().find(|v| v.kind == VmaKind::Vdso as i32) {
+        let mut buf = vec![0u8; (v.end - v.start) as usize];
+        let n = vm_read(pid, v.start, &mut buf).ctx(|| format!("pid {pid}: cannot read the vDSO"))?;
+        mm.vdso_crc32 = crc32fast::hash(&buf[..n]);
+        mm.vdso_size = n as u64;
+    }
+    Ok(mm)
+}
+
+/// The vDSO of this very process (ferry), to compare with an image's.
+pub fn own_vdso() -> Result<(u32, u64), Error> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ctx(|| "cannot read /proc/self/maps".into())?;
+    let maps = ferry_proc::parse_maps(&maps).map_err(|e| Error::Invalid { object: "/proc/self/maps".into(), what: e.to_string() })?;
+    let Some(v) = maps.iter().find(|m| m.path.as_deref() == Some("[vdso]")) else { return Ok((0, 0)) };
+    let mut buf = vec![0u8; (v.end - v.start) as usize];
+    let f = std::fs::File::open("/proc/self/mem").ctx(|| "cannot open /proc/self/mem".into())?;
+    f.read_exact_at(&mut buf, v.start).ctx(|| "cannot read own vDSO".into())?;
+    Ok((crc32fast::hash(&buf), buf.len() as u64))
+}
+
+fn is_zero(page: &[u8]) -> bool {
+    page.chunks_exact(16).all(|c| u128::from_ne_bytes(c.try_into().unwrap_or([1; 16])) == 0)
+}
+
+/// Whether pages of this kind of mapping are stored in the image.
+fn stores_pages(kind: VmaKind) -> bool {
+    matches!(kind, VmaKind::Anon | VmaKind::SharedAnon | VmaKind::FilePrivate)
+}
+
+/// Write the pages that only memory holds into `pages-PID.img`, filling each mapping's runs.
+/// Returns the number of bytes of page data stored.
+pub fn dump_pages(pid: i32, mm: &mut Mm, img: &mut ImageWriter) -> Result<u64, Error> {
+    let name = ferry_image::pages_file(pid);
+    let mut out = img.stream(&name)?;
+    let werr = |e: std::io::Error| Error::Sys { object: format!("cannot write {name}"), source: e };
+    out.write_all(&ferry_image::pages_header()).map_err(werr)?;
+    let pagemap = std::fs::File::open(procfs::path(pid, "pagemap")).ctx(|| format!("pid {pid}: cannot open pagemap"))?;
+    let mem = std::fs::File::open(procfs::path(pid, "mem")).ctx(|| format!("pid {pid}: cannot open mem"))?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut stored = 0u64;
+    for v in mm.vmas.iter_mut() {
+        let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Invalid);
+        if !stores_pages(kind) {
+            continue;
+        }
+        let regions = pagemap_scan(
+            pagemap.as_fd(),
+            v.start,
+            v.end,
+            page_is::PRESENT | page_is::SWAPPED,
+            page_is::PRESENT | page_is::SWAPPED | page_is::FILE | page_is::PFNZERO,
+        )
+        .ctx(|| format!("pid {pid}: PAGEMAP_SCAN of {:#x}-{:#x}", v.start, v.end))?;
+        let readable = v.prot & libc::PROT_READ as u32 != 0;
+        for r in regions {
+            if r.categories & page_is::PFNZERO != 0 {
+                continue;
+            }
+            if kind == VmaKind::FilePrivate && r.categories & page_is::FILE != 0 && r.categories & page_is::SWAPPED == 0 {
+                continue; // clean page of the file: the file has it
+            }
+            let mut addr = r.start;
+            while addr < r.end {
+                let len = ((r.end - addr) as usize).min(CHUNK);
+                let chunk = &mut buf[..len];
+                let got = if readable {
+                    vm_read(pid, addr, chunk).ctx(|| format!("pid {pid}: cannot read memory at {addr:#x}"))?
+                } else {
+                    mem.read_at(chunk, addr).ctx(|| format!("pid {pid}: cannot read memory at {addr:#x}"))?
+                };
+                if got != len {
+                    return Err(Error::Invalid { object: format!("pid {pid}"), what: format!("short read of memory at {addr:#x}") });
+                }
+                let pages = len / PAGE_SIZE as usize;
+                let mut i = 0;
+                while i < pages {
+                    let page = |i: usize| &chunk[i * PAGE_SIZE as usize..(i + 1) * PAGE_SIZE as usize];
+                    if is_zero(page(i)) {
+                        i += 1;
+                        continue;
+                    }
+                    let first = i;
+                    while i < pages && !is_zero(page(i)) {
+                        i += 1;
+                    }
+                    let run_addr = addr + first as u64 * PAGE_SIZE;
+                    let bytes = &chunk[first * PAGE_SIZE as usize..i * PAGE_SIZE as usize];
+                    match v.runs.last_mut() {
+                        Some(last) if last.addr + last.nr_pages * PAGE_SIZE == run_addr && last.offset + last.nr_pages * PAGE_SIZE == out.len() => {
+                            last.nr_pages += (i - first) as u64;
+                        }
+                        _ => v.runs.push(PageRun { addr: run_addr, nr_pages: (i - first) as u64, offset: out.len() }),
+                    }
+                    out.write_all(bytes).map_err(werr)?;
+                    stored += bytes.len() as u64;
+                }
+                addr += len as u64;
+            }
+        }
+    }
+    img.finish_stream(out)?;
+    mm.pages_bytes = stored;
+    Ok(stored)
+}
+
+/// Files backing the mappings, opened in ferry before the fork (numbers at or above a base
+/// that collides with nothing), and the exe file.
+pub struct Prepared {
+    /// fd number for each vma index that needs one.
+    pub vma_fd: HashMap<usize, i32>,
+    pub exe_fd: Option<i32>,
+    pub owned: Vec<std::os::fd::OwnedFd>,
+}
+
+/// Open every file a mapping needs, checking it did not change since the dump.
+pub fn prepare(p: &Process, img: &ferry_image::ImageReader, base: i32) -> Result<Prepared, Error> {
+    let pid = p.pid;
+    let mm = p.mm.as_ref().ok_or_else(|| Error::Invalid { object: format!("pid {pid}"), what: "no memory record".into() })?;
+    let mut out = Prepared { vma_fd: HashMap::new(), exe_fd: None, owned: Vec::new() };
+    let mut by_key: HashMap<(String, bool), i32> = HashMap::new();
+    for (i, v) in mm.vmas.iter().enumerate() {
+        let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Invalid);
+        if !matches!(kind, VmaKind::FilePrivate | VmaKind::FileShared) {
+            continue;
+        }
+        let key = (if v.ghost.is_empty() { v.path.clone() } else { v.ghost.clone() }, v.file_writable);
+        if let Some(n) = by_key.get(&key) {
+            out.vma_fd.insert(i, *n);
+            continue;
+        }
+        let obj = || format!("pid {pid} mapping {:#x}-{:#x} of {}", v.start, v.end, v.path);
+        let flags = if v.file_writable { libc::O_RDWR } else { libc::O_RDONLY } | libc::O_CLOEXEC;
+        let fd = if v.ghost.is_empty() {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(v.file_writable)
+                .open(&v.path)
+                .ctx(|| format!("{}: cannot open the file", obj()))?;
+            let md = f.metadata().ctx(obj)?;
+            let mtime = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+            if kind == VmaKind::FilePrivate && (md.size() != v.file_size || mtime != v.file_mtime_ns) {
+                return Err(Error::Invalid {
+                    object: obj(),
+                    what: "the file changed since the dump (size or mtime differ)".into(),
+                });
+            }
+            std::os::fd::OwnedFd::from(f)
+        } else {
+            crate::state::files::ghost::recreate(img, &v.ghost, &v.path, 0o600, flags)?
+        };
+        let n = ferry_sys::raw::dup_above(fd.as_fd(), base).ctx(obj)?;
+        let num = std::os::fd::AsRawFd::as_raw_fd(&n);
+        out.owned.push(n);
+        by_key.insert(key, num);
+        out.vma_fd.insert(i, num);
+    }
+    if !mm.exe_path.is_empty() && !mm.exe_path.ends_with(" (deleted)") {
+        match std::fs::File::open(&mm.exe_path) {
+            Ok(f) => {
+                let n = ferry_sys::raw::dup_above(f.as_fd(), base).ctx(|| format!("pid {pid}: exe {}", mm.exe_path))?;
+                out.exe_fd = Some(std::os::fd::AsRawFd::as_raw_fd(&n));
+                out.owned.push(n);
+            }
+            Err(e) => tracing::warn!(pid, exe = %mm.exe_path, error = %e, "cannot open the exe file; /proc/PID/exe will differ"),
+        }
+    }
+    Ok(out)
+}
+
+/// Addresses ferry uses inside a child while it rebuilds the address space.
+#[derive(Debug, Clone, Copy)]
+pub struct Trampoline {
+    /// Code page: `syscall; int3`.
+    pub code: u64,
+    /// Two data pages for syscall arguments.
+    pub data: u64,
+    /// Free virtual space to park the vDSO while it moves.
+    pub park: u64,
+}
+
+/// Pages ferry maps for the trampoline (code + 2 data) and keeps free for parking the vDSO.
+pub const TRAMPOLINE_PAGES: u64 = 3;
+pub const PARK_PAGES: u64 = 64;
+
+/// Pick a trampoline address that overlaps neither the image's mappings nor ferry's own.
+pub fn choose_trampoline(mm: &Mm) -> Result<Trampoline, Error> {
+    let own = std::fs::read_to_string("/proc/self/maps").ctx(|| "cannot read /proc/self/maps".into())?;
+    let own = ferry_proc::parse_maps(&own).map_err(|e| Error::Invalid { object: "/proc/self/maps".into(), what: e.to_string() })?;
+    let len = (TRAMPOLINE_PAGES + PARK_PAGES) * PAGE_SIZE;
+    let busy: Vec<(u64, u64)> = own.iter().map(|m| (m.start, m.end)).chain(mm.vmas.iter().map(|v| (v.start, v.end))).collect();
+    let free = |a: u64| busy.iter().all(|&(s, e)| a + len <= s || a >= e);
+    let mut a = 0x1000_0000u64;
+    while a < 0x7f00_0000_0000 {
+        if free(a) {
+            return Ok(Trampoline { code: a, data: a + PAGE_SIZE, park: a + TRAMPOLINE_PAGES * PAGE_SIZE });
+        }
+        a += 0x1000_0000;
+    }
+    Err(Error::Invalid { object: "address space".into(), what: "no free room for ferry's restore trampoline".into() })
+}
+
+fn special(kind: VmaKind) -> bool {
+    matches!(kind, VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock)
+}
+
+fn special_kind(path: Option<&str>) -> Option<VmaKind> {
+    match path {
+        Some("[vdso]") => Some(VmaKind::Vdso),
+        Some("[vvar]") => Some(VmaKind::Vvar),
+        Some("[vvar_vclock]") => Some(VmaKind::VvarVclock),
+        _ => None,
+    }
+}
+
+/// By the tracer: replace the child's address space (ferry's) with the image's.
+pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared, pages: &[u8]) -> Result<(), Error> {
+    let pid = inj.pid();
+    let mm = p.mm.as_ref().ok_or_else(|| Error::Invalid { object: format!("pid {pid}"), what: "no memory record".into() })?;
+    let cur_text = procfs::read_string(pid, "maps")?;
+    let cur = procfs::parse(pid, "maps", ferry_proc::parse_maps(&cur_text))?;
+    let tr_end = tr.code + TRAMPOLINE_PAGES * PAGE_SIZE;
+    // 1. Drop ferry's own mappings; park the vDSO family out of the way.
+    let mut parked: HashMap<VmaKind, (u64, u64)> = HashMap::new();
+    let mut park_at = tr.park;
+    for m in &cur {
+        if m.start >= tr.code && m.end <= tr_end || m.path.as_deref() == Some("[vsyscall]") {
+            continue;
+        }
+        if let Some(k) = special_kind(m.path.as_deref()) {
+            let len = m.end - m.start;
+            if park_at + len > tr.park + PARK_PAGES * PAGE_SIZE {
+                return Err(Error::Invalid { object: format!("pid {pid}"), what: "vDSO too large to park".into() });
+            }
+            inj.call(nr::MREMAP, &[m.start, len, len, (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64, park_at])
+                .ctx(|| format!("pid {pid}: cannot move {} at {:#x}", m.path.as_deref().unwrap_or(""), m.start))?;
+            parked.insert(k, (park_at, len));
+            park_at += len;
+            continue;
+        }
+        inj.call(nr::MUNMAP, &[m.start, m.end - m.start]).ctx(|| format!("pid {pid}: cannot unmap {:#x}-{:#x}", m.start, m.end))?;
+    }
+    // 2. The vDSO family goes to its old addresses.
+    for v in mm.vmas.iter() {
+        let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Invalid);
+        if !special(kind) {
+            continue;
+        }
+        let Some((at, len)) = parked.remove(&kind) else {
+            return Err(Error::Invalid { object: format!("pid {pid}"), what: format!("this kernel has no {} mapping (vDSO layout differs)", v.path) });
+        };
+        if len != v.end - v.start {
+            return Err(Error::Invalid {
+                object: format!("pid {pid}"),
+                what: format!("{} is {} bytes here but {} in the image (vDSO differs)", v.path, len, v.end - v.start),
+            });
+        }
+        inj.call(nr::MREMAP, &[at, len, len, (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64, v.start])
+            .ctx(|| format!("pid {pid}: cannot move {} to {:#x}", v.path, v.start))?;
+    }
+    for (_, (at, len)) in parked {
+        inj.call(nr::MUNMAP, &[at, len]).ctx(|| format!("pid {pid}: cannot unmap parked vDSO part"))?;
+    }
+    // 3. Every other mapping, writable while we fill it.
+    let mut reprotect = Vec::new();
+    for (i, v) in mm.vmas.iter().enumerate() {
+        let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Invalid);
+        let len = v.end - v.start;
+        let mut prot = v.prot as u64;
+        let mut flags = match kind {
+            VmaKind::Anon => libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            VmaKind::SharedAnon => libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            VmaKind::FilePrivate => libc::MAP_PRIVATE,
+            VmaKind::FileShared => libc::MAP_SHARED,
+            _ => continue,
+        } as u64;
+        if v.vm_flags.iter().any(|f| f == "gd") {
+            flags |= libc::MAP_GROWSDOWN as u64;
+        }
+        if !v.runs.is_empty() && prot & (libc::PROT_READ | libc::PROT_WRITE) as u64 != (libc::PROT_READ | libc::PROT_WRITE) as u64 {
+            prot |= (libc::PROT_READ | libc::PROT_WRITE) as u64;
+            reprotect.push(i);
+        }
+        let (fd, off) = match prep.vma_fd.get(&i) {
+            Some(fd) => (*fd as i64, v.offset),
+            None => (-1, 0),
+        };
+        inj.mmap_fixed(v.start, len, prot, flags, fd, off)
+            .ctx(|| format!("pid {pid}: cannot map {:#x}-{:#x} ({})", v.start, v.end, if v.path.is_empty() { "anonymous" } else { &v.path }))?;
+    }
+    // 4. Page contents, straight from the image's page cache.
+    for v in &mm.vmas {
+        for r in &v.runs {
+            let len = r.nr_pages * PAGE_SIZE;
+            let (s, e) = (r.offset as usize, (r.offset + len) as usize);
+            if e > pages.len() || r.addr < v.start || r.addr + len > v.end {
+                return Err(Error::Invalid { object: format!("pid {pid}"), what: format!("page run at {:#x} is out of bounds", r.addr) });
+            }
+            let mut done = 0usize;
+            while done < e - s {
+                let n = vm_write(pid, r.addr + done as u64, &pages[s + done..e])
+                    .ctx(|| format!("pid {pid}: cannot write memory at {:#x}", r.addr + done as u64))?;
+                if n == 0 {
+                    return Err(Error::Invalid { object: format!("pid {pid}"), what: format!("no progress writing {:#x}", r.addr) });
+                }
+                done += n;
+            }
+        }
+    }
+    // 5. Final protections and madvise flags.
+    for i in reprotect {
+        let v = &mm.vmas[i];
+        inj.call(nr::MPROTECT, &[v.start, v.end - v.start, v.prot as u64])
+            .ctx(|| format!("pid {pid}: cannot mprotect {:#x}-{:#x}", v.start, v.end))?;
+    }
+    for v in &mm.vmas {
+        for (flag, advice) in [
+            ("dd", libc::MADV_DONTDUMP),
+            ("dc", libc::MADV_DONTFORK),
+            ("wf", libc::MADV_WIPEONFORK),
+            ("hg", libc::MADV_HUGEPAGE),
+            ("nh", libc::MADV_NOHUGEPAGE),
+        ] {
+            if v.vm_flags.iter().any(|f| f == flag) {
+                inj.call(nr::MADVISE, &[v.start, v.end - v.start, advice as u64])
+                    .ctx(|| format!("pid {pid}: cannot madvise {:#x} ({flag})", v.start))?;
+            }
+        }
+        if v.vm_flags.iter().any(|f| f == "lo") {
+            inj.call(nr::MLOCK, &[v.start, v.end - v.start]).ctx(|| format!("pid {pid}: cannot mlock {:#x}", v.start))?;
+        }
+    }
+    // 6. mm fields: brk, arg/env bounds (so /proc/PID/cmdline and environ read the same), auxv, exe.
+    let mut b = Vec::with_capacity(104 + mm.auxv.len() * 8);
+    let auxv_addr = tr.data + 128;
+    for w in [
+        mm.start_code,
+        mm.end_code,
+        mm.start_data,
+        mm.end_data,
+        mm.start_brk,
+        mm.brk,
+        mm.start_stack,
+        mm.arg_start,
+        mm.arg_end,
+        mm.env_start,
+        mm.env_end,
+        auxv_addr,
+    ] {
+        b.extend_from_slice(&w.to_le_bytes());
+    }
+    b.extend_from_slice(&((mm.auxv.len() * 8) as u32).to_le_bytes());
+    b.extend_from_slice(&(prep.exe_fd.map(|f| f as u32).unwrap_or(u32::MAX)).to_le_bytes());
+    b.resize(128, 0);
+    for w in &mm.auxv {
+        b.extend_from_slice(&w.to_le_bytes());
+    }
+    vm_write(pid, tr.data, &b).ctx(|| format!("pid {pid}: cannot write prctl_mm_map"))?;
+    inj.call(nr::PRCTL, &[PR_SET_MM as u64, PR_SET_MM_MAP, tr.data, 104, 0])
+        .ctx(|| format!("pid {pid}: PR_SET_MM_MAP (brk {:#x}, exe {})", mm.brk, mm.exe_path))?;
+    Ok(())
+}

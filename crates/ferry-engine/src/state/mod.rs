@@ -1,0 +1,19 @@
+//! One module per kind of process state. Each knows how to collect its state from a frozen
+//! process at dump time and how to recreate it at restore time, in up to three places:
+//!
+//! * `prepare`: in ferry, before the process is forked (open files, create pipes) — errors
+//!   here are cheap because nothing exists yet;
+//! * `apply_in_child`: in the forked child, still running ferry's code, for state a process
+//!   sets on itself (fd table, cwd, umask, signal handlers);
+//! * `restore`: by the tracer, with injected syscalls after the address space is rebuilt
+//!   (memory, timers, credentials, registers last).
+
+pub mod cpu;
+pub mod creds;
+pub mod files;
+pub mod memory;
+pub mod pipes;
+pub mod rseq;
+pub mod signals;
+pub mod task;
+pub mod timers;

@@ -1,0 +1,112 @@
+//! Signals: the handler table, the blocked mask, queued signals with their siginfo, and the
+//! alternate signal stack.
+//!
+//! The handler table and sigaltstack are only visible from inside the process, so they are read
+//! with injected `rt_sigaction`/`sigaltstack` calls. Pending signals are read without
+//! dequeuing them (PTRACE_PEEKSIGINFO) and queued again at restore with `rt_sigqueueinfo`
+//! injected into the restored process itself, which lets any `si_code` through unchanged.
+
+use crate::error::{Ctx, Error};
+use crate::inject::Injector;
+use ferry_image::{Process, SigAction, SigAltStack, Siginfo, Thread};
+use ferry_sys::consts::nr;
+use ferry_sys::process::{vm_read, vm_write};
+use ferry_sys::ptrace;
+use ferry_sys::raw::{self, KernelSigaction};
+
+const SIGKILL: i32 = 9;
+const SIGSTOP: i32 = 19;
+
+fn u64_at(b: &[u8], i: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[i * 8..i * 8 + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// Read every non-default signal disposition with injected `rt_sigaction` calls.
+pub fn collect_actions(inj: &Injector, scratch: u64, p: &mut Process) -> Result<(), Error> {
+    let pid = inj.pid();
+    for sig in 1..=64i32 {
+        if sig == SIGKILL || sig == SIGSTOP {
+            continue;
+        }
+        inj.call(nr::RT_SIGACTION, &[sig as u64, 0, scratch, 8])
+            .ctx(|| format!("pid {pid}: cannot read the action of signal {sig}"))?;
+        let mut b = [0u8; 32];
+        vm_read(pid, scratch, &mut b).ctx(|| format!("pid {pid}: cannot read back signal action {sig}"))?;
+        let a = SigAction { sig, handler: u64_at(&b, 0), flags: u64_at(&b, 1), restorer: u64_at(&b, 2), mask: u64_at(&b, 3) };
+        if a.handler != 0 || a.flags != 0 || a.mask != 0 {
+            p.sigactions.push(a);
+        }
+    }
+    Ok(())
+}
+
+/// Read the thread's alternate signal stack, blocked mask and private pending queue, and the
+/// process's shared pending queue.
+pub fn collect_thread(inj: &Injector, scratch: u64, sigmask: u64, t: &mut Thread) -> Result<(), Error> {
+    let pid = inj.pid();
+    inj.call(nr::SIGALTSTACK, &[0, scratch]).ctx(|| format!("pid {pid}: cannot read sigaltstack"))?;
+    let mut b = [0u8; 24];
+    vm_read(pid, scratch, &mut b).ctx(|| format!("pid {pid}: cannot read back sigaltstack"))?;
+    let flags = u64_at(&b, 1) as i32 & !libc::SS_ONSTACK;
+    t.altstack = Some(SigAltStack { sp: u64_at(&b, 0), flags, size: u64_at(&b, 2) });
+    t.sigmask = sigmask;
+    t.pending = peek(t.tid, false)?;
+    Ok(())
+}
+
+/// Queued signals of a thread (`shared == false`) or of its whole process.
+pub fn peek(tid: i32, shared: bool) -> Result<Vec<Siginfo>, Error> {
+    let raw = ptrace::peek_siginfo(tid, shared).ctx(|| format!("pid {tid}: cannot read pending signals"))?;
+    Ok(raw
+        .into_iter()
+        .map(|si| Siginfo { signo: i32::from_le_bytes([si[0], si[1], si[2], si[3]]), raw: si.to_vec() })
+        .collect())
+}
+
+/// In the restored child (still ferry's code): install every saved handler. Handler addresses
+/// point into memory that does not exist yet, which is fine: all signals stay blocked until the
+/// tracer sets the final mask.
+pub fn apply_in_child(p: &Process) -> Result<(), String> {
+    for a in &p.sigactions {
+        let k = KernelSigaction { handler: a.handler, flags: a.flags, restorer: a.restorer, mask: a.mask };
+        raw::rt_sigaction(a.sig, &k).map_err(|e| format!("cannot set the action of signal {}: {e}", a.sig))?;
+    }
+    Ok(())
+}
+
+/// By the tracer: alternate stack and queued signals of a thread (and, for the main thread,
+/// the process-wide queue). The blocked mask is set at release time.
+pub fn restore_thread(inj: &Injector, scratch: u64, p: &Process, t: &Thread, main: bool) -> Result<(), Error> {
+    let pid = inj.pid();
+    if let Some(ss) = &t.altstack {
+        if ss.flags & libc::SS_DISABLE == 0 {
+            let mut b = Vec::with_capacity(24);
+            b.extend_from_slice(&ss.sp.to_le_bytes());
+            b.extend_from_slice(&(ss.flags as u64).to_le_bytes());
+            b.extend_from_slice(&ss.size.to_le_bytes());
+            vm_write(pid, scratch, &b).ctx(|| format!("pid {pid}: cannot write sigaltstack"))?;
+            inj.call(nr::SIGALTSTACK, &[scratch, 0])
+                .ctx(|| format!("pid {pid}: cannot set sigaltstack at {:#x}", ss.sp))?;
+        }
+    }
+    let queue = |si: &Siginfo, shared: bool| -> Result<(), Error> {
+        vm_write(pid, scratch, &si.raw).ctx(|| format!("pid {pid}: cannot write siginfo"))?;
+        let r = if shared {
+            inj.call(nr::RT_SIGQUEUEINFO, &[p.pid as u64, si.signo as u64, scratch])
+        } else {
+            inj.call(nr::RT_TGSIGQUEUEINFO, &[p.pid as u64, t.tid as u64, si.signo as u64, scratch])
+        };
+        r.ctx(|| format!("pid {pid}: cannot queue pending signal {}", si.signo)).map(drop)
+    };
+    if main {
+        for si in &p.shared_pending {
+            queue(si, true)?;
+        }
+    }
+    for si in &t.pending {
+        queue(si, false)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! Process attributes: comm, cwd, root, umask, personality, rlimits, process group and session,
+//! dumpable, parent-death signal, child-subreaper flag.
+
+use crate::error::{Ctx, Error};
+use crate::inject::Injector;
+use crate::procfs;
+use ferry_image::{Process, Rlimit};
+use ferry_sys::consts::nr;
+use ferry_sys::process::{get_rlimit, set_rlimit, vm_read};
+use ferry_sys::raw;
+
+const RLIMIT_NLIMITS: u32 = 16;
+const PR_SET_PDEATHSIG: u64 = 1;
+const PR_GET_PDEATHSIG: u64 = 2;
+const PR_GET_DUMPABLE: u64 = 3;
+const PR_SET_DUMPABLE: u64 = 4;
+const PR_SET_CHILD_SUBREAPER: u64 = 36;
+const PR_GET_CHILD_SUBREAPER: u64 = 37;
+
+/// Collect what /proc shows without injection.
+pub fn collect(pid: i32, st: &ferry_proc::Status, stat: &ferry_proc::Stat, p: &mut Process) -> Result<(), Error> {
+    p.pid = pid;
+    p.ppid = stat.ppid;
+    p.pgid = stat.pgrp;
+    p.sid = stat.session;
+    p.tty_nr = stat.tty_nr as u32;
+    p.exit_signal = stat.exit_signal;
+    p.comm = st.name.clone();
+    p.umask = st.umask.unwrap_or(0o022);
+    p.cwd = procfs::read_link(pid, "cwd")?;
+    p.root = procfs::read_link(pid, "root")?;
+    for (what, path) in [("cwd", &p.cwd), ("root", &p.root)] {
+        if path.ends_with(" (deleted)") {
+            return Err(Error::Unsupported { pid, what: format!("a deleted {what} ({path})") });
+        }
+    }
+    let pers = procfs::read_string(pid, "personality")?;
+    p.personality = u64::from_str_radix(pers.trim(), 16)
+        .map_err(|_| Error::Invalid { object: format!("/proc/{pid}/personality"), what: format!("bad value {pers:?}") })?;
+    for resource in 0..RLIMIT_NLIMITS {
+        let (cur, max) = get_rlimit(pid, resource).ctx(|| format!("pid {pid}: cannot read rlimit {resource}"))?;
+        p.rlimits.push(Rlimit { resource, cur, max });
+    }
+    Ok(())
+}
+
+/// Collect what only the process itself can tell (dumpable, pdeathsig, subreaper).
+pub fn collect_injected(inj: &Injector, scratch: u64, p: &mut Process) -> Result<(), Error> {
+    let pid = inj.pid();
+    p.dumpable = inj.call(nr::PRCTL, &[PR_GET_DUMPABLE, 0, 0, 0, 0]).ctx(|| format!("pid {pid}: cannot read dumpable"))? as i32;
+    let mut b = [0u8; 4];
+    inj.call(nr::PRCTL, &[PR_GET_PDEATHSIG, scratch, 0, 0, 0]).ctx(|| format!("pid {pid}: cannot read pdeathsig"))?;
+    vm_read(pid, scratch, &mut b).ctx(|| format!("pid {pid}: cannot read back pdeathsig"))?;
+    p.pdeathsig = i32::from_le_bytes(b);
+    inj.call(nr::PRCTL, &[PR_GET_CHILD_SUBREAPER, scratch, 0, 0, 0])
+        .ctx(|| format!("pid {pid}: cannot read child_subreaper"))?;
+    vm_read(pid, scratch, &mut b).ctx(|| format!("pid {pid}: cannot read back child_subreaper"))?;
+    p.child_subreaper = i32::from_le_bytes(b) != 0;
+    Ok(())
+}
+
+/// In the restored child: session/group, root, cwd (given as an open directory fd), umask,
+/// personality, comm.
+pub fn apply_in_child(p: &Process, cwd_fd: std::os::fd::BorrowedFd<'_>) -> Result<(), String> {
+    if p.sid == p.pid {
+        raw::setsid().map_err(|e| format!("setsid: {e}"))?;
+    } else if p.pgid == p.pid {
+        raw::setpgid(0, 0).map_err(|e| format!("setpgid: {e}"))?;
+    }
+    if p.root != "/" {
+        let root = std::ffi::CString::new(p.root.as_bytes()).map_err(|_| "root path has a NUL byte".to_string())?;
+        raw::chroot(&root).map_err(|e| format!("chroot {}: {e}", p.root))?;
+    }
+    raw::fchdir(cwd_fd).map_err(|e| format!("chdir {}: {e}", p.cwd))?;
+    raw::umask(p.umask);
+    raw::personality(p.personality).map_err(|e| format!("personality {:#x}: {e}", p.personality))?;
+    raw::set_comm(p.comm.as_bytes()).map_err(|e| format!("comm: {e}"))?;
+    Ok(())
+}
+
+/// By the tracer from outside: resource limits.
+pub fn restore_rlimits(pid: i32, p: &Process) -> Result<(), Error> {
+    for r in &p.rlimits {
+        set_rlimit(pid, r.resource, r.cur, r.max).ctx(|| {
+            format!("pid {pid}: cannot set rlimit {} to {}/{} (raising a hard limit needs CAP_SYS_RESOURCE)", r.resource, r.cur, r.max)
+        })?;
+    }
+    Ok(())
+}
+
+/// By the tracer, after credentials (a uid change resets dumpable): dumpable, pdeathsig,
+/// child_subreaper.
+pub fn restore_late(inj: &Injector, p: &Process) -> Result<(), Error> {
+    let pid = inj.pid();
+    inj.call(nr::PRCTL, &[PR_SET_DUMPABLE, p.dumpable as u64, 0, 0, 0]).ctx(|| format!("pid {pid}: cannot set dumpable"))?;
+    inj.call(nr::PRCTL, &[PR_SET_PDEATHSIG, p.pdeathsig as u64, 0, 0, 0]).ctx(|| format!("pid {pid}: cannot set pdeathsig"))?;
+    if p.child_subreaper {
+        inj.call(nr::PRCTL, &[PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0]).ctx(|| format!("pid {pid}: cannot set child_subreaper"))?;
+    }
+    Ok(())
+}

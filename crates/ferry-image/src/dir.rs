@@ -1,0 +1,237 @@
+//! Writing and reading an image directory atomically.
+//!
+//! Each file is written under a `.tmp` name, fsynced and renamed; `inventory.img` (with every
+//! file's size and checksum) is renamed into place last and the directory fsynced, so a crash
+//! at any point leaves either the previous state or a complete, verifiable image — never a
+//! complete-looking half image. Files are created mode 0600 and the directory 0700: images
+//! hold process memory, which means secrets.
+
+use crate::{decode_record, encode_record, FileDigest, ImageError, Inventory, Process, RecordKind, INVENTORY};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+fn io_err(file: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
+    move |source| ImageError::Io { file: file.display().to_string(), source }
+}
+
+/// Writes the files of one image.
+pub struct ImageWriter {
+    dir: PathBuf,
+    files: Vec<FileDigest>,
+}
+
+/// A file being streamed into the image (page data), checksummed as it is written.
+pub struct StreamFile {
+    name: String,
+    tmp: PathBuf,
+    dst: PathBuf,
+    file: File,
+    hasher: crc32fast::Hasher,
+    len: u64,
+}
+
+impl StreamFile {
+    /// Append bytes.
+    pub fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.file.write_all(buf)?;
+        self.hasher.update(buf);
+        self.len += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far (the offset the next write lands at).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl ImageWriter {
+    /// Prepare `dir` (created 0700 if missing). An older image there is invalidated first by
+    /// removing its inventory, so it can never be mixed with the new files.
+    pub fn create(dir: &Path) -> Result<ImageWriter, ImageError> {
+        match fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let inv = dir.join(INVENTORY);
+                match fs::remove_file(&inv) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err(&inv)(e)),
+                }
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+            }
+            Err(e) => return Err(io_err(dir)(e)),
+        }
+        Ok(ImageWriter { dir: dir.to_path_buf(), files: Vec::new() })
+    }
+
+    /// The image directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn open_tmp(&self, name: &str) -> Result<(PathBuf, PathBuf, File), ImageError> {
+        let dst = self.dir.join(name);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let _ = fs::remove_file(&tmp);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
+        Ok((tmp, dst, file))
+    }
+
+    /// Write a whole file atomically.
+    pub fn write_file(&mut self, name: &str, bytes: &[u8]) -> Result<(), ImageError> {
+        let mut f = self.stream(name)?;
+        f.write_all(bytes).map_err(io_err(&f.tmp))?;
+        self.finish_stream(f)
+    }
+
+    /// Write a process record.
+    pub fn write_process(&mut self, p: &Process) -> Result<(), ImageError> {
+        let bytes = encode_record(RecordKind::Process, p);
+        self.write_file(&crate::process_file(p.pid), &bytes)
+    }
+
+    /// Start streaming a file.
+    pub fn stream(&self, name: &str) -> Result<StreamFile, ImageError> {
+        let (tmp, dst, file) = self.open_tmp(name)?;
+        Ok(StreamFile { name: name.to_string(), tmp, dst, file, hasher: crc32fast::Hasher::new(), len: 0 })
+    }
+
+    /// Flush, fsync and rename a streamed file into place, recording its digest.
+    pub fn finish_stream(&mut self, f: StreamFile) -> Result<(), ImageError> {
+        f.file.sync_all().map_err(io_err(&f.tmp))?;
+        fs::rename(&f.tmp, &f.dst).map_err(io_err(&f.dst))?;
+        self.files.push(FileDigest { name: f.name, size: f.len, crc32: f.hasher.finalize() });
+        Ok(())
+    }
+
+    /// Write the inventory last, making the image complete.
+    pub fn commit(mut self, mut inventory: Inventory) -> Result<(), ImageError> {
+        inventory.format_version = crate::FORMAT_VERSION;
+        inventory.files = std::mem::take(&mut self.files);
+        let bytes = encode_record(RecordKind::Inventory, &inventory);
+        let (tmp, dst, mut file) = self.open_tmp(INVENTORY)?;
+        file.write_all(&bytes).map_err(io_err(&tmp))?;
+        file.sync_all().map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err(&self.dir))?;
+        Ok(())
+    }
+}
+
+/// Reads a complete image, verifying every file before anything is handed out.
+pub struct ImageReader {
+    dir: PathBuf,
+    inventory: Inventory,
+}
+
+impl ImageReader {
+    /// Open `dir` and check the inventory's magic, version and checksum.
+    pub fn open(dir: &Path) -> Result<ImageReader, ImageError> {
+        let inv_path = dir.join(INVENTORY);
+        let bytes = match fs::read(&inv_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if dir.is_dir() {
+                    return Err(ImageError::Incomplete { dir: dir.display().to_string() });
+                }
+                return Err(io_err(dir)(e));
+            }
+            Err(e) => return Err(io_err(&inv_path)(e)),
+        };
+        let inventory: Inventory = decode_record(&inv_path.display().to_string(), RecordKind::Inventory, &bytes)?;
+        for f in &inventory.files {
+            if f.name.contains('/') || f.name.starts_with('.') || f.name.is_empty() {
+                return Err(ImageError::Invalid {
+                    file: inv_path.display().to_string(),
+                    what: format!("bad file name {:?}", f.name),
+                });
+            }
+        }
+        Ok(ImageReader { dir: dir.to_path_buf(), inventory })
+    }
+
+    /// The inventory.
+    pub fn inventory(&self) -> &Inventory {
+        &self.inventory
+    }
+
+    /// Path of a file of the image.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Check every listed file's size and checksum (reads all page data once).
+    pub fn verify_all(&self) -> Result<(), ImageError> {
+        let mut buf = vec![0u8; 1 << 20];
+        for d in &self.inventory.files {
+            let path = self.dir.join(&d.name);
+            let name = path.display().to_string();
+            let mut f = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ImageError::Missing { file: name }),
+                Err(e) => return Err(io_err(&path)(e)),
+            };
+            let size = f.metadata().map_err(io_err(&path))?.len();
+            if size != d.size {
+                return Err(ImageError::Truncated { file: name, expected: d.size, found: size });
+            }
+            let mut h = crc32fast::Hasher::new();
+            loop {
+                let n = f.read(&mut buf).map_err(io_err(&path))?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+            if h.finalize() != d.crc32 {
+                return Err(ImageError::Checksum { file: name });
+            }
+        }
+        Ok(())
+    }
+
+    /// Read a whole (small) file listed in the inventory, checking its digest.
+    pub fn read_file(&self, name: &str) -> Result<Vec<u8>, ImageError> {
+        let path = self.dir.join(name);
+        let pname = path.display().to_string();
+        let d = self
+            .inventory
+            .files
+            .iter()
+            .find(|d| d.name == name)
+            .ok_or_else(|| ImageError::Missing { file: pname.clone() })?;
+        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        if bytes.len() as u64 != d.size {
+            return Err(ImageError::Truncated { file: pname, expected: d.size, found: bytes.len() as u64 });
+        }
+        if crc32fast::hash(&bytes) != d.crc32 {
+            return Err(ImageError::Checksum { file: pname });
+        }
+        Ok(bytes)
+    }
+
+    /// Read and decode the record of process `pid`.
+    pub fn read_process(&self, pid: i32) -> Result<Process, ImageError> {
+        let name = crate::process_file(pid);
+        let bytes = self.read_file(&name)?;
+        decode_record(&self.dir.join(&name).display().to_string(), RecordKind::Process, &bytes)
+    }
+
+    /// Size recorded in the inventory for a file.
+    pub fn file_size(&self, name: &str) -> Option<u64> {
+        self.inventory.files.iter().find(|d| d.name == name).map(|d| d.size)
+    }
+}

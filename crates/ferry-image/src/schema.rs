@@ -1,0 +1,470 @@
+//! The image's records. `proto/ferry.proto` is the language-neutral copy of this schema (field
+//! numbers and types are identical), so other tools can decode an image without ferry.
+//! Field numbers are never reused; new fields are added with new numbers, which older readers
+//! skip. A change that older readers would misread bumps [`crate::FORMAT_VERSION`].
+
+use serde::Serialize;
+
+/// `inventory.img`: written last. An image directory without it is incomplete.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct Inventory {
+    #[prost(uint32, tag = "1")]
+    pub format_version: u32,
+    #[prost(string, tag = "2")]
+    pub tool_version: String,
+    #[prost(int32, tag = "3")]
+    pub root_pid: i32,
+    #[prost(int32, repeated, tag = "4")]
+    pub pids: Vec<i32>,
+    #[prost(string, tag = "5")]
+    pub kernel_release: String,
+    #[prost(uint64, tag = "6")]
+    pub created_unix_ms: u64,
+    /// Every other file of the image with its size and checksum.
+    #[prost(message, repeated, tag = "7")]
+    pub files: Vec<FileDigest>,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct FileDigest {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(uint64, tag = "2")]
+    pub size: u64,
+    #[prost(uint32, tag = "3")]
+    pub crc32: u32,
+}
+
+/// `process-PID.img`: everything about one process except its page contents.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct Process {
+    #[prost(int32, tag = "1")]
+    pub pid: i32,
+    #[prost(int32, tag = "2")]
+    pub ppid: i32,
+    #[prost(int32, tag = "3")]
+    pub pgid: i32,
+    #[prost(int32, tag = "4")]
+    pub sid: i32,
+    #[prost(string, tag = "5")]
+    pub comm: String,
+    #[prost(string, tag = "6")]
+    pub cwd: String,
+    #[prost(string, tag = "7")]
+    pub root: String,
+    #[prost(uint32, tag = "8")]
+    pub umask: u32,
+    #[prost(uint64, tag = "9")]
+    pub personality: u64,
+    #[prost(message, optional, tag = "10")]
+    pub creds: Option<Creds>,
+    #[prost(message, repeated, tag = "11")]
+    pub rlimits: Vec<Rlimit>,
+    #[prost(message, repeated, tag = "12")]
+    pub threads: Vec<Thread>,
+    #[prost(message, optional, tag = "13")]
+    pub mm: Option<Mm>,
+    #[prost(message, repeated, tag = "14")]
+    pub fds: Vec<Fd>,
+    #[prost(message, repeated, tag = "15")]
+    pub files: Vec<File>,
+    #[prost(message, repeated, tag = "16")]
+    pub pipes: Vec<Pipe>,
+    #[prost(message, repeated, tag = "17")]
+    pub sigactions: Vec<SigAction>,
+    #[prost(message, repeated, tag = "18")]
+    pub shared_pending: Vec<Siginfo>,
+    #[prost(message, repeated, tag = "19")]
+    pub itimers: Vec<ITimer>,
+    #[prost(message, repeated, tag = "20")]
+    pub posix_timers: Vec<PosixTimer>,
+    #[prost(int32, tag = "21")]
+    pub dumpable: i32,
+    #[prost(int32, tag = "22")]
+    pub pdeathsig: i32,
+    #[prost(bool, tag = "23")]
+    pub child_subreaper: bool,
+    /// `exit_signal` from /proc/PID/stat (SIGCHLD for a normal fork).
+    #[prost(int32, tag = "24")]
+    pub exit_signal: i32,
+    #[prost(uint32, tag = "25")]
+    pub tty_nr: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct Creds {
+    /// real, effective, saved, filesystem
+    #[prost(uint32, repeated, tag = "1")]
+    pub uids: Vec<u32>,
+    #[prost(uint32, repeated, tag = "2")]
+    pub gids: Vec<u32>,
+    #[prost(uint32, repeated, tag = "3")]
+    pub groups: Vec<u32>,
+    #[prost(uint64, tag = "4")]
+    pub cap_inh: u64,
+    #[prost(uint64, tag = "5")]
+    pub cap_prm: u64,
+    #[prost(uint64, tag = "6")]
+    pub cap_eff: u64,
+    #[prost(uint64, tag = "7")]
+    pub cap_bnd: u64,
+    #[prost(uint64, tag = "8")]
+    pub cap_amb: u64,
+    #[prost(uint32, tag = "9")]
+    pub securebits: u32,
+    #[prost(bool, tag = "10")]
+    pub no_new_privs: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct Rlimit {
+    #[prost(uint32, tag = "1")]
+    pub resource: u32,
+    #[prost(uint64, tag = "2")]
+    pub cur: u64,
+    #[prost(uint64, tag = "3")]
+    pub max: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct Thread {
+    #[prost(int32, tag = "1")]
+    pub tid: i32,
+    #[prost(message, optional, tag = "2")]
+    pub regs: Option<Regs>,
+    /// The raw XSAVE area as PTRACE_GETREGSET(NT_X86_XSTATE) returns it.
+    #[prost(bytes = "vec", tag = "3")]
+    #[serde(serialize_with = "crate::hex::serialize")]
+    pub xstate: Vec<u8>,
+    #[prost(uint64, tag = "4")]
+    pub sigmask: u64,
+    #[prost(message, repeated, tag = "5")]
+    pub pending: Vec<Siginfo>,
+    #[prost(message, optional, tag = "6")]
+    pub altstack: Option<SigAltStack>,
+    #[prost(message, optional, tag = "7")]
+    pub rseq: Option<Rseq>,
+    #[prost(uint64, tag = "8")]
+    pub robust_list_head: u64,
+    #[prost(uint64, tag = "9")]
+    pub robust_list_len: u64,
+    #[prost(uint64, tag = "10")]
+    pub clear_child_tid: u64,
+    #[prost(string, tag = "11")]
+    pub comm: String,
+    /// What the thread was doing when frozen, for `inspect` ("running", "in syscall 35 (restarted)").
+    #[prost(string, tag = "12")]
+    pub stopped_in: String,
+}
+
+/// x86_64 general registers in `struct user_regs_struct` terms. The instruction pointer and
+/// rax are already adjusted for syscall restart at dump time; orig_rax is kept for reference.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct Regs {
+    #[prost(uint64, tag = "1")]
+    pub r15: u64,
+    #[prost(uint64, tag = "2")]
+    pub r14: u64,
+    #[prost(uint64, tag = "3")]
+    pub r13: u64,
+    #[prost(uint64, tag = "4")]
+    pub r12: u64,
+    #[prost(uint64, tag = "5")]
+    pub rbp: u64,
+    #[prost(uint64, tag = "6")]
+    pub rbx: u64,
+    #[prost(uint64, tag = "7")]
+    pub r11: u64,
+    #[prost(uint64, tag = "8")]
+    pub r10: u64,
+    #[prost(uint64, tag = "9")]
+    pub r9: u64,
+    #[prost(uint64, tag = "10")]
+    pub r8: u64,
+    #[prost(uint64, tag = "11")]
+    pub rax: u64,
+    #[prost(uint64, tag = "12")]
+    pub rcx: u64,
+    #[prost(uint64, tag = "13")]
+    pub rdx: u64,
+    #[prost(uint64, tag = "14")]
+    pub rsi: u64,
+    #[prost(uint64, tag = "15")]
+    pub rdi: u64,
+    #[prost(uint64, tag = "16")]
+    pub orig_rax: u64,
+    #[prost(uint64, tag = "17")]
+    pub rip: u64,
+    #[prost(uint64, tag = "18")]
+    pub cs: u64,
+    #[prost(uint64, tag = "19")]
+    pub eflags: u64,
+    #[prost(uint64, tag = "20")]
+    pub rsp: u64,
+    #[prost(uint64, tag = "21")]
+    pub ss: u64,
+    #[prost(uint64, tag = "22")]
+    pub fs_base: u64,
+    #[prost(uint64, tag = "23")]
+    pub gs_base: u64,
+    #[prost(uint64, tag = "24")]
+    pub ds: u64,
+    #[prost(uint64, tag = "25")]
+    pub es: u64,
+    #[prost(uint64, tag = "26")]
+    pub fs: u64,
+    #[prost(uint64, tag = "27")]
+    pub gs: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct SigAltStack {
+    #[prost(uint64, tag = "1")]
+    pub sp: u64,
+    #[prost(int32, tag = "2")]
+    pub flags: i32,
+    #[prost(uint64, tag = "3")]
+    pub size: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct Rseq {
+    #[prost(uint64, tag = "1")]
+    pub addr: u64,
+    #[prost(uint32, tag = "2")]
+    pub len: u32,
+    #[prost(uint32, tag = "3")]
+    pub signature: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct SigAction {
+    #[prost(int32, tag = "1")]
+    pub sig: i32,
+    #[prost(uint64, tag = "2")]
+    pub handler: u64,
+    #[prost(uint64, tag = "3")]
+    pub flags: u64,
+    #[prost(uint64, tag = "4")]
+    pub restorer: u64,
+    #[prost(uint64, tag = "5")]
+    pub mask: u64,
+}
+
+/// A queued signal: its number and the raw 128-byte siginfo (what PTRACE_PEEKSIGINFO returns).
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct Siginfo {
+    #[prost(int32, tag = "1")]
+    pub signo: i32,
+    #[prost(bytes = "vec", tag = "2")]
+    #[serde(serialize_with = "crate::hex::serialize")]
+    pub raw: Vec<u8>,
+}
+
+/// An interval timer (`which`: 0 real, 1 virtual, 2 prof), times in microseconds.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct ITimer {
+    #[prost(int32, tag = "1")]
+    pub which: i32,
+    #[prost(uint64, tag = "2")]
+    pub interval_us: u64,
+    #[prost(uint64, tag = "3")]
+    pub value_us: u64,
+}
+
+/// A POSIX timer (timer_create), times in nanoseconds.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct PosixTimer {
+    #[prost(int32, tag = "1")]
+    pub id: i32,
+    #[prost(int32, tag = "2")]
+    pub clock_id: i32,
+    #[prost(int32, tag = "3")]
+    pub signo: i32,
+    #[prost(uint64, tag = "4")]
+    pub sigev_value: u64,
+    /// SIGEV_SIGNAL (0), SIGEV_NONE (1), SIGEV_THREAD_ID (4)
+    #[prost(int32, tag = "5")]
+    pub notify: i32,
+    #[prost(int32, tag = "6")]
+    pub notify_tid: i32,
+    #[prost(uint64, tag = "7")]
+    pub interval_ns: u64,
+    #[prost(uint64, tag = "8")]
+    pub value_ns: u64,
+    #[prost(int32, tag = "9")]
+    pub overrun: i32,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct Mm {
+    #[prost(uint64, tag = "1")]
+    pub start_code: u64,
+    #[prost(uint64, tag = "2")]
+    pub end_code: u64,
+    #[prost(uint64, tag = "3")]
+    pub start_data: u64,
+    #[prost(uint64, tag = "4")]
+    pub end_data: u64,
+    #[prost(uint64, tag = "5")]
+    pub start_brk: u64,
+    #[prost(uint64, tag = "6")]
+    pub brk: u64,
+    #[prost(uint64, tag = "7")]
+    pub start_stack: u64,
+    #[prost(uint64, tag = "8")]
+    pub arg_start: u64,
+    #[prost(uint64, tag = "9")]
+    pub arg_end: u64,
+    #[prost(uint64, tag = "10")]
+    pub env_start: u64,
+    #[prost(uint64, tag = "11")]
+    pub env_end: u64,
+    /// /proc/PID/auxv as u64 words.
+    #[prost(uint64, repeated, tag = "12")]
+    pub auxv: Vec<u64>,
+    #[prost(string, tag = "13")]
+    pub exe_path: String,
+    #[prost(message, repeated, tag = "14")]
+    pub vmas: Vec<Vma>,
+    /// crc32 and size of the vDSO text the process ran with; restore refuses a different one.
+    #[prost(uint32, tag = "15")]
+    pub vdso_crc32: u32,
+    #[prost(uint64, tag = "16")]
+    pub vdso_size: u64,
+    /// Bytes of page data stored for this process in `pages-PID.img`.
+    #[prost(uint64, tag = "17")]
+    pub pages_bytes: u64,
+}
+
+/// What backs a mapping, which decides how restore recreates it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration, Serialize)]
+#[repr(i32)]
+pub enum VmaKind {
+    Invalid = 0,
+    /// Private anonymous memory (heap, stack, malloc arenas): stored pages only.
+    Anon = 1,
+    /// Private file mapping: the file supplies clean pages, COW-modified pages are stored.
+    FilePrivate = 2,
+    /// Shared file mapping: the file is the storage; no pages stored.
+    FileShared = 3,
+    /// Shared anonymous memory: all touched pages stored.
+    SharedAnon = 4,
+    Vdso = 5,
+    Vvar = 6,
+    VvarVclock = 7,
+    Vsyscall = 8,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct Vma {
+    #[prost(uint64, tag = "1")]
+    pub start: u64,
+    #[prost(uint64, tag = "2")]
+    pub end: u64,
+    /// PROT_* bits
+    #[prost(uint32, tag = "3")]
+    pub prot: u32,
+    #[prost(enumeration = "VmaKind", tag = "4")]
+    pub kind: i32,
+    /// File offset in bytes.
+    #[prost(uint64, tag = "5")]
+    pub offset: u64,
+    /// Backing file path, or the pseudo name ("[heap]", "[stack]", "[anon:...]").
+    #[prost(string, tag = "6")]
+    pub path: String,
+    /// For a deleted backing file: the ghost file in the image holding its content.
+    #[prost(string, tag = "7")]
+    pub ghost: String,
+    /// The two-letter VmFlags codes from smaps (gd, lo, dd, hg ...).
+    #[prost(string, repeated, tag = "8")]
+    pub vm_flags: Vec<String>,
+    /// Runs of stored pages.
+    #[prost(message, repeated, tag = "9")]
+    pub runs: Vec<PageRun>,
+    /// Size and mtime of the backing file at dump time, to detect a changed file at restore.
+    #[prost(uint64, tag = "10")]
+    pub file_size: u64,
+    #[prost(int64, tag = "11")]
+    pub file_mtime_ns: i64,
+    /// Whether the file must be opened for writing (shared writable mapping).
+    #[prost(bool, tag = "12")]
+    pub file_writable: bool,
+}
+
+/// `nr_pages` pages starting at `addr`, stored at byte `offset` of `pages-PID.img`.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct PageRun {
+    #[prost(uint64, tag = "1")]
+    pub addr: u64,
+    #[prost(uint64, tag = "2")]
+    pub nr_pages: u64,
+    #[prost(uint64, tag = "3")]
+    pub offset: u64,
+}
+
+/// One entry of the fd table: the number and which open file description it refers to.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct Fd {
+    #[prost(int32, tag = "1")]
+    pub fd: i32,
+    #[prost(bool, tag = "2")]
+    pub cloexec: bool,
+    /// Index into `Process.files`; fds that share a file description share the index.
+    #[prost(uint32, tag = "3")]
+    pub file: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration, Serialize)]
+#[repr(i32)]
+pub enum FileKind {
+    Invalid = 0,
+    Regular = 1,
+    Directory = 2,
+    /// /dev/null, /dev/zero, /dev/urandom and friends: reopened by path.
+    CharDevice = 3,
+    /// One end of a pipe whose both ends belong to the image (see `Process.pipes`).
+    Pipe = 4,
+    /// Not owned by the image (a terminal or a pipe of the parent at fd 0-2): restore hands
+    /// over ferry's own fd of the same number, like CRIU's --shell-job/--inherit-fd.
+    Inherited = 5,
+}
+
+/// An open file description.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct File {
+    #[prost(enumeration = "FileKind", tag = "1")]
+    pub kind: i32,
+    #[prost(string, tag = "2")]
+    pub path: String,
+    /// open(2) flags as fdinfo shows them (access mode, O_APPEND, O_NONBLOCK ...), without O_CLOEXEC.
+    #[prost(uint32, tag = "3")]
+    pub flags: u32,
+    #[prost(uint64, tag = "4")]
+    pub pos: u64,
+    /// For a file deleted while open: the ghost file in the image holding its content.
+    #[prost(string, tag = "5")]
+    pub ghost: String,
+    #[prost(uint32, tag = "6")]
+    pub mode: u32,
+    #[prost(uint64, tag = "7")]
+    pub size: u64,
+    /// Pipe inode (for `Pipe`), to find the `Pipe` record.
+    #[prost(uint64, tag = "8")]
+    pub pipe_ino: u64,
+    /// A human description for `inspect` and errors ("pipe:[1234]", "/dev/pts/0").
+    #[prost(string, tag = "9")]
+    pub describe: String,
+}
+
+/// A pipe with both ends in the image, and the bytes that were in flight.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct Pipe {
+    #[prost(uint64, tag = "1")]
+    pub ino: u64,
+    #[prost(uint32, tag = "2")]
+    pub capacity: u32,
+    #[prost(bytes = "vec", tag = "3")]
+    #[serde(serialize_with = "crate::hex::serialize")]
+    pub data: Vec<u8>,
+}

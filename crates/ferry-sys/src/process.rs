@@ -1,0 +1,338 @@
+//! Cross-process access: memory, file descriptors, limits, and `clone3` with chosen PIDs.
+
+use crate::{cvt, cvt_i};
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// `process_vm_readv(2)` — copy `buf.len()` bytes from `addr` in `pid` into `buf`.
+/// Returns the number of bytes read (short on an unmapped or unreadable page).
+pub fn vm_read(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
+    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: buf.len() };
+    // SAFETY: `local` describes memory we exclusively borrow; `remote` is only interpreted
+    // by the kernel in the other process's address space.
+    let r = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+    cvt(r as libc::c_long).map(|n| n as usize)
+}
+
+/// `process_vm_writev(2)` — copy `buf` to `addr` in `pid`. Returns bytes written.
+pub fn vm_write(pid: i32, addr: u64, buf: &[u8]) -> io::Result<usize> {
+    let local = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
+    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: buf.len() };
+    // SAFETY: `local` describes memory we borrow for reading only; `remote` lives in the
+    // other process.
+    let r = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
+    cvt(r as libc::c_long).map(|n| n as usize)
+}
+
+/// `pidfd_open(2)` — a pidfd referring to `pid`.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments.
+    let fd = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    // SAFETY: the kernel just returned this fd to us; we are its only owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `pidfd_getfd(2)` — duplicate file descriptor `targetfd` of the process behind `pidfd`.
+pub fn pidfd_getfd(pidfd: BorrowedFd<'_>, targetfd: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments.
+    let fd = cvt(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), targetfd, 0) })?;
+    // SAFETY: the kernel just returned this fd to us; we are its only owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `kcmp(2)` — compare a kernel object of two processes; 0 means the same object.
+pub fn kcmp(pid1: i32, pid2: i32, kind: i32, idx1: u64, idx2: u64) -> io::Result<i32> {
+    // SAFETY: plain integer arguments.
+    cvt(unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, kind, idx1, idx2) }).map(|r| r as i32)
+}
+
+/// `prlimit64(2)` read — the (soft, hard) limit of `resource` in `pid`.
+pub fn get_rlimit(pid: i32, resource: u32) -> io::Result<(u64, u64)> {
+    let mut old = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `old` is a valid out-pointer; new limit is null.
+    cvt_i(unsafe { libc::prlimit64(pid, resource as _, std::ptr::null(), &mut old) })?;
+    Ok((old.rlim_cur, old.rlim_max))
+}
+
+/// `prlimit64(2)` write — set the (soft, hard) limit of `resource` in `pid`.
+pub fn set_rlimit(pid: i32, resource: u32, soft: u64, hard: u64) -> io::Result<()> {
+    let new = libc::rlimit64 { rlim_cur: soft, rlim_max: hard };
+    // SAFETY: `new` is a valid pointer; old limit is null.
+    cvt_i(unsafe { libc::prlimit64(pid, resource as _, &new, std::ptr::null_mut()) }).map(drop)
+}
+
+/// `get_robust_list(2)` — (head, len) of the robust futex list of thread `tid`.
+pub fn get_robust_list(tid: i32) -> io::Result<(u64, u64)> {
+    let mut head: u64 = 0;
+    let mut len: usize = 0;
+    // SAFETY: both out-pointers are valid for the call.
+    cvt(unsafe { libc::syscall(libc::SYS_get_robust_list, tid, &mut head, &mut len) })?;
+    Ok((head, len as u64))
+}
+
+/// `kill(2)`.
+pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: plain integer arguments.
+    cvt_i(unsafe { libc::kill(pid, sig) }).map(drop)
+}
+
+/// `getpid(2)` by raw syscall (correct in a `clone3` child, where glibc's cache is stale).
+pub fn getpid_raw() -> i32 {
+    // SAFETY: no arguments, cannot fail.
+    unsafe { libc::syscall(libc::SYS_getpid) as i32 }
+}
+
+/// `getauxval(3)` of this process.
+pub fn getauxval(key: u64) -> u64 {
+    // SAFETY: reads this process's auxiliary vector; unknown keys return 0.
+    unsafe { libc::getauxval(key) }
+}
+
+/// Page size of this machine.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as u64 }
+}
+
+/// Result of [`clone3_with_pid`].
+pub enum Fork {
+    Parent(i32),
+    Child,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `clone3(2)` with `set_tid` — fork this process so the child gets exactly PID `pid`
+/// (in the caller's PID namespace), like `fork()` otherwise (SIGCHLD on exit).
+///
+/// The child must not rely on glibc's cached thread id (raise(), pthread_self()->tid ...);
+/// use raw syscalls there. The caller must be single-threaded.
+pub fn clone3_with_pid(pid: i32) -> io::Result<Fork> {
+    let tid = [pid];
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    // SAFETY: without CLONE_VM the child gets a copy of our address space, so continuing on
+    // the same stack is fine (this is what fork() does); `args` and `tid` outlive the call.
+    let r = cvt(unsafe {
+        libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>())
+    })?;
+    Ok(if r == 0 { Fork::Child } else { Fork::Parent(r as i32) })
+}
+
+/// A read-only, shared mapping of a whole file, for handing page data to the kernel without an
+/// extra copy.
+pub struct Mmap {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mmap {
+    /// `mmap(2)` `len` bytes of `fd` from offset 0, read-only and shared.
+    pub fn map_readonly(fd: BorrowedFd<'_>, len: usize) -> io::Result<Mmap> {
+        if len == 0 {
+            return Ok(Mmap { ptr: std::ptr::NonNull::dangling().as_ptr(), len: 0 });
+        }
+        // SAFETY: a fresh mapping chosen by the kernel; nothing else aliases it.
+        let ptr = unsafe {
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, fd.as_raw_fd(), 0)
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mmap { ptr, len })
+    }
+
+    /// The mapped bytes. The file must not be truncated while mapped (ferry's own image files).
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr..ptr+len is a live PROT_READ mapping owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
+    }
+
+    /// `madvise(MADV_SEQUENTIAL | MADV_WILLNEED)` hint for a range.
+    pub fn advise_sequential(&self) {
+        if self.len > 0 {
+            // SAFETY: advisory call on our own mapping.
+            unsafe {
+                libc::madvise(self.ptr, self.len, libc::MADV_SEQUENTIAL);
+            }
+        }
+    }
+}
+
+impl Drop for Mmap {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: unmapping the mapping we own; no references outlive self.
+            unsafe {
+                libc::munmap(self.ptr, self.len);
+            }
+        }
+    }
+}
+
+// SAFETY: the mapping is read-only and owned; sharing &[u8] views across threads is fine.
+unsafe impl Send for Mmap {}
+// SAFETY: see above.
+unsafe impl Sync for Mmap {}
+
+/// `open(2)` with raw flags (the flags a checkpointed fd had) and mode.
+pub fn open_raw(path: &CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    // SAFETY: path is a valid NUL-terminated string.
+    let fd = cvt_i(unsafe { libc::open(path.as_ptr(), flags, mode) })?;
+    // SAFETY: fresh fd owned by us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `openat(2)` on a directory fd with raw flags.
+pub fn openat_raw(dir: BorrowedFd<'_>, path: &CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    // SAFETY: path is a valid NUL-terminated string.
+    let fd = cvt_i(unsafe { libc::openat(dir.as_raw_fd(), path.as_ptr(), flags, mode) })?;
+    // SAFETY: fresh fd owned by us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `pipe2(2)` — (read end, write end).
+pub fn pipe2(flags: i32) -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid two-int array.
+    cvt_i(unsafe { libc::pipe2(fds.as_mut_ptr(), flags) })?;
+    // SAFETY: two fresh fds owned by us.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `tee(2)` — copy up to `len` bytes from pipe `from` into pipe `to` without consuming them.
+pub fn tee(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize, nonblock: bool) -> io::Result<usize> {
+    let flags = if nonblock { libc::SPLICE_F_NONBLOCK } else { 0 };
+    // SAFETY: plain fds and integers.
+    let r = unsafe { libc::tee(from.as_raw_fd(), to.as_raw_fd(), len, flags) };
+    cvt(r as libc::c_long).map(|n| n as usize)
+}
+
+/// `fcntl(F_GETPIPE_SZ)`.
+pub fn pipe_size(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    // SAFETY: plain fd and command.
+    cvt_i(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ) }).map(|n| n as usize)
+}
+
+/// `fcntl(F_SETPIPE_SZ)`.
+pub fn set_pipe_size(fd: BorrowedFd<'_>, size: usize) -> io::Result<()> {
+    // SAFETY: plain fd and integers.
+    cvt_i(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) }).map(drop)
+}
+
+/// `fcntl(F_SETFL)`.
+pub fn set_status_flags(fd: BorrowedFd<'_>, flags: i32) -> io::Result<()> {
+    // SAFETY: plain fd and integers.
+    cvt_i(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) }).map(drop)
+}
+
+/// `fstat(2)`.
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat64> {
+    // SAFETY: zeroed stat is a valid value to be overwritten.
+    let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
+    // SAFETY: st is a valid out-pointer.
+    cvt_i(unsafe { libc::fstat64(fd.as_raw_fd(), &mut st) })?;
+    Ok(st)
+}
+
+/// `ioctl(FIONREAD)` — bytes queued for reading.
+pub fn fionread(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: n is a valid out-pointer for FIONREAD.
+    cvt_i(unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) })?;
+    Ok(n as usize)
+}
+
+/// One region reported by `PAGEMAP_SCAN`: pages `start..end` all having `categories`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct PageRegion {
+    pub start: u64,
+    pub end: u64,
+    pub categories: u64,
+}
+
+/// PAGEMAP_SCAN page categories (linux/fs.h).
+pub mod page_is {
+    pub const WPALLOWED: u64 = 1 << 0;
+    pub const WRITTEN: u64 = 1 << 1;
+    pub const FILE: u64 = 1 << 2;
+    pub const PRESENT: u64 = 1 << 3;
+    pub const SWAPPED: u64 = 1 << 4;
+    pub const PFNZERO: u64 = 1 << 5;
+    pub const HUGE: u64 = 1 << 6;
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+const PAGEMAP_SCAN: libc::c_ulong = 0xC060_6610;
+
+/// `ioctl(PAGEMAP_SCAN)` on an open `/proc/PID/pagemap` — the regions of `start..end` that
+/// have any of `anyof` categories, each with its categories masked by `ret_mask`. Scans the
+/// whole range, in as many calls as needed.
+pub fn pagemap_scan(pagemap: BorrowedFd<'_>, start: u64, end: u64, anyof: u64, ret_mask: u64) -> io::Result<Vec<PageRegion>> {
+    let mut out: Vec<PageRegion> = Vec::new();
+    let mut cur = start;
+    let mut buf = vec![PageRegion { start: 0, end: 0, categories: 0 }; 512];
+    while cur < end {
+        let mut arg = PmScanArg {
+            size: std::mem::size_of::<PmScanArg>() as u64,
+            start: cur,
+            end,
+            vec: buf.as_mut_ptr() as u64,
+            vec_len: buf.len() as u64,
+            category_anyof_mask: anyof,
+            return_mask: ret_mask,
+            ..Default::default()
+        };
+        // SAFETY: `arg` is a valid pm_scan_arg; `vec` points to `vec_len` writable
+        // page_region entries (PageRegion is repr(C)-compatible: three u64).
+        let n = cvt_i(unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN, &mut arg as *mut PmScanArg) })?;
+        for r in &buf[..n as usize] {
+            match out.last_mut() {
+                Some(last) if last.end == r.start && last.categories == r.categories => last.end = r.end,
+                _ => out.push(*r),
+            }
+        }
+        if arg.walk_end <= cur {
+            break;
+        }
+        cur = arg.walk_end;
+    }
+    Ok(out)
+}

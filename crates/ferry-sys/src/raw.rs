@@ -1,0 +1,240 @@
+//! Raw syscalls a process makes on itself. The restore engine's forked children use these
+//! (not glibc's wrappers, whose caches and hidden flags would be wrong after `clone3`).
+
+use crate::{cvt, cvt_i};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+/// The kernel's `struct sigaction` for `rt_sigaction(2)` on x86_64 (not glibc's).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelSigaction {
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+/// `rt_sigaction(2)` raw — install `act` for `sig` in the calling process.
+pub fn rt_sigaction(sig: i32, act: &KernelSigaction) -> io::Result<()> {
+    // SAFETY: `act` is a valid kernel sigaction; the old-action pointer is null; sigsetsize 8.
+    cvt(unsafe {
+        libc::syscall(libc::SYS_rt_sigaction, sig, act as *const KernelSigaction, 0usize, 8usize)
+    })
+    .map(drop)
+}
+
+/// `rt_sigprocmask(SIG_SETMASK)` raw — returns the previous mask.
+pub fn set_sigmask_self(mask: u64) -> io::Result<u64> {
+    let mut old = 0u64;
+    // SAFETY: valid pointers to 8-byte masks.
+    cvt(unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &mask, &mut old, 8usize) })?;
+    Ok(old)
+}
+
+/// `prctl(2)` with integer arguments.
+pub fn prctl(option: i32, a2: u64, a3: u64, a4: u64, a5: u64) -> io::Result<i32> {
+    // SAFETY: only integer-argument prctl options are passed by callers.
+    cvt_i(unsafe { libc::prctl(option, a2, a3, a4, a5) })
+}
+
+/// `prctl(PR_SET_NAME)` — set comm (at most 15 bytes used).
+pub fn set_comm(name: &[u8]) -> io::Result<()> {
+    let mut buf = [0u8; 16];
+    let n = name.len().min(15);
+    buf[..n].copy_from_slice(&name[..n]);
+    // SAFETY: buf is a NUL-terminated 16-byte buffer.
+    cvt_i(unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr()) }).map(drop)
+}
+
+/// `personality(2)`.
+pub fn personality(p: u64) -> io::Result<()> {
+    // SAFETY: integer argument.
+    let r = unsafe { libc::personality(p as libc::c_ulong) };
+    cvt_i(r).map(drop)
+}
+
+/// `umask(2)`.
+pub fn umask(mask: u32) {
+    // SAFETY: cannot fail.
+    unsafe {
+        libc::umask(mask);
+    }
+}
+
+/// `setsid(2)`.
+pub fn setsid() -> io::Result<()> {
+    // SAFETY: no arguments.
+    cvt_i(unsafe { libc::setsid() }).map(drop)
+}
+
+/// `setpgid(2)`.
+pub fn setpgid(pid: i32, pgid: i32) -> io::Result<()> {
+    // SAFETY: integer arguments.
+    cvt_i(unsafe { libc::setpgid(pid, pgid) }).map(drop)
+}
+
+/// `dup3(2)` — make `newfd` a copy of `old` (with `O_CLOEXEC` if `cloexec`). Does not take
+/// ownership: the caller tracks `newfd` by number.
+pub fn dup3(old: BorrowedFd<'_>, newfd: i32, cloexec: bool) -> io::Result<()> {
+    if old.as_raw_fd() == newfd {
+        return set_cloexec(newfd, cloexec);
+    }
+    let flags = if cloexec { libc::O_CLOEXEC } else { 0 };
+    // SAFETY: integer arguments; newfd may be clobbered, which the caller intends.
+    cvt_i(unsafe { libc::dup3(old.as_raw_fd(), newfd, flags) }).map(drop)
+}
+
+/// `fcntl(F_DUPFD_CLOEXEC)` — a copy of `fd` numbered at least `min`.
+pub fn dup_above(fd: BorrowedFd<'_>, min: i32) -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: integer arguments.
+    let n = cvt_i(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) })?;
+    // SAFETY: the kernel just created fd `n` for us; we are its only owner.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n) })
+}
+
+/// `dup3(2)` by numbers, in a forked child arranging its fd table. Neither number is owned by
+/// any Rust object in the child (they were inherited across the fork).
+pub fn dup3_numbers(old: i32, newfd: i32, cloexec: bool) -> io::Result<()> {
+    if old == newfd {
+        return set_cloexec(newfd, cloexec);
+    }
+    let flags = if cloexec { libc::O_CLOEXEC } else { 0 };
+    // SAFETY: integer arguments; `newfd` is meant to be replaced.
+    cvt_i(unsafe { libc::dup3(old, newfd, flags) }).map(drop)
+}
+
+/// `fcntl(F_SETFD)` by number.
+pub fn set_cloexec(fd: i32, cloexec: bool) -> io::Result<()> {
+    // SAFETY: integer arguments.
+    cvt_i(unsafe { libc::fcntl(fd, libc::F_SETFD, if cloexec { libc::FD_CLOEXEC } else { 0 }) }).map(drop)
+}
+
+/// `close_range(2)` — close every fd in `first..=last`.
+pub fn close_range(first: u32, last: u32) -> io::Result<()> {
+    // SAFETY: closing fds by number; callers own none of these numbers as OwnedFd.
+    cvt(unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) }).map(drop)
+}
+
+/// `close(2)` by number.
+pub fn close(fd: i32) -> io::Result<()> {
+    // SAFETY: closing by number; the caller holds no OwnedFd for it.
+    cvt_i(unsafe { libc::close(fd) }).map(drop)
+}
+
+/// `lseek(2)` to an absolute offset, by number.
+pub fn seek_to(fd: i32, off: u64) -> io::Result<()> {
+    // SAFETY: integer arguments.
+    let r = unsafe { libc::lseek64(fd, off as i64, libc::SEEK_SET) };
+    if r == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// `write(2)` the whole buffer to fd number `fd`.
+pub fn write_all(fd: i32, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: buf is valid for reads of buf.len() bytes.
+        let r = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        buf = &buf[r as usize..];
+    }
+    Ok(())
+}
+
+/// `tgkill(2)` the calling thread with `sig` (raw: the pid/tid come from the kernel, not glibc).
+pub fn raise_raw(sig: i32) -> io::Result<()> {
+    // SAFETY: plain syscalls with integer arguments.
+    let pid = unsafe { libc::syscall(libc::SYS_getpid) };
+    // SAFETY: as above.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+    // SAFETY: as above.
+    cvt(unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, sig) }).map(drop)
+}
+
+/// `exit_group(2)` without running atexit handlers or flushing stdio (for forked children).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no Rust state.
+    unsafe { libc::_exit(code) }
+}
+
+/// `mmap(2)` anonymous memory at a fixed address that must be free (`MAP_FIXED_NOREPLACE`),
+/// in the calling process. Returns the address.
+pub fn mmap_anon_noreplace(addr: u64, len: u64, prot: i32) -> io::Result<u64> {
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so no Rust memory is
+    // affected; the new mapping is not referenced by Rust code except through raw writes.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len as usize,
+            prot,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    if p as u64 != addr {
+        return Err(io::Error::from_raw_os_error(libc::EEXIST));
+    }
+    Ok(addr)
+}
+
+/// Copy `data` into memory this process mapped with [`mmap_anon_noreplace`] (writable).
+///
+/// # Safety
+/// `addr..addr+data.len()` must be a writable mapping created by the caller that no Rust
+/// reference points into.
+pub unsafe fn poke_own(addr: u64, data: &[u8]) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), addr as *mut u8, data.len()) }
+}
+
+/// `mprotect(2)` in the calling process.
+///
+/// # Safety
+/// The range must not hold memory that Rust code still writes through (e.g. a trampoline the
+/// caller mapped itself).
+pub unsafe fn mprotect_own(addr: u64, len: u64, prot: i32) -> io::Result<()> {
+    // SAFETY: guaranteed by the caller.
+    cvt_i(unsafe { libc::mprotect(addr as *mut libc::c_void, len as usize, prot) }).map(drop)
+}
+
+/// `chroot(2)`.
+pub fn chroot(path: &std::ffi::CStr) -> io::Result<()> {
+    // SAFETY: valid C string.
+    cvt_i(unsafe { libc::chroot(path.as_ptr()) }).map(drop)
+}
+
+/// `fchdir(2)`.
+pub fn fchdir(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: integer argument.
+    cvt_i(unsafe { libc::fchdir(fd.as_raw_fd()) }).map(drop)
+}
+
+/// Map `len` bytes at `addr` (which must be free: `MAP_FIXED_NOREPLACE`) in the calling process,
+/// copy `code` to its start and make the first page read+execute (the rest stays read+write).
+/// Used by restore children for the syscall trampoline the tracer drives.
+pub fn map_trampoline(addr: u64, len: u64, code: &[u8]) -> io::Result<()> {
+    let page = crate::process::page_size();
+    if code.len() as u64 > page || len < page {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    mmap_anon_noreplace(addr, len, libc::PROT_READ | libc::PROT_WRITE)?;
+    // SAFETY: the range was just created by MAP_FIXED_NOREPLACE, is writable, and no Rust
+    // reference points into it; `code` fits in the first page.
+    unsafe {
+        poke_own(addr, code);
+        mprotect_own(addr, page, libc::PROT_READ | libc::PROT_EXEC)
+    }
+}

@@ -1,0 +1,101 @@
+//! `ferry inspect`: decode an image into text or JSON (the role CRIU's crit plays).
+
+use anyhow::Result;
+use ferry_image::{FileKind, ImageReader, VmaKind};
+use std::path::Path;
+
+fn prot(p: u32) -> String {
+    let f = |b: i32, c: char| if p & b as u32 != 0 { c } else { '-' };
+    [f(libc::PROT_READ, 'r'), f(libc::PROT_WRITE, 'w'), f(libc::PROT_EXEC, 'x')].iter().collect()
+}
+
+fn size(b: u64) -> String {
+    match b {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+pub fn run(dir: &Path, json: bool) -> Result<()> {
+    let img = ImageReader::open(dir)?;
+    let inv = img.inventory().clone();
+    let mut procs = Vec::new();
+    for pid in &inv.pids {
+        procs.push(img.read_process(*pid)?);
+    }
+    if json {
+        let v = serde_json::json!({ "inventory": inv, "processes": procs });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "image {} (format {}, ferry {}, kernel {}), root pid {}",
+        dir.display(),
+        inv.format_version,
+        inv.tool_version,
+        inv.kernel_release,
+        inv.root_pid
+    );
+    for f in &inv.files {
+        println!("  file {:<28} {:>10}  crc32 {:08x}", f.name, size(f.size), f.crc32);
+    }
+    for p in &procs {
+        println!("process {} ({}) ppid {} pgid {} sid {}", p.pid, p.comm, p.ppid, p.pgid, p.sid);
+        println!("  cwd {}  root {}  umask {:03o}  personality {:#x}", p.cwd, p.root, p.umask, p.personality);
+        if let Some(c) = &p.creds {
+            println!("  uids {:?} gids {:?} groups {:?} capeff {:#x}", c.uids, c.gids, c.groups, c.cap_eff);
+        }
+        for t in &p.threads {
+            if let Some(r) = &t.regs {
+                println!("  thread {}: rip {:#x} rsp {:#x} fs_base {:#x}, {}", t.tid, r.rip, r.rsp, r.fs_base, t.stopped_in);
+            }
+            println!("    sigmask {:#x}, {} pending, xstate {} bytes", t.sigmask, t.pending.len(), t.xstate.len());
+        }
+        if let Some(mm) = &p.mm {
+            println!("  exe {}  brk {:#x}..{:#x}  {} of pages stored", mm.exe_path, mm.start_brk, mm.brk, size(mm.pages_bytes));
+            for v in &mm.vmas {
+                let kind = VmaKind::try_from(v.kind).map(|k| format!("{k:?}")).unwrap_or_default();
+                let stored: u64 = v.runs.iter().map(|r| r.nr_pages * 4096).sum();
+                println!(
+                    "    {:#014x}-{:#014x} {} {:>10} {:<11} stored {:>10}  {}{}",
+                    v.start,
+                    v.end,
+                    prot(v.prot),
+                    size(v.end - v.start),
+                    kind,
+                    size(stored),
+                    v.path,
+                    if v.ghost.is_empty() { String::new() } else { format!(" (deleted, content in {})", v.ghost) }
+                );
+            }
+        }
+        for fd in &p.fds {
+            let f = &p.files[fd.file as usize];
+            let kind = FileKind::try_from(f.kind).map(|k| format!("{k:?}")).unwrap_or_default();
+            println!(
+                "  fd {:>4} {:<10} flags {:#o} pos {}{} {}",
+                fd.fd,
+                kind,
+                f.flags,
+                f.pos,
+                if fd.cloexec { " cloexec" } else { "" },
+                f.describe
+            );
+        }
+        for a in &p.sigactions {
+            println!("  signal {:>2}: handler {:#x} flags {:#x} mask {:#x}", a.sig, a.handler, a.flags, a.mask);
+        }
+        for s in &p.shared_pending {
+            println!("  pending (shared) signal {}", s.signo);
+        }
+        for t in &p.itimers {
+            println!("  itimer {}: value {} us interval {} us", t.which, t.value_us, t.interval_us);
+        }
+        for t in &p.posix_timers {
+            println!("  posix timer {}: clock {} signal {} value {} ns interval {} ns", t.id, t.clock_id, t.signo, t.value_ns, t.interval_ns);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! The `ferry` command line: a thin layer over `ferry-engine`.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+mod inspect;
+
+/// Checkpoint a running Linux process to an image and restore it, with the same PID,
+/// exactly where it stopped.
+#[derive(Parser)]
+#[command(name = "ferry", version, about)]
+struct Cli {
+    /// Print progress logs to stderr (repeat for more detail).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// List the kernel features ferry relies on, present or missing.
+    Check,
+    /// Freeze a process, write its image to DIR, then kill it (or leave it running with -R).
+    Dump {
+        /// PID of the process to dump.
+        #[arg(short = 't', long = "tree")]
+        pid: i32,
+        /// Image directory (created mode 0700).
+        #[arg(short = 'D', long = "images-dir")]
+        dir: PathBuf,
+        /// Leave the process running after the dump.
+        #[arg(short = 'R', long = "leave-running")]
+        leave_running: bool,
+    },
+    /// Recreate a process from an image, with its old PID.
+    Restore {
+        /// Image directory.
+        #[arg(short = 'D', long = "images-dir")]
+        dir: PathBuf,
+        /// Return as soon as the process runs instead of waiting for it to exit.
+        #[arg(short = 'd', long = "restore-detached")]
+        detached: bool,
+        /// Write the restored PID to this file once it runs.
+        #[arg(long)]
+        pidfile: Option<PathBuf>,
+    },
+    /// Show what an image holds: process, mappings with sizes, fds, signals, timers.
+    Inspect {
+        /// Image directory.
+        dir: PathBuf,
+        /// Print the complete content as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logs(verbose: u8) {
+    let level = match verbose {
+        0 => tracing::Level::WARN,
+        1 => tracing::Level::INFO,
+        _ => tracing::Level::DEBUG,
+    };
+    tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    match cli.cmd {
+        Cmd::Check => {
+            let feats = ferry_engine::check::run();
+            let mut ok = true;
+            for f in &feats {
+                let mark = if f.present { "present" } else if f.required { "MISSING" } else { "missing" };
+                println!("{mark:8} {}: {}", f.name, f.detail);
+                ok &= f.present || !f.required;
+            }
+            println!("{}", if ok { "dump and restore can work here" } else { "dump and restore cannot work here" });
+            Ok(if ok { 0 } else { 1 })
+        }
+        Cmd::Dump { pid, dir, leave_running } => {
+            let r = ferry_engine::dump::dump(&ferry_engine::dump::DumpOptions { pid, dir: dir.clone(), leave_running })
+                .with_context(|| format!("dump of pid {pid} failed"))?;
+            tracing::info!(
+                "dumped pid {pid} to {}: {} MiB of pages, {} mappings, {} fds in {:.1} ms (frozen {:.1} ms)",
+                dir.display(),
+                r.pages_bytes >> 20,
+                r.vmas,
+                r.fds,
+                r.total.as_secs_f64() * 1e3,
+                r.frozen.as_secs_f64() * 1e3
+            );
+            Ok(0)
+        }
+        Cmd::Restore { dir, detached, pidfile } => {
+            let r = ferry_engine::restore::restore(&ferry_engine::restore::RestoreOptions { dir: dir.clone(), pidfile })
+                .with_context(|| format!("restore from {} failed", dir.display()))?;
+            tracing::info!(
+                "restored pid {} in {:.1} ms (verify {:.1} ms)",
+                r.pid,
+                r.total.as_secs_f64() * 1e3,
+                r.verify.as_secs_f64() * 1e3
+            );
+            if detached {
+                return Ok(0);
+            }
+            Ok(ferry_engine::restore::wait_exit(r.pid)?)
+        }
+        Cmd::Inspect { dir, json } => {
+            inspect::run(&dir, json)?;
+            Ok(0)
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logs(cli.verbose);
+    match run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("ferry: {}", chain.join(": "));
+            std::process::exit(1);
+        }
+    }
+}
