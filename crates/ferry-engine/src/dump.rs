@@ -77,13 +77,13 @@ impl Frozen {
     /// Put the target back as it was and let it run.
     fn resume(&mut self) -> Result<(), Error> {
         let pid = self.pid;
+        ptrace::set_sigmask(pid, self.sigmask).ctx(|| format!("pid {pid}: cannot put back the signal mask"))?;
         if self.touched {
             // The last stop was a syscall-exit stop of an injected call: the kernel will not
             // apply syscall restart on the way out, so hand it the already-restarted registers.
             let regs = cpu::resume_regs(&self.regs, true);
             ptrace::set_regs(pid, &regs).ctx(|| format!("pid {pid}: cannot put back registers"))?;
         }
-        ptrace::set_sigmask(pid, self.sigmask).ctx(|| format!("pid {pid}: cannot put back the signal mask"))?;
         ptrace::detach(pid, 0).ctx(|| format!("pid {pid}: cannot detach"))?;
         self.done = true;
         Ok(())
@@ -121,20 +121,20 @@ fn precheck(pid: i32) -> Result<(ferry_proc::Status, ferry_proc::Stat), Error> {
         return Err(Error::Unsupported { pid, what: "a kernel thread".into() });
     }
     if st.threads > 1 {
-        return Err(Error::Unsupported { pid, what: format!("a multi-threaded process ({} threads) (not supported yet)", st.threads) });
+        return Err(Error::Unsupported { pid, what: format!("a multi-threaded process ({} threads)", st.threads) });
     }
     let children = procfs::read_string(pid, &format!("task/{pid}/children"))?;
     if !children.trim().is_empty() {
         return Err(Error::Unsupported {
             pid,
-            what: format!("a process with children ({}) (process trees are not supported yet)", children.trim()),
+            what: format!("a process with children ({}) (process trees)", children.trim()),
         });
     }
     if st.seccomp != 0 {
-        return Err(Error::Unsupported { pid, what: format!("seccomp mode {} (not supported yet)", st.seccomp) });
+        return Err(Error::Unsupported { pid, what: format!("seccomp mode {}", st.seccomp) });
     }
     if st.ns_pid.len() > 1 {
-        return Err(Error::Unsupported { pid, what: "a process in a nested PID namespace (not supported yet)".into() });
+        return Err(Error::Unsupported { pid, what: "a process in a nested PID namespace".into() });
     }
     Ok((st, stat))
 }
@@ -162,16 +162,24 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     cpu::collect(pid, &mut t)?;
     tracing::info!(vmas = vmas.len(), fds = p.fds.len(), "collected fds and mappings");
 
-    // The injection window: all signals blocked, registers borrowed.
-    let syscall_at = find_syscall_insn(pid, &maps).ok_or_else(|| Error::Invalid {
-        object: format!("pid {pid}"),
-        what: "no syscall instruction found in any executable mapping".into(),
-    })?;
-    // Scratch memory: below the stack's red zone, where a signal frame could land anyway.
-    let scratch = (frozen.regs.rsp - 128 - 4096) & !63;
+    // The injection window: all signals blocked, registers borrowed — with a sigreturn safety
+    // net on the target's stack so that a SIGKILL of ferry now cannot harm it (inject.rs).
+    let resume = cpu::resume_regs(&frozen.regs, true);
+    let (inj, scratch) = match crate::inject::with_rescue(pid, &maps, &frozen.regs, &resume, &t.xstate, frozen.sigmask)
+        .ctx(|| format!("pid {pid}: cannot prepare syscall injection"))?
+    {
+        Some((inj, rescue)) => (inj, rescue.scratch),
+        None => {
+            tracing::warn!(pid, "no sigreturn sequence in the target: if ferry is killed in the next milliseconds the target may crash");
+            let syscall_at = find_syscall_insn(pid, &maps).ok_or_else(|| Error::Invalid {
+                object: format!("pid {pid}"),
+                what: "no syscall instruction found in any executable mapping".into(),
+            })?;
+            (Injector::new(pid, syscall_at, frozen.regs), (frozen.regs.rsp - 128 - 4096) & !63)
+        }
+    };
     ptrace::set_sigmask(pid, !0).ctx(|| format!("pid {pid}: cannot block signals"))?;
     frozen.touched = true;
-    let inj = Injector::new(pid, syscall_at, frozen.regs);
     let injected = (|| -> Result<ferry_image::Mm, Error> {
         signals::collect_actions(&inj, scratch, &mut p)?;
         signals::collect_thread(&inj, scratch, frozen.sigmask, &mut t)?;
@@ -181,10 +189,10 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
         task::collect_injected(&inj, scratch, &mut p)?;
         memory::collect_mm(&inj, &stat, vmas)
     })();
-    // Back to the target's own registers and mask before the long part.
-    let regs = cpu::resume_regs(&frozen.regs, true);
-    ptrace::set_regs(pid, &regs).ctx(|| format!("pid {pid}: cannot put back registers"))?;
+    // Back to the target's own mask and registers (in that order: see inject::with_rescue)
+    // before the long part.
     ptrace::set_sigmask(pid, frozen.sigmask).ctx(|| format!("pid {pid}: cannot put back the signal mask"))?;
+    ptrace::set_regs(pid, &resume).ctx(|| format!("pid {pid}: cannot put back registers"))?;
     let mut mm = injected?;
     p.shared_pending = signals::peek(pid, true)?;
     p.threads.push(t);

@@ -14,7 +14,7 @@ pub enum Error {
     },
     #[error("pid {pid}: exited during the dump")]
     Exited { pid: i32 },
-    #[error("pid {pid}: {what} is not supported")]
+    #[error("pid {pid}: {what} is not supported yet")]
     Unsupported { pid: i32, what: String },
     #[error("{object}")]
     Sys {

@@ -36,6 +36,19 @@ pub fn wait_stopped(pid: i32) -> io::Result<WaitStatus> {
 
 const SYSCALL_STOP: i32 = libc::SIGTRAP | 0x80;
 
+/// Fault injection for tests (like CRIU_FAULT): `FERRY_FAULT=kill-at-injection:N` makes ferry
+/// SIGKILL itself when it is about to run its N-th injected syscall (counting from 1), with the
+/// target's registers borrowed — the worst moment to die.
+fn fault_point() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let Ok(spec) = std::env::var("FERRY_FAULT") else { return };
+    let Some(n) = spec.strip_prefix("kill-at-injection:").and_then(|n| n.parse::<u64>().ok()) else { return };
+    if COUNT.fetch_add(1, Ordering::Relaxed) + 1 == n {
+        let _ = ferry_sys::process::kill(std::process::id() as i32, libc::SIGKILL);
+    }
+}
+
 impl Injector {
     /// `base` supplies the segment registers and stack; `syscall_at` is the address of a
     /// `0f 05` (syscall) instruction mapped executable in the tracee.
@@ -64,6 +77,7 @@ impl Injector {
         r.r8 = a[4];
         r.r9 = a[5];
         ptrace::set_regs(self.pid, &r)?;
+        fault_point();
         for _stop in 0..2 {
             ptrace::syscall(self.pid, 0)?;
             loop {
@@ -112,4 +126,111 @@ pub fn find_syscall_insn(pid: i32, maps: &[ferry_proc::MapEntry]) -> Option<u64>
         }
     }
     None
+}
+
+/// Where a dump-time injector parks its safety net on the target's stack.
+pub struct Rescue {
+    /// Scratch memory for syscall arguments (below the safety net).
+    pub scratch: u64,
+}
+
+const UC_FP_XSTATE: u64 = 1;
+const UC_SIGCONTEXT_SS: u64 = 2;
+const UC_STRICT_RESTORE_SS: u64 = 4;
+const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
+const FP_XSTATE_MAGIC2: u32 = 0x4650_5845;
+
+fn find_pattern(pid: i32, maps: &[ferry_proc::MapEntry], pat: &[u8]) -> Option<u64> {
+    let mut candidates: Vec<&ferry_proc::MapEntry> =
+        maps.iter().filter(|m| m.perms.exec && m.perms.read && m.end < 0xffff_ffff_ff60_0000).collect();
+    // libc and the dynamic loader first: they hold the sequences we look for.
+    candidates.sort_by_key(|m| !m.path.as_deref().is_some_and(|p| p.contains("libc.so") || p.contains("ld-linux")));
+    for m in candidates {
+        let len = (m.end - m.start).min(8 << 20) as usize;
+        let mut buf = vec![0u8; len];
+        let Ok(n) = ferry_sys::process::vm_read(pid, m.start, &mut buf) else { continue };
+        if let Some(i) = buf[..n].windows(pat.len()).position(|w| w == pat) {
+            return Some(m.start + i as u64);
+        }
+    }
+    None
+}
+
+/// Build a dump-time injector that cannot leave the target broken if ferry dies mid-way.
+///
+/// Injected syscalls run at a `syscall; ret` sequence with the stack pointer on an
+/// `rt_sigframe` that ferry wrote below the target's red zone: its return slot points at a
+/// `mov $15,%rax; syscall` (rt_sigreturn) sequence and its ucontext holds the target's own
+/// registers (already adjusted for syscall restart), signal mask and XSAVE state. In normal
+/// operation ferry stops the thread at each syscall exit and the `ret` never runs. If ferry is
+/// killed at any point, the kernel detaches the target, which finishes the (read-only) query,
+/// returns into rt_sigreturn and resumes exactly where it was frozen.
+///
+/// Returns `None` when the target has no such code sequences (a static binary without a
+/// signal restorer), in which case the caller falls back to a bare injector.
+pub fn with_rescue(
+    pid: i32,
+    maps: &[ferry_proc::MapEntry],
+    orig: &UserRegs,
+    resume: &UserRegs,
+    xstate: &[u8],
+    sigmask: u64,
+) -> io::Result<Option<(Injector, Rescue)>> {
+    if xstate.len() < 512 + 64 {
+        return Ok(None);
+    }
+    // PTRACE_GETREGSET puts XCR0 in the first software-reserved bytes; a signal frame wants
+    // struct _fpx_sw_bytes there instead (magic1, extended size, xfeatures, xstate size).
+    let xcr0 = u64::from_le_bytes([
+        xstate[464], xstate[465], xstate[466], xstate[467], xstate[468], xstate[469], xstate[470], xstate[471],
+    ]);
+    let xstate_size = xstate.len();
+    let Some(syscall_ret) = find_pattern(pid, maps, &[0x0f, 0x05, 0xc3]) else { return Ok(None) };
+    let Some(restorer) = find_pattern(pid, maps, &[0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05]) else {
+        return Ok(None);
+    };
+    let mut fp = xstate.to_vec();
+    fp[464..512].fill(0);
+    fp[464..468].copy_from_slice(&FP_XSTATE_MAGIC1.to_le_bytes());
+    fp[468..472].copy_from_slice(&((xstate_size + 4) as u32).to_le_bytes());
+    fp[472..480].copy_from_slice(&xcr0.to_le_bytes());
+    fp[480..484].copy_from_slice(&(xstate_size as u32).to_le_bytes());
+    fp.extend_from_slice(&FP_XSTATE_MAGIC2.to_le_bytes());
+    let top = orig.rsp - 128;
+    let fp_addr = (top - fp.len() as u64) & !63;
+    let frame = (fp_addr - 440) & !15;
+    let scratch = (frame - 4096) & !63;
+
+    let mut f: Vec<u8> = Vec::with_capacity(440);
+    let mut put = |w: u64| f.extend_from_slice(&w.to_le_bytes());
+    put(restorer); // pretcode
+    put(UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS); // uc_flags
+    put(0); // uc_link
+    put(0); // uc_stack.ss_sp
+    put(4); // uc_stack.ss_flags: an invalid mode, so rt_sigreturn leaves the altstack alone
+    put(0); // uc_stack.ss_size
+    let r = resume;
+    for w in [
+        r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15, r.rdi, r.rsi, r.rbp, r.rbx, r.rdx, r.rax, r.rcx, r.rsp, r.rip,
+        r.eflags,
+    ] {
+        put(w);
+    }
+    // cs, gs, fs, ss (u16 each)
+    put((r.cs & 0xffff) | (r.ss & 0xffff) << 48);
+    put(0); // err
+    put(0); // trapno
+    put(sigmask); // oldmask
+    put(0); // cr2
+    put(fp_addr); // fpstate
+    for _ in 0..8 {
+        put(0); // reserved1
+    }
+    put(sigmask); // uc_sigmask
+    f.resize(440, 0); // siginfo
+    ferry_sys::process::vm_write(pid, fp_addr, &fp)?;
+    ferry_sys::process::vm_write(pid, frame, &f)?;
+    let mut base = *orig;
+    base.rsp = frame;
+    Ok(Some((Injector::new(pid, syscall_ret, base), Rescue { scratch })))
 }

@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 
 static const char *W = NULL;             /* the work directory */
@@ -143,9 +144,14 @@ static __attribute__((unused)) void install_go_handler(int extra_flags)
 	SETUP(sigaction(SIGUSR2, &sa, NULL));
 }
 
-/* Parse argv[1] (the work dir) and install the go handler. */
+/*
+ * Parse argv[1] (the work dir) and install the go handler. Also closes every fd above 2: a
+ * workload must own all of its state, and fds inherited by accident (a test runner's jobserver
+ * pipe, say) would be shared with processes outside the dump.
+ */
 static __attribute__((unused)) void workload_init(int argc, char **argv)
 {
+	syscall(SYS_close_range, 3, ~0U, 0);
 	if (argc < 2 || argv[1][0] != '/') {
 		fprintf(stderr, "usage: %s /absolute/work/dir [args]\n", argv[0]);
 		exit(2);

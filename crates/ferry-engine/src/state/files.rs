@@ -37,7 +37,7 @@ fn unsupported_kind(link: &str) -> String {
         return rest.trim_matches(|c| c == '[' || c == ']').to_string();
     }
     if link.starts_with("socket:") {
-        return format!("{link} (sockets are not supported yet)").replace(" is not supported", "");
+        return format!("socket {}", link.trim_start_matches("socket:"));
     }
     link.to_string()
 }
@@ -263,19 +263,24 @@ pub mod ghost {
         let orig = std::path::Path::new(path);
         let parent = orig.parent().filter(|d| d.is_dir()).unwrap_or(std::path::Path::new("/tmp"));
         let base = orig.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp = parent.join(format!(".{base}.ferry-ghost-{}", std::process::id()));
-        let _ = std::fs::remove_file(&tmp);
-        {
+        // Prefer the original name (so /proc/PID/fd shows the same "path (deleted)"); if a new
+        // file took that name meanwhile, use a hidden temporary name beside it.
+        let candidates = [orig.to_path_buf(), parent.join(format!(".{base}.ferry-ghost-{}", std::process::id()))];
+        let mut created = None;
+        for tmp in candidates {
             use std::io::Write;
             use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(mode & 0o7777)
-                .open(&tmp)
-                .ctx(|| format!("cannot create {}", tmp.display()))?;
-            f.write_all(&content).ctx(|| format!("cannot write {}", tmp.display()))?;
+            match std::fs::OpenOptions::new().write(true).create_new(true).mode(mode & 0o7777).open(&tmp) {
+                Ok(mut f) => {
+                    f.write_all(&content).ctx(|| format!("cannot write {}", tmp.display()))?;
+                    created = Some(tmp);
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Error::Sys { object: format!("cannot create {}", tmp.display()), source: e }),
+            }
         }
+        let tmp = created.ok_or_else(|| Error::Invalid { object: path.into(), what: "cannot find a free name to recreate the deleted file".into() })?;
         let r = open_raw(&cstr(&tmp.to_string_lossy())?, flags, 0).ctx(|| format!("cannot open {}", tmp.display()));
         let _ = std::fs::remove_file(&tmp);
         r

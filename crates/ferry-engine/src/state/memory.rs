@@ -65,8 +65,8 @@ pub fn scan(pid: i32, img: &mut ImageWriter) -> Result<Vec<Vma>, Error> {
             Some("[vvar_vclock]") => VmaKind::VvarVclock,
             Some("[vsyscall]") => VmaKind::Vsyscall,
             Some("/dev/zero") if m.deleted || !m.perms.shared => anon,
-            Some(s) if s.starts_with("/memfd:") => return Err(at(format!("memfd {s} (not supported yet)"))),
-            Some(s) if s.starts_with("/SYSV") => return Err(at(format!("SysV shared memory {s} (not supported yet)"))),
+            Some(s) if s.starts_with("/memfd:") => return Err(at(format!("memfd {s}"))),
+            Some(s) if s.starts_with("/SYSV") => return Err(at(format!("SysV shared memory {s}"))),
             Some(s) if s.starts_with('/') => {
                 let mf = procfs::path(pid, &format!("map_files/{:x}-{:x}", m.start, m.end));
                 let md = std::fs::metadata(&mf).ctx(|| format!("pid {pid}: cannot stat {s} mapped at {:#x}", m.start))?;

@@ -1,0 +1,626 @@
+//! The harness behind `e2e.rs`: start a workload, wait for it to be ready, drive `ferry dump` and
+//! `ferry restore`, send "go" and collect the verdict.
+//!
+//! Every run lives in its own work directory W (see `ferry-workloads/c/common.h` for the protocol).
+//! Everything ferry and the workload print goes to files in W, and a failing check panics with a
+//! report that includes them, so a red test says what happened without a rerun. W is removed
+//! when the test passes and kept (its path printed) when it fails.
+//!
+//! No `unsafe` here (the workspace forbids it): signals are sent with kill(1), process state is
+//! read from /proc, and the process memory poke in the verifier-sanity test uses /proc/PID/mem.
+
+#![allow(dead_code)] // not every test binary uses every helper
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// x86-64 syscall numbers a blocked workload is expected to sit in (see /proc/PID/syscall).
+pub const SYS_READ: i64 = 0;
+pub const SYS_NANOSLEEP: i64 = 35;
+pub const SYS_PAUSE: i64 = 34;
+pub const SYS_CLOCK_NANOSLEEP: i64 = 230;
+
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+pub const DUMP_TIMEOUT: Duration = Duration::from_secs(300);
+pub const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Held by the tests that use most of the machine (1 GiB of memory, repeated 256 MiB dumps), so
+/// that they do not run at the same time on a small machine.
+pub fn heavy_lock() -> MutexGuard<'static, ()> {
+    static HEAVY: Mutex<()> = Mutex::new(());
+    HEAVY.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub fn ferry_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ferry")
+}
+
+/// Extra ferry flags for debugging: `FERRY_E2E_VERBOSE=1` adds `-v` to dump and restore.
+fn verbose_flags() -> Vec<String> {
+    match std::env::var_os("FERRY_E2E_VERBOSE") {
+        Some(v) if !v.is_empty() && v != "0" => vec!["-v".to_string()],
+        _ => Vec::new(),
+    }
+}
+
+/// What to run: an executable (a C workload or an interpreter) with the arguments that go before
+/// the work dir and after it.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub name: String,
+    pub program: PathBuf,
+    pub pre_args: Vec<OsString>,
+    pub args: Vec<String>,
+    /// Syscall numbers the workload blocks in after ready (the harness waits until it is inside
+    /// one before it dumps, and again after restore before it sends go).
+    pub blocked_in: &'static [i64],
+}
+
+impl Spec {
+    /// A C workload from `crates/ferry-workloads/c/`.
+    pub fn c(name: &str) -> Spec {
+        Spec {
+            name: name.to_string(),
+            program: ferry_workloads::path(name),
+            pre_args: Vec::new(),
+            args: Vec::new(),
+            blocked_in: &[],
+        }
+    }
+
+    /// A python3 script from `crates/ferry-workloads/py/`. Fails the test loudly when python3 is
+    /// missing: a test that cannot run must not pass.
+    pub fn python(script: &str) -> Spec {
+        let python = python3().unwrap_or_else(|why| {
+            panic!("python3 is required for this test and is not usable here ({why}): install python3")
+        });
+        Spec {
+            name: script.to_string(),
+            program: python,
+            pre_args: vec![ferry_workloads::script(script).into_os_string()],
+            args: Vec::new(),
+            blocked_in: &[],
+        }
+    }
+
+    pub fn args(mut self, args: &[&str]) -> Spec {
+        self.args = args.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    pub fn blocked_in(mut self, nrs: &'static [i64]) -> Spec {
+        self.blocked_in = nrs;
+        self
+    }
+}
+
+/// The real python3 executable (not a wrapper script that would fork or exec on our pid).
+fn python3() -> Result<PathBuf, String> {
+    static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let out = Command::new("python3")
+                .args(["-c", "import sys; print(sys.executable)"])
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("cannot run python3: {e}"))?;
+            if !out.status.success() {
+                return Err(format!("python3 -c exited with {}", out.status));
+            }
+            let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(format!("sys.executable {} is not a file", path.display()))
+            }
+        })
+        .clone()
+}
+
+/// A fresh work directory, mode 0777 (the creds workload writes its result as uid 1001).
+pub struct WorkDir {
+    pub path: PathBuf,
+}
+
+impl WorkDir {
+    pub fn new(label: &str) -> WorkDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let base = std::env::temp_dir().join("ferry-e2e");
+        fs::create_dir_all(&base).unwrap_or_else(|e| panic!("cannot create {}: {e}", base.display()));
+        fs::set_permissions(&base, fs::Permissions::from_mode(0o777))
+            .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", base.display()));
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let path = base.join(format!("{label}-{}-{n}", std::process::id()));
+        if path.exists() {
+            fs::remove_dir_all(&path).unwrap_or_else(|e| panic!("cannot remove stale {}: {e}", path.display()));
+        }
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o777))
+            .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", path.display()));
+        WorkDir { path }
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("FERRY_E2E_KEEP").is_some() {
+            eprintln!("work dir kept: {}", self.path.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// How a ferry invocation ended.
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// The non-empty lines of stderr.
+    pub fn stderr_lines(&self) -> Vec<&str> {
+        self.stderr.lines().filter(|l| !l.trim().is_empty()).collect()
+    }
+}
+
+/// One workload process, its work dir, and the ferry processes driving it.
+pub struct Run {
+    pub spec: Spec,
+    /// The original workload process (our child until a dump kills it and we reap it).
+    pub child: Option<Child>,
+    pub pid: i32,
+    /// A `ferry restore` we started and have not reaped.
+    pub restore: Option<Child>,
+    /// Labelled files shown in failure reports.
+    logs: Vec<(String, PathBuf)>,
+    /// Declared last: dropped (and removed) after the processes are killed.
+    pub w: WorkDir,
+}
+
+impl Run {
+    /// Spawn the workload (stdin /dev/null, stdout and stderr to W/out.log) and wait for ready
+    /// (and, for blocked workloads, until it sits in its syscall).
+    pub fn start(spec: &Spec) -> Run {
+        Run::start_in(spec, WorkDir::new(&spec.name))
+    }
+
+    pub fn start_in(spec: &Spec, w: WorkDir) -> Run {
+        let log_path = w.join("out.log");
+        let log = File::create(&log_path).unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
+        let log2 = log.try_clone().expect("dup of the out.log fd");
+        let child = Command::new(&spec.program)
+            .args(&spec.pre_args)
+            .arg(&w.path)
+            .args(&spec.args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start workload {} ({}): {e}", spec.name, spec.program.display()));
+        let pid = i32::try_from(child.id()).expect("pid fits in i32");
+        let mut run = Run {
+            spec: spec.clone(),
+            child: Some(child),
+            pid,
+            restore: None,
+            logs: vec![("workload out.log".to_string(), log_path)],
+            w,
+        };
+        run.wait_ready();
+        run
+    }
+
+    /// Panic with `msg` and everything that helps to tell why.
+    #[track_caller]
+    pub fn fail(&self, msg: &str) -> ! {
+        let mut report = format!("{} (pid {}): {msg}\nwork dir: {}\n", self.spec.name, self.pid, self.w.path.display());
+        for (label, path) in &self.logs {
+            let text = read_tail(path, 12_000);
+            let _ = write!(report, "--- {label} ({}) ---\n{text}\n", path.display());
+        }
+        let result = read_tail(&self.w.join("result"), 4000);
+        let _ = write!(report, "--- result ---\n{result}\n");
+        if let Ok(stat) = fs::read_to_string(format!("/proc/{}/status", self.pid)) {
+            let keep: Vec<&str> = stat
+                .lines()
+                .filter(|l| ["State:", "PPid:", "TracerPid:", "SigBlk:", "SigPnd:", "ShdPnd:"].iter().any(|k| l.starts_with(k)))
+                .collect();
+            let _ = write!(report, "--- /proc/{}/status (excerpt) ---\n{}\n", self.pid, keep.join("\n"));
+        }
+        panic!("{report}");
+    }
+
+    fn wait_ready(&mut self) {
+        let ready = self.w.join("ready");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if ready.exists() {
+                break;
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.fail(&format!("the workload exited before it was ready: {}", describe(status)));
+                }
+            }
+            if Instant::now() > deadline {
+                self.fail(&format!("not ready after {READY_TIMEOUT:?}"));
+            }
+            sleep(Duration::from_millis(10));
+        }
+        if !self.spec.blocked_in.is_empty() {
+            self.wait_in_syscall("after ready");
+        }
+    }
+
+    /// Wait until /proc/PID/syscall shows the process blocked in one of `spec.blocked_in`.
+    pub fn wait_in_syscall(&self, when: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let path = format!("/proc/{}/syscall", self.pid);
+        loop {
+            let text = fs::read_to_string(&path).unwrap_or_default();
+            let nr = text.split_whitespace().next().and_then(|s| s.parse::<i64>().ok());
+            if nr.is_some_and(|nr| self.spec.blocked_in.contains(&nr)) {
+                return;
+            }
+            if Instant::now() > deadline {
+                self.fail(&format!(
+                    "{when}: not blocked in syscall {:?} after 20 s; {path} reads {:?}",
+                    self.spec.blocked_in,
+                    text.trim()
+                ));
+            }
+            sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Run ferry with `args` (to completion, with a timeout); its output goes to W/<label>.out/.err.
+    pub fn ferry(&mut self, label: &str, args: &[String], timeout: Duration) -> Finished {
+        let (mut child, out, err) = self.spawn_ferry(label, args);
+        let status = match wait_timeout(&mut child, timeout) {
+            Some(status) => status,
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.fail(&format!("ferry {} did not finish within {timeout:?}", args.join(" ")));
+            }
+        };
+        Finished {
+            status,
+            stdout: fs::read_to_string(&out).unwrap_or_default(),
+            stderr: fs::read_to_string(&err).unwrap_or_default(),
+        }
+    }
+
+    /// Start ferry with `args` in the background; its output goes to W/<label>.out/.err.
+    pub fn spawn_ferry(&mut self, label: &str, args: &[String]) -> (Child, PathBuf, PathBuf) {
+        let out = self.w.join(&format!("{label}.out"));
+        let err = self.w.join(&format!("{label}.err"));
+        let out_f = File::create(&out).unwrap_or_else(|e| panic!("cannot create {}: {e}", out.display()));
+        let err_f = File::create(&err).unwrap_or_else(|e| panic!("cannot create {}: {e}", err.display()));
+        self.logs.push((format!("ferry {label} stdout"), out.clone()));
+        self.logs.push((format!("ferry {label} stderr ({})", args.join(" ")), err.clone()));
+        let child = Command::new(ferry_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out_f)
+            .stderr(err_f)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", ferry_bin()));
+        (child, out, err)
+    }
+
+    pub fn img(&self) -> PathBuf {
+        self.w.join("img")
+    }
+
+    /// `ferry dump -t PID -D DIR extra...`
+    pub fn dump_to(&mut self, label: &str, dir: &Path, extra: &[&str]) -> Finished {
+        let mut args = vec!["dump".to_string(), "-t".to_string(), self.pid.to_string(), "-D".to_string(), path_str(dir)];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(verbose_flags());
+        self.ferry(label, &args, DUMP_TIMEOUT)
+    }
+
+    /// Dump to W/img, which must succeed.
+    pub fn dump_ok(&mut self, extra: &[&str]) {
+        let img = self.img();
+        let res = self.dump_to("dump", &img, extra);
+        if !res.status.success() {
+            self.fail(&format!("ferry dump failed: {}", describe(res.status)));
+        }
+    }
+
+    /// After a dump without -R: the workload must be dead; reap it and wait until its pid is free.
+    pub fn reap_dumped(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            match wait_timeout(&mut child, Duration::from_secs(10)) {
+                Some(status) => {
+                    if status.success() {
+                        self.fail("the workload exited 0 on its own during the dump (it should have been killed)");
+                    }
+                }
+                None => {
+                    self.child = Some(child);
+                    self.fail("ferry dump returned 0 without -R but the workload is still running");
+                }
+            }
+        }
+        self.wait_pid_gone("after the dump");
+    }
+
+    /// Wait until no live process has our pid (a zombie nobody reaps counts as gone).
+    pub fn wait_pid_gone(&self, when: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while pid_alive(self.pid) {
+            if Instant::now() > deadline {
+                self.fail(&format!("{when}: pid {} still exists after 20 s", self.pid));
+            }
+            sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Start `ferry restore -D DIR --pidfile W/<label>.pid extra...` (ferry stays the parent).
+    pub fn spawn_restore(&mut self, label: &str, dir: &Path, extra: &[&str]) -> PathBuf {
+        let pidfile = self.w.join(&format!("{label}.pid"));
+        let mut args = vec!["restore".to_string(), "-D".to_string(), path_str(dir), "--pidfile".to_string(), path_str(&pidfile)];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(verbose_flags());
+        let (child, _, _) = self.spawn_ferry(label, &args);
+        self.restore = Some(child);
+        pidfile
+    }
+
+    /// Wait until `pidfile` names our pid (ferry writes it once the process runs).
+    pub fn wait_pidfile(&mut self, pidfile: &Path) {
+        let deadline = Instant::now() + RESTORE_TIMEOUT;
+        loop {
+            if let Ok(text) = fs::read_to_string(pidfile) {
+                match text.trim().parse::<i32>() {
+                    Ok(pid) if pid == self.pid => break,
+                    Ok(pid) => self.fail(&format!("the pidfile names pid {pid}, expected {}", self.pid)),
+                    Err(_) => self.fail(&format!("the pidfile holds {text:?}, not a pid (not written atomically?)")),
+                }
+            }
+            if let Some(restore) = self.restore.as_mut() {
+                if let Ok(Some(status)) = restore.try_wait() {
+                    self.restore = None;
+                    self.fail(&format!("ferry restore exited before writing the pidfile: {}", describe(status)));
+                }
+            }
+            if Instant::now() > deadline {
+                self.fail(&format!("no pidfile {} after {RESTORE_TIMEOUT:?}", pidfile.display()));
+            }
+            sleep(Duration::from_millis(10));
+        }
+        if !pid_alive(self.pid) {
+            self.fail("the pidfile was written but the process does not exist");
+        }
+        if !self.spec.blocked_in.is_empty() {
+            self.wait_in_syscall("after restore");
+        }
+    }
+
+    /// Send "go" (SIGUSR2).
+    pub fn go(&self) {
+        if let Err(e) = send_signal(self.pid, "USR2") {
+            self.fail(&format!("cannot send SIGUSR2: {e}"));
+        }
+    }
+
+    /// Wait for the ferry restore we started and return its exit status.
+    pub fn wait_restore_exit(&mut self) -> ExitStatus {
+        let mut restore = match self.restore.take() {
+            Some(r) => r,
+            None => self.fail("no ferry restore is running"),
+        };
+        match wait_timeout(&mut restore, EXIT_TIMEOUT) {
+            Some(status) => status,
+            None => {
+                self.restore = Some(restore);
+                self.fail(&format!("ferry restore did not exit within {EXIT_TIMEOUT:?} after go"));
+            }
+        }
+    }
+
+    /// Wait for the original workload (our child) to exit and return its status.
+    pub fn wait_child_exit(&mut self) -> ExitStatus {
+        let mut child = match self.child.take() {
+            Some(c) => c,
+            None => self.fail("the workload is not our child any more"),
+        };
+        match wait_timeout(&mut child, EXIT_TIMEOUT) {
+            Some(status) => status,
+            None => {
+                self.child = Some(child);
+                self.fail(&format!("the workload did not exit within {EXIT_TIMEOUT:?} after go"));
+            }
+        }
+    }
+
+    pub fn result(&self) -> String {
+        fs::read_to_string(self.w.join("result")).unwrap_or_default().trim().to_string()
+    }
+
+    /// The verdict must be PASS with exit status 0.
+    pub fn expect_pass(&self, status: ExitStatus, whose: &str) {
+        let result = self.result();
+        if result != "PASS" {
+            self.fail(&format!("verdict {result:?} ({whose} {})", describe(status)));
+        }
+        if !status.success() {
+            self.fail(&format!("{whose} {} although the verdict is PASS", describe(status)));
+        }
+    }
+
+    /// Poll until W/result exists (for processes that are not our children).
+    pub fn wait_result_file(&self) {
+        let deadline = Instant::now() + EXIT_TIMEOUT;
+        while !self.w.join("result").exists() {
+            if Instant::now() > deadline {
+                self.fail(&format!("no result file within {EXIT_TIMEOUT:?} after go"));
+            }
+            sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The state letter of /proc/PID/stat and the TracerPid, if the process exists.
+    pub fn proc_state(&self) -> Option<(char, i32)> {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
+        let state = stat.rsplit_once(") ")?.1.chars().next()?;
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        let tracer = status
+            .lines()
+            .find_map(|l| l.strip_prefix("TracerPid:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(-1);
+        Some((state, tracer))
+    }
+
+    /// The workload must be alive, not stopped and not traced (e.g. after a failed dump).
+    pub fn expect_running_untraced(&self, when: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.proc_state() {
+                None => self.fail(&format!("{when}: the workload is gone")),
+                Some(('Z' | 'X', _)) => self.fail(&format!("{when}: the workload died")),
+                Some((state, tracer)) if state != 'T' && state != 't' && tracer == 0 => return,
+                Some((state, tracer)) => {
+                    if Instant::now() > deadline {
+                        self.fail(&format!("{when}: the workload is left in state {state}, traced by {tracer}"));
+                    }
+                }
+            }
+            sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        // Leave nothing running: the workload, a restored process, ferry.
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        } else if pid_alive(self.pid) {
+            let _ = send_signal(self.pid, "KILL");
+        }
+        if let Some(mut restore) = self.restore.take() {
+            if pid_alive(self.pid) {
+                let _ = send_signal(self.pid, "KILL");
+            }
+            let _ = wait_timeout(&mut restore, Duration::from_secs(5));
+            let _ = restore.kill();
+            let _ = restore.wait();
+        }
+    }
+}
+
+/// Wait for a child with a timeout.
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) => {}
+            Err(e) => panic!("waiting for pid {}: {e}", child.id()),
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether a live (not zombie) process has this pid.
+pub fn pid_alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()), Some('Z' | 'X')),
+        Err(_) => false,
+    }
+}
+
+/// kill(1) -SIG PID (the workspace forbids `unsafe`, so no libc::kill here).
+pub fn send_signal(pid: i32, sig: &str) -> Result<(), String> {
+    let out = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run kill: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("kill -{sig} {pid}: {} {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+pub fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => format!("was killed by signal {sig}"),
+        _ => format!("ended with {status}"),
+    }
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.to_str().unwrap_or_else(|| panic!("non-UTF-8 path {}", p.display())).to_string()
+}
+
+/// The last `max` bytes of a file, as text.
+pub fn read_tail(path: &Path, max: usize) -> String {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let start = bytes.len().saturating_sub(max);
+            let mut text = String::from_utf8_lossy(&bytes[start..]).into_owned();
+            if start > 0 {
+                text.insert_str(0, "[...]\n");
+            }
+            text
+        }
+        Err(e) => format!("({e})"),
+    }
+}
+
+/// Without ferry: ready -> go -> PASS. Tells a broken workload from a broken ferry.
+pub fn control(spec: &Spec) {
+    let mut run = Run::start(spec);
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload");
+}
+
+/// The full cycle: ready -> dump (kills) -> reap -> restore -> go -> PASS, with ferry restore
+/// exiting with the workload's status. `before_go` runs once the restored process runs.
+pub fn cycle_with(spec: &Spec, before_go: impl FnOnce(&mut Run)) -> Run {
+    let mut run = Run::start(spec);
+    run.dump_ok(&[]);
+    run.reap_dumped();
+    let img = run.img();
+    let pidfile = run.spawn_restore("restore", &img, &[]);
+    run.wait_pidfile(&pidfile);
+    before_go(&mut run);
+    run.go();
+    let status = run.wait_restore_exit();
+    run.expect_pass(status, "ferry restore");
+    run
+}
+
+pub fn cycle(spec: &Spec) {
+    cycle_with(spec, |_| {});
+}
