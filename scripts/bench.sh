@@ -268,6 +268,10 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f×", a / b; el
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
 
 # --- runs -----------------------------------------------------------------------------------------
+LOAD=$(cut -d' ' -f1 /proc/loadavg)
+if awk -v l="$LOAD" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; then
+    log "warning: load average is $LOAD on $(nproc) CPUs: other processes compete for the CPU and will slow both ferry and the floor"
+fi
 ROWS=()
 for size in "${SIZES[@]}"; do
     dump=() restore=() fwrite=() fread=() isize=()
@@ -277,7 +281,7 @@ for size in "${SIZES[@]}"; do
         rm -rf "$IMG"
         pid=$(start_memhold "$size" "$ready" "$verify")
         PIDS+=("$pid")
-        wait_for $((30 + size / 16)) "memhold ($size MiB) to fill its memory" exists "$ready"
+        wait_for $((60 + size / 8)) "memhold ($size MiB) to fill its memory" exists "$ready"
 
         t0=$EPOCHREALTIME
         "$FERRY" dump -t "$pid" -D "$IMG" || die "ferry dump of pid $pid ($size MiB) failed"
@@ -294,7 +298,7 @@ for size in "${SIZES[@]}"; do
         [ "$(cat "$WORK/pidfile")" = "$pid" ] || die "restored pid $(cat "$WORK/pidfile"), expected $pid"
 
         kill -USR1 "$pid"
-        wait_for $((30 + size / 16)) "the restored memhold to checksum its memory" exists "$verify"
+        wait_for $((60 + size / 8)) "the restored memhold to checksum its memory" exists "$verify"
         [ "$(cat "$verify")" = "$(cat "$ready")" ] || die "pid $pid: memory differs after restore"
         kill -KILL "$pid"
         wait_for 60 "pid $pid to be reaped" gone "$pid"
@@ -310,7 +314,7 @@ for size in "${SIZES[@]}"; do
 done
 
 echo
-echo "ferry $("$FERRY" --version | awk '{ print $2 }'), Linux $(uname -r), $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), images on tmpfs ($FAST), median of $RUNS runs"
+echo "ferry $("$FERRY" --version | awk '{ print $2 }'), Linux $(uname -r), $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), load average $LOAD at start, images on tmpfs ($FAST), median of $RUNS runs"
 echo
 echo "| memory | image size | dump (ferry) | floor: write() | dump / floor | restore -d (ferry) | floor: read() | restore / floor |"
 echo "|---|---|---|---|---|---|---|---|"

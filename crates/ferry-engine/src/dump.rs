@@ -187,6 +187,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
         timers::collect(&inj, scratch, &mut p)?;
         creds::collect(&inj, &st, &mut p)?;
         task::collect_injected(&inj, scratch, &mut p)?;
+        task::collect_rlimits(&inj, scratch, &mut p)?;
         memory::collect_mm(&inj, &stat, vmas)
     })();
     // Back to the target's own mask and registers (in that order: see inject::with_rescue)

@@ -69,5 +69,6 @@ pub mod nr {
     pub const SET_ROBUST_LIST: u64 = 273;
     pub const RT_TGSIGQUEUEINFO: u64 = 297;
     pub const RSEQ: u64 = 334;
+    pub const PRLIMIT64: u64 = 302;
     pub const CLOSE_RANGE: u64 = 436;
 }

@@ -24,47 +24,47 @@ pub fn interrupt(pid: i32) -> io::Result<()> {
 
 /// `ptrace(PTRACE_TRACEME)` — make the calling process a tracee of its parent.
 pub fn traceme() -> io::Result<()> {
-    ptrace(libc::PTRACE_TRACEME as u32, 0, 0, 0).map(drop)
+    ptrace(libc::PTRACE_TRACEME, 0, 0, 0).map(drop)
 }
 
 /// `ptrace(PTRACE_SETOPTIONS, ..)`.
 pub fn set_options(pid: i32, options: u32) -> io::Result<()> {
-    ptrace(libc::PTRACE_SETOPTIONS as u32, pid, 0, options as usize).map(drop)
+    ptrace(libc::PTRACE_SETOPTIONS, pid, 0, options as usize).map(drop)
 }
 
 /// `ptrace(PTRACE_CONT, ..)` — resume, delivering `sig` (0 for none).
 pub fn cont(pid: i32, sig: i32) -> io::Result<()> {
-    ptrace(libc::PTRACE_CONT as u32, pid, 0, sig as usize).map(drop)
+    ptrace(libc::PTRACE_CONT, pid, 0, sig as usize).map(drop)
 }
 
 /// `ptrace(PTRACE_SYSCALL, ..)` — resume until the next syscall entry or exit.
 pub fn syscall(pid: i32, sig: i32) -> io::Result<()> {
-    ptrace(libc::PTRACE_SYSCALL as u32, pid, 0, sig as usize).map(drop)
+    ptrace(libc::PTRACE_SYSCALL, pid, 0, sig as usize).map(drop)
 }
 
 /// `ptrace(PTRACE_DETACH, ..)` — let the tracee go, delivering `sig` (0 for none).
 pub fn detach(pid: i32, sig: i32) -> io::Result<()> {
-    ptrace(libc::PTRACE_DETACH as u32, pid, 0, sig as usize).map(drop)
+    ptrace(libc::PTRACE_DETACH, pid, 0, sig as usize).map(drop)
 }
 
 /// `ptrace(PTRACE_GETREGS, ..)` — general registers, including `orig_rax`, `fs_base`, `gs_base`.
 pub fn get_regs(pid: i32) -> io::Result<UserRegs> {
     // SAFETY: user_regs_struct is plain old data; all-zero is a valid value.
     let mut regs: UserRegs = unsafe { std::mem::zeroed() };
-    ptrace(libc::PTRACE_GETREGS as u32, pid, 0, &mut regs as *mut UserRegs as usize)?;
+    ptrace(libc::PTRACE_GETREGS, pid, 0, &mut regs as *mut UserRegs as usize)?;
     Ok(regs)
 }
 
 /// `ptrace(PTRACE_SETREGS, ..)`.
 pub fn set_regs(pid: i32, regs: &UserRegs) -> io::Result<()> {
-    ptrace(libc::PTRACE_SETREGS as u32, pid, 0, regs as *const UserRegs as usize).map(drop)
+    ptrace(libc::PTRACE_SETREGS, pid, 0, regs as *const UserRegs as usize).map(drop)
 }
 
 /// `ptrace(PTRACE_GETREGSET, NT_X86_XSTATE)` — the complete XSAVE area (x87, SSE, AVX, AVX-512 ...).
 pub fn get_xstate(pid: i32) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    ptrace(libc::PTRACE_GETREGSET as u32, pid, NT_X86_XSTATE as usize, &mut iov as *mut libc::iovec as usize)?;
+    ptrace(libc::PTRACE_GETREGSET, pid, NT_X86_XSTATE as usize, &mut iov as *mut libc::iovec as usize)?;
     buf.truncate(iov.iov_len);
     Ok(buf)
 }
@@ -72,7 +72,7 @@ pub fn get_xstate(pid: i32) -> io::Result<Vec<u8>> {
 /// `ptrace(PTRACE_SETREGSET, NT_X86_XSTATE)`.
 pub fn set_xstate(pid: i32, xstate: &[u8]) -> io::Result<()> {
     let mut iov = libc::iovec { iov_base: xstate.as_ptr() as *mut libc::c_void, iov_len: xstate.len() };
-    ptrace(libc::PTRACE_SETREGSET as u32, pid, NT_X86_XSTATE as usize, &mut iov as *mut libc::iovec as usize)
+    ptrace(libc::PTRACE_SETREGSET, pid, NT_X86_XSTATE as usize, &mut iov as *mut libc::iovec as usize)
         .map(drop)
 }
 
@@ -91,7 +91,7 @@ pub fn set_sigmask(pid: i32, mask: u64) -> io::Result<()> {
 /// `ptrace(PTRACE_GETSIGINFO, ..)` — the siginfo of the signal that caused the current stop.
 pub fn get_siginfo(pid: i32) -> io::Result<[u8; 128]> {
     let mut si = [0u8; 128];
-    ptrace(libc::PTRACE_GETSIGINFO as u32, pid, 0, si.as_mut_ptr() as usize)?;
+    ptrace(libc::PTRACE_GETSIGINFO, pid, 0, si.as_mut_ptr() as usize)?;
     Ok(si)
 }
 

@@ -7,7 +7,9 @@
  *   blocked    SIGUSR1, SIGINT, SIGRTMIN+1, SIGRTMIN+2, SIGRTMIN+3 (SIGUSR2, go, stays unblocked)
  *   pending    SIGRTMIN+1 twice (sigqueue values 111, 222), SIGRTMIN+2 (333), SIGUSR1 (kill:
  *              SI_USER), and thread-directed SIGRTMIN+3 (rt_tgsigqueueinfo, 444)
- *   altstack   a 64 KiB sigaltstack
+ *   altstack   a 64 KiB sigaltstack; with argv[2] = "noaltstack" none at all: after restore
+ *              sigaltstack must still say SS_DISABLE (a restorer must not leave its own) and the
+ *              SA_ONSTACK handler runs on the normal stack
  * After go: every sigaction (handler, flags, mask, restorer) and the altstack read the same; the
  * blocked mask and /proc/self/status's signal lines are unchanged; the pending signals come out
  * of sigtimedwait in order with their siginfo; then the handlers run as configured (on the
@@ -105,11 +107,19 @@ int main(int argc, char **argv)
 	workload_init(argc, argv);
 	const int rt1 = SIGRTMIN + 1, rt2 = SIGRTMIN + 2, rt3 = SIGRTMIN + 3;
 
+	const int use_altstack = !(argc > 2 && strcmp(argv[2], "noaltstack") == 0);
 	altstack = malloc(ALT_SIZE);
 	if (!altstack)
 		die_setup("malloc");
 	stack_t ss = { .ss_sp = altstack, .ss_size = ALT_SIZE, .ss_flags = 0 };
-	SETUP(sigaltstack(&ss, NULL));
+	if (use_altstack)
+		SETUP(sigaltstack(&ss, NULL));
+	else {
+		stack_t cur;
+		SETUP(sigaltstack(NULL, &cur));
+		if (!(cur.ss_flags & SS_DISABLE))
+			die_setup("an alternate signal stack is set up although none was asked for");
+	}
 	set_action(SIGUSR1, (void *)h1, SA_SIGINFO | SA_RESTART | SA_ONSTACK, SIGINT, SIGQUIT);
 	set_action(SIGHUP, (void *)h2, SA_NODEFER | SA_RESETHAND, SIGTERM, 0);
 	set_action(rt1, (void *)hrt, SA_SIGINFO, 0, 0);
@@ -182,8 +192,18 @@ int main(int argc, char **argv)
 		      (void *)was->sa_restorer);
 	}
 	stack_t now_ss;
-	CHECK(sigaltstack(NULL, &now_ss) == 0 && now_ss.ss_sp == altstack && now_ss.ss_size == ALT_SIZE && now_ss.ss_flags == 0,
-	      "sigaltstack is %p/%zu/flags %#x, was %p/%d/0", now_ss.ss_sp, now_ss.ss_size, now_ss.ss_flags, altstack, ALT_SIZE);
+	memset(&now_ss, 0, sizeof now_ss);
+	if (sigaltstack(NULL, &now_ss) < 0)
+		fail("sigaltstack: %s", strerror(errno));
+	else if (use_altstack)
+		CHECK(now_ss.ss_sp == altstack && now_ss.ss_size == ALT_SIZE && now_ss.ss_flags == 0,
+		      "sigaltstack is %p/%zu/flags %#x, was %p/%d/0", now_ss.ss_sp, now_ss.ss_size, now_ss.ss_flags, altstack,
+		      ALT_SIZE);
+	else if (!(now_ss.ss_flags & SS_DISABLE)) {
+		fail("an alternate signal stack %p/%zu (flags %#x) appeared; there was none", now_ss.ss_sp, now_ss.ss_size,
+		     now_ss.ss_flags);
+		finish(); /* running an SA_ONSTACK handler on it would likely crash before the verdict */
+	}
 
 	sigset_t pending;
 	sigpending(&pending);
@@ -207,7 +227,10 @@ int main(int argc, char **argv)
 	sigprocmask(SIG_UNBLOCK, &usr1, NULL); /* delivered here */
 	CHECK(h1_count == 1, "SIGUSR1 handler ran %d times, expected 1", (int)h1_count);
 	CHECK(h1_value == 555 && h1_code == SI_QUEUE, "SIGUSR1 handler got value %d code %d", (int)h1_value, (int)h1_code);
-	CHECK(h1_onstack, "SIGUSR1 handler (SA_ONSTACK) did not run on the alternate stack");
+	if (use_altstack)
+		CHECK(h1_onstack, "SIGUSR1 handler (SA_ONSTACK) did not run on the alternate stack");
+	else
+		CHECK(!h1_onstack, "SIGUSR1 handler ran on an alternate stack that was never set up");
 	CHECK(h1_mask_ok, "SIGUSR1 handler ran without SIGINT, SIGQUIT and SIGUSR1 blocked");
 	raise(SIGHUP);
 	CHECK(h2_count == 1, "SIGHUP handler ran %d times, expected 1", (int)h2_count);

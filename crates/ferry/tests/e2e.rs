@@ -60,6 +60,10 @@ fn creds() -> Spec {
 fn signals() -> Spec {
     Spec::c("signals")
 }
+/// No sigaltstack at all: the restored process must not inherit one from ferry.
+fn signals_noaltstack() -> Spec {
+    Spec::c("signals").args(&["noaltstack"])
+}
 fn timers() -> Spec {
     Spec::c("timers")
 }
@@ -101,6 +105,7 @@ workload_tests!(
     attrs,
     creds,
     signals,
+    signals_noaltstack,
     timers,
     rseq,
 );
@@ -440,34 +445,47 @@ mod errors {
 mod faults {
     use super::*;
 
-    /// ferry SIGKILLed at several points of a dump of 256 MiB: each time the workload keeps
-    /// running (not stopped, not traced) and passes at the end, and no partial image restores
-    /// or leaves a process behind.
+    /// ferry SIGKILLed at several points of a dump of 256 MiB (0 ms, 20 ms, and fractions of
+    /// the time a full dump takes, measured first with -R): each time the workload keeps running
+    /// (not stopped, not traced) and passes at the end, and no partial image restores or leaves
+    /// a process behind.
     #[test]
     fn kill_ferry_during_dump() {
         let _heavy = heavy_lock();
         let mut run = Run::start(&Spec::c("mem_anon").args(&["256"]));
+
+        let measure_dir = run.w.join("img-measure");
+        let started = Instant::now();
+        let res = run.dump_to("dump-measure", &measure_dir, &["-R"]);
+        let full = started.elapsed();
+        if !res.status.success() {
+            run.fail(&format!("ferry dump -R {}", describe(res.status)));
+        }
+        run.expect_running_untraced("after dump -R");
+        eprintln!("a full dump takes {full:?}");
+        let mut delays = vec![Duration::ZERO, Duration::from_millis(20)];
+        delays.extend([0.05, 0.1, 0.25, 0.5, 0.75, 0.9].iter().map(|f| full.mul_f64(*f)));
+
         let mut partial = Vec::new();
         let mut completed: Option<PathBuf> = None;
-        for delay_ms in [0u64, 20, 100, 250, 500, 1000, 2000] {
-            let dir = run.w.join(&format!("img-kill-{delay_ms}ms"));
+        for (i, delay) in delays.iter().enumerate() {
+            let dir = run.w.join(&format!("img-kill-{i}"));
             let mut args = vec!["dump".to_string(), "-t".to_string(), run.pid.to_string(), "-D".to_string(), path_str(&dir)];
             if std::env::var_os("FERRY_E2E_VERBOSE").is_some() {
                 args.push("-v".to_string());
             }
-            let (mut ferry, _, _) = run.spawn_ferry(&format!("dump-kill-{delay_ms}ms"), &args);
-            sleep(Duration::from_millis(delay_ms));
-            let finished_first = ferry.try_wait().expect("try_wait ferry");
+            let (mut ferry, _, _) = run.spawn_ferry(&format!("dump-kill-{i}"), &args);
+            sleep(*delay);
             let _ = ferry.kill();
             let status = ferry.wait().expect("reap ferry");
-            if finished_first.is_some_and(|s| s.success()) {
+            if status.success() {
                 // The dump completed before the kill: the workload was killed by design.
-                eprintln!("dump completed within {delay_ms} ms: no later kill points");
+                eprintln!("the dump completed within {delay:?}: no later kill points");
                 completed = Some(dir);
                 break;
             }
-            eprintln!("ferry killed after {delay_ms} ms ({})", describe(status));
-            run.expect_running_untraced(&format!("after ferry was killed {delay_ms} ms into the dump"));
+            eprintln!("ferry killed after {delay:?} ({})", describe(status));
+            run.expect_running_untraced(&format!("after ferry was killed {delay:?} into the dump"));
             partial.push(dir);
         }
 
@@ -496,15 +514,14 @@ mod faults {
             }
         }
 
-        // A dump that completed must restore.
-        if let Some(dir) = completed {
-            let _ = fs::remove_file(run.w.join("result"));
-            let pidfile = run.spawn_restore("restore-completed", &dir, &[]);
-            run.wait_pidfile(&pidfile);
-            run.go();
-            let status = run.wait_restore_exit();
-            run.expect_pass(status, "ferry restore of the completed dump");
-        }
+        // A complete image restores: the one a dump finished before the kill, else the -R one.
+        let _ = fs::remove_file(run.w.join("result"));
+        let dir = completed.unwrap_or(measure_dir);
+        let pidfile = run.spawn_restore("restore-complete", &dir, &[]);
+        run.wait_pidfile(&pidfile);
+        run.go();
+        let status = run.wait_restore_exit();
+        run.expect_pass(status, "ferry restore of a complete dump");
     }
 }
 

@@ -69,6 +69,13 @@ pub fn peek(tid: i32, shared: bool) -> Result<Vec<Siginfo>, Error> {
 /// point into memory that does not exist yet, which is fine: all signals stay blocked until the
 /// tracer sets the final mask.
 pub fn apply_in_child(p: &Process) -> Result<(), String> {
+    // The child inherited ferry's dispositions (Rust's SIGSEGV handler, ignored SIGINT in a
+    // background job ...): start from defaults.
+    for sig in 1..=64 {
+        if sig != SIGKILL && sig != SIGSTOP {
+            let _ = raw::rt_sigaction(sig, &KernelSigaction::default());
+        }
+    }
     for a in &p.sigactions {
         let k = KernelSigaction { handler: a.handler, flags: a.flags, restorer: a.restorer, mask: a.mask };
         raw::rt_sigaction(a.sig, &k).map_err(|e| format!("cannot set the action of signal {}: {e}", a.sig))?;
@@ -80,17 +87,21 @@ pub fn apply_in_child(p: &Process) -> Result<(), String> {
 /// the process-wide queue). The blocked mask is set at release time.
 pub fn restore_thread(inj: &Injector, scratch: u64, p: &Process, t: &Thread, main: bool) -> Result<(), Error> {
     let pid = inj.pid();
-    if let Some(ss) = &t.altstack {
-        if ss.flags & libc::SS_DISABLE == 0 {
-            let mut b = Vec::with_capacity(24);
-            b.extend_from_slice(&ss.sp.to_le_bytes());
-            b.extend_from_slice(&(ss.flags as u64).to_le_bytes());
-            b.extend_from_slice(&ss.size.to_le_bytes());
-            vm_write(pid, scratch, &b).ctx(|| format!("pid {pid}: cannot write sigaltstack"))?;
-            inj.call(nr::SIGALTSTACK, &[scratch, 0])
-                .ctx(|| format!("pid {pid}: cannot set sigaltstack at {:#x}", ss.sp))?;
-        }
+    // Always set it: the child inherited ferry's own alternate stack (Rust's std installs one),
+    // which points into memory that no longer exists.
+    let ss = t.altstack.clone().unwrap_or(SigAltStack { sp: 0, flags: libc::SS_DISABLE, size: 0 });
+    let mut b = Vec::with_capacity(24);
+    if ss.flags & libc::SS_DISABLE != 0 {
+        b.extend_from_slice(&0u64.to_le_bytes());
+        b.extend_from_slice(&(libc::SS_DISABLE as u64).to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes());
+    } else {
+        b.extend_from_slice(&ss.sp.to_le_bytes());
+        b.extend_from_slice(&(ss.flags as u32 as u64).to_le_bytes());
+        b.extend_from_slice(&ss.size.to_le_bytes());
     }
+    vm_write(pid, scratch, &b).ctx(|| format!("pid {pid}: cannot write sigaltstack"))?;
+    inj.call(nr::SIGALTSTACK, &[scratch, 0]).ctx(|| format!("pid {pid}: cannot set sigaltstack at {:#x}", ss.sp))?;
     let queue = |si: &Siginfo, shared: bool| -> Result<(), Error> {
         vm_write(pid, scratch, &si.raw).ctx(|| format!("pid {pid}: cannot write siginfo"))?;
         let r = if shared {

@@ -6,7 +6,7 @@ use crate::inject::Injector;
 use crate::procfs;
 use ferry_image::{Process, Rlimit};
 use ferry_sys::consts::nr;
-use ferry_sys::process::{get_rlimit, set_rlimit, vm_read};
+use ferry_sys::process::{set_rlimit, vm_read};
 use ferry_sys::raw;
 
 const RLIMIT_NLIMITS: u32 = 16;
@@ -37,8 +37,19 @@ pub fn collect(pid: i32, st: &ferry_proc::Status, stat: &ferry_proc::Stat, p: &m
     let pers = procfs::read_string(pid, "personality")?;
     p.personality = u64::from_str_radix(pers.trim(), 16)
         .map_err(|_| Error::Invalid { object: format!("/proc/{pid}/personality"), what: format!("bad value {pers:?}") })?;
+    Ok(())
+}
+
+/// Resource limits, read from inside with injected `prlimit64(0, ..)`: reading another
+/// process's limits from outside needs CAP_SYS_RESOURCE when its uids differ.
+pub fn collect_rlimits(inj: &Injector, scratch: u64, p: &mut Process) -> Result<(), Error> {
+    let pid = inj.pid();
     for resource in 0..RLIMIT_NLIMITS {
-        let (cur, max) = get_rlimit(pid, resource).ctx(|| format!("pid {pid}: cannot read rlimit {resource}"))?;
+        inj.call(nr::PRLIMIT64, &[0, resource as u64, 0, scratch]).ctx(|| format!("pid {pid}: cannot read rlimit {resource}"))?;
+        let mut b = [0u8; 16];
+        vm_read(pid, scratch, &mut b).ctx(|| format!("pid {pid}: cannot read back rlimit {resource}"))?;
+        let cur = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+        let max = u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
         p.rlimits.push(Rlimit { resource, cur, max });
     }
     Ok(())
