@@ -263,11 +263,20 @@ wait_for() {
 gone() { [ ! -e "/proc/$1" ]; }
 exists() { [ -s "$1" ]; }
 elapsed_ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (b - a) * 1000 }'; }
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { printf "%.1f\n", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f×", a / b; else print "-" }'; }
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
 
 # --- runs -----------------------------------------------------------------------------------------
+# A VM whose balloon reports free pages to the host (virtio-balloon VIRTIO_BALLOON_F_REPORTING,
+# feature bit 5) gives memory freed a few seconds ago back to the host; touching it again costs a
+# host-side fault, which makes every first touch of fresh memory slow and its cost uneven.
+for d in /sys/bus/virtio/devices/*; do
+    if [ "$(cat "$d/device" 2>/dev/null)" = 0x0005 ] && [ "$(cut -c6 "$d/features" 2>/dev/null)" = 1 ]; then
+        log "note: this VM's balloon reports free pages to the host: first touches of fresh memory (which ferry and the floor both make) are slow and uneven here"
+        NOTE="; free page reporting on (fresh memory is slow and uneven to touch)"
+    fi
+done
 LOAD=$(cut -d' ' -f1 /proc/loadavg)
 if awk -v l="$LOAD" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; then
     log "warning: load average is $LOAD on $(nproc) CPUs: other processes compete for the CPU and will slow both ferry and the floor"
@@ -307,14 +316,14 @@ for size in "${SIZES[@]}"; do
         read -r w r < <("$WORK/floor" "$size" "$FAST/floor.bin") || die "floor program failed"
         fwrite+=("$w")
         fread+=("$r")
-        log "$size MiB run $run/$RUNS: dump ${dump[-1]} ms (floor write $w ms), restore ${restore[-1]} ms (floor read $r ms), image $(mib "${isize[-1]}"), memory verified"
+        log "$size MiB run $run/$RUNS: dump ${dump[-1]} ms (floor write $w ms), restore ${restore[-1]} ms (floor read $r ms), image $(mib "${isize[-1]}"), memory checked after restore"
     done
     md=$(median "${dump[@]}") mr=$(median "${restore[@]}") mw=$(median "${fwrite[@]}") mrd=$(median "${fread[@]}")
     ROWS+=("| $size MiB | $(mib "$(median "${isize[@]}")") | $md ms | $mw ms | $(ratio "$md" "$mw") | $mr ms | $mrd ms | $(ratio "$mr" "$mrd") |")
 done
 
 echo
-echo "ferry $("$FERRY" --version | awk '{ print $2 }'), Linux $(uname -r), $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), load average $LOAD at start, images on tmpfs ($FAST), median of $RUNS runs"
+echo "ferry $("$FERRY" --version | awk '{ print $2 }'), Linux $(uname -r), $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), load average $LOAD at start${NOTE:-}, images on tmpfs ($FAST), median of $RUNS runs"
 echo
 echo "| memory | image size | dump (ferry) | floor: write() | dump / floor | restore -d (ferry) | floor: read() | restore / floor |"
 echo "|---|---|---|---|---|---|---|---|"

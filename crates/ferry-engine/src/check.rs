@@ -56,7 +56,12 @@ pub fn run() -> Vec<Feature> {
             ptrace::get_sigmask(pid).map_err(|e| format!("PTRACE_GETSIGMASK: {e}"))?;
             let r = ptrace::get_rseq_config(pid).map_err(|e| format!("PTRACE_GET_RSEQ_CONFIGURATION: {e}"))?;
             let _ = ptrace::detach(pid, 0);
-            Ok(format!("xstate {} bytes (xfeatures {:#x}), rseq at {:#x}", x.len(), crate::state::cpu::xstate_features(&x), r.rseq_abi_pointer))
+            Ok(format!(
+                "xstate {} bytes (xfeatures {:#x}), rseq at {:#x}",
+                x.len(),
+                crate::state::cpu::xstate_features(&x),
+                r.rseq_abi_pointer
+            ))
         }),
     );
     add(
@@ -83,7 +88,9 @@ pub fn run() -> Vec<Feature> {
     add(
         "kcmp",
         true,
-        process::kcmp(std::process::id() as i32, std::process::id() as i32, 0, 0, 0).map(|_| "ok".into()).map_err(|e| e.to_string()),
+        process::kcmp(std::process::id() as i32, std::process::id() as i32, 0, 0, 0)
+            .map(|_| "ok".into())
+            .map_err(|e| e.to_string()),
     );
     add(
         "PAGEMAP_SCAN",
@@ -92,9 +99,15 @@ pub fn run() -> Vec<Feature> {
             let maps = std::fs::read_to_string("/proc/self/maps").map_err(|e| e.to_string())?;
             let maps = ferry_proc::parse_maps(&maps).map_err(|e| e.to_string())?;
             let m = maps.first().ok_or("no mapping")?;
-            process::pagemap_scan(std::os::fd::AsFd::as_fd(&f), m.start, m.end, process::page_is::PRESENT, process::page_is::PRESENT)
-                .map(|r| format!("{} regions", r.len()))
-                .map_err(|e| format!("PAGEMAP_SCAN: {e} (Linux 6.7+)"))
+            process::pagemap_scan(
+                std::os::fd::AsFd::as_fd(&f),
+                m.start,
+                m.end,
+                process::page_is::PRESENT,
+                process::page_is::PRESENT,
+            )
+            .map(|r| format!("{} regions", r.len()))
+            .map_err(|e| format!("PAGEMAP_SCAN: {e} (Linux 6.7+)"))
         }),
     );
     add(
@@ -123,9 +136,13 @@ pub fn run() -> Vec<Feature> {
     add(
         "userfaultfd (lazy restore, pre-copy tracking)",
         false,
-        std::fs::metadata("/dev/userfaultfd")
-            .map(|_| "/dev/userfaultfd present".into())
-            .or_else(|_| if kernel_at_least(4, 3) { Ok("syscall (kernel >= 4.3)".into()) } else { Err("missing".into()) }),
+        std::fs::metadata("/dev/userfaultfd").map(|_| "/dev/userfaultfd present".into()).or_else(|_| {
+            if kernel_at_least(4, 3) {
+                Ok("syscall (kernel >= 4.3)".into())
+            } else {
+                Err("missing".into())
+            }
+        }),
     );
     add(
         "time namespaces",
@@ -135,7 +152,9 @@ pub fn run() -> Vec<Feature> {
     add(
         "TCP_REPAIR (needs CAP_NET_ADMIN)",
         false,
-        std::net::TcpListener::bind("127.0.0.1:0").map(|_| "sockets available (probed at dump time)".into()).map_err(|e| e.to_string()),
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .map(|_| "sockets available (probed at dump time)".into())
+            .map_err(|e| e.to_string()),
     );
     out
 }

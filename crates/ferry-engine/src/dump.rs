@@ -109,13 +109,19 @@ fn precheck(pid: i32) -> Result<(ferry_proc::Status, ferry_proc::Stat), Error> {
     let stat_text = procfs::read_string(pid, "stat")?;
     let stat = procfs::parse(pid, "stat", ferry_proc::parse_stat(&stat_text))?;
     if st.tgid != pid {
-        return Err(Error::Invalid { object: format!("pid {pid}"), what: format!("is a thread of process {}; dump the process", st.tgid) });
+        return Err(Error::Invalid {
+            object: format!("pid {pid}"),
+            what: format!("is a thread of process {}; dump the process", st.tgid),
+        });
     }
     if matches!(st.state, 'Z' | 'X') {
         return Err(Error::Invalid { object: format!("pid {pid}"), what: "is a zombie".into() });
     }
     if st.tracer_pid != 0 && st.tracer_pid != std::process::id() as i32 {
-        return Err(Error::Invalid { object: format!("pid {pid}"), what: format!("is already traced by pid {}", st.tracer_pid) });
+        return Err(Error::Invalid {
+            object: format!("pid {pid}"),
+            what: format!("is already traced by pid {}", st.tracer_pid),
+        });
     }
     if stat.flags & 0x0020_0000 != 0 {
         return Err(Error::Unsupported { pid, what: "a kernel thread".into() });
@@ -170,7 +176,10 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     {
         Some((inj, rescue)) => (inj, rescue.scratch),
         None => {
-            tracing::warn!(pid, "no sigreturn sequence in the target: if ferry is killed in the next milliseconds the target may crash");
+            tracing::warn!(
+                pid,
+                "no sigreturn sequence in the target: if ferry is killed in the next milliseconds the target may crash"
+            );
             let syscall_at = find_syscall_insn(pid, &maps).ok_or_else(|| Error::Invalid {
                 object: format!("pid {pid}"),
                 what: "no syscall instruction found in any executable mapping".into(),

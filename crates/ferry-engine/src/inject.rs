@@ -182,7 +182,14 @@ pub fn with_rescue(
     // PTRACE_GETREGSET puts XCR0 in the first software-reserved bytes; a signal frame wants
     // struct _fpx_sw_bytes there instead (magic1, extended size, xfeatures, xstate size).
     let xcr0 = u64::from_le_bytes([
-        xstate[464], xstate[465], xstate[466], xstate[467], xstate[468], xstate[469], xstate[470], xstate[471],
+        xstate[464],
+        xstate[465],
+        xstate[466],
+        xstate[467],
+        xstate[468],
+        xstate[469],
+        xstate[470],
+        xstate[471],
     ]);
     let xstate_size = xstate.len();
     let Some(syscall_ret) = find_pattern(pid, maps, &[0x0f, 0x05, 0xc3]) else { return Ok(None) };
@@ -211,8 +218,8 @@ pub fn with_rescue(
     put(0); // uc_stack.ss_size
     let r = resume;
     for w in [
-        r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15, r.rdi, r.rsi, r.rbp, r.rbx, r.rdx, r.rax, r.rcx, r.rsp, r.rip,
-        r.eflags,
+        r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15, r.rdi, r.rsi, r.rbp, r.rbx, r.rdx, r.rax, r.rcx, r.rsp,
+        r.rip, r.eflags,
     ] {
         put(w);
     }

@@ -151,7 +151,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     let pid = p.pid;
     let _span = tracing::info_span!("restore", pid).entered();
     tracing::info!(?verify, "image verified");
-    let mm = p.mm.as_ref().ok_or_else(|| Error::Invalid { object: format!("pid {pid}"), what: "no memory record".into() })?;
+    let mm =
+        p.mm.as_ref()
+            .ok_or_else(|| Error::Invalid { object: format!("pid {pid}"), what: "no memory record".into() })?;
     if mm.vdso_size != 0 {
         let (crc, size) = memory::own_vdso()?;
         if (crc, size) != (mm.vdso_crc32, mm.vdso_size) {
@@ -170,7 +172,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     let pages_path = img.path(&ferry_image::pages_file(pid));
     let pages_file = std::fs::File::open(&pages_path).ctx(|| format!("cannot open {}", pages_path.display()))?;
     let pages_len = img.file_size(&ferry_image::pages_file(pid)).unwrap_or(0) as usize;
-    let pages = Mmap::map_readonly(pages_file.as_fd(), pages_len).ctx(|| format!("cannot map {}", pages_path.display()))?;
+    let pages =
+        Mmap::map_readonly(pages_file.as_fd(), pages_len).ctx(|| format!("cannot map {}", pages_path.display()))?;
     pages.advise_sequential();
     let (err_r, err_w) = ferry_sys::process::pipe2(libc::O_CLOEXEC).ctx(|| "cannot create a pipe".into())?;
     let err_w = raw::dup_above(err_w.as_fd(), prep.base).ctx(|| "cannot move a pipe".into())?;
@@ -181,20 +184,26 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
             return Err(check_pid_free(pid).err().unwrap_or(Error::PidTaken { pid }))
         }
-        Err(e) => return Err(Error::Sys { object: format!("cannot create process {pid} (clone3 with set_tid)"), source: e }),
+        Err(e) => {
+            return Err(Error::Sys { object: format!("cannot create process {pid} (clone3 with set_tid)"), source: e })
+        }
     };
     drop(err_w);
     let mem_numbers = memory::Prepared { vma_fd: prep.mem.vma_fd.clone(), exe_fd: prep.mem.exe_fd, owned: Vec::new() };
     drop(prep);
     if child.pid != pid {
-        return Err(Error::Invalid { object: format!("pid {pid}"), what: format!("the kernel gave pid {}", child.pid) });
+        return Err(Error::Invalid {
+            object: format!("pid {pid}"),
+            what: format!("the kernel gave pid {}", child.pid),
+        });
     }
     if wait_stopped(pid).is_err() {
         let mut msg = String::new();
         let _ = std::fs::File::from(err_r).read_to_string(&mut msg);
         return Err(Error::Invalid { object: format!("pid {pid}"), what: format!("restore child failed: {msg}") });
     }
-    ptrace::set_options(pid, PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL).ctx(|| format!("pid {pid}: PTRACE_SETOPTIONS"))?;
+    ptrace::set_options(pid, PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL)
+        .ctx(|| format!("pid {pid}: PTRACE_SETOPTIONS"))?;
     let t_tracer = Instant::now();
     let mut child = child;
     let base_regs = ptrace::get_regs(pid).ctx(|| format!("pid {pid}: cannot read registers"))?;
@@ -219,7 +228,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     }
     task::restore_late(&inj, &p)?;
     timers::arm(&inj, scratch, &p)?;
-    inj.call(nr::MUNMAP, &[tr.code, TRAMPOLINE_PAGES * PAGE_SIZE]).ctx(|| format!("pid {pid}: cannot unmap the trampoline"))?;
+    inj.call(nr::MUNMAP, &[tr.code, TRAMPOLINE_PAGES * PAGE_SIZE])
+        .ctx(|| format!("pid {pid}: cannot unmap the trampoline"))?;
     cpu::restore(pid, t, &base_regs)?;
     ptrace::set_sigmask(pid, t.sigmask).ctx(|| format!("pid {pid}: cannot set the signal mask"))?;
     ptrace::detach(pid, 0).ctx(|| format!("pid {pid}: cannot release"))?;

@@ -81,12 +81,7 @@ impl ImageWriter {
         let dst = self.dir.join(name);
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let _ = fs::remove_file(&tmp);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
+        let file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(io_err(&tmp))?;
         Ok((tmp, dst, file))
     }
 

@@ -62,7 +62,9 @@ pub enum ImageError {
     },
     #[error("{file}: not a ferry image file (bad magic)")]
     BadMagic { file: String },
-    #[error("{file}: format version {version} is not supported (this ferry reads {MIN_FORMAT_VERSION}..={FORMAT_VERSION})")]
+    #[error(
+        "{file}: format version {version} is not supported (this ferry reads {MIN_FORMAT_VERSION}..={FORMAT_VERSION})"
+    )]
     Version { file: String, version: u32 },
     #[error("{file}: holds a record of kind {found}, expected {expected}")]
     Kind { file: String, found: u32, expected: u32 },

@@ -14,8 +14,7 @@ pub const AT_NULL: u64 = 0;
 pub fn parse_auxv(bytes: &[u8]) -> Result<Vec<(u64, u64)>, ParseError> {
     let mut out = Vec::new();
     for pair in bytes.chunks(16) {
-        let (Some(key), Some(value)) = (pair.get(..8).and_then(word), pair.get(8..).and_then(word))
-        else {
+        let (Some(key), Some(value)) = (pair.get(..8).and_then(word), pair.get(8..).and_then(word)) else {
             return Err(ParseError::AuxvLength { len: bytes.len() });
         };
         out.push((key, value));
@@ -35,39 +34,24 @@ mod tests {
     use super::*;
 
     fn bytes(pairs: &[(u64, u64)]) -> Vec<u8> {
-        pairs
-            .iter()
-            .flat_map(|(k, v)| k.to_ne_bytes().into_iter().chain(v.to_ne_bytes()))
-            .collect()
+        pairs.iter().flat_map(|(k, v)| k.to_ne_bytes().into_iter().chain(v.to_ne_bytes())).collect()
     }
 
     #[test]
     fn stops_at_at_null() {
         let mut b = bytes(&[(33, 0x7fff_0000), (6, 4096), (AT_NULL, 0)]);
         b.extend_from_slice(&[0xff; 20]);
-        assert_eq!(
-            parse_auxv(&b),
-            Ok(vec![(33, 0x7fff_0000), (6, 4096), (AT_NULL, 0)])
-        );
+        assert_eq!(parse_auxv(&b), Ok(vec![(33, 0x7fff_0000), (6, 4096), (AT_NULL, 0)]));
     }
 
     #[test]
     fn unterminated_or_truncated_is_an_error() {
         assert_eq!(parse_auxv(&[]), Err(ParseError::AuxvUnterminated));
-        assert_eq!(
-            parse_auxv(&bytes(&[(6, 4096)])),
-            Err(ParseError::AuxvUnterminated)
-        );
+        assert_eq!(parse_auxv(&bytes(&[(6, 4096)])), Err(ParseError::AuxvUnterminated));
         let b = bytes(&[(6, 4096), (AT_NULL, 0)]);
         for cut in [1, 8, 15] {
-            assert_eq!(
-                parse_auxv(&b[..16 + cut]),
-                Err(ParseError::AuxvLength { len: 16 + cut })
-            );
+            assert_eq!(parse_auxv(&b[..16 + cut]), Err(ParseError::AuxvLength { len: 16 + cut }));
         }
-        assert_eq!(
-            ParseError::AuxvLength { len: 20 }.to_string(),
-            "auxv length 20 is not a multiple of 16"
-        );
+        assert_eq!(ParseError::AuxvLength { len: 20 }.to_string(), "auxv length 20 is not a multiple of 16");
     }
 }

@@ -36,16 +36,12 @@ pub fn parse_fdinfo(text: &str) -> Result<FdInfo, ParseError> {
         })
         .collect();
     let get = |field: &'static str| {
-        raw.iter()
-            .find(|(k, _)| k == field)
-            .map(|(_, v)| v.as_str())
-            .ok_or(ParseError::Missing { file: FILE, field })
+        raw.iter().find(|(k, _)| k == field).map(|(_, v)| v.as_str()).ok_or(ParseError::Missing { file: FILE, field })
     };
     let flags = get("flags")?;
     Ok(FdInfo {
         pos: dec(FILE, "pos", get("pos")?)?,
-        flags: u32::try_from(radix(FILE, "flags", flags, 8)?)
-            .map_err(|_| crate::bad(FILE, "flags", flags))?,
+        flags: u32::try_from(radix(FILE, "flags", flags, 8)?).map_err(|_| crate::bad(FILE, "flags", flags))?,
         mnt_id: dec(FILE, "mnt_id", get("mnt_id")?)?,
         ino: get("ino").ok().map(|v| dec(FILE, "ino", v)).transpose()?,
         raw,
@@ -57,29 +53,14 @@ mod tests {
     use super::*;
 
     fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
     fn head_and_raw() {
-        let fi = parse_fdinfo("pos:\t100\nflags:\t02100002\nmnt_id:\t27\nino:\t10010778\n")
-            .expect("parses");
-        assert_eq!(
-            (fi.pos, fi.flags, fi.mnt_id, fi.ino),
-            (100, 0o2100002, 27, Some(10010778))
-        );
-        assert_eq!(
-            fi.raw,
-            kv(&[
-                ("pos", "100"),
-                ("flags", "02100002"),
-                ("mnt_id", "27"),
-                ("ino", "10010778")
-            ])
-        );
+        let fi = parse_fdinfo("pos:\t100\nflags:\t02100002\nmnt_id:\t27\nino:\t10010778\n").expect("parses");
+        assert_eq!((fi.pos, fi.flags, fi.mnt_id, fi.ino), (100, 0o2100002, 27, Some(10010778)));
+        assert_eq!(fi.raw, kv(&[("pos", "100"), ("flags", "02100002"), ("mnt_id", "27"), ("ino", "10010778")]));
     }
 
     #[test]
@@ -98,14 +79,8 @@ tfd:        7 events:       19 data:             1234  pos:0 ino:1a sdev:10\n\
         assert_eq!(
             &fi.raw[3..],
             &kv(&[
-                (
-                    "tfd",
-                    "8 events:       1d data:                7  pos:0 ino:1a sdev:10"
-                ),
-                (
-                    "tfd",
-                    "7 events:       19 data:             1234  pos:0 ino:1a sdev:10"
-                ),
+                ("tfd", "8 events:       1d data:                7  pos:0 ino:1a sdev:10"),
+                ("tfd", "7 events:       19 data:             1234  pos:0 ino:1a sdev:10"),
                 ("op=0, task_works=0", ""),
             ])[..]
         );

@@ -42,24 +42,13 @@ pub enum ParseError {
     BadLine { file: &'static str, line: String },
     /// A field is present but its value does not parse.
     #[error("bad {field} {value:?} in {file}")]
-    BadField {
-        file: &'static str,
-        field: &'static str,
-        value: String,
-    },
+    BadField { file: &'static str, field: &'static str, value: String },
     /// A field ferry needs is absent.
     #[error("missing {field} in {file}")]
-    Missing {
-        file: &'static str,
-        field: &'static str,
-    },
+    Missing { file: &'static str, field: &'static str },
     /// A whitespace-separated record ends before the fields ferry needs.
     #[error("{file} has {got} fields, want at least {want}")]
-    TooFewFields {
-        file: &'static str,
-        got: usize,
-        want: usize,
-    },
+    TooFewFields { file: &'static str, got: usize, want: usize },
     /// `auxv` is a sequence of 16-byte (key, value) pairs; anything else is truncated.
     #[error("auxv length {len} is not a multiple of 16")]
     AuxvLength { len: usize },
@@ -106,11 +95,7 @@ fn octal_byte(b: &[u8]) -> Option<u8> {
 }
 
 /// Parse a decimal field, naming it in the error.
-pub(crate) fn dec<T: FromStr>(
-    file: &'static str,
-    field: &'static str,
-    s: &str,
-) -> Result<T, ParseError> {
+pub(crate) fn dec<T: FromStr>(file: &'static str, field: &'static str, s: &str) -> Result<T, ParseError> {
     s.parse().map_err(|_| bad(file, field, s))
 }
 
@@ -120,12 +105,7 @@ pub(crate) fn hex(file: &'static str, field: &'static str, s: &str) -> Result<u6
 }
 
 /// Parse an unsigned field in `radix`; unlike `from_str_radix` this refuses a sign.
-pub(crate) fn radix(
-    file: &'static str,
-    field: &'static str,
-    s: &str,
-    radix: u32,
-) -> Result<u64, ParseError> {
+pub(crate) fn radix(file: &'static str, field: &'static str, s: &str, radix: u32) -> Result<u64, ParseError> {
     if s.starts_with('+') {
         return Err(bad(file, field, s));
     }
@@ -133,18 +113,11 @@ pub(crate) fn radix(
 }
 
 pub(crate) fn bad(file: &'static str, field: &'static str, value: &str) -> ParseError {
-    ParseError::BadField {
-        file,
-        field,
-        value: value.to_owned(),
-    }
+    ParseError::BadField { file, field, value: value.to_owned() }
 }
 
 pub(crate) fn bad_line(file: &'static str, line: &str) -> ParseError {
-    ParseError::BadLine {
-        file,
-        line: line.to_owned(),
-    }
+    ParseError::BadLine { file, line: line.to_owned() }
 }
 
 #[cfg(test)]
@@ -153,10 +126,7 @@ mod tests {
 
     #[test]
     fn unescape_decodes_proc_escapes() {
-        assert_eq!(
-            unescape_octal(r"/mnt/a\040b\011c\012d\134e"),
-            "/mnt/a b\tc\nd\\e"
-        );
+        assert_eq!(unescape_octal(r"/mnt/a\040b\011c\012d\134e"), "/mnt/a b\tc\nd\\e");
     }
 
     #[test]

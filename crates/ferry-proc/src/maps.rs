@@ -43,10 +43,7 @@ const DELETED: &str = " (deleted)";
 
 /// Parse all of `/proc/PID/maps`.
 pub fn parse_maps(text: &str) -> Result<Vec<MapEntry>, ParseError> {
-    text.lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| parse_line("maps", l))
-        .collect()
+    text.lines().filter(|l| !l.is_empty()).map(|l| parse_line("maps", l)).collect()
 }
 
 /// Parse one maps-format line; `file` names the file for errors ("maps" or "smaps").
@@ -125,20 +122,13 @@ mod tests {
 
     #[test]
     fn file_mapping() {
-        let e = one(
-            "55fcf4640000-55fcf4641000 r-xp 00001000 fe:00 10010782                   /tmp/cap/cap",
-        );
+        let e = one("55fcf4640000-55fcf4641000 r-xp 00001000 fe:00 10010782                   /tmp/cap/cap");
         assert_eq!(
             e,
             MapEntry {
                 start: 0x55fc_f464_0000,
                 end: 0x55fc_f464_1000,
-                perms: Perms {
-                    read: true,
-                    write: false,
-                    exec: true,
-                    shared: false
-                },
+                perms: Perms { read: true, write: false, exec: true, shared: false },
                 offset: 0x1000,
                 dev_major: 0xfe,
                 dev_minor: 0,
@@ -151,10 +141,9 @@ mod tests {
 
     #[test]
     fn anonymous_with_and_without_trailing_space() {
-        for line in [
-            "7f12c93f5000-7f12c93fa000 rw-p 00000000 00:00 0 ",
-            "7f12c93f5000-7f12c93fa000 rw-p 00000000 00:00 0",
-        ] {
+        for line in
+            ["7f12c93f5000-7f12c93fa000 rw-p 00000000 00:00 0 ", "7f12c93f5000-7f12c93fa000 rw-p 00000000 00:00 0"]
+        {
             let e = one(line);
             assert_eq!(e.path, None);
             assert_eq!(e.inode, 0);
@@ -180,33 +169,26 @@ mod tests {
         let e = one("7f12c95de000-7f12c95e1000 rw-s 00000000 00:01 1024                       /dev/zero (deleted)");
         assert_eq!(e.path.as_deref(), Some("/dev/zero"));
         assert!(e.deleted);
-        let e = one("7f12c95dd000-7f12c95de000 rw-s 00000000 00:01 1025                       /memfd:ferry memfd (deleted)");
+        let e = one(
+            "7f12c95dd000-7f12c95de000 rw-s 00000000 00:01 1025                       /memfd:ferry memfd (deleted)",
+        );
         assert_eq!(e.path.as_deref(), Some("/memfd:ferry memfd"));
         assert!(e.deleted);
     }
 
     #[test]
     fn escaped_newline_is_decoded() {
-        let e = one(
-            r"7f12c95e1000-7f12c95e2000 r--p 00000000 fe:00 10010780                   /tmp/new\012line (deleted)",
-        );
+        let e =
+            one(r"7f12c95e1000-7f12c95e2000 r--p 00000000 fe:00 10010780                   /tmp/new\012line (deleted)");
         assert_eq!(e.path.as_deref(), Some("/tmp/new\nline"));
         assert!(e.deleted);
     }
 
     #[test]
     fn pseudo_names() {
-        let e = one(
-            "ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]",
-        );
+        let e = one("ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]");
         assert_eq!(e.path.as_deref(), Some("[vsyscall]"));
-        assert_eq!(
-            e.perms,
-            Perms {
-                exec: true,
-                ..Perms::default()
-            }
-        );
+        assert_eq!(e.perms, Perms { exec: true, ..Perms::default() });
         let e = one("7f0000000000-7f0000002000 rw-p 00000000 00:00 0                          [anon:ferry test]");
         assert_eq!(e.path.as_deref(), Some("[anon:ferry test]"));
     }
@@ -233,10 +215,7 @@ mod tests {
         ] {
             assert_eq!(
                 parse_line("maps", line),
-                Err(ParseError::BadLine {
-                    file: "maps",
-                    line: line.into()
-                }),
+                Err(ParseError::BadLine { file: "maps", line: line.into() }),
                 "{line:?}"
             );
         }

@@ -35,10 +35,7 @@ const FILE: &str = "mountinfo";
 
 /// Parse all of `/proc/PID/mountinfo`.
 pub fn parse_mountinfo(text: &str) -> Result<Vec<MountInfo>, ParseError> {
-    text.lines()
-        .filter(|l| !l.is_empty())
-        .map(parse_line)
-        .collect()
+    text.lines().filter(|l| !l.is_empty()).map(parse_line).collect()
 }
 
 fn parse_line(line: &str) -> Result<MountInfo, ParseError> {
@@ -50,9 +47,7 @@ fn parse_line(line: &str) -> Result<MountInfo, ParseError> {
         .map(|i| i + 6)
         .filter(|sep| f.len() >= sep + 4)
         .ok_or_else(|| bad_line(FILE, line))?;
-    let (major, minor) = f[2]
-        .split_once(':')
-        .ok_or_else(|| bad(FILE, "major:minor", f[2]))?;
+    let (major, minor) = f[2].split_once(':').ok_or_else(|| bad(FILE, "major:minor", f[2]))?;
     Ok(MountInfo {
         mnt_id: dec(FILE, "mount id", f[0])?,
         parent_id: dec(FILE, "parent id", f[1])?,
@@ -74,8 +69,9 @@ mod tests {
 
     #[test]
     fn full_line() {
-        let m = parse_line(r"36 35 98:0 /mnt1 /mnt\0402 rw,noatime master:1 shared:7 - ext3 /dev/root rw,errors=continue")
-            .expect("parses");
+        let m =
+            parse_line(r"36 35 98:0 /mnt1 /mnt\0402 rw,noatime master:1 shared:7 - ext3 /dev/root rw,errors=continue")
+                .expect("parses");
         assert_eq!(
             m,
             MountInfo {
@@ -116,13 +112,7 @@ mod tests {
             "36 35 98:0 /mnt1 /mnt2 rw - ext3 /dev/root",
             "36 35 98:0 /mnt1 - ext3 /dev/root rw",
         ] {
-            assert_eq!(
-                parse_line(line),
-                Err(ParseError::BadLine {
-                    file: "mountinfo",
-                    line: line.into()
-                })
-            );
+            assert_eq!(parse_line(line), Err(ParseError::BadLine { file: "mountinfo", line: line.into() }));
         }
         assert_eq!(
             parse_line("36 35 98-0 / / rw - ext3 /dev/root rw").map_err(|e| e.to_string()),

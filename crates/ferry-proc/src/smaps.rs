@@ -33,11 +33,7 @@ pub fn parse_smaps(text: &str) -> Result<Vec<SmapsEntry>, ParseError> {
         let first = line.split(' ').next().unwrap_or_default();
         let Some(key) = first.strip_suffix(':') else {
             let m = maps::parse_line(FILE, line)?;
-            out.push(SmapsEntry {
-                start: m.start,
-                end: m.end,
-                ..SmapsEntry::default()
-            });
+            out.push(SmapsEntry { start: m.start, end: m.end, ..SmapsEntry::default() });
             continue;
         };
         let entry = out.last_mut().ok_or_else(|| bad_line(FILE, line))?;
@@ -55,13 +51,8 @@ pub fn parse_smaps(text: &str) -> Result<Vec<SmapsEntry>, ParseError> {
 
 /// A `N kB` value, in bytes.
 fn kib(line: &str, field: &'static str, value: &str) -> Result<u64, ParseError> {
-    let n = value
-        .strip_suffix(" kB")
-        .ok_or_else(|| bad_line(FILE, line))?
-        .trim_end();
-    crate::radix(FILE, field, n, 10)?
-        .checked_mul(1024)
-        .ok_or_else(|| bad(FILE, field, value))
+    let n = value.strip_suffix(" kB").ok_or_else(|| bad_line(FILE, line))?.trim_end();
+    crate::radix(FILE, field, n, 10)?.checked_mul(1024).ok_or_else(|| bad(FILE, field, value))
 }
 
 #[cfg(test)]
@@ -93,9 +84,7 @@ VmFlags: rd wr mr mw me gd ac
                 SmapsEntry {
                     start: 0x7f12_c95e_2000,
                     end: 0x7f12_c95e_3000,
-                    vm_flags: ["rd", "wr", "mr", "mw", "me", "ac"]
-                        .map(String::from)
-                        .to_vec(),
+                    vm_flags: ["rd", "wr", "mr", "mw", "me", "ac"].map(String::from).to_vec(),
                     rss: 4096,
                     anonymous: 4096,
                     swap: 0,
@@ -103,9 +92,7 @@ VmFlags: rd wr mr mw me gd ac
                 SmapsEntry {
                     start: 0x7ffe_3ef0_c000,
                     end: 0x7ffe_3ef2_d000,
-                    vm_flags: ["rd", "wr", "mr", "mw", "me", "gd", "ac"]
-                        .map(String::from)
-                        .to_vec(),
+                    vm_flags: ["rd", "wr", "mr", "mw", "me", "gd", "ac"].map(String::from).to_vec(),
                     rss: 28 * 1024,
                     anonymous: 20 * 1024,
                     swap: 12 * 1024,
@@ -124,13 +111,7 @@ VmFlags: rd wr mr mw me gd ac
 
     #[test]
     fn field_before_header_is_an_error() {
-        assert_eq!(
-            parse_smaps("Rss: 4 kB\n"),
-            Err(ParseError::BadLine {
-                file: "smaps",
-                line: "Rss: 4 kB".into()
-            })
-        );
+        assert_eq!(parse_smaps("Rss: 4 kB\n"), Err(ParseError::BadLine { file: "smaps", line: "Rss: 4 kB".into() }));
     }
 
     #[test]
@@ -139,16 +120,12 @@ VmFlags: rd wr mr mw me gd ac
         assert_eq!(e.to_string(), r#"bad line "Rss: 4 MB" in smaps"#);
         let e = parse_smaps("1000-2000 ---p 00000000 00:00 0 \nSwap: x kB\n").expect_err("num");
         assert_eq!(e.to_string(), r#"bad Swap "x" in smaps"#);
-        let e = parse_smaps("1000-2000 ---p 00000000 00:00 0 \nRss: 18446744073709551615 kB\n")
-            .expect_err("overflow");
+        let e = parse_smaps("1000-2000 ---p 00000000 00:00 0 \nRss: 18446744073709551615 kB\n").expect_err("overflow");
         assert!(matches!(e, ParseError::BadField { field: "Rss", .. }));
     }
 
     #[test]
     fn bad_header_is_an_error() {
-        assert!(matches!(
-            parse_smaps("1000-2000 ---p\n"),
-            Err(ParseError::BadLine { file: "smaps", .. })
-        ));
+        assert!(matches!(parse_smaps("1000-2000 ---p\n"), Err(ParseError::BadLine { file: "smaps", .. })));
     }
 }

@@ -53,20 +53,14 @@ pub fn parse_stat(text: &str) -> Result<Stat, ParseError> {
     let text = text.strip_suffix('\n').unwrap_or(text);
     let open = text.find(" (").ok_or_else(|| bad(FILE, "comm", text))?;
     let close = text.rfind(')').ok_or_else(|| bad(FILE, "comm", text))?;
-    let comm = text
-        .get(open + 2..close)
-        .ok_or_else(|| bad(FILE, "comm", text))?;
+    let comm = text.get(open + 2..close).ok_or_else(|| bad(FILE, "comm", text))?;
     let rest = &text[close + 1..];
     if !rest.starts_with(' ') {
         return Err(bad(FILE, "comm", text));
     }
     let f: Vec<&str> = rest.split_whitespace().collect();
     if f.len() + 2 < FIELDS {
-        return Err(ParseError::TooFewFields {
-            file: FILE,
-            got: f.len() + 2,
-            want: FIELDS,
-        });
+        return Err(ParseError::TooFewFields { file: FILE, got: f.len() + 2, want: FIELDS });
     }
     // `f[n - 3]` is field n (1-based) of proc(5).
     let state = match f[0].as_bytes() {
@@ -118,20 +112,14 @@ mod tests {
     fn fields_land_in_place() {
         let s = parse_stat(&line("cat")).expect("parses");
         assert_eq!((s.pid, s.comm.as_str(), s.state), (77, "cat", 'S'));
-        assert_eq!(
-            (s.ppid, s.pgrp, s.session, s.tty_nr, s.tpgid),
-            (4, 5, 6, 7, 8)
-        );
+        assert_eq!((s.ppid, s.pgrp, s.session, s.tty_nr, s.tpgid), (4, 5, 6, 7, 8));
         assert_eq!(s.flags, 9);
         assert_eq!((s.nice, s.num_threads, s.start_time), (19, 20, 22));
         assert_eq!((s.vsize, s.rss), (23, 24));
         assert_eq!((s.start_code, s.end_code, s.start_stack), (26, 27, 28));
         assert_eq!((s.exit_signal, s.processor), (38, 39));
         assert_eq!((s.start_data, s.end_data, s.start_brk), (45, 46, 47));
-        assert_eq!(
-            (s.arg_start, s.arg_end, s.env_start, s.env_end),
-            (48, 49, 50, 51)
-        );
+        assert_eq!((s.arg_start, s.arg_end, s.env_start, s.env_end), (48, 49, 50, 51));
         assert_eq!(s.exit_code, 52);
     }
 
@@ -153,10 +141,7 @@ mod tests {
     #[test]
     fn short_record_is_an_error() {
         let text = "1 (init) S 0 1 1 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 5";
-        assert_eq!(
-            parse_stat(text).map_err(|e| e.to_string()),
-            Err("stat has 22 fields, want at least 52".into())
-        );
+        assert_eq!(parse_stat(text).map_err(|e| e.to_string()), Err("stat has 22 fields, want at least 52".into()));
     }
 
     #[test]

@@ -120,10 +120,7 @@ pub fn parse_status(text: &str) -> Result<Status, ParseError> {
             "Threads" => s.threads = dec(FILE, k, v)?,
             "SigQ" => {
                 let (queued, limit) = v.split_once('/').ok_or_else(err)?;
-                s.sig_q = (
-                    dec(FILE, k, queued).map_err(|_| err())?,
-                    dec(FILE, k, limit).map_err(|_| err())?,
-                );
+                s.sig_q = (dec(FILE, k, queued).map_err(|_| err())?, dec(FILE, k, limit).map_err(|_| err())?);
             }
             "SigPnd" => s.sig_pnd = hex(FILE, k, v)?,
             "ShdPnd" => s.shd_pnd = hex(FILE, k, v)?,
@@ -148,19 +145,14 @@ pub fn parse_status(text: &str) -> Result<Status, ParseError> {
         }
     }
     if let Some(i) = seen[..REQUIRED].iter().position(|s| !s) {
-        return Err(ParseError::Missing {
-            file: FILE,
-            field: FIELDS[i],
-        });
+        return Err(ParseError::Missing { file: FILE, field: FIELDS[i] });
     }
     Ok(s)
 }
 
 /// A whitespace-separated list of numbers; the error shows the whole value.
 fn list<T: std::str::FromStr>(field: &'static str, v: &str) -> Result<Vec<T>, ParseError> {
-    v.split_whitespace()
-        .map(|x| x.parse().map_err(|_| bad(FILE, field, v)))
-        .collect()
+    v.split_whitespace().map(|x| x.parse().map_err(|_| bad(FILE, field, v))).collect()
 }
 
 /// Undo the escaping status applies to the comm: newline as `\n`, backslash as `\\`.
@@ -215,18 +207,9 @@ CapPrm:\tffffffffffffffff\nCapEff:\tffffffffffffffff\nCapBnd:\tffffffffffffffff\
     #[test]
     fn missing_required_field_is_named() {
         let text = OLD.replace("CapBnd:\tffffffffffffffff\n", "");
-        assert_eq!(
-            parse_status(&text),
-            Err(ParseError::Missing {
-                file: "status",
-                field: "CapBnd"
-            })
-        );
+        assert_eq!(parse_status(&text), Err(ParseError::Missing { file: "status", field: "CapBnd" }));
         let text = OLD.replace("Uid:", "Uidx:");
-        assert_eq!(
-            parse_status(&text).map_err(|e| e.to_string()),
-            Err("missing Uid in status".into())
-        );
+        assert_eq!(parse_status(&text).map_err(|e| e.to_string()), Err("missing Uid in status".into()));
     }
 
     #[test]
@@ -240,39 +223,16 @@ CapPrm:\tffffffffffffffff\nCapEff:\tffffffffffffffff\nCapBnd:\tffffffffffffffff\
     #[test]
     fn bad_values_are_errors() {
         for (from, to, msg) in [
-            (
-                "Uid:\t0\t0\t0\t0",
-                "Uid:\t0\t0\t0",
-                r#"bad Uid "0\t0\t0" in status"#,
-            ),
-            (
-                "Gid:\t0\t0\t0\t0",
-                "Gid:\t0\tx\t0\t0",
-                r#"bad Gid "0\tx\t0\t0" in status"#,
-            ),
+            ("Uid:\t0\t0\t0\t0", "Uid:\t0\t0\t0", r#"bad Uid "0\t0\t0" in status"#),
+            ("Gid:\t0\t0\t0\t0", "Gid:\t0\tx\t0\t0", r#"bad Gid "0\tx\t0\t0" in status"#),
             ("SigQ:\t0/1024", "SigQ:\t0", r#"bad SigQ "0" in status"#),
-            (
-                "SigBlk:\t0000000000000000",
-                "SigBlk:\tzz",
-                r#"bad SigBlk "zz" in status"#,
-            ),
-            (
-                "State:\tS (sleeping)",
-                "State:\t",
-                r#"bad State "" in status"#,
-            ),
+            ("SigBlk:\t0000000000000000", "SigBlk:\tzz", r#"bad SigBlk "zz" in status"#),
+            ("State:\tS (sleeping)", "State:\t", r#"bad State "" in status"#),
             ("Pid:\t1", "Pid:\tone", r#"bad Pid "one" in status"#),
-            (
-                "Threads:\t1",
-                "Threads\t1",
-                r#"bad line "Threads\t1" in status"#,
-            ),
+            ("Threads:\t1", "Threads\t1", r#"bad line "Threads\t1" in status"#),
         ] {
             let text = OLD.replace(from, to);
-            assert_eq!(
-                parse_status(&text).map_err(|e| e.to_string()),
-                Err(msg.to_string())
-            );
+            assert_eq!(parse_status(&text).map_err(|e| e.to_string()), Err(msg.to_string()));
         }
         let text = format!("{OLD}NoNewPrivs:\t2\n");
         assert!(parse_status(&text).is_err());

@@ -60,10 +60,7 @@ pub fn parse_timers(text: &str) -> Result<Vec<PosixTimer>, ParseError> {
                 out.push(p.finish()?);
             }
             cur = Some(Partial {
-                timer: PosixTimer {
-                    id: dec(FILE, "ID", v)?,
-                    ..PosixTimer::default()
-                },
+                timer: PosixTimer { id: dec(FILE, "ID", v)?, ..PosixTimer::default() },
                 ..Partial::default()
             });
             continue;
@@ -157,8 +154,7 @@ ID: 0\nsignal: 0/0000000000000000\nnotify: thread/pid.9\nClockID: -6\n";
     #[test]
     fn incomplete_timer_is_an_error() {
         assert_eq!(
-            parse_timers("ID: 0\nnotify: signal/pid.1\nClockID: 1\nID: 1\n")
-                .map_err(|e| e.to_string()),
+            parse_timers("ID: 0\nnotify: signal/pid.1\nClockID: 1\nID: 1\n").map_err(|e| e.to_string()),
             Err("missing signal in timers".into())
         );
         assert_eq!(
@@ -172,21 +168,12 @@ ID: 0\nsignal: 0/0000000000000000\nnotify: thread/pid.9\nClockID: -6\n";
         let head = "ID: 0\nsignal: 14/0\nClockID: 1\n";
         for (notify, msg) in [
             ("notify: signal", r#"bad notify "signal" in timers"#),
-            (
-                "notify: signal/pid1",
-                r#"bad notify "signal/pid1" in timers"#,
-            ),
+            ("notify: signal/pid1", r#"bad notify "signal/pid1" in timers"#),
             ("notify: sig/pid.1", r#"bad notify "sig/pid.1" in timers"#),
-            (
-                "notify: signal/pgid.1",
-                r#"bad notify "signal/pgid.1" in timers"#,
-            ),
+            ("notify: signal/pgid.1", r#"bad notify "signal/pgid.1" in timers"#),
             ("notify: signal/pid.x", r#"bad notify "x" in timers"#),
         ] {
-            assert_eq!(
-                parse_timers(&format!("{head}{notify}\n")).map_err(|e| e.to_string()),
-                Err(msg.into())
-            );
+            assert_eq!(parse_timers(&format!("{head}{notify}\n")).map_err(|e| e.to_string()), Err(msg.into()));
         }
         assert!(parse_timers("signal: 14/0\n").is_err());
         assert!(parse_timers("ID: x\n").is_err());

@@ -17,9 +17,7 @@ fn maps() -> Vec<MapEntry> {
 }
 
 fn by_path<'a>(maps: &'a [MapEntry], path: &str) -> &'a MapEntry {
-    maps.iter()
-        .find(|m| m.path.as_deref() == Some(path))
-        .unwrap_or_else(|| panic!("no mapping of {path:?}"))
+    maps.iter().find(|m| m.path.as_deref() == Some(path)).unwrap_or_else(|| panic!("no mapping of {path:?}"))
 }
 
 #[test]
@@ -32,10 +30,7 @@ fn maps_fixture() {
 
     let exe = &maps[0];
     assert_eq!((exe.start, exe.end), (0x55fc_f463_f000, 0x55fc_f464_0000));
-    assert_eq!(
-        (exe.dev_major, exe.dev_minor, exe.inode),
-        (0xfe, 0, 10010782)
-    );
+    assert_eq!((exe.dev_major, exe.dev_minor, exe.inode), (0xfe, 0, 10010782));
     assert_eq!(exe.path.as_deref(), Some("/tmp/cap/cap"));
     assert_eq!(maps[1].offset, 0x1000);
     assert!(maps[1].perms.exec && !maps[1].perms.write);
@@ -56,14 +51,7 @@ fn maps_fixture() {
 
     assert!(!by_path(&maps, "/tmp/cap/new\nline").deleted);
 
-    for name in [
-        "[heap]",
-        "[stack]",
-        "[vvar]",
-        "[vvar_vclock]",
-        "[vdso]",
-        "[vsyscall]",
-    ] {
+    for name in ["[heap]", "[stack]", "[vvar]", "[vvar_vclock]", "[vdso]", "[vsyscall]"] {
         let m = by_path(&maps, name);
         assert_eq!((m.inode, m.deleted), (0, false), "{name}");
     }
@@ -88,26 +76,14 @@ fn smaps_fixture_matches_maps() {
     }
     let find = |path: &str| {
         let m = by_path(&maps, path);
-        smaps
-            .iter()
-            .find(|s| s.start == m.start)
-            .expect("smaps entry")
+        smaps.iter().find(|s| s.start == m.start).expect("smaps entry")
     };
     let stack = find("[stack]");
-    assert_eq!(
-        (stack.rss, stack.anonymous, stack.swap),
-        (28 * 1024, 28 * 1024, 0)
-    );
+    assert_eq!((stack.rss, stack.anonymous, stack.swap), (28 * 1024, 28 * 1024, 0));
     assert!(stack.vm_flags.iter().any(|f| f == "gd"));
-    assert_eq!(
-        find("[vvar]").vm_flags,
-        ["rd", "mr", "pf", "io", "de", "dd"]
-    );
+    assert_eq!(find("[vvar]").vm_flags, ["rd", "mr", "pf", "io", "de", "dd"]);
     assert_eq!(find("[vsyscall]").vm_flags, ["ex"]);
-    assert_eq!(
-        find("/dev/zero").vm_flags,
-        ["rd", "wr", "sh", "mr", "mw", "me", "ms"]
-    );
+    assert_eq!(find("/dev/zero").vm_flags, ["rd", "wr", "sh", "mr", "mw", "me", "ms"]);
     assert_eq!(find("/tmp/cap/gone.bin").anonymous, 4096);
 }
 
@@ -120,24 +96,15 @@ fn status_fixture() {
     assert_eq!((s.tgid, s.pid, s.ppid, s.tracer_pid), (3317, 3317, 3307, 0));
     assert_eq!((s.uid, s.gid), ([0; 4], [0; 4]));
     assert!(s.groups.is_empty());
-    assert_eq!(
-        (s.ns_tgid.as_slice(), s.ns_pid.as_slice()),
-        (&[3317][..], &[3317][..])
-    );
-    assert_eq!(
-        (s.ns_pgid.as_slice(), s.ns_sid.as_slice()),
-        (&[3307][..], &[1694][..])
-    );
+    assert_eq!((s.ns_tgid.as_slice(), s.ns_pid.as_slice()), (&[3317][..], &[3317][..]));
+    assert_eq!((s.ns_pgid.as_slice(), s.ns_sid.as_slice()), (&[3307][..], &[1694][..]));
     assert_eq!(s.threads, 1);
     assert_eq!(s.sig_q, (4, 96365));
     // SIGUSR1 and SIGCHLD, blocked for the signalfd.
     assert_eq!(s.sig_blk, (1 << (10 - 1)) | (1 << (17 - 1)));
     assert_eq!((s.sig_pnd, s.shd_pnd, s.sig_ign, s.sig_cgt), (0, 0, 0, 0));
     assert_eq!((s.cap_inh, s.cap_amb), (0, 0));
-    assert_eq!(
-        (s.cap_prm, s.cap_eff, s.cap_bnd),
-        (0x1ff_feff_ffff, 0x1ff_feff_ffff, 0x1ff_feff_ffff)
-    );
+    assert_eq!((s.cap_prm, s.cap_eff, s.cap_bnd), (0x1ff_feff_ffff, 0x1ff_feff_ffff, 0x1ff_feff_ffff));
     assert!(!s.no_new_privs);
     assert_eq!((s.seccomp, s.seccomp_filters), (0, 0));
 }
@@ -175,10 +142,7 @@ fn status_fixture_nested_pid_namespace() {
 #[test]
 fn status_fixture_kthread() {
     let s = parse_status(include_str!("fixtures/status_kthread.txt")).expect("parses");
-    assert_eq!(
-        (s.name.as_str(), s.pid, s.ppid, s.state),
-        ("kthreadd", 2, 0, 'S')
-    );
+    assert_eq!((s.name.as_str(), s.pid, s.ppid, s.state), ("kthreadd", 2, 0, 'S'));
 }
 
 #[test]
@@ -187,22 +151,14 @@ fn stat_fixture_matches_status_and_maps() {
     assert_eq!(st.pid, 3317);
     assert_eq!(st.comm, r"a) (b\c) 1");
     assert_eq!(st.state, 'R');
-    assert_eq!(
-        (st.ppid, st.pgrp, st.session, st.tty_nr, st.tpgid),
-        (3307, 3307, 1694, 0, -1)
-    );
+    assert_eq!((st.ppid, st.pgrp, st.session, st.tty_nr, st.tpgid), (3307, 3307, 1694, 0, -1));
     assert_eq!(st.flags, 4194304);
     assert_eq!((st.nice, st.num_threads), (0, 1));
     assert_eq!((st.start_time, st.vsize, st.rss), (160612, 2576384, 330));
     assert_eq!((st.exit_signal, st.processor, st.exit_code), (17, 1, 0));
     assert_eq!(
         (st.arg_start, st.arg_end, st.env_start, st.env_end),
-        (
-            140729954519796,
-            140729954519806,
-            140729954519806,
-            140729954521074
-        )
+        (140729954519796, 140729954519806, 140729954519806, 140729954521074)
     );
 
     let maps = maps();
@@ -219,10 +175,7 @@ fn stat_fixture_matches_status_and_maps() {
     }
     assert_eq!(
         st.vsize,
-        maps.iter()
-            .filter(|m| m.path.as_deref() != Some("[vsyscall]"))
-            .map(|m| m.end - m.start)
-            .sum::<u64>()
+        maps.iter().filter(|m| m.path.as_deref() != Some("[vsyscall]")).map(|m| m.end - m.start).sum::<u64>()
     );
 }
 
@@ -238,23 +191,13 @@ fn fdinfo_fixtures() {
     let maps = maps();
     let file = parse_fdinfo(include_str!("fixtures/fdinfo_file.txt")).expect("parses");
     assert_eq!((file.pos, file.flags, file.mnt_id), (100, 0o100002, 27));
-    assert_eq!(
-        file.ino,
-        Some(by_path(&maps, "/tmp/cap/with space ) (x).bin").inode)
-    );
+    assert_eq!(file.ino, Some(by_path(&maps, "/tmp/cap/with space ) (x).bin").inode));
 
     let memfd = parse_fdinfo(include_str!("fixtures/fdinfo_memfd.txt")).expect("parses");
-    assert_eq!(
-        (memfd.mnt_id, memfd.ino),
-        (0, Some(by_path(&maps, "/memfd:ferry memfd").inode))
-    );
+    assert_eq!((memfd.mnt_id, memfd.ino), (0, Some(by_path(&maps, "/memfd:ferry memfd").inode)));
 
     let get = |fi: &FdInfo, key: &str| -> Vec<String> {
-        fi.raw
-            .iter()
-            .filter(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
-            .collect()
+        fi.raw.iter().filter(|(k, _)| k == key).map(|(_, v)| v.clone()).collect()
     };
 
     let efd = parse_fdinfo(include_str!("fixtures/fdinfo_eventfd.txt")).expect("parses");
@@ -274,18 +217,12 @@ fn fdinfo_fixtures() {
     let ifd = parse_fdinfo(include_str!("fixtures/fdinfo_inotify.txt")).expect("parses");
     let wd = get(&ifd, "inotify wd");
     assert_eq!(wd.len(), 1);
-    assert!(
-        wd[0].starts_with("1 ino:98c097 sdev:fe00000 mask:300 "),
-        "{wd:?}"
-    );
+    assert!(wd[0].starts_with("1 ino:98c097 sdev:fe00000 mask:300 "), "{wd:?}");
 
     let ep = parse_fdinfo(include_str!("fixtures/fdinfo_epoll.txt")).expect("parses");
     let tfds = get(&ep, "tfd");
     assert_eq!(tfds.len(), 2);
-    assert!(
-        tfds[1].starts_with("7 events:       19 data:             1234 "),
-        "{tfds:?}"
-    );
+    assert!(tfds[1].starts_with("7 events:       19 data:             1234 "), "{tfds:?}");
 }
 
 #[test]
@@ -330,24 +267,14 @@ fn auxv_fixture() {
 fn mountinfo_fixture() {
     let m = parse_mountinfo(include_str!("fixtures/mountinfo.txt")).expect("parses");
     assert_eq!(m.len(), 25);
-    let at = |p: &str| {
-        m.iter()
-            .find(|x| x.mount_point == p)
-            .unwrap_or_else(|| panic!("no {p}"))
-    };
+    let at = |p: &str| m.iter().find(|x| x.mount_point == p).unwrap_or_else(|| panic!("no {p}"));
 
     let root = at("/");
-    assert_eq!(
-        (root.dev_major, root.dev_minor, root.fs_type.as_str()),
-        (254, 0, "ext4")
-    );
+    assert_eq!((root.dev_major, root.dev_minor, root.fs_type.as_str()), (254, 0, "ext4"));
     assert_eq!(root.source, "/dev/vda");
 
     let odd = at(r"/tmp/cap/mnt a\b");
-    assert_eq!(
-        (odd.fs_type.as_str(), odd.source.as_str()),
-        ("tmpfs", "my src")
-    );
+    assert_eq!((odd.fs_type.as_str(), odd.source.as_str()), ("tmpfs", "my src"));
     assert_eq!(odd.mount_options, "rw,relatime");
     assert!(odd.optional_fields.is_empty());
 
@@ -357,18 +284,12 @@ fn mountinfo_fixture() {
     assert_eq!(shared.super_options, "rw");
     let slave = at("/tmp/cap/slave");
     assert_eq!(slave.optional_fields, ["master:1"]);
-    assert_eq!(
-        (slave.dev_major, slave.dev_minor),
-        (shared.dev_major, shared.dev_minor)
-    );
+    assert_eq!((slave.dev_major, slave.dev_minor), (shared.dev_major, shared.dev_minor));
 
     let sub = at("/tmp/cap/shared/sub");
     assert_eq!((sub.root.as_str(), sub.parent_id), ("/sub", shared.mnt_id));
 
     // Every parent but the root's is in the table.
-    let orphans = m
-        .iter()
-        .filter(|x| !m.iter().any(|p| p.mnt_id == x.parent_id))
-        .count();
+    let orphans = m.iter().filter(|x| !m.iter().any(|p| p.mnt_id == x.parent_id)).count();
     assert_eq!(orphans, 1);
 }

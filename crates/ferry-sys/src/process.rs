@@ -133,9 +133,8 @@ pub fn clone3_with_pid(pid: i32) -> io::Result<Fork> {
     };
     // SAFETY: without CLONE_VM the child gets a copy of our address space, so continuing on
     // the same stack is fine (this is what fork() does); `args` and `tid` outlive the call.
-    let r = cvt(unsafe {
-        libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>())
-    })?;
+    let r =
+        cvt(unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) })?;
     Ok(if r == 0 { Fork::Child } else { Fork::Parent(r as i32) })
 }
 
@@ -153,9 +152,8 @@ impl Mmap {
             return Ok(Mmap { ptr: std::ptr::NonNull::dangling().as_ptr(), len: 0 });
         }
         // SAFETY: a fresh mapping chosen by the kernel; nothing else aliases it.
-        let ptr = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, fd.as_raw_fd(), 0)
-        };
+        let ptr =
+            unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, fd.as_raw_fd(), 0) };
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
@@ -305,7 +303,13 @@ const PAGEMAP_SCAN: libc::c_ulong = 0xC060_6610;
 /// `ioctl(PAGEMAP_SCAN)` on an open `/proc/PID/pagemap` — the regions of `start..end` that
 /// have any of `anyof` categories, each with its categories masked by `ret_mask`. Scans the
 /// whole range, in as many calls as needed.
-pub fn pagemap_scan(pagemap: BorrowedFd<'_>, start: u64, end: u64, anyof: u64, ret_mask: u64) -> io::Result<Vec<PageRegion>> {
+pub fn pagemap_scan(
+    pagemap: BorrowedFd<'_>,
+    start: u64,
+    end: u64,
+    anyof: u64,
+    ret_mask: u64,
+) -> io::Result<Vec<PageRegion>> {
     let mut out: Vec<PageRegion> = Vec::new();
     let mut cur = start;
     let mut buf = vec![PageRegion { start: 0, end: 0, categories: 0 }; 512];

@@ -72,8 +72,7 @@ pub fn get_xstate(pid: i32) -> io::Result<Vec<u8>> {
 /// `ptrace(PTRACE_SETREGSET, NT_X86_XSTATE)`.
 pub fn set_xstate(pid: i32, xstate: &[u8]) -> io::Result<()> {
     let mut iov = libc::iovec { iov_base: xstate.as_ptr() as *mut libc::c_void, iov_len: xstate.len() };
-    ptrace(libc::PTRACE_SETREGSET, pid, NT_X86_XSTATE as usize, &mut iov as *mut libc::iovec as usize)
-        .map(drop)
+    ptrace(libc::PTRACE_SETREGSET, pid, NT_X86_XSTATE as usize, &mut iov as *mut libc::iovec as usize).map(drop)
 }
 
 /// `ptrace(PTRACE_GETSIGMASK, ..)` — the tracee's blocked-signal mask.
@@ -114,12 +113,8 @@ pub fn peek_siginfo(pid: i32, shared: bool) -> io::Result<Vec<[u8; 128]>> {
             flags: if shared { PTRACE_PEEKSIGINFO_SHARED } else { 0 },
             nr: batch.len() as i32,
         };
-        let n = ptrace(
-            PTRACE_PEEKSIGINFO,
-            pid,
-            &args as *const PeekSiginfoArgs as usize,
-            batch.as_mut_ptr() as usize,
-        )? as usize;
+        let n = ptrace(PTRACE_PEEKSIGINFO, pid, &args as *const PeekSiginfoArgs as usize, batch.as_mut_ptr() as usize)?
+            as usize;
         out.extend_from_slice(&batch[..n.min(batch.len())]);
         if n < batch.len() {
             return Ok(out);
@@ -156,7 +151,10 @@ pub enum WaitStatus {
     Exited(i32),
     Signaled(i32),
     /// Stopped with this signal; `event` is the ptrace event (status >> 16), 0 if none.
-    Stopped { sig: i32, event: i32 },
+    Stopped {
+        sig: i32,
+        event: i32,
+    },
     Continued,
 }
 

@@ -18,10 +18,7 @@ pub struct KernelSigaction {
 /// `rt_sigaction(2)` raw — install `act` for `sig` in the calling process.
 pub fn rt_sigaction(sig: i32, act: &KernelSigaction) -> io::Result<()> {
     // SAFETY: `act` is a valid kernel sigaction; the old-action pointer is null; sigsetsize 8.
-    cvt(unsafe {
-        libc::syscall(libc::SYS_rt_sigaction, sig, act as *const KernelSigaction, 0usize, 8usize)
-    })
-    .map(drop)
+    cvt(unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, act as *const KernelSigaction, 0usize, 8usize) }).map(drop)
 }
 
 /// `rt_sigprocmask(SIG_SETMASK)` raw — returns the previous mask.

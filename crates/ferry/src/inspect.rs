@@ -49,12 +49,21 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
         }
         for t in &p.threads {
             if let Some(r) = &t.regs {
-                println!("  thread {}: rip {:#x} rsp {:#x} fs_base {:#x}, {}", t.tid, r.rip, r.rsp, r.fs_base, t.stopped_in);
+                println!(
+                    "  thread {}: rip {:#x} rsp {:#x} fs_base {:#x}, {}",
+                    t.tid, r.rip, r.rsp, r.fs_base, t.stopped_in
+                );
             }
             println!("    sigmask {:#x}, {} pending, xstate {} bytes", t.sigmask, t.pending.len(), t.xstate.len());
         }
         if let Some(mm) = &p.mm {
-            println!("  exe {}  brk {:#x}..{:#x}  {} of pages stored", mm.exe_path, mm.start_brk, mm.brk, size(mm.pages_bytes));
+            println!(
+                "  exe {}  brk {:#x}..{:#x}  {} of pages stored",
+                mm.exe_path,
+                mm.start_brk,
+                mm.brk,
+                size(mm.pages_bytes)
+            );
             for v in &mm.vmas {
                 let kind = VmaKind::try_from(v.kind).map(|k| format!("{k:?}")).unwrap_or_default();
                 let stored: u64 = v.runs.iter().map(|r| r.nr_pages * 4096).sum();
@@ -94,7 +103,10 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
             println!("  itimer {}: value {} us interval {} us", t.which, t.value_us, t.interval_us);
         }
         for t in &p.posix_timers {
-            println!("  posix timer {}: clock {} signal {} value {} ns interval {} ns", t.id, t.clock_id, t.signo, t.value_ns, t.interval_ns);
+            println!(
+                "  posix timer {}: clock {} signal {} value {} ns interval {} ns",
+                t.id, t.clock_id, t.signo, t.value_ns, t.interval_ns
+            );
         }
     }
     Ok(())

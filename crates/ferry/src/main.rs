@@ -62,7 +62,12 @@ fn init_logs(verbose: u8) {
         1 => tracing::Level::INFO,
         _ => tracing::Level::DEBUG,
     };
-    tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 }
 
 fn run(cli: Cli) -> Result<i32> {
@@ -71,7 +76,13 @@ fn run(cli: Cli) -> Result<i32> {
             let feats = ferry_engine::check::run();
             let mut ok = true;
             for f in &feats {
-                let mark = if f.present { "present" } else if f.required { "MISSING" } else { "missing" };
+                let mark = if f.present {
+                    "present"
+                } else if f.required {
+                    "MISSING"
+                } else {
+                    "missing"
+                };
                 println!("{mark:8} {}: {}", f.name, f.detail);
                 ok &= f.present || !f.required;
             }
@@ -93,8 +104,9 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Restore { dir, detached, pidfile } => {
-            let r = ferry_engine::restore::restore(&ferry_engine::restore::RestoreOptions { dir: dir.clone(), pidfile })
-                .with_context(|| format!("restore from {} failed", dir.display()))?;
+            let r =
+                ferry_engine::restore::restore(&ferry_engine::restore::RestoreOptions { dir: dir.clone(), pidfile })
+                    .with_context(|| format!("restore from {} failed", dir.display()))?;
             tracing::info!(
                 "restored pid {} in {:.1} ms (verify {:.1} ms)",
                 r.pid,

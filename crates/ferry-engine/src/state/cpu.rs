@@ -169,7 +169,10 @@ pub fn check_compatible(pid: i32, tid: i32, img: &[u8]) -> Result<(), Error> {
 
 /// Load the final registers and XSAVE state; the thread runs them when released.
 pub fn restore(tid: i32, t: &Thread, base: &UserRegs) -> Result<(), Error> {
-    let img = t.regs.as_ref().ok_or_else(|| Error::Invalid { object: format!("thread {tid}"), what: "no registers in image".into() })?;
+    let img = t
+        .regs
+        .as_ref()
+        .ok_or_else(|| Error::Invalid { object: format!("thread {tid}"), what: "no registers in image".into() })?;
     let mut regs = regs_from_image(img, base);
     regs.orig_rax = u64::MAX;
     if !t.xstate.is_empty() {

@@ -27,7 +27,8 @@ const CAP_VERSION_3: u32 = 0x2008_0522;
 /// Collect credentials from /proc status plus an injected PR_GET_SECUREBITS.
 pub fn collect(inj: &Injector, st: &Status, p: &mut Process) -> Result<(), Error> {
     let pid = inj.pid();
-    let securebits = inj.call(nr::PRCTL, &[PR_GET_SECUREBITS, 0, 0, 0, 0])
+    let securebits = inj
+        .call(nr::PRCTL, &[PR_GET_SECUREBITS, 0, 0, 0, 0])
         .ctx(|| format!("pid {pid}: cannot read securebits"))? as u32;
     p.creds = Some(Creds {
         uids: st.uid.to_vec(),

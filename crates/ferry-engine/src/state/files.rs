@@ -5,8 +5,8 @@
 //! before any process exists; the forked child only `dup3`s them onto their old numbers.
 
 use crate::error::{Ctx, Error};
-use crate::state::pipes;
 use crate::procfs;
+use crate::state::pipes;
 use ferry_image::{Fd, File, FileKind, ImageWriter, Process};
 use ferry_sys::consts::KCMP_FILE;
 use ferry_sys::process::{kcmp, open_raw};
@@ -16,13 +16,8 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 /// Character devices any process may hold that carry no state: (major, minor, path).
-const PLAIN_DEVICES: &[(u32, u32, &str)] = &[
-    (1, 3, "/dev/null"),
-    (1, 5, "/dev/zero"),
-    (1, 7, "/dev/full"),
-    (1, 8, "/dev/random"),
-    (1, 9, "/dev/urandom"),
-];
+const PLAIN_DEVICES: &[(u32, u32, &str)] =
+    &[(1, 3, "/dev/null"), (1, 5, "/dev/zero"), (1, 7, "/dev/full"), (1, 8, "/dev/random"), (1, 9, "/dev/urandom")];
 
 fn is_tty_major(major: u32) -> bool {
     matches!(major, 4 | 5 | 136..=143)
@@ -93,7 +88,8 @@ pub fn collect(pid: i32, pidfd: BorrowedFd<'_>, img: &mut ImageWriter, p: &mut P
             if ft.is_file() {
                 file.kind = FileKind::Regular as i32;
                 if deleted {
-                    let content = std::fs::read(&fdpath).ctx(|| format!("pid {pid} fd {fd}: cannot read deleted file {link}"))?;
+                    let content =
+                        std::fs::read(&fdpath).ctx(|| format!("pid {pid} fd {fd}: cannot read deleted file {link}"))?;
                     let name = format!("ghost-{pid}-fd{fd}.img");
                     img.write_file(&name, &content)?;
                     file.ghost = name;
@@ -111,7 +107,9 @@ pub fn collect(pid: i32, pidfd: BorrowedFd<'_>, img: &mut ImageWriter, p: &mut P
                 } else if is_tty_major(maj) && fd <= 2 {
                     file.kind = FileKind::Inherited as i32;
                 } else if is_tty_major(maj) {
-                    return Err(unsupported(format!("terminal {link} (only fds 0-2 can be inherited; see --shell-job)")));
+                    return Err(unsupported(format!(
+                        "terminal {link} (only fds 0-2 can be inherited; see --shell-job)"
+                    )));
                 } else {
                     return Err(unsupported(format!("device {link}")));
                 }
@@ -167,7 +165,12 @@ fn cstr(path: &str) -> Result<CString, Error> {
 }
 
 /// Open every file description in ferry (`base` = lowest number the copies may take).
-pub fn prepare(p: &Process, img: &ferry_image::ImageReader, pipes: &pipes::Prepared, base: i32) -> Result<Prepared, Error> {
+pub fn prepare(
+    p: &Process,
+    img: &ferry_image::ImageReader,
+    pipes: &pipes::Prepared,
+    base: i32,
+) -> Result<Prepared, Error> {
     let pid = p.pid;
     let mut out = Prepared { numbers: Vec::new(), owned: Vec::new() };
     for (i, f) in p.files.iter().enumerate() {
@@ -175,10 +178,11 @@ pub fn prepare(p: &Process, img: &ferry_image::ImageReader, pipes: &pipes::Prepa
         let obj = || format!("pid {pid} fd {}: {}", fd_of(), f.describe);
         let flags = (f.flags as i32) & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC) | libc::O_CLOEXEC;
         let fd: OwnedFd = match FileKind::try_from(f.kind).unwrap_or(FileKind::Invalid) {
-            FileKind::Regular if !f.ghost.is_empty() => ghost::recreate(img, &f.ghost, &f.path, f.mode, flags).map_err(|e| match e {
-                Error::Sys { source, .. } => Error::Sys { object: obj(), source },
-                other => other,
-            })?,
+            FileKind::Regular if !f.ghost.is_empty() => ghost::recreate(img, &f.ghost, &f.path, f.mode, flags)
+                .map_err(|e| match e {
+                    Error::Sys { source, .. } => Error::Sys { object: obj(), source },
+                    other => other,
+                })?,
             FileKind::Regular | FileKind::Directory | FileKind::CharDevice => {
                 let fd = open_raw(&cstr(&f.path)?, flags, 0).ctx(|| format!("{}: cannot open {}", obj(), f.path))?;
                 if f.kind == FileKind::Regular as i32 {
@@ -190,7 +194,9 @@ pub fn prepare(p: &Process, img: &ferry_image::ImageReader, pipes: &pipes::Prepa
                 fd
             }
             FileKind::Pipe => {
-                let (r, w) = pipes.get(&f.pipe_ino).ok_or_else(|| Error::Invalid { object: obj(), what: "pipe missing from image".into() })?;
+                let (r, w) = pipes
+                    .get(&f.pipe_ino)
+                    .ok_or_else(|| Error::Invalid { object: obj(), what: "pipe missing from image".into() })?;
                 let end = if f.flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32 { r } else { w };
                 let fd = end.try_clone().ctx(obj)?;
                 ferry_sys::process::set_status_flags(std::os::fd::AsFd::as_fd(&fd), f.flags as i32).ctx(obj)?;
@@ -258,7 +264,13 @@ pub fn apply_in_child(p: &Process, prepared_numbers: &[i32], base: i32) -> Resul
 pub mod ghost {
     use super::*;
 
-    pub fn recreate(img: &ferry_image::ImageReader, name: &str, path: &str, mode: u32, flags: i32) -> Result<OwnedFd, Error> {
+    pub fn recreate(
+        img: &ferry_image::ImageReader,
+        name: &str,
+        path: &str,
+        mode: u32,
+        flags: i32,
+    ) -> Result<OwnedFd, Error> {
         let content = img.read_file(name)?;
         let orig = std::path::Path::new(path);
         let parent = orig.parent().filter(|d| d.is_dir()).unwrap_or(std::path::Path::new("/tmp"));
@@ -280,7 +292,10 @@ pub mod ghost {
                 Err(e) => return Err(Error::Sys { object: format!("cannot create {}", tmp.display()), source: e }),
             }
         }
-        let tmp = created.ok_or_else(|| Error::Invalid { object: path.into(), what: "cannot find a free name to recreate the deleted file".into() })?;
+        let tmp = created.ok_or_else(|| Error::Invalid {
+            object: path.into(),
+            what: "cannot find a free name to recreate the deleted file".into(),
+        })?;
         let r = open_raw(&cstr(&tmp.to_string_lossy())?, flags, 0).ctx(|| format!("cannot open {}", tmp.display()));
         let _ = std::fs::remove_file(&tmp);
         r

@@ -45,7 +45,8 @@ pub fn scan(pid: i32, img: &mut ImageWriter) -> Result<Vec<Vma>, Error> {
     let mut ghosts: HashMap<u64, String> = HashMap::new();
     let mut out = Vec::new();
     for m in maps {
-        let at = |what: String| Error::Unsupported { pid, what: format!("mapping {:#x}-{:#x}: {what}", m.start, m.end) };
+        let at =
+            |what: String| Error::Unsupported { pid, what: format!("mapping {:#x}-{:#x}: {what}", m.start, m.end) };
         let mut v = Vma {
             start: m.start,
             end: m.end,
@@ -69,7 +70,8 @@ pub fn scan(pid: i32, img: &mut ImageWriter) -> Result<Vec<Vma>, Error> {
             Some(s) if s.starts_with("/SYSV") => return Err(at(format!("SysV shared memory {s}"))),
             Some(s) if s.starts_with('/') => {
                 let mf = procfs::path(pid, &format!("map_files/{:x}-{:x}", m.start, m.end));
-                let md = std::fs::metadata(&mf).ctx(|| format!("pid {pid}: cannot stat {s} mapped at {:#x}", m.start))?;
+                let md =
+                    std::fs::metadata(&mf).ctx(|| format!("pid {pid}: cannot stat {s} mapped at {:#x}", m.start))?;
                 if !md.file_type().is_file() {
                     return Err(at(format!("device or special file {s}")));
                 }
@@ -80,7 +82,8 @@ pub fn scan(pid: i32, img: &mut ImageWriter) -> Result<Vec<Vma>, Error> {
                     let name = match ghosts.get(&md.ino()) {
                         Some(n) => n.clone(),
                         None => {
-                            let content = std::fs::read(&mf).ctx(|| format!("pid {pid}: cannot read deleted file {s}"))?;
+                            let content =
+                                std::fs::read(&mf).ctx(|| format!("pid {pid}: cannot read deleted file {s}"))?;
                             let n = format!("ghost-{pid}-map{}.img", ghosts.len());
                             img.write_file(&n, &content)?;
                             ghosts.insert(md.ino(), n.clone());
@@ -138,7 +141,8 @@ pub fn collect_mm(inj: &Injector, stat: &ferry_proc::Stat, vmas: Vec<Vma>) -> Re
 /// The vDSO of this very process (ferry), to compare with an image's.
 pub fn own_vdso() -> Result<(u32, u64), Error> {
     let maps = std::fs::read_to_string("/proc/self/maps").ctx(|| "cannot read /proc/self/maps".into())?;
-    let maps = ferry_proc::parse_maps(&maps).map_err(|e| Error::Invalid { object: "/proc/self/maps".into(), what: e.to_string() })?;
+    let maps = ferry_proc::parse_maps(&maps)
+        .map_err(|e| Error::Invalid { object: "/proc/self/maps".into(), what: e.to_string() })?;
     let Some(v) = maps.iter().find(|m| m.path.as_deref() == Some("[vdso]")) else { return Ok((0, 0)) };
     let mut buf = vec![0u8; (v.end - v.start) as usize];
     let f = std::fs::File::open("/proc/self/mem").ctx(|| "cannot open /proc/self/mem".into())?;
@@ -162,7 +166,8 @@ pub fn dump_pages(pid: i32, mm: &mut Mm, img: &mut ImageWriter) -> Result<u64, E
     let mut out = img.stream(&name)?;
     let werr = |e: std::io::Error| Error::Sys { object: format!("cannot write {name}"), source: e };
     out.write_all(&ferry_image::pages_header()).map_err(werr)?;
-    let pagemap = std::fs::File::open(procfs::path(pid, "pagemap")).ctx(|| format!("pid {pid}: cannot open pagemap"))?;
+    let pagemap =
+        std::fs::File::open(procfs::path(pid, "pagemap")).ctx(|| format!("pid {pid}: cannot open pagemap"))?;
     let mem = std::fs::File::open(procfs::path(pid, "mem")).ctx(|| format!("pid {pid}: cannot open mem"))?;
     let mut buf = vec![0u8; CHUNK];
     let mut stored = 0u64;
@@ -184,7 +189,8 @@ pub fn dump_pages(pid: i32, mm: &mut Mm, img: &mut ImageWriter) -> Result<u64, E
             if r.categories & page_is::PFNZERO != 0 {
                 continue;
             }
-            if kind == VmaKind::FilePrivate && r.categories & page_is::FILE != 0 && r.categories & page_is::SWAPPED == 0 {
+            if kind == VmaKind::FilePrivate && r.categories & page_is::FILE != 0 && r.categories & page_is::SWAPPED == 0
+            {
                 continue; // clean page of the file: the file has it
             }
             let mut addr = r.start;
@@ -197,7 +203,10 @@ pub fn dump_pages(pid: i32, mm: &mut Mm, img: &mut ImageWriter) -> Result<u64, E
                     mem.read_at(chunk, addr).ctx(|| format!("pid {pid}: cannot read memory at {addr:#x}"))?
                 };
                 if got != len {
-                    return Err(Error::Invalid { object: format!("pid {pid}"), what: format!("short read of memory at {addr:#x}") });
+                    return Err(Error::Invalid {
+                        object: format!("pid {pid}"),
+                        what: format!("short read of memory at {addr:#x}"),
+                    });
                 }
                 let pages = len / PAGE_SIZE as usize;
                 let mut i = 0;
@@ -214,7 +223,10 @@ pub fn dump_pages(pid: i32, mm: &mut Mm, img: &mut ImageWriter) -> Result<u64, E
                     let run_addr = addr + first as u64 * PAGE_SIZE;
                     let bytes = &chunk[first * PAGE_SIZE as usize..i * PAGE_SIZE as usize];
                     match v.runs.last_mut() {
-                        Some(last) if last.addr + last.nr_pages * PAGE_SIZE == run_addr && last.offset + last.nr_pages * PAGE_SIZE == out.len() => {
+                        Some(last)
+                            if last.addr + last.nr_pages * PAGE_SIZE == run_addr
+                                && last.offset + last.nr_pages * PAGE_SIZE == out.len() =>
+                        {
                             last.nr_pages += (i - first) as u64;
                         }
                         _ => v.runs.push(PageRun { addr: run_addr, nr_pages: (i - first) as u64, offset: out.len() }),
@@ -243,7 +255,9 @@ pub struct Prepared {
 /// Open every file a mapping needs, checking it did not change since the dump.
 pub fn prepare(p: &Process, img: &ferry_image::ImageReader, base: i32) -> Result<Prepared, Error> {
     let pid = p.pid;
-    let mm = p.mm.as_ref().ok_or_else(|| Error::Invalid { object: format!("pid {pid}"), what: "no memory record".into() })?;
+    let mm =
+        p.mm.as_ref()
+            .ok_or_else(|| Error::Invalid { object: format!("pid {pid}"), what: "no memory record".into() })?;
     let mut out = Prepared { vma_fd: HashMap::new(), exe_fd: None, owned: Vec::new() };
     let mut by_key: HashMap<(String, bool), i32> = HashMap::new();
     for (i, v) in mm.vmas.iter().enumerate() {
@@ -289,7 +303,9 @@ pub fn prepare(p: &Process, img: &ferry_image::ImageReader, base: i32) -> Result
                 out.exe_fd = Some(std::os::fd::AsRawFd::as_raw_fd(&n));
                 out.owned.push(n);
             }
-            Err(e) => tracing::warn!(pid, exe = %mm.exe_path, error = %e, "cannot open the exe file; /proc/PID/exe will differ"),
+            Err(e) => {
+                tracing::warn!(pid, exe = %mm.exe_path, error = %e, "cannot open the exe file; /proc/PID/exe will differ")
+            }
         }
     }
     Ok(out)
@@ -313,9 +329,11 @@ pub const PARK_PAGES: u64 = 64;
 /// Pick a trampoline address that overlaps neither the image's mappings nor ferry's own.
 pub fn choose_trampoline(mm: &Mm) -> Result<Trampoline, Error> {
     let own = std::fs::read_to_string("/proc/self/maps").ctx(|| "cannot read /proc/self/maps".into())?;
-    let own = ferry_proc::parse_maps(&own).map_err(|e| Error::Invalid { object: "/proc/self/maps".into(), what: e.to_string() })?;
+    let own = ferry_proc::parse_maps(&own)
+        .map_err(|e| Error::Invalid { object: "/proc/self/maps".into(), what: e.to_string() })?;
     let len = (TRAMPOLINE_PAGES + PARK_PAGES) * PAGE_SIZE;
-    let busy: Vec<(u64, u64)> = own.iter().map(|m| (m.start, m.end)).chain(mm.vmas.iter().map(|v| (v.start, v.end))).collect();
+    let busy: Vec<(u64, u64)> =
+        own.iter().map(|m| (m.start, m.end)).chain(mm.vmas.iter().map(|v| (v.start, v.end))).collect();
     let free = |a: u64| busy.iter().all(|&(s, e)| a + len <= s || a >= e);
     let mut a = 0x1000_0000u64;
     while a < 0x7f00_0000_0000 {
@@ -343,7 +361,9 @@ fn special_kind(path: Option<&str>) -> Option<VmaKind> {
 /// By the tracer: replace the child's address space (ferry's) with the image's.
 pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared, pages: &[u8]) -> Result<(), Error> {
     let pid = inj.pid();
-    let mm = p.mm.as_ref().ok_or_else(|| Error::Invalid { object: format!("pid {pid}"), what: "no memory record".into() })?;
+    let mm =
+        p.mm.as_ref()
+            .ok_or_else(|| Error::Invalid { object: format!("pid {pid}"), what: "no memory record".into() })?;
     let cur_text = procfs::read_string(pid, "maps")?;
     let cur = procfs::parse(pid, "maps", ferry_proc::parse_maps(&cur_text))?;
     let tr_end = tr.code + TRAMPOLINE_PAGES * PAGE_SIZE;
@@ -365,7 +385,8 @@ pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared, pa
             park_at += len;
             continue;
         }
-        inj.call(nr::MUNMAP, &[m.start, m.end - m.start]).ctx(|| format!("pid {pid}: cannot unmap {:#x}-{:#x}", m.start, m.end))?;
+        inj.call(nr::MUNMAP, &[m.start, m.end - m.start])
+            .ctx(|| format!("pid {pid}: cannot unmap {:#x}-{:#x}", m.start, m.end))?;
     }
     // 2. The vDSO family goes to its old addresses.
     for v in mm.vmas.iter() {
@@ -374,7 +395,10 @@ pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared, pa
             continue;
         }
         let Some((at, len)) = parked.remove(&kind) else {
-            return Err(Error::Invalid { object: format!("pid {pid}"), what: format!("this kernel has no {} mapping (vDSO layout differs)", v.path) });
+            return Err(Error::Invalid {
+                object: format!("pid {pid}"),
+                what: format!("this kernel has no {} mapping (vDSO layout differs)", v.path),
+            });
         };
         if len != v.end - v.start {
             return Err(Error::Invalid {
@@ -404,7 +428,9 @@ pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared, pa
         if v.vm_flags.iter().any(|f| f == "gd") {
             flags |= libc::MAP_GROWSDOWN as u64;
         }
-        if !v.runs.is_empty() && prot & (libc::PROT_READ | libc::PROT_WRITE) as u64 != (libc::PROT_READ | libc::PROT_WRITE) as u64 {
+        if !v.runs.is_empty()
+            && prot & (libc::PROT_READ | libc::PROT_WRITE) as u64 != (libc::PROT_READ | libc::PROT_WRITE) as u64
+        {
             prot |= (libc::PROT_READ | libc::PROT_WRITE) as u64;
             reprotect.push(i);
         }
@@ -412,8 +438,14 @@ pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared, pa
             Some(fd) => (*fd as i64, v.offset),
             None => (-1, 0),
         };
-        inj.mmap_fixed(v.start, len, prot, flags, fd, off)
-            .ctx(|| format!("pid {pid}: cannot map {:#x}-{:#x} ({})", v.start, v.end, if v.path.is_empty() { "anonymous" } else { &v.path }))?;
+        inj.mmap_fixed(v.start, len, prot, flags, fd, off).ctx(|| {
+            format!(
+                "pid {pid}: cannot map {:#x}-{:#x} ({})",
+                v.start,
+                v.end,
+                if v.path.is_empty() { "anonymous" } else { &v.path }
+            )
+        })?;
     }
     // 4. Page contents, straight from the image's page cache.
     for v in &mm.vmas {
@@ -421,14 +453,20 @@ pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared, pa
             let len = r.nr_pages * PAGE_SIZE;
             let (s, e) = (r.offset as usize, (r.offset + len) as usize);
             if e > pages.len() || r.addr < v.start || r.addr + len > v.end {
-                return Err(Error::Invalid { object: format!("pid {pid}"), what: format!("page run at {:#x} is out of bounds", r.addr) });
+                return Err(Error::Invalid {
+                    object: format!("pid {pid}"),
+                    what: format!("page run at {:#x} is out of bounds", r.addr),
+                });
             }
             let mut done = 0usize;
             while done < e - s {
                 let n = vm_write(pid, r.addr + done as u64, &pages[s + done..e])
                     .ctx(|| format!("pid {pid}: cannot write memory at {:#x}", r.addr + done as u64))?;
                 if n == 0 {
-                    return Err(Error::Invalid { object: format!("pid {pid}"), what: format!("no progress writing {:#x}", r.addr) });
+                    return Err(Error::Invalid {
+                        object: format!("pid {pid}"),
+                        what: format!("no progress writing {:#x}", r.addr),
+                    });
                 }
                 done += n;
             }
@@ -454,7 +492,8 @@ pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared, pa
             }
         }
         if v.vm_flags.iter().any(|f| f == "lo") {
-            inj.call(nr::MLOCK, &[v.start, v.end - v.start]).ctx(|| format!("pid {pid}: cannot mlock {:#x}", v.start))?;
+            inj.call(nr::MLOCK, &[v.start, v.end - v.start])
+                .ctx(|| format!("pid {pid}: cannot mlock {:#x}", v.start))?;
         }
     }
     // 6. mm fields: brk, arg/env bounds (so /proc/PID/cmdline and environ read the same), auxv, exe.

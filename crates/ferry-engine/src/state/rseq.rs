@@ -35,8 +35,11 @@ pub fn unregister_inherited(inj: &Injector) -> Result<(), Error> {
     let pid = inj.pid();
     let conf = ptrace::get_rseq_config(pid).ctx(|| format!("pid {pid}: cannot read the rseq configuration"))?;
     if conf.rseq_abi_pointer != 0 {
-        inj.call(nr::RSEQ, &[conf.rseq_abi_pointer, conf.rseq_abi_size as u64, RSEQ_FLAG_UNREGISTER, conf.signature as u64])
-            .ctx(|| format!("pid {pid}: cannot unregister the inherited rseq area"))?;
+        inj.call(
+            nr::RSEQ,
+            &[conf.rseq_abi_pointer, conf.rseq_abi_size as u64, RSEQ_FLAG_UNREGISTER, conf.signature as u64],
+        )
+        .ctx(|| format!("pid {pid}: cannot unregister the inherited rseq area"))?;
     }
     Ok(())
 }

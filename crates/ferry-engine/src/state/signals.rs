@@ -34,7 +34,13 @@ pub fn collect_actions(inj: &Injector, scratch: u64, p: &mut Process) -> Result<
             .ctx(|| format!("pid {pid}: cannot read the action of signal {sig}"))?;
         let mut b = [0u8; 32];
         vm_read(pid, scratch, &mut b).ctx(|| format!("pid {pid}: cannot read back signal action {sig}"))?;
-        let a = SigAction { sig, handler: u64_at(&b, 0), flags: u64_at(&b, 1), restorer: u64_at(&b, 2), mask: u64_at(&b, 3) };
+        let a = SigAction {
+            sig,
+            handler: u64_at(&b, 0),
+            flags: u64_at(&b, 1),
+            restorer: u64_at(&b, 2),
+            mask: u64_at(&b, 3),
+        };
         if a.handler != 0 || a.flags != 0 || a.mask != 0 {
             p.sigactions.push(a);
         }

@@ -35,8 +35,10 @@ pub fn collect(pid: i32, st: &ferry_proc::Status, stat: &ferry_proc::Stat, p: &m
         }
     }
     let pers = procfs::read_string(pid, "personality")?;
-    p.personality = u64::from_str_radix(pers.trim(), 16)
-        .map_err(|_| Error::Invalid { object: format!("/proc/{pid}/personality"), what: format!("bad value {pers:?}") })?;
+    p.personality = u64::from_str_radix(pers.trim(), 16).map_err(|_| Error::Invalid {
+        object: format!("/proc/{pid}/personality"),
+        what: format!("bad value {pers:?}"),
+    })?;
     Ok(())
 }
 
@@ -45,7 +47,8 @@ pub fn collect(pid: i32, st: &ferry_proc::Status, stat: &ferry_proc::Stat, p: &m
 pub fn collect_rlimits(inj: &Injector, scratch: u64, p: &mut Process) -> Result<(), Error> {
     let pid = inj.pid();
     for resource in 0..RLIMIT_NLIMITS {
-        inj.call(nr::PRLIMIT64, &[0, resource as u64, 0, scratch]).ctx(|| format!("pid {pid}: cannot read rlimit {resource}"))?;
+        inj.call(nr::PRLIMIT64, &[0, resource as u64, 0, scratch])
+            .ctx(|| format!("pid {pid}: cannot read rlimit {resource}"))?;
         let mut b = [0u8; 16];
         vm_read(pid, scratch, &mut b).ctx(|| format!("pid {pid}: cannot read back rlimit {resource}"))?;
         let cur = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
@@ -58,7 +61,8 @@ pub fn collect_rlimits(inj: &Injector, scratch: u64, p: &mut Process) -> Result<
 /// Collect what only the process itself can tell (dumpable, pdeathsig, subreaper).
 pub fn collect_injected(inj: &Injector, scratch: u64, p: &mut Process) -> Result<(), Error> {
     let pid = inj.pid();
-    p.dumpable = inj.call(nr::PRCTL, &[PR_GET_DUMPABLE, 0, 0, 0, 0]).ctx(|| format!("pid {pid}: cannot read dumpable"))? as i32;
+    p.dumpable =
+        inj.call(nr::PRCTL, &[PR_GET_DUMPABLE, 0, 0, 0, 0]).ctx(|| format!("pid {pid}: cannot read dumpable"))? as i32;
     let mut b = [0u8; 4];
     inj.call(nr::PRCTL, &[PR_GET_PDEATHSIG, scratch, 0, 0, 0]).ctx(|| format!("pid {pid}: cannot read pdeathsig"))?;
     vm_read(pid, scratch, &mut b).ctx(|| format!("pid {pid}: cannot read back pdeathsig"))?;
@@ -93,7 +97,10 @@ pub fn apply_in_child(p: &Process, cwd_fd: std::os::fd::BorrowedFd<'_>) -> Resul
 pub fn restore_rlimits(pid: i32, p: &Process) -> Result<(), Error> {
     for r in &p.rlimits {
         set_rlimit(pid, r.resource, r.cur, r.max).ctx(|| {
-            format!("pid {pid}: cannot set rlimit {} to {}/{} (raising a hard limit needs CAP_SYS_RESOURCE)", r.resource, r.cur, r.max)
+            format!(
+                "pid {pid}: cannot set rlimit {} to {}/{} (raising a hard limit needs CAP_SYS_RESOURCE)",
+                r.resource, r.cur, r.max
+            )
         })?;
     }
     Ok(())
@@ -103,10 +110,13 @@ pub fn restore_rlimits(pid: i32, p: &Process) -> Result<(), Error> {
 /// child_subreaper.
 pub fn restore_late(inj: &Injector, p: &Process) -> Result<(), Error> {
     let pid = inj.pid();
-    inj.call(nr::PRCTL, &[PR_SET_DUMPABLE, p.dumpable as u64, 0, 0, 0]).ctx(|| format!("pid {pid}: cannot set dumpable"))?;
-    inj.call(nr::PRCTL, &[PR_SET_PDEATHSIG, p.pdeathsig as u64, 0, 0, 0]).ctx(|| format!("pid {pid}: cannot set pdeathsig"))?;
+    inj.call(nr::PRCTL, &[PR_SET_DUMPABLE, p.dumpable as u64, 0, 0, 0])
+        .ctx(|| format!("pid {pid}: cannot set dumpable"))?;
+    inj.call(nr::PRCTL, &[PR_SET_PDEATHSIG, p.pdeathsig as u64, 0, 0, 0])
+        .ctx(|| format!("pid {pid}: cannot set pdeathsig"))?;
     if p.child_subreaper {
-        inj.call(nr::PRCTL, &[PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0]).ctx(|| format!("pid {pid}: cannot set child_subreaper"))?;
+        inj.call(nr::PRCTL, &[PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0])
+            .ctx(|| format!("pid {pid}: cannot set child_subreaper"))?;
     }
     Ok(())
 }

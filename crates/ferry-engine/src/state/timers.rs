@@ -92,7 +92,10 @@ pub fn create_posix(inj: &Injector, scratch: u64, p: &Process) -> Result<(), Err
         vm_read(pid, scratch + 64, &mut idb).ctx(|| format!("pid {pid}: cannot read timer id"))?;
         let got = i32::from_le_bytes(idb);
         if got != t.id {
-            return Err(Error::Invalid { object: format!("pid {pid}"), what: format!("POSIX timer {} came back as id {got}", t.id) });
+            return Err(Error::Invalid {
+                object: format!("pid {pid}"),
+                what: format!("POSIX timer {} came back as id {got}", t.id),
+            });
         }
     }
     inj.call(nr::PRCTL, &[PR_TIMER_CREATE_RESTORE_IDS as u64, 0, 0, 0, 0])
@@ -104,9 +107,11 @@ pub fn create_posix(inj: &Injector, scratch: u64, p: &Process) -> Result<(), Err
 pub fn arm(inj: &Injector, scratch: u64, p: &Process) -> Result<(), Error> {
     let pid = inj.pid();
     for t in &p.itimers {
-        let b = le(&[t.interval_us / 1_000_000, t.interval_us % 1_000_000, t.value_us / 1_000_000, t.value_us % 1_000_000]);
+        let b =
+            le(&[t.interval_us / 1_000_000, t.interval_us % 1_000_000, t.value_us / 1_000_000, t.value_us % 1_000_000]);
         vm_write(pid, scratch, &b).ctx(|| format!("pid {pid}: cannot write itimerval"))?;
-        inj.call(nr::SETITIMER, &[t.which as u64, scratch, 0]).ctx(|| format!("pid {pid}: cannot set itimer {}", t.which))?;
+        inj.call(nr::SETITIMER, &[t.which as u64, scratch, 0])
+            .ctx(|| format!("pid {pid}: cannot set itimer {}", t.which))?;
     }
     for t in &p.posix_timers {
         if t.value_ns == 0 {
