@@ -169,7 +169,8 @@ if ! "$FERRY" -v restore -D "$IMG" -d --pidfile "$PIDFILE" 2>&1 | indent; then d
 echo "   ferry restore took $(ms_since "$t") ms"
 NEWPID=$(cat "$PIDFILE")
 [ "$NEWPID" = "$PID" ] || die "restored pid $NEWPID, expected $PID"
-echo "   restored as pid $NEWPID: $(ps -o pid=,stat=,cmd= -p "$NEWPID" 2>/dev/null || echo '(not running!)')"
+echo "   restored as pid $NEWPID: $(ps -o stat=,cmd= -p "$NEWPID" 2>/dev/null | sed 's/^ *//' || true)"
+[ -e "/proc/$NEWPID" ] || die "the restored process is not running"
 
 say "the log carries on from where it stopped"
 wait_for 10 "the restored counter to print" has_lines $((n + 5))

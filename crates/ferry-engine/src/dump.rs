@@ -171,6 +171,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     // The injection window: all signals blocked, registers borrowed — with a sigreturn safety
     // net on the target's stack so that a SIGKILL of ferry now cannot harm it (inject.rs).
     let resume = cpu::resume_regs(&frozen.regs, true);
+    frozen.touched = true;
     let (inj, scratch) = match crate::inject::with_rescue(pid, &maps, &frozen.regs, &resume, &t.xstate, frozen.sigmask)
         .ctx(|| format!("pid {pid}: cannot prepare syscall injection"))?
     {
@@ -188,7 +189,6 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
         }
     };
     ptrace::set_sigmask(pid, !0).ctx(|| format!("pid {pid}: cannot block signals"))?;
-    frozen.touched = true;
     let injected = (|| -> Result<ferry_image::Mm, Error> {
         signals::collect_actions(&inj, scratch, &mut p)?;
         signals::collect_thread(&inj, scratch, frozen.sigmask, &mut t)?;

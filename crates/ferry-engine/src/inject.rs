@@ -239,5 +239,11 @@ pub fn with_rescue(
     ferry_sys::process::vm_write(pid, frame, &f)?;
     let mut base = *orig;
     base.rsp = frame;
+    // Arm the net before anything else changes: from here on, a detached target executes the
+    // `ret` into rt_sigreturn and is back in its own context, with its own signal mask.
+    let mut armed = base;
+    armed.rip = syscall_ret + 2;
+    armed.orig_rax = u64::MAX;
+    ptrace::set_regs(pid, &armed)?;
     Ok(Some((Injector::new(pid, syscall_ret, base), Rescue { scratch })))
 }

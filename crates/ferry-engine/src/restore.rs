@@ -221,6 +221,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     signals::restore_thread(&inj, scratch, &p, t, true)?;
     timers::create_posix(&inj, scratch, &p)?;
     task::restore_rlimits(pid, &p)?;
+    task::restore_sched(pid, &p)?;
     if let Some(c) = &p.creds {
         let now = crate::procfs::read_string(pid, "status")?;
         let now = crate::procfs::parse(pid, "status", ferry_proc::parse_status(&now))?;

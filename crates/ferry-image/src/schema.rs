@@ -89,6 +89,17 @@ pub struct Process {
     pub exit_signal: i32,
     #[prost(uint32, tag = "25")]
     pub tty_nr: u32,
+    /// Scheduling: nice value, policy (SCHED_*; reset-on-fork flag included), static priority,
+    /// CPU affinity mask.
+    #[prost(int32, tag = "26")]
+    pub nice: i32,
+    #[prost(int32, tag = "27")]
+    pub sched_policy: i32,
+    #[prost(int32, tag = "28")]
+    pub sched_priority: i32,
+    #[prost(bytes = "vec", tag = "29")]
+    #[serde(serialize_with = "crate::hex::serialize")]
+    pub cpu_affinity: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize)]

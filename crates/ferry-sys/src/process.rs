@@ -340,3 +340,54 @@ pub fn pagemap_scan(
     }
     Ok(out)
 }
+
+/// `getpriority(PRIO_PROCESS, pid)` — the nice value.
+pub fn get_nice(pid: i32) -> io::Result<i32> {
+    // SAFETY: errno is reset first so a legitimate -1 can be told from an error.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let r = libc::getpriority(libc::PRIO_PROCESS, pid as libc::id_t);
+        if r == -1 && *libc::__errno_location() != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(r)
+    }
+}
+
+/// `setpriority(PRIO_PROCESS, pid, nice)`.
+pub fn set_nice(pid: i32, nice: i32) -> io::Result<()> {
+    // SAFETY: integer arguments.
+    cvt_i(unsafe { libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, nice) }).map(drop)
+}
+
+/// `sched_getaffinity(2)` — the CPU mask as raw bytes.
+pub fn get_affinity(pid: i32) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 128];
+    // SAFETY: buf is valid for buf.len() bytes; the raw syscall returns the bytes written.
+    let n = cvt(unsafe { libc::syscall(libc::SYS_sched_getaffinity, pid, buf.len(), buf.as_mut_ptr()) })?;
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+/// `sched_setaffinity(2)` with a raw CPU mask.
+pub fn set_affinity(pid: i32, mask: &[u8]) -> io::Result<()> {
+    // SAFETY: mask is valid for mask.len() bytes.
+    cvt(unsafe { libc::syscall(libc::SYS_sched_setaffinity, pid, mask.len(), mask.as_ptr()) }).map(drop)
+}
+
+/// `sched_getscheduler(2)` + `sched_getparam(2)` — (policy, static priority).
+pub fn get_scheduler(pid: i32) -> io::Result<(i32, i32)> {
+    // SAFETY: integer argument.
+    let policy = cvt_i(unsafe { libc::sched_getscheduler(pid) })?;
+    let mut p = libc::sched_param { sched_priority: 0 };
+    // SAFETY: p is a valid out-pointer.
+    cvt_i(unsafe { libc::sched_getparam(pid, &mut p) })?;
+    Ok((policy, p.sched_priority))
+}
+
+/// `sched_setscheduler(2)`.
+pub fn set_scheduler(pid: i32, policy: i32, priority: i32) -> io::Result<()> {
+    let p = libc::sched_param { sched_priority: priority };
+    // SAFETY: p is a valid pointer.
+    cvt_i(unsafe { libc::sched_setscheduler(pid, policy, &p) }).map(drop)
+}

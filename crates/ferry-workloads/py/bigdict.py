@@ -48,6 +48,8 @@ def on_go(signum, frame):
 
 
 signal.signal(signal.SIGUSR2, on_go)
+sys.stderr.write("bigdict: pid %d building %d entries\n" % (os.getpid(), entries))
+sys.stderr.flush()
 d = {k: value(k) for k in range(entries)}
 before = checksum(d)
 counter = 0

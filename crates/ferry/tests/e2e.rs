@@ -124,8 +124,7 @@ fn copy_dir(from: &Path, to: &Path) {
     fs::create_dir(to).unwrap_or_else(|e| panic!("cannot create {}: {e}", to.display()));
     for f in image_files(from) {
         let dst = to.join(f.file_name().expect("file name"));
-        fs::copy(&f, &dst)
-            .unwrap_or_else(|e| panic!("cannot copy {} to {}: {e}", f.display(), dst.display()));
+        fs::copy(&f, &dst).unwrap_or_else(|e| panic!("cannot copy {} to {}: {e}", f.display(), dst.display()));
     }
 }
 
@@ -134,10 +133,7 @@ fn counter_values(run: &Run) -> Vec<u64> {
     fs::read_to_string(run.w.join("out.log"))
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| {
-            l.strip_prefix("counter ")
-                .and_then(|n| n.trim().parse().ok())
-        })
+        .filter_map(|l| l.strip_prefix("counter ").and_then(|n| n.trim().parse().ok()))
         .collect()
 }
 
@@ -180,10 +176,7 @@ mod sanity {
             .next()
             .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok())
             .unwrap_or_else(|| run.fail(&format!("bad W/addr {addr_text:?}")));
-        let len: u64 = parts
-            .next()
-            .and_then(|l| l.parse().ok())
-            .unwrap_or_else(|| run.fail("bad W/addr length"));
+        let len: u64 = parts.next().and_then(|l| l.parse().ok()).unwrap_or_else(|| run.fail("bad W/addr length"));
         let target = addr + len / 3;
         let mem = fs::OpenOptions::new()
             .read(true)
@@ -191,19 +184,14 @@ mod sanity {
             .open(format!("/proc/{}/mem", run.pid))
             .unwrap_or_else(|e| run.fail(&format!("open /proc/PID/mem: {e}")));
         let mut byte = [0u8; 1];
-        mem.read_exact_at(&mut byte, target)
-            .unwrap_or_else(|e| run.fail(&format!("read {target:#x}: {e}")));
+        mem.read_exact_at(&mut byte, target).unwrap_or_else(|e| run.fail(&format!("read {target:#x}: {e}")));
         byte[0] ^= 0x5a;
-        mem.write_all_at(&byte, target)
-            .unwrap_or_else(|e| run.fail(&format!("write {target:#x}: {e}")));
+        mem.write_all_at(&byte, target).unwrap_or_else(|e| run.fail(&format!("write {target:#x}: {e}")));
         run.go();
         let status = run.wait_child_exit();
         let result = run.result();
         if !result.starts_with("FAIL") || status.code() != Some(1) {
-            run.fail(&format!(
-                "corrupted memory was not detected: verdict {result:?}, {}",
-                describe(status)
-            ));
+            run.fail(&format!("corrupted memory was not detected: verdict {result:?}, {}", describe(status)));
         }
     }
 }
@@ -214,10 +202,7 @@ mod options {
     /// `ferry check` says dump and restore can work here.
     #[test]
     fn check() {
-        let out = std::process::Command::new(ferry_bin())
-            .arg("check")
-            .output()
-            .expect("run ferry check");
+        let out = std::process::Command::new(ferry_bin()).arg("check").output().expect("run ferry check");
         assert!(
             out.status.success(),
             "ferry check {}:\n{}{}",
@@ -240,15 +225,10 @@ mod options {
             run.fail(&format!("image dir mode {mode:o}, expected 700"));
         }
         let files = image_files(&img);
-        let names: Vec<String> = files
-            .iter()
-            .map(|f| f.file_name().expect("name").to_string_lossy().into_owned())
-            .collect();
-        for want in [
-            "inventory.img".to_string(),
-            format!("process-{}.img", run.pid),
-            format!("pages-{}.img", run.pid),
-        ] {
+        let names: Vec<String> =
+            files.iter().map(|f| f.file_name().expect("name").to_string_lossy().into_owned()).collect();
+        for want in ["inventory.img".to_string(), format!("process-{}.img", run.pid), format!("pages-{}.img", run.pid)]
+        {
             if !names.contains(&want) {
                 run.fail(&format!("image has no {want}: {names:?}"));
             }
@@ -267,17 +247,9 @@ mod options {
                 run.fail(&format!("temporary files left in the image: {names:?}"));
             }
         }
-        let text = run.ferry(
-            "inspect",
-            &["inspect".to_string(), path_str(&img)],
-            Duration::from_secs(60),
-        );
+        let text = run.ferry("inspect", &["inspect".to_string(), path_str(&img)], Duration::from_secs(60));
         if !text.status.success() || !text.stdout.contains(&run.pid.to_string()) {
-            run.fail(&format!(
-                "ferry inspect {} or does not mention pid {}",
-                describe(text.status),
-                run.pid
-            ));
+            run.fail(&format!("ferry inspect {} or does not mention pid {}", describe(text.status), run.pid));
         }
         let json = run.ferry(
             "inspect-json",
@@ -286,10 +258,7 @@ mod options {
         );
         let trimmed = json.stdout.trim();
         if !(json.status.success() && trimmed.starts_with('{') && trimmed.ends_with('}')) {
-            run.fail(&format!(
-                "ferry inspect --json {} or did not print a JSON object",
-                describe(json.status)
-            ));
+            run.fail(&format!("ferry inspect --json {} or did not print a JSON object", describe(json.status)));
         }
         let pidfile = run.spawn_restore("restore", &img, &[]);
         run.wait_pidfile(&pidfile);
@@ -328,12 +297,7 @@ mod options {
         let started = Instant::now();
         let res = run.ferry(
             "restore-detached",
-            &[
-                "restore".to_string(),
-                "-D".to_string(),
-                path_str(&img),
-                "-d".to_string(),
-            ],
+            &["restore".to_string(), "-D".to_string(), path_str(&img), "-d".to_string()],
             Duration::from_secs(120),
         );
         if !res.status.success() {
@@ -358,20 +322,14 @@ mod errors {
     fn expect_one_line(run: &Run, res: &Finished, what: &str) {
         let lines = res.stderr_lines();
         if lines.len() != 1 {
-            run.fail(&format!(
-                "{what}: expected one line on stderr, got {}: {:?}",
-                lines.len(),
-                res.stderr
-            ));
+            run.fail(&format!("{what}: expected one line on stderr, got {}: {:?}", lines.len(), res.stderr));
         }
     }
 
     /// Dump of a pid nobody has: non-zero, one line naming the pid.
     #[test]
     fn dump_nonexistent_pid() {
-        let mut gone = std::process::Command::new("true")
-            .spawn()
-            .expect("spawn true");
+        let mut gone = std::process::Command::new("true").spawn().expect("spawn true");
         let pid = gone.id();
         gone.wait().expect("reap true");
         let out = std::process::Command::new(ferry_bin())
@@ -381,10 +339,7 @@ mod errors {
             .expect("run ferry dump");
         let stderr = String::from_utf8_lossy(&out.stderr);
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-        assert!(
-            !out.status.success(),
-            "ferry dump of nonexistent pid {pid} succeeded"
-        );
+        assert!(!out.status.success(), "ferry dump of nonexistent pid {pid} succeeded");
         assert!(
             lines.len() == 1 && lines[0].contains(&pid.to_string()),
             "expected one stderr line naming pid {pid}, got {stderr:?}"
@@ -401,15 +356,8 @@ mod errors {
             .output()
             .expect("run ferry restore");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success(),
-            "ferry restore from missing {} succeeded",
-            dir.display()
-        );
-        assert!(
-            !stderr.trim().is_empty(),
-            "ferry restore from a missing dir failed without a message"
-        );
+        assert!(!out.status.success(), "ferry restore from missing {} succeeded", dir.display());
+        assert!(!stderr.trim().is_empty(), "ferry restore from a missing dir failed without a message");
     }
 
     /// A truncated pages file and a process file with one flipped byte are refused before any
@@ -426,22 +374,13 @@ mod errors {
         let pages_name = format!("pages-{}.img", run.pid);
         let pages = truncated.join(&pages_name);
         let len = fs::metadata(&pages).expect("stat pages file").len();
-        fs::OpenOptions::new()
-            .write(true)
-            .open(&pages)
-            .expect("open pages")
-            .set_len(len / 2)
-            .expect("truncate pages");
+        fs::OpenOptions::new().write(true).open(&pages).expect("open pages").set_len(len / 2).expect("truncate pages");
 
         let flipped = run.w.join("img-flipped");
         copy_dir(&img, &flipped);
         let process_name = format!("process-{}.img", run.pid);
         let process = flipped.join(&process_name);
-        let mut f = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&process)
-            .expect("open process file");
+        let mut f = fs::OpenOptions::new().read(true).write(true).open(&process).expect("open process file");
         let plen = f.metadata().expect("stat process file").len();
         let at = plen / 2;
         let mut b = [0u8; 1];
@@ -452,29 +391,19 @@ mod errors {
         f.write_all(&b).expect("write");
         drop(f);
 
-        for (label, dir, name) in [
-            ("restore-truncated", &truncated, &pages_name),
-            ("restore-flipped", &flipped, &process_name),
-        ] {
-            let res = run.ferry(
-                label,
-                &["restore".to_string(), "-D".to_string(), path_str(dir)],
-                Duration::from_secs(120),
-            );
+        for (label, dir, name) in
+            [("restore-truncated", &truncated, &pages_name), ("restore-flipped", &flipped, &process_name)]
+        {
+            let res =
+                run.ferry(label, &["restore".to_string(), "-D".to_string(), path_str(dir)], Duration::from_secs(120));
             if res.status.success() {
                 run.fail(&format!("{label}: ferry restore succeeded"));
             }
             if !res.stderr.contains(name.as_str()) {
-                run.fail(&format!(
-                    "{label}: stderr does not name {name}: {:?}",
-                    res.stderr
-                ));
+                run.fail(&format!("{label}: stderr does not name {name}: {:?}", res.stderr));
             }
             if pid_alive(run.pid) {
-                run.fail(&format!(
-                    "{label}: a process with pid {} exists after the failed restore",
-                    run.pid
-                ));
+                run.fail(&format!("{label}: a process with pid {} exists after the failed restore", run.pid));
             }
         }
 
@@ -502,10 +431,7 @@ mod errors {
         }
         let msg = res.stderr.to_lowercase();
         if !msg.contains(&run.pid.to_string()) || !msg.contains("in use") {
-            run.fail(&format!(
-                "the error does not say pid {} is in use: {:?}",
-                run.pid, res.stderr
-            ));
+            run.fail(&format!("the error does not say pid {} is in use: {:?}", run.pid, res.stderr));
         }
         run.expect_running_untraced("after the refused restore");
         run.go();
@@ -525,10 +451,7 @@ mod errors {
         }
         expect_one_line(&run, &res, "dump of an io_uring holder");
         if !res.stderr.contains("io_uring") {
-            run.fail(&format!(
-                "the error does not name io_uring: {:?}",
-                res.stderr
-            ));
+            run.fail(&format!("the error does not name io_uring: {:?}", res.stderr));
         }
         run.expect_running_untraced("after the refused dump");
         if img.join("inventory.img").exists() {
@@ -562,23 +485,14 @@ mod faults {
         run.expect_running_untraced("after dump -R");
         eprintln!("a full dump takes {full:?}");
         let mut delays = vec![Duration::ZERO, Duration::from_millis(20)];
-        delays.extend(
-            [0.05, 0.1, 0.25, 0.5, 0.75, 0.9]
-                .iter()
-                .map(|f| full.mul_f64(*f)),
-        );
+        delays.extend([0.05, 0.1, 0.25, 0.5, 0.75, 0.9].iter().map(|f| full.mul_f64(*f)));
 
         let mut partial = Vec::new();
         let mut completed: Option<PathBuf> = None;
         for (i, delay) in delays.iter().enumerate() {
             let dir = run.w.join(&format!("img-kill-{i}"));
-            let mut args = vec![
-                "dump".to_string(),
-                "-t".to_string(),
-                run.pid.to_string(),
-                "-D".to_string(),
-                path_str(&dir),
-            ];
+            let mut args =
+                vec!["dump".to_string(), "-t".to_string(), run.pid.to_string(), "-D".to_string(), path_str(&dir)];
             if std::env::var_os("FERRY_E2E_VERBOSE").is_some() {
                 args.push("-v".to_string());
             }
@@ -612,20 +526,11 @@ mod faults {
             if !dir.exists() {
                 continue;
             }
-            let label = format!(
-                "restore-{}",
-                dir.file_name().expect("name").to_string_lossy()
-            );
-            let res = run.ferry(
-                &label,
-                &["restore".to_string(), "-D".to_string(), path_str(dir)],
-                Duration::from_secs(120),
-            );
+            let label = format!("restore-{}", dir.file_name().expect("name").to_string_lossy());
+            let res =
+                run.ferry(&label, &["restore".to_string(), "-D".to_string(), path_str(dir)], Duration::from_secs(120));
             if res.status.success() {
-                run.fail(&format!(
-                    "ferry restore from the partial image {} succeeded",
-                    dir.display()
-                ));
+                run.fail(&format!("ferry restore from the partial image {} succeeded", dir.display()));
             }
             if pid_alive(run.pid) {
                 run.fail(&format!(
@@ -655,7 +560,7 @@ mod big {
     fn mem_anon_1g() {
         let _heavy = heavy_lock();
         let started = Instant::now();
-        cycle(&Spec::c("mem_anon").args(&["1024"]));
+        cycle(&Spec::c("mem_anon").args(&["1024"]).ready_timeout(Duration::from_secs(90)));
         eprintln!("1 GiB cycle took {:?}", started.elapsed());
     }
 

@@ -209,15 +209,18 @@ pub fn dump_pages(pid: i32, mm: &mut Mm, img: &mut ImageWriter) -> Result<u64, E
                     });
                 }
                 let pages = len / PAGE_SIZE as usize;
+                // A zero page of anonymous memory comes back as zeros by itself; one of a private
+                // file mapping would come back with the file's bytes, so it is stored.
+                let skip_zero = kind != VmaKind::FilePrivate;
+                let skip = |i: usize| skip_zero && is_zero(&chunk[i * PAGE_SIZE as usize..(i + 1) * PAGE_SIZE as usize]);
                 let mut i = 0;
                 while i < pages {
-                    let page = |i: usize| &chunk[i * PAGE_SIZE as usize..(i + 1) * PAGE_SIZE as usize];
-                    if is_zero(page(i)) {
+                    if skip(i) {
                         i += 1;
                         continue;
                     }
                     let first = i;
-                    while i < pages && !is_zero(page(i)) {
+                    while i < pages && !skip(i) {
                         i += 1;
                     }
                     let run_addr = addr + first as u64 * PAGE_SIZE;

@@ -27,6 +27,10 @@ pub fn collect(pid: i32, st: &ferry_proc::Status, stat: &ferry_proc::Stat, p: &m
     p.exit_signal = stat.exit_signal;
     p.comm = st.name.clone();
     p.umask = st.umask.unwrap_or(0o022);
+    p.nice = ferry_sys::process::get_nice(pid).ctx(|| format!("pid {pid}: cannot read the nice value"))?;
+    (p.sched_policy, p.sched_priority) =
+        ferry_sys::process::get_scheduler(pid).ctx(|| format!("pid {pid}: cannot read the scheduling policy"))?;
+    p.cpu_affinity = ferry_sys::process::get_affinity(pid).ctx(|| format!("pid {pid}: cannot read the CPU affinity"))?;
     p.cwd = procfs::read_link(pid, "cwd")?;
     p.root = procfs::read_link(pid, "root")?;
     for (what, path) in [("cwd", &p.cwd), ("root", &p.root)] {
@@ -90,6 +94,27 @@ pub fn apply_in_child(p: &Process, cwd_fd: std::os::fd::BorrowedFd<'_>) -> Resul
     raw::umask(p.umask);
     raw::personality(p.personality).map_err(|e| format!("personality {:#x}: {e}", p.personality))?;
     raw::set_comm(p.comm.as_bytes()).map_err(|e| format!("comm: {e}"))?;
+    Ok(())
+}
+
+/// By the tracer from outside: nice value, scheduling policy, CPU affinity (an affinity naming
+/// CPUs this machine lacks is narrowed to the ones it has, with a warning).
+pub fn restore_sched(pid: i32, p: &Process) -> Result<(), Error> {
+    use ferry_sys::process as sp;
+    let (policy, prio) = sp::get_scheduler(pid).ctx(|| format!("pid {pid}: cannot read the scheduling policy"))?;
+    if (policy, prio) != (p.sched_policy, p.sched_priority) {
+        sp::set_scheduler(pid, p.sched_policy, p.sched_priority)
+            .ctx(|| format!("pid {pid}: cannot set scheduling policy {} priority {}", p.sched_policy, p.sched_priority))?;
+    }
+    sp::set_nice(pid, p.nice).ctx(|| format!("pid {pid}: cannot set nice {}", p.nice))?;
+    if !p.cpu_affinity.is_empty() {
+        let here = sp::get_affinity(pid).ctx(|| format!("pid {pid}: cannot read the CPU affinity"))?;
+        if here != p.cpu_affinity {
+            if let Err(e) = sp::set_affinity(pid, &p.cpu_affinity) {
+                tracing::warn!(pid, error = %e, "cannot restore the CPU affinity; keeping every CPU");
+            }
+        }
+    }
     Ok(())
 }
 

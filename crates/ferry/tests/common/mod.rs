@@ -38,9 +38,7 @@ pub const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 /// that they do not run at the same time on a small machine.
 pub fn heavy_lock() -> MutexGuard<'static, ()> {
     static HEAVY: Mutex<()> = Mutex::new(());
-    HEAVY
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    HEAVY.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub fn ferry_bin() -> &'static str {
@@ -66,6 +64,8 @@ pub struct Spec {
     /// Syscall numbers the workload blocks in after ready (the harness waits until it is inside
     /// one before it dumps, and again after restore before it sends go).
     pub blocked_in: &'static [i64],
+    /// How long the set-up may take before ready.
+    pub ready_timeout: Duration,
 }
 
 impl Spec {
@@ -77,6 +77,7 @@ impl Spec {
             pre_args: Vec::new(),
             args: Vec::new(),
             blocked_in: &[],
+            ready_timeout: READY_TIMEOUT,
         }
     }
 
@@ -84,9 +85,7 @@ impl Spec {
     /// missing: a test that cannot run must not pass.
     pub fn python(script: &str) -> Spec {
         let python = python3().unwrap_or_else(|why| {
-            panic!(
-                "python3 is required for this test and is not usable here ({why}): install python3"
-            )
+            panic!("python3 is required for this test and is not usable here ({why}): install python3")
         });
         Spec {
             name: script.to_string(),
@@ -94,6 +93,8 @@ impl Spec {
             pre_args: vec![ferry_workloads::script(script).into_os_string()],
             args: Vec::new(),
             blocked_in: &[],
+            // building a big dict on a loaded 2-core machine can take a while
+            ready_timeout: Duration::from_secs(90),
         }
     }
 
@@ -104,6 +105,11 @@ impl Spec {
 
     pub fn blocked_in(mut self, nrs: &'static [i64]) -> Spec {
         self.blocked_in = nrs;
+        self
+    }
+
+    pub fn ready_timeout(mut self, timeout: Duration) -> Spec {
+        self.ready_timeout = timeout;
         self
     }
 }
@@ -140,15 +146,13 @@ impl WorkDir {
     pub fn new(label: &str) -> WorkDir {
         static N: AtomicUsize = AtomicUsize::new(0);
         let base = std::env::temp_dir().join("ferry-e2e");
-        fs::create_dir_all(&base)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", base.display()));
+        fs::create_dir_all(&base).unwrap_or_else(|e| panic!("cannot create {}: {e}", base.display()));
         fs::set_permissions(&base, fs::Permissions::from_mode(0o777))
             .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", base.display()));
         let n = N.fetch_add(1, Ordering::SeqCst);
         let path = base.join(format!("{label}-{}-{n}", std::process::id()));
         if path.exists() {
-            fs::remove_dir_all(&path)
-                .unwrap_or_else(|e| panic!("cannot remove stale {}: {e}", path.display()));
+            fs::remove_dir_all(&path).unwrap_or_else(|e| panic!("cannot remove stale {}: {e}", path.display()));
         }
         fs::create_dir(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
         fs::set_permissions(&path, fs::Permissions::from_mode(0o777))
@@ -181,10 +185,7 @@ pub struct Finished {
 impl Finished {
     /// The non-empty lines of stderr.
     pub fn stderr_lines(&self) -> Vec<&str> {
-        self.stderr
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .collect()
+        self.stderr.lines().filter(|l| !l.trim().is_empty()).collect()
     }
 }
 
@@ -211,8 +212,7 @@ impl Run {
 
     pub fn start_in(spec: &Spec, w: WorkDir) -> Run {
         let log_path = w.join("out.log");
-        let log = File::create(&log_path)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
+        let log = File::create(&log_path).unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
         let log2 = log.try_clone().expect("dup of the out.log fd");
         let child = Command::new(&spec.program)
             .args(&spec.pre_args)
@@ -222,13 +222,7 @@ impl Run {
             .stdout(log)
             .stderr(log2)
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start workload {} ({}): {e}",
-                    spec.name,
-                    spec.program.display()
-                )
-            });
+            .unwrap_or_else(|e| panic!("cannot start workload {} ({}): {e}", spec.name, spec.program.display()));
         let pid = i32::try_from(child.id()).expect("pid fits in i32");
         let mut run = Run {
             spec: spec.clone(),
@@ -245,12 +239,7 @@ impl Run {
     /// Panic with `msg` and everything that helps to tell why.
     #[track_caller]
     pub fn fail(&self, msg: &str) -> ! {
-        let mut report = format!(
-            "{} (pid {}): {msg}\nwork dir: {}\n",
-            self.spec.name,
-            self.pid,
-            self.w.path.display()
-        );
+        let mut report = format!("{} (pid {}): {msg}\nwork dir: {}\n", self.spec.name, self.pid, self.w.path.display());
         for (label, path) in &self.logs {
             let text = read_tail(path, 12_000);
             let _ = write!(report, "--- {label} ({}) ---\n{text}\n", path.display());
@@ -261,45 +250,29 @@ impl Run {
             let keep: Vec<&str> = stat
                 .lines()
                 .filter(|l| {
-                    [
-                        "State:",
-                        "PPid:",
-                        "TracerPid:",
-                        "SigBlk:",
-                        "SigPnd:",
-                        "ShdPnd:",
-                    ]
-                    .iter()
-                    .any(|k| l.starts_with(k))
+                    ["State:", "PPid:", "TracerPid:", "SigBlk:", "SigPnd:", "ShdPnd:"].iter().any(|k| l.starts_with(k))
                 })
                 .collect();
-            let _ = write!(
-                report,
-                "--- /proc/{}/status (excerpt) ---\n{}\n",
-                self.pid,
-                keep.join("\n")
-            );
+            let _ = write!(report, "--- /proc/{}/status (excerpt) ---\n{}\n", self.pid, keep.join("\n"));
         }
         panic!("{report}");
     }
 
     fn wait_ready(&mut self) {
         let ready = self.w.join("ready");
-        let deadline = Instant::now() + READY_TIMEOUT;
+        let started = Instant::now();
+        let deadline = started + self.spec.ready_timeout;
         loop {
             if ready.exists() {
                 break;
             }
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    self.fail(&format!(
-                        "the workload exited before it was ready: {}",
-                        describe(status)
-                    ));
+                    self.fail(&format!("the workload exited before it was ready: {}", describe(status)));
                 }
             }
             if Instant::now() > deadline {
-                self.fail(&format!("not ready after {READY_TIMEOUT:?}"));
+                self.fail(&format!("not ready after {:?}", self.spec.ready_timeout));
             }
             sleep(Duration::from_millis(10));
         }
@@ -314,10 +287,7 @@ impl Run {
         let path = format!("/proc/{}/syscall", self.pid);
         loop {
             let text = fs::read_to_string(&path).unwrap_or_default();
-            let nr = text
-                .split_whitespace()
-                .next()
-                .and_then(|s| s.parse::<i64>().ok());
+            let nr = text.split_whitespace().next().and_then(|s| s.parse::<i64>().ok());
             if nr.is_some_and(|nr| self.spec.blocked_in.contains(&nr)) {
                 return;
             }
@@ -340,10 +310,7 @@ impl Run {
             None => {
                 let _ = child.kill();
                 let _ = child.wait();
-                self.fail(&format!(
-                    "ferry {} did not finish within {timeout:?}",
-                    args.join(" ")
-                ));
+                self.fail(&format!("ferry {} did not finish within {timeout:?}", args.join(" ")));
             }
         };
         Finished {
@@ -357,16 +324,10 @@ impl Run {
     pub fn spawn_ferry(&mut self, label: &str, args: &[String]) -> (Child, PathBuf, PathBuf) {
         let out = self.w.join(&format!("{label}.out"));
         let err = self.w.join(&format!("{label}.err"));
-        let out_f =
-            File::create(&out).unwrap_or_else(|e| panic!("cannot create {}: {e}", out.display()));
-        let err_f =
-            File::create(&err).unwrap_or_else(|e| panic!("cannot create {}: {e}", err.display()));
-        self.logs
-            .push((format!("ferry {label} stdout"), out.clone()));
-        self.logs.push((
-            format!("ferry {label} stderr ({})", args.join(" ")),
-            err.clone(),
-        ));
+        let out_f = File::create(&out).unwrap_or_else(|e| panic!("cannot create {}: {e}", out.display()));
+        let err_f = File::create(&err).unwrap_or_else(|e| panic!("cannot create {}: {e}", err.display()));
+        self.logs.push((format!("ferry {label} stdout"), out.clone()));
+        self.logs.push((format!("ferry {label} stderr ({})", args.join(" ")), err.clone()));
         let child = Command::new(ferry_bin())
             .args(args)
             .stdin(Stdio::null())
@@ -383,13 +344,8 @@ impl Run {
 
     /// `ferry dump -t PID -D DIR extra...`
     pub fn dump_to(&mut self, label: &str, dir: &Path, extra: &[&str]) -> Finished {
-        let mut args = vec![
-            "dump".to_string(),
-            "-t".to_string(),
-            self.pid.to_string(),
-            "-D".to_string(),
-            path_str(dir),
-        ];
+        let mut args =
+            vec!["dump".to_string(), "-t".to_string(), self.pid.to_string(), "-D".to_string(), path_str(dir)];
         args.extend(extra.iter().map(|s| s.to_string()));
         args.extend(verbose_flags());
         self.ferry(label, &args, DUMP_TIMEOUT)
@@ -440,13 +396,8 @@ impl Run {
             "restore" => self.w.join("restored.pid"),
             _ => self.w.join(&format!("{label}.pid")),
         };
-        let mut args = vec![
-            "restore".to_string(),
-            "-D".to_string(),
-            path_str(dir),
-            "--pidfile".to_string(),
-            path_str(&pidfile),
-        ];
+        let mut args =
+            vec!["restore".to_string(), "-D".to_string(), path_str(dir), "--pidfile".to_string(), path_str(&pidfile)];
         args.extend(extra.iter().map(|s| s.to_string()));
         args.extend(verbose_flags());
         let (child, _, _) = self.spawn_ferry(label, &args);
@@ -461,29 +412,18 @@ impl Run {
             if let Ok(text) = fs::read_to_string(pidfile) {
                 match text.trim().parse::<i32>() {
                     Ok(pid) if pid == self.pid => break,
-                    Ok(pid) => self.fail(&format!(
-                        "the pidfile names pid {pid}, expected {}",
-                        self.pid
-                    )),
-                    Err(_) => self.fail(&format!(
-                        "the pidfile holds {text:?}, not a pid (not written atomically?)"
-                    )),
+                    Ok(pid) => self.fail(&format!("the pidfile names pid {pid}, expected {}", self.pid)),
+                    Err(_) => self.fail(&format!("the pidfile holds {text:?}, not a pid (not written atomically?)")),
                 }
             }
             if let Some(restore) = self.restore.as_mut() {
                 if let Ok(Some(status)) = restore.try_wait() {
                     self.restore = None;
-                    self.fail(&format!(
-                        "ferry restore exited before writing the pidfile: {}",
-                        describe(status)
-                    ));
+                    self.fail(&format!("ferry restore exited before writing the pidfile: {}", describe(status)));
                 }
             }
             if Instant::now() > deadline {
-                self.fail(&format!(
-                    "no pidfile {} after {RESTORE_TIMEOUT:?}",
-                    pidfile.display()
-                ));
+                self.fail(&format!("no pidfile {} after {RESTORE_TIMEOUT:?}", pidfile.display()));
             }
             sleep(Duration::from_millis(10));
         }
@@ -512,9 +452,7 @@ impl Run {
             Some(status) => status,
             None => {
                 self.restore = Some(restore);
-                self.fail(&format!(
-                    "ferry restore did not exit within {EXIT_TIMEOUT:?} after go"
-                ));
+                self.fail(&format!("ferry restore did not exit within {EXIT_TIMEOUT:?} after go"));
             }
         }
     }
@@ -529,34 +467,23 @@ impl Run {
             Some(status) => status,
             None => {
                 self.child = Some(child);
-                self.fail(&format!(
-                    "the workload did not exit within {EXIT_TIMEOUT:?} after go"
-                ));
+                self.fail(&format!("the workload did not exit within {EXIT_TIMEOUT:?} after go"));
             }
         }
     }
 
     pub fn result(&self) -> String {
-        fs::read_to_string(self.w.join("result"))
-            .unwrap_or_default()
-            .trim()
-            .to_string()
+        fs::read_to_string(self.w.join("result")).unwrap_or_default().trim().to_string()
     }
 
     /// The verdict must be PASS with exit status 0.
     pub fn expect_pass(&self, status: ExitStatus, whose: &str) {
         let result = self.result();
         if result != "PASS" {
-            self.fail(&format!(
-                "verdict {result:?} ({whose} {})",
-                describe(status)
-            ));
+            self.fail(&format!("verdict {result:?} ({whose} {})", describe(status)));
         }
         if !status.success() {
-            self.fail(&format!(
-                "{whose} {} although the verdict is PASS",
-                describe(status)
-            ));
+            self.fail(&format!("{whose} {} although the verdict is PASS", describe(status)));
         }
     }
 
@@ -576,11 +503,8 @@ impl Run {
         let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
         let state = stat.rsplit_once(") ")?.1.chars().next()?;
         let status = fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
-        let tracer = status
-            .lines()
-            .find_map(|l| l.strip_prefix("TracerPid:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(-1);
+        let tracer =
+            status.lines().find_map(|l| l.strip_prefix("TracerPid:")).and_then(|v| v.trim().parse().ok()).unwrap_or(-1);
         Some((state, tracer))
     }
 
@@ -594,9 +518,7 @@ impl Run {
                 Some((state, tracer)) if state != 'T' && state != 't' && tracer == 0 => return,
                 Some((state, tracer)) => {
                     if Instant::now() > deadline {
-                        self.fail(&format!(
-                            "{when}: the workload is left in state {state}, traced by {tracer}"
-                        ));
+                        self.fail(&format!("{when}: the workload is left in state {state}, traced by {tracer}"));
                     }
                 }
             }
@@ -644,11 +566,7 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> 
 /// Whether a live (not zombie) process has this pid.
 pub fn pid_alive(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !matches!(
-            stat.rsplit_once(") ")
-                .and_then(|(_, rest)| rest.chars().next()),
-            Some('Z' | 'X')
-        ),
+        Ok(stat) => !matches!(stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()), Some('Z' | 'X')),
         Err(_) => false,
     }
 }
@@ -664,11 +582,7 @@ pub fn send_signal(pid: i32, sig: &str) -> Result<(), String> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "kill -{sig} {pid}: {} {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(format!("kill -{sig} {pid}: {} {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))
     }
 }
 
@@ -681,9 +595,7 @@ pub fn describe(status: ExitStatus) -> String {
 }
 
 pub fn path_str(p: &Path) -> String {
-    p.to_str()
-        .unwrap_or_else(|| panic!("non-UTF-8 path {}", p.display()))
-        .to_string()
+    p.to_str().unwrap_or_else(|| panic!("non-UTF-8 path {}", p.display())).to_string()
 }
 
 /// The last `max` bytes of a file, as text.
