@@ -16,6 +16,9 @@ pub struct Injector {
     pid: i32,
     syscall_at: u64,
     base: UserRegs,
+    /// The `syscall` is followed by `int3` (ferry's own trampoline): one stop per call
+    /// instead of two.
+    int3_after: bool,
 }
 
 /// Block until `pid` reports a ptrace stop; an exit is an error.
@@ -53,7 +56,12 @@ impl Injector {
     /// `base` supplies the segment registers and stack; `syscall_at` is the address of a
     /// `0f 05` (syscall) instruction mapped executable in the tracee.
     pub fn new(pid: i32, syscall_at: u64, base: UserRegs) -> Injector {
-        Injector { pid, syscall_at, base }
+        Injector { pid, syscall_at, base, int3_after: false }
+    }
+
+    /// An injector for a trampoline holding `syscall; int3` at `syscall_at`.
+    pub fn with_int3(pid: i32, syscall_at: u64, base: UserRegs) -> Injector {
+        Injector { pid, syscall_at, base, int3_after: true }
     }
 
     /// The tracee this injector drives.
@@ -64,6 +72,16 @@ impl Injector {
     /// Run syscall `nr` with up to six arguments; returns the raw result (negative errno on
     /// failure, as the kernel returns it).
     pub fn raw(&self, nr: u64, args: &[u64]) -> io::Result<i64> {
+        self.run(nr, args, self.int3_after)
+    }
+
+    /// Run a syscall that unmaps the trampoline itself: the `int3` after it would not exist
+    /// any more, so stop at the syscall exit instead.
+    pub fn raw_last(&self, nr: u64, args: &[u64]) -> io::Result<i64> {
+        self.run(nr, args, false)
+    }
+
+    fn run(&self, nr: u64, args: &[u64], int3: bool) -> io::Result<i64> {
         let mut r = self.base;
         r.rip = self.syscall_at;
         r.rax = nr;
@@ -78,14 +96,24 @@ impl Injector {
         r.r9 = a[5];
         ptrace::set_regs(self.pid, &r)?;
         fault_point();
-        for _stop in 0..2 {
-            ptrace::syscall(self.pid, 0)?;
+        if int3 {
+            ptrace::cont(self.pid, 0)?;
             loop {
                 match wait_stopped(self.pid)? {
-                    WaitStatus::Stopped { sig: SYSCALL_STOP, .. } => break,
-                    // A stop for another reason (a signal arriving while everything is
-                    // blocked can only be SIGSTOP/SIGKILL): keep going without delivering it.
-                    _ => ptrace::syscall(self.pid, 0)?,
+                    WaitStatus::Stopped { sig: libc::SIGTRAP, event: 0 } => break,
+                    _ => ptrace::cont(self.pid, 0)?,
+                }
+            }
+        } else {
+            for _stop in 0..2 {
+                ptrace::syscall(self.pid, 0)?;
+                loop {
+                    match wait_stopped(self.pid)? {
+                        WaitStatus::Stopped { sig: SYSCALL_STOP, .. } => break,
+                        // A stop for another reason (a signal arriving while everything is
+                        // blocked can only be SIGSTOP/SIGKILL): keep going without delivering it.
+                        _ => ptrace::syscall(self.pid, 0)?,
+                    }
                 }
             }
         }

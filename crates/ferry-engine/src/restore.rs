@@ -168,6 +168,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     }
     check_pid_free(pid)?;
     let prep = prepare(&img, &p)?;
+    tracing::debug!(elapsed = ?t0.elapsed(), "files prepared");
     let tr = memory::choose_trampoline(mm)?;
     let pages_path = img.path(&ferry_image::pages_file(pid));
     let pages_file = std::fs::File::open(&pages_path).ctx(|| format!("cannot open {}", pages_path.display()))?;
@@ -202,6 +203,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         let _ = std::fs::File::from(err_r).read_to_string(&mut msg);
         return Err(Error::Invalid { object: format!("pid {pid}"), what: format!("restore child failed: {msg}") });
     }
+    tracing::debug!(elapsed = ?t0.elapsed(), "child stopped");
     ptrace::set_options(pid, PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL)
         .ctx(|| format!("pid {pid}: PTRACE_SETOPTIONS"))?;
     let t_tracer = Instant::now();
@@ -213,6 +215,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     rseq::unregister_inherited(&inj)?;
     memory::restore(&inj, &tr, &p, &mem_numbers, pages.as_slice())?;
     drop(pages);
+    tracing::debug!(elapsed = ?t0.elapsed(), "memory restored");
     let max_target = p.fds.iter().map(|f| f.fd).max().unwrap_or(2);
     inj.call(nr::CLOSE_RANGE, &[(max_target + 1) as u64, u32::MAX as u64, 0])
         .ctx(|| format!("pid {pid}: cannot close ferry's helper fds"))?;

@@ -212,7 +212,8 @@ pub fn dump_pages(pid: i32, mm: &mut Mm, img: &mut ImageWriter) -> Result<u64, E
                 // A zero page of anonymous memory comes back as zeros by itself; one of a private
                 // file mapping would come back with the file's bytes, so it is stored.
                 let skip_zero = kind != VmaKind::FilePrivate;
-                let skip = |i: usize| skip_zero && is_zero(&chunk[i * PAGE_SIZE as usize..(i + 1) * PAGE_SIZE as usize]);
+                let skip =
+                    |i: usize| skip_zero && is_zero(&chunk[i * PAGE_SIZE as usize..(i + 1) * PAGE_SIZE as usize]);
                 let mut i = 0;
                 while i < pages {
                     if skip(i) {

@@ -30,7 +30,8 @@ pub fn collect(pid: i32, st: &ferry_proc::Status, stat: &ferry_proc::Stat, p: &m
     p.nice = ferry_sys::process::get_nice(pid).ctx(|| format!("pid {pid}: cannot read the nice value"))?;
     (p.sched_policy, p.sched_priority) =
         ferry_sys::process::get_scheduler(pid).ctx(|| format!("pid {pid}: cannot read the scheduling policy"))?;
-    p.cpu_affinity = ferry_sys::process::get_affinity(pid).ctx(|| format!("pid {pid}: cannot read the CPU affinity"))?;
+    p.cpu_affinity =
+        ferry_sys::process::get_affinity(pid).ctx(|| format!("pid {pid}: cannot read the CPU affinity"))?;
     p.cwd = procfs::read_link(pid, "cwd")?;
     p.root = procfs::read_link(pid, "root")?;
     for (what, path) in [("cwd", &p.cwd), ("root", &p.root)] {
@@ -103,8 +104,9 @@ pub fn restore_sched(pid: i32, p: &Process) -> Result<(), Error> {
     use ferry_sys::process as sp;
     let (policy, prio) = sp::get_scheduler(pid).ctx(|| format!("pid {pid}: cannot read the scheduling policy"))?;
     if (policy, prio) != (p.sched_policy, p.sched_priority) {
-        sp::set_scheduler(pid, p.sched_policy, p.sched_priority)
-            .ctx(|| format!("pid {pid}: cannot set scheduling policy {} priority {}", p.sched_policy, p.sched_priority))?;
+        sp::set_scheduler(pid, p.sched_policy, p.sched_priority).ctx(|| {
+            format!("pid {pid}: cannot set scheduling policy {} priority {}", p.sched_policy, p.sched_priority)
+        })?;
     }
     sp::set_nice(pid, p.nice).ctx(|| format!("pid {pid}: cannot set nice {}", p.nice))?;
     if !p.cpu_affinity.is_empty() {
