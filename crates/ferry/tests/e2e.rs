@@ -576,3 +576,5 @@ mod big {
         control(&Spec::python("bigdict.py"));
     }
 }
+
+mod more;

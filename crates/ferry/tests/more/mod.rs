@@ -1,0 +1,174 @@
+//! Fault injection inside ferry (FERRY_FAULT), a vDSO mismatch, and stdio inherited from
+//! outside the image.
+
+use crate::common::*;
+use std::fs::{self, File};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// Run ferry with FERRY_FAULT set; returns its exit status.
+fn ferry_with_fault(run: &mut Run, fault: &str, args: &[String], label: &str) -> std::process::ExitStatus {
+    let err = run.w.join(&format!("{label}.err"));
+    let err_f = File::create(&err).expect("create ferry stderr file");
+    let mut child = Command::new(ferry_bin())
+        .args(args)
+        .env("FERRY_FAULT", fault)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err_f)
+        .spawn()
+        .expect("start ferry");
+    match wait_timeout(&mut child, Duration::from_secs(120)) {
+        Some(s) => s,
+        None => {
+            let _ = child.kill();
+            run.fail(&format!("ferry with {fault} did not finish"));
+        }
+    }
+}
+
+/// ferry SIGKILLs itself while it has the target's registers borrowed for an injected syscall
+/// (the worst moment): the target must go on exactly as before — the fpu workload compares every
+/// register-heavy epoch bit for bit, and must still PASS.
+#[test]
+fn kill_ferry_at_injected_syscalls() {
+    let mut run = Run::start(&Spec::c("fpu"));
+    for n in [1, 2, 7, 30, 60] {
+        let dir = run.w.join(&format!("img-fault-{n}"));
+        let args = vec!["dump".into(), "-t".into(), run.pid.to_string(), "-D".into(), path_str(&dir)];
+        let status = ferry_with_fault(&mut run, &format!("kill-at-injection:{n}"), &args, &format!("fault{n}"));
+        if status.success() {
+            run.fail(&format!("ferry with kill-at-injection:{n} finished its dump: the fault point was not reached"));
+        }
+        sleep(Duration::from_millis(200));
+        run.expect_running_untraced(&format!("after ferry was killed at injected syscall {n}"));
+        if dir.join("inventory.img").exists() {
+            run.fail(&format!("a dump killed at injection {n} left an inventory (complete-looking image)"));
+        }
+    }
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload after five killed dumps");
+}
+
+/// ferry dies in the middle of a restore (after the child exists, while it rebuilds the address
+/// space): no half-restored process may remain, and a second restore then succeeds.
+#[test]
+fn kill_ferry_during_restore_leaves_nothing() {
+    let mut run = Run::start(&Spec::c("mem_anon"));
+    run.dump_ok(&[]);
+    run.reap_dumped();
+    for n in [1, 4, 12] {
+        let args = vec!["restore".into(), "-D".into(), path_str(&run.img())];
+        let status = ferry_with_fault(&mut run, &format!("kill-at-injection:{n}"), &args, &format!("restore-fault{n}"));
+        if status.success() {
+            run.fail(&format!("restore with kill-at-injection:{n} succeeded: fault point not reached"));
+        }
+        // The child dies with ferry (PTRACE_O_EXITKILL / PR_SET_PDEATHSIG) ...
+        run.wait_pid_gone(&format!("after ferry died during restore (injection {n})"));
+        // ... and PID 1, which reaps slowly here, frees its pid for the next attempt.
+        let proc_dir = format!("/proc/{}", run.pid);
+        wait_for("init to reap the killed restore child", Duration::from_secs(90), || !Path::new(&proc_dir).exists());
+    }
+    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
+    run.wait_pidfile(&pidfile);
+    run.go();
+    let status = run.wait_restore_exit();
+    run.expect_pass(status, "a restore after three interrupted ones");
+}
+
+/// Rewrite an image as if it came from a kernel with another vDSO: restore must refuse it, with
+/// an error that says so, and create no process.
+#[test]
+fn vdso_mismatch_is_refused() {
+    let mut run = Run::start(&Spec::c("mem_anon"));
+    run.dump_ok(&[]);
+    run.reap_dumped();
+    let img = run.img();
+    let reader = ferry_image::ImageReader::open(&img).expect("open image");
+    let inventory = reader.inventory().clone();
+    let mut p = reader.read_process(run.pid).expect("read process record");
+    let pages = fs::read(img.join(ferry_image::pages_file(run.pid))).expect("read pages");
+    let mm = p.mm.as_mut().expect("mm record");
+    mm.vdso_crc32 ^= 0xdead_beef;
+    let forged = run.w.join("img-other-kernel");
+    let mut w = ferry_image::ImageWriter::create(&forged).expect("create forged image");
+    w.write_process(&p).expect("write process");
+    let mut s = w.stream(&ferry_image::pages_file(run.pid)).expect("stream pages");
+    s.write_all(&pages).expect("write pages");
+    w.finish_stream(s).expect("finish pages");
+    w.commit(inventory).expect("commit");
+    let args = vec!["restore".into(), "-D".into(), path_str(&forged)];
+    let res = run.ferry("restore-forged", &args, Duration::from_secs(60));
+    if res.status.success() || !res.stderr.contains("vDSO") {
+        run.fail(&format!("a restore with a foreign vDSO was not refused clearly: {} / {}", describe(res.status), res.stderr));
+    }
+    if res.stderr.trim().lines().count() != 1 {
+        run.fail(&format!("the error is not one line: {:?}", res.stderr));
+    }
+    if pid_alive(run.pid) {
+        run.fail("a refused restore left a process behind");
+    }
+    // The genuine image still restores.
+    let pidfile = run.spawn_restore("restore", &img, &[]);
+    run.wait_pidfile(&pidfile);
+    run.go();
+    let status = run.wait_restore_exit();
+    run.expect_pass(status, "the genuine image");
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        sleep(Duration::from_millis(20));
+    }
+}
+
+fn counter_lines(p: &Path) -> Vec<u64> {
+    fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("counter ")?.parse().ok())
+        .collect()
+}
+
+/// stdout is a pipe owned by a process outside the image (like a shell job's terminal): the
+/// dump records it as inherited, and the restored process writes to ferry's own stdout.
+#[test]
+fn stdout_pipe_is_inherited_from_ferry() {
+    let w = WorkDir::new("inherit");
+    let mut child = Command::new(ferry_workloads::path("counter"))
+        .arg(&w.path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(File::create(w.join("err.log")).expect("err log"))
+        .spawn()
+        .expect("start counter");
+    let pid = child.id() as i32;
+    wait_for("ready", Duration::from_secs(20), || w.join("ready").exists());
+    let img = w.join("img");
+    let out = Command::new(ferry_bin())
+        .args(["dump", "-t", &pid.to_string(), "-D", &path_str(&img)])
+        .output()
+        .expect("run ferry dump");
+    assert!(out.status.success(), "dump failed: {}", String::from_utf8_lossy(&out.stderr));
+    let _ = child.wait();
+    wait_for("the pid to be free", Duration::from_secs(20), || !pid_alive(pid));
+    let inspect = Command::new(ferry_bin()).args(["inspect", &path_str(&img)]).output().expect("inspect");
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    assert!(text.lines().any(|l| l.contains("fd    1 Inherited")), "fd 1 not recorded as inherited:\n{text}");
+    let log = w.join("restored-stdout.log");
+    let status = Command::new(ferry_bin())
+        .args(["restore", "-d", "-D", &path_str(&img)])
+        .stdout(File::create(&log).expect("log"))
+        .status()
+        .expect("run ferry restore");
+    assert!(status.success(), "restore -d failed");
+    wait_for("output on ferry's stdout", Duration::from_secs(20), || !counter_lines(&log).is_empty());
+    let first = counter_lines(&log)[0];
+    assert!(first >= 1, "the restored counter started over at {first}");
+    send_signal(pid, "KILL").expect("kill the restored counter");
+}
