@@ -172,3 +172,28 @@ fn stdout_pipe_is_inherited_from_ferry() {
     assert!(first >= 1, "the restored counter started over at {first}");
     send_signal(pid, "KILL").expect("kill the restored counter");
 }
+
+/// Only touched, non-zero pages go into the image: mem_anon reserves a 1 GiB sparse region with
+/// 7 touched pages next to ~9 MiB of real data.
+#[test]
+fn sparse_memory_is_not_stored() {
+    let mut run = Run::start(&Spec::c("mem_anon"));
+    run.dump_ok(&[]);
+    run.reap_dumped();
+    let pages = fs::metadata(run.img().join(ferry_image::pages_file(run.pid))).expect("stat pages").len();
+    let reader = ferry_image::ImageReader::open(&run.img()).expect("open image");
+    let p = reader.read_process(run.pid).expect("process record");
+    let mm = p.mm.expect("mm");
+    let reserved: u64 = mm.vmas.iter().map(|v| v.end - v.start).sum();
+    if reserved < 1 << 30 {
+        run.fail(&format!("the workload mapped only {reserved} bytes; expected its 1 GiB sparse region"));
+    }
+    if pages > 32 << 20 {
+        run.fail(&format!("pages file is {pages} bytes for {reserved} bytes of mappings: untouched pages were stored"));
+    }
+    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
+    run.wait_pidfile(&pidfile);
+    run.go();
+    let status = run.wait_restore_exit();
+    run.expect_pass(status, "mem_anon");
+}
