@@ -39,54 +39,108 @@ pub struct DumpReport {
     pub total: Duration,
 }
 
-/// A seized, stopped target. Dropping it without `release` puts back the original registers
-/// and mask and detaches, so the target continues as if nothing happened.
-struct Frozen {
-    pid: i32,
+/// One seized, stopped thread.
+struct FrozenThread {
+    tid: i32,
     regs: UserRegs,
     sigmask: u64,
+    /// Its registers were borrowed for injection: resume with restart-adjusted registers.
     touched: bool,
+}
+
+/// A seized, stopped target (every thread). Dropping it without `release` puts back each
+/// thread's registers and mask and detaches, so the target continues as if nothing happened.
+struct Frozen {
+    pid: i32,
+    threads: Vec<FrozenThread>,
     done: bool,
 }
 
+fn list_tids(pid: i32) -> Result<Vec<i32>, Error> {
+    let dir = procfs::path(pid, "task");
+    let mut tids: Vec<i32> = std::fs::read_dir(&dir)
+        .map_err(|_| Error::NoProcess { pid })?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort_unstable();
+    Ok(tids)
+}
+
+fn stop_one(pid: i32, tid: i32) -> Result<(), Error> {
+    loop {
+        match wait_stopped(tid).map_err(|_| Error::Exited { pid })? {
+            WaitStatus::Stopped { event: PTRACE_EVENT_STOP, .. } => return Ok(()),
+            // A signal was about to be delivered: deliver it and let the interrupt land after.
+            WaitStatus::Stopped { sig, .. } => {
+                ptrace::cont(tid, sig).map_err(|source| Error::Attach { pid, source })?;
+            }
+            _ => {}
+        }
+    }
+}
+
 impl Frozen {
+    /// Seize and stop every thread; threads created meanwhile are caught by listing again
+    /// until the list is stable (a stopped thread cannot create more).
     fn seize(pid: i32) -> Result<Frozen, Error> {
-        ptrace::seize(pid, PTRACE_O_TRACESYSGOOD).map_err(|source| match source.raw_os_error() {
-            Some(libc::ESRCH) => Error::NoProcess { pid },
-            _ => Error::Attach { pid, source },
-        })?;
-        let mut f = Frozen { pid, regs: ferry_sys::zeroed_regs(), sigmask: 0, touched: false, done: false };
-        ptrace::interrupt(pid).map_err(|source| Error::Attach { pid, source })?;
+        let mut f = Frozen { pid, threads: Vec::new(), done: false };
         loop {
-            match wait_stopped(pid).map_err(|_| Error::Exited { pid })? {
-                WaitStatus::Stopped { sig: libc::SIGTRAP, event: PTRACE_EVENT_STOP } => break,
-                // A group stop (SIGSTOP/SIGTSTP) reported through the seize: also an event stop.
-                WaitStatus::Stopped { event: PTRACE_EVENT_STOP, .. } => break,
-                // A signal was about to be delivered: deliver it and let the interrupt land after.
-                WaitStatus::Stopped { sig, .. } => {
-                    ptrace::cont(pid, sig).map_err(|source| Error::Attach { pid, source })?;
+            let mut new = Vec::new();
+            for tid in list_tids(pid)? {
+                if f.threads.iter().any(|t| t.tid == tid) {
+                    continue;
                 }
-                _ => {}
+                match ptrace::seize(tid, PTRACE_O_TRACESYSGOOD) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) && tid != pid => continue, // exited
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Err(Error::NoProcess { pid }),
+                    Err(source) => return Err(Error::Attach { pid, source }),
+                }
+                f.threads.push(FrozenThread { tid, regs: ferry_sys::zeroed_regs(), sigmask: 0, touched: false });
+                ptrace::interrupt(tid).map_err(|source| Error::Attach { pid, source })?;
+                new.push(tid);
+            }
+            if new.is_empty() {
+                break;
+            }
+            for tid in new {
+                stop_one(pid, tid)?;
             }
         }
-        f.regs = ptrace::get_regs(pid).ctx(|| format!("pid {pid}: cannot read registers"))?;
-        f.sigmask = ptrace::get_sigmask(pid).ctx(|| format!("pid {pid}: cannot read the signal mask"))?;
+        f.threads.sort_by_key(|t| (t.tid != pid, t.tid));
+        for t in &mut f.threads {
+            let tid = t.tid;
+            t.regs = ptrace::get_regs(tid).ctx(|| format!("pid {pid} thread {tid}: cannot read registers"))?;
+            t.sigmask =
+                ptrace::get_sigmask(tid).ctx(|| format!("pid {pid} thread {tid}: cannot read the signal mask"))?;
+        }
         Ok(f)
     }
 
     /// Put the target back as it was and let it run.
     fn resume(&mut self) -> Result<(), Error> {
         let pid = self.pid;
-        ptrace::set_sigmask(pid, self.sigmask).ctx(|| format!("pid {pid}: cannot put back the signal mask"))?;
-        if self.touched {
-            // The last stop was a syscall-exit stop of an injected call: the kernel will not
-            // apply syscall restart on the way out, so hand it the already-restarted registers.
-            let regs = cpu::resume_regs(&self.regs, true);
-            ptrace::set_regs(pid, &regs).ctx(|| format!("pid {pid}: cannot put back registers"))?;
+        let mut first_err = None;
+        for t in &self.threads {
+            let tid = t.tid;
+            let r = (|| {
+                ptrace::set_sigmask(tid, t.sigmask)
+                    .ctx(|| format!("pid {pid} thread {tid}: cannot put back the signal mask"))?;
+                if t.touched {
+                    // The last stop was a syscall-exit stop of an injected call: the kernel will
+                    // not apply syscall restart on the way out, so hand it the restarted registers.
+                    let regs = cpu::resume_regs(&t.regs, true);
+                    ptrace::set_regs(tid, &regs)
+                        .ctx(|| format!("pid {pid} thread {tid}: cannot put back registers"))?;
+                }
+                ptrace::detach(tid, 0).ctx(|| format!("pid {pid} thread {tid}: cannot detach"))
+            })();
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
         }
-        ptrace::detach(pid, 0).ctx(|| format!("pid {pid}: cannot detach"))?;
         self.done = true;
-        Ok(())
+        first_err.map_or(Ok(()), Err)
     }
 }
 
@@ -98,6 +152,47 @@ impl Drop for Frozen {
             }
         }
     }
+}
+
+/// Borrow thread `th` for injection, with the sigreturn safety net (see inject::with_rescue).
+/// Returns the injector and its scratch address; all signals of the thread are blocked.
+fn borrow(
+    pid: i32,
+    th: &mut FrozenThread,
+    maps: &[ferry_proc::MapEntry],
+    xstate: &[u8],
+) -> Result<(Injector, u64), Error> {
+    let tid = th.tid;
+    let resume = cpu::resume_regs(&th.regs, true);
+    th.touched = true;
+    let (inj, scratch) = match crate::inject::with_rescue(tid, maps, &th.regs, &resume, xstate, th.sigmask)
+        .ctx(|| format!("pid {pid} thread {tid}: cannot prepare syscall injection"))?
+    {
+        Some((inj, rescue)) => (inj, rescue.scratch),
+        None => {
+            tracing::warn!(
+                pid,
+                tid,
+                "no sigreturn sequence in the target: if ferry is killed in the next milliseconds the target may crash"
+            );
+            let syscall_at = find_syscall_insn(pid, maps).ok_or_else(|| Error::Invalid {
+                object: format!("pid {pid}"),
+                what: "no syscall instruction found in any executable mapping".into(),
+            })?;
+            (Injector::new(tid, syscall_at, th.regs), (th.regs.rsp - 128 - 4096) & !63)
+        }
+    };
+    ptrace::set_sigmask(tid, !0).ctx(|| format!("pid {pid} thread {tid}: cannot block signals"))?;
+    Ok((inj, scratch))
+}
+
+/// Give a borrowed thread back its own mask and registers (in that order: see
+/// inject::with_rescue).
+fn give_back(pid: i32, th: &FrozenThread) -> Result<(), Error> {
+    let tid = th.tid;
+    ptrace::set_sigmask(tid, th.sigmask).ctx(|| format!("pid {pid} thread {tid}: cannot put back the signal mask"))?;
+    ptrace::set_regs(tid, &cpu::resume_regs(&th.regs, true))
+        .ctx(|| format!("pid {pid} thread {tid}: cannot put back registers"))
 }
 
 fn precheck(pid: i32) -> Result<(ferry_proc::Status, ferry_proc::Stat), Error> {
@@ -125,9 +220,6 @@ fn precheck(pid: i32) -> Result<(ferry_proc::Status, ferry_proc::Stat), Error> {
     }
     if stat.flags & 0x0020_0000 != 0 {
         return Err(Error::Unsupported { pid, what: "a kernel thread".into() });
-    }
-    if st.threads > 1 {
-        return Err(Error::Unsupported { pid, what: format!("a multi-threaded process ({} threads)", st.threads) });
     }
     let children = procfs::read_string(pid, &format!("task/{pid}/children"))?;
     if !children.trim().is_empty() {
@@ -161,51 +253,42 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     let mut p = Process::default();
     task::collect(pid, &st, &stat, &mut p)?;
     files::collect(pid, pidfd.as_fd(), &mut img, &mut p)?;
-    let vmas = memory::scan(pid, &mut img)?;
+    let mut vmas = memory::scan(pid, &mut img)?;
     let maps_text = procfs::read_string(pid, "maps")?;
     let maps = procfs::parse(pid, "maps", ferry_proc::parse_maps(&maps_text))?;
-    let mut t = Thread { tid: pid, comm: st.name.clone(), ..Default::default() };
-    cpu::collect(pid, &mut t)?;
-    tracing::info!(vmas = vmas.len(), fds = p.fds.len(), "collected fds and mappings");
+    tracing::info!(vmas = vmas.len(), fds = p.fds.len(), threads = frozen.threads.len(), "collected fds and mappings");
 
-    // The injection window: all signals blocked, registers borrowed — with a sigreturn safety
-    // net on the target's stack so that a SIGKILL of ferry now cannot harm it (inject.rs).
-    let resume = cpu::resume_regs(&frozen.regs, true);
-    frozen.touched = true;
-    let (inj, scratch) = match crate::inject::with_rescue(pid, &maps, &frozen.regs, &resume, &t.xstate, frozen.sigmask)
-        .ctx(|| format!("pid {pid}: cannot prepare syscall injection"))?
-    {
-        Some((inj, rescue)) => (inj, rescue.scratch),
-        None => {
-            tracing::warn!(
-                pid,
-                "no sigreturn sequence in the target: if ferry is killed in the next milliseconds the target may crash"
-            );
-            let syscall_at = find_syscall_insn(pid, &maps).ok_or_else(|| Error::Invalid {
-                object: format!("pid {pid}"),
-                what: "no syscall instruction found in any executable mapping".into(),
-            })?;
-            (Injector::new(pid, syscall_at, frozen.regs), (frozen.regs.rsp - 128 - 4096) & !63)
-        }
-    };
-    ptrace::set_sigmask(pid, !0).ctx(|| format!("pid {pid}: cannot block signals"))?;
-    let injected = (|| -> Result<ferry_image::Mm, Error> {
-        signals::collect_actions(&inj, scratch, &mut p)?;
-        signals::collect_thread(&inj, scratch, frozen.sigmask, &mut t)?;
-        rseq::collect(&inj, scratch, &mut t)?;
-        timers::collect(&inj, scratch, &mut p)?;
-        creds::collect(&inj, &st, &mut p)?;
-        task::collect_injected(&inj, scratch, &mut p)?;
-        task::collect_rlimits(&inj, scratch, &mut p)?;
-        memory::collect_mm(&inj, &stat, vmas)
-    })();
-    // Back to the target's own mask and registers (in that order: see inject::with_rescue)
-    // before the long part.
-    ptrace::set_sigmask(pid, frozen.sigmask).ctx(|| format!("pid {pid}: cannot put back the signal mask"))?;
-    ptrace::set_regs(pid, &resume).ctx(|| format!("pid {pid}: cannot put back registers"))?;
-    let mut mm = injected?;
+    // The injection window, one thread at a time: signals blocked, registers borrowed — with
+    // a sigreturn safety net on the thread's stack so that a SIGKILL of ferry now cannot harm
+    // it (inject.rs). The main thread answers for the process; every thread for itself.
+    let mut mm = None;
+    for i in 0..frozen.threads.len() {
+        let tid = frozen.threads[i].tid;
+        let comm = procfs::read_string(pid, &format!("task/{tid}/comm")).unwrap_or_default().trim_end().to_string();
+        let mut t = Thread { tid, comm, ..Default::default() };
+        cpu::collect(tid, &mut t)?;
+        let (inj, scratch) = borrow(pid, &mut frozen.threads[i], &maps, &t.xstate)?;
+        let sigmask = frozen.threads[i].sigmask;
+        let injected = (|| -> Result<(), Error> {
+            signals::collect_thread(&inj, scratch, sigmask, &mut t)?;
+            rseq::collect(&inj, scratch, &mut t)?;
+            if tid == pid {
+                signals::collect_actions(&inj, scratch, &mut p)?;
+                timers::collect(&inj, scratch, &mut p)?;
+                creds::collect(&inj, &st, &mut p)?;
+                task::collect_injected(&inj, scratch, &mut p)?;
+                task::collect_rlimits(&inj, scratch, &mut p)?;
+                mm = Some(memory::collect_mm(&inj, &stat, std::mem::take(&mut vmas))?);
+            }
+            Ok(())
+        })();
+        give_back(pid, &frozen.threads[i])?;
+        injected?;
+        p.threads.push(t);
+    }
+    let mut mm =
+        mm.ok_or_else(|| Error::Invalid { object: format!("pid {pid}"), what: "main thread not found".into() })?;
     p.shared_pending = signals::peek(pid, true)?;
-    p.threads.push(t);
 
     let pages_bytes = memory::dump_pages(pid, &mut mm, &mut img)?;
     let vmas_n = mm.vmas.len();
@@ -231,8 +314,11 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     } else {
         ferry_sys::process::kill(pid, libc::SIGKILL).ctx(|| format!("pid {pid}: cannot kill"))?;
         frozen.done = true;
-        // Collect the tracee exit notification so it does not linger on our side.
-        let _ = ptrace::wait(pid, false);
+        // Collect the tracees' exit notifications so they do not linger on our side.
+        // Other threads first: the leader's exit is only reported once they are gone.
+        for t in frozen.threads.iter().rev() {
+            let _ = ptrace::wait(t.tid, false);
+        }
     }
     Ok(DumpReport { pages_bytes, vmas: vmas_n, fds: p.fds.len(), frozen: frozen_for, total: t0.elapsed() })
 }

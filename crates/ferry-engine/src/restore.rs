@@ -54,8 +54,11 @@ pub fn open_verified(dir: &Path) -> Result<(ImageReader, Process), Error> {
     let mut f = std::fs::File::open(img.path(&pages)).ctx(|| format!("cannot open {}", img.path(&pages).display()))?;
     let n = f.read(&mut head).ctx(|| format!("cannot read {}", img.path(&pages).display()))?;
     ferry_image::check_pages_header(&img.path(&pages).display().to_string(), &head[..n])?;
-    if p.threads.len() != 1 {
-        return Err(Error::Unsupported { pid: p.pid, what: format!("an image with {} threads", p.threads.len()) });
+    if p.threads.first().map(|t| t.tid) != Some(p.pid) {
+        return Err(Error::Invalid {
+            object: format!("pid {}", p.pid),
+            what: "the image's first thread is not the main thread".into(),
+        });
     }
     Ok((img, p))
 }
@@ -220,6 +223,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     inj.call(nr::CLOSE_RANGE, &[(max_target + 1) as u64, u32::MAX as u64, 0])
         .ctx(|| format!("pid {pid}: cannot close ferry's helper fds"))?;
     let scratch = tr.data;
+    let threads = restore_threads(&inj, &tr, &p)?;
     rseq::restore(&inj, t)?;
     signals::restore_thread(&inj, scratch, &p, t, true)?;
     timers::create_posix(&inj, scratch, &p)?;
@@ -234,8 +238,15 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     timers::arm(&inj, scratch, &p)?;
     inj.call(nr::MUNMAP, &[tr.code, TRAMPOLINE_PAGES * PAGE_SIZE])
         .ctx(|| format!("pid {pid}: cannot unmap the trampoline"))?;
+    for (tid, th, base) in &threads {
+        cpu::restore(*tid, th, base)?;
+        ptrace::set_sigmask(*tid, th.sigmask).ctx(|| format!("pid {pid} thread {tid}: cannot set the signal mask"))?;
+    }
     cpu::restore(pid, t, &base_regs)?;
     ptrace::set_sigmask(pid, t.sigmask).ctx(|| format!("pid {pid}: cannot set the signal mask"))?;
+    for (tid, _, _) in &threads {
+        ptrace::detach(*tid, 0).ctx(|| format!("pid {pid} thread {tid}: cannot release"))?;
+    }
     ptrace::detach(pid, 0).ctx(|| format!("pid {pid}: cannot release"))?;
     child.released = true;
     tracing::info!(tracer = ?t_tracer.elapsed(), total = ?t0.elapsed(), "released");
@@ -243,6 +254,66 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         write_pidfile(pf, pid)?;
     }
     Ok(Restored { pid, verify, total: t0.elapsed() })
+}
+
+/// Create every thread but the main one with its old tid (an injected `clone3` with `set_tid`
+/// in the main thread; PTRACE_O_TRACECLONE attaches each new thread, stopped before it runs a
+/// single instruction) and give each its own per-thread state. Returns, per thread, what is
+/// needed to load its final registers at release time.
+fn restore_threads(
+    inj: &Injector,
+    tr: &Trampoline,
+    p: &Process,
+) -> Result<Vec<(i32, ferry_image::Thread, ferry_sys::UserRegs)>, Error> {
+    let pid = p.pid;
+    let mut out = Vec::new();
+    if p.threads.len() < 2 {
+        return Ok(out);
+    }
+    ptrace::set_options(pid, PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL | ferry_sys::consts::PTRACE_O_TRACECLONE)
+        .ctx(|| format!("pid {pid}: PTRACE_SETOPTIONS"))?;
+    let scratch = tr.data;
+    for t in &p.threads[1..] {
+        let tid = t.tid;
+        let flags = (libc::CLONE_VM
+            | libc::CLONE_FS
+            | libc::CLONE_FILES
+            | libc::CLONE_SIGHAND
+            | libc::CLONE_THREAD
+            | libc::CLONE_SYSVSEM) as u64;
+        // struct clone_args: flags, pidfd, child_tid, parent_tid, exit_signal, stack,
+        // stack_size, tls, set_tid, set_tid_size, cgroup; then the set_tid array.
+        let mut args = Vec::with_capacity(96);
+        for w in [flags, 0, 0, 0, 0, 0, 0, 0, scratch + 88, 1, 0] {
+            args.extend_from_slice(&w.to_le_bytes());
+        }
+        args.extend_from_slice(&(tid as i64).to_le_bytes());
+        ferry_sys::process::vm_write(pid, scratch, &args).ctx(|| format!("pid {pid}: cannot write clone_args"))?;
+        let got = inj
+            .call(nr::CLONE3, &[scratch, 88])
+            .ctx(|| format!("pid {pid}: cannot create thread {tid} (clone3 with set_tid)"))?;
+        if got != tid as u64 {
+            return Err(Error::Invalid {
+                object: format!("pid {pid}"),
+                what: format!("thread {tid} was created as {got}"),
+            });
+        }
+        wait_stopped(tid).ctx(|| format!("pid {pid} thread {tid}: did not stop after creation"))?;
+        let base = ptrace::get_regs(tid).ctx(|| format!("pid {pid} thread {tid}: cannot read registers"))?;
+        let tinj = Injector::with_int3(tid, tr.code, base);
+        cpu::check_compatible(pid, tid, &t.xstate)?;
+        let mut name = t.comm.as_bytes().to_vec();
+        name.truncate(15);
+        name.push(0);
+        ferry_sys::process::vm_write(pid, scratch, &name)
+            .ctx(|| format!("pid {pid} thread {tid}: cannot write comm"))?;
+        tinj.call(nr::PRCTL, &[libc::PR_SET_NAME as u64, scratch, 0, 0, 0])
+            .ctx(|| format!("pid {pid} thread {tid}: cannot set comm"))?;
+        rseq::restore(&tinj, t)?;
+        signals::restore_thread(&tinj, scratch, p, t, false)?;
+        out.push((tid, t.clone(), base));
+    }
+    Ok(out)
 }
 
 /// Wait for a restored (child) process to end; returns its exit status (128+signal if killed).

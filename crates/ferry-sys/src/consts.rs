@@ -11,6 +11,7 @@ pub const PTRACE_GET_RSEQ_CONFIGURATION: u32 = 0x420f;
 pub const PTRACE_PEEKSIGINFO_SHARED: u32 = 1;
 pub const PTRACE_O_TRACESYSGOOD: u32 = 1;
 pub const PTRACE_O_EXITKILL: u32 = 0x0010_0000;
+pub const PTRACE_O_TRACECLONE: u32 = 8;
 pub const PTRACE_EVENT_STOP: i32 = 128;
 pub const NT_PRSTATUS: u32 = 1;
 pub const NT_X86_XSTATE: u32 = 0x202;
@@ -71,4 +72,5 @@ pub mod nr {
     pub const RSEQ: u64 = 334;
     pub const PRLIMIT64: u64 = 302;
     pub const CLOSE_RANGE: u64 = 436;
+    pub const CLONE3: u64 = 435;
 }

@@ -76,6 +76,9 @@ fn uring() -> Spec {
 fn counter() -> Spec {
     Spec::c("counter")
 }
+fn threads() -> Spec {
+    Spec::c("threads")
+}
 
 /// For each workload: `control::NAME` (no ferry) and `cycle::NAME` (dump, kill, restore, verify).
 macro_rules! workload_tests {
@@ -108,6 +111,7 @@ workload_tests!(
     signals_noaltstack,
     timers,
     rseq,
+    threads,
 );
 
 /// The image files of a finished dump of `pid` in `dir`.

@@ -53,6 +53,25 @@ fn kill_ferry_at_injected_syscalls() {
     run.expect_pass(status, "the workload after five killed dumps");
 }
 
+/// The same with a multi-threaded target: every thread is borrowed in turn.
+#[test]
+fn kill_ferry_at_injected_syscalls_threads() {
+    let mut run = Run::start(&Spec::c("threads"));
+    for n in [1, 40, 80, 95] {
+        let dir = run.w.join(&format!("img-fault-{n}"));
+        let args = vec!["dump".into(), "-t".into(), run.pid.to_string(), "-D".into(), path_str(&dir)];
+        let status = ferry_with_fault(&mut run, &format!("kill-at-injection:{n}"), &args, &format!("fault{n}"));
+        if status.success() {
+            run.fail(&format!("ferry with kill-at-injection:{n} finished its dump: the fault point was not reached"));
+        }
+        sleep(Duration::from_millis(200));
+        run.expect_running_untraced(&format!("after ferry was killed at injected syscall {n}"));
+    }
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the threads workload after killed dumps");
+}
+
 /// ferry dies in the middle of a restore (after the child exists, while it rebuilds the address
 /// space): no half-restored process may remain, and a second restore then succeeds.
 #[test]
