@@ -575,6 +575,17 @@ mod big {
         cycle(&Spec::python("bigdict.py"));
     }
 
+    /// A python3 interpreter running six threads (workers, a queue, an Event waiter).
+    #[test]
+    fn python_threads() {
+        cycle(&Spec::python("pythreads.py"));
+    }
+
+    #[test]
+    fn python_threads_control() {
+        control(&Spec::python("pythreads.py"));
+    }
+
     #[test]
     fn python_bigdict_control() {
         control(&Spec::python("bigdict.py"));
