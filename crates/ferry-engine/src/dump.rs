@@ -253,6 +253,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     let mut p = Process::default();
     task::collect(pid, &st, &stat, &mut p)?;
     files::collect(pid, pidfd.as_fd(), &mut img, &mut p)?;
+    crate::state::epoll::check_targets(&p)?;
     let mut vmas = memory::scan(pid, &mut img)?;
     let maps_text = procfs::read_string(pid, "maps")?;
     let maps = procfs::parse(pid, "maps", ferry_proc::parse_maps(&maps_text))?;

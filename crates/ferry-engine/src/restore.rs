@@ -16,7 +16,7 @@
 use crate::error::{Ctx, Error};
 use crate::inject::{wait_stopped, Injector};
 use crate::state::memory::{Trampoline, TRAMPOLINE_PAGES};
-use crate::state::{cpu, creds, files, memory, pipes, rseq, signals, task, timers};
+use crate::state::{cpu, creds, epoll, files, memory, pipes, rseq, signals, task, timers};
 use ferry_image::{ImageReader, Process, PAGE_SIZE};
 use ferry_sys::consts::{nr, PTRACE_O_EXITKILL, PTRACE_O_TRACESYSGOOD};
 use ferry_sys::process::{clone3_with_pid, Fork, Mmap};
@@ -109,6 +109,7 @@ fn child_main(p: &Process, prep: &Prepared, tr: &Trampoline, err_fd: i32) -> ! {
         raw::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64, 0, 0, 0).map_err(|e| format!("pdeathsig: {e}"))?;
         raw::set_sigmask_self(!0).map_err(|e| format!("sigprocmask: {e}"))?;
         files::apply_in_child(p, &prep.files.numbers, prep.base)?;
+        epoll::apply_in_child(p)?;
         task::apply_in_child(p, prep.cwd.as_fd())?;
         signals::apply_in_child(p)?;
         let len = TRAMPOLINE_PAGES * PAGE_SIZE;

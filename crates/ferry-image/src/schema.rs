@@ -439,6 +439,25 @@ pub enum FileKind {
     /// Not owned by the image (a terminal or a pipe of the parent at fd 0-2): restore hands
     /// over ferry's own fd of the same number, like CRIU's --shell-job/--inherit-fd.
     Inherited = 5,
+    /// eventfd: `counter`, `semaphore`.
+    Eventfd = 6,
+    /// timerfd: `clockid`, `ticks`, `settime_flags`, `value_ns`, `interval_ns`.
+    Timerfd = 7,
+    /// signalfd: `sigmask`.
+    Signalfd = 8,
+    /// epoll instance: `epoll_targets`.
+    Epoll = 9,
+}
+
+/// One file registered in an epoll instance, by its fd number in the process.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct EpollTarget {
+    #[prost(int32, tag = "1")]
+    pub fd: i32,
+    #[prost(uint32, tag = "2")]
+    pub events: u32,
+    #[prost(uint64, tag = "3")]
+    pub data: u64,
 }
 
 /// An open file description.
@@ -466,6 +485,25 @@ pub struct File {
     /// A human description for `inspect` and errors ("pipe:[1234]", "/dev/pts/0").
     #[prost(string, tag = "9")]
     pub describe: String,
+    #[prost(uint64, tag = "10")]
+    pub counter: u64,
+    #[prost(bool, tag = "11")]
+    pub semaphore: bool,
+    #[prost(int32, tag = "12")]
+    pub clockid: i32,
+    #[prost(uint64, tag = "13")]
+    pub ticks: u64,
+    #[prost(uint32, tag = "14")]
+    pub settime_flags: u32,
+    /// Remaining time to the next expiration.
+    #[prost(uint64, tag = "15")]
+    pub value_ns: u64,
+    #[prost(uint64, tag = "16")]
+    pub interval_ns: u64,
+    #[prost(uint64, tag = "17")]
+    pub sigmask: u64,
+    #[prost(message, repeated, tag = "18")]
+    pub epoll_targets: Vec<EpollTarget>,
 }
 
 /// A pipe with both ends in the image, and the bytes that were in flight.

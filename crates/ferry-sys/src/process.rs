@@ -391,3 +391,57 @@ pub fn set_scheduler(pid: i32, policy: i32, priority: i32) -> io::Result<()> {
     // SAFETY: p is a valid pointer.
     cvt_i(unsafe { libc::sched_setscheduler(pid, policy, &p) }).map(drop)
 }
+
+/// `eventfd(2)` with an initial counter and `EFD_*` flags.
+pub fn eventfd(count: u32, flags: i32) -> io::Result<OwnedFd> {
+    // SAFETY: integer arguments.
+    let fd = cvt_i(unsafe { libc::eventfd(count, flags) })?;
+    // SAFETY: fresh fd owned by us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `timerfd_create(2)`.
+pub fn timerfd_create(clockid: i32, flags: i32) -> io::Result<OwnedFd> {
+    // SAFETY: integer arguments.
+    let fd = cvt_i(unsafe { libc::timerfd_create(clockid, flags) })?;
+    // SAFETY: fresh fd owned by us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `timerfd_settime(2)` with relative (`flags` 0) or absolute times in nanoseconds.
+pub fn timerfd_settime(fd: BorrowedFd<'_>, flags: i32, value_ns: u64, interval_ns: u64) -> io::Result<()> {
+    let ts = |ns: u64| libc::timespec { tv_sec: (ns / 1_000_000_000) as i64, tv_nsec: (ns % 1_000_000_000) as i64 };
+    let its = libc::itimerspec { it_interval: ts(interval_ns), it_value: ts(value_ns) };
+    // SAFETY: its is a valid pointer; the old value is not requested.
+    cvt_i(unsafe { libc::timerfd_settime(fd.as_raw_fd(), flags, &its, std::ptr::null_mut()) }).map(drop)
+}
+
+/// `ioctl(TFD_IOC_SET_TICKS)` — set the number of expirations not yet read (CONFIG_CHECKPOINT_RESTORE).
+pub fn timerfd_set_ticks(fd: BorrowedFd<'_>, ticks: u64) -> io::Result<()> {
+    const TFD_IOC_SET_TICKS: libc::c_ulong = 0x4008_5400;
+    // SAFETY: the ioctl reads one u64 from a valid pointer.
+    cvt_i(unsafe { libc::ioctl(fd.as_raw_fd(), TFD_IOC_SET_TICKS, &ticks) }).map(drop)
+}
+
+/// `signalfd(2)` creating a new signalfd for `mask`.
+pub fn signalfd(mask: u64, flags: i32) -> io::Result<OwnedFd> {
+    // SAFETY: raw syscall with a pointer to an 8-byte kernel sigset.
+    let fd = cvt(unsafe { libc::syscall(libc::SYS_signalfd4, -1, &mask as *const u64, 8usize, flags) })?;
+    // SAFETY: fresh fd owned by us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `epoll_create1(2)`.
+pub fn epoll_create(flags: i32) -> io::Result<OwnedFd> {
+    // SAFETY: integer argument.
+    let fd = cvt_i(unsafe { libc::epoll_create1(flags) })?;
+    // SAFETY: fresh fd owned by us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `epoll_ctl(EPOLL_CTL_ADD)` by fd numbers (in a restore child arranging its fd table).
+pub fn epoll_add_numbers(epfd: i32, fd: i32, events: u32, data: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: data };
+    // SAFETY: ev is a valid epoll_event; the fds are plain numbers.
+    cvt_i(unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) }).map(drop)
+}

@@ -79,6 +79,9 @@ fn counter() -> Spec {
 fn threads() -> Spec {
     Spec::c("threads")
 }
+fn anonfds() -> Spec {
+    Spec::c("anonfds")
+}
 
 /// For each workload: `control::NAME` (no ferry) and `cycle::NAME` (dump, kill, restore, verify).
 macro_rules! workload_tests {
@@ -112,6 +115,7 @@ workload_tests!(
     timers,
     rseq,
     threads,
+    anonfds,
 );
 
 /// The image files of a finished dump of `pid` in `dir`.

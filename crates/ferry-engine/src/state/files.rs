@@ -6,7 +6,7 @@
 
 use crate::error::{Ctx, Error};
 use crate::procfs;
-use crate::state::pipes;
+use crate::state::{epoll, eventfd, pipes, signalfd, timerfd};
 use ferry_image::{Fd, File, FileKind, ImageWriter, Process};
 use ferry_sys::consts::KCMP_FILE;
 use ferry_sys::process::{kcmp, open_raw};
@@ -120,6 +120,18 @@ pub fn collect(pid: i32, pidfd: BorrowedFd<'_>, img: &mut ImageWriter, p: &mut P
             }
         } else if fd <= 2 && link.starts_with("socket:") {
             file.kind = FileKind::Inherited as i32;
+        } else if link == "anon_inode:[eventfd]" {
+            file.kind = FileKind::Eventfd as i32;
+            eventfd::collect(pid, fd, &info.raw, &mut file)?;
+        } else if link == "anon_inode:[timerfd]" {
+            file.kind = FileKind::Timerfd as i32;
+            timerfd::collect(pid, fd, &info.raw, &mut file)?;
+        } else if link == "anon_inode:[signalfd]" {
+            file.kind = FileKind::Signalfd as i32;
+            signalfd::collect(pid, fd, &info.raw, &mut file)?;
+        } else if link == "anon_inode:[eventpoll]" {
+            file.kind = FileKind::Epoll as i32;
+            epoll::collect(pid, fd, &info.raw, &mut file)?;
         } else {
             return Err(unsupported(unsupported_kind(&link)));
         }
@@ -220,6 +232,11 @@ pub fn prepare(
                 out.owned.push(dup);
                 continue;
             }
+            FileKind::Eventfd => eventfd::prepare(&obj(), f)?,
+            FileKind::Timerfd => timerfd::prepare(&obj(), f)?,
+            FileKind::Signalfd => signalfd::prepare(&obj(), f)?,
+            FileKind::Epoll => ferry_sys::process::epoll_create(libc::EPOLL_CLOEXEC)
+                .ctx(|| format!("{}: cannot create the epoll instance", obj()))?,
             FileKind::Invalid => return Err(Error::Invalid { object: obj(), what: "unknown file kind".into() }),
         };
         if matches!(FileKind::try_from(f.kind), Ok(FileKind::Regular) | Ok(FileKind::Directory)) {

@@ -10,10 +10,14 @@
 
 pub mod cpu;
 pub mod creds;
+pub mod epoll;
+pub mod eventfd;
 pub mod files;
 pub mod memory;
 pub mod pipes;
 pub mod rseq;
+pub mod signalfd;
 pub mod signals;
 pub mod task;
+pub mod timerfd;
 pub mod timers;

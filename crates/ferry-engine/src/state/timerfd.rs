@@ -1,0 +1,46 @@
+//! timerfd: clock, remaining time, interval and the expirations not yet read (ticks), from
+//! fdinfo; recreated with a relative timer for the remaining time and TFD_IOC_SET_TICKS.
+
+use crate::error::{Ctx, Error};
+use ferry_image::File;
+use std::os::fd::{AsFd, OwnedFd};
+
+fn field<'a>(raw: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    raw.iter().find(|(k, _)| k == key).map(|(_, v)| v.trim())
+}
+
+/// "(sec, nsec)" → nanoseconds.
+fn pair_ns(v: &str) -> Option<u64> {
+    let v = v.trim().strip_prefix('(')?.strip_suffix(')')?;
+    let (s, n) = v.split_once(',')?;
+    Some(s.trim().parse::<u64>().ok()? * 1_000_000_000 + n.trim().parse::<u64>().ok()?)
+}
+
+/// Fill `f` from the fdinfo lines of a timerfd.
+pub fn collect(pid: i32, fd: i32, raw: &[(String, String)], f: &mut File) -> Result<(), Error> {
+    let bad = || Error::Invalid { object: format!("/proc/{pid}/fdinfo/{fd}"), what: "malformed timerfd fields".into() };
+    f.clockid = field(raw, "clockid").and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+    f.ticks = field(raw, "ticks").and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+    f.settime_flags = field(raw, "settime flags").and_then(|v| u32::from_str_radix(v, 8).ok()).ok_or_else(bad)?;
+    f.value_ns = field(raw, "it_value").and_then(pair_ns).ok_or_else(bad)?;
+    f.interval_ns = field(raw, "it_interval").and_then(pair_ns).ok_or_else(bad)?;
+    Ok(())
+}
+
+/// Create and arm the timerfd in ferry.
+pub fn prepare(obj: &str, f: &File) -> Result<OwnedFd, Error> {
+    let flags = libc::TFD_CLOEXEC | (f.flags as i32 & libc::O_NONBLOCK);
+    let fd =
+        ferry_sys::process::timerfd_create(f.clockid, flags).ctx(|| format!("{obj}: cannot create the timerfd"))?;
+    if f.value_ns != 0 {
+        // fdinfo reports the remaining time, so re-arm relative to now (TFD_TIMER_ABSTIME
+        // would need the old absolute deadline, which fdinfo does not give).
+        ferry_sys::process::timerfd_settime(fd.as_fd(), 0, f.value_ns, f.interval_ns)
+            .ctx(|| format!("{obj}: cannot arm the timerfd"))?;
+    }
+    if f.ticks != 0 {
+        ferry_sys::process::timerfd_set_ticks(fd.as_fd(), f.ticks)
+            .ctx(|| format!("{obj}: cannot set the timerfd ticks"))?;
+    }
+    Ok(fd)
+}
