@@ -15,7 +15,7 @@ use ferry_image::{ImageWriter, Inventory, Process, Thread};
 use ferry_sys::consts::{PTRACE_EVENT_STOP, PTRACE_O_TRACESYSGOOD};
 use ferry_sys::ptrace::{self, WaitStatus};
 use ferry_sys::UserRegs;
-use std::os::fd::AsFd;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -221,13 +221,6 @@ fn precheck(pid: i32) -> Result<(ferry_proc::Status, ferry_proc::Stat), Error> {
     if stat.flags & 0x0020_0000 != 0 {
         return Err(Error::Unsupported { pid, what: "a kernel thread".into() });
     }
-    let children = procfs::read_string(pid, &format!("task/{pid}/children"))?;
-    if !children.trim().is_empty() {
-        return Err(Error::Unsupported {
-            pid,
-            what: format!("a process with children ({}) (process trees)", children.trim()),
-        });
-    }
     if st.seccomp != 0 {
         return Err(Error::Unsupported { pid, what: format!("seccomp mode {}", st.seccomp) });
     }
@@ -237,39 +230,47 @@ fn precheck(pid: i32) -> Result<(ferry_proc::Status, ferry_proc::Stat), Error> {
     Ok((st, stat))
 }
 
-/// Freeze `opts.pid`, write its image to `opts.dir`, then kill it (or let it run with `-R`).
-pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
-    let t0 = Instant::now();
-    let pid = opts.pid;
-    let _span = tracing::info_span!("dump", pid).entered();
-    precheck(pid)?;
-    let pidfd = ferry_sys::process::pidfd_open(pid).map_err(|_| Error::NoProcess { pid })?;
-    let mut frozen = Frozen::seize(pid)?;
-    let t_frozen = Instant::now();
-    tracing::info!("frozen");
+fn children_of(pid: i32) -> Result<Vec<i32>, Error> {
+    let mut out = Vec::new();
+    for tid in list_tids(pid)? {
+        let text = procfs::read_string(pid, &format!("task/{tid}/children"))?;
+        out.extend(text.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+    }
+    Ok(out)
+}
+
+/// Collect everything of one frozen process but its pages (and its pipes' bytes, which need
+/// the whole tree).
+fn dump_process(
+    f: &mut Frozen,
+    img: &mut ImageWriter,
+    done: &mut [Process],
+    tree: &mut files::TreeFiles,
+) -> Result<Process, Error> {
+    let pid = f.pid;
+    let _span = tracing::info_span!("process", pid).entered();
     // Re-read under the freeze: nothing can change now.
     let (st, stat) = precheck(pid)?;
-    let mut img = ImageWriter::create(&opts.dir)?;
     let mut p = Process::default();
     task::collect(pid, &st, &stat, &mut p)?;
-    files::collect(pid, pidfd.as_fd(), &mut img, &mut p)?;
+    files::collect(pid, img, &mut p, done, tree)?;
     crate::state::epoll::check_targets(&p)?;
-    let mut vmas = memory::scan(pid, &mut img)?;
+    let mut vmas = memory::scan(pid, img)?;
     let maps_text = procfs::read_string(pid, "maps")?;
     let maps = procfs::parse(pid, "maps", ferry_proc::parse_maps(&maps_text))?;
-    tracing::info!(vmas = vmas.len(), fds = p.fds.len(), threads = frozen.threads.len(), "collected fds and mappings");
+    tracing::info!(vmas = vmas.len(), fds = p.fds.len(), threads = f.threads.len(), "collected fds and mappings");
 
     // The injection window, one thread at a time: signals blocked, registers borrowed — with
     // a sigreturn safety net on the thread's stack so that a SIGKILL of ferry now cannot harm
     // it (inject.rs). The main thread answers for the process; every thread for itself.
     let mut mm = None;
-    for i in 0..frozen.threads.len() {
-        let tid = frozen.threads[i].tid;
+    for i in 0..f.threads.len() {
+        let tid = f.threads[i].tid;
         let comm = procfs::read_string(pid, &format!("task/{tid}/comm")).unwrap_or_default().trim_end().to_string();
         let mut t = Thread { tid, comm, ..Default::default() };
         cpu::collect(tid, &mut t)?;
-        let (inj, scratch) = borrow(pid, &mut frozen.threads[i], &maps, &t.xstate)?;
-        let sigmask = frozen.threads[i].sigmask;
+        let (inj, scratch) = borrow(pid, &mut f.threads[i], &maps, &t.xstate)?;
+        let sigmask = f.threads[i].sigmask;
         let injected = (|| -> Result<(), Error> {
             signals::collect_thread(&inj, scratch, sigmask, &mut t)?;
             rseq::collect(&inj, scratch, &mut t)?;
@@ -283,22 +284,68 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
             }
             Ok(())
         })();
-        give_back(pid, &frozen.threads[i])?;
+        give_back(pid, &f.threads[i])?;
         injected?;
         p.threads.push(t);
     }
-    let mut mm =
-        mm.ok_or_else(|| Error::Invalid { object: format!("pid {pid}"), what: "main thread not found".into() })?;
+    p.mm =
+        Some(mm.ok_or_else(|| Error::Invalid { object: format!("pid {pid}"), what: "main thread not found".into() })?);
     p.shared_pending = signals::peek(pid, true)?;
+    Ok(p)
+}
 
-    let pages_bytes = memory::dump_pages(pid, &mut mm, &mut img)?;
-    let vmas_n = mm.vmas.len();
-    p.mm = Some(mm);
-    img.write_process(&p)?;
+/// Freeze the tree rooted at `opts.pid`, write its image to `opts.dir`, then kill it (or let
+/// it run with `-R`).
+pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
+    let t0 = Instant::now();
+    let root = opts.pid;
+    let _span = tracing::info_span!("dump", pid = root).entered();
+    precheck(root)?;
+    // Freeze top-down: once a process is stopped it cannot fork, so its children list is final.
+    let mut frozen: Vec<Frozen> = Vec::new();
+    let mut queue = std::collections::VecDeque::from([root]);
+    while let Some(pid) = queue.pop_front() {
+        if pid != root {
+            precheck(pid)?;
+        }
+        frozen.push(Frozen::seize(pid)?);
+        for c in children_of(pid)? {
+            let stat = procfs::read_string(c, "stat").unwrap_or_default();
+            let state = stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next());
+            if matches!(state, Some('Z') | Some('X')) {
+                return Err(Error::Unsupported {
+                    pid: c,
+                    what: format!("a zombie child of pid {pid} (exited, not yet reaped)"),
+                });
+            }
+            queue.push_back(c);
+        }
+    }
+    let t_frozen = Instant::now();
+    tracing::info!(processes = frozen.len(), "frozen");
+    let mut img = ImageWriter::create(&opts.dir)?;
+    let mut procs: Vec<Process> = Vec::new();
+    let mut tree = files::TreeFiles::default();
+    for f in frozen.iter_mut() {
+        let p = dump_process(f, &mut img, &mut procs, &mut tree)?;
+        procs.push(p);
+    }
+    files::finish_pipes(&mut procs, &mut tree)?;
+    let mut pages_bytes = 0;
+    let mut vmas_n = 0;
+    for p in procs.iter_mut() {
+        let mut mm =
+            p.mm.take()
+                .ok_or_else(|| Error::Invalid { object: format!("pid {}", p.pid), what: "no memory record".into() })?;
+        pages_bytes += memory::dump_pages(p.pid, &mut mm, &mut img)?;
+        vmas_n += mm.vmas.len();
+        p.mm = Some(mm);
+        img.write_process(p)?;
+    }
     let inventory = Inventory {
         tool_version: env!("CARGO_PKG_VERSION").into(),
-        root_pid: pid,
-        pids: vec![pid],
+        root_pid: root,
+        pids: procs.iter().map(|p| p.pid).collect(),
         kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().into(),
         created_unix_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -311,15 +358,21 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     tracing::info!(pages_bytes, "image committed");
 
     if opts.leave_running {
-        frozen.resume()?;
+        for f in frozen.iter_mut() {
+            f.resume()?;
+        }
     } else {
-        ferry_sys::process::kill(pid, libc::SIGKILL).ctx(|| format!("pid {pid}: cannot kill"))?;
-        frozen.done = true;
-        // Collect the tracees' exit notifications so they do not linger on our side.
-        // Other threads first: the leader's exit is only reported once they are gone.
-        for t in frozen.threads.iter().rev() {
-            let _ = ptrace::wait(t.tid, false);
+        for f in frozen.iter() {
+            ferry_sys::process::kill(f.pid, libc::SIGKILL).ctx(|| format!("pid {}: cannot kill", f.pid))?;
+        }
+        for f in frozen.iter_mut().rev() {
+            f.done = true;
+            // Other threads first: the leader's exit is only reported once they are gone.
+            for t in f.threads.iter().rev() {
+                let _ = ptrace::wait(t.tid, false);
+            }
         }
     }
-    Ok(DumpReport { pages_bytes, vmas: vmas_n, fds: p.fds.len(), frozen: frozen_for, total: t0.elapsed() })
+    let fds = procs.iter().map(|p| p.fds.len()).sum();
+    Ok(DumpReport { pages_bytes, vmas: vmas_n, fds, frozen: frozen_for, total: t0.elapsed() })
 }

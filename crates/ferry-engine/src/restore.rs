@@ -43,24 +43,40 @@ pub struct Restored {
 }
 
 /// Verify an image without restoring it: inventory, every file's size and checksum, every
-/// record's header. Returns the reader and the root process record.
-pub fn open_verified(dir: &Path) -> Result<(ImageReader, Process), Error> {
+/// record's header. Returns the reader and the process records, root first, parents before
+/// their children.
+pub fn open_verified(dir: &Path) -> Result<(ImageReader, Vec<Process>), Error> {
     let img = ImageReader::open(dir)?;
     img.verify_all()?;
-    let root = img.inventory().root_pid;
-    let p = img.read_process(root)?;
-    let pages = ferry_image::pages_file(root);
-    let mut head = vec![0u8; PAGE_SIZE as usize];
-    let mut f = std::fs::File::open(img.path(&pages)).ctx(|| format!("cannot open {}", img.path(&pages).display()))?;
-    let n = f.read(&mut head).ctx(|| format!("cannot read {}", img.path(&pages).display()))?;
-    ferry_image::check_pages_header(&img.path(&pages).display().to_string(), &head[..n])?;
-    if p.threads.first().map(|t| t.tid) != Some(p.pid) {
-        return Err(Error::Invalid {
-            object: format!("pid {}", p.pid),
-            what: "the image's first thread is not the main thread".into(),
-        });
+    let mut procs = Vec::new();
+    for &pid in &img.inventory().pids {
+        let p = img.read_process(pid)?;
+        let pages = ferry_image::pages_file(pid);
+        let mut head = vec![0u8; PAGE_SIZE as usize];
+        let mut f =
+            std::fs::File::open(img.path(&pages)).ctx(|| format!("cannot open {}", img.path(&pages).display()))?;
+        let n = f.read(&mut head).ctx(|| format!("cannot read {}", img.path(&pages).display()))?;
+        ferry_image::check_pages_header(&img.path(&pages).display().to_string(), &head[..n])?;
+        if p.threads.first().map(|t| t.tid) != Some(p.pid) || p.pid != pid {
+            return Err(Error::Invalid {
+                object: format!("pid {pid}"),
+                what: "the image's first thread is not the main thread".into(),
+            });
+        }
+        procs.push(p);
     }
-    Ok((img, p))
+    if procs.first().map(|p| p.pid) != Some(img.inventory().root_pid) {
+        return Err(Error::Invalid { object: dir.display().to_string(), what: "the root process is not first".into() });
+    }
+    for (i, p) in procs.iter().enumerate().skip(1) {
+        if !procs[..i].iter().any(|q| q.pid == p.ppid) {
+            return Err(Error::Invalid {
+                object: format!("pid {}", p.pid),
+                what: format!("its parent {} is not restored before it", p.ppid),
+            });
+        }
+    }
+    Ok((img, procs))
 }
 
 fn pid_state(pid: i32) -> Option<char> {
@@ -83,59 +99,81 @@ fn max_own_fd() -> i32 {
         .unwrap_or(1024)
 }
 
-/// Everything opened in ferry for one process before it is forked.
+/// Everything opened in ferry for one process before the tree is forked.
 struct Prepared {
-    base: i32,
     files: files::Prepared,
     mem: memory::Prepared,
     cwd: OwnedFd,
-    _pipes: pipes::Prepared,
 }
 
-fn prepare(img: &ImageReader, p: &Process) -> Result<Prepared, Error> {
-    let max_target = p.fds.iter().map(|f| f.fd).max().unwrap_or(2);
-    let base = max_target.max(max_own_fd()).max(2) + 16;
-    let pipes = pipes::prepare(p.pid, &p.pipes)?;
-    let files = files::prepare(p, img, &pipes, base)?;
-    let mem = memory::prepare(p, img, base)?;
-    let cwd = std::fs::File::open(&p.cwd).ctx(|| format!("pid {}: cannot open cwd {}", p.pid, p.cwd))?;
-    let cwd = raw::dup_above(cwd.as_fd(), base).ctx(|| format!("pid {}: cwd", p.pid))?;
-    Ok(Prepared { base, files, mem, cwd, _pipes: pipes })
+/// What every forked process of the tree needs while it still runs ferry's code.
+struct TreeCtx<'a> {
+    procs: &'a [Process],
+    prep: &'a [Prepared],
+    base: i32,
+    tr: Trampoline,
+    /// Each process writes "ok PID" or "err PID: why" here, then blocks reading `hold_fd`.
+    status_fd: i32,
+    hold_fd: i32,
 }
 
-/// Runs in the forked child; never returns. Errors go to `err_fd` as text.
-fn child_main(p: &Process, prep: &Prepared, tr: &Trampoline, err_fd: i32) -> ! {
+/// Runs in a forked process of the tree; never returns. Forks the process's own children
+/// (with their old PIDs), sets itself up, reports, then waits in `read()` for the tracer.
+fn child_main(ctx: &TreeCtx<'_>, idx: usize, parent_pgid: i32) -> ! {
+    let p = &ctx.procs[idx];
     let r = (|| -> Result<(), String> {
         raw::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64, 0, 0, 0).map_err(|e| format!("pdeathsig: {e}"))?;
         raw::set_sigmask_self(!0).map_err(|e| format!("sigprocmask: {e}"))?;
-        files::apply_in_child(p, &prep.files.numbers, prep.base)?;
+        let in_image: Vec<i32> = ctx.procs.iter().map(|q| q.pid).collect();
+        task::apply_session_in_child(p, &in_image, parent_pgid)?;
+        for (ci, c) in ctx.procs.iter().enumerate() {
+            if c.ppid != p.pid || ci == idx {
+                continue;
+            }
+            match clone3_with_pid(c.pid) {
+                Ok(Fork::Child) => child_main(ctx, ci, p.pgid),
+                Ok(Fork::Parent(_)) => {}
+                Err(e) => return Err(format!("cannot create child {} (clone3 with set_tid): {e}", c.pid)),
+            }
+        }
+        let prep = &ctx.prep[idx];
+        files::apply_in_child(p, &prep.files.numbers, ctx.base)?;
         epoll::apply_in_child(p)?;
         task::apply_in_child(p, prep.cwd.as_fd())?;
         signals::apply_in_child(p)?;
         let len = TRAMPOLINE_PAGES * PAGE_SIZE;
-        raw::map_trampoline(tr.code, len, &[0x0f, 0x05, 0xcc])
-            .map_err(|e| format!("cannot map the trampoline at {:#x}: {e}", tr.code))?;
-        ptrace::traceme().map_err(|e| format!("PTRACE_TRACEME: {e}"))?;
-        raw::raise_raw(libc::SIGSTOP).map_err(|e| format!("SIGSTOP: {e}"))?;
+        match raw::map_trampoline(ctx.tr.code, len, &[0x0f, 0x05, 0xcc]) {
+            Ok(()) => {}
+            Err(e) => return Err(format!("cannot map the trampoline at {:#x}: {e}", ctx.tr.code)),
+        }
+        raw::write_all(ctx.status_fd, format!("ok {}\n", p.pid).as_bytes()).map_err(|e| format!("status: {e}"))?;
+        let mut b = [0u8; 1];
+        // The tracer interrupts this read; EOF means ferry is gone.
+        let _ = raw::read_once(ctx.hold_fd, &mut b);
         Err("resumed without being restored".into())
     })();
     if let Err(msg) = r {
-        let _ = raw::write_all(err_fd, msg.as_bytes());
+        let msg = msg.replace('\n', " ");
+        let _ = raw::write_all(ctx.status_fd, format!("err {}: {msg}\n", p.pid).as_bytes());
     }
     raw::exit_now(1)
 }
 
-/// A forked child that is killed unless released.
-struct Child {
-    pid: i32,
+/// The forked tree: every process is killed unless released.
+struct Tree {
+    pids: Vec<i32>,
     released: bool,
 }
 
-impl Drop for Child {
+impl Drop for Tree {
     fn drop(&mut self) {
         if !self.released {
-            let _ = ferry_sys::process::kill(self.pid, libc::SIGKILL);
-            let _ = ptrace::wait(self.pid, false);
+            for &pid in &self.pids {
+                let _ = ferry_sys::process::kill(pid, libc::SIGKILL);
+            }
+            if let Some(&root) = self.pids.first() {
+                let _ = ptrace::wait(root, false);
+            }
         }
     }
 }
@@ -147,114 +185,207 @@ fn write_pidfile(path: &Path, pid: i32) -> Result<(), Error> {
     std::fs::rename(&tmp, path).ctx(|| format!("cannot rename {} into place", path.display()))
 }
 
-/// Restore the image in `opts.dir`. The process runs when this returns; ferry is its parent.
-pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
-    let t0 = Instant::now();
-    let (img, p) = open_verified(&opts.dir)?;
-    let verify = t0.elapsed();
-    let pid = p.pid;
-    let _span = tracing::info_span!("restore", pid).entered();
-    tracing::info!(?verify, "image verified");
-    let mm =
-        p.mm.as_ref()
-            .ok_or_else(|| Error::Invalid { object: format!("pid {pid}"), what: "no memory record".into() })?;
-    if mm.vdso_size != 0 {
-        let (crc, size) = memory::own_vdso()?;
-        if (crc, size) != (mm.vdso_crc32, mm.vdso_size) {
-            return Err(Error::Invalid {
-                object: format!("pid {pid}"),
-                what: format!(
-                    "the image was dumped on a kernel with a different vDSO ({} bytes, crc {:#x}; here {} bytes, crc {:#x}); restoring across kernels is not supported yet",
-                    mm.vdso_size, mm.vdso_crc32, size, crc
-                ),
-            });
+/// Read "ok PID" lines from the status pipe until every process reported (or one failed).
+fn wait_tree_ready(status: OwnedFd, n: usize, root: i32) -> Result<(), Error> {
+    let mut f = std::fs::File::from(status);
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(line) = text.lines().find(|l| l.starts_with("err ")) {
+            return Err(Error::Invalid { object: format!("restore of pid {root}"), what: line[4..].to_string() });
+        }
+        if text.lines().filter(|l| l.starts_with("ok ")).count() >= n {
+            return Ok(());
+        }
+        match f.read(&mut buf) {
+            Ok(0) => {
+                return Err(Error::Invalid {
+                    object: format!("restore of pid {root}"),
+                    what: "the forked tree died while setting up".into(),
+                })
+            }
+            Ok(k) => text.push_str(&String::from_utf8_lossy(&buf[..k])),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() > deadline {
+                    return Err(Error::Invalid {
+                        object: format!("restore of pid {root}"),
+                        what: "the forked tree did not get ready in 60 s".into(),
+                    });
+                }
+                if let Ok(Some((_, st))) = ptrace::wait(root, true) {
+                    return Err(Error::Invalid {
+                        object: format!("restore of pid {root}"),
+                        what: format!("the root process ended while setting up ({st:?})"),
+                    });
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Err(e) => return Err(Error::Sys { object: "restore status pipe".into(), source: e }),
         }
     }
-    check_pid_free(pid)?;
-    let prep = prepare(&img, &p)?;
-    tracing::debug!(elapsed = ?t0.elapsed(), "files prepared");
-    let tr = memory::choose_trampoline(mm)?;
+}
+
+/// The tracer's work on one stopped process: memory, threads, per-thread and process state.
+/// Returns the threads (other than the main one) to load and release at the end.
+fn rebuild(
+    p: &Process,
+    prep: &memory::Prepared,
+    tr: &Trampoline,
+    img: &ImageReader,
+) -> Result<(ferry_sys::UserRegs, Vec<(i32, ferry_image::Thread, ferry_sys::UserRegs)>), Error> {
+    let pid = p.pid;
+    let _span = tracing::info_span!("process", pid).entered();
+    let base_regs = ptrace::get_regs(pid).ctx(|| format!("pid {pid}: cannot read registers"))?;
+    let inj = Injector::with_int3(pid, tr.code, base_regs);
+    let t = &p.threads[0];
+    cpu::check_compatible(pid, pid, &t.xstate)?;
+    rseq::unregister_inherited(&inj)?;
     let pages_path = img.path(&ferry_image::pages_file(pid));
     let pages_file = std::fs::File::open(&pages_path).ctx(|| format!("cannot open {}", pages_path.display()))?;
     let pages_len = img.file_size(&ferry_image::pages_file(pid)).unwrap_or(0) as usize;
     let pages =
         Mmap::map_readonly(pages_file.as_fd(), pages_len).ctx(|| format!("cannot map {}", pages_path.display()))?;
     pages.advise_sequential();
-    let (err_r, err_w) = ferry_sys::process::pipe2(libc::O_CLOEXEC).ctx(|| "cannot create a pipe".into())?;
-    let err_w = raw::dup_above(err_w.as_fd(), prep.base).ctx(|| "cannot move a pipe".into())?;
-
-    let child = match clone3_with_pid(pid) {
-        Ok(Fork::Child) => child_main(&p, &prep, &tr, err_w.as_raw_fd()),
-        Ok(Fork::Parent(c)) => Child { pid: c, released: false },
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-            return Err(check_pid_free(pid).err().unwrap_or(Error::PidTaken { pid }))
-        }
-        Err(e) => {
-            return Err(Error::Sys { object: format!("cannot create process {pid} (clone3 with set_tid)"), source: e })
-        }
-    };
-    drop(err_w);
-    let mem_numbers = memory::Prepared { vma_fd: prep.mem.vma_fd.clone(), exe_fd: prep.mem.exe_fd, owned: Vec::new() };
-    drop(prep);
-    if child.pid != pid {
-        return Err(Error::Invalid {
-            object: format!("pid {pid}"),
-            what: format!("the kernel gave pid {}", child.pid),
-        });
-    }
-    if wait_stopped(pid).is_err() {
-        let mut msg = String::new();
-        let _ = std::fs::File::from(err_r).read_to_string(&mut msg);
-        return Err(Error::Invalid { object: format!("pid {pid}"), what: format!("restore child failed: {msg}") });
-    }
-    tracing::debug!(elapsed = ?t0.elapsed(), "child stopped");
-    ptrace::set_options(pid, PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL)
-        .ctx(|| format!("pid {pid}: PTRACE_SETOPTIONS"))?;
-    let t_tracer = Instant::now();
-    let mut child = child;
-    let base_regs = ptrace::get_regs(pid).ctx(|| format!("pid {pid}: cannot read registers"))?;
-    let inj = Injector::new(pid, tr.code, base_regs);
-    let t = &p.threads[0];
-    cpu::check_compatible(pid, pid, &t.xstate)?;
-    rseq::unregister_inherited(&inj)?;
-    memory::restore(&inj, &tr, &p, &mem_numbers, pages.as_slice())?;
+    memory::restore(&inj, tr, p, prep, pages.as_slice())?;
     drop(pages);
-    tracing::debug!(elapsed = ?t0.elapsed(), "memory restored");
+    tracing::debug!("memory restored");
     let max_target = p.fds.iter().map(|f| f.fd).max().unwrap_or(2);
     inj.call(nr::CLOSE_RANGE, &[(max_target + 1) as u64, u32::MAX as u64, 0])
         .ctx(|| format!("pid {pid}: cannot close ferry's helper fds"))?;
     let scratch = tr.data;
-    let threads = restore_threads(&inj, &tr, &p)?;
+    let threads = restore_threads(&inj, tr, p)?;
     rseq::restore(&inj, t)?;
-    signals::restore_thread(&inj, scratch, &p, t, true)?;
-    timers::create_posix(&inj, scratch, &p)?;
-    task::restore_rlimits(pid, &p)?;
-    task::restore_sched(pid, &p)?;
+    signals::restore_thread(&inj, scratch, p, t, true)?;
+    timers::create_posix(&inj, scratch, p)?;
+    task::restore_rlimits(pid, p)?;
+    task::restore_sched(pid, p)?;
     if let Some(c) = &p.creds {
         let now = crate::procfs::read_string(pid, "status")?;
         let now = crate::procfs::parse(pid, "status", ferry_proc::parse_status(&now))?;
         creds::restore(&inj, scratch, c, &now)?;
     }
-    task::restore_late(&inj, &p)?;
-    timers::arm(&inj, scratch, &p)?;
-    inj.call(nr::MUNMAP, &[tr.code, TRAMPOLINE_PAGES * PAGE_SIZE])
-        .ctx(|| format!("pid {pid}: cannot unmap the trampoline"))?;
+    task::restore_late(&inj, p)?;
+    timers::arm(&inj, scratch, p)?;
+    match inj.raw_last(nr::MUNMAP, &[tr.code, TRAMPOLINE_PAGES * PAGE_SIZE]) {
+        Ok(0) => {}
+        Ok(e) => {
+            return Err(Error::Sys {
+                object: format!("pid {pid}: cannot unmap the trampoline"),
+                source: std::io::Error::from_raw_os_error(-e as i32),
+            })
+        }
+        Err(e) => return Err(Error::Sys { object: format!("pid {pid}: cannot unmap the trampoline"), source: e }),
+    }
     for (tid, th, base) in &threads {
         cpu::restore(*tid, th, base)?;
         ptrace::set_sigmask(*tid, th.sigmask).ctx(|| format!("pid {pid} thread {tid}: cannot set the signal mask"))?;
     }
     cpu::restore(pid, t, &base_regs)?;
     ptrace::set_sigmask(pid, t.sigmask).ctx(|| format!("pid {pid}: cannot set the signal mask"))?;
-    for (tid, _, _) in &threads {
-        ptrace::detach(*tid, 0).ctx(|| format!("pid {pid} thread {tid}: cannot release"))?;
+    Ok((base_regs, threads))
+}
+
+/// Restore the image in `opts.dir`. The tree runs when this returns; ferry is the root's parent.
+pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
+    let t0 = Instant::now();
+    let (img, procs) = open_verified(&opts.dir)?;
+    let verify = t0.elapsed();
+    let root = procs[0].pid;
+    let _span = tracing::info_span!("restore", pid = root).entered();
+    tracing::info!(?verify, processes = procs.len(), "image verified");
+    let own_vdso = memory::own_vdso()?;
+    let mut all_vmas = Vec::new();
+    for p in &procs {
+        let pid = p.pid;
+        let mm =
+            p.mm.as_ref()
+                .ok_or_else(|| Error::Invalid { object: format!("pid {pid}"), what: "no memory record".into() })?;
+        if mm.vdso_size != 0 && (mm.vdso_crc32, mm.vdso_size) != own_vdso {
+            return Err(Error::Invalid {
+                object: format!("pid {pid}"),
+                what: format!(
+                    "the image was dumped on a kernel with a different vDSO ({} bytes, crc {:#x}; here {} bytes, crc {:#x}); restoring across kernels is not supported yet",
+                    mm.vdso_size, mm.vdso_crc32, own_vdso.1, own_vdso.0
+                ),
+            });
+        }
+        all_vmas.extend(mm.vmas.iter().cloned());
+        for t in &p.threads {
+            check_pid_free(t.tid)?;
+        }
     }
-    ptrace::detach(pid, 0).ctx(|| format!("pid {pid}: cannot release"))?;
-    child.released = true;
+    // Open everything in ferry; the forked tree inherits it all at numbers >= base.
+    let max_target = procs.iter().flat_map(|p| p.fds.iter().map(|f| f.fd)).max().unwrap_or(2);
+    let base = max_target.max(max_own_fd()).max(2) + 16;
+    let all_pipes: Vec<ferry_image::Pipe> = procs.iter().flat_map(|p| p.pipes.iter().cloned()).collect();
+    let pipes = pipes::prepare(root, &all_pipes)?;
+    let mut shared = std::collections::HashMap::new();
+    let mut prep = Vec::new();
+    for p in &procs {
+        let files = files::prepare(p, &img, &pipes, base, &mut shared)?;
+        let mem = memory::prepare(p, &img, base)?;
+        let cwd = std::fs::File::open(&p.cwd).ctx(|| format!("pid {}: cannot open cwd {}", p.pid, p.cwd))?;
+        let cwd = raw::dup_above(cwd.as_fd(), base).ctx(|| format!("pid {}: cwd", p.pid))?;
+        prep.push(Prepared { files, mem, cwd });
+    }
+    tracing::debug!(elapsed = ?t0.elapsed(), "files prepared");
+    let tr = memory::choose_trampoline(&ferry_image::Mm { vmas: all_vmas, ..Default::default() })?;
+    let (status_r, status_w) =
+        ferry_sys::process::pipe2(libc::O_CLOEXEC | libc::O_NONBLOCK).ctx(|| "cannot create a pipe".into())?;
+    let status_w = raw::dup_above(status_w.as_fd(), base).ctx(|| "cannot move a pipe".into())?;
+    ferry_sys::process::set_status_flags(status_w.as_fd(), 0).ctx(|| "status pipe".into())?;
+    let (hold_r, hold_w) = ferry_sys::process::pipe2(libc::O_CLOEXEC).ctx(|| "cannot create a pipe".into())?;
+    let hold_r = raw::dup_above(hold_r.as_fd(), base).ctx(|| "cannot move a pipe".into())?;
+    let ctx =
+        TreeCtx { procs: &procs, prep: &prep, base, tr, status_fd: status_w.as_raw_fd(), hold_fd: hold_r.as_raw_fd() };
+
+    let mut tree = match clone3_with_pid(root) {
+        Ok(Fork::Child) => child_main(&ctx, 0, -1),
+        Ok(Fork::Parent(c)) => Tree { pids: vec![c], released: false },
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            return Err(check_pid_free(root).err().unwrap_or(Error::PidTaken { pid: root }))
+        }
+        Err(e) => {
+            return Err(Error::Sys { object: format!("cannot create process {root} (clone3 with set_tid)"), source: e })
+        }
+    };
+    tree.pids = procs.iter().map(|p| p.pid).collect();
+    drop(status_w);
+    drop(hold_r);
+    let mem_numbers: Vec<memory::Prepared> = prep
+        .iter()
+        .map(|pr| memory::Prepared { vma_fd: pr.mem.vma_fd.clone(), exe_fd: pr.mem.exe_fd, owned: Vec::new() })
+        .collect();
+    drop(prep);
+    wait_tree_ready(status_r, procs.len(), root)?;
+    tracing::debug!(elapsed = ?t0.elapsed(), "tree forked and ready");
+    // Take every process over: each sits in read() on the hold pipe.
+    for p in &procs {
+        let pid = p.pid;
+        ptrace::seize(pid, PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL).ctx(|| format!("pid {pid}: cannot attach"))?;
+        ptrace::interrupt(pid).ctx(|| format!("pid {pid}: cannot interrupt"))?;
+        wait_stopped(pid).ctx(|| format!("pid {pid}: did not stop"))?;
+    }
+    let t_tracer = Instant::now();
+    let mut rebuilt = Vec::new();
+    for (i, p) in procs.iter().enumerate() {
+        rebuilt.push(rebuild(p, &mem_numbers[i], &tr, &img)?);
+    }
+    // Release everything together, leaves first.
+    for (p, (_, threads)) in procs.iter().zip(rebuilt.iter()).rev() {
+        for (tid, _, _) in threads {
+            ptrace::detach(*tid, 0).ctx(|| format!("pid {} thread {tid}: cannot release", p.pid))?;
+        }
+        ptrace::detach(p.pid, 0).ctx(|| format!("pid {}: cannot release", p.pid))?;
+    }
+    tree.released = true;
+    drop(hold_w);
     tracing::info!(tracer = ?t_tracer.elapsed(), total = ?t0.elapsed(), "released");
     if let Some(pf) = &opts.pidfile {
-        write_pidfile(pf, pid)?;
+        write_pidfile(pf, root)?;
     }
-    Ok(Restored { pid, verify, total: t0.elapsed() })
+    Ok(Restored { pid: root, verify, total: t0.elapsed() })
 }
 
 /// Create every thread but the main one with its old tid (an injected `clone3` with `set_tid`

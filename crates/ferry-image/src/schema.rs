@@ -504,6 +504,10 @@ pub struct File {
     pub sigmask: u64,
     #[prost(message, repeated, tag = "18")]
     pub epoll_targets: Vec<EpollTarget>,
+    /// Non-zero when other processes of the image hold the same open file description (same
+    /// offset, same flags): they all carry this id and restore opens it once.
+    #[prost(uint32, tag = "19")]
+    pub shared_id: u32,
 }
 
 /// A pipe with both ends in the image, and the bytes that were in flight.

@@ -235,3 +235,14 @@ pub fn map_trampoline(addr: u64, len: u64, code: &[u8]) -> io::Result<()> {
         mprotect_own(addr, page, libc::PROT_READ | libc::PROT_EXEC)
     }
 }
+
+/// `read(2)` once into `buf` from fd number `fd`; returns the byte count.
+pub fn read_once(fd: i32, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for writes of buf.len() bytes.
+    let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}

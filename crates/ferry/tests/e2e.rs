@@ -82,6 +82,9 @@ fn threads() -> Spec {
 fn anonfds() -> Spec {
     Spec::c("anonfds")
 }
+fn pipeline() -> Spec {
+    Spec::c("pipeline")
+}
 
 /// For each workload: `control::NAME` (no ferry) and `cycle::NAME` (dump, kill, restore, verify).
 macro_rules! workload_tests {
@@ -91,6 +94,8 @@ macro_rules! workload_tests {
             /// uring is only ever dumped to be refused; its control run is here.
             #[test] fn uring() { crate::common::control(&crate::uring()); }
             #[test] fn counter() { crate::common::control(&crate::counter()); }
+            /// The tree's cycle is `more::pipeline_tree` (its pids need reaping by init first).
+            #[test] fn pipeline() { crate::common::control(&crate::pipeline()); }
         }
         mod cycle {
             $(#[test] fn $name() { crate::common::cycle(&crate::$name()); })*

@@ -12,7 +12,7 @@ use ferry_sys::consts::KCMP_FILE;
 use ferry_sys::process::{kcmp, open_raw};
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 /// Character devices any process may hold that carry no state: (major, minor, path).
@@ -37,18 +37,36 @@ fn unsupported_kind(link: &str) -> String {
     link.to_string()
 }
 
-/// Collect the fd table of `pid` into `p.fds`, `p.files`, `p.pipes`; deleted files' content
-/// goes into ghost files of the image.
-pub fn collect(pid: i32, pidfd: BorrowedFd<'_>, img: &mut ImageWriter, p: &mut Process) -> Result<(), Error> {
+/// What the fd tables of the processes dumped so far share: file descriptions (found with
+/// `kcmp` across processes) and pipe ends, so that a tree is restored wired together.
+#[derive(Default)]
+pub struct TreeFiles {
+    /// (process index, file index, pid, fd) of one fd per file description seen so far.
+    reps: Vec<(usize, usize, i32, i32)>,
+    /// Pipe inode -> (read ends, write ends) as (process index, pid, fd).
+    pipe_ends: HashMap<u64, (Vec<(usize, i32, i32)>, Vec<(usize, i32, i32)>)>,
+    next_shared: u32,
+}
+
+/// Collect the fd table of `pid` into `p.fds` and `p.files`; deleted files' content goes
+/// into ghost files of the image. `done` are the processes of the tree collected before (index
+/// `done.len()` is this one); descriptions shared with them get a common `shared_id`.
+pub fn collect(
+    pid: i32,
+    img: &mut ImageWriter,
+    p: &mut Process,
+    done: &mut [Process],
+    tree: &mut TreeFiles,
+) -> Result<(), Error> {
+    let me = done.len();
     let dir = procfs::path(pid, "fd");
     let mut fds: Vec<i32> = std::fs::read_dir(&dir)
         .ctx(|| format!("cannot list {}", dir.display()))?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
     fds.sort_unstable();
-    // Representative fd of each file description, to find dups with kcmp.
+    // Representative fd of each file description of this process, to find dups with kcmp.
     let mut reps: Vec<(i32, u32)> = Vec::new();
-    let mut pipe_ends: HashMap<u64, (Vec<i32>, Vec<i32>)> = HashMap::new();
     for fd in fds {
         let link = procfs::read_link(pid, &format!("fd/{fd}"))?;
         let info_text = procfs::read_string(pid, &format!("fdinfo/{fd}"))?;
@@ -66,16 +84,39 @@ pub fn collect(pid: i32, pidfd: BorrowedFd<'_>, img: &mut ImageWriter, p: &mut P
             p.fds.push(Fd { fd, cloexec, file: idx });
             continue;
         }
+        // The same description in another process of the tree (inherited across fork).
+        let mut other = None;
+        for &(pi, fi, opid, ofd) in &tree.reps {
+            if kcmp(opid, pid, KCMP_FILE, ofd as u64, fd as u64)
+                .ctx(|| format!("pid {pid} fd {fd}: kcmp with pid {opid}"))?
+                == 0
+            {
+                other = Some((pi, fi));
+                break;
+            }
+        }
+        if let Some((pi, fi)) = other {
+            let f = &mut done[pi].files[fi];
+            if f.shared_id == 0 {
+                tree.next_shared += 1;
+                f.shared_id = tree.next_shared;
+            }
+            let idx = p.files.len() as u32;
+            p.files.push(f.clone());
+            reps.push((fd, idx));
+            p.fds.push(Fd { fd, cloexec, file: idx });
+            continue;
+        }
         let unsupported = |what: String| Error::Unsupported { pid, what: format!("fd {fd}: {what}") };
         let mut file = File { flags, pos: info.pos, describe: link.clone(), ..Default::default() };
         if let Some(ino) = pipes::pipe_ino(&link) {
             file.kind = FileKind::Pipe as i32;
             file.pipe_ino = ino;
-            let ends = pipe_ends.entry(ino).or_default();
+            let ends = tree.pipe_ends.entry(ino).or_default();
             if flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32 {
-                ends.0.push(fd);
+                ends.0.push((me, pid, fd));
             } else {
-                ends.1.push(fd);
+                ends.1.push((me, pid, fd));
             }
         } else if link.starts_with('/') && !link.starts_with("/memfd:") {
             let fdpath = procfs::path(pid, &format!("fd/{fd}"));
@@ -138,26 +179,44 @@ pub fn collect(pid: i32, pidfd: BorrowedFd<'_>, img: &mut ImageWriter, p: &mut P
         let idx = p.files.len() as u32;
         p.files.push(file);
         reps.push((fd, idx));
+        tree.reps.push((me, idx as usize, pid, fd));
         p.fds.push(Fd { fd, cloexec, file: idx });
     }
-    // Pipes: both ends must be ours, or (on stdio) the pipe is inherited from outside.
-    let mut inos: Vec<_> = pipe_ends.into_iter().collect();
+    Ok(())
+}
+
+/// Once every process is collected: pipes with both ends in the tree keep their unread bytes
+/// (stored with the process holding the first read end); a pipe end whose other end is outside
+/// is inherited when it is fd 0-2 and refused otherwise.
+pub fn finish_pipes(procs: &mut [Process], tree: &mut TreeFiles) -> Result<(), Error> {
+    let mut inos: Vec<_> = std::mem::take(&mut tree.pipe_ends).into_iter().collect();
     inos.sort_by_key(|(ino, _)| *ino);
     for (ino, (readers, writers)) in inos {
-        if !readers.is_empty() && !writers.is_empty() {
-            p.pipes.push(pipes::collect(pid, pidfd, readers[0], ino)?);
+        if let (Some(&(pi, rpid, rfd)), false) = (readers.first(), writers.is_empty()) {
+            let pidfd = ferry_sys::process::pidfd_open(rpid).ctx(|| format!("pid {rpid}: pidfd_open"))?;
+            let pipe = pipes::collect(rpid, std::os::fd::AsFd::as_fd(&pidfd), rfd, ino)?;
+            procs[pi].pipes.push(pipe);
             continue;
         }
-        for fd in readers.iter().chain(writers.iter()) {
-            if *fd > 2 {
+        for &(pi, pid, fd) in readers.iter().chain(writers.iter()) {
+            if fd > 2 {
                 return Err(Error::Unsupported {
                     pid,
                     what: format!("fd {fd}: pipe:[{ino}] shared with a process outside the dump"),
                 });
             }
-            let idx = p.fds.iter().find(|f| f.fd == *fd).map(|f| f.file as usize);
+            let p = &mut procs[pi];
+            let idx = p.fds.iter().find(|f| f.fd == fd).map(|f| f.file as usize);
             if let Some(i) = idx {
                 p.files[i].kind = FileKind::Inherited as i32;
+                let sid = p.files[i].shared_id;
+                if sid != 0 {
+                    for q in procs.iter_mut() {
+                        for f in q.files.iter_mut().filter(|f| f.shared_id == sid) {
+                            f.kind = FileKind::Inherited as i32;
+                        }
+                    }
+                }
             }
         }
     }
@@ -182,10 +241,16 @@ pub fn prepare(
     img: &ferry_image::ImageReader,
     pipes: &pipes::Prepared,
     base: i32,
+    shared: &mut HashMap<u32, i32>,
 ) -> Result<Prepared, Error> {
     let pid = p.pid;
     let mut out = Prepared { numbers: Vec::new(), owned: Vec::new() };
     for (i, f) in p.files.iter().enumerate() {
+        // A description shared with a process prepared before: the very same fd.
+        if let Some(n) = (f.shared_id != 0).then(|| shared.get(&f.shared_id).copied()).flatten() {
+            out.numbers.push(n);
+            continue;
+        }
         let fd_of = || p.fds.iter().find(|d| d.file as usize == i).map(|d| d.fd).unwrap_or(-1);
         let obj = || format!("pid {pid} fd {}: {}", fd_of(), f.describe);
         let flags = (f.flags as i32) & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC) | libc::O_CLOEXEC;
@@ -228,6 +293,9 @@ pub fn prepare(
                     object: obj(),
                     what: format!("was inherited from outside the image, and ferry has no fd {n} to hand over"),
                 })?;
+                if f.shared_id != 0 {
+                    shared.insert(f.shared_id, dup.as_raw_fd());
+                }
                 out.numbers.push(dup.as_raw_fd());
                 out.owned.push(dup);
                 continue;
@@ -244,6 +312,9 @@ pub fn prepare(
         }
         let n = ferry_sys::raw::dup_above(std::os::fd::AsFd::as_fd(&fd), base).ctx(obj)?;
         drop(fd);
+        if f.shared_id != 0 {
+            shared.insert(f.shared_id, n.as_raw_fd());
+        }
         out.numbers.push(n.as_raw_fd());
         out.owned.push(n);
     }

@@ -329,6 +329,8 @@ pub struct Trampoline {
 /// Pages ferry maps for the trampoline (code + 2 data) and keeps free for parking the vDSO.
 pub const TRAMPOLINE_PAGES: u64 = 3;
 pub const PARK_PAGES: u64 = 64;
+/// Top of the user address space with 4-level paging.
+const TASK_SIZE: u64 = 0x7fff_ffff_f000;
 
 /// Pick a trampoline address that overlaps neither the image's mappings nor ferry's own.
 pub fn choose_trampoline(mm: &Mm) -> Result<Trampoline, Error> {
@@ -370,27 +372,26 @@ pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared, pa
             .ok_or_else(|| Error::Invalid { object: format!("pid {pid}"), what: "no memory record".into() })?;
     let cur_text = procfs::read_string(pid, "maps")?;
     let cur = procfs::parse(pid, "maps", ferry_proc::parse_maps(&cur_text))?;
-    let tr_end = tr.code + TRAMPOLINE_PAGES * PAGE_SIZE;
-    // 1. Drop ferry's own mappings; park the vDSO family out of the way.
+    // 1. Park the vDSO family inside the trampoline's reserve, then drop everything of ferry's
+    //    around the reserve in two calls (munmap of holes is allowed).
     let mut parked: HashMap<VmaKind, (u64, u64)> = HashMap::new();
     let mut park_at = tr.park;
     for m in &cur {
-        if m.start >= tr.code && m.end <= tr_end || m.path.as_deref() == Some("[vsyscall]") {
-            continue;
+        let Some(k) = special_kind(m.path.as_deref()) else { continue };
+        let len = m.end - m.start;
+        if park_at + len > tr.park + PARK_PAGES * PAGE_SIZE {
+            return Err(Error::Invalid { object: format!("pid {pid}"), what: "vDSO too large to park".into() });
         }
-        if let Some(k) = special_kind(m.path.as_deref()) {
-            let len = m.end - m.start;
-            if park_at + len > tr.park + PARK_PAGES * PAGE_SIZE {
-                return Err(Error::Invalid { object: format!("pid {pid}"), what: "vDSO too large to park".into() });
-            }
-            inj.call(nr::MREMAP, &[m.start, len, len, (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64, park_at])
-                .ctx(|| format!("pid {pid}: cannot move {} at {:#x}", m.path.as_deref().unwrap_or(""), m.start))?;
-            parked.insert(k, (park_at, len));
-            park_at += len;
-            continue;
+        inj.call(nr::MREMAP, &[m.start, len, len, (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64, park_at])
+            .ctx(|| format!("pid {pid}: cannot move {} at {:#x}", m.path.as_deref().unwrap_or(""), m.start))?;
+        parked.insert(k, (park_at, len));
+        park_at += len;
+    }
+    let reserve_end = tr.park + PARK_PAGES * PAGE_SIZE;
+    for (s, e) in [(0u64, tr.code), (reserve_end, TASK_SIZE)] {
+        if e > s {
+            inj.call(nr::MUNMAP, &[s, e - s]).ctx(|| format!("pid {pid}: cannot unmap {s:#x}-{e:#x}"))?;
         }
-        inj.call(nr::MUNMAP, &[m.start, m.end - m.start])
-            .ctx(|| format!("pid {pid}: cannot unmap {:#x}-{:#x}", m.start, m.end))?;
     }
     // 2. The vDSO family goes to its old addresses.
     for v in mm.vmas.iter() {

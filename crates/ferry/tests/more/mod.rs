@@ -216,3 +216,47 @@ fn sparse_memory_is_not_stored() {
     let status = run.wait_restore_exit();
     run.expect_pass(status, "mem_anon");
 }
+
+/// Wait until every process of an image is gone from /proc (killed tree members are reaped by
+/// PID 1, slowly here).
+fn wait_image_pids_gone(img: &Path) {
+    let reader = ferry_image::ImageReader::open(img).expect("open image");
+    for &pid in &reader.inventory().pids {
+        let dir = format!("/proc/{pid}");
+        wait_for(&format!("pid {pid} to be reaped"), Duration::from_secs(90), || !Path::new(&dir).exists());
+    }
+}
+
+/// A process tree: a root and three children streaming numbers through two pipes (producer ->
+/// filter -> consumer) across the checkpoint, unread bytes in both pipes; after restore the
+/// root reaps them with waitpid and the consumer must have seen every number once, in order.
+#[test]
+fn pipeline_tree() {
+    let mut run = Run::start(&Spec::c("pipeline"));
+    run.dump_ok(&[]);
+    run.reap_dumped();
+    let reader = ferry_image::ImageReader::open(&run.img()).expect("open image");
+    if reader.inventory().pids.len() != 4 {
+        run.fail(&format!("the image holds {} processes, expected 4", reader.inventory().pids.len()));
+    }
+    wait_image_pids_gone(&run.img());
+    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
+    run.wait_pidfile(&pidfile);
+    // Let the restored tree stream for a while before stopping it.
+    sleep(Duration::from_millis(500));
+    run.go();
+    let status = run.wait_restore_exit();
+    run.expect_pass(status, "the pipeline tree");
+}
+
+/// `dump -R` of a tree leaves every process running, and the tree still works.
+#[test]
+fn pipeline_tree_leave_running() {
+    let mut run = Run::start(&Spec::c("pipeline"));
+    run.dump_ok(&["-R"]);
+    run.expect_running_untraced("after dump -R of the tree");
+    sleep(Duration::from_millis(300));
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the pipeline tree after dump -R");
+}
