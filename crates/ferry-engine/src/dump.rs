@@ -333,11 +333,12 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     files::finish_pipes(&mut procs, &mut tree)?;
     let mut pages_bytes = 0;
     let mut vmas_n = 0;
+    let mut shmem_done = std::collections::HashSet::new();
     for p in procs.iter_mut() {
         let mut mm =
             p.mm.take()
                 .ok_or_else(|| Error::Invalid { object: format!("pid {}", p.pid), what: "no memory record".into() })?;
-        pages_bytes += memory::dump_pages(p.pid, &mut mm, &mut img)?;
+        pages_bytes += memory::dump_pages(p.pid, &mut mm, &mut img, &mut shmem_done)?;
         vmas_n += mm.vmas.len();
         p.mm = Some(mm);
         img.write_process(p)?;

@@ -321,10 +321,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     let all_pipes: Vec<ferry_image::Pipe> = procs.iter().flat_map(|p| p.pipes.iter().cloned()).collect();
     let pipes = pipes::prepare(root, &all_pipes)?;
     let mut shared = std::collections::HashMap::new();
+    let mut shmem = std::collections::HashMap::new();
     let mut prep = Vec::new();
     for p in &procs {
         let files = files::prepare(p, &img, &pipes, base, &mut shared)?;
-        let mem = memory::prepare(p, &img, base)?;
+        let mem = memory::prepare(p, &img, base, &mut shmem)?;
         let cwd = std::fs::File::open(&p.cwd).ctx(|| format!("pid {}: cannot open cwd {}", p.pid, p.cwd))?;
         let cwd = raw::dup_above(cwd.as_fd(), base).ctx(|| format!("pid {}: cwd", p.pid))?;
         prep.push(Prepared { files, mem, cwd });

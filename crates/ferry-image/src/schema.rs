@@ -401,6 +401,10 @@ pub struct Vma {
     /// Whether the file must be opened for writing (shared writable mapping).
     #[prost(bool, tag = "12")]
     pub file_writable: bool,
+    /// For shared anonymous memory: the shmem object's inode. Mappings with the same id (in one
+    /// or several processes) are one object; its pages are stored once, with the first mapping.
+    #[prost(uint64, tag = "13")]
+    pub shmem_id: u64,
 }
 
 /// `nr_pages` pages starting at `addr`, stored at byte `offset` of `pages-PID.img`.

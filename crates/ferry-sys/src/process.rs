@@ -445,3 +445,11 @@ pub fn epoll_add_numbers(epfd: i32, fd: i32, events: u32, data: u64) -> io::Resu
     // SAFETY: ev is a valid epoll_event; the fds are plain numbers.
     cvt_i(unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) }).map(drop)
 }
+
+/// `memfd_create(2)` with `MFD_CLOEXEC`.
+pub fn memfd(name: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: name is a valid C string.
+    let fd = cvt_i(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) })?;
+    // SAFETY: fresh fd owned by us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

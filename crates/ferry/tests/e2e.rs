@@ -96,6 +96,7 @@ macro_rules! workload_tests {
             #[test] fn counter() { crate::common::control(&crate::counter()); }
             /// The tree's cycle is `more::pipeline_tree` (its pids need reaping by init first).
             #[test] fn pipeline() { crate::common::control(&crate::pipeline()); }
+            #[test] fn shm() { crate::common::control(&crate::Spec::c("shm")); }
         }
         mod cycle {
             $(#[test] fn $name() { crate::common::cycle(&crate::$name()); })*

@@ -100,6 +100,9 @@ pub fn scan(pid: i32, img: &mut ImageWriter) -> Result<Vec<Vma>, Error> {
             }
             Some(other) => return Err(at(other.to_string())),
         };
+        if kind == VmaKind::SharedAnon {
+            v.shmem_id = m.inode;
+        }
         v.kind = kind as i32;
         out.push(v);
     }
@@ -161,7 +164,12 @@ fn stores_pages(kind: VmaKind) -> bool {
 
 /// Write the pages that only memory holds into `pages-PID.img`, filling each mapping's runs.
 /// Returns the number of bytes of page data stored.
-pub fn dump_pages(pid: i32, mm: &mut Mm, img: &mut ImageWriter) -> Result<u64, Error> {
+pub fn dump_pages(
+    pid: i32,
+    mm: &mut Mm,
+    img: &mut ImageWriter,
+    shmem_done: &mut std::collections::HashSet<(u64, u64, u64)>,
+) -> Result<u64, Error> {
     let name = ferry_image::pages_file(pid);
     let mut out = img.stream(&name)?;
     let werr = |e: std::io::Error| Error::Sys { object: format!("cannot write {name}"), source: e };
@@ -174,6 +182,28 @@ pub fn dump_pages(pid: i32, mm: &mut Mm, img: &mut ImageWriter) -> Result<u64, E
     for v in mm.vmas.iter_mut() {
         let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Invalid);
         if !stores_pages(kind) {
+            continue;
+        }
+        // Shared memory: the object's content, read through /proc/PID/map_files (pages that only
+        // other processes of the tree faulted in are not in this one's page tables), stored once
+        // per range of the object however many processes map it.
+        if kind == VmaKind::SharedAnon {
+            if !shmem_done.insert((v.shmem_id, v.offset, v.end - v.start)) {
+                continue;
+            }
+            let mf = procfs::path(pid, &format!("map_files/{:x}-{:x}", v.start, v.end));
+            let obj =
+                std::fs::File::open(&mf).ctx(|| format!("pid {pid}: cannot open shared memory at {:#x}", v.start))?;
+            let mut at = 0u64;
+            let len_total = v.end - v.start;
+            while at < len_total {
+                let len = ((len_total - at) as usize).min(CHUNK);
+                let chunk = &mut buf[..len];
+                obj.read_exact_at(chunk, v.offset + at)
+                    .ctx(|| format!("pid {pid}: cannot read shared memory at {:#x}", v.start + at))?;
+                stored += store_chunk(v, chunk, v.start + at, true, &mut out).map_err(werr)?;
+                at += len as u64;
+            }
             continue;
         }
         let regions = pagemap_scan(
@@ -208,42 +238,53 @@ pub fn dump_pages(pid: i32, mm: &mut Mm, img: &mut ImageWriter) -> Result<u64, E
                         what: format!("short read of memory at {addr:#x}"),
                     });
                 }
-                let pages = len / PAGE_SIZE as usize;
-                // A zero page of anonymous memory comes back as zeros by itself; one of a private
-                // file mapping would come back with the file's bytes, so it is stored.
-                let skip_zero = kind != VmaKind::FilePrivate;
-                let skip =
-                    |i: usize| skip_zero && is_zero(&chunk[i * PAGE_SIZE as usize..(i + 1) * PAGE_SIZE as usize]);
-                let mut i = 0;
-                while i < pages {
-                    if skip(i) {
-                        i += 1;
-                        continue;
-                    }
-                    let first = i;
-                    while i < pages && !skip(i) {
-                        i += 1;
-                    }
-                    let run_addr = addr + first as u64 * PAGE_SIZE;
-                    let bytes = &chunk[first * PAGE_SIZE as usize..i * PAGE_SIZE as usize];
-                    match v.runs.last_mut() {
-                        Some(last)
-                            if last.addr + last.nr_pages * PAGE_SIZE == run_addr
-                                && last.offset + last.nr_pages * PAGE_SIZE == out.len() =>
-                        {
-                            last.nr_pages += (i - first) as u64;
-                        }
-                        _ => v.runs.push(PageRun { addr: run_addr, nr_pages: (i - first) as u64, offset: out.len() }),
-                    }
-                    out.write_all(bytes).map_err(werr)?;
-                    stored += bytes.len() as u64;
-                }
+                stored += store_chunk(v, chunk, addr, kind != VmaKind::FilePrivate, &mut out).map_err(werr)?;
                 addr += len as u64;
             }
         }
     }
     img.finish_stream(out)?;
     mm.pages_bytes = stored;
+    Ok(stored)
+}
+
+/// Append the non-zero pages of `chunk` (memory at `addr` of mapping `v`) to the page file,
+/// extending `v.runs`. A zero page of anonymous memory comes back as zeros by itself; one of a
+/// private file mapping would come back with the file's bytes, so then `skip_zero` is false.
+fn store_chunk(
+    v: &mut Vma,
+    chunk: &[u8],
+    addr: u64,
+    skip_zero: bool,
+    out: &mut ferry_image::dir::StreamFile,
+) -> std::io::Result<u64> {
+    let pages = chunk.len() / PAGE_SIZE as usize;
+    let skip = |i: usize| skip_zero && is_zero(&chunk[i * PAGE_SIZE as usize..(i + 1) * PAGE_SIZE as usize]);
+    let mut stored = 0;
+    let mut i = 0;
+    while i < pages {
+        if skip(i) {
+            i += 1;
+            continue;
+        }
+        let first = i;
+        while i < pages && !skip(i) {
+            i += 1;
+        }
+        let run_addr = addr + first as u64 * PAGE_SIZE;
+        let bytes = &chunk[first * PAGE_SIZE as usize..i * PAGE_SIZE as usize];
+        match v.runs.last_mut() {
+            Some(last)
+                if last.addr + last.nr_pages * PAGE_SIZE == run_addr
+                    && last.offset + last.nr_pages * PAGE_SIZE == out.len() =>
+            {
+                last.nr_pages += (i - first) as u64;
+            }
+            _ => v.runs.push(PageRun { addr: run_addr, nr_pages: (i - first) as u64, offset: out.len() }),
+        }
+        out.write_all(bytes)?;
+        stored += bytes.len() as u64;
+    }
     Ok(stored)
 }
 
@@ -257,7 +298,12 @@ pub struct Prepared {
 }
 
 /// Open every file a mapping needs, checking it did not change since the dump.
-pub fn prepare(p: &Process, img: &ferry_image::ImageReader, base: i32) -> Result<Prepared, Error> {
+pub fn prepare(
+    p: &Process,
+    img: &ferry_image::ImageReader,
+    base: i32,
+    shmem: &mut HashMap<u64, (i32, std::fs::File)>,
+) -> Result<Prepared, Error> {
     let pid = p.pid;
     let mm =
         p.mm.as_ref()
@@ -266,6 +312,41 @@ pub fn prepare(p: &Process, img: &ferry_image::ImageReader, base: i32) -> Result
     let mut by_key: HashMap<(String, bool), i32> = HashMap::new();
     for (i, v) in mm.vmas.iter().enumerate() {
         let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Invalid);
+        if kind == VmaKind::SharedAnon {
+            // One memfd per shared memory object, for every process that maps it; the stored
+            // pages go into it here, so every mapping sees the same memory from the start.
+            let obj = || format!("pid {pid} shared memory {:#x}-{:#x}", v.start, v.end);
+            if !shmem.contains_key(&v.shmem_id) {
+                let fd = ferry_sys::process::memfd(c"ferry-shmem").ctx(obj)?;
+                let n = ferry_sys::raw::dup_above(fd.as_fd(), base).ctx(obj)?;
+                let num = std::os::fd::AsRawFd::as_raw_fd(&n);
+                out.owned.push(n);
+                shmem.insert(v.shmem_id, (num, std::fs::File::from(fd)));
+            }
+            let (n, f) =
+                shmem.get(&v.shmem_id).ok_or_else(|| Error::Invalid { object: obj(), what: "lost memfd".into() })?;
+            let n = *n;
+            let end = v.offset + (v.end - v.start);
+            if f.metadata().ctx(obj)?.len() < end {
+                f.set_len(end).ctx(obj)?;
+            }
+            if !v.runs.is_empty() {
+                let pages = std::fs::File::open(img.path(&ferry_image::pages_file(pid))).ctx(obj)?;
+                let mut buf = vec![0u8; CHUNK];
+                for r in &v.runs {
+                    let mut done = 0u64;
+                    let total = r.nr_pages * PAGE_SIZE;
+                    while done < total {
+                        let n = ((total - done) as usize).min(CHUNK);
+                        pages.read_exact_at(&mut buf[..n], r.offset + done).ctx(obj)?;
+                        f.write_all_at(&buf[..n], v.offset + (r.addr - v.start) + done).ctx(obj)?;
+                        done += n as u64;
+                    }
+                }
+            }
+            out.vma_fd.insert(i, n);
+            continue;
+        }
         if !matches!(kind, VmaKind::FilePrivate | VmaKind::FileShared) {
             continue;
         }
@@ -425,7 +506,7 @@ pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared, pa
         let mut prot = v.prot as u64;
         let mut flags = match kind {
             VmaKind::Anon => libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            VmaKind::SharedAnon => libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            VmaKind::SharedAnon => libc::MAP_SHARED,
             VmaKind::FilePrivate => libc::MAP_PRIVATE,
             VmaKind::FileShared => libc::MAP_SHARED,
             _ => continue,
@@ -433,7 +514,8 @@ pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared, pa
         if v.vm_flags.iter().any(|f| f == "gd") {
             flags |= libc::MAP_GROWSDOWN as u64;
         }
-        if !v.runs.is_empty()
+        if kind != VmaKind::SharedAnon
+            && !v.runs.is_empty()
             && prot & (libc::PROT_READ | libc::PROT_WRITE) as u64 != (libc::PROT_READ | libc::PROT_WRITE) as u64
         {
             prot |= (libc::PROT_READ | libc::PROT_WRITE) as u64;
@@ -454,6 +536,9 @@ pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared, pa
     }
     // 4. Page contents, straight from the image's page cache.
     for v in &mm.vmas {
+        if v.kind == VmaKind::SharedAnon as i32 {
+            continue; // already in its memfd
+        }
         for r in &v.runs {
             let len = r.nr_pages * PAGE_SIZE;
             let (s, e) = (r.offset as usize, (r.offset + len) as usize);

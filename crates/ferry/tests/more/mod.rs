@@ -260,3 +260,18 @@ fn pipeline_tree_leave_running() {
     let status = run.wait_child_exit();
     run.expect_pass(status, "the pipeline tree after dump -R");
 }
+
+/// MAP_SHARED|MAP_ANONYMOUS memory shared by a parent and its child (pages each touched only in
+/// one of them) stays one shared object after restore.
+#[test]
+fn shared_anonymous_memory_tree() {
+    let mut run = Run::start(&Spec::c("shm"));
+    run.dump_ok(&[]);
+    run.reap_dumped();
+    wait_image_pids_gone(&run.img());
+    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
+    run.wait_pidfile(&pidfile);
+    run.go();
+    let status = run.wait_restore_exit();
+    run.expect_pass(status, "shared memory between parent and child");
+}
