@@ -226,6 +226,10 @@ fn wait_tree_ready(status: OwnedFd, n: usize, root: i32) -> Result<(), Error> {
     }
 }
 
+/// A thread other than the main one, created and waiting for its final registers:
+/// (tid, its record, the registers it was created with).
+type RestoredThread = (i32, ferry_image::Thread, ferry_sys::UserRegs);
+
 /// The tracer's work on one stopped process: memory, threads, per-thread and process state.
 /// Returns the threads (other than the main one) to load and release at the end.
 fn rebuild(
@@ -233,7 +237,7 @@ fn rebuild(
     prep: &memory::Prepared,
     tr: &Trampoline,
     img: &ImageReader,
-) -> Result<(ferry_sys::UserRegs, Vec<(i32, ferry_image::Thread, ferry_sys::UserRegs)>), Error> {
+) -> Result<(ferry_sys::UserRegs, Vec<RestoredThread>), Error> {
     let pid = p.pid;
     let _span = tracing::info_span!("process", pid).entered();
     let base_regs = ptrace::get_regs(pid).ctx(|| format!("pid {pid}: cannot read registers"))?;

@@ -230,6 +230,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::unwrap_used)]
     fn wrong_kind_is_refused() {
         let bytes = encode_record(RecordKind::Process, &sample());
         let e = decode_record::<Inventory>("inv", RecordKind::Inventory, &bytes).unwrap_err();
@@ -237,6 +238,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::unwrap_used)]
     fn huge_length_is_refused_before_decoding() {
         let mut bytes = encode_record(RecordKind::Process, &sample());
         bytes[16..24].copy_from_slice(&(MAX_RECORD_LEN + 1).to_le_bytes());

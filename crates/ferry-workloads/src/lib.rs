@@ -24,9 +24,7 @@ pub fn path(name: &str) -> std::path::PathBuf {
 
 /// Absolute path of a script workload shipped in `py/` (e.g. `"bigdict.py"`).
 pub fn script(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("py")
-        .join(name)
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("py").join(name)
 }
 
 #[cfg(test)]
@@ -35,8 +33,7 @@ mod tests {
     fn every_workload_is_built() {
         assert!(!super::WORKLOADS.is_empty());
         for (name, path) in super::WORKLOADS {
-            let meta =
-                std::fs::metadata(path).unwrap_or_else(|e| panic!("workload {name}: {path}: {e}"));
+            let meta = std::fs::metadata(path).unwrap_or_else(|e| panic!("workload {name}: {path}: {e}"));
             assert!(meta.is_file(), "workload {name}: {path} is not a file");
         }
     }

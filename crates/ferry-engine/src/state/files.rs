@@ -37,14 +37,17 @@ fn unsupported_kind(link: &str) -> String {
     link.to_string()
 }
 
+/// One end of a pipe: (process index, pid, fd).
+type PipeEnd = (usize, i32, i32);
+
 /// What the fd tables of the processes dumped so far share: file descriptions (found with
 /// `kcmp` across processes) and pipe ends, so that a tree is restored wired together.
 #[derive(Default)]
 pub struct TreeFiles {
     /// (process index, file index, pid, fd) of one fd per file description seen so far.
     reps: Vec<(usize, usize, i32, i32)>,
-    /// Pipe inode -> (read ends, write ends) as (process index, pid, fd).
-    pipe_ends: HashMap<u64, (Vec<(usize, i32, i32)>, Vec<(usize, i32, i32)>)>,
+    /// Pipe inode -> (read ends, write ends).
+    pipe_ends: HashMap<u64, (Vec<PipeEnd>, Vec<PipeEnd>)>,
     next_shared: u32,
 }
 

@@ -316,12 +316,12 @@ pub fn prepare(
             // One memfd per shared memory object, for every process that maps it; the stored
             // pages go into it here, so every mapping sees the same memory from the start.
             let obj = || format!("pid {pid} shared memory {:#x}-{:#x}", v.start, v.end);
-            if !shmem.contains_key(&v.shmem_id) {
+            if let std::collections::hash_map::Entry::Vacant(e) = shmem.entry(v.shmem_id) {
                 let fd = ferry_sys::process::memfd(c"ferry-shmem").ctx(obj)?;
                 let n = ferry_sys::raw::dup_above(fd.as_fd(), base).ctx(obj)?;
                 let num = std::os::fd::AsRawFd::as_raw_fd(&n);
                 out.owned.push(n);
-                shmem.insert(v.shmem_id, (num, std::fs::File::from(fd)));
+                e.insert((num, std::fs::File::from(fd)));
             }
             let (n, f) =
                 shmem.get(&v.shmem_id).ok_or_else(|| Error::Invalid { object: obj(), what: "lost memfd".into() })?;

@@ -122,7 +122,11 @@ fn vdso_mismatch_is_refused() {
     let args = vec!["restore".into(), "-D".into(), path_str(&forged)];
     let res = run.ferry("restore-forged", &args, Duration::from_secs(60));
     if res.status.success() || !res.stderr.contains("vDSO") {
-        run.fail(&format!("a restore with a foreign vDSO was not refused clearly: {} / {}", describe(res.status), res.stderr));
+        run.fail(&format!(
+            "a restore with a foreign vDSO was not refused clearly: {} / {}",
+            describe(res.status),
+            res.stderr
+        ));
     }
     if res.stderr.trim().lines().count() != 1 {
         run.fail(&format!("the error is not one line: {:?}", res.stderr));
@@ -147,11 +151,7 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 }
 
 fn counter_lines(p: &Path) -> Vec<u64> {
-    fs::read_to_string(p)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.strip_prefix("counter ")?.parse().ok())
-        .collect()
+    fs::read_to_string(p).unwrap_or_default().lines().filter_map(|l| l.strip_prefix("counter ")?.parse().ok()).collect()
 }
 
 /// stdout is a pipe owned by a process outside the image (like a shell job's terminal): the
