@@ -258,6 +258,7 @@ fn rebuild(
     inj.call(nr::CLOSE_RANGE, &[(max_target + 1) as u64, u32::MAX as u64, 0])
         .ctx(|| format!("pid {pid}: cannot close ferry's helper fds"))?;
     let scratch = tr.data;
+    crate::state::locks::restore(&inj, scratch, p)?;
     let threads = restore_threads(&inj, tr, p)?;
     rseq::restore(&inj, t)?;
     signals::restore_thread(&inj, scratch, p, t, true)?;

@@ -428,6 +428,24 @@ pub struct Fd {
     /// Index into `Process.files`; fds that share a file description share the index.
     #[prost(uint32, tag = "3")]
     pub file: u32,
+    /// File locks this process holds through this fd.
+    #[prost(message, repeated, tag = "4")]
+    pub locks: Vec<FileLock>,
+}
+
+/// A file lock (/proc/PID/fdinfo "lock:" lines).
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct FileLock {
+    /// 1: POSIX (fcntl), 2: FLOCK, 3: OFD (open file description)
+    #[prost(int32, tag = "1")]
+    pub kind: i32,
+    #[prost(bool, tag = "2")]
+    pub write: bool,
+    #[prost(uint64, tag = "3")]
+    pub start: u64,
+    /// Last byte, or u64::MAX for "to the end of the file".
+    #[prost(uint64, tag = "4")]
+    pub end: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration, Serialize)]

@@ -246,3 +246,25 @@ pub fn read_once(fd: i32, buf: &mut [u8]) -> io::Result<usize> {
         Ok(r as usize)
     }
 }
+
+/// `fcntl(F_SETLK)` (or `F_OFD_SETLK` for an open-file-description lock) by fd number: take a
+/// read or write lock on `len` bytes from `start` (`len` 0: to the end of the file), without
+/// waiting.
+pub fn setlk_numbers(fd: i32, ofd: bool, write: bool, start: u64, len: u64) -> io::Result<()> {
+    // SAFETY: all-zero is a valid flock value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = if write { libc::F_WRLCK } else { libc::F_RDLCK } as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_start = start as i64;
+    fl.l_len = len as i64;
+    let cmd = if ofd { libc::F_OFD_SETLK } else { libc::F_SETLK };
+    // SAFETY: fl is a valid flock structure for the duration of the call.
+    cvt_i(unsafe { libc::fcntl(fd, cmd, &fl) }).map(drop)
+}
+
+/// `flock(2)` by fd number, shared or exclusive, without waiting.
+pub fn flock_numbers(fd: i32, exclusive: bool) -> io::Result<()> {
+    let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
+    // SAFETY: integer arguments.
+    cvt_i(unsafe { libc::flock(fd, op) }).map(drop)
+}

@@ -6,7 +6,7 @@
 
 use crate::error::{Ctx, Error};
 use crate::procfs;
-use crate::state::{epoll, eventfd, pipes, signalfd, timerfd};
+use crate::state::{epoll, eventfd, locks, pipes, signalfd, timerfd};
 use ferry_image::{Fd, File, FileKind, ImageWriter, Process};
 use ferry_sys::consts::KCMP_FILE;
 use ferry_sys::process::{kcmp, open_raw};
@@ -84,7 +84,7 @@ pub fn collect(
             }
         }
         if let Some(idx) = shared {
-            p.fds.push(Fd { fd, cloexec, file: idx });
+            p.fds.push(Fd { fd, cloexec, file: idx, locks: locks::collect(pid, fd, &info.raw)? });
             continue;
         }
         // The same description in another process of the tree (inherited across fork).
@@ -107,7 +107,7 @@ pub fn collect(
             let idx = p.files.len() as u32;
             p.files.push(f.clone());
             reps.push((fd, idx));
-            p.fds.push(Fd { fd, cloexec, file: idx });
+            p.fds.push(Fd { fd, cloexec, file: idx, locks: locks::collect(pid, fd, &info.raw)? });
             continue;
         }
         let unsupported = |what: String| Error::Unsupported { pid, what: format!("fd {fd}: {what}") };
@@ -183,7 +183,7 @@ pub fn collect(
         p.files.push(file);
         reps.push((fd, idx));
         tree.reps.push((me, idx as usize, pid, fd));
-        p.fds.push(Fd { fd, cloexec, file: idx });
+        p.fds.push(Fd { fd, cloexec, file: idx, locks: locks::collect(pid, fd, &info.raw)? });
     }
     Ok(())
 }
