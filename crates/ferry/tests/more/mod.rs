@@ -353,3 +353,49 @@ fn sqlite3_mid_transaction() {
     let check = Command::new(sqlite).arg(&db).arg("select count(*), sum(x) from t;").output().expect("sqlite3");
     assert_eq!(String::from_utf8_lossy(&check.stdout).trim(), "4|6", "the committed rows are not in the database");
 }
+
+/// A real shell pipeline, `python3 producer | cat | python3 consumer` under /bin/sh (4
+/// processes, 2 pipes with bytes in flight, sh blocked in wait): checkpointed mid-stream; after
+/// restore every line arrives once and in order, and sh returns the consumer's verdict.
+#[test]
+fn shell_pipeline() {
+    let w = WorkDir::new("shpipe");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ferry-workloads/sh/pipeline.sh");
+    let mut child = Command::new(ferry_workloads::path("closefds"))
+        .arg("/bin/sh")
+        .arg(&script)
+        .arg(&w.path)
+        .stdin(Stdio::null())
+        .stdout(File::create(w.join("out.log")).expect("out"))
+        .stderr(File::create(w.join("err.log")).expect("err"))
+        .spawn()
+        .expect("start sh");
+    let pid = child.id() as i32;
+    wait_for("the pipeline to stream 200 lines", Duration::from_secs(30), || w.join("ready").exists());
+    let img = w.join("img");
+    let res =
+        Command::new(ferry_bin()).args(["dump", "-t", &pid.to_string(), "-D", &path_str(&img)]).output().expect("dump");
+    assert!(res.status.success(), "dump of the shell pipeline failed: {}", String::from_utf8_lossy(&res.stderr));
+    let _ = child.wait();
+    let n = ferry_image::ImageReader::open(&img).expect("image").inventory().pids.len();
+    assert_eq!(n, 4, "the image should hold sh, python3, cat, python3");
+    wait_image_pids_gone(&img);
+    let mut restore = Command::new(ferry_bin())
+        .args(["restore", "-D", &path_str(&img)])
+        .stderr(File::create(w.join("restore.err")).expect("restore.err"))
+        .spawn()
+        .expect("ferry restore");
+    // Let it stream on for a while after the restore, then end the stream at its source.
+    sleep(Duration::from_millis(700));
+    let producer: i32 = fs::read_to_string(w.join("producer.pid")).expect("producer.pid").trim().parse().expect("pid");
+    send_signal(producer, "TERM").expect("stop the producer");
+    let status = wait_timeout(&mut restore, Duration::from_secs(60)).expect("the restored pipeline did not finish");
+    let result = fs::read_to_string(w.join("result")).unwrap_or_default();
+    assert!(
+        status.success() && result.trim() == "PASS",
+        "restored shell pipeline: {} result {result:?} log {:?} restore {:?}",
+        describe(status),
+        fs::read_to_string(w.join("err.log")).unwrap_or_default(),
+        fs::read_to_string(w.join("restore.err")).unwrap_or_default()
+    );
+}
