@@ -303,6 +303,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     precheck(root)?;
     // Freeze top-down: once a process is stopped it cannot fork, so its children list is final.
     let mut frozen: Vec<Frozen> = Vec::new();
+    let mut zombies: Vec<Process> = Vec::new();
     let mut queue = std::collections::VecDeque::from([root]);
     while let Some(pid) = queue.pop_front() {
         if pid != root {
@@ -310,13 +311,23 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
         }
         frozen.push(Frozen::seize(pid)?);
         for c in children_of(pid)? {
-            let stat = procfs::read_string(c, "stat").unwrap_or_default();
-            let state = stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next());
-            if matches!(state, Some('Z') | Some('X')) {
-                return Err(Error::Unsupported {
+            let text = procfs::read_string(c, "stat").unwrap_or_default();
+            let state = text.rsplit_once(") ").and_then(|(_, r)| r.chars().next());
+            if matches!(state, Some('Z')) {
+                // Exited, not reaped: keep what its parent's waitpid() will see.
+                let stat = procfs::parse(c, "stat", ferry_proc::parse_stat(&text))?;
+                zombies.push(Process {
                     pid: c,
-                    what: format!("a zombie child of pid {pid} (exited, not yet reaped)"),
+                    ppid: pid,
+                    pgid: stat.pgrp,
+                    sid: stat.session,
+                    comm: stat.comm.clone(),
+                    zombie: true,
+                    exit_status: stat.exit_code,
+                    exit_signal: stat.exit_signal,
+                    ..Default::default()
                 });
+                continue;
             }
             queue.push_back(c);
         }
@@ -331,6 +342,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
         procs.push(p);
     }
     files::finish_pipes(&mut procs, &mut tree)?;
+    for z in &zombies {
+        img.write_process(z)?;
+    }
     let mut pages_bytes = 0;
     let mut vmas_n = 0;
     let mut shmem_done = std::collections::HashSet::new();
@@ -346,7 +360,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     let inventory = Inventory {
         tool_version: env!("CARGO_PKG_VERSION").into(),
         root_pid: root,
-        pids: procs.iter().map(|p| p.pid).collect(),
+        pids: procs.iter().chain(zombies.iter()).map(|p| p.pid).collect(),
         kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().into(),
         created_unix_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

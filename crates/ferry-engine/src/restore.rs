@@ -51,6 +51,13 @@ pub fn open_verified(dir: &Path) -> Result<(ImageReader, Vec<Process>), Error> {
     let mut procs = Vec::new();
     for &pid in &img.inventory().pids {
         let p = img.read_process(pid)?;
+        if p.zombie {
+            if p.pid != pid {
+                return Err(Error::Invalid { object: format!("pid {pid}"), what: "record of another pid".into() });
+            }
+            procs.push(p);
+            continue;
+        }
         let pages = ferry_image::pages_file(pid);
         let mut head = vec![0u8; PAGE_SIZE as usize];
         let mut f =
@@ -109,7 +116,7 @@ struct Prepared {
 /// What every forked process of the tree needs while it still runs ferry's code.
 struct TreeCtx<'a> {
     procs: &'a [Process],
-    prep: &'a [Prepared],
+    prep: &'a [Option<Prepared>],
     base: i32,
     tr: Trampoline,
     /// Each process writes "ok PID" or "err PID: why" here, then blocks reading `hold_fd`.
@@ -126,6 +133,9 @@ fn child_main(ctx: &TreeCtx<'_>, idx: usize, parent_pgid: i32) -> ! {
         raw::set_sigmask_self(!0).map_err(|e| format!("sigprocmask: {e}"))?;
         let in_image: Vec<i32> = ctx.procs.iter().map(|q| q.pid).collect();
         task::apply_session_in_child(p, &in_image, parent_pgid)?;
+        if p.zombie {
+            become_zombie(p.exit_status);
+        }
         for (ci, c) in ctx.procs.iter().enumerate() {
             if c.ppid != p.pid || ci == idx {
                 continue;
@@ -136,7 +146,7 @@ fn child_main(ctx: &TreeCtx<'_>, idx: usize, parent_pgid: i32) -> ! {
                 Err(e) => return Err(format!("cannot create child {} (clone3 with set_tid): {e}", c.pid)),
             }
         }
-        let prep = &ctx.prep[idx];
+        let prep = ctx.prep[idx].as_ref().ok_or("no prepared state")?;
         files::apply_in_child(p, &prep.files.numbers, ctx.base)?;
         epoll::apply_in_child(p)?;
         task::apply_in_child(p, prep.cwd.as_fd())?;
@@ -157,6 +167,18 @@ fn child_main(ctx: &TreeCtx<'_>, idx: usize, parent_pgid: i32) -> ! {
         let _ = raw::write_all(ctx.status_fd, format!("err {}: {msg}\n", p.pid).as_bytes());
     }
     raw::exit_now(1)
+}
+
+/// End this process with `status` (as waitpid() reports it) so that its parent finds it as the
+/// zombie it was: exit with the same code, or die of the same signal.
+fn become_zombie(status: i32) -> ! {
+    let sig = status & 0x7f;
+    if sig != 0 {
+        let _ = raw::rt_sigaction(sig, &raw::KernelSigaction::default());
+        let _ = raw::set_sigmask_self(0);
+        let _ = raw::raise_raw(sig);
+    }
+    raw::exit_now((status >> 8) & 0xff)
 }
 
 /// The forked tree: every process is killed unless released.
@@ -237,6 +259,7 @@ fn rebuild(
     prep: &memory::Prepared,
     tr: &Trampoline,
     img: &ImageReader,
+    has_zombies: bool,
 ) -> Result<(ferry_sys::UserRegs, Vec<RestoredThread>), Error> {
     let pid = p.pid;
     let _span = tracing::info_span!("process", pid).entered();
@@ -259,6 +282,19 @@ fn rebuild(
         .ctx(|| format!("pid {pid}: cannot close ferry's helper fds"))?;
     let scratch = tr.data;
     crate::state::locks::restore(&inj, scratch, p)?;
+    if has_zombies {
+        // Recreating its zombie children queued a SIGCHLD the original did not have pending
+        // (if it had one, the image re-queues it below): consume it.
+        let mut b = Vec::with_capacity(24);
+        b.extend_from_slice(&(1u64 << (libc::SIGCHLD - 1)).to_le_bytes());
+        b.extend_from_slice(&[0u8; 16]);
+        ferry_sys::process::vm_write(pid, scratch, &b).ctx(|| format!("pid {pid}: cannot write sigset"))?;
+        while inj
+            .raw(nr::RT_SIGTIMEDWAIT, &[scratch, 0, scratch + 8, 8])
+            .ctx(|| format!("pid {pid}: rt_sigtimedwait"))?
+            > 0
+        {}
+    }
     let threads = restore_threads(&inj, tr, p)?;
     rseq::restore(&inj, t)?;
     signals::restore_thread(&inj, scratch, p, t, true)?;
@@ -301,7 +337,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     tracing::info!(?verify, processes = procs.len(), "image verified");
     let own_vdso = memory::own_vdso()?;
     let mut all_vmas = Vec::new();
-    for p in &procs {
+    for p in procs.iter().filter(|p| !p.zombie) {
         let pid = p.pid;
         let mm =
             p.mm.as_ref()
@@ -327,13 +363,20 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     let pipes = pipes::prepare(root, &all_pipes)?;
     let mut shared = std::collections::HashMap::new();
     let mut shmem = std::collections::HashMap::new();
+    for z in procs.iter().filter(|p| p.zombie) {
+        check_pid_free(z.pid)?;
+    }
     let mut prep = Vec::new();
     for p in &procs {
+        if p.zombie {
+            prep.push(None);
+            continue;
+        }
         let files = files::prepare(p, &img, &pipes, base, &mut shared)?;
         let mem = memory::prepare(p, &img, base, &mut shmem)?;
         let cwd = std::fs::File::open(&p.cwd).ctx(|| format!("pid {}: cannot open cwd {}", p.pid, p.cwd))?;
         let cwd = raw::dup_above(cwd.as_fd(), base).ctx(|| format!("pid {}: cwd", p.pid))?;
-        prep.push(Prepared { files, mem, cwd });
+        prep.push(Some(Prepared { files, mem, cwd }));
     }
     tracing::debug!(elapsed = ?t0.elapsed(), "files prepared");
     let tr = memory::choose_trampoline(&ferry_image::Mm { vmas: all_vmas, ..Default::default() })?;
@@ -359,15 +402,21 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     tree.pids = procs.iter().map(|p| p.pid).collect();
     drop(status_w);
     drop(hold_r);
-    let mem_numbers: Vec<memory::Prepared> = prep
+    let mem_numbers: Vec<Option<memory::Prepared>> = prep
         .iter()
-        .map(|pr| memory::Prepared { vma_fd: pr.mem.vma_fd.clone(), exe_fd: pr.mem.exe_fd, owned: Vec::new() })
+        .map(|pr| {
+            pr.as_ref().map(|pr| memory::Prepared {
+                vma_fd: pr.mem.vma_fd.clone(),
+                exe_fd: pr.mem.exe_fd,
+                owned: Vec::new(),
+            })
+        })
         .collect();
     drop(prep);
-    wait_tree_ready(status_r, procs.len(), root)?;
+    wait_tree_ready(status_r, procs.iter().filter(|p| !p.zombie).count(), root)?;
     tracing::debug!(elapsed = ?t0.elapsed(), "tree forked and ready");
     // Take every process over: each sits in read() on the hold pipe.
-    for p in &procs {
+    for p in procs.iter().filter(|p| !p.zombie) {
         let pid = p.pid;
         ptrace::seize(pid, PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL).ctx(|| format!("pid {pid}: cannot attach"))?;
         ptrace::interrupt(pid).ctx(|| format!("pid {pid}: cannot interrupt"))?;
@@ -376,10 +425,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     let t_tracer = Instant::now();
     let mut rebuilt = Vec::new();
     for (i, p) in procs.iter().enumerate() {
-        rebuilt.push(rebuild(p, &mem_numbers[i], &tr, &img)?);
+        let Some(mem) = &mem_numbers[i] else { continue };
+        let has_zombies = procs.iter().any(|z| z.zombie && z.ppid == p.pid);
+        rebuilt.push((p, rebuild(p, mem, &tr, &img, has_zombies)?));
     }
     // Release everything together, leaves first.
-    for (p, (_, threads)) in procs.iter().zip(rebuilt.iter()).rev() {
+    for (p, (_, threads)) in rebuilt.iter().rev() {
         for (tid, _, _) in threads {
             ptrace::detach(*tid, 0).ctx(|| format!("pid {} thread {tid}: cannot release", p.pid))?;
         }

@@ -100,6 +100,12 @@ pub struct Process {
     #[prost(bytes = "vec", tag = "29")]
     #[serde(serialize_with = "crate::hex::serialize")]
     pub cpu_affinity: Vec<u8>,
+    /// An exited process its parent has not reaped yet: only ids and `exit_status` are kept.
+    #[prost(bool, tag = "30")]
+    pub zombie: bool,
+    /// For a zombie: the status its parent's waitpid() will report.
+    #[prost(int32, tag = "31")]
+    pub exit_status: i32,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize)]

@@ -97,6 +97,7 @@ macro_rules! workload_tests {
             /// The tree's cycle is `more::pipeline_tree` (its pids need reaping by init first).
             #[test] fn pipeline() { crate::common::control(&crate::pipeline()); }
             #[test] fn shm() { crate::common::control(&crate::Spec::c("shm")); }
+            #[test] fn zombies() { crate::common::control(&crate::Spec::c("zombies")); }
         }
         mod cycle {
             $(#[test] fn $name() { crate::common::cycle(&crate::$name()); })*

@@ -399,3 +399,19 @@ fn shell_pipeline() {
         fs::read_to_string(w.join("restore.err")).unwrap_or_default()
     );
 }
+
+/// Zombies: a parent with an unreaped child that exited 42, one killed by SIGTERM, and a live
+/// child. After restore the parent reaps the zombies with exactly those statuses, and receives
+/// no SIGCHLD it did not have before.
+#[test]
+fn zombies_stay_reapable() {
+    let mut run = Run::start(&Spec::c("zombies"));
+    run.dump_ok(&[]);
+    run.reap_dumped();
+    wait_image_pids_gone(&run.img());
+    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
+    run.wait_pidfile(&pidfile);
+    run.go();
+    let status = run.wait_restore_exit();
+    run.expect_pass(status, "zombies");
+}
