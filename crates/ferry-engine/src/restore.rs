@@ -372,7 +372,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
             prep.push(None);
             continue;
         }
-        let files = files::prepare(p, &img, &pipes, base, &mut shared)?;
+        let files = files::prepare(p, &img, &pipes, base, &mut shared, &mut shmem)?;
         let mem = memory::prepare(p, &img, base, &mut shmem)?;
         let cwd = std::fs::File::open(&p.cwd).ctx(|| format!("pid {}: cannot open cwd {}", p.pid, p.cwd))?;
         let cwd = raw::dup_above(cwd.as_fd(), base).ctx(|| format!("pid {}: cwd", p.pid))?;

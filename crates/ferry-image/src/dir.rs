@@ -72,6 +72,11 @@ impl ImageWriter {
         Ok(ImageWriter { dir: dir.to_path_buf(), files: Vec::new() })
     }
 
+    /// Whether a file of this name was already written to the image.
+    pub fn has_file(&self, name: &str) -> bool {
+        self.files.iter().any(|f| f.name == name)
+    }
+
     /// The image directory.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -475,6 +475,8 @@ pub enum FileKind {
     Signalfd = 8,
     /// epoll instance: `epoll_targets`.
     Epoll = 9,
+    /// memfd: `path` holds its name, `ino` its identity, `ghost` its content.
+    Memfd = 10,
 }
 
 /// One file registered in an epoll instance, by its fd number in the process.
@@ -536,6 +538,9 @@ pub struct File {
     /// offset, same flags): they all carry this id and restore opens it once.
     #[prost(uint32, tag = "19")]
     pub shared_id: u32,
+    /// For a memfd: its inode, shared with the mappings (`Vma.shmem_id`) of the same object.
+    #[prost(uint64, tag = "20")]
+    pub ino: u64,
 }
 
 /// A pipe with both ends in the image, and the bytes that were in flight.

@@ -121,7 +121,21 @@ pub fn collect(
             } else {
                 ends.1.push((me, pid, fd));
             }
-        } else if link.starts_with('/') && !link.starts_with("/memfd:") {
+        } else if let Some(name) = link.strip_prefix("/memfd:") {
+            // A memfd: its content goes into the image once per object (inode).
+            let fdpath = procfs::path(pid, &format!("fd/{fd}"));
+            let md = std::fs::metadata(&fdpath).ctx(|| format!("pid {pid} fd {fd}: cannot stat {link}"))?;
+            file.kind = FileKind::Memfd as i32;
+            file.path = name.trim_end_matches(" (deleted)").to_string();
+            file.ino = md.ino();
+            file.size = md.size();
+            let ghost = format!("memfd-{}.img", md.ino());
+            if !img.has_file(&ghost) {
+                let content = std::fs::read(&fdpath).ctx(|| format!("pid {pid} fd {fd}: cannot read memfd {name}"))?;
+                img.write_file(&ghost, &content)?;
+            }
+            file.ghost = ghost;
+        } else if link.starts_with('/') {
             let fdpath = procfs::path(pid, &format!("fd/{fd}"));
             let md = std::fs::metadata(&fdpath).ctx(|| format!("pid {pid} fd {fd}: cannot stat {link}"))?;
             let ft = md.file_type();
@@ -245,6 +259,7 @@ pub fn prepare(
     pipes: &pipes::Prepared,
     base: i32,
     shared: &mut HashMap<u32, i32>,
+    shmem: &mut HashMap<u64, (i32, std::fs::File)>,
 ) -> Result<Prepared, Error> {
     let pid = p.pid;
     let mut out = Prepared { numbers: Vec::new(), owned: Vec::new() };
@@ -302,6 +317,25 @@ pub fn prepare(
                 out.numbers.push(dup.as_raw_fd());
                 out.owned.push(dup);
                 continue;
+            }
+            FileKind::Memfd => {
+                if let std::collections::hash_map::Entry::Vacant(e) = shmem.entry(f.ino) {
+                    let content = img.read_file(&f.ghost)?;
+                    let name = CString::new(f.path.as_bytes()).unwrap_or_default();
+                    let mfd = ferry_sys::process::memfd(&name).ctx(|| format!("{}: cannot create the memfd", obj()))?;
+                    let n = ferry_sys::raw::dup_above(std::os::fd::AsFd::as_fd(&mfd), base).ctx(obj)?;
+                    let mut file = std::fs::File::from(mfd);
+                    std::io::Write::write_all(&mut file, &content).ctx(obj)?;
+                    e.insert((n.as_raw_fd(), file));
+                    out.owned.push(n);
+                }
+                // A new description of the same memory object, with this fd's flags and offset.
+                let (_, file) =
+                    shmem.get(&f.ino).ok_or_else(|| Error::Invalid { object: obj(), what: "lost memfd".into() })?;
+                let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+                let fd = open_raw(&cstr(&path)?, flags, 0).ctx(|| format!("{}: cannot reopen the memfd", obj()))?;
+                ferry_sys::raw::seek_to(fd.as_raw_fd(), f.pos).ctx(obj)?;
+                fd
             }
             FileKind::Eventfd => eventfd::prepare(&obj(), f)?,
             FileKind::Timerfd => timerfd::prepare(&obj(), f)?,

@@ -66,7 +66,8 @@ pub fn scan(pid: i32, img: &mut ImageWriter) -> Result<Vec<Vma>, Error> {
             Some("[vvar_vclock]") => VmaKind::VvarVclock,
             Some("[vsyscall]") => VmaKind::Vsyscall,
             Some("/dev/zero") if m.deleted || !m.perms.shared => anon,
-            Some(s) if s.starts_with("/memfd:") => return Err(at(format!("memfd {s}"))),
+            Some(s) if s.starts_with("/memfd:") && m.perms.shared => VmaKind::SharedAnon,
+            Some(s) if s.starts_with("/memfd:") => return Err(at(format!("private mapping of memfd {s}"))),
             Some(s) if s.starts_with("/SYSV") => return Err(at(format!("SysV shared memory {s}"))),
             Some(s) if s.starts_with('/') => {
                 let mf = procfs::path(pid, &format!("map_files/{:x}-{:x}", m.start, m.end));
@@ -317,7 +318,9 @@ pub fn prepare(
             // pages go into it here, so every mapping sees the same memory from the start.
             let obj = || format!("pid {pid} shared memory {:#x}-{:#x}", v.start, v.end);
             if let std::collections::hash_map::Entry::Vacant(e) = shmem.entry(v.shmem_id) {
-                let fd = ferry_sys::process::memfd(c"ferry-shmem").ctx(obj)?;
+                let name = v.path.strip_prefix("/memfd:").unwrap_or("ferry-shmem");
+                let name = std::ffi::CString::new(name).unwrap_or_default();
+                let fd = ferry_sys::process::memfd(&name).ctx(obj)?;
                 let n = ferry_sys::raw::dup_above(fd.as_fd(), base).ctx(obj)?;
                 let num = std::os::fd::AsRawFd::as_raw_fd(&n);
                 out.owned.push(n);

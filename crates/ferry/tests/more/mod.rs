@@ -415,3 +415,18 @@ fn zombies_stay_reapable() {
     let status = run.wait_restore_exit();
     run.expect_pass(status, "zombies");
 }
+
+/// A memfd held through an fd and a shared mapping, and by a child through the same fd: name,
+/// content and offset survive, and it is still one object across both processes.
+#[test]
+fn memfd_shared_with_child() {
+    let mut run = Run::start(&Spec::c("memfd"));
+    run.dump_ok(&[]);
+    run.reap_dumped();
+    wait_image_pids_gone(&run.img());
+    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
+    run.wait_pidfile(&pidfile);
+    run.go();
+    let status = run.wait_restore_exit();
+    run.expect_pass(status, "memfd");
+}
