@@ -221,6 +221,18 @@ fn precheck(pid: i32) -> Result<(ferry_proc::Status, ferry_proc::Stat), Error> {
     if stat.flags & 0x0020_0000 != 0 {
         return Err(Error::Unsupported { pid, what: "a kernel thread".into() });
     }
+    if st.state == 'T' {
+        return Err(Error::Unsupported { pid, what: "a stopped process (SIGSTOP/SIGTSTP; continue it first)".into() });
+    }
+    // Restore recreates processes in ferry's own namespaces: one in other namespaces would come
+    // back silently changed.
+    for ns in ["mnt", "net", "ipc", "uts", "user", "cgroup", "time"] {
+        let theirs = std::fs::read_link(procfs::path(pid, &format!("ns/{ns}"))).ok();
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).ok();
+        if theirs.is_some() && theirs != ours {
+            return Err(Error::Unsupported { pid, what: format!("a process in another {ns} namespace than ferry's") });
+        }
+    }
     if st.seccomp != 0 {
         return Err(Error::Unsupported { pid, what: format!("seccomp mode {}", st.seccomp) });
     }
@@ -255,9 +267,7 @@ fn dump_process(
     task::collect(pid, &st, &stat, &mut p)?;
     files::collect(pid, img, &mut p, done, tree)?;
     crate::state::epoll::check_targets(&p)?;
-    let mut vmas = memory::scan(pid, img)?;
-    let maps_text = procfs::read_string(pid, "maps")?;
-    let maps = procfs::parse(pid, "maps", ferry_proc::parse_maps(&maps_text))?;
+    let (mut vmas, maps) = memory::scan(pid, img)?;
     tracing::info!(vmas = vmas.len(), fds = p.fds.len(), threads = f.threads.len(), "collected fds and mappings");
 
     // The injection window, one thread at a time: signals blocked, registers borrowed — with

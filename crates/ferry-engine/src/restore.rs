@@ -379,7 +379,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         prep.push(Some(Prepared { files, mem, cwd }));
     }
     tracing::debug!(elapsed = ?t0.elapsed(), "files prepared");
-    let tr = memory::choose_trampoline(&ferry_image::Mm { vmas: all_vmas, ..Default::default() })?;
+    let tr = memory::choose_trampoline(&all_vmas)?;
     let (status_r, status_w) =
         ferry_sys::process::pipe2(libc::O_CLOEXEC | libc::O_NONBLOCK).ctx(|| "cannot create a pipe".into())?;
     let status_w = raw::dup_above(status_w.as_fd(), base).ctx(|| "cannot move a pipe".into())?;

@@ -26,6 +26,18 @@ pub struct FdInfo {
 const FILE: &str = "fdinfo";
 
 /// Parse `/proc/PID/fdinfo/FD`.
+impl FdInfo {
+    /// The (trimmed) value of the first `key:` line, for the kind-specific fields.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.raw.iter().find(|(k, _)| k == key).map(|(_, v)| v.trim())
+    }
+
+    /// The (trimmed) values of every `key:` line (epoll `tfd`, `lock` ...), in order.
+    pub fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.raw.iter().filter(move |(k, _)| k == key).map(|(_, v)| v.trim())
+    }
+}
+
 pub fn parse_fdinfo(text: &str) -> Result<FdInfo, ParseError> {
     let raw: Vec<(String, String)> = text
         .lines()

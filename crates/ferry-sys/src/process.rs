@@ -48,14 +48,6 @@ pub fn kcmp(pid1: i32, pid2: i32, kind: i32, idx1: u64, idx2: u64) -> io::Result
     cvt(unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, kind, idx1, idx2) }).map(|r| r as i32)
 }
 
-/// `prlimit64(2)` read — the (soft, hard) limit of `resource` in `pid`.
-pub fn get_rlimit(pid: i32, resource: u32) -> io::Result<(u64, u64)> {
-    let mut old = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: `old` is a valid out-pointer; new limit is null.
-    cvt_i(unsafe { libc::prlimit64(pid, resource as _, std::ptr::null(), &mut old) })?;
-    Ok((old.rlim_cur, old.rlim_max))
-}
-
 /// `prlimit64(2)` write — set the (soft, hard) limit of `resource` in `pid`.
 pub fn set_rlimit(pid: i32, resource: u32, soft: u64, hard: u64) -> io::Result<()> {
     let new = libc::rlimit64 { rlim_cur: soft, rlim_max: hard };
@@ -76,18 +68,6 @@ pub fn get_robust_list(tid: i32) -> io::Result<(u64, u64)> {
 pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
     // SAFETY: plain integer arguments.
     cvt_i(unsafe { libc::kill(pid, sig) }).map(drop)
-}
-
-/// `getpid(2)` by raw syscall (correct in a `clone3` child, where glibc's cache is stale).
-pub fn getpid_raw() -> i32 {
-    // SAFETY: no arguments, cannot fail.
-    unsafe { libc::syscall(libc::SYS_getpid) as i32 }
-}
-
-/// `getauxval(3)` of this process.
-pub fn getauxval(key: u64) -> u64 {
-    // SAFETY: reads this process's auxiliary vector; unknown keys return 0.
-    unsafe { libc::getauxval(key) }
 }
 
 /// Page size of this machine.
@@ -201,14 +181,6 @@ pub fn open_raw(path: &CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// `openat(2)` on a directory fd with raw flags.
-pub fn openat_raw(dir: BorrowedFd<'_>, path: &CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
-    // SAFETY: path is a valid NUL-terminated string.
-    let fd = cvt_i(unsafe { libc::openat(dir.as_raw_fd(), path.as_ptr(), flags, mode) })?;
-    // SAFETY: fresh fd owned by us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// `pipe2(2)` — (read end, write end).
 pub fn pipe2(flags: i32) -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
@@ -251,14 +223,6 @@ pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat64> {
     // SAFETY: st is a valid out-pointer.
     cvt_i(unsafe { libc::fstat64(fd.as_raw_fd(), &mut st) })?;
     Ok(st)
-}
-
-/// `ioctl(FIONREAD)` — bytes queued for reading.
-pub fn fionread(fd: BorrowedFd<'_>) -> io::Result<usize> {
-    let mut n: libc::c_int = 0;
-    // SAFETY: n is a valid out-pointer for FIONREAD.
-    cvt_i(unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) })?;
-    Ok(n as usize)
 }
 
 /// One region reported by `PAGEMAP_SCAN`: pages `start..end` all having `categories`.

@@ -22,11 +22,6 @@ pub fn interrupt(pid: i32) -> io::Result<()> {
     ptrace(PTRACE_INTERRUPT, pid, 0, 0).map(drop)
 }
 
-/// `ptrace(PTRACE_TRACEME)` — make the calling process a tracee of its parent.
-pub fn traceme() -> io::Result<()> {
-    ptrace(libc::PTRACE_TRACEME, 0, 0, 0).map(drop)
-}
-
 /// `ptrace(PTRACE_SETOPTIONS, ..)`.
 pub fn set_options(pid: i32, options: u32) -> io::Result<()> {
     ptrace(libc::PTRACE_SETOPTIONS, pid, 0, options as usize).map(drop)
@@ -85,13 +80,6 @@ pub fn get_sigmask(pid: i32) -> io::Result<u64> {
 /// `ptrace(PTRACE_SETSIGMASK, ..)`.
 pub fn set_sigmask(pid: i32, mask: u64) -> io::Result<()> {
     ptrace(PTRACE_SETSIGMASK, pid, 8, &mask as *const u64 as usize).map(drop)
-}
-
-/// `ptrace(PTRACE_GETSIGINFO, ..)` — the siginfo of the signal that caused the current stop.
-pub fn get_siginfo(pid: i32) -> io::Result<[u8; 128]> {
-    let mut si = [0u8; 128];
-    ptrace(libc::PTRACE_GETSIGINFO, pid, 0, si.as_mut_ptr() as usize)?;
-    Ok(si)
 }
 
 #[repr(C)]

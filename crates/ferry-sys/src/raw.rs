@@ -71,17 +71,6 @@ pub fn setpgid(pid: i32, pgid: i32) -> io::Result<()> {
     cvt_i(unsafe { libc::setpgid(pid, pgid) }).map(drop)
 }
 
-/// `dup3(2)` — make `newfd` a copy of `old` (with `O_CLOEXEC` if `cloexec`). Does not take
-/// ownership: the caller tracks `newfd` by number.
-pub fn dup3(old: BorrowedFd<'_>, newfd: i32, cloexec: bool) -> io::Result<()> {
-    if old.as_raw_fd() == newfd {
-        return set_cloexec(newfd, cloexec);
-    }
-    let flags = if cloexec { libc::O_CLOEXEC } else { 0 };
-    // SAFETY: integer arguments; newfd may be clobbered, which the caller intends.
-    cvt_i(unsafe { libc::dup3(old.as_raw_fd(), newfd, flags) }).map(drop)
-}
-
 /// `fcntl(F_DUPFD_CLOEXEC)` — a copy of `fd` numbered at least `min`.
 pub fn dup_above(fd: BorrowedFd<'_>, min: i32) -> io::Result<std::os::fd::OwnedFd> {
     // SAFETY: integer arguments.
@@ -245,26 +234,4 @@ pub fn read_once(fd: i32, buf: &mut [u8]) -> io::Result<usize> {
     } else {
         Ok(r as usize)
     }
-}
-
-/// `fcntl(F_SETLK)` (or `F_OFD_SETLK` for an open-file-description lock) by fd number: take a
-/// read or write lock on `len` bytes from `start` (`len` 0: to the end of the file), without
-/// waiting.
-pub fn setlk_numbers(fd: i32, ofd: bool, write: bool, start: u64, len: u64) -> io::Result<()> {
-    // SAFETY: all-zero is a valid flock value.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = if write { libc::F_WRLCK } else { libc::F_RDLCK } as i16;
-    fl.l_whence = libc::SEEK_SET as i16;
-    fl.l_start = start as i64;
-    fl.l_len = len as i64;
-    let cmd = if ofd { libc::F_OFD_SETLK } else { libc::F_SETLK };
-    // SAFETY: fl is a valid flock structure for the duration of the call.
-    cvt_i(unsafe { libc::fcntl(fd, cmd, &fl) }).map(drop)
-}
-
-/// `flock(2)` by fd number, shared or exclusive, without waiting.
-pub fn flock_numbers(fd: i32, exclusive: bool) -> io::Result<()> {
-    let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
-    // SAFETY: integer arguments.
-    cvt_i(unsafe { libc::flock(fd, op) }).map(drop)
 }

@@ -22,11 +22,11 @@ fn parse_target(v: &str) -> Option<EpollTarget> {
 }
 
 /// Fill `f` from the fdinfo lines of an epoll instance.
-pub fn collect(pid: i32, fd: i32, raw: &[(String, String)], f: &mut File) -> Result<(), Error> {
-    for (k, v) in raw.iter().filter(|(k, _)| k == "tfd") {
+pub fn collect(pid: i32, fd: i32, info: &ferry_proc::FdInfo, f: &mut File) -> Result<(), Error> {
+    for v in info.all("tfd") {
         let t = parse_target(v).ok_or_else(|| Error::Invalid {
             object: format!("/proc/{pid}/fdinfo/{fd}"),
-            what: format!("malformed epoll target {k}: {v}"),
+            what: format!("malformed epoll target tfd: {v}"),
         })?;
         f.epoll_targets.push(t);
     }

@@ -4,15 +4,11 @@ use crate::error::{Ctx, Error};
 use ferry_image::File;
 use std::os::fd::OwnedFd;
 
-fn field<'a>(raw: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    raw.iter().find(|(k, _)| k == key).map(|(_, v)| v.trim())
-}
-
 /// Fill `f` from the fdinfo lines of an eventfd.
-pub fn collect(pid: i32, fd: i32, raw: &[(String, String)], f: &mut File) -> Result<(), Error> {
+pub fn collect(pid: i32, fd: i32, info: &ferry_proc::FdInfo, f: &mut File) -> Result<(), Error> {
     let bad = || Error::Invalid { object: format!("/proc/{pid}/fdinfo/{fd}"), what: "malformed eventfd fields".into() };
-    f.counter = u64::from_str_radix(field(raw, "eventfd-count").ok_or_else(bad)?, 16).map_err(|_| bad())?;
-    f.semaphore = field(raw, "eventfd-semaphore").is_some_and(|v| v == "1");
+    f.counter = u64::from_str_radix(info.get("eventfd-count").ok_or_else(bad)?, 16).map_err(|_| bad())?;
+    f.semaphore = info.get("eventfd-semaphore").is_some_and(|v| v == "1");
     Ok(())
 }
 

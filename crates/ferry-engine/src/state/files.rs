@@ -84,7 +84,7 @@ pub fn collect(
             }
         }
         if let Some(idx) = shared {
-            p.fds.push(Fd { fd, cloexec, file: idx, locks: locks::collect(pid, fd, &info.raw)? });
+            p.fds.push(Fd { fd, cloexec, file: idx, locks: locks::collect(pid, fd, &info)? });
             continue;
         }
         // The same description in another process of the tree (inherited across fork).
@@ -107,7 +107,7 @@ pub fn collect(
             let idx = p.files.len() as u32;
             p.files.push(f.clone());
             reps.push((fd, idx));
-            p.fds.push(Fd { fd, cloexec, file: idx, locks: locks::collect(pid, fd, &info.raw)? });
+            p.fds.push(Fd { fd, cloexec, file: idx, locks: locks::collect(pid, fd, &info)? });
             continue;
         }
         let unsupported = |what: String| Error::Unsupported { pid, what: format!("fd {fd}: {what}") };
@@ -180,16 +180,16 @@ pub fn collect(
             file.kind = FileKind::Inherited as i32;
         } else if link == "anon_inode:[eventfd]" {
             file.kind = FileKind::Eventfd as i32;
-            eventfd::collect(pid, fd, &info.raw, &mut file)?;
+            eventfd::collect(pid, fd, &info, &mut file)?;
         } else if link == "anon_inode:[timerfd]" {
             file.kind = FileKind::Timerfd as i32;
-            timerfd::collect(pid, fd, &info.raw, &mut file)?;
+            timerfd::collect(pid, fd, &info, &mut file)?;
         } else if link == "anon_inode:[signalfd]" {
             file.kind = FileKind::Signalfd as i32;
-            signalfd::collect(pid, fd, &info.raw, &mut file)?;
+            signalfd::collect(pid, fd, &info, &mut file)?;
         } else if link == "anon_inode:[eventpoll]" {
             file.kind = FileKind::Epoll as i32;
-            epoll::collect(pid, fd, &info.raw, &mut file)?;
+            epoll::collect(pid, fd, &info, &mut file)?;
         } else {
             return Err(unsupported(unsupported_kind(&link)));
         }
@@ -197,7 +197,7 @@ pub fn collect(
         p.files.push(file);
         reps.push((fd, idx));
         tree.reps.push((me, idx as usize, pid, fd));
-        p.fds.push(Fd { fd, cloexec, file: idx, locks: locks::collect(pid, fd, &info.raw)? });
+        p.fds.push(Fd { fd, cloexec, file: idx, locks: locks::collect(pid, fd, &info)? });
     }
     Ok(())
 }

@@ -45,9 +45,9 @@ fn parse(pid: i32, fd: i32, v: &str) -> Result<Option<FileLock>, Error> {
 }
 
 /// Locks shown in one fd's fdinfo lines.
-pub fn collect(pid: i32, fd: i32, raw: &[(String, String)]) -> Result<Vec<FileLock>, Error> {
+pub fn collect(pid: i32, fd: i32, info: &ferry_proc::FdInfo) -> Result<Vec<FileLock>, Error> {
     let mut out = Vec::new();
-    for (_, v) in raw.iter().filter(|(k, _)| k == "lock") {
+    for v in info.all("lock") {
         if let Some(l) = parse(pid, fd, v)? {
             out.push(l);
         }

@@ -35,8 +35,9 @@ fn prot_of(m: &MapEntry) -> u32 {
     p as u32
 }
 
-/// Describe the mappings of `pid`, refusing the kinds ferry cannot restore yet.
-pub fn scan(pid: i32, img: &mut ImageWriter) -> Result<Vec<Vma>, Error> {
+/// Describe the mappings of `pid`, refusing the kinds ferry cannot restore yet. Also returns
+/// the parsed maps (the injector looks for code sequences in them).
+pub fn scan(pid: i32, img: &mut ImageWriter) -> Result<(Vec<Vma>, Vec<MapEntry>), Error> {
     let maps_text = procfs::read_string(pid, "maps")?;
     let maps = procfs::parse(pid, "maps", ferry_proc::parse_maps(&maps_text))?;
     let smaps_text = procfs::read_string(pid, "smaps")?;
@@ -44,13 +45,13 @@ pub fn scan(pid: i32, img: &mut ImageWriter) -> Result<Vec<Vma>, Error> {
     let flags: HashMap<u64, Vec<String>> = smaps.into_iter().map(|s| (s.start, s.vm_flags)).collect();
     let mut ghosts: HashMap<u64, String> = HashMap::new();
     let mut out = Vec::new();
-    for m in maps {
+    for m in &maps {
         let at =
             |what: String| Error::Unsupported { pid, what: format!("mapping {:#x}-{:#x}: {what}", m.start, m.end) };
         let mut v = Vma {
             start: m.start,
             end: m.end,
-            prot: prot_of(&m),
+            prot: prot_of(m),
             offset: m.offset,
             path: m.path.clone().unwrap_or_default(),
             vm_flags: flags.get(&m.start).cloned().unwrap_or_default(),
@@ -107,7 +108,7 @@ pub fn scan(pid: i32, img: &mut ImageWriter) -> Result<Vec<Vma>, Error> {
         v.kind = kind as i32;
         out.push(v);
     }
-    Ok(out)
+    Ok((out, maps))
 }
 
 /// The mm fields; `brk` comes from an injected `brk(0)`.
@@ -376,7 +377,11 @@ pub fn prepare(
             }
             std::os::fd::OwnedFd::from(f)
         } else {
-            crate::state::files::ghost::recreate(img, &v.ghost, &v.path, 0o600, flags)?
+            {
+                // Executable if any mapping of it is (a deleted exe must pass PR_SET_MM_MAP's exec check).
+                let exec = mm.vmas.iter().any(|w| w.ghost == v.ghost && w.prot & libc::PROT_EXEC as u32 != 0);
+                crate::state::files::ghost::recreate(img, &v.ghost, &v.path, if exec { 0o700 } else { 0o600 }, flags)?
+            }
         };
         let n = ferry_sys::raw::dup_above(fd.as_fd(), base).ctx(obj)?;
         let num = std::os::fd::AsRawFd::as_raw_fd(&n);
@@ -384,16 +389,19 @@ pub fn prepare(
         by_key.insert(key, num);
         out.vma_fd.insert(i, num);
     }
-    if !mm.exe_path.is_empty() && !mm.exe_path.ends_with(" (deleted)") {
-        match std::fs::File::open(&mm.exe_path) {
-            Ok(f) => {
-                let n = ferry_sys::raw::dup_above(f.as_fd(), base).ctx(|| format!("pid {pid}: exe {}", mm.exe_path))?;
-                out.exe_fd = Some(std::os::fd::AsRawFd::as_raw_fd(&n));
-                out.owned.push(n);
-            }
-            Err(e) => {
-                tracing::warn!(pid, exe = %mm.exe_path, error = %e, "cannot open the exe file; /proc/PID/exe will differ")
-            }
+    // The exe link: the file itself, or for a deleted executable the ghost its mapping was
+    // recreated from (so the link reads "PATH (deleted)" as before).
+    let exe = mm.exe_path.trim_end_matches(" (deleted)");
+    if !mm.exe_path.is_empty() {
+        let obj = || format!("pid {pid}: exe {}", mm.exe_path);
+        let mapped = mm.vmas.iter().enumerate().find(|(_, v)| v.path == exe && !v.ghost.is_empty());
+        if let (true, Some((i, _))) = (mm.exe_path.ends_with(" (deleted)"), mapped) {
+            out.exe_fd = out.vma_fd.get(&i).copied();
+        } else {
+            let f = std::fs::File::open(exe).ctx(|| format!("{}: cannot open the executable", obj()))?;
+            let n = ferry_sys::raw::dup_above(f.as_fd(), base).ctx(obj)?;
+            out.exe_fd = Some(std::os::fd::AsRawFd::as_raw_fd(&n));
+            out.owned.push(n);
         }
     }
     Ok(out)
@@ -417,13 +425,13 @@ pub const PARK_PAGES: u64 = 64;
 const TASK_SIZE: u64 = 0x7fff_ffff_f000;
 
 /// Pick a trampoline address that overlaps neither the image's mappings nor ferry's own.
-pub fn choose_trampoline(mm: &Mm) -> Result<Trampoline, Error> {
+pub fn choose_trampoline(vmas: &[Vma]) -> Result<Trampoline, Error> {
     let own = std::fs::read_to_string("/proc/self/maps").ctx(|| "cannot read /proc/self/maps".into())?;
     let own = ferry_proc::parse_maps(&own)
         .map_err(|e| Error::Invalid { object: "/proc/self/maps".into(), what: e.to_string() })?;
     let len = (TRAMPOLINE_PAGES + PARK_PAGES) * PAGE_SIZE;
     let busy: Vec<(u64, u64)> =
-        own.iter().map(|m| (m.start, m.end)).chain(mm.vmas.iter().map(|v| (v.start, v.end))).collect();
+        own.iter().map(|m| (m.start, m.end)).chain(vmas.iter().map(|v| (v.start, v.end))).collect();
     let free = |a: u64| busy.iter().all(|&(s, e)| a + len <= s || a >= e);
     let mut a = 0x1000_0000u64;
     while a < 0x7f00_0000_0000 {

@@ -5,10 +5,10 @@ use ferry_image::File;
 use std::os::fd::OwnedFd;
 
 /// Fill `f` from the fdinfo lines of a signalfd.
-pub fn collect(pid: i32, fd: i32, raw: &[(String, String)], f: &mut File) -> Result<(), Error> {
+pub fn collect(pid: i32, fd: i32, info: &ferry_proc::FdInfo, f: &mut File) -> Result<(), Error> {
     let bad =
         || Error::Invalid { object: format!("/proc/{pid}/fdinfo/{fd}"), what: "malformed signalfd fields".into() };
-    let v = raw.iter().find(|(k, _)| k == "sigmask").map(|(_, v)| v.trim()).ok_or_else(bad)?;
+    let v = info.get("sigmask").ok_or_else(bad)?;
     f.sigmask = u64::from_str_radix(v, 16).map_err(|_| bad())?;
     Ok(())
 }

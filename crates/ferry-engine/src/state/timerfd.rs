@@ -5,10 +5,6 @@ use crate::error::{Ctx, Error};
 use ferry_image::File;
 use std::os::fd::{AsFd, OwnedFd};
 
-fn field<'a>(raw: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    raw.iter().find(|(k, _)| k == key).map(|(_, v)| v.trim())
-}
-
 /// "(sec, nsec)" → nanoseconds.
 fn pair_ns(v: &str) -> Option<u64> {
     let v = v.trim().strip_prefix('(')?.strip_suffix(')')?;
@@ -17,13 +13,13 @@ fn pair_ns(v: &str) -> Option<u64> {
 }
 
 /// Fill `f` from the fdinfo lines of a timerfd.
-pub fn collect(pid: i32, fd: i32, raw: &[(String, String)], f: &mut File) -> Result<(), Error> {
+pub fn collect(pid: i32, fd: i32, info: &ferry_proc::FdInfo, f: &mut File) -> Result<(), Error> {
     let bad = || Error::Invalid { object: format!("/proc/{pid}/fdinfo/{fd}"), what: "malformed timerfd fields".into() };
-    f.clockid = field(raw, "clockid").and_then(|v| v.parse().ok()).ok_or_else(bad)?;
-    f.ticks = field(raw, "ticks").and_then(|v| v.parse().ok()).ok_or_else(bad)?;
-    f.settime_flags = field(raw, "settime flags").and_then(|v| u32::from_str_radix(v, 8).ok()).ok_or_else(bad)?;
-    f.value_ns = field(raw, "it_value").and_then(pair_ns).ok_or_else(bad)?;
-    f.interval_ns = field(raw, "it_interval").and_then(pair_ns).ok_or_else(bad)?;
+    f.clockid = info.get("clockid").and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+    f.ticks = info.get("ticks").and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+    f.settime_flags = info.get("settime flags").and_then(|v| u32::from_str_radix(v, 8).ok()).ok_or_else(bad)?;
+    f.value_ns = info.get("it_value").and_then(pair_ns).ok_or_else(bad)?;
+    f.interval_ns = info.get("it_interval").and_then(pair_ns).ok_or_else(bad)?;
     Ok(())
 }
 

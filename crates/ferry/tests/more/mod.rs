@@ -430,3 +430,85 @@ fn memfd_shared_with_child() {
     let status = run.wait_restore_exit();
     run.expect_pass(status, "memfd");
 }
+
+fn dump_refused(pid: i32, dir: &Path, expect: &str) {
+    let out = Command::new(ferry_bin())
+        .args(["dump", "-t", &pid.to_string(), "-D", &path_str(dir)])
+        .output()
+        .expect("run ferry dump");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "dump of pid {pid} should have been refused");
+    assert!(
+        err.contains(expect) && err.contains(&pid.to_string()),
+        "error does not name {expect:?} and pid {pid}: {err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "the error is not one line: {err}");
+    assert!(!dir.join("inventory.img").exists(), "a refused dump left a complete-looking image");
+}
+
+/// What ferry cannot save yet is refused with one line naming it, and the target is left as it
+/// was: a kernel thread, a process in another namespace, a stopped process.
+#[test]
+fn refuses_what_it_cannot_save() {
+    let w = WorkDir::new("refuse");
+    dump_refused(2, &w.join("kthread"), "kernel thread");
+    let mut child = Command::new(ferry_workloads::path("closefds"))
+        .args(["unshare", "--uts", ferry_workloads::path("counter").to_str().expect("utf-8 path")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start unshare --uts counter");
+    let pid = child.id() as i32;
+    wait_for("the namespaced counter to start", Duration::from_secs(10), || {
+        fs::read_link(format!("/proc/{pid}/ns/uts")).ok() != fs::read_link("/proc/self/ns/uts").ok()
+            && fs::read_link(format!("/proc/{pid}/exe")).map(|e| e.ends_with("counter")).unwrap_or(false)
+    });
+    dump_refused(pid, &w.join("ns"), "uts namespace");
+    assert!(pid_alive(pid), "the namespaced process did not survive a refused dump");
+    send_signal(pid, "STOP").expect("stop it");
+    wait_for("the process to stop", Duration::from_secs(10), || {
+        fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") T ")).unwrap_or(false)
+    });
+    dump_refused(pid, &w.join("stopped"), "stopped process");
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(stat.contains(") T "), "the stopped process is not stopped any more after a refused dump: {stat}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A process whose executable was deleted: the exe link comes back as "PATH (deleted)" (from the
+/// file's content carried in the image) and the process runs on.
+#[test]
+fn deleted_executable() {
+    let w = WorkDir::new("delexe");
+    let exe = w.join("counter-copy");
+    fs::copy(ferry_workloads::path("counter"), &exe).expect("copy the counter");
+    let mut child = Command::new(&exe)
+        .arg(&w.path)
+        .stdin(Stdio::null())
+        .stdout(File::create(w.join("out.log")).expect("out"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the copy");
+    let pid = child.id() as i32;
+    wait_for("ready", Duration::from_secs(20), || w.join("ready").exists());
+    fs::remove_file(&exe).expect("delete the executable");
+    let img = w.join("img");
+    let out =
+        Command::new(ferry_bin()).args(["dump", "-t", &pid.to_string(), "-D", &path_str(&img)]).output().expect("dump");
+    assert!(out.status.success(), "dump failed: {}", String::from_utf8_lossy(&out.stderr));
+    let _ = child.wait();
+    wait_for("the pid to be free", Duration::from_secs(30), || !Path::new(&format!("/proc/{pid}")).exists());
+    let mut restore = Command::new(ferry_bin())
+        .args(["restore", "-D", &path_str(&img), "--pidfile", &path_str(&w.join("pid"))])
+        .stderr(File::create(w.join("restore.err")).expect("err"))
+        .spawn()
+        .expect("restore");
+    wait_for("the pidfile", Duration::from_secs(30), || w.join("pid").exists());
+    let link = fs::read_link(format!("/proc/{pid}/exe")).expect("exe link");
+    assert_eq!(link.to_string_lossy(), format!("{} (deleted)", exe.display()), "exe link after restore");
+    send_signal(pid, "USR2").expect("go");
+    let status = wait_timeout(&mut restore, Duration::from_secs(30)).expect("the restored counter did not exit");
+    assert!(status.success(), "restored counter: {}", describe(status));
+}
