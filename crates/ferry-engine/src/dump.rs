@@ -352,6 +352,24 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
         procs.push(p);
     }
     files::finish_pipes(&mut procs, &mut tree)?;
+    // Refuse a tree whose sessions and groups restore could not recreate.
+    let all: Vec<Process> = procs
+        .iter()
+        .chain(zombies.iter())
+        .map(|p| Process {
+            pid: p.pid,
+            ppid: p.ppid,
+            pgid: p.pgid,
+            sid: p.sid,
+            zombie: p.zombie,
+            child_subreaper: p.child_subreaper,
+            ..Default::default()
+        })
+        .collect();
+    crate::state::session::plan(&all).map_err(|(pid, why)| Error::Unsupported {
+        pid,
+        what: format!("a session or process group that cannot be recreated ({why})"),
+    })?;
     for z in &zombies {
         img.write_process(z)?;
     }

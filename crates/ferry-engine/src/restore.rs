@@ -16,6 +16,7 @@
 use crate::error::{Ctx, Error};
 use crate::inject::{wait_stopped, Injector};
 use crate::state::memory::{Trampoline, TRAMPOLINE_PAGES};
+use crate::state::session::{self, Role};
 use crate::state::{cpu, creds, epoll, files, memory, pipes, rseq, signals, task, timers};
 use ferry_image::{ImageReader, Process, PAGE_SIZE};
 use ferry_sys::consts::{nr, PTRACE_O_EXITKILL, PTRACE_O_TRACESYSGOOD};
@@ -116,6 +117,7 @@ struct Prepared {
 /// What every forked process of the tree needs while it still runs ferry's code.
 struct TreeCtx<'a> {
     procs: &'a [Process],
+    plan: &'a session::Plan,
     prep: &'a [Option<Prepared>],
     base: i32,
     tr: Trampoline,
@@ -124,47 +126,71 @@ struct TreeCtx<'a> {
     hold_fd: i32,
 }
 
-/// Runs in a forked process of the tree; never returns. Forks the process's own children
-/// (with their old PIDs), sets itself up, reports, then waits in `read()` for the tracer.
-fn child_main(ctx: &TreeCtx<'_>, idx: usize, parent_pgid: i32) -> ! {
-    let p = &ctx.procs[idx];
+/// Runs in a forked process of the tree (node `n` of the plan); never returns. Forks the
+/// nodes it creates (with their old PIDs), sets itself up, reports, then waits in `read()` for
+/// the tracer. A helper (see state/session.rs) only creates its session or group and children.
+fn child_main(ctx: &TreeCtx<'_>, n: usize) -> ! {
+    let node = &ctx.plan.nodes[n];
     let r = (|| -> Result<(), String> {
-        raw::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64, 0, 0, 0).map_err(|e| format!("pdeathsig: {e}"))?;
+        // An orphan's creator is a helper that dies during restore: it must not take it along.
+        let creator_is_helper = node.creator.is_some_and(|c| !matches!(ctx.plan.nodes[c].role, Role::Image(_)));
+        if !creator_is_helper {
+            raw::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64, 0, 0, 0).map_err(|e| format!("pdeathsig: {e}"))?;
+        }
         raw::set_sigmask_self(!0).map_err(|e| format!("sigprocmask: {e}"))?;
-        let in_image: Vec<i32> = ctx.procs.iter().map(|q| q.pid).collect();
-        task::apply_session_in_child(p, &in_image, parent_pgid)?;
-        if p.zombie {
+        let fork = |c: usize| -> Result<(), String> {
+            let pid = ctx.plan.nodes[c].pid;
+            match clone3_with_pid(pid) {
+                Ok(Fork::Child) => child_main(ctx, c),
+                Ok(Fork::Parent(_)) => Ok(()),
+                Err(e) => Err(format!("cannot create child {pid} (clone3 with set_tid): {e}")),
+            }
+        };
+        let mut created = ctx.plan.created_by(n).peekable();
+        // Orphans fall back to the root when their helper dies: it must be their subreaper by then.
+        if n == 0 && ctx.procs[0].child_subreaper {
+            raw::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0).map_err(|e| format!("subreaper: {e}"))?;
+        }
+        while let Some(c) = created.next_if(|&c| ctx.plan.nodes[c].before_setsid) {
+            fork(c)?;
+        }
+        if node.setsid {
+            raw::setsid().map_err(|e| format!("setsid: {e}"))?;
+        } else if node.own_group {
+            raw::setpgid(0, 0).map_err(|e| format!("setpgid: {e}"))?;
+        }
+        let idx = match node.role {
+            Role::Image(i) => Some(i),
+            _ => None,
+        };
+        if let Some(p) = idx.map(|i| &ctx.procs[i]).filter(|p| p.zombie) {
             become_zombie(p.exit_status);
         }
-        for (ci, c) in ctx.procs.iter().enumerate() {
-            if c.ppid != p.pid || ci == idx {
-                continue;
-            }
-            match clone3_with_pid(c.pid) {
-                Ok(Fork::Child) => child_main(ctx, ci, p.pgid),
-                Ok(Fork::Parent(_)) => {}
-                Err(e) => return Err(format!("cannot create child {} (clone3 with set_tid): {e}", c.pid)),
+        for c in created {
+            fork(c)?;
+        }
+        if let Some(idx) = idx {
+            let p = &ctx.procs[idx];
+            let prep = ctx.prep[idx].as_ref().ok_or("no prepared state")?;
+            files::apply_in_child(p, &prep.files.numbers, ctx.base)?;
+            epoll::apply_in_child(p)?;
+            task::apply_in_child(p, prep.cwd.as_fd())?;
+            signals::apply_in_child(p)?;
+            let len = TRAMPOLINE_PAGES * PAGE_SIZE;
+            match raw::map_trampoline(ctx.tr.code, len, &[0x0f, 0x05, 0xcc]) {
+                Ok(()) => {}
+                Err(e) => return Err(format!("cannot map the trampoline at {:#x}: {e}", ctx.tr.code)),
             }
         }
-        let prep = ctx.prep[idx].as_ref().ok_or("no prepared state")?;
-        files::apply_in_child(p, &prep.files.numbers, ctx.base)?;
-        epoll::apply_in_child(p)?;
-        task::apply_in_child(p, prep.cwd.as_fd())?;
-        signals::apply_in_child(p)?;
-        let len = TRAMPOLINE_PAGES * PAGE_SIZE;
-        match raw::map_trampoline(ctx.tr.code, len, &[0x0f, 0x05, 0xcc]) {
-            Ok(()) => {}
-            Err(e) => return Err(format!("cannot map the trampoline at {:#x}: {e}", ctx.tr.code)),
-        }
-        raw::write_all(ctx.status_fd, format!("ok {}\n", p.pid).as_bytes()).map_err(|e| format!("status: {e}"))?;
+        raw::write_all(ctx.status_fd, format!("ok {}\n", node.pid).as_bytes()).map_err(|e| format!("status: {e}"))?;
         let mut b = [0u8; 1];
-        // The tracer interrupts this read; EOF means ferry is gone.
+        // The tracer interrupts this read (a helper is killed instead); EOF means ferry is gone.
         let _ = raw::read_once(ctx.hold_fd, &mut b);
         Err("resumed without being restored".into())
     })();
     if let Err(msg) = r {
         let msg = msg.replace('\n', " ");
-        let _ = raw::write_all(ctx.status_fd, format!("err {}: {msg}\n", p.pid).as_bytes());
+        let _ = raw::write_all(ctx.status_fd, format!("err {}: {msg}\n", node.pid).as_bytes());
     }
     raw::exit_now(1)
 }
@@ -260,6 +286,7 @@ fn rebuild(
     tr: &Trampoline,
     img: &ImageReader,
     has_zombies: bool,
+    helpers: &[i32],
 ) -> Result<(ferry_sys::UserRegs, Vec<RestoredThread>), Error> {
     let pid = p.pid;
     let _span = tracing::info_span!("process", pid).entered();
@@ -282,9 +309,14 @@ fn rebuild(
         .ctx(|| format!("pid {pid}: cannot close ferry's helper fds"))?;
     let scratch = tr.data;
     crate::state::locks::restore(&inj, scratch, p)?;
-    if has_zombies {
-        // Recreating its zombie children queued a SIGCHLD the original did not have pending
-        // (if it had one, the image re-queues it below): consume it.
+    for &h in helpers {
+        // A helper it forked (state/session.rs), dead by now: reap it.
+        inj.call(nr::WAIT4, &[h as u64, 0, libc::__WALL as u64, 0])
+            .ctx(|| format!("pid {pid}: cannot reap helper process {h}"))?;
+    }
+    if has_zombies || !helpers.is_empty() {
+        // Recreating its zombie children (or its helpers' deaths) queued a SIGCHLD the original
+        // did not have pending (if it had one, the image re-queues it below): consume it.
         let mut b = Vec::with_capacity(24);
         b.extend_from_slice(&(1u64 << (libc::SIGCHLD - 1)).to_le_bytes());
         b.extend_from_slice(&[0u8; 16]);
@@ -366,6 +398,13 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     for z in procs.iter().filter(|p| p.zombie) {
         check_pid_free(z.pid)?;
     }
+    let plan = session::plan(&procs).map_err(|(pid, what)| Error::Invalid {
+        object: format!("pid {pid}"),
+        what: format!("cannot recreate its session or process group: {what}"),
+    })?;
+    for h in plan.helpers() {
+        check_pid_free(h.pid)?;
+    }
     let mut prep = Vec::new();
     for p in &procs {
         if p.zombie {
@@ -386,11 +425,18 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     ferry_sys::process::set_status_flags(status_w.as_fd(), 0).ctx(|| "status pipe".into())?;
     let (hold_r, hold_w) = ferry_sys::process::pipe2(libc::O_CLOEXEC).ctx(|| "cannot create a pipe".into())?;
     let hold_r = raw::dup_above(hold_r.as_fd(), base).ctx(|| "cannot move a pipe".into())?;
-    let ctx =
-        TreeCtx { procs: &procs, prep: &prep, base, tr, status_fd: status_w.as_raw_fd(), hold_fd: hold_r.as_raw_fd() };
+    let ctx = TreeCtx {
+        procs: &procs,
+        plan: &plan,
+        prep: &prep,
+        base,
+        tr,
+        status_fd: status_w.as_raw_fd(),
+        hold_fd: hold_r.as_raw_fd(),
+    };
 
     let mut tree = match clone3_with_pid(root) {
-        Ok(Fork::Child) => child_main(&ctx, 0, -1),
+        Ok(Fork::Child) => child_main(&ctx, 0),
         Ok(Fork::Parent(c)) => Tree { pids: vec![c], released: false },
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
             return Err(check_pid_free(root).err().unwrap_or(Error::PidTaken { pid: root }))
@@ -399,7 +445,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
             return Err(Error::Sys { object: format!("cannot create process {root} (clone3 with set_tid)"), source: e })
         }
     };
-    tree.pids = procs.iter().map(|p| p.pid).collect();
+    tree.pids = plan.nodes.iter().map(|n| n.pid).collect();
     drop(status_w);
     drop(hold_r);
     let mem_numbers: Vec<Option<memory::Prepared>> = prep
@@ -413,7 +459,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         })
         .collect();
     drop(prep);
-    wait_tree_ready(status_r, procs.iter().filter(|p| !p.zombie).count(), root)?;
+    wait_tree_ready(status_r, procs.iter().filter(|p| !p.zombie).count() + plan.helpers().count(), root)?;
     tracing::debug!(elapsed = ?t0.elapsed(), "tree forked and ready");
     // Take every process over: each sits in read() on the hold pipe.
     for p in procs.iter().filter(|p| !p.zombie) {
@@ -423,11 +469,16 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         wait_stopped(pid).ctx(|| format!("pid {pid}: did not stop"))?;
     }
     let t_tracer = Instant::now();
+    join_groups(&plan, &tr)?;
+    end_helpers(&plan)?;
     let mut rebuilt = Vec::new();
     for (i, p) in procs.iter().enumerate() {
         let Some(mem) = &mem_numbers[i] else { continue };
         let has_zombies = procs.iter().any(|z| z.zombie && z.ppid == p.pid);
-        rebuilt.push((p, rebuild(p, mem, &tr, &img, has_zombies)?));
+        let me = plan.nodes.iter().position(|n| n.role == Role::Image(i));
+        let helpers: Vec<i32> =
+            plan.helpers().filter(|h| h.creator.is_some() && h.creator == me).map(|h| h.pid).collect();
+        rebuilt.push((p, rebuild(p, mem, &tr, &img, has_zombies, &helpers)?));
     }
     // Release everything together, leaves first.
     for (p, (_, threads)) in rebuilt.iter().rev() {
@@ -443,6 +494,36 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         write_pidfile(pf, root)?;
     }
     Ok(Restored { pid: root, verify, total: t0.elapsed() })
+}
+
+/// Once every process and helper exists: each process whose group's leader is elsewhere (or a
+/// helper) joins it, from inside with an injected `setpgid(0, pgid)`.
+fn join_groups(plan: &session::Plan, tr: &Trampoline) -> Result<(), Error> {
+    for n in plan.nodes.iter().filter(|n| n.join.is_some()) {
+        let (pid, pgid) = (n.pid, n.join.unwrap_or(0));
+        let regs = ptrace::get_regs(pid).ctx(|| format!("pid {pid}: cannot read registers"))?;
+        let inj = Injector::with_int3(pid, tr.code, regs);
+        inj.call(nr::SETPGID, &[0, pgid as u64]).ctx(|| format!("pid {pid}: cannot join process group {pgid}"))?;
+        ptrace::set_regs(pid, &regs).ctx(|| format!("pid {pid}: cannot put back registers"))?;
+    }
+    Ok(())
+}
+
+/// Kill the helpers and wait until each is a zombie, for its parent to reap during its rebuild.
+fn end_helpers(plan: &session::Plan) -> Result<(), Error> {
+    for h in plan.helpers() {
+        ferry_sys::process::kill(h.pid, libc::SIGKILL).ctx(|| format!("helper process {}: cannot kill", h.pid))?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for h in plan.helpers() {
+        while !matches!(pid_state(h.pid), Some('Z') | None) {
+            if Instant::now() > deadline {
+                return Err(Error::Invalid { object: format!("helper process {}", h.pid), what: "did not die".into() });
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+    Ok(())
 }
 
 /// Create every thread but the main one with its old tid (an injected `clone3` with `set_tid`

@@ -50,6 +50,8 @@ pub mod nr {
     pub const GETITIMER: u64 = 36;
     pub const SETITIMER: u64 = 38;
     pub const GETPID: u64 = 39;
+    pub const WAIT4: u64 = 61;
+    pub const SETPGID: u64 = 109;
     pub const SETRESUID: u64 = 117;
     pub const SETRESGID: u64 = 119;
     pub const SETGROUPS: u64 = 116;

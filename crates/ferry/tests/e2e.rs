@@ -98,6 +98,7 @@ macro_rules! workload_tests {
             #[test] fn pipeline() { crate::common::control(&crate::pipeline()); }
             #[test] fn shm() { crate::common::control(&crate::Spec::c("shm")); }
             #[test] fn zombies() { crate::common::control(&crate::Spec::c("zombies")); }
+            #[test] fn sessions() { crate::common::control(&crate::Spec::c("sessions")); }
             #[test] fn memfd() { crate::common::control(&crate::Spec::c("memfd")); }
         }
         mod cycle {

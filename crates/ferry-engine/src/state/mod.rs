@@ -17,6 +17,7 @@ pub mod locks;
 pub mod memory;
 pub mod pipes;
 pub mod rseq;
+pub mod session;
 pub mod signalfd;
 pub mod signals;
 pub mod task;

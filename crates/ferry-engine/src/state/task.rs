@@ -79,22 +79,6 @@ pub fn collect_injected(inj: &Injector, scratch: u64, p: &mut Process) -> Result
     Ok(())
 }
 
-/// In the restored child: session/group, root, cwd (given as an open directory fd), umask,
-/// personality, comm.
-/// In the restored child, before it forks its own children (who inherit the result):
-/// session and process group. `parent_pgid` is the group the child was born into; a group or
-/// session led by a process outside the image is inherited from ferry.
-pub fn apply_session_in_child(p: &Process, in_image: &[i32], parent_pgid: i32) -> Result<(), String> {
-    if p.sid == p.pid {
-        raw::setsid().map_err(|e| format!("setsid: {e}"))?;
-    } else if p.pgid == p.pid {
-        raw::setpgid(0, 0).map_err(|e| format!("setpgid: {e}"))?;
-    } else if p.pgid != parent_pgid && in_image.contains(&p.pgid) {
-        raw::setpgid(0, p.pgid).map_err(|e| format!("setpgid to group {}: {e}", p.pgid))?;
-    }
-    Ok(())
-}
-
 /// In the restored child: root, cwd (given as an open directory fd), umask, personality, comm.
 pub fn apply_in_child(p: &Process, cwd_fd: std::os::fd::BorrowedFd<'_>) -> Result<(), String> {
     if p.root != "/" {

@@ -416,6 +416,23 @@ fn zombies_stay_reapable() {
     run.expect_pass(status, "zombies");
 }
 
+/// Sessions and groups whose leaders exited: orphans of a subreaper root in a leaderless
+/// session and a leaderless group (restored with helper processes), and a child left in its
+/// parent's birth session. Every process checks its sid, pgid and ppid after restore; the root
+/// sees no leftover helper and no SIGCHLD.
+#[test]
+fn sessions_with_dead_leaders() {
+    let mut run = Run::start(&Spec::c("sessions"));
+    run.dump_ok(&[]);
+    run.reap_dumped();
+    wait_image_pids_gone(&run.img());
+    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
+    run.wait_pidfile(&pidfile);
+    run.go();
+    let status = run.wait_restore_exit();
+    run.expect_pass(status, "sessions");
+}
+
 /// A memfd held through an fd and a shared mapping, and by a child through the same fd: name,
 /// content and offset survive, and it is still one object across both processes.
 #[test]
