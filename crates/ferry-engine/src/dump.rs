@@ -195,7 +195,9 @@ fn give_back(pid: i32, th: &FrozenThread) -> Result<(), Error> {
         .ctx(|| format!("pid {pid} thread {tid}: cannot put back registers"))
 }
 
-fn precheck(pid: i32) -> Result<(ferry_proc::Status, ferry_proc::Stat), Error> {
+/// `pidns_root`: the dump's root when it is the init of a pid namespace (a child of ferry's),
+/// whose processes may then be in that namespace.
+fn precheck(pid: i32, pidns_root: Option<i32>) -> Result<(ferry_proc::Status, ferry_proc::Stat), Error> {
     if pid <= 0 || !procfs::path(pid, "").exists() {
         return Err(Error::NoProcess { pid });
     }
@@ -237,7 +239,17 @@ fn precheck(pid: i32) -> Result<(ferry_proc::Status, ferry_proc::Stat), Error> {
         return Err(Error::Unsupported { pid, what: format!("seccomp mode {}", st.seccomp) });
     }
     if st.ns_pid.len() > 1 {
-        return Err(Error::Unsupported { pid, what: "a process in a nested PID namespace".into() });
+        let ns = |p: i32| std::fs::read_link(procfs::path(p, "ns/pid")).ok();
+        let whole_ns = pidns_root.is_some_and(|r| st.ns_pid.len() == 2 && ns(pid).is_some() && ns(pid) == ns(r));
+        if !whole_ns {
+            return Err(Error::Unsupported {
+                pid,
+                what: format!(
+                    "a process in a nested PID namespace (pid {} there; dump the namespace's init to take all of it)",
+                    st.ns_pid.last().copied().unwrap_or(0)
+                ),
+            });
+        }
     }
     Ok((st, stat))
 }
@@ -258,11 +270,12 @@ fn dump_process(
     img: &mut ImageWriter,
     done: &mut [Process],
     tree: &mut files::TreeFiles,
+    pidns_root: Option<i32>,
 ) -> Result<Process, Error> {
     let pid = f.pid;
     let _span = tracing::info_span!("process", pid).entered();
     // Re-read under the freeze: nothing can change now.
-    let (st, stat) = precheck(pid)?;
+    let (st, stat) = precheck(pid, pidns_root)?;
     let mut p = Process::default();
     task::collect(pid, &st, &stat, &mut p)?;
     files::collect(pid, img, &mut p, done, tree)?;
@@ -304,20 +317,69 @@ fn dump_process(
     Ok(p)
 }
 
+/// The last entry of an `NS*` status line: the id as the task's own pid namespace sees it.
+fn inner_id(ids: &[i32], host: i32, what: &str) -> Result<i32, Error> {
+    ids.last().copied().ok_or_else(|| Error::Invalid {
+        object: format!("/proc/{host}/status"),
+        what: format!("no {what} line (kernel without pid namespace ids)"),
+    })
+}
+
+/// Rewrite every pid of a tree that is a whole pid namespace into that namespace's own ids
+/// (`NSpid`, `NSpgid`, `NSsid` of /proc/PID/status): processes, parents, groups, sessions,
+/// threads, and the threads POSIX timers signal.
+fn to_namespace_ids(procs: &mut [Process], zombies: &mut [Process]) -> Result<(), Error> {
+    let mut map = std::collections::HashMap::new();
+    for p in procs.iter().chain(zombies.iter()) {
+        let host = p.pid;
+        let st = procfs::parse(host, "status", ferry_proc::parse_status(&procfs::read_string(host, "status")?))?;
+        map.insert(
+            host,
+            (
+                inner_id(&st.ns_pid, host, "NSpid")?,
+                inner_id(&st.ns_pgid, host, "NSpgid")?,
+                inner_id(&st.ns_sid, host, "NSsid")?,
+            ),
+        );
+        for t in &p.threads {
+            let text = procfs::read_string(host, &format!("task/{}/status", t.tid))?;
+            let ts = procfs::parse(host, "task status", ferry_proc::parse_status(&text))?;
+            map.entry(t.tid).or_insert((inner_id(&ts.ns_pid, host, "NSpid")?, 0, 0));
+        }
+    }
+    let tid = |t: i32| map.get(&t).map(|m| m.0).unwrap_or(0);
+    for p in procs.iter_mut().chain(zombies.iter_mut()) {
+        let (pid, pgid, sid) = map.get(&p.pid).copied().unwrap_or_default();
+        p.ppid = tid(p.ppid);
+        (p.pid, p.pgid, p.sid) = (pid, pgid, sid);
+        for t in p.threads.iter_mut() {
+            t.tid = tid(t.tid);
+        }
+        for pt in p.posix_timers.iter_mut().filter(|pt| pt.notify_tid != 0) {
+            pt.notify_tid = tid(pt.notify_tid);
+        }
+    }
+    Ok(())
+}
+
 /// Freeze the tree rooted at `opts.pid`, write its image to `opts.dir`, then kill it (or let
 /// it run with `-R`).
 pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     let t0 = Instant::now();
     let root = opts.pid;
     let _span = tracing::info_span!("dump", pid = root).entered();
-    precheck(root)?;
+    let (root_st, _) = precheck(root, Some(root))?;
+    let pidns_root = (root_st.ns_pid.len() == 2 && root_st.ns_pid.last() == Some(&1)).then_some(root);
+    if pidns_root.is_none() {
+        precheck(root, None)?;
+    }
     // Freeze top-down: once a process is stopped it cannot fork, so its children list is final.
     let mut frozen: Vec<Frozen> = Vec::new();
     let mut zombies: Vec<Process> = Vec::new();
     let mut queue = std::collections::VecDeque::from([root]);
     while let Some(pid) = queue.pop_front() {
         if pid != root {
-            precheck(pid)?;
+            precheck(pid, pidns_root)?;
         }
         frozen.push(Frozen::seize(pid)?);
         for c in children_of(pid)? {
@@ -348,10 +410,15 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     let mut procs: Vec<Process> = Vec::new();
     let mut tree = files::TreeFiles::default();
     for f in frozen.iter_mut() {
-        let p = dump_process(f, &mut img, &mut procs, &mut tree)?;
+        let p = dump_process(f, &mut img, &mut procs, &mut tree, pidns_root)?;
         procs.push(p);
     }
     files::finish_pipes(&mut procs, &mut tree)?;
+    // Pids as ferry sees them, to read memory; the image keeps the namespace's own.
+    let host_pids: Vec<i32> = frozen.iter().map(|f| f.pid).collect();
+    if pidns_root.is_some() {
+        to_namespace_ids(&mut procs, &mut zombies)?;
+    }
     // Refuse a tree whose sessions and groups restore could not recreate.
     let all: Vec<Process> = procs
         .iter()
@@ -376,18 +443,19 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     let mut pages_bytes = 0;
     let mut vmas_n = 0;
     let mut shmem_done = std::collections::HashSet::new();
-    for p in procs.iter_mut() {
+    for (p, &host) in procs.iter_mut().zip(&host_pids) {
         let mut mm =
             p.mm.take()
                 .ok_or_else(|| Error::Invalid { object: format!("pid {}", p.pid), what: "no memory record".into() })?;
-        pages_bytes += memory::dump_pages(p.pid, &mut mm, &mut img, &mut shmem_done)?;
+        pages_bytes += memory::dump_pages(host, p.pid, &mut mm, &mut img, &mut shmem_done)?;
         vmas_n += mm.vmas.len();
         p.mm = Some(mm);
         img.write_process(p)?;
     }
     let inventory = Inventory {
         tool_version: env!("CARGO_PKG_VERSION").into(),
-        root_pid: root,
+        root_pid: procs[0].pid,
+        pidns: pidns_root.is_some(),
         pids: procs.iter().chain(zombies.iter()).map(|p| p.pid).collect(),
         kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().into(),
         created_unix_ms: std::time::SystemTime::now()

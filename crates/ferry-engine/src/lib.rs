@@ -9,6 +9,7 @@ pub mod check;
 pub mod dump;
 mod error;
 pub mod inject;
+pub mod launch;
 mod procfs;
 pub mod restore;
 pub mod state;

@@ -22,6 +22,7 @@ use ferry_image::{ImageReader, Process, PAGE_SIZE};
 use ferry_sys::consts::{nr, PTRACE_O_EXITKILL, PTRACE_O_TRACESYSGOOD};
 use ferry_sys::process::{clone3_with_pid, Fork, Mmap};
 use ferry_sys::{ptrace, raw};
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -147,8 +148,8 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize) -> ! {
             }
         };
         let mut created = ctx.plan.created_by(n).peekable();
-        // Orphans fall back to the root when their helper dies: it must be their subreaper by then.
-        if n == 0 && ctx.procs[0].child_subreaper {
+        // Orphans fall back to their subreaper when their helper dies: it must be one by then.
+        if matches!(node.role, Role::Image(i) if ctx.procs[i].child_subreaper) {
             raw::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0).map_err(|e| format!("subreaper: {e}"))?;
         }
         while let Some(c) = created.next_if(|&c| ctx.plan.nodes[c].before_setsid) {
@@ -182,7 +183,10 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize) -> ! {
                 Err(e) => return Err(format!("cannot map the trampoline at {:#x}: {e}", ctx.tr.code)),
             }
         }
-        raw::write_all(ctx.status_fd, format!("ok {}\n", node.pid).as_bytes()).map_err(|e| format!("status: {e}"))?;
+        // The pid ferry sees (different inside a new pid namespace): /proc is ferry's.
+        let host = std::fs::read_link("/proc/self").map_err(|e| format!("readlink /proc/self: {e}"))?;
+        let line = format!("ok {} {}\n", node.pid, host.display());
+        raw::write_all(ctx.status_fd, line.as_bytes()).map_err(|e| format!("status: {e}"))?;
         let mut b = [0u8; 1];
         // The tracer interrupts this read (a helper is killed instead); EOF means ferry is gone.
         let _ = raw::read_once(ctx.hold_fd, &mut b);
@@ -219,22 +223,29 @@ impl Drop for Tree {
             for &pid in &self.pids {
                 let _ = ferry_sys::process::kill(pid, libc::SIGKILL);
             }
+            // Reap the root, and meanwhile every traced process ferry must reap first (a
+            // namespace's init waits for them before it can die).
             if let Some(&root) = self.pids.first() {
-                let _ = ptrace::wait(root, false);
+                while let Ok(Some((pid, st))) = ptrace::wait(-1, false) {
+                    if pid == root && matches!(st, ptrace::WaitStatus::Exited(_) | ptrace::WaitStatus::Signaled(_)) {
+                        break;
+                    }
+                }
             }
         }
     }
 }
 
-fn write_pidfile(path: &Path, pid: i32) -> Result<(), Error> {
+pub(crate) fn write_pidfile(path: &Path, pid: i32) -> Result<(), Error> {
     let tmp = path.with_extension("ferry-tmp");
     let mut f = std::fs::File::create(&tmp).ctx(|| format!("cannot create {}", tmp.display()))?;
     writeln!(f, "{pid}").ctx(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).ctx(|| format!("cannot rename {} into place", path.display()))
 }
 
-/// Read "ok PID" lines from the status pipe until every process reported (or one failed).
-fn wait_tree_ready(status: OwnedFd, n: usize, root: i32) -> Result<(), Error> {
+/// Read "ok PID HOSTPID" lines from the status pipe until every process reported (or one
+/// failed). Returns each pid's host pid (the same unless the tree has its own pid namespace).
+fn wait_tree_ready(status: OwnedFd, n: usize, root: i32) -> Result<HashMap<i32, i32>, Error> {
     let mut f = std::fs::File::from(status);
     let mut text = String::new();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -244,7 +255,14 @@ fn wait_tree_ready(status: OwnedFd, n: usize, root: i32) -> Result<(), Error> {
             return Err(Error::Invalid { object: format!("restore of pid {root}"), what: line[4..].to_string() });
         }
         if text.lines().filter(|l| l.starts_with("ok ")).count() >= n {
-            return Ok(());
+            let mut hosts = HashMap::new();
+            for l in text.lines().filter_map(|l| l.strip_prefix("ok ")) {
+                let mut it = l.split(' ').filter_map(|w| w.parse::<i32>().ok());
+                if let (Some(pid), Some(host)) = (it.next(), it.next()) {
+                    hosts.insert(pid, host);
+                }
+            }
+            return Ok(hosts);
         }
         match f.read(&mut buf) {
             Ok(0) => {
@@ -282,22 +300,23 @@ type RestoredThread = (i32, ferry_image::Thread, ferry_sys::UserRegs);
 /// Returns the threads (other than the main one) to load and release at the end.
 fn rebuild(
     p: &Process,
+    host: i32,
     prep: &memory::Prepared,
     tr: &Trampoline,
     img: &ImageReader,
     has_zombies: bool,
     helpers: &[i32],
 ) -> Result<(ferry_sys::UserRegs, Vec<RestoredThread>), Error> {
-    let pid = p.pid;
+    let pid = host;
     let _span = tracing::info_span!("process", pid).entered();
     let base_regs = ptrace::get_regs(pid).ctx(|| format!("pid {pid}: cannot read registers"))?;
     let inj = Injector::with_int3(pid, tr.code, base_regs);
     let t = &p.threads[0];
     cpu::check_compatible(pid, pid, &t.xstate)?;
     rseq::unregister_inherited(&inj)?;
-    let pages_path = img.path(&ferry_image::pages_file(pid));
+    let pages_path = img.path(&ferry_image::pages_file(p.pid));
     let pages_file = std::fs::File::open(&pages_path).ctx(|| format!("cannot open {}", pages_path.display()))?;
-    let pages_len = img.file_size(&ferry_image::pages_file(pid)).unwrap_or(0) as usize;
+    let pages_len = img.file_size(&ferry_image::pages_file(p.pid)).unwrap_or(0) as usize;
     let pages =
         Mmap::map_readonly(pages_file.as_fd(), pages_len).ctx(|| format!("cannot map {}", pages_path.display()))?;
     pages.advise_sequential();
@@ -384,7 +403,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
             });
         }
         all_vmas.extend(mm.vmas.iter().cloned());
-        for t in &p.threads {
+        for t in p.threads.iter().filter(|_| !img.inventory().pidns) {
             check_pid_free(t.tid)?;
         }
     }
@@ -395,14 +414,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     let pipes = pipes::prepare(root, &all_pipes)?;
     let mut shared = std::collections::HashMap::new();
     let mut shmem = std::collections::HashMap::new();
-    for z in procs.iter().filter(|p| p.zombie) {
+    for z in procs.iter().filter(|p| p.zombie && !img.inventory().pidns) {
         check_pid_free(z.pid)?;
     }
     let plan = session::plan(&procs).map_err(|(pid, what)| Error::Invalid {
         object: format!("pid {pid}"),
         what: format!("cannot recreate its session or process group: {what}"),
     })?;
-    for h in plan.helpers() {
+    for h in plan.helpers().filter(|_| !img.inventory().pidns) {
         check_pid_free(h.pid)?;
     }
     let mut prep = Vec::new();
@@ -435,7 +454,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         hold_fd: hold_r.as_raw_fd(),
     };
 
-    let mut tree = match clone3_with_pid(root) {
+    // A tree that was a whole pid namespace gets a new one: its init is created by a plain
+    // clone3(CLONE_NEWPID) and every other pid is chosen inside it.
+    let pidns = img.inventory().pidns;
+    let forked = if pidns { ferry_sys::process::clone3_new_pidns() } else { clone3_with_pid(root) };
+    let mut tree = match forked {
         Ok(Fork::Child) => child_main(&ctx, 0),
         Ok(Fork::Parent(c)) => Tree { pids: vec![c], released: false },
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
@@ -445,7 +468,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
             return Err(Error::Sys { object: format!("cannot create process {root} (clone3 with set_tid)"), source: e })
         }
     };
-    tree.pids = plan.nodes.iter().map(|n| n.pid).collect();
+    let root_host = tree.pids[0];
+    if !pidns {
+        // (Inside a new namespace, killing its init takes everything along.)
+        tree.pids = plan.nodes.iter().map(|n| n.pid).collect();
+    }
     drop(status_w);
     drop(hold_r);
     let mem_numbers: Vec<Option<memory::Prepared>> = prep
@@ -459,18 +486,25 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         })
         .collect();
     drop(prep);
-    wait_tree_ready(status_r, procs.iter().filter(|p| !p.zombie).count() + plan.helpers().count(), root)?;
+    let mut hosts =
+        wait_tree_ready(status_r, procs.iter().filter(|p| !p.zombie).count() + plan.helpers().count(), root)?;
+    hosts.insert(root, root_host);
+    for z in procs.iter().filter(|p| p.zombie) {
+        hosts.entry(z.pid).or_insert(z.pid);
+    }
+    let host = |pid: i32| hosts.get(&pid).copied().unwrap_or(pid);
+    tree.pids = plan.nodes.iter().map(|n| host(n.pid)).collect();
     tracing::debug!(elapsed = ?t0.elapsed(), "tree forked and ready");
     // Take every process over: each sits in read() on the hold pipe.
     for p in procs.iter().filter(|p| !p.zombie) {
-        let pid = p.pid;
+        let pid = host(p.pid);
         ptrace::seize(pid, PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL).ctx(|| format!("pid {pid}: cannot attach"))?;
         ptrace::interrupt(pid).ctx(|| format!("pid {pid}: cannot interrupt"))?;
         wait_stopped(pid).ctx(|| format!("pid {pid}: did not stop"))?;
     }
     let t_tracer = Instant::now();
-    join_groups(&plan, &tr)?;
-    end_helpers(&plan)?;
+    join_groups(&plan, &tr, &host)?;
+    end_helpers(&plan, &host)?;
     let mut rebuilt = Vec::new();
     for (i, p) in procs.iter().enumerate() {
         let Some(mem) = &mem_numbers[i] else { continue };
@@ -478,29 +512,29 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         let me = plan.nodes.iter().position(|n| n.role == Role::Image(i));
         let helpers: Vec<i32> =
             plan.helpers().filter(|h| h.creator.is_some() && h.creator == me).map(|h| h.pid).collect();
-        rebuilt.push((p, rebuild(p, mem, &tr, &img, has_zombies, &helpers)?));
+        rebuilt.push((p, rebuild(p, host(p.pid), mem, &tr, &img, has_zombies, &helpers)?));
     }
     // Release everything together, leaves first.
     for (p, (_, threads)) in rebuilt.iter().rev() {
         for (tid, _, _) in threads {
             ptrace::detach(*tid, 0).ctx(|| format!("pid {} thread {tid}: cannot release", p.pid))?;
         }
-        ptrace::detach(p.pid, 0).ctx(|| format!("pid {}: cannot release", p.pid))?;
+        ptrace::detach(host(p.pid), 0).ctx(|| format!("pid {}: cannot release", p.pid))?;
     }
     tree.released = true;
     drop(hold_w);
     tracing::info!(tracer = ?t_tracer.elapsed(), total = ?t0.elapsed(), "released");
     if let Some(pf) = &opts.pidfile {
-        write_pidfile(pf, root)?;
+        write_pidfile(pf, root_host)?;
     }
-    Ok(Restored { pid: root, verify, total: t0.elapsed() })
+    Ok(Restored { pid: root_host, verify, total: t0.elapsed() })
 }
 
 /// Once every process and helper exists: each process whose group's leader is elsewhere (or a
 /// helper) joins it, from inside with an injected `setpgid(0, pgid)`.
-fn join_groups(plan: &session::Plan, tr: &Trampoline) -> Result<(), Error> {
+fn join_groups(plan: &session::Plan, tr: &Trampoline, host: &dyn Fn(i32) -> i32) -> Result<(), Error> {
     for n in plan.nodes.iter().filter(|n| n.join.is_some()) {
-        let (pid, pgid) = (n.pid, n.join.unwrap_or(0));
+        let (pid, pgid) = (host(n.pid), n.join.unwrap_or(0));
         let regs = ptrace::get_regs(pid).ctx(|| format!("pid {pid}: cannot read registers"))?;
         let inj = Injector::with_int3(pid, tr.code, regs);
         inj.call(nr::SETPGID, &[0, pgid as u64]).ctx(|| format!("pid {pid}: cannot join process group {pgid}"))?;
@@ -510,13 +544,14 @@ fn join_groups(plan: &session::Plan, tr: &Trampoline) -> Result<(), Error> {
 }
 
 /// Kill the helpers and wait until each is a zombie, for its parent to reap during its rebuild.
-fn end_helpers(plan: &session::Plan) -> Result<(), Error> {
+fn end_helpers(plan: &session::Plan, host: &dyn Fn(i32) -> i32) -> Result<(), Error> {
     for h in plan.helpers() {
-        ferry_sys::process::kill(h.pid, libc::SIGKILL).ctx(|| format!("helper process {}: cannot kill", h.pid))?;
+        ferry_sys::process::kill(host(h.pid), libc::SIGKILL)
+            .ctx(|| format!("helper process {}: cannot kill", h.pid))?;
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     for h in plan.helpers() {
-        while !matches!(pid_state(h.pid), Some('Z') | None) {
+        while !matches!(pid_state(host(h.pid)), Some('Z') | None) {
             if Instant::now() > deadline {
                 return Err(Error::Invalid { object: format!("helper process {}", h.pid), what: "did not die".into() });
             }
@@ -535,7 +570,7 @@ fn restore_threads(
     tr: &Trampoline,
     p: &Process,
 ) -> Result<Vec<(i32, ferry_image::Thread, ferry_sys::UserRegs)>, Error> {
-    let pid = p.pid;
+    let pid = inj.pid();
     let mut out = Vec::new();
     if p.threads.len() < 2 {
         return Ok(out);
@@ -568,6 +603,7 @@ fn restore_threads(
                 what: format!("thread {tid} was created as {got}"),
             });
         }
+        let tid = host_tid(pid, p.pid, tid)?;
         wait_stopped(tid).ctx(|| format!("pid {pid} thread {tid}: did not stop after creation"))?;
         let base = ptrace::get_regs(tid).ctx(|| format!("pid {pid} thread {tid}: cannot read registers"))?;
         let tinj = Injector::with_int3(tid, tr.code, base);
@@ -584,6 +620,24 @@ fn restore_threads(
         out.push((tid, t.clone(), base));
     }
     Ok(out)
+}
+
+/// The id ferry sees for thread `tid` (as its own pid namespace sees it) of process `host`
+/// (`pid` inside): the same unless the tree has its own pid namespace.
+fn host_tid(host: i32, pid: i32, tid: i32) -> Result<i32, Error> {
+    if host == pid {
+        return Ok(tid);
+    }
+    let dir = crate::procfs::path(host, "task");
+    for e in std::fs::read_dir(&dir).ctx(|| format!("cannot list {}", dir.display()))?.flatten() {
+        let Some(t) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let text = crate::procfs::read_string(host, &format!("task/{t}/status"))?;
+        let st = crate::procfs::parse(host, "task status", ferry_proc::parse_status(&text))?;
+        if st.ns_pid.last() == Some(&tid) {
+            return Ok(t);
+        }
+    }
+    Err(Error::Invalid { object: format!("pid {host}"), what: format!("thread {tid} not found after its creation") })
 }
 
 /// Wait for a restored (child) process to end; returns its exit status (128+signal if killed).

@@ -23,6 +23,10 @@ pub struct Inventory {
     /// Every other file of the image with its size and checksum.
     #[prost(message, repeated, tag = "7")]
     pub files: Vec<FileDigest>,
+    /// The tree is a whole pid namespace (its root is the namespace's init, `ferry run --pidns`):
+    /// every pid in the image is as that namespace sees it, and restore creates a new one.
+    #[prost(bool, tag = "30")]
+    pub pidns: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize)]

@@ -29,6 +29,21 @@ pub fn set_sigmask_self(mask: u64) -> io::Result<u64> {
     Ok(old)
 }
 
+/// Wait for one of the (blocked) signals in `mask` and return its number (`sigwaitinfo`).
+pub fn sigwait(mask: u64) -> io::Result<i32> {
+    // SAFETY: a valid 8-byte mask; no siginfo or timeout buffers.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigtimedwait,
+            &mask,
+            std::ptr::null_mut::<libc::siginfo_t>(),
+            std::ptr::null::<libc::timespec>(),
+            8usize,
+        )
+    })
+    .map(|r| r as i32)
+}
+
 /// `prctl(2)` with integer arguments.
 pub fn prctl(option: i32, a2: u64, a3: u64, a4: u64, a5: u64) -> io::Result<i32> {
     // SAFETY: only integer-argument prctl options are passed by callers.

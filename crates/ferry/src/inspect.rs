@@ -1,5 +1,13 @@
 //! `ferry inspect`: decode an image into text or JSON (the role CRIU's crit plays).
 
+/// Print a line; a closed stdout (`ferry inspect | head`) is not an error worth a panic.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
 use anyhow::Result;
 use ferry_image::{FileKind, ImageReader, VmaKind};
 use std::path::Path;
@@ -27,10 +35,10 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
     }
     if json {
         let v = serde_json::json!({ "inventory": inv, "processes": procs });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        out!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!(
+    out!(
         "image {} (format {}, ferry {}, kernel {}), root pid {}",
         dir.display(),
         inv.format_version,
@@ -39,25 +47,29 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
         inv.root_pid
     );
     for f in &inv.files {
-        println!("  file {:<28} {:>10}  crc32 {:08x}", f.name, size(f.size), f.crc32);
+        out!("  file {:<28} {:>10}  crc32 {:08x}", f.name, size(f.size), f.crc32);
     }
     for p in &procs {
-        println!("process {} ({}) ppid {} pgid {} sid {}", p.pid, p.comm, p.ppid, p.pgid, p.sid);
-        println!("  cwd {}  root {}  umask {:03o}  personality {:#x}", p.cwd, p.root, p.umask, p.personality);
+        out!("process {} ({}) ppid {} pgid {} sid {}", p.pid, p.comm, p.ppid, p.pgid, p.sid);
+        out!("  cwd {}  root {}  umask {:03o}  personality {:#x}", p.cwd, p.root, p.umask, p.personality);
         if let Some(c) = &p.creds {
-            println!("  uids {:?} gids {:?} groups {:?} capeff {:#x}", c.uids, c.gids, c.groups, c.cap_eff);
+            out!("  uids {:?} gids {:?} groups {:?} capeff {:#x}", c.uids, c.gids, c.groups, c.cap_eff);
         }
         for t in &p.threads {
             if let Some(r) = &t.regs {
-                println!(
+                out!(
                     "  thread {}: rip {:#x} rsp {:#x} fs_base {:#x}, {}",
-                    t.tid, r.rip, r.rsp, r.fs_base, t.stopped_in
+                    t.tid,
+                    r.rip,
+                    r.rsp,
+                    r.fs_base,
+                    t.stopped_in
                 );
             }
-            println!("    sigmask {:#x}, {} pending, xstate {} bytes", t.sigmask, t.pending.len(), t.xstate.len());
+            out!("    sigmask {:#x}, {} pending, xstate {} bytes", t.sigmask, t.pending.len(), t.xstate.len());
         }
         if let Some(mm) = &p.mm {
-            println!(
+            out!(
                 "  exe {}  brk {:#x}..{:#x}  {} of pages stored",
                 mm.exe_path,
                 mm.start_brk,
@@ -67,7 +79,7 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
             for v in &mm.vmas {
                 let kind = VmaKind::try_from(v.kind).map(|k| format!("{k:?}")).unwrap_or_default();
                 let stored: u64 = v.runs.iter().map(|r| r.nr_pages * 4096).sum();
-                println!(
+                out!(
                     "    {:#014x}-{:#014x} {} {:>10} {:<11} stored {:>10}  {}{}",
                     v.start,
                     v.end,
@@ -83,7 +95,7 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
         for fd in &p.fds {
             let f = &p.files[fd.file as usize];
             let kind = FileKind::try_from(f.kind).map(|k| format!("{k:?}")).unwrap_or_default();
-            println!(
+            out!(
                 "  fd {:>4} {:<10} flags {:#o} pos {}{} {}",
                 fd.fd,
                 kind,
@@ -94,18 +106,22 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
             );
         }
         for a in &p.sigactions {
-            println!("  signal {:>2}: handler {:#x} flags {:#x} mask {:#x}", a.sig, a.handler, a.flags, a.mask);
+            out!("  signal {:>2}: handler {:#x} flags {:#x} mask {:#x}", a.sig, a.handler, a.flags, a.mask);
         }
         for s in &p.shared_pending {
-            println!("  pending (shared) signal {}", s.signo);
+            out!("  pending (shared) signal {}", s.signo);
         }
         for t in &p.itimers {
-            println!("  itimer {}: value {} us interval {} us", t.which, t.value_us, t.interval_us);
+            out!("  itimer {}: value {} us interval {} us", t.which, t.value_us, t.interval_us);
         }
         for t in &p.posix_timers {
-            println!(
+            out!(
                 "  posix timer {}: clock {} signal {} value {} ns interval {} ns",
-                t.id, t.clock_id, t.signo, t.value_ns, t.interval_ns
+                t.id,
+                t.clock_id,
+                t.signo,
+                t.value_ns,
+                t.interval_ns
             );
         }
     }

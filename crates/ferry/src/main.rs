@@ -46,6 +46,29 @@ enum Cmd {
         #[arg(long)]
         pidfile: Option<PathBuf>,
     },
+    /// Start a job ready to be checkpointed: in its own process group, or with --pidns in a new
+    /// pid namespace under a minimal init, so that it can be restored on any host without pid
+    /// clashes (dump the init's pid to take the whole namespace).
+    Run {
+        /// Run the job in a new pid namespace (its init is `ferry __init`).
+        #[arg(long)]
+        pidns: bool,
+        /// Print the pid (the init's, with --pidns) and return instead of waiting for the job.
+        #[arg(short = 'd', long)]
+        detach: bool,
+        /// Write that pid to this file.
+        #[arg(long)]
+        pidfile: Option<PathBuf>,
+        /// The command and its arguments.
+        #[arg(required = true, trailing_var_arg = true)]
+        cmd: Vec<std::ffi::OsString>,
+    },
+    /// The init of a `ferry run --pidns` namespace (internal).
+    #[command(name = "__init", hide = true)]
+    Init {
+        #[arg(required = true, trailing_var_arg = true)]
+        cmd: Vec<std::ffi::OsString>,
+    },
     /// Show what an image holds: process, mappings with sizes, fds, signals, timers.
     Inspect {
         /// Image directory.
@@ -118,6 +141,15 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(ferry_engine::restore::wait_exit(r.pid)?)
         }
+        Cmd::Run { pidns, detach, pidfile, cmd } => {
+            let opts = ferry_engine::launch::RunOptions { cmd, pidns, detach, pidfile };
+            let (pid, status) = ferry_engine::launch::run(&opts).context("ferry run failed")?;
+            if detach {
+                println!("{pid}");
+            }
+            Ok(status.unwrap_or(0))
+        }
+        Cmd::Init { cmd } => ferry_engine::launch::init(&cmd),
         Cmd::Inspect { dir, json } => {
             inspect::run(&dir, json)?;
             Ok(0)

@@ -168,11 +168,12 @@ fn stores_pages(kind: VmaKind) -> bool {
 /// Returns the number of bytes of page data stored.
 pub fn dump_pages(
     pid: i32,
+    image_pid: i32,
     mm: &mut Mm,
     img: &mut ImageWriter,
     shmem_done: &mut std::collections::HashSet<(u64, u64, u64)>,
 ) -> Result<u64, Error> {
-    let name = ferry_image::pages_file(pid);
+    let name = ferry_image::pages_file(image_pid);
     let mut out = img.stream(&name)?;
     let werr = |e: std::io::Error| Error::Sys { object: format!("cannot write {name}"), source: e };
     out.write_all(&ferry_image::pages_header()).map_err(werr)?;
@@ -399,9 +400,17 @@ pub fn prepare(
             out.exe_fd = out.vma_fd.get(&i).copied();
         } else {
             let f = std::fs::File::open(exe).ctx(|| format!("{}: cannot open the executable", obj()))?;
-            let n = ferry_sys::raw::dup_above(f.as_fd(), base).ctx(obj)?;
-            out.exe_fd = Some(std::os::fd::AsRawFd::as_raw_fd(&n));
-            out.owned.push(n);
+            // The restored process starts as a copy of ferry: when its executable is ferry's own
+            // (a `ferry run --pidns` init), the link is right already, and the kernel refuses to
+            // replace an exe that is still mapped.
+            use std::os::unix::fs::MetadataExt;
+            let same = |a: &std::fs::Metadata, b: &std::fs::Metadata| (a.dev(), a.ino()) == (b.dev(), b.ino());
+            let own = std::fs::metadata("/proc/self/exe").ok();
+            if !matches!((f.metadata().ok(), own), (Some(a), Some(b)) if same(&a, &b)) {
+                let n = ferry_sys::raw::dup_above(f.as_fd(), base).ctx(obj)?;
+                out.exe_fd = Some(std::os::fd::AsRawFd::as_raw_fd(&n));
+                out.owned.push(n);
+            }
         }
     }
     Ok(out)

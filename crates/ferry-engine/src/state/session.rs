@@ -88,6 +88,8 @@ impl Plan {
 pub fn plan(procs: &[Process]) -> Result<Plan, (i32, String)> {
     let Some(root) = procs.first() else { return Ok(Plan::default()) };
     let idx: HashMap<i32, usize> = procs.iter().enumerate().map(|(i, p)| (p.pid, i)).collect();
+    // Who adopts orphans: a subreaper, or the init of a pid namespace.
+    let reaper = |q: &Process| q.child_subreaper || (q.pid == 1 && q.pid == root.pid);
     // The root's session and group, when led from outside, are whatever ferry runs in.
     let outside = |v: i32| if idx.contains_key(&v) { v } else { OUTSIDE };
     let mut nodes: Vec<Node> = Vec::new();
@@ -124,21 +126,23 @@ pub fn plan(procs: &[Process]) -> Result<Plan, (i32, String)> {
         if sid == p.pid || sid == pids.sid {
         } else if nodes[parent].setsid && sid == pids.born_sid {
             before_setsid = true;
-        } else if p.ppid == root.pid && (root.child_subreaper || root.pid == 1) && !idx.contains_key(&sid) {
-            // An orphan whose session leader is gone: a session helper forks it.
+        } else if reaper(&procs[idx[&p.ppid]]) && !idx.contains_key(&sid) {
+            // An orphan whose session leader is gone: a session helper, forked by the subreaper
+            // it was reparented to, forks it.
             creator = match node_of.get(&sid) {
-                Some(&h) => h,
+                Some(&h) if nodes[h].creator == Some(parent) => h,
+                Some(_) => return Err((p.pid, format!("its session {sid} has orphans under two subreapers"))),
                 None => {
                     nodes.push(Node {
                         pid: sid,
                         role: Role::SessionHelper,
-                        creator: Some(0),
+                        creator: Some(parent),
                         before_setsid: false,
                         setsid: true,
                         own_group: false,
                         join: None,
                     });
-                    ids.push(Ids { born_sid: ids[0].sid, born_pgid: ids[0].pgid, sid, pgid: sid });
+                    ids.push(Ids { born_sid: pids.sid, born_pgid: pids.pgid, sid, pgid: sid });
                     node_of.insert(sid, nodes.len() - 1);
                     nodes.len() - 1
                 }
@@ -149,7 +153,7 @@ pub fn plan(procs: &[Process]) -> Result<Plan, (i32, String)> {
             } else if sid == OUTSIDE {
                 format!("it is in the session of the tree's root ({}), which its parent left", root.sid)
             } else {
-                format!("its session {sid} has no leader in the tree and it is not an orphan of a subreaper root")
+                format!("its session {sid} has no leader in the tree and it is not an orphan of a subreaper")
             };
             return Err((p.pid, why));
         }
@@ -269,6 +273,12 @@ mod tests {
         // Without the subreaper flag the orphan could not be where it is.
         root.child_subreaper = false;
         assert!(plan_err(&[root, p(11, 10, 40, 40)]).contains("not an orphan of a subreaper"));
+        // A subreaper below the root, as in a pid namespace whose init started the job.
+        let mut job = p(2, 1, 1, 1);
+        job.child_subreaper = true;
+        let ns = super::plan(&[p(1, 0, 1, 1), job, p(7, 2, 4, 4)]).expect("plan");
+        let h = ns.node_of(4).expect("session helper");
+        assert_eq!((h.role, h.creator), (Role::SessionHelper, Some(1)));
     }
 
     fn plan_err(procs: &[Process]) -> String {

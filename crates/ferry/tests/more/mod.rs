@@ -529,3 +529,62 @@ fn deleted_executable() {
     let status = wait_timeout(&mut restore, Duration::from_secs(30)).expect("the restored counter did not exit");
     assert!(status.success(), "restored counter: {}", describe(status));
 }
+
+/// `ferry run --pidns`: a job (the sessions tree: a subreaper, orphans whose session and group
+/// leaders are gone) in its own pid namespace under ferry's init. Dumping the init takes the
+/// whole namespace; restore recreates it in a new namespace, although pids 1-10 are in use on
+/// the host, and the job verifies its sids, pgids and parents there.
+#[test]
+fn pidns_job_moves_as_a_whole_namespace() {
+    let w = WorkDir::new("pidns");
+    let pidfile = w.join("init.pid");
+    let log = |name: &str| File::create(w.join(name)).expect("log file");
+    let status = Command::new(ferry_bin())
+        .args(["run", "--pidns", "-d", "--pidfile", &path_str(&pidfile), "--"])
+        .arg(ferry_workloads::path("sessions"))
+        .arg(&w.path)
+        .stdin(Stdio::null())
+        .stdout(log("run.log"))
+        .stderr(log("run.err"))
+        .status()
+        .expect("run ferry run");
+    assert!(status.success(), "ferry run failed: {}", read_tail(&w.join("run.err"), 2000));
+    wait_for("ready", Duration::from_secs(30), || w.join("ready").exists());
+    let init: i32 = fs::read_to_string(&pidfile).expect("pidfile").trim().parse().expect("pid");
+    let inner = fs::read_to_string(w.join("ready")).expect("ready");
+    assert_eq!(inner.trim(), "2", "the job does not see its namespace's pids");
+    let img = w.join("img");
+    let out = Command::new(ferry_bin())
+        .args(["dump", "-t", &init.to_string(), "-D", &path_str(&img)])
+        .output()
+        .expect("run ferry dump");
+    assert!(out.status.success(), "dump of the init failed: {}", String::from_utf8_lossy(&out.stderr));
+    wait_for("the namespace to be gone", Duration::from_secs(90), || !pid_alive(init));
+    let reader = ferry_image::ImageReader::open(&img).expect("open image");
+    assert!(reader.inventory().pidns && reader.inventory().root_pid == 1, "not recorded as a whole pid namespace");
+    assert_eq!(reader.inventory().pids.len(), 8, "the init and the 7 processes of the job");
+    let restored_pid = w.join("restored.pid");
+    let mut restore = Command::new(ferry_bin())
+        .args(["restore", "-D", &path_str(&img), "--pidfile", &path_str(&restored_pid)])
+        .stdin(Stdio::null())
+        .stdout(log("restore.log"))
+        .stderr(log("restore.err"))
+        .spawn()
+        .expect("run ferry restore");
+    wait_for("the restored init", Duration::from_secs(30), || restored_pid.exists());
+    let host: i32 = fs::read_to_string(&restored_pid).expect("pidfile").trim().parse().expect("pid");
+    assert_ne!(host, 1);
+    // The init forwards the go signal to the job.
+    send_signal(host, "USR2").expect("signal the restored init");
+    let status = wait_timeout(&mut restore, Duration::from_secs(60)).unwrap_or_else(|| {
+        let _ = restore.kill();
+        panic!("the restored job did not finish: {}", read_tail(&w.join("restore.err"), 2000))
+    });
+    let result = fs::read_to_string(w.join("result")).unwrap_or_default();
+    assert!(
+        status.success() && result.trim() == "PASS",
+        "restored job: {} {result}\n{}",
+        describe(status),
+        read_tail(&w.join("run.log"), 3000)
+    );
+}

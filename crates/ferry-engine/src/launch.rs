@@ -1,0 +1,98 @@
+//! `ferry run`: start a job so that it can be checkpointed and restored anywhere. With
+//! `--pidns` the job gets its own pid namespace under a minimal init (`ferry __init`): its
+//! processes see small pids of their own, so a restore on another host never clashes with the
+//! pids in use there. Dumping that init dumps the whole namespace; restore recreates it.
+
+use crate::error::{Ctx, Error};
+use ferry_sys::process::{clone3_new_pidns, Fork};
+use ferry_sys::{ptrace, raw};
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// What `ferry run` starts and how.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub cmd: Vec<OsString>,
+    pub pidns: bool,
+    /// Print the pid and return at once instead of waiting for the job.
+    pub detach: bool,
+    pub pidfile: Option<PathBuf>,
+}
+
+/// Start the job; returns (its pid as ferry sees it, its exit status if waited for).
+pub fn run(opts: &RunOptions) -> Result<(i32, Option<i32>), Error> {
+    let prog =
+        opts.cmd.first().ok_or_else(|| Error::Invalid { object: "ferry run".into(), what: "no command".into() })?;
+    // The job must own all of its state: fds ferry inherited by accident (a shell's or a test
+    // runner's pipes) would be shared with processes outside a later dump.
+    let _ = raw::close_range(3, u32::MAX);
+    let stdin = || if opts.detach { Stdio::null() } else { Stdio::inherit() };
+    let pid = if opts.pidns {
+        let init = std::fs::read_link("/proc/self/exe").ctx(|| "cannot find ferry's own executable".into())?;
+        match clone3_new_pidns().ctx(|| "cannot create a pid namespace (clone3 CLONE_NEWPID)".into())? {
+            Fork::Child => {
+                let e = Command::new(init).arg("__init").arg("--").args(&opts.cmd).stdin(stdin()).exec();
+                eprintln!("ferry: cannot start the namespace's init: {e}");
+                raw::exit_now(127)
+            }
+            Fork::Parent(pid) => pid,
+        }
+    } else {
+        let child = Command::new(prog)
+            .args(&opts.cmd[1..])
+            .stdin(stdin())
+            .process_group(0)
+            .spawn()
+            .ctx(|| format!("cannot start {}", prog.to_string_lossy()))?;
+        child.id() as i32
+    };
+    if let Some(pf) = &opts.pidfile {
+        crate::restore::write_pidfile(pf, pid)?;
+    }
+    if opts.detach {
+        return Ok((pid, None));
+    }
+    Ok((pid, Some(crate::restore::wait_exit(pid)?)))
+}
+
+const FORWARDED: [i32; 6] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2];
+
+/// The namespace's init: starts the job as pid 2, forwards termination and user signals to it,
+/// reaps every orphan, and exits with the job's status when it ends (which ends the namespace).
+pub fn init(cmd: &[OsString]) -> ! {
+    let _ = raw::setsid();
+    let mut mask = 1u64 << (libc::SIGCHLD - 1);
+    for s in FORWARDED {
+        mask |= 1 << (s - 1);
+    }
+    // Start the job before blocking signals: it must not inherit init's mask. A job that
+    // ends before the mask is set is found by the first sweep below.
+    let Some(prog) = cmd.first() else { raw::exit_now(127) };
+    let job = match Command::new(prog).args(&cmd[1..]).spawn() {
+        Ok(c) => c.id() as i32,
+        Err(e) => {
+            eprintln!("ferry init: cannot start {}: {e}", prog.to_string_lossy());
+            raw::exit_now(127)
+        }
+    };
+    let _ = raw::set_sigmask_self(mask);
+    let mut sig = libc::SIGCHLD;
+    loop {
+        if sig != libc::SIGCHLD && sig != 0 {
+            let _ = ferry_sys::process::kill(job, sig);
+        }
+        while let Ok(Some((pid, st))) = ptrace::wait(-1, true) {
+            if pid != job {
+                continue;
+            }
+            match st {
+                ptrace::WaitStatus::Exited(c) => raw::exit_now(c),
+                ptrace::WaitStatus::Signaled(s) => raw::exit_now(128 + s),
+                _ => {}
+            }
+        }
+        sig = raw::sigwait(mask).unwrap_or(0);
+    }
+}
