@@ -604,4 +604,5 @@ mod big {
     }
 }
 
+mod inet;
 mod more;
