@@ -24,6 +24,18 @@ pub fn getsockopt_raw(fd: BorrowedFd<'_>, level: i32, name: i32, cap: usize) -> 
     Ok(buf)
 }
 
+/// `getsockopt(2)` with an empty buffer — the length the kernel reports (for SO_GET_FILTER:
+/// the number of instructions of the attached classic BPF filter).
+pub fn getsockopt_len(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<usize> {
+    let mut len: libc::socklen_t = 0;
+    // SAFETY: a zero-length buffer: the kernel writes nothing to the (dangling, never read)
+    // pointer and only updates `len`.
+    cvt_i(unsafe {
+        libc::getsockopt(fd.as_raw_fd(), level, name, std::ptr::NonNull::<u8>::dangling().as_ptr().cast(), &mut len)
+    })?;
+    Ok(len as usize)
+}
+
 /// `getsockopt(2)` of an `int` option.
 pub fn getsockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i32> {
     let v = getsockopt_raw(fd, level, name, 4)?;

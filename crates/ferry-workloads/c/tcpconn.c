@@ -10,10 +10,13 @@
  *              ENOTCONN, write with EPIPE), L's queue is empty, and L accepts and serves a new
  *              connection.
  *   udpqueued: a bound UDP socket with one unread datagram. After go it still reads it.
+ *   filter:    a bound UDP socket with a classic BPF filter attached. After go the filter is
+ *              still there.
  */
 #include "common.h"
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <linux/filter.h>
 #include <poll.h>
 #include <sys/socket.h>
 
@@ -56,6 +59,19 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	const char *mode = argc > 2 ? argv[2] : "intact";
 
+	if (strcmp(mode, "filter") == 0) {
+		int u = socket(AF_INET, SOCK_DGRAM, 0);
+		SETUP(u);
+		struct sock_filter code[] = { BPF_STMT(BPF_RET | BPF_K, 0xffff) };
+		struct sock_fprog prog = { .len = 1, .filter = code };
+		SETUP(setsockopt(u, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog));
+		signal_ready();
+		wait_go();
+		socklen_t len = 0;
+		CHECK(getsockopt(u, SOL_SOCKET, SO_GET_FILTER, NULL, &len) == 0 && len == 1, "the filter is gone (%u)",
+		      len);
+		finish();
+	}
 	if (strcmp(mode, "udpqueued") == 0) {
 		int u = socket(AF_INET, SOCK_DGRAM, 0);
 		SETUP(u);

@@ -24,6 +24,12 @@
 //! clients see a reset). Datagrams queued on a UDP socket are refused: their source
 //! addresses cannot be put back (a datagram re-sent by ferry would come from ferry's
 //! address), so ferry asks to dump again when the queue is empty rather than alter them.
+//! Sockets with a BPF filter are refused too.
+//!
+//! Not carried (the kernel offers no way to read them per socket): multicast group
+//! memberships (IP_ADD_MEMBERSHIP and friends) and half-open connections (SYN_RECV) of a
+//! listener, whose clients' final ACK then meets the new listener without them (a reset, or
+//! a SYN cookie).
 
 use crate::error::{Ctx, Error};
 use ferry_image::{File, InetSocket, SockOpt};
@@ -83,6 +89,13 @@ const OPTS: &[(i32, i32, &str, Only)] = &[
     (libc::SOL_SOCKET, libc::SO_RCVTIMEO, "SO_RCVTIMEO", Only::Any),
     (libc::SOL_SOCKET, libc::SO_SNDTIMEO, "SO_SNDTIMEO", Only::Any),
     (libc::SOL_SOCKET, libc::SO_BINDTODEVICE, "SO_BINDTODEVICE", Only::Any),
+    (libc::SOL_SOCKET, libc::SO_PASSCRED, "SO_PASSCRED", Only::Any),
+    (libc::SOL_SOCKET, libc::SO_TIMESTAMP, "SO_TIMESTAMP", Only::Any),
+    (libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, "SO_TIMESTAMPNS", Only::Any),
+    (libc::SOL_SOCKET, libc::SO_TIMESTAMPING, "SO_TIMESTAMPING", Only::Any),
+    (libc::SOL_SOCKET, libc::SO_RXQ_OVFL, "SO_RXQ_OVFL", Only::Any),
+    (libc::SOL_SOCKET, libc::SO_BUSY_POLL, "SO_BUSY_POLL", Only::Any),
+    (libc::SOL_SOCKET, libc::SO_ZEROCOPY, "SO_ZEROCOPY", Only::Any),
     (libc::IPPROTO_TCP, libc::TCP_NODELAY, "TCP_NODELAY", Only::Tcp),
     (libc::IPPROTO_TCP, libc::TCP_CORK, "TCP_CORK", Only::Tcp),
     (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, "TCP_KEEPIDLE", Only::Tcp),
@@ -95,6 +108,8 @@ const OPTS: &[(i32, i32, &str, Only)] = &[
     (libc::IPPROTO_TCP, libc::TCP_FASTOPEN, "TCP_FASTOPEN", Only::Tcp),
     (libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, "TCP_NOTSENT_LOWAT", Only::Tcp),
     (libc::IPPROTO_TCP, libc::TCP_CONGESTION, "TCP_CONGESTION", Only::Tcp),
+    (libc::IPPROTO_TCP, libc::TCP_THIN_LINEAR_TIMEOUTS, "TCP_THIN_LINEAR_TIMEOUTS", Only::Tcp),
+    (libc::IPPROTO_TCP, libc::TCP_SAVE_SYN, "TCP_SAVE_SYN", Only::Tcp),
     // Meaningful (the user's value) only before a connection: see `connection_only`.
     (libc::IPPROTO_TCP, libc::TCP_MAXSEG, "TCP_MAXSEG", Only::Tcp),
     (libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP, "TCP_WINDOW_CLAMP", Only::Tcp),
@@ -110,6 +125,9 @@ const OPTS: &[(i32, i32, &str, Only)] = &[
     (libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, "IP_BIND_ADDRESS_NO_PORT", Only::V4),
     (libc::IPPROTO_IP, libc::IP_MULTICAST_TTL, "IP_MULTICAST_TTL", Only::V4),
     (libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP, "IP_MULTICAST_LOOP", Only::V4),
+    (libc::IPPROTO_IP, libc::IP_RECVORIGDSTADDR, "IP_RECVORIGDSTADDR", Only::V4),
+    (libc::IPPROTO_IP, libc::IP_MINTTL, "IP_MINTTL", Only::V4),
+    (libc::IPPROTO_IP, libc::IP_NODEFRAG, "IP_NODEFRAG", Only::V4),
     (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, "IPV6_V6ONLY", Only::V6),
     (libc::IPPROTO_IPV6, libc::IPV6_TCLASS, "IPV6_TCLASS", Only::V6),
     (libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, "IPV6_UNICAST_HOPS", Only::V6),
@@ -120,6 +138,11 @@ const OPTS: &[(i32, i32, &str, Only)] = &[
     (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, "IPV6_RECVPKTINFO", Only::V6),
     (libc::IPPROTO_IPV6, libc::IPV6_TRANSPARENT, "IPV6_TRANSPARENT", Only::V6),
     (libc::IPPROTO_IPV6, libc::IPV6_FREEBIND, "IPV6_FREEBIND", Only::V6),
+    (libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, "IPV6_RECVTCLASS", Only::V6),
+    (libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT, "IPV6_RECVHOPLIMIT", Only::V6),
+    (libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, "IPV6_DONTFRAG", Only::V6),
+    (libc::IPPROTO_IPV6, libc::IPV6_AUTOFLOWLABEL, "IPV6_AUTOFLOWLABEL", Only::V6),
+    (libc::IPPROTO_IPV6, libc::IPV6_RECVORIGDSTADDR, "IPV6_RECVORIGDSTADDR", Only::V6),
 ];
 
 /// TCP options whose getsockopt value is the connection's, not the user's, once connected.
@@ -208,6 +231,14 @@ pub fn collect(pid: i32, fd: i32, link: &str, tcp_close: bool, f: &mut File) -> 
                 "{} with datagrams waiting to be read (their sender addresses cannot be restored; dump again once it is drained)",
                 describe(&s)
             )));
+        }
+    }
+    // A BPF filter cannot be read back in full (an eBPF one not at all): refuse rather than
+    // drop it. SO_GET_FILTER with no buffer answers the classic filter's length.
+    match net::getsockopt_len(sock, libc::SOL_SOCKET, libc::SO_GET_FILTER) {
+        Ok(0) => {}
+        Ok(_) | Err(_) => {
+            return Err(unsupported(format!("{} with a socket filter (SO_ATTACH_FILTER/SO_ATTACH_BPF)", describe(&s))))
         }
     }
     let connection = tcp && s.state != TCP_LISTEN && s.state != TCP_CLOSE;

@@ -34,7 +34,7 @@ mod control {
 
     #[test]
     fn tcpconn() {
-        for mode in ["intact", "queued", "udpqueued"] {
+        for mode in ["intact", "queued", "udpqueued", "filter"] {
             control(&super::tcpconn(mode));
         }
     }
@@ -123,6 +123,11 @@ fn accept_queue_refused() {
 #[test]
 fn udp_queue_refused() {
     refused_then_intact(tcpconn("udpqueued"), &["UDPv4", "datagrams waiting"]);
+}
+
+#[test]
+fn socket_filter_refused() {
+    refused_then_intact(tcpconn("filter"), &["UDPv4", "socket filter"]);
 }
 
 /// With --tcp-close: both ends of an established connection and a connection waiting to be
