@@ -581,6 +581,9 @@ pub struct InetSocket {
     /// neither bound nor connected (`local`/`peer` say what it was).
     #[prost(bool, tag = "9")]
     pub closed: bool,
+    /// Owner of the socket (the creator's fsuid): restore creates it with this fsuid.
+    #[prost(uint32, tag = "10")]
+    pub uid: u32,
 }
 
 /// One socket option: setsockopt(level, name, value).

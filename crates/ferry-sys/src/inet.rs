@@ -14,6 +14,20 @@ pub fn socket(domain: i32, ty: i32, protocol: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// `socket(2)` created with filesystem uid `uid` (`setfsuid(2)` around the call), so that the
+/// socket belongs to `uid` (its inode owner and `sk_uid`, which SO_REUSEPORT groups and
+/// netfilter's owner match use) although the caller is root. Affects only the calling thread.
+pub fn socket_owned_by(domain: i32, ty: i32, protocol: i32, uid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: integer argument; setfsuid(-1) only queries.
+    let old = unsafe { libc::setfsuid(u32::MAX) } as u32;
+    // SAFETY: integer argument.
+    unsafe { libc::setfsuid(uid) };
+    let r = socket(domain, ty, protocol);
+    // SAFETY: integer argument; restores the caller's fsuid.
+    unsafe { libc::setfsuid(old) };
+    r
+}
+
 /// `getsockopt(2)` — the option's raw value (at most `cap` bytes, as long as the kernel says).
 pub fn getsockopt_raw(fd: BorrowedFd<'_>, level: i32, name: i32, cap: usize) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; cap];

@@ -7,7 +7,8 @@
  *   fd D: UDPv6 bound to [::1]:<any> and connected to E's address;
  *   fd E: UDPv6 bound to [::1]:<any> (D's peer);
  *   fd F: TCPv4 socket(), nothing else; fd G: TCPv6 bound to [::1]:<any>, not listening;
- *   fd H: UDPv4 socket(), nothing else, with IP_TTL 9.
+ *   fd H: UDPv4 socket(), nothing else, with IP_TTL 9, created with fsuid 4321 (so it belongs
+ *         to uid 4321).
  * After go, everything is read back from the kernel and compared with the values recorded
  * before ready: addresses, peers, options, listen backlog (TCP_INFO), flags; then the sockets
  * must work: both listeners accept a new connection and carry data both ways, datagrams go
@@ -18,6 +19,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/fsuid.h>
 #include <sys/socket.h>
 
 enum { A, B, C, D, E, F, G, H, N };
@@ -187,7 +189,10 @@ int main(int argc, char **argv)
 	SETUP(fds[F] = tcp_socket(AF_INET));
 	SETUP(fds[G] = tcp_socket(AF_INET6));
 	bind_lo(fds[G], AF_INET6);
-	SETUP(fds[H] = udp_socket(AF_INET));
+	setfsuid(4321);
+	fds[H] = udp_socket(AF_INET);
+	setfsuid(0);
+	SETUP(fds[H]);
 	set(fds[H], IPPROTO_IP, IP_TTL, 9);
 
 	record();
@@ -270,6 +275,10 @@ int main(int argc, char **argv)
 	else if (recv(fds[C], buf, sizeof buf, 0) != 4 || memcmp(buf, "to-c", 4) != 0)
 		fail("C: did not receive a datagram");
 	close(u);
+
+	struct stat st;
+	CHECK(fstat(fds[H], &st) == 0 && st.st_uid == 4321, "H: owned by uid %u, want 4321", st.st_uid);
+	CHECK(fstat(fds[A], &st) == 0 && st.st_uid == 0, "A: owned by uid %u, want 0", st.st_uid);
 
 	/* F and H are fresh: they can still be bound */
 	bind_lo(fds[F], AF_INET);

@@ -10,7 +10,9 @@
 //! created by ferry: only those the program changed go into the image, so restore changes
 //! nothing the program left at its default (and a later sysctl change still applies).
 //!
-//! Restore creates the socket in ferry before forking (like every file), sets the options,
+//! Restore creates the socket in ferry before forking (like every file) with its owner's uid
+//! as filesystem uid (so it belongs to the same user: SO_REUSEPORT groups and netfilter's
+//! owner match depend on it), sets the options,
 //! binds it to the same address and port, and listens with the same backlog or, for UDP,
 //! connects it to the same peer. A port taken by someone else meanwhile fails the restore
 //! with the address named, before any process exists.
@@ -206,7 +208,8 @@ pub fn collect(pid: i32, fd: i32, link: &str, tcp_close: bool, f: &mut File) -> 
     }
     let local = net::sock_name(sock).ctx(|| format!("{}: getsockname", obj()))?;
     let peer = net::peer_name(sock).ctx(|| format!("{}: getpeername", obj()))?;
-    let mut s = InetSocket { family, sock_type, protocol, ..Default::default() };
+    let uid = ferry_sys::process::fstat(sock).ctx(|| format!("{}: fstat", obj()))?.st_uid;
+    let mut s = InetSocket { family, sock_type, protocol, uid, ..Default::default() };
     let bound = local.is_some_and(|a| a.port() != 0 || !a.ip().is_unspecified());
     if bound {
         s.local = local.map(|a| a.to_string()).unwrap_or_default();
@@ -332,7 +335,7 @@ fn parse_addr(obj: &str, text: &str) -> Result<SocketAddr, Error> {
 /// Recreate the socket in ferry: options, bind, listen or connect, status flags.
 pub fn prepare(obj: &str, f: &File) -> Result<OwnedFd, Error> {
     let s = f.inet.as_ref().ok_or_else(|| Error::Invalid { object: obj.into(), what: "no socket record".into() })?;
-    let sock = net::socket(s.family, s.sock_type, s.protocol)
+    let sock = net::socket_owned_by(s.family, s.sock_type, s.protocol, s.uid)
         .ctx(|| format!("{obj}: cannot create a {} socket", kind_name(s)))?;
     for o in &s.opts {
         match net::setsockopt_raw(sock.as_fd(), o.level, o.name, &o.value) {
