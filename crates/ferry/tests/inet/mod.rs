@@ -437,12 +437,17 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
+        // The master first (it would respawn killed workers), then the workers it had.
+        let workers = fs::read_to_string(format!("/proc/{}/task/{}/children", self.pid, self.pid)).unwrap_or_default();
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
         if pid_alive(self.pid) {
             let _ = send_signal(self.pid, "KILL");
+        }
+        for w in workers.split_whitespace().filter_map(|w| w.parse::<i32>().ok()) {
+            let _ = send_signal(w, "KILL");
         }
     }
 }
