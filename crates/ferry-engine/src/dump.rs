@@ -26,6 +26,8 @@ pub struct DumpOptions {
     pub dir: PathBuf,
     /// Leave the process running after the dump (`-R`).
     pub leave_running: bool,
+    /// Restore TCP connections as closed sockets instead of refusing them (`--tcp-close`).
+    pub tcp_close: bool,
 }
 
 /// Figures about a finished dump.
@@ -409,6 +411,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     let mut img = ImageWriter::create(&opts.dir)?;
     let mut procs: Vec<Process> = Vec::new();
     let mut tree = files::TreeFiles::default();
+    tree.tcp_close = opts.tcp_close;
     for f in frozen.iter_mut() {
         let p = dump_process(f, &mut img, &mut procs, &mut tree, pidns_root)?;
         procs.push(p);

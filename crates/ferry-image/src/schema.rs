@@ -481,6 +481,8 @@ pub enum FileKind {
     Epoll = 9,
     /// memfd: `path` holds its name, `ino` its identity, `ghost` its content.
     Memfd = 10,
+    /// An AF_INET/AF_INET6 TCP or UDP socket: `inet`.
+    InetSocket = 12,
 }
 
 /// One file registered in an epoll instance, by its fd number in the process.
@@ -545,6 +547,63 @@ pub struct File {
     /// For a memfd: its inode, shared with the mappings (`Vma.shmem_id`) of the same object.
     #[prost(uint64, tag = "20")]
     pub ino: u64,
+    /// For an `InetSocket`.
+    #[prost(message, optional, tag = "35")]
+    pub inet: Option<InetSocket>,
+}
+
+/// A TCP or UDP socket over IPv4 or IPv6: what restore needs to recreate it with socket(),
+/// setsockopt(), bind(), listen() / connect().
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct InetSocket {
+    /// AF_INET (2) or AF_INET6 (10).
+    #[prost(int32, tag = "1")]
+    pub family: i32,
+    /// SOCK_STREAM (1) or SOCK_DGRAM (2).
+    #[prost(int32, tag = "2")]
+    pub sock_type: i32,
+    /// IPPROTO_TCP (6) or IPPROTO_UDP (17).
+    #[prost(int32, tag = "3")]
+    pub protocol: i32,
+    /// The kernel's socket state: TCP_ESTABLISHED (1), TCP_CLOSE (7), TCP_LISTEN (10) ...; a
+    /// connected UDP socket is 1, another 7.
+    #[prost(uint32, tag = "4")]
+    pub state: u32,
+    /// Local address ("127.0.0.1:8080", "[::1]:8080", "[fe80::1%2]:53"); empty when unbound.
+    #[prost(string, tag = "5")]
+    pub local: String,
+    /// Peer address of a connected socket; empty otherwise.
+    #[prost(string, tag = "6")]
+    pub peer: String,
+    /// listen(2) backlog of a listening socket.
+    #[prost(uint32, tag = "7")]
+    pub backlog: u32,
+    /// Options whose value differs from a fresh socket's, set again before bind.
+    #[prost(message, repeated, tag = "8")]
+    pub opts: Vec<SockOpt>,
+    /// A TCP connection dropped with `dump --tcp-close`: restored as a fresh socket that is
+    /// neither bound nor connected (`local`/`peer` say what it was).
+    #[prost(bool, tag = "9")]
+    pub closed: bool,
+    /// Owner of the socket (the creator's fsuid): restore creates it with this fsuid.
+    #[prost(uint32, tag = "10")]
+    pub uid: u32,
+}
+
+/// One socket option: setsockopt(level, name, value).
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct SockOpt {
+    #[prost(int32, tag = "1")]
+    pub level: i32,
+    #[prost(int32, tag = "2")]
+    pub name: i32,
+    /// The raw value as getsockopt(2) returned it (an int is 4 bytes, native endian).
+    #[prost(bytes = "vec", tag = "3")]
+    #[serde(serialize_with = "crate::hex::serialize")]
+    pub value: Vec<u8>,
+    /// Its symbolic name, for people ("SO_REUSEADDR").
+    #[prost(string, tag = "4")]
+    pub what: String,
 }
 
 /// A pipe with both ends in the image, and the bytes that were in flight.

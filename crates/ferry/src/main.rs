@@ -33,6 +33,10 @@ enum Cmd {
         /// Leave the process running after the dump.
         #[arg(short = 'R', long = "leave-running")]
         leave_running: bool,
+        /// Restore established TCP connections (and connections waiting to be accepted) as
+        /// closed sockets instead of refusing the dump.
+        #[arg(long = "tcp-close")]
+        tcp_close: bool,
     },
     /// Recreate a process from an image, with its old PID.
     Restore {
@@ -112,9 +116,9 @@ fn run(cli: Cli) -> Result<i32> {
             println!("{}", if ok { "dump and restore can work here" } else { "dump and restore cannot work here" });
             Ok(if ok { 0 } else { 1 })
         }
-        Cmd::Dump { pid, dir, leave_running } => {
-            let r = ferry_engine::dump::dump(&ferry_engine::dump::DumpOptions { pid, dir: dir.clone(), leave_running })
-                .with_context(|| format!("dump of pid {pid} failed"))?;
+        Cmd::Dump { pid, dir, leave_running, tcp_close } => {
+            let opts = ferry_engine::dump::DumpOptions { pid, dir: dir.clone(), leave_running, tcp_close };
+            let r = ferry_engine::dump::dump(&opts).with_context(|| format!("dump of pid {pid} failed"))?;
             tracing::info!(
                 "dumped pid {pid} to {}: {} MiB of pages, {} mappings, {} fds in {:.1} ms (frozen {:.1} ms)",
                 dir.display(),

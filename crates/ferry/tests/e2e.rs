@@ -605,4 +605,5 @@ mod big {
     }
 }
 
+mod inet;
 mod more;

@@ -6,7 +6,7 @@
 
 use crate::error::{Ctx, Error};
 use crate::procfs;
-use crate::state::{epoll, eventfd, locks, pipes, signalfd, timerfd};
+use crate::state::{epoll, eventfd, inet, locks, pipes, signalfd, timerfd};
 use ferry_image::{Fd, File, FileKind, ImageWriter, Process};
 use ferry_sys::consts::KCMP_FILE;
 use ferry_sys::process::{kcmp, open_raw};
@@ -49,6 +49,8 @@ pub struct TreeFiles {
     /// Pipe inode -> (read ends, write ends).
     pipe_ends: HashMap<u64, (Vec<PipeEnd>, Vec<PipeEnd>)>,
     next_shared: u32,
+    /// `dump --tcp-close`: TCP connections are restored closed instead of refused.
+    pub tcp_close: bool,
 }
 
 /// Collect the fd table of `pid` into `p.fds` and `p.files`; deleted files' content goes
@@ -176,6 +178,8 @@ pub fn collect(
             } else {
                 return Err(unsupported(format!("special file {link}")));
             }
+        } else if link.starts_with("socket:") && inet::collect(pid, fd, &link, tree.tcp_close, &mut file)? {
+            // An AF_INET/AF_INET6 socket, filled in by inet::collect.
         } else if fd <= 2 && link.starts_with("socket:") {
             file.kind = FileKind::Inherited as i32;
         } else if link == "anon_inode:[eventfd]" {
@@ -340,6 +344,7 @@ pub fn prepare(
             FileKind::Eventfd => eventfd::prepare(&obj(), f)?,
             FileKind::Timerfd => timerfd::prepare(&obj(), f)?,
             FileKind::Signalfd => signalfd::prepare(&obj(), f)?,
+            FileKind::InetSocket => inet::prepare(&obj(), f)?,
             FileKind::Epoll => ferry_sys::process::epoll_create(libc::EPOLL_CLOEXEC)
                 .ctx(|| format!("{}: cannot create the epoll instance", obj()))?,
             FileKind::Invalid => return Err(Error::Invalid { object: obj(), what: "unknown file kind".into() }),

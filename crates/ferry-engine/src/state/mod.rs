@@ -13,6 +13,7 @@ pub mod creds;
 pub mod epoll;
 pub mod eventfd;
 pub mod files;
+pub mod inet;
 pub mod locks;
 pub mod memory;
 pub mod pipes;

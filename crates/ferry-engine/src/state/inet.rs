@@ -1,0 +1,374 @@
+//! TCP and UDP sockets over IPv4 and IPv6 that are not connections: listeners, bound or
+//! connected UDP sockets, and sockets that are only created (or only bound), so that a
+//! server comes back ready to accept.
+//!
+//! Everything is read from outside: ferry takes a copy of the socket with `pidfd_getfd` and
+//! asks it with getsockopt/getsockname/getpeername. TCP_INFO gives the state, and for a
+//! listener the length of its accept queue and its listen backlog (`tcpi_unacked` and
+//! `tcpi_sacked`), which is what sock_diag's `idiag_rqueue`/`idiag_wqueue` report too, without
+//! a netlink round trip per socket. Options are compared with a fresh socket of the same kind
+//! created by ferry: only those the program changed go into the image, so restore changes
+//! nothing the program left at its default (and a later sysctl change still applies).
+//!
+//! Restore creates the socket in ferry before forking (like every file) with its owner's uid
+//! as filesystem uid (so it belongs to the same user: SO_REUSEPORT groups and netfilter's
+//! owner match depend on it), sets the options,
+//! binds it to the same address and port, and listens with the same backlog or, for UDP,
+//! connects it to the same peer. A port taken by someone else meanwhile fails the restore
+//! with the address named, before any process exists.
+//!
+//! Connections (ESTABLISHED and every other TCP state but LISTEN and CLOSE, including
+//! connections waiting in a listener's accept queue) are refused: they need TCP_REPAIR and
+//! belong to migration. With `dump --tcp-close` they are dropped instead, like CRIU's
+//! `--tcp-close`: the connection socket comes back as a fresh, unbound, unconnected socket of
+//! the same family and type, so reads fail with ENOTCONN, writes with EPIPE, and poll reports
+//! EPOLLHUP, as for a connection the peer reset; queued connections are simply gone (their
+//! clients see a reset). Datagrams queued on a UDP socket are refused: their source
+//! addresses cannot be put back (a datagram re-sent by ferry would come from ferry's
+//! address), so ferry asks to dump again when the queue is empty rather than alter them.
+//! Sockets with a BPF filter are refused too.
+//!
+//! Not carried (the kernel offers no way to read them per socket): multicast group
+//! memberships (IP_ADD_MEMBERSHIP and friends) and half-open connections (SYN_RECV) of a
+//! listener, whose clients' final ACK then meets the new listener without them (a reset, or
+//! a SYN cookie).
+
+use crate::error::{Ctx, Error};
+use ferry_image::{File, InetSocket, SockOpt};
+use ferry_sys::inet as net;
+use ferry_sys::process::{pidfd_getfd, pidfd_open};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+const SO_MEMINFO: i32 = 55;
+const SO_BUF_LOCK: i32 = 72;
+const SOCK_SNDBUF_LOCK: i32 = 1;
+const SOCK_RCVBUF_LOCK: i32 = 2;
+
+const TCP_ESTABLISHED: u32 = 1;
+const TCP_CLOSE: u32 = 7;
+const TCP_LISTEN: u32 = 10;
+
+fn state_name(state: u32) -> &'static str {
+    match state {
+        1 => "ESTABLISHED",
+        2 => "SYN_SENT",
+        3 => "SYN_RECV",
+        4 => "FIN_WAIT1",
+        5 => "FIN_WAIT2",
+        6 => "TIME_WAIT",
+        7 => "CLOSE",
+        8 => "CLOSE_WAIT",
+        9 => "LAST_ACK",
+        10 => "LISTEN",
+        11 => "CLOSING",
+        12 => "NEW_SYN_RECV",
+        _ => "UNKNOWN",
+    }
+}
+
+/// Which sockets an option applies to.
+#[derive(Clone, Copy, PartialEq)]
+enum Only {
+    Any,
+    Tcp,
+    V4,
+    V6,
+}
+
+/// The options compared with a fresh socket (in the order restore sets them: SO_BUF_LOCK
+/// after the buffer sizes, everything before bind).
+const OPTS: &[(i32, i32, &str, Only)] = &[
+    (libc::SOL_SOCKET, libc::SO_REUSEADDR, "SO_REUSEADDR", Only::Any),
+    (libc::SOL_SOCKET, libc::SO_REUSEPORT, "SO_REUSEPORT", Only::Any),
+    (libc::SOL_SOCKET, libc::SO_KEEPALIVE, "SO_KEEPALIVE", Only::Any),
+    (libc::SOL_SOCKET, libc::SO_BROADCAST, "SO_BROADCAST", Only::Any),
+    (libc::SOL_SOCKET, libc::SO_OOBINLINE, "SO_OOBINLINE", Only::Any),
+    (libc::SOL_SOCKET, libc::SO_PRIORITY, "SO_PRIORITY", Only::Any),
+    (libc::SOL_SOCKET, libc::SO_MARK, "SO_MARK", Only::Any),
+    (libc::SOL_SOCKET, libc::SO_RCVLOWAT, "SO_RCVLOWAT", Only::Any),
+    (libc::SOL_SOCKET, libc::SO_LINGER, "SO_LINGER", Only::Any),
+    (libc::SOL_SOCKET, libc::SO_RCVTIMEO, "SO_RCVTIMEO", Only::Any),
+    (libc::SOL_SOCKET, libc::SO_SNDTIMEO, "SO_SNDTIMEO", Only::Any),
+    (libc::SOL_SOCKET, libc::SO_BINDTODEVICE, "SO_BINDTODEVICE", Only::Any),
+    (libc::SOL_SOCKET, libc::SO_PASSCRED, "SO_PASSCRED", Only::Any),
+    (libc::SOL_SOCKET, libc::SO_TIMESTAMP, "SO_TIMESTAMP", Only::Any),
+    (libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, "SO_TIMESTAMPNS", Only::Any),
+    (libc::SOL_SOCKET, libc::SO_TIMESTAMPING, "SO_TIMESTAMPING", Only::Any),
+    (libc::SOL_SOCKET, libc::SO_RXQ_OVFL, "SO_RXQ_OVFL", Only::Any),
+    (libc::SOL_SOCKET, libc::SO_BUSY_POLL, "SO_BUSY_POLL", Only::Any),
+    (libc::SOL_SOCKET, libc::SO_ZEROCOPY, "SO_ZEROCOPY", Only::Any),
+    (libc::IPPROTO_TCP, libc::TCP_NODELAY, "TCP_NODELAY", Only::Tcp),
+    (libc::IPPROTO_TCP, libc::TCP_CORK, "TCP_CORK", Only::Tcp),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, "TCP_KEEPIDLE", Only::Tcp),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, "TCP_KEEPINTVL", Only::Tcp),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, "TCP_KEEPCNT", Only::Tcp),
+    (libc::IPPROTO_TCP, libc::TCP_SYNCNT, "TCP_SYNCNT", Only::Tcp),
+    (libc::IPPROTO_TCP, libc::TCP_LINGER2, "TCP_LINGER2", Only::Tcp),
+    (libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, "TCP_DEFER_ACCEPT", Only::Tcp),
+    (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, "TCP_USER_TIMEOUT", Only::Tcp),
+    (libc::IPPROTO_TCP, libc::TCP_FASTOPEN, "TCP_FASTOPEN", Only::Tcp),
+    (libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, "TCP_NOTSENT_LOWAT", Only::Tcp),
+    (libc::IPPROTO_TCP, libc::TCP_CONGESTION, "TCP_CONGESTION", Only::Tcp),
+    (libc::IPPROTO_TCP, libc::TCP_THIN_LINEAR_TIMEOUTS, "TCP_THIN_LINEAR_TIMEOUTS", Only::Tcp),
+    (libc::IPPROTO_TCP, libc::TCP_SAVE_SYN, "TCP_SAVE_SYN", Only::Tcp),
+    // Meaningful (the user's value) only before a connection: see `connection_only`.
+    (libc::IPPROTO_TCP, libc::TCP_MAXSEG, "TCP_MAXSEG", Only::Tcp),
+    (libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP, "TCP_WINDOW_CLAMP", Only::Tcp),
+    (libc::IPPROTO_IP, libc::IP_TOS, "IP_TOS", Only::V4),
+    (libc::IPPROTO_IP, libc::IP_TTL, "IP_TTL", Only::V4),
+    (libc::IPPROTO_IP, libc::IP_PKTINFO, "IP_PKTINFO", Only::V4),
+    (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, "IP_MTU_DISCOVER", Only::V4),
+    (libc::IPPROTO_IP, libc::IP_RECVERR, "IP_RECVERR", Only::V4),
+    (libc::IPPROTO_IP, libc::IP_RECVTTL, "IP_RECVTTL", Only::V4),
+    (libc::IPPROTO_IP, libc::IP_RECVTOS, "IP_RECVTOS", Only::V4),
+    (libc::IPPROTO_IP, libc::IP_FREEBIND, "IP_FREEBIND", Only::V4),
+    (libc::IPPROTO_IP, libc::IP_TRANSPARENT, "IP_TRANSPARENT", Only::V4),
+    (libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, "IP_BIND_ADDRESS_NO_PORT", Only::V4),
+    (libc::IPPROTO_IP, libc::IP_MULTICAST_TTL, "IP_MULTICAST_TTL", Only::V4),
+    (libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP, "IP_MULTICAST_LOOP", Only::V4),
+    (libc::IPPROTO_IP, libc::IP_RECVORIGDSTADDR, "IP_RECVORIGDSTADDR", Only::V4),
+    (libc::IPPROTO_IP, libc::IP_MINTTL, "IP_MINTTL", Only::V4),
+    (libc::IPPROTO_IP, libc::IP_NODEFRAG, "IP_NODEFRAG", Only::V4),
+    (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, "IPV6_V6ONLY", Only::V6),
+    (libc::IPPROTO_IPV6, libc::IPV6_TCLASS, "IPV6_TCLASS", Only::V6),
+    (libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, "IPV6_UNICAST_HOPS", Only::V6),
+    (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS, "IPV6_MULTICAST_HOPS", Only::V6),
+    (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_LOOP, "IPV6_MULTICAST_LOOP", Only::V6),
+    (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, "IPV6_MTU_DISCOVER", Only::V6),
+    (libc::IPPROTO_IPV6, libc::IPV6_RECVERR, "IPV6_RECVERR", Only::V6),
+    (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, "IPV6_RECVPKTINFO", Only::V6),
+    (libc::IPPROTO_IPV6, libc::IPV6_TRANSPARENT, "IPV6_TRANSPARENT", Only::V6),
+    (libc::IPPROTO_IPV6, libc::IPV6_FREEBIND, "IPV6_FREEBIND", Only::V6),
+    (libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, "IPV6_RECVTCLASS", Only::V6),
+    (libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT, "IPV6_RECVHOPLIMIT", Only::V6),
+    (libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, "IPV6_DONTFRAG", Only::V6),
+    (libc::IPPROTO_IPV6, libc::IPV6_AUTOFLOWLABEL, "IPV6_AUTOFLOWLABEL", Only::V6),
+    (libc::IPPROTO_IPV6, libc::IPV6_RECVORIGDSTADDR, "IPV6_RECVORIGDSTADDR", Only::V6),
+];
+
+/// TCP options whose getsockopt value is the connection's, not the user's, once connected.
+fn connection_only(level: i32, name: i32) -> bool {
+    level == libc::IPPROTO_TCP && (name == libc::TCP_MAXSEG || name == libc::TCP_WINDOW_CLAMP)
+}
+
+/// (state, accept queue length, listen backlog) from TCP_INFO.
+fn tcp_info(sock: BorrowedFd<'_>) -> std::io::Result<(u32, u32, u32)> {
+    let b = net::getsockopt_raw(sock, libc::IPPROTO_TCP, libc::TCP_INFO, 104)?;
+    if b.len() < 32 {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let u32_at = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    Ok((b[0] as u32, u32_at(24), u32_at(28)))
+}
+
+fn kind_name(s: &InetSocket) -> String {
+    let proto = if s.protocol == libc::IPPROTO_TCP { "TCP" } else { "UDP" };
+    let v = if s.family == libc::AF_INET6 { "v6" } else { "v4" };
+    format!("{proto}{v}")
+}
+
+/// One line for `inspect` and errors: "TCPv4 LISTEN 127.0.0.1:8080".
+pub fn describe(s: &InetSocket) -> String {
+    let mut d = kind_name(s);
+    if s.protocol == libc::IPPROTO_TCP {
+        d += &format!(" {}", state_name(s.state));
+    }
+    d += &format!(" {}", if s.local.is_empty() { "unbound" } else { &s.local });
+    if !s.peer.is_empty() {
+        d += &format!(" -> {}", s.peer);
+    }
+    if s.closed {
+        d += " (closed by --tcp-close)";
+    }
+    d
+}
+
+/// If fd `fd` of `pid` is an AF_INET/AF_INET6 socket, fill `f` with it and return true; false
+/// for other sockets. Connections are refused unless `tcp_close`.
+pub fn collect(pid: i32, fd: i32, link: &str, tcp_close: bool, f: &mut File) -> Result<bool, Error> {
+    let obj = || format!("pid {pid} fd {fd} ({link})");
+    let pidfd = pidfd_open(pid).ctx(|| format!("pid {pid}: pidfd_open"))?;
+    let sock = pidfd_getfd(pidfd.as_fd(), fd).ctx(|| format!("{}: cannot take a copy with pidfd_getfd", obj()))?;
+    let sock = sock.as_fd();
+    let family = net::getsockopt_int(sock, libc::SOL_SOCKET, libc::SO_DOMAIN).ctx(obj)?;
+    if family != libc::AF_INET && family != libc::AF_INET6 {
+        return Ok(false);
+    }
+    let sock_type = net::getsockopt_int(sock, libc::SOL_SOCKET, libc::SO_TYPE).ctx(obj)?;
+    let protocol = net::getsockopt_int(sock, libc::SOL_SOCKET, libc::SO_PROTOCOL).ctx(obj)?;
+    let unsupported = |what: String| Error::Unsupported { pid, what: format!("fd {fd}: {what}") };
+    let fam = if family == libc::AF_INET { "AF_INET" } else { "AF_INET6" };
+    let tcp = sock_type == libc::SOCK_STREAM && protocol == libc::IPPROTO_TCP;
+    let udp = sock_type == libc::SOCK_DGRAM && protocol == libc::IPPROTO_UDP;
+    if !tcp && !udp {
+        return Err(unsupported(format!(
+            "{fam} socket of type {sock_type}, protocol {protocol} (only TCP and UDP are)"
+        )));
+    }
+    let local = net::sock_name(sock).ctx(|| format!("{}: getsockname", obj()))?;
+    let peer = net::peer_name(sock).ctx(|| format!("{}: getpeername", obj()))?;
+    let uid = ferry_sys::process::fstat(sock).ctx(|| format!("{}: fstat", obj()))?.st_uid;
+    let mut s = InetSocket { family, sock_type, protocol, uid, ..Default::default() };
+    let bound = local.is_some_and(|a| a.port() != 0 || !a.ip().is_unspecified());
+    if bound {
+        s.local = local.map(|a| a.to_string()).unwrap_or_default();
+    }
+    s.peer = peer.map(|a| a.to_string()).unwrap_or_default();
+    let mut queued = 0;
+    if tcp {
+        let (state, acceptq, backlog) = tcp_info(sock).ctx(|| format!("{}: TCP_INFO", obj()))?;
+        s.state = state;
+        if state == TCP_LISTEN {
+            s.backlog = backlog;
+            queued = acceptq;
+        }
+    } else {
+        s.state = if peer.is_some() { TCP_ESTABLISHED } else { TCP_CLOSE };
+        let mem =
+            net::getsockopt_raw(sock, libc::SOL_SOCKET, SO_MEMINFO, 64).ctx(|| format!("{}: SO_MEMINFO", obj()))?;
+        let rmem = mem.get(..4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(0);
+        let next = net::inq(sock).ctx(|| format!("{}: SIOCINQ", obj()))?;
+        if rmem > 0 || next > 0 {
+            return Err(unsupported(format!(
+                "{} with datagrams waiting to be read (their sender addresses cannot be restored; dump again once it is drained)",
+                describe(&s)
+            )));
+        }
+    }
+    // A BPF filter cannot be read back in full (an eBPF one not at all): refuse rather than
+    // drop it. SO_GET_FILTER with no buffer answers the classic filter's length.
+    match net::getsockopt_len(sock, libc::SOL_SOCKET, libc::SO_GET_FILTER) {
+        Ok(0) => {}
+        Ok(_) | Err(_) => {
+            return Err(unsupported(format!("{} with a socket filter (SO_ATTACH_FILTER/SO_ATTACH_BPF)", describe(&s))))
+        }
+    }
+    let connection = tcp && s.state != TCP_LISTEN && s.state != TCP_CLOSE;
+    if connection && !tcp_close {
+        return Err(unsupported(format!(
+            "{} (established TCP connections cannot be saved yet; dump with --tcp-close to restore it closed)",
+            describe(&s)
+        )));
+    }
+    if queued > 0 && !tcp_close {
+        return Err(unsupported(format!(
+            "{} with {queued} connection(s) waiting in its accept queue (dump with --tcp-close to drop them)",
+            describe(&s)
+        )));
+    }
+    if queued > 0 {
+        tracing::warn!(pid, fd, listener = %describe(&s), queued, "dropping connections waiting to be accepted (--tcp-close)");
+    }
+    if connection {
+        tracing::warn!(pid, fd, socket = %describe(&s), "restoring a TCP connection as closed (--tcp-close)");
+        s.closed = true;
+    }
+    s.opts = changed_opts(sock, &s).map_err(|e| match e {
+        Error::Sys { object, source } => Error::Sys { object: format!("{}: {object}", obj()), source },
+        other => other,
+    })?;
+    f.describe = format!("{link} {}", describe(&s));
+    f.kind = ferry_image::FileKind::InetSocket as i32;
+    f.inet = Some(s);
+    Ok(true)
+}
+
+/// The options of `sock` that differ from those of a fresh socket of the same kind.
+fn changed_opts(sock: BorrowedFd<'_>, s: &InetSocket) -> Result<Vec<SockOpt>, Error> {
+    let fresh = net::socket(s.family, s.sock_type, s.protocol).ctx(|| "cannot create a reference socket".into())?;
+    let tcp = s.protocol == libc::IPPROTO_TCP;
+    let mut out = Vec::new();
+    // Buffer sizes matter only when the program set them (the kernel locks them then, and
+    // autotunes them otherwise); the kernel reports twice the size asked for.
+    let locks = net::getsockopt_int(sock, libc::SOL_SOCKET, SO_BUF_LOCK).unwrap_or(0);
+    for (lock, get, force, what) in [
+        (SOCK_SNDBUF_LOCK, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, "SO_SNDBUF"),
+        (SOCK_RCVBUF_LOCK, libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, "SO_RCVBUF"),
+    ] {
+        if locks & lock != 0 {
+            let v = net::getsockopt_int(sock, libc::SOL_SOCKET, get).ctx(|| format!("getsockopt {what}"))?;
+            out.push(SockOpt {
+                level: libc::SOL_SOCKET,
+                name: force,
+                value: (v / 2).to_ne_bytes().to_vec(),
+                what: what.into(),
+            });
+        }
+    }
+    if locks != 0 {
+        out.push(SockOpt {
+            level: libc::SOL_SOCKET,
+            name: SO_BUF_LOCK,
+            value: locks.to_ne_bytes().to_vec(),
+            what: "SO_BUF_LOCK".into(),
+        });
+    }
+    for &(level, name, what, only) in OPTS {
+        let applies = match only {
+            Only::Any => true,
+            Only::Tcp => tcp,
+            Only::V4 => s.family == libc::AF_INET,
+            Only::V6 => s.family == libc::AF_INET6,
+        };
+        if !applies || (s.closed && connection_only(level, name)) {
+            continue;
+        }
+        let theirs = match net::getsockopt_raw(sock, level, name, 64) {
+            Ok(v) => v,
+            // Not known to this kernel (or not for this socket): nothing to carry.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOPROTOOPT) | Some(libc::EOPNOTSUPP)) => continue,
+            Err(e) => return Err(Error::Sys { object: format!("getsockopt {what}"), source: e }),
+        };
+        let ours = net::getsockopt_raw(fresh.as_fd(), level, name, 64).unwrap_or_default();
+        if theirs != ours {
+            out.push(SockOpt { level, name, value: theirs, what: what.into() });
+        }
+    }
+    Ok(out)
+}
+
+fn parse_addr(obj: &str, text: &str) -> Result<SocketAddr, Error> {
+    text.parse().map_err(|_| Error::Invalid { object: obj.into(), what: format!("bad socket address {text:?}") })
+}
+
+/// Recreate the socket in ferry: options, bind, listen or connect, status flags.
+pub fn prepare(obj: &str, f: &File) -> Result<OwnedFd, Error> {
+    let s = f.inet.as_ref().ok_or_else(|| Error::Invalid { object: obj.into(), what: "no socket record".into() })?;
+    let sock = net::socket_owned_by(s.family, s.sock_type, s.protocol, s.uid)
+        .ctx(|| format!("{obj}: cannot create a {} socket", kind_name(s)))?;
+    for o in &s.opts {
+        match net::setsockopt_raw(sock.as_fd(), o.level, o.name, &o.value) {
+            Ok(()) => {}
+            // A dropped connection is only a placeholder: an option it cannot take is no loss.
+            Err(e) if s.closed => tracing::debug!(socket = obj, opt = %o.what, error = %e, "option not restored"),
+            Err(e) => return Err(Error::Sys { object: format!("{obj}: cannot set {}", o.what), source: e }),
+        }
+    }
+    if !s.closed {
+        if !s.local.is_empty() {
+            let local = parse_addr(obj, &s.local)?;
+            net::bind(sock.as_fd(), &local).map_err(|e| {
+                if e.raw_os_error() == Some(libc::EADDRINUSE) {
+                    Error::Invalid {
+                        object: obj.into(),
+                        what: format!(
+                            "cannot bind to {}: the address is already in use (by another process, or by the dumped one still running)",
+                            s.local
+                        ),
+                    }
+                } else {
+                    Error::Sys { object: format!("{obj}: cannot bind to {}", s.local), source: e }
+                }
+            })?;
+        }
+        if s.protocol == libc::IPPROTO_TCP && s.state == TCP_LISTEN {
+            net::listen(sock.as_fd(), s.backlog as i32).ctx(|| format!("{obj}: cannot listen on {}", s.local))?;
+        } else if s.protocol == libc::IPPROTO_UDP && !s.peer.is_empty() {
+            let peer = parse_addr(obj, &s.peer)?;
+            net::connect(sock.as_fd(), &peer).ctx(|| format!("{obj}: cannot connect to {}", s.peer))?;
+        }
+    }
+    ferry_sys::process::set_status_flags(sock.as_fd(), f.flags as i32).ctx(|| obj.to_string())?;
+    Ok(sock)
+}

@@ -1,0 +1,181 @@
+//! Sockets: creation, socket options, addresses (`std::net::SocketAddr` in, `sockaddr_in`/
+//! `sockaddr_in6` to the kernel), bind, listen, connect, and a few ioctls.
+
+use crate::cvt_i;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+/// `socket(2)` with `SOCK_CLOEXEC`.
+pub fn socket(domain: i32, ty: i32, protocol: i32) -> io::Result<OwnedFd> {
+    // SAFETY: integer arguments.
+    let fd = cvt_i(unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, protocol) })?;
+    // SAFETY: the kernel just created this fd for us; we are its only owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `socket(2)` created with filesystem uid `uid` (`setfsuid(2)` around the call), so that the
+/// socket belongs to `uid` (its inode owner and `sk_uid`, which SO_REUSEPORT groups and
+/// netfilter's owner match use) although the caller is root. Affects only the calling thread.
+pub fn socket_owned_by(domain: i32, ty: i32, protocol: i32, uid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: integer argument; setfsuid(-1) only queries.
+    let old = unsafe { libc::setfsuid(u32::MAX) } as u32;
+    // SAFETY: integer argument.
+    unsafe { libc::setfsuid(uid) };
+    let r = socket(domain, ty, protocol);
+    // SAFETY: integer argument; restores the caller's fsuid.
+    unsafe { libc::setfsuid(old) };
+    r
+}
+
+/// `getsockopt(2)` — the option's raw value (at most `cap` bytes, as long as the kernel says).
+pub fn getsockopt_raw(fd: BorrowedFd<'_>, level: i32, name: i32, cap: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; cap];
+    let mut len = cap as libc::socklen_t;
+    // SAFETY: `buf` is valid for writes of `len` bytes and `len` is a valid in/out pointer.
+    cvt_i(unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, buf.as_mut_ptr().cast(), &mut len) })?;
+    buf.truncate((len as usize).min(cap));
+    Ok(buf)
+}
+
+/// `getsockopt(2)` with an empty buffer — the length the kernel reports (for SO_GET_FILTER:
+/// the number of instructions of the attached classic BPF filter).
+pub fn getsockopt_len(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<usize> {
+    let mut len: libc::socklen_t = 0;
+    // SAFETY: a zero-length buffer: the kernel writes nothing to the (dangling, never read)
+    // pointer and only updates `len`.
+    cvt_i(unsafe {
+        libc::getsockopt(fd.as_raw_fd(), level, name, std::ptr::NonNull::<u8>::dangling().as_ptr().cast(), &mut len)
+    })?;
+    Ok(len as usize)
+}
+
+/// `getsockopt(2)` of an `int` option.
+pub fn getsockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i32> {
+    let v = getsockopt_raw(fd, level, name, 4)?;
+    let mut b = [0u8; 4];
+    b[..v.len().min(4)].copy_from_slice(&v[..v.len().min(4)]);
+    Ok(i32::from_ne_bytes(b))
+}
+
+/// `setsockopt(2)` with a raw value.
+pub fn setsockopt_raw(fd: BorrowedFd<'_>, level: i32, name: i32, value: &[u8]) -> io::Result<()> {
+    // SAFETY: `value` is valid for reads of its length.
+    cvt_i(unsafe {
+        libc::setsockopt(fd.as_raw_fd(), level, name, value.as_ptr().cast(), value.len() as libc::socklen_t)
+    })
+    .map(drop)
+}
+
+/// `setsockopt(2)` of an `int` option.
+pub fn setsockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32, value: i32) -> io::Result<()> {
+    setsockopt_raw(fd, level, name, &value.to_ne_bytes())
+}
+
+fn from_storage(st: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match st.ss_family as i32 {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in, which it is large and
+            // aligned enough for.
+            let a = unsafe { &*(st as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let a = unsafe { &*(st as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                u32::from_be(a.sin6_flowinfo),
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// A `sockaddr_storage` holding `addr`, and the length of the part that matters.
+fn to_storage(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain integers; all-zero is valid.
+    let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write((&mut st as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>(), sin) };
+            (st, std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo().to_be(),
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { std::ptr::write((&mut st as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>(), sin6) };
+            (st, std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t)
+        }
+    }
+}
+
+/// `getsockname(2)` — the local address of an AF_INET/AF_INET6 socket (None for others).
+pub fn sock_name(fd: BorrowedFd<'_>) -> io::Result<Option<SocketAddr>> {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `st` is valid for writes of `len` bytes.
+    cvt_i(unsafe { libc::getsockname(fd.as_raw_fd(), (&mut st as *mut libc::sockaddr_storage).cast(), &mut len) })?;
+    Ok(from_storage(&st))
+}
+
+/// `getpeername(2)` — the peer of a connected AF_INET/AF_INET6 socket; None when not connected.
+pub fn peer_name(fd: BorrowedFd<'_>) -> io::Result<Option<SocketAddr>> {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `st` is valid for writes of `len` bytes.
+    match cvt_i(unsafe { libc::getpeername(fd.as_raw_fd(), (&mut st as *mut libc::sockaddr_storage).cast(), &mut len) })
+    {
+        Ok(_) => Ok(from_storage(&st)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `bind(2)` to an IPv4 or IPv6 address.
+pub fn bind(fd: BorrowedFd<'_>, addr: &SocketAddr) -> io::Result<()> {
+    let (st, len) = to_storage(addr);
+    // SAFETY: `st` holds a valid sockaddr of `len` bytes.
+    cvt_i(unsafe { libc::bind(fd.as_raw_fd(), (&st as *const libc::sockaddr_storage).cast(), len) }).map(drop)
+}
+
+/// `connect(2)` to an IPv4 or IPv6 address (for datagram sockets: set the default peer).
+pub fn connect(fd: BorrowedFd<'_>, addr: &SocketAddr) -> io::Result<()> {
+    let (st, len) = to_storage(addr);
+    // SAFETY: `st` holds a valid sockaddr of `len` bytes.
+    cvt_i(unsafe { libc::connect(fd.as_raw_fd(), (&st as *const libc::sockaddr_storage).cast(), len) }).map(drop)
+}
+
+/// `listen(2)`.
+pub fn listen(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
+    // SAFETY: integer arguments.
+    cvt_i(unsafe { libc::listen(fd.as_raw_fd(), backlog) }).map(drop)
+}
+
+/// `ioctl(SIOCINQ)` — for TCP the unread bytes, for UDP the size of the next datagram.
+pub fn inq(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCINQ writes one int to the pointer.
+    cvt_i(unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) })?;
+    Ok(n)
+}
