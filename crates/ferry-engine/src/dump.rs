@@ -281,7 +281,6 @@ fn dump_process(
     let mut p = Process::default();
     task::collect(pid, &st, &stat, &mut p)?;
     files::collect(pid, img, &mut p, done, tree)?;
-    crate::state::epoll::check_targets(&p)?;
     let (mut vmas, maps) = memory::scan(pid, img)?;
     tracing::info!(vmas = vmas.len(), fds = p.fds.len(), threads = f.threads.len(), "collected fds and mappings");
 
@@ -360,6 +359,9 @@ fn to_namespace_ids(procs: &mut [Process], zombies: &mut [Process]) -> Result<()
         for pt in p.posix_timers.iter_mut().filter(|pt| pt.notify_tid != 0) {
             pt.notify_tid = tid(pt.notify_tid);
         }
+        for t in p.files.iter_mut().flat_map(|f| f.epoll_targets.iter_mut()) {
+            t.owner = tid(t.owner);
+        }
     }
     Ok(())
 }
@@ -417,6 +419,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
         procs.push(p);
     }
     files::finish_pipes(&mut procs, &mut tree)?;
+    crate::state::epoll::assign_owners(&mut procs)?;
     // Pids as ferry sees them, to read memory; the image keeps the namespace's own.
     let host_pids: Vec<i32> = frozen.iter().map(|f| f.pid).collect();
     if pidns_root.is_some() {

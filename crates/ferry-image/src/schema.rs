@@ -494,6 +494,10 @@ pub struct EpollTarget {
     pub events: u32,
     #[prost(uint64, tag = "3")]
     pub data: u64,
+    /// The process whose fd `fd` is the target (an epoll instance shared across processes can
+    /// hold targets registered by each of them); it registers it again at restore.
+    #[prost(int32, tag = "4")]
+    pub owner: i32,
 }
 
 /// An open file description.

@@ -48,6 +48,14 @@ pub fn kcmp(pid1: i32, pid2: i32, kind: i32, idx1: u64, idx2: u64) -> io::Result
     cvt(unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, kind, idx1, idx2) }).map(|r| r as i32)
 }
 
+/// `kcmp(KCMP_EPOLL_TFD)`: 0 when fd `fd1` of `pid1` is the file registered as target `tfd`
+/// (the `toff`-th registration of that fd number) in epoll fd `efd` of `pid2`.
+pub fn kcmp_epoll_target(pid1: i32, pid2: i32, fd1: i32, efd: i32, tfd: i32, toff: u32) -> io::Result<i32> {
+    let slot: [u32; 3] = [efd as u32, tfd as u32, toff];
+    // SAFETY: `slot` is a valid struct kcmp_epoll_slot that outlives the call.
+    cvt(unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, 7, fd1 as u64, slot.as_ptr() as u64) }).map(|r| r as i32)
+}
+
 /// `prlimit64(2)` write — set the (soft, hard) limit of `resource` in `pid`.
 pub fn set_rlimit(pid: i32, resource: u32, soft: u64, hard: u64) -> io::Result<()> {
     let new = libc::rlimit64 { rlim_cur: soft, rlim_max: hard };

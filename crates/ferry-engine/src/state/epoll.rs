@@ -18,7 +18,7 @@ fn parse_target(v: &str) -> Option<EpollTarget> {
             _ => {}
         }
     }
-    Some(EpollTarget { fd, events: events?, data: data? })
+    Some(EpollTarget { fd, events: events?, data: data?, owner: 0 })
 }
 
 /// Fill `f` from the fdinfo lines of an epoll instance.
@@ -33,31 +33,57 @@ pub fn collect(pid: i32, fd: i32, info: &ferry_proc::FdInfo, f: &mut File) -> Re
     Ok(())
 }
 
-/// Check that every target is an fd of the process (a registration outliving its fd cannot be
-/// recreated).
-pub fn check_targets(p: &Process) -> Result<(), Error> {
-    for (i, f) in p.files.iter().enumerate() {
-        for t in &f.epoll_targets {
-            if !p.fds.iter().any(|d| d.fd == t.fd) {
-                let epfd = p.fds.iter().find(|d| d.file as usize == i).map(|d| d.fd).unwrap_or(-1);
-                return Err(Error::Unsupported {
-                    pid: p.pid,
-                    what: format!("fd {epfd}: an epoll target (fd {}) that is no longer open", t.fd),
+/// Once the whole tree is collected: find, for every target, the process whose fd is that very
+/// file (`kcmp(KCMP_EPOLL_TFD)`) among those holding the epoll instance; it registers the
+/// target at restore. A registration that outlived its fd cannot be recreated: refused.
+pub fn assign_owners(procs: &mut [Process]) -> Result<(), Error> {
+    let n = procs.len();
+    for pi in 0..n {
+        for fi in 0..procs[pi].files.len() {
+            if procs[pi].files[fi].epoll_targets.is_empty() {
+                continue;
+            }
+            let p = &procs[pi];
+            let efd = p.fds.iter().find(|d| d.file as usize == fi).map(|d| d.fd).unwrap_or(-1);
+            let sid = p.files[fi].shared_id;
+            // Processes holding this instance: this one first, then the others in image order.
+            let holders: Vec<usize> = std::iter::once(pi)
+                .chain((0..n).filter(|&q| q != pi && sid != 0 && procs[q].files.iter().any(|f| f.shared_id == sid)))
+                .collect();
+            let mut owners = Vec::new();
+            for t in &p.files[fi].epoll_targets {
+                let owner = holders.iter().map(|&q| &procs[q]).find(|q| {
+                    q.fds.iter().any(|d| d.fd == t.fd)
+                        && ferry_sys::process::kcmp_epoll_target(q.pid, p.pid, t.fd, efd, t.fd, 0).ok() == Some(0)
                 });
+                match owner {
+                    Some(q) => owners.push(q.pid),
+                    None => {
+                        return Err(Error::Unsupported {
+                            pid: p.pid,
+                            what: format!("fd {efd}: an epoll target (fd {}) that is no longer open", t.fd),
+                        })
+                    }
+                }
+            }
+            for (t, o) in procs[pi].files[fi].epoll_targets.iter_mut().zip(owners) {
+                t.owner = o;
             }
         }
     }
     Ok(())
 }
 
-/// In the child, after the fd table is in place: register every target again.
+/// In the child, after the fd table is in place: register again every target it owns (of a
+/// shared instance, each process registers its own).
 pub fn apply_in_child(p: &Process) -> Result<(), String> {
+    let mut done = std::collections::HashSet::new();
     for (i, f) in p.files.iter().enumerate() {
-        if f.epoll_targets.is_empty() {
+        if f.epoll_targets.is_empty() || (f.shared_id != 0 && !done.insert(f.shared_id)) {
             continue;
         }
         let Some(epfd) = p.fds.iter().find(|d| d.file as usize == i).map(|d| d.fd) else { continue };
-        for t in &f.epoll_targets {
+        for t in f.epoll_targets.iter().filter(|t| t.owner == p.pid || t.owner == 0) {
             ferry_sys::process::epoll_add_numbers(epfd, t.fd, t.events, t.data)
                 .map_err(|e| format!("epoll fd {epfd}: cannot register fd {}: {e}", t.fd))?;
         }

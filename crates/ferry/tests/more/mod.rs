@@ -433,6 +433,22 @@ fn sessions_with_dead_leaders() {
     run.expect_pass(status, "sessions");
 }
 
+/// One epoll instance shared by a parent and its child, each having registered its own eventfd
+/// (and the parent holding another file at the child's target fd number): after restore both
+/// targets fire with their data, seen from either process.
+#[test]
+fn epoll_shared_across_processes() {
+    let mut run = Run::start(&Spec::c("epoll_shared"));
+    run.dump_ok(&[]);
+    run.reap_dumped();
+    wait_image_pids_gone(&run.img());
+    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
+    run.wait_pidfile(&pidfile);
+    run.go();
+    let status = run.wait_restore_exit();
+    run.expect_pass(status, "epoll_shared");
+}
+
 /// A memfd held through an fd and a shared mapping, and by a child through the same fd: name,
 /// content and offset survive, and it is still one object across both processes.
 #[test]
