@@ -28,6 +28,8 @@ pub struct DumpOptions {
     pub leave_running: bool,
     /// Restore TCP connections as closed sockets instead of refusing them (`--tcp-close`).
     pub tcp_close: bool,
+    /// `--tcp-established`: keep established TCP connections (TCP_REPAIR).
+    pub tcp_established: bool,
 }
 
 /// Figures about a finished dump.
@@ -413,7 +415,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     let mut img = ImageWriter::create(&opts.dir)?;
     let mut procs: Vec<Process> = Vec::new();
     let mut tree = files::TreeFiles::default();
-    tree.tcp_close = opts.tcp_close;
+    tree.connections.close = opts.tcp_close;
+    tree.connections.established = opts.tcp_established;
     for f in frozen.iter_mut() {
         let p = dump_process(f, &mut img, &mut procs, &mut tree, pidns_root)?;
         procs.push(p);
@@ -475,10 +478,14 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     tracing::info!(pages_bytes, "image committed");
 
     if opts.leave_running {
+        // Connections leave repair mode before the process can use them again.
+        drop(std::mem::take(&mut tree.connections.repaired));
         for f in frozen.iter_mut() {
             f.resume()?;
         }
     } else {
+        // Connections in repair mode die with the tree without a FIN or RST.
+        tree.connections.repaired.keep = true;
         for f in frozen.iter() {
             ferry_sys::process::kill(f.pid, libc::SIGKILL).ctx(|| format!("pid {}: cannot kill", f.pid))?;
         }

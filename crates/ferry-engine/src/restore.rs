@@ -436,6 +436,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         let cwd = raw::dup_above(cwd.as_fd(), base).ctx(|| format!("pid {}: cwd", p.pid))?;
         prep.push(Some(Prepared { files, mem, cwd }));
     }
+    let numbers: Vec<Option<&[i32]>> = prep.iter().map(|p| p.as_ref().map(|p| p.files.numbers.as_slice())).collect();
+    crate::state::tcp_repair::release_all(&procs, &numbers)?;
     tracing::debug!(elapsed = ?t0.elapsed(), "files prepared");
     let tr = memory::choose_trampoline(&all_vmas)?;
     let (status_r, status_w) =

@@ -592,6 +592,42 @@ pub struct InetSocket {
     /// Owner of the socket (the creator's fsuid): restore creates it with this fsuid.
     #[prost(uint32, tag = "10")]
     pub uid: u32,
+    /// An established TCP connection saved with `dump --tcp-established` (TCP_REPAIR).
+    #[prost(message, optional, tag = "11")]
+    pub repair: Option<TcpRepair>,
+}
+
+/// What TCP_REPAIR needs to put an established connection back: sequence numbers, the data
+/// in both queues, negotiated options, window and timestamp.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct TcpRepair {
+    #[prost(uint32, tag = "1")]
+    pub send_seq: u32,
+    #[prost(uint32, tag = "2")]
+    pub recv_seq: u32,
+    /// Sent but not acknowledged, then not yet sent.
+    #[prost(bytes = "vec", tag = "3")]
+    #[serde(serialize_with = "crate::hex::serialize")]
+    pub send_queue: Vec<u8>,
+    /// Received, not yet read by the process.
+    #[prost(bytes = "vec", tag = "4")]
+    #[serde(serialize_with = "crate::hex::serialize")]
+    pub recv_queue: Vec<u8>,
+    #[prost(uint32, tag = "5")]
+    pub mss: u32,
+    #[prost(uint32, tag = "6")]
+    pub snd_wscale: u32,
+    #[prost(uint32, tag = "7")]
+    pub rcv_wscale: u32,
+    /// tcpi_options: 1 timestamps, 2 SACK, 4 window scaling.
+    #[prost(uint32, tag = "8")]
+    pub options: u32,
+    /// struct tcp_repair_window as TCP_REPAIR_WINDOW gives it (20 bytes).
+    #[prost(bytes = "vec", tag = "9")]
+    #[serde(serialize_with = "crate::hex::serialize")]
+    pub window: Vec<u8>,
+    #[prost(uint32, tag = "10")]
+    pub timestamp: u32,
 }
 
 /// One socket option: setsockopt(level, name, value).

@@ -4,7 +4,7 @@
 use crate::cvt_i;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// `socket(2)` with `SOCK_CLOEXEC`.
 pub fn socket(domain: i32, ty: i32, protocol: i32) -> io::Result<OwnedFd> {
@@ -178,4 +178,51 @@ pub fn inq(fd: BorrowedFd<'_>) -> io::Result<i32> {
     // SAFETY: SIOCINQ writes one int to the pointer.
     cvt_i(unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) })?;
     Ok(n)
+}
+
+/// `ioctl(SIOCOUTQ)` — bytes in a TCP socket's send queue (sent but unacknowledged, or unsent).
+pub fn outq(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int to the pointer.
+    cvt_i(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut n) })?;
+    Ok(n)
+}
+
+/// `recv(2)` with `flags` (e.g. MSG_PEEK | MSG_DONTWAIT) into `buf`; returns the byte count.
+pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8], flags: i32) -> io::Result<usize> {
+    // SAFETY: buf is valid for buf.len() bytes of writes.
+    let r = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// `send(2)` of `buf` with `flags`; returns the byte count.
+pub fn send(fd: BorrowedFd<'_>, buf: &[u8], flags: i32) -> io::Result<usize> {
+    // SAFETY: buf is valid for buf.len() bytes of reads.
+    let r = unsafe { libc::send(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), flags) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// `setsockopt(fd, IPPROTO_TCP, TCP_REPAIR, 0)` on one of the caller's own fds by number (the
+/// copies ferry keeps of sockets it handed to restored processes).
+pub fn tcp_repair_off(fd: RawFd) -> io::Result<()> {
+    let v: libc::c_int = 0;
+    // SAFETY: a valid int option value; an fd number that is not a socket fails with ENOTSOCK/EBADF.
+    cvt_i(unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            19,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    })
+    .map(drop)
 }

@@ -37,6 +37,10 @@ enum Cmd {
         /// closed sockets instead of refusing the dump.
         #[arg(long = "tcp-close")]
         tcp_close: bool,
+        /// Keep established TCP connections (TCP_REPAIR): the peer sees no error if it stays
+        /// quiet until the restore.
+        #[arg(long)]
+        tcp_established: bool,
     },
     /// Recreate a process from an image, with its old PID.
     Restore {
@@ -116,8 +120,9 @@ fn run(cli: Cli) -> Result<i32> {
             println!("{}", if ok { "dump and restore can work here" } else { "dump and restore cannot work here" });
             Ok(if ok { 0 } else { 1 })
         }
-        Cmd::Dump { pid, dir, leave_running, tcp_close } => {
-            let opts = ferry_engine::dump::DumpOptions { pid, dir: dir.clone(), leave_running, tcp_close };
+        Cmd::Dump { pid, dir, leave_running, tcp_close, tcp_established } => {
+            let opts =
+                ferry_engine::dump::DumpOptions { pid, dir: dir.clone(), leave_running, tcp_close, tcp_established };
             let r = ferry_engine::dump::dump(&opts).with_context(|| format!("dump of pid {pid} failed"))?;
             tracing::info!(
                 "dumped pid {pid} to {}: {} MiB of pages, {} mappings, {} fds in {:.1} ms (frozen {:.1} ms)",

@@ -49,8 +49,8 @@ pub struct TreeFiles {
     /// Pipe inode -> (read ends, write ends).
     pipe_ends: HashMap<u64, (Vec<PipeEnd>, Vec<PipeEnd>)>,
     next_shared: u32,
-    /// `dump --tcp-close`: TCP connections are restored closed instead of refused.
-    pub tcp_close: bool,
+    /// What to do with TCP connections (`--tcp-close`, `--tcp-established`).
+    pub connections: inet::Connections,
 }
 
 /// Collect the fd table of `pid` into `p.fds` and `p.files`; deleted files' content goes
@@ -178,7 +178,7 @@ pub fn collect(
             } else {
                 return Err(unsupported(format!("special file {link}")));
             }
-        } else if link.starts_with("socket:") && inet::collect(pid, fd, &link, tree.tcp_close, &mut file)? {
+        } else if link.starts_with("socket:") && inet::collect(pid, fd, &link, &mut tree.connections, &mut file)? {
             // An AF_INET/AF_INET6 socket, filled in by inet::collect.
         } else if fd <= 2 && link.starts_with("socket:") {
             file.kind = FileKind::Inherited as i32;
@@ -267,10 +267,19 @@ pub fn prepare(
 ) -> Result<Prepared, Error> {
     let pid = p.pid;
     let mut out = Prepared { numbers: Vec::new(), owned: Vec::new() };
-    for (i, f) in p.files.iter().enumerate() {
+    // Connections restored with TCP_REPAIR go last: a listener binds its port normally before a
+    // connection that shares it binds with the force-reuse of repair mode.
+    let repaired = |f: &File| f.inet.as_ref().is_some_and(|s| s.repair.is_some());
+    let order: Vec<usize> = (0..p.files.len())
+        .filter(|&i| !repaired(&p.files[i]))
+        .chain((0..p.files.len()).filter(|&i| repaired(&p.files[i])))
+        .collect();
+    let mut numbers = vec![-1; p.files.len()];
+    for i in order {
+        let f = &p.files[i];
         // A description shared with a process prepared before: the very same fd.
         if let Some(n) = (f.shared_id != 0).then(|| shared.get(&f.shared_id).copied()).flatten() {
-            out.numbers.push(n);
+            numbers[i] = n;
             continue;
         }
         let fd_of = || p.fds.iter().find(|d| d.file as usize == i).map(|d| d.fd).unwrap_or(-1);
@@ -318,7 +327,7 @@ pub fn prepare(
                 if f.shared_id != 0 {
                     shared.insert(f.shared_id, dup.as_raw_fd());
                 }
-                out.numbers.push(dup.as_raw_fd());
+                numbers[i] = dup.as_raw_fd();
                 out.owned.push(dup);
                 continue;
             }
@@ -357,9 +366,10 @@ pub fn prepare(
         if f.shared_id != 0 {
             shared.insert(f.shared_id, n.as_raw_fd());
         }
-        out.numbers.push(n.as_raw_fd());
+        numbers[i] = n.as_raw_fd();
         out.owned.push(n);
     }
+    out.numbers = numbers;
     Ok(out)
 }
 

@@ -34,6 +34,7 @@
 //! a SYN cookie).
 
 use crate::error::{Ctx, Error};
+use crate::state::tcp_repair;
 use ferry_image::{File, InetSocket, SockOpt};
 use ferry_sys::inet as net;
 use ferry_sys::process::{pidfd_getfd, pidfd_open};
@@ -184,13 +185,25 @@ pub fn describe(s: &InetSocket) -> String {
     d
 }
 
+/// What to do with TCP connections at dump time.
+#[derive(Default)]
+pub struct Connections {
+    /// `--tcp-close`: restore them closed.
+    pub close: bool,
+    /// `--tcp-established`: keep established ones (TCP_REPAIR).
+    pub established: bool,
+    /// Connections put in repair mode by this dump.
+    pub repaired: tcp_repair::Repaired,
+}
+
 /// If fd `fd` of `pid` is an AF_INET/AF_INET6 socket, fill `f` with it and return true; false
 /// for other sockets. Connections are refused unless `tcp_close`.
-pub fn collect(pid: i32, fd: i32, link: &str, tcp_close: bool, f: &mut File) -> Result<bool, Error> {
+pub fn collect(pid: i32, fd: i32, link: &str, policy: &mut Connections, f: &mut File) -> Result<bool, Error> {
+    let tcp_close = policy.close;
     let obj = || format!("pid {pid} fd {fd} ({link})");
     let pidfd = pidfd_open(pid).ctx(|| format!("pid {pid}: pidfd_open"))?;
-    let sock = pidfd_getfd(pidfd.as_fd(), fd).ctx(|| format!("{}: cannot take a copy with pidfd_getfd", obj()))?;
-    let sock = sock.as_fd();
+    let owned = pidfd_getfd(pidfd.as_fd(), fd).ctx(|| format!("{}: cannot take a copy with pidfd_getfd", obj()))?;
+    let sock = owned.as_fd();
     let family = net::getsockopt_int(sock, libc::SOL_SOCKET, libc::SO_DOMAIN).ctx(obj)?;
     if family != libc::AF_INET && family != libc::AF_INET6 {
         return Ok(false);
@@ -245,9 +258,10 @@ pub fn collect(pid: i32, fd: i32, link: &str, tcp_close: bool, f: &mut File) -> 
         }
     }
     let connection = tcp && s.state != TCP_LISTEN && s.state != TCP_CLOSE;
-    if connection && !tcp_close {
+    let repair = connection && s.state == TCP_ESTABLISHED && policy.established;
+    if connection && !tcp_close && !repair {
         return Err(unsupported(format!(
-            "{} (established TCP connections cannot be saved yet; dump with --tcp-close to restore it closed)",
+            "{} (dump with --tcp-established to keep the connection, or --tcp-close to restore it closed)",
             describe(&s)
         )));
     }
@@ -260,7 +274,7 @@ pub fn collect(pid: i32, fd: i32, link: &str, tcp_close: bool, f: &mut File) -> 
     if queued > 0 {
         tracing::warn!(pid, fd, listener = %describe(&s), queued, "dropping connections waiting to be accepted (--tcp-close)");
     }
-    if connection {
+    if connection && !repair {
         tracing::warn!(pid, fd, socket = %describe(&s), "restoring a TCP connection as closed (--tcp-close)");
         s.closed = true;
     }
@@ -268,6 +282,9 @@ pub fn collect(pid: i32, fd: i32, link: &str, tcp_close: bool, f: &mut File) -> 
         Error::Sys { object, source } => Error::Sys { object: format!("{}: {object}", obj()), source },
         other => other,
     })?;
+    if repair {
+        s.repair = Some(tcp_repair::collect(&obj(), owned, &mut policy.repaired)?);
+    }
     f.describe = format!("{link} {}", describe(&s));
     f.kind = ferry_image::FileKind::InetSocket as i32;
     f.inet = Some(s);
@@ -338,12 +355,24 @@ pub fn prepare(obj: &str, f: &File) -> Result<OwnedFd, Error> {
     let sock = net::socket_owned_by(s.family, s.sock_type, s.protocol, s.uid)
         .ctx(|| format!("{obj}: cannot create a {} socket", kind_name(s)))?;
     for o in &s.opts {
+        // A connection's MSS comes back with TCP_REPAIR_OPTIONS (setsockopt caps it lower).
+        if s.repair.is_some() && (o.level, o.name) == (libc::IPPROTO_TCP, libc::TCP_MAXSEG) {
+            continue;
+        }
         match net::setsockopt_raw(sock.as_fd(), o.level, o.name, &o.value) {
             Ok(()) => {}
             // A dropped connection is only a placeholder: an option it cannot take is no loss.
             Err(e) if s.closed => tracing::debug!(socket = obj, opt = %o.what, error = %e, "option not restored"),
+            // Options an accepted connection inherited (multicast, ...) that a socket which
+            // has not connected yet refuses.
+            Err(e) if s.repair.is_some() => {
+                tracing::warn!(socket = obj, opt = %o.what, error = %e, "option of a connection not restored")
+            }
             Err(e) => return Err(Error::Sys { object: format!("{obj}: cannot set {}", o.what), source: e }),
         }
+    }
+    if let Some(r) = &s.repair {
+        tcp_repair::prepare_before_bind(obj, sock.as_fd(), r)?;
     }
     if !s.closed {
         if !s.local.is_empty() {
@@ -364,9 +393,12 @@ pub fn prepare(obj: &str, f: &File) -> Result<OwnedFd, Error> {
         }
         if s.protocol == libc::IPPROTO_TCP && s.state == TCP_LISTEN {
             net::listen(sock.as_fd(), s.backlog as i32).ctx(|| format!("{obj}: cannot listen on {}", s.local))?;
-        } else if s.protocol == libc::IPPROTO_UDP && !s.peer.is_empty() {
+        } else if !s.peer.is_empty() && (s.protocol == libc::IPPROTO_UDP || s.repair.is_some()) {
             let peer = parse_addr(obj, &s.peer)?;
             net::connect(sock.as_fd(), &peer).ctx(|| format!("{obj}: cannot connect to {}", s.peer))?;
+        }
+        if let Some(r) = &s.repair {
+            tcp_repair::finish_after_connect(obj, sock.as_fd(), r)?;
         }
     }
     ferry_sys::process::set_status_flags(sock.as_fd(), f.flags as i32).ctx(|| obj.to_string())?;

@@ -22,5 +22,6 @@ pub mod session;
 pub mod signalfd;
 pub mod signals;
 pub mod task;
+pub mod tcp_repair;
 pub mod timerfd;
 pub mod timers;

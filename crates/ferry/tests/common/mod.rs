@@ -66,6 +66,9 @@ pub struct Spec {
     pub blocked_in: &'static [i64],
     /// How long the set-up may take before ready.
     pub ready_timeout: Duration,
+    /// The file whose appearance `Run::start` waits for ("ready"; another one when the test
+    /// must take part in the set-up before the workload is ready, see `Run::wait_ready`).
+    pub ready_file: &'static str,
 }
 
 impl Spec {
@@ -78,6 +81,7 @@ impl Spec {
             args: Vec::new(),
             blocked_in: &[],
             ready_timeout: READY_TIMEOUT,
+            ready_file: "ready",
         }
     }
 
@@ -95,6 +99,7 @@ impl Spec {
             blocked_in: &[],
             // building a big dict on a loaded 2-core machine can take a while
             ready_timeout: Duration::from_secs(90),
+            ready_file: "ready",
         }
     }
 
@@ -105,6 +110,11 @@ impl Spec {
 
     pub fn blocked_in(mut self, nrs: &'static [i64]) -> Spec {
         self.blocked_in = nrs;
+        self
+    }
+
+    pub fn ready_file(mut self, name: &'static str) -> Spec {
+        self.ready_file = name;
         self
     }
 
@@ -232,7 +242,8 @@ impl Run {
             logs: vec![("workload out.log".to_string(), log_path)],
             w,
         };
-        run.wait_ready();
+        let first = run.spec.ready_file;
+        run.wait_file(first);
         run
     }
 
@@ -258,8 +269,13 @@ impl Run {
         panic!("{report}");
     }
 
-    fn wait_ready(&mut self) {
-        let ready = self.w.join("ready");
+    /// Wait for W/ready (after a start with another `ready_file`).
+    pub fn wait_ready(&mut self) {
+        self.wait_file("ready");
+    }
+
+    fn wait_file(&mut self, name: &str) {
+        let ready = self.w.join(name);
         let started = Instant::now();
         let deadline = started + self.spec.ready_timeout;
         loop {

@@ -469,3 +469,49 @@ fn nginx_master_workers() {
     let mut n = Nginx::start("nginx2", true);
     n.cycle();
 }
+
+/// `dump --tcp-established`: connections come back with TCP_REPAIR. The test itself holds one
+/// end of a connection (ping/pong before, a "ping2" unread at the checkpoint, more after: the
+/// same connection, no error); the workload checks a connection with both ends inside it whose
+/// queues were full in both directions: every byte arrives, in order.
+#[test]
+fn tcp_established_connections_survive() {
+    tcpkeep(true);
+}
+
+/// The same without ferry: the workload's checks pass on an untouched process.
+#[test]
+fn tcp_established_control() {
+    tcpkeep(false);
+}
+
+fn tcpkeep(checkpoint: bool) {
+    use std::io::{Read, Write};
+    let mut run = Run::start(&Spec::c("tcpkeep").ready_file("port"));
+    let port: u16 = std::fs::read_to_string(run.w.join("port")).expect("port").trim().parse().expect("port number");
+    let mut x = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the workload");
+    x.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let mut b = [0u8; 5];
+    x.write_all(b"ping1").expect("ping1");
+    x.read_exact(&mut b).expect("pong1");
+    assert_eq!(&b, b"pong1");
+    run.wait_ready();
+    x.write_all(b"ping2").expect("ping2");
+    std::thread::sleep(Duration::from_millis(100));
+    if checkpoint {
+        run.dump_ok(&["--tcp-established"]);
+        run.reap_dumped();
+        let pidfile = run.spawn_restore("restore", &run.img(), &[]);
+        run.wait_pidfile(&pidfile);
+    }
+    run.go();
+    if let Err(e) = x.read_exact(&mut b) {
+        run.fail(&format!("the test's connection after restore: {e}"));
+    }
+    assert_eq!(&b, b"pong2");
+    x.write_all(b"ping3").expect("ping3");
+    x.read_exact(&mut b).expect("pong3");
+    assert_eq!(&b, b"pong3");
+    let status = if checkpoint { run.wait_restore_exit() } else { run.wait_child_exit() };
+    run.expect_pass(status, "tcpkeep");
+}

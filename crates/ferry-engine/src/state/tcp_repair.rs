@@ -1,0 +1,204 @@
+//! Established TCP connections (`dump --tcp-established`, CRIU's name), with the kernel's
+//! TCP_REPAIR mode: at dump the socket is switched to repair mode through ferry's copy of it,
+//! and its sequence numbers, both queues' bytes, negotiated options, window and timestamp are
+//! read; the process is then killed with the socket still in repair mode, so the kernel closes
+//! it without a FIN or RST and the peer notices nothing. At restore a new socket in repair mode
+//! is given the same numbers, bound and "connected" without a handshake, its queues refilled,
+//! and switched back to normal mode.
+//!
+//! Not done: a network lock. Between the dump and the restore no socket owns the connection;
+//! a segment the peer sends then is answered with a RST by the kernel. CRIU blocks the
+//! connection with netfilter rules meanwhile; for now ferry is safe for peers that stay quiet
+//! during the switch (retransmissions after the restore are fine).
+
+use crate::error::{Ctx, Error};
+use ferry_image::TcpRepair;
+use ferry_sys::inet as net;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+const SO_BUF_LOCK: i32 = 72;
+const TCP_MAXSEG: i32 = 2;
+const TCP_INFO: i32 = 11;
+const TCP_REPAIR: i32 = 19;
+const TCP_REPAIR_QUEUE: i32 = 20;
+const TCP_QUEUE_SEQ: i32 = 21;
+const TCP_REPAIR_OPTIONS: i32 = 22;
+const TCP_TIMESTAMP: i32 = 24;
+const TCP_REPAIR_WINDOW: i32 = 29;
+const TCP_RECV_QUEUE: i32 = 1;
+const TCP_SEND_QUEUE: i32 = 2;
+const TCPOPT_MSS: u32 = 2;
+const TCPOPT_WINDOW: u32 = 3;
+const TCPOPT_SACK_PERM: u32 = 4;
+const TCPOPT_TIMESTAMP: u32 = 8;
+const TCPI_OPT_TIMESTAMPS: u32 = 1;
+const TCPI_OPT_SACK: u32 = 2;
+const TCPI_OPT_WSCALE: u32 = 4;
+
+/// Sockets switched to repair mode by this dump (ferry's copies). Unless the dump succeeds and
+/// kills the tree (`keep`), dropping this switches them back, so a failed dump or `-R` leaves
+/// the connections working.
+#[derive(Default)]
+pub struct Repaired {
+    socks: Vec<OwnedFd>,
+    pub keep: bool,
+}
+
+impl Drop for Repaired {
+    fn drop(&mut self) {
+        if !self.keep {
+            for s in &self.socks {
+                if let Err(e) = net::setsockopt_int(s.as_fd(), libc::IPPROTO_TCP, TCP_REPAIR, 0) {
+                    tracing::error!(error = %e, "cannot switch a TCP connection back from repair mode");
+                }
+            }
+        }
+    }
+}
+
+fn queue(sock: BorrowedFd<'_>, which: i32, len: usize) -> std::io::Result<(u32, Vec<u8>)> {
+    net::setsockopt_int(sock, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, which)?;
+    let seq = net::getsockopt_int(sock, libc::IPPROTO_TCP, TCP_QUEUE_SEQ)? as u32;
+    let mut data = vec![0u8; len];
+    let n = if len == 0 { 0 } else { net::recv(sock, &mut data, libc::MSG_PEEK | libc::MSG_DONTWAIT)? };
+    data.truncate(n);
+    Ok((seq, data))
+}
+
+/// Save the established connection `sock` (ferry's copy, taken with pidfd_getfd); it stays in
+/// repair mode, registered in `repaired`.
+pub fn collect(obj: &str, sock: OwnedFd, repaired: &mut Repaired) -> Result<TcpRepair, Error> {
+    let s = sock.as_fd();
+    let ctx = |what: &str| format!("{obj}: {what}");
+    // Sizes first: in repair mode SIOCOUTQ still answers, but take them before anything moves.
+    let inq = net::inq(s).ctx(|| ctx("SIOCINQ"))? as usize;
+    let outq = net::outq(s).ctx(|| ctx("SIOCOUTQ"))? as usize;
+    net::setsockopt_int(s, libc::IPPROTO_TCP, TCP_REPAIR, 1)
+        .ctx(|| ctx("cannot switch to TCP_REPAIR mode (needs CAP_NET_ADMIN)"))?;
+    let s = {
+        repaired.socks.push(sock);
+        repaired
+            .socks
+            .last()
+            .map(|o| o.as_fd())
+            .ok_or_else(|| Error::Invalid { object: obj.into(), what: "lost socket".into() })?
+    };
+    let info = net::getsockopt_raw(s, libc::IPPROTO_TCP, TCP_INFO, 104).ctx(|| ctx("TCP_INFO"))?;
+    let byte = |i: usize| info.get(i).copied().unwrap_or(0) as u32;
+    let (recv_seq, recv_queue) = queue(s, TCP_RECV_QUEUE, inq).ctx(|| ctx("cannot read the receive queue"))?;
+    let (send_seq, send_queue) = queue(s, TCP_SEND_QUEUE, outq).ctx(|| ctx("cannot read the send queue"))?;
+    let window = net::getsockopt_raw(s, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, 20).ctx(|| ctx("TCP_REPAIR_WINDOW"))?;
+    let timestamp = net::getsockopt_int(s, libc::IPPROTO_TCP, TCP_TIMESTAMP).ctx(|| ctx("TCP_TIMESTAMP"))? as u32;
+    let mss = net::getsockopt_int(s, libc::IPPROTO_TCP, TCP_MAXSEG).ctx(|| ctx("TCP_MAXSEG"))? as u32;
+    if recv_queue.len() != inq || send_queue.len() != outq {
+        return Err(Error::Invalid {
+            object: obj.into(),
+            what: format!(
+                "read {} of {inq} queued bytes received and {} of {outq} to send",
+                recv_queue.len(),
+                send_queue.len()
+            ),
+        });
+    }
+    Ok(TcpRepair {
+        send_seq,
+        recv_seq,
+        send_queue,
+        recv_queue,
+        mss,
+        snd_wscale: byte(6) & 0xf,
+        rcv_wscale: byte(6) >> 4,
+        options: byte(5),
+        window,
+        timestamp,
+    })
+}
+
+fn fill(sock: BorrowedFd<'_>, which: i32, data: &[u8]) -> std::io::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    // Make room for the whole queue (it fit in the old socket's buffer, which may have grown
+    // by autotuning): the buffer size is forced, then its lock is put back as it was.
+    let (get, force) = if which == TCP_SEND_QUEUE {
+        (libc::SO_SNDBUF, libc::SO_SNDBUFFORCE)
+    } else {
+        (libc::SO_RCVBUF, libc::SO_RCVBUFFORCE)
+    };
+    let locks = net::getsockopt_int(sock, libc::SOL_SOCKET, SO_BUF_LOCK).ok();
+    let have = net::getsockopt_int(sock, libc::SOL_SOCKET, get)? as usize;
+    if have < 2 * data.len() + (1 << 20) {
+        net::setsockopt_int(sock, libc::SOL_SOCKET, force, (2 * data.len() + (1 << 20)) as i32)?;
+    }
+    net::setsockopt_int(sock, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, which)?;
+    let mut off = 0;
+    while off < data.len() {
+        let end = (off + 32 * 1024).min(data.len());
+        off += net::send(sock, &data[off..end], libc::MSG_DONTWAIT)?;
+    }
+    if let Some(l) = locks {
+        let _ = net::setsockopt_int(sock, libc::SOL_SOCKET, SO_BUF_LOCK, l);
+    }
+    Ok(())
+}
+
+/// Before bind: repair mode and the sequence numbers of the first queued byte of each queue.
+pub fn prepare_before_bind(obj: &str, sock: BorrowedFd<'_>, r: &TcpRepair) -> Result<(), Error> {
+    let ctx = |what: &str| format!("{obj}: {what}");
+    net::setsockopt_int(sock, libc::IPPROTO_TCP, TCP_REPAIR, 1)
+        .ctx(|| ctx("cannot switch to TCP_REPAIR mode (needs CAP_NET_ADMIN)"))?;
+    for (which, seq, len) in
+        [(TCP_RECV_QUEUE, r.recv_seq, r.recv_queue.len()), (TCP_SEND_QUEUE, r.send_seq, r.send_queue.len())]
+    {
+        net::setsockopt_int(sock, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, which).ctx(|| ctx("TCP_REPAIR_QUEUE"))?;
+        net::setsockopt_int(sock, libc::IPPROTO_TCP, TCP_QUEUE_SEQ, seq.wrapping_sub(len as u32) as i32)
+            .ctx(|| ctx("TCP_QUEUE_SEQ"))?;
+    }
+    Ok(())
+}
+
+/// After connect (which in repair mode makes the connection established without a packet):
+/// options, window, queued bytes, timestamp. Repair mode is left later (`release_all`).
+pub fn finish_after_connect(obj: &str, sock: BorrowedFd<'_>, r: &TcpRepair) -> Result<(), Error> {
+    let ctx = |what: &str| format!("{obj}: {what}");
+    let mut opts: Vec<(u32, u32)> = vec![(TCPOPT_MSS, r.mss)];
+    if r.options & TCPI_OPT_WSCALE != 0 {
+        opts.push((TCPOPT_WINDOW, r.snd_wscale | (r.rcv_wscale << 16)));
+    }
+    if r.options & TCPI_OPT_SACK != 0 {
+        opts.push((TCPOPT_SACK_PERM, 0));
+    }
+    if r.options & TCPI_OPT_TIMESTAMPS != 0 {
+        opts.push((TCPOPT_TIMESTAMP, 0));
+    }
+    let raw: Vec<u8> = opts.iter().flat_map(|(c, v)| c.to_ne_bytes().into_iter().chain(v.to_ne_bytes())).collect();
+    net::setsockopt_raw(sock, libc::IPPROTO_TCP, TCP_REPAIR_OPTIONS, &raw).ctx(|| ctx("TCP_REPAIR_OPTIONS"))?;
+    if r.options & TCPI_OPT_TIMESTAMPS != 0 {
+        net::setsockopt_int(sock, libc::IPPROTO_TCP, TCP_TIMESTAMP, r.timestamp as i32).ctx(|| ctx("TCP_TIMESTAMP"))?;
+    }
+    fill(sock, TCP_SEND_QUEUE, &r.send_queue).ctx(|| ctx("cannot refill the send queue"))?;
+    fill(sock, TCP_RECV_QUEUE, &r.recv_queue).ctx(|| ctx("cannot refill the receive queue"))?;
+    if r.window.len() == 20 {
+        net::setsockopt_raw(sock, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, &r.window).ctx(|| ctx("TCP_REPAIR_WINDOW"))?;
+    }
+    Ok(())
+}
+
+/// Once every socket of the image exists: leave repair mode (each connection then sends a
+/// window probe, which must find its peer restored already if the peer is in the image too).
+pub fn release_all(procs: &[ferry_image::Process], numbers: &[Option<&[i32]>]) -> Result<(), Error> {
+    let mut done = std::collections::HashSet::new();
+    for (p, nums) in procs.iter().zip(numbers) {
+        let Some(nums) = nums else { continue };
+        for (i, f) in p.files.iter().enumerate() {
+            if f.inet.as_ref().is_some_and(|s| s.repair.is_some()) {
+                let n = nums.get(i).copied().unwrap_or(-1);
+                if done.insert(n) {
+                    net::tcp_repair_off(n)
+                        .ctx(|| format!("pid {}: {}: cannot leave TCP_REPAIR mode", p.pid, f.describe))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
