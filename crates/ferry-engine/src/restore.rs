@@ -378,6 +378,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         let cwd = raw::dup_above(cwd.as_fd(), base).ctx(|| format!("pid {}: cwd", p.pid))?;
         prep.push(Some(Prepared { files, mem, cwd }));
     }
+    crate::state::memfd_seals::apply_early(&procs, &shmem)?;
     tracing::debug!(elapsed = ?t0.elapsed(), "files prepared");
     let tr = memory::choose_trampoline(&all_vmas)?;
     let (status_r, status_w) =
@@ -429,6 +430,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         let has_zombies = procs.iter().any(|z| z.zombie && z.ppid == p.pid);
         rebuilt.push((p, rebuild(p, mem, &tr, &img, has_zombies)?));
     }
+    crate::state::memfd_seals::apply_late(&procs, &shmem)?;
     // Release everything together, leaves first.
     for (p, (_, threads)) in rebuilt.iter().rev() {
         for (tid, _, _) in threads {

@@ -13,6 +13,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod consts;
+pub mod objects;
 pub mod process;
 pub mod ptrace;
 pub mod raw;
