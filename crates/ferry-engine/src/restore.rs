@@ -379,6 +379,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         prep.push(Some(Prepared { files, mem, cwd }));
     }
     crate::state::memfd_seals::apply_early(&procs, &shmem)?;
+    let sysv = crate::state::sysvshm::prepare(&procs, &img)?;
     tracing::debug!(elapsed = ?t0.elapsed(), "files prepared");
     let tr = memory::choose_trampoline(&all_vmas)?;
     let (status_r, status_w) =
@@ -431,6 +432,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         rebuilt.push((p, rebuild(p, mem, &tr, &img, has_zombies)?));
     }
     crate::state::memfd_seals::apply_late(&procs, &shmem)?;
+    sysv.finish()?;
     // Release everything together, leaves first.
     for (p, (_, threads)) in rebuilt.iter().rev() {
         for (tid, _, _) in threads {

@@ -73,6 +73,15 @@ pub fn shm_set_owner(id: i32, uid: u32, gid: u32, mode: u32) -> io::Result<()> {
     cvt_i(unsafe { libc::shmctl(id, libc::IPC_SET, &mut ds) }).map(drop)
 }
 
+/// `shmctl(IPC_STAT)`: the size of a segment in bytes.
+pub fn shm_size(id: i32) -> io::Result<u64> {
+    // SAFETY: an all-zero shmid_ds is a valid value.
+    let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: ds is a valid out-pointer.
+    cvt_i(unsafe { libc::shmctl(id, libc::IPC_STAT, &mut ds) })?;
+    Ok(ds.shm_segsz as u64)
+}
+
 /// `shmctl(IPC_RMID)`.
 pub fn shm_rmid(id: i32) -> io::Result<()> {
     // SAFETY: IPC_RMID ignores the buffer.

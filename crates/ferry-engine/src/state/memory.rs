@@ -69,7 +69,10 @@ pub fn scan(pid: i32, img: &mut ImageWriter) -> Result<(Vec<Vma>, Vec<MapEntry>)
             Some("/dev/zero") if m.deleted || !m.perms.shared => anon,
             Some(s) if s.starts_with("/memfd:") && m.perms.shared => VmaKind::SharedAnon,
             Some(s) if s.starts_with("/memfd:") => return Err(at(format!("private mapping of memfd {s}"))),
-            Some(s) if s.starts_with("/SYSV") => return Err(at(format!("SysV shared memory {s}"))),
+            Some(s) if s.starts_with("/SYSV") && m.perms.shared => {
+                crate::state::sysvshm::scan(&mut v, m.inode);
+                VmaKind::SharedAnon
+            }
             Some(s) if s.starts_with('/') => {
                 let mf = procfs::path(pid, &format!("map_files/{:x}-{:x}", m.start, m.end));
                 let md =
@@ -102,7 +105,7 @@ pub fn scan(pid: i32, img: &mut ImageWriter) -> Result<(Vec<Vma>, Vec<MapEntry>)
             }
             Some(other) => return Err(at(other.to_string())),
         };
-        if kind == VmaKind::SharedAnon {
+        if kind == VmaKind::SharedAnon && !v.sysv {
             v.shmem_id = m.inode;
         }
         v.kind = kind as i32;
@@ -183,8 +186,8 @@ pub fn dump_pages(
     let mut stored = 0u64;
     for v in mm.vmas.iter_mut() {
         let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Invalid);
-        if !stores_pages(kind) {
-            continue;
+        if !stores_pages(kind) || v.sysv {
+            continue; // (SysV segments: stored once each, see state/sysvshm.rs)
         }
         // Shared memory: the object's content, read through /proc/PID/map_files (pages that only
         // other processes of the tree faulted in are not in this one's page tables), stored once
@@ -314,6 +317,9 @@ pub fn prepare(
     let mut by_key: HashMap<(String, bool), i32> = HashMap::new();
     for (i, v) in mm.vmas.iter().enumerate() {
         let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Invalid);
+        if v.sysv {
+            continue; // attached with shmat by the tracer
+        }
         if kind == VmaKind::SharedAnon {
             // One memfd per shared memory object, for every process that maps it; the stored
             // pages go into it here, so every mapping sees the same memory from the start.
@@ -509,9 +515,10 @@ pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared, pa
     for (_, (at, len)) in parked {
         inj.call(nr::MUNMAP, &[at, len]).ctx(|| format!("pid {pid}: cannot unmap parked vDSO part"))?;
     }
-    // 3. Every other mapping, writable while we fill it.
+    // 3. SysV shared memory attachments, then every other mapping, writable while we fill it.
+    crate::state::sysvshm::attach(inj, p, &mm.vmas)?;
     let mut reprotect = Vec::new();
-    for (i, v) in mm.vmas.iter().enumerate() {
+    for (i, v) in mm.vmas.iter().enumerate().filter(|(_, v)| !v.sysv) {
         let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Invalid);
         let len = v.end - v.start;
         let mut prot = v.prot as u64;

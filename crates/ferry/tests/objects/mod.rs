@@ -152,9 +152,17 @@ fn inotify_pending_events_refused() {
     dump_refused(&Spec::c("inotify").args(&["pending"]), "unread events");
 }
 
-/// The ids of the workload's keyed segment, written by the workload to W/shmid.
-fn keyed_shmid(run: &Run) -> String {
-    fs::read_to_string(run.w.join("shmid")).expect("read W/shmid").trim().to_string()
+/// The ids of the workload's segments (keyed, private), written by the workload to W/shmid.
+fn shmids(run: &Run) -> (String, String) {
+    let text = fs::read_to_string(run.w.join("shmid")).expect("read W/shmid");
+    let mut it = text.split_whitespace().map(str::to_string);
+    (it.next().expect("keyed id"), it.next().expect("private id"))
+}
+
+/// Whether a SysV shared memory segment with this id exists.
+fn shm_exists(id: &str) -> bool {
+    let table = fs::read_to_string("/proc/sysvipc/shm").expect("read /proc/sysvipc/shm");
+    table.lines().skip(1).any(|l| l.split_whitespace().nth(1) == Some(id))
 }
 
 fn ipcrm(id: &str) {
@@ -173,9 +181,13 @@ fn sysvshm_tree() {
     run.dump_ok(&[]);
     run.reap_dumped();
     wait_image_pids_gone(&run.img());
-    let id = keyed_shmid(&run);
+    let (keyed, private) = shmids(&run);
+    assert!(!shm_exists(&private), "the IPC_RMID segment {private} outlived its processes");
     restore_fails(&mut run, "is taken");
-    ipcrm(&id);
+    if shm_exists(&private) {
+        run.fail(&format!("the failed restore left segment {private} behind"));
+    }
+    ipcrm(&keyed);
     let pidfile = run.spawn_restore("restore", &run.img(), &[]);
     run.wait_pidfile(&pidfile);
     run.go();
