@@ -68,11 +68,26 @@ pub fn scan(pid: i32, img: &mut ImageWriter) -> Result<(Vec<Vma>, Vec<MapEntry>)
             Some("[vsyscall]") => VmaKind::Vsyscall,
             Some("/dev/zero") if m.deleted || !m.perms.shared => anon,
             Some(s) if s.starts_with("/memfd:") && m.perms.shared => VmaKind::SharedAnon,
-            Some(s) if s.starts_with("/memfd:") => return Err(at(format!("private mapping of memfd {s}"))),
-            Some(s) if s.starts_with("/SYSV") && m.perms.shared => {
+            Some(s) if s.starts_with("/memfd:") => {
+                // A private mapping of a memfd: like a private file mapping, with the memfd's
+                // content (saved once per object, as for an fd) as the file.
+                let mf = procfs::path(pid, &format!("map_files/{:x}-{:x}", m.start, m.end));
+                let md =
+                    std::fs::metadata(&mf).ctx(|| format!("pid {pid}: cannot stat {s} mapped at {:#x}", m.start))?;
+                let name = format!("memfd-{}.img", md.ino());
+                if !img.has_file(&name) {
+                    let content = std::fs::read(&mf).ctx(|| format!("pid {pid}: cannot read memfd {s}"))?;
+                    img.write_file(&name, &content)?;
+                }
+                v.shmem_id = md.ino();
+                v.file_size = md.size();
+                VmaKind::FilePrivate
+            }
+            Some(s) if s.starts_with("/SYSV") && m.perms.shared && !v.vm_flags.iter().any(|f| f == "ht") => {
                 crate::state::sysvshm::scan(&mut v, m.inode);
                 VmaKind::SharedAnon
             }
+            Some(s) if s.starts_with("/SYSV") => return Err(at(format!("SysV shared memory {s} in huge pages"))),
             Some(s) if s.starts_with('/') => {
                 let mf = procfs::path(pid, &format!("map_files/{:x}-{:x}", m.start, m.end));
                 let md =
@@ -358,6 +373,29 @@ pub fn prepare(
             continue;
         }
         if !matches!(kind, VmaKind::FilePrivate | VmaKind::FileShared) {
+            continue;
+        }
+        if kind == VmaKind::FilePrivate && v.shmem_id != 0 {
+            // A private mapping of a memfd: the memfd of that object (restored once, whichever
+            // fd or mapping needs it first).
+            let obj = || format!("pid {pid} private mapping {:#x}-{:#x} of {}", v.start, v.end, v.path);
+            if let std::collections::hash_map::Entry::Vacant(e) = shmem.entry(v.shmem_id) {
+                let content = img.read_file(&format!("memfd-{}.img", v.shmem_id))?;
+                let name = v.path.strip_prefix("/memfd:").unwrap_or(&v.path).trim_end_matches(" (deleted)");
+                let name = std::ffi::CString::new(name).unwrap_or_default();
+                let fd = crate::state::memfd_seals::create(&name).ctx(obj)?;
+                let n = ferry_sys::raw::dup_above(fd.as_fd(), base).ctx(obj)?;
+                let num = std::os::fd::AsRawFd::as_raw_fd(&n);
+                out.owned.push(n);
+                let f = std::fs::File::from(fd);
+                f.write_all_at(&content, 0).ctx(obj)?;
+                e.insert((num, f));
+            }
+            let n = shmem
+                .get(&v.shmem_id)
+                .map(|(n, _)| *n)
+                .ok_or_else(|| Error::Invalid { object: obj(), what: "lost memfd".into() })?;
+            out.vma_fd.insert(i, n);
             continue;
         }
         let key = (if v.ghost.is_empty() { v.path.clone() } else { v.ghost.clone() }, v.file_writable);

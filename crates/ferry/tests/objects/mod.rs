@@ -95,6 +95,10 @@ mod control {
     fn memfd_seals() {
         control(&Spec::c("memfd_seals"));
     }
+    #[test]
+    fn memfd_private() {
+        control(&Spec::c("memfd_private"));
+    }
 }
 
 /// FIFOs held by a parent and a child (one blocked in read() on its FIFO), with unread bytes
@@ -144,6 +148,17 @@ fn fifo_replaced_or_busy_at_restore() {
 #[test]
 fn inotify_watches() {
     cycle(&Spec::c("inotify"));
+}
+
+/// A watched file deleted between dump and restore: restore names it.
+#[test]
+fn inotify_watched_file_missing_at_restore() {
+    let mut run = Run::start(&Spec::c("inotify"));
+    run.dump_ok(&[]);
+    run.reap_dumped();
+    let b = run.w.join("b");
+    fs::remove_file(&b).expect("remove b");
+    restore_fails(&mut run, &format!("cannot watch {} again", b.display()));
 }
 
 /// Queued inotify events cannot be saved: the dump refuses and the workload runs on.
@@ -201,4 +216,11 @@ fn sysvshm_tree() {
 #[test]
 fn memfd_seals() {
     cycle(&Spec::c("memfd_seals"));
+}
+
+/// MAP_PRIVATE mappings of memfds (one whose fd was closed): copied pages keep their bytes, the
+/// others are the memfd's page cache again (a write through the fd shows in them).
+#[test]
+fn memfd_private_mappings() {
+    cycle(&Spec::c("memfd_private"));
 }
