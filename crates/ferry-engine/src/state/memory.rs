@@ -342,7 +342,12 @@ pub fn prepare(
             if let std::collections::hash_map::Entry::Vacant(e) = shmem.entry(v.shmem_id) {
                 let name = v.path.strip_prefix("/memfd:").unwrap_or("ferry-shmem");
                 let name = std::ffi::CString::new(name).unwrap_or_default();
-                let fd = ferry_sys::process::memfd(&name).ctx(obj)?;
+                let fd = if v.path.starts_with("/memfd:") {
+                    crate::state::memfd_seals::create(&name) // a memfd's fd may bring seals
+                } else {
+                    ferry_sys::process::memfd(&name)
+                }
+                .ctx(obj)?;
                 let n = ferry_sys::raw::dup_above(fd.as_fd(), base).ctx(obj)?;
                 let num = std::os::fd::AsRawFd::as_raw_fd(&n);
                 out.owned.push(n);
