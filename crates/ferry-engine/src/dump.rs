@@ -423,6 +423,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     }
     files::finish_pipes(&mut procs, &mut tree)?;
     crate::state::epoll::assign_owners(&mut procs)?;
+    crate::state::sysvshm::collect(&mut procs, &mut img)?;
     // Pids as ferry sees them, to read memory; the image keeps the namespace's own.
     let host_pids: Vec<i32> = frozen.iter().map(|f| f.pid).collect();
     if pidns_root.is_some() {

@@ -438,6 +438,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     }
     let numbers: Vec<Option<&[i32]>> = prep.iter().map(|p| p.as_ref().map(|p| p.files.numbers.as_slice())).collect();
     crate::state::tcp_repair::release_all(&procs, &numbers)?;
+    crate::state::memfd_seals::apply_early(&procs, &shmem)?;
+    let sysv = crate::state::sysvshm::prepare(&procs, &img)?;
     tracing::debug!(elapsed = ?t0.elapsed(), "files prepared");
     let tr = memory::choose_trampoline(&all_vmas)?;
     let (status_r, status_w) =
@@ -516,6 +518,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
             plan.helpers().filter(|h| h.creator.is_some() && h.creator == me).map(|h| h.pid).collect();
         rebuilt.push((p, rebuild(p, host(p.pid), mem, &tr, &img, has_zombies, &helpers)?));
     }
+    crate::state::memfd_seals::apply_late(&procs, &shmem)?;
+    sysv.finish()?;
     // Release everything together, leaves first.
     for (p, (_, threads)) in rebuilt.iter().rev() {
         for (tid, _, _) in threads {

@@ -110,6 +110,31 @@ pub struct Process {
     /// For a zombie: the status its parent's waitpid() will report.
     #[prost(int32, tag = "31")]
     pub exit_status: i32,
+    /// SysV shared memory segments this process is the first of the tree to attach.
+    #[prost(message, repeated, tag = "45")]
+    pub sysv_shm: Vec<SysvShm>,
+}
+
+/// A SysV shared memory segment (`shmget`), recreated with the same key and id.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct SysvShm {
+    #[prost(int32, tag = "1")]
+    pub key: i32,
+    #[prost(int32, tag = "2")]
+    pub shmid: i32,
+    #[prost(uint64, tag = "3")]
+    pub size: u64,
+    /// Permission bits, with SHM_DEST (0o1000) when IPC_RMID was done (the segment goes away
+    /// with its last detach).
+    #[prost(uint32, tag = "4")]
+    pub mode: u32,
+    #[prost(uint32, tag = "5")]
+    pub uid: u32,
+    #[prost(uint32, tag = "6")]
+    pub gid: u32,
+    /// The file of the image holding the segment's content (`sysvshm-ID.img`).
+    #[prost(string, tag = "7")]
+    pub data: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize)]
@@ -415,6 +440,12 @@ pub struct Vma {
     /// or several processes) are one object; its pages are stored once, with the first mapping.
     #[prost(uint64, tag = "13")]
     pub shmem_id: u64,
+    /// A SysV shared memory attachment (`/SYSV%08x`): restored with `shmat` of segment
+    /// `sysv_shmid` (see `Process.sysv_shm`), not `mmap`.
+    #[prost(bool, tag = "20")]
+    pub sysv: bool,
+    #[prost(int32, tag = "21")]
+    pub sysv_shmid: i32,
 }
 
 /// `nr_pages` pages starting at `addr`, stored at byte `offset` of `pages-PID.img`.
@@ -479,10 +510,28 @@ pub enum FileKind {
     Signalfd = 8,
     /// epoll instance: `epoll_targets`.
     Epoll = 9,
-    /// memfd: `path` holds its name, `ino` its identity, `ghost` its content.
+    /// memfd: `path` holds its name, `ino` its identity, `ghost` its content, `seals` its seals.
     Memfd = 10,
     /// An AF_INET/AF_INET6 TCP or UDP socket: `inet`.
     InetSocket = 12,
+    /// inotify instance: `inotify_watches`.
+    Inotify = 13,
+    /// A named pipe (FIFO) reopened by `path`; `ino` identifies it, `fifo_data` (on one of its
+    /// descriptions) holds the unread bytes.
+    Fifo = 14,
+}
+
+/// One inotify watch: its descriptor number, event mask and the watched file.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct InotifyWatch {
+    #[prost(int32, tag = "1")]
+    pub wd: i32,
+    #[prost(uint32, tag = "2")]
+    pub mask: u32,
+    #[prost(string, tag = "3")]
+    pub path: String,
+    #[prost(uint64, tag = "4")]
+    pub ino: u64,
 }
 
 /// One file registered in an epoll instance, by its fd number in the process.
@@ -551,6 +600,15 @@ pub struct File {
     /// For a memfd: its inode, shared with the mappings (`Vma.shmem_id`) of the same object.
     #[prost(uint64, tag = "20")]
     pub ino: u64,
+    #[prost(message, repeated, tag = "40")]
+    pub inotify_watches: Vec<InotifyWatch>,
+    /// For a FIFO: the bytes in flight (stored with one description per FIFO).
+    #[prost(bytes = "vec", tag = "43")]
+    #[serde(serialize_with = "crate::hex::serialize")]
+    pub fifo_data: Vec<u8>,
+    /// For a memfd: F_GET_SEALS.
+    #[prost(uint32, tag = "44")]
+    pub seals: u32,
     /// For an `InetSocket`.
     #[prost(message, optional, tag = "35")]
     pub inet: Option<InetSocket>,

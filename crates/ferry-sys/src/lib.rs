@@ -14,6 +14,7 @@
 
 pub mod consts;
 pub mod inet;
+pub mod objects;
 pub mod process;
 pub mod ptrace;
 pub mod raw;

@@ -608,3 +608,4 @@ mod big {
 
 mod inet;
 mod more;
+mod objects;

@@ -6,7 +6,7 @@
 
 use crate::error::{Ctx, Error};
 use crate::procfs;
-use crate::state::{epoll, eventfd, inet, locks, pipes, signalfd, timerfd};
+use crate::state::{epoll, eventfd, fifo, inet, inotify, locks, memfd_seals, pipes, signalfd, timerfd};
 use ferry_image::{Fd, File, FileKind, ImageWriter, Process};
 use ferry_sys::consts::KCMP_FILE;
 use ferry_sys::process::{kcmp, open_raw};
@@ -51,6 +51,8 @@ pub struct TreeFiles {
     next_shared: u32,
     /// What to do with TCP connections (`--tcp-close`, `--tcp-established`).
     pub connections: inet::Connections,
+    /// FIFOs whose unread bytes are already stored.
+    fifos: fifo::Seen,
 }
 
 /// Collect the fd table of `pid` into `p.fds` and `p.files`; deleted files' content goes
@@ -137,6 +139,7 @@ pub fn collect(
                 img.write_file(&ghost, &content)?;
             }
             file.ghost = ghost;
+            file.seals = memfd_seals::collect(pid, fd)?;
         } else if link.starts_with('/') {
             let fdpath = procfs::path(pid, &format!("fd/{fd}"));
             let md = std::fs::metadata(&fdpath).ctx(|| format!("pid {pid} fd {fd}: cannot stat {link}"))?;
@@ -174,7 +177,11 @@ pub fn collect(
                     return Err(unsupported(format!("device {link}")));
                 }
             } else if ft.is_fifo() {
-                return Err(unsupported(format!("FIFO {link}")));
+                if deleted {
+                    return Err(unsupported(format!("deleted FIFO {link}")));
+                }
+                file.kind = FileKind::Fifo as i32;
+                fifo::collect(pid, fd, &md, &mut tree.fifos, &mut file)?;
             } else {
                 return Err(unsupported(format!("special file {link}")));
             }
@@ -191,6 +198,9 @@ pub fn collect(
         } else if link == "anon_inode:[signalfd]" {
             file.kind = FileKind::Signalfd as i32;
             signalfd::collect(pid, fd, &info, &mut file)?;
+        } else if link == "anon_inode:inotify" {
+            file.kind = FileKind::Inotify as i32;
+            inotify::collect(pid, fd, &info, &mut file)?;
         } else if link == "anon_inode:[eventpoll]" {
             file.kind = FileKind::Epoll as i32;
             epoll::collect(pid, fd, &info, &mut file)?;
@@ -335,7 +345,7 @@ pub fn prepare(
                 if let std::collections::hash_map::Entry::Vacant(e) = shmem.entry(f.ino) {
                     let content = img.read_file(&f.ghost)?;
                     let name = CString::new(f.path.as_bytes()).unwrap_or_default();
-                    let mfd = ferry_sys::process::memfd(&name).ctx(|| format!("{}: cannot create the memfd", obj()))?;
+                    let mfd = memfd_seals::create(&name).ctx(|| format!("{}: cannot create the memfd", obj()))?;
                     let n = ferry_sys::raw::dup_above(std::os::fd::AsFd::as_fd(&mfd), base).ctx(obj)?;
                     let mut file = std::fs::File::from(mfd);
                     std::io::Write::write_all(&mut file, &content).ctx(obj)?;
@@ -354,6 +364,8 @@ pub fn prepare(
             FileKind::Timerfd => timerfd::prepare(&obj(), f)?,
             FileKind::Signalfd => signalfd::prepare(&obj(), f)?,
             FileKind::InetSocket => inet::prepare(&obj(), f)?,
+            FileKind::Fifo => fifo::prepare(&obj(), f, flags)?,
+            FileKind::Inotify => inotify::prepare(&obj(), f)?,
             FileKind::Epoll => ferry_sys::process::epoll_create(libc::EPOLL_CLOEXEC)
                 .ctx(|| format!("{}: cannot create the epoll instance", obj()))?,
             FileKind::Invalid => return Err(Error::Invalid { object: obj(), what: "unknown file kind".into() }),

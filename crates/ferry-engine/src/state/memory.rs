@@ -68,8 +68,26 @@ pub fn scan(pid: i32, img: &mut ImageWriter) -> Result<(Vec<Vma>, Vec<MapEntry>)
             Some("[vsyscall]") => VmaKind::Vsyscall,
             Some("/dev/zero") if m.deleted || !m.perms.shared => anon,
             Some(s) if s.starts_with("/memfd:") && m.perms.shared => VmaKind::SharedAnon,
-            Some(s) if s.starts_with("/memfd:") => return Err(at(format!("private mapping of memfd {s}"))),
-            Some(s) if s.starts_with("/SYSV") => return Err(at(format!("SysV shared memory {s}"))),
+            Some(s) if s.starts_with("/memfd:") => {
+                // A private mapping of a memfd: like a private file mapping, with the memfd's
+                // content (saved once per object, as for an fd) as the file.
+                let mf = procfs::path(pid, &format!("map_files/{:x}-{:x}", m.start, m.end));
+                let md =
+                    std::fs::metadata(&mf).ctx(|| format!("pid {pid}: cannot stat {s} mapped at {:#x}", m.start))?;
+                let name = format!("memfd-{}.img", md.ino());
+                if !img.has_file(&name) {
+                    let content = std::fs::read(&mf).ctx(|| format!("pid {pid}: cannot read memfd {s}"))?;
+                    img.write_file(&name, &content)?;
+                }
+                v.shmem_id = md.ino();
+                v.file_size = md.size();
+                VmaKind::FilePrivate
+            }
+            Some(s) if s.starts_with("/SYSV") && m.perms.shared && !v.vm_flags.iter().any(|f| f == "ht") => {
+                crate::state::sysvshm::scan(&mut v, m.inode);
+                VmaKind::SharedAnon
+            }
+            Some(s) if s.starts_with("/SYSV") => return Err(at(format!("SysV shared memory {s} in huge pages"))),
             Some(s) if s.starts_with('/') => {
                 let mf = procfs::path(pid, &format!("map_files/{:x}-{:x}", m.start, m.end));
                 let md =
@@ -102,7 +120,7 @@ pub fn scan(pid: i32, img: &mut ImageWriter) -> Result<(Vec<Vma>, Vec<MapEntry>)
             }
             Some(other) => return Err(at(other.to_string())),
         };
-        if kind == VmaKind::SharedAnon {
+        if kind == VmaKind::SharedAnon && !v.sysv {
             v.shmem_id = m.inode;
         }
         v.kind = kind as i32;
@@ -184,8 +202,8 @@ pub fn dump_pages(
     let mut stored = 0u64;
     for v in mm.vmas.iter_mut() {
         let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Invalid);
-        if !stores_pages(kind) {
-            continue;
+        if !stores_pages(kind) || v.sysv {
+            continue; // (SysV segments: stored once each, see state/sysvshm.rs)
         }
         // Shared memory: the object's content, read through /proc/PID/map_files (pages that only
         // other processes of the tree faulted in are not in this one's page tables), stored once
@@ -315,6 +333,9 @@ pub fn prepare(
     let mut by_key: HashMap<(String, bool), i32> = HashMap::new();
     for (i, v) in mm.vmas.iter().enumerate() {
         let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Invalid);
+        if v.sysv {
+            continue; // attached with shmat by the tracer
+        }
         if kind == VmaKind::SharedAnon {
             // One memfd per shared memory object, for every process that maps it; the stored
             // pages go into it here, so every mapping sees the same memory from the start.
@@ -322,7 +343,12 @@ pub fn prepare(
             if let std::collections::hash_map::Entry::Vacant(e) = shmem.entry(v.shmem_id) {
                 let name = v.path.strip_prefix("/memfd:").unwrap_or("ferry-shmem");
                 let name = std::ffi::CString::new(name).unwrap_or_default();
-                let fd = ferry_sys::process::memfd(&name).ctx(obj)?;
+                let fd = if v.path.starts_with("/memfd:") {
+                    crate::state::memfd_seals::create(&name) // a memfd's fd may bring seals
+                } else {
+                    ferry_sys::process::memfd(&name)
+                }
+                .ctx(obj)?;
                 let n = ferry_sys::raw::dup_above(fd.as_fd(), base).ctx(obj)?;
                 let num = std::os::fd::AsRawFd::as_raw_fd(&n);
                 out.owned.push(n);
@@ -353,6 +379,29 @@ pub fn prepare(
             continue;
         }
         if !matches!(kind, VmaKind::FilePrivate | VmaKind::FileShared) {
+            continue;
+        }
+        if kind == VmaKind::FilePrivate && v.shmem_id != 0 {
+            // A private mapping of a memfd: the memfd of that object (restored once, whichever
+            // fd or mapping needs it first).
+            let obj = || format!("pid {pid} private mapping {:#x}-{:#x} of {}", v.start, v.end, v.path);
+            if let std::collections::hash_map::Entry::Vacant(e) = shmem.entry(v.shmem_id) {
+                let content = img.read_file(&format!("memfd-{}.img", v.shmem_id))?;
+                let name = v.path.strip_prefix("/memfd:").unwrap_or(&v.path).trim_end_matches(" (deleted)");
+                let name = std::ffi::CString::new(name).unwrap_or_default();
+                let fd = crate::state::memfd_seals::create(&name).ctx(obj)?;
+                let n = ferry_sys::raw::dup_above(fd.as_fd(), base).ctx(obj)?;
+                let num = std::os::fd::AsRawFd::as_raw_fd(&n);
+                out.owned.push(n);
+                let f = std::fs::File::from(fd);
+                f.write_all_at(&content, 0).ctx(obj)?;
+                e.insert((num, f));
+            }
+            let n = shmem
+                .get(&v.shmem_id)
+                .map(|(n, _)| *n)
+                .ok_or_else(|| Error::Invalid { object: obj(), what: "lost memfd".into() })?;
+            out.vma_fd.insert(i, n);
             continue;
         }
         let key = (if v.ghost.is_empty() { v.path.clone() } else { v.ghost.clone() }, v.file_writable);
@@ -518,9 +567,10 @@ pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared, pa
     for (_, (at, len)) in parked {
         inj.call(nr::MUNMAP, &[at, len]).ctx(|| format!("pid {pid}: cannot unmap parked vDSO part"))?;
     }
-    // 3. Every other mapping, writable while we fill it.
+    // 3. SysV shared memory attachments, then every other mapping, writable while we fill it.
+    crate::state::sysvshm::attach(inj, p, &mm.vmas)?;
     let mut reprotect = Vec::new();
-    for (i, v) in mm.vmas.iter().enumerate() {
+    for (i, v) in mm.vmas.iter().enumerate().filter(|(_, v)| !v.sysv) {
         let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Invalid);
         let len = v.end - v.start;
         let mut prot = v.prot as u64;

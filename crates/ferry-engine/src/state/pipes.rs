@@ -21,21 +21,27 @@ pub fn pipe_ino(link: &str) -> Option<u64> {
 pub fn collect(pid: i32, pidfd: BorrowedFd<'_>, fd: i32, ino: u64) -> Result<Pipe, Error> {
     let obj = || format!("pid {pid} fd {fd} (pipe:[{ino}])");
     let src = pidfd_getfd(pidfd, fd).ctx(obj)?;
-    let capacity = pipe_size(src.as_fd()).ctx(obj)?;
-    let (r, w) = pipe2(libc::O_CLOEXEC).ctx(obj)?;
-    set_pipe_size(w.as_fd(), capacity).ctx(obj)?;
+    let (capacity, data) = peek(src.as_fd()).ctx(obj)?;
+    Ok(Pipe { ino, capacity: capacity as u32, data })
+}
+
+/// The capacity of the pipe behind read end `src` and a copy of its unread bytes (left in it).
+pub fn peek(src: BorrowedFd<'_>) -> std::io::Result<(usize, Vec<u8>)> {
+    let capacity = pipe_size(src)?;
+    let (r, w) = pipe2(libc::O_CLOEXEC)?;
+    set_pipe_size(w.as_fd(), capacity)?;
     let mut data = Vec::new();
-    match tee(src.as_fd(), w.as_fd(), capacity, true) {
+    match tee(src, w.as_fd(), capacity, true) {
         Ok(n) => {
             drop(w);
             let mut f = std::fs::File::from(r);
-            f.read_to_end(&mut data).ctx(obj)?;
+            f.read_to_end(&mut data)?;
             data.truncate(n);
         }
         Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
-        Err(e) => return Err(Error::Sys { object: obj(), source: e }),
+        Err(e) => return Err(e),
     }
-    Ok(Pipe { ino, capacity: capacity as u32, data })
+    Ok((capacity, data))
 }
 
 /// Both ends of each recreated pipe, keyed by the old inode number.

@@ -1,0 +1,86 @@
+//! FIFOs (named pipes): every open description is reopened by path at restore, with its access
+//! mode and status flags (O_NONBLOCK), and the bytes in flight go back into the FIFO.
+//!
+//! Dump: the unread bytes are copied once per FIFO (device, inode) with `tee(2)` from a new
+//! read end opened through `/proc/PID/fd/N` (`O_RDONLY|O_NONBLOCK` never blocks on a FIFO and
+//! works whatever the access mode of the process's own fd), so nothing is consumed. They are
+//! stored in `File.fifo_data` of the first description of that FIFO in the tree.
+//!
+//! Restore (in ferry, before the fork): the path is opened `O_RDWR|O_NONBLOCK` first (which
+//! never blocks and counts as reader and writer), so that opening the real end `O_RDONLY` or
+//! `O_WRONLY` does not wait for a peer; then the bytes are written back through that helper,
+//! which is closed. The restored descriptions keep the FIFO's buffer alive. The capacity is
+//! raised if the bytes need it; a capacity set with F_SETPIPE_SZ is otherwise not kept.
+//!
+//! A FIFO must exist at its path at restore (not recreated: a FIFO is a file system object that
+//! outlives the processes); a missing path or a path that is no longer a FIFO is an error. A
+//! FIFO that already holds bytes at restore (some process outside the image keeps it open and
+//! wrote into it) is refused rather than mixing old and new bytes.
+
+use crate::error::{Ctx, Error};
+use crate::procfs;
+use ferry_image::File;
+use ferry_sys::objects::fionread;
+use ferry_sys::process::{fstat, open_raw, pipe_size, set_pipe_size};
+use std::collections::HashSet;
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+
+/// FIFOs (device, inode) whose bytes are already in the image.
+pub type Seen = HashSet<(u64, u64)>;
+
+/// Fill `f` for fd `fd` of `pid`, a FIFO at `f.path` with metadata `md`.
+pub fn collect(pid: i32, fd: i32, md: &std::fs::Metadata, seen: &mut Seen, f: &mut File) -> Result<(), Error> {
+    f.ino = md.ino();
+    f.size = 0;
+    if !seen.insert((md.dev(), md.ino())) {
+        return Ok(());
+    }
+    let obj = || format!("pid {pid} fd {fd} (FIFO {})", f.path);
+    let link = procfs::path(pid, &format!("fd/{fd}"));
+    let path = CString::new(link.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::Invalid { object: obj(), what: "path has a NUL byte".into() })?;
+    let reader = open_raw(&path, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC, 0)
+        .ctx(|| format!("{}: cannot open a reader", obj()))?;
+    let (_, data) = crate::state::pipes::peek(reader.as_fd()).ctx(|| format!("{}: cannot peek", obj()))?;
+    f.fifo_data = data;
+    Ok(())
+}
+
+/// Open the description `f` (open flags `flags`) of a FIFO in ferry, writing back its bytes.
+pub fn prepare(obj: &str, f: &File, flags: i32) -> Result<OwnedFd, Error> {
+    let path = CString::new(f.path.as_bytes())
+        .map_err(|_| Error::Invalid { object: obj.into(), what: "path has a NUL byte".into() })?;
+    let helper = open_raw(&path, libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC, 0).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::Invalid { object: obj.into(), what: format!("the FIFO {} does not exist any more", f.path) }
+        } else {
+            Error::Sys { object: format!("{obj}: cannot open the FIFO {}", f.path), source: e }
+        }
+    })?;
+    let st = fstat(helper.as_fd()).ctx(|| obj.to_string())?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFIFO {
+        return Err(Error::Invalid { object: obj.into(), what: format!("{} is not a FIFO any more", f.path) });
+    }
+    let fd = open_raw(&path, flags | libc::O_NONBLOCK, 0).ctx(|| format!("{obj}: cannot open the FIFO {}", f.path))?;
+    ferry_sys::process::set_status_flags(fd.as_fd(), flags).ctx(|| obj.to_string())?;
+    if !f.fifo_data.is_empty() {
+        let queued = fionread(helper.as_fd()).ctx(|| obj.to_string())?;
+        if queued > 0 {
+            return Err(Error::Invalid {
+                object: obj.into(),
+                what: format!(
+                    "the FIFO {} already holds {queued} unread bytes (another process keeps it open)",
+                    f.path
+                ),
+            });
+        }
+        if f.fifo_data.len() > pipe_size(helper.as_fd()).ctx(|| obj.to_string())? {
+            set_pipe_size(helper.as_fd(), f.fifo_data.len()).ctx(|| format!("{obj}: cannot grow the FIFO"))?;
+        }
+        ferry_sys::raw::write_all(helper.as_raw_fd(), &f.fifo_data)
+            .ctx(|| format!("{obj}: cannot refill the FIFO {}", f.path))?;
+    }
+    Ok(fd)
+}

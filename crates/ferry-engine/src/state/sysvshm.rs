@@ -1,0 +1,210 @@
+//! SysV shared memory (`shmget`/`shmat`) attached by processes of the tree.
+//!
+//! A mapping `/SYSV%08x (deleted)` is an attachment; its inode number in /proc/PID/maps is the
+//! shmid. Dump: each segment is recorded once (key, id, size, mode with SHM_DEST when IPC_RMID
+//! was done, owner, from /proc/sysvipc/shm), with the first process of the tree attaching it,
+//! and its content is copied once into `sysvshm-ID.img` (ferry attaches it read-only, copies,
+//! detaches: a SysV shm file has no read()).
+//!
+//! Restore: before the fork, ferry recreates each segment with the same id (the id is written
+//! to /proc/sys/kernel/shm_next_id, then `shmget(key, size, IPC_CREAT|IPC_EXCL|mode)`), sets
+//! its owner and mode and fills it. A key or id already in use is an error. The tracer then
+//! attaches the segment in every process with an injected `shmat` at its old address (read-only
+//! when no mapping of it could write, SHM_EXEC when one executes), unmaps the parts the process
+//! had detached and sets each mapping's protection. Once every process is attached, segments
+//! that were marked IPC_RMID are marked again, so they go away with their last detach as before.
+//! A restore that fails removes the segments it created.
+//!
+//! Not kept: the times and pids of the last attach/detach (shm_atime, shm_lpid...), creator
+//! ids (cuid/cgid), SHM_LOCK.
+
+use crate::error::{Ctx, Error};
+use crate::inject::Injector;
+use ferry_image::{ImageWriter, Process, SysvShm, Vma, PAGE_SIZE};
+use ferry_sys::consts::nr;
+use ferry_sys::objects::{shm_read, shm_rmid, shm_set_owner, shm_write, shmget};
+use std::collections::{BTreeMap, HashSet};
+
+const SHM_DEST: u32 = 0o1000;
+
+/// Mark `v` (a `/SYSV` mapping whose maps inode is `shmid`) as a SysV attachment.
+pub fn scan(v: &mut Vma, shmid: u64) {
+    v.sysv = true;
+    v.sysv_shmid = shmid as i32;
+}
+
+/// One line of /proc/sysvipc/shm.
+fn parse_table(text: &str) -> Vec<SysvShm> {
+    let mut out = Vec::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 9 {
+            continue;
+        }
+        let (Ok(key), Ok(shmid), Ok(mode), Ok(size), Ok(uid), Ok(gid)) = (
+            f[0].parse::<i32>(),
+            f[1].parse::<i32>(),
+            u32::from_str_radix(f[2], 8),
+            f[3].parse::<u64>(),
+            f[7].parse::<u32>(),
+            f[8].parse::<u32>(),
+        ) else {
+            continue;
+        };
+        out.push(SysvShm { key, shmid, size, mode, uid, gid, data: String::new() });
+    }
+    out
+}
+
+/// Once every process is collected: record each attached segment once, with its content.
+pub fn collect(procs: &mut [Process], img: &mut ImageWriter) -> Result<(), Error> {
+    let mut done = HashSet::new();
+    let mut table: Option<Vec<SysvShm>> = None;
+    for p in procs.iter_mut() {
+        let pid = p.pid;
+        let Some(mm) = p.mm.as_ref() else { continue };
+        let ids: Vec<(i32, u64)> = mm.vmas.iter().filter(|v| v.sysv).map(|v| (v.sysv_shmid, v.start)).collect();
+        for (id, start) in ids {
+            if !done.insert(id) {
+                continue;
+            }
+            let obj = || format!("pid {pid}: SysV shared memory id {id} at {start:#x}");
+            if table.is_none() {
+                let text =
+                    std::fs::read_to_string("/proc/sysvipc/shm").ctx(|| "cannot read /proc/sysvipc/shm".to_string())?;
+                table = Some(parse_table(&text));
+            }
+            let mut seg = table.as_ref().and_then(|t| t.iter().find(|s| s.shmid == id).cloned()).ok_or_else(|| {
+                Error::Unsupported {
+                    pid,
+                    what: format!("mapping {start:#x}: SysV shared memory id {id} is not in /proc/sysvipc/shm"),
+                }
+            })?;
+            let mut content = vec![0u8; seg.size as usize];
+            shm_read(id, &mut content).ctx(|| format!("{}: cannot read it", obj()))?;
+            seg.data = format!("sysvshm-{id}.img");
+            img.write_file(&seg.data, &content)?;
+            p.sysv_shm.push(seg);
+        }
+    }
+    Ok(())
+}
+
+/// The segments recreated for a restore; dropped without `finish`, it removes them again.
+pub struct Created {
+    segs: Vec<SysvShm>,
+    done: bool,
+}
+
+impl Drop for Created {
+    fn drop(&mut self) {
+        if !self.done {
+            for s in &self.segs {
+                let _ = shm_rmid(s.shmid);
+            }
+        }
+    }
+}
+
+impl Created {
+    /// Every process is attached: mark again the segments that were marked IPC_RMID.
+    pub fn finish(mut self) -> Result<(), Error> {
+        self.done = true;
+        for s in &self.segs {
+            if s.mode & SHM_DEST != 0 {
+                shm_rmid(s.shmid).ctx(|| format!("SysV shared memory id {}: IPC_RMID", s.shmid))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Before the fork: recreate every segment with its id, key, mode, owner and content.
+pub fn prepare(procs: &[Process], img: &ferry_image::ImageReader) -> Result<Created, Error> {
+    let mut created = Created { segs: Vec::new(), done: false };
+    for s in procs.iter().flat_map(|p| p.sysv_shm.iter()) {
+        let obj = || format!("SysV shared memory id {} (key {:#x})", s.shmid, s.key);
+        let content = img.read_file(&s.data)?;
+        if content.len() as u64 != s.size {
+            return Err(Error::Invalid { object: obj(), what: "content size differs from the segment size".into() });
+        }
+        std::fs::write("/proc/sys/kernel/shm_next_id", s.shmid.to_string())
+            .ctx(|| format!("{}: cannot write /proc/sys/kernel/shm_next_id", obj()))?;
+        let got = shmget(s.key, s.size, libc::IPC_CREAT | libc::IPC_EXCL | (s.mode & 0o777) as i32);
+        let _ = std::fs::write("/proc/sys/kernel/shm_next_id", "-1");
+        let got = match got {
+            Ok(id) => id,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                return Err(Error::Invalid { object: obj(), what: format!("the key {:#x} is taken", s.key) })
+            }
+            Err(e) => return Err(Error::Sys { object: format!("{}: shmget", obj()), source: e }),
+        };
+        if got != s.shmid {
+            let _ = shm_rmid(got);
+            return Err(Error::Invalid { object: obj(), what: format!("the id {} is taken", s.shmid) });
+        }
+        created.segs.push(s.clone());
+        shm_set_owner(got, s.uid, s.gid, s.mode).ctx(|| format!("{}: cannot set owner and mode", obj()))?;
+        shm_write(got, &content).ctx(|| format!("{}: cannot fill it", obj()))?;
+    }
+    Ok(created)
+}
+
+/// By the tracer, in an address space emptied but for the vDSO: attach every segment the
+/// process had at its old address, with its old protections.
+pub fn attach(inj: &Injector, p: &Process, vmas: &[Vma]) -> Result<(), Error> {
+    let pid = p.pid;
+    // (shmid, attach address) -> the mappings of that attachment
+    let mut groups: BTreeMap<(i32, u64), Vec<&Vma>> = BTreeMap::new();
+    for v in vmas.iter().filter(|v| v.sysv) {
+        groups.entry((v.sysv_shmid, v.start - v.offset)).or_default().push(v);
+    }
+    for ((id, base), maps) in groups {
+        let obj = || format!("pid {pid}: SysV shared memory id {id} at {base:#x}");
+        let may_write = maps.iter().any(|v| v.vm_flags.iter().any(|f| f == "mw"));
+        let exec = maps.iter().any(|v| v.prot & libc::PROT_EXEC as u32 != 0);
+        let mut flags = if may_write { 0 } else { libc::SHM_RDONLY };
+        if exec {
+            flags |= libc::SHM_EXEC;
+        }
+        let at =
+            inj.call(libc::SYS_shmat as u64, &[id as u64, base, flags as u64]).ctx(|| format!("{}: shmat", obj()))?;
+        if at != base {
+            return Err(Error::Invalid { object: obj(), what: format!("shmat attached it at {at:#x}") });
+        }
+        let size = ferry_sys::objects::shm_size(id).ctx(obj)?;
+        let end = base + size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        // Parts of the attachment the process had unmapped.
+        let mut at = base;
+        for v in &maps {
+            if v.start > at {
+                inj.call(nr::MUNMAP, &[at, v.start - at]).ctx(|| format!("{}: munmap", obj()))?;
+            }
+            at = v.end;
+        }
+        if end > at {
+            inj.call(nr::MUNMAP, &[at, end - at]).ctx(|| format!("{}: munmap", obj()))?;
+        }
+        let attached = libc::PROT_READ as u32
+            | if may_write { libc::PROT_WRITE as u32 } else { 0 }
+            | if exec { libc::PROT_EXEC as u32 } else { 0 };
+        for v in maps.iter().filter(|v| v.prot != attached) {
+            inj.call(nr::MPROTECT, &[v.start, v.end - v.start, v.prot as u64])
+                .ctx(|| format!("{}: mprotect {:#x}", obj(), v.start))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_sysvipc_shm() {
+        let t = super::parse_table(
+            "       key      shmid perms                  size  cpid  lpid nattch   uid   gid  cuid  cgid      atime      dtime      ctime                   rss                  swap\n      4660          0   640                 10000 28383 28383      1     0     0     0     0 1795748827          0 1795748827                     0                     0\n         0          1  1600                  5000 28383 28383      1     5     6     0     0 1795748827          0 1795748827                     0                     0\n",
+        );
+        assert_eq!(t.len(), 2);
+        assert_eq!((t[0].key, t[0].shmid, t[0].mode, t[0].size), (0x1234, 0, 0o640, 10000));
+        assert_eq!((t[1].key, t[1].shmid, t[1].mode, t[1].uid, t[1].gid), (0, 1, 0o1600, 5, 6));
+    }
+}

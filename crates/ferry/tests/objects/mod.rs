@@ -1,0 +1,226 @@
+//! FIFOs, inotify, SysV shared memory and memfd seals: each workload verifies itself after a
+//! dump/restore cycle; the error tests check what must fail, and fail with a clear message.
+
+use crate::common::*;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every process of the image is gone (the dump killed the whole tree).
+fn wait_image_pids_gone(img: &Path) {
+    let reader = ferry_image::ImageReader::open(img).expect("open image");
+    for &pid in &reader.inventory().pids {
+        let dir = format!("/proc/{pid}");
+        wait_for(&format!("pid {pid} to be reaped"), Duration::from_secs(90), || !Path::new(&dir).exists());
+    }
+}
+
+/// Dump (kills the tree), wait until every pid is free, run `between`, restore, go, PASS.
+fn tree_cycle(spec: &Spec, between: impl FnOnce(&mut Run)) {
+    let mut run = Run::start(spec);
+    run.dump_ok(&[]);
+    run.reap_dumped();
+    wait_image_pids_gone(&run.img());
+    between(&mut run);
+    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
+    run.wait_pidfile(&pidfile);
+    run.go();
+    let status = run.wait_restore_exit();
+    run.expect_pass(status, "ferry restore");
+}
+
+/// `ferry dump` of the workload must fail with one line naming `expect` and the pid, leave no
+/// image, and leave the workload running: it still passes on go.
+fn dump_refused(spec: &Spec, expect: &str) {
+    let mut run = Run::start(spec);
+    let img = run.img();
+    let res = run.dump_to("dump", &img, &[]);
+    let err = res.stderr.clone();
+    if res.status.success() {
+        run.fail(&format!("the dump should have been refused ({expect})"));
+    }
+    if !(err.contains(expect) && err.contains(&run.pid.to_string())) {
+        run.fail(&format!("the error does not name {expect:?} and pid {}: {err}", run.pid));
+    }
+    if err.trim().lines().count() != 1 {
+        run.fail(&format!("the error is not one line: {err}"));
+    }
+    if img.join("inventory.img").exists() {
+        run.fail("a refused dump left a complete-looking image");
+    }
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload after a refused dump");
+}
+
+/// Restore must fail, with `expect` in its error, and leave none of the image's pids behind.
+fn restore_fails(run: &mut Run, expect: &str) {
+    let img = run.img();
+    let out = Command::new(ferry_bin()).args(["restore", "-D", &path_str(&img)]).output().expect("run ferry restore");
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        run.fail(&format!("restore should have failed ({expect})"));
+    }
+    if !err.contains(expect) {
+        run.fail(&format!("the restore error does not say {expect:?}: {err}"));
+    }
+    wait_image_pids_gone(&img);
+}
+
+mod control {
+    use crate::common::{control, Spec};
+    #[test]
+    fn fifo() {
+        control(&Spec::c("fifo"));
+    }
+    #[test]
+    fn inotify() {
+        control(&Spec::c("inotify"));
+    }
+    #[test]
+    fn sysvshm() {
+        control(&Spec::c("sysvshm"));
+    }
+    #[test]
+    fn memfd_seals() {
+        control(&Spec::c("memfd_seals"));
+    }
+    #[test]
+    fn memfd_private() {
+        control(&Spec::c("memfd_private"));
+    }
+}
+
+/// FIFOs held by a parent and a child (one blocked in read() on its FIFO), with unread bytes
+/// (one FIFO beyond the default capacity), O_NONBLOCK and O_RDWR ends.
+#[test]
+fn fifo_tree() {
+    tree_cycle(&Spec::c("fifo"), |_| {});
+}
+
+/// A FIFO deleted between dump and restore: restore names it and creates nothing.
+#[test]
+fn fifo_missing_at_restore() {
+    let mut run = Run::start(&Spec::c("fifo"));
+    run.dump_ok(&[]);
+    run.reap_dumped();
+    wait_image_pids_gone(&run.img());
+    let f1 = run.w.join("f1");
+    fs::remove_file(&f1).expect("remove f1");
+    restore_fails(&mut run, &format!("the FIFO {} does not exist", f1.display()));
+}
+
+/// A FIFO that is a regular file at restore, and one that already holds bytes written by a
+/// process outside the image: both refused.
+#[test]
+fn fifo_replaced_or_busy_at_restore() {
+    let mut run = Run::start(&Spec::c("fifo"));
+    run.dump_ok(&[]);
+    run.reap_dumped();
+    wait_image_pids_gone(&run.img());
+    let f3 = run.w.join("f3");
+    fs::remove_file(&f3).expect("remove f3");
+    fs::write(&f3, b"not a fifo").expect("write f3");
+    restore_fails(&mut run, "is not a FIFO any more");
+    fs::remove_file(&f3).expect("remove f3");
+    let st = Command::new("mkfifo").arg(&f3).status().expect("mkfifo");
+    assert!(st.success());
+    // Someone else holds f1 with bytes in it.
+    let f1 = run.w.join("f1");
+    let holder = fs::OpenOptions::new().read(true).write(true).open(&f1).expect("open f1 O_RDWR");
+    std::io::Write::write_all(&mut &holder, b"stranger").expect("write into f1");
+    restore_fails(&mut run, "already holds 8 unread bytes");
+    drop(holder);
+}
+
+/// inotify watches with non-trivial wd numbers and masks on two instances; events after restore
+/// arrive with the old wds.
+#[test]
+fn inotify_watches() {
+    cycle(&Spec::c("inotify"));
+}
+
+/// A watched file deleted between dump and restore: restore names it.
+#[test]
+fn inotify_watched_file_missing_at_restore() {
+    let mut run = Run::start(&Spec::c("inotify"));
+    run.dump_ok(&[]);
+    run.reap_dumped();
+    let b = run.w.join("b");
+    fs::remove_file(&b).expect("remove b");
+    restore_fails(&mut run, &format!("cannot watch {} again", b.display()));
+}
+
+/// Queued inotify events cannot be saved: the dump refuses and the workload runs on.
+#[test]
+fn inotify_pending_events_refused() {
+    dump_refused(&Spec::c("inotify").args(&["pending"]), "unread events");
+}
+
+/// The ids of the workload's segments (keyed, private), written by the workload to W/shmid.
+fn shmids(run: &Run) -> (String, String) {
+    let text = fs::read_to_string(run.w.join("shmid")).expect("read W/shmid");
+    let mut it = text.split_whitespace().map(str::to_string);
+    (it.next().expect("keyed id"), it.next().expect("private id"))
+}
+
+/// Whether a SysV shared memory segment with this id exists.
+fn shm_exists(id: &str) -> bool {
+    let table = fs::read_to_string("/proc/sysvipc/shm").expect("read /proc/sysvipc/shm");
+    table.lines().skip(1).any(|l| l.split_whitespace().nth(1) == Some(id))
+}
+
+fn ipcrm(id: &str) {
+    let st = Command::new("ipcrm").args(["-m", id]).status().expect("run ipcrm");
+    assert!(st.success(), "ipcrm -m {id} failed");
+}
+
+/// SysV shared memory attached by a parent and its child (one segment with a key, one
+/// IPC_PRIVATE marked IPC_RMID and attached twice, once read-only): same ids, keys, modes,
+/// contents, attachments, and still shared. The keyed segment outlives the dump (nothing removes
+/// it), so first restore must refuse ("key taken") and leave nothing behind; once it is removed
+/// (as on another machine), restore works.
+#[test]
+fn sysvshm_tree() {
+    let mut run = Run::start(&Spec::c("sysvshm"));
+    run.dump_ok(&[]);
+    run.reap_dumped();
+    wait_image_pids_gone(&run.img());
+    let (keyed, private) = shmids(&run);
+    assert!(!shm_exists(&private), "the IPC_RMID segment {private} outlived its processes");
+    restore_fails(&mut run, "is taken");
+    if shm_exists(&private) {
+        run.fail(&format!("the failed restore left segment {private} behind"));
+    }
+    ipcrm(&keyed);
+    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
+    run.wait_pidfile(&pidfile);
+    run.go();
+    let status = run.wait_restore_exit();
+    run.expect_pass(status, "ferry restore");
+}
+
+/// memfd seals (F_SEAL_WRITE with a read-only shared mapping, F_SEAL_FUTURE_WRITE with a
+/// writable one, F_SEAL_GROW/SHRINK, a memfd without MFD_ALLOW_SEALING) come back exactly, and
+/// are enforced.
+#[test]
+fn memfd_seals() {
+    cycle(&Spec::c("memfd_seals"));
+}
+
+/// MAP_PRIVATE mappings of memfds (one whose fd was closed): copied pages keep their bytes, the
+/// others are the memfd's page cache again (a write through the fd shows in them).
+#[test]
+fn memfd_private_mappings() {
+    cycle(&Spec::c("memfd_private"));
+}
