@@ -10,7 +10,7 @@
 use crate::error::{Ctx, Error};
 use crate::inject::{find_syscall_insn, wait_stopped, Injector};
 use crate::procfs;
-use crate::state::{cpu, creds, files, memory, rseq, signals, task, timers};
+use crate::state::{cpu, creds, files, memory, rseq, signals, task, timers, tty};
 use ferry_image::{ImageWriter, Inventory, Process, Thread};
 use ferry_sys::consts::{PTRACE_EVENT_STOP, PTRACE_O_TRACESYSGOOD};
 use ferry_sys::ptrace::{self, WaitStatus};
@@ -26,6 +26,8 @@ pub struct DumpOptions {
     pub dir: PathBuf,
     /// Leave the process running after the dump (`-R`).
     pub leave_running: bool,
+    /// The tree was started from a terminal outside it (`--shell-job`): record, not refuse.
+    pub shell_job: bool,
 }
 
 /// Figures about a finished dump.
@@ -352,6 +354,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
         procs.push(p);
     }
     files::finish_pipes(&mut procs, &mut tree)?;
+    let shell_job = tty::finish(&mut procs, &mut tree.tty, opts.shell_job)?;
     for z in &zombies {
         img.write_process(z)?;
     }
@@ -376,6 +379,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
+        shell_job,
         ..Default::default()
     };
     img.commit(inventory)?;

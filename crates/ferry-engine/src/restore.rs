@@ -16,7 +16,7 @@
 use crate::error::{Ctx, Error};
 use crate::inject::{wait_stopped, Injector};
 use crate::state::memory::{Trampoline, TRAMPOLINE_PAGES};
-use crate::state::{cpu, creds, epoll, files, memory, pipes, rseq, signals, task, timers};
+use crate::state::{cpu, creds, epoll, files, memory, pipes, rseq, signals, task, timers, tty};
 use ferry_image::{ImageReader, Process, PAGE_SIZE};
 use ferry_sys::consts::{nr, PTRACE_O_EXITKILL, PTRACE_O_TRACESYSGOOD};
 use ferry_sys::process::{clone3_with_pid, Fork, Mmap};
@@ -32,6 +32,8 @@ pub struct RestoreOptions {
     pub dir: PathBuf,
     /// Write the restored root PID here (atomically) once it runs.
     pub pidfile: Option<PathBuf>,
+    /// Put a job dumped with `--shell-job` onto ferry's own terminal.
+    pub shell_job: bool,
 }
 
 /// A restored, running process.
@@ -122,6 +124,7 @@ struct TreeCtx<'a> {
     /// Each process writes "ok PID" or "err PID: why" here, then blocks reading `hold_fd`.
     status_fd: i32,
     hold_fd: i32,
+    tty: &'a tty::Restore,
 }
 
 /// Runs in a forked process of the tree; never returns. Forks the process's own children
@@ -133,6 +136,7 @@ fn child_main(ctx: &TreeCtx<'_>, idx: usize, parent_pgid: i32) -> ! {
         raw::set_sigmask_self(!0).map_err(|e| format!("sigprocmask: {e}"))?;
         let in_image: Vec<i32> = ctx.procs.iter().map(|q| q.pid).collect();
         task::apply_session_in_child(p, &in_image, parent_pgid)?;
+        tty::apply_in_child(ctx.tty, p, ctx.procs)?;
         if p.zombie {
             become_zombie(p.exit_status);
         }
@@ -361,6 +365,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     let base = max_target.max(max_own_fd()).max(2) + 16;
     let all_pipes: Vec<ferry_image::Pipe> = procs.iter().flat_map(|p| p.pipes.iter().cloned()).collect();
     let pipes = pipes::prepare(root, &all_pipes)?;
+    let ttys = tty::prepare(&img, &procs, base, opts.shell_job)?;
     let mut shared = std::collections::HashMap::new();
     let mut shmem = std::collections::HashMap::new();
     for z in procs.iter().filter(|p| p.zombie) {
@@ -372,7 +377,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
             prep.push(None);
             continue;
         }
-        let files = files::prepare(p, &img, &pipes, base, &mut shared, &mut shmem)?;
+        let files = files::prepare(p, &img, &pipes, base, &mut shared, &mut shmem, &ttys)?;
         let mem = memory::prepare(p, &img, base, &mut shmem)?;
         let cwd = std::fs::File::open(&p.cwd).ctx(|| format!("pid {}: cannot open cwd {}", p.pid, p.cwd))?;
         let cwd = raw::dup_above(cwd.as_fd(), base).ctx(|| format!("pid {}: cwd", p.pid))?;
@@ -386,8 +391,15 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     ferry_sys::process::set_status_flags(status_w.as_fd(), 0).ctx(|| "status pipe".into())?;
     let (hold_r, hold_w) = ferry_sys::process::pipe2(libc::O_CLOEXEC).ctx(|| "cannot create a pipe".into())?;
     let hold_r = raw::dup_above(hold_r.as_fd(), base).ctx(|| "cannot move a pipe".into())?;
-    let ctx =
-        TreeCtx { procs: &procs, prep: &prep, base, tr, status_fd: status_w.as_raw_fd(), hold_fd: hold_r.as_raw_fd() };
+    let ctx = TreeCtx {
+        procs: &procs,
+        prep: &prep,
+        base,
+        tr,
+        status_fd: status_w.as_raw_fd(),
+        hold_fd: hold_r.as_raw_fd(),
+        tty: &ttys,
+    };
 
     let mut tree = match clone3_with_pid(root) {
         Ok(Fork::Child) => child_main(&ctx, 0, -1),
@@ -429,6 +441,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         let has_zombies = procs.iter().any(|z| z.zombie && z.ppid == p.pid);
         rebuilt.push((p, rebuild(p, mem, &tr, &img, has_zombies)?));
     }
+    tty::finish_shell_job(&ttys, &procs[0], &procs)?;
     // Release everything together, leaves first.
     for (p, (_, threads)) in rebuilt.iter().rev() {
         for (tid, _, _) in threads {

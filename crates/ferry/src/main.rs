@@ -33,6 +33,10 @@ enum Cmd {
         /// Leave the process running after the dump.
         #[arg(short = 'R', long = "leave-running")]
         leave_running: bool,
+        /// The process was started from a terminal (a shell job): its terminal stays outside the
+        /// image, and restore puts it onto the terminal `ferry restore --shell-job` runs on.
+        #[arg(short = 'j', long = "shell-job")]
+        shell_job: bool,
     },
     /// Recreate a process from an image, with its old PID.
     Restore {
@@ -45,6 +49,10 @@ enum Cmd {
         /// Write the restored PID to this file once it runs.
         #[arg(long)]
         pidfile: Option<PathBuf>,
+        /// Restore a job dumped with --shell-job onto ferry's own terminal: it joins ferry's
+        /// session, uses ferry's fds 0-2 and becomes the foreground job if it was one.
+        #[arg(short = 'j', long = "shell-job")]
+        shell_job: bool,
     },
     /// Show what an image holds: process, mappings with sizes, fds, signals, timers.
     Inspect {
@@ -89,9 +97,9 @@ fn run(cli: Cli) -> Result<i32> {
             println!("{}", if ok { "dump and restore can work here" } else { "dump and restore cannot work here" });
             Ok(if ok { 0 } else { 1 })
         }
-        Cmd::Dump { pid, dir, leave_running } => {
-            let r = ferry_engine::dump::dump(&ferry_engine::dump::DumpOptions { pid, dir: dir.clone(), leave_running })
-                .with_context(|| format!("dump of pid {pid} failed"))?;
+        Cmd::Dump { pid, dir, leave_running, shell_job } => {
+            let opts = ferry_engine::dump::DumpOptions { pid, dir: dir.clone(), leave_running, shell_job };
+            let r = ferry_engine::dump::dump(&opts).with_context(|| format!("dump of pid {pid} failed"))?;
             tracing::info!(
                 "dumped pid {pid} to {}: {} MiB of pages, {} mappings, {} fds in {:.1} ms (frozen {:.1} ms)",
                 dir.display(),
@@ -103,10 +111,10 @@ fn run(cli: Cli) -> Result<i32> {
             );
             Ok(0)
         }
-        Cmd::Restore { dir, detached, pidfile } => {
-            let r =
-                ferry_engine::restore::restore(&ferry_engine::restore::RestoreOptions { dir: dir.clone(), pidfile })
-                    .with_context(|| format!("restore from {} failed", dir.display()))?;
+        Cmd::Restore { dir, detached, pidfile, shell_job } => {
+            let opts = ferry_engine::restore::RestoreOptions { dir: dir.clone(), pidfile, shell_job };
+            let r = ferry_engine::restore::restore(&opts)
+                .with_context(|| format!("restore from {} failed", dir.display()))?;
             tracing::info!(
                 "restored pid {} in {:.1} ms (verify {:.1} ms)",
                 r.pid,

@@ -1,0 +1,437 @@
+//! Terminals: pseudo-terminal pairs inside the tree, and jobs started from the user's terminal
+//! (`--shell-job`).
+//!
+//! A pty pair whose master (/dev/ptmx) is held by the tree belongs to the image: its settings
+//! (termios, window size, packet mode, lock, exclusive mode), the session it is the controlling
+//! terminal of and its foreground group are read through a `pidfd_getfd` copy of the master
+//! (the kernel routes termios and window-size ioctls on a master to its slave). Restore opens a
+//! new pair in ferry before forking, sets it up, hands the master and new slave descriptions
+//! (`TIOCGPTPEER`) to the processes, and in the restored session leader makes the slave its
+//! controlling terminal (`TIOCSCTTY`); the first process of the foreground group gives it the
+//! terminal (`TIOCSPGRP`, with every signal blocked so SIGTTOU cannot stop it).
+//! The new pair gets whatever /dev/pts index the kernel hands out: it may differ from the old one.
+//!
+//! Bytes inside the terminal's buffers cannot be read without consuming them, so a pair with
+//! unread input or output is refused (`FIONREAD` on both ends). In canonical mode the kernel
+//! counts only complete lines: a partly typed line is not seen, and is lost.
+//!
+//! A terminal outside the tree (the user's terminal a job was started from: its fds 0-2 and its
+//! controlling terminal) cannot be saved; with `--shell-job` it is recorded as such and restore
+//! puts the job onto the terminal ferry runs on: the fds 0-2 become ferry's own, the tree joins
+//! ferry's session (and so its controlling terminal), its process group is recreated when the
+//! tree led it, and it becomes the foreground group when it was at dump time. The job's terminal
+//! settings are applied to ferry's terminal when the job owned it (was in the foreground): a
+//! full-screen program that switched the terminal to raw mode finds it in raw mode again.
+//! Without `--shell-job` such a tree is refused.
+
+use crate::error::{Ctx, Error};
+use ferry_image::{File, FileKind, Process, Pty, TtyShellJob};
+use ferry_sys::tty as sys;
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+/// Terminal devices: /dev/ttyN and serial lines (4), /dev/tty, /dev/console, /dev/ptmx (5),
+/// /dev/pts/N (136-143).
+pub fn is_tty_major(major: u32) -> bool {
+    matches!(major, 4 | 5 | 136..=143)
+}
+
+fn pts_index(rdev: u64) -> Option<u32> {
+    let (maj, min) = (libc::major(rdev), libc::minor(rdev));
+    (136..=143).contains(&maj).then(|| (maj - 136) * 256 + min)
+}
+
+fn is_ptmx(rdev: u64) -> bool {
+    (libc::major(rdev), libc::minor(rdev)) == (5, 2)
+}
+
+/// A terminal's name from its device number (`tty_nr` of /proc/PID/stat).
+pub fn tty_name(rdev: u64) -> String {
+    let (maj, min) = (libc::major(rdev), libc::minor(rdev));
+    match (maj, min) {
+        _ if pts_index(rdev).is_some() => format!("/dev/pts/{}", pts_index(rdev).unwrap_or(0)),
+        (4, 0..=63) => format!("/dev/tty{min}"),
+        (4, _) => format!("/dev/ttyS{}", min - 64),
+        (5, 0) => "/dev/tty".into(),
+        (5, 1) => "/dev/console".into(),
+        _ => format!("terminal {maj}:{min}"),
+    }
+}
+
+/// One fd of the tree on a terminal that may be outside it.
+struct OutsideFd {
+    proc_index: usize,
+    pid: i32,
+    fd: i32,
+    name: String,
+    /// The terminal's settings, read through the fd.
+    termios: Vec<u8>,
+}
+
+/// What the fd tables of the tree hold on terminals, gathered while collecting.
+#[derive(Default)]
+pub struct TreeTty {
+    /// Masters seen, by pts index.
+    masters: HashMap<u32, Pty>,
+    /// fds on a slave whose master may be outside, or on another terminal (kept fd 0-2 only).
+    candidates: Vec<(OutsideFd, Option<u32>)>,
+}
+
+fn copy_fd(pid: i32, fd: i32) -> Result<OwnedFd, Error> {
+    let pidfd = ferry_sys::process::pidfd_open(pid).ctx(|| format!("pid {pid}: pidfd_open"))?;
+    ferry_sys::process::pidfd_getfd(pidfd.as_fd(), fd).ctx(|| format!("pid {pid} fd {fd}: pidfd_getfd"))
+}
+
+/// Read a master's pair state (index, settings, session, foreground group); refuse unread bytes.
+fn read_pair(pid: i32, fd: i32, master: BorrowedFd<'_>) -> Result<Pty, Error> {
+    let what = || format!("pid {pid} fd {fd}: pty master");
+    let unsupported = |what: String| Error::Unsupported { pid, what: format!("fd {fd}: {what}") };
+    let index = sys::get_int(master, libc::TIOCGPTN).ctx(what)? as u32;
+    let termios = sys::get_termios(master).ctx(what)?;
+    if termios.get(16).copied().unwrap_or(0) != 0 {
+        return Err(unsupported(format!("pty /dev/pts/{index} with line discipline {}", termios[16])));
+    }
+    let ws = sys::get_winsize(master).ctx(what)?;
+    let locked = sys::get_int(master, libc::TIOCGPTLCK).ctx(what)? != 0;
+    let mut pty = Pty {
+        index,
+        termios,
+        rows: ws[0].into(),
+        cols: ws[1].into(),
+        xpixel: ws[2].into(),
+        ypixel: ws[3].into(),
+        packet: sys::get_int(master, libc::TIOCGPKT).ctx(what)? != 0,
+        locked,
+        session: sys::get_int(master, libc::TIOCGSID).unwrap_or(0),
+        foreground_pgrp: sys::get_int(master, libc::TIOCGPGRP).unwrap_or(0),
+        ..Default::default()
+    };
+    let out = sys::get_int(master, libc::FIONREAD).ctx(what)?;
+    if out > 0 {
+        return Err(unsupported(format!(
+            "pty /dev/pts/{index} with {out} bytes written by the slave side not yet read by the master (terminal buffers cannot be saved)"
+        )));
+    }
+    // The slave's side, through a new description of it (impossible while it is locked).
+    if !locked {
+        let peer = sys::open_peer(master, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC).ctx(what)?;
+        pty.exclusive = sys::get_int(peer.as_fd(), libc::TIOCGEXCL).ctx(what)? != 0;
+        let inq = sys::get_int(peer.as_fd(), libc::FIONREAD).ctx(what)?;
+        if inq > 0 {
+            return Err(unsupported(format!(
+                "pty /dev/pts/{index} with {inq} bytes of input the slave side has not read (terminal buffers cannot be saved)"
+            )));
+        }
+    }
+    Ok(pty)
+}
+
+/// Classify fd `fd` of `pid`, a terminal device `link` with device number `rdev`: a pty master
+/// (its pair's state is saved), a pty slave (decided in [`finish`]: in the image when its master
+/// is), or another terminal (only fds 0-2, handed over at restore with `--shell-job`).
+pub fn collect(
+    pid: i32,
+    proc_index: usize,
+    fd: i32,
+    link: &str,
+    rdev: u64,
+    file: &mut File,
+    tree: &mut TreeTty,
+) -> Result<(), Error> {
+    let copy = copy_fd(pid, fd)?;
+    if is_ptmx(rdev) {
+        let pty = read_pair(pid, fd, copy.as_fd())?;
+        file.kind = FileKind::PtyMaster as i32;
+        file.path = "/dev/ptmx".into();
+        file.describe = format!("{link} (pty master of /dev/pts/{})", pty.index);
+        tree.masters.insert(pty.index, pty.clone());
+        file.pty = Some(pty);
+        return Ok(());
+    }
+    let index = pts_index(rdev);
+    if index.is_none() && fd > 2 {
+        return Err(Error::Unsupported {
+            pid,
+            what: format!("fd {fd}: terminal {link} (only fds 0-2 on a terminal outside the dump, with --shell-job)"),
+        });
+    }
+    let termios = sys::get_termios(copy.as_fd()).unwrap_or_default();
+    match index {
+        Some(i) => {
+            file.kind = FileKind::PtySlave as i32;
+            file.pty = Some(Pty { index: i, ..Default::default() });
+        }
+        None => file.kind = FileKind::Inherited as i32,
+    }
+    tree.candidates.push((OutsideFd { proc_index, pid, fd, name: link.to_string(), termios }, index));
+    Ok(())
+}
+
+fn shell_job_refusal(pid: i32, what: String) -> Error {
+    Error::Invalid {
+        object: format!("pid {pid}"),
+        what: format!("{what} is outside the dump (a job started from a terminal): dump it with --shell-job"),
+    }
+}
+
+/// Once every process is collected: slaves whose master is in the tree get the pair's state;
+/// fds and controlling terminals on a terminal outside the tree need `shell_job` and are
+/// recorded in the returned [`TtyShellJob`]. `procs[0]` is the root.
+pub fn finish(procs: &mut [Process], tree: &mut TreeTty, shell_job: bool) -> Result<Option<TtyShellJob>, Error> {
+    let mut outside: Option<(String, Vec<u8>)> = None;
+    for (o, index) in std::mem::take(&mut tree.candidates) {
+        let pty = index.and_then(|i| tree.masters.get(&i));
+        let p = &mut procs[o.proc_index];
+        // Every fd of this process pointing at the same description.
+        let file_idx = p.fds.iter().find(|d| d.fd == o.fd).map(|d| d.file);
+        let fds: Vec<i32> = p.fds.iter().filter(|d| Some(d.file) == file_idx).map(|d| d.fd).collect();
+        let Some(fi) = file_idx else { continue };
+        let f = &mut p.files[fi as usize];
+        if let Some(pty) = pty {
+            f.pty = Some(pty.clone());
+            continue;
+        }
+        if let Some(&high) = fds.iter().find(|&&n| n > 2) {
+            return Err(Error::Unsupported {
+                pid: o.pid,
+                what: format!("fd {high}: terminal {} whose master is outside the dump", o.name),
+            });
+        }
+        if !shell_job {
+            return Err(shell_job_refusal(o.pid, format!("fd {} is on terminal {}, which", o.fd, o.name)));
+        }
+        f.kind = FileKind::Inherited as i32;
+        f.pty = None;
+        if o.proc_index == 0 || outside.is_none() {
+            outside = Some((o.name.clone(), o.termios.clone()));
+        }
+    }
+    // Files of later processes copied from a description collected in an earlier one (shared).
+    let fill: HashMap<u32, Option<Pty>> = procs
+        .iter()
+        .flat_map(|p| p.files.iter())
+        .filter(|f| f.shared_id != 0)
+        .map(|f| (f.shared_id, if f.kind == FileKind::Inherited as i32 { None } else { f.pty.clone() }))
+        .collect();
+    for p in procs.iter_mut() {
+        for f in p.files.iter_mut().filter(|f| f.shared_id != 0 && f.kind == FileKind::PtySlave as i32) {
+            match fill.get(&f.shared_id) {
+                Some(Some(pty)) if tree.masters.contains_key(&pty.index) => f.pty = Some(pty.clone()),
+                _ => f.kind = FileKind::Inherited as i32,
+            }
+        }
+    }
+    // Controlling terminals.
+    let mut ctty_outside = None;
+    for p in procs.iter().filter(|p| p.tty_nr != 0) {
+        let rdev = p.tty_nr as u64;
+        let inside = pts_index(rdev).is_some_and(|i| tree.masters.contains_key(&i));
+        if inside {
+            continue;
+        }
+        if !shell_job {
+            return Err(shell_job_refusal(p.pid, format!("controlling terminal {}", tty_name(rdev))));
+        }
+        ctty_outside.get_or_insert_with(|| tty_name(rdev));
+    }
+    // A pair that is a session's controlling terminal needs that session's leader.
+    for (index, pty) in tree.masters.iter() {
+        if pty.session != 0 && !procs.iter().any(|p| p.pid == pty.session && p.sid == pty.session) {
+            let pid = procs.iter().find(|p| p.sid == pty.session).map(|p| p.pid).unwrap_or(procs[0].pid);
+            return Err(Error::Unsupported {
+                pid,
+                what: format!(
+                    "pty /dev/pts/{index}: the controlling terminal of session {}, whose leader is outside the dump",
+                    pty.session
+                ),
+            });
+        }
+        if pty.foreground_pgrp != 0 && !procs.iter().any(|p| p.pgid == pty.foreground_pgrp && !p.zombie) {
+            tracing::warn!(
+                pty = index,
+                pgrp = pty.foreground_pgrp,
+                "the pty's foreground process group has no live process in the dump; restore leaves the session leader's group in the foreground"
+            );
+        }
+    }
+    if outside.is_none() && ctty_outside.is_none() {
+        return Ok(None);
+    }
+    let root = &procs[0];
+    let stat = crate::procfs::read_string(root.pid, "stat")?;
+    let stat = crate::procfs::parse(root.pid, "stat", ferry_proc::parse_stat(&stat))?;
+    let foreground = root.tty_nr != 0 && stat.tpgid == root.pgid;
+    let (terminal, termios) = match (outside, ctty_outside) {
+        (Some((name, t)), _) => (name, t),
+        (None, Some(name)) => (name, Vec::new()),
+        (None, None) => return Ok(None),
+    };
+    tracing::info!(terminal, foreground, "shell job");
+    Ok(Some(TtyShellJob {
+        terminal,
+        foreground,
+        termios: if foreground { termios } else { Vec::new() },
+        pgid: root.pgid,
+    }))
+}
+
+/// A pair created for the restore: its master and a spare slave description, both at numbers at
+/// or above the restore's fd base so every forked process inherits them.
+struct Pair {
+    master: OwnedFd,
+    slave: OwnedFd,
+    pty: Pty,
+}
+
+/// What restore needs from this module: the new pairs (by dump-time index), and for a shell job
+/// ferry's own terminal.
+#[derive(Default)]
+pub struct Restore {
+    pairs: HashMap<u32, Pair>,
+    shell_job: Option<TtyShellJob>,
+    /// ferry's controlling terminal (/dev/tty), for a shell job.
+    own_tty: Option<OwnedFd>,
+}
+
+fn set_up_pair(pty: &Pty, base: i32) -> Result<Pair, Error> {
+    let obj = || format!("pty /dev/pts/{} (new pair)", pty.index);
+    let master = ferry_sys::process::open_raw(c"/dev/ptmx", libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC, 0)
+        .ctx(|| format!("{}: cannot open /dev/ptmx", obj()))?;
+    let master = ferry_sys::raw::dup_above(master.as_fd(), base).ctx(obj)?;
+    sys::set_int(master.as_fd(), libc::TIOCSPTLCK, 0).ctx(|| format!("{}: unlock", obj()))?;
+    let slave = sys::open_peer(master.as_fd(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .ctx(|| format!("{}: TIOCGPTPEER", obj()))?;
+    let slave = ferry_sys::raw::dup_above(slave.as_fd(), base).ctx(obj)?;
+    sys::set_termios(master.as_fd(), &pty.termios).ctx(|| format!("{}: cannot set termios", obj()))?;
+    let ws = [pty.rows, pty.cols, pty.xpixel, pty.ypixel].map(|v| v as u16);
+    sys::set_winsize(master.as_fd(), ws).ctx(|| format!("{}: cannot set the window size", obj()))?;
+    if pty.packet {
+        sys::set_int(master.as_fd(), libc::TIOCPKT, 1).ctx(|| format!("{}: packet mode", obj()))?;
+    }
+    if pty.exclusive {
+        sys::no_arg(slave.as_fd(), libc::TIOCEXCL).ctx(|| format!("{}: exclusive mode", obj()))?;
+    }
+    if pty.locked {
+        sys::set_int(master.as_fd(), libc::TIOCSPTLCK, 1).ctx(|| format!("{}: lock", obj()))?;
+    }
+    let now = sys::get_int(master.as_fd(), libc::TIOCGPTN).unwrap_or(-1);
+    if now != pty.index as i32 {
+        tracing::info!(old = pty.index, new = now, "pty restored under another /dev/pts index");
+    }
+    Ok(Pair { master, slave, pty: pty.clone() })
+}
+
+/// In ferry, before forking: create every pair of the image; check and prepare a shell job.
+pub fn prepare(
+    img: &ferry_image::ImageReader,
+    procs: &[Process],
+    base: i32,
+    shell_job: bool,
+) -> Result<Restore, Error> {
+    let mut r = Restore::default();
+    for f in procs.iter().flat_map(|p| p.files.iter()) {
+        let Some(pty) = f.pty.as_ref().filter(|_| f.kind == FileKind::PtyMaster as i32) else { continue };
+        if !r.pairs.contains_key(&pty.index) {
+            r.pairs.insert(pty.index, set_up_pair(pty, base)?);
+        }
+    }
+    let root = procs.first().map(|p| p.pid).unwrap_or(0);
+    if let Some(job) = &img.inventory().shell_job {
+        if !shell_job {
+            return Err(Error::Invalid {
+                object: format!("pid {root}"),
+                what: format!(
+                    "was dumped as a job of terminal {} (--shell-job); restore it with --shell-job onto the terminal ferry runs on",
+                    job.terminal
+                ),
+            });
+        }
+        if procs.first().is_some_and(|p| p.pgid != p.pid && !procs.iter().any(|q| q.pid == p.pgid)) {
+            tracing::warn!(
+                pid = root,
+                pgid = job.pgid,
+                "the job's process group was led by a process outside the dump: it joins ferry's process group"
+            );
+        }
+        match ferry_sys::process::open_raw(c"/dev/tty", libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC, 0) {
+            Ok(fd) => r.own_tty = Some(fd),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "ferry has no controlling terminal: the restored job has none either and is not made the foreground job"
+            ),
+        }
+        r.shell_job = Some(job.clone());
+    }
+    Ok(r)
+}
+
+/// Open a new description of a pty end for a `PtyMaster`/`PtySlave` file of the image.
+pub fn open(obj: &str, f: &File, r: &Restore) -> Result<OwnedFd, Error> {
+    let pty = f.pty.as_ref().ok_or_else(|| Error::Invalid { object: obj.into(), what: "pty state missing".into() })?;
+    let pair = r.pairs.get(&pty.index).ok_or_else(|| Error::Invalid {
+        object: obj.into(),
+        what: format!("the master of /dev/pts/{} is missing from the image", pty.index),
+    })?;
+    let fd = if f.kind == FileKind::PtyMaster as i32 {
+        pair.master.try_clone().ctx(|| obj.to_string())?
+    } else {
+        let flags = (f.flags as i32 & (libc::O_ACCMODE | libc::O_NONBLOCK)) | libc::O_NOCTTY | libc::O_CLOEXEC;
+        if pair.pty.locked {
+            sys::set_int(pair.master.as_fd(), libc::TIOCSPTLCK, 0).ctx(|| format!("{obj}: unlock"))?;
+        }
+        let fd = sys::open_peer(pair.master.as_fd(), flags);
+        if pair.pty.locked {
+            sys::set_int(pair.master.as_fd(), libc::TIOCSPTLCK, 1).ctx(|| format!("{obj}: lock"))?;
+        }
+        fd.ctx(|| format!("{obj}: cannot open the slave (TIOCGPTPEER)"))?
+    };
+    ferry_sys::process::set_status_flags(fd.as_fd(), f.flags as i32).ctx(|| obj.to_string())?;
+    Ok(fd)
+}
+
+/// In a restored child, right after its session and group are set (signals are all blocked):
+/// a session leader takes its pty as controlling terminal; the first live process of a pty's
+/// foreground group gives the terminal to its group.
+pub fn apply_in_child(r: &Restore, p: &Process, procs: &[Process]) -> Result<(), String> {
+    for pair in r.pairs.values() {
+        let pty = &pair.pty;
+        if pty.session == p.pid && p.sid == p.pid {
+            sys::set_ctty(pair.slave.as_raw_fd(), false)
+                .map_err(|e| format!("cannot make /dev/pts/{} the controlling terminal (TIOCSCTTY): {e}", pty.index))?;
+        }
+        let first = procs.iter().find(|q| q.pgid == pty.foreground_pgrp && !q.zombie).map(|q| q.pid);
+        if pty.foreground_pgrp != 0 && pty.foreground_pgrp == p.pgid && first == Some(p.pid) && p.sid == pty.session {
+            sys::set_foreground(pair.slave.as_raw_fd(), p.pgid).map_err(|e| {
+                format!("cannot make group {} the foreground of /dev/pts/{} (TIOCSPGRP): {e}", p.pgid, pty.index)
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// In ferry, once the tree is rebuilt and before it is released: a shell job that owned its
+/// terminal gets ferry's terminal (its settings, and its group in the foreground when ferry
+/// could recreate the group; a job that joined ferry's group is in the foreground with ferry).
+pub fn finish_shell_job(r: &Restore, root: &Process, procs: &[Process]) -> Result<(), Error> {
+    let (Some(job), Some(tty)) = (&r.shell_job, &r.own_tty) else { return Ok(()) };
+    if !job.foreground {
+        return Ok(());
+    }
+    let obj = || format!("pid {}: shell job terminal", root.pid);
+    // ferry itself may be in the background now: block SIGTTOU (and everything else) around the
+    // calls, so that the kernel lets them through instead of stopping ferry.
+    let old = ferry_sys::raw::set_sigmask_self(!0).ctx(obj)?;
+    let r = (|| -> Result<(), Error> {
+        if !job.termios.is_empty() {
+            sys::set_termios(tty.as_fd(), &job.termios).ctx(|| format!("{}: cannot set termios", obj()))?;
+        }
+        // The group was recreated when a process of the tree led it (else it is ferry's).
+        if procs.iter().any(|p| p.pid == root.pgid) {
+            sys::set_foreground(tty.as_raw_fd(), root.pgid)
+                .ctx(|| format!("{}: cannot make group {} the foreground (TIOCSPGRP)", obj(), root.pgid))?;
+        }
+        Ok(())
+    })();
+    ferry_sys::raw::set_sigmask_self(old).ctx(obj)?;
+    r
+}
