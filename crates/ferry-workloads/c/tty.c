@@ -10,6 +10,9 @@
  *   termios and window size, and write a line through the pty ("TTY-WRITE-OK"), which script
  *   copies to its output.
  *
+ * tty W pty-unread: the same, but script's end-of-file (sent into the terminal because script's
+ *   stdin is at EOF) is left unread: ferry must refuse the dump (terminal buffers cannot be saved).
+ *
  * tty W job: a shell job. This process plays the interactive shell (the session leader, outside
  *   the dump); it forks J, which puts itself in its own group in the foreground, sets termios,
  *   and is what gets dumped with --shell-job. After `ferry restore --shell-job` (run on another
@@ -124,14 +127,26 @@ static void drain_eof(void)
 		(void)read(0, &c, 1);
 }
 
-static void pty_mode(void)
+static void pty_mode(int keep_input)
 {
 	pid_t sid = getsid(0);
 	if (sid != getpid())
 		die_setup("not a session leader (sid %d)", (int)sid);
 	SETUP(tcgetsid(0) == sid ? 0 : -1);
-	drain_eof();
+	if (!keep_input)
+		drain_eof();
 	set_termios();
+	if (keep_input) {
+		/* leave script's end-of-file in the input (a NUL byte once non-canonical) */
+		int n = 0;
+		for (int i = 0; i < 2000 && n == 0; i++) {
+			SETUP(ioctl(0, FIONREAD, &n));
+			if (n == 0)
+				usleep(1000);
+		}
+		if (n == 0)
+			die_setup("script sent no end-of-file into the terminal");
+	}
 	SETUP(ioctl(0, TIOCSWINSZ, &want_ws));
 	pid_t c = fork();
 	SETUP(c);
@@ -196,7 +211,9 @@ int main(int argc, char **argv)
 	if (!isatty(0))
 		die_setup("fd 0 is not a terminal (run under script)");
 	if (strcmp(argv[2], "pty") == 0)
-		pty_mode();
+		pty_mode(0);
+	else if (strcmp(argv[2], "pty-unread") == 0)
+		pty_mode(1);
 	else if (strcmp(argv[2], "job") == 0)
 		job_mode();
 	die_setup("unknown mode %s", argv[2]);

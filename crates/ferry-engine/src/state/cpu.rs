@@ -211,6 +211,8 @@ mod tests {
         assert_eq!((r.rax, r.rip), (34, 0x1000));
         let r = resume_regs(&regs(35, -ERESTART_RESTARTBLOCK), false);
         assert_eq!((r.rax as i64, r.rip), (-(libc::EINTR as i64), 0x1002));
+        let r = resume_regs(&regs(7, -ERESTART_RESTARTBLOCK), false);
+        assert_eq!((r.rax, r.rip), (7, 0x1000));
         let r = resume_regs(&regs(35, -ERESTART_RESTARTBLOCK), true);
         assert_eq!((r.rax, r.rip), (NR_RESTART_SYSCALL, 0x1000));
         let r = resume_regs(&regs(-1, -ERESTARTSYS), false);

@@ -161,7 +161,7 @@ pub fn collect(
                     file.kind = FileKind::CharDevice as i32;
                     file.path = path.to_string();
                 } else if tty::is_tty_major(maj) {
-                    tty::collect(pid, me, fd, &link, md.rdev(), &mut file, &mut tree.tty)?;
+                    tty::collect(pid, fd, &link, md.rdev(), &mut file, &mut tree.tty)?;
                 } else {
                     return Err(unsupported(format!("device {link}")));
                 }

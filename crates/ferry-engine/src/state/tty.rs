@@ -58,14 +58,18 @@ pub fn tty_name(rdev: u64) -> String {
     }
 }
 
-/// One fd of the tree on a terminal that may be outside it.
-struct OutsideFd {
-    proc_index: usize,
+/// An fd of the tree on a terminal that is not a pty master, seen first in `pid`.
+struct TermFd {
     pid: i32,
     fd: i32,
     name: String,
+    /// pts index, for a pty slave.
+    index: Option<u32>,
     /// The terminal's settings, read through the fd.
     termios: Vec<u8>,
+    /// TIOCGEXCL and FIONREAD (input not read yet) through the fd.
+    exclusive: bool,
+    unread: i32,
 }
 
 /// What the fd tables of the tree hold on terminals, gathered while collecting.
@@ -73,8 +77,8 @@ struct OutsideFd {
 pub struct TreeTty {
     /// Masters seen, by pts index.
     masters: HashMap<u32, Pty>,
-    /// fds on a slave whose master may be outside, or on another terminal (kept fd 0-2 only).
-    candidates: Vec<(OutsideFd, Option<u32>)>,
+    /// Slaves and other terminals, in the order they were seen.
+    terms: Vec<TermFd>,
 }
 
 fn copy_fd(pid: i32, fd: i32) -> Result<OwnedFd, Error> {
@@ -82,7 +86,8 @@ fn copy_fd(pid: i32, fd: i32) -> Result<OwnedFd, Error> {
     ferry_sys::process::pidfd_getfd(pidfd.as_fd(), fd).ctx(|| format!("pid {pid} fd {fd}: pidfd_getfd"))
 }
 
-/// Read a master's pair state (index, settings, session, foreground group); refuse unread bytes.
+/// Read a master's pair state (index, settings, session, foreground group); refuse unread
+/// output. Only read-only ioctls: the master is a copy of the target's own description.
 fn read_pair(pid: i32, fd: i32, master: BorrowedFd<'_>) -> Result<Pty, Error> {
     let what = || format!("pid {pid} fd {fd}: pty master");
     let unsupported = |what: String| Error::Unsupported { pid, what: format!("fd {fd}: {what}") };
@@ -92,8 +97,7 @@ fn read_pair(pid: i32, fd: i32, master: BorrowedFd<'_>) -> Result<Pty, Error> {
         return Err(unsupported(format!("pty /dev/pts/{index} with line discipline {}", termios[16])));
     }
     let ws = sys::get_winsize(master).ctx(what)?;
-    let locked = sys::get_int(master, libc::TIOCGPTLCK).ctx(what)? != 0;
-    let mut pty = Pty {
+    let pty = Pty {
         index,
         termios,
         rows: ws[0].into(),
@@ -101,7 +105,7 @@ fn read_pair(pid: i32, fd: i32, master: BorrowedFd<'_>) -> Result<Pty, Error> {
         xpixel: ws[2].into(),
         ypixel: ws[3].into(),
         packet: sys::get_int(master, libc::TIOCGPKT).ctx(what)? != 0,
-        locked,
+        locked: sys::get_int(master, libc::TIOCGPTLCK).ctx(what)? != 0,
         session: sys::get_int(master, libc::TIOCGSID).unwrap_or(0),
         foreground_pgrp: sys::get_int(master, libc::TIOCGPGRP).unwrap_or(0),
         ..Default::default()
@@ -112,32 +116,13 @@ fn read_pair(pid: i32, fd: i32, master: BorrowedFd<'_>) -> Result<Pty, Error> {
             "pty /dev/pts/{index} with {out} bytes written by the slave side not yet read by the master (terminal buffers cannot be saved)"
         )));
     }
-    // The slave's side, through a new description of it (impossible while it is locked).
-    if !locked {
-        let peer = sys::open_peer(master, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC).ctx(what)?;
-        pty.exclusive = sys::get_int(peer.as_fd(), libc::TIOCGEXCL).ctx(what)? != 0;
-        let inq = sys::get_int(peer.as_fd(), libc::FIONREAD).ctx(what)?;
-        if inq > 0 {
-            return Err(unsupported(format!(
-                "pty /dev/pts/{index} with {inq} bytes of input the slave side has not read (terminal buffers cannot be saved)"
-            )));
-        }
-    }
     Ok(pty)
 }
 
 /// Classify fd `fd` of `pid`, a terminal device `link` with device number `rdev`: a pty master
 /// (its pair's state is saved), a pty slave (decided in [`finish`]: in the image when its master
 /// is), or another terminal (only fds 0-2, handed over at restore with `--shell-job`).
-pub fn collect(
-    pid: i32,
-    proc_index: usize,
-    fd: i32,
-    link: &str,
-    rdev: u64,
-    file: &mut File,
-    tree: &mut TreeTty,
-) -> Result<(), Error> {
+pub fn collect(pid: i32, fd: i32, link: &str, rdev: u64, file: &mut File, tree: &mut TreeTty) -> Result<(), Error> {
     let copy = copy_fd(pid, fd)?;
     if is_ptmx(rdev) {
         let pty = read_pair(pid, fd, copy.as_fd())?;
@@ -149,13 +134,6 @@ pub fn collect(
         return Ok(());
     }
     let index = pts_index(rdev);
-    if index.is_none() && fd > 2 {
-        return Err(Error::Unsupported {
-            pid,
-            what: format!("fd {fd}: terminal {link} (only fds 0-2 on a terminal outside the dump, with --shell-job)"),
-        });
-    }
-    let termios = sys::get_termios(copy.as_fd()).unwrap_or_default();
     match index {
         Some(i) => {
             file.kind = FileKind::PtySlave as i32;
@@ -163,7 +141,15 @@ pub fn collect(
         }
         None => file.kind = FileKind::Inherited as i32,
     }
-    tree.candidates.push((OutsideFd { proc_index, pid, fd, name: link.to_string(), termios }, index));
+    tree.terms.push(TermFd {
+        pid,
+        fd,
+        name: link.to_string(),
+        index,
+        termios: sys::get_termios(copy.as_fd()).unwrap_or_default(),
+        exclusive: sys::get_int(copy.as_fd(), libc::TIOCGEXCL).unwrap_or(0) != 0,
+        unread: sys::get_int(copy.as_fd(), libc::FIONREAD).unwrap_or(0),
+    });
     Ok(())
 }
 
@@ -178,46 +164,53 @@ fn shell_job_refusal(pid: i32, what: String) -> Error {
 /// fds and controlling terminals on a terminal outside the tree need `shell_job` and are
 /// recorded in the returned [`TtyShellJob`]. `procs[0]` is the root.
 pub fn finish(procs: &mut [Process], tree: &mut TreeTty, shell_job: bool) -> Result<Option<TtyShellJob>, Error> {
-    let mut outside: Option<(String, Vec<u8>)> = None;
-    for (o, index) in std::mem::take(&mut tree.candidates) {
-        let pty = index.and_then(|i| tree.masters.get(&i));
-        let p = &mut procs[o.proc_index];
-        // Every fd of this process pointing at the same description.
-        let file_idx = p.fds.iter().find(|d| d.fd == o.fd).map(|d| d.file);
-        let fds: Vec<i32> = p.fds.iter().filter(|d| Some(d.file) == file_idx).map(|d| d.fd).collect();
-        let Some(fi) = file_idx else { continue };
-        let f = &mut p.files[fi as usize];
-        if let Some(pty) = pty {
-            f.pty = Some(pty.clone());
-            continue;
-        }
-        if let Some(&high) = fds.iter().find(|&&n| n > 2) {
+    // What the slaves tell about their pair: exclusive mode, and input nobody has read.
+    for t in &tree.terms {
+        let Some(pty) = t.index.and_then(|i| tree.masters.get_mut(&i)) else { continue };
+        pty.exclusive |= t.exclusive;
+        if t.unread > 0 {
             return Err(Error::Unsupported {
-                pid: o.pid,
-                what: format!("fd {high}: terminal {} whose master is outside the dump", o.name),
+                pid: t.pid,
+                what: format!(
+                    "fd {}: pty {} with {} bytes of input not read yet (terminal buffers cannot be saved)",
+                    t.fd, t.name, t.unread
+                ),
             });
         }
-        if !shell_job {
-            return Err(shell_job_refusal(o.pid, format!("fd {} is on terminal {}, which", o.fd, o.name)));
-        }
-        f.kind = FileKind::Inherited as i32;
-        f.pty = None;
-        if o.proc_index == 0 || outside.is_none() {
-            outside = Some((o.name.clone(), o.termios.clone()));
-        }
     }
-    // Files of later processes copied from a description collected in an earlier one (shared).
-    let fill: HashMap<u32, Option<Pty>> = procs
-        .iter()
-        .flat_map(|p| p.files.iter())
-        .filter(|f| f.shared_id != 0)
-        .map(|f| (f.shared_id, if f.kind == FileKind::Inherited as i32 { None } else { f.pty.clone() }))
-        .collect();
+    // Every fd on a terminal that is not a master of the tree, in every process (descriptions
+    // shared across processes were collected once, in the first).
+    let mut outside: Option<&TermFd> = None;
     for p in procs.iter_mut() {
-        for f in p.files.iter_mut().filter(|f| f.shared_id != 0 && f.kind == FileKind::PtySlave as i32) {
-            match fill.get(&f.shared_id) {
-                Some(Some(pty)) if tree.masters.contains_key(&pty.index) => f.pty = Some(pty.clone()),
-                _ => f.kind = FileKind::Inherited as i32,
+        let pid = p.pid;
+        for d in &p.fds {
+            let f = &mut p.files[d.file as usize];
+            let name = match FileKind::try_from(f.kind) {
+                Ok(FileKind::PtySlave) => {
+                    let index = f.pty.as_ref().map(|t| t.index).unwrap_or(u32::MAX);
+                    if let Some(pty) = tree.masters.get(&index) {
+                        f.pty = Some(pty.clone());
+                        continue;
+                    }
+                    f.describe.clone()
+                }
+                // A terminal other than a pty slave (pipes and sockets have no path).
+                Ok(FileKind::Inherited) if f.path.starts_with("/dev/") => f.path.clone(),
+                _ => continue,
+            };
+            if d.fd > 2 {
+                return Err(Error::Unsupported {
+                    pid,
+                    what: format!("fd {}: terminal {name} whose master is outside the dump", d.fd),
+                });
+            }
+            if !shell_job {
+                return Err(shell_job_refusal(pid, format!("fd {} is on terminal {name}, which", d.fd)));
+            }
+            f.kind = FileKind::Inherited as i32;
+            f.pty = None;
+            if outside.is_none() {
+                outside = tree.terms.iter().find(|t| t.name == name);
             }
         }
     }
@@ -225,8 +218,7 @@ pub fn finish(procs: &mut [Process], tree: &mut TreeTty, shell_job: bool) -> Res
     let mut ctty_outside = None;
     for p in procs.iter().filter(|p| p.tty_nr != 0) {
         let rdev = p.tty_nr as u64;
-        let inside = pts_index(rdev).is_some_and(|i| tree.masters.contains_key(&i));
-        if inside {
+        if pts_index(rdev).is_some_and(|i| tree.masters.contains_key(&i)) {
             continue;
         }
         if !shell_job {
@@ -254,18 +246,15 @@ pub fn finish(procs: &mut [Process], tree: &mut TreeTty, shell_job: bool) -> Res
             );
         }
     }
-    if outside.is_none() && ctty_outside.is_none() {
-        return Ok(None);
-    }
+    let (terminal, termios) = match (outside, ctty_outside) {
+        (Some(t), _) => (t.name.clone(), t.termios.clone()),
+        (None, Some(name)) => (name, Vec::new()),
+        (None, None) => return Ok(None),
+    };
     let root = &procs[0];
     let stat = crate::procfs::read_string(root.pid, "stat")?;
     let stat = crate::procfs::parse(root.pid, "stat", ferry_proc::parse_stat(&stat))?;
     let foreground = root.tty_nr != 0 && stat.tpgid == root.pgid;
-    let (terminal, termios) = match (outside, ctty_outside) {
-        (Some((name, t)), _) => (name, t),
-        (None, Some(name)) => (name, Vec::new()),
-        (None, None) => return Ok(None),
-    };
     tracing::info!(terminal, foreground, "shell job");
     Ok(Some(TtyShellJob {
         terminal,
@@ -331,8 +320,8 @@ pub fn prepare(
     let mut r = Restore::default();
     for f in procs.iter().flat_map(|p| p.files.iter()) {
         let Some(pty) = f.pty.as_ref().filter(|_| f.kind == FileKind::PtyMaster as i32) else { continue };
-        if !r.pairs.contains_key(&pty.index) {
-            r.pairs.insert(pty.index, set_up_pair(pty, base)?);
+        if let std::collections::hash_map::Entry::Vacant(e) = r.pairs.entry(pty.index) {
+            e.insert(set_up_pair(pty, base)?);
         }
     }
     let root = procs.first().map(|p| p.pid).unwrap_or(0);
@@ -415,6 +404,13 @@ pub fn apply_in_child(r: &Restore, p: &Process, procs: &[Process]) -> Result<(),
 pub fn finish_shell_job(r: &Restore, root: &Process, procs: &[Process]) -> Result<(), Error> {
     let (Some(job), Some(tty)) = (&r.shell_job, &r.own_tty) else { return Ok(()) };
     if !job.foreground {
+        return Ok(());
+    }
+    if root.sid == root.pid {
+        tracing::warn!(
+            pid = root.pid,
+            "the job led its own session: it is restored as a new session without a controlling terminal"
+        );
         return Ok(());
     }
     let obj = || format!("pid {}: shell job terminal", root.pid);

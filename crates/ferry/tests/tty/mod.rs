@@ -189,3 +189,29 @@ fn shell_job_needs_flag() {
     run.expect_running_untraced("after the refused dump");
     let _ = send_signal(run.pid, "KILL");
 }
+
+/// Input the terminal holds and nobody has read cannot be saved: the dump is refused with one
+/// line naming the pty, and the tree keeps running.
+#[test]
+fn pty_unread_input_refused() {
+    let mut run = Run::start(&under_script("pty-unread"));
+    let img = run.img();
+    let res = run.dump_to("dump", &img, &[]);
+    let lines = res.stderr_lines();
+    if res.status.success()
+        || lines.len() != 1
+        || !lines[0].contains("bytes of input not read yet")
+        || !lines[0].contains("/dev/pts/")
+        || !lines[0].contains(&run.pid.to_string())
+    {
+        run.fail(&format!("dump with unread terminal input: {}\n{}", describe(res.status), res.stderr));
+    }
+    if img.join("inventory.img").exists() {
+        run.fail("a refused dump left a complete-looking image");
+    }
+    run.expect_running_untraced("after the refused dump");
+    let leader = pid_in(&run, "ready");
+    send_signal(leader, "USR2").expect("send go");
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "script");
+}
