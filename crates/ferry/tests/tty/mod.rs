@@ -215,3 +215,22 @@ fn pty_unread_input_refused() {
     let status = run.wait_child_exit();
     run.expect_pass(status, "script");
 }
+
+/// Dumping reads the pair through copies of the tree's own fds and changes nothing: after
+/// `dump -R` the original tree still passes its checks and writes through its pty.
+#[test]
+fn pty_leave_running() {
+    let mut run = Run::start(&under_script("pty"));
+    run.dump_ok(&["-R"]);
+    run.expect_running_untraced("after dump -R");
+    let leader = pid_in(&run, "ready");
+    send_signal(leader, "USR2").expect("send go");
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "script");
+    expect_in_log(&run, &run.w.join("out.log"), "TTY-WRITE-OK leader");
+    let out = Command::new(ferry_bin()).args(["inspect", "--json", &path_str(&run.img())]).output().expect("inspect");
+    let json = String::from_utf8_lossy(&out.stdout);
+    if !json.contains("\"kind\": 15") || !json.contains("\"foreground_pgrp\"") {
+        run.fail(&format!("inspect does not show the pty master: {}", &json[..json.len().min(2000)]));
+    }
+}
