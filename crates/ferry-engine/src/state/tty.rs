@@ -12,8 +12,10 @@
 //! The new pair gets whatever /dev/pts index the kernel hands out: it may differ from the old one.
 //!
 //! Bytes inside the terminal's buffers cannot be read without consuming them, so a pair with
-//! unread input or output is refused (`FIONREAD` on both ends). In canonical mode the kernel
-//! counts only complete lines: a partly typed line is not seen, and is lost.
+//! unread input or output is refused (`FIONREAD` on the master, and on the slave fds of the tree;
+//! input waiting for a slave no process of the tree holds is not seen). In canonical mode the
+//! kernel counts only complete lines: a partly typed line is not seen, and is lost. Dump only
+//! issues read-only ioctls on copies of the tree's own fds, so `dump -R` changes nothing.
 //!
 //! A terminal outside the tree (the user's terminal a job was started from: its fds 0-2 and its
 //! controlling terminal) cannot be saved; with `--shell-job` it is recorded as such and restore
@@ -201,7 +203,10 @@ pub fn finish(procs: &mut [Process], tree: &mut TreeTty, shell_job: bool) -> Res
             if d.fd > 2 {
                 return Err(Error::Unsupported {
                     pid,
-                    what: format!("fd {}: terminal {name} whose master is outside the dump", d.fd),
+                    what: format!(
+                        "fd {}: terminal {name} outside the dump (only fds 0-2 can be handed over, with --shell-job)",
+                        d.fd
+                    ),
                 });
             }
             if !shell_job {
@@ -430,4 +435,21 @@ pub fn finish_shell_job(r: &Restore, root: &Process, procs: &[Process]) -> Resul
     })();
     ferry_sys::raw::set_sigmask_self(old).ctx(obj)?;
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_names() {
+        assert_eq!(tty_name(libc::makedev(136, 3)), "/dev/pts/3");
+        assert_eq!(tty_name(libc::makedev(137, 4)), "/dev/pts/260");
+        assert_eq!(tty_name(libc::makedev(4, 1)), "/dev/tty1");
+        assert_eq!(tty_name(libc::makedev(4, 64)), "/dev/ttyS0");
+        assert_eq!(tty_name(libc::makedev(5, 1)), "/dev/console");
+        assert_eq!(pts_index(libc::makedev(5, 2)), None);
+        assert!(is_ptmx(libc::makedev(5, 2)));
+        assert!(is_tty_major(136) && !is_tty_major(1));
+    }
 }
