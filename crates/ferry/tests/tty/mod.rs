@@ -30,6 +30,20 @@ fn under_script(mode: &str) -> Spec {
     s
 }
 
+/// Kills the workload processes that are not the run's own pid when a test ends (a failed
+/// restore may leave them behind).
+struct KillOnDrop(Vec<i32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            if pid_alive(pid) {
+                let _ = send_signal(pid, "KILL");
+            }
+        }
+    }
+}
+
 fn pid_in(run: &Run, name: &str) -> i32 {
     let text = fs::read_to_string(run.w.join(name)).unwrap_or_default();
     text.trim().parse().unwrap_or_else(|_| run.fail(&format!("W/{name} holds {text:?}, not a pid")))
@@ -71,6 +85,7 @@ fn pty_pair_in_tree() {
     let mut run = Run::start(&under_script("pty"));
     let leader = pid_in(&run, "ready");
     let child = pid_in(&run, "child");
+    let _cleanup = KillOnDrop(vec![leader, child]);
     run.dump_ok(&[]);
     run.reap_dumped();
     wait_gone(&run, leader);
