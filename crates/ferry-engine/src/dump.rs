@@ -10,7 +10,7 @@
 use crate::error::{Ctx, Error};
 use crate::inject::{find_syscall_insn, wait_stopped, Injector};
 use crate::procfs;
-use crate::state::{cpu, creds, files, memory, rseq, signals, task, timers};
+use crate::state::{cpu, creds, files, memory, rseq, signals, task, timers, tty};
 use ferry_image::{ImageWriter, Inventory, Process, Thread};
 use ferry_sys::consts::{PTRACE_EVENT_STOP, PTRACE_O_TRACESYSGOOD};
 use ferry_sys::ptrace::{self, WaitStatus};
@@ -30,6 +30,8 @@ pub struct DumpOptions {
     pub tcp_close: bool,
     /// `--tcp-established`: keep established TCP connections (TCP_REPAIR).
     pub tcp_established: bool,
+    /// The tree was started from a terminal outside it (`--shell-job`): record, not refuse.
+    pub shell_job: bool,
 }
 
 /// Figures about a finished dump.
@@ -424,6 +426,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     files::finish_pipes(&mut procs, &mut tree)?;
     crate::state::epoll::assign_owners(&mut procs)?;
     crate::state::sysvshm::collect(&mut procs, &mut img)?;
+    let shell_job = tty::finish(&mut procs, &mut tree.tty, opts.shell_job)?;
     // Pids as ferry sees them, to read memory; the image keeps the namespace's own.
     let host_pids: Vec<i32> = frozen.iter().map(|f| f.pid).collect();
     if pidns_root.is_some() {
@@ -472,6 +475,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
+        shell_job,
         ..Default::default()
     };
     img.commit(inventory)?;

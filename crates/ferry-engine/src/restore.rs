@@ -17,7 +17,7 @@ use crate::error::{Ctx, Error};
 use crate::inject::{wait_stopped, Injector};
 use crate::state::memory::{Trampoline, TRAMPOLINE_PAGES};
 use crate::state::session::{self, Role};
-use crate::state::{cpu, creds, epoll, files, memory, pipes, rseq, signals, task, timers};
+use crate::state::{cpu, creds, epoll, files, memory, pipes, rseq, signals, task, timers, tty};
 use ferry_image::{ImageReader, Process, PAGE_SIZE};
 use ferry_sys::consts::{nr, PTRACE_O_EXITKILL, PTRACE_O_TRACESYSGOOD};
 use ferry_sys::process::{clone3_with_pid, Fork, Mmap};
@@ -34,6 +34,8 @@ pub struct RestoreOptions {
     pub dir: PathBuf,
     /// Write the restored root PID here (atomically) once it runs.
     pub pidfile: Option<PathBuf>,
+    /// Put a job dumped with `--shell-job` onto ferry's own terminal.
+    pub shell_job: bool,
 }
 
 /// A restored, running process.
@@ -125,6 +127,7 @@ struct TreeCtx<'a> {
     /// Each process writes "ok PID" or "err PID: why" here, then blocks reading `hold_fd`.
     status_fd: i32,
     hold_fd: i32,
+    tty: &'a tty::Restore,
 }
 
 /// Runs in a forked process of the tree (node `n` of the plan); never returns. Forks the
@@ -164,6 +167,9 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize) -> ! {
             Role::Image(i) => Some(i),
             _ => None,
         };
+        if let Some(p) = idx.map(|i| &ctx.procs[i]) {
+            tty::apply_in_child(ctx.tty, p, ctx.procs)?;
+        }
         if let Some(p) = idx.map(|i| &ctx.procs[i]).filter(|p| p.zombie) {
             become_zombie(p.exit_status);
         }
@@ -412,6 +418,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     let base = max_target.max(max_own_fd()).max(2) + 16;
     let all_pipes: Vec<ferry_image::Pipe> = procs.iter().flat_map(|p| p.pipes.iter().cloned()).collect();
     let pipes = pipes::prepare(root, &all_pipes)?;
+    let ttys = tty::prepare(&img, &procs, base, opts.shell_job)?;
     let mut shared = std::collections::HashMap::new();
     let mut shmem = std::collections::HashMap::new();
     for z in procs.iter().filter(|p| p.zombie && !img.inventory().pidns) {
@@ -430,7 +437,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
             prep.push(None);
             continue;
         }
-        let files = files::prepare(p, &img, &pipes, base, &mut shared, &mut shmem)?;
+        let files = files::prepare(p, &img, &pipes, base, &mut shared, &mut shmem, &ttys)?;
         let mem = memory::prepare(p, &img, base, &mut shmem)?;
         let cwd = std::fs::File::open(&p.cwd).ctx(|| format!("pid {}: cannot open cwd {}", p.pid, p.cwd))?;
         let cwd = raw::dup_above(cwd.as_fd(), base).ctx(|| format!("pid {}: cwd", p.pid))?;
@@ -456,6 +463,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         tr,
         status_fd: status_w.as_raw_fd(),
         hold_fd: hold_r.as_raw_fd(),
+        tty: &ttys,
     };
 
     // A tree that was a whole pid namespace gets a new one: its init is created by a plain
@@ -520,6 +528,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     }
     crate::state::memfd_seals::apply_late(&procs, &shmem)?;
     sysv.finish()?;
+    tty::finish_shell_job(&ttys, &procs[0], &procs)?;
     // Release everything together, leaves first.
     for (p, (_, threads)) in rebuilt.iter().rev() {
         for (tid, _, _) in threads {

@@ -27,6 +27,28 @@ pub struct Inventory {
     /// every pid in the image is as that namespace sees it, and restore creates a new one.
     #[prost(bool, tag = "30")]
     pub pidns: bool,
+    /// Set when the tree was dumped with `--shell-job`: its terminal was outside the tree.
+    #[prost(message, optional, tag = "22")]
+    pub shell_job: Option<TtyShellJob>,
+}
+
+/// A job started from the user's terminal (`--shell-job`): what restore needs to put it back
+/// onto the terminal ferry runs on.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct TtyShellJob {
+    /// The terminal at dump time ("/dev/pts/3"), for messages.
+    #[prost(string, tag = "1")]
+    pub terminal: String,
+    /// The root's process group was the terminal's foreground group.
+    #[prost(bool, tag = "2")]
+    pub foreground: bool,
+    /// The terminal's `struct termios2` at dump time (x86_64 layout, 44 bytes).
+    #[prost(bytes = "vec", tag = "3")]
+    #[serde(serialize_with = "crate::hex::serialize")]
+    pub termios: Vec<u8>,
+    /// The root's process group at dump time.
+    #[prost(int32, tag = "4")]
+    pub pgid: i32,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize)]
@@ -512,6 +534,10 @@ pub enum FileKind {
     Epoll = 9,
     /// memfd: `path` holds its name, `ino` its identity, `ghost` its content, `seals` its seals.
     Memfd = 10,
+    /// The master end of a pseudo-terminal pair (/dev/ptmx): `pty` holds the pair's state.
+    PtyMaster = 15,
+    /// The slave end (/dev/pts/N) of a pair whose master is in the image: `pty.index` names it.
+    PtySlave = 16,
     /// An AF_INET/AF_INET6 TCP or UDP socket: `inet`.
     InetSocket = 12,
     /// inotify instance: `inotify_watches`.
@@ -612,6 +638,44 @@ pub struct File {
     /// For an `InetSocket`.
     #[prost(message, optional, tag = "35")]
     pub inet: Option<InetSocket>,
+    /// For `PtyMaster` and `PtySlave`: the pair this end belongs to, and its state.
+    #[prost(message, optional, tag = "45")]
+    pub pty: Option<Pty>,
+}
+
+/// A pseudo-terminal pair with its master in the image, as seen through either end.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct Pty {
+    /// /dev/pts index at dump time (restore gets whatever index the kernel hands out).
+    #[prost(uint32, tag = "1")]
+    pub index: u32,
+    /// The slave's `struct termios2` (x86_64 layout, 44 bytes).
+    #[prost(bytes = "vec", tag = "2")]
+    #[serde(serialize_with = "crate::hex::serialize")]
+    pub termios: Vec<u8>,
+    #[prost(uint32, tag = "3")]
+    pub rows: u32,
+    #[prost(uint32, tag = "4")]
+    pub cols: u32,
+    #[prost(uint32, tag = "5")]
+    pub xpixel: u32,
+    #[prost(uint32, tag = "6")]
+    pub ypixel: u32,
+    /// TIOCPKT packet mode on the master.
+    #[prost(bool, tag = "7")]
+    pub packet: bool,
+    /// TIOCSPTLCK: the slave cannot be opened.
+    #[prost(bool, tag = "8")]
+    pub locked: bool,
+    /// TIOCEXCL on the slave.
+    #[prost(bool, tag = "9")]
+    pub exclusive: bool,
+    /// The session that has the slave as its controlling terminal (0: none).
+    #[prost(int32, tag = "10")]
+    pub session: i32,
+    /// The slave's foreground process group (0: none).
+    #[prost(int32, tag = "11")]
+    pub foreground_pgrp: i32,
 }
 
 /// A TCP or UDP socket over IPv4 or IPv6: what restore needs to recreate it with socket(),

@@ -18,6 +18,7 @@ pub mod objects;
 pub mod process;
 pub mod ptrace;
 pub mod raw;
+pub mod tty;
 
 pub use libc::user_regs_struct as UserRegs;
 

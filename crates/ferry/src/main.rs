@@ -41,6 +41,10 @@ enum Cmd {
         /// quiet until the restore.
         #[arg(long)]
         tcp_established: bool,
+        /// The process was started from a terminal (a shell job): its terminal stays outside the
+        /// image, and restore puts it onto the terminal `ferry restore --shell-job` runs on.
+        #[arg(short = 'j', long = "shell-job")]
+        shell_job: bool,
     },
     /// Recreate a process from an image, with its old PID.
     Restore {
@@ -53,6 +57,10 @@ enum Cmd {
         /// Write the restored PID to this file once it runs.
         #[arg(long)]
         pidfile: Option<PathBuf>,
+        /// Restore a job dumped with --shell-job onto ferry's own terminal: it joins ferry's
+        /// session, uses ferry's fds 0-2 and becomes the foreground job if it was one.
+        #[arg(short = 'j', long = "shell-job")]
+        shell_job: bool,
     },
     /// Start a job ready to be checkpointed: in its own process group, or with --pidns in a new
     /// pid namespace under a minimal init, so that it can be restored on any host without pid
@@ -120,9 +128,15 @@ fn run(cli: Cli) -> Result<i32> {
             println!("{}", if ok { "dump and restore can work here" } else { "dump and restore cannot work here" });
             Ok(if ok { 0 } else { 1 })
         }
-        Cmd::Dump { pid, dir, leave_running, tcp_close, tcp_established } => {
-            let opts =
-                ferry_engine::dump::DumpOptions { pid, dir: dir.clone(), leave_running, tcp_close, tcp_established };
+        Cmd::Dump { pid, dir, leave_running, tcp_close, tcp_established, shell_job } => {
+            let opts = ferry_engine::dump::DumpOptions {
+                pid,
+                dir: dir.clone(),
+                leave_running,
+                tcp_close,
+                tcp_established,
+                shell_job,
+            };
             let r = ferry_engine::dump::dump(&opts).with_context(|| format!("dump of pid {pid} failed"))?;
             tracing::info!(
                 "dumped pid {pid} to {}: {} MiB of pages, {} mappings, {} fds in {:.1} ms (frozen {:.1} ms)",
@@ -135,10 +149,10 @@ fn run(cli: Cli) -> Result<i32> {
             );
             Ok(0)
         }
-        Cmd::Restore { dir, detached, pidfile } => {
-            let r =
-                ferry_engine::restore::restore(&ferry_engine::restore::RestoreOptions { dir: dir.clone(), pidfile })
-                    .with_context(|| format!("restore from {} failed", dir.display()))?;
+        Cmd::Restore { dir, detached, pidfile, shell_job } => {
+            let opts = ferry_engine::restore::RestoreOptions { dir: dir.clone(), pidfile, shell_job };
+            let r = ferry_engine::restore::restore(&opts)
+                .with_context(|| format!("restore from {} failed", dir.display()))?;
             tracing::info!(
                 "restored pid {} in {:.1} ms (verify {:.1} ms)",
                 r.pid,

@@ -609,3 +609,4 @@ mod big {
 mod inet;
 mod more;
 mod objects;
+mod tty;

@@ -7,6 +7,7 @@ use ferry_sys::consts::*;
 use ferry_sys::{ptrace, UserRegs};
 
 const NR_RESTART_SYSCALL: u64 = 219;
+const NR_POLL: u64 = 7;
 
 /// How a thread frozen in a syscall must continue. The kernel would sort this out when the
 /// thread leaves the stop; a restored thread never goes through that path (its `orig_rax` is
@@ -18,7 +19,8 @@ pub enum Restart {
     /// Re-execute the syscall (ERESTARTSYS/ERESTARTNOINTR/ERESTARTNOHAND).
     Again,
     /// The kernel's restart block (nanosleep, poll with timeout ...): only usable by the same
-    /// task; a restored task gets EINTR instead, as if a signal handler had run.
+    /// task; a restored task gets EINTR instead, as if a signal handler had run (but poll is
+    /// called again with its original timeout).
     Block,
 }
 
@@ -48,6 +50,13 @@ pub fn resume_regs(r: &UserRegs, same_task: bool) -> UserRegs {
             out.rax = NR_RESTART_SYSCALL;
             out.rip -= 2;
         }
+        // poll(2) with a timeout: run it again with its original arguments (and so its whole
+        // timeout) rather than fail it with EINTR, which no signal explains and which programs
+        // such as script(1) take as fatal.
+        Restart::Block if r.orig_rax == NR_POLL => {
+            out.rax = r.orig_rax;
+            out.rip -= 2;
+        }
         Restart::Block => out.rax = (-(libc::EINTR as i64)) as u64,
     }
     out.orig_rax = u64::MAX;
@@ -60,6 +69,7 @@ pub fn describe(r: &UserRegs) -> String {
         Restart::None if (r.orig_rax as i64) >= 0 => format!("after syscall {}", r.orig_rax),
         Restart::None => "running in user space".into(),
         Restart::Again => format!("in syscall {} (will be restarted)", r.orig_rax),
+        Restart::Block if r.orig_rax == NR_POLL => format!("in syscall {} (restart block: called again)", r.orig_rax),
         Restart::Block => format!("in syscall {} (restart block: will return EINTR)", r.orig_rax),
     }
 }
@@ -201,6 +211,8 @@ mod tests {
         assert_eq!((r.rax, r.rip), (34, 0x1000));
         let r = resume_regs(&regs(35, -ERESTART_RESTARTBLOCK), false);
         assert_eq!((r.rax as i64, r.rip), (-(libc::EINTR as i64), 0x1002));
+        let r = resume_regs(&regs(7, -ERESTART_RESTARTBLOCK), false);
+        assert_eq!((r.rax, r.rip), (7, 0x1000));
         let r = resume_regs(&regs(35, -ERESTART_RESTARTBLOCK), true);
         assert_eq!((r.rax, r.rip), (NR_RESTART_SYSCALL, 0x1000));
         let r = resume_regs(&regs(-1, -ERESTARTSYS), false);

@@ -6,7 +6,7 @@
 
 use crate::error::{Ctx, Error};
 use crate::procfs;
-use crate::state::{epoll, eventfd, fifo, inet, inotify, locks, memfd_seals, pipes, signalfd, timerfd};
+use crate::state::{epoll, eventfd, fifo, inet, inotify, locks, memfd_seals, pipes, signalfd, timerfd, tty};
 use ferry_image::{Fd, File, FileKind, ImageWriter, Process};
 use ferry_sys::consts::KCMP_FILE;
 use ferry_sys::process::{kcmp, open_raw};
@@ -18,10 +18,6 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 /// Character devices any process may hold that carry no state: (major, minor, path).
 const PLAIN_DEVICES: &[(u32, u32, &str)] =
     &[(1, 3, "/dev/null"), (1, 5, "/dev/zero"), (1, 7, "/dev/full"), (1, 8, "/dev/random"), (1, 9, "/dev/urandom")];
-
-fn is_tty_major(major: u32) -> bool {
-    matches!(major, 4 | 5 | 136..=143)
-}
 
 /// Name an fd target for an "is not supported" error.
 fn unsupported_kind(link: &str) -> String {
@@ -53,6 +49,8 @@ pub struct TreeFiles {
     pub connections: inet::Connections,
     /// FIFOs whose unread bytes are already stored.
     fifos: fifo::Seen,
+    /// Terminals: pty masters and fds on terminals that may be outside the tree.
+    pub tty: tty::TreeTty,
 }
 
 /// Collect the fd table of `pid` into `p.fds` and `p.files`; deleted files' content goes
@@ -167,12 +165,8 @@ pub fn collect(
                 if let Some((_, _, path)) = PLAIN_DEVICES.iter().find(|(a, b, _)| (*a, *b) == (maj, min)) {
                     file.kind = FileKind::CharDevice as i32;
                     file.path = path.to_string();
-                } else if is_tty_major(maj) && fd <= 2 {
-                    file.kind = FileKind::Inherited as i32;
-                } else if is_tty_major(maj) {
-                    return Err(unsupported(format!(
-                        "terminal {link} (only fds 0-2 can be inherited; see --shell-job)"
-                    )));
+                } else if tty::is_tty_major(maj) {
+                    tty::collect(pid, fd, &link, md.rdev(), &mut file, &mut tree.tty)?;
                 } else {
                     return Err(unsupported(format!("device {link}")));
                 }
@@ -274,6 +268,7 @@ pub fn prepare(
     base: i32,
     shared: &mut HashMap<u32, i32>,
     shmem: &mut HashMap<u64, (i32, std::fs::File)>,
+    ttys: &tty::Restore,
 ) -> Result<Prepared, Error> {
     let pid = p.pid;
     let mut out = Prepared { numbers: Vec::new(), owned: Vec::new() };
@@ -360,6 +355,7 @@ pub fn prepare(
                 ferry_sys::raw::seek_to(fd.as_raw_fd(), f.pos).ctx(obj)?;
                 fd
             }
+            FileKind::PtyMaster | FileKind::PtySlave => tty::open(&obj(), f, ttys)?,
             FileKind::Eventfd => eventfd::prepare(&obj(), f)?,
             FileKind::Timerfd => timerfd::prepare(&obj(), f)?,
             FileKind::Signalfd => signalfd::prepare(&obj(), f)?,

@@ -29,3 +29,4 @@ pub mod task;
 pub mod tcp_repair;
 pub mod timerfd;
 pub mod timers;
+pub mod tty;

@@ -1,0 +1,455 @@
+//! Terminals: pseudo-terminal pairs inside the tree, and jobs started from the user's terminal
+//! (`--shell-job`).
+//!
+//! A pty pair whose master (/dev/ptmx) is held by the tree belongs to the image: its settings
+//! (termios, window size, packet mode, lock, exclusive mode), the session it is the controlling
+//! terminal of and its foreground group are read through a `pidfd_getfd` copy of the master
+//! (the kernel routes termios and window-size ioctls on a master to its slave). Restore opens a
+//! new pair in ferry before forking, sets it up, hands the master and new slave descriptions
+//! (`TIOCGPTPEER`) to the processes, and in the restored session leader makes the slave its
+//! controlling terminal (`TIOCSCTTY`); the first process of the foreground group gives it the
+//! terminal (`TIOCSPGRP`, with every signal blocked so SIGTTOU cannot stop it).
+//! The new pair gets whatever /dev/pts index the kernel hands out: it may differ from the old one.
+//!
+//! Bytes inside the terminal's buffers cannot be read without consuming them, so a pair with
+//! unread input or output is refused (`FIONREAD` on the master, and on the slave fds of the tree;
+//! input waiting for a slave no process of the tree holds is not seen). In canonical mode the
+//! kernel counts only complete lines: a partly typed line is not seen, and is lost. Dump only
+//! issues read-only ioctls on copies of the tree's own fds, so `dump -R` changes nothing.
+//!
+//! A terminal outside the tree (the user's terminal a job was started from: its fds 0-2 and its
+//! controlling terminal) cannot be saved; with `--shell-job` it is recorded as such and restore
+//! puts the job onto the terminal ferry runs on: the fds 0-2 become ferry's own, the tree joins
+//! ferry's session (and so its controlling terminal), its process group is recreated when the
+//! tree led it, and it becomes the foreground group when it was at dump time. The job's terminal
+//! settings are applied to ferry's terminal when the job owned it (was in the foreground): a
+//! full-screen program that switched the terminal to raw mode finds it in raw mode again.
+//! Without `--shell-job` such a tree is refused.
+
+use crate::error::{Ctx, Error};
+use ferry_image::{File, FileKind, Process, Pty, TtyShellJob};
+use ferry_sys::tty as sys;
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+/// Terminal devices: /dev/ttyN and serial lines (4), /dev/tty, /dev/console, /dev/ptmx (5),
+/// /dev/pts/N (136-143).
+pub fn is_tty_major(major: u32) -> bool {
+    matches!(major, 4 | 5 | 136..=143)
+}
+
+fn pts_index(rdev: u64) -> Option<u32> {
+    let (maj, min) = (libc::major(rdev), libc::minor(rdev));
+    (136..=143).contains(&maj).then(|| (maj - 136) * 256 + min)
+}
+
+fn is_ptmx(rdev: u64) -> bool {
+    (libc::major(rdev), libc::minor(rdev)) == (5, 2)
+}
+
+/// A terminal's name from its device number (`tty_nr` of /proc/PID/stat).
+pub fn tty_name(rdev: u64) -> String {
+    let (maj, min) = (libc::major(rdev), libc::minor(rdev));
+    match (maj, min) {
+        _ if pts_index(rdev).is_some() => format!("/dev/pts/{}", pts_index(rdev).unwrap_or(0)),
+        (4, 0..=63) => format!("/dev/tty{min}"),
+        (4, _) => format!("/dev/ttyS{}", min - 64),
+        (5, 0) => "/dev/tty".into(),
+        (5, 1) => "/dev/console".into(),
+        _ => format!("terminal {maj}:{min}"),
+    }
+}
+
+/// An fd of the tree on a terminal that is not a pty master, seen first in `pid`.
+struct TermFd {
+    pid: i32,
+    fd: i32,
+    name: String,
+    /// pts index, for a pty slave.
+    index: Option<u32>,
+    /// The terminal's settings, read through the fd.
+    termios: Vec<u8>,
+    /// TIOCGEXCL and FIONREAD (input not read yet) through the fd.
+    exclusive: bool,
+    unread: i32,
+}
+
+/// What the fd tables of the tree hold on terminals, gathered while collecting.
+#[derive(Default)]
+pub struct TreeTty {
+    /// Masters seen, by pts index.
+    masters: HashMap<u32, Pty>,
+    /// Slaves and other terminals, in the order they were seen.
+    terms: Vec<TermFd>,
+}
+
+fn copy_fd(pid: i32, fd: i32) -> Result<OwnedFd, Error> {
+    let pidfd = ferry_sys::process::pidfd_open(pid).ctx(|| format!("pid {pid}: pidfd_open"))?;
+    ferry_sys::process::pidfd_getfd(pidfd.as_fd(), fd).ctx(|| format!("pid {pid} fd {fd}: pidfd_getfd"))
+}
+
+/// Read a master's pair state (index, settings, session, foreground group); refuse unread
+/// output. Only read-only ioctls: the master is a copy of the target's own description.
+fn read_pair(pid: i32, fd: i32, master: BorrowedFd<'_>) -> Result<Pty, Error> {
+    let what = || format!("pid {pid} fd {fd}: pty master");
+    let unsupported = |what: String| Error::Unsupported { pid, what: format!("fd {fd}: {what}") };
+    let index = sys::get_int(master, libc::TIOCGPTN).ctx(what)? as u32;
+    let termios = sys::get_termios(master).ctx(what)?;
+    if termios.get(16).copied().unwrap_or(0) != 0 {
+        return Err(unsupported(format!("pty /dev/pts/{index} with line discipline {}", termios[16])));
+    }
+    let ws = sys::get_winsize(master).ctx(what)?;
+    let pty = Pty {
+        index,
+        termios,
+        rows: ws[0].into(),
+        cols: ws[1].into(),
+        xpixel: ws[2].into(),
+        ypixel: ws[3].into(),
+        packet: sys::get_int(master, libc::TIOCGPKT).ctx(what)? != 0,
+        locked: sys::get_int(master, libc::TIOCGPTLCK).ctx(what)? != 0,
+        session: sys::get_int(master, libc::TIOCGSID).unwrap_or(0),
+        foreground_pgrp: sys::get_int(master, libc::TIOCGPGRP).unwrap_or(0),
+        ..Default::default()
+    };
+    let out = sys::get_int(master, libc::FIONREAD).ctx(what)?;
+    if out > 0 {
+        return Err(unsupported(format!(
+            "pty /dev/pts/{index} with {out} bytes written by the slave side not yet read by the master (terminal buffers cannot be saved)"
+        )));
+    }
+    Ok(pty)
+}
+
+/// Classify fd `fd` of `pid`, a terminal device `link` with device number `rdev`: a pty master
+/// (its pair's state is saved), a pty slave (decided in [`finish`]: in the image when its master
+/// is), or another terminal (only fds 0-2, handed over at restore with `--shell-job`).
+pub fn collect(pid: i32, fd: i32, link: &str, rdev: u64, file: &mut File, tree: &mut TreeTty) -> Result<(), Error> {
+    let copy = copy_fd(pid, fd)?;
+    if is_ptmx(rdev) {
+        let pty = read_pair(pid, fd, copy.as_fd())?;
+        file.kind = FileKind::PtyMaster as i32;
+        file.path = "/dev/ptmx".into();
+        file.describe = format!("{link} (pty master of /dev/pts/{})", pty.index);
+        tree.masters.insert(pty.index, pty.clone());
+        file.pty = Some(pty);
+        return Ok(());
+    }
+    let index = pts_index(rdev);
+    match index {
+        Some(i) => {
+            file.kind = FileKind::PtySlave as i32;
+            file.pty = Some(Pty { index: i, ..Default::default() });
+        }
+        None => file.kind = FileKind::Inherited as i32,
+    }
+    tree.terms.push(TermFd {
+        pid,
+        fd,
+        name: link.to_string(),
+        index,
+        termios: sys::get_termios(copy.as_fd()).unwrap_or_default(),
+        exclusive: sys::get_int(copy.as_fd(), libc::TIOCGEXCL).unwrap_or(0) != 0,
+        unread: sys::get_int(copy.as_fd(), libc::FIONREAD).unwrap_or(0),
+    });
+    Ok(())
+}
+
+fn shell_job_refusal(pid: i32, what: String) -> Error {
+    Error::Invalid {
+        object: format!("pid {pid}"),
+        what: format!("{what} is outside the dump (a job started from a terminal): dump it with --shell-job"),
+    }
+}
+
+/// Once every process is collected: slaves whose master is in the tree get the pair's state;
+/// fds and controlling terminals on a terminal outside the tree need `shell_job` and are
+/// recorded in the returned [`TtyShellJob`]. `procs[0]` is the root.
+pub fn finish(procs: &mut [Process], tree: &mut TreeTty, shell_job: bool) -> Result<Option<TtyShellJob>, Error> {
+    // What the slaves tell about their pair: exclusive mode, and input nobody has read.
+    for t in &tree.terms {
+        let Some(pty) = t.index.and_then(|i| tree.masters.get_mut(&i)) else { continue };
+        pty.exclusive |= t.exclusive;
+        if t.unread > 0 {
+            return Err(Error::Unsupported {
+                pid: t.pid,
+                what: format!(
+                    "fd {}: pty {} with {} bytes of input not read yet (terminal buffers cannot be saved)",
+                    t.fd, t.name, t.unread
+                ),
+            });
+        }
+    }
+    // Every fd on a terminal that is not a master of the tree, in every process (descriptions
+    // shared across processes were collected once, in the first).
+    let mut outside: Option<&TermFd> = None;
+    for p in procs.iter_mut() {
+        let pid = p.pid;
+        for d in &p.fds {
+            let f = &mut p.files[d.file as usize];
+            let name = match FileKind::try_from(f.kind) {
+                Ok(FileKind::PtySlave) => {
+                    let index = f.pty.as_ref().map(|t| t.index).unwrap_or(u32::MAX);
+                    if let Some(pty) = tree.masters.get(&index) {
+                        f.pty = Some(pty.clone());
+                        continue;
+                    }
+                    f.describe.clone()
+                }
+                // A terminal other than a pty slave (pipes and sockets have no path).
+                Ok(FileKind::Inherited) if f.path.starts_with("/dev/") => f.path.clone(),
+                _ => continue,
+            };
+            if d.fd > 2 {
+                return Err(Error::Unsupported {
+                    pid,
+                    what: format!(
+                        "fd {}: terminal {name} outside the dump (only fds 0-2 can be handed over, with --shell-job)",
+                        d.fd
+                    ),
+                });
+            }
+            if !shell_job {
+                return Err(shell_job_refusal(pid, format!("fd {} is on terminal {name}, which", d.fd)));
+            }
+            f.kind = FileKind::Inherited as i32;
+            f.pty = None;
+            if outside.is_none() {
+                outside = tree.terms.iter().find(|t| t.name == name);
+            }
+        }
+    }
+    // Controlling terminals.
+    let mut ctty_outside = None;
+    for p in procs.iter().filter(|p| p.tty_nr != 0) {
+        let rdev = p.tty_nr as u64;
+        if pts_index(rdev).is_some_and(|i| tree.masters.contains_key(&i)) {
+            continue;
+        }
+        if !shell_job {
+            return Err(shell_job_refusal(p.pid, format!("controlling terminal {}", tty_name(rdev))));
+        }
+        ctty_outside.get_or_insert_with(|| tty_name(rdev));
+    }
+    // A pair that is a session's controlling terminal needs that session's leader.
+    for (index, pty) in tree.masters.iter() {
+        if pty.session != 0 && !procs.iter().any(|p| p.pid == pty.session && p.sid == pty.session) {
+            let pid = procs.iter().find(|p| p.sid == pty.session).map(|p| p.pid).unwrap_or(procs[0].pid);
+            return Err(Error::Unsupported {
+                pid,
+                what: format!(
+                    "pty /dev/pts/{index}: the controlling terminal of session {}, whose leader is outside the dump",
+                    pty.session
+                ),
+            });
+        }
+        if pty.foreground_pgrp != 0 && !procs.iter().any(|p| p.pgid == pty.foreground_pgrp && !p.zombie) {
+            tracing::warn!(
+                pty = index,
+                pgrp = pty.foreground_pgrp,
+                "the pty's foreground process group has no live process in the dump; restore leaves the session leader's group in the foreground"
+            );
+        }
+    }
+    let (terminal, termios) = match (outside, ctty_outside) {
+        (Some(t), _) => (t.name.clone(), t.termios.clone()),
+        (None, Some(name)) => (name, Vec::new()),
+        (None, None) => return Ok(None),
+    };
+    let root = &procs[0];
+    let stat = crate::procfs::read_string(root.pid, "stat")?;
+    let stat = crate::procfs::parse(root.pid, "stat", ferry_proc::parse_stat(&stat))?;
+    let foreground = root.tty_nr != 0 && stat.tpgid == root.pgid;
+    tracing::info!(terminal, foreground, "shell job");
+    Ok(Some(TtyShellJob {
+        terminal,
+        foreground,
+        termios: if foreground { termios } else { Vec::new() },
+        pgid: root.pgid,
+    }))
+}
+
+/// A pair created for the restore: its master and a spare slave description, both at numbers at
+/// or above the restore's fd base so every forked process inherits them.
+struct Pair {
+    master: OwnedFd,
+    slave: OwnedFd,
+    pty: Pty,
+}
+
+/// What restore needs from this module: the new pairs (by dump-time index), and for a shell job
+/// ferry's own terminal.
+#[derive(Default)]
+pub struct Restore {
+    pairs: HashMap<u32, Pair>,
+    shell_job: Option<TtyShellJob>,
+    /// ferry's controlling terminal (/dev/tty), for a shell job.
+    own_tty: Option<OwnedFd>,
+}
+
+fn set_up_pair(pty: &Pty, base: i32) -> Result<Pair, Error> {
+    let obj = || format!("pty /dev/pts/{} (new pair)", pty.index);
+    let master = ferry_sys::process::open_raw(c"/dev/ptmx", libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC, 0)
+        .ctx(|| format!("{}: cannot open /dev/ptmx", obj()))?;
+    let master = ferry_sys::raw::dup_above(master.as_fd(), base).ctx(obj)?;
+    sys::set_int(master.as_fd(), libc::TIOCSPTLCK, 0).ctx(|| format!("{}: unlock", obj()))?;
+    let slave = sys::open_peer(master.as_fd(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .ctx(|| format!("{}: TIOCGPTPEER", obj()))?;
+    let slave = ferry_sys::raw::dup_above(slave.as_fd(), base).ctx(obj)?;
+    sys::set_termios(master.as_fd(), &pty.termios).ctx(|| format!("{}: cannot set termios", obj()))?;
+    let ws = [pty.rows, pty.cols, pty.xpixel, pty.ypixel].map(|v| v as u16);
+    sys::set_winsize(master.as_fd(), ws).ctx(|| format!("{}: cannot set the window size", obj()))?;
+    if pty.packet {
+        sys::set_int(master.as_fd(), libc::TIOCPKT, 1).ctx(|| format!("{}: packet mode", obj()))?;
+    }
+    if pty.exclusive {
+        sys::no_arg(slave.as_fd(), libc::TIOCEXCL).ctx(|| format!("{}: exclusive mode", obj()))?;
+    }
+    if pty.locked {
+        sys::set_int(master.as_fd(), libc::TIOCSPTLCK, 1).ctx(|| format!("{}: lock", obj()))?;
+    }
+    let now = sys::get_int(master.as_fd(), libc::TIOCGPTN).unwrap_or(-1);
+    if now != pty.index as i32 {
+        tracing::info!(old = pty.index, new = now, "pty restored under another /dev/pts index");
+    }
+    Ok(Pair { master, slave, pty: pty.clone() })
+}
+
+/// In ferry, before forking: create every pair of the image; check and prepare a shell job.
+pub fn prepare(
+    img: &ferry_image::ImageReader,
+    procs: &[Process],
+    base: i32,
+    shell_job: bool,
+) -> Result<Restore, Error> {
+    let mut r = Restore::default();
+    for f in procs.iter().flat_map(|p| p.files.iter()) {
+        let Some(pty) = f.pty.as_ref().filter(|_| f.kind == FileKind::PtyMaster as i32) else { continue };
+        if let std::collections::hash_map::Entry::Vacant(e) = r.pairs.entry(pty.index) {
+            e.insert(set_up_pair(pty, base)?);
+        }
+    }
+    let root = procs.first().map(|p| p.pid).unwrap_or(0);
+    if let Some(job) = &img.inventory().shell_job {
+        if !shell_job {
+            return Err(Error::Invalid {
+                object: format!("pid {root}"),
+                what: format!(
+                    "was dumped as a job of terminal {} (--shell-job); restore it with --shell-job onto the terminal ferry runs on",
+                    job.terminal
+                ),
+            });
+        }
+        if procs.first().is_some_and(|p| p.pgid != p.pid && !procs.iter().any(|q| q.pid == p.pgid)) {
+            tracing::warn!(
+                pid = root,
+                pgid = job.pgid,
+                "the job's process group was led by a process outside the dump: it joins ferry's process group"
+            );
+        }
+        match ferry_sys::process::open_raw(c"/dev/tty", libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC, 0) {
+            Ok(fd) => r.own_tty = Some(fd),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "ferry has no controlling terminal: the restored job has none either and is not made the foreground job"
+            ),
+        }
+        r.shell_job = Some(job.clone());
+    }
+    Ok(r)
+}
+
+/// Open a new description of a pty end for a `PtyMaster`/`PtySlave` file of the image.
+pub fn open(obj: &str, f: &File, r: &Restore) -> Result<OwnedFd, Error> {
+    let pty = f.pty.as_ref().ok_or_else(|| Error::Invalid { object: obj.into(), what: "pty state missing".into() })?;
+    let pair = r.pairs.get(&pty.index).ok_or_else(|| Error::Invalid {
+        object: obj.into(),
+        what: format!("the master of /dev/pts/{} is missing from the image", pty.index),
+    })?;
+    let fd = if f.kind == FileKind::PtyMaster as i32 {
+        pair.master.try_clone().ctx(|| obj.to_string())?
+    } else {
+        let flags = (f.flags as i32 & (libc::O_ACCMODE | libc::O_NONBLOCK)) | libc::O_NOCTTY | libc::O_CLOEXEC;
+        if pair.pty.locked {
+            sys::set_int(pair.master.as_fd(), libc::TIOCSPTLCK, 0).ctx(|| format!("{obj}: unlock"))?;
+        }
+        let fd = sys::open_peer(pair.master.as_fd(), flags);
+        if pair.pty.locked {
+            sys::set_int(pair.master.as_fd(), libc::TIOCSPTLCK, 1).ctx(|| format!("{obj}: lock"))?;
+        }
+        fd.ctx(|| format!("{obj}: cannot open the slave (TIOCGPTPEER)"))?
+    };
+    ferry_sys::process::set_status_flags(fd.as_fd(), f.flags as i32).ctx(|| obj.to_string())?;
+    Ok(fd)
+}
+
+/// In a restored child, right after its session and group are set (signals are all blocked):
+/// a session leader takes its pty as controlling terminal; the first live process of a pty's
+/// foreground group gives the terminal to its group.
+pub fn apply_in_child(r: &Restore, p: &Process, procs: &[Process]) -> Result<(), String> {
+    for pair in r.pairs.values() {
+        let pty = &pair.pty;
+        if pty.session == p.pid && p.sid == p.pid {
+            sys::set_ctty(pair.slave.as_raw_fd(), false)
+                .map_err(|e| format!("cannot make /dev/pts/{} the controlling terminal (TIOCSCTTY): {e}", pty.index))?;
+        }
+        let first = procs.iter().find(|q| q.pgid == pty.foreground_pgrp && !q.zombie).map(|q| q.pid);
+        if pty.foreground_pgrp != 0 && pty.foreground_pgrp == p.pgid && first == Some(p.pid) && p.sid == pty.session {
+            sys::set_foreground(pair.slave.as_raw_fd(), p.pgid).map_err(|e| {
+                format!("cannot make group {} the foreground of /dev/pts/{} (TIOCSPGRP): {e}", p.pgid, pty.index)
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// In ferry, once the tree is rebuilt and before it is released: a shell job that owned its
+/// terminal gets ferry's terminal (its settings, and its group in the foreground when ferry
+/// could recreate the group; a job that joined ferry's group is in the foreground with ferry).
+pub fn finish_shell_job(r: &Restore, root: &Process, procs: &[Process]) -> Result<(), Error> {
+    let (Some(job), Some(tty)) = (&r.shell_job, &r.own_tty) else { return Ok(()) };
+    if !job.foreground {
+        return Ok(());
+    }
+    if root.sid == root.pid {
+        tracing::warn!(
+            pid = root.pid,
+            "the job led its own session: it is restored as a new session without a controlling terminal"
+        );
+        return Ok(());
+    }
+    let obj = || format!("pid {}: shell job terminal", root.pid);
+    // ferry itself may be in the background now: block SIGTTOU (and everything else) around the
+    // calls, so that the kernel lets them through instead of stopping ferry.
+    let old = ferry_sys::raw::set_sigmask_self(!0).ctx(obj)?;
+    let r = (|| -> Result<(), Error> {
+        if !job.termios.is_empty() {
+            sys::set_termios(tty.as_fd(), &job.termios).ctx(|| format!("{}: cannot set termios", obj()))?;
+        }
+        // The group was recreated when a process of the tree led it (else it is ferry's).
+        if procs.iter().any(|p| p.pid == root.pgid) {
+            sys::set_foreground(tty.as_raw_fd(), root.pgid)
+                .ctx(|| format!("{}: cannot make group {} the foreground (TIOCSPGRP)", obj(), root.pgid))?;
+        }
+        Ok(())
+    })();
+    ferry_sys::raw::set_sigmask_self(old).ctx(obj)?;
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_names() {
+        assert_eq!(tty_name(libc::makedev(136, 3)), "/dev/pts/3");
+        assert_eq!(tty_name(libc::makedev(137, 4)), "/dev/pts/260");
+        assert_eq!(tty_name(libc::makedev(4, 1)), "/dev/tty1");
+        assert_eq!(tty_name(libc::makedev(4, 64)), "/dev/ttyS0");
+        assert_eq!(tty_name(libc::makedev(5, 1)), "/dev/console");
+        assert_eq!(pts_index(libc::makedev(5, 2)), None);
+        assert!(is_ptmx(libc::makedev(5, 2)));
+        assert!(is_tty_major(136) && !is_tty_major(1));
+    }
+}
