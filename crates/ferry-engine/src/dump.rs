@@ -352,6 +352,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
         procs.push(p);
     }
     files::finish_pipes(&mut procs, &mut tree)?;
+    crate::state::unix::finish(&mut procs)?;
     for z in &zombies {
         img.write_process(z)?;
     }

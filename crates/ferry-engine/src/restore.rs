@@ -361,6 +361,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     let base = max_target.max(max_own_fd()).max(2) + 16;
     let all_pipes: Vec<ferry_image::Pipe> = procs.iter().flat_map(|p| p.pipes.iter().cloned()).collect();
     let pipes = pipes::prepare(root, &all_pipes)?;
+    let unix = crate::state::unix::prepare(&procs)?;
     let mut shared = std::collections::HashMap::new();
     let mut shmem = std::collections::HashMap::new();
     for z in procs.iter().filter(|p| p.zombie) {
@@ -372,12 +373,13 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
             prep.push(None);
             continue;
         }
-        let files = files::prepare(p, &img, &pipes, base, &mut shared, &mut shmem)?;
+        let files = files::prepare(p, &img, &pipes, &unix, base, &mut shared, &mut shmem)?;
         let mem = memory::prepare(p, &img, base, &mut shmem)?;
         let cwd = std::fs::File::open(&p.cwd).ctx(|| format!("pid {}: cannot open cwd {}", p.pid, p.cwd))?;
         let cwd = raw::dup_above(cwd.as_fd(), base).ctx(|| format!("pid {}: cwd", p.pid))?;
         prep.push(Some(Prepared { files, mem, cwd }));
     }
+    drop(unix);
     tracing::debug!(elapsed = ?t0.elapsed(), "files prepared");
     let tr = memory::choose_trampoline(&all_vmas)?;
     let (status_r, status_w) =

@@ -16,6 +16,7 @@ pub mod consts;
 pub mod process;
 pub mod ptrace;
 pub mod raw;
+pub mod unixsock;
 
 pub use libc::user_regs_struct as UserRegs;
 

@@ -605,3 +605,4 @@ mod big {
 }
 
 mod more;
+mod unix;

@@ -6,7 +6,7 @@
 
 use crate::error::{Ctx, Error};
 use crate::procfs;
-use crate::state::{epoll, eventfd, locks, pipes, signalfd, timerfd};
+use crate::state::{epoll, eventfd, locks, pipes, signalfd, timerfd, unix};
 use ferry_image::{Fd, File, FileKind, ImageWriter, Process};
 use ferry_sys::consts::KCMP_FILE;
 use ferry_sys::process::{kcmp, open_raw};
@@ -49,6 +49,8 @@ pub struct TreeFiles {
     /// Pipe inode -> (read ends, write ends).
     pipe_ends: HashMap<u64, (Vec<PipeEnd>, Vec<PipeEnd>)>,
     next_shared: u32,
+    /// Every unix socket of the system (sock_diag), read on first use.
+    pub unix: unix::Table,
 }
 
 /// Collect the fd table of `pid` into `p.fds` and `p.files`; deleted files' content goes
@@ -178,6 +180,9 @@ pub fn collect(
             }
         } else if fd <= 2 && link.starts_with("socket:") {
             file.kind = FileKind::Inherited as i32;
+        } else if unix::is_unix(&mut tree.unix, &link)? {
+            file.kind = FileKind::UnixSocket as i32;
+            unix::collect(pid, fd, &link, &mut tree.unix, &mut file)?;
         } else if link == "anon_inode:[eventfd]" {
             file.kind = FileKind::Eventfd as i32;
             eventfd::collect(pid, fd, &info, &mut file)?;
@@ -257,6 +262,7 @@ pub fn prepare(
     p: &Process,
     img: &ferry_image::ImageReader,
     pipes: &pipes::Prepared,
+    unix: &unix::Prepared,
     base: i32,
     shared: &mut HashMap<u32, i32>,
     shmem: &mut HashMap<u64, (i32, std::fs::File)>,
@@ -335,6 +341,16 @@ pub fn prepare(
                 let path = format!("/proc/self/fd/{}", file.as_raw_fd());
                 let fd = open_raw(&cstr(&path)?, flags, 0).ctx(|| format!("{}: cannot reopen the memfd", obj()))?;
                 ferry_sys::raw::seek_to(fd.as_raw_fd(), f.pos).ctx(obj)?;
+                fd
+            }
+            FileKind::UnixSocket => {
+                let s = f
+                    .unix
+                    .as_ref()
+                    .and_then(|u| unix.get(&u.ino))
+                    .ok_or_else(|| Error::Invalid { object: obj(), what: "socket missing from the image".into() })?;
+                let fd = s.try_clone().ctx(obj)?;
+                ferry_sys::process::set_status_flags(std::os::fd::AsFd::as_fd(&fd), f.flags as i32).ctx(obj)?;
                 fd
             }
             FileKind::Eventfd => eventfd::prepare(&obj(), f)?,

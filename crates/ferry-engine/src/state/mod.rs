@@ -22,3 +22,4 @@ pub mod signals;
 pub mod task;
 pub mod timerfd;
 pub mod timers;
+pub mod unix;

@@ -1,0 +1,156 @@
+//! Unix domain sockets: the `unix` workload (every kind of socket, name and queue in one
+//! process), `unix_tree` (socketpairs and a shared socket across a parent and its child), and
+//! what must be refused: a socket connected to a process outside the dump, fds in flight.
+
+use crate::common::*;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::path::Path;
+use std::process::Command;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+fn unix() -> Spec {
+    Spec::c("unix")
+}
+fn unix_tree() -> Spec {
+    Spec::c("unix_tree")
+}
+
+/// Connect to the workload's listeners (path and abstract) and leave "from-test" in each
+/// connection, as a client that is not part of the image would. The streams stay open.
+fn connect_from_test(run: &Run) -> Vec<UnixStream> {
+    let mut out = Vec::new();
+    let mut s = UnixStream::connect(run.w.join("srv.sock"))
+        .unwrap_or_else(|e| run.fail(&format!("the test cannot connect to srv.sock: {e}")));
+    s.write_all(b"from-test").expect("write to the path listener's connection");
+    out.push(s);
+    let name = format!("ferry-unix-{}", run.pid);
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).expect("abstract address");
+    let mut s = UnixStream::connect_addr(&addr)
+        .unwrap_or_else(|e| run.fail(&format!("the test cannot connect to @{name}: {e}")));
+    s.write_all(b"from-test").expect("write to the abstract listener's connection");
+    out.push(s);
+    out
+}
+
+#[test]
+fn control_unix() {
+    let mut run = Run::start(&unix());
+    let _conns = connect_from_test(&run);
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload");
+}
+
+#[test]
+fn cycle_unix() {
+    let mut conns = Vec::new();
+    cycle_with(&unix(), |run| conns = connect_from_test(run));
+}
+
+/// dump -R reads the queues without taking anything: the process left running still finds
+/// every byte, name and connection (then the image restores too).
+#[test]
+fn leave_running_unix() {
+    let mut run = Run::start(&unix());
+    run.dump_ok(&["-R"]);
+    run.expect_running_untraced("after dump -R");
+    let _conns = connect_from_test(&run);
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload left running");
+}
+
+#[test]
+fn control_unix_tree() {
+    control(&unix_tree());
+}
+
+/// The tree's pids are reaped by init after the dump: wait until they are all free.
+#[test]
+fn cycle_unix_tree() {
+    let mut run = Run::start(&unix_tree());
+    run.dump_ok(&[]);
+    run.reap_dumped();
+    let reader = ferry_image::ImageReader::open(&run.img()).expect("open image");
+    if reader.inventory().pids.len() != 2 {
+        run.fail(&format!("the image holds {} processes, expected 2", reader.inventory().pids.len()));
+    }
+    for &pid in &reader.inventory().pids {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(Instant::now() < deadline, "pid {pid} was not reaped");
+            sleep(Duration::from_millis(20));
+        }
+    }
+    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
+    run.wait_pidfile(&pidfile);
+    run.go();
+    let status = run.wait_restore_exit();
+    run.expect_pass(status, "the tree");
+}
+
+#[test]
+fn leave_running_unix_tree() {
+    let mut run = Run::start(&unix_tree());
+    run.dump_ok(&["-R"]);
+    run.expect_running_untraced("after dump -R of the tree");
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the tree after dump -R");
+}
+
+fn dump_refused(pid: i32, dir: &Path, expect: &str) {
+    let out = Command::new(ferry_bin())
+        .args(["dump", "-t", &pid.to_string(), "-D", &path_str(dir)])
+        .output()
+        .expect("run ferry dump");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "dump of pid {pid} should have been refused");
+    assert!(
+        err.contains(expect) && err.contains(&pid.to_string()),
+        "error does not name {expect:?} and pid {pid}: {err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "the error is not one line: {err}");
+    assert!(!dir.join("inventory.img").exists(), "a refused dump left a complete-looking image");
+}
+
+/// A stream socket at fd 3 connected to the test (outside the tree) is refused, naming the
+/// fd and the socket; the process carries on and can still use it.
+#[test]
+fn refuses_peer_outside_the_dump() {
+    let w = WorkDir::new("unix-outside");
+    let listener = UnixListener::bind(w.join("outside.sock")).expect("bind outside.sock");
+    let mut run = Run::start_in(&unix().args(&["outside"]), w);
+    let (mut conn, _) = listener.accept().expect("accept the workload's connection");
+    let dir = run.w.join("img");
+    dump_refused(run.pid, &dir, "fd 3: unix stream socket:[");
+    let err_text = Command::new(ferry_bin())
+        .args(["dump", "-t", &run.pid.to_string(), "-D", &path_str(&dir)])
+        .output()
+        .expect("run ferry dump");
+    let err_text = String::from_utf8_lossy(&err_text.stderr).into_owned();
+    assert!(err_text.contains("outside the dump"), "the error does not say why: {err_text}");
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload after a refused dump");
+    let mut got = Vec::new();
+    conn.read_to_end(&mut got).expect("read from the workload");
+    assert_eq!(got, b"still-here", "the connection lost data across the refused dump");
+}
+
+/// A file descriptor in flight (SCM_RIGHTS) is refused; the datagram and its fd are still in
+/// the queue afterwards (the workload receives both and passes).
+#[test]
+fn refuses_fds_in_flight() {
+    let mut run = Run::start(&unix().args(&["rights"]));
+    let dir = run.w.join("img");
+    dump_refused(run.pid, &dir, "SCM_RIGHTS");
+    assert!(fs::metadata(format!("/proc/{}", run.pid)).is_ok(), "the target died");
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload after a refused dump");
+}
