@@ -1,17 +1,21 @@
 /*
  * unix: unix domain sockets of every kind, with data in flight, across a checkpoint.
  *   sp_stream   socketpair(STREAM): 150000 pseudo-random bytes a->b of which b already read 1000,
- *               "pong" b->a; b is O_NONBLOCK, a has SO_RCVBUF 65536 (reported 131072)
+ *               "pong" b->a; b is O_NONBLOCK with SO_PEEK_OFF 10, a has SO_RCVBUF 65536
  *   sp_dgram    socketpair(DGRAM): datagrams of 1, 1000, 0 and 70000 bytes a->b, "x" b->a
  *   sp_seq      socketpair(SEQPACKET): records "r1" and "record-two" a->b
  *   path        W/srv.sock, STREAM listener with backlog 7: client C (unbound) connected and
  *               accepted as S, "to-server" C->S, "to-client-1" + "to-client-2" S->C; a second
- *               client P connected and not accepted yet
+ *               client P connected and not accepted yet; S2 accepted from C2, which sent "gone"
+ *               and closed
  *   abstract    @ferry-unix-PID, STREAM listener: client AC bound to @ferry-unix-PID-cli,
- *               accepted as AS, records "a1" AC->AS and "a22" AS->AC; SO_PASSCRED on AS
+ *               accepted as AS, "a1" AC->AS and "a22" AS->AC; SO_PASSCRED on AS; a client AP
+ *               bound to @ferry-unix-PID-pending, not accepted yet
  *   dgram       D1 bound to W/d1.sock and connected to D2 bound to W/d2.sock; D1 sends "c1",
  *               "c22"; an unbound U sendto()s "u333" to D2; D2 sendto()s "back" to D1; D3 bound
  *               to @ferry-unix-PID-d3 gets "to-d3" from D1 (sendto while connected)
+ *   outside     with argv[2] "ext=NAME": a datagram socket connected to @NAME (the test's socket,
+ *               outside the dump) sends "ext-before", and "ext-after" once restored
  *   closed      socketpair(STREAM), "bye" sent, then the sender closed: the survivor reads
  *               "bye" then EOF
  *   shut        socketpair(STREAM), "last" sent, then shutdown(SHUT_WR): "last" then EOF, and
@@ -24,6 +28,7 @@
  * Modes (argv[2]): "outside": only a stream socket connected to W/outside.sock (the test's
  * listener), fd > 2 — the dump must be refused. "rights": a socketpair with an fd in flight
  * (SCM_RIGHTS) — the dump must be refused, and after it the fd and data are still there.
+ * "embryo": a client sent data on a connection its listener has not accepted — refused too.
  */
 #include "common.h"
 #include <stddef.h>
@@ -235,22 +240,45 @@ static int mode_rights(void)
 	finish();
 }
 
+static int mode_embryo(void)
+{
+	char path[4096];
+	snprintf(path, sizeof path, "%s/embryo.sock", W);
+	int l = sock_bound(SOCK_STREAM, path, 0);
+	SETUP(listen(l, 4));
+	int c = socket(AF_UNIX, SOCK_STREAM, 0);
+	SETUP(c);
+	do_connect(c, path, 0);
+	must_send(c, "early", 5);
+	signal_ready();
+	wait_go();
+	int s = accept(l, NULL, NULL);
+	if (s < 0)
+		fail("accept: %s", strerror(errno));
+	else
+		expect_str(s, "data sent before accept", "early");
+	finish();
+}
+
 int main(int argc, char **argv)
 {
 	workload_init(argc, argv);
+	if (argc > 2 && strcmp(argv[2], "embryo") == 0)
+		return mode_embryo();
 	if (argc > 2 && strcmp(argv[2], "outside") == 0)
 		return mode_outside();
 	if (argc > 2 && strcmp(argv[2], "rights") == 0)
 		return mode_rights();
 	signal(SIGPIPE, SIG_IGN);
 	int pid = getpid();
-	char srv[4096], d1p[4096], d2p[4096], abs_l[64], abs_c[64], abs_d3[64];
+	char srv[4096], d1p[4096], d2p[4096], abs_l[64], abs_c[64], abs_d3[64], abs_p[64];
 	snprintf(srv, sizeof srv, "%s/srv.sock", W);
 	snprintf(d1p, sizeof d1p, "%s/d1.sock", W);
 	snprintf(d2p, sizeof d2p, "%s/d2.sock", W);
 	snprintf(abs_l, sizeof abs_l, "ferry-unix-%d", pid);
 	snprintf(abs_c, sizeof abs_c, "ferry-unix-%d-cli", pid);
 	snprintf(abs_d3, sizeof abs_d3, "ferry-unix-%d-d3", pid);
+	snprintf(abs_p, sizeof abs_p, "ferry-unix-%d-pending", pid);
 
 	/* socketpair stream */
 	int ss[2];
@@ -263,6 +291,9 @@ int main(int argc, char **argv)
 	SETUP(recv(ss[1], rbuf, 1000, 0) == 1000 ? 0 : -1);
 	must_send(ss[1], "pong", 4);
 	SETUP(fcntl(ss[1], F_SETFL, O_NONBLOCK));
+	int zero = 0;
+	SETUP(setsockopt(ss[1], SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof zero));
+	SETUP(recv(ss[1], rbuf, 10, MSG_PEEK) == 10 ? 0 : -1); /* peek offset now 10 */
 	/* socketpair dgram */
 	int sd[2];
 	SETUP(socketpair(AF_UNIX, SOCK_DGRAM, 0, sd));
@@ -287,6 +318,13 @@ int main(int argc, char **argv)
 	do_connect(C, srv, 0);
 	int S = accept(L, NULL, NULL);
 	SETUP(S);
+	int C2 = socket(AF_UNIX, SOCK_STREAM, 0);
+	SETUP(C2);
+	do_connect(C2, srv, 0);
+	int S2 = accept(L, NULL, NULL);
+	SETUP(S2);
+	must_send(C2, "gone", 4);
+	close(C2);
 	int P = socket(AF_UNIX, SOCK_STREAM, 0);
 	SETUP(P);
 	do_connect(P, srv, 0);
@@ -300,6 +338,8 @@ int main(int argc, char **argv)
 	do_connect(AC, abs_l, 1);
 	int AS = accept(AL, NULL, NULL);
 	SETUP(AS);
+	int AP = sock_bound(SOCK_STREAM, abs_p, 1);
+	do_connect(AP, abs_l, 1);
 	int one = 1;
 	SETUP(setsockopt(AS, SOL_SOCKET, SO_PASSCRED, &one, sizeof one));
 	must_send(AC, "a1", 2);
@@ -316,6 +356,15 @@ int main(int argc, char **argv)
 	must_sendto(U, "u333", d2p, 0);
 	must_sendto(D2, "back", d1p, 0);
 	must_sendto(D1, "to-d3", abs_d3, 1);
+	/* a datagram socket connected to a socket outside the process (the test's) */
+	int E = -1;
+	const char *ext = argc > 2 && strncmp(argv[2], "ext=", 4) == 0 ? argv[2] + 4 : NULL;
+	if (ext) {
+		E = socket(AF_UNIX, SOCK_DGRAM, 0);
+		SETUP(E);
+		do_connect(E, ext, 1);
+		must_send(E, "ext-before", 10);
+	}
 	/* a pair whose other end is closed */
 	int cl[2];
 	SETUP(socketpair(AF_UNIX, SOCK_STREAM, 0, cl));
@@ -349,6 +398,12 @@ int main(int argc, char **argv)
 	getsockopt(sd[0], SOL_SOCKET, SO_TYPE, &ty, &ol);
 	CHECK(ty == SOCK_DGRAM, "dgram socket has type %d", ty);
 
+	v = -2;
+	ol = sizeof v;
+	getsockopt(ss[1], SOL_SOCKET, SO_PEEK_OFF, &v, &ol);
+	CHECK(v == 10, "SO_PEEK_OFF %d, want 10", v);
+	v = -1;
+	SETUP(setsockopt(ss[1], SOL_SOCKET, SO_PEEK_OFF, &v, sizeof v));
 	/* socketpair stream: 149000 bytes left, in order */
 	size_t got = 0;
 	static char rest[150000];
@@ -386,6 +441,9 @@ int main(int argc, char **argv)
 	expect_str(S, "to-server", "to-server");
 	expect_str(C, "to-client", "to-client-1to-client-2");
 	ping(C, S, "path-conn");
+	expect_str(S2, "accepted, client gone", "gone");
+	expect_eof(S2, "accepted, client gone");
+	expect_name(S2, 0, "accepted, client gone", srv, 0);
 	int P2 = accept_wait(L, "pending P");
 	if (P2 >= 0) {
 		ping(P, P2, "pending");
@@ -409,6 +467,12 @@ int main(int argc, char **argv)
 	expect_empty(AS, "abstract accepted");
 	expect_str(AC, "a22", "a22");
 	ping(AC, AS, "abstract-conn");
+	int AP2 = accept_wait(AL, "pending AP");
+	if (AP2 >= 0) {
+		expect_name(AP2, 1, "pending AP's accepted end's peer", abs_p, 1);
+		expect_name(AP, 0, "pending AP", abs_p, 1);
+		ping(AP, AP2, "pending-abstract");
+	}
 	int AT = accept_wait(AL, "test's connection (abstract)");
 	if (AT >= 0)
 		expect_str(AT, "from the test (abstract)", "from-test");
@@ -435,6 +499,10 @@ int main(int argc, char **argv)
 	expect_msg(D2, "d1 -> d2 after restore", "again", 5, &a1, l1);
 	must_sendto(U, "u-again", d2p, 0);
 	expect_str(D2, "u -> d2 after restore", "u-again");
+	if (E >= 0) {
+		expect_name(E, 1, "outside peer", ext, 1);
+		must_send(E, "ext-after", 9);
+	}
 	/* closed peer, shutdown */
 	expect_str(cl[0], "closed peer's data", "bye");
 	expect_eof(cl[0], "closed peer");

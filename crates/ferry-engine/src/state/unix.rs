@@ -116,7 +116,11 @@ fn socket_ino(link: &str) -> Option<u32> {
 pub fn is_unix(table: &mut Table, link: &str) -> Result<bool, Error> {
     match socket_ino(link) {
         Some(ino) => {
-            table.load()?;
+            if let Err(e) = table.load() {
+                // Without sock_diag (no unix_diag in this kernel) the socket is refused as unknown.
+                tracing::warn!(error = %e, "cannot list unix sockets");
+                return Ok(false);
+            }
             Ok(table.get(ino).is_some())
         }
         None => Ok(false),
@@ -180,8 +184,13 @@ pub fn collect(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -
     } else if is_path(&d.name) {
         d.vfs.is_some()
     } else if d.state == TCP_ESTABLISHED && d.ty as i32 != libc::SOCK_DGRAM {
-        let peer = d.peer.and_then(|p| table.get(p).map(|pd| (p, pd)));
-        matches!(peer, Some((p, pd)) if !pd.name.is_empty() && p > ino)
+        match d.peer {
+            // A client still waiting to be accepted bound its name itself.
+            _ if table.listener_of.contains_key(&ino) => true,
+            Some(0) => false,
+            Some(p) => table.get(p).is_some_and(|pd| !pd.name.is_empty() && p > ino),
+            None => true,
+        }
     } else {
         true
     };
@@ -246,7 +255,21 @@ pub fn collect(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -
         }
         u.queue = queue;
     }
-    f.describe = format!("unix {} socket:[{ino}] {}", type_name(d.ty), show_name(&d.name));
+    let mut describe = format!("unix {} socket:[{ino}] {}", type_name(d.ty), show_name(&d.name));
+    if d.state == TCP_LISTEN {
+        describe += &format!(", listening (backlog {}, {} waiting)", u.backlog, u.pending.len());
+    } else if u.peer != 0 {
+        describe += &format!(", connected to socket:[{}]", u.peer);
+    } else if u.peer_dead {
+        describe += ", peer closed";
+    } else if u.listener != 0 {
+        describe += &format!(", waiting to be accepted by socket:[{}]", u.listener);
+    }
+    if !u.queue.is_empty() {
+        let bytes: usize = u.queue.iter().map(|m| m.data.len()).sum();
+        describe += &format!(", {} queued message(s) of {bytes} bytes", u.queue.len());
+    }
+    f.describe = describe;
     f.unix = Some(u);
     Ok(())
 }
@@ -479,10 +502,18 @@ pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
         if fds.contains_key(&ino) || !u.peer_dead {
             continue;
         }
-        let (a, b) = us::socketpair(u.sock_type as i32).ctx(|| format!("{obj}: socketpair"))?;
-        if u.bound {
-            bind_name(a.as_fd(), u, obj)?;
-        }
+        let ty = u.sock_type as i32;
+        let (a, b) = if ty != libc::SOCK_DGRAM && accepted(u) {
+            // An accepted socket whose client is gone: accepted again, from a client that goes.
+            let c = us::socket(ty).ctx(|| obj.clone())?;
+            (accept_via(ty, &u.name, c.as_fd(), obj)?, c)
+        } else {
+            let (a, b) = us::socketpair(ty).ctx(|| format!("{obj}: socketpair"))?;
+            if u.bound {
+                bind_name(a.as_fd(), u, obj)?;
+            }
+            (a, b)
+        };
         fds.insert(ino, a);
         partners.insert(ino, b);
     }

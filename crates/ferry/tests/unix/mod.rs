@@ -6,14 +6,41 @@ use crate::common::*;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener, UnixStream};
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 fn unix() -> Spec {
     Spec::c("unix")
+}
+
+/// The full `unix` workload, with a datagram socket connected to `@NAME`: a socket of the test,
+/// outside the dump (reconnected by name at restore).
+fn unix_ext() -> (Spec, UnixDatagram) {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let name = format!("ferry-unix-ext-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).expect("abstract address");
+    let sock = UnixDatagram::bind_addr(&addr).expect("bind the outside datagram socket");
+    sock.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+    (unix().args(&[&format!("ext={name}")]), sock)
+}
+
+/// The outside socket got "ext-before" (sent before the dump) and "ext-after" (sent by the
+/// restored process through its reconnected socket).
+fn expect_ext(run: &Run, sock: &UnixDatagram) {
+    let mut buf = [0u8; 64];
+    for want in ["ext-before", "ext-after"] {
+        match sock.recv(&mut buf) {
+            Ok(n) if &buf[..n] == want.as_bytes() => {}
+            Ok(n) => {
+                run.fail(&format!("the outside socket got {:?}, want {want:?}", String::from_utf8_lossy(&buf[..n])))
+            }
+            Err(e) => run.fail(&format!("the outside socket got nothing ({e}), want {want:?}")),
+        }
+    }
 }
 fn unix_tree() -> Spec {
     Spec::c("unix_tree")
@@ -38,30 +65,36 @@ fn connect_from_test(run: &Run) -> Vec<UnixStream> {
 
 #[test]
 fn control_unix() {
-    let mut run = Run::start(&unix());
+    let (spec, ext) = unix_ext();
+    let mut run = Run::start(&spec);
     let _conns = connect_from_test(&run);
     run.go();
     let status = run.wait_child_exit();
     run.expect_pass(status, "the workload");
+    expect_ext(&run, &ext);
 }
 
 #[test]
 fn cycle_unix() {
+    let (spec, ext) = unix_ext();
     let mut conns = Vec::new();
-    cycle_with(&unix(), |run| conns = connect_from_test(run));
+    let run = cycle_with(&spec, |run| conns = connect_from_test(run));
+    expect_ext(&run, &ext);
 }
 
 /// dump -R reads the queues without taking anything: the process left running still finds
 /// every byte, name and connection (then the image restores too).
 #[test]
 fn leave_running_unix() {
-    let mut run = Run::start(&unix());
+    let (spec, ext) = unix_ext();
+    let mut run = Run::start(&spec);
     run.dump_ok(&["-R"]);
     run.expect_running_untraced("after dump -R");
     let _conns = connect_from_test(&run);
     run.go();
     let status = run.wait_child_exit();
     run.expect_pass(status, "the workload left running");
+    expect_ext(&run, &ext);
 }
 
 #[test]
@@ -150,6 +183,18 @@ fn refuses_fds_in_flight() {
     let dir = run.w.join("img");
     dump_refused(run.pid, &dir, "SCM_RIGHTS");
     assert!(fs::metadata(format!("/proc/{}", run.pid)).is_ok(), "the target died");
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload after a refused dump");
+}
+
+/// A client that sent data on a connection not accepted yet: the data sits in a socket that no
+/// fd reaches, so the dump is refused; then the listener accepts it and finds the data.
+#[test]
+fn refuses_data_before_accept() {
+    let mut run = Run::start(&unix().args(&["embryo"]));
+    let dir = run.w.join("img");
+    dump_refused(run.pid, &dir, "has not accepted yet");
     run.go();
     let status = run.wait_child_exit();
     run.expect_pass(status, "the workload after a refused dump");
