@@ -608,6 +608,16 @@ pub struct UnixSocket {
     /// The socket file was unlinked (or replaced) after bind: restore unlinks it again.
     #[prost(bool, tag = "18")]
     pub unlinked: bool,
+    /// Found at fd 0-2 and kept because its peer is in the image (else it would be `Inherited`).
+    #[prost(bool, tag = "19")]
+    pub stdio: bool,
+    /// The socket file of a path-bound socket: permission bits, owner and group.
+    #[prost(uint32, tag = "20")]
+    pub file_mode: u32,
+    #[prost(uint32, tag = "21")]
+    pub file_uid: u32,
+    #[prost(uint32, tag = "22")]
+    pub file_gid: u32,
 }
 
 /// One queued message of a unix socket.

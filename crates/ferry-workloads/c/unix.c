@@ -4,10 +4,10 @@
  *               "pong" b->a; b is O_NONBLOCK with SO_PEEK_OFF 10, a has SO_RCVBUF 65536
  *   sp_dgram    socketpair(DGRAM): datagrams of 1, 1000, 0 and 70000 bytes a->b, "x" b->a
  *   sp_seq      socketpair(SEQPACKET): records "r1" and "record-two" a->b
- *   path        W/srv.sock, STREAM listener with backlog 7: client C (unbound) connected and
- *               accepted as S, "to-server" C->S, "to-client-1" + "to-client-2" S->C; a second
- *               client P connected and not accepted yet; S2 accepted from C2, which sent "gone"
- *               and closed
+ *   path        W/srv.sock (socket file mode 0777, owner 1001:1002), STREAM listener with
+ *               backlog 7: client C (unbound) connected and accepted as S, "to-server" C->S,
+ *               "to-client-1" + "to-client-2" S->C; a second client P connected and not
+ *               accepted yet; S2 accepted from C2, which sent "gone" and closed
  *   abstract    @ferry-unix-PID, STREAM listener: client AC bound to @ferry-unix-PID-cli,
  *               accepted as AS, "a1" AC->AS and "a22" AS->AC; SO_PASSCRED on AS; a client AP
  *               bound to @ferry-unix-PID-pending, not accepted yet
@@ -313,6 +313,8 @@ int main(int argc, char **argv)
 	/* path listener, accepted pair, pending client */
 	int L = sock_bound(SOCK_STREAM, srv, 0);
 	SETUP(listen(L, 7));
+	SETUP(chmod(srv, 0777));
+	SETUP(chown(srv, 1001, 1002));
 	int C = socket(AF_UNIX, SOCK_STREAM, 0);
 	SETUP(C);
 	do_connect(C, srv, 0);
@@ -433,6 +435,12 @@ int main(int argc, char **argv)
 	expect_empty(sq[1], "seqpacket b");
 	ping(sq[0], sq[1], "sp-seqpacket");
 	/* path listener and its connections */
+	struct stat sst;
+	if (stat(srv, &sst) < 0)
+		fail("stat %s: %s", srv, strerror(errno));
+	else
+		CHECK(S_ISSOCK(sst.st_mode) && (sst.st_mode & 07777) == 0777 && sst.st_uid == 1001 && sst.st_gid == 1002,
+		      "socket file mode %o owner %d:%d, want socket 777 1001:1002", sst.st_mode, sst.st_uid, sst.st_gid);
 	expect_name(L, 0, "listener", srv, 0);
 	expect_name(S, 0, "accepted", srv, 0);
 	expect_name(S, 1, "accepted's peer", NULL, 0);

@@ -1,6 +1,7 @@
 /*
  * unix_tree: unix sockets shared by a parent and its child, with data in flight, dumped as a tree.
- *   stream   socketpair(STREAM): the parent keeps end 0, the child end 1; "p2c-1" and "p2c-2"
+ *   stream   socketpair(STREAM): the parent keeps end 0, the child end 1 as its stdin (fd 0,
+ *            a socket whose peer is in the tree, so not inherited); "p2c-1" and "p2c-2"
  *            sent parent->child, "c2p" child->parent, nobody has read them
  *   dgram    socketpair(DGRAM): datagrams "p2c-a", "p2c-bb" parent->child, "c2p-d" child->parent
  *   seq      socketpair(SEQPACKET): record "seq-1" child->parent
@@ -66,6 +67,10 @@ int main(int argc, char **argv)
 		close(dg[0]);
 		close(sq[0]);
 		close(sync[0]);
+		/* the child's end of the stream is its stdin */
+		SETUP(dup2(st[1], 0));
+		close(st[1]);
+		st[1] = 0;
 		put(st[1], "c2p");
 		put(dg[1], "c2p-d");
 		put(sq[1], "seq-1");

@@ -196,13 +196,14 @@ pub fn collect(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -
     };
     if let (true, Some((dev, vino))) = (is_path(&d.name), d.vfs) {
         // The socket file may have been unlinked (or replaced) since bind.
-        let same = std::fs::symlink_metadata(path_of(&d.name))
-            .map(|m| {
-                // sock_diag reports the kernel's dev_t (major << 20 | minor).
-                m.ino() == vino as u64 && libc::major(m.dev()) == dev >> 20 && libc::minor(m.dev()) == dev & 0xfffff
-            })
-            .unwrap_or(false);
-        u.unlinked = !same;
+        let md = std::fs::symlink_metadata(path_of(&d.name)).ok().filter(|m| {
+            // sock_diag reports the kernel's dev_t (major << 20 | minor).
+            m.ino() == vino as u64 && libc::major(m.dev()) == dev >> 20 && libc::minor(m.dev()) == dev & 0xfffff
+        });
+        u.unlinked = md.is_none();
+        if let Some(m) = md {
+            (u.file_mode, u.file_uid, u.file_gid) = (m.mode() & 0o7777, m.uid(), m.gid());
+        }
     }
     match d.peer {
         Some(0) => {
@@ -274,6 +275,27 @@ pub fn collect(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -
     Ok(())
 }
 
+/// A socket at fd 0-2 stays inherited (ferry hands over its own fd at restore) unless it is a
+/// unix socket connected to a socket of the image, which `finish` decides once the whole tree
+/// is collected: collect it as far as possible and mark it.
+pub fn collect_stdio(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -> Result<(), Error> {
+    if !is_unix(table, link)? {
+        return Ok(());
+    }
+    let mut probe = f.clone();
+    match collect(pid, fd, link, table, &mut probe) {
+        Ok(()) => {
+            if let Some(u) = probe.unix.as_mut() {
+                u.stdio = true;
+            }
+            probe.kind = FileKind::UnixSocket as i32;
+            *f = probe;
+        }
+        Err(e) => tracing::debug!(pid, fd, error = %e, "socket at fd 0-2 stays inherited"),
+    }
+    Ok(())
+}
+
 enum QueueError {
     Rights(usize),
     Sys(std::io::Error),
@@ -339,14 +361,24 @@ fn read_queue(
 /// datagram socket connected to a named socket outside is reconnected by name), a connection
 /// waiting in an accept queue must have both ends in the image.
 pub fn finish(procs: &mut [Process]) -> Result<(), Error> {
-    let mut inos = std::collections::HashSet::new();
-    for p in procs.iter() {
-        for f in p.files.iter().filter(|f| f.kind == FileKind::UnixSocket as i32) {
+    let in_image = |procs: &[Process]| {
+        let mut inos = std::collections::HashSet::new();
+        for f in procs.iter().flat_map(|p| p.files.iter()).filter(|f| f.kind == FileKind::UnixSocket as i32) {
             if let Some(u) = &f.unix {
                 inos.insert(u.ino);
             }
         }
+        inos
+    };
+    // Sockets found at fd 0-2 stay in the image only if connected to a socket of the image.
+    let all = in_image(procs);
+    for f in procs.iter_mut().flat_map(|p| p.files.iter_mut()) {
+        if f.unix.as_ref().is_some_and(|u| u.stdio && !(u.peer != 0 && all.contains(&u.peer))) {
+            f.kind = FileKind::Inherited as i32;
+            f.unix = None;
+        }
     }
+    let inos = in_image(procs);
     for p in procs.iter_mut() {
         let pid = p.pid;
         for (i, f) in p.files.iter_mut().enumerate() {
@@ -416,6 +448,14 @@ fn free_path(name: &[u8], obj: &str) -> Result<bool, Error> {
 fn bind_name(s: BorrowedFd<'_>, u: &UnixSocket, obj: &str) -> Result<(), Error> {
     free_path(&u.name, obj)?;
     us::bind(s, &u.name).ctx(|| format!("{obj}: cannot bind to {}", show_name(&u.name)))?;
+    if u.file_mode != 0 && is_path(&u.name) {
+        // Who may connect: the socket file's owner and mode, not ferry's umask.
+        use std::os::unix::fs::PermissionsExt;
+        let path = path_of(&u.name);
+        let ctx = || format!("{obj}: cannot give {} its owner and mode", path.display());
+        std::os::unix::fs::chown(&path, Some(u.file_uid), Some(u.file_gid)).ctx(ctx)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(u.file_mode)).ctx(ctx)?;
+    }
     if u.unlinked && is_path(&u.name) {
         std::fs::remove_file(path_of(&u.name)).ctx(|| format!("{obj}: cannot unlink {}", show_name(&u.name)))?;
     }
