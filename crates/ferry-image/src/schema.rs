@@ -618,6 +618,11 @@ pub struct UnixSocket {
     pub file_uid: u32,
     #[prost(uint32, tag = "22")]
     pub file_gid: u32,
+    /// SO_RCVTIMEO and SO_SNDTIMEO in microseconds (0: none).
+    #[prost(uint64, tag = "23")]
+    pub rcvtimeo_us: u64,
+    #[prost(uint64, tag = "24")]
+    pub sndtimeo_us: u64,
 }
 
 /// One queued message of a unix socket.

@@ -9,8 +9,9 @@
  *               "to-client-1" + "to-client-2" S->C; a second client P connected and not
  *               accepted yet; S2 accepted from C2, which sent "gone" and closed
  *   abstract    @ferry-unix-PID, STREAM listener: client AC bound to @ferry-unix-PID-cli,
- *               accepted as AS, "a1" AC->AS and "a22" AS->AC; SO_PASSCRED on AS; a client AP
- *               bound to @ferry-unix-PID-pending, not accepted yet
+ *               accepted as AS, "a1" AC->AS and "a22" AS->AC; SO_PASSCRED and SO_RCVTIMEO 7.5 s
+ *               on AS, SO_SNDTIMEO 7.5 s on AC; a client AP bound to @ferry-unix-PID-pending,
+ *               not accepted yet
  *   dgram       D1 bound to W/d1.sock and connected to D2 bound to W/d2.sock; D1 sends "c1",
  *               "c22"; an unbound U sendto()s "u333" to D2; D2 sendto()s "back" to D1; D3 bound
  *               to @ferry-unix-PID-d3 gets "to-d3" from D1 (sendto while connected)
@@ -33,6 +34,7 @@
 #include "common.h"
 #include <stddef.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 
 static socklen_t mkaddr(struct sockaddr_un *sa, const char *path, int abstract)
@@ -344,6 +346,9 @@ int main(int argc, char **argv)
 	do_connect(AP, abs_l, 1);
 	int one = 1;
 	SETUP(setsockopt(AS, SOL_SOCKET, SO_PASSCRED, &one, sizeof one));
+	struct timeval tmo = { 7, 500000 }; /* a whole number of jiffies */
+	SETUP(setsockopt(AS, SOL_SOCKET, SO_RCVTIMEO, &tmo, sizeof tmo));
+	SETUP(setsockopt(AC, SOL_SOCKET, SO_SNDTIMEO, &tmo, sizeof tmo));
 	must_send(AC, "a1", 2);
 	must_send(AS, "a22", 3);
 	/* datagram sockets by path and abstract name */
@@ -394,6 +399,14 @@ int main(int argc, char **argv)
 	v = 0;
 	getsockopt(AS, SOL_SOCKET, SO_PASSCRED, &v, &ol);
 	CHECK(v == 1, "SO_PASSCRED lost");
+	struct timeval tv1 = { 0, 0 }, tv2 = { 0, 0 };
+	socklen_t tl = sizeof tv1;
+	getsockopt(AS, SOL_SOCKET, SO_RCVTIMEO, &tv1, &tl);
+	tl = sizeof tv2;
+	getsockopt(AC, SOL_SOCKET, SO_SNDTIMEO, &tv2, &tl);
+	CHECK(tv1.tv_sec == 7 && tv1.tv_usec == 500000 && tv2.tv_sec == 7 && tv2.tv_usec == 500000,
+	      "SO_RCVTIMEO %ld.%06ld / SO_SNDTIMEO %ld.%06ld, want 7.500000", (long)tv1.tv_sec, (long)tv1.tv_usec,
+	      (long)tv2.tv_sec, (long)tv2.tv_usec);
 	int ty = 0;
 	getsockopt(sq[0], SOL_SOCKET, SO_TYPE, &ty, &ol);
 	CHECK(ty == SOCK_SEQPACKET, "seqpacket socket has type %d", ty);

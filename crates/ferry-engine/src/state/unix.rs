@@ -231,6 +231,8 @@ pub fn collect(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -
     u.passcred = us::get_int(c, libc::SOL_SOCKET, libc::SO_PASSCRED).ctx(obj)? != 0;
     u.rcvbuf = us::get_int(c, libc::SOL_SOCKET, libc::SO_RCVBUF).ctx(obj)? as u32;
     u.sndbuf = us::get_int(c, libc::SOL_SOCKET, libc::SO_SNDBUF).ctx(obj)? as u32;
+    u.rcvtimeo_us = us::get_timeout_us(c, libc::SO_RCVTIMEO).ctx(obj)?;
+    u.sndtimeo_us = us::get_timeout_us(c, libc::SO_SNDTIMEO).ctx(obj)?;
     u.shutdown = d.shutdown;
     if d.state == TCP_LISTEN {
         u.backlog = d.wqueue;
@@ -678,6 +680,12 @@ pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
         }
         if u.rcvbuf != 0 && us::get_int(s, libc::SOL_SOCKET, libc::SO_RCVBUF).ctx(ctx)? != u.rcvbuf as i32 {
             us::set_int(s, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, (u.rcvbuf / 2) as i32).ctx(ctx)?;
+        }
+        if u.rcvtimeo_us != 0 {
+            us::set_timeout_us(s, libc::SO_RCVTIMEO, u.rcvtimeo_us).ctx(ctx)?;
+        }
+        if u.sndtimeo_us != 0 {
+            us::set_timeout_us(s, libc::SO_SNDTIMEO, u.sndtimeo_us).ctx(ctx)?;
         }
         if u.passcred {
             us::set_int(s, libc::SOL_SOCKET, libc::SO_PASSCRED, 1).ctx(ctx)?;
