@@ -18,7 +18,7 @@
  *   outside     with argv[2] "ext=NAME": a datagram socket connected to @NAME (the test's socket,
  *               outside the dump) sends "ext-before", and "ext-after" once restored
  *   closed      socketpair(STREAM), "bye" sent, then the sender closed: the survivor reads
- *               "bye" then EOF
+ *               "bye" then EOF; the same with SEQPACKET and "sq-last"
  *   shut        socketpair(STREAM), "last" sent, then shutdown(SHUT_WR): "last" then EOF, and
  *               the shut end still receives
  * After go: every queue has exactly its messages, with their boundaries and senders; names and
@@ -377,6 +377,10 @@ int main(int argc, char **argv)
 	SETUP(socketpair(AF_UNIX, SOCK_STREAM, 0, cl));
 	must_send(cl[1], "bye", 3);
 	close(cl[1]);
+	int cq[2];
+	SETUP(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, cq));
+	must_send(cq[1], "sq-last", 7);
+	close(cq[1]);
 	/* shutdown */
 	int sh[2];
 	SETUP(socketpair(AF_UNIX, SOCK_STREAM, 0, sh));
@@ -527,6 +531,8 @@ int main(int argc, char **argv)
 	/* closed peer, shutdown */
 	expect_str(cl[0], "closed peer's data", "bye");
 	expect_eof(cl[0], "closed peer");
+	expect_str(cq[0], "closed seqpacket peer's record", "sq-last");
+	expect_eof(cq[0], "closed seqpacket peer");
 	expect_str(sh[1], "shut data", "last");
 	expect_eof(sh[1], "shut");
 	CHECK(send(sh[0], "x", 1, MSG_NOSIGNAL) < 0 && errno == EPIPE, "shut end can still send");

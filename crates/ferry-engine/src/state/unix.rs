@@ -240,7 +240,7 @@ pub fn collect(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -
         u.peek_off = -1;
     } else {
         u.peek_off = us::get_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF).ctx(obj)?;
-        let queue = read_queue(c, d.ty as i32, u.peek_off, &obj);
+        let queue = read_queue(c, d.ty as i32, u.peek_off, (d.shutdown & 1 != 0, d.rqueue as usize), &obj);
         let queue = queue.map_err(|e| match e {
             QueueError::Rights(n) => {
                 unsupported(format!("has {n} file descriptor(s) in flight (SCM_RIGHTS) in its receive queue"))
@@ -312,10 +312,15 @@ impl From<std::io::Error> for QueueError {
 /// Peek at the whole receive queue of a socket (a copy of the target's): one message per
 /// datagram/record, a stream's bytes in one. `SO_PEEK_OFF` is put back to `old_off` whatever
 /// happens.
+///
+/// A seqpacket socket that can receive no more (`shut_rd`: its peer closed or shut down) answers
+/// an empty queue with a zero-length "end of file" rather than EAGAIN: once every queued byte
+/// (`rqueue`) was seen, a zero-length answer ends the queue.
 fn read_queue(
     c: BorrowedFd<'_>,
     ty: i32,
     old_off: i32,
+    (shut_rd, rqueue): (bool, usize),
     obj: &dyn Fn() -> String,
 ) -> Result<Vec<UnixMessage>, QueueError> {
     us::set_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
@@ -323,6 +328,7 @@ fn read_queue(
         let mut out = Vec::new();
         let mut stream = Vec::new();
         let mut cap = 256 * 1024;
+        let mut seen = 0;
         loop {
             let off = us::get_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF)?;
             let Some(p) = us::peek(c, cap)? else { break };
@@ -342,6 +348,10 @@ fn read_queue(
                 cap = p.len;
                 continue;
             }
+            if ty == libc::SOCK_SEQPACKET && shut_rd && p.len == 0 && seen >= rqueue {
+                break;
+            }
+            seen += p.data.len();
             out.push(UnixMessage { data: p.data, from: p.from });
             if out.len() > 1_000_000 {
                 tracing::warn!(object = obj(), "more than a million queued datagrams");
