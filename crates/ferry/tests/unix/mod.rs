@@ -199,3 +199,34 @@ fn refuses_data_before_accept() {
     let status = run.wait_child_exit();
     run.expect_pass(status, "the workload after a refused dump");
 }
+
+/// A restore that cannot bind a socket's path (a regular file took its place) fails naming the
+/// path and leaves no process; once the path is free again, the same image restores and passes
+/// (the socket files the failed attempt left behind are stale and get replaced).
+#[test]
+fn restore_refuses_occupied_path() {
+    let mut run = Run::start(&unix());
+    run.dump_ok(&[]);
+    run.reap_dumped();
+    let srv = run.w.join("srv.sock");
+    let _ = fs::remove_file(&srv);
+    fs::write(&srv, b"not a socket").expect("put a regular file at srv.sock");
+    let args = vec!["restore".to_string(), "-D".to_string(), path_str(&run.img())];
+    let res = run.ferry("restore-occupied", &args, RESTORE_TIMEOUT);
+    if res.status.success() {
+        run.fail("restore succeeded although srv.sock is a regular file");
+    }
+    if !res.stderr.contains("srv.sock exists and is not a socket") {
+        run.fail(&format!("the restore error does not name the path: {}", res.stderr));
+    }
+    if pid_alive(run.pid) {
+        run.fail("a failed restore left the process behind");
+    }
+    fs::remove_file(&srv).expect("remove the regular file");
+    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
+    run.wait_pidfile(&pidfile);
+    let _conns = connect_from_test(&run);
+    run.go();
+    let status = run.wait_restore_exit();
+    run.expect_pass(status, "ferry restore once the path is free");
+}
