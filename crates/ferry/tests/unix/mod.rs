@@ -230,3 +230,36 @@ fn restore_refuses_occupied_path() {
     let status = run.wait_restore_exit();
     run.expect_pass(status, "ferry restore once the path is free");
 }
+
+/// python3 blocked in accept() on a unix listener, with data in flight in a socketpair: after
+/// restore the accept() restarts on the restored listener and serves the test's connection.
+fn unixserver() -> Spec {
+    // accept(2) and accept4(2) on x86-64
+    Spec::python("unixserver.py").blocked_in(&[43, 288])
+}
+
+fn talk_to_unixserver(run: &mut Run) {
+    let mut s = UnixStream::connect(run.w.join("py.sock"))
+        .unwrap_or_else(|e| run.fail(&format!("cannot connect to the restored server: {e}")));
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("read timeout");
+    s.write_all(b"hello").expect("send hello");
+    let mut got = [0u8; 64];
+    let n = s.read(&mut got).unwrap_or_else(|e| run.fail(&format!("no answer from the server: {e}")));
+    if &got[..n] != b"hello back" {
+        run.fail(&format!("the server answered {:?}", String::from_utf8_lossy(&got[..n])));
+    }
+}
+
+#[test]
+fn control_python_unix_server() {
+    let mut run = Run::start(&unixserver());
+    talk_to_unixserver(&mut run);
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the server");
+}
+
+#[test]
+fn cycle_python_unix_server() {
+    cycle_with(&unixserver(), talk_to_unixserver);
+}
