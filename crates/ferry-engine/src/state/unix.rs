@@ -721,3 +721,19 @@ pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
     }
     Ok(fds)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(socket_ino("socket:[1234]"), Some(1234));
+        assert_eq!(socket_ino("pipe:[1234]"), None);
+        assert_eq!(show_name(b"\0ferry"), "@ferry");
+        assert_eq!(show_name(b"/tmp/s.sock\0"), "/tmp/s.sock");
+        assert_eq!(show_name(b""), "(unnamed)");
+        assert!(is_path(b"/a\0") && !is_path(b"\0a") && !is_path(b""));
+        assert_eq!(path_of(b"/tmp/s.sock\0"), std::path::PathBuf::from("/tmp/s.sock"));
+    }
+}
