@@ -427,6 +427,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     crate::state::epoll::assign_owners(&mut procs)?;
     crate::state::sysvshm::collect(&mut procs, &mut img)?;
     let shell_job = tty::finish(&mut procs, &mut tree.tty, opts.shell_job)?;
+    crate::state::unix::finish(&mut procs)?;
     // Pids as ferry sees them, to read memory; the image keeps the namespace's own.
     let host_pids: Vec<i32> = frozen.iter().map(|f| f.pid).collect();
     if pidns_root.is_some() {

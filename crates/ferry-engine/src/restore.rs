@@ -419,6 +419,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     let all_pipes: Vec<ferry_image::Pipe> = procs.iter().flat_map(|p| p.pipes.iter().cloned()).collect();
     let pipes = pipes::prepare(root, &all_pipes)?;
     let ttys = tty::prepare(&img, &procs, base, opts.shell_job)?;
+    let unix = crate::state::unix::prepare(&procs)?;
     let mut shared = std::collections::HashMap::new();
     let mut shmem = std::collections::HashMap::new();
     for z in procs.iter().filter(|p| p.zombie && !img.inventory().pidns) {
@@ -437,7 +438,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
             prep.push(None);
             continue;
         }
-        let files = files::prepare(p, &img, &pipes, base, &mut shared, &mut shmem, &ttys)?;
+        let files = files::prepare(p, &img, &pipes, &unix, base, &mut shared, &mut shmem, &ttys)?;
         let mem = memory::prepare(p, &img, base, &mut shmem)?;
         let cwd = std::fs::File::open(&p.cwd).ctx(|| format!("pid {}: cannot open cwd {}", p.pid, p.cwd))?;
         let cwd = raw::dup_above(cwd.as_fd(), base).ctx(|| format!("pid {}: cwd", p.pid))?;
@@ -447,6 +448,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     crate::state::tcp_repair::release_all(&procs, &numbers)?;
     crate::state::memfd_seals::apply_early(&procs, &shmem)?;
     let sysv = crate::state::sysvshm::prepare(&procs, &img)?;
+    drop(unix);
     tracing::debug!(elapsed = ?t0.elapsed(), "files prepared");
     let tr = memory::choose_trampoline(&all_vmas)?;
     let (status_r, status_w) =

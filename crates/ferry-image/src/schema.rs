@@ -534,6 +534,8 @@ pub enum FileKind {
     Epoll = 9,
     /// memfd: `path` holds its name, `ino` its identity, `ghost` its content, `seals` its seals.
     Memfd = 10,
+    /// A unix domain socket: `unix`.
+    UnixSocket = 11,
     /// The master end of a pseudo-terminal pair (/dev/ptmx): `pty` holds the pair's state.
     PtyMaster = 15,
     /// The slave end (/dev/pts/N) of a pair whose master is in the image: `pty.index` names it.
@@ -641,6 +643,98 @@ pub struct File {
     /// For `PtyMaster` and `PtySlave`: the pair this end belongs to, and its state.
     #[prost(message, optional, tag = "45")]
     pub pty: Option<Pty>,
+    /// For a unix socket: everything about it, its queue included.
+    #[prost(message, optional, tag = "30")]
+    pub unix: Option<UnixSocket>,
+}
+
+/// A unix domain socket. Names are raw `sun_path` bytes: a leading NUL byte marks an abstract
+/// name, a path name keeps its trailing NUL.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct UnixSocket {
+    /// Inode number at dump time (its identity in the image: peers refer to it).
+    #[prost(uint32, tag = "1")]
+    pub ino: u32,
+    /// SOCK_STREAM (1), SOCK_DGRAM (2) or SOCK_SEQPACKET (5).
+    #[prost(uint32, tag = "2")]
+    pub sock_type: u32,
+    /// TCP_ESTABLISHED (1), TCP_CLOSE (7) or TCP_LISTEN (10), as sock_diag reports it.
+    #[prost(uint32, tag = "3")]
+    pub state: u32,
+    /// getsockname(): the bound name, or the listener's name for an accepted socket.
+    #[prost(bytes = "vec", tag = "4")]
+    #[serde(serialize_with = "crate::hex::serialize")]
+    pub name: Vec<u8>,
+    /// The socket holds `name` itself (bind); false for an accepted socket, whose name is its
+    /// listener's.
+    #[prost(bool, tag = "5")]
+    pub bound: bool,
+    /// Inode of the connected peer when it is in the image; 0 otherwise.
+    #[prost(uint32, tag = "6")]
+    pub peer: u32,
+    /// Connected, but the peer was closed (stream: it can still read what the peer sent).
+    #[prost(bool, tag = "7")]
+    pub peer_dead: bool,
+    /// A datagram socket connected to a socket outside the image: reconnected to this name.
+    #[prost(bytes = "vec", tag = "8")]
+    #[serde(serialize_with = "crate::hex::serialize")]
+    pub peer_name: Vec<u8>,
+    /// listen() backlog.
+    #[prost(uint32, tag = "9")]
+    pub backlog: u32,
+    /// A listener: the clients (inodes, in the image) of the connections waiting in its accept
+    /// queue, oldest first.
+    #[prost(uint32, repeated, tag = "10")]
+    pub pending: Vec<u32>,
+    /// A client whose connection waits in a listener's accept queue: the listener's inode.
+    #[prost(uint32, tag = "11")]
+    pub listener: u32,
+    /// sk_shutdown bits: 1 = no more receives, 2 = no more sends.
+    #[prost(uint32, tag = "12")]
+    pub shutdown: u32,
+    #[prost(bool, tag = "13")]
+    pub passcred: bool,
+    /// SO_PEEK_OFF (-1: disabled).
+    #[prost(int32, tag = "14")]
+    pub peek_off: i32,
+    /// SO_RCVBUF and SO_SNDBUF as getsockopt reports them.
+    #[prost(uint32, tag = "15")]
+    pub rcvbuf: u32,
+    #[prost(uint32, tag = "16")]
+    pub sndbuf: u32,
+    /// The receive queue, oldest first: one entry per datagram/record (a stream's bytes in one).
+    #[prost(message, repeated, tag = "17")]
+    pub queue: Vec<UnixMessage>,
+    /// The socket file was unlinked (or replaced) after bind: restore unlinks it again.
+    #[prost(bool, tag = "18")]
+    pub unlinked: bool,
+    /// Found at fd 0-2 and kept because its peer is in the image (else it would be `Inherited`).
+    #[prost(bool, tag = "19")]
+    pub stdio: bool,
+    /// The socket file of a path-bound socket: permission bits, owner and group.
+    #[prost(uint32, tag = "20")]
+    pub file_mode: u32,
+    #[prost(uint32, tag = "21")]
+    pub file_uid: u32,
+    #[prost(uint32, tag = "22")]
+    pub file_gid: u32,
+    /// SO_RCVTIMEO and SO_SNDTIMEO in microseconds (0: none).
+    #[prost(uint64, tag = "23")]
+    pub rcvtimeo_us: u64,
+    #[prost(uint64, tag = "24")]
+    pub sndtimeo_us: u64,
+}
+
+/// One queued message of a unix socket.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct UnixMessage {
+    #[prost(bytes = "vec", tag = "1")]
+    #[serde(serialize_with = "crate::hex::serialize")]
+    pub data: Vec<u8>,
+    /// The sender's address (datagrams), empty if it had none.
+    #[prost(bytes = "vec", tag = "2")]
+    #[serde(serialize_with = "crate::hex::serialize")]
+    pub from: Vec<u8>,
 }
 
 /// A pseudo-terminal pair with its master in the image, as seen through either end.

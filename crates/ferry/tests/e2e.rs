@@ -610,3 +610,4 @@ mod inet;
 mod more;
 mod objects;
 mod tty;
+mod unix;

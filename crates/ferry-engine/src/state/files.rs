@@ -6,7 +6,7 @@
 
 use crate::error::{Ctx, Error};
 use crate::procfs;
-use crate::state::{epoll, eventfd, fifo, inet, inotify, locks, memfd_seals, pipes, signalfd, timerfd, tty};
+use crate::state::{epoll, eventfd, fifo, inet, inotify, locks, memfd_seals, pipes, signalfd, timerfd, tty, unix};
 use ferry_image::{Fd, File, FileKind, ImageWriter, Process};
 use ferry_sys::consts::KCMP_FILE;
 use ferry_sys::process::{kcmp, open_raw};
@@ -51,6 +51,8 @@ pub struct TreeFiles {
     fifos: fifo::Seen,
     /// Terminals: pty masters and fds on terminals that may be outside the tree.
     pub tty: tty::TreeTty,
+    /// Every unix socket of the system (sock_diag), read on first use.
+    pub unix: unix::Table,
 }
 
 /// Collect the fd table of `pid` into `p.fds` and `p.files`; deleted files' content goes
@@ -183,6 +185,10 @@ pub fn collect(
             // An AF_INET/AF_INET6 socket, filled in by inet::collect.
         } else if fd <= 2 && link.starts_with("socket:") {
             file.kind = FileKind::Inherited as i32;
+            unix::collect_stdio(pid, fd, &link, &mut tree.unix, &mut file)?;
+        } else if unix::is_unix(&mut tree.unix, &link)? {
+            file.kind = FileKind::UnixSocket as i32;
+            unix::collect(pid, fd, &link, &mut tree.unix, &mut file)?;
         } else if link == "anon_inode:[eventfd]" {
             file.kind = FileKind::Eventfd as i32;
             eventfd::collect(pid, fd, &info, &mut file)?;
@@ -265,6 +271,7 @@ pub fn prepare(
     p: &Process,
     img: &ferry_image::ImageReader,
     pipes: &pipes::Prepared,
+    unix: &unix::Prepared,
     base: i32,
     shared: &mut HashMap<u32, i32>,
     shmem: &mut HashMap<u64, (i32, std::fs::File)>,
@@ -356,6 +363,16 @@ pub fn prepare(
                 fd
             }
             FileKind::PtyMaster | FileKind::PtySlave => tty::open(&obj(), f, ttys)?,
+            FileKind::UnixSocket => {
+                let s = f
+                    .unix
+                    .as_ref()
+                    .and_then(|u| unix.get(&u.ino))
+                    .ok_or_else(|| Error::Invalid { object: obj(), what: "socket missing from the image".into() })?;
+                let fd = s.try_clone().ctx(obj)?;
+                ferry_sys::process::set_status_flags(std::os::fd::AsFd::as_fd(&fd), f.flags as i32).ctx(obj)?;
+                fd
+            }
             FileKind::Eventfd => eventfd::prepare(&obj(), f)?,
             FileKind::Timerfd => timerfd::prepare(&obj(), f)?,
             FileKind::Signalfd => signalfd::prepare(&obj(), f)?,

@@ -30,3 +30,4 @@ pub mod tcp_repair;
 pub mod timerfd;
 pub mod timers;
 pub mod tty;
+pub mod unix;

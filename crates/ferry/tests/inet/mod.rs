@@ -464,7 +464,6 @@ fn nginx_single_process() {
 /// socketpair (its "channel"), which ferry cannot save yet: the dump is refused with
 /// "fd N: socket [INO] is not supported yet". Runs once unix sockets are supported.
 #[test]
-#[ignore = "nginx's master/worker channels are unix socketpairs, not supported yet"]
 fn nginx_master_workers() {
     let mut n = Nginx::start("nginx2", true);
     n.cycle();

@@ -1,0 +1,739 @@
+//! Unix domain sockets: stream, datagram and seqpacket; socketpairs, listeners, accepted and
+//! connected sockets, names by path and abstract; the queued data with its message boundaries.
+//!
+//! Dump asks the kernel about every unix socket once (`NETLINK_SOCK_DIAG`: type, state, name,
+//! peer inode, queue lengths, the clients waiting in each listener's accept queue) and finds
+//! the image's sockets by inode. The receive queue is read from a `pidfd_getfd` copy with
+//! `MSG_PEEK`, stepping with `SO_PEEK_OFF` (put back afterwards), so a failed dump or `dump -R`
+//! leaves every byte where it was. Unix sockets keep nothing in a send queue: what a socket sent
+//! and its peer did not read is in the peer's receive queue, so reading every receive queue
+//! captures all data in flight. File descriptors in flight (SCM_RIGHTS) are refused.
+//!
+//! Restore rebuilds the whole graph in ferry before anything is forked, in an order that makes
+//! every name and connection come out as it was: pairs first (socketpair, or connect + accept on
+//! a temporary listener bound to the listener's name, so the accepted end carries that name),
+//! then listeners with their backlog, then the other sockets; then one-way datagram
+//! connections, connections still waiting in an accept queue (their client connects to the
+//! restored listener), the queued data sent again from the peer (or the sender named in each
+//! datagram) into the right receive queue, and last buffer sizes, SO_PASSCRED, shutdown and
+//! SO_PEEK_OFF.
+
+use crate::error::{Ctx, Error};
+use ferry_image::{File, FileKind, Process, UnixMessage, UnixSocket};
+use ferry_sys::unixsock as us;
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+const UDIAG_SHOW_NAME: u32 = 1;
+const UDIAG_SHOW_VFS: u32 = 2;
+const UDIAG_SHOW_PEER: u32 = 4;
+const UDIAG_SHOW_ICONS: u32 = 8;
+const UDIAG_SHOW_RQLEN: u32 = 0x10;
+const UNIX_DIAG_NAME: u16 = 0;
+const UNIX_DIAG_VFS: u16 = 1;
+const UNIX_DIAG_PEER: u16 = 2;
+const UNIX_DIAG_ICONS: u16 = 3;
+const UNIX_DIAG_RQLEN: u16 = 4;
+const UNIX_DIAG_SHUTDOWN: u16 = 6;
+
+const TCP_ESTABLISHED: u32 = 1;
+const TCP_LISTEN: u32 = 10;
+
+/// What sock_diag says about one unix socket.
+#[derive(Debug, Clone, Default)]
+struct Diag {
+    ty: u32,
+    state: u32,
+    name: Vec<u8>,
+    /// (device, inode) of the socket file, for a socket bound to a path by itself.
+    vfs: Option<(u32, u32)>,
+    /// `Some(0)`: connected to a peer that has no inode (closed, or a connection not accepted yet).
+    peer: Option<u32>,
+    icons: Vec<u32>,
+    /// Bytes queued for reading (datagrams: the first one only); a listener's accept queue length.
+    rqueue: u32,
+    /// Bytes sent and not read yet; a listener's backlog.
+    wqueue: u32,
+    shutdown: u32,
+}
+
+/// Every unix socket of the system, read once per dump on first use.
+#[derive(Default)]
+pub struct Table {
+    socks: Option<HashMap<u32, Diag>>,
+    /// Client inode -> listener inode, for connections waiting in an accept queue.
+    listener_of: HashMap<u32, u32>,
+}
+
+fn u32_at(b: &[u8], o: usize) -> Option<u32> {
+    b.get(o..o + 4).map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+impl Table {
+    fn load(&mut self) -> Result<(), Error> {
+        if self.socks.is_none() {
+            let show = UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN;
+            let msgs = us::unix_diag_dump(show).ctx(|| "sock_diag dump of unix sockets".into())?;
+            let mut socks = HashMap::new();
+            for m in msgs {
+                let mut d = Diag { ty: m.ty as u32, state: m.state as u32, ..Default::default() };
+                for (ty, v) in m.attrs {
+                    match ty {
+                        UNIX_DIAG_NAME => d.name = v,
+                        UNIX_DIAG_VFS => d.vfs = u32_at(&v, 0).zip(u32_at(&v, 4)).map(|(ino, dev)| (dev, ino)),
+                        UNIX_DIAG_PEER => d.peer = u32_at(&v, 0),
+                        UNIX_DIAG_ICONS => d.icons = v.chunks_exact(4).filter_map(|c| u32_at(c, 0)).collect(),
+                        UNIX_DIAG_RQLEN => {
+                            d.rqueue = u32_at(&v, 0).unwrap_or(0);
+                            d.wqueue = u32_at(&v, 4).unwrap_or(0);
+                        }
+                        UNIX_DIAG_SHUTDOWN => d.shutdown = v.first().copied().unwrap_or(0) as u32,
+                        _ => {}
+                    }
+                }
+                for &c in &d.icons {
+                    self.listener_of.insert(c, m.ino);
+                }
+                socks.insert(m.ino, d);
+            }
+            self.socks = Some(socks);
+        }
+        Ok(())
+    }
+
+    fn get(&self, ino: u32) -> Option<&Diag> {
+        self.socks.as_ref().and_then(|s| s.get(&ino))
+    }
+}
+
+/// Parse "socket:[1234]".
+fn socket_ino(link: &str) -> Option<u32> {
+    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// Is the fd target `link` a unix socket?
+pub fn is_unix(table: &mut Table, link: &str) -> Result<bool, Error> {
+    match socket_ino(link) {
+        Some(ino) => {
+            if let Err(e) = table.load() {
+                // Without sock_diag (no unix_diag in this kernel) the socket is refused as unknown.
+                tracing::warn!(error = %e, "cannot list unix sockets");
+                return Ok(false);
+            }
+            Ok(table.get(ino).is_some())
+        }
+        None => Ok(false),
+    }
+}
+
+fn type_name(ty: u32) -> &'static str {
+    match ty as i32 {
+        libc::SOCK_STREAM => "stream",
+        libc::SOCK_DGRAM => "dgram",
+        libc::SOCK_SEQPACKET => "seqpacket",
+        _ => "unknown-type",
+    }
+}
+
+/// A name for messages: "@abstract" or the path.
+pub fn show_name(name: &[u8]) -> String {
+    match name.split_first() {
+        None => "(unnamed)".into(),
+        Some((0, rest)) => format!("@{}", String::from_utf8_lossy(rest)),
+        Some(_) => String::from_utf8_lossy(trim_path(name)).into_owned(),
+    }
+}
+
+/// A path name without its trailing NUL bytes.
+fn trim_path(name: &[u8]) -> &[u8] {
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    &name[..end]
+}
+
+fn is_path(name: &[u8]) -> bool {
+    name.first().is_some_and(|&b| b != 0)
+}
+
+fn path_of(name: &[u8]) -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    std::path::PathBuf::from(std::ffi::OsStr::from_bytes(trim_path(name)))
+}
+
+/// Collect the unix socket behind fd `fd` of `pid` (its link is `link`) into `f`.
+pub fn collect(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -> Result<(), Error> {
+    let ino = socket_ino(link).unwrap_or(0);
+    table.load()?;
+    let d = table.get(ino).cloned().unwrap_or_default();
+    let unsupported = |what: String| Error::Unsupported {
+        pid,
+        what: format!("fd {fd}: unix {} socket:[{ino}] {what}", type_name(d.ty)),
+    };
+    if !matches!(d.ty as i32, libc::SOCK_STREAM | libc::SOCK_DGRAM | libc::SOCK_SEQPACKET) {
+        return Err(unsupported("of this type".into()));
+    }
+    let mut u = UnixSocket { ino, sock_type: d.ty, state: d.state, name: d.name.clone(), ..Default::default() };
+    if is_path(&d.name) && d.name[0] != b'/' {
+        return Err(unsupported(format!("bound to the relative path {}", show_name(&d.name))));
+    }
+    // Does the socket hold its name itself, or carry its listener's (accepted)? A path-bound
+    // socket has a socket file (vfs). For abstract names: listeners and datagram sockets bound;
+    // of a connected pair the accepted end is the newer socket (created by connect()).
+    u.bound = if d.name.is_empty() {
+        false
+    } else if is_path(&d.name) {
+        d.vfs.is_some()
+    } else if d.state == TCP_ESTABLISHED && d.ty as i32 != libc::SOCK_DGRAM {
+        match d.peer {
+            // A client still waiting to be accepted bound its name itself.
+            _ if table.listener_of.contains_key(&ino) => true,
+            Some(0) => false,
+            Some(p) => table.get(p).is_some_and(|pd| !pd.name.is_empty() && p > ino),
+            None => true,
+        }
+    } else {
+        true
+    };
+    if let (true, Some((dev, vino))) = (is_path(&d.name), d.vfs) {
+        // The socket file may have been unlinked (or replaced) since bind.
+        let md = std::fs::symlink_metadata(path_of(&d.name)).ok().filter(|m| {
+            // sock_diag reports the kernel's dev_t (major << 20 | minor).
+            m.ino() == vino as u64 && libc::major(m.dev()) == dev >> 20 && libc::minor(m.dev()) == dev & 0xfffff
+        });
+        u.unlinked = md.is_none();
+        if let Some(m) = md {
+            (u.file_mode, u.file_uid, u.file_gid) = (m.mode() & 0o7777, m.uid(), m.gid());
+        }
+    }
+    match d.peer {
+        Some(0) => {
+            if let Some(&l) = table.listener_of.get(&ino) {
+                if d.wqueue > 0 {
+                    return Err(unsupported(
+                        "sent data on a connection its listener has not accepted yet (it cannot be read back)".into(),
+                    ));
+                }
+                u.listener = l;
+            } else {
+                u.peer_dead = true;
+            }
+        }
+        Some(p) => {
+            u.peer = p;
+            u.peer_name = table.get(p).map(|pd| pd.name.clone()).unwrap_or_default();
+        }
+        None => {}
+    }
+    let pidfd = ferry_sys::process::pidfd_open(pid).ctx(|| format!("pid {pid}: pidfd_open"))?;
+    let copy = ferry_sys::process::pidfd_getfd(pidfd.as_fd(), fd).ctx(|| format!("pid {pid} fd {fd}: pidfd_getfd"))?;
+    let obj = || format!("pid {pid} fd {fd} (unix socket:[{ino}])");
+    let c = copy.as_fd();
+    u.passcred = us::get_int(c, libc::SOL_SOCKET, libc::SO_PASSCRED).ctx(obj)? != 0;
+    u.rcvbuf = us::get_int(c, libc::SOL_SOCKET, libc::SO_RCVBUF).ctx(obj)? as u32;
+    u.sndbuf = us::get_int(c, libc::SOL_SOCKET, libc::SO_SNDBUF).ctx(obj)? as u32;
+    u.rcvtimeo_us = us::get_timeout_us(c, libc::SO_RCVTIMEO).ctx(obj)?;
+    u.sndtimeo_us = us::get_timeout_us(c, libc::SO_SNDTIMEO).ctx(obj)?;
+    u.shutdown = d.shutdown;
+    if d.state == TCP_LISTEN {
+        u.backlog = d.wqueue;
+        u.pending = d.icons.clone();
+        u.peek_off = -1;
+    } else {
+        u.peek_off = us::get_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF).ctx(obj)?;
+        let queue = read_queue(c, d.ty as i32, u.peek_off, (d.shutdown & 1 != 0, d.rqueue as usize), &obj);
+        let queue = queue.map_err(|e| match e {
+            QueueError::Rights(n) => {
+                unsupported(format!("has {n} file descriptor(s) in flight (SCM_RIGHTS) in its receive queue"))
+            }
+            QueueError::Sys(source) => Error::Sys { object: obj(), source },
+        })?;
+        if d.ty as i32 != libc::SOCK_DGRAM {
+            let total: usize = queue.iter().map(|m| m.data.len()).sum();
+            if total != d.rqueue as usize {
+                return Err(Error::Invalid {
+                    object: obj(),
+                    what: format!("read {total} queued bytes, the kernel reports {}", d.rqueue),
+                });
+            }
+        }
+        u.queue = queue;
+    }
+    let mut describe = format!("unix {} socket:[{ino}] {}", type_name(d.ty), show_name(&d.name));
+    if d.state == TCP_LISTEN {
+        describe += &format!(", listening (backlog {}, {} waiting)", u.backlog, u.pending.len());
+    } else if u.peer != 0 {
+        describe += &format!(", connected to socket:[{}]", u.peer);
+    } else if u.peer_dead {
+        describe += ", peer closed";
+    } else if u.listener != 0 {
+        describe += &format!(", waiting to be accepted by socket:[{}]", u.listener);
+    }
+    if !u.queue.is_empty() {
+        let bytes: usize = u.queue.iter().map(|m| m.data.len()).sum();
+        describe += &format!(", {} queued message(s) of {bytes} bytes", u.queue.len());
+    }
+    f.describe = describe;
+    f.unix = Some(u);
+    Ok(())
+}
+
+/// A socket at fd 0-2 stays inherited (ferry hands over its own fd at restore) unless it is a
+/// unix socket connected to a socket of the image, which `finish` decides once the whole tree
+/// is collected: collect it as far as possible and mark it.
+pub fn collect_stdio(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -> Result<(), Error> {
+    if !is_unix(table, link)? {
+        return Ok(());
+    }
+    let mut probe = f.clone();
+    match collect(pid, fd, link, table, &mut probe) {
+        Ok(()) => {
+            if let Some(u) = probe.unix.as_mut() {
+                u.stdio = true;
+            }
+            probe.kind = FileKind::UnixSocket as i32;
+            *f = probe;
+        }
+        Err(e) => tracing::debug!(pid, fd, error = %e, "socket at fd 0-2 stays inherited"),
+    }
+    Ok(())
+}
+
+enum QueueError {
+    Rights(usize),
+    Sys(std::io::Error),
+}
+
+impl From<std::io::Error> for QueueError {
+    fn from(e: std::io::Error) -> Self {
+        QueueError::Sys(e)
+    }
+}
+
+/// Peek at the whole receive queue of a socket (a copy of the target's): one message per
+/// datagram/record, a stream's bytes in one. `SO_PEEK_OFF` is put back to `old_off` whatever
+/// happens.
+///
+/// A seqpacket socket that can receive no more (`shut_rd`: its peer closed or shut down) answers
+/// an empty queue with a zero-length "end of file" rather than EAGAIN: once every queued byte
+/// (`rqueue`) was seen, a zero-length answer ends the queue.
+fn read_queue(
+    c: BorrowedFd<'_>,
+    ty: i32,
+    old_off: i32,
+    (shut_rd, rqueue): (bool, usize),
+    obj: &dyn Fn() -> String,
+) -> Result<Vec<UnixMessage>, QueueError> {
+    us::set_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
+    let r = (|| -> Result<Vec<UnixMessage>, QueueError> {
+        let mut out = Vec::new();
+        let mut stream = Vec::new();
+        let mut cap = 256 * 1024;
+        let mut seen = 0;
+        loop {
+            let off = us::get_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF)?;
+            let Some(p) = us::peek(c, cap)? else { break };
+            if p.rights > 0 {
+                return Err(QueueError::Rights(p.rights));
+            }
+            if ty == libc::SOCK_STREAM {
+                if p.data.is_empty() {
+                    break;
+                }
+                stream.extend_from_slice(&p.data);
+                continue;
+            }
+            if p.len > p.data.len() {
+                // A datagram bigger than the buffer: read it again, whole.
+                us::set_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF, off)?;
+                cap = p.len;
+                continue;
+            }
+            if ty == libc::SOCK_SEQPACKET && shut_rd && p.len == 0 && seen >= rqueue {
+                break;
+            }
+            seen += p.data.len();
+            out.push(UnixMessage { data: p.data, from: p.from });
+            if out.len() > 1_000_000 {
+                tracing::warn!(object = obj(), "more than a million queued datagrams");
+                return Err(QueueError::Sys(std::io::Error::from_raw_os_error(libc::E2BIG)));
+            }
+        }
+        if !stream.is_empty() {
+            out.push(UnixMessage { data: stream, from: Vec::new() });
+        }
+        Ok(out)
+    })();
+    let put_back = us::set_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old_off);
+    let out = r?;
+    put_back?;
+    Ok(out)
+}
+
+/// Once every process is collected: a connected socket must have its peer in the image (a
+/// datagram socket connected to a named socket outside is reconnected by name), a connection
+/// waiting in an accept queue must have both ends in the image.
+pub fn finish(procs: &mut [Process]) -> Result<(), Error> {
+    let in_image = |procs: &[Process]| {
+        let mut inos = std::collections::HashSet::new();
+        for f in procs.iter().flat_map(|p| p.files.iter()).filter(|f| f.kind == FileKind::UnixSocket as i32) {
+            if let Some(u) = &f.unix {
+                inos.insert(u.ino);
+            }
+        }
+        inos
+    };
+    // Sockets found at fd 0-2 stay in the image only if connected to a socket of the image.
+    let all = in_image(procs);
+    for f in procs.iter_mut().flat_map(|p| p.files.iter_mut()) {
+        if f.unix.as_ref().is_some_and(|u| u.stdio && !(u.peer != 0 && all.contains(&u.peer))) {
+            f.kind = FileKind::Inherited as i32;
+            f.unix = None;
+        }
+    }
+    let inos = in_image(procs);
+    for p in procs.iter_mut() {
+        let pid = p.pid;
+        for (i, f) in p.files.iter_mut().enumerate() {
+            let Some(u) = f.unix.as_mut() else { continue };
+            let fd = p.fds.iter().find(|d| d.file as usize == i).map(|d| d.fd).unwrap_or(-1);
+            let what = |w: String| Error::Unsupported {
+                pid,
+                what: format!("fd {fd}: unix {} socket:[{}] {w}", type_name(u.sock_type), u.ino),
+            };
+            if u.peer != 0 && !inos.contains(&u.peer) {
+                if u.sock_type as i32 == libc::SOCK_DGRAM && !u.peer_name.is_empty() {
+                    u.peer = 0;
+                } else {
+                    return Err(what(format!(
+                        "connected to socket:[{}] {} outside the dump",
+                        u.peer,
+                        show_name(&u.peer_name)
+                    )));
+                }
+            }
+            if u.peer != 0 {
+                u.peer_name.clear();
+            }
+            if u.listener != 0 && !inos.contains(&u.listener) {
+                return Err(what(format!("waits to be accepted by listener socket:[{}] outside the dump", u.listener)));
+            }
+            if let Some(c) = u.pending.iter().find(|c| !inos.contains(c)) {
+                return Err(what(format!(
+                    "listening on {} has a connection from socket:[{c}] outside the dump in its accept queue",
+                    show_name(&u.name)
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The restored sockets, keyed by their inode in the image.
+pub type Prepared = HashMap<u32, OwnedFd>;
+
+/// Make `name` free for bind(): nothing to do for an abstract name; for a path, remove a stale
+/// socket file (one nobody listens on). Returns whether a file was there.
+fn free_path(name: &[u8], obj: &str) -> Result<bool, Error> {
+    if !is_path(name) {
+        return Ok(false);
+    }
+    let path = path_of(name);
+    let md = match std::fs::symlink_metadata(&path) {
+        Ok(md) => md,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::Sys { object: format!("{obj}: cannot look at {}", path.display()), source: e }),
+    };
+    let invalid = |what: String| Error::Invalid { object: obj.into(), what };
+    if !md.file_type().is_socket() {
+        return Err(invalid(format!("{} exists and is not a socket", path.display())));
+    }
+    let probe = us::socket(libc::SOCK_STREAM).ctx(|| obj.into())?;
+    match us::connect(probe.as_fd(), name) {
+        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+            std::fs::remove_file(&path).ctx(|| format!("{obj}: cannot remove the stale {}", path.display()))?;
+            Ok(true)
+        }
+        _ => Err(invalid(format!("{} is in use by a live socket", path.display()))),
+    }
+}
+
+fn bind_name(s: BorrowedFd<'_>, u: &UnixSocket, obj: &str) -> Result<(), Error> {
+    free_path(&u.name, obj)?;
+    us::bind(s, &u.name).ctx(|| format!("{obj}: cannot bind to {}", show_name(&u.name)))?;
+    if u.file_mode != 0 && is_path(&u.name) {
+        // Who may connect: the socket file's owner and mode, not ferry's umask.
+        use std::os::unix::fs::PermissionsExt;
+        let path = path_of(&u.name);
+        let ctx = || format!("{obj}: cannot give {} its owner and mode", path.display());
+        std::os::unix::fs::chown(&path, Some(u.file_uid), Some(u.file_gid)).ctx(ctx)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(u.file_mode)).ctx(ctx)?;
+    }
+    if u.unlinked && is_path(&u.name) {
+        std::fs::remove_file(path_of(&u.name)).ctx(|| format!("{obj}: cannot unlink {}", show_name(&u.name)))?;
+    }
+    Ok(())
+}
+
+/// An accepted socket: `client` connects to a temporary listener bound to `name`, and the
+/// accepted end carries that name.
+fn accept_via(ty: i32, name: &[u8], client: BorrowedFd<'_>, obj: &str) -> Result<OwnedFd, Error> {
+    let existed = free_path(name, obj)?;
+    let ctx = || format!("{obj}: cannot connect through a temporary listener at {}", show_name(name));
+    let l = us::socket(ty).ctx(ctx)?;
+    us::bind(l.as_fd(), name).ctx(ctx)?;
+    us::listen(l.as_fd(), 1).ctx(ctx)?;
+    us::connect(client, name).ctx(ctx)?;
+    let s = us::accept(l.as_fd()).ctx(ctx)?;
+    drop(l);
+    if !existed && is_path(name) {
+        std::fs::remove_file(path_of(name)).ctx(ctx)?;
+    }
+    Ok(s)
+}
+
+fn send_all(s: BorrowedFd<'_>, data: &[u8], to: Option<&[u8]>, stream: bool, obj: &str) -> Result<(), Error> {
+    let mut off = 0;
+    loop {
+        let n = us::send(s, &data[off..], to).ctx(|| format!("{obj}: cannot queue its data again"))?;
+        off += n;
+        if off >= data.len() {
+            return Ok(());
+        }
+        if !stream || n == 0 {
+            return Err(Error::Invalid { object: obj.into(), what: format!("queued {off} of {} bytes", data.len()) });
+        }
+    }
+}
+
+/// Recreate every unix socket of the image (all processes together: peers and listeners may be
+/// in different processes), with names, connections, accept queues and queued data.
+pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
+    let mut socks: BTreeMap<u32, (&UnixSocket, String)> = BTreeMap::new();
+    for p in procs.iter().filter(|p| !p.zombie) {
+        for (i, f) in p.files.iter().enumerate() {
+            if let (true, Some(u)) = (f.kind == FileKind::UnixSocket as i32, &f.unix) {
+                let fd = p.fds.iter().find(|d| d.file as usize == i).map(|d| d.fd).unwrap_or(-1);
+                socks.entry(u.ino).or_insert((u, format!("pid {} fd {fd}: {}", p.pid, f.describe)));
+            }
+        }
+    }
+    let mut fds: Prepared = HashMap::new();
+    let mut partners: HashMap<u32, OwnedFd> = HashMap::new();
+    let mutual = |u: &UnixSocket| u.peer != 0 && socks.get(&u.peer).is_some_and(|(v, _)| v.peer == u.ino);
+    let accepted = |u: &UnixSocket| !u.bound && !u.name.is_empty();
+    // 1. Connected pairs.
+    for (&ino, (u, obj)) in &socks {
+        if fds.contains_key(&ino) || !mutual(u) {
+            continue;
+        }
+        let (v, vobj) = &socks[&u.peer];
+        let ty = u.sock_type as i32;
+        if ty != libc::SOCK_DGRAM && (accepted(u) || accepted(v)) {
+            let ((srv, sobj), (cli, cobj)) = if accepted(u) { ((u, obj), (v, vobj)) } else { ((v, vobj), (u, obj)) };
+            let c = us::socket(ty).ctx(|| cobj.clone())?;
+            if cli.bound {
+                bind_name(c.as_fd(), cli, cobj)?;
+            }
+            let s = accept_via(ty, &srv.name, c.as_fd(), sobj)?;
+            fds.insert(srv.ino, s);
+            fds.insert(cli.ino, c);
+        } else {
+            let (a, b) = us::socketpair(ty).ctx(|| format!("{obj}: socketpair"))?;
+            if u.bound {
+                bind_name(a.as_fd(), u, obj)?;
+            }
+            if v.bound {
+                bind_name(b.as_fd(), v, vobj)?;
+            }
+            fds.insert(u.ino, a);
+            fds.insert(v.ino, b);
+        }
+    }
+    // 2. A peer that was closed: a pair whose other end sends the queued data, then closes.
+    for (&ino, (u, obj)) in &socks {
+        if fds.contains_key(&ino) || !u.peer_dead {
+            continue;
+        }
+        let ty = u.sock_type as i32;
+        let (a, b) = if ty != libc::SOCK_DGRAM && accepted(u) {
+            // An accepted socket whose client is gone: accepted again, from a client that goes.
+            let c = us::socket(ty).ctx(|| obj.clone())?;
+            (accept_via(ty, &u.name, c.as_fd(), obj)?, c)
+        } else {
+            let (a, b) = us::socketpair(ty).ctx(|| format!("{obj}: socketpair"))?;
+            if u.bound {
+                bind_name(a.as_fd(), u, obj)?;
+            }
+            (a, b)
+        };
+        fds.insert(ino, a);
+        partners.insert(ino, b);
+    }
+    // 3. Listeners, then 4. every other socket.
+    for pass in [true, false] {
+        for (&ino, (u, obj)) in &socks {
+            if fds.contains_key(&ino) || (u.state == TCP_LISTEN) != pass {
+                continue;
+            }
+            let s = us::socket(u.sock_type as i32).ctx(|| obj.clone())?;
+            if u.bound {
+                bind_name(s.as_fd(), u, obj)?;
+            }
+            if pass {
+                let backlog = u.backlog.min(i32::MAX as u32) as i32;
+                us::listen(s.as_fd(), backlog).ctx(|| format!("{obj}: listen"))?;
+            }
+            fds.insert(ino, s);
+        }
+    }
+    // 5. One-way datagram connections (to a socket of the image, or to a name outside).
+    for (&ino, (u, obj)) in &socks {
+        if u.sock_type as i32 != libc::SOCK_DGRAM || mutual(u) || u.peer_dead {
+            continue;
+        }
+        let to = if u.peer != 0 {
+            socks.get(&u.peer).map(|(v, _)| v.name.clone()).unwrap_or_default()
+        } else {
+            u.peer_name.clone()
+        };
+        if to.is_empty() {
+            if u.peer != 0 {
+                return Err(Error::Invalid {
+                    object: obj.clone(),
+                    what: format!("connected to socket:[{}], which has no name to connect to", u.peer),
+                });
+            }
+            continue;
+        }
+        us::connect(fds[&ino].as_fd(), &to).ctx(|| format!("{obj}: cannot connect to {}", show_name(&to)))?;
+    }
+    // 6. Connections waiting in accept queues, oldest first.
+    for (u, obj) in socks.values().filter(|(u, _)| u.state == TCP_LISTEN) {
+        for c in &u.pending {
+            let (cu, cobj) = socks.get(c).ok_or_else(|| Error::Invalid {
+                object: obj.clone(),
+                what: format!("pending client socket:[{c}] missing from the image"),
+            })?;
+            let cfd = fds[&cu.ino].as_fd();
+            ferry_sys::process::set_status_flags(cfd, libc::O_NONBLOCK).ctx(|| cobj.clone())?;
+            us::connect(cfd, &u.name).ctx(|| format!("{cobj}: cannot connect to {}", show_name(&u.name)))?;
+        }
+    }
+    // 7. Queued data, sent again into each receive queue (large send buffers meanwhile).
+    let big = 64 << 20;
+    let mut temps: Vec<OwnedFd> = Vec::new();
+    for s in fds.values().chain(partners.values()) {
+        let _ = us::set_int(s.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, big);
+    }
+    for (&ino, (u, obj)) in &socks {
+        let ty = u.sock_type as i32;
+        for m in &u.queue {
+            let peer_fd = if mutual(u) { fds.get(&u.peer) } else { partners.get(&ino) };
+            if ty != libc::SOCK_DGRAM {
+                let s = peer_fd.ok_or_else(|| Error::Invalid {
+                    object: obj.clone(),
+                    what: "queued data but no peer to send it from".into(),
+                })?;
+                send_all(s.as_fd(), &m.data, None, ty == libc::SOCK_STREAM, obj)?;
+                continue;
+            }
+            // A datagram: from the socket named as its sender if it is in the image, else from
+            // the connected peer, else from a temporary socket (bound to the sender's name if
+            // that name is free).
+            let named = (!m.from.is_empty())
+                .then(|| socks.iter().find(|(_, (v, _))| v.bound && v.name == m.from).map(|(i, _)| *i))
+                .flatten();
+            let to = (!u.name.is_empty()).then_some(u.name.as_slice());
+            let (sender, is_peer): (BorrowedFd<'_>, bool) = if let Some(x) = named {
+                (fds[&x].as_fd(), mutual(u) && x == u.peer)
+            } else if let (true, Some(s)) = (m.from.is_empty() || to.is_none(), peer_fd) {
+                (s.as_fd(), true)
+            } else {
+                let t = us::socket(libc::SOCK_DGRAM).ctx(|| obj.clone())?;
+                if !m.from.is_empty() {
+                    let free = !is_path(&m.from) || !path_of(&m.from).exists();
+                    if free && us::bind(t.as_fd(), &m.from).is_ok() {
+                        if is_path(&m.from) {
+                            let _ = std::fs::remove_file(path_of(&m.from));
+                        }
+                    } else {
+                        tracing::warn!(
+                            object = obj,
+                            from = show_name(&m.from),
+                            "queued datagram loses its sender's name"
+                        );
+                    }
+                }
+                temps.push(t);
+                (temps[temps.len() - 1].as_fd(), false)
+            };
+            // Through the connection when the sender is the receiver's peer (no queue limit
+            // then, as for the original), else to the receiver's name.
+            let dest = if is_peer { None } else { to };
+            if dest.is_none() && !is_peer {
+                return Err(Error::Invalid {
+                    object: obj.clone(),
+                    what: "a queued datagram from a sender that is not its peer, and the socket has no name".into(),
+                });
+            }
+            send_all(sender, &m.data, dest, false, obj)?;
+        }
+    }
+    drop(temps);
+    // 8. Closed peers go now (the survivor sees the hang-up), then options and shutdown.
+    drop(partners);
+    for (&ino, (u, obj)) in &socks {
+        let s = fds[&ino].as_fd();
+        let ctx = || obj.clone();
+        if u.sndbuf != 0 {
+            us::set_int(s, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, (u.sndbuf / 2) as i32).ctx(ctx)?;
+        }
+        if u.rcvbuf != 0 && us::get_int(s, libc::SOL_SOCKET, libc::SO_RCVBUF).ctx(ctx)? != u.rcvbuf as i32 {
+            us::set_int(s, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, (u.rcvbuf / 2) as i32).ctx(ctx)?;
+        }
+        if u.rcvtimeo_us != 0 {
+            us::set_timeout_us(s, libc::SO_RCVTIMEO, u.rcvtimeo_us).ctx(ctx)?;
+        }
+        if u.sndtimeo_us != 0 {
+            us::set_timeout_us(s, libc::SO_SNDTIMEO, u.sndtimeo_us).ctx(ctx)?;
+        }
+        if u.passcred {
+            us::set_int(s, libc::SOL_SOCKET, libc::SO_PASSCRED, 1).ctx(ctx)?;
+        }
+        let how = match u.shutdown & 3 {
+            1 => Some(libc::SHUT_RD),
+            2 => Some(libc::SHUT_WR),
+            3 => Some(libc::SHUT_RDWR),
+            _ => None,
+        };
+        if let Some(how) = how {
+            match us::shutdown(s, how) {
+                Ok(()) => {}
+                // Shutting down an unconnected datagram socket is refused; its bits only matter
+                // once connected.
+                Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
+                Err(e) => return Err(Error::Sys { object: format!("{obj}: shutdown"), source: e }),
+            }
+        }
+        if u.peek_off >= 0 && u.state != TCP_LISTEN {
+            us::set_int(s, libc::SOL_SOCKET, libc::SO_PEEK_OFF, u.peek_off).ctx(ctx)?;
+        }
+    }
+    Ok(fds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(socket_ino("socket:[1234]"), Some(1234));
+        assert_eq!(socket_ino("pipe:[1234]"), None);
+        assert_eq!(show_name(b"\0ferry"), "@ferry");
+        assert_eq!(show_name(b"/tmp/s.sock\0"), "/tmp/s.sock");
+        assert_eq!(show_name(b""), "(unnamed)");
+        assert!(is_path(b"/a\0") && !is_path(b"\0a") && !is_path(b""));
+        assert_eq!(path_of(b"/tmp/s.sock\0"), std::path::PathBuf::from("/tmp/s.sock"));
+    }
+}

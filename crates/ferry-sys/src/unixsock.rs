@@ -1,0 +1,322 @@
+//! Unix domain sockets: creating, binding and connecting them by raw `sun_path` bytes (a leading
+//! NUL byte names an abstract address), peeking at their receive queues, and the
+//! `NETLINK_SOCK_DIAG` dump that describes every unix socket of the system.
+
+use crate::cvt_i;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+/// `NETLINK_SOCK_DIAG` protocol and its request type (linux/sock_diag.h).
+const NETLINK_SOCK_DIAG: i32 = 4;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+
+fn owned(fd: i32) -> OwnedFd {
+    // SAFETY: callers pass an fd the kernel just returned to us; we are its only owner.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Build a `sockaddr_un` for `name` (raw `sun_path` bytes); returns it with its length.
+fn sockaddr(name: &[u8]) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
+    // SAFETY: sockaddr_un is plain integers; all-zero is valid.
+    let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if name.len() > sa.sun_path.len() {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    sa.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in sa.sun_path.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    Ok((sa, (std::mem::size_of::<libc::sa_family_t>() + name.len()) as libc::socklen_t))
+}
+
+/// `socket(AF_UNIX, ty | SOCK_CLOEXEC, 0)`.
+pub fn socket(ty: i32) -> io::Result<OwnedFd> {
+    // SAFETY: integer arguments.
+    cvt_i(unsafe { libc::socket(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0) }).map(owned)
+}
+
+/// `socketpair(AF_UNIX, ty | SOCK_CLOEXEC, 0)`.
+pub fn socketpair(ty: i32) -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid two-int array.
+    cvt_i(unsafe { libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) })?;
+    Ok((owned(fds[0]), owned(fds[1])))
+}
+
+/// `bind(2)` to a unix address given as raw `sun_path` bytes.
+pub fn bind(fd: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    let (sa, len) = sockaddr(name)?;
+    // SAFETY: sa is a valid sockaddr_un of at least `len` bytes.
+    cvt_i(unsafe { libc::bind(fd.as_raw_fd(), (&sa as *const libc::sockaddr_un).cast(), len) }).map(drop)
+}
+
+/// `connect(2)` to a unix address given as raw `sun_path` bytes.
+pub fn connect(fd: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    let (sa, len) = sockaddr(name)?;
+    loop {
+        // SAFETY: sa is a valid sockaddr_un of at least `len` bytes.
+        let r = unsafe { libc::connect(fd.as_raw_fd(), (&sa as *const libc::sockaddr_un).cast(), len) };
+        match cvt_i(r) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r.map(drop),
+        }
+    }
+}
+
+/// `listen(2)`.
+pub fn listen(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
+    // SAFETY: integer arguments.
+    cvt_i(unsafe { libc::listen(fd.as_raw_fd(), backlog) }).map(drop)
+}
+
+/// `accept4(2)` with `SOCK_CLOEXEC`, ignoring the peer address.
+pub fn accept(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: null address pointers are allowed.
+    cvt_i(unsafe { libc::accept4(fd.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) })
+        .map(owned)
+}
+
+/// `shutdown(2)`.
+pub fn shutdown(fd: BorrowedFd<'_>, how: i32) -> io::Result<()> {
+    // SAFETY: integer arguments.
+    cvt_i(unsafe { libc::shutdown(fd.as_raw_fd(), how) }).map(drop)
+}
+
+/// `getsockopt(2)` of an `int` option.
+pub fn get_int(fd: BorrowedFd<'_>, level: i32, opt: i32) -> io::Result<i32> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: v and len are valid out-pointers of the sizes given.
+    cvt_i(unsafe { libc::getsockopt(fd.as_raw_fd(), level, opt, (&mut v as *mut libc::c_int).cast(), &mut len) })?;
+    Ok(v)
+}
+
+/// `setsockopt(2)` of an `int` option.
+pub fn set_int(fd: BorrowedFd<'_>, level: i32, opt: i32, v: i32) -> io::Result<()> {
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: v is a valid int of `len` bytes.
+    cvt_i(unsafe { libc::setsockopt(fd.as_raw_fd(), level, opt, (&v as *const libc::c_int).cast(), len) }).map(drop)
+}
+
+/// `getsockopt(2)` of a `struct timeval` option (`SO_RCVTIMEO`, `SO_SNDTIMEO`), in microseconds.
+pub fn get_timeout_us(fd: BorrowedFd<'_>, opt: i32) -> io::Result<u64> {
+    let mut tv = libc::timeval { tv_sec: 0, tv_usec: 0 };
+    let mut len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+    // SAFETY: tv and len are valid out-pointers of the sizes given.
+    cvt_i(unsafe {
+        libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, opt, (&mut tv as *mut libc::timeval).cast(), &mut len)
+    })?;
+    Ok(tv.tv_sec as u64 * 1_000_000 + tv.tv_usec as u64)
+}
+
+/// `setsockopt(2)` of a `struct timeval` option, from microseconds.
+pub fn set_timeout_us(fd: BorrowedFd<'_>, opt: i32, us: u64) -> io::Result<()> {
+    let tv = libc::timeval { tv_sec: (us / 1_000_000) as libc::time_t, tv_usec: (us % 1_000_000) as libc::suseconds_t };
+    let len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+    // SAFETY: tv is a valid timeval of `len` bytes.
+    cvt_i(unsafe { libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, opt, (&tv as *const libc::timeval).cast(), len) })
+        .map(drop)
+}
+
+/// `getsockname(2)` (or `getpeername(2)` with `peer`): the raw `sun_path` bytes of the address.
+pub fn name(fd: BorrowedFd<'_>, peer: bool) -> io::Result<Vec<u8>> {
+    // SAFETY: sockaddr_un is plain integers; all-zero is valid.
+    let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    let p = (&mut sa as *mut libc::sockaddr_un).cast();
+    // SAFETY: sa and len are valid out-pointers; len holds the size of sa.
+    cvt_i(unsafe {
+        if peer {
+            libc::getpeername(fd.as_raw_fd(), p, &mut len)
+        } else {
+            libc::getsockname(fd.as_raw_fd(), p, &mut len)
+        }
+    })?;
+    let n = (len as usize).saturating_sub(std::mem::size_of::<libc::sa_family_t>()).min(sa.sun_path.len());
+    Ok(sa.sun_path[..n].iter().map(|&c| c as u8).collect())
+}
+
+/// One message (or stream chunk) seen by [`peek`].
+#[derive(Debug, Default)]
+pub struct Peeked {
+    /// The bytes copied (at most the buffer's size).
+    pub data: Vec<u8>,
+    /// The full length of the datagram (`MSG_TRUNC`): more than `data.len()` if the buffer was short.
+    pub len: usize,
+    /// The sender's address (raw `sun_path` bytes), empty if it had none.
+    pub from: Vec<u8>,
+    /// Number of file descriptors carried (SCM_RIGHTS). Peeking installed them in this process;
+    /// they are already closed again.
+    pub rights: usize,
+}
+
+/// `recvmsg(2)` with `MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC | MSG_CMSG_CLOEXEC`: copy the next
+/// message (from the socket's peek offset, see `SO_PEEK_OFF`) without taking it off the queue.
+/// `None` when nothing (more) is queued.
+pub fn peek(fd: BorrowedFd<'_>, cap: usize) -> io::Result<Option<Peeked>> {
+    let mut data = vec![0u8; cap];
+    // SAFETY: sockaddr_un is plain integers; all-zero is valid.
+    let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut control = vec![0u64; 512];
+    let mut iov = libc::iovec { iov_base: data.as_mut_ptr().cast(), iov_len: data.len() };
+    // SAFETY: msghdr is plain integers and pointers; all-zero is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut sa as *mut libc::sockaddr_un).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len() * 8;
+    let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_TRUNC | libc::MSG_CMSG_CLOEXEC;
+    let n = loop {
+        // SAFETY: every pointer in msg refers to a live buffer of the length given beside it.
+        let r = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, flags) };
+        if r >= 0 {
+            break r as usize;
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) => return Ok(None),
+            _ => return Err(e),
+        }
+    };
+    let mut rights = 0;
+    // SAFETY: msg was filled by the kernel; CMSG_* walk the control buffer it described.
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !c.is_null() {
+        // SAFETY: c points at a complete cmsghdr inside `control` (CMSG_FIRSTHDR/NXTHDR check it).
+        let h = unsafe { &*c };
+        if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_LEN(0) is a constant computation.
+            let head = unsafe { libc::CMSG_LEN(0) } as usize;
+            let count = (h.cmsg_len as usize).saturating_sub(head) / std::mem::size_of::<libc::c_int>();
+            // SAFETY: the payload of an SCM_RIGHTS cmsg is `count` ints, inside `control`.
+            let p = unsafe { libc::CMSG_DATA(c) } as *const libc::c_int;
+            for i in 0..count {
+                // SAFETY: i < count, within the payload; the fd was just installed in our table
+                // for us (MSG_PEEK duplicates them) and nothing else owns it.
+                drop(owned(unsafe { p.add(i).read_unaligned() }));
+            }
+            rights += count;
+        }
+        // SAFETY: msg and c are valid as above.
+        c = unsafe { libc::CMSG_NXTHDR(&msg, c) };
+    }
+    let from_len = (msg.msg_namelen as usize).saturating_sub(std::mem::size_of::<libc::sa_family_t>());
+    let from = sa.sun_path[..from_len.min(sa.sun_path.len())].iter().map(|&c| c as u8).collect();
+    data.truncate(n.min(cap));
+    Ok(Some(Peeked { data, len: n, from, rights }))
+}
+
+/// `sendto(2)` with `MSG_DONTWAIT | MSG_NOSIGNAL`, to `to` (raw `sun_path` bytes) or, when `None`,
+/// to the connected peer. Returns the number of bytes sent.
+pub fn send(fd: BorrowedFd<'_>, data: &[u8], to: Option<&[u8]>) -> io::Result<usize> {
+    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    let addr = to.map(sockaddr).transpose()?;
+    loop {
+        let (p, len) = match &addr {
+            Some((sa, len)) => ((sa as *const libc::sockaddr_un).cast::<libc::sockaddr>(), *len),
+            None => (std::ptr::null(), 0),
+        };
+        // SAFETY: data is valid for reads of data.len() bytes; p is null or a valid sockaddr_un of `len` bytes.
+        let r = unsafe { libc::sendto(fd.as_raw_fd(), data.as_ptr().cast(), data.len(), flags, p, len) };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// One `sock_diag` answer: the `unix_diag_msg` header fields and the raw attributes.
+#[derive(Debug, Clone, Default)]
+pub struct DiagMsg {
+    pub ty: u8,
+    pub state: u8,
+    pub ino: u32,
+    /// (attribute type, payload).
+    pub attrs: Vec<(u16, Vec<u8>)>,
+}
+
+/// Dump every unix socket of this network namespace with `NETLINK_SOCK_DIAG`
+/// (`SOCK_DIAG_BY_FAMILY`, `struct unix_diag_req` with `udiag_show = show`); see sock_diag(7).
+pub fn unix_diag_dump(show: u32) -> io::Result<Vec<DiagMsg>> {
+    // SAFETY: integer arguments.
+    let nl = owned(cvt_i(unsafe {
+        libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+    })?);
+    // nlmsghdr (16) + unix_diag_req (24)
+    let mut req = Vec::with_capacity(40);
+    req.extend_from_slice(&40u32.to_ne_bytes());
+    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    req.extend_from_slice(&0u32.to_ne_bytes()); // pid
+    req.push(libc::AF_UNIX as u8);
+    req.push(0);
+    req.extend_from_slice(&0u16.to_ne_bytes());
+    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // all states
+    req.extend_from_slice(&0u32.to_ne_bytes()); // ino
+    req.extend_from_slice(&show.to_ne_bytes());
+    req.extend_from_slice(&[0xff; 8]); // no cookie
+                                       // SAFETY: req is valid for reads of req.len() bytes.
+    let r = unsafe { libc::send(nl.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+    cvt_i(r as i32)?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        // SAFETY: buf is valid for writes of buf.len() bytes.
+        let n = unsafe { libc::recv(nl.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let msgs = &buf[..n as usize];
+        let mut off = 0;
+        let rd32 = |b: &[u8], o: usize| b.get(o..o + 4).map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]));
+        let rd16 = |b: &[u8], o: usize| b.get(o..o + 2).map(|s| u16::from_ne_bytes([s[0], s[1]]));
+        let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed sock_diag answer");
+        while off + 16 <= msgs.len() {
+            let len = rd32(msgs, off).ok_or_else(bad)? as usize;
+            let ty = rd16(msgs, off + 4).ok_or_else(bad)?;
+            if len < 16 || off + len > msgs.len() {
+                return Err(bad());
+            }
+            let body = &msgs[off + 16..off + len];
+            match ty {
+                NLMSG_DONE => return Ok(out),
+                NLMSG_ERROR => {
+                    let errno = rd32(body, 0).ok_or_else(bad)? as i32;
+                    return Err(io::Error::from_raw_os_error(-errno));
+                }
+                _ => {
+                    if body.len() < 16 {
+                        return Err(bad());
+                    }
+                    let mut m =
+                        DiagMsg { ty: body[1], state: body[2], ino: rd32(body, 4).ok_or_else(bad)?, attrs: Vec::new() };
+                    let mut a = 16;
+                    while a + 4 <= body.len() {
+                        let alen = rd16(body, a).ok_or_else(bad)? as usize;
+                        let aty = rd16(body, a + 2).ok_or_else(bad)?;
+                        if alen < 4 || a + alen > body.len() {
+                            return Err(bad());
+                        }
+                        m.attrs.push((aty & 0x3fff, body[a + 4..a + alen].to_vec()));
+                        a += (alen + 3) & !3;
+                    }
+                    out.push(m);
+                }
+            }
+            off += (len + 3) & !3;
+        }
+    }
+}
