@@ -367,6 +367,18 @@ fn to_namespace_ids(procs: &mut [Process], zombies: &mut [Process]) -> Result<()
 /// Freeze the tree rooted at `opts.pid`, write its image to `opts.dir`, then kill it (or let
 /// it run with `-R`).
 pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
+    dump_with(opts, || Ok(ImageWriter::create(&opts.dir)?), |_| Ok(()))
+}
+
+/// [`dump`] with the image going to the writer `make_img` gives (a migration stream), and a
+/// last word: once the image is committed, with the tree still frozen, `confirm` is called with
+/// the instant of the freeze. If it fails, the tree is resumed as if nothing happened and its
+/// error returned; if it succeeds, the tree is killed (or resumed with `leave_running`).
+pub fn dump_with(
+    opts: &DumpOptions,
+    make_img: impl FnOnce() -> Result<ImageWriter, Error>,
+    confirm: impl FnOnce(Instant) -> Result<(), Error>,
+) -> Result<DumpReport, Error> {
     let t0 = Instant::now();
     let root = opts.pid;
     let _span = tracing::info_span!("dump", pid = root).entered();
@@ -408,7 +420,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     }
     let t_frozen = Instant::now();
     tracing::info!(processes = frozen.len(), "frozen");
-    let mut img = ImageWriter::create(&opts.dir)?;
+    let mut img = make_img()?;
     let mut procs: Vec<Process> = Vec::new();
     let mut tree = files::TreeFiles::default();
     tree.tcp_close = opts.tcp_close;
@@ -468,8 +480,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
         ..Default::default()
     };
     img.commit(inventory)?;
-    let frozen_for = t_frozen.elapsed();
     tracing::info!(pages_bytes, "image committed");
+    confirm(t_frozen)?;
+    let frozen_for = t_frozen.elapsed();
 
     if opts.leave_running {
         for f in frozen.iter_mut() {

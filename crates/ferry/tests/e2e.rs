@@ -606,4 +606,5 @@ mod big {
 }
 
 mod inet;
+mod migrate;
 mod more;
