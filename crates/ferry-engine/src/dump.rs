@@ -503,3 +503,20 @@ pub fn dump_with(
     let fds = procs.iter().map(|p| p.fds.len()).sum();
     Ok(DumpReport { pages_bytes, vmas: vmas_n, fds, frozen: frozen_for, total: t0.elapsed() })
 }
+
+/// Freeze process `pid` (every thread) for a moment and run `f` with its main thread borrowed
+/// for syscall injection (signals blocked, the sigreturn safety net in place), then put it
+/// back and let it run. Used by pre-copy migration to create a userfaultfd inside the target.
+pub fn with_injector<T>(pid: i32, f: impl FnOnce(&Injector, u64) -> Result<T, Error>) -> Result<T, Error> {
+    precheck(pid, Some(pid))?;
+    let mut fr = Frozen::seize(pid)?;
+    let maps_text = procfs::read_string(pid, "maps")?;
+    let maps = procfs::parse(pid, "maps", ferry_proc::parse_maps(&maps_text))?;
+    let mut t = Thread { tid: pid, ..Default::default() };
+    cpu::collect(pid, &mut t)?;
+    let (inj, scratch) = borrow(pid, &mut fr.threads[0], &maps, &t.xstate)?;
+    let r = f(&inj, scratch);
+    give_back(pid, &fr.threads[0])?;
+    fr.resume()?;
+    r
+}

@@ -17,6 +17,7 @@ pub mod inet;
 pub mod process;
 pub mod ptrace;
 pub mod raw;
+pub mod uffd;
 
 pub use libc::user_regs_struct as UserRegs;
 

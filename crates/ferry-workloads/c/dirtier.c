@@ -8,6 +8,9 @@
  * frozen in the middle of a page). On go it checks every page against its generation (kept in
  * a separate array, itself in memory) and that it kept writing after ready (W/rounds holds the
  * number of write rounds done, for the harness to see progress after the move).
+ *   argv[4] = "churn": also keep 8 small mappings changing under the migration: every round one
+ *                 of them is unmapped and mapped anew, grown with mremap (which may move it), or
+ *                 rewritten, each time with a new generation; they are checked on go too.
  */
 #include "common.h"
 #include <sys/mman.h>
@@ -31,6 +34,56 @@ static void fill(uint64_t *mem, uint64_t page, uint32_t gen)
 		p[w] = mix(page, gen, w);
 }
 
+#define NSLOT 8
+struct slot {
+	uint64_t *p;
+	size_t pages;
+	uint32_t gen;
+};
+static struct slot slots[NSLOT];
+
+static void slot_fill(int k)
+{
+	for (size_t i = 0; i < slots[k].pages; i++)
+		for (uint64_t w = 0; w < WORDS; w++)
+			slots[k].p[i * WORDS + w] = mix(1000003ULL * (k + 1) + i, slots[k].gen, w);
+}
+
+static void slot_new(int k, size_t pages)
+{
+	void *p = mmap(NULL, pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		die_setup("mmap slot: %s", strerror(errno));
+	slots[k].p = p;
+	slots[k].pages = pages;
+	slots[k].gen++;
+	slot_fill(k);
+}
+
+static void churn(uint64_t round, uint64_t rng)
+{
+	int k = (int)(round % NSLOT);
+	switch ((round / NSLOT) % 3) {
+	case 0:
+		munmap(slots[k].p, slots[k].pages * PAGE);
+		slot_new(k, 16 + (rng >> 40) % 64);
+		break;
+	case 1: {
+		void *p = mremap(slots[k].p, slots[k].pages * PAGE, (slots[k].pages + 16) * PAGE, MREMAP_MAYMOVE);
+		if (p == MAP_FAILED)
+			die_setup("mremap: %s", strerror(errno));
+		slots[k].p = p;
+		slots[k].pages += 16;
+		slots[k].gen++;
+		slot_fill(k);
+		break;
+	}
+	default:
+		slots[k].gen++;
+		slot_fill(k);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	workload_init(argc, argv);
@@ -51,6 +104,10 @@ int main(int argc, char **argv)
 		per_round = 1;
 	uint64_t rng = 0x12345678ULL ^ (uint64_t)getpid();
 	uint64_t rounds = 0;
+	int churning = argc > 4 && strcmp(argv[4], "churn") == 0;
+	if (churning)
+		for (int k = 0; k < NSLOT; k++)
+			slot_new(k, 32);
 	signal_ready();
 	while (!go) {
 		for (size_t k = 0; k < per_round; k++) {
@@ -59,6 +116,8 @@ int main(int argc, char **argv)
 			gen[i]++;
 			fill(mem, i, gen[i]);
 		}
+		if (churning)
+			churn(rounds, rng);
 		rounds++;
 		if (rounds % 50 == 0) {
 			char buf[64];
@@ -84,6 +143,13 @@ int main(int argc, char **argv)
 		}
 	}
 	CHECK(bad == 0, "%zu of %zu pages differ", bad, npages);
+	for (int k = 0; churning && k < NSLOT; k++)
+		for (size_t i = 0; i < slots[k].pages; i++)
+			if (slots[k].p[i * WORDS + 7] != mix(1000003ULL * (k + 1) + i, slots[k].gen, 7) ||
+			    slots[k].p[i * WORDS + WORDS - 1] != mix(1000003ULL * (k + 1) + i, slots[k].gen, WORDS - 1)) {
+				fail("churned mapping %d page %zu: wrong content for generation %u", k, i, slots[k].gen);
+				break;
+			}
 	CHECK(dirtied > 0, "no page was ever rewritten");
 	fprintf(stderr, "dirtier: %zu pages checked, %llu rewrites in %llu rounds\n", npages,
 		(unsigned long long)dirtied, (unsigned long long)rounds);

@@ -36,6 +36,13 @@ pub mod kind {
     pub const FINISHED: u8 = 9;
     /// source -> destination: the source gave up (and resumed its copy); a one-line reason.
     pub const ABORT: u8 = 10;
+    /// pre-copy, source -> destination, while the tree runs: host pid (u32 LE), address (u64
+    /// LE), page bytes (whole pages).
+    pub const PAGES: u8 = 11;
+    /// pre-copy, source -> destination, after the freeze: host pid (u32 LE), image pid (u32
+    /// LE), then (start u64 LE, end u64 LE) ranges of pages the image leaves out and the
+    /// destination fills from the PAGES it kept (their latest copy). May repeat for one pid.
+    pub const KEEP: u8 = 12;
 }
 
 /// Migration modes as HELLO carries them.

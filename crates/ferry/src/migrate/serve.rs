@@ -116,6 +116,95 @@ struct Incoming {
     hasher: crc32fast::Hasher,
 }
 
+const PAGE: usize = 4096;
+
+/// Pre-copied pages of one process: their bytes and where each page is.
+#[derive(Default)]
+struct PageStore {
+    data: Vec<u8>,
+    index: HashMap<u64, usize>,
+}
+
+/// Put the pages the final image left out (the destination has their latest copy) into the
+/// process's page file and mapping runs, and the new sizes and checksums into the inventory.
+fn fill_kept(
+    dir: &Path,
+    inv: &mut ferry_image::Inventory,
+    pid: i32,
+    ranges: &[(u64, u64)],
+    st: &PageStore,
+) -> Result<()> {
+    let pf = ferry_image::process_file(pid);
+    let pages_name = ferry_image::pages_file(pid);
+    let ppath = dir.join(&pf);
+    let raw = fs::read(&ppath).with_context(|| format!("KEEP for pid {pid}, which the image does not have"))?;
+    let mut p: ferry_image::Process = ferry_image::decode_record(&pf, ferry_image::RecordKind::Process, &raw)?;
+    let mm = p.mm.as_mut().context("process record without memory")?;
+    let pages_path = dir.join(&pages_name);
+    let entry = inv.files.iter().position(|d| d.name == pages_name).context("page file not in the inventory")?;
+    let (size0, crc0) = (inv.files[entry].size, inv.files[entry].crc32);
+    let mut out = fs::OpenOptions::new().append(true).open(&pages_path).context("page file")?;
+    if out.metadata()?.len() != size0 {
+        bail!("{pages_name}: size differs from the inventory");
+    }
+    let mut hasher = crc32fast::Hasher::new_with_initial_len(crc0, size0);
+    let mut off = size0;
+    // contiguous stretches of the store are written at once
+    let mut pending: Option<(usize, usize)> = None;
+    let mut flush = |pending: &mut Option<(usize, usize)>, out: &mut File| -> Result<()> {
+        if let Some((a, b)) = pending.take() {
+            hasher.update(&st.data[a..b]);
+            out.write_all(&st.data[a..b])?;
+        }
+        Ok(())
+    };
+    let mut filled = 0u64;
+    let mut vi = 0usize;
+    for &(start, end) in ranges {
+        let mut a = start;
+        while a < end {
+            let src = *st.index.get(&a).with_context(|| format!("pid {pid}: page {a:#x} was never sent"))?;
+            if !(mm.vmas.get(vi).is_some_and(|v| v.start <= a && a < v.end)) {
+                vi = mm
+                    .vmas
+                    .iter()
+                    .position(|v| v.start <= a && a < v.end)
+                    .with_context(|| format!("pid {pid}: kept page {a:#x} is in no mapping"))?;
+            }
+            let v = &mut mm.vmas[vi];
+            match v.runs.last_mut() {
+                Some(last)
+                    if last.addr + last.nr_pages * PAGE as u64 == a
+                        && last.offset + last.nr_pages * PAGE as u64 == off =>
+                {
+                    last.nr_pages += 1
+                }
+                _ => v.runs.push(ferry_image::PageRun { addr: a, nr_pages: 1, offset: off }),
+            }
+            match pending.as_mut() {
+                Some(p) if p.1 == src && p.1 - p.0 < 64 << 20 => p.1 += PAGE,
+                _ => {
+                    flush(&mut pending, &mut out)?;
+                    pending = Some((src, src + PAGE));
+                }
+            }
+            off += PAGE as u64;
+            filled += PAGE as u64;
+            a += PAGE as u64;
+        }
+    }
+    flush(&mut pending, &mut out)?;
+    drop(out);
+    inv.files[entry].size = off;
+    inv.files[entry].crc32 = hasher.finalize();
+    mm.pages_bytes += filled;
+    let rec = ferry_image::encode_record(ferry_image::RecordKind::Process, &p);
+    fs::write(&ppath, &rec)?;
+    let d = inv.files.iter_mut().find(|d| d.name == pf).with_context(|| format!("{pf} not in the inventory"))?;
+    (d.size, d.crc32) = (rec.len() as u64, crc32fast::hash(&rec));
+    Ok(())
+}
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
@@ -138,8 +227,8 @@ fn handle(sock: TcpStream, auth: &Auth, limits: &Limits, dir: &Path) -> Result<O
     }
     let mut f = Fields(&hello);
     let (version, m) = (f.u16()?, f.u8()?);
-    if version != super::channel::PROTOCOL_VERSION || m != mode::STOP_AND_COPY {
-        let why = format!("unsupported protocol version {version} or mode {m} (this node: stop-and-copy only)");
+    if version != super::channel::PROTOCOL_VERSION || !matches!(m, mode::STOP_AND_COPY | mode::PRE_COPY) {
+        let why = format!("unsupported protocol version {version} or mode {m} (this node: stop-and-copy and pre-copy)");
         let _ = send_now(&mut sec, kind::FAILED, why.as_bytes());
         bail!("{why}");
     }
@@ -207,6 +296,9 @@ fn receive(sec: &mut Secure, limits: &Limits, dir: &Path) -> Result<()> {
     let mut open: HashMap<u32, Incoming> = HashMap::new();
     let mut names = std::collections::HashSet::new();
     let mut total = 0u64;
+    // pre-copy: the latest copy of each page sent while the tree ran, per host pid
+    let mut store: HashMap<u32, PageStore> = HashMap::new();
+    let mut keeps: HashMap<u32, (u32, Vec<(u64, u64)>)> = HashMap::new();
     loop {
         let (k, payload) = recv(sec, MAX_MSG)?;
         let mut f = Fields(&payload);
@@ -254,11 +346,48 @@ fn receive(sec: &mut Secure, limits: &Limits, dir: &Path) -> Result<()> {
                     bail!("{}: size or checksum mismatch", inc.name);
                 }
             }
+            kind::PAGES => {
+                let (host, addr) = (f.u32()?, f.u64()?);
+                let bytes = f.rest();
+                if bytes.len() % PAGE != 0 || addr % PAGE as u64 != 0 {
+                    bail!("pre-copy pages not page aligned");
+                }
+                // new pages count against the cap; a page sent again replaces its copy
+                let st = store.entry(host).or_default();
+                for (i, page) in bytes.chunks(PAGE).enumerate() {
+                    let a = addr + (i * PAGE) as u64;
+                    match st.index.get(&a) {
+                        Some(&off) => st.data[off..off + PAGE].copy_from_slice(page),
+                        None => {
+                            total += PAGE as u64;
+                            if total > limits.max_image_bytes {
+                                bail!("the image exceeds {} MiB: refused", limits.max_image_bytes >> 20);
+                            }
+                            st.index.insert(a, st.data.len());
+                            st.data.extend_from_slice(page);
+                        }
+                    }
+                }
+                if store.len() > limits.max_processes {
+                    bail!("pages of more than {} processes: refused", limits.max_processes);
+                }
+            }
+            kind::KEEP => {
+                let (host, image_pid) = (f.u32()?, f.u32()?);
+                let e = keeps.entry(host).or_insert((image_pid, Vec::new()));
+                while !f.0.is_empty() {
+                    let (a, b) = (f.u64()?, f.u64()?);
+                    if a >= b || a % PAGE as u64 != 0 || b % PAGE as u64 != 0 {
+                        bail!("bad KEEP range");
+                    }
+                    e.1.push((a, b));
+                }
+            }
             kind::COMMIT => {
                 if !open.is_empty() {
                     bail!("commit with files still open");
                 }
-                let inv: ferry_image::Inventory =
+                let mut inv: ferry_image::Inventory =
                     ferry_image::decode_record("inventory", ferry_image::RecordKind::Inventory, &payload)?;
                 if inv.pids.len() > limits.max_processes {
                     bail!("{} processes, more than the {} allowed: refused", inv.pids.len(), limits.max_processes);
@@ -266,9 +395,19 @@ fn receive(sec: &mut Secure, limits: &Limits, dir: &Path) -> Result<()> {
                 if inv.files.len() != names.len() || inv.files.iter().any(|d| !names.contains(&d.name)) {
                     bail!("the inventory does not list the files that were sent");
                 }
+                let mut bytes = payload.clone();
+                if !keeps.is_empty() {
+                    let t = Instant::now();
+                    for (host, (image_pid, ranges)) in &keeps {
+                        let st = store.get(host).context("KEEP for a process whose pages were never sent")?;
+                        fill_kept(dir, &mut inv, *image_pid as i32, ranges, st)?;
+                    }
+                    bytes = ferry_image::encode_record(ferry_image::RecordKind::Inventory, &inv);
+                    eprintln!("serve: pre-copied pages put in the image in {} ms", t.elapsed().as_millis());
+                }
                 let path: PathBuf = dir.join(ferry_image::INVENTORY);
                 let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
-                file.write_all(&payload)?;
+                file.write_all(&bytes)?;
                 return Ok(());
             }
             kind::ABORT => bail!("the source aborted: {}", text(f.rest())),

@@ -79,6 +79,42 @@ pub struct MigrateOptions<'a> {
     pub timeout: Duration,
 }
 
+/// Rounds of pre-copy while the tree runs: everything first, then what was written since, until
+/// a round is small (under 4 MiB) or stops shrinking (less than 20% smaller than the previous
+/// one), at most 10 rounds.
+fn precopy_rounds(pid: i32, sink: &Mutex<NetSink>, rounds: &mut u32) -> Result<ferry_engine::precopy::Tracker> {
+    let mut tracker =
+        ferry_engine::precopy::Tracker::start(pid).with_context(|| format!("pid {pid}: cannot track its writes"))?;
+    let mut prev = u64::MAX;
+    for r in 0..10 {
+        let t = Instant::now();
+        let mut s = lock(sink);
+        let sent = tracker.round(&mut |host, addr, bytes| {
+            // whole pages per message
+            const PIECE: usize = MAX_MSG - 4096;
+            for (i, piece) in bytes.chunks(PIECE).enumerate() {
+                let mut head = [0u8; 17];
+                head[0] = kind::PAGES;
+                head[1..5].copy_from_slice(&((piece.len() + 12) as u32).to_le_bytes());
+                head[5..9].copy_from_slice(&(host as u32).to_le_bytes());
+                head[9..].copy_from_slice(&(addr + (i * PIECE) as u64).to_le_bytes());
+                s.sec.write(&head)?;
+                s.sec.write(piece)?;
+            }
+            s.progress(false);
+            Ok(())
+        })?;
+        s.sec.flush()?;
+        *rounds = r + 1;
+        eprintln!("migrate: pre-copy round {}: {} MiB in {} ms", r + 1, sent >> 20, t.elapsed().as_millis());
+        if sent < 4 << 20 || sent.saturating_mul(10) > prev.saturating_mul(8) {
+            break;
+        }
+        prev = sent;
+    }
+    Ok(tracker)
+}
+
 fn lock(s: &Mutex<NetSink>) -> std::sync::MutexGuard<'_, NetSink> {
     s.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -93,8 +129,8 @@ fn resolve(to: &str) -> Result<SocketAddr> {
 pub fn migrate(o: &MigrateOptions) -> Result<()> {
     let t0 = Instant::now();
     let pid = o.pid;
-    if o.mode != mode::STOP_AND_COPY {
-        bail!("only stop-and-copy migration is implemented in this version (no --pre-copy / --post-copy yet)");
+    if o.mode == mode::POST_COPY {
+        bail!("post-copy migration is not implemented in this version (use stop-and-copy or --pre-copy)");
     }
     let auth = Auth::load(o.auth)?;
     let addr = resolve(o.to)?;
@@ -116,6 +152,11 @@ pub fn migrate(o: &MigrateOptions) -> Result<()> {
     let sink =
         Arc::new(Mutex::new(NetSink { sec, image_bytes: 0, last_progress: Instant::now(), started: Instant::now() }));
     let dyn_sink: Arc<Mutex<dyn ImageSink>> = sink.clone();
+    let mut tracker = None;
+    let mut rounds = 0;
+    if o.mode == mode::PRE_COPY {
+        tracker = Some(precopy_rounds(pid, &sink, &mut rounds)?);
+    }
     let opts = ferry_engine::dump::DumpOptions { pid, dir: "<stream>".into(), leave_running: false, tcp_close: false };
     let mut downtime = Duration::ZERO;
     let mut remote = (0i32, 0u32);
@@ -123,6 +164,31 @@ pub fn migrate(o: &MigrateOptions) -> Result<()> {
         &opts,
         || {
             eprintln!("migrate: pid {pid} frozen, streaming its image");
+            let t_freeze = Instant::now();
+            if let Some(t) = tracker.as_mut() {
+                let keeps = t.finish()?;
+                let mut s = lock(&sink);
+                let kept: u64 = keeps.iter().flat_map(|k| k.ranges.iter()).map(|r| r.1 - r.0).sum();
+                for k in keeps {
+                    for part in k.ranges.chunks(60_000) {
+                        let mut p = (k.host_pid as u32).to_le_bytes().to_vec();
+                        p.extend_from_slice(&(k.image_pid as u32).to_le_bytes());
+                        for r in part {
+                            p.extend_from_slice(&r.0.to_le_bytes());
+                            p.extend_from_slice(&r.1.to_le_bytes());
+                        }
+                        send(&mut s.sec, kind::KEEP, &p).map_err(|e| ferry_engine::Error::Sys {
+                            object: "migration: cannot send".into(),
+                            source: e,
+                        })?;
+                    }
+                }
+                eprintln!(
+                    "migrate: {} MiB already there and unchanged ({} ms after the freeze)",
+                    kept >> 20,
+                    t_freeze.elapsed().as_millis()
+                );
+            }
             Ok(ferry_image::ImageWriter::to_sink(dyn_sink))
         },
         |t_frozen| {
@@ -148,8 +214,9 @@ pub fn migrate(o: &MigrateOptions) -> Result<()> {
         Ok(r) => {
             let _ = send_now(&mut s.sec, kind::FINISHED, &[]);
             println!(
-                "migrated pid {pid} to {addr} (pid {} there): mode=stop-and-copy total_ms={} bytes_sent={} image_bytes={} pages_bytes={} restore_ms={} downtime_ms={}",
+                "migrated pid {pid} to {addr} (pid {} there): mode={} rounds={rounds} total_ms={} bytes_sent={} image_bytes={} pages_bytes={} restore_ms={} downtime_ms={}",
                 remote.0,
+                if o.mode == mode::PRE_COPY { "pre-copy" } else { "stop-and-copy" },
                 t0.elapsed().as_millis(),
                 s.sec.wire_sent,
                 s.image_bytes,

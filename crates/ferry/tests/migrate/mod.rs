@@ -143,7 +143,15 @@ struct Workload {
 
 impl Workload {
     fn start(nodes: &Nodes, label: &str, mib: u32, pidns: bool) -> Workload {
+        Workload::start_args(nodes, label, mib, pidns, false)
+    }
+
+    fn start_args(nodes: &Nodes, label: &str, mib: u32, pidns: bool, churn: bool) -> Workload {
         let w = WorkDir::new(label);
+        let mut args = vec![mib.to_string()];
+        if churn {
+            args.extend(["10240".to_string(), "churn".to_string()]);
+        }
         let log = |name: &str| File::create(w.join(name)).expect("log file");
         let prog = ferry_workloads::path("dirtier");
         let pid;
@@ -154,7 +162,7 @@ impl Workload {
                 .args(["run", "--pidns", "-d", "--pidfile", &path_str(&pidfile), "--"])
                 .arg(&prog)
                 .arg(&w.path)
-                .arg(mib.to_string())
+                .args(&args)
                 .stdin(Stdio::null())
                 .stdout(log("run.log"))
                 .stderr(log("out.log"))
@@ -238,12 +246,13 @@ struct Migration {
     stderr: String,
 }
 
-fn spawn_migrate(nodes: &Nodes, wl: &Workload, auth: &Path, label: &str) -> (Child, PathBuf, PathBuf) {
+fn spawn_migrate(nodes: &Nodes, wl: &Workload, auth: &Path, label: &str, extra: &[&str]) -> (Child, PathBuf, PathBuf) {
     let out = wl.w.join(&format!("{label}.out"));
     let err = wl.w.join(&format!("{label}.err"));
     let child = nodes
         .in_a(ferry_bin())
         .args(["migrate", "-t", &wl.pid.to_string(), "--to", DEST, "--auth", &path_str(auth)])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(File::create(&out).expect("out"))
         .stderr(File::create(&err).expect("err"))
@@ -253,7 +262,11 @@ fn spawn_migrate(nodes: &Nodes, wl: &Workload, auth: &Path, label: &str) -> (Chi
 }
 
 fn migrate(nodes: &Nodes, wl: &Workload, auth: &Path, label: &str) -> Migration {
-    let (mut child, out, err) = spawn_migrate(nodes, wl, auth, label);
+    migrate_with(nodes, wl, auth, label, &[])
+}
+
+fn migrate_with(nodes: &Nodes, wl: &Workload, auth: &Path, label: &str, extra: &[&str]) -> Migration {
+    let (mut child, out, err) = spawn_migrate(nodes, wl, auth, label, extra);
     let status = wait_timeout(&mut child, Duration::from_secs(300)).unwrap_or_else(|| {
         let _ = child.kill();
         panic!("ferry migrate did not finish: {}", read_tail(&err, 3000));
@@ -292,15 +305,32 @@ fn summary(m: &Migration) -> (i32, u64) {
 
 /// A successful move of an `mib` MiB writer; returns the downtime.
 fn migrate_and_verify(mib: u32) -> u64 {
+    migrate_and_verify_with(mib, &[], false)
+}
+
+fn migrate_and_verify_with(mib: u32, extra: &[&str], churn: bool) -> u64 {
     let nodes = Nodes::new();
-    let wl = Workload::start(&nodes, "migrate", mib, true);
+    let wl = Workload::start_args(&nodes, "migrate", mib, true, churn);
     let auth = wl.w.join("auth");
     keygen(&auth);
     let _server = Server::start(&nodes, &wl.w, &auth, &[]);
     wl.expect_progress("before the migration");
-    let m = migrate(&nodes, &wl, &auth, "migrate");
+    let m = migrate_with(&nodes, &wl, &auth, "migrate", extra);
     assert!(m.ok, "ferry migrate failed: {}\nserve: {}", m.stderr, _server.log());
     let (remote, downtime) = summary(&m);
+    if extra.contains(&"--pre-copy") {
+        // the final image holds only what changed since the last round
+        let line = m.stdout.trim();
+        let field = |k: &str| -> u64 {
+            line.split_whitespace().find_map(|w| w.strip_prefix(k)).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
+        };
+        assert!(line.contains("mode=pre-copy") && field("rounds=") >= 1, "{line}");
+        assert!(
+            field("image_bytes=") < (mib as u64) << 19,
+            "the final image is not smaller than half the memory: {line}"
+        );
+        assert!(m.stderr.contains("already there and unchanged"), "{}", m.stderr);
+    }
     wait_for("the source copy to be killed", Duration::from_secs(20), || !pid_alive(wl.pid));
     assert!(pid_alive(remote), "the migrated tree (pid {remote}) is not running");
     wl.expect_progress("after the migration");
@@ -393,7 +423,7 @@ fn migrate_destination_killed_mid_stream_source_resumes() {
     let auth = wl.w.join("auth");
     keygen(&auth);
     let mut server = Server::start(&nodes, &wl.w, &auth, &[]);
-    let (mut child, _out, err) = spawn_migrate(&nodes, &wl, &auth, "migrate");
+    let (mut child, _out, err) = spawn_migrate(&nodes, &wl, &auth, "migrate", &[]);
     wait_for("the image to stream", Duration::from_secs(60), || {
         fs::read_to_string(&err).unwrap_or_default().contains("migrate: sent")
     });
@@ -440,14 +470,84 @@ fn migrate_image_over_destination_cap_refused() {
     wl.go_and_pass(wl.pid);
 }
 
+#[test]
+fn control_dirtier_churn() {
+    control(&Spec::c("dirtier").args(&["16", "10240", "churn"]));
+}
+
+/// Pre-copy of a 256 MiB writer: rounds while it runs, a small final image, every page right.
+#[test]
+fn migrate_pre_copy_256mib_writer() {
+    let _heavy = heavy_lock();
+    migrate_and_verify_with(256, &["--pre-copy"], false);
+}
+
+/// Pre-copy while mappings vanish, appear (often at the same address), grow and move between
+/// the rounds and during the final one.
+#[test]
+fn migrate_pre_copy_mappings_change_between_rounds() {
+    migrate_and_verify_with(64, &["--pre-copy"], true);
+}
+
+/// The destination dies during the pre-copy rounds: the tree, never frozen, runs on untracked.
+#[test]
+fn migrate_pre_copy_destination_killed_source_keeps_running() {
+    let _heavy = heavy_lock();
+    let nodes = Nodes::new();
+    let wl = Workload::start_args(&nodes, "migrate-pre-kill", 256, true, true);
+    let auth = wl.w.join("auth");
+    keygen(&auth);
+    let mut server = Server::start(&nodes, &wl.w, &auth, &[]);
+    let (mut child, _out, err) = spawn_migrate(&nodes, &wl, &auth, "migrate", &["--pre-copy"]);
+    wait_for("the first pre-copy pages", Duration::from_secs(60), || {
+        fs::read_to_string(&err).unwrap_or_default().contains("migrate: sent")
+    });
+    server.child.kill().expect("kill ferry serve");
+    let _ = server.child.wait();
+    let status = wait_timeout(&mut child, Duration::from_secs(60)).expect("ferry migrate did not end");
+    let stderr = fs::read_to_string(&err).unwrap_or_default();
+    assert!(!status.success(), "migration reported success with the destination killed: {stderr}");
+    wl.expect_running_here("after the destination died during pre-copy");
+    // no userfaultfd left behind in the tree's fd tables
+    let children = fs::read_to_string(format!("/proc/{}/task/{}/children", wl.pid, wl.pid)).unwrap_or_default();
+    let mut pids: Vec<i32> = children.split_whitespace().filter_map(|c| c.parse().ok()).collect();
+    assert!(!pids.is_empty(), "the job under the init is gone");
+    pids.push(wl.pid);
+    for pid in pids {
+        for fd in fs::read_dir(format!("/proc/{pid}/fd")).expect("fd dir").flatten() {
+            let link = fs::read_link(fd.path()).unwrap_or_default();
+            assert!(!link.to_string_lossy().contains("userfaultfd"), "pid {pid} keeps {link:?}");
+        }
+    }
+    wl.go_and_pass(wl.pid);
+}
+
+/// `--post-copy` is not implemented: refused before the tree is touched.
+#[test]
+fn migrate_post_copy_refused_cleanly() {
+    let nodes = Nodes::new();
+    let wl = Workload::start(&nodes, "migrate-post", 16, true);
+    let auth = wl.w.join("auth");
+    keygen(&auth);
+    let _server = Server::start(&nodes, &wl.w, &auth, &[]);
+    let m = migrate_with(&nodes, &wl, &auth, "migrate", &["--post-copy"]);
+    assert!(!m.ok && m.stderr.contains("not implemented"), "{}", m.stderr);
+    wl.expect_running_here("after --post-copy was refused");
+    wl.go_and_pass(wl.pid);
+}
+
 /// Downtime figures (ignored by default: `cargo test --release --test e2e -- --ignored
 /// migrate_downtime_figures --nocapture`).
 #[test]
 #[ignore]
 fn migrate_downtime_figures() {
     let _heavy = heavy_lock();
+    let mut lines = Vec::new();
     for mib in [64, 256, 1024] {
         let d = migrate_and_verify(mib);
-        eprintln!("stop-and-copy {mib} MiB: downtime_ms={d}");
+        lines.push(format!("stop-and-copy {mib} MiB: downtime_ms={d}"));
+        let d = migrate_and_verify_with(mib, &["--pre-copy"], false);
+        lines.push(format!("pre-copy {mib} MiB: downtime_ms={d}"));
     }
+    eprintln!("{}", lines.join("\n"));
 }
