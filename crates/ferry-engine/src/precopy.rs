@@ -51,7 +51,13 @@ pub struct Tracker {
 
 /// Pages `dump_pages` must leave out, per host pid (set by [`Tracker::finish`] for the next dump
 /// of this process, cleared by [`clear_skips`]).
-static SKIP: Mutex<Option<HashMap<i32, Vec<(u64, u64)>>>> = Mutex::new(None);
+static SKIP: Mutex<Option<SkipMap>> = Mutex::new(None);
+
+/// Page ranges to leave out, per host pid.
+type SkipMap = HashMap<i32, Vec<(u64, u64)>>;
+
+/// Where a round hands its pages: (host pid, address, bytes).
+pub type PageSink<'a> = dyn FnMut(i32, u64, &[u8]) -> std::io::Result<()> + 'a;
 
 fn tree(root: i32) -> Vec<i32> {
     let mut out = vec![root];
@@ -113,7 +119,7 @@ impl Tracker {
     /// One round: every page written since the last round (all present pages the first time)
     /// is write-protected again and handed to `send(host_pid, addr, bytes)`. Returns the bytes
     /// sent.
-    pub fn round(&mut self, send: &mut dyn FnMut(i32, u64, &[u8]) -> std::io::Result<()>) -> Result<u64, Error> {
+    pub fn round(&mut self, send: &mut PageSink<'_>) -> Result<u64, Error> {
         let mut total = 0;
         let mut buf = vec![0u8; CHUNK];
         for t in self.procs.iter_mut() {
@@ -141,10 +147,7 @@ impl Tracker {
                     let mut addr = rs;
                     while addr < re {
                         let len = ((re - addr) as usize).min(CHUNK);
-                        let got = match ferry_sys::process::vm_read(pid, addr, &mut buf[..len]) {
-                            Ok(n) => n,
-                            Err(_) => 0,
-                        };
+                        let got = ferry_sys::process::vm_read(pid, addr, &mut buf[..len]).unwrap_or_default();
                         if got == 0 {
                             break; // unmapped meanwhile: not sent, so never left out
                         }

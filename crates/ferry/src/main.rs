@@ -114,7 +114,7 @@ enum Cmd {
         /// Credentials directory (ferry keygen).
         #[arg(long)]
         auth: PathBuf,
-        /// Send memory while the tree runs, then only what changed (not implemented yet).
+        /// Send memory while the tree runs, then only what was written since; freeze at the end.
         #[arg(long, conflicts_with = "post_copy")]
         pre_copy: bool,
         /// Resume at once on the destination and fetch pages on fault (not implemented yet).

@@ -118,21 +118,44 @@ struct Incoming {
 
 const PAGE: usize = 4096;
 
-/// Pre-copied pages of one process: their bytes and where each page is.
-#[derive(Default)]
+/// Pre-copied pages of one process, in a file of the staging area that is already laid out as
+/// a page file: its header page, then each page as it arrives (a page sent again is appended
+/// again; the index points at its latest copy). Its checksum is kept as it grows, so that
+/// turning it into the image's page file at the end costs only the final round's bytes.
 struct PageStore {
-    data: Vec<u8>,
-    index: HashMap<u64, usize>,
+    file: File,
+    len: u64,
+    hasher: crc32fast::Hasher,
+    index: HashMap<u64, u64>,
+    path: PathBuf,
 }
 
-/// Put the pages the final image left out (the destination has their latest copy) into the
-/// process's page file and mapping runs, and the new sizes and checksums into the inventory.
+impl PageStore {
+    fn create(dir: &Path, host: u32) -> Result<PageStore> {
+        let path = dir.join(format!(".precopy-{host}"));
+        let file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+        let mut st = PageStore { file, len: 0, hasher: crc32fast::Hasher::new(), index: HashMap::new(), path };
+        st.append(&ferry_image::pages_header())?;
+        Ok(st)
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        self.file.write_all(bytes).context("cannot write pre-copied pages (staging area full?)")?;
+        self.hasher.update(bytes);
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+}
+
+/// Make the pre-copy file of a process its page file: append the final round's page file (its
+/// runs move by the offset it lands at), add runs for the pages the final image left out (the
+/// latest copy of each), and put the new sizes and checksums into the inventory.
 fn fill_kept(
     dir: &Path,
     inv: &mut ferry_image::Inventory,
     pid: i32,
     ranges: &[(u64, u64)],
-    st: &PageStore,
+    mut st: PageStore,
 ) -> Result<()> {
     let pf = ferry_image::process_file(pid);
     let pages_name = ferry_image::pages_file(pid);
@@ -141,29 +164,20 @@ fn fill_kept(
     let mut p: ferry_image::Process = ferry_image::decode_record(&pf, ferry_image::RecordKind::Process, &raw)?;
     let mm = p.mm.as_mut().context("process record without memory")?;
     let pages_path = dir.join(&pages_name);
-    let entry = inv.files.iter().position(|d| d.name == pages_name).context("page file not in the inventory")?;
-    let (size0, crc0) = (inv.files[entry].size, inv.files[entry].crc32);
-    let mut out = fs::OpenOptions::new().append(true).open(&pages_path).context("page file")?;
-    if out.metadata()?.len() != size0 {
-        bail!("{pages_name}: size differs from the inventory");
-    }
-    let mut hasher = crc32fast::Hasher::new_with_initial_len(crc0, size0);
-    let mut off = size0;
-    // contiguous stretches of the store are written at once
-    let mut pending: Option<(usize, usize)> = None;
-    let mut flush = |pending: &mut Option<(usize, usize)>, out: &mut File| -> Result<()> {
-        if let Some((a, b)) = pending.take() {
-            hasher.update(&st.data[a..b]);
-            out.write_all(&st.data[a..b])?;
+    let last = fs::read(&pages_path).with_context(|| format!("{pages_name} missing"))?;
+    let base = st.len;
+    st.append(&last)?;
+    for v in mm.vmas.iter_mut() {
+        for r in v.runs.iter_mut() {
+            r.offset += base;
         }
-        Ok(())
-    };
+    }
     let mut filled = 0u64;
     let mut vi = 0usize;
     for &(start, end) in ranges {
         let mut a = start;
         while a < end {
-            let src = *st.index.get(&a).with_context(|| format!("pid {pid}: page {a:#x} was never sent"))?;
+            let off = *st.index.get(&a).with_context(|| format!("pid {pid}: page {a:#x} was never sent"))?;
             if !(mm.vmas.get(vi).is_some_and(|v| v.start <= a && a < v.end)) {
                 vi = mm
                     .vmas
@@ -174,34 +188,26 @@ fn fill_kept(
             let v = &mut mm.vmas[vi];
             match v.runs.last_mut() {
                 Some(last)
-                    if last.addr + last.nr_pages * PAGE as u64 == a
-                        && last.offset + last.nr_pages * PAGE as u64 == off =>
+                    if last.addr + last.nr_pages * PAGE as u64 == a && last.offset + last.nr_pages * PAGE as u64 == off =>
                 {
                     last.nr_pages += 1
                 }
                 _ => v.runs.push(ferry_image::PageRun { addr: a, nr_pages: 1, offset: off }),
             }
-            match pending.as_mut() {
-                Some(p) if p.1 == src && p.1 - p.0 < 64 << 20 => p.1 += PAGE,
-                _ => {
-                    flush(&mut pending, &mut out)?;
-                    pending = Some((src, src + PAGE));
-                }
-            }
-            off += PAGE as u64;
             filled += PAGE as u64;
             a += PAGE as u64;
         }
     }
-    flush(&mut pending, &mut out)?;
-    drop(out);
-    inv.files[entry].size = off;
-    inv.files[entry].crc32 = hasher.finalize();
     mm.pages_bytes += filled;
     let rec = ferry_image::encode_record(ferry_image::RecordKind::Process, &p);
     fs::write(&ppath, &rec)?;
     let d = inv.files.iter_mut().find(|d| d.name == pf).with_context(|| format!("{pf} not in the inventory"))?;
     (d.size, d.crc32) = (rec.len() as u64, crc32fast::hash(&rec));
+    let (size, crc) = (st.len, st.hasher.clone().finalize());
+    drop(st.file);
+    fs::rename(&st.path, &pages_path)?;
+    let d = inv.files.iter_mut().find(|d| d.name == pages_name).context("page file not in the inventory")?;
+    (d.size, d.crc32) = (size, crc);
     Ok(())
 }
 
@@ -352,24 +358,21 @@ fn receive(sec: &mut Secure, limits: &Limits, dir: &Path) -> Result<()> {
                 if bytes.len() % PAGE != 0 || addr % PAGE as u64 != 0 {
                     bail!("pre-copy pages not page aligned");
                 }
-                // new pages count against the cap; a page sent again replaces its copy
-                let st = store.entry(host).or_default();
-                for (i, page) in bytes.chunks(PAGE).enumerate() {
-                    let a = addr + (i * PAGE) as u64;
-                    match st.index.get(&a) {
-                        Some(&off) => st.data[off..off + PAGE].copy_from_slice(page),
-                        None => {
-                            total += PAGE as u64;
-                            if total > limits.max_image_bytes {
-                                bail!("the image exceeds {} MiB: refused", limits.max_image_bytes >> 20);
-                            }
-                            st.index.insert(a, st.data.len());
-                            st.data.extend_from_slice(page);
-                        }
-                    }
+                total += bytes.len() as u64;
+                if total > limits.max_image_bytes {
+                    bail!("the image exceeds {} MiB: refused", limits.max_image_bytes >> 20);
                 }
-                if store.len() > limits.max_processes {
-                    bail!("pages of more than {} processes: refused", limits.max_processes);
+                if !store.contains_key(&host) {
+                    if store.len() >= limits.max_processes {
+                        bail!("pages of more than {} processes: refused", limits.max_processes);
+                    }
+                    store.insert(host, PageStore::create(dir, host)?);
+                }
+                let st = store.get_mut(&host).context("store")?;
+                let at = st.len;
+                st.append(bytes)?;
+                for i in 0..bytes.len() / PAGE {
+                    st.index.insert(addr + (i * PAGE) as u64, at + (i * PAGE) as u64);
                 }
             }
             kind::KEEP => {
@@ -399,7 +402,10 @@ fn receive(sec: &mut Secure, limits: &Limits, dir: &Path) -> Result<()> {
                 if !keeps.is_empty() {
                     let t = Instant::now();
                     for (host, (image_pid, ranges)) in &keeps {
-                        let st = store.get(host).context("KEEP for a process whose pages were never sent")?;
+                        if ranges.is_empty() {
+                            continue; // nothing left out: the final page file is complete
+                        }
+                        let st = store.remove(host).context("KEEP for a process whose pages were never sent")?;
                         fill_kept(dir, &mut inv, *image_pid as i32, ranges, st)?;
                     }
                     bytes = ferry_image::encode_record(ferry_image::RecordKind::Inventory, &inv);
