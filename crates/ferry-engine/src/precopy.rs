@@ -248,31 +248,33 @@ pub fn without_skipped(pid: i32, regions: Vec<ferry_sys::process::PageRegion>) -
 }
 
 fn track(root: i32, pid: i32) -> Result<Tracked, Error> {
-    let maps_text = procfs::read_string(pid, "maps")?;
-    let maps = procfs::parse(pid, "maps", ferry_proc::parse_maps(&maps_text))?;
     let pidfd = ferry_sys::process::pidfd_open(pid).ctx(|| format!("pid {pid}: pidfd_open"))?;
-    let uffd = crate::dump::with_injector(pid, |inj, _scratch| {
+    // Everything under the freeze: the mappings read are the mappings registered (a stale
+    // range would split a mapping the process then sees as two, and mremap of it would fail).
+    let (uffd, ranges) = crate::dump::with_injector(pid, |inj, _scratch| {
+        let maps_text = procfs::read_string(pid, "maps")?;
+        let maps = procfs::parse(pid, "maps", ferry_proc::parse_maps(&maps_text))?;
         let fd = inj
             .call(uffd::NR_USERFAULTFD, &[(libc::O_CLOEXEC | libc::O_NONBLOCK) as u64 | uffd::UFFD_USER_MODE_ONLY])
             .ctx(|| format!("pid {pid}: injected userfaultfd()"))?;
         let ours = ferry_sys::process::pidfd_getfd(pidfd.as_fd(), fd as i32);
         let closed = inj.call(ferry_sys::consts::nr::CLOSE, &[fd]);
-        let ours = ours.ctx(|| format!("pid {pid}: pidfd_getfd of its userfaultfd"))?;
+        let uffd = ours.ctx(|| format!("pid {pid}: pidfd_getfd of its userfaultfd"))?;
         closed.ctx(|| format!("pid {pid}: injected close()"))?;
-        Ok(ours)
+        uffd::api(uffd.as_fd(), uffd::UFFD_FEATURE_WP_ASYNC).ctx(|| format!("pid {pid}: UFFDIO_API (WP_ASYNC)"))?;
+        let mut ranges = Vec::new();
+        for m in &maps {
+            let anon = matches!(m.path.as_deref(), None | Some("") | Some("[heap]"));
+            if !(anon && m.perms.read && m.perms.write && !m.perms.shared) {
+                continue;
+            }
+            match uffd::register(uffd.as_fd(), m.start, m.end - m.start, uffd::UFFDIO_REGISTER_MODE_WP) {
+                Ok(()) => ranges.push((m.start, m.end)),
+                Err(e) => tracing::info!(pid, start = m.start, error = %e, "pre-copy: mapping not tracked"),
+            }
+        }
+        Ok((uffd, ranges))
     })?;
-    uffd::api(uffd.as_fd(), uffd::UFFD_FEATURE_WP_ASYNC).ctx(|| format!("pid {pid}: UFFDIO_API (WP_ASYNC)"))?;
-    let mut ranges = Vec::new();
-    for m in &maps {
-        let anon = matches!(m.path.as_deref(), None | Some("") | Some("[heap]"));
-        if !(anon && m.perms.read && m.perms.write && !m.perms.shared) {
-            continue;
-        }
-        match uffd::register(uffd.as_fd(), m.start, m.end - m.start, uffd::UFFDIO_REGISTER_MODE_WP) {
-            Ok(()) => ranges.push((m.start, m.end)),
-            Err(e) => tracing::info!(pid, start = m.start, error = %e, "pre-copy: mapping not tracked"),
-        }
-    }
     let pagemap =
         std::fs::File::open(procfs::path(pid, "pagemap")).ctx(|| format!("pid {pid}: cannot open pagemap"))?;
     Ok(Tracked { host_pid: pid, image_pid: image_pid(root, pid), _uffd: uffd, pagemap, ranges, sent: HashSet::new() })

@@ -63,6 +63,21 @@ fn fs_type(path: &Path) -> Option<String> {
     best.map(|b| b.1)
 }
 
+/// Staging dirs left by a `ferry serve` that died mid-transfer (memory: they must not pile up).
+fn remove_stale(staging: &Path) {
+    let Ok(entries) = fs::read_dir(staging) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("ferry-serve-").and_then(|r| r.split('-').next()?.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(e.path());
+            eprintln!("serve: removed {}, left by a ferry serve that died", e.path().display());
+        }
+    }
+}
+
 fn reap_children() {
     while let Ok(Some(_)) = ferry_sys::ptrace::wait(-1, true) {}
 }
@@ -77,6 +92,7 @@ pub fn serve(o: &ServeOptions) -> Result<()> {
         ),
         None => bail!("staging area {} does not exist", o.staging.display()),
     }
+    remove_stale(o.staging);
     let listener = TcpListener::bind(o.listen).with_context(|| format!("cannot listen on {}", o.listen))?;
     listener.set_nonblocking(true)?;
     let key: String = auth.public.iter().map(|b| format!("{b:02x}")).collect();
@@ -188,7 +204,8 @@ fn fill_kept(
             let v = &mut mm.vmas[vi];
             match v.runs.last_mut() {
                 Some(last)
-                    if last.addr + last.nr_pages * PAGE as u64 == a && last.offset + last.nr_pages * PAGE as u64 == off =>
+                    if last.addr + last.nr_pages * PAGE as u64 == a
+                        && last.offset + last.nr_pages * PAGE as u64 == off =>
                 {
                     last.nr_pages += 1
                 }

@@ -96,22 +96,30 @@ fn keygen(dir: &Path) -> String {
 struct Server {
     child: Child,
     err: PathBuf,
+    /// Its staging area (tmpfs), private to the test: a killed server leaves its files there.
+    staging: PathBuf,
 }
 
 impl Server {
     fn start(nodes: &Nodes, w: &WorkDir, auth: &Path, extra: &[&str]) -> Server {
         let out = w.join("serve.out");
         let err = w.join("serve.err");
+        let staging = PathBuf::from(format!(
+            "/dev/shm/ferry-e2e-{}",
+            w.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        ));
+        fs::create_dir_all(&staging).expect("staging dir");
         let child = nodes
             .in_b(ferry_bin())
             .args(["serve", "--listen", &format!("0.0.0.0:{PORT}"), "--auth", &path_str(auth)])
+            .args(["--staging", &path_str(&staging)])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(File::create(&out).expect("serve.out"))
             .stderr(File::create(&err).expect("serve.err"))
             .spawn()
             .expect("start ferry serve");
-        let mut s = Server { child, err };
+        let mut s = Server { child, err, staging };
         wait_for("ferry serve to listen", Duration::from_secs(20), || {
             if let Ok(Some(st)) = s.child.try_wait() {
                 panic!("ferry serve exited: {} {}", describe(st), read_tail(&s.err, 2000));
@@ -130,6 +138,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.staging);
     }
 }
 
@@ -434,6 +443,12 @@ fn migrate_destination_killed_mid_stream_source_resumes() {
     assert!(!status.success(), "migration reported success with the destination killed: {stderr}");
     assert!(stderr.contains("keeps running here"), "{stderr}");
     wl.expect_running_here("after the destination died");
+    // A new server removes what the dead one left in the staging area (memory).
+    let left = || fs::read_dir(&server.staging).map(|d| d.count()).unwrap_or(0);
+    assert!(left() > 0, "the killed server left nothing to clean up: the test does not test that");
+    // (same work dir: same staging area)
+    let again = Server::start(&nodes, &wl.w, &auth, &[]);
+    assert_eq!(left(), 0, "stale staging dirs kept: {}", again.log());
     wl.go_and_pass(wl.pid);
 }
 
