@@ -241,6 +241,18 @@ impl Secure {
     /// Queue bytes; full transport messages are sent at once.
     pub fn write(&mut self, mut buf: &[u8]) -> io::Result<()> {
         while !buf.is_empty() {
+            if self.wbuf.is_empty() && buf.len() >= PLAIN_MAX {
+                // a whole message straight from the caller's bytes
+                let n = self
+                    .noise
+                    .write_message(&buf[..PLAIN_MAX], &mut self.frame[2..])
+                    .map_err(|e| io::Error::other(format!("encrypt: {e}")))?;
+                self.frame[..2].copy_from_slice(&(n as u16).to_be_bytes());
+                self.sock.write_all(&self.frame[..2 + n])?;
+                self.wire_sent += 2 + n as u64;
+                buf = &buf[PLAIN_MAX..];
+                continue;
+            }
             let take = (PLAIN_MAX - self.wbuf.len()).min(buf.len());
             self.wbuf.extend_from_slice(&buf[..take]);
             buf = &buf[take..];
@@ -264,12 +276,11 @@ impl Secure {
                 let mut len = [0u8; 2];
                 self.sock.read_exact(&mut len)?;
                 let len = u16::from_be_bytes(len) as usize;
-                let mut cipher = vec![0u8; len];
-                self.sock.read_exact(&mut cipher)?;
+                self.sock.read_exact(&mut self.frame[..len])?;
                 self.rbuf.resize(NOISE_MAX, 0);
                 let n = self
                     .noise
-                    .read_message(&cipher, &mut self.rbuf)
+                    .read_message(&self.frame[..len], &mut self.rbuf)
                     .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a message failed authentication"))?;
                 self.rbuf.truncate(n);
                 self.rpos = 0;

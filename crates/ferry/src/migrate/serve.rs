@@ -7,7 +7,7 @@
 //! the node for long.
 
 use super::channel::{Auth, Secure};
-use super::{kind, mode, recv, send_now, text, Fields, MAX_MSG};
+use super::{kind, mode, recv, recv_into, send_now, text, Fields, MAX_MSG};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -322,8 +322,9 @@ fn receive(sec: &mut Secure, limits: &Limits, dir: &Path) -> Result<()> {
     // pre-copy: the latest copy of each page sent while the tree ran, per host pid
     let mut store: HashMap<u32, PageStore> = HashMap::new();
     let mut keeps: HashMap<u32, (u32, Vec<(u64, u64)>)> = HashMap::new();
+    let mut payload = Vec::with_capacity(MAX_MSG);
     loop {
-        let (k, payload) = recv(sec, MAX_MSG)?;
+        let k = recv_into(sec, MAX_MSG, &mut payload)?;
         let mut f = Fields(&payload);
         match k {
             kind::FILE_BEGIN => {
