@@ -162,6 +162,17 @@ fn recv_raw(sock: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
     sock.read_exact(buf)
 }
 
+/// Socket errors in words: a timeout shows as EAGAIN, a peer gone as an unexpected EOF.
+fn explain(e: io::Error) -> io::Error {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            io::Error::new(io::ErrorKind::TimedOut, "timed out: the peer took or sent nothing in time")
+        }
+        io::ErrorKind::UnexpectedEof => io::Error::new(io::ErrorKind::UnexpectedEof, "the peer closed the connection"),
+        _ => e,
+    }
+}
+
 /// An authenticated, encrypted connection: a byte stream in both directions, cut into Noise
 /// transport messages of at most 64 KiB.
 pub struct Secure {
@@ -232,7 +243,7 @@ impl Secure {
             .write_message(&self.wbuf[..plain_len], &mut self.frame[2..])
             .map_err(|e| io::Error::other(format!("encrypt: {e}")))?;
         self.frame[..2].copy_from_slice(&(n as u16).to_be_bytes());
-        self.sock.write_all(&self.frame[..2 + n])?;
+        self.sock.write_all(&self.frame[..2 + n]).map_err(explain)?;
         self.wire_sent += 2 + n as u64;
         self.wbuf.drain(..plain_len);
         Ok(())
@@ -248,7 +259,7 @@ impl Secure {
                     .write_message(&buf[..PLAIN_MAX], &mut self.frame[2..])
                     .map_err(|e| io::Error::other(format!("encrypt: {e}")))?;
                 self.frame[..2].copy_from_slice(&(n as u16).to_be_bytes());
-                self.sock.write_all(&self.frame[..2 + n])?;
+                self.sock.write_all(&self.frame[..2 + n]).map_err(explain)?;
                 self.wire_sent += 2 + n as u64;
                 buf = &buf[PLAIN_MAX..];
                 continue;
@@ -274,9 +285,9 @@ impl Secure {
         while !out.is_empty() {
             if self.rpos == self.rbuf.len() {
                 let mut len = [0u8; 2];
-                self.sock.read_exact(&mut len)?;
+                self.sock.read_exact(&mut len).map_err(explain)?;
                 let len = u16::from_be_bytes(len) as usize;
-                self.sock.read_exact(&mut self.frame[..len])?;
+                self.sock.read_exact(&mut self.frame[..len]).map_err(explain)?;
                 self.rbuf.resize(NOISE_MAX, 0);
                 let n = self
                     .noise

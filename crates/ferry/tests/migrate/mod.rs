@@ -566,3 +566,29 @@ fn migrate_downtime_figures() {
     }
     eprintln!("{}", lines.join("\n"));
 }
+
+/// The destination hangs (stopped) in the middle: the source gives up after `--timeout`,
+/// resumes its tree, and the destination, once it continues, sees the source gone and runs
+/// nothing.
+#[test]
+fn migrate_destination_hangs_source_times_out_and_resumes() {
+    let nodes = Nodes::new();
+    let wl = Workload::start(&nodes, "migrate-hang", 64, true);
+    let auth = wl.w.join("auth");
+    keygen(&auth);
+    let server = Server::start(&nodes, &wl.w, &auth, &[]);
+    let (mut child, _out, err) = spawn_migrate(&nodes, &wl, &auth, "migrate", &["--timeout", "3"]);
+    wait_for("the freeze", Duration::from_secs(60), || fs::read_to_string(&err).unwrap_or_default().contains("frozen"));
+    let serve_pid = server.child.id() as i32;
+    send_signal(serve_pid, "STOP").expect("stop ferry serve");
+    let status = wait_timeout(&mut child, Duration::from_secs(60));
+    let _ = send_signal(serve_pid, "CONT");
+    let status = status.expect("ferry migrate did not give up");
+    let stderr = fs::read_to_string(&err).unwrap_or_default();
+    assert!(!status.success(), "migration reported success with the destination stopped: {stderr}");
+    assert!(stderr.contains("keeps running here"), "{stderr}");
+    wl.expect_running_here("after the source gave up");
+    wait_for("the destination to drop the migration", Duration::from_secs(30), || server.log().contains("failed"));
+    assert!(!server.log().contains("the tree runs"), "the destination runs a copy too: {}", server.log());
+    wl.go_and_pass(wl.pid);
+}
