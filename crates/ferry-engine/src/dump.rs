@@ -373,6 +373,18 @@ fn to_namespace_ids(procs: &mut [Process], zombies: &mut [Process]) -> Result<()
 /// Freeze the tree rooted at `opts.pid`, write its image to `opts.dir`, then kill it (or let
 /// it run with `-R`).
 pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
+    dump_with(opts, || Ok(ImageWriter::create(&opts.dir)?), |_| Ok(()))
+}
+
+/// [`dump`] with the image going to the writer `make_img` gives (a migration stream), and a
+/// last word: once the image is committed, with the tree still frozen, `confirm` is called with
+/// the instant of the freeze. If it fails, the tree is resumed as if nothing happened and its
+/// error returned; if it succeeds, the tree is killed (or resumed with `leave_running`).
+pub fn dump_with(
+    opts: &DumpOptions,
+    make_img: impl FnOnce() -> Result<ImageWriter, Error>,
+    confirm: impl FnOnce(Instant) -> Result<(), Error>,
+) -> Result<DumpReport, Error> {
     let t0 = Instant::now();
     let root = opts.pid;
     let _span = tracing::info_span!("dump", pid = root).entered();
@@ -414,7 +426,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     }
     let t_frozen = Instant::now();
     tracing::info!(processes = frozen.len(), "frozen");
-    let mut img = ImageWriter::create(&opts.dir)?;
+    let mut img = make_img()?;
     let mut procs: Vec<Process> = Vec::new();
     let mut tree = files::TreeFiles::default();
     tree.connections.close = opts.tcp_close;
@@ -480,8 +492,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
         ..Default::default()
     };
     img.commit(inventory)?;
-    let frozen_for = t_frozen.elapsed();
     tracing::info!(pages_bytes, "image committed");
+    confirm(t_frozen)?;
+    let frozen_for = t_frozen.elapsed();
 
     if opts.leave_running {
         // Connections leave repair mode before the process can use them again.
@@ -505,4 +518,21 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     }
     let fds = procs.iter().map(|p| p.fds.len()).sum();
     Ok(DumpReport { pages_bytes, vmas: vmas_n, fds, frozen: frozen_for, total: t0.elapsed() })
+}
+
+/// Freeze process `pid` (every thread) for a moment and run `f` with its main thread borrowed
+/// for syscall injection (signals blocked, the sigreturn safety net in place), then put it
+/// back and let it run. Used by pre-copy migration to create a userfaultfd inside the target.
+pub fn with_injector<T>(pid: i32, f: impl FnOnce(&Injector, u64) -> Result<T, Error>) -> Result<T, Error> {
+    precheck(pid, Some(pid))?;
+    let mut fr = Frozen::seize(pid)?;
+    let maps_text = procfs::read_string(pid, "maps")?;
+    let maps = procfs::parse(pid, "maps", ferry_proc::parse_maps(&maps_text))?;
+    let mut t = Thread { tid: pid, ..Default::default() };
+    cpu::collect(pid, &mut t)?;
+    let (inj, scratch) = borrow(pid, &mut fr.threads[0], &maps, &t.xstate)?;
+    let r = f(&inj, scratch);
+    give_back(pid, &fr.threads[0])?;
+    fr.resume()?;
+    r
 }

@@ -11,6 +11,24 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Where the files of an image go instead of a directory: a migration stream. Files arrive as
+/// `begin`, any number of `data`, `end` (several may be open at once, told apart by `id`), and
+/// the inventory record last, in `commit`.
+pub trait ImageSink: Send {
+    fn begin(&mut self, id: u32, name: &str) -> io::Result<()>;
+    fn data(&mut self, id: u32, bytes: &[u8]) -> io::Result<()>;
+    fn end(&mut self, id: u32, size: u64, crc32: u32) -> io::Result<()>;
+    fn commit(&mut self, inventory: &[u8]) -> io::Result<()>;
+}
+
+type SharedSink = Arc<Mutex<dyn ImageSink>>;
+
+fn sink_lock(s: &SharedSink) -> std::sync::MutexGuard<'_, dyn ImageSink + 'static> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 fn io_err(file: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
     move |source| ImageError::Io { file: file.display().to_string(), source }
@@ -20,6 +38,9 @@ fn io_err(file: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
 pub struct ImageWriter {
     dir: PathBuf,
     files: Vec<FileDigest>,
+    /// Set: the files go to this sink instead of `dir` (see [`ImageWriter::to_sink`]).
+    sink: Option<SharedSink>,
+    next_id: AtomicU32,
 }
 
 /// A file being streamed into the image (page data), checksummed as it is written.
@@ -27,7 +48,8 @@ pub struct StreamFile {
     name: String,
     tmp: PathBuf,
     dst: PathBuf,
-    file: File,
+    file: Option<File>,
+    sink: Option<(SharedSink, u32)>,
     hasher: crc32fast::Hasher,
     len: u64,
 }
@@ -35,7 +57,11 @@ pub struct StreamFile {
 impl StreamFile {
     /// Append bytes.
     pub fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.file.write_all(buf)?;
+        match (&mut self.file, &self.sink) {
+            (Some(f), _) => f.write_all(buf)?,
+            (None, Some((s, id))) => sink_lock(s).data(*id, buf)?,
+            (None, None) => return Err(io::Error::other("stream already finished")),
+        }
         self.hasher.update(buf);
         self.len += buf.len() as u64;
         Ok(())
@@ -69,7 +95,12 @@ impl ImageWriter {
             }
             Err(e) => return Err(io_err(dir)(e)),
         }
-        Ok(ImageWriter { dir: dir.to_path_buf(), files: Vec::new() })
+        Ok(ImageWriter { dir: dir.to_path_buf(), files: Vec::new(), sink: None, next_id: AtomicU32::new(0) })
+    }
+
+    /// Write the image to `sink` instead of a directory (nothing touches a disk).
+    pub fn to_sink(sink: Arc<Mutex<dyn ImageSink>>) -> ImageWriter {
+        ImageWriter { dir: PathBuf::from("<stream>"), files: Vec::new(), sink: Some(sink), next_id: AtomicU32::new(0) }
     }
 
     /// Whether a file of this name was already written to the image.
@@ -105,15 +136,42 @@ impl ImageWriter {
 
     /// Start streaming a file.
     pub fn stream(&self, name: &str) -> Result<StreamFile, ImageError> {
+        if let Some(s) = &self.sink {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let dst = self.dir.join(name);
+            sink_lock(s).begin(id, name).map_err(io_err(&dst))?;
+            return Ok(StreamFile {
+                name: name.to_string(),
+                tmp: dst.clone(),
+                dst,
+                file: None,
+                sink: Some((s.clone(), id)),
+                hasher: crc32fast::Hasher::new(),
+                len: 0,
+            });
+        }
         let (tmp, dst, file) = self.open_tmp(name)?;
-        Ok(StreamFile { name: name.to_string(), tmp, dst, file, hasher: crc32fast::Hasher::new(), len: 0 })
+        Ok(StreamFile {
+            name: name.to_string(),
+            tmp,
+            dst,
+            file: Some(file),
+            sink: None,
+            hasher: crc32fast::Hasher::new(),
+            len: 0,
+        })
     }
 
     /// Flush, fsync and rename a streamed file into place, recording its digest.
     pub fn finish_stream(&mut self, f: StreamFile) -> Result<(), ImageError> {
-        f.file.sync_all().map_err(io_err(&f.tmp))?;
-        fs::rename(&f.tmp, &f.dst).map_err(io_err(&f.dst))?;
-        self.files.push(FileDigest { name: f.name, size: f.len, crc32: f.hasher.finalize() });
+        let crc32 = f.hasher.finalize();
+        if let Some(file) = &f.file {
+            file.sync_all().map_err(io_err(&f.tmp))?;
+            fs::rename(&f.tmp, &f.dst).map_err(io_err(&f.dst))?;
+        } else if let Some((s, id)) = &f.sink {
+            sink_lock(s).end(*id, f.len, crc32).map_err(io_err(&f.dst))?;
+        }
+        self.files.push(FileDigest { name: f.name, size: f.len, crc32 });
         Ok(())
     }
 
@@ -122,6 +180,9 @@ impl ImageWriter {
         inventory.format_version = crate::FORMAT_VERSION;
         inventory.files = std::mem::take(&mut self.files);
         let bytes = encode_record(RecordKind::Inventory, &inventory);
+        if let Some(s) = &self.sink {
+            return sink_lock(s).commit(&bytes).map_err(io_err(&self.dir.join(INVENTORY)));
+        }
         let (tmp, dst, mut file) = self.open_tmp(INVENTORY)?;
         file.write_all(&bytes).map_err(io_err(&tmp))?;
         file.sync_all().map_err(io_err(&tmp))?;

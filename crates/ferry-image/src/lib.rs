@@ -23,7 +23,7 @@ pub mod dir;
 pub mod hex;
 pub mod schema;
 
-pub use dir::{ImageReader, ImageWriter};
+pub use dir::{ImageReader, ImageSink, ImageWriter};
 pub use schema::*;
 
 use prost::Message;

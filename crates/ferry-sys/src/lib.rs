@@ -19,6 +19,7 @@ pub mod process;
 pub mod ptrace;
 pub mod raw;
 pub mod tty;
+pub mod uffd;
 pub mod unixsock;
 
 pub use libc::user_regs_struct as UserRegs;

@@ -1,5 +1,6 @@
 /*
- * tcpkeep: established TCP connections kept across the checkpoint (dump --tcp-established).
+ * tcpkeep [ADDR]: established TCP connections kept across the checkpoint (dump --tcp-established)
+ * or a migration (migrate --tcp-established); ADDR is where it listens (default 127.0.0.1).
  *   C <-> A  both ends in the process: C sent 1000 bytes A has not read; A wrote until its send
  *            queue and C's receive queue were full (a byte pattern), none of it read yet.
  *   X <-> A2 X is the test, outside the tree: it sent "ping1", got "pong1", then sent "ping2",
@@ -43,7 +44,10 @@ static void exchange(int fd, const char *expect, const char *reply)
 int main(int argc, char **argv)
 {
 	workload_init(argc, argv);
+	/* argv[2]: the address to listen on (a service address that moves with the process) */
 	struct sockaddr_in la = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	if (argc > 2 && inet_pton(AF_INET, argv[2], &la.sin_addr) != 1)
+		die_setup("bad address %s", argv[2]);
 	int l = socket(AF_INET, SOCK_STREAM, 0);
 	SETUP(l);
 	SETUP(bind(l, (struct sockaddr *)&la, sizeof la));

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 mod inspect;
+mod migrate;
 
 /// Checkpoint a running Linux process to an image and restore it, with the same PID,
 /// exactly where it stopped.
@@ -84,6 +85,63 @@ enum Cmd {
     Init {
         #[arg(required = true, trailing_var_arg = true)]
         cmd: Vec<std::ffi::OsString>,
+    },
+    /// Create this node's migration credentials in DIR (a key pair and a list of trusted peer
+    /// keys, files mode 0600). Copy the same DIR to every node, or give each node its own and
+    /// append the peers' node.pub lines to its `trusted` file.
+    Keygen { dir: PathBuf },
+    /// Receive migrations: authenticate each peer, restore the tree it sends, keep serving.
+    Serve {
+        /// Address and port to listen on.
+        #[arg(long)]
+        listen: String,
+        /// Credentials directory (ferry keygen).
+        #[arg(long)]
+        auth: PathBuf,
+        /// Staging area for arriving images; must be in memory (tmpfs).
+        #[arg(long, default_value = "/dev/shm")]
+        staging: PathBuf,
+        /// Largest image one peer may send, in MiB.
+        #[arg(long, default_value_t = 16384)]
+        max_image_mib: u64,
+        /// Most files one image may have.
+        #[arg(long, default_value_t = 4096)]
+        max_files: usize,
+        /// Most processes one tree may have.
+        #[arg(long, default_value_t = 512)]
+        max_processes: usize,
+        /// Exit after this many connections (for tests).
+        #[arg(long, hide = true)]
+        max_migrations: Option<u64>,
+    },
+    /// Move a running process tree to the node serving at ADDR:PORT; it stays here, frozen,
+    /// until the destination confirms it runs there, and resumes here on any failure.
+    Migrate {
+        /// PID of the root of the tree.
+        #[arg(short = 't', long = "tree")]
+        pid: i32,
+        /// Destination ADDR:PORT (ferry serve).
+        #[arg(long)]
+        to: String,
+        /// Credentials directory (ferry keygen).
+        #[arg(long)]
+        auth: PathBuf,
+        /// Send memory while the tree runs, then only what was written since; freeze at the end.
+        #[arg(long, conflicts_with = "post_copy")]
+        pre_copy: bool,
+        /// Resume at once on the destination and fetch pages on fault (not implemented yet).
+        #[arg(long)]
+        post_copy: bool,
+        /// Seconds to wait for the destination at any step.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Move established TCP connections with the tree (TCP_REPAIR; their local address must
+        /// exist on the destination, e.g. moved there with the service).
+        #[arg(long)]
+        tcp_established: bool,
+        /// Restore established TCP connections closed on the destination.
+        #[arg(long = "tcp-close")]
+        tcp_close: bool,
     },
     /// Show what an image holds: process, mappings with sizes, fds, signals, timers.
     Inspect {
@@ -173,6 +231,46 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(status.unwrap_or(0))
         }
         Cmd::Init { cmd } => ferry_engine::launch::init(&cmd),
+        Cmd::Keygen { dir } => {
+            let public = migrate::keygen(&dir)?;
+            println!("{public}");
+            Ok(0)
+        }
+        Cmd::Serve { listen, auth, staging, max_image_mib, max_files, max_processes, max_migrations } => {
+            let limits = migrate::serve::Limits {
+                max_image_bytes: max_image_mib << 20,
+                max_files,
+                max_processes,
+                ..Default::default()
+            };
+            migrate::serve::serve(&migrate::serve::ServeOptions {
+                listen: &listen,
+                auth: &auth,
+                staging: &staging,
+                limits,
+                max_migrations,
+            })?;
+            Ok(0)
+        }
+        Cmd::Migrate { pid, to, auth, pre_copy, post_copy, timeout, tcp_established, tcp_close } => {
+            let mode = if pre_copy {
+                migrate::mode::PRE_COPY
+            } else if post_copy {
+                migrate::mode::POST_COPY
+            } else {
+                migrate::mode::STOP_AND_COPY
+            };
+            migrate::source::migrate(&migrate::source::MigrateOptions {
+                pid,
+                to: &to,
+                auth: &auth,
+                mode,
+                timeout: std::time::Duration::from_secs(timeout),
+                tcp_established,
+                tcp_close,
+            })?;
+            Ok(0)
+        }
         Cmd::Inspect { dir, json } => {
             inspect::run(&dir, json)?;
             Ok(0)

@@ -607,6 +607,7 @@ mod big {
 }
 
 mod inet;
+mod migrate;
 mod more;
 mod objects;
 mod tty;

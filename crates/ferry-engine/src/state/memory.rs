@@ -235,6 +235,7 @@ pub fn dump_pages(
             page_is::PRESENT | page_is::SWAPPED | page_is::FILE | page_is::PFNZERO,
         )
         .ctx(|| format!("pid {pid}: PAGEMAP_SCAN of {:#x}-{:#x}", v.start, v.end))?;
+        let regions = crate::precopy::without_skipped(pid, regions); // pages a pre-copy round sent
         let readable = v.prot & libc::PROT_READ as u32 != 0;
         for r in regions {
             if r.categories & page_is::PFNZERO != 0 {

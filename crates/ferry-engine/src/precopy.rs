@@ -1,0 +1,281 @@
+//! Pre-copy: send memory while the tree runs, then only what was written since.
+//!
+//! Writes are tracked with userfaultfd write-protection in async mode: a uffd is created inside
+//! each process by an injected `userfaultfd(2)`, taken with `pidfd_getfd` (and closed in the
+//! target, so its fd table is unchanged), and its private anonymous writable mappings are
+//! registered in WP mode. `PAGEMAP_SCAN` with `PM_SCAN_WP_MATCHING` then returns the pages
+//! written since the last scan and write-protects them again, atomically.
+//!
+//! The invariant that makes the final, frozen dump correct whatever the tree did meanwhile
+//! (mappings that appear, grow, move or vanish): a page is left out of the final image only if
+//! it was sent in a round, lies in a mapping that is still registered (`uw` in VmFlags), is
+//! present, and is not written since it was last write-protected. Everything else goes into the
+//! image as in a plain dump. The pages left out are listed ([`Keep`]) so that the destination
+//! puts the copies it already has into the image.
+
+use crate::error::{Ctx, Error};
+use crate::procfs;
+use ferry_sys::uffd;
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Mutex;
+
+const PAGE: u64 = 4096;
+const CHUNK: usize = 1 << 20;
+
+/// One tracked process.
+struct Tracked {
+    host_pid: i32,
+    image_pid: i32,
+    _uffd: OwnedFd,
+    pagemap: std::fs::File,
+    /// Registered ranges still scanned.
+    ranges: Vec<(u64, u64)>,
+    /// Pages sent in some round.
+    sent: HashSet<u64>,
+}
+
+/// Pages the final image leaves out for one process (the destination has them).
+#[derive(Debug, Clone)]
+pub struct Keep {
+    pub host_pid: i32,
+    pub image_pid: i32,
+    pub ranges: Vec<(u64, u64)>,
+}
+
+/// The write trackers of a tree. Dropping it closes the uffds: the kernel unregisters the
+/// mappings and the processes run on untracked.
+pub struct Tracker {
+    procs: Vec<Tracked>,
+}
+
+/// Pages `dump_pages` must leave out, per host pid (set by [`Tracker::finish`] for the next dump
+/// of this process, cleared by [`clear_skips`]).
+static SKIP: Mutex<Option<SkipMap>> = Mutex::new(None);
+
+/// Page ranges to leave out, per host pid.
+type SkipMap = HashMap<i32, Vec<(u64, u64)>>;
+
+/// Where a round hands its pages: (host pid, address, bytes).
+pub type PageSink<'a> = dyn FnMut(i32, u64, &[u8]) -> std::io::Result<()> + 'a;
+
+fn tree(root: i32) -> Vec<i32> {
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let pid = out[i];
+        let tids = std::fs::read_dir(procfs::path(pid, "task"))
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).collect::<Vec<_>>())
+            .unwrap_or_default();
+        for tid in tids {
+            let text = procfs::read_string(pid, &format!("task/{tid}/children")).unwrap_or_default();
+            out.extend(text.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The pid a process has in the image: its own namespace's id when the root is a pid
+/// namespace's init (as `dump` records it), else the host pid.
+fn image_pid(root: i32, pid: i32) -> i32 {
+    let nspid = |p: i32| -> Vec<i32> {
+        procfs::read_string(p, "status")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .map(|v| v.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+            .unwrap_or_default()
+    };
+    let r = nspid(root);
+    if r.len() == 2 && r[1] == 1 {
+        nspid(pid).last().copied().unwrap_or(pid)
+    } else {
+        pid
+    }
+}
+
+/// Ranges of `pid`'s mappings whose VmFlags say registered for WP (`uw`).
+fn wp_registered(pid: i32) -> Result<Vec<(u64, u64)>, Error> {
+    let text = procfs::read_string(pid, "smaps")?;
+    let smaps = procfs::parse(pid, "smaps", ferry_proc::parse_smaps(&text))?;
+    Ok(smaps.into_iter().filter(|s| s.vm_flags.iter().any(|f| f == "uw")).map(|s| (s.start, s.end)).collect())
+}
+
+impl Tracker {
+    /// Start tracking every process of the tree rooted at `root`. A process that cannot be
+    /// tracked is simply copied whole in the final dump.
+    pub fn start(root: i32) -> Result<Tracker, Error> {
+        let mut procs = Vec::new();
+        for pid in tree(root) {
+            match track(root, pid) {
+                Ok(t) => procs.push(t),
+                Err(e) => tracing::warn!(pid, error = %e, "pre-copy: not tracked, copied whole at the end"),
+            }
+        }
+        Ok(Tracker { procs })
+    }
+
+    /// One round: every page written since the last round (all present pages the first time)
+    /// is write-protected again and handed to `send(host_pid, addr, bytes)`. Returns the bytes
+    /// sent.
+    pub fn round(&mut self, send: &mut PageSink<'_>) -> Result<u64, Error> {
+        let mut total = 0;
+        let mut buf = vec![0u8; CHUNK];
+        for t in self.procs.iter_mut() {
+            let pid = t.host_pid;
+            let mut keep = Vec::new();
+            for &(start, end) in &t.ranges {
+                let regions = match uffd::scan(
+                    t.pagemap.as_fd(),
+                    start,
+                    end,
+                    uffd::PM_SCAN_WP_MATCHING | uffd::PM_SCAN_CHECK_WPASYNC,
+                    0,
+                    uffd::PAGE_IS_WRITTEN,
+                    ferry_sys::process::page_is::PRESENT | ferry_sys::process::page_is::SWAPPED,
+                ) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // the mapping changed (unmapped, remapped): its pages go in the final dump
+                        tracing::info!(pid, start, error = %e, "pre-copy: range dropped");
+                        continue;
+                    }
+                };
+                keep.push((start, end));
+                for (rs, re) in regions {
+                    let mut addr = rs;
+                    while addr < re {
+                        let len = ((re - addr) as usize).min(CHUNK);
+                        let got = ferry_sys::process::vm_read(pid, addr, &mut buf[..len]).unwrap_or_default();
+                        if got == 0 {
+                            break; // unmapped meanwhile: not sent, so never left out
+                        }
+                        send(pid, addr, &buf[..got]).ctx(|| "pre-copy: cannot send pages".to_string())?;
+                        let mut a = addr;
+                        while a < addr + got as u64 {
+                            t.sent.insert(a);
+                            a += PAGE;
+                        }
+                        total += got as u64;
+                        addr += got as u64;
+                    }
+                }
+            }
+            t.ranges = keep;
+        }
+        Ok(total)
+    }
+
+    /// With the tree frozen: the pages the final dump leaves out (see the module doc), which
+    /// are also registered for `dump_pages` to skip.
+    pub fn finish(&mut self) -> Result<Vec<Keep>, Error> {
+        let mut out = Vec::new();
+        let mut skips = HashMap::new();
+        for t in self.procs.iter() {
+            let pid = t.host_pid;
+            let registered = wp_registered(pid)?;
+            let mut ranges: Vec<(u64, u64)> = Vec::new();
+            for &(start, end) in &registered {
+                // present, not written since last protected
+                let clean = uffd::scan(
+                    t.pagemap.as_fd(),
+                    start,
+                    end,
+                    0,
+                    uffd::PAGE_IS_WRITTEN,
+                    uffd::PAGE_IS_WRITTEN,
+                    ferry_sys::process::page_is::PRESENT | ferry_sys::process::page_is::SWAPPED,
+                )
+                .ctx(|| format!("pid {pid}: PAGEMAP_SCAN of {start:#x}-{end:#x}"))?;
+                for (rs, re) in clean {
+                    let mut a = rs;
+                    while a < re {
+                        if t.sent.contains(&a) {
+                            match ranges.last_mut() {
+                                Some(last) if last.1 == a => last.1 = a + PAGE,
+                                _ => ranges.push((a, a + PAGE)),
+                            }
+                        }
+                        a += PAGE;
+                    }
+                }
+            }
+            skips.insert(pid, ranges.clone());
+            out.push(Keep { host_pid: pid, image_pid: t.image_pid, ranges });
+        }
+        *SKIP.lock().unwrap_or_else(|p| p.into_inner()) = Some(skips);
+        Ok(out)
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        clear_skips();
+    }
+}
+
+/// Forget the pages to skip: the next dump stores everything again.
+pub fn clear_skips() {
+    *SKIP.lock().unwrap_or_else(|p| p.into_inner()) = None;
+}
+
+/// `regions` (of a PAGEMAP_SCAN of process `pid`) less the pages pre-copy left out.
+pub fn without_skipped(pid: i32, regions: Vec<ferry_sys::process::PageRegion>) -> Vec<ferry_sys::process::PageRegion> {
+    let guard = SKIP.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(skip) = guard.as_ref().and_then(|m| m.get(&pid)) else {
+        return regions;
+    };
+    let mut out = Vec::with_capacity(regions.len());
+    for r in regions {
+        let mut cur = r.start;
+        // skip ranges are sorted and disjoint
+        let first = skip.partition_point(|s| s.1 <= r.start);
+        for s in &skip[first..] {
+            if s.0 >= r.end {
+                break;
+            }
+            if s.0 > cur {
+                out.push(ferry_sys::process::PageRegion { start: cur, end: s.0, categories: r.categories });
+            }
+            cur = cur.max(s.1);
+        }
+        if cur < r.end {
+            out.push(ferry_sys::process::PageRegion { start: cur, end: r.end, categories: r.categories });
+        }
+    }
+    out
+}
+
+fn track(root: i32, pid: i32) -> Result<Tracked, Error> {
+    let pidfd = ferry_sys::process::pidfd_open(pid).ctx(|| format!("pid {pid}: pidfd_open"))?;
+    // Everything under the freeze: the mappings read are the mappings registered (a stale
+    // range would split a mapping the process then sees as two, and mremap of it would fail).
+    let (uffd, ranges) = crate::dump::with_injector(pid, |inj, _scratch| {
+        let maps_text = procfs::read_string(pid, "maps")?;
+        let maps = procfs::parse(pid, "maps", ferry_proc::parse_maps(&maps_text))?;
+        let fd = inj
+            .call(uffd::NR_USERFAULTFD, &[(libc::O_CLOEXEC | libc::O_NONBLOCK) as u64 | uffd::UFFD_USER_MODE_ONLY])
+            .ctx(|| format!("pid {pid}: injected userfaultfd()"))?;
+        let ours = ferry_sys::process::pidfd_getfd(pidfd.as_fd(), fd as i32);
+        let closed = inj.call(ferry_sys::consts::nr::CLOSE, &[fd]);
+        let uffd = ours.ctx(|| format!("pid {pid}: pidfd_getfd of its userfaultfd"))?;
+        closed.ctx(|| format!("pid {pid}: injected close()"))?;
+        uffd::api(uffd.as_fd(), uffd::UFFD_FEATURE_WP_ASYNC).ctx(|| format!("pid {pid}: UFFDIO_API (WP_ASYNC)"))?;
+        let mut ranges = Vec::new();
+        for m in &maps {
+            let anon = matches!(m.path.as_deref(), None | Some("") | Some("[heap]"));
+            if !(anon && m.perms.read && m.perms.write && !m.perms.shared) {
+                continue;
+            }
+            match uffd::register(uffd.as_fd(), m.start, m.end - m.start, uffd::UFFDIO_REGISTER_MODE_WP) {
+                Ok(()) => ranges.push((m.start, m.end)),
+                Err(e) => tracing::info!(pid, start = m.start, error = %e, "pre-copy: mapping not tracked"),
+            }
+        }
+        Ok((uffd, ranges))
+    })?;
+    let pagemap =
+        std::fs::File::open(procfs::path(pid, "pagemap")).ctx(|| format!("pid {pid}: cannot open pagemap"))?;
+    Ok(Tracked { host_pid: pid, image_pid: image_pid(root, pid), _uffd: uffd, pagemap, ranges, sent: HashSet::new() })
+}

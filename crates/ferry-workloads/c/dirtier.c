@@ -1,0 +1,157 @@
+/*
+ * dirtier: a process that keeps writing its memory, for live migration.
+ *   argv[2] = N   MiB of anonymous memory (default 64), every page filled with a pattern that
+ *                 depends on the page's index and its generation
+ *   argv[3] = K   KiB written per second (default 10240, about 10 MB/s): every 10 ms a few
+ *                 pages picked at random get their generation bumped and are rewritten
+ * It writes ready after the first fill, then writes until go (it is migrated meanwhile, maybe
+ * frozen in the middle of a page). On go it checks every page against its generation (kept in
+ * a separate array, itself in memory) and that it kept writing after ready (W/rounds holds the
+ * number of write rounds done, for the harness to see progress after the move).
+ *   argv[4] = "churn": also keep 8 small mappings changing under the migration: every round one
+ *                 of them is unmapped and mapped anew, grown with mremap (which may move it), or
+ *                 rewritten, each time with a new generation; they are checked on go too.
+ */
+#include "common.h"
+#include <sys/mman.h>
+
+#define PAGE 4096UL
+#define WORDS (PAGE / 8)
+
+static inline uint64_t mix(uint64_t page, uint64_t gen, uint64_t word)
+{
+	uint64_t x = page * 0x9E3779B97F4A7C15ULL ^ (gen + 1) * 0xC2B2AE3D27D4EB4FULL ^ word * 0x165667B19E3779F9ULL;
+	x ^= x >> 31;
+	x *= 0xD6E8FEB86659FD93ULL;
+	x ^= x >> 29;
+	return x;
+}
+
+static void fill(uint64_t *mem, uint64_t page, uint32_t gen)
+{
+	uint64_t *p = mem + page * WORDS;
+	for (uint64_t w = 0; w < WORDS; w++)
+		p[w] = mix(page, gen, w);
+}
+
+#define NSLOT 8
+struct slot {
+	uint64_t *p;
+	size_t pages;
+	uint32_t gen;
+};
+static struct slot slots[NSLOT];
+
+static void slot_fill(int k)
+{
+	for (size_t i = 0; i < slots[k].pages; i++)
+		for (uint64_t w = 0; w < WORDS; w++)
+			slots[k].p[i * WORDS + w] = mix(1000003ULL * (k + 1) + i, slots[k].gen, w);
+}
+
+static void slot_new(int k, size_t pages)
+{
+	void *p = mmap(NULL, pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		die_setup("mmap slot: %s", strerror(errno));
+	slots[k].p = p;
+	slots[k].pages = pages;
+	slots[k].gen++;
+	slot_fill(k);
+}
+
+static void churn(uint64_t round, uint64_t rng)
+{
+	int k = (int)(round % NSLOT);
+	switch ((round / NSLOT) % 3) {
+	case 0:
+		munmap(slots[k].p, slots[k].pages * PAGE);
+		slot_new(k, 16 + (rng >> 40) % 64);
+		break;
+	case 1: {
+		void *p = mremap(slots[k].p, slots[k].pages * PAGE, (slots[k].pages + 16) * PAGE, MREMAP_MAYMOVE);
+		if (p == MAP_FAILED)
+			die_setup("mremap: %s", strerror(errno));
+		slots[k].p = p;
+		slots[k].pages += 16;
+		slots[k].gen++;
+		slot_fill(k);
+		break;
+	}
+	default:
+		slots[k].gen++;
+		slot_fill(k);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	workload_init(argc, argv);
+	size_t mib = argc > 2 ? strtoul(argv[2], NULL, 10) : 64;
+	size_t kib_s = argc > 3 ? strtoul(argv[3], NULL, 10) : 10240;
+	size_t npages = (mib << 20) / PAGE;
+	uint64_t *mem = mmap(NULL, npages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (mem == MAP_FAILED)
+		die_setup("mmap %zu MiB: %s", mib, strerror(errno));
+	uint32_t *gen = calloc(npages, sizeof *gen);
+	if (!gen)
+		die_setup("calloc");
+	for (size_t i = 0; i < npages; i++)
+		fill(mem, i, 0);
+	/* pages per 10 ms round */
+	size_t per_round = kib_s * 1024 / PAGE / 100;
+	if (per_round == 0)
+		per_round = 1;
+	uint64_t rng = 0x12345678ULL ^ (uint64_t)getpid();
+	uint64_t rounds = 0;
+	int churning = argc > 4 && strcmp(argv[4], "churn") == 0;
+	if (churning)
+		for (int k = 0; k < NSLOT; k++)
+			slot_new(k, 32);
+	signal_ready();
+	while (!go) {
+		for (size_t k = 0; k < per_round; k++) {
+			rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+			uint64_t i = (rng >> 33) % npages;
+			gen[i]++;
+			fill(mem, i, gen[i]);
+		}
+		if (churning)
+			churn(rounds, rng);
+		rounds++;
+		if (rounds % 50 == 0) {
+			char buf[64];
+			snprintf(buf, sizeof buf, "%llu\n", (unsigned long long)rounds);
+			write_file_atomic("rounds", buf);
+		}
+		struct timespec ts = { 0, 10 * 1000 * 1000 };
+		nanosleep(&ts, NULL);
+	}
+	size_t bad = 0;
+	uint64_t dirtied = 0;
+	for (size_t i = 0; i < npages; i++) {
+		dirtied += gen[i];
+		uint64_t *p = mem + i * WORDS;
+		for (uint64_t w = 0; w < WORDS; w++) {
+			if (p[w] != mix(i, gen[i], w)) {
+				if (bad++ == 0)
+					fail("page %zu word %llu: %#llx, expected %#llx (generation %u)", i,
+					     (unsigned long long)w, (unsigned long long)p[w],
+					     (unsigned long long)mix(i, gen[i], w), gen[i]);
+				break;
+			}
+		}
+	}
+	CHECK(bad == 0, "%zu of %zu pages differ", bad, npages);
+	for (int k = 0; churning && k < NSLOT; k++)
+		for (size_t i = 0; i < slots[k].pages; i++)
+			if (slots[k].p[i * WORDS + 7] != mix(1000003ULL * (k + 1) + i, slots[k].gen, 7) ||
+			    slots[k].p[i * WORDS + WORDS - 1] != mix(1000003ULL * (k + 1) + i, slots[k].gen, WORDS - 1)) {
+				fail("churned mapping %d page %zu: wrong content for generation %u", k, i, slots[k].gen);
+				break;
+			}
+	CHECK(dirtied > 0, "no page was ever rewritten");
+	fprintf(stderr, "dirtier: %zu pages checked, %llu rewrites in %llu rounds\n", npages,
+		(unsigned long long)dirtied, (unsigned long long)rounds);
+	finish();
+}

@@ -1,0 +1,441 @@
+//! `ferry serve`: the destination side. Authenticate each peer, receive its image into a
+//! private staging directory in memory (tmpfs), restore the tree, tell the source it runs.
+//!
+//! Connections are served one at a time (a restore drives its processes with ptrace from this
+//! thread, and reaping between connections must not race with it). A peer gets 10 s to
+//! authenticate and 60 s of silence at most afterwards, so an idle or slow peer cannot hold
+//! the node for long.
+
+use super::channel::{Auth, Secure};
+use super::{kind, mode, recv, recv_into, send_now, text, Fields, MAX_MSG};
+use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// What one peer may send.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Sum of the image's file sizes.
+    pub max_image_bytes: u64,
+    /// Files in the image.
+    pub max_files: usize,
+    /// Processes (and zombies) in the tree.
+    pub max_processes: usize,
+    /// Size of any file but page data (process records, ghost files...).
+    pub max_record_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { max_image_bytes: 16 << 30, max_files: 4096, max_processes: 512, max_record_bytes: 64 << 20 }
+    }
+}
+
+pub struct ServeOptions<'a> {
+    pub listen: &'a str,
+    pub auth: &'a Path,
+    pub staging: &'a Path,
+    pub limits: Limits,
+    /// Stop after this many migrations (tests); None: serve forever.
+    pub max_migrations: Option<u64>,
+}
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The filesystem type of the mount holding `path` (the longest mount point that prefixes it).
+fn fs_type(path: &Path) -> Option<String> {
+    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
+    let path = path.canonicalize().ok()?;
+    let mut best: Option<(usize, String)> = None;
+    for line in mounts.lines() {
+        let mut w = line.split_whitespace();
+        let (_, mp, ty) = (w.next()?, w.next()?.replace("\\040", " "), w.next()?.to_string());
+        if path.starts_with(&mp) && best.as_ref().is_none_or(|(l, _)| mp.len() >= *l) {
+            best = Some((mp.len(), ty));
+        }
+    }
+    best.map(|b| b.1)
+}
+
+/// Staging dirs left by a `ferry serve` that died mid-transfer (memory: they must not pile up).
+fn remove_stale(staging: &Path) {
+    let Ok(entries) = fs::read_dir(staging) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("ferry-serve-").and_then(|r| r.split('-').next()?.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(e.path());
+            eprintln!("serve: removed {}, left by a ferry serve that died", e.path().display());
+        }
+    }
+}
+
+fn reap_children() {
+    while let Ok(Some(_)) = ferry_sys::ptrace::wait(-1, true) {}
+}
+
+pub fn serve(o: &ServeOptions) -> Result<()> {
+    let auth = Auth::load(o.auth)?;
+    match fs_type(o.staging).as_deref() {
+        Some("tmpfs" | "ramfs") => {}
+        Some(other) => bail!(
+            "staging area {} is on {other}, not in memory (tmpfs): images hold process memory and must not touch a disk",
+            o.staging.display()
+        ),
+        None => bail!("staging area {} does not exist", o.staging.display()),
+    }
+    remove_stale(o.staging);
+    let listener = TcpListener::bind(o.listen).with_context(|| format!("cannot listen on {}", o.listen))?;
+    listener.set_nonblocking(true)?;
+    let key: String = auth.public.iter().map(|b| format!("{b:02x}")).collect();
+    println!("serving on {} (node key {key})", listener.local_addr()?);
+    let _ = std::io::stdout().flush();
+    let mut n = 0u64;
+    loop {
+        reap_children();
+        let (sock, peer) = match listener.accept() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            Err(e) => return Err(e).context("accept"),
+        };
+        sock.set_nonblocking(false)?;
+        n += 1;
+        let dir = o.staging.join(format!("ferry-serve-{}-{n}", std::process::id()));
+        match handle(sock, &auth, &o.limits, &dir) {
+            Ok(Some(pid)) => eprintln!("serve: migration from {peer} done: the tree runs as pid {pid}"),
+            Ok(None) => {}
+            Err(e) => eprintln!("serve: migration from {peer} failed: {e:#}"),
+        }
+        let _ = fs::remove_dir_all(&dir);
+        if o.max_migrations.is_some_and(|m| n >= m) {
+            return Ok(());
+        }
+    }
+}
+
+/// A file being received.
+struct Incoming {
+    name: String,
+    file: File,
+    len: u64,
+    hasher: crc32fast::Hasher,
+}
+
+const PAGE: usize = 4096;
+
+/// Pre-copied pages of one process, in a file of the staging area that is already laid out as
+/// a page file: its header page, then each page as it arrives (a page sent again is appended
+/// again; the index points at its latest copy). Its checksum is kept as it grows, so that
+/// turning it into the image's page file at the end costs only the final round's bytes.
+struct PageStore {
+    file: File,
+    len: u64,
+    hasher: crc32fast::Hasher,
+    index: HashMap<u64, u64>,
+    path: PathBuf,
+}
+
+impl PageStore {
+    fn create(dir: &Path, host: u32) -> Result<PageStore> {
+        let path = dir.join(format!(".precopy-{host}"));
+        let file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+        let mut st = PageStore { file, len: 0, hasher: crc32fast::Hasher::new(), index: HashMap::new(), path };
+        st.append(&ferry_image::pages_header())?;
+        Ok(st)
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        self.file.write_all(bytes).context("cannot write pre-copied pages (staging area full?)")?;
+        self.hasher.update(bytes);
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+}
+
+/// Make the pre-copy file of a process its page file: append the final round's page file (its
+/// runs move by the offset it lands at), add runs for the pages the final image left out (the
+/// latest copy of each), and put the new sizes and checksums into the inventory.
+fn fill_kept(
+    dir: &Path,
+    inv: &mut ferry_image::Inventory,
+    pid: i32,
+    ranges: &[(u64, u64)],
+    mut st: PageStore,
+) -> Result<()> {
+    let pf = ferry_image::process_file(pid);
+    let pages_name = ferry_image::pages_file(pid);
+    let ppath = dir.join(&pf);
+    let raw = fs::read(&ppath).with_context(|| format!("KEEP for pid {pid}, which the image does not have"))?;
+    let mut p: ferry_image::Process = ferry_image::decode_record(&pf, ferry_image::RecordKind::Process, &raw)?;
+    let mm = p.mm.as_mut().context("process record without memory")?;
+    let pages_path = dir.join(&pages_name);
+    let last = fs::read(&pages_path).with_context(|| format!("{pages_name} missing"))?;
+    let base = st.len;
+    st.append(&last)?;
+    for v in mm.vmas.iter_mut() {
+        for r in v.runs.iter_mut() {
+            r.offset += base;
+        }
+    }
+    let mut filled = 0u64;
+    let mut vi = 0usize;
+    for &(start, end) in ranges {
+        let mut a = start;
+        while a < end {
+            let off = *st.index.get(&a).with_context(|| format!("pid {pid}: page {a:#x} was never sent"))?;
+            if !(mm.vmas.get(vi).is_some_and(|v| v.start <= a && a < v.end)) {
+                vi = mm
+                    .vmas
+                    .iter()
+                    .position(|v| v.start <= a && a < v.end)
+                    .with_context(|| format!("pid {pid}: kept page {a:#x} is in no mapping"))?;
+            }
+            let v = &mut mm.vmas[vi];
+            match v.runs.last_mut() {
+                Some(last)
+                    if last.addr + last.nr_pages * PAGE as u64 == a
+                        && last.offset + last.nr_pages * PAGE as u64 == off =>
+                {
+                    last.nr_pages += 1
+                }
+                _ => v.runs.push(ferry_image::PageRun { addr: a, nr_pages: 1, offset: off }),
+            }
+            filled += PAGE as u64;
+            a += PAGE as u64;
+        }
+    }
+    mm.pages_bytes += filled;
+    let rec = ferry_image::encode_record(ferry_image::RecordKind::Process, &p);
+    fs::write(&ppath, &rec)?;
+    let d = inv.files.iter_mut().find(|d| d.name == pf).with_context(|| format!("{pf} not in the inventory"))?;
+    (d.size, d.crc32) = (rec.len() as u64, crc32fast::hash(&rec));
+    let (size, crc) = (st.len, st.hasher.clone().finalize());
+    drop(st.file);
+    fs::rename(&st.path, &pages_path)?;
+    let d = inv.files.iter_mut().find(|d| d.name == pages_name).context("page file not in the inventory")?;
+    (d.size, d.crc32) = (size, crc);
+    Ok(())
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name != ferry_image::INVENTORY
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// One connection. Ok(None): the peer went away before sending an image (nothing to do).
+fn handle(sock: TcpStream, auth: &Auth, limits: &Limits, dir: &Path) -> Result<Option<i32>> {
+    sock.set_nodelay(true)?;
+    sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    sock.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let mut sec = Secure::handshake(sock, auth, false).context("peer refused")?;
+    sec.socket().set_read_timeout(Some(IDLE_TIMEOUT))?;
+    sec.socket().set_write_timeout(Some(IDLE_TIMEOUT))?;
+    let (k, hello) = recv(&mut sec, 64)?;
+    if k != kind::HELLO {
+        bail!("expected HELLO, got message {k}");
+    }
+    let mut f = Fields(&hello);
+    let (version, m) = (f.u16()?, f.u8()?);
+    if version != super::channel::PROTOCOL_VERSION || !matches!(m, mode::STOP_AND_COPY | mode::PRE_COPY) {
+        let why = format!("unsupported protocol version {version} or mode {m} (this node: stop-and-copy and pre-copy)");
+        let _ = send_now(&mut sec, kind::FAILED, why.as_bytes());
+        bail!("{why}");
+    }
+    let t0 = Instant::now();
+    match receive(&mut sec, limits, dir) {
+        Ok(()) => {}
+        Err(e) => {
+            let _ = send_now(&mut sec, kind::FAILED, format!("{e:#}").as_bytes());
+            return Err(e);
+        }
+    }
+    let received = t0.elapsed();
+    let t1 = Instant::now();
+    let opts = ferry_engine::restore::RestoreOptions { dir: dir.to_path_buf(), pidfile: None, shell_job: false };
+    let r = match ferry_engine::restore::restore(&opts) {
+        Ok(r) => r,
+        Err(e) => {
+            let why = format!("restore failed: {e}");
+            let _ = send_now(&mut sec, kind::FAILED, why.as_bytes());
+            bail!("{why}");
+        }
+    };
+    let restore_ms = t1.elapsed().as_millis() as u32;
+    // The pages are in the processes now: the staging copy goes at once.
+    let _ = fs::remove_dir_all(dir);
+    // A source that gave up meanwhile (its timeout) has resumed its copy: ours must not run.
+    if source_gone(&sec) {
+        let _ = ferry_sys::process::kill(r.pid, libc::SIGKILL);
+        bail!("the source gave up before the restore finished; restored pid {} killed", r.pid);
+    }
+    let mut p = (r.pid as u32).to_le_bytes().to_vec();
+    p.extend_from_slice(&restore_ms.to_le_bytes());
+    if let Err(e) = send_now(&mut sec, kind::RESTORED, &p) {
+        let _ = ferry_sys::process::kill(r.pid, libc::SIGKILL);
+        bail!("cannot confirm to the source ({e}); restored pid {} killed, the source resumes its copy", r.pid);
+    }
+    eprintln!("serve: image received in {} ms, restored in {restore_ms} ms as pid {}", received.as_millis(), r.pid);
+    match recv(&mut sec, 4096) {
+        Ok((kind::FINISHED, _)) => {}
+        Ok((k, m)) => eprintln!("serve: warning: got message {k} ({}) instead of FINISHED", text(&m)),
+        Err(e) => eprintln!(
+            "serve: warning: no FINISHED from the source ({e:#}); the tree keeps running here (pid {})",
+            r.pid
+        ),
+    }
+    Ok(Some(r.pid))
+}
+
+/// Whether the source closed the connection or sent something (ABORT) while we restored.
+fn source_gone(sec: &Secure) -> bool {
+    let s = sec.socket();
+    if s.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let mut b = [0u8; 1];
+    let gone = !matches!(s.peek(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    let _ = s.set_nonblocking(false);
+    gone
+}
+
+/// Receive the files of an image into `dir` (created 0700), with the peer's limits.
+fn receive(sec: &mut Secure, limits: &Limits, dir: &Path) -> Result<()> {
+    fs::DirBuilder::new().mode(0o700).create(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    send_now(sec, kind::READY, &[])?;
+    let mut open: HashMap<u32, Incoming> = HashMap::new();
+    let mut names = std::collections::HashSet::new();
+    let mut total = 0u64;
+    // pre-copy: the latest copy of each page sent while the tree ran, per host pid
+    let mut store: HashMap<u32, PageStore> = HashMap::new();
+    let mut keeps: HashMap<u32, (u32, Vec<(u64, u64)>)> = HashMap::new();
+    let mut payload = Vec::with_capacity(MAX_MSG);
+    loop {
+        let k = recv_into(sec, MAX_MSG, &mut payload)?;
+        let mut f = Fields(&payload);
+        match k {
+            kind::FILE_BEGIN => {
+                let id = f.u32()?;
+                let name = String::from_utf8(f.rest().to_vec()).unwrap_or_default();
+                if !valid_name(&name) {
+                    bail!("refused file name {:?}", text(name.as_bytes()));
+                }
+                if names.len() >= limits.max_files || open.len() >= 16 {
+                    bail!("more than {} files (or 16 open at once): refused", limits.max_files);
+                }
+                if !names.insert(name.clone()) || open.contains_key(&id) {
+                    bail!("file {name} sent twice");
+                }
+                let path = dir.join(&name);
+                let file = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .with_context(|| format!("cannot create {}", path.display()))?;
+                open.insert(id, Incoming { name, file, len: 0, hasher: crc32fast::Hasher::new() });
+            }
+            kind::FILE_DATA => {
+                let id = f.u32()?;
+                let bytes = f.rest();
+                let inc = open.get_mut(&id).context("data for a file that is not open")?;
+                total += bytes.len() as u64;
+                inc.len += bytes.len() as u64;
+                if total > limits.max_image_bytes {
+                    bail!("the image exceeds {} MiB: refused", limits.max_image_bytes >> 20);
+                }
+                if !inc.name.starts_with("pages-") && inc.len > limits.max_record_bytes {
+                    bail!("{} exceeds {} MiB: refused", inc.name, limits.max_record_bytes >> 20);
+                }
+                inc.hasher.update(bytes);
+                inc.file.write_all(bytes).with_context(|| format!("cannot write {} (staging area full?)", inc.name))?;
+            }
+            kind::FILE_END => {
+                let (id, size, crc) = (f.u32()?, f.u64()?, f.u32()?);
+                let inc = open.remove(&id).context("end of a file that is not open")?;
+                if inc.len != size || inc.hasher.finalize() != crc {
+                    bail!("{}: size or checksum mismatch", inc.name);
+                }
+            }
+            kind::PAGES => {
+                let (host, addr) = (f.u32()?, f.u64()?);
+                let bytes = f.rest();
+                if bytes.len() % PAGE != 0 || addr % PAGE as u64 != 0 {
+                    bail!("pre-copy pages not page aligned");
+                }
+                total += bytes.len() as u64;
+                if total > limits.max_image_bytes {
+                    bail!("the image exceeds {} MiB: refused", limits.max_image_bytes >> 20);
+                }
+                if !store.contains_key(&host) {
+                    if store.len() >= limits.max_processes {
+                        bail!("pages of more than {} processes: refused", limits.max_processes);
+                    }
+                    store.insert(host, PageStore::create(dir, host)?);
+                }
+                let st = store.get_mut(&host).context("store")?;
+                let at = st.len;
+                st.append(bytes)?;
+                for i in 0..bytes.len() / PAGE {
+                    st.index.insert(addr + (i * PAGE) as u64, at + (i * PAGE) as u64);
+                }
+            }
+            kind::KEEP => {
+                let (host, image_pid) = (f.u32()?, f.u32()?);
+                let e = keeps.entry(host).or_insert((image_pid, Vec::new()));
+                while !f.0.is_empty() {
+                    let (a, b) = (f.u64()?, f.u64()?);
+                    if a >= b || a % PAGE as u64 != 0 || b % PAGE as u64 != 0 {
+                        bail!("bad KEEP range");
+                    }
+                    e.1.push((a, b));
+                }
+            }
+            kind::COMMIT => {
+                if !open.is_empty() {
+                    bail!("commit with files still open");
+                }
+                let mut inv: ferry_image::Inventory =
+                    ferry_image::decode_record("inventory", ferry_image::RecordKind::Inventory, &payload)?;
+                if inv.pids.len() > limits.max_processes {
+                    bail!("{} processes, more than the {} allowed: refused", inv.pids.len(), limits.max_processes);
+                }
+                if inv.files.len() != names.len() || inv.files.iter().any(|d| !names.contains(&d.name)) {
+                    bail!("the inventory does not list the files that were sent");
+                }
+                let mut bytes = payload.clone();
+                if !keeps.is_empty() {
+                    let t = Instant::now();
+                    for (host, (image_pid, ranges)) in &keeps {
+                        if ranges.is_empty() {
+                            continue; // nothing left out: the final page file is complete
+                        }
+                        let st = store.remove(host).context("KEEP for a process whose pages were never sent")?;
+                        fill_kept(dir, &mut inv, *image_pid as i32, ranges, st)?;
+                    }
+                    bytes = ferry_image::encode_record(ferry_image::RecordKind::Inventory, &inv);
+                    eprintln!("serve: pre-copied pages put in the image in {} ms", t.elapsed().as_millis());
+                }
+                let path: PathBuf = dir.join(ferry_image::INVENTORY);
+                let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+                file.write_all(&bytes)?;
+                return Ok(());
+            }
+            kind::ABORT => bail!("the source aborted: {}", text(f.rest())),
+            k => bail!("unexpected message {k}"),
+        }
+    }
+}
