@@ -432,13 +432,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     for h in plan.helpers().filter(|_| !img.inventory().pidns) {
         check_pid_free(h.pid)?;
     }
+    let objects = files::Objects { pipes: &pipes, unix: &unix, ttys: &ttys };
     let mut prep = Vec::new();
     for p in &procs {
         if p.zombie {
             prep.push(None);
             continue;
         }
-        let files = files::prepare(p, &img, &pipes, &unix, base, &mut shared, &mut shmem, &ttys)?;
+        let files = files::prepare(p, &img, &objects, base, &mut shared, &mut shmem)?;
         let mem = memory::prepare(p, &img, base, &mut shmem)?;
         let cwd = std::fs::File::open(&p.cwd).ctx(|| format!("pid {}: cannot open cwd {}", p.pid, p.cwd))?;
         let cwd = raw::dup_above(cwd.as_fd(), base).ctx(|| format!("pid {}: cwd", p.pid))?;

@@ -266,17 +266,24 @@ fn cstr(path: &str) -> Result<CString, Error> {
     CString::new(path).map_err(|_| Error::Invalid { object: path.into(), what: "path has a NUL byte".into() })
 }
 
+/// What the whole image's processes share, opened once before any process's files: pipes,
+/// unix sockets, terminals.
+pub struct Objects<'a> {
+    pub pipes: &'a pipes::Prepared,
+    pub unix: &'a unix::Prepared,
+    pub ttys: &'a tty::Restore,
+}
+
 /// Open every file description in ferry (`base` = lowest number the copies may take).
 pub fn prepare(
     p: &Process,
     img: &ferry_image::ImageReader,
-    pipes: &pipes::Prepared,
-    unix: &unix::Prepared,
+    objects: &Objects<'_>,
     base: i32,
     shared: &mut HashMap<u32, i32>,
     shmem: &mut HashMap<u64, (i32, std::fs::File)>,
-    ttys: &tty::Restore,
 ) -> Result<Prepared, Error> {
+    let (pipes, unix, ttys) = (objects.pipes, objects.unix, objects.ttys);
     let pid = p.pid;
     let mut out = Prepared { numbers: Vec::new(), owned: Vec::new() };
     // Connections restored with TCP_REPAIR go last: a listener binds its port normally before a
