@@ -2,6 +2,7 @@
 //! pre-copy migration (the uffd itself is created inside the target by an injected syscall).
 
 use crate::cvt_i;
+use crate::process::PmScanArg;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
@@ -54,23 +55,6 @@ pub fn register(uffd: BorrowedFd<'_>, start: u64, len: u64, mode: u64) -> io::Re
     // SAFETY: `r` is a valid uffdio_register for the duration of the call.
     cvt_i(unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_REGISTER, &mut r as *mut UffdioRegister) })?;
     Ok(())
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct PmScanArg {
-    size: u64,
-    flags: u64,
-    start: u64,
-    end: u64,
-    walk_end: u64,
-    vec: u64,
-    vec_len: u64,
-    max_pages: u64,
-    category_inverted: u64,
-    category_mask: u64,
-    category_anyof_mask: u64,
-    return_mask: u64,
 }
 
 /// The full `PAGEMAP_SCAN` of `start..end`: pages whose categories (xor `inverted`) have all of

@@ -656,3 +656,53 @@ pub fn cycle_with(spec: &Spec, before_go: impl FnOnce(&mut Run)) -> Run {
 pub fn cycle(spec: &Spec) {
     cycle_with(spec, |_| {});
 }
+
+/// Poll `f` every 20 ms until it holds; fail the test after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        sleep(Duration::from_millis(20));
+    }
+}
+
+/// Wait until every process of an image is gone from /proc (killed tree members are reaped by
+/// PID 1, slowly here).
+pub fn wait_image_pids_gone(img: &Path) {
+    let reader = ferry_image::ImageReader::open(img).expect("open image");
+    for &pid in &reader.inventory().pids {
+        let dir = format!("/proc/{pid}");
+        wait_for(&format!("pid {pid} to be reaped"), Duration::from_secs(90), || !Path::new(&dir).exists());
+    }
+}
+
+/// `ferry dump` of `pid` must fail with one line naming `expect` and the pid, and leave no
+/// complete-looking image.
+pub fn dump_refused(pid: i32, dir: &Path, expect: &str) {
+    let out = Command::new(ferry_bin())
+        .args(["dump", "-t", &pid.to_string(), "-D", &path_str(dir)])
+        .output()
+        .expect("run ferry dump");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "dump of pid {pid} should have been refused");
+    assert!(
+        err.contains(expect) && err.contains(&pid.to_string()),
+        "error does not name {expect:?} and pid {pid}: {err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "the error is not one line: {err}");
+    assert!(!dir.join("inventory.img").exists(), "a refused dump left a complete-looking image");
+}
+
+/// A tree's whole cycle: dump, wait until every pid of the image is free, restore, go, and the
+/// workload's own verdict.
+pub fn cycle_tree(spec: &Spec, extra_dump: &[&str]) {
+    let mut run = Run::start(spec);
+    run.dump_ok(extra_dump);
+    run.reap_dumped();
+    wait_image_pids_gone(&run.img());
+    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
+    run.wait_pidfile(&pidfile);
+    run.go();
+    let status = run.wait_restore_exit();
+    run.expect_pass(status, &spec.name);
+}

@@ -284,20 +284,6 @@ fn in_read(pid: i32) -> bool {
     text.split_whitespace().next() == Some("0")
 }
 
-/// Wait until every process of an image is gone from /proc (killed tree members are reaped by
-/// PID 1, slowly here).
-fn wait_image_pids_gone(img: &Path) {
-    let reader = ferry_image::ImageReader::open(img).expect("open image");
-    for &pid in &reader.inventory().pids {
-        let dir = format!("/proc/{pid}");
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while Path::new(&dir).exists() {
-            assert!(Instant::now() < deadline, "pid {pid} was not reaped within 90 s");
-            sleep(Duration::from_millis(20));
-        }
-    }
-}
-
 const NGINX: &str = "/usr/sbin/nginx";
 
 /// A private nginx instance in a work dir: its config (own port, own pid and log files), a

@@ -24,14 +24,6 @@ fn run_ok(cmd: &mut Command) {
     assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        sleep(Duration::from_millis(20));
-    }
-}
-
 /// Two network namespaces joined by a veth pair; removed on drop.
 struct Nodes {
     a: String,
@@ -652,6 +644,14 @@ fn migrate_server_with_open_connection_moves_its_address() {
         .expect("start the client");
     wait_for("the client's first exchange", Duration::from_secs(30), || w.join("client-ready").exists());
     wait_for("the server to be ready", Duration::from_secs(30), || w.join("ready").exists());
+    // No network lock yet (docs/migration.md): the client must not be waiting for an ACK
+    // (its "ping2" retransmitted during the switch would meet no socket and get a RST).
+    wait_for("the client's data to be acknowledged", Duration::from_secs(30), || {
+        let out = nodes.in_b("ss").args(["-tnH", "dst", "10.231.1.1"]).output().expect("ss");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let send_q = text.split_whitespace().nth(2).and_then(|v| v.parse::<u64>().ok());
+        send_q == Some(0)
+    });
     // The service address moves: B answers for it locally from now on.
     run_ok(Command::new("ip").args(["-n", &nodes.b, "addr", "add", "10.231.1.1/32", "dev", "lo"]));
     let out = nodes

@@ -6,7 +6,7 @@ use std::fs::{self, File};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Run ferry with FERRY_FAULT set; returns its exit status.
 fn ferry_with_fault(run: &mut Run, fault: &str, args: &[String], label: &str) -> std::process::ExitStatus {
@@ -142,14 +142,6 @@ fn vdso_mismatch_is_refused() {
     run.expect_pass(status, "the genuine image");
 }
 
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        sleep(Duration::from_millis(20));
-    }
-}
-
 fn counter_lines(p: &Path) -> Vec<u64> {
     fs::read_to_string(p).unwrap_or_default().lines().filter_map(|l| l.strip_prefix("counter ")?.parse().ok()).collect()
 }
@@ -217,16 +209,6 @@ fn sparse_memory_is_not_stored() {
     run.expect_pass(status, "mem_anon");
 }
 
-/// Wait until every process of an image is gone from /proc (killed tree members are reaped by
-/// PID 1, slowly here).
-fn wait_image_pids_gone(img: &Path) {
-    let reader = ferry_image::ImageReader::open(img).expect("open image");
-    for &pid in &reader.inventory().pids {
-        let dir = format!("/proc/{pid}");
-        wait_for(&format!("pid {pid} to be reaped"), Duration::from_secs(90), || !Path::new(&dir).exists());
-    }
-}
-
 /// A process tree: a root and three children streaming numbers through two pipes (producer ->
 /// filter -> consumer) across the checkpoint, unread bytes in both pipes; after restore the
 /// root reaps them with waitpid and the consumer must have seen every number once, in order.
@@ -265,15 +247,7 @@ fn pipeline_tree_leave_running() {
 /// one of them) stays one shared object after restore.
 #[test]
 fn shared_anonymous_memory_tree() {
-    let mut run = Run::start(&Spec::c("shm"));
-    run.dump_ok(&[]);
-    run.reap_dumped();
-    wait_image_pids_gone(&run.img());
-    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
-    run.wait_pidfile(&pidfile);
-    run.go();
-    let status = run.wait_restore_exit();
-    run.expect_pass(status, "shared memory between parent and child");
+    cycle_tree(&Spec::c("shm"), &[]);
 }
 
 /// sqlite3 (the real CLI) in the middle of a write transaction — with its POSIX locks on the
@@ -405,15 +379,7 @@ fn shell_pipeline() {
 /// no SIGCHLD it did not have before.
 #[test]
 fn zombies_stay_reapable() {
-    let mut run = Run::start(&Spec::c("zombies"));
-    run.dump_ok(&[]);
-    run.reap_dumped();
-    wait_image_pids_gone(&run.img());
-    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
-    run.wait_pidfile(&pidfile);
-    run.go();
-    let status = run.wait_restore_exit();
-    run.expect_pass(status, "zombies");
+    cycle_tree(&Spec::c("zombies"), &[]);
 }
 
 /// Sessions and groups whose leaders exited: orphans of a subreaper root in a leaderless
@@ -422,15 +388,7 @@ fn zombies_stay_reapable() {
 /// sees no leftover helper and no SIGCHLD.
 #[test]
 fn sessions_with_dead_leaders() {
-    let mut run = Run::start(&Spec::c("sessions"));
-    run.dump_ok(&[]);
-    run.reap_dumped();
-    wait_image_pids_gone(&run.img());
-    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
-    run.wait_pidfile(&pidfile);
-    run.go();
-    let status = run.wait_restore_exit();
-    run.expect_pass(status, "sessions");
+    cycle_tree(&Spec::c("sessions"), &[]);
 }
 
 /// One epoll instance shared by a parent and its child, each having registered its own eventfd
@@ -438,45 +396,14 @@ fn sessions_with_dead_leaders() {
 /// targets fire with their data, seen from either process.
 #[test]
 fn epoll_shared_across_processes() {
-    let mut run = Run::start(&Spec::c("epoll_shared"));
-    run.dump_ok(&[]);
-    run.reap_dumped();
-    wait_image_pids_gone(&run.img());
-    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
-    run.wait_pidfile(&pidfile);
-    run.go();
-    let status = run.wait_restore_exit();
-    run.expect_pass(status, "epoll_shared");
+    cycle_tree(&Spec::c("epoll_shared"), &[]);
 }
 
 /// A memfd held through an fd and a shared mapping, and by a child through the same fd: name,
 /// content and offset survive, and it is still one object across both processes.
 #[test]
 fn memfd_shared_with_child() {
-    let mut run = Run::start(&Spec::c("memfd"));
-    run.dump_ok(&[]);
-    run.reap_dumped();
-    wait_image_pids_gone(&run.img());
-    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
-    run.wait_pidfile(&pidfile);
-    run.go();
-    let status = run.wait_restore_exit();
-    run.expect_pass(status, "memfd");
-}
-
-fn dump_refused(pid: i32, dir: &Path, expect: &str) {
-    let out = Command::new(ferry_bin())
-        .args(["dump", "-t", &pid.to_string(), "-D", &path_str(dir)])
-        .output()
-        .expect("run ferry dump");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "dump of pid {pid} should have been refused");
-    assert!(
-        err.contains(expect) && err.contains(&pid.to_string()),
-        "error does not name {expect:?} and pid {pid}: {err}"
-    );
-    assert_eq!(err.trim().lines().count(), 1, "the error is not one line: {err}");
-    assert!(!dir.join("inventory.img").exists(), "a refused dump left a complete-looking image");
+    cycle_tree(&Spec::c("memfd"), &[]);
 }
 
 /// What ferry cannot save yet is refused with one line naming it, and the target is left as it

@@ -3,27 +3,7 @@
 
 use crate::common::*;
 use std::fs;
-use std::path::Path;
 use std::process::Command;
-use std::thread::sleep;
-use std::time::{Duration, Instant};
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        sleep(Duration::from_millis(20));
-    }
-}
-
-/// Every process of the image is gone (the dump killed the whole tree).
-fn wait_image_pids_gone(img: &Path) {
-    let reader = ferry_image::ImageReader::open(img).expect("open image");
-    for &pid in &reader.inventory().pids {
-        let dir = format!("/proc/{pid}");
-        wait_for(&format!("pid {pid} to be reaped"), Duration::from_secs(90), || !Path::new(&dir).exists());
-    }
-}
 
 /// Dump (kills the tree), wait until every pid is free, run `between`, restore, go, PASS.
 fn tree_cycle(spec: &Spec, between: impl FnOnce(&mut Run)) {

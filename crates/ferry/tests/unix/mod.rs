@@ -136,21 +136,6 @@ fn leave_running_unix_tree() {
     run.expect_pass(status, "the tree after dump -R");
 }
 
-fn dump_refused(pid: i32, dir: &Path, expect: &str) {
-    let out = Command::new(ferry_bin())
-        .args(["dump", "-t", &pid.to_string(), "-D", &path_str(dir)])
-        .output()
-        .expect("run ferry dump");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "dump of pid {pid} should have been refused");
-    assert!(
-        err.contains(expect) && err.contains(&pid.to_string()),
-        "error does not name {expect:?} and pid {pid}: {err}"
-    );
-    assert_eq!(err.trim().lines().count(), 1, "the error is not one line: {err}");
-    assert!(!dir.join("inventory.img").exists(), "a refused dump left a complete-looking image");
-}
-
 /// A stream socket at fd 3 connected to the test (outside the tree) is refused, naming the
 /// fd and the socket; the process carries on and can still use it.
 #[test]
