@@ -224,7 +224,7 @@ impl Run {
         let log_path = w.join("out.log");
         let log = File::create(&log_path).unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
         let log2 = log.try_clone().expect("dup of the out.log fd");
-        let child = Command::new(&spec.program)
+        let child = workload_command(&spec.program)
             .args(&spec.pre_args)
             .arg(&w.path)
             .args(&spec.args)
@@ -705,4 +705,17 @@ pub fn cycle_tree(spec: &Spec, extra_dump: &[&str]) {
     run.go();
     let status = run.wait_restore_exit();
     run.expect_pass(status, &spec.name);
+}
+
+/// A command that starts a workload. When the tests run from a terminal, the workload gets a
+/// session of its own (setsid(1), which execs in place): it must not share the test runner's
+/// controlling terminal, which ferry refuses to dump without --shell-job.
+pub fn workload_command(program: &Path) -> Command {
+    if File::open("/dev/tty").is_ok() {
+        let mut c = Command::new("setsid");
+        c.arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
 }

@@ -313,7 +313,7 @@ impl Nginx {
             path_str(&root),
         );
         fs::write(w.join("nginx.conf"), conf).expect("nginx.conf");
-        let child = std::process::Command::new(ferry_workloads::path("closefds"))
+        let child = workload_command(&ferry_workloads::path("closefds"))
             .args([NGINX, "-p", &path_str(&w.path), "-e", &path_str(&w.join("error.log"))])
             .args(["-c", &path_str(&w.join("nginx.conf"))])
             .stdin(std::process::Stdio::null())

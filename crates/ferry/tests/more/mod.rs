@@ -151,7 +151,7 @@ fn counter_lines(p: &Path) -> Vec<u64> {
 #[test]
 fn stdout_pipe_is_inherited_from_ferry() {
     let w = WorkDir::new("inherit");
-    let mut child = Command::new(ferry_workloads::path("counter"))
+    let mut child = workload_command(&ferry_workloads::path("counter"))
         .arg(&w.path)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -264,7 +264,7 @@ fn sqlite3_mid_transaction() {
         Command::new(sqlite).arg(&db).arg("create table t(x); insert into t values(0);").status().expect("sqlite3");
     assert!(st.success(), "cannot create the database");
     let out = w.join("out.txt");
-    let mut child = Command::new(ferry_workloads::path("closefds"))
+    let mut child = workload_command(&ferry_workloads::path("closefds"))
         .arg(sqlite)
         .arg(&db)
         .stdin(Stdio::piped())
@@ -335,7 +335,7 @@ fn sqlite3_mid_transaction() {
 fn shell_pipeline() {
     let w = WorkDir::new("shpipe");
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ferry-workloads/sh/pipeline.sh");
-    let mut child = Command::new(ferry_workloads::path("closefds"))
+    let mut child = workload_command(&ferry_workloads::path("closefds"))
         .arg("/bin/sh")
         .arg(&script)
         .arg(&w.path)
@@ -412,7 +412,7 @@ fn memfd_shared_with_child() {
 fn refuses_what_it_cannot_save() {
     let w = WorkDir::new("refuse");
     dump_refused(2, &w.join("kthread"), "kernel thread");
-    let mut child = Command::new(ferry_workloads::path("closefds"))
+    let mut child = workload_command(&ferry_workloads::path("closefds"))
         .args(["unshare", "--uts", ferry_workloads::path("counter").to_str().expect("utf-8 path")])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
