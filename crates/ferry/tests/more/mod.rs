@@ -531,3 +531,38 @@ fn pidns_job_moves_as_a_whole_namespace() {
         read_tail(&w.join("run.log"), 3000)
     );
 }
+
+/// `ferry run` without a namespace: the job runs in its own process group and ferry returns its
+/// exit status; with -d it prints the job's pid and returns at once, and the job can be dumped
+/// and restored like any process.
+#[test]
+fn ferry_run_starts_jobs() {
+    let st = Command::new(ferry_bin()).args(["run", "--", "sh", "-c", "exit 7"]).status().expect("ferry run");
+    assert_eq!(st.code(), Some(7), "ferry run did not pass the job's exit status through");
+    let w = WorkDir::new("run-d");
+    let pidfile = w.join("job.pid");
+    let st = Command::new(ferry_bin())
+        .args(["run", "-d", "--pidfile", &path_str(&pidfile), "--"])
+        .arg(ferry_workloads::path("counter"))
+        .arg(&w.path)
+        .stdin(Stdio::null())
+        .stdout(File::create(w.join("job.log")).expect("log"))
+        .stderr(Stdio::null())
+        .status()
+        .expect("ferry run -d");
+    assert!(st.success());
+    let pid: i32 = fs::read_to_string(&pidfile).expect("pidfile").trim().parse().expect("pid");
+    let printed = fs::read_to_string(w.join("job.log")).unwrap_or_default();
+    assert!(printed.lines().any(|l| l.trim() == pid.to_string()), "ferry run -d did not print the pid: {printed:?}");
+    wait_for("ready", Duration::from_secs(20), || w.join("ready").exists());
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("the job runs");
+    let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, r)| r.split(' ').collect()).unwrap_or_default();
+    assert_eq!(fields.get(2).and_then(|g| g.parse::<i32>().ok()), Some(pid), "the job leads its own group");
+    let img = w.join("img");
+    let out = Command::new(ferry_bin())
+        .args(["dump", "-t", &pid.to_string(), "-D", &path_str(&img), "-R"])
+        .output()
+        .expect("ferry dump");
+    assert!(out.status.success(), "dump of a ferry run job: {}", String::from_utf8_lossy(&out.stderr));
+    send_signal(pid, "KILL").expect("kill the job");
+}
