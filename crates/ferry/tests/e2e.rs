@@ -518,9 +518,14 @@ mod faults {
             sleep(*delay);
             let _ = ferry.kill();
             let status = ferry.wait().expect("reap ferry");
-            if status.success() {
-                // The dump completed before the kill: the workload was killed by design.
+            if status.success() || dir.join("inventory.img").exists() {
+                // The dump committed its image before the kill: the workload is killed by design
+                // (if ferry died between the commit and that kill, the workload runs on with a
+                // complete image of it: nothing lost; end it here).
                 eprintln!("the dump completed within {delay:?}: no later kill points");
+                if !status.success() && pid_alive(run.pid) {
+                    let _ = send_signal(run.pid, "KILL");
+                }
                 completed = Some(dir);
                 break;
             }
