@@ -19,7 +19,9 @@ use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
-const CHUNK: usize = 4 << 20;
+/// Bytes copied at a time from the target's memory, and buffers of that size in flight.
+const CHUNK: usize = 2 << 20;
+const BUFFERS: usize = 3;
 
 fn prot_of(m: &MapEntry) -> u32 {
     let mut p = 0;
@@ -164,8 +166,29 @@ fn stores_pages(kind: VmaKind) -> bool {
     matches!(kind, VmaKind::Anon | VmaKind::SharedAnon | VmaKind::FilePrivate)
 }
 
+/// One piece of memory to copy into the page file: `len` bytes of mapping `vma` at `addr`.
+struct Job {
+    vma: usize,
+    addr: u64,
+    len: usize,
+    from: Source,
+}
+
+enum Source {
+    /// process_vm_readv of the target.
+    Readv,
+    /// /proc/PID/mem (mappings without PROT_READ).
+    Mem,
+    /// Shared memory object `files[i]`, at this offset.
+    Object(usize, u64),
+}
+
 /// Write the pages that only memory holds into `pages-PID.img`, filling each mapping's runs.
 /// Returns the number of bytes of page data stored.
+///
+/// Two threads, one per core: one copies the target's memory into a few buffers
+/// (`process_vm_readv`), the other drops the zero pages, checksums and writes the rest, so
+/// both copies proceed at once and the memory ferry uses stays a few chunks.
 pub fn dump_pages(
     pid: i32,
     image_pid: i32,
@@ -180,9 +203,9 @@ pub fn dump_pages(
     let pagemap =
         std::fs::File::open(procfs::path(pid, "pagemap")).ctx(|| format!("pid {pid}: cannot open pagemap"))?;
     let mem = std::fs::File::open(procfs::path(pid, "mem")).ctx(|| format!("pid {pid}: cannot open mem"))?;
-    let mut buf = vec![0u8; CHUNK];
-    let mut stored = 0u64;
-    for v in mm.vmas.iter_mut() {
+    let mut jobs = Vec::new();
+    let mut objects = Vec::new();
+    for (i, v) in mm.vmas.iter().enumerate() {
         let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Invalid);
         if !stores_pages(kind) {
             continue;
@@ -197,14 +220,11 @@ pub fn dump_pages(
             let mf = procfs::path(pid, &format!("map_files/{:x}-{:x}", v.start, v.end));
             let obj =
                 std::fs::File::open(&mf).ctx(|| format!("pid {pid}: cannot open shared memory at {:#x}", v.start))?;
+            objects.push(obj);
             let mut at = 0u64;
-            let len_total = v.end - v.start;
-            while at < len_total {
-                let len = ((len_total - at) as usize).min(CHUNK);
-                let chunk = &mut buf[..len];
-                obj.read_exact_at(chunk, v.offset + at)
-                    .ctx(|| format!("pid {pid}: cannot read shared memory at {:#x}", v.start + at))?;
-                stored += store_chunk(v, chunk, v.start + at, true, &mut out).map_err(werr)?;
+            while at < v.end - v.start {
+                let len = ((v.end - v.start - at) as usize).min(CHUNK);
+                jobs.push(Job { vma: i, addr: v.start + at, len, from: Source::Object(objects.len() - 1, v.offset + at) });
                 at += len as u64;
             }
             continue;
@@ -229,22 +249,72 @@ pub fn dump_pages(
             let mut addr = r.start;
             while addr < r.end {
                 let len = ((r.end - addr) as usize).min(CHUNK);
-                let chunk = &mut buf[..len];
-                let got = if readable {
-                    vm_read(pid, addr, chunk).ctx(|| format!("pid {pid}: cannot read memory at {addr:#x}"))?
-                } else {
-                    mem.read_at(chunk, addr).ctx(|| format!("pid {pid}: cannot read memory at {addr:#x}"))?
-                };
-                if got != len {
-                    return Err(Error::Invalid {
-                        object: format!("pid {pid}"),
-                        what: format!("short read of memory at {addr:#x}"),
-                    });
-                }
-                stored += store_chunk(v, chunk, addr, kind != VmaKind::FilePrivate, &mut out).map_err(werr)?;
+                jobs.push(Job { vma: i, addr, len, from: if readable { Source::Readv } else { Source::Mem } });
                 addr += len as u64;
             }
         }
+    }
+    let read = |job: &Job, buf: &mut [u8]| -> Result<(), Error> {
+        let chunk = &mut buf[..job.len];
+        let addr = job.addr;
+        let got = match job.from {
+            Source::Readv => vm_read(pid, addr, chunk).ctx(|| format!("pid {pid}: cannot read memory at {addr:#x}"))?,
+            Source::Mem => mem.read_at(chunk, addr).ctx(|| format!("pid {pid}: cannot read memory at {addr:#x}"))?,
+            Source::Object(o, off) => {
+                objects[o]
+                    .read_exact_at(chunk, off)
+                    .ctx(|| format!("pid {pid}: cannot read shared memory at {addr:#x}"))?;
+                job.len
+            }
+        };
+        if got != job.len {
+            return Err(Error::Invalid { object: format!("pid {pid}"), what: format!("short read of memory at {addr:#x}") });
+        }
+        Ok(())
+    };
+    let mut stored = 0u64;
+    let vmas = &mut mm.vmas;
+    let mut store = |job: &Job, buf: &[u8], out: &mut ferry_image::dir::StreamFile| -> Result<(), Error> {
+        let v = &mut vmas[job.vma];
+        let skip_zero = v.kind != VmaKind::FilePrivate as i32;
+        stored += store_chunk(v, &buf[..job.len], job.addr, skip_zero, out).map_err(werr)?;
+        Ok(())
+    };
+    if jobs.len() < 2 {
+        let mut buf = vec![0u8; CHUNK];
+        for job in &jobs {
+            read(job, &mut buf)?;
+            store(job, &buf, &mut out)?;
+        }
+    } else {
+        std::thread::scope(|sc| -> Result<(), Error> {
+            let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(usize, Vec<u8>, Result<(), Error>)>(BUFFERS);
+            let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+            for _ in 0..BUFFERS {
+                let _ = free_tx.send(vec![0u8; CHUNK]);
+            }
+            let jobs = &jobs;
+            let read = &read;
+            sc.spawn(move || {
+                for (i, job) in jobs.iter().enumerate() {
+                    let Ok(mut buf) = free_rx.recv() else { return };
+                    let r = read(job, &mut buf);
+                    let failed = r.is_err();
+                    if full_tx.send((i, buf, r)).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            for _ in 0..jobs.len() {
+                let Ok((i, buf, r)) = full_rx.recv() else {
+                    return Err(Error::Invalid { object: format!("pid {pid}"), what: "memory reader stopped".into() });
+                };
+                r?;
+                store(&jobs[i], &buf, &mut out)?;
+                let _ = free_tx.send(buf);
+            }
+            Ok(())
+        })?;
     }
     img.finish_stream(out)?;
     mm.pages_bytes = stored;
@@ -297,6 +367,8 @@ pub struct Prepared {
     /// fd number for each vma index that needs one.
     pub vma_fd: HashMap<usize, i32>,
     pub exe_fd: Option<i32>,
+    /// The page file, which the restored process reads its pages from itself (injected `preadv`).
+    pub pages_fd: Option<i32>,
     pub owned: Vec<std::os::fd::OwnedFd>,
 }
 
@@ -311,7 +383,14 @@ pub fn prepare(
     let mm =
         p.mm.as_ref()
             .ok_or_else(|| Error::Invalid { object: format!("pid {pid}"), what: "no memory record".into() })?;
-    let mut out = Prepared { vma_fd: HashMap::new(), exe_fd: None, owned: Vec::new() };
+    let mut out = Prepared { vma_fd: HashMap::new(), exe_fd: None, pages_fd: None, owned: Vec::new() };
+    if mm.vmas.iter().any(|v| v.kind != VmaKind::SharedAnon as i32 && !v.runs.is_empty()) {
+        let path = img.path(&ferry_image::pages_file(pid));
+        let f = std::fs::File::open(&path).ctx(|| format!("cannot open {}", path.display()))?;
+        let n = ferry_sys::raw::dup_above(f.as_fd(), base).ctx(|| format!("pid {pid}: page file"))?;
+        out.pages_fd = Some(std::os::fd::AsRawFd::as_raw_fd(&n));
+        out.owned.push(n);
+    }
     let mut by_key: HashMap<(String, bool), i32> = HashMap::new();
     for (i, v) in mm.vmas.iter().enumerate() {
         let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Invalid);
@@ -466,7 +545,7 @@ fn special_kind(path: Option<&str>) -> Option<VmaKind> {
 }
 
 /// By the tracer: replace the child's address space (ferry's) with the image's.
-pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared, pages: &[u8]) -> Result<(), Error> {
+pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared, pages_len: u64) -> Result<(), Error> {
     let pid = inj.pid();
     let mm =
         p.mm.as_ref()
@@ -554,33 +633,31 @@ pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared, pa
             )
         })?;
     }
-    // 4. Page contents, straight from the image's page cache.
+    // 4. Page contents: the process reads them itself from the page file with injected
+    //    `preadv` calls, one copy from the page cache into its memory (like a plain read()),
+    //    and ferry never maps or buffers them. Runs that follow each other in the file share a call.
+    let mut segs: Vec<(u64, u64, u64)> = Vec::new(); // (addr, len, file offset)
     for v in &mm.vmas {
         if v.kind == VmaKind::SharedAnon as i32 {
             continue; // already in its memfd
         }
         for r in &v.runs {
             let len = r.nr_pages * PAGE_SIZE;
-            let (s, e) = (r.offset as usize, (r.offset + len) as usize);
-            if e > pages.len() || r.addr < v.start || r.addr + len > v.end {
+            if r.offset.checked_add(len).map_or(true, |e| e > pages_len) || r.addr < v.start || r.addr + len > v.end {
                 return Err(Error::Invalid {
                     object: format!("pid {pid}"),
                     what: format!("page run at {:#x} is out of bounds", r.addr),
                 });
             }
-            let mut done = 0usize;
-            while done < e - s {
-                let n = vm_write(pid, r.addr + done as u64, &pages[s + done..e])
-                    .ctx(|| format!("pid {pid}: cannot write memory at {:#x}", r.addr + done as u64))?;
-                if n == 0 {
-                    return Err(Error::Invalid {
-                        object: format!("pid {pid}"),
-                        what: format!("no progress writing {:#x}", r.addr),
-                    });
-                }
-                done += n;
-            }
+            segs.push((r.addr, len, r.offset));
         }
+    }
+    if !segs.is_empty() {
+        let fd = prep.pages_fd.ok_or_else(|| Error::Invalid {
+            object: format!("pid {pid}"),
+            what: "page runs but no page file".into(),
+        })?;
+        read_pages(inj, tr.data, fd, &segs)?;
     }
     // 5. Final protections and madvise flags.
     for i in reprotect {
@@ -634,5 +711,57 @@ pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared, pa
     vm_write(pid, tr.data, &b).ctx(|| format!("pid {pid}: cannot write prctl_mm_map"))?;
     inj.call(nr::PRCTL, &[PR_SET_MM as u64, PR_SET_MM_MAP, tr.data, 104, 0])
         .ctx(|| format!("pid {pid}: PR_SET_MM_MAP (brk {:#x}, exe {})", mm.brk, mm.exe_path))?;
+    Ok(())
+}
+
+/// Iovecs per injected `preadv` (one page of the trampoline's data area).
+const IOVS_PER_CALL: usize = PAGE_SIZE as usize / 16;
+
+/// By the tracer: make the process read `segs` (address, length, offset in page file `fd`) into
+/// its own memory with injected `preadv` calls, one per stretch of the file read in order.
+fn read_pages(inj: &Injector, scratch: u64, fd: i32, segs: &[(u64, u64, u64)]) -> Result<(), Error> {
+    let pid = inj.pid();
+    let mut i = 0;
+    let mut skip = 0u64; // bytes of segs[i] already read
+    while i < segs.len() {
+        let off = segs[i].2 + skip;
+        let mut iov = Vec::with_capacity(IOVS_PER_CALL * 16);
+        let mut want = 0u64;
+        let mut j = i;
+        while j < segs.len() && iov.len() < IOVS_PER_CALL * 16 && want < 1 << 30 {
+            let (addr, len, o) = segs[j];
+            let s = if j == i { skip } else { 0 };
+            if o + s != off + want {
+                break; // not next in the file
+            }
+            iov.extend_from_slice(&(addr + s).to_le_bytes());
+            iov.extend_from_slice(&(len - s).to_le_bytes());
+            want += len - s;
+            j += 1;
+        }
+        vm_write(pid, scratch, &iov).ctx(|| format!("pid {pid}: cannot write iovecs"))?;
+        let n = inj
+            .call(nr::PREADV, &[fd as u64, scratch, (iov.len() / 16) as u64, off, 0])
+            .ctx(|| format!("pid {pid}: cannot read its pages at {:#x} from the page file", segs[i].0 + skip))?;
+        if n == 0 {
+            return Err(Error::Invalid {
+                object: format!("pid {pid}"),
+                what: format!("page file ends before the page run at {:#x}", segs[i].0 + skip),
+            });
+        }
+        // Advance over what was read (a short read resumes mid-segment).
+        let mut left = n;
+        while left > 0 && i < segs.len() {
+            let rest = segs[i].1 - skip;
+            if left >= rest {
+                left -= rest;
+                i += 1;
+                skip = 0;
+            } else {
+                skip += left;
+                left = 0;
+            }
+        }
+    }
     Ok(())
 }
