@@ -89,7 +89,12 @@ cleanup() {
             kill -KILL "$p" 2>/dev/null || true
         fi
     done
-    rm -rf "$IMG" "$FAST/floor.bin"
+    for p in ${PYPID:-}; do
+        if [ -r "/proc/$p/cmdline" ] && grep -q bigdict "/proc/$p/cmdline"; then
+            kill -KILL "$p" 2>/dev/null || true
+        fi
+    done
+    rm -rf "$IMG" "$IMG.z" "$FAST/floor.bin"
     if [ -n "$MOUNTED" ]; then umount "$FAST" || true; fi
     rm -rf "$FAST" "$WORK"
     exit $rc
@@ -428,6 +433,46 @@ for size in "${SIZES[@]}"; do
     fi
 done
 
+# --- compression on a realistic heap: python3 with a large dict ----------------------------------
+# Dumped once plain with -R (it keeps running), then with --compress; the compressed image is
+# restored and the interpreter checks every entry of its dict.
+PY_ROW=
+if command -v python3 >/dev/null 2>&1 && [ -z "${NO_PY:-}" ]; then
+    entries=${PY_ENTRIES:-1000000}
+    [ -n "$QUICK" ] && entries=${PY_ENTRIES:-200000}
+    PYW=$WORK/py
+    mkdir -p "$PYW"
+    pid=$(python3 - "$ROOT/crates/ferry-workloads/py/bigdict.py" "$PYW" "$entries" <<'EOF'
+import subprocess, sys
+p = subprocess.Popen(["python3"] + sys.argv[1:], cwd=sys.argv[2], stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
+                     start_new_session=True)
+print(p.pid)
+EOF
+)
+    PYPID=$pid
+    wait_for 120 "python3 bigdict.py to build its dict" exists "$PYW/ready"
+    rm -rf "$IMG" "$IMG.z"
+    t0=$EPOCHREALTIME
+    "$FERRY" dump -R -t "$pid" -D "$IMG" 2>"$WORK/out" || die "ferry dump -R of python3 failed: $(cat "$WORK/out")"
+    t1=$EPOCHREALTIME
+    "$FERRY" dump --compress -t "$pid" -D "$IMG.z" 2>"$WORK/out" || die "ferry dump --compress of python3 failed: $(cat "$WORK/out")"
+    t2=$EPOCHREALTIME
+    wait_for 60 "python3 ($pid) to be reaped after the dump" gone "$pid"
+    plain=$(find "$IMG" -type f -printf '%s\n' | awk '{ s += $1 } END { print s }')
+    packed=$(find "$IMG.z" -type f -printf '%s\n' | awk '{ s += $1 } END { print s }')
+    t3=$EPOCHREALTIME
+    "$FERRY" restore -D "$IMG.z" -d --pidfile "$WORK/pidfile" >"$WORK/out" 2>&1 || die "ferry restore of the compressed python3 image failed: $(cat "$WORK/out")"
+    t4=$EPOCHREALTIME
+    kill -USR2 "$pid"
+    wait_for 120 "the restored python3 to check its dict" exists "$PYW/result"
+    [ "$(cat "$PYW/result")" = PASS ] || die "python3 after restore from the compressed image: $(cat "$PYW/result")"
+    wait_for 60 "python3 ($pid) to exit" gone "$pid"
+    rm -rf "$IMG" "$IMG.z"
+    PY_ROW="| python3, dict of $entries entries | $(mib "$plain") in $(elapsed_ms "$t0" "$t1") ms (-R) | $(mib "$packed") in $(elapsed_ms "$t1" "$t2") ms | $(awk -v a="$plain" -v b="$packed" 'BEGIN { printf "%.1f×", a / b }') | $(elapsed_ms "$t3" "$t4") ms, dict checked |"
+    log "python3: plain $(mib "$plain"), compressed $(mib "$packed")"
+fi
+
 echo
 echo "ferry $("$FERRY" --version | awk '{ print $2 }')${DUMP_ARGS:+ (dump $DUMP_ARGS)}, Linux $(uname -r), $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), load average $LOAD at start${NOTE:-}, images on tmpfs ($FAST), median of $RUNS interleaved runs"
 echo
@@ -441,4 +486,10 @@ if [ -n "${CRIU:-}" ]; then
     echo "| memory | image size | criu dump | ferry / criu | criu restore -d | ferry / criu |"
     echo "|---|---|---|---|---|---|"
     printf '%s\n' "${CROWS[@]}"
+fi
+if [ -n "$PY_ROW" ]; then
+    echo
+    echo "| workload | plain image | --compress (zstd, level 3, all CPUs) | ratio | restore -d of the compressed image |"
+    echo "|---|---|---|---|---|"
+    echo "$PY_ROW"
 fi

@@ -327,7 +327,6 @@ fn rebuild(
     host: i32,
     prep: &memory::Prepared,
     tr: &Trampoline,
-    img: &ImageReader,
     has_zombies: bool,
     helpers: &[i32],
 ) -> Result<(ferry_sys::UserRegs, Vec<RestoredThread>), Error> {
@@ -338,8 +337,7 @@ fn rebuild(
     let t = &p.threads[0];
     cpu::check_compatible(pid, pid, &t.xstate)?;
     rseq::unregister_inherited(&inj)?;
-    let pages_len = img.file_size(&ferry_image::pages_file(p.pid)).unwrap_or(0);
-    memory::restore(&inj, tr, p, prep, pages_len)?;
+    memory::restore(&inj, tr, p, prep)?;
     tracing::debug!("memory restored");
     let max_target = p.fds.iter().map(|f| f.fd).max().unwrap_or(2);
     inj.call(nr::CLOSE_RANGE, &[(max_target + 1) as u64, u32::MAX as u64, 0])
@@ -509,6 +507,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
                 vma_fd: pr.mem.vma_fd.clone(),
                 exe_fd: pr.mem.exe_fd,
                 pages_fd: pr.mem.pages_fd,
+                pages_len: pr.mem.pages_len,
                 owned: Vec::new(),
             })
         })
@@ -540,7 +539,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         let me = plan.nodes.iter().position(|n| n.role == Role::Image(i));
         let helpers: Vec<i32> =
             plan.helpers().filter(|h| h.creator.is_some() && h.creator == me).map(|h| h.pid).collect();
-        rebuilt.push((p, rebuild(p, host(p.pid), mem, &tr, &img, has_zombies, &helpers)?));
+        rebuilt.push((p, rebuild(p, host(p.pid), mem, &tr, has_zombies, &helpers)?));
     }
     match pages_check.join() {
         Ok(r) => r?,

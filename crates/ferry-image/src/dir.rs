@@ -52,6 +52,18 @@ impl StreamFile {
     }
 }
 
+/// So that encoders (e.g. zstd's) can write into a stream file.
+impl Write for StreamFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 impl ImageWriter {
     /// Prepare `dir` (created 0700 if missing). An older image there is invalidated first by
     /// removing its inventory, so it can never be mixed with the new files.

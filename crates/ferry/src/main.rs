@@ -37,6 +37,10 @@ enum Cmd {
         /// closed sockets instead of refusing the dump.
         #[arg(long = "tcp-close")]
         tcp_close: bool,
+        /// Compress the page data with zstd at this level (default 3), using every CPU: for
+        /// disks and networks slower than the CPU. Restore decompresses it first.
+        #[arg(long, value_name = "LEVEL", num_args = 0..=1, default_missing_value = "3", require_equals = true)]
+        compress: Option<i32>,
     },
     /// Recreate a process from an image, with its old PID.
     Restore {
@@ -116,7 +120,8 @@ fn run(cli: Cli) -> Result<i32> {
             println!("{}", if ok { "dump and restore can work here" } else { "dump and restore cannot work here" });
             Ok(if ok { 0 } else { 1 })
         }
-        Cmd::Dump { pid, dir, leave_running, tcp_close } => {
+        Cmd::Dump { pid, dir, leave_running, tcp_close, compress } => {
+            ferry_engine::state::memory::set_page_compression(compress.unwrap_or(0).clamp(0, 22));
             let opts = ferry_engine::dump::DumpOptions { pid, dir: dir.clone(), leave_running, tcp_close };
             let r = ferry_engine::dump::dump(&opts).with_context(|| format!("dump of pid {pid} failed"))?;
             tracing::info!(

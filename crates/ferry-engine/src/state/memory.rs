@@ -197,9 +197,9 @@ pub fn dump_pages(
     shmem_done: &mut std::collections::HashSet<(u64, u64, u64)>,
 ) -> Result<u64, Error> {
     let name = ferry_image::pages_file(image_pid);
-    let mut out = img.stream(&name)?;
+    let out = img.stream(&name)?;
     let werr = |e: std::io::Error| Error::Sys { object: format!("cannot write {name}"), source: e };
-    out.write_all(&ferry_image::pages_header()).map_err(werr)?;
+    let mut out = PageSink::new(out, page_compression()).map_err(werr)?;
     let pagemap =
         std::fs::File::open(procfs::path(pid, "pagemap")).ctx(|| format!("pid {pid}: cannot open pagemap"))?;
     let mem = std::fs::File::open(procfs::path(pid, "mem")).ctx(|| format!("pid {pid}: cannot open mem"))?;
@@ -224,7 +224,12 @@ pub fn dump_pages(
             let mut at = 0u64;
             while at < v.end - v.start {
                 let len = ((v.end - v.start - at) as usize).min(CHUNK);
-                jobs.push(Job { vma: i, addr: v.start + at, len, from: Source::Object(objects.len() - 1, v.offset + at) });
+                jobs.push(Job {
+                    vma: i,
+                    addr: v.start + at,
+                    len,
+                    from: Source::Object(objects.len() - 1, v.offset + at),
+                });
                 at += len as u64;
             }
             continue;
@@ -268,13 +273,16 @@ pub fn dump_pages(
             }
         };
         if got != job.len {
-            return Err(Error::Invalid { object: format!("pid {pid}"), what: format!("short read of memory at {addr:#x}") });
+            return Err(Error::Invalid {
+                object: format!("pid {pid}"),
+                what: format!("short read of memory at {addr:#x}"),
+            });
         }
         Ok(())
     };
     let mut stored = 0u64;
     let vmas = &mut mm.vmas;
-    let mut store = |job: &Job, buf: &[u8], out: &mut ferry_image::dir::StreamFile| -> Result<(), Error> {
+    let mut store = |job: &Job, buf: &[u8], out: &mut PageSink| -> Result<(), Error> {
         let v = &mut vmas[job.vma];
         let skip_zero = v.kind != VmaKind::FilePrivate as i32;
         stored += store_chunk(v, &buf[..job.len], job.addr, skip_zero, out).map_err(werr)?;
@@ -316,21 +324,77 @@ pub fn dump_pages(
             Ok(())
         })?;
     }
-    img.finish_stream(out)?;
+    img.finish_stream(out.finish().map_err(werr)?)?;
     mm.pages_bytes = stored;
     Ok(stored)
+}
+
+static COMPRESSION: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Compress the page files of the dumps that follow with zstd at this level (`dump --compress`);
+/// 0 stores them plain (the default: restore then reads them without any copy through ferry).
+pub fn set_page_compression(level: i32) {
+    COMPRESSION.store(level, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn page_compression() -> i32 {
+    COMPRESSION.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Where page data goes: the page file itself, or a zstd stream into it (multithreaded, one
+/// worker per CPU). Offsets are those of the plain file either way.
+enum PageSink {
+    Plain(ferry_image::dir::StreamFile),
+    Zstd(Box<zstd::stream::write::Encoder<'static, ferry_image::dir::StreamFile>>, u64),
+}
+
+impl PageSink {
+    fn new(mut out: ferry_image::dir::StreamFile, level: i32) -> std::io::Result<PageSink> {
+        if level == 0 {
+            out.write_all(&ferry_image::pages_header())?;
+            return Ok(PageSink::Plain(out));
+        }
+        out.write_all(&ferry_image::pages_header_zstd())?;
+        let mut enc = zstd::stream::write::Encoder::new(out, level)?;
+        let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+        if cpus > 1 {
+            enc.multithread(cpus)?;
+        }
+        enc.include_checksum(true)?;
+        Ok(PageSink::Zstd(Box::new(enc), PAGE_SIZE))
+    }
+
+    fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
+        match self {
+            PageSink::Plain(f) => f.write_all(b),
+            PageSink::Zstd(e, len) => {
+                std::io::Write::write_all(e, b)?;
+                *len += b.len() as u64;
+                Ok(())
+            }
+        }
+    }
+
+    /// Offset in the (plain) page file the next bytes land at.
+    fn len(&self) -> u64 {
+        match self {
+            PageSink::Plain(f) => f.len(),
+            PageSink::Zstd(_, len) => *len,
+        }
+    }
+
+    fn finish(self) -> std::io::Result<ferry_image::dir::StreamFile> {
+        match self {
+            PageSink::Plain(f) => Ok(f),
+            PageSink::Zstd(e, _) => e.finish(),
+        }
+    }
 }
 
 /// Append the non-zero pages of `chunk` (memory at `addr` of mapping `v`) to the page file,
 /// extending `v.runs`. A zero page of anonymous memory comes back as zeros by itself; one of a
 /// private file mapping would come back with the file's bytes, so then `skip_zero` is false.
-fn store_chunk(
-    v: &mut Vma,
-    chunk: &[u8],
-    addr: u64,
-    skip_zero: bool,
-    out: &mut ferry_image::dir::StreamFile,
-) -> std::io::Result<u64> {
+fn store_chunk(v: &mut Vma, chunk: &[u8], addr: u64, skip_zero: bool, out: &mut PageSink) -> std::io::Result<u64> {
     let pages = chunk.len() / PAGE_SIZE as usize;
     let skip = |i: usize| skip_zero && is_zero(&chunk[i * PAGE_SIZE as usize..(i + 1) * PAGE_SIZE as usize]);
     let mut stored = 0;
@@ -369,6 +433,8 @@ pub struct Prepared {
     pub exe_fd: Option<i32>,
     /// The page file, which the restored process reads its pages from itself (injected `preadv`).
     pub pages_fd: Option<i32>,
+    /// Length of the (plain) page data behind `pages_fd`.
+    pub pages_len: u64,
     pub owned: Vec<std::os::fd::OwnedFd>,
 }
 
@@ -383,12 +449,17 @@ pub fn prepare(
     let mm =
         p.mm.as_ref()
             .ok_or_else(|| Error::Invalid { object: format!("pid {pid}"), what: "no memory record".into() })?;
-    let mut out = Prepared { vma_fd: HashMap::new(), exe_fd: None, pages_fd: None, owned: Vec::new() };
-    if mm.vmas.iter().any(|v| v.kind != VmaKind::SharedAnon as i32 && !v.runs.is_empty()) {
-        let path = img.path(&ferry_image::pages_file(pid));
-        let f = std::fs::File::open(&path).ctx(|| format!("cannot open {}", path.display()))?;
+    let mut out = Prepared { vma_fd: HashMap::new(), exe_fd: None, pages_fd: None, pages_len: 0, owned: Vec::new() };
+    let pages = match mm.vmas.iter().any(|v| !v.runs.is_empty()) {
+        true => Some(open_pages(img, pid)?),
+        false => None,
+    };
+    if let Some(f) =
+        pages.as_ref().filter(|_| mm.vmas.iter().any(|v| v.kind != VmaKind::SharedAnon as i32 && !v.runs.is_empty()))
+    {
         let n = ferry_sys::raw::dup_above(f.as_fd(), base).ctx(|| format!("pid {pid}: page file"))?;
         out.pages_fd = Some(std::os::fd::AsRawFd::as_raw_fd(&n));
+        out.pages_len = f.metadata().ctx(|| format!("pid {pid}: page file"))?.len();
         out.owned.push(n);
     }
     let mut by_key: HashMap<(String, bool), i32> = HashMap::new();
@@ -414,8 +485,7 @@ pub fn prepare(
             if f.metadata().ctx(obj)?.len() < end {
                 f.set_len(end).ctx(obj)?;
             }
-            if !v.runs.is_empty() {
-                let pages = std::fs::File::open(img.path(&ferry_image::pages_file(pid))).ctx(obj)?;
+            if let (false, Some(pages)) = (v.runs.is_empty(), pages.as_ref()) {
                 let mut buf = vec![0u8; CHUNK];
                 for r in &v.runs {
                     let mut done = 0u64;
@@ -495,6 +565,35 @@ pub fn prepare(
     Ok(out)
 }
 
+/// The page file of `pid`, to read pages from at their offsets: the file itself, or for a
+/// compressed one (`dump --compress`) a memfd it is decompressed into first.
+fn open_pages(img: &ferry_image::ImageReader, pid: i32) -> Result<std::fs::File, Error> {
+    let path = img.path(&ferry_image::pages_file(pid));
+    let obj = || format!("{}", path.display());
+    let f = std::fs::File::open(&path).ctx(|| format!("cannot open {}", path.display()))?;
+    let mut head = vec![0u8; PAGE_SIZE as usize];
+    f.read_exact_at(&mut head, 0).ctx(obj)?;
+    if !ferry_image::pages_compressed(&head) {
+        return Ok(f);
+    }
+    let name = std::ffi::CString::new(format!("ferry-pages-{pid}")).unwrap_or_default();
+    let mut plain = std::fs::File::from(ferry_sys::process::memfd(&name).ctx(obj)?);
+    std::io::Write::write_all(&mut plain, &head).ctx(obj)?;
+    let mut src = std::io::BufReader::with_capacity(1 << 20, f);
+    std::io::Seek::seek(&mut src, std::io::SeekFrom::Start(PAGE_SIZE)).ctx(obj)?;
+    let mut dec = zstd::stream::read::Decoder::with_buffer(src).ctx(obj)?;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = std::io::Read::read(&mut dec, &mut buf)
+            .map_err(|e| Error::Invalid { object: obj(), what: format!("cannot decompress the page file: {e}") })?;
+        if n == 0 {
+            break;
+        }
+        std::io::Write::write_all(&mut plain, &buf[..n]).ctx(obj)?;
+    }
+    Ok(plain)
+}
+
 /// Addresses ferry uses inside a child while it rebuilds the address space.
 #[derive(Debug, Clone, Copy)]
 pub struct Trampoline {
@@ -545,7 +644,7 @@ fn special_kind(path: Option<&str>) -> Option<VmaKind> {
 }
 
 /// By the tracer: replace the child's address space (ferry's) with the image's.
-pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared, pages_len: u64) -> Result<(), Error> {
+pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared) -> Result<(), Error> {
     let pid = inj.pid();
     let mm =
         p.mm.as_ref()
@@ -643,7 +742,10 @@ pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared, pa
         }
         for r in &v.runs {
             let len = r.nr_pages * PAGE_SIZE;
-            if r.offset.checked_add(len).map_or(true, |e| e > pages_len) || r.addr < v.start || r.addr + len > v.end {
+            if r.offset.checked_add(len).map_or(true, |e| e > prep.pages_len)
+                || r.addr < v.start
+                || r.addr + len > v.end
+            {
                 return Err(Error::Invalid {
                     object: format!("pid {pid}"),
                     what: format!("page run at {:#x} is out of bounds", r.addr),
