@@ -288,8 +288,10 @@ pub fn dump_pages(
         stored += store_chunk(v, &buf[..job.len], job.addr, skip_zero, out).map_err(werr)?;
         Ok(())
     };
-    if jobs.len() < 2 {
-        let mut buf = vec![0u8; CHUNK];
+    let total: usize = jobs.iter().map(|j| j.len).sum();
+    if total <= 2 * CHUNK {
+        // Little memory: not worth a thread (nor fresh buffers to fault in).
+        let mut buf = vec![0u8; jobs.iter().map(|j| j.len).max().unwrap_or(0)];
         for job in &jobs {
             read(job, &mut buf)?;
             store(job, &buf, &mut out)?;
@@ -742,9 +744,7 @@ pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared) ->
         }
         for r in &v.runs {
             let len = r.nr_pages * PAGE_SIZE;
-            if r.offset.checked_add(len).map_or(true, |e| e > prep.pages_len)
-                || r.addr < v.start
-                || r.addr + len > v.end
+            if r.offset.checked_add(len).is_none_or(|e| e > prep.pages_len) || r.addr < v.start || r.addr + len > v.end
             {
                 return Err(Error::Invalid {
                     object: format!("pid {pid}"),
