@@ -607,3 +607,4 @@ mod big {
 
 mod inet;
 mod more;
+mod perf;
