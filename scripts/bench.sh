@@ -284,6 +284,7 @@ int main(int argc, char **argv)
 EOF
 "$CC" -O2 -o "$WORK/memhold" "$WORK/memhold.c" || die "cannot compile memhold.c"
 "$CC" -O2 -o "$WORK/maxrss" "$WORK/maxrss.c" || die "cannot compile maxrss.c"
+"$CC" -O2 -o "$WORK/copybench" "$ROOT/scripts/copybench.c" || die "cannot compile scripts/copybench.c"
 "$CC" -O2 -o "$WORK/floor" "$WORK/floor.c" || die "cannot compile floor.c"
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -433,6 +434,15 @@ for size in "${SIZES[@]}"; do
     fi
 done
 
+# --- the ways of copying pages, measured alone (scripts/copybench.c) -----------------------------
+COPY_MIB=${COPY_MIB:-1024}
+[ -n "$QUICK" ] && COPY_MIB=16
+declare -A copies=()
+for ((run = 1; run <= RUNS; run++)); do
+    while read -r name ms; do copies[$name]+="$ms "; done < <("$WORK/copybench" "$COPY_MIB" "$FAST") ||
+        die "copybench failed"
+done
+
 # --- compression on a realistic heap: python3 with a large dict ----------------------------------
 # Dumped once plain with -R (it keeps running), then with --compress; the compressed image is
 # restored and the interpreter checks every entry of its dict.
@@ -493,3 +503,17 @@ if [ -n "$PY_ROW" ]; then
     echo "|---|---|---|---|---|"
     echo "$PY_ROW"
 fi
+echo
+echo "Copy primitives alone, $COPY_MIB MiB of random bytes held by another process, tmpfs file (scripts/copybench.c, median of $RUNS):"
+echo
+echo "| direction | way | time | vs floor |"
+echo "|---|---|---|---|"
+# shellcheck disable=SC2086
+cw=$(median ${copies[dump:write]}) cr=$(median ${copies[restore:read]})
+for k in dump:write dump:readv+write dump:vmsplice+splice restore:read restore:mmap+writev; do
+    # shellcheck disable=SC2086
+    m=$(median ${copies[$k]})
+    base=$cw
+    [ "${k%%:*}" = restore ] && base=$cr
+    echo "| ${k%%:*} | ${k#*:} | $m ms | $(ratio "$m" "$base") |"
+done
