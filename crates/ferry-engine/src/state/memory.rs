@@ -290,11 +290,24 @@ pub fn dump_pages(
     };
     let total: usize = jobs.iter().map(|j| j.len).sum();
     if total <= 2 * CHUNK {
-        // Little memory: not worth a thread (nor fresh buffers to fault in).
-        let mut buf = vec![0u8; jobs.iter().map(|j| j.len).max().unwrap_or(0)];
+        // Little memory: not worth a thread, nor a big buffer to fault in (fresh memory is
+        // slow to touch in a VM): one small buffer, reused.
+        const SMALL: usize = 128 << 10;
+        let mut buf = vec![0u8; SMALL.min(total)];
         for job in &jobs {
-            read(job, &mut buf)?;
-            store(job, &buf, &mut out)?;
+            let mut at = 0;
+            while at < job.len {
+                let len = (job.len - at).min(SMALL);
+                let from = match job.from {
+                    Source::Object(o, off) => Source::Object(o, off + at as u64),
+                    Source::Readv => Source::Readv,
+                    Source::Mem => Source::Mem,
+                };
+                let piece = Job { vma: job.vma, addr: job.addr + at as u64, len, from };
+                read(&piece, &mut buf)?;
+                store(&piece, &buf, &mut out)?;
+                at += len;
+            }
         }
     } else {
         std::thread::scope(|sc| -> Result<(), Error> {
