@@ -399,15 +399,6 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     let t0 = Instant::now();
     let (img, procs) = open_verified_but_pages(&opts.dir)?;
     let verify = t0.elapsed();
-    // The page files' checksums, on the other core, while the tree is rebuilt; no process runs
-    // before the result is in (a mismatch drops `tree`, which kills it).
-    let pages_check = {
-        let img = img.clone();
-        std::thread::Builder::new()
-            .name("verify-pages".into())
-            .spawn(move || img.verify_where(is_pages_file))
-            .ctx(|| "cannot start a thread".into())?
-    };
     let root = procs[0].pid;
     let _span = tracing::info_span!("restore", pid = root).entered();
     tracing::info!(?verify, processes = procs.len(), "image verified");
@@ -479,6 +470,17 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         hold_fd: hold_r.as_raw_fd(),
     };
 
+    // The page files' checksums, on the other core, while the tree is rebuilt; no process runs
+    // before the result is in (a mismatch drops `tree`, which kills it). Started only now: with
+    // a second thread sharing the fd table, every growth of it (the fds moved above `base`
+    // above) would wait for an RCU grace period (expand_fdtable), ~20 ms here.
+    let pages_check = {
+        let img = img.clone();
+        std::thread::Builder::new()
+            .name("verify-pages".into())
+            .spawn(move || img.verify_where(is_pages_file))
+            .ctx(|| "cannot start a thread".into())?
+    };
     // A tree that was a whole pid namespace gets a new one: its init is created by a plain
     // clone3(CLONE_NEWPID) and every other pid is chosen inside it.
     let pidns = img.inventory().pidns;
