@@ -4,9 +4,9 @@
 //! Only pages the kernel reports present or swapped are considered (PAGEMAP_SCAN, one ioctl
 //! per mapping instead of 8 bytes of pagemap per page), clean file pages and the shared zero
 //! page are skipped by category, and pages that read back as all zeros are not stored either.
-//! Restore maps everything at its old address with injected `mmap(MAP_FIXED)`, copies stored
-//! pages in with `process_vm_writev` straight from the page cache of the image (one copy),
-//! then applies the final protections.
+//! Restore maps everything at its old address with injected `mmap(MAP_FIXED)`, has the process
+//! read its stored pages itself with injected `preadv` calls from the page file (one copy, out
+//! of the page cache, none of it through ferry's memory), then applies the final protections.
 
 use crate::error::{Ctx, Error};
 use crate::inject::Injector;
