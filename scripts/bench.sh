@@ -1,18 +1,29 @@
 #!/usr/bin/env bash
-# How fast are ferry dump and ferry restore, against the floor of the machine?
+# How fast are ferry dump and ferry restore, against the floor of the machine (and CRIU)?
 #
-#   sudo ./scripts/bench.sh            # 64 MiB and 1024 MiB, 3 runs each
-#   sudo ./scripts/bench.sh 16 256     # other sizes (MiB); RUNS=5 for more runs
+#   sudo ./scripts/bench.sh              # tiny (2 MiB), 64 MiB, 1 GiB and 4 GiB; 3 runs each
+#   sudo ./scripts/bench.sh 16 256       # other sizes (MiB); RUNS=5 for more runs
+#   sudo ./scripts/bench.sh --quick      # CI: tiny and 16 MiB, 3 runs (well under 30 s)
+#   sudo CRIU=/path/to/criu ./scripts/bench.sh   # also CRIU's dump and restore, same processes
+#   sudo FERRY=/path/to/other/ferry ./scripts/bench.sh   # another ferry binary (before/after)
+#   DUMP_ARGS=--compress ...             # extra arguments for ferry dump
 #
 # For each size, a process fills that much anonymous memory with random (incompressible, never
 # zero) bytes and sleeps in pause(). Each run then measures, with wall-clock time:
-#   dump     `ferry dump -t PID -D DIR`: freeze, write the image, kill the process;
+#   dump     `ferry dump -t PID -D DIR`: freeze, write the image, kill the process; "frozen" is
+#            ferry's own figure (freeze to committed image);
 #   restore  `ferry restore -D DIR -d`: verify the image, recreate the process, return once it
 #            runs (the restored process is then asked to checksum its memory, which must match);
+#   RSS      ferry's own peak resident set (getrusage of the ferry process, its peak over the
+#            dump or the restore);
 #   floor    in a separate small C program, in the same run: one write() of the same number of
 #            bytes from memory into a new file on the same tmpfs, and one read() of it back into
 #            fresh (untouched) memory. That is the least any dump or restore of that much memory
-#            to that file system must do.
+#            to that file system must do;
+#   criu     with CRIU=/path/to/criu: `criu dump -t PID -D DIR` and `criu restore -d -D DIR` of
+#            an identical process, checked the same way.
+# The three are interleaved within each run (their order rotates from run to run) so that the
+# noise of a shared machine hits them alike; the table shows medians and ratios.
 # The image directory is on tmpfs (/dev/shm, or a tmpfs mounted for the occasion), so the disk is
 # not measured. Prints the medians as a markdown table on stdout; progress goes to stderr.
 set -euo pipefail
@@ -21,21 +32,32 @@ export LC_ALL=C
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 case $TARGET_DIR in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
-FERRY=$TARGET_DIR/release/ferry
+FERRY=${FERRY:-$TARGET_DIR/release/ferry}
 RUNS=${RUNS:-3}
+QUICK=
+if [ "${1:-}" = --quick ]; then
+    QUICK=1
+    shift
+fi
 SIZES=("$@")
-[ ${#SIZES[@]} -gt 0 ] || SIZES=(64 1024)
+# "tiny" is a 2 MiB process: the fixed costs (freeze, injection, fork, commit) dominate.
+if [ ${#SIZES[@]} -eq 0 ]; then
+    if [ -n "$QUICK" ]; then SIZES=(tiny 16); else SIZES=(tiny 64 1024 4096); fi
+fi
 
 log() { printf '%s\n' "$*" >&2; }
 die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "ferry needs root here (ptrace, clone3 with a chosen PID): run  sudo $0 $*"
-for s in "${SIZES[@]}"; do [[ $s =~ ^[1-9][0-9]*$ ]] || die "sizes are whole MiB, not '$s'"; done
+for s in "${SIZES[@]}"; do [[ $s =~ ^([1-9][0-9]*|tiny)$ ]] || die "sizes are whole MiB or 'tiny', not '$s'"; done
+[ -z "${CRIU:-}" ] || [ -x "$CRIU" ] || die "CRIU=$CRIU is not an executable"
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive number"
 [ -n "${EPOCHREALTIME:-}" ] || die "needs bash 5 (EPOCHREALTIME)"
 
 # --- build ------------------------------------------------------------------------------------
-if command -v cargo >/dev/null 2>&1; then
+if [ "$FERRY" != "$TARGET_DIR/release/ferry" ]; then
+    [ -x "$FERRY" ] || die "FERRY=$FERRY is not an executable"
+elif command -v cargo >/dev/null 2>&1; then
     log "building ferry (release) ..."
     cargo build --release -p ferry --quiet --manifest-path "$ROOT/Cargo.toml"
 elif [ ! -x "$FERRY" ]; then
@@ -67,7 +89,12 @@ cleanup() {
             kill -KILL "$p" 2>/dev/null || true
         fi
     done
-    rm -rf "$IMG" "$FAST/floor.bin"
+    for p in ${PYPID:-}; do
+        if [ -r "/proc/$p/cmdline" ] && grep -q bigdict "/proc/$p/cmdline"; then
+            kill -KILL "$p" 2>/dev/null || true
+        fi
+    done
+    rm -rf "$IMG" "$IMG.z" "$FAST/floor.bin"
     if [ -n "$MOUNTED" ]; then umount "$FAST" || true; fi
     rm -rf "$FAST" "$WORK"
     exit $rc
@@ -75,8 +102,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+mib_of() { if [ "$1" = tiny ]; then echo 2; else echo "$1"; fi; }
 max=0
-for s in "${SIZES[@]}"; do [ "$s" -gt "$max" ] && max=$s; done
+for s in "${SIZES[@]}"; do [ "$(mib_of "$s")" -gt "$max" ] && max=$(mib_of "$s"); done
 avail=$(awk '/^MemAvailable:/ { print int($2 / 1024) }' /proc/meminfo)
 # Worst moment: the floor's buffer, its file on tmpfs and the fresh buffer it reads into.
 [ "$avail" -gt $((max * 3 + 256)) ] || die "needs about $((max * 3 + 256)) MiB of free memory for $max MiB, have $avail MiB"
@@ -223,7 +251,40 @@ int main(int argc, char **argv)
 	return 0;
 }
 EOF
+cat >"$WORK/maxrss.c" <<'EOF'
+/* maxrss OUT CMD...: run CMD, write its peak resident set (KiB, getrusage via wait4) to OUT
+ * and exit with its status. */
+#include <stdio.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+int main(int argc, char **argv)
+{
+	if (argc < 3)
+		return 2;
+	pid_t p = fork();
+	if (p < 0)
+		return 2;
+	if (p == 0) {
+		execvp(argv[2], argv + 2);
+		_exit(127);
+	}
+	int st;
+	struct rusage ru;
+	if (wait4(p, &st, 0, &ru) != p)
+		return 2;
+	FILE *f = fopen(argv[1], "w");
+	if (!f)
+		return 2;
+	fprintf(f, "%ld\n", ru.ru_maxrss);
+	fclose(f);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+EOF
 "$CC" -O2 -o "$WORK/memhold" "$WORK/memhold.c" || die "cannot compile memhold.c"
+"$CC" -O2 -o "$WORK/maxrss" "$WORK/maxrss.c" || die "cannot compile maxrss.c"
+"$CC" -O2 -o "$WORK/copybench" "$ROOT/scripts/copybench.c" || die "cannot compile scripts/copybench.c"
 "$CC" -O2 -o "$WORK/floor" "$WORK/floor.c" || die "cannot compile floor.c"
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -281,50 +342,178 @@ LOAD=$(cut -d' ' -f1 /proc/loadavg)
 if awk -v l="$LOAD" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; then
     log "warning: load average is $LOAD on $(nproc) CPUs: other processes compete for the CPU and will slow both ferry and the floor"
 fi
+# One ferry (or CRIU) dump + restore of a fresh memhold of $2 MiB, checked; appends to the
+# arrays of that tool.
+run_tool() {
+    local tool=$1 size=$2 ready=$WORK/ready verify=$WORK/verify pid t0 t1 out
+    rm -f "$ready" "$verify" "$WORK/pidfile"
+    rm -rf "$IMG"
+    pid=$(start_memhold "$size" "$ready" "$verify")
+    PIDS+=("$pid")
+    wait_for $((60 + size / 8)) "memhold ($size MiB) to fill its memory" exists "$ready"
+    if [ "$tool" = ferry ]; then
+        t0=$EPOCHREALTIME
+        # shellcheck disable=SC2086
+        out=$("$WORK/maxrss" "$WORK/rss" "$FERRY" -v dump ${DUMP_ARGS:-} -t "$pid" -D "$IMG" 2>&1) ||
+            die "ferry dump of pid $pid ($size MiB) failed: $out"
+        t1=$EPOCHREALTIME
+        f_dump+=("$(elapsed_ms "$t0" "$t1")")
+        f_frozen+=("$(sed -n 's/.*(frozen \([0-9.]*\) ms).*/\1/p' <<<"$out" | tail -1)")
+        f_drss+=("$(cat "$WORK/rss")")
+        f_size+=("$(find "$IMG" -type f -printf '%s\n' | awk '{ s += $1 } END { print s }')")
+    else
+        mkdir -p "$IMG"
+        t0=$EPOCHREALTIME
+        "$CRIU" dump -t "$pid" -D "$IMG" -o dump.log >/dev/null 2>&1 ||
+            die "criu dump of pid $pid ($size MiB) failed: see $IMG/dump.log"
+        t1=$EPOCHREALTIME
+        c_dump+=("$(elapsed_ms "$t0" "$t1")")
+        c_size+=("$(find "$IMG" -type f -name '*.img' -printf '%s\n' | awk '{ s += $1 } END { print s }')")
+    fi
+    wait_for 60 "pid $pid to be reaped after the dump" gone "$pid"
+    t0=$EPOCHREALTIME
+    if [ "$tool" = ferry ]; then
+        # (Not captured with $(...): the restored process gets ferry's stderr in place of the
+        # one it had, and would hold the capture open.)
+        "$WORK/maxrss" "$WORK/rss" "$FERRY" restore -D "$IMG" -d --pidfile "$WORK/pidfile" >"$WORK/out" 2>&1 ||
+            die "ferry restore of pid $pid ($size MiB) failed: $(cat "$WORK/out")"
+        t1=$EPOCHREALTIME
+        f_restore+=("$(elapsed_ms "$t0" "$t1")")
+        f_rrss+=("$(cat "$WORK/rss")")
+    else
+        "$CRIU" restore -d -D "$IMG" -o restore.log --pidfile "$WORK/pidfile" >/dev/null 2>&1 ||
+            die "criu restore of pid $pid ($size MiB) failed: see $IMG/restore.log"
+        t1=$EPOCHREALTIME
+        c_restore+=("$(elapsed_ms "$t0" "$t1")")
+    fi
+    [ "$(cat "$WORK/pidfile")" = "$pid" ] || die "$tool restored pid $(cat "$WORK/pidfile"), expected $pid"
+    kill -USR1 "$pid"
+    wait_for $((60 + size / 8)) "the restored memhold to checksum its memory" exists "$verify"
+    [ "$(cat "$verify")" = "$(cat "$ready")" ] || die "pid $pid: memory differs after the $tool restore"
+    kill -KILL "$pid"
+    wait_for 60 "pid $pid to be reaped" gone "$pid"
+    rm -rf "$IMG"
+}
+
+run_floor() {
+    local w r
+    read -r w r < <("$WORK/floor" "$1" "$FAST/floor.bin") || die "floor program failed"
+    fwrite+=("$w")
+    fread+=("$r")
+}
+
 ROWS=()
+CROWS=()
 for size in "${SIZES[@]}"; do
-    dump=() restore=() fwrite=() fread=() isize=()
+    mib=$(mib_of "$size")
+    label="$size MiB"
+    [ "$size" = tiny ] && label="tiny (2 MiB)"
+    f_dump=() f_frozen=() f_restore=() f_size=() f_drss=() f_rrss=() fwrite=() fread=() c_dump=() c_restore=() c_size=()
+    steps=(ferry floor)
+    [ -n "${CRIU:-}" ] && steps+=(criu)
     for ((run = 1; run <= RUNS; run++)); do
-        ready=$WORK/ready verify=$WORK/verify
-        rm -f "$ready" "$verify" "$WORK/pidfile"
-        rm -rf "$IMG"
-        pid=$(start_memhold "$size" "$ready" "$verify")
-        PIDS+=("$pid")
-        wait_for $((60 + size / 8)) "memhold ($size MiB) to fill its memory" exists "$ready"
-
-        t0=$EPOCHREALTIME
-        "$FERRY" dump -t "$pid" -D "$IMG" || die "ferry dump of pid $pid ($size MiB) failed"
-        t1=$EPOCHREALTIME
-        dump+=("$(elapsed_ms "$t0" "$t1")")
-        isize+=("$(find "$IMG" -type f -printf '%s\n' | awk '{ s += $1 } END { print s }')")
-
-        wait_for 60 "pid $pid to be reaped after the dump" gone "$pid"
-
-        t0=$EPOCHREALTIME
-        "$FERRY" restore -D "$IMG" -d --pidfile "$WORK/pidfile" || die "ferry restore of pid $pid ($size MiB) failed"
-        t1=$EPOCHREALTIME
-        restore+=("$(elapsed_ms "$t0" "$t1")")
-        [ "$(cat "$WORK/pidfile")" = "$pid" ] || die "restored pid $(cat "$WORK/pidfile"), expected $pid"
-
-        kill -USR1 "$pid"
-        wait_for $((60 + size / 8)) "the restored memhold to checksum its memory" exists "$verify"
-        [ "$(cat "$verify")" = "$(cat "$ready")" ] || die "pid $pid: memory differs after restore"
-        kill -KILL "$pid"
-        wait_for 60 "pid $pid to be reaped" gone "$pid"
-        rm -rf "$IMG"
-
-        read -r w r < <("$WORK/floor" "$size" "$FAST/floor.bin") || die "floor program failed"
-        fwrite+=("$w")
-        fread+=("$r")
-        log "$size MiB run $run/$RUNS: dump ${dump[-1]} ms (floor write $w ms), restore ${restore[-1]} ms (floor read $r ms), image $(mib "${isize[-1]}"), memory checked after restore"
+        # Rotate the order from run to run: ferry floor criu, floor criu ferry, ...
+        for ((k = 0; k < ${#steps[@]}; k++)); do
+            step=${steps[$(((k + run - 1) % ${#steps[@]}))]}
+            case $step in
+                ferry) run_tool ferry "$mib" ;;
+                criu) run_tool criu "$mib" ;;
+                floor) run_floor "$mib" ;;
+            esac
+        done
+        msg="$label run $run/$RUNS: ferry dump ${f_dump[-1]} ms (frozen ${f_frozen[-1]} ms, RSS ${f_drss[-1]} KiB), restore ${f_restore[-1]} ms (RSS ${f_rrss[-1]} KiB); floor write ${fwrite[-1]} ms, read ${fread[-1]} ms"
+        [ -n "${CRIU:-}" ] && msg+="; criu dump ${c_dump[-1]} ms, restore ${c_restore[-1]} ms"
+        log "$msg"
     done
-    md=$(median "${dump[@]}") mr=$(median "${restore[@]}") mw=$(median "${fwrite[@]}") mrd=$(median "${fread[@]}")
-    ROWS+=("| $size MiB | $(mib "$(median "${isize[@]}")") | $md ms | $mw ms | $(ratio "$md" "$mw") | $mr ms | $mrd ms | $(ratio "$mr" "$mrd") |")
+    md=$(median "${f_dump[@]}") mr=$(median "${f_restore[@]}") mw=$(median "${fwrite[@]}") mrd=$(median "${fread[@]}")
+    rss=$(awk -v a="$(median "${f_drss[@]}")" -v b="$(median "${f_rrss[@]}")" 'BEGIN { printf "%.0f / %.0f MiB", a / 1024, b / 1024 }')
+    ROWS+=("| $label | $(mib "$(median "${f_size[@]}")") | $md ms | $(median "${f_frozen[@]}") ms | $mw ms | $(ratio "$md" "$mw") | $mr ms | $mrd ms | $(ratio "$mr" "$mrd") | $rss |")
+    if [ -n "${CRIU:-}" ]; then
+        cd_=$(median "${c_dump[@]}") cr=$(median "${c_restore[@]}")
+        CROWS+=("| $label | $(mib "$(median "${c_size[@]}")") | $cd_ ms | $(ratio "$md" "$cd_") | $cr ms | $(ratio "$mr" "$cr") |")
+    fi
 done
 
+# --- the ways of copying pages, measured alone (scripts/copybench.c) -----------------------------
+COPY_MIB=${COPY_MIB:-1024}
+[ -n "$QUICK" ] && COPY_MIB=16
+declare -A copies=()
+for ((run = 1; run <= RUNS; run++)); do
+    while read -r name ms; do copies[$name]+="$ms "; done < <("$WORK/copybench" "$COPY_MIB" "$FAST") ||
+        die "copybench failed"
+done
+
+# --- compression on a realistic heap: python3 with a large dict ----------------------------------
+# Dumped once plain with -R (it keeps running), then with --compress; the compressed image is
+# restored and the interpreter checks every entry of its dict.
+PY_ROW=
+if command -v python3 >/dev/null 2>&1 && [ -z "${NO_PY:-}" ]; then
+    entries=${PY_ENTRIES:-1000000}
+    [ -n "$QUICK" ] && entries=${PY_ENTRIES:-200000}
+    PYW=$WORK/py
+    mkdir -p "$PYW"
+    pid=$(python3 - "$ROOT/crates/ferry-workloads/py/bigdict.py" "$PYW" "$entries" <<'EOF'
+import subprocess, sys
+p = subprocess.Popen(["python3"] + sys.argv[1:], cwd=sys.argv[2], stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
+                     start_new_session=True)
+print(p.pid)
+EOF
+)
+    PYPID=$pid
+    wait_for 120 "python3 bigdict.py to build its dict" exists "$PYW/ready"
+    rm -rf "$IMG" "$IMG.z"
+    t0=$EPOCHREALTIME
+    "$FERRY" dump -R -t "$pid" -D "$IMG" 2>"$WORK/out" || die "ferry dump -R of python3 failed: $(cat "$WORK/out")"
+    t1=$EPOCHREALTIME
+    "$FERRY" dump --compress -t "$pid" -D "$IMG.z" 2>"$WORK/out" || die "ferry dump --compress of python3 failed: $(cat "$WORK/out")"
+    t2=$EPOCHREALTIME
+    wait_for 60 "python3 ($pid) to be reaped after the dump" gone "$pid"
+    plain=$(find "$IMG" -type f -printf '%s\n' | awk '{ s += $1 } END { print s }')
+    packed=$(find "$IMG.z" -type f -printf '%s\n' | awk '{ s += $1 } END { print s }')
+    t3=$EPOCHREALTIME
+    "$FERRY" restore -D "$IMG.z" -d --pidfile "$WORK/pidfile" >"$WORK/out" 2>&1 || die "ferry restore of the compressed python3 image failed: $(cat "$WORK/out")"
+    t4=$EPOCHREALTIME
+    kill -USR2 "$pid"
+    wait_for 120 "the restored python3 to check its dict" exists "$PYW/result"
+    [ "$(cat "$PYW/result")" = PASS ] || die "python3 after restore from the compressed image: $(cat "$PYW/result")"
+    wait_for 60 "python3 ($pid) to exit" gone "$pid"
+    rm -rf "$IMG" "$IMG.z"
+    PY_ROW="| python3, dict of $entries entries | $(mib "$plain") in $(elapsed_ms "$t0" "$t1") ms (-R) | $(mib "$packed") in $(elapsed_ms "$t1" "$t2") ms | $(awk -v a="$plain" -v b="$packed" 'BEGIN { printf "%.1f×", a / b }') | $(elapsed_ms "$t3" "$t4") ms, dict checked |"
+    log "python3: plain $(mib "$plain"), compressed $(mib "$packed")"
+fi
+
 echo
-echo "ferry $("$FERRY" --version | awk '{ print $2 }'), Linux $(uname -r), $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), load average $LOAD at start${NOTE:-}, images on tmpfs ($FAST), median of $RUNS runs"
+echo "ferry $("$FERRY" --version | awk '{ print $2 }')${DUMP_ARGS:+ (dump $DUMP_ARGS)}, Linux $(uname -r), $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), load average $LOAD at start${NOTE:-}, images on tmpfs ($FAST), median of $RUNS interleaved runs"
 echo
-echo "| memory | image size | dump (ferry) | floor: write() | dump / floor | restore -d (ferry) | floor: read() | restore / floor |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| memory | image size | dump | frozen | floor: write() | dump / floor | restore -d | floor: read() | restore / floor | ferry peak RSS (dump / restore) |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
+if [ -n "${CRIU:-}" ]; then
+    echo
+    echo "CRIU ($("$CRIU" --version 2>/dev/null | head -1)), same processes, same runs:"
+    echo
+    echo "| memory | image size | criu dump | ferry / criu | criu restore -d | ferry / criu |"
+    echo "|---|---|---|---|---|---|"
+    printf '%s\n' "${CROWS[@]}"
+fi
+if [ -n "$PY_ROW" ]; then
+    echo
+    echo "| workload | plain image | --compress (zstd, level 3, all CPUs) | ratio | restore -d of the compressed image |"
+    echo "|---|---|---|---|---|"
+    echo "$PY_ROW"
+fi
+echo
+echo "Copy primitives alone, $COPY_MIB MiB of random bytes held by another process, tmpfs file (scripts/copybench.c, median of $RUNS):"
+echo
+echo "| direction | way | time | vs floor |"
+echo "|---|---|---|---|"
+# shellcheck disable=SC2086
+cw=$(median ${copies[dump:write]}) cr=$(median ${copies[restore:read]})
+for k in dump:write dump:readv+write dump:vmsplice+splice restore:read restore:mmap+writev; do
+    # shellcheck disable=SC2086
+    m=$(median ${copies[$k]})
+    base=$cw
+    [ "${k%%:*}" = restore ] && base=$cr
+    echo "| ${k%%:*} | ${k#*:} | $m ms | $(ratio "$m" "$base") |"
+done

@@ -316,6 +316,7 @@ fn dump_process(
         injected?;
         p.threads.push(t);
     }
+    tracing::debug!("injection window closed");
     p.mm =
         Some(mm.ok_or_else(|| Error::Invalid { object: format!("pid {pid}"), what: "main thread not found".into() })?);
     p.shared_pending = signals::peek(pid, true)?;
@@ -478,6 +479,7 @@ pub fn dump_with(
         p.mm = Some(mm);
         img.write_process(p)?;
     }
+    tracing::debug!(pages_bytes, "pages written");
     let inventory = Inventory {
         tool_version: env!("CARGO_PKG_VERSION").into(),
         root_pid: procs[0].pid,

@@ -168,20 +168,59 @@ const UC_STRICT_RESTORE_SS: u64 = 4;
 const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
 const FP_XSTATE_MAGIC2: u32 = 0x4650_5845;
 
-fn find_pattern(pid: i32, maps: &[ferry_proc::MapEntry], pat: &[u8]) -> Option<u64> {
+/// Addresses of the first occurrence of each of `pats` in the executable mappings of `pid`
+/// (libc and the dynamic loader first), read in small chunks and stopping as soon as all are
+/// found: the whole of libc's text is over a megabyte, and the target is frozen meanwhile.
+/// Remembered for the executable mappings last searched (every thread of a process, and
+/// forked processes that kept their parent's layout, have the same: same files at the same
+/// addresses, so the same code).
+fn find_patterns(pid: i32, maps: &[ferry_proc::MapEntry], pats: &[&[u8]; 2]) -> [Option<u64>; 2] {
+    type Key = (Vec<u8>, Vec<(u64, u64, u64, u64)>);
+    static LAST: std::sync::Mutex<Option<(Key, [Option<u64>; 2])>> = std::sync::Mutex::new(None);
     let mut candidates: Vec<&ferry_proc::MapEntry> =
         maps.iter().filter(|m| m.perms.exec && m.perms.read && m.end < 0xffff_ffff_ff60_0000).collect();
-    // libc and the dynamic loader first: they hold the sequences we look for.
-    candidates.sort_by_key(|m| !m.path.as_deref().is_some_and(|p| p.contains("libc.so") || p.contains("ld-linux")));
-    for m in candidates {
-        let len = (m.end - m.start).min(8 << 20) as usize;
-        let mut buf = vec![0u8; len];
-        let Ok(n) = ferry_sys::process::vm_read(pid, m.start, &mut buf) else { continue };
-        if let Some(i) = buf[..n].windows(pat.len()).position(|w| w == pat) {
-            return Some(m.start + i as u64);
+    let key: Key = (pats.concat(), candidates.iter().map(|m| (m.start, m.end, m.offset, m.inode)).collect());
+    if let Ok(last) = LAST.lock() {
+        if let Some((k, found)) = last.as_ref() {
+            if *k == key {
+                return *found;
+            }
         }
     }
-    None
+    // libc and the dynamic loader first: they hold the sequences we look for.
+    candidates.sort_by_key(|m| !m.path.as_deref().is_some_and(|p| p.contains("libc.so") || p.contains("ld-linux")));
+    const STEP: usize = 64 << 10;
+    let overlap = pats.iter().map(|p| p.len()).max().unwrap_or(1) - 1;
+    let mut buf = vec![0u8; STEP + overlap];
+    let mut found = [None, None];
+    'maps: for m in candidates {
+        let end = m.end.min(m.start + (8 << 20));
+        let mut at = m.start;
+        while at < end {
+            let len = ((end - at) as usize).min(STEP + overlap);
+            let Ok(n) = ferry_sys::process::vm_read(pid, at, &mut buf[..len]) else { continue 'maps };
+            for (k, pat) in pats.iter().enumerate() {
+                if found[k].is_none() {
+                    found[k] = buf[..n].windows(pat.len()).position(|w| w == *pat).map(|i| at + i as u64);
+                }
+            }
+            if found.iter().all(|f| f.is_some()) {
+                break 'maps;
+            }
+            if n < len {
+                break;
+            }
+            at += STEP as u64;
+        }
+    }
+    // Only code of files (or the vDSO) is the same wherever the same layout is: not JIT code.
+    let stable = |a: u64| {
+        maps.iter().any(|m| m.start <= a && a < m.end && (m.inode != 0 || m.path.as_deref() == Some("[vdso]")))
+    };
+    if let (Ok(mut last), true) = (LAST.lock(), found.iter().all(|f| f.is_some_and(stable))) {
+        *last = Some((key, found));
+    }
+    found
 }
 
 /// Build a dump-time injector that cannot leave the target broken if ferry dies mid-way.
@@ -220,8 +259,9 @@ pub fn with_rescue(
         xstate[471],
     ]);
     let xstate_size = xstate.len();
-    let Some(syscall_ret) = find_pattern(pid, maps, &[0x0f, 0x05, 0xc3]) else { return Ok(None) };
-    let Some(restorer) = find_pattern(pid, maps, &[0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05]) else {
+    let [Some(syscall_ret), Some(restorer)] =
+        find_patterns(pid, maps, &[&[0x0f, 0x05, 0xc3], &[0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05]])
+    else {
         return Ok(None);
     };
     let mut fp = xstate.to_vec();

@@ -20,7 +20,7 @@ use crate::state::session::{self, Role};
 use crate::state::{cpu, creds, epoll, files, memory, pipes, rseq, signals, task, timers, tty};
 use ferry_image::{ImageReader, Process, PAGE_SIZE};
 use ferry_sys::consts::{nr, PTRACE_O_EXITKILL, PTRACE_O_TRACESYSGOOD};
-use ferry_sys::process::{clone3_with_pid, Fork, Mmap};
+use ferry_sys::process::{clone3_with_pid, Fork};
 use ferry_sys::{ptrace, raw};
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -50,8 +50,32 @@ pub struct Restored {
 /// record's header. Returns the reader and the process records, root first, parents before
 /// their children.
 pub fn open_verified(dir: &Path) -> Result<(ImageReader, Vec<Process>), Error> {
+    let (img, procs) = open_verified_but_pages(dir)?;
+    img.verify_where(is_pages_file)?;
+    Ok((img, procs))
+}
+
+fn is_pages_file(name: &str) -> bool {
+    name.starts_with("pages-")
+}
+
+/// [`open_verified`], except the page files' checksums, which restore checks on another core
+/// while it rebuilds the tree (and before it lets any process run).
+fn open_verified_but_pages(dir: &Path) -> Result<(ImageReader, Vec<Process>), Error> {
     let img = ImageReader::open(dir)?;
-    img.verify_all()?;
+    img.verify_where(|n| !is_pages_file(n))?;
+    for d in img.inventory().files.iter().filter(|d| is_pages_file(&d.name)) {
+        let path = img.path(&d.name);
+        let size = std::fs::metadata(&path).ctx(|| format!("cannot stat {}", path.display()))?.len();
+        if size != d.size {
+            return Err(ferry_image::ImageError::Truncated {
+                file: path.display().to_string(),
+                expected: d.size,
+                found: size,
+            }
+            .into());
+        }
+    }
     let mut procs = Vec::new();
     for &pid in &img.inventory().pids {
         let p = img.read_process(pid)?;
@@ -309,7 +333,6 @@ fn rebuild(
     host: i32,
     prep: &memory::Prepared,
     tr: &Trampoline,
-    img: &ImageReader,
     has_zombies: bool,
     helpers: &[i32],
 ) -> Result<(ferry_sys::UserRegs, Vec<RestoredThread>), Error> {
@@ -320,14 +343,7 @@ fn rebuild(
     let t = &p.threads[0];
     cpu::check_compatible(pid, pid, &t.xstate)?;
     rseq::unregister_inherited(&inj)?;
-    let pages_path = img.path(&ferry_image::pages_file(p.pid));
-    let pages_file = std::fs::File::open(&pages_path).ctx(|| format!("cannot open {}", pages_path.display()))?;
-    let pages_len = img.file_size(&ferry_image::pages_file(p.pid)).unwrap_or(0) as usize;
-    let pages =
-        Mmap::map_readonly(pages_file.as_fd(), pages_len).ctx(|| format!("cannot map {}", pages_path.display()))?;
-    pages.advise_sequential();
-    memory::restore(&inj, tr, p, prep, pages.as_slice())?;
-    drop(pages);
+    memory::restore(&inj, tr, p, prep)?;
     tracing::debug!("memory restored");
     let max_target = p.fds.iter().map(|f| f.fd).max().unwrap_or(2);
     inj.call(nr::CLOSE_RANGE, &[(max_target + 1) as u64, u32::MAX as u64, 0])
@@ -387,7 +403,7 @@ fn rebuild(
 /// Restore the image in `opts.dir`. The tree runs when this returns; ferry is the root's parent.
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     let t0 = Instant::now();
-    let (img, procs) = open_verified(&opts.dir)?;
+    let (img, procs) = open_verified_but_pages(&opts.dir)?;
     let verify = t0.elapsed();
     let root = procs[0].pid;
     let _span = tracing::info_span!("restore", pid = root).entered();
@@ -469,6 +485,17 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         tty: &ttys,
     };
 
+    // The page files' checksums, on the other core, while the tree is rebuilt; no process runs
+    // before the result is in (a mismatch drops `tree`, which kills it). Started only now: with
+    // a second thread sharing the fd table, every growth of it (the fds moved above `base`
+    // above) would wait for an RCU grace period (expand_fdtable), ~20 ms here.
+    let pages_check = {
+        let img = img.clone();
+        std::thread::Builder::new()
+            .name("verify-pages".into())
+            .spawn(move || img.verify_where(is_pages_file))
+            .ctx(|| "cannot start a thread".into())?
+    };
     // A tree that was a whole pid namespace gets a new one: its init is created by a plain
     // clone3(CLONE_NEWPID) and every other pid is chosen inside it.
     let pidns = img.inventory().pidns;
@@ -496,6 +523,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
             pr.as_ref().map(|pr| memory::Prepared {
                 vma_fd: pr.mem.vma_fd.clone(),
                 exe_fd: pr.mem.exe_fd,
+                pages_fd: pr.mem.pages_fd,
+                pages_len: pr.mem.pages_len,
                 owned: Vec::new(),
             })
         })
@@ -527,8 +556,13 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         let me = plan.nodes.iter().position(|n| n.role == Role::Image(i));
         let helpers: Vec<i32> =
             plan.helpers().filter(|h| h.creator.is_some() && h.creator == me).map(|h| h.pid).collect();
-        rebuilt.push((p, rebuild(p, host(p.pid), mem, &tr, &img, has_zombies, &helpers)?));
+        rebuilt.push((p, rebuild(p, host(p.pid), mem, &tr, has_zombies, &helpers)?));
     }
+    match pages_check.join() {
+        Ok(r) => r?,
+        Err(_) => return Err(Error::Invalid { object: "page files".into(), what: "checksum thread failed".into() }),
+    }
+    tracing::debug!(elapsed = ?t0.elapsed(), "page files verified");
     crate::state::memfd_seals::apply_late(&procs, &shmem)?;
     sysv.finish()?;
     tty::finish_shell_job(&ttys, &procs[0], &procs)?;

@@ -156,13 +156,30 @@ pub fn pages_header() -> Vec<u8> {
     h
 }
 
+/// Magic of a compressed page file (`dump --compress`): after the header page, one zstd stream
+/// of what would follow it in a plain page file, whose offsets the page runs keep. A ferry that
+/// does not know it refuses the file (bad magic) instead of reading it as pages.
+pub const PAGES_ZSTD_MAGIC: [u8; 8] = *b"FERRYPGZ";
+
+/// The first page of a compressed page file.
+pub fn pages_header_zstd() -> Vec<u8> {
+    let mut h = pages_header();
+    h[..8].copy_from_slice(&PAGES_ZSTD_MAGIC);
+    h
+}
+
+/// Whether a (checked) page file header is that of a compressed page file.
+pub fn pages_compressed(header: &[u8]) -> bool {
+    header.len() >= 8 && header[..8] == PAGES_ZSTD_MAGIC
+}
+
 /// Check a page file's header page.
 pub fn check_pages_header(file: &str, header: &[u8]) -> Result<(), ImageError> {
     let file = file.to_string();
     if header.len() < 12 {
         return Err(ImageError::Truncated { file, expected: PAGE_SIZE, found: header.len() as u64 });
     }
-    if header[..8] != PAGES_MAGIC {
+    if header[..8] != PAGES_MAGIC && header[..8] != PAGES_ZSTD_MAGIC {
         return Err(ImageError::BadMagic { file });
     }
     let version = le_u32(header, 8);

@@ -45,6 +45,7 @@ pub mod nr {
     pub const RT_SIGACTION: u64 = 13;
     pub const RT_SIGPROCMASK: u64 = 14;
     pub const PREAD64: u64 = 17;
+    pub const PREADV: u64 = 295;
     pub const MREMAP: u64 = 25;
     pub const MADVISE: u64 = 28;
     pub const GETITIMER: u64 = 36;

@@ -46,6 +46,10 @@ enum Cmd {
         /// image, and restore puts it onto the terminal `ferry restore --shell-job` runs on.
         #[arg(short = 'j', long = "shell-job")]
         shell_job: bool,
+        /// Compress the page data with zstd at this level (default 3), using every CPU: for
+        /// disks and networks slower than the CPU. Restore decompresses it first.
+        #[arg(long, value_name = "LEVEL", num_args = 0..=1, default_missing_value = "3", require_equals = true)]
+        compress: Option<i32>,
     },
     /// Recreate a process from an image, with its old PID.
     Restore {
@@ -186,7 +190,8 @@ fn run(cli: Cli) -> Result<i32> {
             println!("{}", if ok { "dump and restore can work here" } else { "dump and restore cannot work here" });
             Ok(if ok { 0 } else { 1 })
         }
-        Cmd::Dump { pid, dir, leave_running, tcp_close, tcp_established, shell_job } => {
+        Cmd::Dump { pid, dir, leave_running, tcp_close, tcp_established, shell_job, compress } => {
+            ferry_engine::state::memory::set_page_compression(compress.unwrap_or(0).clamp(0, 22));
             let opts = ferry_engine::dump::DumpOptions {
                 pid,
                 dir: dir.clone(),

@@ -617,3 +617,4 @@ mod more;
 mod objects;
 mod tty;
 mod unix;
+mod perf;

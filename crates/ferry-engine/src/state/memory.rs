@@ -4,9 +4,9 @@
 //! Only pages the kernel reports present or swapped are considered (PAGEMAP_SCAN, one ioctl
 //! per mapping instead of 8 bytes of pagemap per page), clean file pages and the shared zero
 //! page are skipped by category, and pages that read back as all zeros are not stored either.
-//! Restore maps everything at its old address with injected `mmap(MAP_FIXED)`, copies stored
-//! pages in with `process_vm_writev` straight from the page cache of the image (one copy),
-//! then applies the final protections.
+//! Restore maps everything at its old address with injected `mmap(MAP_FIXED)`, has the process
+//! read its stored pages itself with injected `preadv` calls from the page file (one copy, out
+//! of the page cache, none of it through ferry's memory), then applies the final protections.
 
 use crate::error::{Ctx, Error};
 use crate::inject::Injector;
@@ -19,7 +19,9 @@ use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
-const CHUNK: usize = 4 << 20;
+/// Bytes copied at a time from the target's memory, and buffers of that size in flight.
+const CHUNK: usize = 2 << 20;
+const BUFFERS: usize = 3;
 
 fn prot_of(m: &MapEntry) -> u32 {
     let mut p = 0;
@@ -182,8 +184,29 @@ fn stores_pages(kind: VmaKind) -> bool {
     matches!(kind, VmaKind::Anon | VmaKind::SharedAnon | VmaKind::FilePrivate)
 }
 
+/// One piece of memory to copy into the page file: `len` bytes of mapping `vma` at `addr`.
+struct Job {
+    vma: usize,
+    addr: u64,
+    len: usize,
+    from: Source,
+}
+
+enum Source {
+    /// process_vm_readv of the target.
+    Readv,
+    /// /proc/PID/mem (mappings without PROT_READ).
+    Mem,
+    /// Shared memory object `files[i]`, at this offset.
+    Object(usize, u64),
+}
+
 /// Write the pages that only memory holds into `pages-PID.img`, filling each mapping's runs.
 /// Returns the number of bytes of page data stored.
+///
+/// Two threads, one per core: one copies the target's memory into a few buffers
+/// (`process_vm_readv`), the other drops the zero pages, checksums and writes the rest, so
+/// both copies proceed at once and the memory ferry uses stays a few chunks.
 pub fn dump_pages(
     pid: i32,
     image_pid: i32,
@@ -192,15 +215,15 @@ pub fn dump_pages(
     shmem_done: &mut std::collections::HashSet<(u64, u64, u64)>,
 ) -> Result<u64, Error> {
     let name = ferry_image::pages_file(image_pid);
-    let mut out = img.stream(&name)?;
+    let out = img.stream(&name)?;
     let werr = |e: std::io::Error| Error::Sys { object: format!("cannot write {name}"), source: e };
-    out.write_all(&ferry_image::pages_header()).map_err(werr)?;
+    let mut out = PageSink::new(out, page_compression()).map_err(werr)?;
     let pagemap =
         std::fs::File::open(procfs::path(pid, "pagemap")).ctx(|| format!("pid {pid}: cannot open pagemap"))?;
     let mem = std::fs::File::open(procfs::path(pid, "mem")).ctx(|| format!("pid {pid}: cannot open mem"))?;
-    let mut buf = vec![0u8; CHUNK];
-    let mut stored = 0u64;
-    for v in mm.vmas.iter_mut() {
+    let mut jobs = Vec::new();
+    let mut objects = Vec::new();
+    for (i, v) in mm.vmas.iter().enumerate() {
         let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Invalid);
         if !stores_pages(kind) || v.sysv {
             continue; // (SysV segments: stored once each, see state/sysvshm.rs)
@@ -215,14 +238,16 @@ pub fn dump_pages(
             let mf = procfs::path(pid, &format!("map_files/{:x}-{:x}", v.start, v.end));
             let obj =
                 std::fs::File::open(&mf).ctx(|| format!("pid {pid}: cannot open shared memory at {:#x}", v.start))?;
+            objects.push(obj);
             let mut at = 0u64;
-            let len_total = v.end - v.start;
-            while at < len_total {
-                let len = ((len_total - at) as usize).min(CHUNK);
-                let chunk = &mut buf[..len];
-                obj.read_exact_at(chunk, v.offset + at)
-                    .ctx(|| format!("pid {pid}: cannot read shared memory at {:#x}", v.start + at))?;
-                stored += store_chunk(v, chunk, v.start + at, true, &mut out).map_err(werr)?;
+            while at < v.end - v.start {
+                let len = ((v.end - v.start - at) as usize).min(CHUNK);
+                jobs.push(Job {
+                    vma: i,
+                    addr: v.start + at,
+                    len,
+                    from: Source::Object(objects.len() - 1, v.offset + at),
+                });
                 at += len as u64;
             }
             continue;
@@ -248,38 +273,162 @@ pub fn dump_pages(
             let mut addr = r.start;
             while addr < r.end {
                 let len = ((r.end - addr) as usize).min(CHUNK);
-                let chunk = &mut buf[..len];
-                let got = if readable {
-                    vm_read(pid, addr, chunk).ctx(|| format!("pid {pid}: cannot read memory at {addr:#x}"))?
-                } else {
-                    mem.read_at(chunk, addr).ctx(|| format!("pid {pid}: cannot read memory at {addr:#x}"))?
-                };
-                if got != len {
-                    return Err(Error::Invalid {
-                        object: format!("pid {pid}"),
-                        what: format!("short read of memory at {addr:#x}"),
-                    });
-                }
-                stored += store_chunk(v, chunk, addr, kind != VmaKind::FilePrivate, &mut out).map_err(werr)?;
+                jobs.push(Job { vma: i, addr, len, from: if readable { Source::Readv } else { Source::Mem } });
                 addr += len as u64;
             }
         }
     }
-    img.finish_stream(out)?;
+    let read = |job: &Job, buf: &mut [u8]| -> Result<(), Error> {
+        let chunk = &mut buf[..job.len];
+        let addr = job.addr;
+        let got = match job.from {
+            Source::Readv => vm_read(pid, addr, chunk).ctx(|| format!("pid {pid}: cannot read memory at {addr:#x}"))?,
+            Source::Mem => mem.read_at(chunk, addr).ctx(|| format!("pid {pid}: cannot read memory at {addr:#x}"))?,
+            Source::Object(o, off) => {
+                objects[o]
+                    .read_exact_at(chunk, off)
+                    .ctx(|| format!("pid {pid}: cannot read shared memory at {addr:#x}"))?;
+                job.len
+            }
+        };
+        if got != job.len {
+            return Err(Error::Invalid {
+                object: format!("pid {pid}"),
+                what: format!("short read of memory at {addr:#x}"),
+            });
+        }
+        Ok(())
+    };
+    let mut stored = 0u64;
+    let vmas = &mut mm.vmas;
+    let mut store = |job: &Job, buf: &[u8], out: &mut PageSink| -> Result<(), Error> {
+        let v = &mut vmas[job.vma];
+        let skip_zero = v.kind != VmaKind::FilePrivate as i32;
+        stored += store_chunk(v, &buf[..job.len], job.addr, skip_zero, out).map_err(werr)?;
+        Ok(())
+    };
+    let total: usize = jobs.iter().map(|j| j.len).sum();
+    if total <= 2 * CHUNK {
+        // Little memory: not worth a thread, nor a big buffer to fault in (fresh memory is
+        // slow to touch in a VM): one small buffer, reused.
+        const SMALL: usize = 128 << 10;
+        let mut buf = vec![0u8; SMALL.min(total)];
+        for job in &jobs {
+            let mut at = 0;
+            while at < job.len {
+                let len = (job.len - at).min(SMALL);
+                let from = match job.from {
+                    Source::Object(o, off) => Source::Object(o, off + at as u64),
+                    Source::Readv => Source::Readv,
+                    Source::Mem => Source::Mem,
+                };
+                let piece = Job { vma: job.vma, addr: job.addr + at as u64, len, from };
+                read(&piece, &mut buf)?;
+                store(&piece, &buf, &mut out)?;
+                at += len;
+            }
+        }
+    } else {
+        std::thread::scope(|sc| -> Result<(), Error> {
+            let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(usize, Vec<u8>, Result<(), Error>)>(BUFFERS);
+            let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+            for _ in 0..BUFFERS {
+                let _ = free_tx.send(vec![0u8; CHUNK]);
+            }
+            let jobs = &jobs;
+            let read = &read;
+            sc.spawn(move || {
+                for (i, job) in jobs.iter().enumerate() {
+                    let Ok(mut buf) = free_rx.recv() else { return };
+                    let r = read(job, &mut buf);
+                    let failed = r.is_err();
+                    if full_tx.send((i, buf, r)).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            for _ in 0..jobs.len() {
+                let Ok((i, buf, r)) = full_rx.recv() else {
+                    return Err(Error::Invalid { object: format!("pid {pid}"), what: "memory reader stopped".into() });
+                };
+                r?;
+                store(&jobs[i], &buf, &mut out)?;
+                let _ = free_tx.send(buf);
+            }
+            Ok(())
+        })?;
+    }
+    img.finish_stream(out.finish().map_err(werr)?)?;
     mm.pages_bytes = stored;
     Ok(stored)
+}
+
+static COMPRESSION: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Compress the page files of the dumps that follow with zstd at this level (`dump --compress`);
+/// 0 stores them plain (the default: restore then reads them without any copy through ferry).
+pub fn set_page_compression(level: i32) {
+    COMPRESSION.store(level, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn page_compression() -> i32 {
+    COMPRESSION.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Where page data goes: the page file itself, or a zstd stream into it (multithreaded, one
+/// worker per CPU). Offsets are those of the plain file either way.
+enum PageSink {
+    Plain(ferry_image::dir::StreamFile),
+    Zstd(Box<zstd::stream::write::Encoder<'static, ferry_image::dir::StreamFile>>, u64),
+}
+
+impl PageSink {
+    fn new(mut out: ferry_image::dir::StreamFile, level: i32) -> std::io::Result<PageSink> {
+        if level == 0 {
+            out.write_all(&ferry_image::pages_header())?;
+            return Ok(PageSink::Plain(out));
+        }
+        out.write_all(&ferry_image::pages_header_zstd())?;
+        let mut enc = zstd::stream::write::Encoder::new(out, level)?;
+        let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+        if cpus > 1 {
+            enc.multithread(cpus)?;
+        }
+        enc.include_checksum(true)?;
+        Ok(PageSink::Zstd(Box::new(enc), PAGE_SIZE))
+    }
+
+    fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
+        match self {
+            PageSink::Plain(f) => f.write_all(b),
+            PageSink::Zstd(e, len) => {
+                std::io::Write::write_all(e, b)?;
+                *len += b.len() as u64;
+                Ok(())
+            }
+        }
+    }
+
+    /// Offset in the (plain) page file the next bytes land at.
+    fn len(&self) -> u64 {
+        match self {
+            PageSink::Plain(f) => f.len(),
+            PageSink::Zstd(_, len) => *len,
+        }
+    }
+
+    fn finish(self) -> std::io::Result<ferry_image::dir::StreamFile> {
+        match self {
+            PageSink::Plain(f) => Ok(f),
+            PageSink::Zstd(e, _) => e.finish(),
+        }
+    }
 }
 
 /// Append the non-zero pages of `chunk` (memory at `addr` of mapping `v`) to the page file,
 /// extending `v.runs`. A zero page of anonymous memory comes back as zeros by itself; one of a
 /// private file mapping would come back with the file's bytes, so then `skip_zero` is false.
-fn store_chunk(
-    v: &mut Vma,
-    chunk: &[u8],
-    addr: u64,
-    skip_zero: bool,
-    out: &mut ferry_image::dir::StreamFile,
-) -> std::io::Result<u64> {
+fn store_chunk(v: &mut Vma, chunk: &[u8], addr: u64, skip_zero: bool, out: &mut PageSink) -> std::io::Result<u64> {
     let pages = chunk.len() / PAGE_SIZE as usize;
     let skip = |i: usize| skip_zero && is_zero(&chunk[i * PAGE_SIZE as usize..(i + 1) * PAGE_SIZE as usize]);
     let mut stored = 0;
@@ -316,6 +465,10 @@ pub struct Prepared {
     /// fd number for each vma index that needs one.
     pub vma_fd: HashMap<usize, i32>,
     pub exe_fd: Option<i32>,
+    /// The page file, which the restored process reads its pages from itself (injected `preadv`).
+    pub pages_fd: Option<i32>,
+    /// Length of the (plain) page data behind `pages_fd`.
+    pub pages_len: u64,
     pub owned: Vec<std::os::fd::OwnedFd>,
 }
 
@@ -330,7 +483,19 @@ pub fn prepare(
     let mm =
         p.mm.as_ref()
             .ok_or_else(|| Error::Invalid { object: format!("pid {pid}"), what: "no memory record".into() })?;
-    let mut out = Prepared { vma_fd: HashMap::new(), exe_fd: None, owned: Vec::new() };
+    let mut out = Prepared { vma_fd: HashMap::new(), exe_fd: None, pages_fd: None, pages_len: 0, owned: Vec::new() };
+    let pages = match mm.vmas.iter().any(|v| !v.runs.is_empty()) {
+        true => Some(open_pages(img, pid)?),
+        false => None,
+    };
+    if let Some(f) =
+        pages.as_ref().filter(|_| mm.vmas.iter().any(|v| v.kind != VmaKind::SharedAnon as i32 && !v.runs.is_empty()))
+    {
+        let n = ferry_sys::raw::dup_above(f.as_fd(), base).ctx(|| format!("pid {pid}: page file"))?;
+        out.pages_fd = Some(std::os::fd::AsRawFd::as_raw_fd(&n));
+        out.pages_len = f.metadata().ctx(|| format!("pid {pid}: page file"))?.len();
+        out.owned.push(n);
+    }
     let mut by_key: HashMap<(String, bool), i32> = HashMap::new();
     for (i, v) in mm.vmas.iter().enumerate() {
         let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Invalid);
@@ -362,8 +527,7 @@ pub fn prepare(
             if f.metadata().ctx(obj)?.len() < end {
                 f.set_len(end).ctx(obj)?;
             }
-            if !v.runs.is_empty() {
-                let pages = std::fs::File::open(img.path(&ferry_image::pages_file(pid))).ctx(obj)?;
+            if let (false, Some(pages)) = (v.runs.is_empty(), pages.as_ref()) {
                 let mut buf = vec![0u8; CHUNK];
                 for r in &v.runs {
                     let mut done = 0u64;
@@ -466,6 +630,35 @@ pub fn prepare(
     Ok(out)
 }
 
+/// The page file of `pid`, to read pages from at their offsets: the file itself, or for a
+/// compressed one (`dump --compress`) a memfd it is decompressed into first.
+fn open_pages(img: &ferry_image::ImageReader, pid: i32) -> Result<std::fs::File, Error> {
+    let path = img.path(&ferry_image::pages_file(pid));
+    let obj = || format!("{}", path.display());
+    let f = std::fs::File::open(&path).ctx(|| format!("cannot open {}", path.display()))?;
+    let mut head = vec![0u8; PAGE_SIZE as usize];
+    f.read_exact_at(&mut head, 0).ctx(obj)?;
+    if !ferry_image::pages_compressed(&head) {
+        return Ok(f);
+    }
+    let name = std::ffi::CString::new(format!("ferry-pages-{pid}")).unwrap_or_default();
+    let mut plain = std::fs::File::from(ferry_sys::process::memfd(&name).ctx(obj)?);
+    std::io::Write::write_all(&mut plain, &head).ctx(obj)?;
+    let mut src = std::io::BufReader::with_capacity(1 << 20, f);
+    std::io::Seek::seek(&mut src, std::io::SeekFrom::Start(PAGE_SIZE)).ctx(obj)?;
+    let mut dec = zstd::stream::read::Decoder::with_buffer(src).ctx(obj)?;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = std::io::Read::read(&mut dec, &mut buf)
+            .map_err(|e| Error::Invalid { object: obj(), what: format!("cannot decompress the page file: {e}") })?;
+        if n == 0 {
+            break;
+        }
+        std::io::Write::write_all(&mut plain, &buf[..n]).ctx(obj)?;
+    }
+    Ok(plain)
+}
+
 /// Addresses ferry uses inside a child while it rebuilds the address space.
 #[derive(Debug, Clone, Copy)]
 pub struct Trampoline {
@@ -516,7 +709,7 @@ fn special_kind(path: Option<&str>) -> Option<VmaKind> {
 }
 
 /// By the tracer: replace the child's address space (ferry's) with the image's.
-pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared, pages: &[u8]) -> Result<(), Error> {
+pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared) -> Result<(), Error> {
     let pid = inj.pid();
     let mm =
         p.mm.as_ref()
@@ -605,33 +798,32 @@ pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared, pa
             )
         })?;
     }
-    // 4. Page contents, straight from the image's page cache.
+    // 4. Page contents: the process reads them itself from the page file with injected
+    //    `preadv` calls, one copy from the page cache into its memory (like a plain read()),
+    //    and ferry never maps or buffers them. Runs that follow each other in the file share a call.
+    let mut segs: Vec<(u64, u64, u64)> = Vec::new(); // (addr, len, file offset)
     for v in &mm.vmas {
         if v.kind == VmaKind::SharedAnon as i32 {
             continue; // already in its memfd
         }
         for r in &v.runs {
             let len = r.nr_pages * PAGE_SIZE;
-            let (s, e) = (r.offset as usize, (r.offset + len) as usize);
-            if e > pages.len() || r.addr < v.start || r.addr + len > v.end {
+            if r.offset.checked_add(len).is_none_or(|e| e > prep.pages_len) || r.addr < v.start || r.addr + len > v.end
+            {
                 return Err(Error::Invalid {
                     object: format!("pid {pid}"),
                     what: format!("page run at {:#x} is out of bounds", r.addr),
                 });
             }
-            let mut done = 0usize;
-            while done < e - s {
-                let n = vm_write(pid, r.addr + done as u64, &pages[s + done..e])
-                    .ctx(|| format!("pid {pid}: cannot write memory at {:#x}", r.addr + done as u64))?;
-                if n == 0 {
-                    return Err(Error::Invalid {
-                        object: format!("pid {pid}"),
-                        what: format!("no progress writing {:#x}", r.addr),
-                    });
-                }
-                done += n;
-            }
+            segs.push((r.addr, len, r.offset));
         }
+    }
+    if !segs.is_empty() {
+        let fd = prep.pages_fd.ok_or_else(|| Error::Invalid {
+            object: format!("pid {pid}"),
+            what: "page runs but no page file".into(),
+        })?;
+        read_pages(inj, tr.data, fd, &segs)?;
     }
     // 5. Final protections and madvise flags.
     for i in reprotect {
@@ -685,5 +877,57 @@ pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared, pa
     vm_write(pid, tr.data, &b).ctx(|| format!("pid {pid}: cannot write prctl_mm_map"))?;
     inj.call(nr::PRCTL, &[PR_SET_MM as u64, PR_SET_MM_MAP, tr.data, 104, 0])
         .ctx(|| format!("pid {pid}: PR_SET_MM_MAP (brk {:#x}, exe {})", mm.brk, mm.exe_path))?;
+    Ok(())
+}
+
+/// Iovecs per injected `preadv` (one page of the trampoline's data area).
+const IOVS_PER_CALL: usize = PAGE_SIZE as usize / 16;
+
+/// By the tracer: make the process read `segs` (address, length, offset in page file `fd`) into
+/// its own memory with injected `preadv` calls, one per stretch of the file read in order.
+fn read_pages(inj: &Injector, scratch: u64, fd: i32, segs: &[(u64, u64, u64)]) -> Result<(), Error> {
+    let pid = inj.pid();
+    let mut i = 0;
+    let mut skip = 0u64; // bytes of segs[i] already read
+    while i < segs.len() {
+        let off = segs[i].2 + skip;
+        let mut iov = Vec::with_capacity(IOVS_PER_CALL * 16);
+        let mut want = 0u64;
+        let mut j = i;
+        while j < segs.len() && iov.len() < IOVS_PER_CALL * 16 && want < 1 << 30 {
+            let (addr, len, o) = segs[j];
+            let s = if j == i { skip } else { 0 };
+            if o + s != off + want {
+                break; // not next in the file
+            }
+            iov.extend_from_slice(&(addr + s).to_le_bytes());
+            iov.extend_from_slice(&(len - s).to_le_bytes());
+            want += len - s;
+            j += 1;
+        }
+        vm_write(pid, scratch, &iov).ctx(|| format!("pid {pid}: cannot write iovecs"))?;
+        let n = inj
+            .call(nr::PREADV, &[fd as u64, scratch, (iov.len() / 16) as u64, off, 0])
+            .ctx(|| format!("pid {pid}: cannot read its pages at {:#x} from the page file", segs[i].0 + skip))?;
+        if n == 0 {
+            return Err(Error::Invalid {
+                object: format!("pid {pid}"),
+                what: format!("page file ends before the page run at {:#x}", segs[i].0 + skip),
+            });
+        }
+        // Advance over what was read (a short read resumes mid-segment).
+        let mut left = n;
+        while left > 0 && i < segs.len() {
+            let rest = segs[i].1 - skip;
+            if left >= rest {
+                left -= rest;
+                i += 1;
+                skip = 0;
+            } else {
+                skip += left;
+                left = 0;
+            }
+        }
+    }
     Ok(())
 }
