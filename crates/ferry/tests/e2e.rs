@@ -615,6 +615,6 @@ mod inet;
 mod migrate;
 mod more;
 mod objects;
+mod perf;
 mod tty;
 mod unix;
-mod perf;

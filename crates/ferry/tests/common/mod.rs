@@ -422,6 +422,15 @@ impl Run {
     }
 
     /// Wait until `pidfile` names our pid (ferry writes it once the process runs).
+    /// Restore the image in `img()`, send go, and expect the workload's PASS.
+    pub fn restore_and_verify(&mut self, whose: &str) {
+        let pidfile = self.spawn_restore("restore", &self.img(), &[]);
+        self.wait_pidfile(&pidfile);
+        self.go();
+        let status = self.wait_restore_exit();
+        self.expect_pass(status, whose);
+    }
+
     pub fn wait_pidfile(&mut self, pidfile: &Path) {
         let deadline = Instant::now() + RESTORE_TIMEOUT;
         loop {
@@ -700,11 +709,7 @@ pub fn cycle_tree(spec: &Spec, extra_dump: &[&str]) {
     run.dump_ok(extra_dump);
     run.reap_dumped();
     wait_image_pids_gone(&run.img());
-    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
-    run.wait_pidfile(&pidfile);
-    run.go();
-    let status = run.wait_restore_exit();
-    run.expect_pass(status, &spec.name);
+    run.restore_and_verify(&spec.name);
 }
 
 /// A command that starts a workload. When the tests run from a terminal, the workload gets a

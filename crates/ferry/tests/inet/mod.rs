@@ -137,11 +137,7 @@ fn tcp_close_restores_connections_closed() {
     let mut run = Run::start(&tcpconn("closed"));
     run.dump_ok(&["--tcp-close"]);
     run.reap_dumped();
-    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
-    run.wait_pidfile(&pidfile);
-    run.go();
-    let status = run.wait_restore_exit();
-    run.expect_pass(status, "ferry restore");
+    run.restore_and_verify("ferry restore");
 }
 
 /// Restoring while the port is taken fails, naming the address, and leaves no process.

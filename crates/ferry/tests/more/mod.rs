@@ -91,11 +91,7 @@ fn kill_ferry_during_restore_leaves_nothing() {
         let proc_dir = format!("/proc/{}", run.pid);
         wait_for("init to reap the killed restore child", Duration::from_secs(90), || !Path::new(&proc_dir).exists());
     }
-    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
-    run.wait_pidfile(&pidfile);
-    run.go();
-    let status = run.wait_restore_exit();
-    run.expect_pass(status, "a restore after three interrupted ones");
+    run.restore_and_verify("a restore after three interrupted ones");
 }
 
 /// Rewrite an image as if it came from a kernel with another vDSO: restore must refuse it, with
@@ -202,11 +198,7 @@ fn sparse_memory_is_not_stored() {
     if pages > 32 << 20 {
         run.fail(&format!("pages file is {pages} bytes for {reserved} bytes of mappings: untouched pages were stored"));
     }
-    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
-    run.wait_pidfile(&pidfile);
-    run.go();
-    let status = run.wait_restore_exit();
-    run.expect_pass(status, "mem_anon");
+    run.restore_and_verify("mem_anon");
 }
 
 /// A process tree: a root and three children streaming numbers through two pipes (producer ->

@@ -12,11 +12,7 @@ fn tree_cycle(spec: &Spec, between: impl FnOnce(&mut Run)) {
     run.reap_dumped();
     wait_image_pids_gone(&run.img());
     between(&mut run);
-    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
-    run.wait_pidfile(&pidfile);
-    run.go();
-    let status = run.wait_restore_exit();
-    run.expect_pass(status, "ferry restore");
+    run.restore_and_verify("ferry restore");
 }
 
 /// `ferry dump` of the workload must fail with one line naming `expect` and the pid, leave no
@@ -183,11 +179,7 @@ fn sysvshm_tree() {
         run.fail(&format!("the failed restore left segment {private} behind"));
     }
     ipcrm(&keyed);
-    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
-    run.wait_pidfile(&pidfile);
-    run.go();
-    let status = run.wait_restore_exit();
-    run.expect_pass(status, "ferry restore");
+    run.restore_and_verify("ferry restore");
 }
 
 /// memfd seals (F_SEAL_WRITE with a read-only shared mapping, F_SEAL_FUTURE_WRITE with a

@@ -60,11 +60,7 @@ fn zero_pages_not_stored() {
     if size > 32 << 20 {
         run.fail(&format!("page file of {size} bytes: pages that were never written were stored"));
     }
-    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
-    run.wait_pidfile(&pidfile);
-    run.go();
-    let status = run.wait_restore_exit();
-    run.expect_pass(status, "ferry restore");
+    run.restore_and_verify("ferry restore");
 }
 
 /// One flipped byte in the middle of the page data: the page checksums are checked on another

@@ -119,11 +119,7 @@ fn cycle_unix_tree() {
             sleep(Duration::from_millis(20));
         }
     }
-    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
-    run.wait_pidfile(&pidfile);
-    run.go();
-    let status = run.wait_restore_exit();
-    run.expect_pass(status, "the tree");
+    run.restore_and_verify("the tree");
 }
 
 #[test]
