@@ -40,13 +40,17 @@ pub fn run(opts: &RunOptions) -> Result<(i32, Option<i32>), Error> {
             Fork::Parent(pid) => pid,
         }
     } else {
-        let child = Command::new(prog)
-            .args(&opts.cmd[1..])
-            .stdin(stdin())
-            .process_group(0)
-            .spawn()
-            .ctx(|| format!("cannot start {}", prog.to_string_lossy()))?;
-        child.id() as i32
+        // A session of its own: no controlling terminal (which a dump would refuse without
+        // --shell-job) and no group shared with the shell.
+        match ferry_sys::process::fork().ctx(|| "cannot fork".into())? {
+            Fork::Child => {
+                let _ = raw::setsid();
+                let e = Command::new(prog).args(&opts.cmd[1..]).stdin(stdin()).exec();
+                eprintln!("ferry: cannot start {}: {e}", prog.to_string_lossy());
+                raw::exit_now(127)
+            }
+            Fork::Parent(pid) => pid,
+        }
     };
     if let Some(pf) = &opts.pidfile {
         crate::restore::write_pidfile(pf, pid)?;

@@ -126,6 +126,15 @@ pub fn clone3_with_pid(pid: i32) -> io::Result<Fork> {
     Ok(if r == 0 { Fork::Child } else { Fork::Parent(r as i32) })
 }
 
+/// A plain `fork()` through clone3 (no flags). Same caveats as [`clone3_with_pid`].
+pub fn fork() -> io::Result<Fork> {
+    let args = CloneArgs { exit_signal: libc::SIGCHLD as u64, ..Default::default() };
+    // SAFETY: as in clone3_with_pid: no CLONE_VM, so the child runs on its own copy of the stack.
+    let r =
+        cvt(unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) })?;
+    Ok(if r == 0 { Fork::Child } else { Fork::Parent(r as i32) })
+}
+
 /// `clone3(CLONE_NEWPID)`: the child is pid 1 of a new pid namespace (`ferry run --pidns`, and
 /// the restore of such a namespace's init). Same caveats as [`clone3_with_pid`].
 pub fn clone3_new_pidns() -> io::Result<Fork> {

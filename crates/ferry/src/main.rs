@@ -67,7 +67,7 @@ enum Cmd {
         #[arg(short = 'j', long = "shell-job")]
         shell_job: bool,
     },
-    /// Start a job ready to be checkpointed: in its own process group, or with --pidns in a new
+    /// Start a job ready to be checkpointed: in a session of its own, or with --pidns in a new
     /// pid namespace under a minimal init, so that it can be restored on any host without pid
     /// clashes (dump the init's pid to take the whole namespace).
     Run {

@@ -173,8 +173,15 @@ impl Workload {
             pid = fs::read_to_string(&pidfile).expect("pidfile").trim().parse().expect("pid");
         } else {
             // nsenter execs the workload: the pid is the workload's.
-            let child = nodes
-                .in_a(&path_str(&prog))
+            // (setsid(1) execs in place too: no controlling terminal when run from one)
+            let mut cmd = if File::open("/dev/tty").is_ok() {
+                let mut c = nodes.in_a("setsid");
+                c.arg(&prog);
+                c
+            } else {
+                nodes.in_a(&path_str(&prog))
+            };
+            let child = cmd
                 .arg(&w.path)
                 .arg(mib.to_string())
                 .stdin(Stdio::null())

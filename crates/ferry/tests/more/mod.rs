@@ -436,7 +436,7 @@ fn deleted_executable() {
     let w = WorkDir::new("delexe");
     let exe = w.join("counter-copy");
     fs::copy(ferry_workloads::path("counter"), &exe).expect("copy the counter");
-    let mut child = Command::new(&exe)
+    let mut child = workload_command(&exe)
         .arg(&w.path)
         .stdin(Stdio::null())
         .stdout(File::create(w.join("out.log")).expect("out"))
@@ -524,7 +524,7 @@ fn pidns_job_moves_as_a_whole_namespace() {
     );
 }
 
-/// `ferry run` without a namespace: the job runs in its own process group and ferry returns its
+/// `ferry run` without a namespace: the job runs in its own session and ferry returns its
 /// exit status; with -d it prints the job's pid and returns at once, and the job can be dumped
 /// and restored like any process.
 #[test]
@@ -549,7 +549,11 @@ fn ferry_run_starts_jobs() {
     wait_for("ready", Duration::from_secs(20), || w.join("ready").exists());
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("the job runs");
     let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, r)| r.split(' ').collect()).unwrap_or_default();
-    assert_eq!(fields.get(2).and_then(|g| g.parse::<i32>().ok()), Some(pid), "the job leads its own group");
+    assert_eq!(
+        fields.get(2).and_then(|g| g.parse::<i32>().ok()),
+        Some(pid),
+        "the job leads its own group (and session)"
+    );
     let img = w.join("img");
     let out = Command::new(ferry_bin())
         .args(["dump", "-t", &pid.to_string(), "-D", &path_str(&img), "-R"])
