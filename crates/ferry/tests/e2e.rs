@@ -100,6 +100,7 @@ macro_rules! workload_tests {
             #[test] fn zombies() { crate::common::control(&crate::Spec::c("zombies")); }
             #[test] fn sessions() { crate::common::control(&crate::Spec::c("sessions")); }
             #[test] fn epoll_shared() { crate::common::control(&crate::Spec::c("epoll_shared")); }
+            #[test] fn posix_shm() { crate::common::control(&crate::Spec::c("posix_shm")); }
             #[test] fn memfd() { crate::common::control(&crate::Spec::c("memfd")); }
         }
         mod cycle {

@@ -391,6 +391,13 @@ fn epoll_shared_across_processes() {
     cycle_tree(&Spec::c("epoll_shared"), &[]);
 }
 
+/// POSIX shared memory (a /dev/shm object) mapped by a parent and its child, the parent also
+/// holding its fd: contents, sharing between the processes and with the object, fd offset.
+#[test]
+fn posix_shm_shared_with_child() {
+    cycle_tree(&Spec::c("posix_shm"), &[]);
+}
+
 /// A memfd held through an fd and a shared mapping, and by a child through the same fd: name,
 /// content and offset survive, and it is still one object across both processes.
 #[test]
