@@ -29,28 +29,29 @@ pub fn run(opts: &RunOptions) -> Result<(i32, Option<i32>), Error> {
     // runner's pipes) would be shared with processes outside a later dump.
     let _ = raw::close_range(3, u32::MAX);
     let stdin = || if opts.detach { Stdio::null() } else { Stdio::inherit() };
-    let pid = if opts.pidns {
+    // With --pidns the command runs under ferry's init, pid 1 of a new namespace.
+    let mut cmd = if opts.pidns {
         let init = std::fs::read_link("/proc/self/exe").ctx(|| "cannot find ferry's own executable".into())?;
-        match clone3_new_pidns().ctx(|| "cannot create a pid namespace (clone3 CLONE_NEWPID)".into())? {
-            Fork::Child => {
-                let e = Command::new(init).arg("__init").arg("--").args(&opts.cmd).stdin(stdin()).exec();
-                eprintln!("ferry: cannot start the namespace's init: {e}");
-                raw::exit_now(127)
-            }
-            Fork::Parent(pid) => pid,
-        }
+        let mut c = Command::new(init);
+        c.arg("__init").arg("--").args(&opts.cmd);
+        c
     } else {
-        // A session of its own: no controlling terminal (which a dump would refuse without
-        // --shell-job) and no group shared with the shell.
-        match ferry_sys::process::fork().ctx(|| "cannot fork".into())? {
-            Fork::Child => {
-                let _ = raw::setsid();
-                let e = Command::new(prog).args(&opts.cmd[1..]).stdin(stdin()).exec();
-                eprintln!("ferry: cannot start {}: {e}", prog.to_string_lossy());
-                raw::exit_now(127)
-            }
-            Fork::Parent(pid) => pid,
+        let mut c = Command::new(prog);
+        c.args(&opts.cmd[1..]);
+        c
+    };
+    cmd.stdin(stdin());
+    let forked = if opts.pidns { clone3_new_pidns() } else { ferry_sys::process::fork() };
+    let pid = match forked.ctx(|| "cannot fork (clone3)".into())? {
+        Fork::Child => {
+            // A session of its own: no controlling terminal (which a dump would refuse without
+            // --shell-job) and no group shared with the shell.
+            let _ = raw::setsid();
+            let e = cmd.exec();
+            eprintln!("ferry: cannot start {}: {e}", prog.to_string_lossy());
+            raw::exit_now(127)
         }
+        Fork::Parent(pid) => pid,
     };
     if let Some(pf) = &opts.pidfile {
         crate::restore::write_pidfile(pf, pid)?;

@@ -126,23 +126,24 @@ pub fn clone3_with_pid(pid: i32) -> io::Result<Fork> {
     Ok(if r == 0 { Fork::Child } else { Fork::Parent(r as i32) })
 }
 
-/// A plain `fork()` through clone3 (no flags). Same caveats as [`clone3_with_pid`].
-pub fn fork() -> io::Result<Fork> {
-    let args = CloneArgs { exit_signal: libc::SIGCHLD as u64, ..Default::default() };
+/// `clone3(flags)` without a chosen pid. Same caveats as [`clone3_with_pid`].
+fn clone3_flags(flags: u64) -> io::Result<Fork> {
+    let args = CloneArgs { flags, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
     // SAFETY: as in clone3_with_pid: no CLONE_VM, so the child runs on its own copy of the stack.
     let r =
         cvt(unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) })?;
     Ok(if r == 0 { Fork::Child } else { Fork::Parent(r as i32) })
 }
 
+/// A plain `fork()` through clone3.
+pub fn fork() -> io::Result<Fork> {
+    clone3_flags(0)
+}
+
 /// `clone3(CLONE_NEWPID)`: the child is pid 1 of a new pid namespace (`ferry run --pidns`, and
-/// the restore of such a namespace's init). Same caveats as [`clone3_with_pid`].
+/// the restore of such a namespace's init).
 pub fn clone3_new_pidns() -> io::Result<Fork> {
-    let args = CloneArgs { flags: libc::CLONE_NEWPID as u64, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
-    // SAFETY: as in clone3_with_pid: no CLONE_VM, so the child runs on its own copy of the stack.
-    let r =
-        cvt(unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) })?;
-    Ok(if r == 0 { Fork::Child } else { Fork::Parent(r as i32) })
+    clone3_flags(libc::CLONE_NEWPID as u64)
 }
 
 /// A read-only, shared mapping of a whole file, for handing page data to the kernel without an

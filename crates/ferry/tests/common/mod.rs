@@ -712,11 +712,16 @@ pub fn cycle_tree(spec: &Spec, extra_dump: &[&str]) {
     run.restore_and_verify(&spec.name);
 }
 
+/// Whether the tests run with a controlling terminal (then workloads need a session of their own).
+pub fn on_terminal() -> bool {
+    File::open("/dev/tty").is_ok()
+}
+
 /// A command that starts a workload. When the tests run from a terminal, the workload gets a
 /// session of its own (setsid(1), which execs in place): it must not share the test runner's
 /// controlling terminal, which ferry refuses to dump without --shell-job.
 pub fn workload_command(program: &Path) -> Command {
-    if File::open("/dev/tty").is_ok() {
+    if on_terminal() {
         let mut c = Command::new("setsid");
         c.arg(program);
         c

@@ -174,7 +174,7 @@ impl Workload {
         } else {
             // nsenter execs the workload: the pid is the workload's.
             // (setsid(1) execs in place too: no controlling terminal when run from one)
-            let mut cmd = if File::open("/dev/tty").is_ok() {
+            let mut cmd = if on_terminal() {
                 let mut c = nodes.in_a("setsid");
                 c.arg(&prog);
                 c
