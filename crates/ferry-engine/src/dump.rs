@@ -260,6 +260,32 @@ fn precheck(pid: i32, pidns_root: Option<i32>) -> Result<(ferry_proc::Status, fe
     Ok((st, stat))
 }
 
+/// Processes created with clone() flags that share kernel state (CLONE_VM, CLONE_FILES,
+/// CLONE_FS, CLONE_SIGHAND, vfork) would come back separate: refused. Compared
+/// pairwise with kcmp.
+fn check_unshared(frozen: &[Frozen]) -> Result<(), Error> {
+    // (KCMP_SYSVSEM is left out: two processes without undo lists compare equal.)
+    const KINDS: [(i32, &str); 4] = [
+        (1, "its address space (CLONE_VM / vfork)"),
+        (2, "its fd table (CLONE_FILES)"),
+        (3, "its cwd/root/umask (CLONE_FS)"),
+        (4, "its signal handlers (CLONE_SIGHAND)"),
+    ];
+    for (i, a) in frozen.iter().enumerate() {
+        for b in &frozen[..i] {
+            for (kind, what) in KINDS {
+                if ferry_sys::process::kcmp(a.pid, b.pid, kind, 0, 0).ok() == Some(0) {
+                    return Err(Error::Unsupported {
+                        pid: a.pid,
+                        what: format!("a process sharing {what} with pid {}", b.pid),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn children_of(pid: i32) -> Result<Vec<i32>, Error> {
     let mut out = Vec::new();
     for tid in list_tids(pid)? {
@@ -284,6 +310,8 @@ fn dump_process(
     let (st, stat) = precheck(pid, pidns_root)?;
     let mut p = Process::default();
     task::collect(pid, &st, &stat, &mut p)?;
+    let tids: Vec<i32> = f.threads.iter().map(|t| t.tid).collect();
+    task::check_thread_sched(pid, &tids, &p)?;
     files::collect(pid, img, &mut p, done, tree)?;
     let (mut vmas, maps) = memory::scan(pid, img)?;
     tracing::info!(vmas = vmas.len(), fds = p.fds.len(), threads = f.threads.len(), "collected fds and mappings");
@@ -389,11 +417,14 @@ pub fn dump_with(
     let t0 = Instant::now();
     let root = opts.pid;
     let _span = tracing::info_span!("dump", pid = root).entered();
-    let (root_st, _) = precheck(root, Some(root))?;
-    let pidns_root = (root_st.ns_pid.len() == 2 && root_st.ns_pid.last() == Some(&1)).then_some(root);
-    if pidns_root.is_none() {
-        precheck(root, None)?;
-    }
+    // A root that is pid 1 of a namespace below ferry's takes the whole namespace.
+    let ns_pid = procfs::read_string(root, "status")
+        .ok()
+        .and_then(|t| ferry_proc::parse_status(&t).ok())
+        .map(|st| st.ns_pid)
+        .unwrap_or_default();
+    let pidns_root = (ns_pid.len() == 2 && ns_pid.last() == Some(&1)).then_some(root);
+    precheck(root, pidns_root)?;
     // Freeze top-down: once a process is stopped it cannot fork, so its children list is final.
     let mut frozen: Vec<Frozen> = Vec::new();
     let mut zombies: Vec<Process> = Vec::new();
@@ -425,6 +456,7 @@ pub fn dump_with(
             queue.push_back(c);
         }
     }
+    check_unshared(&frozen)?;
     let t_frozen = Instant::now();
     tracing::info!(processes = frozen.len(), "frozen");
     let mut img = make_img()?;

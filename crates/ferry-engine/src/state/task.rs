@@ -47,6 +47,24 @@ pub fn collect(pid: i32, st: &ferry_proc::Status, stat: &ferry_proc::Stat, p: &m
     Ok(())
 }
 
+/// Nice value, scheduling policy and CPU affinity are per thread but saved per process:
+/// refuse a thread whose settings differ from the main thread's rather than lose them.
+pub fn check_thread_sched(pid: i32, tids: &[i32], p: &Process) -> Result<(), Error> {
+    use ferry_sys::process as sp;
+    for &tid in tids.iter().filter(|&&t| t != pid) {
+        let nice = sp::get_nice(tid).ctx(|| format!("pid {pid} thread {tid}: cannot read the nice value"))?;
+        let sched = sp::get_scheduler(tid).ctx(|| format!("pid {pid} thread {tid}: cannot read the policy"))?;
+        let aff = sp::get_affinity(tid).ctx(|| format!("pid {pid} thread {tid}: cannot read the CPU affinity"))?;
+        if nice != p.nice || sched != (p.sched_policy, p.sched_priority) || aff != p.cpu_affinity {
+            return Err(Error::Unsupported {
+                pid,
+                what: format!("thread {tid} with its own nice value, scheduling policy or CPU affinity"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Resource limits, read from inside with injected `prlimit64(0, ..)`: reading another
 /// process's limits from outside needs CAP_SYS_RESOURCE when its uids differ.
 pub fn collect_rlimits(inj: &Injector, scratch: u64, p: &mut Process) -> Result<(), Error> {

@@ -12,11 +12,11 @@
 //! during the switch (retransmissions after the restore are fine).
 
 use crate::error::{Ctx, Error};
+use crate::state::inet::SO_BUF_LOCK;
 use ferry_image::TcpRepair;
 use ferry_sys::inet as net;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-const SO_BUF_LOCK: i32 = 72;
 const TCP_MAXSEG: i32 = 2;
 const TCP_INFO: i32 = 11;
 const TCP_REPAIR: i32 = 19;

@@ -18,6 +18,10 @@ pub fn collect(pid: i32, fd: i32, info: &ferry_proc::FdInfo, f: &mut File) -> Re
     f.clockid = info.get("clockid").and_then(|v| v.parse().ok()).ok_or_else(bad)?;
     f.ticks = info.get("ticks").and_then(|v| v.parse().ok()).ok_or_else(bad)?;
     f.settime_flags = info.get("settime flags").and_then(|v| u32::from_str_radix(v, 8).ok()).ok_or_else(bad)?;
+    // TFD_TIMER_CANCEL_ON_SET needs the absolute deadline, which fdinfo does not give.
+    if f.settime_flags & 2 != 0 {
+        return Err(Error::Unsupported { pid, what: format!("fd {fd}: a timerfd with TFD_TIMER_CANCEL_ON_SET") });
+    }
     f.value_ns = info.get("it_value").and_then(pair_ns).ok_or_else(bad)?;
     f.interval_ns = info.get("it_interval").and_then(pair_ns).ok_or_else(bad)?;
     Ok(())

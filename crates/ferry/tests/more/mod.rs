@@ -398,6 +398,19 @@ fn posix_shm_shared_with_child() {
     cycle_tree(&Spec::c("posix_shm"), &[]);
 }
 
+/// Kernel state shared between processes (a clone(CLONE_FILES) child) or kept per thread (a
+/// thread with its own nice value) cannot be saved yet: refused in one line, the process intact.
+#[test]
+fn refuses_shared_fd_table_and_per_thread_nice() {
+    for (mode, expect) in [("files", "fd table"), ("nice", "nice value")] {
+        let mut run = Run::start(&Spec::c("shared_clone").args(&[mode]));
+        dump_refused(run.pid, &run.w.join("img"), expect);
+        run.go();
+        let status = run.wait_child_exit();
+        run.expect_pass(status, "the process after the refused dump");
+    }
+}
+
 /// A memfd held through an fd and a shared mapping, and by a child through the same fd: name,
 /// content and offset survive, and it is still one object across both processes.
 #[test]
