@@ -93,7 +93,7 @@ pub fn collect(
         }
         // The same description in another process of the tree (inherited across fork).
         let mut other = None;
-        for &(pi, fi, opid, ofd) in &tree.reps {
+        for &(pi, fi, opid, ofd) in tree.reps.iter().filter(|r| r.0 != me) {
             if kcmp(opid, pid, KCMP_FILE, ofd as u64, fd as u64)
                 .ctx(|| format!("pid {pid} fd {fd}: kcmp with pid {opid}"))?
                 == 0
