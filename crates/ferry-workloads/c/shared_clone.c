@@ -2,10 +2,12 @@
  * shared_clone MODE: state ferry must refuse to dump, then the process must still work.
  *   files: a child created with clone(CLONE_FILES) shares the parent's fd table.
  *   nice:  a second thread with its own nice value.
+ *   mqueue: a POSIX message queue fd (its /name path does not lead to it).
  * After go: the parent checks the sharing/nice value is still in place (the refused dump left it
  * as it was) and ends the child/thread.
  */
 #include "common.h"
+#include <mqueue.h>
 #include <pthread.h>
 #include <sched.h>
 #include <sys/resource.h>
@@ -35,7 +37,13 @@ int main(int argc, char **argv)
 	const char *mode = argc > 2 ? argv[2] : "files";
 	pid_t c = -1;
 	pthread_t t;
-	if (strcmp(mode, "files") == 0) {
+	mqd_t q = (mqd_t)-1;
+	char qname[64];
+	snprintf(qname, sizeof qname, "/ferry-e2e-%d", (int)getpid());
+	if (strcmp(mode, "mqueue") == 0) {
+		q = mq_open(qname, O_RDWR | O_CREAT | O_EXCL, 0600, NULL);
+		SETUP(q);
+	} else if (strcmp(mode, "files") == 0) {
 		c = clone(child_fn, stack + sizeof stack, CLONE_FILES | SIGCHLD, NULL);
 		SETUP(c);
 	} else {
@@ -44,7 +52,11 @@ int main(int argc, char **argv)
 	}
 	signal_ready();
 	wait_go();
-	if (c > 0) {
+	if (q != (mqd_t)-1) {
+		struct mq_attr a;
+		CHECK(mq_getattr(q, &a) == 0, "the queue fd: %s", strerror(errno));
+		mq_unlink(qname);
+	} else if (c > 0) {
 		int fd = open("/dev/null", O_RDONLY);
 		char path[64];
 		snprintf(path, sizeof path, "/proc/%d/fd/%d", (int)c, fd);

@@ -97,6 +97,12 @@ pub fn scan(pid: i32, img: &mut ImageWriter) -> Result<(Vec<Vma>, Vec<MapEntry>)
                 if !md.file_type().is_file() {
                     return Err(at(format!("device or special file {s}")));
                 }
+                let reachable = std::fs::metadata(s).is_ok_and(|o| (o.dev(), o.ino()) == (md.dev(), md.ino()));
+                if !(m.deleted || md.nlink() == 0) && !reachable {
+                    return Err(at(format!(
+                        "{s}: the path does not lead to the mapped file (another mount, or replaced)"
+                    )));
+                }
                 v.file_size = md.size();
                 v.file_mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
                 v.file_writable = m.perms.shared && (m.perms.write || v.vm_flags.iter().any(|f| f == "mw"));

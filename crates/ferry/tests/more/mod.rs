@@ -399,10 +399,11 @@ fn posix_shm_shared_with_child() {
 }
 
 /// Kernel state shared between processes (a clone(CLONE_FILES) child) or kept per thread (a
-/// thread with its own nice value) cannot be saved yet: refused in one line, the process intact.
+/// thread with its own nice value), and a POSIX message queue, cannot be saved yet: refused in
+/// one line, the process intact.
 #[test]
 fn refuses_shared_fd_table_and_per_thread_nice() {
-    for (mode, expect) in [("files", "fd table"), ("nice", "nice value")] {
+    for (mode, expect) in [("files", "fd table"), ("nice", "nice value"), ("mqueue", "message queue")] {
         let mut run = Run::start(&Spec::c("shared_clone").args(&[mode]));
         dump_refused(run.pid, &run.w.join("img"), expect);
         run.go();
