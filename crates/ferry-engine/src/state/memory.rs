@@ -98,7 +98,7 @@ pub fn scan(pid: i32, img: &mut ImageWriter) -> Result<(Vec<Vma>, Vec<MapEntry>)
                     return Err(at(format!("device or special file {s}")));
                 }
                 let reachable = std::fs::metadata(s).is_ok_and(|o| (o.dev(), o.ino()) == (md.dev(), md.ino()));
-                if !(m.deleted || md.nlink() == 0) && !reachable {
+                if !(m.deleted || md.nlink() == 0 || reachable) {
                     return Err(at(format!(
                         "{s}: the path does not lead to the mapped file (another mount, or replaced)"
                     )));
