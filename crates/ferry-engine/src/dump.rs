@@ -502,11 +502,14 @@ pub fn dump_with(
     let mut pages_bytes = 0;
     let mut vmas_n = 0;
     let mut shmem_done = std::collections::HashSet::new();
-    for (p, &host) in procs.iter_mut().zip(&host_pids) {
+    // Pages shared copy-on-write with the parent are stored once, with the parent. Found before
+    // any page is read: reading can unshare them.
+    let sharing = crate::state::cow::find(&mut procs, &host_pids)?;
+    for ((p, &host), sharing) in procs.iter_mut().zip(&host_pids).zip(&sharing) {
         let mut mm =
             p.mm.take()
                 .ok_or_else(|| Error::Invalid { object: format!("pid {}", p.pid), what: "no memory record".into() })?;
-        pages_bytes += memory::dump_pages(host, p.pid, &mut mm, &mut img, &mut shmem_done)?;
+        pages_bytes += memory::dump_pages(host, p.pid, &mut mm, &mut img, &mut shmem_done, sharing)?;
         vmas_n += mm.vmas.len();
         p.mm = Some(mm);
         img.write_process(p)?;

@@ -226,25 +226,7 @@ pub fn without_skipped(pid: i32, regions: Vec<ferry_sys::process::PageRegion>) -
     let Some(skip) = guard.as_ref().and_then(|m| m.get(&pid)) else {
         return regions;
     };
-    let mut out = Vec::with_capacity(regions.len());
-    for r in regions {
-        let mut cur = r.start;
-        // skip ranges are sorted and disjoint
-        let first = skip.partition_point(|s| s.1 <= r.start);
-        for s in &skip[first..] {
-            if s.0 >= r.end {
-                break;
-            }
-            if s.0 > cur {
-                out.push(ferry_sys::process::PageRegion { start: cur, end: s.0, categories: r.categories });
-            }
-            cur = cur.max(s.1);
-        }
-        if cur < r.end {
-            out.push(ferry_sys::process::PageRegion { start: cur, end: r.end, categories: r.categories });
-        }
-    }
-    out
+    crate::state::memory::subtract(regions, skip) // (skip ranges are sorted and disjoint)
 }
 
 fn track(root: i32, pid: i32) -> Result<Tracked, Error> {

@@ -17,6 +17,7 @@ use crate::error::{Ctx, Error};
 use crate::inject::{wait_stopped, Injector};
 use crate::state::memory::{Trampoline, TRAMPOLINE_PAGES};
 use crate::state::session::{self, Role};
+use crate::state::cow::{self, Premapped};
 use crate::state::{cpu, creds, epoll, files, memory, pipes, rseq, signals, task, timers, tty};
 use ferry_image::{ImageReader, Process, PAGE_SIZE};
 use ferry_sys::consts::{nr, PTRACE_O_EXITKILL, PTRACE_O_TRACESYSGOOD};
@@ -152,14 +153,32 @@ struct TreeCtx<'a> {
     status_fd: i32,
     hold_fd: i32,
     tty: &'a tty::Restore,
+    /// Each process's page file (fd number in every forked process, length), for the memory
+    /// shared copy-on-write that processes map and fill before they fork (state/cow.rs).
+    pages: Vec<Option<(i32, u64)>>,
+    /// Whether processes premap that memory (`FERRY_COW_PREMAP=0` leaves it all to the tracer,
+    /// without sharing: a way out should premapping ever misbehave, and the tests' way to
+    /// exercise the tracer's path).
+    premap: bool,
 }
 
 /// Runs in a forked process of the tree (node `n` of the plan); never returns. Forks the
 /// nodes it creates (with their old PIDs), sets itself up, reports, then waits in `read()` for
 /// the tracer. A helper (see state/session.rs) only creates its session or group and children.
-fn child_main(ctx: &TreeCtx<'_>, n: usize) -> ! {
+///
+/// `inherited`: the shared mappings its creator premapped (this process's copies of them).
+fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
     let node = &ctx.plan.nodes[n];
     let r = (|| -> Result<(), String> {
+        let idx = match node.role {
+            Role::Image(i) => Some(i),
+            _ => None,
+        };
+        // Memory shared copy-on-write goes in before any child is forked, so they inherit it.
+        let mine = std::cell::RefCell::new(match idx {
+            Some(i) if ctx.premap => cow::premap(ctx.procs, &ctx.pages, i, inherited)?,
+            _ => inherited,
+        });
         // An orphan's creator is a helper that dies during restore: it must not take it along.
         let creator_is_helper = node.creator.is_some_and(|c| !matches!(ctx.plan.nodes[c].role, Role::Image(_)));
         if !creator_is_helper {
@@ -169,7 +188,8 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize) -> ! {
         let fork = |c: usize| -> Result<(), String> {
             let pid = ctx.plan.nodes[c].pid;
             match clone3_with_pid(pid) {
-                Ok(Fork::Child) => child_main(ctx, c),
+                // (The child's own copy of `mine`: fork duplicated the value with the memory.)
+                Ok(Fork::Child) => child_main(ctx, c, mine.take()),
                 Ok(Fork::Parent(_)) => Ok(()),
                 Err(e) => Err(format!("cannot create child {pid} (clone3 with set_tid): {e}")),
             }
@@ -187,10 +207,6 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize) -> ! {
         } else if node.own_group {
             raw::setpgid(0, 0).map_err(|e| format!("setpgid: {e}"))?;
         }
-        let idx = match node.role {
-            Role::Image(i) => Some(i),
-            _ => None,
-        };
         if let Some(p) = idx.map(|i| &ctx.procs[i]) {
             tty::apply_in_child(ctx.tty, p, ctx.procs)?;
         }
@@ -215,7 +231,11 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize) -> ! {
         }
         // The pid ferry sees (different inside a new pid namespace): /proc is ferry's.
         let host = std::fs::read_link("/proc/self").map_err(|e| format!("readlink /proc/self: {e}"))?;
-        let line = format!("ok {} {}\n", node.pid, host.display());
+        let mut line = format!("ok {} {}", node.pid, host.display());
+        for m in mine.borrow().iter().filter(|_| idx.is_some()) {
+            line.push_str(&format!(" {:x}-{:x}", m.region.start(), m.region.end()));
+        }
+        line.push('\n');
         raw::write_all(ctx.status_fd, line.as_bytes()).map_err(|e| format!("status: {e}"))?;
         let mut b = [0u8; 1];
         // The tracer interrupts this read (a helper is killed instead); EOF means ferry is gone.
@@ -273,9 +293,13 @@ pub(crate) fn write_pidfile(path: &Path, pid: i32) -> Result<(), Error> {
     std::fs::rename(&tmp, path).ctx(|| format!("cannot rename {} into place", path.display()))
 }
 
-/// Read "ok PID HOSTPID" lines from the status pipe until every process reported (or one
-/// failed). Returns each pid's host pid (the same unless the tree has its own pid namespace).
-fn wait_tree_ready(status: OwnedFd, n: usize, root: i32) -> Result<HashMap<i32, i32>, Error> {
+/// What each forked process reported: its host pid (the same unless the tree has its own pid
+/// namespace) and the ranges it premapped itself (state/cow.rs).
+type Ready = HashMap<i32, (i32, Vec<(u64, u64)>)>;
+
+/// Read "ok PID HOSTPID [START-END ...]" lines from the status pipe until every process
+/// reported (or one failed).
+fn wait_tree_ready(status: OwnedFd, n: usize, root: i32) -> Result<Ready, Error> {
     let mut f = std::fs::File::from(status);
     let mut text = String::new();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -287,9 +311,14 @@ fn wait_tree_ready(status: OwnedFd, n: usize, root: i32) -> Result<HashMap<i32, 
         if text.lines().filter(|l| l.starts_with("ok ")).count() >= n {
             let mut hosts = HashMap::new();
             for l in text.lines().filter_map(|l| l.strip_prefix("ok ")) {
-                let mut it = l.split(' ').filter_map(|w| w.parse::<i32>().ok());
-                if let (Some(pid), Some(host)) = (it.next(), it.next()) {
-                    hosts.insert(pid, host);
+                let mut it = l.split(' ');
+                let mut num = || it.next().and_then(|w| w.parse::<i32>().ok());
+                if let (Some(pid), Some(host)) = (num(), num()) {
+                    let ranges = it
+                        .filter_map(|w| w.split_once('-'))
+                        .filter_map(|(a, b)| Some((u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?)))
+                        .collect();
+                    hosts.insert(pid, (host, ranges));
                 }
             }
             return Ok(hosts);
@@ -332,6 +361,7 @@ fn rebuild(
     p: &Process,
     host: i32,
     prep: &memory::Prepared,
+    shared: &cow::Tracer<'_>,
     tr: &Trampoline,
     has_zombies: bool,
     helpers: &[i32],
@@ -343,7 +373,7 @@ fn rebuild(
     let t = &p.threads[0];
     cpu::check_compatible(pid, pid, &t.xstate)?;
     rseq::unregister_inherited(&inj)?;
-    memory::restore(&inj, tr, p, prep)?;
+    memory::restore(&inj, tr, p, prep, shared)?;
     tracing::debug!("memory restored");
     let max_target = p.fds.iter().map(|f| f.fd).max().unwrap_or(2);
     inj.call(nr::CLOSE_RANGE, &[(max_target + 1) as u64, u32::MAX as u64, 0])
@@ -474,6 +504,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     ferry_sys::process::set_status_flags(status_w.as_fd(), 0).ctx(|| "status pipe".into())?;
     let (hold_r, hold_w) = ferry_sys::process::pipe2(libc::O_CLOEXEC).ctx(|| "cannot create a pipe".into())?;
     let hold_r = raw::dup_above(hold_r.as_fd(), base).ctx(|| "cannot move a pipe".into())?;
+    let pages: Vec<Option<(i32, u64)>> =
+        prep.iter().map(|p| p.as_ref().and_then(|p| Some((p.mem.pages_fd?, p.mem.pages_len)))).collect();
     let ctx = TreeCtx {
         procs: &procs,
         plan: &plan,
@@ -483,6 +515,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         status_fd: status_w.as_raw_fd(),
         hold_fd: hold_r.as_raw_fd(),
         tty: &ttys,
+        pages: pages.clone(),
+        premap: std::env::var_os("FERRY_COW_PREMAP").is_none_or(|v| v != "0"),
     };
 
     // The page files' checksums, on the other core, while the tree is rebuilt; no process runs
@@ -501,7 +535,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     let pidns = img.inventory().pidns;
     let forked = if pidns { ferry_sys::process::clone3_new_pidns() } else { clone3_with_pid(root) };
     let mut tree = match forked {
-        Ok(Fork::Child) => child_main(&ctx, 0),
+        Ok(Fork::Child) => child_main(&ctx, 0, Vec::new()),
         Ok(Fork::Parent(c)) => Tree { pids: vec![c], released: false },
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
             return Err(check_pid_free(root).err().unwrap_or(Error::PidTaken { pid: root }))
@@ -532,11 +566,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     drop(prep);
     let mut hosts =
         wait_tree_ready(status_r, procs.iter().filter(|p| !p.zombie).count() + plan.helpers().count(), root)?;
-    hosts.insert(root, root_host);
+    hosts.entry(root).or_default().0 = root_host;
     for z in procs.iter().filter(|p| p.zombie) {
-        hosts.entry(z.pid).or_insert(z.pid);
+        hosts.entry(z.pid).or_insert((z.pid, Vec::new()));
     }
-    let host = |pid: i32| hosts.get(&pid).copied().unwrap_or(pid);
+    let host = |pid: i32| hosts.get(&pid).map_or(pid, |h| h.0);
     tree.pids = plan.nodes.iter().map(|n| host(n.pid)).collect();
     tracing::debug!(elapsed = ?t0.elapsed(), "tree forked and ready");
     // Take every process over: each sits in read() on the hold pipe.
@@ -556,7 +590,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         let me = plan.nodes.iter().position(|n| n.role == Role::Image(i));
         let helpers: Vec<i32> =
             plan.helpers().filter(|h| h.creator.is_some() && h.creator == me).map(|h| h.pid).collect();
-        rebuilt.push((p, rebuild(p, host(p.pid), mem, &tr, has_zombies, &helpers)?));
+        let kept = hosts.get(&p.pid).map(|h| h.1.clone()).unwrap_or_default();
+        let shared = cow::for_tracer(&procs, &pages, i, kept)?;
+        rebuilt.push((p, rebuild(p, host(p.pid), mem, &shared, &tr, has_zombies, &helpers)?));
     }
     match pages_check.join() {
         Ok(r) => r?,

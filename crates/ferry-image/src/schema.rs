@@ -462,6 +462,13 @@ pub struct Vma {
     /// or several processes) are one object; its pages are stored once, with the first mapping.
     #[prost(uint64, tag = "13")]
     pub shmem_id: u64,
+    /// Private anonymous memory this process shares copy-on-write with its parent (whose image
+    /// has a mapping with the same bounds): a page not in `runs` holds the parent's content,
+    /// except in `cow_holes`, where this process has no page (reads zeros).
+    #[prost(bool, tag = "14")]
+    pub cow: bool,
+    #[prost(message, repeated, tag = "15")]
+    pub cow_holes: Vec<PageRange>,
     /// A SysV shared memory attachment (`/SYSV%08x`): restored with `shmat` of segment
     /// `sysv_shmid` (see `Process.sysv_shm`), not `mmap`.
     #[prost(bool, tag = "20")]
@@ -479,6 +486,15 @@ pub struct PageRun {
     pub nr_pages: u64,
     #[prost(uint64, tag = "3")]
     pub offset: u64,
+}
+
+/// `nr_pages` pages starting at `addr` (no data).
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct PageRange {
+    #[prost(uint64, tag = "1")]
+    pub addr: u64,
+    #[prost(uint64, tag = "2")]
+    pub nr_pages: u64,
 }
 
 /// One entry of the fd table: the number and which open file description it refers to.

@@ -250,3 +250,104 @@ pub fn read_once(fd: i32, buf: &mut [u8]) -> io::Result<usize> {
         Ok(r as usize)
     }
 }
+
+/// Private anonymous memory the calling process mapped at a fixed address for a program it is
+/// about to become (a restore child premapping memory its children will share copy-on-write).
+/// Rust code never holds a reference into it: it is only written through the kernel (`pread`,
+/// `madvise`). After `fork` each process owns its own copy of the value and of the mapping.
+#[derive(Debug)]
+pub struct RawRegion {
+    start: u64,
+    end: u64,
+}
+
+impl RawRegion {
+    /// Map `start..end` read+write (`MAP_FIXED_NOREPLACE`: fails with EEXIST if anything is
+    /// there), growing down like a stack if `grows_down`.
+    pub fn map(start: u64, end: u64, grows_down: bool) -> io::Result<RawRegion> {
+        let page = crate::process::page_size();
+        if start % page != 0 || end % page != 0 || end <= start {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let flags = libc::MAP_PRIVATE
+            | libc::MAP_ANONYMOUS
+            | libc::MAP_FIXED_NOREPLACE
+            | if grows_down { libc::MAP_GROWSDOWN } else { 0 };
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so no memory Rust
+        // uses is affected; the new range is only written through the kernel.
+        let p = unsafe {
+            libc::mmap(
+                start as *mut libc::c_void,
+                (end - start) as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        if p as u64 != start {
+            // An old kernel that ignored NOREPLACE: give the address back.
+            // SAFETY: the kernel just created this mapping for us; nothing references it.
+            unsafe { libc::munmap(p, (end - start) as usize) };
+            return Err(io::Error::from_raw_os_error(libc::EEXIST));
+        }
+        Ok(RawRegion { start, end })
+    }
+
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    fn check(&self, addr: u64, len: u64) -> io::Result<()> {
+        match addr.checked_add(len) {
+            Some(e) if addr >= self.start && e <= self.end => Ok(()),
+            _ => Err(io::Error::from_raw_os_error(libc::EFAULT)),
+        }
+    }
+
+    /// Fill `addr..addr+len` (inside the region) from `fd` at offset `off`; a file that ends
+    /// first is an error (UnexpectedEof).
+    pub fn read_from(&self, fd: i32, addr: u64, len: u64, off: u64) -> io::Result<()> {
+        self.check(addr, len)?;
+        let mut done = 0u64;
+        while done < len {
+            // SAFETY: the destination lies inside the region (checked), which this process
+            // mapped writable and no Rust reference points into.
+            let n = unsafe {
+                libc::pread64(fd, (addr + done) as *mut libc::c_void, (len - done) as usize, (off + done) as i64)
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+            }
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Drop the pages of `addr..addr+len` (inside the region): they read as zeros again.
+    pub fn zero(&self, addr: u64, len: u64) -> io::Result<()> {
+        self.check(addr, len)?;
+        // SAFETY: private anonymous memory of the region, referenced by no Rust code.
+        cvt_i(unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, libc::MADV_DONTNEED) }).map(drop)
+    }
+
+    /// Unmap the region.
+    pub fn unmap(self) -> io::Result<()> {
+        // SAFETY: the region is ours and nothing references it; `self` is consumed.
+        cvt_i(unsafe { libc::munmap(self.start as *mut libc::c_void, (self.end - self.start) as usize) }).map(drop)
+    }
+}

@@ -612,6 +612,7 @@ mod big {
     }
 }
 
+mod cow;
 mod inet;
 mod migrate;
 mod more;

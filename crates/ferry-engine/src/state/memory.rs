@@ -14,7 +14,7 @@ use crate::procfs;
 use ferry_image::{ImageWriter, Mm, PageRun, Process, Vma, VmaKind, PAGE_SIZE};
 use ferry_proc::MapEntry;
 use ferry_sys::consts::{nr, PR_SET_MM, PR_SET_MM_MAP};
-use ferry_sys::process::{page_is, pagemap_scan, vm_read, vm_write};
+use ferry_sys::process::{page_is, pagemap_scan, vm_read, vm_write, PageRegion};
 use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -185,6 +185,31 @@ fn is_zero(page: &[u8]) -> bool {
     page.chunks_exact(16).all(|c| u128::from_ne_bytes(c.try_into().unwrap_or([1; 16])) == 0)
 }
 
+/// `regions` minus the sorted, disjoint ranges `skip`.
+pub(crate) fn subtract(regions: Vec<PageRegion>, skip: &[(u64, u64)]) -> Vec<PageRegion> {
+    if skip.is_empty() {
+        return regions;
+    }
+    let mut out = Vec::with_capacity(regions.len());
+    for r in regions {
+        let mut cur = r.start;
+        let first = skip.partition_point(|s| s.1 <= r.start);
+        for s in &skip[first..] {
+            if s.0 >= r.end {
+                break;
+            }
+            if s.0 > cur {
+                out.push(PageRegion { start: cur, end: s.0, categories: r.categories });
+            }
+            cur = cur.max(s.1);
+        }
+        if cur < r.end {
+            out.push(PageRegion { start: cur, end: r.end, categories: r.categories });
+        }
+    }
+    out
+}
+
 /// Whether pages of this kind of mapping are stored in the image.
 fn stores_pages(kind: VmaKind) -> bool {
     matches!(kind, VmaKind::Anon | VmaKind::SharedAnon | VmaKind::FilePrivate)
@@ -219,6 +244,7 @@ pub fn dump_pages(
     mm: &mut Mm,
     img: &mut ImageWriter,
     shmem_done: &mut std::collections::HashSet<(u64, u64, u64)>,
+    sharing: &crate::state::cow::Dump,
 ) -> Result<u64, Error> {
     let name = ferry_image::pages_file(image_pid);
     let out = img.stream(&name)?;
@@ -229,7 +255,7 @@ pub fn dump_pages(
     let mem = std::fs::File::open(procfs::path(pid, "mem")).ctx(|| format!("pid {pid}: cannot open mem"))?;
     let mut jobs = Vec::new();
     let mut objects = Vec::new();
-    for (i, v) in mm.vmas.iter().enumerate() {
+    for (i, v) in mm.vmas.iter_mut().enumerate() {
         let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Invalid);
         if !stores_pages(kind) || v.sysv {
             continue; // (SysV segments: stored once each, see state/sysvshm.rs)
@@ -266,8 +292,9 @@ pub fn dump_pages(
             page_is::PRESENT | page_is::SWAPPED | page_is::FILE | page_is::PFNZERO,
         )
         .ctx(|| format!("pid {pid}: PAGEMAP_SCAN of {:#x}-{:#x}", v.start, v.end))?;
+        let regions = subtract(regions, &sharing.exclude); // pages the parent holds
         let regions = crate::precopy::without_skipped(pid, regions); // pages a pre-copy round sent
-        let readable = v.prot & libc::PROT_READ as u32 != 0;
+        let readable = v.prot & libc::PROT_READ as u32 != 0 && !sharing.via_mem.contains(&v.start);
         for r in regions {
             if r.categories & page_is::PFNZERO != 0 {
                 continue;
@@ -309,7 +336,9 @@ pub fn dump_pages(
     let vmas = &mut mm.vmas;
     let mut store = |job: &Job, buf: &[u8], out: &mut PageSink| -> Result<(), Error> {
         let v = &mut vmas[job.vma];
-        let skip_zero = v.kind != VmaKind::FilePrivate as i32;
+        // (Zeros of a private file mapping would come back as the file's bytes, those of a
+        // mapping shared with the parent as the parent's.)
+        let skip_zero = v.kind != VmaKind::FilePrivate as i32 && !v.cow;
         stored += store_chunk(v, &buf[..job.len], job.addr, skip_zero, out).map_err(werr)?;
         Ok(())
     };
@@ -715,7 +744,16 @@ fn special_kind(path: Option<&str>) -> Option<VmaKind> {
 }
 
 /// By the tracer: replace the child's address space (ferry's) with the image's.
-pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared) -> Result<(), Error> {
+///
+/// Mappings the process premapped itself while forking (memory shared copy-on-write with its
+/// children, `shared.kept`) stay as they are; only their protection and flags are set here.
+pub fn restore(
+    inj: &Injector,
+    tr: &Trampoline,
+    p: &Process,
+    prep: &Prepared,
+    shared: &crate::state::cow::Tracer<'_>,
+) -> Result<(), Error> {
     let pid = inj.pid();
     let mm =
         p.mm.as_ref()
@@ -738,10 +776,15 @@ pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared) ->
         park_at += len;
     }
     let reserve_end = tr.park + PARK_PAGES * PAGE_SIZE;
-    for (s, e) in [(0u64, tr.code), (reserve_end, TASK_SIZE)] {
-        if e > s {
-            inj.call(nr::MUNMAP, &[s, e - s]).ctx(|| format!("pid {pid}: cannot unmap {s:#x}-{e:#x}"))?;
+    let mut keep: Vec<(u64, u64)> = shared.kept.clone();
+    keep.push((tr.code, reserve_end));
+    keep.sort_unstable();
+    let mut s = 0u64;
+    for &(ks, ke) in keep.iter().chain([(TASK_SIZE, TASK_SIZE)].iter()) {
+        if ks > s {
+            inj.call(nr::MUNMAP, &[s, ks - s]).ctx(|| format!("pid {pid}: cannot unmap {s:#x}-{ks:#x}"))?;
         }
+        s = s.max(ke);
     }
     // 2. The vDSO family goes to its old addresses.
     for v in mm.vmas.iter() {
@@ -784,6 +827,12 @@ pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared) ->
         if v.vm_flags.iter().any(|f| f == "gd") {
             flags |= libc::MAP_GROWSDOWN as u64;
         }
+        if shared.is_kept(v) {
+            if prot != (libc::PROT_READ | libc::PROT_WRITE) as u64 {
+                reprotect.push(i); // premapped read+write
+            }
+            continue;
+        }
         if kind != VmaKind::SharedAnon
             && !v.runs.is_empty()
             && prot & (libc::PROT_READ | libc::PROT_WRITE) as u64 != (libc::PROT_READ | libc::PROT_WRITE) as u64
@@ -808,21 +857,11 @@ pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared) ->
     //    `preadv` calls, one copy from the page cache into its memory (like a plain read()),
     //    and ferry never maps or buffers them. Runs that follow each other in the file share a call.
     let mut segs: Vec<(u64, u64, u64)> = Vec::new(); // (addr, len, file offset)
-    for v in &mm.vmas {
-        if v.kind == VmaKind::SharedAnon as i32 {
-            continue; // already in its memfd
+    for (i, v) in mm.vmas.iter().enumerate() {
+        if v.kind == VmaKind::SharedAnon as i32 || shared.is_kept(v) || shared.chains.iter().any(|c| c.0 == i) {
+            continue; // already in its memfd, premapped, or built from its layers below
         }
-        for r in &v.runs {
-            let len = r.nr_pages * PAGE_SIZE;
-            if r.offset.checked_add(len).is_none_or(|e| e > prep.pages_len) || r.addr < v.start || r.addr + len > v.end
-            {
-                return Err(Error::Invalid {
-                    object: format!("pid {pid}"),
-                    what: format!("page run at {:#x} is out of bounds", r.addr),
-                });
-            }
-            segs.push((r.addr, len, r.offset));
-        }
+        segs.extend(run_segments(pid, v, prep.pages_len)?);
     }
     if !segs.is_empty() {
         let fd = prep.pages_fd.ok_or_else(|| Error::Invalid {
@@ -830,6 +869,22 @@ pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared) ->
             what: "page runs but no page file".into(),
         })?;
         read_pages(inj, tr.data, fd, &segs)?;
+    }
+    // Memory shared with the parent that could not be premapped: the parent's content (and its
+    // parent's ...), then this process's holes and pages.
+    for (_, layers) in &shared.chains {
+        for l in layers {
+            for h in l.holes {
+                inj.call(nr::MADVISE, &[h.addr, h.nr_pages * PAGE_SIZE, libc::MADV_DONTNEED as u64])
+                    .ctx(|| format!("pid {pid}: cannot drop pages at {:#x}", h.addr))?;
+            }
+            let segs = run_segments(pid, l.vma, l.pages.map_or(0, |p| p.1))?;
+            if let (false, Some((fd, _))) = (segs.is_empty(), l.pages) {
+                read_pages(inj, tr.data, fd, &segs)?;
+            } else if !segs.is_empty() {
+                return Err(Error::Invalid { object: format!("pid {pid}"), what: "page runs but no page file".into() });
+            }
+        }
     }
     // 5. Final protections and madvise flags.
     for i in reprotect {
@@ -884,6 +939,28 @@ pub fn restore(inj: &Injector, tr: &Trampoline, p: &Process, prep: &Prepared) ->
     inj.call(nr::PRCTL, &[PR_SET_MM as u64, PR_SET_MM_MAP, tr.data, 104, 0])
         .ctx(|| format!("pid {pid}: PR_SET_MM_MAP (brk {:#x}, exe {})", mm.brk, mm.exe_path))?;
     Ok(())
+}
+
+/// Whether page run `r` lies inside mapping `v` and inside a page file of `file_len` bytes.
+pub(crate) fn run_in_bounds(r: &PageRun, v: &Vma, file_len: u64) -> bool {
+    let len = r.nr_pages.saturating_mul(PAGE_SIZE);
+    r.offset.checked_add(len).is_some_and(|e| e <= file_len)
+        && r.addr >= v.start
+        && r.addr.checked_add(len).is_some_and(|e| e <= v.end)
+}
+
+/// The runs of `v` as (address, length, file offset), checked against the page file's length.
+fn run_segments(pid: i32, v: &Vma, file_len: u64) -> Result<Vec<(u64, u64, u64)>, Error> {
+    v.runs
+        .iter()
+        .map(|r| match run_in_bounds(r, v, file_len) {
+            true => Ok((r.addr, r.nr_pages * PAGE_SIZE, r.offset)),
+            false => Err(Error::Invalid {
+                object: format!("pid {pid}"),
+                what: format!("page run at {:#x} is out of bounds", r.addr),
+            }),
+        })
+        .collect()
 }
 
 /// Iovecs per injected `preadv` (one page of the trampoline's data area).

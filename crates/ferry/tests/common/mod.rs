@@ -209,6 +209,8 @@ pub struct Run {
     pub restore: Option<Child>,
     /// Labelled files shown in failure reports.
     logs: Vec<(String, PathBuf)>,
+    /// Environment variables for the ferry commands this run starts.
+    pub ferry_env: Vec<(&'static str, &'static str)>,
     /// Declared last: dropped (and removed) after the processes are killed.
     pub w: WorkDir,
 }
@@ -240,6 +242,7 @@ impl Run {
             pid,
             restore: None,
             logs: vec![("workload out.log".to_string(), log_path)],
+            ferry_env: Vec::new(),
             w,
         };
         let first = run.spec.ready_file;
@@ -346,6 +349,7 @@ impl Run {
         self.logs.push((format!("ferry {label} stderr ({})", args.join(" ")), err.clone()));
         let child = Command::new(ferry_bin())
             .args(args)
+            .envs(self.ferry_env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out_f)
             .stderr(err_f)
