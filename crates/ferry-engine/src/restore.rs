@@ -15,9 +15,9 @@
 
 use crate::error::{Ctx, Error};
 use crate::inject::{wait_stopped, Injector};
+use crate::state::cow::{self, Premapped};
 use crate::state::memory::{Trampoline, TRAMPOLINE_PAGES};
 use crate::state::session::{self, Role};
-use crate::state::cow::{self, Premapped};
 use crate::state::{cpu, creds, epoll, files, memory, pipes, rseq, signals, task, timers, tty};
 use ferry_image::{ImageReader, Process, PAGE_SIZE};
 use ferry_sys::consts::{nr, PTRACE_O_EXITKILL, PTRACE_O_TRACESYSGOOD};

@@ -266,7 +266,7 @@ impl RawRegion {
     /// there), growing down like a stack if `grows_down`.
     pub fn map(start: u64, end: u64, grows_down: bool) -> io::Result<RawRegion> {
         let page = crate::process::page_size();
-        if start % page != 0 || end % page != 0 || end <= start {
+        if !start.is_multiple_of(page) || !end.is_multiple_of(page) || end <= start {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
         let flags = libc::MAP_PRIVATE

@@ -80,7 +80,7 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
                 let kind = VmaKind::try_from(v.kind).map(|k| format!("{k:?}")).unwrap_or_default();
                 let stored: u64 = v.runs.iter().map(|r| r.nr_pages * 4096).sum();
                 out!(
-                    "    {:#014x}-{:#014x} {} {:>10} {:<11} stored {:>10}  {}{}",
+                    "    {:#014x}-{:#014x} {} {:>10} {:<11} stored {:>10}  {}{}{}",
                     v.start,
                     v.end,
                     prot(v.prot),
@@ -88,7 +88,8 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
                     kind,
                     size(stored),
                     v.path,
-                    if v.ghost.is_empty() { String::new() } else { format!(" (deleted, content in {})", v.ghost) }
+                    if v.ghost.is_empty() { String::new() } else { format!(" (deleted, content in {})", v.ghost) },
+                    if v.cow { " (the rest shared with the parent)" } else { "" }
                 );
             }
         }

@@ -22,8 +22,8 @@ use crate::error::{Ctx, Error};
 use crate::procfs;
 use ferry_image::{PageRange, Process, Vma, VmaKind, PAGE_SIZE};
 use ferry_sys::process::{page_is, pagemap_scan, PageRegion};
-use std::os::fd::AsFd;
 use ferry_sys::raw::RawRegion;
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 
 /// Pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
@@ -72,7 +72,8 @@ pub fn find(procs: &mut [Process], host: &[i32]) -> Result<Vec<Dump>, Error> {
             let (mine, theirs) = match &files {
                 Some(f) => f,
                 None => files.insert((
-                    std::fs::File::open(procfs::path(pid, "pagemap")).ctx(|| format!("pid {pid}: cannot open pagemap"))?,
+                    std::fs::File::open(procfs::path(pid, "pagemap"))
+                        .ctx(|| format!("pid {pid}: cannot open pagemap"))?,
                     std::fs::File::open(procfs::path(ppid, "pagemap"))
                         .ctx(|| format!("pid {ppid}: cannot open pagemap"))?,
                 )),
@@ -100,6 +101,8 @@ pub fn find(procs: &mut [Process], host: &[i32]) -> Result<Vec<Dump>, Error> {
     Ok(out)
 }
 
+type Ranges = Vec<(u64, u64)>;
+
 /// The pages of `v` that process `pid` shares with its parent `ppid` (same frame), and the
 /// holes: pages with no content here (absent, or the zero page) that the parent has.
 fn compare(
@@ -109,8 +112,8 @@ fn compare(
     theirs: &std::fs::File,
     v: &Vma,
     regions: &[PageRegion],
-) -> Result<(Vec<(u64, u64)>, Vec<PageRange>), Error> {
-    let mut shared: Vec<(u64, u64)> = Vec::new();
+) -> Result<(Ranges, Vec<PageRange>), Error> {
+    let mut shared: Ranges = Vec::new();
     let mut holes: Vec<PageRange> = Vec::new();
     let mut ri = 0; // regions are in address order: the first one not yet behind `addr`
     let mut at = v.start;
@@ -123,8 +126,7 @@ fn compare(
             while ri < regions.len() && regions[ri].end <= addr {
                 ri += 1;
             }
-            let content =
-                regions.get(ri).is_some_and(|r| r.start <= addr && r.categories & page_is::PFNZERO == 0);
+            let content = regions.get(ri).is_some_and(|r| r.start <= addr && r.categories & page_is::PFNZERO == 0);
             let (x, y) = (a[i], b[i]);
             let pfn = x & PM_PFN;
             if content && x & PM_PRESENT != 0 && y & PM_PRESENT != 0 && pfn != 0 && pfn == y & PM_PFN {
