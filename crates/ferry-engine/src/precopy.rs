@@ -29,6 +29,9 @@ struct Tracked {
     image_pid: i32,
     _uffd: OwnedFd,
     pagemap: std::fs::File,
+    /// /proc/PID/mem: read through it, not `process_vm_readv`, which would unshare pages the
+    /// process shares copy-on-write with its parent or children (see state/cow.rs).
+    mem: std::fs::File,
     /// Registered ranges still scanned.
     ranges: Vec<(u64, u64)>,
     /// Pages sent in some round.
@@ -147,7 +150,8 @@ impl Tracker {
                     let mut addr = rs;
                     while addr < re {
                         let len = ((re - addr) as usize).min(CHUNK);
-                        let got = ferry_sys::process::vm_read(pid, addr, &mut buf[..len]).unwrap_or_default();
+                        let got =
+                            std::os::unix::fs::FileExt::read_at(&t.mem, &mut buf[..len], addr).unwrap_or_default();
                         if got == 0 {
                             break; // unmapped meanwhile: not sent, so never left out
                         }
@@ -259,5 +263,14 @@ fn track(root: i32, pid: i32) -> Result<Tracked, Error> {
     })?;
     let pagemap =
         std::fs::File::open(procfs::path(pid, "pagemap")).ctx(|| format!("pid {pid}: cannot open pagemap"))?;
-    Ok(Tracked { host_pid: pid, image_pid: image_pid(root, pid), _uffd: uffd, pagemap, ranges, sent: HashSet::new() })
+    let mem = std::fs::File::open(procfs::path(pid, "mem")).ctx(|| format!("pid {pid}: cannot open mem"))?;
+    Ok(Tracked {
+        host_pid: pid,
+        image_pid: image_pid(root, pid),
+        _uffd: uffd,
+        pagemap,
+        mem,
+        ranges,
+        sent: HashSet::new(),
+    })
 }

@@ -101,3 +101,22 @@ fn cow_built_by_the_tracer_when_not_premapped() {
     run.ferry_env.push(("FERRY_COW_PREMAP", "0"));
     run.restore_and_verify("ferry restore (tracer-built shared memory)");
 }
+
+/// `dump -R` reads the tree's memory without unsharing it (process_vm_readv would: the kernel
+/// copies a page that may be shared before pinning it), so the tree that runs on uses the
+/// memory it used before, and carries on correctly.
+#[test]
+fn cow_dump_leave_running_keeps_sharing() {
+    let mut run = Run::start(&cow("32"));
+    let (_, pss_before) = tree_kib(run.pid, "Pss:");
+    run.dump_ok(&["-R"]);
+    let (n, pss_after) = tree_kib(run.pid, "Pss:");
+    assert_eq!(n, 3, "the tree should still be three processes");
+    assert!(
+        pss_after < pss_before + pss_before / 10 + 2048,
+        "dumping unshared the tree's pages: PSS {pss_before} KiB before, {pss_after} KiB after"
+    );
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the tree after dump -R");
+}
