@@ -739,6 +739,12 @@ pub struct UnixSocket {
     pub rcvtimeo_us: u64,
     #[prost(uint64, tag = "24")]
     pub sndtimeo_us: u64,
+    /// A classic BPF filter (`SO_ATTACH_FILTER`): `struct sock_filter` entries; locked with
+    /// `SO_LOCK_FILTER` if `filter_locked`.
+    #[prost(bytes = "vec", tag = "25")]
+    pub filter: Vec<u8>,
+    #[prost(bool, tag = "26")]
+    pub filter_locked: bool,
 }
 
 /// One queued message of a unix socket.
@@ -827,6 +833,11 @@ pub struct InetSocket {
     /// An established TCP connection saved with `dump --tcp-established` (TCP_REPAIR).
     #[prost(message, optional, tag = "11")]
     pub repair: Option<TcpRepair>,
+    /// A classic BPF filter, as in `UnixSocket`.
+    #[prost(bytes = "vec", tag = "12")]
+    pub filter: Vec<u8>,
+    #[prost(bool, tag = "13")]
+    pub filter_locked: bool,
 }
 
 /// What TCP_REPAIR needs to put an established connection back: sequence numbers, the data

@@ -28,50 +28,6 @@ pub fn socket_owned_by(domain: i32, ty: i32, protocol: i32, uid: u32) -> io::Res
     r
 }
 
-/// `getsockopt(2)` — the option's raw value (at most `cap` bytes, as long as the kernel says).
-pub fn getsockopt_raw(fd: BorrowedFd<'_>, level: i32, name: i32, cap: usize) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; cap];
-    let mut len = cap as libc::socklen_t;
-    // SAFETY: `buf` is valid for writes of `len` bytes and `len` is a valid in/out pointer.
-    cvt_i(unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, buf.as_mut_ptr().cast(), &mut len) })?;
-    buf.truncate((len as usize).min(cap));
-    Ok(buf)
-}
-
-/// `getsockopt(2)` with an empty buffer — the length the kernel reports (for SO_GET_FILTER:
-/// the number of instructions of the attached classic BPF filter).
-pub fn getsockopt_len(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<usize> {
-    let mut len: libc::socklen_t = 0;
-    // SAFETY: a zero-length buffer: the kernel writes nothing to the (dangling, never read)
-    // pointer and only updates `len`.
-    cvt_i(unsafe {
-        libc::getsockopt(fd.as_raw_fd(), level, name, std::ptr::NonNull::<u8>::dangling().as_ptr().cast(), &mut len)
-    })?;
-    Ok(len as usize)
-}
-
-/// `getsockopt(2)` of an `int` option.
-pub fn getsockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i32> {
-    let v = getsockopt_raw(fd, level, name, 4)?;
-    let mut b = [0u8; 4];
-    b[..v.len().min(4)].copy_from_slice(&v[..v.len().min(4)]);
-    Ok(i32::from_ne_bytes(b))
-}
-
-/// `setsockopt(2)` with a raw value.
-pub fn setsockopt_raw(fd: BorrowedFd<'_>, level: i32, name: i32, value: &[u8]) -> io::Result<()> {
-    // SAFETY: `value` is valid for reads of its length.
-    cvt_i(unsafe {
-        libc::setsockopt(fd.as_raw_fd(), level, name, value.as_ptr().cast(), value.len() as libc::socklen_t)
-    })
-    .map(drop)
-}
-
-/// `setsockopt(2)` of an `int` option.
-pub fn setsockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32, value: i32) -> io::Result<()> {
-    setsockopt_raw(fd, level, name, &value.to_ne_bytes())
-}
-
 fn from_storage(st: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match st.ss_family as i32 {
         libc::AF_INET => {

@@ -18,6 +18,7 @@ pub mod objects;
 pub mod process;
 pub mod ptrace;
 pub mod raw;
+pub mod sockopt;
 pub mod tty;
 pub mod uffd;
 pub mod unixsock;

@@ -84,42 +84,6 @@ pub fn shutdown(fd: BorrowedFd<'_>, how: i32) -> io::Result<()> {
     cvt_i(unsafe { libc::shutdown(fd.as_raw_fd(), how) }).map(drop)
 }
 
-/// `getsockopt(2)` of an `int` option.
-pub fn get_int(fd: BorrowedFd<'_>, level: i32, opt: i32) -> io::Result<i32> {
-    let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: v and len are valid out-pointers of the sizes given.
-    cvt_i(unsafe { libc::getsockopt(fd.as_raw_fd(), level, opt, (&mut v as *mut libc::c_int).cast(), &mut len) })?;
-    Ok(v)
-}
-
-/// `setsockopt(2)` of an `int` option.
-pub fn set_int(fd: BorrowedFd<'_>, level: i32, opt: i32, v: i32) -> io::Result<()> {
-    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: v is a valid int of `len` bytes.
-    cvt_i(unsafe { libc::setsockopt(fd.as_raw_fd(), level, opt, (&v as *const libc::c_int).cast(), len) }).map(drop)
-}
-
-/// `getsockopt(2)` of a `struct timeval` option (`SO_RCVTIMEO`, `SO_SNDTIMEO`), in microseconds.
-pub fn get_timeout_us(fd: BorrowedFd<'_>, opt: i32) -> io::Result<u64> {
-    let mut tv = libc::timeval { tv_sec: 0, tv_usec: 0 };
-    let mut len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
-    // SAFETY: tv and len are valid out-pointers of the sizes given.
-    cvt_i(unsafe {
-        libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, opt, (&mut tv as *mut libc::timeval).cast(), &mut len)
-    })?;
-    Ok(tv.tv_sec as u64 * 1_000_000 + tv.tv_usec as u64)
-}
-
-/// `setsockopt(2)` of a `struct timeval` option, from microseconds.
-pub fn set_timeout_us(fd: BorrowedFd<'_>, opt: i32, us: u64) -> io::Result<()> {
-    let tv = libc::timeval { tv_sec: (us / 1_000_000) as libc::time_t, tv_usec: (us % 1_000_000) as libc::suseconds_t };
-    let len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
-    // SAFETY: tv is a valid timeval of `len` bytes.
-    cvt_i(unsafe { libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, opt, (&tv as *const libc::timeval).cast(), len) })
-        .map(drop)
-}
-
 /// `getsockname(2)` (or `getpeername(2)` with `peer`): the raw `sun_path` bytes of the address.
 pub fn name(fd: BorrowedFd<'_>, peer: bool) -> io::Result<Vec<u8>> {
     // SAFETY: sockaddr_un is plain integers; all-zero is valid.

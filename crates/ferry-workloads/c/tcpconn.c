@@ -10,12 +10,15 @@
  *              ENOTCONN, write with EPIPE), L's queue is empty, and L accepts and serves a new
  *              connection.
  *   udpqueued: a bound UDP socket with one unread datagram. After go it still reads it.
- *   filter:    a bound UDP socket with a classic BPF filter attached. After go the filter is
- *              still there.
+ *   filter:    a UDP socket with a locked classic BPF filter, and a unix datagram socketpair
+ *              whose receiving end has a filter that cuts messages to 3 bytes. After go both
+ *              filters are there, unchanged, the first still locked, the second still cutting.
+ *   ebpf:      a UDP socket with an eBPF filter (SO_ATTACH_BPF): dump must refuse it.
  */
 #include "common.h"
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <linux/bpf.h>
 #include <linux/filter.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -60,16 +63,62 @@ int main(int argc, char **argv)
 	const char *mode = argc > 2 ? argv[2] : "intact";
 
 	if (strcmp(mode, "filter") == 0) {
+		/* UDP: pass everything (locked); unix datagram pair: cut messages to 3 bytes. */
 		int u = socket(AF_INET, SOCK_DGRAM, 0);
 		SETUP(u);
-		struct sock_filter code[] = { BPF_STMT(BPF_RET | BPF_K, 0xffff) };
-		struct sock_fprog prog = { .len = 1, .filter = code };
+		struct sock_filter pass[] = { BPF_STMT(BPF_LD | BPF_W | BPF_LEN, 0), BPF_STMT(BPF_RET | BPF_K, 0xffff) };
+		struct sock_fprog prog = { .len = 2, .filter = pass };
 		SETUP(setsockopt(u, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog));
+		int one = 1;
+		SETUP(setsockopt(u, SOL_SOCKET, SO_LOCK_FILTER, &one, sizeof one));
+		int sp[2];
+		SETUP(socketpair(AF_UNIX, SOCK_DGRAM, 0, sp));
+		struct sock_filter cut[] = { BPF_STMT(BPF_RET | BPF_K, 3) };
+		struct sock_fprog prog2 = { .len = 1, .filter = cut };
+		SETUP(setsockopt(sp[1], SOL_SOCKET, SO_ATTACH_FILTER, &prog2, sizeof prog2));
 		signal_ready();
 		wait_go();
-		socklen_t len = 0;
-		CHECK(getsockopt(u, SOL_SOCKET, SO_GET_FILTER, NULL, &len) == 0 && len == 1, "the filter is gone (%u)",
-		      len);
+		struct sock_filter got[4];
+		socklen_t len = 4;
+		CHECK(getsockopt(u, SOL_SOCKET, SO_GET_FILTER, got, &len) == 0 && len == 2 &&
+			      memcmp(got, pass, sizeof pass) == 0,
+		      "the UDP socket's filter is gone or changed (%u instructions)", len);
+		int locked = 0;
+		socklen_t il = sizeof locked;
+		CHECK(getsockopt(u, SOL_SOCKET, SO_LOCK_FILTER, &locked, &il) == 0 && locked == 1, "the filter is not locked");
+		int zero = 0;
+		CHECK(setsockopt(u, SOL_SOCKET, SO_DETACH_FILTER, &zero, sizeof zero) < 0 && errno == EPERM,
+		      "a locked filter could be detached (%s)", strerror(errno));
+		len = 4;
+		CHECK(getsockopt(sp[1], SOL_SOCKET, SO_GET_FILTER, got, &len) == 0 && len == 1 &&
+			      memcmp(got, cut, sizeof cut) == 0,
+		      "the unix socket's filter is gone or changed (%u instructions)", len);
+		CHECK(send(sp[0], "hello", 5, 0) == 5, "send: %s", strerror(errno));
+		char b[8];
+		ssize_t n = recv(sp[1], b, sizeof b, MSG_DONTWAIT);
+		CHECK(n == 3 && memcmp(b, "hel", 3) == 0, "the unix filter did not cut the message (%zd bytes)", n);
+		finish();
+	}
+	if (strcmp(mode, "ebpf") == 0) {
+		/* An eBPF socket filter (r0 = 0xffff; exit), which cannot be read back. */
+		struct bpf_insn insns[] = {
+			{ .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_0, .imm = 0xffff },
+			{ .code = BPF_JMP | BPF_EXIT },
+		};
+		union bpf_attr attr;
+		memset(&attr, 0, sizeof attr);
+		attr.prog_type = BPF_PROG_TYPE_SOCKET_FILTER;
+		attr.insn_cnt = 2;
+		attr.insns = (uint64_t)(uintptr_t)insns;
+		attr.license = (uint64_t)(uintptr_t)"GPL";
+		int pfd = (int)syscall(SYS_bpf, BPF_PROG_LOAD, &attr, sizeof attr);
+		SETUP(pfd);
+		int u = socket(AF_INET, SOCK_DGRAM, 0);
+		SETUP(u);
+		SETUP(setsockopt(u, SOL_SOCKET, SO_ATTACH_BPF, &pfd, sizeof pfd));
+		close(pfd);
+		signal_ready();
+		wait_go();
 		finish();
 	}
 	if (strcmp(mode, "udpqueued") == 0) {

@@ -26,7 +26,7 @@
 //! clients see a reset). Datagrams queued on a UDP socket are refused: their source
 //! addresses cannot be put back (a datagram re-sent by ferry would come from ferry's
 //! address), so ferry asks to dump again when the queue is empty rather than alter them.
-//! Sockets with a BPF filter are refused too.
+//! Classic BPF filters are kept (state/sockfilter.rs); sockets with an eBPF one are refused.
 //!
 //! Not carried (the kernel offers no way to read them per socket): multicast group
 //! memberships (IP_ADD_MEMBERSHIP and friends) and half-open connections (SYN_RECV) of a
@@ -38,6 +38,7 @@ use crate::state::tcp_repair;
 use ferry_image::{File, InetSocket, SockOpt};
 use ferry_sys::inet as net;
 use ferry_sys::process::{pidfd_getfd, pidfd_open};
+use ferry_sys::sockopt;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
@@ -155,7 +156,7 @@ fn connection_only(level: i32, name: i32) -> bool {
 
 /// (state, accept queue length, listen backlog) from TCP_INFO.
 fn tcp_info(sock: BorrowedFd<'_>) -> std::io::Result<(u32, u32, u32)> {
-    let b = net::getsockopt_raw(sock, libc::IPPROTO_TCP, libc::TCP_INFO, 104)?;
+    let b = sockopt::get_raw(sock, libc::IPPROTO_TCP, libc::TCP_INFO, 104)?;
     if b.len() < 32 {
         return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
     }
@@ -204,12 +205,12 @@ pub fn collect(pid: i32, fd: i32, link: &str, policy: &mut Connections, f: &mut 
     let pidfd = pidfd_open(pid).ctx(|| format!("pid {pid}: pidfd_open"))?;
     let owned = pidfd_getfd(pidfd.as_fd(), fd).ctx(|| format!("{}: cannot take a copy with pidfd_getfd", obj()))?;
     let sock = owned.as_fd();
-    let family = net::getsockopt_int(sock, libc::SOL_SOCKET, libc::SO_DOMAIN).ctx(obj)?;
+    let family = sockopt::get_int(sock, libc::SOL_SOCKET, libc::SO_DOMAIN).ctx(obj)?;
     if family != libc::AF_INET && family != libc::AF_INET6 {
         return Ok(false);
     }
-    let sock_type = net::getsockopt_int(sock, libc::SOL_SOCKET, libc::SO_TYPE).ctx(obj)?;
-    let protocol = net::getsockopt_int(sock, libc::SOL_SOCKET, libc::SO_PROTOCOL).ctx(obj)?;
+    let sock_type = sockopt::get_int(sock, libc::SOL_SOCKET, libc::SO_TYPE).ctx(obj)?;
+    let protocol = sockopt::get_int(sock, libc::SOL_SOCKET, libc::SO_PROTOCOL).ctx(obj)?;
     let unsupported = |what: String| Error::Unsupported { pid, what: format!("fd {fd}: {what}") };
     let fam = if family == libc::AF_INET { "AF_INET" } else { "AF_INET6" };
     let tcp = sock_type == libc::SOCK_STREAM && protocol == libc::IPPROTO_TCP;
@@ -238,8 +239,7 @@ pub fn collect(pid: i32, fd: i32, link: &str, policy: &mut Connections, f: &mut 
         }
     } else {
         s.state = if peer.is_some() { TCP_ESTABLISHED } else { TCP_CLOSE };
-        let mem =
-            net::getsockopt_raw(sock, libc::SOL_SOCKET, SO_MEMINFO, 64).ctx(|| format!("{}: SO_MEMINFO", obj()))?;
+        let mem = sockopt::get_raw(sock, libc::SOL_SOCKET, SO_MEMINFO, 64).ctx(|| format!("{}: SO_MEMINFO", obj()))?;
         let rmem = mem.get(..4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(0);
         let next = net::inq(sock).ctx(|| format!("{}: SIOCINQ", obj()))?;
         if rmem > 0 || next > 0 {
@@ -249,14 +249,8 @@ pub fn collect(pid: i32, fd: i32, link: &str, policy: &mut Connections, f: &mut 
             )));
         }
     }
-    // A BPF filter cannot be read back in full (an eBPF one not at all): refuse rather than
-    // drop it. SO_GET_FILTER with no buffer answers the classic filter's length.
-    match net::getsockopt_len(sock, libc::SOL_SOCKET, libc::SO_GET_FILTER) {
-        Ok(0) => {}
-        Ok(_) | Err(_) => {
-            return Err(unsupported(format!("{} with a socket filter (SO_ATTACH_FILTER/SO_ATTACH_BPF)", describe(&s))))
-        }
-    }
+    (s.filter, s.filter_locked) =
+        crate::state::sockfilter::collect(sock).map_err(|what| unsupported(format!("{} with {what}", describe(&s))))?;
     let connection = tcp && s.state != TCP_LISTEN && s.state != TCP_CLOSE;
     let repair = connection && s.state == TCP_ESTABLISHED && policy.established;
     if connection && !tcp_close && !repair {
@@ -298,13 +292,13 @@ fn changed_opts(sock: BorrowedFd<'_>, s: &InetSocket) -> Result<Vec<SockOpt>, Er
     let mut out = Vec::new();
     // Buffer sizes matter only when the program set them (the kernel locks them then, and
     // autotunes them otherwise); the kernel reports twice the size asked for.
-    let locks = net::getsockopt_int(sock, libc::SOL_SOCKET, SO_BUF_LOCK).unwrap_or(0);
+    let locks = sockopt::get_int(sock, libc::SOL_SOCKET, SO_BUF_LOCK).unwrap_or(0);
     for (lock, get, force, what) in [
         (SOCK_SNDBUF_LOCK, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, "SO_SNDBUF"),
         (SOCK_RCVBUF_LOCK, libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, "SO_RCVBUF"),
     ] {
         if locks & lock != 0 {
-            let v = net::getsockopt_int(sock, libc::SOL_SOCKET, get).ctx(|| format!("getsockopt {what}"))?;
+            let v = sockopt::get_int(sock, libc::SOL_SOCKET, get).ctx(|| format!("getsockopt {what}"))?;
             out.push(SockOpt {
                 level: libc::SOL_SOCKET,
                 name: force,
@@ -331,13 +325,13 @@ fn changed_opts(sock: BorrowedFd<'_>, s: &InetSocket) -> Result<Vec<SockOpt>, Er
         if !applies || (s.closed && connection_only(level, name)) {
             continue;
         }
-        let theirs = match net::getsockopt_raw(sock, level, name, 64) {
+        let theirs = match sockopt::get_raw(sock, level, name, 64) {
             Ok(v) => v,
             // Not known to this kernel (or not for this socket): nothing to carry.
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOPROTOOPT) | Some(libc::EOPNOTSUPP)) => continue,
             Err(e) => return Err(Error::Sys { object: format!("getsockopt {what}"), source: e }),
         };
-        let ours = net::getsockopt_raw(fresh.as_fd(), level, name, 64).unwrap_or_default();
+        let ours = sockopt::get_raw(fresh.as_fd(), level, name, 64).unwrap_or_default();
         if theirs != ours {
             out.push(SockOpt { level, name, value: theirs, what: what.into() });
         }
@@ -359,7 +353,7 @@ pub fn prepare(obj: &str, f: &File) -> Result<OwnedFd, Error> {
         if s.repair.is_some() && (o.level, o.name) == (libc::IPPROTO_TCP, libc::TCP_MAXSEG) {
             continue;
         }
-        match net::setsockopt_raw(sock.as_fd(), o.level, o.name, &o.value) {
+        match sockopt::set_raw(sock.as_fd(), o.level, o.name, &o.value) {
             Ok(()) => {}
             // A dropped connection is only a placeholder: an option it cannot take is no loss.
             Err(e) if s.closed => tracing::debug!(socket = obj, opt = %o.what, error = %e, "option not restored"),
@@ -371,6 +365,8 @@ pub fn prepare(obj: &str, f: &File) -> Result<OwnedFd, Error> {
             Err(e) => return Err(Error::Sys { object: format!("{obj}: cannot set {}", o.what), source: e }),
         }
     }
+    crate::state::sockfilter::restore(sock.as_fd(), &s.filter, s.filter_locked)
+        .ctx(|| format!("{obj}: cannot attach its socket filter"))?;
     if let Some(r) = &s.repair {
         tcp_repair::prepare_before_bind(obj, sock.as_fd(), r)?;
     }

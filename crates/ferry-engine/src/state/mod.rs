@@ -25,6 +25,7 @@ pub mod rseq;
 pub mod session;
 pub mod signalfd;
 pub mod signals;
+pub mod sockfilter;
 pub mod sysvshm;
 pub mod task;
 pub mod tcp_repair;

@@ -15,6 +15,7 @@ use crate::error::{Ctx, Error};
 use crate::state::inet::SO_BUF_LOCK;
 use ferry_image::TcpRepair;
 use ferry_sys::inet as net;
+use ferry_sys::sockopt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 const TCP_MAXSEG: i32 = 2;
@@ -48,7 +49,7 @@ impl Drop for Repaired {
     fn drop(&mut self) {
         if !self.keep {
             for s in &self.socks {
-                if let Err(e) = net::setsockopt_int(s.as_fd(), libc::IPPROTO_TCP, TCP_REPAIR, 0) {
+                if let Err(e) = sockopt::set_int(s.as_fd(), libc::IPPROTO_TCP, TCP_REPAIR, 0) {
                     tracing::error!(error = %e, "cannot switch a TCP connection back from repair mode");
                 }
             }
@@ -57,8 +58,8 @@ impl Drop for Repaired {
 }
 
 fn queue(sock: BorrowedFd<'_>, which: i32, len: usize) -> std::io::Result<(u32, Vec<u8>)> {
-    net::setsockopt_int(sock, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, which)?;
-    let seq = net::getsockopt_int(sock, libc::IPPROTO_TCP, TCP_QUEUE_SEQ)? as u32;
+    sockopt::set_int(sock, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, which)?;
+    let seq = sockopt::get_int(sock, libc::IPPROTO_TCP, TCP_QUEUE_SEQ)? as u32;
     let mut data = vec![0u8; len];
     let n = if len == 0 { 0 } else { net::recv(sock, &mut data, libc::MSG_PEEK | libc::MSG_DONTWAIT)? };
     data.truncate(n);
@@ -73,7 +74,7 @@ pub fn collect(obj: &str, sock: OwnedFd, repaired: &mut Repaired) -> Result<TcpR
     // Sizes first: in repair mode SIOCOUTQ still answers, but take them before anything moves.
     let inq = net::inq(s).ctx(|| ctx("SIOCINQ"))? as usize;
     let outq = net::outq(s).ctx(|| ctx("SIOCOUTQ"))? as usize;
-    net::setsockopt_int(s, libc::IPPROTO_TCP, TCP_REPAIR, 1)
+    sockopt::set_int(s, libc::IPPROTO_TCP, TCP_REPAIR, 1)
         .ctx(|| ctx("cannot switch to TCP_REPAIR mode (needs CAP_NET_ADMIN)"))?;
     let s = {
         repaired.socks.push(sock);
@@ -83,13 +84,13 @@ pub fn collect(obj: &str, sock: OwnedFd, repaired: &mut Repaired) -> Result<TcpR
             .map(|o| o.as_fd())
             .ok_or_else(|| Error::Invalid { object: obj.into(), what: "lost socket".into() })?
     };
-    let info = net::getsockopt_raw(s, libc::IPPROTO_TCP, TCP_INFO, 104).ctx(|| ctx("TCP_INFO"))?;
+    let info = sockopt::get_raw(s, libc::IPPROTO_TCP, TCP_INFO, 104).ctx(|| ctx("TCP_INFO"))?;
     let byte = |i: usize| info.get(i).copied().unwrap_or(0) as u32;
     let (recv_seq, recv_queue) = queue(s, TCP_RECV_QUEUE, inq).ctx(|| ctx("cannot read the receive queue"))?;
     let (send_seq, send_queue) = queue(s, TCP_SEND_QUEUE, outq).ctx(|| ctx("cannot read the send queue"))?;
-    let window = net::getsockopt_raw(s, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, 20).ctx(|| ctx("TCP_REPAIR_WINDOW"))?;
-    let timestamp = net::getsockopt_int(s, libc::IPPROTO_TCP, TCP_TIMESTAMP).ctx(|| ctx("TCP_TIMESTAMP"))? as u32;
-    let mss = net::getsockopt_int(s, libc::IPPROTO_TCP, TCP_MAXSEG).ctx(|| ctx("TCP_MAXSEG"))? as u32;
+    let window = sockopt::get_raw(s, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, 20).ctx(|| ctx("TCP_REPAIR_WINDOW"))?;
+    let timestamp = sockopt::get_int(s, libc::IPPROTO_TCP, TCP_TIMESTAMP).ctx(|| ctx("TCP_TIMESTAMP"))? as u32;
+    let mss = sockopt::get_int(s, libc::IPPROTO_TCP, TCP_MAXSEG).ctx(|| ctx("TCP_MAXSEG"))? as u32;
     if recv_queue.len() != inq || send_queue.len() != outq {
         return Err(Error::Invalid {
             object: obj.into(),
@@ -125,19 +126,19 @@ fn fill(sock: BorrowedFd<'_>, which: i32, data: &[u8]) -> std::io::Result<()> {
     } else {
         (libc::SO_RCVBUF, libc::SO_RCVBUFFORCE)
     };
-    let locks = net::getsockopt_int(sock, libc::SOL_SOCKET, SO_BUF_LOCK).ok();
-    let have = net::getsockopt_int(sock, libc::SOL_SOCKET, get)? as usize;
+    let locks = sockopt::get_int(sock, libc::SOL_SOCKET, SO_BUF_LOCK).ok();
+    let have = sockopt::get_int(sock, libc::SOL_SOCKET, get)? as usize;
     if have < 2 * data.len() + (1 << 20) {
-        net::setsockopt_int(sock, libc::SOL_SOCKET, force, (2 * data.len() + (1 << 20)) as i32)?;
+        sockopt::set_int(sock, libc::SOL_SOCKET, force, (2 * data.len() + (1 << 20)) as i32)?;
     }
-    net::setsockopt_int(sock, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, which)?;
+    sockopt::set_int(sock, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, which)?;
     let mut off = 0;
     while off < data.len() {
         let end = (off + 32 * 1024).min(data.len());
         off += net::send(sock, &data[off..end], libc::MSG_DONTWAIT)?;
     }
     if let Some(l) = locks {
-        let _ = net::setsockopt_int(sock, libc::SOL_SOCKET, SO_BUF_LOCK, l);
+        let _ = sockopt::set_int(sock, libc::SOL_SOCKET, SO_BUF_LOCK, l);
     }
     Ok(())
 }
@@ -145,13 +146,13 @@ fn fill(sock: BorrowedFd<'_>, which: i32, data: &[u8]) -> std::io::Result<()> {
 /// Before bind: repair mode and the sequence numbers of the first queued byte of each queue.
 pub fn prepare_before_bind(obj: &str, sock: BorrowedFd<'_>, r: &TcpRepair) -> Result<(), Error> {
     let ctx = |what: &str| format!("{obj}: {what}");
-    net::setsockopt_int(sock, libc::IPPROTO_TCP, TCP_REPAIR, 1)
+    sockopt::set_int(sock, libc::IPPROTO_TCP, TCP_REPAIR, 1)
         .ctx(|| ctx("cannot switch to TCP_REPAIR mode (needs CAP_NET_ADMIN)"))?;
     for (which, seq, len) in
         [(TCP_RECV_QUEUE, r.recv_seq, r.recv_queue.len()), (TCP_SEND_QUEUE, r.send_seq, r.send_queue.len())]
     {
-        net::setsockopt_int(sock, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, which).ctx(|| ctx("TCP_REPAIR_QUEUE"))?;
-        net::setsockopt_int(sock, libc::IPPROTO_TCP, TCP_QUEUE_SEQ, seq.wrapping_sub(len as u32) as i32)
+        sockopt::set_int(sock, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, which).ctx(|| ctx("TCP_REPAIR_QUEUE"))?;
+        sockopt::set_int(sock, libc::IPPROTO_TCP, TCP_QUEUE_SEQ, seq.wrapping_sub(len as u32) as i32)
             .ctx(|| ctx("TCP_QUEUE_SEQ"))?;
     }
     Ok(())
@@ -172,14 +173,14 @@ pub fn finish_after_connect(obj: &str, sock: BorrowedFd<'_>, r: &TcpRepair) -> R
         opts.push((TCPOPT_TIMESTAMP, 0));
     }
     let raw: Vec<u8> = opts.iter().flat_map(|(c, v)| c.to_ne_bytes().into_iter().chain(v.to_ne_bytes())).collect();
-    net::setsockopt_raw(sock, libc::IPPROTO_TCP, TCP_REPAIR_OPTIONS, &raw).ctx(|| ctx("TCP_REPAIR_OPTIONS"))?;
+    sockopt::set_raw(sock, libc::IPPROTO_TCP, TCP_REPAIR_OPTIONS, &raw).ctx(|| ctx("TCP_REPAIR_OPTIONS"))?;
     if r.options & TCPI_OPT_TIMESTAMPS != 0 {
-        net::setsockopt_int(sock, libc::IPPROTO_TCP, TCP_TIMESTAMP, r.timestamp as i32).ctx(|| ctx("TCP_TIMESTAMP"))?;
+        sockopt::set_int(sock, libc::IPPROTO_TCP, TCP_TIMESTAMP, r.timestamp as i32).ctx(|| ctx("TCP_TIMESTAMP"))?;
     }
     fill(sock, TCP_SEND_QUEUE, &r.send_queue).ctx(|| ctx("cannot refill the send queue"))?;
     fill(sock, TCP_RECV_QUEUE, &r.recv_queue).ctx(|| ctx("cannot refill the receive queue"))?;
     if r.window.len() == 20 {
-        net::setsockopt_raw(sock, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, &r.window).ctx(|| ctx("TCP_REPAIR_WINDOW"))?;
+        sockopt::set_raw(sock, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, &r.window).ctx(|| ctx("TCP_REPAIR_WINDOW"))?;
     }
     Ok(())
 }

@@ -20,6 +20,7 @@
 
 use crate::error::{Ctx, Error};
 use ferry_image::{File, FileKind, Process, UnixMessage, UnixSocket};
+use ferry_sys::sockopt;
 use ferry_sys::unixsock as us;
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -228,18 +229,20 @@ pub fn collect(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -
     let copy = ferry_sys::process::pidfd_getfd(pidfd.as_fd(), fd).ctx(|| format!("pid {pid} fd {fd}: pidfd_getfd"))?;
     let obj = || format!("pid {pid} fd {fd} (unix socket:[{ino}])");
     let c = copy.as_fd();
-    u.passcred = us::get_int(c, libc::SOL_SOCKET, libc::SO_PASSCRED).ctx(obj)? != 0;
-    u.rcvbuf = us::get_int(c, libc::SOL_SOCKET, libc::SO_RCVBUF).ctx(obj)? as u32;
-    u.sndbuf = us::get_int(c, libc::SOL_SOCKET, libc::SO_SNDBUF).ctx(obj)? as u32;
-    u.rcvtimeo_us = us::get_timeout_us(c, libc::SO_RCVTIMEO).ctx(obj)?;
-    u.sndtimeo_us = us::get_timeout_us(c, libc::SO_SNDTIMEO).ctx(obj)?;
+    u.passcred = sockopt::get_int(c, libc::SOL_SOCKET, libc::SO_PASSCRED).ctx(obj)? != 0;
+    u.rcvbuf = sockopt::get_int(c, libc::SOL_SOCKET, libc::SO_RCVBUF).ctx(obj)? as u32;
+    u.sndbuf = sockopt::get_int(c, libc::SOL_SOCKET, libc::SO_SNDBUF).ctx(obj)? as u32;
+    u.rcvtimeo_us = sockopt::get_timeout_us(c, libc::SO_RCVTIMEO).ctx(obj)?;
+    u.sndtimeo_us = sockopt::get_timeout_us(c, libc::SO_SNDTIMEO).ctx(obj)?;
+    (u.filter, u.filter_locked) =
+        crate::state::sockfilter::collect(c).map_err(|what| unsupported(format!("with {what}")))?;
     u.shutdown = d.shutdown;
     if d.state == TCP_LISTEN {
         u.backlog = d.wqueue;
         u.pending = d.icons.clone();
         u.peek_off = -1;
     } else {
-        u.peek_off = us::get_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF).ctx(obj)?;
+        u.peek_off = sockopt::get_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF).ctx(obj)?;
         let queue = read_queue(c, d.ty as i32, u.peek_off, (d.shutdown & 1 != 0, d.rqueue as usize), &obj);
         let queue = queue.map_err(|e| match e {
             QueueError::Rights(n) => {
@@ -323,14 +326,14 @@ fn read_queue(
     (shut_rd, rqueue): (bool, usize),
     obj: &dyn Fn() -> String,
 ) -> Result<Vec<UnixMessage>, QueueError> {
-    us::set_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
+    sockopt::set_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
     let r = (|| -> Result<Vec<UnixMessage>, QueueError> {
         let mut out = Vec::new();
         let mut stream = Vec::new();
         let mut cap = 256 * 1024;
         let mut seen = 0;
         loop {
-            let off = us::get_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF)?;
+            let off = sockopt::get_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF)?;
             let Some(p) = us::peek(c, cap)? else { break };
             if p.rights > 0 {
                 return Err(QueueError::Rights(p.rights));
@@ -344,7 +347,7 @@ fn read_queue(
             }
             if p.len > p.data.len() {
                 // A datagram bigger than the buffer: read it again, whole.
-                us::set_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF, off)?;
+                sockopt::set_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF, off)?;
                 cap = p.len;
                 continue;
             }
@@ -363,7 +366,7 @@ fn read_queue(
         }
         Ok(out)
     })();
-    let put_back = us::set_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old_off);
+    let put_back = sockopt::set_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old_off);
     let out = r?;
     put_back?;
     Ok(out)
@@ -623,7 +626,7 @@ pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
     let big = 64 << 20;
     let mut temps: Vec<OwnedFd> = Vec::new();
     for s in fds.values().chain(partners.values()) {
-        let _ = us::set_int(s.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, big);
+        let _ = sockopt::set_int(s.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, big);
     }
     for (&ino, (u, obj)) in &socks {
         let ty = u.sock_type as i32;
@@ -686,20 +689,22 @@ pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
         let s = fds[&ino].as_fd();
         let ctx = || obj.clone();
         if u.sndbuf != 0 {
-            us::set_int(s, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, (u.sndbuf / 2) as i32).ctx(ctx)?;
+            sockopt::set_int(s, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, (u.sndbuf / 2) as i32).ctx(ctx)?;
         }
-        if u.rcvbuf != 0 && us::get_int(s, libc::SOL_SOCKET, libc::SO_RCVBUF).ctx(ctx)? != u.rcvbuf as i32 {
-            us::set_int(s, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, (u.rcvbuf / 2) as i32).ctx(ctx)?;
+        if u.rcvbuf != 0 && sockopt::get_int(s, libc::SOL_SOCKET, libc::SO_RCVBUF).ctx(ctx)? != u.rcvbuf as i32 {
+            sockopt::set_int(s, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, (u.rcvbuf / 2) as i32).ctx(ctx)?;
         }
         if u.rcvtimeo_us != 0 {
-            us::set_timeout_us(s, libc::SO_RCVTIMEO, u.rcvtimeo_us).ctx(ctx)?;
+            sockopt::set_timeout_us(s, libc::SO_RCVTIMEO, u.rcvtimeo_us).ctx(ctx)?;
         }
         if u.sndtimeo_us != 0 {
-            us::set_timeout_us(s, libc::SO_SNDTIMEO, u.sndtimeo_us).ctx(ctx)?;
+            sockopt::set_timeout_us(s, libc::SO_SNDTIMEO, u.sndtimeo_us).ctx(ctx)?;
         }
         if u.passcred {
-            us::set_int(s, libc::SOL_SOCKET, libc::SO_PASSCRED, 1).ctx(ctx)?;
+            sockopt::set_int(s, libc::SOL_SOCKET, libc::SO_PASSCRED, 1).ctx(ctx)?;
         }
+        // (After the queued data went back in: the filter would have judged it again.)
+        crate::state::sockfilter::restore(s, &u.filter, u.filter_locked).ctx(ctx)?;
         let how = match u.shutdown & 3 {
             1 => Some(libc::SHUT_RD),
             2 => Some(libc::SHUT_WR),
@@ -716,7 +721,7 @@ pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
             }
         }
         if u.peek_off >= 0 && u.state != TCP_LISTEN {
-            us::set_int(s, libc::SOL_SOCKET, libc::SO_PEEK_OFF, u.peek_off).ctx(ctx)?;
+            sockopt::set_int(s, libc::SOL_SOCKET, libc::SO_PEEK_OFF, u.peek_off).ctx(ctx)?;
         }
     }
     Ok(fds)
