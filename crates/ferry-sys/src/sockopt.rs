@@ -89,7 +89,7 @@ pub fn get_filter(fd: BorrowedFd<'_>) -> io::Result<Option<Vec<u8>>> {
 
 /// Attach a classic BPF filter (`SO_ATTACH_FILTER`) given as `struct sock_filter` entries.
 pub fn attach_filter(fd: BorrowedFd<'_>, code: &[u8]) -> io::Result<()> {
-    if code.is_empty() || code.len() % 8 != 0 || code.len() / 8 > u16::MAX as usize {
+    if code.is_empty() || !code.len().is_multiple_of(8) || code.len() / 8 > u16::MAX as usize {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
     // The kernel copies the instructions; alignment of sock_filter is 4.
