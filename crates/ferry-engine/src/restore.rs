@@ -480,17 +480,19 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     }
     let objects = files::Objects { pipes: &pipes, unix: &unix, ttys: &ttys };
     let mut prep = Vec::new();
+    let mut ghosts = files::ghost::Ghosts::default();
     for p in &procs {
         if p.zombie {
             prep.push(None);
             continue;
         }
-        let files = files::prepare(p, &img, &objects, base, &mut shared, &mut shmem)?;
-        let mem = memory::prepare(p, &img, base, &mut shmem)?;
+        let files = files::prepare(p, &img, &objects, base, &mut shared, &mut shmem, &mut ghosts)?;
+        let mem = memory::prepare(p, &img, base, &mut shmem, &mut ghosts)?;
         let cwd = std::fs::File::open(&p.cwd).ctx(|| format!("pid {}: cannot open cwd {}", p.pid, p.cwd))?;
         let cwd = raw::dup_above(cwd.as_fd(), base).ctx(|| format!("pid {}: cwd", p.pid))?;
         prep.push(Some(Prepared { files, mem, cwd }));
     }
+    drop(ghosts); // (the fds and mappings hold the recreated files now)
     let numbers: Vec<Option<&[i32]>> = prep.iter().map(|p| p.as_ref().map(|p| p.files.numbers.as_slice())).collect();
     crate::state::tcp_repair::release_all(&procs, &numbers)?;
     crate::state::memfd_seals::apply_early(&procs, &shmem)?;

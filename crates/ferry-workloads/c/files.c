@@ -5,7 +5,9 @@
  *   11    W/append.txt O_WRONLY|O_APPEND
  *   12    W/data.txt O_RDONLY|O_NONBLOCK
  *   20,21 one open file (dup): a shared offset; FD_CLOEXEC only on 20 (it is per fd)
- *   1000  W/deleted.txt, unlinked while open, offset 7
+ *   1000  W/deleted.txt, unlinked while open, offset 7; also mapped MAP_SHARED
+ *   1001  W/deleted.txt opened a second time (own offset 3): after restore 1000, 1001 and the
+ *         mapping must still be one file (a write through one is seen through the others)
  *   30-32 /dev/null (write), /dev/zero (read), /dev/urandom (read, FD_CLOEXEC)
  *   1     stdout, a file (the harness's out.log): same file, same offset, writes land after it
  * Every fd's flags, FD_CLOEXEC, offset, file identity (device and inode; for the deleted file,
@@ -13,6 +15,7 @@
  */
 #include "common.h"
 #include <dirent.h>
+#include <sys/mman.h>
 #include <sys/sysmacros.h>
 
 #define DATA_LEN 8192
@@ -25,7 +28,7 @@ struct fdrec {
 	char link[4096];
 };
 
-static const int fds[] = { 1, 10, 500, 11, 12, 20, 21, 1000, 30, 31, 32 };
+static const int fds[] = { 1, 10, 500, 11, 12, 20, 21, 1000, 1001, 30, 31, 32 };
 #define NFDS (sizeof fds / sizeof fds[0])
 static struct fdrec before[NFDS];
 
@@ -121,6 +124,11 @@ int main(int argc, char **argv)
 	open_at("deleted.txt", O_RDWR | O_CREAT | O_TRUNC, 1000);
 	write_all(1000, "contents of a file deleted while open\n");
 	SETUP(lseek(1000, 7, SEEK_SET));
+	open_at("deleted.txt", O_RDONLY, 1001);
+	SETUP(lseek(1001, 3, SEEK_SET));
+	char *dmap = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, 1000, 0);
+	if (dmap == MAP_FAILED)
+		die_setup("mmap deleted.txt: %s", strerror(errno));
 	snprintf(path, sizeof path, "%s/deleted.txt", W);
 	SETUP(unlink(path));
 	open_at("/dev/null", O_WRONLY, 30);
@@ -182,7 +190,7 @@ int main(int argc, char **argv)
 		CHECK(a->flflags == b->flflags, "fd %d: F_GETFL %#o, was %#o", b->fd, a->flflags, b->flflags);
 		CHECK(a->off == b->off, "fd %d: offset %lld, was %lld", b->fd, (long long)a->off, (long long)b->off);
 		/* a deleted file cannot keep its inode (it died with the process): its content is checked below */
-		CHECK(b->fd == 1000 || (a->st.st_dev == b->st.st_dev && a->st.st_ino == b->st.st_ino),
+		CHECK(b->fd == 1000 || b->fd == 1001 || (a->st.st_dev == b->st.st_dev && a->st.st_ino == b->st.st_ino),
 		      "fd %d: now %s (dev %#lx ino %lu), was %s (dev %#lx ino %lu)", b->fd, a->link,
 		      (unsigned long)a->st.st_dev, (unsigned long)a->st.st_ino, b->link, (unsigned long)b->st.st_dev,
 		      (unsigned long)b->st.st_ino);
@@ -222,6 +230,14 @@ int main(int argc, char **argv)
 	CHECK(read(1000, buf, sizeof deleted - 1 - 7) == (ssize_t)(sizeof deleted - 1 - 7) &&
 		      memcmp(buf, deleted + 7, sizeof deleted - 1 - 7) == 0,
 	      "fd 1000 (deleted file) does not read its contents from offset 7");
+	struct stat st2;
+	CHECK(fstat(1001, &st2) == 0 && st2.st_ino == st.st_ino && st2.st_dev == st.st_dev,
+	      "fds 1000 and 1001 are no longer the same deleted file");
+	CHECK(pwrite(1000, "ZZ", 2, 0) == 2, "pwrite to the deleted file");
+	CHECK(pread(1001, buf, 2, 0) == 2 && memcmp(buf, "ZZ", 2) == 0, "fd 1001 does not see a write through fd 1000");
+	CHECK(memcmp(dmap, "ZZ", 2) == 0, "the shared mapping does not see a write through fd 1000");
+	dmap[2] = 'Y';
+	CHECK(pread(1001, buf, 1, 2) == 1 && buf[0] == 'Y', "fd 1001 does not see a write through the mapping");
 	CHECK(write(30, "x", 1) == 1, "write to /dev/null failed");
 	memset(buf, 1, 32);
 	CHECK(read(31, buf, 32) == 32 && buf[0] == 0 && buf[31] == 0, "/dev/zero does not read zeros");

@@ -157,10 +157,13 @@ pub fn collect(
             if ft.is_file() {
                 file.kind = FileKind::Regular as i32;
                 if deleted {
-                    let content =
-                        std::fs::read(&fdpath).ctx(|| format!("pid {pid} fd {fd}: cannot read deleted file {link}"))?;
-                    let name = format!("ghost-{pid}-fd{fd}.img");
-                    img.write_file(&name, &content)?;
+                    // One ghost per file, whatever holds it (fds, mappings, processes).
+                    let name = ghost::name(md.dev(), md.ino());
+                    if !img.has_file(&name) {
+                        let content = std::fs::read(&fdpath)
+                            .ctx(|| format!("pid {pid} fd {fd}: cannot read deleted file {link}"))?;
+                        img.write_file(&name, &content)?;
+                    }
                     file.ghost = name;
                 }
             } else if ft.is_dir() {
@@ -288,6 +291,7 @@ pub fn prepare(
     base: i32,
     shared: &mut HashMap<u32, i32>,
     shmem: &mut HashMap<u64, (i32, std::fs::File)>,
+    ghosts: &mut ghost::Ghosts,
 ) -> Result<Prepared, Error> {
     let (pipes, unix, ttys) = (objects.pipes, objects.unix, objects.ttys);
     let pid = p.pid;
@@ -311,11 +315,12 @@ pub fn prepare(
         let obj = || format!("pid {pid} fd {}: {}", fd_of(), f.describe);
         let flags = (f.flags as i32) & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC) | libc::O_CLOEXEC;
         let fd: OwnedFd = match FileKind::try_from(f.kind).unwrap_or(FileKind::Invalid) {
-            FileKind::Regular if !f.ghost.is_empty() => ghost::recreate(img, &f.ghost, &f.path, f.mode, flags)
-                .map_err(|e| match e {
+            FileKind::Regular if !f.ghost.is_empty() => {
+                ghosts.open(img, &f.ghost, &f.path, f.mode, flags, false).map_err(|e| match e {
                     Error::Sys { source, .. } => Error::Sys { object: obj(), source },
                     other => other,
-                })?,
+                })?
+            }
             FileKind::Regular | FileKind::Directory | FileKind::CharDevice => {
                 let fd = open_raw(&cstr(&f.path)?, flags, 0).ctx(|| format!("{}: cannot open {}", obj(), f.path))?;
                 if f.kind == FileKind::Regular as i32 {
@@ -442,7 +447,53 @@ pub fn apply_in_child(p: &Process, prepared_numbers: &[i32], base: i32) -> Resul
 pub mod ghost {
     use super::*;
 
-    pub fn recreate(
+    /// The image file holding the content of deleted file `ino` of device `dev`.
+    pub fn name(dev: u64, ino: u64) -> String {
+        format!("ghost-{dev:x}-{ino}.img")
+    }
+
+    /// The deleted files recreated so far in this restore, by ghost name: each is recreated
+    /// once (then unlinked) and every fd or mapping of it reopens that one inode, so they still
+    /// share it as they did.
+    #[derive(Default)]
+    pub struct Ghosts {
+        files: HashMap<String, OwnedFd>,
+    }
+
+    impl Ghosts {
+        /// An fd of the recreated file `name` (content from the image, at `path` or beside it,
+        /// created with `mode`), opened with `flags`; executable (some x bit) if `exec`.
+        pub fn open(
+            &mut self,
+            img: &ferry_image::ImageReader,
+            name: &str,
+            path: &str,
+            mode: u32,
+            flags: i32,
+            exec: bool,
+        ) -> Result<OwnedFd, Error> {
+            if !self.files.contains_key(name) {
+                let mode = if exec { mode | 0o100 } else { mode };
+                // Read-only: a writer would keep the file from becoming an exe (ETXTBSY).
+                let fd = recreate(img, name, path, mode, libc::O_RDONLY | libc::O_CLOEXEC)?;
+                self.files.insert(name.to_string(), fd);
+            }
+            let keep = &self.files[name];
+            if exec {
+                let st =
+                    ferry_sys::process::fstat(std::os::fd::AsFd::as_fd(keep)).ctx(|| format!("{path} (recreated)"))?;
+                if st.st_mode & 0o111 == 0 {
+                    std::fs::File::from(keep.try_clone().ctx(|| path.to_string())?)
+                        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode((st.st_mode | 0o100) & 0o7777))
+                        .ctx(|| format!("{path} (recreated): chmod"))?;
+                }
+            }
+            let again = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(keep));
+            open_raw(&cstr(&again)?, flags, 0).ctx(|| format!("cannot reopen the recreated {path}"))
+        }
+    }
+
+    fn recreate(
         img: &ferry_image::ImageReader,
         name: &str,
         path: &str,

@@ -45,7 +45,6 @@ pub fn scan(pid: i32, img: &mut ImageWriter) -> Result<(Vec<Vma>, Vec<MapEntry>)
     let smaps_text = procfs::read_string(pid, "smaps")?;
     let smaps = procfs::parse(pid, "smaps", ferry_proc::parse_smaps(&smaps_text))?;
     let flags: HashMap<u64, Vec<String>> = smaps.into_iter().map(|s| (s.start, s.vm_flags)).collect();
-    let mut ghosts: HashMap<u64, String> = HashMap::new();
     let mut out = Vec::new();
     for m in &maps {
         let at =
@@ -107,17 +106,12 @@ pub fn scan(pid: i32, img: &mut ImageWriter) -> Result<(Vec<Vma>, Vec<MapEntry>)
                 v.file_mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
                 v.file_writable = m.perms.shared && (m.perms.write || v.vm_flags.iter().any(|f| f == "mw"));
                 if m.deleted || md.nlink() == 0 {
-                    let name = match ghosts.get(&md.ino()) {
-                        Some(n) => n.clone(),
-                        None => {
-                            let content =
-                                std::fs::read(&mf).ctx(|| format!("pid {pid}: cannot read deleted file {s}"))?;
-                            let n = format!("ghost-{pid}-map{}.img", ghosts.len());
-                            img.write_file(&n, &content)?;
-                            ghosts.insert(md.ino(), n.clone());
-                            n
-                        }
-                    };
+                    // One ghost per file, shared with its fds and other processes (state/files.rs).
+                    let name = crate::state::files::ghost::name(md.dev(), md.ino());
+                    if !img.has_file(&name) {
+                        let content = std::fs::read(&mf).ctx(|| format!("pid {pid}: cannot read deleted file {s}"))?;
+                        img.write_file(&name, &content)?;
+                    }
                     v.ghost = name;
                 }
                 if m.perms.shared {
@@ -513,6 +507,7 @@ pub fn prepare(
     img: &ferry_image::ImageReader,
     base: i32,
     shmem: &mut HashMap<u64, (i32, std::fs::File)>,
+    ghosts: &mut crate::state::files::ghost::Ghosts,
 ) -> Result<Prepared, Error> {
     let pid = p.pid;
     let mm =
@@ -630,7 +625,7 @@ pub fn prepare(
             {
                 // Executable if any mapping of it is (a deleted exe must pass PR_SET_MM_MAP's exec check).
                 let exec = mm.vmas.iter().any(|w| w.ghost == v.ghost && w.prot & libc::PROT_EXEC as u32 != 0);
-                crate::state::files::ghost::recreate(img, &v.ghost, &v.path, if exec { 0o700 } else { 0o600 }, flags)?
+                ghosts.open(img, &v.ghost, &v.path, 0o600, flags, exec)?
             }
         };
         let n = ferry_sys::raw::dup_above(fd.as_fd(), base).ctx(obj)?;
