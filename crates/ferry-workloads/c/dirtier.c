@@ -11,9 +11,13 @@
  *   argv[4] = "churn": also keep 8 small mappings changing under the migration: every round one
  *                 of them is unmapped and mapped anew, grown with mremap (which may move it), or
  *                 rewritten, each time with a new generation; they are checked on go too.
+ *   argv[4] = "fork": also fork, every 200 ms, a child that checks every page of its copy of
+ *                 the memory against its copy of the generations and exits 0 or 1; the parent
+ *                 reaps it meanwhile and, on go, requires that every child passed and some ran.
  */
 #include "common.h"
 #include <sys/mman.h>
+#include <sys/wait.h>
 
 #define PAGE 4096UL
 #define WORDS (PAGE / 8)
@@ -84,6 +88,25 @@ static void churn(uint64_t round, uint64_t rng)
 	}
 }
 
+/* Pages of `mem` that do not match their generation. */
+static size_t check_pages(const uint64_t *mem, const uint32_t *gen, size_t npages, int report)
+{
+	size_t bad = 0;
+	for (size_t i = 0; i < npages; i++) {
+		const uint64_t *p = mem + i * WORDS;
+		for (uint64_t w = 0; w < WORDS; w++) {
+			if (p[w] != mix(i, gen[i], w)) {
+				if (bad++ == 0 && report)
+					fail("page %zu word %llu: %#llx, expected %#llx (generation %u)", i,
+					     (unsigned long long)w, (unsigned long long)p[w],
+					     (unsigned long long)mix(i, gen[i], w), gen[i]);
+				break;
+			}
+		}
+	}
+	return bad;
+}
+
 int main(int argc, char **argv)
 {
 	workload_init(argc, argv);
@@ -105,6 +128,9 @@ int main(int argc, char **argv)
 	uint64_t rng = 0x12345678ULL ^ (uint64_t)getpid();
 	uint64_t rounds = 0;
 	int churning = argc > 4 && strcmp(argv[4], "churn") == 0;
+	int forking = argc > 4 && strcmp(argv[4], "fork") == 0;
+	pid_t checker = 0;
+	unsigned long checks_ok = 0, checks_bad = 0;
 	if (churning)
 		for (int k = 0; k < NSLOT; k++)
 			slot_new(k, 32);
@@ -118,6 +144,24 @@ int main(int argc, char **argv)
 		}
 		if (churning)
 			churn(rounds, rng);
+		if (forking && checker > 0) {
+			int st;
+			pid_t r = waitpid(checker, &st, WNOHANG);
+			if (r == checker) {
+				if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
+					checks_ok++;
+				else if (checks_bad++ == 0)
+					fail("a forked child found its copy of the memory wrong (status %#x)", st);
+				checker = 0;
+			}
+		}
+		if (forking && checker == 0 && rounds % 20 == 0) {
+			checker = fork();
+			if (checker == 0)
+				_exit(check_pages(mem, gen, npages, 0) == 0 ? 0 : 1);
+			if (checker < 0)
+				die_setup("fork: %s", strerror(errno));
+		}
 		rounds++;
 		if (rounds % 50 == 0) {
 			char buf[64];
@@ -127,22 +171,23 @@ int main(int argc, char **argv)
 		struct timespec ts = { 0, 10 * 1000 * 1000 };
 		nanosleep(&ts, NULL);
 	}
-	size_t bad = 0;
 	uint64_t dirtied = 0;
-	for (size_t i = 0; i < npages; i++) {
+	for (size_t i = 0; i < npages; i++)
 		dirtied += gen[i];
-		uint64_t *p = mem + i * WORDS;
-		for (uint64_t w = 0; w < WORDS; w++) {
-			if (p[w] != mix(i, gen[i], w)) {
-				if (bad++ == 0)
-					fail("page %zu word %llu: %#llx, expected %#llx (generation %u)", i,
-					     (unsigned long long)w, (unsigned long long)p[w],
-					     (unsigned long long)mix(i, gen[i], w), gen[i]);
-				break;
-			}
-		}
-	}
+	size_t bad = check_pages(mem, gen, npages, 1);
 	CHECK(bad == 0, "%zu of %zu pages differ", bad, npages);
+	if (forking) {
+		if (checker > 0) {
+			int st;
+			if (waitpid(checker, &st, 0) == checker && WIFEXITED(st) && WEXITSTATUS(st) == 0)
+				checks_ok++;
+			else
+				checks_bad++;
+		}
+		CHECK(checks_bad == 0, "%lu forked children found their memory wrong", checks_bad);
+		CHECK(checks_ok > 0, "no forked child checked the memory");
+		fprintf(stderr, "dirtier: %lu forked children checked their memory\n", checks_ok);
+	}
 	for (int k = 0; churning && k < NSLOT; k++)
 		for (size_t i = 0; i < slots[k].pages; i++)
 			if (slots[k].p[i * WORDS + 7] != mix(1000003ULL * (k + 1) + i, slots[k].gen, 7) ||
