@@ -23,7 +23,7 @@ use super::{kind, recv, send, send_now, text, Fields, MAX_MSG};
 use anyhow::{bail, Context, Result};
 use ferry_engine::postcopy::{LazyMm, LazySource, Piece, PAGE};
 use ferry_sys::uffd::{self, Event};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -56,9 +56,19 @@ fn readable(sec: &Secure, timeout_ms: i32) -> Result<bool> {
     Ok(uffd::poll_readable(&[fd], timeout_ms).context("poll")?[0])
 }
 
+/// Keep the socket's queue in that direction short: the answer to a fault queues behind the
+/// background pages already in it (the kernel doubles the value set).
+fn shallow_queue(sec: &Secure, opt: i32) {
+    let _ = ferry_sys::inet::setsockopt_int(sec.socket().as_fd(), libc::SOL_SOCKET, opt, QUEUE_BYTES);
+}
+
+/// See [`shallow_queue`].
+const QUEUE_BYTES: i32 = 256 << 10;
+
 /// Source: serve the lazy pages of the frozen tree until the destination has them all.
 /// Returns the page bytes sent.
 pub fn serve_pages(sec: &mut Secure, src: &mut LazySource, timeout: Duration) -> Result<(u64, u64)> {
+    shallow_queue(sec, libc::SO_SNDBUF);
     let mut done_sent = false;
     let mut wants = 0u64;
     let mut last_heard = Instant::now();
@@ -153,11 +163,16 @@ pub struct FetchStats {
     pub faults: u64,
     pub bytes: u64,
     pub forks: u64,
+    /// From a LAZY_WANT to its page's arrival: total and worst.
+    pub wait_total: Duration,
+    pub wait_max: Duration,
 }
 
 struct Dest {
     mms: Vec<Mm>,
     requested: HashSet<(i32, u64)>,
+    /// When each page asked for and not arrived yet was asked for.
+    asked: HashMap<(i32, u64), Instant>,
     /// Faults outside what still comes from the source: zero pages to put in place.
     zero_retry: Vec<(usize, u64)>,
     stats: FetchStats,
@@ -191,6 +206,7 @@ impl Dest {
                             Some(src) => {
                                 if self.requested.insert((m.src_pid, src)) {
                                     self.stats.faults += 1;
+                                    self.asked.insert((m.src_pid, src), Instant::now());
                                     let mut p = (m.src_pid as u32).to_le_bytes().to_vec();
                                     p.extend_from_slice(&src.to_le_bytes());
                                     send_now(sec, kind::LAZY_WANT, &p).context("cannot ask the source for a page")?;
@@ -246,6 +262,17 @@ impl Dest {
     /// Source page(s) `src..src+len` of `pid` arrived (`data`, or zeros): into every mm that
     /// waits for them.
     fn deliver(&mut self, pid: i32, src: u64, len: u64, data: Option<&[u8]>, sec: &mut Secure) -> Result<()> {
+        if !self.asked.is_empty() {
+            let mut a = src;
+            while a < src + len {
+                if let Some(t) = self.asked.remove(&(pid, a)) {
+                    let w = t.elapsed();
+                    self.stats.wait_total += w;
+                    self.stats.wait_max = self.stats.wait_max.max(w);
+                }
+                a += PAGE;
+            }
+        }
         // (a fork meanwhile adds an mm that may wait for these pages too)
         let mut i = 0;
         while i < self.mms.len() {
@@ -309,8 +336,13 @@ impl Dest {
 /// Destination: fill the lazy pages of the restored tree as the source sends them, the faulting
 /// ones first. On error the caller kills the tree.
 pub fn fetch_pages(sec: &mut Secure, root: i32, lazies: Vec<LazyMm>, idle: Duration) -> Result<FetchStats> {
-    let mut d =
-        Dest { mms: Vec::new(), requested: HashSet::new(), zero_retry: Vec::new(), stats: FetchStats::default() };
+    let mut d = Dest {
+        mms: Vec::new(),
+        requested: HashSet::new(),
+        asked: HashMap::new(),
+        zero_retry: Vec::new(),
+        stats: FetchStats::default(),
+    };
     for l in lazies {
         let segs = l.ranges.iter().map(|&(s, e)| Seg { start: s, end: e, src: s }).collect();
         d.mms.push(Mm {
@@ -322,6 +354,7 @@ pub fn fetch_pages(sec: &mut Secure, root: i32, lazies: Vec<LazyMm>, idle: Durat
         });
     }
     let dog = Watchdog::start(root)?;
+    shallow_queue(sec, libc::SO_RCVBUF);
     let mut payload = Vec::with_capacity(MAX_MSG);
     let mut last_heard = Instant::now();
     loop {

@@ -301,10 +301,12 @@ fn handle(sock: TcpStream, auth: &Auth, limits: &Limits, dir: &Path) -> Result<O
         let t = Instant::now();
         match super::postcopy::fetch_pages(&mut sec, r.pid, lazies, IDLE_TIMEOUT) {
             Ok(st) => eprintln!(
-                "serve: post-copy: every page in {} ms after the restore ({} MiB, {} pages asked for on fault, {} forks)",
+                "serve: post-copy: every page in {} ms after the restore ({} MiB, {} pages asked for on fault, waited {} us on average, {} us at most; {} forks)",
                 t.elapsed().as_millis(),
                 st.bytes >> 20,
                 st.faults,
+                st.wait_total.as_micros() / u128::from(st.faults.max(1)),
+                st.wait_max.as_micros(),
                 st.forks
             ),
             Err(e) => {

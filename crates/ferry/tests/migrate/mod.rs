@@ -360,6 +360,12 @@ fn migrate_and_verify_mode(mib: u32, extra: &[&str], mode: &str) -> u64 {
         assert!(field("image_bytes=") < (mib as u64) << 17, "the image holds the memory: {line}");
         assert!(field("lazy_bytes=") >= (mib as u64) << 19, "not the memory sent after the restore: {line}");
         assert!(field("lazy_ms=") != u64::MAX, "{line}");
+        // (how long faulting threads waited, for the figures)
+        wait_for("the destination's post-copy summary", Duration::from_secs(20), || {
+            _server.log().contains("serve: post-copy: every page")
+        });
+        let log = _server.log();
+        eprintln!("{}", log.lines().find(|l| l.contains("serve: post-copy: every page")).unwrap_or_default());
     }
     wait_for("the source copy to be killed", Duration::from_secs(20), || !pid_alive(wl.pid));
     assert!(pid_alive(remote), "the migrated tree (pid {remote}) is not running");
