@@ -14,10 +14,15 @@
  *   argv[4] = "fork": also fork, every 200 ms, a child that checks every page of its copy of
  *                 the memory against its copy of the generations and exits 0 or 1; the parent
  *                 reaps it meanwhile and, on go, requires that every child passed and some ran.
+ *   argv[4] = "threads": the writes are done by 4 threads instead (thread t owns the pages
+ *                 i % 4 == t); each round each thread also has the kernel read one of its pages
+ *                 (pwrite to a scratch file) and write it back in place (pread): faults taken
+ *                 in kernel mode, from several threads at once.
  */
 #include "common.h"
 #include <sys/mman.h>
 #include <sys/wait.h>
+#include <pthread.h>
 
 #define PAGE 4096UL
 #define WORDS (PAGE / 8)
@@ -88,6 +93,39 @@ static void churn(uint64_t round, uint64_t rng)
 	}
 }
 
+#define NTHREADS 4
+struct writer {
+	pthread_t th;
+	uint64_t *mem;
+	uint32_t *gen;
+	size_t npages, per_round;
+	int idx, fd;
+	unsigned long errors;
+};
+
+static void *writer_main(void *arg)
+{
+	struct writer *w = arg;
+	uint64_t rng = 0x9E3779B97F4A7C15ULL * (uint64_t)(w->idx + 1);
+	size_t mine = w->npages / NTHREADS;
+	while (!go && mine > 0) {
+		for (size_t k = 0; k < w->per_round / NTHREADS + 1; k++) {
+			rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+			uint64_t i = ((rng >> 33) % mine) * NTHREADS + (uint64_t)w->idx;
+			w->gen[i]++;
+			fill(w->mem, i, w->gen[i]);
+		}
+		uint64_t j = ((rng >> 13) % mine) * NTHREADS + (uint64_t)w->idx;
+		void *page = w->mem + j * WORDS;
+		off_t at = (off_t)w->idx * (off_t)PAGE;
+		if (pwrite(w->fd, page, PAGE, at) != (ssize_t)PAGE || pread(w->fd, page, PAGE, at) != (ssize_t)PAGE)
+			w->errors++;
+		struct timespec ts = { 0, 10 * 1000 * 1000 };
+		nanosleep(&ts, NULL);
+	}
+	return NULL;
+}
+
 /* Pages of `mem` that do not match their generation. */
 static size_t check_pages(const uint64_t *mem, const uint32_t *gen, size_t npages, int report)
 {
@@ -129,6 +167,21 @@ int main(int argc, char **argv)
 	uint64_t rounds = 0;
 	int churning = argc > 4 && strcmp(argv[4], "churn") == 0;
 	int forking = argc > 4 && strcmp(argv[4], "fork") == 0;
+	int threading = argc > 4 && strcmp(argv[4], "threads") == 0;
+	struct writer writers[NTHREADS];
+	if (threading) {
+		char path[4096];
+		snprintf(path, sizeof path, "%s/threads.scratch", W);
+		int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		if (fd < 0)
+			die_setup("open %s: %s", path, strerror(errno));
+		for (int t = 0; t < NTHREADS; t++) {
+			writers[t] = (struct writer){ .mem = mem, .gen = gen, .npages = npages, .per_round = per_round,
+						      .idx = t, .fd = fd };
+			if (pthread_create(&writers[t].th, NULL, writer_main, &writers[t]) != 0)
+				die_setup("pthread_create");
+		}
+	}
 	pid_t checker = 0;
 	unsigned long checks_ok = 0, checks_bad = 0;
 	if (churning)
@@ -136,7 +189,7 @@ int main(int argc, char **argv)
 			slot_new(k, 32);
 	signal_ready();
 	while (!go) {
-		for (size_t k = 0; k < per_round; k++) {
+		for (size_t k = 0; !threading && k < per_round; k++) {
 			rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
 			uint64_t i = (rng >> 33) % npages;
 			gen[i]++;
@@ -171,6 +224,12 @@ int main(int argc, char **argv)
 		struct timespec ts = { 0, 10 * 1000 * 1000 };
 		nanosleep(&ts, NULL);
 	}
+	unsigned long thread_errors = 0;
+	for (int t = 0; threading && t < NTHREADS; t++) {
+		pthread_join(writers[t].th, NULL);
+		thread_errors += writers[t].errors;
+	}
+	CHECK(thread_errors == 0, "%lu pwrite/pread round trips of a page failed", thread_errors);
 	uint64_t dirtied = 0;
 	for (size_t i = 0; i < npages; i++)
 		dirtied += gen[i];

@@ -28,6 +28,14 @@ fn migrate_post_copy_process_forks_while_lazy() {
     migrate_and_verify_mode(256, &["--post-copy"], "fork");
 }
 
+/// Post-copy of a process whose 4 threads write its memory and have the kernel read and write
+/// it (pwrite/pread of lazy pages: faults in kernel mode), all waiting on the same uffd.
+#[test]
+fn migrate_post_copy_threads_and_kernel_faults() {
+    let _heavy = heavy_lock();
+    migrate_and_verify_mode(256, &["--post-copy"], "threads");
+}
+
 /// The restored pid in the destination's log ("restored in N ms as pid P").
 fn restored_pid(log: &str) -> Option<i32> {
     log.split("as pid ").nth(1)?.split_whitespace().next()?.parse().ok()
