@@ -78,6 +78,9 @@ pub fn serve_pages(sec: &mut Secure, src: &mut LazySource, timeout: Duration) ->
             let (k, p) = recv(sec, 4096).context("reading the destination's requests")?;
             let mut f = Fields(&p);
             match k {
+                // (after LAZY_DONE, a want can only be for a page the source never had: the
+                // destination's closing of its uffds gives it as zero)
+                kind::LAZY_WANT if done_sent => {}
                 kind::LAZY_WANT => {
                     let (pid, addr) = (f.u32()? as i32, f.u64()?);
                     wants += 1;

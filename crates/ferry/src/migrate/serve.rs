@@ -287,13 +287,21 @@ fn handle(sock: TcpStream, auth: &Auth, limits: &Limits, dir: &Path) -> Result<O
     let _ = fs::remove_dir_all(dir);
     // A source that gave up meanwhile (its timeout) has resumed its copy: ours must not run.
     if source_gone(&sec) {
-        let _ = ferry_sys::process::kill(r.pid, libc::SIGKILL);
+        if post_copy {
+            super::postcopy::kill_tree(r.pid); // (it runs already, and may have forked)
+        } else {
+            let _ = ferry_sys::process::kill(r.pid, libc::SIGKILL);
+        }
         bail!("the source gave up before the restore finished; restored pid {} killed", r.pid);
     }
     let mut p = (r.pid as u32).to_le_bytes().to_vec();
     p.extend_from_slice(&restore_ms.to_le_bytes());
     if let Err(e) = send_now(&mut sec, kind::RESTORED, &p) {
-        let _ = ferry_sys::process::kill(r.pid, libc::SIGKILL);
+        if post_copy {
+            super::postcopy::kill_tree(r.pid); // (it runs already, and may have forked)
+        } else {
+            let _ = ferry_sys::process::kill(r.pid, libc::SIGKILL);
+        }
         bail!("cannot confirm to the source ({e}); restored pid {} killed, the source resumes its copy", r.pid);
     }
     eprintln!("serve: image received in {} ms, restored in {restore_ms} ms as pid {}", received.as_millis(), r.pid);
