@@ -11,9 +11,12 @@
  *   argv[4] = "churn": also keep 8 small mappings changing under the migration: every round one
  *                 of them is unmapped and mapped anew, grown with mremap (which may move it), or
  *                 rewritten, each time with a new generation; they are checked on go too.
- *   argv[4] = "fork": also fork, every 200 ms, a child that checks every page of its copy of
- *                 the memory against its copy of the generations and exits 0 or 1; the parent
- *                 reaps it meanwhile and, on go, requires that every child passed and some ran.
+ *   argv[4] = "fork": also fork (at most 16 times, one at a time, a new one once the previous
+ *                 one is done and 200 ms have passed) a child that checks every page of its
+ *                 copy of the memory against its copy of the generations, writes its verdict
+ *                 (one byte) to a pipe and waits to be killed: children never exit on their own
+ *                 while the tree may be migrated (a process exiting during a dump fails it).
+ *                 On go the parent requires that every child passed and some ran.
  *   argv[4] = "threads": the writes are done by 4 threads instead (thread t owns the pages
  *                 i % 4 == t); each round each thread also has the kernel read one of its pages
  *                 (pwrite to a scratch file) and write it back in place (pread): faults taken
@@ -23,6 +26,7 @@
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <pthread.h>
+#include <poll.h>
 
 #define PAGE 4096UL
 #define WORDS (PAGE / 8)
@@ -182,8 +186,13 @@ int main(int argc, char **argv)
 				die_setup("pthread_create");
 		}
 	}
-	pid_t checker = 0;
+#define NCHECKERS 16
+	pid_t checkers[NCHECKERS];
+	int nforked = 0, checking = 0;
 	unsigned long checks_ok = 0, checks_bad = 0;
+	int verdicts[2] = { -1, -1 };
+	if (forking && pipe2(verdicts, O_CLOEXEC | O_NONBLOCK) < 0)
+		die_setup("pipe2: %s", strerror(errno));
 	if (churning)
 		for (int k = 0; k < NSLOT; k++)
 			slot_new(k, 32);
@@ -197,23 +206,29 @@ int main(int argc, char **argv)
 		}
 		if (churning)
 			churn(rounds, rng);
-		if (forking && checker > 0) {
-			int st;
-			pid_t r = waitpid(checker, &st, WNOHANG);
-			if (r == checker) {
-				if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
+		if (forking && checking) {
+			char v;
+			if (read(verdicts[0], &v, 1) == 1) {
+				checking = 0;
+				if (v == 'y')
 					checks_ok++;
 				else if (checks_bad++ == 0)
-					fail("a forked child found its copy of the memory wrong (status %#x)", st);
-				checker = 0;
+					fail("a forked child found its copy of the memory wrong");
 			}
 		}
-		if (forking && checker == 0 && rounds % 20 == 0) {
-			checker = fork();
-			if (checker == 0)
-				_exit(check_pages(mem, gen, npages, 0) == 0 ? 0 : 1);
-			if (checker < 0)
+		if (forking && !checking && nforked < NCHECKERS && rounds % 20 == 0) {
+			pid_t c = fork();
+			if (c == 0) {
+				char v = check_pages(mem, gen, npages, 0) == 0 ? 'y' : 'n';
+				if (write(verdicts[1], &v, 1) != 1)
+					_exit(1);
+				for (;;)
+					pause();
+			}
+			if (c < 0)
 				die_setup("fork: %s", strerror(errno));
+			checkers[nforked++] = c;
+			checking = 1;
 		}
 		rounds++;
 		if (rounds % 50 == 0) {
@@ -236,12 +251,18 @@ int main(int argc, char **argv)
 	size_t bad = check_pages(mem, gen, npages, 1);
 	CHECK(bad == 0, "%zu of %zu pages differ", bad, npages);
 	if (forking) {
-		if (checker > 0) {
-			int st;
-			if (waitpid(checker, &st, 0) == checker && WIFEXITED(st) && WEXITSTATUS(st) == 0)
+		if (checking) {
+			/* the last one's verdict: wait for it */
+			struct pollfd pfd = { verdicts[0], POLLIN, 0 };
+			char v = 0;
+			if (poll(&pfd, 1, 120000) == 1 && read(verdicts[0], &v, 1) == 1 && v == 'y')
 				checks_ok++;
 			else
 				checks_bad++;
+		}
+		for (int k = 0; k < nforked; k++) {
+			kill(checkers[k], SIGKILL);
+			waitpid(checkers[k], NULL, 0);
 		}
 		CHECK(checks_bad == 0, "%lu forked children found their memory wrong", checks_bad);
 		CHECK(checks_ok > 0, "no forked child checked the memory");

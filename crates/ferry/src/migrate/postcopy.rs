@@ -105,28 +105,23 @@ pub fn serve_pages(sec: &mut Secure, src: &mut LazySource, timeout: Duration) ->
 
 /// Where a restored mm still waits for source pages: `start..end` there holds source page
 /// `src + (a - start)` of the source process.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct Seg {
     start: u64,
     end: u64,
     src: u64,
 }
 
-/// A restored address space with lazy pages.
-struct Mm {
-    /// The source process its pages come from (a forked child: its ancestor's).
-    src_pid: i32,
-    uffd: OwnedFd,
-    segs: Vec<Seg>,
-    /// Its process is gone.
-    dead: bool,
-    what: String,
-}
+/// Which addresses of one restored mm still wait for which source pages, kept right through
+/// the mm's events.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Segs(Vec<Seg>);
 
-impl Mm {
+impl Segs {
+    /// `start..end` waits for nothing any more (dropped, unmapped).
     fn cut(&mut self, start: u64, end: u64) {
-        let mut out = Vec::with_capacity(self.segs.len() + 1);
-        for s in &self.segs {
+        let mut out = Vec::with_capacity(self.0.len() + 1);
+        for s in &self.0 {
             if s.end <= start || s.start >= end {
                 out.push(*s);
                 continue;
@@ -138,12 +133,13 @@ impl Mm {
                 out.push(Seg { start: end, end: s.end, src: s.src + (end - s.start) });
             }
         }
-        self.segs = out;
+        self.0 = out;
     }
 
+    /// `from..from+len` moved to `to` (what was at `to` is gone).
     fn remap(&mut self, from: u64, to: u64, len: u64) {
         let mut moved = Vec::new();
-        for s in &self.segs {
+        for s in &self.0 {
             let (a, b) = (s.start.max(from), s.end.min(from + len));
             if a < b {
                 moved.push(Seg { start: to + (a - from), end: to + (b - from), src: s.src + (a - s.start) });
@@ -151,13 +147,36 @@ impl Mm {
         }
         self.cut(from, from + len);
         self.cut(to, to + len);
-        self.segs.extend(moved);
-        self.segs.sort_by_key(|s| s.start);
+        self.0.extend(moved);
+        self.0.sort_by_key(|s| s.start);
     }
 
+    /// The source page that address `addr` waits for.
     fn source_of(&self, addr: u64) -> Option<u64> {
-        self.segs.iter().find(|s| s.start <= addr && addr < s.end).map(|s| s.src + (addr - s.start))
+        self.0.iter().find(|s| s.start <= addr && addr < s.end).map(|s| s.src + (addr - s.start))
     }
+
+    /// Where source pages `src..src+len` go: (destination address, offset in them, length).
+    fn targets(&self, src: u64, len: u64) -> Vec<(u64, u64, u64)> {
+        self.0
+            .iter()
+            .filter_map(|s| {
+                let (a, b) = (src.max(s.src), (src + len).min(s.src + (s.end - s.start)));
+                (a < b).then(|| (s.start + (a - s.src), a - src, b - a))
+            })
+            .collect()
+    }
+}
+
+/// A restored address space with lazy pages.
+struct Mm {
+    /// The source process its pages come from (a forked child: its ancestor's).
+    src_pid: i32,
+    uffd: OwnedFd,
+    segs: Segs,
+    /// Its process is gone.
+    dead: bool,
+    what: String,
 }
 
 /// What the destination did, for its log.
@@ -205,7 +224,7 @@ impl Dest {
                     Event::PageFault { address } => {
                         let page = address & !(PAGE - 1);
                         let m = &self.mms[i];
-                        match m.source_of(page) {
+                        match m.segs.source_of(page) {
                             Some(src) => {
                                 if self.requested.insert((m.src_pid, src)) {
                                     self.stats.faults += 1;
@@ -230,8 +249,8 @@ impl Dest {
                         self.stats.forks += 1;
                         self.mms.push(child);
                     }
-                    Event::Remap { from, to, len } => self.mms[i].remap(from, to, len),
-                    Event::Remove { start, end } | Event::Unmap { start, end } => self.mms[i].cut(start, end),
+                    Event::Remap { from, to, len } => self.mms[i].segs.remap(from, to, len),
+                    Event::Remove { start, end } | Event::Unmap { start, end } => self.mms[i].segs.cut(start, end),
                     Event::Other(_) => {}
                 }
             }
@@ -286,14 +305,7 @@ impl Dest {
             }
             let mut tries = 0u32;
             'again: loop {
-                let targets: Vec<(u64, u64, u64)> = self.mms[i]
-                    .segs
-                    .iter()
-                    .filter_map(|s| {
-                        let (a, b) = (src.max(s.src), (src + len).min(s.src + (s.end - s.start)));
-                        (a < b).then(|| (s.start + (a - s.src), a - src, b - a))
-                    })
-                    .collect();
+                let targets = self.mms[i].segs.targets(src, len);
                 for (dst, off, n) in targets {
                     let mut done = 0u64;
                     while done < n {
@@ -338,7 +350,14 @@ impl Dest {
 
 /// Destination: fill the lazy pages of the restored tree as the source sends them, the faulting
 /// ones first. On error the caller kills the tree.
-pub fn fetch_pages(sec: &mut Secure, root: i32, lazies: Vec<LazyMm>, idle: Duration) -> Result<FetchStats> {
+/// `max_bytes`: page bytes the source may send (the destination's image cap).
+pub fn fetch_pages(
+    sec: &mut Secure,
+    root: i32,
+    lazies: Vec<LazyMm>,
+    idle: Duration,
+    max_bytes: u64,
+) -> Result<FetchStats> {
     let mut d = Dest {
         mms: Vec::new(),
         requested: HashSet::new(),
@@ -347,7 +366,7 @@ pub fn fetch_pages(sec: &mut Secure, root: i32, lazies: Vec<LazyMm>, idle: Durat
         stats: FetchStats::default(),
     };
     for l in lazies {
-        let segs = l.ranges.iter().map(|&(s, e)| Seg { start: s, end: e, src: s }).collect();
+        let segs = Segs(l.ranges.iter().map(|&(s, e)| Seg { start: s, end: e, src: s }).collect());
         d.mms.push(Mm {
             src_pid: l.image_pid,
             uffd: l.uffd,
@@ -396,6 +415,9 @@ pub fn fetch_pages(sec: &mut Secure, root: i32, lazies: Vec<LazyMm>, idle: Durat
                         bail!("post-copy pages not page aligned");
                     }
                     d.stats.bytes += bytes.len() as u64;
+                    if d.stats.bytes > max_bytes {
+                        bail!("the source sent more than {} MiB of pages: refused", max_bytes >> 20);
+                    }
                     d.deliver(pid, addr, bytes.len() as u64, Some(bytes), sec)?;
                 }
                 kind::LAZY_ZERO => {
@@ -488,5 +510,51 @@ impl Drop for Watchdog {
             // closed without a word: it kills the tree
             let _ = ferry_sys::ptrace::wait(self.pid, false);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Seg, Segs};
+
+    const P: u64 = 4096;
+
+    fn segs(v: &[(u64, u64, u64)]) -> Segs {
+        Segs(v.iter().map(|&(start, end, src)| Seg { start, end, src }).collect())
+    }
+
+    #[test]
+    fn cut_splits_and_drops() {
+        let mut s = segs(&[(0x10000, 0x20000, 0x10000)]);
+        s.cut(0x14000, 0x15000);
+        assert_eq!(s, segs(&[(0x10000, 0x14000, 0x10000), (0x15000, 0x20000, 0x15000)]));
+        assert_eq!(s.source_of(0x14000), None);
+        assert_eq!(s.source_of(0x15000 + P), Some(0x15000 + P));
+        s.cut(0, 0x30000);
+        assert_eq!(s, Segs::default());
+    }
+
+    #[test]
+    fn remap_moves_what_waits_and_replaces_the_target() {
+        // 0x10000..0x20000 waits; 0x50000..0x52000 waits for its own pages
+        let mut s = segs(&[(0x10000, 0x20000, 0x10000), (0x50000, 0x52000, 0x50000)]);
+        // mremap(0x18000, 0x10000 -> 0x4f000): the upper half of the first range moves over part
+        // of the second
+        s.remap(0x18000, 0x4f000, 0x8000);
+        assert_eq!(s.source_of(0x18000), None, "the old place waits for nothing");
+        assert_eq!(s.source_of(0x4f000), Some(0x18000));
+        assert_eq!(s.source_of(0x4f000 + 0x7000), Some(0x1f000));
+        assert_eq!(s.source_of(0x10000), Some(0x10000), "the part that stayed");
+        assert_eq!(s.source_of(0x50000), Some(0x19000), "overwritten by the move");
+        // the page of source 0x1f000 goes to its new address only
+        assert_eq!(s.targets(0x1f000, P), vec![(0x56000, 0, P)]);
+        // a run of source pages across the split lands in two places
+        assert_eq!(s.targets(0x17000, 2 * P), vec![(0x17000, 0, P), (0x4f000, P, P)]);
+    }
+
+    #[test]
+    fn targets_of_pages_nobody_waits_for() {
+        let s = segs(&[(0x10000, 0x11000, 0x10000)]);
+        assert!(s.targets(0x20000, 16 * P).is_empty());
     }
 }

@@ -307,7 +307,7 @@ fn handle(sock: TcpStream, auth: &Auth, limits: &Limits, dir: &Path) -> Result<O
     eprintln!("serve: image received in {} ms, restored in {restore_ms} ms as pid {}", received.as_millis(), r.pid);
     if post_copy {
         let t = Instant::now();
-        match super::postcopy::fetch_pages(&mut sec, r.pid, lazies, IDLE_TIMEOUT) {
+        match super::postcopy::fetch_pages(&mut sec, r.pid, lazies, IDLE_TIMEOUT, limits.max_image_bytes) {
             Ok(st) => eprintln!(
                 "serve: post-copy: every page in {} ms after the restore ({} MiB, {} pages asked for on fault, waited {} us on average, {} us at most; {} forks)",
                 t.elapsed().as_millis(),
