@@ -509,6 +509,7 @@ pub fn dump_with(
         let mut mm =
             p.mm.take()
                 .ok_or_else(|| Error::Invalid { object: format!("pid {}", p.pid), what: "no memory record".into() })?;
+        crate::postcopy::mark(host, p, &mut mm)?; // (post-copy migration only)
         pages_bytes += memory::dump_pages(host, p.pid, &mut mm, &mut img, &mut shmem_done, sharing)?;
         vmas_n += mm.vmas.len();
         p.mm = Some(mm);

@@ -10,6 +10,7 @@ pub mod dump;
 mod error;
 pub mod inject;
 pub mod launch;
+pub mod postcopy;
 pub mod precopy;
 mod procfs;
 pub mod restore;

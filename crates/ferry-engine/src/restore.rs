@@ -374,6 +374,7 @@ fn rebuild(
     cpu::check_compatible(pid, pid, &t.xstate)?;
     rseq::unregister_inherited(&inj)?;
     memory::restore(&inj, tr, p, prep, shared)?;
+    crate::postcopy::create_uffd(&inj, p)?; // post-copy: registered just before the release
     tracing::debug!("memory restored");
     let max_target = p.fds.iter().map(|f| f.fd).max().unwrap_or(2);
     inj.call(nr::CLOSE_RANGE, &[(max_target + 1) as u64, u32::MAX as u64, 0])
@@ -604,6 +605,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     crate::state::memfd_seals::apply_late(&procs, &shmem)?;
     sysv.finish()?;
     tty::finish_shell_job(&ttys, &procs[0], &procs)?;
+    crate::postcopy::register_all()?;
     // Release everything together, leaves first.
     for (p, (_, threads)) in rebuilt.iter().rev() {
         for (tid, _, _) in threads {

@@ -475,6 +475,11 @@ pub struct Vma {
     pub sysv: bool,
     #[prost(int32, tag = "21")]
     pub sysv_shmid: i32,
+    /// Post-copy migration: the pages of this private anonymous mapping that `runs` does not
+    /// hold are not in the image; the restored process gets them from the migration source
+    /// on fault (userfaultfd). Only `ferry serve` restores such an image.
+    #[prost(bool, tag = "30")]
+    pub lazy: bool,
 }
 
 /// `nr_pages` pages starting at `addr`, stored at byte `offset` of `pages-PID.img`.

@@ -102,3 +102,136 @@ pub fn scan(
     }
     Ok(out)
 }
+
+// ---- MISSING mode, for post-copy migration (lazy pages) ----
+
+/// UFFDIO_REGISTER mode: report faults on pages that are not there.
+pub const UFFDIO_REGISTER_MODE_MISSING: u64 = 1 << 0;
+/// Non-cooperative events: the target forked (a new uffd for the child arrives with the event).
+pub const UFFD_FEATURE_EVENT_FORK: u64 = 1 << 1;
+/// The target moved a registered range (mremap).
+pub const UFFD_FEATURE_EVENT_REMAP: u64 = 1 << 2;
+/// The target dropped pages of a registered range (MADV_DONTNEED, MADV_REMOVE).
+pub const UFFD_FEATURE_EVENT_REMOVE: u64 = 1 << 3;
+/// The target unmapped a registered range.
+pub const UFFD_FEATURE_EVENT_UNMAP: u64 = 1 << 6;
+
+const UFFDIO_COPY: libc::c_ulong = 0xC028_AA03;
+const UFFDIO_ZEROPAGE: libc::c_ulong = 0xC020_AA04;
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioZeropage {
+    start: u64,
+    len: u64,
+    mode: u64,
+    zeropage: i64,
+}
+
+/// `UFFDIO_COPY` — atomically fill `dst..dst+src.len()` (missing pages of a registered range)
+/// with `src` and wake the threads waiting on them. Returns the bytes copied: fewer than asked
+/// (with the error that stopped it) when the range meets a page that is already there
+/// (`EEXIST`), the mm is changing (`EAGAIN`: read the pending events first), or is gone
+/// (`ESRCH`, `ENOENT`). See ioctl_userfaultfd(2).
+pub fn copy(uffd: BorrowedFd<'_>, dst: u64, src: &[u8]) -> (u64, Option<io::Error>) {
+    let mut c = UffdioCopy { dst, src: src.as_ptr() as u64, len: src.len() as u64, mode: 0, copy: 0 };
+    // SAFETY: `c` is a valid uffdio_copy; `src` is readable for `len` bytes during the call
+    // (the kernel only reads it).
+    let r = unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_COPY, &mut c as *mut UffdioCopy) };
+    if r == 0 {
+        return (src.len() as u64, None);
+    }
+    let err = io::Error::last_os_error();
+    (c.copy.max(0) as u64, Some(err))
+}
+
+/// `UFFDIO_ZEROPAGE` — fill missing pages of `start..start+len` with zeros and wake their
+/// waiters. Same partial results as [`copy`].
+pub fn zeropage(uffd: BorrowedFd<'_>, start: u64, len: u64) -> (u64, Option<io::Error>) {
+    let mut z = UffdioZeropage { start, len, mode: 0, zeropage: 0 };
+    // SAFETY: `z` is a valid uffdio_zeropage for the duration of the call.
+    let r = unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_ZEROPAGE, &mut z as *mut UffdioZeropage) };
+    if r == 0 {
+        return (len, None);
+    }
+    let err = io::Error::last_os_error();
+    (z.zeropage.max(0) as u64, Some(err))
+}
+
+/// One `struct uffd_msg`, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A thread faulted on a missing page at this address.
+    PageFault { address: u64 },
+    /// The process forked; the child's uffd (now an fd of this process).
+    Fork { uffd: i32 },
+    /// `from..from+len` moved to `to` (mremap).
+    Remap { from: u64, to: u64, len: u64 },
+    /// Pages of `start..end` were dropped (MADV_DONTNEED/MADV_REMOVE).
+    Remove { start: u64, end: u64 },
+    /// `start..end` was unmapped.
+    Unmap { start: u64, end: u64 },
+    /// An event this code does not know.
+    Other(u8),
+}
+
+/// `read(2)` of the pending messages of a non-blocking uffd (at most 64): an empty list when
+/// there is none (`EAGAIN`).
+pub fn read_events(uffd: BorrowedFd<'_>) -> io::Result<Vec<Event>> {
+    let mut buf = [0u8; 32 * 64];
+    // SAFETY: `buf` is writable for its length.
+    let n = unsafe { libc::read(uffd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::WouldBlock { Ok(Vec::new()) } else { Err(e) };
+    }
+    let u64at = |m: &[u8], o: usize| u64::from_ne_bytes(m[o..o + 8].try_into().unwrap_or([0; 8]));
+    Ok(buf[..n as usize]
+        .chunks_exact(32)
+        .map(|m| match m[0] {
+            0x12 => Event::PageFault { address: u64at(m, 16) },
+            0x13 => Event::Fork { uffd: u32::from_ne_bytes(m[8..12].try_into().unwrap_or([0; 4])) as i32 },
+            0x14 => Event::Remap { from: u64at(m, 8), to: u64at(m, 16), len: u64at(m, 24) },
+            0x15 => Event::Remove { start: u64at(m, 8), end: u64at(m, 16) },
+            0x16 => Event::Unmap { start: u64at(m, 8), end: u64at(m, 16) },
+            k => Event::Other(k),
+        })
+        .collect())
+}
+
+/// `poll(2)` for input on `fds` for at most `timeout_ms` (-1: no limit): which are readable
+/// (or hung up, or in error: a read then tells).
+pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32) -> io::Result<Vec<bool>> {
+    let mut p: Vec<libc::pollfd> =
+        fds.iter().map(|f| libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+    // SAFETY: `p` holds `p.len()` valid pollfd entries for the duration of the call.
+    let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(vec![false; fds.len()]);
+        }
+        return Err(e);
+    }
+    Ok(p.iter().map(|x| x.revents != 0).collect())
+}
+
+/// Own the uffd a fork event installed in this process (`Event::Fork`).
+pub fn own_fork_uffd(fd: i32) -> io::Result<std::os::fd::OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: the kernel installed `fd` in this process's table when it queued the fork event
+    // that was just read; nothing else knows of it, so it gets exactly one owner here.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}

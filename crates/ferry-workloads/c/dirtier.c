@@ -11,9 +11,22 @@
  *   argv[4] = "churn": also keep 8 small mappings changing under the migration: every round one
  *                 of them is unmapped and mapped anew, grown with mremap (which may move it), or
  *                 rewritten, each time with a new generation; they are checked on go too.
+ *   argv[4] = "fork": also fork (at most 16 times, one at a time, a new one once the previous
+ *                 one is done and 200 ms have passed) a child that checks every page of its
+ *                 copy of the memory against its copy of the generations, writes its verdict
+ *                 (one byte) to a pipe and waits to be killed: children never exit on their own
+ *                 while the tree may be migrated (a process exiting during a dump fails it).
+ *                 On go the parent requires that every child passed and some ran.
+ *   argv[4] = "threads": the writes are done by 4 threads instead (thread t owns the pages
+ *                 i % 4 == t); each round each thread also has the kernel read one of its pages
+ *                 (pwrite to a scratch file) and write it back in place (pread): faults taken
+ *                 in kernel mode, from several threads at once.
  */
 #include "common.h"
 #include <sys/mman.h>
+#include <sys/wait.h>
+#include <pthread.h>
+#include <poll.h>
 
 #define PAGE 4096UL
 #define WORDS (PAGE / 8)
@@ -84,6 +97,58 @@ static void churn(uint64_t round, uint64_t rng)
 	}
 }
 
+#define NTHREADS 4
+struct writer {
+	pthread_t th;
+	uint64_t *mem;
+	uint32_t *gen;
+	size_t npages, per_round;
+	int idx, fd;
+	unsigned long errors;
+};
+
+static void *writer_main(void *arg)
+{
+	struct writer *w = arg;
+	uint64_t rng = 0x9E3779B97F4A7C15ULL * (uint64_t)(w->idx + 1);
+	size_t mine = w->npages / NTHREADS;
+	while (!go && mine > 0) {
+		for (size_t k = 0; k < w->per_round / NTHREADS + 1; k++) {
+			rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+			uint64_t i = ((rng >> 33) % mine) * NTHREADS + (uint64_t)w->idx;
+			w->gen[i]++;
+			fill(w->mem, i, w->gen[i]);
+		}
+		uint64_t j = ((rng >> 13) % mine) * NTHREADS + (uint64_t)w->idx;
+		void *page = w->mem + j * WORDS;
+		off_t at = (off_t)w->idx * (off_t)PAGE;
+		if (pwrite(w->fd, page, PAGE, at) != (ssize_t)PAGE || pread(w->fd, page, PAGE, at) != (ssize_t)PAGE)
+			w->errors++;
+		struct timespec ts = { 0, 10 * 1000 * 1000 };
+		nanosleep(&ts, NULL);
+	}
+	return NULL;
+}
+
+/* Pages of `mem` that do not match their generation. */
+static size_t check_pages(const uint64_t *mem, const uint32_t *gen, size_t npages, int report)
+{
+	size_t bad = 0;
+	for (size_t i = 0; i < npages; i++) {
+		const uint64_t *p = mem + i * WORDS;
+		for (uint64_t w = 0; w < WORDS; w++) {
+			if (p[w] != mix(i, gen[i], w)) {
+				if (bad++ == 0 && report)
+					fail("page %zu word %llu: %#llx, expected %#llx (generation %u)", i,
+					     (unsigned long long)w, (unsigned long long)p[w],
+					     (unsigned long long)mix(i, gen[i], w), gen[i]);
+				break;
+			}
+		}
+	}
+	return bad;
+}
+
 int main(int argc, char **argv)
 {
 	workload_init(argc, argv);
@@ -105,12 +170,35 @@ int main(int argc, char **argv)
 	uint64_t rng = 0x12345678ULL ^ (uint64_t)getpid();
 	uint64_t rounds = 0;
 	int churning = argc > 4 && strcmp(argv[4], "churn") == 0;
+	int forking = argc > 4 && strcmp(argv[4], "fork") == 0;
+	int threading = argc > 4 && strcmp(argv[4], "threads") == 0;
+	struct writer writers[NTHREADS];
+	if (threading) {
+		char path[4096];
+		snprintf(path, sizeof path, "%s/threads.scratch", W);
+		int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		if (fd < 0)
+			die_setup("open %s: %s", path, strerror(errno));
+		for (int t = 0; t < NTHREADS; t++) {
+			writers[t] = (struct writer){ .mem = mem, .gen = gen, .npages = npages, .per_round = per_round,
+						      .idx = t, .fd = fd };
+			if (pthread_create(&writers[t].th, NULL, writer_main, &writers[t]) != 0)
+				die_setup("pthread_create");
+		}
+	}
+#define NCHECKERS 16
+	pid_t checkers[NCHECKERS];
+	int nforked = 0, checking = 0;
+	unsigned long checks_ok = 0, checks_bad = 0;
+	int verdicts[2] = { -1, -1 };
+	if (forking && pipe2(verdicts, O_CLOEXEC | O_NONBLOCK) < 0)
+		die_setup("pipe2: %s", strerror(errno));
 	if (churning)
 		for (int k = 0; k < NSLOT; k++)
 			slot_new(k, 32);
 	signal_ready();
 	while (!go) {
-		for (size_t k = 0; k < per_round; k++) {
+		for (size_t k = 0; !threading && k < per_round; k++) {
 			rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
 			uint64_t i = (rng >> 33) % npages;
 			gen[i]++;
@@ -118,6 +206,30 @@ int main(int argc, char **argv)
 		}
 		if (churning)
 			churn(rounds, rng);
+		if (forking && checking) {
+			char v;
+			if (read(verdicts[0], &v, 1) == 1) {
+				checking = 0;
+				if (v == 'y')
+					checks_ok++;
+				else if (checks_bad++ == 0)
+					fail("a forked child found its copy of the memory wrong");
+			}
+		}
+		if (forking && !checking && nforked < NCHECKERS && rounds % 20 == 0) {
+			pid_t c = fork();
+			if (c == 0) {
+				char v = check_pages(mem, gen, npages, 0) == 0 ? 'y' : 'n';
+				if (write(verdicts[1], &v, 1) != 1)
+					_exit(1);
+				for (;;)
+					pause();
+			}
+			if (c < 0)
+				die_setup("fork: %s", strerror(errno));
+			checkers[nforked++] = c;
+			checking = 1;
+		}
 		rounds++;
 		if (rounds % 50 == 0) {
 			char buf[64];
@@ -127,22 +239,35 @@ int main(int argc, char **argv)
 		struct timespec ts = { 0, 10 * 1000 * 1000 };
 		nanosleep(&ts, NULL);
 	}
-	size_t bad = 0;
-	uint64_t dirtied = 0;
-	for (size_t i = 0; i < npages; i++) {
-		dirtied += gen[i];
-		uint64_t *p = mem + i * WORDS;
-		for (uint64_t w = 0; w < WORDS; w++) {
-			if (p[w] != mix(i, gen[i], w)) {
-				if (bad++ == 0)
-					fail("page %zu word %llu: %#llx, expected %#llx (generation %u)", i,
-					     (unsigned long long)w, (unsigned long long)p[w],
-					     (unsigned long long)mix(i, gen[i], w), gen[i]);
-				break;
-			}
-		}
+	unsigned long thread_errors = 0;
+	for (int t = 0; threading && t < NTHREADS; t++) {
+		pthread_join(writers[t].th, NULL);
+		thread_errors += writers[t].errors;
 	}
+	CHECK(thread_errors == 0, "%lu pwrite/pread round trips of a page failed", thread_errors);
+	uint64_t dirtied = 0;
+	for (size_t i = 0; i < npages; i++)
+		dirtied += gen[i];
+	size_t bad = check_pages(mem, gen, npages, 1);
 	CHECK(bad == 0, "%zu of %zu pages differ", bad, npages);
+	if (forking) {
+		if (checking) {
+			/* the last one's verdict: wait for it */
+			struct pollfd pfd = { verdicts[0], POLLIN, 0 };
+			char v = 0;
+			if (poll(&pfd, 1, 120000) == 1 && read(verdicts[0], &v, 1) == 1 && v == 'y')
+				checks_ok++;
+			else
+				checks_bad++;
+		}
+		for (int k = 0; k < nforked; k++) {
+			kill(checkers[k], SIGKILL);
+			waitpid(checkers[k], NULL, 0);
+		}
+		CHECK(checks_bad == 0, "%lu forked children found their memory wrong", checks_bad);
+		CHECK(checks_ok > 0, "no forked child checked the memory");
+		fprintf(stderr, "dirtier: %lu forked children checked their memory\n", checks_ok);
+	}
 	for (int k = 0; churning && k < NSLOT; k++)
 		for (size_t i = 0; i < slots[k].pages; i++)
 			if (slots[k].p[i * WORDS + 7] != mix(1000003ULL * (k + 1) + i, slots[k].gen, 7) ||

@@ -133,7 +133,8 @@ enum Cmd {
         /// Send memory while the tree runs, then only what was written since; freeze at the end.
         #[arg(long, conflicts_with = "post_copy")]
         pre_copy: bool,
-        /// Resume at once on the destination and fetch pages on fault (not implemented yet).
+        /// Resume at once on the destination; private anonymous memory follows, pages fetched on
+        /// fault first (userfaultfd). A connection lost meanwhile loses the process.
         #[arg(long)]
         post_copy: bool,
         /// Seconds to wait for the destination at any step.

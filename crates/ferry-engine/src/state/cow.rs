@@ -61,6 +61,11 @@ fn read_pagemap(pid: i32, f: &std::fs::File, start: u64, pages: u64) -> Result<V
 /// what the page dump must skip or read differently.
 pub fn find(procs: &mut [Process], host: &[i32]) -> Result<Vec<Dump>, Error> {
     let mut out: Vec<Dump> = procs.iter().map(|_| Dump::default()).collect();
+    if crate::postcopy::lazy_dump() {
+        // Post-copy sends private anonymous memory page by page to each process's uffd after
+        // the restore: nothing to premap, so each process gets its own copy (not shared).
+        return Ok(out);
+    }
     for i in 0..procs.len() {
         let Some(j) = procs[..i].iter().position(|q| q.pid == procs[i].ppid && q.mm.is_some()) else { continue };
         let parent: Vec<(u64, u64)> =

@@ -288,6 +288,7 @@ pub fn dump_pages(
         .ctx(|| format!("pid {pid}: PAGEMAP_SCAN of {:#x}-{:#x}", v.start, v.end))?;
         let regions = subtract(regions, &sharing.exclude); // pages the parent holds
         let regions = crate::precopy::without_skipped(pid, regions); // pages a pre-copy round sent
+        let regions = crate::postcopy::eager_only(pid, v, regions); // post-copy: pages sent later
         let readable = v.prot & libc::PROT_READ as u32 != 0 && !sharing.via_mem.contains(&v.start);
         for r in regions {
             if r.categories & page_is::PFNZERO != 0 {

@@ -15,7 +15,9 @@ use std::path::Path;
 pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
 /// The cleartext header each side sends first: magic, protocol version (big endian), reserved.
 pub const MAGIC: &[u8; 4] = b"FRYM";
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The oldest version still spoken (1: no post-copy).
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// Largest Noise message (the spec's limit) and the plaintext one can carry.
 const NOISE_MAX: usize = 65535;
 const TAG_LEN: usize = 16;
@@ -141,8 +143,10 @@ fn check_header(h: &[u8; 8]) -> Result<()> {
         bail!("the peer is not a ferry migration endpoint (bad magic)");
     }
     let v = u16::from_be_bytes([h[4], h[5]]);
-    if v != PROTOCOL_VERSION {
-        bail!("the peer speaks migration protocol version {v}, this ferry speaks {PROTOCOL_VERSION}");
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&v) {
+        bail!(
+            "the peer speaks migration protocol version {v}, this ferry speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}"
+        );
     }
     Ok(())
 }
@@ -235,6 +239,12 @@ impl Secure {
 
     pub fn socket(&self) -> &TcpStream {
         &self.sock
+    }
+
+    /// Whether received bytes wait in the decrypted buffer (a poll of the socket would not see
+    /// them).
+    pub fn has_buffered(&self) -> bool {
+        self.rpos < self.rbuf.len()
     }
 
     fn send_frame(&mut self, plain_len: usize) -> io::Result<()> {

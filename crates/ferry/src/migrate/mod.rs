@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use std::io;
 
 pub mod channel;
+pub mod postcopy;
 pub mod serve;
 pub mod source;
 
@@ -43,6 +44,18 @@ pub mod kind {
     /// LE), then (start u64 LE, end u64 LE) ranges of pages the image leaves out and the
     /// destination fills from the PAGES it kept (their latest copy). May repeat for one pid.
     pub const KEEP: u8 = 12;
+    /// post-copy, destination -> source: image pid (u32 LE), address (u64 LE) of a page a
+    /// restored thread waits for.
+    pub const LAZY_WANT: u8 = 13;
+    /// post-copy, source -> destination: image pid (u32 LE), address (u64 LE), page bytes.
+    pub const LAZY_PAGES: u8 = 14;
+    /// post-copy, source -> destination: image pid (u32 LE), address (u64 LE), length (u64
+    /// LE) of pages that are zero.
+    pub const LAZY_ZERO: u8 = 15;
+    /// post-copy, source -> destination: every page has been sent (empty).
+    pub const LAZY_DONE: u8 = 16;
+    /// post-copy, destination -> source: every page is in place (empty).
+    pub const LAZY_COMPLETE: u8 = 17;
 }
 
 /// Migration modes as HELLO carries them.

@@ -250,8 +250,11 @@ fn handle(sock: TcpStream, auth: &Auth, limits: &Limits, dir: &Path) -> Result<O
     }
     let mut f = Fields(&hello);
     let (version, m) = (f.u16()?, f.u8()?);
-    if version != super::channel::PROTOCOL_VERSION || !matches!(m, mode::STOP_AND_COPY | mode::PRE_COPY) {
-        let why = format!("unsupported protocol version {version} or mode {m} (this node: stop-and-copy and pre-copy)");
+    let known = (super::channel::MIN_PROTOCOL_VERSION..=super::channel::PROTOCOL_VERSION).contains(&version);
+    if !known || !(matches!(m, mode::STOP_AND_COPY | mode::PRE_COPY) || (m == mode::POST_COPY && version >= 2)) {
+        let why = format!(
+            "unsupported protocol version {version} or mode {m} (this node: stop-and-copy, pre-copy, post-copy from v2)"
+        );
         let _ = send_now(&mut sec, kind::FAILED, why.as_bytes());
         bail!("{why}");
     }
@@ -266,7 +269,12 @@ fn handle(sock: TcpStream, auth: &Auth, limits: &Limits, dir: &Path) -> Result<O
     let received = t0.elapsed();
     let t1 = Instant::now();
     let opts = ferry_engine::restore::RestoreOptions { dir: dir.to_path_buf(), pidfile: None, shell_job: false };
-    let r = match ferry_engine::restore::restore(&opts) {
+    let post_copy = m == mode::POST_COPY;
+    ferry_engine::postcopy::accept_lazy(post_copy);
+    let restored = ferry_engine::restore::restore(&opts);
+    let lazies = ferry_engine::postcopy::take_registered();
+    ferry_engine::postcopy::accept_lazy(false);
+    let r = match restored {
         Ok(r) => r,
         Err(e) => {
             let why = format!("restore failed: {e}");
@@ -279,16 +287,46 @@ fn handle(sock: TcpStream, auth: &Auth, limits: &Limits, dir: &Path) -> Result<O
     let _ = fs::remove_dir_all(dir);
     // A source that gave up meanwhile (its timeout) has resumed its copy: ours must not run.
     if source_gone(&sec) {
-        let _ = ferry_sys::process::kill(r.pid, libc::SIGKILL);
+        if post_copy {
+            super::postcopy::kill_tree(r.pid); // (it runs already, and may have forked)
+        } else {
+            let _ = ferry_sys::process::kill(r.pid, libc::SIGKILL);
+        }
         bail!("the source gave up before the restore finished; restored pid {} killed", r.pid);
     }
     let mut p = (r.pid as u32).to_le_bytes().to_vec();
     p.extend_from_slice(&restore_ms.to_le_bytes());
     if let Err(e) = send_now(&mut sec, kind::RESTORED, &p) {
-        let _ = ferry_sys::process::kill(r.pid, libc::SIGKILL);
+        if post_copy {
+            super::postcopy::kill_tree(r.pid); // (it runs already, and may have forked)
+        } else {
+            let _ = ferry_sys::process::kill(r.pid, libc::SIGKILL);
+        }
         bail!("cannot confirm to the source ({e}); restored pid {} killed, the source resumes its copy", r.pid);
     }
     eprintln!("serve: image received in {} ms, restored in {restore_ms} ms as pid {}", received.as_millis(), r.pid);
+    if post_copy {
+        let t = Instant::now();
+        match super::postcopy::fetch_pages(&mut sec, r.pid, lazies, IDLE_TIMEOUT, limits.max_image_bytes) {
+            Ok(st) => eprintln!(
+                "serve: post-copy: every page in {} ms after the restore ({} MiB, {} pages asked for on fault, waited {} us on average, {} us at most; {} forks)",
+                t.elapsed().as_millis(),
+                st.bytes >> 20,
+                st.faults,
+                st.wait_total.as_micros() / u128::from(st.faults.max(1)),
+                st.wait_max.as_micros(),
+                st.forks
+            ),
+            Err(e) => {
+                super::postcopy::kill_tree(r.pid);
+                let _ = send_now(&mut sec, kind::FAILED, format!("post-copy: {e:#}").as_bytes());
+                bail!(
+                    "POST-COPY FAILED: {e:#}; the restored tree (pid {}) is missing memory and was killed (unrecoverable: the process is lost)",
+                    r.pid
+                );
+            }
+        }
+    }
     match recv(&mut sec, 4096) {
         Ok((kind::FINISHED, _)) => {}
         Ok((k, m)) => eprintln!("serve: warning: got message {k} ({}) instead of FINISHED", text(&m)),

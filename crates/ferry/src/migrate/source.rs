@@ -132,9 +132,6 @@ fn resolve(to: &str) -> Result<SocketAddr> {
 pub fn migrate(o: &MigrateOptions) -> Result<()> {
     let t0 = Instant::now();
     let pid = o.pid;
-    if o.mode == mode::POST_COPY {
-        bail!("post-copy migration is not implemented in this version (use stop-and-copy or --pre-copy)");
-    }
     let auth = Auth::load(o.auth)?;
     let addr = resolve(o.to)?;
     let sock =
@@ -170,6 +167,10 @@ pub fn migrate(o: &MigrateOptions) -> Result<()> {
     };
     let mut downtime = Duration::ZERO;
     let mut remote = (0i32, 0u32);
+    let post_copy = o.mode == mode::POST_COPY;
+    // post-copy: (lazy bytes, pages asked for, time until the last page), or why it broke
+    let mut lazy: Option<Result<(u64, u64, Duration)>> = None;
+    ferry_engine::postcopy::set_lazy_dump(post_copy);
     let res = ferry_engine::dump::dump_with(
         &opts,
         || {
@@ -211,6 +212,20 @@ pub fn migrate(o: &MigrateOptions) -> Result<()> {
                     downtime = t_frozen.elapsed();
                     let mut f = Fields(&p);
                     remote = (f.u32().unwrap_or(0) as i32, f.u32().unwrap_or(0));
+                    if post_copy {
+                        // The tree runs there now: from here on this copy is only the page
+                        // store, and it dies whatever happens (see postcopy.rs).
+                        let mut src = ferry_engine::postcopy::LazySource::take();
+                        eprintln!(
+                            "migrate: pid {pid} runs on the destination; serving its {} MiB of lazy pages",
+                            src.lazy_bytes() >> 20
+                        );
+                        let t = Instant::now();
+                        lazy = Some(src.exit_kill().map_err(anyhow::Error::new).and_then(|()| {
+                            super::postcopy::serve_pages(&mut s.sec, &mut src, o.timeout)
+                                .map(|(bytes, wants)| (bytes, wants, t.elapsed()))
+                        }));
+                    }
                     Ok(())
                 }
                 Ok((kind::FAILED, why)) => Err(err(format!("the destination failed: {}", text(&why)))),
@@ -219,14 +234,31 @@ pub fn migrate(o: &MigrateOptions) -> Result<()> {
             }
         },
     );
+    ferry_engine::postcopy::set_lazy_dump(false);
     let mut s = lock(&sink);
+    if let (Ok(_), Some(Err(e))) = (&res, &lazy) {
+        let _ = send_now(&mut s.sec, kind::ABORT, format!("post-copy: {e:#}").as_bytes());
+        bail!(
+            "POST-COPY FAILED for pid {pid} after it resumed on {addr}: {e:#}; its memory was split between the two nodes, so the process is lost: the copy here is killed and the destination kills its own"
+        );
+    }
     match res {
         Ok(r) => {
             let _ = send_now(&mut s.sec, kind::FINISHED, &[]);
+            let lazy_fields = match &lazy {
+                Some(Ok((bytes, wants, t))) => {
+                    format!(" lazy_bytes={bytes} lazy_faults={wants} lazy_ms={}", t.as_millis())
+                }
+                _ => String::new(),
+            };
             println!(
-                "migrated pid {pid} to {addr} (pid {} there): mode={} rounds={rounds} total_ms={} bytes_sent={} image_bytes={} pages_bytes={} restore_ms={} downtime_ms={}",
+                "migrated pid {pid} to {addr} (pid {} there): mode={} rounds={rounds} total_ms={} bytes_sent={} image_bytes={} pages_bytes={} restore_ms={} downtime_ms={}{lazy_fields}",
                 remote.0,
-                if o.mode == mode::PRE_COPY { "pre-copy" } else { "stop-and-copy" },
+                match o.mode {
+                    mode::PRE_COPY => "pre-copy",
+                    mode::POST_COPY => "post-copy",
+                    _ => "stop-and-copy",
+                },
                 t0.elapsed().as_millis(),
                 s.sec.wire_sent,
                 s.image_bytes,

@@ -9,6 +9,8 @@
 //! cap) must leave the source running, untraced, still writing, and then passing its own check.
 
 use crate::common::*;
+
+mod postcopy;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -148,10 +150,15 @@ impl Workload {
     }
 
     fn start_args(nodes: &Nodes, label: &str, mib: u32, pidns: bool, churn: bool) -> Workload {
+        Workload::start_mode(nodes, label, mib, pidns, if churn { "churn" } else { "" })
+    }
+
+    /// `mode`: the dirtier's extra behaviour ("churn", "fork"), or "".
+    fn start_mode(nodes: &Nodes, label: &str, mib: u32, pidns: bool, mode: &str) -> Workload {
         let w = WorkDir::new(label);
         let mut args = vec![mib.to_string()];
-        if churn {
-            args.extend(["10240".to_string(), "churn".to_string()]);
+        if !mode.is_empty() {
+            args.extend(["10240".to_string(), mode.to_string()]);
         }
         let log = |name: &str| File::create(w.join(name)).expect("log file");
         let prog = ferry_workloads::path("dirtier");
@@ -317,8 +324,12 @@ fn migrate_and_verify(mib: u32) -> u64 {
 }
 
 fn migrate_and_verify_with(mib: u32, extra: &[&str], churn: bool) -> u64 {
+    migrate_and_verify_mode(mib, extra, if churn { "churn" } else { "" })
+}
+
+fn migrate_and_verify_mode(mib: u32, extra: &[&str], mode: &str) -> u64 {
     let nodes = Nodes::new();
-    let wl = Workload::start_args(&nodes, "migrate", mib, true, churn);
+    let wl = Workload::start_mode(&nodes, "migrate", mib, true, mode);
     let auth = wl.w.join("auth");
     keygen(&auth);
     let _server = Server::start(&nodes, &wl.w, &auth, &[]);
@@ -338,6 +349,23 @@ fn migrate_and_verify_with(mib: u32, extra: &[&str], churn: bool) -> u64 {
             "the final image is not smaller than half the memory: {line}"
         );
         assert!(m.stderr.contains("already there and unchanged"), "{}", m.stderr);
+    }
+    if extra.contains(&"--post-copy") {
+        // the image holds almost no memory; all of it followed, and the source waited for that
+        let line = m.stdout.trim();
+        let field = |k: &str| -> u64 {
+            line.split_whitespace().find_map(|w| w.strip_prefix(k)).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
+        };
+        assert!(line.contains("mode=post-copy"), "{line}");
+        assert!(field("image_bytes=") < (mib as u64) << 17, "the image holds the memory: {line}");
+        assert!(field("lazy_bytes=") >= (mib as u64) << 19, "not the memory sent after the restore: {line}");
+        assert!(field("lazy_ms=") != u64::MAX, "{line}");
+        // (how long faulting threads waited, for the figures)
+        wait_for("the destination's post-copy summary", Duration::from_secs(20), || {
+            _server.log().contains("serve: post-copy: every page")
+        });
+        let log = _server.log();
+        eprintln!("{}", log.lines().find(|l| l.contains("serve: post-copy: every page")).unwrap_or_default());
     }
     wait_for("the source copy to be killed", Duration::from_secs(20), || !pid_alive(wl.pid));
     assert!(pid_alive(remote), "the migrated tree (pid {remote}) is not running");
@@ -536,20 +564,6 @@ fn migrate_pre_copy_destination_killed_source_keeps_running() {
     wl.go_and_pass(wl.pid);
 }
 
-/// `--post-copy` is not implemented: refused before the tree is touched.
-#[test]
-fn migrate_post_copy_refused_cleanly() {
-    let nodes = Nodes::new();
-    let wl = Workload::start(&nodes, "migrate-post", 16, true);
-    let auth = wl.w.join("auth");
-    keygen(&auth);
-    let _server = Server::start(&nodes, &wl.w, &auth, &[]);
-    let m = migrate_with(&nodes, &wl, &auth, "migrate", &["--post-copy"]);
-    assert!(!m.ok && m.stderr.contains("not implemented"), "{}", m.stderr);
-    wl.expect_running_here("after --post-copy was refused");
-    wl.go_and_pass(wl.pid);
-}
-
 /// Downtime figures (ignored by default: `cargo test --release --test e2e -- --ignored
 /// migrate_downtime_figures --nocapture`).
 #[test]
@@ -562,6 +576,8 @@ fn migrate_downtime_figures() {
         lines.push(format!("stop-and-copy {mib} MiB: downtime_ms={d}"));
         let d = migrate_and_verify_with(mib, &["--pre-copy"], false);
         lines.push(format!("pre-copy {mib} MiB: downtime_ms={d}"));
+        let d = migrate_and_verify_with(mib, &["--post-copy"], false);
+        lines.push(format!("post-copy {mib} MiB: downtime_ms={d}"));
     }
     eprintln!("{}", lines.join("\n"));
 }
