@@ -312,6 +312,7 @@ fn dump_process(
     task::collect(pid, &st, &stat, &mut p)?;
     let tids: Vec<i32> = f.threads.iter().map(|t| t.tid).collect();
     task::check_thread_sched(pid, &tids, &p)?;
+    crate::state::cgroup::collect(pid, &tids, &mut p)?;
     files::collect(pid, img, &mut p, done, tree)?;
     let (mut vmas, maps) = memory::scan(pid, img)?;
     tracing::info!(vmas = vmas.len(), fds = p.fds.len(), threads = f.threads.len(), "collected fds and mappings");

@@ -584,6 +584,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         wait_stopped(pid).ctx(|| format!("pid {pid}: did not stop"))?;
     }
     let t_tracer = Instant::now();
+    // Into their cgroups before memory and threads are made, so they are charged there.
+    crate::state::cgroup::restore(&procs, &host)?;
     join_groups(&plan, &tr, &host)?;
     end_helpers(&plan, &host)?;
     let mut rebuilt = Vec::new();

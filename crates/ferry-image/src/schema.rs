@@ -135,6 +135,9 @@ pub struct Process {
     /// SysV shared memory segments this process is the first of the tree to attach.
     #[prost(message, repeated, tag = "45")]
     pub sysv_shm: Vec<SysvShm>,
+    /// The cgroup the process is in, in every hierarchy (v1 and v2).
+    #[prost(message, repeated, tag = "50")]
+    pub cgroups: Vec<Cgroup>,
 }
 
 /// A SysV shared memory segment (`shmget`), recreated with the same key and id.
@@ -491,6 +494,16 @@ pub struct PageRun {
     pub nr_pages: u64,
     #[prost(uint64, tag = "3")]
     pub offset: u64,
+}
+
+/// Membership of one cgroup hierarchy: `controllers` as in /proc/PID/cgroup (`memory`,
+/// `cpu,cpuacct`, `name=systemd`; empty for cgroup v2) and the cgroup's path in it.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct Cgroup {
+    #[prost(string, tag = "1")]
+    pub controllers: String,
+    #[prost(string, tag = "2")]
+    pub path: String,
 }
 
 /// `nr_pages` pages starting at `addr` (no data).

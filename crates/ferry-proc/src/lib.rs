@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod auxv;
+mod cgroup;
 mod fdinfo;
 mod maps;
 mod mountinfo;
@@ -24,6 +25,7 @@ mod status;
 mod timers;
 
 pub use auxv::{parse_auxv, AT_NULL};
+pub use cgroup::{parse_cgroup, CgroupLine};
 pub use fdinfo::{parse_fdinfo, FdInfo};
 pub use maps::{parse_maps, MapEntry, Perms};
 pub use mountinfo::{parse_mountinfo, MountInfo};

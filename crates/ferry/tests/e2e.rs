@@ -612,6 +612,7 @@ mod big {
     }
 }
 
+mod cgroup;
 mod cow;
 mod inet;
 mod migrate;

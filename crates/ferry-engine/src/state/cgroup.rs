@@ -1,0 +1,80 @@
+//! Cgroup membership: which cgroup each process is in, in every hierarchy (cgroup v1
+//! controllers, named v1 hierarchies, the v2 tree).
+//!
+//! Dump reads /proc/PID/cgroup (and refuses a process whose threads sit in different v1
+//! cgroups). Restore, once the tree is forked and before any memory is rebuilt (so pages and
+//! threads are charged where they belong), moves each process into its cgroup by writing its
+//! pid to `cgroup.procs`, creating the cgroup's directory if this machine does not have it
+//! (without limits: the limits of a cgroup are its owner's business, not the process's). A
+//! hierarchy that is not mounted here, or a cgroup that will not take the process, fails the
+//! restore with an error naming it. Where ferry itself is in the same cgroup nothing is done.
+
+use crate::error::{Ctx, Error};
+use crate::procfs;
+use ferry_image::{Cgroup, Process};
+use ferry_proc::MountInfo;
+
+fn read(pid: i32, file: &str) -> Result<Vec<Cgroup>, Error> {
+    let text = procfs::read_string(pid, file)?;
+    let lines = procfs::parse(pid, file, ferry_proc::parse_cgroup(&text))?;
+    Ok(lines.into_iter().map(|l| Cgroup { controllers: l.controllers, path: l.path }).collect())
+}
+
+/// Record the cgroups of `pid` (threads `tids`) into `p`.
+pub fn collect(pid: i32, tids: &[i32], p: &mut Process) -> Result<(), Error> {
+    p.cgroups = read(pid, "cgroup")?;
+    for &tid in tids.iter().filter(|&&t| t != pid) {
+        if read(pid, &format!("task/{tid}/cgroup"))? != p.cgroups {
+            return Err(Error::Unsupported {
+                pid,
+                what: format!("thread {tid} is in other cgroups than its process (threaded cgroup v1)"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The directory of cgroup `c` in this machine's mounts, if its hierarchy is mounted.
+fn dir_of(c: &Cgroup, mounts: &[MountInfo]) -> Option<std::path::PathBuf> {
+    let want: Vec<&str> = c.controllers.split(',').filter(|s| !s.is_empty()).collect();
+    let m = mounts.iter().find(|m| {
+        if want.is_empty() {
+            return m.fs_type == "cgroup2";
+        }
+        let opts: Vec<&str> = m.super_options.split(',').collect();
+        m.fs_type == "cgroup" && want.iter().all(|w| opts.contains(w))
+    })?;
+    // A mount of a subtree (bind mount, cgroup namespace) holds only what is below its root.
+    let rel = match m.root.as_str() {
+        "/" => c.path.as_str(),
+        root => c.path.strip_prefix(root).filter(|r| r.is_empty() || r.starts_with('/'))?,
+    };
+    Some(std::path::Path::new(&m.mount_point).join(rel.trim_start_matches('/')))
+}
+
+/// Move every process of the restored tree (`host` maps image pids to pids here) into its
+/// cgroups.
+pub fn restore(procs: &[Process], host: &dyn Fn(i32) -> i32) -> Result<(), Error> {
+    if procs.iter().all(|p| p.cgroups.is_empty()) {
+        return Ok(()); // (an image from before cgroups were recorded)
+    }
+    let own = read(std::process::id() as i32, "cgroup")?;
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ctx(|| "cannot read /proc/self/mountinfo".into())?;
+    let mounts = ferry_proc::parse_mountinfo(&text)
+        .map_err(|e| Error::Invalid { object: "/proc/self/mountinfo".into(), what: e.to_string() })?;
+    for p in procs.iter().filter(|p| !p.zombie) {
+        let pid = host(p.pid);
+        for c in p.cgroups.iter().filter(|c| !own.contains(c)) {
+            let obj = || {
+                let h = if c.controllers.is_empty() { "cgroup2" } else { &c.controllers };
+                format!("pid {}: cgroup {h}:{}", p.pid, c.path)
+            };
+            let dir = dir_of(c, &mounts)
+                .ok_or_else(|| Error::Invalid { object: obj(), what: "this hierarchy is not mounted here".into() })?;
+            std::fs::create_dir_all(&dir).ctx(|| format!("{}: cannot create {}", obj(), dir.display()))?;
+            std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+                .ctx(|| format!("{}: cannot move the process into {}", obj(), dir.display()))?;
+        }
+    }
+    Ok(())
+}
