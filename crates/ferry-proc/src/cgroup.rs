@@ -41,7 +41,7 @@ mod tests {
     #[test]
     fn v1_and_v2_lines() {
         let t = "9:name=systemd:/\n4:memory:/process_api/ab:c\n1:cpu,cpuacct:/x\n0::/\n";
-        let l = parse_cgroup(t).unwrap();
+        let l = parse_cgroup(t).expect("parse");
         assert_eq!(l.len(), 4);
         assert_eq!(l[0].controllers, "name=systemd");
         assert_eq!(l[1].path, "/process_api/ab:c");
