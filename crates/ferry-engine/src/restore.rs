@@ -101,6 +101,7 @@ fn open_verified_but_pages(dir: &Path) -> Result<(ImageReader, Vec<Process>), Er
         }
         procs.push(p);
     }
+    crate::validate::processes(&procs)?;
     if procs.first().map(|p| p.pid) != Some(img.inventory().root_pid) {
         return Err(Error::Invalid { object: dir.display().to_string(), what: "the root process is not first".into() });
     }

@@ -619,5 +619,6 @@ mod migrate;
 mod more;
 mod objects;
 mod perf;
+mod tampered;
 mod tty;
 mod unix;

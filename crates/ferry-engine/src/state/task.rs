@@ -87,6 +87,12 @@ pub fn collect_rlimits(inj: &Injector, scratch: u64, p: &mut Process) -> Result<
     Ok(())
 }
 
+/// ferry's own hard limit on open files (RLIMIT_NOFILE), from /proc/self/limits.
+pub(crate) fn own_nofile_hard() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    parse_limits(&text)?.into_iter().find(|r| r.resource == libc::RLIMIT_NOFILE).map(|r| r.max)
+}
+
 /// /proc/PID/limits: a header line, then one line per resource in RLIMIT_* order, printed as
 /// `%-25s %-20s %-20s %-10s` (name, soft, hard, unit), each value a number or "unlimited".
 fn parse_limits(text: &str) -> Option<Vec<Rlimit>> {
