@@ -10,6 +10,7 @@
 use crate::error::{Ctx, Error};
 use crate::inject::{find_syscall_insn, wait_stopped, Injector};
 use crate::procfs;
+use crate::state::tcp_repair::lock_names as tcp_repair_locks;
 use crate::state::{cpu, creds, files, memory, rseq, signals, task, timers, tty};
 use ferry_image::{ImageWriter, Inventory, Process, Thread};
 use ferry_sys::consts::{PTRACE_EVENT_STOP, PTRACE_O_TRACESYSGOOD};
@@ -43,6 +44,8 @@ pub struct DumpReport {
     /// Time from freeze to the image being committed.
     pub frozen: Duration,
     pub total: Duration,
+    /// Network locks (nftables tables) left blocking the dumped TCP connections on this node.
+    pub locks: Vec<String>,
 }
 
 /// One seized, stopped thread.
@@ -556,7 +559,12 @@ pub fn dump_with(
         }
     }
     let fds = procs.iter().map(|p| p.fds.len()).sum();
-    Ok(DumpReport { pages_bytes, vmas: vmas_n, fds, frozen: frozen_for, total: t0.elapsed() })
+    let mut locks: Vec<String> = match opts.leave_running {
+        true => Vec::new(),
+        false => procs.iter().flat_map(tcp_repair_locks).map(String::from).collect(),
+    };
+    locks.dedup();
+    Ok(DumpReport { pages_bytes, vmas: vmas_n, fds, frozen: frozen_for, total: t0.elapsed(), locks })
 }
 
 /// Freeze process `pid` (every thread) for a moment and run `f` with its main thread borrowed

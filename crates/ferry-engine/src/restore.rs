@@ -618,6 +618,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     }
     tree.released = true;
     drop(hold_w);
+    if let Err(e) = crate::state::tcp_repair::unlock_all(&procs) {
+        tracing::warn!(error = %e, "the restored connections stay blocked by the network lock");
+    }
     tracing::info!(tracer = ?t_tracer.elapsed(), total = ?t0.elapsed(), "released");
     if let Some(pf) = &opts.pidfile {
         write_pidfile(pf, root_host)?;

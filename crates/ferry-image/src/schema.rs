@@ -889,6 +889,10 @@ pub struct TcpRepair {
     pub window: Vec<u8>,
     #[prost(uint32, tag = "10")]
     pub timestamp: u32,
+    /// The network lock (nftables table `inet NAME`) blocking the connection on the node that
+    /// dumped it, which a restore there removes (state/netlock.rs).
+    #[prost(string, tag = "11")]
+    pub lock: String,
 }
 
 /// One socket option: setsockopt(level, name, value).

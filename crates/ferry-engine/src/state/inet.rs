@@ -343,6 +343,9 @@ fn parse_addr(obj: &str, text: &str) -> Result<SocketAddr, Error> {
     text.parse().map_err(|_| Error::Invalid { object: obj.into(), what: format!("bad socket address {text:?}") })
 }
 
+/// IPV6_TRANSPARENT (linux/in6.h; not in the libc crate).
+const IPV6_TRANSPARENT: i32 = 75;
+
 /// Recreate the socket in ferry: options, bind, listen or connect, status flags.
 pub fn prepare(obj: &str, f: &File) -> Result<OwnedFd, Error> {
     let s = f.inet.as_ref().ok_or_else(|| Error::Invalid { object: obj.into(), what: "no socket record".into() })?;
@@ -371,9 +374,25 @@ pub fn prepare(obj: &str, f: &File) -> Result<OwnedFd, Error> {
         tcp_repair::prepare_before_bind(obj, sock.as_fd(), r)?;
     }
     if !s.closed {
+        let mut transparent = None;
         if !s.local.is_empty() {
             let local = parse_addr(obj, &s.local)?;
-            net::bind(sock.as_fd(), &local).map_err(|e| {
+            let mut bound = net::bind(sock.as_fd(), &local);
+            if bound.as_ref().is_err_and(|e| e.raw_os_error() == Some(libc::EADDRNOTAVAIL)) {
+                // The address is not on this node (yet): a migration moves it once the tree
+                // runs here. Bind anyway, transparently (which also lets a repaired connection
+                // route from it); the option goes back as the process had it after connect.
+                let (level, opt) = match local.is_ipv4() {
+                    true => (libc::IPPROTO_IP, libc::IP_TRANSPARENT),
+                    false => (libc::IPPROTO_IPV6, IPV6_TRANSPARENT),
+                };
+                let had = sockopt::get_int(sock.as_fd(), level, opt).unwrap_or(0);
+                sockopt::set_int(sock.as_fd(), level, opt, 1).ctx(|| format!("{obj}: IP_TRANSPARENT"))?;
+                transparent = Some((level, opt, had));
+                bound = net::bind(sock.as_fd(), &local);
+                tracing::info!(socket = obj, address = %local, "bound to an address this node does not have (yet)");
+            }
+            bound.map_err(|e| {
                 if e.raw_os_error() == Some(libc::EADDRINUSE) {
                     Error::Invalid {
                         object: obj.into(),
@@ -395,6 +414,9 @@ pub fn prepare(obj: &str, f: &File) -> Result<OwnedFd, Error> {
         }
         if let Some(r) = &s.repair {
             tcp_repair::finish_after_connect(obj, sock.as_fd(), r)?;
+        }
+        if let Some((level, opt, had)) = transparent {
+            sockopt::set_int(sock.as_fd(), level, opt, had).ctx(|| format!("{obj}: IP_TRANSPARENT"))?;
         }
     }
     ferry_sys::process::set_status_flags(sock.as_fd(), f.flags as i32).ctx(|| obj.to_string())?;

@@ -21,6 +21,7 @@ pub mod inotify;
 pub mod locks;
 pub mod memfd_seals;
 pub mod memory;
+pub mod netlock;
 pub mod pipes;
 pub mod rseq;
 pub mod session;

@@ -6,10 +6,8 @@
 //! is given the same numbers, bound and "connected" without a handshake, its queues refilled,
 //! and switched back to normal mode.
 //!
-//! Not done: a network lock. Between the dump and the restore no socket owns the connection;
-//! a segment the peer sends then is answered with a RST by the kernel. CRIU blocks the
-//! connection with netfilter rules meanwhile; for now ferry is safe for peers that stay quiet
-//! during the switch (retransmissions after the restore are fine).
+//! Each connection is blocked by the network lock (state/netlock.rs) before its queues are
+//! read, until the restored socket leaves repair mode.
 
 use crate::error::{Ctx, Error};
 use crate::state::inet::SO_BUF_LOCK;
@@ -42,12 +40,18 @@ const TCPI_OPT_WSCALE: u32 = 4;
 #[derive(Default)]
 pub struct Repaired {
     socks: Vec<OwnedFd>,
+    /// Blocks their packets meanwhile; kept with them (`keep`), else removed after them.
+    lock: Option<crate::state::netlock::Lock>,
     pub keep: bool,
 }
 
 impl Drop for Repaired {
     fn drop(&mut self) {
-        if !self.keep {
+        if self.keep {
+            if let Some(l) = self.lock.take() {
+                l.keep();
+            }
+        } else {
             for s in &self.socks {
                 if let Err(e) = sockopt::set_int(s.as_fd(), libc::IPPROTO_TCP, TCP_REPAIR, 0) {
                     tracing::error!(error = %e, "cannot switch a TCP connection back from repair mode");
@@ -74,6 +78,18 @@ pub fn collect(obj: &str, sock: OwnedFd, repaired: &mut Repaired) -> Result<TcpR
     // Sizes first: in repair mode SIOCOUTQ still answers, but take them before anything moves.
     let inq = net::inq(s).ctx(|| ctx("SIOCINQ"))? as usize;
     let outq = net::outq(s).ctx(|| ctx("SIOCOUTQ"))? as usize;
+    // Nothing may reach the socket once its queues are read: lock first.
+    let local = net::sock_name(s).ctx(|| ctx("getsockname"))?;
+    let peer = net::peer_name(s).ctx(|| ctx("getpeername"))?;
+    let (Some(local), Some(peer)) = (local, peer) else {
+        return Err(Error::Invalid { object: obj.into(), what: "a connection without two addresses".into() });
+    };
+    let lock = match &mut repaired.lock {
+        Some(l) => l,
+        None => repaired.lock.insert(crate::state::netlock::Lock::new()?),
+    };
+    lock.add(&local, &peer)?;
+    let lock_name = lock.name().to_string();
     sockopt::set_int(s, libc::IPPROTO_TCP, TCP_REPAIR, 1)
         .ctx(|| ctx("cannot switch to TCP_REPAIR mode (needs CAP_NET_ADMIN)"))?;
     let s = {
@@ -112,6 +128,7 @@ pub fn collect(obj: &str, sock: OwnedFd, repaired: &mut Repaired) -> Result<TcpR
         options: byte(5),
         window,
         timestamp,
+        lock: lock_name,
     })
 }
 
@@ -202,4 +219,22 @@ pub fn release_all(procs: &[ferry_image::Process], numbers: &[Option<&[i32]>]) -
         }
     }
     Ok(())
+}
+
+/// Once the tree runs: let the connections' packets in again (a restore that fails before
+/// keeps them blocked, so that a second attempt still finds the peers waiting; a lock from a
+/// dump on another node is not here).
+pub fn unlock_all(procs: &[ferry_image::Process]) -> Result<(), Error> {
+    let mut locks: Vec<&str> = procs.iter().flat_map(lock_names).collect();
+    locks.sort_unstable();
+    locks.dedup();
+    for l in locks {
+        crate::state::netlock::unlock(l)?;
+    }
+    Ok(())
+}
+
+/// The network locks the connections of `p` were dumped under.
+pub fn lock_names(p: &ferry_image::Process) -> impl Iterator<Item = &str> {
+    p.files.iter().filter_map(|f| f.inet.as_ref()?.repair.as_ref()).map(|r| r.lock.as_str()).filter(|l| !l.is_empty())
 }

@@ -266,6 +266,11 @@ pub fn migrate(o: &MigrateOptions) -> Result<()> {
                 remote.1,
                 downtime.as_millis()
             );
+            for l in &r.locks {
+                eprintln!(
+                    "migrate: the moved TCP connections stay blocked on this node (nftables table inet {l}); once their address routes to {addr}, remove it: nft delete table inet {l}"
+                );
+            }
             Ok(())
         }
         Err(e) => {

@@ -459,8 +459,10 @@ fn nginx_master_workers() {
 }
 
 /// `dump --tcp-established`: connections come back with TCP_REPAIR. The test itself holds one
-/// end of a connection (ping/pong before, a "ping2" unread at the checkpoint, more after: the
-/// same connection, no error); the workload checks a connection with both ends inside it whose
+/// end of a connection (ping/pong before, a "ping2" unread at the checkpoint, a "ping3" sent
+/// while the process does not exist — the network lock drops it instead of letting the kernel
+/// answer with a reset, and it is retransmitted to the restored socket — then more: the same
+/// connection, no error); the workload checks a connection with both ends inside it whose
 /// queues were full in both directions: every byte arrives, in order.
 #[test]
 fn tcp_established_connections_survive() {
@@ -489,15 +491,19 @@ fn tcpkeep(checkpoint: bool) {
     if checkpoint {
         run.dump_ok(&["--tcp-established"]);
         run.reap_dumped();
+        // No socket has the connection now: this must not be answered with a reset.
+        x.write_all(b"ping3").expect("ping3");
+        std::thread::sleep(Duration::from_millis(300));
         let pidfile = run.spawn_restore("restore", &run.img(), &[]);
         run.wait_pidfile(&pidfile);
+    } else {
+        x.write_all(b"ping3").expect("ping3");
     }
     run.go();
     if let Err(e) = x.read_exact(&mut b) {
         run.fail(&format!("the test's connection after restore: {e}"));
     }
     assert_eq!(&b, b"pong2");
-    x.write_all(b"ping3").expect("ping3");
     x.read_exact(&mut b).expect("pong3");
     assert_eq!(&b, b"pong3");
     let status = if checkpoint { run.wait_restore_exit() } else { run.wait_child_exit() };

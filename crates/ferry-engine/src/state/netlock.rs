@@ -1,0 +1,103 @@
+//! The network lock for established TCP connections (`--tcp-established`): while a connection
+//! has no socket that may answer — from the moment ferry starts reading its queues until the
+//! restored socket leaves repair mode — the packets of its 4-tuple are dropped by netfilter
+//! in the node's network namespace, both ways. Without it, data the peer sends meanwhile
+//! would be acknowledged by the frozen socket after its queue was saved (and lost), or, once
+//! the socket is gone, answered with a RST that kills the connection. The peer just
+//! retransmits until the connection is back.
+//!
+//! The lock is an nftables table (`inet ferry_lock_*`, chains at the raw priority of the
+//! input and output hooks), made with the `nft` tool (package nftables). A dump that fails, or
+//! leaves the tree running (`-R`), removes it; a dump that kills the tree keeps it and names it
+//! in the image, and the restore that brings the connections back on this node removes it
+//! once they are out of repair mode. After a migration the table stays on the source node,
+//! where the connection's address may still route: remove it once the address has moved
+//! (`ferry migrate` prints the command).
+
+use crate::error::Error;
+use std::io::Write;
+use std::net::SocketAddr;
+
+/// One lock (one nftables table), removed when dropped unless kept.
+pub struct Lock {
+    table: String,
+    kept: bool,
+}
+
+fn nft(script: &str) -> Result<(), Error> {
+    let obj = || "network lock (nft)".to_string();
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Invalid {
+            object: obj(),
+            what: format!("cannot run nft ({e}): install nftables, which --tcp-established needs to block the connections while they move"),
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(script.as_bytes());
+    }
+    let out = child.wait_with_output().map_err(|e| Error::Sys { object: obj(), source: e })?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(Error::Invalid { object: obj(), what: err.lines().next().unwrap_or("failed").trim().to_string() });
+    }
+    Ok(())
+}
+
+fn matcher(src: &SocketAddr, dst: &SocketAddr) -> String {
+    let fam = if src.is_ipv4() { "ip" } else { "ip6" };
+    format!("{fam} saddr {} {fam} daddr {} tcp sport {} tcp dport {} drop", src.ip(), dst.ip(), src.port(), dst.port())
+}
+
+impl Lock {
+    /// An empty lock (a table whose chains drop nothing yet).
+    pub fn new() -> Result<Lock, Error> {
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let table = format!("ferry_lock_{}_{nanos}", std::process::id());
+        nft(&format!(
+            "table inet {table} {{\n chain in {{ type filter hook input priority raw; policy accept; }}\n chain out {{ type filter hook output priority raw; policy accept; }}\n}}\n"
+        ))?;
+        Ok(Lock { table, kept: false })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.table
+    }
+
+    /// Drop the packets of the connection between `local` (this node's end) and `peer`.
+    pub fn add(&mut self, local: &SocketAddr, peer: &SocketAddr) -> Result<(), Error> {
+        let t = &self.table;
+        nft(&format!("add rule inet {t} in {}\nadd rule inet {t} out {}\n", matcher(peer, local), matcher(local, peer)))
+    }
+
+    /// Leave the lock in place (the connections moved into an image).
+    pub fn keep(mut self) -> String {
+        self.kept = true;
+        self.table.clone()
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        if !self.kept {
+            if let Err(e) = unlock(&self.table) {
+                tracing::error!(table = %self.table, error = %e, "cannot remove the network lock");
+            }
+        }
+    }
+}
+
+/// Remove lock `table` if this node has it (a restore on another node finds none).
+pub fn unlock(table: &str) -> Result<(), Error> {
+    if !table.starts_with("ferry_lock_") || !table.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(Error::Invalid { object: format!("network lock {table:?}"), what: "not a ferry lock name".into() });
+    }
+    match nft(&format!("delete table inet {table}\n")) {
+        Err(Error::Invalid { what, .. }) if what.contains("No such file") || what.contains("cannot run nft") => Ok(()),
+        r => r,
+    }
+}
