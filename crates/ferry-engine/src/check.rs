@@ -156,5 +156,16 @@ pub fn run() -> Vec<Feature> {
             .map(|_| "sockets available (probed at dump time)".into())
             .map_err(|e| e.to_string()),
     );
+    add(
+        "nftables (network lock for --tcp-established)",
+        false,
+        std::process::Command::new("nft")
+            .args(["list", "tables"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map_err(|e| format!("nft: {e} (install nftables)"))
+            .and_then(|st| if st.success() { Ok("nft works".into()) } else { Err(format!("nft list tables: {st}")) }),
+    );
     out
 }
