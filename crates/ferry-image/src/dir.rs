@@ -67,6 +67,21 @@ impl StreamFile {
         Ok(())
     }
 
+    /// Append `bufs` in order, whose CRC-32 the caller already computed (`crc`, fed exactly
+    /// these bytes in this order) — e.g. on another thread, while the bytes were in its cache.
+    pub fn write_all_prehashed(&mut self, bufs: &[&[u8]], crc: &crc32fast::Hasher) -> io::Result<()> {
+        for buf in bufs {
+            match (&mut self.file, &self.sink) {
+                (Some(f), _) => f.write_all(buf)?,
+                (None, Some((s, id))) => sink_lock(s).data(*id, buf)?,
+                (None, None) => return Err(io::Error::other("stream already finished")),
+            }
+            self.len += buf.len() as u64;
+        }
+        self.hasher.combine(crc);
+        Ok(())
+    }
+
     /// Bytes written so far (the offset the next write lands at).
     pub fn len(&self) -> u64 {
         self.len
