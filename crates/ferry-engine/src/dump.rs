@@ -286,7 +286,7 @@ fn check_unshared(frozen: &[Frozen]) -> Result<(), Error> {
     Ok(())
 }
 
-pub(crate) fn children_of(pid: i32) -> Result<Vec<i32>, Error> {
+fn children_of(pid: i32) -> Result<Vec<i32>, Error> {
     let mut out = Vec::new();
     for tid in list_tids(pid)? {
         let text = procfs::read_string(pid, &format!("task/{tid}/children"))?;
@@ -402,12 +402,6 @@ fn to_namespace_ids(procs: &mut [Process], zombies: &mut [Process]) -> Result<()
 /// Freeze the tree rooted at `opts.pid`, write its image to `opts.dir`, then kill it (or let
 /// it run with `-R`).
 pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
-    // -R of a small tree: the files are written once it runs again (deferred.rs).
-    if crate::deferred::applies(opts) {
-        if let Some(report) = crate::deferred::dump(opts)? {
-            return Ok(report);
-        }
-    }
     dump_with(opts, || Ok(ImageWriter::create(&opts.dir)?), |_| Ok(()))
 }
 

@@ -6,7 +6,6 @@
 //! only sequence those modules. The only `unsafe` code is in `ferry-sys`.
 
 pub mod check;
-mod deferred;
 pub mod dump;
 mod error;
 pub mod inject;

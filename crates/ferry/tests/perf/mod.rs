@@ -126,31 +126,3 @@ fn restore_rss_bounded() {
     }
     eprintln!("ferry restore of 512 MiB: peak RSS {} KiB", hwm);
 }
-
-/// `dump -R` of a small process (deferred.rs): the image is built in memory while the process
-/// is frozen and written once it runs again (ferry says so). The process left running passes
-/// its checks (signal handlers, masks, queued signals, alternate stack: nothing changed), then
-/// the image written afterwards restores a process that passes them too.
-#[test]
-fn leave_running_small_written_after() {
-    let mut run = Run::start(&Spec::c("signals"));
-    let img = run.img();
-    let res = run.dump_to("dump", &img, &["-R", "-v"]);
-    if !res.status.success() {
-        run.fail(&format!("ferry dump -R failed: {}", describe(res.status)));
-    }
-    if !res.stderr.contains("written after the tree ran again") {
-        run.fail("dump -R of a small process did not build its image in memory first");
-    }
-    run.expect_running_untraced("after dump -R");
-    run.go();
-    let status = run.wait_child_exit();
-    run.expect_pass(status, "the workload left running");
-    run.wait_pid_gone("after the left-running workload exited");
-    fs::remove_file(run.w.join("result")).expect("remove the first result");
-    let pidfile = run.spawn_restore("restore", &img, &[]);
-    run.wait_pidfile(&pidfile);
-    run.go();
-    let status = run.wait_restore_exit();
-    run.expect_pass(status, "ferry restore of the image written after the dump");
-}
