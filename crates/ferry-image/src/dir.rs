@@ -82,6 +82,12 @@ impl StreamFile {
         Ok(())
     }
 
+    /// The file being written, when the image goes to a directory (not to a sink) — e.g. for
+    /// another thread to allocate its blocks ahead of the writes.
+    pub fn file(&self) -> Option<&File> {
+        self.file.as_ref()
+    }
+
     /// Bytes written so far (the offset the next write lands at).
     pub fn len(&self) -> u64 {
         self.len

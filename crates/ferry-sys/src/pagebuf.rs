@@ -8,6 +8,7 @@
 
 use std::io;
 use std::ops::{Deref, DerefMut};
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// A zero-filled, page-aligned, private anonymous mapping of `len` bytes.
 pub struct PageBuf {
@@ -68,6 +69,22 @@ impl Drop for PageBuf {
 // SAFETY: PageBuf owns its mapping exclusively, like a Vec<u8>; moving it to another thread
 // moves that ownership.
 unsafe impl Send for PageBuf {}
+
+/// `fallocate(FALLOC_FL_KEEP_SIZE)`: allocate the blocks (on tmpfs, the pages) of
+/// `off..off + len` of a file ahead of writing them, without changing its size. Writing into
+/// allocated tmpfs pages then costs only the copy (1 GiB: 0.2 s instead of 0.5 s, the
+/// allocation itself 0.35 s, measured) — which lets another thread pay for the allocation.
+pub fn preallocate(fd: BorrowedFd<'_>, off: u64, len: u64) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: plain integer arguments on a descriptor we borrow.
+    let r = unsafe { libc::fallocate(fd.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, off as i64, len as i64) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {

@@ -350,10 +350,21 @@ pub fn dump_pages(
             }
             let jobs = &jobs;
             let read = &read;
+            // The reader also allocates the file's blocks for what it hands over (it knows
+            // where each kept page lands), so the writer's write() only copies.
+            let mut prealloc = out.plain_file().and_then(|f| f.try_clone().ok());
+            let mut next = out.len();
             sc.spawn(move || {
                 for (i, job) in jobs.iter().enumerate() {
                     let Ok(mut buf) = free_rx.recv() else { return };
                     let r = read(job, &mut buf);
+                    if let (Ok(kept), Some(f)) = (&r, &prealloc) {
+                        let len: u64 = kept.runs.iter().map(|&(a, b)| (b - a) as u64 * PAGE_SIZE).sum();
+                        if ferry_sys::pagebuf::preallocate(f.as_fd(), next, len).is_err() {
+                            prealloc = None; // (a file system without fallocate: just write)
+                        }
+                        next += len;
+                    }
                     let failed = r.is_err();
                     if full_tx.send((i, buf, r)).is_err() || failed {
                         return;
@@ -432,6 +443,14 @@ impl PageSink {
         match (self, crc) {
             (PageSink::Plain(f), Some(crc)) => f.write_all_prehashed(bufs, crc),
             (sink, _) => bufs.iter().try_for_each(|b| sink.write_all(b)),
+        }
+    }
+
+    /// The page file, when it is written plain into a directory.
+    fn plain_file(&self) -> Option<&std::fs::File> {
+        match self {
+            PageSink::Plain(f) => f.file(),
+            PageSink::Zstd(..) => None,
         }
     }
 
