@@ -350,20 +350,33 @@ pub fn dump_pages(
             }
             let jobs = &jobs;
             let read = &read;
-            // The reader also allocates the file's blocks for what it hands over (it knows
-            // where each kept page lands), so the writer's write() only copies.
+            // While the writer is behind (no free buffer), the reader allocates the file's
+            // blocks for the chunks it already handed over and the writer has not reached (it knows where each kept page
+            // lands), so that the writer's write() of them only copies. Which thread pays for
+            // the allocation thus follows which one has time to spare.
             let mut prealloc = out.plain_file().and_then(|f| f.try_clone().ok());
             let mut next = out.len();
+            let mut ahead = std::collections::VecDeque::new();
             sc.spawn(move || {
                 for (i, job) in jobs.iter().enumerate() {
-                    let Ok(mut buf) = free_rx.recv() else { return };
-                    let r = read(job, &mut buf);
-                    if let (Ok(kept), Some(f)) = (&r, &prealloc) {
-                        let len: u64 = kept.runs.iter().map(|&(a, b)| (b - a) as u64 * PAGE_SIZE).sum();
-                        if ferry_sys::pagebuf::preallocate(f.as_fd(), next, len).is_err() {
+                    let mut buf = free_rx.try_recv();
+                    while buf.is_err() {
+                        // newest first: the writer reaches it last
+                        let (Some(f), Some((off, len))) = (&prealloc, ahead.pop_back()) else { break };
+                        if ferry_sys::pagebuf::preallocate(f.as_fd(), off, len).is_err() {
                             prealloc = None; // (a file system without fallocate: just write)
                         }
+                        buf = free_rx.try_recv();
+                    }
+                    let Ok(mut buf) = buf.or_else(|_| free_rx.recv()) else { return };
+                    let r = read(job, &mut buf);
+                    if let Ok(kept) = &r {
+                        let len: u64 = kept.runs.iter().map(|&(a, b)| (b - a) as u64 * PAGE_SIZE).sum();
+                        ahead.push_back((next, len));
                         next += len;
+                        if ahead.len() > BUFFERS {
+                            ahead.pop_front(); // written by now: its buffer came back
+                        }
                     }
                     let failed = r.is_err();
                     if full_tx.send((i, buf, r)).is_err() || failed {
