@@ -351,9 +351,9 @@ pub fn dump_pages(
             let jobs = &jobs;
             let read = &read;
             // While the writer is behind (no free buffer), the reader allocates the file's
-            // blocks for the chunks it already handed over and the writer has not reached (it knows where each kept page
-            // lands), so that the writer's write() of them only copies. Which thread pays for
-            // the allocation thus follows which one has time to spare.
+            // blocks for the chunks it already handed over and the writer has not reached (it
+            // knows where each kept page lands), so that the writer's write() of them only
+            // copies. Which thread pays for the allocation follows which one has time to spare.
             let mut prealloc = out.plain_file().and_then(|f| f.try_clone().ok());
             let mut next = out.len();
             let mut ahead = std::collections::VecDeque::new();
@@ -499,19 +499,22 @@ impl Kept {
         let pages = chunk.len() / PAGE_SIZE as usize;
         let page = |i: usize| &chunk[i * PAGE_SIZE as usize..(i + 1) * PAGE_SIZE as usize];
         let mut runs: Vec<(usize, usize)> = Vec::new();
-        let mut crc = hash.then(crc32fast::Hasher::new);
         for i in 0..pages {
             if skip_zero && is_zero(page(i)) {
                 continue;
-            }
-            if let Some(h) = crc.as_mut() {
-                h.update(page(i));
             }
             match runs.last_mut() {
                 Some(r) if r.1 == i => r.1 = i + 1,
                 _ => runs.push((i, i + 1)),
             }
         }
+        let crc = hash.then(|| {
+            let mut h = crc32fast::Hasher::new();
+            for &(a, b) in &runs {
+                h.update(&chunk[a * PAGE_SIZE as usize..b * PAGE_SIZE as usize]);
+            }
+            h
+        });
         Kept { runs, crc }
     }
 }
