@@ -510,7 +510,7 @@ echo "| direction | way | time | vs floor |"
 echo "|---|---|---|---|"
 # shellcheck disable=SC2086
 cw=$(median ${copies[dump:write]}) cr=$(median ${copies[restore:read]})
-for k in dump:write dump:readv+write dump:vmsplice+splice restore:read restore:mmap+writev; do
+for k in dump:write dump:readv+write "dump:readv+write(16B-off)" dump:vmsplice+splice restore:read restore:mmap+writev; do
     # shellcheck disable=SC2086
     m=$(median ${copies[$k]})
     base=$cw

@@ -4,8 +4,10 @@
  *
  * dump (memory -> file):
  *   write        the owner write()s its memory into the file (the floor: one copy)
- *   readv+write  process_vm_readv into a 2 MiB buffer, then write() (ferry's way: two copies,
- *                of which the second is from cache)
+ *   readv+write  process_vm_readv into a page-aligned 2 MiB buffer, then write() (ferry's
+ *                way: two copies, of which the second is from cache)
+ *   readv+write(16B-off)  the same into a buffer 16 bytes past a page boundary, where malloc
+ *                puts large blocks (ferry before: the kernel's copy is far slower there)
  *   vmsplice     the owner vmsplice()s its memory into a pipe, the other side splice()s it into
  *                the file (zero-copy into the pipe, one copy into the file)
  * restore (file -> fresh memory of a process):
@@ -166,20 +168,29 @@ int main(int argc, char **argv)
 	release(&h);
 	close(fd);
 
-	/* dump: process_vm_readv + write */
-	fd = newfile();
-	h = hold(NULL, 0);
+	/* dump: process_vm_readv + write, into a page-aligned buffer (ferry's way) and into one 16
+	 * bytes past a page boundary (where malloc puts large blocks: ferry's way before) */
 	size_t chunk = 2 << 20;
-	char *buf = malloc(chunk);
-	double t0 = now_ms();
-	for (size_t done = 0; done < len; done += chunk) {
-		struct iovec l = { buf, chunk }, r = { h.mem + done, chunk };
-		if (process_vm_readv(h.pid, &l, 1, &r, 1, 0) != (ssize_t)chunk || write(fd, buf, chunk) != (ssize_t)chunk)
-			die("readv+write");
+	char *block = aligned_alloc(4096, chunk + 4096);
+	if (!block)
+		die("aligned_alloc");
+	memset(block, 1, chunk + 4096);
+	double t0;
+	for (int off = 0; off <= 16; off += 16) {
+		char *buf = block + off;
+		fd = newfile();
+		h = hold(NULL, 0);
+		t0 = now_ms();
+		for (size_t done = 0; done < len; done += chunk) {
+			struct iovec l = { buf, chunk }, r = { h.mem + done, chunk };
+			if (process_vm_readv(h.pid, &l, 1, &r, 1, 0) != (ssize_t)chunk ||
+			    write(fd, buf, chunk) != (ssize_t)chunk)
+				die("readv+write");
+		}
+		printf("dump:readv+write%s %.1f\n", off ? "(16B-off)" : "", now_ms() - t0);
+		release(&h);
+		close(fd);
 	}
-	printf("dump:readv+write %.1f\n", now_ms() - t0);
-	release(&h);
-	close(fd);
 
 	/* dump: vmsplice by the owner, splice into the file by us */
 	fd = newfile();

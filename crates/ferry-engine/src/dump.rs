@@ -335,7 +335,7 @@ fn dump_process(
             signals::collect_thread(&inj, scratch, sigmask, &mut t)?;
             rseq::collect(&inj, scratch, &mut t)?;
             if tid == pid {
-                signals::collect_actions(&inj, scratch, &mut p)?;
+                signals::collect_actions(&inj, scratch, &st, &mut p)?;
                 timers::collect(&inj, scratch, &mut p)?;
                 creds::collect(&inj, &st, &mut p)?;
                 task::collect_injected(&inj, scratch, &mut p)?;

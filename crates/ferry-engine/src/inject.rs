@@ -191,7 +191,10 @@ fn find_patterns(pid: i32, maps: &[ferry_proc::MapEntry], pats: &[&[u8]; 2]) -> 
     candidates.sort_by_key(|m| !m.path.as_deref().is_some_and(|p| p.contains("libc.so") || p.contains("ld-linux")));
     const STEP: usize = 64 << 10;
     let overlap = pats.iter().map(|p| p.len()).max().unwrap_or(1) - 1;
-    let mut buf = vec![0u8; STEP + overlap];
+    // Page-aligned (the kernel copies into a destination off a page boundary much slower).
+    let mut block = vec![0u8; STEP + overlap + 4096];
+    let at0 = block.as_ptr().align_offset(4096).min(4096);
+    let buf = &mut block[at0..at0 + STEP + overlap];
     let mut found = [None, None];
     'maps: for m in candidates {
         let end = m.end.min(m.start + (8 << 20));

@@ -67,6 +67,27 @@ impl StreamFile {
         Ok(())
     }
 
+    /// Append `bufs` in order, whose CRC-32 the caller already computed (`crc`, fed exactly
+    /// these bytes in this order) — e.g. on another thread, while the bytes were in its cache.
+    pub fn write_all_prehashed(&mut self, bufs: &[&[u8]], crc: &crc32fast::Hasher) -> io::Result<()> {
+        for buf in bufs {
+            match (&mut self.file, &self.sink) {
+                (Some(f), _) => f.write_all(buf)?,
+                (None, Some((s, id))) => sink_lock(s).data(*id, buf)?,
+                (None, None) => return Err(io::Error::other("stream already finished")),
+            }
+            self.len += buf.len() as u64;
+        }
+        self.hasher.combine(crc);
+        Ok(())
+    }
+
+    /// The file being written, when the image goes to a directory (not to a sink) — e.g. for
+    /// another thread to allocate its blocks ahead of the writes.
+    pub fn file(&self) -> Option<&File> {
+        self.file.as_ref()
+    }
+
     /// Bytes written so far (the offset the next write lands at).
     pub fn len(&self) -> u64 {
         self.len
@@ -255,7 +276,12 @@ impl ImageReader {
     /// Check the size and checksum of every listed file for which `which(name)` is true (restore
     /// checks the small record files first and the page files on another core meanwhile).
     pub fn verify_where(&self, which: impl Fn(&str) -> bool) -> Result<(), ImageError> {
-        let mut buf = vec![0u8; 1 << 20];
+        // Read into a page-aligned part of the buffer: the kernel's copy into a destination
+        // 16 bytes off a page boundary (as malloc returns large blocks) was measured 3.5 times
+        // slower on AMD EPYC.
+        let mut block = vec![0u8; (1 << 20) + 4096];
+        let at = block.as_ptr().align_offset(4096).min(4096);
+        let buf = &mut block[at..at + (1 << 20)];
         for d in self.inventory.files.iter().filter(|d| which(&d.name)) {
             let path = self.dir.join(&d.name);
             let name = path.display().to_string();
@@ -270,7 +296,7 @@ impl ImageReader {
             }
             let mut h = crc32fast::Hasher::new();
             loop {
-                let n = f.read(&mut buf).map_err(io_err(&path))?;
+                let n = f.read(buf).map_err(io_err(&path))?;
                 if n == 0 {
                     break;
                 }

@@ -15,6 +15,7 @@
 pub mod consts;
 pub mod inet;
 pub mod objects;
+pub mod pagebuf;
 pub mod process;
 pub mod ptrace;
 pub mod raw;

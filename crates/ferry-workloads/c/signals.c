@@ -4,6 +4,7 @@
  *              SIGHUP:  SA_NODEFER|SA_RESETHAND, sa_mask {SIGTERM}
  *              SIGRTMIN+1..+3: SA_SIGINFO
  *   ignored    SIGWINCH, SIGPIPE
+ *   default    SIGCHLD, with SA_NOCLDSTOP|SA_NOCLDWAIT (not in /proc's SigCgt/SigIgn)
  *   blocked    SIGUSR1, SIGINT, SIGRTMIN+1, SIGRTMIN+2, SIGRTMIN+3 (SIGUSR2, go, stays unblocked)
  *   pending    SIGRTMIN+1 twice (sigqueue values 111, 222), SIGRTMIN+2 (333), SIGUSR1 (kill:
  *              SI_USER), and thread-directed SIGRTMIN+3 (rt_tgsigqueueinfo, 444)
@@ -127,6 +128,8 @@ int main(int argc, char **argv)
 	set_action(rt3, (void *)hrt, SA_SIGINFO, 0, 0);
 	set_action(SIGWINCH, (void *)SIG_IGN, 0, 0, 0);
 	set_action(SIGPIPE, (void *)SIG_IGN, 0, 0, 0);
+	/* SIG_DFL, but with flags that change what the kernel does (ferry must read this one) */
+	set_action(SIGCHLD, (void *)SIG_DFL, SA_NOCLDSTOP | SA_NOCLDWAIT, 0, 0);
 
 	sigset_t blocked0;
 	sigemptyset(&blocked0);

@@ -8,8 +8,8 @@
 //!   same bounds, both pagemaps are read (`/proc/PID/pagemap`, physical frame numbers, which root
 //!   sees); pages on the same frame are not stored for the child. The mapping is marked `cow`,
 //!   and its `cow_holes` list the pages the parent has and the child does not (they must read as
-//!   zeros in the child). Zero-filled pages of such a mapping are stored, not skipped: skipping
-//!   would let the parent's content show through.
+//!   zeros in the child). A zero-filled page of the child is not stored either: it becomes a
+//!   hole too (left out of the runs, it would show the parent's content).
 //! - **Restore**: while the tree is forked, a process whose children need one of its mappings
 //!   maps it itself (still running ferry's code, `MAP_FIXED_NOREPLACE`) and fills it *before* it
 //!   forks them, so they inherit it copy-on-write, exactly as before. A child that inherited

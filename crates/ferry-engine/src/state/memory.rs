@@ -14,6 +14,7 @@ use crate::procfs;
 use ferry_image::{ImageWriter, Mm, PageRun, Process, Vma, VmaKind, PAGE_SIZE};
 use ferry_proc::MapEntry;
 use ferry_sys::consts::{nr, PR_SET_MM, PR_SET_MM_MAP};
+use ferry_sys::pagebuf::PageBuf;
 use ferry_sys::process::{page_is, pagemap_scan, vm_read, vm_write, PageRegion};
 use std::collections::HashMap;
 use std::os::fd::AsFd;
@@ -215,6 +216,8 @@ struct Job {
     addr: u64,
     len: usize,
     from: Source,
+    /// Drop zero pages (see [`store_chunk`]).
+    skip_zero: bool,
 }
 
 enum Source {
@@ -273,6 +276,7 @@ pub fn dump_pages(
                     addr: v.start + at,
                     len,
                     from: Source::Object(objects.len() - 1, v.offset + at),
+                    skip_zero: true,
                 });
                 at += len as u64;
             }
@@ -301,12 +305,17 @@ pub fn dump_pages(
             let mut addr = r.start;
             while addr < r.end {
                 let len = ((r.end - addr) as usize).min(CHUNK);
-                jobs.push(Job { vma: i, addr, len, from: if readable { Source::Readv } else { Source::Mem } });
+                let from = if readable { Source::Readv } else { Source::Mem };
+                // (Zeros of a private file mapping would come back as the file's bytes.)
+                jobs.push(Job { vma: i, addr, len, from, skip_zero: kind != VmaKind::FilePrivate });
                 addr += len as u64;
             }
         }
     }
-    let read = |job: &Job, buf: &mut [u8]| -> Result<(), Error> {
+    // The reader side also finds the pages to keep and checksums them while they are in its
+    // cache, so that the writer side only writes (see [`Kept`]).
+    let prehash = out.takes_prehashed();
+    let read = |job: &Job, buf: &mut [u8]| -> Result<Kept, Error> {
         let chunk = &mut buf[..job.len];
         let addr = job.addr;
         let got = match job.from {
@@ -325,16 +334,12 @@ pub fn dump_pages(
                 what: format!("short read of memory at {addr:#x}"),
             });
         }
-        Ok(())
+        Ok(Kept::scan(chunk, job.skip_zero, prehash))
     };
     let mut stored = 0u64;
     let vmas = &mut mm.vmas;
-    let mut store = |job: &Job, buf: &[u8], out: &mut PageSink| -> Result<(), Error> {
-        let v = &mut vmas[job.vma];
-        // (Zeros of a private file mapping would come back as the file's bytes, those of a
-        // mapping shared with the parent as the parent's.)
-        let skip_zero = v.kind != VmaKind::FilePrivate as i32 && !v.cow;
-        stored += store_chunk(v, &buf[..job.len], job.addr, skip_zero, out).map_err(werr)?;
+    let mut store = |job: &Job, buf: &[u8], kept: &Kept, out: &mut PageSink| -> Result<(), Error> {
+        stored += store_chunk(&mut vmas[job.vma], &buf[..job.len], job.addr, kept, out).map_err(werr)?;
         Ok(())
     };
     let total: usize = jobs.iter().map(|j| j.len).sum();
@@ -342,7 +347,7 @@ pub fn dump_pages(
         // Little memory: not worth a thread, nor a big buffer to fault in (fresh memory is
         // slow to touch in a VM): one small buffer, reused.
         const SMALL: usize = 128 << 10;
-        let mut buf = vec![0u8; SMALL.min(total)];
+        let mut buf = PageBuf::new(SMALL.min(total)).ctx(|| "cannot allocate a page buffer".into())?;
         for job in &jobs {
             let mut at = 0;
             while at < job.len {
@@ -352,25 +357,50 @@ pub fn dump_pages(
                     Source::Readv => Source::Readv,
                     Source::Mem => Source::Mem,
                 };
-                let piece = Job { vma: job.vma, addr: job.addr + at as u64, len, from };
-                read(&piece, &mut buf)?;
-                store(&piece, &buf, &mut out)?;
+                let piece = Job { vma: job.vma, addr: job.addr + at as u64, len, from, skip_zero: job.skip_zero };
+                let kept = read(&piece, &mut buf)?;
+                store(&piece, &buf, &kept, &mut out)?;
                 at += len;
             }
         }
     } else {
         std::thread::scope(|sc| -> Result<(), Error> {
-            let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(usize, Vec<u8>, Result<(), Error>)>(BUFFERS);
-            let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+            type Full = (usize, PageBuf, Result<Kept, Error>);
+            let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Full>(BUFFERS);
+            let (free_tx, free_rx) = std::sync::mpsc::channel::<PageBuf>();
             for _ in 0..BUFFERS {
-                let _ = free_tx.send(vec![0u8; CHUNK]);
+                let _ = free_tx.send(PageBuf::new(CHUNK).ctx(|| "cannot allocate a page buffer".into())?);
             }
             let jobs = &jobs;
             let read = &read;
+            // While the writer is behind (no free buffer), the reader allocates the file's
+            // blocks for the chunks it already handed over and the writer has not reached (it
+            // knows where each kept page lands), so that the writer's write() of them only
+            // copies. Which thread pays for the allocation follows which one has time to spare.
+            let mut prealloc = out.plain_file().and_then(|f| f.try_clone().ok());
+            let mut next = out.len();
+            let mut ahead = std::collections::VecDeque::new();
             sc.spawn(move || {
                 for (i, job) in jobs.iter().enumerate() {
-                    let Ok(mut buf) = free_rx.recv() else { return };
+                    let mut buf = free_rx.try_recv();
+                    while buf.is_err() {
+                        // newest first: the writer reaches it last
+                        let (Some(f), Some((off, len))) = (&prealloc, ahead.pop_back()) else { break };
+                        if ferry_sys::pagebuf::preallocate(f.as_fd(), off, len).is_err() {
+                            prealloc = None; // (a file system without fallocate: just write)
+                        }
+                        buf = free_rx.try_recv();
+                    }
+                    let Ok(mut buf) = buf.or_else(|_| free_rx.recv()) else { return };
                     let r = read(job, &mut buf);
+                    if let Ok(kept) = &r {
+                        let len: u64 = kept.runs.iter().map(|&(a, b)| (b - a) as u64 * PAGE_SIZE).sum();
+                        ahead.push_back((next, len));
+                        next += len;
+                        if ahead.len() > BUFFERS {
+                            ahead.pop_front(); // written by now: its buffer came back
+                        }
+                    }
                     let failed = r.is_err();
                     if full_tx.send((i, buf, r)).is_err() || failed {
                         return;
@@ -381,8 +411,7 @@ pub fn dump_pages(
                 let Ok((i, buf, r)) = full_rx.recv() else {
                     return Err(Error::Invalid { object: format!("pid {pid}"), what: "memory reader stopped".into() });
                 };
-                r?;
-                store(&jobs[i], &buf, &mut out)?;
+                store(&jobs[i], &buf, &r?, &mut out)?;
                 let _ = free_tx.send(buf);
             }
             Ok(())
@@ -439,6 +468,28 @@ impl PageSink {
         }
     }
 
+    /// Whether [`PageSink::write_runs`] wants the CRC-32 of what it is given (a plain page
+    /// file's checksum is that of its bytes; a compressed one's is of the zstd stream).
+    fn takes_prehashed(&self) -> bool {
+        matches!(self, PageSink::Plain(_))
+    }
+
+    /// Append `bufs` in order; `crc` is their CRC-32 when [`PageSink::takes_prehashed`].
+    fn write_runs(&mut self, bufs: &[&[u8]], crc: Option<&crc32fast::Hasher>) -> std::io::Result<()> {
+        match (self, crc) {
+            (PageSink::Plain(f), Some(crc)) => f.write_all_prehashed(bufs, crc),
+            (sink, _) => bufs.iter().try_for_each(|b| sink.write_all(b)),
+        }
+    }
+
+    /// The page file, when it is written plain into a directory.
+    fn plain_file(&self) -> Option<&std::fs::File> {
+        match self {
+            PageSink::Plain(f) => f.file(),
+            PageSink::Zstd(..) => None,
+        }
+    }
+
     /// Offset in the (plain) page file the next bytes land at.
     fn len(&self) -> u64 {
         match self {
@@ -455,37 +506,81 @@ impl PageSink {
     }
 }
 
-/// Append the non-zero pages of `chunk` (memory at `addr` of mapping `v`) to the page file,
-/// extending `v.runs`. A zero page of anonymous memory comes back as zeros by itself; one of a
-/// private file mapping would come back with the file's bytes, so then `skip_zero` is false.
-fn store_chunk(v: &mut Vma, chunk: &[u8], addr: u64, skip_zero: bool, out: &mut PageSink) -> std::io::Result<u64> {
-    let pages = chunk.len() / PAGE_SIZE as usize;
-    let skip = |i: usize| skip_zero && is_zero(&chunk[i * PAGE_SIZE as usize..(i + 1) * PAGE_SIZE as usize]);
+/// Which pages of a chunk of memory go into the page file, found by the thread that read the
+/// chunk (while it is in that core's cache), with the CRC-32 of exactly those bytes when the
+/// sink takes it precomputed (plain page files): the writing thread then only writes.
+struct Kept {
+    /// Runs of pages to store, as page index ranges within the chunk.
+    runs: Vec<(usize, usize)>,
+    crc: Option<crc32fast::Hasher>,
+}
+
+impl Kept {
+    /// A zero page of anonymous memory comes back as zeros by itself; one of a private file
+    /// mapping would come back with the file's bytes, so then `skip_zero` is false.
+    fn scan(chunk: &[u8], skip_zero: bool, hash: bool) -> Kept {
+        let pages = chunk.len() / PAGE_SIZE as usize;
+        let page = |i: usize| &chunk[i * PAGE_SIZE as usize..(i + 1) * PAGE_SIZE as usize];
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for i in 0..pages {
+            if skip_zero && is_zero(page(i)) {
+                continue;
+            }
+            match runs.last_mut() {
+                Some(r) if r.1 == i => r.1 = i + 1,
+                _ => runs.push((i, i + 1)),
+            }
+        }
+        let crc = hash.then(|| {
+            let mut h = crc32fast::Hasher::new();
+            for &(a, b) in &runs {
+                h.update(&chunk[a * PAGE_SIZE as usize..b * PAGE_SIZE as usize]);
+            }
+            h
+        });
+        Kept { runs, crc }
+    }
+}
+
+/// Append the kept pages of `chunk` (memory at `addr` of mapping `v`) to the page file,
+/// extending `v.runs`.
+fn store_chunk(v: &mut Vma, chunk: &[u8], addr: u64, kept: &Kept, out: &mut PageSink) -> std::io::Result<u64> {
+    if v.cow {
+        // A zero page left out of a mapping shared with the parent would show the parent's
+        // page: it becomes a hole (dropped at restore) instead of stored zeros.
+        let pages = chunk.len() / PAGE_SIZE as usize;
+        let mut from = 0;
+        for &(first, end) in kept.runs.iter().chain([(pages, pages)].iter()) {
+            if first > from {
+                let a = addr + from as u64 * PAGE_SIZE;
+                match v.cow_holes.last_mut() {
+                    Some(h) if h.addr + h.nr_pages * PAGE_SIZE == a => h.nr_pages += (first - from) as u64,
+                    _ => v.cow_holes.push(ferry_image::PageRange { addr: a, nr_pages: (first - from) as u64 }),
+                }
+            }
+            from = end;
+        }
+    }
     let mut stored = 0;
-    let mut i = 0;
-    while i < pages {
-        if skip(i) {
-            i += 1;
-            continue;
-        }
-        let first = i;
-        while i < pages && !skip(i) {
-            i += 1;
-        }
+    let mut bufs = Vec::with_capacity(kept.runs.len());
+    let mut offset = out.len();
+    for &(first, end) in &kept.runs {
         let run_addr = addr + first as u64 * PAGE_SIZE;
-        let bytes = &chunk[first * PAGE_SIZE as usize..i * PAGE_SIZE as usize];
+        let bytes = &chunk[first * PAGE_SIZE as usize..end * PAGE_SIZE as usize];
         match v.runs.last_mut() {
             Some(last)
                 if last.addr + last.nr_pages * PAGE_SIZE == run_addr
-                    && last.offset + last.nr_pages * PAGE_SIZE == out.len() =>
+                    && last.offset + last.nr_pages * PAGE_SIZE == offset =>
             {
-                last.nr_pages += (i - first) as u64;
+                last.nr_pages += (end - first) as u64;
             }
-            _ => v.runs.push(PageRun { addr: run_addr, nr_pages: (i - first) as u64, offset: out.len() }),
+            _ => v.runs.push(PageRun { addr: run_addr, nr_pages: (end - first) as u64, offset }),
         }
-        out.write_all(bytes)?;
+        bufs.push(bytes);
+        offset += bytes.len() as u64;
         stored += bytes.len() as u64;
     }
+    out.write_runs(&bufs, kept.crc.as_ref())?;
     Ok(stored)
 }
 
@@ -559,7 +654,7 @@ pub fn prepare(
                 f.set_len(end).ctx(obj)?;
             }
             if let (false, Some(pages)) = (v.runs.is_empty(), pages.as_ref()) {
-                let mut buf = vec![0u8; CHUNK];
+                let mut buf = PageBuf::new(CHUNK).ctx(obj)?;
                 for r in &v.runs {
                     let mut done = 0u64;
                     let total = r.nr_pages * PAGE_SIZE;
@@ -678,7 +773,7 @@ fn open_pages(img: &ferry_image::ImageReader, pid: i32) -> Result<std::fs::File,
     let mut src = std::io::BufReader::with_capacity(1 << 20, f);
     std::io::Seek::seek(&mut src, std::io::SeekFrom::Start(PAGE_SIZE)).ctx(obj)?;
     let mut dec = zstd::stream::read::Decoder::with_buffer(src).ctx(obj)?;
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = PageBuf::new(CHUNK).ctx(obj)?;
     loop {
         let n = std::io::Read::read(&mut dec, &mut buf)
             .map_err(|e| Error::Invalid { object: obj(), what: format!("cannot decompress the page file: {e}") })?;
