@@ -161,6 +161,8 @@ struct TreeCtx<'a> {
     /// without sharing: a way out should premapping ever misbehave, and the tests' way to
     /// exercise the tracer's path).
     premap: bool,
+    /// Per process: the `cgroup.procs` files of the cgroups it joins (state/cgroup.rs).
+    cgroups: Vec<Vec<PathBuf>>,
 }
 
 /// Runs in a forked process of the tree (node `n` of the plan); never returns. Forks the
@@ -175,6 +177,10 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
             Role::Image(i) => Some(i),
             _ => None,
         };
+        if let Some(i) = idx {
+            // First into its cgroups, so that all the memory it gets is charged there.
+            crate::state::cgroup::join_in_child(&ctx.cgroups[i])?;
+        }
         // Memory shared copy-on-write goes in before any child is forked, so they inherit it.
         let mine = std::cell::RefCell::new(match idx {
             Some(i) if ctx.premap => cow::premap(ctx.procs, &ctx.pages, i, inherited)?,
@@ -232,11 +238,19 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
         }
         // The pid ferry sees (different inside a new pid namespace): /proc is ferry's.
         let host = std::fs::read_link("/proc/self").map_err(|e| format!("readlink /proc/self: {e}"))?;
-        let mut line = format!("ok {} {}", node.pid, host.display());
-        for m in mine.borrow().iter().filter(|_| idx.is_some()) {
-            line.push_str(&format!(" {:x}-{:x}", m.region.start(), m.region.end()));
+        // Premapped ranges first, a few per line: each write stays below PIPE_BUF, so lines of
+        // different processes never mix.
+        if idx.is_some() {
+            for chunk in mine.borrow().chunks(64) {
+                let mut line = format!("cow {}", node.pid);
+                for m in chunk {
+                    line.push_str(&format!(" {:x}-{:x}", m.region.start(), m.region.end()));
+                }
+                line.push('\n');
+                raw::write_all(ctx.status_fd, line.as_bytes()).map_err(|e| format!("status: {e}"))?;
+            }
         }
-        line.push('\n');
+        let line = format!("ok {} {}\n", node.pid, host.display());
         raw::write_all(ctx.status_fd, line.as_bytes()).map_err(|e| format!("status: {e}"))?;
         let mut b = [0u8; 1];
         // The tracer interrupts this read (a helper is killed instead); EOF means ferry is gone.
@@ -298,29 +312,47 @@ pub(crate) fn write_pidfile(path: &Path, pid: i32) -> Result<(), Error> {
 /// namespace) and the ranges it premapped itself (state/cow.rs).
 type Ready = HashMap<i32, (i32, Vec<(u64, u64)>)>;
 
-/// Read "ok PID HOSTPID [START-END ...]" lines from the status pipe until every process
-/// reported (or one failed).
+/// Read "ok PID HOSTPID" lines (after "cow PID START-END ..." lines) from the status pipe until
+/// every process reported (or one failed). Only whole lines count.
 fn wait_tree_ready(status: OwnedFd, n: usize, root: i32) -> Result<Ready, Error> {
     let mut f = std::fs::File::from(status);
     let mut text = String::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut buf = [0u8; 4096];
+    let bad = |line: &str| Error::Invalid {
+        object: format!("restore of pid {root}"),
+        what: format!("garbled status line from the forked tree: {line:?}"),
+    };
     loop {
-        if let Some(line) = text.lines().find(|l| l.starts_with("err ")) {
+        let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        if let Some(line) = whole.lines().find(|l| l.starts_with("err ")) {
             return Err(Error::Invalid { object: format!("restore of pid {root}"), what: line[4..].to_string() });
         }
-        if text.lines().filter(|l| l.starts_with("ok ")).count() >= n {
-            let mut hosts = HashMap::new();
-            for l in text.lines().filter_map(|l| l.strip_prefix("ok ")) {
-                let mut it = l.split(' ');
-                let mut num = || it.next().and_then(|w| w.parse::<i32>().ok());
-                if let (Some(pid), Some(host)) = (num(), num()) {
-                    let ranges = it
-                        .filter_map(|w| w.split_once('-'))
-                        .filter_map(|(a, b)| Some((u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?)))
-                        .collect();
-                    hosts.insert(pid, (host, ranges));
+        if whole.lines().filter(|l| l.starts_with("ok ")).count() >= n {
+            let mut hosts: Ready = HashMap::new();
+            let mut cow: HashMap<i32, Vec<(u64, u64)>> = HashMap::new();
+            for l in whole.lines() {
+                let w: Vec<&str> = l.split(' ').collect();
+                let num = |s: &str| s.parse::<i32>().ok().filter(|&p| p > 0);
+                match w.as_slice() {
+                    ["ok", pid, host] => {
+                        let (pid, host) = num(pid).zip(num(host)).ok_or_else(|| bad(l))?;
+                        hosts.insert(pid, (host, Vec::new()));
+                    }
+                    ["cow", pid, ranges @ ..] => {
+                        let pid = num(pid).ok_or_else(|| bad(l))?;
+                        for r in ranges {
+                            let (a, b) = r.split_once('-').ok_or_else(|| bad(l))?;
+                            let a = u64::from_str_radix(a, 16).map_err(|_| bad(l))?;
+                            let b = u64::from_str_radix(b, 16).map_err(|_| bad(l))?;
+                            cow.entry(pid).or_default().push((a, b));
+                        }
+                    }
+                    _ => return Err(bad(l)),
                 }
+            }
+            for (pid, ranges) in cow {
+                hosts.entry(pid).or_default().1 = ranges;
             }
             return Ok(hosts);
         }
@@ -508,6 +540,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     ferry_sys::process::set_status_flags(status_w.as_fd(), 0).ctx(|| "status pipe".into())?;
     let (hold_r, hold_w) = ferry_sys::process::pipe2(libc::O_CLOEXEC).ctx(|| "cannot create a pipe".into())?;
     let hold_r = raw::dup_above(hold_r.as_fd(), base).ctx(|| "cannot move a pipe".into())?;
+    let cgroups = crate::state::cgroup::prepare(&procs)?;
     let pages: Vec<Option<(i32, u64)>> =
         prep.iter().map(|p| p.as_ref().and_then(|p| Some((p.mem.pages_fd?, p.mem.pages_len)))).collect();
     let ctx = TreeCtx {
@@ -521,6 +554,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         tty: &ttys,
         pages: pages.clone(),
         premap: std::env::var_os("FERRY_COW_PREMAP").is_none_or(|v| v != "0"),
+        cgroups,
     };
 
     // The page files' checksums, on the other core, while the tree is rebuilt; no process runs
@@ -585,8 +619,6 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         wait_stopped(pid).ctx(|| format!("pid {pid}: did not stop"))?;
     }
     let t_tracer = Instant::now();
-    // Into their cgroups before memory and threads are made, so they are charged there.
-    crate::state::cgroup::restore(&procs, &host)?;
     join_groups(&plan, &tr, &host)?;
     end_helpers(&plan, &host)?;
     let mut rebuilt = Vec::new();

@@ -54,6 +54,9 @@ pub fn processes(procs: &[Process]) -> Result<(), Error> {
                 return Err(bad(pid, format!("fd {} refers to open file {}, which is not recorded", f.fd, f.file)));
             }
         }
+        if let Some(c) = p.cgroups.iter().find(|c| !crate::state::cgroup::plain_path(&c.path)) {
+            return Err(bad(pid, format!("cgroup path {:?} is not a plain path", c.path)));
+        }
         let Some(mm) = &p.mm else { return Err(bad(pid, "no memory record".into())) };
         let mut prev_end = 0u64;
         for v in &mm.vmas {

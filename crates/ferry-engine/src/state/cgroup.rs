@@ -2,9 +2,9 @@
 //! controllers, named v1 hierarchies, the v2 tree).
 //!
 //! Dump reads /proc/PID/cgroup (and refuses a process whose threads sit in different v1
-//! cgroups). Restore, once the tree is forked and before any memory is rebuilt (so pages and
-//! threads are charged where they belong), moves each process into its cgroup by writing its
-//! pid to `cgroup.procs`, creating the cgroup's directory if this machine does not have it
+//! cgroups). Restore creates the cgroup's directory if this machine does not have it, and each
+//! forked process joins its cgroups itself (writing to `cgroup.procs`) before it maps any
+//! memory, so pages and threads are charged where they belong
 //! (without limits: the limits of a cgroup are its owner's business, not the process's). A
 //! hierarchy that is not mounted here, or a cgroup that will not take the process, fails the
 //! restore with an error naming it. Where ferry itself is in the same cgroup nothing is done.
@@ -52,29 +52,47 @@ fn dir_of(c: &Cgroup, mounts: &[MountInfo]) -> Option<std::path::PathBuf> {
     Some(std::path::Path::new(&m.mount_point).join(rel.trim_start_matches('/')))
 }
 
-/// Move every process of the restored tree (`host` maps image pids to pids here) into its
-/// cgroups.
-pub fn restore(procs: &[Process], host: &dyn Fn(i32) -> i32) -> Result<(), Error> {
+/// Whether `path` is a plain absolute cgroup path (no `.` or `..` component, no empty one
+/// but the root): an image's paths are joined to this machine's mount points.
+pub fn plain_path(path: &str) -> bool {
+    path == "/" || (path.starts_with('/') && path[1..].split('/').all(|c| !c.is_empty() && c != "." && c != ".."))
+}
+
+/// Before the tree is forked: for each process of `procs` (by index), the cgroup directories
+/// it must join, created if missing. Each process joins them itself in its forked child, before
+/// it maps any memory (so everything it uses is charged there).
+pub fn prepare(procs: &[Process]) -> Result<Vec<Vec<std::path::PathBuf>>, Error> {
+    let mut out = vec![Vec::new(); procs.len()];
     if procs.iter().all(|p| p.cgroups.is_empty()) {
-        return Ok(()); // (an image from before cgroups were recorded)
+        return Ok(out); // (an image from before cgroups were recorded)
     }
     let own = read(std::process::id() as i32, "cgroup")?;
     let text = std::fs::read_to_string("/proc/self/mountinfo").ctx(|| "cannot read /proc/self/mountinfo".into())?;
     let mounts = ferry_proc::parse_mountinfo(&text)
         .map_err(|e| Error::Invalid { object: "/proc/self/mountinfo".into(), what: e.to_string() })?;
-    for p in procs.iter().filter(|p| !p.zombie) {
-        let pid = host(p.pid);
+    for (i, p) in procs.iter().enumerate().filter(|(_, p)| !p.zombie) {
         for c in p.cgroups.iter().filter(|c| !own.contains(c)) {
             let obj = || {
                 let h = if c.controllers.is_empty() { "cgroup2" } else { &c.controllers };
                 format!("pid {}: cgroup {h}:{}", p.pid, c.path)
             };
+            if !plain_path(&c.path) {
+                return Err(Error::Invalid { object: obj(), what: "not a plain cgroup path".into() });
+            }
             let dir = dir_of(c, &mounts)
                 .ok_or_else(|| Error::Invalid { object: obj(), what: "this hierarchy is not mounted here".into() })?;
             std::fs::create_dir_all(&dir).ctx(|| format!("{}: cannot create {}", obj(), dir.display()))?;
-            std::fs::write(dir.join("cgroup.procs"), pid.to_string())
-                .ctx(|| format!("{}: cannot move the process into {}", obj(), dir.display()))?;
+            out[i].push(dir.join("cgroup.procs"));
         }
+    }
+    Ok(out)
+}
+
+/// In the forked child: join the cgroups `prepare` listed for it.
+pub fn join_in_child(procs_files: &[std::path::PathBuf]) -> Result<(), String> {
+    for f in procs_files {
+        // "0": the writer itself.
+        std::fs::write(f, "0").map_err(|e| format!("cannot join cgroup {}: {e}", f.display()))?;
     }
     Ok(())
 }

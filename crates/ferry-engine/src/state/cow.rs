@@ -254,10 +254,15 @@ pub fn premap(
         let slot = inherited.iter_mut().find(|s| {
             s.as_ref().is_some_and(|s| s.owner == me.ppid && (s.region.start(), s.region.end()) == (v.start, v.end))
         });
-        match slot.and_then(|s| s.take()).filter(|_| v.cow) {
-            Some(p) => {
+        match slot.and_then(|s| s.take()) {
+            Some(p) if v.cow => {
                 apply(&p.region, &Layer { pages: pages[idx], holes: &v.cow_holes, vma: v })?;
                 out.push(Premapped { region: p.region, owner: me.pid });
+            }
+            Some(p) => {
+                // The parent's, but not shared with it after all: map this process's own.
+                p.region.unmap().map_err(|e| format!("cannot unmap an inherited mapping: {e}"))?;
+                todo.push(v);
             }
             None => todo.push(v),
         }

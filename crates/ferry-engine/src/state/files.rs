@@ -517,7 +517,10 @@ pub mod ghost {
                     created = Some(tmp);
                     break;
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                // (Its directory may be gone too: then the hidden name in /tmp.)
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotFound) => {
+                    continue
+                }
                 Err(e) => return Err(Error::Sys { object: format!("cannot create {}", tmp.display()), source: e }),
             }
         }

@@ -390,7 +390,7 @@ pub fn prepare(obj: &str, f: &File) -> Result<OwnedFd, Error> {
                 sockopt::set_int(sock.as_fd(), level, opt, 1).ctx(|| format!("{obj}: IP_TRANSPARENT"))?;
                 transparent = Some((level, opt, had));
                 bound = net::bind(sock.as_fd(), &local);
-                tracing::info!(socket = obj, address = %local, "bound to an address this node does not have (yet)");
+                tracing::warn!(socket = obj, address = %local, "bound to an address this node does not have (yet): it receives nothing until the address is added here");
             }
             bound.map_err(|e| {
                 if e.raw_os_error() == Some(libc::EADDRINUSE) {

@@ -924,8 +924,10 @@ pub fn restore(
             }
             continue;
         }
+        // (Filled here: its own pages, or the layers of memory shared with the parent.)
+        let filled = !v.runs.is_empty() || shared.chains.iter().any(|c| c.0 == i);
         if kind != VmaKind::SharedAnon
-            && !v.runs.is_empty()
+            && filled
             && prot & (libc::PROT_READ | libc::PROT_WRITE) as u64 != (libc::PROT_READ | libc::PROT_WRITE) as u64
         {
             prot |= (libc::PROT_READ | libc::PROT_WRITE) as u64;

@@ -48,6 +48,12 @@ fn nft(script: &str) -> Result<(), Error> {
 }
 
 fn matcher(src: &SocketAddr, dst: &SocketAddr) -> String {
+    // A dual-stack socket's IPv4 peer (::ffff:a.b.c.d) is IPv4 on the wire.
+    let v4 = |a: &SocketAddr| match a {
+        SocketAddr::V6(s) => s.ip().to_ipv4_mapped().map_or(*a, |ip| SocketAddr::new(ip.into(), s.port())),
+        _ => *a,
+    };
+    let (src, dst) = (&v4(src), &v4(dst));
     let fam = if src.is_ipv4() { "ip" } else { "ip6" };
     format!("{fam} saddr {} {fam} daddr {} tcp sport {} tcp dport {} drop", src.ip(), dst.ip(), src.port(), dst.port())
 }

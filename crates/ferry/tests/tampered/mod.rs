@@ -37,7 +37,7 @@ fn nonsensical_records_refused() {
     run.dump_ok(&[]);
     run.reap_dumped();
     wait_image_pids_gone(&run.img());
-    let cases: [(&str, Edit, &str); 6] = [
+    let cases: [(&str, Edit, &str); 7] = [
         ("fd-index", |p| p.fds[0].file = 999, "not recorded"),
         ("fd-twice", |p| p.fds[1].fd = p.fds[0].fd, "appears twice"),
         ("fd-huge", |p| p.fds[0].fd = i32::MAX, "open-file limit"),
@@ -57,6 +57,7 @@ fn nonsensical_records_refused() {
             },
             "outside",
         ),
+        ("cgroup-escape", |p| p.cgroups[0].path = "/../../tmp".into(), "not a plain path"),
         (
             "cow-root",
             |p| {
