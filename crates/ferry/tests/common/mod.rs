@@ -556,9 +556,27 @@ impl Run {
     }
 }
 
+/// The processes of the tree rooted at `pid` (itself first).
+pub fn tree_pids(pid: i32) -> Vec<i32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        for t in fs::read_dir(format!("/proc/{p}/task")).into_iter().flatten().flatten() {
+            let kids = fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            out.extend(kids.split_whitespace().filter_map(|k| k.parse::<i32>().ok()));
+        }
+        i += 1;
+    }
+    out
+}
+
 impl Drop for Run {
     fn drop(&mut self) {
-        // Leave nothing running: the workload, a restored process, ferry.
+        // Leave nothing running: the workload and its descendants, a restored tree, ferry.
+        for p in tree_pids(self.pid).into_iter().skip(1) {
+            let _ = send_signal(p, "KILL");
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

@@ -9,24 +9,9 @@ fn cow(mib: &str) -> Spec {
     Spec::c("cow").args(&[mib]).ready_timeout(Duration::from_secs(60))
 }
 
-/// The processes of the tree rooted at `pid`.
-fn tree(pid: i32) -> Vec<i32> {
-    let mut out = vec![pid];
-    let mut i = 0;
-    while i < out.len() {
-        let p = out[i];
-        for t in fs::read_dir(format!("/proc/{p}/task")).into_iter().flatten().flatten() {
-            let kids = fs::read_to_string(t.path().join("children")).unwrap_or_default();
-            out.extend(kids.split_whitespace().filter_map(|k| k.parse::<i32>().ok()));
-        }
-        i += 1;
-    }
-    out
-}
-
 /// Sum of a field of /proc/PID/smaps_rollup (KiB) over the tree.
 fn tree_kib(pid: i32, field: &str) -> (usize, u64) {
-    let pids = tree(pid);
+    let pids = tree_pids(pid);
     let total = pids
         .iter()
         .map(|p| {
