@@ -10,7 +10,6 @@
 use crate::error::{Ctx, Error};
 use crate::inject::{find_syscall_insn, wait_stopped, Injector};
 use crate::procfs;
-use crate::state::tcp_repair::lock_names as tcp_repair_locks;
 use crate::state::{cpu, creds, files, memory, rseq, signals, task, timers, tty};
 use ferry_image::{ImageWriter, Inventory, Process, Thread};
 use ferry_sys::consts::{PTRACE_EVENT_STOP, PTRACE_O_TRACESYSGOOD};
@@ -289,6 +288,18 @@ fn check_unshared(frozen: &[Frozen]) -> Result<(), Error> {
     Ok(())
 }
 
+/// The processes of the running tree rooted at `root` (itself first, parents before children;
+/// a process that exits meanwhile just has no children).
+pub fn tree_pids(root: i32) -> Vec<i32> {
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        out.extend(children_of(out[i]).unwrap_or_default());
+        i += 1;
+    }
+    out
+}
+
 fn children_of(pid: i32) -> Result<Vec<i32>, Error> {
     let mut out = Vec::new();
     for tid in list_tids(pid)? {
@@ -561,7 +572,7 @@ pub fn dump_with(
     let fds = procs.iter().map(|p| p.fds.len()).sum();
     let mut locks: Vec<String> = match opts.leave_running {
         true => Vec::new(),
-        false => procs.iter().flat_map(tcp_repair_locks).map(String::from).collect(),
+        false => procs.iter().flat_map(crate::state::tcp_repair::lock_names).map(String::from).collect(),
     };
     locks.dedup();
     Ok(DumpReport { pages_bytes, vmas: vmas_n, fds, frozen: frozen_for, total: t0.elapsed(), locks })

@@ -103,8 +103,7 @@ pub fn mark(host: i32, p: &Process, mm: &mut Mm) -> Result<(), Error> {
     }
     eager.sort_unstable();
     eager.dedup();
-    let pagemap =
-        std::fs::File::open(procfs::path(host, "pagemap")).ctx(|| format!("pid {host}: cannot open pagemap"))?;
+    let pagemap = procfs::open(host, "pagemap")?;
     let mut ranges = Vec::new();
     let mut todo: Vec<(u64, u64)> = Vec::new();
     for v in mm.vmas.iter_mut().filter(|v| can_be_lazy(v)) {
@@ -394,8 +393,7 @@ pub fn register_all() -> Result<(), Error> {
     PENDING.with(|l| {
         for m in l.borrow().iter() {
             let pid = m.host_pid;
-            let pagemap =
-                std::fs::File::open(procfs::path(pid, "pagemap")).ctx(|| format!("pid {pid}: cannot open pagemap"))?;
+            let pagemap = procfs::open(pid, "pagemap")?;
             for &(start, end) in &m.ranges {
                 let present = pagemap_scan(pagemap.as_fd(), start, end, page_is::PRESENT | page_is::SWAPPED, 0)
                     .ctx(|| format!("pid {pid}: PAGEMAP_SCAN of {start:#x}-{end:#x}"))?;

@@ -62,32 +62,14 @@ type SkipMap = HashMap<i32, Vec<(u64, u64)>>;
 /// Where a round hands its pages: (host pid, address, bytes).
 pub type PageSink<'a> = dyn FnMut(i32, u64, &[u8]) -> std::io::Result<()> + 'a;
 
-fn tree(root: i32) -> Vec<i32> {
-    let mut out = vec![root];
-    let mut i = 0;
-    while i < out.len() {
-        let pid = out[i];
-        let tids = std::fs::read_dir(procfs::path(pid, "task"))
-            .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).collect::<Vec<_>>())
-            .unwrap_or_default();
-        for tid in tids {
-            let text = procfs::read_string(pid, &format!("task/{tid}/children")).unwrap_or_default();
-            out.extend(text.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
-        }
-        i += 1;
-    }
-    out
-}
-
 /// The pid a process has in the image: its own namespace's id when the root is a pid
 /// namespace's init (as `dump` records it), else the host pid.
 fn image_pid(root: i32, pid: i32) -> i32 {
-    let nspid = |p: i32| -> Vec<i32> {
+    let nspid = |p: i32| {
         procfs::read_string(p, "status")
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("NSpid:"))
-            .map(|v| v.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+            .ok()
+            .and_then(|t| ferry_proc::parse_status(&t).ok())
+            .map(|st| st.ns_pid)
             .unwrap_or_default()
     };
     let r = nspid(root);
@@ -110,7 +92,7 @@ impl Tracker {
     /// tracked is simply copied whole in the final dump.
     pub fn start(root: i32) -> Result<Tracker, Error> {
         let mut procs = Vec::new();
-        for pid in tree(root) {
+        for pid in crate::dump::tree_pids(root) {
             match track(root, pid) {
                 Ok(t) => procs.push(t),
                 Err(e) => tracing::warn!(pid, error = %e, "pre-copy: not tracked, copied whole at the end"),
@@ -261,9 +243,8 @@ fn track(root: i32, pid: i32) -> Result<Tracked, Error> {
         }
         Ok((uffd, ranges))
     })?;
-    let pagemap =
-        std::fs::File::open(procfs::path(pid, "pagemap")).ctx(|| format!("pid {pid}: cannot open pagemap"))?;
-    let mem = std::fs::File::open(procfs::path(pid, "mem")).ctx(|| format!("pid {pid}: cannot open mem"))?;
+    let pagemap = procfs::open(pid, "pagemap")?;
+    let mem = procfs::open(pid, "mem")?;
     Ok(Tracked {
         host_pid: pid,
         image_pid: image_pid(root, pid),

@@ -17,6 +17,12 @@ pub(crate) fn read_bytes(pid: i32, rest: &str) -> Result<Vec<u8>, Error> {
     std::fs::read(&p).ctx(|| format!("cannot read {}", p.display()))
 }
 
+/// Open a /proc file of `pid` for reading (pagemap, mem ...).
+pub(crate) fn open(pid: i32, rest: &str) -> Result<std::fs::File, Error> {
+    let p = path(pid, rest);
+    std::fs::File::open(&p).ctx(|| format!("cannot open {}", p.display()))
+}
+
 pub(crate) fn read_link(pid: i32, rest: &str) -> Result<String, Error> {
     let p = path(pid, rest);
     let l = std::fs::read_link(&p).ctx(|| format!("cannot read link {}", p.display()))?;

@@ -10,9 +10,6 @@ use crate::error::Error;
 use ferry_image::{Process, VmaKind, PAGE_SIZE};
 use std::collections::HashSet;
 
-/// Top of the user address space with 4-level paging.
-const TASK_SIZE: u64 = 0x7fff_ffff_f000;
-
 fn bad(pid: i32, what: String) -> Error {
     Error::Invalid { object: format!("pid {pid} in the image"), what }
 }
@@ -62,7 +59,7 @@ pub fn processes(procs: &[Process]) -> Result<(), Error> {
         for v in &mm.vmas {
             let obj = || format!("mapping {:#x}-{:#x}", v.start, v.end);
             // (The vsyscall page is the kernel's, above user space, and never mapped by restore.)
-            let top = if v.kind == VmaKind::Vsyscall as i32 { u64::MAX } else { TASK_SIZE };
+            let top = if v.kind == VmaKind::Vsyscall as i32 { u64::MAX } else { crate::state::memory::TASK_SIZE };
             if !aligned(v.start) || !aligned(v.end) || v.start >= v.end || v.end > top || v.start < prev_end {
                 return Err(bad(pid, format!("{} is unaligned, empty, out of range or overlaps another", obj())));
             }

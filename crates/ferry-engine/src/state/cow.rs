@@ -76,12 +76,7 @@ pub fn find(procs: &mut [Process], host: &[i32]) -> Result<Vec<Dump>, Error> {
         for v in mm.vmas.iter_mut().filter(|v| shareable(v) && parent.contains(&(v.start, v.end))) {
             let (mine, theirs) = match &files {
                 Some(f) => f,
-                None => files.insert((
-                    std::fs::File::open(procfs::path(pid, "pagemap"))
-                        .ctx(|| format!("pid {pid}: cannot open pagemap"))?,
-                    std::fs::File::open(procfs::path(ppid, "pagemap"))
-                        .ctx(|| format!("pid {ppid}: cannot open pagemap"))?,
-                )),
+                None => files.insert((procfs::open(pid, "pagemap")?, procfs::open(ppid, "pagemap")?)),
             };
             let regions = pagemap_scan(
                 mine.as_fd(),

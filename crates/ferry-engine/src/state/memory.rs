@@ -247,9 +247,8 @@ pub fn dump_pages(
     let out = img.stream(&name)?;
     let werr = |e: std::io::Error| Error::Sys { object: format!("cannot write {name}"), source: e };
     let mut out = PageSink::new(out, page_compression()).map_err(werr)?;
-    let pagemap =
-        std::fs::File::open(procfs::path(pid, "pagemap")).ctx(|| format!("pid {pid}: cannot open pagemap"))?;
-    let mem = std::fs::File::open(procfs::path(pid, "mem")).ctx(|| format!("pid {pid}: cannot open mem"))?;
+    let pagemap = procfs::open(pid, "pagemap")?;
+    let mem = procfs::open(pid, "mem")?;
     let mut jobs = Vec::new();
     let mut objects = Vec::new();
     for (i, v) in mm.vmas.iter_mut().enumerate() {
@@ -800,7 +799,7 @@ pub struct Trampoline {
 pub const TRAMPOLINE_PAGES: u64 = 3;
 pub const PARK_PAGES: u64 = 64;
 /// Top of the user address space with 4-level paging.
-const TASK_SIZE: u64 = 0x7fff_ffff_f000;
+pub(crate) const TASK_SIZE: u64 = 0x7fff_ffff_f000;
 
 /// Pick a trampoline address that overlaps neither the image's mappings nor ferry's own.
 pub fn choose_trampoline(vmas: &[Vma]) -> Result<Trampoline, Error> {

@@ -449,20 +449,7 @@ pub fn fetch_pages(
 /// The restored tree (root `root`) and every descendant, SIGKILLed: a post-copy that cannot
 /// complete must not leave a process with holes in its memory.
 pub fn kill_tree(root: i32) {
-    let mut pids = vec![root];
-    let mut i = 0;
-    while i < pids.len() {
-        let pid = pids[i];
-        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).collect::<Vec<_>>())
-            .unwrap_or_default();
-        for t in tasks {
-            let c = std::fs::read_to_string(format!("/proc/{pid}/task/{t}/children")).unwrap_or_default();
-            pids.extend(c.split_whitespace().filter_map(|x| x.parse::<i32>().ok()));
-        }
-        i += 1;
-    }
-    for pid in pids.iter().rev() {
+    for pid in ferry_engine::dump::tree_pids(root).iter().rev() {
         let _ = ferry_sys::process::kill(*pid, libc::SIGKILL);
     }
 }

@@ -556,20 +556,8 @@ impl Run {
     }
 }
 
-/// The processes of the tree rooted at `pid` (itself first).
-pub fn tree_pids(pid: i32) -> Vec<i32> {
-    let mut out = vec![pid];
-    let mut i = 0;
-    while i < out.len() {
-        let p = out[i];
-        for t in fs::read_dir(format!("/proc/{p}/task")).into_iter().flatten().flatten() {
-            let kids = fs::read_to_string(t.path().join("children")).unwrap_or_default();
-            out.extend(kids.split_whitespace().filter_map(|k| k.parse::<i32>().ok()));
-        }
-        i += 1;
-    }
-    out
-}
+/// The processes of the tree rooted at `pid` (itself first): ferry's own walk.
+pub use ferry_engine::dump::tree_pids;
 
 impl Drop for Run {
     fn drop(&mut self) {
