@@ -135,11 +135,17 @@ impl Frozen {
                 ptrace::set_sigmask(tid, t.sigmask)
                     .ctx(|| format!("pid {pid} thread {tid}: cannot put back the signal mask"))?;
                 if t.touched {
-                    // The last stop was a syscall-exit stop of an injected call: the kernel will
-                    // not apply syscall restart on the way out, so hand it the restarted registers.
-                    let regs = cpu::resume_regs(&t.regs, true);
-                    ptrace::set_regs(tid, &regs)
+                    // The last stop was a syscall-exit stop of an injected call, from which the
+                    // kernel would not apply syscall restart: move to a stop from which it does,
+                    // and give back the registers exactly as they were frozen (a signal that
+                    // arrives as the thread resumes then ends or restarts the call as it would
+                    // have without ferry).
+                    cpu::park(tid)?;
+                    ptrace::set_regs(tid, &t.regs)
                         .ctx(|| format!("pid {pid} thread {tid}: cannot put back registers"))?;
+                }
+                if let (Some(sig), true) = (crate::inject::fault_signal_at_release(), tid == pid) {
+                    let _ = ferry_sys::process::kill(pid, sig);
                 }
                 ptrace::detach(tid, 0).ctx(|| format!("pid {pid} thread {tid}: cannot detach"))
             })();

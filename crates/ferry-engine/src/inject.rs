@@ -42,15 +42,51 @@ const SYSCALL_STOP: i32 = libc::SIGTRAP | 0x80;
 /// Fault injection for tests (like CRIU_FAULT): `FERRY_FAULT=kill-at-injection:N` makes ferry
 /// SIGKILL itself when it is about to run its N-th injected syscall (counting from 1), with the
 /// target's registers borrowed — the worst moment to die.
-fn fault_point() {
+/// A batch of `calls` counts as that many.
+fn fault_point(calls: u64) {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNT: AtomicU64 = AtomicU64::new(0);
     let Ok(spec) = std::env::var("FERRY_FAULT") else { return };
     let Some(n) = spec.strip_prefix("kill-at-injection:").and_then(|n| n.parse::<u64>().ok()) else { return };
-    if COUNT.fetch_add(1, Ordering::Relaxed) + 1 == n {
+    let before = COUNT.fetch_add(calls, Ordering::Relaxed);
+    if (before + 1..=before + calls).contains(&n) {
         let _ = ferry_sys::process::kill(std::process::id() as i32, libc::SIGKILL);
     }
 }
+
+/// Fault injection for tests: `FERRY_FAULT=signal-at-release:SIG` makes a restore send signal
+/// SIG to the tree's root just before releasing it — a signal arriving at the worst moment for
+/// a process frozen inside a syscall (it must end or restart the call as the kernel would).
+pub fn fault_signal_at_release() -> Option<i32> {
+    std::env::var("FERRY_FAULT").ok()?.strip_prefix("signal-at-release:")?.parse().ok()
+}
+
+/// ferry's restore trampoline code (the first bytes of its code page): a single `syscall; int3`
+/// at offset 0 ([`Injector::with_int3`]), and at [`BATCH_LOOP`] a loop that runs a table of
+/// calls ([`Batch`]). The loop reads records of eight words from `rbx` — number, six
+/// arguments, expected result — runs each, and stops at `int3` on the first result that differs
+/// from the expected one or at a record whose number is `u64::MAX`; `rbx` then points at that
+/// record. It touches no stack and no memory but the table. (x86-64; from `as`:)
+///
+/// ```text
+///  0: syscall; int3; nops
+/// 16: mov rax,[rbx]; cmp rax,-1; je done
+///     mov rdi,[rbx+8]; mov rsi,[rbx+16]; mov rdx,[rbx+24]
+///     mov r10,[rbx+32]; mov r8,[rbx+40]; mov r9,[rbx+48]
+///     syscall; cmp rax,[rbx+56]; jne done
+///     add rbx,64; jmp 16
+/// done: int3
+/// ```
+pub const TRAMPOLINE_CODE: [u8; 64] = [
+    0x0f, 0x05, 0xcc, 0x66, 0x66, 0x2e, 0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00, 0x66, 0x90, //
+    0x48, 0x8b, 0x03, 0x48, 0x83, 0xf8, 0xff, 0x74, 0x26, 0x48, 0x8b, 0x7b, 0x08, 0x48, 0x8b, 0x73, //
+    0x10, 0x48, 0x8b, 0x53, 0x18, 0x4c, 0x8b, 0x53, 0x20, 0x4c, 0x8b, 0x43, 0x28, 0x4c, 0x8b, 0x4b, //
+    0x30, 0x0f, 0x05, 0x48, 0x3b, 0x43, 0x38, 0x75, 0x06, 0x48, 0x83, 0xc3, 0x40, 0xeb, 0xd1, 0xcc,
+];
+/// Offset of the batch loop in [`TRAMPOLINE_CODE`].
+const BATCH_LOOP: u64 = 16;
+/// Bytes per record of a batch's table.
+const RECORD: usize = 64;
 
 impl Injector {
     /// `base` supplies the segment registers and stack; `syscall_at` is the address of a
@@ -95,7 +131,7 @@ impl Injector {
         r.r8 = a[4];
         r.r9 = a[5];
         ptrace::set_regs(self.pid, &r)?;
-        fault_point();
+        fault_point(1);
         if int3 {
             ptrace::cont(self.pid, 0)?;
             loop {
@@ -131,6 +167,27 @@ impl Injector {
         }
     }
 
+    /// Run the batch loop of ferry's trampoline on the table at `table` (`calls` records and a
+    /// terminator); returns `rbx` (the record it stopped at) and `rax` (that record's result).
+    fn run_table(&self, table: u64, calls: u64) -> io::Result<(u64, i64)> {
+        debug_assert!(self.int3_after, "only ferry's own trampoline has the batch loop");
+        let mut r = self.base;
+        r.rip = self.syscall_at + BATCH_LOOP;
+        r.rbx = table;
+        r.orig_rax = u64::MAX;
+        ptrace::set_regs(self.pid, &r)?;
+        fault_point(calls);
+        ptrace::cont(self.pid, 0)?;
+        loop {
+            match wait_stopped(self.pid)? {
+                WaitStatus::Stopped { sig: libc::SIGTRAP, event: 0 } => break,
+                _ => ptrace::cont(self.pid, 0)?,
+            }
+        }
+        let out = ptrace::get_regs(self.pid)?;
+        Ok((out.rbx, out.rax as i64))
+    }
+
     /// Inject `mmap` and check the kernel placed it where asked.
     pub fn mmap_fixed(&self, addr: u64, len: u64, prot: u64, flags: u64, fd: i64, off: u64) -> io::Result<()> {
         let r = self.call(nr::MMAP, &[addr, len, prot, flags | libc::MAP_FIXED as u64, fd as u64, off])?;
@@ -138,6 +195,114 @@ impl Injector {
             return Err(io::Error::other(format!("mmap landed at {r:#x}")));
         }
         Ok(())
+    }
+}
+
+/// Syscalls queued for ferry's trampoline to run back to back: one ptrace stop for the lot
+/// instead of one per call (a stop costs 30-600 µs on this kind of VM; a tiny process's memory
+/// takes ~40 calls). Each call has the result it must return (an address for `mmap`/`mremap`,
+/// a byte count for `preadv`, 0 for the rest); the first other result stops the batch, and the
+/// error names that call. Calls run in order; the table and their argument blocks live in the
+/// trampoline's data area, `area`, which no call may unmap.
+pub struct Batch<'a> {
+    inj: &'a Injector,
+    area: u64,
+    /// Records that fit in the table (the last slot is kept for the terminator).
+    table_cap: usize,
+    /// Bytes of argument blocks that fit after the table.
+    data_cap: usize,
+    table: Vec<u8>,
+    data: Vec<u8>,
+    what: Vec<(String, u64)>,
+}
+
+impl<'a> Batch<'a> {
+    /// A batch for `inj` (on ferry's trampoline) using `len` bytes of tracee memory at `area`:
+    /// a quarter for the table, the rest for argument blocks.
+    pub fn new(inj: &'a Injector, area: u64, len: u64) -> Batch<'a> {
+        let table_cap = (len as usize / 4) / RECORD;
+        let data_cap = len as usize - table_cap * RECORD;
+        Batch { inj, area, table_cap, data_cap, table: Vec::new(), data: Vec::new(), what: Vec::new() }
+    }
+
+    /// The tracee.
+    pub fn pid(&self) -> i32 {
+        self.inj.pid
+    }
+
+    /// Queue syscall `nr` that must return `expect`; `what` names it in an error.
+    pub fn push(
+        &mut self,
+        nr: u64,
+        args: &[u64],
+        expect: u64,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), crate::error::Error> {
+        if self.what.len() + 1 >= self.table_cap {
+            self.flush()?;
+        }
+        let mut a = [0u64; 6];
+        a[..args.len()].copy_from_slice(args);
+        for w in [nr, a[0], a[1], a[2], a[3], a[4], a[5], expect] {
+            self.table.extend_from_slice(&w.to_le_bytes());
+        }
+        self.what.push((what(), expect));
+        Ok(())
+    }
+
+    /// Place an argument block of `len` bytes, built by `build` from its address in the tracee,
+    /// for the call queued next (which is then sure to join the same batch).
+    pub fn data(&mut self, len: usize, build: impl FnOnce(u64) -> Vec<u8>) -> Result<u64, crate::error::Error> {
+        let len8 = len.next_multiple_of(8);
+        if len8 > self.data_cap {
+            return Err(crate::error::Error::Invalid {
+                object: format!("pid {}", self.inj.pid),
+                what: format!("an argument block of {len} bytes does not fit in the trampoline"),
+            });
+        }
+        if self.data.len() + len8 > self.data_cap || self.what.len() + 2 >= self.table_cap {
+            self.flush()?;
+        }
+        let at = self.area + (self.table_cap * RECORD + self.data.len()) as u64;
+        let bytes = build(at);
+        debug_assert_eq!(bytes.len(), len);
+        self.data.extend_from_slice(&bytes);
+        self.data.resize(self.data.len().next_multiple_of(8), 0);
+        Ok(at)
+    }
+
+    /// Run what is queued; the first call that does not return what it must is the error.
+    pub fn flush(&mut self) -> Result<(), crate::error::Error> {
+        use crate::error::{Ctx, Error};
+        if self.what.is_empty() {
+            return Ok(());
+        }
+        let pid = self.inj.pid;
+        self.table.extend_from_slice(&u64::MAX.to_le_bytes());
+        let vm_write = ferry_sys::process::vm_write;
+        vm_write(pid, self.area, &self.table).ctx(|| format!("pid {pid}: cannot write the syscall table"))?;
+        if !self.data.is_empty() {
+            let at = self.area + (self.table_cap * RECORD) as u64;
+            vm_write(pid, at, &self.data).ctx(|| format!("pid {pid}: cannot write syscall arguments"))?;
+        }
+        let n = self.what.len() as u64;
+        let (rbx, rax) =
+            self.inj.run_table(self.area, n).ctx(|| format!("pid {pid}: cannot run a batch of {n} syscalls"))?;
+        let at = rbx.wrapping_sub(self.area) / RECORD as u64;
+        let what = std::mem::take(&mut self.what);
+        self.table.clear();
+        self.data.clear();
+        if at == n {
+            return Ok(());
+        }
+        let Some((object, expect)) = what.into_iter().nth(at as usize) else {
+            return Err(Error::Invalid { object: format!("pid {pid}"), what: format!("batch stopped at {rbx:#x}") });
+        };
+        Err(if (-4095..0).contains(&rax) {
+            Error::Sys { object, source: io::Error::from_raw_os_error(-rax as i32) }
+        } else {
+            Error::Invalid { object, what: format!("returned {rax:#x} instead of {expect:#x}") }
+        })
     }
 }
 

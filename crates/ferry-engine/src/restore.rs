@@ -231,7 +231,7 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
             task::apply_in_child(p, prep.cwd.as_fd())?;
             signals::apply_in_child(p)?;
             let len = TRAMPOLINE_PAGES * PAGE_SIZE;
-            match raw::map_trampoline(ctx.tr.code, len, &[0x0f, 0x05, 0xcc]) {
+            match raw::map_trampoline(ctx.tr.code, len, &crate::inject::TRAMPOLINE_CODE) {
                 Ok(()) => {}
                 Err(e) => return Err(format!("cannot map the trampoline at {:#x}: {e}", ctx.tr.code)),
             }
@@ -377,7 +377,8 @@ fn wait_tree_ready(status: OwnedFd, n: usize, root: i32) -> Result<Ready, Error>
                         what: format!("the root process ended while setting up ({st:?})"),
                     });
                 }
-                std::thread::sleep(Duration::from_micros(200));
+                // (A sleep here cost up to its length at each line; the pipe wakes us at once.)
+                ferry_sys::uffd::poll_readable(&[f.as_fd()], 10).ctx(|| "restore status pipe: poll".into())?;
             }
             Err(e) => return Err(Error::Sys { object: "restore status pipe".into(), source: e }),
         }
@@ -398,6 +399,7 @@ fn rebuild(
     tr: &Trampoline,
     has_zombies: bool,
     helpers: &[i32],
+    pin: &Pin,
 ) -> Result<(ferry_sys::UserRegs, Vec<RestoredThread>), Error> {
     let pid = host;
     let _span = tracing::info_span!("process", pid).entered();
@@ -433,11 +435,11 @@ fn rebuild(
         {}
     }
     let threads = restore_threads(&inj, tr, p)?;
+    let tids: Vec<i32> = std::iter::once(pid).chain(threads.iter().map(|t| t.0)).collect();
     rseq::restore(&inj, t)?;
     signals::restore_thread(&inj, scratch, p, t, true)?;
     timers::create_posix(&inj, scratch, p)?;
     task::restore_rlimits(pid, p)?;
-    task::restore_sched(pid, p)?;
     if let Some(c) = &p.creds {
         let now = crate::procfs::read_string(pid, "status")?;
         let now = crate::procfs::parse(pid, "status", ferry_proc::parse_status(&now))?;
@@ -454,6 +456,10 @@ fn rebuild(
             })
         }
         Err(e) => return Err(Error::Sys { object: format!("pid {pid}: cannot unmap the trampoline"), source: e }),
+    }
+    task::restore_sched(pid, &tids, p, &pin.mask)?; // last: it unpins the process
+    for &tid in &tids {
+        cpu::park(tid)?;
     }
     for (tid, th, base) in &threads {
         cpu::restore(*tid, th, base)?;
@@ -612,9 +618,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     tree.pids = plan.nodes.iter().map(|n| host(n.pid)).collect();
     tracing::debug!(elapsed = ?t0.elapsed(), "tree forked and ready");
     // Take every process over: each sits in read() on the hold pipe.
+    let pin = Pin::here()?;
     for p in procs.iter().filter(|p| !p.zombie) {
         let pid = host(p.pid);
         ptrace::seize(pid, PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL).ctx(|| format!("pid {pid}: cannot attach"))?;
+        pin.join(pid);
         ptrace::interrupt(pid).ctx(|| format!("pid {pid}: cannot interrupt"))?;
         wait_stopped(pid).ctx(|| format!("pid {pid}: did not stop"))?;
     }
@@ -630,8 +638,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
             plan.helpers().filter(|h| h.creator.is_some() && h.creator == me).map(|h| h.pid).collect();
         let kept = hosts.get(&p.pid).map(|h| h.1.clone()).unwrap_or_default();
         let shared = cow::for_tracer(&procs, &pages, i, kept)?;
-        rebuilt.push((p, rebuild(p, host(p.pid), mem, &shared, &tr, has_zombies, &helpers)?));
+        rebuilt.push((p, rebuild(p, host(p.pid), mem, &shared, &tr, has_zombies, &helpers, &pin)?));
     }
+    drop(pin);
     match pages_check.join() {
         Ok(r) => r?,
         Err(_) => return Err(Error::Invalid { object: "page files".into(), what: "checksum thread failed".into() }),
@@ -641,6 +650,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     sysv.finish()?;
     tty::finish_shell_job(&ttys, &procs[0], &procs)?;
     crate::postcopy::register_all()?;
+    if let Some(sig) = crate::inject::fault_signal_at_release() {
+        let _ = ferry_sys::process::kill(root_host, sig);
+    }
     // Release everything together, leaves first.
     for (p, (_, threads)) in rebuilt.iter().rev() {
         for (tid, _, _) in threads {
@@ -658,6 +670,43 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         write_pidfile(pf, root_host)?;
     }
     Ok(Restored { pid: root_host, verify, total: t0.elapsed() })
+}
+
+/// ferry's tracing thread and the process it rebuilds on one CPU while they hand control back
+/// and forth (hundreds of ptrace stops): a stop that wakes the other side on another, idle CPU
+/// costs 50-200 µs in this kind of VM (the idle vCPU is halted; waking it is the host's work),
+/// on the same CPU 10-20 µs. Dropping it gives ferry's thread its own mask back; each process
+/// gets its own at the end of its rebuild ([`task::restore_sched`]).
+struct Pin {
+    /// ferry's mask before (every CPU it may use): also the fallback for the processes.
+    mask: Vec<u8>,
+    /// The one CPU, or none if the pin could not be set (then nothing is pinned).
+    one: Option<Vec<u8>>,
+}
+
+impl Pin {
+    fn here() -> Result<Pin, Error> {
+        let mask = ferry_sys::process::get_affinity(0).ctx(|| "cannot read ferry's CPU affinity".into())?;
+        let one = ferry_sys::process::current_cpu()
+            .map(ferry_sys::process::one_cpu_mask)
+            .filter(|m| ferry_sys::process::set_affinity(0, m).is_ok());
+        Ok(Pin { mask, one })
+    }
+
+    /// Pin process `pid` (its main thread; its threads are created from it) to ferry's CPU.
+    fn join(&self, pid: i32) {
+        if let Some(m) = &self.one {
+            let _ = ferry_sys::process::set_affinity(pid, m);
+        }
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        if self.one.is_some() {
+            let _ = ferry_sys::process::set_affinity(0, &self.mask);
+        }
+    }
 }
 
 /// Once every process and helper exists: each process whose group's leader is elsewhere (or a

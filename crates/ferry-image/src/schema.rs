@@ -226,6 +226,13 @@ pub struct Thread {
     /// What the thread was doing when frozen, for `inspect` ("running", "in syscall 35 (restarted)").
     #[prost(string, tag = "12")]
     pub stopped_in: String,
+    /// Frozen inside a syscall the kernel would restart: its restart code (ERESTARTSYS 512,
+    /// ERESTARTNOINTR 513, ERESTARTNOHAND 514), else 0. `regs` are then already rewound to
+    /// re-execute the call (rip at the `syscall` instruction, rax its number); restore hands
+    /// the kernel the interrupted state instead, so that a signal arriving as the thread resumes
+    /// ends the call (EINTR) or restarts it by the kernel's own rules, as it would have.
+    #[prost(uint32, tag = "13")]
+    pub restart: u32,
 }
 
 /// x86_64 general registers in `struct user_regs_struct` terms. The instruction pointer and

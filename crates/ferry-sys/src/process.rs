@@ -362,6 +362,20 @@ pub fn get_affinity(pid: i32) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// The CPU the calling thread runs on (`sched_getcpu(3)`).
+pub fn current_cpu() -> Option<usize> {
+    // SAFETY: no arguments.
+    let c = unsafe { libc::sched_getcpu() };
+    usize::try_from(c).ok()
+}
+
+/// A raw CPU mask (as [`set_affinity`] takes it) naming CPU `cpu` only.
+pub fn one_cpu_mask(cpu: usize) -> Vec<u8> {
+    let mut m = vec![0u8; (cpu / 64 + 1) * 8];
+    m[cpu / 8] |= 1 << (cpu % 8);
+    m
+}
+
 /// `sched_setaffinity(2)` with a raw CPU mask.
 pub fn set_affinity(pid: i32, mask: &[u8]) -> io::Result<()> {
     // SAFETY: mask is valid for mask.len() bytes.

@@ -143,6 +143,10 @@ pub fn collect(tid: i32, t: &mut Thread) -> Result<UserRegs, Error> {
     let regs = ptrace::get_regs(tid).ctx(|| format!("pid {tid}: cannot read registers"))?;
     t.xstate = ptrace::get_xstate(tid).ctx(|| format!("pid {tid}: cannot read the XSAVE state"))?;
     t.regs = Some(regs_to_image(&resume_regs(&regs, false)));
+    t.restart = match restart_kind(&regs) {
+        Restart::Again => (regs.rax as i64).unsigned_abs() as u32,
+        _ => 0,
+    };
     t.stopped_in = describe(&regs);
     Ok(regs)
 }
@@ -177,7 +181,25 @@ pub fn check_compatible(pid: i32, tid: i32, img: &[u8]) -> Result<(), Error> {
     Ok(())
 }
 
-/// Load the final registers and XSAVE state; the thread runs them when released.
+/// Bring stopped thread `tid` to a stop inside the kernel's signal handling (a
+/// `PTRACE_EVENT_STOP`): released from there, the thread goes through the kernel's own
+/// syscall-restart rules with whatever registers it was given. (From a syscall-exit stop it
+/// would not: rax would reach user space as is.) The thread does not run user code on the way.
+pub fn park(tid: i32) -> Result<(), Error> {
+    ptrace::interrupt(tid).ctx(|| format!("thread {tid}: PTRACE_INTERRUPT"))?;
+    ptrace::cont(tid, 0).ctx(|| format!("thread {tid}: PTRACE_CONT"))?;
+    loop {
+        match crate::inject::wait_stopped(tid).ctx(|| format!("thread {tid}: did not stop"))? {
+            ptrace::WaitStatus::Stopped { event: PTRACE_EVENT_STOP, .. } => return Ok(()),
+            // A signal-delivery stop (every signal but SIGKILL/SIGSTOP is blocked meanwhile).
+            _ => ptrace::cont(tid, 0).ctx(|| format!("thread {tid}: PTRACE_CONT"))?,
+        }
+    }
+}
+
+/// Load the final registers and XSAVE state; the thread runs them when released. A thread
+/// frozen in a restartable syscall must be [`park`]ed first: it gets the interrupted state
+/// (see `Thread::restart`) and the kernel restarts the call, or ends it for a signal.
 pub fn restore(tid: i32, t: &Thread, base: &UserRegs) -> Result<(), Error> {
     let img = t
         .regs
@@ -185,6 +207,20 @@ pub fn restore(tid: i32, t: &Thread, base: &UserRegs) -> Result<(), Error> {
         .ok_or_else(|| Error::Invalid { object: format!("thread {tid}"), what: "no registers in image".into() })?;
     let mut regs = regs_from_image(img, base);
     regs.orig_rax = u64::MAX;
+    match i64::from(t.restart) {
+        0 => {}
+        code @ (ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND) => {
+            regs.orig_rax = regs.rax;
+            regs.rax = (-code) as u64;
+            regs.rip = regs.rip.wrapping_add(2);
+        }
+        code => {
+            return Err(Error::Invalid {
+                object: format!("thread {tid}"),
+                what: format!("unknown syscall restart code {code} in the image"),
+            })
+        }
+    }
     if !t.xstate.is_empty() {
         ptrace::set_xstate(tid, &t.xstate).ctx(|| format!("pid {tid}: cannot load the XSAVE state"))?;
     }

@@ -9,13 +9,13 @@
 //! of the page cache, none of it through ferry's memory), then applies the final protections.
 
 use crate::error::{Ctx, Error};
-use crate::inject::Injector;
+use crate::inject::{Batch, Injector};
 use crate::procfs;
 use ferry_image::{ImageWriter, Mm, PageRun, Process, Vma, VmaKind, PAGE_SIZE};
 use ferry_proc::MapEntry;
 use ferry_sys::consts::{nr, PR_SET_MM, PR_SET_MM_MAP};
 use ferry_sys::pagebuf::PageBuf;
-use ferry_sys::process::{page_is, pagemap_scan, vm_read, vm_write, PageRegion};
+use ferry_sys::process::{page_is, pagemap_scan, vm_read, PageRegion};
 use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -789,14 +789,16 @@ fn open_pages(img: &ferry_image::ImageReader, pid: i32) -> Result<std::fs::File,
 pub struct Trampoline {
     /// Code page: `syscall; int3`.
     pub code: u64,
-    /// Two data pages for syscall arguments.
+    /// Data pages for syscall arguments and batch tables ([`DATA_LEN`] bytes).
     pub data: u64,
     /// Free virtual space to park the vDSO while it moves.
     pub park: u64,
 }
 
-/// Pages ferry maps for the trampoline (code + 2 data) and keeps free for parking the vDSO.
-pub const TRAMPOLINE_PAGES: u64 = 3;
+/// Pages ferry maps for the trampoline (code + 15 data) and keeps free for parking the vDSO.
+pub const TRAMPOLINE_PAGES: u64 = 16;
+/// Bytes of the trampoline's data area.
+pub const DATA_LEN: u64 = (TRAMPOLINE_PAGES - 1) * PAGE_SIZE;
 pub const PARK_PAGES: u64 = 64;
 /// Top of the user address space with 4-level paging.
 pub(crate) const TASK_SIZE: u64 = 0x7fff_ffff_f000;
@@ -835,7 +837,8 @@ fn special_kind(path: Option<&str>) -> Option<VmaKind> {
 
 /// By the tracer: replace the child's address space (ferry's) with the image's.
 ///
-/// Mappings the process premapped itself while forking (memory shared copy-on-write with its
+/// Every call below is queued on one [`Batch`] that the trampoline runs in a few stops; the
+/// order is the order of the calls. Mappings the process premapped itself while forking (memory shared copy-on-write with its
 /// children, `shared.kept`) stay as they are; only their protection and flags are set here.
 pub fn restore(
     inj: &Injector,
@@ -850,6 +853,7 @@ pub fn restore(
             .ok_or_else(|| Error::Invalid { object: format!("pid {pid}"), what: "no memory record".into() })?;
     let cur_text = procfs::read_string(pid, "maps")?;
     let cur = procfs::parse(pid, "maps", ferry_proc::parse_maps(&cur_text))?;
+    let mut b = Batch::new(inj, tr.data, DATA_LEN);
     // 1. Park the vDSO family inside the trampoline's reserve, then drop everything of ferry's
     //    around the reserve in two calls (munmap of holes is allowed).
     let mut parked: HashMap<VmaKind, (u64, u64)> = HashMap::new();
@@ -860,8 +864,12 @@ pub fn restore(
         if park_at + len > tr.park + PARK_PAGES * PAGE_SIZE {
             return Err(Error::Invalid { object: format!("pid {pid}"), what: "vDSO too large to park".into() });
         }
-        inj.call(nr::MREMAP, &[m.start, len, len, (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64, park_at])
-            .ctx(|| format!("pid {pid}: cannot move {} at {:#x}", m.path.as_deref().unwrap_or(""), m.start))?;
+        b.push(
+            nr::MREMAP,
+            &[m.start, len, len, (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64, park_at],
+            park_at,
+            || format!("pid {pid}: cannot move {} at {:#x}", m.path.as_deref().unwrap_or(""), m.start),
+        )?;
         parked.insert(k, (park_at, len));
         park_at += len;
     }
@@ -872,7 +880,7 @@ pub fn restore(
     let mut s = 0u64;
     for &(ks, ke) in keep.iter().chain([(TASK_SIZE, TASK_SIZE)].iter()) {
         if ks > s {
-            inj.call(nr::MUNMAP, &[s, ks - s]).ctx(|| format!("pid {pid}: cannot unmap {s:#x}-{ks:#x}"))?;
+            b.push(nr::MUNMAP, &[s, ks - s], 0, || format!("pid {pid}: cannot unmap {s:#x}-{ks:#x}"))?;
         }
         s = s.max(ke);
     }
@@ -894,14 +902,21 @@ pub fn restore(
                 what: format!("{} is {} bytes here but {} in the image (vDSO differs)", v.path, len, v.end - v.start),
             });
         }
-        inj.call(nr::MREMAP, &[at, len, len, (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64, v.start])
-            .ctx(|| format!("pid {pid}: cannot move {} to {:#x}", v.path, v.start))?;
+        b.push(
+            nr::MREMAP,
+            &[at, len, len, (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64, v.start],
+            v.start,
+            || format!("pid {pid}: cannot move {} to {:#x}", v.path, v.start),
+        )?;
     }
     for (_, (at, len)) in parked {
-        inj.call(nr::MUNMAP, &[at, len]).ctx(|| format!("pid {pid}: cannot unmap parked vDSO part"))?;
+        b.push(nr::MUNMAP, &[at, len], 0, || format!("pid {pid}: cannot unmap parked vDSO part"))?;
     }
     // 3. SysV shared memory attachments, then every other mapping, writable while we fill it.
-    crate::state::sysvshm::attach(inj, p, &mm.vmas)?;
+    if mm.vmas.iter().any(|v| v.sysv) {
+        b.flush()?;
+        crate::state::sysvshm::attach(inj, p, &mm.vmas)?;
+    }
     let mut reprotect = Vec::new();
     for (i, v) in mm.vmas.iter().enumerate().filter(|(_, v)| !v.sysv) {
         let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Invalid);
@@ -936,7 +951,7 @@ pub fn restore(
             Some(fd) => (*fd as i64, v.offset),
             None => (-1, 0),
         };
-        inj.mmap_fixed(v.start, len, prot, flags, fd, off).ctx(|| {
+        b.push(nr::MMAP, &[v.start, len, prot, flags | libc::MAP_FIXED as u64, fd as u64, off], v.start, || {
             format!(
                 "pid {pid}: cannot map {:#x}-{:#x} ({})",
                 v.start,
@@ -960,19 +975,20 @@ pub fn restore(
             object: format!("pid {pid}"),
             what: "page runs but no page file".into(),
         })?;
-        read_pages(inj, tr.data, fd, &segs)?;
+        read_pages(&mut b, fd, &segs)?;
     }
     // Memory shared with the parent that could not be premapped: the parent's content (and its
     // parent's ...), then this process's holes and pages.
     for (_, layers) in &shared.chains {
         for l in layers {
             for h in l.holes {
-                inj.call(nr::MADVISE, &[h.addr, h.nr_pages * PAGE_SIZE, libc::MADV_DONTNEED as u64])
-                    .ctx(|| format!("pid {pid}: cannot drop pages at {:#x}", h.addr))?;
+                b.push(nr::MADVISE, &[h.addr, h.nr_pages * PAGE_SIZE, libc::MADV_DONTNEED as u64], 0, || {
+                    format!("pid {pid}: cannot drop pages at {:#x}", h.addr)
+                })?;
             }
             let segs = run_segments(pid, l.vma, l.pages.map_or(0, |p| p.1))?;
             if let (false, Some((fd, _))) = (segs.is_empty(), l.pages) {
-                read_pages(inj, tr.data, fd, &segs)?;
+                read_pages(&mut b, fd, &segs)?;
             } else if !segs.is_empty() {
                 return Err(Error::Invalid { object: format!("pid {pid}"), what: "page runs but no page file".into() });
             }
@@ -981,8 +997,9 @@ pub fn restore(
     // 5. Final protections and madvise flags.
     for i in reprotect {
         let v = &mm.vmas[i];
-        inj.call(nr::MPROTECT, &[v.start, v.end - v.start, v.prot as u64])
-            .ctx(|| format!("pid {pid}: cannot mprotect {:#x}-{:#x}", v.start, v.end))?;
+        b.push(nr::MPROTECT, &[v.start, v.end - v.start, v.prot as u64], 0, || {
+            format!("pid {pid}: cannot mprotect {:#x}-{:#x}", v.start, v.end)
+        })?;
     }
     for v in &mm.vmas {
         for (flag, advice) in [
@@ -993,18 +1010,26 @@ pub fn restore(
             ("nh", libc::MADV_NOHUGEPAGE),
         ] {
             if v.vm_flags.iter().any(|f| f == flag) {
-                inj.call(nr::MADVISE, &[v.start, v.end - v.start, advice as u64])
-                    .ctx(|| format!("pid {pid}: cannot madvise {:#x} ({flag})", v.start))?;
+                b.push(nr::MADVISE, &[v.start, v.end - v.start, advice as u64], 0, || {
+                    format!("pid {pid}: cannot madvise {:#x} ({flag})", v.start)
+                })?;
             }
         }
         if v.vm_flags.iter().any(|f| f == "lo") {
-            inj.call(nr::MLOCK, &[v.start, v.end - v.start])
-                .ctx(|| format!("pid {pid}: cannot mlock {:#x}", v.start))?;
+            b.push(nr::MLOCK, &[v.start, v.end - v.start], 0, || format!("pid {pid}: cannot mlock {:#x}", v.start))?;
         }
     }
     // 6. mm fields: brk, arg/env bounds (so /proc/PID/cmdline and environ read the same), auxv, exe.
-    let mut b = Vec::with_capacity(104 + mm.auxv.len() * 8);
-    let auxv_addr = tr.data + 128;
+    let map = b.data(128 + mm.auxv.len() * 8, |at| prctl_mm_map(mm, prep, at + 128))?;
+    b.push(nr::PRCTL, &[PR_SET_MM as u64, PR_SET_MM_MAP, map, 104, 0], 0, || {
+        format!("pid {pid}: PR_SET_MM_MAP (brk {:#x}, exe {})", mm.brk, mm.exe_path)
+    })?;
+    b.flush()
+}
+
+/// `struct prctl_mm_map` (104 bytes, padded to 128) followed by the auxv it points at, `auxv_addr`.
+fn prctl_mm_map(mm: &Mm, prep: &Prepared, auxv_addr: u64) -> Vec<u8> {
+    let mut b = Vec::with_capacity(128 + mm.auxv.len() * 8);
     for w in [
         mm.start_code,
         mm.end_code,
@@ -1027,10 +1052,7 @@ pub fn restore(
     for w in &mm.auxv {
         b.extend_from_slice(&w.to_le_bytes());
     }
-    vm_write(pid, tr.data, &b).ctx(|| format!("pid {pid}: cannot write prctl_mm_map"))?;
-    inj.call(nr::PRCTL, &[PR_SET_MM as u64, PR_SET_MM_MAP, tr.data, 104, 0])
-        .ctx(|| format!("pid {pid}: PR_SET_MM_MAP (brk {:#x}, exe {})", mm.brk, mm.exe_path))?;
-    Ok(())
+    b
 }
 
 /// Whether page run `r` lies inside mapping `v` and inside a page file of `file_len` bytes.
@@ -1055,54 +1077,49 @@ fn run_segments(pid: i32, v: &Vma, file_len: u64) -> Result<Vec<(u64, u64, u64)>
         .collect()
 }
 
-/// Iovecs per injected `preadv` (one page of the trampoline's data area).
+/// Iovecs per `preadv` (one page of the trampoline's data area).
 const IOVS_PER_CALL: usize = PAGE_SIZE as usize / 16;
 
 /// By the tracer: make the process read `segs` (address, length, offset in page file `fd`) into
-/// its own memory with injected `preadv` calls, one per stretch of the file read in order.
-fn read_pages(inj: &Injector, scratch: u64, fd: i32, segs: &[(u64, u64, u64)]) -> Result<(), Error> {
-    let pid = inj.pid();
+/// its own memory with `preadv` calls on batch `b`, one per stretch of the file read in order.
+/// Each must read all it asks for (the runs were checked against the file's length).
+fn read_pages(b: &mut Batch<'_>, fd: i32, segs: &[(u64, u64, u64)]) -> Result<(), Error> {
+    const MAX: u64 = 1 << 30; // a read(2) moves at most 2 GiB - 4 KiB
+    let pid = b.pid();
+    let split: Vec<(u64, u64, u64)>;
+    let segs = if segs.iter().any(|s| s.1 > MAX) {
+        split = segs
+            .iter()
+            .flat_map(|&(a, l, o)| {
+                (0..l.div_ceil(MAX)).map(move |k| (a + k * MAX, (l - k * MAX).min(MAX), o + k * MAX))
+            })
+            .collect();
+        &split[..]
+    } else {
+        segs
+    };
     let mut i = 0;
-    let mut skip = 0u64; // bytes of segs[i] already read
     while i < segs.len() {
-        let off = segs[i].2 + skip;
+        let off = segs[i].2;
         let mut iov = Vec::with_capacity(IOVS_PER_CALL * 16);
         let mut want = 0u64;
         let mut j = i;
-        while j < segs.len() && iov.len() < IOVS_PER_CALL * 16 && want < 1 << 30 {
+        while j < segs.len() && iov.len() < IOVS_PER_CALL * 16 && want + segs[j].1 <= MAX {
             let (addr, len, o) = segs[j];
-            let s = if j == i { skip } else { 0 };
-            if o + s != off + want {
+            if o != off + want {
                 break; // not next in the file
             }
-            iov.extend_from_slice(&(addr + s).to_le_bytes());
-            iov.extend_from_slice(&(len - s).to_le_bytes());
-            want += len - s;
+            iov.extend_from_slice(&addr.to_le_bytes());
+            iov.extend_from_slice(&len.to_le_bytes());
+            want += len;
             j += 1;
         }
-        vm_write(pid, scratch, &iov).ctx(|| format!("pid {pid}: cannot write iovecs"))?;
-        let n = inj
-            .call(nr::PREADV, &[fd as u64, scratch, (iov.len() / 16) as u64, off, 0])
-            .ctx(|| format!("pid {pid}: cannot read its pages at {:#x} from the page file", segs[i].0 + skip))?;
-        if n == 0 {
-            return Err(Error::Invalid {
-                object: format!("pid {pid}"),
-                what: format!("page file ends before the page run at {:#x}", segs[i].0 + skip),
-            });
-        }
-        // Advance over what was read (a short read resumes mid-segment).
-        let mut left = n;
-        while left > 0 && i < segs.len() {
-            let rest = segs[i].1 - skip;
-            if left >= rest {
-                left -= rest;
-                i += 1;
-                skip = 0;
-            } else {
-                skip += left;
-                left = 0;
-            }
-        }
+        let at = b.data(iov.len(), |_| iov)?;
+        let first = segs[i].0;
+        b.push(nr::PREADV, &[fd as u64, at, (j - i) as u64, off, 0], want, || {
+            format!("pid {pid}: cannot read its pages at {first:#x} from the page file (offset {off}, {want} bytes)")
+        })?;
+        i = j;
     }
     Ok(())
 }

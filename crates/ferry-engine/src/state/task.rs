@@ -139,23 +139,30 @@ pub fn apply_in_child(p: &Process, cwd_fd: std::os::fd::BorrowedFd<'_>) -> Resul
     Ok(())
 }
 
-/// By the tracer from outside: nice value, scheduling policy, CPU affinity (an affinity naming
-/// CPUs this machine lacks is narrowed to the ones it has, with a warning).
-pub fn restore_sched(pid: i32, p: &Process) -> Result<(), Error> {
+/// By the tracer from outside, for each of the process's threads `tids`: nice value, scheduling
+/// policy, CPU affinity. An affinity naming CPUs this machine lacks becomes `fallback` (every
+/// CPU ferry may use), with a warning; with none in the image, `fallback` too (ferry pinned the
+/// process to its own CPU while rebuilding it).
+pub fn restore_sched(pid: i32, tids: &[i32], p: &Process, fallback: &[u8]) -> Result<(), Error> {
     use ferry_sys::process as sp;
-    let (policy, prio) = sp::get_scheduler(pid).ctx(|| format!("pid {pid}: cannot read the scheduling policy"))?;
-    if (policy, prio) != (p.sched_policy, p.sched_priority) {
-        sp::set_scheduler(pid, p.sched_policy, p.sched_priority).ctx(|| {
-            format!("pid {pid}: cannot set scheduling policy {} priority {}", p.sched_policy, p.sched_priority)
-        })?;
-    }
-    sp::set_nice(pid, p.nice).ctx(|| format!("pid {pid}: cannot set nice {}", p.nice))?;
-    if !p.cpu_affinity.is_empty() {
-        let here = sp::get_affinity(pid).ctx(|| format!("pid {pid}: cannot read the CPU affinity"))?;
-        if here != p.cpu_affinity {
-            if let Err(e) = sp::set_affinity(pid, &p.cpu_affinity) {
-                tracing::warn!(pid, error = %e, "cannot restore the CPU affinity; keeping every CPU");
+    for &tid in tids {
+        let (policy, prio) =
+            sp::get_scheduler(tid).ctx(|| format!("pid {pid} thread {tid}: cannot read the scheduling policy"))?;
+        if (policy, prio) != (p.sched_policy, p.sched_priority) {
+            sp::set_scheduler(tid, p.sched_policy, p.sched_priority).ctx(|| {
+                format!("pid {pid}: cannot set scheduling policy {} priority {}", p.sched_policy, p.sched_priority)
+            })?;
+        }
+        sp::set_nice(tid, p.nice).ctx(|| format!("pid {pid}: cannot set nice {}", p.nice))?;
+        let set = match p.cpu_affinity.is_empty() {
+            true => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
+            false => sp::set_affinity(tid, &p.cpu_affinity),
+        };
+        if let Err(e) = set {
+            if !p.cpu_affinity.is_empty() {
+                tracing::warn!(pid, tid, error = %e, "cannot restore the CPU affinity; keeping every CPU");
             }
+            sp::set_affinity(tid, fallback).ctx(|| format!("pid {pid} thread {tid}: cannot set the CPU affinity"))?;
         }
     }
     Ok(())

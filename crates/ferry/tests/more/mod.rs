@@ -585,3 +585,47 @@ fn ferry_run_starts_jobs() {
     assert!(out.status.success(), "dump of a ferry run job: {}", String::from_utf8_lossy(&out.stderr));
     send_signal(pid, "KILL").expect("kill the job");
 }
+
+/// A signal that arrives just as a process frozen inside pause(2) resumes must end the call
+/// (EINTR after the handler), as it would have without ferry — not run the handler and then
+/// re-enter pause for good. ferry sends the go signal itself right before it lets the process go
+/// (FERRY_FAULT=signal-at-release), the worst moment: after `dump -R` (the original process) and
+/// after a restore. The workload passes only if pause returned.
+#[test]
+fn signal_at_release_interrupts_the_restarted_syscall() {
+    let fault = format!("signal-at-release:{}", libc::SIGUSR2);
+    let mut run = Run::start(&Spec::c("blocked_pause").blocked_in(&[34]));
+    run.wait_in_syscall("before dump -R");
+    let args = vec!["dump".into(), "-R".into(), "-t".into(), run.pid.to_string(), "-D".into(), path_str(&run.img())];
+    let status = ferry_with_fault(&mut run, &fault, &args, "dump-R");
+    if !status.success() {
+        run.fail(&format!("dump -R failed: {}", describe(status)));
+    }
+    match run.child.as_mut().map(|c| wait_timeout(c, Duration::from_secs(20))) {
+        Some(Some(status)) => {
+            run.child = None;
+            run.expect_pass(status, "the workload (go sent as dump -R let it go)");
+        }
+        _ => run.fail("after dump -R the process stayed in pause() although its go signal arrived at release"),
+    }
+
+    let mut run = Run::start(&Spec::c("blocked_pause").blocked_in(&[34]));
+    run.dump_ok(&[]);
+    run.reap_dumped();
+    let args = vec!["restore".into(), "-D".into(), path_str(&run.img())];
+    let err = run.w.join("restore.err");
+    let mut child = Command::new(ferry_bin())
+        .args(&args)
+        .env("FERRY_FAULT", &fault)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&err).expect("create ferry stderr file"))
+        .spawn()
+        .expect("start ferry");
+    let Some(status) = wait_timeout(&mut child, Duration::from_secs(20)) else {
+        let _ = send_signal(run.pid, "KILL");
+        let _ = child.kill();
+        run.fail("the restored process stayed in pause() although its go signal arrived at release");
+    };
+    run.expect_pass(status, "the restored workload (go sent at release)");
+}
