@@ -389,6 +389,13 @@ fn wait_tree_ready(status: OwnedFd, n: usize, root: i32) -> Result<Ready, Error>
 /// (tid, its record, the registers it was created with).
 type RestoredThread = (i32, ferry_image::Thread, ferry_sys::UserRegs);
 
+/// What a process being rebuilt must reap or absorb: whether it has zombie children (their
+/// SIGCHLD), and the helpers it forked for sessions and groups.
+struct Reap<'a> {
+    has_zombies: bool,
+    helpers: &'a [i32],
+}
+
 /// The tracer's work on one stopped process: memory, threads, per-thread and process state.
 /// Returns the threads (other than the main one) to load and release at the end.
 fn rebuild(
@@ -397,10 +404,10 @@ fn rebuild(
     prep: &memory::Prepared,
     shared: &cow::Tracer<'_>,
     tr: &Trampoline,
-    has_zombies: bool,
-    helpers: &[i32],
+    reap: Reap<'_>,
     pin: &Pin,
 ) -> Result<(ferry_sys::UserRegs, Vec<RestoredThread>), Error> {
+    let Reap { has_zombies, helpers } = reap;
     let pid = host;
     let _span = tracing::info_span!("process", pid).entered();
     let base_regs = ptrace::get_regs(pid).ctx(|| format!("pid {pid}: cannot read registers"))?;
@@ -638,7 +645,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
             plan.helpers().filter(|h| h.creator.is_some() && h.creator == me).map(|h| h.pid).collect();
         let kept = hosts.get(&p.pid).map(|h| h.1.clone()).unwrap_or_default();
         let shared = cow::for_tracer(&procs, &pages, i, kept)?;
-        rebuilt.push((p, rebuild(p, host(p.pid), mem, &shared, &tr, has_zombies, &helpers, &pin)?));
+        rebuilt.push((p, rebuild(p, host(p.pid), mem, &shared, &tr, Reap { has_zombies, helpers: &helpers }, &pin)?));
     }
     drop(pin);
     match pages_check.join() {
