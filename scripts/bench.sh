@@ -9,7 +9,9 @@
 #   DUMP_ARGS=--compress ...             # extra arguments for ferry dump
 #
 # For each size, a process fills that much anonymous memory with random (incompressible, never
-# zero) bytes and sleeps in pause(). Each run then measures, with wall-clock time:
+# zero) bytes and sleeps in pause(). Each run then measures, with wall-clock time (taken by a
+# small wrapper, `maxrss`, from its fork of the command to the command's exit: the command's
+# exec, work and exit, not the shell's own fork, which costs ~1.3 ms in this VM):
 #   dump     `ferry dump -t PID -D DIR`: freeze, write the image, kill the process; "frozen" is
 #            ferry's own figure (freeze to committed image);
 #   restore  `ferry restore -D DIR -d`: verify the image, recreate the process, return once it
@@ -252,17 +254,26 @@ int main(int argc, char **argv)
 }
 EOF
 cat >"$WORK/maxrss.c" <<'EOF'
-/* maxrss OUT CMD...: run CMD, write its peak resident set (KiB, getrusage via wait4) to OUT
- * and exit with its status. */
+/* maxrss OUT CMD...: run CMD, write its peak resident set (KiB, getrusage via wait4) and its
+ * wall time (ms, from the fork to its exit) to OUT, and exit with its status. */
 #include <stdio.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
+
+static double now_ms(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
 
 int main(int argc, char **argv)
 {
 	if (argc < 3)
 		return 2;
+	double t0 = now_ms();
 	pid_t p = fork();
 	if (p < 0)
 		return 2;
@@ -274,10 +285,11 @@ int main(int argc, char **argv)
 	struct rusage ru;
 	if (wait4(p, &st, 0, &ru) != p)
 		return 2;
+	double ms = now_ms() - t0;
 	FILE *f = fopen(argv[1], "w");
 	if (!f)
 		return 2;
-	fprintf(f, "%ld\n", ru.ru_maxrss);
+	fprintf(f, "%ld %.1f\n", ru.ru_maxrss, ms);
 	fclose(f);
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
@@ -352,39 +364,32 @@ run_tool() {
     PIDS+=("$pid")
     wait_for $((60 + size / 8)) "memhold ($size MiB) to fill its memory" exists "$ready"
     if [ "$tool" = ferry ]; then
-        t0=$EPOCHREALTIME
         # shellcheck disable=SC2086
         out=$("$WORK/maxrss" "$WORK/rss" "$FERRY" -v dump ${DUMP_ARGS:-} -t "$pid" -D "$IMG" 2>&1) ||
             die "ferry dump of pid $pid ($size MiB) failed: $out"
-        t1=$EPOCHREALTIME
-        f_dump+=("$(elapsed_ms "$t0" "$t1")")
+        f_dump+=("$(cut -d' ' -f2 "$WORK/rss")")
         f_frozen+=("$(sed -n 's/.*(frozen \([0-9.]*\) ms).*/\1/p' <<<"$out" | tail -1)")
-        f_drss+=("$(cat "$WORK/rss")")
+        f_drss+=("$(cut -d' ' -f1 "$WORK/rss")")
         f_size+=("$(find "$IMG" -type f -printf '%s\n' | awk '{ s += $1 } END { print s }')")
     else
         mkdir -p "$IMG"
-        t0=$EPOCHREALTIME
-        "$CRIU" dump -t "$pid" -D "$IMG" -o dump.log >/dev/null 2>&1 ||
+        "$WORK/maxrss" "$WORK/rss" "$CRIU" dump -t "$pid" -D "$IMG" -o dump.log >/dev/null 2>&1 ||
             die "criu dump of pid $pid ($size MiB) failed: see $IMG/dump.log"
-        t1=$EPOCHREALTIME
-        c_dump+=("$(elapsed_ms "$t0" "$t1")")
+        c_dump+=("$(cut -d' ' -f2 "$WORK/rss")")
         c_size+=("$(find "$IMG" -type f -name '*.img' -printf '%s\n' | awk '{ s += $1 } END { print s }')")
     fi
     wait_for 60 "pid $pid to be reaped after the dump" gone "$pid"
-    t0=$EPOCHREALTIME
     if [ "$tool" = ferry ]; then
         # (Not captured with $(...): the restored process gets ferry's stderr in place of the
         # one it had, and would hold the capture open.)
         "$WORK/maxrss" "$WORK/rss" "$FERRY" restore -D "$IMG" -d --pidfile "$WORK/pidfile" >"$WORK/out" 2>&1 ||
             die "ferry restore of pid $pid ($size MiB) failed: $(cat "$WORK/out")"
-        t1=$EPOCHREALTIME
-        f_restore+=("$(elapsed_ms "$t0" "$t1")")
-        f_rrss+=("$(cat "$WORK/rss")")
+        f_restore+=("$(cut -d' ' -f2 "$WORK/rss")")
+        f_rrss+=("$(cut -d' ' -f1 "$WORK/rss")")
     else
-        "$CRIU" restore -d -D "$IMG" -o restore.log --pidfile "$WORK/pidfile" >/dev/null 2>&1 ||
+        "$WORK/maxrss" "$WORK/rss" "$CRIU" restore -d -D "$IMG" -o restore.log --pidfile "$WORK/pidfile" >/dev/null 2>&1 ||
             die "criu restore of pid $pid ($size MiB) failed: see $IMG/restore.log"
-        t1=$EPOCHREALTIME
-        c_restore+=("$(elapsed_ms "$t0" "$t1")")
+        c_restore+=("$(cut -d' ' -f2 "$WORK/rss")")
     fi
     [ "$(cat "$WORK/pidfile")" = "$pid" ] || die "$tool restored pid $(cat "$WORK/pidfile"), expected $pid"
     kill -USR1 "$pid"

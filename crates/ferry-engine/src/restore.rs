@@ -570,17 +570,25 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         cgroups,
     };
 
-    // The page files' checksums, on the other core, while the tree is rebuilt; no process runs
-    // before the result is in (a mismatch drops `tree`, which kills it). Started only now: with
-    // a second thread sharing the fd table, every growth of it (the fds moved above `base`
-    // above) would wait for an RCU grace period (expand_fdtable), ~20 ms here.
+    // The page files' checksums, on the other CPU, while the tree is rebuilt; no process runs
+    // before the result is in (a mismatch drops `tree`, which kills it). The thread is created
+    // now but waits until the tree is forked: a fork while another thread of ferry runs (and
+    // faults in its buffers) took 1.5-3 ms instead of 0.1-0.3 ms here, and so did pinning
+    // ferry's thread. (Not created earlier: with a second thread sharing the fd table, every
+    // growth of it — the fds moved above `base` above — waits for an RCU grace period, ~20 ms.)
+    let (start_check, go) = std::sync::mpsc::channel::<()>();
     let pages_check = {
         let img = img.clone();
         std::thread::Builder::new()
             .name("verify-pages".into())
-            .spawn(move || img.verify_where(is_pages_file))
+            .spawn(move || match go.recv() {
+                Ok(()) => img.verify_where(is_pages_file),
+                Err(_) => Ok(()), // the restore failed before the tree was forked
+            })
             .ctx(|| "cannot start a thread".into())?
     };
+    // From here on ferry's thread and the tree it forks share one CPU (the tree inherits it).
+    let pin = Pin::here()?;
     // A tree that was a whole pid namespace gets a new one: its init is created by a plain
     // clone3(CLONE_NEWPID) and every other pid is chosen inside it.
     let pidns = img.inventory().pidns;
@@ -624,12 +632,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     let host = |pid: i32| hosts.get(&pid).map_or(pid, |h| h.0);
     tree.pids = plan.nodes.iter().map(|n| host(n.pid)).collect();
     tracing::debug!(elapsed = ?t0.elapsed(), "tree forked and ready");
+    let _ = start_check.send(());
     // Take every process over: each sits in read() on the hold pipe.
-    let pin = Pin::here()?;
     for p in procs.iter().filter(|p| !p.zombie) {
         let pid = host(p.pid);
         ptrace::seize(pid, PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL).ctx(|| format!("pid {pid}: cannot attach"))?;
-        pin.join(pid);
         ptrace::interrupt(pid).ctx(|| format!("pid {pid}: cannot interrupt"))?;
         wait_stopped(pid).ctx(|| format!("pid {pid}: did not stop"))?;
     }
@@ -679,11 +686,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     Ok(Restored { pid: root_host, verify, total: t0.elapsed() })
 }
 
-/// ferry's tracing thread and the process it rebuilds on one CPU while they hand control back
-/// and forth (hundreds of ptrace stops): a stop that wakes the other side on another, idle CPU
-/// costs 50-200 µs in this kind of VM (the idle vCPU is halted; waking it is the host's work),
-/// on the same CPU 10-20 µs. Dropping it gives ferry's thread its own mask back; each process
-/// gets its own at the end of its rebuild ([`task::restore_sched`]).
+/// ferry's tracing thread and the tree it forks and rebuilds on one CPU while they hand control
+/// back and forth (status lines, then hundreds of ptrace stops): a hand-over that wakes the
+/// other side on another, idle CPU costs 50-200 µs in this kind of VM (the idle vCPU is
+/// halted; waking it is the host's work), and a freshly forked child sometimes waited 1-2 ms
+/// to run there; on the same CPU a ptrace stop costs 10-20 µs. The tree inherits the pin when
+/// forked. Dropping it gives ferry's thread its own mask back; each process gets its own at
+/// the end of its rebuild ([`task::restore_sched`]). (The page-checksum thread is started
+/// before the pin and runs on the other CPU.)
 struct Pin {
     /// ferry's mask before (every CPU it may use): also the fallback for the processes.
     mask: Vec<u8>,
@@ -698,13 +708,6 @@ impl Pin {
             .map(ferry_sys::process::one_cpu_mask)
             .filter(|m| ferry_sys::process::set_affinity(0, m).is_ok());
         Ok(Pin { mask, one })
-    }
-
-    /// Pin process `pid` (its main thread; its threads are created from it) to ferry's CPU.
-    fn join(&self, pid: i32) {
-        if let Some(m) = &self.one {
-            let _ = ferry_sys::process::set_affinity(pid, m);
-        }
     }
 }
 

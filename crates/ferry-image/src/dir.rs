@@ -41,6 +41,9 @@ pub struct ImageWriter {
     /// Set: the files go to this sink instead of `dir` (see [`ImageWriter::to_sink`]).
     sink: Option<SharedSink>,
     next_id: AtomicU32,
+    /// Files whose blocks were allocated ahead ([`ImageWriter::reserve`]): name → (temporary
+    /// path, file, bytes allocated).
+    reserved: std::collections::HashMap<String, (PathBuf, File, u64)>,
 }
 
 /// A file being streamed into the image (page data), checksummed as it is written.
@@ -52,6 +55,8 @@ pub struct StreamFile {
     sink: Option<(SharedSink, u32)>,
     hasher: crc32fast::Hasher,
     len: u64,
+    /// Bytes of blocks allocated ahead of the writes (0: none).
+    reserved: u64,
 }
 
 impl StreamFile {
@@ -128,12 +133,24 @@ impl ImageWriter {
             }
             Err(e) => return Err(io_err(dir)(e)),
         }
-        Ok(ImageWriter { dir: dir.to_path_buf(), files: Vec::new(), sink: None, next_id: AtomicU32::new(0) })
+        Ok(ImageWriter {
+            dir: dir.to_path_buf(),
+            files: Vec::new(),
+            sink: None,
+            next_id: AtomicU32::new(0),
+            reserved: Default::default(),
+        })
     }
 
     /// Write the image to `sink` instead of a directory (nothing touches a disk).
     pub fn to_sink(sink: Arc<Mutex<dyn ImageSink>>) -> ImageWriter {
-        ImageWriter { dir: PathBuf::from("<stream>"), files: Vec::new(), sink: Some(sink), next_id: AtomicU32::new(0) }
+        ImageWriter {
+            dir: PathBuf::from("<stream>"),
+            files: Vec::new(),
+            sink: Some(sink),
+            next_id: AtomicU32::new(0),
+            reserved: Default::default(),
+        }
     }
 
     /// Whether a file of this name was already written to the image.
@@ -167,8 +184,27 @@ impl ImageWriter {
         self.write_file(&crate::process_file(p.pid), &bytes)
     }
 
+    /// Allocate `len` bytes of blocks for file `name` now, before it is written — before the
+    /// process is frozen: allocating (and zeroing) pages is most of what writing to a fresh
+    /// tmpfs file costs, and the writes into allocated blocks then only copy. What the file does
+    /// not use is released when it is finished; a reservation that is never streamed is removed
+    /// with the writer. Best effort (a file system without `fallocate` gets plain writes); only
+    /// for a directory (a sink has no blocks).
+    pub fn reserve(&mut self, name: &str, len: u64) -> Result<(), ImageError> {
+        if self.sink.is_some() || len == 0 || self.reserved.contains_key(name) {
+            return Ok(());
+        }
+        let (tmp, _, file) = self.open_tmp(name)?;
+        let len = match ferry_sys::pagebuf::preallocate(std::os::fd::AsFd::as_fd(&file), 0, len) {
+            Ok(()) => len,
+            Err(_) => 0,
+        };
+        self.reserved.insert(name.to_string(), (tmp, file, len));
+        Ok(())
+    }
+
     /// Start streaming a file.
-    pub fn stream(&self, name: &str) -> Result<StreamFile, ImageError> {
+    pub fn stream(&mut self, name: &str) -> Result<StreamFile, ImageError> {
         if let Some(s) = &self.sink {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let dst = self.dir.join(name);
@@ -181,9 +217,16 @@ impl ImageWriter {
                 sink: Some((s.clone(), id)),
                 hasher: crc32fast::Hasher::new(),
                 len: 0,
+                reserved: 0,
             });
         }
-        let (tmp, dst, file) = self.open_tmp(name)?;
+        let (tmp, dst, file, reserved) = match self.reserved.remove(name) {
+            Some((tmp, file, len)) => (tmp, self.dir.join(name), file, len),
+            None => {
+                let (tmp, dst, file) = self.open_tmp(name)?;
+                (tmp, dst, file, 0)
+            }
+        };
         Ok(StreamFile {
             name: name.to_string(),
             tmp,
@@ -192,6 +235,7 @@ impl ImageWriter {
             sink: None,
             hasher: crc32fast::Hasher::new(),
             len: 0,
+            reserved,
         })
     }
 
@@ -199,6 +243,11 @@ impl ImageWriter {
     pub fn finish_stream(&mut self, f: StreamFile) -> Result<(), ImageError> {
         let crc32 = f.hasher.finalize();
         if let Some(file) = &f.file {
+            if f.reserved > f.len {
+                // Give back the blocks reserved beyond what was written (best effort: they
+                // would only waste space).
+                let _ = ferry_sys::pagebuf::release(std::os::fd::AsFd::as_fd(file), f.len, f.reserved - f.len);
+            }
             file.sync_all().map_err(io_err(&f.tmp))?;
             fs::rename(&f.tmp, &f.dst).map_err(io_err(&f.dst))?;
         } else if let Some((s, id)) = &f.sink {
@@ -222,6 +271,15 @@ impl ImageWriter {
         fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
         File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err(&self.dir))?;
         Ok(())
+    }
+}
+
+impl Drop for ImageWriter {
+    /// Reservations never streamed (the dump failed, or the process had fewer pages).
+    fn drop(&mut self) {
+        for (_, (tmp, _, _)) in self.reserved.drain() {
+            let _ = fs::remove_file(tmp);
+        }
     }
 }
 

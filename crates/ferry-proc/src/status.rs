@@ -49,6 +49,8 @@ pub struct Status {
     /// 0 disabled, 1 strict, 2 filter.
     pub seccomp: u32,
     pub seccomp_filters: u32,
+    /// Resident anonymous memory in KiB (`RssAnon`; none for kernel threads).
+    pub rss_anon_kib: u64,
 }
 
 const FILE: &str = "status";
@@ -85,6 +87,7 @@ const FIELDS: &[&str] = &[
     "NoNewPrivs",
     "Seccomp",
     "Seccomp_filters",
+    "RssAnon",
 ];
 const REQUIRED: usize = 20;
 
@@ -118,6 +121,7 @@ pub fn parse_status(text: &str) -> Result<Status, ParseError> {
             "NSpgid" => s.ns_pgid = list(k, v)?,
             "NSsid" => s.ns_sid = list(k, v)?,
             "Threads" => s.threads = dec(FILE, k, v)?,
+            "RssAnon" => s.rss_anon_kib = dec(FILE, k, v.trim_end_matches("kB").trim_end())?,
             "SigQ" => {
                 let (queued, limit) = v.split_once('/').ok_or_else(err)?;
                 s.sig_q = (dec(FILE, k, queued).map_err(|_| err())?, dec(FILE, k, limit).map_err(|_| err())?);

@@ -86,6 +86,21 @@ pub fn preallocate(fd: BorrowedFd<'_>, off: u64, len: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Free the blocks of `len` bytes at `off` in the file `fd`, past its end (the part of a
+/// [`preallocate`]d range that was not written), keeping its size.
+pub fn release(fd: BorrowedFd<'_>, off: u64, len: u64) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: plain integer arguments on a descriptor we borrow.
+    let r = unsafe { libc::fallocate(fd.as_raw_fd(), mode, off as i64, len as i64) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -429,7 +429,7 @@ pub fn set_page_compression(level: i32) {
     COMPRESSION.store(level, std::sync::atomic::Ordering::Relaxed);
 }
 
-fn page_compression() -> i32 {
+pub(crate) fn page_compression() -> i32 {
     COMPRESSION.load(std::sync::atomic::Ordering::Relaxed)
 }
 
