@@ -195,10 +195,9 @@ impl ImageWriter {
             return Ok(());
         }
         let (tmp, _, file) = self.open_tmp(name)?;
-        let len = match ferry_sys::pagebuf::preallocate(std::os::fd::AsFd::as_fd(&file), 0, len) {
-            Ok(()) => len,
-            Err(_) => 0,
-        };
+        // (A failure may leave part of the range allocated on some file systems: the whole
+        // range is still given back at the end.)
+        let _ = ferry_sys::pagebuf::preallocate(std::os::fd::AsFd::as_fd(&file), 0, len);
         self.reserved.insert(name.to_string(), (tmp, file, len));
         Ok(())
     }

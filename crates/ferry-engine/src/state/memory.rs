@@ -46,6 +46,9 @@ pub fn scan(pid: i32, img: &mut ImageWriter) -> Result<(Vec<Vma>, Vec<MapEntry>)
     let smaps_text = procfs::read_string(pid, "smaps")?;
     let smaps = procfs::parse(pid, "smaps", ferry_proc::parse_smaps(&smaps_text))?;
     let flags: HashMap<u64, Vec<String>> = smaps.into_iter().map(|s| (s.start, s.vm_flags)).collect();
+    // A file is usually mapped several times (text, rodata, data ...): stat it and check its
+    // path once (maps names its device and inode), the process is frozen meanwhile.
+    let mut files: HashMap<(u32, u32, u64, &str), (std::fs::Metadata, bool)> = HashMap::new();
     let mut out = Vec::new();
     for m in &maps {
         let at =
@@ -92,12 +95,20 @@ pub fn scan(pid: i32, img: &mut ImageWriter) -> Result<(Vec<Vma>, Vec<MapEntry>)
             Some(s) if s.starts_with("/SYSV") => return Err(at(format!("SysV shared memory {s} in huge pages"))),
             Some(s) if s.starts_with('/') => {
                 let mf = procfs::path(pid, &format!("map_files/{:x}-{:x}", m.start, m.end));
-                let md =
-                    std::fs::metadata(&mf).ctx(|| format!("pid {pid}: cannot stat {s} mapped at {:#x}", m.start))?;
+                let key = (m.dev_major, m.dev_minor, m.inode, s);
+                let (md, reachable) = match files.get(&key) {
+                    Some(known) => known.clone(),
+                    None => {
+                        let md = std::fs::metadata(&mf)
+                            .ctx(|| format!("pid {pid}: cannot stat {s} mapped at {:#x}", m.start))?;
+                        let reachable = std::fs::metadata(s).is_ok_and(|o| (o.dev(), o.ino()) == (md.dev(), md.ino()));
+                        files.insert(key, (md.clone(), reachable));
+                        (md, reachable)
+                    }
+                };
                 if !md.file_type().is_file() {
                     return Err(at(format!("device or special file {s}")));
                 }
-                let reachable = std::fs::metadata(s).is_ok_and(|o| (o.dev(), o.ino()) == (md.dev(), md.ino()));
                 if !(m.deleted || md.nlink() == 0 || reachable) {
                     return Err(at(format!(
                         "{s}: the path does not lead to the mapped file (another mount, or replaced)"
