@@ -322,10 +322,10 @@ pub fn dump_pages(
             }
         }
     }
-    // The reader side also finds the pages to keep and checksums them while they are in its
-    // cache, so that the writer side only writes (see [`Kept`]).
+    // The reader side also finds the pages to keep, and checksums them while they are in its
+    // cache when the writer side is the slower one (see [`Kept`] and the loop below).
     let prehash = out.takes_prehashed();
-    let read = |job: &Job, buf: &mut [u8]| -> Result<Kept, Error> {
+    let read = |job: &Job, buf: &mut [u8], hash: bool| -> Result<Kept, Error> {
         let chunk = &mut buf[..job.len];
         let addr = job.addr;
         let got = match job.from {
@@ -344,7 +344,7 @@ pub fn dump_pages(
                 what: format!("short read of memory at {addr:#x}"),
             });
         }
-        Ok(Kept::scan(chunk, job.skip_zero, prehash))
+        Ok(Kept::scan(chunk, job.skip_zero, hash && prehash))
     };
     let mut stored = 0u64;
     let vmas = &mut mm.vmas;
@@ -368,7 +368,7 @@ pub fn dump_pages(
                     Source::Mem => Source::Mem,
                 };
                 let piece = Job { vma: job.vma, addr: job.addr + at as u64, len, from, skip_zero: job.skip_zero };
-                let kept = read(&piece, &mut buf)?;
+                let kept = read(&piece, &mut buf, true)?;
                 store(&piece, &buf, &kept, &mut out)?;
                 at += len;
             }
@@ -393,6 +393,11 @@ pub fn dump_pages(
             sc.spawn(move || {
                 for (i, job) in jobs.iter().enumerate() {
                     let mut buf = free_rx.try_recv();
+                    // No free buffer: the writer is behind, and this thread has time to
+                    // checksum the chunk; otherwise the writer checksums it as it writes.
+                    // (Into blocks allocated before the freeze the writer only copies, and
+                    // was the idle one: 1 GiB, reader 350-400 ms with the CRC, writer ~190.)
+                    let writer_behind = buf.is_err();
                     while buf.is_err() {
                         // newest first: the writer reaches it last
                         let (Some(f), Some((off, len))) = (&prealloc, ahead.pop_back()) else { break };
@@ -402,7 +407,7 @@ pub fn dump_pages(
                         buf = free_rx.try_recv();
                     }
                     let Ok(mut buf) = buf.or_else(|_| free_rx.recv()) else { return };
-                    let r = read(job, &mut buf);
+                    let r = read(job, &mut buf, writer_behind);
                     if let Ok(kept) = &r {
                         let len: u64 = kept.runs.iter().map(|&(a, b)| (b - a) as u64 * PAGE_SIZE).sum();
                         ahead.push_back((next, len));
