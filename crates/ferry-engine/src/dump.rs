@@ -132,18 +132,20 @@ impl Frozen {
         for t in &self.threads {
             let tid = t.tid;
             let r = (|| {
-                ptrace::set_sigmask(tid, t.sigmask)
-                    .ctx(|| format!("pid {pid} thread {tid}: cannot put back the signal mask"))?;
                 if t.touched {
                     // The last stop was a syscall-exit stop of an injected call, from which the
                     // kernel would not apply syscall restart: move to a stop from which it does,
                     // and give back the registers exactly as they were frozen (a signal that
                     // arrives as the thread resumes then ends or restarts the call as it would
                     // have without ferry).
+                    // (Parked with every signal blocked, so that none is taken on the way.)
+                    ptrace::set_sigmask(tid, !0).ctx(|| format!("pid {pid} thread {tid}: cannot block signals"))?;
                     cpu::park(tid)?;
                     ptrace::set_regs(tid, &t.regs)
                         .ctx(|| format!("pid {pid} thread {tid}: cannot put back registers"))?;
                 }
+                ptrace::set_sigmask(tid, t.sigmask)
+                    .ctx(|| format!("pid {pid} thread {tid}: cannot put back the signal mask"))?;
                 if let (Some(sig), true) = (crate::inject::fault_signal_at_release(), tid == pid) {
                     let _ = ferry_sys::process::kill(pid, sig);
                 }
@@ -427,9 +429,18 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     if opts.pid <= 0 || !procfs::path(opts.pid, "").exists() {
         return Err(Error::NoProcess { pid: opts.pid });
     }
-    let mut img = ImageWriter::create(&opts.dir)?;
+    // The directory is prepared now (for the reservations) but an older image in it is only
+    // invalidated once the tree is frozen: a refused dump leaves it as it was.
+    let mut img = ImageWriter::prepare(&opts.dir)?;
     reserve_pages(&mut img, opts.pid)?;
-    dump_with(opts, move || Ok(img), |_| Ok(()))
+    dump_with(
+        opts,
+        move || {
+            img.invalidate_old()?;
+            Ok(img)
+        },
+        |_| Ok(()),
+    )
 }
 
 /// Before the freeze: allocate each process's page file about as large as its resident
@@ -442,13 +453,19 @@ fn reserve_pages(img: &mut ImageWriter, root: i32) -> Result<(), Error> {
     if memory::page_compression() != 0 {
         return Ok(());
     }
+    // At most half the file system's free space in all: memory a tree shares copy-on-write is
+    // counted once per process here (and given back as each file is finished), and the writes
+    // must still find room.
+    let mut budget = ferry_sys::process::free_space(img.dir()).unwrap_or(0) / 2;
     for pid in tree_pids(root) {
         let Ok(text) = procfs::read_string(pid, "status") else { continue };
         let Ok(st) = ferry_proc::parse_status(&text) else { continue };
         if st.ns_pid.len() > 1 {
             return Ok(());
         }
-        img.reserve(&ferry_image::pages_file(pid), st.rss_anon_kib * 1024)?;
+        let len = (st.rss_anon_kib * 1024).min(budget);
+        img.reserve(&ferry_image::pages_file(pid), len)?;
+        budget -= len;
     }
     Ok(())
 }

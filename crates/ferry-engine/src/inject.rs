@@ -39,6 +39,21 @@ pub fn wait_stopped(pid: i32) -> io::Result<WaitStatus> {
 
 const SYSCALL_STOP: i32 = libc::SIGTRAP | 0x80;
 
+/// Wait for the `int3` of ferry's trampoline. Another stop is let pass (a signal arriving while
+/// everything is blocked can only be SIGSTOP); a fault of the trampoline's own code (a bad
+/// address in a batch table) is an error, not a loop.
+fn wait_trap(pid: i32) -> io::Result<()> {
+    loop {
+        match wait_stopped(pid)? {
+            WaitStatus::Stopped { sig: libc::SIGTRAP, event: 0 } => return Ok(()),
+            WaitStatus::Stopped { sig: s @ (libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE), event: 0 } => {
+                return Err(io::Error::other(format!("process {pid} faulted (signal {s}) in ferry's trampoline")))
+            }
+            _ => ptrace::cont(pid, 0)?,
+        }
+    }
+}
+
 /// Fault injection for tests (like CRIU_FAULT): `FERRY_FAULT=kill-at-injection:N` makes ferry
 /// SIGKILL itself when it is about to run its N-th injected syscall (counting from 1), with the
 /// target's registers borrowed — the worst moment to die.
@@ -111,9 +126,11 @@ impl Injector {
         self.run(nr, args, self.int3_after)
     }
 
-    /// Run a syscall that unmaps the trampoline itself: the `int3` after it would not exist
-    /// any more, so stop at the syscall exit instead.
-    pub fn raw_last(&self, nr: u64, args: &[u64]) -> io::Result<i64> {
+    /// Run a syscall without the `int3` after it, stopping at the syscall exit instead: for the
+    /// call that unmaps the trampoline itself (the `int3` would be gone), and for one that must
+    /// not be followed by a trap (the forced SIGTRAP of an `int3` while SIGTRAP is blocked
+    /// resets its disposition to SIG_DFL).
+    pub fn raw_exit_stop(&self, nr: u64, args: &[u64]) -> io::Result<i64> {
         self.run(nr, args, false)
     }
 
@@ -134,12 +151,7 @@ impl Injector {
         fault_point(1);
         if int3 {
             ptrace::cont(self.pid, 0)?;
-            loop {
-                match wait_stopped(self.pid)? {
-                    WaitStatus::Stopped { sig: libc::SIGTRAP, event: 0 } => break,
-                    _ => ptrace::cont(self.pid, 0)?,
-                }
-            }
+            wait_trap(self.pid)?;
         } else {
             for _stop in 0..2 {
                 ptrace::syscall(self.pid, 0)?;
@@ -178,12 +190,7 @@ impl Injector {
         ptrace::set_regs(self.pid, &r)?;
         fault_point(calls);
         ptrace::cont(self.pid, 0)?;
-        loop {
-            match wait_stopped(self.pid)? {
-                WaitStatus::Stopped { sig: libc::SIGTRAP, event: 0 } => break,
-                _ => ptrace::cont(self.pid, 0)?,
-            }
-        }
+        wait_trap(self.pid)?;
         let out = ptrace::get_regs(self.pid)?;
         Ok((out.rbx, out.rax as i64))
     }
@@ -214,6 +221,8 @@ pub struct Batch<'a> {
     table: Vec<u8>,
     data: Vec<u8>,
     what: Vec<(String, u64)>,
+    /// An argument block was placed and its call not queued yet.
+    data_pending: bool,
 }
 
 impl<'a> Batch<'a> {
@@ -222,7 +231,16 @@ impl<'a> Batch<'a> {
     pub fn new(inj: &'a Injector, area: u64, len: u64) -> Batch<'a> {
         let table_cap = (len as usize / 4) / RECORD;
         let data_cap = len as usize - table_cap * RECORD;
-        Batch { inj, area, table_cap, data_cap, table: Vec::new(), data: Vec::new(), what: Vec::new() }
+        Batch {
+            inj,
+            area,
+            table_cap,
+            data_cap,
+            table: Vec::new(),
+            data: Vec::new(),
+            what: Vec::new(),
+            data_pending: false,
+        }
     }
 
     /// The tracee.
@@ -241,6 +259,7 @@ impl<'a> Batch<'a> {
         if self.what.len() + 1 >= self.table_cap {
             self.flush()?;
         }
+        self.data_pending = false;
         let mut a = [0u64; 6];
         a[..args.len()].copy_from_slice(args);
         for w in [nr, a[0], a[1], a[2], a[3], a[4], a[5], expect] {
@@ -253,6 +272,8 @@ impl<'a> Batch<'a> {
     /// Place an argument block of `len` bytes, built by `build` from its address in the tracee,
     /// for the call queued next (which is then sure to join the same batch).
     pub fn data(&mut self, len: usize, build: impl FnOnce(u64) -> Vec<u8>) -> Result<u64, crate::error::Error> {
+        debug_assert!(!self.data_pending, "two argument blocks for one call: the first could be flushed");
+        self.data_pending = true;
         let len8 = len.next_multiple_of(8);
         if len8 > self.data_cap {
             return Err(crate::error::Error::Invalid {
@@ -347,7 +368,7 @@ fn find_patterns(pid: i32, maps: &[ferry_proc::MapEntry], pats: &[&[u8]; 2]) -> 
     let key: Key = (pats.concat(), candidates.iter().map(|m| (m.start, m.end, m.offset, m.inode)).collect());
     if let Ok(last) = LAST.lock() {
         if let Some((k, found)) = last.as_ref() {
-            if *k == key {
+            if *k == key && found.iter().zip(pats).all(|(f, p)| f.is_some_and(|a| holds(pid, a, p))) {
                 return *found;
             }
         }
@@ -374,7 +395,8 @@ fn find_patterns(pid: i32, maps: &[ferry_proc::MapEntry], pats: &[&[u8]; 2]) -> 
         while at < end {
             let len = ((end - at) as usize).min(STEP + overlap);
             let read = match &file {
-                Some(f) => std::os::unix::fs::FileExt::read_at(f, &mut buf[..len], m.offset + (at - m.start)),
+                Some(f) => std::os::unix::fs::FileExt::read_at(f, &mut buf[..len], m.offset + (at - m.start))
+                    .or_else(|_| ferry_sys::process::vm_read(pid, at, &mut buf[..len])),
                 None => ferry_sys::process::vm_read(pid, at, &mut buf[..len]),
             };
             let Ok(n) = read else { continue 'maps };
@@ -395,12 +417,8 @@ fn find_patterns(pid: i32, maps: &[ferry_proc::MapEntry], pats: &[&[u8]; 2]) -> 
     // What was found in a file must be in the target's memory too (a debugger's breakpoint, a
     // patched page): else not found.
     for (k, pat) in pats.iter().enumerate() {
-        if let Some(a) = found[k] {
-            let mut b = [0u8; 16];
-            let b = &mut b[..pat.len()];
-            if !matches!(ferry_sys::process::vm_read(pid, a, b), Ok(n) if n == pat.len() && b == *pat) {
-                found[k] = None;
-            }
+        if found[k].is_some_and(|a| !holds(pid, a, pat)) {
+            found[k] = None;
         }
     }
     // Only code of files (or the vDSO) is the same wherever the same layout is: not JIT code.
@@ -411,6 +429,12 @@ fn find_patterns(pid: i32, maps: &[ferry_proc::MapEntry], pats: &[&[u8]; 2]) -> 
         *last = Some((key, found));
     }
     found
+}
+
+/// Whether the target's memory at `addr` holds `pat`.
+fn holds(pid: i32, addr: u64, pat: &[u8]) -> bool {
+    let mut b = vec![0u8; pat.len()];
+    matches!(ferry_sys::process::vm_read(pid, addr, &mut b), Ok(n) if n == pat.len() && b == pat)
 }
 
 /// Build a dump-time injector that cannot leave the target broken if ferry dies mid-way.

@@ -454,7 +454,10 @@ fn rebuild(
     }
     task::restore_late(&inj, p)?;
     timers::arm(&inj, scratch, p)?;
-    match inj.raw_last(nr::MUNMAP, &[tr.code, TRAMPOLINE_PAGES * PAGE_SIZE]) {
+    // Every `int3` of the trampoline raised a forced SIGTRAP while SIGTRAP was blocked, which
+    // resets its disposition to SIG_DFL: put the image's back, with a call that traps no more.
+    signals::restore_sigtrap(&inj, scratch, p)?;
+    match inj.raw_exit_stop(nr::MUNMAP, &[tr.code, TRAMPOLINE_PAGES * PAGE_SIZE]) {
         Ok(0) => {}
         Ok(e) => {
             return Err(Error::Sys {

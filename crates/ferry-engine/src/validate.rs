@@ -36,6 +36,9 @@ pub fn processes(procs: &[Process]) -> Result<(), Error> {
                 return Err(bad(pid, format!("thread id {} is not positive or appears twice", t.tid)));
             }
         }
+        if let Some(t) = p.threads.iter().find(|t| ![0, 512, 513, 514].contains(&t.restart)) {
+            return Err(bad(pid, format!("thread {} has an unknown syscall restart code {}", t.tid, t.restart)));
+        }
         let mut fds = HashSet::new();
         for f in &p.fds {
             if !(0..max_fd).contains(&f.fd) || !fds.insert(f.fd) {

@@ -57,6 +57,18 @@ pub struct StreamFile {
     len: u64,
     /// Bytes of blocks allocated ahead of the writes (0: none).
     reserved: u64,
+    /// Renamed into place: nothing to clean up.
+    done: bool,
+}
+
+impl Drop for StreamFile {
+    /// A file abandoned half-written (the dump failed) is removed, with any blocks reserved
+    /// for it.
+    fn drop(&mut self) {
+        if !self.done && self.file.is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 impl StreamFile {
@@ -120,17 +132,33 @@ impl ImageWriter {
     /// Prepare `dir` (created 0700 if missing). An older image there is invalidated first by
     /// removing its inventory, so it can never be mixed with the new files.
     pub fn create(dir: &Path) -> Result<ImageWriter, ImageError> {
+        let w = ImageWriter::prepare(dir)?;
+        w.invalidate_old()?;
+        Ok(w)
+    }
+
+    /// Remove the inventory of an older image in the directory (so that it can never be mixed
+    /// with the new files) and make the directory 0700. [`ImageWriter::create`] does it at once;
+    /// a writer from [`ImageWriter::prepare`] does it when the new image is sure to be written.
+    pub fn invalidate_old(&self) -> Result<(), ImageError> {
+        if self.sink.is_some() {
+            return Ok(());
+        }
+        let inv = self.dir.join(INVENTORY);
+        match fs::remove_file(&inv) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&inv)(e)),
+        }
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700)).map_err(io_err(&self.dir))
+    }
+
+    /// A writer for `dir` (created 0700 if missing) that leaves an older image there alone
+    /// until [`ImageWriter::invalidate_old`]; meanwhile files may be [reserved](Self::reserve).
+    pub fn prepare(dir: &Path) -> Result<ImageWriter, ImageError> {
         match fs::DirBuilder::new().mode(0o700).create(dir) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let inv = dir.join(INVENTORY);
-                match fs::remove_file(&inv) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(io_err(&inv)(e)),
-                }
-                fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
-            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io_err(dir)(e)),
         }
         Ok(ImageWriter {
@@ -217,6 +245,7 @@ impl ImageWriter {
                 hasher: crc32fast::Hasher::new(),
                 len: 0,
                 reserved: 0,
+                done: false,
             });
         }
         let (tmp, dst, file, reserved) = match self.reserved.remove(name) {
@@ -235,12 +264,13 @@ impl ImageWriter {
             hasher: crc32fast::Hasher::new(),
             len: 0,
             reserved,
+            done: false,
         })
     }
 
     /// Flush, fsync and rename a streamed file into place, recording its digest.
-    pub fn finish_stream(&mut self, f: StreamFile) -> Result<(), ImageError> {
-        let crc32 = f.hasher.finalize();
+    pub fn finish_stream(&mut self, mut f: StreamFile) -> Result<(), ImageError> {
+        let crc32 = f.hasher.clone().finalize();
         if let Some(file) = &f.file {
             if f.reserved > f.len {
                 // Give back the blocks reserved beyond what was written (best effort: they
@@ -249,10 +279,11 @@ impl ImageWriter {
             }
             file.sync_all().map_err(io_err(&f.tmp))?;
             fs::rename(&f.tmp, &f.dst).map_err(io_err(&f.dst))?;
+            f.done = true;
         } else if let Some((s, id)) = &f.sink {
             sink_lock(s).end(*id, f.len, crc32).map_err(io_err(&f.dst))?;
         }
-        self.files.push(FileDigest { name: f.name, size: f.len, crc32 });
+        self.files.push(FileDigest { name: std::mem::take(&mut f.name), size: f.len, crc32 });
         Ok(())
     }
 

@@ -362,6 +362,18 @@ pub fn get_affinity(pid: i32) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Bytes free for an unprivileged user on the file system holding `path` (`statvfs(3)`).
+pub fn free_space(path: &std::path::Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c =
+        std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: zeroed is a valid statvfs; `c` is a NUL-terminated path; `st` is a valid out-pointer.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    cvt_i(unsafe { libc::statvfs(c.as_ptr(), &mut st) })?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 /// The CPU the calling thread runs on (`sched_getcpu(3)`).
 pub fn current_cpu() -> Option<usize> {
     // SAFETY: no arguments.

@@ -126,6 +126,9 @@ int main(int argc, char **argv)
 	set_action(rt1, (void *)hrt, SA_SIGINFO, 0, 0);
 	set_action(rt2, (void *)hrt, SA_SIGINFO, 0, 0);
 	set_action(rt3, (void *)hrt, SA_SIGINFO, 0, 0);
+	/* ferry's restore traps with int3 while all signals are blocked: the kernel's forced
+	 * SIGTRAP would reset this handler to SIG_DFL if ferry did not put it back */
+	set_action(SIGTRAP, (void *)h2, SA_RESTART, SIGTERM, 0);
 	set_action(SIGWINCH, (void *)SIG_IGN, 0, 0, 0);
 	set_action(SIGPIPE, (void *)SIG_IGN, 0, 0, 0);
 	/* SIG_DFL, but with flags that change what the kernel does (ferry must read this one) */

@@ -98,6 +98,26 @@ pub fn apply_in_child(p: &Process) -> Result<(), String> {
     Ok(())
 }
 
+/// By the tracer, after its last `int3` stop: the process's SIGTRAP action again (each forced
+/// SIGTRAP of the trampoline's `int3`, blocked, reset it to SIG_DFL), injected without a trap.
+pub fn restore_sigtrap(inj: &Injector, scratch: u64, p: &Process) -> Result<(), Error> {
+    let pid = inj.pid();
+    let Some(a) = p.sigactions.iter().find(|a| a.sig == libc::SIGTRAP) else { return Ok(()) };
+    let mut b = Vec::with_capacity(32);
+    for w in [a.handler, a.flags, a.restorer, a.mask] {
+        b.extend_from_slice(&w.to_le_bytes());
+    }
+    ferry_sys::process::vm_write(pid, scratch, &b).ctx(|| format!("pid {pid}: cannot write the SIGTRAP action"))?;
+    match inj.raw_exit_stop(nr::RT_SIGACTION, &[libc::SIGTRAP as u64, scratch, 0, 8]) {
+        Ok(0) => Ok(()),
+        Ok(e) => Err(Error::Sys {
+            object: format!("pid {pid}: cannot set the action of SIGTRAP"),
+            source: std::io::Error::from_raw_os_error(-e as i32),
+        }),
+        Err(e) => Err(Error::Sys { object: format!("pid {pid}: cannot set the action of SIGTRAP"), source: e }),
+    }
+}
+
 /// By the tracer: alternate stack and queued signals of a thread (and, for the main thread,
 /// the process-wide queue). The blocked mask is set at release time.
 pub fn restore_thread(inj: &Injector, scratch: u64, p: &Process, t: &Thread, main: bool) -> Result<(), Error> {

@@ -162,7 +162,10 @@ pub fn restore_sched(pid: i32, tids: &[i32], p: &Process, fallback: &[u8]) -> Re
             if !p.cpu_affinity.is_empty() {
                 tracing::warn!(pid, tid, error = %e, "cannot restore the CPU affinity; keeping every CPU");
             }
-            sp::set_affinity(tid, fallback).ctx(|| format!("pid {pid} thread {tid}: cannot set the CPU affinity"))?;
+            if let Err(e) = sp::set_affinity(tid, fallback) {
+                // (e.g. a cpuset that shares no CPU with ferry's mask: it keeps ferry's CPU)
+                tracing::warn!(pid, tid, error = %e, "cannot set the CPU affinity");
+            }
         }
     }
     Ok(())

@@ -629,3 +629,26 @@ fn signal_at_release_interrupts_the_restarted_syscall() {
     };
     run.expect_pass(status, "the restored workload (go sent at release)");
 }
+
+/// A dump refused before the freeze (here: of a kernel thread) into the directory of an older
+/// image leaves that image whole and restorable (the old inventory goes only once a tree is
+/// frozen), and no file of its own behind.
+#[test]
+fn refused_dump_keeps_the_older_image() {
+    let mut run = Run::start(&Spec::c("counter"));
+    run.dump_ok(&["-R"]);
+    let img = run.img();
+    let before: Vec<_> = fs::read_dir(&img).expect("image dir").flatten().map(|e| e.file_name()).collect();
+    let out =
+        Command::new(ferry_bin()).args(["dump", "-t", "2", "-D", &path_str(&img)]).output().expect("run ferry dump");
+    if out.status.success() {
+        run.fail("a dump of a kernel thread succeeded");
+    }
+    let after: Vec<_> = fs::read_dir(&img).expect("image dir").flatten().map(|e| e.file_name()).collect();
+    if before.len() != after.len() {
+        run.fail(&format!("the refused dump changed the directory: {before:?} -> {after:?}"));
+    }
+    if let Err(e) = ferry_image::ImageReader::open(&img) {
+        run.fail(&format!("the older image is not readable after a refused dump: {e}"));
+    }
+}
