@@ -24,6 +24,9 @@ const BLOCKED_NANOSLEEP: &[i64] = &[SYS_CLOCK_NANOSLEEP, SYS_NANOSLEEP];
 const BLOCKED_READ: &[i64] = &[SYS_READ];
 const BLOCKED_PAUSE: &[i64] = &[SYS_PAUSE];
 
+fn many_maps() -> Spec {
+    Spec::c("many_maps")
+}
 fn mem_anon() -> Spec {
     Spec::c("mem_anon")
 }
@@ -127,6 +130,7 @@ workload_tests!(
     rseq,
     threads,
     anonfds,
+    many_maps,
 );
 
 /// The image files of a finished dump of `pid` in `dir`.
