@@ -132,20 +132,22 @@ impl Frozen {
         for t in &self.threads {
             let tid = t.tid;
             let r = (|| {
+                // The mask first, then the registers (see inject::with_rescue): until the
+                // registers change, a ferry killed here leaves the target on its way back
+                // through the rescue frame or with its own restart-adjusted registers.
+                ptrace::set_sigmask(tid, t.sigmask)
+                    .ctx(|| format!("pid {pid} thread {tid}: cannot put back the signal mask"))?;
                 if t.touched {
                     // The last stop was a syscall-exit stop of an injected call, from which the
-                    // kernel would not apply syscall restart: move to a stop from which it does,
+                    // kernel would not apply syscall restart: move to a stop from which it does
+                    // (the interrupt is taken before any signal: no signal is lost on the way),
                     // and give back the registers exactly as they were frozen (a signal that
                     // arrives as the thread resumes then ends or restarts the call as it would
                     // have without ferry).
-                    // (Parked with every signal blocked, so that none is taken on the way.)
-                    ptrace::set_sigmask(tid, !0).ctx(|| format!("pid {pid} thread {tid}: cannot block signals"))?;
                     cpu::park(tid)?;
                     ptrace::set_regs(tid, &t.regs)
                         .ctx(|| format!("pid {pid} thread {tid}: cannot put back registers"))?;
                 }
-                ptrace::set_sigmask(tid, t.sigmask)
-                    .ctx(|| format!("pid {pid} thread {tid}: cannot put back the signal mask"))?;
                 if let (Some(sig), true) = (crate::inject::fault_signal_at_release(), tid == pid) {
                     let _ = ferry_sys::process::kill(pid, sig);
                 }

@@ -39,13 +39,15 @@ pub fn wait_stopped(pid: i32) -> io::Result<WaitStatus> {
 
 const SYSCALL_STOP: i32 = libc::SIGTRAP | 0x80;
 
-/// Wait for the `int3` of ferry's trampoline. Another stop is let pass (a signal arriving while
-/// everything is blocked can only be SIGSTOP); a fault of the trampoline's own code (a bad
-/// address in a batch table) is an error, not a loop.
-fn wait_trap(pid: i32) -> io::Result<()> {
+/// Wait for the `int3` at `at` of ferry's trampoline (the stop reports `rip` just after it).
+/// Another stop is let pass (SIGSTOP, or a SIGTRAP someone else sent); a fault of the
+/// trampoline's own code (a bad address in a batch table) is an error, not a loop.
+fn wait_trap(pid: i32, at: u64) -> io::Result<()> {
     loop {
         match wait_stopped(pid)? {
-            WaitStatus::Stopped { sig: libc::SIGTRAP, event: 0 } => return Ok(()),
+            WaitStatus::Stopped { sig: libc::SIGTRAP, event: 0 } if ptrace::get_regs(pid)?.rip == at + 1 => {
+                return Ok(())
+            }
             WaitStatus::Stopped { sig: s @ (libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE), event: 0 } => {
                 return Err(io::Error::other(format!("process {pid} faulted (signal {s}) in ferry's trampoline")))
             }
@@ -151,7 +153,7 @@ impl Injector {
         fault_point(1);
         if int3 {
             ptrace::cont(self.pid, 0)?;
-            wait_trap(self.pid)?;
+            wait_trap(self.pid, self.syscall_at + 2)?;
         } else {
             for _stop in 0..2 {
                 ptrace::syscall(self.pid, 0)?;
@@ -190,7 +192,7 @@ impl Injector {
         ptrace::set_regs(self.pid, &r)?;
         fault_point(calls);
         ptrace::cont(self.pid, 0)?;
-        wait_trap(self.pid)?;
+        wait_trap(self.pid, self.syscall_at + TRAMPOLINE_CODE.len() as u64 - 1)?;
         let out = ptrace::get_regs(self.pid)?;
         Ok((out.rbx, out.rax as i64))
     }

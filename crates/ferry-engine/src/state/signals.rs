@@ -98,24 +98,50 @@ pub fn apply_in_child(p: &Process) -> Result<(), String> {
     Ok(())
 }
 
-/// By the tracer, after its last `int3` stop: the process's SIGTRAP action again (each forced
-/// SIGTRAP of the trampoline's `int3`, blocked, reset it to SIG_DFL), injected without a trap.
+/// By the tracer, after the process's last `int3` stop (every thread created): its SIGTRAP
+/// action again — each forced SIGTRAP of the trampoline's `int3`, blocked, reset it to SIG_DFL
+/// (and unblocked it) — then its pending SIGTRAPs, process-wide and per thread; each call
+/// injected without a trap, with SIGTRAP blocked again first so that none is taken before the
+/// release (which sets the image's mask).
 pub fn restore_sigtrap(inj: &Injector, scratch: u64, p: &Process) -> Result<(), Error> {
     let pid = inj.pid();
-    let Some(a) = p.sigactions.iter().find(|a| a.sig == libc::SIGTRAP) else { return Ok(()) };
-    let mut b = Vec::with_capacity(32);
-    for w in [a.handler, a.flags, a.restorer, a.mask] {
-        b.extend_from_slice(&w.to_le_bytes());
+    let pending = |si: &&Siginfo| si.signo == libc::SIGTRAP;
+    let action = p.sigactions.iter().find(|a| a.sig == libc::SIGTRAP);
+    let queued = p.shared_pending.iter().filter(pending).count()
+        + p.threads.iter().flat_map(|t| t.pending.iter()).filter(pending).count();
+    if action.is_none() && queued == 0 {
+        return Ok(());
     }
-    ferry_sys::process::vm_write(pid, scratch, &b).ctx(|| format!("pid {pid}: cannot write the SIGTRAP action"))?;
-    match inj.raw_exit_stop(nr::RT_SIGACTION, &[libc::SIGTRAP as u64, scratch, 0, 8]) {
-        Ok(0) => Ok(()),
-        Ok(e) => Err(Error::Sys {
-            object: format!("pid {pid}: cannot set the action of SIGTRAP"),
-            source: std::io::Error::from_raw_os_error(-e as i32),
-        }),
-        Err(e) => Err(Error::Sys { object: format!("pid {pid}: cannot set the action of SIGTRAP"), source: e }),
+    ptrace::set_sigmask(pid, !0).ctx(|| format!("pid {pid}: cannot block signals"))?;
+    let call = |what: String, nr: u64, args: &[u64], bytes: &[u8]| -> Result<(), Error> {
+        vm_write(pid, scratch, bytes).ctx(|| format!("pid {pid}: cannot write {what}"))?;
+        match inj.raw_exit_stop(nr, args) {
+            Ok(0) => Ok(()),
+            Ok(e) => Err(Error::Sys {
+                object: format!("pid {pid}: {what}"),
+                source: std::io::Error::from_raw_os_error(-e as i32),
+            }),
+            Err(e) => Err(Error::Sys { object: format!("pid {pid}: {what}"), source: e }),
+        }
+    };
+    if let Some(a) = action {
+        let mut b = Vec::with_capacity(32);
+        for w in [a.handler, a.flags, a.restorer, a.mask] {
+            b.extend_from_slice(&w.to_le_bytes());
+        }
+        call("the action of SIGTRAP".into(), nr::RT_SIGACTION, &[libc::SIGTRAP as u64, scratch, 0, 8], &b)?;
     }
+    let trap = libc::SIGTRAP as u64;
+    for si in p.shared_pending.iter().filter(pending) {
+        call("a pending SIGTRAP".into(), nr::RT_SIGQUEUEINFO, &[p.pid as u64, trap, scratch], &si.raw)?;
+    }
+    for t in &p.threads {
+        for si in t.pending.iter().filter(pending) {
+            let args = [p.pid as u64, t.tid as u64, trap, scratch];
+            call(format!("a pending SIGTRAP of thread {}", t.tid), nr::RT_TGSIGQUEUEINFO, &args, &si.raw)?;
+        }
+    }
+    Ok(())
 }
 
 /// By the tracer: alternate stack and queued signals of a thread (and, for the main thread,
@@ -146,12 +172,14 @@ pub fn restore_thread(inj: &Injector, scratch: u64, p: &Process, t: &Thread, mai
         };
         r.ctx(|| format!("pid {pid}: cannot queue pending signal {}", si.signo)).map(drop)
     };
+    // (A pending SIGTRAP is queued last, by `restore_sigtrap`: the trampoline's own traps would
+    // take its place or let it be delivered and lost.)
     if main {
-        for si in &p.shared_pending {
+        for si in p.shared_pending.iter().filter(|si| si.signo != libc::SIGTRAP) {
             queue(si, true)?;
         }
     }
-    for si in &t.pending {
+    for si in t.pending.iter().filter(|si| si.signo != libc::SIGTRAP) {
         queue(si, false)?;
     }
     Ok(())

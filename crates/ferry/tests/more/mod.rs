@@ -630,25 +630,46 @@ fn signal_at_release_interrupts_the_restarted_syscall() {
     run.expect_pass(status, "the restored workload (go sent at release)");
 }
 
-/// A dump refused before the freeze (here: of a kernel thread) into the directory of an older
-/// image leaves that image whole and restorable (the old inventory goes only once a tree is
-/// frozen), and no file of its own behind.
+/// A dump refused before the freeze (here: of a stopped process, after its memory was reserved
+/// in the directory) into the directory of an older image leaves that image whole — same
+/// files, every checksum right, restorable — and no file of its own behind.
 #[test]
 fn refused_dump_keeps_the_older_image() {
-    let mut run = Run::start(&Spec::c("counter"));
+    let mut run = Run::start(&Spec::c("mem_anon"));
     run.dump_ok(&["-R"]);
     let img = run.img();
-    let before: Vec<_> = fs::read_dir(&img).expect("image dir").flatten().map(|e| e.file_name()).collect();
-    let out =
-        Command::new(ferry_bin()).args(["dump", "-t", "2", "-D", &path_str(&img)]).output().expect("run ferry dump");
-    if out.status.success() {
-        run.fail("a dump of a kernel thread succeeded");
+    let names = |what: &str| -> Vec<String> {
+        let mut n: Vec<String> = fs::read_dir(&img)
+            .unwrap_or_else(|e| panic!("image dir {what}: {e}"))
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        n.sort();
+        n
+    };
+    let before = names("before");
+    send_signal(run.pid, "STOP").expect("stop the workload");
+    wait_for("the workload to stop", Duration::from_secs(10), || run.proc_state().is_some_and(|(s, _)| s == 'T'));
+    let out = Command::new(ferry_bin())
+        .args(["dump", "-t", &run.pid.to_string(), "-D", &path_str(&img)])
+        .output()
+        .expect("run ferry dump");
+    send_signal(run.pid, "CONT").expect("continue the workload");
+    if out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("stopped process") {
+        run.fail(&format!(
+            "the dump of a stopped process was not refused as such: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
-    let after: Vec<_> = fs::read_dir(&img).expect("image dir").flatten().map(|e| e.file_name()).collect();
-    if before.len() != after.len() {
+    let after = names("after");
+    if before != after {
         run.fail(&format!("the refused dump changed the directory: {before:?} -> {after:?}"));
     }
-    if let Err(e) = ferry_image::ImageReader::open(&img) {
-        run.fail(&format!("the older image is not readable after a refused dump: {e}"));
+    match ferry_image::ImageReader::open(&img).and_then(|r| r.verify_all()) {
+        Ok(()) => {}
+        Err(e) => run.fail(&format!("the older image is damaged after a refused dump: {e}")),
     }
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload after dump -R and a refused dump");
 }
