@@ -141,12 +141,15 @@ int main(int argc, char **argv)
 	sigaddset(&blocked0, rt1);
 	sigaddset(&blocked0, rt2);
 	sigaddset(&blocked0, rt3);
+	sigaddset(&blocked0, SIGTRAP);
 	SETUP(sigprocmask(SIG_SETMASK, &blocked0, NULL));
 
 	SETUP(sigqueue(getpid(), rt1, (union sigval){ .sival_int = 111 }));
 	SETUP(sigqueue(getpid(), rt1, (union sigval){ .sival_int = 222 }));
 	SETUP(sigqueue(getpid(), rt2, (union sigval){ .sival_int = 333 }));
 	SETUP(kill(getpid(), SIGUSR1));
+	/* pending while ferry's restore traps with int3 (a SIGTRAP of its own each time) */
+	SETUP(kill(getpid(), SIGTRAP));
 	siginfo_t info;
 	memset(&info, 0, sizeof info);
 	info.si_signo = rt3;
@@ -221,6 +224,7 @@ int main(int argc, char **argv)
 	expect_info(rt2, SI_QUEUE, 333, "SIGRTMIN+2");
 	expect_info(rt3, SI_QUEUE, 444, "thread-directed SIGRTMIN+3");
 	expect_info(SIGUSR1, SI_USER, 0, "SIGUSR1");
+	expect_info(SIGTRAP, SI_USER, 0, "SIGTRAP");
 	sigpending(&pending);
 	for (int s = 1; s < _NSIG; s++)
 		CHECK(!sigismember(&pending, s), "signal %d is still pending after its queued instances were taken", s);
