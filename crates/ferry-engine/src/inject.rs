@@ -132,8 +132,9 @@ impl Injector {
     /// call that unmaps the trampoline itself (the `int3` would be gone), and for one that must
     /// not be followed by a trap (the forced SIGTRAP of an `int3` while SIGTRAP is blocked
     /// resets its disposition to SIG_DFL).
-    pub fn raw_exit_stop(&self, nr: u64, args: &[u64]) -> io::Result<i64> {
-        self.run(nr, args, false)
+    /// Like [`Injector::call`], a negative result an `io::Error`.
+    pub fn call_exit_stop(&self, nr: u64, args: &[u64]) -> io::Result<u64> {
+        errno(self.run(nr, args, false)?)
     }
 
     fn run(&self, nr: u64, args: &[u64], int3: bool) -> io::Result<i64> {
@@ -173,12 +174,7 @@ impl Injector {
 
     /// Like [`Injector::raw`], but a negative result becomes an `io::Error`.
     pub fn call(&self, nr: u64, args: &[u64]) -> io::Result<u64> {
-        let r = self.raw(nr, args)?;
-        if (-4095..0).contains(&r) {
-            Err(io::Error::from_raw_os_error(-r as i32))
-        } else {
-            Ok(r as u64)
-        }
+        errno(self.raw(nr, args)?)
     }
 
     /// Run the batch loop of ferry's trampoline on the table at `table` (`calls` records and a
@@ -326,6 +322,15 @@ impl<'a> Batch<'a> {
         } else {
             Error::Invalid { object, what: format!("returned {rax:#x} instead of {expect:#x}") }
         })
+    }
+}
+
+/// A syscall's raw result: -4095..-1 is an errno.
+fn errno(r: i64) -> io::Result<u64> {
+    if (-4095..0).contains(&r) {
+        Err(io::Error::from_raw_os_error(-r as i32))
+    } else {
+        Ok(r as u64)
     }
 }
 

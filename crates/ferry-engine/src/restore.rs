@@ -457,16 +457,8 @@ fn rebuild(
     // Every `int3` of the trampoline raised a forced SIGTRAP while SIGTRAP was blocked, which
     // resets its disposition to SIG_DFL: put the image's back, with a call that traps no more.
     signals::restore_sigtrap(&inj, scratch, p)?;
-    match inj.raw_exit_stop(nr::MUNMAP, &[tr.code, TRAMPOLINE_PAGES * PAGE_SIZE]) {
-        Ok(0) => {}
-        Ok(e) => {
-            return Err(Error::Sys {
-                object: format!("pid {pid}: cannot unmap the trampoline"),
-                source: std::io::Error::from_raw_os_error(-e as i32),
-            })
-        }
-        Err(e) => return Err(Error::Sys { object: format!("pid {pid}: cannot unmap the trampoline"), source: e }),
-    }
+    inj.call_exit_stop(nr::MUNMAP, &[tr.code, TRAMPOLINE_PAGES * PAGE_SIZE])
+        .ctx(|| format!("pid {pid}: cannot unmap the trampoline"))?;
     task::restore_sched(pid, &tids, p, &pin.mask)?; // last: it unpins the process
     for &tid in &tids {
         cpu::park(tid)?;

@@ -115,14 +115,7 @@ pub fn restore_sigtrap(inj: &Injector, scratch: u64, p: &Process) -> Result<(), 
     ptrace::set_sigmask(pid, !0).ctx(|| format!("pid {pid}: cannot block signals"))?;
     let call = |what: String, nr: u64, args: &[u64], bytes: &[u8]| -> Result<(), Error> {
         vm_write(pid, scratch, bytes).ctx(|| format!("pid {pid}: cannot write {what}"))?;
-        match inj.raw_exit_stop(nr, args) {
-            Ok(0) => Ok(()),
-            Ok(e) => Err(Error::Sys {
-                object: format!("pid {pid}: {what}"),
-                source: std::io::Error::from_raw_os_error(-e as i32),
-            }),
-            Err(e) => Err(Error::Sys { object: format!("pid {pid}: {what}"), source: e }),
-        }
+        inj.call_exit_stop(nr, args).ctx(|| format!("pid {pid}: {what}")).map(drop)
     };
     if let Some(a) = action {
         let mut b = Vec::with_capacity(32);
