@@ -378,7 +378,7 @@ fn wait_tree_ready(status: OwnedFd, n: usize, root: i32) -> Result<Ready, Error>
                     });
                 }
                 // (A sleep here cost up to its length at each line; the pipe wakes us at once.)
-                ferry_sys::uffd::poll_readable(&[f.as_fd()], 10).ctx(|| "restore status pipe: poll".into())?;
+                ferry_sys::process::poll_readable(&[f.as_fd()], 10).ctx(|| "restore status pipe: poll".into())?;
             }
             Err(e) => return Err(Error::Sys { object: "restore status pipe".into(), source: e }),
         }

@@ -374,6 +374,23 @@ pub fn free_space(path: &std::path::Path) -> io::Result<u64> {
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
+/// `poll(2)` for input on `fds` for at most `timeout_ms` (-1: no limit): which are readable
+/// (or hung up, or in error: a read then tells).
+pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32) -> io::Result<Vec<bool>> {
+    let mut p: Vec<libc::pollfd> =
+        fds.iter().map(|f| libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+    // SAFETY: `p` holds `p.len()` valid pollfd entries for the duration of the call.
+    let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(vec![false; fds.len()]);
+        }
+        return Err(e);
+    }
+    Ok(p.iter().map(|x| x.revents != 0).collect())
+}
+
 /// The CPU the calling thread runs on (`sched_getcpu(3)`).
 pub fn current_cpu() -> Option<usize> {
     // SAFETY: no arguments.

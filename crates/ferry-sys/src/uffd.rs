@@ -209,23 +209,6 @@ pub fn read_events(uffd: BorrowedFd<'_>) -> io::Result<Vec<Event>> {
         .collect())
 }
 
-/// `poll(2)` for input on `fds` for at most `timeout_ms` (-1: no limit): which are readable
-/// (or hung up, or in error: a read then tells).
-pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32) -> io::Result<Vec<bool>> {
-    let mut p: Vec<libc::pollfd> =
-        fds.iter().map(|f| libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
-    // SAFETY: `p` holds `p.len()` valid pollfd entries for the duration of the call.
-    let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::Interrupted {
-            return Ok(vec![false; fds.len()]);
-        }
-        return Err(e);
-    }
-    Ok(p.iter().map(|x| x.revents != 0).collect())
-}
-
 /// Own the uffd a fork event installed in this process (`Event::Fork`).
 pub fn own_fork_uffd(fd: i32) -> io::Result<std::os::fd::OwnedFd> {
     if fd < 0 {

@@ -53,7 +53,7 @@ fn readable(sec: &Secure, timeout_ms: i32) -> Result<bool> {
         return Ok(true);
     }
     let fd = sec.socket().as_fd();
-    Ok(uffd::poll_readable(&[fd], timeout_ms).context("poll")?[0])
+    Ok(ferry_sys::process::poll_readable(&[fd], timeout_ms).context("poll")?[0])
 }
 
 /// Keep the socket's queue in that direction short: the answer to a fault queues behind the
@@ -387,7 +387,7 @@ pub fn fetch_pages(
             let mut fds: Vec<BorrowedFd<'_>> = vec![sec.socket().as_fd()];
             fds.extend(live.iter().map(|&i| d.mms[i].uffd.as_fd()));
             let timeout = if d.zero_retry.is_empty() { 1000 } else { 1 };
-            uffd::poll_readable(&fds, timeout).context("poll")?
+            ferry_sys::process::poll_readable(&fds, timeout).context("poll")?
         };
         for (j, &i) in live.iter().enumerate() {
             if ready[1 + j] {
