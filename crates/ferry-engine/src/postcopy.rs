@@ -26,7 +26,7 @@ use crate::error::{Ctx, Error};
 use crate::inject::Injector;
 use crate::procfs;
 use ferry_image::{Mm, Process, VmaKind};
-use ferry_sys::process::{page_is, pagemap_scan, vm_read, PageRegion};
+use ferry_sys::process::{page_is, vm_read, PageRegion};
 use ferry_sys::uffd;
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
@@ -109,14 +109,7 @@ pub fn mark(host: i32, p: &Process, mm: &mut Mm) -> Result<(), Error> {
     for v in mm.vmas.iter_mut().filter(|v| can_be_lazy(v)) {
         v.lazy = true;
         ranges.push((v.start, v.end));
-        let regions = pagemap_scan(
-            pagemap.as_fd(),
-            v.start,
-            v.end,
-            page_is::PRESENT | page_is::SWAPPED,
-            page_is::PRESENT | page_is::SWAPPED | page_is::PFNZERO,
-        )
-        .ctx(|| format!("pid {host}: PAGEMAP_SCAN of {:#x}-{:#x}", v.start, v.end))?;
+        let regions = crate::state::memory::resident(pagemap.as_fd(), host, v.start, v.end, page_is::PFNZERO)?;
         for r in regions.iter().filter(|r| r.categories & page_is::PFNZERO == 0) {
             let mut cur = r.start;
             for &e in eager.iter().filter(|&&e| e >= r.start && e < r.end) {
@@ -395,8 +388,7 @@ pub fn register_all() -> Result<(), Error> {
             let pid = m.host_pid;
             let pagemap = procfs::open(pid, "pagemap")?;
             for &(start, end) in &m.ranges {
-                let present = pagemap_scan(pagemap.as_fd(), start, end, page_is::PRESENT | page_is::SWAPPED, 0)
-                    .ctx(|| format!("pid {pid}: PAGEMAP_SCAN of {start:#x}-{end:#x}"))?;
+                let present = crate::state::memory::resident(pagemap.as_fd(), pid, start, end, 0)?;
                 for r in present {
                     let mut a = r.start;
                     while a < r.end {

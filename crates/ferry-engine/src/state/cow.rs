@@ -21,7 +21,7 @@
 use crate::error::{Ctx, Error};
 use crate::procfs;
 use ferry_image::{PageRange, Process, Vma, VmaKind, PAGE_SIZE};
-use ferry_sys::process::{page_is, pagemap_scan, PageRegion};
+use ferry_sys::process::{page_is, PageRegion};
 use ferry_sys::raw::RawRegion;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
@@ -78,14 +78,7 @@ pub fn find(procs: &mut [Process], host: &[i32]) -> Result<Vec<Dump>, Error> {
                 Some(f) => f,
                 None => files.insert((procfs::open(pid, "pagemap")?, procfs::open(ppid, "pagemap")?)),
             };
-            let regions = pagemap_scan(
-                mine.as_fd(),
-                v.start,
-                v.end,
-                page_is::PRESENT | page_is::SWAPPED,
-                page_is::PRESENT | page_is::SWAPPED | page_is::PFNZERO,
-            )
-            .ctx(|| format!("pid {pid}: PAGEMAP_SCAN of {:#x}-{:#x}", v.start, v.end))?;
+            let regions = crate::state::memory::resident(mine.as_fd(), pid, v.start, v.end, page_is::PFNZERO)?;
             let (shared, holes) = compare(pid, ppid, mine, theirs, v, &regions)?;
             if shared.is_empty() {
                 continue;

@@ -187,6 +187,20 @@ pub fn own_vdso() -> Result<(u32, u64), Error> {
     Ok((crc32fast::hash(&buf), buf.len() as u64))
 }
 
+/// The pages of `[start, end)` present in memory or swapped out (`PAGEMAP_SCAN` of `pagemap`,
+/// pid `pid`'s), in regions that also differ in the categories of `also` (e.g. zero pages).
+pub(crate) fn resident(
+    pagemap: std::os::fd::BorrowedFd<'_>,
+    pid: i32,
+    start: u64,
+    end: u64,
+    also: u64,
+) -> Result<Vec<PageRegion>, Error> {
+    let want = page_is::PRESENT | page_is::SWAPPED;
+    pagemap_scan(pagemap, start, end, want, want | also)
+        .ctx(|| format!("pid {pid}: PAGEMAP_SCAN of {start:#x}-{end:#x}"))
+}
+
 fn is_zero(page: &[u8]) -> bool {
     page.chunks_exact(16).all(|c| u128::from_ne_bytes(c.try_into().unwrap_or([1; 16])) == 0)
 }
@@ -292,14 +306,7 @@ pub fn dump_pages(
             }
             continue;
         }
-        let regions = pagemap_scan(
-            pagemap.as_fd(),
-            v.start,
-            v.end,
-            page_is::PRESENT | page_is::SWAPPED,
-            page_is::PRESENT | page_is::SWAPPED | page_is::FILE | page_is::PFNZERO,
-        )
-        .ctx(|| format!("pid {pid}: PAGEMAP_SCAN of {:#x}-{:#x}", v.start, v.end))?;
+        let regions = resident(pagemap.as_fd(), pid, v.start, v.end, page_is::FILE | page_is::PFNZERO)?;
         let regions = subtract(regions, &sharing.exclude); // pages the parent holds
         let regions = crate::precopy::without_skipped(pid, regions); // pages a pre-copy round sent
         let regions = crate::postcopy::eager_only(pid, v, regions); // post-copy: pages sent later
