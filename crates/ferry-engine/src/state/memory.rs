@@ -1109,18 +1109,11 @@ const IOVS_PER_CALL: usize = PAGE_SIZE as usize / 16;
 fn read_pages(b: &mut Batch<'_>, fd: i32, segs: &[(u64, u64, u64)]) -> Result<(), Error> {
     const MAX: u64 = 1 << 30; // a read(2) moves at most 2 GiB - 4 KiB
     let pid = b.pid();
-    let split: Vec<(u64, u64, u64)>;
-    let segs = if segs.iter().any(|s| s.1 > MAX) {
-        split = segs
-            .iter()
-            .flat_map(|&(a, l, o)| {
-                (0..l.div_ceil(MAX)).map(move |k| (a + k * MAX, (l - k * MAX).min(MAX), o + k * MAX))
-            })
-            .collect();
-        &split[..]
-    } else {
-        segs
-    };
+    // (Every segment in pieces a single read can move.)
+    let segs: Vec<(u64, u64, u64)> = segs
+        .iter()
+        .flat_map(|&(a, l, o)| (0..l.div_ceil(MAX)).map(move |k| (a + k * MAX, (l - k * MAX).min(MAX), o + k * MAX)))
+        .collect();
     let mut i = 0;
     while i < segs.len() {
         let off = segs[i].2;
