@@ -32,6 +32,9 @@ pub struct DumpOptions {
     pub tcp_established: bool,
     /// The tree was started from a terminal outside it (`--shell-job`): record, not refuse.
     pub shell_job: bool,
+    /// With `leave_running`: leave every process of the tree stopped (SIGSTOP) instead of
+    /// running (`--leave-stopped`).
+    pub leave_stopped: bool,
 }
 
 /// Figures about a finished dump.
@@ -62,6 +65,11 @@ struct Frozen {
     pid: i32,
     threads: Vec<FrozenThread>,
     done: bool,
+    /// The process was in a job-control stop when seized: the signal that stopped it. (Detached,
+    /// it goes back into that stop by itself: the kernel keeps a group stop across ptrace.)
+    stop_signal: i32,
+    /// Stop it with SIGSTOP when it is let go (`dump -R --leave-stopped`).
+    leave_stopped: bool,
 }
 
 fn list_tids(pid: i32) -> Result<Vec<i32>, Error> {
@@ -74,10 +82,19 @@ fn list_tids(pid: i32) -> Result<Vec<i32>, Error> {
     Ok(tids)
 }
 
-fn stop_one(pid: i32, tid: i32) -> Result<(), Error> {
+/// Wait for the interrupt stop of a seized thread. Returns the job-control signal that holds
+/// it stopped (the process is in a group stop: SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU), or 0.
+fn stop_one(pid: i32, tid: i32) -> Result<i32, Error> {
     loop {
         match wait_stopped(tid).map_err(|_| Error::Exited { pid })? {
-            WaitStatus::Stopped { event: PTRACE_EVENT_STOP, .. } => return Ok(()),
+            // The kernel reports an interrupt stop with SIGTRAP, unless the process is in a
+            // group stop: then with the signal that stopped it.
+            WaitStatus::Stopped { event: PTRACE_EVENT_STOP, sig } => {
+                return Ok(match sig {
+                    libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU => sig,
+                    _ => 0,
+                })
+            }
             // A signal was about to be delivered: deliver it and let the interrupt land after.
             WaitStatus::Stopped { sig, .. } => {
                 ptrace::cont(tid, sig).map_err(|source| Error::Attach { pid, source })?;
@@ -91,7 +108,7 @@ impl Frozen {
     /// Seize and stop every thread; threads created meanwhile are caught by listing again
     /// until the list is stable (a stopped thread cannot create more).
     fn seize(pid: i32) -> Result<Frozen, Error> {
-        let mut f = Frozen { pid, threads: Vec::new(), done: false };
+        let mut f = Frozen { pid, threads: Vec::new(), done: false, stop_signal: 0, leave_stopped: false };
         loop {
             let mut new = Vec::new();
             for tid in list_tids(pid)? {
@@ -112,7 +129,10 @@ impl Frozen {
                 break;
             }
             for tid in new {
-                stop_one(pid, tid)?;
+                let sig = stop_one(pid, tid)?;
+                if tid == pid {
+                    f.stop_signal = sig;
+                }
             }
         }
         f.threads.sort_by_key(|t| (t.tid != pid, t.tid));
@@ -125,10 +145,12 @@ impl Frozen {
         Ok(f)
     }
 
-    /// Put the target back as it was and let it run.
+    /// Put the target back as it was and let it run (or stay in the job-control stop it was
+    /// in; with `leave_stopped`, stopped with SIGSTOP).
     fn resume(&mut self) -> Result<(), Error> {
         let pid = self.pid;
         let mut first_err = None;
+        let mut ready = Vec::new();
         for t in &self.threads {
             let tid = t.tid;
             let r = (|| {
@@ -148,12 +170,29 @@ impl Frozen {
                     ptrace::set_regs(tid, &t.regs)
                         .ctx(|| format!("pid {pid} thread {tid}: cannot put back registers"))?;
                 }
-                if let (Some(sig), true) = (crate::inject::fault_signal_at_release(), tid == pid) {
-                    let _ = ferry_sys::process::kill(pid, sig);
-                }
-                ptrace::detach(tid, 0).ctx(|| format!("pid {pid} thread {tid}: cannot detach"))
+                Ok::<(), Error>(())
             })();
-            if let Err(e) = r {
+            match r {
+                Ok(()) => ready.push(tid),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                    ready.push(tid); // (detached all the same: a traced thread would stay stuck)
+                }
+            }
+        }
+        if self.leave_stopped && self.stop_signal == 0 {
+            // Queued while every thread is still in a ptrace stop: each takes it before it
+            // returns to user space, so the process runs no instruction before it stops.
+            if let Err(e) = ferry_sys::process::kill(pid, libc::SIGSTOP) {
+                first_err
+                    .get_or_insert(Error::Sys { object: format!("pid {pid}: cannot stop it (SIGSTOP)"), source: e });
+            }
+        }
+        if let Some(sig) = crate::inject::fault_signal_at_release() {
+            let _ = ferry_sys::process::kill(pid, sig);
+        }
+        for tid in ready {
+            if let Err(e) = ptrace::detach(tid, 0).ctx(|| format!("pid {pid} thread {tid}: cannot detach")) {
                 first_err.get_or_insert(e);
             }
         }
@@ -240,9 +279,6 @@ fn precheck(pid: i32, pidns_root: Option<i32>) -> Result<(ferry_proc::Status, fe
     }
     if stat.flags & 0x0020_0000 != 0 {
         return Err(Error::Unsupported { pid, what: "a kernel thread".into() });
-    }
-    if st.state == 'T' {
-        return Err(Error::Unsupported { pid, what: "a stopped process (SIGSTOP/SIGTSTP; continue it first)".into() });
     }
     // Restore recreates processes in ferry's own namespaces: one in other namespaces would come
     // back silently changed.
@@ -332,7 +368,7 @@ fn dump_process(
     let _span = tracing::info_span!("process", pid).entered();
     // Re-read under the freeze: nothing can change now.
     let (st, stat) = precheck(pid, pidns_root)?;
-    let mut p = Process::default();
+    let mut p = Process { stop_signal: f.stop_signal, ..Default::default() };
     task::collect(pid, &st, &stat, &mut p)?;
     let tids: Vec<i32> = f.threads.iter().map(|t| t.tid).collect();
     task::check_thread_sched(pid, &tids, &p)?;
@@ -605,6 +641,7 @@ pub fn dump_with(
         // Connections leave repair mode before the process can use them again.
         drop(std::mem::take(&mut tree.connections.repaired));
         for f in frozen.iter_mut() {
+            f.leave_stopped = opts.leave_stopped;
             f.resume()?;
         }
     } else {

@@ -37,6 +37,8 @@ pub struct RestoreOptions {
     pub pidfile: Option<PathBuf>,
     /// Put a job dumped with `--shell-job` onto ferry's own terminal.
     pub shell_job: bool,
+    /// Leave every restored process stopped (SIGSTOP) instead of running (`--leave-stopped`).
+    pub leave_stopped: bool,
 }
 
 /// A restored, running process.
@@ -662,6 +664,25 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     if let Some(sig) = crate::inject::fault_signal_at_release() {
         let _ = ferry_sys::process::kill(root_host, sig);
     }
+    // Processes that were in a job-control stop (or all, with --leave-stopped) get their stop
+    // signal queued while every thread is still in a ptrace stop: released, each thread takes
+    // it before it returns to user space, so they run no instruction before they stop.
+    let stops: Vec<(i32, i32)> = rebuilt
+        .iter()
+        .filter_map(|(p, _)| {
+            let sig = if p.stop_signal != 0 {
+                p.stop_signal
+            } else if opts.leave_stopped {
+                libc::SIGSTOP
+            } else {
+                0
+            };
+            (sig != 0).then(|| (host(p.pid), sig))
+        })
+        .collect();
+    for &(pid, sig) in &stops {
+        ferry_sys::process::kill(pid, sig).ctx(|| format!("pid {pid}: cannot stop it again (signal {sig})"))?;
+    }
     // Release everything together, leaves first.
     for (p, (_, threads)) in rebuilt.iter().rev() {
         for (tid, _, _) in threads {
@@ -671,6 +692,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     }
     tree.released = true;
     drop(hold_w);
+    for &(pid, sig) in &stops {
+        ensure_stopped(pid, sig);
+    }
     if let Err(e) = crate::state::tcp_repair::unlock_all(&procs) {
         tracing::warn!(error = %e, "the restored connections stay blocked by the network lock");
     }
@@ -679,6 +703,27 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         write_pidfile(pf, root_host)?;
     }
     Ok(Restored { pid: root_host, verify, total: t0.elapsed() })
+}
+
+/// Check that a process released with a stop signal queued is stopped. The kernel discards
+/// SIGTSTP, SIGTTIN and SIGTTOU in an orphaned process group (no member has a parent in another
+/// group of the session), which a restored tree can be when its root's old parent is gone:
+/// then stop it with SIGSTOP (which is never discarded) and say so, since its parent's
+/// `waitpid(WUNTRACED)` now reports SIGSTOP.
+fn ensure_stopped(pid: i32, sig: i32) {
+    let stopped = || pid_state(pid) == Some('T');
+    let t = Instant::now();
+    while !stopped() && t.elapsed() < Duration::from_millis(200) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    if !stopped() && sig != libc::SIGSTOP && pid_state(pid).is_some_and(|s| s != 'Z') {
+        tracing::warn!(
+            pid,
+            sig,
+            "the stop signal was discarded (orphaned process group): stopped with SIGSTOP instead"
+        );
+        let _ = ferry_sys::process::kill(pid, libc::SIGSTOP);
+    }
 }
 
 /// ferry's tracing thread and the tree it forks and rebuilds on one CPU while they hand control

@@ -132,6 +132,11 @@ pub struct Process {
     /// For a zombie: the status its parent's waitpid() will report.
     #[prost(int32, tag = "31")]
     pub exit_status: i32,
+    /// The process was stopped by job control (group stop) at dump time: the signal that
+    /// stopped it (SIGSTOP, SIGTSTP, SIGTTIN or SIGTTOU), 0 if it was running. Restore stops
+    /// it again with that signal before it runs a single instruction.
+    #[prost(int32, tag = "320")]
+    pub stop_signal: i32,
     /// SysV shared memory segments this process is the first of the tree to attach.
     #[prost(message, repeated, tag = "45")]
     pub sysv_shm: Vec<SysvShm>,

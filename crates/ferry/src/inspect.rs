@@ -51,6 +51,9 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
     }
     for p in &procs {
         out!("process {} ({}) ppid {} pgid {} sid {}", p.pid, p.comm, p.ppid, p.pgid, p.sid);
+        if p.stop_signal != 0 {
+            out!("  stopped by job control (signal {}): restored stopped", p.stop_signal);
+        }
         out!("  cwd {}  root {}  umask {:03o}  personality {:#x}", p.cwd, p.root, p.umask, p.personality);
         if let Some(c) = &p.creds {
             out!("  uids {:?} gids {:?} groups {:?} capeff {:#x}", c.uids, c.gids, c.groups, c.cap_eff);

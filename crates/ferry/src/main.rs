@@ -50,6 +50,9 @@ enum Cmd {
         /// disks and networks slower than the CPU. Restore decompresses it first.
         #[arg(long, value_name = "LEVEL", num_args = 0..=1, default_missing_value = "3", require_equals = true)]
         compress: Option<i32>,
+        /// With -R: leave the processes stopped (SIGSTOP) after the dump instead of running.
+        #[arg(long, requires = "leave_running")]
+        leave_stopped: bool,
     },
     /// Recreate a process from an image, with its old PID.
     Restore {
@@ -66,6 +69,9 @@ enum Cmd {
         /// session, uses ferry's fds 0-2 and becomes the foreground job if it was one.
         #[arg(short = 'j', long = "shell-job")]
         shell_job: bool,
+        /// Leave the restored processes stopped (SIGSTOP): they run once sent SIGCONT.
+        #[arg(long)]
+        leave_stopped: bool,
     },
     /// Start a job ready to be checkpointed: in a session of its own, or with --pidns in a new
     /// pid namespace under a minimal init, so that it can be restored on any host without pid
@@ -191,7 +197,7 @@ fn run(cli: Cli) -> Result<i32> {
             println!("{}", if ok { "dump and restore can work here" } else { "dump and restore cannot work here" });
             Ok(if ok { 0 } else { 1 })
         }
-        Cmd::Dump { pid, dir, leave_running, tcp_close, tcp_established, shell_job, compress } => {
+        Cmd::Dump { pid, dir, leave_running, tcp_close, tcp_established, shell_job, compress, leave_stopped } => {
             ferry_engine::state::memory::set_page_compression(compress.unwrap_or(0).clamp(0, 22));
             let opts = ferry_engine::dump::DumpOptions {
                 pid,
@@ -200,6 +206,7 @@ fn run(cli: Cli) -> Result<i32> {
                 tcp_close,
                 tcp_established,
                 shell_job,
+                leave_stopped,
             };
             let r = ferry_engine::dump::dump(&opts).with_context(|| format!("dump of pid {pid} failed"))?;
             tracing::info!(
@@ -213,8 +220,8 @@ fn run(cli: Cli) -> Result<i32> {
             );
             Ok(0)
         }
-        Cmd::Restore { dir, detached, pidfile, shell_job } => {
-            let opts = ferry_engine::restore::RestoreOptions { dir: dir.clone(), pidfile, shell_job };
+        Cmd::Restore { dir, detached, pidfile, shell_job, leave_stopped } => {
+            let opts = ferry_engine::restore::RestoreOptions { dir: dir.clone(), pidfile, shell_job, leave_stopped };
             let r = ferry_engine::restore::restore(&opts)
                 .with_context(|| format!("restore from {} failed", dir.display()))?;
             tracing::info!(

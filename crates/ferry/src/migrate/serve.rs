@@ -268,7 +268,12 @@ fn handle(sock: TcpStream, auth: &Auth, limits: &Limits, dir: &Path) -> Result<O
     }
     let received = t0.elapsed();
     let t1 = Instant::now();
-    let opts = ferry_engine::restore::RestoreOptions { dir: dir.to_path_buf(), pidfile: None, shell_job: false };
+    let opts = ferry_engine::restore::RestoreOptions {
+        dir: dir.to_path_buf(),
+        pidfile: None,
+        shell_job: false,
+        leave_stopped: false,
+    };
     let post_copy = m == mode::POST_COPY;
     ferry_engine::postcopy::accept_lazy(post_copy);
     let restored = ferry_engine::restore::restore(&opts);

@@ -744,3 +744,39 @@ pub fn workload_command(program: &Path) -> Command {
         Command::new(program)
     }
 }
+
+/// A process that holds `pid` seized with ptrace (PTRACE_SEIZE, which does not stop it) until
+/// dropped: a dump of `pid` is then refused before the freeze ("already traced"), with the
+/// target untouched. The kernel detaches the target when the holder dies.
+pub struct HeldTraced(Child);
+
+impl HeldTraced {
+    pub fn new(pid: i32) -> HeldTraced {
+        use std::io::BufRead as _;
+        const SCRIPT: &str = "import ctypes, sys, time\n\
+            libc = ctypes.CDLL(None, use_errno=True)\n\
+            if libc.ptrace(0x4206, int(sys.argv[1]), 0, 0) != 0:\n\
+            \x20   sys.exit('PTRACE_SEIZE: errno %d' % ctypes.get_errno())\n\
+            print('seized', flush=True)\n\
+            time.sleep(600)\n";
+        let python = python3().unwrap_or_else(|e| panic!("python3 is needed to hold a process traced: {e}"));
+        let mut child = Command::new(python)
+            .args(["-c", SCRIPT, &pid.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the ptrace holder");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        assert_eq!(line.trim(), "seized", "the ptrace holder could not seize pid {pid}");
+        HeldTraced(child)
+    }
+}
+
+impl Drop for HeldTraced {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -113,11 +113,11 @@ fn migrate_post_copy_unsupported_refused_up_front() {
     let auth = wl.w.join("auth");
     keygen(&auth);
     let _server = Server::start(&nodes, &wl.w, &auth, &[]);
-    // the workload stopped (SIGSTOP): not supported by any dump
-    send_signal(wl.pid, "STOP").expect("stop");
+    // the workload traced by another process: refused by any dump
+    let held = HeldTraced::new(wl.pid);
     let m = migrate_with(&nodes, &wl, &auth, "migrate", &["--post-copy"]);
-    let _ = send_signal(wl.pid, "CONT");
-    assert!(!m.ok && m.stderr.contains("stopped"), "{}", m.stderr);
+    drop(held);
+    assert!(!m.ok && m.stderr.contains("already traced"), "{}", m.stderr);
     assert!(!m.stdout.contains("migrated pid"), "{}", m.stdout);
     wl.expect_running_here("after post-copy was refused");
     wl.go_and_pass(wl.pid);

@@ -422,7 +422,8 @@ fn memfd_shared_with_child() {
 }
 
 /// What ferry cannot save yet is refused with one line naming it, and the target is left as it
-/// was: a kernel thread, a process in another namespace, a stopped process.
+/// was: a kernel thread, a process in another namespace, a process traced by someone else; a
+/// stopped process in another namespace stays stopped.
 #[test]
 fn refuses_what_it_cannot_save() {
     let w = WorkDir::new("refuse");
@@ -441,11 +442,15 @@ fn refuses_what_it_cannot_save() {
     });
     dump_refused(pid, &w.join("ns"), "uts namespace");
     assert!(pid_alive(pid), "the namespaced process did not survive a refused dump");
+    {
+        let _held = HeldTraced::new(pid);
+        dump_refused(pid, &w.join("traced"), "already traced");
+    }
     send_signal(pid, "STOP").expect("stop it");
     wait_for("the process to stop", Duration::from_secs(10), || {
         fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") T ")).unwrap_or(false)
     });
-    dump_refused(pid, &w.join("stopped"), "stopped process");
+    dump_refused(pid, &w.join("stopped"), "uts namespace");
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     assert!(stat.contains(") T "), "the stopped process is not stopped any more after a refused dump: {stat}");
     let _ = child.kill();
@@ -630,7 +635,7 @@ fn signal_at_release_interrupts_the_restarted_syscall() {
     run.expect_pass(status, "the restored workload (go sent at release)");
 }
 
-/// A dump refused before the freeze (here: of a stopped process, after its memory was reserved
+/// A dump refused before the freeze (here: of a process traced by another, after its memory was reserved
 /// in the directory) into the directory of an older image leaves that image whole — same
 /// files, every checksum right, restorable — and no file of its own behind.
 #[test]
@@ -648,16 +653,15 @@ fn refused_dump_keeps_the_older_image() {
         n
     };
     let before = names("before");
-    send_signal(run.pid, "STOP").expect("stop the workload");
-    wait_for("the workload to stop", Duration::from_secs(10), || run.proc_state().is_some_and(|(s, _)| s == 'T'));
+    let held = HeldTraced::new(run.pid);
     let out = Command::new(ferry_bin())
         .args(["dump", "-t", &run.pid.to_string(), "-D", &path_str(&img)])
         .output()
         .expect("run ferry dump");
-    send_signal(run.pid, "CONT").expect("continue the workload");
-    if out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("stopped process") {
+    drop(held);
+    if out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("already traced") {
         run.fail(&format!(
-            "the dump of a stopped process was not refused as such: {}",
+            "the dump of a traced process was not refused as such: {}",
             String::from_utf8_lossy(&out.stderr)
         ));
     }
@@ -672,4 +676,51 @@ fn refused_dump_keeps_the_older_image() {
     run.go();
     let status = run.wait_child_exit();
     run.expect_pass(status, "the workload after dump -R and a refused dump");
+}
+
+/// A child stopped by job control (SIGTSTP, two threads) is restored stopped, with its stop
+/// signal: its parent finds it stopped (and reported stopped by SIGTSTP), continues it, and the
+/// child finds its memory and its busy thread as they were.
+#[test]
+fn stopped_child() {
+    cycle_tree(&Spec::c("stopped"), &[]);
+}
+
+/// `dump -R` of a tree with a stopped child leaves the child stopped.
+#[test]
+fn stopped_child_leave_running() {
+    let mut run = Run::start(&Spec::c("stopped"));
+    run.dump_ok(&["-R"]);
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload after dump -R");
+}
+
+/// `--leave-stopped`: after `dump -R` and after `restore`, the process is stopped (SIGSTOP) and
+/// runs on, unharmed, once continued.
+#[test]
+fn leave_stopped() {
+    let stopped = |run: &Run| run.proc_state().is_some_and(|(s, _)| s == 'T');
+    let mut run = Run::start(&Spec::c("mem_anon"));
+    run.dump_ok(&["-R", "--leave-stopped"]);
+    if !stopped(&run) {
+        run.fail(&format!("not stopped after dump -R --leave-stopped: {:?}", run.proc_state()));
+    }
+    sleep(Duration::from_millis(100));
+    if !stopped(&run) {
+        run.fail("did not stay stopped after dump -R --leave-stopped");
+    }
+    send_signal(run.pid, "KILL").expect("kill the workload");
+    run.reap_dumped();
+    wait_image_pids_gone(&run.img());
+    let pidfile = run.spawn_restore("restore", &run.img(), &["--leave-stopped"]);
+    run.wait_pidfile(&pidfile);
+    sleep(Duration::from_millis(100));
+    if !stopped(&run) {
+        run.fail(&format!("not stopped after restore --leave-stopped: {:?}", run.proc_state()));
+    }
+    send_signal(run.pid, "CONT").expect("continue the workload");
+    run.go();
+    let status = run.wait_restore_exit();
+    run.expect_pass(status, "the restored workload after SIGCONT");
 }
