@@ -88,6 +88,11 @@ fn anonfds() -> Spec {
 fn pipeline() -> Spec {
     Spec::c("pipeline")
 }
+/// Threads inside nanosleep, clock_nanosleep, sleep(3), poll, ppoll, select and a futex wait,
+/// all with timeouts: no spurious EINTR, no early return after restore.
+fn sleeps() -> Spec {
+    Spec::c("sleeps")
+}
 
 /// For each workload: `control::NAME` (no ferry) and `cycle::NAME` (dump, kill, restore, verify).
 macro_rules! workload_tests {
@@ -131,6 +136,7 @@ workload_tests!(
     threads,
     anonfds,
     many_maps,
+    sleeps,
 );
 
 /// The image files of a finished dump of `pid` in `dir`.

@@ -8,6 +8,13 @@ use ferry_sys::{ptrace, UserRegs};
 
 const NR_RESTART_SYSCALL: u64 = 219;
 const NR_POLL: u64 = 7;
+const NR_NANOSLEEP: u64 = 35;
+const NR_FUTEX: u64 = 202;
+const NR_CLOCK_NANOSLEEP: u64 = 230;
+const FUTEX_WAIT: u64 = 0;
+const FUTEX_WAIT_BITSET: u64 = 9;
+/// `FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME`: the op without them.
+const FUTEX_CMD_MASK: u64 = !(128 | 256);
 
 /// How a thread frozen in a syscall must continue. The kernel would sort this out when the
 /// thread leaves the stop; a restored thread never goes through that path (its `orig_rax` is
@@ -18,9 +25,12 @@ pub enum Restart {
     None,
     /// Re-execute the syscall (ERESTARTSYS/ERESTARTNOINTR/ERESTARTNOHAND).
     Again,
-    /// The kernel's restart block (nanosleep, poll with timeout ...): only usable by the same
-    /// task; a restored task gets EINTR instead, as if a signal handler had run (but poll is
-    /// called again with its original timeout).
+    /// The kernel's restart block (nanosleep, poll with timeout, futex wait with timeout ...):
+    /// only usable by the same task. A restored task calls the syscall again: a relative sleep
+    /// with the remaining time the kernel wrote to its `rem` argument (or its whole request if
+    /// it had none), poll and futex waits with their original arguments (so a relative
+    /// timeout starts over: waiting longer is allowed, ending early or with an EINTR that no
+    /// signal explains is not). Other calls get EINTR, as if a signal handler had run.
     Block,
 }
 
@@ -33,6 +43,16 @@ pub fn restart_kind(r: &UserRegs) -> Restart {
         ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => Restart::Again,
         ERESTART_RESTARTBLOCK => Restart::Block,
         _ => Restart::None,
+    }
+}
+
+/// Whether a syscall interrupted with a restart block is called again by a restored task
+/// (rather than failed with EINTR): see [`Restart::Block`].
+fn reissued(r: &UserRegs) -> bool {
+    match r.orig_rax {
+        NR_POLL | NR_NANOSLEEP | NR_CLOCK_NANOSLEEP => true,
+        NR_FUTEX => matches!(r.rsi & FUTEX_CMD_MASK, FUTEX_WAIT | FUTEX_WAIT_BITSET),
+        _ => false,
     }
 }
 
@@ -57,6 +77,32 @@ pub fn resume_regs(r: &UserRegs, same_task: bool) -> UserRegs {
             out.rax = r.orig_rax;
             out.rip -= 2;
         }
+        // nanosleep(req, rem), clock_nanosleep(clock, flags, req, rem): an interrupted relative
+        // sleep has its remaining time in *rem already (the kernel writes it before it returns
+        // -ERESTART_RESTARTBLOCK); call it again with rem as the request. (An absolute sleep
+        // is restarted by ERESTARTNOHAND, never this way.) The argument register is the only
+        // one changed; the syscall ABI leaves argument registers as they were, and the C
+        // wrappers do not read them again after the call.
+        Restart::Block if r.orig_rax == NR_NANOSLEEP => {
+            out.rax = r.orig_rax;
+            out.rip -= 2;
+            if r.rsi != 0 {
+                out.rdi = r.rsi;
+            }
+        }
+        Restart::Block if r.orig_rax == NR_CLOCK_NANOSLEEP => {
+            out.rax = r.orig_rax;
+            out.rip -= 2;
+            if r.r10 != 0 {
+                out.rdx = r.r10;
+            }
+        }
+        // futex(FUTEX_WAIT[_BITSET]) with a timeout: wait again (an absolute timeout keeps its
+        // deadline; a value changed meanwhile returns EAGAIN, as it would have).
+        Restart::Block if reissued(r) => {
+            out.rax = r.orig_rax;
+            out.rip -= 2;
+        }
         Restart::Block => out.rax = (-(libc::EINTR as i64)) as u64,
     }
     out.orig_rax = u64::MAX;
@@ -69,7 +115,7 @@ pub fn describe(r: &UserRegs) -> String {
         Restart::None if (r.orig_rax as i64) >= 0 => format!("after syscall {}", r.orig_rax),
         Restart::None => "running in user space".into(),
         Restart::Again => format!("in syscall {} (will be restarted)", r.orig_rax),
-        Restart::Block if r.orig_rax == NR_POLL => format!("in syscall {} (restart block: called again)", r.orig_rax),
+        Restart::Block if reissued(r) => format!("in syscall {} (restart block: called again)", r.orig_rax),
         Restart::Block => format!("in syscall {} (restart block: will return EINTR)", r.orig_rax),
     }
 }
@@ -145,6 +191,10 @@ pub fn collect(tid: i32, t: &mut Thread) -> Result<UserRegs, Error> {
     t.regs = Some(regs_to_image(&resume_regs(&regs, false)));
     t.restart = match restart_kind(&regs) {
         Restart::Again => (regs.rax as i64).unsigned_abs() as u32,
+        // Called again on restore (see `resume_regs`): released as if the call had returned
+        // ERESTARTNOHAND, so the kernel restarts it, or ends it with EINTR if a signal handler
+        // runs first, exactly as it would for an interrupted call.
+        Restart::Block if reissued(&regs) => ERESTARTNOHAND as u32,
         _ => 0,
     };
     t.stopped_in = describe(&regs);
@@ -245,7 +295,28 @@ mod tests {
         assert_eq!((r.rax, r.rip, r.orig_rax), (0, 0x1000, u64::MAX));
         let r = resume_regs(&regs(34, -ERESTARTNOHAND), false);
         assert_eq!((r.rax, r.rip), (34, 0x1000));
+        // nanosleep without rem: the whole request again
         let r = resume_regs(&regs(35, -ERESTART_RESTARTBLOCK), false);
+        assert_eq!((r.rax, r.rip, r.rdi), (35, 0x1000, 0));
+        // nanosleep(req, rem): rem becomes the request
+        let mut n = regs(35, -ERESTART_RESTARTBLOCK);
+        (n.rdi, n.rsi) = (0x5000, 0x6000);
+        let r = resume_regs(&n, false);
+        assert_eq!((r.rax, r.rip, r.rdi, r.rsi), (35, 0x1000, 0x6000, 0x6000));
+        // clock_nanosleep(clock, 0, req, rem)
+        let mut c = regs(230, -ERESTART_RESTARTBLOCK);
+        (c.rdi, c.rsi, c.rdx, c.r10) = (1, 0, 0x5000, 0x6000);
+        let r = resume_regs(&c, false);
+        assert_eq!((r.rax, r.rip, r.rdi, r.rdx, r.r10), (230, 0x1000, 1, 0x6000, 0x6000));
+        // futex(FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG) with a timeout: again as it was
+        let mut f = regs(202, -ERESTART_RESTARTBLOCK);
+        f.rsi = 9 | 128;
+        let r = resume_regs(&f, false);
+        assert_eq!((r.rax, r.rip), (202, 0x1000));
+        // any other restart block: EINTR
+        let r = resume_regs(&regs(202, -ERESTART_RESTARTBLOCK), false).rax;
+        assert_eq!(r, 202, "FUTEX_WAIT (op 0) is a wait too");
+        let r = resume_regs(&regs(61, -ERESTART_RESTARTBLOCK), false);
         assert_eq!((r.rax as i64, r.rip), (-(libc::EINTR as i64), 0x1002));
         let r = resume_regs(&regs(7, -ERESTART_RESTARTBLOCK), false);
         assert_eq!((r.rax, r.rip), (7, 0x1000));
