@@ -8,7 +8,7 @@
 //! outside that window, the kernel detaches the target and it simply continues.
 
 use crate::error::{Ctx, Error};
-use crate::inject::{find_syscall_insn, wait_stopped, Injector};
+use crate::inject::{find_syscall_insn, Injector};
 use crate::procfs;
 use crate::state::{cpu, creds, files, memory, rseq, signals, task, timers, tty};
 use ferry_image::{ImageWriter, Inventory, Process, Thread};
@@ -35,6 +35,8 @@ pub struct DumpOptions {
     /// With `leave_running`: leave every process of the tree stopped (SIGSTOP) instead of
     /// running (`--leave-stopped`).
     pub leave_stopped: bool,
+    /// How long every thread of the tree may take to stop (`--timeout`, CRIU's default 10 s).
+    pub freeze_timeout: Duration,
 }
 
 /// Figures about a finished dump.
@@ -57,6 +59,9 @@ struct FrozenThread {
     sigmask: u64,
     /// Its registers were borrowed for injection: resume with restart-adjusted registers.
     touched: bool,
+    /// It reached its interrupt stop. (One that did not before the freeze timeout stays
+    /// seized until ferry exits, when the kernel detaches it: it cannot be detached running.)
+    stopped: bool,
 }
 
 /// A seized, stopped target (every thread). Dropping it without `release` puts back each
@@ -82,11 +87,36 @@ fn list_tids(pid: i32) -> Result<Vec<i32>, Error> {
     Ok(tids)
 }
 
-/// Wait for the interrupt stop of a seized thread. Returns the job-control signal that holds
-/// it stopped (the process is in a group stop: SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU), or 0.
-fn stop_one(pid: i32, tid: i32) -> Result<i32, Error> {
+/// Wait, until `deadline`, for the interrupt stop of a seized thread (a thread in an
+/// uninterruptible sleep stops only when it leaves it). Returns the job-control signal that
+/// holds it stopped (the process is in a group stop: SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU), or 0.
+fn stop_one(pid: i32, tid: i32, deadline: Instant) -> Result<i32, Error> {
+    let mut nap = Duration::from_micros(5);
     loop {
-        match wait_stopped(tid).map_err(|_| Error::Exited { pid })? {
+        let status = match ptrace::wait(tid, true).map_err(|_| Error::Exited { pid })? {
+            Some((_, s @ WaitStatus::Stopped { .. })) => s,
+            Some((_, WaitStatus::Exited(_) | WaitStatus::Signaled(_))) => return Err(Error::Exited { pid }),
+            Some((_, WaitStatus::Continued)) => continue,
+            None if Instant::now() < deadline => {
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(Duration::from_millis(2));
+                continue;
+            }
+            None => {
+                let state = procfs::read_string(pid, &format!("task/{tid}/stat"))
+                    .ok()
+                    .and_then(|t| t.rsplit_once(") ").and_then(|(_, r)| r.chars().next()))
+                    .unwrap_or('?');
+                return Err(Error::Invalid {
+                    object: format!("pid {pid} thread {tid}"),
+                    what: format!(
+                        "did not stop within the freeze timeout (state {state}{}); try a longer --timeout",
+                        if state == 'D' { ": an uninterruptible sleep, e.g. on a file system or device" } else { "" }
+                    ),
+                });
+            }
+        };
+        match status {
             // The kernel reports an interrupt stop with SIGTRAP, unless the process is in a
             // group stop: then with the signal that stopped it.
             WaitStatus::Stopped { event: PTRACE_EVENT_STOP, sig } => {
@@ -107,7 +137,7 @@ fn stop_one(pid: i32, tid: i32) -> Result<i32, Error> {
 impl Frozen {
     /// Seize and stop every thread; threads created meanwhile are caught by listing again
     /// until the list is stable (a stopped thread cannot create more).
-    fn seize(pid: i32) -> Result<Frozen, Error> {
+    fn seize(pid: i32, deadline: Instant) -> Result<Frozen, Error> {
         let mut f = Frozen { pid, threads: Vec::new(), done: false, stop_signal: 0, leave_stopped: false };
         loop {
             let mut new = Vec::new();
@@ -121,7 +151,13 @@ impl Frozen {
                     Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Err(Error::NoProcess { pid }),
                     Err(source) => return Err(Error::Attach { pid, source }),
                 }
-                f.threads.push(FrozenThread { tid, regs: ferry_sys::zeroed_regs(), sigmask: 0, touched: false });
+                f.threads.push(FrozenThread {
+                    tid,
+                    regs: ferry_sys::zeroed_regs(),
+                    sigmask: 0,
+                    touched: false,
+                    stopped: false,
+                });
                 ptrace::interrupt(tid).map_err(|source| Error::Attach { pid, source })?;
                 new.push(tid);
             }
@@ -129,9 +165,12 @@ impl Frozen {
                 break;
             }
             for tid in new {
-                let sig = stop_one(pid, tid)?;
+                let sig = stop_one(pid, tid, deadline)?;
                 if tid == pid {
                     f.stop_signal = sig;
+                }
+                if let Some(t) = f.threads.iter_mut().find(|t| t.tid == tid) {
+                    t.stopped = true;
                 }
             }
         }
@@ -151,7 +190,7 @@ impl Frozen {
         let pid = self.pid;
         let mut first_err = None;
         let mut ready = Vec::new();
-        for t in &self.threads {
+        for t in self.threads.iter().filter(|t| t.stopped) {
             let tid = t.tid;
             let r = (|| {
                 // The mask first, then the registers (see inject::with_rescue): until the
@@ -532,11 +571,12 @@ pub fn dump_with(
     let mut frozen: Vec<Frozen> = Vec::new();
     let mut zombies: Vec<Process> = Vec::new();
     let mut queue = std::collections::VecDeque::from([root]);
+    let freeze_deadline = Instant::now() + opts.freeze_timeout;
     while let Some(pid) = queue.pop_front() {
         if pid != root {
             precheck(pid, pidns_root)?;
         }
-        frozen.push(Frozen::seize(pid)?);
+        frozen.push(Frozen::seize(pid, freeze_deadline)?);
         for c in children_of(pid)? {
             let text = procfs::read_string(c, "stat").unwrap_or_default();
             let state = text.rsplit_once(") ").and_then(|(_, r)| r.chars().next());
@@ -672,7 +712,7 @@ pub fn dump_with(
 /// back and let it run. Used by pre-copy migration to create a userfaultfd inside the target.
 pub fn with_injector<T>(pid: i32, f: impl FnOnce(&Injector, u64) -> Result<T, Error>) -> Result<T, Error> {
     precheck(pid, Some(pid))?;
-    let mut fr = Frozen::seize(pid)?;
+    let mut fr = Frozen::seize(pid, Instant::now() + Duration::from_secs(10))?;
     let maps_text = procfs::read_string(pid, "maps")?;
     let maps = procfs::parse(pid, "maps", ferry_proc::parse_maps(&maps_text))?;
     let mut t = Thread { tid: pid, ..Default::default() };

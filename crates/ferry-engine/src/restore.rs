@@ -39,6 +39,9 @@ pub struct RestoreOptions {
     pub shell_job: bool,
     /// Leave every restored process stopped (SIGSTOP) instead of running (`--leave-stopped`).
     pub leave_stopped: bool,
+    /// Put every process back into the cgroups it was in (creating missing ones, without
+    /// limits); false: leave them in ferry's (`--manage-cgroups=ignore`).
+    pub cgroups: bool,
 }
 
 /// A restored, running process.
@@ -550,7 +553,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     ferry_sys::process::set_status_flags(status_w.as_fd(), 0).ctx(|| "status pipe".into())?;
     let (hold_r, hold_w) = ferry_sys::process::pipe2(libc::O_CLOEXEC).ctx(|| "cannot create a pipe".into())?;
     let hold_r = raw::dup_above(hold_r.as_fd(), base).ctx(|| "cannot move a pipe".into())?;
-    let cgroups = crate::state::cgroup::prepare(&procs)?;
+    let cgroups = match opts.cgroups {
+        true => crate::state::cgroup::prepare(&procs)?,
+        false => vec![Vec::new(); procs.len()],
+    };
     let pages: Vec<Option<(i32, u64)>> =
         prep.iter().map(|p| p.as_ref().and_then(|p| Some((p.mem.pages_fd?, p.mem.pages_len)))).collect();
     let ctx = TreeCtx {

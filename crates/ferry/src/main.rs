@@ -12,11 +12,36 @@ mod migrate;
 #[derive(Parser)]
 #[command(name = "ferry", version, about)]
 struct Cli {
-    /// Print progress logs to stderr (repeat for more detail).
+    /// Print progress logs to stderr (repeat for more detail; CRIU's -v0 .. -v4 work too).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// CRIU's `-vN` (rewritten from `-v0` .. `-v4`): 0-1 errors, 2 warnings, 3 info, 4 debug.
+    #[arg(long, global = true, hide = true, value_parser = clap::value_parser!(u8).range(0..=4))]
+    log_level: Option<u8>,
+    /// Write the logs to this file (created mode 0600) instead of stderr; error messages still
+    /// go to stderr.
+    #[arg(short = 'o', long, global = true, value_name = "FILE")]
+    log_file: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// CRIU's `--manage-cgroups[=MODE]`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CgroupMode {
+    /// Put each process back into its cgroups, creating missing ones without limits (ferry's
+    /// default; CRIU's soft mode).
+    Soft,
+    /// Leave the restored processes in ferry's own cgroups.
+    Ignore,
+    /// As ignore.
+    None,
+    /// Also restore the cgroups' properties (limits): not supported yet.
+    Props,
+    /// As props: not supported yet.
+    Full,
+    /// As props: not supported yet.
+    Strict,
 }
 
 #[derive(Subcommand)]
@@ -53,6 +78,15 @@ enum Cmd {
         /// With -R: leave the processes stopped (SIGSTOP) after the dump instead of running.
         #[arg(long, requires = "leave_running")]
         leave_stopped: bool,
+        /// Seconds to wait for every thread of the tree to stop (CRIU's --timeout); a thread
+        /// that does not (an uninterruptible sleep) fails the dump, the tree running on.
+        #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+        timeout: u64,
+        /// Accepted for CRIU's command line (cgroup membership is always saved).
+        #[arg(long, value_enum, value_name = "MODE", num_args = 0..=1, default_missing_value = "soft", require_equals = true)]
+        manage_cgroups: Option<CgroupMode>,
+        #[command(flatten)]
+        criu: CriuDefaults,
     },
     /// Recreate a process from an image, with its old PID.
     Restore {
@@ -72,6 +106,17 @@ enum Cmd {
         /// Leave the restored processes stopped (SIGSTOP): they run once sent SIGCONT.
         #[arg(long)]
         leave_stopped: bool,
+        /// Cgroups (CRIU's modes): soft (default: each process back into its cgroups, missing
+        /// ones created without limits), ignore/none (stay in ferry's); props/full/strict
+        /// (limits too) are not supported yet.
+        #[arg(long, value_enum, value_name = "MODE", num_args = 0..=1, default_missing_value = "soft", require_equals = true)]
+        manage_cgroups: Option<CgroupMode>,
+        /// Accepted for CRIU's command line: established TCP connections in the image are
+        /// always restored (the dump decided, with --tcp-established).
+        #[arg(long)]
+        tcp_established: bool,
+        #[command(flatten)]
+        criu: CriuDefaults,
     },
     /// Start a job ready to be checkpointed: in a session of its own, or with --pidns in a new
     /// pid namespace under a minimal init, so that it can be restored on any host without pid
@@ -164,18 +209,65 @@ enum Cmd {
     },
 }
 
-fn init_logs(verbose: u8) {
-    let level = match verbose {
-        0 => tracing::Level::WARN,
-        1 => tracing::Level::INFO,
+/// CRIU options whose behaviour is ferry's default: accepted so that CRIU's command lines work,
+/// changing nothing (docs/criu-compat.md).
+#[derive(clap::Args)]
+struct CriuDefaults {
+    /// Accepted: file locks are always saved and restored.
+    #[arg(long, hide = true)]
+    file_locks: bool,
+    /// Accepted: the content of deleted (unlinked) files is always carried in the image.
+    #[arg(long, hide = true)]
+    link_remap: bool,
+    /// Accepted: inotify watches are always resolved to paths.
+    #[arg(long, hide = true)]
+    force_irmap: bool,
+    /// Accepted: a unix socket whose peer is outside the tree is still refused by name
+    /// (a datagram socket connected to a named socket outside is reconnected by name).
+    #[arg(long, hide = true)]
+    ext_unix_sk: bool,
+}
+
+/// CRIU's `-v0` .. `-v4` (an optional level glued to `-v`) become `--log-level N` before clap
+/// sees them; `-v`, `-vv` keep their meaning.
+fn criu_verbosity(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut out = Vec::new();
+    for a in args {
+        match a.to_str().and_then(|s| s.strip_prefix("-v")) {
+            Some(n) if n.len() == 1 && n.as_bytes()[0].is_ascii_digit() => {
+                out.push("--log-level".into());
+                out.push(n.into());
+            }
+            _ => out.push(a),
+        }
+    }
+    out
+}
+
+fn init_logs(verbose: u8, log_level: Option<u8>, log_file: Option<&std::path::Path>) -> Result<()> {
+    let level = match (log_level, verbose) {
+        (Some(0 | 1), _) => tracing::Level::ERROR,
+        (Some(2), _) | (None, 0) => tracing::Level::WARN,
+        (Some(3), _) | (None, 1) => tracing::Level::INFO,
         _ => tracing::Level::DEBUG,
     };
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let builder = tracing_subscriber::fmt().with_max_level(level).with_target(false);
+    match log_file {
+        Some(path) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("cannot open the log file {}", path.display()))?;
+            builder.with_writer(std::sync::Mutex::new(file)).with_ansi(false).init();
+        }
+        None => {
+            builder.with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init()
+        }
+    }
+    Ok(())
 }
 
 fn run(cli: Cli) -> Result<i32> {
@@ -197,7 +289,19 @@ fn run(cli: Cli) -> Result<i32> {
             println!("{}", if ok { "dump and restore can work here" } else { "dump and restore cannot work here" });
             Ok(if ok { 0 } else { 1 })
         }
-        Cmd::Dump { pid, dir, leave_running, tcp_close, tcp_established, shell_job, compress, leave_stopped } => {
+        Cmd::Dump {
+            pid,
+            dir,
+            leave_running,
+            tcp_close,
+            tcp_established,
+            shell_job,
+            compress,
+            leave_stopped,
+            timeout,
+            manage_cgroups: _,
+            criu: _,
+        } => {
             ferry_engine::state::memory::set_page_compression(compress.unwrap_or(0).clamp(0, 22));
             let opts = ferry_engine::dump::DumpOptions {
                 pid,
@@ -207,6 +311,7 @@ fn run(cli: Cli) -> Result<i32> {
                 tcp_established,
                 shell_job,
                 leave_stopped,
+                freeze_timeout: std::time::Duration::from_secs(timeout),
             };
             let r = ferry_engine::dump::dump(&opts).with_context(|| format!("dump of pid {pid} failed"))?;
             tracing::info!(
@@ -220,8 +325,25 @@ fn run(cli: Cli) -> Result<i32> {
             );
             Ok(0)
         }
-        Cmd::Restore { dir, detached, pidfile, shell_job, leave_stopped } => {
-            let opts = ferry_engine::restore::RestoreOptions { dir: dir.clone(), pidfile, shell_job, leave_stopped };
+        Cmd::Restore {
+            dir,
+            detached,
+            pidfile,
+            shell_job,
+            leave_stopped,
+            manage_cgroups,
+            tcp_established: _,
+            criu: _,
+        } => {
+            let cgroups = match manage_cgroups.unwrap_or(CgroupMode::Soft) {
+                CgroupMode::Soft => true,
+                CgroupMode::Ignore | CgroupMode::None => false,
+                CgroupMode::Props | CgroupMode::Full | CgroupMode::Strict => anyhow::bail!(
+                    "--manage-cgroups: restoring cgroup properties (limits) is not supported yet; use soft or ignore"
+                ),
+            };
+            let opts =
+                ferry_engine::restore::RestoreOptions { dir: dir.clone(), pidfile, shell_job, leave_stopped, cgroups };
             let r = ferry_engine::restore::restore(&opts)
                 .with_context(|| format!("restore from {} failed", dir.display()))?;
             tracing::info!(
@@ -292,8 +414,11 @@ fn run(cli: Cli) -> Result<i32> {
 }
 
 fn main() {
-    let cli = Cli::parse();
-    init_logs(cli.verbose);
+    let cli = Cli::parse_from(criu_verbosity(std::env::args_os()));
+    if let Err(e) = init_logs(cli.verbose, cli.log_level, cli.log_file.as_deref()) {
+        eprintln!("ferry: {e:#}");
+        std::process::exit(1);
+    }
     match run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {

@@ -273,6 +273,7 @@ fn handle(sock: TcpStream, auth: &Auth, limits: &Limits, dir: &Path) -> Result<O
         pidfile: None,
         shell_job: false,
         leave_stopped: false,
+        cgroups: true,
     };
     let post_copy = m == mode::POST_COPY;
     ferry_engine::postcopy::accept_lazy(post_copy);

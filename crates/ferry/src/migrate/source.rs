@@ -165,6 +165,7 @@ pub fn migrate(o: &MigrateOptions) -> Result<()> {
         tcp_established: o.tcp_established,
         shell_job: false,
         leave_stopped: false,
+        freeze_timeout: Duration::from_secs(10),
     };
     let mut downtime = Duration::ZERO;
     let mut remote = (0i32, 0u32);

@@ -724,3 +724,56 @@ fn leave_stopped() {
     let status = run.wait_restore_exit();
     run.expect_pass(status, "the restored workload after SIGCONT");
 }
+
+/// A thread that cannot stop (a vfork parent waits uninterruptibly for its child) fails the
+/// dump after `--timeout`, in one line naming the thread and its state, and the tree runs on.
+#[test]
+fn freeze_timeout() {
+    let mut run = Run::start(&Spec::c("vfork_hold").args(&["5"]));
+    wait_for("the vfork parent to wait uninterruptibly", Duration::from_secs(10), || {
+        run.proc_state().is_some_and(|(s, _)| s == 'D')
+    });
+    let t = std::time::Instant::now();
+    let img = run.img();
+    let res = run.dump_to("dump", &img, &["--timeout", "1"]);
+    let took = t.elapsed();
+    if res.status.success() {
+        run.fail("the dump of a process that cannot stop succeeded");
+    }
+    if !res.stderr.contains("did not stop within the freeze timeout") || !res.stderr.contains("state D") {
+        run.fail(&format!("the error does not say which thread did not stop: {}", res.stderr));
+    }
+    if took > Duration::from_secs(4) {
+        run.fail(&format!("the dump gave up after {took:?}, not after its 1 s timeout"));
+    }
+    // Once the child exits, the parent goes on, untraced.
+    wait_for("the vfork child to exit", Duration::from_secs(15), || run.proc_state().is_some_and(|(s, _)| s != 'D'));
+    run.expect_running_untraced("after the dump gave up");
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload after a dump that gave up");
+}
+
+/// CRIU's `-vN` and `-o FILE`: the log goes to the file (mode 0600), at debug level with -v4.
+#[test]
+fn criu_log_flags() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut run = Run::start(&Spec::c("mem_anon"));
+    let log = run.w.join("dump.log");
+    let img = run.img();
+    let res = run.dump_to("dump", &img, &["-R", "-v4", "-o", &path_str(&log)]);
+    if !res.status.success() {
+        run.fail(&format!("dump -R -v4 -o failed: {}", res.stderr));
+    }
+    let text = fs::read_to_string(&log).unwrap_or_default();
+    let mode = fs::metadata(&log).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+    if !text.contains("DEBUG") || mode != 0o600 {
+        run.fail(&format!("the log file (mode {mode:o}) has no debug lines: {text:.300}"));
+    }
+    if res.stderr.contains("DEBUG") {
+        run.fail("debug lines went to stderr although -o was given");
+    }
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload after dump -R");
+}
