@@ -229,10 +229,17 @@ struct CriuDefaults {
 }
 
 /// CRIU's `-v0` .. `-v4` (an optional level glued to `-v`) become `--log-level N` before clap
-/// sees them; `-v`, `-vv` keep their meaning.
+/// sees them; `-v`, `-vv` keep their meaning. A job's own arguments (after `--`, or after
+/// `run`) are left alone.
 fn criu_verbosity(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     let mut out = Vec::new();
-    for a in args {
+    let mut args = args;
+    while let Some(a) = args.next() {
+        if a == "--" || a == "run" || a == "__init" {
+            out.push(a);
+            out.extend(args.by_ref());
+            break;
+        }
         match a.to_str().and_then(|s| s.strip_prefix("-v")) {
             Some(n) if n.len() == 1 && n.as_bytes()[0].is_ascii_digit() => {
                 out.push("--log-level".into());
