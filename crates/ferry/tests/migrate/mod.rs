@@ -11,6 +11,7 @@
 use crate::common::*;
 
 mod postcopy;
+mod serve;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
