@@ -126,9 +126,10 @@ fn serve_handshake_deadline_is_for_the_whole_handshake() {
 }
 
 /// 1,000 connections that never authenticate (500 from 250 addresses, then 500 from one):
-/// the server keeps at most 8 per address and 256 in all, closes the excess at once (every
-/// connection is accepted: none is left in the accept queue), its fds and memory stay bounded,
-/// and a real migration goes through while the flood holds its connections.
+/// the server keeps at most 8 per address and 256 in all and closes the excess at once (a
+/// connection left in the accept queue would look open to its client: these are accepted and
+/// closed), its fds and memory stay bounded, and a real migration goes through while the flood
+/// holds its connections.
 #[test]
 fn serve_1000_hostile_connections_then_a_migration() {
     let nodes = Nodes::new();
@@ -143,7 +144,7 @@ fn serve_1000_hostile_connections_then_a_migration() {
     let (mut rss_max, mut fds_max) = (rss0, fds0);
     let settled = Instant::now() + Duration::from_secs(30);
     let mut last = Vec::new();
-    // every connection established (none waiting in the accept queue), then 1 s to settle
+    // every connection established, then 1 s for the server to close the excess
     let mut all_since: Option<Instant> = None;
     while Instant::now() < settled {
         let (rss, fds) = usage(serve_pid);
