@@ -456,7 +456,8 @@ impl Gate {
         match self.tx.try_send((Secure::new(p.sock, noise), peer)) {
             Ok(()) => {}
             Err(mpsc::TrySendError::Full((mut sec, _))) => {
-                let _ = sec.socket().set_write_timeout(Some(Duration::from_millis(100)));
+                // (a few bytes on a fresh connection: they fit, or the peer is gone)
+                let _ = sec.socket().set_nonblocking(true);
                 let why = format!("the destination is busy ({QUEUED_MAX} migrations already wait): try again later");
                 let _ = send_now(&mut sec, kind::FAILED, why.as_bytes());
                 eprintln!("serve: migration from {peer} refused: {why}");

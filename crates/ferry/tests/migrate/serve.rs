@@ -150,10 +150,10 @@ fn serve_1000_hostile_connections_then_a_migration() {
         let (rss, fds) = usage(serve_pid);
         (rss_max, fds_max) = (rss_max.max(rss), fds_max.max(fds));
         last = flood.counts();
-        if last.iter().map(|g| g.0).sum::<u64>() == 1000 {
-            if all_since.get_or_insert_with(Instant::now).elapsed() >= Duration::from_secs(1) {
-                break;
-            }
+        if last.iter().map(|g| g.0).sum::<u64>() == 1000
+            && all_since.get_or_insert_with(Instant::now).elapsed() >= Duration::from_secs(1)
+        {
+            break;
         }
         sleep(Duration::from_millis(50));
     }
