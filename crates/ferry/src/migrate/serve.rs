@@ -102,6 +102,10 @@ pub fn serve(o: &ServeOptions) -> Result<()> {
     let caps = o.caps.clone().fit_fd_limit()?;
     let listener = TcpListener::bind(o.listen).with_context(|| format!("cannot listen on {}", o.listen))?;
     listener.set_nonblocking(true)?;
+    // A longer accept queue than std's 128: a burst of connections waits there for the loop
+    // (which accepts them at once, and closes the excess) instead of having its handshakes
+    // dropped by the kernel, where an honest one would wait for a retransmission.
+    ferry_sys::raw::listen(listener.as_fd(), BACKLOG).context("listen")?;
     let key: String = auth.public.iter().map(|b| format!("{b:02x}")).collect();
     println!("serving on {} (node key {key})", listener.local_addr()?);
     let _ = std::io::stdout().flush();
@@ -162,6 +166,8 @@ impl Default for HandshakeCaps {
     }
 }
 
+/// The listening socket's accept queue (capped by net.core.somaxconn).
+const BACKLOG: i32 = 1024;
 /// The fd table grown at startup (fds below this number never grow it).
 const FD_TABLE: i32 = 1024;
 /// Authenticated connections waiting for the migration in progress to end.

@@ -214,3 +214,39 @@ fn serve_untrusted_source_is_told_so() {
     let (remote, _) = summary(&m);
     wl.go_and_pass(remote);
 }
+
+/// Under a low fd limit (soft; ferry does not raise it: the operator may have set it) the
+/// handshake cap shrinks to fit it, keeping fds for the migration: a flood of 1,000 connections
+/// holds only what is left, and a real migration still goes through.
+#[test]
+fn serve_handshake_cap_fits_the_fd_limit() {
+    let nodes = Nodes::new();
+    let wl = Workload::start(&nodes, "serve-nofile", 16, true);
+    let auth = wl.w.join("auth");
+    keygen(&auth);
+    let server = Server::start_under(
+        &nodes,
+        &wl.w,
+        &auth,
+        &["--handshake-timeout", "120"],
+        &["prlimit", "--nofile=330:20000", "--"],
+    );
+    // 330 fds - 280 kept = 50
+    assert!(server.log().contains("at most 50 handshakes at once (fd limit 330)"), "{}", server.log());
+    let serve_pid = server.child.id() as i32;
+    let flood = Hostile::start(&nodes, &wl.w, "idle", "1000@250", 120);
+    let mut fds_max = 0;
+    wait_for("the flood to connect", Duration::from_secs(30), || {
+        fds_max = fds_max.max(usage(serve_pid).1);
+        flood.counts().first().is_some_and(|g| g.0 == 1000)
+    });
+    sleep(Duration::from_secs(1));
+    let open = flood.counts()[0].1;
+    eprintln!("under a 330-fd limit: {open} of 1000 flood connections held, serve at most {fds_max} fds");
+    assert!((40..=50).contains(&open), "{open} connections held with room for 50");
+    let (m, took) = timed_migration(&nodes, &wl, &auth, "migrate");
+    assert!(m.ok, "the migration failed under the fd limit: {}\nserve: {}", m.stderr, server.log());
+    eprintln!("a 16 MiB migration meanwhile took {} ms", took.as_millis());
+    let (remote, _) = summary(&m);
+    wl.go_and_pass(remote);
+}
