@@ -117,7 +117,7 @@ pub fn serve(o: &ServeOptions) -> Result<()> {
     // Handshakes run on their own thread, never blocked by a peer; this thread runs the
     // authenticated migrations one at a time (a restore traces its tree from this thread, and
     // reaping between migrations must not race with it).
-    let (tx, rx) = mpsc::sync_channel::<(Secure, SocketAddr)>(QUEUED_MAX);
+    let (tx, rx) = mpsc::sync_channel::<Authenticated>(QUEUED_MAX);
     let gate = std::thread::Builder::new()
         .name("handshakes".into())
         .spawn(move || Gate::new(listener, auth, caps, tx).run())
@@ -126,7 +126,8 @@ pub fn serve(o: &ServeOptions) -> Result<()> {
     loop {
         reap_children();
         let (sec, peer) = match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(c) => c,
+            // (its buffers are allocated only now, not while it waits)
+            Ok((sock, noise, peer)) => (Secure::new(sock, noise), peer),
             Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 return match gate.join() {
@@ -171,7 +172,7 @@ const BACKLOG: i32 = 1024;
 /// The fd table grown at startup (fds below this number never grow it).
 const FD_TABLE: i32 = 1024;
 /// Authenticated connections waiting for the migration in progress to end.
-const QUEUED_MAX: usize = 8;
+const QUEUED_MAX: usize = 64;
 /// Fds kept for the migration in progress (image files, the restored tree's fds, pipes).
 const FD_RESERVE: u64 = 256;
 
@@ -216,6 +217,9 @@ fn addr_key(a: &SocketAddr) -> IpAddr {
     }
 }
 
+/// A connection whose peer is authenticated and trusted, on its way to the migration thread.
+type Authenticated = (TcpStream, snow::TransportState, SocketAddr);
+
 /// One connection whose handshake is in progress (or, refused, being drained before closing).
 struct Pending {
     sock: TcpStream,
@@ -249,13 +253,13 @@ struct Gate {
     listener: TcpListener,
     auth: Auth,
     caps: HandshakeCaps,
-    tx: mpsc::SyncSender<(Secure, SocketAddr)>,
+    tx: mpsc::SyncSender<Authenticated>,
     pending: Vec<Pending>,
     log: LogLimit,
 }
 
 impl Gate {
-    fn new(listener: TcpListener, auth: Auth, caps: HandshakeCaps, tx: mpsc::SyncSender<(Secure, SocketAddr)>) -> Gate {
+    fn new(listener: TcpListener, auth: Auth, caps: HandshakeCaps, tx: mpsc::SyncSender<Authenticated>) -> Gate {
         Gate { listener, auth, caps, tx, pending: Vec::new(), log: LogLimit::default() }
     }
 
@@ -459,13 +463,15 @@ impl Gate {
         }
         let peer = p.peer;
         eprintln!("serve: {peer} authenticated in {} ms", p.since.elapsed().as_millis());
-        match self.tx.try_send((Secure::new(p.sock, noise), peer)) {
+        match self.tx.try_send((p.sock, noise, peer)) {
             Ok(()) => {}
-            Err(mpsc::TrySendError::Full((mut sec, _))) => {
+            Err(mpsc::TrySendError::Full((sock, mut noise, _))) => {
                 // (a few bytes on a fresh connection: they fit, or the peer is gone)
-                let _ = sec.socket().set_nonblocking(true);
                 let why = format!("the destination is busy ({QUEUED_MAX} migrations already wait): try again later");
-                let _ = send_now(&mut sec, kind::FAILED, why.as_bytes());
+                if let Ok(out) = seal(&mut noise, &message(kind::FAILED, why.as_bytes())) {
+                    let _ = sock.set_nonblocking(true);
+                    let _ = (&sock).write(&out);
+                }
                 eprintln!("serve: migration from {peer} refused: {why}");
             }
             Err(mpsc::TrySendError::Disconnected(_)) => {}
