@@ -420,3 +420,71 @@ impl Secure {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> Auth {
+        let kp = snow::Builder::new(params()).generate_keypair().expect("keypair");
+        Auth { private: kp.private, public: kp.public.clone(), trusted: vec![kp.public] }
+    }
+
+    /// The source's side of XX by hand against a [`Responder`]; returns the source's transport
+    /// state and what the responder came to.
+    fn run(src: &Auth, dst: &Auth) -> (snow::TransportState, Progress) {
+        let (mut r, theirs) = Responder::new();
+        let ours = header();
+        let prologue = [ours, theirs].concat();
+        let mut hs = snow::Builder::new(params())
+            .local_private_key(&src.private)
+            .expect("key")
+            .prologue(&prologue)
+            .expect("prologue")
+            .build_initiator()
+            .expect("initiator");
+        let (mut msg, mut payload) = ([0u8; 1024], [0u8; 1024]);
+        assert!(matches!(r.feed(dst, &ours).expect("header"), Progress::Reply(v) if v.is_empty()));
+        let n = hs.write_message(&[], &mut msg).expect("msg 1");
+        let Progress::Reply(m2) = r.feed(dst, &msg[..n]).expect("msg 1 fed") else { panic!("no message 2") };
+        assert_eq!(u16::from_be_bytes([m2[0], m2[1]]) as usize, m2.len() - 2);
+        hs.read_message(&m2[2..], &mut payload).expect("msg 2");
+        let n = hs.write_message(&[], &mut msg).expect("msg 3");
+        let p = r.feed(dst, &msg[..n]).expect("msg 3 fed");
+        (hs.into_transport_mode().expect("transport"), p)
+    }
+
+    #[test]
+    fn responder_accepts_a_trusted_key() {
+        let (a, mut b) = (node(), node());
+        b.trusted.push(a.public.clone());
+        let (mut src, p) = run(&a, &b);
+        let Progress::Trusted(mut dst) = p else { panic!("trusted key refused") };
+        let sealed = seal(&mut dst, b"ready").expect("seal");
+        let mut out = [0u8; 64];
+        let n = src.read_message(&sealed[2..], &mut out).expect("open");
+        assert_eq!(&out[..n], b"ready");
+    }
+
+    #[test]
+    fn responder_tells_an_untrusted_key_so() {
+        let (a, b) = (node(), node());
+        let (mut src, p) = run(&a, &b);
+        let Progress::Untrusted(mut dst, why) = p else { panic!("untrusted key accepted") };
+        assert!(why.contains("not in the trusted list"), "{why}");
+        let sealed = seal(&mut dst, UNTRUSTED.as_bytes()).expect("seal");
+        let mut out = [0u8; 128];
+        let n = src.read_message(&sealed[2..], &mut out).expect("open");
+        assert_eq!(&out[..n], UNTRUSTED.as_bytes());
+    }
+
+    #[test]
+    fn responder_refuses_a_bad_header_or_message() {
+        let b = node();
+        let (mut r, _) = Responder::new();
+        assert!(r.feed(&b, b"GET / HT").is_err());
+        let (mut r, _) = Responder::new();
+        r.feed(&b, &header()).expect("header");
+        assert!(r.feed(&b, &[0u8; 7]).is_err(), "a short message 1 was taken");
+    }
+}

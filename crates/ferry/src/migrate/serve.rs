@@ -872,3 +872,24 @@ fn receive(sec: &mut Secure, limits: &Limits, dir: &Path) -> Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::addr_key;
+    use std::net::{IpAddr, SocketAddr};
+
+    fn key(a: &str) -> IpAddr {
+        addr_key(&a.parse::<SocketAddr>().expect("address"))
+    }
+
+    #[test]
+    fn per_address_key() {
+        assert_eq!(key("10.0.0.1:5"), key("10.0.0.1:6"));
+        assert_ne!(key("10.0.0.1:5"), key("10.0.0.2:5"));
+        // a v4 client of a dual-stack listener counts as its IPv4 address
+        assert_eq!(key("[::ffff:10.0.0.1]:5"), key("10.0.0.1:7"));
+        // IPv6: one /64
+        assert_eq!(key("[2001:db8:1:2::1]:5"), key("[2001:db8:1:2:ffff::9]:5"));
+        assert_ne!(key("[2001:db8:1:2::1]:5"), key("[2001:db8:1:3::1]:5"));
+    }
+}
