@@ -1,8 +1,9 @@
 # Hostile clients of `ferry serve` (tests/migrate/serve.rs): many connections that never
 # authenticate, from source addresses of 127.0.0.0/8 (every one of them is local).
 #   hostile.py MODE HOST PORT GROUPS HOLD OUT
-# MODE: idle (connect, send nothing) or loris (the start of a valid handshake, one byte a
-# second); GROUPS: "count@addresses,...": group g connects `count` times from `addresses`
+# MODE: idle (connect, send nothing), loris (the start of a valid handshake, one byte a
+# second) or churn (idle, and each connection the server closes is opened again at once);
+# GROUPS: "count@addresses,...": group g connects `count` times from `addresses`
 # addresses 127.(g+1).x.y, round robin; HOLD: seconds to keep going; OUT: a JSON status file,
 # rewritten every 0.2 s: per group, connections established and still open, and how long after
 # its connect each closed one was closed by the server.
@@ -18,27 +19,34 @@ start = time.monotonic()
 conns = []
 by_fd = {}
 p = select.poll()
+reopened = 0
+
+
+def connect(g, src):
+    s = socket.socket()
+    s.setblocking(False)
+    s.bind((src, 0))
+    try:
+        s.connect((host, port))
+    except BlockingIOError:
+        pass
+    c = {"s": s, "g": g, "src": src, "t0": time.monotonic(), "up": False, "closed": None, "sent": 0}
+    conns.append(c)
+    by_fd[s.fileno()] = c
+    p.register(s, select.POLLIN | select.POLLOUT)
+
+
 for g, spec in enumerate(groups.split(",")):
     n, naddr = map(int, spec.split("@"))
     for i in range(n):
         a = i % naddr
-        s = socket.socket()
-        s.setblocking(False)
-        s.bind(("127.%d.%d.%d" % (g + 1, a // 250, a % 250 + 1), 0))
-        try:
-            s.connect((host, port))
-        except BlockingIOError:
-            pass
-        c = {"s": s, "g": g, "t0": time.monotonic(), "up": False, "closed": None, "sent": 0}
-        conns.append(c)
-        by_fd[s.fileno()] = c
-        p.register(s, select.POLLIN | select.POLLOUT)
+        connect(g, "127.%d.%d.%d" % (g + 1, a // 250, a % 250 + 1))
 
 ngroups = len(groups.split(","))
 
 
 def status(final):
-    st = {"t": time.monotonic() - start, "final": final, "groups": []}
+    st = {"t": time.monotonic() - start, "final": final, "reopened": reopened, "groups": []}
     for g in range(ngroups):
         cs = [c for c in conns if c["g"] == g]
         st["groups"].append({
@@ -52,15 +60,22 @@ def status(final):
 
 
 def close(c):
+    global reopened
     c["closed"] = time.monotonic() - c["t0"]
     p.unregister(c["s"])
+    if mode == "churn":
+        del by_fd[c["s"].fileno()]
+        c["s"].close()
+        conns.remove(c)
+        reopened += 1
+        connect(c["g"], c["src"])
 
 
 last_status = last_byte = 0.0
 while time.monotonic() - start < hold:
     for fd, ev in p.poll(100):
-        c = by_fd[fd]
-        if c["closed"] is not None:
+        c = by_fd.get(fd)
+        if c is None or c["closed"] is not None:
             continue
         if not c["up"] and ev & (select.POLLOUT | select.POLLERR | select.POLLHUP):
             if c["s"].getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0:

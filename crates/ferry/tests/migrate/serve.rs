@@ -250,3 +250,48 @@ fn serve_handshake_cap_fits_the_fd_limit() {
     let (remote, _) = summary(&m);
     wl.go_and_pass(remote);
 }
+
+/// CPU time (user + system, in clock ticks) of a process.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    // (fields after the name: state is 0, utime 11, stime 12)
+    fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// Figures (ignored by default: `cargo test --release -p ferry --test e2e -- --ignored
+/// serve_churn_figures --nocapture`): 1,000 connections from 250 addresses that reconnect as
+/// soon as the server closes them (each newcomer past the cap pushes out the oldest), and a real
+/// migration meanwhile: the churn rate, serve's CPU, and whether the migration got through.
+#[test]
+#[ignore]
+fn serve_churn_figures() {
+    let nodes = Nodes::new();
+    let wl = Workload::start(&nodes, "serve-churn", 16, true);
+    let auth = wl.w.join("auth");
+    keygen(&auth);
+    let server = Server::start(&nodes, &wl.w, &auth, &[]);
+    let serve_pid = server.child.id() as i32;
+    let churn = Hostile::start(&nodes, &wl.w, "churn", "1000@250", 30);
+    wait_for("the churn to start", Duration::from_secs(20), || churn.elapsed() >= 3.0);
+    let (t0, cpu0, re0) = (Instant::now(), cpu_ticks(serve_pid), churn.status()["reopened"].as_u64().unwrap_or(0));
+    sleep(Duration::from_secs(5));
+    let (secs, cpu, re) = (
+        t0.elapsed().as_secs_f64(),
+        cpu_ticks(serve_pid) - cpu0,
+        churn.status()["reopened"].as_u64().unwrap_or(0) - re0,
+    );
+    let (m, took) = timed_migration(&nodes, &wl, &auth, "migrate");
+    eprintln!(
+        "churn: {:.0} connections/s closed and reopened; serve used {:.0}% of a CPU; a 16 MiB migration meanwhile: {} in {} ms; serve fds {}",
+        re as f64 / secs,
+        cpu as f64 / secs, // (100 ticks a second)
+        if m.ok { "succeeded" } else { "FAILED" },
+        took.as_millis(),
+        usage(serve_pid).1
+    );
+    assert!(m.ok, "{}\nserve: {}", m.stderr, server.log());
+    let (remote, _) = summary(&m);
+    wl.go_and_pass(remote);
+}
