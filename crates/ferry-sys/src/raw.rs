@@ -86,6 +86,13 @@ pub fn setpgid(pid: i32, pgid: i32) -> io::Result<()> {
     cvt_i(unsafe { libc::setpgid(pid, pgid) }).map(drop)
 }
 
+/// `listen(2)` again on a listening socket: sets its accept queue's length (`backlog`, capped
+/// by the kernel at `net.core.somaxconn`).
+pub fn listen(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
+    // SAFETY: integer arguments; `fd` is borrowed for the call.
+    cvt_i(unsafe { libc::listen(fd.as_raw_fd(), backlog) }).map(drop)
+}
+
 /// `fcntl(F_DUPFD_CLOEXEC)` — a copy of `fd` numbered at least `min`.
 pub fn dup_above(fd: BorrowedFd<'_>, min: i32) -> io::Result<std::os::fd::OwnedFd> {
     // SAFETY: integer arguments.

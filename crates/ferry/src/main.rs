@@ -165,7 +165,17 @@ enum Cmd {
         /// Most processes one tree may have.
         #[arg(long, default_value_t = 512)]
         max_processes: usize,
-        /// Exit after this many connections (for tests).
+        /// Most connections in their handshake (not authenticated yet) at once; past it, the
+        /// oldest is closed.
+        #[arg(long, default_value_t = 256)]
+        max_handshakes: usize,
+        /// Most connections in their handshake at once from one address (IPv6: one /64).
+        #[arg(long, default_value_t = 8)]
+        max_handshakes_per_addr: usize,
+        /// Seconds a peer has for the whole handshake.
+        #[arg(long, default_value_t = 10)]
+        handshake_timeout: u64,
+        /// Exit after this many authenticated connections (for tests).
         #[arg(long, hide = true)]
         max_migrations: Option<u64>,
     },
@@ -378,7 +388,18 @@ fn run(cli: Cli) -> Result<i32> {
             println!("{public}");
             Ok(0)
         }
-        Cmd::Serve { listen, auth, staging, max_image_mib, max_files, max_processes, max_migrations } => {
+        Cmd::Serve {
+            listen,
+            auth,
+            staging,
+            max_image_mib,
+            max_files,
+            max_processes,
+            max_handshakes,
+            max_handshakes_per_addr,
+            handshake_timeout,
+            max_migrations,
+        } => {
             let limits = migrate::serve::Limits {
                 max_image_bytes: max_image_mib << 20,
                 max_files,
@@ -391,6 +412,11 @@ fn run(cli: Cli) -> Result<i32> {
                 staging: &staging,
                 limits,
                 max_migrations,
+                caps: migrate::serve::HandshakeCaps {
+                    total: max_handshakes,
+                    per_addr: max_handshakes_per_addr,
+                    deadline: std::time::Duration::from_secs(handshake_timeout.max(1)),
+                },
             })?;
             Ok(0)
         }

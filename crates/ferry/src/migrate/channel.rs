@@ -3,7 +3,9 @@
 //! A Noise `XX` handshake (Curve25519, ChaCha20-Poly1305, BLAKE2s — the `snow` crate, pure
 //! Rust): each side proves it holds the private half of a static key, and accepts the other
 //! only if that key is listed in its `trusted` file. Nothing but the 8-byte cleartext header
-//! and the three handshake messages is read from a peer before it is authenticated.
+//! and the handshake messages (at most 1 KiB each on the destination) is read from a peer
+//! before it is authenticated. The destination's side ([`Responder`]) is a state machine that
+//! never touches a socket, so that `ferry serve` runs every handshake at once on one thread.
 
 use anyhow::{bail, Context, Result};
 use std::fs;
@@ -190,43 +192,146 @@ pub struct Secure {
     pub wire_sent: u64,
 }
 
+/// What the failed checks of a handshake say (the peer sees no more than that it failed).
+const AUTH_FAILED: &str =
+    "authentication failed (the peer does not hold a trusted key, or the stream was tampered with)";
+
+/// What a destination tells a source whose key it does not trust (docs/migration.md).
+pub const UNTRUSTED: &str = "the destination does not trust this node's key";
+
+/// Longest handshake message a responder reads: XX messages 1 and 3 with the empty payloads
+/// every ferry sends are 32 and 64 bytes long.
+pub const HANDSHAKE_MSG_MAX: usize = 1024;
+
+fn noise_err(e: snow::Error) -> anyhow::Error {
+    anyhow::anyhow!("noise handshake: {e}")
+}
+
+fn frame(msg: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + msg.len());
+    out.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    out.extend_from_slice(msg);
+    out
+}
+
+/// The destination's side of the handshake, driven by the caller from a non-blocking socket:
+/// it sends [`Responder::new`]'s header at once, then feeds each unit it has read in full (the
+/// peer's 8-byte header, then each handshake message without its 2-byte length) to
+/// [`Responder::feed`]. Nothing here blocks or reads a socket.
+pub struct Responder {
+    ours: [u8; 8],
+    state: RState,
+}
+
+enum RState {
+    Header,
+    Msg1(Box<snow::HandshakeState>),
+    Msg3(Box<snow::HandshakeState>),
+    Over,
+}
+
+/// What a responder does after a unit.
+pub enum Progress {
+    /// Send these bytes (already framed), then read the next message.
+    Reply(Vec<u8>),
+    /// The peer is authenticated and trusted: the transport keys.
+    Trusted(snow::TransportState),
+    /// The handshake is sound but the peer's key is not trusted: the transport keys (to tell it
+    /// so, and nothing else) and what the log says.
+    Untrusted(snow::TransportState, String),
+}
+
+impl Responder {
+    /// A responder and the header to send first.
+    pub fn new() -> (Responder, [u8; 8]) {
+        let ours = header();
+        (Responder { ours, state: RState::Header }, ours)
+    }
+
+    /// Take the next unit from the peer; an error ends the connection.
+    pub fn feed(&mut self, auth: &Auth, unit: &[u8]) -> Result<Progress> {
+        match std::mem::replace(&mut self.state, RState::Over) {
+            RState::Header => {
+                let theirs: &[u8; 8] = unit.try_into().context("no protocol header from the peer")?;
+                check_header(theirs)?;
+                let prologue = [*theirs, self.ours].concat();
+                let hs = snow::Builder::new(params())
+                    .local_private_key(&auth.private)
+                    .map_err(noise_err)?
+                    .prologue(&prologue)
+                    .map_err(noise_err)?
+                    .build_responder()
+                    .map_err(noise_err)?;
+                self.state = RState::Msg1(Box::new(hs));
+                Ok(Progress::Reply(Vec::new()))
+            }
+            RState::Msg1(mut hs) => {
+                let mut payload = [0u8; HANDSHAKE_MSG_MAX];
+                hs.read_message(unit, &mut payload).map_err(|_| anyhow::anyhow!(AUTH_FAILED))?;
+                let mut msg = [0u8; HANDSHAKE_MSG_MAX];
+                let n = hs.write_message(&[], &mut msg).map_err(noise_err)?;
+                self.state = RState::Msg3(hs);
+                Ok(Progress::Reply(frame(&msg[..n])))
+            }
+            RState::Msg3(mut hs) => {
+                let mut payload = [0u8; HANDSHAKE_MSG_MAX];
+                hs.read_message(unit, &mut payload).map_err(|_| anyhow::anyhow!(AUTH_FAILED))?;
+                let verdict = auth.check(hs.get_remote_static());
+                let noise = hs.into_transport_mode().map_err(noise_err)?;
+                Ok(match verdict {
+                    Ok(()) => Progress::Trusted(noise),
+                    Err(e) => Progress::Untrusted(noise, format!("{e:#}")),
+                })
+            }
+            RState::Over => bail!("handshake already over"),
+        }
+    }
+}
+
+/// One transport message (framed) holding `plain` (at most 65519 bytes): what [`Secure`]
+/// would send, for a connection handled without one.
+pub fn seal(noise: &mut snow::TransportState, plain: &[u8]) -> Result<Vec<u8>> {
+    let mut out = vec![0u8; 2 + plain.len() + TAG_LEN];
+    let n = noise.write_message(plain, &mut out[2..]).map_err(|e| anyhow::anyhow!("encrypt: {e}"))?;
+    out[..2].copy_from_slice(&(n as u16).to_be_bytes());
+    out.truncate(2 + n);
+    Ok(out)
+}
+
 impl Secure {
-    /// Both roles: headers, then the three messages of XX; each side checks the other's static
-    /// key against its trusted list before anything else is exchanged.
-    pub fn handshake(mut sock: TcpStream, auth: &Auth, initiator: bool) -> Result<Secure> {
+    /// The source's side: headers, then the three messages of XX; the destination's static key
+    /// is checked against the trusted list before message 3 goes out.
+    pub fn handshake(mut sock: TcpStream, auth: &Auth) -> Result<Secure> {
         let ours = header();
         sock.write_all(&ours).context("cannot send the protocol header")?;
         let mut theirs = [0u8; 8];
-        sock.read_exact(&mut theirs).context("no protocol header from the peer")?;
+        sock.read_exact(&mut theirs).map_err(explain).context("no protocol header from the peer")?;
         check_header(&theirs)?;
-        let prologue: Vec<u8> = if initiator { [ours, theirs].concat() } else { [theirs, ours].concat() };
-        let e = |e: snow::Error| anyhow::anyhow!("noise handshake: {e}");
-        let b =
-            snow::Builder::new(params()).local_private_key(&auth.private).map_err(e)?.prologue(&prologue).map_err(e)?;
-        let mut hs = if initiator { b.build_initiator() } else { b.build_responder() }.map_err(e)?;
+        let prologue: Vec<u8> = [ours, theirs].concat();
+        let mut hs = snow::Builder::new(params())
+            .local_private_key(&auth.private)
+            .map_err(noise_err)?
+            .prologue(&prologue)
+            .map_err(noise_err)?
+            .build_initiator()
+            .map_err(noise_err)?;
         let mut msg = vec![0u8; NOISE_MAX];
         let mut inbuf = Vec::new();
         let mut payload = vec![0u8; NOISE_MAX];
-        let failed = "authentication failed (the peer does not hold a trusted key, or the stream was tampered with)";
-        if initiator {
-            let n = hs.write_message(&[], &mut msg).map_err(e)?;
-            send_raw(&mut sock, &msg[..n]).context("handshake")?;
-            recv_raw(&mut sock, &mut inbuf).context("handshake: the peer closed the connection")?;
-            hs.read_message(&inbuf, &mut payload).map_err(|_| anyhow::anyhow!(failed))?;
-            auth.check(hs.get_remote_static())?;
-            let n = hs.write_message(&[], &mut msg).map_err(e)?;
-            send_raw(&mut sock, &msg[..n]).context("handshake")?;
-        } else {
-            recv_raw(&mut sock, &mut inbuf).context("handshake: the peer closed the connection")?;
-            hs.read_message(&inbuf, &mut payload).map_err(|_| anyhow::anyhow!(failed))?;
-            let n = hs.write_message(&[], &mut msg).map_err(e)?;
-            send_raw(&mut sock, &msg[..n]).context("handshake")?;
-            recv_raw(&mut sock, &mut inbuf).context("handshake: the peer closed the connection")?;
-            hs.read_message(&inbuf, &mut payload).map_err(|_| anyhow::anyhow!(failed))?;
-            auth.check(hs.get_remote_static())?;
-        }
-        let noise = hs.into_transport_mode().map_err(e)?;
-        Ok(Secure {
+        let n = hs.write_message(&[], &mut msg).map_err(noise_err)?;
+        send_raw(&mut sock, &msg[..n]).context("handshake")?;
+        recv_raw(&mut sock, &mut inbuf).map_err(explain).context("handshake")?;
+        hs.read_message(&inbuf, &mut payload).map_err(|_| anyhow::anyhow!(AUTH_FAILED))?;
+        auth.check(hs.get_remote_static())?;
+        let n = hs.write_message(&[], &mut msg).map_err(noise_err)?;
+        send_raw(&mut sock, &msg[..n]).context("handshake")?;
+        let noise = hs.into_transport_mode().map_err(noise_err)?;
+        Ok(Secure::new(sock, noise))
+    }
+
+    /// A connection whose handshake is over (the responder's, driven by `ferry serve`).
+    pub fn new(sock: TcpStream, noise: snow::TransportState) -> Secure {
+        Secure {
             sock,
             noise,
             wbuf: Vec::with_capacity(PLAIN_MAX),
@@ -234,7 +339,7 @@ impl Secure {
             rpos: 0,
             frame: vec![0u8; 2 + NOISE_MAX],
             wire_sent: 0,
-        })
+        }
     }
 
     pub fn socket(&self) -> &TcpStream {
@@ -313,5 +418,73 @@ impl Secure {
             out = &mut out[take..];
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> Auth {
+        let kp = snow::Builder::new(params()).generate_keypair().expect("keypair");
+        Auth { private: kp.private, public: kp.public.clone(), trusted: vec![kp.public] }
+    }
+
+    /// The source's side of XX by hand against a [`Responder`]; returns the source's transport
+    /// state and what the responder came to.
+    fn run(src: &Auth, dst: &Auth) -> (snow::TransportState, Progress) {
+        let (mut r, theirs) = Responder::new();
+        let ours = header();
+        let prologue = [ours, theirs].concat();
+        let mut hs = snow::Builder::new(params())
+            .local_private_key(&src.private)
+            .expect("key")
+            .prologue(&prologue)
+            .expect("prologue")
+            .build_initiator()
+            .expect("initiator");
+        let (mut msg, mut payload) = ([0u8; 1024], [0u8; 1024]);
+        assert!(matches!(r.feed(dst, &ours).expect("header"), Progress::Reply(v) if v.is_empty()));
+        let n = hs.write_message(&[], &mut msg).expect("msg 1");
+        let Progress::Reply(m2) = r.feed(dst, &msg[..n]).expect("msg 1 fed") else { panic!("no message 2") };
+        assert_eq!(u16::from_be_bytes([m2[0], m2[1]]) as usize, m2.len() - 2);
+        hs.read_message(&m2[2..], &mut payload).expect("msg 2");
+        let n = hs.write_message(&[], &mut msg).expect("msg 3");
+        let p = r.feed(dst, &msg[..n]).expect("msg 3 fed");
+        (hs.into_transport_mode().expect("transport"), p)
+    }
+
+    #[test]
+    fn responder_accepts_a_trusted_key() {
+        let (a, mut b) = (node(), node());
+        b.trusted.push(a.public.clone());
+        let (mut src, p) = run(&a, &b);
+        let Progress::Trusted(mut dst) = p else { panic!("trusted key refused") };
+        let sealed = seal(&mut dst, b"ready").expect("seal");
+        let mut out = [0u8; 64];
+        let n = src.read_message(&sealed[2..], &mut out).expect("open");
+        assert_eq!(&out[..n], b"ready");
+    }
+
+    #[test]
+    fn responder_tells_an_untrusted_key_so() {
+        let (a, b) = (node(), node());
+        let (mut src, p) = run(&a, &b);
+        let Progress::Untrusted(mut dst, why) = p else { panic!("untrusted key accepted") };
+        assert!(why.contains("not in the trusted list"), "{why}");
+        let sealed = seal(&mut dst, UNTRUSTED.as_bytes()).expect("seal");
+        let mut out = [0u8; 128];
+        let n = src.read_message(&sealed[2..], &mut out).expect("open");
+        assert_eq!(&out[..n], UNTRUSTED.as_bytes());
+    }
+
+    #[test]
+    fn responder_refuses_a_bad_header_or_message() {
+        let b = node();
+        let (mut r, _) = Responder::new();
+        assert!(r.feed(&b, b"GET / HT").is_err());
+        let (mut r, _) = Responder::new();
+        r.feed(&b, &header()).expect("header");
+        assert!(r.feed(&b, &[0u8; 7]).is_err(), "a short message 1 was taken");
     }
 }

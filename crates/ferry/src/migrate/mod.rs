@@ -76,6 +76,15 @@ pub fn send(sec: &mut Secure, kind: u8, payload: &[u8]) -> io::Result<()> {
     sec.write(payload)
 }
 
+/// A whole message (kind, length, payload) as [`send`] puts it on the stream.
+pub fn message(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(5 + payload.len());
+    m.push(kind);
+    m.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    m.extend_from_slice(payload);
+    m
+}
+
 /// Send and push out at once (control messages).
 pub fn send_now(sec: &mut Secure, kind: u8, payload: &[u8]) -> io::Result<()> {
     send(sec, kind, payload)?;

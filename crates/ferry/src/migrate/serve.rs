@@ -1,20 +1,24 @@
 //! `ferry serve`: the destination side. Authenticate each peer, receive its image into a
 //! private staging directory in memory (tmpfs), restore the tree, tell the source it runs.
 //!
-//! Connections are served one at a time (a restore drives its processes with ptrace from this
-//! thread, and reaping between connections must not race with it). A peer gets 10 s to
-//! authenticate and 60 s of silence at most afterwards, so an idle or slow peer cannot hold
-//! the node for long.
+//! Handshakes run all at once on a thread of their own with non-blocking sockets ([`Gate`]):
+//! a peer gets 10 s for its whole handshake, and connections not authenticated yet are capped
+//! in total and per address (past a cap the oldest is closed), so that no stalled, slow or
+//! flooding peer delays another. Authenticated migrations are then served one at a time by the
+//! main thread (a restore drives its processes with ptrace from this thread, and reaping
+//! between migrations must not race with it), with at most 60 s of silence each.
 
-use super::channel::{Auth, Secure};
-use super::{kind, mode, recv, recv_into, send_now, text, Fields, MAX_MSG};
+use super::channel::{seal, Auth, Progress, Responder, Secure, HANDSHAKE_MSG_MAX, UNTRUSTED};
+use super::{kind, message, mode, recv, recv_into, send_now, text, Fields, MAX_MSG};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// What one peer may send.
@@ -41,8 +45,10 @@ pub struct ServeOptions<'a> {
     pub auth: &'a Path,
     pub staging: &'a Path,
     pub limits: Limits,
-    /// Stop after this many migrations (tests); None: serve forever.
+    /// Stop after this many authenticated connections (tests); None: serve forever.
     pub max_migrations: Option<u64>,
+    /// Caps on connections still in their handshake.
+    pub caps: HandshakeCaps,
 }
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -93,26 +99,46 @@ pub fn serve(o: &ServeOptions) -> Result<()> {
         None => bail!("staging area {} does not exist", o.staging.display()),
     }
     remove_stale(o.staging);
+    let caps = o.caps.clone().fit_fd_limit()?;
     let listener = TcpListener::bind(o.listen).with_context(|| format!("cannot listen on {}", o.listen))?;
     listener.set_nonblocking(true)?;
+    // A longer accept queue than std's 128: a burst of connections waits there for the loop
+    // (which accepts them at once, and closes the excess) instead of having its handshakes
+    // dropped by the kernel, where an honest one would wait for a retransmission.
+    ferry_sys::raw::listen(listener.as_fd(), BACKLOG).context("listen")?;
     let key: String = auth.public.iter().map(|b| format!("{b:02x}")).collect();
     println!("serving on {} (node key {key})", listener.local_addr()?);
     let _ = std::io::stdout().flush();
+    // Grow the fd table now, while this is the only thread: growing a table that two threads
+    // share waits for an RCU grace period (~20 ms), and the restore moves its fds high.
+    if let Ok(fd) = ferry_sys::raw::dup_above(listener.as_fd(), FD_TABLE - 1) {
+        drop(fd);
+    }
+    // Handshakes run on their own thread, never blocked by a peer; this thread runs the
+    // authenticated migrations one at a time (a restore traces its tree from this thread, and
+    // reaping between migrations must not race with it).
+    let (tx, rx) = mpsc::sync_channel::<Authenticated>(QUEUED_MAX);
+    let gate = std::thread::Builder::new()
+        .name("handshakes".into())
+        .spawn(move || Gate::new(listener, auth, caps, tx).run())
+        .context("cannot start the handshake thread")?;
     let mut n = 0u64;
     loop {
         reap_children();
-        let (sock, peer) = match listener.accept() {
-            Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
+        let (sec, peer) = match rx.recv_timeout(Duration::from_millis(100)) {
+            // (its buffers are allocated only now, not while it waits)
+            Ok((sock, noise, peer)) => (Secure::new(sock, noise), peer),
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return match gate.join() {
+                    Ok(Err(e)) => Err(e),
+                    _ => bail!("the handshake thread ended"),
+                };
             }
-            Err(e) => return Err(e).context("accept"),
         };
-        sock.set_nonblocking(false)?;
         n += 1;
         let dir = o.staging.join(format!("ferry-serve-{}-{n}", std::process::id()));
-        match handle(sock, &auth, &o.limits, &dir) {
+        match handle(sec, &o.limits, &dir) {
             Ok(Some(pid)) => eprintln!("serve: migration from {peer} done: the tree runs as pid {pid}"),
             Ok(None) => {}
             Err(e) => eprintln!("serve: migration from {peer} failed: {e:#}"),
@@ -121,6 +147,380 @@ pub fn serve(o: &ServeOptions) -> Result<()> {
         if o.max_migrations.is_some_and(|m| n >= m) {
             return Ok(());
         }
+    }
+}
+
+/// Caps on peers that have not authenticated yet (`ferry serve` flags).
+#[derive(Debug, Clone)]
+pub struct HandshakeCaps {
+    /// Handshakes in progress at once, in total.
+    pub total: usize,
+    /// Handshakes in progress at once from one address (IPv4) or /64 (IPv6).
+    pub per_addr: usize,
+    /// Time for the whole handshake, from the accept to the last message.
+    pub deadline: Duration,
+}
+
+impl Default for HandshakeCaps {
+    fn default() -> HandshakeCaps {
+        HandshakeCaps { total: 256, per_addr: 8, deadline: HANDSHAKE_TIMEOUT }
+    }
+}
+
+/// The listening socket's accept queue (capped by net.core.somaxconn).
+const BACKLOG: i32 = 1024;
+/// The fd table grown at startup (fds below this number never grow it).
+const FD_TABLE: i32 = 1024;
+/// Authenticated connections waiting for the migration in progress to end.
+const QUEUED_MAX: usize = 64;
+/// Fds kept for the migration in progress (image files, the restored tree's fds, pipes).
+const FD_RESERVE: u64 = 256;
+
+impl HandshakeCaps {
+    /// Caps that fit in the fd limit (RLIMIT_NOFILE, soft): every pending handshake holds a
+    /// socket, and the migration in progress needs its own fds.
+    fn fit_fd_limit(mut self) -> Result<HandshakeCaps> {
+        if self.total == 0 || self.per_addr == 0 {
+            bail!("handshake caps must be at least 1");
+        }
+        let soft = fd_limit().context("cannot read the fd limit (/proc/self/limits)")?;
+        let room = soft.saturating_sub(FD_RESERVE + QUEUED_MAX as u64 + 16);
+        if room < self.total as u64 {
+            if room < 16 {
+                bail!("the fd limit ({soft}) leaves no room for connections: raise ulimit -n");
+            }
+            eprintln!("serve: at most {room} handshakes at once (fd limit {soft}), not {}", self.total);
+            self.total = room as usize;
+        }
+        self.per_addr = self.per_addr.min(self.total);
+        Ok(self)
+    }
+}
+
+/// The soft RLIMIT_NOFILE ("unlimited": u64::MAX).
+fn fd_limit() -> Option<u64> {
+    let limits = fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line.strip_prefix("Max open files")?.split_whitespace().next()?;
+    Some(if soft == "unlimited" { u64::MAX } else { soft.parse().ok()? })
+}
+
+/// A peer's address as the per-address cap counts it: IPv4 whole, IPv6 by /64 (what one host
+/// usually gets).
+fn addr_key(a: &SocketAddr) -> IpAddr {
+    match a.ip().to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
+/// A connection whose peer is authenticated and trusted, on its way to the migration thread.
+type Authenticated = (TcpStream, snow::TransportState, SocketAddr);
+
+/// One connection whose handshake is in progress (or, refused, being drained before closing).
+struct Pending {
+    sock: TcpStream,
+    peer: SocketAddr,
+    key: IpAddr,
+    since: Instant,
+    deadline: Instant,
+    hs: Responder,
+    /// The unit being read: its bytes so far, and how many it needs.
+    buf: Vec<u8>,
+    need: usize,
+    /// Reading a message's 2-byte length (else its body, or the header).
+    at_len: bool,
+    /// Refused: told why, write side shut; read and dropped until the peer closes.
+    draining: bool,
+}
+
+/// What one readable connection came to.
+enum Outcome {
+    Wait,
+    Close(Option<String>),
+    Trusted(snow::TransportState),
+}
+
+/// Accepts connections and runs every handshake at once on one thread, with non-blocking
+/// sockets: nothing a peer does (or does not do) blocks it. Each peer gets `deadline` for the
+/// whole handshake; past the caps the oldest handshake (from that address, or in all) is closed
+/// to make room, so a flood neither fills the accept queue nor pushes out a peer that
+/// completes its handshake in a reasonable time.
+struct Gate {
+    listener: TcpListener,
+    auth: Auth,
+    caps: HandshakeCaps,
+    tx: mpsc::SyncSender<Authenticated>,
+    pending: Vec<Pending>,
+    log: LogLimit,
+}
+
+impl Gate {
+    fn new(listener: TcpListener, auth: Auth, caps: HandshakeCaps, tx: mpsc::SyncSender<Authenticated>) -> Gate {
+        Gate { listener, auth, caps, tx, pending: Vec::new(), log: LogLimit::default() }
+    }
+
+    fn run(mut self) -> Result<()> {
+        loop {
+            let now = Instant::now();
+            let mut i = 0;
+            while i < self.pending.len() {
+                if self.pending[i].deadline <= now {
+                    let p = self.pending.swap_remove(i);
+                    if !p.draining {
+                        self.log.refused(&p.peer, "the handshake took longer than its deadline");
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            self.log.tick();
+            let wait = self
+                .pending
+                .iter()
+                .map(|p| p.deadline)
+                .min()
+                .map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now));
+            let timeout = wait.min(Duration::from_secs(1)).as_millis() as i32 + 1;
+            let ready = {
+                let mut fds = vec![self.listener.as_fd()];
+                fds.extend(self.pending.iter().map(|p| p.sock.as_fd()));
+                ferry_sys::process::poll_readable(&fds, timeout).context("poll")?
+            };
+            for i in (0..self.pending.len()).rev() {
+                if !ready[i + 1] {
+                    continue;
+                }
+                match self.step(i) {
+                    Outcome::Wait => {}
+                    Outcome::Close(why) => {
+                        let p = self.pending.swap_remove(i);
+                        if let Some(why) = why {
+                            self.log.refused(&p.peer, &why);
+                        }
+                    }
+                    Outcome::Trusted(noise) => {
+                        let p = self.pending.swap_remove(i);
+                        self.hand_over(p, noise);
+                    }
+                }
+            }
+            if ready[0] {
+                self.accept()?;
+            }
+        }
+    }
+
+    /// Accept what waits in the queue (a bounded batch, so that handshakes keep moving).
+    fn accept(&mut self) -> Result<()> {
+        for _ in 0..256 {
+            let (sock, peer) = match self.listener.accept() {
+                Ok(c) => c,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) =>
+                {
+                    // Out of fds (the migration in progress holds many): make room, or wait.
+                    self.log.note(&format!("serve: cannot accept a connection: {e}"));
+                    if self.pending.is_empty() {
+                        std::thread::sleep(Duration::from_millis(50));
+                    } else {
+                        self.evict(None);
+                    }
+                    return Ok(());
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EINTR | libc::EPROTO)) => continue,
+                Err(e) => return Err(e).context("accept"),
+            };
+            self.admit(sock, peer);
+        }
+        Ok(())
+    }
+
+    /// Close the oldest handshake (from `key` only, if given).
+    fn evict(&mut self, key: Option<IpAddr>) {
+        let oldest = self
+            .pending
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| key.is_none_or(|k| p.key == k))
+            .min_by_key(|(_, p)| p.since)
+            .map(|(i, _)| i);
+        if let Some(i) = oldest {
+            let p = self.pending.swap_remove(i);
+            self.log.refused(&p.peer, "closed to make room for a newer connection (too many handshakes at once)");
+        }
+    }
+
+    fn admit(&mut self, sock: TcpStream, peer: SocketAddr) {
+        let key = addr_key(&peer);
+        if self.pending.iter().filter(|p| p.key == key).count() >= self.caps.per_addr {
+            self.evict(Some(key));
+        } else if self.pending.len() >= self.caps.total {
+            self.evict(None);
+        }
+        let (hs, header) = Responder::new();
+        // 8 bytes on a fresh connection: they fit in its send buffer, or the peer is gone.
+        if sock.set_nonblocking(true).is_err() || !matches!((&sock).write(&header), Ok(8)) {
+            self.log.refused(&peer, "cannot send the protocol header");
+            return;
+        }
+        let _ = sock.set_nodelay(true);
+        let now = Instant::now();
+        self.pending.push(Pending {
+            sock,
+            peer,
+            key,
+            since: now,
+            deadline: now + self.caps.deadline,
+            hs,
+            buf: Vec::with_capacity(8),
+            need: 8,
+            at_len: false,
+            draining: false,
+        });
+    }
+
+    /// Read what a readable connection has for the unit in progress; act on a complete unit.
+    fn step(&mut self, i: usize) -> Outcome {
+        let p = &mut self.pending[i];
+        if p.draining {
+            let mut sink = [0u8; 1024];
+            return match (&p.sock).read(&mut sink) {
+                Ok(0) => Outcome::Close(None),
+                Ok(_) => Outcome::Wait,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Outcome::Wait,
+                Err(_) => Outcome::Close(None),
+            };
+        }
+        let have = p.buf.len();
+        p.buf.resize(p.need, 0);
+        let got = match (&p.sock).read(&mut p.buf[have..]) {
+            Ok(0) => {
+                return Outcome::Close(Some(format!(
+                    "the peer closed the connection during the handshake ({} bytes into a unit)",
+                    have
+                )))
+            }
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => 0,
+            Err(e) => return Outcome::Close(Some(format!("{e}"))),
+        };
+        p.buf.truncate(have + got);
+        if p.buf.len() < p.need {
+            return Outcome::Wait;
+        }
+        let unit = std::mem::take(&mut p.buf);
+        if p.at_len {
+            let len = u16::from_be_bytes([unit[0], unit[1]]) as usize;
+            if len == 0 || len > HANDSHAKE_MSG_MAX {
+                return Outcome::Close(Some(format!(
+                    "a handshake message of {len} bytes (at most {HANDSHAKE_MSG_MAX})"
+                )));
+            }
+            (p.at_len, p.need) = (false, len);
+            return Outcome::Wait;
+        }
+        match p.hs.feed(&self.auth, &unit) {
+            Ok(Progress::Reply(out)) => {
+                // (under 100 bytes, the peer having sent its part: it fits, or the peer is gone)
+                if !out.is_empty() && !matches!((&p.sock).write(&out), Ok(n) if n == out.len()) {
+                    return Outcome::Close(Some("cannot send a handshake message".into()));
+                }
+                (p.at_len, p.need) = (true, 2);
+                Outcome::Wait
+            }
+            Ok(Progress::Trusted(noise)) => Outcome::Trusted(noise),
+            Ok(Progress::Untrusted(noise, why)) => {
+                // Tell the peer, in the channel it just set up, then let it close first (closing
+                // with its HELLO unread would reset the connection, and could lose the reason).
+                let mut noise = noise;
+                if let Ok(out) = seal(&mut noise, &message(kind::FAILED, UNTRUSTED.as_bytes())) {
+                    let _ = (&p.sock).write(&out);
+                }
+                let _ = p.sock.shutdown(Shutdown::Write);
+                p.draining = true;
+                p.deadline = p.deadline.min(Instant::now() + DRAIN_TIME);
+                let peer = p.peer;
+                self.log.refused(&peer, &why);
+                Outcome::Wait
+            }
+            Err(e) => Outcome::Close(Some(format!("{e:#}"))),
+        }
+    }
+
+    /// An authenticated peer goes to the migration thread (or is told it is busy).
+    fn hand_over(&mut self, p: Pending, noise: snow::TransportState) {
+        let ready = p.sock.set_nonblocking(false).is_ok()
+            && p.sock.set_read_timeout(Some(IDLE_TIMEOUT)).is_ok()
+            && p.sock.set_write_timeout(Some(IDLE_TIMEOUT)).is_ok();
+        if !ready {
+            self.log.refused(&p.peer, "cannot set up the connection");
+            return;
+        }
+        let peer = p.peer;
+        eprintln!("serve: {peer} authenticated in {} ms", p.since.elapsed().as_millis());
+        match self.tx.try_send((p.sock, noise, peer)) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full((sock, mut noise, _))) => {
+                // (a few bytes on a fresh connection: they fit, or the peer is gone)
+                let why = format!("the destination is busy ({QUEUED_MAX} migrations already wait): try again later");
+                if let Ok(out) = seal(&mut noise, &message(kind::FAILED, why.as_bytes())) {
+                    let _ = sock.set_nonblocking(true);
+                    let _ = (&sock).write(&out);
+                }
+                eprintln!("serve: migration from {peer} refused: {why}");
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+/// How long a refused peer may take to close after it was told why.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// Log lines about refused connections: at most 20 per 10 s, then how many were left out (a
+/// flood must not flood the log).
+struct LogLimit {
+    since: Instant,
+    lines: u32,
+    left_out: u64,
+}
+
+impl Default for LogLimit {
+    fn default() -> LogLimit {
+        LogLimit { since: Instant::now(), lines: 0, left_out: 0 }
+    }
+}
+
+impl LogLimit {
+    fn tick(&mut self) {
+        if self.since.elapsed() >= Duration::from_secs(10) {
+            if self.left_out > 0 {
+                eprintln!(
+                    "serve: {} more refused connections not logged (in {} s)",
+                    self.left_out,
+                    self.since.elapsed().as_secs()
+                );
+            }
+            *self = LogLimit::default();
+        }
+    }
+
+    fn note(&mut self, line: &str) {
+        self.tick();
+        if self.lines < 20 {
+            self.lines += 1;
+            eprintln!("{line}");
+        } else {
+            self.left_out += 1;
+        }
+    }
+
+    fn refused(&mut self, peer: &SocketAddr, why: &str) {
+        self.note(&format!("serve: migration from {peer} failed: peer refused: {why}"));
     }
 }
 
@@ -236,14 +636,9 @@ fn valid_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
-/// One connection. Ok(None): the peer went away before sending an image (nothing to do).
-fn handle(sock: TcpStream, auth: &Auth, limits: &Limits, dir: &Path) -> Result<Option<i32>> {
-    sock.set_nodelay(true)?;
-    sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
-    sock.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
-    let mut sec = Secure::handshake(sock, auth, false).context("peer refused")?;
-    sec.socket().set_read_timeout(Some(IDLE_TIMEOUT))?;
-    sec.socket().set_write_timeout(Some(IDLE_TIMEOUT))?;
+/// One authenticated connection. Ok(None): the peer went away before sending an image
+/// (nothing to do).
+fn handle(mut sec: Secure, limits: &Limits, dir: &Path) -> Result<Option<i32>> {
     let (k, hello) = recv(&mut sec, 64)?;
     if k != kind::HELLO {
         bail!("expected HELLO, got message {k}");
@@ -481,5 +876,26 @@ fn receive(sec: &mut Secure, limits: &Limits, dir: &Path) -> Result<()> {
             kind::ABORT => bail!("the source aborted: {}", text(f.rest())),
             k => bail!("unexpected message {k}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::addr_key;
+    use std::net::{IpAddr, SocketAddr};
+
+    fn key(a: &str) -> IpAddr {
+        addr_key(&a.parse::<SocketAddr>().expect("address"))
+    }
+
+    #[test]
+    fn per_address_key() {
+        assert_eq!(key("10.0.0.1:5"), key("10.0.0.1:6"));
+        assert_ne!(key("10.0.0.1:5"), key("10.0.0.2:5"));
+        // a v4 client of a dual-stack listener counts as its IPv4 address
+        assert_eq!(key("[::ffff:10.0.0.1]:5"), key("10.0.0.1:7"));
+        // IPv6: one /64
+        assert_eq!(key("[2001:db8:1:2::1]:5"), key("[2001:db8:1:2:ffff::9]:5"));
+        assert_ne!(key("[2001:db8:1:2::1]:5"), key("[2001:db8:1:3::1]:5"));
     }
 }

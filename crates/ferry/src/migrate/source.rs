@@ -139,16 +139,21 @@ pub fn migrate(o: &MigrateOptions) -> Result<()> {
     sock.set_nodelay(true)?;
     sock.set_read_timeout(Some(o.timeout))?;
     sock.set_write_timeout(Some(o.timeout))?;
-    let mut sec = Secure::handshake(sock, &auth, true).with_context(|| format!("{addr}"))?;
-    eprintln!("migrate: {addr} authenticated");
+    let mut sec = Secure::handshake(sock, &auth).with_context(|| format!("{addr}"))?;
+    // The destination checks our key only after the handshake's last message: its verdict (a
+    // refusal, or READY) is the answer to HELLO, so "authenticated" is said only then.
     let mut hello = super::channel::PROTOCOL_VERSION.to_le_bytes().to_vec();
     hello.push(o.mode);
-    send_now(&mut sec, kind::HELLO, &hello)?;
-    match recv(&mut sec, 4096).context("waiting for the destination to get ready")? {
-        (kind::READY, _) => {}
-        (kind::FAILED, why) => bail!("the destination refused the migration: {}", text(&why)),
-        (k, _) => bail!("unexpected message {k} from the destination"),
+    send_now(&mut sec, kind::HELLO, &hello).with_context(|| format!("{addr}: cannot send HELLO"))?;
+    match recv(&mut sec, 4096) {
+        Ok((kind::READY, _)) => {}
+        Ok((kind::FAILED, why)) => bail!("{addr}: the destination refused the migration: {}", text(&why)),
+        Ok((k, _)) => bail!("{addr}: unexpected message {k} from the destination"),
+        Err(e) => bail!(
+            "{addr}: the destination answered nothing after the handshake ({e:#}): it may not trust this node's key, or be busy"
+        ),
     }
+    eprintln!("migrate: {addr} authenticated");
     let sink =
         Arc::new(Mutex::new(NetSink { sec, image_bytes: 0, last_progress: Instant::now(), started: Instant::now() }));
     let dyn_sink: Arc<Mutex<dyn ImageSink>> = sink.clone();

@@ -11,6 +11,7 @@
 use crate::common::*;
 
 mod postcopy;
+mod serve;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -96,6 +97,11 @@ struct Server {
 
 impl Server {
     fn start(nodes: &Nodes, w: &WorkDir, auth: &Path, extra: &[&str]) -> Server {
+        Server::start_under(nodes, w, auth, extra, &[])
+    }
+
+    /// Started by `wrapper` (a command that execs the rest, e.g. `prlimit`).
+    fn start_under(nodes: &Nodes, w: &WorkDir, auth: &Path, extra: &[&str], wrapper: &[&str]) -> Server {
         let out = w.join("serve.out");
         let err = w.join("serve.err");
         let staging = PathBuf::from(format!(
@@ -103,8 +109,15 @@ impl Server {
             w.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
         ));
         fs::create_dir_all(&staging).expect("staging dir");
-        let child = nodes
-            .in_b(ferry_bin())
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, args)) => {
+                let mut c = nodes.in_b(prog);
+                c.args(args).arg(ferry_bin());
+                c
+            }
+            None => nodes.in_b(ferry_bin()),
+        };
+        let child = cmd
             .args(["serve", "--listen", &format!("0.0.0.0:{PORT}"), "--auth", &path_str(auth)])
             .args(["--staging", &path_str(&staging)])
             .args(extra)
