@@ -431,18 +431,12 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     if opts.pid <= 0 || !procfs::path(opts.pid, "").exists() {
         return Err(Error::NoProcess { pid: opts.pid });
     }
-    // The directory is prepared now (for the reservations) but an older image in it is only
-    // invalidated once the tree is frozen: a refused dump leaves it as it was.
+    // The writer is prepared now (for the reservations); an older image in the directory is
+    // only replaced when the new one is committed, and a dump that fails before leaves it as it
+    // was, and nothing of its own (ImageWriter's Drop).
     let mut img = ImageWriter::prepare(&opts.dir)?;
     reserve_pages(&mut img, opts.pid)?;
-    dump_with(
-        opts,
-        move || {
-            img.invalidate_old()?;
-            Ok(img)
-        },
-        |_| Ok(()),
-    )
+    dump_with(opts, move || Ok(img), |_| Ok(()))
 }
 
 /// Before the freeze: allocate each process's page file about as large as its resident
