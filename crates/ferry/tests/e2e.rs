@@ -617,6 +617,7 @@ mod big {
 }
 
 mod cgroup;
+mod cleanup;
 mod cow;
 mod inet;
 mod migrate;
