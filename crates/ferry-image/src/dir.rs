@@ -502,6 +502,10 @@ impl Drop for ImageWriter {
     }
 }
 
+#[cfg(test)]
+#[path = "dir_writer_tests.rs"]
+mod writer_tests;
+
 /// Reads a complete image, verifying every file before anything is handed out.
 #[derive(Clone)]
 pub struct ImageReader {
