@@ -590,7 +590,8 @@ pub fn dump_with(
         shell_job,
         ..Default::default()
     };
-    img.commit(inventory)?;
+    // (The older image's files, moved aside, are freed once the tree is killed or running.)
+    let replaced = img.commit(inventory)?;
     tracing::info!(pages_bytes, "image committed");
     confirm(t_frozen)?;
     let frozen_for = t_frozen.elapsed();
@@ -615,6 +616,7 @@ pub fn dump_with(
             }
         }
     }
+    drop(replaced);
     let fds = procs.iter().map(|p| p.fds.len()).sum();
     let mut locks: Vec<String> = match opts.leave_running {
         true => Vec::new(),

@@ -6,9 +6,10 @@
 //! there intact, and removes everything it created — its staging directory, and the image
 //! directory itself if the dump created it. The commit then replaces the older image as a
 //! whole: its files move aside (its inventory first), the new ones move in (`inventory.img`,
-//! with every file's size and checksum, last), the directory is fsynced and the old files
-//! removed; a failure on the way moves everything back. So the directory holds either the older
-//! image, or the new one and only its files, and never a complete-looking mix. The one window
+//! with every file's size and checksum, last), the directory is fsynced, and the old files are
+//! removed (by a dump, once the tree is no longer frozen); a failure on the way moves
+//! everything back. So the directory holds either the older image, or the new one and only its
+//! files, and never a complete-looking mix. The one window
 //! left is a SIGKILL of ferry during those renames, which leaves no complete image (never a
 //! mixed one); the next dump into the directory removes what such a dump, or one killed
 //! earlier, left behind. An exclusive `flock` of the directory keeps two dumps out of one
@@ -79,6 +80,18 @@ fn fault(kind: &str, name: &str) -> bool {
 
 fn injected_full() -> io::Error {
     io::Error::new(io::ErrorKind::StorageFull, "no space left on device (injected by FERRY_FAULT)")
+}
+
+/// The older image's files a commit replaced, moved aside: removed when this is dropped — by a
+/// dump once the tree no longer waits frozen (freeing a large page file takes a while).
+pub struct Replaced(Option<PathBuf>);
+
+impl Drop for Replaced {
+    fn drop(&mut self) {
+        if let Some(aside) = self.0.take() {
+            let _ = fs::remove_dir_all(aside);
+        }
+    }
 }
 
 /// Writes the files of one image.
@@ -396,13 +409,15 @@ impl ImageWriter {
     }
 
     /// Write the inventory, then replace whatever image the directory held with this one (see
-    /// the module doc), making it complete.
-    pub fn commit(mut self, mut inventory: Inventory) -> Result<(), ImageError> {
+    /// the module doc), making it complete. The older image's files go when the returned
+    /// [`Replaced`] is dropped.
+    pub fn commit(mut self, mut inventory: Inventory) -> Result<Replaced, ImageError> {
         inventory.format_version = crate::FORMAT_VERSION;
         inventory.files = std::mem::take(&mut self.files);
         let bytes = encode_record(RecordKind::Inventory, &inventory);
         if let Some(s) = &self.sink {
-            return sink_lock(s).commit(&bytes).map_err(write_err("send", &self.dir.join(INVENTORY)));
+            sink_lock(s).commit(&bytes).map_err(write_err("send", &self.dir.join(INVENTORY)))?;
+            return Ok(Replaced(None));
         }
         let (_, dst, mut file) = self.open_tmp(INVENTORY)?;
         if fault("fail-write", INVENTORY) {
@@ -413,10 +428,10 @@ impl ImageWriter {
         drop(file);
         let mut names: Vec<&str> = inventory.files.iter().map(|f| f.name.as_str()).collect();
         names.push(INVENTORY);
-        self.swap_in(&names)?;
+        let aside = self.swap_in(&names)?;
         self.committed = true;
         let _ = fs::remove_dir(&self.staging); // (empty now)
-        Ok(())
+        Ok(Replaced(aside))
     }
 
     /// The files of the image `dir` holds now (or of what is left of one): the files its
@@ -439,9 +454,10 @@ impl ImageWriter {
     }
 
     /// Move the older image's files aside (its inventory first), the staged `names` in (the
-    /// inventory last), fsync the directory, then remove the older files. On a failure, every
-    /// move made is undone in reverse order, so `dir` holds the older image as it was.
-    fn swap_in(&self, names: &[&str]) -> Result<(), ImageError> {
+    /// inventory last) and fsync the directory; returns where the older files are, if any. On a
+    /// failure, every move made is undone in reverse order, so `dir` holds the older image as it
+    /// was.
+    fn swap_in(&self, names: &[&str]) -> Result<Option<PathBuf>, ImageError> {
         fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))
             .map_err(write_err("set the mode of", &self.dir))?;
         let old = self.older_files();
@@ -477,10 +493,7 @@ impl ImageWriter {
             let _ = File::open(&self.dir).and_then(|d| d.sync_all());
             return Err(e);
         }
-        if !old.is_empty() {
-            let _ = fs::remove_dir_all(&aside);
-        }
-        Ok(())
+        Ok((!old.is_empty()).then_some(aside))
     }
 }
 
