@@ -506,18 +506,12 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     if opts.pid <= 0 || !procfs::path(opts.pid, "").exists() {
         return Err(Error::NoProcess { pid: opts.pid });
     }
-    // The directory is prepared now (for the reservations) but an older image in it is only
-    // invalidated once the tree is frozen: a refused dump leaves it as it was.
+    // The writer is prepared now (for the reservations); an older image in the directory is
+    // only replaced when the new one is committed, and a dump that fails before leaves it as it
+    // was, and nothing of its own (ImageWriter's Drop).
     let mut img = ImageWriter::prepare(&opts.dir)?;
     reserve_pages(&mut img, opts.pid)?;
-    dump_with(
-        opts,
-        move || {
-            img.invalidate_old()?;
-            Ok(img)
-        },
-        |_| Ok(()),
-    )
+    dump_with(opts, move || Ok(img), |_| Ok(()))
 }
 
 /// Before the freeze: allocate each process's page file about as large as its resident
@@ -672,7 +666,8 @@ pub fn dump_with(
         shell_job,
         ..Default::default()
     };
-    img.commit(inventory)?;
+    // (The older image's files, moved aside, are freed once the tree is killed or running.)
+    let replaced = img.commit(inventory)?;
     tracing::info!(pages_bytes, "image committed");
     confirm(t_frozen)?;
     let frozen_for = t_frozen.elapsed();
@@ -698,6 +693,7 @@ pub fn dump_with(
             }
         }
     }
+    drop(replaced);
     let fds = procs.iter().map(|p| p.fds.len()).sum();
     let mut locks: Vec<String> = match opts.leave_running {
         true => Vec::new(),

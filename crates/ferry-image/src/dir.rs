@@ -1,10 +1,20 @@
 //! Writing and reading an image directory atomically.
 //!
-//! Each file is written under a `.tmp` name, fsynced and renamed; `inventory.img` (with every
-//! file's size and checksum) is renamed into place last and the directory fsynced, so a crash
-//! at any point leaves either the previous state or a complete, verifiable image — never a
-//! complete-looking half image. Files are created mode 0600 and the directory 0700: images
-//! hold process memory, which means secrets.
+//! A dump writes its files into a hidden staging directory inside the image directory
+//! (`.ferry-dump-PID`), each fsynced, and nothing in the image directory changes until the
+//! commit: a dump that fails at any point (refused, out of space, killed) leaves an older image
+//! there intact, and removes everything it created — its staging directory, and the image
+//! directory itself if the dump created it. The commit then replaces the older image as a
+//! whole: its files move aside (its inventory first), the new ones move in (`inventory.img`,
+//! with every file's size and checksum, last), the directory is fsynced, and the old files are
+//! removed (by a dump, once the tree is no longer frozen); a failure on the way moves
+//! everything back. So the directory holds either the older image, or the new one and only its
+//! files, and never a complete-looking mix. The one window
+//! left is a SIGKILL of ferry during those renames, which leaves no complete image (never a
+//! mixed one); the next dump into the directory removes what such a dump, or one killed
+//! earlier, left behind. An exclusive `flock` of the directory keeps two dumps out of one
+//! directory. Files are created mode 0600 and the directory 0700: images hold process memory,
+//! which means secrets.
 
 use crate::{decode_record, encode_record, FileDigest, ImageError, Inventory, Process, RecordKind, INVENTORY};
 use std::fs::{self, File, OpenOptions};
@@ -34,6 +44,56 @@ fn io_err(file: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
     move |source| ImageError::Io { file: file.display().to_string(), source }
 }
 
+/// A failed step of writing `file` (its name in the image directory).
+fn write_err<'a>(action: &'static str, file: &'a Path) -> impl FnOnce(io::Error) -> ImageError + 'a {
+    move |source| ImageError::Write { action, file: file.display().to_string(), source }
+}
+
+/// Prefix of the hidden directory a dump writes its files into until the commit.
+const STAGING: &str = ".ferry-dump-";
+/// Prefix of the hidden directory the older image's files move to during a commit.
+const ASIDE: &str = ".ferry-old-";
+
+/// Whether `name` is the name of a file a dump writes (the inventory, or a `KIND-ID.img` of a
+/// kind ferry writes): the files of an older image that a new one replaces, with those its
+/// inventory lists. (A new kind of file belongs here too.)
+pub fn is_image_file_name(name: &str) -> bool {
+    if name == INVENTORY {
+        return true;
+    }
+    let Some(stem) = name.strip_suffix(".img") else { return false };
+    ["process-", "pages-", "memfd-", "ghost-", "sysvshm-"]
+        .iter()
+        .any(|kind| stem.strip_prefix(kind).is_some_and(|id| !id.is_empty() && !id.contains('/')))
+}
+
+/// Fault injection for tests (`FERRY_FAULT`, like ferry-engine's `kill-at-injection`):
+/// `fail-write:NAME` makes every write of image file NAME fail as a full file system would,
+/// `fail-move:NAME` makes moving NAME into place at the commit fail — to check that a dump
+/// failing at that point leaves nothing behind and an older image intact.
+fn fault(kind: &str, name: &str) -> bool {
+    std::env::var("FERRY_FAULT")
+        .ok()
+        .and_then(|s| Some(s.strip_prefix(kind)?.strip_prefix(':')? == name))
+        .unwrap_or(false)
+}
+
+fn injected_full() -> io::Error {
+    io::Error::new(io::ErrorKind::StorageFull, "no space left on device (injected by FERRY_FAULT)")
+}
+
+/// The older image's files a commit replaced, moved aside: removed when this is dropped — by a
+/// dump once the tree no longer waits frozen (freeing a large page file takes a while).
+pub struct Replaced(Option<PathBuf>);
+
+impl Drop for Replaced {
+    fn drop(&mut self) {
+        if let Some(aside) = self.0.take() {
+            let _ = fs::remove_dir_all(aside);
+        }
+    }
+}
+
 /// Writes the files of one image.
 pub struct ImageWriter {
     dir: PathBuf,
@@ -44,6 +104,15 @@ pub struct ImageWriter {
     /// Files whose blocks were allocated ahead ([`ImageWriter::reserve`]): name → (temporary
     /// path, file, bytes allocated).
     reserved: std::collections::HashMap<String, (PathBuf, File, u64)>,
+    /// Where the files are written until the commit moves them into `dir`.
+    staging: PathBuf,
+    /// `staging` was created by this writer (and is removed with it unless committed).
+    staging_made: bool,
+    /// `dir` did not exist before: removed again (if empty) unless the image is committed.
+    dir_made: bool,
+    /// `dir`, locked (`flock`) for the writer's life; `None` for a sink.
+    _lock: Option<File>,
+    committed: bool,
 }
 
 /// A file being streamed into the image (page data), checksummed as it is written.
@@ -57,13 +126,15 @@ pub struct StreamFile {
     len: u64,
     /// Bytes of blocks allocated ahead of the writes (0: none).
     reserved: u64,
-    /// Renamed into place: nothing to clean up.
+    /// Finished (fsynced, waiting in the staging directory for the commit): kept.
     done: bool,
+    /// Writes fail (fault injection: `FERRY_FAULT=fail-write:NAME`).
+    fail: bool,
 }
 
 impl Drop for StreamFile {
-    /// A file abandoned half-written (the dump failed) is removed, with any blocks reserved
-    /// for it.
+    /// A file abandoned half-written (the dump failed) is removed at once, with any blocks
+    /// reserved for it (the rest of the staging directory goes with the writer).
     fn drop(&mut self) {
         if !self.done && self.file.is_some() {
             let _ = fs::remove_file(&self.tmp);
@@ -72,13 +143,20 @@ impl Drop for StreamFile {
 }
 
 impl StreamFile {
+    fn put(&mut self, buf: &[u8]) -> io::Result<()> {
+        if self.fail {
+            return Err(injected_full());
+        }
+        match (&mut self.file, &self.sink) {
+            (Some(f), _) => f.write_all(buf),
+            (None, Some((s, id))) => sink_lock(s).data(*id, buf),
+            (None, None) => Err(io::Error::other("stream already finished")),
+        }
+    }
+
     /// Append bytes.
     pub fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        match (&mut self.file, &self.sink) {
-            (Some(f), _) => f.write_all(buf)?,
-            (None, Some((s, id))) => sink_lock(s).data(*id, buf)?,
-            (None, None) => return Err(io::Error::other("stream already finished")),
-        }
+        self.put(buf)?;
         self.hasher.update(buf);
         self.len += buf.len() as u64;
         Ok(())
@@ -88,11 +166,7 @@ impl StreamFile {
     /// these bytes in this order) — e.g. on another thread, while the bytes were in its cache.
     pub fn write_all_prehashed(&mut self, bufs: &[&[u8]], crc: &crc32fast::Hasher) -> io::Result<()> {
         for buf in bufs {
-            match (&mut self.file, &self.sink) {
-                (Some(f), _) => f.write_all(buf)?,
-                (None, Some((s, id))) => sink_lock(s).data(*id, buf)?,
-                (None, None) => return Err(io::Error::other("stream already finished")),
-            }
+            self.put(buf)?;
             self.len += buf.len() as u64;
         }
         self.hasher.combine(crc);
@@ -114,6 +188,11 @@ impl StreamFile {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// The file's path in the image directory (what error messages name).
+    pub fn path(&self) -> &Path {
+        &self.dst
+    }
 }
 
 /// So that encoders (e.g. zstd's) can write into a stream file.
@@ -129,45 +208,73 @@ impl Write for StreamFile {
 }
 
 impl ImageWriter {
-    /// Prepare `dir` (created 0700 if missing). An older image there is invalidated first by
-    /// removing its inventory, so it can never be mixed with the new files.
+    /// Same as [`ImageWriter::prepare`].
     pub fn create(dir: &Path) -> Result<ImageWriter, ImageError> {
-        let w = ImageWriter::prepare(dir)?;
-        w.invalidate_old()?;
-        Ok(w)
+        ImageWriter::prepare(dir)
     }
 
-    /// Remove the inventory of an older image in the directory (so that it can never be mixed
-    /// with the new files) and make the directory 0700. [`ImageWriter::create`] does it at once;
-    /// a writer from [`ImageWriter::prepare`] does it when the new image is sure to be written.
-    pub fn invalidate_old(&self) -> Result<(), ImageError> {
-        if self.sink.is_some() {
-            return Ok(());
-        }
-        let inv = self.dir.join(INVENTORY);
-        match fs::remove_file(&inv) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(&inv)(e)),
-        }
-        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700)).map_err(io_err(&self.dir))
-    }
-
-    /// A writer for `dir` (created 0700 if missing) that leaves an older image there alone
-    /// until [`ImageWriter::invalidate_old`]; meanwhile files may be [reserved](Self::reserve).
+    /// A writer for `dir` (created 0700 if missing; made 0700 at the commit). An older image
+    /// there stays untouched until [`ImageWriter::commit`] replaces it; what earlier dumps
+    /// killed midway left there is removed now. Refused while another dump writes into `dir`.
     pub fn prepare(dir: &Path) -> Result<ImageWriter, ImageError> {
-        match fs::DirBuilder::new().mode(0o700).create(dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io_err(dir)(e)),
-        }
-        Ok(ImageWriter {
+        let dir_made = match fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(write_err("create", dir)(e)),
+        };
+        // From here on, dropping the writer removes what it created.
+        let mut w = ImageWriter {
             dir: dir.to_path_buf(),
             files: Vec::new(),
             sink: None,
             next_id: AtomicU32::new(0),
             reserved: Default::default(),
-        })
+            staging: dir.join(format!("{STAGING}{}", std::process::id())),
+            staging_made: false,
+            dir_made,
+            _lock: None,
+            committed: false,
+        };
+        let lock = File::open(dir).map_err(write_err("open", dir))?;
+        let locked = match lock.try_lock() {
+            Ok(()) => true,
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(ImageError::Invalid {
+                    file: dir.display().to_string(),
+                    what: "another ferry dump is writing into this directory".into(),
+                })
+            }
+            // (A file system without flock: no guard against a concurrent dump, and no
+            // cleaning, which could take the files of one.)
+            Err(fs::TryLockError::Error(_)) => false,
+        };
+        w._lock = Some(lock);
+        if locked {
+            w.remove_stale();
+        }
+        fs::DirBuilder::new().mode(0o700).create(&w.staging).map_err(write_err("create files in", dir))?;
+        w.staging_made = true;
+        Ok(w)
+    }
+
+    /// Remove what dumps killed midway left in the directory: their staging directories, the
+    /// older image's files a commit had moved aside, and the `.NAME.tmp` files of older ferry
+    /// versions. (Called with the directory locked: no live dump owns any of them.)
+    fn remove_stale(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else { return };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let path = e.path();
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            if name.starts_with(STAGING) || name.starts_with(ASIDE) {
+                let _ = if is_dir { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+            } else if !is_dir
+                && name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")).is_some_and(is_image_file_name)
+            {
+                let _ = fs::remove_file(&path);
+            }
+        }
     }
 
     /// Write the image to `sink` instead of a directory (nothing touches a disk).
@@ -178,6 +285,11 @@ impl ImageWriter {
             sink: Some(sink),
             next_id: AtomicU32::new(0),
             reserved: Default::default(),
+            staging: PathBuf::new(),
+            staging_made: false,
+            dir_made: false,
+            _lock: None,
+            committed: false,
         }
     }
 
@@ -191,18 +303,24 @@ impl ImageWriter {
         &self.dir
     }
 
+    /// Create file `name` in the staging directory: (its path there, its path in the image, it).
     fn open_tmp(&self, name: &str) -> Result<(PathBuf, PathBuf, File), ImageError> {
         let dst = self.dir.join(name);
-        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let tmp = self.staging.join(name);
         let _ = fs::remove_file(&tmp);
-        let file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(io_err(&tmp))?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(write_err("create", &dst))?;
         Ok((tmp, dst, file))
     }
 
     /// Write a whole file atomically.
     pub fn write_file(&mut self, name: &str, bytes: &[u8]) -> Result<(), ImageError> {
         let mut f = self.stream(name)?;
-        f.write_all(bytes).map_err(io_err(&f.tmp))?;
+        f.write_all(bytes).map_err(write_err("write", &f.dst))?;
         self.finish_stream(f)
     }
 
@@ -232,10 +350,11 @@ impl ImageWriter {
 
     /// Start streaming a file.
     pub fn stream(&mut self, name: &str) -> Result<StreamFile, ImageError> {
+        let fail = fault("fail-write", name);
         if let Some(s) = &self.sink {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let dst = self.dir.join(name);
-            sink_lock(s).begin(id, name).map_err(io_err(&dst))?;
+            sink_lock(s).begin(id, name).map_err(write_err("send", &dst))?;
             return Ok(StreamFile {
                 name: name.to_string(),
                 tmp: dst.clone(),
@@ -246,6 +365,7 @@ impl ImageWriter {
                 len: 0,
                 reserved: 0,
                 done: false,
+                fail,
             });
         }
         let (tmp, dst, file, reserved) = match self.reserved.remove(name) {
@@ -265,10 +385,12 @@ impl ImageWriter {
             len: 0,
             reserved,
             done: false,
+            fail,
         })
     }
 
-    /// Flush, fsync and rename a streamed file into place, recording its digest.
+    /// Flush and fsync a streamed file, recording its digest (it moves into place at the
+    /// commit).
     pub fn finish_stream(&mut self, mut f: StreamFile) -> Result<(), ImageError> {
         let crc32 = f.hasher.clone().finalize();
         if let Some(file) = &f.file {
@@ -277,41 +399,125 @@ impl ImageWriter {
                 // would only waste space).
                 let _ = ferry_sys::pagebuf::release(std::os::fd::AsFd::as_fd(file), f.len, f.reserved - f.len);
             }
-            file.sync_all().map_err(io_err(&f.tmp))?;
-            fs::rename(&f.tmp, &f.dst).map_err(io_err(&f.dst))?;
+            file.sync_all().map_err(write_err("write", &f.dst))?;
             f.done = true;
         } else if let Some((s, id)) = &f.sink {
-            sink_lock(s).end(*id, f.len, crc32).map_err(io_err(&f.dst))?;
+            sink_lock(s).end(*id, f.len, crc32).map_err(write_err("send", &f.dst))?;
         }
         self.files.push(FileDigest { name: std::mem::take(&mut f.name), size: f.len, crc32 });
         Ok(())
     }
 
-    /// Write the inventory last, making the image complete.
-    pub fn commit(mut self, mut inventory: Inventory) -> Result<(), ImageError> {
+    /// Write the inventory, then replace whatever image the directory held with this one (see
+    /// the module doc), making it complete. The older image's files go when the returned
+    /// [`Replaced`] is dropped.
+    pub fn commit(mut self, mut inventory: Inventory) -> Result<Replaced, ImageError> {
         inventory.format_version = crate::FORMAT_VERSION;
         inventory.files = std::mem::take(&mut self.files);
         let bytes = encode_record(RecordKind::Inventory, &inventory);
         if let Some(s) = &self.sink {
-            return sink_lock(s).commit(&bytes).map_err(io_err(&self.dir.join(INVENTORY)));
+            sink_lock(s).commit(&bytes).map_err(write_err("send", &self.dir.join(INVENTORY)))?;
+            return Ok(Replaced(None));
         }
-        let (tmp, dst, mut file) = self.open_tmp(INVENTORY)?;
-        file.write_all(&bytes).map_err(io_err(&tmp))?;
-        file.sync_all().map_err(io_err(&tmp))?;
-        fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err(&self.dir))?;
-        Ok(())
+        let (_, dst, mut file) = self.open_tmp(INVENTORY)?;
+        if fault("fail-write", INVENTORY) {
+            return Err(write_err("write", &dst)(injected_full()));
+        }
+        file.write_all(&bytes).map_err(write_err("write", &dst))?;
+        file.sync_all().map_err(write_err("write", &dst))?;
+        drop(file);
+        let mut names: Vec<&str> = inventory.files.iter().map(|f| f.name.as_str()).collect();
+        names.push(INVENTORY);
+        let aside = self.swap_in(&names)?;
+        self.committed = true;
+        let _ = fs::remove_dir(&self.staging); // (empty now)
+        Ok(Replaced(aside))
+    }
+
+    /// The files of the image `dir` holds now (or of what is left of one): the files its
+    /// inventory lists, and any other file named like an image file; the inventory first.
+    fn older_files(&self) -> Vec<String> {
+        let listed: Vec<String> = fs::read(self.dir.join(INVENTORY))
+            .ok()
+            .and_then(|b| decode_record::<Inventory>(INVENTORY, RecordKind::Inventory, &b).ok())
+            .map(|inv| inv.files.into_iter().map(|f| f.name).collect())
+            .unwrap_or_default();
+        let Ok(entries) = fs::read_dir(&self.dir) else { return Vec::new() };
+        let mut old: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.') && (is_image_file_name(n) || (n.ends_with(".img") && listed.contains(n))))
+            .collect();
+        old.sort_by_key(|n| (n.as_str() != INVENTORY, n.clone()));
+        old
+    }
+
+    /// Move the older image's files aside (its inventory first), the staged `names` in (the
+    /// inventory last) and fsync the directory; returns where the older files are, if any. On a
+    /// failure, every move made is undone in reverse order, so `dir` holds the older image as it
+    /// was.
+    fn swap_in(&self, names: &[&str]) -> Result<Option<PathBuf>, ImageError> {
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))
+            .map_err(write_err("set the mode of", &self.dir))?;
+        let old = self.older_files();
+        let aside = self.dir.join(format!("{ASIDE}{}", std::process::id()));
+        let mut moved: Vec<(PathBuf, PathBuf)> = Vec::new();
+        let r = (|| -> Result<(), ImageError> {
+            if !old.is_empty() {
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&aside)
+                    .map_err(write_err("move aside the older image in", &self.dir))?;
+            }
+            for n in &old {
+                let (from, to) = (self.dir.join(n), aside.join(n));
+                fs::rename(&from, &to).map_err(write_err("move aside", &from))?;
+                moved.push((from, to));
+            }
+            for n in names {
+                let (from, to) = (self.staging.join(n), self.dir.join(n));
+                if fault("fail-move", n) {
+                    return Err(write_err("move into place", &to)(io::Error::other("injected by FERRY_FAULT")));
+                }
+                fs::rename(&from, &to).map_err(write_err("move into place", &to))?;
+                moved.push((from, to));
+            }
+            File::open(&self.dir).and_then(|d| d.sync_all()).map_err(write_err("write", &self.dir))
+        })();
+        if let Err(e) = r {
+            for (from, to) in moved.iter().rev() {
+                let _ = fs::rename(to, from);
+            }
+            let _ = fs::remove_dir(&aside);
+            let _ = File::open(&self.dir).and_then(|d| d.sync_all());
+            return Err(e);
+        }
+        Ok((!old.is_empty()).then_some(aside))
     }
 }
 
 impl Drop for ImageWriter {
-    /// Reservations never streamed (the dump failed, or the process had fewer pages).
+    /// An image never committed (the dump failed): everything it created goes — the staging
+    /// directory with the reservations and files in it, and the image directory if it made it
+    /// and nothing else is in it.
     fn drop(&mut self) {
-        for (_, (tmp, _, _)) in self.reserved.drain() {
-            let _ = fs::remove_file(tmp);
+        self.reserved.clear();
+        if self.committed || self.sink.is_some() {
+            return;
+        }
+        if self.staging_made {
+            let _ = fs::remove_dir_all(&self.staging);
+        }
+        if self.dir_made {
+            let _ = fs::remove_dir(&self.dir);
         }
     }
 }
+
+#[cfg(test)]
+#[path = "dir_writer_tests.rs"]
+mod writer_tests;
 
 /// Reads a complete image, verifying every file before anything is handed out.
 #[derive(Clone)]

@@ -60,6 +60,15 @@ pub enum ImageError {
         #[source]
         source: std::io::Error,
     },
+    /// A step of writing an image failed; `file` is the file's name in the image directory
+    /// (never the hidden name it is written under until the commit).
+    #[error("cannot {action} {file}")]
+    Write {
+        action: &'static str,
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{file}: not a ferry image file (bad magic)")]
     BadMagic { file: String },
     #[error(

@@ -5,7 +5,8 @@
 //! `control::` test runs the same workload without ferry, so a broken workload is told apart from
 //! a broken ferry. Names: `control::*`, `cycle::*` (dump, kill, restore, verify), `options::*`
 //! (-R, -d, pidfile, image files), `errors::*` (what must fail, and fail cleanly), `faults::*`
-//! (ferry killed mid-dump), `big::*` (1 GiB, python3).
+//! (ferry killed mid-dump), `cleanup::*` (a failed dump leaves nothing and an older image
+//! intact), `big::*` (1 GiB, python3).
 //!
 //! `FERRY_E2E_VERBOSE=1` passes -v to ferry; `FERRY_E2E_KEEP=1` keeps the work dirs (failed tests
 //! always keep theirs and print the path).
@@ -623,6 +624,7 @@ mod big {
 }
 
 mod cgroup;
+mod cleanup;
 mod cow;
 mod inet;
 mod migrate;

@@ -270,7 +270,8 @@ pub fn dump_pages(
 ) -> Result<u64, Error> {
     let name = ferry_image::pages_file(image_pid);
     let out = img.stream(&name)?;
-    let werr = |e: std::io::Error| Error::Sys { object: format!("cannot write {name}"), source: e };
+    let path = out.path().display().to_string();
+    let werr = |e: std::io::Error| Error::Sys { object: format!("cannot write {path}"), source: e };
     let mut out = PageSink::new(out, page_compression()).map_err(werr)?;
     let pagemap = procfs::open(pid, "pagemap")?;
     let mem = procfs::open(pid, "mem")?;
