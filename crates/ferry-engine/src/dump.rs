@@ -32,6 +32,8 @@ pub struct DumpOptions {
     pub tcp_established: bool,
     /// The tree was started from a terminal outside it (`--shell-job`): record, not refuse.
     pub shell_job: bool,
+    /// `--sign`: sign the image with this node key (`signature.img`).
+    pub sign: Option<ferry_image::sign::SigningKey>,
 }
 
 /// Figures about a finished dump.
@@ -434,6 +436,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     // The directory is prepared now (for the reservations) but an older image in it is only
     // invalidated once the tree is frozen: a refused dump leaves it as it was.
     let mut img = ImageWriter::prepare(&opts.dir)?;
+    if let Some(key) = &opts.sign {
+        img.sign_with(key.clone());
+    }
     reserve_pages(&mut img, opts.pid)?;
     dump_with(
         opts,

@@ -6,7 +6,11 @@
 //! complete-looking half image. Files are created mode 0600 and the directory 0700: images
 //! hold process memory, which means secrets.
 
-use crate::{decode_record, encode_record, FileDigest, ImageError, Inventory, Process, RecordKind, INVENTORY};
+use crate::sign::SigningKey;
+use crate::{
+    decode_record, encode_record, FileDigest, ImageError, ImageSignature, Inventory, Process, RecordKind, INVENTORY,
+    SIGNATURE,
+};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -44,6 +48,8 @@ pub struct ImageWriter {
     /// Files whose blocks were allocated ahead ([`ImageWriter::reserve`]): name → (temporary
     /// path, file, bytes allocated).
     reserved: std::collections::HashMap<String, (PathBuf, File, u64)>,
+    /// Sign the image with this key at commit (`dump --sign`; directories only).
+    signer: Option<SigningKey>,
 }
 
 /// A file being streamed into the image (page data), checksummed as it is written.
@@ -54,6 +60,8 @@ pub struct StreamFile {
     file: Option<File>,
     sink: Option<(SharedSink, u32)>,
     hasher: crc32fast::Hasher,
+    /// The file's BLAKE3 digest, fed every byte in order on the writing thread.
+    b3: blake3::Hasher,
     len: u64,
     /// Bytes of blocks allocated ahead of the writes (0: none).
     reserved: u64,
@@ -80,12 +88,14 @@ impl StreamFile {
             (None, None) => return Err(io::Error::other("stream already finished")),
         }
         self.hasher.update(buf);
+        self.b3.update(buf);
         self.len += buf.len() as u64;
         Ok(())
     }
 
     /// Append `bufs` in order, whose CRC-32 the caller already computed (`crc`, fed exactly
     /// these bytes in this order) — e.g. on another thread, while the bytes were in its cache.
+    /// (Their BLAKE3 digest is computed here: it cannot be split between threads and combined.)
     pub fn write_all_prehashed(&mut self, bufs: &[&[u8]], crc: &crc32fast::Hasher) -> io::Result<()> {
         for buf in bufs {
             match (&mut self.file, &self.sink) {
@@ -93,6 +103,7 @@ impl StreamFile {
                 (None, Some((s, id))) => sink_lock(s).data(*id, buf)?,
                 (None, None) => return Err(io::Error::other("stream already finished")),
             }
+            self.b3.update(buf);
             self.len += buf.len() as u64;
         }
         self.hasher.combine(crc);
@@ -167,6 +178,7 @@ impl ImageWriter {
             sink: None,
             next_id: AtomicU32::new(0),
             reserved: Default::default(),
+            signer: None,
         })
     }
 
@@ -178,7 +190,14 @@ impl ImageWriter {
             sink: Some(sink),
             next_id: AtomicU32::new(0),
             reserved: Default::default(),
+            signer: None,
         }
+    }
+
+    /// Sign the image with `key` when it is committed (`signature.img`; a directory only: a
+    /// migration stream is authenticated by its channel).
+    pub fn sign_with(&mut self, key: SigningKey) {
+        self.signer = Some(key);
     }
 
     /// Whether a file of this name was already written to the image.
@@ -243,6 +262,7 @@ impl ImageWriter {
                 file: None,
                 sink: Some((s.clone(), id)),
                 hasher: crc32fast::Hasher::new(),
+                b3: blake3::Hasher::new(),
                 len: 0,
                 reserved: 0,
                 done: false,
@@ -262,6 +282,7 @@ impl ImageWriter {
             file: Some(file),
             sink: None,
             hasher: crc32fast::Hasher::new(),
+            b3: blake3::Hasher::new(),
             len: 0,
             reserved,
             done: false,
@@ -283,7 +304,8 @@ impl ImageWriter {
         } else if let Some((s, id)) = &f.sink {
             sink_lock(s).end(*id, f.len, crc32).map_err(io_err(&f.dst))?;
         }
-        self.files.push(FileDigest { name: std::mem::take(&mut f.name), size: f.len, crc32 });
+        let blake3 = f.b3.finalize().as_bytes().to_vec();
+        self.files.push(FileDigest { name: std::mem::take(&mut f.name), size: f.len, crc32, blake3 });
         Ok(())
     }
 
@@ -294,6 +316,32 @@ impl ImageWriter {
         let bytes = encode_record(RecordKind::Inventory, &inventory);
         if let Some(s) = &self.sink {
             return sink_lock(s).commit(&bytes).map_err(io_err(&self.dir.join(INVENTORY)));
+        }
+        // The signature goes in before the inventory, which makes the image complete; without a
+        // signer, one left by an older image goes (it could only fail to verify).
+        match &self.signer {
+            Some(key) => {
+                let digest = *blake3::hash(&bytes).as_bytes();
+                let sig = key.sign(&crate::sign::signed_message(&digest)).map_err(|e| ImageError::Io {
+                    file: self.dir.join(SIGNATURE).display().to_string(),
+                    source: io::Error::other(format!("no random bytes to sign with: {e}")),
+                })?;
+                let rec = ImageSignature {
+                    scheme: crate::sign::SCHEME.into(),
+                    public_key: key.public().to_vec(),
+                    digest: digest.to_vec(),
+                    signature: sig.to_vec(),
+                };
+                let (tmp, dst, mut file) = self.open_tmp(SIGNATURE)?;
+                file.write_all(&encode_record(RecordKind::Signature, &rec)).map_err(io_err(&tmp))?;
+                file.sync_all().map_err(io_err(&tmp))?;
+                fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
+            }
+            None => match fs::remove_file(self.dir.join(SIGNATURE)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&self.dir.join(SIGNATURE))(e)),
+            },
         }
         let (tmp, dst, mut file) = self.open_tmp(INVENTORY)?;
         file.write_all(&bytes).map_err(io_err(&tmp))?;
@@ -313,37 +361,88 @@ impl Drop for ImageWriter {
     }
 }
 
+/// Open a file of an image for reading, refusing anything but a regular file: a FIFO would
+/// block `open` (or `read`) forever, a device could be read without end or with side effects,
+/// and a symbolic link could point anywhere. The open itself cannot block (`O_NONBLOCK`, which
+/// is cleared again once the file is known to be regular; `O_NOFOLLOW`; `O_NOCTTY`).
+pub fn open_regular(path: &Path) -> Result<File, ImageError> {
+    let file = path.display().to_string();
+    let f = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(ImageError::NotRegular { file, what: "a symbolic link" })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ImageError::Missing { file }),
+        Err(e) => return Err(ImageError::Io { file, source: e }),
+    };
+    let t = f.metadata().map_err(io_err(path))?.file_type();
+    if !t.is_file() {
+        use std::os::unix::fs::FileTypeExt;
+        let what = if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_socket() {
+            "a socket"
+        } else if t.is_char_device() {
+            "a character device"
+        } else if t.is_block_device() {
+            "a block device"
+        } else if t.is_dir() {
+            "a directory"
+        } else {
+            "something else"
+        };
+        return Err(ImageError::NotRegular { file, what });
+    }
+    ferry_sys::process::set_status_flags(std::os::fd::AsFd::as_fd(&f), 0).map_err(io_err(path))?;
+    Ok(f)
+}
+
 /// Reads a complete image, verifying every file before anything is handed out.
 #[derive(Clone)]
 pub struct ImageReader {
     dir: PathBuf,
     inventory: Inventory,
+    /// BLAKE3 of the whole `inventory.img`: the image digest.
+    digest: [u8; 32],
 }
 
 impl ImageReader {
     /// Open `dir` and check the inventory's magic, version and checksum.
     pub fn open(dir: &Path) -> Result<ImageReader, ImageError> {
         let inv_path = dir.join(INVENTORY);
-        let bytes = match fs::read(&inv_path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+        let mut f = match open_regular(&inv_path) {
+            Ok(f) => f,
+            Err(ImageError::Missing { .. }) => {
                 if dir.is_dir() {
                     return Err(ImageError::Incomplete { dir: dir.display().to_string() });
                 }
-                return Err(io_err(dir)(e));
+                return Err(io_err(dir)(io::Error::from(io::ErrorKind::NotFound)));
             }
-            Err(e) => return Err(io_err(&inv_path)(e)),
+            Err(e) => return Err(e),
         };
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes).map_err(io_err(&inv_path))?;
         let inventory: Inventory = decode_record(&inv_path.display().to_string(), RecordKind::Inventory, &bytes)?;
         for f in &inventory.files {
-            if f.name.contains('/') || f.name.starts_with('.') || f.name.is_empty() {
+            if f.name.contains('/') || f.name.starts_with('.') || f.name.is_empty() || f.name == SIGNATURE {
                 return Err(ImageError::Invalid {
                     file: inv_path.display().to_string(),
                     what: format!("bad file name {:?}", f.name),
                 });
             }
+            if !f.blake3.is_empty() && f.blake3.len() != 32 {
+                return Err(ImageError::Invalid {
+                    file: inv_path.display().to_string(),
+                    what: format!("{}: BLAKE3 digest of {} bytes", f.name, f.blake3.len()),
+                });
+            }
         }
-        Ok(ImageReader { dir: dir.to_path_buf(), inventory })
+        let digest = *blake3::hash(&bytes).as_bytes();
+        Ok(ImageReader { dir: dir.to_path_buf(), inventory, digest })
     }
 
     /// The inventory.
@@ -351,9 +450,88 @@ impl ImageReader {
         &self.inventory
     }
 
+    /// The image digest: the BLAKE3 hash of the whole `inventory.img`, which lists every other
+    /// file with its size and BLAKE3 digest (so it covers the image, once every file is
+    /// verified). This is what a signature signs.
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
+
     /// Path of a file of the image.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    /// The signature record (`signature.img`), if the image has one.
+    pub fn signature(&self) -> Result<Option<ImageSignature>, ImageError> {
+        let path = self.dir.join(SIGNATURE);
+        let mut f = match open_regular(&path) {
+            Ok(f) => f,
+            Err(ImageError::Missing { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let len = f.metadata().map_err(io_err(&path))?.len();
+        if len > 4096 {
+            return Err(ImageError::TooLarge { file: path.display().to_string(), len });
+        }
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes).map_err(io_err(&path))?;
+        decode_record(&path.display().to_string(), RecordKind::Signature, &bytes).map(Some)
+    }
+
+    /// Check that the image is signed by one of the `trusted` X25519 public keys (a node's
+    /// `trusted` list), and that every file it lists carries a BLAKE3 digest (which
+    /// [`ImageReader::verify_where`] then checks). Returns the signer's key.
+    pub fn verify_signature(&self, trusted: &[[u8; 32]]) -> Result<[u8; 32], ImageError> {
+        let path = self.dir.join(SIGNATURE).display().to_string();
+        let sig = self.signature()?.ok_or_else(|| ImageError::Unsigned { dir: self.dir.display().to_string() })?;
+        let (Ok(key), Ok(bytes)) =
+            (<[u8; 32]>::try_from(sig.public_key.as_slice()), <[u8; 64]>::try_from(sig.signature.as_slice()))
+        else {
+            return Err(ImageError::Invalid { file: path, what: "malformed key or signature".into() });
+        };
+        if sig.scheme != crate::sign::SCHEME {
+            return Err(ImageError::Invalid { file: path, what: format!("unknown signature scheme {:?}", sig.scheme) });
+        }
+        if !trusted.contains(&key) {
+            return Err(ImageError::Untrusted { file: path, key: crate::hex::hex(&key) });
+        }
+        if !crate::sign::verify(&key, &crate::sign::signed_message(&self.digest), &bytes) {
+            return Err(ImageError::BadSignature { file: path });
+        }
+        if let Some(f) = self.inventory.files.iter().find(|f| f.blake3.is_empty()) {
+            return Err(ImageError::Invalid {
+                file: self.dir.join(INVENTORY).display().to_string(),
+                what: format!("{} has no BLAKE3 digest: the signature does not cover it", f.name),
+            });
+        }
+        Ok(key)
+    }
+
+    /// Open a file listed in the inventory: a regular file of the listed size.
+    pub fn open_file(&self, name: &str) -> Result<File, ImageError> {
+        let path = self.dir.join(name);
+        let pname = path.display().to_string();
+        let d = self
+            .inventory
+            .files
+            .iter()
+            .find(|d| d.name == name)
+            .ok_or_else(|| ImageError::Missing { file: pname.clone() })?;
+        let f = open_regular(&path)?;
+        let size = f.metadata().map_err(io_err(&path))?.len();
+        if size != d.size {
+            return Err(ImageError::Truncated { file: pname, expected: d.size, found: size });
+        }
+        Ok(f)
+    }
+
+    /// Check every listed file is a regular file of the listed size (without reading it).
+    pub fn check_sizes(&self) -> Result<(), ImageError> {
+        for d in &self.inventory.files {
+            self.open_file(&d.name)?;
+        }
+        Ok(())
     }
 
     /// Check every listed file's size and checksum (reads all page data once).
@@ -361,8 +539,9 @@ impl ImageReader {
         self.verify_where(|_| true)
     }
 
-    /// Check the size and checksum of every listed file for which `which(name)` is true (restore
-    /// checks the small record files first and the page files on another core meanwhile).
+    /// Check the size, CRC-32 and BLAKE3 digest (when the inventory has one) of every listed
+    /// file for which `which(name)` is true (restore checks the small record files first and
+    /// the page files on another core meanwhile), in one read of each.
     pub fn verify_where(&self, which: impl Fn(&str) -> bool) -> Result<(), ImageError> {
         // Read into a page-aligned part of the buffer: the kernel's copy into a destination
         // 16 bytes off a page boundary (as malloc returns large blocks) was measured 3.5 times
@@ -373,47 +552,50 @@ impl ImageReader {
         for d in self.inventory.files.iter().filter(|d| which(&d.name)) {
             let path = self.dir.join(&d.name);
             let name = path.display().to_string();
-            let mut f = match File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ImageError::Missing { file: name }),
-                Err(e) => return Err(io_err(&path)(e)),
-            };
-            let size = f.metadata().map_err(io_err(&path))?.len();
-            if size != d.size {
-                return Err(ImageError::Truncated { file: name, expected: d.size, found: size });
-            }
+            let mut f = self.open_file(&d.name)?;
             let mut h = crc32fast::Hasher::new();
+            let mut b3 = blake3::Hasher::new();
+            let mut len = 0u64;
             loop {
                 let n = f.read(buf).map_err(io_err(&path))?;
                 if n == 0 {
                     break;
                 }
                 h.update(&buf[..n]);
+                if !d.blake3.is_empty() {
+                    b3.update(&buf[..n]);
+                }
+                len += n as u64;
             }
-            if h.finalize() != d.crc32 {
-                return Err(ImageError::Checksum { file: name });
+            if len != d.size {
+                return Err(ImageError::Truncated { file: name, expected: d.size, found: len });
             }
+            check_digests(d, &name, h.finalize(), &b3)?;
         }
         Ok(())
     }
 
-    /// Read a whole (small) file listed in the inventory, checking its digest.
+    /// Read a whole (small) file listed in the inventory, checking its digests.
     pub fn read_file(&self, name: &str) -> Result<Vec<u8>, ImageError> {
         let path = self.dir.join(name);
         let pname = path.display().to_string();
+        let mut f = self.open_file(name)?;
         let d = self
             .inventory
             .files
             .iter()
             .find(|d| d.name == name)
             .ok_or_else(|| ImageError::Missing { file: pname.clone() })?;
-        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        let mut bytes = Vec::with_capacity(d.size.min(MAX_PREALLOC) as usize);
+        (&mut f).take(d.size + 1).read_to_end(&mut bytes).map_err(io_err(&path))?;
         if bytes.len() as u64 != d.size {
             return Err(ImageError::Truncated { file: pname, expected: d.size, found: bytes.len() as u64 });
         }
-        if crc32fast::hash(&bytes) != d.crc32 {
-            return Err(ImageError::Checksum { file: pname });
+        let mut b3 = blake3::Hasher::new();
+        if !d.blake3.is_empty() {
+            b3.update(&bytes);
         }
+        check_digests(d, &pname, crc32fast::hash(&bytes), &b3)?;
         Ok(bytes)
     }
 
@@ -428,4 +610,19 @@ impl ImageReader {
     pub fn file_size(&self, name: &str) -> Option<u64> {
         self.inventory.files.iter().find(|d| d.name == name).map(|d| d.size)
     }
+}
+
+/// Most memory reserved ahead for a file read whole (its size comes from the inventory).
+const MAX_PREALLOC: u64 = 64 << 20;
+
+/// Compare a file's digests with the inventory's: the BLAKE3 digest first (when there is one:
+/// it is what a tampered file with a fixed-up CRC fails), then the CRC-32.
+fn check_digests(d: &FileDigest, name: &str, crc32: u32, b3: &blake3::Hasher) -> Result<(), ImageError> {
+    if !d.blake3.is_empty() && b3.finalize().as_bytes()[..] != d.blake3[..] {
+        return Err(ImageError::Digest { file: name.to_string() });
+    }
+    if crc32 != d.crc32 {
+        return Err(ImageError::Checksum { file: name.to_string() });
+    }
+    Ok(())
 }

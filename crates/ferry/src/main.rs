@@ -50,6 +50,10 @@ enum Cmd {
         /// disks and networks slower than the CPU. Restore decompresses it first.
         #[arg(long, value_name = "LEVEL", num_args = 0..=1, default_missing_value = "3", require_equals = true)]
         compress: Option<i32>,
+        /// Sign the image with this node's key (a `ferry keygen` directory): `restore --verify`
+        /// on any node that trusts the key then refuses the image if anything in it changed.
+        #[arg(long, value_name = "KEYDIR")]
+        sign: Option<PathBuf>,
     },
     /// Recreate a process from an image, with its old PID.
     Restore {
@@ -66,6 +70,10 @@ enum Cmd {
         /// session, uses ferry's fds 0-2 and becomes the foreground job if it was one.
         #[arg(short = 'j', long = "shell-job")]
         shell_job: bool,
+        /// Restore only an image signed by a key in this directory's `trusted` list (a `ferry
+        /// keygen` directory), every file matching its signed digest.
+        #[arg(long, value_name = "KEYDIR")]
+        verify: Option<PathBuf>,
     },
     /// Start a job ready to be checkpointed: in a session of its own, or with --pidns in a new
     /// pid namespace under a minimal init, so that it can be restored on any host without pid
@@ -155,6 +163,10 @@ enum Cmd {
         /// Print the complete content as JSON.
         #[arg(long)]
         json: bool,
+        /// Also verify the signature against this directory's `trusted` list and every file's
+        /// digests (reads the whole image).
+        #[arg(long, value_name = "KEYDIR")]
+        verify: Option<PathBuf>,
     },
 }
 
@@ -191,7 +203,15 @@ fn run(cli: Cli) -> Result<i32> {
             println!("{}", if ok { "dump and restore can work here" } else { "dump and restore cannot work here" });
             Ok(if ok { 0 } else { 1 })
         }
-        Cmd::Dump { pid, dir, leave_running, tcp_close, tcp_established, shell_job, compress } => {
+        Cmd::Dump { pid, dir, leave_running, tcp_close, tcp_established, shell_job, compress, sign } => {
+            let sign = match sign {
+                Some(keys) => Some(
+                    migrate::channel::Auth::load(&keys)
+                        .and_then(|a| a.signing_key())
+                        .with_context(|| format!("cannot sign with the key in {}", keys.display()))?,
+                ),
+                None => None,
+            };
             ferry_engine::state::memory::set_page_compression(compress.unwrap_or(0).clamp(0, 22));
             let opts = ferry_engine::dump::DumpOptions {
                 pid,
@@ -200,6 +220,7 @@ fn run(cli: Cli) -> Result<i32> {
                 tcp_close,
                 tcp_established,
                 shell_job,
+                sign,
             };
             let r = ferry_engine::dump::dump(&opts).with_context(|| format!("dump of pid {pid} failed"))?;
             tracing::info!(
@@ -213,8 +234,16 @@ fn run(cli: Cli) -> Result<i32> {
             );
             Ok(0)
         }
-        Cmd::Restore { dir, detached, pidfile, shell_job } => {
-            let opts = ferry_engine::restore::RestoreOptions { dir: dir.clone(), pidfile, shell_job };
+        Cmd::Restore { dir, detached, pidfile, shell_job, verify } => {
+            let trusted = match verify {
+                Some(keys) => Some(
+                    migrate::channel::Auth::load(&keys)
+                        .with_context(|| format!("cannot read the trusted keys in {}", keys.display()))?
+                        .trusted_keys(),
+                ),
+                None => None,
+            };
+            let opts = ferry_engine::restore::RestoreOptions { dir: dir.clone(), pidfile, shell_job, trusted };
             let r = ferry_engine::restore::restore(&opts)
                 .with_context(|| format!("restore from {} failed", dir.display()))?;
             tracing::info!(
@@ -277,8 +306,16 @@ fn run(cli: Cli) -> Result<i32> {
             })?;
             Ok(0)
         }
-        Cmd::Inspect { dir, json } => {
-            inspect::run(&dir, json)?;
+        Cmd::Inspect { dir, json, verify } => {
+            let trusted = match verify {
+                Some(keys) => Some(
+                    migrate::channel::Auth::load(&keys)
+                        .with_context(|| format!("cannot read the trusted keys in {}", keys.display()))?
+                        .trusted_keys(),
+                ),
+                None => None,
+            };
+            inspect::run(&dir, json, trusted.as_deref())?;
             Ok(0)
         }
     }

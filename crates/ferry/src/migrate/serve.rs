@@ -142,6 +142,7 @@ struct PageStore {
     file: File,
     len: u64,
     hasher: crc32fast::Hasher,
+    b3: blake3::Hasher,
     index: HashMap<u64, u64>,
     path: PathBuf,
 }
@@ -150,7 +151,14 @@ impl PageStore {
     fn create(dir: &Path, host: u32) -> Result<PageStore> {
         let path = dir.join(format!(".precopy-{host}"));
         let file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
-        let mut st = PageStore { file, len: 0, hasher: crc32fast::Hasher::new(), index: HashMap::new(), path };
+        let mut st = PageStore {
+            file,
+            len: 0,
+            hasher: crc32fast::Hasher::new(),
+            b3: blake3::Hasher::new(),
+            index: HashMap::new(),
+            path,
+        };
         st.append(&ferry_image::pages_header())?;
         Ok(st)
     }
@@ -158,6 +166,7 @@ impl PageStore {
     fn append(&mut self, bytes: &[u8]) -> Result<()> {
         self.file.write_all(bytes).context("cannot write pre-copied pages (staging area full?)")?;
         self.hasher.update(bytes);
+        self.b3.update(bytes);
         self.len += bytes.len() as u64;
         Ok(())
     }
@@ -219,12 +228,12 @@ fn fill_kept(
     let rec = ferry_image::encode_record(ferry_image::RecordKind::Process, &p);
     fs::write(&ppath, &rec)?;
     let d = inv.files.iter_mut().find(|d| d.name == pf).with_context(|| format!("{pf} not in the inventory"))?;
-    (d.size, d.crc32) = (rec.len() as u64, crc32fast::hash(&rec));
-    let (size, crc) = (st.len, st.hasher.clone().finalize());
+    (d.size, d.crc32, d.blake3) = (rec.len() as u64, crc32fast::hash(&rec), blake3::hash(&rec).as_bytes().to_vec());
+    let (size, crc, b3) = (st.len, st.hasher.clone().finalize(), st.b3.finalize().as_bytes().to_vec());
     drop(st.file);
     fs::rename(&st.path, &pages_path)?;
     let d = inv.files.iter_mut().find(|d| d.name == pages_name).context("page file not in the inventory")?;
-    (d.size, d.crc32) = (size, crc);
+    (d.size, d.crc32, d.blake3) = (size, crc, b3);
     Ok(())
 }
 
@@ -268,7 +277,12 @@ fn handle(sock: TcpStream, auth: &Auth, limits: &Limits, dir: &Path) -> Result<O
     }
     let received = t0.elapsed();
     let t1 = Instant::now();
-    let opts = ferry_engine::restore::RestoreOptions { dir: dir.to_path_buf(), pidfile: None, shell_job: false };
+    let opts = ferry_engine::restore::RestoreOptions {
+        dir: dir.to_path_buf(),
+        pidfile: None,
+        shell_job: false,
+        trusted: None,
+    };
     let post_copy = m == mode::POST_COPY;
     ferry_engine::postcopy::accept_lazy(post_copy);
     let restored = ferry_engine::restore::restore(&opts);

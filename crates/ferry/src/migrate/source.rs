@@ -164,6 +164,7 @@ pub fn migrate(o: &MigrateOptions) -> Result<()> {
         tcp_close: o.tcp_close,
         tcp_established: o.tcp_established,
         shell_job: false,
+        sign: None,
     };
     let mut downtime = Duration::ZERO;
     let mut remote = (0i32, 0u32);
