@@ -626,3 +626,72 @@ fn check_digests(d: &FileDigest, name: &str, crc32: u32, b3: &blake3::Hasher) ->
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::sign::SigningKey;
+
+    fn tmpdir(label: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ferry-image-{label}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    fn write(dir: &Path, key: Option<SigningKey>) {
+        let mut w = ImageWriter::create(dir).unwrap();
+        if let Some(k) = key {
+            w.sign_with(k);
+        }
+        w.write_file("pages-1.img", &vec![7u8; 3 * 4096]).unwrap();
+        w.commit(Inventory { root_pid: 1, ..Default::default() }).unwrap();
+    }
+
+    #[test]
+    fn signed_image_verifies_and_tampering_is_caught() {
+        let dir = tmpdir("signed");
+        let key = SigningKey::from_bytes([9; 32]);
+        write(&dir, Some(key.clone()));
+        let r = ImageReader::open(&dir).unwrap();
+        assert_eq!(r.verify_signature(&[key.public()]).unwrap(), key.public());
+        r.verify_all().unwrap();
+        let other = SigningKey::from_bytes([10; 32]).public();
+        assert!(matches!(r.verify_signature(&[other]), Err(ImageError::Untrusted { .. })));
+        // One byte changed: the CRC fixed up is not enough.
+        let p = dir.join("pages-1.img");
+        let mut b = fs::read(&p).unwrap();
+        b[5000] ^= 1;
+        fs::write(&p, &b).unwrap();
+        let mut inv = r.inventory().clone();
+        inv.files[0].crc32 = crc32fast::hash(&b);
+        assert!(matches!(r.verify_all(), Err(ImageError::Digest { .. })));
+        // Digests fixed up too: the signature no longer matches the inventory.
+        inv.files[0].blake3 = blake3::hash(&b).as_bytes().to_vec();
+        fs::write(dir.join(INVENTORY), encode_record(RecordKind::Inventory, &inv)).unwrap();
+        let r = ImageReader::open(&dir).unwrap();
+        r.verify_all().unwrap();
+        assert!(matches!(r.verify_signature(&[key.public()]), Err(ImageError::BadSignature { .. })));
+        // Unsigned, written again into the same directory: the old signature goes.
+        write(&dir, None);
+        let r = ImageReader::open(&dir).unwrap();
+        assert!(matches!(r.verify_signature(&[key.public()]), Err(ImageError::Unsigned { .. })));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn non_regular_files_are_refused_without_blocking() {
+        let dir = tmpdir("fifo");
+        write(&dir, None);
+        let p = dir.join("pages-1.img");
+        fs::remove_file(&p).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &p).unwrap();
+        let r = ImageReader::open(&dir).unwrap();
+        assert!(matches!(r.verify_all(), Err(ImageError::NotRegular { what: "a symbolic link", .. })));
+        fs::remove_file(&p).unwrap();
+        assert!(std::process::Command::new("mkfifo").arg(&p).status().unwrap().success());
+        assert!(matches!(r.verify_all(), Err(ImageError::NotRegular { what: "a FIFO", .. })));
+        assert!(matches!(r.open_file("pages-1.img"), Err(ImageError::NotRegular { .. })));
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

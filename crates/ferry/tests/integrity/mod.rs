@@ -79,7 +79,9 @@ fn refused(run: &mut Run, label: &str, args: &[String], expect: &[&str]) {
 }
 
 fn restore_args(dir: &Path, extra: &[&str]) -> Vec<String> {
-    let mut a = vec!["restore".to_string(), "-D".to_string(), path_str(dir)];
+    // (-d: should the restore wrongly succeed, it returns at once instead of waiting for the
+    // workload)
+    let mut a = vec!["restore".to_string(), "-d".to_string(), "-D".to_string(), path_str(dir)];
     a.extend(extra.iter().map(|s| s.to_string()));
     a
 }
