@@ -60,8 +60,9 @@ pub struct StreamFile {
     file: Option<File>,
     sink: Option<(SharedSink, u32)>,
     hasher: crc32fast::Hasher,
-    /// The file's BLAKE3 digest, fed every byte in order on the writing thread.
-    b3: blake3::Hasher,
+    /// The file's BLAKE3 digest, fed every byte in order on the writing thread (boxed: its
+    /// state is ~2 KiB).
+    b3: Box<blake3::Hasher>,
     len: u64,
     /// Bytes of blocks allocated ahead of the writes (0: none).
     reserved: u64,
@@ -262,7 +263,7 @@ impl ImageWriter {
                 file: None,
                 sink: Some((s.clone(), id)),
                 hasher: crc32fast::Hasher::new(),
-                b3: blake3::Hasher::new(),
+                b3: Box::new(blake3::Hasher::new()),
                 len: 0,
                 reserved: 0,
                 done: false,
@@ -282,7 +283,7 @@ impl ImageWriter {
             file: Some(file),
             sink: None,
             hasher: crc32fast::Hasher::new(),
-            b3: blake3::Hasher::new(),
+            b3: Box::new(blake3::Hasher::new()),
             len: 0,
             reserved,
             done: false,
