@@ -37,6 +37,8 @@ pub struct DumpOptions {
     pub leave_stopped: bool,
     /// How long every thread of the tree may take to stop (`--timeout`, CRIU's default 10 s).
     pub freeze_timeout: Duration,
+    /// `--sign`: sign the image with this node key (`signature.img`).
+    pub sign: Option<ferry_image::sign::SigningKey>,
 }
 
 /// Figures about a finished dump.
@@ -510,6 +512,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     // only replaced when the new one is committed, and a dump that fails before leaves it as it
     // was, and nothing of its own (ImageWriter's Drop).
     let mut img = ImageWriter::prepare(&opts.dir)?;
+    if let Some(key) = &opts.sign {
+        img.sign_with(key.clone());
+    }
     reserve_pages(&mut img, opts.pid)?;
     dump_with(opts, move || Ok(img), |_| Ok(()))
 }

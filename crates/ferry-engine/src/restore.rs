@@ -42,6 +42,9 @@ pub struct RestoreOptions {
     /// Put every process back into the cgroups it was in (creating missing ones, without
     /// limits); false: leave them in ferry's (`--manage-cgroups=ignore`).
     pub cgroups: bool,
+    /// `--verify`: the image must be signed by one of these X25519 public keys (a node's
+    /// trusted list), and every file must match its signed BLAKE3 digest.
+    pub trusted: Option<Vec<[u8; 32]>>,
 }
 
 /// A restored, running process.
@@ -56,7 +59,7 @@ pub struct Restored {
 /// record's header. Returns the reader and the process records, root first, parents before
 /// their children.
 pub fn open_verified(dir: &Path) -> Result<(ImageReader, Vec<Process>), Error> {
-    let (img, procs) = open_verified_but_pages(dir)?;
+    let (img, procs) = open_verified_but_pages(dir, None)?;
     img.verify_where(is_pages_file)?;
     Ok((img, procs))
 }
@@ -66,21 +69,17 @@ fn is_pages_file(name: &str) -> bool {
 }
 
 /// [`open_verified`], except the page files' checksums, which restore checks on another core
-/// while it rebuilds the tree (and before it lets any process run).
-fn open_verified_but_pages(dir: &Path) -> Result<(ImageReader, Vec<Process>), Error> {
+/// while it rebuilds the tree (and before it lets any process run). With `trusted`, the
+/// image's signature is checked first, before any other file is opened.
+fn open_verified_but_pages(dir: &Path, trusted: Option<&[[u8; 32]]>) -> Result<(ImageReader, Vec<Process>), Error> {
     let img = ImageReader::open(dir)?;
+    if let Some(keys) = trusted {
+        let key = img.verify_signature(keys)?;
+        tracing::info!(key = %ferry_image::hex::hex(&key), "image signed by a trusted key");
+    }
     img.verify_where(|n| !is_pages_file(n))?;
     for d in img.inventory().files.iter().filter(|d| is_pages_file(&d.name)) {
-        let path = img.path(&d.name);
-        let size = std::fs::metadata(&path).ctx(|| format!("cannot stat {}", path.display()))?.len();
-        if size != d.size {
-            return Err(ferry_image::ImageError::Truncated {
-                file: path.display().to_string(),
-                expected: d.size,
-                found: size,
-            }
-            .into());
-        }
+        img.open_file(&d.name)?; // a regular file of the right size (not read yet)
     }
     let mut procs = Vec::new();
     for &pid in &img.inventory().pids {
@@ -94,8 +93,7 @@ fn open_verified_but_pages(dir: &Path) -> Result<(ImageReader, Vec<Process>), Er
         }
         let pages = ferry_image::pages_file(pid);
         let mut head = vec![0u8; PAGE_SIZE as usize];
-        let mut f =
-            std::fs::File::open(img.path(&pages)).ctx(|| format!("cannot open {}", img.path(&pages).display()))?;
+        let mut f = img.open_file(&pages)?;
         let n = f.read(&mut head).ctx(|| format!("cannot read {}", img.path(&pages).display()))?;
         ferry_image::check_pages_header(&img.path(&pages).display().to_string(), &head[..n])?;
         if p.threads.first().map(|t| t.tid) != Some(p.pid) || p.pid != pid {
@@ -480,7 +478,7 @@ fn rebuild(
 /// Restore the image in `opts.dir`. The tree runs when this returns; ferry is the root's parent.
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     let t0 = Instant::now();
-    let (img, procs) = open_verified_but_pages(&opts.dir)?;
+    let (img, procs) = open_verified_but_pages(&opts.dir, opts.trusted.as_deref())?;
     let verify = t0.elapsed();
     let root = procs[0].pid;
     let _span = tracing::info_span!("restore", pid = root).entered();

@@ -16,7 +16,11 @@
 //! directory. Files are created mode 0600 and the directory 0700: images hold process memory,
 //! which means secrets.
 
-use crate::{decode_record, encode_record, FileDigest, ImageError, Inventory, Process, RecordKind, INVENTORY};
+use crate::sign::SigningKey;
+use crate::{
+    decode_record, encode_record, FileDigest, ImageError, ImageSignature, Inventory, Process, RecordKind, INVENTORY,
+    SIGNATURE,
+};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -58,7 +62,7 @@ const ASIDE: &str = ".ferry-old-";
 /// kind ferry writes): the files of an older image that a new one replaces, with those its
 /// inventory lists. (A new kind of file belongs here too.)
 pub fn is_image_file_name(name: &str) -> bool {
-    if name == INVENTORY {
+    if name == INVENTORY || name == SIGNATURE {
         return true;
     }
     let Some(stem) = name.strip_suffix(".img") else { return false };
@@ -113,6 +117,8 @@ pub struct ImageWriter {
     /// `dir`, locked (`flock`) for the writer's life; `None` for a sink.
     _lock: Option<File>,
     committed: bool,
+    /// Sign the image with this key at commit (`dump --sign`; directories only).
+    signer: Option<SigningKey>,
 }
 
 /// A file being streamed into the image (page data), checksummed as it is written.
@@ -123,6 +129,9 @@ pub struct StreamFile {
     file: Option<File>,
     sink: Option<(SharedSink, u32)>,
     hasher: crc32fast::Hasher,
+    /// The file's BLAKE3 digest, fed every byte in order on the writing thread (boxed: its
+    /// state is ~2 KiB).
+    b3: Box<blake3::Hasher>,
     len: u64,
     /// Bytes of blocks allocated ahead of the writes (0: none).
     reserved: u64,
@@ -158,15 +167,18 @@ impl StreamFile {
     pub fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         self.put(buf)?;
         self.hasher.update(buf);
+        self.b3.update(buf);
         self.len += buf.len() as u64;
         Ok(())
     }
 
     /// Append `bufs` in order, whose CRC-32 the caller already computed (`crc`, fed exactly
     /// these bytes in this order) — e.g. on another thread, while the bytes were in its cache.
+    /// (Their BLAKE3 digest is computed here: it cannot be split between threads and combined.)
     pub fn write_all_prehashed(&mut self, bufs: &[&[u8]], crc: &crc32fast::Hasher) -> io::Result<()> {
         for buf in bufs {
             self.put(buf)?;
+            self.b3.update(buf);
             self.len += buf.len() as u64;
         }
         self.hasher.combine(crc);
@@ -234,6 +246,7 @@ impl ImageWriter {
             dir_made,
             _lock: None,
             committed: false,
+            signer: None,
         };
         let lock = File::open(dir).map_err(write_err("open", dir))?;
         let locked = match lock.try_lock() {
@@ -290,7 +303,14 @@ impl ImageWriter {
             dir_made: false,
             _lock: None,
             committed: false,
+            signer: None,
         }
+    }
+
+    /// Sign the image with `key` when it is committed (`signature.img`; a directory only: a
+    /// migration stream is authenticated by its channel).
+    pub fn sign_with(&mut self, key: SigningKey) {
+        self.signer = Some(key);
     }
 
     /// Whether a file of this name was already written to the image.
@@ -362,6 +382,7 @@ impl ImageWriter {
                 file: None,
                 sink: Some((s.clone(), id)),
                 hasher: crc32fast::Hasher::new(),
+                b3: Box::new(blake3::Hasher::new()),
                 len: 0,
                 reserved: 0,
                 done: false,
@@ -382,6 +403,7 @@ impl ImageWriter {
             file: Some(file),
             sink: None,
             hasher: crc32fast::Hasher::new(),
+            b3: Box::new(blake3::Hasher::new()),
             len: 0,
             reserved,
             done: false,
@@ -404,7 +426,8 @@ impl ImageWriter {
         } else if let Some((s, id)) = &f.sink {
             sink_lock(s).end(*id, f.len, crc32).map_err(write_err("send", &f.dst))?;
         }
-        self.files.push(FileDigest { name: std::mem::take(&mut f.name), size: f.len, crc32 });
+        let blake3 = f.b3.finalize().as_bytes().to_vec();
+        self.files.push(FileDigest { name: std::mem::take(&mut f.name), size: f.len, crc32, blake3 });
         Ok(())
     }
 
@@ -427,6 +450,25 @@ impl ImageWriter {
         file.sync_all().map_err(write_err("write", &dst))?;
         drop(file);
         let mut names: Vec<&str> = inventory.files.iter().map(|f| f.name.as_str()).collect();
+        // The signature goes in before the inventory, which makes the image complete. (Without
+        // a signer, one left by an older image goes aside with the rest of it.)
+        if let Some(key) = &self.signer {
+            let digest = *blake3::hash(&bytes).as_bytes();
+            let sig_path = self.dir.join(SIGNATURE);
+            let sig = key
+                .sign(&crate::sign::signed_message(&digest))
+                .map_err(|e| write_err("sign", &sig_path)(io::Error::other(format!("no random bytes: {e}"))))?;
+            let rec = ImageSignature {
+                scheme: crate::sign::SCHEME.into(),
+                public_key: key.public().to_vec(),
+                digest: digest.to_vec(),
+                signature: sig.to_vec(),
+            };
+            let (_, sdst, mut sfile) = self.open_tmp(SIGNATURE)?;
+            sfile.write_all(&encode_record(RecordKind::Signature, &rec)).map_err(write_err("write", &sdst))?;
+            sfile.sync_all().map_err(write_err("write", &sdst))?;
+            names.push(SIGNATURE);
+        }
         names.push(INVENTORY);
         let aside = self.swap_in(&names)?;
         self.committed = true;
@@ -518,38 +560,88 @@ impl Drop for ImageWriter {
 #[cfg(test)]
 #[path = "dir_writer_tests.rs"]
 mod writer_tests;
+/// Open a file of an image for reading, refusing anything but a regular file: a FIFO would
+/// block `open` (or `read`) forever, a device could be read without end or with side effects,
+/// and a symbolic link could point anywhere. The open itself cannot block (`O_NONBLOCK`, which
+/// is cleared again once the file is known to be regular; `O_NOFOLLOW`; `O_NOCTTY`).
+pub fn open_regular(path: &Path) -> Result<File, ImageError> {
+    let file = path.display().to_string();
+    let f = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(ImageError::NotRegular { file, what: "a symbolic link" })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ImageError::Missing { file }),
+        Err(e) => return Err(ImageError::Io { file, source: e }),
+    };
+    let t = f.metadata().map_err(io_err(path))?.file_type();
+    if !t.is_file() {
+        use std::os::unix::fs::FileTypeExt;
+        let what = if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_socket() {
+            "a socket"
+        } else if t.is_char_device() {
+            "a character device"
+        } else if t.is_block_device() {
+            "a block device"
+        } else if t.is_dir() {
+            "a directory"
+        } else {
+            "something else"
+        };
+        return Err(ImageError::NotRegular { file, what });
+    }
+    ferry_sys::process::set_status_flags(std::os::fd::AsFd::as_fd(&f), 0).map_err(io_err(path))?;
+    Ok(f)
+}
 
 /// Reads a complete image, verifying every file before anything is handed out.
 #[derive(Clone)]
 pub struct ImageReader {
     dir: PathBuf,
     inventory: Inventory,
+    /// BLAKE3 of the whole `inventory.img`: the image digest.
+    digest: [u8; 32],
 }
 
 impl ImageReader {
     /// Open `dir` and check the inventory's magic, version and checksum.
     pub fn open(dir: &Path) -> Result<ImageReader, ImageError> {
         let inv_path = dir.join(INVENTORY);
-        let bytes = match fs::read(&inv_path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+        let mut f = match open_regular(&inv_path) {
+            Ok(f) => f,
+            Err(ImageError::Missing { .. }) => {
                 if dir.is_dir() {
                     return Err(ImageError::Incomplete { dir: dir.display().to_string() });
                 }
-                return Err(io_err(dir)(e));
+                return Err(io_err(dir)(io::Error::from(io::ErrorKind::NotFound)));
             }
-            Err(e) => return Err(io_err(&inv_path)(e)),
+            Err(e) => return Err(e),
         };
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes).map_err(io_err(&inv_path))?;
         let inventory: Inventory = decode_record(&inv_path.display().to_string(), RecordKind::Inventory, &bytes)?;
         for f in &inventory.files {
-            if f.name.contains('/') || f.name.starts_with('.') || f.name.is_empty() {
+            if f.name.contains('/') || f.name.starts_with('.') || f.name.is_empty() || f.name == SIGNATURE {
                 return Err(ImageError::Invalid {
                     file: inv_path.display().to_string(),
                     what: format!("bad file name {:?}", f.name),
                 });
             }
+            if !f.blake3.is_empty() && f.blake3.len() != 32 {
+                return Err(ImageError::Invalid {
+                    file: inv_path.display().to_string(),
+                    what: format!("{}: BLAKE3 digest of {} bytes", f.name, f.blake3.len()),
+                });
+            }
         }
-        Ok(ImageReader { dir: dir.to_path_buf(), inventory })
+        let digest = *blake3::hash(&bytes).as_bytes();
+        Ok(ImageReader { dir: dir.to_path_buf(), inventory, digest })
     }
 
     /// The inventory.
@@ -557,9 +649,88 @@ impl ImageReader {
         &self.inventory
     }
 
+    /// The image digest: the BLAKE3 hash of the whole `inventory.img`, which lists every other
+    /// file with its size and BLAKE3 digest (so it covers the image, once every file is
+    /// verified). This is what a signature signs.
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
+
     /// Path of a file of the image.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    /// The signature record (`signature.img`), if the image has one.
+    pub fn signature(&self) -> Result<Option<ImageSignature>, ImageError> {
+        let path = self.dir.join(SIGNATURE);
+        let mut f = match open_regular(&path) {
+            Ok(f) => f,
+            Err(ImageError::Missing { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let len = f.metadata().map_err(io_err(&path))?.len();
+        if len > 4096 {
+            return Err(ImageError::TooLarge { file: path.display().to_string(), len });
+        }
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes).map_err(io_err(&path))?;
+        decode_record(&path.display().to_string(), RecordKind::Signature, &bytes).map(Some)
+    }
+
+    /// Check that the image is signed by one of the `trusted` X25519 public keys (a node's
+    /// `trusted` list), and that every file it lists carries a BLAKE3 digest (which
+    /// [`ImageReader::verify_where`] then checks). Returns the signer's key.
+    pub fn verify_signature(&self, trusted: &[[u8; 32]]) -> Result<[u8; 32], ImageError> {
+        let path = self.dir.join(SIGNATURE).display().to_string();
+        let sig = self.signature()?.ok_or_else(|| ImageError::Unsigned { dir: self.dir.display().to_string() })?;
+        let (Ok(key), Ok(bytes)) =
+            (<[u8; 32]>::try_from(sig.public_key.as_slice()), <[u8; 64]>::try_from(sig.signature.as_slice()))
+        else {
+            return Err(ImageError::Invalid { file: path, what: "malformed key or signature".into() });
+        };
+        if sig.scheme != crate::sign::SCHEME {
+            return Err(ImageError::Invalid { file: path, what: format!("unknown signature scheme {:?}", sig.scheme) });
+        }
+        if !trusted.contains(&key) {
+            return Err(ImageError::Untrusted { file: path, key: crate::hex::hex(&key) });
+        }
+        if !crate::sign::verify(&key, &crate::sign::signed_message(&self.digest), &bytes) {
+            return Err(ImageError::BadSignature { file: path });
+        }
+        if let Some(f) = self.inventory.files.iter().find(|f| f.blake3.is_empty()) {
+            return Err(ImageError::Invalid {
+                file: self.dir.join(INVENTORY).display().to_string(),
+                what: format!("{} has no BLAKE3 digest: the signature does not cover it", f.name),
+            });
+        }
+        Ok(key)
+    }
+
+    /// Open a file listed in the inventory: a regular file of the listed size.
+    pub fn open_file(&self, name: &str) -> Result<File, ImageError> {
+        let path = self.dir.join(name);
+        let pname = path.display().to_string();
+        let d = self
+            .inventory
+            .files
+            .iter()
+            .find(|d| d.name == name)
+            .ok_or_else(|| ImageError::Missing { file: pname.clone() })?;
+        let f = open_regular(&path)?;
+        let size = f.metadata().map_err(io_err(&path))?.len();
+        if size != d.size {
+            return Err(ImageError::Truncated { file: pname, expected: d.size, found: size });
+        }
+        Ok(f)
+    }
+
+    /// Check every listed file is a regular file of the listed size (without reading it).
+    pub fn check_sizes(&self) -> Result<(), ImageError> {
+        for d in &self.inventory.files {
+            self.open_file(&d.name)?;
+        }
+        Ok(())
     }
 
     /// Check every listed file's size and checksum (reads all page data once).
@@ -567,8 +738,9 @@ impl ImageReader {
         self.verify_where(|_| true)
     }
 
-    /// Check the size and checksum of every listed file for which `which(name)` is true (restore
-    /// checks the small record files first and the page files on another core meanwhile).
+    /// Check the size, CRC-32 and BLAKE3 digest (when the inventory has one) of every listed
+    /// file for which `which(name)` is true (restore checks the small record files first and
+    /// the page files on another core meanwhile), in one read of each.
     pub fn verify_where(&self, which: impl Fn(&str) -> bool) -> Result<(), ImageError> {
         // Read into a page-aligned part of the buffer: the kernel's copy into a destination
         // 16 bytes off a page boundary (as malloc returns large blocks) was measured 3.5 times
@@ -579,47 +751,50 @@ impl ImageReader {
         for d in self.inventory.files.iter().filter(|d| which(&d.name)) {
             let path = self.dir.join(&d.name);
             let name = path.display().to_string();
-            let mut f = match File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ImageError::Missing { file: name }),
-                Err(e) => return Err(io_err(&path)(e)),
-            };
-            let size = f.metadata().map_err(io_err(&path))?.len();
-            if size != d.size {
-                return Err(ImageError::Truncated { file: name, expected: d.size, found: size });
-            }
+            let mut f = self.open_file(&d.name)?;
             let mut h = crc32fast::Hasher::new();
+            let mut b3 = blake3::Hasher::new();
+            let mut len = 0u64;
             loop {
                 let n = f.read(buf).map_err(io_err(&path))?;
                 if n == 0 {
                     break;
                 }
                 h.update(&buf[..n]);
+                if !d.blake3.is_empty() {
+                    b3.update(&buf[..n]);
+                }
+                len += n as u64;
             }
-            if h.finalize() != d.crc32 {
-                return Err(ImageError::Checksum { file: name });
+            if len != d.size {
+                return Err(ImageError::Truncated { file: name, expected: d.size, found: len });
             }
+            check_digests(d, &name, h.finalize(), &b3)?;
         }
         Ok(())
     }
 
-    /// Read a whole (small) file listed in the inventory, checking its digest.
+    /// Read a whole (small) file listed in the inventory, checking its digests.
     pub fn read_file(&self, name: &str) -> Result<Vec<u8>, ImageError> {
         let path = self.dir.join(name);
         let pname = path.display().to_string();
+        let mut f = self.open_file(name)?;
         let d = self
             .inventory
             .files
             .iter()
             .find(|d| d.name == name)
             .ok_or_else(|| ImageError::Missing { file: pname.clone() })?;
-        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        let mut bytes = Vec::with_capacity(d.size.min(MAX_PREALLOC) as usize);
+        (&mut f).take(d.size + 1).read_to_end(&mut bytes).map_err(io_err(&path))?;
         if bytes.len() as u64 != d.size {
             return Err(ImageError::Truncated { file: pname, expected: d.size, found: bytes.len() as u64 });
         }
-        if crc32fast::hash(&bytes) != d.crc32 {
-            return Err(ImageError::Checksum { file: pname });
+        let mut b3 = blake3::Hasher::new();
+        if !d.blake3.is_empty() {
+            b3.update(&bytes);
         }
+        check_digests(d, &pname, crc32fast::hash(&bytes), &b3)?;
         Ok(bytes)
     }
 
@@ -633,5 +808,89 @@ impl ImageReader {
     /// Size recorded in the inventory for a file.
     pub fn file_size(&self, name: &str) -> Option<u64> {
         self.inventory.files.iter().find(|d| d.name == name).map(|d| d.size)
+    }
+}
+
+/// Most memory reserved ahead for a file read whole (its size comes from the inventory).
+const MAX_PREALLOC: u64 = 64 << 20;
+
+/// Compare a file's digests with the inventory's: the BLAKE3 digest first (when there is one:
+/// it is what a tampered file with a fixed-up CRC fails), then the CRC-32.
+fn check_digests(d: &FileDigest, name: &str, crc32: u32, b3: &blake3::Hasher) -> Result<(), ImageError> {
+    if !d.blake3.is_empty() && b3.finalize().as_bytes()[..] != d.blake3[..] {
+        return Err(ImageError::Digest { file: name.to_string() });
+    }
+    if crc32 != d.crc32 {
+        return Err(ImageError::Checksum { file: name.to_string() });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::sign::SigningKey;
+
+    fn tmpdir(label: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ferry-image-{label}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    fn write(dir: &Path, key: Option<SigningKey>) {
+        let mut w = ImageWriter::create(dir).unwrap();
+        if let Some(k) = key {
+            w.sign_with(k);
+        }
+        w.write_file("pages-1.img", &vec![7u8; 3 * 4096]).unwrap();
+        w.commit(Inventory { root_pid: 1, ..Default::default() }).unwrap();
+    }
+
+    #[test]
+    fn signed_image_verifies_and_tampering_is_caught() {
+        let dir = tmpdir("signed");
+        let key = SigningKey::from_bytes([9; 32]);
+        write(&dir, Some(key.clone()));
+        let r = ImageReader::open(&dir).unwrap();
+        assert_eq!(r.verify_signature(&[key.public()]).unwrap(), key.public());
+        r.verify_all().unwrap();
+        let other = SigningKey::from_bytes([10; 32]).public();
+        assert!(matches!(r.verify_signature(&[other]), Err(ImageError::Untrusted { .. })));
+        // One byte changed: the CRC fixed up is not enough.
+        let p = dir.join("pages-1.img");
+        let mut b = fs::read(&p).unwrap();
+        b[5000] ^= 1;
+        fs::write(&p, &b).unwrap();
+        let mut inv = r.inventory().clone();
+        inv.files[0].crc32 = crc32fast::hash(&b);
+        assert!(matches!(r.verify_all(), Err(ImageError::Digest { .. })));
+        // Digests fixed up too: the signature no longer matches the inventory.
+        inv.files[0].blake3 = blake3::hash(&b).as_bytes().to_vec();
+        fs::write(dir.join(INVENTORY), encode_record(RecordKind::Inventory, &inv)).unwrap();
+        let r = ImageReader::open(&dir).unwrap();
+        r.verify_all().unwrap();
+        assert!(matches!(r.verify_signature(&[key.public()]), Err(ImageError::BadSignature { .. })));
+        // Unsigned, written again into the same directory: the old signature goes.
+        write(&dir, None);
+        let r = ImageReader::open(&dir).unwrap();
+        assert!(matches!(r.verify_signature(&[key.public()]), Err(ImageError::Unsigned { .. })));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn non_regular_files_are_refused_without_blocking() {
+        let dir = tmpdir("fifo");
+        write(&dir, None);
+        let p = dir.join("pages-1.img");
+        fs::remove_file(&p).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &p).unwrap();
+        let r = ImageReader::open(&dir).unwrap();
+        assert!(matches!(r.verify_all(), Err(ImageError::NotRegular { what: "a symbolic link", .. })));
+        fs::remove_file(&p).unwrap();
+        assert!(std::process::Command::new("mkfifo").arg(&p).status().unwrap().success());
+        assert!(matches!(r.verify_all(), Err(ImageError::NotRegular { what: "a FIFO", .. })));
+        assert!(matches!(r.open_file("pages-1.img"), Err(ImageError::NotRegular { .. })));
+        let _ = fs::remove_dir_all(&dir);
     }
 }

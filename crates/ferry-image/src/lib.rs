@@ -22,6 +22,7 @@
 pub mod dir;
 pub mod hex;
 pub mod schema;
+pub mod sign;
 
 pub use dir::{ImageReader, ImageSink, ImageWriter};
 pub use schema::*;
@@ -49,6 +50,8 @@ pub const PAGE_SIZE: u64 = 4096;
 pub enum RecordKind {
     Inventory = 1,
     Process = 2,
+    /// `signature.img` (see [`sign`]).
+    Signature = 3,
 }
 
 /// Why an image file could not be read.
@@ -95,6 +98,16 @@ pub enum ImageError {
     Missing { file: String },
     #[error("{file}: {what}")]
     Invalid { file: String, what: String },
+    #[error("{file}: is {what}, not a regular file")]
+    NotRegular { file: String, what: &'static str },
+    #[error("{file}: BLAKE3 digest mismatch (the file was corrupted or changed after the dump)")]
+    Digest { file: String },
+    #[error("{dir}: image is not signed (no signature.img), refused by --verify")]
+    Unsigned { dir: String },
+    #[error("{file}: signed by key {key}, which is not in the trusted list")]
+    Untrusted { file: String, key: String },
+    #[error("{file}: bad signature (the image was changed after it was signed)")]
+    BadSignature { file: String },
 }
 
 /// Encode a record file (header + payload).
@@ -210,6 +223,9 @@ pub fn pages_file(pid: i32) -> String {
 
 /// Name of the inventory file.
 pub const INVENTORY: &str = "inventory.img";
+
+/// Name of the signature file (`dump --sign`): not listed in the inventory, which it signs.
+pub const SIGNATURE: &str = "signature.img";
 
 #[cfg(test)]
 mod tests {

@@ -59,6 +59,31 @@ pub struct FileDigest {
     pub size: u64,
     #[prost(uint32, tag = "3")]
     pub crc32: u32,
+    /// BLAKE3 hash (32 bytes) of the whole file; empty in images written before it existed.
+    #[prost(bytes = "vec", tag = "210")]
+    #[serde(serialize_with = "crate::hex::serialize")]
+    pub blake3: Vec<u8>,
+}
+
+/// `signature.img` (record kind 3): a node's signature over the image digest (the BLAKE3 hash
+/// of the whole `inventory.img`), see `sign.rs`.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct ImageSignature {
+    /// "xeddsa-25519-sha512".
+    #[prost(string, tag = "1")]
+    pub scheme: String,
+    /// The signer's X25519 public key (its `node.pub`, 32 bytes).
+    #[prost(bytes = "vec", tag = "2")]
+    #[serde(serialize_with = "crate::hex::serialize")]
+    pub public_key: Vec<u8>,
+    /// The image digest signed (32 bytes), for tools: verification recomputes it.
+    #[prost(bytes = "vec", tag = "3")]
+    #[serde(serialize_with = "crate::hex::serialize")]
+    pub digest: Vec<u8>,
+    /// XEdDSA signature (64 bytes) of "ferry image signature v1\0" followed by the digest.
+    #[prost(bytes = "vec", tag = "4")]
+    #[serde(serialize_with = "crate::hex::serialize")]
+    pub signature: Vec<u8>,
 }
 
 /// `process-PID.img`: everything about one process except its page contents.

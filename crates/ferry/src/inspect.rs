@@ -26,15 +26,35 @@ fn size(b: u64) -> String {
     }
 }
 
-pub fn run(dir: &Path, json: bool) -> Result<()> {
+/// `trusted`: `--verify`, check the signature against these keys and every file's digests.
+pub fn run(dir: &Path, json: bool, trusted: Option<&[[u8; 32]]>) -> Result<()> {
     let img = ImageReader::open(dir)?;
+    // Every file a regular file of its listed size, before anything is printed (cheap: no
+    // file is read); with --verify, the signature and every digest (reads the whole image).
+    img.check_sizes()?;
+    let signature = img.signature()?;
+    let verified = match trusted {
+        Some(keys) => {
+            let key = img.verify_signature(keys)?;
+            img.verify_all()?;
+            Some(key)
+        }
+        None => None,
+    };
     let inv = img.inventory().clone();
     let mut procs = Vec::new();
     for pid in &inv.pids {
         procs.push(img.read_process(*pid)?);
     }
+    let digest = ferry_image::hex::hex(&img.digest());
     if json {
-        let v = serde_json::json!({ "inventory": inv, "processes": procs });
+        let v = serde_json::json!({
+            "digest": digest,
+            "signature": signature,
+            "verified": verified.is_some(),
+            "inventory": inv,
+            "processes": procs,
+        });
         out!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
@@ -46,8 +66,19 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
         inv.kernel_release,
         inv.root_pid
     );
+    out!("  digest blake3 {digest}");
+    match (&signature, verified) {
+        (_, Some(key)) => {
+            out!("  signed by {} (verified: trusted key, every file matches)", ferry_image::hex::hex(&key))
+        }
+        (Some(s), None) => {
+            out!("  signed by {} (not verified: use --verify KEYDIR)", ferry_image::hex::hex(&s.public_key))
+        }
+        (None, _) => out!("  not signed"),
+    }
     for f in &inv.files {
-        out!("  file {:<28} {:>10}  crc32 {:08x}", f.name, size(f.size), f.crc32);
+        let b3 = if f.blake3.is_empty() { "-".to_string() } else { ferry_image::hex::hex(&f.blake3[..8]) };
+        out!("  file {:<28} {:>10}  crc32 {:08x}  blake3 {b3}", f.name, size(f.size), f.crc32);
     }
     for p in &procs {
         out!("process {} ({}) ppid {} pgid {} sid {}", p.pid, p.comm, p.ppid, p.pgid, p.sid);

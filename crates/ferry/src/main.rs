@@ -87,6 +87,10 @@ enum Cmd {
         manage_cgroups: Option<CgroupMode>,
         #[command(flatten)]
         criu: CriuDefaults,
+        /// Sign the image with this node's key (a `ferry keygen` directory): `restore --verify`
+        /// on any node that trusts the key then refuses the image if anything in it changed.
+        #[arg(long, value_name = "KEYDIR")]
+        sign: Option<PathBuf>,
     },
     /// Recreate a process from an image, with its old PID.
     Restore {
@@ -117,6 +121,10 @@ enum Cmd {
         tcp_established: bool,
         #[command(flatten)]
         criu: CriuDefaults,
+        /// Restore only an image signed by a key in this directory's `trusted` list (a `ferry
+        /// keygen` directory), every file matching its signed digest.
+        #[arg(long, value_name = "KEYDIR")]
+        verify: Option<PathBuf>,
     },
     /// Start a job ready to be checkpointed: in a session of its own, or with --pidns in a new
     /// pid namespace under a minimal init, so that it can be restored on any host without pid
@@ -216,6 +224,10 @@ enum Cmd {
         /// Print the complete content as JSON.
         #[arg(long)]
         json: bool,
+        /// Also verify the signature against this directory's `trusted` list and every file's
+        /// digests (reads the whole image).
+        #[arg(long, value_name = "KEYDIR")]
+        verify: Option<PathBuf>,
     },
 }
 
@@ -318,7 +330,16 @@ fn run(cli: Cli) -> Result<i32> {
             timeout,
             manage_cgroups: _,
             criu: _,
+            sign,
         } => {
+            let sign = match sign {
+                Some(keys) => Some(
+                    migrate::channel::Auth::load(&keys)
+                        .and_then(|a| a.signing_key())
+                        .with_context(|| format!("cannot sign with the key in {}", keys.display()))?,
+                ),
+                None => None,
+            };
             ferry_engine::state::memory::set_page_compression(compress.unwrap_or(0).clamp(0, 22));
             let opts = ferry_engine::dump::DumpOptions {
                 pid,
@@ -329,6 +350,7 @@ fn run(cli: Cli) -> Result<i32> {
                 shell_job,
                 leave_stopped,
                 freeze_timeout: std::time::Duration::from_secs(timeout),
+                sign,
             };
             let r = ferry_engine::dump::dump(&opts).with_context(|| format!("dump of pid {pid} failed"))?;
             tracing::info!(
@@ -351,6 +373,7 @@ fn run(cli: Cli) -> Result<i32> {
             manage_cgroups,
             tcp_established: _,
             criu: _,
+            verify,
         } => {
             let cgroups = match manage_cgroups.unwrap_or(CgroupMode::Soft) {
                 CgroupMode::Soft => true,
@@ -359,8 +382,22 @@ fn run(cli: Cli) -> Result<i32> {
                     "--manage-cgroups: restoring cgroup properties (limits) is not supported yet; use soft or ignore"
                 ),
             };
-            let opts =
-                ferry_engine::restore::RestoreOptions { dir: dir.clone(), pidfile, shell_job, leave_stopped, cgroups };
+            let trusted = match verify {
+                Some(keys) => Some(
+                    migrate::channel::Auth::load(&keys)
+                        .with_context(|| format!("cannot read the trusted keys in {}", keys.display()))?
+                        .trusted_keys(),
+                ),
+                None => None,
+            };
+            let opts = ferry_engine::restore::RestoreOptions {
+                dir: dir.clone(),
+                pidfile,
+                shell_job,
+                leave_stopped,
+                cgroups,
+                trusted,
+            };
             let r = ferry_engine::restore::restore(&opts)
                 .with_context(|| format!("restore from {} failed", dir.display()))?;
             tracing::info!(
@@ -439,8 +476,16 @@ fn run(cli: Cli) -> Result<i32> {
             })?;
             Ok(0)
         }
-        Cmd::Inspect { dir, json } => {
-            inspect::run(&dir, json)?;
+        Cmd::Inspect { dir, json, verify } => {
+            let trusted = match verify {
+                Some(keys) => Some(
+                    migrate::channel::Auth::load(&keys)
+                        .with_context(|| format!("cannot read the trusted keys in {}", keys.display()))?
+                        .trusted_keys(),
+                ),
+                None => None,
+            };
+            inspect::run(&dir, json, trusted.as_deref())?;
             Ok(0)
         }
     }

@@ -627,6 +627,7 @@ mod cgroup;
 mod cleanup;
 mod cow;
 mod inet;
+mod integrity;
 mod migrate;
 mod more;
 mod objects;

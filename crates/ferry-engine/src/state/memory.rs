@@ -784,7 +784,7 @@ pub fn prepare(
 fn open_pages(img: &ferry_image::ImageReader, pid: i32) -> Result<std::fs::File, Error> {
     let path = img.path(&ferry_image::pages_file(pid));
     let obj = || format!("{}", path.display());
-    let f = std::fs::File::open(&path).ctx(|| format!("cannot open {}", path.display()))?;
+    let f = img.open_file(&ferry_image::pages_file(pid))?;
     let mut head = vec![0u8; PAGE_SIZE as usize];
     f.read_exact_at(&mut head, 0).ctx(obj)?;
     if !ferry_image::pages_compressed(&head) {

@@ -126,6 +126,22 @@ impl Auth {
         Ok(Auth { private, public, trusted })
     }
 
+    /// The node key as an image signing key (`dump --sign`): XEdDSA over the same X25519 key
+    /// (crates/ferry-image/src/sign.rs), so the public key peers already trust verifies it.
+    pub fn signing_key(&self) -> Result<ferry_image::sign::SigningKey> {
+        let private: [u8; 32] = self.private.as_slice().try_into().context("node.key: not a key")?;
+        let key = ferry_image::sign::SigningKey::from_bytes(private);
+        if key.public()[..] != self.public[..] {
+            bail!("{KEY_FILE} and {PUB_FILE} do not match: not one key pair");
+        }
+        Ok(key)
+    }
+
+    /// The trusted public keys (`restore --verify`).
+    pub fn trusted_keys(&self) -> Vec<[u8; 32]> {
+        self.trusted.iter().filter_map(|k| k.as_slice().try_into().ok()).collect()
+    }
+
     fn check(&self, remote: Option<&[u8]>) -> Result<()> {
         let remote = remote.context("the peer sent no static key")?;
         if !self.trusted.iter().any(|k| k == remote) {

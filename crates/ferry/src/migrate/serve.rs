@@ -542,6 +542,7 @@ struct PageStore {
     file: File,
     len: u64,
     hasher: crc32fast::Hasher,
+    b3: blake3::Hasher,
     index: HashMap<u64, u64>,
     path: PathBuf,
 }
@@ -550,7 +551,14 @@ impl PageStore {
     fn create(dir: &Path, host: u32) -> Result<PageStore> {
         let path = dir.join(format!(".precopy-{host}"));
         let file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
-        let mut st = PageStore { file, len: 0, hasher: crc32fast::Hasher::new(), index: HashMap::new(), path };
+        let mut st = PageStore {
+            file,
+            len: 0,
+            hasher: crc32fast::Hasher::new(),
+            b3: blake3::Hasher::new(),
+            index: HashMap::new(),
+            path,
+        };
         st.append(&ferry_image::pages_header())?;
         Ok(st)
     }
@@ -558,6 +566,7 @@ impl PageStore {
     fn append(&mut self, bytes: &[u8]) -> Result<()> {
         self.file.write_all(bytes).context("cannot write pre-copied pages (staging area full?)")?;
         self.hasher.update(bytes);
+        self.b3.update(bytes);
         self.len += bytes.len() as u64;
         Ok(())
     }
@@ -619,12 +628,12 @@ fn fill_kept(
     let rec = ferry_image::encode_record(ferry_image::RecordKind::Process, &p);
     fs::write(&ppath, &rec)?;
     let d = inv.files.iter_mut().find(|d| d.name == pf).with_context(|| format!("{pf} not in the inventory"))?;
-    (d.size, d.crc32) = (rec.len() as u64, crc32fast::hash(&rec));
-    let (size, crc) = (st.len, st.hasher.clone().finalize());
+    (d.size, d.crc32, d.blake3) = (rec.len() as u64, crc32fast::hash(&rec), blake3::hash(&rec).as_bytes().to_vec());
+    let (size, crc, b3) = (st.len, st.hasher.clone().finalize(), st.b3.finalize().as_bytes().to_vec());
     drop(st.file);
     fs::rename(&st.path, &pages_path)?;
     let d = inv.files.iter_mut().find(|d| d.name == pages_name).context("page file not in the inventory")?;
-    (d.size, d.crc32) = (size, crc);
+    (d.size, d.crc32, d.blake3) = (size, crc, b3);
     Ok(())
 }
 
@@ -669,6 +678,7 @@ fn handle(mut sec: Secure, limits: &Limits, dir: &Path) -> Result<Option<i32>> {
         shell_job: false,
         leave_stopped: false,
         cgroups: true,
+        trusted: None,
     };
     let post_copy = m == mode::POST_COPY;
     ferry_engine::postcopy::accept_lazy(post_copy);

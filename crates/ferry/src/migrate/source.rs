@@ -171,6 +171,7 @@ pub fn migrate(o: &MigrateOptions) -> Result<()> {
         shell_job: false,
         leave_stopped: false,
         freeze_timeout: Duration::from_secs(10),
+        sign: None,
     };
     let mut downtime = Duration::ZERO;
     let mut remote = (0i32, 0u32);

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Copy image `from` to `to`, changing the root's process record with `edit` and fixing the
-/// checksums so that only the meaning is wrong.
+/// checksums and digests so that only the meaning is wrong.
 fn tampered_copy(from: &Path, to: &Path, pid: i32, edit: impl FnOnce(&mut Process)) {
     fs::create_dir_all(to).expect("mkdir");
     for e in fs::read_dir(from).expect("read image").flatten() {
@@ -25,7 +25,7 @@ fn tampered_copy(from: &Path, to: &Path, pid: i32, edit: impl FnOnce(&mut Proces
     let mut inv: Inventory =
         decode_record(ferry_image::INVENTORY, RecordKind::Inventory, &inv_bytes).expect("decode inventory");
     let d = inv.files.iter_mut().find(|d| d.name == name).expect("record in the inventory");
-    (d.size, d.crc32) = (rec.len() as u64, crc32fast::hash(&rec));
+    (d.size, d.crc32, d.blake3) = (rec.len() as u64, crc32fast::hash(&rec), blake3::hash(&rec).as_bytes().to_vec());
     fs::write(to.join(ferry_image::INVENTORY), encode_record(RecordKind::Inventory, &inv)).expect("write inventory");
 }
 
