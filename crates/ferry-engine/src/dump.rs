@@ -253,6 +253,18 @@ fn precheck(pid: i32, pidns_root: Option<i32>) -> Result<(ferry_proc::Status, fe
             return Err(Error::Unsupported { pid, what: format!("a process in another {ns} namespace than ferry's") });
         }
     }
+    // unshare(CLONE_NEWTIME / CLONE_NEWPID) leaves the process where it is and puts only its
+    // future children in the new namespace (`*_for_children`): restore would lose that.
+    for ns in ["time", "pid"] {
+        let own = std::fs::read_link(procfs::path(pid, &format!("ns/{ns}"))).ok();
+        let children = std::fs::read_link(procfs::path(pid, &format!("ns/{ns}_for_children"))).ok();
+        if children.is_some() && children != own {
+            return Err(Error::Unsupported {
+                pid,
+                what: format!("a process that unshared a {ns} namespace for its future children"),
+            });
+        }
+    }
     if st.seccomp != 0 {
         return Err(Error::Unsupported { pid, what: format!("seccomp mode {}", st.seccomp) });
     }

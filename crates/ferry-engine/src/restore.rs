@@ -447,6 +447,8 @@ fn rebuild(
     signals::restore_thread(&inj, scratch, p, t, true)?;
     timers::create_posix(&inj, scratch, p)?;
     task::restore_rlimits(pid, p)?;
+    task::restore_oom_score_adj(pid, p)?;
+    task::restore_mm_attrs(&inj, p)?;
     if let Some(c) = &p.creds {
         let now = crate::procfs::read_string(pid, "status")?;
         let now = crate::procfs::parse(pid, "status", ferry_proc::parse_status(&now))?;

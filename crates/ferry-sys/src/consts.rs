@@ -73,6 +73,7 @@ pub mod nr {
     pub const SET_ROBUST_LIST: u64 = 273;
     pub const RT_TGSIGQUEUEINFO: u64 = 297;
     pub const RSEQ: u64 = 334;
+    pub const MEMBARRIER: u64 = 324;
     pub const RT_SIGTIMEDWAIT: u64 = 128;
     pub const FCNTL: u64 = 72;
     pub const FLOCK: u64 = 73;

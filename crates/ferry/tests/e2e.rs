@@ -619,6 +619,7 @@ mod big {
 mod cgroup;
 mod cow;
 mod inet;
+mod memattr;
 mod migrate;
 mod more;
 mod objects;

@@ -1,0 +1,57 @@
+//! Memory and process attributes that used to come back silently different (issue 11 §1): each
+//! workload checks its own state after the restore; `control_*` runs it without ferry.
+
+use crate::common::*;
+
+fn procattrs(mode: &str) -> Spec {
+    Spec::c("procattrs").args(&[mode])
+}
+
+/// oom_score_adj comes back (the restored process first has ferry's).
+#[test]
+fn oom_score_adj() {
+    cycle(&procattrs("oom"));
+}
+
+/// The audit loginuid comes back (only the process itself may write it).
+#[test]
+fn loginuid() {
+    cycle(&procattrs("loginuid"));
+}
+
+/// PR_SET_THP_DISABLE comes back.
+#[test]
+fn thp_disable() {
+    cycle(&procattrs("thp"));
+}
+
+/// membarrier registrations come back: the expedited barriers work without registering again.
+#[test]
+fn membarrier_registrations() {
+    cycle(&procattrs("membarrier"));
+}
+
+/// A periodic timerfd that expired unread: its missed expirations are all read after restore,
+/// and it keeps expiring.
+#[test]
+fn timerfd_expired_periodic() {
+    cycle(&procattrs("timerfd"));
+}
+
+/// A process that unshared a time namespace for its future children is refused in one line,
+/// and runs on untouched.
+#[test]
+fn refuses_time_namespace_for_children() {
+    let mut run = Run::start(&procattrs("timens"));
+    dump_refused(run.pid, &run.w.join("img"), "time namespace for its future children");
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the process after the refused dump");
+}
+
+#[test]
+fn control_procattrs() {
+    for mode in ["oom", "loginuid", "thp", "membarrier", "timerfd", "timens"] {
+        control(&procattrs(mode));
+    }
+}
