@@ -263,8 +263,9 @@ pub struct RawRegion {
 
 impl RawRegion {
     /// Map `start..end` read+write (`MAP_FIXED_NOREPLACE`: fails with EEXIST if anything is
-    /// there), growing down like a stack if `grows_down`.
-    pub fn map(start: u64, end: u64, grows_down: bool) -> io::Result<RawRegion> {
+    /// there), growing down like a stack if `grows_down`, not accounted if `noreserve`
+    /// (`MAP_NORESERVE`).
+    pub fn map(start: u64, end: u64, grows_down: bool, noreserve: bool) -> io::Result<RawRegion> {
         let page = crate::process::page_size();
         if !start.is_multiple_of(page) || !end.is_multiple_of(page) || end <= start {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
@@ -272,7 +273,8 @@ impl RawRegion {
         let flags = libc::MAP_PRIVATE
             | libc::MAP_ANONYMOUS
             | libc::MAP_FIXED_NOREPLACE
-            | if grows_down { libc::MAP_GROWSDOWN } else { 0 };
+            | if grows_down { libc::MAP_GROWSDOWN } else { 0 }
+            | if noreserve { libc::MAP_NORESERVE } else { 0 };
         // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so no memory Rust
         // uses is affected; the new range is only written through the kernel.
         let p = unsafe {

@@ -46,7 +46,8 @@ pub struct Dump {
 
 /// Mappings whose pages can be shared copy-on-write with a child.
 fn shareable(v: &Vma) -> bool {
-    v.kind == VmaKind::Anon as i32 && !v.sysv
+    // (A MAP_DROPPABLE mapping is wiped in a child at fork: never shared.)
+    v.kind == VmaKind::Anon as i32 && !v.sysv && !v.vm_flags.iter().any(|f| f == "dp")
 }
 
 fn read_pagemap(pid: i32, f: &std::fs::File, start: u64, pages: u64) -> Result<Vec<u64>, Error> {
@@ -259,7 +260,8 @@ pub fn premap(
         p.region.unmap().map_err(|e| format!("cannot unmap an inherited mapping: {e}"))?;
     }
     for v in todo {
-        let region = match RawRegion::map(v.start, v.end, v.vm_flags.iter().any(|f| f == "gd")) {
+        let has = |flag: &str| v.vm_flags.iter().any(|f| f == flag);
+        let region = match RawRegion::map(v.start, v.end, has("gd"), has("nr")) {
             Ok(r) => r,
             Err(_) => continue, // the tracer rebuilds it
         };

@@ -55,3 +55,36 @@ fn control_procattrs() {
         control(&procattrs(mode));
     }
 }
+
+fn memlayout(seed: u64, fork: bool) -> Spec {
+    let seed = seed.to_string();
+    match fork {
+        true => Spec::c("memlayout").args(&[&seed, "fork"]),
+        false => Spec::c("memlayout").args(&[&seed]),
+    }
+}
+
+/// MADV_WIPEONFORK and MAP_DROPPABLE mappings in a parent and the child it forked: each finds
+/// its own bytes and smaps flags after restore.
+#[test]
+fn wipeonfork_and_droppable_in_parent_and_child() {
+    cycle_tree(&memlayout(0, true), &[]);
+}
+
+/// The property: random mapping layouts and advice (memlayout SEED), every byte and every smaps
+/// flag of every mapping the same after restore, in one process and in a parent and its child.
+#[test]
+fn random_layouts_keep_bytes_and_flags() {
+    for seed in 1..=8 {
+        cycle(&memlayout(seed, false));
+        cycle_tree(&memlayout(seed + 100, true), &[]);
+    }
+}
+
+#[test]
+fn control_memlayout() {
+    for seed in [0, 1, 2, 3, 101, 102] {
+        control(&memlayout(seed, false));
+        control(&memlayout(seed, true));
+    }
+}
