@@ -119,6 +119,8 @@ impl Frozen {
         for t in &mut f.threads {
             let tid = t.tid;
             t.regs = ptrace::get_regs(tid).ctx(|| format!("pid {pid} thread {tid}: cannot read registers"))?;
+            // Out of an rseq critical section first, as preemption would (state/rseq.rs).
+            rseq::abort_critical_section(tid, &mut t.regs)?;
             t.sigmask =
                 ptrace::get_sigmask(tid).ctx(|| format!("pid {pid} thread {tid}: cannot read the signal mask"))?;
         }

@@ -183,7 +183,10 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
         }
         // Memory shared copy-on-write goes in before any child is forked, so they inherit it.
         let mine = std::cell::RefCell::new(match idx {
-            Some(i) if ctx.premap => cow::premap(ctx.procs, &ctx.pages, i, inherited)?,
+            Some(i) if ctx.premap => {
+                let fds = ctx.prep[i].as_ref().map(|p| &p.mem.vma_fd).ok_or("no prepared state")?;
+                cow::premap(ctx.procs, &ctx.pages, fds, i, inherited)?
+            }
             _ => inherited,
         });
         // An orphan's creator is a helper that dies during restore: it must not take it along.

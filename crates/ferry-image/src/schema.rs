@@ -831,6 +831,14 @@ pub struct Pty {
     /// The slave's foreground process group (0: none).
     #[prost(int32, tag = "11")]
     pub foreground_pgrp: i32,
+    /// Owner, group and permission bits of the slave's /dev/pts node (None: not recorded, in an
+    /// image written before they were kept).
+    #[prost(uint32, optional, tag = "300")]
+    pub slave_mode: Option<u32>,
+    #[prost(uint32, tag = "301")]
+    pub slave_uid: u32,
+    #[prost(uint32, tag = "302")]
+    pub slave_gid: u32,
 }
 
 /// A TCP or UDP socket over IPv4 or IPv6: what restore needs to recreate it with socket(),

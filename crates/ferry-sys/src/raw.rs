@@ -299,6 +299,37 @@ impl RawRegion {
         Ok(RawRegion { start, end })
     }
 
+    /// Map `start..end` of the file behind `fd` from byte `offset`, private and read+write
+    /// (`MAP_FIXED_NOREPLACE`, as [`RawRegion::map`]).
+    pub fn map_file(start: u64, end: u64, fd: i32, offset: u64, noreserve: bool) -> io::Result<RawRegion> {
+        let page = crate::process::page_size();
+        if !start.is_multiple_of(page) || !end.is_multiple_of(page) || end <= start || !offset.is_multiple_of(page) {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let flags = libc::MAP_PRIVATE | libc::MAP_FIXED_NOREPLACE | if noreserve { libc::MAP_NORESERVE } else { 0 };
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so no memory Rust
+        // uses is affected; the new range is only written through the kernel.
+        let p = unsafe {
+            libc::mmap(
+                start as *mut libc::c_void,
+                (end - start) as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                fd,
+                offset as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        if p as u64 != start {
+            // SAFETY: the kernel just created this mapping for us; nothing references it.
+            unsafe { libc::munmap(p, (end - start) as usize) };
+            return Err(io::Error::from_raw_os_error(libc::EEXIST));
+        }
+        Ok(RawRegion { start, end })
+    }
+
     pub fn start(&self) -> u64 {
         self.start
     }
@@ -343,7 +374,8 @@ impl RawRegion {
     /// Drop the pages of `addr..addr+len` (inside the region): they read as zeros again.
     pub fn zero(&self, addr: u64, len: u64) -> io::Result<()> {
         self.check(addr, len)?;
-        // SAFETY: private anonymous memory of the region, referenced by no Rust code.
+        // SAFETY: private memory of the region (anonymous: it reads zeros again; of a file: the
+        // file's bytes again), referenced by no Rust code.
         cvt_i(unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, libc::MADV_DONTNEED) }).map(drop)
     }
 

@@ -12,6 +12,9 @@
  *                the timer keeps running (a later read within 1 s returns at least 1 more); and a
  *                one-shot timerfd armed for 1 h is still armed (remaining time between 1 h minus
  *                the time since it was armed, and 1 h)
+ *   pty          a pty pair (posix_openpt) whose slave node is given to uid 1234, gid 5678, mode
+ *                0620 (fchown/fchmod on the slave fd): after go the slave fd and the /dev/pts node
+ *                of the master's pair (TIOCGPTN: its index may change) have that owner and mode
  *   timens       unshare(CLONE_NEWTIME): its future children would be in another time namespace
  *                (only refused by ferry: the check after go is that it still is so)
  */
@@ -20,6 +23,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <sys/prctl.h>
+#include <sys/ioctl.h>
 #include <sys/timerfd.h>
 
 #ifndef MEMBARRIER_CMD_GET_REGISTRATIONS
@@ -46,7 +50,7 @@ int main(int argc, char **argv)
 {
 	workload_init(argc, argv);
 	const char *mode = argc > 2 ? argv[2] : "";
-	int tfd = -1, ofd = -1;
+	int tfd = -1, ofd = -1, pm = -1, ps = -1;
 	double armed_at = 0;
 	int want_regs = 0;
 	char ns0[256] = { 0 }, nsc0[256] = { 0 };
@@ -92,6 +96,15 @@ int main(int argc, char **argv)
 		struct timespec ts = { 0, 300 * 1000 * 1000 };
 		while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
 			;
+	} else if (strcmp(mode, "pty") == 0) {
+		pm = posix_openpt(O_RDWR | O_NOCTTY);
+		SETUP(pm);
+		SETUP(grantpt(pm));
+		SETUP(unlockpt(pm));
+		ps = open(ptsname(pm), O_RDWR | O_NOCTTY);
+		SETUP(ps);
+		SETUP(fchown(ps, 1234, 5678));
+		SETUP(fchmod(ps, 0620));
 	} else if (strcmp(mode, "timens") == 0) {
 		SETUP(unshare(CLONE_NEWTIME));
 		SETUP((int)readlink("/proc/self/ns/time", ns0, sizeof ns0 - 1));
@@ -141,6 +154,16 @@ int main(int argc, char **argv)
 		double since = mono_now() - armed_at;
 		CHECK(left <= 3600 && left >= 3600 - since - 1, "the one-shot timerfd has %.3f s left, armed for 1 h %.3f s ago",
 		      left, since);
+	} else if (strcmp(mode, "pty") == 0) {
+		struct stat st;
+		CHECK(fstat(ps, &st) == 0 && st.st_uid == 1234 && st.st_gid == 5678 && (st.st_mode & 07777) == 0620,
+		      "the pty slave is %u:%u mode %o, was 1234:5678 mode 620", st.st_uid, st.st_gid, st.st_mode & 07777);
+		int n = -1;
+		char node[64];
+		SETUP(ioctl(pm, TIOCGPTN, &n));
+		snprintf(node, sizeof node, "/dev/pts/%d", n);
+		CHECK(stat(node, &st) == 0 && st.st_uid == 1234 && st.st_gid == 5678 && (st.st_mode & 07777) == 0620,
+		      "%s is %u:%u mode %o, was 1234:5678 mode 620", node, st.st_uid, st.st_gid, st.st_mode & 07777);
 	} else if (strcmp(mode, "timens") == 0) {
 		char ns[256] = { 0 }, nsc[256] = { 0 };
 		CHECK(readlink("/proc/self/ns/time", ns, sizeof ns - 1) > 0 && strcmp(ns, ns0) == 0, "time ns %s, was %s",

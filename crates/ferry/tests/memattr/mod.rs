@@ -38,6 +38,12 @@ fn timerfd_expired_periodic() {
     cycle(&procattrs("timerfd"));
 }
 
+/// The owner, group and mode of a pty slave (fchown/fchmod by the process) come back.
+#[test]
+fn pty_slave_owner_and_mode() {
+    cycle(&procattrs("pty"));
+}
+
 /// A process that unshared a time namespace for its future children is refused in one line,
 /// and runs on untouched.
 #[test]
@@ -51,7 +57,7 @@ fn refuses_time_namespace_for_children() {
 
 #[test]
 fn control_procattrs() {
-    for mode in ["oom", "loginuid", "thp", "membarrier", "timerfd", "timens"] {
+    for mode in ["oom", "loginuid", "thp", "membarrier", "timerfd", "pty", "timens"] {
         control(&procattrs(mode));
     }
 }
@@ -87,4 +93,61 @@ fn control_memlayout() {
         control(&memlayout(seed, false));
         control(&memlayout(seed, true));
     }
+}
+
+/// Anonymous PSS (KiB) of the tree rooted at `pid`, from /proc/PID/smaps_rollup.
+fn tree_pss_anon(pid: i32) -> u64 {
+    tree_pids(pid)
+        .iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).expect("read smaps_rollup");
+            text.lines()
+                .find_map(|l| l.strip_prefix("Pss_Anon:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .expect("Pss_Anon in smaps_rollup")
+        })
+        .sum()
+}
+
+/// The written pages of a private file mapping that a parent shares copy-on-write with its
+/// child (32 MiB, about 16 MiB still shared): each finds its own view after restore, and the
+/// tree's anonymous PSS stays what it was (it grows by the shared part when each process gets
+/// its own copy).
+#[test]
+fn private_file_pages_stay_shared() {
+    let spec = Spec::c("cow_file").args(&["32"]);
+    let mut run = Run::start(&spec);
+    let before = tree_pss_anon(run.pid);
+    run.dump_ok(&[]);
+    run.reap_dumped();
+    let img = run.img();
+    wait_image_pids_gone(&img);
+    let pidfile = run.spawn_restore("restore", &img, &[]);
+    run.wait_pidfile(&pidfile);
+    let after = tree_pss_anon(run.pid);
+    eprintln!("tree Pss_Anon: {before} KiB before, {after} KiB after");
+    if after > before + 4096 {
+        run.fail(&format!("the tree's anonymous PSS grew from {before} KiB to {after} KiB: the pages are not shared"));
+    }
+    run.go();
+    let status = run.wait_restore_exit();
+    run.expect_pass(status, "ferry restore");
+}
+
+#[test]
+fn control_cow_file() {
+    control(&Spec::c("cow_file").args(&["8"]));
+}
+
+/// A thread busy inside an rseq critical section when frozen resumes at the section's abort
+/// handler, never inside it: moved between CPUs after restore, it never sees another CPU inside
+/// a section.
+#[test]
+fn rseq_busy_thread() {
+    cycle(&Spec::c("rseq_busy"));
+}
+
+#[test]
+fn control_rseq_busy() {
+    control(&Spec::c("rseq_busy"));
 }
