@@ -15,6 +15,10 @@
  *   pty          a pty pair (posix_openpt) whose slave node is given to uid 1234, gid 5678, mode
  *                0620 (fchown/fchmod on the slave fd): after go the slave fd and the /dev/pts node
  *                of the master's pair (TIOCGPTN: its index may change) have that owner and mode
+ *   status       nothing set: every line of /proc/self/status must read the same after restore,
+ *                but those that change by design (PPid: the restored process's parent is ferry;
+ *                State; memory sizes and high-water marks; context switch counts; FDSize, the fd
+ *                table's capacity), which docs/ARCHITECTURE.md names
  *   timens       unshare(CLONE_NEWTIME): its future children would be in another time namespace
  *                (only refused by ferry: the check after go is that it still is so)
  */
@@ -54,6 +58,7 @@ int main(int argc, char **argv)
 	double armed_at = 0;
 	int want_regs = 0;
 	char ns0[256] = { 0 }, nsc0[256] = { 0 };
+	static char status0[16384];
 
 	if (strcmp(mode, "oom") == 0) {
 		int fd = open("/proc/self/oom_score_adj", O_WRONLY);
@@ -105,6 +110,8 @@ int main(int argc, char **argv)
 		SETUP(ps);
 		SETUP(fchown(ps, 1234, 5678));
 		SETUP(fchmod(ps, 0620));
+	} else if (strcmp(mode, "status") == 0) {
+		SETUP(read_file("/proc/self/status", status0, sizeof status0));
 	} else if (strcmp(mode, "timens") == 0) {
 		SETUP(unshare(CLONE_NEWTIME));
 		SETUP((int)readlink("/proc/self/ns/time", ns0, sizeof ns0 - 1));
@@ -164,6 +171,25 @@ int main(int argc, char **argv)
 		snprintf(node, sizeof node, "/dev/pts/%d", n);
 		CHECK(stat(node, &st) == 0 && st.st_uid == 1234 && st.st_gid == 5678 && (st.st_mode & 07777) == 0620,
 		      "%s is %u:%u mode %o, was 1234:5678 mode 620", node, st.st_uid, st.st_gid, st.st_mode & 07777);
+	} else if (strcmp(mode, "status") == 0) {
+		static char now[16384];
+		SETUP(read_file("/proc/self/status", now, sizeof now));
+		static const char *skip[] = { "PPid:", "State:", "Vm", "Rss", "voluntary_ctxt_switches:",
+					      "nonvoluntary_ctxt_switches:", "FDSize:", NULL };
+		for (char *a = status0, *b = now; a && *a;) {
+			char *na = strchr(a, '\n'), *nb = b ? strchr(b, '\n') : NULL;
+			if (na)
+				*na = 0;
+			if (nb)
+				*nb = 0;
+			int skipped = 0;
+			for (int i = 0; skip[i]; i++)
+				skipped |= strncmp(a, skip[i], strlen(skip[i])) == 0;
+			if (!skipped)
+				CHECK(b && strcmp(a, b) == 0, "/proc/self/status: \"%s\" was \"%s\"", b ? b : "(none)", a);
+			a = na ? na + 1 : NULL;
+			b = nb ? nb + 1 : NULL;
+		}
 	} else if (strcmp(mode, "timens") == 0) {
 		char ns[256] = { 0 }, nsc[256] = { 0 };
 		CHECK(readlink("/proc/self/ns/time", ns, sizeof ns - 1) > 0 && strcmp(ns, ns0) == 0, "time ns %s, was %s",

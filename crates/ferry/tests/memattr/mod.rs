@@ -44,6 +44,13 @@ fn pty_slave_owner_and_mode() {
     cycle(&procattrs("pty"));
 }
 
+/// The property for process attributes: every line of /proc/PID/status reads the same after
+/// restore, but those that change by design (docs/ARCHITECTURE.md).
+#[test]
+fn proc_status_unchanged() {
+    cycle(&procattrs("status"));
+}
+
 /// A process that unshared a time namespace for its future children is refused in one line,
 /// and runs on untouched.
 #[test]
@@ -57,7 +64,7 @@ fn refuses_time_namespace_for_children() {
 
 #[test]
 fn control_procattrs() {
-    for mode in ["oom", "loginuid", "thp", "membarrier", "timerfd", "pty", "timens"] {
+    for mode in ["oom", "loginuid", "thp", "membarrier", "timerfd", "pty", "status", "timens"] {
         control(&procattrs(mode));
     }
 }
