@@ -184,7 +184,9 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
         // Memory shared copy-on-write goes in before any child is forked, so they inherit it.
         let mine = std::cell::RefCell::new(match idx {
             Some(i) if ctx.premap => {
-                let fds = ctx.prep[i].as_ref().map(|p| &p.mem.vma_fd).ok_or("no prepared state")?;
+                // (A zombie has nothing prepared, and no mapping to premap.)
+                let none = HashMap::new();
+                let fds = ctx.prep[i].as_ref().map_or(&none, |p| &p.mem.vma_fd);
                 cow::premap(ctx.procs, &ctx.pages, fds, i, inherited)?
             }
             _ => inherited,

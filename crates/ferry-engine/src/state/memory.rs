@@ -1106,7 +1106,7 @@ const MLOCK_ONFAULT: u64 = 1;
 /// `nr` (MAP_NORESERVE), `dp` (MAP_DROPPABLE) are given to `mmap`; `ac` (accounted) follows from
 /// mapping writable first; `lo`/`lf` are `mlock`/`mlock2(MLOCK_ONFAULT)`; `sl` is `mseal`. `de
 /// pf io mm ar` only occur on special mappings (vDSO, devices), which are recreated or refused;
-/// the ones `scan` refuses are in [`REFUSED_FLAGS`]. `sd` (soft-dirty) is not kept: every
+/// the ones `scan` refuses are in [`REFUSED_FLAGS`]; `um uw ui` see there. `sd` (soft-dirty) is not kept: every
 /// restored mapping is new, hence soft-dirty (docs/ARCHITECTURE.md).
 const MADVISED: [(&str, i32); 8] = [
     ("dd", libc::MADV_DONTDUMP),
@@ -1119,13 +1119,11 @@ const MADVISED: [(&str, i32); 8] = [
     ("mg", libc::MADV_MERGEABLE),
 ];
 
-/// smaps VmFlags of state ferry cannot restore: userfaultfd registrations (missing, write-protect,
-/// minor), a shadow stack, guard regions (MADV_GUARD_INSTALL, which pagemap alone can locate),
-/// MAP_SYNC, arm64 MTE.
-const REFUSED_FLAGS: [(&str, &str); 7] = [
-    ("um", "a userfaultfd registration (missing)"),
-    ("uw", "a userfaultfd registration (write-protect)"),
-    ("ui", "a userfaultfd registration (minor)"),
+/// smaps VmFlags of state ferry cannot restore: a shadow stack, guard regions
+/// (MADV_GUARD_INSTALL, which pagemap alone can locate), MAP_SYNC, arm64 MTE. (userfaultfd
+/// registrations, `um uw ui`, live as long as their userfaultfd: one the process holds is refused
+/// as an fd; the one pre-copy migration registers is ferry's own and is not kept.)
+const REFUSED_FLAGS: [(&str, &str); 4] = [
     ("ss", "a shadow stack"),
     ("gu", "guard regions (MADV_GUARD_INSTALL)"),
     ("sf", "MAP_SYNC"),
