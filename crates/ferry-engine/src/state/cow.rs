@@ -4,6 +4,11 @@
 //! each process's memory on its own would double those pages in the image and, worse, in memory
 //! after restore. So:
 //!
+//! The same holds for the pages of a private *file* mapping a process wrote to (its anonymous,
+//! copied-on-write pages): they are compared and shared the same way, a hole there meaning "the
+//! file's bytes" (MADV_DONTNEED on a private file mapping gives those back), and a premapped
+//! file mapping maps the file (the fd opened for it before the fork).
+//!
 //! - **Dump**: for a private anonymous mapping of a child whose parent has a mapping with the
 //!   same bounds, both pagemaps are read (`/proc/PID/pagemap`, physical frame numbers, which root
 //!   sees); pages on the same frame are not stored for the child. The mapping is marked `cow`,
