@@ -4,11 +4,6 @@
 //! each process's memory on its own would double those pages in the image and, worse, in memory
 //! after restore. So:
 //!
-//! The same holds for the pages of a private *file* mapping a process wrote to (its anonymous,
-//! copied-on-write pages): they are compared and shared the same way, a hole there meaning "the
-//! file's bytes" (MADV_DONTNEED on a private file mapping gives those back), and a premapped
-//! file mapping maps the file (the fd opened for it before the fork).
-//!
 //! - **Dump**: for a private anonymous mapping of a child whose parent has a mapping with the
 //!   same bounds, both pagemaps are read (`/proc/PID/pagemap`, physical frame numbers, which root
 //!   sees); pages on the same frame are not stored for the child. The mapping is marked `cow`,
@@ -22,6 +17,11 @@
 //!   leaves these premapped ranges alone. If a range cannot be premapped (ferry's own memory
 //!   happens to sit there in the forked copy), the tracer builds it afterwards from the chain of
 //!   layers (the parent's, then the child's): same content, without the sharing.
+//!
+//! The same holds for the pages of a private *file* mapping a process wrote to (its anonymous,
+//! copied-on-write pages): they are compared and shared the same way, a hole there meaning "the
+//! file's bytes" (MADV_DONTNEED on a private file mapping gives those back), and a premapped
+//! file mapping maps the file (the fd opened for it before the fork).
 
 use crate::error::{Ctx, Error};
 use crate::procfs;
