@@ -259,8 +259,11 @@ fn precheck(pid: i32, pidns_root: Option<i32>) -> Result<(ferry_proc::Status, fe
     // future children in the new namespace (`*_for_children`): restore would lose that.
     for ns in ["time", "pid"] {
         let own = std::fs::read_link(procfs::path(pid, &format!("ns/{ns}"))).ok();
-        let children = std::fs::read_link(procfs::path(pid, &format!("ns/{ns}_for_children"))).ok();
-        if children.is_some() && children != own {
+        let children = std::fs::read_link(procfs::path(pid, &format!("ns/{ns}_for_children")));
+        // (A new pid namespace has no link until its first process exists: ENOENT.)
+        let pending =
+            matches!(&children, Err(e) if e.kind() == std::io::ErrorKind::NotFound) && procfs::path(pid, "ns").exists();
+        if own.is_some() && (pending || children.as_ref().is_ok_and(|c| Some(c) != own.as_ref())) {
             return Err(Error::Unsupported {
                 pid,
                 what: format!("a process that unshared a {ns} namespace for its future children"),

@@ -21,6 +21,7 @@
  *                table's capacity), which docs/ARCHITECTURE.md names
  *   timens       unshare(CLONE_NEWTIME): its future children would be in another time namespace
  *                (only refused by ferry: the check after go is that it still is so)
+ *   pidns        the same with unshare(CLONE_NEWPID) (pid_for_children)
  */
 #include "common.h"
 #include <linux/membarrier.h>
@@ -112,12 +113,19 @@ int main(int argc, char **argv)
 		SETUP(fchmod(ps, 0620));
 	} else if (strcmp(mode, "status") == 0) {
 		SETUP(read_file("/proc/self/status", status0, sizeof status0));
-	} else if (strcmp(mode, "timens") == 0) {
-		SETUP(unshare(CLONE_NEWTIME));
-		SETUP((int)readlink("/proc/self/ns/time", ns0, sizeof ns0 - 1));
-		SETUP((int)readlink("/proc/self/ns/time_for_children", nsc0, sizeof nsc0 - 1));
+	} else if (strcmp(mode, "timens") == 0 || strcmp(mode, "pidns") == 0) {
+		int pid = strcmp(mode, "pidns") == 0;
+		SETUP(unshare(pid ? CLONE_NEWPID : CLONE_NEWTIME));
+		SETUP((int)readlink(pid ? "/proc/self/ns/pid" : "/proc/self/ns/time", ns0, sizeof ns0 - 1));
+		/* (a new pid namespace has no link until its first process: ENOENT) */
+		if (readlink(pid ? "/proc/self/ns/pid_for_children" : "/proc/self/ns/time_for_children", nsc0,
+			     sizeof nsc0 - 1) < 0) {
+			if (!pid || errno != ENOENT)
+				die_setup("readlink ns for children: %s", strerror(errno));
+			strcpy(nsc0, "(none)");
+		}
 		if (strcmp(ns0, nsc0) == 0)
-			die_setup("unshare(CLONE_NEWTIME) left time_for_children as it was");
+			die_setup("unshare(%s) left the namespace for children as it was", mode);
 	} else {
 		die_setup("unknown mode %s", mode);
 	}
@@ -190,12 +198,16 @@ int main(int argc, char **argv)
 			a = na ? na + 1 : NULL;
 			b = nb ? nb + 1 : NULL;
 		}
-	} else if (strcmp(mode, "timens") == 0) {
+	} else if (strcmp(mode, "timens") == 0 || strcmp(mode, "pidns") == 0) {
+		int pid = strcmp(mode, "pidns") == 0;
 		char ns[256] = { 0 }, nsc[256] = { 0 };
-		CHECK(readlink("/proc/self/ns/time", ns, sizeof ns - 1) > 0 && strcmp(ns, ns0) == 0, "time ns %s, was %s",
-		      ns, ns0);
-		CHECK(readlink("/proc/self/ns/time_for_children", nsc, sizeof nsc - 1) > 0 && strcmp(nsc, nsc0) == 0,
-		      "time_for_children ns %s, was %s", nsc, nsc0);
+		CHECK(readlink(pid ? "/proc/self/ns/pid" : "/proc/self/ns/time", ns, sizeof ns - 1) > 0 &&
+			      strcmp(ns, ns0) == 0,
+		      "ns %s, was %s", ns, ns0);
+		if (readlink(pid ? "/proc/self/ns/pid_for_children" : "/proc/self/ns/time_for_children", nsc,
+			     sizeof nsc - 1) < 0)
+			strcpy(nsc, "(none)");
+		CHECK(strcmp(nsc, nsc0) == 0, "ns for children %s, was %s", nsc, nsc0);
 	}
 	finish();
 }

@@ -51,20 +51,22 @@ fn proc_status_unchanged() {
     cycle(&procattrs("status"));
 }
 
-/// A process that unshared a time namespace for its future children is refused in one line,
-/// and runs on untouched.
+/// A process that unshared a time (or pid) namespace for its future children is refused in one
+/// line, and runs on untouched.
 #[test]
 fn refuses_time_namespace_for_children() {
-    let mut run = Run::start(&procattrs("timens"));
-    dump_refused(run.pid, &run.w.join("img"), "time namespace for its future children");
-    run.go();
-    let status = run.wait_child_exit();
-    run.expect_pass(status, "the process after the refused dump");
+    for (mode, what) in [("timens", "time"), ("pidns", "pid")] {
+        let mut run = Run::start(&procattrs(mode));
+        dump_refused(run.pid, &run.w.join("img"), &format!("{what} namespace for its future children"));
+        run.go();
+        let status = run.wait_child_exit();
+        run.expect_pass(status, "the process after the refused dump");
+    }
 }
 
 #[test]
 fn control_procattrs() {
-    for mode in ["oom", "loginuid", "thp", "membarrier", "timerfd", "pty", "status", "timens"] {
+    for mode in ["oom", "loginuid", "thp", "membarrier", "timerfd", "pty", "status", "timens", "pidns"] {
         control(&procattrs(mode));
     }
 }
