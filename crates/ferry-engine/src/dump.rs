@@ -180,6 +180,8 @@ impl Frozen {
         for t in &mut f.threads {
             let tid = t.tid;
             t.regs = ptrace::get_regs(tid).ctx(|| format!("pid {pid} thread {tid}: cannot read registers"))?;
+            // Out of an rseq critical section first, as preemption would (state/rseq.rs).
+            rseq::abort_critical_section(tid, &mut t.regs)?;
             t.sigmask =
                 ptrace::get_sigmask(tid).ctx(|| format!("pid {pid} thread {tid}: cannot read the signal mask"))?;
         }
@@ -328,6 +330,21 @@ fn precheck(pid: i32, pidns_root: Option<i32>) -> Result<(ferry_proc::Status, fe
         let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).ok();
         if theirs.is_some() && theirs != ours {
             return Err(Error::Unsupported { pid, what: format!("a process in another {ns} namespace than ferry's") });
+        }
+    }
+    // unshare(CLONE_NEWTIME / CLONE_NEWPID) leaves the process where it is and puts only its
+    // future children in the new namespace (`*_for_children`): restore would lose that.
+    for ns in ["time", "pid"] {
+        let own = std::fs::read_link(procfs::path(pid, &format!("ns/{ns}"))).ok();
+        let children = std::fs::read_link(procfs::path(pid, &format!("ns/{ns}_for_children")));
+        // (A new pid namespace has no link until its first process exists: ENOENT.)
+        let pending =
+            matches!(&children, Err(e) if e.kind() == std::io::ErrorKind::NotFound) && procfs::path(pid, "ns").exists();
+        if own.is_some() && (pending || children.as_ref().is_ok_and(|c| Some(c) != own.as_ref())) {
+            return Err(Error::Unsupported {
+                pid,
+                what: format!("a process that unshared a {ns} namespace for its future children"),
+            });
         }
     }
     if st.seccomp != 0 {

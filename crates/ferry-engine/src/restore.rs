@@ -186,7 +186,12 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
         }
         // Memory shared copy-on-write goes in before any child is forked, so they inherit it.
         let mine = std::cell::RefCell::new(match idx {
-            Some(i) if ctx.premap => cow::premap(ctx.procs, &ctx.pages, i, inherited)?,
+            Some(i) if ctx.premap => {
+                // (A zombie has nothing prepared, and no mapping to premap.)
+                let none = HashMap::new();
+                let fds = ctx.prep[i].as_ref().map_or(&none, |p| &p.mem.vma_fd);
+                cow::premap(ctx.procs, &ctx.pages, fds, i, inherited)?
+            }
             _ => inherited,
         });
         // An orphan's creator is a helper that dies during restore: it must not take it along.
@@ -450,6 +455,8 @@ fn rebuild(
     signals::restore_thread(&inj, scratch, p, t, true)?;
     timers::create_posix(&inj, scratch, p)?;
     task::restore_rlimits(pid, p)?;
+    task::restore_oom_score_adj(pid, p)?;
+    task::restore_mm_attrs(&inj, p)?;
     if let Some(c) = &p.creds {
         let now = crate::procfs::read_string(pid, "status")?;
         let now = crate::procfs::parse(pid, "status", ferry_proc::parse_status(&now))?;

@@ -168,6 +168,20 @@ pub struct Process {
     /// The cgroup the process is in, in every hierarchy (v1 and v2).
     #[prost(message, repeated, tag = "50")]
     pub cgroups: Vec<Cgroup>,
+    /// /proc/PID/oom_score_adj (-1000..1000).
+    #[prost(int32, tag = "300")]
+    pub oom_score_adj: i32,
+    /// /proc/PID/loginuid (the audit login uid; 4294967295: never set). None in an image
+    /// written before it was kept: left as the restored process inherits it.
+    #[prost(uint32, optional, tag = "301")]
+    pub loginuid: Option<u32>,
+    /// prctl(PR_GET_THP_DISABLE): 0, or 1 with its flags (PR_THP_DISABLE_EXCEPT_ADVISED, 1 << 1).
+    #[prost(uint32, tag = "302")]
+    pub thp_disable: u32,
+    /// membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS): the MEMBARRIER_CMD_REGISTER_* commands the
+    /// process has done.
+    #[prost(uint32, tag = "303")]
+    pub membarrier: u32,
 }
 
 /// A SysV shared memory segment (`shmget`), recreated with the same key and id.
@@ -847,6 +861,14 @@ pub struct Pty {
     /// The slave's foreground process group (0: none).
     #[prost(int32, tag = "11")]
     pub foreground_pgrp: i32,
+    /// Owner, group and permission bits of the slave's /dev/pts node (None: not recorded, in an
+    /// image written before they were kept).
+    #[prost(uint32, optional, tag = "300")]
+    pub slave_mode: Option<u32>,
+    #[prost(uint32, tag = "301")]
+    pub slave_uid: u32,
+    #[prost(uint32, tag = "302")]
+    pub slave_gid: u32,
 }
 
 /// A TCP or UDP socket over IPv4 or IPv6: what restore needs to recreate it with socket(),

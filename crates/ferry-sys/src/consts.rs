@@ -70,9 +70,12 @@ pub mod nr {
     pub const TIMER_GETTIME: u64 = 224;
     pub const TIMER_GETOVERRUN: u64 = 225;
     pub const MLOCK: u64 = 149;
+    pub const MLOCK2: u64 = 325;
+    pub const MSEAL: u64 = 462;
     pub const SET_ROBUST_LIST: u64 = 273;
     pub const RT_TGSIGQUEUEINFO: u64 = 297;
     pub const RSEQ: u64 = 334;
+    pub const MEMBARRIER: u64 = 324;
     pub const RT_SIGTIMEDWAIT: u64 = 128;
     pub const FCNTL: u64 = 72;
     pub const FLOCK: u64 = 73;

@@ -452,6 +452,20 @@ pub fn timerfd_settime(fd: BorrowedFd<'_>, flags: i32, value_ns: u64, interval_n
     cvt_i(unsafe { libc::timerfd_settime(fd.as_raw_fd(), flags, &its, std::ptr::null_mut()) }).map(drop)
 }
 
+/// `timerfd_gettime(2)` — (remaining time, interval) in nanoseconds. On a periodic timer that
+/// expired, the kernel first moves it to its next expiration and counts the missed ones in its
+/// ticks (as a `read` would find them).
+pub fn timerfd_gettime(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let mut its = libc::itimerspec {
+        it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+        it_value: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+    };
+    // SAFETY: its is a valid, writable itimerspec.
+    cvt_i(unsafe { libc::timerfd_gettime(fd.as_raw_fd(), &mut its) })?;
+    let ns = |t: libc::timespec| t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64;
+    Ok((ns(its.it_value), ns(its.it_interval)))
+}
+
 /// `ioctl(TFD_IOC_SET_TICKS)` — set the number of expirations not yet read (CONFIG_CHECKPOINT_RESTORE).
 pub fn timerfd_set_ticks(fd: BorrowedFd<'_>, ticks: u64) -> io::Result<()> {
     const TFD_IOC_SET_TICKS: libc::c_ulong = 0x4008_5400;

@@ -270,8 +270,9 @@ pub struct RawRegion {
 
 impl RawRegion {
     /// Map `start..end` read+write (`MAP_FIXED_NOREPLACE`: fails with EEXIST if anything is
-    /// there), growing down like a stack if `grows_down`.
-    pub fn map(start: u64, end: u64, grows_down: bool) -> io::Result<RawRegion> {
+    /// there), growing down like a stack if `grows_down`, not accounted if `noreserve`
+    /// (`MAP_NORESERVE`).
+    pub fn map(start: u64, end: u64, grows_down: bool, noreserve: bool) -> io::Result<RawRegion> {
         let page = crate::process::page_size();
         if !start.is_multiple_of(page) || !end.is_multiple_of(page) || end <= start {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
@@ -279,7 +280,8 @@ impl RawRegion {
         let flags = libc::MAP_PRIVATE
             | libc::MAP_ANONYMOUS
             | libc::MAP_FIXED_NOREPLACE
-            | if grows_down { libc::MAP_GROWSDOWN } else { 0 };
+            | if grows_down { libc::MAP_GROWSDOWN } else { 0 }
+            | if noreserve { libc::MAP_NORESERVE } else { 0 };
         // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so no memory Rust
         // uses is affected; the new range is only written through the kernel.
         let p = unsafe {
@@ -297,6 +299,37 @@ impl RawRegion {
         }
         if p as u64 != start {
             // An old kernel that ignored NOREPLACE: give the address back.
+            // SAFETY: the kernel just created this mapping for us; nothing references it.
+            unsafe { libc::munmap(p, (end - start) as usize) };
+            return Err(io::Error::from_raw_os_error(libc::EEXIST));
+        }
+        Ok(RawRegion { start, end })
+    }
+
+    /// Map `start..end` of the file behind `fd` from byte `offset`, private and read+write
+    /// (`MAP_FIXED_NOREPLACE`, as [`RawRegion::map`]).
+    pub fn map_file(start: u64, end: u64, fd: i32, offset: u64, noreserve: bool) -> io::Result<RawRegion> {
+        let page = crate::process::page_size();
+        if !start.is_multiple_of(page) || !end.is_multiple_of(page) || end <= start || !offset.is_multiple_of(page) {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let flags = libc::MAP_PRIVATE | libc::MAP_FIXED_NOREPLACE | if noreserve { libc::MAP_NORESERVE } else { 0 };
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so no memory Rust
+        // uses is affected; the new range is only written through the kernel.
+        let p = unsafe {
+            libc::mmap(
+                start as *mut libc::c_void,
+                (end - start) as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                fd,
+                offset as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        if p as u64 != start {
             // SAFETY: the kernel just created this mapping for us; nothing references it.
             unsafe { libc::munmap(p, (end - start) as usize) };
             return Err(io::Error::from_raw_os_error(libc::EEXIST));
@@ -348,7 +381,8 @@ impl RawRegion {
     /// Drop the pages of `addr..addr+len` (inside the region): they read as zeros again.
     pub fn zero(&self, addr: u64, len: u64) -> io::Result<()> {
         self.check(addr, len)?;
-        // SAFETY: private anonymous memory of the region, referenced by no Rust code.
+        // SAFETY: private memory of the region (anonymous: it reads zeros again; of a file: the
+        // file's bytes again), referenced by no Rust code.
         cvt_i(unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, libc::MADV_DONTNEED) }).map(drop)
     }
 

@@ -628,6 +628,7 @@ mod cleanup;
 mod cow;
 mod inet;
 mod integrity;
+mod memattr;
 mod migrate;
 mod more;
 mod objects;

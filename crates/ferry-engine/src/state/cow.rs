@@ -17,6 +17,11 @@
 //!   leaves these premapped ranges alone. If a range cannot be premapped (ferry's own memory
 //!   happens to sit there in the forked copy), the tracer builds it afterwards from the chain of
 //!   layers (the parent's, then the child's): same content, without the sharing.
+//!
+//! The same holds for the pages of a private *file* mapping a process wrote to (its anonymous,
+//! copied-on-write pages): they are compared and shared the same way, a hole there meaning "the
+//! file's bytes" (MADV_DONTNEED on a private file mapping gives those back), and a premapped
+//! file mapping maps the file (the fd opened for it before the fork).
 
 use crate::error::{Ctx, Error};
 use crate::procfs;
@@ -29,6 +34,7 @@ use std::os::unix::fs::FileExt;
 /// Pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
 const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAPPED: u64 = 1 << 62;
+const PM_FILE: u64 = 1 << 61;
 const PM_PFN: u64 = (1 << 55) - 1;
 /// Pages of pagemap read at a time (512 KiB of entries per process).
 const BATCH: u64 = 64 << 10;
@@ -44,9 +50,22 @@ pub struct Dump {
     pub via_mem: std::collections::HashSet<u64>,
 }
 
-/// Mappings whose pages can be shared copy-on-write with a child.
+/// Mappings whose pages can be shared copy-on-write with a child: private anonymous ones, and
+/// the anonymous (written, copied-on-write) pages of private file mappings.
 fn shareable(v: &Vma) -> bool {
-    v.kind == VmaKind::Anon as i32 && !v.sysv
+    // (A MAP_DROPPABLE mapping is wiped in a child at fork: never shared.)
+    let anon = v.kind == VmaKind::Anon as i32 && !v.vm_flags.iter().any(|f| f == "dp");
+    (anon || is_file(v)) && !v.sysv
+}
+
+fn is_file(v: &Vma) -> bool {
+    v.kind == VmaKind::FilePrivate as i32
+}
+
+/// The same mapping in a parent and its child: bounds, and for a file the file and offset.
+fn same_mapping(a: &Vma, b: &Vma) -> bool {
+    (a.start, a.end, a.kind) == (b.start, b.end, b.kind)
+        && (!is_file(a) || (a.path == b.path && a.offset == b.offset && a.shmem_id == b.shmem_id))
 }
 
 fn read_pagemap(pid: i32, f: &std::fs::File, start: u64, pages: u64) -> Result<Vec<u64>, Error> {
@@ -68,17 +87,23 @@ pub fn find(procs: &mut [Process], host: &[i32]) -> Result<Vec<Dump>, Error> {
     }
     for i in 0..procs.len() {
         let Some(j) = procs[..i].iter().position(|q| q.pid == procs[i].ppid && q.mm.is_some()) else { continue };
-        let parent: Vec<(u64, u64)> =
-            procs[j].mm.iter().flat_map(|m| m.vmas.iter()).filter(|v| shareable(v)).map(|v| (v.start, v.end)).collect();
+        let parent: Vec<Vma> = procs[j]
+            .mm
+            .iter()
+            .flat_map(|m| m.vmas.iter())
+            .filter(|v| shareable(v))
+            .map(|v| Vma { runs: Vec::new(), cow_holes: Vec::new(), ..v.clone() })
+            .collect();
         let (pid, ppid) = (host[i], host[j]);
         let Some(mm) = procs[i].mm.as_mut() else { continue };
         let mut files = None;
-        for v in mm.vmas.iter_mut().filter(|v| shareable(v) && parent.contains(&(v.start, v.end))) {
+        for v in mm.vmas.iter_mut().filter(|v| shareable(v) && parent.iter().any(|w| same_mapping(v, w))) {
             let (mine, theirs) = match &files {
                 Some(f) => f,
                 None => files.insert((procfs::open(pid, "pagemap")?, procfs::open(ppid, "pagemap")?)),
             };
-            let regions = crate::state::memory::resident(mine.as_fd(), pid, v.start, v.end, page_is::PFNZERO)?;
+            let also = page_is::PFNZERO | page_is::FILE;
+            let regions = crate::state::memory::resident(mine.as_fd(), pid, v.start, v.end, also)?;
             let (shared, holes) = compare(pid, ppid, mine, theirs, v, &regions)?;
             if shared.is_empty() {
                 continue;
@@ -109,6 +134,7 @@ fn compare(
     let mut shared: Ranges = Vec::new();
     let mut holes: Vec<PageRange> = Vec::new();
     let mut ri = 0; // regions are in address order: the first one not yet behind `addr`
+    let file = is_file(v);
     let mut at = v.start;
     while at < v.end {
         let n = ((v.end - at) / PAGE_SIZE).min(BATCH);
@@ -119,15 +145,30 @@ fn compare(
             while ri < regions.len() && regions[ri].end <= addr {
                 ri += 1;
             }
-            let content = regions.get(ri).is_some_and(|r| r.start <= addr && r.categories & page_is::PFNZERO == 0);
+            // A page of its own here: not the zero page, and in a file mapping not the file's
+            // (page cache) page but a copy (present anonymous, or swapped).
+            let content = regions.get(ri).is_some_and(|r| {
+                r.start <= addr
+                    && r.categories & page_is::PFNZERO == 0
+                    && (!file || r.categories & page_is::FILE == 0 || r.categories & page_is::SWAPPED != 0)
+            });
             let (x, y) = (a[i], b[i]);
             let pfn = x & PM_PFN;
-            if content && x & PM_PRESENT != 0 && y & PM_PRESENT != 0 && pfn != 0 && pfn == y & PM_PFN {
+            // (The parent's page of a file mapping that is the file's own is not a layer.)
+            let parent_has = y & PM_SWAPPED != 0 || (y & PM_PRESENT != 0 && (!file || y & PM_FILE == 0));
+            if content
+                && x & PM_PRESENT != 0
+                && x & PM_FILE == 0
+                && y & PM_PRESENT != 0
+                && y & PM_FILE == 0
+                && pfn != 0
+                && pfn == y & PM_PFN
+            {
                 match shared.last_mut() {
                     Some(l) if l.1 == addr => l.1 += PAGE_SIZE,
                     _ => shared.push((addr, addr + PAGE_SIZE)),
                 }
-            } else if !content && y & (PM_PRESENT | PM_SWAPPED) != 0 {
+            } else if !content && parent_has {
                 match holes.last_mut() {
                     Some(h) if h.addr + h.nr_pages * PAGE_SIZE == addr => h.nr_pages += 1,
                     _ => holes.push(PageRange { addr, nr_pages: 1 }),
@@ -153,7 +194,7 @@ fn parent_of(procs: &[Process], p: &Process) -> Option<usize> {
 }
 
 fn same_bounds<'a>(p: &'a Process, v: &Vma) -> Option<&'a Vma> {
-    p.mm.as_ref()?.vmas.iter().find(|w| w.start == v.start && w.end == v.end && shareable(w))
+    p.mm.as_ref()?.vmas.iter().find(|w| same_mapping(v, w) && shareable(w))
 }
 
 /// The layers that make mapping `v` of `procs[idx]`, the oldest ancestor's first, its own last.
@@ -231,6 +272,7 @@ fn apply(region: &RawRegion, layer: &Layer<'_>) -> Result<(), String> {
 pub fn premap(
     procs: &[Process],
     pages: &[Option<(i32, u64)>],
+    vma_fds: &std::collections::HashMap<usize, i32>,
     idx: usize,
     inherited: Vec<Premapped>,
 ) -> Result<Vec<Premapped>, String> {
@@ -259,7 +301,20 @@ pub fn premap(
         p.region.unmap().map_err(|e| format!("cannot unmap an inherited mapping: {e}"))?;
     }
     for v in todo {
-        let region = match RawRegion::map(v.start, v.end, v.vm_flags.iter().any(|f| f == "gd")) {
+        let has = |flag: &str| v.vm_flags.iter().any(|f| f == flag);
+        let mapped = match is_file(v) {
+            true => {
+                // (The file opened for this mapping, at its number in every restored process.)
+                let vmas = me.mm.as_ref().map(|m| m.vmas.as_slice()).unwrap_or_default();
+                let fd = vmas.iter().position(|w| std::ptr::eq(w, v)).and_then(|i| vma_fds.get(&i));
+                match fd {
+                    Some(&fd) => RawRegion::map_file(v.start, v.end, fd, v.offset, has("nr")),
+                    None => return Err(format!("mapping {:#x}-{:#x}: no open file for {}", v.start, v.end, v.path)),
+                }
+            }
+            false => RawRegion::map(v.start, v.end, has("gd"), has("nr")),
+        };
+        let region = match mapped {
             Ok(r) => r,
             Err(_) => continue, // the tracer rebuilds it
         };

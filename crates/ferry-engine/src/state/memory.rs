@@ -62,6 +62,9 @@ pub fn scan(pid: i32, img: &mut ImageWriter) -> Result<(Vec<Vma>, Vec<MapEntry>)
             vm_flags: flags.get(&m.start).cloned().unwrap_or_default(),
             ..Default::default()
         };
+        if let Some((_, what)) = REFUSED_FLAGS.iter().find(|(f, _)| v.vm_flags.iter().any(|x| x == f)) {
+            return Err(at(what.to_string()));
+        }
         let anon = if m.perms.shared { VmaKind::SharedAnon } else { VmaKind::Anon };
         let kind = match m.path.as_deref() {
             None => anon,
@@ -942,19 +945,26 @@ pub fn restore(
         crate::state::sysvshm::attach(inj, p, &mm.vmas)?;
     }
     let mut reprotect = Vec::new();
+    let mut accounted = Vec::new();
     for (i, v) in mm.vmas.iter().enumerate().filter(|(_, v)| !v.sysv) {
         let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Invalid);
         let len = v.end - v.start;
         let mut prot = v.prot as u64;
+        let has = |flag: &str| v.vm_flags.iter().any(|f| f == flag);
         let mut flags = match kind {
+            // (MAP_DROPPABLE implies NORESERVE, WIPEONFORK and DONTDUMP.)
+            VmaKind::Anon if has("dp") => MAP_DROPPABLE | libc::MAP_ANONYMOUS,
             VmaKind::Anon => libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
             VmaKind::SharedAnon => libc::MAP_SHARED,
             VmaKind::FilePrivate => libc::MAP_PRIVATE,
             VmaKind::FileShared => libc::MAP_SHARED,
             _ => continue,
         } as u64;
-        if v.vm_flags.iter().any(|f| f == "gd") {
+        if has("gd") {
             flags |= libc::MAP_GROWSDOWN as u64;
+        }
+        if has("nr") && !has("dp") {
+            flags |= libc::MAP_NORESERVE as u64;
         }
         if shared.is_kept(v) {
             if prot != (libc::PROT_READ | libc::PROT_WRITE) as u64 {
@@ -964,11 +974,24 @@ pub fn restore(
         }
         // (Filled here: its own pages, or the layers of memory shared with the parent.)
         let filled = !v.runs.is_empty() || shared.chains.iter().any(|c| c.0 == i);
+        // A private mapping that was writable once stays accounted ("ac", VM_ACCOUNT) when made
+        // read-only: so it is mapped writable first too (an anonymous one only keeps it with
+        // an anon_vma, which one written page gives it; see `accounted` below).
+        let was_writable = has("ac") && matches!(kind, VmaKind::Anon | VmaKind::FilePrivate);
         if kind != VmaKind::SharedAnon
-            && filled
+            && (filled || was_writable)
             && prot & (libc::PROT_READ | libc::PROT_WRITE) as u64 != (libc::PROT_READ | libc::PROT_WRITE) as u64
         {
             prot |= (libc::PROT_READ | libc::PROT_WRITE) as u64;
+            reprotect.push(i);
+            if was_writable && kind == VmaKind::Anon && !filled {
+                accounted.push(i);
+            }
+        }
+        if has("lo") && !has("lf") && prot == 0 {
+            // mlock of an inaccessible mapping fails (it cannot fault its pages in): it was
+            // locked while accessible, and is locked here before its final mprotect.
+            prot = libc::PROT_READ as u64;
             reprotect.push(i);
         }
         let (fd, off) = match prep.vma_fd.get(&i) {
@@ -1019,6 +1042,30 @@ pub fn restore(
         }
     }
     // 5. Final protections and madvise flags.
+    for &i in &accounted {
+        // One page written and dropped: the mapping gets its anon_vma, and keeps VM_ACCOUNT.
+        let v = &mm.vmas[i];
+        for advice in [MADV_POPULATE_WRITE, libc::MADV_DONTNEED] {
+            b.push(nr::MADVISE, &[v.start, PAGE_SIZE, advice as u64], 0, || {
+                format!("pid {pid}: cannot madvise {:#x} ({advice})", v.start)
+            })?;
+        }
+    }
+    let lock = |b: &mut Batch<'_>, v: &Vma| -> Result<(), Error> {
+        let has = |flag: &str| v.vm_flags.iter().any(|f| f == flag);
+        if has("lf") {
+            b.push(nr::MLOCK2, &[v.start, v.end - v.start, MLOCK_ONFAULT], 0, || {
+                format!("pid {pid}: cannot mlock2 {:#x} (MLOCK_ONFAULT)", v.start)
+            })
+        } else if has("lo") {
+            b.push(nr::MLOCK, &[v.start, v.end - v.start], 0, || format!("pid {pid}: cannot mlock {:#x}", v.start))
+        } else {
+            Ok(())
+        }
+    };
+    for v in mm.vmas.iter().filter(|v| v.prot == 0) {
+        lock(&mut b, v)?;
+    }
     for i in reprotect {
         let v = &mm.vmas[i];
         b.push(nr::MPROTECT, &[v.start, v.end - v.start, v.prot as u64], 0, || {
@@ -1026,21 +1073,16 @@ pub fn restore(
         })?;
     }
     for v in &mm.vmas {
-        for (flag, advice) in [
-            ("dd", libc::MADV_DONTDUMP),
-            ("dc", libc::MADV_DONTFORK),
-            ("wf", libc::MADV_WIPEONFORK),
-            ("hg", libc::MADV_HUGEPAGE),
-            ("nh", libc::MADV_NOHUGEPAGE),
-        ] {
-            if v.vm_flags.iter().any(|f| f == flag) {
+        let has = |flag: &str| v.vm_flags.iter().any(|f| f == flag);
+        for (flag, advice) in MADVISED {
+            if has(flag) {
                 b.push(nr::MADVISE, &[v.start, v.end - v.start, advice as u64], 0, || {
                     format!("pid {pid}: cannot madvise {:#x} ({flag})", v.start)
                 })?;
             }
         }
-        if v.vm_flags.iter().any(|f| f == "lo") {
-            b.push(nr::MLOCK, &[v.start, v.end - v.start], 0, || format!("pid {pid}: cannot mlock {:#x}", v.start))?;
+        if v.prot != 0 {
+            lock(&mut b, v)?;
         }
     }
     // 6. mm fields: brk, arg/env bounds (so /proc/PID/cmdline and environ read the same), auxv, exe.
@@ -1048,8 +1090,46 @@ pub fn restore(
     b.push(nr::PRCTL, &[PR_SET_MM as u64, PR_SET_MM_MAP, map, 104, 0], 0, || {
         format!("pid {pid}: PR_SET_MM_MAP (brk {:#x}, exe {})", mm.brk, mm.exe_path)
     })?;
+    // 7. Sealed mappings (mseal), last: nothing may change them afterwards.
+    for v in mm.vmas.iter().filter(|v| v.vm_flags.iter().any(|f| f == "sl")) {
+        b.push(nr::MSEAL, &[v.start, v.end - v.start, 0], 0, || format!("pid {pid}: cannot mseal {:#x}", v.start))?;
+    }
     b.flush()
 }
+
+/// `mmap` flag: memory the kernel may drop under pressure (Linux 6.11); not in libc yet.
+const MAP_DROPPABLE: i32 = 0x08;
+const MADV_POPULATE_WRITE: i32 = 23;
+const MLOCK_ONFAULT: u64 = 1;
+
+/// smaps VmFlags set again with `madvise` at restore. The other codes: `rd wr ex sh mr mw me
+/// ms` follow from the protection, the kind of mapping and the file's open mode; `gd` (growsdown),
+/// `nr` (MAP_NORESERVE), `dp` (MAP_DROPPABLE) are given to `mmap`; `ac` (accounted) follows from
+/// mapping writable first; `lo`/`lf` are `mlock`/`mlock2(MLOCK_ONFAULT)`; `sl` is `mseal`. `de
+/// pf io mm ar` only occur on special mappings (vDSO, devices), which are recreated or refused;
+/// the ones `scan` refuses are in [`REFUSED_FLAGS`]; `um uw ui` see there. `sd` (soft-dirty) is not kept: every
+/// restored mapping is new, hence soft-dirty (docs/ARCHITECTURE.md).
+const MADVISED: [(&str, i32); 8] = [
+    ("dd", libc::MADV_DONTDUMP),
+    ("dc", libc::MADV_DONTFORK),
+    ("wf", libc::MADV_WIPEONFORK),
+    ("hg", libc::MADV_HUGEPAGE),
+    ("nh", libc::MADV_NOHUGEPAGE),
+    ("sr", libc::MADV_SEQUENTIAL),
+    ("rr", libc::MADV_RANDOM),
+    ("mg", libc::MADV_MERGEABLE),
+];
+
+/// smaps VmFlags of state ferry cannot restore: a shadow stack, guard regions
+/// (MADV_GUARD_INSTALL, which pagemap alone can locate), MAP_SYNC, arm64 MTE. (userfaultfd
+/// registrations, `um uw ui`, live as long as their userfaultfd: one the process holds is refused
+/// as an fd; the one pre-copy migration registers is ferry's own and is not kept.)
+const REFUSED_FLAGS: [(&str, &str); 4] = [
+    ("ss", "a shadow stack"),
+    ("gu", "guard regions (MADV_GUARD_INSTALL)"),
+    ("sf", "MAP_SYNC"),
+    ("mt", "memory tagging (MTE)"),
+];
 
 /// `struct prctl_mm_map` (104 bytes, padded to 128) followed by the auxv it points at, `auxv_addr`.
 fn prctl_mm_map(mm: &Mm, prep: &Prepared, auxv_addr: u64) -> Vec<u8> {

@@ -1,6 +1,12 @@
 //! Per-thread links the kernel keeps into user memory: the rseq area (glibc registers one in
 //! every thread), the robust futex list, and clear_child_tid (set_tid_address).
 //!
+//! A thread frozen inside an rseq critical section is moved to the section's abort handler
+//! first (`abort_critical_section`), as the kernel itself would do when it preempts it: it
+//! must not resume inside the section after the restore (on another CPU, maybe, and with the
+//! kernel no longer knowing it is in one: the syscalls ferry makes the thread run clear the
+//! area's `rseq_cs`, as any return to user space outside the section does).
+//!
 //! A restored child is a fork of ferry and inherits ferry's own rseq registration, pointing
 //! into ferry's TLS. That registration must be dropped before ferry's memory is unmapped, or
 //! the kernel would write the CPU number into whatever is mapped there next.
@@ -57,4 +63,50 @@ pub fn restore(inj: &Injector, t: &Thread) -> Result<(), Error> {
     }
     inj.call(nr::SET_TID_ADDRESS, &[t.clear_child_tid]).ctx(|| format!("pid {pid}: cannot set clear_child_tid"))?;
     Ok(())
+}
+
+/// If thread `tid` (frozen, with registers `regs`) is stopped in user code inside the critical
+/// section its rseq area names (`rseq_cs`, `struct rseq_cs`: version, flags, start_ip,
+/// post_commit_offset, abort_ip), move it to the abort handler and clear `rseq_cs`, as the kernel
+/// does when it preempts or signals a thread there. Returns whether it moved the thread.
+pub fn abort_critical_section(tid: i32, regs: &mut ferry_sys::UserRegs) -> Result<bool, Error> {
+    if regs.orig_rax != u64::MAX {
+        return Ok(false); // in a syscall: not inside a section (the kernel forbids syscalls there)
+    }
+    let conf = ptrace::get_rseq_config(tid).ctx(|| format!("pid {tid}: cannot read the rseq configuration"))?;
+    if conf.rseq_abi_pointer == 0 {
+        return Ok(false);
+    }
+    let cs_field = conf.rseq_abi_pointer + 8;
+    let mut b = [0u8; 8];
+    vm_read(tid, cs_field, &mut b).ctx(|| format!("pid {tid}: cannot read rseq_cs at {cs_field:#x}"))?;
+    let cs = u64::from_le_bytes(b);
+    if cs == 0 {
+        return Ok(false);
+    }
+    let mut d = [0u8; 32];
+    if vm_read(tid, cs, &mut d).is_err() {
+        return Ok(false); // (a stale pointer: the kernel ignores it outside a section too)
+    }
+    let word = |i: usize| u64::from_le_bytes(d[i..i + 8].try_into().unwrap_or_default());
+    let (start, len, abort) = (word(8), word(16), word(24));
+    if regs.rip < start || regs.rip - start >= len {
+        return Ok(false);
+    }
+    let mut sig = [0u8; 4];
+    vm_read(tid, abort.wrapping_sub(4), &mut sig)
+        .ctx(|| format!("pid {tid}: cannot read the rseq abort signature at {:#x}", abort.wrapping_sub(4)))?;
+    if u32::from_le_bytes(sig) != conf.signature {
+        return Err(Error::Invalid {
+            object: format!("pid {tid}"),
+            what: format!("stopped in an rseq critical section whose abort handler {abort:#x} has a wrong signature"),
+        });
+    }
+    ferry_sys::process::vm_write(tid, cs_field, &[0u8; 8])
+        .ctx(|| format!("pid {tid}: cannot clear rseq_cs at {cs_field:#x}"))?;
+    ptrace::set_regs(tid, &ferry_sys::UserRegs { rip: abort, ..*regs })
+        .ctx(|| format!("pid {tid}: cannot move to the rseq abort handler"))?;
+    regs.rip = abort;
+    tracing::debug!(tid, from = start, to = abort, "thread moved out of its rseq critical section");
+    Ok(true)
 }

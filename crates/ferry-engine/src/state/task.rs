@@ -1,5 +1,12 @@
 //! Process attributes: comm, cwd, root, umask, personality, rlimits, process group and session,
-//! dumpable, parent-death signal, child-subreaper flag.
+//! dumpable, parent-death signal, child-subreaper flag, oom_score_adj, the audit loginuid,
+//! PR_SET_THP_DISABLE and membarrier registrations.
+//!
+//! oom_score_adj is written from outside (/proc/PID/oom_score_adj, as root); loginuid only the
+//! process itself may write (the kernel refuses any other writer), so the restored child writes
+//! its own before it gives itself to the tracer; THP_DISABLE and membarrier are per address
+//! space and asked for by injected calls (membarrier registrations cannot be read from outside,
+//! and MEMBARRIER_CMD_GET_REGISTRATIONS needs Linux 6.3).
 
 use crate::error::{Ctx, Error};
 use crate::inject::Injector;
@@ -16,6 +23,13 @@ const PR_GET_DUMPABLE: u64 = 3;
 const PR_SET_DUMPABLE: u64 = 4;
 const PR_SET_CHILD_SUBREAPER: u64 = 36;
 const PR_GET_CHILD_SUBREAPER: u64 = 37;
+const PR_SET_THP_DISABLE: u64 = 41;
+const PR_GET_THP_DISABLE: u64 = 42;
+const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
+/// The MEMBARRIER_CMD_REGISTER_* commands GET_REGISTRATIONS reports (GLOBAL_EXPEDITED,
+/// PRIVATE_EXPEDITED, PRIVATE_EXPEDITED_SYNC_CORE, PRIVATE_EXPEDITED_RSEQ), in the order they
+/// are registered again.
+const MEMBARRIER_REGISTER: [u32; 4] = [1 << 2, 1 << 4, 1 << 6, 1 << 8];
 
 /// Collect what /proc shows without injection.
 pub fn collect(pid: i32, st: &ferry_proc::Status, stat: &ferry_proc::Stat, p: &mut Process) -> Result<(), Error> {
@@ -44,6 +58,18 @@ pub fn collect(pid: i32, st: &ferry_proc::Status, stat: &ferry_proc::Stat, p: &m
         object: format!("/proc/{pid}/personality"),
         what: format!("bad value {pers:?}"),
     })?;
+    let number = |name: &str| -> Result<i64, Error> {
+        let text = procfs::read_string(pid, name)?;
+        text.trim().parse().map_err(|_| Error::Invalid {
+            object: format!("/proc/{pid}/{name}"),
+            what: format!("bad value {:?}", text.trim()),
+        })
+    };
+    p.oom_score_adj = number("oom_score_adj")? as i32;
+    // (No /proc/PID/loginuid without CONFIG_AUDIT: nothing to keep.)
+    if procfs::path(pid, "loginuid").exists() {
+        p.loginuid = Some(number("loginuid")? as u32);
+    }
     Ok(())
 }
 
@@ -123,11 +149,36 @@ pub fn collect_injected(inj: &Injector, scratch: u64, p: &mut Process) -> Result
         .ctx(|| format!("pid {pid}: cannot read child_subreaper"))?;
     vm_read(pid, scratch, &mut b).ctx(|| format!("pid {pid}: cannot read back child_subreaper"))?;
     p.child_subreaper = i32::from_le_bytes(b) != 0;
+    p.thp_disable = inj
+        .call(nr::PRCTL, &[PR_GET_THP_DISABLE, 0, 0, 0, 0])
+        .ctx(|| format!("pid {pid}: cannot read PR_GET_THP_DISABLE"))? as u32;
+    p.membarrier = match inj.call(nr::MEMBARRIER, &[MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0]) {
+        Ok(r) => r as u32,
+        // Before Linux 6.3 the registrations cannot be read: refuse rather than lose any.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            return Err(Error::Unsupported {
+                pid,
+                what: "a kernel without MEMBARRIER_CMD_GET_REGISTRATIONS (Linux 6.3)".into(),
+            })
+        }
+        // A kernel without membarrier: no registration to keep.
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => 0,
+        Err(e) => return Err(e).ctx(|| format!("pid {pid}: cannot read the membarrier registrations")),
+    };
     Ok(())
 }
 
-/// In the restored child: root, cwd (given as an open directory fd), umask, personality, comm.
+/// In the restored child: loginuid, root, cwd (given as an open directory fd), umask, personality,
+/// comm.
 pub fn apply_in_child(p: &Process, cwd_fd: std::os::fd::BorrowedFd<'_>) -> Result<(), String> {
+    // Only the process itself may write its loginuid (before a chroot hides /proc; more than
+    // once only with CAP_AUDIT_CONTROL).
+    if let Some(uid) = p.loginuid {
+        let now = std::fs::read_to_string("/proc/self/loginuid").map_err(|e| format!("read loginuid: {e}"))?;
+        if now.trim() != uid.to_string() {
+            std::fs::write("/proc/self/loginuid", uid.to_string()).map_err(|e| format!("loginuid {uid}: {e}"))?;
+        }
+    }
     if p.root != "/" {
         let root = std::ffi::CString::new(p.root.as_bytes()).map_err(|_| "root path has a NUL byte".to_string())?;
         raw::chroot(&root).map_err(|e| format!("chroot {}: {e}", p.root))?;
@@ -171,6 +222,17 @@ pub fn restore_sched(pid: i32, tids: &[i32], p: &Process, fallback: &[u8]) -> Re
     Ok(())
 }
 
+/// By the tracer from outside: oom_score_adj (a restored process first has ferry's).
+pub fn restore_oom_score_adj(pid: i32, p: &Process) -> Result<(), Error> {
+    let path = procfs::path(pid, "oom_score_adj");
+    let now = std::fs::read_to_string(&path).ctx(|| format!("pid {pid}: cannot read oom_score_adj"))?;
+    if now.trim() != p.oom_score_adj.to_string() {
+        std::fs::write(&path, p.oom_score_adj.to_string())
+            .ctx(|| format!("pid {pid}: cannot set oom_score_adj to {}", p.oom_score_adj))?;
+    }
+    Ok(())
+}
+
 /// By the tracer from outside: resource limits.
 pub fn restore_rlimits(pid: i32, p: &Process) -> Result<(), Error> {
     for r in &p.rlimits {
@@ -195,6 +257,28 @@ pub fn restore_late(inj: &Injector, p: &Process) -> Result<(), Error> {
     if p.child_subreaper {
         inj.call(nr::PRCTL, &[PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0])
             .ctx(|| format!("pid {pid}: cannot set child_subreaper"))?;
+    }
+    Ok(())
+}
+
+/// By the tracer, once the address space is rebuilt: PR_SET_THP_DISABLE and the membarrier
+/// registrations (both belong to the address space).
+pub fn restore_mm_attrs(inj: &Injector, p: &Process) -> Result<(), Error> {
+    let pid = inj.pid();
+    if p.thp_disable & 1 != 0 {
+        inj.call(nr::PRCTL, &[PR_SET_THP_DISABLE, 1, (p.thp_disable & !1) as u64, 0, 0])
+            .ctx(|| format!("pid {pid}: cannot set PR_SET_THP_DISABLE {:#x}", p.thp_disable))?;
+    }
+    let unknown = p.membarrier & !MEMBARRIER_REGISTER.iter().fold(0, |a, b| a | b);
+    if unknown != 0 {
+        return Err(Error::Invalid {
+            object: format!("pid {pid}"),
+            what: format!("unknown membarrier registrations {unknown:#x}"),
+        });
+    }
+    for cmd in MEMBARRIER_REGISTER.into_iter().filter(|c| p.membarrier & c != 0) {
+        inj.call(nr::MEMBARRIER, &[cmd as u64, 0, 0])
+            .ctx(|| format!("pid {pid}: cannot register membarrier command {cmd:#x}"))?;
     }
     Ok(())
 }

@@ -10,6 +10,7 @@
 //! controlling terminal (`TIOCSCTTY`); the first process of the foreground group gives it the
 //! terminal (`TIOCSPGRP`, with every signal blocked so SIGTTOU cannot stop it).
 //! The new pair gets whatever /dev/pts index the kernel hands out: it may differ from the old one.
+//! The slave node gets the old one's owner, group and mode (its times are not kept).
 //!
 //! Bytes inside the terminal's buffers cannot be read without consuming them, so a pair with
 //! unread input or output is refused (`FIONREAD` on the master, and on the slave fds of the tree;
@@ -31,6 +32,7 @@ use ferry_image::{File, FileKind, Process, Pty, TtyShellJob};
 use ferry_sys::tty as sys;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 
 /// Terminal devices: /dev/ttyN and serial lines (4), /dev/tty, /dev/console, /dev/ptmx (5),
 /// /dev/pts/N (136-143).
@@ -112,6 +114,11 @@ fn read_pair(pid: i32, fd: i32, master: BorrowedFd<'_>) -> Result<Pty, Error> {
         foreground_pgrp: sys::get_int(master, libc::TIOCGPGRP).unwrap_or(0),
         ..Default::default()
     };
+    // The slave node's owner and mode (grantpt, or a chown by the process), from /dev/pts: the
+    // same devpts instance, since the process shares ferry's mount namespace.
+    let node = format!("/dev/pts/{index}");
+    let md = std::fs::metadata(&node).ctx(|| format!("pid {pid} fd {fd}: cannot stat {node}"))?;
+    let pty = Pty { slave_mode: Some(md.mode() & 0o7777), slave_uid: md.uid(), slave_gid: md.gid(), ..pty };
     let out = sys::get_int(master, libc::FIONREAD).ctx(what)?;
     if out > 0 {
         return Err(unsupported(format!(
@@ -304,6 +311,13 @@ fn set_up_pair(pty: &Pty, base: i32) -> Result<Pair, Error> {
     }
     if pty.exclusive {
         sys::no_arg(slave.as_fd(), libc::TIOCEXCL).ctx(|| format!("{}: exclusive mode", obj()))?;
+    }
+    if let Some(mode) = pty.slave_mode {
+        std::os::unix::fs::fchown(&slave, Some(pty.slave_uid), Some(pty.slave_gid))
+            .ctx(|| format!("{}: cannot give the slave to {}:{}", obj(), pty.slave_uid, pty.slave_gid))?;
+        let f = std::fs::File::from(slave.try_clone().ctx(obj)?);
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .ctx(|| format!("{}: cannot set the slave's mode {mode:o}", obj()))?;
     }
     if pty.locked {
         sys::set_int(master.as_fd(), libc::TIOCSPTLCK, 1).ctx(|| format!("{}: lock", obj()))?;
