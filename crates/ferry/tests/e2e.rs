@@ -618,6 +618,7 @@ mod big {
 
 mod cgroup;
 mod cow;
+mod filestate;
 mod inet;
 mod migrate;
 mod more;

@@ -331,15 +331,10 @@ pub fn prepare(
                 }
                 fd
             }
-            FileKind::Pipe => {
-                let (r, w) = pipes
-                    .get(&f.pipe_ino)
-                    .ok_or_else(|| Error::Invalid { object: obj(), what: "pipe missing from image".into() })?;
-                let end = if f.flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32 { r } else { w };
-                let fd = end.try_clone().ctx(obj)?;
-                ferry_sys::process::set_status_flags(std::os::fd::AsFd::as_fd(&fd), f.flags as i32).ctx(obj)?;
-                fd
-            }
+            FileKind::Pipe => pipes
+                .open(f.pipe_ino, f.flags as i32)
+                .ctx(obj)?
+                .ok_or_else(|| Error::Invalid { object: obj(), what: "pipe missing from image".into() })?,
             FileKind::Inherited => {
                 use std::os::fd::AsFd;
                 let n = fd_of();
