@@ -522,7 +522,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     }
     let objects = files::Objects { pipes: &pipes, unix: &unix, ttys: &ttys };
     let mut prep = Vec::new();
-    let mut ghosts = files::ghost::Ghosts::default();
+    let mut ghosts = files::ghost::Ghosts::new(&procs);
     for p in &procs {
         if p.zombie {
             prep.push(None);
@@ -537,6 +537,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     drop(ghosts); // (the fds and mappings hold the recreated files now)
     let numbers: Vec<Option<&[i32]>> = prep.iter().map(|p| p.as_ref().map(|p| p.files.numbers.as_slice())).collect();
     crate::state::tcp_repair::release_all(&procs, &numbers)?;
+    files::ghost::memfd_attrs(&procs, &shmem)?;
     crate::state::memfd_seals::apply_early(&procs, &shmem)?;
     let sysv = crate::state::sysvshm::prepare(&procs, &img)?;
     drop(unix);
