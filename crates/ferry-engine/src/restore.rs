@@ -227,6 +227,7 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
             let p = &ctx.procs[idx];
             let prep = ctx.prep[idx].as_ref().ok_or("no prepared state")?;
             files::apply_in_child(p, &prep.files.numbers, ctx.base)?;
+            crate::state::fown::async_in_child(p)?;
             epoll::apply_in_child(p)?;
             task::apply_in_child(p, prep.cwd.as_fd())?;
             signals::apply_in_child(p)?;
@@ -658,6 +659,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     tracing::debug!(elapsed = ?t0.elapsed(), "page files verified");
     crate::state::memfd_seals::apply_late(&procs, &shmem)?;
     sysv.finish()?;
+    crate::state::fown::restore(&procs, &host)?;
     tty::finish_shell_job(&ttys, &procs[0], &procs)?;
     crate::postcopy::register_all()?;
     if let Some(sig) = crate::inject::fault_signal_at_release() {

@@ -232,3 +232,9 @@ pub fn set_owner_signal(fd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
     // SAFETY: plain fd and integers.
     cvt_i(unsafe { libc::fcntl(fd.as_raw_fd(), F_SETSIG, sig) }).map(drop)
 }
+
+/// `fcntl(F_GETFL)` — access mode and status flags.
+pub fn status_flags(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    // SAFETY: plain fd and command.
+    cvt_i(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })
+}

@@ -6,7 +6,9 @@
 
 use crate::error::{Ctx, Error};
 use crate::procfs;
-use crate::state::{epoll, eventfd, fifo, inet, inotify, locks, memfd_seals, pipes, signalfd, timerfd, tty, unix};
+use crate::state::{
+    epoll, eventfd, fifo, fown, inet, inotify, locks, memfd_seals, pipes, signalfd, timerfd, tty, unix,
+};
 use ferry_image::{Fd, File, FileKind, ImageWriter, Process};
 use ferry_sys::consts::KCMP_FILE;
 use ferry_sys::process::{kcmp, open_raw};
@@ -74,6 +76,7 @@ pub fn collect(
     fds.sort_unstable();
     // Representative fd of each file description of this process, to find dups with kcmp.
     let mut reps: Vec<(i32, u32)> = Vec::new();
+    let pidfd = ferry_sys::process::pidfd_open(pid).ctx(|| format!("pid {pid}: pidfd_open"))?;
     for fd in fds {
         let link = procfs::read_link(pid, &format!("fd/{fd}"))?;
         let info_text = procfs::read_string(pid, &format!("fdinfo/{fd}"))?;
@@ -216,6 +219,7 @@ pub fn collect(
         } else {
             return Err(unsupported(unsupported_kind(&link)));
         }
+        fown::collect(std::os::fd::AsFd::as_fd(&pidfd), pid, fd, &mut file)?;
         let idx = p.files.len() as u32;
         p.files.push(file);
         reps.push((fd, idx));
