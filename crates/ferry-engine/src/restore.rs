@@ -658,6 +658,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     }
     tracing::debug!(elapsed = ?t0.elapsed(), "page files verified");
     crate::state::memfd_seals::apply_late(&procs, &shmem)?;
+    // ferry's own writable descriptions of the memfds go before the tree runs: a writer keeps
+    // a file from being executed (ETXTBSY) on kernels that deny exec to written files.
+    drop(shmem);
     sysv.finish()?;
     crate::state::fown::restore(&procs, &host)?;
     tty::finish_shell_job(&ttys, &procs[0], &procs)?;
