@@ -12,8 +12,9 @@
  *                delivers the signal to the owner (with si_fd for F_SETSIG).
  *   times        atime and mtime of a plain open file, a deleted file, a memfd and a FIFO with
  *                bytes in flight, all set to old values first: unchanged after restore.
- *   owner        mode bits, uid and gid of a memfd (fchmod 0640, fchown) and of a deleted file
- *                (mode 0666, which ferry's umask would cut, and a setgid bit; fchown).
+ *   owner        mode bits, uid and gid of a memfd (fchmod 0640, fchown), of a memfd only
+ *                mapped (its fd closed; looked at through /proc/self/map_files) and of a deleted
+ *                file (mode 0666, which ferry's umask would cut, and a setgid bit; fchown).
  *   sparse       a deleted 64 MiB file with two 4 KiB data blocks and holes around them: the
  *                same size, the same data/hole layout (SEEK_DATA/SEEK_HOLE), the same blocks
  *                allocated, the same bytes.
@@ -298,12 +299,31 @@ static void owner(void)
 	SETUP(fchown(11, 4321, 8765));
 	SETUP(fchmod(11, 02666));
 	SETUP(unlink(path));
-	struct attrs before[] = { { .what = "memfd", .fd = 10 }, { .what = "deleted file", .fd = 11 } };
+	/* a memfd only mapped (its fd closed): its pages travel in the page file */
+	int m = memfd_create("mapped-only", 0);
+	if (m < 0)
+		die_setup("memfd_create: %s", strerror(errno));
+	SETUP(ftruncate(m, 4096));
+	SETUP(fchown(m, 2222, 3333));
+	SETUP(fchmod(m, 0604));
+	char *map = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, m, 0);
+	if (map == MAP_FAILED)
+		die_setup("mmap the memfd: %s", strerror(errno));
+	strcpy(map, "mapped only");
+	close(m);
+	snprintf(path, sizeof path, "/proc/self/map_files/%lx-%lx", (unsigned long)map, (unsigned long)map + 4096);
+	fd_at(open(path, O_RDONLY), 12);
+	struct attrs before[] = { { .what = "memfd", .fd = 10 }, { .what = "deleted file", .fd = 11 },
+				  { .what = "mapped-only memfd", .fd = 12 } };
 	const int n = sizeof before / sizeof before[0];
 	for (int i = 0; i < n; i++)
 		SETUP(fstat(before[i].fd, &before[i].st));
+	close(12); /* only looked at through the mapping, before and after */
 	signal_ready();
 	wait_go();
+
+	fd_at(open(path, O_RDONLY), 12);
+	CHECK(strcmp(map, "mapped only") == 0, "the mapped-only memfd lost its content");
 
 	for (int i = 0; i < n; i++) {
 		struct stat st;
