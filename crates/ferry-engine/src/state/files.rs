@@ -601,7 +601,8 @@ pub mod ghost {
             if e.offset < end || stop > g.size {
                 return Err(bad("extents out of order or past the end of the file"));
             }
-            let bytes = content.get(at..at + e.len as usize).ok_or_else(|| bad("shorter than its extents"))?;
+            let next = usize::try_from(e.len).ok().and_then(|l| at.checked_add(l));
+            let bytes = next.and_then(|n| content.get(at..n)).ok_or_else(|| bad("shorter than its extents"))?;
             f.write_all_at(bytes, e.offset).ctx(obj)?;
             at += e.len as usize;
             end = stop;
