@@ -23,7 +23,8 @@
  *                at its own path with the same mode, rdev and owner.
  *   memfd_exec   a memfd holding an executable (a copy of /bin/true), reopened read-only and
  *                the writable fd closed: execveat(fd, "", AT_EMPTY_PATH) in a child works
- *                before the checkpoint and must work after the restore (no ETXTBSY).
+ *                before the checkpoint and must work after the restore (no ETXTBSY); the same
+ *                for a deleted regular copy of it held read-only.
  */
 #include "common.h"
 #include <linux/kcmp.h>
@@ -486,7 +487,20 @@ static void memfd_exec(void)
 	void *text = mmap(NULL, 4096, PROT_READ | PROT_EXEC, MAP_PRIVATE, 10, 0);
 	if (shared == MAP_FAILED || text == MAP_FAILED)
 		die_setup("mmap the memfd: %s", strerror(errno));
-	if (exec_child(10, "before the checkpoint") < 0)
+	/* and a deleted regular copy of it, held read-only */
+	char path[4096];
+	snprintf(path, sizeof path, "%s/true-copy", W);
+	int w = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0755);
+	if (w < 0)
+		die_setup("create %s: %s", path, strerror(errno));
+	SETUP(lseek(10, 0, SEEK_SET));
+	while ((n = read(10, buf, sizeof buf)) > 0)
+		if (write(w, buf, (size_t)n) != n)
+			die_setup("write %s: %s", path, strerror(errno));
+	close(w);
+	fd_at(open(path, O_RDONLY), 11);
+	SETUP(unlink(path));
+	if (exec_child(10, "before the checkpoint") < 0 || exec_child(11, "before the checkpoint (deleted file)") < 0)
 		die_setup("execveat does not work before the checkpoint");
 	struct stat st0;
 	SETUP(fstat(10, &st0));
@@ -499,6 +513,7 @@ static void memfd_exec(void)
 	      (long long)st.st_size, st.st_mode, (long long)st0.st_size, st0.st_mode);
 	CHECK(memcmp(shared, "\177ELF", 4) == 0 && memcmp(text, "\177ELF", 4) == 0, "the mappings lost the ELF header");
 	exec_child(10, "after the restore");
+	exec_child(11, "after the restore (deleted file)");
 	finish();
 }
 
