@@ -432,7 +432,7 @@ fn dump_process(
     task::check_thread_sched(pid, &tids, &p)?;
     crate::state::cgroup::collect(pid, &tids, &mut p)?;
     files::collect(pid, img, &mut p, done, tree)?;
-    let (mut vmas, maps) = memory::scan(pid, img)?;
+    let (mut vmas, maps) = memory::scan(pid, img, &mut p.ghosts)?;
     tracing::info!(vmas = vmas.len(), fds = p.fds.len(), threads = f.threads.len(), "collected fds and mappings");
 
     // The injection window, one thread at a time: signals blocked, registers borrowed — with

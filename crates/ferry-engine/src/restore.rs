@@ -235,6 +235,7 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
             let p = &ctx.procs[idx];
             let prep = ctx.prep[idx].as_ref().ok_or("no prepared state")?;
             files::apply_in_child(p, &prep.files.numbers, ctx.base)?;
+            crate::state::fown::async_in_child(p)?;
             epoll::apply_in_child(p)?;
             task::apply_in_child(p, prep.cwd.as_fd())?;
             signals::apply_in_child(p)?;
@@ -532,7 +533,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     }
     let objects = files::Objects { pipes: &pipes, unix: &unix, ttys: &ttys };
     let mut prep = Vec::new();
-    let mut ghosts = files::ghost::Ghosts::default();
+    let mut ghosts = files::ghost::Ghosts::new(&procs);
     for p in &procs {
         if p.zombie {
             prep.push(None);
@@ -547,6 +548,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     drop(ghosts); // (the fds and mappings hold the recreated files now)
     let numbers: Vec<Option<&[i32]>> = prep.iter().map(|p| p.as_ref().map(|p| p.files.numbers.as_slice())).collect();
     crate::state::tcp_repair::release_all(&procs, &numbers)?;
+    files::ghost::memfd_attrs(&procs, &shmem)?;
     crate::state::memfd_seals::apply_early(&procs, &shmem)?;
     let sysv = crate::state::sysvshm::prepare(&procs, &img)?;
     drop(unix);
@@ -669,7 +671,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     }
     tracing::debug!(elapsed = ?t0.elapsed(), "page files verified");
     crate::state::memfd_seals::apply_late(&procs, &shmem)?;
+    // ferry's own writable descriptions of the memfds go before the tree runs: a writer keeps
+    // a file from being executed (ETXTBSY) on kernels that deny exec to written files.
+    drop(shmem);
     sysv.finish()?;
+    crate::state::fown::restore(&procs, &host)?;
     tty::finish_shell_job(&ttys, &procs[0], &procs)?;
     crate::postcopy::register_all()?;
     if let Some(sig) = crate::inject::fault_signal_at_release() {

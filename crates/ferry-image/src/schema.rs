@@ -182,6 +182,68 @@ pub struct Process {
     /// process has done.
     #[prost(uint32, tag = "303")]
     pub membarrier: u32,
+    /// Attributes (and data layout) of the deleted files, device nodes and memfds this process
+    /// is the first of the tree to hold; `GhostFile.name` ties each to its content file.
+    #[prost(message, repeated, tag = "280")]
+    pub ghosts: Vec<GhostFile>,
+}
+
+/// A file recreated at restore (deleted while open, a deleted device node, or a memfd): what
+/// `fstat` reports of it besides its identity, and where its data is.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct GhostFile {
+    /// The image file that holds its data ("ghost-DEV-INO.img", "memfd-INO.img").
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// st_size: the recreated file is truncated to it (trailing holes included).
+    #[prost(uint64, tag = "2")]
+    pub size: u64,
+    /// st_mode: file type and permission bits (setuid, setgid, sticky included).
+    #[prost(uint32, tag = "3")]
+    pub mode: u32,
+    #[prost(uint32, tag = "4")]
+    pub uid: u32,
+    #[prost(uint32, tag = "5")]
+    pub gid: u32,
+    /// st_atim and st_mtim in nanoseconds since the epoch.
+    #[prost(int64, tag = "6")]
+    pub atime_ns: i64,
+    #[prost(int64, tag = "7")]
+    pub mtime_ns: i64,
+    /// A device node: st_rdev (recreated with mknod).
+    #[prost(uint64, tag = "8")]
+    pub rdev: u64,
+    /// The data extents (SEEK_DATA/SEEK_HOLE), in order; the content file holds their bytes one
+    /// after the other and everything else is a hole. Whole file in one extent when the file
+    /// system does not report holes.
+    #[prost(message, repeated, tag = "9")]
+    pub data: Vec<Extent>,
+    /// The content is in the page file (a memfd only mapped shared): attributes only.
+    #[prost(bool, tag = "10")]
+    pub attrs_only: bool,
+}
+
+/// A byte range of a file.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct Extent {
+    #[prost(uint64, tag = "1")]
+    pub offset: u64,
+    #[prost(uint64, tag = "2")]
+    pub len: u64,
+}
+
+/// Who receives SIGIO/SIGURG for an open file description (F_GETOWN_EX, F_GETSIG).
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct FileOwner {
+    /// F_OWNER_TID (0), F_OWNER_PID (1) or F_OWNER_PGRP (2).
+    #[prost(int32, tag = "1")]
+    pub kind: i32,
+    /// The thread, process or process group id (as the dumped tree saw it).
+    #[prost(int32, tag = "2")]
+    pub id: i32,
+    /// F_GETSIG: the signal sent instead of SIGIO (0: SIGIO).
+    #[prost(int32, tag = "3")]
+    pub signum: i32,
 }
 
 /// A SysV shared memory segment (`shmget`), recreated with the same key and id.
@@ -731,6 +793,14 @@ pub struct File {
     /// For a unix socket: everything about it, its queue included.
     #[prost(message, optional, tag = "30")]
     pub unix: Option<UnixSocket>,
+    /// F_SETOWN / F_SETOWN_EX / F_SETSIG of this description, if it has an owner or a signal.
+    #[prost(message, optional, tag = "281")]
+    pub owner: Option<FileOwner>,
+    /// For a FIFO: st_atim and st_mtim (ns since the epoch), put back after its bytes are.
+    #[prost(int64, tag = "282")]
+    pub atime_ns: i64,
+    #[prost(int64, tag = "283")]
+    pub mtime_ns: i64,
 }
 
 /// A unix domain socket. Names are raw `sun_path` bytes: a leading NUL byte marks an abstract

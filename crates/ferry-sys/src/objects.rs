@@ -144,3 +144,97 @@ pub fn add_seals(fd: BorrowedFd<'_>, seals: u32) -> io::Result<()> {
     // SAFETY: plain fd and integers.
     cvt_i(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals as libc::c_int) }).map(drop)
 }
+
+/// `lseek(fd, off, SEEK_DATA)` — the start of the next data extent at or after `off`, or `None`
+/// past the last one (ENXIO).
+pub fn seek_data(fd: BorrowedFd<'_>, off: u64) -> io::Result<Option<u64>> {
+    // SAFETY: plain fd and integers.
+    let r = unsafe { libc::lseek64(fd.as_raw_fd(), off as i64, libc::SEEK_DATA) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::ENXIO) { Ok(None) } else { Err(e) };
+    }
+    Ok(Some(r as u64))
+}
+
+/// `lseek(fd, off, SEEK_HOLE)` — the start of the next hole at or after `off` (the end of the
+/// file counts as one).
+pub fn seek_hole(fd: BorrowedFd<'_>, off: u64) -> io::Result<u64> {
+    // SAFETY: plain fd and integers.
+    let r = unsafe { libc::lseek64(fd.as_raw_fd(), off as i64, libc::SEEK_HOLE) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r as u64)
+}
+
+/// `fchown(2)`.
+pub fn fchown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: plain fd and integers.
+    cvt_i(unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) }).map(drop)
+}
+
+/// `fchmod(2)` (permission bits, setuid, setgid, sticky; the umask does not apply).
+pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    // SAFETY: plain fd and integers.
+    cvt_i(unsafe { libc::fchmod(fd.as_raw_fd(), mode & 0o7777) }).map(drop)
+}
+
+/// `futimens(3)` — set the access and modification times (nanoseconds since the epoch).
+pub fn futimens(fd: BorrowedFd<'_>, atime_ns: i64, mtime_ns: i64) -> io::Result<()> {
+    let ts = |ns: i64| libc::timespec { tv_sec: ns.div_euclid(1_000_000_000), tv_nsec: ns.rem_euclid(1_000_000_000) };
+    let times = [ts(atime_ns), ts(mtime_ns)];
+    // SAFETY: times points to two valid timespecs.
+    cvt_i(unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) }).map(drop)
+}
+
+/// `mknod(2)` — create a device node (`mode` includes the file type bits).
+pub fn mknod(path: &CStr, mode: u32, rdev: u64) -> io::Result<()> {
+    // SAFETY: path is a valid C string.
+    cvt_i(unsafe { libc::mknod(path.as_ptr(), mode, rdev) }).map(drop)
+}
+
+/// `fcntl(F_GETOWN_EX)` — who receives this description's SIGIO/SIGURG: (F_OWNER_TID,
+/// F_OWNER_PID or F_OWNER_PGRP, id); id 0 means none.
+pub fn get_owner(fd: BorrowedFd<'_>) -> io::Result<(i32, i32)> {
+    let mut o = FOwnerEx { kind: 0, pid: 0 };
+    // SAFETY: o is a valid out-pointer for F_GETOWN_EX (struct f_owner_ex).
+    cvt_i(unsafe { libc::fcntl(fd.as_raw_fd(), F_GETOWN_EX, &mut o) })?;
+    Ok((o.kind, o.pid))
+}
+
+/// `struct f_owner_ex` (missing from the libc crate).
+#[repr(C)]
+struct FOwnerEx {
+    kind: libc::c_int,
+    pid: libc::pid_t,
+}
+const F_SETOWN_EX: libc::c_int = 15;
+const F_GETOWN_EX: libc::c_int = 16;
+const F_SETSIG: libc::c_int = 10;
+const F_GETSIG: libc::c_int = 11;
+
+/// `fcntl(F_SETOWN_EX)`.
+pub fn set_owner(fd: BorrowedFd<'_>, kind: i32, id: i32) -> io::Result<()> {
+    let o = FOwnerEx { kind, pid: id };
+    // SAFETY: o is a valid pointer for F_SETOWN_EX (struct f_owner_ex).
+    cvt_i(unsafe { libc::fcntl(fd.as_raw_fd(), F_SETOWN_EX, &o) }).map(drop)
+}
+
+/// `fcntl(F_GETSIG)` — the signal sent instead of SIGIO (0: SIGIO).
+pub fn get_owner_signal(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    // SAFETY: plain fd and command.
+    cvt_i(unsafe { libc::fcntl(fd.as_raw_fd(), F_GETSIG) })
+}
+
+/// `fcntl(F_SETSIG)`.
+pub fn set_owner_signal(fd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
+    // SAFETY: plain fd and integers.
+    cvt_i(unsafe { libc::fcntl(fd.as_raw_fd(), F_SETSIG, sig) }).map(drop)
+}
+
+/// `fcntl(F_GETFL)` — access mode and status flags.
+pub fn status_flags(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    // SAFETY: plain fd and command.
+    cvt_i(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })
+}

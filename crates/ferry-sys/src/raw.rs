@@ -112,6 +112,17 @@ pub fn dup3_numbers(old: i32, newfd: i32, cloexec: bool) -> io::Result<()> {
     cvt_i(unsafe { libc::dup3(old, newfd, flags) }).map(drop)
 }
 
+/// `fcntl(F_SETFL)` clearing then setting O_ASYNC on fd number `fd` (which need not be owned
+/// here: a forked child arranging its fd table): registers `fd` as the number a SIGIO reports.
+pub fn reset_async_numbers(fd: i32) -> io::Result<()> {
+    // SAFETY: fcntl on an fd number only reads/changes that fd's flags; a bad number is EBADF.
+    let flags = cvt_i(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    // SAFETY: as above.
+    cvt_i(unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_ASYNC) })?;
+    // SAFETY: as above.
+    cvt_i(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_ASYNC) }).map(drop)
+}
+
 /// `fcntl(F_SETFD)` by number.
 pub fn set_cloexec(fd: i32, cloexec: bool) -> io::Result<()> {
     // SAFETY: integer arguments.

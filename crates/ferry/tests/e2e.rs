@@ -626,6 +626,7 @@ mod big {
 mod cgroup;
 mod cleanup;
 mod cow;
+mod filestate;
 mod inet;
 mod integrity;
 mod memattr;

@@ -16,6 +16,9 @@
 //! outlives the processes); a missing path or a path that is no longer a FIFO is an error. A
 //! FIFO that already holds bytes at restore (some process outside the image keeps it open and
 //! wrote into it) is refused rather than mixing old and new bytes.
+//!
+//! Writing the bytes back moves the FIFO's mtime (and ctime): its atime and mtime as the dump
+//! saw them (stored with the description that carries the bytes) are put back after.
 
 use crate::error::{Ctx, Error};
 use crate::procfs;
@@ -37,6 +40,8 @@ pub fn collect(pid: i32, fd: i32, md: &std::fs::Metadata, seen: &mut Seen, f: &m
     if !seen.insert((md.dev(), md.ino())) {
         return Ok(());
     }
+    f.atime_ns = md.atime() * 1_000_000_000 + md.atime_nsec();
+    f.mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
     let obj = || format!("pid {pid} fd {fd} (FIFO {})", f.path);
     let link = procfs::path(pid, &format!("fd/{fd}"));
     let path = CString::new(link.as_os_str().as_encoded_bytes())
@@ -81,6 +86,11 @@ pub fn prepare(obj: &str, f: &File, flags: i32) -> Result<OwnedFd, Error> {
         }
         ferry_sys::raw::write_all(helper.as_raw_fd(), &f.fifo_data)
             .ctx(|| format!("{obj}: cannot refill the FIFO {}", f.path))?;
+        if f.atime_ns != 0 || f.mtime_ns != 0 {
+            // Writing the bytes back moved the mtime: the FIFO's times as the dump saw them.
+            ferry_sys::objects::futimens(helper.as_fd(), f.atime_ns, f.mtime_ns)
+                .ctx(|| format!("{obj}: cannot set the times of the FIFO {}", f.path))?;
+        }
     }
     Ok(fd)
 }

@@ -6,7 +6,9 @@
 
 use crate::error::{Ctx, Error};
 use crate::procfs;
-use crate::state::{epoll, eventfd, fifo, inet, inotify, locks, memfd_seals, pipes, signalfd, timerfd, tty, unix};
+use crate::state::{
+    epoll, eventfd, fifo, fown, inet, inotify, locks, memfd_seals, pipes, signalfd, timerfd, tty, unix,
+};
 use ferry_image::{Fd, File, FileKind, ImageWriter, Process};
 use ferry_sys::consts::KCMP_FILE;
 use ferry_sys::process::{kcmp, open_raw};
@@ -74,6 +76,7 @@ pub fn collect(
     fds.sort_unstable();
     // Representative fd of each file description of this process, to find dups with kcmp.
     let mut reps: Vec<(i32, u32)> = Vec::new();
+    let pidfd = ferry_sys::process::pidfd_open(pid).ctx(|| format!("pid {pid}: pidfd_open"))?;
     for fd in fds {
         let link = procfs::read_link(pid, &format!("fd/{fd}"))?;
         let info_text = procfs::read_string(pid, &format!("fdinfo/{fd}"))?;
@@ -134,10 +137,8 @@ pub fn collect(
             file.ino = md.ino();
             file.size = md.size();
             let ghost = format!("memfd-{}.img", md.ino());
-            if !img.has_file(&ghost) {
-                let content = std::fs::read(&fdpath).ctx(|| format!("pid {pid} fd {fd}: cannot read memfd {name}"))?;
-                img.write_file(&ghost, &content)?;
-            }
+            ghost::save(img, &mut p.ghosts, &ghost, &fdpath, &md)?;
+            file.mode = md.mode();
             file.ghost = ghost;
             file.seals = memfd_seals::collect(pid, fd)?;
         } else if link.starts_with('/') {
@@ -159,11 +160,7 @@ pub fn collect(
                 if deleted {
                     // One ghost per file, whatever holds it (fds, mappings, processes).
                     let name = ghost::name(md.dev(), md.ino());
-                    if !img.has_file(&name) {
-                        let content = std::fs::read(&fdpath)
-                            .ctx(|| format!("pid {pid} fd {fd}: cannot read deleted file {link}"))?;
-                        img.write_file(&name, &content)?;
-                    }
+                    ghost::save(img, &mut p.ghosts, &name, &fdpath, &md)?;
                     file.ghost = name;
                 }
             } else if ft.is_dir() {
@@ -173,9 +170,15 @@ pub fn collect(
                 file.kind = FileKind::Directory as i32;
             } else if ft.is_char_device() {
                 let (maj, min) = (libc::major(md.rdev()), libc::minor(md.rdev()));
-                if let Some((_, _, path)) = PLAIN_DEVICES.iter().find(|(a, b, _)| (*a, *b) == (maj, min)) {
+                if PLAIN_DEVICES.iter().any(|(a, b, _)| (*a, *b) == (maj, min)) {
+                    // Reopened by its path (checked above to lead to this node); a deleted node
+                    // is recreated with mknod, its mode and owner.
                     file.kind = FileKind::CharDevice as i32;
-                    file.path = path.to_string();
+                    if deleted {
+                        let name = ghost::name(md.dev(), md.ino());
+                        ghost::save(img, &mut p.ghosts, &name, &fdpath, &md)?;
+                        file.ghost = name;
+                    }
                 } else if tty::is_tty_major(maj) {
                     tty::collect(pid, fd, &link, md.rdev(), &mut file, &mut tree.tty)?;
                 } else {
@@ -216,6 +219,7 @@ pub fn collect(
         } else {
             return Err(unsupported(unsupported_kind(&link)));
         }
+        fown::collect(std::os::fd::AsFd::as_fd(&pidfd), pid, fd, &mut file)?;
         let idx = p.files.len() as u32;
         p.files.push(file);
         reps.push((fd, idx));
@@ -321,6 +325,12 @@ pub fn prepare(
                     other => other,
                 })?
             }
+            FileKind::CharDevice if !f.ghost.is_empty() => {
+                ghosts.open(img, &f.ghost, &f.path, f.mode, flags, false).map_err(|e| match e {
+                    Error::Sys { source, .. } => Error::Sys { object: obj(), source },
+                    other => other,
+                })?
+            }
             FileKind::Regular | FileKind::Directory | FileKind::CharDevice => {
                 let fd = open_raw(&cstr(&f.path)?, flags, 0).ctx(|| format!("{}: cannot open {}", obj(), f.path))?;
                 if f.kind == FileKind::Regular as i32 {
@@ -331,15 +341,10 @@ pub fn prepare(
                 }
                 fd
             }
-            FileKind::Pipe => {
-                let (r, w) = pipes
-                    .get(&f.pipe_ino)
-                    .ok_or_else(|| Error::Invalid { object: obj(), what: "pipe missing from image".into() })?;
-                let end = if f.flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32 { r } else { w };
-                let fd = end.try_clone().ctx(obj)?;
-                ferry_sys::process::set_status_flags(std::os::fd::AsFd::as_fd(&fd), f.flags as i32).ctx(obj)?;
-                fd
-            }
+            FileKind::Pipe => pipes
+                .open(f.pipe_ino, f.flags as i32)
+                .ctx(obj)?
+                .ok_or_else(|| Error::Invalid { object: obj(), what: "pipe missing from image".into() })?,
             FileKind::Inherited => {
                 use std::os::fd::AsFd;
                 let n = fd_of();
@@ -363,12 +368,11 @@ pub fn prepare(
             }
             FileKind::Memfd => {
                 if let std::collections::hash_map::Entry::Vacant(e) = shmem.entry(f.ino) {
-                    let content = img.read_file(&f.ghost)?;
                     let name = CString::new(f.path.as_bytes()).unwrap_or_default();
                     let mfd = memfd_seals::create(&name).ctx(|| format!("{}: cannot create the memfd", obj()))?;
                     let n = ferry_sys::raw::dup_above(std::os::fd::AsFd::as_fd(&mfd), base).ctx(obj)?;
-                    let mut file = std::fs::File::from(mfd);
-                    std::io::Write::write_all(&mut file, &content).ctx(obj)?;
+                    let file = std::fs::File::from(mfd);
+                    ghost::fill(&file, img, &f.ghost, ghosts.record(&f.ghost))?;
                     e.insert((n.as_raw_fd(), file));
                     out.owned.push(n);
                 }
@@ -442,27 +446,213 @@ pub fn apply_in_child(p: &Process, prepared_numbers: &[i32], base: i32) -> Resul
     Ok(())
 }
 
-/// Files deleted while open: their content travels in the image and is put back under a
-/// temporary name next to the original path, opened, and unlinked again.
+/// Files deleted while open (and memfds, and deleted device nodes): their data and attributes
+/// travel in the image, and the file is put back under its name (or a temporary one beside it),
+/// opened, and unlinked again.
+///
+/// Dump (`save`): the data extents are found with SEEK_DATA/SEEK_HOLE and only their bytes are
+/// stored, one after the other, in the content file (`ghost-DEV-INO.img`, `memfd-INO.img`);
+/// the extents, the size, mode, owner, atime and mtime (and a device node's rdev) go into a
+/// `GhostFile` record of the first process that holds the file. The file is read with
+/// O_NOATIME, so the dump does not change its atime.
+///
+/// Restore (`Ghosts::open`, `fill`): the data is written back at its offsets and the file
+/// truncated to its size, so holes stay holes and the size is exact; then fchown, fchmod (the
+/// umask does not apply) and futimens, in that order (chown clears setuid/setgid; writes move
+/// the times). A device node is recreated with mknod. A memfd's times are set once every
+/// process's shared pages are in it (`memfd_attrs`).
 pub mod ghost {
     use super::*;
+    use ferry_image::{Extent, GhostFile};
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileExt;
 
     /// The image file holding the content of deleted file `ino` of device `dev`.
     pub fn name(dev: u64, ino: u64) -> String {
         format!("ghost-{dev:x}-{ino}.img")
     }
 
+    fn ns(sec: i64, nsec: i64) -> i64 {
+        sec * 1_000_000_000 + nsec
+    }
+
+    /// The attributes `fstat` reports of `md`, for a `GhostFile` named `name`.
+    fn attrs(name: &str, md: &std::fs::Metadata) -> GhostFile {
+        let special = md.file_type().is_char_device() || md.file_type().is_block_device();
+        GhostFile {
+            name: name.to_string(),
+            size: md.size(),
+            mode: md.mode(),
+            uid: md.uid(),
+            gid: md.gid(),
+            atime_ns: ns(md.atime(), md.atime_nsec()),
+            mtime_ns: ns(md.mtime(), md.mtime_nsec()),
+            rdev: if special { md.rdev() } else { 0 },
+            data: Vec::new(),
+            attrs_only: false,
+        }
+    }
+
+    /// Save file `path` (a /proc fd or map_files link; metadata `md`) as `name`: its data once
+    /// per image, its attributes into `ghosts` (the record of the process being dumped).
+    pub fn save(
+        img: &mut ImageWriter,
+        ghosts: &mut Vec<GhostFile>,
+        name: &str,
+        path: &std::path::Path,
+        md: &std::fs::Metadata,
+    ) -> Result<(), Error> {
+        if img.has_file(name) {
+            return Ok(());
+        }
+        let mut g = attrs(name, md);
+        let obj = || format!("cannot read {}", path.display());
+        let mut out = img.stream(name)?;
+        if md.file_type().is_file() {
+            let p = cstr(&path.to_string_lossy())?;
+            let f = match open_raw(&p, libc::O_RDONLY | libc::O_NOATIME | libc::O_CLOEXEC, 0) {
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => open_raw(&p, libc::O_RDONLY | libc::O_CLOEXEC, 0),
+                r => r,
+            }
+            .ctx(obj)?;
+            g.data = extents(f.as_fd(), md.size()).ctx(obj)?;
+            let f = std::fs::File::from(f);
+            let mut buf = vec![0u8; 1 << 20];
+            for e in &g.data {
+                let mut done = 0;
+                while done < e.len {
+                    let n = ((e.len - done) as usize).min(buf.len());
+                    f.read_exact_at(&mut buf[..n], e.offset + done).ctx(obj)?;
+                    out.write_all(&buf[..n]).ctx(obj)?;
+                    done += n as u64;
+                }
+            }
+        }
+        img.finish_stream(out)?;
+        ghosts.push(g);
+        Ok(())
+    }
+
+    /// Record only the attributes of memfd `name` (its pages are in the page file).
+    pub fn save_attrs(ghosts: &mut Vec<GhostFile>, name: &str, md: &std::fs::Metadata) {
+        if !ghosts.iter().any(|g| g.name == name) {
+            ghosts.push(GhostFile { attrs_only: true, ..attrs(name, md) });
+        }
+    }
+
+    /// The data extents of `fd` (size `size`): SEEK_DATA/SEEK_HOLE, or the whole file where the
+    /// file system does not report holes.
+    fn extents(fd: std::os::fd::BorrowedFd<'_>, size: u64) -> std::io::Result<Vec<Extent>> {
+        use ferry_sys::objects::{seek_data, seek_hole};
+        let mut out = Vec::new();
+        let mut off = 0;
+        while off < size {
+            let start = match seek_data(fd, off) {
+                Ok(Some(d)) => d.min(size),
+                Ok(None) => break,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)) => {
+                    return Ok(vec![Extent { offset: 0, len: size }]);
+                }
+                Err(e) => return Err(e),
+            };
+            let end = seek_hole(fd, start)?.min(size);
+            if end > start {
+                out.push(Extent { offset: start, len: end - start });
+            }
+            off = end.max(start + 1);
+        }
+        Ok(out)
+    }
+
+    /// Every `GhostFile` of the image by name (an entry with the data layout wins over an
+    /// attributes-only one).
+    pub fn records(procs: &[Process]) -> HashMap<String, GhostFile> {
+        let mut out: HashMap<String, GhostFile> = HashMap::new();
+        for g in procs.iter().flat_map(|p| p.ghosts.iter()) {
+            match out.get(&g.name) {
+                Some(have) if !have.attrs_only || g.attrs_only => {}
+                _ => {
+                    out.insert(g.name.clone(), g.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Write the content `name` into `f` (fresh and empty): the extents of `g` at their
+    /// offsets, then the exact size; without a record (an older image) the content is the
+    /// whole file.
+    pub fn fill(
+        f: &std::fs::File,
+        img: &ferry_image::ImageReader,
+        name: &str,
+        g: Option<&GhostFile>,
+    ) -> Result<(), Error> {
+        let content = img.read_file(name)?;
+        let obj = || format!("cannot write {name} back");
+        let Some(g) = g.filter(|g| !g.attrs_only) else {
+            return f.write_all_at(&content, 0).ctx(obj);
+        };
+        let bad = |what: &str| Error::Invalid { object: name.to_string(), what: what.to_string() };
+        let mut at = 0usize;
+        let mut end = 0u64;
+        for e in &g.data {
+            let stop = e.offset.checked_add(e.len).ok_or_else(|| bad("extent overflows"))?;
+            if e.offset < end || stop > g.size {
+                return Err(bad("extents out of order or past the end of the file"));
+            }
+            let next = usize::try_from(e.len).ok().and_then(|l| at.checked_add(l));
+            let bytes = next.and_then(|n| content.get(at..n)).ok_or_else(|| bad("shorter than its extents"))?;
+            f.write_all_at(bytes, e.offset).ctx(obj)?;
+            at += e.len as usize;
+            end = stop;
+        }
+        if at != content.len() {
+            return Err(bad("longer than its extents"));
+        }
+        f.set_len(g.size).ctx(obj)
+    }
+
+    /// Put back owner, mode and times of the recreated file `fd` (in this order).
+    pub fn set_attrs(fd: std::os::fd::BorrowedFd<'_>, g: &GhostFile, what: &str) -> Result<(), Error> {
+        use ferry_sys::objects::{fchmod, fchown, futimens};
+        fchown(fd, g.uid, g.gid).ctx(|| format!("{what}: cannot give it back to {}:{}", g.uid, g.gid))?;
+        fchmod(fd, g.mode).ctx(|| format!("{what}: cannot chmod {:o}", g.mode & 0o7777))?;
+        futimens(fd, g.atime_ns, g.mtime_ns).ctx(|| format!("{what}: cannot set its times"))
+    }
+
+    /// Mode, owner and times of every recreated memfd, once all its data is in.
+    pub fn memfd_attrs(procs: &[Process], shmem: &HashMap<u64, (i32, std::fs::File)>) -> Result<(), Error> {
+        let records = records(procs);
+        for (ino, (_, f)) in shmem {
+            if let Some(g) = records.get(&format!("memfd-{ino}.img")) {
+                set_attrs(f.as_fd(), g, &format!("memfd {ino}"))?;
+            }
+        }
+        Ok(())
+    }
+
     /// The deleted files recreated so far in this restore, by ghost name: each is recreated
     /// once (then unlinked) and every fd or mapping of it reopens that one inode, so they still
     /// share it as they did.
-    #[derive(Default)]
     pub struct Ghosts {
         files: HashMap<String, OwnedFd>,
+        records: HashMap<String, GhostFile>,
     }
 
     impl Ghosts {
+        pub fn new(procs: &[Process]) -> Ghosts {
+            Ghosts { files: HashMap::new(), records: records(procs) }
+        }
+
+        /// The record of content file `name`, if the image has one.
+        pub fn record(&self, name: &str) -> Option<&GhostFile> {
+            self.records.get(name)
+        }
+
         /// An fd of the recreated file `name` (content from the image, at `path` or beside it,
-        /// created with `mode`), opened with `flags`; executable (some x bit) if `exec`.
+        /// created with `mode` unless the image recorded its own), opened with `flags`;
+        /// executable (some x bit) if `exec`.
         pub fn open(
             &mut self,
             img: &ferry_image::ImageReader,
@@ -475,7 +665,8 @@ pub mod ghost {
             if !self.files.contains_key(name) {
                 let mode = if exec { mode | 0o100 } else { mode };
                 // Read-only: a writer would keep the file from becoming an exe (ETXTBSY).
-                let fd = recreate(img, name, path, mode, libc::O_RDONLY | libc::O_CLOEXEC)?;
+                let g = self.records.get(name);
+                let fd = recreate(img, name, path, mode, g, libc::O_RDONLY | libc::O_CLOEXEC)?;
                 self.files.insert(name.to_string(), fd);
             }
             let keep = &self.files[name];
@@ -493,14 +684,29 @@ pub mod ghost {
         }
     }
 
+    /// Create the file (a device node if `g` says so) at `path` or a hidden name beside it.
+    fn create_at(tmp: &std::path::Path, mode: u32, g: Option<&GhostFile>) -> std::io::Result<()> {
+        match g.filter(|g| g.rdev != 0) {
+            Some(g) => ferry_sys::objects::mknod(
+                &CString::new(tmp.as_os_str().as_encoded_bytes()).map_err(|_| std::io::ErrorKind::InvalidInput)?,
+                (g.mode & libc::S_IFMT) | 0o600,
+                g.rdev,
+            ),
+            None => {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new().write(true).create_new(true).mode(mode & 0o7777).open(tmp).map(drop)
+            }
+        }
+    }
+
     fn recreate(
         img: &ferry_image::ImageReader,
         name: &str,
         path: &str,
         mode: u32,
+        g: Option<&GhostFile>,
         flags: i32,
     ) -> Result<OwnedFd, Error> {
-        let content = img.read_file(name)?;
         let orig = std::path::Path::new(path);
         let parent = orig.parent().filter(|d| d.is_dir()).unwrap_or(std::path::Path::new("/tmp"));
         let base = orig.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
@@ -509,11 +715,8 @@ pub mod ghost {
         let candidates = [orig.to_path_buf(), parent.join(format!(".{base}.ferry-ghost-{}", std::process::id()))];
         let mut created = None;
         for tmp in candidates {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            match std::fs::OpenOptions::new().write(true).create_new(true).mode(mode & 0o7777).open(&tmp) {
-                Ok(mut f) => {
-                    f.write_all(&content).ctx(|| format!("cannot write {}", tmp.display()))?;
+            match create_at(&tmp, mode, g) {
+                Ok(()) => {
                     created = Some(tmp);
                     break;
                 }
@@ -528,7 +731,29 @@ pub mod ghost {
             object: path.into(),
             what: "cannot find a free name to recreate the deleted file".into(),
         })?;
-        let r = open_raw(&cstr(&tmp.to_string_lossy())?, flags, 0).ctx(|| format!("cannot open {}", tmp.display()));
+        let r = (|| {
+            let tmp_c = cstr(&tmp.to_string_lossy())?;
+            if g.is_some_and(|g| g.rdev != 0) {
+                let fd = open_raw(&tmp_c, flags, 0).ctx(|| format!("cannot open {}", tmp.display()))?;
+                if let Some(g) = g {
+                    set_attrs(fd.as_fd(), g, &tmp.display().to_string())?;
+                }
+                return Ok(fd);
+            }
+            let w = open_raw(&tmp_c, libc::O_WRONLY | libc::O_CLOEXEC, 0)
+                .ctx(|| format!("cannot open {}", tmp.display()))?;
+            let w = std::fs::File::from(w);
+            fill(&w, img, name, g)?;
+            match g {
+                Some(g) => set_attrs(w.as_fd(), g, &tmp.display().to_string())?,
+                // (Older images: the mode it was opened with, whatever the umask.)
+                None => {
+                    ferry_sys::objects::fchmod(w.as_fd(), mode).ctx(|| format!("cannot chmod {}", tmp.display()))?
+                }
+            }
+            drop(w);
+            open_raw(&tmp_c, flags, 0).ctx(|| format!("cannot open {}", tmp.display()))
+        })();
         let _ = std::fs::remove_file(&tmp);
         r
     }

@@ -40,7 +40,12 @@ fn prot_of(m: &MapEntry) -> u32 {
 
 /// Describe the mappings of `pid`, refusing the kinds ferry cannot restore yet. Also returns
 /// the parsed maps (the injector looks for code sequences in them).
-pub fn scan(pid: i32, img: &mut ImageWriter) -> Result<(Vec<Vma>, Vec<MapEntry>), Error> {
+pub fn scan(
+    pid: i32,
+    img: &mut ImageWriter,
+    ghosts: &mut Vec<ferry_image::GhostFile>,
+) -> Result<(Vec<Vma>, Vec<MapEntry>), Error> {
+    use crate::state::files::ghost;
     let maps_text = procfs::read_string(pid, "maps")?;
     let maps = procfs::parse(pid, "maps", ferry_proc::parse_maps(&maps_text))?;
     let smaps_text = procfs::read_string(pid, "smaps")?;
@@ -75,18 +80,21 @@ pub fn scan(pid: i32, img: &mut ImageWriter) -> Result<(Vec<Vma>, Vec<MapEntry>)
             Some("[vvar_vclock]") => VmaKind::VvarVclock,
             Some("[vsyscall]") => VmaKind::Vsyscall,
             Some("/dev/zero") if m.deleted || !m.perms.shared => anon,
-            Some(s) if s.starts_with("/memfd:") && m.perms.shared => VmaKind::SharedAnon,
+            Some(s) if s.starts_with("/memfd:") && m.perms.shared => {
+                // Its pages go into the page file; its mode, owner and times are kept here.
+                let mf = procfs::path(pid, &format!("map_files/{:x}-{:x}", m.start, m.end));
+                let md =
+                    std::fs::metadata(&mf).ctx(|| format!("pid {pid}: cannot stat {s} mapped at {:#x}", m.start))?;
+                ghost::save_attrs(ghosts, &format!("memfd-{}.img", md.ino()), &md);
+                VmaKind::SharedAnon
+            }
             Some(s) if s.starts_with("/memfd:") => {
                 // A private mapping of a memfd: like a private file mapping, with the memfd's
                 // content (saved once per object, as for an fd) as the file.
                 let mf = procfs::path(pid, &format!("map_files/{:x}-{:x}", m.start, m.end));
                 let md =
                     std::fs::metadata(&mf).ctx(|| format!("pid {pid}: cannot stat {s} mapped at {:#x}", m.start))?;
-                let name = format!("memfd-{}.img", md.ino());
-                if !img.has_file(&name) {
-                    let content = std::fs::read(&mf).ctx(|| format!("pid {pid}: cannot read memfd {s}"))?;
-                    img.write_file(&name, &content)?;
-                }
+                ghost::save(img, ghosts, &format!("memfd-{}.img", md.ino()), &mf, &md)?;
                 v.shmem_id = md.ino();
                 v.file_size = md.size();
                 VmaKind::FilePrivate
@@ -122,11 +130,8 @@ pub fn scan(pid: i32, img: &mut ImageWriter) -> Result<(Vec<Vma>, Vec<MapEntry>)
                 v.file_writable = m.perms.shared && (m.perms.write || v.vm_flags.iter().any(|f| f == "mw"));
                 if m.deleted || md.nlink() == 0 {
                     // One ghost per file, shared with its fds and other processes (state/files.rs).
-                    let name = crate::state::files::ghost::name(md.dev(), md.ino());
-                    if !img.has_file(&name) {
-                        let content = std::fs::read(&mf).ctx(|| format!("pid {pid}: cannot read deleted file {s}"))?;
-                        img.write_file(&name, &content)?;
-                    }
+                    let name = ghost::name(md.dev(), md.ino());
+                    ghost::save(img, ghosts, &name, &mf, &md)?;
                     v.ghost = name;
                 }
                 if m.perms.shared {
@@ -703,7 +708,7 @@ pub fn prepare(
             // fd or mapping needs it first).
             let obj = || format!("pid {pid} private mapping {:#x}-{:#x} of {}", v.start, v.end, v.path);
             if let std::collections::hash_map::Entry::Vacant(e) = shmem.entry(v.shmem_id) {
-                let content = img.read_file(&format!("memfd-{}.img", v.shmem_id))?;
+                let content = format!("memfd-{}.img", v.shmem_id);
                 let name = v.path.strip_prefix("/memfd:").unwrap_or(&v.path).trim_end_matches(" (deleted)");
                 let name = std::ffi::CString::new(name).unwrap_or_default();
                 let fd = crate::state::memfd_seals::create(&name).ctx(obj)?;
@@ -711,7 +716,7 @@ pub fn prepare(
                 let num = std::os::fd::AsRawFd::as_raw_fd(&n);
                 out.owned.push(n);
                 let f = std::fs::File::from(fd);
-                f.write_all_at(&content, 0).ctx(obj)?;
+                crate::state::files::ghost::fill(&f, img, &content, ghosts.record(&content))?;
                 e.insert((num, f));
             }
             let n = shmem

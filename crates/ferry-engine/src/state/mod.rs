@@ -16,6 +16,7 @@ pub mod epoll;
 pub mod eventfd;
 pub mod fifo;
 pub mod files;
+pub mod fown;
 pub mod inet;
 pub mod inotify;
 pub mod locks;

@@ -4,13 +4,19 @@
 //! `pidfd_getfd`, which leaves them in the pipe: a dump that fails or `dump -R` changes nothing.
 //! Restore creates the pipe with the same capacity and writes the bytes back before the
 //! process exists, so nobody can race with it.
+//!
+//! A pipe end may have several open file descriptions (a process reopened `/proc/self/fd/N`):
+//! each is a `File` of its own with its own flags, and restore opens each further one through
+//! `/proc/self/fd` again, so O_NONBLOCK set on one does not show on the other.
 
 use crate::error::{Ctx, Error};
 use ferry_image::Pipe;
-use ferry_sys::process::{pidfd_getfd, pipe2, pipe_size, set_pipe_size, tee};
-use std::collections::HashMap;
+use ferry_sys::process::{open_raw, pidfd_getfd, pipe2, pipe_size, set_pipe_size, set_status_flags, tee};
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::ffi::CString;
 use std::io::Read;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 /// Parse "pipe:[1234]".
 pub fn pipe_ino(link: &str) -> Option<u64> {
@@ -44,12 +50,41 @@ pub fn peek(src: BorrowedFd<'_>) -> std::io::Result<(usize, Vec<u8>)> {
     Ok((capacity, data))
 }
 
-/// Both ends of each recreated pipe, keyed by the old inode number.
-pub type Prepared = HashMap<u64, (OwnedFd, OwnedFd)>;
+/// The recreated pipes, keyed by the old inode number.
+#[derive(Default)]
+pub struct Prepared {
+    /// Both ends of each pipe.
+    ends: HashMap<u64, (OwnedFd, OwnedFd)>,
+    /// Ends (inode, read end) already handed to one open file description: the next description
+    /// of that end is a new one, opened through /proc/self/fd.
+    taken: RefCell<HashSet<(u64, bool)>>,
+}
+
+impl Prepared {
+    /// A new open file description of pipe `ino` with open flags `flags` (access mode and status
+    /// flags: O_NONBLOCK, O_ASYNC ...). The first description of each end is the one `pipe2`
+    /// made; each further one is opened through `/proc/self/fd/N`, as a process does to get
+    /// two descriptions of one pipe, so each keeps its own status flags.
+    pub fn open(&self, ino: u64, flags: i32) -> Result<Option<OwnedFd>, std::io::Error> {
+        let Some((r, w)) = self.ends.get(&ino) else { return Ok(None) };
+        let read = flags & libc::O_ACCMODE == libc::O_RDONLY;
+        let end = if read { r } else { w };
+        let fd = if self.taken.borrow_mut().insert((ino, read)) && flags & libc::O_ACCMODE != libc::O_RDWR {
+            end.try_clone()?
+        } else {
+            let path = format!("/proc/self/fd/{}", end.as_raw_fd());
+            let path = CString::new(path).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+            // (O_NONBLOCK: a pipe opened by path never waits for a peer; both ends exist anyway.)
+            open_raw(&path, (flags & libc::O_ACCMODE) | libc::O_NONBLOCK | libc::O_CLOEXEC, 0)?
+        };
+        set_status_flags(fd.as_fd(), flags)?;
+        Ok(Some(fd))
+    }
+}
 
 /// Recreate every pipe with its capacity and content.
 pub fn prepare(pid: i32, pipes: &[Pipe]) -> Result<Prepared, Error> {
-    let mut out = HashMap::new();
+    let mut out = Prepared::default();
     for p in pipes {
         let obj = || format!("pid {pid} pipe:[{}]", p.ino);
         let (r, w) = pipe2(libc::O_CLOEXEC).ctx(obj)?;
@@ -60,7 +95,7 @@ pub fn prepare(pid: i32, pipes: &[Pipe]) -> Result<Prepared, Error> {
             return Err(Error::Invalid { object: obj(), what: "more data than capacity".into() });
         }
         ferry_sys::raw::write_all(std::os::fd::AsRawFd::as_raw_fd(&w), &p.data).ctx(obj)?;
-        out.insert(p.ino, (r, w));
+        out.ends.insert(p.ino, (r, w));
     }
     Ok(out)
 }
