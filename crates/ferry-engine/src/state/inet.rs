@@ -74,6 +74,7 @@ fn state_name(state: u32) -> &'static str {
 enum Only {
     Any,
     Tcp,
+    Udp,
     V4,
     V6,
 }
@@ -114,6 +115,7 @@ const OPTS: &[(i32, i32, &str, Only)] = &[
     (libc::IPPROTO_TCP, libc::TCP_CONGESTION, "TCP_CONGESTION", Only::Tcp),
     (libc::IPPROTO_TCP, libc::TCP_THIN_LINEAR_TIMEOUTS, "TCP_THIN_LINEAR_TIMEOUTS", Only::Tcp),
     (libc::IPPROTO_TCP, libc::TCP_SAVE_SYN, "TCP_SAVE_SYN", Only::Tcp),
+    (libc::IPPROTO_UDP, libc::UDP_CORK, "UDP_CORK", Only::Udp),
     // Meaningful (the user's value) only before a connection: see `connection_only`.
     (libc::IPPROTO_TCP, libc::TCP_MAXSEG, "TCP_MAXSEG", Only::Tcp),
     (libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP, "TCP_WINDOW_CLAMP", Only::Tcp),
@@ -149,9 +151,17 @@ const OPTS: &[(i32, i32, &str, Only)] = &[
     (libc::IPPROTO_IPV6, libc::IPV6_RECVORIGDSTADDR, "IPV6_RECVORIGDSTADDR", Only::V6),
 ];
 
-/// TCP options whose getsockopt value is the connection's, not the user's, once connected.
+/// TCP options whose getsockopt value is the connection's, not the user's, once connected
+/// (a connection's MSS comes back with TCP_REPAIR_OPTIONS; its window clamp is recomputed).
 fn connection_only(level: i32, name: i32) -> bool {
     level == libc::IPPROTO_TCP && (name == libc::TCP_MAXSEG || name == libc::TCP_WINDOW_CLAMP)
+}
+
+/// Multicast options that a TCP socket refuses (EINVAL) but an accepted connection reports
+/// anyway (the kernel copies the SYN's TTL into it): meaningless for TCP, not carried.
+fn multicast_only(level: i32, name: i32) -> bool {
+    (level, name) == (libc::IPPROTO_IP, libc::IP_MULTICAST_TTL)
+        || (level, name) == (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS)
 }
 
 /// (state, accept queue length, listen backlog) from TCP_INFO.
@@ -248,11 +258,28 @@ pub fn collect(pid: i32, fd: i32, link: &str, policy: &mut Connections, f: &mut 
                 describe(&s)
             )));
         }
+        let pending = udp_pending(sock).ctx(|| format!("{}: SIOCOUTQ", obj()))?;
+        if pending > 0 {
+            return Err(unsupported(format!(
+                "{} with {pending} bytes corked (UDP_CORK or MSG_MORE), a datagram not sent yet (it cannot be put back; dump again once it is sent)",
+                describe(&s)
+            )));
+        }
     }
     (s.filter, s.filter_locked) =
         crate::state::sockfilter::collect(sock).map_err(|what| unsupported(format!("{} with {what}", describe(&s))))?;
     let connection = tcp && s.state != TCP_LISTEN && s.state != TCP_CLOSE;
     let repair = connection && s.state == TCP_ESTABLISHED && policy.established;
+    if udp || repair {
+        let ino = ferry_sys::process::fstat(sock).ctx(|| format!("{}: fstat", obj()))?.st_ino;
+        // sock_diag lists the sockets of the kernel's hash tables: an unbound UDP socket is
+        // in none (its shutdown state is not carried).
+        s.shutdown = match net::diag_shutdown(family, protocol, ino).ctx(|| format!("{}: sock_diag", obj()))? {
+            Some(sd) => u32::from(sd) & 3,
+            None if !bound => 0,
+            None => return Err(Error::Invalid { object: obj(), what: "not listed by sock_diag".into() }),
+        };
+    }
     if connection && !tcp_close && !repair {
         return Err(unsupported(format!(
             "{} (dump with --tcp-established to keep the connection, or --tcp-close to restore it closed)",
@@ -272,7 +299,7 @@ pub fn collect(pid: i32, fd: i32, link: &str, policy: &mut Connections, f: &mut 
         tracing::warn!(pid, fd, socket = %describe(&s), "restoring a TCP connection as closed (--tcp-close)");
         s.closed = true;
     }
-    s.opts = changed_opts(sock, &s).map_err(|e| match e {
+    s.opts = changed_opts(sock, &s, connection).map_err(|e| match e {
         Error::Sys { object, source } => Error::Sys { object: format!("{}: {object}", obj()), source },
         other => other,
     })?;
@@ -285,8 +312,23 @@ pub fn collect(pid: i32, fd: i32, link: &str, policy: &mut Connections, f: &mut 
     Ok(true)
 }
 
-/// The options of `sock` that differ from those of a fresh socket of the same kind.
-fn changed_opts(sock: BorrowedFd<'_>, s: &InetSocket) -> Result<Vec<SockOpt>, Error> {
+/// Bytes waiting on a UDP socket to go out: a corked datagram (UDP_CORK, MSG_MORE), or one
+/// still on its way out (gone in a moment: asked again a few times).
+fn udp_pending(sock: BorrowedFd<'_>) -> std::io::Result<i32> {
+    let mut n = net::outq(sock)?;
+    for _ in 0..20 {
+        if n == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        n = net::outq(sock)?;
+    }
+    Ok(n)
+}
+
+/// The options of `sock` that differ from those of a fresh socket of the same kind (for a
+/// `connection`, without those the connection rather than the program set).
+fn changed_opts(sock: BorrowedFd<'_>, s: &InetSocket, connection: bool) -> Result<Vec<SockOpt>, Error> {
     let fresh = net::socket(s.family, s.sock_type, s.protocol).ctx(|| "cannot create a reference socket".into())?;
     let tcp = s.protocol == libc::IPPROTO_TCP;
     let mut out = Vec::new();
@@ -319,10 +361,11 @@ fn changed_opts(sock: BorrowedFd<'_>, s: &InetSocket) -> Result<Vec<SockOpt>, Er
         let applies = match only {
             Only::Any => true,
             Only::Tcp => tcp,
+            Only::Udp => s.protocol == libc::IPPROTO_UDP,
             Only::V4 => s.family == libc::AF_INET,
             Only::V6 => s.family == libc::AF_INET6,
         };
-        if !applies || (s.closed && connection_only(level, name)) {
+        if !applies || (connection && connection_only(level, name)) || (tcp && multicast_only(level, name)) {
             continue;
         }
         let theirs = match sockopt::get_raw(sock, level, name, 64) {
@@ -352,19 +395,17 @@ pub fn prepare(obj: &str, f: &File) -> Result<OwnedFd, Error> {
     let sock = net::socket_owned_by(s.family, s.sock_type, s.protocol, s.uid)
         .ctx(|| format!("{obj}: cannot create a {} socket", kind_name(s)))?;
     for o in &s.opts {
-        // A connection's MSS comes back with TCP_REPAIR_OPTIONS (setsockopt caps it lower).
-        if s.repair.is_some() && (o.level, o.name) == (libc::IPPROTO_TCP, libc::TCP_MAXSEG) {
+        // A connection's MSS comes back with TCP_REPAIR_OPTIONS (images of older versions
+        // carry the connection's value; setsockopt caps it lower).
+        if s.repair.is_some() && connection_only(o.level, o.name) {
             continue;
         }
         match sockopt::set_raw(sock.as_fd(), o.level, o.name, &o.value) {
             Ok(()) => {}
             // A dropped connection is only a placeholder: an option it cannot take is no loss.
             Err(e) if s.closed => tracing::debug!(socket = obj, opt = %o.what, error = %e, "option not restored"),
-            // Options an accepted connection inherited (multicast, ...) that a socket which
-            // has not connected yet refuses.
-            Err(e) if s.repair.is_some() => {
-                tracing::warn!(socket = obj, opt = %o.what, error = %e, "option of a connection not restored")
-            }
+            // Older images carry the multicast TTL of accepted connections, which TCP refuses.
+            Err(_) if s.protocol == libc::IPPROTO_TCP && multicast_only(o.level, o.name) => {}
             Err(e) => return Err(Error::Sys { object: format!("{obj}: cannot set {}", o.what), source: e }),
         }
     }
@@ -414,6 +455,19 @@ pub fn prepare(obj: &str, f: &File) -> Result<OwnedFd, Error> {
         }
         if let Some(r) = &s.repair {
             tcp_repair::finish_after_connect(obj, sock.as_fd(), r)?;
+        }
+        if s.shutdown & 3 != 0 {
+            let how = match s.shutdown & 3 {
+                1 => libc::SHUT_RD,
+                2 => libc::SHUT_WR,
+                _ => libc::SHUT_RDWR,
+            };
+            match net::shutdown(sock.as_fd(), how) {
+                Ok(()) => {}
+                // An unconnected UDP socket: the kernel says ENOTCONN but records it all the same.
+                Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) && s.protocol == libc::IPPROTO_UDP => {}
+                Err(e) => return Err(Error::Sys { object: format!("{obj}: cannot shut it down again"), source: e }),
+            }
         }
         if let Some((level, opt, had)) = transparent {
             sockopt::set_int(sock.as_fd(), level, opt, had).ctx(|| format!("{obj}: IP_TRANSPARENT"))?;
