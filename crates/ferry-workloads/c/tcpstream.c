@@ -6,6 +6,11 @@
  *         both sockets are full or moving.
  *   peer: the peer is outside the tree (the test): the process listens, writes W/port, accepts
  *         one connection X, and streams with it both ways.
+ *   procs: both ends in the tree, with blocking I/O in four child processes sharing the two
+ *         sockets: one writes A, one reads C, one writes C, one reads A (1 MiB write()s, so
+ *         the checkpoint finds writers in the middle of a write that copied part of its
+ *         buffer). Each writes its byte count to W/<name> when done (sent_A, recv_C, ...); the
+ *         parent, which forwards go to them, compares the counts.
  * Every direction carries a fixed pattern: the 8-byte block k holds k * 0x9E3779B97F4A7C15 ^ SALT
  * (a different salt per direction), so a byte lost, duplicated or reordered anywhere shifts
  * everything after it and is caught at its offset. The process streams until each direction
@@ -22,6 +27,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 
 #define SALT_A 0x5151a5a5c3c3e7e7ULL /* A -> C, and process -> test in peer mode */
 #define SALT_C 0x0f1e2d3c4b5a6978ULL /* C -> A, and test -> process in peer mode */
@@ -155,6 +161,115 @@ static int all_done(struct end *e, int n)
 	return 1;
 }
 
+/* procs mode: one child writing the pattern `salt` to `fd` in 1 MiB write()s until go, then
+ * `more` bytes more, then SHUT_WR; its count goes to W/name. */
+static void writer(const char *name, int fd, uint64_t salt, uint64_t more)
+{
+	static unsigned char buf[1 << 20];
+	uint64_t sent = 0, limit = UINT64_MAX;
+	for (;;) {
+		if (go && limit == UINT64_MAX)
+			limit = sent + more;
+		if (sent >= limit)
+			break;
+		uint64_t left = limit - sent;
+		size_t len = left < sizeof buf ? (size_t)left : sizeof buf;
+		fill(buf, len, sent, salt);
+		ssize_t n = write(fd, buf, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			fail("%s: write after %llu bytes: %s", name, (unsigned long long)sent, strerror(errno));
+			finish();
+		}
+		sent += (uint64_t)n;
+	}
+	CHECK(shutdown(fd, SHUT_WR) == 0, "%s: shutdown: %s", name, strerror(errno));
+	char c[32];
+	snprintf(c, sizeof c, "%llu\n", (unsigned long long)sent);
+	SETUP(write_file_atomic(name, c));
+	exit(failures ? 1 : 0);
+}
+
+/* procs mode: one child reading `fd` until EOF, checking the pattern `salt`. */
+static void reader(const char *name, int fd, uint64_t salt)
+{
+	uint64_t got = 0;
+	for (;;) {
+		ssize_t n = read(fd, rbuf, sizeof rbuf);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			fail("%s: read after %llu bytes: %s", name, (unsigned long long)got, strerror(errno));
+			exit(1);
+		}
+		if (n == 0)
+			break;
+		for (ssize_t i = 0; i < n; i++)
+			if (rbuf[i] != pattern(got + (uint64_t)i, salt)) {
+				fail("%s: received byte %llu is %#x, want %#x (a byte lost or duplicated before it)", name,
+				     (unsigned long long)(got + (uint64_t)i), rbuf[i], pattern(got + (uint64_t)i, salt));
+				exit(1);
+			}
+		got += (uint64_t)n;
+	}
+	char c[32];
+	snprintf(c, sizeof c, "%llu\n", (unsigned long long)got);
+	SETUP(write_file_atomic(name, c));
+	exit(0);
+}
+
+static uint64_t read_count(const char *name)
+{
+	char path[4096], buf[64];
+	snprintf(path, sizeof path, "%s/%s", W, name);
+	if (read_file(path, buf, sizeof buf) <= 0) {
+		fail("no count in %s", name);
+		return 0;
+	}
+	return strtoull(buf, NULL, 10);
+}
+
+static void procs(int a, int c, uint64_t more)
+{
+	pid_t kids[4];
+	for (int k = 0; k < 4; k++) {
+		kids[k] = fork();
+		SETUP(kids[k]);
+		if (kids[k] == 0) {
+			switch (k) {
+			case 0: writer("sent_A", a, SALT_A, more); break;
+			case 1: reader("recv_C", c, SALT_A); break;
+			case 2: writer("sent_C", c, SALT_C, more); break;
+			default: reader("recv_A", a, SALT_C); break;
+			}
+		}
+	}
+	close(a);
+	close(c);
+	/* Let the streams run before the checkpoint. */
+	struct timespec ts = { 0, 300 * 1000 * 1000 };
+	nanosleep(&ts, NULL);
+	signal_ready();
+	wait_go();
+	for (int k = 0; k < 4; k++)
+		CHECK(kill(kids[k], SIGUSR2) == 0, "kill child %d: %s", (int)kids[k], strerror(errno));
+	for (int k = 0; k < 4; k++) {
+		int st;
+		pid_t r;
+		while ((r = waitpid(kids[k], &st, 0)) < 0 && errno == EINTR)
+			;
+		CHECK(r == kids[k] && WIFEXITED(st) && WEXITSTATUS(st) == 0, "child %d failed (status %#x), see the log",
+		      (int)kids[k], st);
+	}
+	uint64_t sa = read_count("sent_A"), rc = read_count("recv_C"), sc = read_count("sent_C"), ra = read_count("recv_A");
+	fprintf(stderr, "tcpstream: A sent %llu, C received %llu; C sent %llu, A received %llu\n", (unsigned long long)sa,
+		(unsigned long long)rc, (unsigned long long)sc, (unsigned long long)ra);
+	CHECK(rc == sa, "C received %llu bytes, A sent %llu", (unsigned long long)rc, (unsigned long long)sa);
+	CHECK(ra == sc, "A received %llu bytes, C sent %llu", (unsigned long long)ra, (unsigned long long)sc);
+	finish();
+}
+
 int main(int argc, char **argv)
 {
 	workload_init(argc, argv);
@@ -171,6 +286,14 @@ int main(int argc, char **argv)
 	struct end ends[2];
 	memset(ends, 0, sizeof ends);
 	int n;
+	if (strcmp(mode, "procs") == 0) {
+		int c = socket(AF_INET, SOCK_STREAM, 0);
+		SETUP(c);
+		SETUP(connect(c, (struct sockaddr *)&la, sizeof la));
+		int a = accept(l, NULL, NULL);
+		SETUP(a);
+		procs(a, c, more);
+	}
 	if (strcmp(mode, "pair") == 0) {
 		int c = socket(AF_INET, SOCK_STREAM, 0);
 		SETUP(c);
