@@ -43,6 +43,9 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 const SO_MEMINFO: i32 = 55;
+const SO_PEEK_OFF: i32 = 42;
+const SO_RCVMARK: i32 = 75;
+const TCP_TX_DELAY: i32 = 37;
 pub(crate) const SO_BUF_LOCK: i32 = 72;
 const SOCK_SNDBUF_LOCK: i32 = 1;
 const SOCK_RCVBUF_LOCK: i32 = 2;
@@ -115,7 +118,11 @@ const OPTS: &[(i32, i32, &str, Only)] = &[
     (libc::IPPROTO_TCP, libc::TCP_CONGESTION, "TCP_CONGESTION", Only::Tcp),
     (libc::IPPROTO_TCP, libc::TCP_THIN_LINEAR_TIMEOUTS, "TCP_THIN_LINEAR_TIMEOUTS", Only::Tcp),
     (libc::IPPROTO_TCP, libc::TCP_SAVE_SYN, "TCP_SAVE_SYN", Only::Tcp),
+    (libc::IPPROTO_TCP, libc::TCP_INQ, "TCP_INQ", Only::Tcp),
+    (libc::IPPROTO_TCP, TCP_TX_DELAY, "TCP_TX_DELAY", Only::Tcp),
     (libc::IPPROTO_UDP, libc::UDP_CORK, "UDP_CORK", Only::Udp),
+    (libc::SOL_SOCKET, SO_PEEK_OFF, "SO_PEEK_OFF", Only::Udp),
+    (libc::SOL_SOCKET, SO_RCVMARK, "SO_RCVMARK", Only::Any),
     // Meaningful (the user's value) only before a connection: see `connection_only`.
     (libc::IPPROTO_TCP, libc::TCP_MAXSEG, "TCP_MAXSEG", Only::Tcp),
     (libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP, "TCP_WINDOW_CLAMP", Only::Tcp),
@@ -264,6 +271,15 @@ pub fn collect(pid: i32, fd: i32, link: &str, policy: &mut Connections, f: &mut 
                 "{} with {pending} bytes corked (UDP_CORK or MSG_MORE), a datagram not sent yet (it cannot be put back; dump again once it is sent)",
                 describe(&s)
             )));
+        }
+    }
+    if tcp {
+        // An upper-layer protocol (kernel TLS, MPTCP's subflow glue, ...) keeps state ferry
+        // cannot read back.
+        let ulp = sockopt::get_raw(sock, libc::IPPROTO_TCP, libc::TCP_ULP, 16).unwrap_or_default();
+        let ulp = String::from_utf8_lossy(&ulp).trim_end_matches('\0').to_string();
+        if !ulp.is_empty() {
+            return Err(unsupported(format!("{} with the upper-layer protocol {ulp:?} (TCP_ULP)", describe(&s))));
         }
     }
     (s.filter, s.filter_locked) =
