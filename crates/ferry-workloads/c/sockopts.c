@@ -5,7 +5,8 @@
  *              SO_KEEPALIVE, TCP_NODELAY, buffer sizes, IP_TOS, TCP_KEEP*, SO_LINGER,
  *              SO_PRIORITY, SO_MARK, IP_TTL, TCP_USER_TIMEOUT, ...); after go every option of L,
  *              C and A reads back exactly as before (getsockopt, byte for byte), and C and A
- *              still talk.
+ *              still talk. A2, accepted from L too, was shut down for reading: it still polls
+ *              POLLRDHUP, and still sends to its peer C2.
  *   reuseport: two listeners L1 and L2 with SO_REUSEPORT (and SO_REUSEADDR) bound side by side
  *              on the same port; after go both are there with the same port and option, and a
  *              series of connections to the port is accepted (each by L1 or L2, both in all).
@@ -189,8 +190,19 @@ int main(int argc, char **argv)
 		save(c, &sc);
 		save(a, &sa);
 		talk("C -> A before", c, a);
+		/* C2 <-> A2: A2 shut down for reading (still ESTABLISHED). */
+		int c2 = socket(AF_INET, SOCK_STREAM, 0);
+		SETUP(c2);
+		SETUP(connect(c2, (struct sockaddr *)&la, sizeof la));
+		int a2 = accept(l, NULL, NULL);
+		SETUP(a2);
+		SETUP(shutdown(a2, SHUT_RD));
 		signal_ready();
 		wait_go();
+		struct pollfd p2 = { .fd = a2, .events = POLLIN | POLLRDHUP };
+		CHECK(poll(&p2, 1, 0) == 1 && (p2.revents & POLLRDHUP), "A2 (shut down for reading) does not poll RDHUP (%#x)",
+		      p2.revents);
+		talk("A2 -> C2", a2, c2);
 		compare("L", l, &sl);
 		compare("C", c, &sc);
 		compare("A", a, &sa);

@@ -27,6 +27,11 @@
 //! addresses cannot be put back (a datagram re-sent by ferry would come from ferry's
 //! address), so ferry asks to dump again when the queue is empty rather than alter them.
 //! Classic BPF filters are kept (state/sockfilter.rs); sockets with an eBPF one are refused.
+//! Bytes corked on a UDP socket (UDP_CORK or MSG_MORE, not sent yet) are refused too, like
+//! CRIU does: the kernel's pending frame cannot be rebuilt. The shutdown state of UDP sockets
+//! and established connections is read with sock_diag and applied again. Established and
+//! accepted connections get their options through the same `OPTS` comparison as listeners
+//! (docs/ARCHITECTURE.md, "TCP and UDP sockets", lists what is not carried and why).
 //!
 //! Not carried (the kernel offers no way to read them per socket): multicast group
 //! memberships (IP_ADD_MEMBERSHIP and friends) and half-open connections (SYN_RECV) of a

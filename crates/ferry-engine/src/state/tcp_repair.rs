@@ -83,7 +83,8 @@ fn queue(sock: BorrowedFd<'_>, which: i32, len: usize) -> std::io::Result<(u32, 
         data.drain(..n - len);
         data.truncate(len);
     } else {
-        data.truncate(n.min(len));
+        // Short, or too long to tell where the queue starts: the caller's size check fails.
+        data.truncate(n);
     }
     Ok((seq, data))
 }
