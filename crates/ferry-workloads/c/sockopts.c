@@ -17,6 +17,9 @@
  *   server:    L accepts X, a connection from the test (outside the tree), and sends "hi" on
  *              it; dumped with --tcp-close. After go X is closed (no peer, ENOTCONN, EPIPE,
  *              POLLHUP; the test saw its end closed too) and L serves a new connection.
+ *   forkorder: C <-> A established in the parent; the listener L they came from (without
+ *              SO_REUSEADDR) only in a child. Dumped with --tcp-established: after go L is
+ *              listening in the child and accepts, and C and A still talk.
  *   udpcorked: U1 corked with 5 bytes pending (a datagram not sent yet): the dump must be
  *              refused; after go, uncorking sends the datagram to R, which reads it.
  */
@@ -28,6 +31,7 @@
 #include <netinet/udp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 
 #ifndef UDP_CORK
 #define UDP_CORK 1
@@ -328,6 +332,44 @@ int main(int argc, char **argv)
 		CHECK(a >= 0, "L: accept: %s", strerror(errno));
 		if (a >= 0)
 			talk("new connection", c, a);
+		finish();
+	}
+	if (strcmp(mode, "forkorder") == 0) {
+		/* The parent keeps C <-> A, the child the listener L they came from (no options). */
+		int l = listener(&la, 0);
+		seti(l, SOL_SOCKET, SO_REUSEADDR, 0);
+		int c = socket(AF_INET, SOCK_STREAM, 0);
+		SETUP(c);
+		SETUP(connect(c, (struct sockaddr *)&la, sizeof la));
+		int a = accept(l, NULL, NULL);
+		SETUP(a);
+		pid_t kid = fork();
+		SETUP(kid);
+		if (kid == 0) {
+			close(a);
+			close(c);
+			while (!go)
+				pause();
+			int v = 0;
+			socklen_t len = sizeof v;
+			CHECK(getsockopt(l, SOL_SOCKET, SO_ACCEPTCONN, &v, &len) == 0 && v == 1, "child: L is not listening");
+			struct pollfd p = { .fd = l, .events = POLLIN };
+			CHECK(poll(&p, 1, 5000) == 1, "child: no connection to accept");
+			int x = accept(l, NULL, NULL);
+			CHECK(x >= 0, "child: accept: %s", strerror(errno));
+			finish();
+		}
+		close(l);
+		signal_ready();
+		wait_go();
+		CHECK(kill(kid, SIGUSR2) == 0, "kill: %s", strerror(errno));
+		talk("C -> A", c, a);
+		talk("A -> C", a, c);
+		int n = socket(AF_INET, SOCK_STREAM, 0);
+		SETUP(n);
+		CHECK(connect(n, (struct sockaddr *)&la, sizeof la) == 0, "connect to L: %s", strerror(errno));
+		int st;
+		CHECK(waitpid(kid, &st, 0) == kid && WIFEXITED(st) && WEXITSTATUS(st) == 0, "the child failed (%#x)", st);
 		finish();
 	}
 	die_setup("unknown mode %s", mode);

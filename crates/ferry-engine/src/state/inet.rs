@@ -434,66 +434,81 @@ pub fn prepare(obj: &str, f: &File) -> Result<OwnedFd, Error> {
         .ctx(|| format!("{obj}: cannot attach its socket filter"))?;
     if let Some(r) = &s.repair {
         tcp_repair::prepare_before_bind(obj, sock.as_fd(), r)?;
-    }
-    if !s.closed {
-        let mut transparent = None;
-        if !s.local.is_empty() {
-            let local = parse_addr(obj, &s.local)?;
-            let mut bound = net::bind(sock.as_fd(), &local);
-            if bound.as_ref().is_err_and(|e| e.raw_os_error() == Some(libc::EADDRNOTAVAIL)) {
-                // The address is not on this node (yet): a migration moves it once the tree
-                // runs here. Bind anyway, transparently (which also lets a repaired connection
-                // route from it); the option goes back as the process had it after connect.
-                let (level, opt) = match local.is_ipv4() {
-                    true => (libc::IPPROTO_IP, libc::IP_TRANSPARENT),
-                    false => (libc::IPPROTO_IPV6, IPV6_TRANSPARENT),
-                };
-                let had = sockopt::get_int(sock.as_fd(), level, opt).unwrap_or(0);
-                sockopt::set_int(sock.as_fd(), level, opt, 1).ctx(|| format!("{obj}: IP_TRANSPARENT"))?;
-                transparent = Some((level, opt, had));
-                bound = net::bind(sock.as_fd(), &local);
-                tracing::warn!(socket = obj, address = %local, "bound to an address this node does not have (yet): it receives nothing until the address is added here");
-            }
-            bound.map_err(|e| {
-                if e.raw_os_error() == Some(libc::EADDRINUSE) {
-                    Error::Invalid {
-                        object: obj.into(),
-                        what: format!(
-                            "cannot bind to {}: the address is already in use (by another process, or by the dumped one still running)",
-                            s.local
-                        ),
-                    }
-                } else {
-                    Error::Sys { object: format!("{obj}: cannot bind to {}", s.local), source: e }
-                }
-            })?;
-        }
-        if s.protocol == libc::IPPROTO_TCP && s.state == TCP_LISTEN {
-            net::listen(sock.as_fd(), s.backlog as i32).ctx(|| format!("{obj}: cannot listen on {}", s.local))?;
-        } else if !s.peer.is_empty() && (s.protocol == libc::IPPROTO_UDP || s.repair.is_some()) {
-            let peer = parse_addr(obj, &s.peer)?;
-            net::connect(sock.as_fd(), &peer).ctx(|| format!("{obj}: cannot connect to {}", s.peer))?;
-        }
-        if let Some(r) = &s.repair {
-            tcp_repair::finish_after_connect(obj, sock.as_fd(), r)?;
-        }
-        if s.shutdown & 3 != 0 {
-            let how = match s.shutdown & 3 {
-                1 => libc::SHUT_RD,
-                2 => libc::SHUT_WR,
-                _ => libc::SHUT_RDWR,
-            };
-            match net::shutdown(sock.as_fd(), how) {
-                Ok(()) => {}
-                // An unconnected UDP socket: the kernel says ENOTCONN but records it all the same.
-                Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) && s.protocol == libc::IPPROTO_UDP => {}
-                Err(e) => return Err(Error::Sys { object: format!("{obj}: cannot shut it down again"), source: e }),
-            }
-        }
-        if let Some((level, opt, had)) = transparent {
-            sockopt::set_int(sock.as_fd(), level, opt, had).ctx(|| format!("{obj}: IP_TRANSPARENT"))?;
-        }
+        // Bound and connected by `connect_repaired` once every other socket of the tree is:
+        // in repair mode it binds with force-reuse, which would keep a listener of the same
+        // port (in this process or another) from binding after it.
+    } else if !s.closed {
+        bind_connect(obj, s, sock.as_fd())?;
     }
     ferry_sys::process::set_status_flags(sock.as_fd(), f.flags as i32).ctx(|| obj.to_string())?;
     Ok(sock)
+}
+
+/// Second pass for the connections restored with TCP_REPAIR (still in repair mode): bind,
+/// connect (no packet is sent), refill the queues, shutdown state.
+pub fn connect_repaired(obj: &str, f: &File, sock: BorrowedFd<'_>) -> Result<(), Error> {
+    let s = f.inet.as_ref().ok_or_else(|| Error::Invalid { object: obj.into(), what: "no socket record".into() })?;
+    bind_connect(obj, s, sock)
+}
+
+/// Bind, listen or connect (and for a repaired connection refill it), then shutdown state.
+fn bind_connect(obj: &str, s: &InetSocket, sock: BorrowedFd<'_>) -> Result<(), Error> {
+    let mut transparent = None;
+    if !s.local.is_empty() {
+        let local = parse_addr(obj, &s.local)?;
+        let mut bound = net::bind(sock.as_fd(), &local);
+        if bound.as_ref().is_err_and(|e| e.raw_os_error() == Some(libc::EADDRNOTAVAIL)) {
+            // The address is not on this node (yet): a migration moves it once the tree
+            // runs here. Bind anyway, transparently (which also lets a repaired connection
+            // route from it); the option goes back as the process had it after connect.
+            let (level, opt) = match local.is_ipv4() {
+                true => (libc::IPPROTO_IP, libc::IP_TRANSPARENT),
+                false => (libc::IPPROTO_IPV6, IPV6_TRANSPARENT),
+            };
+            let had = sockopt::get_int(sock.as_fd(), level, opt).unwrap_or(0);
+            sockopt::set_int(sock.as_fd(), level, opt, 1).ctx(|| format!("{obj}: IP_TRANSPARENT"))?;
+            transparent = Some((level, opt, had));
+            bound = net::bind(sock.as_fd(), &local);
+            tracing::warn!(socket = obj, address = %local, "bound to an address this node does not have (yet): it receives nothing until the address is added here");
+        }
+        bound.map_err(|e| {
+            if e.raw_os_error() == Some(libc::EADDRINUSE) {
+                Error::Invalid {
+                    object: obj.into(),
+                    what: format!(
+                        "cannot bind to {}: the address is already in use (by another process, or by the dumped one still running)",
+                        s.local
+                    ),
+                }
+            } else {
+                Error::Sys { object: format!("{obj}: cannot bind to {}", s.local), source: e }
+            }
+        })?;
+    }
+    if s.protocol == libc::IPPROTO_TCP && s.state == TCP_LISTEN {
+        net::listen(sock.as_fd(), s.backlog as i32).ctx(|| format!("{obj}: cannot listen on {}", s.local))?;
+    } else if !s.peer.is_empty() && (s.protocol == libc::IPPROTO_UDP || s.repair.is_some()) {
+        let peer = parse_addr(obj, &s.peer)?;
+        net::connect(sock.as_fd(), &peer).ctx(|| format!("{obj}: cannot connect to {}", s.peer))?;
+    }
+    if let Some(r) = &s.repair {
+        tcp_repair::finish_after_connect(obj, sock.as_fd(), r)?;
+    }
+    if s.shutdown & 3 != 0 {
+        let how = match s.shutdown & 3 {
+            1 => libc::SHUT_RD,
+            2 => libc::SHUT_WR,
+            _ => libc::SHUT_RDWR,
+        };
+        match net::shutdown(sock.as_fd(), how) {
+            Ok(()) => {}
+            // An unconnected UDP socket: the kernel says ENOTCONN but records it all the same.
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) && s.protocol == libc::IPPROTO_UDP => {}
+            Err(e) => return Err(Error::Sys { object: format!("{obj}: cannot shut it down again"), source: e }),
+        }
+    }
+    if let Some((level, opt, had)) = transparent {
+        sockopt::set_int(sock.as_fd(), level, opt, had).ctx(|| format!("{obj}: IP_TRANSPARENT"))?;
+    }
+    Ok(())
 }

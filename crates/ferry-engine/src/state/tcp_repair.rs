@@ -229,6 +229,34 @@ pub fn finish_after_connect(obj: &str, sock: BorrowedFd<'_>, r: &TcpRepair) -> R
     Ok(())
 }
 
+/// Once every other socket of the image exists (listeners bound to the same ports first):
+/// bind and connect every connection restored with TCP_REPAIR and refill its queues
+/// (`inet::connect_repaired`). `fds` maps ferry's fd numbers (`numbers`) to the fds.
+pub fn connect_all(
+    procs: &[ferry_image::Process],
+    numbers: &[Option<&[i32]>],
+    fds: &std::collections::HashMap<i32, BorrowedFd<'_>>,
+) -> Result<(), Error> {
+    let mut done = std::collections::HashSet::new();
+    for (p, nums) in procs.iter().zip(numbers) {
+        let Some(nums) = nums else { continue };
+        for (i, f) in p.files.iter().enumerate() {
+            if !f.inet.as_ref().is_some_and(|s| s.repair.is_some()) {
+                continue;
+            }
+            let n = nums.get(i).copied().unwrap_or(-1);
+            if !done.insert(n) {
+                continue;
+            }
+            let obj = format!("pid {}: {}", p.pid, f.describe);
+            let fd =
+                fds.get(&n).ok_or_else(|| Error::Invalid { object: obj.clone(), what: "lost its socket".into() })?;
+            crate::state::inet::connect_repaired(&obj, f, *fd)?;
+        }
+    }
+    Ok(())
+}
+
 /// Once every socket of the image exists: leave repair mode (each connection then sends a
 /// window probe, which must find its peer restored already if the peer is in the image too).
 pub fn release_all(procs: &[ferry_image::Process], numbers: &[Option<&[i32]>]) -> Result<(), Error> {

@@ -658,7 +658,7 @@ mod control_sockopts {
 
     #[test]
     fn sockopts() {
-        for mode in ["conn", "reuseport", "udp", "udpcorked"] {
+        for mode in ["conn", "reuseport", "udp", "udpcorked", "forkorder"] {
             control(&super::sockopts(mode));
         }
     }
@@ -714,4 +714,15 @@ fn tcp_close_server_connection() {
         other => run.fail(&format!("the client's end is not closed after the dump: {other:?} {rest:?}")),
     }
     run.restore_and_verify("sockopts server");
+}
+
+/// A listener in a child and an established connection accepted from it in the parent
+/// (`--tcp-established`): both come back, whatever the order the processes are restored in.
+#[test]
+fn tcp_established_with_listener_in_another_process() {
+    let mut run = Run::start(&sockopts("forkorder"));
+    run.dump_ok(&["--tcp-established"]);
+    run.reap_dumped();
+    wait_image_pids_gone(&run.img());
+    run.restore_and_verify("sockopts forkorder");
 }
