@@ -662,6 +662,14 @@ mod control_sockopts {
             control(&super::sockopts(mode));
         }
     }
+
+    /// The stream checks without ferry (both ends inside, plain and with blocking processes).
+    #[test]
+    fn tcpstream() {
+        for mode in ["pair", "procs"] {
+            control(&Spec::c("tcpstream").args(&[mode, "100"]));
+        }
+    }
 }
 
 /// Every option set on an established and on an accepted connection (SO_REUSEADDR,
