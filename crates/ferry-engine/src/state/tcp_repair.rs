@@ -241,7 +241,7 @@ pub fn connect_all(
     for (p, nums) in procs.iter().zip(numbers) {
         let Some(nums) = nums else { continue };
         for (i, f) in p.files.iter().enumerate() {
-            if !f.inet.as_ref().is_some_and(|s| s.repair.is_some()) {
+            if f.inet.as_ref().is_none_or(|s| s.repair.is_none()) {
                 continue;
             }
             let n = nums.get(i).copied().unwrap_or(-1);
