@@ -547,6 +547,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     }
     drop(ghosts); // (the fds and mappings hold the recreated files now)
     let numbers: Vec<Option<&[i32]>> = prep.iter().map(|p| p.as_ref().map(|p| p.files.numbers.as_slice())).collect();
+    let fds: std::collections::HashMap<i32, std::os::fd::BorrowedFd<'_>> = prep
+        .iter()
+        .flatten()
+        .flat_map(|p| p.files.owned.iter())
+        .map(|o| (std::os::fd::AsRawFd::as_raw_fd(o), o.as_fd()))
+        .collect();
+    crate::state::tcp_repair::connect_all(&procs, &numbers, &fds)?;
+    drop(fds);
     crate::state::tcp_repair::release_all(&procs, &numbers)?;
     files::ghost::memfd_attrs(&procs, &shmem)?;
     crate::state::memfd_seals::apply_early(&procs, &shmem)?;

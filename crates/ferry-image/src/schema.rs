@@ -985,6 +985,10 @@ pub struct InetSocket {
     pub filter: Vec<u8>,
     #[prost(bool, tag = "13")]
     pub filter_locked: bool,
+    /// sk_shutdown of a UDP socket or an established TCP connection: 1 reading (SHUT_RD), 2
+    /// writing (SHUT_WR), 3 both; applied again with shutdown(2).
+    #[prost(uint32, tag = "260")]
+    pub shutdown: u32,
 }
 
 /// What TCP_REPAIR needs to put an established connection back: sequence numbers, the data

@@ -166,19 +166,115 @@ pub fn send(fd: BorrowedFd<'_>, buf: &[u8], flags: i32) -> io::Result<usize> {
     }
 }
 
-/// `setsockopt(fd, IPPROTO_TCP, TCP_REPAIR, 0)` on one of the caller's own fds by number (the
-/// copies ferry keeps of sockets it handed to restored processes).
-pub fn tcp_repair_off(fd: RawFd) -> io::Result<()> {
-    let v: libc::c_int = 0;
+/// `setsockopt(2)` of an `int` option on one of the caller's own fds by number (the copies
+/// ferry keeps of sockets it handed to restored processes).
+pub fn set_int_on(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
     // SAFETY: a valid int option value; an fd number that is not a socket fails with ENOTSOCK/EBADF.
     cvt_i(unsafe {
         libc::setsockopt(
             fd,
-            libc::IPPROTO_TCP,
-            19,
-            (&v as *const libc::c_int).cast(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as u32,
         )
     })
     .map(drop)
+}
+
+/// `setsockopt(fd, IPPROTO_TCP, TCP_REPAIR, 0)` on one of the caller's own fds by number. The
+/// kernel also clears SO_REUSEADDR then (`sk_reuse`, which repair mode forces): the caller
+/// sets it again if the socket had it.
+pub fn tcp_repair_off(fd: RawFd) -> io::Result<()> {
+    set_int_on(fd, libc::IPPROTO_TCP, 19, 0)
+}
+
+/// `NETLINK_SOCK_DIAG` and its request and answer types (linux/sock_diag.h, netlink.h).
+const NETLINK_SOCK_DIAG: i32 = 4;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+/// `INET_DIAG_SHUTDOWN` (linux/inet_diag.h): one byte, the socket's `sk_shutdown`.
+const INET_DIAG_SHUTDOWN: u16 = 8;
+
+/// The `sk_shutdown` bits (1: no more reading, 2: no more writing) of the `family`/`protocol`
+/// socket with inode `ino` of this network namespace, from a `NETLINK_SOCK_DIAG` dump of the
+/// sockets of that kind (sock_diag(7)); `None` when no such socket is listed.
+pub fn diag_shutdown(family: i32, protocol: i32, ino: u64) -> io::Result<Option<u8>> {
+    // SAFETY: integer arguments.
+    let nl =
+        cvt_i(unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG) })?;
+    // SAFETY: the kernel just created this fd for us; we are its only owner.
+    let nl = unsafe { OwnedFd::from_raw_fd(nl) };
+    // nlmsghdr (16) + inet_diag_req_v2 (8 + a zeroed inet_diag_sockid of 48: no filter)
+    let mut req = Vec::with_capacity(72);
+    req.extend_from_slice(&72u32.to_ne_bytes());
+    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    req.extend_from_slice(&0u32.to_ne_bytes()); // pid
+    req.extend_from_slice(&[family as u8, protocol as u8, 0, 0]);
+    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // all states
+    req.extend_from_slice(&[0u8; 48]);
+    // SAFETY: req is valid for reads of req.len() bytes.
+    let r = unsafe { libc::send(nl.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+    cvt_i(r as i32)?;
+    let rd32 = |b: &[u8], o: usize| b.get(o..o + 4).map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]));
+    let rd16 = |b: &[u8], o: usize| b.get(o..o + 2).map(|s| u16::from_ne_bytes([s[0], s[1]]));
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed sock_diag answer");
+    let mut found = None;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        // SAFETY: buf is valid for writes of buf.len() bytes.
+        let n = unsafe { libc::recv(nl.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let msgs = &buf[..n as usize];
+        let mut off = 0;
+        while off + 16 <= msgs.len() {
+            let len = rd32(msgs, off).ok_or_else(bad)? as usize;
+            let ty = rd16(msgs, off + 4).ok_or_else(bad)?;
+            if len < 16 || off + len > msgs.len() {
+                return Err(bad());
+            }
+            let body = &msgs[off + 16..off + len];
+            match ty {
+                NLMSG_DONE => return Ok(found),
+                NLMSG_ERROR => {
+                    let errno = rd32(body, 0).ok_or_else(bad)? as i32;
+                    return Err(io::Error::from_raw_os_error(-errno));
+                }
+                // struct inet_diag_msg (72 bytes, idiag_inode at 68), then attributes.
+                _ if found.is_none() && rd32(body, 68).is_some_and(|i| u64::from(i) == ino) => {
+                    let mut a = 72;
+                    let mut sd = 0u8;
+                    while a + 4 <= body.len() {
+                        let alen = rd16(body, a).ok_or_else(bad)? as usize;
+                        let aty = rd16(body, a + 2).ok_or_else(bad)?;
+                        if alen < 4 || a + alen > body.len() {
+                            return Err(bad());
+                        }
+                        if aty & 0x3fff == INET_DIAG_SHUTDOWN {
+                            sd = body.get(a + 4).copied().unwrap_or(0);
+                        }
+                        a += (alen + 3) & !3;
+                    }
+                    found = Some(sd);
+                }
+                _ => {}
+            }
+            off += (len + 3) & !3;
+        }
+    }
+}
+
+/// `shutdown(2)`.
+pub fn shutdown(fd: BorrowedFd<'_>, how: i32) -> io::Result<()> {
+    // SAFETY: integer arguments.
+    cvt_i(unsafe { libc::shutdown(fd.as_raw_fd(), how) }).map(drop)
 }

@@ -27,6 +27,11 @@
 //! addresses cannot be put back (a datagram re-sent by ferry would come from ferry's
 //! address), so ferry asks to dump again when the queue is empty rather than alter them.
 //! Classic BPF filters are kept (state/sockfilter.rs); sockets with an eBPF one are refused.
+//! Bytes corked on a UDP socket (UDP_CORK or MSG_MORE, not sent yet) are refused too, like
+//! CRIU does: the kernel's pending frame cannot be rebuilt. The shutdown state of UDP sockets
+//! and established connections is read with sock_diag and applied again. Established and
+//! accepted connections get their options through the same `OPTS` comparison as listeners
+//! (docs/ARCHITECTURE.md, "TCP and UDP sockets", lists what is not carried and why).
 //!
 //! Not carried (the kernel offers no way to read them per socket): multicast group
 //! memberships (IP_ADD_MEMBERSHIP and friends) and half-open connections (SYN_RECV) of a
@@ -43,6 +48,9 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 const SO_MEMINFO: i32 = 55;
+const SO_PEEK_OFF: i32 = 42;
+const SO_RCVMARK: i32 = 75;
+const TCP_TX_DELAY: i32 = 37;
 pub(crate) const SO_BUF_LOCK: i32 = 72;
 const SOCK_SNDBUF_LOCK: i32 = 1;
 const SOCK_RCVBUF_LOCK: i32 = 2;
@@ -74,6 +82,7 @@ fn state_name(state: u32) -> &'static str {
 enum Only {
     Any,
     Tcp,
+    Udp,
     V4,
     V6,
 }
@@ -114,6 +123,11 @@ const OPTS: &[(i32, i32, &str, Only)] = &[
     (libc::IPPROTO_TCP, libc::TCP_CONGESTION, "TCP_CONGESTION", Only::Tcp),
     (libc::IPPROTO_TCP, libc::TCP_THIN_LINEAR_TIMEOUTS, "TCP_THIN_LINEAR_TIMEOUTS", Only::Tcp),
     (libc::IPPROTO_TCP, libc::TCP_SAVE_SYN, "TCP_SAVE_SYN", Only::Tcp),
+    (libc::IPPROTO_TCP, libc::TCP_INQ, "TCP_INQ", Only::Tcp),
+    (libc::IPPROTO_TCP, TCP_TX_DELAY, "TCP_TX_DELAY", Only::Tcp),
+    (libc::IPPROTO_UDP, libc::UDP_CORK, "UDP_CORK", Only::Udp),
+    (libc::SOL_SOCKET, SO_PEEK_OFF, "SO_PEEK_OFF", Only::Udp),
+    (libc::SOL_SOCKET, SO_RCVMARK, "SO_RCVMARK", Only::Any),
     // Meaningful (the user's value) only before a connection: see `connection_only`.
     (libc::IPPROTO_TCP, libc::TCP_MAXSEG, "TCP_MAXSEG", Only::Tcp),
     (libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP, "TCP_WINDOW_CLAMP", Only::Tcp),
@@ -149,9 +163,17 @@ const OPTS: &[(i32, i32, &str, Only)] = &[
     (libc::IPPROTO_IPV6, libc::IPV6_RECVORIGDSTADDR, "IPV6_RECVORIGDSTADDR", Only::V6),
 ];
 
-/// TCP options whose getsockopt value is the connection's, not the user's, once connected.
+/// TCP options whose getsockopt value is the connection's, not the user's, once connected
+/// (a connection's MSS comes back with TCP_REPAIR_OPTIONS; its window clamp is recomputed).
 fn connection_only(level: i32, name: i32) -> bool {
     level == libc::IPPROTO_TCP && (name == libc::TCP_MAXSEG || name == libc::TCP_WINDOW_CLAMP)
+}
+
+/// Multicast options that a TCP socket refuses (EINVAL) but an accepted connection reports
+/// anyway (the kernel copies the SYN's TTL into it): meaningless for TCP, not carried.
+fn multicast_only(level: i32, name: i32) -> bool {
+    (level, name) == (libc::IPPROTO_IP, libc::IP_MULTICAST_TTL)
+        || (level, name) == (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS)
 }
 
 /// (state, accept queue length, listen backlog) from TCP_INFO.
@@ -248,11 +270,37 @@ pub fn collect(pid: i32, fd: i32, link: &str, policy: &mut Connections, f: &mut 
                 describe(&s)
             )));
         }
+        let pending = udp_pending(sock).ctx(|| format!("{}: SIOCOUTQ", obj()))?;
+        if pending > 0 {
+            return Err(unsupported(format!(
+                "{} with {pending} bytes corked (UDP_CORK or MSG_MORE), a datagram not sent yet (it cannot be put back; dump again once it is sent)",
+                describe(&s)
+            )));
+        }
+    }
+    if tcp {
+        // An upper-layer protocol (kernel TLS, MPTCP's subflow glue, ...) keeps state ferry
+        // cannot read back.
+        let ulp = sockopt::get_raw(sock, libc::IPPROTO_TCP, libc::TCP_ULP, 16).unwrap_or_default();
+        let ulp = String::from_utf8_lossy(&ulp).trim_end_matches('\0').to_string();
+        if !ulp.is_empty() {
+            return Err(unsupported(format!("{} with the upper-layer protocol {ulp:?} (TCP_ULP)", describe(&s))));
+        }
     }
     (s.filter, s.filter_locked) =
         crate::state::sockfilter::collect(sock).map_err(|what| unsupported(format!("{} with {what}", describe(&s))))?;
     let connection = tcp && s.state != TCP_LISTEN && s.state != TCP_CLOSE;
     let repair = connection && s.state == TCP_ESTABLISHED && policy.established;
+    if udp || repair {
+        let ino = ferry_sys::process::fstat(sock).ctx(|| format!("{}: fstat", obj()))?.st_ino;
+        // sock_diag lists the sockets of the kernel's hash tables: an unbound UDP socket is
+        // in none (its shutdown state is not carried).
+        s.shutdown = match net::diag_shutdown(family, protocol, ino).ctx(|| format!("{}: sock_diag", obj()))? {
+            Some(sd) => u32::from(sd) & 3,
+            None if !bound => 0,
+            None => return Err(Error::Invalid { object: obj(), what: "not listed by sock_diag".into() }),
+        };
+    }
     if connection && !tcp_close && !repair {
         return Err(unsupported(format!(
             "{} (dump with --tcp-established to keep the connection, or --tcp-close to restore it closed)",
@@ -272,7 +320,7 @@ pub fn collect(pid: i32, fd: i32, link: &str, policy: &mut Connections, f: &mut 
         tracing::warn!(pid, fd, socket = %describe(&s), "restoring a TCP connection as closed (--tcp-close)");
         s.closed = true;
     }
-    s.opts = changed_opts(sock, &s).map_err(|e| match e {
+    s.opts = changed_opts(sock, &s, connection).map_err(|e| match e {
         Error::Sys { object, source } => Error::Sys { object: format!("{}: {object}", obj()), source },
         other => other,
     })?;
@@ -285,8 +333,23 @@ pub fn collect(pid: i32, fd: i32, link: &str, policy: &mut Connections, f: &mut 
     Ok(true)
 }
 
-/// The options of `sock` that differ from those of a fresh socket of the same kind.
-fn changed_opts(sock: BorrowedFd<'_>, s: &InetSocket) -> Result<Vec<SockOpt>, Error> {
+/// Bytes waiting on a UDP socket to go out: a corked datagram (UDP_CORK, MSG_MORE), or one
+/// still on its way out (gone in a moment: asked again a few times).
+fn udp_pending(sock: BorrowedFd<'_>) -> std::io::Result<i32> {
+    let mut n = net::outq(sock)?;
+    for _ in 0..20 {
+        if n == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        n = net::outq(sock)?;
+    }
+    Ok(n)
+}
+
+/// The options of `sock` that differ from those of a fresh socket of the same kind (for a
+/// `connection`, without those the connection rather than the program set).
+fn changed_opts(sock: BorrowedFd<'_>, s: &InetSocket, connection: bool) -> Result<Vec<SockOpt>, Error> {
     let fresh = net::socket(s.family, s.sock_type, s.protocol).ctx(|| "cannot create a reference socket".into())?;
     let tcp = s.protocol == libc::IPPROTO_TCP;
     let mut out = Vec::new();
@@ -319,10 +382,11 @@ fn changed_opts(sock: BorrowedFd<'_>, s: &InetSocket) -> Result<Vec<SockOpt>, Er
         let applies = match only {
             Only::Any => true,
             Only::Tcp => tcp,
+            Only::Udp => s.protocol == libc::IPPROTO_UDP,
             Only::V4 => s.family == libc::AF_INET,
             Only::V6 => s.family == libc::AF_INET6,
         };
-        if !applies || (s.closed && connection_only(level, name)) {
+        if !applies || (connection && connection_only(level, name)) || (tcp && multicast_only(level, name)) {
             continue;
         }
         let theirs = match sockopt::get_raw(sock, level, name, 64) {
@@ -352,19 +416,17 @@ pub fn prepare(obj: &str, f: &File) -> Result<OwnedFd, Error> {
     let sock = net::socket_owned_by(s.family, s.sock_type, s.protocol, s.uid)
         .ctx(|| format!("{obj}: cannot create a {} socket", kind_name(s)))?;
     for o in &s.opts {
-        // A connection's MSS comes back with TCP_REPAIR_OPTIONS (setsockopt caps it lower).
-        if s.repair.is_some() && (o.level, o.name) == (libc::IPPROTO_TCP, libc::TCP_MAXSEG) {
+        // A connection's MSS comes back with TCP_REPAIR_OPTIONS (images of older versions
+        // carry the connection's value; setsockopt caps it lower).
+        if s.repair.is_some() && connection_only(o.level, o.name) {
             continue;
         }
         match sockopt::set_raw(sock.as_fd(), o.level, o.name, &o.value) {
             Ok(()) => {}
             // A dropped connection is only a placeholder: an option it cannot take is no loss.
             Err(e) if s.closed => tracing::debug!(socket = obj, opt = %o.what, error = %e, "option not restored"),
-            // Options an accepted connection inherited (multicast, ...) that a socket which
-            // has not connected yet refuses.
-            Err(e) if s.repair.is_some() => {
-                tracing::warn!(socket = obj, opt = %o.what, error = %e, "option of a connection not restored")
-            }
+            // Older images carry the multicast TTL of accepted connections, which TCP refuses.
+            Err(_) if s.protocol == libc::IPPROTO_TCP && multicast_only(o.level, o.name) => {}
             Err(e) => return Err(Error::Sys { object: format!("{obj}: cannot set {}", o.what), source: e }),
         }
     }
@@ -372,53 +434,81 @@ pub fn prepare(obj: &str, f: &File) -> Result<OwnedFd, Error> {
         .ctx(|| format!("{obj}: cannot attach its socket filter"))?;
     if let Some(r) = &s.repair {
         tcp_repair::prepare_before_bind(obj, sock.as_fd(), r)?;
-    }
-    if !s.closed {
-        let mut transparent = None;
-        if !s.local.is_empty() {
-            let local = parse_addr(obj, &s.local)?;
-            let mut bound = net::bind(sock.as_fd(), &local);
-            if bound.as_ref().is_err_and(|e| e.raw_os_error() == Some(libc::EADDRNOTAVAIL)) {
-                // The address is not on this node (yet): a migration moves it once the tree
-                // runs here. Bind anyway, transparently (which also lets a repaired connection
-                // route from it); the option goes back as the process had it after connect.
-                let (level, opt) = match local.is_ipv4() {
-                    true => (libc::IPPROTO_IP, libc::IP_TRANSPARENT),
-                    false => (libc::IPPROTO_IPV6, IPV6_TRANSPARENT),
-                };
-                let had = sockopt::get_int(sock.as_fd(), level, opt).unwrap_or(0);
-                sockopt::set_int(sock.as_fd(), level, opt, 1).ctx(|| format!("{obj}: IP_TRANSPARENT"))?;
-                transparent = Some((level, opt, had));
-                bound = net::bind(sock.as_fd(), &local);
-                tracing::warn!(socket = obj, address = %local, "bound to an address this node does not have (yet): it receives nothing until the address is added here");
-            }
-            bound.map_err(|e| {
-                if e.raw_os_error() == Some(libc::EADDRINUSE) {
-                    Error::Invalid {
-                        object: obj.into(),
-                        what: format!(
-                            "cannot bind to {}: the address is already in use (by another process, or by the dumped one still running)",
-                            s.local
-                        ),
-                    }
-                } else {
-                    Error::Sys { object: format!("{obj}: cannot bind to {}", s.local), source: e }
-                }
-            })?;
-        }
-        if s.protocol == libc::IPPROTO_TCP && s.state == TCP_LISTEN {
-            net::listen(sock.as_fd(), s.backlog as i32).ctx(|| format!("{obj}: cannot listen on {}", s.local))?;
-        } else if !s.peer.is_empty() && (s.protocol == libc::IPPROTO_UDP || s.repair.is_some()) {
-            let peer = parse_addr(obj, &s.peer)?;
-            net::connect(sock.as_fd(), &peer).ctx(|| format!("{obj}: cannot connect to {}", s.peer))?;
-        }
-        if let Some(r) = &s.repair {
-            tcp_repair::finish_after_connect(obj, sock.as_fd(), r)?;
-        }
-        if let Some((level, opt, had)) = transparent {
-            sockopt::set_int(sock.as_fd(), level, opt, had).ctx(|| format!("{obj}: IP_TRANSPARENT"))?;
-        }
+        // Bound and connected by `connect_repaired` once every other socket of the tree is:
+        // in repair mode it binds with force-reuse, which would keep a listener of the same
+        // port (in this process or another) from binding after it.
+    } else if !s.closed {
+        bind_connect(obj, s, sock.as_fd())?;
     }
     ferry_sys::process::set_status_flags(sock.as_fd(), f.flags as i32).ctx(|| obj.to_string())?;
     Ok(sock)
+}
+
+/// Second pass for the connections restored with TCP_REPAIR (still in repair mode): bind,
+/// connect (no packet is sent), refill the queues, shutdown state.
+pub fn connect_repaired(obj: &str, f: &File, sock: BorrowedFd<'_>) -> Result<(), Error> {
+    let s = f.inet.as_ref().ok_or_else(|| Error::Invalid { object: obj.into(), what: "no socket record".into() })?;
+    bind_connect(obj, s, sock)
+}
+
+/// Bind, listen or connect (and for a repaired connection refill it), then shutdown state.
+fn bind_connect(obj: &str, s: &InetSocket, sock: BorrowedFd<'_>) -> Result<(), Error> {
+    let mut transparent = None;
+    if !s.local.is_empty() {
+        let local = parse_addr(obj, &s.local)?;
+        let mut bound = net::bind(sock.as_fd(), &local);
+        if bound.as_ref().is_err_and(|e| e.raw_os_error() == Some(libc::EADDRNOTAVAIL)) {
+            // The address is not on this node (yet): a migration moves it once the tree
+            // runs here. Bind anyway, transparently (which also lets a repaired connection
+            // route from it); the option goes back as the process had it after connect.
+            let (level, opt) = match local.is_ipv4() {
+                true => (libc::IPPROTO_IP, libc::IP_TRANSPARENT),
+                false => (libc::IPPROTO_IPV6, IPV6_TRANSPARENT),
+            };
+            let had = sockopt::get_int(sock.as_fd(), level, opt).unwrap_or(0);
+            sockopt::set_int(sock.as_fd(), level, opt, 1).ctx(|| format!("{obj}: IP_TRANSPARENT"))?;
+            transparent = Some((level, opt, had));
+            bound = net::bind(sock.as_fd(), &local);
+            tracing::warn!(socket = obj, address = %local, "bound to an address this node does not have (yet): it receives nothing until the address is added here");
+        }
+        bound.map_err(|e| {
+            if e.raw_os_error() == Some(libc::EADDRINUSE) {
+                Error::Invalid {
+                    object: obj.into(),
+                    what: format!(
+                        "cannot bind to {}: the address is already in use (by another process, or by the dumped one still running)",
+                        s.local
+                    ),
+                }
+            } else {
+                Error::Sys { object: format!("{obj}: cannot bind to {}", s.local), source: e }
+            }
+        })?;
+    }
+    if s.protocol == libc::IPPROTO_TCP && s.state == TCP_LISTEN {
+        net::listen(sock.as_fd(), s.backlog as i32).ctx(|| format!("{obj}: cannot listen on {}", s.local))?;
+    } else if !s.peer.is_empty() && (s.protocol == libc::IPPROTO_UDP || s.repair.is_some()) {
+        let peer = parse_addr(obj, &s.peer)?;
+        net::connect(sock.as_fd(), &peer).ctx(|| format!("{obj}: cannot connect to {}", s.peer))?;
+    }
+    if let Some(r) = &s.repair {
+        tcp_repair::finish_after_connect(obj, sock.as_fd(), r)?;
+    }
+    if s.shutdown & 3 != 0 {
+        let how = match s.shutdown & 3 {
+            1 => libc::SHUT_RD,
+            2 => libc::SHUT_WR,
+            _ => libc::SHUT_RDWR,
+        };
+        match net::shutdown(sock.as_fd(), how) {
+            Ok(()) => {}
+            // An unconnected UDP socket: the kernel says ENOTCONN but records it all the same.
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) && s.protocol == libc::IPPROTO_UDP => {}
+            Err(e) => return Err(Error::Sys { object: format!("{obj}: cannot shut it down again"), source: e }),
+        }
+    }
+    if let Some((level, opt, had)) = transparent {
+        sockopt::set_int(sock.as_fd(), level, opt, had).ctx(|| format!("{obj}: IP_TRANSPARENT"))?;
+    }
+    Ok(())
 }

@@ -61,12 +61,31 @@ impl Drop for Repaired {
     }
 }
 
+/// Room for what a peek of the send queue may return beyond its `SIOCOUTQ` bytes: the kernel
+/// copies whole buffers from the first one on, and the first may start before `snd_una` (a
+/// segment the peer acknowledged in part stays whole until it is retransmitted).
+const SEND_PEEK_SLACK: usize = 4 << 20;
+
+/// The sequence number that follows the last byte of queue `which` (TCP_QUEUE_SEQ: `rcv_nxt`
+/// for the receive queue, `write_seq` for the send queue) and the `len` bytes before it.
 fn queue(sock: BorrowedFd<'_>, which: i32, len: usize) -> std::io::Result<(u32, Vec<u8>)> {
     sockopt::set_int(sock, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, which)?;
     let seq = sockopt::get_int(sock, libc::IPPROTO_TCP, TCP_QUEUE_SEQ)? as u32;
-    let mut data = vec![0u8; len];
-    let n = if len == 0 { 0 } else { net::recv(sock, &mut data, libc::MSG_PEEK | libc::MSG_DONTWAIT)? };
-    data.truncate(n);
+    if len == 0 {
+        return Ok((seq, Vec::new()));
+    }
+    let cap = if which == TCP_SEND_QUEUE { len + SEND_PEEK_SLACK } else { len };
+    let mut data = vec![0u8; cap];
+    let n = net::recv(sock, &mut data, libc::MSG_PEEK | libc::MSG_DONTWAIT)?;
+    if n > len && n < cap {
+        // Bytes the peer has acknowledged already lead the first buffer: the queue proper is
+        // the last `len` bytes.
+        data.drain(..n - len);
+        data.truncate(len);
+    } else {
+        // Short, or too long to tell where the queue starts: the caller's size check fails.
+        data.truncate(n);
+    }
     Ok((seq, data))
 }
 
@@ -75,10 +94,10 @@ fn queue(sock: BorrowedFd<'_>, which: i32, len: usize) -> std::io::Result<(u32, 
 pub fn collect(obj: &str, sock: OwnedFd, repaired: &mut Repaired) -> Result<TcpRepair, Error> {
     let s = sock.as_fd();
     let ctx = |what: &str| format!("{obj}: {what}");
-    // Sizes first: in repair mode SIOCOUTQ still answers, but take them before anything moves.
-    let inq = net::inq(s).ctx(|| ctx("SIOCINQ"))? as usize;
-    let outq = net::outq(s).ctx(|| ctx("SIOCOUTQ"))? as usize;
-    // Nothing may reach the socket once its queues are read: lock first.
+    // Nothing may reach the socket once its queues are read: lock first, then repair mode,
+    // then the sizes and the queues (acknowledgements and data keep arriving until the lock
+    // is in place, even with the process frozen: sizes taken before would not match the
+    // sequence numbers read after, and bytes would be lost or sent twice).
     let local = net::sock_name(s).ctx(|| ctx("getsockname"))?;
     let peer = net::peer_name(s).ctx(|| ctx("getpeername"))?;
     let (Some(local), Some(peer)) = (local, peer) else {
@@ -100,6 +119,8 @@ pub fn collect(obj: &str, sock: OwnedFd, repaired: &mut Repaired) -> Result<TcpR
             .map(|o| o.as_fd())
             .ok_or_else(|| Error::Invalid { object: obj.into(), what: "lost socket".into() })?
     };
+    let inq = net::inq(s).ctx(|| ctx("SIOCINQ"))? as usize;
+    let outq = net::outq(s).ctx(|| ctx("SIOCOUTQ"))? as usize;
     let info = sockopt::get_raw(s, libc::IPPROTO_TCP, TCP_INFO, 104).ctx(|| ctx("TCP_INFO"))?;
     let byte = |i: usize| info.get(i).copied().unwrap_or(0) as u32;
     let (recv_seq, recv_queue) = queue(s, TCP_RECV_QUEUE, inq).ctx(|| ctx("cannot read the receive queue"))?;
@@ -145,7 +166,8 @@ fn fill(sock: BorrowedFd<'_>, which: i32, data: &[u8]) -> std::io::Result<()> {
     };
     let locks = sockopt::get_int(sock, libc::SOL_SOCKET, SO_BUF_LOCK).ok();
     let have = sockopt::get_int(sock, libc::SOL_SOCKET, get)? as usize;
-    if have < 2 * data.len() + (1 << 20) {
+    let forced = have < 2 * data.len() + (1 << 20);
+    if forced {
         sockopt::set_int(sock, libc::SOL_SOCKET, force, (2 * data.len() + (1 << 20)) as i32)?;
     }
     sockopt::set_int(sock, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, which)?;
@@ -154,8 +176,13 @@ fn fill(sock: BorrowedFd<'_>, which: i32, data: &[u8]) -> std::io::Result<()> {
         let end = (off + 32 * 1024).min(data.len());
         off += net::send(sock, &data[off..end], libc::MSG_DONTWAIT)?;
     }
+    // The buffer size as it was (a size the program set must read back the same; the queue
+    // may exceed it, as it did in the old socket), then its lock.
+    if forced {
+        sockopt::set_int(sock, libc::SOL_SOCKET, force, (have / 2) as i32)?;
+    }
     if let Some(l) = locks {
-        let _ = sockopt::set_int(sock, libc::SOL_SOCKET, SO_BUF_LOCK, l);
+        sockopt::set_int(sock, libc::SOL_SOCKET, SO_BUF_LOCK, l)?;
     }
     Ok(())
 }
@@ -202,6 +229,34 @@ pub fn finish_after_connect(obj: &str, sock: BorrowedFd<'_>, r: &TcpRepair) -> R
     Ok(())
 }
 
+/// Once every other socket of the image exists (listeners bound to the same ports first):
+/// bind and connect every connection restored with TCP_REPAIR and refill its queues
+/// (`inet::connect_repaired`). `fds` maps ferry's fd numbers (`numbers`) to the fds.
+pub fn connect_all(
+    procs: &[ferry_image::Process],
+    numbers: &[Option<&[i32]>],
+    fds: &std::collections::HashMap<i32, BorrowedFd<'_>>,
+) -> Result<(), Error> {
+    let mut done = std::collections::HashSet::new();
+    for (p, nums) in procs.iter().zip(numbers) {
+        let Some(nums) = nums else { continue };
+        for (i, f) in p.files.iter().enumerate() {
+            if f.inet.as_ref().is_none_or(|s| s.repair.is_none()) {
+                continue;
+            }
+            let n = nums.get(i).copied().unwrap_or(-1);
+            if !done.insert(n) {
+                continue;
+            }
+            let obj = format!("pid {}: {}", p.pid, f.describe);
+            let fd =
+                fds.get(&n).ok_or_else(|| Error::Invalid { object: obj.clone(), what: "lost its socket".into() })?;
+            crate::state::inet::connect_repaired(&obj, f, *fd)?;
+        }
+    }
+    Ok(())
+}
+
 /// Once every socket of the image exists: leave repair mode (each connection then sends a
 /// window probe, which must find its peer restored already if the peer is in the image too).
 pub fn release_all(procs: &[ferry_image::Process], numbers: &[Option<&[i32]>]) -> Result<(), Error> {
@@ -209,11 +264,16 @@ pub fn release_all(procs: &[ferry_image::Process], numbers: &[Option<&[i32]>]) -
     for (p, nums) in procs.iter().zip(numbers) {
         let Some(nums) = nums else { continue };
         for (i, f) in p.files.iter().enumerate() {
-            if f.inet.as_ref().is_some_and(|s| s.repair.is_some()) {
-                let n = nums.get(i).copied().unwrap_or(-1);
-                if done.insert(n) {
-                    net::tcp_repair_off(n)
-                        .ctx(|| format!("pid {}: {}: cannot leave TCP_REPAIR mode", p.pid, f.describe))?;
+            let Some(s) = f.inet.as_ref().filter(|s| s.repair.is_some()) else { continue };
+            let n = nums.get(i).copied().unwrap_or(-1);
+            if done.insert(n) {
+                let obj = || format!("pid {}: {}", p.pid, f.describe);
+                net::tcp_repair_off(n).ctx(|| format!("{}: cannot leave TCP_REPAIR mode", obj()))?;
+                // Leaving repair mode resets SO_REUSEADDR (repair mode forced it on).
+                if let Some(o) = s.opts.iter().find(|o| (o.level, o.name) == (libc::SOL_SOCKET, libc::SO_REUSEADDR)) {
+                    let v = o.value.get(..4).map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                    net::set_int_on(n, libc::SOL_SOCKET, libc::SO_REUSEADDR, v)
+                        .ctx(|| format!("{}: cannot set SO_REUSEADDR", obj()))?;
                 }
             }
         }

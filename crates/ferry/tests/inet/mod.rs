@@ -509,3 +509,228 @@ fn tcpkeep(checkpoint: bool) {
     let status = if checkpoint { run.wait_restore_exit() } else { run.wait_child_exit() };
     run.expect_pass(status, "tcpkeep");
 }
+
+/// The pattern of `tcpstream`: byte `off` of the stream salted `salt`.
+fn stream_byte(off: u64, salt: u64) -> u8 {
+    let w = (off >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt;
+    (w >> (8 * (off & 7))) as u8
+}
+
+const SALT_TO_TEST: u64 = 0x5151_a5a5_c3c3_e7e7;
+const SALT_TO_WORKLOAD: u64 = 0x0f1e_2d3c_4b5a_6978;
+
+/// One dump/restore of `tcpstream pair`: both ends of a connection in the process stream
+/// to each other without pause, through the dump (which freezes them with both directions
+/// in flight) and 100 MiB more each way after the restore; the workload checks every byte
+/// at its offset and the byte counts of both directions.
+fn tcpstream_pair_once(mode: &str, mb: &str) {
+    let mut run = Run::start(&Spec::c("tcpstream").args(&[mode, mb]).ready_timeout(Duration::from_secs(60)));
+    run.dump_ok(&["--tcp-established"]);
+    run.reap_dumped();
+    wait_image_pids_gone(&run.img());
+    run.restore_and_verify("tcpstream");
+}
+
+/// One dump/restore of `tcpstream peer`: the test is the peer, outside the tree, and keeps
+/// sending while the process is dumped, gone and restored (the network lock drops its
+/// packets; they are retransmitted to the restored socket). Both sides check every byte at
+/// its offset; the byte counts of each side must match what the other sent.
+fn tcpstream_peer_once(mb: u64) {
+    use std::net::Shutdown;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let mut run = Run::start(
+        &Spec::c("tcpstream")
+            .args(&["peer", &mb.to_string()])
+            .ready_file("port")
+            .ready_timeout(Duration::from_secs(60)),
+    );
+    let port: u16 = fs::read_to_string(run.w.join("port")).expect("port").trim().parse().expect("port number");
+    let x = TcpStream::connect(("127.0.0.1", port)).expect("connect to the workload");
+    x.set_read_timeout(Some(Duration::from_secs(120))).expect("timeout");
+    x.set_write_timeout(Some(Duration::from_secs(120))).expect("timeout");
+    let stop = Arc::new(AtomicU64::new(u64::MAX));
+    let sent = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (mut x, stop, sent) = (x.try_clone().expect("clone"), stop.clone(), sent.clone());
+        std::thread::spawn(move || -> Result<u64, String> {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut off = 0u64;
+            loop {
+                let limit = stop.load(Ordering::SeqCst);
+                if off >= limit {
+                    break;
+                }
+                let len = (limit - off).min(buf.len() as u64) as usize;
+                for (i, b) in buf[..len].iter_mut().enumerate() {
+                    *b = stream_byte(off + i as u64, SALT_TO_WORKLOAD);
+                }
+                let n = x.write(&buf[..len]).map_err(|e| format!("test: write after {off} bytes: {e}"))?;
+                off += n as u64;
+                sent.store(off, Ordering::SeqCst);
+            }
+            x.shutdown(Shutdown::Write).map_err(|e| format!("test: shutdown: {e}"))?;
+            Ok(off)
+        })
+    };
+    let reader = {
+        let mut x = x.try_clone().expect("clone");
+        std::thread::spawn(move || -> Result<u64, String> {
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut off = 0u64;
+            loop {
+                let n = x.read(&mut buf).map_err(|e| format!("test: read after {off} bytes: {e}"))?;
+                if n == 0 {
+                    return Ok(off);
+                }
+                for (i, &b) in buf[..n].iter().enumerate() {
+                    let want = stream_byte(off + i as u64, SALT_TO_TEST);
+                    if b != want {
+                        return Err(format!(
+                            "test: received byte {} is {b:#x}, want {want:#x} (a byte lost or duplicated before it)",
+                            off + i as u64
+                        ));
+                    }
+                }
+                off += n as u64;
+            }
+        })
+    };
+    run.wait_ready();
+    run.dump_ok(&["--tcp-established"]);
+    run.reap_dumped();
+    // The test keeps sending into the locked connection while no process has it.
+    sleep(Duration::from_millis(200));
+    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
+    run.wait_pidfile(&pidfile);
+    run.go();
+    stop.store(sent.load(Ordering::SeqCst) + mb * 1024 * 1024, Ordering::SeqCst);
+    let status = run.wait_restore_exit();
+    let test_sent = writer.join().expect("writer thread").unwrap_or_else(|e| run.fail(&e));
+    let test_received = reader.join().expect("reader thread").unwrap_or_else(|e| run.fail(&e));
+    run.expect_pass(status, "tcpstream peer");
+    let counts = fs::read_to_string(run.w.join("counts")).unwrap_or_default();
+    let want = format!("sent {test_received} received {test_sent}");
+    if counts.trim() != want {
+        run.fail(&format!("the workload says {:?}, the test {want:?}", counts.trim()));
+    }
+}
+
+/// `--tcp-established` under continuous streams in both directions, both ends in the tree:
+/// no byte lost or duplicated.
+#[test]
+fn tcp_stream_both_ends_inside() {
+    tcpstream_pair_once("pair", "100");
+}
+
+/// The same with blocking 1 MiB writes and reads in four processes sharing the two ends (the
+/// checkpoint finds writers inside a write that copied part of its buffer).
+#[test]
+fn tcp_stream_blocking_processes() {
+    tcpstream_pair_once("procs", "100");
+}
+
+/// The same with the peer outside the tree (the test), which keeps sending throughout.
+#[test]
+fn tcp_stream_peer_outside() {
+    tcpstream_peer_once(100);
+}
+
+/// 20 dump/restore cycles of each of the three streams above (at least 100 MiB each way per
+/// cycle). Long: `cargo test --release -p ferry --test e2e -- --ignored tcp_stream_20_times`.
+#[test]
+#[ignore]
+fn tcp_stream_20_times() {
+    for i in 0..20 {
+        eprintln!("tcp_stream_20_times: cycle {}", i + 1);
+        tcpstream_pair_once("pair", "100");
+        tcpstream_pair_once("procs", "100");
+        tcpstream_peer_once(100);
+    }
+}
+
+fn sockopts(mode: &str) -> Spec {
+    Spec::c("sockopts").args(&[mode])
+}
+
+mod control_sockopts {
+    use super::*;
+
+    #[test]
+    fn sockopts() {
+        for mode in ["conn", "reuseport", "udp", "udpcorked", "forkorder"] {
+            control(&super::sockopts(mode));
+        }
+    }
+
+    /// The stream checks without ferry (both ends inside, plain and with blocking processes).
+    #[test]
+    fn tcpstream() {
+        for mode in ["pair", "procs"] {
+            control(&Spec::c("tcpstream").args(&[mode, "100"]));
+        }
+    }
+}
+
+/// Every option set on an established and on an accepted connection (SO_REUSEADDR,
+/// SO_KEEPALIVE, TCP_NODELAY, buffer sizes, IP_TOS, TCP_KEEP*, SO_LINGER, ...) reads back
+/// the same after a `--tcp-established` restore.
+#[test]
+fn tcp_established_keeps_socket_options() {
+    let mut run = Run::start(&sockopts("conn"));
+    run.dump_ok(&["--tcp-established"]);
+    run.reap_dumped();
+    run.restore_and_verify("sockopts conn");
+}
+
+/// Two listeners with SO_REUSEPORT on one port come back side by side and both accept.
+#[test]
+fn reuseport_listeners_side_by_side() {
+    cycle(&sockopts("reuseport"));
+}
+
+/// A corked UDP socket (nothing pending) stays corked; UDP sockets shut down for writing or
+/// for reading stay so.
+#[test]
+fn udp_cork_and_shutdown_kept() {
+    cycle(&sockopts("udp"));
+}
+
+/// A datagram pending on a corked UDP socket cannot be put back as it was: refused.
+#[test]
+fn udp_corked_data_refused() {
+    refused_then_intact(sockopts("udpcorked"), &["UDPv4", "UDP_CORK"]);
+}
+
+/// `--tcp-close` with the peer outside the tree: the server's accepted connection comes back
+/// closed, the client's end is closed too, and the listener serves new connections.
+#[test]
+fn tcp_close_server_connection() {
+    let mut run = Run::start(&sockopts("server").ready_file("port"));
+    let port: u16 = fs::read_to_string(run.w.join("port")).expect("port").trim().parse().expect("port number");
+    let mut x = TcpStream::connect(("127.0.0.1", port)).expect("connect to the workload");
+    x.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let mut b = [0u8; 2];
+    x.read_exact(&mut b).expect("hi");
+    run.wait_ready();
+    run.dump_ok(&["--tcp-close"]);
+    run.reap_dumped();
+    let mut rest = Vec::new();
+    match x.read_to_end(&mut rest) {
+        Ok(_) if rest.is_empty() => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => run.fail(&format!("the client's end is not closed after the dump: {other:?} {rest:?}")),
+    }
+    run.restore_and_verify("sockopts server");
+}
+
+/// A listener in a child and an established connection accepted from it in the parent
+/// (`--tcp-established`): both come back, whatever the order the processes are restored in.
+#[test]
+fn tcp_established_with_listener_in_another_process() {
+    let mut run = Run::start(&sockopts("forkorder"));
+    run.dump_ok(&["--tcp-established"]);
+    run.reap_dumped();
+    wait_image_pids_gone(&run.img());
+    run.restore_and_verify("sockopts forkorder");
+}
