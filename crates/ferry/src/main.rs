@@ -203,9 +203,9 @@ fn run(cli: Cli) -> Result<i32> {
             };
             let r = ferry_engine::dump::dump(&opts).with_context(|| format!("dump of pid {pid} failed"))?;
             tracing::info!(
-                "dumped pid {pid} to {}: {} MiB of pages, {} mappings, {} fds in {:.1} ms (frozen {:.1} ms)",
+                "dumped pid {pid} to {}: {} of pages, {} mappings, {} fds in {:.1} ms (frozen {:.1} ms)",
                 dir.display(),
-                r.pages_bytes >> 20,
+                inspect::size(r.pages_bytes),
                 r.vmas,
                 r.fds,
                 r.total.as_secs_f64() * 1e3,
