@@ -7,8 +7,9 @@
 //! (-R, -d, pidfile, image files), `errors::*` (what must fail, and fail cleanly), `faults::*`
 //! (ferry killed mid-dump), `big::*` (1 GiB, python3).
 //!
-//! `FERRY_E2E_VERBOSE=1` passes -v to ferry; `FERRY_E2E_KEEP=1` keeps the work dirs (failed tests
-//! always keep theirs and print the path).
+//! `FERRY_E2E_VERBOSE=1` passes -v to ferry; `FERRY_E2E_KEEP=1` keeps the work dirs (otherwise
+//! they are removed, also when a test fails: its report holds the logs). Every test kills what
+//! it started, also when it fails (`Run`, `ProcGuard`, the migration tests' namespaces).
 
 mod common;
 

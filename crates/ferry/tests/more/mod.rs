@@ -251,7 +251,7 @@ fn shared_anonymous_memory_tree() {
 fn sqlite3_mid_transaction() {
     use std::io::Write;
     let sqlite = "/usr/bin/sqlite3";
-    assert!(Path::new(sqlite).exists(), "sqlite3 is not installed (.ci/run installs it): this test cannot run");
+    need(sqlite, "sqlite3");
     let w = WorkDir::new("sqlite");
     let db = w.join("t.db");
     let st =
@@ -267,6 +267,9 @@ fn sqlite3_mid_transaction() {
         .spawn()
         .expect("start sqlite3");
     let pid = child.id() as i32;
+    // (the original, then the restored sqlite3, same pid: killed if the test fails)
+    let guard = ProcGuard::new();
+    guard.add(pid);
     {
         let stdin = child.stdin.as_mut().expect("stdin");
         stdin
