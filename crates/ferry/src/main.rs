@@ -192,6 +192,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(if ok { 0 } else { 1 })
         }
         Cmd::Dump { pid, dir, leave_running, tcp_close, tcp_established, shell_job, compress } => {
+            ferry_engine::check::require_caps("dump").with_context(|| format!("dump of pid {pid} failed"))?;
             ferry_engine::state::memory::set_page_compression(compress.unwrap_or(0).clamp(0, 22));
             let opts = ferry_engine::dump::DumpOptions {
                 pid,
@@ -214,6 +215,8 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Restore { dir, detached, pidfile, shell_job } => {
+            ferry_engine::check::require_caps("restore")
+                .with_context(|| format!("restore from {} failed", dir.display()))?;
             let opts = ferry_engine::restore::RestoreOptions { dir: dir.clone(), pidfile, shell_job };
             let r = ferry_engine::restore::restore(&opts)
                 .with_context(|| format!("restore from {} failed", dir.display()))?;
@@ -243,6 +246,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Serve { listen, auth, staging, max_image_mib, max_files, max_processes, max_migrations } => {
+            ferry_engine::check::require_caps("serve")?;
             let limits = migrate::serve::Limits {
                 max_image_bytes: max_image_mib << 20,
                 max_files,
@@ -259,6 +263,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Migrate { pid, to, auth, pre_copy, post_copy, timeout, tcp_established, tcp_close } => {
+            ferry_engine::check::require_caps("migrate")?;
             let mode = if pre_copy {
                 migrate::mode::PRE_COPY
             } else if post_copy {
@@ -291,7 +296,17 @@ fn main() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("ferry: {}", chain.join(": "));
+            // An EPERM says which capability ferry lacks, when it lacks one.
+            let eperm = e
+                .chain()
+                .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.raw_os_error() == Some(libc::EPERM)));
+            let missing = ferry_engine::check::missing_caps();
+            let hint = if eperm && !missing.is_empty() {
+                format!(" (ferry lacks {}: run it as root)", missing.join(", "))
+            } else {
+                String::new()
+            };
+            eprintln!("ferry: {}{hint}", chain.join(": "));
             std::process::exit(1);
         }
     }

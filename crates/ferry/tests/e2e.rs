@@ -618,6 +618,7 @@ mod big {
 }
 
 mod cgroup;
+mod contact;
 mod cow;
 mod inet;
 mod migrate;
