@@ -292,6 +292,20 @@ fn postgresql_15_dump_restore() {
     // (removed if the test fails: a killed postgres leaves it)
     let _segment = SegmentCleanup(keyed.clone());
 
+    // An idle server: the backends that served psql are gone (one still exiting holds a
+    // half-closed connection, which a dump refuses without --tcp-close) and reaped.
+    let busy = || -> Vec<String> {
+        let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        children
+            .split_whitespace()
+            .filter(|c| {
+                let cmd = fs::read_to_string(format!("/proc/{c}/cmdline")).unwrap_or_default();
+                cmd.is_empty() || cmd.starts_with("postgres: postgres ")
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    wait_for("the backends to exit", Duration::from_secs(30), || busy().is_empty());
     let img = w.join("img");
     let out = Command::new(ferry_bin())
         .args(["dump", "-t", &pid.to_string(), "-D", &path_str(&img)])
