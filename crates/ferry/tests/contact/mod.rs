@@ -98,7 +98,8 @@ fn as_nobody(w: &WorkDir, args: &[&str]) -> std::process::Output {
 }
 
 /// As a user without capabilities, `ferry check` says dump and restore cannot work and which
-/// capabilities are missing; dump and restore refuse at once, in one line naming them.
+/// capabilities are missing; dump and restore refuse at once, in one line naming them; an
+/// EPERM elsewhere (ferry run --pidns) names them too.
 #[test]
 fn non_root_check_dump_and_restore_name_missing_capabilities() {
     let w = WorkDir::new("nonroot");
@@ -133,6 +134,16 @@ fn non_root_check_dump_and_restore_name_missing_capabilities() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.trim().lines().count() == 1, "{err}");
     assert!(err.contains(&format!("ferry restore: needs {caps}")), "{err}");
+    // An EPERM from a command that does not check first (a new pid namespace needs
+    // CAP_SYS_ADMIN) names the missing capabilities too.
+    let out = as_nobody(&w, &["run", "--pidns", "--", "true"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.trim().lines().count() == 1, "{err}");
+    assert!(
+        err.contains("Operation not permitted")
+            && err.trim().ends_with(&format!("(ferry lacks {caps}: run it as root)")),
+        "{err}"
+    );
     let _ = sleeper.kill();
     let _ = sleeper.wait();
 }
