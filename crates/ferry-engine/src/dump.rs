@@ -529,12 +529,17 @@ pub fn dump_with(
             precheck(pid, pidns_root)?;
         }
         frozen.push(Frozen::seize(pid)?);
-        for c in children_of(pid)? {
+        let children = children_of(pid)?;
+        let pause = crate::inject::fault_pause_after_children().filter(|_| !children.is_empty());
+        for c in children {
             match zombie_record(c, pid)? {
                 // Exited, not reaped: keep what its parent's waitpid() will see.
                 Some(z) => zombies.push(z),
                 None => queue.push_back((c, pid)),
             }
+        }
+        if let Some(pause) = pause {
+            std::thread::sleep(pause);
         }
     }
     check_unshared(&frozen)?;

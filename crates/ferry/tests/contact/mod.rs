@@ -363,3 +363,47 @@ fn postgresql_15_dump_restore() {
     assert!(st.success(), "the restored postgres {} on SIGINT\n{}", describe(st), restore_log());
     assert_eq!(nattch(&keyed), None, "postgres left its segment {keyed}");
 }
+
+/// A child that exits just as the dump starts (listed alive with its parent's children, a
+/// zombie by the time ferry gets to it: its parent, frozen, cannot reap it) is recorded as a
+/// zombie, not a failed dump ("is a zombie"), and comes back as one. Seen with PostgreSQL's
+/// exiting backends; `FERRY_FAULT=pause-after-children:MS` holds the window open.
+#[test]
+fn child_exiting_during_the_dump_is_recorded_as_a_zombie() {
+    let w = WorkDir::new("exiting-child");
+    // sleep 1000 inherits the short sleep as its child and never reaps it.
+    let mut child = workload_command(&ferry_workloads::path("closefds"))
+        .args(["/bin/sh", "-c", "sleep 0.6 & exec sleep 1000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start sh");
+    let pid = child.id() as i32;
+    let guard = ProcGuard::new();
+    guard.add(pid);
+    let children = || fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    wait_for("sleep 1000 with its child", Duration::from_secs(10), || {
+        fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e.ends_with("sleep")) && !children().trim().is_empty()
+    });
+    let kid: i32 = children().trim().parse().expect("one child");
+    assert_ne!(state(kid), Some('Z'), "the child exited too early: the test does not test the race");
+    let img = w.join("img");
+    let out = Command::new(ferry_bin())
+        .args(["dump", "-t", &pid.to_string(), "-D", &path_str(&img)])
+        .env("FERRY_FAULT", "pause-after-children:1500")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ferry dump");
+    assert!(out.status.success(), "dump failed: {}", String::from_utf8_lossy(&out.stderr));
+    let _ = child.wait();
+    wait_image_pids_gone(&img);
+    let out = Command::new(ferry_bin())
+        .args(["restore", "-d", "-D", &path_str(&img)])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ferry restore");
+    assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(state(kid), Some('Z'), "the exited child is not back as a zombie");
+    assert_eq!(children().trim(), kid.to_string(), "the zombie is not the restored process's child");
+}
