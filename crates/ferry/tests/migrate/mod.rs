@@ -734,7 +734,7 @@ fn migrate_server_with_open_connection_moves_its_address() {
 /// the namespaces and the work dir removed, although the test panicked.
 #[test]
 fn failed_migration_test_leaves_nothing_behind() {
-    let seen = std::sync::Mutex::new((Vec::<i32>::new(), Vec::<String>::new(), PathBuf::new()));
+    let seen = std::sync::Mutex::new((Vec::<i32>::new(), Vec::<String>::new(), PathBuf::new(), Vec::<Child>::new()));
     let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let nodes = Nodes::new();
         let w = WorkDir::new("mig-leak");
@@ -759,18 +759,20 @@ fn failed_migration_test_leaves_nothing_behind() {
         assert!(st.success(), "ferry run failed");
         let init: i32 = fs::read_to_string(&pidfile).expect("pidfile").trim().parse().expect("pid");
         let loop_forever = || {
-            let c = nodes
+            nodes
                 .in_b("sh")
                 .args(["-c", "while :; do sleep 1; done"])
                 .stdin(Stdio::null())
                 .spawn()
-                .expect("start a loop");
-            c.id() as i32
+                .expect("start a loop")
         };
         let (server, client) = (loop_forever(), loop_forever());
         let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
+        let (server_pid, client_pid) = (server.id() as i32, client.id() as i32);
+        // (reaped below, after the guards killed them)
+        s.3 = vec![server, client];
         s.0 = tree_pids(init);
-        s.0.extend([server, client]);
+        s.0.extend([server_pid, client_pid]);
         s.1 = vec![nodes.a.clone(), nodes.b.clone()];
         s.2 = w.path.clone();
         assert!(s.0.len() >= 4, "the init's job is missing: {:?}", s.0);
@@ -780,7 +782,10 @@ fn failed_migration_test_leaves_nothing_behind() {
         panic!("a deliberate failure (this test checks what it leaves behind)");
     }));
     assert!(failed.is_err());
-    let (pids, names, dir) = seen.into_inner().unwrap_or_else(|p| p.into_inner());
+    let (pids, names, dir, children) = seen.into_inner().unwrap_or_else(|p| p.into_inner());
+    for mut c in children {
+        let _ = wait_timeout(&mut c, Duration::from_secs(10));
+    }
     assert!(!pids.is_empty(), "the test did not get far enough to check anything");
     wait_for("every process of the failed test to die", Duration::from_secs(10), || {
         pids.iter().all(|&p| !pid_alive(p))
