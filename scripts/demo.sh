@@ -5,7 +5,8 @@
 #   sudo ./scripts/demo.sh        (or ./scripts/demo.sh as root; works from any directory)
 #
 # Needs: root (ptrace of any process, clone3 with a chosen PID), cargo (to build ferry if it is
-# not built yet), a C compiler (cc/gcc) for the tiny counter. Everything it creates lives in one
+# not built yet), a C compiler (cc/gcc) for the tiny counter; scripts/setup.sh installs whatever
+# else the demo and the tests need (only what is missing). Everything it creates lives in one
 # temporary directory that is removed at the end.
 set -euo pipefail
 
@@ -22,6 +23,9 @@ die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 if [ "$(id -u)" -ne 0 ]; then
     die "ferry needs root here (ptrace of any process, clone3 with a chosen PID): run  sudo $0"
 fi
+
+# --- set-up: the Debian packages ferry's demo and tests need (only those missing) -------------
+SETUP_NO_CARGO=1 "$ROOT/scripts/setup.sh" || die "scripts/setup.sh failed (see above)"
 
 # --- build ------------------------------------------------------------------------------------
 find_cargo() {

@@ -32,6 +32,44 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
     (a, b) >= (major, minor)
 }
 
+/// The capabilities dump and restore need (bit, name): ptrace of any process and its
+/// /proc/PID/map_files, /proc/sys/kernel/ns_last_pid and clone3 with set_tid, PR_SET_MM_MAP,
+/// SysV ids. A process without them gets EPERM somewhere in the middle, so ferry says which
+/// ones are missing before it starts.
+pub const NEEDED_CAPS: &[(u32, &str)] =
+    &[(19, "CAP_SYS_PTRACE"), (21, "CAP_SYS_ADMIN"), (40, "CAP_CHECKPOINT_RESTORE")];
+
+/// The effective capability set of this process (CapEff in /proc/self/status).
+fn effective_caps() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// The names of the needed capabilities this process lacks (all of them if it cannot tell).
+pub fn missing_caps() -> Vec<&'static str> {
+    missing_from(effective_caps())
+}
+
+fn missing_from(eff: Option<u64>) -> Vec<&'static str> {
+    NEEDED_CAPS.iter().filter(|(bit, _)| eff.is_none_or(|e| e & (1u64 << bit) == 0)).map(|&(_, name)| name).collect()
+}
+
+/// Refuses `what` (e.g. "dump") at once, naming the capabilities that are missing.
+pub fn require_caps(what: &str) -> Result<(), crate::Error> {
+    let missing = missing_caps();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(crate::Error::Invalid {
+        object: format!("ferry {what}"),
+        what: format!(
+            "needs {} (missing from this process's effective capabilities): run it as root",
+            missing.join(", ")
+        ),
+    })
+}
+
 /// Probe everything; the caller prints.
 pub fn run() -> Vec<Feature> {
     use ferry_sys::ptrace;
@@ -43,6 +81,16 @@ pub fn run() -> Vec<Feature> {
         };
         out.push(Feature { name, present, required, detail });
     };
+    let missing = missing_caps();
+    add(
+        "capabilities (CAP_SYS_PTRACE, CAP_SYS_ADMIN, CAP_CHECKPOINT_RESTORE)",
+        true,
+        if missing.is_empty() {
+            Ok("all in the effective set".into())
+        } else {
+            Err(format!("missing {} (run as root)", missing.join(", ")))
+        },
+    );
     add(
         "ptrace seize/interrupt + registers + xstate + rseq config",
         true,
@@ -168,4 +216,17 @@ pub fn run() -> Vec<Feature> {
             .and_then(|st| if st.success() { Ok("nft works".into()) } else { Err(format!("nft list tables: {st}")) }),
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::missing_from;
+
+    #[test]
+    fn missing_capabilities_are_named() {
+        assert!(missing_from(Some(0x000001ffffffffff)).is_empty());
+        assert_eq!(missing_from(Some(0)), ["CAP_SYS_PTRACE", "CAP_SYS_ADMIN", "CAP_CHECKPOINT_RESTORE"]);
+        assert_eq!(missing_from(Some(1 << 21 | 1 << 40)), ["CAP_SYS_PTRACE"]);
+        assert_eq!(missing_from(None).len(), 3);
+    }
 }

@@ -295,6 +295,27 @@ fn give_back(pid: i32, th: &FrozenThread) -> Result<(), Error> {
         .ctx(|| format!("pid {pid} thread {tid}: cannot put back registers"))
 }
 
+/// The record of child `c` of `parent` if it is a zombie (what its parent's waitpid() will see).
+fn zombie_record(c: i32, parent: i32) -> Result<Option<Process>, Error> {
+    let text = procfs::read_string(c, "stat").unwrap_or_default();
+    let state = text.rsplit_once(") ").and_then(|(_, r)| r.chars().next());
+    if !matches!(state, Some('Z')) {
+        return Ok(None);
+    }
+    let stat = procfs::parse(c, "stat", ferry_proc::parse_stat(&text))?;
+    Ok(Some(Process {
+        pid: c,
+        ppid: parent,
+        pgid: stat.pgrp,
+        sid: stat.session,
+        comm: stat.comm.clone(),
+        zombie: true,
+        exit_status: stat.exit_code,
+        exit_signal: stat.exit_signal,
+        ..Default::default()
+    }))
+}
+
 /// `pidns_root`: the dump's root when it is the init of a pid namespace (a child of ferry's),
 /// whose processes may then be in that namespace.
 fn precheck(pid: i32, pidns_root: Option<i32>) -> Result<(ferry_proc::Status, ferry_proc::Stat), Error> {
@@ -586,33 +607,31 @@ pub fn dump_with(
     // Freeze top-down: once a process is stopped it cannot fork, so its children list is final.
     let mut frozen: Vec<Frozen> = Vec::new();
     let mut zombies: Vec<Process> = Vec::new();
-    let mut queue = std::collections::VecDeque::from([root]);
+    // (pid, its parent)
+    let mut queue = std::collections::VecDeque::from([(root, 0)]);
     let freeze_deadline = Instant::now() + opts.freeze_timeout;
-    while let Some(pid) = queue.pop_front() {
+    while let Some((pid, parent)) = queue.pop_front() {
         if pid != root {
+            // A child that was exiting when its parent's children were listed may be a zombie
+            // by now (its parent, frozen, cannot reap it): record it as one.
+            if let Some(z) = zombie_record(pid, parent)? {
+                zombies.push(z);
+                continue;
+            }
             precheck(pid, pidns_root)?;
         }
         frozen.push(Frozen::seize(pid, freeze_deadline)?);
-        for c in children_of(pid)? {
-            let text = procfs::read_string(c, "stat").unwrap_or_default();
-            let state = text.rsplit_once(") ").and_then(|(_, r)| r.chars().next());
-            if matches!(state, Some('Z')) {
+        let children = children_of(pid)?;
+        let pause = crate::inject::fault_pause_after_children().filter(|_| !children.is_empty());
+        for c in children {
+            match zombie_record(c, pid)? {
                 // Exited, not reaped: keep what its parent's waitpid() will see.
-                let stat = procfs::parse(c, "stat", ferry_proc::parse_stat(&text))?;
-                zombies.push(Process {
-                    pid: c,
-                    ppid: pid,
-                    pgid: stat.pgrp,
-                    sid: stat.session,
-                    comm: stat.comm.clone(),
-                    zombie: true,
-                    exit_status: stat.exit_code,
-                    exit_signal: stat.exit_signal,
-                    ..Default::default()
-                });
-                continue;
+                Some(z) => zombies.push(z),
+                None => queue.push_back((c, pid)),
             }
-            queue.push_back(c);
+        }
+        if let Some(pause) = pause {
+            std::thread::sleep(pause);
         }
     }
     check_unshared(&frozen)?;

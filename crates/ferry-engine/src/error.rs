@@ -26,8 +26,8 @@ pub enum Error {
     Invalid { object: String, what: String },
     #[error("pid {pid} is already in use by a running process (wait until /proc/{pid} is gone, or restore into a new PID namespace)")]
     PidTaken { pid: i32 },
-    #[error("pid {pid} is held by an exited process that has not been reaped yet (a zombie); wait until /proc/{pid} is gone")]
-    PidZombie { pid: i32 },
+    #[error("pid {pid} is still held by an exited process that its parent has not reaped (a zombie) after {waited_s} s; its parent must wait() for it, or exit")]
+    PidZombie { pid: i32, waited_s: u64 },
     #[error(transparent)]
     Image(#[from] ImageError),
 }

@@ -78,6 +78,15 @@ pub fn fault_signal_at_release() -> Option<i32> {
     std::env::var("FERRY_FAULT").ok()?.strip_prefix("signal-at-release:")?.parse().ok()
 }
 
+/// Fault injection for tests: `FERRY_FAULT=pause-after-children:MS` makes a dump wait MS ms
+/// after it listed the children of each frozen process, before it freezes them: a child that
+/// exits meanwhile becomes a zombie its frozen parent cannot reap (the race of a server's
+/// worker that exits just as the dump starts).
+pub fn fault_pause_after_children() -> Option<std::time::Duration> {
+    let ms = std::env::var("FERRY_FAULT").ok()?.strip_prefix("pause-after-children:")?.parse().ok()?;
+    Some(std::time::Duration::from_millis(ms))
+}
+
 /// ferry's restore trampoline code (the first bytes of its code page): a single `syscall; int3`
 /// at offset 0 ([`Injector::with_int3`]), and at [`BATCH_LOOP`] a loop that runs a table of
 /// calls ([`Batch`]). The loop reads records of eight words from `rbx` — number, six

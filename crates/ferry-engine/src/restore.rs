@@ -125,11 +125,42 @@ fn pid_state(pid: i32) -> Option<char> {
     s[after + 1..].trim_start().chars().next()
 }
 
-fn check_pid_free(pid: i32) -> Result<(), Error> {
-    match pid_state(pid) {
-        None => Ok(()),
-        Some('Z') | Some('X') => Err(Error::PidZombie { pid }),
-        Some(_) => Err(Error::PidTaken { pid }),
+/// How long a restore waits for a pid held by a zombie (the dumped process, killed, that its
+/// parent has not reaped yet) before it gives up.
+pub const ZOMBIE_WAIT: Duration = Duration::from_secs(10);
+
+/// Checks that the pids a restore needs are free. A pid held by a running process fails at
+/// once; one held by a zombie (typically the dumped process itself, killed by the dump, whose
+/// parent has not reaped it yet) is waited for, up to `ZOMBIE_WAIT` over the whole restore,
+/// with one message.
+struct PidCheck {
+    deadline: Option<Instant>,
+}
+
+impl PidCheck {
+    fn new() -> PidCheck {
+        PidCheck { deadline: None }
+    }
+
+    fn free(&mut self, pid: i32) -> Result<(), Error> {
+        loop {
+            match pid_state(pid) {
+                None => return Ok(()),
+                Some('Z') | Some('X') => {}
+                Some(_) => return Err(Error::PidTaken { pid }),
+            }
+            let deadline = *self.deadline.get_or_insert_with(|| {
+                tracing::warn!(
+                    "waiting for pid {pid} to be reaped (an exited process whose parent has not reaped it yet; up to {} s)",
+                    ZOMBIE_WAIT.as_secs()
+                );
+                Instant::now() + ZOMBIE_WAIT
+            });
+            if Instant::now() >= deadline {
+                return Err(Error::PidZombie { pid, waited_s: ZOMBIE_WAIT.as_secs() });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 
@@ -492,6 +523,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     let _span = tracing::info_span!("restore", pid = root).entered();
     tracing::info!(?verify, processes = procs.len(), "image verified");
     let own_vdso = memory::own_vdso()?;
+    let mut pids = PidCheck::new();
     let mut all_vmas = Vec::new();
     for p in procs.iter().filter(|p| !p.zombie) {
         let pid = p.pid;
@@ -509,7 +541,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         }
         all_vmas.extend(mm.vmas.iter().cloned());
         for t in p.threads.iter().filter(|_| !img.inventory().pidns) {
-            check_pid_free(t.tid)?;
+            pids.free(t.tid)?;
         }
     }
     // Open everything in ferry; the forked tree inherits it all at numbers >= base.
@@ -522,14 +554,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     let mut shared = std::collections::HashMap::new();
     let mut shmem = std::collections::HashMap::new();
     for z in procs.iter().filter(|p| p.zombie && !img.inventory().pidns) {
-        check_pid_free(z.pid)?;
+        pids.free(z.pid)?;
     }
     let plan = session::plan(&procs).map_err(|(pid, what)| Error::Invalid {
         object: format!("pid {pid}"),
         what: format!("cannot recreate its session or process group: {what}"),
     })?;
     for h in plan.helpers().filter(|_| !img.inventory().pidns) {
-        check_pid_free(h.pid)?;
+        pids.free(h.pid)?;
     }
     let objects = files::Objects { pipes: &pipes, unix: &unix, ttys: &ttys };
     let mut prep = Vec::new();
@@ -615,7 +647,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         Ok(Fork::Child) => child_main(&ctx, 0, Vec::new()),
         Ok(Fork::Parent(c)) => Tree { pids: vec![c], released: false },
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-            return Err(check_pid_free(root).err().unwrap_or(Error::PidTaken { pid: root }))
+            return Err(pids.free(root).err().unwrap_or(Error::PidTaken { pid: root }))
         }
         Err(e) => {
             return Err(Error::Sys { object: format!("cannot create process {root} (clone3 with set_tid)"), source: e })

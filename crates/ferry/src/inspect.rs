@@ -17,7 +17,8 @@ fn prot(p: u32) -> String {
     [f(libc::PROT_READ, 'r'), f(libc::PROT_WRITE, 'w'), f(libc::PROT_EXEC, 'x')].iter().collect()
 }
 
-fn size(b: u64) -> String {
+/// A byte count in human units: "812 B", "92.0 KiB", "1.5 MiB", "4.0 GiB".
+pub(crate) fn size(b: u64) -> String {
     match b {
         b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
         b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
@@ -161,4 +162,18 @@ pub fn run(dir: &Path, json: bool, trusted: Option<&[[u8; 32]]>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::size;
+
+    #[test]
+    fn sizes_in_human_units() {
+        assert_eq!(size(0), "0 B");
+        assert_eq!(size(812), "812 B");
+        assert_eq!(size(92 * 1024), "92.0 KiB");
+        assert_eq!(size(3 << 19), "1.5 MiB");
+        assert_eq!(size(4 << 30), "4.0 GiB");
+    }
 }

@@ -332,6 +332,7 @@ fn run(cli: Cli) -> Result<i32> {
             criu: _,
             sign,
         } => {
+            ferry_engine::check::require_caps("dump").with_context(|| format!("dump of pid {pid} failed"))?;
             let sign = match sign {
                 Some(keys) => Some(
                     migrate::channel::Auth::load(&keys)
@@ -354,9 +355,9 @@ fn run(cli: Cli) -> Result<i32> {
             };
             let r = ferry_engine::dump::dump(&opts).with_context(|| format!("dump of pid {pid} failed"))?;
             tracing::info!(
-                "dumped pid {pid} to {}: {} MiB of pages, {} mappings, {} fds in {:.1} ms (frozen {:.1} ms)",
+                "dumped pid {pid} to {}: {} of pages, {} mappings, {} fds in {:.1} ms (frozen {:.1} ms)",
                 dir.display(),
-                r.pages_bytes >> 20,
+                inspect::size(r.pages_bytes),
                 r.vmas,
                 r.fds,
                 r.total.as_secs_f64() * 1e3,
@@ -375,6 +376,8 @@ fn run(cli: Cli) -> Result<i32> {
             criu: _,
             verify,
         } => {
+            ferry_engine::check::require_caps("restore")
+                .with_context(|| format!("restore from {} failed", dir.display()))?;
             let cgroups = match manage_cgroups.unwrap_or(CgroupMode::Soft) {
                 CgroupMode::Soft => true,
                 CgroupMode::Ignore | CgroupMode::None => false,
@@ -437,6 +440,7 @@ fn run(cli: Cli) -> Result<i32> {
             handshake_timeout,
             max_migrations,
         } => {
+            ferry_engine::check::require_caps("serve")?;
             let limits = migrate::serve::Limits {
                 max_image_bytes: max_image_mib << 20,
                 max_files,
@@ -458,6 +462,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Migrate { pid, to, auth, pre_copy, post_copy, timeout, tcp_established, tcp_close } => {
+            ferry_engine::check::require_caps("migrate")?;
             let mode = if pre_copy {
                 migrate::mode::PRE_COPY
             } else if post_copy {
@@ -501,7 +506,17 @@ fn main() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("ferry: {}", chain.join(": "));
+            // An EPERM says which capability ferry lacks, when it lacks one.
+            let eperm = e
+                .chain()
+                .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.raw_os_error() == Some(libc::EPERM)));
+            let missing = ferry_engine::check::missing_caps();
+            let hint = if eperm && !missing.is_empty() {
+                format!(" (ferry lacks {}: run it as root)", missing.join(", "))
+            } else {
+                String::new()
+            };
+            eprintln!("ferry: {}{hint}", chain.join(": "));
             std::process::exit(1);
         }
     }

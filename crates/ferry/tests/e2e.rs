@@ -8,8 +8,9 @@
 //! (ferry killed mid-dump), `cleanup::*` (a failed dump leaves nothing and an older image
 //! intact), `big::*` (1 GiB, python3).
 //!
-//! `FERRY_E2E_VERBOSE=1` passes -v to ferry; `FERRY_E2E_KEEP=1` keeps the work dirs (failed tests
-//! always keep theirs and print the path).
+//! `FERRY_E2E_VERBOSE=1` passes -v to ferry; `FERRY_E2E_KEEP=1` keeps the work dirs (otherwise
+//! they are removed, also when a test fails: its report holds the logs). Every test kills what
+//! it started, also when it fails (`Run`, `ProcGuard`, the migration tests' namespaces).
 
 mod common;
 
@@ -625,6 +626,7 @@ mod big {
 
 mod cgroup;
 mod cleanup;
+mod contact;
 mod cow;
 mod filestate;
 mod inet;

@@ -8,7 +8,10 @@
 //!
 //! Restore: before the fork, ferry recreates each segment with the same id (the id is written
 //! to /proc/sys/kernel/shm_next_id, then `shmget(key, size, IPC_CREAT|IPC_EXCL|mode)`), sets
-//! its owner and mode and fills it. A key or id already in use is an error. The tracer then
+//! its owner and mode and fills it. A keyed segment is not removed when its processes die: if
+//! the very segment (same key, id and size) outlived the dump and no process is attached to it,
+//! it is removed and recreated from the image (PostgreSQL's case: its postmaster keeps a keyed
+//! segment); a key or id in use otherwise is an error that says what holds it. The tracer then
 //! attaches the segment in every process with an injected `shmat` at its old address (read-only
 //! when no mapping of it could write, SHM_EXEC when one executes), unmaps the parts the process
 //! had detached and sets each mapping's protection. Once every process is attached, segments
@@ -119,14 +122,104 @@ impl Created {
     }
 }
 
-/// Before the fork: recreate every segment with its id, key, mode, owner and content.
+/// A segment as /proc/sysvipc/shm shows it now: (key, id, size, processes attached).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Live {
+    key: i32,
+    shmid: i32,
+    size: u64,
+    nattch: u64,
+}
+
+fn parse_live(text: &str) -> Vec<Live> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            Some(Live {
+                key: f.first()?.parse().ok()?,
+                shmid: f.get(1)?.parse().ok()?,
+                size: f.get(3)?.parse().ok()?,
+                nattch: f.get(6)?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+fn live_segments() -> Result<Vec<Live>, Error> {
+    let text = std::fs::read_to_string("/proc/sysvipc/shm").ctx(|| "cannot read /proc/sysvipc/shm".to_string())?;
+    Ok(parse_live(&text))
+}
+
+/// What to do about a segment of the image given the segments that exist now.
+#[derive(Debug, PartialEq, Eq)]
+enum Clash {
+    /// Neither its key nor its id is in use.
+    None,
+    /// The segment itself outlived the dump (same key, id and size) and nobody is attached: it
+    /// is removed and recreated from the image, which holds its content as the tree saw it.
+    Stale,
+    /// In use by someone else (or by a copy of the tree still running): the error says so.
+    Taken(String),
+}
+
+fn clash(s: &SysvShm, live: &[Live]) -> Clash {
+    let by_id = live.iter().find(|l| l.shmid == s.shmid);
+    let by_key = if s.key == 0 { None } else { live.iter().find(|l| l.key == s.key) };
+    match (by_id, by_key) {
+        (None, None) => Clash::None,
+        (Some(l), _) if l.key == s.key && l.size == s.size => {
+            if l.nattch == 0 {
+                Clash::Stale
+            } else {
+                Clash::Taken(format!(
+                    "the segment (key {:#x}, id {}) still exists and {} process(es) are attached to it (is the dumped tree still running?); stop them, or remove it with `ipcrm -m {}` if it is not needed",
+                    s.key, s.shmid, l.nattch, s.shmid
+                ))
+            }
+        }
+        (_, Some(l)) => Clash::Taken(format!(
+            "the key {:#x} is taken by another segment (id {}, {} bytes, {} process(es) attached); remove it with `ipcrm -m {}` if it is a leftover",
+            s.key, l.shmid, l.size, l.nattch, l.shmid
+        )),
+        (Some(l), None) => Clash::Taken(format!(
+            "the id {} is taken by another segment (key {:#x}, {} bytes, {} process(es) attached); remove it with `ipcrm -m {}` if it is a leftover",
+            s.shmid, l.key, l.size, l.nattch, l.shmid
+        )),
+    }
+}
+
+/// Before the fork: recreate every segment with its id, key, mode, owner and content. A segment
+/// that outlived the dump unused (a keyed segment nobody removed: PostgreSQL's) is replaced by
+/// the image's copy; one in use, or another segment on its key or id, fails the restore with
+/// what to do.
 pub fn prepare(procs: &[Process], img: &ferry_image::ImageReader) -> Result<Created, Error> {
     let mut created = Created { segs: Vec::new(), done: false };
-    for s in procs.iter().flat_map(|p| p.sysv_shm.iter()) {
+    let segs: Vec<&SysvShm> = procs.iter().flat_map(|p| p.sysv_shm.iter()).collect();
+    let live = if segs.is_empty() { Vec::new() } else { live_segments()? };
+    for s in segs {
         let obj = || format!("SysV shared memory id {} (key {:#x})", s.shmid, s.key);
         let content = img.read_file(&s.data)?;
         if content.len() as u64 != s.size {
             return Err(Error::Invalid { object: obj(), what: "content size differs from the segment size".into() });
+        }
+        match clash(s, &live) {
+            Clash::None => {}
+            Clash::Taken(what) => return Err(Error::Invalid { object: obj(), what }),
+            Clash::Stale => {
+                tracing::info!("{}: outlived the dump unused; recreated from the image", obj());
+                match shm_rmid(s.shmid) {
+                    Ok(()) => {}
+                    // (gone meanwhile: nothing to remove)
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) || e.raw_os_error() == Some(libc::EIDRM) => {}
+                    Err(e) => {
+                        return Err(Error::Sys {
+                            object: format!("{}: removing the segment left from the dump", obj()),
+                            source: e,
+                        })
+                    }
+                }
+            }
         }
         std::fs::write("/proc/sys/kernel/shm_next_id", s.shmid.to_string())
             .ctx(|| format!("{}: cannot write /proc/sys/kernel/shm_next_id", obj()))?;
@@ -198,6 +291,31 @@ pub fn attach(inj: &Injector, p: &Process, vmas: &[Vma]) -> Result<(), Error> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_segment_is_recreated_others_refused() {
+        let seg = SysvShm { key: 0x1234, shmid: 7, size: 100, mode: 0o600, uid: 0, gid: 0, data: String::new() };
+        let live = |key, shmid, size, nattch| Live { key, shmid, size, nattch };
+        assert_eq!(clash(&seg, &[]), Clash::None);
+        assert_eq!(clash(&seg, &[live(0x99, 3, 100, 0)]), Clash::None);
+        assert_eq!(clash(&seg, &[live(0x1234, 7, 100, 0)]), Clash::Stale);
+        let taken = |l: Live| match clash(&seg, &[l]) {
+            Clash::Taken(why) => why,
+            other => panic!("{other:?}"),
+        };
+        assert!(taken(live(0x1234, 7, 100, 2)).contains("2 process(es) are attached"));
+        assert!(taken(live(0x1234, 9, 100, 0)).contains("ipcrm -m 9"));
+        assert!(taken(live(0x1234, 7, 200, 0)).contains("ipcrm -m 7"));
+        assert!(taken(live(0x55, 7, 100, 0)).contains("the id 7 is taken"));
+        let private = SysvShm { key: 0, ..seg.clone() };
+        assert_eq!(clash(&private, &[live(0, 3, 100, 1)]), Clash::None);
+        assert_eq!(
+            parse_live("key shmid perms size cpid lpid nattch\n 4660 7 600 100 1 1 3 0 0 0 0\n"),
+            vec![live(0x1234, 7, 100, 3)]
+        );
+    }
+
     #[test]
     fn parses_sysvipc_shm() {
         let t = super::parse_table(

@@ -88,9 +88,8 @@ impl Spec {
     /// A python3 script from `crates/ferry-workloads/py/`. Fails the test loudly when python3 is
     /// missing: a test that cannot run must not pass.
     pub fn python(script: &str) -> Spec {
-        let python = python3().unwrap_or_else(|why| {
-            panic!("python3 is required for this test and is not usable here ({why}): install python3")
-        });
+        need("python3", "python3");
+        let python = python3().unwrap_or_else(|why| panic!("{} ({why})", missing_tool("python3", "python3")));
         Spec {
             name: script.to_string(),
             program: python,
@@ -122,6 +121,38 @@ impl Spec {
         self.ready_timeout = timeout;
         self
     }
+}
+
+/// The program `tool` (a name looked up in PATH and the sbin directories, or an absolute path),
+/// which the Debian package `package` installs. A test whose tool is missing fails with one line
+/// that says what to install (scripts/setup.sh installs them all), not with a cascade of
+/// "cannot run" panics further down.
+#[track_caller]
+pub fn need(tool: &str, package: &str) -> PathBuf {
+    match find_tool(tool) {
+        Some(path) => path,
+        None => panic!("{}", missing_tool(tool, package)),
+    }
+}
+
+/// The one line a test whose tool is missing fails with.
+pub fn missing_tool(tool: &str, package: &str) -> String {
+    let test = std::thread::current().name().unwrap_or("this test").to_string();
+    format!("{test} needs {tool}: install the Debian package {package} (scripts/setup.sh)")
+}
+
+/// Where `tool` is, if it is an executable file.
+pub fn find_tool(tool: &str) -> Option<PathBuf> {
+    let executable = |p: &Path| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if tool.contains('/') {
+        let p = PathBuf::from(tool);
+        return executable(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"].iter().map(PathBuf::from))
+        .map(|dir| dir.join(tool))
+        .find(|p| executable(p))
 }
 
 /// The real python3 executable (not a wrapper script that would fork or exec on our pid).
@@ -176,11 +207,56 @@ impl WorkDir {
 }
 
 impl Drop for WorkDir {
+    /// Removed also when the test fails (its report holds the logs): `FERRY_E2E_KEEP=1` keeps it.
     fn drop(&mut self) {
-        if std::thread::panicking() || std::env::var_os("FERRY_E2E_KEEP").is_some() {
+        if std::env::var_os("FERRY_E2E_KEEP").is_some_and(|v| !v.is_empty() && v != "0") {
             eprintln!("work dir kept: {}", self.path.display());
         } else {
+            if std::thread::panicking() {
+                eprintln!("work dir removed: {} (FERRY_E2E_KEEP=1 keeps it)", self.path.display());
+            }
             let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Kills, when dropped (also when the test panics), every process it was given and each one's
+/// descendants (all of a pid namespace when given its init). Declare it after the `WorkDir`
+/// the processes use, so that they are gone before their directory is removed.
+#[derive(Default)]
+pub struct ProcGuard {
+    pids: std::cell::RefCell<Vec<i32>>,
+}
+
+impl ProcGuard {
+    pub fn new() -> ProcGuard {
+        ProcGuard::default()
+    }
+
+    /// Kill `pid` and its tree on drop.
+    pub fn add(&self, pid: i32) {
+        self.pids.borrow_mut().push(pid);
+    }
+}
+
+impl Drop for ProcGuard {
+    fn drop(&mut self) {
+        for &pid in self.pids.borrow().iter().rev() {
+            kill_tree(pid);
+        }
+    }
+}
+
+/// SIGKILL `pid` and every descendant of it (collected first: a killed parent's children are
+/// reparented). Processes that are gone already are skipped.
+pub fn kill_tree(pid: i32) {
+    if !pid_alive(pid) {
+        return;
+    }
+    let pids = tree_pids(pid);
+    for p in pids.iter().chain(std::iter::once(&pid)) {
+        if pid_alive(*p) {
+            let _ = send_signal(*p, "KILL");
         }
     }
 }

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -300,7 +299,7 @@ struct Nginx {
 
 impl Nginx {
     fn start(label: &str, master_process: bool) -> Nginx {
-        assert!(Path::new(NGINX).exists(), "nginx is not installed (.ci/run installs it): this test cannot run");
+        need(NGINX, "nginx");
         let w = WorkDir::new(label);
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
         let root = w.join("html");
@@ -426,17 +425,11 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        // The master first (it would respawn killed workers), then the workers it had.
-        let workers = fs::read_to_string(format!("/proc/{}/task/{}/children", self.pid, self.pid)).unwrap_or_default();
+        // The master with its workers (original or restored), collected before any is killed.
+        kill_tree(self.pid);
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
-        }
-        if pid_alive(self.pid) {
-            let _ = send_signal(self.pid, "KILL");
-        }
-        for w in workers.split_whitespace().filter_map(|w| w.parse::<i32>().ok()) {
-            let _ = send_signal(w, "KILL");
         }
     }
 }
@@ -476,6 +469,10 @@ fn tcp_established_control() {
 }
 
 fn tcpkeep(checkpoint: bool) {
+    if checkpoint {
+        // (ferry runs nft for the network lock of --tcp-established)
+        need("nft", "nftables");
+    }
     use std::io::{Read, Write};
     let mut run = Run::start(&Spec::c("tcpkeep").ready_file("port"));
     let port: u16 = std::fs::read_to_string(run.w.join("port")).expect("port").trim().parse().expect("port number");

@@ -35,6 +35,8 @@ struct Nodes {
 
 impl Nodes {
     fn new() -> Nodes {
+        need("ip", "iproute2");
+        need("nsenter", "util-linux");
         static N: AtomicUsize = AtomicUsize::new(0);
         let n = N.fetch_add(1, Ordering::SeqCst);
         let id = format!("{}-{n}", std::process::id());
@@ -69,9 +71,30 @@ impl Nodes {
     }
 }
 
+impl Nodes {
+    /// The processes in node `ns`'s network namespace (`ip netns pids`).
+    fn pids(ns: &str) -> Vec<i32> {
+        let out = Command::new("ip").args(["netns", "pids", ns]).stdin(Stdio::null()).output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect())
+            .unwrap_or_default()
+    }
+}
+
 impl Drop for Nodes {
+    /// Kills everything that runs in either node, also when the test failed: workloads, their
+    /// pid namespaces' inits, `ferry serve`, trees it restored, clients; then the namespaces go.
     fn drop(&mut self) {
         for ns in [&self.a, &self.b] {
+            for _ in 0..50 {
+                let pids = Nodes::pids(ns);
+                if pids.iter().all(|&p| !pid_alive(p)) {
+                    break;
+                }
+                for p in pids {
+                    kill_tree(p);
+                }
+                sleep(Duration::from_millis(20));
+            }
             let _ = Command::new("ip").args(["netns", "del", ns]).stdin(Stdio::null()).output();
         }
     }
@@ -262,9 +285,7 @@ impl Workload {
 
 impl Drop for Workload {
     fn drop(&mut self) {
-        if pid_alive(self.pid) {
-            let _ = send_signal(self.pid, "KILL");
-        }
+        kill_tree(self.pid);
     }
 }
 
@@ -653,6 +674,8 @@ print("client ok")
 /// connection to itself whose queues were full both ways.
 #[test]
 fn migrate_server_with_open_connection_moves_its_address() {
+    need("nft", "nftables");
+    need("python3", "python3");
     let nodes = Nodes::new();
     let w = WorkDir::new("mig-tcp");
     let auth = w.join("auth");
@@ -717,4 +740,73 @@ fn migrate_server_with_open_connection_moves_its_address() {
     wait_for("the server's verdict", Duration::from_secs(60), || w.join("result").exists());
     let result = fs::read_to_string(w.join("result")).unwrap_or_default();
     assert_eq!(result.trim(), "PASS", "server: {}", read_tail(&w.join("out.log"), 3000));
+}
+
+/// A migration test that fails leaves nothing behind: the processes in its nodes (a pid
+/// namespace's init with its job in A, a server and a client looping forever in B) are killed,
+/// the namespaces and the work dir removed, although the test panicked.
+#[test]
+fn failed_migration_test_leaves_nothing_behind() {
+    let seen = std::sync::Mutex::new((Vec::<i32>::new(), Vec::<String>::new(), PathBuf::new(), Vec::<Child>::new()));
+    let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let nodes = Nodes::new();
+        let w = WorkDir::new("mig-leak");
+        let pidfile = w.join("init.pid");
+        let st = nodes
+            .in_a(ferry_bin())
+            .args([
+                "run",
+                "--pidns",
+                "-d",
+                "--pidfile",
+                &path_str(&pidfile),
+                "--",
+                "sh",
+                "-c",
+                "while :; do sleep 1; done",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .expect("ferry run");
+        assert!(st.success(), "ferry run failed");
+        let init: i32 = fs::read_to_string(&pidfile).expect("pidfile").trim().parse().expect("pid");
+        let loop_forever = || {
+            nodes
+                .in_b("sh")
+                .args(["-c", "while :; do sleep 1; done"])
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("start a loop")
+        };
+        let (server, client) = (loop_forever(), loop_forever());
+        let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
+        let (server_pid, client_pid) = (server.id() as i32, client.id() as i32);
+        // (reaped below, after the guards killed them)
+        s.3 = vec![server, client];
+        s.0 = tree_pids(init);
+        s.0.extend([server_pid, client_pid]);
+        s.1 = vec![nodes.a.clone(), nodes.b.clone()];
+        s.2 = w.path.clone();
+        assert!(s.0.len() >= 4, "the init's job is missing: {:?}", s.0);
+        sleep(Duration::from_millis(200));
+        assert!(s.0.iter().all(|&p| pid_alive(p)), "not every process runs: {:?}", s.0);
+        drop(s);
+        panic!("a deliberate failure (this test checks what it leaves behind)");
+    }));
+    assert!(failed.is_err());
+    let (pids, names, dir, children) = seen.into_inner().unwrap_or_else(|p| p.into_inner());
+    for mut c in children {
+        let _ = wait_timeout(&mut c, Duration::from_secs(10));
+    }
+    assert!(!pids.is_empty(), "the test did not get far enough to check anything");
+    wait_for("every process of the failed test to die", Duration::from_secs(10), || {
+        pids.iter().all(|&p| !pid_alive(p))
+    });
+    let list = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
+    let list = String::from_utf8_lossy(&list.stdout);
+    for ns in names {
+        assert!(!list.split_whitespace().any(|n| n == ns), "network namespace {ns} left behind");
+    }
+    assert!(!dir.exists(), "work dir {} left behind", dir.display());
 }

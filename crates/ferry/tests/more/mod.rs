@@ -157,6 +157,9 @@ fn stdout_pipe_is_inherited_from_ferry() {
         .spawn()
         .expect("start counter");
     let pid = child.id() as i32;
+    // (killed with its tree if the test fails; the restored process has the same pid)
+    let guard = ProcGuard::new();
+    guard.add(pid);
     wait_for("ready", Duration::from_secs(20), || w.join("ready").exists());
     let img = w.join("img");
     let out = Command::new(ferry_bin())
@@ -251,7 +254,7 @@ fn shared_anonymous_memory_tree() {
 fn sqlite3_mid_transaction() {
     use std::io::Write;
     let sqlite = "/usr/bin/sqlite3";
-    assert!(Path::new(sqlite).exists(), "sqlite3 is not installed (.ci/run installs it): this test cannot run");
+    need(sqlite, "sqlite3");
     let w = WorkDir::new("sqlite");
     let db = w.join("t.db");
     let st =
@@ -267,6 +270,9 @@ fn sqlite3_mid_transaction() {
         .spawn()
         .expect("start sqlite3");
     let pid = child.id() as i32;
+    // (the original, then the restored sqlite3, same pid: killed if the test fails)
+    let guard = ProcGuard::new();
+    guard.add(pid);
     {
         let stdin = child.stdin.as_mut().expect("stdin");
         stdin
@@ -339,6 +345,9 @@ fn shell_pipeline() {
         .spawn()
         .expect("start sh");
     let pid = child.id() as i32;
+    // (killed with its tree if the test fails; the restored process has the same pid)
+    let guard = ProcGuard::new();
+    guard.add(pid);
     wait_for("the pipeline to stream 200 lines", Duration::from_secs(30), || w.join("ready").exists());
     let img = w.join("img");
     let res =
@@ -436,6 +445,9 @@ fn refuses_what_it_cannot_save() {
         .spawn()
         .expect("start unshare --uts counter");
     let pid = child.id() as i32;
+    // (killed with its tree if the test fails; the restored process has the same pid)
+    let guard = ProcGuard::new();
+    guard.add(pid);
     wait_for("the namespaced counter to start", Duration::from_secs(10), || {
         fs::read_link(format!("/proc/{pid}/ns/uts")).ok() != fs::read_link("/proc/self/ns/uts").ok()
             && fs::read_link(format!("/proc/{pid}/exe")).map(|e| e.ends_with("counter")).unwrap_or(false)
@@ -472,6 +484,9 @@ fn deleted_executable() {
         .spawn()
         .expect("start the copy");
     let pid = child.id() as i32;
+    // (killed with its tree if the test fails; the restored process has the same pid)
+    let guard = ProcGuard::new();
+    guard.add(pid);
     wait_for("ready", Duration::from_secs(20), || w.join("ready").exists());
     fs::remove_file(&exe).expect("delete the executable");
     let img = w.join("img");
@@ -514,6 +529,8 @@ fn pidns_job_moves_as_a_whole_namespace() {
     assert!(status.success(), "ferry run failed: {}", read_tail(&w.join("run.err"), 2000));
     wait_for("ready", Duration::from_secs(30), || w.join("ready").exists());
     let init: i32 = fs::read_to_string(&pidfile).expect("pidfile").trim().parse().expect("pid");
+    let guard = ProcGuard::new();
+    guard.add(init);
     let inner = fs::read_to_string(w.join("ready")).expect("ready");
     assert_eq!(inner.trim(), "2", "the job does not see its namespace's pids");
     let img = w.join("img");
@@ -572,6 +589,8 @@ fn ferry_run_starts_jobs() {
         .expect("ferry run -d");
     assert!(st.success());
     let pid: i32 = fs::read_to_string(&pidfile).expect("pidfile").trim().parse().expect("pid");
+    let guard = ProcGuard::new();
+    guard.add(pid);
     let printed = fs::read_to_string(w.join("job.log")).unwrap_or_default();
     assert!(printed.lines().any(|l| l.trim() == pid.to_string()), "ferry run -d did not print the pid: {printed:?}");
     wait_for("ready", Duration::from_secs(20), || w.join("ready").exists());
