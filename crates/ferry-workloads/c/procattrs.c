@@ -18,7 +18,8 @@
  *   status       nothing set: every line of /proc/self/status must read the same after restore,
  *                but those that change by design (PPid: the restored process's parent is ferry;
  *                State; memory sizes and high-water marks; context switch counts; FDSize, the fd
- *                table's capacity), which docs/ARCHITECTURE.md names
+ *                table's capacity; SigQ's first number, the signals queued for the whole real
+ *                uid, which other processes of root change), which docs/ARCHITECTURE.md names
  *   timens       unshare(CLONE_NEWTIME): its future children would be in another time namespace
  *                (only refused by ferry: the check after go is that it still is so)
  *   pidns        the same with unshare(CLONE_NEWPID) (pid_for_children)
@@ -183,7 +184,7 @@ int main(int argc, char **argv)
 		static char now[16384];
 		SETUP(read_file("/proc/self/status", now, sizeof now));
 		static const char *skip[] = { "PPid:", "State:", "Vm", "Rss", "voluntary_ctxt_switches:",
-					      "nonvoluntary_ctxt_switches:", "FDSize:", NULL };
+					      "nonvoluntary_ctxt_switches:", "FDSize:", "SigQ:", NULL };
 		for (char *a = status0, *b = now; a && *a;) {
 			char *na = strchr(a, '\n'), *nb = b ? strchr(b, '\n') : NULL;
 			if (na)
