@@ -78,6 +78,10 @@ enum Cmd {
         /// With -R: leave the processes stopped (SIGSTOP) after the dump instead of running.
         #[arg(long, requires = "leave_running")]
         leave_stopped: bool,
+        /// The most data a file deleted while open may carry into the image (CRIU's
+        /// --ghost-limit; K, M, G suffixes); a larger one fails the dump. Unlimited by default.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        ghost_limit: Option<u64>,
         /// Seconds to wait for every thread of the tree to stop (CRIU's --timeout); a thread
         /// that does not (an uninterruptible sleep) fails the dump, the tree running on.
         #[arg(long, value_name = "SECONDS", default_value_t = 10)]
@@ -250,6 +254,18 @@ struct CriuDefaults {
     ext_unix_sk: bool,
 }
 
+/// A size with an optional K, M or G suffix (powers of 1024), as CRIU's `--ghost-limit` takes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (num, shift) = match s.as_bytes().last() {
+        Some(b'K' | b'k') => (&s[..s.len() - 1], 10),
+        Some(b'M' | b'm') => (&s[..s.len() - 1], 20),
+        Some(b'G' | b'g') => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (a number, optionally with K, M or G)"))?;
+    n.checked_mul(1 << shift).ok_or_else(|| format!("{s:?} is too large"))
+}
+
 /// CRIU's `-v0` .. `-v4` (an optional level glued to `-v`) become `--log-level N` before clap
 /// sees them; `-v`, `-vv` keep their meaning. A job's own arguments (after `--`, or after
 /// `run`) are left alone.
@@ -328,10 +344,12 @@ fn run(cli: Cli) -> Result<i32> {
             compress,
             leave_stopped,
             timeout,
+            ghost_limit,
             manage_cgroups: _,
             criu: _,
             sign,
         } => {
+            ferry_engine::state::files::ghost::set_limit(ghost_limit.unwrap_or(u64::MAX));
             ferry_engine::check::require_caps("dump").with_context(|| format!("dump of pid {pid} failed"))?;
             let sign = match sign {
                 Some(keys) => Some(

@@ -466,6 +466,16 @@ pub mod ghost {
     use ferry_image::{Extent, GhostFile};
     use std::os::fd::AsFd;
     use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static LIMIT: AtomicU64 = AtomicU64::new(u64::MAX);
+
+    /// The most data a deleted file may carry into the image in the dumps that follow (CRIU's
+    /// `--ghost-limit`); a larger one fails the dump, naming it. Unlimited by default (CRIU's
+    /// default is 1 MiB). Memfds are not deleted files: their content always travels.
+    pub fn set_limit(bytes: u64) {
+        LIMIT.store(bytes, Ordering::Relaxed);
+    }
 
     /// The image file holding the content of deleted file `ino` of device `dev`.
     pub fn name(dev: u64, ino: u64) -> String {
@@ -516,6 +526,16 @@ pub mod ghost {
             }
             .ctx(obj)?;
             g.data = extents(f.as_fd(), md.size()).ctx(obj)?;
+            let bytes: u64 = g.data.iter().map(|e| e.len).sum();
+            let limit = LIMIT.load(Ordering::Relaxed);
+            if name.starts_with("ghost-") && bytes > limit {
+                let what =
+                    std::fs::read_link(path).map_or_else(|_| path.display().to_string(), |l| l.display().to_string());
+                return Err(Error::Invalid {
+                    object: format!("{} ({what})", path.display()),
+                    what: format!("a deleted file with {bytes} bytes of data, over --ghost-limit {limit}"),
+                });
+            }
             let f = std::fs::File::from(f);
             let mut buf = vec![0u8; 1 << 20];
             for e in &g.data {

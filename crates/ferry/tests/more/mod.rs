@@ -796,3 +796,45 @@ fn criu_log_flags() {
     let status = run.wait_child_exit();
     run.expect_pass(status, "the workload after dump -R");
 }
+
+/// CRIU's `--ghost-limit`: a file deleted while open whose data is over the limit fails the
+/// dump in one line naming it (the process running on); under the limit it travels.
+#[test]
+fn ghost_limit() {
+    let w = WorkDir::new("ghost-limit");
+    let file = w.join("big");
+    let script = format!(
+        "exec 3<>{f}; head -c 2097152 /dev/urandom >&3; rm {f}; echo ready > {r}.tmp; mv {r}.tmp {r}; exec sleep 600",
+        f = path_str(&file),
+        r = path_str(&w.join("ready"))
+    );
+    // (closefds: the test runner's stray fds, such as a jobserver pipe, are not the shell's)
+    let mut child = workload_command(&ferry_workloads::path("closefds"))
+        .args(["/bin/sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start sh");
+    let pid = child.id() as i32;
+    let guard = ProcGuard::new();
+    guard.add(pid);
+    wait_for("the deleted file to be written", Duration::from_secs(10), || w.join("ready").exists());
+    let dump = |dir: &str, limit: &str| {
+        Command::new(ferry_bin())
+            .args(["dump", "-R", "-t", &pid.to_string(), "-D", &path_str(&w.join(dir)), "--ghost-limit", limit])
+            .output()
+            .expect("run ferry dump")
+    };
+    let out = dump("small", "1M");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a 2 MiB deleted file passed --ghost-limit 1M");
+    assert!(err.contains("over --ghost-limit 1048576") && err.contains("big (deleted)"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
+    assert!(pid_alive(pid), "the process did not survive the refused dump");
+    let out = dump("large", "4M");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(w.join("large/inventory.img").exists());
+    let _ = child.kill();
+    let _ = child.wait();
+}
