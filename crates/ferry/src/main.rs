@@ -5,7 +5,8 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 mod inspect;
-mod migrate;
+
+use ferry::migrate;
 
 /// Checkpoint a running Linux process to an image and restore it, with the same PID,
 /// exactly where it stopped.

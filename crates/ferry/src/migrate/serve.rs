@@ -350,8 +350,9 @@ fn source_gone(sec: &Secure) -> bool {
     gone
 }
 
-/// Receive the files of an image into `dir` (created 0700), with the peer's limits.
-fn receive(sec: &mut Secure, limits: &Limits, dir: &Path) -> Result<()> {
+/// Receive the files of an image into `dir` (created 0700), with the peer's limits. (Public
+/// for the `frame` fuzz target: fuzz/.)
+pub fn receive(sec: &mut Secure, limits: &Limits, dir: &Path) -> Result<()> {
     fs::DirBuilder::new().mode(0o700).create(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     send_now(sec, kind::READY, &[])?;
     let mut open: HashMap<u32, Incoming> = HashMap::new();

@@ -1,0 +1,5 @@
+//! The parts of the `ferry` command that other code reaches: the migration protocol (its
+//! message framing and the destination's receive loop), for the fuzz targets in `fuzz/`. The
+//! command line itself is `main.rs`.
+
+pub mod migrate;
