@@ -88,9 +88,13 @@ fi
 # --- build and run ----------------------------------------------------------------------------
 cd "$FUZZ"
 say "building the fuzz targets (sanitizer: $SANITIZER) ..."
-cargo fuzz build -O -a -s "$SANITIZER" $TARGETS 2>&1 | grep -v '^\s*Compiling' >&2 || true
+# (-O: optimized; -a: with debug assertions and overflow checks, which find arithmetic that
+# wraps in a release build)
 for t in $TARGETS; do
-    [ -x "target/x86_64-unknown-linux-gnu/release/$t" ] || die "fuzz target $t did not build"
+    if ! cargo fuzz build -O -a -s "$SANITIZER" "$t" >"$TMP/build.log" 2>&1; then
+        tail -40 "$TMP/build.log" >&2
+        die "fuzz target $t did not build"
+    fi
 done
 
 status=0
@@ -108,6 +112,10 @@ for t in $TARGETS; do
         -print_final_stats=1 ${FUZZ_ARGS:-} >"$TMP/$t.log" 2>&1
     rc=$?
     set -e
+    # scratch directories the targets leave in /dev/shm (named after their pid)
+    for d in /dev/shm/ferry-fuzz-*-[0-9]* /tmp/ferry-fuzz-*-[0-9]*; do
+        if [ -d "$d" ] && ! kill -0 "${d##*-}" 2>/dev/null; then rm -rf "$d"; fi
+    done
     grep -E '^(#[0-9]+ *DONE|stat::number_of_executed_units|stat::peak_rss_mb)|^Done [0-9]+ runs' "$TMP/$t.log" | sed "s/^/  $t: /" >&2 || true
     if [ $rc -ne 0 ]; then
         status=1
