@@ -105,10 +105,12 @@ for t in $TARGETS; do
     # (image_dir and frame inputs are whole images and message streams: let them be large)
     max_len=1048576
     [ "$t" = image_decode ] && max_len=262144
+    dict=()
+    [ -f "dicts/$t.dict" ] && dict=(-dict="dicts/$t.dict")
     set +e
     # shellcheck disable=SC2086
     cargo fuzz run -O -a -s "$SANITIZER" "$t" "corpus/$t" "seeds/$t" -- \
-        -max_total_time="$SECS" -max_len=$max_len -timeout=20 -rss_limit_mb=4096 \
+        -max_total_time="$SECS" -max_len=$max_len -timeout=20 -rss_limit_mb=4096 "${dict[@]}" \
         -print_final_stats=1 ${FUZZ_ARGS:-} >"$TMP/$t.log" 2>&1
     rc=$?
     set -e
