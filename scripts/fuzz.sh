@@ -49,7 +49,9 @@ trap cleanup EXIT
 for t in $TARGETS; do mkdir -p "$FUZZ/corpus/$t"; done
 if [ "${FUZZ_NO_DUMP:-0}" != 1 ] && [ "$(id -u)" = 0 ]; then
     say "building ferry (release) ..."
-    cargo build --release -p ferry --quiet --manifest-path "$ROOT/Cargo.toml"
+    # (the build `cargo test --release --workspace` makes, so that after the tests, as in CI,
+    # there is nothing left to build)
+    cargo build --release --workspace --tests --quiet --manifest-path "$ROOT/Cargo.toml"
     FERRY=${CARGO_TARGET_DIR:-$ROOT/target}/release/ferry
     [ -x "$FERRY" ] || die "$FERRY was not built"
     # A few real processes: a tiny one, python's heap (many mappings), a tree with a pipe, the
