@@ -10,7 +10,7 @@
 # and runs each target for SECONDS_PER_TARGET. Exits non-zero on the first crash, leak,
 # timeout or out-of-memory, printing the reproducer and the command that replays it.
 #
-# Environment: FUZZ_TARGETS (default "image_decode image_dir frame"), FUZZ_SANITIZER (address
+# Environment: FUZZ_TARGETS (default "image_decode image_dir frame pages_zstd"), FUZZ_SANITIZER (address
 # or none; default address), FUZZ_NO_DUMP=1 (skip the dumps), FUZZ_ARGS (more libFuzzer
 # options), FUZZ_UPDATE_SEEDS=1 (rewrite fuzz/seeds/ from the fresh dumps: maintainers only).
 #
@@ -20,7 +20,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SECS=${1:-60}
-TARGETS=${FUZZ_TARGETS:-image_decode image_dir frame}
+TARGETS=${FUZZ_TARGETS:-image_decode image_dir frame pages_zstd}
 SANITIZER=${FUZZ_SANITIZER:-address}
 FUZZ=$ROOT/fuzz
 export RUSTC_BOOTSTRAP=1

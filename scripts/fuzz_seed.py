@@ -4,7 +4,8 @@
     fuzz_seed.py SRC OUT
 
 SRC holds image directories `img-NAME/` (with `img-NAME.json`, `ferry inspect --json` of it,
-when there is one); OUT gets `image_decode/`, `image_dir/` and `frame/`, one file per input,
+when there is one); OUT gets `image_decode/`, `image_dir/`, `frame/` and `pages_zstd/` (from
+compressed page files), one file per input,
 named by its SHA-1 (the way libFuzzer names corpus files). Page files are cut to their header
 page plus at most one page: seeds stay small, and the targets fix sizes and checksums (see
 the flag bytes in fuzz/fuzz_targets/).
@@ -97,6 +98,9 @@ def main():
         for name, data in files:
             if not name.startswith("pages-"):
                 put(out, "image_decode", data)
+            elif data[:8] == b"FERRYPGZ":
+                # the start of the zstd stream after the header page (cut: seeds stay small)
+                put(out, "pages_zstd", data[PAGE : 2 * PAGE])
         # the whole image (flags: fix record headers and the inventory), and its migration stream
         put(out, "image_dir", archive(3, files))
         put(out, "frame", stream(files))
