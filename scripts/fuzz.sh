@@ -112,7 +112,7 @@ for t in $TARGETS; do
     set +e
     # shellcheck disable=SC2086
     cargo fuzz run -O -a -s "$SANITIZER" "$t" "corpus/$t" "seeds/$t" -- \
-        -max_total_time="$SECS" -max_len=$max_len -timeout=20 -rss_limit_mb=4096 "${dict[@]}" \
+        -max_total_time="$SECS" -max_len=$max_len -timeout=20 -rss_limit_mb=4096 -close_fd_mask=1 "${dict[@]}" \
         -print_final_stats=1 ${FUZZ_ARGS:-} >"$TMP/$t.log" 2>&1
     rc=$?
     set -e

@@ -1,6 +1,7 @@
-//! A whole image directory, as `ferry restore` opens it before it creates a single process
-//! (`ferry_engine::restore::open_verified`): the inventory, every file's size and checksum,
-//! every process record, the page files' headers, and the sanity checks on the records.
+//! A whole image directory, as `ferry inspect` prints it (text and JSON) and as `ferry restore`
+//! opens it before it creates a single process (`ferry_engine::restore::open_verified`): the
+//! inventory, every file's size and checksum, every process record, the page files' headers,
+//! and the sanity checks on the records.
 //!
 //! Input: one flag byte, then files, each `name length (u8), name, data length (u32 LE), data`.
 //! Flag bit 0: fix each record file's header (payload length and CRC-32); bit 1: fix the
@@ -86,6 +87,10 @@ fuzz_target!(|data: &[u8]| {
     for (name, d) in &files {
         std::fs::write(dir.join(name), d).expect("scratch file");
     }
+    // `ferry inspect` reads the image without restore's checks (scripts/fuzz.sh closes the
+    // fuzzer's stdout: -close_fd_mask=1)
+    let _ = ferry::inspect::run(dir, false);
+    let _ = ferry::inspect::run(dir, true);
     match ferry_engine::restore::open_verified(dir) {
         Ok((img, procs)) => {
             assert_eq!(procs.len(), img.inventory().pids.len());
