@@ -12,7 +12,7 @@
 #
 # Environment: FUZZ_TARGETS (default "image_decode image_dir frame pages_zstd"), FUZZ_SANITIZER (address
 # or none; default address), FUZZ_NO_DUMP=1 (skip the dumps), FUZZ_ARGS (more libFuzzer
-# options), FUZZ_UPDATE_SEEDS=1 (rewrite fuzz/seeds/ from the fresh dumps: maintainers only).
+# options), FUZZ_UPDATE_SEEDS=1 (add the fresh dumps' inputs to fuzz/seeds/: maintainers only).
 #
 # cargo-fuzz needs nightly compiler flags (-Z...): with only a stable toolchain, RUSTC_BOOTSTRAP=1
 # lets stable rustc take them.
@@ -37,10 +37,12 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 TMP=$(mktemp -d /tmp/ferry-fuzz.XXXXXX)
-PIDS=()
+LIVE=() # names of the processes started below that no dump has killed yet
 cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    local n
+    for n in "${LIVE[@]}"; do
+        if [ -f "$TMP/$n.pid" ]; then kill -9 "$(cat "$TMP/$n.pid")" 2>/dev/null || true; fi
+    done
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -59,8 +61,12 @@ if [ "${FUZZ_NO_DUMP:-0}" != 1 ] && [ "$(id -u)" = 0 ]; then
     start() { # NAME COMMAND...
         local name=$1
         shift
-        "$FERRY" run -d --pidfile "$TMP/$name.pid" "$@" </dev/null >/dev/null 2>&1
-        PIDS+=("$(cat "$TMP/$name.pid")")
+        if "$FERRY" run -d --pidfile "$TMP/$name.pid" "$@" </dev/null >/dev/null 2>&1 && [ -s "$TMP/$name.pid" ]; then
+            LIVE+=("$name")
+        else
+            say "warning: cannot start $name (seeding without it)"
+            rm -f "$TMP/$name.pid"
+        fi
     }
     start sleep sleep 600
     start python python3 -c 'import time; d = {i: str(i) * 3 for i in range(20000)}; time.sleep(600)'
@@ -68,6 +74,7 @@ if [ "${FUZZ_NO_DUMP:-0}" != 1 ] && [ "$(id -u)" = 0 ]; then
     start pyz python3 -c 'import time; l = [bytes(100) for _ in range(5000)]; time.sleep(600)'
     sleep 1
     for name in sleep python tree pyz; do
+        [ -f "$TMP/$name.pid" ] || continue
         extra=()
         [ $name = pyz ] && extra=(--compress)
         if ! "$FERRY" dump -t "$(cat "$TMP/$name.pid")" -D "$TMP/img-$name" "${extra[@]}" >"$TMP/dump-$name.log" 2>&1; then
@@ -75,13 +82,13 @@ if [ "${FUZZ_NO_DUMP:-0}" != 1 ] && [ "$(id -u)" = 0 ]; then
             sed 's/^/    /' "$TMP/dump-$name.log" >&2
             continue
         fi
+        rm -f "$TMP/$name.pid" # (the dump killed it: its pid is no longer ours)
         "$FERRY" inspect --json "$TMP/img-$name" >"$TMP/img-$name.json" 2>/dev/null || rm -f "$TMP/img-$name.json"
     done
     python3 "$ROOT/scripts/fuzz_seed.py" "$TMP" "$FUZZ/corpus"
     if [ "${FUZZ_UPDATE_SEEDS:-0}" = 1 ]; then
-        rm -rf "$FUZZ/seeds"
         python3 "$ROOT/scripts/fuzz_seed.py" "$TMP" "$FUZZ/seeds"
-        say "fuzz/seeds rewritten: $(du -sh "$FUZZ/seeds" | cut -f1)"
+        say "fresh seeds added to fuzz/seeds: $(du -sh "$FUZZ/seeds" | cut -f1) (keep it under 2 MiB)"
     fi
 else
     say "not root or FUZZ_NO_DUMP=1: no fresh dumps, only the committed seeds (fuzz/seeds/)"
