@@ -15,7 +15,7 @@ pub mod precopy;
 mod procfs;
 pub mod restore;
 pub mod state;
-mod validate;
+pub mod validate;
 
 pub use error::Error;
 

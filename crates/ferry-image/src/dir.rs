@@ -600,6 +600,24 @@ pub fn open_regular(path: &Path) -> Result<File, ImageError> {
     Ok(f)
 }
 
+/// Largest record file: its header and the largest payload accepted.
+const RECORD_FILE_MAX: u64 = crate::HEADER_LEN as u64 + crate::MAX_RECORD_LEN;
+
+/// Read a record file whole, refusing one larger than a record can be before reading it (a
+/// huge or sparse file would be read into memory first, and a read of many gigabytes fail
+/// with an allocation abort rather than an error).
+fn read_record(f: File, path: &Path) -> Result<Vec<u8>, ImageError> {
+    let len = f.metadata().map_err(io_err(path))?.len();
+    if len > RECORD_FILE_MAX {
+        return Err(ImageError::TooLarge { file: path.display().to_string(), len });
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    // (at most one byte more than the limit, should the file grow meanwhile: decode_record
+    // refuses it then)
+    f.take(RECORD_FILE_MAX + 1).read_to_end(&mut bytes).map_err(io_err(path))?;
+    Ok(bytes)
+}
+
 /// Reads a complete image, verifying every file before anything is handed out.
 #[derive(Clone)]
 pub struct ImageReader {
@@ -613,8 +631,8 @@ impl ImageReader {
     /// Open `dir` and check the inventory's magic, version and checksum.
     pub fn open(dir: &Path) -> Result<ImageReader, ImageError> {
         let inv_path = dir.join(INVENTORY);
-        let mut f = match open_regular(&inv_path) {
-            Ok(f) => f,
+        let bytes = match open_regular(&inv_path) {
+            Ok(f) => read_record(f, &inv_path)?,
             Err(ImageError::Missing { .. }) => {
                 if dir.is_dir() {
                     return Err(ImageError::Incomplete { dir: dir.display().to_string() });
@@ -623,8 +641,6 @@ impl ImageReader {
             }
             Err(e) => return Err(e),
         };
-        let mut bytes = Vec::new();
-        f.read_to_end(&mut bytes).map_err(io_err(&inv_path))?;
         let inventory: Inventory = decode_record(&inv_path.display().to_string(), RecordKind::Inventory, &bytes)?;
         for f in &inventory.files {
             if f.name.contains('/') || f.name.starts_with('.') || f.name.is_empty() || f.name == SIGNATURE {
@@ -801,6 +817,9 @@ impl ImageReader {
     /// Read and decode the record of process `pid`.
     pub fn read_process(&self, pid: i32) -> Result<Process, ImageError> {
         let name = crate::process_file(pid);
+        if let Some(len) = self.file_size(&name).filter(|&l| l > RECORD_FILE_MAX) {
+            return Err(ImageError::TooLarge { file: self.dir.join(&name).display().to_string(), len });
+        }
         let bytes = self.read_file(&name)?;
         decode_record(&self.dir.join(&name).display().to_string(), RecordKind::Process, &bytes)
     }
@@ -892,5 +911,53 @@ mod tests {
         assert!(matches!(r.verify_all(), Err(ImageError::NotRegular { what: "a FIFO", .. })));
         assert!(matches!(r.open_file("pages-1.img"), Err(ImageError::NotRegular { .. })));
         let _ = fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod record_size_tests {
+    use super::*;
+    use crate::FileDigest;
+
+    fn scratch(what: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ferry-image-{what}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).expect("scratch directory");
+        d
+    }
+
+    fn sparse(path: &Path, len: u64) {
+        File::create(path).and_then(|f| f.set_len(len)).expect("sparse file");
+    }
+
+    #[test]
+    fn an_inventory_larger_than_a_record_is_refused_before_it_is_read() {
+        // (Read whole, a sparse inventory.img of many gigabytes aborted ferry on the allocation.)
+        let dir = scratch("big-inventory");
+        sparse(&dir.join(INVENTORY), RECORD_FILE_MAX + 1);
+        let r = ImageReader::open(&dir);
+        let _ = fs::remove_dir_all(&dir);
+        assert!(matches!(r, Err(ImageError::TooLarge { .. })), "{:?}", r.err());
+    }
+
+    #[test]
+    fn a_process_record_larger_than_a_record_is_refused_before_it_is_read() {
+        let dir = scratch("big-process");
+        let inv = Inventory {
+            pids: vec![1],
+            root_pid: 1,
+            files: vec![FileDigest {
+                name: crate::process_file(1),
+                size: RECORD_FILE_MAX + 1,
+                crc32: 0,
+                blake3: Vec::new(),
+            }],
+            ..Default::default()
+        };
+        fs::write(dir.join(INVENTORY), encode_record(RecordKind::Inventory, &inv)).expect("inventory");
+        sparse(&dir.join(crate::process_file(1)), RECORD_FILE_MAX + 1);
+        let r = ImageReader::open(&dir).and_then(|img| img.read_process(1));
+        let _ = fs::remove_dir_all(&dir);
+        assert!(matches!(r, Err(ImageError::TooLarge { .. })), "{:?}", r.err());
     }
 }

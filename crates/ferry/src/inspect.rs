@@ -18,7 +18,7 @@ fn prot(p: u32) -> String {
 }
 
 /// A byte count in human units: "812 B", "92.0 KiB", "1.5 MiB", "4.0 GiB".
-pub(crate) fn size(b: u64) -> String {
+pub fn size(b: u64) -> String {
     match b {
         b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
         b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
@@ -113,13 +113,14 @@ pub fn run(dir: &Path, json: bool, trusted: Option<&[[u8; 32]]>) -> Result<()> {
             );
             for v in &mm.vmas {
                 let kind = VmaKind::try_from(v.kind).map(|k| format!("{k:?}")).unwrap_or_default();
-                let stored: u64 = v.runs.iter().map(|r| r.nr_pages * 4096).sum();
+                // (the record is not checked here: sums and sizes saturate instead of wrapping)
+                let stored = v.runs.iter().fold(0u64, |s, r| s.saturating_add(r.nr_pages.saturating_mul(4096)));
                 out!(
                     "    {:#014x}-{:#014x} {} {:>10} {:<11} stored {:>10}  {}{}{}",
                     v.start,
                     v.end,
                     prot(v.prot),
-                    size(v.end - v.start),
+                    size(v.end.saturating_sub(v.start)),
                     kind,
                     size(stored),
                     v.path,
@@ -129,7 +130,10 @@ pub fn run(dir: &Path, json: bool, trusted: Option<&[[u8; 32]]>) -> Result<()> {
             }
         }
         for fd in &p.fds {
-            let f = &p.files[fd.file as usize];
+            let Some(f) = p.files.get(fd.file as usize) else {
+                out!("  fd {:>4} refers to open file {}, which is not recorded", fd.fd, fd.file);
+                continue;
+            };
             let kind = FileKind::try_from(f.kind).map(|k| format!("{k:?}")).unwrap_or_default();
             out!(
                 "  fd {:>4} {:<10} flags {:#o} pos {}{} {}",
@@ -175,5 +179,37 @@ mod tests {
         assert_eq!(size(92 * 1024), "92.0 KiB");
         assert_eq!(size(3 << 19), "1.5 MiB");
         assert_eq!(size(4 << 30), "4.0 GiB");
+    }
+
+    use ferry_image::{Fd, ImageWriter, Inventory, Mm, PageRun, Process, Thread, Vma};
+
+    #[test]
+    fn a_nonsensical_record_is_printed_not_a_panic() {
+        // Found by the image_dir fuzz target: inspect reads records without restore's checks,
+        // and a mapping ending before it starts, runs of absurd length or an fd naming an open
+        // file that is not recorded made it panic (overflow, index out of bounds).
+        let dir = std::env::temp_dir().join(format!("ferry-inspect-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let p = Process {
+            pid: 5,
+            threads: vec![Thread { tid: 5, ..Default::default() }],
+            fds: vec![Fd { fd: 3, file: 7, ..Default::default() }],
+            mm: Some(Mm {
+                vmas: vec![Vma {
+                    start: 0x3000,
+                    end: 0x1000,
+                    runs: vec![PageRun { addr: 0, nr_pages: u64::MAX, offset: 0 }; 2],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut w = ImageWriter::create(&dir).expect("image writer");
+        w.write_process(&p).expect("process record");
+        w.commit(Inventory { pids: vec![5], root_pid: 5, ..Default::default() }).expect("inventory");
+        let r = (super::run(&dir, false, None), super::run(&dir, true, None));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(r.0.is_ok() && r.1.is_ok(), "{r:?}");
     }
 }

@@ -4,8 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-mod inspect;
-mod migrate;
+use ferry::{inspect, migrate};
 
 /// Checkpoint a running Linux process to an image and restore it, with the same PID,
 /// exactly where it stopped.

@@ -642,7 +642,7 @@ pub fn prepare(
             .ok_or_else(|| Error::Invalid { object: format!("pid {pid}"), what: "no memory record".into() })?;
     let mut out = Prepared { vma_fd: HashMap::new(), exe_fd: None, pages_fd: None, pages_len: 0, owned: Vec::new() };
     let pages = match mm.vmas.iter().any(|v| !v.runs.is_empty()) {
-        true => Some(open_pages(img, pid)?),
+        true => Some(open_pages(img, pid, runs_end(mm))?),
         false => None,
     };
     if let Some(f) =
@@ -787,9 +787,16 @@ pub fn prepare(
     Ok(out)
 }
 
+/// Where the last page run of `mm` ends in its page file: no page is read beyond it.
+fn runs_end(mm: &Mm) -> u64 {
+    let ends = mm.vmas.iter().flat_map(|v| &v.runs);
+    ends.map(|r| r.offset.saturating_add(r.nr_pages.saturating_mul(PAGE_SIZE))).max().unwrap_or(0)
+}
+
 /// The page file of `pid`, to read pages from at their offsets: the file itself, or for a
-/// compressed one (`dump --compress`) a memfd it is decompressed into first.
-fn open_pages(img: &ferry_image::ImageReader, pid: i32) -> Result<std::fs::File, Error> {
+/// compressed one (`dump --compress`) a memfd it is decompressed into first, up to `need`
+/// bytes (where its last page run ends).
+fn open_pages(img: &ferry_image::ImageReader, pid: i32, need: u64) -> Result<std::fs::File, Error> {
     let path = img.path(&ferry_image::pages_file(pid));
     let obj = || format!("{}", path.display());
     let f = img.open_file(&ferry_image::pages_file(pid))?;
@@ -803,17 +810,38 @@ fn open_pages(img: &ferry_image::ImageReader, pid: i32) -> Result<std::fs::File,
     std::io::Write::write_all(&mut plain, &head).ctx(obj)?;
     let mut src = std::io::BufReader::with_capacity(1 << 20, f);
     std::io::Seek::seek(&mut src, std::io::SeekFrom::Start(PAGE_SIZE)).ctx(obj)?;
+    decompress_pages(src, &mut plain, need.saturating_sub(PAGE_SIZE), &obj)?;
+    Ok(plain)
+}
+
+/// Decompress the zstd stream of a compressed page file (what follows its header page) into
+/// `out`, refusing to write more than `limit` bytes: a few kilobytes of zstd can claim
+/// gigabytes of zeros, and restore decompresses into memory, so a corrupted or hostile file
+/// must not get more than its page runs can ever read. Returns the bytes written.
+pub fn decompress_pages(
+    src: impl std::io::BufRead,
+    out: &mut impl std::io::Write,
+    limit: u64,
+    obj: &dyn Fn() -> String,
+) -> Result<u64, Error> {
     let mut dec = zstd::stream::read::Decoder::with_buffer(src).ctx(obj)?;
     let mut buf = PageBuf::new(CHUNK).ctx(obj)?;
+    let mut total = 0u64;
     loop {
         let n = std::io::Read::read(&mut dec, &mut buf)
             .map_err(|e| Error::Invalid { object: obj(), what: format!("cannot decompress the page file: {e}") })?;
         if n == 0 {
-            break;
+            return Ok(total);
         }
-        std::io::Write::write_all(&mut plain, &buf[..n]).ctx(obj)?;
+        total += n as u64;
+        if total > limit {
+            return Err(Error::Invalid {
+                object: obj(),
+                what: format!("decompresses to more than the {limit} bytes its page runs use"),
+            });
+        }
+        out.write_all(&buf[..n]).ctx(obj)?;
     }
-    Ok(plain)
 }
 
 /// Addresses ferry uses inside a child while it rebuilds the address space.
@@ -1224,4 +1252,46 @@ fn read_pages(b: &mut Batch<'_>, fd: i32, segs: &[(u64, u64, u64)]) -> Result<()
         i = j;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj() -> String {
+        "pages-1.img".into()
+    }
+
+    #[test]
+    fn a_page_file_that_decompresses_beyond_its_runs_is_refused() {
+        // 64 MiB of zeros compress to a few kilobytes: a page file whose runs read 1 MiB must
+        // not make restore fill 64 MiB of memory (found by review while fuzzing: see
+        // docs/reliability.md).
+        let z = zstd::encode_all(&vec![0u8; 64 << 20][..], 3).expect("compress");
+        assert!(z.len() < 64 << 10, "{} bytes", z.len());
+        let mut out = Vec::new();
+        let r = decompress_pages(&z[..], &mut out, 1 << 20, &obj);
+        assert!(matches!(r, Err(Error::Invalid { .. })), "{r:?}");
+        assert!(out.len() <= 1 << 20, "wrote {} bytes", out.len());
+        let mut out = Vec::new();
+        assert_eq!(decompress_pages(&z[..], &mut out, 64 << 20, &obj).expect("fits"), 64 << 20);
+        assert_eq!(out.len(), 64 << 20);
+    }
+
+    #[test]
+    fn runs_end_is_where_the_last_run_ends() {
+        let run = |offset, nr_pages| PageRun { addr: 0x1000, nr_pages, offset };
+        let mm = Mm {
+            vmas: vec![
+                Vma { runs: vec![run(4096, 2), run(3 * 4096, 1)], ..Default::default() },
+                Vma { runs: vec![run(8192, 1)], ..Default::default() },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(runs_end(&mm), 4 * 4096);
+        let huge =
+            Mm { vmas: vec![Vma { runs: vec![run(u64::MAX, u64::MAX)], ..Default::default() }], ..Default::default() };
+        assert_eq!(runs_end(&huge), u64::MAX);
+        assert_eq!(runs_end(&Mm::default()), 0);
+    }
 }

@@ -345,6 +345,25 @@ impl Secure {
         Ok(Secure::new(sock, noise))
     }
 
+    /// The destination's side over a blocking socket, for tests and fuzzing (`ferry serve`
+    /// drives the same [`Responder`] from its poll loop): the peer must be trusted.
+    pub fn accept(mut sock: TcpStream, auth: &Auth) -> Result<Secure> {
+        let (mut r, ours) = Responder::new();
+        sock.write_all(&ours).context("cannot send the protocol header")?;
+        let mut unit = vec![0u8; 8];
+        sock.read_exact(&mut unit).map_err(explain).context("no protocol header from the peer")?;
+        loop {
+            match r.feed(auth, &unit)? {
+                Progress::Reply(bytes) => {
+                    sock.write_all(&bytes).context("handshake")?;
+                    recv_raw(&mut sock, &mut unit).map_err(explain).context("handshake")?;
+                }
+                Progress::Trusted(noise) => return Ok(Secure::new(sock, noise)),
+                Progress::Untrusted(_, why) => bail!("{why}"),
+            }
+        }
+    }
+
     /// A connection whose handshake is over (the responder's, driven by `ferry serve`).
     pub fn new(sock: TcpStream, noise: snow::TransportState) -> Secure {
         Secure {

@@ -594,7 +594,10 @@ fn fill_kept(
     st.append(&last)?;
     for v in mm.vmas.iter_mut() {
         for r in v.runs.iter_mut() {
-            r.offset += base;
+            r.offset = r
+                .offset
+                .checked_add(base)
+                .with_context(|| format!("pid {pid}: a page run's offset is out of range"))?;
         }
     }
     let mut filled = 0u64;
@@ -611,11 +614,11 @@ fn fill_kept(
                     .with_context(|| format!("pid {pid}: kept page {a:#x} is in no mapping"))?;
             }
             let v = &mut mm.vmas[vi];
+            // (a run that would end beyond the address space is a bad record: start a new one,
+            // which the image's checks refuse)
+            let ends = |r: &ferry_image::PageRun, from: u64| r.nr_pages.checked_mul(PAGE as u64)?.checked_add(from);
             match v.runs.last_mut() {
-                Some(last)
-                    if last.addr + last.nr_pages * PAGE as u64 == a
-                        && last.offset + last.nr_pages * PAGE as u64 == off =>
-                {
+                Some(last) if ends(last, last.addr) == Some(a) && ends(last, last.offset) == Some(off) => {
                     last.nr_pages += 1
                 }
                 _ => v.runs.push(ferry_image::PageRun { addr: a, nr_pages: 1, offset: off }),
@@ -624,7 +627,7 @@ fn fill_kept(
             a += PAGE as u64;
         }
     }
-    mm.pages_bytes += filled;
+    mm.pages_bytes = mm.pages_bytes.saturating_add(filled);
     let rec = ferry_image::encode_record(ferry_image::RecordKind::Process, &p);
     fs::write(&ppath, &rec)?;
     let d = inv.files.iter_mut().find(|d| d.name == pf).with_context(|| format!("{pf} not in the inventory"))?;
@@ -761,8 +764,9 @@ fn source_gone(sec: &Secure) -> bool {
     gone
 }
 
-/// Receive the files of an image into `dir` (created 0700), with the peer's limits.
-fn receive(sec: &mut Secure, limits: &Limits, dir: &Path) -> Result<()> {
+/// Receive the files of an image into `dir` (created 0700), with the peer's limits. (Public
+/// for the `frame` fuzz target: fuzz/.)
+pub fn receive(sec: &mut Secure, limits: &Limits, dir: &Path) -> Result<()> {
     fs::DirBuilder::new().mode(0o700).create(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     send_now(sec, kind::READY, &[])?;
     let mut open: HashMap<u32, Incoming> = HashMap::new();
@@ -824,6 +828,9 @@ fn receive(sec: &mut Secure, limits: &Limits, dir: &Path) -> Result<()> {
                 let bytes = f.rest();
                 if bytes.len() % PAGE != 0 || addr % PAGE as u64 != 0 {
                     bail!("pre-copy pages not page aligned");
+                }
+                if addr.checked_add(bytes.len() as u64).is_none() {
+                    bail!("pre-copy pages at {addr:#x} run past the end of the address space");
                 }
                 total += bytes.len() as u64;
                 if total > limits.max_image_bytes {
