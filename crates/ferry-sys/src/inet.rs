@@ -1,7 +1,7 @@
 //! Sockets: creation, socket options, addresses (`std::net::SocketAddr` in, `sockaddr_in`/
 //! `sockaddr_in6` to the kernel), bind, listen, connect, and a few ioctls.
 
-use crate::cvt_i;
+use crate::{cvt_i, sockdiag};
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -189,11 +189,6 @@ pub fn tcp_repair_off(fd: RawFd) -> io::Result<()> {
     set_int_on(fd, libc::IPPROTO_TCP, 19, 0)
 }
 
-/// `NETLINK_SOCK_DIAG` and its request and answer types (linux/sock_diag.h, netlink.h).
-const NETLINK_SOCK_DIAG: i32 = 4;
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 /// `INET_DIAG_SHUTDOWN` (linux/inet_diag.h): one byte, the socket's `sk_shutdown`.
 const INET_DIAG_SHUTDOWN: u16 = 8;
 
@@ -201,76 +196,22 @@ const INET_DIAG_SHUTDOWN: u16 = 8;
 /// socket with inode `ino` of this network namespace, from a `NETLINK_SOCK_DIAG` dump of the
 /// sockets of that kind (sock_diag(7)); `None` when no such socket is listed.
 pub fn diag_shutdown(family: i32, protocol: i32, ino: u64) -> io::Result<Option<u8>> {
-    // SAFETY: integer arguments.
-    let nl =
-        cvt_i(unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG) })?;
-    // SAFETY: the kernel just created this fd for us; we are its only owner.
-    let nl = unsafe { OwnedFd::from_raw_fd(nl) };
-    // nlmsghdr (16) + inet_diag_req_v2 (8 + a zeroed inet_diag_sockid of 48: no filter)
-    let mut req = Vec::with_capacity(72);
-    req.extend_from_slice(&72u32.to_ne_bytes());
-    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    req.extend_from_slice(&0u32.to_ne_bytes()); // pid
+    // inet_diag_req_v2 (8 bytes + a zeroed inet_diag_sockid of 48: no filter)
+    let mut req = Vec::with_capacity(56);
     req.extend_from_slice(&[family as u8, protocol as u8, 0, 0]);
     req.extend_from_slice(&u32::MAX.to_ne_bytes()); // all states
     req.extend_from_slice(&[0u8; 48]);
-    // SAFETY: req is valid for reads of req.len() bytes.
-    let r = unsafe { libc::send(nl.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
-    cvt_i(r as i32)?;
-    let rd32 = |b: &[u8], o: usize| b.get(o..o + 4).map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]));
-    let rd16 = |b: &[u8], o: usize| b.get(o..o + 2).map(|s| u16::from_ne_bytes([s[0], s[1]]));
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed sock_diag answer");
     let mut found = None;
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        // SAFETY: buf is valid for writes of buf.len() bytes.
-        let n = unsafe { libc::recv(nl.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
+    sockdiag::dump(&req, |body| {
+        // struct inet_diag_msg (72 bytes, idiag_inode at 68), then attributes.
+        if found.is_none() && sockdiag::rd32(body, 68).is_some_and(|i| u64::from(i) == ino) {
+            let attrs = sockdiag::attrs(body, 72)?;
+            let sd = attrs.iter().rev().find(|(t, _)| *t == INET_DIAG_SHUTDOWN);
+            found = Some(sd.and_then(|(_, v)| v.first().copied()).unwrap_or(0));
         }
-        let msgs = &buf[..n as usize];
-        let mut off = 0;
-        while off + 16 <= msgs.len() {
-            let len = rd32(msgs, off).ok_or_else(bad)? as usize;
-            let ty = rd16(msgs, off + 4).ok_or_else(bad)?;
-            if len < 16 || off + len > msgs.len() {
-                return Err(bad());
-            }
-            let body = &msgs[off + 16..off + len];
-            match ty {
-                NLMSG_DONE => return Ok(found),
-                NLMSG_ERROR => {
-                    let errno = rd32(body, 0).ok_or_else(bad)? as i32;
-                    return Err(io::Error::from_raw_os_error(-errno));
-                }
-                // struct inet_diag_msg (72 bytes, idiag_inode at 68), then attributes.
-                _ if found.is_none() && rd32(body, 68).is_some_and(|i| u64::from(i) == ino) => {
-                    let mut a = 72;
-                    let mut sd = 0u8;
-                    while a + 4 <= body.len() {
-                        let alen = rd16(body, a).ok_or_else(bad)? as usize;
-                        let aty = rd16(body, a + 2).ok_or_else(bad)?;
-                        if alen < 4 || a + alen > body.len() {
-                            return Err(bad());
-                        }
-                        if aty & 0x3fff == INET_DIAG_SHUTDOWN {
-                            sd = body.get(a + 4).copied().unwrap_or(0);
-                        }
-                        a += (alen + 3) & !3;
-                    }
-                    found = Some(sd);
-                }
-                _ => {}
-            }
-            off += (len + 3) & !3;
-        }
-    }
+        Ok(())
+    })?;
+    Ok(found)
 }
 
 /// `shutdown(2)`.

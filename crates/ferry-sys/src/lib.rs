@@ -19,6 +19,7 @@ pub mod pagebuf;
 pub mod process;
 pub mod ptrace;
 pub mod raw;
+mod sockdiag;
 pub mod sockopt;
 pub mod tty;
 pub mod uffd;

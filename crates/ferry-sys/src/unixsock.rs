@@ -2,15 +2,9 @@
 //! NUL byte names an abstract address), peeking at their receive queues, and the
 //! `NETLINK_SOCK_DIAG` dump that describes every unix socket of the system.
 
-use crate::cvt_i;
+use crate::{cvt_i, sockdiag};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-
-/// `NETLINK_SOCK_DIAG` protocol and its request type (linux/sock_diag.h).
-const NETLINK_SOCK_DIAG: i32 = 4;
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 
 fn owned(fd: i32) -> OwnedFd {
     // SAFETY: callers pass an fd the kernel just returned to us; we are its only owner.
@@ -210,17 +204,8 @@ pub struct DiagMsg {
 /// Dump every unix socket of this network namespace with `NETLINK_SOCK_DIAG`
 /// (`SOCK_DIAG_BY_FAMILY`, `struct unix_diag_req` with `udiag_show = show`); see sock_diag(7).
 pub fn unix_diag_dump(show: u32) -> io::Result<Vec<DiagMsg>> {
-    // SAFETY: integer arguments.
-    let nl = owned(cvt_i(unsafe {
-        libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
-    })?);
-    // nlmsghdr (16) + unix_diag_req (24)
-    let mut req = Vec::with_capacity(40);
-    req.extend_from_slice(&40u32.to_ne_bytes());
-    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    req.extend_from_slice(&0u32.to_ne_bytes()); // pid
+    // unix_diag_req (24 bytes)
+    let mut req = Vec::with_capacity(24);
     req.push(libc::AF_UNIX as u8);
     req.push(0);
     req.extend_from_slice(&0u16.to_ne_bytes());
@@ -228,59 +213,15 @@ pub fn unix_diag_dump(show: u32) -> io::Result<Vec<DiagMsg>> {
     req.extend_from_slice(&0u32.to_ne_bytes()); // ino
     req.extend_from_slice(&show.to_ne_bytes());
     req.extend_from_slice(&[0xff; 8]); // no cookie
-                                       // SAFETY: req is valid for reads of req.len() bytes.
-    let r = unsafe { libc::send(nl.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
-    cvt_i(r as i32)?;
     let mut out = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        // SAFETY: buf is valid for writes of buf.len() bytes.
-        let n = unsafe { libc::recv(nl.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
+    sockdiag::dump(&req, |body| {
+        if body.len() < 16 {
+            return Err(sockdiag::bad());
         }
-        let msgs = &buf[..n as usize];
-        let mut off = 0;
-        let rd32 = |b: &[u8], o: usize| b.get(o..o + 4).map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]));
-        let rd16 = |b: &[u8], o: usize| b.get(o..o + 2).map(|s| u16::from_ne_bytes([s[0], s[1]]));
-        let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed sock_diag answer");
-        while off + 16 <= msgs.len() {
-            let len = rd32(msgs, off).ok_or_else(bad)? as usize;
-            let ty = rd16(msgs, off + 4).ok_or_else(bad)?;
-            if len < 16 || off + len > msgs.len() {
-                return Err(bad());
-            }
-            let body = &msgs[off + 16..off + len];
-            match ty {
-                NLMSG_DONE => return Ok(out),
-                NLMSG_ERROR => {
-                    let errno = rd32(body, 0).ok_or_else(bad)? as i32;
-                    return Err(io::Error::from_raw_os_error(-errno));
-                }
-                _ => {
-                    if body.len() < 16 {
-                        return Err(bad());
-                    }
-                    let mut m =
-                        DiagMsg { ty: body[1], state: body[2], ino: rd32(body, 4).ok_or_else(bad)?, attrs: Vec::new() };
-                    let mut a = 16;
-                    while a + 4 <= body.len() {
-                        let alen = rd16(body, a).ok_or_else(bad)? as usize;
-                        let aty = rd16(body, a + 2).ok_or_else(bad)?;
-                        if alen < 4 || a + alen > body.len() {
-                            return Err(bad());
-                        }
-                        m.attrs.push((aty & 0x3fff, body[a + 4..a + alen].to_vec()));
-                        a += (alen + 3) & !3;
-                    }
-                    out.push(m);
-                }
-            }
-            off += (len + 3) & !3;
-        }
-    }
+        let ino = sockdiag::rd32(body, 4).ok_or_else(sockdiag::bad)?;
+        let attrs = sockdiag::attrs(body, 16)?.into_iter().map(|(t, v)| (t, v.to_vec())).collect();
+        out.push(DiagMsg { ty: body[1], state: body[2], ino, attrs });
+        Ok(())
+    })?;
+    Ok(out)
 }

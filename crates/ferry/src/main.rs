@@ -253,6 +253,14 @@ struct CriuDefaults {
     ext_unix_sk: bool,
 }
 
+/// The keys `--verify KEYDIR` trusts (its `trusted` list), or none without the flag.
+fn trusted_keys(verify: Option<&std::path::Path>) -> Result<Option<Vec<[u8; 32]>>> {
+    let Some(keys) = verify else { return Ok(None) };
+    let auth = migrate::channel::Auth::load(keys)
+        .with_context(|| format!("cannot read the trusted keys in {}", keys.display()))?;
+    Ok(Some(auth.trusted_keys()))
+}
+
 /// A size with an optional K, M or G suffix (powers of 1024), as CRIU's `--ghost-limit` takes.
 fn parse_size(s: &str) -> Result<u64, String> {
     let (num, shift) = match s.as_bytes().last() {
@@ -402,14 +410,7 @@ fn run(cli: Cli) -> Result<i32> {
                     "--manage-cgroups: restoring cgroup properties (limits) is not supported yet; use soft or ignore"
                 ),
             };
-            let trusted = match verify {
-                Some(keys) => Some(
-                    migrate::channel::Auth::load(&keys)
-                        .with_context(|| format!("cannot read the trusted keys in {}", keys.display()))?
-                        .trusted_keys(),
-                ),
-                None => None,
-            };
+            let trusted = trusted_keys(verify.as_deref())?;
             let opts = ferry_engine::restore::RestoreOptions {
                 dir: dir.clone(),
                 pidfile,
@@ -499,14 +500,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Inspect { dir, json, verify } => {
-            let trusted = match verify {
-                Some(keys) => Some(
-                    migrate::channel::Auth::load(&keys)
-                        .with_context(|| format!("cannot read the trusted keys in {}", keys.display()))?
-                        .trusted_keys(),
-                ),
-                None => None,
-            };
+            let trusted = trusted_keys(verify.as_deref())?;
             inspect::run(&dir, json, trusted.as_deref())?;
             Ok(0)
         }

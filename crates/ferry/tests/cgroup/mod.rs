@@ -57,7 +57,7 @@ fn cgroup_ignored_on_request() {
     run.wait_pidfile(&pidfile);
     let theirs = fs::read_to_string(format!("/proc/{}/cgroup", run.pid)).unwrap_or_default();
     let ours = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    let _ = send_signal(run.pid, "KILL");
+    kill_tree(run.pid); // (the workload has a child: killing the root alone would orphan it)
     let _ = run.wait_restore_exit();
     remove_cgroups(run.pid);
     assert_eq!(theirs, ours, "with --manage-cgroups=ignore the restored process is not in ferry's cgroups");
