@@ -723,16 +723,20 @@ impl ImageReader {
         Ok(key)
     }
 
+    /// The inventory's entry for file `name`.
+    fn listed(&self, name: &str) -> Result<&FileDigest, ImageError> {
+        self.inventory
+            .files
+            .iter()
+            .find(|d| d.name == name)
+            .ok_or_else(|| ImageError::Missing { file: self.dir.join(name).display().to_string() })
+    }
+
     /// Open a file listed in the inventory: a regular file of the listed size.
     pub fn open_file(&self, name: &str) -> Result<File, ImageError> {
         let path = self.dir.join(name);
         let pname = path.display().to_string();
-        let d = self
-            .inventory
-            .files
-            .iter()
-            .find(|d| d.name == name)
-            .ok_or_else(|| ImageError::Missing { file: pname.clone() })?;
+        let d = self.listed(name)?;
         let f = open_regular(&path)?;
         let size = f.metadata().map_err(io_err(&path))?.len();
         if size != d.size {
@@ -795,12 +799,7 @@ impl ImageReader {
         let path = self.dir.join(name);
         let pname = path.display().to_string();
         let mut f = self.open_file(name)?;
-        let d = self
-            .inventory
-            .files
-            .iter()
-            .find(|d| d.name == name)
-            .ok_or_else(|| ImageError::Missing { file: pname.clone() })?;
+        let d = self.listed(name)?;
         let mut bytes = Vec::with_capacity(d.size.min(MAX_PREALLOC) as usize);
         (&mut f).take(d.size + 1).read_to_end(&mut bytes).map_err(io_err(&path))?;
         if bytes.len() as u64 != d.size {

@@ -284,47 +284,24 @@ impl RawRegion {
     /// there), growing down like a stack if `grows_down`, not accounted if `noreserve`
     /// (`MAP_NORESERVE`).
     pub fn map(start: u64, end: u64, grows_down: bool, noreserve: bool) -> io::Result<RawRegion> {
-        let page = crate::process::page_size();
-        if !start.is_multiple_of(page) || !end.is_multiple_of(page) || end <= start {
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
-        }
-        let flags = libc::MAP_PRIVATE
-            | libc::MAP_ANONYMOUS
-            | libc::MAP_FIXED_NOREPLACE
-            | if grows_down { libc::MAP_GROWSDOWN } else { 0 }
-            | if noreserve { libc::MAP_NORESERVE } else { 0 };
-        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so no memory Rust
-        // uses is affected; the new range is only written through the kernel.
-        let p = unsafe {
-            libc::mmap(
-                start as *mut libc::c_void,
-                (end - start) as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                flags,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        if p as u64 != start {
-            // An old kernel that ignored NOREPLACE: give the address back.
-            // SAFETY: the kernel just created this mapping for us; nothing references it.
-            unsafe { libc::munmap(p, (end - start) as usize) };
-            return Err(io::Error::from_raw_os_error(libc::EEXIST));
-        }
-        Ok(RawRegion { start, end })
+        let flags = libc::MAP_ANONYMOUS | if grows_down { libc::MAP_GROWSDOWN } else { 0 };
+        RawRegion::map_private(start, end, flags, noreserve, -1, 0)
     }
 
     /// Map `start..end` of the file behind `fd` from byte `offset`, private and read+write
     /// (`MAP_FIXED_NOREPLACE`, as [`RawRegion::map`]).
     pub fn map_file(start: u64, end: u64, fd: i32, offset: u64, noreserve: bool) -> io::Result<RawRegion> {
+        RawRegion::map_private(start, end, 0, noreserve, fd, offset)
+    }
+
+    /// `mmap(MAP_PRIVATE | MAP_FIXED_NOREPLACE | flags)` of `start..end`, read+write.
+    fn map_private(start: u64, end: u64, flags: i32, noreserve: bool, fd: i32, offset: u64) -> io::Result<RawRegion> {
         let page = crate::process::page_size();
         if !start.is_multiple_of(page) || !end.is_multiple_of(page) || end <= start || !offset.is_multiple_of(page) {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
-        let flags = libc::MAP_PRIVATE | libc::MAP_FIXED_NOREPLACE | if noreserve { libc::MAP_NORESERVE } else { 0 };
+        let flags =
+            libc::MAP_PRIVATE | libc::MAP_FIXED_NOREPLACE | flags | if noreserve { libc::MAP_NORESERVE } else { 0 };
         // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so no memory Rust
         // uses is affected; the new range is only written through the kernel.
         let p = unsafe {
@@ -341,6 +318,7 @@ impl RawRegion {
             return Err(io::Error::last_os_error());
         }
         if p as u64 != start {
+            // An old kernel that ignored NOREPLACE: give the address back.
             // SAFETY: the kernel just created this mapping for us; nothing references it.
             unsafe { libc::munmap(p, (end - start) as usize) };
             return Err(io::Error::from_raw_os_error(libc::EEXIST));

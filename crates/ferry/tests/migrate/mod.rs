@@ -455,6 +455,13 @@ fn migrate_wrong_credentials_refused_source_keeps_running() {
     wl.go_and_pass(remote);
 }
 
+/// Add `key` (a `ferry keygen` public key line) to the trusted list of credentials `dir`.
+fn trust(dir: &Path, key: &str) {
+    let mut t = fs::read_to_string(dir.join("trusted")).expect("trusted");
+    t.push_str(&format!("{key} peer\n"));
+    fs::write(dir.join("trusted"), t).expect("write trusted");
+}
+
 /// Per-node identities: each node has its own key and trusts the other's. A destination the
 /// source does not trust is refused by the source.
 #[test]
@@ -463,12 +470,7 @@ fn migrate_per_node_identities() {
     let wl = Workload::start(&nodes, "migrate-ids", 16, true);
     let (a, b) = (wl.w.join("auth-a"), wl.w.join("auth-b"));
     let (pub_a, pub_b) = (keygen(&a), keygen(&b));
-    let append = |dir: &Path, key: &str| {
-        let mut t = fs::read_to_string(dir.join("trusted")).expect("trusted");
-        t.push_str(&format!("{key} peer\n"));
-        fs::write(dir.join("trusted"), t).expect("write trusted");
-    };
-    append(&b, &pub_a);
+    trust(&b, &pub_a);
     let server = Server::start(&nodes, &wl.w, &b, &[]);
     let m = migrate(&nodes, &wl, &a, "migrate-untrusted-dest");
     assert!(
@@ -477,7 +479,7 @@ fn migrate_per_node_identities() {
         m.stderr
     );
     wl.expect_running_here("after refusing the destination");
-    append(&a, &pub_b);
+    trust(&a, &pub_b);
     let m = migrate(&nodes, &wl, &a, "migrate");
     assert!(m.ok, "{}\nserve: {}", m.stderr, server.log());
     let (remote, _) = summary(&m);

@@ -190,12 +190,7 @@ fn serve_untrusted_source_is_told_so() {
     let wl = Workload::start(&nodes, "serve-untrusted", 16, true);
     let (a, b) = (wl.w.join("auth-a"), wl.w.join("auth-b"));
     let (pub_a, pub_b) = (keygen(&a), keygen(&b));
-    let append = |dir: &Path, key: &str| {
-        let mut t = fs::read_to_string(dir.join("trusted")).expect("trusted");
-        t.push_str(&format!("{key} peer\n"));
-        fs::write(dir.join("trusted"), t).expect("write trusted");
-    };
-    append(&a, &pub_b);
+    trust(&a, &pub_b);
     let server = Server::start(&nodes, &wl.w, &b, &[]);
     let m = migrate(&nodes, &wl, &a, "migrate-untrusted-src");
     assert!(!m.ok, "an untrusted source migrated: {}", m.stdout);
@@ -206,7 +201,7 @@ fn serve_untrusted_source_is_told_so() {
         server.log().contains("not in the trusted list")
     });
     wl.expect_running_here("after the destination refused this node's key");
-    append(&b, &pub_a);
+    trust(&b, &pub_a);
     drop(server); // (the trusted list is read at startup)
     let server = Server::start(&nodes, &wl.w, &b, &[]);
     let m = migrate(&nodes, &wl, &a, "migrate");
