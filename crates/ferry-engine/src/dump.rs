@@ -10,9 +10,9 @@
 use crate::error::{Ctx, Error};
 use crate::inject::{find_syscall_insn, Injector};
 use crate::procfs;
-use crate::state::{cpu, creds, files, memory, rseq, signals, task, timers, tty};
+use crate::state::{cpu, creds, files, memory, rseq, seccomp, signals, task, timers, tty};
 use ferry_image::{ImageWriter, Inventory, Process, Thread};
-use ferry_sys::consts::{PTRACE_EVENT_STOP, PTRACE_O_TRACESYSGOOD};
+use ferry_sys::consts::{PTRACE_EVENT_STOP, PTRACE_O_SUSPEND_SECCOMP, PTRACE_O_TRACESYSGOOD};
 use ferry_sys::ptrace::{self, WaitStatus};
 use ferry_sys::UserRegs;
 
@@ -147,7 +147,14 @@ impl Frozen {
                 if f.threads.iter().any(|t| t.tid == tid) {
                     continue;
                 }
-                match ptrace::seize(tid, PTRACE_O_TRACESYSGOOD) {
+                // With its seccomp filters (or strict mode) suspended while ferry holds it, so
+                // that ferry's injected syscalls are not filtered (state/seccomp.rs). (A ferry
+                // that is itself under seccomp may not suspend it: then without.)
+                let seized = match ptrace::seize(tid, PTRACE_O_TRACESYSGOOD | PTRACE_O_SUSPEND_SECCOMP) {
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => ptrace::seize(tid, PTRACE_O_TRACESYSGOOD),
+                    r => r,
+                };
+                match seized {
                     Ok(()) => {}
                     Err(e) if e.raw_os_error() == Some(libc::ESRCH) && tid != pid => continue, // exited
                     Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Err(Error::NoProcess { pid }),
@@ -368,9 +375,6 @@ fn precheck(pid: i32, pidns_root: Option<i32>) -> Result<(ferry_proc::Status, fe
             });
         }
     }
-    if st.seccomp != 0 {
-        return Err(Error::Unsupported { pid, what: format!("seccomp mode {}", st.seccomp) });
-    }
     if st.ns_pid.len() > 1 {
         let ns = |p: i32| std::fs::read_link(procfs::path(p, "ns/pid")).ok();
         let whole_ns = pidns_root.is_some_and(|r| st.ns_pid.len() == 2 && ns(pid).is_some() && ns(pid) == ns(r));
@@ -465,6 +469,7 @@ fn dump_process(
         let comm = procfs::read_string(pid, &format!("task/{tid}/comm")).unwrap_or_default().trim_end().to_string();
         let mut t = Thread { tid, comm, ..Default::default() };
         cpu::collect(tid, &mut t)?;
+        seccomp::collect(pid, &mut p, &mut t)?;
         let (inj, scratch) = borrow(pid, &mut f.threads[i], &maps, &t.xstate)?;
         let sigmask = f.threads[i].sigmask;
         let injected = (|| -> Result<(), Error> {

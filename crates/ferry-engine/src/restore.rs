@@ -18,7 +18,7 @@ use crate::inject::{wait_stopped, Injector};
 use crate::state::cow::{self, Premapped};
 use crate::state::memory::{Trampoline, TRAMPOLINE_PAGES};
 use crate::state::session::{self, Role};
-use crate::state::{cpu, creds, epoll, files, memory, pipes, rseq, signals, task, timers, tty};
+use crate::state::{cpu, creds, epoll, files, memory, pipes, rseq, seccomp, signals, task, timers, tty};
 use ferry_image::{ImageReader, Process, PAGE_SIZE};
 use ferry_sys::consts::{nr, PTRACE_O_EXITKILL, PTRACE_O_TRACESYSGOOD};
 use ferry_sys::process::{clone3_with_pid, Fork};
@@ -481,7 +481,9 @@ fn rebuild(
             > 0
         {}
     }
+    seccomp::restore_shared(&inj, scratch, p)?;
     let threads = restore_threads(&inj, tr, p)?;
+    seccomp::restore_own(&inj, scratch, p, t)?;
     let tids: Vec<i32> = std::iter::once(pid).chain(threads.iter().map(|t| t.0)).collect();
     rseq::restore(&inj, t)?;
     signals::restore_thread(&inj, scratch, p, t, true)?;
@@ -573,7 +575,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         }
         let files = files::prepare(p, &img, &objects, base, &mut shared, &mut shmem, &mut ghosts)?;
         let mem = memory::prepare(p, &img, base, &mut shmem, &mut ghosts)?;
-        let cwd = std::fs::File::open(&p.cwd).ctx(|| format!("pid {}: cannot open cwd {}", p.pid, p.cwd))?;
+        let cwd: OwnedFd = match &p.cwd_ghost {
+            // Removed while the process was in it: recreated, opened, removed (state/ghost_node.rs).
+            Some(g) => ghosts.nodes.open(&p.cwd, g, libc::O_RDONLY | libc::O_DIRECTORY)?,
+            None => std::fs::File::open(&p.cwd).ctx(|| format!("pid {}: cannot open cwd {}", p.pid, p.cwd))?.into(),
+        };
         let cwd = raw::dup_above(cwd.as_fd(), base).ctx(|| format!("pid {}: cwd", p.pid))?;
         prep.push(Some(Prepared { files, mem, cwd }));
     }
@@ -686,7 +692,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     // Take every process over: each sits in read() on the hold pipe.
     for p in procs.iter().filter(|p| !p.zombie) {
         let pid = host(p.pid);
-        ptrace::seize(pid, PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL).ctx(|| format!("pid {pid}: cannot attach"))?;
+        ptrace::seize(pid, trace_options(p)).ctx(|| format!("pid {pid}: cannot attach"))?;
         ptrace::interrupt(pid).ctx(|| format!("pid {pid}: cannot interrupt"))?;
         wait_stopped(pid).ctx(|| format!("pid {pid}: did not stop"))?;
     }
@@ -847,6 +853,14 @@ fn end_helpers(plan: &session::Plan, host: &dyn Fn(i32) -> i32) -> Result<(), Er
     Ok(())
 }
 
+/// The ptrace options a restored process is seized with: killed if ferry dies, and, if it uses
+/// seccomp, its filters suspended while ferry drives it (they are installed early,
+/// state/seccomp.rs; the new threads inherit the suspension with the tracer).
+fn trace_options(p: &Process) -> u32 {
+    let suspend = if seccomp::used(p) { ferry_sys::consts::PTRACE_O_SUSPEND_SECCOMP } else { 0 };
+    PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL | suspend
+}
+
 /// Create every thread but the main one with its old tid (an injected `clone3` with `set_tid`
 /// in the main thread; PTRACE_O_TRACECLONE attaches each new thread, stopped before it runs a
 /// single instruction) and give each its own per-thread state. Returns, per thread, what is
@@ -861,7 +875,7 @@ fn restore_threads(
     if p.threads.len() < 2 {
         return Ok(out);
     }
-    ptrace::set_options(pid, PTRACE_O_TRACESYSGOOD | PTRACE_O_EXITKILL | ferry_sys::consts::PTRACE_O_TRACECLONE)
+    ptrace::set_options(pid, trace_options(p) | ferry_sys::consts::PTRACE_O_TRACECLONE)
         .ctx(|| format!("pid {pid}: PTRACE_SETOPTIONS"))?;
     let scratch = tr.data;
     for t in &p.threads[1..] {
@@ -903,6 +917,7 @@ fn restore_threads(
             .ctx(|| format!("pid {pid} thread {tid}: cannot set comm"))?;
         rseq::restore(&tinj, t)?;
         signals::restore_thread(&tinj, scratch, p, t, false)?;
+        seccomp::restore_own(&tinj, scratch, p, t)?;
         out.push((tid, t.clone(), base));
     }
     Ok(out)

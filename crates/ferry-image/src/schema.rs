@@ -186,6 +186,28 @@ pub struct Process {
     /// is the first of the tree to hold; `GhostFile.name` ties each to its content file.
     #[prost(message, repeated, tag = "280")]
     pub ghosts: Vec<GhostFile>,
+    /// The seccomp filters of this process's threads, each once (`Thread.seccomp_chain` points
+    /// into this list).
+    #[prost(message, repeated, tag = "420")]
+    pub seccomp_filters: Vec<SeccompFilter>,
+    /// The cwd was removed (rmdir) while the process was in it: `cwd` is its old path.
+    #[prost(message, optional, tag = "423")]
+    pub cwd_ghost: Option<GhostInode>,
+}
+
+/// One seccomp filter: its classic BPF program and the flags the kernel keeps for it.
+/// Threads whose chains hold the same filter at the same place (the same program, installed
+/// on the same older chain) share it: one thread installed it with SECCOMP_FILTER_FLAG_TSYNC,
+/// or the threads were created after it was installed.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct SeccompFilter {
+    /// `struct sock_filter` array, 8 bytes per instruction (PTRACE_SECCOMP_GET_FILTER).
+    #[prost(bytes = "vec", tag = "1")]
+    #[serde(serialize_with = "crate::hex::serialize")]
+    pub program: Vec<u8>,
+    /// SECCOMP_FILTER_FLAG_LOG (PTRACE_SECCOMP_GET_METADATA), else 0.
+    #[prost(uint64, tag = "2")]
+    pub flags: u64,
 }
 
 /// A file recreated at restore (deleted while open, a deleted device node, or a memfd): what
@@ -339,6 +361,12 @@ pub struct Thread {
     /// ends the call (EINTR) or restarts it by the kernel's own rules, as it would have.
     #[prost(uint32, tag = "13")]
     pub restart: u32,
+    /// /proc/PID/task/TID/status `Seccomp`: 0 none, 1 strict, 2 filters.
+    #[prost(uint32, tag = "421")]
+    pub seccomp_mode: u32,
+    /// The thread's seccomp filters, oldest first, as indices into `Process.seccomp_filters`.
+    #[prost(uint32, repeated, tag = "422")]
+    pub seccomp_chain: Vec<u32>,
 }
 
 /// x86_64 general registers in `struct user_regs_struct` terms. The instruction pointer and
@@ -801,6 +829,28 @@ pub struct File {
     pub atime_ns: i64,
     #[prost(int64, tag = "283")]
     pub mtime_ns: i64,
+    /// A directory or FIFO removed while open: recreated at restore, opened, removed again.
+    #[prost(message, optional, tag = "424")]
+    pub ghost_inode: Option<GhostInode>,
+}
+
+/// A directory or FIFO that was removed while a process had it open (or as its cwd): the
+/// restore creates one at its old path (or a hidden name beside it, or in /tmp), opens it, and
+/// removes it again, so that the process holds an inode with no name again.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct GhostInode {
+    /// Identity at dump time: every fd (and cwd) of one inode gets the same new one.
+    #[prost(uint64, tag = "1")]
+    pub dev: u64,
+    #[prost(uint64, tag = "2")]
+    pub ino: u64,
+    /// st_mode (type and permissions), st_uid, st_gid.
+    #[prost(uint32, tag = "3")]
+    pub mode: u32,
+    #[prost(uint32, tag = "4")]
+    pub uid: u32,
+    #[prost(uint32, tag = "5")]
+    pub gid: u32,
 }
 
 /// A unix domain socket. Names are raw `sun_path` bytes: a leading NUL byte marks an abstract

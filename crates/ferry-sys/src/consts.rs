@@ -12,6 +12,10 @@ pub const PTRACE_PEEKSIGINFO_SHARED: u32 = 1;
 pub const PTRACE_O_TRACESYSGOOD: u32 = 1;
 pub const PTRACE_O_EXITKILL: u32 = 0x0010_0000;
 pub const PTRACE_O_TRACECLONE: u32 = 8;
+/// The tracee's seccomp filters (and strict mode) do not apply while this tracer holds it.
+pub const PTRACE_O_SUSPEND_SECCOMP: u32 = 1 << 21;
+pub const PTRACE_SECCOMP_GET_FILTER: u32 = 0x420c;
+pub const PTRACE_SECCOMP_GET_METADATA: u32 = 0x420d;
 pub const PTRACE_EVENT_STOP: i32 = 128;
 pub const NT_PRSTATUS: u32 = 1;
 pub const NT_X86_XSTATE: u32 = 0x202;
@@ -27,6 +31,13 @@ pub const PR_SET_MM: i32 = 35;
 pub const PR_SET_MM_MAP: u64 = 14;
 pub const PR_GET_TID_ADDRESS: i32 = 40;
 pub const PR_TIMER_CREATE_RESTORE_IDS: i32 = 77;
+
+// linux/seccomp.h
+pub const SECCOMP_SET_MODE_STRICT: u64 = 0;
+pub const SECCOMP_SET_MODE_FILTER: u64 = 1;
+pub const SECCOMP_FILTER_FLAG_LOG: u64 = 1 << 1;
+pub const SECCOMP_RET_USER_NOTIF: u32 = 0x7fc0_0000;
+pub const SECCOMP_RET_ACTION_FULL: u32 = 0xffff_0000;
 
 // linux/kcmp.h
 pub const KCMP_FILE: i32 = 0;
@@ -61,6 +72,7 @@ pub mod nr {
     pub const SIGALTSTACK: u64 = 131;
     pub const PERSONALITY: u64 = 135;
     pub const PRCTL: u64 = 157;
+    pub const SECCOMP: u64 = 317;
     pub const ARCH_PRCTL: u64 = 158;
     pub const SETFSUID: u64 = 122;
     pub const SETFSGID: u64 = 123;

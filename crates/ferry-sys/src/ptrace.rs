@@ -133,6 +133,32 @@ pub fn get_rseq_config(pid: i32) -> io::Result<RseqConfig> {
     Ok(conf)
 }
 
+/// `ptrace(PTRACE_SECCOMP_GET_FILTER, ..)`: the classic BPF program of the thread's seccomp
+/// filter `index` (0: the oldest, the first installed), as raw `struct sock_filter` bytes; `None`
+/// past the newest filter (ENOENT).
+pub fn seccomp_filter(tid: i32, index: u64) -> io::Result<Option<Vec<u8>>> {
+    let n = match ptrace(PTRACE_SECCOMP_GET_FILTER, tid, index as usize, 0) {
+        Ok(n) => n as usize,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut buf = vec![0u8; n * 8];
+    // (A filter cannot change while the thread is stopped: filters are only ever added by the
+    // thread itself or by a sibling's TSYNC, and every thread is stopped.)
+    let got = ptrace(PTRACE_SECCOMP_GET_FILTER, tid, index as usize, buf.as_mut_ptr() as usize)? as usize;
+    buf.truncate(got.min(n) * 8);
+    Ok(Some(buf))
+}
+
+/// `ptrace(PTRACE_SECCOMP_GET_METADATA, ..)`: the flags filter `index` was installed with that
+/// the kernel keeps (SECCOMP_FILTER_FLAG_LOG).
+pub fn seccomp_metadata(tid: i32, index: u64) -> io::Result<u64> {
+    // struct seccomp_metadata { __u64 filter_off; __u64 flags; }
+    let mut md = [index, 0u64];
+    ptrace(PTRACE_SECCOMP_GET_METADATA, tid, std::mem::size_of_val(&md), md.as_mut_ptr() as usize)?;
+    Ok(md[1])
+}
+
 /// The decoded result of `waitpid` on a tracee.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WaitStatus {

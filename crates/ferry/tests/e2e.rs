@@ -633,6 +633,7 @@ mod inet;
 mod integrity;
 mod memattr;
 mod migrate;
+mod misc;
 mod more;
 mod objects;
 mod perf;

@@ -53,9 +53,10 @@ pub fn collect(pid: i32, fd: i32, md: &std::fs::Metadata, seen: &mut Seen, f: &m
     Ok(())
 }
 
-/// Open the description `f` (open flags `flags`) of a FIFO in ferry, writing back its bytes.
-pub fn prepare(obj: &str, f: &File, flags: i32) -> Result<OwnedFd, Error> {
-    let path = CString::new(f.path.as_bytes())
+/// Open the description `f` (open flags `flags`) of a FIFO in ferry, through `at` (its path,
+/// or /proc/self/fd/N of a removed one recreated, state/ghost_node.rs), writing back its bytes.
+pub fn prepare(obj: &str, f: &File, flags: i32, at: &str) -> Result<OwnedFd, Error> {
+    let path = CString::new(at.as_bytes())
         .map_err(|_| Error::Invalid { object: obj.into(), what: "path has a NUL byte".into() })?;
     let helper = open_raw(&path, libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC, 0).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {

@@ -7,7 +7,7 @@
 use crate::error::{Ctx, Error};
 use crate::procfs;
 use crate::state::{
-    epoll, eventfd, fifo, fown, inet, inotify, locks, memfd_seals, pipes, signalfd, timerfd, tty, unix,
+    epoll, eventfd, fifo, fown, ghost_node, inet, inotify, locks, memfd_seals, pipes, signalfd, timerfd, tty, unix,
 };
 use ferry_image::{Fd, File, FileKind, ImageWriter, Process};
 use ferry_sys::consts::KCMP_FILE;
@@ -164,7 +164,9 @@ pub fn collect(
                     file.ghost = name;
                 }
             } else if ft.is_dir() {
-                if deleted {
+                // A removed directory is recreated, opened and removed again (state/ghost_node.rs).
+                file.ghost_inode = ghost_node::collect(&link, &md).map(|(_, g)| g);
+                if deleted && file.ghost_inode.is_none() {
                     return Err(unsupported(format!("deleted directory {link}")));
                 }
                 file.kind = FileKind::Directory as i32;
@@ -185,7 +187,9 @@ pub fn collect(
                     return Err(unsupported(format!("device {link}")));
                 }
             } else if ft.is_fifo() {
-                if deleted {
+                // A removed FIFO is recreated, opened and removed again (state/ghost_node.rs).
+                file.ghost_inode = ghost_node::collect(&link, &md).map(|(_, g)| g);
+                if deleted && file.ghost_inode.is_none() {
                     return Err(unsupported(format!("deleted FIFO {link}")));
                 }
                 file.kind = FileKind::Fifo as i32;
@@ -331,6 +335,10 @@ pub fn prepare(
                     other => other,
                 })?
             }
+            FileKind::Directory if f.ghost_inode.is_some() => {
+                let g = f.ghost_inode.as_ref().ok_or_else(|| Error::Invalid { object: obj(), what: "lost".into() })?;
+                ghosts.nodes.open(&f.path, g, flags)?
+            }
             FileKind::Regular | FileKind::Directory | FileKind::CharDevice => {
                 let fd = open_raw(&cstr(&f.path)?, flags, 0).ctx(|| format!("{}: cannot open {}", obj(), f.path))?;
                 if f.kind == FileKind::Regular as i32 {
@@ -399,7 +407,11 @@ pub fn prepare(
             FileKind::Timerfd => timerfd::prepare(&obj(), f)?,
             FileKind::Signalfd => signalfd::prepare(&obj(), f)?,
             FileKind::InetSocket => inet::prepare(&obj(), f)?,
-            FileKind::Fifo => fifo::prepare(&obj(), f, flags)?,
+            FileKind::Fifo => match &f.ghost_inode {
+                // A removed FIFO: through the one recreated (and removed again) for it.
+                Some(g) => fifo::prepare(&obj(), f, flags, &ghosts.nodes.proc_path(&f.path, g)?)?,
+                None => fifo::prepare(&obj(), f, flags, &f.path)?,
+            },
             FileKind::Inotify => inotify::prepare(&obj(), f)?,
             FileKind::Epoll => ferry_sys::process::epoll_create(libc::EPOLL_CLOEXEC)
                 .ctx(|| format!("{}: cannot create the epoll instance", obj()))?,
@@ -658,11 +670,13 @@ pub mod ghost {
     pub struct Ghosts {
         files: HashMap<String, OwnedFd>,
         records: HashMap<String, GhostFile>,
+        /// Removed directories and FIFOs (and cwds), recreated once each.
+        pub nodes: crate::state::ghost_node::Nodes,
     }
 
     impl Ghosts {
         pub fn new(procs: &[Process]) -> Ghosts {
-            Ghosts { files: HashMap::new(), records: records(procs) }
+            Ghosts { files: HashMap::new(), records: records(procs), nodes: Default::default() }
         }
 
         /// The record of content file `name`, if the image has one.

@@ -48,6 +48,15 @@ pub fn collect(pid: i32, st: &ferry_proc::Status, stat: &ferry_proc::Stat, p: &m
         ferry_sys::process::get_affinity(pid).ctx(|| format!("pid {pid}: cannot read the CPU affinity"))?;
     p.cwd = procfs::read_link(pid, "cwd")?;
     p.root = procfs::read_link(pid, "root")?;
+    if p.cwd.ends_with(" (deleted)") {
+        // A removed cwd is recreated, entered and removed again (state/ghost_node.rs).
+        let at = procfs::path(pid, "cwd");
+        let md = std::fs::metadata(&at).ctx(|| format!("pid {pid}: cannot stat its cwd {}", p.cwd))?;
+        if let Some((path, g)) = crate::state::ghost_node::collect(&p.cwd, &md) {
+            p.cwd = path;
+            p.cwd_ghost = Some(g);
+        }
+    }
     for (what, path) in [("cwd", &p.cwd), ("root", &p.root)] {
         if path.ends_with(" (deleted)") {
             return Err(Error::Unsupported { pid, what: format!("a deleted {what} ({path})") });
