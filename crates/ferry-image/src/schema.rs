@@ -989,6 +989,15 @@ pub struct Pty {
     pub slave_uid: u32,
     #[prost(uint32, tag = "302")]
     pub slave_gid: u32,
+    /// Bytes the slave side wrote that the master had not read yet (after output processing).
+    #[prost(bytes = "vec", tag = "425")]
+    #[serde(serialize_with = "crate::hex::serialize")]
+    pub output: Vec<u8>,
+    /// Bytes the master side wrote that the slave had not read yet (after input processing;
+    /// in canonical mode, complete lines and the line being typed).
+    #[prost(bytes = "vec", tag = "426")]
+    #[serde(serialize_with = "crate::hex::serialize")]
+    pub input: Vec<u8>,
 }
 
 /// A TCP or UDP socket over IPv4 or IPv6: what restore needs to recreate it with socket(),

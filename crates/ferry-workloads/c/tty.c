@@ -11,7 +11,8 @@
  *   copies to its output.
  *
  * tty W pty-unread: the same, but script's end-of-file (sent into the terminal because script's
- *   stdin is at EOF) is left unread: ferry must refuse the dump (terminal buffers cannot be saved).
+ *   stdin is at EOF) is left unread (a NUL byte once the terminal is non-canonical): after
+ *   restore the child (in the foreground) finds exactly that byte still queued and reads it.
  *
  * tty W job: a shell job. This process plays the interactive shell (the session leader, outside
  *   the dump); it forks J, which puts itself in its own group in the foreground, sets termios,
@@ -93,6 +94,8 @@ static void block_ttou(void)
 	sigprocmask(SIG_BLOCK, &s, NULL);
 }
 
+static int keep_unread;
+
 static int pty_child(pid_t sid)
 {
 	/* C: its own group, in the foreground */
@@ -107,6 +110,14 @@ static int pty_child(pid_t sid)
 	      (int)getpgrp());
 	check_termios("child");
 	check_winsize("child");
+	if (keep_unread) {
+		int n = -1;
+		char c = 1;
+		ioctl(0, FIONREAD, &n);
+		CHECK(n == 1, "child: %d bytes queued on the terminal, want script's end-of-file (1)", n);
+		if (n == 1)
+			CHECK(read(0, &c, 1) == 1 && c == 0, "child: the queued byte is %#x, not NUL", c);
+	}
 	if (failures)
 		fprintf(stderr, "child: %s\n", first_failure);
 	else
@@ -133,6 +144,7 @@ static void pty_mode(int keep_input)
 	if (sid != getpid())
 		die_setup("not a session leader (sid %d)", (int)sid);
 	SETUP(tcgetsid(0) == sid ? 0 : -1);
+	keep_unread = keep_input;
 	if (!keep_input)
 		drain_eof();
 	set_termios();

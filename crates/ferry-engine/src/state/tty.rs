@@ -12,11 +12,19 @@
 //! The new pair gets whatever /dev/pts index the kernel hands out: it may differ from the old one.
 //! The slave node gets the old one's owner, group and mode (its times are not kept).
 //!
-//! Bytes inside the terminal's buffers cannot be read without consuming them, so a pair with
-//! unread input or output is refused (`FIONREAD` on the master, and on the slave fds of the tree;
-//! input waiting for a slave no process of the tree holds is not seen). In canonical mode the
-//! kernel counts only complete lines: a partly typed line is not seen, and is lost. Dump only
-//! issues read-only ioctls on copies of the tree's own fds, so `dump -R` changes nothing.
+//! Bytes queued in the pair are kept in both directions (`Pty.output`: written by the slave
+//! side, not yet read by the master; `Pty.input`: written by the master side, not yet read by
+//! the slave). A terminal buffer cannot be peeked, so, as CRIU does, the dump reads them (the
+//! output from the master copy; the input through a new slave description, with the pair put
+//! in non-canonical mode for the moment so that the line being typed is read too) and at once
+//! queues them again, through the other end, under settings that do not process them a second
+//! time (no echo, no signals, no CR/NL translation, no output processing; canonical mode as it
+//! was, so line boundaries and the line being typed are recreated); then the pair's own
+//! settings are put back. Restore queues them the same way into the new pair. An end-of-file
+//! mark (^D) pending in canonical input is read as such (a read of 0 bytes, or a line without
+//! its line end) and queued again as the VEOF character. Not kept: in packet mode the status
+//! bytes waiting for the master (only the data), and a character made literal with VLNEXT
+//! (^V) is processed again when queued.
 //!
 //! A terminal outside the tree (the user's terminal a job was started from: its fds 0-2 and its
 //! controlling terminal) cannot be saved; with `--shell-job` it is recorded as such and restore
@@ -62,18 +70,15 @@ pub fn tty_name(rdev: u64) -> String {
     }
 }
 
-/// An fd of the tree on a terminal that is not a pty master, seen first in `pid`.
+/// An fd of the tree on a terminal that is not a pty master.
 struct TermFd {
-    pid: i32,
-    fd: i32,
     name: String,
     /// pts index, for a pty slave.
     index: Option<u32>,
     /// The terminal's settings, read through the fd.
     termios: Vec<u8>,
-    /// TIOCGEXCL and FIONREAD (input not read yet) through the fd.
+    /// TIOCGEXCL through the fd.
     exclusive: bool,
-    unread: i32,
 }
 
 /// What the fd tables of the tree hold on terminals, gathered while collecting.
@@ -119,13 +124,174 @@ fn read_pair(pid: i32, fd: i32, master: BorrowedFd<'_>) -> Result<Pty, Error> {
     let node = format!("/dev/pts/{index}");
     let md = std::fs::metadata(&node).ctx(|| format!("pid {pid} fd {fd}: cannot stat {node}"))?;
     let pty = Pty { slave_mode: Some(md.mode() & 0o7777), slave_uid: md.uid(), slave_gid: md.gid(), ..pty };
-    let out = sys::get_int(master, libc::FIONREAD).ctx(what)?;
-    if out > 0 {
-        return Err(unsupported(format!(
-            "pty /dev/pts/{index} with {out} bytes written by the slave side not yet read by the master (terminal buffers cannot be saved)"
-        )));
-    }
+    let mut pty = pty;
+    take_queued(master, &mut pty)
+        .ctx(|| format!("pid {pid} fd {fd}: pty /dev/pts/{index}: cannot save its queued bytes"))?;
     Ok(pty)
+}
+
+// struct termios2 (x86_64): c_iflag, c_oflag, c_cflag, c_lflag (u32 each), c_line, c_cc[19].
+const C_IFLAG: usize = 0;
+const C_OFLAG: usize = 4;
+const C_LFLAG: usize = 12;
+const C_CC: usize = 17;
+
+fn flags(t: &[u8], at: usize) -> u32 {
+    t.get(at..at + 4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+fn clear(t: &mut [u8], at: usize, bits: u32) {
+    let v = flags(t, at) & !bits;
+    if let Some(b) = t.get_mut(at..at + 4) {
+        b.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// Settings under which queued bytes go back into a pair as they are: they were processed by
+/// the line discipline once already, so no echo, no signals, no input or output translation;
+/// canonical mode as it was, so that line boundaries (and the line being typed) are recreated.
+fn put_back_termios(t: &[u8]) -> Vec<u8> {
+    let mut t = t.to_vec();
+    clear(&mut t, C_IFLAG, (libc::ICRNL | libc::INLCR | libc::IGNCR | libc::IXON | libc::ISTRIP | libc::IUCLC) as u32);
+    clear(&mut t, C_OFLAG, libc::OPOST as u32);
+    clear(
+        &mut t,
+        C_LFLAG,
+        (libc::ECHO
+            | libc::ECHOE
+            | libc::ECHOK
+            | libc::ECHONL
+            | libc::ECHOCTL
+            | libc::ECHOKE
+            | libc::ISIG
+            | libc::IEXTEN) as u32,
+    );
+    t
+}
+
+fn canonical(termios: &[u8]) -> bool {
+    flags(termios, C_LFLAG) & libc::ICANON as u32 != 0
+}
+
+/// Whether `c` ends a line in canonical mode (NL, or the VEOL / VEOL2 character if set).
+fn ends_line(termios: &[u8], c: u8) -> bool {
+    c == b'\n' || [libc::VEOL, libc::VEOL2].iter().any(|&i| c != 0 && termios.get(C_CC + i) == Some(&c))
+}
+
+/// A slave description of the pair of `master`, non-blocking (the pair unlocked for the moment
+/// if it is locked).
+fn peer(master: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
+    let locked = sys::get_int(master, libc::TIOCGPTLCK)? != 0;
+    if locked {
+        sys::set_int(master, libc::TIOCSPTLCK, 0)?;
+    }
+    let slave = sys::open_peer(master, libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC);
+    if locked {
+        sys::set_int(master, libc::TIOCSPTLCK, 1)?;
+    }
+    slave
+}
+
+/// Read every byte queued in either direction of the pair of `master` (a copy of the target's
+/// own description) into `pty.output` and `pty.input`, then put them back: the pair is left as
+/// it was (CRIU's "queued data" does the same: a terminal buffer cannot be peeked).
+fn take_queued(master: BorrowedFd<'_>, pty: &mut Pty) -> std::io::Result<()> {
+    // Output: what the slave side wrote, waiting in the master's buffer (FIONREAD counts it;
+    // in packet mode each read starts with a status byte).
+    let mut out_left = sys::get_int(master, libc::FIONREAD)? as usize;
+    let mut buf = vec![0u8; 4097];
+    while out_left > 0 {
+        let n = ferry_sys::raw::read_once(master.as_raw_fd(), &mut buf[..out_left.min(4096) + 1])?;
+        let data = if pty.packet { buf.get(1..n).unwrap_or(&[]) } else { &buf[..n] };
+        if n == 0 {
+            break;
+        }
+        out_left = out_left.saturating_sub(data.len());
+        pty.output.extend_from_slice(data);
+    }
+    // Input: what the master side wrote, waiting for the slave's reader. In canonical mode the
+    // complete lines first, one read each: a read of 0 bytes is an end-of-file mark, and a line
+    // without its line end ended with one; both are kept as the VEOF character, which queues
+    // the mark again. Then the line being typed, not readable in canonical mode:
+    // non-canonical for the moment, everything is.
+    let slave = peer(master)?;
+    if canonical(&pty.termios) {
+        let eof = pty.termios.get(C_CC + libc::VEOF).copied().unwrap_or(4);
+        for _ in 0..8192 {
+            match ferry_sys::raw::read_once(slave.as_raw_fd(), &mut buf[..4096]) {
+                Ok(n) => {
+                    pty.input.extend_from_slice(&buf[..n]);
+                    if n == 0 || !ends_line(&pty.termios, buf[n - 1]) {
+                        pty.input.push(eof);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let mut drain = put_back_termios(&pty.termios);
+    clear(&mut drain, C_LFLAG, libc::ICANON as u32);
+    drain[C_CC + libc::VMIN] = 0;
+    drain[C_CC + libc::VTIME] = 0;
+    sys::set_termios(master, &drain)?;
+    let r = (|| {
+        loop {
+            match ferry_sys::raw::read_once(slave.as_raw_fd(), &mut buf[..4096]) {
+                Ok(0) => break,
+                Ok(n) => pty.input.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        queue(master, slave.as_fd(), &pty.termios, &pty.input, &pty.output)
+    })();
+    // (The pair's own settings back, whatever happened.)
+    let back = sys::set_termios(master, &pty.termios);
+    r.and(back)
+}
+
+/// Queue `input` for the slave's reader and `output` for the master's reader of a pair, as
+/// they were queued at dump time; the pair's settings are `termios` again afterwards.
+fn queue(
+    master: BorrowedFd<'_>,
+    slave: BorrowedFd<'_>,
+    termios: &[u8],
+    input: &[u8],
+    output: &[u8],
+) -> std::io::Result<()> {
+    if input.is_empty() && output.is_empty() {
+        return Ok(());
+    }
+    sys::set_termios(master, &put_back_termios(termios))?;
+    let before_out = sys::get_int(master, libc::FIONREAD)? as usize;
+    ferry_sys::raw::write_all(master.as_raw_fd(), input)?;
+    ferry_sys::raw::write_all(slave.as_raw_fd(), output)?;
+    // The line discipline takes the bytes in asynchronously: wait until it has (in canonical
+    // mode the slave counts complete lines only; a line being typed follows with its line).
+    // (End-of-file marks are not counted.)
+    let eof = termios.get(C_CC + libc::VEOF).copied().unwrap_or(4);
+    let want_in = if canonical(termios) {
+        match input.iter().rposition(|&c| ends_line(termios, c) || c == eof) {
+            Some(i) => input[..=i].iter().filter(|&&c| c != eof).count(),
+            None => 0,
+        }
+    } else {
+        input.len()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
+        let inq = sys::get_int(slave, libc::FIONREAD)? as usize;
+        let outq = sys::get_int(master, libc::FIONREAD)? as usize;
+        if inq >= want_in && outq >= before_out + output.len() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    if want_in < input.len() {
+        std::thread::sleep(std::time::Duration::from_millis(20)); // (a line being typed: not counted)
+    }
+    sys::set_termios(master, termios)
 }
 
 /// Classify fd `fd` of `pid`, a terminal device `link` with device number `rdev`: a pty master
@@ -151,13 +317,10 @@ pub fn collect(pid: i32, fd: i32, link: &str, rdev: u64, file: &mut File, tree: 
         None => file.kind = FileKind::Inherited as i32,
     }
     tree.terms.push(TermFd {
-        pid,
-        fd,
         name: link.to_string(),
         index,
         termios: sys::get_termios(copy.as_fd()).unwrap_or_default(),
         exclusive: sys::get_int(copy.as_fd(), libc::TIOCGEXCL).unwrap_or(0) != 0,
-        unread: sys::get_int(copy.as_fd(), libc::FIONREAD).unwrap_or(0),
     });
     Ok(())
 }
@@ -177,15 +340,6 @@ pub fn finish(procs: &mut [Process], tree: &mut TreeTty, shell_job: bool) -> Res
     for t in &tree.terms {
         let Some(pty) = t.index.and_then(|i| tree.masters.get_mut(&i)) else { continue };
         pty.exclusive |= t.exclusive;
-        if t.unread > 0 {
-            return Err(Error::Unsupported {
-                pid: t.pid,
-                what: format!(
-                    "fd {}: pty {} with {} bytes of input not read yet (terminal buffers cannot be saved)",
-                    t.fd, t.name, t.unread
-                ),
-            });
-        }
     }
     // Every fd on a terminal that is not a master of the tree, in every process (descriptions
     // shared across processes were collected once, in the first).
@@ -319,6 +473,8 @@ fn set_up_pair(pty: &Pty, base: i32) -> Result<Pair, Error> {
         f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
             .ctx(|| format!("{}: cannot set the slave's mode {mode:o}", obj()))?;
     }
+    queue(master.as_fd(), slave.as_fd(), &pty.termios, &pty.input, &pty.output)
+        .ctx(|| format!("{}: cannot queue its unread bytes again", obj()))?;
     if pty.locked {
         sys::set_int(master.as_fd(), libc::TIOCSPTLCK, 1).ctx(|| format!("{}: lock", obj()))?;
     }

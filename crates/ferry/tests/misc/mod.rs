@@ -56,3 +56,39 @@ fn ghost_nodes_control() {
 fn ghost_nodes() {
     cycle(&Spec::c("ghostnodes"));
 }
+
+#[test]
+fn pty_queued_control() {
+    control(&Spec::c("pty_queued"));
+}
+
+/// A pty pair with bytes queued both ways (output for the master, a complete line and a line
+/// being typed for the slave, their echo): the restored pair gives back the same bytes.
+#[test]
+fn pty_queued() {
+    cycle(&Spec::c("pty_queued"));
+}
+
+/// The dump reads the queued bytes and puts them back: a process left running (`-R`) still
+/// reads them all, once.
+#[test]
+fn pty_queued_dump_leave_running() {
+    let mut run = Run::start(&Spec::c("pty_queued"));
+    run.dump_ok(&["-R"]);
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload left running");
+}
+
+#[test]
+fn aio_ring_control() {
+    control(&Spec::c("aio_ring"));
+}
+
+/// An AIO context (io_setup) is not carried yet: refused by name, the process left running.
+#[test]
+fn aio_ring_refused() {
+    let run = Run::start(&Spec::c("aio_ring"));
+    dump_refused(run.pid, &run.w.join("img"), "AIO ring");
+    run.expect_running_untraced("after the refused dump");
+}
