@@ -5,6 +5,8 @@
  *   KIND read:  fd 5 is the read end; the test wrote "before-dump" into the pipe before start.
  *   KIND write: fd 5 is the write end; the workload wrote "before-dump" before ready.
  *   KIND unix:  fd 5 is a connected unix stream socket.
+ *   KIND tty:   fd 5 is the slave of a pty whose master the test holds (inherit only: writes
+ *               "ttyout" to the terminal, the test reads it from the master).
  *   HOW alone:   restored without --inherit-fd: the outside end is gone.
  *                read:  reads "before-dump" (kept unread in the image), then EOF.
  *                write: a write fails with EPIPE (SIGPIPE ignored).
@@ -86,6 +88,9 @@ int main(int argc, char **argv)
 			      n < 0 ? strerror(errno) : "no error");
 		else
 			CHECK(n == (ssize_t)strlen(msg), "write to fd 5: %zd (%s)", n, n < 0 ? strerror(errno) : "short");
+	} else if (strcmp(kind, "tty") == 0) {
+		CHECK(isatty(5), "fd 5 is not a terminal any more");
+		CHECK(write(5, "ttyout", 6) == 6, "write to the terminal: %s", strerror(errno));
 	} else {
 		CHECK(send(5, "ping", 4, 0) == 4, "send ping: %s", strerror(errno));
 		struct pollfd p = { .fd = 5, .events = POLLIN };
