@@ -230,3 +230,19 @@ fn tty_external_inherit() {
     run.expect_pass(status, "ferry restore");
     assert_eq!(String::from_utf8_lossy(&got), "ttyout", "what the restored process wrote to the terminal");
 }
+
+/// `--inherit-fd fd[0]:PATH` with a file's key (its path without the leading '/'): the
+/// restored process reads the file the supervisor handed over, not the one at that path.
+#[test]
+fn file_path_key_inherit() {
+    let w = WorkDir::new("extfd-file");
+    let (orig, repl) = (w.join("original.txt"), w.join("replacement.txt"));
+    fs::write(&orig, "original").expect("write");
+    fs::write(&repl, "replacement").expect("write");
+    let f = fs::File::open(&orig).expect("open");
+    let mut run = Run::start(&extfd("file", "inherit", OwnedFd::from(f)));
+    let key = path_str(&orig).trim_start_matches('/').to_string();
+    let given = OwnedFd::from(fs::File::open(&repl).expect("open"));
+    dump_and_restore(&mut run, &[], Some(given), &["--inherit-fd", &format!("fd[0]:{key}")]);
+    go_and_pass(&mut run);
+}
