@@ -226,6 +226,9 @@ impl Inherit {
 
     /// The fd a supervisor gave for `f`, if any (and mark its key used).
     pub fn lookup(&self, f: &File) -> Option<(String, RawFd)> {
+        if self.by_key.is_empty() {
+            return None;
+        }
         let key = key_of(f)?;
         let fd = *self.by_key.get(&key)?;
         self.used.borrow_mut().insert(key.clone());
