@@ -274,3 +274,20 @@ fn replaced_file_external_inherit() {
     dump_and_restore(&mut run, &["--external", &key], Some(given), &["--inherit-fd", &format!("fd[0]:{key}")]);
     go_and_pass(&mut run);
 }
+
+/// `dump -R` of a process reading an external pipe takes nothing from it: the process left
+/// running still reads every byte (the unread ones were copied with tee), then EOF.
+#[test]
+fn pipe_read_end_leave_running() {
+    let (r, w) = pipe();
+    let mut w = fs::File::from(w);
+    w.write_all(b"before-dump").expect("write");
+    let mut run = Run::start(&extfd("read", "control", r));
+    run.dump_ok(&["-R"]);
+    run.expect_running_untraced("after dump -R");
+    w.write_all(b"from-supervisor").expect("write");
+    drop(w);
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload left running");
+}
