@@ -193,6 +193,11 @@ pub struct Process {
     /// The cwd was removed (rmdir) while the process was in it: `cwd` is its old path.
     #[prost(message, optional, tag = "423")]
     pub cwd_ghost: Option<GhostInode>,
+    /// Non-zero: this process shares the fd table of process `fd_table_of` (its parent, which
+    /// created it with clone(CLONE_FILES)); restore creates it with CLONE_FILES and only the
+    /// parent applies the table. Its `fds`/`files` are the same table, recorded again.
+    #[prost(int32, tag = "400")]
+    pub fd_table_of: i32,
 }
 
 /// One seccomp filter: its classic BPF program and the flags the kernel keeps for it.
@@ -832,6 +837,12 @@ pub struct File {
     /// A directory or FIFO removed while open: recreated at restore, opened, removed again.
     #[prost(message, optional, tag = "424")]
     pub ghost_inode: Option<GhostInode>,
+    /// For an `Inherited` file that only a supervisor can give back (a pipe or socket whose
+    /// peer is outside the dumped tree, kept at fd 3 or above; a unix socket named with `dump
+    /// --external unix[INO]`): the key `restore --inherit-fd fd[N]:KEY` must name
+    /// ("pipe:[INO]", "socket:[INO]"). Empty for fds 0-2, which fall back to ferry's own.
+    #[prost(string, tag = "401")]
+    pub external_key: String,
 }
 
 /// A directory or FIFO that was removed while a process had it open (or as its cwd): the
@@ -1113,4 +1124,10 @@ pub struct Pipe {
     #[prost(bytes = "vec", tag = "3")]
     #[serde(serialize_with = "crate::hex::serialize")]
     pub data: Vec<u8>,
+    /// One end belongs to a process outside the dumped tree: restore creates the pipe and
+    /// closes that end (the restored reader sees EOF once drained, the writer EPIPE), unless
+    /// `--inherit-fd` hands a supervisor's pipe back. `data` is only there when the image holds
+    /// the read end.
+    #[prost(bool, tag = "402")]
+    pub external: bool,
 }

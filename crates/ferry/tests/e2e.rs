@@ -628,6 +628,7 @@ mod cgroup;
 mod cleanup;
 mod contact;
 mod cow;
+mod external;
 mod filestate;
 mod inet;
 mod integrity;

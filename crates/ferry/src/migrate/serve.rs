@@ -682,6 +682,8 @@ fn handle(mut sec: Secure, limits: &Limits, dir: &Path) -> Result<Option<i32>> {
         leave_stopped: false,
         cgroups: true,
         trusted: None,
+        inherit_fds: Vec::new(),
+        external: Vec::new(),
     };
     let post_copy = m == mode::POST_COPY;
     ferry_engine::postcopy::accept_lazy(post_copy);
