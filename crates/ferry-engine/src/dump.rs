@@ -30,6 +30,9 @@ pub struct DumpOptions {
     pub tcp_close: bool,
     /// `--tcp-established`: keep established TCP connections (TCP_REPAIR).
     pub tcp_established: bool,
+    /// `--skip-in-flight`: connections waiting in a listener's accept queue are left out (a
+    /// warning) instead of refusing the dump.
+    pub skip_in_flight: bool,
     /// The tree was started from a terminal outside it (`--shell-job`): record, not refuse.
     pub shell_job: bool,
     /// With `leave_running`: leave every process of the tree stopped (SIGSTOP) instead of
@@ -642,6 +645,7 @@ pub fn dump_with(
     let mut tree = files::TreeFiles::default();
     tree.connections.close = opts.tcp_close;
     tree.connections.established = opts.tcp_established;
+    tree.connections.skip_in_flight = opts.skip_in_flight;
     for f in frozen.iter_mut() {
         let p = dump_process(f, &mut img, &mut procs, &mut tree, pidns_root)?;
         procs.push(p);

@@ -219,3 +219,11 @@ pub fn shutdown(fd: BorrowedFd<'_>, how: i32) -> io::Result<()> {
     // SAFETY: integer arguments.
     cvt_i(unsafe { libc::shutdown(fd.as_raw_fd(), how) }).map(drop)
 }
+
+/// `poll(2)` of one fd with a zero timeout: the `revents` for `events` right now.
+pub fn poll_now(fd: BorrowedFd<'_>, events: i16) -> io::Result<i16> {
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events, revents: 0 };
+    // SAFETY: one valid pollfd, count 1, no timeout.
+    cvt_i(unsafe { libc::poll(&mut p, 1, 0) })?;
+    Ok(p.revents)
+}

@@ -302,7 +302,7 @@ pub fn prepare(
     let mut out = Prepared { numbers: Vec::new(), owned: Vec::new() };
     // Connections restored with TCP_REPAIR go last: a listener binds its port normally before a
     // connection that shares it binds with the force-reuse of repair mode.
-    let repaired = |f: &File| f.inet.as_ref().is_some_and(|s| s.repair.is_some());
+    let repaired = |f: &File| f.inet.as_ref().is_some_and(inet::repaired);
     let order: Vec<usize> = (0..p.files.len())
         .filter(|&i| !repaired(&p.files[i]))
         .chain((0..p.files.len()).filter(|&i| repaired(&p.files[i])))

@@ -241,7 +241,7 @@ pub fn connect_all(
     for (p, nums) in procs.iter().zip(numbers) {
         let Some(nums) = nums else { continue };
         for (i, f) in p.files.iter().enumerate() {
-            if f.inet.as_ref().is_none_or(|s| s.repair.is_none()) {
+            if !f.inet.as_ref().is_some_and(crate::state::inet::repaired) {
                 continue;
             }
             let n = nums.get(i).copied().unwrap_or(-1);
@@ -264,7 +264,7 @@ pub fn release_all(procs: &[ferry_image::Process], numbers: &[Option<&[i32]>]) -
     for (p, nums) in procs.iter().zip(numbers) {
         let Some(nums) = nums else { continue };
         for (i, f) in p.files.iter().enumerate() {
-            let Some(s) = f.inet.as_ref().filter(|s| s.repair.is_some()) else { continue };
+            let Some(s) = f.inet.as_ref().filter(|s| crate::state::inet::repaired(s)) else { continue };
             let n = nums.get(i).copied().unwrap_or(-1);
             if done.insert(n) {
                 let obj = || format!("pid {}: {}", p.pid, f.describe);
