@@ -60,6 +60,19 @@ mod control {
     use super::*;
 
     #[test]
+    fn pktnl() {
+        control(&Spec::c("pktnl").args(&["packet"]));
+        control(&Spec::c("pktnl").args(&["netlink"]));
+    }
+
+    #[test]
+    fn fanotify() {
+        for mode in ["notif", "unread", "perm"] {
+            control(&Spec::c("fanotify").args(&[mode]));
+        }
+    }
+
+    #[test]
     fn rawsocks() {
         control(&super::rawsocks("raw"));
         let _groups = PingGroups::allow_root();
@@ -160,4 +173,66 @@ fn restore_tcp_close() {
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
         other => run.fail(&format!("the test's connection is not reset after restore --tcp-close: {other:?}")),
     }
+}
+
+/// Packet sockets: a raw one bound to an ethertype on lo with options and a multicast
+/// membership, a cooked one with its buffer size; after restore the frame one sends reaches
+/// the other, and lo still lists the membership.
+#[test]
+fn packet_sockets_cycle() {
+    cycle(&Spec::c("pktnl").args(&["packet"]));
+}
+
+/// Netlink sockets: NETLINK_ROUTE with its port id, groups (beyond 32 too) and options, still
+/// answering a dump; two NETLINK_USERSOCK sockets, one bound to a chosen port id and one
+/// connected to it, still talking.
+#[test]
+fn netlink_sockets_cycle() {
+    cycle(&Spec::c("pktnl").args(&["netlink"]));
+}
+
+/// A fanotify group with inode, mount and filesystem marks (masks, ignored masks, mark flags)
+/// comes back with the same fdinfo lines and delivers events.
+#[test]
+fn fanotify_cycle() {
+    cycle(&Spec::c("fanotify").args(&["notif"]));
+}
+
+/// A dump that must be refused: one line naming the pid and `expect`, no image, and the
+/// workload goes on untouched (its own checks after go prove it).
+fn refused_then_intact(spec: Spec, expect: &[&str]) {
+    let mut run = Run::start(&spec);
+    let img = run.img();
+    let res = run.dump_to("dump", &img, &[]);
+    if res.status.success() {
+        run.fail("the dump was not refused");
+    }
+    let lines = res.stderr_lines();
+    if lines.len() != 1 {
+        run.fail(&format!("the error is not one line: {:?}", res.stderr));
+    }
+    for e in expect.iter().chain([&run.pid.to_string().as_str()]) {
+        if !lines[0].contains(e) {
+            run.fail(&format!("the error does not mention {e:?}: {}", lines[0]));
+        }
+    }
+    if img.join("inventory.img").exists() {
+        run.fail("a refused dump left a complete-looking image");
+    }
+    run.expect_running_untraced("after the refused dump");
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload after a refused dump");
+}
+
+/// Unread fanotify events cannot be put back: refused, and they are still there after.
+#[test]
+fn fanotify_unread_events_refused() {
+    refused_then_intact(Spec::c("fanotify").args(&["unread"]), &["fanotify", "unread events"]);
+}
+
+/// A mark asking for permission events: refused by name.
+#[test]
+fn fanotify_permission_events_refused() {
+    refused_then_intact(Spec::c("fanotify").args(&["perm"]), &["fanotify", "permission events"]);
 }
