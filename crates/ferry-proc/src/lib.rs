@@ -16,6 +16,7 @@
 
 mod auxv;
 mod cgroup;
+pub mod coverage;
 mod fdinfo;
 mod maps;
 mod mountinfo;

@@ -1,6 +1,10 @@
 //! TCP and UDP sockets over IPv4 and IPv6 that are not connections: listeners, bound or
 //! connected UDP sockets, and sockets that are only created (or only bound), so that a
-//! server comes back ready to accept.
+//! server comes back ready to accept. Raw sockets (SOCK_RAW, any IP protocol) and ICMP "ping"
+//! sockets (SOCK_DGRAM with IPPROTO_ICMP/ICMPV6) go the same way as UDP sockets: address (a
+//! ping socket's ident is its port; a raw socket's port is its protocol), peer, options,
+//! filter, shutdown; their peer is read from /proc/PID/net/{raw,raw6,icmp,icmp6}, because
+//! getpeername says ENOTCONN for one connected with port 0, the usual way.
 //!
 //! Everything is read from outside: ferry takes a copy of the socket with `pidfd_getfd` and
 //! asks it with getsockopt/getsockname/getpeername. TCP_INFO gives the state, and for a
@@ -19,7 +23,9 @@
 //!
 //! Connections (ESTABLISHED and every other TCP state but LISTEN and CLOSE, including
 //! connections waiting in a listener's accept queue) are refused: they need TCP_REPAIR and
-//! belong to migration. With `dump --tcp-close` they are dropped instead, like CRIU's
+//! belong to migration (`--skip-in-flight` drops the queued ones with a warning, as CRIU does;
+//! `restore --tcp-close` drops the kept ones at restore, `close_connections`). With
+//! `dump --tcp-close` they are dropped instead, like CRIU's
 //! `--tcp-close`: the connection socket comes back as a fresh, unbound, unconnected socket of
 //! the same family and type, so reads fail with ENOTCONN, writes with EPIPE, and poll reports
 //! EPOLLHUP, as for a connection the peer reset; queued connections are simply gone (their
