@@ -10,6 +10,11 @@
  *            (NETLINK_USERSOCK, connected to N2, autobound). After go: every port id, group,
  *            option and peer is as before, N1 answers an RTM_GETLINK dump, and N3's message
  *            reaches N2 from N3's port.
+ *   ring:    a packet socket with a PACKET_RX_RING (no protocol: nothing arrives): dump must
+ *            refuse it; after go the ring is still there (PACKET_VERSION cannot change: EBUSY).
+ *   fanout:  a packet socket bound to an unused ethertype on lo, in a fanout group: dump must
+ *            refuse it; after go it is still in the group (PACKET_FANOUT reads it back).
+ *   audit:   a NETLINK_AUDIT socket: dump must refuse it; after go it is still one.
  */
 #include "common.h"
 #include <arpa/inet.h>
@@ -204,10 +209,48 @@ static void mode_netlink(void)
 	finish();
 }
 
+static void mode_refused(const char *mode)
+{
+	int fd = -1, want = 0;
+	if (strcmp(mode, "ring") == 0) {
+		fd = socket(AF_PACKET, SOCK_RAW, 0);
+		SETUP(fd);
+		struct tpacket_req req = { .tp_block_size = 4096, .tp_block_nr = 1, .tp_frame_size = 2048, .tp_frame_nr = 2 };
+		SETUP(setsockopt(fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof req));
+	} else if (strcmp(mode, "fanout") == 0) {
+		uint16_t eth = (uint16_t)(0xb000 + getpid() % 4096);
+		fd = socket(AF_PACKET, SOCK_RAW, htons(eth));
+		SETUP(fd);
+		struct sockaddr_ll ll = { .sll_family = AF_PACKET, .sll_protocol = htons(eth),
+					  .sll_ifindex = (int)if_nametoindex("lo") };
+		SETUP(bind(fd, (struct sockaddr *)&ll, sizeof ll));
+		want = (getpid() & 0xffff) | (PACKET_FANOUT_HASH << 16);
+		SETUP(setsockopt(fd, SOL_PACKET, PACKET_FANOUT, &want, sizeof want));
+	} else {
+		fd = socket(AF_NETLINK, SOCK_RAW, NETLINK_AUDIT);
+		SETUP(fd);
+	}
+	signal_ready();
+	wait_go();
+	if (strcmp(mode, "ring") == 0) {
+		int v = TPACKET_V2;
+		CHECK(setsockopt(fd, SOL_PACKET, PACKET_VERSION, &v, sizeof v) < 0 && errno == EBUSY,
+		      "the ring is gone (PACKET_VERSION could change: %s)", strerror(errno));
+	} else if (strcmp(mode, "fanout") == 0) {
+		CHECK(geti(fd, SOL_PACKET, PACKET_FANOUT) == want, "not in its fanout group any more (%#x, want %#x)",
+		      geti(fd, SOL_PACKET, PACKET_FANOUT), want);
+	} else {
+		CHECK(geti(fd, SOL_SOCKET, SO_PROTOCOL) == NETLINK_AUDIT, "not a NETLINK_AUDIT socket");
+	}
+	finish();
+}
+
 int main(int argc, char **argv)
 {
 	workload_init(argc, argv);
 	const char *mode = argc > 2 ? argv[2] : "packet";
+	if (strcmp(mode, "ring") == 0 || strcmp(mode, "fanout") == 0 || strcmp(mode, "audit") == 0)
+		mode_refused(mode);
 	if (strcmp(mode, "packet") == 0)
 		mode_packet();
 	if (strcmp(mode, "netlink") == 0)

@@ -63,6 +63,9 @@ mod control {
     fn pktnl() {
         control(&Spec::c("pktnl").args(&["packet"]));
         control(&Spec::c("pktnl").args(&["netlink"]));
+        for mode in ["ring", "fanout", "audit"] {
+            control(&Spec::c("pktnl").args(&[mode]));
+        }
     }
 
     #[test]
@@ -235,4 +238,22 @@ fn fanotify_unread_events_refused() {
 #[test]
 fn fanotify_permission_events_refused() {
     refused_then_intact(Spec::c("fanotify").args(&["perm"]), &["fanotify", "permission events"]);
+}
+
+/// A packet socket with an mmap()ed ring: refused by name.
+#[test]
+fn packet_ring_refused() {
+    refused_then_intact(Spec::c("pktnl").args(&["ring"]), &["packet", "PACKET_RX_RING"]);
+}
+
+/// A packet socket in a fanout group: refused by name.
+#[test]
+fn packet_fanout_refused() {
+    refused_then_intact(Spec::c("pktnl").args(&["fanout"]), &["packet", "PACKET_FANOUT"]);
+}
+
+/// A netlink protocol whose kernel side keeps state bound to the socket: refused by name.
+#[test]
+fn netlink_audit_refused() {
+    refused_then_intact(Spec::c("pktnl").args(&["audit"]), &["NETLINK_AUDIT"]);
 }
