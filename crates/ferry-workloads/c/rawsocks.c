@@ -17,12 +17,20 @@
  *   rclose:   L; C <-> A both ends inside; A2 accepted from the test (W/port, as inflight).
  *             Dumped with --tcp-established, restored with --tcp-close. After go: C, A and A2
  *             are closed (no peer, ENOTCONN, EPIPE, POLLHUP) and L serves a new connection.
+ *   halfclose: TCP connections half closed, dumped with --tcp-established. C -> A inside: C sent
+ *             "abc" and shut down for writing (C in FIN_WAIT2, A in CLOSE_WAIT, nothing read).
+ *             With the test (W/port, two connections): A2 accepted, the test shut its side
+ *             (A2 in CLOSE_WAIT); A3 accepted and shut down for writing (A3 in FIN_WAIT2).
+ *             After go: A reads "abc" then end of file and is in CLOSE_WAIT; C is in FIN_WAIT2
+ *             (within 5 s: its FIN is sent again) and reads what A writes; A2 reads end of file
+ *             and answers "bye"; A3 is in FIN_WAIT2 and reads the test's "late".
  */
 #include "common.h"
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/icmp6.h>
 #include <linux/icmp.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 
@@ -50,6 +58,23 @@ static void check_closed(const char *name, int fd)
 	struct pollfd p = { .fd = fd, .events = POLLIN | POLLOUT };
 	CHECK(poll(&p, 1, 0) == 1 && (p.revents & POLLHUP), "%s: poll does not report a hang-up (revents %#x)", name,
 	      p.revents);
+}
+
+static int tcp_state(int fd)
+{
+	unsigned char info[104];
+	socklen_t len = sizeof info;
+	if (getsockopt(fd, IPPROTO_TCP, 11 /* TCP_INFO */, info, &len) < 0)
+		return -1;
+	return info[0];
+}
+
+/* Wait up to ms for fd to reach TCP state `want`. */
+static int wait_state(int fd, int want, int ms)
+{
+	for (int i = 0; i < ms / 20 && tcp_state(fd) != want; i++)
+		usleep(20000);
+	return tcp_state(fd);
 }
 
 static void talk(const char *what, int a, int b)
@@ -349,6 +374,39 @@ int main(int argc, char **argv)
 		check_closed("A", a);
 		check_closed("A2", a2);
 		serves_new(l, &la);
+		finish();
+	}
+	if (strcmp(mode, "halfclose") == 0) {
+		enum { FIN_WAIT2 = 5, CLOSE_WAIT = 8 };
+		int a2 = accept(l, NULL, NULL);
+		SETUP(a2);
+		int a3 = accept(l, NULL, NULL);
+		SETUP(a3);
+		SETUP(shutdown(a3, SHUT_WR));
+		int c = connect_to(&la);
+		int a = accept(l, NULL, NULL);
+		SETUP(a);
+		SETUP(write(c, "abc", 3) == 3 ? 0 : -1);
+		SETUP(shutdown(c, SHUT_WR));
+		if (wait_state(c, FIN_WAIT2, 5000) != FIN_WAIT2 || wait_state(a, CLOSE_WAIT, 5000) != CLOSE_WAIT ||
+		    wait_state(a2, CLOSE_WAIT, 10000) != CLOSE_WAIT || wait_state(a3, FIN_WAIT2, 5000) != FIN_WAIT2)
+			die_setup("states C %d A %d A2 %d A3 %d", tcp_state(c), tcp_state(a), tcp_state(a2), tcp_state(a3));
+		signal_ready();
+		wait_go();
+		CHECK(tcp_state(a) == CLOSE_WAIT, "A: TCP state %d, want CLOSE_WAIT", tcp_state(a));
+		char b[8] = { 0 };
+		CHECK(read(a, b, sizeof b) == 3 && memcmp(b, "abc", 3) == 0, "A: the 3 bytes C sent are gone");
+		CHECK(read(a, b, sizeof b) == 0, "A: no end of file after them");
+		CHECK(write(a, "xyz", 3) == 3, "A: cannot write after C's FIN: %s", strerror(errno));
+		CHECK(read(c, b, sizeof b) == 3 && memcmp(b, "xyz", 3) == 0, "C: A's bytes did not arrive");
+		CHECK(wait_state(c, FIN_WAIT2, 5000) == FIN_WAIT2, "C: TCP state %d, want FIN_WAIT2", tcp_state(c));
+		CHECK(write(c, "no", 2) < 0 && errno == EPIPE, "C: could write after its shutdown");
+		CHECK(tcp_state(a2) == CLOSE_WAIT, "A2: TCP state %d, want CLOSE_WAIT", tcp_state(a2));
+		CHECK(read(a2, b, sizeof b) == 0, "A2: no end of file from the test");
+		CHECK(write(a2, "bye", 3) == 3, "A2: cannot answer: %s", strerror(errno));
+		CHECK(wait_state(a3, FIN_WAIT2, 5000) == FIN_WAIT2, "A3: TCP state %d, want FIN_WAIT2", tcp_state(a3));
+		memset(b, 0, sizeof b);
+		CHECK(read(a3, b, 4) == 4 && memcmp(b, "late", 4) == 0, "A3: the test's bytes did not arrive");
 		finish();
 	}
 	die_setup("unknown mode %s", mode);

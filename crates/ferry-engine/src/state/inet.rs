@@ -354,7 +354,7 @@ pub fn collect(pid: i32, fd: i32, link: &str, policy: &mut Connections, f: &mut 
     (s.filter, s.filter_locked) =
         crate::state::sockfilter::collect(sock).map_err(|what| unsupported(format!("{} with {what}", describe(&s))))?;
     let connection = tcp && s.state != TCP_LISTEN && s.state != TCP_CLOSE;
-    let repair = connection && s.state == TCP_ESTABLISHED && policy.established;
+    let repair = connection && tcp_repair::carried_state(s.state) && policy.established;
     if udp || repair {
         let ino = ferry_sys::process::fstat(sock).ctx(|| format!("{}: fstat", obj()))?.st_ino;
         // sock_diag lists the sockets of the kernel's hash tables: an unbound UDP socket is
@@ -392,7 +392,9 @@ pub fn collect(pid: i32, fd: i32, link: &str, policy: &mut Connections, f: &mut 
         other => other,
     })?;
     if repair {
-        s.repair = Some(tcp_repair::collect(&obj(), owned, &mut policy.repaired)?);
+        let (r, state) = tcp_repair::collect(&obj(), owned, &mut policy.repaired)?;
+        s.repair = Some(r);
+        s.state = state;
     }
     f.describe = format!("{link} {}", describe(&s));
     f.kind = ferry_image::FileKind::InetSocket as i32;
@@ -624,8 +626,20 @@ fn bind_connect(obj: &str, s: &InetSocket, sock: BorrowedFd<'_>) -> Result<(), E
     if let Some(r) = &s.repair {
         tcp_repair::finish_after_connect(obj, sock.as_fd(), r)?;
     }
-    if s.shutdown & 3 != 0 {
-        let how = match s.shutdown & 3 {
+    let mut shut = s.shutdown & 3;
+    if let Some(r) = &s.repair {
+        // A peer's FIN (CLOSE_WAIT) is handed to the socket once the tree runs
+        // (`tcp_repair::inject_fins`); this side's FIN goes into the send queue in repair mode,
+        // where it counts as sent (and is retransmitted once repair mode is off).
+        if s.state == tcp_repair::CLOSE_WAIT {
+            shut &= !1;
+        }
+        if shut & 2 != 0 {
+            tcp_repair::queue_fin(obj, sock, r)?;
+        }
+    }
+    if shut != 0 {
+        let how = match shut {
             1 => libc::SHUT_RD,
             2 => libc::SHUT_WR,
             _ => libc::SHUT_RDWR,

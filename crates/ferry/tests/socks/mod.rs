@@ -59,6 +59,22 @@ impl Drop for PingGroups {
 mod control {
     use super::*;
 
+    /// `halfclose` without ferry (the test's part as in `tcp_half_closed_connections`).
+    fn control_halfclose() {
+        let mut run = Run::start(&super::rawsocks("halfclose").ready_file("port"));
+        let mut x2 = connect_queued(&run);
+        let mut x3 = connect_queued(&run);
+        x2.shutdown(std::net::Shutdown::Write).expect("shut");
+        run.wait_ready();
+        x3.write_all(b"late").expect("write to A3");
+        run.go();
+        let mut rest = Vec::new();
+        x2.read_to_end(&mut rest).expect("A2's answer");
+        assert_eq!(rest, b"bye");
+        let status = run.wait_child_exit();
+        run.expect_pass(status, "the workload");
+    }
+
     #[test]
     fn pktnl() {
         control(&Spec::c("pktnl").args(&["packet"]));
@@ -78,6 +94,7 @@ mod control {
     #[test]
     fn rawsocks() {
         control(&super::rawsocks("raw"));
+        control_halfclose();
         let _groups = PingGroups::allow_root();
         control(&Spec::c("rawsocks").args(&["ping", &ping_ident()]));
     }
@@ -256,4 +273,33 @@ fn packet_fanout_refused() {
 #[test]
 fn netlink_audit_refused() {
     refused_then_intact(Spec::c("pktnl").args(&["audit"]), &["NETLINK_AUDIT"]);
+}
+
+/// Half-closed connections with `--tcp-established`: FIN_WAIT2 and CLOSE_WAIT with both ends
+/// inside, and each with the test as the peer outside. The workload checks the states, the
+/// end of file, and the bytes that still flow the other way; the test gets its answer.
+#[test]
+fn tcp_half_closed_connections() {
+    need("nft", "nftables");
+    let mut run = Run::start(&rawsocks("halfclose").ready_file("port"));
+    let x2 = connect_queued(&run);
+    let mut x3 = connect_queued(&run);
+    x2.shutdown(std::net::Shutdown::Write).expect("shut the test's side of A2");
+    run.wait_ready();
+    let mut rest = Vec::new();
+    run.dump_ok(&["--tcp-established"]);
+    run.reap_dumped();
+    x3.write_all(b"late").expect("write to A3");
+    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
+    run.wait_pidfile(&pidfile);
+    run.go();
+    let mut x2 = x2;
+    if let Err(e) = x2.read_to_end(&mut rest) {
+        run.fail(&format!("A2's answer: {e}"));
+    }
+    if rest != b"bye" {
+        run.fail(&format!("A2 answered {rest:?}, want bye"));
+    }
+    let status = run.wait_restore_exit();
+    run.expect_pass(status, "rawsocks halfclose");
 }
