@@ -292,4 +292,3 @@ pub fn send_tcp_segment_v4(
     }
     Ok(())
 }
-

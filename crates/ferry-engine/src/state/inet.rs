@@ -22,7 +22,8 @@
 //! with the address named, before any process exists.
 //!
 //! Connections (ESTABLISHED and every other TCP state but LISTEN and CLOSE, including
-//! connections waiting in a listener's accept queue) are refused: they need TCP_REPAIR and
+//! connections waiting in a listener's accept queue) are refused unless `--tcp-established`
+//! (ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT: state/tcp_repair.rs): they need TCP_REPAIR and
 //! belong to migration (`--skip-in-flight` drops the queued ones with a warning, as CRIU does;
 //! `restore --tcp-close` drops the kept ones at restore, `close_connections`). With
 //! `dump --tcp-close` they are dropped instead, like CRIU's
@@ -368,10 +369,11 @@ pub fn collect(pid: i32, fd: i32, link: &str, policy: &mut Connections, f: &mut 
         s.shutdown = dgram_shutdown(sock).ctx(|| format!("{}: poll", obj()))?;
     }
     if connection && !tcp_close && !repair {
-        return Err(unsupported(format!(
-            "{} (dump with --tcp-established to keep the connection, or --tcp-close to restore it closed)",
-            describe(&s)
-        )));
+        let hint = match policy.established {
+            true => "a TCP state --tcp-established does not carry yet; dump with --tcp-close to restore it closed",
+            false => "dump with --tcp-established to keep the connection, or --tcp-close to restore it closed",
+        };
+        return Err(unsupported(format!("{} ({hint})", describe(&s))));
     }
     if queued > 0 && !tcp_close && !policy.skip_in_flight {
         return Err(unsupported(format!(

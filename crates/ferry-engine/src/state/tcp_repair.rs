@@ -194,19 +194,22 @@ pub fn collect(obj: &str, sock: OwnedFd, repaired: &mut Repaired) -> Result<(Tcp
             ),
         });
     }
-    Ok((TcpRepair {
-        send_seq,
-        recv_seq,
-        send_queue,
-        recv_queue,
-        mss,
-        snd_wscale: byte(6) & 0xf,
-        rcv_wscale: byte(6) >> 4,
-        options: byte(5),
-        window,
-        timestamp,
-        lock: lock_name,
-    }, state))
+    Ok((
+        TcpRepair {
+            send_seq,
+            recv_seq,
+            send_queue,
+            recv_queue,
+            mss,
+            snd_wscale: byte(6) & 0xf,
+            rcv_wscale: byte(6) >> 4,
+            options: byte(5),
+            window,
+            timestamp,
+            lock: lock_name,
+        },
+        state,
+    ))
 }
 
 fn fill(sock: BorrowedFd<'_>, which: i32, data: &[u8]) -> std::io::Result<()> {
@@ -299,7 +302,8 @@ pub fn inject_fins(procs: &[ferry_image::Process]) -> Result<(), Error> {
     let mut done = std::collections::HashSet::new();
     for p in procs {
         for f in &p.files {
-            let Some(s) = f.inet.as_ref().filter(|s| crate::state::inet::repaired(s) && s.state == ST_CLOSE_WAIT) else {
+            let Some(s) = f.inet.as_ref().filter(|s| crate::state::inet::repaired(s) && s.state == ST_CLOSE_WAIT)
+            else {
                 continue;
             };
             let Some(r) = &s.repair else { continue };
