@@ -31,6 +31,9 @@ pub struct DumpOptions {
     pub tcp_close: bool,
     /// `--tcp-established`: keep established TCP connections (TCP_REPAIR).
     pub tcp_established: bool,
+    /// `--skip-in-flight`: connections waiting in a listener's accept queue are left out (a
+    /// warning) instead of refusing the dump.
+    pub skip_in_flight: bool,
     /// The tree was started from a terminal outside it (`--shell-job`): record, not refuse.
     pub shell_job: bool,
     /// With `leave_running`: leave every process of the tree stopped (SIGSTOP) instead of
@@ -674,6 +677,7 @@ pub fn dump_with(
     tree.connections.close = opts.tcp_close;
     tree.connections.established = opts.tcp_established;
     tree.external_files = crate::state::external::file_keys(&opts.external);
+    tree.connections.skip_in_flight = opts.skip_in_flight;
     for f in frozen.iter_mut() {
         let mut p = dump_process(f, &mut img, &mut procs, &mut tree, pidns_root)?;
         p.fd_table_of = fd_table_of.get(&f.pid).copied().unwrap_or(0);

@@ -37,6 +37,8 @@ pub struct RestoreOptions {
     pub pidfile: Option<PathBuf>,
     /// Put a job dumped with `--shell-job` onto ferry's own terminal.
     pub shell_job: bool,
+    /// `--tcp-close`: restore the TCP connections the image keeps as closed sockets.
+    pub tcp_close: bool,
     /// Leave every restored process stopped (SIGSTOP) instead of running (`--leave-stopped`).
     pub leave_stopped: bool,
     /// Put every process back into the cgroups it was in (creating missing ones, without
@@ -543,8 +545,11 @@ fn rebuild(
 /// Restore the image in `opts.dir`. The tree runs when this returns; ferry is the root's parent.
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     let t0 = Instant::now();
-    let (img, procs) = open_verified_but_pages(&opts.dir, opts.trusted.as_deref())?;
+    let (img, mut procs) = open_verified_but_pages(&opts.dir, opts.trusted.as_deref())?;
     let verify = t0.elapsed();
+    if opts.tcp_close {
+        crate::state::inet::close_connections(&mut procs);
+    }
     let root = procs[0].pid;
     let _span = tracing::info_span!("restore", pid = root).entered();
     tracing::info!(?verify, processes = procs.len(), "image verified");
@@ -800,6 +805,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     }
     if let Err(e) = crate::state::tcp_repair::unlock_all(&procs) {
         tracing::warn!(error = %e, "the restored connections stay blocked by the network lock");
+    }
+    if let Err(e) = crate::state::tcp_repair::inject_fins(&procs) {
+        tracing::warn!(error = %e, "a connection restored from CLOSE_WAIT did not get its peer's FIN back");
     }
     tracing::info!(tracer = ?t_tracer.elapsed(), total = ?t0.elapsed(), "released");
     if let Some(pf) = &opts.pidfile {

@@ -727,6 +727,12 @@ pub enum FileKind {
     /// A named pipe (FIFO) reopened by `path`; `ino` identifies it, `fifo_data` (on one of its
     /// descriptions) holds the unread bytes.
     Fifo = 14,
+    /// An AF_PACKET socket: `packet`.
+    PacketSocket = 430,
+    /// An AF_NETLINK socket: `netlink`.
+    NetlinkSocket = 431,
+    /// A fanotify group: `fanotify`.
+    Fanotify = 432,
 }
 
 /// One inotify watch: its descriptor number, event mask and the watched file.
@@ -843,6 +849,15 @@ pub struct File {
     /// ("pipe:[INO]", "socket:[INO]"). Empty for fds 0-2, which fall back to ferry's own.
     #[prost(string, tag = "401")]
     pub external_key: String,
+    /// For a `PacketSocket`.
+    #[prost(message, optional, tag = "433")]
+    pub packet: Option<PacketSocket>,
+    /// For a `NetlinkSocket`.
+    #[prost(message, optional, tag = "434")]
+    pub netlink: Option<NetlinkSocket>,
+    /// For `Fanotify`.
+    #[prost(message, optional, tag = "435")]
+    pub fanotify: Option<FanotifyGroup>,
 }
 
 /// A directory or FIFO that was removed while a process had it open (or as its cwd): the
@@ -862,6 +877,109 @@ pub struct GhostInode {
     pub uid: u32,
     #[prost(uint32, tag = "5")]
     pub gid: u32,
+
+/// An AF_PACKET socket: its protocol and interface, options, filter and memberships.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct PacketSocket {
+    /// SOCK_RAW (3) or SOCK_DGRAM (2).
+    #[prost(int32, tag = "1")]
+    pub sock_type: i32,
+    /// The ethertype it receives (host order; 0: none), as getsockname reports it.
+    #[prost(uint32, tag = "2")]
+    pub protocol: u32,
+    /// The interface it is bound to (0: every interface), and its name at dump time.
+    #[prost(int32, tag = "3")]
+    pub ifindex: i32,
+    #[prost(string, tag = "4")]
+    pub ifname: String,
+    /// Options whose value differs from a fresh socket's.
+    #[prost(message, repeated, tag = "5")]
+    pub opts: Vec<SockOpt>,
+    #[prost(bytes = "vec", tag = "6")]
+    #[serde(serialize_with = "crate::hex::serialize")]
+    pub filter: Vec<u8>,
+    #[prost(bool, tag = "7")]
+    pub filter_locked: bool,
+    #[prost(uint32, tag = "8")]
+    pub uid: u32,
+    /// PACKET_ADD_MEMBERSHIP entries (promiscuous mode, multicast addresses ...).
+    #[prost(message, repeated, tag = "9")]
+    pub memberships: Vec<PacketSocketMembership>,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct PacketSocketMembership {
+    #[prost(int32, tag = "1")]
+    pub ifindex: i32,
+    /// PACKET_MR_MULTICAST (0), PACKET_MR_PROMISC (1), PACKET_MR_ALLMULTI (2), PACKET_MR_UNICAST (3).
+    #[prost(uint32, tag = "2")]
+    pub kind: u32,
+    #[prost(bytes = "vec", tag = "3")]
+    #[serde(serialize_with = "crate::hex::serialize")]
+    pub address: Vec<u8>,
+    /// How many times the socket took it.
+    #[prost(uint32, tag = "4")]
+    pub count: u32,
+}
+
+/// An AF_NETLINK socket: protocol, port id, groups, peer and options.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct NetlinkSocket {
+    /// SOCK_RAW (3) or SOCK_DGRAM (2).
+    #[prost(int32, tag = "1")]
+    pub sock_type: i32,
+    /// NETLINK_ROUTE (0), NETLINK_USERSOCK (2), NETLINK_SOCK_DIAG (4), NETLINK_GENERIC (16) ...
+    #[prost(int32, tag = "2")]
+    pub protocol: i32,
+    /// Its port id (0: never bound).
+    #[prost(uint32, tag = "3")]
+    pub portid: u32,
+    /// Multicast groups joined (NETLINK_LIST_MEMBERSHIPS: bit g-1 of the words for group g).
+    #[prost(uint32, repeated, tag = "4")]
+    pub groups: Vec<u32>,
+    /// connect(2)ed destination (both 0: not connected).
+    #[prost(uint32, tag = "5")]
+    pub dst_portid: u32,
+    #[prost(uint32, tag = "6")]
+    pub dst_group: u32,
+    #[prost(message, repeated, tag = "7")]
+    pub opts: Vec<SockOpt>,
+    #[prost(bytes = "vec", tag = "8")]
+    #[serde(serialize_with = "crate::hex::serialize")]
+    pub filter: Vec<u8>,
+    #[prost(bool, tag = "9")]
+    pub filter_locked: bool,
+    #[prost(uint32, tag = "10")]
+    pub uid: u32,
+}
+
+/// A fanotify group: fanotify_init flags and every mark.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct FanotifyGroup {
+    /// fanotify_init flags and event_f_flags, as fdinfo reports them.
+    #[prost(uint32, tag = "1")]
+    pub flags: u32,
+    #[prost(uint32, tag = "2")]
+    pub event_flags: u32,
+    #[prost(message, repeated, tag = "3")]
+    pub marks: Vec<FanotifyMark>,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct FanotifyMark {
+    /// 0 an inode, 1 a mount, 2 a filesystem.
+    #[prost(uint32, tag = "1")]
+    pub kind: u32,
+    /// The marked file, the mount point, or a path on the filesystem.
+    #[prost(string, tag = "2")]
+    pub path: String,
+    /// fdinfo's mflags (FAN_MARK_IGNORED_SURV_MODIFY ...), mask and ignored mask.
+    #[prost(uint32, tag = "3")]
+    pub mflags: u32,
+    #[prost(uint64, tag = "4")]
+    pub mask: u64,
+    #[prost(uint64, tag = "5")]
+    pub ignored_mask: u64,
 }
 
 /// A unix domain socket. Names are raw `sun_path` bytes: a leading NUL byte marks an abstract

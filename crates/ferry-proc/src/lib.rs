@@ -16,9 +16,11 @@
 
 mod auxv;
 mod cgroup;
+pub mod coverage;
 mod fdinfo;
 mod maps;
 mod mountinfo;
+mod netsock;
 mod smaps;
 mod stat;
 mod status;
@@ -29,6 +31,7 @@ pub use cgroup::{parse_cgroup, CgroupLine};
 pub use fdinfo::{parse_fdinfo, FdInfo};
 pub use maps::{parse_maps, MapEntry, Perms};
 pub use mountinfo::{parse_mountinfo, MountInfo};
+pub use netsock::{parse_net_sockets, NetSocket};
 pub use smaps::{parse_smaps, SmapsEntry};
 pub use stat::{parse_stat, Stat};
 pub use status::{parse_status, Status};

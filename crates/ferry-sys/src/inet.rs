@@ -219,3 +219,76 @@ pub fn shutdown(fd: BorrowedFd<'_>, how: i32) -> io::Result<()> {
     // SAFETY: integer arguments.
     cvt_i(unsafe { libc::shutdown(fd.as_raw_fd(), how) }).map(drop)
 }
+
+/// `poll(2)` of one fd with a zero timeout: the `revents` for `events` right now.
+pub fn poll_now(fd: BorrowedFd<'_>, events: i16) -> io::Result<i16> {
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events, revents: 0 };
+    // SAFETY: one valid pollfd, count 1, no timeout.
+    cvt_i(unsafe { libc::poll(&mut p, 1, 0) })?;
+    Ok(p.revents)
+}
+
+fn csum_add(mut sum: u32, data: &[u8]) -> u32 {
+    for c in data.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    sum
+}
+
+fn csum_fold(mut sum: u32) -> u16 {
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Send one TCP segment with no data from `src` to `dst` (IPv4) through a raw socket with
+/// IP_HDRINCL, so that its source is `src` whatever it is: `seq`, `ack`, TCP `flags`
+/// (FIN 0x01, ACK 0x10 ...), `window`. Needs CAP_NET_RAW.
+pub fn send_tcp_segment_v4(
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    window: u16,
+) -> io::Result<()> {
+    let raw = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP)?;
+    crate::sockopt::set_int(std::os::fd::AsFd::as_fd(&raw), libc::IPPROTO_IP, libc::IP_HDRINCL, 1)?;
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&src.port().to_be_bytes());
+    tcp[2..4].copy_from_slice(&dst.port().to_be_bytes());
+    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+    tcp[8..12].copy_from_slice(&ack.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = flags;
+    tcp[14..16].copy_from_slice(&window.to_be_bytes());
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend_from_slice(&src.ip().octets());
+    pseudo.extend_from_slice(&dst.ip().octets());
+    pseudo.extend_from_slice(&[0, libc::IPPROTO_TCP as u8, 0, 20]);
+    let sum = csum_fold(csum_add(csum_add(0, &pseudo), &tcp));
+    tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+    let mut pkt = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, libc::IPPROTO_TCP as u8, 0, 0];
+    pkt.extend_from_slice(&src.ip().octets());
+    pkt.extend_from_slice(&dst.ip().octets());
+    let ip_sum = csum_fold(csum_add(0, &pkt));
+    pkt[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+    pkt.extend_from_slice(&tcp);
+    let (st, len) = to_storage(&SocketAddr::V4(dst));
+    // SAFETY: pkt is valid for reads of pkt.len() bytes; st holds a sockaddr_in of `len` bytes.
+    let r = unsafe {
+        libc::sendto(
+            raw.as_raw_fd(),
+            pkt.as_ptr().cast(),
+            pkt.len(),
+            0,
+            (&st as *const libc::sockaddr_storage).cast::<libc::sockaddr>(),
+            len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -13,9 +13,11 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod consts;
+pub mod fanotify;
 pub mod inet;
 pub mod objects;
 pub mod pagebuf;
+pub mod pktnl;
 pub mod process;
 pub mod ptrace;
 pub mod raw;

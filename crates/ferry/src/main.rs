@@ -66,6 +66,10 @@ enum Cmd {
         /// quiet until the restore.
         #[arg(long)]
         tcp_established: bool,
+        /// Leave connections waiting in a listener's accept queue out of the image (their
+        /// clients see a reset; CRIU's --skip-in-flight) instead of refusing the dump.
+        #[arg(long)]
+        skip_in_flight: bool,
         /// The process was started from a terminal (a shell job): its terminal stays outside the
         /// image, and restore puts it onto the terminal `ferry restore --shell-job` runs on.
         #[arg(short = 'j', long = "shell-job")]
@@ -125,9 +129,13 @@ enum Cmd {
         #[arg(long, value_enum, value_name = "MODE", num_args = 0..=1, default_missing_value = "soft", require_equals = true)]
         manage_cgroups: Option<CgroupMode>,
         /// Accepted for CRIU's command line: established TCP connections in the image are
-        /// always restored (the dump decided, with --tcp-established).
-        #[arg(long)]
+        /// restored (the dump decided, with --tcp-established) unless --tcp-close.
+        #[arg(long, conflicts_with = "tcp_close")]
         tcp_established: bool,
+        /// Restore the TCP connections the image keeps as closed sockets (CRIU's restore
+        /// --tcp-close): reads fail with ENOTCONN, writes with EPIPE; their peers are reset.
+        #[arg(long = "tcp-close")]
+        tcp_close: bool,
         #[command(flatten)]
         criu: CriuDefaults,
         /// Give the restored process ferry's own fd N in place of the file whose key is KEY
@@ -361,6 +369,7 @@ fn run(cli: Cli) -> Result<i32> {
             leave_running,
             tcp_close,
             tcp_established,
+            skip_in_flight,
             shell_job,
             compress,
             leave_stopped,
@@ -388,6 +397,7 @@ fn run(cli: Cli) -> Result<i32> {
                 leave_running,
                 tcp_close,
                 tcp_established,
+                skip_in_flight,
                 shell_job,
                 leave_stopped,
                 freeze_timeout: std::time::Duration::from_secs(timeout),
@@ -414,6 +424,7 @@ fn run(cli: Cli) -> Result<i32> {
             leave_stopped,
             manage_cgroups,
             tcp_established: _,
+            tcp_close,
             criu: _,
             inherit_fd,
             external,
@@ -433,6 +444,7 @@ fn run(cli: Cli) -> Result<i32> {
                 dir: dir.clone(),
                 pidfile,
                 shell_job,
+                tcp_close,
                 leave_stopped,
                 cgroups,
                 trusted,

@@ -638,6 +638,7 @@ mod misc;
 mod more;
 mod objects;
 mod perf;
+mod socks;
 mod tampered;
 mod tty;
 mod unix;

@@ -7,8 +7,8 @@
 use crate::error::{Ctx, Error};
 use crate::procfs;
 use crate::state::{
-    epoll, eventfd, external, fifo, fown, ghost_node, inet, inotify, locks, memfd_seals, pipes, signalfd, timerfd, tty,
-    unix,
+    epoll, eventfd, external, fanotify, fifo, fown, ghost_node, inet, inotify, locks, memfd_seals, netlink, packet,
+    pipes, signalfd, timerfd, tty, unix,
 };
 use ferry_image::{Fd, File, FileKind, ImageWriter, Process};
 use ferry_sys::consts::KCMP_FILE;
@@ -215,6 +215,8 @@ pub fn collect(
             }
         } else if link.starts_with("socket:") && inet::collect(pid, fd, &link, &mut tree.connections, &mut file)? {
             // An AF_INET/AF_INET6 socket, filled in by inet::collect.
+        } else if link.starts_with("socket:") && other_socket(pid, fd, &link, &mut file)? {
+            // An AF_PACKET or AF_NETLINK socket, filled in by its module.
         } else if fd <= 2 && link.starts_with("socket:") {
             file.kind = FileKind::Inherited as i32;
             unix::collect_stdio(pid, fd, &link, &mut tree.unix, &mut file)?;
@@ -233,6 +235,9 @@ pub fn collect(
         } else if link == "anon_inode:inotify" {
             file.kind = FileKind::Inotify as i32;
             inotify::collect(pid, fd, &info, &mut file)?;
+        } else if link == "anon_inode:[fanotify]" {
+            file.kind = FileKind::Fanotify as i32;
+            fanotify::collect(pid, fd, &info, &mut file)?;
         } else if link == "anon_inode:[eventpoll]" {
             file.kind = FileKind::Epoll as i32;
             epoll::collect(pid, fd, &info, &mut file)?;
@@ -247,6 +252,15 @@ pub fn collect(
         p.fds.push(Fd { fd, cloexec, file: idx, locks: locks::collect(pid, fd, &info)? });
     }
     Ok(())
+}
+
+/// Packet and netlink sockets (state/packet.rs, state/netlink.rs), asked through a copy.
+fn other_socket(pid: i32, fd: i32, link: &str, file: &mut File) -> Result<bool, Error> {
+    let pidfd = ferry_sys::process::pidfd_open(pid).ctx(|| format!("pid {pid}: pidfd_open"))?;
+    let copy = ferry_sys::process::pidfd_getfd(std::os::fd::AsFd::as_fd(&pidfd), fd)
+        .ctx(|| format!("pid {pid} fd {fd} ({link}): cannot take a copy with pidfd_getfd"))?;
+    let sock = std::os::fd::AsFd::as_fd(&copy);
+    Ok(packet::collect(pid, fd, link, sock, file)? || netlink::collect(pid, fd, link, sock, file)?)
 }
 
 /// Once every process is collected: pipes with both ends in the tree keep their unread bytes
@@ -344,7 +358,7 @@ pub fn prepare(
     let mut out = Prepared { numbers: Vec::new(), owned: Vec::new() };
     // Connections restored with TCP_REPAIR go last: a listener binds its port normally before a
     // connection that shares it binds with the force-reuse of repair mode.
-    let repaired = |f: &File| f.inet.as_ref().is_some_and(|s| s.repair.is_some());
+    let repaired = |f: &File| f.inet.as_ref().is_some_and(inet::repaired);
     let order: Vec<usize> = (0..p.files.len())
         .filter(|&i| !repaired(&p.files[i]))
         .chain((0..p.files.len()).filter(|&i| repaired(&p.files[i])))
@@ -472,6 +486,9 @@ pub fn prepare(
                 None => fifo::prepare(&obj(), f, flags, &f.path)?,
             },
             FileKind::Inotify => inotify::prepare(&obj(), f)?,
+            FileKind::Fanotify => fanotify::prepare(&obj(), f)?,
+            FileKind::PacketSocket => packet::prepare(&obj(), f)?,
+            FileKind::NetlinkSocket => netlink::prepare(&obj(), f)?,
             FileKind::Epoll => ferry_sys::process::epoll_create(libc::EPOLL_CLOEXEC)
                 .ctx(|| format!("{}: cannot create the epoll instance", obj()))?,
             FileKind::Invalid => return Err(Error::Invalid { object: obj(), what: "unknown file kind".into() }),

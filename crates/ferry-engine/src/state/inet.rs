@@ -1,6 +1,10 @@
 //! TCP and UDP sockets over IPv4 and IPv6 that are not connections: listeners, bound or
 //! connected UDP sockets, and sockets that are only created (or only bound), so that a
-//! server comes back ready to accept.
+//! server comes back ready to accept. Raw sockets (SOCK_RAW, any IP protocol) and ICMP "ping"
+//! sockets (SOCK_DGRAM with IPPROTO_ICMP/ICMPV6) go the same way as UDP sockets: address (a
+//! ping socket's ident is its port; a raw socket's port is its protocol), peer, options,
+//! filter, shutdown; their peer is read from /proc/PID/net/{raw,raw6,icmp,icmp6}, because
+//! getpeername says ENOTCONN for one connected with port 0, the usual way.
 //!
 //! Everything is read from outside: ferry takes a copy of the socket with `pidfd_getfd` and
 //! asks it with getsockopt/getsockname/getpeername. TCP_INFO gives the state, and for a
@@ -18,8 +22,11 @@
 //! with the address named, before any process exists.
 //!
 //! Connections (ESTABLISHED and every other TCP state but LISTEN and CLOSE, including
-//! connections waiting in a listener's accept queue) are refused: they need TCP_REPAIR and
-//! belong to migration. With `dump --tcp-close` they are dropped instead, like CRIU's
+//! connections waiting in a listener's accept queue) are refused unless `--tcp-established`
+//! (ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT: state/tcp_repair.rs): they need TCP_REPAIR and
+//! belong to migration (`--skip-in-flight` drops the queued ones with a warning, as CRIU does;
+//! `restore --tcp-close` drops the kept ones at restore, `close_connections`). With
+//! `dump --tcp-close` they are dropped instead, like CRIU's
 //! `--tcp-close`: the connection socket comes back as a fresh, unbound, unconnected socket of
 //! the same family and type, so reads fail with ENOTCONN, writes with EPIPE, and poll reports
 //! EPOLLHUP, as for a connection the peer reset; queued connections are simply gone (their
@@ -85,6 +92,36 @@ enum Only {
     Udp,
     V4,
     V6,
+    /// Raw sockets (SOCK_RAW) of either family.
+    Raw,
+}
+
+/// SOL_RAW's ICMP_FILTER (linux/icmp.h): which ICMP types a raw IPPROTO_ICMP socket drops.
+const SOL_RAW: i32 = 255;
+const ICMP_FILTER: i32 = 1;
+/// IPPROTO_ICMPV6's ICMP6_FILTER (linux/icmpv6.h), and IPV6_CHECKSUM (linux/in6.h).
+const ICMP6_FILTER: i32 = 1;
+const IPV6_CHECKSUM: i32 = 7;
+
+/// The kinds of AF_INET/AF_INET6 sockets ferry carries.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Kind {
+    Tcp,
+    Udp,
+    /// SOCK_RAW, any IP protocol.
+    Raw,
+    /// An ICMP "ping" socket: SOCK_DGRAM with IPPROTO_ICMP or IPPROTO_ICMPV6.
+    Ping,
+}
+
+fn kind_of(sock_type: i32, protocol: i32) -> Option<Kind> {
+    match (sock_type, protocol) {
+        (libc::SOCK_STREAM, libc::IPPROTO_TCP) => Some(Kind::Tcp),
+        (libc::SOCK_DGRAM, libc::IPPROTO_UDP) => Some(Kind::Udp),
+        (libc::SOCK_DGRAM, libc::IPPROTO_ICMP) | (libc::SOCK_DGRAM, libc::IPPROTO_ICMPV6) => Some(Kind::Ping),
+        (libc::SOCK_RAW, _) => Some(Kind::Raw),
+        _ => None,
+    }
 }
 
 /// The options compared with a fresh socket (in the order restore sets them: SO_BUF_LOCK
@@ -161,6 +198,12 @@ const OPTS: &[(i32, i32, &str, Only)] = &[
     (libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, "IPV6_DONTFRAG", Only::V6),
     (libc::IPPROTO_IPV6, libc::IPV6_AUTOFLOWLABEL, "IPV6_AUTOFLOWLABEL", Only::V6),
     (libc::IPPROTO_IPV6, libc::IPV6_RECVORIGDSTADDR, "IPV6_RECVORIGDSTADDR", Only::V6),
+    // Raw sockets (each asked of every raw socket; one of another protocol or family says
+    // EOPNOTSUPP or ENOPROTOOPT and is skipped).
+    (libc::IPPROTO_IP, libc::IP_HDRINCL, "IP_HDRINCL", Only::Raw),
+    (SOL_RAW, ICMP_FILTER, "ICMP_FILTER", Only::Raw),
+    (libc::IPPROTO_IPV6, IPV6_CHECKSUM, "IPV6_CHECKSUM", Only::Raw),
+    (libc::IPPROTO_ICMPV6, ICMP6_FILTER, "ICMP6_FILTER", Only::Raw),
 ];
 
 /// TCP options whose getsockopt value is the connection's, not the user's, once connected
@@ -187,9 +230,14 @@ fn tcp_info(sock: BorrowedFd<'_>) -> std::io::Result<(u32, u32, u32)> {
 }
 
 fn kind_name(s: &InetSocket) -> String {
-    let proto = if s.protocol == libc::IPPROTO_TCP { "TCP" } else { "UDP" };
     let v = if s.family == libc::AF_INET6 { "v6" } else { "v4" };
-    format!("{proto}{v}")
+    match kind_of(s.sock_type, s.protocol) {
+        Some(Kind::Tcp) => format!("TCP{v}"),
+        Some(Kind::Udp) => format!("UDP{v}"),
+        Some(Kind::Ping) => format!("ICMP{v} (ping)"),
+        Some(Kind::Raw) => format!("RAW{v} (protocol {})", s.protocol),
+        None => format!("socket{v} (type {}, protocol {})", s.sock_type, s.protocol),
+    }
 }
 
 /// One line for `inspect` and errors: "TCPv4 LISTEN 127.0.0.1:8080".
@@ -213,6 +261,9 @@ pub fn describe(s: &InetSocket) -> String {
 pub struct Connections {
     /// `--tcp-close`: restore them closed.
     pub close: bool,
+    /// `--skip-in-flight`: leave connections waiting in a listener's accept queue out of the
+    /// image (with a warning) instead of refusing the dump.
+    pub skip_in_flight: bool,
     /// `--tcp-established`: keep established ones (TCP_REPAIR).
     pub established: bool,
     /// Connections put in repair mode by this dump.
@@ -235,18 +286,24 @@ pub fn collect(pid: i32, fd: i32, link: &str, policy: &mut Connections, f: &mut 
     let protocol = sockopt::get_int(sock, libc::SOL_SOCKET, libc::SO_PROTOCOL).ctx(obj)?;
     let unsupported = |what: String| Error::Unsupported { pid, what: format!("fd {fd}: {what}") };
     let fam = if family == libc::AF_INET { "AF_INET" } else { "AF_INET6" };
-    let tcp = sock_type == libc::SOCK_STREAM && protocol == libc::IPPROTO_TCP;
-    let udp = sock_type == libc::SOCK_DGRAM && protocol == libc::IPPROTO_UDP;
-    if !tcp && !udp {
+    let Some(kind) = kind_of(sock_type, protocol) else {
         return Err(unsupported(format!(
-            "{fam} socket of type {sock_type}, protocol {protocol} (only TCP and UDP are)"
+            "{fam} socket of type {sock_type}, protocol {protocol} (only TCP, UDP, raw and ICMP ping sockets are)"
         )));
-    }
+    };
+    let (tcp, udp) = (kind == Kind::Tcp, kind == Kind::Udp);
     let local = net::sock_name(sock).ctx(|| format!("{}: getsockname", obj()))?;
-    let peer = net::peer_name(sock).ctx(|| format!("{}: getpeername", obj()))?;
+    let mut peer = net::peer_name(sock).ctx(|| format!("{}: getpeername", obj()))?;
+    if peer.is_none() && matches!(kind, Kind::Raw | Kind::Ping) {
+        peer = dgram_peer(pid, sock, family, kind).map_err(|e| match e {
+            Error::Sys { object, source } => Error::Sys { object: format!("{}: {object}", obj()), source },
+            other => other,
+        })?;
+    }
     let uid = ferry_sys::process::fstat(sock).ctx(|| format!("{}: fstat", obj()))?.st_uid;
     let mut s = InetSocket { family, sock_type, protocol, uid, ..Default::default() };
-    let bound = local.is_some_and(|a| a.port() != 0 || !a.ip().is_unspecified());
+    // (A raw socket's "port" is its protocol: bound means an address.)
+    let bound = local.is_some_and(|a| (a.port() != 0 && kind != Kind::Raw) || !a.ip().is_unspecified());
     if bound {
         s.local = local.map(|a| a.to_string()).unwrap_or_default();
     }
@@ -263,14 +320,22 @@ pub fn collect(pid: i32, fd: i32, link: &str, policy: &mut Connections, f: &mut 
         s.state = if peer.is_some() { TCP_ESTABLISHED } else { TCP_CLOSE };
         let mem = sockopt::get_raw(sock, libc::SOL_SOCKET, SO_MEMINFO, 64).ctx(|| format!("{}: SO_MEMINFO", obj()))?;
         let rmem = mem.get(..4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(0);
-        let next = net::inq(sock).ctx(|| format!("{}: SIOCINQ", obj()))?;
+        // (Ping sockets answer no SIOCINQ: SO_MEMINFO's receive memory tells for them.)
+        let next = match net::inq(sock) {
+            Err(_) if kind == Kind::Ping => 0,
+            r => r.ctx(|| format!("{}: SIOCINQ", obj()))?,
+        };
         if rmem > 0 || next > 0 {
             return Err(unsupported(format!(
                 "{} with datagrams waiting to be read (their sender addresses cannot be restored; dump again once it is drained)",
                 describe(&s)
             )));
         }
-        let pending = udp_pending(sock).ctx(|| format!("{}: SIOCOUTQ", obj()))?;
+        // (A ping socket sends each datagram at once: it has no cork.)
+        let pending = match kind {
+            Kind::Ping => 0,
+            _ => udp_pending(sock).ctx(|| format!("{}: SIOCOUTQ", obj()))?,
+        };
         if pending > 0 {
             return Err(unsupported(format!(
                 "{} with {pending} bytes corked (UDP_CORK or MSG_MORE), a datagram not sent yet (it cannot be put back; dump again once it is sent)",
@@ -290,7 +355,7 @@ pub fn collect(pid: i32, fd: i32, link: &str, policy: &mut Connections, f: &mut 
     (s.filter, s.filter_locked) =
         crate::state::sockfilter::collect(sock).map_err(|what| unsupported(format!("{} with {what}", describe(&s))))?;
     let connection = tcp && s.state != TCP_LISTEN && s.state != TCP_CLOSE;
-    let repair = connection && s.state == TCP_ESTABLISHED && policy.established;
+    let repair = connection && tcp_repair::carried_state(s.state) && policy.established;
     if udp || repair {
         let ino = ferry_sys::process::fstat(sock).ctx(|| format!("{}: fstat", obj()))?.st_ino;
         // sock_diag lists the sockets of the kernel's hash tables: an unbound UDP socket is
@@ -300,21 +365,25 @@ pub fn collect(pid: i32, fd: i32, link: &str, policy: &mut Connections, f: &mut 
             None if !bound => 0,
             None => return Err(Error::Invalid { object: obj(), what: "not listed by sock_diag".into() }),
         };
+    } else if matches!(kind, Kind::Raw | Kind::Ping) {
+        s.shutdown = dgram_shutdown(sock).ctx(|| format!("{}: poll", obj()))?;
     }
     if connection && !tcp_close && !repair {
-        return Err(unsupported(format!(
-            "{} (dump with --tcp-established to keep the connection, or --tcp-close to restore it closed)",
-            describe(&s)
-        )));
+        let hint = match policy.established {
+            true => "a TCP state --tcp-established does not carry yet; dump with --tcp-close to restore it closed",
+            false => "dump with --tcp-established to keep the connection, or --tcp-close to restore it closed",
+        };
+        return Err(unsupported(format!("{} ({hint})", describe(&s))));
     }
-    if queued > 0 && !tcp_close {
+    if queued > 0 && !tcp_close && !policy.skip_in_flight {
         return Err(unsupported(format!(
-            "{} with {queued} connection(s) waiting in its accept queue (dump with --tcp-close to drop them)",
+            "{} with {queued} connection(s) waiting in its accept queue (dump with --skip-in-flight or --tcp-close to drop them)",
             describe(&s)
         )));
     }
     if queued > 0 {
-        tracing::warn!(pid, fd, listener = %describe(&s), queued, "dropping connections waiting to be accepted (--tcp-close)");
+        let why = if tcp_close { "--tcp-close" } else { "--skip-in-flight" };
+        tracing::warn!(pid, fd, listener = %describe(&s), queued, "dropping connections waiting to be accepted ({why}): their clients see a reset");
     }
     if connection && !repair {
         tracing::warn!(pid, fd, socket = %describe(&s), "restoring a TCP connection as closed (--tcp-close)");
@@ -325,12 +394,48 @@ pub fn collect(pid: i32, fd: i32, link: &str, policy: &mut Connections, f: &mut 
         other => other,
     })?;
     if repair {
-        s.repair = Some(tcp_repair::collect(&obj(), owned, &mut policy.repaired)?);
+        let (r, state) = tcp_repair::collect(&obj(), owned, &mut policy.repaired)?;
+        s.repair = Some(r);
+        s.state = state;
     }
     f.describe = format!("{link} {}", describe(&s));
     f.kind = ferry_image::FileKind::InetSocket as i32;
     f.inet = Some(s);
     Ok(true)
+}
+
+/// The peer of a raw or ping socket connected with port 0, which getpeername(2) hides
+/// (ENOTCONN): its line in /proc/PID/net/{raw,raw6,icmp,icmp6}.
+fn dgram_peer(pid: i32, sock: BorrowedFd<'_>, family: i32, kind: Kind) -> Result<Option<SocketAddr>, Error> {
+    let ino = ferry_sys::process::fstat(sock).ctx(|| "fstat".into())?.st_ino;
+    let file = match (kind, family == libc::AF_INET6) {
+        (Kind::Raw, false) => "net/raw",
+        (Kind::Raw, true) => "net/raw6",
+        (_, false) => "net/icmp",
+        (_, true) => "net/icmp6",
+    };
+    let text = crate::procfs::read_string(pid, file)?;
+    let lines = crate::procfs::parse(pid, file, ferry_proc::parse_net_sockets(&text))?;
+    let line = lines.iter().find(|l| l.inode == ino).ok_or_else(|| Error::Invalid {
+        object: format!("/proc/{pid}/{file}"),
+        what: format!("socket inode {ino} is not listed"),
+    })?;
+    Ok((line.state == TCP_ESTABLISHED as u8).then_some(line.remote))
+}
+
+/// The shutdown state of a raw or ping socket, which sock_diag does not list (ping sockets
+/// never, raw ones only with CONFIG_INET_RAW_DIAG): poll reports a read shutdown (EPOLLRDHUP,
+/// the queue being empty) and both (EPOLLHUP); a write shutdown alone shows nowhere and is
+/// not carried (docs/ARCHITECTURE.md).
+fn dgram_shutdown(sock: BorrowedFd<'_>) -> std::io::Result<u32> {
+    let revents = net::poll_now(sock, libc::POLLIN | libc::POLLRDHUP)?;
+    Ok(if revents & libc::POLLHUP != 0 {
+        3
+    } else if revents & libc::POLLRDHUP != 0 {
+        1
+    } else {
+        0
+    })
 }
 
 /// Bytes waiting on a UDP socket to go out: a corked datagram (UDP_CORK, MSG_MORE), or one
@@ -385,6 +490,7 @@ fn changed_opts(sock: BorrowedFd<'_>, s: &InetSocket, connection: bool) -> Resul
             Only::Udp => s.protocol == libc::IPPROTO_UDP,
             Only::V4 => s.family == libc::AF_INET,
             Only::V6 => s.family == libc::AF_INET6,
+            Only::Raw => s.sock_type == libc::SOCK_RAW,
         };
         if !applies || (connection && connection_only(level, name)) || (tcp && multicast_only(level, name)) {
             continue;
@@ -432,16 +538,44 @@ pub fn prepare(obj: &str, f: &File) -> Result<OwnedFd, Error> {
     }
     crate::state::sockfilter::restore(sock.as_fd(), &s.filter, s.filter_locked)
         .ctx(|| format!("{obj}: cannot attach its socket filter"))?;
-    if let Some(r) = &s.repair {
+    if s.closed {
+        // Dropped at dump (`dump --tcp-close`) or here (`restore --tcp-close`).
+    } else if let Some(r) = &s.repair {
         tcp_repair::prepare_before_bind(obj, sock.as_fd(), r)?;
         // Bound and connected by `connect_repaired` once every other socket of the tree is:
         // in repair mode it binds with force-reuse, which would keep a listener of the same
         // port (in this process or another) from binding after it.
-    } else if !s.closed {
+    } else {
         bind_connect(obj, s, sock.as_fd())?;
     }
     ferry_sys::process::set_status_flags(sock.as_fd(), f.flags as i32).ctx(|| obj.to_string())?;
     Ok(sock)
+}
+
+/// Whether `s` is a connection to put back with TCP_REPAIR (saved by `--tcp-established`, and
+/// not dropped by `restore --tcp-close`).
+pub fn repaired(s: &InetSocket) -> bool {
+    s.repair.is_some() && !s.closed
+}
+
+/// `restore --tcp-close` (CRIU's meaning): every connection the image keeps comes back as a
+/// closed socket, as with `dump --tcp-close` (reads fail with ENOTCONN, writes with EPIPE);
+/// the peers, blocked by the dump's network lock until the restore ends, then meet no socket
+/// and are reset. Returns how many were dropped.
+pub fn close_connections(procs: &mut [ferry_image::Process]) -> usize {
+    let mut n = 0;
+    for p in procs.iter_mut() {
+        for f in p.files.iter_mut() {
+            if let Some(s) = f.inet.as_mut().filter(|s| repaired(s)) {
+                // The repair record stays: its network lock is lifted once the tree runs.
+                s.closed = true;
+                tracing::warn!(pid = p.pid, socket = %describe(s), "restoring a TCP connection as closed (--tcp-close)");
+                f.describe = format!("{} (closed by restore --tcp-close)", f.describe);
+                n += 1;
+            }
+        }
+    }
+    n
 }
 
 /// Second pass for the connections restored with TCP_REPAIR (still in repair mode): bind,
@@ -487,23 +621,35 @@ fn bind_connect(obj: &str, s: &InetSocket, sock: BorrowedFd<'_>) -> Result<(), E
     }
     if s.protocol == libc::IPPROTO_TCP && s.state == TCP_LISTEN {
         net::listen(sock.as_fd(), s.backlog as i32).ctx(|| format!("{obj}: cannot listen on {}", s.local))?;
-    } else if !s.peer.is_empty() && (s.protocol == libc::IPPROTO_UDP || s.repair.is_some()) {
+    } else if !s.peer.is_empty() && (s.sock_type != libc::SOCK_STREAM || s.repair.is_some()) {
         let peer = parse_addr(obj, &s.peer)?;
         net::connect(sock.as_fd(), &peer).ctx(|| format!("{obj}: cannot connect to {}", s.peer))?;
     }
     if let Some(r) = &s.repair {
         tcp_repair::finish_after_connect(obj, sock.as_fd(), r)?;
     }
-    if s.shutdown & 3 != 0 {
-        let how = match s.shutdown & 3 {
+    let mut shut = s.shutdown & 3;
+    if let Some(r) = &s.repair {
+        // A peer's FIN (CLOSE_WAIT) is handed to the socket once the tree runs
+        // (`tcp_repair::inject_fins`); this side's FIN goes into the send queue in repair mode,
+        // where it counts as sent (and is retransmitted once repair mode is off).
+        if s.state == tcp_repair::CLOSE_WAIT {
+            shut &= !1;
+        }
+        if shut & 2 != 0 {
+            tcp_repair::queue_fin(obj, sock, r)?;
+        }
+    }
+    if shut != 0 {
+        let how = match shut {
             1 => libc::SHUT_RD,
             2 => libc::SHUT_WR,
             _ => libc::SHUT_RDWR,
         };
         match net::shutdown(sock.as_fd(), how) {
             Ok(()) => {}
-            // An unconnected UDP socket: the kernel says ENOTCONN but records it all the same.
-            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) && s.protocol == libc::IPPROTO_UDP => {}
+            // An unconnected datagram socket: the kernel says ENOTCONN but records it all the same.
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) && s.sock_type != libc::SOCK_STREAM => {}
             Err(e) => return Err(Error::Sys { object: format!("{obj}: cannot shut it down again"), source: e }),
         }
     }

@@ -64,7 +64,7 @@ fn parse_line(v: &str) -> Option<Line> {
 }
 
 /// Open the mount point of a mount of device `major:minor` seen by `pid`.
-fn mount_fd(pid: i32, major: u32, minor: u32) -> Result<Option<std::fs::File>, Error> {
+pub(crate) fn mount_fd(pid: i32, major: u32, minor: u32) -> Result<Option<std::fs::File>, Error> {
     let text = procfs::read_string(pid, "mountinfo")?;
     let mounts = procfs::parse(pid, "mountinfo", ferry_proc::parse_mountinfo(&text))?;
     for m in mounts.iter().filter(|m| (m.dev_major, m.dev_minor) == (major, minor)) {
@@ -73,6 +73,33 @@ fn mount_fd(pid: i32, major: u32, minor: u32) -> Result<Option<std::fs::File>, E
         }
     }
     Ok(None)
+}
+
+/// The path of inode `ino` on device `sdev` (the kernel's dev_t, as fdinfo prints it) seen by
+/// `pid`, from its file handle (fdinfo's `fhandle-type`, `f_handle`); `Err` says why not, for
+/// an "is not supported" error (inotify watches and fanotify inode marks).
+pub(crate) fn path_of(pid: i32, sdev: u64, ino: u64, handle_type: i32, handle: &[u8]) -> Result<String, String> {
+    let (major, minor) = ((sdev >> 20) as u32, (sdev & 0xfffff) as u32);
+    let what = format!("(inode {ino} on device {major}:{minor})");
+    if handle.is_empty() {
+        return Err(format!("{what}: the file system gives no file handle"));
+    }
+    let mnt = mount_fd(pid, major, minor)
+        .map_err(|e| format!("{what}: {e}"))?
+        .ok_or_else(|| format!("{what}: no mount of that device is visible"))?;
+    let file = open_by_handle(mnt.as_fd(), handle_type, handle, libc::O_PATH | libc::O_CLOEXEC)
+        .map_err(|e| format!("{what}: cannot open it by handle: {e}"))?;
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|e| format!("{what}: {e}"))?
+        .to_string_lossy()
+        .into_owned();
+    let same = std::fs::symlink_metadata(&path)
+        .map(|md| md.ino() == ino && libc::major(md.dev()) == major && libc::minor(md.dev()) == minor)
+        .unwrap_or(false);
+    if !same {
+        return Err(format!("{what}: its path {path} cannot be found (deleted?)"));
+    }
+    Ok(path)
 }
 
 /// Fill `f` from the fdinfo lines of an inotify instance (fd `fd` of `pid`).
@@ -89,25 +116,9 @@ pub fn collect(pid: i32, fd: i32, info: &ferry_proc::FdInfo, f: &mut File) -> Re
             object: format!("/proc/{pid}/fdinfo/{fd}"),
             what: format!("malformed inotify line: {v}"),
         })?;
-        let (major, minor) = ((l.sdev >> 20) as u32, (l.sdev & 0xfffff) as u32);
-        let watch = || format!("watch {} (inode {} on device {major}:{minor})", l.wd, l.ino);
-        if l.handle.is_empty() {
-            return Err(unsupported(format!("{}: the file system gives no file handle", watch())));
-        }
-        let mnt = mount_fd(pid, major, minor)?
-            .ok_or_else(|| unsupported(format!("{}: no mount of that device is visible", watch())))?;
-        let file = open_by_handle(mnt.as_fd(), l.handle_type, &l.handle, libc::O_PATH | libc::O_CLOEXEC)
-            .map_err(|e| unsupported(format!("{}: cannot open it by handle: {e}", watch())))?;
-        let path = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
-            .ctx(|| format!("pid {pid} fd {fd}: {}", watch()))?
-            .to_string_lossy()
-            .into_owned();
-        let same = std::fs::symlink_metadata(&path)
-            .map(|md| md.ino() == l.ino && libc::major(md.dev()) == major && libc::minor(md.dev()) == minor)
-            .unwrap_or(false);
-        if !same {
-            return Err(unsupported(format!("{}: its path {path} cannot be found (deleted?)", watch())));
-        }
+        let watch = format!("watch {}", l.wd);
+        let path = path_of(pid, l.sdev, l.ino, l.handle_type, &l.handle)
+            .map_err(|what| unsupported(format!("{watch} {what}")))?;
         f.inotify_watches.push(InotifyWatch { wd: l.wd, mask: l.mask, path, ino: l.ino });
     }
     f.inotify_watches.sort_by_key(|w| w.wd);

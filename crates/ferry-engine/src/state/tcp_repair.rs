@@ -6,6 +6,15 @@
 //! is given the same numbers, bound and "connected" without a handshake, its queues refilled,
 //! and switched back to normal mode.
 //!
+//! Half-closed connections (libsoccr's way): FIN_WAIT1 and FIN_WAIT2 (this side sent its FIN)
+//! come back as established connections shut down for writing in repair mode, so that their
+//! FIN counts as sent and is retransmitted until the peer acknowledges it again (FIN_WAIT1,
+//! then FIN_WAIT2 once it does); CLOSE_WAIT (the peer sent its FIN) comes back established,
+//! and once the tree runs and the network lock is lifted ferry hands the socket the peer's FIN
+//! again, a TCP segment sent to it through a raw socket (`inject_fins`; IPv4 only). The FIN is a
+//! sequence number but no byte: the saved sequence numbers leave it out. LAST_ACK and CLOSING
+//! (both FINs, one not acknowledged yet) are refused, although CRIU carries them.
+//!
 //! Each connection is blocked by the network lock (state/netlock.rs) before its queues are
 //! read, until the restored socket leaves repair mode.
 
@@ -89,9 +98,27 @@ fn queue(sock: BorrowedFd<'_>, which: i32, len: usize) -> std::io::Result<(u32, 
     Ok((seq, data))
 }
 
-/// Save the established connection `sock` (ferry's copy, taken with pidfd_getfd); it stays in
-/// repair mode, registered in `repaired`.
-pub fn collect(obj: &str, sock: OwnedFd, repaired: &mut Repaired) -> Result<TcpRepair, Error> {
+const ST_ESTABLISHED: u32 = 1;
+const ST_FIN_WAIT1: u32 = 4;
+const ST_FIN_WAIT2: u32 = 5;
+const ST_CLOSE_WAIT: u32 = 8;
+/// TCP_CLOSE_WAIT.
+pub const CLOSE_WAIT: u32 = ST_CLOSE_WAIT;
+
+/// The TCP states `--tcp-established` carries.
+pub fn carried_state(state: u32) -> bool {
+    matches!(state, ST_ESTABLISHED | ST_FIN_WAIT1 | ST_FIN_WAIT2 | ST_CLOSE_WAIT)
+}
+
+/// Whether this side sent its FIN in `state` (it is then the last sequence number sent).
+pub fn sent_fin(state: u32) -> bool {
+    matches!(state, ST_FIN_WAIT1 | ST_FIN_WAIT2)
+}
+
+/// Save the connection `sock` (ferry's copy, taken with pidfd_getfd) and its state, read
+/// once it is locked (a FIN may have arrived meanwhile); it stays in repair mode, registered
+/// in `repaired`.
+pub fn collect(obj: &str, sock: OwnedFd, repaired: &mut Repaired) -> Result<(TcpRepair, u32), Error> {
     let s = sock.as_fd();
     let ctx = |what: &str| format!("{obj}: {what}");
     // Nothing may reach the socket once its queues are read: lock first, then repair mode,
@@ -123,9 +150,38 @@ pub fn collect(obj: &str, sock: OwnedFd, repaired: &mut Repaired) -> Result<TcpR
     let outq = net::outq(s).ctx(|| ctx("SIOCOUTQ"))? as usize;
     let info = sockopt::get_raw(s, libc::IPPROTO_TCP, TCP_INFO, 104).ctx(|| ctx("TCP_INFO"))?;
     let byte = |i: usize| info.get(i).copied().unwrap_or(0) as u32;
+    let state = byte(0);
+    if !carried_state(state) {
+        return Err(Error::Invalid {
+            object: obj.into(),
+            what: format!("the connection moved to TCP state {state} while it was saved (dump again)"),
+        });
+    }
+    let peer_v6 = peer.is_ipv6();
+    if state == ST_CLOSE_WAIT && peer_v6 {
+        return Err(Error::Invalid {
+            object: obj.into(),
+            what: "an IPv6 connection in CLOSE_WAIT (its FIN can only be given back over IPv4) is not supported yet"
+                .into(),
+        });
+    }
+    // A FIN not acknowledged yet counts in SIOCOUTQ but is no byte of the queue.
+    let outq = if state == ST_FIN_WAIT1 { outq.saturating_sub(1) } else { outq };
     let (recv_seq, recv_queue) = queue(s, TCP_RECV_QUEUE, inq).ctx(|| ctx("cannot read the receive queue"))?;
     let (send_seq, send_queue) = queue(s, TCP_SEND_QUEUE, outq).ctx(|| ctx("cannot read the send queue"))?;
-    let window = sockopt::get_raw(s, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, 20).ctx(|| ctx("TCP_REPAIR_WINDOW"))?;
+    // The FINs are sequence numbers: without them the numbers are those of an established
+    // connection, which restore rebuilds and then closes half again.
+    let send_seq = if sent_fin(state) { send_seq.wrapping_sub(1) } else { send_seq };
+    let recv_seq = if state == ST_CLOSE_WAIT { recv_seq.wrapping_sub(1) } else { recv_seq };
+    let mut window = sockopt::get_raw(s, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, 20).ctx(|| ctx("TCP_REPAIR_WINDOW"))?;
+    // struct tcp_repair_window's rcv_wup (at 16) may count the peer's FIN, which the restored
+    // socket has not received yet (the kernel refuses a rcv_wup past rcv_nxt).
+    if let Some(b) = window.get_mut(16..20) {
+        let wup = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+        if (wup.wrapping_sub(recv_seq) as i32) > 0 {
+            b.copy_from_slice(&recv_seq.to_ne_bytes());
+        }
+    }
     let timestamp = sockopt::get_int(s, libc::IPPROTO_TCP, TCP_TIMESTAMP).ctx(|| ctx("TCP_TIMESTAMP"))? as u32;
     let mss = sockopt::get_int(s, libc::IPPROTO_TCP, TCP_MAXSEG).ctx(|| ctx("TCP_MAXSEG"))? as u32;
     if recv_queue.len() != inq || send_queue.len() != outq {
@@ -138,19 +194,22 @@ pub fn collect(obj: &str, sock: OwnedFd, repaired: &mut Repaired) -> Result<TcpR
             ),
         });
     }
-    Ok(TcpRepair {
-        send_seq,
-        recv_seq,
-        send_queue,
-        recv_queue,
-        mss,
-        snd_wscale: byte(6) & 0xf,
-        rcv_wscale: byte(6) >> 4,
-        options: byte(5),
-        window,
-        timestamp,
-        lock: lock_name,
-    })
+    Ok((
+        TcpRepair {
+            send_seq,
+            recv_seq,
+            send_queue,
+            recv_queue,
+            mss,
+            snd_wscale: byte(6) & 0xf,
+            rcv_wscale: byte(6) >> 4,
+            options: byte(5),
+            window,
+            timestamp,
+            lock: lock_name,
+        },
+        state,
+    ))
 }
 
 fn fill(sock: BorrowedFd<'_>, which: i32, data: &[u8]) -> std::io::Result<()> {
@@ -229,6 +288,45 @@ pub fn finish_after_connect(obj: &str, sock: BorrowedFd<'_>, r: &TcpRepair) -> R
     Ok(())
 }
 
+/// Before shutdown(SHUT_WR) of a connection in repair mode: the FIN joins the send queue.
+pub fn queue_fin(obj: &str, sock: BorrowedFd<'_>, _r: &TcpRepair) -> Result<(), Error> {
+    sockopt::set_int(sock, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
+        .ctx(|| format!("{obj}: TCP_REPAIR_QUEUE"))
+}
+
+/// Once the tree runs and the network lock is lifted: give every connection restored from
+/// CLOSE_WAIT its peer's FIN again, a segment from the peer's address with the next sequence
+/// number the socket expects and acknowledging what the peer had acknowledged. The socket
+/// acknowledges it (a duplicate for the peer, which ignores it) and reads end of file.
+pub fn inject_fins(procs: &[ferry_image::Process]) -> Result<(), Error> {
+    let mut done = std::collections::HashSet::new();
+    for p in procs {
+        for f in &p.files {
+            let Some(s) = f.inet.as_ref().filter(|s| crate::state::inet::repaired(s) && s.state == ST_CLOSE_WAIT)
+            else {
+                continue;
+            };
+            let Some(r) = &s.repair else { continue };
+            let obj = || format!("pid {}: {}", p.pid, f.describe);
+            let (Ok(std::net::SocketAddr::V4(local)), Ok(std::net::SocketAddr::V4(peer))) =
+                (s.local.parse::<std::net::SocketAddr>(), s.peer.parse::<std::net::SocketAddr>())
+            else {
+                return Err(Error::Invalid { object: obj(), what: "not an IPv4 connection".into() });
+            };
+            if !done.insert((local, peer)) {
+                continue;
+            }
+            let snd_una = r.send_seq.wrapping_sub(r.send_queue.len() as u32);
+            // struct tcp_repair_window: snd_wl1, snd_wnd, ...: the window the peer offered.
+            let snd_wnd = r.window.get(4..8).map_or(65535, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+            let window = (snd_wnd >> r.snd_wscale).min(65535) as u16;
+            net::send_tcp_segment_v4(peer, local, r.recv_seq, snd_una, 0x11, window)
+                .ctx(|| format!("{}: cannot give back the peer's FIN", obj()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Once every other socket of the image exists (listeners bound to the same ports first):
 /// bind and connect every connection restored with TCP_REPAIR and refill its queues
 /// (`inet::connect_repaired`). `fds` maps ferry's fd numbers (`numbers`) to the fds.
@@ -241,7 +339,7 @@ pub fn connect_all(
     for (p, nums) in procs.iter().zip(numbers) {
         let Some(nums) = nums else { continue };
         for (i, f) in p.files.iter().enumerate() {
-            if f.inet.as_ref().is_none_or(|s| s.repair.is_none()) {
+            if !f.inet.as_ref().is_some_and(crate::state::inet::repaired) {
                 continue;
             }
             let n = nums.get(i).copied().unwrap_or(-1);
@@ -264,7 +362,7 @@ pub fn release_all(procs: &[ferry_image::Process], numbers: &[Option<&[i32]>]) -
     for (p, nums) in procs.iter().zip(numbers) {
         let Some(nums) = nums else { continue };
         for (i, f) in p.files.iter().enumerate() {
-            let Some(s) = f.inet.as_ref().filter(|s| s.repair.is_some()) else { continue };
+            let Some(s) = f.inet.as_ref().filter(|s| crate::state::inet::repaired(s)) else { continue };
             let n = nums.get(i).copied().unwrap_or(-1);
             if done.insert(n) {
                 let obj = || format!("pid {}: {}", p.pid, f.describe);

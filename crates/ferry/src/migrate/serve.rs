@@ -679,6 +679,7 @@ fn handle(mut sec: Secure, limits: &Limits, dir: &Path) -> Result<Option<i32>> {
         dir: dir.to_path_buf(),
         pidfile: None,
         shell_job: false,
+        tcp_close: false,
         leave_stopped: false,
         cgroups: true,
         trusted: None,

@@ -168,6 +168,7 @@ pub fn migrate(o: &MigrateOptions) -> Result<()> {
         leave_running: false,
         tcp_close: o.tcp_close,
         tcp_established: o.tcp_established,
+        skip_in_flight: false,
         shell_job: false,
         leave_stopped: false,
         freeze_timeout: Duration::from_secs(10),
