@@ -877,6 +877,7 @@ pub struct GhostInode {
     pub uid: u32,
     #[prost(uint32, tag = "5")]
     pub gid: u32,
+}
 
 /// An AF_PACKET socket: its protocol and interface, options, filter and memberships.
 #[derive(Clone, PartialEq, prost::Message, Serialize)]
