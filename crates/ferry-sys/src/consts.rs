@@ -13,6 +13,7 @@ pub const PTRACE_O_TRACESYSGOOD: u32 = 1;
 pub const PTRACE_O_EXITKILL: u32 = 0x0010_0000;
 pub const PTRACE_O_TRACECLONE: u32 = 8;
 pub const PTRACE_EVENT_STOP: i32 = 128;
+pub const PTRACE_EVENT_CLONE: i32 = 3;
 pub const NT_PRSTATUS: u32 = 1;
 pub const NT_X86_XSTATE: u32 = 0x202;
 
@@ -82,4 +83,5 @@ pub mod nr {
     pub const PRLIMIT64: u64 = 302;
     pub const CLOSE_RANGE: u64 = 436;
     pub const CLONE3: u64 = 435;
+    pub const CLONE: u64 = 56;
 }

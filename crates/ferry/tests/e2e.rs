@@ -636,6 +636,7 @@ mod migrate;
 mod more;
 mod objects;
 mod perf;
+mod snapshot;
 mod tampered;
 mod tty;
 mod unix;

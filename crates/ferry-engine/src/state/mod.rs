@@ -28,6 +28,7 @@ pub mod rseq;
 pub mod session;
 pub mod signalfd;
 pub mod signals;
+pub mod snapshot;
 pub mod sockfilter;
 pub mod sysvshm;
 pub mod task;
