@@ -14,6 +14,10 @@
 # exec, work and exit, not the shell's own fork, which costs ~1.3 ms in this VM):
 #   dump     `ferry dump -t PID -D DIR`: freeze, write the image, kill the process; "frozen" is
 #            ferry's own figure (freeze to committed image);
+#   dump -R  before that, `ferry dump -R` of the same process (it keeps running): the tree runs
+#            again once a copy-on-write snapshot of its memory is taken, and the pages are written
+#            from the snapshot; "-R frozen" is ferry's figure (freeze to running again, plus the
+#            moment it is frozen again to reap the snapshot);
 #   restore  `ferry restore -D DIR -d`: verify the image, recreate the process, return once it
 #            runs (the restored process is then asked to checksum its memory, which must match);
 #   RSS      ferry's own peak resident set (getrusage of the ferry process, its peak over the
@@ -365,6 +369,12 @@ run_tool() {
     wait_for $((60 + size / 8)) "memhold ($size MiB) to fill its memory" exists "$ready"
     if [ "$tool" = ferry ]; then
         # shellcheck disable=SC2086
+        out=$("$WORK/maxrss" "$WORK/rss" "$FERRY" -v dump -R ${DUMP_ARGS:-} -t "$pid" -D "$IMG" 2>&1) ||
+            die "ferry dump -R of pid $pid ($size MiB) failed: $out"
+        f_rdump+=("$(cut -d' ' -f2 "$WORK/rss")")
+        f_rfrozen+=("$(sed -n 's/.*(frozen \([0-9.]*\) ms).*/\1/p' <<<"$out" | tail -1)")
+        rm -rf "$IMG"
+        # shellcheck disable=SC2086
         out=$("$WORK/maxrss" "$WORK/rss" "$FERRY" -v dump ${DUMP_ARGS:-} -t "$pid" -D "$IMG" 2>&1) ||
             die "ferry dump of pid $pid ($size MiB) failed: $out"
         f_dump+=("$(cut -d' ' -f2 "$WORK/rss")")
@@ -413,7 +423,7 @@ for size in "${SIZES[@]}"; do
     mib=$(mib_of "$size")
     label="$size MiB"
     [ "$size" = tiny ] && label="tiny (2 MiB)"
-    f_dump=() f_frozen=() f_restore=() f_size=() f_drss=() f_rrss=() fwrite=() fread=() c_dump=() c_restore=() c_size=()
+    f_dump=() f_frozen=() f_rdump=() f_rfrozen=() f_restore=() f_size=() f_drss=() f_rrss=() fwrite=() fread=() c_dump=() c_restore=() c_size=()
     steps=(ferry floor)
     [ -n "${CRIU:-}" ] && steps+=(criu)
     for ((run = 1; run <= RUNS; run++)); do
@@ -426,13 +436,13 @@ for size in "${SIZES[@]}"; do
                 floor) run_floor "$mib" ;;
             esac
         done
-        msg="$label run $run/$RUNS: ferry dump ${f_dump[-1]} ms (frozen ${f_frozen[-1]} ms, RSS ${f_drss[-1]} KiB), restore ${f_restore[-1]} ms (RSS ${f_rrss[-1]} KiB); floor write ${fwrite[-1]} ms, read ${fread[-1]} ms"
+        msg="$label run $run/$RUNS: ferry dump ${f_dump[-1]} ms (frozen ${f_frozen[-1]} ms, RSS ${f_drss[-1]} KiB), dump -R ${f_rdump[-1]} ms (frozen ${f_rfrozen[-1]} ms), restore ${f_restore[-1]} ms (RSS ${f_rrss[-1]} KiB); floor write ${fwrite[-1]} ms, read ${fread[-1]} ms"
         [ -n "${CRIU:-}" ] && msg+="; criu dump ${c_dump[-1]} ms, restore ${c_restore[-1]} ms"
         log "$msg"
     done
     md=$(median "${f_dump[@]}") mr=$(median "${f_restore[@]}") mw=$(median "${fwrite[@]}") mrd=$(median "${fread[@]}")
     rss=$(awk -v a="$(median "${f_drss[@]}")" -v b="$(median "${f_rrss[@]}")" 'BEGIN { printf "%.0f / %.0f MiB", a / 1024, b / 1024 }')
-    ROWS+=("| $label | $(mib "$(median "${f_size[@]}")") | $md ms | $(median "${f_frozen[@]}") ms | $mw ms | $(ratio "$md" "$mw") | $mr ms | $mrd ms | $(ratio "$mr" "$mrd") | $rss |")
+    ROWS+=("| $label | $(mib "$(median "${f_size[@]}")") | $md ms | $(median "${f_frozen[@]}") ms | $(median "${f_rdump[@]}") ms | $(median "${f_rfrozen[@]}") ms | $mw ms | $(ratio "$md" "$mw") | $mr ms | $mrd ms | $(ratio "$mr" "$mrd") | $rss |")
     if [ -n "${CRIU:-}" ]; then
         cd_=$(median "${c_dump[@]}") cr=$(median "${c_restore[@]}")
         CROWS+=("| $label | $(mib "$(median "${c_size[@]}")") | $cd_ ms | $(ratio "$md" "$cd_") | $cr ms | $(ratio "$mr" "$cr") |")
@@ -491,8 +501,8 @@ fi
 echo
 echo "ferry $("$FERRY" --version | awk '{ print $2 }')${DUMP_ARGS:+ (dump $DUMP_ARGS)}, Linux $(uname -r), $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), load average $LOAD at start${NOTE:-}, images on tmpfs ($FAST), median of $RUNS interleaved runs"
 echo
-echo "| memory | image size | dump | frozen | floor: write() | dump / floor | restore -d | floor: read() | restore / floor | ferry peak RSS (dump / restore) |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
+echo "| memory | image size | dump | frozen | dump -R | -R frozen | floor: write() | dump / floor | restore -d | floor: read() | restore / floor | ferry peak RSS (dump / restore) |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
 if [ -n "${CRIU:-}" ]; then
     echo
