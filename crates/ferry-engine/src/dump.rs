@@ -708,7 +708,7 @@ pub fn dump_with(
     let mut frozen_for = None;
     if snapshot {
         // What the snapshots lack is taken now, then the tree runs again.
-        let (mut seen, mut budget) = (std::collections::HashSet::new(), crate::state::snapshot::SHARED_HOLD);
+        let (mut seen, mut budget) = (std::collections::HashSet::new(), crate::state::snapshot::shared_hold());
         for ((p, snap), sharing) in procs.iter_mut().zip(snaps.iter_mut()).zip(&sharing) {
             if let Some(mm) = p.mm.as_mut() {
                 snap.hold(mm, sharing, &mut seen, &mut budget)?;

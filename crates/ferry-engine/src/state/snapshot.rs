@@ -13,7 +13,7 @@
 //! - mappings with MADV_DONTFORK (absent from the child), MADV_WIPEONFORK and MAP_DROPPABLE
 //!   (zeroed in it): their resident pages;
 //! - shared memory (MAP_SHARED anonymous, shared memfd), which the child shares rather than
-//!   copies: whole, up to [`SHARED_HOLD`] bytes per dump. A larger one is read at the end of the
+//!   copies: whole, up to [`shared_hold`] bytes per dump (8 MiB). A larger one is read at the end of the
 //!   dump instead, and marked `content_at_end` in the image (`ferry inspect` says so). (SysV
 //!   segments are read while frozen by state/sysvshm.rs; file mappings keep their file's bytes
 //!   as in any dump.)
@@ -39,7 +39,11 @@ use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 /// The most shared memory (bytes, per dump) copied while frozen; more is read at the end.
-pub const SHARED_HOLD: u64 = 8 << 20;
+/// `FERRY_SNAPSHOT_SHARED_HOLD=BYTES` sets another limit (for tests, and for a service whose
+/// shared memory must be exact even if it costs frozen time).
+pub fn shared_hold() -> u64 {
+    std::env::var("FERRY_SNAPSHOT_SHARED_HOLD").ok().and_then(|v| v.parse().ok()).unwrap_or(8 << 20)
+}
 
 /// A stack pointer no process has mapped (below `vm.mmap_min_addr`), for the snapshot.
 const NO_STACK: u64 = 8;
@@ -92,7 +96,7 @@ impl Snapshot {
 
     /// While the tree is still frozen: take what the fork did not copy of the target's
     /// mappings `mm` (see the module's notes). `shared_seen` and `budget` are the dump's: each
-    /// range of a shared object is taken once, and at most [`SHARED_HOLD`] bytes in all.
+    /// range of a shared object is taken once, and at most [`shared_hold`] bytes in all.
     pub fn hold(
         &mut self,
         mm: &mut Mm,

@@ -106,6 +106,29 @@ fn unforked_and_shared_mappings_kept() {
     }
 }
 
+/// Shared anonymous memory in a parent and its child (the `shm` workload, 4 MiB): copied while
+/// frozen by default; with a limit of 0 (`FERRY_SNAPSHOT_SHARED_HOLD=0`) read at the end of the
+/// dump instead, and `ferry inspect` says so. Both restore with every byte and still shared.
+#[test]
+fn shared_memory_held_or_marked() {
+    for limit in ["", "0"] {
+        let mut run = Run::start(&Spec::c("shm"));
+        if !limit.is_empty() {
+            run.ferry_env.push(("FERRY_SNAPSHOT_SHARED_HOLD", "0"));
+        }
+        run.dump_ok(&["-R"]);
+        run.expect_running_untraced("after dump -R");
+        let img = path_str(&run.img());
+        let text = run.ferry("inspect-text", &["inspect".into(), img], Duration::from_secs(60));
+        let marked = text.stdout.contains("content as at the end of the dump");
+        if marked != (limit == "0") {
+            run.fail(&format!("limit {limit:?}: inspect marks a mapping read at the end: {marked}"));
+        }
+        kill_workload(&mut run);
+        run.restore_and_verify(&format!("shm, shared memory limit {limit:?}"));
+    }
+}
+
 /// ferry killed once the tree runs again, while it writes the pages from the snapshot
 /// (FERRY_FAULT=kill-after-resume): the process runs on, untraced, with no live child left (the
 /// kernel kills the snapshot with its tracer: PTRACE_O_EXITKILL), and its memory is intact.
