@@ -173,3 +173,21 @@ fn no_snapshot_stays_frozen() {
     kill_workload(&mut run);
     run.restore_and_verify("ferry restore of a dump -R --no-snapshot");
 }
+
+/// Other kinds of state through `dump -R` with a snapshot, then a restore of the image once the
+/// process left running is killed: threads (the snapshot is forked from the main thread, one
+/// thread; every thread's registers are taken under the freeze), signal state, timers, a
+/// thread busy in an rseq critical section, and a tree of processes joined by pipes.
+#[test]
+fn other_state_through_snapshot() {
+    for spec in [Spec::c("threads"), Spec::c("signals"), Spec::c("timers"), Spec::c("rseq_busy"), Spec::c("pipeline")] {
+        let mut run = Run::start(&spec);
+        run.dump_ok(&["-R"]);
+        run.expect_running_untraced("after dump -R");
+        if !inventory_says_snapshot(&mut run) {
+            run.fail("the inventory does not say the memory came from a snapshot");
+        }
+        kill_workload(&mut run);
+        run.restore_and_verify(&format!("{} after dump -R", spec.name));
+    }
+}
