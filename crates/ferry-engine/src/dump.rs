@@ -703,15 +703,20 @@ pub fn dump_with(
     let mut vmas_n = 0;
     let mut shmem_done = std::collections::HashSet::new();
     // Pages shared copy-on-write with the parent are stored once, with the parent. Found before
-    // any page is read: reading can unshare them.
-    let sharing = crate::state::cow::find(&mut procs, &host_pids)?;
+    // any page is read: reading can unshare them. (With snapshots, once the tree runs again,
+    // between the snapshots: they keep the frames the tree had at the freeze.)
+    let mut sharing = match snapshot {
+        false => crate::state::cow::find(&mut procs, &host_pids)?,
+        true => Vec::new(),
+    };
     let mut frozen_for = None;
     if snapshot {
-        // What the snapshots lack is taken now, then the tree runs again.
+        // What the snapshots lack is taken now, then the tree runs again. (Whole: a mapping a
+        // snapshot lacks is not compared for sharing either.)
         let (mut seen, mut budget) = (std::collections::HashSet::new(), crate::state::snapshot::shared_hold());
-        for ((p, snap), sharing) in procs.iter_mut().zip(snaps.iter_mut()).zip(&sharing) {
+        for (p, snap) in procs.iter_mut().zip(snaps.iter_mut()) {
             if let Some(mm) = p.mm.as_mut() {
-                snap.hold(mm, sharing, &mut seen, &mut budget)?;
+                snap.hold(mm, &Default::default(), &mut seen, &mut budget)?;
             }
         }
         drop(std::mem::take(&mut tree.connections.repaired));
@@ -721,6 +726,8 @@ pub fn dump_with(
         frozen_for = Some(t_frozen.elapsed());
         tracing::info!(frozen_ms = t_frozen.elapsed().as_secs_f64() * 1e3, "running again; pages from the snapshots");
         crate::inject::fault_point_named("kill-after-resume");
+        let snap_pids: Vec<i32> = snaps.iter().map(|s| s.pid).collect();
+        sharing = crate::state::cow::find(&mut procs, &snap_pids)?;
     }
     let snap_of = |i: usize| if snapshot { snaps.get(i) } else { None };
     for (i, ((p, &host), sharing)) in procs.iter_mut().zip(&host_pids).zip(&sharing).enumerate() {
