@@ -14,8 +14,18 @@
 # exec, work and exit, not the shell's own fork, which costs ~1.3 ms in this VM):
 #   dump     `ferry dump -t PID -D DIR`: freeze, write the image, kill the process; "frozen" is
 #            ferry's own figure (freeze to committed image);
+#   dump -R  before that, `ferry dump -R` of the same process (it keeps running): the tree runs
+#            again once a copy-on-write snapshot of its memory is taken, and the pages are written
+#            from the snapshot; "-R frozen" is ferry's figure (freeze to running again, plus the
+#            moment it is frozen again to reap the snapshot);
 #   restore  `ferry restore -D DIR -d`: verify the image, recreate the process, return once it
 #            runs (the restored process is then asked to checksum its memory, which must match);
+#   pre-copy, post-copy
+#            `ferry migrate --pre-copy` / `--post-copy` of another such process (started with
+#            `ferry run --pidns`, so that its copy can be restored on the same machine under new
+#            pids) to a `ferry serve` on 127.0.0.1: the downtime ferry reports (freeze to the
+#            tree running at the destination), then the moved process checksums its memory
+#            (post-copy: while the rest of it streams in);
 #   RSS      ferry's own peak resident set (getrusage of the ferry process, its peak over the
 #            dump or the restore);
 #   floor    in a separate small C program, in the same run: one write() of the same number of
@@ -83,6 +93,8 @@ fi
 [ "$(stat -f -c %T "$FAST")" = tmpfs ] || die "$FAST is not on tmpfs"
 IMG=$FAST/image
 PIDS=()
+INITS=()
+SERVE=
 
 cleanup() {
     local rc=$? p
@@ -91,6 +103,12 @@ cleanup() {
             kill -KILL "$p" 2>/dev/null || true
         fi
     done
+    for p in "${INITS[@]}"; do
+        if [ -r "/proc/$p/cmdline" ] && grep -q __init "/proc/$p/cmdline"; then
+            kill -KILL "$p" 2>/dev/null || true
+        fi
+    done
+    if [ -n "$SERVE" ]; then kill "$SERVE" 2>/dev/null || true; fi
     for p in ${PYPID:-}; do
         if [ -r "/proc/$p/cmdline" ] && grep -q bigdict "/proc/$p/cmdline"; then
             kill -KILL "$p" 2>/dev/null || true
@@ -365,6 +383,12 @@ run_tool() {
     wait_for $((60 + size / 8)) "memhold ($size MiB) to fill its memory" exists "$ready"
     if [ "$tool" = ferry ]; then
         # shellcheck disable=SC2086
+        out=$("$WORK/maxrss" "$WORK/rss" "$FERRY" -v dump -R ${DUMP_ARGS:-} -t "$pid" -D "$IMG" 2>&1) ||
+            die "ferry dump -R of pid $pid ($size MiB) failed: $out"
+        f_rdump+=("$(cut -d' ' -f2 "$WORK/rss")")
+        f_rfrozen+=("$(sed -n 's/.*(frozen \([0-9.]*\) ms).*/\1/p' <<<"$out" | tail -1)")
+        rm -rf "$IMG"
+        # shellcheck disable=SC2086
         out=$("$WORK/maxrss" "$WORK/rss" "$FERRY" -v dump ${DUMP_ARGS:-} -t "$pid" -D "$IMG" 2>&1) ||
             die "ferry dump of pid $pid ($size MiB) failed: $out"
         f_dump+=("$(cut -d' ' -f2 "$WORK/rss")")
@@ -400,6 +424,38 @@ run_tool() {
     rm -rf "$IMG"
 }
 
+# One `ferry migrate --$1` of a fresh memhold of $2 MiB in a pid namespace of its own, to the
+# `ferry serve` on 127.0.0.1:$PORT, checked; appends the downtime to m_pre or m_post.
+run_migrate() {
+    local mode=$1 size=$2 ready=$WORK/mready verify=$WORK/mverify init out new pid
+    rm -f "$ready" "$verify" "$WORK/init.pid"
+    python3 - "$FERRY" "$WORK" "$size" "$ready" "$verify" <<'EOF' || die "ferry run --pidns failed"
+import subprocess, sys
+ferry, work = sys.argv[1], sys.argv[2]
+subprocess.run([ferry, "run", "--pidns", "-d", "--pidfile", work + "/init.pid", "--", work + "/memhold"] + sys.argv[3:],
+               cwd=work, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, close_fds=True, check=True)
+EOF
+    init=$(cat "$WORK/init.pid")
+    INITS+=("$init")
+    wait_for $((60 + size / 8)) "memhold ($size MiB, pid namespace of $init) to fill its memory" exists "$ready"
+    out=$("$FERRY" -v migrate -t "$init" --to "127.0.0.1:$PORT" --auth "$WORK/keys" "--$mode" 2>&1) ||
+        die "ferry migrate --$mode of pid $init ($size MiB) failed: $out"
+    new=$(sed -n 's/.*(pid \([0-9]*\) there).*/\1/p' <<<"$out" | tail -1)
+    [ -n "$new" ] || die "ferry migrate --$mode printed no destination pid: $out"
+    INITS+=("$new")
+    case $mode in
+        pre-copy) m_pre+=("$(sed -n 's/.* downtime_ms=\([0-9]*\).*/\1/p' <<<"$out" | tail -1)") ;;
+        post-copy) m_post+=("$(sed -n 's/.* downtime_ms=\([0-9]*\).*/\1/p' <<<"$out" | tail -1)") ;;
+    esac
+    wait_for 60 "the source ($init) to end after the migration" gone "$init"
+    pid=$(awk '{ print $1 }' "/proc/$new/task/$new/children")
+    kill -USR1 "$pid"
+    wait_for $((60 + size / 8)) "the moved memhold to checksum its memory" exists "$verify"
+    [ "$(cat "$verify")" = "$(cat "$ready")" ] || die "memory differs after ferry migrate --$mode"
+    kill -KILL "$new"
+    wait_for 60 "pid $new to be reaped" gone "$new"
+}
+
 run_floor() {
     local w r
     read -r w r < <("$WORK/floor" "$1" "$FAST/floor.bin") || die "floor program failed"
@@ -407,14 +463,28 @@ run_floor() {
     fread+=("$r")
 }
 
+# The destination of the migrations: this machine, on loopback.
+MIGRATE=
+if command -v python3 >/dev/null 2>&1 && [ -z "${NO_MIGRATE:-}" ]; then
+    "$FERRY" keygen "$WORK/keys" >/dev/null 2>&1 || die "ferry keygen failed"
+    PORT=$((20000 + RANDOM % 20000))
+    "$FERRY" serve --listen "127.0.0.1:$PORT" --auth "$WORK/keys" --staging "$FAST" >"$WORK/serve.log" 2>&1 &
+    SERVE=$!
+    MIGRATE=1
+else
+    log "note: no migrations (NO_MIGRATE set, or no python3 to start the workload with its fds closed)"
+fi
+
 ROWS=()
 CROWS=()
 for size in "${SIZES[@]}"; do
     mib=$(mib_of "$size")
     label="$size MiB"
     [ "$size" = tiny ] && label="tiny (2 MiB)"
-    f_dump=() f_frozen=() f_restore=() f_size=() f_drss=() f_rrss=() fwrite=() fread=() c_dump=() c_restore=() c_size=()
+    m_pre=() m_post=()
+    f_dump=() f_frozen=() f_rdump=() f_rfrozen=() f_restore=() f_size=() f_drss=() f_rrss=() fwrite=() fread=() c_dump=() c_restore=() c_size=()
     steps=(ferry floor)
+    [ -n "$MIGRATE" ] && steps+=(pre-copy post-copy)
     [ -n "${CRIU:-}" ] && steps+=(criu)
     for ((run = 1; run <= RUNS; run++)); do
         # Rotate the order from run to run: ferry floor criu, floor criu ferry, ...
@@ -424,15 +494,19 @@ for size in "${SIZES[@]}"; do
                 ferry) run_tool ferry "$mib" ;;
                 criu) run_tool criu "$mib" ;;
                 floor) run_floor "$mib" ;;
+                pre-copy | post-copy) run_migrate "$step" "$mib" ;;
             esac
         done
-        msg="$label run $run/$RUNS: ferry dump ${f_dump[-1]} ms (frozen ${f_frozen[-1]} ms, RSS ${f_drss[-1]} KiB), restore ${f_restore[-1]} ms (RSS ${f_rrss[-1]} KiB); floor write ${fwrite[-1]} ms, read ${fread[-1]} ms"
+        msg="$label run $run/$RUNS: ferry dump ${f_dump[-1]} ms (frozen ${f_frozen[-1]} ms, RSS ${f_drss[-1]} KiB), dump -R ${f_rdump[-1]} ms (frozen ${f_rfrozen[-1]} ms), restore ${f_restore[-1]} ms (RSS ${f_rrss[-1]} KiB); floor write ${fwrite[-1]} ms, read ${fread[-1]} ms"
+        [ -n "$MIGRATE" ] && msg+="; migrate downtime pre-copy ${m_pre[-1]} ms, post-copy ${m_post[-1]} ms"
         [ -n "${CRIU:-}" ] && msg+="; criu dump ${c_dump[-1]} ms, restore ${c_restore[-1]} ms"
         log "$msg"
     done
     md=$(median "${f_dump[@]}") mr=$(median "${f_restore[@]}") mw=$(median "${fwrite[@]}") mrd=$(median "${fread[@]}")
     rss=$(awk -v a="$(median "${f_drss[@]}")" -v b="$(median "${f_rrss[@]}")" 'BEGIN { printf "%.0f / %.0f MiB", a / 1024, b / 1024 }')
-    ROWS+=("| $label | $(mib "$(median "${f_size[@]}")") | $md ms | $(median "${f_frozen[@]}") ms | $mw ms | $(ratio "$md" "$mw") | $mr ms | $mrd ms | $(ratio "$mr" "$mrd") | $rss |")
+    pre=- post=-
+    if [ -n "$MIGRATE" ]; then pre="$(median "${m_pre[@]}") ms" post="$(median "${m_post[@]}") ms"; fi
+    ROWS+=("| $label | $(mib "$(median "${f_size[@]}")") | $md ms | $(median "${f_frozen[@]}") ms | $(median "${f_rdump[@]}") ms | $(median "${f_rfrozen[@]}") ms | $pre | $post | $mw ms | $(ratio "$md" "$mw") | $mr ms | $mrd ms | $(ratio "$mr" "$mrd") | $rss |")
     if [ -n "${CRIU:-}" ]; then
         cd_=$(median "${c_dump[@]}") cr=$(median "${c_restore[@]}")
         CROWS+=("| $label | $(mib "$(median "${c_size[@]}")") | $cd_ ms | $(ratio "$md" "$cd_") | $cr ms | $(ratio "$mr" "$cr") |")
@@ -491,8 +565,8 @@ fi
 echo
 echo "ferry $("$FERRY" --version | awk '{ print $2 }')${DUMP_ARGS:+ (dump $DUMP_ARGS)}, Linux $(uname -r), $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), load average $LOAD at start${NOTE:-}, images on tmpfs ($FAST), median of $RUNS interleaved runs"
 echo
-echo "| memory | image size | dump | frozen | floor: write() | dump / floor | restore -d | floor: read() | restore / floor | ferry peak RSS (dump / restore) |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
+echo "| memory | image size | dump | frozen | dump -R | -R frozen | pre-copy downtime | post-copy downtime | floor: write() | dump / floor | restore -d | floor: read() | restore / floor | ferry peak RSS (dump / restore) |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
 if [ -n "${CRIU:-}" ]; then
     echo

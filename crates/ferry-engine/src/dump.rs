@@ -10,6 +10,7 @@
 use crate::error::{Ctx, Error};
 use crate::inject::{find_syscall_insn, Injector};
 use crate::procfs;
+use crate::state::snapshot::Snapshot;
 use crate::state::{cpu, creds, files, memory, rseq, seccomp, signals, task, timers, tty};
 use ferry_image::{ImageWriter, Inventory, Process, Thread};
 use ferry_sys::consts::{PTRACE_EVENT_STOP, PTRACE_O_SUSPEND_SECCOMP, PTRACE_O_TRACESYSGOOD};
@@ -48,6 +49,10 @@ pub struct DumpOptions {
     /// the namespace forms (`mnt[..]`, `net[..]`, `veth[..]`, `macvlan[..]`) are kept here for
     /// the namespace code (state/external.rs).
     pub external: Vec<crate::state::external::External>,
+    /// With `leave_running` (not `leave_stopped`): let the tree run again as soon as its state
+    /// and a copy-on-write snapshot of its memory are taken, and write the pages from the
+    /// snapshot (state/snapshot.rs). Off: the tree stays frozen until the image is committed.
+    pub snapshot: bool,
 }
 
 /// Figures about a finished dump.
@@ -56,7 +61,9 @@ pub struct DumpReport {
     pub pages_bytes: u64,
     pub vmas: usize,
     pub fds: usize,
-    /// Time from freeze to the image being committed.
+    /// Time the tree was frozen: from the freeze to the image being committed, or with a
+    /// snapshot, to the tree running again (plus the moment each process is frozen again to
+    /// reap its snapshot).
     pub frozen: Duration,
     pub total: Duration,
     /// Network locks (nftables tables) left blocking the dumped TCP connections on this node.
@@ -470,6 +477,7 @@ fn dump_process(
     done: &mut [Process],
     tree: &mut files::TreeFiles,
     pidns_root: Option<i32>,
+    mut snaps: Option<&mut Vec<Snapshot>>,
 ) -> Result<Process, Error> {
     let pid = f.pid;
     let _span = tracing::info_span!("process", pid).entered();
@@ -506,6 +514,14 @@ fn dump_process(
                 task::collect_injected(&inj, scratch, &mut p)?;
                 task::collect_rlimits(&inj, scratch, &mut p)?;
                 mm = Some(memory::collect_mm(&inj, &stat, std::mem::take(&mut vmas))?);
+                if let Some(snaps) = snaps.as_deref_mut() {
+                    // Last in the window: the memory as frozen, with nothing of ferry's in it
+                    // but this thread's safety net below its stack pointer.
+                    match Snapshot::take(&inj, PTRACE_O_TRACESYSGOOD) {
+                        Ok(s) => snaps.push(s),
+                        Err(e) => tracing::warn!(error = %e, "no snapshot: the tree stays frozen for the whole dump"),
+                    }
+                }
             }
             Ok(())
         })();
@@ -636,6 +652,10 @@ pub fn dump_with(
         .unwrap_or_default();
     let pidns_root = (ns_pid.len() == 2 && ns_pid.last() == Some(&1)).then_some(root);
     precheck(root, pidns_root)?;
+    // (Declared before `frozen`, so dropped after it: a snapshot is reaped by its target, which
+    // must be let go first.)
+    let mut snaps: Vec<Snapshot> = Vec::new();
+    let want_snapshot = opts.leave_running && opts.snapshot && !opts.leave_stopped;
     // Freeze top-down: once a process is stopped it cannot fork, so its children list is final.
     let mut frozen: Vec<Frozen> = Vec::new();
     let mut zombies: Vec<Process> = Vec::new();
@@ -679,10 +699,13 @@ pub fn dump_with(
     tree.external_files = crate::state::external::file_keys(&opts.external);
     tree.connections.skip_in_flight = opts.skip_in_flight;
     for f in frozen.iter_mut() {
-        let mut p = dump_process(f, &mut img, &mut procs, &mut tree, pidns_root)?;
+        let mut p =
+            dump_process(f, &mut img, &mut procs, &mut tree, pidns_root, want_snapshot.then_some(&mut snaps))?;
         p.fd_table_of = fd_table_of.get(&f.pid).copied().unwrap_or(0);
         procs.push(p);
     }
+    // (A process the snapshot could not be taken of: the whole tree stays frozen.)
+    let snapshot = want_snapshot && snaps.len() == frozen.len();
     files::finish_pipes(&mut procs, &mut tree)?;
     crate::state::epoll::assign_owners(&mut procs)?;
     crate::state::sysvshm::collect(&mut procs, &mut img)?;
@@ -730,14 +753,39 @@ pub fn dump_with(
     let mut vmas_n = 0;
     let mut shmem_done = std::collections::HashSet::new();
     // Pages shared copy-on-write with the parent are stored once, with the parent. Found before
-    // any page is read: reading can unshare them.
-    let sharing = crate::state::cow::find(&mut procs, &host_pids)?;
-    for ((p, &host), sharing) in procs.iter_mut().zip(&host_pids).zip(&sharing) {
+    // any page is read: reading can unshare them. (With snapshots, once the tree runs again,
+    // between the snapshots: they keep the frames the tree had at the freeze.)
+    let mut sharing = match snapshot {
+        false => crate::state::cow::find(&mut procs, &host_pids)?,
+        true => Vec::new(),
+    };
+    let mut frozen_for = None;
+    if snapshot {
+        // What the snapshots lack is taken now, then the tree runs again. (Whole: a mapping a
+        // snapshot lacks is not compared for sharing either.)
+        let (mut seen, mut budget) = (std::collections::HashSet::new(), crate::state::snapshot::shared_hold());
+        for (p, snap) in procs.iter_mut().zip(snaps.iter_mut()) {
+            if let Some(mm) = p.mm.as_mut() {
+                snap.hold(mm, &Default::default(), &mut seen, &mut budget)?;
+            }
+        }
+        drop(std::mem::take(&mut tree.connections.repaired));
+        for f in frozen.iter_mut() {
+            f.resume()?;
+        }
+        frozen_for = Some(t_frozen.elapsed());
+        tracing::info!(frozen_ms = t_frozen.elapsed().as_secs_f64() * 1e3, "running again; pages from the snapshots");
+        crate::inject::fault_point_named("kill-after-resume");
+        let snap_pids: Vec<i32> = snaps.iter().map(|s| s.pid).collect();
+        sharing = crate::state::cow::find(&mut procs, &snap_pids)?;
+    }
+    let snap_of = |i: usize| if snapshot { snaps.get(i) } else { None };
+    for (i, ((p, &host), sharing)) in procs.iter_mut().zip(&host_pids).zip(&sharing).enumerate() {
         let mut mm =
             p.mm.take()
                 .ok_or_else(|| Error::Invalid { object: format!("pid {}", p.pid), what: "no memory record".into() })?;
         crate::postcopy::mark(host, p, &mut mm)?; // (post-copy migration only)
-        pages_bytes += memory::dump_pages(host, p.pid, &mut mm, &mut img, &mut shmem_done, sharing)?;
+        pages_bytes += memory::dump_pages(host, p.pid, &mut mm, &mut img, &mut shmem_done, sharing, snap_of(i))?;
         vmas_n += mm.vmas.len();
         p.mm = Some(mm);
         img.write_process(p)?;
@@ -754,15 +802,24 @@ pub fn dump_with(
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
         shell_job,
+        snapshot,
         ..Default::default()
     };
     // (The older image's files, moved aside, are freed once the tree is killed or running.)
     let replaced = img.commit(inventory)?;
     tracing::info!(pages_bytes, "image committed");
     confirm(t_frozen)?;
-    let frozen_for = t_frozen.elapsed();
+    let mut frozen_for = frozen_for.unwrap_or_else(|| t_frozen.elapsed());
 
-    if opts.leave_running {
+    if snapshot {
+        for s in snaps.drain(..) {
+            let (pid, target) = (s.pid, s.target);
+            match s.end() {
+                Ok(d) => frozen_for += d,
+                Err(e) => tracing::warn!(pid = target, snapshot = pid, error = %e, "snapshot not cleaned up"),
+            }
+        }
+    } else if opts.leave_running {
         // Connections leave repair mode before the process can use them again.
         drop(std::mem::take(&mut tree.connections.repaired));
         for f in frozen.iter_mut() {

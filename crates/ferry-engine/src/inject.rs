@@ -71,6 +71,14 @@ fn fault_point(calls: u64) {
     }
 }
 
+/// Fault injection for tests: `FERRY_FAULT=NAME` makes ferry SIGKILL itself at the point
+/// called NAME (`kill-after-resume`: a `dump -R` with a snapshot, once the tree runs again).
+pub fn fault_point_named(name: &str) {
+    if std::env::var("FERRY_FAULT").is_ok_and(|f| f == name) {
+        let _ = ferry_sys::process::kill(std::process::id() as i32, libc::SIGKILL);
+    }
+}
+
 /// Fault injection for tests: `FERRY_FAULT=signal-at-release:SIG` makes a restore send signal
 /// SIG to the tree's root just before releasing it — a signal arriving at the worst moment for
 /// a process frozen inside a syscall (it must end or restart the call as the kernel would).
@@ -179,6 +187,59 @@ impl Injector {
         }
         let out = ptrace::get_regs(self.pid)?;
         Ok(out.rax as i64)
+    }
+
+    /// Run an injected `clone` with no flags and exit signal 0 — a fork whose end sends the
+    /// target no SIGCHLD and that a plain `wait()` does not see — with PTRACE_O_TRACECLONE, so
+    /// that the child is attached to ferry and stopped before it runs a single instruction.
+    /// `options` are the thread's ptrace options, put back afterwards. The child gets
+    /// PTRACE_O_EXITKILL as soon as it stops (it dies with ferry), and `child_sp` as its stack
+    /// pointer (an unmapped address: should ferry die before that, its first `ret` faults and
+    /// kills it before it can run the target's code). Returns the child's id as ferry sees it.
+    pub fn fork_traced(&self, options: u32, child_sp: u64) -> io::Result<i32> {
+        use ferry_sys::consts::{PTRACE_EVENT_CLONE, PTRACE_O_EXITKILL, PTRACE_O_TRACECLONE};
+        let pid = self.pid;
+        ptrace::set_options(pid, options | PTRACE_O_TRACECLONE)?;
+        let mut child = None;
+        let r = (|| -> io::Result<i32> {
+            let mut r = self.base;
+            r.rip = self.syscall_at;
+            r.rax = nr::CLONE;
+            r.orig_rax = u64::MAX;
+            (r.rdi, r.rsi, r.rdx, r.r10, r.r8) = (0, child_sp, 0, 0, 0);
+            ptrace::set_regs(pid, &r)?;
+            fault_point(1);
+            for _stop in 0..2 {
+                ptrace::syscall(pid, 0)?;
+                loop {
+                    match wait_stopped(pid)? {
+                        WaitStatus::Stopped { sig: SYSCALL_STOP, .. } => break,
+                        WaitStatus::Stopped { event: PTRACE_EVENT_CLONE, .. } => {
+                            let c = ptrace::get_event_msg(pid)? as i32;
+                            child = Some(c);
+                            // (Reported once its creation is complete: it stops before it
+                            // returns to user space.)
+                            wait_stopped(c)?;
+                            ptrace::set_options(c, PTRACE_O_EXITKILL)?;
+                            ptrace::syscall(pid, 0)?;
+                        }
+                        _ => ptrace::syscall(pid, 0)?,
+                    }
+                }
+            }
+            let rax = ptrace::get_regs(pid)?.rax as i64;
+            match child {
+                Some(c) => Ok(c),
+                None => Err(errno(rax).err().unwrap_or_else(|| io::Error::other("no clone event"))),
+            }
+        })();
+        let r = ptrace::set_options(pid, options).and(r);
+        if let (Err(_), Some(c)) = (&r, child) {
+            // (Killed and waited for by its tracer, ferry; see state/snapshot.rs for its parent.)
+            let _ = ferry_sys::process::kill(c, libc::SIGKILL);
+            while let Ok(Some((_, WaitStatus::Stopped { .. } | WaitStatus::Continued))) = ptrace::wait(c, false) {}
+        }
+        r
     }
 
     /// Like [`Injector::raw`], but a negative result becomes an `io::Error`.

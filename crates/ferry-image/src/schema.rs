@@ -30,6 +30,11 @@ pub struct Inventory {
     /// Set when the tree was dumped with `--shell-job`: its terminal was outside the tree.
     #[prost(message, optional, tag = "22")]
     pub shell_job: Option<TtyShellJob>,
+    /// `dump -R` with a copy-on-write snapshot: the tree ran again once its state and a snapshot
+    /// of its memory were taken; the pages are those at the freeze (but see
+    /// `Vma.content_at_end`).
+    #[prost(bool, tag = "471")]
+    pub snapshot: bool,
 }
 
 /// A job started from the user's terminal (`--shell-job`): what restore needs to put it back
@@ -629,6 +634,10 @@ pub struct Vma {
     /// on fault (userfaultfd). Only `ferry serve` restores such an image.
     #[prost(bool, tag = "30")]
     pub lazy: bool,
+    /// `dump -R` with a snapshot: this shared mapping's content (too large to copy while the
+    /// tree was frozen) is the one at the end of the dump, not at the freeze.
+    #[prost(bool, tag = "470")]
+    pub content_at_end: bool,
 }
 
 /// `nr_pages` pages starting at `addr`, stored at byte `offset` of `pages-PID.img`.

@@ -17,6 +17,7 @@ pub const PTRACE_O_SUSPEND_SECCOMP: u32 = 1 << 21;
 pub const PTRACE_SECCOMP_GET_FILTER: u32 = 0x420c;
 pub const PTRACE_SECCOMP_GET_METADATA: u32 = 0x420d;
 pub const PTRACE_EVENT_STOP: i32 = 128;
+pub const PTRACE_EVENT_CLONE: i32 = 3;
 pub const NT_PRSTATUS: u32 = 1;
 pub const NT_X86_XSTATE: u32 = 0x202;
 
@@ -94,4 +95,5 @@ pub mod nr {
     pub const PRLIMIT64: u64 = 302;
     pub const CLOSE_RANGE: u64 = 436;
     pub const CLONE3: u64 = 435;
+    pub const CLONE: u64 = 56;
 }

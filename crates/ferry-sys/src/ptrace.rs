@@ -27,6 +27,14 @@ pub fn set_options(pid: i32, options: u32) -> io::Result<()> {
     ptrace(libc::PTRACE_SETOPTIONS, pid, 0, options as usize).map(drop)
 }
 
+/// `ptrace(PTRACE_GETEVENTMSG, ..)` — at a ptrace event stop, the event's message (for
+/// `PTRACE_EVENT_CLONE`, the new task's id as the tracer sees it).
+pub fn get_event_msg(pid: i32) -> io::Result<u64> {
+    let mut msg: libc::c_ulong = 0;
+    ptrace(libc::PTRACE_GETEVENTMSG, pid, 0, &mut msg as *mut libc::c_ulong as usize)?;
+    Ok(msg as u64)
+}
+
 /// `ptrace(PTRACE_CONT, ..)` — resume, delivering `sig` (0 for none).
 pub fn cont(pid: i32, sig: i32) -> io::Result<()> {
     ptrace(libc::PTRACE_CONT, pid, 0, sig as usize).map(drop)

@@ -68,6 +68,9 @@ pub fn run(dir: &Path, json: bool, trusted: Option<&[[u8; 32]]>) -> Result<()> {
         inv.root_pid
     );
     out!("  digest blake3 {digest}");
+    if inv.snapshot {
+        out!("  memory from a copy-on-write snapshot taken at the freeze (dump -R; the tree ran on meanwhile)");
+    }
     match (&signature, verified) {
         (_, Some(key)) => {
             out!("  signed by {} (verified: trusted key, every file matches)", ferry_image::hex::hex(&key))
@@ -119,7 +122,7 @@ pub fn run(dir: &Path, json: bool, trusted: Option<&[[u8; 32]]>) -> Result<()> {
                 // (the record is not checked here: sums and sizes saturate instead of wrapping)
                 let stored = v.runs.iter().fold(0u64, |s, r| s.saturating_add(r.nr_pages.saturating_mul(4096)));
                 out!(
-                    "    {:#014x}-{:#014x} {} {:>10} {:<11} stored {:>10}  {}{}{}",
+                    "    {:#014x}-{:#014x} {} {:>10} {:<11} stored {:>10}  {}{}{}{}",
                     v.start,
                     v.end,
                     prot(v.prot),
@@ -128,7 +131,8 @@ pub fn run(dir: &Path, json: bool, trusted: Option<&[[u8; 32]]>) -> Result<()> {
                     size(stored),
                     v.path,
                     if v.ghost.is_empty() { String::new() } else { format!(" (deleted, content in {})", v.ghost) },
-                    if v.cow { " (the rest shared with the parent)" } else { "" }
+                    if v.cow { " (the rest shared with the parent)" } else { "" },
+                    if v.content_at_end { " (content as at the end of the dump, not at the freeze)" } else { "" }
                 );
             }
         }

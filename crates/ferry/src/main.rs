@@ -81,6 +81,11 @@ enum Cmd {
         /// With -R: leave the processes stopped (SIGSTOP) after the dump instead of running.
         #[arg(long, requires = "leave_running")]
         leave_stopped: bool,
+        /// With -R: keep the tree frozen until the image is written, instead of letting it run
+        /// again as soon as a copy-on-write snapshot of its memory is taken (an injected fork
+        /// per process, see docs/ARCHITECTURE.md).
+        #[arg(long, requires = "leave_running")]
+        no_snapshot: bool,
         /// The most data a file deleted while open may carry into the image (CRIU's
         /// --ghost-limit; K, M, G suffixes); a larger one fails the dump. Unlimited by default.
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
@@ -373,6 +378,7 @@ fn run(cli: Cli) -> Result<i32> {
             shell_job,
             compress,
             leave_stopped,
+            no_snapshot,
             timeout,
             ghost_limit,
             manage_cgroups: _,
@@ -403,6 +409,7 @@ fn run(cli: Cli) -> Result<i32> {
                 freeze_timeout: std::time::Duration::from_secs(timeout),
                 sign,
                 external,
+                snapshot: !no_snapshot,
             };
             let r = ferry_engine::dump::dump(&opts).with_context(|| format!("dump of pid {pid} failed"))?;
             tracing::info!(

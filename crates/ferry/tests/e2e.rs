@@ -639,6 +639,7 @@ mod more;
 mod objects;
 mod perf;
 mod socks;
+mod snapshot;
 mod tampered;
 mod tty;
 mod unix;

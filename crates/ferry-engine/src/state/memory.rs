@@ -245,6 +245,30 @@ fn stores_pages(kind: VmaKind) -> bool {
     matches!(kind, VmaKind::Anon | VmaKind::SharedAnon | VmaKind::FilePrivate)
 }
 
+/// The pages of private mapping `v` that go into the page file: present or swapped in
+/// `pagemap` (that of pid `pid`, or of its snapshot), not the shared zero page, not a clean page
+/// of the mapped file, not held by the parent (`sharing`), nor sent by a pre-copy round or left
+/// for post-copy.
+pub(crate) fn regions_to_store(
+    pagemap: std::os::fd::BorrowedFd<'_>,
+    pid: i32,
+    v: &Vma,
+    sharing: &crate::state::cow::Dump,
+) -> Result<Vec<PageRegion>, Error> {
+    let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Invalid);
+    let regions = resident(pagemap, pid, v.start, v.end, page_is::FILE | page_is::PFNZERO)?;
+    let regions = subtract(regions, &sharing.exclude); // pages the parent holds
+    let regions = crate::precopy::without_skipped(pid, regions); // pages a pre-copy round sent
+    let mut regions = crate::postcopy::eager_only(pid, v, regions); // post-copy: pages sent later
+    regions.retain(|r| {
+        // (A clean page of a private file mapping: the file has it.)
+        let clean_file =
+            kind == VmaKind::FilePrivate && r.categories & page_is::FILE != 0 && r.categories & page_is::SWAPPED == 0;
+        r.categories & page_is::PFNZERO == 0 && !clean_file
+    });
+    Ok(regions)
+}
+
 /// One piece of memory to copy into the page file: `len` bytes of mapping `vma` at `addr`.
 struct Job {
     vma: usize,
@@ -262,6 +286,8 @@ enum Source {
     Mem,
     /// Shared memory object `files[i]`, at this offset.
     Object(usize, u64),
+    /// Copy `i` a snapshot holds (taken while the tree was frozen), at this offset.
+    Held(usize, usize),
 }
 
 /// Write the pages that only memory holds into `pages-PID.img`, filling each mapping's runs.
@@ -270,6 +296,11 @@ enum Source {
 /// Two threads, one per core: one copies the target's memory into a few buffers
 /// (`process_vm_readv`), the other drops the zero pages, checksums and writes the rest, so
 /// both copies proceed at once and the memory ferry uses stays a few chunks.
+///
+/// With `snap` (`dump -R`, the tree running again), the memory is that of the process's
+/// copy-on-write snapshot (state/snapshot.rs), read through its /proc/PID/mem (which, unlike
+/// `process_vm_readv`, does not unshare the pages), and the mappings it has no copy of come
+/// from what it took while the tree was frozen.
 pub fn dump_pages(
     pid: i32,
     image_pid: i32,
@@ -277,14 +308,29 @@ pub fn dump_pages(
     img: &mut ImageWriter,
     shmem_done: &mut std::collections::HashSet<(u64, u64, u64)>,
     sharing: &crate::state::cow::Dump,
+    snap: Option<&crate::state::snapshot::Snapshot>,
 ) -> Result<u64, Error> {
+    use crate::state::snapshot::Held;
     let name = ferry_image::pages_file(image_pid);
     let out = img.stream(&name)?;
     let path = out.path().display().to_string();
     let werr = |e: std::io::Error| Error::Sys { object: format!("cannot write {path}"), source: e };
     let mut out = PageSink::new(out, page_compression()).map_err(werr)?;
-    let pagemap = procfs::open(pid, "pagemap")?;
-    let mem = procfs::open(pid, "mem")?;
+    let src = snap.map_or(pid, |s| s.pid);
+    let pagemap = procfs::open(src, "pagemap")?;
+    let mem = procfs::open(src, "mem")?;
+    // (Pieces of a copy taken while frozen, in chunks.)
+    let held_jobs = |jobs: &mut Vec<Job>, i: usize, parts: &[(u64, usize)], skip_zero: bool| {
+        for &(addr, c) in parts {
+            let len = snap.map_or(0, |s| s.copy(c).len());
+            let mut at = 0;
+            while at < len {
+                let n = (len - at).min(CHUNK);
+                jobs.push(Job { vma: i, addr: addr + at as u64, len: n, from: Source::Held(c, at), skip_zero });
+                at += n;
+            }
+        }
+    };
     let mut jobs = Vec::new();
     let mut objects = Vec::new();
     for (i, v) in mm.vmas.iter_mut().enumerate() {
@@ -299,9 +345,21 @@ pub fn dump_pages(
             if !shmem_done.insert((v.shmem_id, v.offset, v.end - v.start)) {
                 continue;
             }
-            let mf = procfs::path(pid, &format!("map_files/{:x}-{:x}", v.start, v.end));
-            let obj =
-                std::fs::File::open(&mf).ctx(|| format!("pid {pid}: cannot open shared memory at {:#x}", v.start))?;
+            let obj = match snap.and_then(|s| s.held(v.start)) {
+                Some(Held::Copied(parts)) => {
+                    held_jobs(&mut jobs, i, parts, true);
+                    continue;
+                }
+                // (Opened while frozen: the same object even if it was unmapped since.)
+                Some(Held::Object(f)) => {
+                    f.try_clone().ctx(|| format!("pid {pid}: cannot open shared memory at {:#x}", v.start))?
+                }
+                None => {
+                    let mf = procfs::path(pid, &format!("map_files/{:x}-{:x}", v.start, v.end));
+                    std::fs::File::open(&mf)
+                        .ctx(|| format!("pid {pid}: cannot open shared memory at {:#x}", v.start))?
+                }
+            };
             objects.push(obj);
             let mut at = 0u64;
             while at < v.end - v.start {
@@ -317,25 +375,20 @@ pub fn dump_pages(
             }
             continue;
         }
-        let regions = resident(pagemap.as_fd(), pid, v.start, v.end, page_is::FILE | page_is::PFNZERO)?;
-        let regions = subtract(regions, &sharing.exclude); // pages the parent holds
-        let regions = crate::precopy::without_skipped(pid, regions); // pages a pre-copy round sent
-        let regions = crate::postcopy::eager_only(pid, v, regions); // post-copy: pages sent later
-        let readable = v.prot & libc::PROT_READ as u32 != 0 && !sharing.via_mem.contains(&v.start);
+        // (Zeros of a private file mapping would come back as the file's bytes.)
+        let skip_zero = kind != VmaKind::FilePrivate;
+        if let Some(Held::Copied(parts)) = snap.and_then(|s| s.held(v.start)) {
+            held_jobs(&mut jobs, i, parts, skip_zero);
+            continue;
+        }
+        let regions = regions_to_store(pagemap.as_fd(), pid, v, sharing)?;
+        let readable = v.prot & libc::PROT_READ as u32 != 0 && !sharing.via_mem.contains(&v.start) && snap.is_none();
         for r in regions {
-            if r.categories & page_is::PFNZERO != 0 {
-                continue;
-            }
-            if kind == VmaKind::FilePrivate && r.categories & page_is::FILE != 0 && r.categories & page_is::SWAPPED == 0
-            {
-                continue; // clean page of the file: the file has it
-            }
             let mut addr = r.start;
             while addr < r.end {
                 let len = ((r.end - addr) as usize).min(CHUNK);
                 let from = if readable { Source::Readv } else { Source::Mem };
-                // (Zeros of a private file mapping would come back as the file's bytes.)
-                jobs.push(Job { vma: i, addr, len, from, skip_zero: kind != VmaKind::FilePrivate });
+                jobs.push(Job { vma: i, addr, len, from, skip_zero });
                 addr += len as u64;
             }
         }
@@ -353,6 +406,16 @@ pub fn dump_pages(
                 objects[o]
                     .read_exact_at(chunk, off)
                     .ctx(|| format!("pid {pid}: cannot read shared memory at {addr:#x}"))?;
+                job.len
+            }
+            Source::Held(c, off) => {
+                let copy = snap.map_or(&[][..], |s| s.copy(c));
+                match copy.get(off..off + job.len) {
+                    Some(b) => chunk.copy_from_slice(b),
+                    None => {
+                        return Err(Error::Invalid { object: format!("pid {pid}"), what: "copy out of bounds".into() })
+                    }
+                }
                 job.len
             }
         };
@@ -382,6 +445,7 @@ pub fn dump_pages(
                 let len = (job.len - at).min(SMALL);
                 let from = match job.from {
                     Source::Object(o, off) => Source::Object(o, off + at as u64),
+                    Source::Held(c, off) => Source::Held(c, off + at),
                     Source::Readv => Source::Readv,
                     Source::Mem => Source::Mem,
                 };

@@ -34,6 +34,7 @@ pub mod seccomp;
 pub mod session;
 pub mod signalfd;
 pub mod signals;
+pub mod snapshot;
 pub mod sockfilter;
 pub mod sockopts;
 pub mod sysvshm;

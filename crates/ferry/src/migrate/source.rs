@@ -174,6 +174,7 @@ pub fn migrate(o: &MigrateOptions) -> Result<()> {
         freeze_timeout: Duration::from_secs(10),
         sign: None,
         external: Vec::new(),
+        snapshot: false,
     };
     let mut downtime = Duration::ZERO;
     let mut remote = (0i32, 0u32);

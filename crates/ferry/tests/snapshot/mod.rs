@@ -1,0 +1,217 @@
+//! `dump -R` with a copy-on-write snapshot (issue 14 §2): the tree runs again as soon as its
+//! state and a snapshot of its memory are taken, and the image still holds the memory exactly
+//! as it was at the freeze.
+
+use crate::common::*;
+use std::fs;
+use std::time::Duration;
+
+/// (total ms, frozen ms) from `ferry -v dump`'s last line ("... in T ms (frozen F ms)").
+fn times(stderr: &str) -> Option<(f64, f64)> {
+    let line = stderr.lines().rev().find(|l| l.contains("dumped pid"))?;
+    let (_, rest) = line.rsplit_once(" in ")?;
+    let (total, rest) = rest.split_once(" ms (frozen ")?;
+    let frozen = rest.strip_suffix(" ms)")?;
+    Some((total.trim().parse().ok()?, frozen.trim().parse().ok()?))
+}
+
+/// The children of `pid` (every thread's), with their state letter.
+fn children(pid: i32) -> Vec<(i32, char)> {
+    let mut out = Vec::new();
+    for t in fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default() {
+        let text = fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        for c in text.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+            let stat = fs::read_to_string(format!("/proc/{c}/stat")).unwrap_or_default();
+            let state = stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next()).unwrap_or('?');
+            out.push((c, state));
+        }
+    }
+    out
+}
+
+/// Kill the workload's tree (its children first), and wait until every pid of the image is free.
+fn kill_workload(run: &mut Run) {
+    for p in tree_pids(run.pid).into_iter().skip(1) {
+        let _ = send_signal(p, "KILL");
+    }
+    if let Some(mut child) = run.child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    run.wait_pid_gone("after killing the workload left running");
+    wait_image_pids_gone(&run.img());
+}
+
+fn inventory_says_snapshot(run: &mut Run) -> bool {
+    let img = path_str(&run.img());
+    let json = run.ferry("inspect", &["inspect".into(), img, "--json".into()], Duration::from_secs(60));
+    let v: serde_json::Value = serde_json::from_str(json.stdout.trim()).unwrap_or_default();
+    v["inventory"]["snapshot"].as_bool() == Some(true)
+}
+
+/// The acceptance test. dirtier keeps rewriting pages of its 256 MiB (about 400 MB/s, each page
+/// filled from its index and a generation kept in a separate array) throughout the dump. The
+/// dump must freeze it for less than a tenth of its own duration, the process must run on
+/// (untraced, its snapshot child gone), and the image must restore to memory in which every page
+/// matches the generation array: memory read while the process runs would mix pages and
+/// generations from different moments, and fails that check.
+#[test]
+fn frozen_briefly_memory_exact() {
+    let _heavy = heavy_lock();
+    let spec = Spec::c("dirtier").args(&["256", "400000"]).ready_timeout(Duration::from_secs(90));
+    let mut run = Run::start(&spec);
+    std::thread::sleep(Duration::from_millis(300));
+    let img = run.img();
+    let res = run.dump_to("dump", &img, &["-R", "-v"]);
+    if !res.status.success() {
+        run.fail(&format!("ferry dump -R failed: {}", describe(res.status)));
+    }
+    let Some((total, frozen)) = times(&res.stderr) else {
+        run.fail("ferry dump -v printed no 'in T ms (frozen F ms)' line");
+    };
+    eprintln!("dump -R of 256 MiB being written: total {total:.1} ms, frozen {frozen:.1} ms");
+    if frozen * 10.0 >= total {
+        run.fail(&format!("frozen {frozen:.1} ms of a {total:.1} ms dump: not less than a tenth"));
+    }
+    run.expect_running_untraced("after dump -R");
+    let left = children(run.pid);
+    if !left.is_empty() {
+        run.fail(&format!("the workload has children after the dump (its snapshot not reaped?): {left:?}"));
+    }
+    if !inventory_says_snapshot(&mut run) {
+        run.fail("the inventory does not say the memory came from a snapshot");
+    }
+    // It kept writing meanwhile: the image must still hold the memory at the freeze.
+    kill_workload(&mut run);
+    run.restore_and_verify("ferry restore of a dump -R taken from a snapshot");
+}
+
+/// What a fork does not copy (MADV_DONTFORK: absent from the snapshot; MADV_WIPEONFORK and
+/// MAP_DROPPABLE: zeroed in it) and shared memory (shared, not copied) are taken while frozen:
+/// memlayout's fixed layout and random ones, in one process and in a parent with its child,
+/// come back byte for byte and flag for flag from a `dump -R`.
+#[test]
+fn unforked_and_shared_mappings_kept() {
+    for (seed, fork) in [(0, false), (0, true), (1, false), (2, false), (3, true), (4, false), (5, true)] {
+        let seed_s = seed.to_string();
+        let args: Vec<&str> = if fork { vec![&seed_s, "fork"] } else { vec![&seed_s] };
+        let mut run = Run::start(&Spec::c("memlayout").args(&args));
+        run.dump_ok(&["-R"]);
+        run.expect_running_untraced("after dump -R");
+        if !inventory_says_snapshot(&mut run) {
+            run.fail("the inventory does not say the memory came from a snapshot");
+        }
+        kill_workload(&mut run);
+        run.restore_and_verify(&format!("memlayout {seed}{}", if fork { " fork" } else { "" }));
+    }
+}
+
+/// Shared anonymous memory in a parent and its child (the `shm` workload, 4 MiB): copied while
+/// frozen by default; with a limit of 0 (`FERRY_SNAPSHOT_SHARED_HOLD=0`) read at the end of the
+/// dump instead, and `ferry inspect` says so. Both restore with every byte and still shared.
+#[test]
+fn shared_memory_held_or_marked() {
+    for limit in ["", "0"] {
+        let mut run = Run::start(&Spec::c("shm"));
+        if !limit.is_empty() {
+            run.ferry_env.push(("FERRY_SNAPSHOT_SHARED_HOLD", "0"));
+        }
+        run.dump_ok(&["-R"]);
+        run.expect_running_untraced("after dump -R");
+        let img = path_str(&run.img());
+        let text = run.ferry("inspect-text", &["inspect".into(), img], Duration::from_secs(60));
+        let marked = text.stdout.contains("content as at the end of the dump");
+        if marked != (limit == "0") {
+            run.fail(&format!("limit {limit:?}: inspect marks a mapping read at the end: {marked}"));
+        }
+        kill_workload(&mut run);
+        run.restore_and_verify(&format!("shm, shared memory limit {limit:?}"));
+    }
+}
+
+/// ferry killed once the tree runs again, while it writes the pages from the snapshot
+/// (FERRY_FAULT=kill-after-resume): the process runs on, untraced, with no live child left (the
+/// kernel kills the snapshot with its tracer: PTRACE_O_EXITKILL), and its memory is intact.
+#[test]
+fn ferry_killed_during_snapshot_dump() {
+    let spec = Spec::c("dirtier").args(&["64", "100000"]).ready_timeout(Duration::from_secs(60));
+    let mut run = Run::start(&spec);
+    run.ferry_env.push(("FERRY_FAULT", "kill-after-resume"));
+    let img = run.img();
+    let res = run.dump_to("dump", &img, &["-R"]);
+    if res.status.success() {
+        run.fail("ferry dump -R succeeded although it was to kill itself once the tree ran again");
+    }
+    run.expect_running_untraced("after ferry died in dump -R");
+    wait_for("the snapshot to die with ferry", Duration::from_secs(10), || {
+        children(run.pid).iter().all(|&(_, s)| s == 'Z')
+    });
+    if img.join("inventory.img").exists() {
+        run.fail("a dump whose ferry was killed left a complete-looking image");
+    }
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload left running");
+}
+
+/// `--no-snapshot`: the tree stays frozen until the image is committed (the old `-R`).
+#[test]
+fn no_snapshot_stays_frozen() {
+    let spec = Spec::c("dirtier").args(&["64", "1000"]).ready_timeout(Duration::from_secs(60));
+    let mut run = Run::start(&spec);
+    let img = run.img();
+    let res = run.dump_to("dump", &img, &["-R", "--no-snapshot", "-v"]);
+    if !res.status.success() {
+        run.fail(&format!("ferry dump -R --no-snapshot failed: {}", describe(res.status)));
+    }
+    let Some((total, frozen)) = times(&res.stderr) else {
+        run.fail("ferry dump -v printed no 'in T ms (frozen F ms)' line");
+    };
+    if frozen * 2.0 < total || inventory_says_snapshot(&mut run) {
+        run.fail(&format!("--no-snapshot: frozen {frozen:.1} ms of {total:.1} ms, or a snapshot recorded"));
+    }
+    kill_workload(&mut run);
+    run.restore_and_verify("ferry restore of a dump -R --no-snapshot");
+}
+
+/// Other kinds of state through `dump -R` with a snapshot, then a restore of the image once the
+/// process left running is killed: threads (the snapshot is forked from the main thread, one
+/// thread; every thread's registers are taken under the freeze), signal state, timers, a
+/// thread busy in an rseq critical section, and a tree of processes joined by pipes.
+#[test]
+fn other_state_through_snapshot() {
+    for spec in [Spec::c("threads"), Spec::c("signals"), Spec::c("timers"), Spec::c("rseq_busy"), Spec::c("pipeline")] {
+        let mut run = Run::start(&spec);
+        run.dump_ok(&["-R"]);
+        run.expect_running_untraced("after dump -R");
+        if !inventory_says_snapshot(&mut run) {
+            run.fail("the inventory does not say the memory came from a snapshot");
+        }
+        kill_workload(&mut run);
+        run.restore_and_verify(&format!("{} after dump -R", spec.name));
+    }
+}
+
+/// Sharing copy-on-write between a parent and its children is found between their snapshots,
+/// once the tree runs again (they keep the frames of the freeze): the `cow` workload (three
+/// processes sharing 64 MiB) dumped with `-R` stores the shared pages once, and each process
+/// finds its own view after restore.
+#[test]
+fn cow_sharing_found_between_snapshots() {
+    let mut run = Run::start(&Spec::c("cow").args(&["64"]).ready_timeout(Duration::from_secs(60)));
+    run.dump_ok(&["-R"]);
+    run.expect_running_untraced("after dump -R");
+    let stored: u64 = fs::read_dir(run.img())
+        .expect("image dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .sum();
+    // 64 MiB + the heap + a sixteenth of the pages rewritten by each process, plus slack (each
+    // process storing its own copy would be over 192 MiB).
+    if stored >= 90 << 20 {
+        run.fail(&format!("the image stores shared pages more than once: {stored} bytes of page files"));
+    }
+    kill_workload(&mut run);
+    run.restore_and_verify("cow after dump -R");
+}
