@@ -534,6 +534,7 @@ fn to_namespace_ids(procs: &mut [Process], zombies: &mut [Process]) -> Result<()
         }
         for t in p.files.iter_mut().flat_map(|f| f.epoll_targets.iter_mut()) {
             t.owner = tid(t.owner);
+            t.src_pid = tid(t.src_pid);
         }
     }
     Ok(())

@@ -267,7 +267,13 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
             let prep = ctx.prep[idx].as_ref().ok_or("no prepared state")?;
             files::apply_in_child(p, &prep.files.numbers, ctx.base)?;
             crate::state::fown::async_in_child(p)?;
-            epoll::apply_in_child(p)?;
+            // Any fd of the tree, by its prepared number (all still open here, above the base).
+            let prepared = |pid: i32, fd: i32| -> Option<i32> {
+                let q = ctx.procs.iter().position(|q| q.pid == pid)?;
+                let d = ctx.procs[q].fds.iter().find(|d| d.fd == fd)?;
+                ctx.prep[q].as_ref()?.files.numbers.get(d.file as usize).copied()
+            };
+            epoll::apply_in_child(p, &prep.files.numbers, &prepared)?;
             task::apply_in_child(p, prep.cwd.as_fd())?;
             signals::apply_in_child(p)?;
             let len = TRAMPOLINE_PAGES * PAGE_SIZE;

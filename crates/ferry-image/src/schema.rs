@@ -722,6 +722,13 @@ pub struct EpollTarget {
     /// hold targets registered by each of them); it registers it again at restore.
     #[prost(int32, tag = "4")]
     pub owner: i32,
+    /// Where the registered file is: fd `src_fd` of process `src_pid` of the image (0 in older
+    /// images: fd `fd` of `owner`). Not `fd` itself when the registration outlived its fd (the
+    /// file stayed open at another number) or when that number names another file in `owner`.
+    #[prost(int32, tag = "410")]
+    pub src_pid: i32,
+    #[prost(int32, tag = "411")]
+    pub src_fd: i32,
 }
 
 /// An open file description.
