@@ -891,6 +891,10 @@ pub struct UnixSocket {
     pub filter: Vec<u8>,
     #[prost(bool, tag = "26")]
     pub filter_locked: bool,
+    /// For a name that is a relative path: the directory it was bound in (the process's working
+    /// directory or root where the socket file was found at dump), where restore binds it again.
+    #[prost(string, tag = "412")]
+    pub name_dir: String,
 }
 
 /// One queued message of a unix socket.

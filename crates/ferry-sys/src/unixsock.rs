@@ -46,6 +46,25 @@ pub fn bind(fd: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
     cvt_i(unsafe { libc::bind(fd.as_raw_fd(), (&sa as *const libc::sockaddr_un).cast(), len) }).map(drop)
 }
 
+/// `bind(2)` to a relative path `name`, resolved in directory `dir`: on a short-lived thread
+/// that first gives itself its own working directory (`unshare(CLONE_FS)`, then `fchdir`), so
+/// the socket gets exactly `name` as its address and the process's own cwd never moves.
+pub fn bind_in(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: integer argument; only this thread's fs context (cwd, root, umask) is
+            // copied and affected.
+            cvt_i(unsafe { libc::unshare(libc::CLONE_FS) })?;
+            // SAFETY: `dir` is a valid fd for the duration of the call; it changes this
+            // thread's private cwd only.
+            cvt_i(unsafe { libc::fchdir(dir.as_raw_fd()) })?;
+            bind(fd, name)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the bind thread panicked")))
+    })
+}
+
 /// `connect(2)` to a unix address given as raw `sun_path` bytes.
 pub fn connect(fd: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
     let (sa, len) = sockaddr(name)?;

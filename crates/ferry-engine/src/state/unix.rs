@@ -161,6 +161,28 @@ fn path_of(name: &[u8]) -> std::path::PathBuf {
     std::path::PathBuf::from(std::ffi::OsStr::from_bytes(trim_path(name)))
 }
 
+/// The directory a relative socket name was bound in: the working directory or the root of
+/// `pid` if the socket file `vfs` (sock_diag's device, inode) is there under that name.
+fn bind_dir(pid: i32, name: &[u8], (dev, ino): (u32, u32)) -> Option<String> {
+    ["cwd", "root"].into_iter().find_map(|which| {
+        let m = std::fs::symlink_metadata(crate::procfs::path(pid, which).join(path_of(name))).ok()?;
+        let same = m.ino() == ino as u64 && libc::major(m.dev()) == dev >> 20 && libc::minor(m.dev()) == dev & 0xfffff;
+        same.then(|| crate::procfs::read_link(pid, which).ok()).flatten()
+    })
+}
+
+/// The address to reach socket `u` by (connect, sendto) and its socket file's path: its name,
+/// or for a relative name, the name under the directory it was bound in.
+fn conn_addr(u: &UnixSocket) -> Vec<u8> {
+    if !is_path(&u.name) || u.name[0] == b'/' || u.name_dir.is_empty() {
+        return u.name.clone();
+    }
+    let mut a = u.name_dir.trim_end_matches('/').as_bytes().to_vec();
+    a.push(b'/');
+    a.extend_from_slice(trim_path(&u.name));
+    a
+}
+
 /// Collect the unix socket behind fd `fd` of `pid` (its link is `link`) into `f`.
 pub fn collect(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -> Result<(), Error> {
     let ino = socket_ino(link).unwrap_or(0);
@@ -175,7 +197,19 @@ pub fn collect(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -
     }
     let mut u = UnixSocket { ino, sock_type: d.ty, state: d.state, name: d.name.clone(), ..Default::default() };
     if is_path(&d.name) && d.name[0] != b'/' {
-        return Err(unsupported(format!("bound to the relative path {}", show_name(&d.name))));
+        // A relative name: sock_diag gives it as bound. Its directory is the working directory
+        // or the root of the process if the socket file is found there (as CRIU looks); an
+        // accepted socket carrying such a name only needs a place to bind a temporary listener
+        // of that name at restore: its working directory.
+        u.name_dir = match d.vfs {
+            Some(vfs) => bind_dir(pid, &d.name, vfs).ok_or_else(|| {
+                unsupported(format!(
+                    "bound to the relative path {}, whose socket file is neither in the working directory nor the root of the process (unlinked, or the process moved since bind)",
+                    show_name(&d.name)
+                ))
+            })?,
+            None => crate::procfs::read_link(pid, "cwd")?,
+        };
     }
     // Does the socket hold its name itself, or carry its listener's (accepted)? A path-bound
     // socket has a socket file (vfs). For abstract names: listeners and datagram sockets bound;
@@ -197,7 +231,7 @@ pub fn collect(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -
     };
     if let (true, Some((dev, vino))) = (is_path(&d.name), d.vfs) {
         // The socket file may have been unlinked (or replaced) since bind.
-        let md = std::fs::symlink_metadata(path_of(&d.name)).ok().filter(|m| {
+        let md = std::fs::symlink_metadata(path_of(&conn_addr(&u))).ok().filter(|m| {
             // sock_diag reports the kernel's dev_t (major << 20 | minor).
             m.ino() == vino as u64 && libc::major(m.dev()) == dev >> 20 && libc::minor(m.dev()) == dev & 0xfffff
         });
@@ -460,36 +494,96 @@ fn free_path(name: &[u8], obj: &str) -> Result<bool, Error> {
     }
 }
 
-fn bind_name(s: BorrowedFd<'_>, u: &UnixSocket, obj: &str) -> Result<(), Error> {
-    free_path(&u.name, obj)?;
-    us::bind(s, &u.name).ctx(|| format!("{obj}: cannot bind to {}", show_name(&u.name)))?;
+/// bind() `s` to the name of `u`: a relative name in the directory it was bound in.
+fn bind_as(s: BorrowedFd<'_>, u: &UnixSocket) -> std::io::Result<()> {
+    if is_path(&u.name) && u.name[0] != b'/' && !u.name_dir.is_empty() {
+        let dir = std::fs::File::open(&u.name_dir)?;
+        return us::bind_in(s, dir.as_fd(), &u.name);
+    }
+    us::bind(s, &u.name)
+}
+
+/// Where each bound socket of the restore can be reached (its name; for a socket whose file
+/// was unlinked, a hidden path its file is renamed to until the connections and datagrams
+/// that need it are in), and those hidden files, removed when this is dropped.
+#[derive(Default)]
+struct Names {
+    addr: HashMap<u32, Vec<u8>>,
+    hidden: Vec<std::path::PathBuf>,
+}
+
+impl Names {
+    /// The address that reaches socket `u` (bound by this restore), or its name.
+    fn of(&self, u: &UnixSocket) -> Vec<u8> {
+        self.addr.get(&u.ino).cloned().unwrap_or_else(|| conn_addr(u))
+    }
+}
+
+impl Drop for Names {
+    fn drop(&mut self) {
+        for h in &self.hidden {
+            let _ = std::fs::remove_file(h);
+        }
+    }
+}
+
+fn bind_name(s: BorrowedFd<'_>, u: &UnixSocket, obj: &str, names: &mut Names) -> Result<(), Error> {
+    let addr = conn_addr(u);
+    let cannot = || format!("{obj}: cannot bind to {}", show_name(&u.name));
+    if u.unlinked && is_path(&u.name) {
+        // The name only, no file: whatever holds the path now steps aside for the bind, and the
+        // new socket file is moved to a hidden name (the socket keeps its name) until the end.
+        use std::os::unix::ffi::OsStrExt;
+        let path = path_of(&addr);
+        let base = path.file_name().map(|b| b.to_string_lossy().into_owned()).unwrap_or_default();
+        let aside = path.with_file_name(format!(".{base}.ferry-aside-{}", std::process::id()));
+        let hidden = path.with_file_name(format!(".ferry-sock-{}-{}", std::process::id(), u.ino));
+        let moved = match std::fs::symlink_metadata(&path) {
+            Ok(_) => {
+                std::fs::rename(&path, &aside).ctx(|| format!("{obj}: cannot move {} aside", path.display()))?;
+                true
+            }
+            Err(_) => false,
+        };
+        let r = bind_as(s, u)
+            .ctx(cannot)
+            .and_then(|()| std::fs::rename(&path, &hidden).ctx(|| format!("{obj}: cannot unlink {}", path.display())));
+        if moved {
+            std::fs::rename(&aside, &path).ctx(|| format!("{obj}: cannot put {} back", path.display()))?;
+        }
+        r?;
+        names.addr.insert(u.ino, hidden.as_os_str().as_bytes().to_vec());
+        names.hidden.push(hidden);
+        return Ok(());
+    }
+    free_path(&addr, obj)?;
+    bind_as(s, u).ctx(cannot)?;
     if u.file_mode != 0 && is_path(&u.name) {
         // Who may connect: the socket file's owner and mode, not ferry's umask.
         use std::os::unix::fs::PermissionsExt;
-        let path = path_of(&u.name);
+        let path = path_of(&addr);
         let ctx = || format!("{obj}: cannot give {} its owner and mode", path.display());
         std::os::unix::fs::chown(&path, Some(u.file_uid), Some(u.file_gid)).ctx(ctx)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(u.file_mode)).ctx(ctx)?;
     }
-    if u.unlinked && is_path(&u.name) {
-        std::fs::remove_file(path_of(&u.name)).ctx(|| format!("{obj}: cannot unlink {}", show_name(&u.name)))?;
-    }
+    names.addr.insert(u.ino, addr);
     Ok(())
 }
 
-/// An accepted socket: `client` connects to a temporary listener bound to `name`, and the
-/// accepted end carries that name.
-fn accept_via(ty: i32, name: &[u8], client: BorrowedFd<'_>, obj: &str) -> Result<OwnedFd, Error> {
-    let existed = free_path(name, obj)?;
-    let ctx = || format!("{obj}: cannot connect through a temporary listener at {}", show_name(name));
+/// An accepted socket: `client` connects to a temporary listener bound to the name of `srv`,
+/// and the accepted end carries that name.
+fn accept_via(ty: i32, srv: &UnixSocket, client: BorrowedFd<'_>, obj: &str) -> Result<OwnedFd, Error> {
+    let addr = conn_addr(srv);
+    let existed = free_path(&addr, obj)?;
+    let ctx = || format!("{obj}: cannot connect through a temporary listener at {}", show_name(&srv.name));
     let l = us::socket(ty).ctx(ctx)?;
-    us::bind(l.as_fd(), name).ctx(ctx)?;
+    bind_as(l.as_fd(), srv).ctx(ctx)?;
     us::listen(l.as_fd(), 1).ctx(ctx)?;
-    us::connect(client, name).ctx(ctx)?;
+    us::connect(client, &addr).ctx(ctx)?;
     let s = us::accept(l.as_fd()).ctx(ctx)?;
     drop(l);
-    if !existed && is_path(name) {
-        std::fs::remove_file(path_of(name)).ctx(ctx)?;
+    if !existed && is_path(&addr) {
+        std::fs::remove_file(path_of(&addr)).ctx(ctx)?;
     }
     Ok(s)
 }
@@ -521,6 +615,7 @@ pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
         }
     }
     let mut fds: Prepared = HashMap::new();
+    let mut names = Names::default();
     let mut partners: HashMap<u32, OwnedFd> = HashMap::new();
     let mutual = |u: &UnixSocket| u.peer != 0 && socks.get(&u.peer).is_some_and(|(v, _)| v.peer == u.ino);
     let accepted = |u: &UnixSocket| !u.bound && !u.name.is_empty();
@@ -535,18 +630,18 @@ pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
             let ((srv, sobj), (cli, cobj)) = if accepted(u) { ((u, obj), (v, vobj)) } else { ((v, vobj), (u, obj)) };
             let c = us::socket(ty).ctx(|| cobj.clone())?;
             if cli.bound {
-                bind_name(c.as_fd(), cli, cobj)?;
+                bind_name(c.as_fd(), cli, cobj, &mut names)?;
             }
-            let s = accept_via(ty, &srv.name, c.as_fd(), sobj)?;
+            let s = accept_via(ty, srv, c.as_fd(), sobj)?;
             fds.insert(srv.ino, s);
             fds.insert(cli.ino, c);
         } else {
             let (a, b) = us::socketpair(ty).ctx(|| format!("{obj}: socketpair"))?;
             if u.bound {
-                bind_name(a.as_fd(), u, obj)?;
+                bind_name(a.as_fd(), u, obj, &mut names)?;
             }
             if v.bound {
-                bind_name(b.as_fd(), v, vobj)?;
+                bind_name(b.as_fd(), v, vobj, &mut names)?;
             }
             fds.insert(u.ino, a);
             fds.insert(v.ino, b);
@@ -561,11 +656,11 @@ pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
         let (a, b) = if ty != libc::SOCK_DGRAM && accepted(u) {
             // An accepted socket whose client is gone: accepted again, from a client that goes.
             let c = us::socket(ty).ctx(|| obj.clone())?;
-            (accept_via(ty, &u.name, c.as_fd(), obj)?, c)
+            (accept_via(ty, u, c.as_fd(), obj)?, c)
         } else {
             let (a, b) = us::socketpair(ty).ctx(|| format!("{obj}: socketpair"))?;
             if u.bound {
-                bind_name(a.as_fd(), u, obj)?;
+                bind_name(a.as_fd(), u, obj, &mut names)?;
             }
             (a, b)
         };
@@ -580,7 +675,7 @@ pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
             }
             let s = us::socket(u.sock_type as i32).ctx(|| obj.clone())?;
             if u.bound {
-                bind_name(s.as_fd(), u, obj)?;
+                bind_name(s.as_fd(), u, obj, &mut names)?;
             }
             if pass {
                 let backlog = u.backlog.min(i32::MAX as u32) as i32;
@@ -595,7 +690,10 @@ pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
             continue;
         }
         let to = if u.peer != 0 {
-            socks.get(&u.peer).map(|(v, _)| v.name.clone()).unwrap_or_default()
+            socks
+                .get(&u.peer)
+                .map(|(v, _)| if v.name.is_empty() { Vec::new() } else { names.of(v) })
+                .unwrap_or_default()
         } else {
             u.peer_name.clone()
         };
@@ -619,7 +717,7 @@ pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
             })?;
             let cfd = fds[&cu.ino].as_fd();
             ferry_sys::process::set_status_flags(cfd, libc::O_NONBLOCK).ctx(|| cobj.clone())?;
-            us::connect(cfd, &u.name).ctx(|| format!("{cobj}: cannot connect to {}", show_name(&u.name)))?;
+            us::connect(cfd, &names.of(u)).ctx(|| format!("{cobj}: cannot connect to {}", show_name(&u.name)))?;
         }
     }
     // 7. Queued data, sent again into each receive queue (large send buffers meanwhile).
@@ -646,7 +744,8 @@ pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
             let named = (!m.from.is_empty())
                 .then(|| socks.iter().find(|(_, (v, _))| v.bound && v.name == m.from).map(|(i, _)| *i))
                 .flatten();
-            let to = (!u.name.is_empty()).then_some(u.name.as_slice());
+            let to_addr = names.of(u);
+            let to = (!u.name.is_empty()).then_some(to_addr.as_slice());
             let (sender, is_peer): (BorrowedFd<'_>, bool) = if let Some(x) = named {
                 (fds[&x].as_fd(), mutual(u) && x == u.peer)
             } else if let (true, Some(s)) = (m.from.is_empty() || to.is_none(), peer_fd) {
