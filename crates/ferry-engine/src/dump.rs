@@ -536,6 +536,9 @@ fn to_namespace_ids(procs: &mut [Process], zombies: &mut [Process]) -> Result<()
             t.owner = tid(t.owner);
             t.src_pid = tid(t.src_pid);
         }
+        for t in p.files.iter_mut().filter_map(|f| f.pidfd.as_mut()).filter(|t| !t.dead) {
+            t.pid = tid(t.pid);
+        }
     }
     Ok(())
 }
@@ -649,6 +652,7 @@ pub fn dump_with(
     }
     files::finish_pipes(&mut procs, &mut tree)?;
     crate::state::epoll::assign_owners(&mut procs)?;
+    crate::state::pidfd::finish(&procs, &zombies)?;
     crate::state::sysvshm::collect(&mut procs, &mut img)?;
     let shell_job = tty::finish(&mut procs, &mut tree.tty, opts.shell_job)?;
     crate::state::unix::finish(&mut procs)?;

@@ -488,6 +488,7 @@ fn rebuild(
         {}
     }
     let threads = restore_threads(&inj, tr, p)?;
+    crate::state::pidfd::restore(&inj, pid, p)?;
     let tids: Vec<i32> = std::iter::once(pid).chain(threads.iter().map(|t| t.0)).collect();
     rseq::restore(&inj, t)?;
     signals::restore_thread(&inj, scratch, p, t, true)?;

@@ -694,6 +694,8 @@ pub enum FileKind {
     /// A named pipe (FIFO) reopened by `path`; `ino` identifies it, `fifo_data` (on one of its
     /// descriptions) holds the unread bytes.
     Fifo = 14,
+    /// A pidfd (`anon_inode:[pidfd]`): `pidfd`.
+    Pidfd = 410,
 }
 
 /// One inotify watch: its descriptor number, event mask and the watched file.
@@ -808,6 +810,20 @@ pub struct File {
     pub atime_ns: i64,
     #[prost(int64, tag = "283")]
     pub mtime_ns: i64,
+    /// For a pidfd: the process (or thread) it refers to.
+    #[prost(message, optional, tag = "413")]
+    pub pidfd: Option<PidfdTarget>,
+}
+
+/// What a pidfd refers to (its flags, PIDFD_NONBLOCK and PIDFD_THREAD, are the file's).
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct PidfdTarget {
+    /// A process (or with PIDFD_THREAD, a thread) of the image; 0 if `dead`.
+    #[prost(int32, tag = "1")]
+    pub pid: i32,
+    /// The process exited (and was reaped) before the dump: fdinfo shows "Pid: -1".
+    #[prost(bool, tag = "2")]
+    pub dead: bool,
 }
 
 /// A unix domain socket. Names are raw `sun_path` bytes: a leading NUL byte marks an abstract

@@ -82,4 +82,6 @@ pub mod nr {
     pub const PRLIMIT64: u64 = 302;
     pub const CLOSE_RANGE: u64 = 436;
     pub const CLONE3: u64 = 435;
+    pub const DUP3: u64 = 292;
+    pub const PIDFD_OPEN: u64 = 434;
 }

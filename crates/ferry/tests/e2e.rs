@@ -628,6 +628,7 @@ mod cgroup;
 mod cleanup;
 mod contact;
 mod cow;
+mod fds;
 mod filestate;
 mod inet;
 mod integrity;

@@ -7,7 +7,7 @@
 use crate::error::{Ctx, Error};
 use crate::procfs;
 use crate::state::{
-    epoll, eventfd, fifo, fown, inet, inotify, locks, memfd_seals, pipes, signalfd, timerfd, tty, unix,
+    epoll, eventfd, fifo, fown, inet, inotify, locks, memfd_seals, pidfd, pipes, signalfd, timerfd, tty, unix,
 };
 use ferry_image::{Fd, File, FileKind, ImageWriter, Process};
 use ferry_sys::consts::KCMP_FILE;
@@ -207,6 +207,8 @@ pub fn collect(
         } else if link == "anon_inode:[timerfd]" {
             file.kind = FileKind::Timerfd as i32;
             timerfd::collect(pid, fd, &info, &mut file)?;
+        } else if pidfd::is_pidfd(&link) {
+            pidfd::collect(pid, fd, &info, &mut file)?;
         } else if link == "anon_inode:[signalfd]" {
             file.kind = FileKind::Signalfd as i32;
             signalfd::collect(pid, fd, &info, &mut file)?;
@@ -401,6 +403,7 @@ pub fn prepare(
             FileKind::InetSocket => inet::prepare(&obj(), f)?,
             FileKind::Fifo => fifo::prepare(&obj(), f, flags)?,
             FileKind::Inotify => inotify::prepare(&obj(), f)?,
+            FileKind::Pidfd => pidfd::prepare(&obj(), f)?,
             FileKind::Epoll => ferry_sys::process::epoll_create(libc::EPOLL_CLOEXEC)
                 .ctx(|| format!("{}: cannot create the epoll instance", obj()))?,
             FileKind::Invalid => return Err(Error::Invalid { object: obj(), what: "unknown file kind".into() }),

@@ -23,6 +23,7 @@ pub mod locks;
 pub mod memfd_seals;
 pub mod memory;
 pub mod netlock;
+pub mod pidfd;
 pub mod pipes;
 pub mod rseq;
 pub mod session;
