@@ -539,6 +539,10 @@ fn to_namespace_ids(procs: &mut [Process], zombies: &mut [Process]) -> Result<()
         for t in p.files.iter_mut().filter_map(|f| f.pidfd.as_mut()).filter(|t| !t.dead) {
             t.pid = tid(t.pid);
         }
+        let queues = p.files.iter_mut().filter_map(|f| f.unix.as_mut()).flat_map(|u| u.queue.iter_mut());
+        for r in queues.flat_map(|m| m.rights.iter_mut()) {
+            r.pid = tid(r.pid);
+        }
     }
     Ok(())
 }
@@ -655,7 +659,7 @@ pub fn dump_with(
     crate::state::pidfd::finish(&procs, &zombies)?;
     crate::state::sysvshm::collect(&mut procs, &mut img)?;
     let shell_job = tty::finish(&mut procs, &mut tree.tty, opts.shell_job)?;
-    crate::state::unix::finish(&mut procs)?;
+    crate::state::unix::finish(&mut procs, &mut tree.unix)?;
     // Pids as ferry sees them, to read memory; the image keeps the namespace's own.
     let host_pids: Vec<i32> = frozen.iter().map(|f| f.pid).collect();
     if pidns_root.is_some() {

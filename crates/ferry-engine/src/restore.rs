@@ -557,7 +557,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     let all_pipes: Vec<ferry_image::Pipe> = procs.iter().flat_map(|p| p.pipes.iter().cloned()).collect();
     let pipes = pipes::prepare(root, &all_pipes)?;
     let ttys = tty::prepare(&img, &procs, base, opts.shell_job)?;
-    let unix = crate::state::unix::prepare(&procs)?;
+    let mut unix = crate::state::unix::prepare(&procs)?;
     let mut shared = std::collections::HashMap::new();
     let mut shmem = std::collections::HashMap::new();
     for z in procs.iter().filter(|p| p.zombie && !img.inventory().pidns) {
@@ -592,6 +592,13 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         .flat_map(|p| p.files.owned.iter())
         .map(|o| (std::os::fd::AsRawFd::as_raw_fd(o), o.as_fd()))
         .collect();
+    // Queued unix data goes in once every file is open: messages carry fds in flight.
+    let fd_of = |pid: i32, fd: i32| -> Option<std::os::fd::BorrowedFd<'_>> {
+        let q = procs.iter().position(|q| q.pid == pid)?;
+        let d = procs[q].fds.iter().find(|d| d.fd == fd)?;
+        fds.get(numbers[q]?.get(d.file as usize)?).copied()
+    };
+    crate::state::unix::fill(&mut unix, &procs, &fd_of)?;
     crate::state::tcp_repair::connect_all(&procs, &numbers, &fds)?;
     drop(fds);
     crate::state::tcp_repair::release_all(&procs, &numbers)?;

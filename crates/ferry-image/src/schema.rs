@@ -815,6 +815,16 @@ pub struct File {
     pub pidfd: Option<PidfdTarget>,
 }
 
+/// A file descriptor in flight (SCM_RIGHTS): fd `fd` of process `pid` of the image is the
+/// same open file description.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct InFlightFd {
+    #[prost(int32, tag = "1")]
+    pub pid: i32,
+    #[prost(int32, tag = "2")]
+    pub fd: i32,
+}
+
 /// What a pidfd refers to (its flags, PIDFD_NONBLOCK and PIDFD_THREAD, are the file's).
 #[derive(Clone, PartialEq, prost::Message, Serialize)]
 pub struct PidfdTarget {
@@ -923,6 +933,10 @@ pub struct UnixMessage {
     #[prost(bytes = "vec", tag = "2")]
     #[serde(serialize_with = "crate::hex::serialize")]
     pub from: Vec<u8>,
+    /// The file descriptors this message carries (SCM_RIGHTS), in order: each names an fd of a
+    /// process of the image holding the same open file description.
+    #[prost(message, repeated, tag = "414")]
+    pub rights: Vec<InFlightFd>,
 }
 
 /// A pseudo-terminal pair with its master in the image, as seen through either end.

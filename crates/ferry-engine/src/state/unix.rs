@@ -20,6 +20,7 @@
 
 use crate::error::{Ctx, Error};
 use ferry_image::{File, FileKind, Process, UnixMessage, UnixSocket};
+use ferry_sys::consts::KCMP_FILE;
 use ferry_sys::sockopt;
 use ferry_sys::unixsock as us;
 use std::collections::{BTreeMap, HashMap};
@@ -65,6 +66,9 @@ pub struct Table {
     socks: Option<HashMap<u32, Diag>>,
     /// Client inode -> listener inode, for connections waiting in an accept queue.
     listener_of: HashMap<u32, u32>,
+    /// Fds in flight in the receive queues read so far: (socket inode, (message index, ferry's
+    /// copies of its fds)), matched with the tree's fds by `finish`.
+    in_flight: Vec<(u32, Vec<(usize, Vec<OwnedFd>)>)>,
 }
 
 fn u32_at(b: &[u8], o: usize) -> Option<u32> {
@@ -278,12 +282,15 @@ pub fn collect(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -
     } else {
         u.peek_off = sockopt::get_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF).ctx(obj)?;
         let queue = read_queue(c, d.ty as i32, u.peek_off, (d.shutdown & 1 != 0, d.rqueue as usize), &obj);
-        let queue = queue.map_err(|e| match e {
-            QueueError::Rights(n) => {
-                unsupported(format!("has {n} file descriptor(s) in flight (SCM_RIGHTS) in its receive queue"))
-            }
+        let (queue, rights) = queue.map_err(|e| match e {
+            QueueError::StreamRights(n) => unsupported(format!(
+                "has {n} file descriptor(s) in flight (SCM_RIGHTS) in its byte stream (which bytes carry them cannot be read back)"
+            )),
             QueueError::Sys(source) => Error::Sys { object: obj(), source },
         })?;
+        if !rights.is_empty() {
+            table.in_flight.push((ino, rights));
+        }
         if d.ty as i32 != libc::SOCK_DGRAM {
             let total: usize = queue.iter().map(|m| m.data.len()).sum();
             if total != d.rqueue as usize {
@@ -335,8 +342,13 @@ pub fn collect_stdio(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut F
     Ok(())
 }
 
+/// The messages of a receive queue, and the copies of the fds in flight of those that carry
+/// some (by message index).
+type Queue = (Vec<UnixMessage>, Vec<(usize, Vec<OwnedFd>)>);
+
 enum QueueError {
-    Rights(usize),
+    /// File descriptors in flight in a stream socket's queue.
+    StreamRights(usize),
     Sys(std::io::Error),
 }
 
@@ -359,25 +371,29 @@ fn read_queue(
     old_off: i32,
     (shut_rd, rqueue): (bool, usize),
     obj: &dyn Fn() -> String,
-) -> Result<Vec<UnixMessage>, QueueError> {
+) -> Result<Queue, QueueError> {
     sockopt::set_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
-    let r = (|| -> Result<Vec<UnixMessage>, QueueError> {
+    let r = (|| -> Result<Queue, QueueError> {
         let mut out = Vec::new();
+        let mut rights = Vec::new();
         let mut stream = Vec::new();
         let mut cap = 256 * 1024;
         let mut seen = 0;
         loop {
             let off = sockopt::get_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF)?;
             let Some(p) = us::peek(c, cap)? else { break };
-            if p.rights > 0 {
-                return Err(QueueError::Rights(p.rights));
-            }
             if ty == libc::SOCK_STREAM {
                 if p.data.is_empty() {
                     break;
                 }
-                stream.extend_from_slice(&p.data);
-                continue;
+                if p.fds.is_empty() {
+                    stream.extend_from_slice(&p.data);
+                    continue;
+                }
+                // A peek glues the bytes of earlier writes to those of the write that carried
+                // fds (and even a one-byte peek brings the fds of the next write): which bytes
+                // carry them cannot be told, and a reader would get them elsewhere.
+                return Err(QueueError::StreamRights(p.fds.len()));
             }
             if p.len > p.data.len() {
                 // A datagram bigger than the buffer: read it again, whole.
@@ -389,16 +405,19 @@ fn read_queue(
                 break;
             }
             seen += p.data.len();
-            out.push(UnixMessage { data: p.data, from: p.from });
+            if !p.fds.is_empty() {
+                rights.push((out.len(), p.fds));
+            }
+            out.push(UnixMessage { data: p.data, from: p.from, ..Default::default() });
             if out.len() > 1_000_000 {
                 tracing::warn!(object = obj(), "more than a million queued datagrams");
                 return Err(QueueError::Sys(std::io::Error::from_raw_os_error(libc::E2BIG)));
             }
         }
         if !stream.is_empty() {
-            out.push(UnixMessage { data: stream, from: Vec::new() });
+            out.push(UnixMessage { data: stream, ..Default::default() });
         }
-        Ok(out)
+        Ok((out, rights))
     })();
     let put_back = sockopt::set_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old_off);
     let out = r?;
@@ -408,8 +427,9 @@ fn read_queue(
 
 /// Once every process is collected: a connected socket must have its peer in the image (a
 /// datagram socket connected to a named socket outside is reconnected by name), a connection
-/// waiting in an accept queue must have both ends in the image.
-pub fn finish(procs: &mut [Process]) -> Result<(), Error> {
+/// waiting in an accept queue must have both ends in the image, and every fd in flight must be
+/// an open file description that a process of the image holds.
+pub fn finish(procs: &mut [Process], table: &mut Table) -> Result<(), Error> {
     let in_image = |procs: &[Process]| {
         let mut inos = std::collections::HashSet::new();
         for f in procs.iter().flat_map(|p| p.files.iter()).filter(|f| f.kind == FileKind::UnixSocket as i32) {
@@ -462,11 +482,90 @@ pub fn finish(procs: &mut [Process]) -> Result<(), Error> {
             }
         }
     }
+    in_flight(procs, std::mem::take(&mut table.in_flight))
+}
+
+/// Name, for every fd in flight, an fd of the tree that is the same open file description
+/// (`kcmp(KCMP_FILE)` between ferry's copy and the tree's fds), in every copy of the socket's
+/// record. A file that only travels in flight (its sender closed it) is refused.
+fn in_flight(procs: &mut [Process], found: Vec<(u32, Vec<(usize, Vec<OwnedFd>)>)>) -> Result<(), Error> {
+    use std::os::fd::AsRawFd;
+    let me = std::process::id() as i32;
+    for (ino, msgs) in found {
+        let holder = procs.iter().enumerate().find_map(|(pi, p)| {
+            let fi = p
+                .files
+                .iter()
+                .position(|f| f.kind == FileKind::UnixSocket as i32 && f.unix.as_ref().is_some_and(|u| u.ino == ino))?;
+            Some((pi, p.fds.iter().find(|d| d.file as usize == fi).map(|d| d.fd).unwrap_or(-1)))
+        });
+        // (A socket at fd 0-2 that stays inherited takes its queue along.)
+        let Some((hp, hfd)) = holder else { continue };
+        let mut rights: Vec<(usize, Vec<ferry_image::InFlightFd>)> = Vec::new();
+        for (m, fds) in msgs {
+            let mut named = Vec::new();
+            for f in &fds {
+                let same = procs.iter().filter(|q| !q.zombie).find_map(|q| {
+                    q.fds
+                        .iter()
+                        .find(|d| {
+                            ferry_sys::process::kcmp(me, q.pid, KCMP_FILE, f.as_raw_fd() as u64, d.fd as u64).ok()
+                                == Some(0)
+                        })
+                        .map(|d| ferry_image::InFlightFd { pid: q.pid, fd: d.fd })
+                });
+                named.push(same.ok_or_else(|| Error::Unsupported {
+                    pid: procs[hp].pid,
+                    what: format!(
+                        "fd {hfd}: unix socket:[{ino}] has a file descriptor in flight (SCM_RIGHTS) whose file no process of the dump holds open"
+                    ),
+                })?);
+            }
+            rights.push((m, named));
+        }
+        for u in procs.iter_mut().flat_map(|p| p.files.iter_mut()).filter_map(|f| f.unix.as_mut()) {
+            if u.ino == ino {
+                for (m, named) in &rights {
+                    if let Some(msg) = u.queue.get_mut(*m) {
+                        msg.rights = named.clone();
+                    }
+                }
+            }
+        }
+    }
     Ok(())
 }
 
-/// The restored sockets, keyed by their inode in the image.
-pub type Prepared = HashMap<u32, OwnedFd>;
+/// The restored sockets, keyed by their inode in the image, and what `fill` needs to finish
+/// them.
+pub struct Prepared {
+    fds: HashMap<u32, OwnedFd>,
+    /// The other ends of sockets whose peer was closed: they send the queued data, then go.
+    partners: HashMap<u32, OwnedFd>,
+    names: Names,
+}
+
+impl Prepared {
+    /// The restored socket of inode `ino` of the image.
+    pub fn get(&self, ino: &u32) -> Option<&OwnedFd> {
+        self.fds.get(ino)
+    }
+}
+
+/// Every unix socket of the image by inode, with a name for messages (the first process
+/// holding it).
+fn sockets(procs: &[Process]) -> BTreeMap<u32, (&UnixSocket, String)> {
+    let mut socks: BTreeMap<u32, (&UnixSocket, String)> = BTreeMap::new();
+    for p in procs.iter().filter(|p| !p.zombie) {
+        for (i, f) in p.files.iter().enumerate() {
+            if let (true, Some(u)) = (f.kind == FileKind::UnixSocket as i32, &f.unix) {
+                let fd = p.fds.iter().find(|d| d.file as usize == i).map(|d| d.fd).unwrap_or(-1);
+                socks.entry(u.ino).or_insert((u, format!("pid {} fd {fd}: {}", p.pid, f.describe)));
+            }
+        }
+    }
+    socks
+}
 
 /// Make `name` free for bind(): nothing to do for an abstract name; for a path, remove a stale
 /// socket file (one nobody listens on). Returns whether a file was there.
@@ -602,19 +701,41 @@ fn send_all(s: BorrowedFd<'_>, data: &[u8], to: Option<&[u8]>, stream: bool, obj
     }
 }
 
+/// Send message `m` (with its fds in flight, if any) from `s`, as `send_all`.
+fn send_msg<'f>(
+    s: BorrowedFd<'_>,
+    m: &UnixMessage,
+    to: Option<&[u8]>,
+    stream: bool,
+    obj: &str,
+    fd_of: &dyn Fn(i32, i32) -> Option<BorrowedFd<'f>>,
+) -> Result<(), Error> {
+    if m.rights.is_empty() {
+        return send_all(s, &m.data, to, stream, obj);
+    }
+    let fds = m
+        .rights
+        .iter()
+        .map(|r| {
+            fd_of(r.pid, r.fd).ok_or_else(|| Error::Invalid {
+                object: obj.into(),
+                what: format!("its fd in flight, fd {} of pid {}, is missing from the image", r.fd, r.pid),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let n = us::send_rights(s, &m.data, to, &fds)
+        .ctx(|| format!("{obj}: cannot queue a message with its fds in flight again"))?;
+    if n < m.data.len() {
+        send_all(s, &m.data[n..], to, stream, obj)?;
+    }
+    Ok(())
+}
+
 /// Recreate every unix socket of the image (all processes together: peers and listeners may be
 /// in different processes), with names, connections, accept queues and queued data.
 pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
-    let mut socks: BTreeMap<u32, (&UnixSocket, String)> = BTreeMap::new();
-    for p in procs.iter().filter(|p| !p.zombie) {
-        for (i, f) in p.files.iter().enumerate() {
-            if let (true, Some(u)) = (f.kind == FileKind::UnixSocket as i32, &f.unix) {
-                let fd = p.fds.iter().find(|d| d.file as usize == i).map(|d| d.fd).unwrap_or(-1);
-                socks.entry(u.ino).or_insert((u, format!("pid {} fd {fd}: {}", p.pid, f.describe)));
-            }
-        }
-    }
-    let mut fds: Prepared = HashMap::new();
+    let socks = sockets(procs);
+    let mut fds: HashMap<u32, OwnedFd> = HashMap::new();
     let mut names = Names::default();
     let mut partners: HashMap<u32, OwnedFd> = HashMap::new();
     let mutual = |u: &UnixSocket| u.peer != 0 && socks.get(&u.peer).is_some_and(|(v, _)| v.peer == u.ino);
@@ -720,6 +841,21 @@ pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
             us::connect(cfd, &names.of(u)).ctx(|| format!("{cobj}: cannot connect to {}", show_name(&u.name)))?;
         }
     }
+    Ok(Prepared { fds, partners, names })
+}
+
+/// Once every file of the image is open in ferry: the queued data, sent again into each receive
+/// queue with its fds in flight (`fd_of(pid, fd)`: ferry's fd of that description), then
+/// buffer sizes, SO_PASSCRED, filters, shutdown and SO_PEEK_OFF.
+pub fn fill<'f>(
+    prep: &mut Prepared,
+    procs: &[Process],
+    fd_of: &dyn Fn(i32, i32) -> Option<BorrowedFd<'f>>,
+) -> Result<(), Error> {
+    let socks = sockets(procs);
+    let Prepared { fds, partners, names } = prep;
+    let partners = std::mem::take(partners);
+    let mutual = |u: &UnixSocket| u.peer != 0 && socks.get(&u.peer).is_some_and(|(v, _)| v.peer == u.ino);
     // 7. Queued data, sent again into each receive queue (large send buffers meanwhile).
     let big = 64 << 20;
     let mut temps: Vec<OwnedFd> = Vec::new();
@@ -735,7 +871,7 @@ pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
                     object: obj.clone(),
                     what: "queued data but no peer to send it from".into(),
                 })?;
-                send_all(s.as_fd(), &m.data, None, ty == libc::SOCK_STREAM, obj)?;
+                send_msg(s.as_fd(), m, None, ty == libc::SOCK_STREAM, obj, fd_of)?;
                 continue;
             }
             // A datagram: from the socket named as its sender if it is in the image, else from
@@ -778,7 +914,7 @@ pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
                     what: "a queued datagram from a sender that is not its peer, and the socket has no name".into(),
                 });
             }
-            send_all(sender, &m.data, dest, false, obj)?;
+            send_msg(sender, m, dest, false, obj, fd_of)?;
         }
     }
     drop(temps);
@@ -823,7 +959,7 @@ pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
             sockopt::set_int(s, libc::SOL_SOCKET, libc::SO_PEEK_OFF, u.peek_off).ctx(ctx)?;
         }
     }
-    Ok(fds)
+    Ok(())
 }
 
 #[cfg(test)]

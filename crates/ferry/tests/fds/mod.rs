@@ -31,3 +31,42 @@ fn refuses_pidfd_of_a_process_outside() {
     let status = run.wait_child_exit();
     run.expect_pass(status, "the workload after a refused dump");
 }
+
+fn inflight() -> Spec {
+    Spec::c("inflight")
+}
+
+#[test]
+fn control_fds_in_flight() {
+    control(&inflight());
+}
+
+/// File descriptors in flight (SCM_RIGHTS) in datagram and seqpacket queues, of files the tree
+/// still holds (an eventfd, a pipe end, a child's memfd): every message comes back in order
+/// with its fds, each the same open file description as before.
+#[test]
+fn cycle_fds_in_flight() {
+    cycle_tree(&inflight(), &[]);
+}
+
+/// dump -R peeks at the queues without taking a message or an fd off them.
+#[test]
+fn leave_running_fds_in_flight() {
+    let mut run = Run::start(&inflight());
+    run.dump_ok(&["-R"]);
+    run.expect_running_untraced("after dump -R");
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload left running");
+}
+
+/// Fds in flight in a byte stream are refused (a peek glues the bytes of earlier writes to the
+/// write that carried them); the stream and its fds are intact after the refused dump.
+#[test]
+fn refuses_fds_in_flight_in_a_stream() {
+    let mut run = Run::start(&inflight().args(&["stream"]));
+    dump_refused(run.pid, &run.w.join("img"), "in flight (SCM_RIGHTS) in its byte stream");
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload after a refused dump");
+}
