@@ -20,25 +20,35 @@
 static char before[4096];
 static int closed_mode;
 
+static int by_text(const void *a, const void *b)
+{
+	return strcmp((const char *)a, (const char *)b);
+}
+
 /* The "tfd:" lines of the fdinfo of fd `ep`, with the fields that make a registration
- * (number, events, data), one per line, into buf. */
+ * (number, events, data), sorted (the kernel lists them in the order of its tree, keyed by
+ * file addresses), into buf. */
 static void tfds(int ep, char *buf, size_t len)
 {
-	char path[64], line[512];
+	char path[64], line[512], items[16][64];
+	int n = 0;
 	snprintf(path, sizeof path, "/proc/self/fdinfo/%d", ep);
 	FILE *f = fopen(path, "re");
 	buf[0] = 0;
 	if (!f)
 		return;
-	size_t off = 0;
-	while (fgets(line, sizeof line, f)) {
+	while (fgets(line, sizeof line, f) && n < 16) {
 		int fd;
 		unsigned events;
 		unsigned long long data;
-		if (sscanf(line, "tfd: %d events: %x data: %llx", &fd, &events, &data) == 3 && off < len)
-			off += (size_t)snprintf(buf + off, len - off, "%d %x %llx;", fd, events, data);
+		if (sscanf(line, "tfd: %d events: %x data: %llx", &fd, &events, &data) == 3)
+			snprintf(items[n++], sizeof items[0], "%d %x %llx;", fd, events, data);
 	}
 	fclose(f);
+	qsort(items, (size_t)n, sizeof items[0], by_text);
+	size_t off = 0;
+	for (int i = 0; i < n && off < len; i++)
+		off += (size_t)snprintf(buf + off, len - off, "%s", items[i]);
 }
 
 static unsigned seen_set(int ep, int *n)

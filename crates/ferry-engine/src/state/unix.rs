@@ -7,16 +7,28 @@
 //! `MSG_PEEK`, stepping with `SO_PEEK_OFF` (put back afterwards), so a failed dump or `dump -R`
 //! leaves every byte where it was. Unix sockets keep nothing in a send queue: what a socket sent
 //! and its peer did not read is in the peer's receive queue, so reading every receive queue
-//! captures all data in flight. File descriptors in flight (SCM_RIGHTS) are refused.
+//! captures all data in flight.
+//!
+//! File descriptors in flight (SCM_RIGHTS): the peek installs copies of them in ferry; each
+//! must be an open file description some process of the tree holds (`kcmp(KCMP_FILE)`), which
+//! the message names (`InFlightFd`), else the dump is refused. In a byte stream they are
+//! refused: a peek glues the bytes of earlier writes to the write carrying the fds (even a
+//! one-byte peek brings the next write's fds), so which bytes carry them cannot be read back.
+//!
+//! Names: a relative path is bound again in the directory it was bound in, the process's cwd
+//! or root where sock_diag's socket file (device, inode) is found (`name_dir`; bound from a
+//! thread with its own cwd, `unixsock::bind_in`). A socket whose file was unlinked is bound at
+//! its path (whatever holds the path now steps aside for a moment), and its file renamed to a
+//! hidden name through which connections and datagrams reach it until restore is done.
 //!
 //! Restore rebuilds the whole graph in ferry before anything is forked, in an order that makes
 //! every name and connection come out as it was: pairs first (socketpair, or connect + accept on
 //! a temporary listener bound to the listener's name, so the accepted end carries that name),
 //! then listeners with their backlog, then the other sockets; then one-way datagram
 //! connections, connections still waiting in an accept queue (their client connects to the
-//! restored listener), the queued data sent again from the peer (or the sender named in each
-//! datagram) into the right receive queue, and last buffer sizes, SO_PASSCRED, shutdown and
-//! SO_PEEK_OFF.
+//! restored listener) (`prepare`). Once every file of the image is open (`fill`): the queued
+//! data sent again from the peer (or the sender named in each datagram) into the right receive
+//! queue, with its fds, and last buffer sizes, SO_PASSCRED, shutdown and SO_PEEK_OFF.
 
 use crate::error::{Ctx, Error};
 use ferry_image::{File, FileKind, Process, UnixMessage, UnixSocket};
