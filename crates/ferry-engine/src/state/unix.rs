@@ -80,7 +80,7 @@ pub struct Table {
     listener_of: HashMap<u32, u32>,
     /// Fds in flight in the receive queues read so far: (socket inode, (message index, ferry's
     /// copies of its fds)), matched with the tree's fds by `finish`.
-    in_flight: Vec<(u32, Vec<(usize, Vec<OwnedFd>)>)>,
+    in_flight: Vec<(u32, Rights)>,
 }
 
 fn u32_at(b: &[u8], o: usize) -> Option<u32> {
@@ -354,9 +354,12 @@ pub fn collect_stdio(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut F
     Ok(())
 }
 
-/// The messages of a receive queue, and the copies of the fds in flight of those that carry
-/// some (by message index).
-type Queue = (Vec<UnixMessage>, Vec<(usize, Vec<OwnedFd>)>);
+/// The copies of the fds in flight of a receive queue's messages that carry some, by message
+/// index.
+type Rights = Vec<(usize, Vec<OwnedFd>)>;
+
+/// The messages of a receive queue, and its fds in flight.
+type Queue = (Vec<UnixMessage>, Rights);
 
 enum QueueError {
     /// File descriptors in flight in a stream socket's queue.
@@ -500,7 +503,7 @@ pub fn finish(procs: &mut [Process], table: &mut Table) -> Result<(), Error> {
 /// Name, for every fd in flight, an fd of the tree that is the same open file description
 /// (`kcmp(KCMP_FILE)` between ferry's copy and the tree's fds), in every copy of the socket's
 /// record. A file that only travels in flight (its sender closed it) is refused.
-fn in_flight(procs: &mut [Process], found: Vec<(u32, Vec<(usize, Vec<OwnedFd>)>)>) -> Result<(), Error> {
+fn in_flight(procs: &mut [Process], found: Vec<(u32, Rights)>) -> Result<(), Error> {
     use std::os::fd::AsRawFd;
     let me = std::process::id() as i32;
     for (ino, msgs) in found {
