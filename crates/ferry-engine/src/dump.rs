@@ -582,6 +582,14 @@ fn to_namespace_ids(procs: &mut [Process], zombies: &mut [Process]) -> Result<()
         }
         for t in p.files.iter_mut().flat_map(|f| f.epoll_targets.iter_mut()) {
             t.owner = tid(t.owner);
+            t.src_pid = tid(t.src_pid);
+        }
+        for t in p.files.iter_mut().filter_map(|f| f.pidfd.as_mut()).filter(|t| !t.dead) {
+            t.pid = tid(t.pid);
+        }
+        let queues = p.files.iter_mut().filter_map(|f| f.unix.as_mut()).flat_map(|u| u.queue.iter_mut());
+        for r in queues.flat_map(|m| m.rights.iter_mut()) {
+            r.pid = tid(r.pid);
         }
     }
     Ok(())
@@ -708,10 +716,11 @@ pub fn dump_with(
     let snapshot = want_snapshot && snaps.len() == frozen.len();
     files::finish_pipes(&mut procs, &mut tree)?;
     crate::state::epoll::assign_owners(&mut procs)?;
+    crate::state::pidfd::finish(&procs, &zombies)?;
     crate::state::sysvshm::collect(&mut procs, &mut img)?;
     let ext_ttys = crate::state::external::tty_keys(&opts.external);
     let shell_job = tty::finish(&mut procs, &mut tree.tty, opts.shell_job, &ext_ttys)?;
-    crate::state::unix::finish(&mut procs, &crate::state::external::unix_inodes(&opts.external))?;
+    crate::state::unix::finish(&mut procs, &mut tree.unix, &crate::state::external::unix_inodes(&opts.external))?;
     // Pids as ferry sees them, to read memory; the image keeps the namespace's own.
     let host_pids: Vec<i32> = frozen.iter().map(|f| f.pid).collect();
     if pidns_root.is_some() {

@@ -286,7 +286,13 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
             if p.fd_table_of == 0 {
                 files::apply_in_child(p, &prep.files.numbers, ctx.base)?;
                 crate::state::fown::async_in_child(p)?;
-                epoll::apply_in_child(p)?;
+                // Any fd of the tree, by its prepared number (all still open here, above the base).
+                let prepared = |pid: i32, fd: i32| -> Option<i32> {
+                    let q = ctx.procs.iter().position(|q| q.pid == pid)?;
+                    let d = ctx.procs[q].fds.iter().find(|d| d.fd == fd)?;
+                    ctx.prep[q].as_ref()?.files.numbers.get(d.file as usize).copied()
+                };
+                epoll::apply_in_child(p, &prep.files.numbers, &prepared)?;
             }
             task::apply_in_child(p, prep.cwd.as_fd())?;
             signals::apply_in_child(p)?;
@@ -510,6 +516,7 @@ fn rebuild(
     seccomp::restore_shared(&inj, scratch, p)?;
     let threads = restore_threads(&inj, tr, p)?;
     seccomp::restore_own(&inj, scratch, p, t)?;
+    crate::state::pidfd::restore(&inj, pid, p)?;
     let tids: Vec<i32> = std::iter::once(pid).chain(threads.iter().map(|t| t.0)).collect();
     rseq::restore(&inj, t)?;
     signals::restore_thread(&inj, scratch, p, t, true)?;
@@ -582,7 +589,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     let inherit = crate::state::external::Inherit::new(&opts.inherit_fds)?;
     let pipes = pipes::prepare(root, &all_pipes, &|ino| inherit.has_pipe(ino))?;
     let ttys = tty::prepare(&img, &procs, base, opts.shell_job)?;
-    let unix = crate::state::unix::prepare(&procs)?;
+    let mut unix = crate::state::unix::prepare(&procs)?;
     let mut shared = std::collections::HashMap::new();
     let mut shmem = std::collections::HashMap::new();
     for z in procs.iter().filter(|p| p.zombie && !img.inventory().pidns) {
@@ -633,6 +640,13 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         .flat_map(|p| p.files.owned.iter())
         .map(|o| (std::os::fd::AsRawFd::as_raw_fd(o), o.as_fd()))
         .collect();
+    // Queued unix data goes in once every file is open: messages carry fds in flight.
+    let fd_of = |pid: i32, fd: i32| -> Option<std::os::fd::BorrowedFd<'_>> {
+        let q = procs.iter().position(|q| q.pid == pid)?;
+        let d = procs[q].fds.iter().find(|d| d.fd == fd)?;
+        fds.get(numbers[q]?.get(d.file as usize)?).copied()
+    };
+    crate::state::unix::fill(&mut unix, &procs, &fd_of)?;
     crate::state::tcp_repair::connect_all(&procs, &numbers, &fds)?;
     drop(fds);
     crate::state::tcp_repair::release_all(&procs, &numbers)?;

@@ -742,6 +742,8 @@ pub enum FileKind {
     NetlinkSocket = 431,
     /// A fanotify group: `fanotify`.
     Fanotify = 432,
+    /// A pidfd (`anon_inode:[pidfd]`): `pidfd`.
+    Pidfd = 410,
 }
 
 /// One inotify watch: its descriptor number, event mask and the watched file.
@@ -770,6 +772,13 @@ pub struct EpollTarget {
     /// hold targets registered by each of them); it registers it again at restore.
     #[prost(int32, tag = "4")]
     pub owner: i32,
+    /// Where the registered file is: fd `src_fd` of process `src_pid` of the image (0 in older
+    /// images: fd `fd` of `owner`). Not `fd` itself when the registration outlived its fd (the
+    /// file stayed open at another number) or when that number names another file in `owner`.
+    #[prost(int32, tag = "410")]
+    pub src_pid: i32,
+    #[prost(int32, tag = "411")]
+    pub src_fd: i32,
 }
 
 /// An open file description.
@@ -867,6 +876,9 @@ pub struct File {
     /// For `Fanotify`.
     #[prost(message, optional, tag = "435")]
     pub fanotify: Option<FanotifyGroup>,
+    /// For a pidfd: the process (or thread) it refers to.
+    #[prost(message, optional, tag = "413")]
+    pub pidfd: Option<PidfdTarget>,
 }
 
 /// A directory or FIFO that was removed while a process had it open (or as its cwd): the
@@ -992,6 +1004,27 @@ pub struct FanotifyMark {
     pub ignored_mask: u64,
 }
 
+/// A file descriptor in flight (SCM_RIGHTS): fd `fd` of process `pid` of the image is the
+/// same open file description.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct InFlightFd {
+    #[prost(int32, tag = "1")]
+    pub pid: i32,
+    #[prost(int32, tag = "2")]
+    pub fd: i32,
+}
+
+/// What a pidfd refers to (its flags, PIDFD_NONBLOCK and PIDFD_THREAD, are the file's).
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct PidfdTarget {
+    /// A process (or with PIDFD_THREAD, a thread) of the image; 0 if `dead`.
+    #[prost(int32, tag = "1")]
+    pub pid: i32,
+    /// The process exited (and was reaped) before the dump: fdinfo shows "Pid: -1".
+    #[prost(bool, tag = "2")]
+    pub dead: bool,
+}
+
 /// A unix domain socket. Names are raw `sun_path` bytes: a leading NUL byte marks an abstract
 /// name, a path name keeps its trailing NUL.
 #[derive(Clone, PartialEq, prost::Message, Serialize)]
@@ -1073,6 +1106,10 @@ pub struct UnixSocket {
     pub filter: Vec<u8>,
     #[prost(bool, tag = "26")]
     pub filter_locked: bool,
+    /// For a name that is a relative path: the directory it was bound in (the process's working
+    /// directory or root where the socket file was found at dump), where restore binds it again.
+    #[prost(string, tag = "412")]
+    pub name_dir: String,
 }
 
 /// One queued message of a unix socket.
@@ -1085,6 +1122,10 @@ pub struct UnixMessage {
     #[prost(bytes = "vec", tag = "2")]
     #[serde(serialize_with = "crate::hex::serialize")]
     pub from: Vec<u8>,
+    /// The file descriptors this message carries (SCM_RIGHTS), in order: each names an fd of a
+    /// process of the image holding the same open file description.
+    #[prost(message, repeated, tag = "414")]
+    pub rights: Vec<InFlightFd>,
 }
 
 /// A pseudo-terminal pair with its master in the image, as seen through either end.

@@ -96,4 +96,6 @@ pub mod nr {
     pub const CLOSE_RANGE: u64 = 436;
     pub const CLONE3: u64 = 435;
     pub const CLONE: u64 = 56;
+    pub const DUP3: u64 = 292;
+    pub const PIDFD_OPEN: u64 = 434;
 }

@@ -34,6 +34,31 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// `pidfd_open(2)` with `flags` (`PIDFD_NONBLOCK` = O_NONBLOCK, `PIDFD_THREAD` = O_EXCL).
+pub fn pidfd_open_flags(pid: i32, flags: u32) -> io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments.
+    let fd = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) })?;
+    // SAFETY: the kernel just returned this fd to us; we are its only owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// A pidfd (opened with `flags`) of a process that has exited and was reaped: a child forked
+/// for the purpose, which exits at once, is opened while it is a zombie, then reaped.
+pub fn dead_pidfd(flags: u32) -> io::Result<OwnedFd> {
+    match fork()? {
+        Fork::Child => crate::raw::exit_now(0),
+        Fork::Parent(pid) => {
+            let r = pidfd_open_flags(pid, flags);
+            let mut status = 0;
+            // SAFETY: `status` is a valid int; `pid` is our own child.
+            let w = unsafe { libc::waitpid(pid, &mut status, libc::__WALL) };
+            let fd = r?;
+            crate::cvt_i(w)?;
+            Ok(fd)
+        }
+    }
+}
+
 /// `pidfd_getfd(2)` — duplicate file descriptor `targetfd` of the process behind `pidfd`.
 pub fn pidfd_getfd(pidfd: BorrowedFd<'_>, targetfd: i32) -> io::Result<OwnedFd> {
     // SAFETY: plain integer arguments.

@@ -46,6 +46,25 @@ pub fn bind(fd: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
     cvt_i(unsafe { libc::bind(fd.as_raw_fd(), (&sa as *const libc::sockaddr_un).cast(), len) }).map(drop)
 }
 
+/// `bind(2)` to a relative path `name`, resolved in directory `dir`: on a short-lived thread
+/// that first gives itself its own working directory (`unshare(CLONE_FS)`, then `fchdir`), so
+/// the socket gets exactly `name` as its address and the process's own cwd never moves.
+pub fn bind_in(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: integer argument; only this thread's fs context (cwd, root, umask) is
+            // copied and affected.
+            cvt_i(unsafe { libc::unshare(libc::CLONE_FS) })?;
+            // SAFETY: `dir` is a valid fd for the duration of the call; it changes this
+            // thread's private cwd only.
+            cvt_i(unsafe { libc::fchdir(dir.as_raw_fd()) })?;
+            bind(fd, name)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the bind thread panicked")))
+    })
+}
+
 /// `connect(2)` to a unix address given as raw `sun_path` bytes.
 pub fn connect(fd: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
     let (sa, len) = sockaddr(name)?;
@@ -105,9 +124,9 @@ pub struct Peeked {
     pub len: usize,
     /// The sender's address (raw `sun_path` bytes), empty if it had none.
     pub from: Vec<u8>,
-    /// Number of file descriptors carried (SCM_RIGHTS). Peeking installed them in this process;
-    /// they are already closed again.
-    pub rights: usize,
+    /// The file descriptors carried (SCM_RIGHTS): peeking installed copies of them in this
+    /// process (close-on-exec).
+    pub fds: Vec<OwnedFd>,
 }
 
 /// `recvmsg(2)` with `MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC | MSG_CMSG_CLOEXEC`: copy the next
@@ -141,7 +160,7 @@ pub fn peek(fd: BorrowedFd<'_>, cap: usize) -> io::Result<Option<Peeked>> {
             _ => return Err(e),
         }
     };
-    let mut rights = 0;
+    let mut fds = Vec::new();
     // SAFETY: msg was filled by the kernel; CMSG_* walk the control buffer it described.
     let mut c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
     while !c.is_null() {
@@ -156,9 +175,8 @@ pub fn peek(fd: BorrowedFd<'_>, cap: usize) -> io::Result<Option<Peeked>> {
             for i in 0..count {
                 // SAFETY: i < count, within the payload; the fd was just installed in our table
                 // for us (MSG_PEEK duplicates them) and nothing else owns it.
-                drop(owned(unsafe { p.add(i).read_unaligned() }));
+                fds.push(owned(unsafe { p.add(i).read_unaligned() }));
             }
-            rights += count;
         }
         // SAFETY: msg and c are valid as above.
         c = unsafe { libc::CMSG_NXTHDR(&msg, c) };
@@ -166,7 +184,49 @@ pub fn peek(fd: BorrowedFd<'_>, cap: usize) -> io::Result<Option<Peeked>> {
     let from_len = (msg.msg_namelen as usize).saturating_sub(std::mem::size_of::<libc::sa_family_t>());
     let from = sa.sun_path[..from_len.min(sa.sun_path.len())].iter().map(|&c| c as u8).collect();
     data.truncate(n.min(cap));
-    Ok(Some(Peeked { data, len: n, from, rights }))
+    Ok(Some(Peeked { data, len: n, from, fds }))
+}
+
+/// `sendmsg(2)` with `MSG_DONTWAIT | MSG_NOSIGNAL` of `data` with the file descriptors `fds`
+/// (SCM_RIGHTS), to `to` (raw `sun_path` bytes) or, when `None`, to the connected peer.
+pub fn send_rights(fd: BorrowedFd<'_>, data: &[u8], to: Option<&[u8]>, fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+    let addr = to.map(sockaddr).transpose()?;
+    let raw: Vec<libc::c_int> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let bytes = std::mem::size_of_val(raw.as_slice());
+    // SAFETY: CMSG_SPACE is a constant computation.
+    let space = unsafe { libc::CMSG_SPACE(bytes as u32) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8).max(1)];
+    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+    // SAFETY: msghdr is plain integers and pointers; all-zero is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    if let Some((sa, len)) = &addr {
+        msg.msg_name = (sa as *const libc::sockaddr_un) as *mut libc::c_void;
+        msg.msg_namelen = *len;
+    }
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    // SAFETY: the control buffer is CMSG_SPACE(bytes) long, so it holds one header and its data.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(bytes as u32) as usize;
+        std::ptr::copy_nonoverlapping(raw.as_ptr().cast::<u8>(), libc::CMSG_DATA(c), bytes);
+    }
+    loop {
+        // SAFETY: every pointer in msg refers to a live buffer of the length given beside it
+        // (the kernel only reads the iovec's data).
+        let r = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }
 
 /// `sendto(2)` with `MSG_DONTWAIT | MSG_NOSIGNAL`, to `to` (raw `sun_path` bytes) or, when `None`,

@@ -629,6 +629,7 @@ mod cleanup;
 mod contact;
 mod cow;
 mod external;
+mod fds;
 mod filestate;
 mod inet;
 mod integrity;

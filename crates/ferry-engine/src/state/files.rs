@@ -8,7 +8,7 @@ use crate::error::{Ctx, Error};
 use crate::procfs;
 use crate::state::{
     epoll, eventfd, external, fanotify, fifo, fown, ghost_node, inet, inotify, locks, memfd_seals, netlink, packet,
-    pipes, signalfd, timerfd, tty, unix,
+    pidfd, pipes, signalfd, timerfd, tty, unix,
 };
 use ferry_image::{Fd, File, FileKind, ImageWriter, Process};
 use ferry_sys::consts::KCMP_FILE;
@@ -229,6 +229,8 @@ pub fn collect(
         } else if link == "anon_inode:[timerfd]" {
             file.kind = FileKind::Timerfd as i32;
             timerfd::collect(pid, fd, &info, &mut file)?;
+        } else if pidfd::is_pidfd(&link) {
+            pidfd::collect(pid, fd, &info, &mut file)?;
         } else if link == "anon_inode:[signalfd]" {
             file.kind = FileKind::Signalfd as i32;
             signalfd::collect(pid, fd, &info, &mut file)?;
@@ -489,6 +491,7 @@ pub fn prepare(
             FileKind::Fanotify => fanotify::prepare(&obj(), f)?,
             FileKind::PacketSocket => packet::prepare(&obj(), f)?,
             FileKind::NetlinkSocket => netlink::prepare(&obj(), f)?,
+            FileKind::Pidfd => pidfd::prepare(&obj(), f)?,
             FileKind::Epoll => ferry_sys::process::epoll_create(libc::EPOLL_CLOEXEC)
                 .ctx(|| format!("{}: cannot create the epoll instance", obj()))?,
             FileKind::Invalid => return Err(Error::Invalid { object: obj(), what: "unknown file kind".into() }),

@@ -28,6 +28,7 @@ pub mod memory;
 pub mod netlink;
 pub mod netlock;
 pub mod packet;
+pub mod pidfd;
 pub mod pipes;
 pub mod rseq;
 pub mod seccomp;

@@ -7,19 +7,32 @@
 //! `MSG_PEEK`, stepping with `SO_PEEK_OFF` (put back afterwards), so a failed dump or `dump -R`
 //! leaves every byte where it was. Unix sockets keep nothing in a send queue: what a socket sent
 //! and its peer did not read is in the peer's receive queue, so reading every receive queue
-//! captures all data in flight. File descriptors in flight (SCM_RIGHTS) are refused.
+//! captures all data in flight.
+//!
+//! File descriptors in flight (SCM_RIGHTS): the peek installs copies of them in ferry; each
+//! must be an open file description some process of the tree holds (`kcmp(KCMP_FILE)`), which
+//! the message names (`InFlightFd`), else the dump is refused. In a byte stream they are
+//! refused: a peek glues the bytes of earlier writes to the write carrying the fds (even a
+//! one-byte peek brings the next write's fds), so which bytes carry them cannot be read back.
+//!
+//! Names: a relative path is bound again in the directory it was bound in, the process's cwd
+//! or root where sock_diag's socket file (device, inode) is found (`name_dir`; bound from a
+//! thread with its own cwd, `unixsock::bind_in`). A socket whose file was unlinked is bound at
+//! its path (whatever holds the path now steps aside for a moment), and its file renamed to a
+//! hidden name through which connections and datagrams reach it until restore is done.
 //!
 //! Restore rebuilds the whole graph in ferry before anything is forked, in an order that makes
 //! every name and connection come out as it was: pairs first (socketpair, or connect + accept on
 //! a temporary listener bound to the listener's name, so the accepted end carries that name),
 //! then listeners with their backlog, then the other sockets; then one-way datagram
 //! connections, connections still waiting in an accept queue (their client connects to the
-//! restored listener), the queued data sent again from the peer (or the sender named in each
-//! datagram) into the right receive queue, and last buffer sizes, SO_PASSCRED, shutdown and
-//! SO_PEEK_OFF.
+//! restored listener) (`prepare`). Once every file of the image is open (`fill`): the queued
+//! data sent again from the peer (or the sender named in each datagram) into the right receive
+//! queue, with its fds, and last buffer sizes, SO_PASSCRED, shutdown and SO_PEEK_OFF.
 
 use crate::error::{Ctx, Error};
 use ferry_image::{File, FileKind, Process, UnixMessage, UnixSocket};
+use ferry_sys::consts::KCMP_FILE;
 use ferry_sys::sockopt;
 use ferry_sys::unixsock as us;
 use std::collections::{BTreeMap, HashMap};
@@ -65,6 +78,9 @@ pub struct Table {
     socks: Option<HashMap<u32, Diag>>,
     /// Client inode -> listener inode, for connections waiting in an accept queue.
     listener_of: HashMap<u32, u32>,
+    /// Fds in flight in the receive queues read so far: (socket inode, (message index, ferry's
+    /// copies of its fds)), matched with the tree's fds by `finish`.
+    in_flight: Vec<(u32, Rights)>,
 }
 
 fn u32_at(b: &[u8], o: usize) -> Option<u32> {
@@ -161,6 +177,28 @@ fn path_of(name: &[u8]) -> std::path::PathBuf {
     std::path::PathBuf::from(std::ffi::OsStr::from_bytes(trim_path(name)))
 }
 
+/// The directory a relative socket name was bound in: the working directory or the root of
+/// `pid` if the socket file `vfs` (sock_diag's device, inode) is there under that name.
+fn bind_dir(pid: i32, name: &[u8], (dev, ino): (u32, u32)) -> Option<String> {
+    ["cwd", "root"].into_iter().find_map(|which| {
+        let m = std::fs::symlink_metadata(crate::procfs::path(pid, which).join(path_of(name))).ok()?;
+        let same = m.ino() == ino as u64 && libc::major(m.dev()) == dev >> 20 && libc::minor(m.dev()) == dev & 0xfffff;
+        same.then(|| crate::procfs::read_link(pid, which).ok()).flatten()
+    })
+}
+
+/// The address to reach socket `u` by (connect, sendto) and its socket file's path: its name,
+/// or for a relative name, the name under the directory it was bound in.
+fn conn_addr(u: &UnixSocket) -> Vec<u8> {
+    if !is_path(&u.name) || u.name[0] == b'/' || u.name_dir.is_empty() {
+        return u.name.clone();
+    }
+    let mut a = u.name_dir.trim_end_matches('/').as_bytes().to_vec();
+    a.push(b'/');
+    a.extend_from_slice(trim_path(&u.name));
+    a
+}
+
 /// Collect the unix socket behind fd `fd` of `pid` (its link is `link`) into `f`.
 pub fn collect(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -> Result<(), Error> {
     let ino = socket_ino(link).unwrap_or(0);
@@ -175,7 +213,19 @@ pub fn collect(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -
     }
     let mut u = UnixSocket { ino, sock_type: d.ty, state: d.state, name: d.name.clone(), ..Default::default() };
     if is_path(&d.name) && d.name[0] != b'/' {
-        return Err(unsupported(format!("bound to the relative path {}", show_name(&d.name))));
+        // A relative name: sock_diag gives it as bound. Its directory is the working directory
+        // or the root of the process if the socket file is found there (as CRIU looks); an
+        // accepted socket carrying such a name only needs a place to bind a temporary listener
+        // of that name at restore: its working directory.
+        u.name_dir = match d.vfs {
+            Some(vfs) => bind_dir(pid, &d.name, vfs).ok_or_else(|| {
+                unsupported(format!(
+                    "bound to the relative path {}, whose socket file is neither in the working directory nor the root of the process (unlinked, or the process moved since bind)",
+                    show_name(&d.name)
+                ))
+            })?,
+            None => crate::procfs::read_link(pid, "cwd")?,
+        };
     }
     // Does the socket hold its name itself, or carry its listener's (accepted)? A path-bound
     // socket has a socket file (vfs). For abstract names: listeners and datagram sockets bound;
@@ -197,7 +247,7 @@ pub fn collect(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -
     };
     if let (true, Some((dev, vino))) = (is_path(&d.name), d.vfs) {
         // The socket file may have been unlinked (or replaced) since bind.
-        let md = std::fs::symlink_metadata(path_of(&d.name)).ok().filter(|m| {
+        let md = std::fs::symlink_metadata(path_of(&conn_addr(&u))).ok().filter(|m| {
             // sock_diag reports the kernel's dev_t (major << 20 | minor).
             m.ino() == vino as u64 && libc::major(m.dev()) == dev >> 20 && libc::minor(m.dev()) == dev & 0xfffff
         });
@@ -244,12 +294,15 @@ pub fn collect(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -
     } else {
         u.peek_off = sockopt::get_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF).ctx(obj)?;
         let queue = read_queue(c, d.ty as i32, u.peek_off, (d.shutdown & 1 != 0, d.rqueue as usize), &obj);
-        let queue = queue.map_err(|e| match e {
-            QueueError::Rights(n) => {
-                unsupported(format!("has {n} file descriptor(s) in flight (SCM_RIGHTS) in its receive queue"))
-            }
+        let (queue, rights) = queue.map_err(|e| match e {
+            QueueError::StreamRights(n) => unsupported(format!(
+                "has {n} file descriptor(s) in flight (SCM_RIGHTS) in its byte stream (which bytes carry them cannot be read back)"
+            )),
             QueueError::Sys(source) => Error::Sys { object: obj(), source },
         })?;
+        if !rights.is_empty() {
+            table.in_flight.push((ino, rights));
+        }
         if d.ty as i32 != libc::SOCK_DGRAM {
             let total: usize = queue.iter().map(|m| m.data.len()).sum();
             if total != d.rqueue as usize {
@@ -301,8 +354,16 @@ pub fn collect_stdio(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut F
     Ok(())
 }
 
+/// The copies of the fds in flight of a receive queue's messages that carry some, by message
+/// index.
+type Rights = Vec<(usize, Vec<OwnedFd>)>;
+
+/// The messages of a receive queue, and its fds in flight.
+type Queue = (Vec<UnixMessage>, Rights);
+
 enum QueueError {
-    Rights(usize),
+    /// File descriptors in flight in a stream socket's queue.
+    StreamRights(usize),
     Sys(std::io::Error),
 }
 
@@ -325,25 +386,29 @@ fn read_queue(
     old_off: i32,
     (shut_rd, rqueue): (bool, usize),
     obj: &dyn Fn() -> String,
-) -> Result<Vec<UnixMessage>, QueueError> {
+) -> Result<Queue, QueueError> {
     sockopt::set_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
-    let r = (|| -> Result<Vec<UnixMessage>, QueueError> {
+    let r = (|| -> Result<Queue, QueueError> {
         let mut out = Vec::new();
+        let mut rights = Vec::new();
         let mut stream = Vec::new();
         let mut cap = 256 * 1024;
         let mut seen = 0;
         loop {
             let off = sockopt::get_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF)?;
             let Some(p) = us::peek(c, cap)? else { break };
-            if p.rights > 0 {
-                return Err(QueueError::Rights(p.rights));
-            }
             if ty == libc::SOCK_STREAM {
                 if p.data.is_empty() {
                     break;
                 }
-                stream.extend_from_slice(&p.data);
-                continue;
+                if p.fds.is_empty() {
+                    stream.extend_from_slice(&p.data);
+                    continue;
+                }
+                // A peek glues the bytes of earlier writes to those of the write that carried
+                // fds (and even a one-byte peek brings the fds of the next write): which bytes
+                // carry them cannot be told, and a reader would get them elsewhere.
+                return Err(QueueError::StreamRights(p.fds.len()));
             }
             if p.len > p.data.len() {
                 // A datagram bigger than the buffer: read it again, whole.
@@ -355,16 +420,19 @@ fn read_queue(
                 break;
             }
             seen += p.data.len();
-            out.push(UnixMessage { data: p.data, from: p.from });
+            if !p.fds.is_empty() {
+                rights.push((out.len(), p.fds));
+            }
+            out.push(UnixMessage { data: p.data, from: p.from, ..Default::default() });
             if out.len() > 1_000_000 {
                 tracing::warn!(object = obj(), "more than a million queued datagrams");
                 return Err(QueueError::Sys(std::io::Error::from_raw_os_error(libc::E2BIG)));
             }
         }
         if !stream.is_empty() {
-            out.push(UnixMessage { data: stream, from: Vec::new() });
+            out.push(UnixMessage { data: stream, ..Default::default() });
         }
-        Ok(out)
+        Ok((out, rights))
     })();
     let put_back = sockopt::set_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old_off);
     let out = r?;
@@ -374,12 +442,17 @@ fn read_queue(
 
 /// Once every process is collected: a connected socket must have its peer in the image (a
 /// datagram socket connected to a named socket outside is reconnected by name), a connection
-/// waiting in an accept queue must have both ends in the image.
+/// waiting in an accept queue must have both ends in the image, and every fd in flight must be
+/// an open file description that a process of the image holds.
 ///
 /// A stream or seqpacket socket connected to a peer outside whose inode is in `external`
 /// (`dump --external unix[INO]`) becomes an `Inherited` file with the key `socket:[INO]`:
 /// restore takes it from `--inherit-fd` (state/external.rs).
-pub fn finish(procs: &mut [Process], external: &std::collections::HashSet<u32>) -> Result<(), Error> {
+pub fn finish(
+    procs: &mut [Process],
+    table: &mut Table,
+    external: &std::collections::HashSet<u32>,
+) -> Result<(), Error> {
     let in_image = |procs: &[Process]| {
         let mut inos = std::collections::HashSet::new();
         for f in procs.iter().flat_map(|p| p.files.iter()).filter(|f| f.kind == FileKind::UnixSocket as i32) {
@@ -453,11 +526,90 @@ pub fn finish(procs: &mut [Process], external: &std::collections::HashSet<u32>) 
     for ino in unused {
         tracing::warn!("--external unix[{ino}]: no socket of the tree with this inode is connected outside it");
     }
+    in_flight(procs, std::mem::take(&mut table.in_flight))
+}
+
+/// Name, for every fd in flight, an fd of the tree that is the same open file description
+/// (`kcmp(KCMP_FILE)` between ferry's copy and the tree's fds), in every copy of the socket's
+/// record. A file that only travels in flight (its sender closed it) is refused.
+fn in_flight(procs: &mut [Process], found: Vec<(u32, Rights)>) -> Result<(), Error> {
+    use std::os::fd::AsRawFd;
+    let me = std::process::id() as i32;
+    for (ino, msgs) in found {
+        let holder = procs.iter().enumerate().find_map(|(pi, p)| {
+            let fi = p
+                .files
+                .iter()
+                .position(|f| f.kind == FileKind::UnixSocket as i32 && f.unix.as_ref().is_some_and(|u| u.ino == ino))?;
+            Some((pi, p.fds.iter().find(|d| d.file as usize == fi).map(|d| d.fd).unwrap_or(-1)))
+        });
+        // (A socket at fd 0-2 that stays inherited takes its queue along.)
+        let Some((hp, hfd)) = holder else { continue };
+        let mut rights: Vec<(usize, Vec<ferry_image::InFlightFd>)> = Vec::new();
+        for (m, fds) in msgs {
+            let mut named = Vec::new();
+            for f in &fds {
+                let same = procs.iter().filter(|q| !q.zombie).find_map(|q| {
+                    q.fds
+                        .iter()
+                        .find(|d| {
+                            ferry_sys::process::kcmp(me, q.pid, KCMP_FILE, f.as_raw_fd() as u64, d.fd as u64).ok()
+                                == Some(0)
+                        })
+                        .map(|d| ferry_image::InFlightFd { pid: q.pid, fd: d.fd })
+                });
+                named.push(same.ok_or_else(|| Error::Unsupported {
+                    pid: procs[hp].pid,
+                    what: format!(
+                        "fd {hfd}: unix socket:[{ino}] has a file descriptor in flight (SCM_RIGHTS) whose file no process of the dump holds open"
+                    ),
+                })?);
+            }
+            rights.push((m, named));
+        }
+        for u in procs.iter_mut().flat_map(|p| p.files.iter_mut()).filter_map(|f| f.unix.as_mut()) {
+            if u.ino == ino {
+                for (m, named) in &rights {
+                    if let Some(msg) = u.queue.get_mut(*m) {
+                        msg.rights = named.clone();
+                    }
+                }
+            }
+        }
+    }
     Ok(())
 }
 
-/// The restored sockets, keyed by their inode in the image.
-pub type Prepared = HashMap<u32, OwnedFd>;
+/// The restored sockets, keyed by their inode in the image, and what `fill` needs to finish
+/// them.
+pub struct Prepared {
+    fds: HashMap<u32, OwnedFd>,
+    /// The other ends of sockets whose peer was closed: they send the queued data, then go.
+    partners: HashMap<u32, OwnedFd>,
+    names: Names,
+}
+
+impl Prepared {
+    /// The restored socket of inode `ino` of the image.
+    pub fn get(&self, ino: &u32) -> Option<&OwnedFd> {
+        self.fds.get(ino)
+    }
+}
+
+/// Every unix socket of the image by inode, with a name for messages (the first process
+/// holding it).
+fn sockets(procs: &[Process]) -> BTreeMap<u32, (&UnixSocket, String)> {
+    let mut socks: BTreeMap<u32, (&UnixSocket, String)> = BTreeMap::new();
+    for p in procs.iter().filter(|p| !p.zombie) {
+        for (i, f) in p.files.iter().enumerate() {
+            if let (true, Some(u)) = (f.kind == FileKind::UnixSocket as i32, &f.unix) {
+                let fd = p.fds.iter().find(|d| d.file as usize == i).map(|d| d.fd).unwrap_or(-1);
+                socks.entry(u.ino).or_insert((u, format!("pid {} fd {fd}: {}", p.pid, f.describe)));
+            }
+        }
+    }
+    socks
+}
 
 /// Make `name` free for bind(): nothing to do for an abstract name; for a path, remove a stale
 /// socket file (one nobody listens on). Returns whether a file was there.
@@ -485,36 +637,96 @@ fn free_path(name: &[u8], obj: &str) -> Result<bool, Error> {
     }
 }
 
-fn bind_name(s: BorrowedFd<'_>, u: &UnixSocket, obj: &str) -> Result<(), Error> {
-    free_path(&u.name, obj)?;
-    us::bind(s, &u.name).ctx(|| format!("{obj}: cannot bind to {}", show_name(&u.name)))?;
+/// bind() `s` to the name of `u`: a relative name in the directory it was bound in.
+fn bind_as(s: BorrowedFd<'_>, u: &UnixSocket) -> std::io::Result<()> {
+    if is_path(&u.name) && u.name[0] != b'/' && !u.name_dir.is_empty() {
+        let dir = std::fs::File::open(&u.name_dir)?;
+        return us::bind_in(s, dir.as_fd(), &u.name);
+    }
+    us::bind(s, &u.name)
+}
+
+/// Where each bound socket of the restore can be reached (its name; for a socket whose file
+/// was unlinked, a hidden path its file is renamed to until the connections and datagrams
+/// that need it are in), and those hidden files, removed when this is dropped.
+#[derive(Default)]
+struct Names {
+    addr: HashMap<u32, Vec<u8>>,
+    hidden: Vec<std::path::PathBuf>,
+}
+
+impl Names {
+    /// The address that reaches socket `u` (bound by this restore), or its name.
+    fn of(&self, u: &UnixSocket) -> Vec<u8> {
+        self.addr.get(&u.ino).cloned().unwrap_or_else(|| conn_addr(u))
+    }
+}
+
+impl Drop for Names {
+    fn drop(&mut self) {
+        for h in &self.hidden {
+            let _ = std::fs::remove_file(h);
+        }
+    }
+}
+
+fn bind_name(s: BorrowedFd<'_>, u: &UnixSocket, obj: &str, names: &mut Names) -> Result<(), Error> {
+    let addr = conn_addr(u);
+    let cannot = || format!("{obj}: cannot bind to {}", show_name(&u.name));
+    if u.unlinked && is_path(&u.name) {
+        // The name only, no file: whatever holds the path now steps aside for the bind, and the
+        // new socket file is moved to a hidden name (the socket keeps its name) until the end.
+        use std::os::unix::ffi::OsStrExt;
+        let path = path_of(&addr);
+        let base = path.file_name().map(|b| b.to_string_lossy().into_owned()).unwrap_or_default();
+        let aside = path.with_file_name(format!(".{base}.ferry-aside-{}", std::process::id()));
+        let hidden = path.with_file_name(format!(".ferry-sock-{}-{}", std::process::id(), u.ino));
+        let moved = match std::fs::symlink_metadata(&path) {
+            Ok(_) => {
+                std::fs::rename(&path, &aside).ctx(|| format!("{obj}: cannot move {} aside", path.display()))?;
+                true
+            }
+            Err(_) => false,
+        };
+        let r = bind_as(s, u)
+            .ctx(cannot)
+            .and_then(|()| std::fs::rename(&path, &hidden).ctx(|| format!("{obj}: cannot unlink {}", path.display())));
+        if moved {
+            std::fs::rename(&aside, &path).ctx(|| format!("{obj}: cannot put {} back", path.display()))?;
+        }
+        r?;
+        names.addr.insert(u.ino, hidden.as_os_str().as_bytes().to_vec());
+        names.hidden.push(hidden);
+        return Ok(());
+    }
+    free_path(&addr, obj)?;
+    bind_as(s, u).ctx(cannot)?;
     if u.file_mode != 0 && is_path(&u.name) {
         // Who may connect: the socket file's owner and mode, not ferry's umask.
         use std::os::unix::fs::PermissionsExt;
-        let path = path_of(&u.name);
+        let path = path_of(&addr);
         let ctx = || format!("{obj}: cannot give {} its owner and mode", path.display());
         std::os::unix::fs::chown(&path, Some(u.file_uid), Some(u.file_gid)).ctx(ctx)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(u.file_mode)).ctx(ctx)?;
     }
-    if u.unlinked && is_path(&u.name) {
-        std::fs::remove_file(path_of(&u.name)).ctx(|| format!("{obj}: cannot unlink {}", show_name(&u.name)))?;
-    }
+    names.addr.insert(u.ino, addr);
     Ok(())
 }
 
-/// An accepted socket: `client` connects to a temporary listener bound to `name`, and the
-/// accepted end carries that name.
-fn accept_via(ty: i32, name: &[u8], client: BorrowedFd<'_>, obj: &str) -> Result<OwnedFd, Error> {
-    let existed = free_path(name, obj)?;
-    let ctx = || format!("{obj}: cannot connect through a temporary listener at {}", show_name(name));
+/// An accepted socket: `client` connects to a temporary listener bound to the name of `srv`,
+/// and the accepted end carries that name.
+fn accept_via(ty: i32, srv: &UnixSocket, client: BorrowedFd<'_>, obj: &str) -> Result<OwnedFd, Error> {
+    let addr = conn_addr(srv);
+    let existed = free_path(&addr, obj)?;
+    let ctx = || format!("{obj}: cannot connect through a temporary listener at {}", show_name(&srv.name));
     let l = us::socket(ty).ctx(ctx)?;
-    us::bind(l.as_fd(), name).ctx(ctx)?;
+    bind_as(l.as_fd(), srv).ctx(ctx)?;
     us::listen(l.as_fd(), 1).ctx(ctx)?;
-    us::connect(client, name).ctx(ctx)?;
+    us::connect(client, &addr).ctx(ctx)?;
     let s = us::accept(l.as_fd()).ctx(ctx)?;
     drop(l);
-    if !existed && is_path(name) {
-        std::fs::remove_file(path_of(name)).ctx(ctx)?;
+    if !existed && is_path(&addr) {
+        std::fs::remove_file(path_of(&addr)).ctx(ctx)?;
     }
     Ok(s)
 }
@@ -533,19 +745,42 @@ fn send_all(s: BorrowedFd<'_>, data: &[u8], to: Option<&[u8]>, stream: bool, obj
     }
 }
 
+/// Send message `m` (with its fds in flight, if any) from `s`, as `send_all`.
+fn send_msg<'f>(
+    s: BorrowedFd<'_>,
+    m: &UnixMessage,
+    to: Option<&[u8]>,
+    stream: bool,
+    obj: &str,
+    fd_of: &dyn Fn(i32, i32) -> Option<BorrowedFd<'f>>,
+) -> Result<(), Error> {
+    if m.rights.is_empty() {
+        return send_all(s, &m.data, to, stream, obj);
+    }
+    let fds = m
+        .rights
+        .iter()
+        .map(|r| {
+            fd_of(r.pid, r.fd).ok_or_else(|| Error::Invalid {
+                object: obj.into(),
+                what: format!("its fd in flight, fd {} of pid {}, is missing from the image", r.fd, r.pid),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let n = us::send_rights(s, &m.data, to, &fds)
+        .ctx(|| format!("{obj}: cannot queue a message with its fds in flight again"))?;
+    if n < m.data.len() {
+        send_all(s, &m.data[n..], to, stream, obj)?;
+    }
+    Ok(())
+}
+
 /// Recreate every unix socket of the image (all processes together: peers and listeners may be
 /// in different processes), with names, connections, accept queues and queued data.
 pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
-    let mut socks: BTreeMap<u32, (&UnixSocket, String)> = BTreeMap::new();
-    for p in procs.iter().filter(|p| !p.zombie) {
-        for (i, f) in p.files.iter().enumerate() {
-            if let (true, Some(u)) = (f.kind == FileKind::UnixSocket as i32, &f.unix) {
-                let fd = p.fds.iter().find(|d| d.file as usize == i).map(|d| d.fd).unwrap_or(-1);
-                socks.entry(u.ino).or_insert((u, format!("pid {} fd {fd}: {}", p.pid, f.describe)));
-            }
-        }
-    }
-    let mut fds: Prepared = HashMap::new();
+    let socks = sockets(procs);
+    let mut fds: HashMap<u32, OwnedFd> = HashMap::new();
+    let mut names = Names::default();
     let mut partners: HashMap<u32, OwnedFd> = HashMap::new();
     let mutual = |u: &UnixSocket| u.peer != 0 && socks.get(&u.peer).is_some_and(|(v, _)| v.peer == u.ino);
     let accepted = |u: &UnixSocket| !u.bound && !u.name.is_empty();
@@ -560,18 +795,18 @@ pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
             let ((srv, sobj), (cli, cobj)) = if accepted(u) { ((u, obj), (v, vobj)) } else { ((v, vobj), (u, obj)) };
             let c = us::socket(ty).ctx(|| cobj.clone())?;
             if cli.bound {
-                bind_name(c.as_fd(), cli, cobj)?;
+                bind_name(c.as_fd(), cli, cobj, &mut names)?;
             }
-            let s = accept_via(ty, &srv.name, c.as_fd(), sobj)?;
+            let s = accept_via(ty, srv, c.as_fd(), sobj)?;
             fds.insert(srv.ino, s);
             fds.insert(cli.ino, c);
         } else {
             let (a, b) = us::socketpair(ty).ctx(|| format!("{obj}: socketpair"))?;
             if u.bound {
-                bind_name(a.as_fd(), u, obj)?;
+                bind_name(a.as_fd(), u, obj, &mut names)?;
             }
             if v.bound {
-                bind_name(b.as_fd(), v, vobj)?;
+                bind_name(b.as_fd(), v, vobj, &mut names)?;
             }
             fds.insert(u.ino, a);
             fds.insert(v.ino, b);
@@ -586,11 +821,11 @@ pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
         let (a, b) = if ty != libc::SOCK_DGRAM && accepted(u) {
             // An accepted socket whose client is gone: accepted again, from a client that goes.
             let c = us::socket(ty).ctx(|| obj.clone())?;
-            (accept_via(ty, &u.name, c.as_fd(), obj)?, c)
+            (accept_via(ty, u, c.as_fd(), obj)?, c)
         } else {
             let (a, b) = us::socketpair(ty).ctx(|| format!("{obj}: socketpair"))?;
             if u.bound {
-                bind_name(a.as_fd(), u, obj)?;
+                bind_name(a.as_fd(), u, obj, &mut names)?;
             }
             (a, b)
         };
@@ -605,7 +840,7 @@ pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
             }
             let s = us::socket(u.sock_type as i32).ctx(|| obj.clone())?;
             if u.bound {
-                bind_name(s.as_fd(), u, obj)?;
+                bind_name(s.as_fd(), u, obj, &mut names)?;
             }
             if pass {
                 let backlog = u.backlog.min(i32::MAX as u32) as i32;
@@ -620,7 +855,10 @@ pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
             continue;
         }
         let to = if u.peer != 0 {
-            socks.get(&u.peer).map(|(v, _)| v.name.clone()).unwrap_or_default()
+            socks
+                .get(&u.peer)
+                .map(|(v, _)| if v.name.is_empty() { Vec::new() } else { names.of(v) })
+                .unwrap_or_default()
         } else {
             u.peer_name.clone()
         };
@@ -644,9 +882,24 @@ pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
             })?;
             let cfd = fds[&cu.ino].as_fd();
             ferry_sys::process::set_status_flags(cfd, libc::O_NONBLOCK).ctx(|| cobj.clone())?;
-            us::connect(cfd, &u.name).ctx(|| format!("{cobj}: cannot connect to {}", show_name(&u.name)))?;
+            us::connect(cfd, &names.of(u)).ctx(|| format!("{cobj}: cannot connect to {}", show_name(&u.name)))?;
         }
     }
+    Ok(Prepared { fds, partners, names })
+}
+
+/// Once every file of the image is open in ferry: the queued data, sent again into each receive
+/// queue with its fds in flight (`fd_of(pid, fd)`: ferry's fd of that description), then
+/// buffer sizes, SO_PASSCRED, filters, shutdown and SO_PEEK_OFF.
+pub fn fill<'f>(
+    prep: &mut Prepared,
+    procs: &[Process],
+    fd_of: &dyn Fn(i32, i32) -> Option<BorrowedFd<'f>>,
+) -> Result<(), Error> {
+    let socks = sockets(procs);
+    let Prepared { fds, partners, names } = prep;
+    let partners = std::mem::take(partners);
+    let mutual = |u: &UnixSocket| u.peer != 0 && socks.get(&u.peer).is_some_and(|(v, _)| v.peer == u.ino);
     // 7. Queued data, sent again into each receive queue (large send buffers meanwhile).
     let big = 64 << 20;
     let mut temps: Vec<OwnedFd> = Vec::new();
@@ -662,7 +915,7 @@ pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
                     object: obj.clone(),
                     what: "queued data but no peer to send it from".into(),
                 })?;
-                send_all(s.as_fd(), &m.data, None, ty == libc::SOCK_STREAM, obj)?;
+                send_msg(s.as_fd(), m, None, ty == libc::SOCK_STREAM, obj, fd_of)?;
                 continue;
             }
             // A datagram: from the socket named as its sender if it is in the image, else from
@@ -671,7 +924,8 @@ pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
             let named = (!m.from.is_empty())
                 .then(|| socks.iter().find(|(_, (v, _))| v.bound && v.name == m.from).map(|(i, _)| *i))
                 .flatten();
-            let to = (!u.name.is_empty()).then_some(u.name.as_slice());
+            let to_addr = names.of(u);
+            let to = (!u.name.is_empty()).then_some(to_addr.as_slice());
             let (sender, is_peer): (BorrowedFd<'_>, bool) = if let Some(x) = named {
                 (fds[&x].as_fd(), mutual(u) && x == u.peer)
             } else if let (true, Some(s)) = (m.from.is_empty() || to.is_none(), peer_fd) {
@@ -704,7 +958,7 @@ pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
                     what: "a queued datagram from a sender that is not its peer, and the socket has no name".into(),
                 });
             }
-            send_all(sender, &m.data, dest, false, obj)?;
+            send_msg(sender, m, dest, false, obj, fd_of)?;
         }
     }
     drop(temps);
@@ -749,7 +1003,7 @@ pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
             sockopt::set_int(s, libc::SOL_SOCKET, libc::SO_PEEK_OFF, u.peek_off).ctx(ctx)?;
         }
     }
-    Ok(fds)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -402,6 +402,22 @@ fn epoll_shared_across_processes() {
     cycle_tree(&Spec::c("epoll_shared"), &[]);
 }
 
+/// One epoll instance and its target inherited by a child, both still holding the target at
+/// the same number: the registration is one, and must be recreated once (a second
+/// EPOLL_CTL_ADD failed the restore with EEXIST).
+#[test]
+fn epoll_inherited_with_its_target() {
+    cycle_tree(&Spec::c("epoll_fork"), &[]);
+}
+
+/// Registrations that outlived their fd number (the file still open at another number; the
+/// number now free, or holding another file): found with kcmp(KCMP_EPOLL_TFD) and registered
+/// again under their old number, in an instance shared by a parent and its child.
+#[test]
+fn epoll_registration_of_a_closed_fd() {
+    cycle_tree(&Spec::c("epoll_fork").args(&["closed"]), &[]);
+}
+
 /// POSIX shared memory (a /dev/shm object) mapped by a parent and its child, the parent also
 /// holding its fd: contents, sharing between the processes and with the object, fd offset.
 #[test]

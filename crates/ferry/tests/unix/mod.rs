@@ -244,3 +244,27 @@ fn control_python_unix_server() {
 fn cycle_python_unix_server() {
     cycle_with(&unixserver(), talk_to_unixserver);
 }
+
+/// Sockets bound to relative paths (in the working directory and a subdirectory of it): the
+/// directory is found at dump (the socket file's device and inode under the process's cwd), and
+/// restore binds the same relative name there; a listener with an accepted connection and a
+/// client of the tree waiting to be accepted, and a datagram socket with a queued datagram.
+#[test]
+fn cycle_relative_names() {
+    cycle(&Spec::c("unix_names").args(&["relative"]));
+}
+
+/// A datagram socket connected to a socket whose file was unlinked since, with datagrams
+/// queued to it by its peer and by name: restored connected, the queue intact, and the name
+/// still without a file.
+#[test]
+fn cycle_dgram_connected_to_a_deleted_socket() {
+    cycle(&Spec::c("unix_names").args(&["deleted_peer"]));
+}
+
+/// Sockets whose file was unlinked after bind (one of them replaced by a new listener's file at
+/// the same path): they keep their names, the path leads to the new listener only.
+#[test]
+fn cycle_deleted_socket_names() {
+    cycle(&Spec::c("unix_names").args(&["deleted"]));
+}

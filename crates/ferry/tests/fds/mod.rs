@@ -1,0 +1,72 @@
+//! File descriptors that name other kernel objects: pidfds (of a child, of the process itself,
+//! of a thread, of a process that exited), and what must be refused (a pidfd of a process
+//! outside the dump).
+
+use crate::common::*;
+
+fn pidfd() -> Spec {
+    Spec::c("pidfd")
+}
+
+#[test]
+fn control_pidfds() {
+    control(&pidfd());
+}
+
+/// Every kind of pidfd comes back naming the same process or thread with the same flags
+/// (PIDFD_NONBLOCK, PIDFD_THREAD, FD_CLOEXEC, a dup sharing the description); the child's
+/// exit status is collected through its pidfd after restore.
+#[test]
+fn cycle_pidfds() {
+    cycle_tree(&pidfd(), &[]);
+}
+
+/// A pidfd of a process outside the tree (the test itself) is refused, naming the fd and the
+/// process; the workload carries on with it.
+#[test]
+fn refuses_pidfd_of_a_process_outside() {
+    let mut run = Run::start(&pidfd().args(&["outside"]));
+    dump_refused(run.pid, &run.w.join("img"), "fd 20: a pidfd of process");
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload after a refused dump");
+}
+
+fn inflight() -> Spec {
+    Spec::c("inflight")
+}
+
+#[test]
+fn control_fds_in_flight() {
+    control(&inflight());
+}
+
+/// File descriptors in flight (SCM_RIGHTS) in datagram and seqpacket queues, of files the tree
+/// still holds (an eventfd, a pipe end, a child's memfd): every message comes back in order
+/// with its fds, each the same open file description as before.
+#[test]
+fn cycle_fds_in_flight() {
+    cycle_tree(&inflight(), &[]);
+}
+
+/// dump -R peeks at the queues without taking a message or an fd off them.
+#[test]
+fn leave_running_fds_in_flight() {
+    let mut run = Run::start(&inflight());
+    run.dump_ok(&["-R"]);
+    run.expect_running_untraced("after dump -R");
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload left running");
+}
+
+/// Fds in flight in a byte stream are refused (a peek glues the bytes of earlier writes to the
+/// write that carried them); the stream and its fds are intact after the refused dump.
+#[test]
+fn refuses_fds_in_flight_in_a_stream() {
+    let mut run = Run::start(&inflight().args(&["stream"]));
+    dump_refused(run.pid, &run.w.join("img"), "in flight (SCM_RIGHTS) in its byte stream");
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload after a refused dump");
+}
