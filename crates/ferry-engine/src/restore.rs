@@ -45,6 +45,18 @@ pub struct RestoreOptions {
     /// `--verify`: the image must be signed by one of these X25519 public keys (a node's
     /// trusted list), and every file must match its signed BLAKE3 digest.
     pub trusted: Option<Vec<[u8; 32]>>,
+    /// CRIU's `rst_sibling` (`ferry swrk`): the restored root becomes a child of ferry's parent
+    /// (the RPC client, e.g. runc, which waits for it), not of ferry (`clone3(CLONE_PARENT)`).
+    pub sibling: bool,
+}
+
+/// A point of the restore at which a caller may act: CRIU's notifications, which `ferry swrk`
+/// forwards to its client (runc runs the container's hooks at "setup-namespaces").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Every process of the tree exists (in its namespaces), stopped before any of its own
+    /// state is rebuilt; `pid` is the root's pid as this host sees it.
+    SetupNamespaces { pid: i32 },
 }
 
 /// A restored, running process.
@@ -516,6 +528,15 @@ fn rebuild(
 
 /// Restore the image in `opts.dir`. The tree runs when this returns; ferry is the root's parent.
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
+    restore_notify(opts, &mut |_| Ok(()))
+}
+
+/// [`restore`], calling `notify` at each [`Stage`]; an error from it fails the restore (the
+/// tree is killed, nothing of it runs).
+pub fn restore_notify(
+    opts: &RestoreOptions,
+    notify: &mut dyn FnMut(Stage) -> Result<(), String>,
+) -> Result<Restored, Error> {
     let t0 = Instant::now();
     let (img, procs) = open_verified_but_pages(&opts.dir, opts.trusted.as_deref())?;
     let verify = t0.elapsed();
@@ -642,7 +663,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     // A tree that was a whole pid namespace gets a new one: its init is created by a plain
     // clone3(CLONE_NEWPID) and every other pid is chosen inside it.
     let pidns = img.inventory().pidns;
-    let forked = if pidns { ferry_sys::process::clone3_new_pidns() } else { clone3_with_pid(root) };
+    let forked = match (pidns, opts.sibling) {
+        (true, false) => ferry_sys::process::clone3_new_pidns(),
+        (false, false) => clone3_with_pid(root),
+        (true, true) => ferry_sys::process::clone3_sibling(None, libc::CLONE_NEWPID as u64),
+        (false, true) => ferry_sys::process::clone3_sibling(Some(root), 0),
+    };
     let mut tree = match forked {
         Ok(Fork::Child) => child_main(&ctx, 0, Vec::new()),
         Ok(Fork::Parent(c)) => Tree { pids: vec![c], released: false },
@@ -682,6 +708,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     let host = |pid: i32| hosts.get(&pid).map_or(pid, |h| h.0);
     tree.pids = plan.nodes.iter().map(|n| host(n.pid)).collect();
     tracing::debug!(elapsed = ?t0.elapsed(), "tree forked and ready");
+    notify(Stage::SetupNamespaces { pid: root_host }).map_err(|what| Error::Invalid {
+        object: format!("restore of pid {root}"),
+        what: format!("setup-namespaces callback failed: {what}"),
+    })?;
     let _ = start_check.send(());
     // Take every process over: each sits in read() on the hold pipe.
     for p in procs.iter().filter(|p| !p.zombie) {

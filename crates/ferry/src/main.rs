@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-use ferry::{inspect, migrate};
+use ferry::{criu, inspect, migrate};
 
 /// Checkpoint a running Linux process to an image and restore it, with the same PID,
 /// exactly where it stopped.
@@ -220,6 +220,12 @@ enum Cmd {
         #[arg(long = "tcp-close")]
         tcp_close: bool,
     },
+    /// Serve CRIU's RPC on the inherited SOCK_SEQPACKET socket FD, as `criu swrk FD` does: what
+    /// runc, Podman, crun and go-criu start (docs/containers.md).
+    Swrk {
+        /// The socket's fd number.
+        fd: i32,
+    },
     /// Show what an image holds: process, mappings with sizes, fds, signals, timers.
     Inspect {
         /// Image directory.
@@ -418,6 +424,7 @@ fn run(cli: Cli) -> Result<i32> {
                 leave_stopped,
                 cgroups,
                 trusted,
+                sibling: false,
             };
             let r = ferry_engine::restore::restore(&opts)
                 .with_context(|| format!("restore from {} failed", dir.display()))?;
@@ -499,6 +506,7 @@ fn run(cli: Cli) -> Result<i32> {
             })?;
             Ok(0)
         }
+        Cmd::Swrk { fd } => criu::swrk::serve(fd),
         Cmd::Inspect { dir, json, verify } => {
             let trusted = trusted_keys(verify.as_deref())?;
             inspect::run(&dir, json, trusted.as_deref())?;
@@ -508,8 +516,30 @@ fn run(cli: Cli) -> Result<i32> {
 }
 
 fn main() {
-    let cli = Cli::parse_from(criu_verbosity(std::env::args_os()));
-    if let Err(e) = init_logs(cli.verbose, cli.log_level, cli.log_file.as_deref()) {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if criu::cli::called_as_criu(args.first()) {
+        match criu::cli::parse(args) {
+            criu::cli::Criu::Version => {
+                print!("{}", criu::cli::version_text());
+                std::process::exit(0);
+            }
+            criu::cli::Criu::Check { features } => std::process::exit(criu::cli::check(&features)),
+            criu::cli::Criu::Swrk { fd } => args = vec!["ferry".into(), "swrk".into(), fd.to_string().into()],
+            criu::cli::Criu::Ferry(a) => args = a,
+            criu::cli::Criu::Bad(why) => {
+                eprintln!("criu (ferry): {why}");
+                std::process::exit(1);
+            }
+        }
+    }
+    let cli = Cli::parse_from(criu_verbosity(args.into_iter()));
+    // (swrk logs into the log file each request names, never to stderr: on a restore its
+    // stderr is the container's.)
+    let logs = match cli.cmd {
+        Cmd::Swrk { .. } => Ok(()),
+        _ => init_logs(cli.verbose, cli.log_level, cli.log_file.as_deref()),
+    };
+    if let Err(e) = logs {
         eprintln!("ferry: {e:#}");
         std::process::exit(1);
     }

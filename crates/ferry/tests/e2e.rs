@@ -627,6 +627,7 @@ mod big {
 mod cgroup;
 mod cleanup;
 mod contact;
+mod containers;
 mod cow;
 mod filestate;
 mod inet;

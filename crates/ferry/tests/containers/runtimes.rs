@@ -1,0 +1,1 @@
+//! The real clients: runc and Podman with ferry as their `criu`.
