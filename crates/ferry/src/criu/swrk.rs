@@ -258,14 +258,18 @@ fn check_opts(o: &CriuOpts) -> Result<()> {
     no(!o.skip_mnt.is_empty(), "skip_mnt");
     no(!o.enable_fs.is_empty(), "enable_fs");
     no(!o.unix_sk_ino.is_empty(), "unix_sk_ino (external unix sockets)");
-    no(o.empty_ns.is_some_and(|n| n != 0), "empty_ns");
+    // runc always sends CLONE_NEWNET here ("runc does not manage network devices"): the net
+    // namespace's links and addresses are not carried, which is what ferry does for any tree in
+    // ferry's own net namespace. Other namespaces are refused.
+    no(o.empty_ns.is_some_and(|n| n & !(libc::CLONE_NEWNET as u32) != 0), "empty_ns (other than net)");
     no(!o.join_ns.is_empty(), "join_ns");
     no(o.cgroup_props.is_some() || o.cgroup_props_file.is_some(), "cgroup_props/cgroup_props_file");
     no(!o.cgroup_dump_controller.is_empty(), "cgroup_dump_controller");
     no(on(o.tcp_skip_in_flight), "tcp_skip_in_flight");
     no(on(o.lazy_pages), "lazy_pages");
     no(o.status_fd.is_some(), "status_fd");
-    no(o.config_file.as_deref().is_some_and(|c| !c.is_empty()), "config_file");
+    // runc names /etc/criu/runc.conf whether it exists or not; CRIU skips a missing one.
+    no(o.config_file.as_deref().is_some_and(|c| !c.is_empty() && Path::new(c).exists()), "config_file (CRIU configuration files)");
     no(o.lsm_profile.as_deref().is_some_and(|c| !c.is_empty()), "lsm_profile");
     no(o.lsm_mount_context.as_deref().is_some_and(|c| !c.is_empty()), "lsm_mount_context");
     no(on(o.tls) || o.tls_cacert.is_some() || o.tls_cert.is_some() || o.tls_key.is_some(), "tls (page server)");
