@@ -683,6 +683,7 @@ fn handle(mut sec: Secure, limits: &Limits, dir: &Path) -> Result<Option<i32>> {
         cgroups: true,
         trusted: None,
         sibling: false,
+        ns: Default::default(),
     };
     let post_copy = m == mode::POST_COPY;
     ferry_engine::postcopy::accept_lazy(post_copy);
