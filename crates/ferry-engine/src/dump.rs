@@ -16,6 +16,7 @@ use ferry_sys::consts::{PTRACE_EVENT_STOP, PTRACE_O_TRACESYSGOOD};
 use ferry_sys::ptrace::{self, WaitStatus};
 use ferry_sys::UserRegs;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,11 @@ pub struct DumpOptions {
     pub sign: Option<ferry_image::sign::SigningKey>,
     /// External namespaces and mounts (state/namespaces.rs).
     pub ns: crate::state::namespaces::DumpNs,
+    /// `--external` (CRIU's forms, any number): `unix[INO]` lets a unix socket connected to a
+    /// peer outside the tree be dumped (restore then needs `--inherit-fd fd[N]:socket:[INO]`);
+    /// the namespace forms (`mnt[..]`, `net[..]`, `veth[..]`, `macvlan[..]`) are kept here for
+    /// the namespace code (state/external.rs).
+    pub external: Vec<crate::state::external::External>,
 }
 
 /// Figures about a finished dump.
@@ -391,30 +397,45 @@ fn precheck(
     Ok((st, stat))
 }
 
-/// Processes created with clone() flags that share kernel state (CLONE_VM, CLONE_FILES,
-/// CLONE_FS, CLONE_SIGHAND, vfork) would come back separate: refused. Compared
-/// pairwise with kcmp.
-fn check_unshared(frozen: &[Frozen]) -> Result<(), Error> {
+/// Processes created with clone() flags that share kernel state (CLONE_VM, CLONE_FS,
+/// CLONE_SIGHAND, vfork) would come back separate: refused. Compared pairwise with kcmp. A
+/// shared fd table (CLONE_FILES) is kept when a process shares it with its parent (restore
+/// creates it with CLONE_FILES): the result maps each such process to its parent. `parents`:
+/// each frozen process's parent (0 for the root).
+fn check_unshared(frozen: &[Frozen], parents: &HashMap<i32, i32>) -> Result<HashMap<i32, i32>, Error> {
     // (KCMP_SYSVSEM is left out: two processes without undo lists compare equal.)
     const KINDS: [(i32, &str); 4] = [
         (1, "its address space (CLONE_VM / vfork)"),
-        (2, "its fd table (CLONE_FILES)"),
+        (KCMP_FILES, "its fd table (CLONE_FILES)"),
         (3, "its cwd/root/umask (CLONE_FS)"),
         (4, "its signal handlers (CLONE_SIGHAND)"),
     ];
+    const KCMP_FILES: i32 = 2;
+    let same = |a: i32, b: i32, kind: i32| ferry_sys::process::kcmp(a, b, kind, 0, 0).ok() == Some(0);
+    let mut fd_table_of = HashMap::new();
     for (i, a) in frozen.iter().enumerate() {
+        let parent = parents.get(&a.pid).copied().unwrap_or(0);
+        let with_parent = parent > 0 && same(a.pid, parent, KCMP_FILES);
+        if with_parent {
+            fd_table_of.insert(a.pid, parent);
+        }
         for b in &frozen[..i] {
             for (kind, what) in KINDS {
-                if ferry_sys::process::kcmp(a.pid, b.pid, kind, 0, 0).ok() == Some(0) {
+                // (Sharing with the parent implies sharing with whoever else shares it.)
+                if kind == KCMP_FILES && with_parent {
+                    continue;
+                }
+                if same(a.pid, b.pid, kind) {
+                    let how = if kind == KCMP_FILES { ", which is not its parent" } else { "" };
                     return Err(Error::Unsupported {
                         pid: a.pid,
-                        what: format!("a process sharing {what} with pid {}", b.pid),
+                        what: format!("a process sharing {what} with pid {}{how}", b.pid),
                     });
                 }
             }
         }
     }
-    Ok(())
+    Ok(fd_table_of)
 }
 
 /// The processes of the running tree rooted at `root` (itself first, parents before children;
@@ -530,6 +551,9 @@ fn to_namespace_ids(procs: &mut [Process], zombies: &mut [Process]) -> Result<()
     for p in procs.iter_mut().chain(zombies.iter_mut()) {
         let (pid, pgid, sid) = map.get(&p.pid).copied().unwrap_or_default();
         p.ppid = tid(p.ppid);
+        if p.fd_table_of != 0 {
+            p.fd_table_of = tid(p.fd_table_of);
+        }
         (p.pid, p.pgid, p.sid) = (pid, pgid, sid);
         for t in p.threads.iter_mut() {
             t.tid = tid(t.tid);
@@ -614,6 +638,7 @@ pub fn dump_with(
     let mut zombies: Vec<Process> = Vec::new();
     // (pid, its parent)
     let mut queue = std::collections::VecDeque::from([(root, 0)]);
+    let mut parents = HashMap::new();
     let freeze_deadline = Instant::now() + opts.freeze_timeout;
     while let Some((pid, parent)) = queue.pop_front() {
         if pid != root {
@@ -626,6 +651,7 @@ pub fn dump_with(
             precheck(pid, root, pidns_root, &opts.ns)?;
         }
         frozen.push(Frozen::seize(pid, freeze_deadline)?);
+        parents.insert(pid, parent);
         let children = children_of(pid)?;
         let pause = crate::inject::fault_pause_after_children().filter(|_| !children.is_empty());
         for c in children {
@@ -639,7 +665,7 @@ pub fn dump_with(
             std::thread::sleep(pause);
         }
     }
-    check_unshared(&frozen)?;
+    let fd_table_of = check_unshared(&frozen, &parents)?;
     let t_frozen = Instant::now();
     tracing::info!(processes = frozen.len(), "frozen");
     let mut img = make_img()?;
@@ -648,14 +674,15 @@ pub fn dump_with(
     tree.connections.close = opts.tcp_close;
     tree.connections.established = opts.tcp_established;
     for f in frozen.iter_mut() {
-        let p = dump_process(f, &mut img, &mut procs, &mut tree, pidns_root, (root, &opts.ns))?;
+        let mut p = dump_process(f, &mut img, &mut procs, &mut tree, pidns_root, (root, &opts.ns))?;
+        p.fd_table_of = fd_table_of.get(&f.pid).copied().unwrap_or(0);
         procs.push(p);
     }
     files::finish_pipes(&mut procs, &mut tree)?;
     crate::state::epoll::assign_owners(&mut procs)?;
     crate::state::sysvshm::collect(&mut procs, &mut img)?;
     let shell_job = tty::finish(&mut procs, &mut tree.tty, opts.shell_job)?;
-    crate::state::unix::finish(&mut procs)?;
+    crate::state::unix::finish(&mut procs, &crate::state::external::unix_inodes(&opts.external))?;
     // Pids as ferry sees them, to read memory; the image keeps the namespace's own.
     let host_pids: Vec<i32> = frozen.iter().map(|f| f.pid).collect();
     if pidns_root.is_some() {
@@ -675,10 +702,21 @@ pub fn dump_with(
             ..Default::default()
         })
         .collect();
-    crate::state::session::plan(&all).map_err(|(pid, why)| Error::Unsupported {
+    let plan = crate::state::session::plan(&all).map_err(|(pid, why)| Error::Unsupported {
         pid,
         what: format!("a session or process group that cannot be recreated ({why})"),
     })?;
+    for p in procs.iter().filter(|p| p.fd_table_of != 0) {
+        if !plan.created_by_pid(p.pid, p.fd_table_of) {
+            return Err(Error::Unsupported {
+                pid: p.pid,
+                what: format!(
+                    "a process sharing its fd table (CLONE_FILES) with pid {}, which restore could not make its creator (sessions)",
+                    p.fd_table_of
+                ),
+            });
+        }
+    }
     for z in &zombies {
         img.write_process(z)?;
     }

@@ -45,6 +45,13 @@ pub struct RestoreOptions {
     /// `--verify`: the image must be signed by one of these X25519 public keys (a node's
     /// trusted list), and every file must match its signed BLAKE3 digest.
     pub trusted: Option<Vec<[u8; 32]>>,
+    /// `--inherit-fd fd[N]:KEY` (any number): the image's file description with key KEY
+    /// (`pipe:[INO]`, `socket:[INO]`, a path relative to the root) becomes ferry's own fd N in
+    /// every restored process that had it (state/external.rs). CRIU RPC's `inherit_fd`.
+    pub inherit_fds: Vec<crate::state::external::InheritFd>,
+    /// `--external` values given at restore (CRIU's forms; kept for the namespace code, see
+    /// `DumpOptions::external`). CRIU RPC's `external`.
+    pub external: Vec<crate::state::external::External>,
     /// External namespaces, the root directory and external mounts (state/namespaces.rs).
     pub ns: crate::state::namespaces::RestoreNs,
     /// CRIU's `rst_sibling` (`ferry swrk`): the restored root becomes a child of ferry's parent
@@ -251,7 +258,15 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
         raw::set_sigmask_self(!0).map_err(|e| format!("sigprocmask: {e}"))?;
         let fork = |c: usize| -> Result<(), String> {
             let pid = ctx.plan.nodes[c].pid;
-            match clone3_with_pid(pid) {
+            // A child that shared this process's fd table (CLONE_FILES) shares it again.
+            let shares = match (&ctx.plan.nodes[c].role, idx) {
+                (Role::Image(ci), Some(i)) => {
+                    ctx.procs[*ci].fd_table_of != 0 && ctx.procs[*ci].fd_table_of == ctx.procs[i].pid
+                }
+                _ => false,
+            };
+            let flags = if shares { libc::CLONE_FILES as u64 } else { 0 };
+            match ferry_sys::process::clone3_with_pid_flags(pid, flags) {
                 // (The child's own copy of `mine`: fork duplicated the value with the memory.)
                 Ok(Fork::Child) => child_main(ctx, c, mine.take()),
                 Ok(Fork::Parent(_)) => Ok(()),
@@ -283,9 +298,12 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
         if let Some(idx) = idx {
             let p = &ctx.procs[idx];
             let prep = ctx.prep[idx].as_ref().ok_or("no prepared state")?;
-            files::apply_in_child(p, &prep.files.numbers, ctx.base)?;
-            crate::state::fown::async_in_child(p)?;
-            epoll::apply_in_child(p)?;
+            // A process sharing its parent's fd table leaves it to the parent (the same table).
+            if p.fd_table_of == 0 {
+                files::apply_in_child(p, &prep.files.numbers, ctx.base)?;
+                crate::state::fown::async_in_child(p)?;
+                epoll::apply_in_child(p)?;
+            }
             task::apply_in_child(p, prep.cwd.as_fd())?;
             signals::apply_in_child(p)?;
             let len = TRAMPOLINE_PAGES * PAGE_SIZE;
@@ -466,6 +484,7 @@ fn rebuild(
     tr: &Trampoline,
     reap: Reap<'_>,
     pin: &Pin,
+    close_helpers: bool,
 ) -> Result<(ferry_sys::UserRegs, Vec<RestoredThread>), Error> {
     let Reap { has_zombies, helpers } = reap;
     let pid = host;
@@ -478,9 +497,13 @@ fn rebuild(
     memory::restore(&inj, tr, p, prep, shared)?;
     crate::postcopy::create_uffd(&inj, p)?; // post-copy: registered just before the release
     tracing::debug!("memory restored");
-    let max_target = p.fds.iter().map(|f| f.fd).max().unwrap_or(2);
-    inj.call(nr::CLOSE_RANGE, &[(max_target + 1) as u64, u32::MAX as u64, 0])
-        .ctx(|| format!("pid {pid}: cannot close ferry's helper fds"))?;
+    // (An fd table shared with processes rebuilt after this one keeps their helper fds until
+    // the last of them.)
+    if close_helpers {
+        let max_target = p.fds.iter().map(|f| f.fd).max().unwrap_or(2);
+        inj.call(nr::CLOSE_RANGE, &[(max_target + 1) as u64, u32::MAX as u64, 0])
+            .ctx(|| format!("pid {pid}: cannot close ferry's helper fds"))?;
+    }
     let scratch = tr.data;
     crate::state::locks::restore(&inj, scratch, p)?;
     for &h in helpers {
@@ -588,7 +611,8 @@ pub fn restore_notify(
     // and terminals are opened there, and the tree inherits them (state/namespaces.rs).
     let mut entered = crate::state::namespaces::enter(&img, &opts.ns)?;
     let all_pipes: Vec<ferry_image::Pipe> = procs.iter().flat_map(|p| p.pipes.iter().cloned()).collect();
-    let pipes = pipes::prepare(root, &all_pipes)?;
+    let inherit = crate::state::external::Inherit::new(&opts.inherit_fds)?;
+    let pipes = pipes::prepare(root, &all_pipes, &|ino| inherit.has_pipe(ino))?;
     let ttys = tty::prepare(&img, &procs, base, opts.shell_job)?;
     let unix = crate::state::unix::prepare(&procs)?;
     let mut shared = std::collections::HashMap::new();
@@ -600,10 +624,18 @@ pub fn restore_notify(
         object: format!("pid {pid}"),
         what: format!("cannot recreate its session or process group: {what}"),
     })?;
+    for p in procs.iter().filter(|p| p.fd_table_of != 0 && !p.zombie) {
+        if !plan.created_by_pid(p.pid, p.fd_table_of) {
+            return Err(Error::Invalid {
+                object: format!("pid {}", p.pid),
+                what: format!("shares the fd table of pid {}, which does not create it", p.fd_table_of),
+            });
+        }
+    }
     for h in plan.helpers().filter(|_| !img.inventory().pidns) {
         pids.free(h.pid)?;
     }
-    let objects = files::Objects { pipes: &pipes, unix: &unix, ttys: &ttys };
+    let objects = files::Objects { pipes: &pipes, unix: &unix, ttys: &ttys, inherit: &inherit };
     let mut prep = Vec::new();
     let mut ghosts = files::ghost::Ghosts::new(&procs);
     for p in &procs {
@@ -618,6 +650,10 @@ pub fn restore_notify(
         prep.push(Some(Prepared { files, mem, cwd }));
     }
     drop(ghosts); // (the fds and mappings hold the recreated files now)
+    inherit.warn_unused();
+    // The pipes' ends the image uses are held by the prepared fds now; what is left is the
+    // outside end of each external pipe, closed here as if its process had exited.
+    drop(pipes);
     let numbers: Vec<Option<&[i32]>> = prep.iter().map(|p| p.as_ref().map(|p| p.files.numbers.as_slice())).collect();
     let fds: std::collections::HashMap<i32, std::os::fd::BorrowedFd<'_>> = prep
         .iter()
@@ -752,7 +788,10 @@ pub fn restore_notify(
             plan.helpers().filter(|h| h.creator.is_some() && h.creator == me).map(|h| h.pid).collect();
         let kept = hosts.get(&p.pid).map(|h| h.1.clone()).unwrap_or_default();
         let shared = cow::for_tracer(&procs, &pages, i, kept)?;
-        rebuilt.push((p, rebuild(p, host(p.pid), mem, &shared, &tr, Reap { has_zombies, helpers: &helpers }, &pin)?));
+        let table = fd_table_root(&procs, p.pid);
+        let close = !procs[i + 1..].iter().any(|q| !q.zombie && fd_table_root(&procs, q.pid) == table);
+        let reap = Reap { has_zombies, helpers: &helpers };
+        rebuilt.push((p, rebuild(p, host(p.pid), mem, &shared, &tr, reap, &pin, close)?));
     }
     drop(pin);
     match pages_check.join() {
@@ -810,6 +849,19 @@ pub fn restore_notify(
         write_pidfile(pf, root_host)?;
     }
     Ok(Restored { pid: root_host, verify, total: t0.elapsed() })
+}
+
+/// The process whose fd table `pid` uses: itself, or the first of its ancestors it shares
+/// the table with (CLONE_FILES, `Process.fd_table_of`).
+fn fd_table_root(procs: &[Process], pid: i32) -> i32 {
+    let mut cur = pid;
+    for _ in 0..procs.len() {
+        match procs.iter().find(|p| p.pid == cur).map(|p| p.fd_table_of) {
+            Some(up) if up != 0 => cur = up,
+            _ => break,
+        }
+    }
+    cur
 }
 
 /// Check that a process released with a stop signal queued is stopped. The kernel discards

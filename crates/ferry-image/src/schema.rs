@@ -319,6 +319,11 @@ pub struct Process {
     /// is the first of the tree to hold; `GhostFile.name` ties each to its content file.
     #[prost(message, repeated, tag = "280")]
     pub ghosts: Vec<GhostFile>,
+    /// Non-zero: this process shares the fd table of process `fd_table_of` (its parent, which
+    /// created it with clone(CLONE_FILES)); restore creates it with CLONE_FILES and only the
+    /// parent applies the table. Its `fds`/`files` are the same table, recorded again.
+    #[prost(int32, tag = "400")]
+    pub fd_table_of: i32,
 }
 
 /// A file recreated at restore (deleted while open, a deleted device node, or a memfd): what
@@ -934,6 +939,12 @@ pub struct File {
     pub atime_ns: i64,
     #[prost(int64, tag = "283")]
     pub mtime_ns: i64,
+    /// For an `Inherited` file that only a supervisor can give back (a pipe or socket whose
+    /// peer is outside the dumped tree, kept at fd 3 or above; a unix socket named with `dump
+    /// --external unix[INO]`): the key `restore --inherit-fd fd[N]:KEY` must name
+    /// ("pipe:[INO]", "socket:[INO]"). Empty for fds 0-2, which fall back to ferry's own.
+    #[prost(string, tag = "401")]
+    pub external_key: String,
 }
 
 /// A unix domain socket. Names are raw `sun_path` bytes: a leading NUL byte marks an abstract
@@ -1187,4 +1198,10 @@ pub struct Pipe {
     #[prost(bytes = "vec", tag = "3")]
     #[serde(serialize_with = "crate::hex::serialize")]
     pub data: Vec<u8>,
+    /// One end belongs to a process outside the dumped tree: restore creates the pipe and
+    /// closes that end (the restored reader sees EOF once drained, the writer EPIPE), unless
+    /// `--inherit-fd` hands a supervisor's pipe back. `data` is only there when the image holds
+    /// the read end.
+    #[prost(bool, tag = "402")]
+    pub external: bool,
 }

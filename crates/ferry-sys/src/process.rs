@@ -112,8 +112,18 @@ struct CloneArgs {
 /// The child must not rely on glibc's cached thread id (raise(), pthread_self()->tid ...);
 /// use raw syscalls there. The caller must be single-threaded.
 pub fn clone3_with_pid(pid: i32) -> io::Result<Fork> {
+    clone3_with_pid_flags(pid, 0)
+}
+
+/// [`clone3_with_pid`] with clone flags: `CLONE_FILES` (the child shares the caller's fd table)
+/// is the one ferry uses. Flags that share the address space (`CLONE_VM`) must not be given.
+pub fn clone3_with_pid_flags(pid: i32, flags: u64) -> io::Result<Fork> {
+    if flags & (libc::CLONE_VM as u64 | libc::CLONE_VFORK as u64) != 0 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
     let tid = [pid];
     let args = CloneArgs {
+        flags,
         exit_signal: libc::SIGCHLD as u64,
         set_tid: tid.as_ptr() as u64,
         set_tid_size: 1,

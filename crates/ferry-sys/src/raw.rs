@@ -101,6 +101,16 @@ pub fn dup_above(fd: BorrowedFd<'_>, min: i32) -> io::Result<std::os::fd::OwnedF
     Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n) })
 }
 
+/// `fcntl(F_DUPFD_CLOEXEC)` of fd number `fd`, which no Rust object here owns (an fd this
+/// process was started with and was told about, like `restore --inherit-fd fd[N]:KEY`): a copy
+/// numbered at least `min`. EBADF if `fd` is not open.
+pub fn dup_number_above(fd: i32, min: i32) -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: integer arguments; a number that is not open fails with EBADF.
+    let n = cvt_i(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) })?;
+    // SAFETY: the kernel just created fd `n` for us; we are its only owner.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n) })
+}
+
 /// `dup3(2)` by numbers, in a forked child arranging its fd table. Neither number is owned by
 /// any Rust object in the child (they were inherited across the fork).
 pub fn dup3_numbers(old: i32, newfd: i32, cloexec: bool) -> io::Result<()> {

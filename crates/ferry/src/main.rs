@@ -90,6 +90,12 @@ enum Cmd {
         manage_cgroups: Option<CgroupMode>,
         #[command(flatten)]
         criu: CriuDefaults,
+        /// Let a resource outside the tree be dumped, named in CRIU's form (repeatable):
+        /// unix[INO] (a unix socket of the tree, inode INO, connected to a peer outside: restore
+        /// needs --inherit-fd fd[N]:socket:[INO]); mnt[..], net[..], veth[..], macvlan[..] are
+        /// accepted for the namespace code.
+        #[arg(long, value_name = "KIND[KEY][:VALUE]")]
+        external: Vec<ferry_engine::state::external::External>,
         /// Sign the image with this node's key (a `ferry keygen` directory): `restore --verify`
         /// on any node that trusts the key then refuses the image if anything in it changed.
         #[arg(long, value_name = "KEYDIR")]
@@ -124,6 +130,13 @@ enum Cmd {
         tcp_established: bool,
         #[command(flatten)]
         criu: CriuDefaults,
+        /// Give the restored process ferry's own fd N in place of the file whose key is KEY
+        /// (CRIU's fd[N]:KEY, repeatable): pipe:[INO], socket:[INO], or a path relative to /.
+        #[arg(long, value_name = "fd[N]:KEY")]
+        inherit_fd: Vec<ferry_engine::state::external::InheritFd>,
+        /// CRIU's --external at restore (repeatable; see dump --external).
+        #[arg(long, value_name = "KIND[KEY][:VALUE]")]
+        external: Vec<ferry_engine::state::external::External>,
         /// Restore only an image signed by a key in this directory's `trusted` list (a `ferry
         /// keygen` directory), every file matching its signed digest.
         #[arg(long, value_name = "KEYDIR")]
@@ -364,6 +377,7 @@ fn run(cli: Cli) -> Result<i32> {
             ghost_limit,
             manage_cgroups: _,
             criu: _,
+            external,
             sign,
         } => {
             ferry_engine::state::files::ghost::set_limit(ghost_limit.unwrap_or(u64::MAX));
@@ -388,6 +402,7 @@ fn run(cli: Cli) -> Result<i32> {
                 freeze_timeout: std::time::Duration::from_secs(timeout),
                 sign,
                 ns: Default::default(),
+                external,
             };
             let r = ferry_engine::dump::dump(&opts).with_context(|| format!("dump of pid {pid} failed"))?;
             tracing::info!(
@@ -410,6 +425,8 @@ fn run(cli: Cli) -> Result<i32> {
             manage_cgroups,
             tcp_established: _,
             criu: _,
+            inherit_fd,
+            external,
             verify,
             root,
         } => {
@@ -432,6 +449,8 @@ fn run(cli: Cli) -> Result<i32> {
                 trusted,
                 sibling: false,
                 ns: ferry_engine::state::namespaces::RestoreNs { root, ..Default::default() },
+                inherit_fds: inherit_fd,
+                external,
             };
             let r = ferry_engine::restore::restore(&opts)
                 .with_context(|| format!("restore from {} failed", dir.display()))?;

@@ -629,6 +629,7 @@ mod cleanup;
 mod contact;
 mod containers;
 mod cow;
+mod external;
 mod filestate;
 mod inet;
 mod integrity;

@@ -7,7 +7,7 @@
 use crate::error::{Ctx, Error};
 use crate::procfs;
 use crate::state::{
-    epoll, eventfd, fifo, fown, inet, inotify, locks, memfd_seals, pipes, signalfd, timerfd, tty, unix,
+    epoll, eventfd, external, fifo, fown, inet, inotify, locks, memfd_seals, pipes, signalfd, timerfd, tty, unix,
 };
 use ferry_image::{Fd, File, FileKind, ImageWriter, Process};
 use ferry_sys::consts::KCMP_FILE;
@@ -230,25 +230,40 @@ pub fn collect(
 }
 
 /// Once every process is collected: pipes with both ends in the tree keep their unread bytes
-/// (stored with the process holding the first read end); a pipe end whose other end is outside
-/// is inherited when it is fd 0-2 and refused otherwise.
+/// (stored with the process holding the first read end). A pipe whose other end is outside the
+/// tree is inherited when the tree holds it only at fds 0-2 (restore hands over ferry's own);
+/// otherwise it is an external pipe (state/external.rs): its capacity, and its unread bytes if
+/// the tree holds the read end, restored as a pipe whose outside end is closed.
 pub fn finish_pipes(procs: &mut [Process], tree: &mut TreeFiles) -> Result<(), Error> {
     let mut inos: Vec<_> = std::mem::take(&mut tree.pipe_ends).into_iter().collect();
     inos.sort_by_key(|(ino, _)| *ino);
     for (ino, (readers, writers)) in inos {
-        if let (Some(&(pi, rpid, rfd)), false) = (readers.first(), writers.is_empty()) {
-            let pidfd = ferry_sys::process::pidfd_open(rpid).ctx(|| format!("pid {rpid}: pidfd_open"))?;
-            let pipe = pipes::collect(rpid, std::os::fd::AsFd::as_fd(&pidfd), rfd, ino)?;
+        let external = readers.is_empty() || writers.is_empty();
+        let stdio_only = readers.iter().chain(writers.iter()).all(|&(_, _, fd)| fd <= 2);
+        if !external || !stdio_only {
+            let (&(pi, pid, fd), read_end) = match readers.first() {
+                Some(r) => (r, true),
+                None => (
+                    writers
+                        .first()
+                        .ok_or_else(|| Error::Invalid { object: format!("pipe:[{ino}]"), what: "no end".into() })?,
+                    false,
+                ),
+            };
+            let pidfd = ferry_sys::process::pidfd_open(pid).ctx(|| format!("pid {pid}: pidfd_open"))?;
+            let mut pipe = if read_end {
+                pipes::collect(pid, std::os::fd::AsFd::as_fd(&pidfd), fd, ino)?
+            } else {
+                pipes::collect_capacity(pid, std::os::fd::AsFd::as_fd(&pidfd), fd, ino)?
+            };
+            pipe.external = external;
+            if external {
+                tracing::info!(pid, fd, ino, read_end, "pipe with its other end outside the tree: restored with that end closed unless --inherit-fd gives it");
+            }
             procs[pi].pipes.push(pipe);
             continue;
         }
-        for &(pi, pid, fd) in readers.iter().chain(writers.iter()) {
-            if fd > 2 {
-                return Err(Error::Unsupported {
-                    pid,
-                    what: format!("fd {fd}: pipe:[{ino}] shared with a process outside the dump"),
-                });
-            }
+        for &(pi, _, fd) in readers.iter().chain(writers.iter()) {
             let p = &mut procs[pi];
             let idx = p.fds.iter().find(|f| f.fd == fd).map(|f| f.file as usize);
             if let Some(i) = idx {
@@ -285,6 +300,8 @@ pub struct Objects<'a> {
     pub pipes: &'a pipes::Prepared,
     pub unix: &'a unix::Prepared,
     pub ttys: &'a tty::Restore,
+    /// `--inherit-fd`: descriptions a supervisor gives back (state/external.rs).
+    pub inherit: &'a external::Inherit,
 }
 
 /// Open every file description in ferry (`base` = lowest number the copies may take).
@@ -317,6 +334,18 @@ pub fn prepare(
         }
         let fd_of = || p.fds.iter().find(|d| d.file as usize == i).map(|d| d.fd).unwrap_or(-1);
         let obj = || format!("pid {pid} fd {}: {}", fd_of(), f.describe);
+        if let Some((key, given)) = objects.inherit.lookup(f) {
+            // ferry's own fd `given`, from the supervisor, in place of the image's description.
+            let n = ferry_sys::raw::dup_number_above(given, base)
+                .ctx(|| format!("{}: cannot take fd {given} (--inherit-fd fd[{given}]:{key})", obj()))?;
+            tracing::info!(pid, fd = fd_of(), key, given, "file restored from an inherited fd");
+            if f.shared_id != 0 {
+                shared.insert(f.shared_id, n.as_raw_fd());
+            }
+            numbers[i] = n.as_raw_fd();
+            out.owned.push(n);
+            continue;
+        }
         let flags = (f.flags as i32) & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC) | libc::O_CLOEXEC;
         let fd: OwnedFd = match FileKind::try_from(f.kind).unwrap_or(FileKind::Invalid) {
             FileKind::Regular if !f.ghost.is_empty() => {
@@ -345,6 +374,15 @@ pub fn prepare(
                 .open(f.pipe_ino, f.flags as i32)
                 .ctx(obj)?
                 .ok_or_else(|| Error::Invalid { object: obj(), what: "pipe missing from image".into() })?,
+            FileKind::Inherited if !f.external_key.is_empty() => {
+                return Err(Error::Invalid {
+                    object: obj(),
+                    what: format!(
+                        "belongs to a peer outside the image; give it back with restore --inherit-fd fd[N]:{}",
+                        f.external_key
+                    ),
+                })
+            }
             FileKind::Inherited => {
                 use std::os::fd::AsFd;
                 let n = fd_of();

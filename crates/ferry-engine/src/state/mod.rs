@@ -14,6 +14,7 @@ pub mod cpu;
 pub mod creds;
 pub mod epoll;
 pub mod eventfd;
+pub mod external;
 pub mod fifo;
 pub mod files;
 pub mod fown;

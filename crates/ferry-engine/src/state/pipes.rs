@@ -1,4 +1,5 @@
-//! Pipes whose both ends belong to the image, with the bytes in flight.
+//! Pipes, with the bytes in flight: both ends in the image, or one end outside (external:
+//! see state/external.rs).
 //!
 //! The unread bytes are copied out with `tee(2)` from a duplicate of the read end taken with
 //! `pidfd_getfd`, which leaves them in the pipe: a dump that fails or `dump -R` changes nothing.
@@ -28,7 +29,16 @@ pub fn collect(pid: i32, pidfd: BorrowedFd<'_>, fd: i32, ino: u64) -> Result<Pip
     let obj = || format!("pid {pid} fd {fd} (pipe:[{ino}])");
     let src = pidfd_getfd(pidfd, fd).ctx(obj)?;
     let (capacity, data) = peek(src.as_fd()).ctx(obj)?;
-    Ok(Pipe { ino, capacity: capacity as u32, data })
+    Ok(Pipe { ino, capacity: capacity as u32, data, ..Default::default() })
+}
+
+/// The capacity of the pipe behind fd `fd` of `pid`, a write end whose read end is outside the
+/// tree: its bytes belong to that reader and are not taken.
+pub fn collect_capacity(pid: i32, pidfd: BorrowedFd<'_>, fd: i32, ino: u64) -> Result<Pipe, Error> {
+    let obj = || format!("pid {pid} fd {fd} (pipe:[{ino}])");
+    let src = pidfd_getfd(pidfd, fd).ctx(obj)?;
+    let capacity = pipe_size(src.as_fd()).ctx(obj)?;
+    Ok(Pipe { ino, capacity: capacity as u32, ..Default::default() })
 }
 
 /// The capacity of the pipe behind read end `src` and a copy of its unread bytes (left in it).
@@ -82,10 +92,12 @@ impl Prepared {
     }
 }
 
-/// Recreate every pipe with its capacity and content.
-pub fn prepare(pid: i32, pipes: &[Pipe]) -> Result<Prepared, Error> {
+/// Recreate every pipe with its capacity and content, but those a supervisor gives back
+/// (`inherited`: `--inherit-fd fd[N]:pipe:[INO]`, which get no bytes from the image, as in CRIU).
+/// An external pipe's outside end is only held here: it closes when `Prepared` is dropped.
+pub fn prepare(pid: i32, pipes: &[Pipe], inherited: &dyn Fn(u64) -> bool) -> Result<Prepared, Error> {
     let mut out = Prepared::default();
-    for p in pipes {
+    for p in pipes.iter().filter(|p| !inherited(p.ino)) {
         let obj = || format!("pid {pid} pipe:[{}]", p.ino);
         let (r, w) = pipe2(libc::O_CLOEXEC).ctx(obj)?;
         if p.capacity as usize > pipe_size(w.as_fd()).ctx(obj)? {

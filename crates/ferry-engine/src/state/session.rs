@@ -53,6 +53,17 @@ pub struct Plan {
     pub nodes: Vec<Node>,
 }
 
+impl Plan {
+    /// Whether the process `pid` is forked by the process `creator` (not by a helper): what a
+    /// process sharing its parent's fd table (CLONE_FILES) needs, since it is created sharing
+    /// its creator's table.
+    pub fn created_by_pid(&self, pid: i32, creator: i32) -> bool {
+        let node = self.nodes.iter().find(|n| n.pid == pid && matches!(n.role, Role::Image(_)));
+        node.and_then(|n| n.creator)
+            .is_some_and(|c| self.nodes[c].pid == creator && matches!(self.nodes[c].role, Role::Image(_)))
+    }
+}
+
 /// What a node's session and group are right after its own setup in `child_main`.
 #[derive(Clone, Copy)]
 struct Ids {

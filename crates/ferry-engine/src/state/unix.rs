@@ -375,7 +375,11 @@ fn read_queue(
 /// Once every process is collected: a connected socket must have its peer in the image (a
 /// datagram socket connected to a named socket outside is reconnected by name), a connection
 /// waiting in an accept queue must have both ends in the image.
-pub fn finish(procs: &mut [Process]) -> Result<(), Error> {
+///
+/// A stream or seqpacket socket connected to a peer outside whose inode is in `external`
+/// (`dump --external unix[INO]`) becomes an `Inherited` file with the key `socket:[INO]`:
+/// restore takes it from `--inherit-fd` (state/external.rs).
+pub fn finish(procs: &mut [Process], external: &std::collections::HashSet<u32>) -> Result<(), Error> {
     let in_image = |procs: &[Process]| {
         let mut inos = std::collections::HashSet::new();
         for f in procs.iter().flat_map(|p| p.files.iter()).filter(|f| f.kind == FileKind::UnixSocket as i32) {
@@ -394,9 +398,20 @@ pub fn finish(procs: &mut [Process]) -> Result<(), Error> {
         }
     }
     let inos = in_image(procs);
+    let mut named = std::collections::HashSet::new();
     for p in procs.iter_mut() {
         let pid = p.pid;
         for (i, f) in p.files.iter_mut().enumerate() {
+            let outside = f.unix.as_ref().is_some_and(|u| u.peer != 0 && !inos.contains(&u.peer));
+            if let (true, Some(ino)) = (outside, f.unix.as_ref().map(|u| u.ino).filter(|i| external.contains(i))) {
+                // Named external: what a supervisor hands back at restore; its queue stays with it.
+                f.kind = FileKind::Inherited as i32;
+                f.external_key = format!("socket:[{ino}]");
+                f.describe += " (external)";
+                f.unix = None;
+                named.insert(ino);
+                continue;
+            }
             let Some(u) = f.unix.as_mut() else { continue };
             let fd = p.fds.iter().find(|d| d.file as usize == i).map(|d| d.fd).unwrap_or(-1);
             let what = |w: String| Error::Unsupported {
@@ -408,9 +423,11 @@ pub fn finish(procs: &mut [Process]) -> Result<(), Error> {
                     u.peer = 0;
                 } else {
                     return Err(what(format!(
-                        "connected to socket:[{}] {} outside the dump",
+                        "connected to socket:[{}] {} outside the dump (dump --external unix[{}] lets it be dumped, to be given back with restore --inherit-fd fd[N]:socket:[{}])",
                         u.peer,
-                        show_name(&u.peer_name)
+                        show_name(&u.peer_name),
+                        u.ino,
+                        u.ino
                     )));
                 }
             }
@@ -427,6 +444,11 @@ pub fn finish(procs: &mut [Process]) -> Result<(), Error> {
                 )));
             }
         }
+    }
+    let mut unused: Vec<_> = external.difference(&named).collect();
+    unused.sort();
+    for ino in unused {
+        tracing::warn!("--external unix[{ino}]: no socket of the tree with this inode is connected outside it");
     }
     Ok(())
 }

@@ -15,6 +15,8 @@
 use super::rpc::*;
 use super::{CRIU_MAJOR, CRIU_MINOR};
 use anyhow::{anyhow, bail, Context, Result};
+use ferry_engine::state::external::{External, InheritFd as EngineInheritFd};
+use ferry_engine::state::namespaces::{DumpNs, ExternalNs, RestoreNs};
 use prost::Message;
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -257,7 +259,6 @@ fn check_opts(o: &CriuOpts) -> Result<()> {
     no(on(o.ext_masters), "ext_masters");
     no(!o.skip_mnt.is_empty(), "skip_mnt");
     no(!o.enable_fs.is_empty(), "enable_fs");
-    no(!o.unix_sk_ino.is_empty(), "unix_sk_ino (external unix sockets)");
     // runc always sends CLONE_NEWNET here ("runc does not manage network devices"): the net
     // namespace's links and addresses are not carried, which is what ferry does for any tree in
     // ferry's own net namespace. Other namespaces are refused.
@@ -269,7 +270,10 @@ fn check_opts(o: &CriuOpts) -> Result<()> {
     no(on(o.lazy_pages), "lazy_pages");
     no(o.status_fd.is_some(), "status_fd");
     // runc names /etc/criu/runc.conf whether it exists or not; CRIU skips a missing one.
-    no(o.config_file.as_deref().is_some_and(|c| !c.is_empty() && Path::new(c).exists()), "config_file (CRIU configuration files)");
+    no(
+        o.config_file.as_deref().is_some_and(|c| !c.is_empty() && Path::new(c).exists()),
+        "config_file (CRIU configuration files)",
+    );
     no(o.lsm_profile.as_deref().is_some_and(|c| !c.is_empty()), "lsm_profile");
     no(o.lsm_mount_context.as_deref().is_some_and(|c| !c.is_empty()), "lsm_mount_context");
     no(on(o.tls) || o.tls_cacert.is_some() || o.tls_cert.is_some() || o.tls_key.is_some(), "tls (page server)");
@@ -290,8 +294,12 @@ fn check_opts(o: &CriuOpts) -> Result<()> {
         }
     }
     for e in &o.external {
-        if !e.starts_with("mnt[") {
-            refused.push(format!("external {e:?} (only mnt[...] is understood)"));
+        match e.parse::<External>() {
+            Ok(External::Veth { .. } | External::Macvlan { .. }) => {
+                refused.push(format!("external {e:?} (network devices are not carried)"))
+            }
+            Ok(_) => {}
+            Err(why) => refused.push(why),
         }
     }
     if refused.is_empty() {
@@ -322,6 +330,12 @@ fn dump(conn: &Conn, o: &CriuOpts, dirs: &Dirs) -> Result<CriuResp> {
         leave_stopped: on(o.leave_stopped),
         freeze_timeout: std::time::Duration::from_secs(o.timeout.filter(|&t| t > 0).map_or(10, u64::from)),
         sign: None,
+        ns: dump_ns(o)?,
+        external: parsed_external(o)?
+            .into_iter()
+            .filter(|e| matches!(e, External::Unix(_)))
+            .chain(o.unix_sk_ino.iter().map(|u| External::Unix(u.inode)))
+            .collect(),
     };
     if opts.leave_stopped && !opts.leave_running {
         bail!("leave_stopped needs leave_running");
@@ -347,15 +361,23 @@ fn restore(conn: &Conn, o: &CriuOpts, dirs: &Dirs) -> Result<CriuResp> {
     let notify = on(o.notify_scripts);
     ferry_engine::check::require_caps("restore")
         .with_context(|| format!("restore from {} failed", dirs.images.display()))?;
-    if let Some(root) = o.root.as_deref().filter(|r| !r.is_empty()) {
-        let same = std::fs::canonicalize(root).is_ok_and(|p| p == Path::new("/"));
-        if !same {
-            bail!("root {root}: restoring into another root directory needs a mount namespace, which ferry does not restore yet");
+    let external = parsed_external(o)?;
+    let mut external_mounts: Vec<(String, PathBuf)> =
+        o.ext_mnt.iter().map(|m| (m.key.clone(), PathBuf::from(&m.val))).collect();
+    for e in &external {
+        if let External::Mount { key, value } = e {
+            external_mounts.push((key.clone(), PathBuf::from(value)));
         }
     }
-    for i in &o.inherit_fd {
-        inherited_stdio(i)?;
-    }
+    // An inherit_fd key names a file description of the tree (pipe:[INO] ...) or an external
+    // namespace (runc's "extRootNetNS"): each engine part takes the keys it knows.
+    let ns = RestoreNs {
+        inherit: o.inherit_fd.iter().map(|i| (i.key.clone(), i.fd)).collect(),
+        root: o.root.as_deref().filter(|r| !r.is_empty()).map(PathBuf::from),
+        external_mounts,
+    };
+    let inherit_fds: Vec<EngineInheritFd> =
+        o.inherit_fd.iter().map(|i| EngineInheritFd { key: i.key.clone(), fd: i.fd }).collect();
     if on(o.orphan_pts_master) {
         // Nothing to do: a dump refuses a terminal whose master is outside the tree, so no
         // restored terminal is ever orphaned.
@@ -370,6 +392,9 @@ fn restore(conn: &Conn, o: &CriuOpts, dirs: &Dirs) -> Result<CriuResp> {
         cgroups,
         trusted: None,
         sibling: on(o.rst_sibling),
+        ns,
+        inherit_fds,
+        external,
     };
     let mut hook = |stage: ferry_engine::restore::Stage| -> std::result::Result<(), String> {
         match stage {
@@ -394,19 +419,30 @@ fn restore(conn: &Conn, o: &CriuOpts, dirs: &Dirs) -> Result<CriuResp> {
     })
 }
 
-/// An `inherit_fd` ferry can honour: one of its own fds 0-2 for the image's fd of the same
-/// number (runc passes the container's stdio pipes so), which is what ferry gives an fd 0-2
-/// that was inherited from outside the tree. Anything else is refused by name.
-fn inherited_stdio(i: &InheritFd) -> Result<()> {
-    let kind_ok = i.key.starts_with("pipe:[") || i.key.starts_with("socket:[");
-    if !(0..=2).contains(&i.fd) || !kind_ok {
-        bail!(
-            "inherit_fd {}:{}: ferry hands over only its own fds 0-2 for pipes and sockets inherited at fds 0-2",
-            i.fd,
-            i.key
-        );
+/// `external` parsed (CRIU's forms; refused ones were named by [`check_opts`]).
+fn parsed_external(o: &CriuOpts) -> Result<Vec<External>> {
+    o.external.iter().map(|e| e.parse::<External>().map_err(|why| anyhow!(why))).collect()
+}
+
+/// A DUMP's external namespaces and mounts: `external` net[INO]:KEY and mnt[MOUNTPOINT]:KEY,
+/// and `ext_mnt` pairs (runc sends its bind mounts, masked paths and devices there, key = the
+/// mount point).
+fn dump_ns(o: &CriuOpts) -> Result<DumpNs> {
+    let mut ns = DumpNs::default();
+    for m in &o.ext_mnt {
+        ns.external_mounts.push((m.key.clone(), m.val.clone()));
     }
-    Ok(())
+    for e in parsed_external(o)? {
+        match e {
+            External::Mount { key, value } => ns.external_mounts.push((key, value)),
+            External::Net { key, value } => {
+                let inode = key.parse().map_err(|_| anyhow!("external net[{key}]: not a namespace inode number"))?;
+                ns.external.push(ExternalNs { kind: "net".into(), inode, key: value });
+            }
+            _ => {}
+        }
+    }
+    Ok(ns)
 }
 
 /// Whether the restored tree goes back into its cgroups (true) or stays in ferry's own (false).

@@ -684,6 +684,8 @@ fn handle(mut sec: Secure, limits: &Limits, dir: &Path) -> Result<Option<i32>> {
         trusted: None,
         sibling: false,
         ns: Default::default(),
+        inherit_fds: Vec::new(),
+        external: Vec::new(),
     };
     let post_copy = m == mode::POST_COPY;
     ferry_engine::postcopy::accept_lazy(post_copy);

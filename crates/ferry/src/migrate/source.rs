@@ -173,6 +173,7 @@ pub fn migrate(o: &MigrateOptions) -> Result<()> {
         freeze_timeout: Duration::from_secs(10),
         sign: None,
         ns: Default::default(),
+        external: Vec::new(),
     };
     let mut downtime = Duration::ZERO;
     let mut remote = (0i32, 0u32);

@@ -69,6 +69,9 @@ pub struct Spec {
     /// The file whose appearance `Run::start` waits for ("ready"; another one when the test
     /// must take part in the set-up before the workload is ready, see `Run::wait_ready`).
     pub ready_file: &'static str,
+    /// The workload's stdin instead of /dev/null (a pipe end or socket the test holds the other
+    /// end of: a workload moves it to the fd it needs, the test being "outside the tree").
+    pub stdin: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 impl Spec {
@@ -82,6 +85,7 @@ impl Spec {
             blocked_in: &[],
             ready_timeout: READY_TIMEOUT,
             ready_file: "ready",
+            stdin: None,
         }
     }
 
@@ -99,6 +103,7 @@ impl Spec {
             // building a big dict on a loaded 2-core machine can take a while
             ready_timeout: Duration::from_secs(90),
             ready_file: "ready",
+            stdin: None,
         }
     }
 
@@ -114,6 +119,12 @@ impl Spec {
 
     pub fn ready_file(mut self, name: &'static str) -> Spec {
         self.ready_file = name;
+        self
+    }
+
+    /// Start the workload with `fd` (a copy) as its stdin.
+    pub fn stdin(mut self, fd: std::os::fd::OwnedFd) -> Spec {
+        self.stdin = Some(std::sync::Arc::new(fd));
         self
     }
 
@@ -287,6 +298,9 @@ pub struct Run {
     logs: Vec<(String, PathBuf)>,
     /// Environment variables for the ferry commands this run starts.
     pub ferry_env: Vec<(&'static str, &'static str)>,
+    /// The next ferry commands' stdin instead of /dev/null (a file a test hands over with
+    /// `restore --inherit-fd fd[0]:KEY`).
+    pub ferry_stdin: Option<std::os::fd::OwnedFd>,
     /// Declared last: dropped (and removed) after the processes are killed.
     pub w: WorkDir,
 }
@@ -306,7 +320,10 @@ impl Run {
             .args(&spec.pre_args)
             .arg(&w.path)
             .args(&spec.args)
-            .stdin(Stdio::null())
+            .stdin(match &spec.stdin {
+                Some(fd) => Stdio::from(fd.try_clone().expect("dup of the workload's stdin")),
+                None => Stdio::null(),
+            })
             .stdout(log)
             .stderr(log2)
             .spawn()
@@ -319,6 +336,7 @@ impl Run {
             restore: None,
             logs: vec![("workload out.log".to_string(), log_path)],
             ferry_env: Vec::new(),
+            ferry_stdin: None,
             w,
         };
         let first = run.spec.ready_file;
@@ -426,7 +444,10 @@ impl Run {
         let child = Command::new(ferry_bin())
             .args(args)
             .envs(self.ferry_env.iter().copied())
-            .stdin(Stdio::null())
+            .stdin(match &self.ferry_stdin {
+                Some(fd) => Stdio::from(fd.try_clone().expect("dup of ferry's stdin")),
+                None => Stdio::null(),
+            })
             .stdout(out_f)
             .stderr(err_f)
             .spawn()
