@@ -340,10 +340,21 @@ fn dump(conn: &Conn, o: &CriuOpts, dirs: &Dirs) -> Result<CriuResp> {
     if opts.leave_stopped && !opts.leave_running {
         bail!("leave_stopped needs leave_running");
     }
+    // As CRIU: the client locks the network of a tree with its own (not external) net
+    // namespace before the freeze (runc detaches its network strategies there), and unlocks it
+    // after a dump that leaves the tree running.
+    let own_net = notify && own_netns(pid, &opts.ns);
     if notify {
         conn.notify("pre-dump", None)?;
     }
-    let r = ferry_engine::dump::dump(&opts).with_context(|| format!("dump of pid {pid} failed"))?;
+    if own_net {
+        conn.notify("network-lock", None)?;
+    }
+    let r = ferry_engine::dump::dump(&opts);
+    if own_net && (r.is_err() || opts.leave_running) {
+        conn.notify("network-unlock", None)?;
+    }
+    let r = r.with_context(|| format!("dump of pid {pid} failed"))?;
     tracing::info!(pid, pages = r.pages_bytes, vmas = r.vmas, fds = r.fds, "dumped");
     if notify {
         conn.notify("post-dump", None)?;
@@ -410,6 +421,10 @@ fn restore(conn: &Conn, o: &CriuOpts, dirs: &Dirs) -> Result<CriuResp> {
     if notify {
         // The tree runs already; a client that fails here keeps it (as CRIU's post-resume).
         conn.notify("post-restore", Some(r.pid))?;
+        let ns = ferry_image::ImageReader::open(&dirs.images).ok().and_then(|i| i.inventory().namespaces.clone());
+        if ns.is_some_and(|ns| ns.kinds.iter().any(|k| k.kind == "net" && k.external.is_empty())) {
+            conn.notify("network-unlock", None)?;
+        }
     }
     Ok(CriuResp {
         r#type: CriuReqType::Restore as i32,
@@ -417,6 +432,19 @@ fn restore(conn: &Conn, o: &CriuOpts, dirs: &Dirs) -> Result<CriuResp> {
         restore: Some(CriuRestoreResp { pid: r.pid }),
         ..Default::default()
     })
+}
+
+/// Whether `pid` is in a net namespace of its own that is not external (its content is the
+/// tree's: the client locks its network around the dump).
+fn own_netns(pid: i32, ns: &DumpNs) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: &str| std::fs::metadata(p).map(|m| m.ino()).ok();
+    match (ino(&format!("/proc/{pid}/ns/net")), ino("/proc/self/ns/net")) {
+        (Some(theirs), Some(ours)) => {
+            theirs != ours && !ns.external.iter().any(|e| e.kind == "net" && e.inode == theirs)
+        }
+        _ => false,
+    }
 }
 
 /// `external` parsed (CRIU's forms; refused ones were named by [`check_opts`]).
