@@ -198,6 +198,8 @@ fn runc_checkpoint_reaches_ferry() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("CRIU version"), "runc refused ferry's CRIU version: {stderr}");
     assert!(log.contains("serving CRIU's RPC"), "ferry got no DUMP request from runc: {stderr}\nlog: {log}");
+    // Every option runc sends by default is one ferry takes.
+    assert!(!log.contains("not supported by ferry:"), "ferry refused an option runc sends: {log}");
     if !out.status.success() {
         assert!(
             log.contains("Error (ferry swrk): "),
@@ -417,6 +419,7 @@ fn podman_checkpoint_reaches_ferry() {
     let logs = pm.logs();
     assert!(!stderr.contains("requires at least CRIU"), "Podman refused ferry's CRIU version: {stderr}");
     assert!(logs.contains("serving CRIU's RPC"), "ferry got no DUMP request: {stderr}\n{logs}");
+    assert!(!logs.contains("not supported by ferry:"), "ferry refused an option Podman's runc sends: {logs}");
     if !out.status.success() {
         assert!(
             logs.contains("Error (ferry swrk): "),
