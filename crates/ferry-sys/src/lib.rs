@@ -14,6 +14,7 @@
 
 pub mod consts;
 pub mod inet;
+pub mod nsctl;
 pub mod objects;
 pub mod pagebuf;
 pub mod process;
