@@ -1055,3 +1055,85 @@ pub struct Pipe {
     #[serde(serialize_with = "crate::hex::serialize")]
     pub data: Vec<u8>,
 }
+
+/// A time namespace: its clocks as the tree saw them when it was frozen, and when that was, so
+/// that restore can pick offsets that make them continue (state/timens.rs).
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct NsxTimens {
+    /// CLOCK_MONOTONIC inside the namespace at the dump, in nanoseconds.
+    #[prost(int64, tag = "1")]
+    pub monotonic_ns: i64,
+    /// CLOCK_BOOTTIME inside the namespace at the dump, in nanoseconds.
+    #[prost(int64, tag = "2")]
+    pub boottime_ns: i64,
+    /// CLOCK_REALTIME at the same moment, in nanoseconds since the epoch.
+    #[prost(int64, tag = "3")]
+    pub realtime_ns: i64,
+    /// The namespace's offsets relative to the dumping ferry's clocks (for inspect).
+    #[prost(int64, tag = "4")]
+    pub monotonic_offset_ns: i64,
+    #[prost(int64, tag = "5")]
+    pub boottime_offset_ns: i64,
+}
+
+/// A network namespace's content (state/netns.rs).
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct NsxNetns {
+    #[prost(message, repeated, tag = "1")]
+    pub links: Vec<NsxLink>,
+    #[prost(message, repeated, tag = "2")]
+    pub addrs: Vec<NsxAddr>,
+    /// Routes that are not the kernel's own (protocol kernel), as `ip route` prints them, each
+    /// prefixed by its family ("inet " or "inet6 ").
+    #[prost(string, repeated, tag = "3")]
+    pub routes: Vec<String>,
+    #[prost(message, repeated, tag = "4")]
+    pub sysctls: Vec<NsxSysctl>,
+}
+
+/// A network device.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct NsxLink {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// "loopback", "dummy" (the kinds restore recreates).
+    #[prost(string, tag = "2")]
+    pub kind: String,
+    #[prost(uint32, tag = "3")]
+    pub mtu: u32,
+    #[prost(bool, tag = "4")]
+    pub up: bool,
+    /// The hardware address as `ip` prints it.
+    #[prost(string, tag = "5")]
+    pub address: String,
+    /// The interface index (kept: programs look devices up by it).
+    #[prost(uint32, tag = "6")]
+    pub ifindex: u32,
+}
+
+/// An interface address.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct NsxAddr {
+    #[prost(string, tag = "1")]
+    pub dev: String,
+    /// "inet" or "inet6".
+    #[prost(string, tag = "2")]
+    pub family: String,
+    #[prost(string, tag = "3")]
+    pub local: String,
+    #[prost(uint32, tag = "4")]
+    pub prefixlen: u32,
+    #[prost(string, tag = "5")]
+    pub broadcast: String,
+    #[prost(string, tag = "6")]
+    pub scope: String,
+}
+
+/// A sysctl under /proc/sys/net, by its path below /proc/sys.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct NsxSysctl {
+    #[prost(string, tag = "1")]
+    pub path: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
+}

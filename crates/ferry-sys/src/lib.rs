@@ -22,6 +22,7 @@ pub mod ptrace;
 pub mod raw;
 mod sockdiag;
 pub mod sockopt;
+pub mod sysvipc;
 pub mod tty;
 pub mod uffd;
 pub mod unixsock;
