@@ -39,6 +39,8 @@ pub struct DumpOptions {
     pub freeze_timeout: Duration,
     /// `--sign`: sign the image with this node key (`signature.img`).
     pub sign: Option<ferry_image::sign::SigningKey>,
+    /// External namespaces and mounts (state/namespaces.rs).
+    pub ns: crate::state::namespaces::DumpNs,
 }
 
 /// Figures about a finished dump.
@@ -318,7 +320,12 @@ fn zombie_record(c: i32, parent: i32) -> Result<Option<Process>, Error> {
 
 /// `pidns_root`: the dump's root when it is the init of a pid namespace (a child of ferry's),
 /// whose processes may then be in that namespace.
-fn precheck(pid: i32, pidns_root: Option<i32>) -> Result<(ferry_proc::Status, ferry_proc::Stat), Error> {
+fn precheck(
+    pid: i32,
+    root: i32,
+    pidns_root: Option<i32>,
+    ns: &crate::state::namespaces::DumpNs,
+) -> Result<(ferry_proc::Status, ferry_proc::Stat), Error> {
     if pid <= 0 || !procfs::path(pid, "").exists() {
         return Err(Error::NoProcess { pid });
     }
@@ -344,14 +351,11 @@ fn precheck(pid: i32, pidns_root: Option<i32>) -> Result<(ferry_proc::Status, fe
     if stat.flags & 0x0020_0000 != 0 {
         return Err(Error::Unsupported { pid, what: "a kernel thread".into() });
     }
-    // Restore recreates processes in ferry's own namespaces: one in other namespaces would come
-    // back silently changed.
-    for ns in ["mnt", "net", "ipc", "uts", "user", "cgroup", "time"] {
-        let theirs = std::fs::read_link(procfs::path(pid, &format!("ns/{ns}"))).ok();
-        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).ok();
-        if theirs.is_some() && theirs != ours {
-            return Err(Error::Unsupported { pid, what: format!("a process in another {ns} namespace than ferry's") });
-        }
+    // Every process in the root's namespaces; the root's own, where not ferry's, recreated
+    // (or joined, when external) at restore: state/namespaces.rs.
+    crate::state::namespaces::check_same_as_root(pid, root)?;
+    if pid == root {
+        crate::state::namespaces::check_root(pid, ns)?;
     }
     // unshare(CLONE_NEWTIME / CLONE_NEWPID) leaves the process where it is and puts only its
     // future children in the new namespace (`*_for_children`): restore would lose that.
@@ -442,11 +446,12 @@ fn dump_process(
     done: &mut [Process],
     tree: &mut files::TreeFiles,
     pidns_root: Option<i32>,
+    (root, ns): (i32, &crate::state::namespaces::DumpNs),
 ) -> Result<Process, Error> {
     let pid = f.pid;
     let _span = tracing::info_span!("process", pid).entered();
     // Re-read under the freeze: nothing can change now.
-    let (st, stat) = precheck(pid, pidns_root)?;
+    let (st, stat) = precheck(pid, root, pidns_root, ns)?;
     let mut p = Process { stop_signal: f.stop_signal, ..Default::default() };
     task::collect(pid, &st, &stat, &mut p)?;
     let tids: Vec<i32> = f.threads.iter().map(|t| t.tid).collect();
@@ -603,7 +608,7 @@ pub fn dump_with(
         .map(|st| st.ns_pid)
         .unwrap_or_default();
     let pidns_root = (ns_pid.len() == 2 && ns_pid.last() == Some(&1)).then_some(root);
-    precheck(root, pidns_root)?;
+    precheck(root, root, pidns_root, &opts.ns)?;
     // Freeze top-down: once a process is stopped it cannot fork, so its children list is final.
     let mut frozen: Vec<Frozen> = Vec::new();
     let mut zombies: Vec<Process> = Vec::new();
@@ -618,7 +623,7 @@ pub fn dump_with(
                 zombies.push(z);
                 continue;
             }
-            precheck(pid, pidns_root)?;
+            precheck(pid, root, pidns_root, &opts.ns)?;
         }
         frozen.push(Frozen::seize(pid, freeze_deadline)?);
         let children = children_of(pid)?;
@@ -643,7 +648,7 @@ pub fn dump_with(
     tree.connections.close = opts.tcp_close;
     tree.connections.established = opts.tcp_established;
     for f in frozen.iter_mut() {
-        let p = dump_process(f, &mut img, &mut procs, &mut tree, pidns_root)?;
+        let p = dump_process(f, &mut img, &mut procs, &mut tree, pidns_root, (root, &opts.ns))?;
         procs.push(p);
     }
     files::finish_pipes(&mut procs, &mut tree)?;
@@ -694,6 +699,7 @@ pub fn dump_with(
         img.write_process(p)?;
     }
     tracing::debug!(pages_bytes, "pages written");
+    let namespaces = crate::state::namespaces::collect(root, &opts.ns, &mut img)?;
     let inventory = Inventory {
         tool_version: env!("CARGO_PKG_VERSION").into(),
         root_pid: procs[0].pid,
@@ -705,6 +711,7 @@ pub fn dump_with(
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
         shell_job,
+        namespaces,
         ..Default::default()
     };
     // (The older image's files, moved aside, are freed once the tree is killed or running.)
@@ -748,7 +755,7 @@ pub fn dump_with(
 /// for syscall injection (signals blocked, the sigreturn safety net in place), then put it
 /// back and let it run. Used by pre-copy migration to create a userfaultfd inside the target.
 pub fn with_injector<T>(pid: i32, f: impl FnOnce(&Injector, u64) -> Result<T, Error>) -> Result<T, Error> {
-    precheck(pid, Some(pid))?;
+    precheck(pid, pid, Some(pid), &Default::default())?;
     let mut fr = Frozen::seize(pid, Instant::now() + Duration::from_secs(10))?;
     let maps_text = procfs::read_string(pid, "maps")?;
     let maps = procfs::parse(pid, "maps", ferry_proc::parse_maps(&maps_text))?;

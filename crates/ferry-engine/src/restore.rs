@@ -45,6 +45,8 @@ pub struct RestoreOptions {
     /// `--verify`: the image must be signed by one of these X25519 public keys (a node's
     /// trusted list), and every file must match its signed BLAKE3 digest.
     pub trusted: Option<Vec<[u8; 32]>>,
+    /// External namespaces, the root directory and external mounts (state/namespaces.rs).
+    pub ns: crate::state::namespaces::RestoreNs,
 }
 
 /// A restored, running process.
@@ -197,6 +199,10 @@ struct TreeCtx<'a> {
     premap: bool,
     /// Per process: the `cgroup.procs` files of the cgroups it joins (state/cgroup.rs).
     cgroups: Vec<Vec<PathBuf>>,
+    /// ferry's /proc (its pid namespace's view), open in every forked process.
+    host_proc: i32,
+    /// Mounts the root of a new pid namespace makes before it forks (state/mounts.rs).
+    mounts: Option<&'a crate::state::mounts::Deferred>,
 }
 
 /// Runs in a forked process of the tree (node `n` of the plan); never returns. Forks the
@@ -276,8 +282,10 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
                 Err(e) => return Err(format!("cannot map the trampoline at {:#x}: {e}", ctx.tr.code)),
             }
         }
-        // The pid ferry sees (different inside a new pid namespace): /proc is ferry's.
-        let host = std::fs::read_link("/proc/self").map_err(|e| format!("readlink /proc/self: {e}"))?;
+        // The pid ferry sees (different inside a new pid namespace), from ferry's /proc.
+        let host = ferry_sys::ns::readlinkat_number(ctx.host_proc, c"self")
+            .map_err(|e| format!("readlink /proc/self: {e}"))?;
+        let host = String::from_utf8_lossy(&host).into_owned();
         // Premapped ranges first, a few per line: each write stays below PIPE_BUF, so lines of
         // different processes never mix.
         if idx.is_some() {
@@ -290,7 +298,7 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
                 raw::write_all(ctx.status_fd, line.as_bytes()).map_err(|e| format!("status: {e}"))?;
             }
         }
-        let line = format!("ok {} {}\n", node.pid, host.display());
+        let line = format!("ok {} {}\n", node.pid, host);
         raw::write_all(ctx.status_fd, line.as_bytes()).map_err(|e| format!("status: {e}"))?;
         let mut b = [0u8; 1];
         // The tracer interrupts this read (a helper is killed instead); EOF means ferry is gone.
@@ -547,6 +555,17 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     // Open everything in ferry; the forked tree inherits it all at numbers >= base.
     let max_target = procs.iter().flat_map(|p| p.fds.iter().map(|f| f.fd)).max().unwrap_or(2);
     let base = max_target.max(max_own_fd()).max(2) + 16;
+    // Cgroup files are ferry's (looked up in its mount namespace), opened before it leaves it.
+    let cgroups = match opts.cgroups {
+        true => crate::state::cgroup::prepare(&procs)?,
+        false => vec![Vec::new(); procs.len()],
+    };
+    // ferry's own /proc, for the forked processes to tell ferry their pids as it sees them.
+    let host_proc = std::fs::File::open("/proc").ctx(|| "cannot open /proc".into())?;
+    let host_proc = raw::dup_above(host_proc.as_fd(), base).ctx(|| "cannot move an fd".into())?;
+    // From here to the fork, ferry's thread is in the tree's namespaces: its files, sockets
+    // and terminals are opened there, and the tree inherits them (state/namespaces.rs).
+    let mut entered = crate::state::namespaces::enter(&img, &opts.ns)?;
     let all_pipes: Vec<ferry_image::Pipe> = procs.iter().flat_map(|p| p.pipes.iter().cloned()).collect();
     let pipes = pipes::prepare(root, &all_pipes)?;
     let ttys = tty::prepare(&img, &procs, base, opts.shell_job)?;
@@ -600,10 +619,6 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     ferry_sys::process::set_status_flags(status_w.as_fd(), 0).ctx(|| "status pipe".into())?;
     let (hold_r, hold_w) = ferry_sys::process::pipe2(libc::O_CLOEXEC).ctx(|| "cannot create a pipe".into())?;
     let hold_r = raw::dup_above(hold_r.as_fd(), base).ctx(|| "cannot move a pipe".into())?;
-    let cgroups = match opts.cgroups {
-        true => crate::state::cgroup::prepare(&procs)?,
-        false => vec![Vec::new(); procs.len()],
-    };
     let pages: Vec<Option<(i32, u64)>> =
         prep.iter().map(|p| p.as_ref().and_then(|p| Some((p.mem.pages_fd?, p.mem.pages_len)))).collect();
     let ctx = TreeCtx {
@@ -618,6 +633,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         pages: pages.clone(),
         premap: std::env::var_os("FERRY_COW_PREMAP").is_none_or(|v| v != "0"),
         cgroups,
+        host_proc: host_proc.as_raw_fd(),
+        mounts: entered.as_ref().and_then(|e| e.handover.mounts.as_ref()),
     };
 
     // The page files' checksums, on the other CPU, while the tree is rebuilt; no process runs
@@ -660,6 +677,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     }
     drop(status_w);
     drop(hold_r);
+    if let Some(e) = entered.as_mut() {
+        e.leave();
+    }
     let mem_numbers: Vec<Option<memory::Prepared>> = prep
         .iter()
         .map(|pr| {

@@ -30,6 +30,139 @@ pub struct Inventory {
     /// Set when the tree was dumped with `--shell-job`: its terminal was outside the tree.
     #[prost(message, optional, tag = "22")]
     pub shell_job: Option<TtyShellJob>,
+    /// The namespaces the tree has apart from ferry's (every process of the tree is in the
+    /// root's set); None: all shared with ferry. See state/namespaces.rs.
+    #[prost(message, optional, tag = "440")]
+    pub namespaces: Option<Namespaces>,
+}
+
+/// The tree's own namespaces (other than pid, which `Inventory.pidns` covers) and their
+/// contents, one optional message per kind that has a module.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct Namespaces {
+    /// Every kind in which the tree's namespace differs from ferry's.
+    #[prost(message, repeated, tag = "1")]
+    pub kinds: Vec<NsKind>,
+    /// Host and domain name (kind "uts").
+    #[prost(message, optional, tag = "2")]
+    pub uts: Option<UtsNs>,
+    /// The mount tree (kind "mnt").
+    #[prost(message, optional, tag = "3")]
+    pub mnt: Option<MountNs>,
+}
+
+/// One namespace of the tree: its kind ("mnt", "net", "uts", "ipc", "cgroup", "time") and, if
+/// it was given as external at dump (`--external net[INO]:KEY`), the key restore joins it by
+/// (`--inherit-fd fd[N]:KEY`) instead of creating a new one.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct NsKind {
+    #[prost(string, tag = "1")]
+    pub kind: String,
+    /// The namespace's inode number at dump time (informational).
+    #[prost(uint64, tag = "2")]
+    pub inode: u64,
+    #[prost(string, tag = "3")]
+    pub external: String,
+}
+
+/// A uts namespace's names.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct UtsNs {
+    #[prost(string, tag = "1")]
+    pub hostname: String,
+    #[prost(string, tag = "2")]
+    pub domainname: String,
+}
+
+/// A mount namespace: its mounts as the root process sees them (/proc/PID/mountinfo), parents
+/// before children.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct MountNs {
+    #[prost(message, repeated, tag = "1")]
+    pub mounts: Vec<MountRecord>,
+}
+
+/// One mount.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct MountRecord {
+    /// mountinfo's mount id and parent id (the root mount's parent is not in the list).
+    #[prost(uint32, tag = "1")]
+    pub id: u32,
+    #[prost(uint32, tag = "2")]
+    pub parent: u32,
+    /// Where it is mounted, as the root process sees it ("/" for its root).
+    #[prost(string, tag = "3")]
+    pub mountpoint: String,
+    #[prost(string, tag = "4")]
+    pub fstype: String,
+    #[prost(string, tag = "5")]
+    pub source: String,
+    /// The directory of the file system this mount shows ("/" unless a bind of a sub-directory).
+    #[prost(string, tag = "6")]
+    pub root: String,
+    /// Per-mount flags: MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_NOATIME, MS_NODIRATIME,
+    /// MS_RELATIME, MS_STRICTATIME.
+    #[prost(uint64, tag = "7")]
+    pub flags: u64,
+    /// Super-block options (mountinfo's last field) without "rw"/"ro".
+    #[prost(string, tag = "8")]
+    pub options: String,
+    /// The super-block is read-only.
+    #[prost(bool, tag = "9")]
+    pub sb_ro: bool,
+    /// Peer group if shared (0: not), master group if a slave (0: not).
+    #[prost(uint32, tag = "10")]
+    pub shared: u32,
+    #[prost(uint32, tag = "11")]
+    pub master: u32,
+    #[prost(bool, tag = "12")]
+    pub unbindable: bool,
+    /// Not recreated but taken from the restoring node: the key (`--external mnt[KEY]:PATH`
+    /// at restore, `--root` for "/").
+    #[prost(string, tag = "13")]
+    pub external: String,
+    /// Another mount of the same super-block recorded earlier (its id; 0: the first): this one
+    /// is a bind of it.
+    #[prost(uint32, tag = "14")]
+    pub bind_of: u32,
+    /// tmpfs: the image file with its content (`mnt-ID.img`, a `TmpfsContent`).
+    #[prost(string, tag = "15")]
+    pub content: String,
+}
+
+/// The files of a tmpfs mount, parents before children (`mnt-ID.img`).
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct TmpfsContent {
+    #[prost(message, repeated, tag = "1")]
+    pub entries: Vec<TmpfsEntry>,
+}
+
+/// One file of a tmpfs: path relative to the mount's root ("" for the root itself).
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct TmpfsEntry {
+    #[prost(string, tag = "1")]
+    pub path: String,
+    /// st_mode (type and permission bits).
+    #[prost(uint32, tag = "2")]
+    pub mode: u32,
+    #[prost(uint32, tag = "3")]
+    pub uid: u32,
+    #[prost(uint32, tag = "4")]
+    pub gid: u32,
+    #[prost(int64, tag = "5")]
+    pub atime_ns: i64,
+    #[prost(int64, tag = "6")]
+    pub mtime_ns: i64,
+    /// Device number of a device node.
+    #[prost(uint64, tag = "7")]
+    pub rdev: u64,
+    /// Target of a symbolic link.
+    #[prost(string, tag = "8")]
+    pub target: String,
+    /// Content of a regular file.
+    #[prost(bytes = "vec", tag = "9")]
+    #[serde(skip)]
+    pub data: Vec<u8>,
 }
 
 /// A job started from the user's terminal (`--shell-job`): what restore needs to put it back

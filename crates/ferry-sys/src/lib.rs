@@ -14,6 +14,7 @@
 
 pub mod consts;
 pub mod inet;
+pub mod ns;
 pub mod nsctl;
 pub mod objects;
 pub mod pagebuf;

@@ -128,6 +128,10 @@ enum Cmd {
         /// keygen` directory), every file matching its signed digest.
         #[arg(long, value_name = "KEYDIR")]
         verify: Option<PathBuf>,
+        /// The directory that becomes the root of a tree whose root mount was external (a
+        /// container's root file system); without it, a root that was ferry's "/" is "/".
+        #[arg(short = 'r', long = "root", value_name = "DIR")]
+        root: Option<PathBuf>,
     },
     /// Start a job ready to be checkpointed: in a session of its own, or with --pidns in a new
     /// pid namespace under a minimal init, so that it can be restored on any host without pid
@@ -387,6 +391,7 @@ fn run(cli: Cli) -> Result<i32> {
                 leave_stopped,
                 freeze_timeout: std::time::Duration::from_secs(timeout),
                 sign,
+                ns: Default::default(),
             };
             let r = ferry_engine::dump::dump(&opts).with_context(|| format!("dump of pid {pid} failed"))?;
             tracing::info!(
@@ -410,6 +415,7 @@ fn run(cli: Cli) -> Result<i32> {
             tcp_established: _,
             criu: _,
             verify,
+            root,
         } => {
             ferry_engine::check::require_caps("restore")
                 .with_context(|| format!("restore from {} failed", dir.display()))?;
@@ -428,6 +434,7 @@ fn run(cli: Cli) -> Result<i32> {
                 leave_stopped,
                 cgroups,
                 trusted,
+                ns: ferry_engine::state::namespaces::RestoreNs { root, ..Default::default() },
             };
             let r = ferry_engine::restore::restore(&opts)
                 .with_context(|| format!("restore from {} failed", dir.display()))?;

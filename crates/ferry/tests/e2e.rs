@@ -634,6 +634,7 @@ mod integrity;
 mod memattr;
 mod migrate;
 mod more;
+mod ns;
 mod objects;
 mod perf;
 mod tampered;

@@ -682,6 +682,7 @@ fn handle(mut sec: Secure, limits: &Limits, dir: &Path) -> Result<Option<i32>> {
         leave_stopped: false,
         cgroups: true,
         trusted: None,
+        ns: Default::default(),
     };
     let post_copy = m == mode::POST_COPY;
     ferry_engine::postcopy::accept_lazy(post_copy);

@@ -172,6 +172,7 @@ pub fn migrate(o: &MigrateOptions) -> Result<()> {
         leave_stopped: false,
         freeze_timeout: Duration::from_secs(10),
         sign: None,
+        ns: Default::default(),
     };
     let mut downtime = Duration::ZERO;
     let mut remote = (0i32, 0u32);
