@@ -5,7 +5,7 @@
  * creates that file), then records its view of the namespace: every interface with its index,
  * flags, MTU and addresses (getifaddrs; IPv6 link-local addresses, which the kernel makes
  * itself, left out), the IPv4 and IPv6 routes (/proc/net/route and /proc/net/ipv6_route without
- * their use counters), a few sysctls; and it listens on 127.0.0.1 (TCP, port chosen by the
+ * their use counters; lines sorted), a few sysctls; and it listens on 127.0.0.1 (TCP, port chosen by the
  * kernel). Then it reads CLOCK_MONOTONIC, CLOCK_BOOTTIME and CLOCK_REALTIME every 20 ms and
  * writes W/rounds ("N maxjump_ms") every 0.5 s until go.
  *
@@ -22,6 +22,27 @@
 #include <arpa/inet.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+
+static int by_line(const void *x, const void *y)
+{
+	return strcmp(*(char *const *)x, *(char *const *)y);
+}
+
+/* The lines of the view in order (the kernel lists IPv6 routes in the order of its tree, which
+ * depends on when each was added). */
+static char *sorted(char *buf)
+{
+	static char out[65536];
+	char *lines[2048], *save = NULL, *l;
+	size_t n = 0, o = 0;
+	for (l = strtok_r(buf, "\n", &save); l && n < 2048; l = strtok_r(NULL, "\n", &save))
+		lines[n++] = l;
+	qsort(lines, n, sizeof lines[0], by_line);
+	out[0] = 0;
+	for (size_t i = 0; i < n && o < sizeof out; i++)
+		o += (size_t)snprintf(out + o, sizeof out - o, "%s\n", lines[i]);
+	return out;
+}
 
 static char *view(void)
 {
@@ -80,7 +101,7 @@ static char *view(void)
 		}
 		fclose(fp);
 	}
-	return buf;
+	return sorted(buf);
 }
 
 static int64_t now_ns(clockid_t c)
@@ -143,7 +164,16 @@ int main(int argc, char **argv)
 	}
 	CHECK(worst <= 1000000000LL, "%s", what);
 	char *after = view();
-	CHECK(strcmp(before, after) == 0, "the network namespace changed:\nbefore:\n%safter:\n%s", before, after);
+	if (strcmp(before, after) != 0) {
+		/* the first line that differs, in the result; both views in the log */
+		const char *b = before, *a = after;
+		while (*b && *b == *a)
+			b++, a++;
+		while (b > before && b[-1] != '\n')
+			b--, a--;
+		fprintf(stderr, "view after:\n%s", after);
+		fail("the network namespace changed: %.*s became %.*s", (int)strcspn(b, "\n"), b, (int)strcspn(a, "\n"), a);
+	}
 	int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (c < 0 || connect(c, (struct sockaddr *)&sa, sizeof sa) < 0)
 		fail("cannot connect to my listener 127.0.0.1:%d: %s", ntohs(sa.sin_port), strerror(errno));

@@ -9,15 +9,18 @@
 //! the sysctls are read and written under /proc/sys/net by the same thread (they are per
 //! network namespace of the opener).
 //!
-//! Devices: `lo` and dummy devices are recreated (name, index, hardware address, MTU, up/down).
-//! Other kinds (veth, macvlan, bridges, tunnels ...) are refused by name, and so is a
+//! Devices: `lo`, bridges and veth pairs with both ends inside are recreated (name, index,
+//! hardware address, MTU, bridge port, up/down; a bridge's own settings, such as STP, are left
+//! at their defaults). Other kinds (a veth whose peer is outside, macvlan, tunnels ...) are
+//! refused by name, and so is a
 //! non-empty nftables ruleset (iptables on Debian 12 is nftables underneath): ferry does not
 //! carry packet filtering rules yet. Addresses: every IPv4 one and every IPv6 one but the
 //! link-local addresses the kernel makes itself. Routes: those of the main table that the
 //! kernel did not add itself (a "proto kernel" route comes back with its address).
 
+use super::namespaces::{in_ns, DumpCtx, Handover, RestoreCtx};
 use crate::error::{Ctx, Error};
-use ferry_image::schema::{NsxAddr, NsxLink, NsxNetns, NsxSysctl};
+use ferry_image::{Namespaces, NsxAddr, NsxLink, NsxNetns, NsxSysctl};
 use serde_json::Value;
 use std::process::Command;
 
@@ -39,34 +42,33 @@ const SYSCTLS: &[&str] = &[
 /// Per-device sysctls (DEV replaced by each device's name).
 const DEV_SYSCTLS: &[&str] = &["net/ipv4/conf/DEV/forwarding", "net/ipv6/conf/DEV/disable_ipv6"];
 
-/// Route flags `ip route` prints but `ip route add` does not take.
-const ROUTE_STATE_WORDS: &[&str] = &["linkdown", "dead", "offload", "trap", "rt_offload", "rt_trap", "rt_offload_failed"];
+/// Address flags `ip -j address` reports and `ip address add` takes.
+const ADDR_FLAGS: &[&str] = &["nodad", "noprefixroute", "home", "mngtmpaddr", "autojoin"];
 
-/// Record the network namespace of `pid` (the tree's root), or None when it is ferry's own.
-pub fn dump(pid: i32) -> Result<Option<NsxNetns>, Error> {
-    let path = format!("/proc/{pid}/ns/net");
-    let theirs = std::fs::read_link(&path).ctx(|| format!("cannot read link {path}"))?;
-    let ours = std::fs::read_link("/proc/self/ns/net").ctx(|| "cannot read /proc/self/ns/net".into())?;
-    if theirs == ours {
-        return Ok(None);
+/// Route flags `ip route` prints but `ip route add` does not take.
+const ROUTE_STATE_WORDS: &[&str] =
+    &["linkdown", "dead", "offload", "trap", "rt_offload", "rt_trap", "rt_offload_failed"];
+
+/// Dump (a namespace module, state/namespaces.rs): read the content from a thread that joined
+/// the tree's network namespace.
+pub(crate) fn dump(ctx: &mut DumpCtx<'_>, out: &mut Namespaces) -> Result<(), Error> {
+    let pid = ctx.pid;
+    out.nsx_net = Some(in_ns(ctx.ns, libc::CLONE_NEWNET, || collect(pid))?);
+    Ok(())
+}
+
+/// Restore: ferry's restoring thread is in the new network namespace.
+pub(crate) fn restore(_ctx: &RestoreCtx<'_>, ns: &Namespaces, _h: &mut Handover) -> Result<(), Error> {
+    match &ns.nsx_net {
+        Some(n) => apply(n),
+        None => Ok(()),
     }
-    let fd = std::fs::File::open(&path).ctx(|| format!("cannot open {path}"))?;
-    // setns moves only the calling thread: a thread of its own, which ends with the job done.
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            use std::os::fd::AsFd;
-            ferry_sys::nsctl::setns(fd.as_fd(), libc::CLONE_NEWNET)
-                .ctx(|| format!("cannot enter the network namespace of pid {pid}"))?;
-            collect(pid).map(Some)
-        })
-        .join()
-        .unwrap_or_else(|_| Err(Error::Invalid { object: format!("pid {pid}"), what: "network namespace reader panicked".into() }))
-    })
 }
 
 /// Run `ip ARGS` (or another tool) in the calling thread's network namespace; its stdout.
 fn tool(prog: &str, args: &[&str]) -> Result<String, Error> {
-    let out = Command::new(prog).args(args).output().ctx(|| format!("cannot run {prog} (install iproute2 / nftables)"))?;
+    let out =
+        Command::new(prog).args(args).output().ctx(|| format!("cannot run {prog} (install iproute2 / nftables)"))?;
     if !out.status.success() {
         return Err(Error::Invalid {
             object: format!("{prog} {}", args.join(" ")),
@@ -78,8 +80,10 @@ fn tool(prog: &str, args: &[&str]) -> Result<String, Error> {
 
 fn json(args: &[&str]) -> Result<Vec<Value>, Error> {
     let text = tool("ip", args)?;
-    let v: Value = serde_json::from_str(&text)
-        .map_err(|e| Error::Invalid { object: format!("ip {}", args.join(" ")), what: format!("unreadable output: {e}") })?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| Error::Invalid {
+        object: format!("ip {}", args.join(" ")),
+        what: format!("unreadable output: {e}"),
+    })?;
     Ok(v.as_array().cloned().unwrap_or_default())
 }
 
@@ -93,8 +97,18 @@ fn collect(pid: i32) -> Result<NsxNetns, Error> {
         } else {
             l["linkinfo"]["info_kind"].as_str().unwrap_or("unknown").to_string()
         };
-        if kind != "loopback" && kind != "dummy" {
-            return Err(refuse(format!("network device {name} ({kind}) in the tree's network namespace")));
+        let peer = l["link"].as_str().unwrap_or_default().to_string();
+        match kind.as_str() {
+            "loopback" | "bridge" => {}
+            // A pair with both ends inside is recreated; one whose other end is outside (in
+            // the host, typically) would need that end to be found or made there.
+            "veth" if l.get("link_netnsid").is_none() && !peer.is_empty() => {}
+            "veth" => {
+                return Err(refuse(format!(
+                    "network device {name} (veth) in the tree's network namespace, its peer outside it"
+                )))
+            }
+            _ => return Err(refuse(format!("network device {name} ({kind}) in the tree's network namespace"))),
         }
         let up = l["flags"].as_array().is_some_and(|f| f.iter().any(|x| x == "UP"));
         ns.links.push(NsxLink {
@@ -104,6 +118,8 @@ fn collect(pid: i32) -> Result<NsxNetns, Error> {
             up,
             address: l["address"].as_str().unwrap_or_default().to_string(),
             ifindex: l["ifindex"].as_u64().unwrap_or(0) as u32,
+            peer,
+            master: l["master"].as_str().unwrap_or_default().to_string(),
         });
     }
     for l in json(&["-j", "addr", "show"])? {
@@ -121,6 +137,7 @@ fn collect(pid: i32) -> Result<NsxNetns, Error> {
                 prefixlen: a["prefixlen"].as_u64().unwrap_or(0) as u32,
                 broadcast: a["broadcast"].as_str().unwrap_or_default().to_string(),
                 scope: scope.to_string(),
+                flags: ADDR_FLAGS.iter().filter(|f| a[**f] == true).map(|f| f.to_string()).collect(),
             });
         }
     }
@@ -168,25 +185,56 @@ fn collect(pid: i32) -> Result<NsxNetns, Error> {
 
 /// Recreate the recorded content in the calling thread's network namespace (new, holding only
 /// a down `lo`), before any socket of the tree is made.
-pub fn apply(ns: &NsxNetns) -> Result<(), Error> {
+fn apply(ns: &NsxNetns) -> Result<(), Error> {
+    // Devices first (a veth pair at its first end), then bridge ports, then MTUs (a bridge's
+    // follows its ports unless set after them).
+    let spec = |l: &NsxLink| -> Vec<String> {
+        let mut a = vec![l.name.clone()];
+        if l.ifindex != 0 {
+            a.extend(["index".to_string(), l.ifindex.to_string()]);
+        }
+        if !l.address.is_empty() {
+            a.extend(["address".to_string(), l.address.clone()]);
+        }
+        a
+    };
     for l in &ns.links {
-        if l.kind == "dummy" {
-            let index = l.ifindex.to_string();
-            let mut args = vec!["link", "add", l.name.as_str()];
-            if l.ifindex != 0 {
-                args.extend(["index", index.as_str()]);
+        let mut args: Vec<String> = vec!["link".into(), "add".into()];
+        match l.kind.as_str() {
+            "loopback" => continue,
+            "bridge" => {
+                args.extend(spec(l));
+                args.extend(["type".into(), "bridge".into()]);
             }
-            if !l.address.is_empty() {
-                args.extend(["address", l.address.as_str()]);
+            "veth" => {
+                let Some(p) = ns.links.iter().find(|p| p.name == l.peer && p.peer == l.name) else {
+                    return Err(Error::Invalid {
+                        object: format!("network device {}", l.name),
+                        what: format!("veth without its peer {} in the image", l.peer),
+                    });
+                };
+                if p.name < l.name {
+                    continue;
+                }
+                args.extend(spec(l));
+                args.extend(["type".into(), "veth".into(), "peer".into(), "name".into()]);
+                args.extend(spec(p));
             }
-            args.extend(["type", "dummy"]);
-            tool("ip", &args)?;
-        } else if l.kind != "loopback" {
-            return Err(Error::Invalid { object: format!("network device {}", l.name), what: format!("unknown kind {}", l.kind) });
+            other => {
+                return Err(Error::Invalid {
+                    object: format!("network device {}", l.name),
+                    what: format!("unknown kind {other}"),
+                })
+            }
         }
-        if l.mtu != 0 {
-            tool("ip", &["link", "set", "dev", &l.name, "mtu", &l.mtu.to_string()])?;
-        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        tool("ip", &args)?;
+    }
+    for l in ns.links.iter().filter(|l| !l.master.is_empty()) {
+        tool("ip", &["link", "set", "dev", &l.name, "master", &l.master])?;
+    }
+    for l in ns.links.iter().filter(|l| l.mtu != 0) {
+        tool("ip", &["link", "set", "dev", &l.name, "mtu", &l.mtu.to_string()])?;
     }
     for s in &ns.sysctls {
         let p = format!("/proc/sys/{}", s.path);
@@ -208,9 +256,10 @@ pub fn apply(ns: &NsxNetns) -> Result<(), Error> {
         if !a.scope.is_empty() {
             args.extend(["scope", a.scope.as_str()]);
         }
-        // `lo`'s own addresses come back when it goes up: "File exists" is fine.
+        args.extend(a.flags.iter().filter(|f| ADDR_FLAGS.contains(&f.as_str())).map(String::as_str));
+        // `lo`'s own addresses come back when it goes up: one already there is fine.
         match tool("ip", &args) {
-            Err(Error::Invalid { what, .. }) if what.contains("File exists") => {}
+            Err(Error::Invalid { what, .. }) if what.contains("File exists") || what.contains("already assigned") => {}
             r => r.map(drop)?,
         }
     }

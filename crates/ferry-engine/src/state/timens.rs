@@ -17,12 +17,15 @@
 //!
 //! The kernel lets offsets be written only before a process enters the namespace: restore
 //! computes them ([`plan`]) before it creates the namespace and writes them ([`write_offsets`])
-//! from the process that made it (unshare(CLONE_NEWTIME) affects its future children only).
+//! from the thread that made it (unshare(CLONE_NEWTIME) affects its future children only),
+//! which must be ferry's main thread: `/proc/PID/timens_offsets` is the main thread's.
 
+use super::namespaces::{DumpCtx, Handover, RestoreCtx};
 use crate::error::{Ctx, Error};
 use crate::procfs;
-use ferry_image::schema::NsxTimens;
-use ferry_sys::nsctl::clock_ns;
+use ferry_image::{Namespaces, NsxTimens};
+use ferry_sys::nsctl::{clock_ns, unshare, CLONE_NEWTIME};
+use std::sync::OnceLock;
 
 const NS: i128 = 1_000_000_000;
 
@@ -62,43 +65,116 @@ fn read_offsets(pid: Option<i32>) -> Result<Offsets, Error> {
         None => std::fs::read_to_string("/proc/self/timens_offsets")
             .ctx(|| "cannot read /proc/self/timens_offsets".into())?,
     };
-    parse_offsets(&text).ok_or_else(|| Error::Invalid { object: "timens_offsets".into(), what: format!("unreadable: {text:?}") })
+    parse_offsets(&text)
+        .ok_or_else(|| Error::Invalid { object: "timens_offsets".into(), what: format!("unreadable: {text:?}") })
+}
+
+fn link(path: &str) -> Result<std::path::PathBuf, Error> {
+    std::fs::read_link(path).ctx(|| format!("cannot read link {path}"))
+}
+
+/// The offsets of ferry's own time namespace. The kernel shows a thread only the offsets of
+/// the namespace its children go to, which a restore changes for good in a multi-threaded
+/// ferry (`ferry serve`: setns back into a time namespace needs a single-threaded caller):
+/// read once, while that is still ferry's own, and kept.
+pub fn own_offsets() -> Result<Offsets, Error> {
+    static OWN: OnceLock<Offsets> = OnceLock::new();
+    if let Some(o) = OWN.get() {
+        return Ok(*o);
+    }
+    if link("/proc/self/ns/time")? != link("/proc/self/ns/time_for_children")? {
+        return Err(Error::Invalid {
+            object: "ferry's own time namespace".into(),
+            what: "its offsets cannot be read: its main thread's children already go to another one".into(),
+        });
+    }
+    let o = read_offsets(None)?;
+    Ok(*OWN.get_or_init(|| o))
 }
 
 fn now(clock: libc::clockid_t, name: &str) -> Result<i128, Error> {
     clock_ns(clock).ctx(|| format!("cannot read {name}"))
 }
 
-/// Record the time namespace of `pid` (the tree's root), or None when it is ferry's own.
-pub fn dump(pid: i32) -> Result<Option<NsxTimens>, Error> {
-    let theirs = procfs::read_link(pid, "ns/time")?;
-    let ours = std::fs::read_link("/proc/self/ns/time").ctx(|| "cannot read /proc/self/ns/time".into())?;
-    if std::path::Path::new(&theirs) == ours {
-        return Ok(None);
+/// Dump (a namespace module, state/namespaces.rs): the tree's clocks now.
+pub(crate) fn dump(ctx: &mut DumpCtx<'_>, out: &mut Namespaces) -> Result<(), Error> {
+    out.nsx_time = Some(record(ctx.pid)?);
+    Ok(())
+}
+
+/// Restore: unlike the other kinds, the time namespace is made here (the framework leaves it
+/// out of its unshare), because its offsets must be computed from ferry's own namespace before
+/// the thread's children are switched to the new one, and written before any child exists.
+pub(crate) fn restore(_ctx: &RestoreCtx<'_>, ns: &Namespaces, _h: &mut Handover) -> Result<(), Error> {
+    let t = ns.nsx_time.as_ref().ok_or_else(|| Error::Invalid {
+        object: "image namespaces".into(),
+        what: "a time namespace without its clocks".into(),
+    })?;
+    main_thread()?;
+    let o = plan(t)?;
+    unshare(CLONE_NEWTIME).ctx(|| "cannot create the tree's time namespace".into())?;
+    write_offsets(&o)
+}
+
+/// The kernel shows and takes a process's offsets (`/proc/PID/timens_offsets`) for its main
+/// thread's namespace only: a time namespace is made and filled there.
+fn main_thread() -> Result<(), Error> {
+    let me = link("/proc/thread-self")?;
+    if !me.ends_with(format!("task/{}", std::process::id())) {
+        return Err(Error::Invalid {
+            object: "the tree's time namespace".into(),
+            what: format!("must be made by ferry's main thread, not thread {}", me.display()),
+        });
     }
+    Ok(())
+}
+
+/// Before a restore whose tree shares ferry's time namespace: make sure the restoring thread's
+/// children go to ferry's own again (an earlier restore in the same thread moved them).
+pub fn settle_children() -> Result<(), Error> {
+    let own = link("/proc/thread-self/ns/time")?;
+    if own == link("/proc/thread-self/ns/time_for_children")? {
+        let _ = own_offsets();
+        return Ok(());
+    }
+    main_thread()?;
+    let fd = std::fs::File::open("/proc/thread-self/ns/time").ctx(|| "cannot open /proc/thread-self/ns/time".into())?;
+    use std::os::fd::AsFd;
+    if ferry_sys::nsctl::setns(fd.as_fd(), CLONE_NEWTIME).is_ok() {
+        return Ok(());
+    }
+    // A multi-threaded ferry cannot go back: a fresh namespace with ferry's own offsets reads
+    // the same clocks.
+    let o = own_offsets()?;
+    unshare(CLONE_NEWTIME).ctx(|| "cannot create a time namespace".into())?;
+    write_offsets(&o)
+}
+
+/// The time namespace of `pid` (the tree's root), which is not ferry's.
+fn record(pid: i32) -> Result<NsxTimens, Error> {
     // (timens_offsets shows the namespace of the process's future children, which precheck
     // has made sure is its own.)
     let job = read_offsets(Some(pid))?;
-    let own = read_offsets(None)?;
+    let own = own_offsets()?;
     let rel = Offsets { monotonic: job.monotonic - own.monotonic, boottime: job.boottime - own.boottime };
     let mono = now(libc::CLOCK_MONOTONIC, "CLOCK_MONOTONIC")?;
     let boot = now(libc::CLOCK_BOOTTIME, "CLOCK_BOOTTIME")?;
     let real = now(libc::CLOCK_REALTIME, "CLOCK_REALTIME")?;
     let n = |v: i128| i64::try_from(v).unwrap_or(i64::MAX);
-    Ok(Some(NsxTimens {
+    Ok(NsxTimens {
         monotonic_ns: n(mono + rel.monotonic),
         boottime_ns: n(boot + rel.boottime),
         realtime_ns: n(real),
         monotonic_offset_ns: n(rel.monotonic),
         boottime_offset_ns: n(rel.boottime),
-    }))
+    })
 }
 
 /// The offsets (relative to the host, as the kernel takes them) that make the recorded clocks
 /// continue from now on. Call before the new namespace is created: it reads ferry's own
 /// namespace's offsets.
 pub fn plan(rec: &NsxTimens) -> Result<Offsets, Error> {
-    let own = read_offsets(None)?;
+    let own = own_offsets()?;
     let real = now(libc::CLOCK_REALTIME, "CLOCK_REALTIME")?;
     let mono = now(libc::CLOCK_MONOTONIC, "CLOCK_MONOTONIC")?;
     let boot = now(libc::CLOCK_BOOTTIME, "CLOCK_BOOTTIME")?;
@@ -115,7 +191,7 @@ fn offsets_for(rec: &NsxTimens, elapsed: i128, (mono, boot): (i128, i128), own: 
     }
 }
 
-/// Write the offsets of the time namespace the calling process's next children will enter
+/// Write the offsets of the time namespace the calling thread's next children will enter
 /// (after unshare(CLONE_NEWTIME), before any child).
 pub fn write_offsets(o: &Offsets) -> Result<(), Error> {
     std::fs::write("/proc/self/timens_offsets", format_offsets(o))
