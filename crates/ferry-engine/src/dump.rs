@@ -680,7 +680,8 @@ pub fn dump_with(
     }
     files::finish_pipes(&mut procs, &mut tree)?;
     crate::state::epoll::assign_owners(&mut procs)?;
-    crate::state::sysvshm::collect(&mut procs, &mut img)?;
+    // (in the tree's ipc namespace: the segments' ids are its)
+    crate::state::ipcns::in_tree_ipc(root, || crate::state::sysvshm::collect(&mut procs, &mut img))?;
     let shell_job = tty::finish(&mut procs, &mut tree.tty, opts.shell_job)?;
     crate::state::unix::finish(&mut procs, &crate::state::external::unix_inodes(&opts.external))?;
     // Pids as ferry sees them, to read memory; the image keeps the namespace's own.

@@ -15,6 +15,7 @@
 pub mod consts;
 pub mod inet;
 pub mod ns;
+pub mod nsctl;
 pub mod objects;
 pub mod pagebuf;
 pub mod process;
@@ -22,6 +23,7 @@ pub mod ptrace;
 pub mod raw;
 mod sockdiag;
 pub mod sockopt;
+pub mod sysvipc;
 pub mod tty;
 pub mod uffd;
 pub mod unixsock;

@@ -153,6 +153,16 @@ enum Cmd {
         /// Run the job in a new pid namespace (its init is `ferry __init`).
         #[arg(long)]
         pidns: bool,
+        /// Run the job in a new network namespace holding only lo (up).
+        #[arg(long)]
+        netns: bool,
+        /// Run the job in a new time namespace, so that a restore elsewhere can keep its
+        /// CLOCK_MONOTONIC and CLOCK_BOOTTIME going on from where they were.
+        #[arg(long)]
+        timens: bool,
+        /// Run the job in a new mount namespace: every mount private, a fresh tmpfs on /tmp.
+        #[arg(long)]
+        mntns: bool,
         /// Print the pid (the init's, with --pidns) and return instead of waiting for the job.
         #[arg(short = 'd', long)]
         detach: bool,
@@ -465,8 +475,8 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(ferry_engine::restore::wait_exit(r.pid)?)
         }
-        Cmd::Run { pidns, detach, pidfile, cmd } => {
-            let opts = ferry_engine::launch::RunOptions { cmd, pidns, detach, pidfile };
+        Cmd::Run { pidns, netns, timens, mntns, detach, pidfile, cmd } => {
+            let opts = ferry_engine::launch::RunOptions { cmd, pidns, netns, timens, mntns, detach, pidfile };
             let (pid, status) = ferry_engine::launch::run(&opts).context("ferry run failed")?;
             if detach {
                 println!("{pid}");

@@ -637,6 +637,7 @@ mod memattr;
 mod migrate;
 mod more;
 mod ns;
+mod nsx;
 mod objects;
 mod perf;
 mod tampered;

@@ -106,6 +106,11 @@ pub struct Handover {
 /// visible; sysfs and mqueue mounts take the net and ipc namespaces of the mounter).
 const MODULES: &[Module] = &[
     Module { kind: "uts", dump: crate::state::uts::dump, restore: crate::state::uts::restore },
+    // (net and ipc run `ip` and read /proc/sys: before the mount tree is swapped)
+    Module { kind: "net", dump: crate::state::netns::dump, restore: crate::state::netns::restore },
+    Module { kind: "ipc", dump: crate::state::ipcns::dump, restore: crate::state::ipcns::restore },
+    // (makes its namespace itself: see state/timens.rs)
+    Module { kind: "time", dump: crate::state::timens::dump, restore: crate::state::timens::restore },
     Module { kind: "mnt", dump: crate::state::mounts::dump, restore: crate::state::mounts::restore },
 ];
 
@@ -250,6 +255,10 @@ impl Drop for Entered {
 /// namespaces of every kind the image records (or the external ones it names), with their
 /// contents recreated. None if the image has none.
 pub fn enter(img: &ImageReader, opts: &RestoreNs) -> Result<Option<Entered>, Error> {
+    let kinds = img.inventory().namespaces.as_ref().map(|n| n.kinds.as_slice()).unwrap_or_default();
+    if !kinds.iter().any(|k| k.kind == "time") {
+        crate::state::timens::settle_children()?;
+    }
     let Some(ns) = img.inventory().namespaces.as_ref().filter(|n| !n.kinds.is_empty()) else {
         return Ok(None);
     };
@@ -264,7 +273,8 @@ pub fn enter(img: &ImageReader, opts: &RestoreNs) -> Result<Option<Entered>, Err
             });
         }
         if k.external.is_empty() {
-            create |= flag;
+            // (the time module makes its own namespace: its offsets are computed before)
+            create |= flag & !libc::CLONE_NEWTIME;
         } else {
             let fd =
                 opts.inherit.iter().find(|(key, _)| *key == k.external).map(|x| x.1).ok_or_else(|| Error::Invalid {
@@ -275,7 +285,9 @@ pub fn enter(img: &ImageReader, opts: &RestoreNs) -> Result<Option<Entered>, Err
         }
     }
     let mut own = Vec::new();
-    for k in &ns.kinds {
+    // (A thread cannot setns back into a time namespace while ferry has other threads, and
+    // its own clocks never changed: only its future children's, which timens.rs settles.)
+    for k in ns.kinds.iter().filter(|k| k.kind != "time") {
         let path = format!("/proc/thread-self/ns/{}", k.kind);
         let f = std::fs::File::open(&path).ctx(|| format!("cannot open {path}"))?;
         own.push((flag_of(&k.kind), OwnedFd::from(f)));
