@@ -682,7 +682,8 @@ pub fn dump_with(
     crate::state::epoll::assign_owners(&mut procs)?;
     // (in the tree's ipc namespace: the segments' ids are its)
     crate::state::ipcns::in_tree_ipc(root, || crate::state::sysvshm::collect(&mut procs, &mut img))?;
-    let shell_job = tty::finish(&mut procs, &mut tree.tty, opts.shell_job)?;
+    let ext_ttys = crate::state::external::tty_keys(&opts.external);
+    let shell_job = tty::finish(&mut procs, &mut tree.tty, opts.shell_job, &ext_ttys)?;
     crate::state::unix::finish(&mut procs, &crate::state::external::unix_inodes(&opts.external))?;
     // Pids as ferry sees them, to read memory; the image keeps the namespace's own.
     let host_pids: Vec<i32> = frozen.iter().map(|f| f.pid).collect();

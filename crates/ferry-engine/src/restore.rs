@@ -467,11 +467,13 @@ fn wait_tree_ready(status: OwnedFd, n: usize, root: i32) -> Result<Ready, Error>
 /// (tid, its record, the registers it was created with).
 type RestoredThread = (i32, ferry_image::Thread, ferry_sys::UserRegs);
 
-/// What a process being rebuilt must reap or absorb: whether it has zombie children (their
-/// SIGCHLD), and the helpers it forked for sessions and groups.
+/// What a process being rebuilt must reap, absorb or close: whether it has zombie children
+/// (their SIGCHLD), the helpers it forked for sessions and groups, and whether ferry's helper
+/// fds go from its fd table now (not while a process rebuilt later shares that table).
 struct Reap<'a> {
     has_zombies: bool,
     helpers: &'a [i32],
+    close_helper_fds: bool,
 }
 
 /// The tracer's work on one stopped process: memory, threads, per-thread and process state.
@@ -484,9 +486,8 @@ fn rebuild(
     tr: &Trampoline,
     reap: Reap<'_>,
     pin: &Pin,
-    close_helpers: bool,
 ) -> Result<(ferry_sys::UserRegs, Vec<RestoredThread>), Error> {
-    let Reap { has_zombies, helpers } = reap;
+    let Reap { has_zombies, helpers, close_helper_fds } = reap;
     let pid = host;
     let _span = tracing::info_span!("process", pid).entered();
     let base_regs = ptrace::get_regs(pid).ctx(|| format!("pid {pid}: cannot read registers"))?;
@@ -499,7 +500,7 @@ fn rebuild(
     tracing::debug!("memory restored");
     // (An fd table shared with processes rebuilt after this one keeps their helper fds until
     // the last of them.)
-    if close_helpers {
+    if close_helper_fds {
         let max_target = p.fds.iter().map(|f| f.fd).max().unwrap_or(2);
         inj.call(nr::CLOSE_RANGE, &[(max_target + 1) as u64, u32::MAX as u64, 0])
             .ctx(|| format!("pid {pid}: cannot close ferry's helper fds"))?;
@@ -790,8 +791,8 @@ pub fn restore_notify(
         let shared = cow::for_tracer(&procs, &pages, i, kept)?;
         let table = fd_table_root(&procs, p.pid);
         let close = !procs[i + 1..].iter().any(|q| !q.zombie && fd_table_root(&procs, q.pid) == table);
-        let reap = Reap { has_zombies, helpers: &helpers };
-        rebuilt.push((p, rebuild(p, host(p.pid), mem, &shared, &tr, reap, &pin, close)?));
+        let reap = Reap { has_zombies, helpers: &helpers, close_helper_fds: close };
+        rebuilt.push((p, rebuild(p, host(p.pid), mem, &shared, &tr, reap, &pin)?));
     }
     drop(pin);
     match pages_check.join() {

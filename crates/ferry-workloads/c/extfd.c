@@ -5,6 +5,10 @@
  *   KIND read:  fd 5 is the read end; the test wrote "before-dump" into the pipe before start.
  *   KIND write: fd 5 is the write end; the workload wrote "before-dump" before ready.
  *   KIND unix:  fd 5 is a connected unix stream socket.
+ *   KIND file:  fd 5 is a regular file opened by the test, holding "original" (inherit: the test
+ *               hands over another file, holding "replacement", by the first one's path key).
+ *   KIND tty:   fd 5 is the slave of a pty whose master the test holds (inherit only: writes
+ *               "ttyout" to the terminal, the test reads it from the master).
  *   HOW alone:   restored without --inherit-fd: the outside end is gone.
  *                read:  reads "before-dump" (kept unread in the image), then EOF.
  *                write: a write fails with EPIPE (SIGPIPE ignored).
@@ -60,7 +64,7 @@ int main(int argc, char **argv)
 	SETUP(dup2(nul, 0));
 	close(nul);
 	signal(SIGPIPE, SIG_IGN);
-	int want_mode = strcmp(kind, "read") == 0 ? O_RDONLY : strcmp(kind, "write") == 0 ? O_WRONLY : O_RDWR;
+	int want_mode = strcmp(kind, "read") == 0 || strcmp(kind, "file") == 0 ? O_RDONLY : strcmp(kind, "write") == 0 ? O_WRONLY : O_RDWR;
 	if (strcmp(kind, "write") == 0) {
 		const char *msg = "before-dump";
 		if (write(5, msg, strlen(msg)) != (ssize_t)strlen(msg))
@@ -86,6 +90,13 @@ int main(int argc, char **argv)
 			      n < 0 ? strerror(errno) : "no error");
 		else
 			CHECK(n == (ssize_t)strlen(msg), "write to fd 5: %zd (%s)", n, n < 0 ? strerror(errno) : "short");
+	} else if (strcmp(kind, "file") == 0) {
+		const char *want = strcmp(how, "inherit") == 0 ? "replacement" : "original";
+		if (read_all(5, buf, sizeof buf) >= 0)
+			CHECK(strcmp(buf, want) == 0, "fd 5 (a file) read \"%s\", want \"%s\"", buf, want);
+	} else if (strcmp(kind, "tty") == 0) {
+		CHECK(isatty(5), "fd 5 is not a terminal any more");
+		CHECK(write(5, "ttyout", 6) == 6, "write to the terminal: %s", strerror(errno));
 	} else {
 		CHECK(send(5, "ping", 4, 0) == 4, "send ping: %s", strerror(errno));
 		struct pollfd p = { .fd = 5, .events = POLLIN };

@@ -83,6 +83,9 @@ pub fn run(dir: &Path, json: bool, trusted: Option<&[[u8; 32]]>) -> Result<()> {
     }
     for p in &procs {
         out!("process {} ({}) ppid {} pgid {} sid {}", p.pid, p.comm, p.ppid, p.pgid, p.sid);
+        if p.fd_table_of != 0 {
+            out!("  shares the fd table of process {} (CLONE_FILES)", p.fd_table_of);
+        }
         if p.stop_signal != 0 {
             out!("  stopped by job control (signal {}): restored stopped", p.stop_signal);
         }

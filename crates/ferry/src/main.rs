@@ -280,8 +280,9 @@ struct CriuDefaults {
     /// Accepted: inotify watches are always resolved to paths.
     #[arg(long, hide = true)]
     force_irmap: bool,
-    /// Accepted: a unix socket whose peer is outside the tree is still refused by name
-    /// (a datagram socket connected to a named socket outside is reconnected by name).
+    /// Accepted: a unix stream socket whose peer is outside the tree is still refused by name
+    /// unless named with --external unix[INO] (a datagram socket connected to a named socket
+    /// outside is reconnected by name).
     #[arg(long, hide = true)]
     ext_unix_sk: bool,
 }

@@ -9,6 +9,11 @@
 //! inode of the tree's socket, as `/proc/PID/fd/N` shows it); it then becomes an `Inherited`
 //! file whose `external_key` is `socket:[INO]`.
 //!
+//! A terminal outside the tree (not a pty whose master is in the tree) is refused on fds above 2
+//! and needs `--shell-job` on fds 0-2, unless named with `--external tty[RDEV:DEV]` (CRIU's key:
+//! `st_rdev` and `st_dev` of the terminal, hexadecimal): then it is an `Inherited` file with that
+//! key, on any fd.
+//!
 //! Restore. Every file description of the image has a key (`key_of`: `pipe:[INO]`,
 //! `socket:[INO]`, or a path relative to the root, without its leading '/'); `--inherit-fd
 //! fd[N]:KEY` replaces the description with that key by ferry's own fd N, at every fd (and in
@@ -59,6 +64,10 @@ pub enum External {
     /// `unix[INO]`: the tree's unix socket of inode INO, connected to a peer outside the tree,
     /// may be dumped; restore takes it from `--inherit-fd fd[N]:socket:[INO]`.
     Unix(u32),
+    /// `tty[RDEV:DEV]` (hexadecimal, as CRIU prints them: the terminal's `st_rdev` and `st_dev`):
+    /// a terminal outside the tree, held on any fd, may be dumped; restore takes it from
+    /// `--inherit-fd fd[N]:tty[RDEV:DEV]`.
+    Tty { rdev: u64, dev: u64 },
     /// `mnt[KEY]:VALUE` (`mnt[]` alone: every external mount, CRIU's auto-detection; key and
     /// value empty then; `mnt[KEY]` without a value: value empty).
     Mount { key: String, value: String },
@@ -90,6 +99,16 @@ impl std::str::FromStr for External {
                 }
                 key.parse().map(External::Unix).map_err(|_| bad("unix[INO] needs a socket inode number"))
             }
+            "tty" => {
+                if value.is_some() {
+                    return Err(bad("tty[RDEV:DEV] takes no value"));
+                }
+                let hex = |x: &str| u64::from_str_radix(x, 16).ok();
+                match key.split_once(':').and_then(|(r, d)| Some((hex(r)?, hex(d)?))) {
+                    Some((rdev, dev)) => Ok(External::Tty { rdev, dev }),
+                    None => Err(bad("tty[RDEV:DEV] needs two hexadecimal device numbers")),
+                }
+            }
             "mnt" => Ok(External::Mount { key: key.to_string(), value: value.unwrap_or_default() }),
             "net" => Ok(External::Net { key: key.to_string(), value: need_value("net[INO]:VALUE needs a value")? }),
             "veth" => {
@@ -104,8 +123,8 @@ impl std::str::FromStr for External {
                 inside: key.to_string(),
                 outside: need_value("macvlan[IFNAME]:OUTNAME needs OUTNAME")?,
             }),
-            "file" | "tty" | "dev" | "pid" => Err(bad(&format!("{kind}[...] is not supported yet"))),
-            _ => Err(bad(&format!("unknown kind {kind:?} (known: unix, mnt, net, veth, macvlan)"))),
+            "file" | "dev" | "pid" => Err(bad(&format!("{kind}[...] is not supported yet"))),
+            _ => Err(bad(&format!("unknown kind {kind:?} (known: unix, tty, mnt, net, veth, macvlan)"))),
         }
     }
 }
@@ -113,6 +132,20 @@ impl std::str::FromStr for External {
 /// The unix socket inodes named with `--external unix[INO]`.
 pub fn unix_inodes(external: &[External]) -> HashSet<u32> {
     external.iter().filter_map(|e| if let External::Unix(i) = e { Some(*i) } else { None }).collect()
+}
+
+/// The key of a terminal with device number `rdev` whose node is on device `dev`, as CRIU
+/// writes it: `tty[RDEV:DEV]` in hexadecimal.
+pub fn tty_key(rdev: u64, dev: u64) -> String {
+    format!("tty[{rdev:x}:{dev:x}]")
+}
+
+/// The terminal keys named with `--external tty[RDEV:DEV]` (normalized by [`tty_key`]).
+pub fn tty_keys(external: &[External]) -> HashSet<String> {
+    external
+        .iter()
+        .filter_map(|e| if let External::Tty { rdev, dev } = e { Some(tty_key(*rdev, *dev)) } else { None })
+        .collect()
 }
 
 /// The key `--inherit-fd` names file description `f` by: `pipe:[INO]` for a pipe end,
@@ -215,7 +248,10 @@ mod tests {
             "net[4026531840]:extnet".parse::<External>().expect("valid"),
             External::Net { key: "4026531840".into(), value: "extnet".into() }
         );
-        for bad in ["unix[x]", "unix[1]:v", "bogus[1]", "tty[1:2]", "file[3:4]", "net[1]", "veth[a]", "unix"] {
+        assert_eq!("tty[8800:D]".parse::<External>().expect("valid"), External::Tty { rdev: 0x8800, dev: 0xd });
+        assert_eq!(tty_key(0x8800, 0xd), "tty[8800:d]");
+        for bad in ["unix[x]", "unix[1]:v", "bogus[1]", "tty[1]", "tty[x:2]", "file[3:4]", "net[1]", "veth[a]", "unix"]
+        {
             assert!(bad.parse::<External>().is_err(), "{bad}");
         }
     }

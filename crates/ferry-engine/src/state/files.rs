@@ -258,6 +258,11 @@ pub fn finish_pipes(procs: &mut [Process], tree: &mut TreeFiles) -> Result<(), E
             };
             pipe.external = external;
             if external {
+                for f in procs.iter_mut().flat_map(|p| p.files.iter_mut()) {
+                    if f.kind == FileKind::Pipe as i32 && f.pipe_ino == ino {
+                        f.describe = format!("pipe:[{ino}] (other end outside the tree)");
+                    }
+                }
                 tracing::info!(pid, fd, ino, read_end, "pipe with its other end outside the tree: restored with that end closed unless --inherit-fd gives it");
             }
             procs[pi].pipes.push(pipe);

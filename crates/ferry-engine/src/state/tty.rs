@@ -172,7 +172,17 @@ fn shell_job_refusal(pid: i32, what: String) -> Error {
 /// Once every process is collected: slaves whose master is in the tree get the pair's state;
 /// fds and controlling terminals on a terminal outside the tree need `shell_job` and are
 /// recorded in the returned [`TtyShellJob`]. `procs[0]` is the root.
-pub fn finish(procs: &mut [Process], tree: &mut TreeTty, shell_job: bool) -> Result<Option<TtyShellJob>, Error> {
+///
+/// A terminal outside the tree named with `dump --external tty[RDEV:DEV]` (`external`: those
+/// keys, state/external.rs) is kept on any fd as an `Inherited` file with that key: restore
+/// takes it from `--inherit-fd fd[N]:tty[RDEV:DEV]`. (A controlling terminal outside still needs
+/// `--shell-job`.)
+pub fn finish(
+    procs: &mut [Process],
+    tree: &mut TreeTty,
+    shell_job: bool,
+    external: &std::collections::HashSet<String>,
+) -> Result<Option<TtyShellJob>, Error> {
     // What the slaves tell about their pair: exclusive mode, and input nobody has read.
     for t in &tree.terms {
         let Some(pty) = t.index.and_then(|i| tree.masters.get_mut(&i)) else { continue };
@@ -207,11 +217,20 @@ pub fn finish(procs: &mut [Process], tree: &mut TreeTty, shell_job: bool) -> Res
                 Ok(FileKind::Inherited) if f.path.starts_with("/dev/") => f.path.clone(),
                 _ => continue,
             };
+            let md = std::fs::metadata(crate::procfs::path(pid, &format!("fd/{}", d.fd)));
+            let key = md.map(|m| crate::state::external::tty_key(m.rdev(), m.dev())).unwrap_or_default();
+            if external.contains(&key) {
+                f.kind = FileKind::Inherited as i32;
+                f.pty = None;
+                f.describe = format!("{name} (external {key})");
+                f.external_key = key;
+                continue;
+            }
             if d.fd > 2 {
                 return Err(Error::Unsupported {
                     pid,
                     what: format!(
-                        "fd {}: terminal {name} outside the dump (only fds 0-2 can be handed over, with --shell-job)",
+                        "fd {}: terminal {name} outside the dump (only fds 0-2 can be handed over, with --shell-job; or name it with --external {key})",
                         d.fd
                     ),
                 });

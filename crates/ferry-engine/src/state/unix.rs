@@ -392,9 +392,12 @@ pub fn finish(procs: &mut [Process], external: &std::collections::HashSet<u32>) 
     // Sockets found at fd 0-2 stay in the image only if connected to a socket of the image.
     let all = in_image(procs);
     for f in procs.iter_mut().flat_map(|p| p.files.iter_mut()) {
-        if f.unix.as_ref().is_some_and(|u| u.stdio && !(u.peer != 0 && all.contains(&u.peer))) {
+        if let Some(ino) = f.unix.as_ref().filter(|u| u.stdio && !(u.peer != 0 && all.contains(&u.peer))).map(|u| u.ino)
+        {
             f.kind = FileKind::Inherited as i32;
             f.unix = None;
+            // (The link, as --inherit-fd names it: socket:[INO].)
+            f.describe = format!("socket:[{ino}]");
         }
     }
     let inos = in_image(procs);

@@ -196,3 +196,53 @@ fn control_clone_files() {
 fn clone_files() {
     cycle_tree(&Spec::c("clone_files"), &[]);
 }
+
+/// A terminal outside the tree (the slave of the test's pty) on fd 5: refused by name without
+/// `--external tty[RDEV:DEV]`; with it, given back at restore with `--inherit-fd
+/// fd[0]:tty[RDEV:DEV]` (the same terminal): the restored process writes to it and the test
+/// reads that from the master.
+#[test]
+fn tty_external_inherit() {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let master = fs::OpenOptions::new().read(true).write(true).open("/dev/ptmx").expect("open /dev/ptmx");
+    ferry_sys::tty::set_int(master.as_fd(), libc::TIOCSPTLCK, 0).expect("unlock the pty");
+    let slave = ferry_sys::tty::open_peer(master.as_fd(), libc::O_RDWR | libc::O_NOCTTY).expect("open the slave");
+    let mut run = Run::start(&extfd("tty", "inherit", slave.try_clone().expect("dup")));
+    let md = fs::metadata(format!("/proc/{}/fd/5", run.pid)).expect("stat fd 5");
+    let key = format!("tty[{:x}:{:x}]", md.rdev(), md.dev());
+    dump_refused(run.pid, &run.w.join("refused"), &format!("--external {key}"));
+    dump_and_restore(&mut run, &["--external", &key], Some(slave), &["--inherit-fd", &format!("fd[0]:{key}")]);
+    run.go();
+    ferry_sys::process::set_status_flags(master.as_fd(), libc::O_NONBLOCK).expect("O_NONBLOCK");
+    let mut master = master;
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while got.len() < 6 && std::time::Instant::now() < deadline {
+        let mut buf = [0u8; 64];
+        match master.read(&mut buf) {
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => run.fail(&format!("read the pty master: {e}")),
+        }
+    }
+    let status = run.wait_restore_exit();
+    run.expect_pass(status, "ferry restore");
+    assert_eq!(String::from_utf8_lossy(&got), "ttyout", "what the restored process wrote to the terminal");
+}
+
+/// `--inherit-fd fd[0]:PATH` with a file's key (its path without the leading '/'): the
+/// restored process reads the file the supervisor handed over, not the one at that path.
+#[test]
+fn file_path_key_inherit() {
+    let w = WorkDir::new("extfd-file");
+    let (orig, repl) = (w.join("original.txt"), w.join("replacement.txt"));
+    fs::write(&orig, "original").expect("write");
+    fs::write(&repl, "replacement").expect("write");
+    let f = fs::File::open(&orig).expect("open");
+    let mut run = Run::start(&extfd("file", "inherit", OwnedFd::from(f)));
+    let key = path_str(&orig).trim_start_matches('/').to_string();
+    let given = OwnedFd::from(fs::File::open(&repl).expect("open"));
+    dump_and_restore(&mut run, &[], Some(given), &["--inherit-fd", &format!("fd[0]:{key}")]);
+    go_and_pass(&mut run);
+}
