@@ -412,7 +412,7 @@ fn run(cli: Cli) -> Result<i32> {
                 leave_stopped,
                 freeze_timeout: std::time::Duration::from_secs(timeout),
                 sign,
-                ns: Default::default(),
+                ns: criu::dump_ns(&external, &[])?,
                 external,
             };
             let r = ferry_engine::dump::dump(&opts).with_context(|| format!("dump of pid {pid} failed"))?;
@@ -459,8 +459,8 @@ fn run(cli: Cli) -> Result<i32> {
                 cgroups,
                 trusted,
                 sibling: false,
-                ns: ferry_engine::state::namespaces::RestoreNs { root, ..Default::default() },
-                inherit_fds: inherit_fd,
+                ns: criu::restore_ns(&external, &[], &inherit_fd, root),
+                inherit_fds: criu::unique_inherit(&inherit_fd),
                 external,
             };
             let r = ferry_engine::restore::restore(&opts)

@@ -16,7 +16,7 @@ use super::rpc::*;
 use super::{CRIU_MAJOR, CRIU_MINOR};
 use anyhow::{anyhow, bail, Context, Result};
 use ferry_engine::state::external::{External, InheritFd as EngineInheritFd};
-use ferry_engine::state::namespaces::{DumpNs, ExternalNs, RestoreNs};
+use ferry_engine::state::namespaces::DumpNs;
 use prost::Message;
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -330,7 +330,7 @@ fn dump(conn: &Conn, o: &CriuOpts, dirs: &Dirs) -> Result<CriuResp> {
         leave_stopped: on(o.leave_stopped),
         freeze_timeout: std::time::Duration::from_secs(o.timeout.filter(|&t| t > 0).map_or(10, u64::from)),
         sign: None,
-        ns: dump_ns(o)?,
+        ns: super::dump_ns(&parsed_external(o)?, &ext_mnt_pairs(o))?,
         external: parsed_external(o)?
             .into_iter()
             .filter(|e| matches!(e, External::Unix(_)))
@@ -373,22 +373,11 @@ fn restore(conn: &Conn, o: &CriuOpts, dirs: &Dirs) -> Result<CriuResp> {
     ferry_engine::check::require_caps("restore")
         .with_context(|| format!("restore from {} failed", dirs.images.display()))?;
     let external = parsed_external(o)?;
-    let mut external_mounts: Vec<(String, PathBuf)> =
-        o.ext_mnt.iter().map(|m| (m.key.clone(), PathBuf::from(&m.val))).collect();
-    for e in &external {
-        if let External::Mount { key, value } = e {
-            external_mounts.push((key.clone(), PathBuf::from(value)));
-        }
-    }
-    // An inherit_fd key names a file description of the tree (pipe:[INO] ...) or an external
-    // namespace (runc's "extRootNetNS"): each engine part takes the keys it knows.
-    let ns = RestoreNs {
-        inherit: o.inherit_fd.iter().map(|i| (i.key.clone(), i.fd)).collect(),
-        root: o.root.as_deref().filter(|r| !r.is_empty()).map(PathBuf::from),
-        external_mounts,
-    };
-    let inherit_fds: Vec<EngineInheritFd> =
+    let inherit: Vec<EngineInheritFd> =
         o.inherit_fd.iter().map(|i| EngineInheritFd { key: i.key.clone(), fd: i.fd }).collect();
+    let root = o.root.as_deref().filter(|r| !r.is_empty()).map(PathBuf::from);
+    let ns = super::restore_ns(&external, &ext_mnt_pairs(o), &inherit, root);
+    let inherit_fds = super::unique_inherit(&inherit);
     if on(o.orphan_pts_master) {
         // Nothing to do: a dump refuses a terminal whose master is outside the tree, so no
         // restored terminal is ever orphaned.
@@ -447,30 +436,15 @@ fn own_netns(pid: i32, ns: &DumpNs) -> bool {
     }
 }
 
+/// The RPC's `ext_mnt` as (key, value) pairs: at dump (mount point, key), at restore (key,
+/// host path).
+fn ext_mnt_pairs(o: &CriuOpts) -> Vec<(String, String)> {
+    o.ext_mnt.iter().map(|m| (m.key.clone(), m.val.clone())).collect()
+}
+
 /// `external` parsed (CRIU's forms; refused ones were named by [`check_opts`]).
 fn parsed_external(o: &CriuOpts) -> Result<Vec<External>> {
     o.external.iter().map(|e| e.parse::<External>().map_err(|why| anyhow!(why))).collect()
-}
-
-/// A DUMP's external namespaces and mounts: `external` net[INO]:KEY and mnt[MOUNTPOINT]:KEY,
-/// and `ext_mnt` pairs (runc sends its bind mounts, masked paths and devices there, key = the
-/// mount point).
-fn dump_ns(o: &CriuOpts) -> Result<DumpNs> {
-    let mut ns = DumpNs::default();
-    for m in &o.ext_mnt {
-        ns.external_mounts.push((m.key.clone(), m.val.clone()));
-    }
-    for e in parsed_external(o)? {
-        match e {
-            External::Mount { key, value } => ns.external_mounts.push((key, value)),
-            External::Net { key, value } => {
-                let inode = key.parse().map_err(|_| anyhow!("external net[{key}]: not a namespace inode number"))?;
-                ns.external.push(ExternalNs { kind: "net".into(), inode, key: value });
-            }
-            _ => {}
-        }
-    }
-    Ok(ns)
 }
 
 /// Whether the restored tree goes back into its cgroups (true) or stays in ferry's own (false).
