@@ -6,15 +6,16 @@
  *                  W (bound onto itself) as its root: proc, a tmpfs /tmp with files of every
  *                  kind, a tmpfs /dev with a null node, devpts (newinstance) and mqueue, a
  *                  read-only bind of a tmpfs sub-directory on /data, /dev/null bound over
- *                  /proc/kcore (runc's masks), sysfs read-only, a shared /tmp; pivot_root into
+ *                  /proc/timer_list (runc's masks), sysfs read-only, a shared /tmp; pivot_root into
  *                  W and exec the copy of itself the test put at W/nsview (with its libraries
  *                  under W) as "nsview / mnt2", which records /proc/self/mountinfo (ids and
  *                  peer group numbers left out) and, on go, checks it, the tmpfs files and the
- *                  mounts' behaviour (read-only, /dev/null, /proc/kcore masked).
+ *                  mounts' behaviour (read-only, /dev/null, /proc/timer_list masked).
  */
 #include "common.h"
 #include <sched.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/sysmacros.h>
 #include <sys/utsname.h>
 
@@ -90,7 +91,7 @@ static void build_tree(void)
 	SETUP(mount("mqueue", at(0, "dev/mqueue"), "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL));
 	SETUP(mount(at(0, "tmp/sub"), at(1, "data"), NULL, MS_BIND, NULL));
 	SETUP(mount(NULL, at(0, "data"), NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL));
-	SETUP(mount(at(0, "dev/null"), at(1, "proc/kcore"), NULL, MS_BIND, NULL));
+	SETUP(mount(at(0, "dev/null"), at(1, "proc/timer_list"), NULL, MS_BIND, NULL));
 	SETUP(mount("sysfs", at(0, "sys"), "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL));
 	SETUP(mount(NULL, at(0, "tmp"), NULL, MS_SHARED, NULL));
 	SETUP(chdir(W));
@@ -175,9 +176,9 @@ static void check_mnt(const char *before)
 		close(fd);
 	fd = open("/data/new", O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
 	CHECK(fd < 0 && errno == EROFS, "/data is writable (fd %d, %s)", fd, strerror(errno));
-	fd = open("/proc/kcore", O_RDONLY | O_CLOEXEC);
+	fd = open("/proc/timer_list", O_RDONLY | O_CLOEXEC);
 	char b[8];
-	CHECK(fd >= 0 && read(fd, b, sizeof b) == 0, "/proc/kcore is not masked by /dev/null");
+	CHECK(fd >= 0 && read(fd, b, sizeof b) == 0, "/proc/timer_list is not masked by /dev/null");
 	if (fd >= 0)
 		close(fd);
 	fd = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
@@ -205,10 +206,51 @@ int main(int argc, char **argv)
 		die_setup("exec /nsview in the new root: %s", strerror(errno));
 	} else if (strcmp(mode, "mnt2") == 0) {
 		static char before[65536];
+		/* stdin was the host's /dev/null, outside this root: the tree's own instead (as a
+		 * container runtime gives it) */
+		int null = open("/dev/null", O_RDONLY);
+		if (null < 0 || dup2(null, 0) < 0)
+			die_setup("/dev/null: %s", strerror(errno));
+		close(null);
+		/* and out.log through this root's mount, not the host's */
+		int log = open("/out.log", O_WRONLY | O_APPEND);
+		if (log < 0 || dup2(log, 1) < 0 || dup2(log, 2) < 0)
+			die_setup("/out.log: %s", strerror(errno));
+		close(log);
 		mountinfo(before, sizeof before);
 		signal_ready();
 		wait_go();
 		check_mnt(before);
+	} else if (strcmp(mode, "mnt-host") == 0) {
+		/* a plain unshare -m: a copy of the host's whole mount tree */
+		SETUP(unshare(CLONE_NEWNS));
+		signal_ready();
+		wait_go();
+	} else if (strcmp(mode, "user") == 0) {
+		/* a child in a user namespace of its own (unmapped: it could not write a file) */
+		int p[2];
+		SETUP(pipe(p));
+		pid_t c = fork();
+		if (c < 0)
+			die_setup("fork: %s", strerror(errno));
+		if (c == 0) {
+			prctl(PR_SET_PDEATHSIG, SIGKILL);
+			char b = unshare(CLONE_NEWUSER) == 0 ? 'u' : 'e';
+			if (write(p[1], &b, 1) != 1)
+				_exit(2);
+			for (;;)
+				pause();
+		}
+		char b = 0;
+		if (read(p[0], &b, 1) != 1 || b != 'u')
+			die_setup("the child could not unshare its user namespace");
+		char buf[32];
+		snprintf(buf, sizeof buf, "%d\n", (int)c);
+		if (write_file_atomic("child", buf) < 0)
+			die_setup("cannot write the child's pid");
+		signal_ready();
+		wait_go();
+		kill(c, SIGKILL);
 	} else {
 		die_setup("unknown mode %s", mode);
 	}
