@@ -214,6 +214,10 @@ pub struct Deferred {
     mounts: Vec<(MountRecord, Option<TmpfsContent>)>,
     /// Every mount already made, for binds of them: id -> record.
     made: HashMap<u32, MountRecord>,
+    /// External mounts' sources as the root process sees them (after pivot_root): where a
+    /// mount of the same key was already made in the tree (runc binds /dev/null at /dev/null
+    /// and over its masked paths under /proc), that mount; else the path given.
+    external: Vec<(String, PathBuf)>,
 }
 
 /// A relative, plain path from the image (no "..", not absolute).
@@ -485,6 +489,15 @@ pub(crate) fn restore(ctx: &RestoreCtx<'_>, ns: &Namespaces, h: &mut Handover) -
     propagate(mnt.mounts.iter().filter(|r| !deferred.contains(&r.id)))
         .map_err(|what| Error::Invalid { object: "mount tree".into(), what })?;
     if !later.mounts.is_empty() {
+        later.external = ctx
+            .opts
+            .external_mounts
+            .iter()
+            .map(|(key, host)| {
+                let made = b.made.values().find(|m| m.external == *key && !deferred.contains(&m.id));
+                (key.clone(), made.map_or_else(|| host.clone(), |m| PathBuf::from(&m.mountpoint)))
+            })
+            .collect();
         later.made = b.made;
         h.mounts = Some(later);
     }
@@ -511,7 +524,7 @@ fn propagate<'a>(mounts: impl Iterator<Item = &'a MountRecord>) -> Result<(), St
 /// In the tree's root process, pid 1 of its new pid namespace, before it forks: replace
 /// ferry's view of proc with the namespace's own, and make what was mounted below it.
 pub(crate) fn mount_deferred(d: &Deferred) -> Result<(), String> {
-    let mut b = Builder { root: PathBuf::from("/"), made: d.made.clone(), finals: Vec::new(), external: &[] };
+    let mut b = Builder { root: PathBuf::from("/"), made: d.made.clone(), finals: Vec::new(), external: &d.external };
     let ids: HashSet<u32> = d.mounts.iter().map(|m| m.0.id).collect();
     for (r, content) in &d.mounts {
         if !ids.contains(&r.parent) {

@@ -218,6 +218,7 @@ fn with_opts(
     let log = work.join(&log_name);
     logs::open(&log, o.log_level.unwrap_or(2)).with_context(|| format!("log_file {}", log.display()))?;
     tracing::info!(images = %images.display(), work = %work.display(), "ferry {} serving CRIU's RPC", env!("CARGO_PKG_VERSION"));
+    tracing::debug!(opts = ?o, "request options");
     check_opts(&o)?;
     f(&o, &Dirs { images })
 }

@@ -219,11 +219,22 @@ fn rpc_bad_input() {
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("fd 987"));
 }
 
-/// A symlink named `criu` to the ferry binary, in a fresh directory (put first in PATH).
+/// A symlink named `criu` to the ferry binary, in a fresh directory (put first in PATH), with
+/// links to every other program of the sbin directories (ip, nft ... which ferry runs): the
+/// tests' PATH is this directory and the bin directories, so ferry is the only `criu` in it
+/// (Debian's CRIU is /usr/sbin/criu).
 fn criu_dir(w: &WorkDir) -> PathBuf {
     let bin = w.join("bin");
     fs::create_dir_all(&bin).expect("create bin dir");
     std::os::unix::fs::symlink(ferry_bin(), bin.join("criu")).expect("symlink criu -> ferry");
+    for dir in ["/usr/local/sbin", "/usr/sbin", "/sbin"] {
+        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = e.file_name();
+            if name != "criu" && !bin.join(&name).exists() {
+                let _ = std::os::unix::fs::symlink(e.path(), bin.join(&name));
+            }
+        }
+    }
     bin
 }
 
