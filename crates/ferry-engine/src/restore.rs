@@ -217,6 +217,10 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
             Role::Image(i) => Some(i),
             _ => None,
         };
+        if let (0, Some(d)) = (n, ctx.mounts) {
+            // pid 1 of the tree's new pid namespace: its own proc (state/mounts.rs).
+            crate::state::mounts::mount_deferred(d)?;
+        }
         if let Some(i) = idx {
             // First into its cgroups, so that all the memory it gets is charged there.
             crate::state::cgroup::join_in_child(&ctx.cgroups[i])?;

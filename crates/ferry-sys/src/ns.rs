@@ -108,3 +108,29 @@ pub fn setns_number(fd: i32, nstype: i32) -> io::Result<()> {
     // SAFETY: integer arguments; a bad number fails with EBADF.
     cvt_i(unsafe { libc::setns(fd, nstype) }).map(drop)
 }
+
+/// `open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC)`: a detached copy of the
+/// one mount at `path` (without the mounts below it), to read what they hide.
+pub fn open_tree_clone(path: &CStr) -> io::Result<std::os::fd::OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_long = 1;
+    // SAFETY: valid C string; integer flags.
+    let n = crate::cvt(unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_long,
+        )
+    })?;
+    // SAFETY: the kernel just created fd `n` for us; we are its only owner.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n as i32) })
+}
+
+/// `openat(2)` of `name` in directory `dir` (an image directory opened before ferry moves into
+/// a tree's mount namespace, where its path no longer resolves).
+pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: valid C string; integer arguments.
+    let n = cvt_i(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) })?;
+    // SAFETY: the kernel just created fd `n` for us; we are its only owner.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n) })
+}

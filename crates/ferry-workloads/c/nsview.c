@@ -2,19 +2,21 @@
  * nsview: a process in namespaces of its own, checking its view of them after restore.
  *
  *   nsview W uts   unshare(CLONE_NEWUTS), set a host and domain name; on go: the same names.
+ *   nsview W pidmnt  the same in pid 1 of a new pid namespace (its /proc must be its own).
  *   nsview W mnt   unshare(CLONE_NEWNS | CLONE_NEWUTS), build a container-like mount tree with
  *                  W (bound onto itself) as its root: proc, a tmpfs /tmp with files of every
  *                  kind, a tmpfs /dev with a null node, devpts (newinstance) and mqueue, a
  *                  read-only bind of a tmpfs sub-directory on /data, /dev/null bound over
- *                  /proc/kcore (runc's masks), sysfs read-only, a shared /tmp; pivot_root into
+ *                  /proc/timer_list (runc's masks), sysfs read-only, a shared /tmp; pivot_root into
  *                  W and exec the copy of itself the test put at W/nsview (with its libraries
  *                  under W) as "nsview / mnt2", which records /proc/self/mountinfo (ids and
  *                  peer group numbers left out) and, on go, checks it, the tmpfs files and the
- *                  mounts' behaviour (read-only, /dev/null, /proc/kcore masked).
+ *                  mounts' behaviour (read-only, /dev/null, /proc/timer_list masked).
  */
 #include "common.h"
 #include <sched.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/sysmacros.h>
 #include <sys/utsname.h>
 
@@ -90,7 +92,7 @@ static void build_tree(void)
 	SETUP(mount("mqueue", at(0, "dev/mqueue"), "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL));
 	SETUP(mount(at(0, "tmp/sub"), at(1, "data"), NULL, MS_BIND, NULL));
 	SETUP(mount(NULL, at(0, "data"), NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL));
-	SETUP(mount(at(0, "dev/null"), at(1, "proc/kcore"), NULL, MS_BIND, NULL));
+	SETUP(mount(at(0, "dev/null"), at(1, "proc/timer_list"), NULL, MS_BIND, NULL));
 	SETUP(mount("sysfs", at(0, "sys"), "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL));
 	SETUP(mount(NULL, at(0, "tmp"), NULL, MS_SHARED, NULL));
 	SETUP(chdir(W));
@@ -99,7 +101,16 @@ static void build_tree(void)
 	SETUP(chdir("/"));
 }
 
-/* /proc/self/mountinfo without mount ids, device numbers and peer group numbers. */
+static int cmp_lines(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/*
+ * /proc/self/mountinfo without mount ids, device numbers and peer group numbers, its lines
+ * sorted (the order of mount ids is not kept: with a new pid namespace, the proc mounts are
+ * made last, by its init).
+ */
 static void mountinfo(char *out, size_t len)
 {
 	FILE *f = fopen("/proc/self/mountinfo", "re");
@@ -107,12 +118,15 @@ static void mountinfo(char *out, size_t len)
 		snprintf(out, len, "(cannot open mountinfo: %s)", strerror(errno));
 		return;
 	}
+	static char lines[128][1024];
+	char *sorted[128];
+	int n = 0;
 	char line[4096];
-	size_t used = 0;
-	out[0] = 0;
-	while (fgets(line, sizeof line, f)) {
+	while (n < 128 && fgets(line, sizeof line, f)) {
 		char *save = NULL, *tok;
+		size_t used = 0;
 		int i = 0;
+		lines[n][0] = 0;
 		for (tok = strtok_r(line, " \n", &save); tok; tok = strtok_r(NULL, " \n", &save), i++) {
 			if (i < 3)
 				continue; /* id, parent, major:minor */
@@ -121,11 +135,17 @@ static void mountinfo(char *out, size_t len)
 			char *colon = strchr(word, ':');
 			if (i > 5 && colon && (strncmp(word, "shared:", 7) == 0 || strncmp(word, "master:", 7) == 0))
 				colon[1] = 0;
-			used += snprintf(out + used, used < len ? len - used : 0, "%s ", word);
+			used += snprintf(lines[n] + used, used < sizeof lines[n] ? sizeof lines[n] - used : 0, "%s ", word);
 		}
-		used += snprintf(out + used, used < len ? len - used : 0, "\n");
+		sorted[n] = lines[n];
+		n++;
 	}
 	fclose(f);
+	qsort(sorted, n, sizeof sorted[0], cmp_lines);
+	size_t used = 0;
+	out[0] = 0;
+	for (int i = 0; i < n; i++)
+		used += snprintf(out + used, used < len ? len - used : 0, "%s\n", sorted[i]);
 }
 
 static void expect_file(const char *path, const char *text, mode_t mode, uid_t uid, gid_t gid)
@@ -175,9 +195,9 @@ static void check_mnt(const char *before)
 		close(fd);
 	fd = open("/data/new", O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
 	CHECK(fd < 0 && errno == EROFS, "/data is writable (fd %d, %s)", fd, strerror(errno));
-	fd = open("/proc/kcore", O_RDONLY | O_CLOEXEC);
+	fd = open("/proc/timer_list", O_RDONLY | O_CLOEXEC);
 	char b[8];
-	CHECK(fd >= 0 && read(fd, b, sizeof b) == 0, "/proc/kcore is not masked by /dev/null");
+	CHECK(fd >= 0 && read(fd, b, sizeof b) == 0, "/proc/timer_list is not masked by /dev/null");
 	if (fd >= 0)
 		close(fd);
 	fd = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
@@ -205,10 +225,68 @@ int main(int argc, char **argv)
 		die_setup("exec /nsview in the new root: %s", strerror(errno));
 	} else if (strcmp(mode, "mnt2") == 0) {
 		static char before[65536];
+		/* stdin was the host's /dev/null, outside this root: the tree's own instead (as a
+		 * container runtime gives it) */
+		int null = open("/dev/null", O_RDONLY);
+		if (null < 0 || dup2(null, 0) < 0)
+			die_setup("/dev/null: %s", strerror(errno));
+		close(null);
+		/* and out.log through this root's mount, not the host's */
+		int log = open("/out.log", O_WRONLY | O_APPEND);
+		if (log < 0 || dup2(log, 1) < 0 || dup2(log, 2) < 0)
+			die_setup("/out.log: %s", strerror(errno));
+		close(log);
 		mountinfo(before, sizeof before);
 		signal_ready();
 		wait_go();
 		check_mnt(before);
+	} else if (strcmp(mode, "pidmnt") == 0) {
+		/* a container: pid 1 of a new pid namespace in the "mnt" tree (the test dumps it) */
+		SETUP(unshare(CLONE_NEWPID));
+		pid_t c = fork();
+		if (c < 0)
+			die_setup("fork: %s", strerror(errno));
+		if (c == 0) {
+			build_tree();
+			execl("/nsview", "nsview", "/", "mnt2", (char *)NULL);
+			die_setup("exec /nsview in the new root: %s", strerror(errno));
+		}
+		char buf[32];
+		snprintf(buf, sizeof buf, "%d\n", (int)c);
+		if (write_file_atomic("child", buf) < 0)
+			die_setup("cannot write the child's pid");
+		for (;;)
+			pause();
+	} else if (strcmp(mode, "mnt-host") == 0) {
+		/* a plain unshare -m: a copy of the host's whole mount tree */
+		SETUP(unshare(CLONE_NEWNS));
+		signal_ready();
+		wait_go();
+	} else if (strcmp(mode, "user") == 0) {
+		/* a child in a user namespace of its own (unmapped: it could not write a file) */
+		int p[2];
+		SETUP(pipe(p));
+		pid_t c = fork();
+		if (c < 0)
+			die_setup("fork: %s", strerror(errno));
+		if (c == 0) {
+			prctl(PR_SET_PDEATHSIG, SIGKILL);
+			char b = unshare(CLONE_NEWUSER) == 0 ? 'u' : 'e';
+			if (write(p[1], &b, 1) != 1)
+				_exit(2);
+			for (;;)
+				pause();
+		}
+		char b = 0;
+		if (read(p[0], &b, 1) != 1 || b != 'u')
+			die_setup("the child could not unshare its user namespace");
+		char buf[32];
+		snprintf(buf, sizeof buf, "%d\n", (int)c);
+		if (write_file_atomic("child", buf) < 0)
+			die_setup("cannot write the child's pid");
+		signal_ready();
+		wait_go();
+		kill(c, SIGKILL);
 	} else {
 		die_setup("unknown mode %s", mode);
 	}

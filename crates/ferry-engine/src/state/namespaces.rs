@@ -234,6 +234,11 @@ impl Entered {
             return;
         }
         self.left = true;
+        // (A thread ferry started meanwhile shares this thread's fs_struct again, and setns into
+        // a mount namespace needs one of its own.)
+        if let Err(e) = ferry_sys::ns::unshare(libc::CLONE_FS) {
+            tracing::warn!(error = %e, "cannot unshare CLONE_FS");
+        }
         for (flag, fd) in &self.own {
             if let Err(e) = ferry_sys::ns::setns(fd.as_fd(), *flag) {
                 tracing::warn!(flag, error = %e, "cannot go back into ferry's own namespace");

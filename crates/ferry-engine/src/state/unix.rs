@@ -201,10 +201,12 @@ pub fn collect(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -
     };
     if let (true, Some((dev, vino))) = (is_path(&d.name), d.vfs) {
         // The socket file may have been unlinked (or replaced) since bind.
-        let md = std::fs::symlink_metadata(path_of(&d.name)).ok().filter(|m| {
-            // sock_diag reports the kernel's dev_t (major << 20 | minor).
-            m.ino() == vino as u64 && libc::major(m.dev()) == dev >> 20 && libc::minor(m.dev()) == dev & 0xfffff
-        });
+        let md = std::fs::symlink_metadata(crate::procfs::in_root(pid, &path_of(&d.name).to_string_lossy()))
+            .ok()
+            .filter(|m| {
+                // sock_diag reports the kernel's dev_t (major << 20 | minor).
+                m.ino() == vino as u64 && libc::major(m.dev()) == dev >> 20 && libc::minor(m.dev()) == dev & 0xfffff
+            });
         u.unlinked = md.is_none();
         if let Some(m) = md {
             (u.file_mode, u.file_uid, u.file_gid) = (m.mode() & 0o7777, m.uid(), m.gid());
