@@ -6,9 +6,9 @@
 //! `--netns`, `--timens` and `--mntns` add a network namespace (with only `lo`, up), a time
 //! namespace (offsets zero: the job's clocks read as the host's until it moves, after which
 //! restore shifts them so that CLOCK_MONOTONIC and CLOCK_BOOTTIME continue) and a mount
-//! namespace (every mount private, a fresh tmpfs on /tmp). `ferry run` makes them with
-//! `unshare` in its own process before it forks the job, which inherits them; `ferry run` itself
-//! only waits. No link to the host is made: a job that needs one gets it from its operator
+//! namespace (every mount private, a fresh tmpfs on /tmp). `ferry run` makes the first two
+//! with `unshare` in its own process before it forks the job, which inherits them (`ferry run`
+//! itself only waits); the job makes its mount namespace itself, before exec. No link to the host is made: a job that needs one gets it from its operator
 //! (`ip link add ... netns PID`).
 
 use crate::error::{Ctx, Error};
@@ -61,6 +61,12 @@ pub fn run(opts: &RunOptions) -> Result<(i32, Option<i32>), Error> {
             // A session of its own: no controlling terminal (which a dump would refuse without
             // --shell-job) and no group shared with the shell.
             let _ = raw::setsid();
+            if opts.mntns {
+                if let Err(e) = enter_new_mntns() {
+                    eprintln!("ferry: {e}");
+                    raw::exit_now(127)
+                }
+            }
             let e = cmd.exec();
             eprintln!("ferry: cannot start {}: {e}", prog.to_string_lossy());
             raw::exit_now(127)
@@ -88,15 +94,18 @@ fn enter_new_namespaces(opts: &RunOptions) -> Result<(), Error> {
         nsctl::unshare(libc::CLONE_NEWNET).ctx(|| fail("network"))?;
         nsctl::link_set_up("lo", true).ctx(|| "cannot bring up lo in the job's network namespace".into())?;
     }
-    if opts.mntns {
-        nsctl::unshare(libc::CLONE_NEWNS).ctx(|| fail("mount"))?;
-        let none = c"none";
-        nsctl::mount(none, c"/", None, (libc::MS_REC | libc::MS_PRIVATE) as u64, None)
-            .ctx(|| "cannot make the job's mounts private".into())?;
-        nsctl::mount(c"tmpfs", c"/tmp", Some(c"tmpfs"), 0, Some(c"mode=1777"))
-            .ctx(|| "cannot mount the job's private /tmp".into())?;
-    }
     Ok(())
+}
+
+/// In the forked job (before exec): its own mount namespace, every mount private, a fresh
+/// tmpfs on /tmp. (Not in ferry run's process: the pidfile is written in the caller's /tmp.)
+fn enter_new_mntns() -> Result<(), String> {
+    use ferry_sys::nsctl;
+    nsctl::unshare(libc::CLONE_NEWNS).map_err(|e| format!("cannot create the job's mount namespace: {e}"))?;
+    nsctl::mount(c"none", c"/", None, (libc::MS_REC | libc::MS_PRIVATE) as u64, None)
+        .map_err(|e| format!("cannot make the job's mounts private: {e}"))?;
+    nsctl::mount(c"tmpfs", c"/tmp", Some(c"tmpfs"), 0, Some(c"mode=1777"))
+        .map_err(|e| format!("cannot mount the job's private /tmp: {e}"))
 }
 
 const FORWARDED: [i32; 6] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2];

@@ -5,15 +5,17 @@
  * creates that file), then records its view of the namespace: every interface with its index,
  * flags, MTU and addresses (getifaddrs; IPv6 link-local addresses, which the kernel makes
  * itself, left out), the IPv4 and IPv6 routes (/proc/net/route and /proc/net/ipv6_route without
- * their use counters; lines sorted), a few sysctls; and it listens on 127.0.0.1 (TCP, port chosen by the
- * kernel). Then it reads CLOCK_MONOTONIC, CLOCK_BOOTTIME and CLOCK_REALTIME every 20 ms and
- * writes W/rounds ("N maxjump_ms") every 0.5 s until go.
+ * their use counters; lines sorted), a few sysctls. It listens on 127.0.0.1 (TCP, port chosen
+ * by the kernel), holds a UDP socket bound there and a unix socket pair with a byte queued.
+ * Then it reads CLOCK_MONOTONIC, CLOCK_BOOTTIME and CLOCK_REALTIME every 20 ms and writes
+ * W/rounds ("N longest_step_ms") every 0.5 s until go.
  *
- * On go: its view must read the same, a client must connect to its listener through lo, and no
- * step of CLOCK_MONOTONIC or CLOCK_BOOTTIME may have gone backwards or differed from the same
- * step of CLOCK_REALTIME by more than 1 s. A restore that copies the namespace's offsets to a
- * machine whose clocks read otherwise (booted at another time) makes them jump by the
- * difference; one that leaves the time namespace out makes them jump to the host's values.
+ * On go: its view must read the same, a client must connect to its listener through lo, a
+ * datagram sent to its UDP socket must come back, the queued byte must be there, and no step of
+ * CLOCK_MONOTONIC or CLOCK_BOOTTIME may have gone backwards or differed from the same step of
+ * CLOCK_REALTIME by more than 1 s. A restore that copies the namespace's offsets to a machine
+ * whose clocks read otherwise (booted at another time) makes them jump by the difference; one
+ * that leaves the time namespace out makes them jump to the host's values.
  */
 #include "common.h"
 #include <ifaddrs.h>
@@ -129,6 +131,17 @@ int main(int argc, char **argv)
 	SETUP(bind(l, (struct sockaddr *)&sa, sizeof sa));
 	SETUP(listen(l, 4));
 	SETUP(getsockname(l, (struct sockaddr *)&sa, &sl));
+	/* a UDP socket bound on lo and a unix pair with a byte queued: ferry looks both up with
+	 * sock_diag, which must ask in the job's namespace */
+	int u = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in ua = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t ul = sizeof ua;
+	SETUP(u);
+	SETUP(bind(u, (struct sockaddr *)&ua, sizeof ua));
+	SETUP(getsockname(u, (struct sockaddr *)&ua, &ul));
+	int up[2];
+	SETUP(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, up));
+	SETUP(write(up[0], "n", 1));
 	fprintf(stderr, "view:\n%s", before);
 	signal_ready();
 
@@ -181,6 +194,14 @@ int main(int argc, char **argv)
 		int a = accept(l, NULL, NULL);
 		CHECK(a >= 0, "accept on my listener: %s", strerror(errno));
 	}
+	if (sendto(u, "d", 1, 0, (struct sockaddr *)&ua, sizeof ua) != 1)
+		fail("sendto my UDP socket 127.0.0.1:%d: %s", ntohs(ua.sin_port), strerror(errno));
+	else {
+		char d = 0;
+		CHECK(recv(u, &d, 1, MSG_DONTWAIT) == 1 && d == 'd', "no datagram back on my UDP socket");
+	}
+	char nb = 0;
+	CHECK(read(up[1], &nb, 1) == 1 && nb == 'n', "the byte queued in my unix pair is gone");
 	fprintf(stderr, "longest clock step %.3f s, worst clock disagreement %.3f s\n", longest / 1e9, worst / 1e9);
 	finish();
 }

@@ -2,6 +2,7 @@
  * nsview: a process in namespaces of its own, checking its view of them after restore.
  *
  *   nsview W uts   unshare(CLONE_NEWUTS), set a host and domain name; on go: the same names.
+ *   nsview W pidmnt  the same in pid 1 of a new pid namespace (its /proc must be its own).
  *   nsview W mnt   unshare(CLONE_NEWNS | CLONE_NEWUTS), build a container-like mount tree with
  *                  W (bound onto itself) as its root: proc, a tmpfs /tmp with files of every
  *                  kind, a tmpfs /dev with a null node, devpts (newinstance) and mqueue, a
@@ -100,7 +101,16 @@ static void build_tree(void)
 	SETUP(chdir("/"));
 }
 
-/* /proc/self/mountinfo without mount ids, device numbers and peer group numbers. */
+static int cmp_lines(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/*
+ * /proc/self/mountinfo without mount ids, device numbers and peer group numbers, its lines
+ * sorted (the order of mount ids is not kept: with a new pid namespace, the proc mounts are
+ * made last, by its init).
+ */
 static void mountinfo(char *out, size_t len)
 {
 	FILE *f = fopen("/proc/self/mountinfo", "re");
@@ -108,12 +118,15 @@ static void mountinfo(char *out, size_t len)
 		snprintf(out, len, "(cannot open mountinfo: %s)", strerror(errno));
 		return;
 	}
+	static char lines[128][1024];
+	char *sorted[128];
+	int n = 0;
 	char line[4096];
-	size_t used = 0;
-	out[0] = 0;
-	while (fgets(line, sizeof line, f)) {
+	while (n < 128 && fgets(line, sizeof line, f)) {
 		char *save = NULL, *tok;
+		size_t used = 0;
 		int i = 0;
+		lines[n][0] = 0;
 		for (tok = strtok_r(line, " \n", &save); tok; tok = strtok_r(NULL, " \n", &save), i++) {
 			if (i < 3)
 				continue; /* id, parent, major:minor */
@@ -122,11 +135,17 @@ static void mountinfo(char *out, size_t len)
 			char *colon = strchr(word, ':');
 			if (i > 5 && colon && (strncmp(word, "shared:", 7) == 0 || strncmp(word, "master:", 7) == 0))
 				colon[1] = 0;
-			used += snprintf(out + used, used < len ? len - used : 0, "%s ", word);
+			used += snprintf(lines[n] + used, used < sizeof lines[n] ? sizeof lines[n] - used : 0, "%s ", word);
 		}
-		used += snprintf(out + used, used < len ? len - used : 0, "\n");
+		sorted[n] = lines[n];
+		n++;
 	}
 	fclose(f);
+	qsort(sorted, n, sizeof sorted[0], cmp_lines);
+	size_t used = 0;
+	out[0] = 0;
+	for (int i = 0; i < n; i++)
+		used += snprintf(out + used, used < len ? len - used : 0, "%s\n", sorted[i]);
 }
 
 static void expect_file(const char *path, const char *text, mode_t mode, uid_t uid, gid_t gid)
@@ -221,6 +240,23 @@ int main(int argc, char **argv)
 		signal_ready();
 		wait_go();
 		check_mnt(before);
+	} else if (strcmp(mode, "pidmnt") == 0) {
+		/* a container: pid 1 of a new pid namespace in the "mnt" tree (the test dumps it) */
+		SETUP(unshare(CLONE_NEWPID));
+		pid_t c = fork();
+		if (c < 0)
+			die_setup("fork: %s", strerror(errno));
+		if (c == 0) {
+			build_tree();
+			execl("/nsview", "nsview", "/", "mnt2", (char *)NULL);
+			die_setup("exec /nsview in the new root: %s", strerror(errno));
+		}
+		char buf[32];
+		snprintf(buf, sizeof buf, "%d\n", (int)c);
+		if (write_file_atomic("child", buf) < 0)
+			die_setup("cannot write the child's pid");
+		for (;;)
+			pause();
 	} else if (strcmp(mode, "mnt-host") == 0) {
 		/* a plain unshare -m: a copy of the host's whole mount tree */
 		SETUP(unshare(CLONE_NEWNS));

@@ -200,7 +200,7 @@ pub fn collect(
         } else if fd <= 2 && link.starts_with("socket:") {
             file.kind = FileKind::Inherited as i32;
             unix::collect_stdio(pid, fd, &link, &mut tree.unix, &mut file)?;
-        } else if unix::is_unix(&mut tree.unix, &link)? {
+        } else if unix::is_unix(&mut tree.unix, pid, &link)? {
             file.kind = FileKind::UnixSocket as i32;
             unix::collect(pid, fd, &link, &mut tree.unix, &mut file)?;
         } else if link == "anon_inode:[eventfd]" {

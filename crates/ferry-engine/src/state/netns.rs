@@ -65,6 +65,19 @@ pub(crate) fn restore(_ctx: &RestoreCtx<'_>, ns: &Namespaces, _h: &mut Handover)
     }
 }
 
+/// Run `f` in the network namespace of `pid`: in ferry's thread when it is ferry's own, else
+/// in a thread that joined it (sock_diag queries, which list the asker's namespace).
+pub fn in_netns_of<T: Send>(pid: i32, f: impl FnOnce() -> Result<T, Error> + Send) -> Result<T, Error> {
+    let path = format!("/proc/{pid}/ns/net");
+    let theirs = std::fs::read_link(&path).ctx(|| format!("cannot read link {path}"))?;
+    if std::fs::read_link("/proc/self/ns/net").ok().as_ref() == Some(&theirs) {
+        return f();
+    }
+    let ns = std::fs::File::open(&path).ctx(|| format!("cannot open {path}"))?;
+    use std::os::fd::AsFd;
+    in_ns(ns.as_fd(), libc::CLONE_NEWNET, f)
+}
+
 /// Run `ip ARGS` (or another tool) in the calling thread's network namespace; its stdout.
 fn tool(prog: &str, args: &[&str]) -> Result<String, Error> {
     let out =

@@ -72,10 +72,14 @@ fn u32_at(b: &[u8], o: usize) -> Option<u32> {
 }
 
 impl Table {
-    fn load(&mut self) -> Result<(), Error> {
+    /// `pid`: a process of the tree, whose network namespace is the one listed (sock_diag
+    /// answers for the namespace of the asking socket).
+    fn load(&mut self, pid: i32) -> Result<(), Error> {
         if self.socks.is_none() {
             let show = UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN;
-            let msgs = us::unix_diag_dump(show).ctx(|| "sock_diag dump of unix sockets".into())?;
+            let msgs = crate::state::netns::in_netns_of(pid, || {
+                us::unix_diag_dump(show).ctx(|| "sock_diag dump of unix sockets".into())
+            })?;
             let mut socks = HashMap::new();
             for m in msgs {
                 let mut d = Diag { ty: m.ty as u32, state: m.state as u32, ..Default::default() };
@@ -114,10 +118,10 @@ fn socket_ino(link: &str) -> Option<u32> {
 }
 
 /// Is the fd target `link` a unix socket?
-pub fn is_unix(table: &mut Table, link: &str) -> Result<bool, Error> {
+pub fn is_unix(table: &mut Table, pid: i32, link: &str) -> Result<bool, Error> {
     match socket_ino(link) {
         Some(ino) => {
-            if let Err(e) = table.load() {
+            if let Err(e) = table.load(pid) {
                 // Without sock_diag (no unix_diag in this kernel) the socket is refused as unknown.
                 tracing::warn!(error = %e, "cannot list unix sockets");
                 return Ok(false);
@@ -164,7 +168,7 @@ fn path_of(name: &[u8]) -> std::path::PathBuf {
 /// Collect the unix socket behind fd `fd` of `pid` (its link is `link`) into `f`.
 pub fn collect(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -> Result<(), Error> {
     let ino = socket_ino(link).unwrap_or(0);
-    table.load()?;
+    table.load(pid)?;
     let d = table.get(ino).cloned().unwrap_or_default();
     let unsupported = |what: String| Error::Unsupported {
         pid,
@@ -286,7 +290,7 @@ pub fn collect(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -
 /// unix socket connected to a socket of the image, which `finish` decides once the whole tree
 /// is collected: collect it as far as possible and mark it.
 pub fn collect_stdio(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -> Result<(), Error> {
-    if !is_unix(table, link)? {
+    if !is_unix(table, pid, link)? {
         return Ok(());
     }
     let mut probe = f.clone();
