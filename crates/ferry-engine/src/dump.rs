@@ -673,6 +673,7 @@ pub fn dump_with(
     let mut tree = files::TreeFiles::default();
     tree.connections.close = opts.tcp_close;
     tree.connections.established = opts.tcp_established;
+    tree.external_files = crate::state::external::file_keys(&opts.external);
     for f in frozen.iter_mut() {
         let mut p = dump_process(f, &mut img, &mut procs, &mut tree, pidns_root, (root, &opts.ns))?;
         p.fd_table_of = fd_table_of.get(&f.pid).copied().unwrap_or(0);

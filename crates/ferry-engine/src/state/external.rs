@@ -14,6 +14,9 @@
 //! `st_rdev` and `st_dev` of the terminal, hexadecimal): then it is an `Inherited` file with that
 //! key, on any fd.
 //!
+//! A file the dump cannot reopen by its path (`--external file[MNT_ID:INO]`, CRIU's key: the fd's
+//! mount id and the inode, hexadecimal) becomes an `Inherited` file with that key, likewise.
+//!
 //! Restore. Every file description of the image has a key (`key_of`: `pipe:[INO]`,
 //! `socket:[INO]`, or a path relative to the root, without its leading '/'); `--inherit-fd
 //! fd[N]:KEY` replaces the description with that key by ferry's own fd N, at every fd (and in
@@ -68,6 +71,11 @@ pub enum External {
     /// a terminal outside the tree, held on any fd, may be dumped; restore takes it from
     /// `--inherit-fd fd[N]:tty[RDEV:DEV]`.
     Tty { rdev: u64, dev: u64 },
+    /// `file[MNT_ID:INO]` (hexadecimal, as CRIU prints them: the fd's `mnt_id` from fdinfo and
+    /// the file's inode): a file the dump cannot reopen by path (replaced, overmounted, on a
+    /// mount of another namespace, a POSIX message queue ...) is dumped as external; restore
+    /// takes it from `--inherit-fd fd[N]:file[MNT_ID:INO]`.
+    File { mnt_id: u32, ino: u64 },
     /// `mnt[KEY]:VALUE` (`mnt[]` alone: every external mount, CRIU's auto-detection; key and
     /// value empty then; `mnt[KEY]` without a value: value empty).
     Mount { key: String, value: String },
@@ -109,6 +117,18 @@ impl std::str::FromStr for External {
                     None => Err(bad("tty[RDEV:DEV] needs two hexadecimal device numbers")),
                 }
             }
+            "file" => {
+                if value.is_some() {
+                    return Err(bad("file[MNT_ID:INO] takes no value"));
+                }
+                let pair = key
+                    .split_once(':')
+                    .and_then(|(m, i)| Some((u32::from_str_radix(m, 16).ok()?, u64::from_str_radix(i, 16).ok()?)));
+                match pair {
+                    Some((mnt_id, ino)) => Ok(External::File { mnt_id, ino }),
+                    None => Err(bad("file[MNT_ID:INO] needs a mount id and an inode number, in hexadecimal")),
+                }
+            }
             "mnt" => Ok(External::Mount { key: key.to_string(), value: value.unwrap_or_default() }),
             "net" => Ok(External::Net { key: key.to_string(), value: need_value("net[INO]:VALUE needs a value")? }),
             "veth" => {
@@ -123,8 +143,8 @@ impl std::str::FromStr for External {
                 inside: key.to_string(),
                 outside: need_value("macvlan[IFNAME]:OUTNAME needs OUTNAME")?,
             }),
-            "file" | "dev" | "pid" => Err(bad(&format!("{kind}[...] is not supported yet"))),
-            _ => Err(bad(&format!("unknown kind {kind:?} (known: unix, tty, mnt, net, veth, macvlan)"))),
+            "dev" | "pid" => Err(bad(&format!("{kind}[...] is not supported yet"))),
+            _ => Err(bad(&format!("unknown kind {kind:?} (known: unix, tty, file, mnt, net, veth, macvlan)"))),
         }
     }
 }
@@ -145,6 +165,20 @@ pub fn tty_keys(external: &[External]) -> HashSet<String> {
     external
         .iter()
         .filter_map(|e| if let External::Tty { rdev, dev } = e { Some(tty_key(*rdev, *dev)) } else { None })
+        .collect()
+}
+
+/// The key of a file with inode `ino` opened on mount `mnt_id`, as CRIU writes it:
+/// `file[MNT_ID:INO]` in hexadecimal.
+pub fn file_key(mnt_id: u32, ino: u64) -> String {
+    format!("file[{mnt_id:x}:{ino:x}]")
+}
+
+/// The file keys named with `--external file[MNT_ID:INO]` (normalized by [`file_key`]).
+pub fn file_keys(external: &[External]) -> HashSet<String> {
+    external
+        .iter()
+        .filter_map(|e| if let External::File { mnt_id, ino } = e { Some(file_key(*mnt_id, *ino)) } else { None })
         .collect()
 }
 
@@ -192,6 +226,9 @@ impl Inherit {
 
     /// The fd a supervisor gave for `f`, if any (and mark its key used).
     pub fn lookup(&self, f: &File) -> Option<(String, RawFd)> {
+        if self.by_key.is_empty() {
+            return None;
+        }
         let key = key_of(f)?;
         let fd = *self.by_key.get(&key)?;
         self.used.borrow_mut().insert(key.clone());
@@ -250,7 +287,10 @@ mod tests {
         );
         assert_eq!("tty[8800:D]".parse::<External>().expect("valid"), External::Tty { rdev: 0x8800, dev: 0xd });
         assert_eq!(tty_key(0x8800, 0xd), "tty[8800:d]");
-        for bad in ["unix[x]", "unix[1]:v", "bogus[1]", "tty[1]", "tty[x:2]", "file[3:4]", "net[1]", "veth[a]", "unix"]
+        assert_eq!("file[1f:A0]".parse::<External>().expect("valid"), External::File { mnt_id: 0x1f, ino: 0xa0 });
+        assert_eq!(file_key(0x1f, 0xa0), "file[1f:a0]");
+        for bad in
+            ["unix[x]", "unix[1]:v", "bogus[1]", "tty[1]", "tty[x:2]", "file[3]", "dev[1]", "net[1]", "veth[a]", "unix"]
         {
             assert!(bad.parse::<External>().is_err(), "{bad}");
         }

@@ -55,6 +55,8 @@ pub struct TreeFiles {
     pub tty: tty::TreeTty,
     /// Every unix socket of the system (sock_diag), read on first use.
     pub unix: unix::Table,
+    /// `--external file[MNT_ID:INO]` keys: such files are `Inherited` (state/external.rs).
+    pub external_files: std::collections::HashSet<String>,
 }
 
 /// Collect the fd table of `pid` into `p.fds` and `p.files`; deleted files' content goes
@@ -144,6 +146,19 @@ pub fn collect(
         } else if link.starts_with('/') {
             let fdpath = procfs::path(pid, &format!("fd/{fd}"));
             let md = std::fs::metadata(&fdpath).ctx(|| format!("pid {pid} fd {fd}: cannot stat {link}"))?;
+            let key = external::file_key(info.mnt_id, md.ino());
+            if tree.external_files.contains(&key) {
+                // Named external: a supervisor gives it back at restore (--inherit-fd).
+                file.kind = FileKind::Inherited as i32;
+                file.describe = format!("{link} (external {key})");
+                file.external_key = key;
+                let idx = p.files.len() as u32;
+                p.files.push(file);
+                reps.push((fd, idx));
+                tree.reps.push((me, idx as usize, pid, fd));
+                p.fds.push(Fd { fd, cloexec, file: idx, locks: locks::collect(pid, fd, &info)? });
+                continue;
+            }
             let ft = md.file_type();
             file.mode = md.mode();
             file.size = md.size();
@@ -155,7 +170,7 @@ pub fn collect(
                 std::fs::metadata(procfs::in_root(pid, p)).is_ok_and(|o| (o.dev(), o.ino()) == (md.dev(), md.ino()))
             };
             if !deleted && !same(&link) {
-                return Err(unsupported(format!("{link}: the path does not lead to this open file (a POSIX message queue, a file on another mount, or replaced)")));
+                return Err(unsupported(format!("{link}: the path does not lead to this open file (a POSIX message queue, a file on another mount, or replaced); dump --external {key} lets it be given back with restore --inherit-fd")));
             }
             if ft.is_file() {
                 file.kind = FileKind::Regular as i32;

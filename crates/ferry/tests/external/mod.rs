@@ -246,3 +246,48 @@ fn file_path_key_inherit() {
     dump_and_restore(&mut run, &[], Some(given), &["--inherit-fd", &format!("fd[0]:{key}")]);
     go_and_pass(&mut run);
 }
+
+/// A file whose path leads elsewhere now (another file was renamed over it; a hard link keeps
+/// it alive, so it is not a deleted file): refused by name without `--external
+/// file[MNT_ID:INO]`; with it, given back with `--inherit-fd`.
+#[test]
+fn replaced_file_external_inherit() {
+    use std::os::unix::fs::MetadataExt;
+    let w = WorkDir::new("extfd-replaced");
+    let (orig, repl) = (w.join("original.txt"), w.join("replacement.txt"));
+    fs::write(&orig, "original").expect("write");
+    fs::hard_link(&orig, w.join("kept.txt")).expect("hard link");
+    let f = fs::File::open(&orig).expect("open");
+    let mut run = Run::start(&extfd("file", "inherit", OwnedFd::from(f)));
+    fs::write(&repl, "replacement").expect("write");
+    fs::rename(&repl, &orig).expect("rename over the open file's path");
+    let ino = fs::metadata(format!("/proc/{}/fd/5", run.pid)).expect("stat fd 5").ino();
+    let info = fs::read_to_string(format!("/proc/{}/fdinfo/5", run.pid)).expect("fdinfo");
+    let mnt: u32 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("mnt_id:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("mnt_id in fdinfo");
+    let key = format!("file[{mnt:x}:{ino:x}]");
+    dump_refused(run.pid, &run.w.join("refused"), &format!("--external {key}"));
+    let given = OwnedFd::from(fs::File::open(&orig).expect("open the replacement"));
+    dump_and_restore(&mut run, &["--external", &key], Some(given), &["--inherit-fd", &format!("fd[0]:{key}")]);
+    go_and_pass(&mut run);
+}
+
+/// `dump -R` of a process reading an external pipe takes nothing from it: the process left
+/// running still reads every byte (the unread ones were copied with tee), then EOF.
+#[test]
+fn pipe_read_end_leave_running() {
+    let (r, w) = pipe();
+    let mut w = fs::File::from(w);
+    w.write_all(b"before-dump").expect("write");
+    let mut run = Run::start(&extfd("read", "control", r));
+    run.dump_ok(&["-R"]);
+    run.expect_running_untraced("after dump -R");
+    w.write_all(b"from-supervisor").expect("write");
+    drop(w);
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload left running");
+}
