@@ -19,7 +19,11 @@ set -euo pipefail
 #   nftables        nft(8): the network lock of --tcp-established (ferry itself runs it)
 #   postgresql-15   the PostgreSQL test (initdb, postgres, psql)
 #   coreutils       mkfifo, mktemp ...
-PACKAGES=(gcc libc6-dev python3 procps iproute2 util-linux sqlite3 nginx nftables postgresql-15 coreutils)
+#   runc podman     the container tests (ferry as the criu of runc and Podman); podman brings
+#                   conmon; Debian's crun has no CRIU support, the tests use --runtime runc
+#   busybox-static  the containers' root filesystems (built locally: no registry needed)
+#   tar             podman import of those root filesystems
+PACKAGES=(gcc libc6-dev python3 procps iproute2 util-linux sqlite3 nginx nftables postgresql-15 coreutils runc podman busybox-static tar)
 
 installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = installed ]

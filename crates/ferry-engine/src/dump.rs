@@ -44,6 +44,8 @@ pub struct DumpOptions {
     pub freeze_timeout: Duration,
     /// `--sign`: sign the image with this node key (`signature.img`).
     pub sign: Option<ferry_image::sign::SigningKey>,
+    /// External namespaces and mounts (state/namespaces.rs).
+    pub ns: crate::state::namespaces::DumpNs,
     /// `--external` (CRIU's forms, any number): `unix[INO]` lets a unix socket connected to a
     /// peer outside the tree be dumped (restore then needs `--inherit-fd fd[N]:socket:[INO]`);
     /// the namespace forms (`mnt[..]`, `net[..]`, `veth[..]`, `macvlan[..]`) are kept here for
@@ -341,7 +343,12 @@ fn zombie_record(c: i32, parent: i32) -> Result<Option<Process>, Error> {
 
 /// `pidns_root`: the dump's root when it is the init of a pid namespace (a child of ferry's),
 /// whose processes may then be in that namespace.
-fn precheck(pid: i32, pidns_root: Option<i32>) -> Result<(ferry_proc::Status, ferry_proc::Stat), Error> {
+fn precheck(
+    pid: i32,
+    root: i32,
+    pidns_root: Option<i32>,
+    ns: &crate::state::namespaces::DumpNs,
+) -> Result<(ferry_proc::Status, ferry_proc::Stat), Error> {
     if pid <= 0 || !procfs::path(pid, "").exists() {
         return Err(Error::NoProcess { pid });
     }
@@ -367,14 +374,11 @@ fn precheck(pid: i32, pidns_root: Option<i32>) -> Result<(ferry_proc::Status, fe
     if stat.flags & 0x0020_0000 != 0 {
         return Err(Error::Unsupported { pid, what: "a kernel thread".into() });
     }
-    // Restore recreates processes in ferry's own namespaces: one in other namespaces would come
-    // back silently changed.
-    for ns in ["mnt", "net", "ipc", "uts", "user", "cgroup", "time"] {
-        let theirs = std::fs::read_link(procfs::path(pid, &format!("ns/{ns}"))).ok();
-        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).ok();
-        if theirs.is_some() && theirs != ours {
-            return Err(Error::Unsupported { pid, what: format!("a process in another {ns} namespace than ferry's") });
-        }
+    // Every process in the root's namespaces; the root's own, where not ferry's, recreated
+    // (or joined, when external) at restore: state/namespaces.rs.
+    crate::state::namespaces::check_same_as_root(pid, root)?;
+    if pid == root {
+        crate::state::namespaces::check_root(pid, ns)?;
     }
     // unshare(CLONE_NEWTIME / CLONE_NEWPID) leaves the process where it is and puts only its
     // future children in the new namespace (`*_for_children`): restore would lose that.
@@ -478,11 +482,12 @@ fn dump_process(
     tree: &mut files::TreeFiles,
     pidns_root: Option<i32>,
     mut snaps: Option<&mut Vec<Snapshot>>,
+    (root, ns): (i32, &crate::state::namespaces::DumpNs),
 ) -> Result<Process, Error> {
     let pid = f.pid;
     let _span = tracing::info_span!("process", pid).entered();
     // Re-read under the freeze: nothing can change now.
-    let (st, stat) = precheck(pid, pidns_root)?;
+    let (st, stat) = precheck(pid, root, pidns_root, ns)?;
     let mut p = Process { stop_signal: f.stop_signal, ..Default::default() };
     task::collect(pid, &st, &stat, &mut p)?;
     let tids: Vec<i32> = f.threads.iter().map(|t| t.tid).collect();
@@ -659,7 +664,7 @@ pub fn dump_with(
         .map(|st| st.ns_pid)
         .unwrap_or_default();
     let pidns_root = (ns_pid.len() == 2 && ns_pid.last() == Some(&1)).then_some(root);
-    precheck(root, pidns_root)?;
+    precheck(root, root, pidns_root, &opts.ns)?;
     // (Declared before `frozen`, so dropped after it: a snapshot is reaped by its target, which
     // must be let go first.)
     let mut snaps: Vec<Snapshot> = Vec::new();
@@ -679,7 +684,7 @@ pub fn dump_with(
                 zombies.push(z);
                 continue;
             }
-            precheck(pid, pidns_root)?;
+            precheck(pid, root, pidns_root, &opts.ns)?;
         }
         frozen.push(Frozen::seize(pid, freeze_deadline)?);
         parents.insert(pid, parent);
@@ -707,8 +712,15 @@ pub fn dump_with(
     tree.external_files = crate::state::external::file_keys(&opts.external);
     tree.connections.skip_in_flight = opts.skip_in_flight;
     for f in frozen.iter_mut() {
-        let mut p =
-            dump_process(f, &mut img, &mut procs, &mut tree, pidns_root, want_snapshot.then_some(&mut snaps))?;
+        let mut p = dump_process(
+            f,
+            &mut img,
+            &mut procs,
+            &mut tree,
+            pidns_root,
+            want_snapshot.then_some(&mut snaps),
+            (root, &opts.ns),
+        )?;
         p.fd_table_of = fd_table_of.get(&f.pid).copied().unwrap_or(0);
         procs.push(p);
     }
@@ -717,7 +729,8 @@ pub fn dump_with(
     files::finish_pipes(&mut procs, &mut tree)?;
     crate::state::epoll::assign_owners(&mut procs)?;
     crate::state::pidfd::finish(&procs, &zombies)?;
-    crate::state::sysvshm::collect(&mut procs, &mut img)?;
+    // (in the tree's ipc namespace: the segments' ids are its)
+    crate::state::ipcns::in_tree_ipc(root, || crate::state::sysvshm::collect(&mut procs, &mut img))?;
     let ext_ttys = crate::state::external::tty_keys(&opts.external);
     let shell_job = tty::finish(&mut procs, &mut tree.tty, opts.shell_job, &ext_ttys)?;
     crate::state::unix::finish(&mut procs, &mut tree.unix, &crate::state::external::unix_inodes(&opts.external))?;
@@ -800,6 +813,7 @@ pub fn dump_with(
         img.write_process(p)?;
     }
     tracing::debug!(pages_bytes, "pages written");
+    let namespaces = crate::state::namespaces::collect(root, &opts.ns, &mut img)?;
     let inventory = Inventory {
         tool_version: env!("CARGO_PKG_VERSION").into(),
         root_pid: procs[0].pid,
@@ -812,6 +826,7 @@ pub fn dump_with(
             .unwrap_or(0),
         shell_job,
         snapshot,
+        namespaces,
         ..Default::default()
     };
     // (The older image's files, moved aside, are freed once the tree is killed or running.)
@@ -863,7 +878,7 @@ pub fn dump_with(
 /// for syscall injection (signals blocked, the sigreturn safety net in place), then put it
 /// back and let it run. Used by pre-copy migration to create a userfaultfd inside the target.
 pub fn with_injector<T>(pid: i32, f: impl FnOnce(&Injector, u64) -> Result<T, Error>) -> Result<T, Error> {
-    precheck(pid, Some(pid))?;
+    precheck(pid, pid, Some(pid), &Default::default())?;
     let mut fr = Frozen::seize(pid, Instant::now() + Duration::from_secs(10))?;
     let maps_text = procfs::read_string(pid, "maps")?;
     let maps = procfs::parse(pid, "maps", ferry_proc::parse_maps(&maps_text))?;

@@ -2,6 +2,14 @@
 //! `--pidns` the job gets its own pid namespace under a minimal init (`ferry __init`): its
 //! processes see small pids of their own, so a restore on another host never clashes with the
 //! pids in use there. Dumping that init dumps the whole namespace; restore recreates it.
+//!
+//! `--netns`, `--timens` and `--mntns` add a network namespace (with only `lo`, up), a time
+//! namespace (offsets zero: the job's clocks read as the host's until it moves, after which
+//! restore shifts them so that CLOCK_MONOTONIC and CLOCK_BOOTTIME continue) and a mount
+//! namespace (every mount private, a fresh tmpfs on /tmp). `ferry run` makes the first two
+//! with `unshare` in its own process before it forks the job, which inherits them (`ferry run`
+//! itself only waits); the job makes its mount namespace itself, before exec. No link to the host is made: a job that needs one gets it from its operator
+//! (`ip link add ... netns PID`).
 
 use crate::error::{Ctx, Error};
 use ferry_sys::process::{clone3_new_pidns, Fork};
@@ -16,6 +24,11 @@ use std::process::{Command, Stdio};
 pub struct RunOptions {
     pub cmd: Vec<OsString>,
     pub pidns: bool,
+    /// A new network namespace (lo up), a new time namespace, a new mount namespace (private,
+    /// with a tmpfs on /tmp).
+    pub netns: bool,
+    pub timens: bool,
+    pub mntns: bool,
     /// Print the pid and return at once instead of waiting for the job.
     pub detach: bool,
     pub pidfile: Option<PathBuf>,
@@ -41,12 +54,19 @@ pub fn run(opts: &RunOptions) -> Result<(i32, Option<i32>), Error> {
         c
     };
     cmd.stdin(stdin());
+    enter_new_namespaces(opts)?;
     let forked = if opts.pidns { clone3_new_pidns() } else { ferry_sys::process::fork() };
     let pid = match forked.ctx(|| "cannot fork (clone3)".into())? {
         Fork::Child => {
             // A session of its own: no controlling terminal (which a dump would refuse without
             // --shell-job) and no group shared with the shell.
             let _ = raw::setsid();
+            if opts.mntns {
+                if let Err(e) = enter_new_mntns() {
+                    eprintln!("ferry: {e}");
+                    raw::exit_now(127)
+                }
+            }
             let e = cmd.exec();
             eprintln!("ferry: cannot start {}: {e}", prog.to_string_lossy());
             raw::exit_now(127)
@@ -60,6 +80,32 @@ pub fn run(opts: &RunOptions) -> Result<(i32, Option<i32>), Error> {
         return Ok((pid, None));
     }
     Ok((pid, Some(crate::restore::wait_exit(pid)?)))
+}
+
+/// Put ferry run's own process into the namespaces the job is to have; the job inherits them.
+fn enter_new_namespaces(opts: &RunOptions) -> Result<(), Error> {
+    use ferry_sys::nsctl;
+    let fail = |what: &str| format!("cannot create the job's {what} namespace");
+    if opts.timens {
+        // Only future children enter it; its offsets stay zero.
+        nsctl::unshare(nsctl::CLONE_NEWTIME).ctx(|| fail("time"))?;
+    }
+    if opts.netns {
+        nsctl::unshare(libc::CLONE_NEWNET).ctx(|| fail("network"))?;
+        nsctl::link_set_up("lo", true).ctx(|| "cannot bring up lo in the job's network namespace".into())?;
+    }
+    Ok(())
+}
+
+/// In the forked job (before exec): its own mount namespace, every mount private, a fresh
+/// tmpfs on /tmp. (Not in ferry run's process: the pidfile is written in the caller's /tmp.)
+fn enter_new_mntns() -> Result<(), String> {
+    use ferry_sys::nsctl;
+    nsctl::unshare(libc::CLONE_NEWNS).map_err(|e| format!("cannot create the job's mount namespace: {e}"))?;
+    nsctl::mount(c"none", c"/", None, (libc::MS_REC | libc::MS_PRIVATE) as u64, None)
+        .map_err(|e| format!("cannot make the job's mounts private: {e}"))?;
+    nsctl::mount(c"tmpfs", c"/tmp", Some(c"tmpfs"), 0, Some(c"mode=1777"))
+        .map_err(|e| format!("cannot mount the job's private /tmp: {e}"))
 }
 
 const FORWARDED: [i32; 6] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2];

@@ -32,3 +32,14 @@ pub(crate) fn read_link(pid: i32, rest: &str) -> Result<String, Error> {
 pub(crate) fn parse<T>(pid: i32, rest: &str, r: Result<T, ferry_proc::ParseError>) -> Result<T, Error> {
     r.map_err(|e| Error::Invalid { object: path(pid, rest).display().to_string(), what: e.to_string() })
 }
+
+/// Where ferry finds path `p` as process `pid` sees it: `p` itself when the process is in
+/// ferry's mount namespace, else through the process's root (`/proc/PID/root/p`: a process
+/// in a mount namespace of its own, state/mounts.rs).
+pub(crate) fn in_root(pid: i32, p: &str) -> PathBuf {
+    let own = std::fs::read_link("/proc/self/ns/mnt").ok();
+    if own.is_some() && std::fs::read_link(path(pid, "ns/mnt")).ok() == own {
+        return PathBuf::from(p);
+    }
+    path(pid, &format!("root/{}", p.trim_start_matches('/')))
+}

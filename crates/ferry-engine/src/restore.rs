@@ -54,6 +54,20 @@ pub struct RestoreOptions {
     /// `--external` values given at restore (CRIU's forms; kept for the namespace code, see
     /// `DumpOptions::external`). CRIU RPC's `external`.
     pub external: Vec<crate::state::external::External>,
+    /// External namespaces, the root directory and external mounts (state/namespaces.rs).
+    pub ns: crate::state::namespaces::RestoreNs,
+    /// CRIU's `rst_sibling` (`ferry swrk`): the restored root becomes a child of ferry's parent
+    /// (the RPC client, e.g. runc, which waits for it), not of ferry (`clone3(CLONE_PARENT)`).
+    pub sibling: bool,
+}
+
+/// A point of the restore at which a caller may act: CRIU's notifications, which `ferry swrk`
+/// forwards to its client (runc runs the container's hooks at "setup-namespaces").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Every process of the tree exists (in its namespaces), stopped before any of its own
+    /// state is rebuilt; `pid` is the root's pid as this host sees it.
+    SetupNamespaces { pid: i32 },
 }
 
 /// A restored, running process.
@@ -206,6 +220,10 @@ struct TreeCtx<'a> {
     premap: bool,
     /// Per process: the `cgroup.procs` files of the cgroups it joins (state/cgroup.rs).
     cgroups: Vec<Vec<PathBuf>>,
+    /// ferry's /proc (its pid namespace's view), open in every forked process.
+    host_proc: i32,
+    /// Mounts the root of a new pid namespace makes before it forks (state/mounts.rs).
+    mounts: Option<&'a crate::state::mounts::Deferred>,
 }
 
 /// Runs in a forked process of the tree (node `n` of the plan); never returns. Forks the
@@ -220,6 +238,10 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
             Role::Image(i) => Some(i),
             _ => None,
         };
+        if let (0, Some(d)) = (n, ctx.mounts) {
+            // pid 1 of the tree's new pid namespace: its own proc (state/mounts.rs).
+            crate::state::mounts::mount_deferred(d)?;
+        }
         if let Some(i) = idx {
             // First into its cgroups, so that all the memory it gets is charged there.
             crate::state::cgroup::join_in_child(&ctx.cgroups[i])?;
@@ -302,8 +324,10 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
                 Err(e) => return Err(format!("cannot map the trampoline at {:#x}: {e}", ctx.tr.code)),
             }
         }
-        // The pid ferry sees (different inside a new pid namespace): /proc is ferry's.
-        let host = std::fs::read_link("/proc/self").map_err(|e| format!("readlink /proc/self: {e}"))?;
+        // The pid ferry sees (different inside a new pid namespace), from ferry's /proc.
+        let host = ferry_sys::ns::readlinkat_number(ctx.host_proc, c"self")
+            .map_err(|e| format!("readlink /proc/self: {e}"))?;
+        let host = String::from_utf8_lossy(&host).into_owned();
         // Premapped ranges first, a few per line: each write stays below PIPE_BUF, so lines of
         // different processes never mix.
         if idx.is_some() {
@@ -316,7 +340,7 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
                 raw::write_all(ctx.status_fd, line.as_bytes()).map_err(|e| format!("status: {e}"))?;
             }
         }
-        let line = format!("ok {} {}\n", node.pid, host.display());
+        let line = format!("ok {} {}\n", node.pid, host);
         raw::write_all(ctx.status_fd, line.as_bytes()).map_err(|e| format!("status: {e}"))?;
         let mut b = [0u8; 1];
         // The tracer interrupts this read (a helper is killed instead); EOF means ferry is gone.
@@ -551,6 +575,15 @@ fn rebuild(
 
 /// Restore the image in `opts.dir`. The tree runs when this returns; ferry is the root's parent.
 pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
+    restore_notify(opts, &mut |_| Ok(()))
+}
+
+/// [`restore`], calling `notify` at each [`Stage`]; an error from it fails the restore (the
+/// tree is killed, nothing of it runs).
+pub fn restore_notify(
+    opts: &RestoreOptions,
+    notify: &mut dyn FnMut(Stage) -> Result<(), String>,
+) -> Result<Restored, Error> {
     let t0 = Instant::now();
     let (img, mut procs) = open_verified_but_pages(&opts.dir, opts.trusted.as_deref())?;
     let verify = t0.elapsed();
@@ -585,6 +618,17 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     // Open everything in ferry; the forked tree inherits it all at numbers >= base.
     let max_target = procs.iter().flat_map(|p| p.fds.iter().map(|f| f.fd)).max().unwrap_or(2);
     let base = max_target.max(max_own_fd()).max(2) + 16;
+    // Cgroup files are ferry's (looked up in its mount namespace), opened before it leaves it.
+    let cgroups = match opts.cgroups {
+        true => crate::state::cgroup::prepare(&procs)?,
+        false => vec![Vec::new(); procs.len()],
+    };
+    // ferry's own /proc, for the forked processes to tell ferry their pids as it sees them.
+    let host_proc = std::fs::File::open("/proc").ctx(|| "cannot open /proc".into())?;
+    let host_proc = raw::dup_above(host_proc.as_fd(), base).ctx(|| "cannot move an fd".into())?;
+    // From here to the fork, ferry's thread is in the tree's namespaces: its files, sockets
+    // and terminals are opened there, and the tree inherits them (state/namespaces.rs).
+    let mut entered = crate::state::namespaces::enter(&img, &opts.ns)?;
     let all_pipes: Vec<ferry_image::Pipe> = procs.iter().flat_map(|p| p.pipes.iter().cloned()).collect();
     let inherit = crate::state::external::Inherit::new(&opts.inherit_fds)?;
     let pipes = pipes::prepare(root, &all_pipes, &|ino| inherit.has_pipe(ino))?;
@@ -662,10 +706,6 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     ferry_sys::process::set_status_flags(status_w.as_fd(), 0).ctx(|| "status pipe".into())?;
     let (hold_r, hold_w) = ferry_sys::process::pipe2(libc::O_CLOEXEC).ctx(|| "cannot create a pipe".into())?;
     let hold_r = raw::dup_above(hold_r.as_fd(), base).ctx(|| "cannot move a pipe".into())?;
-    let cgroups = match opts.cgroups {
-        true => crate::state::cgroup::prepare(&procs)?,
-        false => vec![Vec::new(); procs.len()],
-    };
     let pages: Vec<Option<(i32, u64)>> =
         prep.iter().map(|p| p.as_ref().and_then(|p| Some((p.mem.pages_fd?, p.mem.pages_len)))).collect();
     let ctx = TreeCtx {
@@ -680,6 +720,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
         pages: pages.clone(),
         premap: std::env::var_os("FERRY_COW_PREMAP").is_none_or(|v| v != "0"),
         cgroups,
+        host_proc: host_proc.as_raw_fd(),
+        mounts: entered.as_ref().and_then(|e| e.handover.mounts.as_ref()),
     };
 
     // The page files' checksums, on the other CPU, while the tree is rebuilt; no process runs
@@ -704,7 +746,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     // A tree that was a whole pid namespace gets a new one: its init is created by a plain
     // clone3(CLONE_NEWPID) and every other pid is chosen inside it.
     let pidns = img.inventory().pidns;
-    let forked = if pidns { ferry_sys::process::clone3_new_pidns() } else { clone3_with_pid(root) };
+    let forked = match (pidns, opts.sibling) {
+        (true, false) => ferry_sys::process::clone3_new_pidns(),
+        (false, false) => clone3_with_pid(root),
+        (true, true) => ferry_sys::process::clone3_sibling(None, libc::CLONE_NEWPID as u64),
+        (false, true) => ferry_sys::process::clone3_sibling(Some(root), 0),
+    };
     let mut tree = match forked {
         Ok(Fork::Child) => child_main(&ctx, 0, Vec::new()),
         Ok(Fork::Parent(c)) => Tree { pids: vec![c], released: false },
@@ -722,6 +769,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     }
     drop(status_w);
     drop(hold_r);
+    if let Some(e) = entered.as_mut() {
+        e.leave();
+    }
     let mem_numbers: Vec<Option<memory::Prepared>> = prep
         .iter()
         .map(|pr| {
@@ -744,6 +794,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
     let host = |pid: i32| hosts.get(&pid).map_or(pid, |h| h.0);
     tree.pids = plan.nodes.iter().map(|n| host(n.pid)).collect();
     tracing::debug!(elapsed = ?t0.elapsed(), "tree forked and ready");
+    notify(Stage::SetupNamespaces { pid: root_host }).map_err(|what| Error::Invalid {
+        object: format!("restore of pid {root}"),
+        what: format!("setup-namespaces callback failed: {what}"),
+    })?;
     let _ = start_check.send(());
     // Take every process over: each sits in read() on the hold pipe.
     for p in procs.iter().filter(|p| !p.zombie) {

@@ -565,12 +565,31 @@ mod writer_tests;
 /// and a symbolic link could point anywhere. The open itself cannot block (`O_NONBLOCK`, which
 /// is cleared again once the file is known to be regular; `O_NOFOLLOW`; `O_NOCTTY`).
 pub fn open_regular(path: &Path) -> Result<File, ImageError> {
-    let file = path.display().to_string();
-    let f = match OpenOptions::new()
+    let opened = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open(path)
-    {
+        .open(path);
+    check_regular(opened, path)
+}
+
+/// [`open_regular`] of `name` in the directory `dir` is open on (`path`: for messages).
+fn open_regular_at(dir: &std::os::fd::OwnedFd, name: &str, path: &Path) -> Result<File, ImageError> {
+    let opened = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+        .and_then(|c| {
+            ferry_sys::ns::openat(
+                std::os::fd::AsFd::as_fd(dir),
+                &c,
+                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC,
+            )
+        })
+        .map(File::from);
+    check_regular(opened, path)
+}
+
+fn check_regular(opened: io::Result<File>, path: &Path) -> Result<File, ImageError> {
+    let file = path.display().to_string();
+    let f = match opened {
         Ok(f) => f,
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
             return Err(ImageError::NotRegular { file, what: "a symbolic link" })
@@ -622,6 +641,9 @@ fn read_record(f: File, path: &Path) -> Result<Vec<u8>, ImageError> {
 #[derive(Clone)]
 pub struct ImageReader {
     dir: PathBuf,
+    /// The directory, open: files are opened relative to it, so the reader keeps working
+    /// after ferry moved into a tree's mount namespace (state/mounts.rs).
+    dir_fd: Option<Arc<std::os::fd::OwnedFd>>,
     inventory: Inventory,
     /// BLAKE3 of the whole `inventory.img`: the image digest.
     digest: [u8; 32],
@@ -657,7 +679,8 @@ impl ImageReader {
             }
         }
         let digest = *blake3::hash(&bytes).as_bytes();
-        Ok(ImageReader { dir: dir.to_path_buf(), inventory, digest })
+        let dir_fd = File::open(dir).ok().map(|f| Arc::new(std::os::fd::OwnedFd::from(f)));
+        Ok(ImageReader { dir: dir.to_path_buf(), dir_fd, inventory, digest })
     }
 
     /// The inventory.
@@ -737,7 +760,10 @@ impl ImageReader {
         let path = self.dir.join(name);
         let pname = path.display().to_string();
         let d = self.listed(name)?;
-        let f = open_regular(&path)?;
+        let f = match &self.dir_fd {
+            Some(dir) => open_regular_at(dir, name, &path)?,
+            None => open_regular(&path)?,
+        };
         let size = f.metadata().map_err(io_err(&path))?.len();
         if size != d.size {
             return Err(ImageError::Truncated { file: pname, expected: d.size, found: size });

@@ -35,6 +35,148 @@ pub struct Inventory {
     /// `Vma.content_at_end`).
     #[prost(bool, tag = "471")]
     pub snapshot: bool,
+    /// The namespaces the tree has apart from ferry's (every process of the tree is in the
+    /// root's set); None: all shared with ferry. See state/namespaces.rs.
+    #[prost(message, optional, tag = "440")]
+    pub namespaces: Option<Namespaces>,
+}
+
+/// The tree's own namespaces (other than pid, which `Inventory.pidns` covers) and their
+/// contents, one optional message per kind that has a module.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct Namespaces {
+    /// Every kind in which the tree's namespace differs from ferry's.
+    #[prost(message, repeated, tag = "1")]
+    pub kinds: Vec<NsKind>,
+    /// Host and domain name (kind "uts").
+    #[prost(message, optional, tag = "2")]
+    pub uts: Option<UtsNs>,
+    /// The mount tree (kind "mnt").
+    #[prost(message, optional, tag = "3")]
+    pub mnt: Option<MountNs>,
+    /// The clocks (kind "time", state/timens.rs).
+    #[prost(message, optional, tag = "450")]
+    pub nsx_time: Option<NsxTimens>,
+    /// Devices, addresses, routes, sysctls (kind "net", state/netns.rs).
+    #[prost(message, optional, tag = "451")]
+    pub nsx_net: Option<NsxNetns>,
+    /// SysV objects and limits (kind "ipc", state/ipcns.rs).
+    #[prost(message, optional, tag = "452")]
+    pub nsx_ipc: Option<NsxIpcns>,
+}
+
+/// One namespace of the tree: its kind ("mnt", "net", "uts", "ipc", "cgroup", "time") and, if
+/// it was given as external at dump (`--external net[INO]:KEY`), the key restore joins it by
+/// (`--inherit-fd fd[N]:KEY`) instead of creating a new one.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct NsKind {
+    #[prost(string, tag = "1")]
+    pub kind: String,
+    /// The namespace's inode number at dump time (informational).
+    #[prost(uint64, tag = "2")]
+    pub inode: u64,
+    #[prost(string, tag = "3")]
+    pub external: String,
+}
+
+/// A uts namespace's names.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct UtsNs {
+    #[prost(string, tag = "1")]
+    pub hostname: String,
+    #[prost(string, tag = "2")]
+    pub domainname: String,
+}
+
+/// A mount namespace: its mounts as the root process sees them (/proc/PID/mountinfo), parents
+/// before children.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct MountNs {
+    #[prost(message, repeated, tag = "1")]
+    pub mounts: Vec<MountRecord>,
+}
+
+/// One mount.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct MountRecord {
+    /// mountinfo's mount id and parent id (the root mount's parent is not in the list).
+    #[prost(uint32, tag = "1")]
+    pub id: u32,
+    #[prost(uint32, tag = "2")]
+    pub parent: u32,
+    /// Where it is mounted, as the root process sees it ("/" for its root).
+    #[prost(string, tag = "3")]
+    pub mountpoint: String,
+    #[prost(string, tag = "4")]
+    pub fstype: String,
+    #[prost(string, tag = "5")]
+    pub source: String,
+    /// The directory of the file system this mount shows ("/" unless a bind of a sub-directory).
+    #[prost(string, tag = "6")]
+    pub root: String,
+    /// Per-mount flags: MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_NOATIME, MS_NODIRATIME,
+    /// MS_RELATIME, MS_STRICTATIME.
+    #[prost(uint64, tag = "7")]
+    pub flags: u64,
+    /// Super-block options (mountinfo's last field) without "rw"/"ro".
+    #[prost(string, tag = "8")]
+    pub options: String,
+    /// The super-block is read-only.
+    #[prost(bool, tag = "9")]
+    pub sb_ro: bool,
+    /// Peer group if shared (0: not), master group if a slave (0: not).
+    #[prost(uint32, tag = "10")]
+    pub shared: u32,
+    #[prost(uint32, tag = "11")]
+    pub master: u32,
+    #[prost(bool, tag = "12")]
+    pub unbindable: bool,
+    /// Not recreated but taken from the restoring node: the key (`--external mnt[KEY]:PATH`
+    /// at restore, `--root` for "/").
+    #[prost(string, tag = "13")]
+    pub external: String,
+    /// Another mount of the same super-block recorded earlier (its id; 0: the first): this one
+    /// is a bind of it.
+    #[prost(uint32, tag = "14")]
+    pub bind_of: u32,
+    /// tmpfs: the image file with its content (`mnt-ID.img`, a `TmpfsContent`).
+    #[prost(string, tag = "15")]
+    pub content: String,
+}
+
+/// The files of a tmpfs mount, parents before children (`mnt-ID.img`).
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct TmpfsContent {
+    #[prost(message, repeated, tag = "1")]
+    pub entries: Vec<TmpfsEntry>,
+}
+
+/// One file of a tmpfs: path relative to the mount's root ("" for the root itself).
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct TmpfsEntry {
+    #[prost(string, tag = "1")]
+    pub path: String,
+    /// st_mode (type and permission bits).
+    #[prost(uint32, tag = "2")]
+    pub mode: u32,
+    #[prost(uint32, tag = "3")]
+    pub uid: u32,
+    #[prost(uint32, tag = "4")]
+    pub gid: u32,
+    #[prost(int64, tag = "5")]
+    pub atime_ns: i64,
+    #[prost(int64, tag = "6")]
+    pub mtime_ns: i64,
+    /// Device number of a device node.
+    #[prost(uint64, tag = "7")]
+    pub rdev: u64,
+    /// Target of a symbolic link.
+    #[prost(string, tag = "8")]
+    pub target: String,
+    /// Content of a regular file.
+    #[prost(bytes = "vec", tag = "9")]
+    #[serde(skip)]
+    pub data: Vec<u8>,
 }
 
 /// A job started from the user's terminal (`--shell-job`): what restore needs to put it back
@@ -1299,4 +1441,156 @@ pub struct Pipe {
     /// the read end.
     #[prost(bool, tag = "402")]
     pub external: bool,
+}
+
+/// A time namespace: its clocks as the tree saw them when it was frozen, and when that was, so
+/// that restore can pick offsets that make them continue (state/timens.rs).
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct NsxTimens {
+    /// CLOCK_MONOTONIC inside the namespace at the dump, in nanoseconds.
+    #[prost(int64, tag = "1")]
+    pub monotonic_ns: i64,
+    /// CLOCK_BOOTTIME inside the namespace at the dump, in nanoseconds.
+    #[prost(int64, tag = "2")]
+    pub boottime_ns: i64,
+    /// CLOCK_REALTIME at the same moment, in nanoseconds since the epoch.
+    #[prost(int64, tag = "3")]
+    pub realtime_ns: i64,
+    /// The namespace's offsets relative to the dumping ferry's clocks (for inspect).
+    #[prost(int64, tag = "4")]
+    pub monotonic_offset_ns: i64,
+    #[prost(int64, tag = "5")]
+    pub boottime_offset_ns: i64,
+}
+
+/// A network namespace's content (state/netns.rs).
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct NsxNetns {
+    #[prost(message, repeated, tag = "1")]
+    pub links: Vec<NsxLink>,
+    #[prost(message, repeated, tag = "2")]
+    pub addrs: Vec<NsxAddr>,
+    /// Routes that are not the kernel's own (protocol kernel), as `ip route` prints them, each
+    /// prefixed by its family ("inet " or "inet6 ").
+    #[prost(string, repeated, tag = "3")]
+    pub routes: Vec<String>,
+    #[prost(message, repeated, tag = "4")]
+    pub sysctls: Vec<NsxSysctl>,
+}
+
+/// A network device.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct NsxLink {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// "loopback", "bridge", "veth" (the kinds restore recreates).
+    #[prost(string, tag = "2")]
+    pub kind: String,
+    #[prost(uint32, tag = "3")]
+    pub mtu: u32,
+    #[prost(bool, tag = "4")]
+    pub up: bool,
+    /// The hardware address as `ip` prints it.
+    #[prost(string, tag = "5")]
+    pub address: String,
+    /// The interface index (kept: programs look devices up by it).
+    #[prost(uint32, tag = "6")]
+    pub ifindex: u32,
+    /// A veth's other end (in the same namespace).
+    #[prost(string, tag = "7")]
+    pub peer: String,
+    /// The bridge this device is a port of.
+    #[prost(string, tag = "8")]
+    pub master: String,
+}
+
+/// An interface address.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct NsxAddr {
+    #[prost(string, tag = "1")]
+    pub dev: String,
+    /// "inet" or "inet6".
+    #[prost(string, tag = "2")]
+    pub family: String,
+    #[prost(string, tag = "3")]
+    pub local: String,
+    #[prost(uint32, tag = "4")]
+    pub prefixlen: u32,
+    #[prost(string, tag = "5")]
+    pub broadcast: String,
+    #[prost(string, tag = "6")]
+    pub scope: String,
+    /// `ip address add` flags it had: nodad, noprefixroute, home, mngtmpaddr, autojoin.
+    #[prost(string, repeated, tag = "7")]
+    pub flags: Vec<String>,
+}
+
+/// A sysctl under /proc/sys/net, by its path below /proc/sys.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct NsxSysctl {
+    #[prost(string, tag = "1")]
+    pub path: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
+}
+
+/// An ipc namespace's SysV objects that no process of the tree has attached (state/ipcns.rs;
+/// attached shared memory is the processes', state/sysvshm.rs), and its limits.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct NsxIpcns {
+    #[prost(message, repeated, tag = "1")]
+    pub sems: Vec<NsxSemSet>,
+    #[prost(message, repeated, tag = "2")]
+    pub queues: Vec<NsxMsgQueue>,
+    /// Shared memory segments attached by no process (content in the image file `data`).
+    #[prost(message, repeated, tag = "3")]
+    pub shms: Vec<SysvShm>,
+    /// kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.* (paths below /proc/sys).
+    #[prost(message, repeated, tag = "4")]
+    pub sysctls: Vec<NsxSysctl>,
+}
+
+/// A SysV semaphore set with its values.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct NsxSemSet {
+    #[prost(int32, tag = "1")]
+    pub key: i32,
+    #[prost(int32, tag = "2")]
+    pub id: i32,
+    #[prost(uint32, tag = "3")]
+    pub mode: u32,
+    #[prost(uint32, tag = "4")]
+    pub uid: u32,
+    #[prost(uint32, tag = "5")]
+    pub gid: u32,
+    #[prost(uint32, repeated, tag = "6")]
+    pub values: Vec<u32>,
+}
+
+/// A SysV message queue with its queued messages, oldest first.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct NsxMsgQueue {
+    #[prost(int32, tag = "1")]
+    pub key: i32,
+    #[prost(int32, tag = "2")]
+    pub id: i32,
+    #[prost(uint32, tag = "3")]
+    pub mode: u32,
+    #[prost(uint32, tag = "4")]
+    pub uid: u32,
+    #[prost(uint32, tag = "5")]
+    pub gid: u32,
+    #[prost(uint64, tag = "6")]
+    pub qbytes: u64,
+    #[prost(message, repeated, tag = "7")]
+    pub messages: Vec<NsxMsg>,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct NsxMsg {
+    #[prost(int64, tag = "1")]
+    pub mtype: i64,
+    #[prost(bytes = "vec", tag = "2")]
+    #[serde(serialize_with = "crate::hex::serialize")]
+    pub data: Vec<u8>,
 }

@@ -15,6 +15,8 @@
 pub mod consts;
 pub mod fanotify;
 pub mod inet;
+pub mod ns;
+pub mod nsctl;
 pub mod objects;
 pub mod pagebuf;
 pub mod pktnl;
@@ -23,6 +25,7 @@ pub mod ptrace;
 pub mod raw;
 mod sockdiag;
 pub mod sockopt;
+pub mod sysvipc;
 pub mod tty;
 pub mod uffd;
 pub mod unixsock;

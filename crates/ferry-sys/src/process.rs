@@ -170,6 +170,27 @@ fn clone3_flags(flags: u64) -> io::Result<Fork> {
     Ok(if r == 0 { Fork::Child } else { Fork::Parent(r as i32) })
 }
 
+/// `clone3(CLONE_PARENT | flags)`, with the child's pid chosen (`set_tid`) when `pid` is given:
+/// the child is a sibling of the caller, a child of the caller's parent (CRIU's `rst_sibling`,
+/// for an RPC client that waits for the restored process). Same caveats as [`clone3_with_pid`].
+pub fn clone3_sibling(pid: Option<i32>, flags: u64) -> io::Result<Fork> {
+    let tid = [pid.unwrap_or(0)];
+    let args = CloneArgs {
+        flags: flags | libc::CLONE_PARENT as u64,
+        // (clone3 wants 0 here with CLONE_PARENT: the child takes the caller's own exit signal,
+        // SIGCHLD for a process its parent forked.)
+        exit_signal: 0,
+        set_tid: if pid.is_some() { tid.as_ptr() as u64 } else { 0 },
+        set_tid_size: u64::from(pid.is_some()),
+        ..Default::default()
+    };
+    // SAFETY: as in clone3_with_pid: no CLONE_VM, so the child runs on its own copy of the
+    // stack; `args` and `tid` outlive the call.
+    let r =
+        cvt(unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) })?;
+    Ok(if r == 0 { Fork::Child } else { Fork::Parent(r as i32) })
+}
+
 /// A plain `fork()` through clone3.
 pub fn fork() -> io::Result<Fork> {
     clone3_flags(0)

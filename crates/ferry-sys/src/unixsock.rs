@@ -285,3 +285,37 @@ pub fn unix_diag_dump(show: u32) -> io::Result<Vec<DiagMsg>> {
     })?;
     Ok(out)
 }
+
+/// Take over a socket inherited at fd number `fd` (`ferry swrk FD`, where the client passes its
+/// end of a socketpair): it must be an AF_UNIX socket of type `ty`; it is moved to a new
+/// close-on-exec number (so no process ferry creates inherits it) and `fd` is closed. On error
+/// `fd` is left as it was.
+pub fn adopt_inherited(fd: i32, ty: i32) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    let get = |opt: i32| -> io::Result<i32> {
+        let mut v: i32 = 0;
+        let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+        // SAFETY: `v` is valid for writes of `len` bytes; a bad fd is an error, not UB.
+        cvt_i(unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, opt, (&mut v as *mut i32).cast(), &mut len) })?;
+        Ok(v)
+    };
+    if get(libc::SO_DOMAIN)? != libc::AF_UNIX || get(libc::SO_TYPE)? != ty {
+        return Err(io::Error::from_raw_os_error(libc::EPROTOTYPE));
+    }
+    // SAFETY: integer arguments; the kernel checks `fd`.
+    let new = cvt_i(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) })?;
+    // SAFETY: `fd` was inherited and is owned by no Rust object; we replace it with `new`.
+    unsafe { libc::close(fd) };
+    Ok(owned(new))
+}
+
+/// The pid of the process that created the peer end of a connected unix socket (its
+/// `SO_PEERCRED`; for a socketpair, the process that made the pair).
+pub fn peer_pid(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    let v = crate::sockopt::get_raw(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, 12)?;
+    let b: [u8; 4] =
+        v.get(..4).and_then(|b| b.try_into().ok()).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    Ok(i32::from_ne_bytes(b))
+}

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-use ferry::{inspect, migrate};
+use ferry::{criu, inspect, migrate};
 
 /// Checkpoint a running Linux process to an image and restore it, with the same PID,
 /// exactly where it stopped.
@@ -154,6 +154,10 @@ enum Cmd {
         /// keygen` directory), every file matching its signed digest.
         #[arg(long, value_name = "KEYDIR")]
         verify: Option<PathBuf>,
+        /// The directory that becomes the root of a tree whose root mount was external (a
+        /// container's root file system); without it, a root that was ferry's "/" is "/".
+        #[arg(short = 'r', long = "root", value_name = "DIR")]
+        root: Option<PathBuf>,
     },
     /// Start a job ready to be checkpointed: in a session of its own, or with --pidns in a new
     /// pid namespace under a minimal init, so that it can be restored on any host without pid
@@ -162,6 +166,16 @@ enum Cmd {
         /// Run the job in a new pid namespace (its init is `ferry __init`).
         #[arg(long)]
         pidns: bool,
+        /// Run the job in a new network namespace holding only lo (up).
+        #[arg(long)]
+        netns: bool,
+        /// Run the job in a new time namespace, so that a restore elsewhere can keep its
+        /// CLOCK_MONOTONIC and CLOCK_BOOTTIME going on from where they were.
+        #[arg(long)]
+        timens: bool,
+        /// Run the job in a new mount namespace: every mount private, a fresh tmpfs on /tmp.
+        #[arg(long)]
+        mntns: bool,
         /// Print the pid (the init's, with --pidns) and return instead of waiting for the job.
         #[arg(short = 'd', long)]
         detach: bool,
@@ -245,6 +259,12 @@ enum Cmd {
         /// Restore established TCP connections closed on the destination.
         #[arg(long = "tcp-close")]
         tcp_close: bool,
+    },
+    /// Serve CRIU's RPC on the inherited SOCK_SEQPACKET socket FD, as `criu swrk FD` does: what
+    /// runc, Podman, crun and go-criu start (docs/containers.md).
+    Swrk {
+        /// The socket's fd number.
+        fd: i32,
     },
     /// Show what an image holds: process, mappings with sizes, fds, signals, timers.
     Inspect {
@@ -408,6 +428,7 @@ fn run(cli: Cli) -> Result<i32> {
                 leave_stopped,
                 freeze_timeout: std::time::Duration::from_secs(timeout),
                 sign,
+                ns: criu::dump_ns(&external, &[])?,
                 external,
                 snapshot: !no_snapshot,
             };
@@ -436,6 +457,7 @@ fn run(cli: Cli) -> Result<i32> {
             inherit_fd,
             external,
             verify,
+            root,
         } => {
             ferry_engine::check::require_caps("restore")
                 .with_context(|| format!("restore from {} failed", dir.display()))?;
@@ -455,7 +477,9 @@ fn run(cli: Cli) -> Result<i32> {
                 leave_stopped,
                 cgroups,
                 trusted,
-                inherit_fds: inherit_fd,
+                sibling: false,
+                ns: criu::restore_ns(&external, &[], &inherit_fd, root),
+                inherit_fds: criu::unique_inherit(&inherit_fd),
                 external,
             };
             let r = ferry_engine::restore::restore(&opts)
@@ -471,8 +495,8 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(ferry_engine::restore::wait_exit(r.pid)?)
         }
-        Cmd::Run { pidns, detach, pidfile, cmd } => {
-            let opts = ferry_engine::launch::RunOptions { cmd, pidns, detach, pidfile };
+        Cmd::Run { pidns, netns, timens, mntns, detach, pidfile, cmd } => {
+            let opts = ferry_engine::launch::RunOptions { cmd, pidns, netns, timens, mntns, detach, pidfile };
             let (pid, status) = ferry_engine::launch::run(&opts).context("ferry run failed")?;
             if detach {
                 println!("{pid}");
@@ -538,6 +562,7 @@ fn run(cli: Cli) -> Result<i32> {
             })?;
             Ok(0)
         }
+        Cmd::Swrk { fd } => criu::swrk::serve(fd),
         Cmd::Inspect { dir, json, verify } => {
             let trusted = trusted_keys(verify.as_deref())?;
             inspect::run(&dir, json, trusted.as_deref())?;
@@ -547,8 +572,30 @@ fn run(cli: Cli) -> Result<i32> {
 }
 
 fn main() {
-    let cli = Cli::parse_from(criu_verbosity(std::env::args_os()));
-    if let Err(e) = init_logs(cli.verbose, cli.log_level, cli.log_file.as_deref()) {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if criu::cli::called_as_criu(args.first()) {
+        match criu::cli::parse(args) {
+            criu::cli::Criu::Version => {
+                print!("{}", criu::cli::version_text());
+                std::process::exit(0);
+            }
+            criu::cli::Criu::Check { features } => std::process::exit(criu::cli::check(&features)),
+            criu::cli::Criu::Swrk { fd } => args = vec!["ferry".into(), "swrk".into(), fd.to_string().into()],
+            criu::cli::Criu::Ferry(a) => args = a,
+            criu::cli::Criu::Bad(why) => {
+                eprintln!("criu (ferry): {why}");
+                std::process::exit(1);
+            }
+        }
+    }
+    let cli = Cli::parse_from(criu_verbosity(args.into_iter()));
+    // (swrk logs into the log file each request names, never to stderr: on a restore its
+    // stderr is the container's.)
+    let logs = match cli.cmd {
+        Cmd::Swrk { .. } => Ok(()),
+        _ => init_logs(cli.verbose, cli.log_level, cli.log_file.as_deref()),
+    };
+    if let Err(e) = logs {
         eprintln!("ferry: {e:#}");
         std::process::exit(1);
     }

@@ -627,6 +627,7 @@ mod big {
 mod cgroup;
 mod cleanup;
 mod contact;
+mod containers;
 mod cow;
 mod external;
 mod fds;
@@ -637,6 +638,8 @@ mod memattr;
 mod migrate;
 mod misc;
 mod more;
+mod ns;
+mod nsx;
 mod objects;
 mod perf;
 mod socks;

@@ -167,7 +167,9 @@ pub fn collect(
             file.path = if deleted { link.trim_end_matches(" (deleted)").to_string() } else { link.clone() };
             // Restore reopens by path: the path must lead to this very file (not so for a POSIX
             // message queue, a file of another mount, or a path reused since).
-            let same = |p: &str| std::fs::metadata(p).is_ok_and(|o| (o.dev(), o.ino()) == (md.dev(), md.ino()));
+            let same = |p: &str| {
+                std::fs::metadata(procfs::in_root(pid, p)).is_ok_and(|o| (o.dev(), o.ino()) == (md.dev(), md.ino()))
+            };
             if !deleted && !same(&link) {
                 return Err(unsupported(format!("{link}: the path does not lead to this open file (a POSIX message queue, a file on another mount, or replaced); dump --external {key} lets it be given back with restore --inherit-fd")));
             }
@@ -220,7 +222,7 @@ pub fn collect(
         } else if fd <= 2 && link.starts_with("socket:") {
             file.kind = FileKind::Inherited as i32;
             unix::collect_stdio(pid, fd, &link, &mut tree.unix, &mut file)?;
-        } else if unix::is_unix(&mut tree.unix, &link)? {
+        } else if unix::is_unix(&mut tree.unix, pid, &link)? {
             file.kind = FileKind::UnixSocket as i32;
             unix::collect(pid, fd, &link, &mut tree.unix, &mut file)?;
         } else if link == "anon_inode:[eventfd]" {

@@ -360,7 +360,11 @@ pub fn collect(pid: i32, fd: i32, link: &str, policy: &mut Connections, f: &mut 
         let ino = ferry_sys::process::fstat(sock).ctx(|| format!("{}: fstat", obj()))?.st_ino;
         // sock_diag lists the sockets of the kernel's hash tables: an unbound UDP socket is
         // in none (its shutdown state is not carried).
-        s.shutdown = match net::diag_shutdown(family, protocol, ino).ctx(|| format!("{}: sock_diag", obj()))? {
+        // (asked in the process's network namespace: sock_diag lists the asker's)
+        let sd = crate::state::netns::in_netns_of(pid, || {
+            net::diag_shutdown(family, protocol, ino).ctx(|| format!("{}: sock_diag", obj()))
+        })?;
+        s.shutdown = match sd {
             Some(sd) => u32::from(sd) & 3,
             None if !bound => 0,
             None => return Err(Error::Invalid { object: obj(), what: "not listed by sock_diag".into() }),

@@ -114,7 +114,8 @@ pub fn scan(
                     None => {
                         let md = std::fs::metadata(&mf)
                             .ctx(|| format!("pid {pid}: cannot stat {s} mapped at {:#x}", m.start))?;
-                        let reachable = std::fs::metadata(s).is_ok_and(|o| (o.dev(), o.ino()) == (md.dev(), md.ino()));
+                        let reachable = std::fs::metadata(procfs::in_root(pid, s))
+                            .is_ok_and(|o| (o.dev(), o.ino()) == (md.dev(), md.ino()));
                         files.insert(key, (md.clone(), reachable));
                         (md, reachable)
                     }

@@ -23,7 +23,7 @@
 
 use crate::error::{Ctx, Error};
 use crate::inject::Injector;
-use ferry_image::{ImageWriter, Process, SysvShm, Vma, PAGE_SIZE};
+use ferry_image::{ImageWriter, Process, SysvShm, Vma};
 use ferry_sys::consts::nr;
 use ferry_sys::objects::{shm_read, shm_rmid, shm_set_owner, shm_write, shmget};
 use std::collections::{BTreeMap, HashSet};
@@ -97,14 +97,34 @@ pub fn collect(procs: &mut [Process], img: &mut ImageWriter) -> Result<(), Error
 pub struct Created {
     segs: Vec<SysvShm>,
     done: bool,
+    /// The ipc namespace they were made in (the tree's, which ferry's thread leaves after the
+    /// fork): removals happen there.
+    ns: Option<std::fs::File>,
+}
+
+impl Created {
+    /// Run `f` in the namespace the segments were made in.
+    fn in_their_ns(&self, f: impl FnOnce() -> Result<(), Error> + Send) -> Result<(), Error> {
+        match &self.ns {
+            Some(ns) => {
+                use std::os::fd::AsFd;
+                crate::state::namespaces::in_ns(ns.as_fd(), libc::CLONE_NEWIPC, f)
+            }
+            None => f(),
+        }
+    }
 }
 
 impl Drop for Created {
     fn drop(&mut self) {
-        if !self.done {
-            for s in &self.segs {
-                let _ = shm_rmid(s.shmid);
-            }
+        if !self.done && !self.segs.is_empty() {
+            let segs = &self.segs;
+            let _ = self.in_their_ns(|| {
+                for s in segs {
+                    let _ = shm_rmid(s.shmid);
+                }
+                Ok(())
+            });
         }
     }
 }
@@ -113,12 +133,15 @@ impl Created {
     /// Every process is attached: mark again the segments that were marked IPC_RMID.
     pub fn finish(mut self) -> Result<(), Error> {
         self.done = true;
-        for s in &self.segs {
-            if s.mode & SHM_DEST != 0 {
-                shm_rmid(s.shmid).ctx(|| format!("SysV shared memory id {}: IPC_RMID", s.shmid))?;
+        let segs = &self.segs;
+        self.in_their_ns(|| {
+            for s in segs {
+                if s.mode & SHM_DEST != 0 {
+                    shm_rmid(s.shmid).ctx(|| format!("SysV shared memory id {}: IPC_RMID", s.shmid))?;
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
 
@@ -194,7 +217,14 @@ fn clash(s: &SysvShm, live: &[Live]) -> Clash {
 /// the image's copy; one in use, or another segment on its key or id, fails the restore with
 /// what to do.
 pub fn prepare(procs: &[Process], img: &ferry_image::ImageReader) -> Result<Created, Error> {
-    let mut created = Created { segs: Vec::new(), done: false };
+    // (ferry's thread may be in the tree's own ipc namespace now: state/namespaces.rs)
+    let ns = match (std::fs::read_link("/proc/thread-self/ns/ipc"), std::fs::read_link("/proc/self/ns/ipc")) {
+        (Ok(a), Ok(b)) if a != b => Some(
+            std::fs::File::open("/proc/thread-self/ns/ipc").ctx(|| "cannot open /proc/thread-self/ns/ipc".into())?,
+        ),
+        _ => None,
+    };
+    let mut created = Created { segs: Vec::new(), done: false, ns };
     let segs: Vec<&SysvShm> = procs.iter().flat_map(|p| p.sysv_shm.iter()).collect();
     let live = if segs.is_empty() { Vec::new() } else { live_segments()? };
     for s in segs {
@@ -265,8 +295,14 @@ pub fn attach(inj: &Injector, p: &Process, vmas: &[Vma]) -> Result<(), Error> {
         if at != base {
             return Err(Error::Invalid { object: obj(), what: format!("shmat attached it at {at:#x}") });
         }
-        let size = ferry_sys::objects::shm_size(id).ctx(obj)?;
-        let end = base + size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        // Where the attachment ends, from the process's maps (the segment is in the tree's ipc
+        // namespace, which need not be ferry's).
+        let maps_text = crate::procfs::read_string(inj.pid(), "maps")?;
+        let now = crate::procfs::parse(inj.pid(), "maps", ferry_proc::parse_maps(&maps_text))?;
+        let end =
+            now.iter().find(|m| m.start == base && m.inode == id as u64).map(|m| m.end).ok_or_else(|| {
+                Error::Invalid { object: obj(), what: "not in the process's maps after shmat".into() }
+            })?;
         // Parts of the attachment the process had unmapped.
         let mut at = base;
         for v in &maps {

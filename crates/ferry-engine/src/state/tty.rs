@@ -122,7 +122,8 @@ fn read_pair(pid: i32, fd: i32, master: BorrowedFd<'_>) -> Result<Pty, Error> {
     // The slave node's owner and mode (grantpt, or a chown by the process), from /dev/pts: the
     // same devpts instance, since the process shares ferry's mount namespace.
     let node = format!("/dev/pts/{index}");
-    let md = std::fs::metadata(&node).ctx(|| format!("pid {pid} fd {fd}: cannot stat {node}"))?;
+    let md = std::fs::metadata(crate::procfs::in_root(pid, &node))
+        .ctx(|| format!("pid {pid} fd {fd}: cannot stat {node}"))?;
     let pty = Pty { slave_mode: Some(md.mode() & 0o7777), slave_uid: md.uid(), slave_gid: md.gid(), ..pty };
     let mut pty = pty;
     take_queued(master, &mut pty)

@@ -88,10 +88,14 @@ fn u32_at(b: &[u8], o: usize) -> Option<u32> {
 }
 
 impl Table {
-    fn load(&mut self) -> Result<(), Error> {
+    /// `pid`: a process of the tree, whose network namespace is the one listed (sock_diag
+    /// answers for the namespace of the asking socket).
+    fn load(&mut self, pid: i32) -> Result<(), Error> {
         if self.socks.is_none() {
             let show = UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN;
-            let msgs = us::unix_diag_dump(show).ctx(|| "sock_diag dump of unix sockets".into())?;
+            let msgs = crate::state::netns::in_netns_of(pid, || {
+                us::unix_diag_dump(show).ctx(|| "sock_diag dump of unix sockets".into())
+            })?;
             let mut socks = HashMap::new();
             for m in msgs {
                 let mut d = Diag { ty: m.ty as u32, state: m.state as u32, ..Default::default() };
@@ -130,10 +134,10 @@ fn socket_ino(link: &str) -> Option<u32> {
 }
 
 /// Is the fd target `link` a unix socket?
-pub fn is_unix(table: &mut Table, link: &str) -> Result<bool, Error> {
+pub fn is_unix(table: &mut Table, pid: i32, link: &str) -> Result<bool, Error> {
     match socket_ino(link) {
         Some(ino) => {
-            if let Err(e) = table.load() {
+            if let Err(e) = table.load(pid) {
                 // Without sock_diag (no unix_diag in this kernel) the socket is refused as unknown.
                 tracing::warn!(error = %e, "cannot list unix sockets");
                 return Ok(false);
@@ -202,7 +206,7 @@ fn conn_addr(u: &UnixSocket) -> Vec<u8> {
 /// Collect the unix socket behind fd `fd` of `pid` (its link is `link`) into `f`.
 pub fn collect(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -> Result<(), Error> {
     let ino = socket_ino(link).unwrap_or(0);
-    table.load()?;
+    table.load(pid)?;
     let d = table.get(ino).cloned().unwrap_or_default();
     let unsupported = |what: String| Error::Unsupported {
         pid,
@@ -247,10 +251,12 @@ pub fn collect(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -
     };
     if let (true, Some((dev, vino))) = (is_path(&d.name), d.vfs) {
         // The socket file may have been unlinked (or replaced) since bind.
-        let md = std::fs::symlink_metadata(path_of(&conn_addr(&u))).ok().filter(|m| {
-            // sock_diag reports the kernel's dev_t (major << 20 | minor).
-            m.ino() == vino as u64 && libc::major(m.dev()) == dev >> 20 && libc::minor(m.dev()) == dev & 0xfffff
-        });
+        let md = std::fs::symlink_metadata(crate::procfs::in_root(pid, &path_of(&conn_addr(&u)).to_string_lossy()))
+            .ok()
+            .filter(|m| {
+                // sock_diag reports the kernel's dev_t (major << 20 | minor).
+                m.ino() == vino as u64 && libc::major(m.dev()) == dev >> 20 && libc::minor(m.dev()) == dev & 0xfffff
+            });
         u.unlinked = md.is_none();
         if let Some(m) = md {
             (u.file_mode, u.file_uid, u.file_gid) = (m.mode() & 0o7777, m.uid(), m.gid());
@@ -337,7 +343,7 @@ pub fn collect(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -
 /// unix socket connected to a socket of the image, which `finish` decides once the whole tree
 /// is collected: collect it as far as possible and mark it.
 pub fn collect_stdio(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -> Result<(), Error> {
-    if !is_unix(table, link)? {
+    if !is_unix(table, pid, link)? {
         return Ok(());
     }
     let mut probe = f.clone();

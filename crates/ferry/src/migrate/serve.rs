@@ -683,6 +683,8 @@ fn handle(mut sec: Secure, limits: &Limits, dir: &Path) -> Result<Option<i32>> {
         leave_stopped: false,
         cgroups: true,
         trusted: None,
+        sibling: false,
+        ns: Default::default(),
         inherit_fds: Vec::new(),
         external: Vec::new(),
     };

@@ -173,6 +173,7 @@ pub fn migrate(o: &MigrateOptions) -> Result<()> {
         leave_stopped: false,
         freeze_timeout: Duration::from_secs(10),
         sign: None,
+        ns: Default::default(),
         external: Vec::new(),
         snapshot: false,
     };

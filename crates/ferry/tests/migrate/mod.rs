@@ -10,6 +10,7 @@
 
 use crate::common::*;
 
+mod nsx;
 mod postcopy;
 mod serve;
 use std::fs::{self, File};

@@ -1,0 +1,538 @@
+//! A mount namespace's mount tree (a namespace module, see state/namespaces.rs).
+//!
+//! Dump: the root process's /proc/PID/mountinfo, one `MountRecord` per mount, parents first.
+//! The tree's root mount and the mounts given with `--external mnt[MOUNTPOINT]:KEY` are
+//! external: never copied, taken from the restoring node (`--root DIR`, `--external
+//! mnt[KEY]:PATH`). Another mount of a super-block already recorded is a bind of it (`bind_of`,
+//! with its `root` sub-directory). Other mounts are recreated fresh: proc, sysfs, devpts,
+//! mqueue, cgroup2, and tmpfs with its content (files, directories, symbolic links, device
+//! nodes, FIFOs; modes, owners, times), read from a detached copy of the mount
+//! (`open_tree(OPEN_TREE_CLONE)`), so what mounts below it hide is kept too. Anything else is
+//! refused by name.
+//!
+//! Restore, in ferry's restoring thread inside the new mount namespace (a copy of ferry's, made
+//! private first so nothing propagates back): the root directory is bound onto itself, every
+//! mount is made below it (parents and bind sources first), then the per-mount flags and the
+//! read-only super-blocks are set (last, so that mountpoints below could still be created), and
+//! `pivot_root` makes it the root; shared and unbindable propagation is set after that. With a
+//! new pid namespace, proc mounts (and what is mounted below them) are made again by the
+//! tree's root process, pid 1 of that namespace ([`Deferred`]): proc shows the pid namespace of
+//! whoever mounts it. Until then ferry's own view of proc sits there, for the prepare step's
+//! /proc/self/fd.
+
+use super::namespaces::{in_ns, DumpCtx, Handover, RestoreCtx};
+use crate::error::{Ctx, Error};
+use crate::procfs;
+use ferry_image::{MountNs, MountRecord, Namespaces, TmpfsContent, TmpfsEntry};
+use prost::Message;
+use std::collections::{HashMap, HashSet};
+use std::ffi::CString;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Component, Path, PathBuf};
+
+/// File systems recreated fresh (tmpfs with its content).
+const FRESH: [&str; 6] = ["proc", "sysfs", "devpts", "mqueue", "cgroup2", "tmpfs"];
+
+/// Largest tmpfs content carried in an image.
+const TMPFS_MAX: u64 = 256 << 20;
+
+const MS_RDONLY: u64 = libc::MS_RDONLY as u64;
+const MS_BIND: u64 = libc::MS_BIND as u64;
+const MS_REMOUNT: u64 = libc::MS_REMOUNT as u64;
+
+/// Per-mount flags from mountinfo's options ("rw,nosuid,relatime").
+fn mount_flags(opts: &str) -> u64 {
+    let mut f = 0u64;
+    for o in opts.split(',') {
+        f |= match o {
+            "ro" => libc::MS_RDONLY,
+            "nosuid" => libc::MS_NOSUID,
+            "nodev" => libc::MS_NODEV,
+            "noexec" => libc::MS_NOEXEC,
+            "noatime" => libc::MS_NOATIME,
+            "nodiratime" => libc::MS_NODIRATIME,
+            "relatime" => libc::MS_RELATIME,
+            _ => 0,
+        } as u64;
+    }
+    if f & (libc::MS_NOATIME | libc::MS_RELATIME) as u64 == 0 {
+        f |= libc::MS_STRICTATIME as u64;
+    }
+    f
+}
+
+/// Whether directory `root` (a mountinfo root field) is `outer` or below it.
+fn under(root: &str, outer: &str) -> Option<String> {
+    if outer == "/" {
+        return Some(root.to_string());
+    }
+    let rest = root.strip_prefix(outer)?;
+    (rest.is_empty() || rest.starts_with('/')).then(|| if rest.is_empty() { "/".into() } else { rest.into() })
+}
+
+pub(crate) fn dump(ctx: &mut DumpCtx<'_>, out: &mut Namespaces) -> Result<(), Error> {
+    let pid = ctx.pid;
+    let text = procfs::read_string(pid, "mountinfo")?;
+    let infos = procfs::parse(pid, "mountinfo", ferry_proc::parse_mountinfo(&text))?;
+    let ids: HashSet<u32> = infos.iter().map(|m| m.mnt_id).collect();
+    let tops: Vec<&ferry_proc::MountInfo> = infos.iter().filter(|m| !ids.contains(&m.parent_id)).collect();
+    if tops.len() != 1 || tops[0].mount_point != "/" {
+        return Err(Error::Unsupported { pid, what: "a mount tree whose root is not one mount at /".into() });
+    }
+    let mut recs: Vec<MountRecord> = Vec::new();
+    // (major, minor) of each record, for binds.
+    let mut devs: Vec<(u32, u32)> = Vec::new();
+    let mut total = 0u64;
+    for m in &infos {
+        let mp = &m.mount_point;
+        let mut r = MountRecord {
+            id: m.mnt_id,
+            parent: if std::ptr::eq(m, tops[0]) { 0 } else { m.parent_id },
+            mountpoint: mp.clone(),
+            fstype: m.fs_type.clone(),
+            source: m.source.clone(),
+            root: m.root.clone(),
+            flags: mount_flags(&m.mount_options),
+            options: m.super_options.split(',').filter(|o| *o != "rw" && *o != "ro").collect::<Vec<_>>().join(","),
+            sb_ro: m.super_options.split(',').any(|o| o == "ro"),
+            ..Default::default()
+        };
+        for o in &m.optional_fields {
+            match o.split_once(':') {
+                Some(("shared", n)) => r.shared = n.parse().unwrap_or(0),
+                Some(("master", n)) => r.master = n.parse().unwrap_or(0),
+                _ if o == "unbindable" => r.unbindable = true,
+                _ => {}
+            }
+        }
+        let dev = (m.dev_major, m.dev_minor);
+        let refuse = |what: String| Error::Unsupported { pid, what };
+        if r.parent == 0 {
+            r.external = "/".into();
+        } else if let Some((_, key)) = ctx.opts.external_mounts.iter().find(|(p, _)| p == mp) {
+            r.external = key.clone();
+        } else if let Some(first) =
+            recs.iter().zip(&devs).find(|(e, d)| **d == dev && under(&m.root, &e.root).is_some())
+        {
+            r.bind_of = first.0.id;
+        } else if devs.contains(&dev) {
+            return Err(refuse(format!(
+                "mount {mp} (a bind of {} of a file system the tree shows elsewhere; give it with --external mnt[{mp}]:KEY)",
+                m.root
+            )));
+        } else if !FRESH.contains(&m.fs_type.as_str()) {
+            return Err(refuse(format!(
+                "mount {mp} ({} from {}; ferry recreates only proc, sysfs, devpts, mqueue, cgroup2 and tmpfs: give it with --external mnt[{mp}]:KEY)",
+                m.fs_type, m.source
+            )));
+        } else if m.fs_type == "tmpfs" {
+            let content = read_tmpfs(ctx, mp, &mut total)?;
+            let name = format!("mnt-{}.img", m.mnt_id);
+            ctx.img.write_file(&name, &content.encode_to_vec())?;
+            r.content = name;
+        }
+        recs.push(r);
+        devs.push(dev);
+    }
+    out.mnt = Some(MountNs { mounts: recs });
+    Ok(())
+}
+
+/// The files of the tmpfs mounted at `mp` in the tree's mount namespace, from a detached copy
+/// of that one mount (what mounts below it cover is included).
+fn read_tmpfs(ctx: &DumpCtx<'_>, mp: &str, total: &mut u64) -> Result<TmpfsContent, Error> {
+    let pid = ctx.pid;
+    let cpath = CString::new(mp).map_err(|_| Error::Unsupported { pid, what: format!("mount {mp:?}") })?;
+    let tree = in_ns(ctx.ns, libc::CLONE_NEWNS, || {
+        ferry_sys::ns::open_tree_clone(&cpath).ctx(|| format!("pid {pid}: cannot open the tmpfs at {mp} (open_tree)"))
+    })?;
+    let base = PathBuf::from(format!("/proc/self/fd/{}", tree.as_raw_fd()));
+    let mut out = TmpfsContent::default();
+    walk(&base, "", &mut out, total).map_err(|e| match e {
+        Walk::Io(path, source) => Error::Sys { object: format!("pid {pid}: tmpfs {mp}: cannot read {path}"), source },
+        Walk::TooLarge => {
+            Error::Unsupported { pid, what: format!("tmpfs {mp} with more than {} MiB of files", TMPFS_MAX >> 20) }
+        }
+    })?;
+    Ok(out)
+}
+
+enum Walk {
+    Io(String, std::io::Error),
+    TooLarge,
+}
+
+fn walk(base: &Path, rel: &str, out: &mut TmpfsContent, total: &mut u64) -> Result<(), Walk> {
+    let path = if rel.is_empty() { base.to_path_buf() } else { base.join(rel) };
+    let io = |e| Walk::Io(format!("/{rel}"), e);
+    // (The root itself through the fd's magic link, which lstat would not follow.)
+    let md = if rel.is_empty() { std::fs::metadata(&path) } else { std::fs::symlink_metadata(&path) }.map_err(io)?;
+    let ft = md.file_type();
+    if ft.is_socket() {
+        return Ok(()); // (a bound socket's name is made again by the socket's own restore)
+    }
+    let mut e = TmpfsEntry {
+        path: rel.to_string(),
+        mode: md.mode(),
+        uid: md.uid(),
+        gid: md.gid(),
+        atime_ns: md.atime() * 1_000_000_000 + md.atime_nsec(),
+        mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+        ..Default::default()
+    };
+    if ft.is_symlink() {
+        e.target = std::fs::read_link(&path).map_err(io)?.to_string_lossy().into_owned();
+    } else if ft.is_file() {
+        *total += md.len();
+        if *total > TMPFS_MAX {
+            return Err(Walk::TooLarge);
+        }
+        e.data = std::fs::read(&path).map_err(io)?;
+    } else if ft.is_block_device() || ft.is_char_device() {
+        e.rdev = md.rdev();
+    }
+    out.entries.push(e);
+    if ft.is_dir() {
+        let mut names: Vec<String> = std::fs::read_dir(&path)
+            .map_err(io)?
+            .filter_map(|d| d.ok().map(|d| d.file_name().to_string_lossy().into_owned()))
+            .collect();
+        names.sort();
+        for n in names {
+            let child = if rel.is_empty() { n } else { format!("{rel}/{n}") };
+            walk(base, &child, out, total)?;
+        }
+    }
+    Ok(())
+}
+
+/// Mounts the root process of a new pid namespace makes itself, before it forks: the proc
+/// mounts (ferry's own view of proc sits there meanwhile) and everything mounted below them.
+#[derive(Debug, Default)]
+pub struct Deferred {
+    mounts: Vec<(MountRecord, Option<TmpfsContent>)>,
+    /// Every mount already made, for binds of them: id -> record.
+    made: HashMap<u32, MountRecord>,
+    /// External mounts' sources as the root process sees them (after pivot_root): where a
+    /// mount of the same key was already made in the tree (runc binds /dev/null at /dev/null
+    /// and over its masked paths under /proc), that mount; else the path given.
+    external: Vec<(String, PathBuf)>,
+}
+
+/// A relative, plain path from the image (no "..", not absolute).
+fn plain(p: &str) -> bool {
+    Path::new(p).components().all(|c| matches!(c, Component::Normal(_) | Component::RootDir | Component::CurDir))
+}
+
+fn cstr(p: &Path) -> Result<CString, String> {
+    CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| format!("{} holds a NUL byte", p.display()))
+}
+
+/// `root` + an absolute path of the tree.
+fn inside(root: &Path, p: &str) -> PathBuf {
+    root.join(p.trim_start_matches('/'))
+}
+
+/// Makes mounts below `root` and remembers what must be set once all are made.
+struct Builder<'a> {
+    root: PathBuf,
+    made: HashMap<u32, MountRecord>,
+    /// (target, flags for mount(NULL, target, NULL, flags, options), options): per-mount flags
+    /// and read-only super-blocks, set last.
+    finals: Vec<(PathBuf, u64, String)>,
+    external: &'a [(String, PathBuf)],
+}
+
+impl Builder<'_> {
+    fn target(&self, r: &MountRecord) -> PathBuf {
+        inside(&self.root, &r.mountpoint)
+    }
+
+    /// Make mount `r` (its parent and bind source exist).
+    fn make(&mut self, r: &MountRecord, content: Option<&TmpfsContent>) -> Result<(), String> {
+        let target = self.target(r);
+        let t = cstr(&target)?;
+        let src: Option<PathBuf> = if !r.external.is_empty() {
+            let host = self.external.iter().find(|(k, _)| *k == r.external).map(|x| x.1.clone()).ok_or_else(|| {
+                format!("external mount with key {:?}: give it with --external mnt[{}]:PATH", r.external, r.external)
+            })?;
+            Some(host)
+        } else if r.bind_of != 0 {
+            let of =
+                self.made.get(&r.bind_of).ok_or_else(|| format!("bind of mount {} that was not made", r.bind_of))?;
+            let rel = under(&r.root, &of.root).ok_or_else(|| format!("{} is not below {}", r.root, of.root))?;
+            Some(inside(&inside(&self.root, &of.mountpoint), &rel))
+        } else {
+            None
+        };
+        let is_dir = src.as_ref().is_none_or(|s| s.is_dir());
+        if std::fs::symlink_metadata(&target).is_err() {
+            if is_dir {
+                std::fs::create_dir_all(&target).map_err(|e| format!("cannot create mountpoint: {e}"))?;
+            } else {
+                if let Some(d) = target.parent() {
+                    std::fs::create_dir_all(d).map_err(|e| format!("cannot create mountpoint: {e}"))?;
+                }
+                std::fs::File::create(&target).map_err(|e| format!("cannot create mountpoint: {e}"))?;
+            }
+        }
+        if let Some(src) = src {
+            let s = cstr(&src)?;
+            ferry_sys::ns::mount(Some(&s), &t, None, MS_BIND, None)
+                .map_err(|e| format!("cannot bind {} there: {e}", src.display()))?;
+            self.finals.push((target.clone(), MS_REMOUNT | MS_BIND | r.flags, String::new()));
+        } else {
+            let fstype = CString::new(r.fstype.as_str()).map_err(|_| "bad fs type".to_string())?;
+            let source = CString::new(if r.source.is_empty() { r.fstype.as_str() } else { r.source.as_str() })
+                .map_err(|_| "bad source".to_string())?;
+            let opts = CString::new(r.options.as_str()).map_err(|_| "bad options".to_string())?;
+            let tmpfs = r.fstype == "tmpfs";
+            let ro_now = r.sb_ro && !tmpfs;
+            let flags = (r.flags & !MS_RDONLY) | if ro_now { MS_RDONLY } else { 0 };
+            ferry_sys::ns::mount(Some(&source), &t, Some(&fstype), flags, Some(&opts))
+                .map_err(|e| format!("cannot mount {} ({}): {e}", r.fstype, r.options))?;
+            if let Some(c) = content {
+                fill(&target, c)?;
+            }
+            if tmpfs && r.sb_ro {
+                self.finals.push((target.clone(), MS_REMOUNT | MS_RDONLY | (r.flags & !MS_RDONLY), r.options.clone()));
+            }
+            if r.flags & MS_RDONLY != 0 && !r.sb_ro {
+                self.finals.push((target.clone(), MS_REMOUNT | MS_BIND | r.flags, String::new()));
+            }
+        }
+        self.made.insert(r.id, r.clone());
+        Ok(())
+    }
+
+    /// Per-mount flags and read-only super-blocks, children first.
+    fn finish(&mut self) -> Result<(), String> {
+        for (target, flags, opts) in self.finals.drain(..).rev() {
+            let t = cstr(&target)?;
+            let o = CString::new(opts).map_err(|_| "bad options".to_string())?;
+            ferry_sys::ns::mount(None, &t, None, flags, Some(&o))
+                .map_err(|e| format!("mount {}: cannot set its flags ({flags:#x}): {e}", target.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Write a tmpfs's files under `dir` (its fresh mount). Entries come parents first; a path
+/// through one of the content's own symbolic links is refused, as is any ".." (the image says
+/// where to write).
+fn fill(dir: &Path, c: &TmpfsContent) -> Result<(), String> {
+    let mut links: HashSet<&str> = HashSet::new();
+    let mut done: Vec<(CString, &TmpfsEntry)> = Vec::new();
+    for e in &c.entries {
+        if !plain(&e.path) || e.path.starts_with('/') {
+            return Err(format!("tmpfs content: bad path {:?}", e.path));
+        }
+        let mut prefix = String::new();
+        for part in e.path.split('/') {
+            if links.contains(prefix.as_str()) && !prefix.is_empty() {
+                return Err(format!("tmpfs content: {:?} goes through a symbolic link", e.path));
+            }
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+        }
+        let path = if e.path.is_empty() { dir.to_path_buf() } else { dir.join(&e.path) };
+        let cp = cstr(&path)?;
+        let err = |what: &str, err: std::io::Error| format!("tmpfs content {}: cannot {what}: {err}", e.path);
+        match e.mode & libc::S_IFMT {
+            libc::S_IFDIR => {
+                if !e.path.is_empty() {
+                    std::fs::create_dir(&path).map_err(|x| err("create the directory", x))?;
+                }
+            }
+            libc::S_IFREG => {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .map_err(|x| err("create the file", x))?;
+                f.write_all(&e.data).map_err(|x| err("write", x))?;
+            }
+            libc::S_IFLNK => {
+                std::os::unix::fs::symlink(&e.target, &path).map_err(|x| err("create the symbolic link", x))?;
+                links.insert(e.path.as_str());
+            }
+            libc::S_IFCHR | libc::S_IFBLK | libc::S_IFIFO => {
+                ferry_sys::ns::mknod(&cp, e.mode, e.rdev).map_err(|x| err("create the node", x))?;
+            }
+            _ => return Err(format!("tmpfs content {}: unknown file type {:o}", e.path, e.mode)),
+        }
+        ferry_sys::ns::lchown(&cp, e.uid, e.gid).map_err(|x| err("set its owner", x))?;
+        if e.mode & libc::S_IFMT != libc::S_IFLNK {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(e.mode & 0o7777))
+                .map_err(|x| err("set its mode", x))?;
+        }
+        done.push((cp, e));
+    }
+    // Times last, children first: creating an entry changes its directory's times.
+    for (cp, e) in done.iter().rev() {
+        ferry_sys::ns::set_times_nofollow(cp, e.atime_ns, e.mtime_ns)
+            .map_err(|x| format!("tmpfs content {}: cannot set its times: {x}", e.path))?;
+    }
+    Ok(())
+}
+
+/// Records in an order where every mount comes after its parent and its bind source.
+fn ordered(mounts: &[MountRecord]) -> Result<Vec<&MountRecord>, Error> {
+    let mut out: Vec<&MountRecord> = Vec::new();
+    let mut done: HashSet<u32> = HashSet::new();
+    while out.len() < mounts.len() {
+        let before = out.len();
+        for m in mounts {
+            let ready = |id: u32| id == 0 || done.contains(&id);
+            if !done.contains(&m.id) && ready(m.parent) && ready(m.bind_of) {
+                done.insert(m.id);
+                out.push(m);
+            }
+        }
+        if out.len() == before {
+            return Err(Error::Invalid {
+                object: "image mount tree".into(),
+                what: "a mount whose parent or bind source is missing".into(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Whether the tree's root mount was ferry's own "/" (same file system and directory).
+fn is_own_root(r: &MountRecord) -> bool {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let Ok(infos) = ferry_proc::parse_mountinfo(&text) else { return false };
+    infos
+        .iter()
+        .rev()
+        .find(|m| m.mount_point == "/")
+        .is_some_and(|m| m.fs_type == r.fstype && m.root == r.root && m.source == r.source)
+}
+
+pub(crate) fn restore(ctx: &RestoreCtx<'_>, ns: &Namespaces, h: &mut Handover) -> Result<(), Error> {
+    let Some(mnt) = &ns.mnt else { return Ok(()) };
+    let obj = |r: &MountRecord| format!("mount {} ({})", r.mountpoint, r.fstype);
+    let root_rec = mnt
+        .mounts
+        .iter()
+        .find(|r| r.parent == 0)
+        .ok_or_else(|| Error::Invalid { object: "image mount tree".into(), what: "no root mount".into() })?;
+    for r in &mnt.mounts {
+        if !plain(&r.mountpoint) || !r.mountpoint.starts_with('/') || !plain(&r.root) {
+            return Err(Error::Invalid { object: obj(r), what: "not a plain path".into() });
+        }
+    }
+    let root = match &ctx.opts.root {
+        Some(d) => std::fs::canonicalize(d).ctx(|| format!("--root {}", d.display()))?,
+        None if is_own_root(root_rec) => PathBuf::from("/"),
+        None => {
+            return Err(Error::Invalid {
+                object: "the tree's root mount".into(),
+                what: format!(
+                    "was {} ({} {}), not ferry's own root: give its directory with --root DIR",
+                    root_rec.source, root_rec.fstype, root_rec.root
+                ),
+            })
+        }
+    };
+    let slash = c"/";
+    ferry_sys::ns::mount(None, slash, None, (libc::MS_REC | libc::MS_PRIVATE) as u64, None)
+        .ctx(|| "cannot make the new mount namespace private".into())?;
+    let rc = cstr(&root).map_err(|what| Error::Invalid { object: "--root".into(), what })?;
+    ferry_sys::ns::mount(Some(&rc), &rc, None, MS_BIND, None)
+        .ctx(|| format!("cannot bind the root directory {} onto itself", root.display()))?;
+    let mut b =
+        Builder { root: root.clone(), made: HashMap::new(), finals: Vec::new(), external: &ctx.opts.external_mounts };
+    b.made.insert(root_rec.id, root_rec.clone());
+    b.finals.push((root.clone(), MS_REMOUNT | MS_BIND | root_rec.flags, String::new()));
+    // With a new pid namespace: proc mounts and what is below them wait for its init.
+    let mut deferred: HashSet<u32> = HashSet::new();
+    let mut later = Deferred::default();
+    for r in ordered(&mnt.mounts)? {
+        if r.parent == 0 {
+            continue;
+        }
+        let content = match r.content.as_str() {
+            "" => None,
+            name => Some(
+                TmpfsContent::decode(ctx.img.read_file(name)?.as_slice())
+                    .map_err(|e| Error::Invalid { object: name.into(), what: e.to_string() })?,
+            ),
+        };
+        if ctx.pidns && (r.fstype == "proc" && r.bind_of == 0 || deferred.contains(&r.parent)) {
+            if !deferred.contains(&r.parent) {
+                // ferry's own view of proc meanwhile (prepare uses /proc/self/fd).
+                let temp = MountRecord { flags: r.flags & !MS_RDONLY, sb_ro: false, ..r.clone() };
+                b.make(&temp, None).map_err(|what| Error::Invalid { object: obj(r), what })?;
+            }
+            deferred.insert(r.id);
+            later.mounts.push((r.clone(), content));
+            continue;
+        }
+        b.make(r, content.as_ref()).map_err(|what| Error::Invalid { object: obj(r), what })?;
+    }
+    b.finish().map_err(|what| Error::Invalid { object: "mount tree".into(), what })?;
+    let dot = c".";
+    ferry_sys::raw::fchdir(std::os::fd::AsFd::as_fd(
+        &std::fs::File::open(&root).ctx(|| format!("cannot open {}", root.display()))?,
+    ))
+    .ctx(|| format!("cannot enter {}", root.display()))?;
+    ferry_sys::ns::pivot_root(dot, dot).ctx(|| format!("cannot pivot_root into {}", root.display()))?;
+    ferry_sys::ns::umount2(dot, libc::MNT_DETACH).ctx(|| "cannot detach the old root".into())?;
+    std::env::set_current_dir("/").ctx(|| "cannot enter the new root".into())?;
+    propagate(mnt.mounts.iter().filter(|r| !deferred.contains(&r.id)))
+        .map_err(|what| Error::Invalid { object: "mount tree".into(), what })?;
+    if !later.mounts.is_empty() {
+        later.external = ctx
+            .opts
+            .external_mounts
+            .iter()
+            .map(|(key, host)| {
+                let made = b.made.values().find(|m| m.external == *key && !deferred.contains(&m.id));
+                (key.clone(), made.map_or_else(|| host.clone(), |m| PathBuf::from(&m.mountpoint)))
+            })
+            .collect();
+        later.made = b.made;
+        h.mounts = Some(later);
+    }
+    Ok(())
+}
+
+/// Shared and unbindable propagation (after pivot_root, which refuses a shared new root). A
+/// peer group of several mounts becomes one group per mount; slaves become private.
+fn propagate<'a>(mounts: impl Iterator<Item = &'a MountRecord>) -> Result<(), String> {
+    for r in mounts {
+        let t = cstr(Path::new(&r.mountpoint))?;
+        if r.shared != 0 {
+            ferry_sys::ns::mount(None, &t, None, libc::MS_SHARED as u64, None)
+                .map_err(|e| format!("mount {}: cannot make it shared: {e}", r.mountpoint))?;
+        }
+        if r.unbindable {
+            ferry_sys::ns::mount(None, &t, None, libc::MS_UNBINDABLE as u64, None)
+                .map_err(|e| format!("mount {}: cannot make it unbindable: {e}", r.mountpoint))?;
+        }
+    }
+    Ok(())
+}
+
+/// In the tree's root process, pid 1 of its new pid namespace, before it forks: replace
+/// ferry's view of proc with the namespace's own, and make what was mounted below it.
+pub(crate) fn mount_deferred(d: &Deferred) -> Result<(), String> {
+    let mut b = Builder { root: PathBuf::from("/"), made: d.made.clone(), finals: Vec::new(), external: &d.external };
+    let ids: HashSet<u32> = d.mounts.iter().map(|m| m.0.id).collect();
+    for (r, content) in &d.mounts {
+        if !ids.contains(&r.parent) {
+            let t = cstr(Path::new(&r.mountpoint))?;
+            ferry_sys::ns::umount2(&t, libc::MNT_DETACH).map_err(|e| format!("umount {}: {e}", r.mountpoint))?;
+        }
+        b.make(r, content.as_ref()).map_err(|e| format!("mount {} ({}): {e}", r.mountpoint, r.fstype))?;
+    }
+    b.finish()?;
+    propagate(d.mounts.iter().map(|m| &m.0))
+}

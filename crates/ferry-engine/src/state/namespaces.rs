@@ -1,0 +1,318 @@
+//! Namespaces of a tree: which of them differ from ferry's, and the framework that dumps and
+//! recreates their contents, one module per kind (`MODULES`; the uts names in state/uts.rs,
+//! the mount tree in state/mounts.rs). /work/notes/s16/ns-interface.md explains how a module
+//! plugs in.
+//!
+//! Dump: every process of the tree must be in the root's namespaces (checked in
+//! `dump::precheck`); each kind in which the root's namespace is not ferry's is recorded
+//! (`Namespaces.kinds`) and its module collects the content. A namespace given as external
+//! (`--external net[INO]:KEY`) is recorded with its key only. A kind without a module is
+//! refused by name.
+//!
+//! Restore ([`enter`]): ferry's restoring thread leaves the fs_struct it shares with ferry's
+//! other threads (`unshare(CLONE_FS)`), joins the external namespaces, creates every other
+//! kind with one `unshare`, and runs each module's `restore` in it, in `MODULES` order (the
+//! mount tree last: it ends with `pivot_root`). Then ferry prepares the tree's files in those
+//! namespaces and forks the tree, which inherits them; [`Entered::leave`] takes the thread
+//! back into ferry's own namespaces.
+
+use crate::error::{Ctx, Error};
+use ferry_image::{ImageReader, ImageWriter, Namespaces, NsKind};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+
+/// Every kind of namespace but pid (`Inventory.pidns`), with its `CLONE_NEW*` flag.
+pub const KINDS: [(&str, i32); 7] = [
+    ("mnt", libc::CLONE_NEWNS),
+    ("net", libc::CLONE_NEWNET),
+    ("uts", libc::CLONE_NEWUTS),
+    ("ipc", libc::CLONE_NEWIPC),
+    ("cgroup", libc::CLONE_NEWCGROUP),
+    ("time", libc::CLONE_NEWTIME),
+    ("user", libc::CLONE_NEWUSER),
+];
+
+/// A namespace of the dumped tree that is not recreated but joined at restore (CRIU's
+/// `--external net[INO]:KEY`, runc's "extRootNetNS").
+#[derive(Debug, Clone)]
+pub struct ExternalNs {
+    /// "net", "ipc", "uts", ...
+    pub kind: String,
+    /// The namespace's inode number (as in `/proc/PID/ns/net -> net:[INO]`).
+    pub inode: u64,
+    pub key: String,
+}
+
+/// Dump options about namespaces and mounts.
+#[derive(Debug, Clone, Default)]
+pub struct DumpNs {
+    /// Namespaces to record as external.
+    pub external: Vec<ExternalNs>,
+    /// Mounts not to recreate but to take from the restoring node: (mountpoint as the tree sees
+    /// it, key) (`--external mnt[MOUNTPOINT]:KEY`; runc sends its bind mounts with key =
+    /// destination).
+    pub external_mounts: Vec<(String, String)>,
+}
+
+/// Restore options about namespaces and mounts.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreNs {
+    /// External namespaces: (key, fd number of a namespace file in ferry) (`--inherit-fd
+    /// fd[N]:KEY`). The caller keeps the fd open during the restore.
+    pub inherit: Vec<(String, i32)>,
+    /// The directory that becomes the tree's root mount when its root was external (`--root`);
+    /// without it, a root that was ferry's own "/" at dump is "/" again.
+    pub root: Option<PathBuf>,
+    /// External mounts: (key, path on this node) (`--external mnt[KEY]:PATH`).
+    pub external_mounts: Vec<(String, PathBuf)>,
+}
+
+/// What a module's dump gets.
+pub struct DumpCtx<'a> {
+    /// The root process, as ferry sees it.
+    pub pid: i32,
+    /// Its namespace of the module's kind (`/proc/PID/ns/KIND`).
+    pub ns: BorrowedFd<'a>,
+    pub opts: &'a DumpNs,
+    /// For contents too large for the inventory (tmpfs files).
+    pub img: &'a mut ImageWriter,
+}
+
+/// What a module's restore gets. It runs in ferry's restoring thread, which is already in the
+/// new namespace of the module's kind (and of every kind: all are created before any module
+/// runs); modules run in `MODULES` order.
+pub struct RestoreCtx<'a> {
+    pub img: &'a ImageReader,
+    pub opts: &'a RestoreNs,
+    /// The tree is a whole pid namespace: its init (the root) is forked into a new one.
+    pub pidns: bool,
+}
+
+/// One kind of namespace whose content ferry carries.
+struct Module {
+    kind: &'static str,
+    dump: fn(&mut DumpCtx<'_>, &mut Namespaces) -> Result<(), Error>,
+    restore: fn(&RestoreCtx<'_>, &Namespaces, &mut Handover) -> Result<(), Error>,
+}
+
+/// What modules hand on to the forked tree (the root process of a new pid namespace mounts
+/// the proc file systems: proc shows the pid namespace of whoever mounts it).
+#[derive(Default)]
+pub struct Handover {
+    pub mounts: Option<crate::state::mounts::Deferred>,
+}
+
+/// Restore order: mnt last (it ends with pivot_root, after which only the tree's files are
+/// visible; sysfs and mqueue mounts take the net and ipc namespaces of the mounter).
+const MODULES: &[Module] = &[
+    Module { kind: "uts", dump: crate::state::uts::dump, restore: crate::state::uts::restore },
+    // (net and ipc run `ip` and read /proc/sys: before the mount tree is swapped)
+    Module { kind: "net", dump: crate::state::netns::dump, restore: crate::state::netns::restore },
+    Module { kind: "ipc", dump: crate::state::ipcns::dump, restore: crate::state::ipcns::restore },
+    // (makes its namespace itself: see state/timens.rs)
+    Module { kind: "time", dump: crate::state::timens::dump, restore: crate::state::timens::restore },
+    Module { kind: "mnt", dump: crate::state::mounts::dump, restore: crate::state::mounts::restore },
+];
+
+fn flag_of(kind: &str) -> i32 {
+    KINDS.iter().find(|k| k.0 == kind).map_or(0, |k| k.1)
+}
+
+fn link(path: &str) -> Option<String> {
+    std::fs::read_link(path).ok().map(|l| l.to_string_lossy().into_owned())
+}
+
+/// `/proc/PID/ns/KIND` of a process (None if the kernel has no such kind).
+pub fn ns_link(pid: i32, kind: &str) -> Option<String> {
+    link(&format!("/proc/{pid}/ns/{kind}"))
+}
+
+/// The inode number in a link like "net:[4026531840]".
+fn inode_of(link: &str) -> u64 {
+    link.rsplit_once('[').and_then(|(_, r)| r.trim_end_matches(']').parse().ok()).unwrap_or(0)
+}
+
+/// At dump, for every process of the tree: refuse one whose namespaces are not the root's.
+pub fn check_same_as_root(pid: i32, root: i32) -> Result<(), Error> {
+    if pid == root {
+        return Ok(());
+    }
+    for (kind, _) in KINDS {
+        let (mine, theirs) = (ns_link(pid, kind), ns_link(root, kind));
+        if mine != theirs {
+            return Err(Error::Unsupported {
+                pid,
+                what: format!("a process in another {kind} namespace than the tree's root {root}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// At dump (before the freeze and again under it): refuse a root in a namespace that ferry
+/// can neither recreate nor join.
+pub fn check_root(pid: i32, opts: &DumpNs) -> Result<(), Error> {
+    for (kind, _) in KINDS {
+        let theirs = ns_link(pid, kind);
+        if theirs.is_none() || theirs == link(&format!("/proc/self/ns/{kind}")) {
+            continue;
+        }
+        let ino = theirs.as_deref().map_or(0, inode_of);
+        if opts.external.iter().any(|e| e.kind == kind && e.inode == ino) {
+            continue;
+        }
+        if !MODULES.iter().any(|m| m.kind == kind) {
+            return Err(Error::Unsupported {
+                pid,
+                what: format!(
+                    "a process in its own {kind} namespace (not recreated by ferry yet; an existing one can be given with --external {kind}[{ino}]:KEY)"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// At dump, under the freeze: record the root's namespaces that differ from ferry's and let
+/// each module collect its content. None if the tree shares all of ferry's.
+pub fn collect(pid: i32, opts: &DumpNs, img: &mut ImageWriter) -> Result<Option<Namespaces>, Error> {
+    check_root(pid, opts)?;
+    let mut out = Namespaces::default();
+    for (kind, _) in KINDS {
+        let Some(theirs) = ns_link(pid, kind) else { continue };
+        if Some(&theirs) == link(&format!("/proc/self/ns/{kind}")).as_ref() {
+            continue;
+        }
+        let inode = inode_of(&theirs);
+        let external = opts.external.iter().find(|e| e.kind == kind && e.inode == inode).map(|e| e.key.clone());
+        out.kinds.push(NsKind { kind: kind.into(), inode, external: external.clone().unwrap_or_default() });
+        if external.is_some() {
+            continue;
+        }
+        let Some(m) = MODULES.iter().find(|m| m.kind == kind) else { continue };
+        let path = format!("/proc/{pid}/ns/{kind}");
+        let f = std::fs::File::open(&path).ctx(|| format!("cannot open {path}"))?;
+        let fd: OwnedFd = f.into();
+        let mut ctx = DumpCtx { pid, ns: fd.as_fd(), opts, img };
+        (m.dump)(&mut ctx, &mut out)?;
+    }
+    Ok((!out.kinds.is_empty()).then_some(out))
+}
+
+/// Run `f` in a short-lived thread that has joined the namespace `ns` of kind `flag` (for a
+/// mount namespace, after leaving ferry's fs_struct): reads what only a member of the
+/// namespace can see (uname, sysctls, ...) without moving ferry.
+pub fn in_ns<T: Send>(ns: BorrowedFd<'_>, flag: i32, f: impl FnOnce() -> Result<T, Error> + Send) -> Result<T, Error> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            if flag == libc::CLONE_NEWNS {
+                ferry_sys::ns::unshare(libc::CLONE_FS).ctx(|| "cannot unshare CLONE_FS".into())?;
+            }
+            ferry_sys::ns::setns(ns, flag).ctx(|| "cannot join the tree's namespace (setns)".into())?;
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(Error::Invalid { object: "namespace reader thread".into(), what: "panicked".into() }))
+    })
+}
+
+/// ferry's restoring thread, inside the tree's namespaces until [`Entered::leave`] (or drop).
+pub struct Entered {
+    /// ferry's own namespaces it left: (flag, fd).
+    own: Vec<(i32, OwnedFd)>,
+    cwd: Option<OwnedFd>,
+    /// For the forked tree.
+    pub handover: Handover,
+    left: bool,
+}
+
+impl Entered {
+    /// Back into ferry's own namespaces and cwd. Idempotent; errors are logged (nothing of
+    /// the tree depends on it).
+    pub fn leave(&mut self) {
+        if self.left {
+            return;
+        }
+        self.left = true;
+        // (A thread ferry started meanwhile shares this thread's fs_struct again, and setns into
+        // a mount namespace needs one of its own.)
+        if let Err(e) = ferry_sys::ns::unshare(libc::CLONE_FS) {
+            tracing::warn!(error = %e, "cannot unshare CLONE_FS");
+        }
+        for (flag, fd) in &self.own {
+            if let Err(e) = ferry_sys::ns::setns(fd.as_fd(), *flag) {
+                tracing::warn!(flag, error = %e, "cannot go back into ferry's own namespace");
+            }
+        }
+        if let Some(cwd) = &self.cwd {
+            let _ = ferry_sys::raw::fchdir(cwd.as_fd());
+        }
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
+/// At restore, before anything of the tree is opened: move ferry's restoring thread into new
+/// namespaces of every kind the image records (or the external ones it names), with their
+/// contents recreated. None if the image has none.
+pub fn enter(img: &ImageReader, opts: &RestoreNs) -> Result<Option<Entered>, Error> {
+    let kinds = img.inventory().namespaces.as_ref().map(|n| n.kinds.as_slice()).unwrap_or_default();
+    if !kinds.iter().any(|k| k.kind == "time") {
+        crate::state::timens::settle_children()?;
+    }
+    let Some(ns) = img.inventory().namespaces.as_ref().filter(|n| !n.kinds.is_empty()) else {
+        return Ok(None);
+    };
+    let mut create = 0;
+    let mut join = Vec::new();
+    for k in &ns.kinds {
+        let flag = flag_of(&k.kind);
+        if flag == 0 || flag == libc::CLONE_NEWUSER {
+            return Err(Error::Invalid {
+                object: "image namespaces".into(),
+                what: format!("cannot recreate a {} namespace", k.kind),
+            });
+        }
+        if k.external.is_empty() {
+            // (the time module makes its own namespace: its offsets are computed before)
+            create |= flag & !libc::CLONE_NEWTIME;
+        } else {
+            let fd =
+                opts.inherit.iter().find(|(key, _)| *key == k.external).map(|x| x.1).ok_or_else(|| Error::Invalid {
+                    object: format!("{} namespace", k.kind),
+                    what: format!("external with key {:?}: give it with --inherit-fd fd[N]:{}", k.external, k.external),
+                })?;
+            join.push((flag, fd, k.kind.clone()));
+        }
+    }
+    let mut own = Vec::new();
+    // (A thread cannot setns back into a time namespace while ferry has other threads, and
+    // its own clocks never changed: only its future children's, which timens.rs settles.)
+    for k in ns.kinds.iter().filter(|k| k.kind != "time") {
+        let path = format!("/proc/thread-self/ns/{}", k.kind);
+        let f = std::fs::File::open(&path).ctx(|| format!("cannot open {path}"))?;
+        own.push((flag_of(&k.kind), OwnedFd::from(f)));
+    }
+    let cwd = std::fs::File::open(".").ok().map(OwnedFd::from);
+    ferry_sys::ns::unshare(libc::CLONE_FS).ctx(|| "cannot unshare CLONE_FS".into())?;
+    let mut entered = Entered { own, cwd, handover: Handover::default(), left: false };
+    for (flag, fd, kind) in &join {
+        ferry_sys::ns::setns_number(*fd, *flag)
+            .ctx(|| format!("cannot join the external {kind} namespace (fd {fd})"))?;
+    }
+    if create != 0 {
+        ferry_sys::ns::unshare(create).ctx(|| format!("cannot create the tree's namespaces (unshare {create:#x})"))?;
+    }
+    let ctx = RestoreCtx { img, opts, pidns: img.inventory().pidns };
+    for m in MODULES {
+        let created = ns.kinds.iter().any(|k| k.kind == m.kind && k.external.is_empty());
+        if created {
+            (m.restore)(&ctx, ns, &mut entered.handover)?;
+        }
+    }
+    Ok(Some(entered))
+}

@@ -1,0 +1,290 @@
+//! The content of a network namespace: its devices, addresses, routes and the sysctls that
+//! change how it behaves. The sockets in it are the socket modules' (unix.rs, inet.rs); they
+//! are recreated inside the new namespace because restore prepares them from a thread that
+//! has entered it.
+//!
+//! Read and written with iproute2's `ip` (as CRIU does with `ip addr save` / `ip route save`),
+//! run from a thread that entered the namespace (dump: `setns` into /proc/PID/ns/net; restore:
+//! the thread that created or entered the new one), so its children inherit that namespace;
+//! the sysctls are read and written under /proc/sys/net by the same thread (they are per
+//! network namespace of the opener).
+//!
+//! Devices: `lo`, bridges and veth pairs with both ends inside are recreated (name, index,
+//! hardware address, MTU, bridge port, up/down; a bridge's own settings, such as STP, are left
+//! at their defaults). Other kinds (a veth whose peer is outside, macvlan, tunnels ...) are
+//! refused by name, and so is a
+//! non-empty nftables ruleset (iptables on Debian 12 is nftables underneath): ferry does not
+//! carry packet filtering rules yet. Addresses: every IPv4 one and every IPv6 one but the
+//! link-local addresses the kernel makes itself. Routes: those of the main table that the
+//! kernel did not add itself (a "proto kernel" route comes back with its address).
+
+use super::namespaces::{in_ns, DumpCtx, Handover, RestoreCtx};
+use crate::error::{Ctx, Error};
+use ferry_image::{Namespaces, NsxAddr, NsxLink, NsxNetns, NsxSysctl};
+use serde_json::Value;
+use std::process::Command;
+
+/// Namespace-wide sysctls worth keeping (paths below /proc/sys); written in this order, so
+/// that `ip_forward` (which resets every device's `forwarding`) comes before the rest.
+const SYSCTLS: &[&str] = &[
+    "net/ipv4/ip_forward",
+    "net/ipv4/conf/all/forwarding",
+    "net/ipv4/conf/default/forwarding",
+    "net/ipv4/ping_group_range",
+    "net/ipv4/ip_local_port_range",
+    "net/ipv4/ip_unprivileged_port_start",
+    "net/ipv4/tcp_syncookies",
+    "net/ipv6/conf/all/disable_ipv6",
+    "net/ipv6/conf/default/disable_ipv6",
+    "net/ipv6/conf/all/forwarding",
+    "net/ipv6/conf/default/forwarding",
+];
+/// Per-device sysctls (DEV replaced by each device's name).
+const DEV_SYSCTLS: &[&str] = &["net/ipv4/conf/DEV/forwarding", "net/ipv6/conf/DEV/disable_ipv6"];
+
+/// Address flags `ip -j address` reports and `ip address add` takes.
+const ADDR_FLAGS: &[&str] = &["nodad", "noprefixroute", "home", "mngtmpaddr", "autojoin"];
+
+/// Route flags `ip route` prints but `ip route add` does not take.
+const ROUTE_STATE_WORDS: &[&str] =
+    &["linkdown", "dead", "offload", "trap", "rt_offload", "rt_trap", "rt_offload_failed"];
+
+/// Dump (a namespace module, state/namespaces.rs): read the content from a thread that joined
+/// the tree's network namespace.
+pub(crate) fn dump(ctx: &mut DumpCtx<'_>, out: &mut Namespaces) -> Result<(), Error> {
+    let pid = ctx.pid;
+    out.nsx_net = Some(in_ns(ctx.ns, libc::CLONE_NEWNET, || collect(pid))?);
+    Ok(())
+}
+
+/// Restore: ferry's restoring thread is in the new network namespace.
+pub(crate) fn restore(_ctx: &RestoreCtx<'_>, ns: &Namespaces, _h: &mut Handover) -> Result<(), Error> {
+    match &ns.nsx_net {
+        Some(n) => apply(n),
+        None => Ok(()),
+    }
+}
+
+/// Run `f` in the network namespace of `pid`: in ferry's thread when it is ferry's own, else
+/// in a thread that joined it (sock_diag queries, which list the asker's namespace).
+pub fn in_netns_of<T: Send>(pid: i32, f: impl FnOnce() -> Result<T, Error> + Send) -> Result<T, Error> {
+    let path = format!("/proc/{pid}/ns/net");
+    let theirs = std::fs::read_link(&path).ctx(|| format!("cannot read link {path}"))?;
+    if std::fs::read_link("/proc/self/ns/net").ok().as_ref() == Some(&theirs) {
+        return f();
+    }
+    let ns = std::fs::File::open(&path).ctx(|| format!("cannot open {path}"))?;
+    use std::os::fd::AsFd;
+    in_ns(ns.as_fd(), libc::CLONE_NEWNET, f)
+}
+
+/// Run `ip ARGS` (or another tool) in the calling thread's network namespace; its stdout.
+fn tool(prog: &str, args: &[&str]) -> Result<String, Error> {
+    let out =
+        Command::new(prog).args(args).output().ctx(|| format!("cannot run {prog} (install iproute2 / nftables)"))?;
+    if !out.status.success() {
+        return Err(Error::Invalid {
+            object: format!("{prog} {}", args.join(" ")),
+            what: format!("failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn json(args: &[&str]) -> Result<Vec<Value>, Error> {
+    let text = tool("ip", args)?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| Error::Invalid {
+        object: format!("ip {}", args.join(" ")),
+        what: format!("unreadable output: {e}"),
+    })?;
+    Ok(v.as_array().cloned().unwrap_or_default())
+}
+
+fn collect(pid: i32) -> Result<NsxNetns, Error> {
+    let refuse = |what: String| Error::Unsupported { pid, what };
+    let mut ns = NsxNetns::default();
+    for l in json(&["-j", "-d", "link", "show"])? {
+        let name = l["ifname"].as_str().unwrap_or_default().to_string();
+        let kind = if l["link_type"] == "loopback" {
+            "loopback".to_string()
+        } else {
+            l["linkinfo"]["info_kind"].as_str().unwrap_or("unknown").to_string()
+        };
+        let peer = l["link"].as_str().unwrap_or_default().to_string();
+        match kind.as_str() {
+            "loopback" | "bridge" => {}
+            // A pair with both ends inside is recreated; one whose other end is outside (in
+            // the host, typically) would need that end to be found or made there.
+            "veth" if l.get("link_netnsid").is_none() && !peer.is_empty() => {}
+            "veth" => {
+                return Err(refuse(format!(
+                    "network device {name} (veth) in the tree's network namespace, its peer outside it"
+                )))
+            }
+            _ => return Err(refuse(format!("network device {name} ({kind}) in the tree's network namespace"))),
+        }
+        let up = l["flags"].as_array().is_some_and(|f| f.iter().any(|x| x == "UP"));
+        ns.links.push(NsxLink {
+            name,
+            kind,
+            mtu: l["mtu"].as_u64().unwrap_or(0) as u32,
+            up,
+            address: l["address"].as_str().unwrap_or_default().to_string(),
+            ifindex: l["ifindex"].as_u64().unwrap_or(0) as u32,
+            peer,
+            master: l["master"].as_str().unwrap_or_default().to_string(),
+        });
+    }
+    for l in json(&["-j", "addr", "show"])? {
+        let dev = l["ifname"].as_str().unwrap_or_default();
+        for a in l["addr_info"].as_array().into_iter().flatten() {
+            let family = a["family"].as_str().unwrap_or_default();
+            let scope = a["scope"].as_str().unwrap_or_default();
+            if family == "inet6" && scope == "link" {
+                continue;
+            }
+            ns.addrs.push(NsxAddr {
+                dev: dev.to_string(),
+                family: family.to_string(),
+                local: a["local"].as_str().unwrap_or_default().to_string(),
+                prefixlen: a["prefixlen"].as_u64().unwrap_or(0) as u32,
+                broadcast: a["broadcast"].as_str().unwrap_or_default().to_string(),
+                scope: scope.to_string(),
+                flags: ADDR_FLAGS.iter().filter(|f| a[**f] == true).map(|f| f.to_string()).collect(),
+            });
+        }
+    }
+    for family in ["inet", "inet6"] {
+        let flag = if family == "inet" { "-4" } else { "-6" };
+        for line in tool("ip", &[flag, "route", "show", "table", "main"])?.lines() {
+            if line.trim().is_empty() || line.contains("proto kernel") {
+                continue;
+            }
+            ns.routes.push(format!("{family} {}", line.trim()));
+        }
+    }
+    let mut paths: Vec<String> = SYSCTLS.iter().map(|s| s.to_string()).collect();
+    for l in &ns.links {
+        paths.extend(DEV_SYSCTLS.iter().map(|s| s.replace("DEV", &l.name)));
+    }
+    for path in paths {
+        // A sysctl this kernel lacks (no IPv6) is simply not recorded.
+        if let Ok(v) = std::fs::read_to_string(format!("/proc/sys/{path}")) {
+            ns.sysctls.push(NsxSysctl { path, value: v.trim().to_string() });
+        }
+    }
+    match Command::new("nft").args(["list", "ruleset"]).output() {
+        Ok(out) if out.status.success() => {
+            if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+                return Err(refuse("an nftables/iptables ruleset in the tree's network namespace".into()));
+            }
+        }
+        Ok(out) => {
+            return Err(Error::Invalid {
+                object: format!("the network namespace of pid {pid}"),
+                what: format!("cannot list its nftables ruleset: {}", String::from_utf8_lossy(&out.stderr).trim()),
+            })
+        }
+        Err(e) => {
+            return Err(Error::Sys {
+                object: "cannot run nft to check the tree's network namespace for filtering rules (install nftables)"
+                    .into(),
+                source: e,
+            })
+        }
+    }
+    Ok(ns)
+}
+
+/// Recreate the recorded content in the calling thread's network namespace (new, holding only
+/// a down `lo`), before any socket of the tree is made.
+fn apply(ns: &NsxNetns) -> Result<(), Error> {
+    // Devices first (a veth pair at its first end), then bridge ports, then MTUs (a bridge's
+    // follows its ports unless set after them).
+    let spec = |l: &NsxLink| -> Vec<String> {
+        let mut a = vec![l.name.clone()];
+        if l.ifindex != 0 {
+            a.extend(["index".to_string(), l.ifindex.to_string()]);
+        }
+        if !l.address.is_empty() {
+            a.extend(["address".to_string(), l.address.clone()]);
+        }
+        a
+    };
+    for l in &ns.links {
+        let mut args: Vec<String> = vec!["link".into(), "add".into()];
+        match l.kind.as_str() {
+            "loopback" => continue,
+            "bridge" => {
+                args.extend(spec(l));
+                args.extend(["type".into(), "bridge".into()]);
+            }
+            "veth" => {
+                let Some(p) = ns.links.iter().find(|p| p.name == l.peer && p.peer == l.name) else {
+                    return Err(Error::Invalid {
+                        object: format!("network device {}", l.name),
+                        what: format!("veth without its peer {} in the image", l.peer),
+                    });
+                };
+                if p.name < l.name {
+                    continue;
+                }
+                args.extend(spec(l));
+                args.extend(["type".into(), "veth".into(), "peer".into(), "name".into()]);
+                args.extend(spec(p));
+            }
+            other => {
+                return Err(Error::Invalid {
+                    object: format!("network device {}", l.name),
+                    what: format!("unknown kind {other}"),
+                })
+            }
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        tool("ip", &args)?;
+    }
+    for l in ns.links.iter().filter(|l| !l.master.is_empty()) {
+        tool("ip", &["link", "set", "dev", &l.name, "master", &l.master])?;
+    }
+    for l in ns.links.iter().filter(|l| l.mtu != 0) {
+        tool("ip", &["link", "set", "dev", &l.name, "mtu", &l.mtu.to_string()])?;
+    }
+    for s in &ns.sysctls {
+        let p = format!("/proc/sys/{}", s.path);
+        let cur = std::fs::read_to_string(&p).unwrap_or_default();
+        if cur.trim() != s.value {
+            std::fs::write(&p, format!("{}\n", s.value)).ctx(|| format!("cannot set {p} to {}", s.value))?;
+        }
+    }
+    for l in ns.links.iter().filter(|l| l.up) {
+        ferry_sys::nsctl::link_set_up(&l.name, true).ctx(|| format!("cannot bring up network device {}", l.name))?;
+    }
+    for a in &ns.addrs {
+        let local = format!("{}/{}", a.local, a.prefixlen);
+        let flag = if a.family == "inet6" { "-6" } else { "-4" };
+        let mut args = vec![flag, "addr", "add", local.as_str(), "dev", a.dev.as_str()];
+        if !a.broadcast.is_empty() {
+            args.extend(["broadcast", a.broadcast.as_str()]);
+        }
+        if !a.scope.is_empty() {
+            args.extend(["scope", a.scope.as_str()]);
+        }
+        args.extend(a.flags.iter().filter(|f| ADDR_FLAGS.contains(&f.as_str())).map(String::as_str));
+        // `lo`'s own addresses come back when it goes up: one already there is fine.
+        match tool("ip", &args) {
+            Err(Error::Invalid { what, .. }) if what.contains("File exists") || what.contains("already assigned") => {}
+            r => r.map(drop)?,
+        }
+    }
+    for r in &ns.routes {
+        let (family, spec) = r.split_once(' ').unwrap_or(("inet", r));
+        let flag = if family == "inet6" { "-6" } else { "-4" };
+        let mut args = vec![flag, "route", "add"];
+        args.extend(spec.split_whitespace().filter(|w| !ROUTE_STATE_WORDS.contains(w)));
+        match tool("ip", &args) {
+            Err(Error::Invalid { what, .. }) if what.contains("File exists") => {}
+            r => r.map(drop)?,
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! Namespaces and mounts: `setns`, `unshare`, `mount`, `umount2`, `pivot_root`,
+//! `sethostname`/`setdomainname`, `mknod`, and what tmpfs content needs (`lchown`,
+//! `utimensat` on a symbolic link).
+
+use crate::cvt_i;
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+/// `setns(2)`: move the calling thread into the namespace `fd` refers to (`nstype`: a
+/// `CLONE_NEW*` flag, or 0 for any).
+pub fn setns(fd: BorrowedFd<'_>, nstype: i32) -> io::Result<()> {
+    // SAFETY: integer arguments.
+    cvt_i(unsafe { libc::setns(fd.as_raw_fd(), nstype) }).map(drop)
+}
+
+/// `unshare(2)` for the calling thread (`CLONE_FS`, `CLONE_NEW*`).
+pub fn unshare(flags: i32) -> io::Result<()> {
+    // SAFETY: integer argument.
+    cvt_i(unsafe { libc::unshare(flags) }).map(drop)
+}
+
+/// `mount(2)`. `source`, `fstype` and `data` may be absent.
+pub fn mount(
+    source: Option<&CStr>,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: u64,
+    data: Option<&CStr>,
+) -> io::Result<()> {
+    let p = |s: Option<&CStr>| s.map_or(std::ptr::null(), |s| s.as_ptr());
+    // SAFETY: every pointer is a valid C string or null, which mount(2) accepts for these.
+    cvt_i(unsafe {
+        libc::mount(p(source), target.as_ptr(), p(fstype), flags as libc::c_ulong, p(data) as *const libc::c_void)
+    })
+    .map(drop)
+}
+
+/// `umount2(2)`.
+pub fn umount2(target: &CStr, flags: i32) -> io::Result<()> {
+    // SAFETY: valid C string.
+    cvt_i(unsafe { libc::umount2(target.as_ptr(), flags) }).map(drop)
+}
+
+/// `pivot_root(2)` (no libc wrapper).
+pub fn pivot_root(new_root: &CStr, put_old: &CStr) -> io::Result<()> {
+    // SAFETY: valid C strings.
+    crate::cvt(unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) }).map(drop)
+}
+
+/// `sethostname(2)` in the calling thread's uts namespace.
+pub fn sethostname(name: &[u8]) -> io::Result<()> {
+    // SAFETY: pointer and length of a live slice.
+    cvt_i(unsafe { libc::sethostname(name.as_ptr() as *const libc::c_char, name.len()) }).map(drop)
+}
+
+/// `setdomainname(2)` in the calling thread's uts namespace.
+pub fn setdomainname(name: &[u8]) -> io::Result<()> {
+    // SAFETY: pointer and length of a live slice.
+    cvt_i(unsafe { libc::setdomainname(name.as_ptr() as *const libc::c_char, name.len()) }).map(drop)
+}
+
+/// `uname(2)`: (nodename, domainname) of the calling thread's uts namespace.
+pub fn uts_names() -> io::Result<(Vec<u8>, Vec<u8>)> {
+    // SAFETY: utsname is plain data; zeroed is a valid value.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a utsname.
+    cvt_i(unsafe { libc::uname(&mut u) })?;
+    let field = |f: &[libc::c_char]| f.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect::<Vec<u8>>();
+    Ok((field(&u.nodename), field(&u.domainname)))
+}
+
+/// `mknod(2)` (device nodes, FIFOs, sockets' placeholders).
+pub fn mknod(path: &CStr, mode: u32, rdev: u64) -> io::Result<()> {
+    // SAFETY: valid C string.
+    cvt_i(unsafe { libc::mknod(path.as_ptr(), mode as libc::mode_t, rdev as libc::dev_t) }).map(drop)
+}
+
+/// `lchown(2)`: the owner of a path without following a final symbolic link.
+pub fn lchown(path: &CStr, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: valid C string.
+    cvt_i(unsafe { libc::lchown(path.as_ptr(), uid, gid) }).map(drop)
+}
+
+/// `utimensat(AT_FDCWD, path, [atime, mtime], AT_SYMLINK_NOFOLLOW)`, times in ns since the epoch.
+pub fn set_times_nofollow(path: &CStr, atime_ns: i64, mtime_ns: i64) -> io::Result<()> {
+    let ts = |ns: i64| libc::timespec { tv_sec: ns.div_euclid(1_000_000_000), tv_nsec: ns.rem_euclid(1_000_000_000) };
+    let t = [ts(atime_ns), ts(mtime_ns)];
+    // SAFETY: valid C string and a two-element timespec array.
+    cvt_i(unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), t.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) }).map(drop)
+}
+
+/// `readlinkat(dirfd, name)`, e.g. "self" in an fd of a /proc mount: the caller's pid as that
+/// proc instance's pid namespace sees it.
+/// Takes an fd number: a forked restore child uses one it inherited.
+pub fn readlinkat_number(dir: i32, name: &CStr) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid C string and a buffer of the given length.
+    let n = crate::cvt(unsafe {
+        libc::readlinkat(dir, name.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len()) as libc::c_long
+    })?;
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+/// `setns(2)` with an fd number ferry's caller handed over (`--inherit-fd`), not owned here.
+pub fn setns_number(fd: i32, nstype: i32) -> io::Result<()> {
+    // SAFETY: integer arguments; a bad number fails with EBADF.
+    cvt_i(unsafe { libc::setns(fd, nstype) }).map(drop)
+}
+
+/// `open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC)`: a detached copy of the
+/// one mount at `path` (without the mounts below it), to read what they hide.
+pub fn open_tree_clone(path: &CStr) -> io::Result<std::os::fd::OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_long = 1;
+    // SAFETY: valid C string; integer flags.
+    let n = crate::cvt(unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_long,
+        )
+    })?;
+    // SAFETY: the kernel just created fd `n` for us; we are its only owner.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n as i32) })
+}
+
+/// `openat(2)` of `name` in directory `dir` (an image directory opened before ferry moves into
+/// a tree's mount namespace, where its path no longer resolves).
+pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: valid C string; integer arguments.
+    let n = cvt_i(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) })?;
+    // SAFETY: the kernel just created fd `n` for us; we are its only owner.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n) })
+}

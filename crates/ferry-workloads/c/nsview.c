@@ -1,0 +1,294 @@
+/*
+ * nsview: a process in namespaces of its own, checking its view of them after restore.
+ *
+ *   nsview W uts   unshare(CLONE_NEWUTS), set a host and domain name; on go: the same names.
+ *   nsview W pidmnt  the same in pid 1 of a new pid namespace (its /proc must be its own).
+ *   nsview W mnt   unshare(CLONE_NEWNS | CLONE_NEWUTS), build a container-like mount tree with
+ *                  W (bound onto itself) as its root: proc, a tmpfs /tmp with files of every
+ *                  kind, a tmpfs /dev with a null node, devpts (newinstance) and mqueue, a
+ *                  read-only bind of a tmpfs sub-directory on /data, /dev/null bound over
+ *                  /proc/timer_list (runc's masks), sysfs read-only, a shared /tmp; pivot_root into
+ *                  W and exec the copy of itself the test put at W/nsview (with its libraries
+ *                  under W) as "nsview / mnt2", which records /proc/self/mountinfo (ids and
+ *                  peer group numbers left out) and, on go, checks it, the tmpfs files and the
+ *                  mounts' behaviour (read-only, /dev/null, /proc/timer_list masked).
+ */
+#include "common.h"
+#include <sched.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/sysmacros.h>
+#include <sys/utsname.h>
+
+static const char HOST[] = "ferry-ns-host";
+static const char DOMAIN[] = "ferry.example";
+
+static void check_uts(void)
+{
+	struct utsname u;
+	CHECK(uname(&u) == 0, "uname: %s", strerror(errno));
+	CHECK(strcmp(u.nodename, HOST) == 0, "host name %s, expected %s", u.nodename, HOST);
+	CHECK(strcmp(u.domainname, DOMAIN) == 0, "domain name %s, expected %s", u.domainname, DOMAIN);
+}
+
+static void set_uts(void)
+{
+	SETUP(sethostname(HOST, strlen(HOST)));
+	SETUP(setdomainname(DOMAIN, strlen(DOMAIN)));
+}
+
+static char path_buf[8][4096];
+static const char *at(int slot, const char *rel)
+{
+	snprintf(path_buf[slot], sizeof path_buf[slot], "%s/%s", W, rel);
+	return path_buf[slot];
+}
+
+static void write_text(const char *path, const char *text, mode_t mode)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+	if (fd < 0)
+		die_setup("create %s: %s", path, strerror(errno));
+	if (write(fd, text, strlen(text)) != (ssize_t)strlen(text))
+		die_setup("write %s", path);
+	close(fd);
+	SETUP(chmod(path, mode));
+}
+
+static void set_mtime(const char *path, time_t sec)
+{
+	struct timespec t[2] = { { sec, 0 }, { sec, 0 } };
+	SETUP(utimensat(AT_FDCWD, path, t, AT_SYMLINK_NOFOLLOW));
+}
+
+static void build_tree(void)
+{
+	SETUP(unshare(CLONE_NEWNS | CLONE_NEWUTS));
+	set_uts();
+	SETUP(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL));
+	SETUP(mount(W, W, NULL, MS_BIND, NULL));
+	const char *dirs[] = { "proc", "tmp", "dev", "data", "sys" };
+	for (unsigned i = 0; i < sizeof dirs / sizeof dirs[0]; i++)
+		if (mkdir(at(0, dirs[i]), 0755) < 0 && errno != EEXIST)
+			die_setup("mkdir %s: %s", at(0, dirs[i]), strerror(errno));
+	SETUP(mount("proc", at(0, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL));
+	SETUP(mount("tmpfs", at(0, "tmp"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=16m"));
+	write_text(at(0, "tmp/hello"), "hello from a tmpfs\n", 0640);
+	SETUP(chown(at(0, "tmp/hello"), 1234, 5678));
+	set_mtime(at(0, "tmp/hello"), 1000000000);
+	SETUP(mkdir(at(0, "tmp/sub"), 0750));
+	write_text(at(0, "tmp/sub/inner"), "inner file\n", 0600);
+	SETUP(symlink("hello", at(0, "tmp/link")));
+	SETUP(mkfifo(at(0, "tmp/fifo"), 0604));
+	write_text(at(0, "tmp/empty"), "", 0444);
+	set_mtime(at(0, "tmp/sub"), 1100000000);
+	SETUP(mount("tmpfs", at(0, "dev"), "tmpfs", MS_NOSUID | MS_STRICTATIME, "mode=755,size=64k"));
+	SETUP(mknod(at(0, "dev/null"), S_IFCHR | 0666, makedev(1, 3)));
+	SETUP(chmod(at(0, "dev/null"), 0666));
+	SETUP(mkdir(at(0, "dev/pts"), 0755));
+	SETUP(mkdir(at(0, "dev/mqueue"), 0755));
+	SETUP(symlink("pts/ptmx", at(0, "dev/ptmx")));
+	SETUP(mount("devpts", at(0, "dev/pts"), "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5"));
+	SETUP(mount("mqueue", at(0, "dev/mqueue"), "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL));
+	SETUP(mount(at(0, "tmp/sub"), at(1, "data"), NULL, MS_BIND, NULL));
+	SETUP(mount(NULL, at(0, "data"), NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL));
+	SETUP(mount(at(0, "dev/null"), at(1, "proc/timer_list"), NULL, MS_BIND, NULL));
+	SETUP(mount("sysfs", at(0, "sys"), "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL));
+	SETUP(mount(NULL, at(0, "tmp"), NULL, MS_SHARED, NULL));
+	SETUP(chdir(W));
+	SETUP(syscall(SYS_pivot_root, ".", "."));
+	SETUP(umount2(".", MNT_DETACH));
+	SETUP(chdir("/"));
+}
+
+static int cmp_lines(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/*
+ * /proc/self/mountinfo without mount ids, device numbers and peer group numbers, its lines
+ * sorted (the order of mount ids is not kept: with a new pid namespace, the proc mounts are
+ * made last, by its init).
+ */
+static void mountinfo(char *out, size_t len)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	if (!f) {
+		snprintf(out, len, "(cannot open mountinfo: %s)", strerror(errno));
+		return;
+	}
+	static char lines[128][1024];
+	char *sorted[128];
+	int n = 0;
+	char line[4096];
+	while (n < 128 && fgets(line, sizeof line, f)) {
+		char *save = NULL, *tok;
+		size_t used = 0;
+		int i = 0;
+		lines[n][0] = 0;
+		for (tok = strtok_r(line, " \n", &save); tok; tok = strtok_r(NULL, " \n", &save), i++) {
+			if (i < 3)
+				continue; /* id, parent, major:minor */
+			char word[1024];
+			snprintf(word, sizeof word, "%s", tok);
+			char *colon = strchr(word, ':');
+			if (i > 5 && colon && (strncmp(word, "shared:", 7) == 0 || strncmp(word, "master:", 7) == 0))
+				colon[1] = 0;
+			used += snprintf(lines[n] + used, used < sizeof lines[n] ? sizeof lines[n] - used : 0, "%s ", word);
+		}
+		sorted[n] = lines[n];
+		n++;
+	}
+	fclose(f);
+	qsort(sorted, n, sizeof sorted[0], cmp_lines);
+	size_t used = 0;
+	out[0] = 0;
+	for (int i = 0; i < n; i++)
+		used += snprintf(out + used, used < len ? len - used : 0, "%s\n", sorted[i]);
+}
+
+static void expect_file(const char *path, const char *text, mode_t mode, uid_t uid, gid_t gid)
+{
+	struct stat st;
+	if (lstat(path, &st) < 0) {
+		fail("%s: %s", path, strerror(errno));
+		return;
+	}
+	CHECK((st.st_mode & 07777) == mode, "%s: mode %o, expected %o", path, st.st_mode & 07777, mode);
+	CHECK(st.st_uid == uid && st.st_gid == gid, "%s: owner %d:%d", path, st.st_uid, st.st_gid);
+	char buf[256] = { 0 };
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	CHECK(fd >= 0, "open %s: %s", path, strerror(errno));
+	if (fd >= 0) {
+		ssize_t n = read(fd, buf, sizeof buf - 1);
+		CHECK(n >= 0 && strcmp(buf, text) == 0, "%s holds %s", path, buf);
+		close(fd);
+	}
+}
+
+static void check_mnt(const char *before)
+{
+	static char after[65536];
+	mountinfo(after, sizeof after);
+	if (strcmp(before, after) != 0) {
+		fprintf(stderr, "mountinfo before:\n%s\nafter:\n%s\n", before, after);
+		fail("the mount tree changed (see out.log)");
+	}
+	check_uts();
+	expect_file("/tmp/hello", "hello from a tmpfs\n", 0640, 1234, 5678);
+	expect_file("/tmp/sub/inner", "inner file\n", 0600, 0, 0);
+	expect_file("/data/inner", "inner file\n", 0600, 0, 0);
+	expect_file("/tmp/empty", "", 0444, 0, 0);
+	struct stat st;
+	CHECK(lstat("/tmp/hello", &st) == 0 && st.st_mtime == 1000000000, "/tmp/hello mtime %ld", (long)st.st_mtime);
+	CHECK(lstat("/tmp/sub", &st) == 0 && st.st_mtime == 1100000000 && (st.st_mode & 07777) == 0750,
+	      "/tmp/sub mtime %ld mode %o", (long)st.st_mtime, st.st_mode & 07777);
+	CHECK(lstat("/tmp", &st) == 0 && (st.st_mode & 07777) == 01777, "/tmp mode %o", st.st_mode & 07777);
+	char target[64] = { 0 };
+	CHECK(readlink("/tmp/link", target, sizeof target - 1) == 5 && strcmp(target, "hello") == 0, "/tmp/link -> %s", target);
+	CHECK(lstat("/tmp/fifo", &st) == 0 && S_ISFIFO(st.st_mode) && (st.st_mode & 07777) == 0604, "/tmp/fifo is not the fifo");
+	CHECK(lstat("/dev/null", &st) == 0 && S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3), "/dev/null is not 1:3");
+	int fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+	CHECK(fd >= 0 && write(fd, "x", 1) == 1, "/dev/null is not writable: %s", strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	fd = open("/data/new", O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+	CHECK(fd < 0 && errno == EROFS, "/data is writable (fd %d, %s)", fd, strerror(errno));
+	fd = open("/proc/timer_list", O_RDONLY | O_CLOEXEC);
+	char b[8];
+	CHECK(fd >= 0 && read(fd, b, sizeof b) == 0, "/proc/timer_list is not masked by /dev/null");
+	if (fd >= 0)
+		close(fd);
+	fd = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+	CHECK(fd >= 0, "/dev/ptmx: %s", strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	char self[64] = { 0 };
+	CHECK(readlink("/proc/self", self, sizeof self - 1) > 0 && atoi(self) == getpid(), "/proc/self is %s, pid %d", self,
+	      (int)getpid());
+}
+
+int main(int argc, char **argv)
+{
+	workload_init(argc, argv);
+	const char *mode = argc > 2 ? argv[2] : "";
+	if (strcmp(mode, "uts") == 0) {
+		SETUP(unshare(CLONE_NEWUTS));
+		set_uts();
+		signal_ready();
+		wait_go();
+		check_uts();
+	} else if (strcmp(mode, "mnt") == 0) {
+		build_tree();
+		execl("/nsview", "nsview", "/", "mnt2", (char *)NULL);
+		die_setup("exec /nsview in the new root: %s", strerror(errno));
+	} else if (strcmp(mode, "mnt2") == 0) {
+		static char before[65536];
+		/* stdin was the host's /dev/null, outside this root: the tree's own instead (as a
+		 * container runtime gives it) */
+		int null = open("/dev/null", O_RDONLY);
+		if (null < 0 || dup2(null, 0) < 0)
+			die_setup("/dev/null: %s", strerror(errno));
+		close(null);
+		/* and out.log through this root's mount, not the host's */
+		int log = open("/out.log", O_WRONLY | O_APPEND);
+		if (log < 0 || dup2(log, 1) < 0 || dup2(log, 2) < 0)
+			die_setup("/out.log: %s", strerror(errno));
+		close(log);
+		mountinfo(before, sizeof before);
+		signal_ready();
+		wait_go();
+		check_mnt(before);
+	} else if (strcmp(mode, "pidmnt") == 0) {
+		/* a container: pid 1 of a new pid namespace in the "mnt" tree (the test dumps it) */
+		SETUP(unshare(CLONE_NEWPID));
+		pid_t c = fork();
+		if (c < 0)
+			die_setup("fork: %s", strerror(errno));
+		if (c == 0) {
+			build_tree();
+			execl("/nsview", "nsview", "/", "mnt2", (char *)NULL);
+			die_setup("exec /nsview in the new root: %s", strerror(errno));
+		}
+		char buf[32];
+		snprintf(buf, sizeof buf, "%d\n", (int)c);
+		if (write_file_atomic("child", buf) < 0)
+			die_setup("cannot write the child's pid");
+		for (;;)
+			pause();
+	} else if (strcmp(mode, "mnt-host") == 0) {
+		/* a plain unshare -m: a copy of the host's whole mount tree */
+		SETUP(unshare(CLONE_NEWNS));
+		signal_ready();
+		wait_go();
+	} else if (strcmp(mode, "user") == 0) {
+		/* a child in a user namespace of its own (unmapped: it could not write a file) */
+		int p[2];
+		SETUP(pipe(p));
+		pid_t c = fork();
+		if (c < 0)
+			die_setup("fork: %s", strerror(errno));
+		if (c == 0) {
+			prctl(PR_SET_PDEATHSIG, SIGKILL);
+			char b = unshare(CLONE_NEWUSER) == 0 ? 'u' : 'e';
+			if (write(p[1], &b, 1) != 1)
+				_exit(2);
+			for (;;)
+				pause();
+		}
+		char b = 0;
+		if (read(p[0], &b, 1) != 1 || b != 'u')
+			die_setup("the child could not unshare its user namespace");
+		char buf[32];
+		snprintf(buf, sizeof buf, "%d\n", (int)c);
+		if (write_file_atomic("child", buf) < 0)
+			die_setup("cannot write the child's pid");
+		signal_ready();
+		wait_go();
+		kill(c, SIGKILL);
+	} else {
+		die_setup("unknown mode %s", mode);
+	}
+	finish();
+}

@@ -1,0 +1,430 @@
+//! The real clients: runc 1.1 (`runc --criu PATH checkpoint|restore -d`) and Podman 4.3 with
+//! runc (`podman container checkpoint/restore`, `--export`/`--import`), with ferry as the only
+//! `criu` they can find. Root filesystems are built here from busybox-static (no registry).
+//! Every container, runc state dir, Podman store and image is named after the test's pid and
+//! removed on drop, also when the test fails.
+
+use super::criu_dir;
+use crate::common::*;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// The container's job: a web server on its own loopback and a counter in /tmp/count.
+const JOB: &str =
+    "httpd -p 127.0.0.1:8080 -h /www; i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done";
+
+/// PATH with ferry's `criu` first and without the sbin directories (where Debian's real CRIU
+/// is): ferry is the only `criu` there.
+fn path_with_ferry(bin: &Path) -> String {
+    format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display())
+}
+
+/// A busybox-static root filesystem in `dir`: /bin with the applets the job uses, /www.
+fn busybox_rootfs(dir: &Path) {
+    let busybox = need("busybox", "busybox-static");
+    let bin = dir.join("bin");
+    fs::create_dir_all(&bin).expect("create rootfs/bin");
+    fs::copy(&busybox, bin.join("busybox")).expect("copy busybox");
+    for applet in ["sh", "sleep", "cat", "echo", "httpd", "wget", "ls", "ps"] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("applet symlink");
+    }
+    for d in ["proc", "sys", "dev", "tmp", "etc", "www", "run"] {
+        fs::create_dir_all(dir.join(d)).expect("create rootfs dir");
+    }
+    fs::write(dir.join("www/index.html"), "ferry-ok\n").expect("write index.html");
+}
+
+fn run_cmd(cmd: &mut Command, what: &str) -> Output {
+    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{what} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// The counter of the container whose init is `pid` (read through /proc/PID/root).
+fn counter(pid: i32) -> Option<u64> {
+    fs::read_to_string(format!("/proc/{pid}/root/tmp/count")).ok()?.trim().parse().ok()
+}
+
+/// Wait until the counter of `pid` is at least `n`; its value.
+fn wait_counter(pid: i32, n: u64, what: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(c) = counter(pid).filter(|&c| c >= n) {
+            return c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the counter of pid {pid} did not reach {n} (at {:?})",
+            counter(pid)
+        );
+        sleep(Duration::from_millis(50));
+    }
+}
+
+/// What the web server on the container's loopback answers (an HTTP GET from python3 run in
+/// its net namespace; Debian's static busybox wget crashes under nsenter).
+fn http_get(pid: i32) -> String {
+    let nsenter = need("nsenter", "util-linux");
+    let get = "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:8080/', timeout=5).read().decode())";
+    let out = Command::new(nsenter)
+        .args(["-t", &pid.to_string(), "-n", "--", "python3", "-c", get])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run nsenter python3");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A runc container and its state directory; deleted on drop.
+struct Runc {
+    state: PathBuf,
+    id: String,
+    criu: PathBuf,
+}
+
+impl Runc {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(need("runc", "runc"));
+        c.arg("--root").arg(&self.state).arg("--criu").arg(&self.criu);
+        c.env("PATH", path_with_ferry(self.criu.parent().unwrap_or(Path::new("/"))));
+        c
+    }
+
+    /// The container's init pid (`runc state`).
+    fn pid(&self) -> i32 {
+        let out = run_cmd(self.cmd().args(["state", &self.id]), "runc state");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("runc state prints JSON");
+        v["pid"].as_i64().unwrap_or(0) as i32
+    }
+
+    /// Start `runc ARGS...` with the container's stdio on pipes (as conmon gives them: runc
+    /// passes pipes back with inherit_fd on restore), drained by threads.
+    fn detached(&self, args: &[&str], w: &WorkDir, what: &str) {
+        let log = w.join(&format!("{what}.out"));
+        let mut child = self
+            .cmd()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start runc {what}: {e}"));
+        // The container keeps the pipes after runc exits: drain them in the background (the
+        // write end of stdin is leaked on purpose so that its stdin stays open).
+        std::mem::forget(child.stdin.take());
+        let mut out = child.stdout.take().expect("stdout pipe");
+        let mut err = child.stderr.take().expect("stderr pipe");
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = out.read_to_end(&mut buf);
+            let _ = fs::write(log2, buf);
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = String::new();
+            let mut chunk = [0u8; 4096];
+            // (runc's own messages come first; the container's stderr follows on the same pipe)
+            while let Ok(n) = err.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                buf.push_str(&String::from_utf8_lossy(&chunk[..n]));
+                let _ = tx.send(buf.clone());
+            }
+        });
+        let status = wait_timeout(&mut child, Duration::from_secs(120));
+        let msgs = rx.try_iter().last().unwrap_or_default();
+        match status {
+            Some(s) if s.success() => {}
+            other => panic!("runc {what} failed ({other:?}): {msgs}"),
+        }
+    }
+}
+
+impl Drop for Runc {
+    fn drop(&mut self) {
+        let _ = self.cmd().args(["delete", "-f", &self.id]).stdin(Stdio::null()).output();
+    }
+}
+
+/// A busybox bundle for runc (`runc spec` plus our job) in W/bundle.
+fn runc_bundle(w: &WorkDir) -> PathBuf {
+    let bundle = w.join("bundle");
+    busybox_rootfs(&bundle.join("rootfs"));
+    run_cmd(Command::new(need("runc", "runc")).arg("spec").current_dir(&bundle), "runc spec");
+    let path = bundle.join("config.json");
+    let mut c: serde_json::Value = serde_json::from_slice(&fs::read(&path).expect("read config.json")).expect("json");
+    c["process"]["terminal"] = false.into();
+    c["process"]["args"] = serde_json::json!(["sh", "-c", JOB]);
+    c["root"]["readonly"] = false.into();
+    fs::write(&path, serde_json::to_vec_pretty(&c).expect("json")).expect("write config.json");
+    bundle
+}
+
+/// How far the real clients get: runc (`checkpoint`) and Podman (`container checkpoint`) with
+/// ferry as the only criu ask VERSION first, accept ferry's 3.17, and send DUMP with the log in
+/// their work directory. The dump either succeeds or is refused by ferry with a named error in
+/// that log (never a crash, a hang or a version refusal).
+#[test]
+fn runc_checkpoint_reaches_ferry() {
+    let w = WorkDir::new("runc-reach");
+    let bin = criu_dir(&w);
+    let bundle = runc_bundle(&w);
+    let rc = Runc { state: w.join("state"), id: format!("ferry-reach-{}", std::process::id()), criu: bin.join("criu") };
+    let pid_file = w.join("init.pid");
+    rc.detached(&["run", "-d", "--pid-file", &path_str(&pid_file), "-b", &path_str(&bundle), &rc.id], &w, "run");
+    let pid = rc.pid();
+    wait_counter(pid, 3, "before the checkpoint");
+    let work = w.join("work");
+    let out = rc
+        .cmd()
+        .args(["checkpoint", "--image-path", &path_str(&w.join("img")), "--work-path", &path_str(&work), &rc.id])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run runc checkpoint");
+    let log = fs::read_to_string(work.join("dump.log")).unwrap_or_default();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("CRIU version"), "runc refused ferry's CRIU version: {stderr}");
+    assert!(log.contains("serving CRIU's RPC"), "ferry got no DUMP request from runc: {stderr}\nlog: {log}");
+    // Every option runc sends by default is one ferry takes.
+    assert!(!log.contains("not supported by ferry:"), "ferry refused an option runc sends: {log}");
+    if !out.status.success() {
+        assert!(
+            log.contains("Error (ferry swrk): "),
+            "runc checkpoint failed without ferry's error in dump.log: {stderr}\nlog: {log}"
+        );
+        eprintln!("runc checkpoint stops at: {}", log.lines().last().unwrap_or_default());
+    }
+}
+
+/// The acceptance scenario with runc: a busybox container (own pid, mnt, net, uts, ipc
+/// namespaces) with a counter and a web server on its loopback is checkpointed, and restored
+/// with `restore -d`: the counter continues and the web server answers.
+#[test]
+fn runc_checkpoint_restore_counter_and_httpd() {
+    let w = WorkDir::new("runc-cr");
+    let bin = criu_dir(&w);
+    let bundle = runc_bundle(&w);
+    let rc = Runc { state: w.join("state"), id: format!("ferry-cr-{}", std::process::id()), criu: bin.join("criu") };
+    rc.detached(&["run", "-d", "-b", &path_str(&bundle), &rc.id], &w, "run");
+    let pid = rc.pid();
+    wait_counter(pid, 10, "before the checkpoint");
+    assert_eq!(http_get(pid), "ferry-ok\n", "the web server does not answer before the checkpoint");
+    let (img, work) = (w.join("img"), w.join("work"));
+    let out = rc
+        .cmd()
+        .args(["checkpoint", "--image-path", &path_str(&img), "--work-path", &path_str(&work), &rc.id])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run runc checkpoint");
+    let log = |name: &str| fs::read_to_string(work.join(name)).unwrap_or_default();
+    assert!(out.status.success(), "runc checkpoint: {}\n{}", String::from_utf8_lossy(&out.stderr), log("dump.log"));
+    let at_dump = counter(pid).unwrap_or(0);
+    assert!(!pid_alive(pid), "the container still runs after the checkpoint");
+    rc.detached(
+        &[
+            "restore",
+            "-d",
+            "--image-path",
+            &path_str(&img),
+            "--work-path",
+            &path_str(&work),
+            "-b",
+            &path_str(&bundle),
+            &rc.id,
+        ],
+        &w,
+        "restore",
+    );
+    let pid2 = rc.pid();
+    // (A new host pid: the container's pid namespace is new; inside it the init is pid 1 again.)
+    let nspid = fs::read_to_string(format!("/proc/{pid2}/status")).unwrap_or_default();
+    let nspid = nspid.lines().find_map(|l| l.strip_prefix("NSpid:")).unwrap_or_default().to_string();
+    assert_eq!(nspid.split_whitespace().last(), Some("1"), "the restored init is not pid 1 in its namespace: {nspid}");
+    let c = wait_counter(pid2, at_dump + 5, "after the restore");
+    assert!(c > at_dump, "the counter did not continue ({c} after {at_dump})");
+    assert_eq!(http_get(pid2), "ferry-ok\n", "the web server does not answer after the restore");
+}
+
+/// Podman 4.3 with runc and an isolated store (vfs, cgroupfs), ferry the only criu in PATH.
+struct Podman {
+    base: PathBuf,
+    bin: PathBuf,
+    name: String,
+    image: String,
+}
+
+impl Podman {
+    fn new(w: &WorkDir) -> Podman {
+        need("podman", "podman");
+        let tag = std::process::id();
+        Podman {
+            base: w.join("podman"),
+            bin: criu_dir(w),
+            name: format!("ferry-pod-{tag}"),
+            image: format!("localhost/ferry-busybox:{tag}"),
+        }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(need("podman", "podman"));
+        c.arg("--root")
+            .arg(self.base.join("storage"))
+            .arg("--runroot")
+            .arg(self.base.join("run"))
+            .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--runtime", "runc"])
+            .args(["--events-backend", "file", "--tmpdir"])
+            .arg(self.base.join("tmp"))
+            .env("PATH", path_with_ferry(&self.bin));
+        c
+    }
+
+    fn run(&self, args: &[&str], what: &str) -> Output {
+        run_cmd(self.cmd().args(args), &format!("podman {what}"))
+    }
+
+    fn pid(&self) -> i32 {
+        let out = self.run(&["inspect", "-f", "{{.State.Pid}}", &self.name], "inspect");
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+    }
+
+    /// The log of the last checkpoint or restore (runc's work dir is the container's userdata).
+    fn logs(&self) -> String {
+        let mut s = String::new();
+        for name in ["dump.log", "restore.log"] {
+            let out = self.cmd().args(["inspect", "-f", "{{.StaticDir}}", &self.name]).output();
+            if let Ok(o) = out {
+                let dir = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+                s += &format!("--- {name}\n{}", fs::read_to_string(dir.join(name)).unwrap_or_default());
+            }
+        }
+        s
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.cmd().args(["rm", "-f", "-t", "0", &self.name]).stdin(Stdio::null()).output();
+        let _ = self.cmd().args(["rmi", "-f", &self.image]).stdin(Stdio::null()).output();
+        // Whatever Podman left mounted in its store (shm of a container) goes before the
+        // directory is removed.
+        let base = path_str(&self.base);
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut under: Vec<&str> =
+            mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&base)).collect();
+        under.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in under {
+            let _ = Command::new("umount").args(["-l", m]).output();
+        }
+    }
+}
+
+/// The acceptance scenario with Podman: checkpoint/restore, then checkpoint --export, rm,
+/// restore --import of a busybox container; its counter continues each time.
+#[test]
+fn podman_checkpoint_restore_export_import() {
+    let w = WorkDir::new("podman-cr");
+    let pm = Podman::new(&w);
+    let rootfs = w.join("rootfs");
+    busybox_rootfs(&rootfs);
+    let tar = w.join("rootfs.tar");
+    run_cmd(Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg("."), "tar");
+    pm.run(&["import", &path_str(&tar), &pm.image], "import");
+    let limits = ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768"];
+    // (Podman's default seccomp filter is refused by ferry's dump until filters are carried.)
+    let mut args = vec!["run", "-d", "--name", &pm.name, "--network", "none", "--security-opt", "seccomp=unconfined"];
+    args.extend(limits);
+    args.extend([pm.image.as_str(), "sh", "-c", JOB]);
+    pm.run(&args, "run");
+    let pid = pm.pid();
+    wait_counter(pid, 10, "before the checkpoint");
+
+    let out = pm.cmd().args(["container", "checkpoint", &pm.name]).output().expect("podman checkpoint");
+    assert!(out.status.success(), "podman checkpoint: {}\n{}", String::from_utf8_lossy(&out.stderr), pm.logs());
+    let at_dump = counter(pid).unwrap_or(0);
+    let out = pm.cmd().args(["container", "restore", &pm.name]).output().expect("podman restore");
+    assert!(out.status.success(), "podman restore: {}\n{}", String::from_utf8_lossy(&out.stderr), pm.logs());
+    let pid = pm.pid();
+    let c = wait_counter(pid, at_dump + 5, "after podman restore");
+    assert!(c > at_dump);
+
+    let export = w.join("ck.tar.zst");
+    let out = pm
+        .cmd()
+        .args(["container", "checkpoint", &format!("--export={}", path_str(&export)), &pm.name])
+        .output()
+        .expect("podman checkpoint --export");
+    assert!(
+        out.status.success(),
+        "podman checkpoint --export: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        pm.logs()
+    );
+    let at_dump = counter(pid).unwrap_or(0);
+    pm.run(&["rm", "-f", &pm.name], "rm");
+    let out = pm
+        .cmd()
+        .args(["container", "restore", &format!("--import={}", path_str(&export))])
+        .output()
+        .expect("podman restore --import");
+    assert!(out.status.success(), "podman restore --import: {}\n{}", String::from_utf8_lossy(&out.stderr), pm.logs());
+    let pid = pm.pid();
+    let c = wait_counter(pid, at_dump + 5, "after podman restore --import");
+    assert!(c > at_dump);
+}
+
+/// Podman's own CRIU check (VERSION, "requires at least CRIU 31100") passes with ferry, and
+/// its checkpoint reaches ferry's DUMP through runc.
+#[test]
+fn podman_checkpoint_reaches_ferry() {
+    let w = WorkDir::new("podman-reach");
+    let pm = Podman::new(&w);
+    let rootfs = w.join("rootfs");
+    busybox_rootfs(&rootfs);
+    let tar = w.join("rootfs.tar");
+    run_cmd(Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg("."), "tar");
+    pm.run(&["import", &path_str(&tar), &pm.image], "import");
+    pm.run(
+        &[
+            "run",
+            "-d",
+            "--name",
+            &pm.name,
+            "--network",
+            "none",
+            "--ulimit",
+            "nofile=20000:20000",
+            "--ulimit",
+            "nproc=32768:32768",
+            &pm.image,
+            "sh",
+            "-c",
+            JOB,
+        ],
+        "run",
+    );
+    wait_counter(pm.pid(), 3, "before the checkpoint");
+    let out = pm.cmd().args(["container", "checkpoint", &pm.name]).output().expect("podman checkpoint");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let logs = pm.logs();
+    assert!(!stderr.contains("requires at least CRIU"), "Podman refused ferry's CRIU version: {stderr}");
+    assert!(logs.contains("serving CRIU's RPC"), "ferry got no DUMP request: {stderr}\n{logs}");
+    assert!(!logs.contains("not supported by ferry:"), "ferry refused an option Podman's runc sends: {logs}");
+    if !out.status.success() {
+        assert!(
+            logs.contains("Error (ferry swrk): "),
+            "podman checkpoint failed without ferry's error: {stderr}\n{logs}"
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! Namespaces (state/namespaces.rs) and mount trees (state/mounts.rs): a process in namespaces
+//! of its own comes back in new ones with the same content, and checks its own view.
+
+use crate::common::*;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+fn nsview(mode: &str) -> Spec {
+    Spec::c("nsview").args(&[mode])
+}
+
+#[test]
+fn ns_uts_control() {
+    control(&nsview("uts"));
+}
+
+/// A process in its own uts namespace keeps its host and domain name.
+#[test]
+fn ns_uts_names_restored() {
+    cycle(&nsview("uts"));
+}
+
+/// A root file system in W for `nsview mnt`: the workload's executable at W/nsview and its
+/// shared libraries at their own paths below W (found with ldd), so that after pivot_root into
+/// W everything the process maps is inside its root, as in a container.
+fn populate_root(w: &WorkDir, program: &Path) {
+    need("ldd", "libc-bin");
+    fs::copy(program, w.join("nsview")).unwrap_or_else(|e| panic!("cannot copy {}: {e}", program.display()));
+    let out = Command::new("ldd").arg(program).output().expect("run ldd");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for word in text.split_whitespace().filter(|w| w.starts_with('/')) {
+        let dst = w.join(word.trim_start_matches('/'));
+        fs::create_dir_all(dst.parent().expect("a parent")).expect("mkdir in the root");
+        fs::copy(word, &dst).unwrap_or_else(|e| panic!("cannot copy {word}: {e}"));
+    }
+}
+
+#[test]
+fn ns_mnt_control() {
+    let spec = nsview("mnt");
+    let w = WorkDir::new("nsview-mnt");
+    populate_root(&w, &spec.program);
+    let mut run = Run::start_in(&spec, w);
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload");
+}
+
+/// A container-like mount tree (an external root, proc, sysfs, tmpfs with content, devpts,
+/// mqueue, a read-only bind of a sub-directory, a /dev/null mask over /proc/kcore, a shared
+/// mount) comes back the same, seen from inside (mountinfo, files, behaviour).
+#[test]
+fn ns_mnt_tree_restored() {
+    let spec = nsview("mnt");
+    let w = WorkDir::new("nsview-mnt");
+    populate_root(&w, &spec.program);
+    let mut run = Run::start_in(&spec, w);
+    run.dump_ok(&[]);
+    run.reap_dumped();
+    let img = run.img();
+    let root = path_str(&run.w.path);
+    let pidfile = run.spawn_restore("restore", &img, &["--root", &root]);
+    run.wait_pidfile(&pidfile);
+    run.go();
+    let status = run.wait_restore_exit();
+    run.expect_pass(status, "ferry restore");
+}
+
+/// The same tree in a container's shape: its root process is pid 1 of a new pid namespace, so
+/// restore recreates both, and proc must show the new pid namespace (mounted by that pid 1).
+#[test]
+fn ns_pidns_mnt_container_restored() {
+    let spec = nsview("pidmnt");
+    let w = WorkDir::new("nsview-pidmnt");
+    populate_root(&w, &spec.program);
+    let mut run = Run::start_in(&spec, w);
+    let child: i32 = fs::read_to_string(run.w.join("child")).expect("child pid").trim().parse().expect("a pid");
+    let img = run.img();
+    let res = run.ferry(
+        "dump",
+        &["dump".into(), "-t".into(), child.to_string(), "-D".into(), path_str(&img)],
+        Duration::from_secs(60),
+    );
+    if !res.status.success() {
+        run.fail("ferry dump of the namespace's init failed");
+    }
+    wait_for("the dumped init to be gone", Duration::from_secs(20), || !pid_alive(child));
+    let root = path_str(&run.w.path);
+    let pidfile = run.spawn_restore("restore", &img, &["--root", &root]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let host = loop {
+        if let Some(p) = fs::read_to_string(&pidfile).ok().and_then(|t| t.trim().parse::<i32>().ok()) {
+            break p;
+        }
+        if let Some(Ok(Some(st))) = run.restore.as_mut().map(|r| r.try_wait()) {
+            run.restore = None;
+            run.fail(&format!("ferry restore exited before writing the pidfile: {}", describe(st)));
+        }
+        if std::time::Instant::now() > deadline {
+            run.fail("no pidfile");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let guard = ProcGuard::new();
+    guard.add(host);
+    send_signal(host, "USR2").expect("send go");
+    let status = run.wait_restore_exit();
+    run.expect_pass(status, "ferry restore");
+}
+
+/// A mount ferry cannot recreate (here the host's cgroup v1 or devtmpfs mounts, which a plain `unshare -m`
+/// copies)
+/// is refused by name, with the way out (--external).
+#[test]
+fn ns_mnt_unknown_fs_refused() {
+    let run = Run::start(&nsview("mnt-host"));
+    dump_refused(run.pid, &run.w.join("img"), "ferry recreates only proc, sysfs, devpts, mqueue, cgroup2 and tmpfs");
+}
+
+/// A user namespace is refused by name.
+#[test]
+fn ns_user_refused() {
+    let run = Run::start(&nsview("user"));
+    let child: i32 = fs::read_to_string(run.w.join("child")).expect("child pid").trim().parse().expect("a pid");
+    dump_refused(child, &run.w.join("img"), "own user namespace");
+}
