@@ -220,6 +220,8 @@ struct TreeCtx<'a> {
     premap: bool,
     /// Per process: the `cgroup.procs` files of the cgroups it joins (state/cgroup.rs).
     cgroups: Vec<Vec<PathBuf>>,
+    /// Per process: `cgroup.procs` fds to write "0" to, when the tree has its own mount tree.
+    cgroup_fds: Vec<Vec<i32>>,
     /// ferry's /proc (its pid namespace's view), open in every forked process.
     host_proc: i32,
     /// Mounts the root of a new pid namespace makes before it forks (state/mounts.rs).
@@ -245,6 +247,9 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
         if let Some(i) = idx {
             // First into its cgroups, so that all the memory it gets is charged there.
             crate::state::cgroup::join_in_child(&ctx.cgroups[i])?;
+            for &fd in &ctx.cgroup_fds[i] {
+                raw::write_all(fd, b"0").map_err(|e| format!("cannot join a cgroup (fd {fd}): {e}"))?;
+            }
         }
         // Memory shared copy-on-write goes in before any child is forked, so they inherit it.
         let mine = std::cell::RefCell::new(match idx {
@@ -619,10 +624,25 @@ pub fn restore_notify(
     let max_target = procs.iter().flat_map(|p| p.fds.iter().map(|f| f.fd)).max().unwrap_or(2);
     let base = max_target.max(max_own_fd()).max(2) + 16;
     // Cgroup files are ferry's (looked up in its mount namespace), opened before it leaves it.
-    let cgroups = match opts.cgroups {
+    let mut cgroups = match opts.cgroups {
         true => crate::state::cgroup::prepare(&procs)?,
         false => vec![Vec::new(); procs.len()],
     };
+    // In a mount namespace of its own the tree cannot reach ferry's cgroup file system: each
+    // process joins through a `cgroup.procs` fd opened here instead.
+    let mut cgroup_open = Vec::new();
+    let mut cgroup_fds = vec![Vec::new(); procs.len()];
+    if img.inventory().namespaces.as_ref().is_some_and(|n| n.mnt.is_some()) {
+        for (i, files) in cgroups.iter_mut().enumerate() {
+            for f in files.drain(..) {
+                let o =
+                    std::fs::OpenOptions::new().write(true).open(&f).ctx(|| format!("cannot open {}", f.display()))?;
+                let o = raw::dup_above(o.as_fd(), base).ctx(|| "cannot move an fd".into())?;
+                cgroup_fds[i].push(o.as_raw_fd());
+                cgroup_open.push(o);
+            }
+        }
+    }
     // ferry's own /proc, for the forked processes to tell ferry their pids as it sees them.
     let host_proc = std::fs::File::open("/proc").ctx(|| "cannot open /proc".into())?;
     let host_proc = raw::dup_above(host_proc.as_fd(), base).ctx(|| "cannot move an fd".into())?;
@@ -720,6 +740,7 @@ pub fn restore_notify(
         pages: pages.clone(),
         premap: std::env::var_os("FERRY_COW_PREMAP").is_none_or(|v| v != "0"),
         cgroups,
+        cgroup_fds,
         host_proc: host_proc.as_raw_fd(),
         mounts: entered.as_ref().and_then(|e| e.handover.mounts.as_ref()),
     };
@@ -772,6 +793,7 @@ pub fn restore_notify(
     if let Some(e) = entered.as_mut() {
         e.leave();
     }
+    drop(cgroup_open);
     let mem_numbers: Vec<Option<memory::Prepared>> = prep
         .iter()
         .map(|pr| {

@@ -49,23 +49,58 @@ fn ns_mnt_control() {
 }
 
 /// A container-like mount tree (an external root, proc, sysfs, tmpfs with content, devpts,
-/// mqueue, a read-only bind of a sub-directory, a /dev/null mask over /proc/kcore, a shared
+/// mqueue, a read-only bind of a sub-directory, a /dev/null mask over /proc/timer_list, a shared
 /// mount) comes back the same, seen from inside (mountinfo, files, behaviour).
 #[test]
 fn ns_mnt_tree_restored() {
+    mnt_cycle(|_| {}, |_| {});
+}
+
+/// `ferry restore --root DIR` of the "mnt" tree: `before_dump` and `before_go` see the run.
+fn mnt_cycle(before_dump: impl FnOnce(&Run), before_go: impl FnOnce(&Run)) {
     let spec = nsview("mnt");
     let w = WorkDir::new("nsview-mnt");
     populate_root(&w, &spec.program);
     let mut run = Run::start_in(&spec, w);
+    before_dump(&run);
     run.dump_ok(&[]);
     run.reap_dumped();
     let img = run.img();
     let root = path_str(&run.w.path);
     let pidfile = run.spawn_restore("restore", &img, &["--root", &root]);
     run.wait_pidfile(&pidfile);
+    before_go(&run);
     run.go();
     let status = run.wait_restore_exit();
     run.expect_pass(status, "ferry restore");
+}
+
+/// Removes a cgroup directory when dropped (its processes are gone by then).
+struct CgroupDir(String);
+
+impl Drop for CgroupDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+/// A tree in its own mount tree, in a cgroup that is not ferry's, joins it again at restore
+/// (through a cgroup.procs fd ferry opened: the tree's own mount tree has no cgroup file system).
+#[test]
+fn ns_mnt_cgroup_joined() {
+    let dir = format!("/sys/fs/cgroup/unified/ferry-e2e-ns-{}", std::process::id());
+    fs::create_dir(&dir).unwrap_or_else(|e| panic!("cannot create {dir}: {e}"));
+    let _cg = CgroupDir(dir.clone());
+    let name = dir.trim_start_matches("/sys/fs/cgroup/unified").to_string();
+    mnt_cycle(
+        |run| fs::write(format!("{dir}/cgroup.procs"), run.pid.to_string()).expect("move into the cgroup"),
+        |run| {
+            let cg = fs::read_to_string(format!("/proc/{}/cgroup", run.pid)).unwrap_or_default();
+            if !cg.lines().any(|l| l == format!("0::{name}")) {
+                run.fail(&format!("not back in cgroup {name}: {cg}"));
+            }
+        },
+    );
 }
 
 /// The same tree in a container's shape: its root process is pid 1 of a new pid namespace, so
