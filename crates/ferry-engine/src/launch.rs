@@ -102,7 +102,7 @@ fn enter_new_namespaces(opts: &RunOptions) -> Result<(), Error> {
 fn enter_new_mntns() -> Result<(), String> {
     use ferry_sys::nsctl;
     nsctl::unshare(libc::CLONE_NEWNS).map_err(|e| format!("cannot create the job's mount namespace: {e}"))?;
-    nsctl::mount(c"none", c"/", None, (libc::MS_REC | libc::MS_PRIVATE) as u64, None)
+    nsctl::mount(c"none", c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)
         .map_err(|e| format!("cannot make the job's mounts private: {e}"))?;
     nsctl::mount(c"tmpfs", c"/tmp", Some(c"tmpfs"), 0, Some(c"mode=1777"))
         .map_err(|e| format!("cannot mount the job's private /tmp: {e}"))

@@ -3,14 +3,17 @@
  * `unshare --ipc`). Before ready it makes a semaphore set of 3 (values 7, 0, 32767, the most a semaphore holds), a
  * message queue holding three messages of types 1, 5, 2 (and a byte limit of 12345), a shared
  * memory segment nobody has attached (64 KiB of a pattern) and one it keeps attached, each with
- * its own key and mode; it raises kernel.msgmnb. On go each must be there with the same id,
- * key, mode, values, messages (read in queue order) and content.
+ * its own key and mode; it raises kernel.msgmnb. With the argument "mqueue" it also makes a
+ * POSIX message queue /nsxq and closes it (ferry refuses the namespace by the queue's name).
+ * On go each must be there with the same id, key, mode, values, messages (read in queue order)
+ * and content.
  */
 #include "common.h"
 #include <sys/ipc.h>
 #include <sys/msg.h>
 #include <sys/sem.h>
 #include <sys/shm.h>
+#include <mqueue.h>
 
 #define SEG 65536
 union semun {
@@ -34,6 +37,13 @@ static int shm_pattern(const unsigned char *p, int seed)
 int main(int argc, char **argv)
 {
 	workload_init(argc, argv);
+	if (argc > 2 && strcmp(argv[2], "mqueue") == 0) {
+		/* a POSIX message queue too, which ferry refuses to dump (the harness checks) */
+		mqd_t mq = mq_open("/nsxq", O_CREAT | O_RDWR, 0600, NULL);
+		if (mq == (mqd_t)-1)
+			die_setup("mq_open /nsxq: %s", strerror(errno));
+		mq_close(mq); /* (an open one is refused as an fd already; the queue stays) */
+	}
 	FILE *f = fopen("/proc/sys/kernel/msgmnb", "w");
 	if (!f || fprintf(f, "54321\n") < 0 || fclose(f) != 0)
 		die_setup("cannot raise kernel.msgmnb");

@@ -151,7 +151,7 @@ fn mqueue_names(ctx: &DumpCtx<'_>) -> Result<Vec<String>, Error> {
     let pid = ctx.pid;
     in_ns(ctx.ns, libc::CLONE_NEWIPC, || {
         ferry_sys::nsctl::unshare(libc::CLONE_NEWNS).ctx(|| "cannot unshare a mount namespace".into())?;
-        ferry_sys::nsctl::mount(c"none", c"/", None, (libc::MS_REC | libc::MS_PRIVATE) as u64, None)
+        ferry_sys::nsctl::mount(c"none", c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)
             .ctx(|| "cannot make a private mount namespace".into())?;
         // (the mount shows the ipc namespace of the thread that makes it)
         ferry_sys::nsctl::mount(c"mqueue", c"/tmp", Some(c"mqueue"), 0, None)

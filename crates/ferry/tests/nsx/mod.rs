@@ -192,6 +192,18 @@ fn ipc_namespace_objects_restored() {
     cycle(&spec);
 }
 
+/// A POSIX message queue in the ipc namespace is refused by name (not carried).
+#[test]
+fn ipc_namespace_posix_mqueue_refused() {
+    let unshare = need("unshare", "util-linux");
+    let mut spec = Spec::c("sysvns").args(&["mqueue"]);
+    spec.pre_args = vec!["--ipc".into(), spec.program.clone().into_os_string()];
+    spec.program = unshare;
+    let run = Run::start(&spec);
+    dump_refused(run.pid, &run.w.join("img"), "POSIX message queue /nsxq in the tree's ipc namespace");
+    assert!(pid_alive(run.pid), "a refused dump killed the workload");
+}
+
 #[test]
 fn control_sysvns() {
     let unshare = need("unshare", "util-linux");
