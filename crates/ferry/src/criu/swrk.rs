@@ -267,7 +267,6 @@ fn check_opts(o: &CriuOpts) -> Result<()> {
     no(!o.join_ns.is_empty(), "join_ns");
     no(o.cgroup_props.is_some() || o.cgroup_props_file.is_some(), "cgroup_props/cgroup_props_file");
     no(!o.cgroup_dump_controller.is_empty(), "cgroup_dump_controller");
-    no(on(o.tcp_skip_in_flight), "tcp_skip_in_flight");
     no(on(o.lazy_pages), "lazy_pages");
     no(o.status_fd.is_some(), "status_fd");
     // runc names /etc/criu/runc.conf whether it exists or not; CRIU skips a missing one.
@@ -327,8 +326,11 @@ fn dump(conn: &Conn, o: &CriuOpts, dirs: &Dirs) -> Result<CriuResp> {
         leave_running: on(o.leave_running),
         tcp_close: on(o.tcp_close),
         tcp_established: on(o.tcp_established),
+        skip_in_flight: on(o.tcp_skip_in_flight),
         shell_job: on(o.shell_job),
         leave_stopped: on(o.leave_stopped),
+        // As `ferry dump -R`: the tree runs again once a copy-on-write snapshot is taken.
+        snapshot: true,
         freeze_timeout: std::time::Duration::from_secs(o.timeout.filter(|&t| t > 0).map_or(10, u64::from)),
         sign: None,
         ns: super::dump_ns(&parsed_external(o)?, &ext_mnt_pairs(o))?,
@@ -390,6 +392,7 @@ fn restore(conn: &Conn, o: &CriuOpts, dirs: &Dirs) -> Result<CriuResp> {
         pidfile: None,
         shell_job: on(o.shell_job),
         leave_stopped: on(o.leave_stopped),
+        tcp_close: on(o.tcp_close),
         cgroups,
         trusted: None,
         sibling: on(o.rst_sibling),
