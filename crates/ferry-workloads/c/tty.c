@@ -147,6 +147,14 @@ static void pty_mode(int keep_input)
 	keep_unread = keep_input;
 	if (!keep_input)
 		drain_eof();
+	else {
+		/* wait (without reading) until script's end-of-file is in, while still canonical: it
+		 * is then an end-of-file mark (read as a NUL byte once non-canonical); arriving after
+		 * set_termios it would be a plain ^D byte */
+		struct pollfd p = { .fd = 0, .events = POLLIN };
+		if (poll(&p, 1, 2000) != 1)
+			die_setup("script sent no end-of-file into the terminal");
+	}
 	set_termios();
 	if (keep_input) {
 		/* leave script's end-of-file in the input (a NUL byte once non-canonical) */

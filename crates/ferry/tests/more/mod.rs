@@ -454,21 +454,22 @@ fn refuses_what_it_cannot_save() {
     let w = WorkDir::new("refuse");
     dump_refused(2, &w.join("kthread"), "kernel thread");
     let mut child = workload_command(&ferry_workloads::path("closefds"))
-        .args(["unshare", "--uts", ferry_workloads::path("counter").to_str().expect("utf-8 path")])
+        .args(["unshare", "--user", ferry_workloads::path("counter").to_str().expect("utf-8 path")])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("start unshare --uts counter");
+        .expect("start unshare --user counter");
     let pid = child.id() as i32;
     // (killed with its tree if the test fails; the restored process has the same pid)
     let guard = ProcGuard::new();
     guard.add(pid);
     wait_for("the namespaced counter to start", Duration::from_secs(10), || {
-        fs::read_link(format!("/proc/{pid}/ns/uts")).ok() != fs::read_link("/proc/self/ns/uts").ok()
+        fs::read_link(format!("/proc/{pid}/ns/user")).ok() != fs::read_link("/proc/self/ns/user").ok()
             && fs::read_link(format!("/proc/{pid}/exe")).map(|e| e.ends_with("counter")).unwrap_or(false)
     });
-    dump_refused(pid, &w.join("ns"), "uts namespace");
+    // (a user namespace: the one kind ferry neither recreates nor joins)
+    dump_refused(pid, &w.join("ns"), "own user namespace");
     assert!(pid_alive(pid), "the namespaced process did not survive a refused dump");
     {
         let _held = HeldTraced::new(pid);
@@ -478,7 +479,7 @@ fn refuses_what_it_cannot_save() {
     wait_for("the process to stop", Duration::from_secs(10), || {
         fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") T ")).unwrap_or(false)
     });
-    dump_refused(pid, &w.join("stopped"), "uts namespace");
+    dump_refused(pid, &w.join("stopped"), "own user namespace");
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     assert!(stat.contains(") T "), "the stopped process is not stopped any more after a refused dump: {stat}");
     let _ = child.kill();
