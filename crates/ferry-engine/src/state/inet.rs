@@ -59,8 +59,6 @@ const SO_PEEK_OFF: i32 = 42;
 const SO_RCVMARK: i32 = 75;
 const TCP_TX_DELAY: i32 = 37;
 pub(crate) const SO_BUF_LOCK: i32 = 72;
-const SOCK_SNDBUF_LOCK: i32 = 1;
-const SOCK_RCVBUF_LOCK: i32 = 2;
 
 const TCP_ESTABLISHED: u32 = 1;
 const TCP_CLOSE: u32 = 7;
@@ -461,32 +459,7 @@ fn udp_pending(sock: BorrowedFd<'_>) -> std::io::Result<i32> {
 fn changed_opts(sock: BorrowedFd<'_>, s: &InetSocket, connection: bool) -> Result<Vec<SockOpt>, Error> {
     let fresh = net::socket(s.family, s.sock_type, s.protocol).ctx(|| "cannot create a reference socket".into())?;
     let tcp = s.protocol == libc::IPPROTO_TCP;
-    let mut out = Vec::new();
-    // Buffer sizes matter only when the program set them (the kernel locks them then, and
-    // autotunes them otherwise); the kernel reports twice the size asked for.
-    let locks = sockopt::get_int(sock, libc::SOL_SOCKET, SO_BUF_LOCK).unwrap_or(0);
-    for (lock, get, force, what) in [
-        (SOCK_SNDBUF_LOCK, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, "SO_SNDBUF"),
-        (SOCK_RCVBUF_LOCK, libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, "SO_RCVBUF"),
-    ] {
-        if locks & lock != 0 {
-            let v = sockopt::get_int(sock, libc::SOL_SOCKET, get).ctx(|| format!("getsockopt {what}"))?;
-            out.push(SockOpt {
-                level: libc::SOL_SOCKET,
-                name: force,
-                value: (v / 2).to_ne_bytes().to_vec(),
-                what: what.into(),
-            });
-        }
-    }
-    if locks != 0 {
-        out.push(SockOpt {
-            level: libc::SOL_SOCKET,
-            name: SO_BUF_LOCK,
-            value: locks.to_ne_bytes().to_vec(),
-            what: "SO_BUF_LOCK".into(),
-        });
-    }
+    let mut out = crate::state::sockopts::buffer_sizes(sock)?;
     for &(level, name, what, only) in OPTS {
         let applies = match only {
             Only::Any => true,

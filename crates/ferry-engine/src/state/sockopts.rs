@@ -28,32 +28,7 @@ pub const COMMON: &[(i32, i32, &str)] = &[
 /// The options of `sock` (in `list`, and the buffer sizes the program set) whose value differs
 /// from those of `fresh`.
 pub fn changed(sock: BorrowedFd<'_>, fresh: BorrowedFd<'_>, list: &[(i32, i32, &str)]) -> Result<Vec<SockOpt>, Error> {
-    let mut out = Vec::new();
-    // Buffer sizes matter only when the program set them (the kernel locks them then); the
-    // kernel reports twice the size asked for.
-    let locks = sockopt::get_int(sock, libc::SOL_SOCKET, SO_BUF_LOCK).unwrap_or(0);
-    for (lock, get, force, what) in [
-        (1, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, "SO_SNDBUF"),
-        (2, libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, "SO_RCVBUF"),
-    ] {
-        if locks & lock != 0 {
-            let v = sockopt::get_int(sock, libc::SOL_SOCKET, get).ctx(|| format!("getsockopt {what}"))?;
-            out.push(SockOpt {
-                level: libc::SOL_SOCKET,
-                name: force,
-                value: (v / 2).to_ne_bytes().to_vec(),
-                what: what.into(),
-            });
-        }
-    }
-    if locks != 0 {
-        out.push(SockOpt {
-            level: libc::SOL_SOCKET,
-            name: SO_BUF_LOCK,
-            value: locks.to_ne_bytes().to_vec(),
-            what: "SO_BUF_LOCK".into(),
-        });
-    }
+    let mut out = buffer_sizes(sock)?;
     for &(level, name, what) in COMMON.iter().chain(list) {
         let theirs = match sockopt::get_raw(sock, level, name, 64) {
             Ok(v) => v,
@@ -82,4 +57,39 @@ pub fn queued(sock: BorrowedFd<'_>) -> std::io::Result<u32> {
     const SO_MEMINFO: i32 = 55;
     let mem = sockopt::get_raw(sock, libc::SOL_SOCKET, SO_MEMINFO, 64)?;
     Ok(mem.get(..4).map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]])))
+}
+
+/// SO_BUF_LOCK's bits (the kernel's SOCK_SNDBUF_LOCK, SOCK_RCVBUF_LOCK).
+const SOCK_SNDBUF_LOCK: i32 = 1;
+const SOCK_RCVBUF_LOCK: i32 = 2;
+
+/// The buffer sizes of `sock`, as options to set again, when the program set them: the kernel
+/// locks them then (SO_BUF_LOCK) and autotunes them otherwise; it reports twice the size asked
+/// for. Every socket kind shares this.
+pub fn buffer_sizes(sock: BorrowedFd<'_>) -> Result<Vec<SockOpt>, Error> {
+    let mut out = Vec::new();
+    let locks = sockopt::get_int(sock, libc::SOL_SOCKET, SO_BUF_LOCK).unwrap_or(0);
+    for (lock, get, force, what) in [
+        (SOCK_SNDBUF_LOCK, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, "SO_SNDBUF"),
+        (SOCK_RCVBUF_LOCK, libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, "SO_RCVBUF"),
+    ] {
+        if locks & lock != 0 {
+            let v = sockopt::get_int(sock, libc::SOL_SOCKET, get).ctx(|| format!("getsockopt {what}"))?;
+            out.push(SockOpt {
+                level: libc::SOL_SOCKET,
+                name: force,
+                value: (v / 2).to_ne_bytes().to_vec(),
+                what: what.into(),
+            });
+        }
+    }
+    if locks != 0 {
+        out.push(SockOpt {
+            level: libc::SOL_SOCKET,
+            name: SO_BUF_LOCK,
+            value: locks.to_ne_bytes().to_vec(),
+            what: "SO_BUF_LOCK".into(),
+        });
+    }
+    Ok(out)
 }

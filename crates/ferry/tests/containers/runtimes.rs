@@ -425,10 +425,7 @@ fn podman_checkpoint_reaches_ferry() {
     let logs = pm.logs();
     assert!(!stderr.contains("requires at least CRIU"), "Podman refused ferry's CRIU version: {stderr}");
     // (A checkpoint that succeeded went through ferry: it is the only `criu` in PATH.)
-    assert!(
-        out.status.success() || logs.contains("serving CRIU's RPC"),
-        "ferry got no DUMP request: {stderr}\n{logs}"
-    );
+    assert!(out.status.success() || logs.contains("serving CRIU's RPC"), "ferry got no DUMP request: {stderr}\n{logs}");
     assert!(!logs.contains("not supported by ferry:"), "ferry refused an option Podman's runc sends: {logs}");
     if !out.status.success() {
         assert!(
