@@ -44,9 +44,9 @@ impl Nodes {
     /// own fd of it, valid while `self` lives.
     pub fn proc_path(&mut self, path: &str, g: &GhostInode) -> Result<String, Error> {
         let key = (g.dev, g.ino);
-        if !self.held.contains_key(&key) {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.held.entry(key) {
             let fd = recreate(path, g)?;
-            self.held.insert(key, fd);
+            e.insert(fd);
         }
         Ok(format!("/proc/self/fd/{}", self.held[&key].as_raw_fd()))
     }

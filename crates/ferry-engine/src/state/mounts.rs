@@ -37,9 +37,9 @@ const FRESH: [&str; 6] = ["proc", "sysfs", "devpts", "mqueue", "cgroup2", "tmpfs
 /// Largest tmpfs content carried in an image.
 const TMPFS_MAX: u64 = 256 << 20;
 
-const MS_RDONLY: u64 = libc::MS_RDONLY as u64;
-const MS_BIND: u64 = libc::MS_BIND as u64;
-const MS_REMOUNT: u64 = libc::MS_REMOUNT as u64;
+const MS_RDONLY: u64 = libc::MS_RDONLY;
+const MS_BIND: u64 = libc::MS_BIND;
+const MS_REMOUNT: u64 = libc::MS_REMOUNT;
 
 /// Per-mount flags from mountinfo's options ("rw,nosuid,relatime").
 fn mount_flags(opts: &str) -> u64 {
@@ -54,10 +54,10 @@ fn mount_flags(opts: &str) -> u64 {
             "nodiratime" => libc::MS_NODIRATIME,
             "relatime" => libc::MS_RELATIME,
             _ => 0,
-        } as u64;
+        };
     }
-    if f & (libc::MS_NOATIME | libc::MS_RELATIME) as u64 == 0 {
-        f |= libc::MS_STRICTATIME as u64;
+    if f & (libc::MS_NOATIME | libc::MS_RELATIME) == 0 {
+        f |= libc::MS_STRICTATIME;
     }
     f
 }
@@ -442,7 +442,7 @@ pub(crate) fn restore(ctx: &RestoreCtx<'_>, ns: &Namespaces, h: &mut Handover) -
         }
     };
     let slash = c"/";
-    ferry_sys::ns::mount(None, slash, None, (libc::MS_REC | libc::MS_PRIVATE) as u64, None)
+    ferry_sys::ns::mount(None, slash, None, libc::MS_REC | libc::MS_PRIVATE, None)
         .ctx(|| "cannot make the new mount namespace private".into())?;
     let rc = cstr(&root).map_err(|what| Error::Invalid { object: "--root".into(), what })?;
     ferry_sys::ns::mount(Some(&rc), &rc, None, MS_BIND, None)
@@ -510,11 +510,11 @@ fn propagate<'a>(mounts: impl Iterator<Item = &'a MountRecord>) -> Result<(), St
     for r in mounts {
         let t = cstr(Path::new(&r.mountpoint))?;
         if r.shared != 0 {
-            ferry_sys::ns::mount(None, &t, None, libc::MS_SHARED as u64, None)
+            ferry_sys::ns::mount(None, &t, None, libc::MS_SHARED, None)
                 .map_err(|e| format!("mount {}: cannot make it shared: {e}", r.mountpoint))?;
         }
         if r.unbindable {
-            ferry_sys::ns::mount(None, &t, None, libc::MS_UNBINDABLE as u64, None)
+            ferry_sys::ns::mount(None, &t, None, libc::MS_UNBINDABLE, None)
                 .map_err(|e| format!("mount {}: cannot make it unbindable: {e}", r.mountpoint))?;
         }
     }

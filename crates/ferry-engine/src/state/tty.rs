@@ -153,25 +153,25 @@ fn clear(t: &mut [u8], at: usize, bits: u32) {
 /// canonical mode as it was, so that line boundaries (and the line being typed) are recreated.
 fn put_back_termios(t: &[u8]) -> Vec<u8> {
     let mut t = t.to_vec();
-    clear(&mut t, C_IFLAG, (libc::ICRNL | libc::INLCR | libc::IGNCR | libc::IXON | libc::ISTRIP | libc::IUCLC) as u32);
-    clear(&mut t, C_OFLAG, libc::OPOST as u32);
+    clear(&mut t, C_IFLAG, libc::ICRNL | libc::INLCR | libc::IGNCR | libc::IXON | libc::ISTRIP | libc::IUCLC);
+    clear(&mut t, C_OFLAG, libc::OPOST);
     clear(
         &mut t,
         C_LFLAG,
-        (libc::ECHO
+        libc::ECHO
             | libc::ECHOE
             | libc::ECHOK
             | libc::ECHONL
             | libc::ECHOCTL
             | libc::ECHOKE
             | libc::ISIG
-            | libc::IEXTEN) as u32,
+            | libc::IEXTEN,
     );
     t
 }
 
 fn canonical(termios: &[u8]) -> bool {
-    flags(termios, C_LFLAG) & libc::ICANON as u32 != 0
+    flags(termios, C_LFLAG) & libc::ICANON != 0
 }
 
 /// Whether `c` ends a line in canonical mode (NL, or the VEOL / VEOL2 character if set).
@@ -232,7 +232,7 @@ fn take_queued(master: BorrowedFd<'_>, pty: &mut Pty) -> std::io::Result<()> {
         }
     }
     let mut drain = put_back_termios(&pty.termios);
-    clear(&mut drain, C_LFLAG, libc::ICANON as u32);
+    clear(&mut drain, C_LFLAG, libc::ICANON);
     drain[C_CC + libc::VMIN] = 0;
     drain[C_CC + libc::VTIME] = 0;
     sys::set_termios(master, &drain)?;
