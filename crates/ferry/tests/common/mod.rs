@@ -878,3 +878,30 @@ impl Drop for HeldTraced {
         let _ = self.0.wait();
     }
 }
+
+/// A dump that must be refused: one line naming the pid and `expect`, no image, and the
+/// workload goes on untouched (its own checks after go prove its state is intact).
+pub fn refused_then_intact(spec: Spec, expect: &[&str]) {
+    let mut run = Run::start(&spec);
+    let img = run.img();
+    let res = run.dump_to("dump", &img, &[]);
+    if res.status.success() {
+        run.fail("the dump was not refused");
+    }
+    let lines = res.stderr_lines();
+    if lines.len() != 1 {
+        run.fail(&format!("the error is not one line: {:?}", res.stderr));
+    }
+    for e in expect.iter().chain([&run.pid.to_string().as_str()]) {
+        if !lines[0].contains(e) {
+            run.fail(&format!("the error does not mention {e:?}: {}", lines[0]));
+        }
+    }
+    if img.join("inventory.img").exists() {
+        run.fail("a refused dump left a complete-looking image");
+    }
+    run.expect_running_untraced("after the refused dump");
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload after a refused dump");
+}

@@ -266,6 +266,15 @@ struct Podman {
 }
 
 impl Podman {
+    /// A busybox root filesystem built in `w`, imported as this test's image (no registry).
+    fn import_busybox(&self, w: &WorkDir) {
+        let rootfs = w.join("rootfs");
+        busybox_rootfs(&rootfs);
+        let tar = w.join("rootfs.tar");
+        run_cmd(Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg("."), "tar");
+        self.run(&["import", &path_str(&tar), &self.image], "import");
+    }
+
     fn new(w: &WorkDir) -> Podman {
         need("podman", "podman");
         let tag = std::process::id();
@@ -336,11 +345,7 @@ impl Drop for Podman {
 fn podman_checkpoint_restore_export_import() {
     let w = WorkDir::new("podman-cr");
     let pm = Podman::new(&w);
-    let rootfs = w.join("rootfs");
-    busybox_rootfs(&rootfs);
-    let tar = w.join("rootfs.tar");
-    run_cmd(Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg("."), "tar");
-    pm.run(&["import", &path_str(&tar), &pm.image], "import");
+    pm.import_busybox(&w);
     let limits = ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768"];
     // (With Podman's default seccomp profile: its filter travels with the container.)
     let mut args = vec!["run", "-d", "--name", &pm.name, "--network", "none"];
@@ -395,11 +400,7 @@ fn podman_checkpoint_restore_export_import() {
 fn podman_checkpoint_reaches_ferry() {
     let w = WorkDir::new("podman-reach");
     let pm = Podman::new(&w);
-    let rootfs = w.join("rootfs");
-    busybox_rootfs(&rootfs);
-    let tar = w.join("rootfs.tar");
-    run_cmd(Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg("."), "tar");
-    pm.run(&["import", &path_str(&tar), &pm.image], "import");
+    pm.import_busybox(&w);
     pm.run(
         &[
             "run",
