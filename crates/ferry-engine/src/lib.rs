@@ -8,6 +8,7 @@
 pub mod check;
 pub mod dump;
 mod error;
+pub mod freeze;
 pub mod inject;
 pub mod launch;
 pub mod postcopy;

@@ -92,7 +92,7 @@ impl Tracker {
     /// tracked is simply copied whole in the final dump.
     pub fn start(root: i32) -> Result<Tracker, Error> {
         let mut procs = Vec::new();
-        for pid in crate::dump::tree_pids(root) {
+        for pid in crate::freeze::tree_pids(root) {
             match track(root, pid) {
                 Ok(t) => procs.push(t),
                 Err(e) => tracing::warn!(pid, error = %e, "pre-copy: not tracked, copied whole at the end"),
@@ -219,7 +219,7 @@ fn track(root: i32, pid: i32) -> Result<Tracked, Error> {
     let pidfd = ferry_sys::process::pidfd_open(pid).ctx(|| format!("pid {pid}: pidfd_open"))?;
     // Everything under the freeze: the mappings read are the mappings registered (a stale
     // range would split a mapping the process then sees as two, and mremap of it would fail).
-    let (uffd, ranges) = crate::dump::with_injector(pid, |inj, _scratch| {
+    let (uffd, ranges) = crate::freeze::with_injector(pid, |inj, _scratch| {
         let maps_text = procfs::read_string(pid, "maps")?;
         let maps = procfs::parse(pid, "maps", ferry_proc::parse_maps(&maps_text))?;
         let fd = inj

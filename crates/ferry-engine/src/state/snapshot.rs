@@ -30,6 +30,7 @@
 use crate::error::{Ctx, Error};
 use crate::inject::Injector;
 use crate::procfs;
+use crate::state::memory::{FrozenMemory, Held};
 use ferry_image::{Mm, VmaKind};
 use ferry_sys::consts::nr;
 use ferry_sys::ptrace::{self, WaitStatus};
@@ -47,14 +48,6 @@ pub fn shared_hold() -> u64 {
 
 /// A stack pointer no process has mapped (below `vm.mmap_min_addr`), for the snapshot.
 const NO_STACK: u64 = 8;
-
-/// What a snapshot holds for one mapping besides its copy of the memory.
-pub(crate) enum Held {
-    /// Copies taken while frozen: (address, index of the copy).
-    Copied(Vec<(u64, usize)>),
-    /// The shared memory object, opened while frozen, read at the end of the dump.
-    Object(std::fs::File),
-}
 
 /// A copy-on-write snapshot of one process's memory: a stopped child of the process.
 pub struct Snapshot {
@@ -86,21 +79,13 @@ impl Snapshot {
         Ok(snap)
     }
 
-    pub(crate) fn held(&self, start: u64) -> Option<&Held> {
-        self.held.get(&start)
-    }
-
-    pub(crate) fn copy(&self, i: usize) -> &[u8] {
-        self.copies.get(i).map_or(&[][..], |c| &c[..])
-    }
-
     /// While the tree is still frozen: take what the fork did not copy of the target's
     /// mappings `mm` (see the module's notes). `shared_seen` and `budget` are the dump's: each
     /// range of a shared object is taken once, and at most [`shared_hold`] bytes in all.
     pub fn hold(
         &mut self,
         mm: &mut Mm,
-        sharing: &crate::state::cow::Dump,
+        sharing: &crate::state::memory::Sharing,
         shared_seen: &mut HashSet<(u64, u64, u64)>,
         budget: &mut u64,
     ) -> Result<(), Error> {
@@ -135,7 +120,7 @@ impl Snapshot {
                 continue;
             }
             let mut parts = Vec::new();
-            for r in crate::state::memory::regions_to_store(pagemap.as_fd(), pid, v, sharing)? {
+            for r in crate::state::memory::regions_to_store(pagemap.as_fd(), pid, v, &sharing.exclude)? {
                 let mut buf = vec![0u8; (r.end - r.start) as usize];
                 mem.read_exact_at(&mut buf, r.start)
                     .ctx(|| format!("pid {pid}: cannot read memory at {:#x}", r.start))?;
@@ -172,7 +157,7 @@ impl Snapshot {
         }
         let t = Instant::now();
         let flags = (libc::__WALL | libc::WNOHANG) as u64;
-        let got = crate::dump::with_injector(target, |inj, _| {
+        let got = crate::freeze::with_injector(target, |inj, _| {
             inj.call(nr::WAIT4, &[inner as u64, 0, flags, 0])
                 .ctx(|| format!("pid {target}: cannot reap its snapshot {pid} (injected wait4)"))
         });
@@ -187,6 +172,20 @@ impl Snapshot {
             }),
             Err(e) => Err(e),
         }
+    }
+}
+
+impl FrozenMemory for Snapshot {
+    fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    fn held(&self, start: u64) -> Option<&Held> {
+        self.held.get(&start)
+    }
+
+    fn copy(&self, i: usize) -> &[u8] {
+        self.copies.get(i).map_or(&[][..], |c| &c[..])
     }
 }
 

@@ -449,7 +449,7 @@ pub fn fetch_pages(
 /// The restored tree (root `root`) and every descendant, SIGKILLed: a post-copy that cannot
 /// complete must not leave a process with holes in its memory.
 pub fn kill_tree(root: i32) {
-    for pid in ferry_engine::dump::tree_pids(root).iter().rev() {
+    for pid in ferry_engine::freeze::tree_pids(root).iter().rev() {
         let _ = ferry_sys::process::kill(*pid, libc::SIGKILL);
     }
 }

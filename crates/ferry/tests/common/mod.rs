@@ -654,7 +654,7 @@ impl Run {
 }
 
 /// The processes of the tree rooted at `pid` (itself first): ferry's own walk.
-pub use ferry_engine::dump::tree_pids;
+pub use ferry_engine::freeze::tree_pids;
 
 impl Drop for Run {
     fn drop(&mut self) {
