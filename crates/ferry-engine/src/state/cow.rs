@@ -15,17 +15,13 @@
 //! file (the fd opened for it before the fork).
 
 use crate::error::Error;
+use crate::state::memory::run_in_bounds;
 use crate::state::memory::sharing::{is_file, same_mapping, shareable};
-use ferry_image::{PageRange, Process, Vma, PAGE_SIZE};
+use ferry_image::{Process, Vma, PAGE_SIZE};
 use ferry_sys::raw::RawRegion;
 
-/// One layer of a shared mapping's content: pages to drop, then pages to read from `pages`
-/// (an fd number every process of the restored tree has, and the file's length).
-pub struct Layer<'a> {
-    pub pages: Option<(i32, u64)>,
-    pub holes: &'a [PageRange],
-    pub vma: &'a Vma,
-}
+// (Defined with the memory's restore, which takes them; built here.)
+pub use crate::state::memory::{Layer, Tracer};
 
 /// The index in `procs` of `p`'s parent, if it is in the image.
 fn parent_of(procs: &[Process], p: &Process) -> Option<usize> {
@@ -96,7 +92,7 @@ fn apply(region: &RawRegion, layer: &Layer<'_>) -> Result<(), String> {
     let (fd, len) = layer.pages.ok_or_else(|| format!("{}: page runs but no page file", obj()))?;
     for r in &v.runs {
         let n = r.nr_pages * PAGE_SIZE;
-        if !crate::state::memory::run_in_bounds(r, v, len) {
+        if !run_in_bounds(r, v, len) {
             return Err(format!("{}: page run at {:#x} is out of bounds", obj(), r.addr));
         }
         region.read_from(fd, r.addr, n, r.offset).map_err(|e| format!("{}: cannot read pages: {e}", obj()))?;
@@ -164,20 +160,6 @@ pub fn premap(
         out.push(Premapped { region, owner: me.pid });
     }
     Ok(out)
-}
-
-/// What the tracer must know of one process's shared mappings: the ranges the process premapped
-/// itself (left alone), and, for each shared mapping it could not premap, the layers to build
-/// it from (by vma index).
-pub struct Tracer<'a> {
-    pub kept: Vec<(u64, u64)>,
-    pub chains: Vec<(usize, Vec<Layer<'a>>)>,
-}
-
-impl Tracer<'_> {
-    pub fn is_kept(&self, v: &Vma) -> bool {
-        self.kept.contains(&(v.start, v.end))
-    }
 }
 
 pub fn for_tracer<'a>(
