@@ -23,8 +23,8 @@
 //!
 //! Connections (ESTABLISHED and every other TCP state but LISTEN and CLOSE, including
 //! connections waiting in a listener's accept queue) are refused unless `--tcp-established`
-//! (ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT: state/tcp_repair.rs): they need TCP_REPAIR and
-//! belong to migration (`--skip-in-flight` drops the queued ones with a warning, as CRIU does;
+//! (ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, CLOSING, LAST_ACK: state/tcp_repair.rs):
+//! they need TCP_REPAIR and belong to migration (`--skip-in-flight` drops the queued ones with a warning, as CRIU does;
 //! `restore --tcp-close` drops the kept ones at restore, `close_connections`). With
 //! `dump --tcp-close` they are dropped instead, like CRIU's
 //! `--tcp-close`: the connection socket comes back as a fresh, unbound, unconnected socket of
@@ -607,15 +607,9 @@ fn bind_connect(obj: &str, s: &InetSocket, sock: BorrowedFd<'_>) -> Result<(), E
     }
     let mut shut = s.shutdown & 3;
     if let Some(r) = &s.repair {
-        // A peer's FIN (CLOSE_WAIT) is handed to the socket once the tree runs
-        // (`tcp_repair::inject_fins`); this side's FIN goes into the send queue in repair mode,
-        // where it counts as sent (and is retransmitted once repair mode is off).
-        if s.state == tcp_repair::CLOSE_WAIT {
-            shut &= !1;
-        }
-        if shut & 2 != 0 {
-            tcp_repair::queue_fin(obj, sock, r)?;
-        }
+        // The FINs of a closing connection, replayed in repair mode, did part of the
+        // shutdown already (a FIN received shuts reading down, one sent writing).
+        shut &= !tcp_repair::replay_fins(obj, sock, s, r)?;
     }
     if shut != 0 {
         let how = match shut {

@@ -704,3 +704,114 @@ fn tcp_established_with_listener_in_another_process() {
     wait_image_pids_gone(&run.img());
     run.restore_and_verify("sockopts forkorder");
 }
+
+/// An nftables table that drops every TCP segment sent from `port` on this node (both
+/// families), removed when dropped (also when the test fails). Its name holds the test's pid
+/// and the port, so that tests running at the same time do not meet.
+struct DropFrom {
+    table: String,
+}
+
+impl DropFrom {
+    fn port(port: u16) -> DropFrom {
+        let table = format!("ferry_test_fin_{}_{port}", std::process::id());
+        let script = format!(
+            "table inet {table} {{\n chain out {{ type filter hook output priority raw; policy accept; tcp sport {port} drop; }}\n}}\n"
+        );
+        nft_script(&script);
+        DropFrom { table }
+    }
+}
+
+impl Drop for DropFrom {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("nft").args(["delete", "table", "inet", &self.table]).status();
+    }
+}
+
+fn nft_script(script: &str) {
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("run nft");
+    child.stdin.take().expect("nft stdin").write_all(script.as_bytes()).expect("write to nft");
+    assert!(child.wait().expect("wait for nft").success(), "nft failed on {script}");
+}
+
+/// The test's side of `tcpfin`: `TX` (the peer of A3, LAST_ACK) and `TY` (the peer of A4,
+/// CLOSING) read end of file only once the workload's sockets are back, with no reset.
+fn tcpfin(family: &str, checkpoint: bool) {
+    need("nft", "nftables");
+    let mut run = Run::start(&Spec::c("tcpfin").args(&[family]).ready_file("port"));
+    let port: u16 = fs::read_to_string(run.w.join("port")).expect("port").trim().parse().expect("port number");
+    let host = if family == "6" { "[::1]" } else { "127.0.0.1" };
+    let mut tx = TcpStream::connect(format!("{host}:{port}")).expect("connect TX");
+    let mut ty = TcpStream::connect(format!("{host}:{port}")).expect("connect TY");
+    run.wait_file("conns");
+    let mut dropping = Some(DropFrom::port(port));
+    tx.shutdown(std::net::Shutdown::Write).expect("shut TX");
+    fs::write(run.w.join("dropping"), "1\n").expect("write dropping");
+    run.wait_file("shut4");
+    ty.shutdown(std::net::Shutdown::Write).expect("shut TY");
+    run.wait_ready();
+    // Nothing reached TX and TY yet: their peers' FINs were lost.
+    for (name, s) in [("TX", &tx), ("TY", &ty)] {
+        s.set_nonblocking(true).expect("nonblocking");
+        let mut b = [0u8; 4];
+        match (&*s).read(&mut b) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => run.fail(&format!("{name} before the checkpoint: {other:?}, want nothing to read")),
+        }
+        s.set_nonblocking(false).expect("blocking");
+        s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    }
+    let status = if checkpoint {
+        run.dump_ok(&["--tcp-established"]);
+        run.reap_dumped();
+        // The segments lost so far are sent again by the restored sockets.
+        drop(dropping.take());
+        let pidfile = run.spawn_restore("restore", &run.img(), &[]);
+        run.wait_pidfile(&pidfile);
+        run.go();
+        None
+    } else {
+        drop(dropping.take());
+        run.go();
+        Some(())
+    };
+    for (name, s) in [("TX", &mut tx), ("TY", &mut ty)] {
+        let mut rest = Vec::new();
+        match s.read_to_end(&mut rest) {
+            Ok(0) => {}
+            other => run.fail(&format!("{name}: {other:?} ({rest:?}), want end of file and no reset")),
+        }
+    }
+    let status = match status {
+        None => run.wait_restore_exit(),
+        Some(()) => run.wait_child_exit(),
+    };
+    run.expect_pass(status, "tcpfin");
+}
+
+/// Without ferry: the workload and the test's side as in `tcp_closing_states_*`.
+#[test]
+fn tcp_closing_states_control() {
+    tcpfin("4", false);
+    tcpfin("6", false);
+}
+
+/// LAST_ACK and CLOSING (both FINs sent, one not acknowledged yet), CLOSE_WAIT and
+/// FIN_WAIT1, with both ends inside the tree and with the peer outside (the test), over IPv4
+/// and IPv6, with `--tcp-established`: after restore the lost FINs and ACKs are sent again,
+/// each peer reads end of file once, every socket reaches the state the kernel would have led
+/// it to, and none is reset.
+#[test]
+fn tcp_closing_states_v4() {
+    tcpfin("4", true);
+}
+
+#[test]
+fn tcp_closing_states_v6() {
+    tcpfin("6", true);
+}
