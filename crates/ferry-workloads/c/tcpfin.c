@@ -23,6 +23,15 @@
  *   reads end of file and reaches CLOSE. A5 is in CLOSE_WAIT, reads "abc" then end of file,
  *   writes "xyz", which C5 reads, and C5 reaches FIN_WAIT2. No socket has SO_ERROR set.
  *   (The test checks TX and TY read end of file only after the restore, with no reset.)
+ *
+ * tcpfin FAMILY syn: connections in SYN_SENT. L listens (W/port); the test listens too (its
+ * port in W/tport) and drops every SYN to both ports (nftables), then writes W/dropping. C1
+ * connects to L without blocking, a child process blocks in connect() to L (C2), C3 connects
+ * to the test's listener without blocking: all in SYN_SENT; ready. The test dumps, stops
+ * dropping, restores. After go: the SYNs go out again, C1 becomes writable with SO_ERROR 0
+ * and ESTABLISHED, L accepts C1's and C2's connections and both carry bytes both ways (the
+ * child's connect() returns 0 after restore); C3 is connected to the test, sends "c3" and
+ * reads the test's "t3".
  */
 #include "common.h"
 #include <arpa/inet.h>
@@ -30,8 +39,9 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 
-enum { ESTABLISHED = 1, FIN_WAIT1 = 4, FIN_WAIT2 = 5, CLOSE = 7, CLOSE_WAIT = 8, LAST_ACK = 9, CLOSING = 11 };
+enum { ESTABLISHED = 1, SYN_SENT = 2, FIN_WAIT1 = 4, FIN_WAIT2 = 5, CLOSE = 7, CLOSE_WAIT = 8, LAST_ACK = 9, CLOSING = 11 };
 
 static int family = AF_INET;
 
@@ -127,6 +137,117 @@ static void reaches(const char *name, int fd, int want)
 	CHECK(st == want, "%s: TCP state %d after 10 s, want %d", name, st, want);
 }
 
+static int connect_nb(uint16_t port)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = addr_of(&ss, port);
+	int c = socket(family, SOCK_STREAM | SOCK_NONBLOCK, 0);
+	SETUP(c);
+	if (connect(c, (struct sockaddr *)&ss, len) == 0 || errno != EINPROGRESS)
+		die_setup("connect to port %u: %s, want EINPROGRESS", port, strerror(errno));
+	return c;
+}
+
+/* After go: the non-blocking connect of c completes (within 10 s). */
+static void completes(const char *name, int c)
+{
+	struct pollfd p = { .fd = c, .events = POLLOUT };
+	if (poll(&p, 1, 10000) != 1) {
+		fail("%s: not connected within 10 s (TCP state %d)", name, tcp_state(c));
+		return;
+	}
+	no_error(name, c);
+	CHECK(tcp_state(c) == ESTABLISHED, "%s: TCP state %d, want ESTABLISHED", name, tcp_state(c));
+}
+
+static void swap_bytes(const char *name, int a, int b)
+{
+	char buf[8] = { 0 };
+	CHECK(write(a, "ping", 4) == 4, "%s: write: %s", name, strerror(errno));
+	struct pollfd p = { .fd = b, .events = POLLIN };
+	CHECK(poll(&p, 1, 5000) == 1 && read(b, buf, sizeof buf) == 4 && memcmp(buf, "ping", 4) == 0,
+	      "%s: the bytes did not arrive", name);
+}
+
+static void mode_syn(uint16_t port, int l)
+{
+	char path[4096], tport_s[32] = { 0 };
+	wait_file("dropping");
+	snprintf(path, sizeof path, "%s/tport", W);
+	FILE *f = fopen(path, "r");
+	if (!f || !fgets(tport_s, sizeof tport_s, f))
+		die_setup("cannot read %s", path);
+	fclose(f);
+	uint16_t tport = (uint16_t)atoi(tport_s);
+	int c1 = connect_nb(port);
+	int c3 = connect_nb(tport);
+	pid_t child = fork();
+	SETUP(child);
+	if (child == 0) {
+		int c2 = socket(family, SOCK_STREAM, 0);
+		struct sockaddr_storage ss;
+		socklen_t len = addr_of(&ss, port);
+		if (c2 < 0 || connect(c2, (struct sockaddr *)&ss, len) < 0)
+			_exit(10 + (errno & 0x7f));
+		if (write(c2, "c2", 2) != 2)
+			_exit(3);
+		char b[4];
+		if (read(c2, b, 2) != 2 || memcmp(b, "l2", 2) != 0)
+			_exit(4);
+		_exit(0);
+	}
+	want_state("C1", c1, SYN_SENT);
+	want_state("C3", c3, SYN_SENT);
+	usleep(200000); /* the child sits in connect() */
+	signal_ready();
+	wait_go();
+	completes("C1", c1);
+	completes("C3", c3);
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof ss;
+	struct sockaddr_storage c1name;
+	socklen_t c1len = sizeof c1name;
+	getsockname(c1, (struct sockaddr *)&c1name, &c1len);
+	int a1 = -1, a2 = -1;
+	for (int i = 0; i < 2; i++) {
+		struct pollfd p = { .fd = l, .events = POLLIN };
+		if (poll(&p, 1, 10000) != 1) {
+			fail("L: connection %d did not come within 10 s", i + 1);
+			break;
+		}
+		len = sizeof ss;
+		int a = accept(l, (struct sockaddr *)&ss, &len);
+		if (a < 0) {
+			fail("L: accept: %s", strerror(errno));
+			break;
+		}
+		if (len == c1len && memcmp(&ss, &c1name, len) == 0)
+			a1 = a;
+		else
+			a2 = a;
+	}
+	CHECK(a1 >= 0, "L: C1's connection did not come");
+	if (a1 >= 0) {
+		swap_bytes("C1 -> A1", c1, a1);
+		swap_bytes("A1 -> C1", a1, c1);
+	}
+	CHECK(a2 >= 0, "L: the child's connection did not come");
+	if (a2 >= 0) {
+		char b[4] = { 0 };
+		struct pollfd p = { .fd = a2, .events = POLLIN };
+		CHECK(poll(&p, 1, 5000) == 1 && read(a2, b, 2) == 2 && memcmp(b, "c2", 2) == 0, "A2: the child's bytes");
+		CHECK(write(a2, "l2", 2) == 2, "A2: write");
+	}
+	int st;
+	CHECK(waitpid(child, &st, 0) == child && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+	      "child (blocked in connect): status %#x", st);
+	CHECK(write(c3, "c3", 2) == 2, "C3: write: %s", strerror(errno));
+	char b[4] = { 0 };
+	struct pollfd p = { .fd = c3, .events = POLLIN };
+	CHECK(poll(&p, 1, 10000) == 1 && read(c3, b, 2) == 2 && memcmp(b, "t3", 2) == 0, "C3: the test's bytes");
+	finish();
+}
+
 int main(int argc, char **argv)
 {
 	workload_init(argc, argv);
@@ -146,6 +267,8 @@ int main(int argc, char **argv)
 	char buf[32];
 	snprintf(buf, sizeof buf, "%u\n", port);
 	SETUP(write_file_atomic("port", buf));
+	if (argc > 3 && strcmp(argv[3], "syn") == 0)
+		mode_syn(port, l);
 
 	int a3 = accept(l, NULL, NULL);
 	SETUP(a3);

@@ -19,9 +19,15 @@
 //!   is still in repair mode (`give_fin`); it carries a mark the network lock lets through
 //!   (`netlock::PASS_MARK`), and the socket's answer is dropped by the lock (the peer had
 //!   that acknowledgement already).
+//!
 //! The order: CLOSING (both FINs crossed) replays this side's FIN first (FIN_WAIT1, then the
 //! peer's FIN makes it CLOSING); LAST_ACK (the peer closed first) the peer's first (CLOSE_WAIT,
 //! then the shutdown makes it LAST_ACK).
+//!
+//! SYN_SENT (CRIU's way, `connect_again`): the saved initial sequence number is set before
+//! bind, and connect() with repair mode off sends the SYN again (dropped by the network lock
+//! until the tree runs, then retransmitted); a blocking connect() the process was in restarts
+//! and waits for the handshake.
 //!
 //! Each connection is blocked by the network lock (state/netlock.rs) before its queues are
 //! read, until the restored socket leaves repair mode.
@@ -107,6 +113,9 @@ fn queue(sock: BorrowedFd<'_>, which: i32, len: usize) -> std::io::Result<(u32, 
 }
 
 const ST_ESTABLISHED: u32 = 1;
+const ST_SYN_SENT: u32 = 2;
+/// TCP_SYN_SENT: a connect() waiting for the answer to its SYN.
+pub const SYN_SENT: u32 = ST_SYN_SENT;
 const ST_FIN_WAIT1: u32 = 4;
 const ST_FIN_WAIT2: u32 = 5;
 const ST_CLOSE_WAIT: u32 = 8;
@@ -115,7 +124,10 @@ const ST_CLOSING: u32 = 11;
 
 /// The TCP states `--tcp-established` carries.
 pub fn carried_state(state: u32) -> bool {
-    matches!(state, ST_ESTABLISHED | ST_FIN_WAIT1 | ST_FIN_WAIT2 | ST_CLOSE_WAIT | ST_LAST_ACK | ST_CLOSING)
+    matches!(
+        state,
+        ST_SYN_SENT | ST_ESTABLISHED | ST_FIN_WAIT1 | ST_FIN_WAIT2 | ST_CLOSE_WAIT | ST_LAST_ACK | ST_CLOSING
+    )
 }
 
 /// Whether this side sent its FIN in `state` (it is then the last sequence number sent).
@@ -136,7 +148,12 @@ pub fn got_fin(state: u32) -> bool {
 /// Save the connection `sock` (ferry's copy, taken with pidfd_getfd) and its state, read
 /// once it is locked (a FIN may have arrived meanwhile); it stays in repair mode, registered
 /// in `repaired`.
-pub fn collect(obj: &str, sock: OwnedFd, repaired: &mut Repaired) -> Result<(TcpRepair, u32), Error> {
+pub fn collect(
+    obj: &str,
+    sock: OwnedFd,
+    peer: Option<std::net::SocketAddr>,
+    repaired: &mut Repaired,
+) -> Result<(TcpRepair, u32), Error> {
     let s = sock.as_fd();
     let ctx = |what: &str| format!("{obj}: {what}");
     // Nothing may reach the socket once its queues are read: lock first, then repair mode,
@@ -144,7 +161,6 @@ pub fn collect(obj: &str, sock: OwnedFd, repaired: &mut Repaired) -> Result<(Tcp
     // is in place, even with the process frozen: sizes taken before would not match the
     // sequence numbers read after, and bytes would be lost or sent twice).
     let local = net::sock_name(s).ctx(|| ctx("getsockname"))?;
-    let peer = net::peer_name(s).ctx(|| ctx("getpeername"))?;
     let (Some(local), Some(peer)) = (local, peer) else {
         return Err(Error::Invalid { object: obj.into(), what: "a connection without two addresses".into() });
     };
@@ -175,13 +191,20 @@ pub fn collect(obj: &str, sock: OwnedFd, repaired: &mut Repaired) -> Result<(Tcp
             what: format!("the connection moved to TCP state {state} while it was saved (dump again)"),
         });
     }
-    // A FIN not acknowledged yet counts in SIOCOUTQ but is no byte of the queue.
-    let outq = if fin_unacked(state) { outq.saturating_sub(1) } else { outq };
+    // A FIN (or SYN) not acknowledged yet counts in SIOCOUTQ but is no byte of the queue.
+    let outq = if fin_unacked(state) || state == ST_SYN_SENT { outq.saturating_sub(1) } else { outq };
+    if state == ST_SYN_SENT && (outq > 0 || inq > 0) {
+        return Err(Error::Invalid {
+            object: obj.into(),
+            what: "a connection in SYN_SENT with data queued (TCP Fast Open) is not supported yet".into(),
+        });
+    }
     let (recv_seq, recv_queue) = queue(s, TCP_RECV_QUEUE, inq).ctx(|| ctx("cannot read the receive queue"))?;
     let (send_seq, send_queue) = queue(s, TCP_SEND_QUEUE, outq).ctx(|| ctx("cannot read the send queue"))?;
     // The FINs are sequence numbers: without them the numbers are those of an established
     // connection, which restore rebuilds and then closes half again.
-    let send_seq = if sent_fin(state) { send_seq.wrapping_sub(1) } else { send_seq };
+    // (SYN_SENT: the SYN too, which restore sends again with this initial sequence number.)
+    let send_seq = if sent_fin(state) || state == ST_SYN_SENT { send_seq.wrapping_sub(1) } else { send_seq };
     let recv_seq = if got_fin(state) { recv_seq.wrapping_sub(1) } else { recv_seq };
     let mut window = sockopt::get_raw(s, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, 20).ctx(|| ctx("TCP_REPAIR_WINDOW"))?;
     // struct tcp_repair_window's rcv_wup (at 16) may count the peer's FIN, which the restored
@@ -273,8 +296,12 @@ pub fn prepare_before_bind(obj: &str, sock: BorrowedFd<'_>, r: &TcpRepair) -> Re
 
 /// After connect (which in repair mode makes the connection established without a packet):
 /// options, window, queued bytes, timestamp. Repair mode is left later (`release_all`).
-pub fn finish_after_connect(obj: &str, sock: BorrowedFd<'_>, r: &TcpRepair) -> Result<(), Error> {
+pub fn finish_after_connect(obj: &str, sock: BorrowedFd<'_>, state: u32, r: &TcpRepair) -> Result<(), Error> {
     let ctx = |what: &str| format!("{obj}: {what}");
+    if state == ST_SYN_SENT {
+        // Nothing negotiated, nothing queued: the handshake does it all again.
+        return Ok(());
+    }
     let mut opts: Vec<(u32, u32)> = vec![(TCPOPT_MSS, r.mss)];
     if r.options & TCPI_OPT_WSCALE != 0 {
         opts.push((TCPOPT_WINDOW, r.snd_wscale | (r.rcv_wscale << 16)));
@@ -296,6 +323,25 @@ pub fn finish_after_connect(obj: &str, sock: BorrowedFd<'_>, r: &TcpRepair) -> R
         sockopt::set_raw(sock, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, &r.window).ctx(|| ctx("TCP_REPAIR_WINDOW"))?;
     }
     Ok(())
+}
+
+/// SYN_SENT (CRIU's way): connect with repair mode off, which sends the SYN again with the
+/// saved initial sequence number (set with TCP_QUEUE_SEQ before bind; the network lock drops
+/// it until the tree runs, then it is retransmitted), without waiting; then repair mode on
+/// again, as for the other connections.
+pub fn connect_again(obj: &str, sock: BorrowedFd<'_>, peer: &std::net::SocketAddr) -> Result<(), Error> {
+    let ctx = |what: &str| format!("{obj}: {what}");
+    let flags = ferry_sys::process::status_flags(sock).ctx(|| ctx("F_GETFL"))?;
+    ferry_sys::process::set_status_flags(sock, flags | libc::O_NONBLOCK).ctx(|| ctx("F_SETFL"))?;
+    sockopt::set_int(sock, libc::IPPROTO_TCP, TCP_REPAIR, 0).ctx(|| ctx("cannot leave TCP_REPAIR mode"))?;
+    let r = net::connect(sock, peer);
+    ferry_sys::process::set_status_flags(sock, flags).ctx(|| ctx("F_SETFL"))?;
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Ok(()) => {}
+        Err(e) => return Err(Error::Sys { object: ctx(&format!("cannot connect to {peer} again")), source: e }),
+    }
+    sockopt::set_int(sock, libc::IPPROTO_TCP, TCP_REPAIR, 1).ctx(|| ctx("cannot switch to TCP_REPAIR mode"))
 }
 
 /// After `finish_after_connect`, still in repair mode: replay the FINs of a closing

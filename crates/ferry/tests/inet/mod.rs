@@ -714,9 +714,14 @@ struct DropFrom {
 
 impl DropFrom {
     fn port(port: u16) -> DropFrom {
+        DropFrom::rule(port, &format!("tcp sport {port}"))
+    }
+
+    /// Drop what matches `what` (an nft expression) on output.
+    fn rule(port: u16, what: &str) -> DropFrom {
         let table = format!("ferry_test_fin_{}_{port}", std::process::id());
         let script = format!(
-            "table inet {table} {{\n chain out {{ type filter hook output priority raw; policy accept; tcp sport {port} drop; }}\n}}\n"
+            "table inet {table} {{\n chain out {{ type filter hook output priority raw; policy accept; {what} drop; }}\n}}\n"
         );
         nft_script(&script);
         DropFrom { table }
@@ -739,6 +744,21 @@ fn nft_script(script: &str) {
     assert!(child.wait().expect("wait for nft").success(), "nft failed on {script}");
 }
 
+/// With `checkpoint`: dump with `--tcp-established`, stop dropping (the segments lost so far
+/// are sent again by the restored sockets), restore; else stop dropping. Then go.
+fn dump_restore_go(run: &mut Run, dropping: DropFrom, checkpoint: bool) {
+    if checkpoint {
+        run.dump_ok(&["--tcp-established"]);
+        run.reap_dumped();
+        drop(dropping);
+        let pidfile = run.spawn_restore("restore", &run.img(), &[]);
+        run.wait_pidfile(&pidfile);
+    } else {
+        drop(dropping);
+    }
+    run.go();
+}
+
 /// The test's side of `tcpfin`: `TX` (the peer of A3, LAST_ACK) and `TY` (the peer of A4,
 /// CLOSING) read end of file only once the workload's sockets are back, with no reset.
 fn tcpfin(family: &str, checkpoint: bool) {
@@ -749,7 +769,7 @@ fn tcpfin(family: &str, checkpoint: bool) {
     let mut tx = TcpStream::connect(format!("{host}:{port}")).expect("connect TX");
     let mut ty = TcpStream::connect(format!("{host}:{port}")).expect("connect TY");
     run.wait_file("conns");
-    let mut dropping = Some(DropFrom::port(port));
+    let dropping = DropFrom::port(port);
     tx.shutdown(std::net::Shutdown::Write).expect("shut TX");
     fs::write(run.w.join("dropping"), "1\n").expect("write dropping");
     run.wait_file("shut4");
@@ -766,20 +786,7 @@ fn tcpfin(family: &str, checkpoint: bool) {
         s.set_nonblocking(false).expect("blocking");
         s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
     }
-    let status = if checkpoint {
-        run.dump_ok(&["--tcp-established"]);
-        run.reap_dumped();
-        // The segments lost so far are sent again by the restored sockets.
-        drop(dropping.take());
-        let pidfile = run.spawn_restore("restore", &run.img(), &[]);
-        run.wait_pidfile(&pidfile);
-        run.go();
-        None
-    } else {
-        drop(dropping.take());
-        run.go();
-        Some(())
-    };
+    dump_restore_go(&mut run, dropping, checkpoint);
     for (name, s) in [("TX", &mut tx), ("TY", &mut ty)] {
         let mut rest = Vec::new();
         match s.read_to_end(&mut rest) {
@@ -787,10 +794,7 @@ fn tcpfin(family: &str, checkpoint: bool) {
             other => run.fail(&format!("{name}: {other:?} ({rest:?}), want end of file and no reset")),
         }
     }
-    let status = match status {
-        None => run.wait_restore_exit(),
-        Some(()) => run.wait_child_exit(),
-    };
+    let status = if checkpoint { run.wait_restore_exit() } else { run.wait_child_exit() };
     run.expect_pass(status, "tcpfin");
 }
 
@@ -814,4 +818,64 @@ fn tcp_closing_states_v4() {
 #[test]
 fn tcp_closing_states_v6() {
     tcpfin("6", true);
+}
+
+/// The test's side of `tcpfin FAMILY syn`: a listener whose SYNs (and L's) are dropped until
+/// the workload is dumped; after restore it accepts the workload's C3, reads "c3", answers
+/// "t3".
+fn tcpsyn(family: &str, checkpoint: bool) {
+    need("nft", "nftables");
+    let mut run = Run::start(&Spec::c("tcpfin").args(&[family, "syn"]).ready_file("port"));
+    let port: u16 = fs::read_to_string(run.w.join("port")).expect("port").trim().parse().expect("port number");
+    let host = if family == "6" { "[::1]" } else { "127.0.0.1" };
+    let tl = std::net::TcpListener::bind(format!("{host}:0")).expect("bind the test's listener");
+    let tport = tl.local_addr().expect("local address").port();
+    fs::write(run.w.join("tport"), format!("{tport}\n")).expect("write tport");
+    let dropping = DropFrom::rule(port, &format!("tcp dport {{ {port}, {tport} }}"));
+    fs::write(run.w.join("dropping"), "1\n").expect("write dropping");
+    run.wait_ready();
+    dump_restore_go(&mut run, dropping, checkpoint);
+    tl.set_nonblocking(true).expect("nonblocking listener");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut conn = loop {
+        match tl.accept() {
+            Ok((c, _)) => break c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                sleep(Duration::from_millis(20))
+            }
+            Err(e) => run.fail(&format!("the test's listener: no connection from C3 ({e})")),
+        }
+    };
+    conn.set_nonblocking(false).expect("blocking");
+    conn.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut b = [0u8; 2];
+    if let Err(e) = conn.read_exact(&mut b) {
+        run.fail(&format!("C3's bytes: {e}"));
+    }
+    if &b != b"c3" {
+        run.fail(&format!("C3 sent {b:?}, want c3"));
+    }
+    conn.write_all(b"t3").expect("answer C3");
+    let status = if checkpoint { run.wait_restore_exit() } else { run.wait_child_exit() };
+    run.expect_pass(status, "tcpfin syn");
+}
+
+/// Without ferry: the workload and the test's side as in `tcp_syn_sent_*`.
+#[test]
+fn tcp_syn_sent_control() {
+    tcpsyn("4", false);
+    tcpsyn("6", false);
+}
+
+/// Connections in SYN_SENT (a non-blocking connect, a child blocked in connect(), a connect to
+/// the test outside the tree), whose SYNs were lost, come back with `--tcp-established` and
+/// complete once the tree runs: the SYN goes out again with the saved initial sequence number.
+#[test]
+fn tcp_syn_sent_v4() {
+    tcpsyn("4", true);
+}
+
+#[test]
+fn tcp_syn_sent_v6() {
+    tcpsyn("6", true);
 }
