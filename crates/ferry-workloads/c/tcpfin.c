@@ -1,6 +1,7 @@
 /*
  * tcpfin FAMILY: TCP connections in the closing states with both FINs, dumped with
- * --tcp-established (FAMILY 4 or 6: IPv4 on 127.0.0.1 or IPv6 on ::1).
+ * --tcp-established (FAMILY 4 or 6: IPv4 on 127.0.0.1 or IPv6 on ::1; m: IPv6 sockets on
+ * ::ffff:127.0.0.1, IPv4 on the wire).
  *
  * The test drops every segment the listener's port sends (nftables, "tcp sport PORT"), so
  * that the FINs and ACKs the accepted sockets send get lost. Steps:
@@ -44,6 +45,8 @@
 enum { ESTABLISHED = 1, SYN_SENT = 2, FIN_WAIT1 = 4, FIN_WAIT2 = 5, CLOSE = 7, CLOSE_WAIT = 8, LAST_ACK = 9, CLOSING = 11 };
 
 static int family = AF_INET;
+/* FAMILY "m": IPv6 sockets speaking IPv4 through mapped addresses (::ffff:127.0.0.1). */
+static int mapped = 0;
 
 static int tcp_state(int fd)
 {
@@ -80,6 +83,8 @@ static socklen_t addr_of(struct sockaddr_storage *ss, uint16_t port)
 		struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
 		a->sin6_family = AF_INET6;
 		a->sin6_addr = in6addr_loopback;
+		if (mapped)
+			inet_pton(AF_INET6, "::ffff:127.0.0.1", &a->sin6_addr);
 		a->sin6_port = htons(port);
 		return sizeof *a;
 	}
@@ -254,6 +259,10 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	if (argc > 2 && strcmp(argv[2], "6") == 0)
 		family = AF_INET6;
+	if (argc > 2 && strcmp(argv[2], "m") == 0) {
+		family = AF_INET6;
+		mapped = 1;
+	}
 
 	struct sockaddr_storage ss;
 	socklen_t len = addr_of(&ss, 0);

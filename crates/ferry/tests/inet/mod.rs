@@ -765,6 +765,7 @@ fn tcpfin(family: &str, checkpoint: bool) {
     need("nft", "nftables");
     let mut run = Run::start(&Spec::c("tcpfin").args(&[family]).ready_file("port"));
     let port: u16 = fs::read_to_string(run.w.join("port")).expect("port").trim().parse().expect("port number");
+    // (FAMILY m: the workload's IPv6 sockets speak IPv4, which the test's sockets use.)
     let host = if family == "6" { "[::1]" } else { "127.0.0.1" };
     let mut tx = TcpStream::connect(format!("{host}:{port}")).expect("connect TX");
     let mut ty = TcpStream::connect(format!("{host}:{port}")).expect("connect TY");
@@ -803,6 +804,7 @@ fn tcpfin(family: &str, checkpoint: bool) {
 fn tcp_closing_states_control() {
     tcpfin("4", false);
     tcpfin("6", false);
+    tcpfin("m", false);
 }
 
 /// LAST_ACK and CLOSING (both FINs sent, one not acknowledged yet), CLOSE_WAIT and
@@ -820,6 +822,12 @@ fn tcp_closing_states_v6() {
     tcpfin("6", true);
 }
 
+/// The same with IPv6 sockets speaking IPv4 (`::ffff:127.0.0.1`): the peer's FIN goes as IPv4.
+#[test]
+fn tcp_closing_states_v4_mapped() {
+    tcpfin("m", true);
+}
+
 /// The test's side of `tcpfin FAMILY syn`: a listener whose SYNs (and L's) are dropped until
 /// the workload is dumped; after restore it accepts the workload's C3, reads "c3", answers
 /// "t3".
@@ -827,6 +835,7 @@ fn tcpsyn(family: &str, checkpoint: bool) {
     need("nft", "nftables");
     let mut run = Run::start(&Spec::c("tcpfin").args(&[family, "syn"]).ready_file("port"));
     let port: u16 = fs::read_to_string(run.w.join("port")).expect("port").trim().parse().expect("port number");
+    // (FAMILY m: the workload's IPv6 sockets speak IPv4, which the test's sockets use.)
     let host = if family == "6" { "[::1]" } else { "127.0.0.1" };
     let tl = std::net::TcpListener::bind(format!("{host}:0")).expect("bind the test's listener");
     let tport = tl.local_addr().expect("local address").port();
@@ -865,6 +874,7 @@ fn tcpsyn(family: &str, checkpoint: bool) {
 fn tcp_syn_sent_control() {
     tcpsyn("4", false);
     tcpsyn("6", false);
+    tcpsyn("m", false);
 }
 
 /// Connections in SYN_SENT (a non-blocking connect, a child blocked in connect(), a connect to
@@ -878,4 +888,10 @@ fn tcp_syn_sent_v4() {
 #[test]
 fn tcp_syn_sent_v6() {
     tcpsyn("6", true);
+}
+
+/// The same with IPv6 sockets speaking IPv4 (`::ffff:127.0.0.1`).
+#[test]
+fn tcp_syn_sent_v4_mapped() {
+    tcpsyn("m", true);
 }
