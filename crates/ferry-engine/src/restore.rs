@@ -896,9 +896,6 @@ pub fn restore_notify(
     if let Err(e) = crate::state::tcp_repair::unlock_all(&procs) {
         tracing::warn!(error = %e, "the restored connections stay blocked by the network lock");
     }
-    if let Err(e) = crate::state::tcp_repair::inject_fins(&procs) {
-        tracing::warn!(error = %e, "a connection restored from CLOSE_WAIT did not get its peer's FIN back");
-    }
     tracing::info!(tracer = ?t_tracer.elapsed(), total = ?t0.elapsed(), "released");
     if let Some(pf) = &opts.pidfile {
         write_pidfile(pf, root_host)?;

@@ -242,19 +242,29 @@ fn csum_fold(mut sum: u32) -> u16 {
     !(sum as u16)
 }
 
-/// Send one TCP segment with no data from `src` to `dst` (IPv4) through a raw socket with
-/// IP_HDRINCL, so that its source is `src` whatever it is: `seq`, `ack`, TCP `flags`
-/// (FIN 0x01, ACK 0x10 ...), `window`. Needs CAP_NET_RAW.
-pub fn send_tcp_segment_v4(
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
+/// Send one TCP segment with no data from `src` to `dst` through a raw socket that writes
+/// the IP header itself (IP_HDRINCL; IPPROTO_RAW for IPv6), so that its source is `src`
+/// whatever it is: `seq`, `ack`, TCP `flags` (FIN 0x01, ACK 0x10 ...), `window`. An IPv4
+/// address mapped in IPv6 (`::ffff:a.b.c.d`, a dual-stack socket's IPv4 peer) goes as IPv4.
+/// `mark` (SO_MARK, needs CAP_NET_ADMIN) lets netfilter tell the segment apart. Needs
+/// CAP_NET_RAW.
+pub fn send_tcp_segment(
+    src: SocketAddr,
+    dst: SocketAddr,
     seq: u32,
     ack: u32,
     flags: u8,
     window: u16,
+    mark: Option<u32>,
 ) -> io::Result<()> {
-    let raw = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP)?;
-    crate::sockopt::set_int(std::os::fd::AsFd::as_fd(&raw), libc::IPPROTO_IP, libc::IP_HDRINCL, 1)?;
+    let unmap = |a: SocketAddr| match a {
+        SocketAddr::V6(s) => match s.ip().to_ipv4_mapped() {
+            Some(ip) => SocketAddr::new(ip.into(), s.port()),
+            None => a,
+        },
+        v4 => v4,
+    };
+    let (src, dst) = (unmap(src), unmap(dst));
     let mut tcp = [0u8; 20];
     tcp[0..2].copy_from_slice(&src.port().to_be_bytes());
     tcp[2..4].copy_from_slice(&dst.port().to_be_bytes());
@@ -263,20 +273,48 @@ pub fn send_tcp_segment_v4(
     tcp[12] = 5 << 4;
     tcp[13] = flags;
     tcp[14..16].copy_from_slice(&window.to_be_bytes());
-    let mut pseudo = Vec::with_capacity(12);
-    pseudo.extend_from_slice(&src.ip().octets());
-    pseudo.extend_from_slice(&dst.ip().octets());
-    pseudo.extend_from_slice(&[0, libc::IPPROTO_TCP as u8, 0, 20]);
-    let sum = csum_fold(csum_add(csum_add(0, &pseudo), &tcp));
-    tcp[16..18].copy_from_slice(&sum.to_be_bytes());
-    let mut pkt = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, libc::IPPROTO_TCP as u8, 0, 0];
-    pkt.extend_from_slice(&src.ip().octets());
-    pkt.extend_from_slice(&dst.ip().octets());
-    let ip_sum = csum_fold(csum_add(0, &pkt));
-    pkt[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+    let proto = libc::IPPROTO_TCP as u8;
+    let (raw, pkt, to) = match (src, dst) {
+        (SocketAddr::V4(s), SocketAddr::V4(d)) => {
+            let raw = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP)?;
+            crate::sockopt::set_int(std::os::fd::AsFd::as_fd(&raw), libc::IPPROTO_IP, libc::IP_HDRINCL, 1)?;
+            let mut pseudo = Vec::with_capacity(12);
+            pseudo.extend_from_slice(&s.ip().octets());
+            pseudo.extend_from_slice(&d.ip().octets());
+            pseudo.extend_from_slice(&[0, proto, 0, 20]);
+            let sum = csum_fold(csum_add(csum_add(0, &pseudo), &tcp));
+            tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+            let mut pkt = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, proto, 0, 0];
+            pkt.extend_from_slice(&s.ip().octets());
+            pkt.extend_from_slice(&d.ip().octets());
+            let ip_sum = csum_fold(csum_add(0, &pkt));
+            pkt[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+            (raw, pkt, dst)
+        }
+        (SocketAddr::V6(s), SocketAddr::V6(d)) => {
+            // An IPPROTO_RAW socket of AF_INET6 takes the whole IPv6 header (IPV6_HDRINCL).
+            let raw = socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_RAW)?;
+            let mut pseudo = Vec::with_capacity(40);
+            pseudo.extend_from_slice(&s.ip().octets());
+            pseudo.extend_from_slice(&d.ip().octets());
+            pseudo.extend_from_slice(&[0, 0, 0, 20, 0, 0, 0, proto]);
+            let sum = csum_fold(csum_add(csum_add(0, &pseudo), &tcp));
+            tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+            // version 6, no traffic class or flow label, payload 20 bytes, hop limit 64.
+            let mut pkt = vec![0x60, 0, 0, 0, 0, 20, proto, 64];
+            pkt.extend_from_slice(&s.ip().octets());
+            pkt.extend_from_slice(&d.ip().octets());
+            (raw, pkt, SocketAddr::V6(std::net::SocketAddrV6::new(*d.ip(), 0, 0, d.scope_id())))
+        }
+        _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, "addresses of two families")),
+    };
+    if let Some(m) = mark {
+        crate::sockopt::set_int(std::os::fd::AsFd::as_fd(&raw), libc::SOL_SOCKET, libc::SO_MARK, m as i32)?;
+    }
+    let mut pkt = pkt;
     pkt.extend_from_slice(&tcp);
-    let (st, len) = to_storage(&SocketAddr::V4(dst));
-    // SAFETY: pkt is valid for reads of pkt.len() bytes; st holds a sockaddr_in of `len` bytes.
+    let (st, len) = to_storage(&to);
+    // SAFETY: pkt is valid for reads of pkt.len() bytes; st holds a sockaddr of `len` bytes.
     let r = unsafe {
         libc::sendto(
             raw.as_raw_fd(),

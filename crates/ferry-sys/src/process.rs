@@ -294,6 +294,12 @@ pub fn set_pipe_size(fd: BorrowedFd<'_>, size: usize) -> io::Result<()> {
     cvt_i(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) }).map(drop)
 }
 
+/// `fcntl(F_GETFL)`.
+pub fn status_flags(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    // SAFETY: plain fd and command.
+    cvt_i(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })
+}
+
 /// `fcntl(F_SETFL)`.
 pub fn set_status_flags(fd: BorrowedFd<'_>, flags: i32) -> io::Result<()> {
     // SAFETY: plain fd and integers.

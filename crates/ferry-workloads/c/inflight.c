@@ -3,8 +3,11 @@
  * files processes of the tree still hold:
  *   dgram pair     "before"; "one" + eventfd E (counter 5); "two" + E and a pipe's read end R;
  *                  "after"
- *   (argv[2] "stream": a stream pair with "s1", then "s2" + R, then "s3": the dump must be
- *   refused, since a peek cannot tell which bytes carry the fds; the queue is intact after)
+ *   (argv[2] "stream": also a stream pair with the writes "s1", "s2" + R, "s3", "s4", B (2000
+ *   bytes starting "s5") + E and R, "s6": the dump must be refused, since a peek cannot tell
+ *   where the buffers carrying fds start. After the refused dump the reads show the same
+ *   buffers: a 1-byte read gets "s" and no fd, then "1s2" with R, a 4-byte read "s3s4" and no
+ *   fd, then B with E and R, then "s6" and no fd.)
  *   seqpacket pair "q1" + a memfd M held by a child C (which sent it from its own end of the
  *                  pair, and keeps M open)
  * After restore: every message comes back in order with its boundaries and its fds; a received
@@ -39,12 +42,12 @@ static void send_fds(int s, const char *data, const int *fds, int n)
 		die_setup("sendmsg \"%s\": %s", data, strerror(errno));
 }
 
-/* Receive one message (MSG_DONTWAIT): its data must be `want`, and it must carry `nfds` fds,
- * returned in fds. */
-static void recv_fds(int s, const char *what, const char *want, int *fds, int nfds)
+/* Receive one message (MSG_DONTWAIT) into a buffer of `cap` bytes: its data must be `want`,
+ * and it must carry `nfds` fds, returned in fds. */
+static void recv_fds_n(int s, const char *what, const char *want, size_t cap, int *fds, int nfds)
 {
-	char buf[256];
-	struct iovec iov = { buf, sizeof buf };
+	static char buf[4096];
+	struct iovec iov = { buf, cap < sizeof buf ? cap : sizeof buf };
 	union {
 		char buf[CMSG_SPACE(8 * sizeof(int))];
 		struct cmsghdr align;
@@ -55,8 +58,8 @@ static void recv_fds(int s, const char *what, const char *want, int *fds, int nf
 		fail("%s: recvmsg: %s", what, strerror(errno));
 		return;
 	}
-	CHECK((size_t)n == strlen(want) && memcmp(buf, want, (size_t)n) == 0, "%s: got \"%.*s\", want \"%s\"", what,
-	      (int)n, buf, want);
+	CHECK((size_t)n == strlen(want) && memcmp(buf, want, (size_t)n) == 0, "%s: got \"%.*s\", want \"%.16s\"", what,
+	      (int)(n > 16 ? 16 : n), buf, want);
 	int got = 0;
 	for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
 		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
@@ -68,6 +71,11 @@ static void recv_fds(int s, const char *what, const char *want, int *fds, int nf
 	}
 	CHECK(got == nfds, "%s: %d fds came with it, want %d", what, got, nfds);
 	CHECK(!(msg.msg_flags & MSG_CTRUNC), "%s: control data truncated", what);
+}
+
+static void recv_fds(int s, const char *what, const char *want, int *fds, int nfds)
+{
+	recv_fds_n(s, what, want, 256, fds, nfds);
 }
 
 /* `a` and `b` are the same eventfd: add to one, read the total from the other. */
@@ -124,10 +132,16 @@ int main(int argc, char **argv)
 	send_fds(dg[0], "two", two, 2);
 	send_fds(dg[0], "after", NULL, 0);
 	int stream = argc > 2 && strcmp(argv[2], "stream") == 0;
+	static char big[2001];
+	memset(big, 'b', 2000);
+	memcpy(big, "s5", 2);
 	if (stream) {
 		send_fds(st[0], "s1", NULL, 0);
 		send_fds(st[0], "s2", &pp[0], 1);
 		send_fds(st[0], "s3", NULL, 0);
+		send_fds(st[0], "s4", NULL, 0);
+		send_fds(st[0], big, two, 2);
+		send_fds(st[0], "s6", NULL, 0);
 	}
 	/* the seqpacket message is in sq[0]'s queue once the child sent it */
 	for (int i = 0; i < 500; i++) {
@@ -152,14 +166,20 @@ int main(int argc, char **argv)
 		same_pipe(fds[1], pp[1], "dgram two's pipe", "via-dgram");
 	recv_fds(dg[1], "dgram after", "after", fds, 0);
 	fds[0] = -1;
-	char buf[16];
 	if (stream) {
-		CHECK(recv(st[1], buf, 2, MSG_DONTWAIT) == 2 && memcmp(buf, "s1", 2) == 0, "stream s1");
-		recv_fds(st[1], "stream s2", "s2", fds, 1);
+		recv_fds_n(st[1], "stream 1 byte", "s", 1, fds, 0);
+		recv_fds_n(st[1], "stream s2", "1s2", 16, fds, 1);
 		if (fds[0] >= 0)
 			same_pipe(fds[0], pp[1], "stream s2's pipe", "via-stream");
-		CHECK(recv(st[1], buf, sizeof buf, MSG_DONTWAIT) == 2 && memcmp(buf, "s3", 2) == 0, "stream s3");
 		fds[0] = -1;
+		recv_fds_n(st[1], "stream 4 bytes", "s3s4", 4, fds, 0);
+		recv_fds_n(st[1], "stream B", big, 4096, fds, 2);
+		if (fds[0] >= 0)
+			same_eventfd(E, fds[0], "stream B's eventfd");
+		if (fds[1] >= 0)
+			same_pipe(fds[1], pp[1], "stream B's pipe", "via-stream-b");
+		recv_fds_n(st[1], "stream s6", "s6", 16, fds, 0);
+		fds[0] = fds[1] = -1;
 	}
 	recv_fds(sq[0], "seqpacket q1", "q1", fds, 1);
 	CHECK(write(hold[1], "x", 1) == 1, "tell the child");

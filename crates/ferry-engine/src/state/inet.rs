@@ -23,8 +23,9 @@
 //!
 //! Connections (ESTABLISHED and every other TCP state but LISTEN and CLOSE, including
 //! connections waiting in a listener's accept queue) are refused unless `--tcp-established`
-//! (ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT: state/tcp_repair.rs): they need TCP_REPAIR and
-//! belong to migration (`--skip-in-flight` drops the queued ones with a warning, as CRIU does;
+//! (SYN_SENT, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, CLOSING, LAST_ACK:
+//! state/tcp_repair.rs):
+//! they need TCP_REPAIR and belong to migration (`--skip-in-flight` drops the queued ones with a warning, as CRIU does;
 //! `restore --tcp-close` drops the kept ones at restore, `close_connections`). With
 //! `dump --tcp-close` they are dropped instead, like CRIU's
 //! `--tcp-close`: the connection socket comes back as a fresh, unbound, unconnected socket of
@@ -314,6 +315,12 @@ pub fn collect(pid: i32, fd: i32, link: &str, policy: &mut Connections, f: &mut 
             s.backlog = backlog;
             queued = acceptq;
         }
+        if state == tcp_repair::SYN_SENT && peer.is_none() {
+            // getpeername says ENOTCONN until the connection is made; /proc/net/tcp knows.
+            let file = if family == libc::AF_INET6 { "net/tcp6" } else { "net/tcp" };
+            peer = proc_peer(pid, sock, file, state as u8)?;
+            s.peer = peer.map(|a| a.to_string()).unwrap_or_default();
+        }
     } else {
         s.state = if peer.is_some() { TCP_ESTABLISHED } else { TCP_CLOSE };
         let mem = sockopt::get_raw(sock, libc::SOL_SOCKET, SO_MEMINFO, 64).ctx(|| format!("{}: SO_MEMINFO", obj()))?;
@@ -396,7 +403,7 @@ pub fn collect(pid: i32, fd: i32, link: &str, policy: &mut Connections, f: &mut 
         other => other,
     })?;
     if repair {
-        let (r, state) = tcp_repair::collect(&obj(), owned, &mut policy.repaired)?;
+        let (r, state) = tcp_repair::collect(&obj(), owned, peer, &mut policy.repaired)?;
         s.repair = Some(r);
         s.state = state;
     }
@@ -409,20 +416,25 @@ pub fn collect(pid: i32, fd: i32, link: &str, policy: &mut Connections, f: &mut 
 /// The peer of a raw or ping socket connected with port 0, which getpeername(2) hides
 /// (ENOTCONN): its line in /proc/PID/net/{raw,raw6,icmp,icmp6}.
 fn dgram_peer(pid: i32, sock: BorrowedFd<'_>, family: i32, kind: Kind) -> Result<Option<SocketAddr>, Error> {
-    let ino = ferry_sys::process::fstat(sock).ctx(|| "fstat".into())?.st_ino;
     let file = match (kind, family == libc::AF_INET6) {
         (Kind::Raw, false) => "net/raw",
         (Kind::Raw, true) => "net/raw6",
         (_, false) => "net/icmp",
         (_, true) => "net/icmp6",
     };
+    proc_peer(pid, sock, file, TCP_ESTABLISHED as u8)
+}
+
+/// The remote address of `sock` in /proc/PID/`file` if its line is in state `when`.
+fn proc_peer(pid: i32, sock: BorrowedFd<'_>, file: &str, when: u8) -> Result<Option<SocketAddr>, Error> {
+    let ino = ferry_sys::process::fstat(sock).ctx(|| "fstat".into())?.st_ino;
     let text = crate::procfs::read_string(pid, file)?;
     let lines = crate::procfs::parse(pid, file, ferry_proc::parse_net_sockets(&text))?;
     let line = lines.iter().find(|l| l.inode == ino).ok_or_else(|| Error::Invalid {
         object: format!("/proc/{pid}/{file}"),
         what: format!("socket inode {ino} is not listed"),
     })?;
-    Ok((line.state == TCP_ESTABLISHED as u8).then_some(line.remote))
+    Ok((line.state == when).then_some(line.remote))
 }
 
 /// The shutdown state of a raw or ping socket, which sock_diag does not list (ping sockets
@@ -598,24 +610,21 @@ fn bind_connect(obj: &str, s: &InetSocket, sock: BorrowedFd<'_>) -> Result<(), E
     }
     if s.protocol == libc::IPPROTO_TCP && s.state == TCP_LISTEN {
         net::listen(sock.as_fd(), s.backlog as i32).ctx(|| format!("{obj}: cannot listen on {}", s.local))?;
+    } else if s.repair.is_some() && s.state == tcp_repair::SYN_SENT {
+        let peer = parse_addr(obj, &s.peer)?;
+        tcp_repair::connect_again(obj, sock, &peer)?;
     } else if !s.peer.is_empty() && (s.sock_type != libc::SOCK_STREAM || s.repair.is_some()) {
         let peer = parse_addr(obj, &s.peer)?;
         net::connect(sock.as_fd(), &peer).ctx(|| format!("{obj}: cannot connect to {}", s.peer))?;
     }
     if let Some(r) = &s.repair {
-        tcp_repair::finish_after_connect(obj, sock.as_fd(), r)?;
+        tcp_repair::finish_after_connect(obj, sock.as_fd(), s.state, r)?;
     }
     let mut shut = s.shutdown & 3;
     if let Some(r) = &s.repair {
-        // A peer's FIN (CLOSE_WAIT) is handed to the socket once the tree runs
-        // (`tcp_repair::inject_fins`); this side's FIN goes into the send queue in repair mode,
-        // where it counts as sent (and is retransmitted once repair mode is off).
-        if s.state == tcp_repair::CLOSE_WAIT {
-            shut &= !1;
-        }
-        if shut & 2 != 0 {
-            tcp_repair::queue_fin(obj, sock, r)?;
-        }
+        // The FINs of a closing connection, replayed in repair mode, did part of the
+        // shutdown already (a FIN received shuts reading down, one sent writing).
+        shut &= !tcp_repair::replay_fins(obj, sock, s, r)?;
     }
     if shut != 0 {
         let how = match shut {

@@ -99,11 +99,33 @@ impl Drop for Lock {
 
 /// Remove lock `table` if this node has it (a restore on another node finds none).
 pub fn unlock(table: &str) -> Result<(), Error> {
-    if !table.starts_with("ferry_lock_") || !table.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return Err(Error::Invalid { object: format!("network lock {table:?}"), what: "not a ferry lock name".into() });
-    }
+    unlock_name_ok(table)?;
     match nft(&format!("delete table inet {table}\n")) {
         Err(Error::Invalid { what, .. }) if what.contains("No such file") || what.contains("cannot run nft") => Ok(()),
         r => r,
     }
+}
+
+/// The SO_MARK of the segments ferry itself sends to a locked connection (a peer's FIN given
+/// back in repair mode, `tcp_repair::give_fin`); CRIU's SOCCR_MARK.
+pub const PASS_MARK: u32 = 0xc114;
+
+/// Let packets marked `PASS_MARK` through lock `table` (both ways), if this node has it.
+pub fn pass_marked(table: &str) -> Result<(), Error> {
+    unlock_name_ok(table)?;
+    let script = format!(
+        "insert rule inet {table} in meta mark {PASS_MARK:#x} accept\ninsert rule inet {table} out meta mark {PASS_MARK:#x} accept\n"
+    );
+    match nft(&script) {
+        Err(Error::Invalid { what, .. }) if what.contains("No such file") || what.contains("cannot run nft") => Ok(()),
+        r => r,
+    }
+}
+
+/// Refuse a lock name from an image that is not one ferry makes (it goes into an nft script).
+fn unlock_name_ok(table: &str) -> Result<(), Error> {
+    if !table.starts_with("ferry_lock_") || !table.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(Error::Invalid { object: format!("network lock {table:?}"), what: "not a ferry lock name".into() });
+    }
+    Ok(())
 }

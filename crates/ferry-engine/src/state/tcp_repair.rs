@@ -6,14 +6,28 @@
 //! is given the same numbers, bound and "connected" without a handshake, its queues refilled,
 //! and switched back to normal mode.
 //!
-//! Half-closed connections (libsoccr's way): FIN_WAIT1 and FIN_WAIT2 (this side sent its FIN)
-//! come back as established connections shut down for writing in repair mode, so that their
-//! FIN counts as sent and is retransmitted until the peer acknowledges it again (FIN_WAIT1,
-//! then FIN_WAIT2 once it does); CLOSE_WAIT (the peer sent its FIN) comes back established,
-//! and once the tree runs and the network lock is lifted ferry hands the socket the peer's FIN
-//! again, a TCP segment sent to it through a raw socket (`inject_fins`; IPv4 only). The FIN is a
-//! sequence number but no byte: the saved sequence numbers leave it out. LAST_ACK and CLOSING
-//! (both FINs, one not acknowledged yet) are refused, although CRIU carries them.
+//! Closing connections (libsoccr's way). The FINs are sequence numbers but no bytes: the
+//! saved sequence numbers leave them out, the connection is rebuilt established in repair
+//! mode, and its FINs are replayed in the order they came, so that the kernel's state machine
+//! walks to the same state:
+//! - this side's FIN (FIN_WAIT1, FIN_WAIT2, CLOSING, LAST_ACK): shutdown(SHUT_WR) in repair
+//!   mode with the send queue selected puts it in the send queue as sent; it is retransmitted
+//!   once repair mode is off until the peer acknowledges it (again);
+//! - the peer's FIN (CLOSE_WAIT, CLOSING, LAST_ACK): a TCP segment from the peer's address
+//!   (IPv4 or IPv6) with the next sequence number the socket expects, acknowledging what the
+//!   peer had acknowledged but not this side's FIN, sent through a raw socket while the socket
+//!   is still in repair mode (`give_fin`); it carries a mark the network lock lets through
+//!   (`netlock::PASS_MARK`), and the socket's answer is dropped by the lock (the peer had
+//!   that acknowledgement already).
+//!
+//! The order: CLOSING (both FINs crossed) replays this side's FIN first (FIN_WAIT1, then the
+//! peer's FIN makes it CLOSING); LAST_ACK (the peer closed first) the peer's first (CLOSE_WAIT,
+//! then the shutdown makes it LAST_ACK).
+//!
+//! SYN_SENT (CRIU's way, `connect_again`): the saved initial sequence number is set before
+//! bind, and connect() with repair mode off sends the SYN again (dropped by the network lock
+//! until the tree runs, then retransmitted); a blocking connect() the process was in restarts
+//! and waits for the handshake.
 //!
 //! Each connection is blocked by the network lock (state/netlock.rs) before its queues are
 //! read, until the restored socket leaves repair mode.
@@ -99,26 +113,47 @@ fn queue(sock: BorrowedFd<'_>, which: i32, len: usize) -> std::io::Result<(u32, 
 }
 
 const ST_ESTABLISHED: u32 = 1;
+const ST_SYN_SENT: u32 = 2;
+/// TCP_SYN_SENT: a connect() waiting for the answer to its SYN.
+pub const SYN_SENT: u32 = ST_SYN_SENT;
 const ST_FIN_WAIT1: u32 = 4;
 const ST_FIN_WAIT2: u32 = 5;
 const ST_CLOSE_WAIT: u32 = 8;
-/// TCP_CLOSE_WAIT.
-pub const CLOSE_WAIT: u32 = ST_CLOSE_WAIT;
+const ST_LAST_ACK: u32 = 9;
+const ST_CLOSING: u32 = 11;
 
 /// The TCP states `--tcp-established` carries.
 pub fn carried_state(state: u32) -> bool {
-    matches!(state, ST_ESTABLISHED | ST_FIN_WAIT1 | ST_FIN_WAIT2 | ST_CLOSE_WAIT)
+    matches!(
+        state,
+        ST_SYN_SENT | ST_ESTABLISHED | ST_FIN_WAIT1 | ST_FIN_WAIT2 | ST_CLOSE_WAIT | ST_LAST_ACK | ST_CLOSING
+    )
 }
 
 /// Whether this side sent its FIN in `state` (it is then the last sequence number sent).
 pub fn sent_fin(state: u32) -> bool {
-    matches!(state, ST_FIN_WAIT1 | ST_FIN_WAIT2)
+    matches!(state, ST_FIN_WAIT1 | ST_FIN_WAIT2 | ST_CLOSING | ST_LAST_ACK)
+}
+
+/// Whether this side's FIN is sent and not acknowledged yet in `state` (it counts in SIOCOUTQ).
+fn fin_unacked(state: u32) -> bool {
+    matches!(state, ST_FIN_WAIT1 | ST_CLOSING | ST_LAST_ACK)
+}
+
+/// Whether the peer's FIN arrived in `state` (it is then the last sequence number received).
+pub fn got_fin(state: u32) -> bool {
+    matches!(state, ST_CLOSE_WAIT | ST_CLOSING | ST_LAST_ACK)
 }
 
 /// Save the connection `sock` (ferry's copy, taken with pidfd_getfd) and its state, read
 /// once it is locked (a FIN may have arrived meanwhile); it stays in repair mode, registered
 /// in `repaired`.
-pub fn collect(obj: &str, sock: OwnedFd, repaired: &mut Repaired) -> Result<(TcpRepair, u32), Error> {
+pub fn collect(
+    obj: &str,
+    sock: OwnedFd,
+    peer: Option<std::net::SocketAddr>,
+    repaired: &mut Repaired,
+) -> Result<(TcpRepair, u32), Error> {
     let s = sock.as_fd();
     let ctx = |what: &str| format!("{obj}: {what}");
     // Nothing may reach the socket once its queues are read: lock first, then repair mode,
@@ -126,7 +161,6 @@ pub fn collect(obj: &str, sock: OwnedFd, repaired: &mut Repaired) -> Result<(Tcp
     // is in place, even with the process frozen: sizes taken before would not match the
     // sequence numbers read after, and bytes would be lost or sent twice).
     let local = net::sock_name(s).ctx(|| ctx("getsockname"))?;
-    let peer = net::peer_name(s).ctx(|| ctx("getpeername"))?;
     let (Some(local), Some(peer)) = (local, peer) else {
         return Err(Error::Invalid { object: obj.into(), what: "a connection without two addresses".into() });
     };
@@ -157,22 +191,21 @@ pub fn collect(obj: &str, sock: OwnedFd, repaired: &mut Repaired) -> Result<(Tcp
             what: format!("the connection moved to TCP state {state} while it was saved (dump again)"),
         });
     }
-    let peer_v6 = peer.is_ipv6();
-    if state == ST_CLOSE_WAIT && peer_v6 {
+    // A FIN (or SYN) not acknowledged yet counts in SIOCOUTQ but is no byte of the queue.
+    let outq = if fin_unacked(state) || state == ST_SYN_SENT { outq.saturating_sub(1) } else { outq };
+    if state == ST_SYN_SENT && (outq > 0 || inq > 0) {
         return Err(Error::Invalid {
             object: obj.into(),
-            what: "an IPv6 connection in CLOSE_WAIT (its FIN can only be given back over IPv4) is not supported yet"
-                .into(),
+            what: "a connection in SYN_SENT with data queued (TCP Fast Open) is not supported yet".into(),
         });
     }
-    // A FIN not acknowledged yet counts in SIOCOUTQ but is no byte of the queue.
-    let outq = if state == ST_FIN_WAIT1 { outq.saturating_sub(1) } else { outq };
     let (recv_seq, recv_queue) = queue(s, TCP_RECV_QUEUE, inq).ctx(|| ctx("cannot read the receive queue"))?;
     let (send_seq, send_queue) = queue(s, TCP_SEND_QUEUE, outq).ctx(|| ctx("cannot read the send queue"))?;
     // The FINs are sequence numbers: without them the numbers are those of an established
     // connection, which restore rebuilds and then closes half again.
-    let send_seq = if sent_fin(state) { send_seq.wrapping_sub(1) } else { send_seq };
-    let recv_seq = if state == ST_CLOSE_WAIT { recv_seq.wrapping_sub(1) } else { recv_seq };
+    // (SYN_SENT: the SYN too, which restore sends again with this initial sequence number.)
+    let send_seq = if sent_fin(state) || state == ST_SYN_SENT { send_seq.wrapping_sub(1) } else { send_seq };
+    let recv_seq = if got_fin(state) { recv_seq.wrapping_sub(1) } else { recv_seq };
     let mut window = sockopt::get_raw(s, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, 20).ctx(|| ctx("TCP_REPAIR_WINDOW"))?;
     // struct tcp_repair_window's rcv_wup (at 16) may count the peer's FIN, which the restored
     // socket has not received yet (the kernel refuses a rcv_wup past rcv_nxt).
@@ -263,8 +296,12 @@ pub fn prepare_before_bind(obj: &str, sock: BorrowedFd<'_>, r: &TcpRepair) -> Re
 
 /// After connect (which in repair mode makes the connection established without a packet):
 /// options, window, queued bytes, timestamp. Repair mode is left later (`release_all`).
-pub fn finish_after_connect(obj: &str, sock: BorrowedFd<'_>, r: &TcpRepair) -> Result<(), Error> {
+pub fn finish_after_connect(obj: &str, sock: BorrowedFd<'_>, state: u32, r: &TcpRepair) -> Result<(), Error> {
     let ctx = |what: &str| format!("{obj}: {what}");
+    if state == ST_SYN_SENT {
+        // Nothing negotiated, nothing queued: the handshake does it all again.
+        return Ok(());
+    }
     let mut opts: Vec<(u32, u32)> = vec![(TCPOPT_MSS, r.mss)];
     if r.options & TCPI_OPT_WSCALE != 0 {
         opts.push((TCPOPT_WINDOW, r.snd_wscale | (r.rcv_wscale << 16)));
@@ -288,43 +325,94 @@ pub fn finish_after_connect(obj: &str, sock: BorrowedFd<'_>, r: &TcpRepair) -> R
     Ok(())
 }
 
-/// Before shutdown(SHUT_WR) of a connection in repair mode: the FIN joins the send queue.
-pub fn queue_fin(obj: &str, sock: BorrowedFd<'_>, _r: &TcpRepair) -> Result<(), Error> {
-    sockopt::set_int(sock, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
-        .ctx(|| format!("{obj}: TCP_REPAIR_QUEUE"))
+/// SYN_SENT (CRIU's way): connect with repair mode off, which sends the SYN again with the
+/// saved initial sequence number (set with TCP_QUEUE_SEQ before bind; the network lock drops
+/// it until the tree runs, then it is retransmitted), without waiting; then repair mode on
+/// again, as for the other connections.
+pub fn connect_again(obj: &str, sock: BorrowedFd<'_>, peer: &std::net::SocketAddr) -> Result<(), Error> {
+    let ctx = |what: &str| format!("{obj}: {what}");
+    let flags = ferry_sys::process::status_flags(sock).ctx(|| ctx("F_GETFL"))?;
+    ferry_sys::process::set_status_flags(sock, flags | libc::O_NONBLOCK).ctx(|| ctx("F_SETFL"))?;
+    sockopt::set_int(sock, libc::IPPROTO_TCP, TCP_REPAIR, 0).ctx(|| ctx("cannot leave TCP_REPAIR mode"))?;
+    let r = net::connect(sock, peer);
+    ferry_sys::process::set_status_flags(sock, flags).ctx(|| ctx("F_SETFL"))?;
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Ok(()) => {}
+        Err(e) => return Err(Error::Sys { object: ctx(&format!("cannot connect to {peer} again")), source: e }),
+    }
+    sockopt::set_int(sock, libc::IPPROTO_TCP, TCP_REPAIR, 1).ctx(|| ctx("cannot switch to TCP_REPAIR mode"))
 }
 
-/// Once the tree runs and the network lock is lifted: give every connection restored from
-/// CLOSE_WAIT its peer's FIN again, a segment from the peer's address with the next sequence
-/// number the socket expects and acknowledging what the peer had acknowledged. The socket
-/// acknowledges it (a duplicate for the peer, which ignores it) and reads end of file.
-pub fn inject_fins(procs: &[ferry_image::Process]) -> Result<(), Error> {
-    let mut done = std::collections::HashSet::new();
-    for p in procs {
-        for f in &p.files {
-            let Some(s) = f.inet.as_ref().filter(|s| crate::state::inet::repaired(s) && s.state == ST_CLOSE_WAIT)
-            else {
-                continue;
-            };
-            let Some(r) = &s.repair else { continue };
-            let obj = || format!("pid {}: {}", p.pid, f.describe);
-            let (Ok(std::net::SocketAddr::V4(local)), Ok(std::net::SocketAddr::V4(peer))) =
-                (s.local.parse::<std::net::SocketAddr>(), s.peer.parse::<std::net::SocketAddr>())
-            else {
-                return Err(Error::Invalid { object: obj(), what: "not an IPv4 connection".into() });
-            };
-            if !done.insert((local, peer)) {
-                continue;
-            }
-            let snd_una = r.send_seq.wrapping_sub(r.send_queue.len() as u32);
-            // struct tcp_repair_window: snd_wl1, snd_wnd, ...: the window the peer offered.
-            let snd_wnd = r.window.get(4..8).map_or(65535, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-            let window = (snd_wnd >> r.snd_wscale).min(65535) as u16;
-            net::send_tcp_segment_v4(peer, local, r.recv_seq, snd_una, 0x11, window)
-                .ctx(|| format!("{}: cannot give back the peer's FIN", obj()))?;
-        }
+/// After `finish_after_connect`, still in repair mode: replay the FINs of a closing
+/// connection in the order they came (module doc). Returns the shutdown bits (`SHUT_RD` 1,
+/// `SHUT_WR` 2) this did, which the caller leaves out.
+pub fn replay_fins(obj: &str, sock: BorrowedFd<'_>, s: &ferry_image::InetSocket, r: &TcpRepair) -> Result<u32, Error> {
+    let mut done = 0;
+    let mine_first = sent_fin(s.state) && s.state != ST_LAST_ACK;
+    if mine_first {
+        send_own_fin(obj, sock)?;
+        done |= 2;
     }
-    Ok(())
+    if got_fin(s.state) {
+        give_fin(obj, s, r)?;
+        // (Loopback hands the segment over at once; another route may take a moment.)
+        let want = if mine_first { ST_CLOSING } else { ST_CLOSE_WAIT };
+        let mut now = 0;
+        for _ in 0..200 {
+            now = tcp_state(sock).ctx(|| format!("{obj}: TCP_INFO"))?;
+            if now == want {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if now != want {
+            return Err(Error::Invalid {
+                object: obj.into(),
+                what: format!("took not its peer's FIN back (TCP state {now}, want {want})"),
+            });
+        }
+        done |= 1;
+    }
+    if sent_fin(s.state) && !mine_first {
+        send_own_fin(obj, sock)?;
+        done |= 2;
+    }
+    Ok(done)
+}
+
+fn tcp_state(sock: BorrowedFd<'_>) -> std::io::Result<u32> {
+    let info = sockopt::get_raw(sock, libc::IPPROTO_TCP, TCP_INFO, 104)?;
+    Ok(info.first().copied().unwrap_or(0) as u32)
+}
+
+/// shutdown(SHUT_WR) in repair mode with the send queue selected: the FIN joins the send
+/// queue as sent.
+fn send_own_fin(obj: &str, sock: BorrowedFd<'_>) -> Result<(), Error> {
+    sockopt::set_int(sock, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
+        .ctx(|| format!("{obj}: TCP_REPAIR_QUEUE"))?;
+    net::shutdown(sock, libc::SHUT_WR).ctx(|| format!("{obj}: cannot queue its FIN again"))
+}
+
+/// Give the socket (in repair mode) its peer's FIN again: a segment from the peer's address
+/// with the next sequence number the socket expects, acknowledging what the peer had
+/// acknowledged (not this side's FIN), marked so that the network lock lets it in.
+fn give_fin(obj: &str, s: &ferry_image::InetSocket, r: &TcpRepair) -> Result<(), Error> {
+    let addr = |a: &str| {
+        a.parse::<std::net::SocketAddr>()
+            .map_err(|_| Error::Invalid { object: obj.into(), what: format!("bad address {a:?}") })
+    };
+    let (local, peer) = (addr(&s.local)?, addr(&s.peer)?);
+    if !r.lock.is_empty() {
+        crate::state::netlock::pass_marked(&r.lock)?;
+    }
+    let snd_una = r.send_seq.wrapping_sub(r.send_queue.len() as u32);
+    // struct tcp_repair_window: snd_wl1, snd_wnd, ...: the window the peer offered.
+    let snd_wnd = r.window.get(4..8).map_or(65535, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+    let window = (snd_wnd >> r.snd_wscale).min(65535) as u16;
+    let mark = Some(crate::state::netlock::PASS_MARK);
+    net::send_tcp_segment(peer, local, r.recv_seq, snd_una, 0x11, window, mark)
+        .ctx(|| format!("{obj}: cannot give back the peer's FIN"))
 }
 
 /// Once every other socket of the image exists (listeners bound to the same ports first):

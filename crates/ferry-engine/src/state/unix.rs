@@ -12,8 +12,13 @@
 //! File descriptors in flight (SCM_RIGHTS): the peek installs copies of them in ferry; each
 //! must be an open file description some process of the tree holds (`kcmp(KCMP_FILE)`), which
 //! the message names (`InFlightFd`), else the dump is refused. In a byte stream they are
-//! refused: a peek glues the bytes of earlier writes to the write carrying the fds (even a
-//! one-byte peek brings the next write's fds), so which bytes carry them cannot be read back.
+//! refused: a peek glues the bytes of earlier writes to the buffer (skb) carrying the fds and
+//! stops right after it, so its end is known but not its start. Nor can a one-byte peek tell
+//! (checked on 6.18): once its byte is copied, unix_stream_read_generic's MSG_PEEK path goes
+//! on to the next buffers with nothing left to copy, until one carries fds, and returns those
+//! fds, so a one-byte peek anywhere before that buffer brings them. Only a reading recvmsg
+//! (which takes the bytes off the queue) shows where they start; CRIU sends the glued bytes
+//! with the fds, which hands a reader the fds earlier than the original would.
 //!
 //! Names: a relative path is bound again in the directory it was bound in, the process's cwd
 //! or root where sock_diag's socket file (device, inode) is found (`name_dir`; bound from a

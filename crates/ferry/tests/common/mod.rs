@@ -371,7 +371,7 @@ impl Run {
         self.wait_file("ready");
     }
 
-    fn wait_file(&mut self, name: &str) {
+    pub fn wait_file(&mut self, name: &str) {
         let ready = self.w.join(name);
         let started = Instant::now();
         let deadline = started + self.spec.ready_timeout;

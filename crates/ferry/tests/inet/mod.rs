@@ -704,3 +704,194 @@ fn tcp_established_with_listener_in_another_process() {
     wait_image_pids_gone(&run.img());
     run.restore_and_verify("sockopts forkorder");
 }
+
+/// An nftables table that drops every TCP segment sent from `port` on this node (both
+/// families), removed when dropped (also when the test fails). Its name holds the test's pid
+/// and the port, so that tests running at the same time do not meet.
+struct DropFrom {
+    table: String,
+}
+
+impl DropFrom {
+    fn port(port: u16) -> DropFrom {
+        DropFrom::rule(port, &format!("tcp sport {port}"))
+    }
+
+    /// Drop what matches `what` (an nft expression) on output.
+    fn rule(port: u16, what: &str) -> DropFrom {
+        let table = format!("ferry_test_fin_{}_{port}", std::process::id());
+        let script = format!(
+            "table inet {table} {{\n chain out {{ type filter hook output priority raw; policy accept; {what} drop; }}\n}}\n"
+        );
+        nft_script(&script);
+        DropFrom { table }
+    }
+}
+
+impl Drop for DropFrom {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("nft").args(["delete", "table", "inet", &self.table]).status();
+    }
+}
+
+fn nft_script(script: &str) {
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("run nft");
+    child.stdin.take().expect("nft stdin").write_all(script.as_bytes()).expect("write to nft");
+    assert!(child.wait().expect("wait for nft").success(), "nft failed on {script}");
+}
+
+/// With `checkpoint`: dump with `--tcp-established`, stop dropping (the segments lost so far
+/// are sent again by the restored sockets), restore; else stop dropping. Then go.
+fn dump_restore_go(run: &mut Run, dropping: DropFrom, checkpoint: bool) {
+    if checkpoint {
+        run.dump_ok(&["--tcp-established"]);
+        run.reap_dumped();
+        drop(dropping);
+        let pidfile = run.spawn_restore("restore", &run.img(), &[]);
+        run.wait_pidfile(&pidfile);
+    } else {
+        drop(dropping);
+    }
+    run.go();
+}
+
+/// The test's side of `tcpfin`: `TX` (the peer of A3, LAST_ACK) and `TY` (the peer of A4,
+/// CLOSING) read end of file only once the workload's sockets are back, with no reset.
+fn tcpfin(family: &str, checkpoint: bool) {
+    need("nft", "nftables");
+    let mut run = Run::start(&Spec::c("tcpfin").args(&[family]).ready_file("port"));
+    let port: u16 = fs::read_to_string(run.w.join("port")).expect("port").trim().parse().expect("port number");
+    // (FAMILY m: the workload's IPv6 sockets speak IPv4, which the test's sockets use.)
+    let host = if family == "6" { "[::1]" } else { "127.0.0.1" };
+    let mut tx = TcpStream::connect(format!("{host}:{port}")).expect("connect TX");
+    let mut ty = TcpStream::connect(format!("{host}:{port}")).expect("connect TY");
+    run.wait_file("conns");
+    let dropping = DropFrom::port(port);
+    tx.shutdown(std::net::Shutdown::Write).expect("shut TX");
+    fs::write(run.w.join("dropping"), "1\n").expect("write dropping");
+    run.wait_file("shut4");
+    ty.shutdown(std::net::Shutdown::Write).expect("shut TY");
+    run.wait_ready();
+    // Nothing reached TX and TY yet: their peers' FINs were lost.
+    for (name, s) in [("TX", &tx), ("TY", &ty)] {
+        s.set_nonblocking(true).expect("nonblocking");
+        let mut b = [0u8; 4];
+        match (&*s).read(&mut b) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => run.fail(&format!("{name} before the checkpoint: {other:?}, want nothing to read")),
+        }
+        s.set_nonblocking(false).expect("blocking");
+        s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    }
+    dump_restore_go(&mut run, dropping, checkpoint);
+    for (name, s) in [("TX", &mut tx), ("TY", &mut ty)] {
+        let mut rest = Vec::new();
+        match s.read_to_end(&mut rest) {
+            Ok(0) => {}
+            other => run.fail(&format!("{name}: {other:?} ({rest:?}), want end of file and no reset")),
+        }
+    }
+    let status = if checkpoint { run.wait_restore_exit() } else { run.wait_child_exit() };
+    run.expect_pass(status, "tcpfin");
+}
+
+/// Without ferry: the workload and the test's side as in `tcp_closing_states_*`.
+#[test]
+fn tcp_closing_states_control() {
+    tcpfin("4", false);
+    tcpfin("6", false);
+    tcpfin("m", false);
+}
+
+/// LAST_ACK and CLOSING (both FINs sent, one not acknowledged yet), CLOSE_WAIT and
+/// FIN_WAIT1, with both ends inside the tree and with the peer outside (the test), over IPv4
+/// and IPv6, with `--tcp-established`: after restore the lost FINs and ACKs are sent again,
+/// each peer reads end of file once, every socket reaches the state the kernel would have led
+/// it to, and none is reset.
+#[test]
+fn tcp_closing_states_v4() {
+    tcpfin("4", true);
+}
+
+#[test]
+fn tcp_closing_states_v6() {
+    tcpfin("6", true);
+}
+
+/// The same with IPv6 sockets speaking IPv4 (`::ffff:127.0.0.1`): the peer's FIN goes as IPv4.
+#[test]
+fn tcp_closing_states_v4_mapped() {
+    tcpfin("m", true);
+}
+
+/// The test's side of `tcpfin FAMILY syn`: a listener whose SYNs (and L's) are dropped until
+/// the workload is dumped; after restore it accepts the workload's C3, reads "c3", answers
+/// "t3".
+fn tcpsyn(family: &str, checkpoint: bool) {
+    need("nft", "nftables");
+    let mut run = Run::start(&Spec::c("tcpfin").args(&[family, "syn"]).ready_file("port"));
+    let port: u16 = fs::read_to_string(run.w.join("port")).expect("port").trim().parse().expect("port number");
+    // (FAMILY m: the workload's IPv6 sockets speak IPv4, which the test's sockets use.)
+    let host = if family == "6" { "[::1]" } else { "127.0.0.1" };
+    let tl = std::net::TcpListener::bind(format!("{host}:0")).expect("bind the test's listener");
+    let tport = tl.local_addr().expect("local address").port();
+    fs::write(run.w.join("tport"), format!("{tport}\n")).expect("write tport");
+    let dropping = DropFrom::rule(port, &format!("tcp dport {{ {port}, {tport} }}"));
+    fs::write(run.w.join("dropping"), "1\n").expect("write dropping");
+    run.wait_ready();
+    dump_restore_go(&mut run, dropping, checkpoint);
+    tl.set_nonblocking(true).expect("nonblocking listener");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut conn = loop {
+        match tl.accept() {
+            Ok((c, _)) => break c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                sleep(Duration::from_millis(20))
+            }
+            Err(e) => run.fail(&format!("the test's listener: no connection from C3 ({e})")),
+        }
+    };
+    conn.set_nonblocking(false).expect("blocking");
+    conn.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut b = [0u8; 2];
+    if let Err(e) = conn.read_exact(&mut b) {
+        run.fail(&format!("C3's bytes: {e}"));
+    }
+    if &b != b"c3" {
+        run.fail(&format!("C3 sent {b:?}, want c3"));
+    }
+    conn.write_all(b"t3").expect("answer C3");
+    let status = if checkpoint { run.wait_restore_exit() } else { run.wait_child_exit() };
+    run.expect_pass(status, "tcpfin syn");
+}
+
+/// Without ferry: the workload and the test's side as in `tcp_syn_sent_*`.
+#[test]
+fn tcp_syn_sent_control() {
+    tcpsyn("4", false);
+    tcpsyn("6", false);
+    tcpsyn("m", false);
+}
+
+/// Connections in SYN_SENT (a non-blocking connect, a child blocked in connect(), a connect to
+/// the test outside the tree), whose SYNs were lost, come back with `--tcp-established` and
+/// complete once the tree runs: the SYN goes out again with the saved initial sequence number.
+#[test]
+fn tcp_syn_sent_v4() {
+    tcpsyn("4", true);
+}
+
+#[test]
+fn tcp_syn_sent_v6() {
+    tcpsyn("6", true);
+}
+
+/// The same with IPv6 sockets speaking IPv4 (`::ffff:127.0.0.1`).
+#[test]
+fn tcp_syn_sent_v4_mapped() {
+    tcpsyn("m", true);
+}
