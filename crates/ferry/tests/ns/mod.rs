@@ -154,10 +154,10 @@ fn ns_mnt_unknown_fs_refused() {
     dump_refused(run.pid, &run.w.join("img"), "ferry recreates only proc, sysfs, devpts, mqueue, cgroup2 and tmpfs");
 }
 
-/// A user namespace is refused by name.
+/// A user namespace without maps (its uid 0 is nobody inside) is refused by name.
 #[test]
 fn ns_user_refused() {
     let run = Run::start(&nsview("user"));
     let child: i32 = fs::read_to_string(run.w.join("child")).expect("child pid").trim().parse().expect("a pid");
-    dump_refused(child, &run.w.join("img"), "own user namespace");
+    dump_refused(child, &run.w.join("img"), "is not mapped in its user namespace");
 }
