@@ -82,7 +82,7 @@ mod tests {
     fn root_is_the_host_path_without_the_inside_one() {
         let host = [cg("memory", "/a/b/c"), cg("cpu", "/a"), cg("", "/x")];
         let inside = [cg("memory", "/c"), cg("cpu", "/"), cg("", "/x")];
-        let r = roots(1, &host, &inside).unwrap();
+        let r = roots(1, &host, &inside).expect("roots");
         assert_eq!(r, vec![cg("memory", "/a/b"), cg("cpu", "/a"), cg("", "/")]);
         assert!(roots(1, &host, &[cg("memory", "/../d"), cg("cpu", "/"), cg("", "/")]).is_err());
     }

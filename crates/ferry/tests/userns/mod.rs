@@ -124,34 +124,5 @@ fn userns_pidns_tree_restored() {
     let mut run = Run::start(&spec);
     let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", run.pid)).expect("unshare's children");
     let init: i32 = children.split_whitespace().next().and_then(|c| c.parse().ok()).expect("the namespace's init");
-    let img = run.img();
-    let res = run.ferry(
-        "dump",
-        &["dump".into(), "-t".into(), init.to_string(), "-D".into(), path_str(&img)],
-        Duration::from_secs(60),
-    );
-    if !res.status.success() {
-        run.fail("ferry dump of the namespace's init failed");
-    }
-    wait_for("the dumped init to be gone", Duration::from_secs(20), || !pid_alive(init));
-    let pidfile = run.spawn_restore("restore", &img, &[]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let host = loop {
-        if let Some(p) = fs::read_to_string(&pidfile).ok().and_then(|t| t.trim().parse::<i32>().ok()) {
-            break p;
-        }
-        if let Some(Ok(Some(st))) = run.restore.as_mut().map(|r| r.try_wait()) {
-            run.restore = None;
-            run.fail(&format!("ferry restore exited before writing the pidfile: {}", describe(st)));
-        }
-        if std::time::Instant::now() > deadline {
-            run.fail("no pidfile");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let guard = ProcGuard::new();
-    guard.add(host);
-    send_signal(host, "USR2").expect("send go");
-    let status = run.wait_restore_exit();
-    run.expect_pass(status, "ferry restore");
+    cycle_pidns_init(&mut run, init, &[]);
 }
