@@ -57,18 +57,23 @@ fn in_own_userns(pid: i32) -> bool {
 }
 
 /// Translate ids read by ferry (uid, gid, groups lines of /proc/PID/status) into `pid`'s user
-/// namespace.
-fn ids_inside(pid: i32, uids: &mut [u32], gids: &mut [u32], groups: &mut [u32]) -> Result<(), Error> {
+/// namespace. An unmapped id is refused, or with `overflow` becomes 65534, as the kernel shows
+/// it inside.
+fn ids_inside(pid: i32, uids: &mut [u32], gids: &mut [u32], groups: &mut [u32], overflow: bool) -> Result<(), Error> {
     let (umap, gmap) = (parse_map(pid, "uid_map")?, parse_map(pid, "gid_map")?);
-    let unmapped = |what: &str, id: u32| Error::Unsupported {
-        pid,
-        what: format!("a process whose {what} {id} is not mapped in its user namespace"),
+    let inside = |map: &[UsernsExtent], what: &str, id: u32| match to_inside(map, id) {
+        Some(i) => Ok(i),
+        None if overflow => Ok(65534),
+        None => Err(Error::Unsupported {
+            pid,
+            what: format!("a process whose {what} {id} is not mapped in its user namespace"),
+        }),
     };
     for u in uids.iter_mut() {
-        *u = to_inside(&umap, *u).ok_or_else(|| unmapped("uid", *u))?;
+        *u = inside(&umap, "uid", *u)?;
     }
     for g in gids.iter_mut().chain(groups.iter_mut()) {
-        *g = to_inside(&gmap, *g).ok_or_else(|| unmapped("gid", *g))?;
+        *g = inside(&gmap, "gid", *g)?;
     }
     Ok(())
 }
@@ -84,16 +89,16 @@ pub(crate) fn creds_inside(pid: i32, c: &mut Creds) -> Result<(), Error> {
     if threads > 1 {
         return Err(Error::Unsupported { pid, what: "a multi-threaded process in a user namespace".into() });
     }
-    ids_inside(pid, &mut c.uids, &mut c.gids, &mut c.groups)
+    ids_inside(pid, &mut c.uids, &mut c.gids, &mut c.groups, false)
 }
 
 /// At restore, a restored process's current ids as seen from inside its user namespace (to
-/// compare with its image's).
+/// compare with its image's): ferry's own, which need not be mapped there.
 pub(crate) fn status_inside(pid: i32, st: &mut ferry_proc::Status) -> Result<(), Error> {
     if !in_own_userns(pid) {
         return Ok(());
     }
-    ids_inside(pid, &mut st.uid, &mut st.gid, &mut st.groups)
+    ids_inside(pid, &mut st.uid, &mut st.gid, &mut st.groups, true)
 }
 
 /// The kinds of `pid`'s namespaces (other than ferry's) that its user namespace owns, checking

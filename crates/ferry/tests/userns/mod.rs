@@ -126,3 +126,38 @@ fn userns_pidns_tree_restored() {
     let init: i32 = children.split_whitespace().next().and_then(|c| c.parse().ok()).expect("the namespace's init");
     cycle_pidns_init(&mut run, init, &[]);
 }
+
+/// `ferry run --uid-map 0:100000:65536 --gid-map 0:100000:65536`: root inside is 100000 outside;
+/// ferry (uid 0, unmapped there) restores it as root inside, so 100000 outside again.
+#[test]
+fn userns_shifted_map_restored() {
+    let mut spec = Spec::c("userns").args(&["view"]);
+    let map = ["--uid-map", "0:100000:65536", "--gid-map", "0:100000:65536", "--"];
+    spec.pre_args = std::iter::once("run").chain(map).map(Into::into).collect();
+    spec.pre_args.push(spec.program.clone().into_os_string());
+    spec.program = ferry_bin().into();
+    let w = WorkDir::new("userns-shifted");
+    // (the job writes its files there as uid 100000)
+    fs::set_permissions(&w.path, std::os::unix::fs::PermissionsExt::from_mode(0o777)).expect("chmod the work dir");
+    let mut run = Run::start_in(&spec, w);
+    let guard = ProcGuard::new();
+    run.pid = fs::read_to_string(run.w.join("ready")).expect("ready").trim().parse().expect("a pid");
+    guard.add(run.pid);
+    run.dump_ok(&[]);
+    if let Some(mut c) = run.child.take() {
+        let _ = wait_timeout(&mut c, Duration::from_secs(10)); // (ferry run, its job killed)
+    }
+    run.wait_pid_gone("after the dump");
+    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
+    run.wait_pidfile(&pidfile);
+    let uids = fs::read_to_string(format!("/proc/{}/status", run.pid)).unwrap_or_default();
+    if !uids
+        .lines()
+        .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Uid:", "100000", "100000", "100000", "100000"])
+    {
+        run.fail(&format!("not uid 100000 outside after restore: {uids}"));
+    }
+    run.go();
+    let status = run.wait_restore_exit();
+    run.expect_pass(status, "ferry restore");
+}
