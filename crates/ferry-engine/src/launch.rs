@@ -15,6 +15,7 @@ use crate::error::{Ctx, Error};
 use ferry_sys::process::{clone3_new_pidns, Fork};
 use ferry_sys::{ptrace, raw};
 use std::ffi::OsString;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -29,9 +30,31 @@ pub struct RunOptions {
     pub netns: bool,
     pub timens: bool,
     pub mntns: bool,
+    /// A new user namespace with these maps (made by the job itself, after its mount namespace:
+    /// the namespaces `ferry run` makes are owned by the caller's user namespace).
+    pub userns: Option<UserMaps>,
     /// Print the pid and return at once instead of waiting for the job.
     pub detach: bool,
     pub pidfile: Option<PathBuf>,
+}
+
+/// The uid and gid maps of a `ferry run --userns` job: (inside, outside, count) each.
+#[derive(Debug, Clone, Default)]
+pub struct UserMaps {
+    pub uid: Vec<(u32, u32, u32)>,
+    pub gid: Vec<(u32, u32, u32)>,
+}
+
+impl UserMaps {
+    /// Without maps given: every id is itself inside (root is root, with a full range).
+    pub fn or_identity(mut self) -> UserMaps {
+        for m in [&mut self.uid, &mut self.gid] {
+            if m.is_empty() {
+                m.push((0, 0, u32::MAX));
+            }
+        }
+        self
+    }
 }
 
 /// Start the job; returns (its pid as ferry sees it, its exit status if waited for).
@@ -55,6 +78,14 @@ pub fn run(opts: &RunOptions) -> Result<(i32, Option<i32>), Error> {
     };
     cmd.stdin(stdin());
     enter_new_namespaces(opts)?;
+    // With --userns: the child reports once in its user namespace, and waits for its maps.
+    let sync = match opts.userns {
+        Some(_) => Some((
+            ferry_sys::process::pipe2(libc::O_CLOEXEC).ctx(|| "cannot create a pipe".into())?,
+            ferry_sys::process::pipe2(libc::O_CLOEXEC).ctx(|| "cannot create a pipe".into())?,
+        )),
+        None => None,
+    };
     let forked = if opts.pidns { clone3_new_pidns() } else { ferry_sys::process::fork() };
     let pid = match forked.ctx(|| "cannot fork (clone3)".into())? {
         Fork::Child => {
@@ -67,12 +98,21 @@ pub fn run(opts: &RunOptions) -> Result<(i32, Option<i32>), Error> {
                     raw::exit_now(127)
                 }
             }
+            if let Some(((_, rep), (go, _))) = &sync {
+                if let Err(e) = enter_new_userns(rep.as_raw_fd(), go.as_raw_fd()) {
+                    eprintln!("ferry: {e}");
+                    raw::exit_now(127)
+                }
+            }
             let e = cmd.exec();
             eprintln!("ferry: cannot start {}: {e}", prog.to_string_lossy());
             raw::exit_now(127)
         }
         Fork::Parent(pid) => pid,
     };
+    if let (Some(((rep, _), (_, go))), Some(maps)) = (sync, &opts.userns) {
+        write_maps(pid, maps, rep, go)?;
+    }
     if let Some(pf) = &opts.pidfile {
         crate::restore::write_pidfile(pf, pid)?;
     }
@@ -106,6 +146,32 @@ fn enter_new_mntns() -> Result<(), String> {
         .map_err(|e| format!("cannot make the job's mounts private: {e}"))?;
     nsctl::mount(c"tmpfs", c"/tmp", Some(c"tmpfs"), 0, Some(c"mode=1777"))
         .map_err(|e| format!("cannot mount the job's private /tmp: {e}"))
+}
+
+/// In the forked job: a user namespace of its own, in which it becomes root once `ferry run`
+/// wrote its maps.
+fn enter_new_userns(rep: i32, go: i32) -> Result<(), String> {
+    ferry_sys::ns::unshare(libc::CLONE_NEWUSER).map_err(|e| format!("cannot create the job's user namespace: {e}"))?;
+    raw::write_all(rep, b"u").map_err(|e| format!("user namespace: {e}"))?;
+    let mut b = [0u8; 1];
+    if !matches!(raw::read_once(go, &mut b), Ok(1)) {
+        return Err("the job's user namespace got no maps".into());
+    }
+    ferry_sys::ns::become_root_inside().map_err(|e| format!("cannot become root in the job's user namespace: {e}"))
+}
+
+/// In `ferry run`: write the job's maps once it is in its user namespace.
+fn write_maps(pid: i32, maps: &UserMaps, rep: OwnedFd, go: OwnedFd) -> Result<(), Error> {
+    let mut b = [0u8; 1];
+    if !matches!(raw::read_once(rep.as_raw_fd(), &mut b), Ok(1)) {
+        return Err(Error::Invalid { object: format!("job {pid}"), what: "did not make its user namespace".into() });
+    }
+    for (file, m) in [("uid_map", &maps.uid), ("gid_map", &maps.gid)] {
+        let text: String = m.iter().map(|(i, o, n)| format!("{i} {o} {n}\n")).collect();
+        let p = format!("/proc/{pid}/{file}");
+        std::fs::write(&p, &text).ctx(|| format!("cannot write {text:?} to {p}"))?;
+    }
+    raw::write_all(go.as_raw_fd(), b"g").ctx(|| format!("job {pid}: user namespace"))
 }
 
 const FORWARDED: [i32; 6] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2];

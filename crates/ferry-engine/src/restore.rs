@@ -226,6 +226,9 @@ struct TreeCtx<'a> {
     host_proc: i32,
     /// Mounts the root of a new pid namespace makes before it forks (state/mounts.rs).
     mounts: Option<&'a crate::state::mounts::Deferred>,
+    /// The tree's user namespace, joined by each process once it forked its children
+    /// (state/userns.rs).
+    userns: Option<i32>,
 }
 
 /// Runs in a forked process of the tree (node `n` of the plan); never returns. Forks the
@@ -333,6 +336,10 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
         let host = ferry_sys::ns::readlinkat_number(ctx.host_proc, c"self")
             .map_err(|e| format!("readlink /proc/self: {e}"))?;
         let host = String::from_utf8_lossy(&host).into_owned();
+        if let (Some(fd), Some(_)) = (ctx.userns, idx) {
+            ferry_sys::ns::setns_number(fd, libc::CLONE_NEWUSER)
+                .map_err(|e| format!("cannot join the tree's user namespace: {e}"))?;
+        }
         // Premapped ranges first, a few per line: each write stays below PIPE_BUF, so lines of
         // different processes never mix.
         if idx.is_some() {
@@ -555,7 +562,8 @@ fn rebuild(
     task::restore_mm_attrs(&inj, p)?;
     if let Some(c) = &p.creds {
         let now = crate::procfs::read_string(pid, "status")?;
-        let now = crate::procfs::parse(pid, "status", ferry_proc::parse_status(&now))?;
+        let mut now = crate::procfs::parse(pid, "status", ferry_proc::parse_status(&now))?;
+        crate::state::userns::status_inside(pid, &mut now)?;
         creds::restore(&inj, scratch, c, &now)?;
     }
     task::restore_late(&inj, p)?;
@@ -649,6 +657,10 @@ pub fn restore_notify(
     // From here to the fork, ferry's thread is in the tree's namespaces: its files, sockets
     // and terminals are opened there, and the tree inherits them (state/namespaces.rs).
     let mut entered = crate::state::namespaces::enter(&img, &opts.ns)?;
+    let userns = match entered.as_ref().and_then(|e| e.userns.as_ref()) {
+        Some(fd) => Some(raw::dup_above(fd.as_fd(), base).ctx(|| "cannot move an fd".into())?),
+        None => None,
+    };
     let all_pipes: Vec<ferry_image::Pipe> = procs.iter().flat_map(|p| p.pipes.iter().cloned()).collect();
     let inherit = crate::state::external::Inherit::new(&opts.inherit_fds)?;
     let pipes = pipes::prepare(root, &all_pipes, &|ino| inherit.has_pipe(ino))?;
@@ -743,6 +755,7 @@ pub fn restore_notify(
         cgroup_fds,
         host_proc: host_proc.as_raw_fd(),
         mounts: entered.as_ref().and_then(|e| e.handover.mounts.as_ref()),
+        userns: userns.as_ref().map(|fd| fd.as_raw_fd()),
     };
 
     // The page files' checksums, on the other CPU, while the tree is rebuilt; no process runs

@@ -63,6 +63,46 @@ pub struct Namespaces {
     /// SysV objects and limits (kind "ipc", state/ipcns.rs).
     #[prost(message, optional, tag = "452")]
     pub nsx_ipc: Option<NsxIpcns>,
+    /// The user namespace's maps and what it owns (kind "user", state/userns.rs).
+    #[prost(message, optional, tag = "510")]
+    pub userns: Option<UsernsRec>,
+    /// The cgroup namespace's root in every hierarchy (kind "cgroup", state/cgroupns.rs).
+    #[prost(message, optional, tag = "511")]
+    pub cgroupns: Option<CgroupnsRec>,
+}
+
+/// A user namespace (a child of ferry's): its maps as ferry's sees them, setgroups, and the
+/// tree's other namespaces it owns (made from inside it).
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct UsernsRec {
+    #[prost(message, repeated, tag = "1")]
+    pub uid_map: Vec<UsernsExtent>,
+    #[prost(message, repeated, tag = "2")]
+    pub gid_map: Vec<UsernsExtent>,
+    /// /proc/PID/setgroups was "deny".
+    #[prost(bool, tag = "3")]
+    pub setgroups_deny: bool,
+    /// Kinds ("net", "uts", "ipc", "cgroup", ...) of the tree's namespaces this one owns.
+    #[prost(string, repeated, tag = "4")]
+    pub owned: Vec<String>,
+}
+
+/// One line of a uid_map or gid_map: `count` ids from `inside` are `outside` in the parent.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct UsernsExtent {
+    #[prost(uint32, tag = "1")]
+    pub inside: u32,
+    #[prost(uint32, tag = "2")]
+    pub outside: u32,
+    #[prost(uint32, tag = "3")]
+    pub count: u32,
+}
+
+/// A cgroup namespace: the cgroup it was made at, per hierarchy (paths as ferry sees them).
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct CgroupnsRec {
+    #[prost(message, repeated, tag = "1")]
+    pub roots: Vec<Cgroup>,
 }
 
 /// One namespace of the tree: its kind ("mnt", "net", "uts", "ipc", "cgroup", "time") and, if

@@ -134,3 +134,31 @@ pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> io::Result<std::o
     // SAFETY: the kernel just created fd `n` for us; we are its only owner.
     Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n) })
 }
+
+/// `ioctl(NS_GET_USERNS)` on a namespace file: a new fd of the user namespace that owns it.
+pub fn owner_userns(ns: BorrowedFd<'_>) -> io::Result<std::os::fd::OwnedFd> {
+    ns_ioctl(ns, 0xb701)
+}
+
+/// `ioctl(NS_GET_PARENT)` on a user (or pid) namespace file: a new fd of its parent.
+pub fn parent_ns(ns: BorrowedFd<'_>) -> io::Result<std::os::fd::OwnedFd> {
+    ns_ioctl(ns, 0xb702)
+}
+
+fn ns_ioctl(ns: BorrowedFd<'_>, req: libc::c_ulong) -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: these ioctls take no argument and return a new fd.
+    let n = cvt_i(unsafe { libc::ioctl(ns.as_raw_fd(), req) })?;
+    // SAFETY: the kernel just created fd `n` for us; we are its only owner.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n) })
+}
+
+/// In a process that just made its own user namespace: become uid and gid 0 of it (both
+/// mapped by then), with no supplementary groups (`setgroups`, `setresgid`, `setresuid`).
+pub fn become_root_inside() -> io::Result<()> {
+    // SAFETY: integer arguments; a null list with size 0.
+    cvt_i(unsafe { libc::setgroups(0, std::ptr::null()) })?;
+    // SAFETY: integer arguments.
+    cvt_i(unsafe { libc::setresgid(0, 0, 0) })?;
+    // SAFETY: integer arguments.
+    cvt_i(unsafe { libc::setresuid(0, 0, 0) }).map(drop)
+}

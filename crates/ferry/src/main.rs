@@ -176,6 +176,16 @@ enum Cmd {
         /// Run the job in a new mount namespace: every mount private, a fresh tmpfs on /tmp.
         #[arg(long)]
         mntns: bool,
+        /// Run the job in a new user namespace, as root inside (every id mapped to itself
+        /// unless --uid-map/--gid-map are given).
+        #[arg(long)]
+        userns: bool,
+        /// A line of the job's uid_map, INSIDE:OUTSIDE:COUNT (repeatable; implies --userns).
+        #[arg(long = "uid-map", value_name = "INSIDE:OUTSIDE:COUNT", value_parser = parse_id_map)]
+        uid_map: Vec<(u32, u32, u32)>,
+        /// A line of the job's gid_map, INSIDE:OUTSIDE:COUNT (repeatable; implies --userns).
+        #[arg(long = "gid-map", value_name = "INSIDE:OUTSIDE:COUNT", value_parser = parse_id_map)]
+        gid_map: Vec<(u32, u32, u32)>,
         /// Print the pid (the init's, with --pidns) and return instead of waiting for the job.
         #[arg(short = 'd', long)]
         detach: bool,
@@ -369,6 +379,19 @@ fn init_logs(verbose: u8, log_level: Option<u8>, log_file: Option<&std::path::Pa
     Ok(())
 }
 
+/// `INSIDE:OUTSIDE:COUNT` (a line of a uid_map or gid_map).
+fn parse_id_map(s: &str) -> std::result::Result<(u32, u32, u32), String> {
+    let n: Vec<u32> = s
+        .split(':')
+        .map(|w| w.parse::<u32>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| format!("{s:?}: {e}"))?;
+    match n[..] {
+        [i, o, c] if c > 0 => Ok((i, o, c)),
+        _ => Err(format!("{s:?}: expected INSIDE:OUTSIDE:COUNT")),
+    }
+}
+
 fn run(cli: Cli) -> Result<i32> {
     match cli.cmd {
         Cmd::Check => {
@@ -495,8 +518,10 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(ferry_engine::restore::wait_exit(r.pid)?)
         }
-        Cmd::Run { pidns, netns, timens, mntns, detach, pidfile, cmd } => {
-            let opts = ferry_engine::launch::RunOptions { cmd, pidns, netns, timens, mntns, detach, pidfile };
+        Cmd::Run { pidns, netns, timens, mntns, userns, uid_map, gid_map, detach, pidfile, cmd } => {
+            let userns = (userns || !uid_map.is_empty() || !gid_map.is_empty())
+                .then(|| ferry_engine::launch::UserMaps { uid: uid_map, gid: gid_map }.or_identity());
+            let opts = ferry_engine::launch::RunOptions { cmd, pidns, netns, timens, mntns, userns, detach, pidfile };
             let (pid, status) = ferry_engine::launch::run(&opts).context("ferry run failed")?;
             if detach {
                 println!("{pid}");

@@ -647,3 +647,4 @@ mod socks;
 mod tampered;
 mod tty;
 mod unix;
+mod userns;

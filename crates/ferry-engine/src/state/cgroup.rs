@@ -14,7 +14,7 @@ use crate::procfs;
 use ferry_image::{Cgroup, Process};
 use ferry_proc::MountInfo;
 
-fn read(pid: i32, file: &str) -> Result<Vec<Cgroup>, Error> {
+pub(crate) fn read(pid: i32, file: &str) -> Result<Vec<Cgroup>, Error> {
     let text = procfs::read_string(pid, file)?;
     let lines = procfs::parse(pid, file, ferry_proc::parse_cgroup(&text))?;
     Ok(lines.into_iter().map(|l| Cgroup { controllers: l.controllers, path: l.path }).collect())
@@ -67,23 +67,33 @@ pub fn prepare(procs: &[Process]) -> Result<Vec<Vec<std::path::PathBuf>>, Error>
         return Ok(out); // (an image from before cgroups were recorded)
     }
     let own = read(std::process::id() as i32, "cgroup")?;
+    for (i, p) in procs.iter().enumerate().filter(|(_, p)| !p.zombie) {
+        let other: Vec<Cgroup> = p.cgroups.iter().filter(|c| !own.contains(c)).cloned().collect();
+        let dirs = host_dirs(&other, &|| format!("pid {}", p.pid))?;
+        out[i] = dirs.into_iter().map(|d| d.join("cgroup.procs")).collect();
+    }
+    Ok(out)
+}
+
+/// The directories of cgroups `cgs` in this machine's mounts, created if missing (`who`
+/// names their user in errors).
+pub(crate) fn host_dirs(cgs: &[Cgroup], who: &dyn Fn() -> String) -> Result<Vec<std::path::PathBuf>, Error> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").ctx(|| "cannot read /proc/self/mountinfo".into())?;
     let mounts = ferry_proc::parse_mountinfo(&text)
         .map_err(|e| Error::Invalid { object: "/proc/self/mountinfo".into(), what: e.to_string() })?;
-    for (i, p) in procs.iter().enumerate().filter(|(_, p)| !p.zombie) {
-        for c in p.cgroups.iter().filter(|c| !own.contains(c)) {
-            let obj = || {
-                let h = if c.controllers.is_empty() { "cgroup2" } else { &c.controllers };
-                format!("pid {}: cgroup {h}:{}", p.pid, c.path)
-            };
-            if !plain_path(&c.path) {
-                return Err(Error::Invalid { object: obj(), what: "not a plain cgroup path".into() });
-            }
-            let dir = dir_of(c, &mounts)
-                .ok_or_else(|| Error::Invalid { object: obj(), what: "this hierarchy is not mounted here".into() })?;
-            std::fs::create_dir_all(&dir).ctx(|| format!("{}: cannot create {}", obj(), dir.display()))?;
-            out[i].push(dir.join("cgroup.procs"));
+    let mut out = Vec::new();
+    for c in cgs {
+        let obj = || {
+            let h = if c.controllers.is_empty() { "cgroup2" } else { &c.controllers };
+            format!("{}: cgroup {h}:{}", who(), c.path)
+        };
+        if !plain_path(&c.path) {
+            return Err(Error::Invalid { object: obj(), what: "not a plain cgroup path".into() });
         }
+        let dir = dir_of(c, &mounts)
+            .ok_or_else(|| Error::Invalid { object: obj(), what: "this hierarchy is not mounted here".into() })?;
+        std::fs::create_dir_all(&dir).ctx(|| format!("{}: cannot create {}", obj(), dir.display()))?;
+        out.push(dir);
     }
     Ok(out)
 }

@@ -30,7 +30,7 @@ pub fn collect(inj: &Injector, st: &Status, p: &mut Process) -> Result<(), Error
     let securebits = inj
         .call(nr::PRCTL, &[PR_GET_SECUREBITS, 0, 0, 0, 0])
         .ctx(|| format!("pid {pid}: cannot read securebits"))? as u32;
-    p.creds = Some(Creds {
+    let mut c = Creds {
         uids: st.uid.to_vec(),
         gids: st.gid.to_vec(),
         groups: st.groups.clone(),
@@ -41,7 +41,10 @@ pub fn collect(inj: &Injector, st: &Status, p: &mut Process) -> Result<(), Error
         cap_amb: st.cap_amb,
         securebits,
         no_new_privs: st.no_new_privs,
-    });
+    };
+    // (ids as seen inside its user namespace: restore sets them from inside)
+    crate::state::userns::creds_inside(pid, &mut c)?;
+    p.creds = Some(c);
     Ok(())
 }
 

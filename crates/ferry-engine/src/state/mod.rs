@@ -9,6 +9,7 @@
 //!   (memory, timers, credentials, registers last).
 
 pub mod cgroup;
+pub mod cgroupns;
 pub mod cow;
 pub mod cpu;
 pub mod creds;
@@ -50,4 +51,5 @@ pub mod timerfd;
 pub mod timers;
 pub mod tty;
 pub mod unix;
+pub mod userns;
 pub mod uts;

@@ -105,6 +105,9 @@ pub struct Handover {
 /// Restore order: mnt last (it ends with pivot_root, after which only the tree's files are
 /// visible; sysfs and mqueue mounts take the net and ipc namespaces of the mounter).
 const MODULES: &[Module] = &[
+    // (made by a helper process before the others: state/userns.rs; their restore is empty)
+    Module { kind: "user", dump: crate::state::userns::dump, restore: crate::state::userns::restore },
+    Module { kind: "cgroup", dump: crate::state::cgroupns::dump, restore: crate::state::cgroupns::restore },
     Module { kind: "uts", dump: crate::state::uts::dump, restore: crate::state::uts::restore },
     // (net and ipc run `ip` and read /proc/sys: before the mount tree is swapped)
     Module { kind: "net", dump: crate::state::netns::dump, restore: crate::state::netns::restore },
@@ -170,6 +173,8 @@ pub fn check_root(pid: i32, opts: &DumpNs) -> Result<(), Error> {
             });
         }
     }
+    // (what a user namespace owns decides what can be recreated: checked before any module runs)
+    crate::state::userns::owned_kinds(pid)?;
     Ok(())
 }
 
@@ -223,6 +228,8 @@ pub struct Entered {
     cwd: Option<OwnedFd>,
     /// For the forked tree.
     pub handover: Handover,
+    /// The tree's user namespace, which every forked process joins (state/userns.rs).
+    pub userns: Option<OwnedFd>,
     left: bool,
 }
 
@@ -271,7 +278,7 @@ pub fn enter(img: &ImageReader, opts: &RestoreNs) -> Result<Option<Entered>, Err
     let mut join = Vec::new();
     for k in &ns.kinds {
         let flag = flag_of(&k.kind);
-        if flag == 0 || flag == libc::CLONE_NEWUSER {
+        if flag == 0 || (flag == libc::CLONE_NEWUSER && !k.external.is_empty()) {
             return Err(Error::Invalid {
                 object: "image namespaces".into(),
                 what: format!("cannot recreate a {} namespace", k.kind),
@@ -292,17 +299,26 @@ pub fn enter(img: &ImageReader, opts: &RestoreNs) -> Result<Option<Entered>, Err
     let mut own = Vec::new();
     // (A thread cannot setns back into a time namespace while ferry has other threads, and
     // its own clocks never changed: only its future children's, which timens.rs settles.)
-    for k in ns.kinds.iter().filter(|k| k.kind != "time") {
+    // (ferry's thread never joins the tree's user namespace: the tree does, state/userns.rs.)
+    for k in ns.kinds.iter().filter(|k| k.kind != "time" && k.kind != "user") {
         let path = format!("/proc/thread-self/ns/{}", k.kind);
         let f = std::fs::File::open(&path).ctx(|| format!("cannot open {path}"))?;
         own.push((flag_of(&k.kind), OwnedFd::from(f)));
     }
     let cwd = std::fs::File::open(".").ok().map(OwnedFd::from);
     ferry_sys::ns::unshare(libc::CLONE_FS).ctx(|| "cannot unshare CLONE_FS".into())?;
-    let mut entered = Entered { own, cwd, handover: Handover::default(), left: false };
+    let mut entered = Entered { own, cwd, handover: Handover::default(), userns: None, left: false };
     for (flag, fd, kind) in &join {
         ferry_sys::ns::setns_number(*fd, *flag)
             .ctx(|| format!("cannot join the external {kind} namespace (fd {fd})"))?;
+    }
+    // The user and cgroup namespaces, and those the user namespace owns: made by a helper.
+    if let Some(made) = crate::state::userns::make(ns, create)? {
+        create &= !made.flags;
+        for (flag, fd) in &made.join {
+            ferry_sys::ns::setns(fd.as_fd(), *flag).ctx(|| format!("cannot join the tree's namespace {flag:#x}"))?;
+        }
+        entered.userns = made.userns;
     }
     if create != 0 {
         ferry_sys::ns::unshare(create).ctx(|| format!("cannot create the tree's namespaces (unshare {create:#x})"))?;

@@ -815,6 +815,42 @@ pub fn dump_refused(pid: i32, dir: &Path, expect: &str) {
     assert!(!left.iter().any(|n| n.starts_with('.')), "a refused dump left files of its own: {left:?}");
 }
 
+/// The cycle of a tree that is a whole pid namespace, dumped as its init `init` (pid 1 inside,
+/// not `run.pid`): dump, restore with `extra` into a new pid namespace (the restored init's pid,
+/// as this host sees it, from the pidfile), go, and the workload's own verdict.
+pub fn cycle_pidns_init(run: &mut Run, init: i32, extra: &[&str]) {
+    let img = run.img();
+    let res = run.ferry(
+        "dump",
+        &["dump".into(), "-t".into(), init.to_string(), "-D".into(), path_str(&img)],
+        Duration::from_secs(60),
+    );
+    if !res.status.success() {
+        run.fail("ferry dump of the namespace's init failed");
+    }
+    wait_for("the dumped init to be gone", Duration::from_secs(20), || !pid_alive(init));
+    let pidfile = run.spawn_restore("restore", &img, extra);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let host = loop {
+        if let Some(p) = fs::read_to_string(&pidfile).ok().and_then(|t| t.trim().parse::<i32>().ok()) {
+            break p;
+        }
+        if let Some(Ok(Some(st))) = run.restore.as_mut().map(|r| r.try_wait()) {
+            run.restore = None;
+            run.fail(&format!("ferry restore exited before writing the pidfile: {}", describe(st)));
+        }
+        if Instant::now() > deadline {
+            run.fail("no pidfile");
+        }
+        sleep(Duration::from_millis(10));
+    };
+    let guard = ProcGuard::new();
+    guard.add(host);
+    send_signal(host, "USR2").expect("send go");
+    let status = run.wait_restore_exit();
+    run.expect_pass(status, "ferry restore");
+}
+
 /// A tree's whole cycle: dump, wait until every pid of the image is free, restore, go, and the
 /// workload's own verdict.
 pub fn cycle_tree(spec: &Spec, extra_dump: &[&str]) {

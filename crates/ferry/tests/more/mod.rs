@@ -468,8 +468,8 @@ fn refuses_what_it_cannot_save() {
         fs::read_link(format!("/proc/{pid}/ns/user")).ok() != fs::read_link("/proc/self/ns/user").ok()
             && fs::read_link(format!("/proc/{pid}/exe")).map(|e| e.ends_with("counter")).unwrap_or(false)
     });
-    // (a user namespace: the one kind ferry neither recreates nor joins)
-    dump_refused(pid, &w.join("ns"), "own user namespace");
+    // (a user namespace without maps: its uid is not one ferry could set from inside)
+    dump_refused(pid, &w.join("ns"), "is not mapped in its user namespace");
     assert!(pid_alive(pid), "the namespaced process did not survive a refused dump");
     {
         let _held = HeldTraced::new(pid);
@@ -479,7 +479,7 @@ fn refuses_what_it_cannot_save() {
     wait_for("the process to stop", Duration::from_secs(10), || {
         fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") T ")).unwrap_or(false)
     });
-    dump_refused(pid, &w.join("stopped"), "own user namespace");
+    dump_refused(pid, &w.join("stopped"), "is not mapped in its user namespace");
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     assert!(stat.contains(") T "), "the stopped process is not stopped any more after a refused dump: {stat}");
     let _ = child.kill();

@@ -5,7 +5,6 @@ use crate::common::*;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 fn nsview(mode: &str) -> Spec {
     Spec::c("nsview").args(&[mode])
@@ -112,37 +111,8 @@ fn ns_pidns_mnt_container_restored() {
     populate_root(&w, &spec.program);
     let mut run = Run::start_in(&spec, w);
     let child: i32 = fs::read_to_string(run.w.join("child")).expect("child pid").trim().parse().expect("a pid");
-    let img = run.img();
-    let res = run.ferry(
-        "dump",
-        &["dump".into(), "-t".into(), child.to_string(), "-D".into(), path_str(&img)],
-        Duration::from_secs(60),
-    );
-    if !res.status.success() {
-        run.fail("ferry dump of the namespace's init failed");
-    }
-    wait_for("the dumped init to be gone", Duration::from_secs(20), || !pid_alive(child));
     let root = path_str(&run.w.path);
-    let pidfile = run.spawn_restore("restore", &img, &["--root", &root]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let host = loop {
-        if let Some(p) = fs::read_to_string(&pidfile).ok().and_then(|t| t.trim().parse::<i32>().ok()) {
-            break p;
-        }
-        if let Some(Ok(Some(st))) = run.restore.as_mut().map(|r| r.try_wait()) {
-            run.restore = None;
-            run.fail(&format!("ferry restore exited before writing the pidfile: {}", describe(st)));
-        }
-        if std::time::Instant::now() > deadline {
-            run.fail("no pidfile");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let guard = ProcGuard::new();
-    guard.add(host);
-    send_signal(host, "USR2").expect("send go");
-    let status = run.wait_restore_exit();
-    run.expect_pass(status, "ferry restore");
+    cycle_pidns_init(&mut run, child, &["--root", &root]);
 }
 
 /// A mount ferry cannot recreate (here the host's cgroup v1 or devtmpfs mounts, which a plain `unshare -m`
@@ -154,10 +124,10 @@ fn ns_mnt_unknown_fs_refused() {
     dump_refused(run.pid, &run.w.join("img"), "ferry recreates only proc, sysfs, devpts, mqueue, cgroup2 and tmpfs");
 }
 
-/// A user namespace is refused by name.
+/// A user namespace without maps (its uid 0 is nobody inside) is refused by name.
 #[test]
 fn ns_user_refused() {
     let run = Run::start(&nsview("user"));
     let child: i32 = fs::read_to_string(run.w.join("child")).expect("child pid").trim().parse().expect("a pid");
-    dump_refused(child, &run.w.join("img"), "own user namespace");
+    dump_refused(child, &run.w.join("img"), "is not mapped in its user namespace");
 }

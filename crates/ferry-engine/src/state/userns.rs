@@ -1,0 +1,314 @@
+//! A tree's user namespace (kind "user", a namespace module, see state/namespaces.rs): its
+//! uid_map, gid_map and setgroups, which of the tree's other namespaces it owns, and the
+//! credentials of its processes as seen from inside it.
+//!
+//! Dump: the maps as ferry (the parent user namespace) reads them; a user namespace nested in
+//! another one than ferry's is refused. Every other namespace of the tree that differs from
+//! ferry's is owned either by ferry's user namespace or by the tree's (`owned`). A process's
+//! uids, gids and groups are recorded as seen from inside (state/creds.rs calls
+//! [`creds_inside`]): restore sets them with injected calls made inside.
+//!
+//! Restore ([`make`]): `unshare(CLONE_NEWUSER)` fails in a multi-threaded process, and ferry's
+//! restoring thread must keep its privileges in its own user namespace. So a helper process,
+//! forked from that thread, makes the namespaces: (the cgroup namespace, state/cgroupns.rs,
+//! after it joined its root cgroups), then the user namespace, whose maps ferry writes from
+//! outside, then, from inside it, the namespaces it owns. ferry's thread joins all of these but
+//! the user namespace (as root of the parent namespace it may configure them), the helper
+//! ends, and every process of the tree joins the user namespace itself, in its forked child,
+//! once it has created its own children (`clone3` with `set_tid` needs privileges in the pid
+//! namespace's owner, which is ferry's).
+
+use super::namespaces::{ns_link, DumpCtx, Handover, RestoreCtx, KINDS};
+use crate::error::{Ctx, Error};
+use ferry_image::{Creds, Namespaces, UsernsExtent, UsernsRec};
+use ferry_sys::process::Fork;
+use ferry_sys::raw;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+
+/// The inode number of a namespace file.
+fn inode(fd: BorrowedFd<'_>) -> u64 {
+    std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_or(0, |m| m.ino())
+}
+
+fn parse_map(pid: i32, file: &str) -> Result<Vec<UsernsExtent>, Error> {
+    let text = crate::procfs::read_string(pid, file)?;
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let n: Vec<u32> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+        let [inside, outside, count] = n[..] else {
+            return Err(Error::Invalid { object: format!("/proc/{pid}/{file}"), what: format!("bad line {line:?}") });
+        };
+        out.push(UsernsExtent { inside, outside, count });
+    }
+    Ok(out)
+}
+
+/// An id of the parent namespace as seen inside (None: not mapped).
+fn to_inside(map: &[UsernsExtent], id: u32) -> Option<u32> {
+    map.iter().find(|e| id >= e.outside && (id - e.outside) < e.count).map(|e| e.inside + (id - e.outside))
+}
+
+/// Whether `pid` is in a user namespace other than ferry's.
+fn in_own_userns(pid: i32) -> bool {
+    ns_link(pid, "user").is_some_and(|l| {
+        Some(l) != std::fs::read_link("/proc/self/ns/user").ok().map(|l| l.to_string_lossy().into_owned())
+    })
+}
+
+/// Translate ids read by ferry (uid, gid, groups lines of /proc/PID/status) into `pid`'s user
+/// namespace. An unmapped id is refused, or with `overflow` becomes 65534, as the kernel shows
+/// it inside.
+fn ids_inside(pid: i32, uids: &mut [u32], gids: &mut [u32], groups: &mut [u32], overflow: bool) -> Result<(), Error> {
+    let (umap, gmap) = (parse_map(pid, "uid_map")?, parse_map(pid, "gid_map")?);
+    let inside = |map: &[UsernsExtent], what: &str, id: u32| match to_inside(map, id) {
+        Some(i) => Ok(i),
+        None if overflow => Ok(65534),
+        None => Err(Error::Unsupported {
+            pid,
+            what: format!("a process whose {what} {id} is not mapped in its user namespace"),
+        }),
+    };
+    for u in uids.iter_mut() {
+        *u = inside(&umap, "uid", *u)?;
+    }
+    for g in gids.iter_mut().chain(groups.iter_mut()) {
+        *g = inside(&gmap, "gid", *g)?;
+    }
+    Ok(())
+}
+
+/// At dump, for each process: its credentials as seen from inside its user namespace (when
+/// not ferry's). A multi-threaded process there is refused: restore gives threads their ids
+/// with `clone3(set_tid)`, which needs privileges that a process inside no longer has.
+pub(crate) fn creds_inside(pid: i32, c: &mut Creds) -> Result<(), Error> {
+    if !in_own_userns(pid) {
+        return Ok(());
+    }
+    let threads = std::fs::read_dir(crate::procfs::path(pid, "task")).map_or(1, |d| d.count());
+    if threads > 1 {
+        return Err(Error::Unsupported { pid, what: "a multi-threaded process in a user namespace".into() });
+    }
+    ids_inside(pid, &mut c.uids, &mut c.gids, &mut c.groups, false)
+}
+
+/// At restore, a restored process's current ids as seen from inside its user namespace (to
+/// compare with its image's): ferry's own, which need not be mapped there.
+pub(crate) fn status_inside(pid: i32, st: &mut ferry_proc::Status) -> Result<(), Error> {
+    if !in_own_userns(pid) {
+        return Ok(());
+    }
+    ids_inside(pid, &mut st.uid, &mut st.gid, &mut st.groups, true)
+}
+
+/// The kinds of `pid`'s namespaces (other than ferry's) that its user namespace owns, checking
+/// that the user namespace is a child of ferry's and that ferry can recreate what it owns
+/// (at dump, before the freeze too: state/namespaces.rs `check_root`).
+pub(crate) fn owned_kinds(pid: i32) -> Result<Vec<String>, Error> {
+    if !in_own_userns(pid) {
+        return Ok(Vec::new());
+    }
+    let open = |path: &str| std::fs::File::open(path).ctx(|| format!("cannot open {path}"));
+    let own_ino = inode(open("/proc/self/ns/user")?.as_fd());
+    let tree = open(&format!("/proc/{pid}/ns/user"))?;
+    let parent =
+        ferry_sys::ns::parent_ns(tree.as_fd()).ctx(|| format!("pid {pid}: cannot find its user namespace's parent"))?;
+    if inode(parent.as_fd()) != own_ino {
+        return Err(Error::Unsupported { pid, what: "a user namespace nested in another one than ferry's".into() });
+    }
+    let tree_ino = inode(tree.as_fd());
+    let mut owned = Vec::new();
+    for (kind, _) in KINDS.iter().filter(|k| k.0 != "user") {
+        let theirs = ns_link(pid, kind);
+        if theirs.is_none() || theirs == ns_link_self(kind) {
+            continue;
+        }
+        let f = open(&format!("/proc/{pid}/ns/{kind}"))?;
+        let owner = ferry_sys::ns::owner_userns(f.as_fd())
+            .ctx(|| format!("pid {pid}: cannot find the owner of its {kind} namespace"))?;
+        let owner = inode(owner.as_fd());
+        if owner == own_ino {
+            continue;
+        }
+        if owner != tree_ino {
+            return Err(Error::Unsupported {
+                pid,
+                what: format!("a {kind} namespace owned by another user namespace than the tree's"),
+            });
+        }
+        if matches!(*kind, "mnt" | "time") {
+            return Err(Error::Unsupported {
+                pid,
+                what: format!("a {kind} namespace owned by the tree's user namespace (made from inside it)"),
+            });
+        }
+        owned.push(kind.to_string());
+    }
+    Ok(owned)
+}
+
+fn ns_link_self(kind: &str) -> Option<String> {
+    std::fs::read_link(format!("/proc/self/ns/{kind}")).ok().map(|l| l.to_string_lossy().into_owned())
+}
+
+/// Record the tree's user namespace: maps, setgroups, and which of the tree's namespaces it owns.
+pub(crate) fn dump(ctx: &mut DumpCtx<'_>, out: &mut Namespaces) -> Result<(), Error> {
+    let pid = ctx.pid;
+    let owned = owned_kinds(pid)?;
+    let setgroups = crate::procfs::read_string(pid, "setgroups")?;
+    out.userns = Some(UsernsRec {
+        uid_map: parse_map(pid, "uid_map")?,
+        gid_map: parse_map(pid, "gid_map")?,
+        setgroups_deny: setgroups.trim() == "deny",
+        owned,
+    });
+    Ok(())
+}
+
+/// Nothing to do in ferry's thread: [`make`] made the namespace (the tree joins it).
+pub(crate) fn restore(_ctx: &RestoreCtx<'_>, _ns: &Namespaces, _h: &mut Handover) -> Result<(), Error> {
+    Ok(())
+}
+
+/// What the helper made, for ferry's restoring thread to join.
+pub(crate) struct Made {
+    /// The tree's user namespace (each forked process joins it).
+    pub userns: Option<OwnedFd>,
+    /// (flag, namespace) for ferry's thread to join.
+    pub join: Vec<(i32, OwnedFd)>,
+    /// The `CLONE_NEW*` flags of the kinds made here.
+    pub flags: i32,
+}
+
+fn map_text(map: &[UsernsExtent]) -> String {
+    map.iter().map(|e| format!("{} {} {}\n", e.inside, e.outside, e.count)).collect()
+}
+
+/// What the helper does, in order.
+struct Steps {
+    cgroup_procs: Vec<OwnedFd>,
+    cgroup_before: bool,
+    user: bool,
+    inner: i32,
+}
+
+/// The forked helper: only raw system calls. Reports 'u' once in its user namespace (and
+/// waits for its maps), 'k' when done, or 'e' with the step and errno.
+fn helper(s: &Steps, rep: i32, go: i32) -> i32 {
+    let fail = |step: u8, e: std::io::Error| {
+        let _ = raw::write_all(rep, &[b'e', step, e.raw_os_error().unwrap_or(0) as u8]);
+        1
+    };
+    let _ = raw::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64, 0, 0, 0);
+    for fd in &s.cgroup_procs {
+        if let Err(e) = raw::write_all(fd.as_raw_fd(), b"0") {
+            return fail(1, e);
+        }
+    }
+    if s.cgroup_before {
+        if let Err(e) = ferry_sys::ns::unshare(libc::CLONE_NEWCGROUP) {
+            return fail(2, e);
+        }
+    }
+    let mut b = [0u8; 1];
+    if s.user {
+        if let Err(e) = ferry_sys::ns::unshare(libc::CLONE_NEWUSER) {
+            return fail(3, e);
+        }
+        let _ = raw::write_all(rep, b"u");
+        if !matches!(raw::read_once(go, &mut b), Ok(1)) {
+            return 1;
+        }
+    }
+    if s.inner != 0 {
+        if let Err(e) = ferry_sys::ns::unshare(s.inner) {
+            return fail(4, e);
+        }
+    }
+    let _ = raw::write_all(rep, b"k");
+    let _ = raw::read_once(go, &mut b);
+    0
+}
+
+/// Make the tree's user and cgroup namespaces and the namespaces its user namespace owns
+/// (among `create`, the kinds to create), in a helper process (see the module's doc).
+pub(crate) fn make(ns: &Namespaces, create: i32) -> Result<Option<Made>, Error> {
+    let user = create & libc::CLONE_NEWUSER != 0;
+    let cgroup = create & libc::CLONE_NEWCGROUP != 0;
+    if !user && !cgroup {
+        return Ok(None);
+    }
+    let rec = ns.userns.clone().unwrap_or_default();
+    let owned: Vec<(&str, i32)> =
+        KINDS.iter().filter(|k| user && create & k.1 != 0 && rec.owned.iter().any(|o| o == k.0)).copied().collect();
+    let inner = owned.iter().fold(0, |a, k| a | k.1);
+    let steps = Steps {
+        cgroup_procs: if cgroup { crate::state::cgroupns::root_procs(ns)? } else { Vec::new() },
+        cgroup_before: cgroup && inner & libc::CLONE_NEWCGROUP == 0,
+        user,
+        inner,
+    };
+    let (rep_r, rep_w) = ferry_sys::process::pipe2(libc::O_CLOEXEC).ctx(|| "cannot create a pipe".into())?;
+    let (go_r, go_w) = ferry_sys::process::pipe2(libc::O_CLOEXEC).ctx(|| "cannot create a pipe".into())?;
+    let child = match ferry_sys::process::fork().ctx(|| "cannot fork the namespace helper".into())? {
+        Fork::Child => raw::exit_now(helper(&steps, rep_w.as_raw_fd(), go_r.as_raw_fd())),
+        Fork::Parent(c) => c,
+    };
+    drop((rep_w, go_r));
+    let r = (|| -> Result<Made, Error> {
+        let obj = || format!("namespace helper {child}");
+        let read = || -> Result<(), Error> {
+            let mut b = [0u8; 3];
+            let n = raw::read_once(rep_r.as_raw_fd(), &mut b[..1]).ctx(obj)?;
+            match (n, b[0]) {
+                (0, _) => Err(Error::Invalid { object: obj(), what: "ended early".into() }),
+                (_, b'e') => {
+                    let steps = [
+                        "joining the root cgroups",
+                        "unshare(CLONE_NEWCGROUP)",
+                        "unshare(CLONE_NEWUSER)",
+                        "unsharing the namespaces it owns",
+                    ];
+                    let _ = raw::read_once(rep_r.as_raw_fd(), &mut b[1..]);
+                    let step = (b[1] as usize).checked_sub(1).and_then(|i| steps.get(i)).unwrap_or(&"?");
+                    Err(Error::Sys {
+                        object: format!("{}: {step}", obj()),
+                        source: std::io::Error::from_raw_os_error(b[2] as i32),
+                    })
+                }
+                _ => Ok(()),
+            }
+        };
+        if user {
+            read()?;
+            let setgroups = if rec.setgroups_deny { "deny" } else { "allow" };
+            for (file, text) in [
+                ("setgroups", setgroups.to_string()),
+                ("uid_map", map_text(&rec.uid_map)),
+                ("gid_map", map_text(&rec.gid_map)),
+            ] {
+                let p = format!("/proc/{child}/{file}");
+                std::fs::write(&p, &text).ctx(|| format!("cannot write {text:?} to {p}"))?;
+            }
+            raw::write_all(go_w.as_raw_fd(), b"g").ctx(obj)?;
+        }
+        read()?;
+        let open = |kind: &str| -> Result<OwnedFd, Error> {
+            let p = format!("/proc/{child}/ns/{kind}");
+            Ok(std::fs::File::open(&p).ctx(|| format!("cannot open {p}"))?.into())
+        };
+        let mut join = Vec::new();
+        for (kind, flag) in &owned {
+            join.push((*flag, open(kind)?));
+        }
+        if cgroup && inner & libc::CLONE_NEWCGROUP == 0 {
+            join.push((libc::CLONE_NEWCGROUP, open("cgroup")?));
+        }
+        let userns = if user { Some(open("user")?) } else { None };
+        let flags = inner | if user { libc::CLONE_NEWUSER } else { 0 } | if cgroup { libc::CLONE_NEWCGROUP } else { 0 };
+        Ok(Made { userns, join, flags })
+    })();
+    let _ = ferry_sys::process::kill(child, libc::SIGKILL);
+    let _ = ferry_sys::ptrace::wait(child, false);
+    r.map(Some)
+}

@@ -1,0 +1,122 @@
+/*
+ * userns: a process in a user namespace (made by its caller: `unshare --user --map-root-user
+ * [--uts --net --ipc --cgroup] userns W view`, or `ferry run --userns`), checking after restore
+ * that its view is the same as before the dump, as seen from inside:
+ *   uid_map, gid_map, setgroups; getresuid/getresgid/getgroups; the capability sets and
+ *   securebits; /proc/self/cgroup; the host name; and, for its uts, net, ipc, cgroup and mnt
+ *   namespaces, whether its user namespace owns them (ioctl NS_GET_USERNS).
+ *
+ *   userns W view         as started
+ *   userns W drop         first becomes uid 1000 / gid 1000 with groups 2000, 2001 inside
+ *                          (capabilities dropped): the ids must be mapped
+ *   userns W cgroupns DIR  joins cgroup DIR (cgroup.procs), unshares a cgroup namespace there,
+ *                          then moves to DIR/sub (seen inside as /sub)
+ */
+#include "common.h"
+#include <grp.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+
+#define NS_GET_USERNS 0xb701
+
+static void add_file(char *out, size_t cap, const char *label, const char *path)
+{
+	char buf[4096];
+	ssize_t n = read_file(path, buf, sizeof buf);
+	size_t used = strlen(out);
+	snprintf(out + used, cap - used, "%s:\n%s\n", label, n >= 0 ? buf : "(unreadable)");
+}
+
+static ino_t ino_of_fd(int fd)
+{
+	struct stat st;
+	return fstat(fd, &st) == 0 ? st.st_ino : 0;
+}
+
+static void view(char *out, size_t cap)
+{
+	out[0] = 0;
+	add_file(out, cap, "uid_map", "/proc/self/uid_map");
+	add_file(out, cap, "gid_map", "/proc/self/gid_map");
+	add_file(out, cap, "setgroups", "/proc/self/setgroups");
+	add_file(out, cap, "cgroup", "/proc/self/cgroup");
+	uid_t r, e, s;
+	gid_t gr, ge, gs;
+	getresuid(&r, &e, &s);
+	getresgid(&gr, &ge, &gs);
+	gid_t groups[64];
+	int ng = getgroups(64, groups);
+	size_t used = strlen(out);
+	used += snprintf(out + used, cap - used, "uids %u %u %u gids %u %u %u groups", r, e, s, gr, ge, gs);
+	for (int i = 0; i < ng; i++)
+		used += snprintf(out + used, cap - used, " %u", groups[i]);
+	used += snprintf(out + used, cap - used, "\nsecurebits %d\n", prctl(PR_GET_SECUREBITS));
+	const char *caps[] = { "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb" };
+	for (unsigned i = 0; i < 5; i++) {
+		char line[128] = "";
+		status_line(caps[i], line, sizeof line);
+		used += snprintf(out + used, cap - used, "%s %s\n", caps[i], line);
+	}
+	char host[256] = "";
+	gethostname(host, sizeof host);
+	used += snprintf(out + used, cap - used, "hostname %s\n", host);
+	struct stat user;
+	if (stat("/proc/self/ns/user", &user) < 0)
+		die_setup("stat /proc/self/ns/user: %s", strerror(errno));
+	const char *kinds[] = { "uts", "net", "ipc", "cgroup", "mnt" };
+	for (unsigned i = 0; i < 5; i++) {
+		char p[64];
+		snprintf(p, sizeof p, "/proc/self/ns/%s", kinds[i]);
+		int fd = open(p, O_RDONLY | O_CLOEXEC);
+		int owner = fd >= 0 ? ioctl(fd, NS_GET_USERNS) : -1;
+		/* (EPERM: the owner is outside this user namespace) */
+		const char *who = owner < 0 ? (errno == EPERM ? "outer" : "?") : ino_of_fd(owner) == user.st_ino ? "own" : "other";
+		used += snprintf(out + used, cap - used, "%s owned by %s\n", kinds[i], who);
+		if (owner >= 0)
+			close(owner);
+		if (fd >= 0)
+			close(fd);
+	}
+}
+
+static void write_to(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text))
+		die_setup("write %s to %s: %s", text, path, strerror(errno));
+	close(fd);
+}
+
+int main(int argc, char **argv)
+{
+	workload_init(argc, argv);
+	const char *mode = argc > 2 ? argv[2] : "view";
+	if (strcmp(mode, "drop") == 0) {
+		gid_t g[2] = { 2000, 2001 };
+		SETUP(chmod(W, 0777)); /* (its files are written as uid 1000) */
+		SETUP(setgroups(2, g));
+		SETUP(setresgid(1000, 1000, 1000));
+		SETUP(setresuid(1000, 1000, 1000));
+	} else if (strcmp(mode, "cgroupns") == 0 && argc > 3) {
+		char p[4096];
+		snprintf(p, sizeof p, "%s/cgroup.procs", argv[3]);
+		write_to(p, "0");
+		SETUP(unshare(CLONE_NEWCGROUP));
+		snprintf(p, sizeof p, "%s/sub/cgroup.procs", argv[3]);
+		write_to(p, "0");
+	} else if (strcmp(mode, "view") != 0) {
+		die_setup("unknown mode %s", mode);
+	}
+	static char before[16384], after[16384];
+	view(before, sizeof before);
+	write_file_atomic("view", before);
+	signal_ready();
+	wait_go();
+	view(after, sizeof after);
+	if (strcmp(before, after) != 0) {
+		fprintf(stderr, "before:\n%s\nafter:\n%s\n", before, after);
+		fail("the view from inside changed (see out.log)");
+	}
+	finish();
+}

@@ -1,0 +1,163 @@
+//! User and cgroup namespaces (state/userns.rs, state/cgroupns.rs): a process in a user
+//! namespace (made by `unshare --user --map-root-user` or `ferry run --userns`), with the
+//! namespaces it owns, and a process in a cgroup namespace come back in new ones and check
+//! their view from inside (maps, ids, capabilities, cgroups, ownership: the `userns` workload).
+
+use crate::common::*;
+use std::fs;
+use std::time::Duration;
+
+/// `unshare FLAGS... userns W MODE...`.
+fn under_unshare(flags: &[&str], mode: &[&str]) -> Spec {
+    let unshare = need("unshare", "util-linux");
+    let mut spec = Spec::c("userns").args(mode);
+    let mut pre: Vec<std::ffi::OsString> = flags.iter().map(|f| f.into()).collect();
+    pre.push(spec.program.clone().into_os_string());
+    spec.pre_args = pre;
+    spec.program = unshare;
+    spec
+}
+
+#[test]
+fn userns_control() {
+    control(&under_unshare(&["--user", "--map-root-user"], &["view"]));
+}
+
+/// A process in a user namespace of its own (root inside mapped to root, setgroups denied)
+/// comes back in a new one with the same maps, ids and capabilities.
+#[test]
+fn userns_map_root_restored() {
+    cycle(&under_unshare(&["--user", "--map-root-user"], &["view"]));
+}
+
+/// The uts, net and ipc namespaces it made from inside its user namespace are owned by the new
+/// one after restore (and the host name is kept).
+#[test]
+fn userns_owned_uts_net_ipc_restored() {
+    cycle(&under_unshare(&["--user", "--map-root-user", "--uts", "--net", "--ipc"], &["view"]));
+}
+
+/// Removes a cgroup directory and its "sub" when dropped (their processes are gone by then).
+struct CgroupDir(String);
+
+impl Drop for CgroupDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(format!("{}/sub", self.0));
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+fn cgroup_dir(tag: &str) -> CgroupDir {
+    let dir = format!("/sys/fs/cgroup/unified/ferry-e2e-{tag}-{}", std::process::id());
+    fs::create_dir_all(format!("{dir}/sub")).unwrap_or_else(|e| panic!("cannot create {dir}/sub: {e}"));
+    CgroupDir(dir)
+}
+
+/// A cgroup namespace made in cgroup D, its process then moved to D/sub: after restore the
+/// namespace's root is D again and the process sees itself in /sub.
+#[test]
+fn cgroupns_root_restored() {
+    let cg = cgroup_dir("cgns");
+    cycle(&Spec::c("userns").args(&["cgroupns", &cg.0]));
+}
+
+/// The same cgroup namespace made inside a user namespace (owned by it).
+#[test]
+fn userns_owned_cgroupns_restored() {
+    let cg = cgroup_dir("uscgns");
+    cycle(&under_unshare(&["--user", "--map-root-user"], &["cgroupns", &cg.0]));
+}
+
+/// `ferry run --userns` (every id mapped to itself): the job switches to uid 1000, gid 1000 and
+/// groups 2000, 2001 inside, dropping its capabilities; all of it comes back.
+#[test]
+fn userns_ferry_run_job_ids_restored() {
+    let mut spec = Spec::c("userns").args(&["drop"]);
+    spec.pre_args = vec!["run".into(), "--userns".into(), "--".into(), spec.program.clone().into_os_string()];
+    spec.program = ferry_bin().into();
+    // (ferry run waits for its job: the dump's target is the job, the pid in the ready file)
+    let mut run = Run::start(&spec);
+    let guard = ProcGuard::new();
+    run.pid = fs::read_to_string(run.w.join("ready")).expect("ready").trim().parse().expect("a pid");
+    guard.add(run.pid);
+    let map = fs::read_to_string(format!("/proc/{}/uid_map", run.pid)).unwrap_or_default();
+    assert_eq!(map.split_whitespace().collect::<Vec<_>>(), ["0", "0", "4294967295"], "ferry run --userns map");
+    assert_ne!(fs::read_link(format!("/proc/{}/ns/user", run.pid)).ok(), fs::read_link("/proc/self/ns/user").ok());
+    run.dump_ok(&[]);
+    if let Some(mut c) = run.child.take() {
+        let _ = wait_timeout(&mut c, Duration::from_secs(10)); // (ferry run, its job killed)
+    }
+    run.wait_pid_gone("after the dump");
+    run.restore_and_verify("ferry restore");
+}
+
+/// What ferry cannot carry is refused by name: a nested user namespace, a multi-threaded process
+/// in one, a mount namespace owned by one.
+#[test]
+fn userns_refusals() {
+    let cases = [
+        (under_unshare(&["-U", "-r", "unshare", "-U", "-r"], &["view"]), "a user namespace nested in another one"),
+        (threads_in_userns(), "a multi-threaded process in a user namespace"),
+        (under_unshare(&["-U", "-r", "--mount"], &["view"]), "a mnt namespace owned by the tree's user namespace"),
+    ];
+    for (spec, expect) in cases {
+        let run = Run::start(&spec);
+        dump_refused(run.pid, &run.w.join("img"), expect);
+        assert!(pid_alive(run.pid), "a refused dump killed the workload");
+    }
+}
+
+fn threads_in_userns() -> Spec {
+    let unshare = need("unshare", "util-linux");
+    let mut spec = Spec::c("threads");
+    spec.pre_args = vec!["-U".into(), "-r".into(), spec.program.clone().into_os_string()];
+    spec.program = unshare;
+    spec
+}
+
+/// `unshare -U -r --pid --fork --uts --net`: the workload is pid 1 of a pid namespace made in
+/// its user namespace, with its own host name and network; dumped as that init, restored in a
+/// new pid namespace (owned by ferry's user namespace: see docs/containers.md).
+#[test]
+fn userns_pidns_tree_restored() {
+    let spec = under_unshare(&["--user", "--map-root-user", "--pid", "--fork", "--uts", "--net"], &["view"]);
+    let mut run = Run::start(&spec);
+    let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", run.pid)).expect("unshare's children");
+    let init: i32 = children.split_whitespace().next().and_then(|c| c.parse().ok()).expect("the namespace's init");
+    cycle_pidns_init(&mut run, init, &[]);
+}
+
+/// `ferry run --uid-map 0:100000:65536 --gid-map 0:100000:65536`: root inside is 100000 outside;
+/// ferry (uid 0, unmapped there) restores it as root inside, so 100000 outside again.
+#[test]
+fn userns_shifted_map_restored() {
+    let mut spec = Spec::c("userns").args(&["view"]);
+    let map = ["--uid-map", "0:100000:65536", "--gid-map", "0:100000:65536", "--"];
+    spec.pre_args = std::iter::once("run").chain(map).map(Into::into).collect();
+    spec.pre_args.push(spec.program.clone().into_os_string());
+    spec.program = ferry_bin().into();
+    let w = WorkDir::new("userns-shifted");
+    // (the job writes its files there as uid 100000)
+    fs::set_permissions(&w.path, std::os::unix::fs::PermissionsExt::from_mode(0o777)).expect("chmod the work dir");
+    let mut run = Run::start_in(&spec, w);
+    let guard = ProcGuard::new();
+    run.pid = fs::read_to_string(run.w.join("ready")).expect("ready").trim().parse().expect("a pid");
+    guard.add(run.pid);
+    run.dump_ok(&[]);
+    if let Some(mut c) = run.child.take() {
+        let _ = wait_timeout(&mut c, Duration::from_secs(10)); // (ferry run, its job killed)
+    }
+    run.wait_pid_gone("after the dump");
+    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
+    run.wait_pidfile(&pidfile);
+    let uids = fs::read_to_string(format!("/proc/{}/status", run.pid)).unwrap_or_default();
+    if !uids
+        .lines()
+        .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Uid:", "100000", "100000", "100000", "100000"])
+    {
+        run.fail(&format!("not uid 100000 outside after restore: {uids}"));
+    }
+    run.go();
+    let status = run.wait_restore_exit();
+    run.expect_pass(status, "ferry restore");
+}
