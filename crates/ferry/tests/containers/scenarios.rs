@@ -157,6 +157,22 @@ fn ns_inode(path: &str) -> u64 {
     fs::metadata(path).map(|m| m.ino()).unwrap_or_else(|e| panic!("stat {path}: {e}"))
 }
 
+/// `podman run -d` of `script` (python3) on a bridge network of the test's own, container port
+/// `inner` published on a free host port: (network, Podman, host port). (Bind them in this
+/// order: the container goes before its network.)
+fn python_on_bridge(w: &WorkDir, inner: u16, script: &str) -> (Bridge, Podman, u16) {
+    let net = Bridge::new(&w.join("podman/net"));
+    let pm = Podman::new(w);
+    pm.import_python(w);
+    let port = free_port();
+    let publish = format!("{port}:{inner}");
+    let mut args = vec!["run", "-d", "--name", &pm.name, "--network", &net.name, "-p", &publish];
+    args.extend(LIMITS);
+    args.extend([pm.image.as_str(), "/usr/bin/python3", "-u", "-c", script]);
+    pm.run(&args, "run");
+    (net, pm, port)
+}
+
 /// Scenario 1: Podman's bridge network with a published port. A Python service counting its
 /// requests in memory is reached from the host through the published port before and after
 /// `container checkpoint`/`restore`; the count goes on, the restored service is in the network
@@ -165,15 +181,7 @@ fn ns_inode(path: &str) -> u64 {
 #[test]
 fn podman_bridge_published_port() {
     let w = WorkDir::new("podman-bridge");
-    let net = Bridge::new(&w.join("podman/net"));
-    let pm = Podman::new(&w);
-    pm.import_python(&w);
-    let port = free_port();
-    let publish = format!("{port}:8000");
-    let mut args = vec!["run", "-d", "--name", &pm.name, "--network", &net.name, "-p", &publish];
-    args.extend(LIMITS);
-    args.extend([pm.image.as_str(), "/usr/bin/python3", "-u", "-c", COUNTING_SERVICE]);
-    pm.run(&args, "run");
+    let (_net, pm, port) = python_on_bridge(&w, 8000, COUNTING_SERVICE);
     let mut first = None;
     wait_for("the service through the published port", Duration::from_secs(30), || {
         first = ask(port);
@@ -286,16 +294,8 @@ fn host_address() -> std::net::IpAddr {
 #[test]
 fn podman_export_import_tcp_established() {
     let w = WorkDir::new("podman-tcp");
-    let net = Bridge::new(&w.join("podman/net"));
-    let pm = Podman::new(&w);
-    pm.import_python(&w);
-    let port = free_port();
-    let publish = format!("{port}:8001");
     let stream = "import socket, time\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('0.0.0.0', 8001))\ns.listen(1)\nc, _ = s.accept()\ni = 0\nwhile True:\n    i += 1\n    c.sendall(b'%d\\n' % i)\n    time.sleep(0.05)\n";
-    let mut args = vec!["run", "-d", "--name", &pm.name, "--network", &net.name, "-p", &publish];
-    args.extend(LIMITS);
-    args.extend([pm.image.as_str(), "/usr/bin/python3", "-u", "-c", stream]);
-    pm.run(&args, "run");
+    let (_net, pm, port) = python_on_bridge(&w, 8001, stream);
     // The client: reads numbers; records the last one, or what went wrong.
     let seen: Arc<Mutex<(u64, Option<String>)>> = Arc::new(Mutex::new((0, None)));
     let addr = std::net::SocketAddr::new(host_address(), port);
@@ -353,7 +353,12 @@ fn podman_export_import_tcp_established() {
     let export = w.join("ck.tar.zst");
     let export_arg = format!("--export={}", path_str(&export));
     pm.ok(&["container", "checkpoint", "--tcp-established", &export_arg, &pm.name], "checkpoint --export");
-    let at_dump = now().0;
+    // (What was sent before the checkpoint may still be on its way to the reader.)
+    let mut at_dump = now().0;
+    wait_for("the client to read what was sent before the checkpoint", Duration::from_secs(10), || {
+        sleep(Duration::from_millis(300));
+        std::mem::replace(&mut at_dump, now().0) == at_dump
+    });
     pm.run(&["rm", "-f", &pm.name], "rm");
     sleep(Duration::from_secs(1));
     assert_eq!(now(), (at_dump, None), "the stream moved or broke while the container was gone");
