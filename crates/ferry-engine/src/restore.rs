@@ -656,6 +656,7 @@ pub fn restore_notify(
     let host_proc = raw::dup_above(host_proc.as_fd(), base).ctx(|| "cannot move an fd".into())?;
     // From here to the fork, ferry's thread is in the tree's namespaces: its files, sockets
     // and terminals are opened there, and the tree inherits them (state/namespaces.rs).
+    tty::forget_early_masters();
     let mut entered = crate::state::namespaces::enter(&img, &opts.ns)?;
     let all_pipes: Vec<ferry_image::Pipe> = procs.iter().flat_map(|p| p.pipes.iter().cloned()).collect();
     let inherit = crate::state::external::Inherit::new(&opts.inherit_fds)?;

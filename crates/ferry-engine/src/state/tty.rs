@@ -557,6 +557,12 @@ pub fn open_for_bind(devpts: &std::path::Path, rel: &str) -> Result<(), String> 
     Err(format!("{} did not hand out /dev/pts/{index} (it is taken)", ptmx.display()))
 }
 
+/// Drop the masters [`open_for_bind`] made that no pair took (a restore that failed midway, or
+/// a bound slave of no pair of the image): each restore starts and ends with none.
+pub fn forget_early_masters() {
+    EARLY_MASTERS.lock().unwrap_or_else(|p| p.into_inner()).clear();
+}
+
 /// A pair created for the restore: its master and a spare slave description, both at numbers at
 /// or above the restore's fd base so every forked process inherits them.
 struct Pair {
@@ -646,6 +652,7 @@ pub fn prepare(
             e.insert(set_up_pair(pty, base)?);
         }
     }
+    forget_early_masters();
     let root = procs.first().map(|p| p.pid).unwrap_or(0);
     if let Some(job) = &img.inventory().shell_job {
         if !shell_job {
