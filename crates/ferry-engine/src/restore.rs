@@ -603,6 +603,7 @@ pub fn restore_notify(
     if opts.tcp_close {
         crate::state::inet::close_connections(&mut procs);
     }
+    tty::check_orphans(&procs, opts.orphan_pts_master)?;
     let root = procs[0].pid;
     let _span = tracing::info_span!("restore", pid = root).entered();
     tracing::info!(?verify, processes = procs.len(), "image verified");
@@ -665,7 +666,7 @@ pub fn restore_notify(
         inherit.mark_used(&k.external);
     }
     let pipes = pipes::prepare(root, &all_pipes, &|ino| inherit.has_pipe(ino))?;
-    let ttys = tty::prepare(&img, &procs, base, opts.shell_job, opts.orphan_pts_master)?;
+    let ttys = tty::prepare(&img, &procs, base, opts.shell_job)?;
     for (index, fd) in ttys.orphan_masters() {
         notify(Stage::OrphanPtsMaster { index, fd }).map_err(|what| Error::Invalid {
             object: format!("pty /dev/pts/{index}"),

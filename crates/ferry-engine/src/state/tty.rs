@@ -557,6 +557,19 @@ pub fn open_for_bind(devpts: &std::path::Path, rel: &str) -> Result<(), String> 
     Err(format!("{} did not hand out /dev/pts/{index} (it is taken)", ptmx.display()))
 }
 
+/// Before anything of a restore is done: an image with an orphan pair (a container's console)
+/// needs a caller that takes the new master (`orphan_pts`: CRIU RPC's `orphan_pts_master`).
+pub fn check_orphans(procs: &[Process], orphan_pts: bool) -> Result<(), Error> {
+    let orphan = procs.iter().flat_map(|p| p.files.iter()).find_map(|f| f.pty.as_ref().filter(|t| t.orphan));
+    match orphan {
+        Some(pty) if !orphan_pts => Err(Error::Invalid {
+            object: format!("pty /dev/pts/{}", pty.index),
+            what: "its master was outside the dump (a container's console): only a client that takes the new master can restore it (CRIU RPC orphan_pts_master, as runc sends)".into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Drop the masters [`open_for_bind`] made that no pair took (a restore that failed midway, or
 /// a bound slave of no pair of the image): each restore starts and ends with none.
 pub fn forget_early_masters() {
@@ -627,26 +640,19 @@ fn set_up_pair(pty: &Pty, base: i32) -> Result<Pair, Error> {
 
 /// In ferry, before forking: create every pair of the image; check and prepare a shell job.
 ///
-/// An orphan pair (its master was outside the tree) is created too when `orphan_pts` (the
-/// client takes its master: [`Restore::orphan_masters`]); otherwise the restore is refused.
+/// An orphan pair (its master was outside the tree) is created too (the client takes its
+/// master: [`Restore::orphan_masters`]; [`check_orphans`] refused the image before if it cannot).
 pub fn prepare(
     img: &ferry_image::ImageReader,
     procs: &[Process],
     base: i32,
     shell_job: bool,
-    orphan_pts: bool,
 ) -> Result<Restore, Error> {
     let mut r = Restore::default();
     for f in procs.iter().flat_map(|p| p.files.iter()) {
         let Some(pty) = f.pty.as_ref() else { continue };
         if f.kind != FileKind::PtyMaster as i32 && !pty.orphan {
             continue;
-        }
-        if pty.orphan && !orphan_pts {
-            return Err(Error::Invalid {
-                object: format!("pty /dev/pts/{}", pty.index),
-                what: "its master was outside the dump (a container's console): only a client that takes the new master can restore it (CRIU RPC orphan_pts_master, as runc sends)".into(),
-            });
         }
         if let std::collections::hash_map::Entry::Vacant(e) = r.pairs.entry(pty.index) {
             e.insert(set_up_pair(pty, base)?);

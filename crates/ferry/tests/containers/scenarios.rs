@@ -453,6 +453,13 @@ fn runc_terminal_console_socket() {
     run(&["checkpoint", "--image-path", &img, "--work-path", &work, &rc.id], "checkpoint");
     assert!(!pid_alive(pid), "the container still runs after the checkpoint");
     drop(master);
+    // ferry's own restore has nobody to give the console's master to: refused by name.
+    let out = Command::new(ferry_bin()).args(["restore", "-D", &img]).stdin(Stdio::null()).output().expect("run ferry");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("pty /dev/pts/0") && err.contains("orphan_pts_master"),
+        "ferry restore of a container console without a client to take it: {err}"
+    );
     run(
         &[
             "restore",
