@@ -36,6 +36,9 @@ pub struct DumpOptions {
     pub skip_in_flight: bool,
     /// The tree was started from a terminal outside it (`--shell-job`): record, not refuse.
     pub shell_job: bool,
+    /// CRIU's `orphan_pts_master` (runc sends it): a pty slave whose master is outside the tree
+    /// (a container's console) is kept as an orphan pair instead of refused (state/tty.rs).
+    pub orphan_pts_master: bool,
     /// With `leave_running`: leave every process of the tree stopped (SIGSTOP) instead of
     /// running (`--leave-stopped`).
     pub leave_stopped: bool,
@@ -403,7 +406,7 @@ pub fn dump_with(
     // (in the tree's ipc namespace: the segments' ids are its)
     crate::state::ipcns::in_tree_ipc(root, || crate::state::sysvshm::collect(&mut procs, &mut img))?;
     let ext_ttys = crate::state::external::tty_keys(&opts.external);
-    let shell_job = tty::finish(&mut procs, &mut tree.tty, opts.shell_job, &ext_ttys)?;
+    let shell_job = tty::finish(&mut procs, &mut tree.tty, opts.shell_job, opts.orphan_pts_master, &ext_ttys)?;
     crate::state::unix::finish(&mut procs, &mut tree.unix, &crate::state::external::unix_inodes(&opts.external))?;
     // Pids as ferry sees them, to read memory; the image keeps the namespace's own.
     let host_pids: Vec<i32> = frozen.iter().map(|f| f.pid).collect();

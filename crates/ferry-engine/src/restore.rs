@@ -59,15 +59,23 @@ pub struct RestoreOptions {
     /// CRIU's `rst_sibling` (`ferry swrk`): the restored root becomes a child of ferry's parent
     /// (the RPC client, e.g. runc, which waits for it), not of ferry (`clone3(CLONE_PARENT)`).
     pub sibling: bool,
+    /// CRIU's `orphan_pts_master`: the caller takes the master of every orphan pty pair of the
+    /// image (a container's console) at [`Stage::OrphanPtsMaster`]; without it such an image is
+    /// refused (state/tty.rs).
+    pub orphan_pts_master: bool,
 }
 
 /// A point of the restore at which a caller may act: CRIU's notifications, which `ferry swrk`
 /// forwards to its client (runc runs the container's hooks at "setup-namespaces").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
+#[derive(Debug, Clone, Copy)]
+pub enum Stage<'a> {
     /// Every process of the tree exists (in its namespaces), stopped before any of its own
     /// state is rebuilt; `pid` is the root's pid as this host sees it.
     SetupNamespaces { pid: i32 },
+    /// The new master of an orphan pty pair (its master was outside the dumped tree: a
+    /// container's console), before any process of the tree exists: `fd` is ferry's, valid
+    /// during the call (the caller passes it on, e.g. over CRIU's RPC to runc's console socket).
+    OrphanPtsMaster { index: u32, fd: std::os::fd::BorrowedFd<'a> },
 }
 
 /// A restored, running process.
@@ -595,7 +603,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, Error> {
 /// tree is killed, nothing of it runs).
 pub fn restore_notify(
     opts: &RestoreOptions,
-    notify: &mut dyn FnMut(Stage) -> Result<(), String>,
+    notify: &mut dyn for<'a> FnMut(Stage<'a>) -> Result<(), String>,
 ) -> Result<Restored, Error> {
     let t0 = Instant::now();
     let (img, mut procs) = open_verified_but_pages(&opts.dir, opts.trusted.as_deref())?;
@@ -603,6 +611,7 @@ pub fn restore_notify(
     if opts.tcp_close {
         crate::state::inet::close_connections(&mut procs);
     }
+    tty::check_orphans(&procs, opts.orphan_pts_master)?;
     let root = procs[0].pid;
     let _span = tracing::info_span!("restore", pid = root).entered();
     tracing::info!(?verify, processes = procs.len(), "image verified");
@@ -656,6 +665,7 @@ pub fn restore_notify(
     let host_proc = raw::dup_above(host_proc.as_fd(), base).ctx(|| "cannot move an fd".into())?;
     // From here to the fork, ferry's thread is in the tree's namespaces: its files, sockets
     // and terminals are opened there, and the tree inherits them (state/namespaces.rs).
+    tty::forget_early_masters();
     let mut entered = crate::state::namespaces::enter(&img, &opts.ns)?;
     let userns = match entered.as_ref().and_then(|e| e.userns.as_ref()) {
         Some(fd) => Some(raw::dup_above(fd.as_fd(), base).ctx(|| "cannot move an fd".into())?),
@@ -663,8 +673,18 @@ pub fn restore_notify(
     };
     let all_pipes: Vec<ferry_image::Pipe> = procs.iter().flat_map(|p| p.pipes.iter().cloned()).collect();
     let inherit = crate::state::external::Inherit::new(&opts.inherit_fds)?;
+    // (An external namespace's key names the namespace joined above, not a file.)
+    for k in img.inventory().namespaces.iter().flat_map(|n| n.kinds.iter()).filter(|k| !k.external.is_empty()) {
+        inherit.mark_used(&k.external);
+    }
     let pipes = pipes::prepare(root, &all_pipes, &|ino| inherit.has_pipe(ino))?;
     let ttys = tty::prepare(&img, &procs, base, opts.shell_job)?;
+    for (index, fd) in ttys.orphan_masters() {
+        notify(Stage::OrphanPtsMaster { index, fd }).map_err(|what| Error::Invalid {
+            object: format!("pty /dev/pts/{index}"),
+            what: format!("handing its new master to the client failed: {what}"),
+        })?;
+    }
     let mut unix = crate::state::unix::prepare(&procs)?;
     let mut shared = std::collections::HashMap::new();
     let mut shmem = std::collections::HashMap::new();

@@ -1360,6 +1360,12 @@ pub struct Pty {
     #[prost(bytes = "vec", tag = "426")]
     #[serde(serialize_with = "crate::hex::serialize")]
     pub input: Vec<u8>,
+    /// The master was outside the tree (a container's console, held by runc's console socket
+    /// or conmon; CRIU's `orphan_pts_master`): only the slave side was saved (settings, window
+    /// size, node, session), no queued bytes. Restore opens a new pair and hands its master to
+    /// the client that asked for it.
+    #[prost(bool, tag = "530")]
+    pub orphan: bool,
 }
 
 /// A TCP or UDP socket over IPv4 or IPv6: what restore needs to recreate it with socket(),

@@ -240,6 +240,14 @@ impl Inherit {
         self.by_key.contains_key(&format!("pipe:[{ino}]"))
     }
 
+    /// Count `key` as used by something other than a file (an external namespace joined by
+    /// state/namespaces.rs: runc's `extRootNetNS`).
+    pub fn mark_used(&self, key: &str) {
+        if self.by_key.contains_key(key) {
+            self.used.borrow_mut().insert(key.to_string());
+        }
+    }
+
     /// Warn about every key that matched no file of the image.
     pub fn warn_unused(&self) {
         let used = self.used.borrow();

@@ -262,7 +262,13 @@ impl Builder<'_> {
             let of =
                 self.made.get(&r.bind_of).ok_or_else(|| format!("bind of mount {} that was not made", r.bind_of))?;
             let rel = under(&r.root, &of.root).ok_or_else(|| format!("{} is not below {}", r.root, of.root))?;
-            Some(inside(&inside(&self.root, &of.mountpoint), &rel))
+            let src = inside(&inside(&self.root, &of.mountpoint), &rel);
+            if of.fstype == "devpts" && std::fs::symlink_metadata(&src).is_err() {
+                // A pty slave bound elsewhere (runc's /dev/console): its pair is made now, in
+                // the new devpts instance, and restore's terminal code takes it (state/tty.rs).
+                crate::state::tty::open_for_bind(&inside(&self.root, &of.mountpoint), &rel)?;
+            }
+            Some(src)
         } else {
             None
         };

@@ -40,7 +40,7 @@ use ferry_image::{File, FileKind, Process, Pty, TtyShellJob};
 use ferry_sys::tty as sys;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
 /// Terminal devices: /dev/ttyN and serial lines (4), /dev/tty, /dev/console, /dev/ptmx (5),
 /// /dev/pts/N (136-143).
@@ -79,6 +79,10 @@ struct TermFd {
     termios: Vec<u8>,
     /// TIOCGEXCL through the fd.
     exclusive: bool,
+    /// The window size (rows, cols, xpixel, ypixel), read through the fd.
+    winsize: [u16; 4],
+    /// The process that holds it.
+    pid: i32,
 }
 
 /// What the fd tables of the tree hold on terminals, gathered while collecting.
@@ -322,6 +326,8 @@ pub fn collect(pid: i32, fd: i32, link: &str, rdev: u64, file: &mut File, tree: 
         index,
         termios: sys::get_termios(copy.as_fd()).unwrap_or_default(),
         exclusive: sys::get_int(copy.as_fd(), libc::TIOCGEXCL).unwrap_or(0) != 0,
+        winsize: sys::get_winsize(copy.as_fd()).unwrap_or_default(),
+        pid,
     });
     Ok(())
 }
@@ -341,12 +347,19 @@ fn shell_job_refusal(pid: i32, what: String) -> Error {
 /// keys, state/external.rs) is kept on any fd as an `Inherited` file with that key: restore
 /// takes it from `--inherit-fd fd[N]:tty[RDEV:DEV]`. (A controlling terminal outside still needs
 /// `--shell-job`.)
+///
+/// With `orphan_pts` (CRIU's `orphan_pts_master`, sent by runc): a pty slave whose master is
+/// outside the tree (a container's console) is kept as an orphan pair (see [`orphans`]).
 pub fn finish(
     procs: &mut [Process],
     tree: &mut TreeTty,
     shell_job: bool,
+    orphan_pts: bool,
     external: &std::collections::HashSet<String>,
 ) -> Result<Option<TtyShellJob>, Error> {
+    if orphan_pts {
+        orphans(procs, tree)?;
+    }
     // What the slaves tell about their pair: exclusive mode, and input nobody has read.
     for t in &tree.terms {
         let Some(pty) = t.index.and_then(|i| tree.masters.get_mut(&i)) else { continue };
@@ -367,6 +380,14 @@ pub fn finish(
                         continue;
                     }
                     f.describe.clone()
+                }
+                // /dev/tty of a process whose controlling terminal is a pair of the image: a
+                // description of that pair's slave (what the kernel gives on open).
+                Ok(FileKind::Inherited) if f.path == "/dev/tty" && ctty_pair(p.tty_nr, tree).is_some() => {
+                    f.kind = FileKind::PtySlave as i32;
+                    f.pty = ctty_pair(p.tty_nr, tree).cloned();
+                    f.describe = format!("/dev/tty (controlling terminal {})", tty_name(p.tty_nr as u64));
+                    continue;
                 }
                 // A terminal other than a pty slave (pipes and sockets have no path).
                 Ok(FileKind::Inherited) if f.path.starts_with("/dev/") => f.path.clone(),
@@ -450,6 +471,111 @@ pub fn finish(
     }))
 }
 
+/// The image's pair that is controlling terminal `tty_nr` (of /proc/PID/stat), if any.
+fn ctty_pair(tty_nr: u32, tree: &TreeTty) -> Option<&Pty> {
+    pts_index(tty_nr as u64).and_then(|i| tree.masters.get(&i)).filter(|_| tty_nr != 0)
+}
+
+/// Pty slaves of the tree whose master is outside it (a container's console: runc's console
+/// socket or conmon holds the master) become orphan pairs of the image, as CRIU does with
+/// `orphan_pts_master`: the slave's settings, window size and node, the session it is the
+/// controlling terminal of and that session's foreground group. The bytes queued in the pair
+/// cannot be read without the master and are not kept.
+fn orphans(procs: &[Process], tree: &mut TreeTty) -> Result<(), Error> {
+    for t in &tree.terms {
+        let Some(index) = t.index.filter(|i| !tree.masters.contains_key(i)) else { continue };
+        let is_ctty = |p: &&Process| p.tty_nr != 0 && pts_index(p.tty_nr as u64) == Some(index);
+        let leader = procs.iter().filter(is_ctty).find(|p| p.sid == p.pid && !p.zombie);
+        let foreground_pgrp = match leader {
+            Some(l) => {
+                let stat = crate::procfs::read_string(l.pid, "stat")?;
+                crate::procfs::parse(l.pid, "stat", ferry_proc::parse_stat(&stat))?.tpgid.max(0)
+            }
+            None => 0,
+        };
+        let node = format!("/dev/pts/{index}");
+        let md = std::fs::metadata(crate::procfs::in_root(t.pid, &node))
+            .ctx(|| format!("pid {}: pty slave {}: cannot stat {node}", t.pid, t.name))?;
+        tracing::info!(
+            index,
+            session = leader.map(|l| l.pid),
+            "pty slave whose master is outside the tree: kept as an orphan pair"
+        );
+        let [rows, cols, xpixel, ypixel] = t.winsize.map(u32::from);
+        tree.masters.insert(
+            index,
+            Pty {
+                index,
+                termios: t.termios.clone(),
+                rows,
+                cols,
+                xpixel,
+                ypixel,
+                session: leader.map_or(0, |l| l.pid),
+                foreground_pgrp,
+                slave_mode: Some(md.mode() & 0o7777),
+                slave_uid: md.uid(),
+                slave_gid: md.gid(),
+                orphan: true,
+                ..Default::default()
+            },
+        );
+    }
+    Ok(())
+}
+
+/// Masters opened before the terminals are set up (by index in the tree's devpts instance):
+/// the mount code needs a slave node to exist to bind it (runc bind-mounts the console's slave
+/// onto /dev/console) before [`prepare`] runs; [`set_up_pair`] takes them.
+static EARLY_MASTERS: std::sync::Mutex<Vec<(u32, OwnedFd)>> = std::sync::Mutex::new(Vec::new());
+
+/// Make slave `rel` ("N") of the devpts instance mounted at `devpts` exist: open that
+/// instance's ptmx until it hands out index N (lower indexes opened on the way are closed
+/// again), and keep the master for [`set_up_pair`].
+pub fn open_for_bind(devpts: &std::path::Path, rel: &str) -> Result<(), String> {
+    let index: u32 = rel.trim_matches('/').parse().map_err(|_| format!("devpts file {rel:?} is not a pty slave"))?;
+    let ptmx = devpts.join("ptmx");
+    let mut lower = Vec::new();
+    for _ in 0..=index {
+        let m = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(&ptmx)
+            .map_err(|e| format!("cannot open {} to make /dev/pts/{index}: {e}", ptmx.display()))?;
+        let m = OwnedFd::from(m);
+        let got = sys::get_int(m.as_fd(), libc::TIOCGPTN).map_err(|e| format!("{}: TIOCGPTN: {e}", ptmx.display()))?;
+        match (got as u32).cmp(&index) {
+            std::cmp::Ordering::Less => lower.push(m),
+            std::cmp::Ordering::Equal => {
+                EARLY_MASTERS.lock().unwrap_or_else(|p| p.into_inner()).push((index, m));
+                return Ok(());
+            }
+            std::cmp::Ordering::Greater => break,
+        }
+    }
+    Err(format!("{} did not hand out /dev/pts/{index} (it is taken)", ptmx.display()))
+}
+
+/// Before anything of a restore is done: an image with an orphan pair (a container's console)
+/// needs a caller that takes the new master (`orphan_pts`: CRIU RPC's `orphan_pts_master`).
+pub fn check_orphans(procs: &[Process], orphan_pts: bool) -> Result<(), Error> {
+    let orphan = procs.iter().flat_map(|p| p.files.iter()).find_map(|f| f.pty.as_ref().filter(|t| t.orphan));
+    match orphan {
+        Some(pty) if !orphan_pts => Err(Error::Invalid {
+            object: format!("pty /dev/pts/{}", pty.index),
+            what: "its master was outside the dump (a container's console): only a client that takes the new master can restore it (CRIU RPC orphan_pts_master, as runc sends)".into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Drop the masters [`open_for_bind`] made that no pair took (a restore that failed midway, or
+/// a bound slave of no pair of the image): each restore starts and ends with none.
+pub fn forget_early_masters() {
+    EARLY_MASTERS.lock().unwrap_or_else(|p| p.into_inner()).clear();
+}
+
 /// A pair created for the restore: its master and a spare slave description, both at numbers at
 /// or above the restore's fd base so every forked process inherits them.
 struct Pair {
@@ -470,8 +596,15 @@ pub struct Restore {
 
 fn set_up_pair(pty: &Pty, base: i32) -> Result<Pair, Error> {
     let obj = || format!("pty /dev/pts/{} (new pair)", pty.index);
-    let master = ferry_sys::process::open_raw(c"/dev/ptmx", libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC, 0)
-        .ctx(|| format!("{}: cannot open /dev/ptmx", obj()))?;
+    let early = {
+        let mut e = EARLY_MASTERS.lock().unwrap_or_else(|p| p.into_inner());
+        e.iter().position(|(i, _)| *i == pty.index).map(|at| e.swap_remove(at).1)
+    };
+    let master = match early {
+        Some(m) => m,
+        None => ferry_sys::process::open_raw(c"/dev/ptmx", libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC, 0)
+            .ctx(|| format!("{}: cannot open /dev/ptmx", obj()))?,
+    };
     let master = ferry_sys::raw::dup_above(master.as_fd(), base).ctx(obj)?;
     sys::set_int(master.as_fd(), libc::TIOCSPTLCK, 0).ctx(|| format!("{}: unlock", obj()))?;
     let slave = sys::open_peer(master.as_fd(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)
@@ -506,6 +639,9 @@ fn set_up_pair(pty: &Pty, base: i32) -> Result<Pair, Error> {
 }
 
 /// In ferry, before forking: create every pair of the image; check and prepare a shell job.
+///
+/// An orphan pair (its master was outside the tree) is created too (the client takes its
+/// master: [`Restore::orphan_masters`]; [`check_orphans`] refused the image before if it cannot).
 pub fn prepare(
     img: &ferry_image::ImageReader,
     procs: &[Process],
@@ -514,11 +650,15 @@ pub fn prepare(
 ) -> Result<Restore, Error> {
     let mut r = Restore::default();
     for f in procs.iter().flat_map(|p| p.files.iter()) {
-        let Some(pty) = f.pty.as_ref().filter(|_| f.kind == FileKind::PtyMaster as i32) else { continue };
+        let Some(pty) = f.pty.as_ref() else { continue };
+        if f.kind != FileKind::PtyMaster as i32 && !pty.orphan {
+            continue;
+        }
         if let std::collections::hash_map::Entry::Vacant(e) = r.pairs.entry(pty.index) {
             e.insert(set_up_pair(pty, base)?);
         }
     }
+    forget_early_masters();
     let root = procs.first().map(|p| p.pid).unwrap_or(0);
     if let Some(job) = &img.inventory().shell_job {
         if !shell_job {
@@ -547,6 +687,16 @@ pub fn prepare(
         r.shell_job = Some(job.clone());
     }
     Ok(r)
+}
+
+impl Restore {
+    /// The masters of the orphan pairs (dump-time index, fd in ferry), for the client.
+    pub fn orphan_masters(&self) -> Vec<(u32, BorrowedFd<'_>)> {
+        let mut v: Vec<_> =
+            self.pairs.iter().filter(|(_, p)| p.pty.orphan).map(|(i, p)| (*i, p.master.as_fd())).collect();
+        v.sort_by_key(|(i, _)| *i);
+        v
+    }
 }
 
 /// Open a new description of a pty end for a `PtyMaster`/`PtySlave` file of the image.

@@ -92,14 +92,26 @@ impl Conn {
 
     /// Send a notification ("post-dump" ...) and wait for the client's acknowledgement.
     fn notify(&self, script: &str, pid: Option<i32>) -> Result<()> {
-        tracing::info!(script, ?pid, "notify");
+        self.notify_with(script, pid, None)
+    }
+
+    /// [`Conn::notify`], with `fd` attached (SCM_RIGHTS) when given: CRIU's "orphan-pts-master"
+    /// carries the new master of a container's console this way.
+    fn notify_with(&self, script: &str, pid: Option<i32>, fd: Option<std::os::fd::BorrowedFd<'_>>) -> Result<()> {
+        tracing::info!(script, ?pid, with_fd = fd.is_some(), "notify");
         let resp = CriuResp {
             r#type: CriuReqType::Notify as i32,
             success: true,
             notify: Some(CriuNotify { script: Some(script.into()), pid }),
             ..Default::default()
         };
-        self.send(&resp)?;
+        match fd {
+            Some(fd) => {
+                ferry_sys::unixsock::send_rights(self.sock.as_fd(), &resp.encode_to_vec(), None, &[fd])
+                    .with_context(|| format!("notification {script}: cannot send it with its fd"))?;
+            }
+            None => self.send(&resp)?,
+        }
         let bytes = self
             .recv()
             .with_context(|| format!("notification {script}: cannot read the client's answer"))?
@@ -328,6 +340,7 @@ fn dump(conn: &Conn, o: &CriuOpts, dirs: &Dirs) -> Result<CriuResp> {
         tcp_established: on(o.tcp_established),
         skip_in_flight: on(o.tcp_skip_in_flight),
         shell_job: on(o.shell_job),
+        orphan_pts_master: on(o.orphan_pts_master),
         leave_stopped: on(o.leave_stopped),
         // As `ferry dump -R`: the tree runs again once a copy-on-write snapshot is taken.
         snapshot: true,
@@ -381,11 +394,6 @@ fn restore(conn: &Conn, o: &CriuOpts, dirs: &Dirs) -> Result<CriuResp> {
     let root = o.root.as_deref().filter(|r| !r.is_empty()).map(PathBuf::from);
     let ns = super::restore_ns(&external, &ext_mnt_pairs(o), &inherit, root);
     let inherit_fds = super::unique_inherit(&inherit);
-    if on(o.orphan_pts_master) {
-        // Nothing to do: a dump refuses a terminal whose master is outside the tree, so no
-        // restored terminal is ever orphaned.
-        tracing::debug!("orphan_pts_master: no orphaned terminal in a ferry image");
-    }
     let cgroups = cgroup_mode(o, &dirs.images)?;
     let opts = ferry_engine::restore::RestoreOptions {
         dir: dirs.images.clone(),
@@ -396,14 +404,20 @@ fn restore(conn: &Conn, o: &CriuOpts, dirs: &Dirs) -> Result<CriuResp> {
         cgroups,
         trusted: None,
         sibling: on(o.rst_sibling),
+        orphan_pts_master: on(o.orphan_pts_master),
         ns,
         inherit_fds,
         external,
     };
-    let mut hook = |stage: ferry_engine::restore::Stage| -> std::result::Result<(), String> {
+    let mut hook = |stage: ferry_engine::restore::Stage<'_>| -> std::result::Result<(), String> {
         match stage {
             ferry_engine::restore::Stage::SetupNamespaces { pid } if notify => {
                 conn.notify("setup-namespaces", Some(pid)).map_err(|e| format!("{e:#}"))
+            }
+            // (Sent whether or not the client asked for notifications, as CRIU does: runc
+            // passes the master on to its console socket.)
+            ferry_engine::restore::Stage::OrphanPtsMaster { fd, .. } => {
+                conn.notify_with("orphan-pts-master", None, Some(fd)).map_err(|e| format!("{e:#}"))
             }
             _ => Ok(()),
         }

@@ -684,6 +684,7 @@ fn handle(mut sec: Secure, limits: &Limits, dir: &Path) -> Result<Option<i32>> {
         cgroups: true,
         trusted: None,
         sibling: false,
+        orphan_pts_master: false,
         ns: Default::default(),
         inherit_fds: Vec::new(),
         external: Vec::new(),

@@ -170,6 +170,7 @@ pub fn migrate(o: &MigrateOptions) -> Result<()> {
         tcp_established: o.tcp_established,
         skip_in_flight: false,
         shell_job: false,
+        orphan_pts_master: false,
         leave_stopped: false,
         freeze_timeout: Duration::from_secs(10),
         sign: None,

@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod runtimes;
+mod scenarios;
 
 /// A `ferry swrk FD` server and the client end of its socket.
 struct Swrk {

@@ -19,12 +19,12 @@ const JOB: &str =
 
 /// PATH with ferry's `criu` first and without the sbin directories (where Debian's real CRIU
 /// is): ferry is the only `criu` there.
-fn path_with_ferry(bin: &Path) -> String {
+pub(super) fn path_with_ferry(bin: &Path) -> String {
     format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display())
 }
 
 /// A busybox-static root filesystem in `dir`: /bin with the applets the job uses, /www.
-fn busybox_rootfs(dir: &Path) {
+pub(super) fn busybox_rootfs(dir: &Path) {
     let busybox = need("busybox", "busybox-static");
     let bin = dir.join("bin");
     fs::create_dir_all(&bin).expect("create rootfs/bin");
@@ -38,7 +38,7 @@ fn busybox_rootfs(dir: &Path) {
     fs::write(dir.join("www/index.html"), "ferry-ok\n").expect("write index.html");
 }
 
-fn run_cmd(cmd: &mut Command, what: &str) -> Output {
+pub(super) fn run_cmd(cmd: &mut Command, what: &str) -> Output {
     let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
     if !out.status.success() {
         panic!(
@@ -52,12 +52,12 @@ fn run_cmd(cmd: &mut Command, what: &str) -> Output {
 }
 
 /// The counter of the container whose init is `pid` (read through /proc/PID/root).
-fn counter(pid: i32) -> Option<u64> {
+pub(super) fn counter(pid: i32) -> Option<u64> {
     fs::read_to_string(format!("/proc/{pid}/root/tmp/count")).ok()?.trim().parse().ok()
 }
 
 /// Wait until the counter of `pid` is at least `n`; its value.
-fn wait_counter(pid: i32, n: u64, what: &str) -> u64 {
+pub(super) fn wait_counter(pid: i32, n: u64, what: &str) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(c) = counter(pid).filter(|&c| c >= n) {
@@ -86,14 +86,14 @@ fn http_get(pid: i32) -> String {
 }
 
 /// A runc container and its state directory; deleted on drop.
-struct Runc {
-    state: PathBuf,
-    id: String,
-    criu: PathBuf,
+pub(super) struct Runc {
+    pub(super) state: PathBuf,
+    pub(super) id: String,
+    pub(super) criu: PathBuf,
 }
 
 impl Runc {
-    fn cmd(&self) -> Command {
+    pub(super) fn cmd(&self) -> Command {
         let mut c = Command::new(need("runc", "runc"));
         c.arg("--root").arg(&self.state).arg("--criu").arg(&self.criu);
         c.env("PATH", path_with_ferry(self.criu.parent().unwrap_or(Path::new("/"))));
@@ -101,7 +101,7 @@ impl Runc {
     }
 
     /// The container's init pid (`runc state`).
-    fn pid(&self) -> i32 {
+    pub(super) fn pid(&self) -> i32 {
         let out = run_cmd(self.cmd().args(["state", &self.id]), "runc state");
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("runc state prints JSON");
         v["pid"].as_i64().unwrap_or(0) as i32
@@ -159,7 +159,7 @@ impl Drop for Runc {
 }
 
 /// A busybox bundle for runc (`runc spec` plus our job) in W/bundle.
-fn runc_bundle(w: &WorkDir) -> PathBuf {
+pub(super) fn runc_bundle(w: &WorkDir) -> PathBuf {
     let bundle = w.join("bundle");
     busybox_rootfs(&bundle.join("rootfs"));
     run_cmd(Command::new(need("runc", "runc")).arg("spec").current_dir(&bundle), "runc spec");
@@ -258,16 +258,16 @@ fn runc_checkpoint_restore_counter_and_httpd() {
 }
 
 /// Podman 4.3 with runc and an isolated store (vfs, cgroupfs), ferry the only criu in PATH.
-struct Podman {
-    base: PathBuf,
-    bin: PathBuf,
-    name: String,
-    image: String,
+pub(super) struct Podman {
+    pub(super) base: PathBuf,
+    pub(super) bin: PathBuf,
+    pub(super) name: String,
+    pub(super) image: String,
 }
 
 impl Podman {
     /// A busybox root filesystem built in `w`, imported as this test's image (no registry).
-    fn import_busybox(&self, w: &WorkDir) {
+    pub(super) fn import_busybox(&self, w: &WorkDir) {
         let rootfs = w.join("rootfs");
         busybox_rootfs(&rootfs);
         let tar = w.join("rootfs.tar");
@@ -275,7 +275,7 @@ impl Podman {
         self.run(&["import", &path_str(&tar), &self.image], "import");
     }
 
-    fn new(w: &WorkDir) -> Podman {
+    pub(super) fn new(w: &WorkDir) -> Podman {
         need("podman", "podman");
         let tag = std::process::id();
         Podman {
@@ -286,7 +286,7 @@ impl Podman {
         }
     }
 
-    fn cmd(&self) -> Command {
+    pub(super) fn cmd(&self) -> Command {
         let mut c = Command::new(need("podman", "podman"));
         c.arg("--root")
             .arg(self.base.join("storage"))
@@ -295,21 +295,24 @@ impl Podman {
             .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--runtime", "runc"])
             .args(["--events-backend", "file", "--tmpdir"])
             .arg(self.base.join("tmp"))
+            // (Networks this test defines live here: see scenarios.rs.)
+            .arg("--network-config-dir")
+            .arg(self.base.join("net"))
             .env("PATH", path_with_ferry(&self.bin));
         c
     }
 
-    fn run(&self, args: &[&str], what: &str) -> Output {
+    pub(super) fn run(&self, args: &[&str], what: &str) -> Output {
         run_cmd(self.cmd().args(args), &format!("podman {what}"))
     }
 
-    fn pid(&self) -> i32 {
+    pub(super) fn pid(&self) -> i32 {
         let out = self.run(&["inspect", "-f", "{{.State.Pid}}", &self.name], "inspect");
         String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
     }
 
     /// The log of the last checkpoint or restore (runc's work dir is the container's userdata).
-    fn logs(&self) -> String {
+    pub(super) fn logs(&self) -> String {
         let mut s = String::new();
         for name in ["dump.log", "restore.log"] {
             let out = self.cmd().args(["inspect", "-f", "{{.StaticDir}}", &self.name]).output();
