@@ -130,8 +130,9 @@ fn shared_memory_held_or_marked() {
 }
 
 /// ferry killed once the tree runs again, while it writes the pages from the snapshot
-/// (FERRY_FAULT=kill-after-resume): the process runs on, untraced, with no live child left (the
-/// kernel kills the snapshot with its tracer: PTRACE_O_EXITKILL), and its memory is intact.
+/// (FERRY_FAULT=kill-after-resume): the process runs on, untraced, with no child left at all
+/// (the kernel kills the snapshot with its tracer, PTRACE_O_EXITKILL, and ferry's guard,
+/// `ferry __snapshot-guard`, has the process reap it), and its memory is intact.
 #[test]
 fn ferry_killed_during_snapshot_dump() {
     let spec = Spec::c("dirtier").args(&["64", "100000"]).ready_timeout(Duration::from_secs(60));
@@ -143,9 +144,7 @@ fn ferry_killed_during_snapshot_dump() {
         run.fail("ferry dump -R succeeded although it was to kill itself once the tree ran again");
     }
     run.expect_running_untraced("after ferry died in dump -R");
-    wait_for("the snapshot to die with ferry", Duration::from_secs(10), || {
-        children(run.pid).iter().all(|&(_, s)| s == 'Z')
-    });
+    wait_for("the snapshot to die with ferry and be reaped", Duration::from_secs(20), || children(run.pid).is_empty());
     if img.join("inventory.img").exists() {
         run.fail("a dump whose ferry was killed left a complete-looking image");
     }
@@ -214,4 +213,33 @@ fn cow_sharing_found_between_snapshots() {
     }
     kill_workload(&mut run);
     run.restore_and_verify("cow after dump -R");
+}
+
+/// The VmFlags (smaps: a walk of the page tables, as long as the fork for a large process) are
+/// not read under the freeze but from the snapshot once the tree runs again; what the fork did
+/// not copy is found without them, from the pages. memlayout's fixed layout (a WIPEONFORK and a
+/// MAP_DROPPABLE mapping with pages, no mlock) must show both found while frozen and the flags
+/// read from the snapshot after the tree ran again, and restore byte for byte and flag for flag.
+#[test]
+fn vm_flags_read_from_snapshot() {
+    let mut run = Run::start(&Spec::c("memlayout").args(&["0"]));
+    let img = run.img();
+    let res = run.dump_to("dump", &img, &["-R", "-v"]);
+    if !res.status.success() {
+        run.fail(&format!("ferry dump -R failed: {}", describe(res.status)));
+    }
+    let at = |what: &str| res.stderr.lines().position(|l| l.contains(what));
+    let (left, resumed, read) = (at("VmFlags left for the snapshot"), at("running again"), at("VmFlags read"));
+    let wiped = res.stderr.lines().any(|l| l.contains("VmFlags left for the snapshot") && l.contains("wiped=2"));
+    let from_snapshot =
+        read.is_some_and(|i| !res.stderr.lines().nth(i).unwrap_or("").contains(&format!("from={}", run.pid)));
+    match (left, resumed, read) {
+        (Some(l), Some(r), Some(d)) if l < r && r < d && wiped && from_snapshot => {}
+        _ => {
+            run.fail(&format!("VmFlags not left out of the freeze (or the wiped mappings not found):\n{}", res.stderr))
+        }
+    }
+    run.expect_running_untraced("after dump -R");
+    kill_workload(&mut run);
+    run.restore_and_verify("memlayout 0 with VmFlags from the snapshot");
 }
