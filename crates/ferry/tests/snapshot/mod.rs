@@ -54,11 +54,21 @@ fn inventory_says_snapshot(run: &mut Run) -> bool {
 /// dump must freeze it for less than a tenth of its own duration, the process must run on
 /// (untraced, its snapshot child gone), and the image must restore to memory in which every page
 /// matches the generation array: memory read while the process runs would mix pages and
-/// generations from different moments, and fails that check.
+/// generations from different moments, and fails that check. Also with the writes done by 4
+/// threads at once ("threads"), and with small mappings unmapped, mapped anew and moved by
+/// mremap throughout ("churn": what a write-protection snapshot could not keep).
 #[test]
 fn frozen_briefly_memory_exact() {
     let _heavy = heavy_lock();
-    let spec = Spec::c("dirtier").args(&["256", "400000"]).ready_timeout(Duration::from_secs(90));
+    for mode in [None, Some("threads"), Some("churn")] {
+        frozen_briefly_memory_exact_in(mode);
+    }
+}
+
+fn frozen_briefly_memory_exact_in(mode: Option<&str>) {
+    let mut args = vec!["256", "400000"];
+    args.extend(mode);
+    let spec = Spec::c("dirtier").args(&args).ready_timeout(Duration::from_secs(90));
     let mut run = Run::start(&spec);
     std::thread::sleep(Duration::from_millis(300));
     let img = run.img();
@@ -69,7 +79,7 @@ fn frozen_briefly_memory_exact() {
     let Some((total, frozen)) = times(&res.stderr) else {
         run.fail("ferry dump -v printed no 'in T ms (frozen F ms)' line");
     };
-    eprintln!("dump -R of 256 MiB being written: total {total:.1} ms, frozen {frozen:.1} ms");
+    eprintln!("dump -R of 256 MiB being written ({mode:?}): total {total:.1} ms, frozen {frozen:.1} ms");
     if frozen * 10.0 >= total {
         run.fail(&format!("frozen {frozen:.1} ms of a {total:.1} ms dump: not less than a tenth"));
     }
@@ -83,7 +93,7 @@ fn frozen_briefly_memory_exact() {
     }
     // It kept writing meanwhile: the image must still hold the memory at the freeze.
     kill_workload(&mut run);
-    run.restore_and_verify("ferry restore of a dump -R taken from a snapshot");
+    run.restore_and_verify(&format!("ferry restore of a dump -R taken from a snapshot ({mode:?})"));
 }
 
 /// What a fork does not copy (MADV_DONTFORK: absent from the snapshot; MADV_WIPEONFORK and
