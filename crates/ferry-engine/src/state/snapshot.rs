@@ -24,8 +24,11 @@
 //! could see meanwhile: one more child in /proc (`task/*/children`, its pid taken), which a
 //! `wait` with `__WALL` or `__WCLONE` would report as stopped (ptrace stops are not reported to
 //! a real parent; only its exit). If ferry is killed during the dump, the kernel kills the
-//! snapshot (PTRACE_O_EXITKILL) and it stays a zombie child of the target until the target
-//! reaps with `__WALL`/`__WCLONE` or exits.
+//! snapshot (PTRACE_O_EXITKILL) and the guard (`ferry __snapshot-guard`, below) has the target
+//! reap it.
+//!
+//! The VmFlags (smaps, a walk of every page table) are read from the snapshot once the tree runs
+//! again, when the fork kept them all ([`flags_later`], [`Snapshot::settle`]).
 
 use crate::error::{Ctx, Error};
 use crate::inject::Injector;
@@ -120,23 +123,27 @@ pub fn guard_main() {
     }
 }
 
+/// Have `target` reap its dead snapshot `snap` (`inner` in its namespace): a moment's freeze
+/// and an injected `wait4(inner, __WALL | WNOHANG)`, whose result is returned.
+fn reap_in(target: i32, snap: i32, inner: i32) -> Result<u64, Error> {
+    let flags = (libc::__WALL | libc::WNOHANG) as u64;
+    crate::dump::with_injector(target, |inj, _| {
+        inj.call(nr::WAIT4, &[inner as u64, 0, flags, 0])
+            .ctx(|| format!("pid {target}: cannot reap its snapshot {snap} (injected wait4)"))
+    })
+}
+
 /// The snapshot `snap` (`inner` in its target's namespace) of `target` (started at `start`),
 /// whose ferry died: once it is dead (ferry's death kills it), its target reaps it.
 fn reap_orphan(snap: i32, target: i32, start: u64, inner: i32) -> Result<(), Error> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let state = procfs::read_string(snap, "stat").ok().and_then(|t| Some(t.rsplit_once(") ")?.1.chars().next()?));
+        let state = procfs::read_string(snap, "stat").ok().and_then(|t| t.rsplit_once(") ")?.1.chars().next());
         if start_time(target) != Some(start) || state.is_none() {
             return Ok(()); // (the target is gone, or the snapshot was reaped)
         }
         let reaped = match state {
-            Some('Z' | 'X') => {
-                let flags = (libc::__WALL | libc::WNOHANG) as u64;
-                crate::dump::with_injector(target, |inj, _| {
-                    inj.call(nr::WAIT4, &[inner as u64, 0, flags, 0])
-                        .ctx(|| format!("pid {target}: cannot reap its snapshot {snap} (injected wait4)"))
-                })
-            }
+            Some('Z' | 'X') => reap_in(target, snap, inner),
             _ => Ok(0),
         };
         match reaped {
@@ -395,11 +402,7 @@ impl Snapshot {
             }
         }
         let t = Instant::now();
-        let flags = (libc::__WALL | libc::WNOHANG) as u64;
-        let got = crate::dump::with_injector(target, |inj, _| {
-            inj.call(nr::WAIT4, &[inner as u64, 0, flags, 0])
-                .ctx(|| format!("pid {target}: cannot reap its snapshot {pid} (injected wait4)"))
-        });
+        let got = reap_in(target, pid, inner);
         let frozen = t.elapsed();
         if matches!(got, Ok(r) if r == inner as u64)
             || matches!(got, Err(Error::NoProcess { .. } | Error::Exited { .. }))

@@ -72,16 +72,23 @@ fn frozen_briefly_memory_exact_in(mode: Option<&str>) {
     let mut run = Run::start(&spec);
     std::thread::sleep(Duration::from_millis(300));
     let img = run.img();
-    let res = run.dump_to("dump", &img, &["-R", "-v"]);
-    if !res.status.success() {
-        run.fail(&format!("ferry dump -R failed: {}", describe(res.status)));
-    }
-    let Some((total, frozen)) = times(&res.stderr) else {
-        run.fail("ferry dump -v printed no 'in T ms (frozen F ms)' line");
-    };
-    eprintln!("dump -R of 256 MiB being written ({mode:?}): total {total:.1} ms, frozen {frozen:.1} ms");
-    if frozen * 10.0 >= total {
-        run.fail(&format!("frozen {frozen:.1} ms of a {total:.1} ms dump: not less than a tenth"));
+    // (One more try if the ratio is missed: the other tests share the two CPUs and one stalled
+    // ptrace round trip can take tens of ms; the image checked is the last one.)
+    for attempt in 0..2 {
+        let res = run.dump_to("dump", &img, &["-R", "-v"]);
+        if !res.status.success() {
+            run.fail(&format!("ferry dump -R failed: {}", describe(res.status)));
+        }
+        let Some((total, frozen)) = times(&res.stderr) else {
+            run.fail("ferry dump -v printed no 'in T ms (frozen F ms)' line");
+        };
+        eprintln!("dump -R of 256 MiB being written ({mode:?}): total {total:.1} ms, frozen {frozen:.1} ms");
+        if frozen * 10.0 < total {
+            break;
+        }
+        if attempt == 1 {
+            run.fail(&format!("frozen {frozen:.1} ms of a {total:.1} ms dump: not less than a tenth (twice)"));
+        }
     }
     run.expect_running_untraced("after dump -R");
     let left = children(run.pid);
