@@ -542,6 +542,7 @@ fn dump_process(
                             if let Some(s) = snaps.last_mut() {
                                 s.settle(mm, flags_later)?;
                             }
+                            crate::inject::fault_point_named("kill-after-snapshot");
                         }
                         (Ok(s), None) => snaps.push(s),
                         (Err(e), mm) => {

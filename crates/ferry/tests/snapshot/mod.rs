@@ -147,14 +147,21 @@ fn shared_memory_held_or_marked() {
 }
 
 /// ferry killed once the tree runs again, while it writes the pages from the snapshot
-/// (FERRY_FAULT=kill-after-resume): the process runs on, untraced, with no child left at all
-/// (the kernel kills the snapshot with its tracer, PTRACE_O_EXITKILL, and ferry's guard,
-/// `ferry __snapshot-guard`, has the process reap it), and its memory is intact.
+/// (FERRY_FAULT=kill-after-resume), or still frozen just after the fork, the process's main
+/// thread borrowed for injection (kill-after-snapshot): the process runs on, untraced, with no
+/// child left at all (the kernel kills the snapshot with its tracer, PTRACE_O_EXITKILL, and
+/// ferry's guard, `ferry __snapshot-guard`, has the process reap it), and its memory is intact.
 #[test]
 fn ferry_killed_during_snapshot_dump() {
+    for fault in ["kill-after-resume", "kill-after-snapshot"] {
+        ferry_killed_during_snapshot_dump_at(fault);
+    }
+}
+
+fn ferry_killed_during_snapshot_dump_at(fault: &'static str) {
     let spec = Spec::c("dirtier").args(&["64", "100000"]).ready_timeout(Duration::from_secs(60));
     let mut run = Run::start(&spec);
-    run.ferry_env.push(("FERRY_FAULT", "kill-after-resume"));
+    run.ferry_env.push(("FERRY_FAULT", fault));
     let img = run.img();
     let res = run.dump_to("dump", &img, &["-R"]);
     if res.status.success() {
