@@ -73,12 +73,20 @@ pub fn start_guard() {
         std::process::Command::new(exe)
             .arg("__snapshot-guard")
             .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
             .process_group(0)
             .spawn()
     });
     match started {
-        Ok(mut child) => *guard = child.stdin.take(),
+        Ok(mut child) => {
+            // (Its start, an exec of ferry, would otherwise compete for the CPUs with the
+            // freeze: wait for its first byte, or its end.)
+            if let Some(mut out) = child.stdout.take() {
+                use std::io::Read;
+                let _ = out.read(&mut [0u8; 1]);
+            }
+            *guard = child.stdin.take();
+        }
         Err(e) => {
             tracing::warn!(error = %e, "cannot start the snapshot guard: a snapshot left by a killed ferry stays a zombie")
         }
@@ -101,7 +109,8 @@ fn start_time(pid: i32) -> Option<u64> {
 
 /// `ferry __snapshot-guard`: read ferry's messages until it exits, then reap what it left.
 pub fn guard_main() {
-    use std::io::BufRead;
+    use std::io::{BufRead, Write};
+    let _ = std::io::stdout().write_all(b"r").and_then(|_| std::io::stdout().flush());
     let mut left: HashMap<i32, (i32, u64, i32)> = HashMap::new();
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
