@@ -149,6 +149,7 @@ fn dump_process(
 ) -> Result<Process, Error> {
     let pid = f.pid;
     let _span = tracing::info_span!("process", pid).entered();
+    let t = Instant::now();
     // Re-read under the freeze: nothing can change now.
     let (st, stat) = precheck(pid, root, pidns_root, ns)?;
     let mut p = Process { stop_signal: f.stop_signal, ..Default::default() };
@@ -157,8 +158,21 @@ fn dump_process(
     task::check_thread_sched(pid, &tids, &p)?;
     crate::state::cgroup::collect(pid, &tids, &mut p)?;
     files::collect(pid, img, &mut p, done, tree)?;
-    let (mut vmas, maps) = memory::scan(pid, img, &mut p.ghosts)?;
-    tracing::info!(vmas = vmas.len(), fds = p.fds.len(), threads = f.threads.len(), "collected fds and mappings");
+    let t_maps = Instant::now();
+    // (With a snapshot to come, the VmFlags may be read from it once the tree runs again.)
+    let flags_later = snaps.is_some() && crate::state::snapshot::flags_later(pid)?;
+    let (mut vmas, maps) = memory::scan(pid, img, &mut p.ghosts, !flags_later)?;
+    let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+    let t_window = Instant::now();
+    tracing::info!(
+        vmas = vmas.len(),
+        fds = p.fds.len(),
+        threads = f.threads.len(),
+        state_ms = ms(t, t_maps),
+        maps_ms = ms(t_maps, t_window),
+        flags_later,
+        "collected fds and mappings"
+    );
 
     // The injection window, one thread at a time: signals blocked, registers borrowed — with
     // a sigreturn safety net on the thread's stack so that a SIGKILL of ferry now cannot harm
@@ -185,9 +199,21 @@ fn dump_process(
                 if let Some(snaps) = snaps.as_deref_mut() {
                     // Last in the window: the memory as frozen, with nothing of ferry's in it
                     // but this thread's safety net below its stack pointer.
-                    match Snapshot::take(&inj, PTRACE_O_TRACESYSGOOD) {
-                        Ok(s) => snaps.push(s),
-                        Err(e) => tracing::warn!(error = %e, "no snapshot: the tree stays frozen for the whole dump"),
+                    match (Snapshot::take(&inj, PTRACE_O_TRACESYSGOOD), mm.as_mut()) {
+                        (Ok(s), Some(mm)) => {
+                            snaps.push(s);
+                            if let Some(s) = snaps.last_mut() {
+                                s.settle(mm, flags_later)?;
+                            }
+                            crate::inject::fault_point_named("kill-after-snapshot");
+                        }
+                        (Ok(s), None) => snaps.push(s),
+                        (Err(e), mm) => {
+                            tracing::warn!(error = %e, "no snapshot: the tree stays frozen for the whole dump");
+                            if let Some(mm) = mm.filter(|_| flags_later) {
+                                crate::state::snapshot::read_flags_frozen(pid, mm)?;
+                            }
+                        }
                     }
                 }
             }
@@ -197,7 +223,7 @@ fn dump_process(
         injected?;
         p.threads.push(t);
     }
-    tracing::debug!("injection window closed");
+    tracing::info!(window_ms = t_window.elapsed().as_secs_f64() * 1e3, "injection window closed");
     p.mm =
         Some(mm.ok_or_else(|| Error::Invalid { object: format!("pid {pid}"), what: "main thread not found".into() })?);
     p.shared_pending = signals::peek(pid, true)?;
@@ -343,6 +369,9 @@ pub fn dump_with(
     // must be let go first.)
     let mut snaps: Vec<Snapshot> = Vec::new();
     let want_snapshot = opts.leave_running && opts.snapshot && !opts.leave_stopped;
+    if want_snapshot {
+        crate::state::snapshot::start_guard();
+    }
     // Freeze top-down: once a process is stopped it cannot fork, so its children list is final.
     let mut frozen: Vec<Frozen> = Vec::new();
     let mut zombies: Vec<Process> = Vec::new();
@@ -400,6 +429,14 @@ pub fn dump_with(
     }
     // (A process the snapshot could not be taken of: the whole tree stays frozen.)
     let snapshot = want_snapshot && snaps.len() == frozen.len();
+    if !snapshot {
+        // (VmFlags left for snapshots the dump will not use: read now, still frozen.)
+        for s in snaps.iter_mut() {
+            if let Some(mm) = procs.iter_mut().find(|p| p.pid == s.target).and_then(|p| p.mm.as_mut()) {
+                s.read_flags(mm, false)?;
+            }
+        }
+    }
     files::finish_pipes(&mut procs, &mut tree)?;
     crate::state::epoll::assign_owners(&mut procs)?;
     crate::state::pidfd::finish(&procs, &zombies)?;
@@ -460,11 +497,13 @@ pub fn dump_with(
         // What the snapshots lack is taken now, then the tree runs again. (Whole: a mapping a
         // snapshot lacks is not compared for sharing either.)
         let (mut seen, mut budget) = (std::collections::HashSet::new(), crate::state::snapshot::shared_hold());
+        let t_hold = Instant::now();
         for (p, snap) in procs.iter_mut().zip(snaps.iter_mut()) {
             if let Some(mm) = p.mm.as_mut() {
                 snap.hold(mm, &Default::default(), &mut seen, &mut budget)?;
             }
         }
+        tracing::info!(hold_ms = t_hold.elapsed().as_secs_f64() * 1e3, "what the snapshots lack taken");
         drop(std::mem::take(&mut tree.connections.repaired));
         for f in frozen.iter_mut() {
             f.resume()?;
@@ -472,6 +511,11 @@ pub fn dump_with(
         frozen_for = Some(t_frozen.elapsed());
         tracing::info!(frozen_ms = t_frozen.elapsed().as_secs_f64() * 1e3, "running again; pages from the snapshots");
         crate::inject::fault_point_named("kill-after-resume");
+        for (p, snap) in procs.iter_mut().zip(snaps.iter_mut()) {
+            if let Some(mm) = p.mm.as_mut() {
+                snap.read_flags(mm, true)?;
+            }
+        }
         let snap_pids: Vec<i32> = snaps.iter().map(|s| s.pid).collect();
         sharing = find_sharing(&mut procs, &snap_pids)?;
     }

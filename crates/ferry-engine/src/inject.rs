@@ -72,7 +72,9 @@ fn fault_point(calls: u64) {
 }
 
 /// Fault injection for tests: `FERRY_FAULT=NAME` makes ferry SIGKILL itself at the point
-/// called NAME (`kill-after-resume`: a `dump -R` with a snapshot, once the tree runs again).
+/// called NAME (`kill-after-resume`: a `dump -R` with a snapshot, once the tree runs again;
+/// `kill-after-snapshot`: just after a process's snapshot is taken, the tree frozen and that
+/// process's main thread borrowed for injection).
 pub fn fault_point_named(name: &str) {
     if std::env::var("FERRY_FAULT").is_ok_and(|f| f == name) {
         let _ = ferry_sys::process::kill(std::process::id() as i32, libc::SIGKILL);

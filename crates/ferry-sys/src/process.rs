@@ -396,6 +396,27 @@ pub fn pagemap_scan(
     Ok(out)
 }
 
+/// Whether `start..end` has at least one page with any of the `anyof` categories
+/// (`PAGEMAP_SCAN` stopping at the first such page, `max_pages` 1): cheap where the range is
+/// populated from its start, or has no page tables at all.
+pub fn pagemap_any(pagemap: BorrowedFd<'_>, start: u64, end: u64, anyof: u64) -> io::Result<bool> {
+    let mut buf = [PageRegion { start: 0, end: 0, categories: 0 }; 1];
+    let mut arg = PmScanArg {
+        size: std::mem::size_of::<PmScanArg>() as u64,
+        start,
+        end,
+        vec: buf.as_mut_ptr() as u64,
+        vec_len: 1,
+        max_pages: 1,
+        category_anyof_mask: anyof,
+        return_mask: anyof,
+        ..Default::default()
+    };
+    // SAFETY: `arg` is a valid pm_scan_arg; `vec` points to one writable page_region entry.
+    let n = cvt_i(unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN, &mut arg as *mut PmScanArg) })?;
+    Ok(n > 0)
+}
+
 /// `getpriority(PRIO_PROCESS, pid)` — the nice value.
 pub fn get_nice(pid: i32) -> io::Result<i32> {
     // SAFETY: errno is reset first so a legitimate -1 can be told from an error.

@@ -196,6 +196,9 @@ enum Cmd {
         #[arg(required = true, trailing_var_arg = true)]
         cmd: Vec<std::ffi::OsString>,
     },
+    /// Reaps the snapshots of a `dump -R` whose ferry was killed (internal, started by the dump).
+    #[command(name = "__snapshot-guard", hide = true)]
+    SnapshotGuard,
     /// The init of a `ferry run --pidns` namespace (internal).
     #[command(name = "__init", hide = true)]
     Init {
@@ -531,6 +534,10 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(status.unwrap_or(0))
         }
         Cmd::Init { cmd } => ferry_engine::launch::init(&cmd),
+        Cmd::SnapshotGuard => {
+            ferry_engine::state::snapshot::guard_main();
+            Ok(0)
+        }
         Cmd::Keygen { dir } => {
             let public = migrate::keygen(&dir)?;
             println!("{public}");

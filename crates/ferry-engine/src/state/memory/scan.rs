@@ -26,19 +26,40 @@ fn prot_of(m: &MapEntry) -> u32 {
     p as u32
 }
 
+/// The smaps VmFlags of each mapping of `pid`, by start address. (smaps walks the page tables
+/// to count what is resident: for a large process, as long as a fork.)
+pub(crate) fn vm_flags(pid: i32) -> Result<HashMap<u64, Vec<String>>, Error> {
+    let smaps_text = procfs::read_string(pid, "smaps")?;
+    let smaps = procfs::parse(pid, "smaps", ferry_proc::parse_smaps(&smaps_text))?;
+    Ok(smaps.into_iter().map(|s| (s.start, s.vm_flags)).collect())
+}
+
+/// What follows from a mapping's VmFlags once they are known: the refused ones, and whether a
+/// shared file mapping may write its file.
+pub(crate) fn check_flags(pid: i32, v: &mut Vma) -> Result<(), Error> {
+    if let Some((_, what)) = REFUSED_FLAGS.iter().find(|(f, _)| v.vm_flags.iter().any(|x| x == f)) {
+        return Err(Error::Unsupported { pid, what: format!("mapping {:#x}-{:#x}: {what}", v.start, v.end) });
+    }
+    if v.kind == VmaKind::FileShared as i32 {
+        v.file_writable = v.prot & libc::PROT_WRITE as u32 != 0 || v.vm_flags.iter().any(|f| f == "mw");
+    }
+    Ok(())
+}
+
 /// Describe the mappings of `pid`, refusing the kinds ferry cannot restore yet. Also returns
-/// the parsed maps (the injector looks for code sequences in them).
+/// the parsed maps (the injector looks for code sequences in them). Without `with_flags`, the
+/// VmFlags are left empty, to be filled (and checked, [`check_flags`]) later: `dump -R` reads
+/// them from the snapshot once the tree runs again (state/snapshot.rs).
 pub fn scan(
     pid: i32,
     img: &mut ImageWriter,
     ghosts: &mut Vec<ferry_image::GhostFile>,
+    with_flags: bool,
 ) -> Result<(Vec<Vma>, Vec<MapEntry>), Error> {
     use crate::state::files::ghost;
     let maps_text = procfs::read_string(pid, "maps")?;
     let maps = procfs::parse(pid, "maps", ferry_proc::parse_maps(&maps_text))?;
-    let smaps_text = procfs::read_string(pid, "smaps")?;
-    let smaps = procfs::parse(pid, "smaps", ferry_proc::parse_smaps(&smaps_text))?;
-    let flags: HashMap<u64, Vec<String>> = smaps.into_iter().map(|s| (s.start, s.vm_flags)).collect();
+    let flags = if with_flags { vm_flags(pid)? } else { HashMap::new() };
     // A file is usually mapped several times (text, rodata, data ...): stat it and check its
     // path once (maps names its device and inode), the process is frozen meanwhile.
     let mut files: HashMap<(u32, u32, u64, &str), (std::fs::Metadata, bool)> = HashMap::new();
@@ -55,9 +76,6 @@ pub fn scan(
             vm_flags: flags.get(&m.start).cloned().unwrap_or_default(),
             ..Default::default()
         };
-        if let Some((_, what)) = REFUSED_FLAGS.iter().find(|(f, _)| v.vm_flags.iter().any(|x| x == f)) {
-            return Err(at(what.to_string()));
-        }
         let anon = if m.perms.shared { VmaKind::SharedAnon } else { VmaKind::Anon };
         let kind = match m.path.as_deref() {
             None => anon,
@@ -118,7 +136,6 @@ pub fn scan(
                 }
                 v.file_size = md.size();
                 v.file_mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
-                v.file_writable = m.perms.shared && (m.perms.write || v.vm_flags.iter().any(|f| f == "mw"));
                 if m.deleted || md.nlink() == 0 {
                     // One ghost per file, shared with its fds and other processes (state/files.rs).
                     let name = ghost::name(md.dev(), md.ino());
@@ -137,6 +154,7 @@ pub fn scan(
             v.shmem_id = m.inode;
         }
         v.kind = kind as i32;
+        check_flags(pid, &mut v)?;
         out.push(v);
     }
     Ok((out, maps))
