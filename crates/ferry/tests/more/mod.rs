@@ -761,6 +761,22 @@ fn leave_stopped() {
     run.expect_pass(status, "the restored workload after SIGCONT");
 }
 
+/// CRIU's `dump --leave-stopped` (`-s`) without `-R`: the process is neither killed nor left
+/// running but stopped, and runs on, unharmed, once continued.
+#[test]
+fn leave_stopped_without_leave_running() {
+    let mut run = Run::start(&Spec::c("mem_anon"));
+    run.dump_ok(&["-s"]);
+    sleep(Duration::from_millis(100));
+    if run.proc_state().is_none_or(|(s, _)| s != 'T') {
+        run.fail(&format!("not stopped after dump --leave-stopped: {:?}", run.proc_state()));
+    }
+    send_signal(run.pid, "CONT").expect("continue the workload");
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload after SIGCONT");
+}
+
 /// A thread that cannot stop (a vfork parent waits uninterruptibly for its child) fails the
 /// dump after `--timeout`, in one line naming the thread and its state, and the tree runs on.
 #[test]
