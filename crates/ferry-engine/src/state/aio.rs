@@ -201,12 +201,12 @@ pub fn collect(inj: &Injector, scratch: u64, mm: &mut Mm) -> Result<(), Error> {
 
 fn dump_ring(inj: &Injector, scratch: u64, at: u64, len: u64) -> Result<AioRing, Error> {
     let pid = inj.pid();
-    let refuse = |what: String| Error::Unsupported { pid, what: format!("the AIO ring (io_setup) at {at:#x}: {what}") };
+    let refuse = |what: String| Error::Unsupported { pid, what: format!("an AIO ring (io_setup) at {at:#x} {what}") };
     let ring = read_ring(pid, at, len)?;
-    let h = header(&ring, len).map_err(refuse)?;
+    let h = header(&ring, len).map_err(|e| refuse(format!("with {e}")))?;
     // (A child forked after io_setup has its parent's ring mapped, but no context.)
     if inj.raw(nr::IO_SUBMIT, &[at, 0, 0]).ctx(|| format!("pid {pid}: io_submit"))? != 0 {
-        return Err(refuse("a mapping of a context this process does not own (inherited over fork)".into()));
+        return Err(refuse("inherited over fork (a mapping of the parent's ring, no context of its own)".into()));
     }
     let saved = AioRing {
         nr: h.nr,
@@ -239,7 +239,7 @@ fn dump_ring(inj: &Injector, scratch: u64, at: u64, len: u64) -> Result<AioRing,
     let theirs = (|| -> Result<u32, Error> {
         loop {
             let now = read_ring(pid, at, len)?;
-            let n = header(&now, len).map_err(refuse)?;
+            let n = header(&now, len).map_err(|e| refuse(format!("with {e}")))?;
             let theirs: Vec<&[u8]> =
                 events(&now, n.nr, n.head, n.tail).into_iter().filter(|e| !probe.is_ours(e)).collect();
             let from = (n.tail + n.nr - theirs.len() as u32) % n.nr;
@@ -249,7 +249,7 @@ fn dump_ring(inj: &Injector, scratch: u64, at: u64, len: u64) -> Result<AioRing,
                 return Ok(theirs.len() as u32);
             }
             match probe.submit(left)? {
-                0 => return Err(refuse("the ring takes none of ferry's requests to put its tail back".into())),
+                0 => return Err(refuse("that takes none of ferry's requests to put its tail back".into())),
                 k => submitted += k,
             }
         }
@@ -260,7 +260,7 @@ fn dump_ring(inj: &Injector, scratch: u64, at: u64, len: u64) -> Result<AioRing,
     let theirs = theirs?;
     if theirs != unreaped {
         return Err(refuse(format!(
-            "{} request(s) completed while it was frozen: requests were in flight",
+            "with {} request(s) in flight (they completed while it was frozen)",
             theirs.saturating_sub(unreaped)
         )));
     }
@@ -272,9 +272,9 @@ fn dump_ring(inj: &Injector, scratch: u64, at: u64, len: u64) -> Result<AioRing,
     let in_flight = (u64::from(h.nr) - 1).checked_sub(remainder + u64::from(unreaped) + drained);
     match in_flight {
         Some(0) => Ok(saved),
-        Some(k) if everywhere => Err(refuse(format!("{k} request(s) in flight (submitted, not completed)"))),
+        Some(k) if everywhere => Err(refuse(format!("with {k} request(s) in flight (submitted, not completed)"))),
         Some(k) => Err(refuse(format!(
-            "{k} request(s) in flight (submitted, not completed), or slots cached on a CPU it may not run on"
+            "with {k} request(s) in flight (submitted, not completed), or slots cached on a CPU it may not run on"
         ))),
         None => Err(Error::Invalid {
             object: format!("pid {pid}: the AIO ring at {at:#x}"),
