@@ -11,11 +11,15 @@
  * inflight: one completed read in the ring and one IOCB_CMD_POLL on an empty pipe, in flight:
  * ferry must refuse the dump. After go (the process left running) the pipe is written: the
  * poll completes, and io_getevents gives the read then the poll, and nothing else.
+ *
+ * forked: a child forked after io_setup, alive (its parent's ring mapped, no context of its
+ * own): ferry must refuse the dump by name. After go the parent's context still works.
  */
 #include "common.h"
 #include <linux/aio_abi.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/wait.h>
 
 struct ring {
 	unsigned id, nr, head, tail, magic, compat, incompat, header_length;
@@ -176,6 +180,39 @@ static int inflight(void)
 	finish();
 }
 
+/* A child forked after io_setup: it has its parent's ring mapped, without a context. */
+static int forked(void)
+{
+	pid_t child = fork();
+	SETUP(child);
+	if (child == 0) {
+		long r = syscall(SYS_io_submit, ctx, 0, NULL);
+		_exit(r < 0 && errno == EINVAL && R->nr > 0 ? 0 : 1);
+	}
+	int st;
+	SETUP(waitpid(child, &st, 0));
+	SETUP(WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1);
+	child = fork();
+	SETUP(child);
+	if (child == 0) {
+		for (;;)
+			pause();
+	}
+	signal_ready();
+	wait_go();
+	struct iocb cb;
+	static char buf[4];
+	int fd = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+	SETUP(fd);
+	read_iocb(&cb, fd, -1, buf, 4, 0, 7);
+	CHECK(submit(&cb) == 1, "io_submit failed: %s", strerror(errno));
+	struct io_event ev[1];
+	CHECK(getevents(1, 1, ev, 1000) == 1 && ev[0].data == 7, "the read did not complete");
+	kill(child, SIGKILL);
+	waitpid(child, NULL, 0);
+	finish();
+}
+
 int main(int argc, char **argv)
 {
 	workload_init(argc, argv);
@@ -183,5 +220,7 @@ int main(int argc, char **argv)
 	R = (struct ring *)(uintptr_t)ctx;
 	if (argc > 2 && !strcmp(argv[2], "inflight"))
 		return inflight();
+	if (argc > 2 && !strcmp(argv[2], "forked"))
+		return forked();
 	return carry();
 }

@@ -122,3 +122,13 @@ fn aio_ring_in_flight_control() {
 fn aio_ring_in_flight_refused() {
     refused_then_intact(aio_in_flight(), &["AIO ring", "in flight"]);
 }
+
+/// A child forked after io_setup has its parent's ring mapped but no context: refused by name
+/// (restoring the mapping as plain memory would make it a copy that no longer follows the
+/// parent's ring), the tree running on.
+#[test]
+fn aio_ring_inherited_over_fork_refused() {
+    let mut s = Spec::c("aio_ring").args(&["forked"]);
+    s.name = "aio_ring-forked".into();
+    refused_then_intact(s, &["AIO ring", "inherited over fork"]);
+}
