@@ -301,18 +301,17 @@ fn restore_ring(inj: &Injector, scratch: u64, v: &Vma) -> Result<(), Error> {
     let object = || format!("pid {pid}: the AIO ring at {at:#x}");
     let bad = |what: String| Error::Invalid { object: object(), what };
     let a = v.aio.as_ref().ok_or_else(|| bad("no ring state in the image".into()))?;
-    let unreaped = if a.nr == 0 { 0 } else { (a.tail + a.nr - a.head) % a.nr };
-    if len < HEADER + EVENT
-        || u64::from(a.nr) != (len - HEADER) / EVENT
-        || a.head >= a.nr
-        || a.tail >= a.nr
-        || a.events.len() as u64 != u64::from(unreaped) * EVENT
-    {
+    if len < HEADER + EVENT || u64::from(a.nr) != (len - HEADER) / EVENT || a.head >= a.nr || a.tail >= a.nr {
         return Err(bad(format!("an inconsistent ring state (nr {}, head {}, tail {})", a.nr, a.head, a.tail)));
+    }
+    let unreaped = ((u64::from(a.tail) + u64::from(a.nr) - u64::from(a.head)) % u64::from(a.nr)) as u32;
+    if a.events.len() as u64 != u64::from(unreaped) * EVENT {
+        return Err(bad(format!("{} bytes of events for {unreaped} events", a.events.len())));
     }
     // The kernel sizes the ring for max(n, 4 * CPUs) * 2 + 2 events, rounded up to pages.
     vm_write(pid, scratch, &0u64.to_le_bytes()).ctx(|| format!("pid {pid}: cannot write an aio context"))?;
-    inj.call(nr::IO_SETUP, &[u64::from((a.nr - 2) / 2), scratch]).ctx(|| format!("{}: io_setup", object()))?;
+    inj.call(nr::IO_SETUP, &[u64::from(a.nr.saturating_sub(2) / 2), scratch])
+        .ctx(|| format!("{}: io_setup", object()))?;
     let mut b = [0u8; 8];
     vm_read(pid, scratch, &mut b).ctx(|| format!("pid {pid}: cannot read the new aio context"))?;
     let ctx = u64::from_le_bytes(b);
