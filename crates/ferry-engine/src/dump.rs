@@ -195,7 +195,9 @@ fn dump_process(
                 creds::collect(&inj, &st, &mut p)?;
                 task::collect_injected(&inj, scratch, &mut p)?;
                 task::collect_rlimits(&inj, scratch, &mut p)?;
-                mm = Some(memory::collect_mm(&inj, &stat, std::mem::take(&mut vmas))?);
+                let mut m = memory::collect_mm(&inj, &stat, std::mem::take(&mut vmas))?;
+                crate::state::aio::collect(&inj, scratch, &mut m)?;
+                mm = Some(m);
                 if let Some(snaps) = snaps.as_deref_mut() {
                     // Last in the window: the memory as frozen, with nothing of ferry's in it
                     // but this thread's safety net below its stack pointer.

@@ -207,6 +207,18 @@ impl Frozen {
                 first_err.get_or_insert(e);
             }
         }
+        if self.leave_stopped && self.stop_signal == 0 {
+            // Detached, the process takes the SIGSTOP on its way out of the kernel: wait (a
+            // little) until it shows stopped, so that it is stopped once ferry returns.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+            let stopped = || {
+                procfs::read_string(pid, "stat")
+                    .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T')))
+            };
+            while !stopped() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
         self.done = true;
         first_err.map_or(Ok(()), Err)
     }

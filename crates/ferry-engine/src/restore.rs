@@ -538,6 +538,7 @@ fn rebuild(
             .ctx(|| format!("pid {pid}: cannot close ferry's helper fds"))?;
     }
     let scratch = tr.data;
+    crate::state::aio::restore(&inj, scratch, p)?;
     crate::state::locks::restore(&inj, scratch, p)?;
     for &h in helpers {
         // A helper it forked (state/session.rs), dead by now: reap it.

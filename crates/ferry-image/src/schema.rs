@@ -758,6 +758,9 @@ pub enum VmaKind {
     Vvar = 6,
     VvarVclock = 7,
     Vsyscall = 8,
+    /// The ring of an `io_setup` context (`/[aio]`): recreated with `io_setup` and moved to its
+    /// old address (its address is the context id); its state is in `Vma.aio`.
+    AioRing = 550,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize)]
@@ -820,6 +823,27 @@ pub struct Vma {
     /// tree was frozen) is the one at the end of the dump, not at the freeze.
     #[prost(bool, tag = "470")]
     pub content_at_end: bool,
+    /// For an `AioRing` mapping: the ring's header and its completed events not yet reaped.
+    #[prost(message, optional, tag = "550")]
+    pub aio: Option<AioRing>,
+}
+
+/// The state of one AIO context (state/aio.rs): `nr` event slots, `head` and `tail` as in the
+/// ring's header, and the `tail - head` completed events not yet reaped (32 bytes each, as
+/// `struct io_event`). Requests still in flight are refused at dump.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct AioRing {
+    #[prost(uint32, tag = "1")]
+    pub nr: u32,
+    #[prost(uint32, tag = "2")]
+    pub head: u32,
+    #[prost(uint32, tag = "3")]
+    pub tail: u32,
+    /// The kernel's index of the context in the process's table (the header's `id`).
+    #[prost(uint32, tag = "4")]
+    pub id: u32,
+    #[prost(bytes = "vec", tag = "5")]
+    pub events: Vec<u8>,
 }
 
 /// `nr_pages` pages starting at `addr`, stored at byte `offset` of `pages-PID.img`.

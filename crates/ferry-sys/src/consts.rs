@@ -59,6 +59,9 @@ pub mod nr {
     pub const PREAD64: u64 = 17;
     pub const PREADV: u64 = 295;
     pub const MREMAP: u64 = 25;
+    pub const IO_SETUP: u64 = 206;
+    pub const IO_SUBMIT: u64 = 209;
+    pub const MEMFD_CREATE: u64 = 319;
     pub const MADVISE: u64 = 28;
     pub const GETITIMER: u64 = 36;
     pub const SETITIMER: u64 = 38;

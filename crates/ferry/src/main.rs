@@ -78,8 +78,9 @@ enum Cmd {
         /// disks and networks slower than the CPU. Restore decompresses it first.
         #[arg(long, value_name = "LEVEL", num_args = 0..=1, default_missing_value = "3", require_equals = true)]
         compress: Option<i32>,
-        /// With -R: leave the processes stopped (SIGSTOP) after the dump instead of running.
-        #[arg(long, requires = "leave_running")]
+        /// Leave the processes stopped (SIGSTOP) after the dump instead of killing them (or,
+        /// with -R, instead of running), as CRIU's -s/--leave-stopped.
+        #[arg(short = 's', long)]
         leave_stopped: bool,
         /// With -R: keep the tree frozen until the image is written, instead of letting it run
         /// again as soon as a copy-on-write snapshot of its memory is taken (an injected fork
@@ -126,7 +127,7 @@ enum Cmd {
         #[arg(short = 'j', long = "shell-job")]
         shell_job: bool,
         /// Leave the restored processes stopped (SIGSTOP): they run once sent SIGCONT.
-        #[arg(long)]
+        #[arg(short = 's', long)]
         leave_stopped: bool,
         /// Cgroups (CRIU's modes): soft (default: each process back into its cgroups, missing
         /// ones created without limits), ignore/none (stay in ferry's); props/full/strict
@@ -446,7 +447,8 @@ fn run(cli: Cli) -> Result<i32> {
             let opts = ferry_engine::dump::DumpOptions {
                 pid,
                 dir: dir.clone(),
-                leave_running,
+                // (CRIU's --leave-stopped alone: the tree is not killed but left stopped.)
+                leave_running: leave_running || leave_stopped,
                 tcp_close,
                 tcp_established,
                 skip_in_flight,

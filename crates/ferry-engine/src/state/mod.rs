@@ -8,6 +8,7 @@
 //! * `restore`: by the tracer, with injected syscalls after the address space is rebuilt
 //!   (memory, timers, credentials, registers last).
 
+pub mod aio;
 pub mod cgroup;
 pub mod cgroupns;
 pub mod cow;

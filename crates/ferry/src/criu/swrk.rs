@@ -335,7 +335,8 @@ fn dump(conn: &Conn, o: &CriuOpts, dirs: &Dirs) -> Result<CriuResp> {
     let opts = ferry_engine::dump::DumpOptions {
         pid,
         dir: dirs.images.clone(),
-        leave_running: on(o.leave_running),
+        // (leave_stopped alone, as CRIU's final state TASK_STOPPED: not killed, left stopped.)
+        leave_running: on(o.leave_running) || on(o.leave_stopped),
         tcp_close: on(o.tcp_close),
         tcp_established: on(o.tcp_established),
         skip_in_flight: on(o.tcp_skip_in_flight),
@@ -353,9 +354,6 @@ fn dump(conn: &Conn, o: &CriuOpts, dirs: &Dirs) -> Result<CriuResp> {
             .chain(o.unix_sk_ino.iter().map(|u| External::Unix(u.inode)))
             .collect(),
     };
-    if opts.leave_stopped && !opts.leave_running {
-        bail!("leave_stopped needs leave_running");
-    }
     // As CRIU: the client locks the network of a tree with its own (not external) net
     // namespace before the freeze (runc detaches its network strategies there), and unlocks it
     // after a dump that leaves the tree running.

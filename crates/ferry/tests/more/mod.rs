@@ -761,6 +761,22 @@ fn leave_stopped() {
     run.expect_pass(status, "the restored workload after SIGCONT");
 }
 
+/// CRIU's `dump --leave-stopped` (`-s`) without `-R`: the process is neither killed nor left
+/// running but stopped, and runs on, unharmed, once continued.
+#[test]
+fn leave_stopped_without_leave_running() {
+    let mut run = Run::start(&Spec::c("mem_anon"));
+    run.dump_ok(&["-s"]);
+    sleep(Duration::from_millis(100));
+    if run.proc_state().is_none_or(|(s, _)| s != 'T') {
+        run.fail(&format!("not stopped after dump --leave-stopped: {:?}", run.proc_state()));
+    }
+    send_signal(run.pid, "CONT").expect("continue the workload");
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload after SIGCONT");
+}
+
 /// A thread that cannot stop (a vfork parent waits uninterruptibly for its child) fails the
 /// dump after `--timeout`, in one line naming the thread and its state, and the tree runs on.
 #[test]
@@ -812,6 +828,41 @@ fn criu_log_flags() {
     run.go();
     let status = run.wait_child_exit();
     run.expect_pass(status, "the workload after dump -R");
+}
+
+/// CRIU's flags whose behaviour is ferry's default are accepted on both commands, as a CRIU
+/// user writes them (`--file-locks`, `--link-remap`, `--force-irmap`, `--ext-unix-sk`,
+/// `--manage-cgroups`, restore `--tcp-established`, `--log-file`, `-v0`): the cycle passes and
+/// the long `--log-file` form writes the log there.
+#[test]
+fn criu_default_flags_accepted() {
+    let mut run = Run::start(&Spec::c("files"));
+    let (dump_log, restore_log) = (run.w.join("dump.log"), run.w.join("restore.log"));
+    let common = ["--file-locks", "--link-remap", "--force-irmap", "--ext-unix-sk", "--manage-cgroups"];
+    let mut dump_args = common.to_vec();
+    let dump_log_s = path_str(&dump_log);
+    dump_args.extend(["-v4", "--log-file", &dump_log_s]);
+    let img = run.img();
+    let res = run.dump_to("dump", &img, &dump_args);
+    if !res.status.success() {
+        run.fail(&format!("dump with CRIU's default flags failed: {}", res.stderr));
+    }
+    if fs::read_to_string(&dump_log).map_or(true, |t| t.is_empty()) {
+        run.fail("dump --log-file -v4 wrote no log there");
+    }
+    run.reap_dumped();
+    wait_image_pids_gone(&img);
+    let mut restore_args = common.to_vec();
+    let restore_log_s = path_str(&restore_log);
+    restore_args.extend(["--tcp-established", "-v0", "--log-file", &restore_log_s]);
+    let pidfile = run.spawn_restore("restore", &img, &restore_args);
+    run.wait_pidfile(&pidfile);
+    run.go();
+    let status = run.wait_restore_exit();
+    run.expect_pass(status, "the workload restored with CRIU's default flags");
+    if !restore_log.exists() {
+        run.fail("restore --log-file created no log file");
+    }
 }
 
 /// CRIU's `--ghost-limit`: a file deleted while open whose data is over the limit fails the

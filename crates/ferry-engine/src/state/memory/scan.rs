@@ -110,8 +110,8 @@ pub fn scan(
                 VmaKind::SharedAnon
             }
             Some(s) if s.starts_with("/SYSV") => return Err(at(format!("SysV shared memory {s} in huge pages"))),
-            // The ring of an io_setup() context: the kernel's completion state is not reachable.
-            Some(s) if s.starts_with("/[aio]") => return Err(at("an AIO ring (io_setup)".into())),
+            // The ring of an io_setup() context: state/aio.rs reads and recreates it.
+            Some(s) if s.starts_with("/[aio]") => VmaKind::AioRing,
             Some(s) if s.starts_with('/') => {
                 let mf = procfs::path(pid, &format!("map_files/{:x}-{:x}", m.start, m.end));
                 let key = (m.dev_major, m.dev_minor, m.inode, s);
