@@ -34,6 +34,7 @@ pub mod netns;
 pub mod packet;
 pub mod pidfd;
 pub mod pipes;
+pub mod premapped;
 pub mod rseq;
 pub mod seccomp;
 pub mod session;

@@ -384,6 +384,10 @@ fn migrate_and_verify_mode(mib: u32, extra: &[&str], mode: &str) -> u64 {
             "the final image is not smaller than half the memory: {line}"
         );
         assert!(m.stderr.contains("already there and unchanged"), "{}", m.stderr);
+        wait_for("the destination's timings", Duration::from_secs(20), || _server.log().contains("serve: pre-copy:"));
+        for l in _server.log().lines().filter(|l| l.contains("pre-copied pages") || l.contains("serve: pre-copy:")) {
+            eprintln!("{l}");
+        }
     }
     if extra.contains(&"--post-copy") {
         // the image holds almost no memory; all of it followed, and the source waited for that
