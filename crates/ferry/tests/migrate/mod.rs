@@ -405,6 +405,9 @@ fn migrate_and_verify_rate(mib: u32, kib_s: u32, extra: &[&str], mode: &str) -> 
             "the final image is not smaller than half the memory: {line}"
         );
         assert!(m.stderr.contains("already there and unchanged"), "{}", m.stderr);
+        for l in m.stderr.lines().filter(|l| l.contains("after the freeze") || l.contains("elapsed")) {
+            eprintln!("{l}");
+        }
         wait_for("the destination's timings", Duration::from_secs(20), || _server.log().contains("serve: pre-copy:"));
         for l in _server.log().lines().filter(|l| l.contains("pre-copied pages") || l.contains("serve: pre-copy:")) {
             eprintln!("{l}");

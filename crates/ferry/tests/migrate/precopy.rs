@@ -101,3 +101,20 @@ fn migrate_pre_copy_failed_restore_leaves_nothing_mapped_in_serve() {
     wl.expect_running_here("after a failed restore on the destination");
     wl.go_and_pass(wl.pid);
 }
+
+/// Pre-copy downtime figures for docs/migration.md (ignored by default: `cargo test --release
+/// -p ferry --test e2e -- --ignored migrate_pre_copy_downtime_figures --nocapture`): a nearly
+/// idle 1 GiB process and a 256 MiB one written at 10 MB/s, 5 runs each, medians.
+#[test]
+#[ignore]
+fn migrate_pre_copy_downtime_figures() {
+    let _heavy = heavy_lock();
+    let median = |mut v: Vec<u64>| {
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    let idle: Vec<u64> = (0..5).map(|_| migrate_and_verify_rate(1024, 0, &["--pre-copy"], "")).collect();
+    let writer: Vec<u64> = (0..5).map(|_| migrate_and_verify_rate(256, 10240, &["--pre-copy"], "")).collect();
+    eprintln!("pre-copy 1 GiB idle: downtime_ms {idle:?}, median {}", median(idle.clone()));
+    eprintln!("pre-copy 256 MiB at 10 MB/s: downtime_ms {writer:?}, median {}", median(writer.clone()));
+}
