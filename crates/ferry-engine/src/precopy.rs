@@ -87,7 +87,7 @@ fn image_pid(root: i32, pid: i32) -> i32 {
 fn maybe_registered(pid: i32) -> Result<Vec<(u64, u64)>, Error> {
     let text = procfs::read_string(pid, "maps")?;
     let maps = procfs::parse(pid, "maps", ferry_proc::parse_maps(&text))?;
-    Ok(maps.into_iter().filter(|m| trackable(m)).map(|m| (m.start, m.end)).collect())
+    Ok(maps.into_iter().filter(trackable).map(|m| (m.start, m.end)).collect())
 }
 
 /// Mappings pre-copy registers: private anonymous (heap included), readable and writable.

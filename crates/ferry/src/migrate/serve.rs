@@ -899,10 +899,10 @@ fn receive_in(sec: &mut Secure, limits: &Limits, dir: &Path) -> Result<Received>
                     }
                 }
                 for (a, b) in unplaced {
-                    if !store.contains_key(&host) {
-                        store.insert(host, PageStore::create(dir, host)?);
-                    }
-                    let st = store.get_mut(&host).context("store")?;
+                    let st = match store.entry(host) {
+                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(e) => e.insert(PageStore::create(dir, host)?),
+                    };
                     let at = st.len;
                     st.append(&bytes[a..b])?;
                     for i in 0..(b - a) / PAGE {

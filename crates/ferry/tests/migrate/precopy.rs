@@ -51,18 +51,13 @@ fn serve_maps_in(pid: i32, lo: u64, hi: u64) -> Vec<String> {
 }
 
 fn rss_kib(pid: i32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    super::serve::usage(pid).0
 }
 
 /// A pre-copy migration whose restore fails on the destination (the pid is taken: no pid
 /// namespace, both nodes on this machine) after its memory was put in place there: `ferry
-/// serve` unmaps all of it (its resident memory and its mappings go back), the source resumes
-/// its tree, and serve takes the next migration.
+/// serve` unmaps all of it (its resident memory and its mappings go back) and the source
+/// resumes its tree.
 #[test]
 fn migrate_pre_copy_failed_restore_leaves_nothing_mapped_in_serve() {
     let _heavy = heavy_lock();
