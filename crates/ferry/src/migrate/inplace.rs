@@ -59,7 +59,8 @@ pub type Unplaced = Vec<(usize, usize)>;
 const STACK_ROOM: u64 = 64 << 20;
 
 impl InPlace {
-    pub fn new() -> InPlace {
+    /// `enabled` false: every page goes to the staging file (as with `FERRY_PRECOPY_IN_PLACE=0`).
+    pub fn new(enabled: bool) -> InPlace {
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
         let stack = maps.lines().find(|l| l.ends_with("[stack]")).and_then(|l| {
             let (a, b) = l.split_whitespace().next()?.split_once('-')?;
@@ -74,7 +75,7 @@ impl InPlace {
             placed: 0,
             filling: HashMap::new(),
             collapsed: 0,
-            off: std::env::var_os("FERRY_PRECOPY_IN_PLACE").is_some_and(|v| v == "0"),
+            off: !enabled || std::env::var_os("FERRY_PRECOPY_IN_PLACE").is_some_and(|v| v == "0"),
         }
     }
 

@@ -680,7 +680,7 @@ fn handle(mut sec: Secure, limits: &Limits, dir: &Path) -> Result<Option<i32>> {
         bail!("{why}");
     }
     let t0 = Instant::now();
-    let mut got = match receive_in(&mut sec, limits, dir) {
+    let mut got = match receive_in(&mut sec, limits, dir, true) {
         Ok(got) => got,
         Err(e) => {
             let _ = send_now(&mut sec, kind::FAILED, format!("{e:#}").as_bytes());
@@ -800,10 +800,11 @@ fn source_gone(sec: &Secure) -> bool {
     gone
 }
 
-/// Receive the files of an image into `dir` (created 0700), with the peer's limits. (Public
-/// for the `frame` fuzz target: fuzz/.)
+/// Receive the files of an image into `dir` (created 0700), with the peer's limits; pre-copied
+/// pages all go to the image (nothing is mapped in place). (Public for the `frame` fuzz target,
+/// fuzz/, and the wire tests.)
 pub fn receive(sec: &mut Secure, limits: &Limits, dir: &Path) -> Result<()> {
-    receive_in(sec, limits, dir).map(drop)
+    receive_in(sec, limits, dir, false).map(drop)
 }
 
 /// What [`receive_in`] leaves for the restore besides the image.
@@ -816,7 +817,7 @@ struct Received {
     placing: Duration,
 }
 
-fn receive_in(sec: &mut Secure, limits: &Limits, dir: &Path) -> Result<Received> {
+fn receive_in(sec: &mut Secure, limits: &Limits, dir: &Path, in_place: bool) -> Result<Received> {
     fs::DirBuilder::new().mode(0o700).create(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     send_now(sec, kind::READY, &[])?;
     let mut open: HashMap<u32, Incoming> = HashMap::new();
@@ -825,7 +826,7 @@ fn receive_in(sec: &mut Secure, limits: &Limits, dir: &Path) -> Result<Received>
     // pre-copy: the latest copy of each page sent while the tree ran, per host pid
     let mut store: HashMap<u32, PageStore> = HashMap::new();
     let mut keeps: HashMap<u32, (u32, Vec<(u64, u64)>)> = HashMap::new();
-    let mut inplace = InPlace::new();
+    let mut inplace = InPlace::new(in_place);
     let mut first_keep: Option<Instant> = None;
     let mut payload = Vec::with_capacity(MAX_MSG);
     loop {
