@@ -16,11 +16,10 @@
 use crate::error::{Ctx, Error};
 use crate::procfs;
 use ferry_sys::uffd;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Mutex;
 
-const PAGE: u64 = 4096;
 const CHUNK: usize = 1 << 20;
 
 /// One tracked process.
@@ -34,8 +33,9 @@ struct Tracked {
     mem: std::fs::File,
     /// Registered ranges still scanned.
     ranges: Vec<(u64, u64)>,
-    /// Pages sent in some round.
-    sent: HashSet<u64>,
+    /// Pages sent in some round: (start, end) as sent, in sending order (sorted and merged
+    /// at the freeze).
+    sent: Vec<(u64, u64)>,
 }
 
 /// Pages the final image leaves out for one process (the destination has them).
@@ -80,11 +80,39 @@ fn image_pid(root: i32, pid: i32) -> i32 {
     }
 }
 
-/// Ranges of `pid`'s mappings whose VmFlags say registered for WP (`uw`).
-fn wp_registered(pid: i32) -> Result<Vec<(u64, u64)>, Error> {
-    let text = procfs::read_string(pid, "smaps")?;
-    let smaps = procfs::parse(pid, "smaps", ferry_proc::parse_smaps(&text))?;
-    Ok(smaps.into_iter().filter(|s| s.vm_flags.iter().any(|f| f == "uw")).map(|s| (s.start, s.end)).collect())
+/// Ranges of `pid`'s mappings that may be registered for WP: the private anonymous writable
+/// ones (/proc/PID/maps; smaps, which says `uw`, walks every page to count them, ~0.1 s per GiB
+/// here: too slow under the freeze). Whether each still is, [`Tracker::finish`] asks the
+/// kernel while it scans it (`PM_SCAN_CHECK_WPASYNC`: EPERM if not).
+fn maybe_registered(pid: i32) -> Result<Vec<(u64, u64)>, Error> {
+    let text = procfs::read_string(pid, "maps")?;
+    let maps = procfs::parse(pid, "maps", ferry_proc::parse_maps(&text))?;
+    Ok(maps.into_iter().filter(trackable).map(|m| (m.start, m.end)).collect())
+}
+
+/// Mappings pre-copy registers: private anonymous (heap included), readable and writable.
+fn trackable(m: &ferry_proc::MapEntry) -> bool {
+    let anon = matches!(m.path.as_deref(), None | Some("") | Some("[heap]"));
+    anon && m.perms.read && m.perms.write && !m.perms.shared
+}
+
+/// The parts of `clean` (sorted) that lie in `sent` (sorted, disjoint), appended to `out`.
+fn intersect(clean: &[(u64, u64)], sent: &[(u64, u64)], out: &mut Vec<(u64, u64)>) {
+    let mut j = sent.partition_point(|s| s.1 <= clean.first().map_or(0, |c| c.0));
+    for &(a, b) in clean {
+        while j < sent.len() && sent[j].1 <= a {
+            j += 1;
+        }
+        let mut k = j;
+        while k < sent.len() && sent[k].0 < b {
+            let (s, e) = (sent[k].0.max(a), sent[k].1.min(b));
+            match out.last_mut() {
+                Some(last) if last.1 == s => last.1 = e,
+                _ => out.push((s, e)),
+            }
+            k += 1;
+        }
+    }
 }
 
 impl Tracker {
@@ -138,10 +166,9 @@ impl Tracker {
                             break; // unmapped meanwhile: not sent, so never left out
                         }
                         send(pid, addr, &buf[..got]).ctx(|| "pre-copy: cannot send pages".to_string())?;
-                        let mut a = addr;
-                        while a < addr + got as u64 {
-                            t.sent.insert(a);
-                            a += PAGE;
+                        match t.sent.last_mut() {
+                            Some(last) if last.1 == addr => last.1 = addr + got as u64,
+                            _ => t.sent.push((addr, addr + got as u64)),
                         }
                         total += got as u64;
                         addr += got as u64;
@@ -160,32 +187,32 @@ impl Tracker {
         let mut skips = HashMap::new();
         for t in self.procs.iter() {
             let pid = t.host_pid;
-            let registered = wp_registered(pid)?;
+            let mut sent = t.sent.clone();
+            sent.sort_unstable();
+            let mut merged: Vec<(u64, u64)> = Vec::with_capacity(sent.len());
+            for (a, b) in sent {
+                match merged.last_mut() {
+                    Some(last) if last.1 >= a => last.1 = last.1.max(b),
+                    _ => merged.push((a, b)),
+                }
+            }
             let mut ranges: Vec<(u64, u64)> = Vec::new();
-            for &(start, end) in &registered {
-                // present, not written since last protected
-                let clean = uffd::scan(
+            for (start, end) in maybe_registered(pid)? {
+                // present, not written since last protected, in a mapping still registered
+                let clean = match uffd::scan(
                     t.pagemap.as_fd(),
                     start,
                     end,
-                    0,
+                    uffd::PM_SCAN_CHECK_WPASYNC,
                     uffd::PAGE_IS_WRITTEN,
                     uffd::PAGE_IS_WRITTEN,
                     ferry_sys::process::page_is::PRESENT | ferry_sys::process::page_is::SWAPPED,
-                )
-                .ctx(|| format!("pid {pid}: PAGEMAP_SCAN of {start:#x}-{end:#x}"))?;
-                for (rs, re) in clean {
-                    let mut a = rs;
-                    while a < re {
-                        if t.sent.contains(&a) {
-                            match ranges.last_mut() {
-                                Some(last) if last.1 == a => last.1 = a + PAGE,
-                                _ => ranges.push((a, a + PAGE)),
-                            }
-                        }
-                        a += PAGE;
-                    }
-                }
+                ) {
+                    Ok(c) => c,
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => continue, // not registered
+                    Err(e) => return Err(e).ctx(|| format!("pid {pid}: PAGEMAP_SCAN of {start:#x}-{end:#x}")),
+                };
+                intersect(&clean, &merged, &mut ranges);
             }
             skips.insert(pid, ranges.clone());
             out.push(Keep { host_pid: pid, image_pid: t.image_pid, ranges });
@@ -232,8 +259,7 @@ fn track(root: i32, pid: i32) -> Result<Tracked, Error> {
         uffd::api(uffd.as_fd(), uffd::UFFD_FEATURE_WP_ASYNC).ctx(|| format!("pid {pid}: UFFDIO_API (WP_ASYNC)"))?;
         let mut ranges = Vec::new();
         for m in &maps {
-            let anon = matches!(m.path.as_deref(), None | Some("") | Some("[heap]"));
-            if !(anon && m.perms.read && m.perms.write && !m.perms.shared) {
+            if !trackable(m) {
                 continue;
             }
             match uffd::register(uffd.as_fd(), m.start, m.end - m.start, uffd::UFFDIO_REGISTER_MODE_WP) {
@@ -245,13 +271,22 @@ fn track(root: i32, pid: i32) -> Result<Tracked, Error> {
     })?;
     let pagemap = procfs::open(pid, "pagemap")?;
     let mem = procfs::open(pid, "mem")?;
-    Ok(Tracked {
-        host_pid: pid,
-        image_pid: image_pid(root, pid),
-        _uffd: uffd,
-        pagemap,
-        mem,
-        ranges,
-        sent: HashSet::new(),
-    })
+    Ok(Tracked { host_pid: pid, image_pid: image_pid(root, pid), _uffd: uffd, pagemap, mem, ranges, sent: Vec::new() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::intersect;
+
+    #[test]
+    fn kept_pages_are_clean_and_sent() {
+        let mut out = Vec::new();
+        let clean = [(0x1000, 0x5000), (0x8000, 0x9000), (0x10000, 0x20000)];
+        let sent = [(0x0, 0x2000), (0x3000, 0x9000), (0x12000, 0x13000), (0x13000, 0x14000), (0x30000, 0x31000)];
+        intersect(&clean, &sent, &mut out);
+        assert_eq!(out, vec![(0x1000, 0x2000), (0x3000, 0x5000), (0x8000, 0x9000), (0x12000, 0x14000)]);
+        let mut none = Vec::new();
+        intersect(&clean, &[], &mut none);
+        assert!(none.is_empty());
+    }
 }

@@ -84,6 +84,8 @@ pub struct Restored {
     pub pid: i32,
     pub verify: Duration,
     pub total: Duration,
+    /// From the start until every process of the tree exists (forked, its own mappings in).
+    pub forked: Duration,
 }
 
 /// Verify an image without restoring it: inventory, every file's size and checksum, every
@@ -262,6 +264,10 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
                 raw::write_all(fd, b"0").map_err(|e| format!("cannot join a cgroup (fd {fd}): {e}"))?;
             }
         }
+        // Memory in place (state/premapped.rs): its own gets its page runs, that of the
+        // processes it creates is carried down to them.
+        let (inherited, carried) = crate::state::premapped::sort(ctx.procs, ctx.plan, &ctx.pages, n, idx, inherited)?;
+        let carried = std::cell::RefCell::new(carried);
         // Memory shared copy-on-write goes in before any child is forked, so they inherit it.
         let mine = std::cell::RefCell::new(match idx {
             Some(i) if ctx.premap => {
@@ -270,7 +276,7 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
                 let fds = ctx.prep[i].as_ref().map_or(&none, |p| &p.mem.vma_fd);
                 cow::premap(ctx.procs, &ctx.pages, fds, i, inherited)?
             }
-            _ => inherited,
+            _ => crate::state::premapped::own_only(idx.map(|i| ctx.procs[i].pid), inherited)?,
         });
         // An orphan's creator is a helper that dies during restore: it must not take it along.
         let creator_is_helper = node.creator.is_some_and(|c| !matches!(ctx.plan.nodes[c].role, Role::Image(_)));
@@ -290,7 +296,11 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
             let flags = if shares { libc::CLONE_FILES as u64 } else { 0 };
             match ferry_sys::process::clone3_with_pid_flags(pid, flags) {
                 // (The child's own copy of `mine`: fork duplicated the value with the memory.)
-                Ok(Fork::Child) => child_main(ctx, c, mine.take()),
+                Ok(Fork::Child) => {
+                    let mut all = mine.take();
+                    all.extend(carried.take());
+                    child_main(ctx, c, all)
+                }
                 Ok(Fork::Parent(_)) => Ok(()),
                 Err(e) => Err(format!("cannot create child {pid} (clone3 with set_tid): {e}")),
             }
@@ -317,6 +327,7 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
         for c in created {
             fork(c)?;
         }
+        crate::state::premapped::drop_carried(carried.take())?;
         if let Some(idx) = idx {
             let p = &ctx.procs[idx];
             let prep = ctx.prep[idx].as_ref().ok_or("no prepared state")?;
@@ -606,6 +617,20 @@ pub fn restore_notify(
     opts: &RestoreOptions,
     notify: &mut dyn for<'a> FnMut(Stage<'a>) -> Result<(), String>,
 ) -> Result<Restored, Error> {
+    restore_in_place(opts, &mut Vec::new(), notify)
+}
+
+/// [`restore_notify`] with memory already in place: `in_place` are private anonymous regions
+/// mapped in this process at the addresses of image processes' mappings, each exactly one
+/// mapping of its `owner`, holding that process's content but for its page runs (which are
+/// read on top). The restored root is forked from this process and inherits them; they stay
+/// mapped here (the caller unmaps them, best once the tree runs: until then a page written by
+/// the tree is copied). See state/premapped.rs.
+pub fn restore_in_place(
+    opts: &RestoreOptions,
+    in_place: &mut Vec<Premapped>,
+    notify: &mut dyn FnMut(Stage) -> Result<(), String>,
+) -> Result<Restored, Error> {
     let t0 = Instant::now();
     let (img, mut procs) = open_verified_but_pages(&opts.dir, opts.trusted.as_deref())?;
     let verify = t0.elapsed();
@@ -808,7 +833,7 @@ pub fn restore_notify(
         (false, true) => ferry_sys::process::clone3_sibling(Some(root), 0),
     };
     let mut tree = match forked {
-        Ok(Fork::Child) => child_main(&ctx, 0, Vec::new()),
+        Ok(Fork::Child) => child_main(&ctx, 0, std::mem::take(in_place)),
         Ok(Fork::Parent(c)) => Tree { pids: vec![c], released: false },
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
             return Err(pids.free(root).err().unwrap_or(Error::PidTaken { pid: root }))
@@ -849,7 +874,8 @@ pub fn restore_notify(
     }
     let host = |pid: i32| hosts.get(&pid).map_or(pid, |h| h.0);
     tree.pids = plan.nodes.iter().map(|n| host(n.pid)).collect();
-    tracing::debug!(elapsed = ?t0.elapsed(), "tree forked and ready");
+    let forked = t0.elapsed();
+    tracing::debug!(elapsed = ?forked, "tree forked and ready");
     notify(Stage::SetupNamespaces { pid: root_host }).map_err(|what| Error::Invalid {
         object: format!("restore of pid {root}"),
         what: format!("setup-namespaces callback failed: {what}"),
@@ -934,7 +960,7 @@ pub fn restore_notify(
     if let Some(pf) = &opts.pidfile {
         write_pidfile(pf, root_host)?;
     }
-    Ok(Restored { pid: root_host, verify, total: t0.elapsed() })
+    Ok(Restored { pid: root_host, verify, total: t0.elapsed(), forked })
 }
 
 /// The process whose fd table `pid` uses: itself, or the first of its ancestors it shares

@@ -385,6 +385,57 @@ impl RawRegion {
         cvt_i(unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, libc::MADV_DONTNEED) }).map(drop)
     }
 
+    /// Copy `bytes` to `addr` (inside the region).
+    pub fn write(&self, addr: u64, bytes: &[u8]) -> io::Result<()> {
+        self.check(addr, bytes.len() as u64)?;
+        // SAFETY: the destination lies inside the region (checked), which this process mapped
+        // read+write and no Rust reference points into; `bytes` is ordinary memory outside it
+        // (a Rust slice cannot point into the region, see the type's documentation).
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), addr as *mut u8, bytes.len()) };
+        Ok(())
+    }
+
+    /// Copy `buf.len()` bytes from `addr` (inside the region) into `buf`.
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.check(addr, buf.len() as u64)?;
+        // SAFETY: the source lies inside the region (checked), mapped readable by this process
+        // and written only through this type or the kernel; `buf` is outside it.
+        unsafe { std::ptr::copy_nonoverlapping(addr as *const u8, buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    /// Make `addr..addr+len` (inside the region, 2 MiB aligned) transparent huge pages now
+    /// (`MADV_COLLAPSE`, Linux 6.1), whatever the system's THP setting; the mapping's flags do
+    /// not change. The content is the same.
+    pub fn collapse(&self, addr: u64, len: u64) -> io::Result<()> {
+        const MADV_COLLAPSE: i32 = 25;
+        self.check(addr, len)?;
+        // SAFETY: the range is inside the region (checked); collapsing keeps its content.
+        cvt_i(unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, MADV_COLLAPSE) }).map(drop)
+    }
+
+    /// Whether `addr..addr+len` lies inside the region.
+    pub fn holds(&self, addr: u64, len: u64) -> bool {
+        self.check(addr, len).is_ok()
+    }
+
+    /// Cut the region in two at `at` (page aligned, strictly inside); the mapping is unchanged.
+    pub fn split(self, at: u64) -> Result<(RawRegion, RawRegion), RawRegion> {
+        if at <= self.start || at >= self.end || !at.is_multiple_of(crate::process::page_size()) {
+            return Err(self);
+        }
+        Ok((RawRegion { start: self.start, end: at }, RawRegion { start: at, end: self.end }))
+    }
+
+    /// One region of two that touch (`self` ending where `next` starts); the mappings are
+    /// unchanged.
+    pub fn join(self, next: RawRegion) -> Result<RawRegion, (RawRegion, RawRegion)> {
+        if self.end != next.start {
+            return Err((self, next));
+        }
+        Ok(RawRegion { start: self.start, end: next.end })
+    }
+
     /// Unmap the region.
     pub fn unmap(self) -> io::Result<()> {
         // SAFETY: the region is ours and nothing references it; `self` is consumed.

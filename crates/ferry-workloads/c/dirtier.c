@@ -17,6 +17,12 @@
  *                 (one byte) to a pipe and waits to be killed: children never exit on their own
  *                 while the tree may be migrated (a process exiting during a dump fails it).
  *                 On go the parent requires that every child passed and some ran.
+ *   argv[4] = "drop": also, every few rounds, drop a few pages of the memory (MADV_DONTNEED: they
+ *                 must read as zeros from then on, until written again);
+ *   argv[4] = "remap": also, every few rounds, map a few pages anew at the same address (munmap,
+ *                 then mmap MAP_FIXED: a new mapping in the middle of the old one) with new
+ *                 content. With either, pages pre-copied before must come back as they are at
+ *                 the freeze, not as they were sent.
  *   argv[4] = "threads": the writes are done by 4 threads instead (thread t owns the pages
  *                 i % 4 == t); each round each thread also has the kernel read one of its pages
  *                 (pwrite to a scratch file) and write it back in place (pread): faults taken
@@ -130,6 +136,9 @@ static void *writer_main(void *arg)
 	return NULL;
 }
 
+/* Generation of a page dropped with MADV_DONTNEED ("drop"): it reads as zeros. */
+#define DROPPED 0xFFFFFFFFu
+
 /* Pages of `mem` that do not match their generation. */
 static size_t check_pages(const uint64_t *mem, const uint32_t *gen, size_t npages, int report)
 {
@@ -137,11 +146,12 @@ static size_t check_pages(const uint64_t *mem, const uint32_t *gen, size_t npage
 	for (size_t i = 0; i < npages; i++) {
 		const uint64_t *p = mem + i * WORDS;
 		for (uint64_t w = 0; w < WORDS; w++) {
-			if (p[w] != mix(i, gen[i], w)) {
+			uint64_t want = gen[i] == DROPPED ? 0 : mix(i, gen[i], w);
+			if (p[w] != want) {
 				if (bad++ == 0 && report)
 					fail("page %zu word %llu: %#llx, expected %#llx (generation %u)", i,
-					     (unsigned long long)w, (unsigned long long)p[w],
-					     (unsigned long long)mix(i, gen[i], w), gen[i]);
+					     (unsigned long long)w, (unsigned long long)p[w], (unsigned long long)want,
+					     gen[i]);
 				break;
 			}
 		}
@@ -172,6 +182,9 @@ int main(int argc, char **argv)
 	int churning = argc > 4 && strcmp(argv[4], "churn") == 0;
 	int forking = argc > 4 && strcmp(argv[4], "fork") == 0;
 	int threading = argc > 4 && strcmp(argv[4], "threads") == 0;
+	int dropping = argc > 4 && strcmp(argv[4], "drop") == 0;
+	int remapping = argc > 4 && strcmp(argv[4], "remap") == 0;
+	unsigned long dropped = 0, remapped = 0;
 	struct writer writers[NTHREADS];
 	if (threading) {
 		char path[4096];
@@ -201,8 +214,30 @@ int main(int argc, char **argv)
 		for (size_t k = 0; !threading && k < per_round; k++) {
 			rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
 			uint64_t i = (rng >> 33) % npages;
-			gen[i]++;
+			gen[i] = gen[i] == DROPPED ? 1 : gen[i] + 1;
 			fill(mem, i, gen[i]);
+		}
+		if (dropping && rounds % 5 == 0 && npages > 64) {
+			rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+			uint64_t i = (rng >> 33) % (npages - 16), n = 1 + (rng >> 20) % 16;
+			if (madvise(mem + i * WORDS, n * PAGE, MADV_DONTNEED) != 0)
+				die_setup("madvise: %s", strerror(errno));
+			for (uint64_t k = i; k < i + n; k++)
+				gen[k] = DROPPED;
+			dropped += n;
+		}
+		if (remapping && rounds % 7 == 3 && npages > 64) {
+			rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+			uint64_t i = (rng >> 33) % (npages - 8), n = 1 + (rng >> 20) % 8;
+			void *at = mem + i * WORDS;
+			if (munmap(at, n * PAGE) != 0 ||
+			    mmap(at, n * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != at)
+				die_setup("remap: %s", strerror(errno));
+			for (uint64_t k = i; k < i + n; k++) {
+				gen[k] = gen[k] == DROPPED ? 1 : gen[k] + 1;
+				fill(mem, k, gen[k]);
+			}
+			remapped += n;
 		}
 		if (churning)
 			churn(rounds, rng);
@@ -276,6 +311,8 @@ int main(int argc, char **argv)
 				break;
 			}
 	CHECK(dirtied > 0, "no page was ever rewritten");
+	if (dropping || remapping)
+		fprintf(stderr, "dirtier: %lu pages dropped, %lu mapped anew\n", dropped, remapped);
 	fprintf(stderr, "dirtier: %zu pages checked, %llu rewrites in %llu rounds\n", npages,
 		(unsigned long long)dirtied, (unsigned long long)rounds);
 	finish();

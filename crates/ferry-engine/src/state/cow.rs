@@ -80,7 +80,7 @@ pub struct Premapped {
     pub owner: i32,
 }
 
-fn apply(region: &RawRegion, layer: &Layer<'_>) -> Result<(), String> {
+pub(crate) fn apply(region: &RawRegion, layer: &Layer<'_>) -> Result<(), String> {
     let v = layer.vma;
     let obj = || format!("mapping {:#x}-{:#x}", v.start, v.end);
     for h in layer.holes {
@@ -112,10 +112,14 @@ pub fn premap(
     inherited: Vec<Premapped>,
 ) -> Result<Vec<Premapped>, String> {
     let me = &procs[idx];
+    // Its own content already (memory in place, state/premapped.rs): kept as it is.
+    let (mut out, inherited): (Vec<Premapped>, Vec<Premapped>) = inherited.into_iter().partition(|p| p.owner == me.pid);
     let mut inherited: Vec<Option<Premapped>> = inherited.into_iter().map(Some).collect();
-    let mut out = Vec::new();
     let mut todo = Vec::new();
     for v in wanted(procs, idx) {
+        if out.iter().any(|p| (p.region.start(), p.region.end()) == (v.start, v.end)) {
+            continue;
+        }
         let slot = inherited.iter_mut().find(|s| {
             s.as_ref().is_some_and(|s| s.owner == me.ppid && (s.region.start(), s.region.end()) == (v.start, v.end))
         });

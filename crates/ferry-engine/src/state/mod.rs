@@ -36,6 +36,7 @@ pub mod netns;
 pub mod packet;
 pub mod pidfd;
 pub mod pipes;
+pub mod premapped;
 pub mod rseq;
 pub mod seccomp;
 pub mod session;

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use std::io;
 
 pub mod channel;
+mod inplace;
 pub mod postcopy;
 pub mod serve;
 pub mod source;

@@ -9,6 +9,7 @@
 //! between migrations must not race with it), with at most 60 s of silence each.
 
 use super::channel::{seal, Auth, Progress, Responder, Secure, HANDSHAKE_MSG_MAX, UNTRUSTED};
+use super::inplace::InPlace;
 use super::{kind, message, mode, recv, recv_into, send_now, text, Fields, MAX_MSG};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
@@ -550,7 +551,7 @@ struct PageStore {
 impl PageStore {
     fn create(dir: &Path, host: u32) -> Result<PageStore> {
         let path = dir.join(format!(".precopy-{host}"));
-        let file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+        let file = fs::OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path)?;
         let mut st = PageStore {
             file,
             len: 0,
@@ -578,9 +579,10 @@ impl PageStore {
 fn fill_kept(
     dir: &Path,
     inv: &mut ferry_image::Inventory,
-    pid: i32,
+    (host, pid): (u32, i32),
     ranges: &[(u64, u64)],
     mut st: PageStore,
+    inplace: &InPlace,
 ) -> Result<()> {
     let pf = ferry_image::process_file(pid);
     let pages_name = ferry_image::pages_file(pid);
@@ -592,6 +594,18 @@ fn fill_kept(
     let last = fs::read(&pages_path).with_context(|| format!("{pages_name} missing"))?;
     let base = st.len;
     st.append(&last)?;
+    // Kept pages whose latest copy is in place (in a mapping not handed over) join the file.
+    let mut page = vec![0u8; PAGE];
+    for &(start, end) in ranges {
+        for a in (start..end).step_by(PAGE) {
+            if !st.index.contains_key(&a) && inplace.holds(host, a) {
+                inplace.read(a, &mut page)?;
+                let at = st.len;
+                st.append(&page)?;
+                st.index.insert(a, at);
+            }
+        }
+    }
     for v in mm.vmas.iter_mut() {
         for r in v.runs.iter_mut() {
             r.offset = r
@@ -666,13 +680,13 @@ fn handle(mut sec: Secure, limits: &Limits, dir: &Path) -> Result<Option<i32>> {
         bail!("{why}");
     }
     let t0 = Instant::now();
-    match receive(&mut sec, limits, dir) {
-        Ok(()) => {}
+    let mut got = match receive_in(&mut sec, limits, dir, true) {
+        Ok(got) => got,
         Err(e) => {
             let _ = send_now(&mut sec, kind::FAILED, format!("{e:#}").as_bytes());
             return Err(e);
         }
-    }
+    };
     let received = t0.elapsed();
     let t1 = Instant::now();
     let opts = ferry_engine::restore::RestoreOptions {
@@ -691,7 +705,7 @@ fn handle(mut sec: Secure, limits: &Limits, dir: &Path) -> Result<Option<i32>> {
     };
     let post_copy = m == mode::POST_COPY;
     ferry_engine::postcopy::accept_lazy(post_copy);
-    let restored = ferry_engine::restore::restore(&opts);
+    let restored = ferry_engine::restore::restore_in_place(&opts, got.inplace.handed(), &mut |_| Ok(()));
     let lazies = ferry_engine::postcopy::take_registered();
     ferry_engine::postcopy::accept_lazy(false);
     let r = match restored {
@@ -724,7 +738,24 @@ fn handle(mut sec: Secure, limits: &Limits, dir: &Path) -> Result<Option<i32>> {
         }
         bail!("cannot confirm to the source ({e}); restored pid {} killed, the source resumes its copy", r.pid);
     }
+    // The tree has its own copies of the memory in place now: ours go (its writes then find
+    // pages of their own, not shared with serve).
+    let t_unmap = Instant::now();
+    let handed = got.inplace.handed_bytes();
+    drop(got.inplace);
     eprintln!("serve: image received in {} ms, restored in {restore_ms} ms as pid {}", received.as_millis(), r.pid);
+    if let Some(k) = got.final_round {
+        eprintln!(
+            "serve: pre-copy: final round received in {} ms, pages placed in {} ms; restore: verify {} ms, tree forked in {} ms ({} MiB handed over in place), rest {} ms; unmapped serve's copy in {} ms",
+            k.as_millis(),
+            got.placing.as_millis(),
+            r.verify.as_millis(),
+            r.forked.as_millis(),
+            handed >> 20,
+            r.total.saturating_sub(r.forked).as_millis(),
+            t_unmap.elapsed().as_millis()
+        );
+    }
     if post_copy {
         let t = Instant::now();
         match super::postcopy::fetch_pages(&mut sec, r.pid, lazies, IDLE_TIMEOUT, limits.max_image_bytes) {
@@ -770,9 +801,24 @@ fn source_gone(sec: &Secure) -> bool {
     gone
 }
 
-/// Receive the files of an image into `dir` (created 0700), with the peer's limits. (Public
-/// for the `frame` fuzz target: fuzz/.)
+/// Receive the files of an image into `dir` (created 0700), with the peer's limits; pre-copied
+/// pages all go to the image (nothing is mapped in place). (Public for the `frame` fuzz target,
+/// fuzz/, and the wire tests.)
 pub fn receive(sec: &mut Secure, limits: &Limits, dir: &Path) -> Result<()> {
+    receive_in(sec, limits, dir, false).map(drop)
+}
+
+/// What [`receive_in`] leaves for the restore besides the image.
+struct Received {
+    /// Pre-copied memory in place, and the mappings handed over for the restore.
+    inplace: InPlace,
+    /// Pre-copy: from the first KEEP (the source is frozen) to the COMMIT.
+    final_round: Option<Duration>,
+    /// Pre-copy: putting the kept pages where the restore takes them, at the COMMIT.
+    placing: Duration,
+}
+
+fn receive_in(sec: &mut Secure, limits: &Limits, dir: &Path, in_place: bool) -> Result<Received> {
     fs::DirBuilder::new().mode(0o700).create(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     send_now(sec, kind::READY, &[])?;
     let mut open: HashMap<u32, Incoming> = HashMap::new();
@@ -781,6 +827,8 @@ pub fn receive(sec: &mut Secure, limits: &Limits, dir: &Path) -> Result<()> {
     // pre-copy: the latest copy of each page sent while the tree ran, per host pid
     let mut store: HashMap<u32, PageStore> = HashMap::new();
     let mut keeps: HashMap<u32, (u32, Vec<(u64, u64)>)> = HashMap::new();
+    let mut inplace = InPlace::new(in_place);
+    let mut first_keep: Option<Instant> = None;
     let mut payload = Vec::with_capacity(MAX_MSG);
     loop {
         let k = recv_into(sec, MAX_MSG, &mut payload)?;
@@ -842,21 +890,31 @@ pub fn receive(sec: &mut Secure, limits: &Limits, dir: &Path) -> Result<()> {
                 if total > limits.max_image_bytes {
                     bail!("the image exceeds {} MiB: refused", limits.max_image_bytes >> 20);
                 }
-                if !store.contains_key(&host) {
-                    if store.len() >= limits.max_processes {
-                        bail!("pages of more than {} processes: refused", limits.max_processes);
-                    }
-                    store.insert(host, PageStore::create(dir, host)?);
+                if !store.contains_key(&host) && store.len() >= limits.max_processes {
+                    bail!("pages of more than {} processes: refused", limits.max_processes);
                 }
-                let st = store.get_mut(&host).context("store")?;
-                let at = st.len;
-                st.append(bytes)?;
-                for i in 0..bytes.len() / PAGE {
-                    st.index.insert(addr + (i * PAGE) as u64, at + (i * PAGE) as u64);
+                // At its own address if it can (inplace.rs), else in the staging file.
+                let unplaced = inplace.put(host, addr, bytes);
+                if let Some(st) = store.get_mut(&host).filter(|st| !st.index.is_empty()) {
+                    for i in 0..bytes.len() / PAGE {
+                        st.index.remove(&(addr + (i * PAGE) as u64)); // (the latest copy is elsewhere now)
+                    }
+                }
+                for (a, b) in unplaced {
+                    let st = match store.entry(host) {
+                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(e) => e.insert(PageStore::create(dir, host)?),
+                    };
+                    let at = st.len;
+                    st.append(&bytes[a..b])?;
+                    for i in 0..(b - a) / PAGE {
+                        st.index.insert(addr + (a + i * PAGE) as u64, at + (i * PAGE) as u64);
+                    }
                 }
             }
             kind::KEEP => {
                 let (host, image_pid) = (f.u32()?, f.u32()?);
+                first_keep.get_or_insert_with(Instant::now);
                 let e = keeps.entry(host).or_insert((image_pid, Vec::new()));
                 while !f.0.is_empty() {
                     let (a, b) = (f.u64()?, f.u64()?);
@@ -878,23 +936,61 @@ pub fn receive(sec: &mut Secure, limits: &Limits, dir: &Path) -> Result<()> {
                 if inv.files.len() != names.len() || inv.files.iter().any(|d| !names.contains(&d.name)) {
                     bail!("the inventory does not list the files that were sent");
                 }
+                let final_round = first_keep.map(|t| t.elapsed());
                 let mut bytes = payload.clone();
+                let t = Instant::now();
                 if !keeps.is_empty() {
-                    let t = Instant::now();
-                    for (host, (image_pid, ranges)) in &keeps {
+                    let mut to_image = 0u64;
+                    for (host, (image_pid, ranges)) in keeps.iter_mut() {
                         if ranges.is_empty() {
                             continue; // nothing left out: the final page file is complete
                         }
-                        let st = store.remove(host).context("KEEP for a process whose pages were never sent")?;
-                        fill_kept(dir, &mut inv, *image_pid as i32, ranges, st)?;
+                        ranges.sort_unstable();
+                        let (host, pid) = (*host, *image_pid as i32);
+                        let pf = ferry_image::process_file(pid);
+                        let raw = fs::read(dir.join(&pf))
+                            .with_context(|| format!("KEEP for pid {pid}, which the image does not have"))?;
+                        let p: ferry_image::Process =
+                            ferry_image::decode_record(&pf, ferry_image::RecordKind::Process, &raw)?;
+                        let vmas = p.mm.as_ref().map(|m| m.vmas.as_slice()).unwrap_or_default();
+                        let staged = store.get(&host);
+                        // (a kept page whose latest copy is in the staging file comes into place)
+                        let mut fetch = |a: u64, ip: &InPlace| -> Result<bool> {
+                            let Some((st, &off)) = staged.and_then(|st| Some((st, st.index.get(&a)?))) else {
+                                return Ok(false);
+                            };
+                            let mut page = vec![0u8; PAGE];
+                            std::os::unix::fs::FileExt::read_exact_at(&st.file, &mut page, off)
+                                .context("cannot read a pre-copied page back")?;
+                            ip.write(a, &page)?;
+                            Ok(true)
+                        };
+                        let left = inplace.hand_over(host, pid, vmas, ranges, &mut fetch)?;
+                        if left.is_empty() {
+                            continue;
+                        }
+                        to_image += left.iter().map(|r| r.1 - r.0).sum::<u64>();
+                        let st = match store.remove(&host) {
+                            Some(st) => st,
+                            None => PageStore::create(dir, host)?,
+                        };
+                        fill_kept(dir, &mut inv, (host, pid), &left, st, &inplace)?;
                     }
                     bytes = ferry_image::encode_record(ferry_image::RecordKind::Inventory, &inv);
-                    eprintln!("serve: pre-copied pages put in the image in {} ms", t.elapsed().as_millis());
+                    eprintln!(
+                        "serve: pre-copied pages: {} MiB handed over in place ({} MiB as huge pages), {} MiB put in the image, in {} ms",
+                        inplace.handed_bytes() >> 20,
+                        inplace.collapsed * 2,
+                        to_image >> 20,
+                        t.elapsed().as_millis()
+                    );
                 }
+                // What was not handed over is in the image now: the tree must not inherit it.
+                inplace.drop_rest();
                 let path: PathBuf = dir.join(ferry_image::INVENTORY);
                 let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
                 file.write_all(&bytes)?;
-                return Ok(());
+                return Ok(Received { inplace, final_round, placing: t.elapsed() });
             }
             kind::ABORT => bail!("the source aborted: {}", text(f.rest())),
             k => bail!("unexpected message {k}"),

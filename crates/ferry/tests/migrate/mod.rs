@@ -12,6 +12,7 @@ use crate::common::*;
 
 mod nsx;
 mod postcopy;
+mod precopy;
 mod serve;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -192,10 +193,18 @@ impl Workload {
 
     /// `mode`: the dirtier's extra behaviour ("churn", "fork"), or "".
     fn start_mode(nodes: &Nodes, label: &str, mib: u32, pidns: bool, mode: &str) -> Workload {
+        Workload::start_rate(nodes, label, mib, pidns, 10240, mode)
+    }
+
+    /// Writing `kib_s` KiB a second (0: one page every 10 ms, nearly idle).
+    fn start_rate(nodes: &Nodes, label: &str, mib: u32, pidns: bool, kib_s: u32, mode: &str) -> Workload {
         let w = WorkDir::new(label);
         let mut args = vec![mib.to_string()];
+        if !mode.is_empty() || kib_s != 10240 {
+            args.push(kib_s.to_string());
+        }
         if !mode.is_empty() {
-            args.extend(["10240".to_string(), mode.to_string()]);
+            args.push(mode.to_string());
         }
         let log = |name: &str| File::create(w.join(name)).expect("log file");
         let prog = ferry_workloads::path("dirtier");
@@ -353,6 +362,14 @@ fn summary(m: &Migration) -> (i32, u64) {
     (remote, field("downtime_ms="))
 }
 
+/// The MiB `ferry serve` says it handed over in place (pre-copy), from its log.
+fn in_place_mib(log: &str) -> u64 {
+    log.lines()
+        .filter_map(|l| l.split("pre-copied pages: ").nth(1)?.split(" MiB handed over in place").next()?.parse().ok())
+        .next_back()
+        .unwrap_or(0)
+}
+
 /// A successful move of an `mib` MiB writer; returns the downtime.
 fn migrate_and_verify(mib: u32) -> u64 {
     migrate_and_verify_with(mib, &[], false)
@@ -363,8 +380,12 @@ fn migrate_and_verify_with(mib: u32, extra: &[&str], churn: bool) -> u64 {
 }
 
 fn migrate_and_verify_mode(mib: u32, extra: &[&str], mode: &str) -> u64 {
+    migrate_and_verify_rate(mib, 10240, extra, mode)
+}
+
+fn migrate_and_verify_rate(mib: u32, kib_s: u32, extra: &[&str], mode: &str) -> u64 {
     let nodes = Nodes::new();
-    let wl = Workload::start_mode(&nodes, "migrate", mib, true, mode);
+    let wl = Workload::start_rate(&nodes, "migrate", mib, true, kib_s, mode);
     let auth = wl.w.join("auth");
     keygen(&auth);
     let _server = Server::start(&nodes, &wl.w, &auth, &[]);
@@ -384,6 +405,17 @@ fn migrate_and_verify_mode(mib: u32, extra: &[&str], mode: &str) -> u64 {
             "the final image is not smaller than half the memory: {line}"
         );
         assert!(m.stderr.contains("already there and unchanged"), "{}", m.stderr);
+        for l in m.stderr.lines().filter(|l| l.contains("after the freeze") || l.contains("elapsed")) {
+            eprintln!("{l}");
+        }
+        wait_for("the destination's timings", Duration::from_secs(20), || _server.log().contains("serve: pre-copy:"));
+        for l in _server.log().lines().filter(|l| l.contains("pre-copied pages") || l.contains("serve: pre-copy:")) {
+            eprintln!("{l}");
+        }
+        // the memory was handed over in place, not written into the image and read back
+        let in_place = in_place_mib(&_server.log());
+        let off = std::env::var_os("FERRY_PRECOPY_IN_PLACE").is_some_and(|v| v == "0"); // (the old path, by hand)
+        assert!(off || in_place >= u64::from(mib) / 2, "{in_place} MiB handed over in place: {}", _server.log());
     }
     if extra.contains(&"--post-copy") {
         // the image holds almost no memory; all of it followed, and the source waited for that

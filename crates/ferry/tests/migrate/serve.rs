@@ -58,7 +58,7 @@ impl Drop for Hostile {
 }
 
 /// A process's resident memory (KiB) and open fds.
-fn usage(pid: i32) -> (u64, usize) {
+pub(super) fn usage(pid: i32) -> (u64, usize) {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let rss = status
         .lines()
