@@ -176,6 +176,11 @@ enum Cmd {
         /// Run the job in a new mount namespace: every mount private, a fresh tmpfs on /tmp.
         #[arg(long)]
         mntns: bool,
+        /// With --netns: link the job to this namespace by a veth pair, eth0 inside (with
+        /// address ADDR/PFX if given), HOST outside (a port of BRIDGE if given), both up.
+        /// Dump it with --external veth[eth0]:HOST[@BRIDGE].
+        #[arg(long, value_name = "HOST[@BRIDGE][:ADDR/PFX]", requires = "netns")]
+        veth: Option<String>,
         /// Print the pid (the init's, with --pidns) and return instead of waiting for the job.
         #[arg(short = 'd', long)]
         detach: bool,
@@ -229,6 +234,11 @@ enum Cmd {
         /// Exit after this many authenticated connections (for tests).
         #[arg(long, hide = true)]
         max_migrations: Option<u64>,
+        /// This node's side of what arriving trees had outside (repeatable):
+        /// veth[INSIDE]:OUTSIDE[@BRIDGE] names the outside end made here for a tree's veth
+        /// INSIDE, and the bridge it joins (else the names the source recorded are used).
+        #[arg(long, value_name = "veth[INSIDE]:OUTSIDE[@BRIDGE]")]
+        external: Vec<ferry_engine::state::external::External>,
     },
     /// Move a running process tree to the node serving at ADDR:PORT; it stays here, frozen,
     /// until the destination confirms it runs there, and resumes here on any failure.
@@ -259,6 +269,10 @@ enum Cmd {
         /// Restore established TCP connections closed on the destination.
         #[arg(long = "tcp-close")]
         tcp_close: bool,
+        /// What the tree has outside it, as for dump (repeatable): veth[INSIDE]:OUTSIDE[@BRIDGE]
+        /// for a veth of the tree's network namespace whose peer is this node's OUTSIDE.
+        #[arg(long, value_name = "KIND[KEY][:VALUE]")]
+        external: Vec<ferry_engine::state::external::External>,
     },
     /// Serve CRIU's RPC on the inherited SOCK_SEQPACKET socket FD, as `criu swrk FD` does: what
     /// runc, Podman, crun and go-criu start (docs/containers.md).
@@ -495,8 +509,8 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(ferry_engine::restore::wait_exit(r.pid)?)
         }
-        Cmd::Run { pidns, netns, timens, mntns, detach, pidfile, cmd } => {
-            let opts = ferry_engine::launch::RunOptions { cmd, pidns, netns, timens, mntns, detach, pidfile };
+        Cmd::Run { pidns, netns, timens, mntns, veth, detach, pidfile, cmd } => {
+            let opts = ferry_engine::launch::RunOptions { cmd, pidns, netns, timens, mntns, veth, detach, pidfile };
             let (pid, status) = ferry_engine::launch::run(&opts).context("ferry run failed")?;
             if detach {
                 println!("{pid}");
@@ -520,6 +534,7 @@ fn run(cli: Cli) -> Result<i32> {
             max_handshakes_per_addr,
             handshake_timeout,
             max_migrations,
+            external,
         } => {
             ferry_engine::check::require_caps("serve")?;
             let limits = migrate::serve::Limits {
@@ -539,10 +554,11 @@ fn run(cli: Cli) -> Result<i32> {
                     per_addr: max_handshakes_per_addr,
                     deadline: std::time::Duration::from_secs(handshake_timeout.max(1)),
                 },
+                ns: criu::restore_ns(&external, &[], &[], None),
             })?;
             Ok(0)
         }
-        Cmd::Migrate { pid, to, auth, pre_copy, post_copy, timeout, tcp_established, tcp_close } => {
+        Cmd::Migrate { pid, to, auth, pre_copy, post_copy, timeout, tcp_established, tcp_close, external } => {
             ferry_engine::check::require_caps("migrate")?;
             let mode = if pre_copy {
                 migrate::mode::PRE_COPY
@@ -559,6 +575,7 @@ fn run(cli: Cli) -> Result<i32> {
                 timeout: std::time::Duration::from_secs(timeout),
                 tcp_established,
                 tcp_close,
+                ns: criu::dump_ns(&external, &[])?,
             })?;
             Ok(0)
         }

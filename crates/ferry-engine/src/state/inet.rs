@@ -396,7 +396,7 @@ pub fn collect(pid: i32, fd: i32, link: &str, policy: &mut Connections, f: &mut 
         other => other,
     })?;
     if repair {
-        let (r, state) = tcp_repair::collect(&obj(), owned, &mut policy.repaired)?;
+        let (r, state) = tcp_repair::collect(pid, &obj(), owned, &mut policy.repaired)?;
         s.repair = Some(r);
         s.state = state;
     }

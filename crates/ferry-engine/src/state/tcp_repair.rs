@@ -118,7 +118,7 @@ pub fn sent_fin(state: u32) -> bool {
 /// Save the connection `sock` (ferry's copy, taken with pidfd_getfd) and its state, read
 /// once it is locked (a FIN may have arrived meanwhile); it stays in repair mode, registered
 /// in `repaired`.
-pub fn collect(obj: &str, sock: OwnedFd, repaired: &mut Repaired) -> Result<(TcpRepair, u32), Error> {
+pub fn collect(pid: i32, obj: &str, sock: OwnedFd, repaired: &mut Repaired) -> Result<(TcpRepair, u32), Error> {
     let s = sock.as_fd();
     let ctx = |what: &str| format!("{obj}: {what}");
     // Nothing may reach the socket once its queues are read: lock first, then repair mode,
@@ -132,7 +132,8 @@ pub fn collect(obj: &str, sock: OwnedFd, repaired: &mut Repaired) -> Result<(Tcp
     };
     let lock = match &mut repaired.lock {
         Some(l) => l,
-        None => repaired.lock.insert(crate::state::netlock::Lock::new()?),
+        // (in the connection's network namespace: all of the tree is in its root's)
+        None => repaired.lock.insert(crate::state::netlock::Lock::new(pid)?),
     };
     lock.add(&local, &peer)?;
     let lock_name = lock.name().to_string();

@@ -8,6 +8,8 @@
 
 use crate::common::*;
 use std::fs;
+
+pub mod veth;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
