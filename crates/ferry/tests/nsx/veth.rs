@@ -167,6 +167,10 @@ fn veth_job_tcp_stream_across_dump_and_restore() {
     let port = job_port(&w);
     let peer = PeerStream::start(node.connect(format!("{JOB_ADDR}:{port}")));
     wait_for("the job's ready", Duration::from_secs(60), || w.join("ready").exists());
+    // The job's network namespace outlives the job for a while, as when a container's infra
+    // process holds it: the packets the node keeps sending meanwhile must meet the lock there,
+    // not a namespace without the socket (which answers with a reset).
+    let hold = File::open(format!("/proc/{pid}/ns/net")).expect("the job's network namespace");
     let img = w.join("img");
     let ext = format!("veth[eth0]:{host}@br0");
     ferry_in(
@@ -177,7 +181,8 @@ fn veth_job_tcp_stream_across_dump_and_restore() {
     );
     wait_for("the dumped tree to go", Duration::from_secs(20), || !pid_alive(pid));
     // The test keeps sending into the locked connection while no process has it.
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(hold);
     let pidfile = w.join("restored.pid");
     ferry_in(&node, &w, "restore", &["restore", "-d", "-D", &path_str(&img), "--pidfile", &path_str(&pidfile)]);
     let restored: i32 = fs::read_to_string(&pidfile).expect("pidfile").trim().parse().expect("pid");
