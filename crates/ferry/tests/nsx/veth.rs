@@ -102,24 +102,8 @@ impl Drop for Node {
 /// `tcpstream netpeer MB` under `ferry run --pidns --netns --veth HOST@br0:10.79.0.2/24`, started
 /// by `launcher` (which runs ferry in a node); returns the init's pid, killed on drop.
 pub fn start_linked_job(w: &WorkDir, launcher: Command, host: &str, mb: &str) -> (i32, ProcGuard) {
-    let pidfile = w.join("init.pid");
-    let mut cmd = launcher;
-    let st = cmd
-        .args(["run", "--pidns", "--netns", "-d", "--pidfile", &path_str(&pidfile)])
-        .args(["--veth", &format!("{host}@br0:{JOB_ADDR}/24"), "--"])
-        .arg(ferry_workloads::path("tcpstream"))
-        .arg(&w.path)
-        .args(["netpeer", mb])
-        .stdin(Stdio::null())
-        .stdout(File::create(w.join("run.log")).expect("log"))
-        .stderr(File::create(w.join("out.log")).expect("log"))
-        .status()
-        .expect("ferry run");
-    assert!(st.success(), "ferry run: {}", read_tail(&w.join("out.log"), 2000));
-    let pid: i32 = fs::read_to_string(&pidfile).expect("pidfile").trim().parse().expect("pid");
-    let guard = ProcGuard::new();
-    guard.add(pid);
-    (pid, guard)
+    let veth = format!("{host}@br0:{JOB_ADDR}/24");
+    crate::nsx::run_detached(w, launcher, &["--pidns", "--netns", "--veth", &veth], "tcpstream", &["netpeer", mb])
 }
 
 /// The job's listening port, once it wrote it.
