@@ -158,22 +158,27 @@ pub(crate) fn dump(ctx: &mut DumpCtx<'_>, out: &mut Namespaces) -> Result<(), Er
 const HOST_KEY: &str = "host:";
 
 /// What makes a mount a copy of another: device, root, mountpoint, file system type.
-fn host_key(m: &ferry_proc::MountInfo) -> (u32, u32, String, String, String) {
+type HostKey = (u32, u32, String, String, String);
+
+fn host_key(m: &ferry_proc::MountInfo) -> HostKey {
     (m.dev_major, m.dev_minor, m.root.clone(), m.mount_point.clone(), m.fs_type.clone())
 }
 
 /// The dumping ferry's own mounts.
-fn own_mounts() -> Result<HashSet<(u32, u32, String, String, String)>, Error> {
+fn own_mounts() -> Result<HashSet<HostKey>, Error> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").ctx(|| "cannot read /proc/self/mountinfo".into())?;
     let infos = ferry_proc::parse_mountinfo(&text)
         .map_err(|e| Error::Invalid { object: "ferry's own /proc/self/mountinfo".into(), what: e.to_string() })?;
     Ok(infos.iter().map(host_key).collect())
 }
 
+/// External mounts' sources, and the mounts left out.
+type Sources = (Vec<(String, PathBuf)>, HashSet<u32>);
+
 /// The sources of external mounts: those given, then the copies of the dumping ferry's mounts
 /// (`host:MOUNTPOINT`) not given otherwise, from the same path here; the ids of such mounts
 /// this node lacks and may leave out (namespace files), with what is mounted below them.
-fn host_sources(mnt: &MountNs, given: &[(String, PathBuf)]) -> Result<(Vec<(String, PathBuf)>, HashSet<u32>), Error> {
+fn host_sources(mnt: &MountNs, given: &[(String, PathBuf)]) -> Result<Sources, Error> {
     let mut out = given.to_vec();
     let mut left_out = HashSet::new();
     for r in ordered(&mnt.mounts)? {
