@@ -8,8 +8,12 @@
 //! restore shifts them so that CLOCK_MONOTONIC and CLOCK_BOOTTIME continue) and a mount
 //! namespace (every mount private, a fresh tmpfs on /tmp). `ferry run` makes the first two
 //! with `unshare` in its own process before it forks the job, which inherits them (`ferry run`
-//! itself only waits); the job makes its mount namespace itself, before exec. No link to the host is made: a job that needs one gets it from its operator
-//! (`ip link add ... netns PID`).
+//! itself only waits); the job makes its mount namespace itself, before exec.
+//!
+//! `--veth HOST[@BRIDGE][:ADDR/PFX]` (with `--netns`) gives the job a link to its node: a veth
+//! pair whose inside end `eth0` (up, with address ADDR/PFX if given) is in the job's network
+//! namespace and whose outside end HOST (up, a port of BRIDGE if given) is in the caller's. A
+//! dump names it with `--external veth[eth0]:HOST[@BRIDGE]` (state/netns.rs).
 
 use crate::error::{Ctx, Error};
 use ferry_sys::process::{clone3_new_pidns, Fork};
@@ -33,6 +37,9 @@ pub struct RunOptions {
     /// A new user namespace with these maps (made by the job itself, after its mount namespace:
     /// the namespaces `ferry run` makes are owned by the caller's user namespace).
     pub userns: Option<UserMaps>,
+    /// `--veth HOST[@BRIDGE][:ADDR/PFX]`: a link between the job's network namespace (`eth0`)
+    /// and the caller's (HOST).
+    pub veth: Option<String>,
     /// Print the pid and return at once instead of waiting for the job.
     pub detach: bool,
     pub pidfile: Option<PathBuf>,
@@ -131,8 +138,70 @@ fn enter_new_namespaces(opts: &RunOptions) -> Result<(), Error> {
         nsctl::unshare(nsctl::CLONE_NEWTIME).ctx(|| fail("time"))?;
     }
     if opts.netns {
+        let outer =
+            std::fs::File::open("/proc/thread-self/ns/net").ctx(|| "cannot open ferry's network namespace".into())?;
         nsctl::unshare(libc::CLONE_NEWNET).ctx(|| fail("network"))?;
         nsctl::link_set_up("lo", true).ctx(|| "cannot bring up lo in the job's network namespace".into())?;
+        if let Some(spec) = &opts.veth {
+            make_veth(spec, &outer)?;
+        }
+    } else if opts.veth.is_some() {
+        return Err(Error::Invalid { object: "ferry run --veth".into(), what: "needs --netns".into() });
+    }
+    Ok(())
+}
+
+/// The name of the inside end of `--veth`.
+pub const VETH_INSIDE: &str = "eth0";
+
+/// `--veth HOST[@BRIDGE][:ADDR/PFX]`, from the job's new network namespace; `outer` is the
+/// caller's.
+fn make_veth(spec: &str, outer: &std::fs::File) -> Result<(), Error> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let (dev, addr) = match spec.split_once(':') {
+        Some((d, a)) => (d, Some(a)),
+        None => (spec, None),
+    };
+    let (host, bridge) = match dev.split_once('@') {
+        Some((h, b)) => (h, Some(b)),
+        None => (dev, None),
+    };
+    let bad = |what: &str| Error::Invalid { object: format!("ferry run --veth {spec}"), what: what.into() };
+    if host.is_empty() || bridge.is_some_and(str::is_empty) || addr.is_some_and(|a| !a.contains('/')) {
+        return Err(bad("not HOST[@BRIDGE][:ADDR/PFX]"));
+    }
+    let ip = |args: &[&str]| -> Result<(), Error> {
+        let out = Command::new("ip")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .ctx(|| "cannot run ip (install iproute2)".into())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(bad(&format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())))
+        }
+    };
+    // (`ip` opens the caller's namespace by path: this process's fd, through /proc)
+    let outer_path = format!("/proc/{}/fd/{}", std::process::id(), outer.as_raw_fd());
+    ip(&["link", "add", VETH_INSIDE, "type", "veth", "peer", "name", host, "netns", &outer_path])?;
+    let mut set = vec!["link", "set", "dev", host];
+    if let Some(b) = bridge {
+        set.extend(["master", b]);
+    }
+    set.push("up");
+    // (in the caller's namespace, and back: `ferry run` is single-threaded)
+    let inner =
+        std::fs::File::open("/proc/thread-self/ns/net").ctx(|| "cannot open the job's network namespace".into())?;
+    ferry_sys::ns::setns(outer.as_fd(), libc::CLONE_NEWNET)
+        .ctx(|| "cannot go back to ferry's network namespace".into())?;
+    let r = ip(&set);
+    ferry_sys::ns::setns(inner.as_fd(), libc::CLONE_NEWNET)
+        .ctx(|| "cannot enter the job's network namespace".into())?;
+    r?;
+    ip(&["link", "set", "dev", VETH_INSIDE, "up"])?;
+    if let Some(a) = addr {
+        ip(&["addr", "add", a, "dev", VETH_INSIDE])?;
     }
     Ok(())
 }

@@ -1572,6 +1572,13 @@ pub struct NsxLink {
     /// The bridge this device is a port of.
     #[prost(string, tag = "8")]
     pub master: String,
+    /// A veth whose peer is outside the tree's namespaces (`--external veth[NAME]:OUTSIDE`):
+    /// the peer's name, made in the restoring ferry's network namespace.
+    #[prost(string, tag = "520")]
+    pub outside: String,
+    /// The bridge that outside end is a port of (`--external veth[NAME]:OUTSIDE@BRIDGE`).
+    #[prost(string, tag = "521")]
+    pub outside_bridge: String,
 }
 
 /// An interface address.

@@ -12,6 +12,11 @@
  *                  under W) as "nsview / mnt2", which records /proc/self/mountinfo (ids and
  *                  peer group numbers left out) and, on go, checks it, the tmpfs files and the
  *                  mounts' behaviour (read-only, /dev/null, /proc/timer_list masked).
+ *   nsview W runmnt  started by `ferry run --mntns` (W outside /tmp, which is the job's own): a
+ *                  file in its private /tmp, a tmpfs of its own on /tmp/own with a file; on
+ *                  go: both files, /tmp/own still a tmpfs of its own (not /tmp's).
+ *   nsview W mnt-ramfs  unshare(CLONE_NEWNS) (a copy of the host's mounts), then a ramfs of
+ *                  its own on W/ramfs: a file system ferry does not recreate.
  */
 #include "common.h"
 #include <sched.h>
@@ -19,6 +24,8 @@
 #include <sys/prctl.h>
 #include <sys/sysmacros.h>
 #include <sys/utsname.h>
+#include <sys/vfs.h>
+#include <linux/magic.h>
 
 static const char HOST[] = "ferry-ns-host";
 static const char DOMAIN[] = "ferry.example";
@@ -209,6 +216,17 @@ static void check_mnt(const char *before)
 	      (int)getpid());
 }
 
+/* Write text to path (created or truncated); 0 or -1. */
+static int put(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -1;
+	ssize_t n = write(fd, text, strlen(text));
+	close(fd);
+	return n == (ssize_t)strlen(text) ? 0 : -1;
+}
+
 int main(int argc, char **argv)
 {
 	workload_init(argc, argv);
@@ -257,6 +275,34 @@ int main(int argc, char **argv)
 			die_setup("cannot write the child's pid");
 		for (;;)
 			pause();
+	} else if (strcmp(mode, "runmnt") == 0) {
+		static const char TMPTEXT[] = "in the job's private /tmp\n", OWNTEXT[] = "in the job's own tmpfs\n";
+		SETUP(put("/tmp/runmnt.txt", TMPTEXT));
+		SETUP(mkdir("/tmp/own", 0750));
+		SETUP(mount("tmpfs", "/tmp/own", "tmpfs", MS_NOSUID, "size=1m,mode=0750"));
+		SETUP(put("/tmp/own/data.txt", OWNTEXT));
+		signal_ready();
+		wait_go();
+		char buf[128];
+		CHECK(read_file("/tmp/runmnt.txt", buf, sizeof buf) >= 0 && strcmp(buf, TMPTEXT) == 0,
+		      "/tmp/runmnt.txt lost or changed");
+		CHECK(read_file("/tmp/own/data.txt", buf, sizeof buf) >= 0 && strcmp(buf, OWNTEXT) == 0,
+		      "/tmp/own/data.txt lost or changed");
+		struct statfs fs;
+		struct stat a, b;
+		CHECK(statfs("/tmp/own", &fs) == 0 && fs.f_type == TMPFS_MAGIC, "/tmp/own is not a tmpfs");
+		CHECK(stat("/tmp", &a) == 0 && stat("/tmp/own", &b) == 0 && a.st_dev != b.st_dev,
+		      "/tmp/own is not a mount of its own");
+		CHECK(statfs("/tmp", &fs) == 0 && fs.f_type == TMPFS_MAGIC, "/tmp is not the job's tmpfs");
+	} else if (strcmp(mode, "mnt-ramfs") == 0) {
+		SETUP(unshare(CLONE_NEWNS));
+		SETUP(mount("none", "/", NULL, MS_REC | MS_PRIVATE, NULL));
+		char dir[4096];
+		snprintf(dir, sizeof dir, "%s/ramfs", W);
+		SETUP(mkdir(dir, 0755));
+		SETUP(mount("ramfs", dir, "ramfs", 0, NULL));
+		signal_ready();
+		wait_go();
 	} else if (strcmp(mode, "mnt-host") == 0) {
 		/* a plain unshare -m: a copy of the host's whole mount tree */
 		SETUP(unshare(CLONE_NEWNS));

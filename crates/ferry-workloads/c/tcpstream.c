@@ -6,6 +6,8 @@
  *         both sockets are full or moving.
  *   peer: the peer is outside the tree (the test): the process listens, writes W/port, accepts
  *         one connection X, and streams with it both ways.
+ *   netpeer: as peer, listening on every address (the test reaches it through a link into
+ *         the process's own network namespace).
  *   procs: both ends in the tree, with blocking I/O in four child processes sharing the two
  *         sockets: one writes A, one reads C, one writes C, one reads A (1 MiB write()s, so
  *         the checkpoint finds writers in the middle of a write that copied part of its
@@ -276,7 +278,11 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	const char *mode = argc > 2 ? argv[2] : "pair";
 	uint64_t more = (argc > 3 ? strtoull(argv[3], NULL, 10) : 100) * MIB;
-	struct sockaddr_in la = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	int netpeer = strcmp(mode, "netpeer") == 0;
+	if (netpeer)
+		mode = "peer";
+	struct sockaddr_in la = { .sin_family = AF_INET,
+				  .sin_addr.s_addr = htonl(netpeer ? INADDR_ANY : INADDR_LOOPBACK) };
 	int l = socket(AF_INET, SOCK_STREAM, 0);
 	SETUP(l);
 	SETUP(bind(l, (struct sockaddr *)&la, sizeof la));

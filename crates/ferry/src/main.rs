@@ -187,6 +187,11 @@ enum Cmd {
         /// A line of the job's gid_map, INSIDE:OUTSIDE:COUNT (repeatable; implies --userns).
         #[arg(long = "gid-map", value_name = "INSIDE:OUTSIDE:COUNT", value_parser = parse_id_map)]
         gid_map: Vec<(u32, u32, u32)>,
+        /// With --netns: link the job to this namespace by a veth pair, eth0 inside (with
+        /// address ADDR/PFX if given), HOST outside (a port of BRIDGE if given), both up.
+        /// Dump it with --external veth[eth0]:HOST[@BRIDGE].
+        #[arg(long, value_name = "HOST[@BRIDGE][:ADDR/PFX]", requires = "netns")]
+        veth: Option<String>,
         /// Print the pid (the init's, with --pidns) and return instead of waiting for the job.
         #[arg(short = 'd', long)]
         detach: bool,
@@ -243,6 +248,11 @@ enum Cmd {
         /// Exit after this many authenticated connections (for tests).
         #[arg(long, hide = true)]
         max_migrations: Option<u64>,
+        /// This node's side of what arriving trees had outside (repeatable):
+        /// veth[INSIDE]:OUTSIDE[@BRIDGE] names the outside end made here for a tree's veth
+        /// INSIDE, and the bridge it joins (else the names the source recorded are used).
+        #[arg(long, value_name = "veth[INSIDE]:OUTSIDE[@BRIDGE]")]
+        external: Vec<ferry_engine::state::external::External>,
     },
     /// Move a running process tree to the node serving at ADDR:PORT; it stays here, frozen,
     /// until the destination confirms it runs there, and resumes here on any failure.
@@ -273,6 +283,10 @@ enum Cmd {
         /// Restore established TCP connections closed on the destination.
         #[arg(long = "tcp-close")]
         tcp_close: bool,
+        /// What the tree has outside it, as for dump (repeatable): veth[INSIDE]:OUTSIDE[@BRIDGE]
+        /// for a veth of the tree's network namespace whose peer is this node's OUTSIDE.
+        #[arg(long, value_name = "KIND[KEY][:VALUE]")]
+        external: Vec<ferry_engine::state::external::External>,
     },
     /// Serve CRIU's RPC on the inherited SOCK_SEQPACKET socket FD, as `criu swrk FD` does: what
     /// runc, Podman, crun and go-criu start (docs/containers.md).
@@ -525,10 +539,11 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(ferry_engine::restore::wait_exit(r.pid)?)
         }
-        Cmd::Run { pidns, netns, timens, mntns, userns, uid_map, gid_map, detach, pidfile, cmd } => {
+        Cmd::Run { pidns, netns, timens, mntns, userns, uid_map, gid_map, veth, detach, pidfile, cmd } => {
             let userns = (userns || !uid_map.is_empty() || !gid_map.is_empty())
                 .then(|| ferry_engine::launch::UserMaps { uid: uid_map, gid: gid_map }.or_identity());
-            let opts = ferry_engine::launch::RunOptions { cmd, pidns, netns, timens, mntns, userns, detach, pidfile };
+            let opts =
+                ferry_engine::launch::RunOptions { cmd, pidns, netns, timens, mntns, userns, veth, detach, pidfile };
             let (pid, status) = ferry_engine::launch::run(&opts).context("ferry run failed")?;
             if detach {
                 println!("{pid}");
@@ -556,6 +571,7 @@ fn run(cli: Cli) -> Result<i32> {
             max_handshakes_per_addr,
             handshake_timeout,
             max_migrations,
+            external,
         } => {
             ferry_engine::check::require_caps("serve")?;
             let limits = migrate::serve::Limits {
@@ -575,10 +591,11 @@ fn run(cli: Cli) -> Result<i32> {
                     per_addr: max_handshakes_per_addr,
                     deadline: std::time::Duration::from_secs(handshake_timeout.max(1)),
                 },
+                ns: criu::restore_ns(&external, &[], &[], None),
             })?;
             Ok(0)
         }
-        Cmd::Migrate { pid, to, auth, pre_copy, post_copy, timeout, tcp_established, tcp_close } => {
+        Cmd::Migrate { pid, to, auth, pre_copy, post_copy, timeout, tcp_established, tcp_close, external } => {
             ferry_engine::check::require_caps("migrate")?;
             let mode = if pre_copy {
                 migrate::mode::PRE_COPY
@@ -595,6 +612,7 @@ fn run(cli: Cli) -> Result<i32> {
                 timeout: std::time::Duration::from_secs(timeout),
                 tcp_established,
                 tcp_close,
+                ns: criu::dump_ns(&external, &[])?,
             })?;
             Ok(0)
         }

@@ -403,7 +403,7 @@ pub fn collect(pid: i32, fd: i32, link: &str, policy: &mut Connections, f: &mut 
         other => other,
     })?;
     if repair {
-        let (r, state) = tcp_repair::collect(&obj(), owned, peer, &mut policy.repaired)?;
+        let (r, state) = tcp_repair::collect(pid, &obj(), owned, peer, &mut policy.repaired)?;
         s.repair = Some(r);
         s.state = state;
     }

@@ -14,7 +14,16 @@
 //! private first so nothing propagates back): the root directory is bound onto itself, every
 //! mount is made below it (parents and bind sources first), then the per-mount flags and the
 //! read-only super-blocks are set (last, so that mountpoints below could still be created), and
-//! `pivot_root` makes it the root; shared and unbindable propagation is set after that. With a
+//! `pivot_root` makes it the root; shared and unbindable propagation is set after that.
+//!
+//! Mounts that come from the host (a mount namespace made by `unshare -m` or `ferry run
+//! --mntns` starts as a copy of its maker's): in a tree whose root mount is ferry's own, a
+//! mount that is a copy of one of the dumping ferry's own mounts (same device, root, mountpoint and file system type), other than
+//! proc and sysfs (made fresh), is external automatically, with key `host:MOUNTPOINT` (as
+//! CRIU's `--external mnt[]`): restore binds the same path of the restoring ferry's mount
+//! tree there (`--external mnt[host:MOUNTPOINT]:PATH` names another), and refuses by name a
+//! path this node lacks; a namespace file (nsfs, such as `ip netns` bindings under /run/netns)
+//! that is gone is left out with a warning. With a
 //! new pid namespace, proc mounts (and what is mounted below them) are made again by the
 //! tree's root process, pid 1 of that namespace ([`Deferred`]): proc shows the pid namespace of
 //! whoever mounts it. Until then ferry's own view of proc sits there, for the prepare step's
@@ -84,6 +93,10 @@ pub(crate) fn dump(ctx: &mut DumpCtx<'_>, out: &mut Namespaces) -> Result<(), Er
     // (major, minor) of each record, for binds.
     let mut devs: Vec<(u32, u32)> = Vec::new();
     let mut total = 0u64;
+    // (Only in a tree whose root is ferry's own: a container's mounts under its own root are
+    // its runtime's business, named by it.)
+    let own = own_mounts()?;
+    let host_copy = own.contains(&host_key(tops[0]));
     for m in &infos {
         let mp = &m.mount_point;
         let mut r = MountRecord {
@@ -112,6 +125,8 @@ pub(crate) fn dump(ctx: &mut DumpCtx<'_>, out: &mut Namespaces) -> Result<(), Er
             r.external = "/".into();
         } else if let Some((_, key)) = ctx.opts.external_mounts.iter().find(|(p, _)| p == mp) {
             r.external = key.clone();
+        } else if host_copy && !matches!(m.fs_type.as_str(), "proc" | "sysfs") && own.contains(&host_key(m)) {
+            r.external = format!("{HOST_KEY}{mp}");
         } else if let Some(first) =
             recs.iter().zip(&devs).find(|(e, d)| **d == dev && under(&m.root, &e.root).is_some())
         {
@@ -137,6 +152,60 @@ pub(crate) fn dump(ctx: &mut DumpCtx<'_>, out: &mut Namespaces) -> Result<(), Er
     }
     out.mnt = Some(MountNs { mounts: recs });
     Ok(())
+}
+
+/// The key prefix of a mount that is a copy of the dumping ferry's mount at the same place.
+const HOST_KEY: &str = "host:";
+
+/// What makes a mount a copy of another: device, root, mountpoint, file system type.
+type HostKey = (u32, u32, String, String, String);
+
+fn host_key(m: &ferry_proc::MountInfo) -> HostKey {
+    (m.dev_major, m.dev_minor, m.root.clone(), m.mount_point.clone(), m.fs_type.clone())
+}
+
+/// The dumping ferry's own mounts.
+fn own_mounts() -> Result<HashSet<HostKey>, Error> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ctx(|| "cannot read /proc/self/mountinfo".into())?;
+    let infos = ferry_proc::parse_mountinfo(&text)
+        .map_err(|e| Error::Invalid { object: "ferry's own /proc/self/mountinfo".into(), what: e.to_string() })?;
+    Ok(infos.iter().map(host_key).collect())
+}
+
+/// External mounts' sources, and the mounts left out.
+type Sources = (Vec<(String, PathBuf)>, HashSet<u32>);
+
+/// The sources of external mounts: those given, then the copies of the dumping ferry's mounts
+/// (`host:MOUNTPOINT`) not given otherwise, from the same path here; the ids of such mounts
+/// this node lacks and may leave out (namespace files), with what is mounted below them.
+fn host_sources(mnt: &MountNs, given: &[(String, PathBuf)]) -> Result<Sources, Error> {
+    let mut out = given.to_vec();
+    let mut left_out = HashSet::new();
+    for r in ordered(&mnt.mounts)? {
+        if left_out.contains(&r.parent) {
+            left_out.insert(r.id);
+            continue;
+        }
+        let Some(path) = r.external.strip_prefix(HOST_KEY) else { continue };
+        if out.iter().any(|(k, _)| *k == r.external) {
+            continue;
+        }
+        if std::fs::symlink_metadata(path).is_ok() {
+            out.push((r.external.clone(), PathBuf::from(path)));
+        } else if r.fstype == "nsfs" {
+            tracing::warn!(mount = %r.mountpoint, "a namespace file bound from the dumping host, gone here: left out");
+            left_out.insert(r.id);
+        } else {
+            return Err(Error::Invalid {
+                object: format!("mount {} ({})", r.mountpoint, r.fstype),
+                what: format!(
+                    "a copy of the dumping host's mount at {path}, which this node does not have (give one with --external mnt[{}]:PATH)",
+                    r.external
+                ),
+            });
+        }
+    }
+    Ok((out, left_out))
 }
 
 /// The files of the tmpfs mounted at `mp` in the tree's mount namespace, from a detached copy
@@ -450,18 +519,21 @@ pub(crate) fn restore(ctx: &RestoreCtx<'_>, ns: &Namespaces, h: &mut Handover) -
     let slash = c"/";
     ferry_sys::ns::mount(None, slash, None, libc::MS_REC | libc::MS_PRIVATE, None)
         .ctx(|| "cannot make the new mount namespace private".into())?;
+    // ferry's own "/" is bound elsewhere first: bound onto itself, the paths below it would
+    // still lead to the mounts of ferry's tree (a mount on top of the root is not crossed).
+    let root = if root == Path::new("/") { own_root_holder()? } else { root };
     let rc = cstr(&root).map_err(|what| Error::Invalid { object: "--root".into(), what })?;
     ferry_sys::ns::mount(Some(&rc), &rc, None, MS_BIND, None)
         .ctx(|| format!("cannot bind the root directory {} onto itself", root.display()))?;
-    let mut b =
-        Builder { root: root.clone(), made: HashMap::new(), finals: Vec::new(), external: &ctx.opts.external_mounts };
+    let (externals, left_out) = host_sources(mnt, &ctx.opts.external_mounts)?;
+    let mut b = Builder { root: root.clone(), made: HashMap::new(), finals: Vec::new(), external: &externals };
     b.made.insert(root_rec.id, root_rec.clone());
     b.finals.push((root.clone(), MS_REMOUNT | MS_BIND | root_rec.flags, String::new()));
     // With a new pid namespace: proc mounts and what is below them wait for its init.
     let mut deferred: HashSet<u32> = HashSet::new();
     let mut later = Deferred::default();
     for r in ordered(&mnt.mounts)? {
-        if r.parent == 0 {
+        if r.parent == 0 || left_out.contains(&r.id) {
             continue;
         }
         let content = match r.content.as_str() {
@@ -492,12 +564,10 @@ pub(crate) fn restore(ctx: &RestoreCtx<'_>, ns: &Namespaces, h: &mut Handover) -
     ferry_sys::ns::pivot_root(dot, dot).ctx(|| format!("cannot pivot_root into {}", root.display()))?;
     ferry_sys::ns::umount2(dot, libc::MNT_DETACH).ctx(|| "cannot detach the old root".into())?;
     std::env::set_current_dir("/").ctx(|| "cannot enter the new root".into())?;
-    propagate(mnt.mounts.iter().filter(|r| !deferred.contains(&r.id)))
+    propagate(mnt.mounts.iter().filter(|r| !deferred.contains(&r.id) && !left_out.contains(&r.id)))
         .map_err(|what| Error::Invalid { object: "mount tree".into(), what })?;
     if !later.mounts.is_empty() {
-        later.external = ctx
-            .opts
-            .external_mounts
+        later.external = externals
             .iter()
             .map(|(key, host)| {
                 let made = b.made.values().find(|m| m.external == *key && !deferred.contains(&m.id));
@@ -508,6 +578,31 @@ pub(crate) fn restore(ctx: &RestoreCtx<'_>, ns: &Namespaces, h: &mut Handover) -
         h.mounts = Some(later);
     }
     Ok(())
+}
+
+/// A directory of this (new, private) mount namespace that will hold a copy of ferry's root:
+/// a small tmpfs over a directory of the root file system that no mount of ferry's is at or
+/// below (the host's files never change; pivot_root leaves the holder behind).
+fn own_root_holder() -> Result<PathBuf, Error> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ctx(|| "cannot read /proc/self/mountinfo".into())?;
+    let infos = ferry_proc::parse_mountinfo(&text)
+        .map_err(|e| Error::Invalid { object: "/proc/self/mountinfo".into(), what: e.to_string() })?;
+    let holder = ["/srv", "/media", "/opt", "/home", "/root", "/mnt"]
+        .into_iter()
+        .find(|d| Path::new(d).is_dir() && !infos.iter().any(|m| under(&m.mount_point, d).is_some()))
+        .ok_or_else(|| Error::Invalid {
+            object: "the tree's root mount (ferry's own root)".into(),
+            what: "no directory of the root file system free of mounts to build it in".into(),
+        })?;
+    let h = CString::new(holder).map_err(|_| Error::Invalid { object: holder.into(), what: "bad path".into() })?;
+    ferry_sys::ns::mount(Some(c"tmpfs"), &h, Some(c"tmpfs"), 0, Some(c"size=64k,mode=0700"))
+        .ctx(|| format!("cannot mount a tmpfs on {holder} to build the tree's root"))?;
+    let root = Path::new(holder).join("root");
+    std::fs::create_dir(&root).ctx(|| format!("cannot create {}", root.display()))?;
+    let r = cstr(&root).map_err(|what| Error::Invalid { object: "root holder".into(), what })?;
+    ferry_sys::ns::mount(Some(c"/"), &r, None, MS_BIND, None)
+        .ctx(|| format!("cannot bind / onto {}", root.display()))?;
+    Ok(root)
 }
 
 /// Shared and unbindable propagation (after pivot_root, which refuses a shared new root). A

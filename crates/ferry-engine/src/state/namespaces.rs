@@ -52,6 +52,18 @@ pub struct DumpNs {
     /// it, key) (`--external mnt[MOUNTPOINT]:KEY`; runc sends its bind mounts with key =
     /// destination).
     pub external_mounts: Vec<(String, String)>,
+    /// veth devices of the tree's network namespace whose peer is outside it
+    /// (`--external veth[INSIDE]:OUTSIDE[@BRIDGE]`, state/netns.rs).
+    pub veths: Vec<ExternalVeth>,
+}
+
+/// `--external veth[INSIDE]:OUTSIDE[@BRIDGE]`: the tree's veth INSIDE has its peer OUTSIDE in
+/// the network namespace of ferry (at restore: made there, a port of BRIDGE if given).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExternalVeth {
+    pub inside: String,
+    pub outside: String,
+    pub bridge: Option<String>,
 }
 
 /// Restore options about namespaces and mounts.
@@ -65,6 +77,9 @@ pub struct RestoreNs {
     pub root: Option<PathBuf>,
     /// External mounts: (key, path on this node) (`--external mnt[KEY]:PATH`).
     pub external_mounts: Vec<(String, PathBuf)>,
+    /// Where the outside ends of the tree's external veths go on this node, overriding the
+    /// names the image recorded (`--external veth[INSIDE]:OUTSIDE[@BRIDGE]`).
+    pub veths: Vec<ExternalVeth>,
 }
 
 /// What a module's dump gets.
@@ -86,6 +101,9 @@ pub struct RestoreCtx<'a> {
     pub opts: &'a RestoreNs,
     /// The tree is a whole pid namespace: its init (the root) is forked into a new one.
     pub pidns: bool,
+    /// ferry's own network namespace, which the restoring thread left (outside ends of veths
+    /// go there); None when the tree's is not recreated.
+    pub own_net: Option<BorrowedFd<'a>>,
 }
 
 /// One kind of namespace whose content ferry carries.
@@ -323,7 +341,8 @@ pub fn enter(img: &ImageReader, opts: &RestoreNs) -> Result<Option<Entered>, Err
     if create != 0 {
         ferry_sys::ns::unshare(create).ctx(|| format!("cannot create the tree's namespaces (unshare {create:#x})"))?;
     }
-    let ctx = RestoreCtx { img, opts, pidns: img.inventory().pidns };
+    let own_net = entered.own.iter().find(|(f, _)| *f == libc::CLONE_NEWNET).map(|(_, fd)| fd.as_fd());
+    let ctx = RestoreCtx { img, opts, pidns: img.inventory().pidns, own_net };
     for m in MODULES {
         let created = ns.kinds.iter().any(|k| k.kind == m.kind && k.external.is_empty());
         if created {

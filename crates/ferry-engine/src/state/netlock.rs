@@ -7,7 +7,10 @@
 //! retransmits until the connection is back.
 //!
 //! The lock is an nftables table (`inet ferry_lock_*`, chains at the raw priority of the
-//! input and output hooks), made with the `nft` tool (package nftables). A dump that fails, or
+//! input and output hooks), made with the `nft` tool (package nftables), in the network
+//! namespace the connections live in: the tree's own (a `ferry run --netns` job, a
+//! container), where their packets go through its input and output hooks, else ferry's.
+//! A lock made in the tree's own namespace goes away with it when the dump kills the tree. A dump that fails, or
 //! leaves the tree running (`-R`), removes it; a dump that kills the tree keeps it and names it
 //! in the image, and the restore that brings the connections back on this node removes it
 //! once they are out of repair mode. After a migration the table stays on the source node,
@@ -21,7 +24,26 @@ use std::net::SocketAddr;
 /// One lock (one nftables table), removed when dropped unless kept.
 pub struct Lock {
     table: String,
+    /// The tree's network namespace when it is not ferry's (the table is made there).
+    netns: Option<std::os::fd::OwnedFd>,
     kept: bool,
+}
+
+/// Whether `line` of `nft list tables` is a lock of ferry's.
+pub fn is_lock_table(line: &str) -> bool {
+    line.trim().strip_prefix("table inet ").is_some_and(|t| t.starts_with("ferry_lock_"))
+}
+
+/// Run `nft -f -` with `script`, in network namespace `netns` if given (from a thread that
+/// joined it: nft's process inherits it).
+fn nft_in(netns: Option<&std::os::fd::OwnedFd>, script: &str) -> Result<(), Error> {
+    match netns {
+        Some(ns) => {
+            use std::os::fd::AsFd;
+            crate::state::namespaces::in_ns(ns.as_fd(), libc::CLONE_NEWNET, || nft(script))
+        }
+        None => nft(script),
+    }
 }
 
 fn nft(script: &str) -> Result<(), Error> {
@@ -59,15 +81,26 @@ fn matcher(src: &SocketAddr, dst: &SocketAddr) -> String {
 }
 
 impl Lock {
-    /// An empty lock (a table whose chains drop nothing yet).
-    pub fn new() -> Result<Lock, Error> {
+    /// An empty lock (a table whose chains drop nothing yet) in the network namespace of
+    /// `pid`, the tree's root.
+    pub fn new(pid: i32) -> Result<Lock, Error> {
+        let path = format!("/proc/{pid}/ns/net");
+        let theirs = std::fs::read_link(&path)
+            .map_err(|e| Error::Sys { object: format!("cannot read link {path}"), source: e })?;
+        let netns = if std::fs::read_link("/proc/self/ns/net").ok().as_ref() == Some(&theirs) {
+            None
+        } else {
+            let f = std::fs::File::open(&path)
+                .map_err(|e| Error::Sys { object: format!("cannot open {path}"), source: e })?;
+            Some(std::os::fd::OwnedFd::from(f))
+        };
         let nanos =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         let table = format!("ferry_lock_{}_{nanos}", std::process::id());
-        nft(&format!(
+        nft_in(netns.as_ref(), &format!(
             "table inet {table} {{\n chain in {{ type filter hook input priority raw; policy accept; }}\n chain out {{ type filter hook output priority raw; policy accept; }}\n}}\n"
         ))?;
-        Ok(Lock { table, kept: false })
+        Ok(Lock { table, netns, kept: false })
     }
 
     pub fn name(&self) -> &str {
@@ -77,7 +110,10 @@ impl Lock {
     /// Drop the packets of the connection between `local` (this node's end) and `peer`.
     pub fn add(&mut self, local: &SocketAddr, peer: &SocketAddr) -> Result<(), Error> {
         let t = &self.table;
-        nft(&format!("add rule inet {t} in {}\nadd rule inet {t} out {}\n", matcher(peer, local), matcher(local, peer)))
+        nft_in(
+            self.netns.as_ref(),
+            &format!("add rule inet {t} in {}\nadd rule inet {t} out {}\n", matcher(peer, local), matcher(local, peer)),
+        )
     }
 
     /// Leave the lock in place (the connections moved into an image).
@@ -90,7 +126,7 @@ impl Lock {
 impl Drop for Lock {
     fn drop(&mut self) {
         if !self.kept {
-            if let Err(e) = unlock(&self.table) {
+            if let Err(e) = unlock_in(self.netns.as_ref(), &self.table) {
                 tracing::error!(table = %self.table, error = %e, "cannot remove the network lock");
             }
         }
@@ -99,8 +135,13 @@ impl Drop for Lock {
 
 /// Remove lock `table` if this node has it (a restore on another node finds none).
 pub fn unlock(table: &str) -> Result<(), Error> {
+    unlock_in(None, table)
+}
+
+fn unlock_in(netns: Option<&std::os::fd::OwnedFd>, table: &str) -> Result<(), Error> {
     unlock_name_ok(table)?;
-    match nft(&format!("delete table inet {table}\n")) {
+    match nft_in(netns, &format!("delete table inet {table}
+")) {
         Err(Error::Invalid { what, .. }) if what.contains("No such file") || what.contains("cannot run nft") => Ok(()),
         r => r,
     }

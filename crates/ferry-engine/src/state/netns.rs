@@ -11,14 +11,20 @@
 //!
 //! Devices: `lo`, bridges and veth pairs with both ends inside are recreated (name, index,
 //! hardware address, MTU, bridge port, up/down; a bridge's own settings, such as STP, are left
-//! at their defaults). Other kinds (a veth whose peer is outside, macvlan, tunnels ...) are
-//! refused by name, and so is a
-//! non-empty nftables ruleset (iptables on Debian 12 is nftables underneath): ferry does not
-//! carry packet filtering rules yet. Addresses: every IPv4 one and every IPv6 one but the
+//! at their defaults). A veth whose peer is outside (the link of a job or container to its
+//! node) is refused unless named with `--external veth[INSIDE]:OUTSIDE[@BRIDGE]` (CRIU's
+//! form): the image then records the inside end and OUTSIDE/BRIDGE, and restore makes the
+//! pair with the inside end in the new namespace and the outside end, named OUTSIDE, in the
+//! restoring ferry's own network namespace, up, a port of BRIDGE if given (a restore's own
+//! `--external veth[..]`, e.g. `ferry serve --external` on a migration's destination, names
+//! them for that node instead). Other kinds (macvlan, tunnels ...) are refused by name, and
+//! so is a non-empty nftables ruleset (iptables on Debian 12 is nftables underneath; the
+//! tables of ferry's own network lock, state/netlock.rs, do not count): ferry does not carry
+//! packet filtering rules yet. Addresses: every IPv4 one and every IPv6 one but the
 //! link-local addresses the kernel makes itself. Routes: those of the main table that the
 //! kernel did not add itself (a "proto kernel" route comes back with its address).
 
-use super::namespaces::{in_ns, DumpCtx, Handover, RestoreCtx};
+use super::namespaces::{in_ns, DumpCtx, ExternalVeth, Handover, RestoreCtx};
 use crate::error::{Ctx, Error};
 use ferry_image::{Namespaces, NsxAddr, NsxLink, NsxNetns, NsxSysctl};
 use serde_json::Value;
@@ -52,15 +58,15 @@ const ROUTE_STATE_WORDS: &[&str] =
 /// Dump (a namespace module, state/namespaces.rs): read the content from a thread that joined
 /// the tree's network namespace.
 pub(crate) fn dump(ctx: &mut DumpCtx<'_>, out: &mut Namespaces) -> Result<(), Error> {
-    let pid = ctx.pid;
-    out.nsx_net = Some(in_ns(ctx.ns, libc::CLONE_NEWNET, || collect(pid))?);
+    let (pid, veths) = (ctx.pid, &ctx.opts.veths);
+    out.nsx_net = Some(in_ns(ctx.ns, libc::CLONE_NEWNET, || collect(pid, veths))?);
     Ok(())
 }
 
 /// Restore: ferry's restoring thread is in the new network namespace.
-pub(crate) fn restore(_ctx: &RestoreCtx<'_>, ns: &Namespaces, _h: &mut Handover) -> Result<(), Error> {
+pub(crate) fn restore(ctx: &RestoreCtx<'_>, ns: &Namespaces, _h: &mut Handover) -> Result<(), Error> {
     match &ns.nsx_net {
-        Some(n) => apply(n),
+        Some(n) => apply(n, ctx),
         None => Ok(()),
     }
 }
@@ -100,7 +106,7 @@ fn json(args: &[&str]) -> Result<Vec<Value>, Error> {
     Ok(v.as_array().cloned().unwrap_or_default())
 }
 
-fn collect(pid: i32) -> Result<NsxNetns, Error> {
+fn collect(pid: i32, veths: &[ExternalVeth]) -> Result<NsxNetns, Error> {
     let refuse = |what: String| Error::Unsupported { pid, what };
     let mut ns = NsxNetns::default();
     for l in json(&["-j", "-d", "link", "show"])? {
@@ -110,17 +116,25 @@ fn collect(pid: i32) -> Result<NsxNetns, Error> {
         } else {
             l["linkinfo"]["info_kind"].as_str().unwrap_or("unknown").to_string()
         };
-        let peer = l["link"].as_str().unwrap_or_default().to_string();
+        let mut peer = l["link"].as_str().unwrap_or_default().to_string();
+        let mut outside = None;
         match kind.as_str() {
             "loopback" | "bridge" => {}
             // A pair with both ends inside is recreated; one whose other end is outside (in
-            // the host, typically) would need that end to be found or made there.
+            // the host, typically) is made again with that end in the restoring ferry's
+            // namespace, if the dump was told its name there.
             "veth" if l.get("link_netnsid").is_none() && !peer.is_empty() => {}
-            "veth" => {
-                return Err(refuse(format!(
-                    "network device {name} (veth) in the tree's network namespace, its peer outside it"
-                )))
-            }
+            "veth" => match veths.iter().find(|v| v.inside == name) {
+                Some(v) => {
+                    peer.clear();
+                    outside = Some(v);
+                }
+                None => {
+                    return Err(refuse(format!(
+                        "network device {name} (veth) in the tree's network namespace, its peer outside it (name it with --external veth[{name}]:OUTSIDE[@BRIDGE])"
+                    )))
+                }
+            },
             _ => return Err(refuse(format!("network device {name} ({kind}) in the tree's network namespace"))),
         }
         let up = l["flags"].as_array().is_some_and(|f| f.iter().any(|x| x == "UP"));
@@ -133,6 +147,8 @@ fn collect(pid: i32) -> Result<NsxNetns, Error> {
             ifindex: l["ifindex"].as_u64().unwrap_or(0) as u32,
             peer,
             master: l["master"].as_str().unwrap_or_default().to_string(),
+            outside: outside.map(|v| v.outside.clone()).unwrap_or_default(),
+            outside_bridge: outside.and_then(|v| v.bridge.clone()).unwrap_or_default(),
         });
     }
     for l in json(&["-j", "addr", "show"])? {
@@ -173,10 +189,15 @@ fn collect(pid: i32) -> Result<NsxNetns, Error> {
             ns.sysctls.push(NsxSysctl { path, value: v.trim().to_string() });
         }
     }
-    match Command::new("nft").args(["list", "ruleset"]).output() {
+    match Command::new("nft").args(["list", "tables"]).output() {
         Ok(out) if out.status.success() => {
-            if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
-                return Err(refuse("an nftables/iptables ruleset in the tree's network namespace".into()));
+            // (ferry's own network lock, made in this namespace for the tree's connections,
+            // is no rule of the tree's)
+            let text = String::from_utf8_lossy(&out.stdout);
+            if let Some(t) =
+                text.lines().map(str::trim).find(|l| !l.is_empty() && !crate::state::netlock::is_lock_table(l))
+            {
+                return Err(refuse(format!("an nftables/iptables ruleset in the tree's network namespace ({t})")));
             }
         }
         Ok(out) => {
@@ -198,7 +219,7 @@ fn collect(pid: i32) -> Result<NsxNetns, Error> {
 
 /// Recreate the recorded content in the calling thread's network namespace (new, holding only
 /// a down `lo`), before any socket of the tree is made.
-fn apply(ns: &NsxNetns) -> Result<(), Error> {
+fn apply(ns: &NsxNetns, ctx: &RestoreCtx<'_>) -> Result<(), Error> {
     // Devices first (a veth pair at its first end), then bridge ports, then MTUs (a bridge's
     // follows its ports unless set after them).
     let spec = |l: &NsxLink| -> Vec<String> {
@@ -218,6 +239,10 @@ fn apply(ns: &NsxNetns) -> Result<(), Error> {
             "bridge" => {
                 args.extend(spec(l));
                 args.extend(["type".into(), "bridge".into()]);
+            }
+            "veth" if !l.outside.is_empty() => {
+                make_external_veth(l, &spec(l), ctx)?;
+                continue;
             }
             "veth" => {
                 let Some(p) = ns.links.iter().find(|p| p.name == l.peer && p.peer == l.name) else {
@@ -286,5 +311,57 @@ fn apply(ns: &NsxNetns) -> Result<(), Error> {
             r => r.map(drop)?,
         }
     }
+    Ok(())
+}
+
+/// Where the outside end of the tree's veth `l` goes on this node: the restore's own
+/// `--external veth[..]` for it, else what the dump recorded.
+fn outside_of(l: &NsxLink, ctx: &RestoreCtx<'_>) -> ExternalVeth {
+    ctx.opts.veths.iter().find(|v| v.inside == l.name).cloned().unwrap_or_else(|| ExternalVeth {
+        inside: l.name.clone(),
+        outside: l.outside.clone(),
+        bridge: (!l.outside_bridge.is_empty()).then(|| l.outside_bridge.clone()),
+    })
+}
+
+/// Make the veth pair of `l` (its `spec`: name, index, address) with its inside end here and
+/// its outside end in ferry's own network namespace, up there, a port of its bridge.
+fn make_external_veth(l: &NsxLink, spec: &[String], ctx: &RestoreCtx<'_>) -> Result<(), Error> {
+    use std::os::fd::AsRawFd;
+    let out = outside_of(l, ctx);
+    let obj = || format!("network device {} (veth, its peer {} outside)", l.name, out.outside);
+    let own = ctx.own_net.ok_or_else(|| Error::Invalid {
+        object: obj(),
+        what: "ferry's own network namespace is unknown (the tree's was not recreated)".into(),
+    })?;
+    // `ip` opens the namespace by path: ferry's fd, seen through /proc (the mount tree is
+    // still ferry's while the network module runs).
+    let own_path = format!("/proc/{}/fd/{}", std::process::id(), own.as_raw_fd());
+    let mut args: Vec<&str> = vec!["link", "add"];
+    args.extend(spec.iter().map(String::as_str));
+    args.extend(["type", "veth", "peer", "name", out.outside.as_str(), "netns", own_path.as_str()]);
+    // The dumped tree's namespace, whose end had this name, may still be going away (the
+    // kernel cleans up network namespaces asynchronously): wait for the name to be free.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match tool("ip", &args) {
+            Err(Error::Invalid { what, .. })
+                if what.contains("File exists") && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            r => {
+                r.map_err(|e| Error::Invalid { object: obj(), what: format!("cannot make the pair: {e}") })?;
+                break;
+            }
+        }
+    }
+    let mut set: Vec<&str> = vec!["link", "set", "dev", out.outside.as_str()];
+    if let Some(br) = &out.bridge {
+        set.extend(["master", br.as_str()]);
+    }
+    set.push("up");
+    in_ns(own, libc::CLONE_NEWNET, || tool("ip", &set))
+        .map_err(|e| Error::Invalid { object: obj(), what: format!("cannot set up its outside end: {e}") })?;
     Ok(())
 }

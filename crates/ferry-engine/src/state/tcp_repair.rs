@@ -149,6 +149,7 @@ pub fn got_fin(state: u32) -> bool {
 /// once it is locked (a FIN may have arrived meanwhile); it stays in repair mode, registered
 /// in `repaired`.
 pub fn collect(
+    pid: i32,
     obj: &str,
     sock: OwnedFd,
     peer: Option<std::net::SocketAddr>,
@@ -166,7 +167,8 @@ pub fn collect(
     };
     let lock = match &mut repaired.lock {
         Some(l) => l,
-        None => repaired.lock.insert(crate::state::netlock::Lock::new()?),
+        // (in the connection's network namespace: all of the tree is in its root's)
+        None => repaired.lock.insert(crate::state::netlock::Lock::new(pid)?),
     };
     lock.add(&local, &peer)?;
     let lock_name = lock.name().to_string();

@@ -19,11 +19,12 @@ pub const CRIU_MAJOR: i32 = 3;
 pub const CRIU_MINOR: i32 = 17;
 
 use ferry_engine::state::external::{External, InheritFd};
-use ferry_engine::state::namespaces::{DumpNs, ExternalNs, RestoreNs};
+use ferry_engine::state::namespaces::{DumpNs, ExternalNs, ExternalVeth, RestoreNs};
 use std::path::PathBuf;
 
 /// The namespace part of a dump's CRIU externals (`--external` / RPC `external`, and the RPC's
-/// `ext_mnt` pairs): `mnt[MOUNTPOINT]:KEY` mounts and `net[INO]:KEY` namespaces.
+/// `ext_mnt` pairs): `mnt[MOUNTPOINT]:KEY` mounts, `net[INO]:KEY` namespaces and
+/// `veth[INSIDE]:OUTSIDE[@BRIDGE]` devices.
 pub fn dump_ns(external: &[External], ext_mnt: &[(String, String)]) -> anyhow::Result<DumpNs> {
     let mut ns = DumpNs { external_mounts: ext_mnt.to_vec(), ..Default::default() };
     for e in external {
@@ -34,6 +35,7 @@ pub fn dump_ns(external: &[External], ext_mnt: &[(String, String)]) -> anyhow::R
                     key.parse().map_err(|_| anyhow::anyhow!("external net[{key}]: not a namespace inode number"))?;
                 ns.external.push(ExternalNs { kind: "net".into(), inode, key: value.clone() });
             }
+            External::Veth { .. } => ns.veths.extend(veth(e)),
             _ => {}
         }
     }
@@ -55,7 +57,22 @@ pub fn restore_ns(
             external_mounts.push((key.clone(), value.into()));
         }
     }
-    RestoreNs { inherit: inherit.iter().map(|i| (i.key.clone(), i.fd)).collect(), root, external_mounts }
+    RestoreNs {
+        inherit: inherit.iter().map(|i| (i.key.clone(), i.fd)).collect(),
+        root,
+        external_mounts,
+        veths: external.iter().filter_map(veth).collect(),
+    }
+}
+
+/// `veth[INSIDE]:OUTSIDE[@BRIDGE]`.
+fn veth(e: &External) -> Option<ExternalVeth> {
+    match e {
+        External::Veth { inside, outside, bridge } => {
+            Some(ExternalVeth { inside: inside.clone(), outside: outside.clone(), bridge: bridge.clone() })
+        }
+        _ => None,
+    }
 }
 
 /// `inherit_fd` entries with one fd per key (the first): runc names the same pipe twice when

@@ -50,6 +50,9 @@ pub struct ServeOptions<'a> {
     pub max_migrations: Option<u64>,
     /// Caps on connections still in their handshake.
     pub caps: HandshakeCaps,
+    /// This node's side of the trees' namespaces (`--external veth[..]`: where the outside
+    /// ends of their veths go here).
+    pub ns: ferry_engine::state::namespaces::RestoreNs,
 }
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -139,7 +142,7 @@ pub fn serve(o: &ServeOptions) -> Result<()> {
         };
         n += 1;
         let dir = o.staging.join(format!("ferry-serve-{}-{n}", std::process::id()));
-        match handle(sec, &o.limits, &dir) {
+        match handle(sec, &o.limits, &dir, &o.ns) {
             Ok(Some(pid)) => eprintln!("serve: migration from {peer} done: the tree runs as pid {pid}"),
             Ok(None) => {}
             Err(e) => eprintln!("serve: migration from {peer} failed: {e:#}"),
@@ -664,7 +667,12 @@ fn valid_name(name: &str) -> bool {
 
 /// One authenticated connection. Ok(None): the peer went away before sending an image
 /// (nothing to do).
-fn handle(mut sec: Secure, limits: &Limits, dir: &Path) -> Result<Option<i32>> {
+fn handle(
+    mut sec: Secure,
+    limits: &Limits,
+    dir: &Path,
+    ns: &ferry_engine::state::namespaces::RestoreNs,
+) -> Result<Option<i32>> {
     let (k, hello) = recv(&mut sec, 64)?;
     if k != kind::HELLO {
         bail!("expected HELLO, got message {k}");
@@ -699,7 +707,7 @@ fn handle(mut sec: Secure, limits: &Limits, dir: &Path) -> Result<Option<i32>> {
         trusted: None,
         sibling: false,
         orphan_pts_master: false,
-        ns: Default::default(),
+        ns: ns.clone(),
         inherit_fds: Vec::new(),
         external: Vec::new(),
     };

@@ -80,6 +80,8 @@ pub struct MigrateOptions<'a> {
     /// Established TCP connections move with the tree (TCP_REPAIR), or come back closed.
     pub tcp_established: bool,
     pub tcp_close: bool,
+    /// Namespace externals of the tree (`--external veth[..]`).
+    pub ns: ferry_engine::state::namespaces::DumpNs,
 }
 
 /// Rounds of pre-copy while the tree runs: everything first, then what was written since, until
@@ -174,7 +176,7 @@ pub fn migrate(o: &MigrateOptions) -> Result<()> {
         leave_stopped: false,
         freeze_timeout: Duration::from_secs(10),
         sign: None,
-        ns: Default::default(),
+        ns: o.ns.clone(),
         external: Vec::new(),
         snapshot: false,
     };

@@ -506,9 +506,6 @@ fn tcpstream_pair_once(mode: &str, mb: &str) {
 /// packets; they are retransmitted to the restored socket). Both sides check every byte at
 /// its offset; the byte counts of each side must match what the other sent.
 fn tcpstream_peer_once(mb: u64) {
-    use std::net::Shutdown;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::Arc;
     let mut run = Run::start(
         &Spec::c("tcpstream")
             .args(&["peer", &mb.to_string()])
@@ -517,55 +514,7 @@ fn tcpstream_peer_once(mb: u64) {
     );
     let port: u16 = fs::read_to_string(run.w.join("port")).expect("port").trim().parse().expect("port number");
     let x = TcpStream::connect(("127.0.0.1", port)).expect("connect to the workload");
-    x.set_read_timeout(Some(Duration::from_secs(120))).expect("timeout");
-    x.set_write_timeout(Some(Duration::from_secs(120))).expect("timeout");
-    let stop = Arc::new(AtomicU64::new(u64::MAX));
-    let sent = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let (mut x, stop, sent) = (x.try_clone().expect("clone"), stop.clone(), sent.clone());
-        std::thread::spawn(move || -> Result<u64, String> {
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut off = 0u64;
-            loop {
-                let limit = stop.load(Ordering::SeqCst);
-                if off >= limit {
-                    break;
-                }
-                let len = (limit - off).min(buf.len() as u64) as usize;
-                for (i, b) in buf[..len].iter_mut().enumerate() {
-                    *b = stream_byte(off + i as u64, SALT_TO_WORKLOAD);
-                }
-                let n = x.write(&buf[..len]).map_err(|e| format!("test: write after {off} bytes: {e}"))?;
-                off += n as u64;
-                sent.store(off, Ordering::SeqCst);
-            }
-            x.shutdown(Shutdown::Write).map_err(|e| format!("test: shutdown: {e}"))?;
-            Ok(off)
-        })
-    };
-    let reader = {
-        let mut x = x.try_clone().expect("clone");
-        std::thread::spawn(move || -> Result<u64, String> {
-            let mut buf = vec![0u8; 256 * 1024];
-            let mut off = 0u64;
-            loop {
-                let n = x.read(&mut buf).map_err(|e| format!("test: read after {off} bytes: {e}"))?;
-                if n == 0 {
-                    return Ok(off);
-                }
-                for (i, &b) in buf[..n].iter().enumerate() {
-                    let want = stream_byte(off + i as u64, SALT_TO_TEST);
-                    if b != want {
-                        return Err(format!(
-                            "test: received byte {} is {b:#x}, want {want:#x} (a byte lost or duplicated before it)",
-                            off + i as u64
-                        ));
-                    }
-                }
-                off += n as u64;
-            }
-        })
-    };
+    let peer = PeerStream::start(x);
     run.wait_ready();
     run.dump_ok(&["--tcp-established"]);
     run.reap_dumped();
@@ -574,15 +523,94 @@ fn tcpstream_peer_once(mb: u64) {
     let pidfile = run.spawn_restore("restore", &run.img(), &[]);
     run.wait_pidfile(&pidfile);
     run.go();
-    stop.store(sent.load(Ordering::SeqCst) + mb * 1024 * 1024, Ordering::SeqCst);
+    peer.send_more(mb);
     let status = run.wait_restore_exit();
-    let test_sent = writer.join().expect("writer thread").unwrap_or_else(|e| run.fail(&e));
-    let test_received = reader.join().expect("reader thread").unwrap_or_else(|e| run.fail(&e));
+    let (test_sent, test_received) = peer.join().unwrap_or_else(|e| run.fail(&e));
     run.expect_pass(status, "tcpstream peer");
     let counts = fs::read_to_string(run.w.join("counts")).unwrap_or_default();
     let want = format!("sent {test_received} received {test_sent}");
     if counts.trim() != want {
         run.fail(&format!("the workload says {:?}, the test {want:?}", counts.trim()));
+    }
+}
+
+/// The test's side of `tcpstream peer`: one thread streams the pattern to the workload (until
+/// told how much more after go), one reads and checks what the workload streams.
+pub struct PeerStream {
+    stop: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    writer: std::thread::JoinHandle<Result<u64, String>>,
+    reader: std::thread::JoinHandle<Result<u64, String>>,
+}
+
+impl PeerStream {
+    pub fn start(x: TcpStream) -> PeerStream {
+        use std::net::Shutdown;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Arc;
+        x.set_read_timeout(Some(Duration::from_secs(120))).expect("timeout");
+        x.set_write_timeout(Some(Duration::from_secs(120))).expect("timeout");
+        let stop = Arc::new(AtomicU64::new(u64::MAX));
+        let sent = Arc::new(AtomicU64::new(0));
+        let writer = {
+            let (mut x, stop, sent) = (x.try_clone().expect("clone"), stop.clone(), sent.clone());
+            std::thread::spawn(move || -> Result<u64, String> {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut off = 0u64;
+                loop {
+                    let limit = stop.load(Ordering::SeqCst);
+                    if off >= limit {
+                        break;
+                    }
+                    let len = (limit - off).min(buf.len() as u64) as usize;
+                    for (i, b) in buf[..len].iter_mut().enumerate() {
+                        *b = stream_byte(off + i as u64, SALT_TO_WORKLOAD);
+                    }
+                    let n = x.write(&buf[..len]).map_err(|e| format!("test: write after {off} bytes: {e}"))?;
+                    off += n as u64;
+                    sent.store(off, Ordering::SeqCst);
+                }
+                x.shutdown(Shutdown::Write).map_err(|e| format!("test: shutdown: {e}"))?;
+                Ok(off)
+            })
+        };
+        let reader = {
+            let mut x = x.try_clone().expect("clone");
+            std::thread::spawn(move || -> Result<u64, String> {
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut off = 0u64;
+                loop {
+                    let n = x.read(&mut buf).map_err(|e| format!("test: read after {off} bytes: {e}"))?;
+                    if n == 0 {
+                        return Ok(off);
+                    }
+                    for (i, &b) in buf[..n].iter().enumerate() {
+                        let want = stream_byte(off + i as u64, SALT_TO_TEST);
+                        if b != want {
+                            return Err(format!(
+                            "test: received byte {} is {b:#x}, want {want:#x} (a byte lost or duplicated before it)",
+                            off + i as u64
+                        ));
+                        }
+                    }
+                    off += n as u64;
+                }
+            })
+        };
+        PeerStream { stop, sent, writer, reader }
+    }
+
+    /// After go: send `mb` MiB more, then shut the writing side.
+    pub fn send_more(&self, mb: u64) {
+        use std::sync::atomic::Ordering;
+        self.stop.store(self.sent.load(Ordering::SeqCst) + mb * 1024 * 1024, Ordering::SeqCst);
+    }
+
+    /// (bytes sent, bytes received and checked), or what went wrong.
+    pub fn join(self) -> Result<(u64, u64), String> {
+        let sent = self.writer.join().map_err(|_| "writer thread panicked".to_string())??;
+        let received = self.reader.join().map_err(|_| "reader thread panicked".to_string())??;
+        Ok((sent, received))
     }
 }
 

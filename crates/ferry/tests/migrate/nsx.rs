@@ -7,6 +7,7 @@
 //! network namespace (a dummy device with addresses, MTU, a route, sysctls, a listener on lo).
 
 use super::*;
+use crate::nsx::veth::{finish_stream, job_port, start_linked_job, JOB_ADDR};
 use crate::nsx::{configure_netns, expect_progress, go_and_pass, start_nsjob};
 
 /// How far ahead node B's clocks are.
@@ -43,4 +44,60 @@ fn nsx_job_keeps_clocks_and_network_across_nodes() {
     assert_ne!(ns(remote), ns(serve_pid), "the job was restored in ferry serve's time namespace");
     expect_progress(&w, "after the migration");
     go_and_pass(&w, remote);
+}
+
+/// A job linked to node A by a veth (`ferry run --veth vha@br0:10.79.0.2/24`, A's bridge br0
+/// holding 10.79.0.1/24) moves to node B, whose `ferry serve --external veth[eth0]:vhb@br0`
+/// decides the outside end's name there: B's bridge (same subnet) reaches the job through it.
+/// The job (`tcpstream netpeer`) was waiting for its first connection; the test makes it from
+/// B after the move and streams both ways with it.
+#[test]
+fn veth_job_reachable_on_destination_node() {
+    let nodes = Nodes::new();
+    let bridge = |ns: &str| {
+        for args in [
+            &["link", "add", "br0", "type", "bridge"][..],
+            &["addr", "add", "10.79.0.1/24", "dev", "br0"],
+            &["link", "set", "br0", "up"],
+        ] {
+            run_ok(Command::new("ip").args(["-n", ns]).args(args));
+        }
+    };
+    bridge(&nodes.a);
+    bridge(&nodes.b);
+    let w = WorkDir::new("nsx-veth-migrate");
+    let id = std::process::id() % 100_000;
+    let (vha, vhb) = (format!("fxa{id}"), format!("fxb{id}"));
+    let (pid, guard) = start_linked_job(&w, nodes.in_a(ferry_bin()), &vha, "20");
+    let port = job_port(&w);
+    let auth = w.join("auth");
+    keygen(&auth);
+    let server = Server::start(&nodes, &w, &auth, &["--external", &format!("veth[eth0]:{vhb}@br0")]);
+    let wl = Workload { w: WorkDir::new("nsx-veth-migrate-ferry"), pid };
+    let m = migrate_with(&nodes, &wl, &auth, "migrate", &["--external", &format!("veth[eth0]:{vha}@br0")]);
+    assert!(m.ok, "ferry migrate failed: {}\nserve: {}", m.stderr, server.log());
+    let (remote, _) = summary(&m);
+    guard.add(remote);
+    wait_for("the source copy to be killed", Duration::from_secs(20), || !pid_alive(pid));
+    let link = |ns: &str, dev: &str| {
+        let out = Command::new("ip").args(["-n", ns, "-o", "link", "show", "dev", dev]).output().expect("ip");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let on_b = link(&nodes.b, &vhb);
+    assert!(on_b.contains("master br0") && on_b.contains(",UP"), "no outside end on B's bridge: {on_b:?}");
+    assert!(link(&nodes.b, &vha).is_empty(), "B got the source's name for the outside end");
+    // Reached from B, through the new outside end.
+    let path = format!("/run/netns/{}", nodes.b);
+    let x = std::thread::spawn(move || {
+        let ns = File::open(&path).expect("node B");
+        ferry_sys::ns::setns(std::os::fd::AsFd::as_fd(&ns), libc::CLONE_NEWNET).expect("setns into B");
+        std::net::TcpStream::connect((JOB_ADDR, port))
+    })
+    .join()
+    .expect("connect thread")
+    .unwrap_or_else(|e| panic!("the migrated job is not reachable from B: {e}"));
+    let peer = crate::inet::PeerStream::start(x);
+    wait_for("the job's ready", Duration::from_secs(60), || w.join("ready").exists());
+    send_signal(remote, "USR2").expect("send go");
+    finish_stream(&w, peer, 20);
 }

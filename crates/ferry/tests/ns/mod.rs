@@ -3,8 +3,9 @@
 
 use crate::common::*;
 use std::fs;
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 fn nsview(mode: &str) -> Spec {
     Spec::c("nsview").args(&[mode])
@@ -115,13 +116,71 @@ fn ns_pidns_mnt_container_restored() {
     cycle_pidns_init(&mut run, child, &["--root", &root]);
 }
 
-/// A mount ferry cannot recreate (here the host's cgroup v1 or devtmpfs mounts, which a plain `unshare -m`
-/// copies)
-/// is refused by name, with the way out (--external).
+/// A mount ferry cannot recreate (a ramfs of the process's own, next to the copies of the
+/// host's mounts) is refused by name, with the way out (--external).
 #[test]
 fn ns_mnt_unknown_fs_refused() {
-    let run = Run::start(&nsview("mnt-host"));
+    let run = Run::start(&nsview("mnt-ramfs"));
     dump_refused(run.pid, &run.w.join("img"), "ferry recreates only proc, sysfs, devpts, mqueue, cgroup2 and tmpfs");
+}
+
+/// A plain `unshare -m`: a copy of the host's whole mount tree (cgroup v1, devtmpfs, ...), whose
+/// mounts are external automatically (copies of the dumping ferry's) and bound from the same
+/// places at restore.
+#[test]
+fn ns_mnt_host_copy_restored() {
+    cycle(&nsview("mnt-host"));
+}
+
+/// A work directory outside /tmp (which a `ferry run --mntns` job has of its own): in
+/// /dev/shm, a copy of the host's mount in the job's namespace. Removed on drop.
+struct ShmDir(PathBuf);
+
+impl Drop for ShmDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `ferry run --mntns --pidns` job (`nsview runmnt`: a file in its private /tmp, a tmpfs of
+/// its own with a file) dumped and restored on this host: every other mount of its namespace
+/// is a copy of the host's (external automatically); it checks its files and mounts after go.
+#[test]
+fn ns_run_mntns_job_restored() {
+    let d = ShmDir(PathBuf::from(format!("/dev/shm/ferry-e2e-runmnt-{}", std::process::id())));
+    fs::create_dir_all(&d.0).expect("work dir");
+    let dir = path_str(&d.0);
+    // (stdout and stderr to a file: the detached job keeps them)
+    let log = d.0.join("ferry.log");
+    let ferry = |args: &[&str]| {
+        let f = fs::OpenOptions::new().create(true).append(true).open(&log).expect("log");
+        let st = Command::new(ferry_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().expect("log"))
+            .stderr(f)
+            .status()
+            .expect("run ferry");
+        assert!(st.success(), "ferry {}: {}", args.join(" "), read_tail(&log, 3000));
+    };
+    let nsview = ferry_workloads::path("nsview");
+    let pidfile = format!("{dir}/init.pid");
+    ferry(&["run", "--mntns", "--pidns", "-d", "--pidfile", &pidfile, "--", &path_str(&nsview), &dir, "runmnt"]);
+    let pid: i32 = fs::read_to_string(&pidfile).expect("pidfile").trim().parse().expect("pid");
+    let guard = ProcGuard::new();
+    guard.add(pid);
+    wait_for("the job's ready", Duration::from_secs(60), || d.0.join("ready").exists());
+    let img = format!("{dir}/img");
+    ferry(&["dump", "-t", &pid.to_string(), "-D", &img]);
+    wait_for("the dumped tree to go", Duration::from_secs(20), || !pid_alive(pid));
+    let restored_pidfile = format!("{dir}/restored.pid");
+    ferry(&["restore", "-d", "-D", &img, "--pidfile", &restored_pidfile]);
+    let restored: i32 = fs::read_to_string(&restored_pidfile).expect("pidfile").trim().parse().expect("pid");
+    guard.add(restored);
+    send_signal(restored, "USR2").expect("send go");
+    wait_for("the job's result", Duration::from_secs(60), || d.0.join("result").exists());
+    let result = fs::read_to_string(d.0.join("result")).unwrap_or_default();
+    assert_eq!(result.trim(), "PASS", "the job's result");
 }
 
 /// A user namespace without maps (its uid 0 is nobody inside) is refused by name.

@@ -8,6 +8,8 @@
 
 use crate::common::*;
 use std::fs;
+
+pub mod veth;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -20,12 +22,21 @@ fn run_ok(cmd: &mut Command) -> String {
 /// `nsjob` under `ferry run --pidns --netns --timens -d`, started by `launcher` (a command
 /// that execs the rest, or nothing); returns the init's pid, killed with its tree on drop.
 pub fn start_nsjob(w: &WorkDir, launcher: Command) -> (i32, ProcGuard) {
+    run_detached(w, launcher, &["--pidns", "--netns", "--timens"], "nsjob", &[])
+}
+
+/// `ferry run FLAGS -d --pidfile W/init.pid -- WORKLOAD W ARGS`, started by `launcher`; the
+/// init's pid, killed with its tree on drop.
+pub fn run_detached(w: &WorkDir, launcher: Command, flags: &[&str], workload: &str, args: &[&str]) -> (i32, ProcGuard) {
     let pidfile = w.join("init.pid");
     let mut cmd = launcher;
     let st = cmd
-        .args(["run", "--pidns", "--netns", "--timens", "-d", "--pidfile", &path_str(&pidfile), "--"])
-        .arg(ferry_workloads::path("nsjob"))
+        .arg("run")
+        .args(flags)
+        .args(["-d", "--pidfile", &path_str(&pidfile), "--"])
+        .arg(ferry_workloads::path(workload))
         .arg(&w.path)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(fs::File::create(w.join("run.log")).expect("log"))
         .stderr(fs::File::create(w.join("out.log")).expect("log"))
