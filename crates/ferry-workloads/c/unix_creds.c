@@ -6,6 +6,8 @@
  *     A  setresgid(2001) + setresuid(1001), then sends "a1" and "a2" on the stream, "da" on dgram
  *     B  (root) then sends "b1" on the stream, "db" on dgram
  *     A  then sends "a3" on the stream
+ *   B also sends "nc" on a third (stream) pair before the parent turns SO_PASSCRED on at its end:
+ *   the kernel records no credentials for it (pid 0, uid and gid unmapped: 65534);
  *   nobody reads them before the dump. Both children then block in read() on a pipe until the
  *   parent closes it.
  * After go, the parent reads, with SO_PASSCRED: the stream as three reads "a1a2" (A, 1001, 2001),
@@ -89,10 +91,11 @@ int main(int argc, char **argv)
 	workload_init(argc, argv);
 	if (geteuid() != 0)
 		die_setup("unix_creds must start as root (euid %d)", (int)geteuid());
-	int st[2], dg[2], to_a[2], to_b[2], done[2];
+	int st[2], dg[2], nc[2], to_a[2], to_b[2], done[2];
 	int one = 1;
 	SETUP(socketpair(AF_UNIX, SOCK_STREAM, 0, st));
 	SETUP(socketpair(AF_UNIX, SOCK_DGRAM, 0, dg));
+	SETUP(socketpair(AF_UNIX, SOCK_STREAM, 0, nc));
 	SETUP(setsockopt(st[0], SOL_SOCKET, SO_PASSCRED, &one, sizeof one));
 	SETUP(setsockopt(dg[0], SOL_SOCKET, SO_PASSCRED, &one, sizeof one));
 	SETUP(pipe(to_a));
@@ -103,6 +106,8 @@ int main(int argc, char **argv)
 	if (a == 0) {
 		close(st[0]);
 		close(dg[0]);
+		close(nc[0]);
+		close(nc[1]);
 		close(to_a[1]);
 		close(to_b[0]);
 		close(to_b[1]);
@@ -126,6 +131,7 @@ int main(int argc, char **argv)
 	if (b == 0) {
 		close(st[0]);
 		close(dg[0]);
+		close(nc[0]);
 		close(to_a[0]);
 		close(to_a[1]);
 		close(to_b[1]);
@@ -133,6 +139,7 @@ int main(int argc, char **argv)
 		if (turn(to_b[0])) {
 			put(st[1], "b1");
 			put(dg[1], "db");
+			put(nc[1], "nc");
 			SETUP(write(done[1], "b", 1));
 		}
 		while (turn(to_b[0]))
@@ -141,6 +148,7 @@ int main(int argc, char **argv)
 	}
 	close(st[1]);
 	close(dg[1]);
+	close(nc[1]);
 	close(to_a[0]);
 	close(to_b[0]);
 	close(done[1]);
@@ -149,6 +157,7 @@ int main(int argc, char **argv)
 	SETUP(turn(done[0]) ? 0 : -1); /* B sent b1 db */
 	SETUP(write(to_a[1], "go", 1));
 	SETUP(turn(done[0]) ? 0 : -1); /* A sent a3 */
+	SETUP(setsockopt(nc[0], SOL_SOCKET, SO_PASSCRED, &one, sizeof one));
 	peercred(st[0], "stream (before)");
 	signal_ready();
 	wait_go();
@@ -169,6 +178,9 @@ int main(int argc, char **argv)
 	for (unsigned i = 0; i < 2; i++)
 		expect(dg[0], "dgram", &da[i]);
 	expect(dg[0], "dgram", NULL);
+	struct want none = { "nc", 0, 65534, 65534 };
+	expect(nc[0], "stream without credentials", &none);
+	expect(nc[0], "stream without credentials", NULL);
 	close(to_a[1]);
 	close(to_b[1]);
 	int status;

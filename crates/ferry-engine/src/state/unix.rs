@@ -463,11 +463,14 @@ fn read_queue(
 }
 
 /// `m` with the sender's credentials of a peek (pid as ferry sees it: `finish` tells a process
-/// of the tree).
+/// of the tree). Pid 0: the kernel recorded none (it does only when the sender or the receiver
+/// had SO_PASSCRED on at the time), and a message resent without any gets none either.
 fn with_cred(m: UnixMessage, cred: Option<libc::ucred>) -> UnixMessage {
     match cred {
-        Some(c) => UnixMessage { has_cred: true, sender_pid: c.pid, sender_uid: c.uid, sender_gid: c.gid, ..m },
-        None => m,
+        Some(c) if c.pid != 0 => {
+            UnixMessage { has_cred: true, sender_pid: c.pid, sender_uid: c.uid, sender_gid: c.gid, ..m }
+        }
+        _ => m,
     }
 }
 
