@@ -284,8 +284,13 @@ fn to_namespace_ids(procs: &mut [Process], zombies: &mut [Process]) -> Result<()
             t.pid = tid(t.pid);
         }
         let queues = p.files.iter_mut().filter_map(|f| f.unix.as_mut()).flat_map(|u| u.queue.iter_mut());
-        for r in queues.flat_map(|m| m.rights.iter_mut()) {
-            r.pid = tid(r.pid);
+        for m in queues {
+            for r in m.rights.iter_mut() {
+                r.pid = tid(r.pid);
+            }
+            if m.sender_in_tree {
+                m.sender_pid = tid(m.sender_pid);
+            }
         }
     }
     Ok(())

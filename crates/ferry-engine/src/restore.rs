@@ -768,14 +768,11 @@ pub fn restore_in_place(
         let d = procs[q].fds.iter().find(|d| d.fd == fd)?;
         fds.get(numbers[q]?.get(d.file as usize)?).copied()
     };
-    crate::state::unix::fill(&mut unix, &procs, &fd_of)?;
     crate::state::tcp_repair::connect_all(&procs, &numbers, &fds)?;
-    drop(fds);
     crate::state::tcp_repair::release_all(&procs, &numbers)?;
     files::ghost::memfd_attrs(&procs, &shmem)?;
     crate::state::memfd_seals::apply_early(&procs, &shmem)?;
     let sysv = crate::state::sysvshm::prepare(&procs, &img)?;
-    drop(unix);
     tracing::debug!(elapsed = ?t0.elapsed(), "files prepared");
     let tr = memory::choose_trampoline(&all_vmas)?;
     let (status_r, status_w) =
@@ -849,9 +846,6 @@ pub fn restore_in_place(
     }
     drop(status_w);
     drop(hold_r);
-    if let Some(e) = entered.as_mut() {
-        e.leave();
-    }
     drop(cgroup_open);
     let mem_numbers: Vec<Option<memory::Prepared>> = prep
         .iter()
@@ -865,7 +859,6 @@ pub fn restore_in_place(
             })
         })
         .collect();
-    drop(prep);
     let mut hosts =
         wait_tree_ready(status_r, procs.iter().filter(|p| !p.zombie).count() + plan.helpers().count(), root)?;
     hosts.entry(root).or_default().0 = root_host;
@@ -873,6 +866,17 @@ pub fn restore_in_place(
         hosts.entry(z.pid).or_insert((z.pid, Vec::new()));
     }
     let host = |pid: i32| hosts.get(&pid).map_or(pid, |h| h.0);
+    // Queued unix data goes in now that the tree's processes exist (each message with its
+    // sender's pid), from ferry's thread still in the tree's namespaces (names are looked up
+    // there), before any process of the tree runs its own code.
+    let sender_of = |m: &ferry_image::UnixMessage| sender_cred(m, &host, pidns);
+    crate::state::unix::fill(&mut unix, &procs, &fd_of, &sender_of)?;
+    drop(unix);
+    drop(fds);
+    drop(prep);
+    if let Some(e) = entered.as_mut() {
+        e.leave();
+    }
     tree.pids = plan.nodes.iter().map(|n| host(n.pid)).collect();
     let forked = t0.elapsed();
     tracing::debug!(elapsed = ?forked, "tree forked and ready");
@@ -961,6 +965,30 @@ pub fn restore_in_place(
         write_pidfile(pf, root_host)?;
     }
     Ok(Restored { pid: root_host, verify, total: t0.elapsed(), forked })
+}
+
+/// The sender's credentials a queued unix message goes back with (None: ferry's own, for an
+/// image without them). A process of the tree: its restored pid (as ferry sees it). A sender
+/// outside the tree: the same pid if a process has it here and the tree has no pid namespace of
+/// its own (a supervisor that still runs); else, gone, ferry's own pid, which is gone once the
+/// restore ends as the sender was (the kernel takes only an existing pid). Uid and gid always
+/// as dumped.
+fn sender_cred(m: &ferry_image::UnixMessage, host: &dyn Fn(i32) -> i32, pidns: bool) -> Option<libc::ucred> {
+    if !m.has_cred {
+        return None;
+    }
+    let exists = |pid: i32| {
+        pid > 0 && ferry_sys::process::kill(pid, 0).map_or_else(|e| e.raw_os_error() != Some(libc::ESRCH), |()| true)
+    };
+    let pid = if m.sender_in_tree {
+        host(m.sender_pid)
+    } else if !pidns && exists(m.sender_pid) {
+        m.sender_pid
+    } else {
+        tracing::info!(pid = m.sender_pid, "a queued unix message's sender is gone: it goes with ferry's pid");
+        std::process::id() as i32
+    };
+    Some(libc::ucred { pid, uid: m.sender_uid, gid: m.sender_gid })
 }
 
 /// The process whose fd table `pid` uses: itself, or the first of its ancestors it shares

@@ -1332,6 +1332,20 @@ pub struct UnixMessage {
     /// process of the image holding the same open file description.
     #[prost(message, repeated, tag = "414")]
     pub rights: Vec<InFlightFd>,
+    /// The sender's credentials (SCM_CREDENTIALS) were read: `sender_pid` (a process of the
+    /// image, by its image pid, when `sender_in_tree`; else the pid as the dumping ferry saw it),
+    /// `sender_uid`, `sender_gid` (as the dumping ferry saw them). Without it the restoring
+    /// ferry's own credentials go with the message.
+    #[prost(bool, tag = "560")]
+    pub has_cred: bool,
+    #[prost(int32, tag = "561")]
+    pub sender_pid: i32,
+    #[prost(uint32, tag = "562")]
+    pub sender_uid: u32,
+    #[prost(uint32, tag = "563")]
+    pub sender_gid: u32,
+    #[prost(bool, tag = "564")]
+    pub sender_in_tree: bool,
 }
 
 /// A pseudo-terminal pair with its master in the image, as seen through either end.

@@ -127,6 +127,9 @@ pub struct Peeked {
     /// The file descriptors carried (SCM_RIGHTS): peeking installed copies of them in this
     /// process (close-on-exec).
     pub fds: Vec<OwnedFd>,
+    /// The sender's credentials (SCM_CREDENTIALS, pid in this process's pid namespace), when
+    /// the socket has `SO_PASSCRED` on.
+    pub cred: Option<libc::ucred>,
 }
 
 /// `recvmsg(2)` with `MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC | MSG_CMSG_CLOEXEC`: copy the next
@@ -161,6 +164,7 @@ pub fn peek(fd: BorrowedFd<'_>, cap: usize) -> io::Result<Option<Peeked>> {
         }
     };
     let mut fds = Vec::new();
+    let mut cred = None;
     // SAFETY: msg was filled by the kernel; CMSG_* walk the control buffer it described.
     let mut c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
     while !c.is_null() {
@@ -178,23 +182,41 @@ pub fn peek(fd: BorrowedFd<'_>, cap: usize) -> io::Result<Option<Peeked>> {
                 fds.push(owned(unsafe { p.add(i).read_unaligned() }));
             }
         }
+        // SAFETY: CMSG_LEN is a constant computation.
+        let cred_len = unsafe { libc::CMSG_LEN(std::mem::size_of::<libc::ucred>() as u32) } as usize;
+        if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_CREDENTIALS && h.cmsg_len as usize >= cred_len {
+            // SAFETY: the payload holds a whole ucred (checked just above), inside `control`.
+            cred = Some(unsafe { (libc::CMSG_DATA(c) as *const libc::ucred).read_unaligned() });
+        }
         // SAFETY: msg and c are valid as above.
         c = unsafe { libc::CMSG_NXTHDR(&msg, c) };
     }
     let from_len = (msg.msg_namelen as usize).saturating_sub(std::mem::size_of::<libc::sa_family_t>());
     let from = sa.sun_path[..from_len.min(sa.sun_path.len())].iter().map(|&c| c as u8).collect();
     data.truncate(n.min(cap));
-    Ok(Some(Peeked { data, len: n, from, fds }))
+    Ok(Some(Peeked { data, len: n, from, fds, cred }))
 }
 
 /// `sendmsg(2)` with `MSG_DONTWAIT | MSG_NOSIGNAL` of `data` with the file descriptors `fds`
-/// (SCM_RIGHTS), to `to` (raw `sun_path` bytes) or, when `None`, to the connected peer.
-pub fn send_rights(fd: BorrowedFd<'_>, data: &[u8], to: Option<&[u8]>, fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+/// (SCM_RIGHTS, none if empty) and the sender's credentials `cred` (SCM_CREDENTIALS: root may
+/// give any existing pid of its pid namespace, any uid and gid), to `to` (raw `sun_path` bytes)
+/// or, when `None`, to the connected peer.
+pub fn send_with(
+    fd: BorrowedFd<'_>,
+    data: &[u8],
+    to: Option<&[u8]>,
+    fds: &[BorrowedFd<'_>],
+    cred: Option<libc::ucred>,
+) -> io::Result<usize> {
     let addr = to.map(sockaddr).transpose()?;
     let raw: Vec<libc::c_int> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let bytes = std::mem::size_of_val(raw.as_slice());
+    let cred_bytes = std::mem::size_of::<libc::ucred>();
     // SAFETY: CMSG_SPACE is a constant computation.
-    let space = unsafe { libc::CMSG_SPACE(bytes as u32) } as usize;
+    let cmsg_space = |n: usize| unsafe { libc::CMSG_SPACE(n as u32) } as usize;
+    let rights_space = if raw.is_empty() { 0 } else { cmsg_space(bytes) };
+    let cred_space = if cred.is_some() { cmsg_space(cred_bytes) } else { 0 };
+    let space = rights_space + cred_space;
     let mut control = vec![0u64; space.div_ceil(8).max(1)];
     let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
     // SAFETY: msghdr is plain integers and pointers; all-zero is valid.
@@ -205,15 +227,27 @@ pub fn send_rights(fd: BorrowedFd<'_>, data: &[u8], to: Option<&[u8]>, fds: &[Bo
     }
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space;
-    // SAFETY: the control buffer is CMSG_SPACE(bytes) long, so it holds one header and its data.
+    if space > 0 {
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+    }
+    // SAFETY: the control buffer is `space` long: CMSG_SPACE of each header written, in order,
+    // so each header and its payload lies inside it.
     unsafe {
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(bytes as u32) as usize;
-        std::ptr::copy_nonoverlapping(raw.as_ptr().cast::<u8>(), libc::CMSG_DATA(c), bytes);
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        if !raw.is_empty() && !c.is_null() {
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(bytes as u32) as usize;
+            std::ptr::copy_nonoverlapping(raw.as_ptr().cast::<u8>(), libc::CMSG_DATA(c), bytes);
+            c = (c as *mut u8).add(rights_space).cast();
+        }
+        if let Some(u) = cred {
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_CREDENTIALS;
+            (*c).cmsg_len = libc::CMSG_LEN(cred_bytes as u32) as usize;
+            (libc::CMSG_DATA(c) as *mut libc::ucred).write_unaligned(u);
+        }
     }
     loop {
         // SAFETY: every pointer in msg refers to a live buffer of the length given beside it

@@ -398,11 +398,18 @@ fn read_queue(
     (shut_rd, rqueue): (bool, usize),
     obj: &dyn Fn() -> String,
 ) -> Result<Queue, QueueError> {
-    sockopt::set_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
+    // SO_PASSCRED on for the peek (put back afterwards): each message's sender credentials come
+    // with it, and a stream peek stops where they change (the kernel never glues the bytes of
+    // different senders into one read then), which gives the boundaries a reader sees.
+    let old_passcred = sockopt::get_int(c, libc::SOL_SOCKET, libc::SO_PASSCRED)?;
+    sockopt::set_int(c, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)?;
+    if let Err(e) = sockopt::set_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0) {
+        let _ = sockopt::set_int(c, libc::SOL_SOCKET, libc::SO_PASSCRED, old_passcred);
+        return Err(e.into());
+    }
     let r = (|| -> Result<Queue, QueueError> {
         let mut out = Vec::new();
         let mut rights = Vec::new();
-        let mut stream = Vec::new();
         let mut cap = 256 * 1024;
         let mut seen = 0;
         loop {
@@ -413,7 +420,12 @@ fn read_queue(
                     break;
                 }
                 if p.fds.is_empty() {
-                    stream.extend_from_slice(&p.data);
+                    // Bytes of one sender in a row: one message (a peek may stop earlier).
+                    let cred = with_cred(UnixMessage::default(), p.cred);
+                    match out.last_mut() {
+                        Some(m) if same_sender(m, &cred) => m.data.extend_from_slice(&p.data),
+                        _ => out.push(UnixMessage { data: p.data, ..cred }),
+                    }
                     continue;
                 }
                 // A peek glues the bytes of earlier writes to those of the write that carried
@@ -434,21 +446,36 @@ fn read_queue(
             if !p.fds.is_empty() {
                 rights.push((out.len(), p.fds));
             }
-            out.push(UnixMessage { data: p.data, from: p.from, ..Default::default() });
+            out.push(with_cred(UnixMessage { data: p.data, from: p.from, ..Default::default() }, p.cred));
             if out.len() > 1_000_000 {
                 tracing::warn!(object = obj(), "more than a million queued datagrams");
                 return Err(QueueError::Sys(std::io::Error::from_raw_os_error(libc::E2BIG)));
             }
         }
-        if !stream.is_empty() {
-            out.push(UnixMessage { data: stream, ..Default::default() });
-        }
         Ok((out, rights))
     })();
     let put_back = sockopt::set_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old_off);
+    let passcred_back = sockopt::set_int(c, libc::SOL_SOCKET, libc::SO_PASSCRED, old_passcred);
     let out = r?;
     put_back?;
+    passcred_back?;
     Ok(out)
+}
+
+/// `m` with the sender's credentials of a peek (pid as ferry sees it: `finish` tells a process
+/// of the tree). Pid 0: the kernel recorded none (it does only when the sender or the receiver
+/// had SO_PASSCRED on at the time), and a message resent without any gets none either.
+fn with_cred(m: UnixMessage, cred: Option<libc::ucred>) -> UnixMessage {
+    match cred {
+        Some(c) if c.pid != 0 => {
+            UnixMessage { has_cred: true, sender_pid: c.pid, sender_uid: c.uid, sender_gid: c.gid, ..m }
+        }
+        _ => m,
+    }
+}
+
+fn same_sender(a: &UnixMessage, b: &UnixMessage) -> bool {
+    (a.has_cred, a.sender_pid, a.sender_uid, a.sender_gid) == (b.has_cred, b.sender_pid, b.sender_uid, b.sender_gid)
 }
 
 /// Once every process is collected: a connected socket must have its peer in the image (a
@@ -537,7 +564,18 @@ pub fn finish(
     for ino in unused {
         tracing::warn!("--external unix[{ino}]: no socket of the tree with this inode is connected outside it");
     }
+    senders_in_tree(procs);
     in_flight(procs, std::mem::take(&mut table.in_flight))
+}
+
+/// Mark each queued message whose sender (by the pid ferry saw) is a process of the tree: its
+/// pid follows the process (to the namespace's own id, to the restored host pid).
+fn senders_in_tree(procs: &mut [Process]) {
+    let pids: std::collections::HashSet<i32> = procs.iter().filter(|p| !p.zombie).map(|p| p.pid).collect();
+    let queues = procs.iter_mut().flat_map(|p| p.files.iter_mut()).filter_map(|f| f.unix.as_mut());
+    for m in queues.flat_map(|u| u.queue.iter_mut()).filter(|m| m.has_cred) {
+        m.sender_in_tree = pids.contains(&m.sender_pid);
+    }
 }
 
 /// Name, for every fd in flight, an fd of the tree that is the same open file description
@@ -742,32 +780,21 @@ fn accept_via(ty: i32, srv: &UnixSocket, client: BorrowedFd<'_>, obj: &str) -> R
     Ok(s)
 }
 
-fn send_all(s: BorrowedFd<'_>, data: &[u8], to: Option<&[u8]>, stream: bool, obj: &str) -> Result<(), Error> {
-    let mut off = 0;
-    loop {
-        let n = us::send(s, &data[off..], to).ctx(|| format!("{obj}: cannot queue its data again"))?;
-        off += n;
-        if off >= data.len() {
-            return Ok(());
-        }
-        if !stream || n == 0 {
-            return Err(Error::Invalid { object: obj.into(), what: format!("queued {off} of {} bytes", data.len()) });
-        }
-    }
-}
+/// What restore gives each queued message as its sender's credentials (SCM_CREDENTIALS), `None`
+/// for the restoring ferry's own.
+pub type SenderOf<'a> = dyn Fn(&UnixMessage) -> Option<libc::ucred> + 'a;
 
-/// Send message `m` (with its fds in flight, if any) from `s`, as `send_all`.
+/// Send message `m` from `s` with its fds in flight, if any (`fd_of`), and its sender's
+/// credentials (`cred`); the rest of a stream's bytes after a short send follow with the same
+/// credentials (never glued to another sender's), a short datagram is an error.
 fn send_msg<'f>(
     s: BorrowedFd<'_>,
     m: &UnixMessage,
-    to: Option<&[u8]>,
-    stream: bool,
+    (to, stream): (Option<&[u8]>, bool),
     obj: &str,
     fd_of: &dyn Fn(i32, i32) -> Option<BorrowedFd<'f>>,
+    cred: Option<libc::ucred>,
 ) -> Result<(), Error> {
-    if m.rights.is_empty() {
-        return send_all(s, &m.data, to, stream, obj);
-    }
     let fds = m
         .rights
         .iter()
@@ -778,12 +805,24 @@ fn send_msg<'f>(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let n = us::send_rights(s, &m.data, to, &fds)
-        .ctx(|| format!("{obj}: cannot queue a message with its fds in flight again"))?;
-    if n < m.data.len() {
-        send_all(s, &m.data[n..], to, stream, obj)?;
+    let mut off = 0;
+    loop {
+        let rights = if off == 0 { fds.as_slice() } else { &[] };
+        let n = us::send_with(s, &m.data[off..], to, rights, cred).ctx(|| match (rights.is_empty(), cred) {
+            (false, _) => format!("{obj}: cannot queue a message with its fds in flight again"),
+            (true, Some(c)) => {
+                format!("{obj}: cannot queue its data again as sent by pid {} (uid {}, gid {})", c.pid, c.uid, c.gid)
+            }
+            (true, None) => format!("{obj}: cannot queue its data again"),
+        })?;
+        off += n;
+        if off >= m.data.len() {
+            return Ok(());
+        }
+        if !stream || n == 0 {
+            return Err(Error::Invalid { object: obj.into(), what: format!("queued {off} of {} bytes", m.data.len()) });
+        }
     }
-    Ok(())
 }
 
 /// Recreate every unix socket of the image (all processes together: peers and listeners may be
@@ -899,13 +938,15 @@ pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
     Ok(Prepared { fds, partners, names })
 }
 
-/// Once every file of the image is open in ferry: the queued data, sent again into each receive
-/// queue with its fds in flight (`fd_of(pid, fd)`: ferry's fd of that description), then
-/// buffer sizes, SO_PASSCRED, filters, shutdown and SO_PEEK_OFF.
+/// Once every file of the image is open in ferry and the tree's processes exist: the queued
+/// data, sent again into each receive queue with its fds in flight (`fd_of(pid, fd)`: ferry's fd
+/// of that description) and its sender's credentials (`sender_of`: the kernel takes a pid only
+/// if it exists), then buffer sizes, SO_PASSCRED, filters, shutdown and SO_PEEK_OFF.
 pub fn fill<'f>(
     prep: &mut Prepared,
     procs: &[Process],
     fd_of: &dyn Fn(i32, i32) -> Option<BorrowedFd<'f>>,
+    sender_of: &SenderOf<'_>,
 ) -> Result<(), Error> {
     let socks = sockets(procs);
     let Prepared { fds, partners, names } = prep;
@@ -926,7 +967,7 @@ pub fn fill<'f>(
                     object: obj.clone(),
                     what: "queued data but no peer to send it from".into(),
                 })?;
-                send_msg(s.as_fd(), m, None, ty == libc::SOCK_STREAM, obj, fd_of)?;
+                send_msg(s.as_fd(), m, (None, ty == libc::SOCK_STREAM), obj, fd_of, sender_of(m))?;
                 continue;
             }
             // A datagram: from the socket named as its sender if it is in the image, else from
@@ -969,7 +1010,7 @@ pub fn fill<'f>(
                     what: "a queued datagram from a sender that is not its peer, and the socket has no name".into(),
                 });
             }
-            send_msg(sender, m, dest, false, obj, fd_of)?;
+            send_msg(sender, m, (dest, false), obj, fd_of, sender_of(m))?;
         }
     }
     drop(temps);

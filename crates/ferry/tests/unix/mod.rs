@@ -268,3 +268,20 @@ fn cycle_dgram_connected_to_a_deleted_socket() {
 fn cycle_deleted_socket_names() {
     cycle(&Spec::c("unix_names").args(&["deleted"]));
 }
+
+/// Queued unix messages from two processes of the tree (one with uid 1001, gid 2001) keep their
+/// sender's credentials (SCM_CREDENTIALS: pid, uid, gid) and, on the stream, the read boundaries
+/// where the sender changes (`unix_creds`).
+fn unix_creds() -> Spec {
+    Spec::c("unix_creds")
+}
+
+#[test]
+fn control_unix_creds() {
+    control(&unix_creds());
+}
+
+#[test]
+fn cycle_unix_creds() {
+    cycle_tree(&unix_creds(), &[]);
+}
