@@ -18,7 +18,8 @@
 //!   peer had acknowledged but not this side's FIN, sent through a raw socket while the socket
 //!   is still in repair mode (`give_fin`); it carries a mark the network lock lets through
 //!   (`netlock::PASS_MARK`), and the socket's answer is dropped by the lock (the peer had
-//!   that acknowledgement already).
+//!   that acknowledgement already). Only once every connection of the image is connected
+//!   (`connect_all`): where no lock holds the answer back, it must find the peer's socket.
 //!
 //! The order: CLOSING (both FINs crossed) replays this side's FIN first (FIN_WAIT1, then the
 //! peer's FIN makes it CLOSING); LAST_ACK (the peer closed first) the peer's first (CLOSE_WAIT,
