@@ -105,6 +105,15 @@ static int connect_to(uint16_t port)
 	return c;
 }
 
+/* fd moved to the lowest free fd >= `min` (the old one closed). */
+static int move_high(int fd, int min)
+{
+	int n = fcntl(fd, F_DUPFD, min);
+	SETUP(n);
+	close(fd);
+	return n;
+}
+
 static void want_state(const char *name, int fd, int want)
 {
 	int st = wait_state(fd, want, 5000);
@@ -287,6 +296,11 @@ int main(int argc, char **argv)
 	SETUP(a1);
 	int c2 = connect_to(port), a2 = accept(l, NULL, NULL);
 	SETUP(a2);
+	/* C1 and C2 on high fds: their peers A1 (LAST_ACK) and A2 (CLOSING) come first in the
+	 * fd table, so a restore that gave them their peer's FIN before C1 and C2 are connected
+	 * would have their ACKs meet closed ports (and be reset) where no lock holds them. */
+	c1 = move_high(c1, 200);
+	c2 = move_high(c2, 201);
 	int c5 = connect_to(port), a5 = accept(l, NULL, NULL);
 	SETUP(a5);
 	SETUP(write_file_atomic("conns", "1\n"));

@@ -620,12 +620,30 @@ fn bind_connect(obj: &str, s: &InetSocket, sock: BorrowedFd<'_>) -> Result<(), E
     if let Some(r) = &s.repair {
         tcp_repair::finish_after_connect(obj, sock.as_fd(), s.state, r)?;
     }
-    let mut shut = s.shutdown & 3;
-    if let Some(r) = &s.repair {
-        // The FINs of a closing connection, replayed in repair mode, did part of the
-        // shutdown already (a FIN received shuts reading down, one sent writing).
-        shut &= !tcp_repair::replay_fins(obj, sock, s, r)?;
+    if s.repair.is_none() {
+        shut_down(obj, s, sock, s.shutdown & 3)?;
     }
+    if let Some((level, opt, had)) = transparent {
+        sockopt::set_int(sock.as_fd(), level, opt, had).ctx(|| format!("{obj}: IP_TRANSPARENT"))?;
+    }
+    Ok(())
+}
+
+/// Once every connection of the image is connected (`connect_repaired`), still in repair
+/// mode: the shutdown state of a repaired connection. Its FINs are replayed first and did part
+/// of it (a FIN received shuts reading down, one sent writing). Not earlier: the socket
+/// answers its peer's FIN, and where no network lock holds the answer back (a restore on
+/// another node, or in a new network namespace) it must find the peer's socket if the peer is
+/// in the image too, not a port without one, whose reset would kill the connection.
+pub fn shutdown_repaired(obj: &str, f: &File, sock: BorrowedFd<'_>) -> Result<(), Error> {
+    let s = f.inet.as_ref().ok_or_else(|| Error::Invalid { object: obj.into(), what: "no socket record".into() })?;
+    let Some(r) = &s.repair else { return Ok(()) };
+    let done = tcp_repair::replay_fins(obj, sock, s, r)?;
+    shut_down(obj, s, sock, s.shutdown & 3 & !done)
+}
+
+/// shutdown(2) with the bits `shut` (`SHUT_RD` 1, `SHUT_WR` 2) of the saved state.
+fn shut_down(obj: &str, s: &InetSocket, sock: BorrowedFd<'_>, shut: u32) -> Result<(), Error> {
     if shut != 0 {
         let how = match shut {
             1 => libc::SHUT_RD,
@@ -638,9 +656,6 @@ fn bind_connect(obj: &str, s: &InetSocket, sock: BorrowedFd<'_>) -> Result<(), E
             Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) && s.sock_type != libc::SOCK_STREAM => {}
             Err(e) => return Err(Error::Sys { object: format!("{obj}: cannot shut it down again"), source: e }),
         }
-    }
-    if let Some((level, opt, had)) = transparent {
-        sockopt::set_int(sock.as_fd(), level, opt, had).ctx(|| format!("{obj}: IP_TRANSPARENT"))?;
     }
     Ok(())
 }

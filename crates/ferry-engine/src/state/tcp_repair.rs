@@ -18,7 +18,8 @@
 //!   peer had acknowledged but not this side's FIN, sent through a raw socket while the socket
 //!   is still in repair mode (`give_fin`); it carries a mark the network lock lets through
 //!   (`netlock::PASS_MARK`), and the socket's answer is dropped by the lock (the peer had
-//!   that acknowledgement already).
+//!   that acknowledgement already). Only once every connection of the image is connected
+//!   (`connect_all`): where no lock holds the answer back, it must find the peer's socket.
 //!
 //! The order: CLOSING (both FINs crossed) replays this side's FIN first (FIN_WAIT1, then the
 //! peer's FIN makes it CLOSING); LAST_ACK (the peer closed first) the peer's first (CLOSE_WAIT,
@@ -346,7 +347,7 @@ pub fn connect_again(obj: &str, sock: BorrowedFd<'_>, peer: &std::net::SocketAdd
     sockopt::set_int(sock, libc::IPPROTO_TCP, TCP_REPAIR, 1).ctx(|| ctx("cannot switch to TCP_REPAIR mode"))
 }
 
-/// After `finish_after_connect`, still in repair mode: replay the FINs of a closing
+/// Once every connection is connected (`connect_all`), still in repair mode: replay the FINs of a closing
 /// connection in the order they came (module doc). Returns the shutdown bits (`SHUT_RD` 1,
 /// `SHUT_WR` 2) this did, which the caller leaves out.
 pub fn replay_fins(obj: &str, sock: BorrowedFd<'_>, s: &ferry_image::InetSocket, r: &TcpRepair) -> Result<u32, Error> {
@@ -371,7 +372,7 @@ pub fn replay_fins(obj: &str, sock: BorrowedFd<'_>, s: &ferry_image::InetSocket,
         if now != want {
             return Err(Error::Invalid {
                 object: obj.into(),
-                what: format!("took not its peer's FIN back (TCP state {now}, want {want})"),
+                what: format!("did not take its peer's FIN back (TCP state {now}, want {want})"),
             });
         }
         done |= 1;
@@ -426,6 +427,7 @@ pub fn connect_all(
     fds: &std::collections::HashMap<i32, BorrowedFd<'_>>,
 ) -> Result<(), Error> {
     let mut done = std::collections::HashSet::new();
+    let mut connected = Vec::new();
     for (p, nums) in procs.iter().zip(numbers) {
         let Some(nums) = nums else { continue };
         for (i, f) in p.files.iter().enumerate() {
@@ -440,7 +442,12 @@ pub fn connect_all(
             let fd =
                 fds.get(&n).ok_or_else(|| Error::Invalid { object: obj.clone(), what: "lost its socket".into() })?;
             crate::state::inet::connect_repaired(&obj, f, *fd)?;
+            connected.push((obj, f, *fd));
         }
+    }
+    // The FINs once every connection exists (`inet::shutdown_repaired`).
+    for (obj, f, fd) in connected {
+        crate::state::inet::shutdown_repaired(&obj, f, fd)?;
     }
     Ok(())
 }

@@ -772,24 +772,75 @@ fn nft_script(script: &str) {
     assert!(child.wait().expect("wait for nft").success(), "nft failed on {script}");
 }
 
-/// With `checkpoint`: dump with `--tcp-established`, stop dropping (the segments lost so far
+/// How `dump_restore_go` runs the workload.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// Without ferry.
+    Control,
+    /// Dumped and restored on this node (the dump's network lock in place until the restore).
+    Checkpoint,
+    /// The dump's network lock removed before the restore, as on another node (a migration)
+    /// or in a new network namespace: nothing holds back what the restored sockets send.
+    NoLock,
+}
+
+/// The nftables table of the network lock an image names (`ferry_lock_*`, kept by the dump).
+fn image_lock(img: &std::path::Path) -> Option<String> {
+    for e in fs::read_dir(img).ok()?.flatten() {
+        let data = fs::read(e.path()).unwrap_or_default();
+        let pat = b"ferry_lock_";
+        if let Some(at) = data.windows(pat.len()).position(|w| w == pat) {
+            let name: Vec<u8> =
+                data[at..].iter().copied().take_while(|b| b.is_ascii_alphanumeric() || *b == b'_').collect();
+            return Some(String::from_utf8_lossy(&name).into_owned());
+        }
+    }
+    None
+}
+
+/// With a checkpoint: dump with `--tcp-established`, stop dropping (the segments lost so far
 /// are sent again by the restored sockets), restore; else stop dropping. Then go.
-fn dump_restore_go(run: &mut Run, dropping: DropFrom, checkpoint: bool) {
+/// `NoLock`: the lock goes for the connections inside the tree only; what the test's own
+/// sockets (from the `outside` ports) send is dropped until the restore is done, as the lock
+/// would (else a retransmission meets the port without its socket and is reset), but for the
+/// peer's FIN ferry gives back (marked 0xc114, as the lock lets it through).
+fn dump_restore_go(run: &mut Run, dropping: DropFrom, mode: Mode, outside: &[u16]) {
+    let checkpoint = mode != Mode::Control;
     if checkpoint {
         run.dump_ok(&["--tcp-established"]);
         run.reap_dumped();
         drop(dropping);
+        let mut silenced = None;
+        if mode == Mode::NoLock {
+            if let Some(first) = outside.first() {
+                let ports: Vec<String> = outside.iter().map(|p| p.to_string()).collect();
+                silenced =
+                    Some(DropFrom::rule(*first, &format!("meta mark != 0xc114 tcp sport {{ {} }}", ports.join(", "))));
+            }
+            let Some(lock) = image_lock(&run.img()) else { run.fail("the image names no network lock") };
+            let st = std::process::Command::new("nft").args(["delete", "table", "inet", &lock]).status();
+            if !st.is_ok_and(|s| s.success()) {
+                run.fail(&format!("cannot delete the network lock {lock}"));
+            }
+        }
         let pidfile = run.spawn_restore("restore", &run.img(), &[]);
         run.wait_pidfile(&pidfile);
+        drop(silenced);
     } else {
         drop(dropping);
     }
     run.go();
 }
 
+/// The workload's (or the restored tree's) exit: it must report its checks passed.
+fn wait_pass(run: &mut Run, mode: Mode, what: &str) {
+    let status = if mode == Mode::Control { run.wait_child_exit() } else { run.wait_restore_exit() };
+    run.expect_pass(status, what);
+}
+
 /// The test's side of `tcpfin`: `TX` (the peer of A3, LAST_ACK) and `TY` (the peer of A4,
 /// CLOSING) read end of file only once the workload's sockets are back, with no reset.
-fn tcpfin(family: &str, checkpoint: bool) {
+fn tcpfin(family: &str, mode: Mode) {
     need("nft", "nftables");
     let mut run = Run::start(&Spec::c("tcpfin").args(&[family]).ready_file("port"));
     let port: u16 = fs::read_to_string(run.w.join("port")).expect("port").trim().parse().expect("port number");
@@ -815,7 +866,8 @@ fn tcpfin(family: &str, checkpoint: bool) {
         s.set_nonblocking(false).expect("blocking");
         s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
     }
-    dump_restore_go(&mut run, dropping, checkpoint);
+    let outside = [tx.local_addr().expect("TX address").port(), ty.local_addr().expect("TY address").port()];
+    dump_restore_go(&mut run, dropping, mode, &outside);
     for (name, s) in [("TX", &mut tx), ("TY", &mut ty)] {
         let mut rest = Vec::new();
         match s.read_to_end(&mut rest) {
@@ -823,16 +875,15 @@ fn tcpfin(family: &str, checkpoint: bool) {
             other => run.fail(&format!("{name}: {other:?} ({rest:?}), want end of file and no reset")),
         }
     }
-    let status = if checkpoint { run.wait_restore_exit() } else { run.wait_child_exit() };
-    run.expect_pass(status, "tcpfin");
+    wait_pass(&mut run, mode, "tcpfin");
 }
 
 /// Without ferry: the workload and the test's side as in `tcp_closing_states_*`.
 #[test]
 fn tcp_closing_states_control() {
-    tcpfin("4", false);
-    tcpfin("6", false);
-    tcpfin("m", false);
+    tcpfin("4", Mode::Control);
+    tcpfin("6", Mode::Control);
+    tcpfin("m", Mode::Control);
 }
 
 /// LAST_ACK and CLOSING (both FINs sent, one not acknowledged yet), CLOSE_WAIT and
@@ -842,24 +893,33 @@ fn tcp_closing_states_control() {
 /// it to, and none is reset.
 #[test]
 fn tcp_closing_states_v4() {
-    tcpfin("4", true);
+    tcpfin("4", Mode::Checkpoint);
 }
 
 #[test]
 fn tcp_closing_states_v6() {
-    tcpfin("6", true);
+    tcpfin("6", Mode::Checkpoint);
 }
 
 /// The same with IPv6 sockets speaking IPv4 (`::ffff:127.0.0.1`): the peer's FIN goes as IPv4.
 #[test]
 fn tcp_closing_states_v4_mapped() {
-    tcpfin("m", true);
+    tcpfin("m", Mode::Checkpoint);
+}
+
+/// The same restored where the dump's network lock is not (another node, a new network
+/// namespace): a restored socket answers the peer's FIN given back to it, and the answer must
+/// find its peer's socket connected already when the peer is in the tree too (A1 and A2 come
+/// before C1 and C2), not a closed port whose reset would kill the connection.
+#[test]
+fn tcp_closing_states_without_lock() {
+    tcpfin("4", Mode::NoLock);
 }
 
 /// The test's side of `tcpfin FAMILY syn`: a listener whose SYNs (and L's) are dropped until
 /// the workload is dumped; after restore it accepts the workload's C3, reads "c3", answers
 /// "t3".
-fn tcpsyn(family: &str, checkpoint: bool) {
+fn tcpsyn(family: &str, mode: Mode) {
     need("nft", "nftables");
     let mut run = Run::start(&Spec::c("tcpfin").args(&[family, "syn"]).ready_file("port"));
     let port: u16 = fs::read_to_string(run.w.join("port")).expect("port").trim().parse().expect("port number");
@@ -871,7 +931,7 @@ fn tcpsyn(family: &str, checkpoint: bool) {
     let dropping = DropFrom::rule(port, &format!("tcp dport {{ {port}, {tport} }}"));
     fs::write(run.w.join("dropping"), "1\n").expect("write dropping");
     run.wait_ready();
-    dump_restore_go(&mut run, dropping, checkpoint);
+    dump_restore_go(&mut run, dropping, mode, &[]);
     tl.set_nonblocking(true).expect("nonblocking listener");
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut conn = loop {
@@ -893,16 +953,15 @@ fn tcpsyn(family: &str, checkpoint: bool) {
         run.fail(&format!("C3 sent {b:?}, want c3"));
     }
     conn.write_all(b"t3").expect("answer C3");
-    let status = if checkpoint { run.wait_restore_exit() } else { run.wait_child_exit() };
-    run.expect_pass(status, "tcpfin syn");
+    wait_pass(&mut run, mode, "tcpfin syn");
 }
 
 /// Without ferry: the workload and the test's side as in `tcp_syn_sent_*`.
 #[test]
 fn tcp_syn_sent_control() {
-    tcpsyn("4", false);
-    tcpsyn("6", false);
-    tcpsyn("m", false);
+    tcpsyn("4", Mode::Control);
+    tcpsyn("6", Mode::Control);
+    tcpsyn("m", Mode::Control);
 }
 
 /// Connections in SYN_SENT (a non-blocking connect, a child blocked in connect(), a connect to
@@ -910,16 +969,16 @@ fn tcp_syn_sent_control() {
 /// complete once the tree runs: the SYN goes out again with the saved initial sequence number.
 #[test]
 fn tcp_syn_sent_v4() {
-    tcpsyn("4", true);
+    tcpsyn("4", Mode::Checkpoint);
 }
 
 #[test]
 fn tcp_syn_sent_v6() {
-    tcpsyn("6", true);
+    tcpsyn("6", Mode::Checkpoint);
 }
 
 /// The same with IPv6 sockets speaking IPv4 (`::ffff:127.0.0.1`).
 #[test]
 fn tcp_syn_sent_v4_mapped() {
-    tcpsyn("m", true);
+    tcpsyn("m", Mode::Checkpoint);
 }
