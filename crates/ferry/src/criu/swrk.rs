@@ -107,7 +107,7 @@ impl Conn {
         };
         match fd {
             Some(fd) => {
-                ferry_sys::unixsock::send_rights(self.sock.as_fd(), &resp.encode_to_vec(), None, &[fd])
+                ferry_sys::unixsock::send_with(self.sock.as_fd(), &resp.encode_to_vec(), None, &[fd], None)
                     .with_context(|| format!("notification {script}: cannot send it with its fd"))?;
             }
             None => self.send(&resp)?,
