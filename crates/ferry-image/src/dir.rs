@@ -883,7 +883,18 @@ mod tests {
     }
 
     fn write(dir: &Path, key: Option<SigningKey>) {
-        let mut w = ImageWriter::create(dir).unwrap();
+        // (Another test of this process that forks at the moment the previous writer of `dir`
+        // is dropped holds a copy of its locked fd until its exec: wait for that to pass.)
+        let mut tries = 0;
+        let mut w = loop {
+            match ImageWriter::create(dir) {
+                Err(ImageError::Invalid { what, .. }) if what.contains("another ferry dump") && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                r => break r.unwrap(),
+            }
+        };
         if let Some(k) = key {
             w.sign_with(k);
         }

@@ -303,7 +303,9 @@ fn podman_export_import_tcp_established() {
     let conn = loop {
         // (Connected when the service accepted: it then sends "1".)
         if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-            s.set_read_timeout(Some(Duration::from_secs(2))).expect("read timeout");
+            // (The service accepts one connection only: once connected, wait for its "1" long
+            // enough for a loaded machine rather than connect again.)
+            s.set_read_timeout(Some(Duration::from_secs(20))).expect("read timeout");
             let mut b = [0u8; 2];
             if s.read_exact(&mut b).is_ok() && &b == b"1\n" {
                 break s;
