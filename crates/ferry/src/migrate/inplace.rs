@@ -334,11 +334,12 @@ impl InPlace {
 }
 
 /// Mappings that can be handed over: private anonymous, without flags a plain read+write
-/// anonymous mapping would not have (growing down, no reserve, droppable), not SysV, not shared
+/// anonymous mapping would not have (growing down, no reserve, droppable), not marked
+/// MADV_NOHUGEPAGE (serve may have collapsed its pages into huge ones), not SysV, not shared
 /// copy-on-write with a parent (its content is a layer over the parent's).
 fn eligible(v: &Vma) -> bool {
     let has = |f: &str| v.vm_flags.iter().any(|x| x == f);
-    v.kind == VmaKind::Anon as i32 && !v.sysv && !v.cow && !has("gd") && !has("nr") && !has("dp")
+    v.kind == VmaKind::Anon as i32 && !v.sysv && !v.cow && !has("gd") && !has("nr") && !has("dp") && !has("nh")
 }
 
 impl Drop for InPlace {
