@@ -34,6 +34,6 @@ pub(crate) use pages_out::page_compression;
 pub use pages_out::{dump_pages, set_page_compression, FrozenMemory, Held, PagesFrom};
 pub(crate) use rebuild::TASK_SIZE;
 pub use rebuild::{choose_trampoline, own_vdso, prepare, restore, Prepared, Trampoline, TRAMPOLINE_PAGES};
-pub use scan::{collect_mm, scan};
 pub(crate) use scan::{check_flags, regions_to_store, resident, subtract, vm_flags};
+pub use scan::{collect_mm, scan};
 pub use sharing::Sharing;

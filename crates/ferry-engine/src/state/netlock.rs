@@ -140,8 +140,13 @@ pub fn unlock(table: &str) -> Result<(), Error> {
 
 fn unlock_in(netns: Option<&std::os::fd::OwnedFd>, table: &str) -> Result<(), Error> {
     unlock_name_ok(table)?;
-    match nft_in(netns, &format!("delete table inet {table}
-")) {
+    match nft_in(
+        netns,
+        &format!(
+            "delete table inet {table}
+"
+        ),
+    ) {
         Err(Error::Invalid { what, .. }) if what.contains("No such file") || what.contains("cannot run nft") => Ok(()),
         r => r,
     }
