@@ -115,6 +115,25 @@ fn intersect(clean: &[(u64, u64)], sent: &[(u64, u64)], out: &mut Vec<(u64, u64)
     }
 }
 
+/// Remove `a..b` from `sent` (unsorted, as sent): the copies sent there are no longer known to
+/// be the latest.
+fn forget(sent: &mut Vec<(u64, u64)>, a: u64, b: u64) {
+    let mut out = Vec::with_capacity(sent.len() + 1);
+    for &(s, e) in sent.iter() {
+        if e <= a || s >= b {
+            out.push((s, e));
+            continue;
+        }
+        if s < a {
+            out.push((s, a));
+        }
+        if e > b {
+            out.push((b, e));
+        }
+    }
+    *sent = out;
+}
+
 impl Tracker {
     /// Start tracking every process of the tree rooted at `root`. A process that cannot be
     /// tracked is simply copied whole in the final dump.
@@ -139,19 +158,27 @@ impl Tracker {
             let pid = t.host_pid;
             let mut keep = Vec::new();
             for &(start, end) in &t.ranges {
+                // Without PM_SCAN_CHECK_WPASYNC: a mapping that is not registered (mapped anew
+                // in the middle of a registered one, moved by mremap) is skipped, not an error.
+                // With it the walk failed there with EPERM after it had already write-protected
+                // the written pages before that mapping, which it then never reported: they
+                // looked clean at the freeze and were kept with their older copy.
                 let regions = match uffd::scan(
                     t.pagemap.as_fd(),
                     start,
                     end,
-                    uffd::PM_SCAN_WP_MATCHING | uffd::PM_SCAN_CHECK_WPASYNC,
+                    uffd::PM_SCAN_WP_MATCHING,
                     0,
                     uffd::PAGE_IS_WRITTEN,
                     ferry_sys::process::page_is::PRESENT | ferry_sys::process::page_is::SWAPPED,
                 ) {
                     Ok(r) => r,
                     Err(e) => {
-                        // the mapping changed (unmapped, remapped): its pages go in the final dump
+                        // Part of the range may have been write-protected without being
+                        // reported: no copy sent in it may be kept; its pages go in the final
+                        // dump.
                         tracing::info!(pid, start, error = %e, "pre-copy: range dropped");
+                        forget(&mut t.sent, start, end);
                         continue;
                     }
                 };
@@ -163,7 +190,10 @@ impl Tracker {
                         let got =
                             std::os::unix::fs::FileExt::read_at(&t.mem, &mut buf[..len], addr).unwrap_or_default();
                         if got == 0 {
-                            break; // unmapped meanwhile: not sent, so never left out
+                            // unmapped meanwhile: protected but not read, so no earlier copy of
+                            // these pages may be kept either
+                            forget(&mut t.sent, addr, re);
+                            break;
                         }
                         send(pid, addr, &buf[..got]).ctx(|| "pre-copy: cannot send pages".to_string())?;
                         match t.sent.last_mut() {
@@ -276,7 +306,16 @@ fn track(root: i32, pid: i32) -> Result<Tracked, Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::intersect;
+    use super::{forget, intersect};
+
+    #[test]
+    fn forgotten_pages_are_no_longer_sent() {
+        let mut sent = vec![(0x5000, 0x9000), (0x0, 0x2000), (0x2000, 0x3000), (0xa000, 0xb000)];
+        forget(&mut sent, 0x1000, 0x6000);
+        assert_eq!(sent, vec![(0x6000, 0x9000), (0x0, 0x1000), (0xa000, 0xb000)]);
+        forget(&mut sent, 0x7000, 0x8000);
+        assert_eq!(sent, vec![(0x6000, 0x7000), (0x8000, 0x9000), (0x0, 0x1000), (0xa000, 0xb000)]);
+    }
 
     #[test]
     fn kept_pages_are_clean_and_sent() {
