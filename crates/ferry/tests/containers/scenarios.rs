@@ -85,7 +85,10 @@ struct Bridge {
 
 impl Bridge {
     fn new(config_dir: &Path) -> Bridge {
-        let tag = std::process::id();
+        // (Tests of one e2e process run at once: the pid alone would give them one network.)
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = std::process::id() * 8 + n % 8;
         let routes = Command::new("ip").args(["-4", "route"]).output().map(|o| o.stdout).unwrap_or_default();
         let routes = String::from_utf8_lossy(&routes).into_owned();
         let prefix = (0..256u64)
@@ -93,7 +96,7 @@ impl Bridge {
             .map(|n| format!("10.{}.{}", 160 + n / 256, n % 256))
             .find(|p| !routes.contains(&format!("{p}.")))
             .expect("a free 10.x.y.0/24");
-        let b = Bridge { name: format!("ferrynet-{tag}"), iface: format!("fbr{}", tag % 10_000_000) };
+        let b = Bridge { name: format!("ferrynet-{tag}"), iface: format!("fbr{}", tag % 100_000_000) };
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let def = serde_json::json!({
             "name": b.name,
