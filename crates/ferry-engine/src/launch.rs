@@ -75,7 +75,10 @@ pub fn run(opts: &RunOptions) -> Result<(i32, Option<i32>), Error> {
     // With --pidns the command runs under ferry's init, pid 1 of a new namespace.
     let mut cmd = if opts.pidns {
         let init = std::fs::read_link("/proc/self/exe").ctx(|| "cannot find ferry's own executable".into())?;
-        let mut c = Command::new(init);
+        // Executed through the link, not its path: with --mntns the job's private /tmp would
+        // hide a ferry that lives under /tmp (a checkout, a CI clone). Its name stays the path.
+        let mut c = Command::new("/proc/self/exe");
+        std::os::unix::process::CommandExt::arg0(&mut c, &init);
         c.arg("__init").arg("--").args(&opts.cmd);
         c
     } else {

@@ -163,7 +163,10 @@ fn ns_run_mntns_job_restored() {
             .expect("run ferry");
         assert!(st.success(), "ferry {}: {}", args.join(" "), read_tail(&log, 3000));
     };
-    let nsview = ferry_workloads::path("nsview");
+    // (A copy next to the work dir: the job's /tmp is its own, so a checkout under /tmp, as
+    // CI's fresh clone, would hide the workload's binary from it.)
+    let nsview = d.0.join("nsview");
+    fs::copy(ferry_workloads::path("nsview"), &nsview).expect("copy the workload");
     let pidfile = format!("{dir}/init.pid");
     ferry(&["run", "--mntns", "--pidns", "-d", "--pidfile", &pidfile, "--", &path_str(&nsview), &dir, "runmnt"]);
     let pid: i32 = fs::read_to_string(&pidfile).expect("pidfile").trim().parse().expect("pid");
