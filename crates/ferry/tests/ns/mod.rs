@@ -152,10 +152,15 @@ fn ns_run_mntns_job_restored() {
     let dir = path_str(&d.0);
     // (stdout and stderr to a file: the detached job keeps them)
     let log = d.0.join("ferry.log");
+    // (ferry too, from the work dir: the job's init is ferry, whose file must be reachable in
+    // the job's mount namespace, and a checkout under /tmp is not: the dump would refuse it)
+    let bin = d.0.join("ferry");
+    fs::copy(ferry_bin(), &bin).expect("copy ferry");
     let ferry = |args: &[&str]| {
         let f = fs::OpenOptions::new().create(true).append(true).open(&log).expect("log");
-        let st = Command::new(ferry_bin())
+        let st = Command::new(&bin)
             .args(args)
+            .current_dir(&d.0) // (the job's cwd, also reachable from its mount namespace)
             .stdin(Stdio::null())
             .stdout(f.try_clone().expect("log"))
             .stderr(f)
@@ -163,8 +168,8 @@ fn ns_run_mntns_job_restored() {
             .expect("run ferry");
         assert!(st.success(), "ferry {}: {}", args.join(" "), read_tail(&log, 3000));
     };
-    // (A copy next to the work dir: the job's /tmp is its own, so a checkout under /tmp, as
-    // CI's fresh clone, would hide the workload's binary from it.)
+    // (A copy in the work dir: the job's /tmp is its own, so a checkout under /tmp, as a CI
+    // clone may be, would hide the workload's binary from it.)
     let nsview = d.0.join("nsview");
     fs::copy(ferry_workloads::path("nsview"), &nsview).expect("copy the workload");
     let pidfile = format!("{dir}/init.pid");
