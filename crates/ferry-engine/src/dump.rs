@@ -444,6 +444,8 @@ pub fn dump_with(
             }
         }
     }
+    // (Before the pipes: a pipe end may be only in flight.)
+    crate::state::inflight::collect(&mut procs, &mut img, &mut tree)?;
     files::finish_pipes(&mut procs, &mut tree)?;
     crate::state::epoll::assign_owners(&mut procs)?;
     crate::state::pidfd::finish(&procs, &zombies)?;

@@ -763,10 +763,14 @@ pub fn restore_in_place(
         .map(|o| (std::os::fd::AsRawFd::as_raw_fd(o), o.as_fd()))
         .collect();
     // Queued unix data goes in once every file is open: messages carry fds in flight.
-    let fd_of = |pid: i32, fd: i32| -> Option<std::os::fd::BorrowedFd<'_>> {
-        let q = procs.iter().position(|q| q.pid == pid)?;
-        let d = procs[q].fds.iter().find(|d| d.fd == fd)?;
-        fds.get(numbers[q]?.get(d.file as usize)?).copied()
+    // (A file only in flight is no fd's: named by its index in its process's files.)
+    let fd_of = |r: &ferry_image::InFlightFd| -> Option<std::os::fd::BorrowedFd<'_>> {
+        let q = procs.iter().position(|q| q.pid == r.pid)?;
+        let file = match r.file {
+            Some(i) => i,
+            None => procs[q].fds.iter().find(|d| d.fd == r.fd)?.file,
+        };
+        fds.get(numbers[q]?.get(file as usize)?).copied()
     };
     crate::state::tcp_repair::connect_all(&procs, &numbers, &fds)?;
     crate::state::tcp_repair::release_all(&procs, &numbers)?;

@@ -1211,13 +1211,17 @@ pub struct FanotifyMark {
 }
 
 /// A file descriptor in flight (SCM_RIGHTS): fd `fd` of process `pid` of the image is the
-/// same open file description.
+/// same open file description; or, when `file` is set, the file no process holds any more
+/// (its sender closed it): entry `file` of `Process.files` of process `pid`, which no fd of
+/// that process refers to (`fd` is -1), opened at restore only to go into the message.
 #[derive(Clone, PartialEq, prost::Message, Serialize)]
 pub struct InFlightFd {
     #[prost(int32, tag = "1")]
     pub pid: i32,
     #[prost(int32, tag = "2")]
     pub fd: i32,
+    #[prost(uint32, optional, tag = "640")]
+    pub file: Option<u32>,
 }
 
 /// What a pidfd refers to (its flags, PIDFD_NONBLOCK and PIDFD_THREAD, are the file's).

@@ -28,7 +28,8 @@
  *
  * Modes (argv[2]): "outside": only a stream socket connected to W/outside.sock (the test's
  * listener), fd > 2 — the dump must be refused. "rights": a socketpair with an fd in flight
- * (SCM_RIGHTS) — the dump must be refused, and after it the fd and data are still there.
+ * (SCM_RIGHTS), a pipe's read end whose two ends the process closed since — after restore the
+ * datagram comes with its fd, and the pipe with its bytes.
  * "embryo": a client sent data on a connection its listener has not accepted — refused too.
  */
 #include "common.h"

@@ -85,7 +85,6 @@ pub fn collect(
         let info_text = procfs::read_string(pid, &format!("fdinfo/{fd}"))?;
         let info = procfs::parse(pid, &format!("fdinfo/{fd}"), ferry_proc::parse_fdinfo(&info_text))?;
         let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
-        let flags = info.flags & !(libc::O_CLOEXEC as u32);
         let mut shared = None;
         for (rep, idx) in &reps {
             if kcmp(pid, pid, KCMP_FILE, *rep as u64, fd as u64).ctx(|| format!("pid {pid} fd {fd}: kcmp"))? == 0 {
@@ -120,6 +119,33 @@ pub fn collect(
             p.fds.push(Fd { fd, cloexec, file: idx, locks: locks::collect(pid, fd, &info)? });
             continue;
         }
+        let file = collect_one((pid, std::os::fd::AsFd::as_fd(&pidfd), fd), &link, &info, img, p, me, tree)?;
+        let idx = p.files.len() as u32;
+        p.files.push(file);
+        reps.push((fd, idx));
+        tree.reps.push((me, idx as usize, pid, fd));
+        p.fds.push(Fd { fd, cloexec, file: idx, locks: locks::collect(pid, fd, &info)? });
+    }
+    Ok(())
+}
+
+/// The open file description behind fd `fd` of `pid` (its link `link`, its fdinfo `info`), a
+/// description no fd collected before shares; deleted files' content goes into ghost files
+/// recorded in `p` (process `me` of the tree). Also used for the files found only in flight in
+/// a unix socket's queue (state/unix.rs), through ferry's own copies of them. `pidfd` is
+/// `pid`'s.
+pub fn collect_one(
+    (pid, pidfd, fd): (i32, std::os::fd::BorrowedFd<'_>, i32),
+    link: &str,
+    info: &ferry_proc::FdInfo,
+    img: &mut ImageWriter,
+    p: &mut Process,
+    me: usize,
+    tree: &mut TreeFiles,
+) -> Result<File, Error> {
+    let link = link.to_string();
+    let flags = info.flags & !(libc::O_CLOEXEC as u32);
+    {
         let unsupported = |what: String| Error::Unsupported { pid, what: format!("fd {fd}: {what}") };
         let mut file = File { flags, pos: info.pos, describe: link.clone(), ..Default::default() };
         if let Some(ino) = pipes::pipe_ino(&link) {
@@ -153,12 +179,7 @@ pub fn collect(
                 file.kind = FileKind::Inherited as i32;
                 file.describe = format!("{link} (external {key})");
                 file.external_key = key;
-                let idx = p.files.len() as u32;
-                p.files.push(file);
-                reps.push((fd, idx));
-                tree.reps.push((me, idx as usize, pid, fd));
-                p.fds.push(Fd { fd, cloexec, file: idx, locks: locks::collect(pid, fd, &info)? });
-                continue;
+                return Ok(file);
             }
             let ft = md.file_type();
             file.mode = md.mode();
@@ -227,35 +248,30 @@ pub fn collect(
             unix::collect(pid, fd, &link, &mut tree.unix, &mut file)?;
         } else if link == "anon_inode:[eventfd]" {
             file.kind = FileKind::Eventfd as i32;
-            eventfd::collect(pid, fd, &info, &mut file)?;
+            eventfd::collect(pid, fd, info, &mut file)?;
         } else if link == "anon_inode:[timerfd]" {
             file.kind = FileKind::Timerfd as i32;
-            timerfd::collect(pid, fd, &info, &mut file)?;
+            timerfd::collect(pid, fd, info, &mut file)?;
         } else if pidfd::is_pidfd(&link) {
-            pidfd::collect(pid, fd, &info, &mut file)?;
+            pidfd::collect(pid, fd, info, &mut file)?;
         } else if link == "anon_inode:[signalfd]" {
             file.kind = FileKind::Signalfd as i32;
-            signalfd::collect(pid, fd, &info, &mut file)?;
+            signalfd::collect(pid, fd, info, &mut file)?;
         } else if link == "anon_inode:inotify" {
             file.kind = FileKind::Inotify as i32;
-            inotify::collect(pid, fd, &info, &mut file)?;
+            inotify::collect(pid, fd, info, &mut file)?;
         } else if link == "anon_inode:[fanotify]" {
             file.kind = FileKind::Fanotify as i32;
-            fanotify::collect(pid, fd, &info, &mut file)?;
+            fanotify::collect(pid, fd, info, &mut file)?;
         } else if link == "anon_inode:[eventpoll]" {
             file.kind = FileKind::Epoll as i32;
-            epoll::collect(pid, fd, &info, &mut file)?;
+            epoll::collect(pid, fd, info, &mut file)?;
         } else {
             return Err(unsupported(unsupported_kind(&link)));
         }
-        fown::collect(std::os::fd::AsFd::as_fd(&pidfd), pid, fd, &mut file)?;
-        let idx = p.files.len() as u32;
-        p.files.push(file);
-        reps.push((fd, idx));
-        tree.reps.push((me, idx as usize, pid, fd));
-        p.fds.push(Fd { fd, cloexec, file: idx, locks: locks::collect(pid, fd, &info)? });
+        fown::collect(pidfd, pid, fd, &mut file)?;
+        Ok(file)
     }
-    Ok(())
 }
 
 /// Packet and netlink sockets (state/packet.rs, state/netlink.rs), asked through a copy.

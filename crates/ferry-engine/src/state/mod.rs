@@ -23,6 +23,7 @@ pub mod files;
 pub mod fown;
 pub mod ghost_node;
 pub mod inet;
+pub mod inflight;
 pub mod inotify;
 pub mod ipcns;
 pub mod locks;

@@ -9,9 +9,9 @@
 //! and its peer did not read is in the peer's receive queue, so reading every receive queue
 //! captures all data in flight.
 //!
-//! File descriptors in flight (SCM_RIGHTS): the peek installs copies of them in ferry; each
-//! must be an open file description some process of the tree holds (`kcmp(KCMP_FILE)`), which
-//! the message names (`InFlightFd`), else the dump is refused. In a byte stream they are
+//! File descriptors in flight (SCM_RIGHTS): the peek installs copies of them in ferry, which
+//! state/inflight.rs matches with the tree's fds or collects as files only the message holds
+//! (`InFlightFd`). In a byte stream they are
 //! refused: a peek glues the bytes of earlier writes to the buffer (skb) carrying the fds and
 //! stops right after it, so its end is known but not its start. Nor can a one-byte peek tell
 //! (checked on 6.18): once its byte is copied, unix_stream_read_generic's MSG_PEEK path goes
@@ -36,8 +36,7 @@
 //! queue, with its fds, and last buffer sizes, SO_PASSCRED, shutdown and SO_PEEK_OFF.
 
 use crate::error::{Ctx, Error};
-use ferry_image::{File, FileKind, Process, UnixMessage, UnixSocket};
-use ferry_sys::consts::KCMP_FILE;
+use ferry_image::{File, FileKind, InFlightFd, Process, UnixMessage, UnixSocket};
 use ferry_sys::sockopt;
 use ferry_sys::unixsock as us;
 use std::collections::{BTreeMap, HashMap};
@@ -84,8 +83,10 @@ pub struct Table {
     /// Client inode -> listener inode, for connections waiting in an accept queue.
     listener_of: HashMap<u32, u32>,
     /// Fds in flight in the receive queues read so far: (socket inode, (message index, ferry's
-    /// copies of its fds)), matched with the tree's fds by `finish`.
+    /// copies of its fds)), matched with the tree's fds by state/inflight.rs.
     in_flight: Vec<(u32, Rights)>,
+    /// ferry's copies of the files only in flight, kept until the dump ends.
+    held: Vec<OwnedFd>,
 }
 
 fn u32_at(b: &[u8], o: usize) -> Option<u32> {
@@ -130,6 +131,17 @@ impl Table {
 
     fn get(&self, ino: u32) -> Option<&Diag> {
         self.socks.as_ref().and_then(|s| s.get(&ino))
+    }
+
+    /// The fds in flight of the queues read since the last call: (socket inode, (message
+    /// index, ferry's copies of its fds)).
+    pub fn take_in_flight(&mut self) -> Vec<(u32, Vec<(usize, Vec<OwnedFd>)>)> {
+        std::mem::take(&mut self.in_flight)
+    }
+
+    /// Keep ferry's copies of files only in flight open until the dump ends.
+    pub fn keep_copies(&mut self, copies: impl Iterator<Item = OwnedFd>) {
+        self.held.extend(copies);
     }
 }
 
@@ -478,17 +490,17 @@ fn same_sender(a: &UnixMessage, b: &UnixMessage) -> bool {
     (a.has_cred, a.sender_pid, a.sender_uid, a.sender_gid) == (b.has_cred, b.sender_pid, b.sender_uid, b.sender_gid)
 }
 
-/// Once every process is collected: a connected socket must have its peer in the image (a
-/// datagram socket connected to a named socket outside is reconnected by name), a connection
-/// waiting in an accept queue must have both ends in the image, and every fd in flight must be
-/// an open file description that a process of the image holds.
+/// Once every process is collected (and the fds in flight named, state/inflight.rs): a
+/// connected socket must have its peer in the image (a datagram socket connected to a named
+/// socket outside is reconnected by name), and a connection waiting in an accept queue must
+/// have both ends in the image.
 ///
 /// A stream or seqpacket socket connected to a peer outside whose inode is in `external`
 /// (`dump --external unix[INO]`) becomes an `Inherited` file with the key `socket:[INO]`:
 /// restore takes it from `--inherit-fd` (state/external.rs).
 pub fn finish(
     procs: &mut [Process],
-    table: &mut Table,
+    _table: &mut Table,
     external: &std::collections::HashSet<u32>,
 ) -> Result<(), Error> {
     let in_image = |procs: &[Process]| {
@@ -565,7 +577,7 @@ pub fn finish(
         tracing::warn!("--external unix[{ino}]: no socket of the tree with this inode is connected outside it");
     }
     senders_in_tree(procs);
-    in_flight(procs, std::mem::take(&mut table.in_flight))
+    Ok(())
 }
 
 /// Mark each queued message whose sender (by the pid ferry saw) is a process of the tree: its
@@ -576,57 +588,6 @@ fn senders_in_tree(procs: &mut [Process]) {
     for m in queues.flat_map(|u| u.queue.iter_mut()).filter(|m| m.has_cred) {
         m.sender_in_tree = pids.contains(&m.sender_pid);
     }
-}
-
-/// Name, for every fd in flight, an fd of the tree that is the same open file description
-/// (`kcmp(KCMP_FILE)` between ferry's copy and the tree's fds), in every copy of the socket's
-/// record. A file that only travels in flight (its sender closed it) is refused.
-fn in_flight(procs: &mut [Process], found: Vec<(u32, Rights)>) -> Result<(), Error> {
-    use std::os::fd::AsRawFd;
-    let me = std::process::id() as i32;
-    for (ino, msgs) in found {
-        let holder = procs.iter().enumerate().find_map(|(pi, p)| {
-            let fi = p
-                .files
-                .iter()
-                .position(|f| f.kind == FileKind::UnixSocket as i32 && f.unix.as_ref().is_some_and(|u| u.ino == ino))?;
-            Some((pi, p.fds.iter().find(|d| d.file as usize == fi).map(|d| d.fd).unwrap_or(-1)))
-        });
-        // (A socket at fd 0-2 that stays inherited takes its queue along.)
-        let Some((hp, hfd)) = holder else { continue };
-        let mut rights: Vec<(usize, Vec<ferry_image::InFlightFd>)> = Vec::new();
-        for (m, fds) in msgs {
-            let mut named = Vec::new();
-            for f in &fds {
-                let same = procs.iter().filter(|q| !q.zombie).find_map(|q| {
-                    q.fds
-                        .iter()
-                        .find(|d| {
-                            ferry_sys::process::kcmp(me, q.pid, KCMP_FILE, f.as_raw_fd() as u64, d.fd as u64).ok()
-                                == Some(0)
-                        })
-                        .map(|d| ferry_image::InFlightFd { pid: q.pid, fd: d.fd })
-                });
-                named.push(same.ok_or_else(|| Error::Unsupported {
-                    pid: procs[hp].pid,
-                    what: format!(
-                        "fd {hfd}: unix socket:[{ino}] has a file descriptor in flight (SCM_RIGHTS) whose file no process of the dump holds open"
-                    ),
-                })?);
-            }
-            rights.push((m, named));
-        }
-        for u in procs.iter_mut().flat_map(|p| p.files.iter_mut()).filter_map(|f| f.unix.as_mut()) {
-            if u.ino == ino {
-                for (m, named) in &rights {
-                    if let Some(msg) = u.queue.get_mut(*m) {
-                        msg.rights = named.clone();
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The restored sockets, keyed by their inode in the image, and what `fill` needs to finish
@@ -792,16 +753,19 @@ fn send_msg<'f>(
     m: &UnixMessage,
     (to, stream): (Option<&[u8]>, bool),
     obj: &str,
-    fd_of: &dyn Fn(i32, i32) -> Option<BorrowedFd<'f>>,
+    fd_of: &dyn Fn(&InFlightFd) -> Option<BorrowedFd<'f>>,
     cred: Option<libc::ucred>,
 ) -> Result<(), Error> {
     let fds = m
         .rights
         .iter()
         .map(|r| {
-            fd_of(r.pid, r.fd).ok_or_else(|| Error::Invalid {
+            fd_of(r).ok_or_else(|| Error::Invalid {
                 object: obj.into(),
-                what: format!("its fd in flight, fd {} of pid {}, is missing from the image", r.fd, r.pid),
+                what: match r.file {
+                    Some(i) => format!("its file in flight, file {i} of pid {}, is missing from the image", r.pid),
+                    None => format!("its fd in flight, fd {} of pid {}, is missing from the image", r.fd, r.pid),
+                },
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -939,13 +903,13 @@ pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
 }
 
 /// Once every file of the image is open in ferry and the tree's processes exist: the queued
-/// data, sent again into each receive queue with its fds in flight (`fd_of(pid, fd)`: ferry's fd
-/// of that description) and its sender's credentials (`sender_of`: the kernel takes a pid only
+/// data, sent again into each receive queue with its fds in flight (`fd_of`: ferry's fd of that
+/// description) and its sender's credentials (`sender_of`: the kernel takes a pid only
 /// if it exists), then buffer sizes, SO_PASSCRED, filters, shutdown and SO_PEEK_OFF.
 pub fn fill<'f>(
     prep: &mut Prepared,
     procs: &[Process],
-    fd_of: &dyn Fn(i32, i32) -> Option<BorrowedFd<'f>>,
+    fd_of: &dyn Fn(&InFlightFd) -> Option<BorrowedFd<'f>>,
     sender_of: &SenderOf<'_>,
 ) -> Result<(), Error> {
     let socks = sockets(procs);

@@ -74,3 +74,46 @@ fn refuses_fds_in_flight_in_a_stream() {
     let status = run.wait_child_exit();
     run.expect_pass(status, "the workload after a refused dump");
 }
+
+fn inflight_only() -> Spec {
+    Spec::c("inflight_only")
+}
+
+#[test]
+fn control_fds_only_in_flight() {
+    control(&inflight_only());
+    control(&inflight_only().args(&["epoll"]));
+}
+
+/// Files only in flight (SCM_RIGHTS; the sender closed its fds after sendmsg) in datagram and
+/// seqpacket queues: pipe ends (one whose write end stays, one whose two ends are both only in
+/// flight), a stream socket with its own queue, an eventfd sent three times, a regular file at
+/// its offset, a deleted file, a memfd, and a socket whose queue holds a memfd and a socket
+/// whose queue holds an eventfd (three levels). Each comes back in its message with its state.
+#[test]
+fn cycle_fds_only_in_flight() {
+    cycle_tree(&inflight_only(), &[]);
+}
+
+/// dump -R collects the files only in flight through ferry's copies, and leaves every message
+/// and file where it was.
+#[test]
+fn leave_running_fds_only_in_flight() {
+    let mut run = Run::start(&inflight_only());
+    run.dump_ok(&["-R"]);
+    run.expect_running_untraced("after dump -R");
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload left running");
+}
+
+/// A file of a kind not carried when only a message holds it (an epoll instance) is refused
+/// by name; the message and its fd are still there after the refused dump.
+#[test]
+fn refuses_epoll_only_in_flight() {
+    let mut run = Run::start(&inflight_only().args(&["epoll"]));
+    dump_refused(run.pid, &run.w.join("img"), "anon_inode:[eventpoll], a file of a kind not carried in flight");
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload after a refused dump");
+}
