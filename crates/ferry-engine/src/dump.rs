@@ -283,6 +283,9 @@ fn to_namespace_ids(procs: &mut [Process], zombies: &mut [Process]) -> Result<()
         for t in p.files.iter_mut().filter_map(|f| f.pidfd.as_mut()).filter(|t| !t.dead) {
             t.pid = tid(t.pid);
         }
+        for c in p.files.iter_mut().filter_map(|f| f.unix.as_mut()?.peer_cred.as_mut()).filter(|c| c.in_tree) {
+            c.pid = tid(c.pid);
+        }
         let queues = p.files.iter_mut().filter_map(|f| f.unix.as_mut()).flat_map(|u| u.queue.iter_mut());
         for m in queues {
             for r in m.rights.iter_mut() {

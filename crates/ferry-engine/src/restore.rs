@@ -711,7 +711,10 @@ pub fn restore_in_place(
             what: format!("handing its new master to the client failed: {what}"),
         })?;
     }
-    let mut unix = crate::state::unix::prepare(&procs)?;
+    // (A tree with a pid namespace of its own: its pids do not exist yet to make the sockets'
+    // peer credentials with.)
+    let creators = crate::state::peercred::Creators::new(!img.inventory().pidns);
+    let mut unix = crate::state::unix::prepare(&procs, &creators)?;
     let mut shared = std::collections::HashMap::new();
     let mut shmem = std::collections::HashMap::new();
     for z in procs.iter().filter(|p| p.zombie && !img.inventory().pidns) {

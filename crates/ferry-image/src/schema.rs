@@ -1320,6 +1320,27 @@ pub struct UnixSocket {
     /// directory or root where the socket file was found at dump), where restore binds it again.
     #[prost(string, tag = "412")]
     pub name_dir: String,
+    /// SO_PEERCRED (and SO_PEERGROUPS): the credentials the kernel took for the peer at
+    /// socketpair(), connect() or, for a listener, its own at listen(). None if it took none.
+    #[prost(message, optional, tag = "641")]
+    pub peer_cred: Option<PeerCred>,
+}
+
+/// The credentials a unix socket reports for its peer (SO_PEERCRED, SO_PEERGROUPS).
+#[derive(Clone, PartialEq, Eq, prost::Message, Serialize)]
+pub struct PeerCred {
+    /// A process of the image (by its image pid) when `in_tree`; else the pid as the dumping
+    /// ferry saw it.
+    #[prost(int32, tag = "1")]
+    pub pid: i32,
+    #[prost(uint32, tag = "2")]
+    pub uid: u32,
+    #[prost(uint32, tag = "3")]
+    pub gid: u32,
+    #[prost(uint32, repeated, tag = "4")]
+    pub groups: Vec<u32>,
+    #[prost(bool, tag = "5")]
+    pub in_tree: bool,
 }
 
 /// One queued message of a unix socket.

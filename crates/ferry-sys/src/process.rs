@@ -161,6 +161,23 @@ pub fn clone3_with_pid_flags(pid: i32, flags: u64) -> io::Result<Fork> {
     Ok(if r == 0 { Fork::Child } else { Fork::Parent(r as i32) })
 }
 
+/// `setgroups(groups)`, `setresgid(gid, gid, gid)`, `setresuid(uid, uid, uid)` as raw
+/// syscalls, keeping the capabilities (`SECBIT_NO_SETUID_FIXUP` first): only the calling
+/// thread changes (glibc's wrappers would signal every thread it knows of, which in a child
+/// forked from a threaded process do not exist).
+pub fn set_ids_raw(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
+    const PR_SET_SECUREBITS: i32 = 28;
+    const SECBIT_NO_SETUID_FIXUP: u64 = 1 << 2;
+    // SAFETY: integer arguments.
+    cvt(unsafe { libc::syscall(libc::SYS_prctl, PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP, 0, 0, 0) })?;
+    // SAFETY: `groups` is valid for reads of `groups.len()` gid_t (u32) values.
+    cvt(unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) })?;
+    // SAFETY: integer arguments.
+    cvt(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) })?;
+    // SAFETY: integer arguments.
+    cvt(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) }).map(drop)
+}
+
 /// `clone3(flags)` without a chosen pid. Same caveats as [`clone3_with_pid`].
 fn clone3_flags(flags: u64) -> io::Result<Fork> {
     let args = CloneArgs { flags, exit_signal: libc::SIGCHLD as u64, ..Default::default() };

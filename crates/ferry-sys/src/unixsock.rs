@@ -345,6 +345,45 @@ pub fn adopt_inherited(fd: i32, ty: i32) -> io::Result<OwnedFd> {
     Ok(owned(new))
 }
 
+/// `getsockopt(SO_PEERCRED)`: pid, euid and egid the kernel took for the peer (at
+/// socketpair(), connect() or, for a listener, listen()); pid 0 if none was ever taken.
+pub fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<libc::ucred> {
+    let v = crate::sockopt::get_raw(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, 12)?;
+    let word = |i: usize| -> io::Result<[u8; 4]> {
+        v.get(i * 4..i * 4 + 4).and_then(|b| b.try_into().ok()).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+    };
+    Ok(libc::ucred {
+        pid: i32::from_ne_bytes(word(0)?),
+        uid: u32::from_ne_bytes(word(1)?),
+        gid: u32::from_ne_bytes(word(2)?),
+    })
+}
+
+/// SO_PEERGROUPS (asm-generic/socket.h).
+const SO_PEERGROUPS: i32 = 59;
+
+/// `getsockopt(SO_PEERGROUPS)`: the supplementary groups of the peer's credentials.
+pub fn peer_groups(fd: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
+    let mut cap = 64 * 4;
+    loop {
+        let mut buf = vec![0u8; cap];
+        let mut len = cap as libc::socklen_t;
+        // SAFETY: `buf` is valid for writes of `len` bytes and `len` is a valid in/out pointer.
+        let r = unsafe {
+            libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, SO_PEERGROUPS, buf.as_mut_ptr().cast(), &mut len)
+        };
+        match cvt_i(r) {
+            Ok(_) => {
+                buf.truncate(len as usize);
+                return Ok(buf.chunks_exact(4).map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect());
+            }
+            // (ERANGE: `len` now says how much is needed.)
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) && (len as usize) > cap => cap = len as usize,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// The pid of the process that created the peer end of a connected unix socket (its
 /// `SO_PEERCRED`; for a socketpair, the process that made the pair).
 pub fn peer_pid(fd: BorrowedFd<'_>) -> io::Result<i32> {

@@ -152,6 +152,11 @@ pub fn run(dir: &Path, json: bool, trusted: Option<&[[u8; 32]]>) -> Result<()> {
                 f.describe
             );
         }
+        // Files no fd refers to: only a queued unix message holds them (SCM_RIGHTS).
+        for (i, f) in p.files.iter().enumerate().filter(|(i, _)| !p.fds.iter().any(|d| d.file as usize == *i)) {
+            let kind = FileKind::try_from(f.kind).map(|k| format!("{k:?}")).unwrap_or_default();
+            out!("  file {i:>2} {kind:<10} flags {:#o} pos {} {}", f.flags, f.pos, f.describe);
+        }
         for a in &p.sigactions {
             out!("  signal {:>2}: handler {:#x} flags {:#x} mask {:#x}", a.sig, a.handler, a.flags, a.mask);
         }

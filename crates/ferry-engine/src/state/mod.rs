@@ -35,6 +35,7 @@ pub mod netlink;
 pub mod netlock;
 pub mod netns;
 pub mod packet;
+pub mod peercred;
 pub mod pidfd;
 pub mod pipes;
 pub mod premapped;

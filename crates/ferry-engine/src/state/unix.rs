@@ -36,7 +36,8 @@
 //! queue, with its fds, and last buffer sizes, SO_PASSCRED, shutdown and SO_PEEK_OFF.
 
 use crate::error::{Ctx, Error};
-use ferry_image::{File, FileKind, InFlightFd, Process, UnixMessage, UnixSocket};
+use crate::state::peercred::Creators;
+use ferry_image::{File, FileKind, InFlightFd, PeerCred, Process, UnixMessage, UnixSocket};
 use ferry_sys::sockopt;
 use ferry_sys::unixsock as us;
 use std::collections::{BTreeMap, HashMap};
@@ -307,6 +308,7 @@ pub fn collect(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -
     u.sndbuf = sockopt::get_int(c, libc::SOL_SOCKET, libc::SO_SNDBUF).ctx(obj)? as u32;
     u.rcvtimeo_us = sockopt::get_timeout_us(c, libc::SO_RCVTIMEO).ctx(obj)?;
     u.sndtimeo_us = sockopt::get_timeout_us(c, libc::SO_SNDTIMEO).ctx(obj)?;
+    crate::state::peercred::collect(c, &mut u).ctx(obj)?;
     (u.filter, u.filter_locked) =
         crate::state::sockfilter::collect(c).map_err(|what| unsupported(format!("with {what}")))?;
     u.shutdown = d.shutdown;
@@ -577,6 +579,7 @@ pub fn finish(
         tracing::warn!("--external unix[{ino}]: no socket of the tree with this inode is connected outside it");
     }
     senders_in_tree(procs);
+    crate::state::peercred::finish(procs);
     Ok(())
 }
 
@@ -724,15 +727,23 @@ fn bind_name(s: BorrowedFd<'_>, u: &UnixSocket, obj: &str, names: &mut Names) ->
 }
 
 /// An accepted socket: `client` connects to a temporary listener bound to the name of `srv`,
-/// and the accepted end carries that name.
-fn accept_via(ty: i32, srv: &UnixSocket, client: BorrowedFd<'_>, obj: &str) -> Result<OwnedFd, Error> {
+/// and the accepted end carries that name. The listener listens as `as_listener` (the client's
+/// peer credentials), the client connects as `srv`'s peer (state/peercred.rs).
+fn accept_via(
+    ty: i32,
+    srv: &UnixSocket,
+    (client, as_listener): (BorrowedFd<'_>, Option<&PeerCred>),
+    obj: &str,
+    creators: &Creators,
+) -> Result<OwnedFd, Error> {
     let addr = conn_addr(srv);
     let existed = free_path(&addr, obj)?;
     let ctx = || format!("{obj}: cannot connect through a temporary listener at {}", show_name(&srv.name));
     let l = us::socket(ty).ctx(ctx)?;
     bind_as(l.as_fd(), srv).ctx(ctx)?;
-    us::listen(l.as_fd(), 1).ctx(ctx)?;
-    us::connect(client, &addr).ctx(ctx)?;
+    let lfd = l.as_fd();
+    creators.run(as_listener, obj, &mut || us::listen(lfd, 1)).ctx(ctx)?;
+    creators.run(srv.peer_cred.as_ref(), obj, &mut || us::connect(client, &addr)).ctx(ctx)?;
     let s = us::accept(l.as_fd()).ctx(ctx)?;
     drop(l);
     if !existed && is_path(&addr) {
@@ -791,7 +802,8 @@ fn send_msg<'f>(
 
 /// Recreate every unix socket of the image (all processes together: peers and listeners may be
 /// in different processes), with names, connections, accept queues and queued data.
-pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
+/// `creators` makes each socket's peer credentials (state/peercred.rs).
+pub fn prepare(procs: &[Process], creators: &Creators) -> Result<Prepared, Error> {
     let socks = sockets(procs);
     let mut fds: HashMap<u32, OwnedFd> = HashMap::new();
     let mut names = Names::default();
@@ -805,17 +817,24 @@ pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
         }
         let (v, vobj) = &socks[&u.peer];
         let ty = u.sock_type as i32;
-        if ty != libc::SOCK_DGRAM && (accepted(u) || accepted(v)) {
-            let ((srv, sobj), (cli, cobj)) = if accepted(u) { ((u, obj), (v, vobj)) } else { ((v, vobj), (u, obj)) };
+        // Ends whose peer credentials differ were connected, not made as a pair: the named
+        // end (which carries its listener's name and file) is accepted again (state/peercred.rs).
+        let differ = u.peer_cred.is_some() && v.peer_cred.is_some() && u.peer_cred != v.peer_cred;
+        let server = |x: &UnixSocket, y: &UnixSocket| accepted(x) || (differ && !x.name.is_empty() && y.name.is_empty());
+        if ty != libc::SOCK_DGRAM && (server(u, v) || server(v, u)) {
+            let ((srv, sobj), (cli, cobj)) = if server(u, v) { ((u, obj), (v, vobj)) } else { ((v, vobj), (u, obj)) };
             let c = us::socket(ty).ctx(|| cobj.clone())?;
             if cli.bound {
                 bind_name(c.as_fd(), cli, cobj, &mut names)?;
             }
-            let s = accept_via(ty, srv, c.as_fd(), sobj)?;
+            let s = accept_via(ty, srv, (c.as_fd(), cli.peer_cred.as_ref()), sobj, creators)?;
             fds.insert(srv.ino, s);
             fds.insert(cli.ino, c);
         } else {
-            let (a, b) = us::socketpair(ty).ctx(|| format!("{obj}: socketpair"))?;
+            // (Both ends of a socketpair report its creator; ends that differ came from somewhere
+            // a pair cannot reproduce: they report ferry's.)
+            let cred = u.peer_cred.as_ref().filter(|&c| Some(c) == v.peer_cred.as_ref());
+            let (a, b) = creators.socketpair(ty, cred, obj).ctx(|| format!("{obj}: socketpair"))?;
             if u.bound {
                 bind_name(a.as_fd(), u, obj, &mut names)?;
             }
@@ -835,9 +854,9 @@ pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
         let (a, b) = if ty != libc::SOCK_DGRAM && accepted(u) {
             // An accepted socket whose client is gone: accepted again, from a client that goes.
             let c = us::socket(ty).ctx(|| obj.clone())?;
-            (accept_via(ty, u, c.as_fd(), obj)?, c)
+            (accept_via(ty, u, (c.as_fd(), None), obj, creators)?, c)
         } else {
-            let (a, b) = us::socketpair(ty).ctx(|| format!("{obj}: socketpair"))?;
+            let (a, b) = creators.socketpair(ty, u.peer_cred.as_ref(), obj).ctx(|| format!("{obj}: socketpair"))?;
             if u.bound {
                 bind_name(a.as_fd(), u, obj, &mut names)?;
             }
@@ -858,7 +877,8 @@ pub fn prepare(procs: &[Process]) -> Result<Prepared, Error> {
             }
             if pass {
                 let backlog = u.backlog.min(i32::MAX as u32) as i32;
-                us::listen(s.as_fd(), backlog).ctx(|| format!("{obj}: listen"))?;
+                let fd = s.as_fd();
+                creators.run(u.peer_cred.as_ref(), obj, &mut || us::listen(fd, backlog)).ctx(|| format!("{obj}: listen"))?;
             }
             fds.insert(ino, s);
         }

@@ -279,3 +279,21 @@ fn control_unix_creds() {
 fn cycle_unix_creds() {
     cycle_tree(&unix_creds(), &[]);
 }
+
+/// What unix sockets report as their peer's credentials (SO_PEERCRED, SO_PEERGROUPS,
+/// SO_PEERPIDFD): a pair made by the parent, one made by a child with other ids and groups, a
+/// connection from that child to the parent's listener (both ends), the listener itself, and a
+/// pair made by a process that exited (`unix_peercred`).
+fn unix_peercred() -> Spec {
+    Spec::c("unix_peercred")
+}
+
+#[test]
+fn control_unix_peercred() {
+    control(&unix_peercred());
+}
+
+#[test]
+fn cycle_unix_peercred() {
+    cycle_tree(&unix_peercred(), &[]);
+}
