@@ -350,7 +350,9 @@ pub fn adopt_inherited(fd: i32, ty: i32) -> io::Result<OwnedFd> {
 pub fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<libc::ucred> {
     let v = crate::sockopt::get_raw(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, 12)?;
     let word = |i: usize| -> io::Result<[u8; 4]> {
-        v.get(i * 4..i * 4 + 4).and_then(|b| b.try_into().ok()).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+        v.get(i * 4..i * 4 + 4)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
     };
     Ok(libc::ucred {
         pid: i32::from_ne_bytes(word(0)?),

@@ -120,9 +120,7 @@ fn in_tree(procs: &[Process], me: i32, f: BorrowedFd<'_>) -> Option<InFlightFd> 
     procs.iter().filter(|q| !q.zombie).find_map(|q| {
         q.fds
             .iter()
-            .find(|d| {
-                ferry_sys::process::kcmp(me, q.pid, KCMP_FILE, f.as_raw_fd() as u64, d.fd as u64).ok() == Some(0)
-            })
+            .find(|d| ferry_sys::process::kcmp(me, q.pid, KCMP_FILE, f.as_raw_fd() as u64, d.fd as u64).ok() == Some(0))
             .map(|d| InFlightFd { pid: q.pid, fd: d.fd, file: None })
     })
 }
@@ -138,11 +136,13 @@ fn collect_file(
 ) -> Result<InFlightFd, Error> {
     let pid = procs[hp].pid;
     let fd = f.as_raw_fd();
-    let refuse = |what: String| Error::Unsupported {
+    let refuse = |what: String| {
+        Error::Unsupported {
         pid,
         what: format!(
             "fd {hfd}: unix socket:[{ino}] has a file descriptor in flight (SCM_RIGHTS) whose file no process of the dump holds open: {what}"
         ),
+    }
     };
     let link = procfs::read_link(me, &format!("fd/{fd}"))?;
     let info_text = procfs::read_string(me, &format!("fdinfo/{fd}"))?;

@@ -8,19 +8,20 @@
 //! would give each ferry's pid and root's ids; so each of those calls runs instead in a
 //! short-lived helper process that has the recorded pid (clone3 with set_tid, free since the
 //! tree is not forked yet) and ids (keeping ferry's capabilities, so it reaches any socket
-//! file), and shares ferry's fd table (CLONE_FILES), so the socket it
-//! makes or connects is ferry's. The helper exits and is reaped before the tree is forked, and
-//! the restored process takes the same pid.
+//! file), and shares ferry's fd table (CLONE_FILES), so the socket it makes or connects is
+//! ferry's. The helper exits and is reaped before the tree is forked, and the restored process
+//! takes the same pid.
 //!
 //! What the peer then reports: the same pid, uid, gid and groups. SO_PEERPIDFD, though, names
 //! the helper's pid (the kernel keeps a reference to the struct pid, not the number), which
 //! has exited: a pidfd of a process that is gone ("Pid: -1" in its fdinfo), as for a peer that
 //! exited in the original. Not done — the peer reports ferry's pid and ids as before — when the
-//! tree has a pid namespace of its own (its pids do not exist yet), and when the recorded pid
-//! is taken by a process outside the tree (a supervisor that made the pair and still runs), with
-//! a log line. A connection waiting in an accept queue is connected again from ferry: accept()
-//! then reports ferry's credentials for it (the embryo socket has no inode, and what it holds
-//! cannot be read at dump).
+//! tree has a pid namespace of its own (its pids do not exist yet), when the recorded pid is
+//! taken by a process outside the tree (a supervisor that made the pair and still runs), and
+//! when ferry may not take the ids (no CAP_SETUID/CAP_SETGID/CAP_SETPCAP), with a log line. A
+//! connection waiting in an accept queue is connected again from ferry: accept() then reports
+//! ferry's credentials for it (the embryo socket has no inode, and what it holds cannot be read
+//! at dump).
 
 use ferry_image::{PeerCred, Process, UnixSocket};
 use ferry_sys::process::Fork;
@@ -44,6 +45,10 @@ pub fn finish(procs: &mut [Process]) {
         c.in_tree = pids.contains(&c.pid);
     }
 }
+
+/// A helper's exit code: it could not take the recorded ids (no CAP_SETUID, CAP_SETGID or
+/// CAP_SETPCAP here); errno values of the call itself are below.
+const NO_IDS: i32 = 255;
 
 /// Runs the calls that set a socket's peer credentials as the recorded process.
 pub struct Creators {
@@ -77,14 +82,25 @@ impl Creators {
             }
             Err(e) => Err(e),
             Ok(Fork::Child) => {
-                let r = ferry_sys::process::set_ids_raw(c.uid, c.gid, &c.groups).and_then(|()| op());
-                ferry_sys::raw::exit_now(match r {
+                if ferry_sys::process::set_ids_raw(c.uid, c.gid, &c.groups).is_err() {
+                    ferry_sys::raw::exit_now(NO_IDS);
+                }
+                ferry_sys::raw::exit_now(match op() {
                     Ok(()) => 0,
-                    Err(e) => e.raw_os_error().unwrap_or(libc::EIO).clamp(1, 255),
+                    Err(e) => e.raw_os_error().unwrap_or(libc::EIO).clamp(1, NO_IDS - 1),
                 })
             }
             Ok(Fork::Parent(h)) => match ferry_sys::ptrace::wait(h, false)? {
                 Some((_, ferry_sys::ptrace::WaitStatus::Exited(0))) => Ok(()),
+                Some((_, ferry_sys::ptrace::WaitStatus::Exited(NO_IDS))) => {
+                    tracing::info!(
+                        object = obj,
+                        uid = c.uid,
+                        gid = c.gid,
+                        "cannot take these ids here: the socket's peer credentials are ferry's (SO_PEERCRED differs)"
+                    );
+                    op()
+                }
                 Some((_, ferry_sys::ptrace::WaitStatus::Exited(code))) => Err(std::io::Error::from_raw_os_error(code)),
                 other => Err(std::io::Error::other(format!("the helper with pid {} ended: {other:?}", c.pid))),
             },

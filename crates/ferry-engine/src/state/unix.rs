@@ -31,7 +31,10 @@
 //! a temporary listener bound to the listener's name, so the accepted end carries that name),
 //! then listeners with their backlog, then the other sockets; then one-way datagram
 //! connections, connections still waiting in an accept queue (their client connects to the
-//! restored listener) (`prepare`). Once every file of the image is open (`fill`): the queued
+//! restored listener) (`prepare`). Each socketpair(), listen() and connect() there runs as the
+//! process whose credentials the socket reported for its peer (state/peercred.rs); a connected
+//! pair whose ends report different ones is connected again, not made as a pair. Once every
+//! file of the image is open (`fill`): the queued
 //! data sent again from the peer (or the sender named in each datagram) into the right receive
 //! queue, with its fds, and last buffer sizes, SO_PASSCRED, shutdown and SO_PEEK_OFF.
 
@@ -820,7 +823,8 @@ pub fn prepare(procs: &[Process], creators: &Creators) -> Result<Prepared, Error
         // Ends whose peer credentials differ were connected, not made as a pair: the named
         // end (which carries its listener's name and file) is accepted again (state/peercred.rs).
         let differ = u.peer_cred.is_some() && v.peer_cred.is_some() && u.peer_cred != v.peer_cred;
-        let server = |x: &UnixSocket, y: &UnixSocket| accepted(x) || (differ && !x.name.is_empty() && y.name.is_empty());
+        let server =
+            |x: &UnixSocket, y: &UnixSocket| accepted(x) || (differ && !x.name.is_empty() && y.name.is_empty());
         if ty != libc::SOCK_DGRAM && (server(u, v) || server(v, u)) {
             let ((srv, sobj), (cli, cobj)) = if server(u, v) { ((u, obj), (v, vobj)) } else { ((v, vobj), (u, obj)) };
             let c = us::socket(ty).ctx(|| cobj.clone())?;
@@ -878,7 +882,9 @@ pub fn prepare(procs: &[Process], creators: &Creators) -> Result<Prepared, Error
             if pass {
                 let backlog = u.backlog.min(i32::MAX as u32) as i32;
                 let fd = s.as_fd();
-                creators.run(u.peer_cred.as_ref(), obj, &mut || us::listen(fd, backlog)).ctx(|| format!("{obj}: listen"))?;
+                creators
+                    .run(u.peer_cred.as_ref(), obj, &mut || us::listen(fd, backlog))
+                    .ctx(|| format!("{obj}: listen"))?;
             }
             fds.insert(ino, s);
         }
