@@ -105,7 +105,7 @@ fn holder(procs: &[Process], ino: u32) -> Option<(usize, i32)> {
     procs.iter().enumerate().find_map(|(pi, p)| {
         let fi = p.files.iter().position(|f| {
             f.kind == FileKind::UnixSocket as i32
-                && f.unix.as_ref().is_some_and(|u| u.ino == ino && !(u.stdio && !unix_inos.contains(&u.peer)))
+                && f.unix.as_ref().is_some_and(|u| u.ino == ino && (!u.stdio || unix_inos.contains(&u.peer)))
         })?;
         Some((pi, p.fds.iter().find(|d| d.file as usize == fi).map(|d| d.fd).unwrap_or(-1)))
     })

@@ -139,7 +139,7 @@ impl Table {
 
     /// The fds in flight of the queues read since the last call: (socket inode, (message
     /// index, ferry's copies of its fds)).
-    pub fn take_in_flight(&mut self) -> Vec<(u32, Vec<(usize, Vec<OwnedFd>)>)> {
+    pub fn take_in_flight(&mut self) -> Vec<(u32, Rights)> {
         std::mem::take(&mut self.in_flight)
     }
 
@@ -384,7 +384,7 @@ pub fn collect_stdio(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut F
 
 /// The copies of the fds in flight of a receive queue's messages that carry some, by message
 /// index.
-type Rights = Vec<(usize, Vec<OwnedFd>)>;
+pub type Rights = Vec<(usize, Vec<OwnedFd>)>;
 
 /// The messages of a receive queue, and its fds in flight.
 type Queue = (Vec<UnixMessage>, Rights);
