@@ -516,6 +516,67 @@ fn holds(pid: i32, addr: u64, pat: &[u8]) -> bool {
     matches!(ferry_sys::process::vm_read(pid, addr, &mut b), Ok(n) if n == pat.len() && b == pat)
 }
 
+/// The components `0..=i` of XCR0 whose state lies within the first `size` bytes of a
+/// standard-format XSAVE area, as a mask.
+fn within(size: usize) -> u64 {
+    let mut mask = 0b11; // x87 and SSE: the legacy area
+    for c in 2..63 {
+        match ferry_sys::raw::xsave_component(c) {
+            Some((len, off)) if (off + len) as usize <= size => mask |= 1 << c,
+            _ => {}
+        }
+    }
+    mask
+}
+
+/// How much of the thread's XSAVE area (`xstate`, as PTRACE_GETREGSET gives it: as large as the
+/// largest state this kernel supports, e.g. 11 KiB with AMX) the rescue frame carries: up to the
+/// end of the last component in use (XSTATE_BV, bytes 512..520). A component not in use is in its
+/// init state, which is what rt_sigreturn gives a component the frame leaves out; the kernel also
+/// refuses an area larger than the process's own (without AMX permission, ~2.7 KiB), and the
+/// frame must fit in the mapped part of the stack below the stack pointer.
+fn frame_xstate_size(xstate: &[u8]) -> usize {
+    const LEGACY_AND_HEADER: usize = 512 + 64;
+    if xstate.len() <= LEGACY_AND_HEADER {
+        return xstate.len();
+    }
+    let mut bv = [0u8; 8];
+    bv.copy_from_slice(&xstate[512..520]);
+    let in_use = u64::from_le_bytes(bv);
+    let mut end = LEGACY_AND_HEADER;
+    for c in 2..63 {
+        if in_use & (1 << c) != 0 {
+            match ferry_sys::raw::xsave_component(c) {
+                Some((len, off)) => end = end.max((off + len) as usize),
+                None => return xstate.len(),
+            }
+        }
+    }
+    end.min(xstate.len())
+}
+
+/// Make the main thread's stack (`[stack]`, MAP_GROWSDOWN) reach down to `low` if the stack
+/// pointer sits closer than that to its lowest mapped page (a thread waiting in a deep call,
+/// e.g. below a large local array): ferry writes its frame with process_vm_writev, which does
+/// not grow a stack (EFAULT), while the target's own accesses do. One injected
+/// `clock_gettime(CLOCK_MONOTONIC, low)` has the kernel write there on the target's behalf. The
+/// mappings read before keep the old start; the dump records those (the pages below hold only
+/// ferry's frame), and VmFlags are matched by end (memory::vm_flags). Without the safety net
+/// for this one call: a ferry killed during it leaves the thread after a syscall instruction
+/// that is not its own.
+fn grow_stack_to(pid: i32, maps: &[ferry_proc::MapEntry], orig: &UserRegs, low: u64) -> io::Result<()> {
+    let Some(stack) = maps.iter().find(|m| m.start <= orig.rsp && orig.rsp < m.end) else { return Ok(()) };
+    if stack.start <= low || stack.path.as_deref() != Some("[stack]") {
+        return Ok(());
+    }
+    let Some(syscall_at) = find_syscall_insn(pid, maps) else { return Ok(()) };
+    let mut base = *orig;
+    base.rsp = low & !15;
+    let r = Injector::new(pid, syscall_at, base).call(libc::SYS_clock_gettime as u64, &[libc::CLOCK_MONOTONIC as u64, low]);
+    ptrace::set_regs(pid, orig)?;
+    r.map(drop)
+}
+
 /// Build a dump-time injector that cannot leave the target broken if ferry dies mid-way.
 ///
 /// Injected syscalls run at a `syscall; ret` sequence with the stack pointer on an
@@ -551,7 +612,8 @@ pub fn with_rescue(
         xstate[470],
         xstate[471],
     ]);
-    let xstate_size = xstate.len();
+    let xstate_size = frame_xstate_size(xstate);
+    let xstate = &xstate[..xstate_size];
     let [Some(syscall_ret), Some(restorer)] =
         find_patterns(pid, maps, &[&[0x0f, 0x05, 0xc3], &[0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05]])
     else {
@@ -561,13 +623,14 @@ pub fn with_rescue(
     fp[464..512].fill(0);
     fp[464..468].copy_from_slice(&FP_XSTATE_MAGIC1.to_le_bytes());
     fp[468..472].copy_from_slice(&((xstate_size + 4) as u32).to_le_bytes());
-    fp[472..480].copy_from_slice(&xcr0.to_le_bytes());
+    fp[472..480].copy_from_slice(&(xcr0 & within(xstate_size)).to_le_bytes());
     fp[480..484].copy_from_slice(&(xstate_size as u32).to_le_bytes());
     fp.extend_from_slice(&FP_XSTATE_MAGIC2.to_le_bytes());
     let top = orig.rsp - 128;
     let fp_addr = (top - fp.len() as u64) & !63;
     let frame = (fp_addr - 440) & !15;
     let scratch = (frame - 4096) & !63;
+    grow_stack_to(pid, maps, orig, scratch)?;
 
     let mut f: Vec<u8> = Vec::with_capacity(440);
     let mut put = |w: u64| f.extend_from_slice(&w.to_le_bytes());

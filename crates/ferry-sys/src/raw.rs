@@ -442,3 +442,17 @@ impl RawRegion {
         cvt_i(unsafe { libc::munmap(self.start as *mut libc::c_void, (self.end - self.start) as usize) }).map(drop)
     }
 }
+
+/// `cpuid` leaf 0xD, sub-leaf `component` — the (size, offset) of that XSAVE state component in
+/// the standard (non-compacted) format user space and signal frames use (Intel SDM vol. 1
+/// §13.2). `None` for the legacy components 0 and 1 or one the CPU does not describe.
+pub fn xsave_component(component: u32) -> Option<(u32, u32)> {
+    if !(2..63).contains(&component) {
+        return None;
+    }
+    // SAFETY: cpuid is available on every x86-64 CPU and only reads CPU information; leaf 0xD
+    // exists wherever XSAVE does, and a component it does not know reads back as zeros.
+    #[allow(unused_unsafe)]
+    let r = unsafe { std::arch::x86_64::__cpuid_count(0xd, component) };
+    (r.eax != 0).then_some((r.eax, r.ebx))
+}

@@ -50,6 +50,9 @@ fn blocked_nanosleep() -> Spec {
 fn blocked_read() -> Spec {
     Spec::c("blocked_read").blocked_in(BLOCKED_READ)
 }
+fn deep_stack() -> Spec {
+    Spec::c("deep_stack")
+}
 fn blocked_pause() -> Spec {
     Spec::c("blocked_pause").blocked_in(BLOCKED_PAUSE)
 }
@@ -128,6 +131,7 @@ workload_tests!(
     blocked_nanosleep,
     blocked_read,
     blocked_pause,
+    deep_stack,
     files,
     attrs,
     creds,
@@ -303,6 +307,27 @@ mod options {
     fn leave_running_then_restore() {
         let spec = mem_anon();
         let mut run = Run::start(&spec);
+        run.dump_ok(&["-R"]);
+        run.expect_running_untraced("after dump -R");
+        run.go();
+        let status = run.wait_child_exit();
+        run.expect_pass(status, "the workload left running");
+        run.wait_pid_gone("after the left-running workload exited");
+        fs::remove_file(run.w.join("result")).expect("remove the first result");
+        let img = run.img();
+        let pidfile = run.spawn_restore("restore", &img, &[]);
+        run.wait_pidfile(&pidfile);
+        run.go();
+        let status = run.wait_restore_exit();
+        run.expect_pass(status, "ferry restore");
+    }
+
+    /// -R of a process waiting at the very bottom of its stack (ferry's injection frame does not
+    /// fit above the stack's mapped start: the stack is grown first, and the image keeps the
+    /// stack as it was): it keeps running and passes, then the image restores and passes.
+    #[test]
+    fn leave_running_deep_stack() {
+        let mut run = Run::start(&deep_stack());
         run.dump_ok(&["-R"]);
         run.expect_running_untraced("after dump -R");
         run.go();

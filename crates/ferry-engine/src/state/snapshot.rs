@@ -219,7 +219,7 @@ pub fn read_flags_frozen(pid: i32, mm: &mut Mm) -> Result<(), Error> {
 /// Set the VmFlags of `mm`'s mappings from `flags` (smaps of `from`), checked for `pid`.
 fn apply_flags(pid: i32, from: i32, mm: &mut Mm, mut flags: HashMap<u64, Vec<String>>) -> Result<(), Error> {
     for v in mm.vmas.iter_mut() {
-        v.vm_flags = flags.remove(&v.start).ok_or_else(|| Error::Invalid {
+        v.vm_flags = flags.remove(&v.end).ok_or_else(|| Error::Invalid {
             object: format!("pid {pid}"),
             what: format!("mapping {:#x}-{:#x} not in the smaps of {from}", v.start, v.end),
         })?;
@@ -269,9 +269,9 @@ impl Snapshot {
         }
         let t = Instant::now();
         let text = procfs::read_string(pid, "maps")?;
-        let have: HashSet<(u64, u64)> =
-            procfs::parse(pid, "maps", ferry_proc::parse_maps(&text))?.iter().map(|m| (m.start, m.end)).collect();
-        if let Some(v) = mm.vmas.iter().find(|v| !have.contains(&(v.start, v.end))) {
+        // By end: a stack may have grown down under ferry's injected syscalls (see memory::vm_flags).
+        let have: HashSet<u64> = procfs::parse(pid, "maps", ferry_proc::parse_maps(&text))?.iter().map(|m| m.end).collect();
+        if let Some(v) = mm.vmas.iter().find(|v| !have.contains(&v.end)) {
             tracing::info!(
                 target,
                 at = v.start,

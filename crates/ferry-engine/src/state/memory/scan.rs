@@ -26,12 +26,14 @@ fn prot_of(m: &MapEntry) -> u32 {
     p as u32
 }
 
-/// The smaps VmFlags of each mapping of `pid`, by start address. (smaps walks the page tables
+/// The smaps VmFlags of each mapping of `pid`, by end address: a stack (MAP_GROWSDOWN) that grew
+/// down while ferry injected syscalls (their scratch memory lies below the stack pointer) keeps
+/// its end. (smaps walks the page tables
 /// to count what is resident: for a large process, as long as a fork.)
 pub(crate) fn vm_flags(pid: i32) -> Result<HashMap<u64, Vec<String>>, Error> {
     let smaps_text = procfs::read_string(pid, "smaps")?;
     let smaps = procfs::parse(pid, "smaps", ferry_proc::parse_smaps(&smaps_text))?;
-    Ok(smaps.into_iter().map(|s| (s.start, s.vm_flags)).collect())
+    Ok(smaps.into_iter().map(|s| (s.end, s.vm_flags)).collect())
 }
 
 /// What follows from a mapping's VmFlags once they are known: the refused ones, and whether a
@@ -73,7 +75,7 @@ pub fn scan(
             prot: prot_of(m),
             offset: m.offset,
             path: m.path.clone().unwrap_or_default(),
-            vm_flags: flags.get(&m.start).cloned().unwrap_or_default(),
+            vm_flags: flags.get(&m.end).cloned().unwrap_or_default(),
             ..Default::default()
         };
         let anon = if m.perms.shared { VmaKind::SharedAnon } else { VmaKind::Anon };
