@@ -21,9 +21,11 @@ set -euo pipefail
 #   coreutils       mkfifo, mktemp ...
 #   runc podman     the container tests (ferry as the criu of runc and Podman); podman brings
 #                   conmon; Debian's crun has no CRIU support, the tests use --runtime runc
+#   netavark        Podman's network backend the bridge scenarios define their networks for
+#                   (without it Podman 4.3 falls back to CNI: "network not found")
 #   busybox-static  the containers' root filesystems (built locally: no registry needed)
 #   tar             podman import of those root filesystems
-PACKAGES=(gcc libc6-dev python3 procps iproute2 util-linux sqlite3 nginx nftables postgresql-15 coreutils runc podman busybox-static tar)
+PACKAGES=(gcc libc6-dev python3 procps iproute2 util-linux sqlite3 nginx nftables postgresql-15 coreutils runc podman netavark busybox-static tar)
 
 installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = installed ]
