@@ -1,0 +1,82 @@
+//! Nested namespaces (state/nested_ns.rs): processes of one tree in net, uts, ipc and time
+//! namespaces of their own below the root's, and in a pid namespace nested in the tree's.
+//! `nestedns` checks from inside each process after the restore (see its header).
+
+use super::{go_and_pass, run_detached};
+use crate::common::*;
+use std::fs;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[test]
+fn control_nested_sets() {
+    control(&Spec::c("nestedns").args(&["sets"]));
+}
+
+/// A child in its own uts, net (lo up, a TCP listener) and ipc (a SysV queue) namespaces with
+/// a grandchild sharing them, and a child whose child is in a time namespace 1000 s ahead.
+#[test]
+fn nested_net_uts_ipc_time_restored() {
+    cycle(&Spec::c("nestedns").args(&["sets"]));
+}
+
+/// The same, the root in uts, net and ipc namespaces of its own (a container's init whose
+/// children unshare further ones).
+#[test]
+fn nested_below_own_namespaces_restored() {
+    let unshare = need("unshare", "util-linux");
+    let mut spec = Spec::c("nestedns").args(&["sets"]);
+    spec.pre_args = vec!["--uts".into(), "--net".into(), "--ipc".into(), spec.program.clone().into_os_string()];
+    spec.program = unshare;
+    cycle(&spec);
+}
+
+/// `unshare -p -f` in a tree that is not a pid namespace: the nested init and its child keep
+/// their pids at both levels, the unsharer's children still go to that namespace.
+#[test]
+fn nested_pidns_in_host_tree_restored() {
+    cycle(&Spec::c("nestedns").args(&["pid"]));
+}
+
+fn ferry(args: &[&str]) -> std::process::Output {
+    Command::new(ferry_bin()).args(args).stdin(Stdio::null()).output().expect("run ferry")
+}
+
+fn pidns_job(w: &WorkDir) -> (i32, ProcGuard) {
+    let (pid, g) = run_detached(w, Command::new(ferry_bin()), &["--pidns"], "nestedns", &["pid"]);
+    wait_for("nestedns to be ready", Duration::from_secs(60), || w.join("ready").exists());
+    (pid, g)
+}
+
+#[test]
+fn control_nested_pidns_job() {
+    let w = WorkDir::new("nested-pid-control");
+    let (pid, _g) = pidns_job(&w);
+    go_and_pass(&w, pid);
+}
+
+/// `unshare -p -f` inside a `ferry run --pidns` job: three pid levels below ferry's, a thread
+/// in the nested namespace; every pid of the tree's and the nested level kept.
+#[test]
+fn nested_pidns_in_pidns_job_restored() {
+    let w = WorkDir::new("nested-pid");
+    let (pid, g) = pidns_job(&w);
+    let img = w.join("img");
+    let d = ferry(&["dump", "-t", &pid.to_string(), "-D", &path_str(&img)]);
+    assert!(d.status.success(), "ferry dump: {}", String::from_utf8_lossy(&d.stderr));
+    wait_for("the dumped tree to go", Duration::from_secs(20), || !pid_alive(pid));
+    let pidfile = w.join("restored.pid");
+    let r = ferry(&["restore", "-d", "-D", &path_str(&img), "--pidfile", &path_str(&pidfile)]);
+    assert!(r.status.success(), "ferry restore: {}", String::from_utf8_lossy(&r.stderr));
+    let restored: i32 = fs::read_to_string(&pidfile).expect("pidfile").trim().parse().expect("pid");
+    g.add(restored);
+    go_and_pass(&w, restored);
+}
+
+/// A nested mount namespace is still refused, by name and reason.
+#[test]
+fn nested_mntns_refused() {
+    let run = Run::start(&Spec::c("nestedns").args(&["mnt"]));
+    dump_refused(run.pid, &run.w.join("img"), "mnt namespace than the tree's root");
+    assert!(pid_alive(run.pid), "a refused dump killed the workload");
+}
