@@ -461,6 +461,7 @@ pub fn dump_with(
     // (Nested namespaces and pid levels: read with ferry's pids, still frozen.)
     let nested_ns = crate::state::nested_ns::collect(&mut procs, root, &mut img)?;
     crate::state::nested_ns::collect_pid_levels(&mut procs, &mut zombies, usize::from(pidns_root.is_some()))?;
+    crate::state::nested_ns::collect_time_for_children(&mut procs)?;
     if pidns_root.is_some() {
         to_namespace_ids(&mut procs, &mut zombies)?;
     }

@@ -326,10 +326,16 @@ pub(crate) fn precheck(
         // (A pid namespace for the children is carried, state/nested_ns.rs, for a process
         // that can be made again with it: decided under the freeze.)
         if differs && !(ns == "pid" && crate::state::nested_ns::pid_for_children_ok(pid)) {
-            return Err(Error::Unsupported {
-                pid,
-                what: format!("a process that unshared a {ns} namespace for its future children"),
-            });
+            let why = match ns {
+                "time" => crate::state::nested_ns::time_for_children_refusal(pid),
+                _ => Some(String::new()),
+            };
+            if let Some(why) = why {
+                return Err(Error::Unsupported {
+                    pid,
+                    what: format!("a process that unshared a {ns} namespace for its future children{why}"),
+                });
+            }
         }
     }
     // The tree's own pid namespace is ferry's, or a child of it whose init is the root; a

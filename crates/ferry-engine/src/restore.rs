@@ -241,6 +241,8 @@ struct TreeCtx<'a> {
     userns: Option<i32>,
     /// Nested namespaces, which processes join before they fork (state/nested_ns.rs).
     nested: Option<&'a crate::state::nested_ns::Plan>,
+    /// Per process: the offsets of the time namespace it makes for its future children.
+    time_for_children: Vec<Option<String>>,
 }
 
 /// How many pid namespaces below the tree's node `n` of the plan is in (a helper: its
@@ -404,6 +406,9 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
                         .map_err(|e| format!("cannot join the pid namespace of pid {c} for its children: {e}"))?;
                 }
             }
+        }
+        if let Some(offsets) = idx.and_then(|i| ctx.time_for_children[i].as_deref()) {
+            crate::state::nested_ns::make_time_for_children(ctx.host_proc, offsets)?;
         }
         if let Some(idx) = idx {
             let p = &ctx.procs[idx];
@@ -894,6 +899,7 @@ pub fn restore_in_place(
         mounts: entered.as_ref().and_then(|e| e.handover.mounts.as_ref()),
         userns: userns.as_ref().map(|fd| fd.as_raw_fd()),
         nested: nested.as_ref(),
+        time_for_children: crate::state::nested_ns::time_for_children_offsets(&procs)?,
     };
 
     // The page files' checksums, on the other CPU, while the tree is rebuilt; no process runs

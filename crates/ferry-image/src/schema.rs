@@ -418,6 +418,10 @@ pub struct Process {
     /// process is in yet.
     #[prost(int32, tag = "664")]
     pub pidns_for_children: i32,
+    /// Its future children's time namespace is a new one nobody is in yet
+    /// (unshare(CLONE_NEWTIME) before any fork): its clocks, as for a root one.
+    #[prost(message, optional, tag = "665")]
+    pub time_for_children: Option<NsxTimens>,
 }
 
 /// One seccomp filter: its classic BPF program and the flags the kernel keeps for it.

@@ -15,6 +15,8 @@
  *                    starts a thread. On go each checks its pids at every level below ferry's
  *                    (NSpid of /proc/self/status and of the thread), N that it is pid 1, and U
  *                    that a child it forks now lands in N's namespace.
+ *   nestedns W timekids  child C unshares a time namespace for its future children only (500 s
+ *                    ahead) and forks none; on go it forks one, which must be in it.
  *   nestedns W mnt   a child in a mount namespace of its own (a nested one: refused).
  *
  * Each process but R writes W/child-NAME ("PASS" or "FAIL: why"); R forwards go to them, waits
@@ -270,6 +272,54 @@ static void run_b(void)
 	_exit(0);
 }
 
+/* C: a time namespace for its future children only (unshare -T before any fork), 500 s ahead */
+static void run_timekids(void)
+{
+	SETUP(unshare(CLONE_NEWTIME));
+	int fd = open("/proc/self/timens_offsets", O_WRONLY | O_CLOEXEC);
+	SETUP(fd);
+	const char *text = "monotonic 500 0\n";
+	if (write(fd, text, strlen(text)) < 0)
+		die_setup("write timens_offsets: %s", strerror(errno));
+	close(fd);
+	write_file_atomic("ready-c", "");
+	wait_go();
+	char own[64], kids[64], parent[64];
+	ns_link(0, "time", own, sizeof own);
+	ns_link(0, "time_for_children", kids, sizeof kids);
+	ns_link(getppid(), "time", parent, sizeof parent);
+	CHECK(strcmp(own, parent) == 0, "in time namespace %s, its parent's %s", own, parent);
+	CHECK(strcmp(own, kids) != 0, "its children go to its own time namespace %s", own);
+	int p[2];
+	SETUP(pipe(p));
+	double mine = mono();
+	pid_t d = fork();
+	if (d == 0) {
+		char line[128], link[64];
+		ns_link(0, "time", link, sizeof link);
+		snprintf(line, sizeof line, "%.3f %d %s", mono(), time_offset_s(), link);
+		if (write(p[1], line, strlen(line)) < 0)
+			_exit(1);
+		_exit(0);
+	}
+	CHECK(d > 0, "fork: %s", strerror(errno));
+	close(p[1]);
+	char got[128] = "";
+	ssize_t k = read(p[0], got, sizeof got - 1);
+	got[k < 0 ? 0 : k] = 0;
+	waitpid(d, NULL, 0);
+	double theirs = 0;
+	int off = -1;
+	char link[64] = "";
+	sscanf(got, "%lf %d %63s", &theirs, &off, link);
+	CHECK(strcmp(link, kids) == 0, "its child is in time namespace %s, not %s", link, kids);
+	CHECK(off >= 495 && off <= 505, "its child's monotonic offset %d s, expected about 500", off);
+	CHECK(theirs - mine > 490 && theirs - mine < 510, "its child's CLOCK_MONOTONIC is %.3f s ahead of its own, expected about 500",
+	      theirs - mine);
+	child_report("c");
+	_exit(0);
+}
+
 /* "NSpid:\t5\t3\t1" -> the last `n` ids, space separated, of this thread (or process). */
 static void nspid_tail(const char *status_path, int n, char *out, size_t cap)
 {
@@ -510,6 +560,18 @@ int main(int argc, char **argv)
 		verdict("n");
 		verdict("u");
 		waitpid(pids[0], NULL, 0);
+	} else if (strcmp(mode, "timekids") == 0) {
+		pid_t c = fork();
+		SETUP(c);
+		if (c == 0)
+			run_timekids();
+		const char *ready[] = { "ready-c" };
+		wait_files(ready, 1);
+		signal_ready();
+		wait_go();
+		kill(c, SIGUSR2);
+		verdict("c");
+		waitpid(c, NULL, 0);
 	} else if (strcmp(mode, "mnt") == 0) {
 		/* a child in a mount namespace of its own: refused */
 		pid_t c = fork();

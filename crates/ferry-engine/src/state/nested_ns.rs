@@ -205,6 +205,67 @@ pub fn pid_for_children_ok(pid: i32) -> bool {
     threads <= 1
 }
 
+/// At dump (precheck): a process whose `time_for_children` is not its own time namespace. None
+/// when it is carried (a new one nobody of the tree is in yet, made again by the restored
+/// process for its future children, [`collect_time_for_children`]); else why not, for the
+/// refusal.
+pub fn time_for_children_refusal(pid: i32) -> Option<String> {
+    let link = |p: &str| std::fs::read_link(p).ok();
+    let target = link(&format!("/proc/{pid}/ns/time_for_children"));
+    if link(&format!("/proc/{pid}/ns/time")) != link("/proc/self/ns/time") {
+        return Some(" (carried only for a process in ferry's own time namespace)".into());
+    }
+    let kids = crate::freeze::children_of(pid).unwrap_or_default();
+    if let Some(c) = kids.iter().find(|c| link(&format!("/proc/{c}/ns/time")) == target) {
+        return Some(format!(
+            " (its child {c} is in it: the process could not be given it back without moving itself into it)"
+        ));
+    }
+    None
+}
+
+/// At dump, under the freeze, with `procs` still holding ferry's pids: the clocks of every
+/// pending time namespace for children (`Process.time_for_children`).
+pub fn collect_time_for_children(procs: &mut [Process]) -> Result<(), Error> {
+    let link = |p: String| std::fs::read_link(p).ok();
+    for p in procs.iter_mut().filter(|p| !p.zombie) {
+        let pid = p.pid;
+        if link(format!("/proc/{pid}/ns/time_for_children")) != link(format!("/proc/{pid}/ns/time")) {
+            if let Some(why) = time_for_children_refusal(pid) {
+                return Err(Error::Unsupported {
+                    pid,
+                    what: format!("a process that unshared a time namespace for its future children{why}"),
+                });
+            }
+            p.time_for_children = Some(crate::state::timens::record(pid)?);
+        }
+    }
+    Ok(())
+}
+
+/// At restore, before the fork: the offsets (as `/proc/PID/timens_offsets` takes them) of each
+/// process's pending time namespace for children, which the process makes itself once it has
+/// forked its own children.
+pub fn time_for_children_offsets(procs: &[Process]) -> Result<Vec<Option<String>>, Error> {
+    procs
+        .iter()
+        .map(|p| match &p.time_for_children {
+            Some(rec) => Ok(Some(crate::state::timens::format_offsets(&crate::state::timens::plan(rec)?))),
+            None => Ok(None),
+        })
+        .collect()
+}
+
+/// In a forked process, once its children exist: a new time namespace for its future children
+/// with `offsets` (`host_proc`: ferry's /proc, where "self" is this process).
+pub fn make_time_for_children(host_proc: i32, offsets: &str) -> Result<(), String> {
+    ferry_sys::ns::unshare(libc::CLONE_NEWTIME).map_err(|e| format!("unshare(CLONE_NEWTIME): {e}"))?;
+    let fd = ferry_sys::ns::openat_number(host_proc, c"self/timens_offsets", libc::O_WRONLY | libc::O_CLOEXEC)
+        .map_err(|e| format!("cannot open its timens_offsets: {e}"))?;
+    ferry_sys::raw::write_all(std::os::fd::AsRawFd::as_raw_fd(&fd), offsets.as_bytes())
+        .map_err(|e| format!("cannot set the offsets of its time namespace for children: {e}"))
+}
+
 /// At restore: the nested namespaces, made, and which process goes into which.
 pub struct Plan {
     /// Per kind in use: (flag, the root's namespace fd number in every forked process).

@@ -80,3 +80,16 @@ fn nested_mntns_refused() {
     dump_refused(run.pid, &run.w.join("img"), "mnt namespace than the tree's root");
     assert!(pid_alive(run.pid), "a refused dump killed the workload");
 }
+
+/// `unshare -T` without a fork: the process's future children go to a time namespace nobody is
+/// in yet (500 s ahead); after the restore a child it forks lands in one with those clocks, and
+/// the process itself stays in its own.
+#[test]
+fn pending_time_for_children_restored() {
+    cycle(&Spec::c("nestedns").args(&["timekids"]));
+}
+
+#[test]
+fn control_pending_time_for_children() {
+    control(&Spec::c("nestedns").args(&["timekids"]));
+}
