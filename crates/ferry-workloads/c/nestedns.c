@@ -17,6 +17,7 @@
  *                    that a child it forks now lands in N's namespace.
  *   nestedns W timekids  child C unshares a time namespace for its future children only (500 s
  *                    ahead) and forks none; on go it forks one, which must be in it.
+ *   nestedns W timebusy  the same with a child of C already in that namespace (refused).
  *   nestedns W mnt   a child in a mount namespace of its own (a nested one: refused).
  *
  * Each process but R writes W/child-NAME ("PASS" or "FAIL: why"); R forwards go to them, waits
@@ -273,7 +274,7 @@ static void run_b(void)
 }
 
 /* C: a time namespace for its future children only (unshare -T before any fork), 500 s ahead */
-static void run_timekids(void)
+static void run_timekids(int busy)
 {
 	SETUP(unshare(CLONE_NEWTIME));
 	int fd = open("/proc/self/timens_offsets", O_WRONLY | O_CLOEXEC);
@@ -282,8 +283,21 @@ static void run_timekids(void)
 	if (write(fd, text, strlen(text)) < 0)
 		die_setup("write timens_offsets: %s", strerror(errno));
 	close(fd);
+	pid_t kid = 0;
+	if (busy) {
+		/* a child already in it: refused (C could not be given it back) */
+		kid = fork();
+		SETUP(kid);
+		if (kid == 0)
+			for (;;)
+				pause();
+	}
 	write_file_atomic("ready-c", "");
 	wait_go();
+	if (kid > 0) {
+		kill(kid, SIGKILL);
+		waitpid(kid, NULL, 0);
+	}
 	char own[64], kids[64], parent[64];
 	ns_link(0, "time", own, sizeof own);
 	ns_link(0, "time_for_children", kids, sizeof kids);
@@ -560,11 +574,11 @@ int main(int argc, char **argv)
 		verdict("n");
 		verdict("u");
 		waitpid(pids[0], NULL, 0);
-	} else if (strcmp(mode, "timekids") == 0) {
+	} else if (strcmp(mode, "timekids") == 0 || strcmp(mode, "timebusy") == 0) {
 		pid_t c = fork();
 		SETUP(c);
 		if (c == 0)
-			run_timekids();
+			run_timekids(strcmp(mode, "timebusy") == 0);
 		const char *ready[] = { "ready-c" };
 		wait_files(ready, 1);
 		signal_ready();

@@ -171,7 +171,13 @@ pub fn check_same_as_root(pid: i32, root: i32) -> Result<(), Error> {
 
 /// Dump one namespace of `kind` (one of `pid`'s, not the root's: a nested one) with the kind's
 /// module, as the content of a [`Namespaces`] that names only it.
-pub(crate) fn dump_one(pid: i32, kind: &str, inode: u64, opts: &DumpNs, img: &mut ImageWriter) -> Result<Namespaces, Error> {
+pub(crate) fn dump_one(
+    pid: i32,
+    kind: &str,
+    inode: u64,
+    opts: &DumpNs,
+    img: &mut ImageWriter,
+) -> Result<Namespaces, Error> {
     let mut out = Namespaces::default();
     out.kinds.push(NsKind { kind: kind.into(), inode, external: String::new() });
     let Some(m) = MODULES.iter().find(|m| m.kind == kind) else { return Ok(out) };

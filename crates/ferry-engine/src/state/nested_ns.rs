@@ -59,7 +59,10 @@ pub fn check(pid: i32, root: i32, kind: &str) -> Result<(), Error> {
             }
         }
     };
-    Err(Error::Unsupported { pid, what: format!("a process in another {kind} namespace than the tree's root {root} ({why})") })
+    Err(Error::Unsupported {
+        pid,
+        what: format!("a process in another {kind} namespace than the tree's root {root} ({why})"),
+    })
 }
 
 fn inode_of(link: &str) -> u64 {
@@ -98,10 +101,7 @@ pub fn collect(procs: &mut [Process], root: i32, img: &mut ImageWriter) -> Resul
 fn refuse_sysv_attached(pid: i32) -> Result<(), Error> {
     let maps = crate::procfs::read_string(pid, "maps")?;
     if maps.lines().any(|l| l.contains("/SYSV")) {
-        return Err(Error::Unsupported {
-            pid,
-            what: "SysV shared memory attached in a nested ipc namespace".into(),
-        });
+        return Err(Error::Unsupported { pid, what: "SysV shared memory attached in a nested ipc namespace".into() });
     }
     Ok(())
 }
@@ -289,7 +289,10 @@ pub struct Made {
 pub fn make(img: &ImageReader, opts: &crate::state::namespaces::RestoreNs) -> Result<Made, Error> {
     let mut made = Made { ns: Vec::new() };
     for n in &img.inventory().nested_ns {
-        let bad = |what: &str| Error::Invalid { object: format!("nested {} namespace {}", n.kind, n.inode), what: what.into() };
+        let bad = |what: &str| Error::Invalid {
+            object: format!("nested {} namespace {}", n.kind, n.inode),
+            what: what.into(),
+        };
         let flag = flag_of(&n.kind).ok_or_else(|| bad("is of a kind ferry does not nest"))?;
         let content = n.content.as_ref().ok_or_else(|| bad("has no content"))?;
         let fd = if flag == libc::CLONE_NEWTIME {
@@ -334,8 +337,13 @@ impl Made {
             if !self.ns.iter().any(|n| n.1 == kind) {
                 continue;
             }
-            let rel = if kind == "time" { "thread-self/ns/time_for_children".to_string() } else { format!("thread-self/ns/{kind}") };
-            let c = std::ffi::CString::new(rel.clone()).map_err(|_| Error::Invalid { object: rel.clone(), what: "bad path".into() })?;
+            let rel = if kind == "time" {
+                "thread-self/ns/time_for_children".to_string()
+            } else {
+                format!("thread-self/ns/{kind}")
+            };
+            let c = std::ffi::CString::new(rel.clone())
+                .map_err(|_| Error::Invalid { object: rel.clone(), what: "bad path".into() })?;
             let fd = ferry_sys::ns::openat(host_proc, &c, libc::O_RDONLY | libc::O_CLOEXEC)
                 .ctx(|| format!("cannot open /proc/{rel}"))?;
             kinds.push((flag, kind, keep(fd.as_fd())?));

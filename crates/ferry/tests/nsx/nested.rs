@@ -93,3 +93,12 @@ fn pending_time_for_children_restored() {
 fn control_pending_time_for_children() {
     control(&Spec::c("nestedns").args(&["timekids"]));
 }
+
+/// A time namespace for a process's children that a child of it is already in stays refused:
+/// the process could not be given it back without moving itself into it.
+#[test]
+fn busy_time_for_children_refused() {
+    let run = Run::start(&Spec::c("nestedns").args(&["timebusy"]));
+    dump_refused(run.pid, &run.w.join("img"), "a time namespace for its future children (its child");
+    assert!(pid_alive(run.pid), "a refused dump killed the workload");
+}
