@@ -19,6 +19,15 @@
 //! ([`Plan::enter_net`]). A process in a nested pid namespace is forked with `clone3` and a
 //! `set_tid` array with its pid at every level (`CLONE_NEWPID` for a namespace's init).
 //!
+//! Namespaces for a process's future children: a `pid_for_children` that is not its own is
+//! that of a child of it, the init of a nested pid namespace (`unshare -p -f`), or a new one
+//! nobody is in yet (`Process.pidns_for_children`); the restored process joins that child's
+//! (setns on a pidfd) or unshares a new one once its children exist. A `time_for_children`
+//! nobody of the tree is in yet (`unshare -T` before any fork) is recorded with its clocks
+//! (`Process.time_for_children`) and made again by the restored process, offsets written to
+//! its own `timens_offsets` before any process is in it. One that a child is already in stays
+//! refused: setns into a time namespace would move the process itself too.
+//!
 //! Not nested: mnt (the tree's mount tree is built under a temporary root then pivot_root in
 //! ferry's thread, and every file of the tree is opened through it; a second mount tree would
 //! need files opened per mount namespace and mounts copied from the parent namespace, not done
