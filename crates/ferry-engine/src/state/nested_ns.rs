@@ -424,3 +424,30 @@ impl Plan {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(pid: i32, ppid: i32, ns_pid: &[i32]) -> Process {
+        Process { pid, ppid, ns_pid: ns_pid.to_vec(), ..Default::default() }
+    }
+
+    #[test]
+    fn nested_pid_levels_need_their_init_above() {
+        // unshare -p -f: U forks N (pid 1 inside), N forks N1 (pid 2), N1 forks N2 (pid 3).
+        let ok = [p(10, 1, &[]), p(11, 10, &[]), p(12, 11, &[1]), p(13, 12, &[2]), p(14, 13, &[3])];
+        assert!(check_pid_levels(ok.iter()).is_ok());
+        // Two levels: N's child M is the init of a namespace inside N's.
+        let two = [p(10, 1, &[]), p(12, 10, &[1]), p(13, 12, &[2, 1]), p(14, 13, &[2, 3, 2])];
+        assert!(check_pid_levels(two.iter()).is_err(), "a level skipped");
+        let two = [p(10, 1, &[]), p(12, 10, &[1]), p(13, 12, &[2, 1]), p(14, 13, &[2, 2])];
+        assert!(check_pid_levels(two.iter()).is_ok());
+        // The init is not dumped (the root is already inside the nested namespace).
+        let orphan = [p(20, 1, &[]), p(21, 20, &[5])];
+        assert!(check_pid_levels(orphan.iter()).is_err());
+        // A process joined the namespace with setns: its parent is outside, yet it is not pid 1.
+        let joined = [p(10, 1, &[]), p(12, 10, &[1]), p(15, 10, &[7])];
+        assert!(check_pid_levels(joined.iter()).is_err());
+    }
+}
