@@ -102,3 +102,68 @@ fn busy_time_for_children_refused() {
     dump_refused(run.pid, &run.w.join("img"), "a time namespace for its future children (its child");
     assert!(pid_alive(run.pid), "a refused dump killed the workload");
 }
+
+/// Every process below `pid` (children first found by /proc/PID/task/*/children).
+fn descendants(pid: i32) -> Vec<i32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        for t in
+            fs::read_dir(format!("/proc/{}/task", out[i])).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default()
+        {
+            let kids = fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            out.extend(kids.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+        }
+        i += 1;
+    }
+    out
+}
+
+/// NSpid of every process below `pid` but ferry's own level, sorted: the pids the tree sees.
+fn inner_pids(pid: i32) -> Vec<String> {
+    let mut v: Vec<String> = descendants(pid)
+        .iter()
+        .filter_map(|p| {
+            let st = fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+            let line = st.lines().find(|l| l.starts_with("NSpid:"))?.to_string();
+            Some(line.split_whitespace().skip(2).collect::<Vec<_>>().join(" "))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The real `unshare -p -f` inside a `ferry run --pidns` job, a shell and two sleeps in the
+/// nested namespace: after the restore every process has the same pids in the job's namespace
+/// and in the nested one.
+#[test]
+fn nested_pidns_real_unshare_restored() {
+    need("unshare", "util-linux");
+    let w = WorkDir::new("nested-unshare");
+    let pidfile = w.join("init.pid");
+    let st = Command::new(ferry_bin())
+        .args(["run", "--pidns", "-d", "--pidfile", &path_str(&pidfile), "--"])
+        .args(["unshare", "-p", "-f", "--kill-child", "sh", "-c", "sleep 1000 & sleep 1000; wait"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(w.join("out.log")).expect("log"))
+        .status()
+        .expect("ferry run");
+    assert!(st.success(), "ferry run: {}", read_tail(&w.join("out.log"), 2000));
+    let pid: i32 = fs::read_to_string(&pidfile).expect("pidfile").trim().parse().expect("pid");
+    let g = ProcGuard::new();
+    g.add(pid);
+    wait_for("both sleeps", Duration::from_secs(20), || inner_pids(pid).len() == 5);
+    let before = inner_pids(pid);
+    assert!(before.iter().filter(|p| p.split(' ').count() == 2).count() == 3, "not nested: {before:?}");
+    let img = w.join("img");
+    let d = ferry(&["dump", "-t", &pid.to_string(), "-D", &path_str(&img)]);
+    assert!(d.status.success(), "ferry dump: {}", String::from_utf8_lossy(&d.stderr));
+    wait_for("the dumped tree to go", Duration::from_secs(20), || !pid_alive(pid));
+    let restored_pidfile = w.join("restored.pid");
+    let r = ferry(&["restore", "-d", "-D", &path_str(&img), "--pidfile", &path_str(&restored_pidfile)]);
+    assert!(r.status.success(), "ferry restore: {}", String::from_utf8_lossy(&r.stderr));
+    let restored: i32 = fs::read_to_string(&restored_pidfile).expect("pidfile").trim().parse().expect("pid");
+    g.add(restored);
+    assert_eq!(inner_pids(restored), before, "pids in the job's and the nested pid namespace");
+}
