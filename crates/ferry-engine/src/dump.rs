@@ -232,9 +232,10 @@ fn dump_process(
     Ok(p)
 }
 
-/// The last entry of an `NS*` status line: the id as the task's own pid namespace sees it.
+/// The second entry of an `NS*` status line: the id as the tree's pid namespace (a child of
+/// ferry's) sees it (a process in a pid namespace nested below has more entries).
 fn inner_id(ids: &[i32], host: i32, what: &str) -> Result<i32, Error> {
-    ids.last().copied().ok_or_else(|| Error::Invalid {
+    ids.get(1).copied().ok_or_else(|| Error::Invalid {
         object: format!("/proc/{host}/status"),
         what: format!("no {what} line (kernel without pid namespace ids)"),
     })
@@ -268,6 +269,9 @@ fn to_namespace_ids(procs: &mut [Process], zombies: &mut [Process]) -> Result<()
         p.ppid = tid(p.ppid);
         if p.fd_table_of != 0 {
             p.fd_table_of = tid(p.fd_table_of);
+        }
+        if p.pidns_for_children > 0 {
+            p.pidns_for_children = tid(p.pidns_for_children);
         }
         (p.pid, p.pgid, p.sid) = (pid, pgid, sid);
         for t in p.threads.iter_mut() {
@@ -459,6 +463,10 @@ pub fn dump_with(
     crate::state::unix::finish(&mut procs, &mut tree.unix, &crate::state::external::unix_inodes(&opts.external))?;
     // Pids as ferry sees them, to read memory; the image keeps the namespace's own.
     let host_pids: Vec<i32> = frozen.iter().map(|f| f.pid).collect();
+    // (Nested namespaces and pid levels: read with ferry's pids, still frozen.)
+    let nested_ns = crate::state::nested_ns::collect(&mut procs, root, &mut img)?;
+    crate::state::nested_ns::collect_pid_levels(&mut procs, &mut zombies, usize::from(pidns_root.is_some()))?;
+    crate::state::nested_ns::collect_time_for_children(&mut procs)?;
     if pidns_root.is_some() {
         to_namespace_ids(&mut procs, &mut zombies)?;
     }
@@ -561,6 +569,7 @@ pub fn dump_with(
         shell_job,
         snapshot,
         namespaces,
+        nested_ns,
         ..Default::default()
     };
     // (The older image's files, moved aside, are freed once the tree is killed or running.)

@@ -322,17 +322,31 @@ pub(crate) fn precheck(
         // (A new pid namespace has no link until its first process exists: ENOENT.)
         let pending =
             matches!(&children, Err(e) if e.kind() == std::io::ErrorKind::NotFound) && procfs::path(pid, "ns").exists();
-        if own.is_some() && (pending || children.as_ref().is_ok_and(|c| Some(c) != own.as_ref())) {
-            return Err(Error::Unsupported {
-                pid,
-                what: format!("a process that unshared a {ns} namespace for its future children"),
-            });
+        let differs = own.is_some() && (pending || children.as_ref().is_ok_and(|c| Some(c) != own.as_ref()));
+        // (A pid namespace for the children is carried, state/nested_ns.rs, for a process
+        // that can be made again with it: decided under the freeze.)
+        if differs && !(ns == "pid" && crate::state::nested_ns::pid_for_children_ok(pid)) {
+            let why = match ns {
+                "time" => crate::state::nested_ns::time_for_children_refusal(pid),
+                _ => Some(String::new()),
+            };
+            if let Some(why) = why {
+                return Err(Error::Unsupported {
+                    pid,
+                    what: format!("a process that unshared a {ns} namespace for its future children{why}"),
+                });
+            }
         }
     }
+    // The tree's own pid namespace is ferry's, or a child of it whose init is the root; a
+    // process of the tree may be in one nested below (state/nested_ns.rs checks, under the
+    // freeze, that each such namespace's init is in the tree too).
+    let tree_levels = if pidns_root.is_some() { 2 } else { 1 };
     if st.ns_pid.len() > 1 {
         let ns = |p: i32| std::fs::read_link(procfs::path(p, "ns/pid")).ok();
         let whole_ns = pidns_root.is_some_and(|r| st.ns_pid.len() == 2 && ns(pid).is_some() && ns(pid) == ns(r));
-        if !whole_ns {
+        let nested = pid != root && st.ns_pid.len() > tree_levels;
+        if !whole_ns && !nested {
             return Err(Error::Unsupported {
                 pid,
                 what: format!(

@@ -74,7 +74,8 @@ fn image_pid(root: i32, pid: i32) -> i32 {
     };
     let r = nspid(root);
     if r.len() == 2 && r[1] == 1 {
-        nspid(pid).last().copied().unwrap_or(pid)
+        // (the tree's level: a process in a pid namespace nested below has more)
+        nspid(pid).get(1).copied().unwrap_or(pid)
     } else {
         pid
     }

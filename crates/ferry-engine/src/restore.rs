@@ -239,6 +239,59 @@ struct TreeCtx<'a> {
     /// The tree's user namespace, joined by each process once it forked its children
     /// (state/userns.rs).
     userns: Option<i32>,
+    /// Nested namespaces, which processes join before they fork (state/nested_ns.rs).
+    nested: Option<&'a crate::state::nested_ns::Plan>,
+    /// Per process: the offsets of the time namespace it makes for its future children.
+    time_for_children: Vec<Option<String>>,
+}
+
+/// How many pid namespaces below the tree's node `n` of the plan is in (a helper: its
+/// creator's).
+fn pid_depth(ctx: &TreeCtx<'_>, mut n: usize) -> usize {
+    loop {
+        match ctx.plan.nodes[n].role {
+            Role::Image(i) => return ctx.procs[i].ns_pid.len(),
+            _ => match ctx.plan.nodes[n].creator {
+                Some(c) => n = c,
+                None => return 0,
+            },
+        }
+    }
+}
+
+/// The nearest image process above node `n` of the plan (its creator, or a helper's).
+fn image_creator(ctx: &TreeCtx<'_>, n: usize) -> Option<usize> {
+    let mut c = ctx.plan.nodes[n].creator?;
+    loop {
+        match ctx.plan.nodes[c].role {
+            Role::Image(i) => return Some(i),
+            _ => c = ctx.plan.nodes[c].creator?,
+        }
+    }
+}
+
+/// The `set_tid` array and clone flag that give node `c` of the plan its pid at every level,
+/// forked by a process `depth` pid namespaces below the tree's (state/nested_ns.rs).
+fn pid_levels(ctx: &TreeCtx<'_>, c: usize, depth: usize) -> Result<(Vec<i32>, u64), String> {
+    let node = &ctx.plan.nodes[c];
+    let levels: &[i32] = match node.role {
+        Role::Image(i) => &ctx.procs[i].ns_pid,
+        _ => &[],
+    };
+    let mut tids: Vec<i32> = levels.iter().rev().copied().collect();
+    tids.push(node.pid);
+    let flags = match levels.len() {
+        d if d == depth => 0,
+        d if d == depth + 1 && levels.last() == Some(&1) => libc::CLONE_NEWPID as u64,
+        _ if levels.is_empty() => 0,
+        d => {
+            return Err(format!(
+                "cannot create process {} {d} pid namespace(s) below the tree's from one {depth} below",
+                node.pid
+            ))
+        }
+    };
+    Ok((tids, flags))
 }
 
 /// Runs in a forked process of the tree (node `n` of the plan); never returns. Forks the
@@ -253,6 +306,10 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
             Role::Image(i) => Some(i),
             _ => None,
         };
+        if let (Some(i), Some(nested)) = (idx, ctx.nested) {
+            // Into its own nested namespaces first: its children inherit them.
+            nested.join_in_child(i, image_creator(ctx, n))?;
+        }
         if let (0, Some(d)) = (n, ctx.mounts) {
             // pid 1 of the tree's new pid namespace: its own proc (state/mounts.rs).
             crate::state::mounts::mount_deferred(d)?;
@@ -284,6 +341,9 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
             raw::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64, 0, 0, 0).map_err(|e| format!("pdeathsig: {e}"))?;
         }
         raw::set_sigmask_self(!0).map_err(|e| format!("sigprocmask: {e}"))?;
+        let depth = pid_depth(ctx, n);
+        // (tree pid -> pid as this process sees it, for `pidns_for_children`)
+        let forked = std::cell::RefCell::new(HashMap::new());
         let fork = |c: usize| -> Result<(), String> {
             let pid = ctx.plan.nodes[c].pid;
             // A child that shared this process's fd table (CLONE_FILES) shares it again.
@@ -294,15 +354,19 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
                 _ => false,
             };
             let flags = if shares { libc::CLONE_FILES as u64 } else { 0 };
-            match ferry_sys::process::clone3_with_pid_flags(pid, flags) {
+            let (tids, newpid) = pid_levels(ctx, c, depth)?;
+            match ferry_sys::process::clone3_with_pids(&tids, flags | newpid) {
                 // (The child's own copy of `mine`: fork duplicated the value with the memory.)
                 Ok(Fork::Child) => {
                     let mut all = mine.take();
                     all.extend(carried.take());
                     child_main(ctx, c, all)
                 }
-                Ok(Fork::Parent(_)) => Ok(()),
-                Err(e) => Err(format!("cannot create child {pid} (clone3 with set_tid): {e}")),
+                Ok(Fork::Parent(seen)) => {
+                    forked.borrow_mut().insert(pid, seen);
+                    Ok(())
+                }
+                Err(e) => Err(format!("cannot create child {pid} (clone3 with set_tid {tids:?}): {e}")),
             }
         };
         let mut created = ctx.plan.created_by(n).peekable();
@@ -328,6 +392,24 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
             fork(c)?;
         }
         crate::state::premapped::drop_carried(carried.take())?;
+        if let Some(p) = idx.map(|i| &ctx.procs[i]) {
+            // Its future children's pid namespace, when not its own (state/nested_ns.rs).
+            match p.pidns_for_children {
+                0 => {}
+                -1 => raw_unshare_pid()?,
+                c => {
+                    let seen = forked.borrow().get(&c).copied().ok_or_else(|| {
+                        format!("its children's pid namespace is that of pid {c}, which it did not create")
+                    })?;
+                    let fd = ferry_sys::process::pidfd_open(seen).map_err(|e| format!("pidfd_open {seen}: {e}"))?;
+                    ferry_sys::ns::setns(fd.as_fd(), libc::CLONE_NEWPID)
+                        .map_err(|e| format!("cannot join the pid namespace of pid {c} for its children: {e}"))?;
+                }
+            }
+        }
+        if let Some(offsets) = idx.and_then(|i| ctx.time_for_children[i].as_deref()) {
+            crate::state::nested_ns::make_time_for_children(ctx.host_proc, offsets)?;
+        }
         if let Some(idx) = idx {
             let p = &ctx.procs[idx];
             let prep = ctx.prep[idx].as_ref().ok_or("no prepared state")?;
@@ -383,6 +465,11 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
         let _ = raw::write_all(ctx.status_fd, format!("err {}: {msg}\n", node.pid).as_bytes());
     }
     raw::exit_now(1)
+}
+
+/// `unshare(CLONE_NEWPID)` in a forked process: its future children go to a new pid namespace.
+fn raw_unshare_pid() -> Result<(), String> {
+    ferry_sys::ns::unshare(libc::CLONE_NEWPID).map_err(|e| format!("unshare(CLONE_NEWPID): {e}"))
 }
 
 /// End this process with `status` (as waitpid() reports it) so that its parent finds it as the
@@ -692,7 +779,10 @@ pub fn restore_in_place(
     // From here to the fork, ferry's thread is in the tree's namespaces: its files, sockets
     // and terminals are opened there, and the tree inherits them (state/namespaces.rs).
     tty::forget_early_masters();
+    // Nested namespaces first, from ferry's own (state/nested_ns.rs), then the root's.
+    let nested_made = crate::state::nested_ns::make(&img, &opts.ns)?;
     let mut entered = crate::state::namespaces::enter(&img, &opts.ns)?;
+    let nested = nested_made.plan(&procs, host_proc.as_fd(), base)?;
     let userns = match entered.as_ref().and_then(|e| e.userns.as_ref()) {
         Some(fd) => Some(raw::dup_above(fd.as_fd(), base).ctx(|| "cannot move an fd".into())?),
         None => None,
@@ -738,12 +828,21 @@ pub fn restore_in_place(
     let objects = files::Objects { pipes: &pipes, unix: &unix, ttys: &ttys, inherit: &inherit };
     let mut prep = Vec::new();
     let mut ghosts = files::ghost::Ghosts::new(&procs);
-    for p in &procs {
+    for (i, p) in procs.iter().enumerate() {
         if p.zombie {
             prep.push(None);
             continue;
         }
-        let files = files::prepare(p, &img, &objects, base, &mut shared, &mut shmem, &mut ghosts)?;
+        // (Its sockets in its own network namespace, if nested.)
+        let in_net = match &nested {
+            Some(n) => n.enter_net(i)?,
+            None => false,
+        };
+        let files = files::prepare(p, &img, &objects, base, &mut shared, &mut shmem, &mut ghosts);
+        if let (true, Some(n)) = (in_net, &nested) {
+            n.leave_net()?;
+        }
+        let files = files?;
         let mem = memory::prepare(p, &img, base, &mut shmem, &mut ghosts)?;
         let cwd: OwnedFd = match &p.cwd_ghost {
             // Removed while the process was in it: recreated, opened, removed (state/ghost_node.rs).
@@ -806,6 +905,8 @@ pub fn restore_in_place(
         host_proc: host_proc.as_raw_fd(),
         mounts: entered.as_ref().and_then(|e| e.handover.mounts.as_ref()),
         userns: userns.as_ref().map(|fd| fd.as_raw_fd()),
+        nested: nested.as_ref(),
+        time_for_children: crate::state::nested_ns::time_for_children_offsets(&procs)?,
     };
 
     // The page files' checksums, on the other CPU, while the tree is rebuilt; no process runs
@@ -1131,16 +1232,20 @@ fn restore_threads(
             | libc::CLONE_SYSVSEM) as u64;
         // struct clone_args: flags, pidfd, child_tid, parent_tid, exit_signal, stack,
         // stack_size, tls, set_tid, set_tid_size, cgroup; then the set_tid array.
-        let mut args = Vec::with_capacity(96);
-        for w in [flags, 0, 0, 0, 0, 0, 0, 0, scratch + 88, 1, 0] {
+        // (Its id at every pid namespace level below the tree's too, innermost first.)
+        let tids: Vec<i32> = t.ns_tid.iter().rev().copied().chain(std::iter::once(tid)).collect();
+        let mut args = Vec::with_capacity(88 + 4 * tids.len());
+        for w in [flags, 0, 0, 0, 0, 0, 0, 0, scratch + 88, tids.len() as u64, 0] {
             args.extend_from_slice(&w.to_le_bytes());
         }
-        args.extend_from_slice(&(tid as i64).to_le_bytes());
+        for t in &tids {
+            args.extend_from_slice(&t.to_le_bytes());
+        }
         ferry_sys::process::vm_write(pid, scratch, &args).ctx(|| format!("pid {pid}: cannot write clone_args"))?;
         let got = inj
             .call(nr::CLONE3, &[scratch, 88])
             .ctx(|| format!("pid {pid}: cannot create thread {tid} (clone3 with set_tid)"))?;
-        if got != tid as u64 {
+        if got != tids[0] as u64 {
             return Err(Error::Invalid {
                 object: format!("pid {pid}"),
                 what: format!("thread {tid} was created as {got}"),
@@ -1177,7 +1282,7 @@ fn host_tid(host: i32, pid: i32, tid: i32) -> Result<i32, Error> {
         let Some(t) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
         let text = crate::procfs::read_string(host, &format!("task/{t}/status"))?;
         let st = crate::procfs::parse(host, "task status", ferry_proc::parse_status(&text))?;
-        if st.ns_pid.last() == Some(&tid) {
+        if st.ns_pid.get(1) == Some(&tid) {
             return Ok(t);
         }
     }

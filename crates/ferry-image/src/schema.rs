@@ -39,6 +39,26 @@ pub struct Inventory {
     /// root's set); None: all shared with ferry. See state/namespaces.rs.
     #[prost(message, optional, tag = "440")]
     pub namespaces: Option<Namespaces>,
+    /// Namespaces of processes of the tree that differ from the root's (nested: a process that
+    /// unshared its own net, uts, ipc or time namespace), each once with its content;
+    /// `Process.ns_inodes` says who is in which (state/nested_ns.rs).
+    #[prost(message, repeated, tag = "660")]
+    pub nested_ns: Vec<NestedNs>,
+}
+
+/// A namespace of some processes of the tree that is not the root's (state/nested_ns.rs).
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct NestedNs {
+    /// "net", "uts", "ipc" or "time".
+    #[prost(string, tag = "1")]
+    pub kind: String,
+    /// Its inode number at dump (its identity in `Process.ns_inodes`).
+    #[prost(uint64, tag = "2")]
+    pub inode: u64,
+    /// Its content, as the kind's module records it for a root namespace (`kinds` names this
+    /// one namespace; the message of its kind is set).
+    #[prost(message, optional, tag = "3")]
+    pub content: Option<Namespaces>,
 }
 
 /// The tree's own namespaces (other than pid, which `Inventory.pidns` covers) and their
@@ -385,6 +405,23 @@ pub struct Process {
     /// parent applies the table. Its `fds`/`files` are the same table, recorded again.
     #[prost(int32, tag = "400")]
     pub fd_table_of: i32,
+    /// The nested namespaces (`Inventory.nested_ns`, by inode) this process is in, for the
+    /// kinds in which it is not in the root's.
+    #[prost(uint64, repeated, tag = "661")]
+    pub ns_inodes: Vec<u64>,
+    /// Its pids in the pid namespaces nested below the tree's, outermost first (empty in the
+    /// tree's own; `[1]` for the init of a nested one). `pid` stays its pid in the tree's.
+    #[prost(int32, repeated, tag = "662")]
+    pub ns_pid: Vec<i32>,
+    /// Its future children's pid namespace is not its own (unshare(CLONE_NEWPID), `unshare -p
+    /// -f`): > 0, that of its child with this pid (the namespace's init); -1: a new one no
+    /// process is in yet.
+    #[prost(int32, tag = "664")]
+    pub pidns_for_children: i32,
+    /// Its future children's time namespace is a new one nobody is in yet
+    /// (unshare(CLONE_NEWTIME) before any fork): its clocks, as for a root one.
+    #[prost(message, optional, tag = "665")]
+    pub time_for_children: Option<NsxTimens>,
 }
 
 /// One seccomp filter: its classic BPF program and the flags the kernel keeps for it.
@@ -521,6 +558,10 @@ pub struct Rlimit {
 pub struct Thread {
     #[prost(int32, tag = "1")]
     pub tid: i32,
+    /// Its ids in the pid namespaces nested below the tree's, outermost first (as
+    /// `Process.ns_pid`).
+    #[prost(int32, repeated, tag = "663")]
+    pub ns_tid: Vec<i32>,
     #[prost(message, optional, tag = "2")]
     pub regs: Option<Regs>,
     /// The raw XSAVE area as PTRACE_GETREGSET(NT_X86_XSTATE) returns it.

@@ -103,6 +103,14 @@ pub fn readlinkat_number(dir: i32, name: &CStr) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// [`openat`] with a directory fd number (a forked restore child uses one it inherited).
+pub fn openat_number(dir: i32, name: &CStr, flags: i32) -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: valid C string; integer arguments (a bad number fails with EBADF).
+    let n = cvt_i(unsafe { libc::openat(dir, name.as_ptr(), flags) })?;
+    // SAFETY: the kernel just created fd `n` for us; we are its only owner.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n) })
+}
+
 /// `setns(2)` with an fd number ferry's caller handed over (`--inherit-fd`), not owned here.
 pub fn setns_number(fd: i32, nstype: i32) -> io::Result<()> {
     // SAFETY: integer arguments; a bad number fails with EBADF.

@@ -178,6 +178,27 @@ pub fn set_ids_raw(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
     cvt(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) }).map(drop)
 }
 
+/// [`clone3_with_pid_flags`] with a pid at several levels of nested pid namespaces: `tids[0]`
+/// in the innermost (the caller's, or with `CLONE_NEWPID` the new one, where it must be 1),
+/// then one per enclosing namespace, outwards (`set_tid` as clone3(2) takes it).
+pub fn clone3_with_pids(tids: &[i32], flags: u64) -> io::Result<Fork> {
+    if flags & (libc::CLONE_VM as u64 | libc::CLONE_VFORK as u64) != 0 || tids.is_empty() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let args = CloneArgs {
+        flags,
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: tids.as_ptr() as u64,
+        set_tid_size: tids.len() as u64,
+        ..Default::default()
+    };
+    // SAFETY: as in clone3_with_pid_flags: no CLONE_VM, so the child runs on its own copy of
+    // the stack; `args` and `tids` (set_tid_size entries) outlive the call.
+    let r =
+        cvt(unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) })?;
+    Ok(if r == 0 { Fork::Child } else { Fork::Parent(r as i32) })
+}
+
 /// `clone3(flags)` without a chosen pid. Same caveats as [`clone3_with_pid`].
 fn clone3_flags(flags: u64) -> io::Result<Fork> {
     let args = CloneArgs { flags, exit_signal: libc::SIGCHLD as u64, ..Default::default() };

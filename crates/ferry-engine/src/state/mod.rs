@@ -31,6 +31,7 @@ pub mod memfd_seals;
 pub mod memory;
 pub mod mounts;
 pub mod namespaces;
+pub mod nested_ns;
 pub mod netlink;
 pub mod netlock;
 pub mod netns;

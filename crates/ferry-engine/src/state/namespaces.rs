@@ -4,7 +4,8 @@
 //! plugs in.
 //!
 //! Dump: every process of the tree must be in the root's namespaces (checked in
-//! `dump::precheck`); each kind in which the root's namespace is not ferry's is recorded
+//! `dump::precheck`) but for nested net, uts, ipc and time namespaces (state/nested_ns.rs);
+//! each kind in which the root's namespace is not ferry's is recorded
 //! (`Namespaces.kinds`) and its module collects the content. A namespace given as external
 //! (`--external net[INO]:KEY`) is recorded with its key only. A kind without a module is
 //! refused by name.
@@ -153,7 +154,8 @@ fn inode_of(link: &str) -> u64 {
     link.rsplit_once('[').and_then(|(_, r)| r.trim_end_matches(']').parse().ok()).unwrap_or(0)
 }
 
-/// At dump, for every process of the tree: refuse one whose namespaces are not the root's.
+/// At dump, for every process of the tree: refuse one whose namespaces are not the root's,
+/// except those kinds a nested namespace of which ferry recreates (state/nested_ns.rs).
 pub fn check_same_as_root(pid: i32, root: i32) -> Result<(), Error> {
     if pid == root {
         return Ok(());
@@ -161,13 +163,38 @@ pub fn check_same_as_root(pid: i32, root: i32) -> Result<(), Error> {
     for (kind, _) in KINDS {
         let (mine, theirs) = (ns_link(pid, kind), ns_link(root, kind));
         if mine != theirs {
-            return Err(Error::Unsupported {
-                pid,
-                what: format!("a process in another {kind} namespace than the tree's root {root}"),
-            });
+            crate::state::nested_ns::check(pid, root, kind)?;
         }
     }
     Ok(())
+}
+
+/// Dump one namespace of `kind` (one of `pid`'s, not the root's: a nested one) with the kind's
+/// module, as the content of a [`Namespaces`] that names only it.
+pub(crate) fn dump_one(
+    pid: i32,
+    kind: &str,
+    inode: u64,
+    opts: &DumpNs,
+    img: &mut ImageWriter,
+) -> Result<Namespaces, Error> {
+    let mut out = Namespaces::default();
+    out.kinds.push(NsKind { kind: kind.into(), inode, external: String::new() });
+    let Some(m) = MODULES.iter().find(|m| m.kind == kind) else { return Ok(out) };
+    let path = format!("/proc/{pid}/ns/{kind}");
+    let f = std::fs::File::open(&path).ctx(|| format!("cannot open {path}"))?;
+    let fd: OwnedFd = f.into();
+    let mut ctx = DumpCtx { pid, ns: fd.as_fd(), opts, img };
+    (m.dump)(&mut ctx, &mut out)?;
+    Ok(out)
+}
+
+/// Restore the content of one nested namespace with its kind's module; the calling thread is
+/// in the new namespace (for time: its children will be).
+pub(crate) fn restore_one(img: &ImageReader, opts: &RestoreNs, content: &Namespaces, kind: &str) -> Result<(), Error> {
+    let Some(m) = MODULES.iter().find(|m| m.kind == kind) else { return Ok(()) };
+    let ctx = RestoreCtx { img, opts, pidns: false, own_net: None };
+    (m.restore)(&ctx, content, &mut Handover::default())
 }
 
 /// At dump (before the freeze and again under it): refuse a root in a namespace that ferry

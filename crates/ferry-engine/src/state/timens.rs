@@ -150,8 +150,9 @@ pub fn settle_children() -> Result<(), Error> {
     write_offsets(&o)
 }
 
-/// The time namespace of `pid` (the tree's root), which is not ferry's.
-fn record(pid: i32) -> Result<NsxTimens, Error> {
+/// The time namespace of `pid`'s future children (the tree's root's own, or a nested one's
+/// member's: precheck made sure they are the same; or a pending one, state/nested_ns.rs).
+pub(crate) fn record(pid: i32) -> Result<NsxTimens, Error> {
     // (timens_offsets shows the namespace of the process's future children, which precheck
     // has made sure is its own.)
     let job = read_offsets(Some(pid))?;
