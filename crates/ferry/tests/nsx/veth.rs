@@ -248,11 +248,7 @@ fn veth_job_restore_window_locked() {
         window_ns.is_some()
     });
     let ns = window_ns.unwrap_or_default();
-    let tables = nft_tables(&ns);
-    assert!(
-        tables.lines().any(|l| l.contains("ferry_lock_")),
-        "no network lock in the restored job's namespace while its sockets do not exist: {tables:?}"
-    );
+    let window_tables = nft_tables(&ns);
     let st = restore.wait().expect("wait for ferry restore");
     assert!(st.success(), "ferry restore: {}", read_tail(&w.join("restore.err"), 4000));
     let restored: i32 = fs::read_to_string(&pidfile).expect("pidfile").trim().parse().expect("pid");
@@ -260,5 +256,10 @@ fn veth_job_restore_window_locked() {
     let tables = nft_tables(&format!("/proc/{restored}/ns/net"));
     assert!(!tables.contains("ferry_lock_"), "the restore left its lock: {tables:?}");
     send_signal(restored, "USR2").expect("send go");
+    // (The stream first: without the lock, the node's connection was reset in the window.)
     finish_stream(&w, peer, 20);
+    assert!(
+        window_tables.lines().any(|l| l.contains("ferry_lock_")),
+        "no network lock in the restored job's namespace while its sockets did not exist: {window_tables:?}"
+    );
 }
