@@ -232,23 +232,26 @@ fn veth_job_restore_window_locked() {
         .stderr(File::create(w.join("restore.err")).expect("log"))
         .spawn()
         .expect("run ferry restore");
-    // In the window: the outside end is back on the node's bridge, and ferry's restoring thread
-    // is in the job's new network namespace, which holds the lock.
-    wait_for("the outside end", Duration::from_secs(30), || node.link(&host).contains(",UP"));
+    // In the window: ferry's restoring thread is in the job's new network namespace, whose
+    // eth0 has the job's address already (the name of the dumped namespace's outside end may
+    // still be taken for a while: the kernel removes a dead namespace asynchronously).
     let ino = |p: &str| fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok();
     let node_ino = ino(&format!("/run/netns/{}", node.name));
     assert!(node_ino.is_some(), "the node's namespace file is gone");
-    let mut window_ns = None;
-    wait_for("ferry's thread in the new network namespace", Duration::from_secs(10), || {
+    let mut window_tables = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while window_tables.is_none() && std::time::Instant::now() < deadline {
         let tasks = fs::read_dir(format!("/proc/{}/task", restore.id())).into_iter().flatten().flatten();
-        window_ns = tasks.map(|t| format!("{}/ns/net", t.path().display())).find(|ns| {
-            let i = ino(ns);
-            i.is_some() && i != node_ino
-        });
-        window_ns.is_some()
-    });
-    let ns = window_ns.unwrap_or_default();
-    let window_tables = nft_tables(&ns);
+        for ns in tasks.map(|t| format!("{}/ns/net", t.path().display())).filter(|ns| ino(ns).is_some_and(|i| Some(i) != node_ino)) {
+            let addrs = Command::new("nsenter").arg(format!("--net={ns}")).args(["ip", "-o", "addr", "show"]).output();
+            if addrs.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("{JOB_ADDR}/"))) {
+                window_tables = Some(nft_tables(&ns));
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let window_tables = window_tables.expect("never saw the restore's new network namespace with the job's address");
     let st = restore.wait().expect("wait for ferry restore");
     assert!(st.success(), "ferry restore: {}", read_tail(&w.join("restore.err"), 4000));
     let restored: i32 = fs::read_to_string(&pidfile).expect("pidfile").trim().parse().expect("pid");
