@@ -615,8 +615,12 @@ pub fn dump_with(
     };
     locks.dedup();
     let page = ferry_sys::process::page_size().max(1);
-    let pages_scanned =
-        procs.iter().filter_map(|p| p.mm.as_ref()).flat_map(|mm| mm.vmas.iter()).map(|v| v.end.saturating_sub(v.start) / page).sum();
+    let pages_scanned = procs
+        .iter()
+        .filter_map(|p| p.mm.as_ref())
+        .flat_map(|mm| mm.vmas.iter())
+        .map(|v| v.end.saturating_sub(v.start) / page)
+        .sum();
     Ok(DumpReport {
         pages_bytes,
         vmas: vmas_n,

@@ -982,7 +982,8 @@ pub fn restore_in_place(
     let unlocked = notify(Stage::Released { pid: root_host });
     if let Some(l) = net_hold.take() {
         let name = l.name().to_string();
-        if let Err(e) = l.release() {
+        let dumped: Vec<&str> = procs.iter().flat_map(crate::state::tcp_repair::lock_names).collect();
+        if let Err(e) = l.release(dumped) {
             tracing::warn!(table = name, error = %e, "the restored connections stay blocked by the network lock");
         }
     }

@@ -24,7 +24,8 @@
 //! with a RST. So the restore makes a lock of its own in that namespace for the image's
 //! connections, before the namespace module brings any device up (or, for a namespace the
 //! restore joins, e.g. Podman's, right after joining it), lets ferry's marked segments through
-//! (the FINs it gives back), and removes it once the tree runs. A restore that fails leaves a
+//! (the FINs it gives back), and removes it once the tree runs, with the dump's own lock if the
+//! joined namespace is the one the tree was dumped in (it kept it). A restore that fails leaves a
 //! namespace it made to go with the lock (the peers keep waiting rather than being reset
 //! meanwhile); from a namespace it joined, the lock is removed.
 
@@ -49,10 +50,16 @@ pub struct RestoreLock {
 }
 
 impl RestoreLock {
-    /// Remove the lock: the restored connections take packets again.
-    pub fn release(mut self) -> Result<(), Error> {
+    /// Remove the lock, and the dump's locks `dumped` if this namespace has them (a namespace the
+    /// restore joined may be the one the tree was dumped in, which kept the dump's lock): the
+    /// restored connections take packets again.
+    pub fn release<'a>(mut self, dumped: impl IntoIterator<Item = &'a str>) -> Result<(), Error> {
         self.lock.kept = true;
-        unlock_in(self.lock.netns.as_ref(), &self.lock.table)
+        unlock_in(self.lock.netns.as_ref(), &self.lock.table)?;
+        for t in dumped {
+            unlock_in(self.lock.netns.as_ref(), t)?;
+        }
+        Ok(())
     }
 
     pub fn name(&self) -> &str {
@@ -156,7 +163,8 @@ impl Lock {
     /// joined), letting ferry's marked segments through (module doc).
     pub fn hold_here(conns: &[(SocketAddr, SocketAddr)], ns_made: bool) -> Result<RestoreLock, Error> {
         let path = "/proc/thread-self/ns/net";
-        let f = std::fs::File::open(path).map_err(|e| Error::Sys { object: format!("cannot open {path}"), source: e })?;
+        let f =
+            std::fs::File::open(path).map_err(|e| Error::Sys { object: format!("cannot open {path}"), source: e })?;
         let table = table_name();
         let mut script = format!(
             "table inet {table} {{\n chain in {{ type filter hook input priority raw; policy accept; meta mark {PASS_MARK:#x} accept; }}\n chain out {{ type filter hook output priority raw; policy accept; meta mark {PASS_MARK:#x} accept; }}\n}}\n"

@@ -309,9 +309,7 @@ fn check_opts(o: &CriuOpts) -> Result<()> {
     }
     for e in &o.external {
         match e.parse::<External>() {
-            Ok(External::Macvlan { .. }) => {
-                refused.push(format!("external {e:?} (macvlan devices are not carried)"))
-            }
+            Ok(External::Macvlan { .. }) => refused.push(format!("external {e:?} (macvlan devices are not carried)")),
             Ok(_) => {}
             Err(why) => refused.push(why),
         }

@@ -13,8 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod runtimes;
-mod veth;
 mod scenarios;
+mod veth;
 
 /// A `ferry swrk FD` server and the client end of its socket.
 struct Swrk {

@@ -417,7 +417,8 @@ fn podman_print_stats() {
             .unwrap_or_else(|e| panic!("podman {what}: not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
     };
     let criu = |v: &serde_json::Value| v["container_statistics"][0]["criu_statistics"].clone();
-    let out = pm.cmd().args(["container", "checkpoint", "--print-stats", &pm.name]).output().expect("podman checkpoint");
+    let out =
+        pm.cmd().args(["container", "checkpoint", "--print-stats", &pm.name]).output().expect("podman checkpoint");
     let v = json(&out, "checkpoint --print-stats");
     eprintln!("podman container checkpoint --print-stats: {v}");
     let at_dump = counter(pid).unwrap_or(0);

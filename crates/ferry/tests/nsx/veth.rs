@@ -242,7 +242,10 @@ fn veth_job_restore_window_locked() {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while window_tables.is_none() && std::time::Instant::now() < deadline {
         let tasks = fs::read_dir(format!("/proc/{}/task", restore.id())).into_iter().flatten().flatten();
-        for ns in tasks.map(|t| format!("{}/ns/net", t.path().display())).filter(|ns| ino(ns).is_some_and(|i| Some(i) != node_ino)) {
+        for ns in tasks
+            .map(|t| format!("{}/ns/net", t.path().display()))
+            .filter(|ns| ino(ns).is_some_and(|i| Some(i) != node_ino))
+        {
             let addrs = Command::new("nsenter").arg(format!("--net={ns}")).args(["ip", "-o", "addr", "show"]).output();
             if addrs.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("{JOB_ADDR}/"))) {
                 window_tables = Some(nft_tables(&ns));
