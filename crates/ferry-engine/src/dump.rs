@@ -72,6 +72,15 @@ pub struct DumpReport {
     pub total: Duration,
     /// Network locks (nftables tables) left blocking the dumped TCP connections on this node.
     pub locks: Vec<String>,
+    /// From the first process seized to every process frozen.
+    pub freezing: Duration,
+    /// Reading the pages and writing them to the image (one pass).
+    pub memdump: Duration,
+    /// Committing the image (fsync, rename into place).
+    pub commit: Duration,
+    /// Pages of every mapping the dump looked at, and pages it wrote.
+    pub pages_scanned: u64,
+    pub pages_written: u64,
 }
 
 /// The record of child `c` of `parent` if it is a zombie (what its parent's waitpid() will see).
@@ -386,6 +395,7 @@ pub fn dump_with(
     if want_snapshot {
         crate::state::snapshot::start_guard();
     }
+    let t_freeze = Instant::now();
     // Freeze top-down: once a process is stopped it cannot fork, so its children list is final.
     let mut frozen: Vec<Frozen> = Vec::new();
     let mut zombies: Vec<Process> = Vec::new();
@@ -539,6 +549,7 @@ pub fn dump_with(
         let snap_pids: Vec<i32> = snaps.iter().map(|s| s.pid).collect();
         sharing = find_sharing(&mut procs, &snap_pids)?;
     }
+    let t_memdump = Instant::now();
     let snap_of = |i: usize| if snapshot { snaps.get(i).map(|s| s as &dyn memory::FrozenMemory) } else { None };
     for (i, ((p, &host), sharing)) in procs.iter_mut().zip(&host_pids).zip(&sharing).enumerate() {
         let mut mm =
@@ -555,6 +566,7 @@ pub fn dump_with(
         img.write_process(p)?;
     }
     tracing::debug!(pages_bytes, "pages written");
+    let memdump = t_memdump.elapsed();
     let namespaces = crate::state::namespaces::collect(root, &opts.ns, &mut img)?;
     let inventory = Inventory {
         tool_version: env!("CARGO_PKG_VERSION").into(),
@@ -573,7 +585,9 @@ pub fn dump_with(
         ..Default::default()
     };
     // (The older image's files, moved aside, are freed once the tree is killed or running.)
+    let t_commit = Instant::now();
     let replaced = img.commit(inventory)?;
+    let commit = t_commit.elapsed();
     tracing::info!(pages_bytes, "image committed");
     confirm(t_frozen)?;
     let mut frozen_for = frozen_for.unwrap_or_else(|| t_frozen.elapsed());
@@ -614,5 +628,24 @@ pub fn dump_with(
         false => procs.iter().flat_map(crate::state::tcp_repair::lock_names).map(String::from).collect(),
     };
     locks.dedup();
-    Ok(DumpReport { pages_bytes, vmas: vmas_n, fds, frozen: frozen_for, total: t0.elapsed(), locks })
+    let page = ferry_sys::process::page_size().max(1);
+    let pages_scanned = procs
+        .iter()
+        .filter_map(|p| p.mm.as_ref())
+        .flat_map(|mm| mm.vmas.iter())
+        .map(|v| v.end.saturating_sub(v.start) / page)
+        .sum();
+    Ok(DumpReport {
+        pages_bytes,
+        vmas: vmas_n,
+        fds,
+        frozen: frozen_for,
+        total: t0.elapsed(),
+        locks,
+        freezing: t_frozen.duration_since(t_freeze),
+        memdump,
+        commit,
+        pages_scanned,
+        pages_written: pages_bytes / page,
+    })
 }

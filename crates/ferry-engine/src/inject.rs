@@ -88,6 +88,14 @@ pub fn fault_signal_at_release() -> Option<i32> {
     std::env::var("FERRY_FAULT").ok()?.strip_prefix("signal-at-release:")?.parse().ok()
 }
 
+/// Fault injection for tests: `FERRY_FAULT=NAME:MS` makes ferry wait MS ms at the point
+/// called NAME (`pause-before-sockets`: a restore, once the tree's namespaces are made and
+/// before its sockets exist), to hold a window open for a test.
+pub fn fault_pause_named(name: &str) -> Option<std::time::Duration> {
+    let ms = std::env::var("FERRY_FAULT").ok()?.strip_prefix(name)?.strip_prefix(':')?.parse().ok()?;
+    Some(std::time::Duration::from_millis(ms))
+}
+
 /// Fault injection for tests: `FERRY_FAULT=pause-after-children:MS` makes a dump wait MS ms
 /// after it listed the children of each frozen process, before it freezes them: a child that
 /// exits meanwhile becomes a zombie its frozen parent cannot reap (the race of a server's

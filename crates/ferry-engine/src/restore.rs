@@ -72,6 +72,10 @@ pub enum Stage<'a> {
     /// Every process of the tree exists (in its namespaces), stopped before any of its own
     /// state is rebuilt; `pid` is the root's pid as this host sees it.
     SetupNamespaces { pid: i32 },
+    /// Every process of the tree runs (released); the restore's network lock in the tree's
+    /// network namespace, if any, is removed right after this returns (CRIU's "post-restore"
+    /// and "network-unlock" come here). `pid` is the root's pid as this host sees it.
+    Released { pid: i32 },
     /// The new master of an orphan pty pair (its master was outside the dumped tree: a
     /// container's console), before any process of the tree exists: `fd` is ferry's, valid
     /// during the call (the caller passes it on, e.g. over CRIU's RPC to runc's console socket).
@@ -781,8 +785,26 @@ pub fn restore_in_place(
     tty::forget_early_masters();
     // Nested namespaces first, from ferry's own (state/nested_ns.rs), then the root's.
     let nested_made = crate::state::nested_ns::make(&img, &opts.ns)?;
-    let mut entered = crate::state::namespaces::enter(&img, &opts.ns)?;
+    let ns_opts = crate::state::namespaces::RestoreNs {
+        locked: crate::state::tcp_repair::connections(&procs),
+        ..opts.ns.clone()
+    };
+    let mut entered = crate::state::namespaces::enter(&img, &ns_opts)?;
     let nested = nested_made.plan(&procs, host_proc.as_fd(), base)?;
+    // The image's connections are held back in the tree's network namespace until it runs:
+    // one the restore made was locked before its devices came up; one it joined is locked now.
+    let mut net_hold = entered.as_mut().and_then(|e| e.handover.netlock.take());
+    let joined_net = img
+        .inventory()
+        .namespaces
+        .as_ref()
+        .is_some_and(|n| n.kinds.iter().any(|k| k.kind == "net" && !k.external.is_empty()));
+    if joined_net && !ns_opts.locked.is_empty() {
+        net_hold = Some(crate::state::netlock::Lock::hold_here(&ns_opts.locked, false)?);
+    }
+    if let Some(pause) = crate::inject::fault_pause_named("pause-before-sockets") {
+        std::thread::sleep(pause);
+    }
     let userns = match entered.as_ref().and_then(|e| e.userns.as_ref()) {
         Some(fd) => Some(raw::dup_above(fd.as_fd(), base).ctx(|| "cannot move an fd".into())?),
         None => None,
@@ -1065,9 +1087,21 @@ pub fn restore_in_place(
     for &(pid, sig) in &stops {
         ensure_stopped(pid, sig);
     }
+    let unlocked = notify(Stage::Released { pid: root_host });
+    if let Some(l) = net_hold.take() {
+        let name = l.name().to_string();
+        let dumped: Vec<&str> = procs.iter().flat_map(crate::state::tcp_repair::lock_names).collect();
+        if let Err(e) = l.release(dumped) {
+            tracing::warn!(table = name, error = %e, "the restored connections stay blocked by the network lock");
+        }
+    }
     if let Err(e) = crate::state::tcp_repair::unlock_all(&procs) {
         tracing::warn!(error = %e, "the restored connections stay blocked by the network lock");
     }
+    unlocked.map_err(|what| Error::Invalid {
+        object: format!("restore of pid {root}"),
+        what: format!("the tree runs, but a callback failed: {what}"),
+    })?;
     tracing::info!(tracer = ?t_tracer.elapsed(), total = ?t0.elapsed(), "released");
     if let Some(pf) = &opts.pidfile {
         write_pidfile(pf, root_host)?;

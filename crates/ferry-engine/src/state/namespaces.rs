@@ -81,6 +81,10 @@ pub struct RestoreNs {
     /// Where the outside ends of the tree's external veths go on this node, overriding the
     /// names the image recorded (`--external veth[INSIDE]:OUTSIDE[@BRIDGE]`).
     pub veths: Vec<ExternalVeth>,
+    /// (local, peer) of the image's TCP connections (filled by the restore from the image, not
+    /// an option): held back by a network lock in the tree's network namespace until the tree
+    /// runs (state/netlock.rs).
+    pub locked: Vec<(std::net::SocketAddr, std::net::SocketAddr)>,
 }
 
 /// What a module's dump gets.
@@ -119,6 +123,9 @@ struct Module {
 #[derive(Default)]
 pub struct Handover {
     pub mounts: Option<crate::state::mounts::Deferred>,
+    /// The network lock made in a new network namespace before its devices came up (netns.rs),
+    /// removed once the tree runs.
+    pub netlock: Option<crate::state::netlock::RestoreLock>,
 }
 
 /// Restore order: mnt last (it ends with pivot_root, after which only the tree's files are

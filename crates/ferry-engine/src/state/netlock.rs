@@ -16,6 +16,18 @@
 //! once they are out of repair mode. After a migration the table stays on the source node,
 //! where the connection's address may still route: remove it once the address has moved
 //! (`ferry migrate` prints the command).
+//!
+//! At restore, when the tree's network namespace is not ferry's ([`Lock::hold_here`]): the
+//! dump's lock went away with the dumped namespace (or is in another node's), and from the
+//! moment the new namespace carries packets (its veth up, its addresses set) to the moment the
+//! restored sockets exist, a peer's retransmission would meet no socket there and be answered
+//! with a RST. So the restore makes a lock of its own in that namespace for the image's
+//! connections, before the namespace module brings any device up (or, for a namespace the
+//! restore joins, e.g. Podman's, right after joining it), lets ferry's marked segments through
+//! (the FINs it gives back), and removes it once the tree runs, with the dump's own lock if the
+//! joined namespace is the one the tree was dumped in (it kept it). A restore that fails leaves a
+//! namespace it made to go with the lock (the peers keep waiting rather than being reset
+//! meanwhile); from a namespace it joined, the lock is removed.
 
 use crate::error::Error;
 use std::io::Write;
@@ -27,6 +39,40 @@ pub struct Lock {
     /// The tree's network namespace when it is not ferry's (the table is made there).
     netns: Option<std::os::fd::OwnedFd>,
     kept: bool,
+}
+
+/// A restore's lock in the network namespace of the tree ([`Lock::hold_here`]).
+pub struct RestoreLock {
+    lock: Lock,
+    /// The namespace was made by the restore: dropped without [`RestoreLock::release`] (a failed
+    /// restore), the table is left to go with it.
+    ns_made: bool,
+}
+
+impl RestoreLock {
+    /// Remove the lock, and the dump's locks `dumped` if this namespace has them (a namespace the
+    /// restore joined may be the one the tree was dumped in, which kept the dump's lock): the
+    /// restored connections take packets again.
+    pub fn release<'a>(mut self, dumped: impl IntoIterator<Item = &'a str>) -> Result<(), Error> {
+        self.lock.kept = true;
+        unlock_in(self.lock.netns.as_ref(), &self.lock.table)?;
+        for t in dumped {
+            unlock_in(self.lock.netns.as_ref(), t)?;
+        }
+        Ok(())
+    }
+
+    pub fn name(&self) -> &str {
+        &self.lock.table
+    }
+}
+
+impl Drop for RestoreLock {
+    fn drop(&mut self) {
+        if self.ns_made {
+            self.lock.kept = true;
+        }
+    }
 }
 
 /// Whether `line` of `nft list tables` is a lock of ferry's.
@@ -69,6 +115,13 @@ fn nft(script: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// A fresh table name (`ferry_lock_PID_NANOS`).
+fn table_name() -> String {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("ferry_lock_{}_{nanos}", std::process::id())
+}
+
 fn matcher(src: &SocketAddr, dst: &SocketAddr) -> String {
     // A dual-stack socket's IPv4 peer (::ffff:a.b.c.d) is IPv4 on the wire.
     let v4 = |a: &SocketAddr| match a {
@@ -94,9 +147,7 @@ impl Lock {
                 .map_err(|e| Error::Sys { object: format!("cannot open {path}"), source: e })?;
             Some(std::os::fd::OwnedFd::from(f))
         };
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        let table = format!("ferry_lock_{}_{nanos}", std::process::id());
+        let table = table_name();
         nft_in(netns.as_ref(), &format!(
             "table inet {table} {{\n chain in {{ type filter hook input priority raw; policy accept; }}\n chain out {{ type filter hook output priority raw; policy accept; }}\n}}\n"
         ))?;
@@ -105,6 +156,30 @@ impl Lock {
 
     pub fn name(&self) -> &str {
         &self.table
+    }
+
+    /// A restore's lock for `conns` ((local, peer) of each connection of the image) in the
+    /// calling thread's network namespace (the tree's, made by the restore when `ns_made`, else
+    /// joined), letting ferry's marked segments through (module doc).
+    pub fn hold_here(conns: &[(SocketAddr, SocketAddr)], ns_made: bool) -> Result<RestoreLock, Error> {
+        let path = "/proc/thread-self/ns/net";
+        let f =
+            std::fs::File::open(path).map_err(|e| Error::Sys { object: format!("cannot open {path}"), source: e })?;
+        let table = table_name();
+        let mut script = format!(
+            "table inet {table} {{\n chain in {{ type filter hook input priority raw; policy accept; meta mark {PASS_MARK:#x} accept; }}\n chain out {{ type filter hook output priority raw; policy accept; meta mark {PASS_MARK:#x} accept; }}\n}}\n"
+        );
+        for (local, peer) in conns {
+            script.push_str(&format!(
+                "add rule inet {table} in {}\nadd rule inet {table} out {}\n",
+                matcher(peer, local),
+                matcher(local, peer)
+            ));
+        }
+        // (This thread is in the namespace: nft, its child, too.)
+        nft(&script)?;
+        tracing::info!(table, connections = conns.len(), "network lock in the restored tree's network namespace");
+        Ok(RestoreLock { lock: Lock { table, netns: Some(std::os::fd::OwnedFd::from(f)), kept: false }, ns_made })
     }
 
     /// Drop the packets of the connection between `local` (this node's end) and `peer`.

@@ -64,7 +64,12 @@ pub(crate) fn dump(ctx: &mut DumpCtx<'_>, out: &mut Namespaces) -> Result<(), Er
 }
 
 /// Restore: ferry's restoring thread is in the new network namespace.
-pub(crate) fn restore(ctx: &RestoreCtx<'_>, ns: &Namespaces, _h: &mut Handover) -> Result<(), Error> {
+pub(crate) fn restore(ctx: &RestoreCtx<'_>, ns: &Namespaces, h: &mut Handover) -> Result<(), Error> {
+    // The image's connections are held back before any device of the new namespace can carry
+    // a packet to them (state/netlock.rs).
+    if !ctx.opts.locked.is_empty() {
+        h.netlock = Some(crate::state::netlock::Lock::hold_here(&ctx.opts.locked, true)?);
+    }
     match &ns.nsx_net {
         Some(n) => apply(n, ctx),
         None => Ok(()),

@@ -493,3 +493,17 @@ pub fn unlock_all(procs: &[ferry_image::Process]) -> Result<(), Error> {
 pub fn lock_names(p: &ferry_image::Process) -> impl Iterator<Item = &str> {
     p.files.iter().filter_map(|f| f.inet.as_ref()?.repair.as_ref()).map(|r| r.lock.as_str()).filter(|l| !l.is_empty())
 }
+
+/// (local, peer) of every connection of the image restored with TCP_REPAIR: what a restore's
+/// own network lock holds back (`netlock::Lock::hold_here`).
+pub fn connections(procs: &[ferry_image::Process]) -> Vec<(std::net::SocketAddr, std::net::SocketAddr)> {
+    let mut v: Vec<_> = procs
+        .iter()
+        .flat_map(|p| p.files.iter())
+        .filter_map(|f| f.inet.as_ref().filter(|s| crate::state::inet::repaired(s)))
+        .filter_map(|s| Some((s.local.parse().ok()?, s.peer.parse().ok()?)))
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}

@@ -11,6 +11,7 @@
 
 pub mod cli;
 pub mod rpc;
+pub mod stats;
 pub mod swrk;
 
 /// The CRIU major version ferry answers as.
@@ -62,6 +63,7 @@ pub fn restore_ns(
         root,
         external_mounts,
         veths: external.iter().filter_map(veth).collect(),
+        locked: Vec::new(),
     }
 }
 

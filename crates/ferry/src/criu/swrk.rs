@@ -13,6 +13,7 @@
 //! `status_fd` are numbers in the server's own table, as in CRIU.
 
 use super::rpc::*;
+use super::stats;
 use super::{CRIU_MAJOR, CRIU_MINOR};
 use anyhow::{anyhow, bail, Context, Result};
 use ferry_engine::state::external::{External, InheritFd as EngineInheritFd};
@@ -207,6 +208,8 @@ fn handle(conn: &Conn, req: CriuReq) -> CriuResp {
 /// The directories of a DUMP or RESTORE request.
 struct Dirs {
     images: PathBuf,
+    /// Where the log and the statistics go (`work_dir_fd`, else the images directory).
+    work: PathBuf,
 }
 
 /// Open the request's directories and log, check its options, then run `f`.
@@ -232,7 +235,7 @@ fn with_opts(
     tracing::info!(images = %images.display(), work = %work.display(), "ferry {} serving CRIU's RPC", env!("CARGO_PKG_VERSION"));
     tracing::debug!(opts = ?o, "request options");
     check_opts(&o)?;
-    f(&o, &Dirs { images })
+    f(&o, &Dirs { images, work })
 }
 
 /// The path of directory fd `fd` of process `pid`, checked to be that very directory.
@@ -265,7 +268,6 @@ fn check_opts(o: &CriuOpts) -> Result<()> {
     no(o.parent_img.as_deref().is_some_and(|p| !p.is_empty()), "parent_img (incremental images)");
     no(on(o.track_mem), "track_mem (incremental images)");
     no(on(o.auto_dedup), "auto_dedup");
-    no(!o.veths.is_empty(), "veths");
     no(!o.exec_cmd.is_empty(), "exec_cmd");
     no(on(o.auto_ext_mnt), "auto_ext_mnt");
     no(on(o.ext_sharing), "ext_sharing");
@@ -307,9 +309,7 @@ fn check_opts(o: &CriuOpts) -> Result<()> {
     }
     for e in &o.external {
         match e.parse::<External>() {
-            Ok(External::Veth { .. } | External::Macvlan { .. }) => {
-                refused.push(format!("external {e:?} (network devices are not carried)"))
-            }
+            Ok(External::Macvlan { .. }) => refused.push(format!("external {e:?} (macvlan devices are not carried)")),
             Ok(_) => {}
             Err(why) => refused.push(why),
         }
@@ -370,6 +370,22 @@ fn dump(conn: &Conn, o: &CriuOpts, dirs: &Dirs) -> Result<CriuResp> {
     }
     let r = r.with_context(|| format!("dump of pid {pid} failed"))?;
     tracing::info!(pid, pages = r.pages_bytes, vmas = r.vmas, fds = r.fds, "dumped");
+    let stats = stats::StatsEntry {
+        dump: Some(stats::DumpStatsEntry {
+            freezing_time: stats::micros(r.freezing),
+            frozen_time: stats::micros(r.frozen),
+            memdump_time: stats::micros(r.memdump),
+            memwrite_time: stats::micros(r.commit),
+            pages_scanned: r.pages_scanned,
+            pages_written: r.pages_written,
+            ..Default::default()
+        }),
+        restore: None,
+    };
+    // (As CRIU: a statistics file that cannot be written is no failure of the dump.)
+    if let Err(e) = stats::write(&dirs.work, "dump", &stats) {
+        tracing::warn!(error = format!("{e:#}"), "no stats-dump");
+    }
     if notify {
         conn.notify("post-dump", None)?;
     }
@@ -407,8 +423,20 @@ fn restore(conn: &Conn, o: &CriuOpts, dirs: &Dirs) -> Result<CriuResp> {
         inherit_fds,
         external,
     };
+    // As CRIU: "network-unlock" for a tree whose network namespace the restore made, before the
+    // restore's own lock there is lifted (state/netlock.rs).
+    let img_ns = ferry_image::ImageReader::open(&dirs.images).ok().and_then(|i| i.inventory().namespaces.clone());
+    let own_net = img_ns.is_some_and(|ns| ns.kinds.iter().any(|k| k.kind == "net" && k.external.is_empty()));
     let mut hook = |stage: ferry_engine::restore::Stage<'_>| -> std::result::Result<(), String> {
         match stage {
+            // (The tree runs already; a client that fails here keeps it, as CRIU's post-resume.)
+            ferry_engine::restore::Stage::Released { pid } if notify => {
+                conn.notify("post-restore", Some(pid)).map_err(|e| format!("{e:#}"))?;
+                if own_net {
+                    conn.notify("network-unlock", None).map_err(|e| format!("{e:#}"))?;
+                }
+                Ok(())
+            }
             ferry_engine::restore::Stage::SetupNamespaces { pid } if notify => {
                 conn.notify("setup-namespaces", Some(pid)).map_err(|e| format!("{e:#}"))
             }
@@ -423,13 +451,21 @@ fn restore(conn: &Conn, o: &CriuOpts, dirs: &Dirs) -> Result<CriuResp> {
     let r = ferry_engine::restore::restore_notify(&opts, &mut hook)
         .with_context(|| format!("restore from {} failed", dirs.images.display()))?;
     tracing::info!(pid = r.pid, "restored");
-    if notify {
-        // The tree runs already; a client that fails here keeps it (as CRIU's post-resume).
-        conn.notify("post-restore", Some(r.pid))?;
-        let ns = ferry_image::ImageReader::open(&dirs.images).ok().and_then(|i| i.inventory().namespaces.clone());
-        if ns.is_some_and(|ns| ns.kinds.iter().any(|k| k.kind == "net" && k.external.is_empty())) {
-            conn.notify("network-unlock", None)?;
-        }
+    let page = ferry_sys::process::page_size().max(1);
+    let pages_restored = ferry_image::ImageReader::open(&dirs.images)
+        .map(|i| i.inventory().files.iter().filter(|f| f.name.starts_with("pages-")).map(|f| f.size / page).sum())
+        .ok();
+    let stats = stats::StatsEntry {
+        dump: None,
+        restore: Some(stats::RestoreStatsEntry {
+            forking_time: stats::micros(r.forked),
+            restore_time: stats::micros(r.total),
+            pages_restored,
+            ..Default::default()
+        }),
+    };
+    if let Err(e) = stats::write(&dirs.work, "restore", &stats) {
+        tracing::warn!(error = format!("{e:#}"), "no stats-restore");
     }
     Ok(CriuResp {
         r#type: CriuReqType::Restore as i32,
@@ -458,9 +494,17 @@ fn ext_mnt_pairs(o: &CriuOpts) -> Vec<(String, String)> {
     o.ext_mnt.iter().map(|m| (m.key.clone(), m.val.clone())).collect()
 }
 
-/// `external` parsed (CRIU's forms; refused ones were named by [`check_opts`]).
+/// `external` parsed (CRIU's forms; refused ones were named by [`check_opts`]), and each of
+/// `veths` (CRIU's older `criu_veth_pair {if_in, if_out}`) as `veth[IF_IN]:IF_OUT`, as CRIU's
+/// RPC server turns them into externals (`IF_OUT` may end with `@BRIDGE`).
 fn parsed_external(o: &CriuOpts) -> Result<Vec<External>> {
-    o.external.iter().map(|e| e.parse::<External>().map_err(|why| anyhow!(why))).collect()
+    let veths = o.veths.iter().map(|v| {
+        if v.if_in.is_empty() || v.if_out.is_empty() {
+            bail!("veths: a pair with an empty name (if_in {:?}, if_out {:?})", v.if_in, v.if_out);
+        }
+        format!("veth[{}]:{}", v.if_in, v.if_out).parse::<External>().map_err(|why| anyhow!("veths: {why}"))
+    });
+    o.external.iter().map(|e| e.parse::<External>().map_err(|why| anyhow!(why))).chain(veths).collect()
 }
 
 /// Whether the restored tree goes back into its cgroups (true) or stays in ferry's own (false).

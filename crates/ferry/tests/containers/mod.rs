@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 mod runtimes;
 mod scenarios;
+mod veth;
 
 /// A `ferry swrk FD` server and the client end of its socket.
 struct Swrk {
@@ -190,13 +191,13 @@ fn rpc_bad_input() {
         pid: Some(std::process::id() as i32),
         track_mem: Some(true),
         lazy_pages: Some(true),
-        external: vec!["veth[eth0]:br0".into()],
+        external: vec!["macvlan[eth0]:mv0".into()],
         log_file: Some("dump.log".into()),
         ..Default::default()
     };
     let resp = s.call(&CriuReq { opts: Some(opts.clone()), keep_open: Some(true), ..req(CriuReqType::Dump) });
     assert!(!resp.success);
-    for name in ["track_mem", "lazy_pages", "veth[eth0]"] {
+    for name in ["track_mem", "lazy_pages", "macvlan[eth0]"] {
         assert!(errmsg(&resp).contains(name), "the refusal does not name {name}: {}", errmsg(&resp));
     }
     assert!(!img.join("inventory.img").exists(), "a refused dump wrote an image");

@@ -397,6 +397,45 @@ fn podman_checkpoint_restore_export_import() {
     assert!(c > at_dump);
 }
 
+/// `podman container checkpoint --print-stats` and `restore --print-stats` show ferry's
+/// figures: Podman reads CRIU's `stats-dump` / `stats-restore` from the container's userdata
+/// directory (runc's work directory), which ferry writes as CRIU does.
+#[test]
+fn podman_print_stats() {
+    let w = WorkDir::new("podman-stats");
+    let pm = Podman::new(&w);
+    pm.import_busybox(&w);
+    let mut args = vec!["run", "-d", "--name", &pm.name, "--network", "none"];
+    args.extend(["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768"]);
+    args.extend([pm.image.as_str(), "sh", "-c", JOB]);
+    pm.run(&args, "run");
+    let pid = pm.pid();
+    wait_counter(pid, 3, "before the checkpoint");
+    let json = |out: &Output, what: &str| -> serde_json::Value {
+        assert!(out.status.success(), "podman {what}: {}\n{}", String::from_utf8_lossy(&out.stderr), pm.logs());
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("podman {what}: not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    };
+    let criu = |v: &serde_json::Value| v["container_statistics"][0]["criu_statistics"].clone();
+    let out =
+        pm.cmd().args(["container", "checkpoint", "--print-stats", &pm.name]).output().expect("podman checkpoint");
+    let v = json(&out, "checkpoint --print-stats");
+    eprintln!("podman container checkpoint --print-stats: {v}");
+    let at_dump = counter(pid).unwrap_or(0);
+    let c = criu(&v);
+    for k in ["freezing_time", "frozen_time", "pages_scanned", "pages_written"] {
+        assert!(c[k].as_u64().unwrap_or(0) > 0, "checkpoint --print-stats: {k} is not above 0: {v}");
+    }
+    let out = pm.cmd().args(["container", "restore", "--print-stats", &pm.name]).output().expect("podman restore");
+    let v = json(&out, "restore --print-stats");
+    eprintln!("podman container restore --print-stats: {v}");
+    let c = criu(&v);
+    for k in ["forking_time", "restore_time", "pages_restored"] {
+        assert!(c[k].as_u64().unwrap_or(0) > 0, "restore --print-stats: {k} is not above 0: {v}");
+    }
+    wait_counter(pm.pid(), at_dump + 2, "after podman restore --print-stats");
+}
+
 /// Podman's own CRIU check (VERSION, "requires at least CRIU 31100") passes with ferry, and
 /// its checkpoint reaches ferry's DUMP through runc.
 #[test]

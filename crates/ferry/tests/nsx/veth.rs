@@ -190,3 +190,82 @@ fn veth_job_without_external_refused() {
     dump_refused(pid, &w.join("img"), "network device eth0 (veth) in the tree's network namespace, its peer outside it (name it with --external veth[eth0]:OUTSIDE[@BRIDGE])");
     assert!(pid_alive(pid), "a refused dump killed the job");
 }
+
+/// The network tables of the network namespace `ns` (a /proc path), as `nft list tables` prints them.
+fn nft_tables(ns: &str) -> String {
+    let out = Command::new("nsenter").arg(format!("--net={ns}")).args(["nft", "list", "tables"]).output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+}
+
+/// The restore's own network lock: the job comes back into a new network namespace, whose veth
+/// is up with the job's address before its sockets exist. The restore is held in that window
+/// (FERRY_FAULT=pause-before-sockets) while the node keeps retransmitting into the connection:
+/// a `ferry_lock_*` table must be in the new namespace then (without it, a retransmission
+/// meets no socket and the node's connection is reset), and gone once the job runs; the stream
+/// goes on without a byte lost.
+#[test]
+fn veth_job_restore_window_locked() {
+    need("nft", "nftables");
+    let node = Node::new("vethwin");
+    let w = WorkDir::new("nsx-veth-win");
+    let host = format!("fxw{}", std::process::id() % 100_000);
+    let (pid, guard) = start_linked_job(&w, node.cmd(ferry_bin()), &host, "20");
+    let port = job_port(&w);
+    let peer = PeerStream::start(node.connect(format!("{JOB_ADDR}:{port}")));
+    wait_for("the job's ready", Duration::from_secs(60), || w.join("ready").exists());
+    let img = w.join("img");
+    let ext = format!("veth[eth0]:{host}@br0");
+    ferry_in(
+        &node,
+        &w,
+        "dump",
+        &["dump", "-t", &pid.to_string(), "-D", &path_str(&img), "--tcp-established", "--external", &ext],
+    );
+    wait_for("the dumped tree to go", Duration::from_secs(20), || !pid_alive(pid));
+    let pidfile = w.join("restored.pid");
+    let mut restore = node
+        .cmd(ferry_bin())
+        .env("FERRY_FAULT", "pause-before-sockets:6000")
+        .args(["restore", "-d", "-D", &path_str(&img), "--pidfile", &path_str(&pidfile)])
+        .stdin(Stdio::null())
+        .stdout(File::create(w.join("restore.out")).expect("log"))
+        .stderr(File::create(w.join("restore.err")).expect("log"))
+        .spawn()
+        .expect("run ferry restore");
+    // In the window: ferry's restoring thread is in the job's new network namespace, whose
+    // eth0 has the job's address already (the name of the dumped namespace's outside end may
+    // still be taken for a while: the kernel removes a dead namespace asynchronously).
+    let ino = |p: &str| fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok();
+    let node_ino = ino(&format!("/run/netns/{}", node.name));
+    assert!(node_ino.is_some(), "the node's namespace file is gone");
+    let mut window_tables = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while window_tables.is_none() && std::time::Instant::now() < deadline {
+        let tasks = fs::read_dir(format!("/proc/{}/task", restore.id())).into_iter().flatten().flatten();
+        for ns in tasks
+            .map(|t| format!("{}/ns/net", t.path().display()))
+            .filter(|ns| ino(ns).is_some_and(|i| Some(i) != node_ino))
+        {
+            let addrs = Command::new("nsenter").arg(format!("--net={ns}")).args(["ip", "-o", "addr", "show"]).output();
+            if addrs.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("{JOB_ADDR}/"))) {
+                window_tables = Some(nft_tables(&ns));
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let window_tables = window_tables.expect("never saw the restore's new network namespace with the job's address");
+    let st = restore.wait().expect("wait for ferry restore");
+    assert!(st.success(), "ferry restore: {}", read_tail(&w.join("restore.err"), 4000));
+    let restored: i32 = fs::read_to_string(&pidfile).expect("pidfile").trim().parse().expect("pid");
+    guard.add(restored);
+    let tables = nft_tables(&format!("/proc/{restored}/ns/net"));
+    assert!(!tables.contains("ferry_lock_"), "the restore left its lock: {tables:?}");
+    send_signal(restored, "USR2").expect("send go");
+    // (The stream first: without the lock, the node's connection was reset in the window.)
+    finish_stream(&w, peer, 20);
+    assert!(
+        window_tables.lines().any(|l| l.contains("ferry_lock_")),
+        "no network lock in the restored job's namespace while its sockets did not exist: {window_tables:?}"
+    );
+}
