@@ -957,7 +957,7 @@ pub fn restore_in_place(
     for &(pid, sig) in &stops {
         ensure_stopped(pid, sig);
     }
-    if let Err(e) = crate::state::tcp_repair::unlock_all(&procs) {
+    if let Err(e) = crate::state::tcp_repair::unlock_all(&procs, root_host) {
         tracing::warn!(error = %e, "the restored connections stay blocked by the network lock");
     }
     tracing::info!(tracer = ?t_tracer.elapsed(), total = ?t0.elapsed(), "released");

@@ -476,15 +476,16 @@ pub fn release_all(procs: &[ferry_image::Process], numbers: &[Option<&[i32]>]) -
     Ok(())
 }
 
-/// Once the tree runs: let the connections' packets in again (a restore that fails before
-/// keeps them blocked, so that a second attempt still finds the peers waiting; a lock from a
-/// dump on another node is not here).
-pub fn unlock_all(procs: &[ferry_image::Process]) -> Result<(), Error> {
+/// Once the tree (root `root`, as this node sees it) runs: let the connections' packets in
+/// again, in the tree's network namespace (a restore that fails before keeps them blocked, so
+/// that a second attempt still finds the peers waiting; a lock from a dump on another node is
+/// not here).
+pub fn unlock_all(procs: &[ferry_image::Process], root: i32) -> Result<(), Error> {
     let mut locks: Vec<&str> = procs.iter().flat_map(lock_names).collect();
     locks.sort_unstable();
     locks.dedup();
     for l in locks {
-        crate::state::netlock::unlock(l)?;
+        crate::state::netlock::unlock(root, l)?;
     }
     Ok(())
 }
