@@ -15,8 +15,8 @@
 
 use crate::error::{Ctx, Error};
 use crate::inject::{wait_stopped, Injector};
-use crate::state::cow::{self, Premapped};
-use crate::state::memory::{Trampoline, TRAMPOLINE_PAGES};
+use crate::state::cow;
+use crate::state::memory::{Premapped, Trampoline, TRAMPOLINE_PAGES};
 use crate::state::session::{self, Role};
 use crate::state::{cpu, creds, epoll, files, memory, pipes, rseq, seccomp, signals, task, timers, tty};
 use ferry_image::{ImageReader, Process, PAGE_SIZE};
@@ -525,7 +525,7 @@ fn rebuild(
     p: &Process,
     host: i32,
     prep: &memory::Prepared,
-    shared: &cow::Tracer<'_>,
+    shared: &memory::Tracer<'_>,
     tr: &Trampoline,
     reap: Reap<'_>,
     pin: &Pin,
