@@ -768,7 +768,7 @@ pub fn restore_in_place(
         let d = procs[q].fds.iter().find(|d| d.fd == fd)?;
         fds.get(numbers[q]?.get(d.file as usize)?).copied()
     };
-    crate::state::tcp_repair::connect_all(&procs, &numbers, &fds)?;
+    crate::state::inet::connect_all(&procs, &numbers, &fds)?;
     crate::state::tcp_repair::release_all(&procs, &numbers)?;
     files::ghost::memfd_attrs(&procs, &shmem)?;
     crate::state::memfd_seals::apply_early(&procs, &shmem)?;
