@@ -70,7 +70,9 @@ pub struct DumpReport {
     /// reap its snapshot).
     pub frozen: Duration,
     pub total: Duration,
-    /// Network locks (nftables tables) left blocking the dumped TCP connections on this node.
+    /// Network locks (nftables tables) left blocking the dumped TCP connections on this node,
+    /// in ferry's own network namespace (one made in the tree's own namespace is not listed: it
+    /// went away with it, or stays in it for a restore that joins it again).
     pub locks: Vec<String>,
     /// From the first process seized to every process frozen.
     pub freezing: Duration,
@@ -388,6 +390,9 @@ pub fn dump_with(
         .unwrap_or_default();
     let pidns_root = (ns_pid.len() == 2 && ns_pid.last() == Some(&1)).then_some(root);
     precheck(root, root, pidns_root, &opts.ns)?;
+    // (where its network locks are: state/netlock.rs)
+    let own_net = crate::state::namespaces::ns_link(root, "net")
+        == crate::state::namespaces::ns_link(std::process::id() as i32, "net");
     // (Declared before `frozen`, so dropped after it: a snapshot is reaped by its target, which
     // must be let go first.)
     let mut snaps: Vec<Snapshot> = Vec::new();
@@ -623,7 +628,7 @@ pub fn dump_with(
     }
     drop(replaced);
     let fds = procs.iter().map(|p| p.fds.len()).sum();
-    let mut locks: Vec<String> = match opts.leave_running {
+    let mut locks: Vec<String> = match opts.leave_running || !own_net {
         true => Vec::new(),
         false => procs.iter().flat_map(crate::state::tcp_repair::lock_names).map(String::from).collect(),
     };

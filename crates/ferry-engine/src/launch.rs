@@ -120,7 +120,9 @@ pub fn run(opts: &RunOptions) -> Result<(i32, Option<i32>), Error> {
         }
         Fork::Parent(pid) => pid,
     };
-    if let (Some(((rep, _), (_, go))), Some(maps)) = (sync, &opts.userns) {
+    if let (Some(((rep, rep_child), (go_child, go))), Some(maps)) = (sync, &opts.userns) {
+        // (the child's ends closed here: a job that fails before it reports is seen to end)
+        drop((rep_child, go_child));
         write_maps(pid, maps, rep, go)?;
     }
     if let Some(pf) = &opts.pidfile {

@@ -15,8 +15,8 @@
 
 use crate::error::{Ctx, Error};
 use crate::inject::{wait_stopped, Injector};
-use crate::state::cow::{self, Premapped};
-use crate::state::memory::{Trampoline, TRAMPOLINE_PAGES};
+use crate::state::cow;
+use crate::state::memory::{Premapped, Trampoline, TRAMPOLINE_PAGES};
 use crate::state::session::{self, Role};
 use crate::state::{cpu, creds, epoll, files, memory, pipes, rseq, seccomp, signals, task, timers, tty};
 use ferry_image::{ImageReader, Process, PAGE_SIZE};
@@ -616,7 +616,7 @@ fn rebuild(
     p: &Process,
     host: i32,
     prep: &memory::Prepared,
-    shared: &cow::Tracer<'_>,
+    shared: &memory::Tracer<'_>,
     tr: &Trampoline,
     reap: Reap<'_>,
     pin: &Pin,
@@ -896,7 +896,7 @@ pub fn restore_in_place(
         };
         fds.get(numbers[q]?.get(file as usize)?).copied()
     };
-    crate::state::tcp_repair::connect_all(&procs, &numbers, &fds)?;
+    crate::state::inet::connect_all(&procs, &numbers, &fds)?;
     crate::state::tcp_repair::release_all(&procs, &numbers)?;
     files::ghost::memfd_attrs(&procs, &shmem)?;
     crate::state::memfd_seals::apply_early(&procs, &shmem)?;
@@ -1095,7 +1095,7 @@ pub fn restore_in_place(
             tracing::warn!(table = name, error = %e, "the restored connections stay blocked by the network lock");
         }
     }
-    if let Err(e) = crate::state::tcp_repair::unlock_all(&procs) {
+    if let Err(e) = crate::state::tcp_repair::unlock_all(&procs, root_host) {
         tracing::warn!(error = %e, "the restored connections stay blocked by the network lock");
     }
     unlocked.map_err(|what| Error::Invalid {

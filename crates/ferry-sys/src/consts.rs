@@ -102,3 +102,7 @@ pub mod nr {
     pub const DUP3: u64 = 292;
     pub const PIDFD_OPEN: u64 = 434;
 }
+
+/// `SO_BUF_LOCK` (asm-generic/socket.h, Linux 5.14): which buffer sizes the program set
+/// itself (SOCK_SNDBUF_LOCK 1, SOCK_RCVBUF_LOCK 2); not in libc yet.
+pub const SO_BUF_LOCK: i32 = 72;

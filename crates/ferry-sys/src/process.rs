@@ -103,11 +103,8 @@ pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
     cvt_i(unsafe { libc::kill(pid, sig) }).map(drop)
 }
 
-/// Page size of this machine.
-pub fn page_size() -> u64 {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as u64 }
-}
+// (Defined below this module, in raw.rs, which needs it too.)
+pub use crate::raw::page_size;
 
 /// Result of [`clone3_with_pid`].
 pub enum Fork {

@@ -15,6 +15,12 @@ pub struct KernelSigaction {
     pub mask: u64,
 }
 
+/// Page size of this machine.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as u64 }
+}
+
 /// `rt_sigaction(2)` raw — install `act` for `sig` in the calling process.
 pub fn rt_sigaction(sig: i32, act: &KernelSigaction) -> io::Result<()> {
     // SAFETY: `act` is a valid kernel sigaction; the old-action pointer is null; sigsetsize 8.
@@ -255,7 +261,7 @@ pub fn fchdir(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// copy `code` to its start and make the first page read+execute (the rest stays read+write).
 /// Used by restore children for the syscall trampoline the tracer drives.
 pub fn map_trampoline(addr: u64, len: u64, code: &[u8]) -> io::Result<()> {
-    let page = crate::process::page_size();
+    let page = page_size();
     if code.len() as u64 > page || len < page {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
@@ -306,7 +312,7 @@ impl RawRegion {
 
     /// `mmap(MAP_PRIVATE | MAP_FIXED_NOREPLACE | flags)` of `start..end`, read+write.
     fn map_private(start: u64, end: u64, flags: i32, noreserve: bool, fd: i32, offset: u64) -> io::Result<RawRegion> {
-        let page = crate::process::page_size();
+        let page = page_size();
         if !start.is_multiple_of(page) || !end.is_multiple_of(page) || end <= start || !offset.is_multiple_of(page) {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
@@ -421,7 +427,7 @@ impl RawRegion {
 
     /// Cut the region in two at `at` (page aligned, strictly inside); the mapping is unchanged.
     pub fn split(self, at: u64) -> Result<(RawRegion, RawRegion), RawRegion> {
-        if at <= self.start || at >= self.end || !at.is_multiple_of(crate::process::page_size()) {
+        if at <= self.start || at >= self.end || !at.is_multiple_of(page_size()) {
             return Err(self);
         }
         Ok((RawRegion { start: self.start, end: at }, RawRegion { start: at, end: self.end }))

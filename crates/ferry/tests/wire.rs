@@ -5,7 +5,7 @@
 
 use ferry::migrate::channel::{Auth, Secure};
 use ferry::migrate::kind;
-use ferry::migrate::serve::{receive, Limits};
+use ferry::migrate::serve::{receive, receive_in_place, Limits};
 use ferry_image::{encode_record, Inventory, Mm, PageRun, Process, RecordKind, Thread, Vma, VmaKind};
 use std::io::Read;
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -90,6 +90,11 @@ fn image_stream(runs: Vec<PageRun>, pages_bytes: u64, pre: &[u8], keeps: &[u8]) 
 
 /// Send `plain` over an authenticated channel to `receive` into `dir`; its result.
 fn receive_stream(plain: Vec<u8>, dir: &Path) -> anyhow::Result<()> {
+    receive_stream_with(plain, dir, &Limits::default(), false)
+}
+
+/// [`receive_stream`] with `limits`, pages put in place (in this process) if `in_place`.
+fn receive_stream_with(plain: Vec<u8>, dir: &Path, limits: &Limits, in_place: bool) -> anyhow::Result<()> {
     let keys = scratch("keys");
     ferry::migrate::keygen(&keys.0).expect("keygen");
     let auth = Auth::load(&keys.0).expect("keys");
@@ -109,7 +114,10 @@ fn receive_stream(plain: Vec<u8>, dir: &Path) -> anyhow::Result<()> {
         while matches!(raw.read(&mut buf), Ok(n) if n > 0) {}
     });
     let mut sec = Secure::accept(server, &auth).expect("handshake");
-    let r = receive(&mut sec, &Limits::default(), dir);
+    let r = match in_place {
+        true => receive_in_place(&mut sec, limits, dir),
+        false => receive(&mut sec, limits, dir),
+    };
     drop(sec);
     peer.join().expect("peer");
     r
@@ -135,6 +143,24 @@ fn the_receive_loop_takes_a_sound_pre_copy_image() {
     let runs = &p.mm.expect("mm").vmas[0].runs;
     // the kept page is read from its pre-copied copy, right after the store's header page
     assert_eq!(runs[1], PageRun { addr: 0x11000, nr_pages: 1, offset: PAGE });
+}
+
+#[test]
+fn pre_copy_pages_of_more_processes_than_allowed_are_refused_in_place_too() {
+    // Pages put in place (as `ferry serve` does) opened no staging file, which was what the
+    // limit on processes counted: any number of processes got through.
+    let limits = Limits { max_processes: 2, ..Limits::default() };
+    // (high addresses, free in this test process, 2 MiB apart)
+    let plain: Vec<u8> = (0..4u32).flat_map(|h| pages(h, 0x7e00_0000_0000 + u64::from(h) * (2 << 20), 1)).collect();
+    for in_place in [false, true] {
+        let dir = scratch(&format!("hosts-{in_place}"));
+        match receive_stream_with(plain.clone(), &dir.0.join("stage"), &limits, in_place) {
+            Ok(()) => panic!("in place {in_place}: accepted"),
+            Err(e) => {
+                assert!(format!("{e:#}").contains("pages of more than 2 processes"), "in place {in_place}: {e:#}")
+            }
+        }
+    }
 }
 
 #[test]

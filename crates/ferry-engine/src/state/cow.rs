@@ -7,7 +7,8 @@
 //! While the tree is forked, a process whose children need one of its mappings maps it itself
 //! (still running ferry's code, `MAP_FIXED_NOREPLACE`) and fills it *before* it forks them, so
 //! they inherit it copy-on-write, exactly as before. A child that inherited such a mapping only
-//! applies its own layer (its holes, then its stored pages). The tracer leaves these premapped
+//! applies its own layer (its holes, then its stored pages; where they go is
+//! state/memory/pages_in.rs's answer, `Layer::places`, as for the tracer). The tracer leaves these premapped
 //! ranges alone. If a range cannot be premapped (ferry's own memory happens to sit there in the
 //! forked copy), the tracer builds it afterwards from the chain of layers (the parent's, then
 //! the child's): same content, without the sharing. A hole of a private file mapping is dropped
@@ -15,13 +16,10 @@
 //! file (the fd opened for it before the fork).
 
 use crate::error::Error;
-use crate::state::memory::run_in_bounds;
 use crate::state::memory::sharing::{is_file, same_mapping, shareable};
-use ferry_image::{Process, Vma, PAGE_SIZE};
+use crate::state::memory::{apply_here, Layer, Premapped, Tracer};
+use ferry_image::{Process, Vma};
 use ferry_sys::raw::RawRegion;
-
-// (Defined with the memory's restore, which takes them; built here.)
-pub use crate::state::memory::{Layer, Tracer};
 
 /// The index in `procs` of `p`'s parent, if it is in the image.
 fn parent_of(procs: &[Process], p: &Process) -> Option<usize> {
@@ -73,33 +71,6 @@ fn wanted<'a>(procs: &'a [Process], idx: usize) -> impl Iterator<Item = &'a Vma>
     })
 }
 
-/// A mapping a restore child made itself, with the image pid whose content it holds.
-#[derive(Debug)]
-pub struct Premapped {
-    pub region: RawRegion,
-    pub owner: i32,
-}
-
-pub(crate) fn apply(region: &RawRegion, layer: &Layer<'_>) -> Result<(), String> {
-    let v = layer.vma;
-    let obj = || format!("mapping {:#x}-{:#x}", v.start, v.end);
-    for h in layer.holes {
-        region.zero(h.addr, h.nr_pages * PAGE_SIZE).map_err(|e| format!("{}: cannot drop a page: {e}", obj()))?;
-    }
-    if v.runs.is_empty() {
-        return Ok(());
-    }
-    let (fd, len) = layer.pages.ok_or_else(|| format!("{}: page runs but no page file", obj()))?;
-    for r in &v.runs {
-        let n = r.nr_pages * PAGE_SIZE;
-        if !run_in_bounds(r, v, len) {
-            return Err(format!("{}: page run at {:#x} is out of bounds", obj(), r.addr));
-        }
-        region.read_from(fd, r.addr, n, r.offset).map_err(|e| format!("{}: cannot read pages: {e}", obj()))?;
-    }
-    Ok(())
-}
-
 /// In the restore child of `procs[idx]`, before it forks anything: keep the mappings it
 /// inherited from its parent that it shares (applying its own layer), drop the other inherited
 /// ones, and map and fill the rest of what it or its children share. A mapping that cannot be
@@ -125,7 +96,7 @@ pub fn premap(
         });
         match slot.and_then(|s| s.take()) {
             Some(p) if v.cow => {
-                apply(&p.region, &Layer { pages: pages[idx], holes: &v.cow_holes, vma: v })?;
+                apply_here(&p.region, me.pid, &Layer { pages: pages[idx], holes: &v.cow_holes, vma: v })?;
                 out.push(Premapped { region: p.region, owner: me.pid });
             }
             Some(p) => {
@@ -159,7 +130,7 @@ pub fn premap(
         };
         let layers = chain(procs, pages, idx, v).map_err(|e| e.to_string())?;
         for l in &layers {
-            apply(&region, l)?;
+            apply_here(&region, me.pid, l)?;
         }
         out.push(Premapped { region, owner: me.pid });
     }

@@ -59,7 +59,6 @@ const SO_MEMINFO: i32 = 55;
 const SO_PEEK_OFF: i32 = 42;
 const SO_RCVMARK: i32 = 75;
 const TCP_TX_DELAY: i32 = 37;
-pub(crate) const SO_BUF_LOCK: i32 = 72;
 
 const TCP_ESTABLISHED: u32 = 1;
 const TCP_CLOSE: u32 = 7;
@@ -541,10 +540,41 @@ pub fn prepare(obj: &str, f: &File) -> Result<OwnedFd, Error> {
     Ok(sock)
 }
 
-/// Whether `s` is a connection to put back with TCP_REPAIR (saved by `--tcp-established`, and
-/// not dropped by `restore --tcp-close`).
-pub fn repaired(s: &InetSocket) -> bool {
-    s.repair.is_some() && !s.closed
+pub use tcp_repair::repaired;
+
+/// Once every other socket of the image exists (listeners bound to the same ports first):
+/// bind and connect every connection restored with TCP_REPAIR and refill its queues
+/// ([`connect_repaired`]), then replay the FINs of the closing ones ([`shutdown_repaired`]).
+/// `fds` maps ferry's fd numbers (`numbers`) to the fds.
+pub fn connect_all(
+    procs: &[ferry_image::Process],
+    numbers: &[Option<&[i32]>],
+    fds: &std::collections::HashMap<i32, BorrowedFd<'_>>,
+) -> Result<(), Error> {
+    let mut done = std::collections::HashSet::new();
+    let mut connected = Vec::new();
+    for (p, nums) in procs.iter().zip(numbers) {
+        let Some(nums) = nums else { continue };
+        for (i, f) in p.files.iter().enumerate() {
+            if !f.inet.as_ref().is_some_and(repaired) {
+                continue;
+            }
+            let n = nums.get(i).copied().unwrap_or(-1);
+            if !done.insert(n) {
+                continue;
+            }
+            let obj = format!("pid {}: {}", p.pid, f.describe);
+            let fd =
+                fds.get(&n).ok_or_else(|| Error::Invalid { object: obj.clone(), what: "lost its socket".into() })?;
+            connect_repaired(&obj, f, *fd)?;
+            connected.push((obj, f, *fd));
+        }
+    }
+    // The FINs once every connection exists (`shutdown_repaired`).
+    for (obj, f, fd) in connected {
+        shutdown_repaired(&obj, f, fd)?;
+    }
+    Ok(())
 }
 
 /// `restore --tcp-close` (CRIU's meaning): every connection the image keeps comes back as a

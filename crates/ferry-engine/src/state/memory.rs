@@ -20,7 +20,8 @@
 //! protections, flags and mm fields. Where each stored page goes is pages_in.rs: the process
 //! reads its own pages with injected `preadv` calls from the page file (one copy, out of the
 //! page cache, none of it through ferry's memory); shared memory goes into the memfd that
-//! recreates it; memory shared copy-on-write is premapped layer by layer (state/cow.rs).
+//! recreates it; memory shared copy-on-write (state/cow.rs decides which) and memory received
+//! in place (state/premapped.rs) are premapped layer by layer by the process itself.
 
 mod pages_in;
 mod pages_out;
@@ -28,8 +29,8 @@ mod rebuild;
 mod scan;
 pub mod sharing;
 
-pub(crate) use pages_in::run_in_bounds;
-pub use pages_in::{decompress_pages, Layer, Tracer};
+pub(crate) use pages_in::apply_here;
+pub use pages_in::{decompress_pages, Layer, Premapped, Tracer};
 pub(crate) use pages_out::page_compression;
 pub use pages_out::{dump_pages, set_page_compression, FrozenMemory, Held, PagesFrom};
 pub(crate) use rebuild::TASK_SIZE;

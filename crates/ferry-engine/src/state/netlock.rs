@@ -13,7 +13,8 @@
 //! A lock made in the tree's own namespace goes away with it when the dump kills the tree. A dump that fails, or
 //! leaves the tree running (`-R`), removes it; a dump that kills the tree keeps it and names it
 //! in the image, and the restore that brings the connections back on this node removes it
-//! once they are out of repair mode. After a migration the table stays on the source node,
+//! once they are out of repair mode, in the restored tree's network namespace (the same one
+//! when it outlived the tree and the restore joined it again, `--external net[INO]:KEY`). After a migration the table stays on the source node,
 //! where the connection's address may still route: remove it once the address has moved
 //! (`ferry migrate` prints the command).
 //!
@@ -73,6 +74,19 @@ impl Drop for RestoreLock {
             self.lock.kept = true;
         }
     }
+}
+
+/// The network namespace of `pid` (the tree's root), where its locks are, when it is not
+/// ferry's own.
+fn netns_of(pid: i32) -> Result<Option<std::os::fd::OwnedFd>, Error> {
+    let path = format!("/proc/{pid}/ns/net");
+    let theirs =
+        std::fs::read_link(&path).map_err(|e| Error::Sys { object: format!("cannot read link {path}"), source: e })?;
+    if std::fs::read_link("/proc/self/ns/net").ok().as_ref() == Some(&theirs) {
+        return Ok(None);
+    }
+    let f = std::fs::File::open(&path).map_err(|e| Error::Sys { object: format!("cannot open {path}"), source: e })?;
+    Ok(Some(std::os::fd::OwnedFd::from(f)))
 }
 
 /// Whether `line` of `nft list tables` is a lock of ferry's.
@@ -137,16 +151,7 @@ impl Lock {
     /// An empty lock (a table whose chains drop nothing yet) in the network namespace of
     /// `pid`, the tree's root.
     pub fn new(pid: i32) -> Result<Lock, Error> {
-        let path = format!("/proc/{pid}/ns/net");
-        let theirs = std::fs::read_link(&path)
-            .map_err(|e| Error::Sys { object: format!("cannot read link {path}"), source: e })?;
-        let netns = if std::fs::read_link("/proc/self/ns/net").ok().as_ref() == Some(&theirs) {
-            None
-        } else {
-            let f = std::fs::File::open(&path)
-                .map_err(|e| Error::Sys { object: format!("cannot open {path}"), source: e })?;
-            Some(std::os::fd::OwnedFd::from(f))
-        };
+        let netns = netns_of(pid)?;
         let table = table_name();
         nft_in(netns.as_ref(), &format!(
             "table inet {table} {{\n chain in {{ type filter hook input priority raw; policy accept; }}\n chain out {{ type filter hook output priority raw; policy accept; }}\n}}\n"
@@ -208,9 +213,11 @@ impl Drop for Lock {
     }
 }
 
-/// Remove lock `table` if this node has it (a restore on another node finds none).
-pub fn unlock(table: &str) -> Result<(), Error> {
-    unlock_in(None, table)
+/// Remove lock `table` from the network namespace of `pid` (the restored tree's root), if it is
+/// there: the dump made it in the tree's namespace, which the restore joined again when it
+/// outlived the tree (`--external net[INO]:KEY`); a new namespace, or another node, has none.
+pub fn unlock(pid: i32, table: &str) -> Result<(), Error> {
+    unlock_in(netns_of(pid)?.as_ref(), table)
 }
 
 fn unlock_in(netns: Option<&std::os::fd::OwnedFd>, table: &str) -> Result<(), Error> {

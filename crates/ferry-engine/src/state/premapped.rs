@@ -9,7 +9,7 @@
 //! regions of the processes it creates (directly or through helpers) down to them, and unmaps
 //! the rest; the tracer then leaves the kept ranges alone, as it does for premapped memory.
 
-use crate::state::cow::{self, Premapped};
+use crate::state::memory::{apply_here, Layer, Premapped};
 use crate::state::session::{Plan, Role};
 use ferry_image::{Process, VmaKind};
 
@@ -31,7 +31,7 @@ fn creates(plan: &Plan, procs: &[Process], n: usize, pid: i32) -> bool {
 
 /// What a forked process does with the regions it inherited: `(kept, carried)`. `kept`: its
 /// own (filled with its page runs) and those of its parent (memory shared copy-on-write, for
-/// [`cow::premap`]); `carried`: those of the processes it creates, to unmap once they are
+/// `cow::premap`); `carried`: those of the processes it creates, to unmap once they are
 /// forked. Everything else is unmapped here.
 pub fn sort(
     procs: &[Process],
@@ -51,7 +51,7 @@ pub fn sort(
             let v =
                 v.ok_or_else(|| format!("memory in place at {start:#x}-{end:#x} is no mapping of pid {}", me.pid))?;
             // (its own layer: the pages that changed since they were put in place)
-            cow::apply(&p.region, &cow::Layer { pages: pages[i], holes: &[], vma: v })?;
+            apply_here(&p.region, me.pid, &Layer { pages: pages[i], holes: &[], vma: v })?;
             kept.push(p);
         } else if me.is_some_and(|m| m.ppid == p.owner) {
             kept.push(p);

@@ -4,11 +4,9 @@
 
 use crate::error::{Ctx, Error};
 use ferry_image::SockOpt;
+use ferry_sys::consts::SO_BUF_LOCK;
 use ferry_sys::sockopt;
 use std::os::fd::BorrowedFd;
-
-/// SO_BUF_LOCK (asm-generic/socket.h): which buffer sizes the program set.
-const SO_BUF_LOCK: i32 = 72;
 
 /// The SOL_SOCKET options every socket family has.
 pub const COMMON: &[(i32, i32, &str)] = &[

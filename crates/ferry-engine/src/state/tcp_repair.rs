@@ -19,7 +19,7 @@
 //!   is still in repair mode (`give_fin`); it carries a mark the network lock lets through
 //!   (`netlock::PASS_MARK`), and the socket's answer is dropped by the lock (the peer had
 //!   that acknowledgement already). Only once every connection of the image is connected
-//!   (`connect_all`): where no lock holds the answer back, it must find the peer's socket.
+//!   (`inet::connect_all`): where no lock holds the answer back, it must find the peer's socket.
 //!
 //! The order: CLOSING (both FINs crossed) replays this side's FIN first (FIN_WAIT1, then the
 //! peer's FIN makes it CLOSING); LAST_ACK (the peer closed first) the peer's first (CLOSE_WAIT,
@@ -34,8 +34,8 @@
 //! read, until the restored socket leaves repair mode.
 
 use crate::error::{Ctx, Error};
-use crate::state::inet::SO_BUF_LOCK;
 use ferry_image::TcpRepair;
+use ferry_sys::consts::SO_BUF_LOCK;
 use ferry_sys::inet as net;
 use ferry_sys::sockopt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -347,7 +347,7 @@ pub fn connect_again(obj: &str, sock: BorrowedFd<'_>, peer: &std::net::SocketAdd
     sockopt::set_int(sock, libc::IPPROTO_TCP, TCP_REPAIR, 1).ctx(|| ctx("cannot switch to TCP_REPAIR mode"))
 }
 
-/// Once every connection is connected (`connect_all`), still in repair mode: replay the FINs of a closing
+/// Once every connection is connected (`inet::connect_all`), still in repair mode: replay the FINs of a closing
 /// connection in the order they came (module doc). Returns the shutdown bits (`SHUT_RD` 1,
 /// `SHUT_WR` 2) this did, which the caller leaves out.
 pub fn replay_fins(obj: &str, sock: BorrowedFd<'_>, s: &ferry_image::InetSocket, r: &TcpRepair) -> Result<u32, Error> {
@@ -418,38 +418,10 @@ fn give_fin(obj: &str, s: &ferry_image::InetSocket, r: &TcpRepair) -> Result<(),
         .ctx(|| format!("{obj}: cannot give back the peer's FIN"))
 }
 
-/// Once every other socket of the image exists (listeners bound to the same ports first):
-/// bind and connect every connection restored with TCP_REPAIR and refill its queues
-/// (`inet::connect_repaired`). `fds` maps ferry's fd numbers (`numbers`) to the fds.
-pub fn connect_all(
-    procs: &[ferry_image::Process],
-    numbers: &[Option<&[i32]>],
-    fds: &std::collections::HashMap<i32, BorrowedFd<'_>>,
-) -> Result<(), Error> {
-    let mut done = std::collections::HashSet::new();
-    let mut connected = Vec::new();
-    for (p, nums) in procs.iter().zip(numbers) {
-        let Some(nums) = nums else { continue };
-        for (i, f) in p.files.iter().enumerate() {
-            if !f.inet.as_ref().is_some_and(crate::state::inet::repaired) {
-                continue;
-            }
-            let n = nums.get(i).copied().unwrap_or(-1);
-            if !done.insert(n) {
-                continue;
-            }
-            let obj = format!("pid {}: {}", p.pid, f.describe);
-            let fd =
-                fds.get(&n).ok_or_else(|| Error::Invalid { object: obj.clone(), what: "lost its socket".into() })?;
-            crate::state::inet::connect_repaired(&obj, f, *fd)?;
-            connected.push((obj, f, *fd));
-        }
-    }
-    // The FINs once every connection exists (`inet::shutdown_repaired`).
-    for (obj, f, fd) in connected {
-        crate::state::inet::shutdown_repaired(&obj, f, fd)?;
-    }
-    Ok(())
+/// Whether `s` is a connection to put back with TCP_REPAIR (saved by `--tcp-established`, and
+/// not dropped by `restore --tcp-close`).
+pub fn repaired(s: &ferry_image::InetSocket) -> bool {
+    s.repair.is_some() && !s.closed
 }
 
 /// Once every socket of the image exists: leave repair mode (each connection then sends a
@@ -459,7 +431,7 @@ pub fn release_all(procs: &[ferry_image::Process], numbers: &[Option<&[i32]>]) -
     for (p, nums) in procs.iter().zip(numbers) {
         let Some(nums) = nums else { continue };
         for (i, f) in p.files.iter().enumerate() {
-            let Some(s) = f.inet.as_ref().filter(|s| crate::state::inet::repaired(s)) else { continue };
+            let Some(s) = f.inet.as_ref().filter(|s| repaired(s)) else { continue };
             let n = nums.get(i).copied().unwrap_or(-1);
             if done.insert(n) {
                 let obj = || format!("pid {}: {}", p.pid, f.describe);
@@ -476,15 +448,16 @@ pub fn release_all(procs: &[ferry_image::Process], numbers: &[Option<&[i32]>]) -
     Ok(())
 }
 
-/// Once the tree runs: let the connections' packets in again (a restore that fails before
-/// keeps them blocked, so that a second attempt still finds the peers waiting; a lock from a
-/// dump on another node is not here).
-pub fn unlock_all(procs: &[ferry_image::Process]) -> Result<(), Error> {
+/// Once the tree (root `root`, as this node sees it) runs: let the connections' packets in
+/// again, in the tree's network namespace (a restore that fails before keeps them blocked, so
+/// that a second attempt still finds the peers waiting; a lock from a dump on another node is
+/// not here).
+pub fn unlock_all(procs: &[ferry_image::Process], root: i32) -> Result<(), Error> {
     let mut locks: Vec<&str> = procs.iter().flat_map(lock_names).collect();
     locks.sort_unstable();
     locks.dedup();
     for l in locks {
-        crate::state::netlock::unlock(l)?;
+        crate::state::netlock::unlock(root, l)?;
     }
     Ok(())
 }

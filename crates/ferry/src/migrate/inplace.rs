@@ -11,7 +11,7 @@
 //! dropped: a failed migration leaves nothing mapped.
 
 use anyhow::{Context, Result};
-use ferry_engine::state::cow::Premapped;
+use ferry_engine::state::memory::Premapped;
 use ferry_image::{Vma, VmaKind};
 use ferry_sys::raw::RawRegion;
 use std::collections::{BTreeMap, HashMap};

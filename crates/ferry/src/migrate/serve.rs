@@ -816,6 +816,12 @@ pub fn receive(sec: &mut Secure, limits: &Limits, dir: &Path) -> Result<()> {
     receive_in(sec, limits, dir, false).map(drop)
 }
 
+/// [`receive`] as a migration receives: pre-copied pages go in place, in this process (all of
+/// it unmapped again on return). (Public for the wire tests.)
+pub fn receive_in_place(sec: &mut Secure, limits: &Limits, dir: &Path) -> Result<()> {
+    receive_in(sec, limits, dir, true).map(drop)
+}
+
 /// What [`receive_in`] leaves for the restore besides the image.
 struct Received {
     /// Pre-copied memory in place, and the mappings handed over for the restore.
@@ -834,6 +840,8 @@ fn receive_in(sec: &mut Secure, limits: &Limits, dir: &Path, in_place: bool) -> 
     let mut total = 0u64;
     // pre-copy: the latest copy of each page sent while the tree ran, per host pid
     let mut store: HashMap<u32, PageStore> = HashMap::new();
+    // (every process pages were sent for, in place or in the store: the limit counts them all)
+    let mut hosts: std::collections::HashSet<u32> = std::collections::HashSet::new();
     let mut keeps: HashMap<u32, (u32, Vec<(u64, u64)>)> = HashMap::new();
     let mut inplace = InPlace::new(in_place);
     let mut first_keep: Option<Instant> = None;
@@ -898,9 +906,10 @@ fn receive_in(sec: &mut Secure, limits: &Limits, dir: &Path, in_place: bool) -> 
                 if total > limits.max_image_bytes {
                     bail!("the image exceeds {} MiB: refused", limits.max_image_bytes >> 20);
                 }
-                if !store.contains_key(&host) && store.len() >= limits.max_processes {
+                if !hosts.contains(&host) && hosts.len() >= limits.max_processes {
                     bail!("pages of more than {} processes: refused", limits.max_processes);
                 }
+                hosts.insert(host);
                 // At its own address if it can (inplace.rs), else in the staging file.
                 let unplaced = inplace.put(host, addr, bytes);
                 if let Some(st) = store.get_mut(&host).filter(|st| !st.index.is_empty()) {

@@ -291,3 +291,49 @@ fn pipe_read_end_leave_running() {
     let status = run.wait_child_exit();
     run.expect_pass(status, "the workload left running");
 }
+
+/// The `nft list tables` of network namespace `/run/netns/NAME`.
+fn nft_tables_in(name: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", name, "nft", "list", "tables"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run ip netns exec nft");
+    assert!(out.status.success(), "nft list tables in {name}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Established connections (`tcpstream pair`, both ends in the tree) in a network namespace
+/// that is not the tree's own but outlives it (`dump --external net[INO]:KEY`, joined again with
+/// `restore --inherit-fd fd[0]:KEY`, as runc does with a namespace Podman made): the network
+/// lock is made in that namespace, and the restore removes it there once the tree runs (else
+/// the restored connections stay blocked: every segment dropped, the streams never finish).
+#[test]
+fn tcp_established_in_an_external_netns_unlocked_there() {
+    need("nft", "nftables");
+    let node = crate::nsx::veth::Node::new("extnet");
+    let ns_path = format!("/run/netns/{}", node.name);
+    let ino = {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(&ns_path).expect("the namespace file").ino()
+    };
+    let mut spec = Spec::c("tcpstream").args(&["pair", "20"]).ready_timeout(Duration::from_secs(60));
+    spec.pre_args = vec![format!("--net={ns_path}").into(), "--".into(), spec.program.clone().into()];
+    spec.program = need("nsenter", "util-linux");
+    let mut run = Run::start(&spec);
+    let key = "extnet";
+    let ns = OwnedFd::from(fs::File::open(&ns_path).expect("open the namespace"));
+    dump_and_restore(
+        &mut run,
+        &["--tcp-established", "--external", &format!("net[{ino}]:{key}")],
+        Some(ns),
+        &["--inherit-fd", &format!("fd[0]:{key}")],
+    );
+    let netns = fs::read_link(format!("/proc/{}/ns/net", run.pid)).map(|l| l.display().to_string()).unwrap_or_default();
+    assert_eq!(netns, format!("net:[{ino}]"), "the restored tree is not in the external namespace");
+    let tables = nft_tables_in(&node.name);
+    if tables.contains("ferry_lock_") {
+        run.fail(&format!("the network lock is still in the tree's namespace once it runs: {tables}"));
+    }
+    go_and_pass(&mut run);
+}

@@ -91,6 +91,33 @@ fn userns_ferry_run_job_ids_restored() {
     run.restore_and_verify("ferry restore");
 }
 
+/// `ferry run --userns` where no user namespace may be made (a user namespace of the test's
+/// whose `max_user_namespaces` is 0): ferry run says why and exits, instead of waiting forever
+/// for a job that already gave up (it held the job's end of their pipe itself).
+#[test]
+fn userns_ferry_run_refused_namespace_reported() {
+    let unshare = need("unshare", "util-linux");
+    let script =
+        format!("echo 0 > /proc/sys/user/max_user_namespaces && exec {} run --userns -- /bin/true", ferry_bin());
+    let mut child = std::process::Command::new(unshare)
+        .args(["--user", "--map-root-user", "sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start unshare");
+    let pid = child.id() as i32;
+    let Some(status) = wait_timeout(&mut child, Duration::from_secs(20)) else {
+        kill_tree(pid);
+        let _ = child.wait();
+        panic!("ferry run --userns still waits 20 s after its job failed to make its user namespace");
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err).expect("read stderr");
+    assert!(!status.success(), "ferry run --userns succeeded without a user namespace: {err}");
+    assert!(err.contains("cannot create the job's user namespace"), "{err}");
+}
+
 /// What ferry cannot carry is refused by name: a nested user namespace, a multi-threaded process
 /// in one, a mount namespace owned by one.
 #[test]

@@ -2,12 +2,17 @@
 //!
 //! - shared memory (MAP_SHARED anonymous, shared memfds): into the memfd that recreates the
 //!   object, written by ferry before the tree is forked ([`copy_runs`], from `prepare`);
-//! - private memory a parent shares copy-on-write with its children: premapped by the process
-//!   itself while the tree is forked, layer by layer (its parent's content, then its own holes
-//!   and runs: a [`Layer`], applied by state/cow.rs), before it forks them;
+//! - private memory a parent shares copy-on-write with its children, and memory a restore
+//!   receives in place (state/premapped.rs): premapped by the process itself while the tree is
+//!   forked, layer by layer (its parent's content, then its own holes and runs: a [`Layer`],
+//!   [`apply_here`]), before it forks its children (which of its mappings is state/cow.rs's
+//!   answer);
 //! - everything else: read by the process itself from its page file with injected `preadv`
 //!   calls ([`fill`]): its own runs, and the layers of memory shared with a parent that could
 //!   not be premapped;
+//!
+//! Both ways take a layer's pages from one place, [`Layer::places`]: the same pages dropped and
+//! the same runs read, whether the process does it itself or the tracer makes it.
 //! - lazy mappings of a post-copy migration: nothing here, each page is fetched from the source
 //!   when it is touched (postcopy.rs).
 //!
@@ -20,6 +25,7 @@ use crate::inject::Batch;
 use ferry_image::{Mm, PageRange, PageRun, Vma, VmaKind, PAGE_SIZE};
 use ferry_sys::consts::nr;
 use ferry_sys::pagebuf::PageBuf;
+use ferry_sys::raw::RawRegion;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
@@ -106,18 +112,59 @@ pub(crate) fn run_in_bounds(r: &PageRun, v: &Vma, file_len: u64) -> bool {
         && r.addr.checked_add(len).is_some_and(|e| e <= v.end)
 }
 
-/// The runs of `v` as (address, length, file offset), checked against the page file's length.
-fn run_segments(pid: i32, v: &Vma, file_len: u64) -> Result<Vec<(u64, u64, u64)>, Error> {
-    v.runs
-        .iter()
-        .map(|r| match run_in_bounds(r, v, file_len) {
-            true => Ok((r.addr, r.nr_pages * PAGE_SIZE, r.offset)),
-            false => Err(Error::Invalid {
-                object: format!("pid {pid}"),
-                what: format!("page run at {:#x} is out of bounds", r.addr),
-            }),
-        })
-        .collect()
+/// Where the pages of one [`Layer`] go, in this order: `drop`, its holes (address, length:
+/// they read as zeros again, or as the file's bytes in a private file mapping), then `read`,
+/// its runs (address, length, offset in page file `fd`).
+pub(crate) struct Places {
+    pub drop: Vec<(u64, u64)>,
+    pub read: Vec<(u64, u64, u64)>,
+    pub fd: i32,
+}
+
+impl Layer<'_> {
+    /// Where this layer's pages go, every hole and run checked against its mapping and every
+    /// run against its page file (`pid` names the process in the error).
+    pub(crate) fn places(&self, pid: i32) -> Result<Places, Error> {
+        let v = self.vma;
+        let bad =
+            |what: String| Error::Invalid { object: format!("pid {pid}: mapping {:#x}-{:#x}", v.start, v.end), what };
+        let inside = |addr: u64, len: u64| addr >= v.start && addr.checked_add(len).is_some_and(|e| e <= v.end);
+        let mut drop = Vec::with_capacity(self.holes.len());
+        for h in self.holes {
+            let len = h.nr_pages.saturating_mul(PAGE_SIZE);
+            if !inside(h.addr, len) {
+                return Err(bad(format!("a hole at {:#x} is out of bounds", h.addr)));
+            }
+            drop.push((h.addr, len));
+        }
+        let (fd, file_len) = match (self.pages, v.runs.is_empty()) {
+            (Some(p), _) => p,
+            (None, true) => (-1, 0),
+            (None, false) => return Err(bad("page runs but no page file".into())),
+        };
+        let mut read = Vec::with_capacity(v.runs.len());
+        for r in &v.runs {
+            if !run_in_bounds(r, v, file_len) {
+                return Err(bad(format!("page run at {:#x} is out of bounds", r.addr)));
+            }
+            read.push((r.addr, r.nr_pages * PAGE_SIZE, r.offset));
+        }
+        Ok(Places { drop, read, fd })
+    }
+}
+
+/// In the process itself (a restore child, still running ferry's code, before it forks): put
+/// layer `l` into `region`, a mapping it made or inherited at the layer's addresses.
+pub(crate) fn apply_here(region: &RawRegion, pid: i32, l: &Layer<'_>) -> Result<(), String> {
+    let at = l.places(pid).map_err(|e| e.to_string())?;
+    let obj = || format!("pid {pid}: mapping {:#x}-{:#x}", l.vma.start, l.vma.end);
+    for &(addr, len) in &at.drop {
+        region.zero(addr, len).map_err(|e| format!("{}: cannot drop a page: {e}", obj()))?;
+    }
+    for &(addr, len, off) in &at.read {
+        region.read_from(at.fd, addr, len, off).map_err(|e| format!("{}: cannot read pages: {e}", obj()))?;
+    }
+    Ok(())
 }
 
 /// Iovecs per `preadv` (one page of the trampoline's data area).
@@ -175,34 +222,30 @@ pub(super) fn fill(
     shared: &Tracer<'_>,
 ) -> Result<(), Error> {
     let pid = b.pid();
+    let pages = pages_fd.map(|fd| (fd, pages_len));
+    // Its own runs, one layer per mapping, in one series of reads (the page file in order).
     let mut segs: Vec<(u64, u64, u64)> = Vec::new(); // (addr, len, file offset)
     for (i, v) in mm.vmas.iter().enumerate() {
         if v.kind == VmaKind::SharedAnon as i32 || shared.is_kept(v) || shared.chains.iter().any(|c| c.0 == i) {
             continue; // already in its memfd, premapped, or built from its layers below
         }
-        segs.extend(run_segments(pid, v, pages_len)?);
+        segs.extend(Layer { pages, holes: &[], vma: v }.places(pid)?.read);
     }
-    if !segs.is_empty() {
-        let fd = pages_fd.ok_or_else(|| Error::Invalid {
-            object: format!("pid {pid}"),
-            what: "page runs but no page file".into(),
-        })?;
+    if let (false, Some(fd)) = (segs.is_empty(), pages_fd) {
         read_pages(b, fd, &segs)?;
     }
     // Memory shared with the parent that could not be premapped: the parent's content (and its
     // parent's ...), then this process's holes and pages.
     for (_, layers) in &shared.chains {
         for l in layers {
-            for h in l.holes {
-                b.push(nr::MADVISE, &[h.addr, h.nr_pages * PAGE_SIZE, libc::MADV_DONTNEED as u64], 0, || {
-                    format!("pid {pid}: cannot drop pages at {:#x}", h.addr)
+            let at = l.places(pid)?;
+            for &(addr, len) in &at.drop {
+                b.push(nr::MADVISE, &[addr, len, libc::MADV_DONTNEED as u64], 0, || {
+                    format!("pid {pid}: cannot drop pages at {addr:#x}")
                 })?;
             }
-            let segs = run_segments(pid, l.vma, l.pages.map_or(0, |p| p.1))?;
-            if let (false, Some((fd, _))) = (segs.is_empty(), l.pages) {
-                read_pages(b, fd, &segs)?;
-            } else if !segs.is_empty() {
-                return Err(Error::Invalid { object: format!("pid {pid}"), what: "page runs but no page file".into() });
+            if !at.read.is_empty() {
+                read_pages(b, at.fd, &at.read)?;
             }
         }
     }
@@ -215,6 +258,14 @@ pub struct Layer<'a> {
     pub pages: Option<(i32, u64)>,
     pub holes: &'a [PageRange],
     pub vma: &'a Vma,
+}
+
+/// A mapping a restore child holds already, made by itself (state/cow.rs) or received in place
+/// (state/premapped.rs), with the image pid whose content it holds.
+#[derive(Debug)]
+pub struct Premapped {
+    pub region: RawRegion,
+    pub owner: i32,
 }
 
 /// What the tracer must know of one process's shared mappings: the ranges the process premapped
@@ -253,6 +304,31 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(decompress_pages(&z[..], &mut out, 64 << 20, &obj).expect("fits"), 64 << 20);
         assert_eq!(out.len(), 64 << 20);
+    }
+
+    #[test]
+    fn a_layer_places_its_holes_then_its_runs_each_checked() {
+        let vma = |runs: Vec<PageRun>| Vma { start: 0x10000, end: 0x20000, runs, ..Default::default() };
+        let run = |addr, nr_pages, offset| PageRun { addr, nr_pages, offset };
+        let hole = |addr, nr_pages| PageRange { addr, nr_pages };
+        let v = vma(vec![run(0x11000, 2, 0), run(0x1f000, 1, 8192)]);
+        let holes = [hole(0x10000, 1)];
+        let at = Layer { pages: Some((7, 3 * 4096)), holes: &holes, vma: &v }.places(1).expect("in bounds");
+        assert_eq!(at.drop, [(0x10000, 4096)]);
+        assert_eq!(at.read, [(0x11000, 8192, 0), (0x1f000, 4096, 8192)]);
+        assert_eq!(at.fd, 7);
+        // a run past the page file's end, a hole past the mapping's, runs without a page file
+        let short = Layer { pages: Some((7, 2 * 4096)), holes: &[], vma: &v }.places(1);
+        assert!(matches!(short, Err(Error::Invalid { .. })), "{:?}", short.err());
+        let out = [hole(0x1f000, 2)];
+        let past = Layer { pages: Some((7, 3 * 4096)), holes: &out, vma: &v }.places(1);
+        assert!(matches!(past, Err(Error::Invalid { .. })), "{:?}", past.err());
+        let none = Layer { pages: None, holes: &[], vma: &v }.places(1);
+        assert!(matches!(none, Err(Error::Invalid { .. })), "{:?}", none.err());
+        // holes alone need no page file
+        let empty = vma(Vec::new());
+        let only = Layer { pages: None, holes: &holes, vma: &empty }.places(1).expect("holes only");
+        assert!(only.read.is_empty() && only.drop.len() == 1);
     }
 
     #[test]
