@@ -624,6 +624,7 @@ mod big {
     }
 }
 
+mod apps;
 mod cgroup;
 mod cleanup;
 mod contact;
