@@ -92,6 +92,36 @@ impl Drop for Repaired {
     }
 }
 
+/// How long `connect` waits for the connection's address pair to come free: a TIME_WAIT socket
+/// left by the connection's earlier life (the tree dumped with `-R` ran on and closed it) gives
+/// the pair to a socket in repair mode only in a later second than its last timestamp, and
+/// only where `net.ipv4.tcp_tw_reuse` allows (1; the default 2 for loopback only).
+const TIME_WAIT_GRACE: std::time::Duration = std::time::Duration::from_millis(2500);
+
+/// "Connect" a socket in repair mode to `peer` (no packet is sent). While the address pair is
+/// taken (EADDRNOTAVAIL: a TIME_WAIT socket of the same connection), try again for
+/// `TIME_WAIT_GRACE`, then fail saying why and what to do.
+pub fn connect(obj: &str, sock: BorrowedFd<'_>, peer: &std::net::SocketAddr) -> Result<(), Error> {
+    let started = std::time::Instant::now();
+    loop {
+        match net::connect(sock, peer) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) && started.elapsed() < TIME_WAIT_GRACE => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+                return Err(Error::Invalid {
+                    object: obj.into(),
+                    what: format!(
+                        "cannot connect to {peer}: the address pair is taken, most likely by the TIME_WAIT socket this connection left when it closed after the dump (-R); wait for it to expire (60 s), allow its reuse (sysctl net.ipv4.tcp_tw_reuse=1), or restore with --tcp-close"
+                    ),
+                });
+            }
+            Err(e) => return Err(Error::Sys { object: format!("{obj}: cannot connect to {peer}"), source: e }),
+        }
+    }
+}
+
 /// Room for what a peek of the send queue may return beyond its `SIOCOUTQ` bytes: the kernel
 /// copies whole buffers from the first one on, and the first may start before `snd_una` (a
 /// segment the peer acknowledged in part stays whole until it is retransmitted).

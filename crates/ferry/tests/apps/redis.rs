@@ -293,9 +293,14 @@ fn redis_leave_running_then_restore() {
     }
     wait_image_pids_gone(&img);
     let mut restore = spawn_restore(&r.w, &img, "restore", &[]);
-    wait_for("the restored redis to answer", Duration::from_secs(30), || {
-        TcpStream::connect(("127.0.0.1", r.port)).is_ok()
-    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", r.port)).is_err() {
+        if let Ok(Some(st)) = restore.try_wait() {
+            panic!("ferry restore {} before redis answered\n{}", describe(st), r.log());
+        }
+        assert!(Instant::now() < deadline, "the restored redis does not answer\n{}", r.log());
+        sleep(Duration::from_millis(20));
+    }
     let mut fresh = r.client();
     assert_eq!(fresh.digest(), digest, "the restored data are not those of the dump\n{}", r.log());
     assert_eq!(fresh.cmd(&["GET", "after-dump"]), Reply::Bulk(None));
