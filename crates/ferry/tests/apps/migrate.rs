@@ -1,5 +1,5 @@
 //! redis moved live between two nodes (`crate::migrate`'s two network namespaces) with
-//! `ferry migrate --pre-copy --tcp-established`, while a client in node B keeps incrementing a
+//! `ferry migrate --pre-copy --tcp-established` (and `--post-copy`), while a client in node B keeps incrementing a
 //! counter on one connection to the service address 10.231.1.1, which moves from A to B after
 //! the migration. The client's connection survives, no increment is lost or applied twice,
 //! and the server on B is the same redis (run id) with all its data.
@@ -59,6 +59,17 @@ fn info(nodes: &Nodes, in_b: bool, field: &str) -> String {
 
 #[test]
 fn redis_migrates_pre_copy_with_a_client_writing() {
+    migrate_redis("--pre-copy");
+}
+
+/// The same with post-copy: redis runs on B at once, its pages fetched on fault while the
+/// client writes.
+#[test]
+fn redis_migrates_post_copy_with_a_client_writing() {
+    migrate_redis("--post-copy");
+}
+
+fn migrate_redis(mode: &str) {
     need("nft", "nftables");
     let redis = need(REDIS, "redis-server");
     let python = need("python3", "python3");
@@ -106,7 +117,7 @@ fn redis_migrates_pre_copy_with_a_client_writing() {
     let out = nodes
         .in_a(ferry_bin())
         .args(["migrate", "-t", &init.to_string(), "--to", DEST, "--auth", &path_str(&auth)])
-        .args(["--pre-copy", "--tcp-established"])
+        .args([mode, "--tcp-established"])
         .stdin(Stdio::null())
         .output()
         .expect("run ferry migrate");
@@ -118,7 +129,7 @@ fn redis_migrates_pre_copy_with_a_client_writing() {
     assert!(m.ok, "migration failed: {}\n{}", m.stderr, log());
     let (_, downtime) = summary(&m);
     eprintln!(
-        "redis pre-copy: downtime {downtime} ms (load {})",
+        "redis {mode}: downtime {downtime} ms (load {})",
         fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
     );
     let at_move = progress(&w);
