@@ -109,10 +109,16 @@ struct Redis {
 
 impl Redis {
     fn start(label: &str) -> Redis {
+        Redis::start_with(label, &[])
+    }
+
+    /// With `extra` arguments after the usual ones.
+    fn start_with(label: &str, extra: &[&str]) -> Redis {
         let redis = need(REDIS, "redis-server");
         let w = WorkDir::new(label);
         let port = free_port();
-        let args = redis_args(&w, "127.0.0.1", port);
+        let mut args = redis_args(&w, "127.0.0.1", port);
+        args.extend(extra.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let child = start(&w, "redis", &redis, &args);
         let pid = child.id() as i32;
@@ -346,4 +352,47 @@ fn redis_background_save_in_progress() {
     let st = wait_exit(&mut restore, "the restored redis", || r.log());
     assert!(st.success(), "the restored redis {} on SHUTDOWN\n{}", describe(st), r.log());
     drop(r.guard);
+}
+
+/// A replica (with four I/O threads) of a master outside the tree: checkpointed with its link to
+/// the master open (`--tcp-established`) while the master takes more writes, it comes back on
+/// the same link and catches up from the master's stream: no new full or partial sync, the
+/// same replication offset as the master.
+#[test]
+fn redis_replica_keeps_its_link_to_the_master() {
+    let master = Redis::start("redis-master");
+    let mut m = master.client();
+    let port = master.port.to_string();
+    let mut replica = Redis::start_with(
+        "redis-replica",
+        &["--replicaof", "127.0.0.1", &port, "--io-threads", "4", "--io-threads-do-reads", "yes"],
+    );
+    let mut r = replica.client();
+    wait_for("the replica's link", Duration::from_secs(30), || r.info("master_link_status") == "up");
+    for _ in 0..100 {
+        m.cmd(&["INCR", "c"]);
+    }
+    wait_for("the replica to catch up", Duration::from_secs(30), || r.cmd(&["GET", "c"]) == Reply::bulk("100"));
+    let full = m.info("sync_full");
+    let img = dump(&replica.w, replica.pid, "img", &["--tcp-established"]);
+    reap_dumped(&mut replica.child, &img);
+    for _ in 0..50 {
+        m.cmd(&["INCR", "c"]);
+    }
+    let mut restore = spawn_restore(&replica.w, &img, "restore", &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while r.cmd(&["GET", "c"]) != Reply::bulk("150") {
+        assert!(Instant::now() < deadline, "the restored replica does not catch up\n{}", replica.log());
+        sleep(Duration::from_millis(20));
+    }
+    assert_eq!(r.info("master_link_status"), "up");
+    assert_eq!(m.info("sync_full"), full, "the master had to send everything again\n{}", replica.log());
+    assert_eq!(m.info("sync_partial_ok"), "0", "the link broke and was resumed\n{}", replica.log());
+    wait_for("the same offset", Duration::from_secs(10), || {
+        r.info("slave_repl_offset") == m.info("master_repl_offset")
+    });
+    r.send(&["SHUTDOWN", "NOSAVE"]);
+    let st = wait_exit(&mut restore, "the restored replica", || replica.log());
+    assert!(st.success(), "the restored replica {} on SHUTDOWN\n{}", describe(st), replica.log());
+    drop(replica.guard);
 }
