@@ -17,7 +17,8 @@ set -euo pipefail
 #   sqlite3         the sqlite3 mid-transaction test
 #   nginx           the nginx tests (single process, master and workers)
 #   nftables        nft(8): the network lock of --tcp-established (ferry itself runs it)
-#   postgresql-15   the PostgreSQL test (initdb, postgres, psql)
+#   postgresql-15   the PostgreSQL tests (initdb, postgres, psql)
+#   redis-server redis-tools   the redis tests of apps:: (redis-server; redis-cli, redis-check-rdb)
 #   coreutils       mkfifo, mktemp ...
 #   runc podman     the container tests (ferry as the criu of runc and Podman); podman brings
 #                   conmon; Debian's crun has no CRIU support, the tests use --runtime runc
@@ -25,7 +26,7 @@ set -euo pipefail
 #                   (without it Podman 4.3 falls back to CNI: "network not found")
 #   busybox-static  the containers' root filesystems (built locally: no registry needed)
 #   tar             podman import of those root filesystems
-PACKAGES=(gcc libc6-dev python3 procps iproute2 util-linux sqlite3 nginx nftables postgresql-15 coreutils runc podman netavark busybox-static tar)
+PACKAGES=(gcc libc6-dev python3 procps iproute2 util-linux sqlite3 nginx nftables postgresql-15 redis-server redis-tools coreutils runc podman netavark busybox-static tar)
 
 installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = installed ]

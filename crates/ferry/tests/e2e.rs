@@ -649,6 +649,7 @@ mod big {
     }
 }
 
+mod apps;
 mod cgroup;
 mod cleanup;
 mod contact;

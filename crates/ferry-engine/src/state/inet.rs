@@ -643,7 +643,10 @@ fn bind_connect(obj: &str, s: &InetSocket, sock: BorrowedFd<'_>) -> Result<(), E
     } else if s.repair.is_some() && s.state == tcp_repair::SYN_SENT {
         let peer = parse_addr(obj, &s.peer)?;
         tcp_repair::connect_again(obj, sock, &peer)?;
-    } else if !s.peer.is_empty() && (s.sock_type != libc::SOCK_STREAM || s.repair.is_some()) {
+    } else if !s.peer.is_empty() && s.repair.is_some() {
+        let peer = parse_addr(obj, &s.peer)?;
+        tcp_repair::connect(obj, sock, &peer)?;
+    } else if !s.peer.is_empty() && s.sock_type != libc::SOCK_STREAM {
         let peer = parse_addr(obj, &s.peer)?;
         net::connect(sock.as_fd(), &peer).ctx(|| format!("{obj}: cannot connect to {}", s.peer))?;
     }

@@ -58,12 +58,15 @@ const TCPI_OPT_TIMESTAMPS: u32 = 1;
 const TCPI_OPT_SACK: u32 = 2;
 const TCPI_OPT_WSCALE: u32 = 4;
 
-/// Sockets switched to repair mode by this dump (ferry's copies). Unless the dump succeeds and
-/// kills the tree (`keep`), dropping this switches them back, so a failed dump or `-R` leaves
-/// the connections working.
+/// Sockets switched to repair mode by this dump (ferry's copies), each with its SO_REUSEADDR
+/// value of before. Unless the dump succeeds and kills the tree (`keep`), dropping this switches
+/// them back, so a failed dump or `-R` leaves the connections working; and puts SO_REUSEADDR
+/// back, which the kernel clears on leaving repair mode: a connection without it becomes a
+/// TIME_WAIT socket that keeps the program's own listener (which has it) from binding its port
+/// again, as after a restart or the restore of the `-R` image.
 #[derive(Default)]
 pub struct Repaired {
-    socks: Vec<OwnedFd>,
+    socks: Vec<(OwnedFd, i32)>,
     /// Blocks their packets meanwhile; kept with them (`keep`), else removed after them.
     lock: Option<crate::state::netlock::Lock>,
     pub keep: bool,
@@ -76,11 +79,45 @@ impl Drop for Repaired {
                 l.keep();
             }
         } else {
-            for s in &self.socks {
+            for (s, reuse) in &self.socks {
                 if let Err(e) = sockopt::set_int(s.as_fd(), libc::IPPROTO_TCP, TCP_REPAIR, 0) {
                     tracing::error!(error = %e, "cannot switch a TCP connection back from repair mode");
+                } else if *reuse != 0 {
+                    if let Err(e) = sockopt::set_int(s.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, *reuse) {
+                        tracing::error!(error = %e, "cannot set SO_REUSEADDR again on a TCP connection");
+                    }
                 }
             }
+        }
+    }
+}
+
+/// How long `connect` waits for the connection's address pair to come free: a TIME_WAIT socket
+/// left by the connection's earlier life (the tree dumped with `-R` ran on and closed it) gives
+/// the pair to a socket in repair mode only in a later second than its last timestamp, and
+/// only where `net.ipv4.tcp_tw_reuse` allows (1; the default 2 for loopback only).
+const TIME_WAIT_GRACE: std::time::Duration = std::time::Duration::from_millis(2500);
+
+/// "Connect" a socket in repair mode to `peer` (no packet is sent). While the address pair is
+/// taken (EADDRNOTAVAIL: a TIME_WAIT socket of the same connection), try again for
+/// `TIME_WAIT_GRACE`, then fail saying why and what to do.
+pub fn connect(obj: &str, sock: BorrowedFd<'_>, peer: &std::net::SocketAddr) -> Result<(), Error> {
+    let started = std::time::Instant::now();
+    loop {
+        match net::connect(sock, peer) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) && started.elapsed() < TIME_WAIT_GRACE => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+                return Err(Error::Invalid {
+                    object: obj.into(),
+                    what: format!(
+                        "cannot connect to {peer}: the address pair is taken, most likely by the TIME_WAIT socket this connection left when it closed after the dump (-R); wait for it to expire (60 s), allow its reuse (sysctl net.ipv4.tcp_tw_reuse=1), or restore with --tcp-close"
+                    ),
+                });
+            }
+            Err(e) => return Err(Error::Sys { object: format!("{obj}: cannot connect to {peer}"), source: e }),
         }
     }
 }
@@ -173,14 +210,15 @@ pub fn collect(
     };
     lock.add(&local, &peer)?;
     let lock_name = lock.name().to_string();
+    let reuse = sockopt::get_int(s, libc::SOL_SOCKET, libc::SO_REUSEADDR).ctx(|| ctx("SO_REUSEADDR"))?;
     sockopt::set_int(s, libc::IPPROTO_TCP, TCP_REPAIR, 1)
         .ctx(|| ctx("cannot switch to TCP_REPAIR mode (needs CAP_NET_ADMIN)"))?;
     let s = {
-        repaired.socks.push(sock);
+        repaired.socks.push((sock, reuse));
         repaired
             .socks
             .last()
-            .map(|o| o.as_fd())
+            .map(|(o, _)| o.as_fd())
             .ok_or_else(|| Error::Invalid { object: obj.into(), what: "lost socket".into() })?
     };
     let inq = net::inq(s).ctx(|| ctx("SIOCINQ"))? as usize;

@@ -163,10 +163,10 @@ fn dump_verbose_prints_sizes_in_human_units() {
     assert!(["B", "KiB", "MiB", "GiB"].contains(&unit) && number > 0.0, "{line:?}");
 }
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+pub(crate) const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// The uid and gid of a user, from /etc/passwd.
-fn user_ids(name: &str) -> Option<(u32, u32)> {
+pub(crate) fn user_ids(name: &str) -> Option<(u32, u32)> {
     let passwd = fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
@@ -175,7 +175,7 @@ fn user_ids(name: &str) -> Option<(u32, u32)> {
 }
 
 /// The SysV segments (id, key, nattch) created by process `cpid`.
-fn sysv_segments_of(cpid: i32) -> Vec<(String, String, u64)> {
+pub(crate) fn sysv_segments_of(cpid: i32) -> Vec<(String, String, u64)> {
     let table = fs::read_to_string("/proc/sysvipc/shm").unwrap_or_default();
     table
         .lines()
@@ -189,7 +189,7 @@ fn sysv_segments_of(cpid: i32) -> Vec<(String, String, u64)> {
 }
 
 /// How many processes are attached to SysV segment `id`, if it exists.
-fn nattch(id: &str) -> Option<u64> {
+pub(crate) fn nattch(id: &str) -> Option<u64> {
     let table = fs::read_to_string("/proc/sysvipc/shm").unwrap_or_default();
     table.lines().skip(1).find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
@@ -198,7 +198,7 @@ fn nattch(id: &str) -> Option<u64> {
 }
 
 /// Removes a SysV segment on drop if it still exists.
-struct SegmentCleanup(String);
+pub(crate) struct SegmentCleanup(pub(crate) String);
 
 impl Drop for SegmentCleanup {
     fn drop(&mut self) {

@@ -22,21 +22,21 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 const PORT: u16 = 7400;
-const DEST: &str = "10.231.0.2:7400";
+pub(crate) const DEST: &str = "10.231.0.2:7400";
 
-fn run_ok(cmd: &mut Command) {
+pub(crate) fn run_ok(cmd: &mut Command) {
     let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Two network namespaces joined by a veth pair; removed on drop.
-struct Nodes {
-    a: String,
-    b: String,
+pub(crate) struct Nodes {
+    pub(crate) a: String,
+    pub(crate) b: String,
 }
 
 impl Nodes {
-    fn new() -> Nodes {
+    pub(crate) fn new() -> Nodes {
         need("ip", "iproute2");
         need("nsenter", "util-linux");
         static N: AtomicUsize = AtomicUsize::new(0);
@@ -59,14 +59,14 @@ impl Nodes {
     }
 
     /// A command in node A's network namespace (same mount namespace as the test).
-    fn in_a(&self, program: &str) -> Command {
+    pub(crate) fn in_a(&self, program: &str) -> Command {
         let mut c = Command::new("nsenter");
         c.arg(format!("--net=/run/netns/{}", self.a)).arg("--").arg(program);
         c
     }
 
     /// A command in node B.
-    fn in_b(&self, program: &str) -> Command {
+    pub(crate) fn in_b(&self, program: &str) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.b, program]);
         c
@@ -102,7 +102,7 @@ impl Drop for Nodes {
     }
 }
 
-fn keygen(dir: &Path) -> String {
+pub(crate) fn keygen(dir: &Path) -> String {
     let out = Command::new(ferry_bin()).arg("keygen").arg(dir).output().expect("run ferry keygen");
     assert!(out.status.success(), "ferry keygen: {}", String::from_utf8_lossy(&out.stderr));
     for f in ["node.key", "node.pub", "trusted"] {
@@ -113,7 +113,7 @@ fn keygen(dir: &Path) -> String {
 }
 
 /// `ferry serve` in node B; killed on drop.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     err: PathBuf,
     /// Its staging area (tmpfs), private to the test: a killed server leaves its files there.
@@ -121,7 +121,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(nodes: &Nodes, w: &WorkDir, auth: &Path, extra: &[&str]) -> Server {
+    pub(crate) fn start(nodes: &Nodes, w: &WorkDir, auth: &Path, extra: &[&str]) -> Server {
         Server::start_under(nodes, w, auth, extra, &[])
     }
 
@@ -161,7 +161,7 @@ impl Server {
         s
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         read_tail(&self.err, 4000)
     }
 }
@@ -299,10 +299,10 @@ impl Drop for Workload {
     }
 }
 
-struct Migration {
-    ok: bool,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Migration {
+    pub(crate) ok: bool,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 fn spawn_migrate(nodes: &Nodes, wl: &Workload, auth: &Path, label: &str, extra: &[&str]) -> (Child, PathBuf, PathBuf) {
@@ -338,7 +338,7 @@ fn migrate_with(nodes: &Nodes, wl: &Workload, auth: &Path, label: &str, extra: &
 }
 
 /// The summary line: the pid on the destination and the downtime.
-fn summary(m: &Migration) -> (i32, u64) {
+pub(crate) fn summary(m: &Migration) -> (i32, u64) {
     let line = m.stdout.lines().find(|l| l.starts_with("migrated pid")).unwrap_or_else(|| {
         panic!("no summary line; stdout {:?} stderr {}", m.stdout, m.stderr);
     });
