@@ -712,7 +712,9 @@ pub fn open(obj: &str, f: &File, r: &Restore) -> Result<OwnedFd, Error> {
         // Without O_CLOEXEC (TIOCGPTPEER keeps it in the description's flags, where F_GETFL and
         // fdinfo show it; the fd is made close-on-exec by the dup below), with O_LARGEFILE as
         // it was (open(2) sets it, TIOCGPTPEER does not).
-        let flags = (f.flags as i32 & (libc::O_ACCMODE | libc::O_NONBLOCK | libc::O_LARGEFILE)) | libc::O_NOCTTY;
+        // (The kernel's O_LARGEFILE: libc's is 0 on x86-64, where open(2) adds it itself.)
+        const O_LARGEFILE: i32 = 0o100000;
+        let flags = (f.flags as i32 & (libc::O_ACCMODE | libc::O_NONBLOCK | O_LARGEFILE)) | libc::O_NOCTTY;
         if pair.pty.locked {
             sys::set_int(pair.master.as_fd(), libc::TIOCSPTLCK, 0).ctx(|| format!("{obj}: unlock"))?;
         }
