@@ -44,7 +44,10 @@ pub const ALLOWED: &[(&str, &str)] = &[
     ("zombie stat blocked", "a zombie never runs again: its signal dispositions and mask are not recorded"),
     ("zombie stat sig*", "a zombie never runs again: its signal dispositions and mask are not recorded"),
     ("zombie status Cpus_allowed*", "a zombie never runs again: its cpu affinity is not recorded"),
-    ("stat flags PF_FORKNOEXEC|PF_SUPERPRIV", "accounting bits: forked by ferry and never executed, used root's privileges while rebuilt"),
+    (
+        "stat flags PF_FORKNOEXEC|PF_SUPERPRIV",
+        "accounting bits: forked by ferry and never executed, used root's privileges while rebuilt",
+    ),
     ("sessionid", "the audit session id: the kernel hands out a new one whenever loginuid is written"),
     ("fd * sock SO_PEERCRED", "restore makes every unix pair and connection in ferry (see SO_PEERCRED)"),
     ("fd * sock unix wmem", "memory of the unread bytes sent, which depends on how they were cut into messages"),
@@ -251,7 +254,8 @@ impl Collect {
         tids.sort();
         for tid in tids {
             let t = format!("pid {pid} tid {tid}");
-            let read = |f: &str| fs::read_to_string(format!("{dir}/task/{tid}/{f}")).unwrap_or_else(|e| format!("({e})"));
+            let read =
+                |f: &str| fs::read_to_string(format!("{dir}/task/{tid}/{f}")).unwrap_or_else(|e| format!("({e})"));
             if tid != pid {
                 for (k, v) in status_lines(&read("status")) {
                     let v = if k == "PPid" && outside(&v) { "(outside the tree)".to_string() } else { v };
@@ -350,11 +354,11 @@ impl Collect {
                 let key = if *n == 0 { format!("fd {fd} fdinfo {k}") } else { format!("fd {fd} fdinfo {k} #{n}") };
                 *n += 1;
                 let v = v.trim();
-                let v = if k == "ino" { v.parse().map(ino).unwrap_or_else(|_| v.to_string()) } else { rename_hex_ino(v) };
+                let v =
+                    if k == "ino" { v.parse().map(ino).unwrap_or_else(|_| v.to_string()) } else { rename_hex_ino(v) };
                 self.put(s, key, v);
             }
-            if let (Some(inode), Some(pidfd)) = (l.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')), &pidfd)
-            {
+            if let (Some(inode), Some(pidfd)) = (l.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')), &pidfd) {
                 let inode: u64 = inode.parse().unwrap_or(0);
                 if let Some(d) = unix.get(&inode) {
                     self.put(s, format!("fd {fd} unix_diag"), d.clone());
@@ -580,6 +584,7 @@ fn socket_options(fd: std::os::fd::BorrowedFd<'_>, inode: u64) -> Vec<(String, S
 #[test]
 fn allowed_differences_are_documented() {
     const ARCHITECTURE: &str = include_str!("../../../../docs/ARCHITECTURE.md");
-    let missing: Vec<&str> = ALLOWED.iter().map(|(p, _)| *p).filter(|p| !ARCHITECTURE.contains(&format!("`{p}`"))).collect();
+    let missing: Vec<&str> =
+        ALLOWED.iter().map(|(p, _)| *p).filter(|p| !ARCHITECTURE.contains(&format!("`{p}`"))).collect();
     assert!(missing.is_empty(), "allowed fingerprint differences docs/ARCHITECTURE.md does not name: {missing:?}");
 }

@@ -590,7 +590,9 @@ impl Run {
     /// The restored tree's fingerprint must equal the one taken before the dump, but for the
     /// differences `fingerprint::ALLOWED` explains.
     pub fn check_fingerprint(&mut self) {
-        let Some(before) = self.fingerprint_before.take() else { self.fail("no fingerprint was taken before the dump") };
+        let Some(before) = self.fingerprint_before.take() else {
+            self.fail("no fingerprint was taken before the dump")
+        };
         // A restored thread may not be back in its syscall yet (its mask, its state): a real
         // difference stays, a passing one is given 3 s to go.
         let deadline = Instant::now() + Duration::from_secs(3);
