@@ -52,6 +52,7 @@ pub const ALLOWED: &[(&str, &str)] = &[
     ("fd * sock SO_PEERCRED", "restore makes every unix pair and connection in ferry (see SO_PEERCRED)"),
     ("fd * sock unix wmem", "memory of the unread bytes sent, which depends on how they were cut into messages"),
     ("fd * fdinfo ticks", "a periodic timer's expirations go on counting while nobody reads them"),
+    ("fd * fdinfo mnt_id", "a mount namespace made anew numbers its mounts anew"),
     ("fd * fdinfo eventfd-id", "the kernel numbers eventfds itself (an identity, like the inode)"),
     ("fd * fdinfo it_value", "a running timer's time to expiry moves"),
 ];
