@@ -390,6 +390,8 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
             tty::apply_in_child(ctx.tty, p, ctx.procs)?;
         }
         if let Some(p) = idx.map(|i| &ctx.procs[i]).filter(|p| p.zombie) {
+            // Its name is what `ps` shows of a zombie ("[NAME] <defunct>").
+            raw::set_comm(p.comm.as_bytes()).map_err(|e| format!("cannot set the zombie's name: {e}"))?;
             become_zombie(p.exit_status);
         }
         for c in created {
@@ -1300,6 +1302,14 @@ fn restore_threads(
         rseq::restore(&tinj, t)?;
         signals::restore_thread(&tinj, scratch, p, t, false)?;
         seccomp::restore_own(&tinj, scratch, p, t)?;
+        // Credentials (and no_new_privs) are per thread: each thread gets the process's, as
+        // the main thread does at the end (this thread runs no injected call after this).
+        if let Some(c) = &p.creds {
+            let now = crate::procfs::read_string(pid, &format!("task/{tid}/status"))?;
+            let mut now = crate::procfs::parse(pid, "task status", ferry_proc::parse_status(&now))?;
+            crate::state::userns::status_inside(pid, &mut now)?;
+            creds::restore(&tinj, scratch, c, &now)?;
+        }
         out.push((tid, t.clone(), base));
     }
     Ok(out)

@@ -614,6 +614,41 @@ pub fn epoll_add_numbers(epfd: i32, fd: i32, events: u32, data: u64) -> io::Resu
     cvt_i(unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) }).map(drop)
 }
 
+/// The shmem file of a fresh `mmap(MAP_SHARED | MAP_ANONYMOUS)` of `len` bytes, opened
+/// read-write through `/proc/self/map_files` (CAP_SYS_ADMIN), the mapping itself gone: what
+/// shared anonymous memory is made of, so that mappings of it read `/dev/zero (deleted)` in
+/// /proc/PID/maps as the kernel names them (a memfd would read `/memfd:NAME (deleted)`).
+pub fn shared_anon_file(len: usize) -> io::Result<OwnedFd> {
+    let len = len.max(1);
+    // SAFETY: a fresh anonymous mapping chosen by the kernel; nothing refers to it, and it is
+    // unmapped below before returning.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let start = ptr as usize;
+    let end = start + len.div_ceil(page_size() as usize) * page_size() as usize;
+    let path = format!("/proc/self/map_files/{start:x}-{end:x}");
+    let opened = std::fs::OpenOptions::new().read(true).write(true).open(path);
+    // SAFETY: unmapping the mapping made above, which nothing else uses.
+    unsafe { libc::munmap(ptr, len) };
+    let f = opened?;
+    // (map_files opens without O_CLOEXEC.)
+    let fd = OwnedFd::from(f);
+    // SAFETY: integer arguments on an fd we own.
+    cvt_i(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) })?;
+    Ok(fd)
+}
+
 /// `memfd_create(2)` with `MFD_CLOEXEC`.
 pub fn memfd(name: &CStr) -> io::Result<OwnedFd> {
     // SAFETY: name is a valid C string.

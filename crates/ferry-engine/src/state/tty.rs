@@ -709,7 +709,12 @@ pub fn open(obj: &str, f: &File, r: &Restore) -> Result<OwnedFd, Error> {
     let fd = if f.kind == FileKind::PtyMaster as i32 {
         pair.master.try_clone().ctx(|| obj.to_string())?
     } else {
-        let flags = (f.flags as i32 & (libc::O_ACCMODE | libc::O_NONBLOCK)) | libc::O_NOCTTY | libc::O_CLOEXEC;
+        // Without O_CLOEXEC (TIOCGPTPEER keeps it in the description's flags, where F_GETFL and
+        // fdinfo show it; the fd is made close-on-exec by the dup below), with O_LARGEFILE as
+        // it was (open(2) sets it, TIOCGPTPEER does not).
+        // (The kernel's O_LARGEFILE: libc's is 0 on x86-64, where open(2) adds it itself.)
+        const O_LARGEFILE: i32 = 0o100000;
+        let flags = (f.flags as i32 & (libc::O_ACCMODE | libc::O_NONBLOCK | O_LARGEFILE)) | libc::O_NOCTTY;
         if pair.pty.locked {
             sys::set_int(pair.master.as_fd(), libc::TIOCSPTLCK, 0).ctx(|| format!("{obj}: unlock"))?;
         }
@@ -717,7 +722,8 @@ pub fn open(obj: &str, f: &File, r: &Restore) -> Result<OwnedFd, Error> {
         if pair.pty.locked {
             sys::set_int(pair.master.as_fd(), libc::TIOCSPTLCK, 1).ctx(|| format!("{obj}: lock"))?;
         }
-        fd.ctx(|| format!("{obj}: cannot open the slave (TIOCGPTPEER)"))?
+        let fd = fd.ctx(|| format!("{obj}: cannot open the slave (TIOCGPTPEER)"))?;
+        ferry_sys::raw::dup_above(fd.as_fd(), 0).ctx(|| obj.to_string())?
     };
     ferry_sys::process::set_status_flags(fd.as_fd(), f.flags as i32).ctx(|| obj.to_string())?;
     Ok(fd)

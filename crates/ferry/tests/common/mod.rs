@@ -11,6 +11,9 @@
 
 #![allow(dead_code)] // not every test binary uses every helper
 
+mod fingerprint;
+pub use fingerprint::{fingerprint, Fingerprint};
+
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs::{self, File};
@@ -72,6 +75,9 @@ pub struct Spec {
     /// The workload's stdin instead of /dev/null (a pipe end or socket the test holds the other
     /// end of: a workload moves it to the fd it needs, the test being "outside the tree").
     pub stdin: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+    /// Whether `cycle_with` and `cycle_tree` compare the tree's fingerprint before the dump and
+    /// after the restore (see `fingerprint.rs`).
+    pub fingerprint: bool,
 }
 
 impl Spec {
@@ -86,6 +92,7 @@ impl Spec {
             ready_timeout: READY_TIMEOUT,
             ready_file: "ready",
             stdin: None,
+            fingerprint: true,
         }
     }
 
@@ -104,6 +111,7 @@ impl Spec {
             ready_timeout: Duration::from_secs(90),
             ready_file: "ready",
             stdin: None,
+            fingerprint: true,
         }
     }
 
@@ -125,6 +133,12 @@ impl Spec {
     /// Start the workload with `fd` (a copy) as its stdin.
     pub fn stdin(mut self, fd: std::os::fd::OwnedFd) -> Spec {
         self.stdin = Some(std::sync::Arc::new(fd));
+        self
+    }
+
+    /// No fingerprint comparison in `cycle_with`/`cycle_tree` (say why where it is called).
+    pub fn without_fingerprint(mut self) -> Spec {
+        self.fingerprint = false;
         self
     }
 
@@ -301,6 +315,8 @@ pub struct Run {
     /// The next ferry commands' stdin instead of /dev/null (a file a test hands over with
     /// `restore --inherit-fd fd[0]:KEY`).
     pub ferry_stdin: Option<std::os::fd::OwnedFd>,
+    /// The tree's fingerprint taken before the dump, compared after the restore by `wait_pidfile`.
+    pub fingerprint_before: Option<Fingerprint>,
     /// Declared last: dropped (and removed) after the processes are killed.
     pub w: WorkDir,
 }
@@ -337,6 +353,7 @@ impl Run {
             logs: vec![("workload out.log".to_string(), log_path)],
             ferry_env: Vec::new(),
             ferry_stdin: None,
+            fingerprint_before: None,
             w,
         };
         let first = run.spec.ready_file;
@@ -559,6 +576,42 @@ impl Run {
         if !self.spec.blocked_in.is_empty() {
             self.wait_in_syscall("after restore");
         }
+        if self.fingerprint_before.is_some() {
+            self.check_fingerprint();
+        }
+    }
+
+    /// Take the tree's fingerprint now (before a dump): `wait_pidfile` compares it after the
+    /// restore.
+    pub fn fingerprint_before(&mut self) {
+        self.fingerprint_before = Some(fingerprint(self.pid));
+    }
+
+    /// The restored tree's fingerprint must equal the one taken before the dump, but for the
+    /// differences `fingerprint::ALLOWED` explains.
+    pub fn check_fingerprint(&mut self) {
+        let Some(before) = self.fingerprint_before.take() else {
+            self.fail("no fingerprint was taken before the dump")
+        };
+        // A restored thread may not be back in its syscall yet (its mask, its state): a real
+        // difference stays, a passing one is given 3 s to go.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let (after, diff) = loop {
+            let after = fingerprint(self.pid);
+            let diff = before.differences(&after);
+            if diff.is_empty() || Instant::now() > deadline {
+                break (after, diff);
+            }
+            sleep(Duration::from_millis(50));
+        };
+        let _ = fs::write(self.w.join("fingerprint.before"), before.text());
+        let _ = fs::write(self.w.join("fingerprint.after"), after.text());
+        if !diff.is_empty() {
+            self.fail(&format!(
+                "the restored tree differs from the dumped one (W/fingerprint.before, .after):\n{}",
+                diff.join("\n")
+            ));
+        }
     }
 
     /// Send "go" (SIGUSR2).
@@ -757,6 +810,9 @@ pub fn control(spec: &Spec) {
 /// exiting with the workload's status. `before_go` runs once the restored process runs.
 pub fn cycle_with(spec: &Spec, before_go: impl FnOnce(&mut Run)) -> Run {
     let mut run = Run::start(spec);
+    if spec.fingerprint {
+        run.fingerprint_before();
+    }
     run.dump_ok(&[]);
     run.reap_dumped();
     let img = run.img();
@@ -855,6 +911,9 @@ pub fn cycle_pidns_init(run: &mut Run, init: i32, extra: &[&str]) {
 /// workload's own verdict.
 pub fn cycle_tree(spec: &Spec, extra_dump: &[&str]) {
     let mut run = Run::start(spec);
+    if spec.fingerprint {
+        run.fingerprint_before();
+    }
     run.dump_ok(extra_dump);
     run.reap_dumped();
     wait_image_pids_gone(&run.img());

@@ -55,7 +55,9 @@ fn ghost_nodes_control() {
 /// its mode, shared as before, and still works.
 #[test]
 fn ghost_nodes() {
-    cycle(&Spec::c("ghostnodes"));
+    // No fingerprint: the removed device node under a removed directory comes back under a
+    // hidden name in /tmp, so its fd link reads another "PATH (deleted)" (docs/ARCHITECTURE.md).
+    cycle(&Spec::c("ghostnodes").without_fingerprint());
 }
 
 #[test]

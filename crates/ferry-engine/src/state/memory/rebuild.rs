@@ -79,7 +79,10 @@ pub fn prepare(
                 let fd = if v.path.starts_with("/memfd:") {
                     crate::state::memfd_seals::create(&name) // a memfd's fd may bring seals
                 } else {
-                    ferry_sys::process::memfd(&name)
+                    // The kernel's own kind of object ("/dev/zero (deleted)" in maps); a memfd
+                    // where map_files cannot be opened.
+                    ferry_sys::process::shared_anon_file(ferry_sys::process::page_size() as usize)
+                        .or_else(|_| ferry_sys::process::memfd(&name))
                 }
                 .ctx(obj)?;
                 let n = ferry_sys::raw::dup_above(fd.as_fd(), base).ctx(obj)?;
@@ -97,6 +100,20 @@ pub fn prepare(
             if let (false, Some(pages)) = (v.runs.is_empty(), pages.as_ref()) {
                 copy_runs(pages, f, v, &obj)?;
             }
+            // Mapped through a read-only description (a memfd reopened O_RDONLY): the kernel
+            // left out VM_SHARED and VM_MAYWRITE (`sh`, `mw`), so mprotect(PROT_WRITE) failed.
+            // The same again: mapped from a read-only reopening of ferry's memfd. (`sh` without
+            // `mw` is a write-sealed memfd's, which its seals give back.)
+            let n = if !v.vm_flags.is_empty() && !v.vm_flags.iter().any(|f| f == "mw" || f == "sh") {
+                let ro = std::fs::File::open(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(f)))
+                    .ctx(|| format!("{}: cannot reopen the memfd read-only", obj()))?;
+                let ro = ferry_sys::raw::dup_above(ro.as_fd(), base).ctx(obj)?;
+                let num = std::os::fd::AsRawFd::as_raw_fd(&ro);
+                out.owned.push(ro);
+                num
+            } else {
+                n
+            };
             out.vma_fd.insert(i, n);
             continue;
         }
