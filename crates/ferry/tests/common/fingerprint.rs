@@ -49,7 +49,6 @@ pub const ALLOWED: &[(&str, &str)] = &[
         "accounting bits: forked by ferry and never executed, used root's privileges while rebuilt",
     ),
     ("sessionid", "the audit session id: the kernel hands out a new one whenever loginuid is written"),
-    ("fd * sock SO_PEERCRED", "restore makes every unix pair and connection in ferry (see SO_PEERCRED)"),
     ("fd * sock unix wmem", "memory of the unread bytes sent, which depends on how they were cut into messages"),
     ("fd * fdinfo ticks", "a periodic timer's expirations go on counting while nobody reads them"),
     ("fd * fdinfo mnt_id", "a mount namespace made anew numbers its mounts anew"),
