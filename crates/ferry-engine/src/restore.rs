@@ -948,12 +948,14 @@ pub fn restore_in_place(
     for &(pid, sig) in &stops {
         ferry_sys::process::kill(pid, sig).ctx(|| format!("pid {pid}: cannot stop it again (signal {sig})"))?;
     }
-    // Each thread's count of turns on a CPU while it is still held (`wait_released_ran`).
+    // Each thread's count of turns on a CPU while it is still held (`task::wait_released_ran`).
     let held: Vec<(i32, i32, Option<u64>)> = rebuilt
         .iter()
         .flat_map(|(p, (_, threads))| {
             let pid = host(p.pid);
-            std::iter::once(pid).chain(threads.iter().map(|t| t.0)).map(move |tid| (pid, tid, timeslices(pid, tid)))
+            std::iter::once(pid)
+                .chain(threads.iter().map(|t| t.0))
+                .map(move |tid| (pid, tid, task::timeslices(pid, tid)))
         })
         .collect();
     // Release everything together, leaves first.
@@ -968,7 +970,7 @@ pub fn restore_in_place(
     for &(pid, sig) in &stops {
         ensure_stopped(pid, sig);
     }
-    wait_released_ran(&held);
+    task::wait_released_ran(&held);
     if let Some(sig) = crate::inject::fault_signal_after_release() {
         let _ = ferry_sys::process::kill(root_host, sig);
     }
@@ -1084,42 +1086,6 @@ fn ensure_stopped(pid: i32, sig: i32) {
         );
         let _ = ferry_sys::process::kill(pid, libc::SIGSTOP);
     }
-}
-
-/// How many times thread `tid` of `pid` was put on a CPU (`schedstat`), if the kernel says.
-fn timeslices(pid: i32, tid: i32) -> Option<u64> {
-    let text = std::fs::read_to_string(crate::procfs::path(pid, &format!("task/{tid}/schedstat"))).ok()?;
-    ferry_proc::parse_schedstat(&text).ok().map(|s| s.timeslices)
-}
-
-/// Wait until every released thread (`held`: pid, tid and its count of turns on a CPU while
-/// held) has been on a CPU since (or is gone). Until then the kernel takes it for a thread
-/// with a signal pending (PTRACE_DETACH woke it with TIF_SIGPENDING set), and a signal sent to
-/// its process goes to another thread that does not block it: a main thread frozen in
-/// sigsuspend(), released, and sent a signal by whoever learnt that the restore was done (the
-/// pidfile), missed it for good when another thread took it (`fds::cycle_pidfds` under load;
-/// the original would have been woken). Once it ran, it took its own pending signals and
-/// went back to what it was doing. Bounded (10 s, then a warning): the tree runs either way.
-fn wait_released_ran(held: &[(i32, i32, Option<u64>)]) {
-    let t = Instant::now();
-    let deadline = t + Duration::from_secs(10);
-    let mut left: Vec<&(i32, i32, Option<u64>)> = held.iter().filter(|h| h.2.is_some()).collect();
-    while !left.is_empty() {
-        left.retain(|&&(pid, tid, before)| timeslices(pid, tid).is_some_and(|now| Some(now) == before));
-        if left.is_empty() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let tids: Vec<i32> = left.iter().map(|h| h.1).collect();
-            tracing::warn!(
-                ?tids,
-                "released threads not run after 10 s: a signal sent to their process now may go to another thread"
-            );
-            return;
-        }
-        std::thread::sleep(Duration::from_micros(50));
-    }
-    tracing::debug!(waited = ?t.elapsed(), threads = held.len(), "every released thread has run");
 }
 
 /// ferry's tracing thread and the tree it forks and rebuilds on one CPU while they hand control
