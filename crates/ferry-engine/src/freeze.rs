@@ -212,9 +212,6 @@ impl Frozen {
         // (As at restore: a signal sent to the process once ferry returns reaches the thread
         // that would have taken it.)
         crate::state::task::wait_released_ran(&held);
-        if let Some(sig) = crate::inject::fault_signal_after_release() {
-            let _ = ferry_sys::process::kill(pid, sig);
-        }
         if self.leave_stopped && self.stop_signal == 0 {
             // Detached, the process takes the SIGSTOP on its way out of the kernel: wait (a
             // little) until it shows stopped, so that it is stopped once ferry returns.

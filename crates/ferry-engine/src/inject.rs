@@ -90,8 +90,7 @@ pub fn fault_signal_at_release() -> Option<i32> {
 
 /// Fault injection for tests: `FERRY_FAULT=signal-after-release:SIG` makes a restore send
 /// signal SIG to the tree's root as soon as the tree is released, before the pidfile is written
-/// and the restore returns (and `dump -R` to each process it resumes): a supervisor's signal
-/// that comes as early as it can.
+/// and the restore returns: a supervisor's signal that comes as early as it can.
 pub fn fault_signal_after_release() -> Option<i32> {
     std::env::var("FERRY_FAULT").ok()?.strip_prefix("signal-after-release:")?.parse().ok()
 }

@@ -34,7 +34,7 @@ mod tests {
 
     #[test]
     fn parses_the_three_numbers() {
-        let s = parse_schedstat("1523367 78629 12\n").unwrap();
+        let s = parse_schedstat("1523367 78629 12\n").expect("parses");
         assert_eq!(s, SchedStat { run_ns: 1523367, wait_ns: 78629, timeslices: 12 });
     }
 

@@ -39,16 +39,6 @@ fn cycle_pidfds_go_at_release() {
     run.expect_pass(status, "pidfd");
 }
 
-/// The same with `dump -R`: go sent as soon as the dump resumes the process.
-#[test]
-fn leave_running_pidfds_go_at_release() {
-    let mut run = Run::start(&pidfd());
-    run.ferry_env.push(("FERRY_FAULT", "signal-after-release:12"));
-    run.dump_ok(&["-R"]);
-    let status = run.wait_child_exit();
-    run.expect_pass(status, "pidfd after dump -R");
-}
-
 /// A pidfd of a process outside the tree (the test itself) is refused, naming the fd and the
 /// process; the workload carries on with it.
 #[test]
