@@ -202,16 +202,11 @@ impl Frozen {
         if let Some(sig) = crate::inject::fault_signal_at_release() {
             let _ = ferry_sys::process::kill(pid, sig);
         }
-        let held: Vec<(i32, i32, Option<u64>)> =
-            ready.iter().map(|&tid| (pid, tid, crate::state::task::timeslices(pid, tid))).collect();
         for tid in ready {
             if let Err(e) = ptrace::detach(tid, 0).ctx(|| format!("pid {pid} thread {tid}: cannot detach")) {
                 first_err.get_or_insert(e);
             }
         }
-        // (As at restore: a signal sent to the process once ferry returns reaches the thread
-        // that would have taken it.)
-        crate::state::task::wait_released_ran(&held);
         if self.leave_stopped && self.stop_signal == 0 {
             // Detached, the process takes the SIGSTOP on its way out of the kernel: wait (a
             // little) until it shows stopped, so that it is stopped once ferry returns.

@@ -305,7 +305,7 @@ pub fn timeslices(pid: i32, tid: i32) -> Option<u64> {
 /// its process goes to another thread that does not block it: a main thread frozen in
 /// sigsuspend(), released, and sent a signal by whoever learnt that the restore was done (the
 /// pidfile), missed it for good when another thread took it (`fds::cycle_pidfds` under load;
-/// the original would have been woken; `dump -R` releases the same way). Once it ran, it took its own pending signals and
+/// the original would have been woken). Once it ran, it took its own pending signals and
 /// went back to what it was doing. Bounded (10 s, then a warning): the tree runs either way.
 pub fn wait_released_ran(held: &[(i32, i32, Option<u64>)]) {
     let t = Instant::now();
