@@ -96,6 +96,13 @@ pub fn fault_pause_named(name: &str) -> Option<std::time::Duration> {
     Some(std::time::Duration::from_millis(ms))
 }
 
+/// Fault injection for tests: `FERRY_FAULT=signal-after-release:SIG` makes a restore send
+/// signal SIG to the tree's root as soon as the tree is released, before the pidfile is written
+/// and the restore returns: a supervisor's signal that comes as early as it can.
+pub fn fault_signal_after_release() -> Option<i32> {
+    std::env::var("FERRY_FAULT").ok()?.strip_prefix("signal-after-release:")?.parse().ok()
+}
+
 /// Fault injection for tests: `FERRY_FAULT=pause-after-children:MS` makes a dump wait MS ms
 /// after it listed the children of each frozen process, before it freezes them: a child that
 /// exits meanwhile becomes a zombie its frozen parent cannot reap (the race of a server's

@@ -1001,8 +1001,11 @@ pub fn restore_in_place(
     // Queued unix data goes in now that the tree's processes exist (each message with its
     // sender's pid), from ferry's thread still in the tree's namespaces (names are looked up
     // there), before any process of the tree runs its own code.
-    let sender_of = |m: &ferry_image::UnixMessage| sender_cred(m, &host, pidns);
-    crate::state::unix::fill(&mut unix, &procs, &fd_of, &sender_of)?;
+    let stand_ins = StandIns::default();
+    let sender_of = |m: &ferry_image::UnixMessage| sender_cred(m, &host, pidns, &stand_ins);
+    let filled = crate::state::unix::fill(&mut unix, &procs, &fd_of, &sender_of);
+    stand_ins.end();
+    filled?;
     drop(unix);
     drop(fds);
     drop(prep);
@@ -1077,6 +1080,16 @@ pub fn restore_in_place(
     for &(pid, sig) in &stops {
         ferry_sys::process::kill(pid, sig).ctx(|| format!("pid {pid}: cannot stop it again (signal {sig})"))?;
     }
+    // Each thread's count of turns on a CPU while it is still held (`task::wait_released_ran`).
+    let held: Vec<(i32, i32, Option<u64>)> = rebuilt
+        .iter()
+        .flat_map(|(p, (_, threads))| {
+            let pid = host(p.pid);
+            std::iter::once(pid)
+                .chain(threads.iter().map(|t| t.0))
+                .map(move |tid| (pid, tid, task::timeslices(pid, tid)))
+        })
+        .collect();
     // Release everything together, leaves first.
     for (p, (_, threads)) in rebuilt.iter().rev() {
         for (tid, _, _) in threads {
@@ -1088,6 +1101,10 @@ pub fn restore_in_place(
     drop(hold_w);
     for &(pid, sig) in &stops {
         ensure_stopped(pid, sig);
+    }
+    task::wait_released_ran(&held);
+    if let Some(sig) = crate::inject::fault_signal_after_release() {
+        let _ = ferry_sys::process::kill(root_host, sig);
     }
     let unlocked = notify(Stage::Released { pid: root_host });
     if let Some(l) = net_hold.take() {
@@ -1114,25 +1131,71 @@ pub fn restore_in_place(
 /// The sender's credentials a queued unix message goes back with (None: ferry's own, for an
 /// image without them). A process of the tree: its restored pid (as ferry sees it). A sender
 /// outside the tree: the same pid if a process has it here and the tree has no pid namespace of
-/// its own (a supervisor that still runs); else, gone, ferry's own pid, which is gone once the
-/// restore ends as the sender was (the kernel takes only an existing pid). Uid and gid always
-/// as dumped.
-fn sender_cred(m: &ferry_image::UnixMessage, host: &dyn Fn(i32) -> i32, pidns: bool) -> Option<libc::ucred> {
+/// its own (a supervisor that still runs); else, gone, the pid of a stand-in process made for it
+/// (`StandIns`), with its old pid if that is free, killed once the queues are filled, so the
+/// reader finds the sender gone as it was. (It once went with ferry's own pid, which a reader
+/// found alive as long as `ferry restore` waited for the tree.) In a tree with its own pid
+/// namespace a gone sender goes with ferry's pid, which a reader inside sees as 0 (as it saw a
+/// sender outside the namespace). Uid and gid always as dumped.
+fn sender_cred(
+    m: &ferry_image::UnixMessage,
+    host: &dyn Fn(i32) -> i32,
+    pidns: bool,
+    stand_ins: &StandIns,
+) -> Option<libc::ucred> {
     if !m.has_cred {
         return None;
     }
+    // (kill(pid, 0), not /proc: ferry's thread is in the tree's mount namespace here.)
     let exists = |pid: i32| {
         pid > 0 && ferry_sys::process::kill(pid, 0).map_or_else(|e| e.raw_os_error() != Some(libc::ESRCH), |()| true)
     };
     let pid = if m.sender_in_tree {
         host(m.sender_pid)
-    } else if !pidns && exists(m.sender_pid) {
+    } else if pidns {
+        std::process::id() as i32
+    } else if exists(m.sender_pid) {
         m.sender_pid
     } else {
-        tracing::info!(pid = m.sender_pid, "a queued unix message's sender is gone: it goes with ferry's pid");
-        std::process::id() as i32
+        stand_ins.for_sender(m.sender_pid)
     };
     Some(libc::ucred { pid, uid: m.sender_uid, gid: m.sender_gid })
+}
+
+/// Stand-in processes for the gone senders of queued unix messages, by the sender's old pid.
+#[derive(Default)]
+struct StandIns(std::cell::RefCell<HashMap<i32, i32>>);
+
+impl StandIns {
+    /// The pid of the stand-in of gone sender `old`: made now (pid `old` if free, else any),
+    /// or ferry's own pid if none can be made.
+    fn for_sender(&self, old: i32) -> i32 {
+        if let Some(&pid) = self.0.borrow().get(&old) {
+            return pid;
+        }
+        let made = ferry_sys::process::stand_in(Some(old)).or_else(|e| {
+            tracing::info!(pid = old, error = %e, "a queued unix message's gone sender gets a stand-in with another pid");
+            ferry_sys::process::stand_in(None)
+        });
+        let pid = match made {
+            Ok(pid) => pid,
+            Err(e) => {
+                tracing::warn!(pid = old, error = %e, "a queued unix message's gone sender: it goes with ferry's pid");
+                std::process::id() as i32
+            }
+        };
+        self.0.borrow_mut().insert(old, pid);
+        pid
+    }
+
+    /// Kill and reap every stand-in.
+    fn end(self) {
+        let me = std::process::id() as i32;
+        for (_, pid) in self.0.into_inner().into_iter().filter(|&(_, p)| p != me) {
+            let _ = ferry_sys::process::kill(pid, libc::SIGKILL);
+            let _ = ptrace::wait(pid, false);
+        }
+    }
 }
 
 /// The process whose fd table `pid` uses: itself, or the first of its ancestors it shares

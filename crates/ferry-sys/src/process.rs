@@ -226,6 +226,28 @@ pub fn clone3_sibling(pid: Option<i32>, flags: u64) -> io::Result<Fork> {
     Ok(if r == 0 { Fork::Child } else { Fork::Parent(r as i32) })
 }
 
+/// A stand-in process: a child (with pid `pid` when given, [`clone3_with_pid`]) that only
+/// waits, in `pause()`, to be killed, and dies with its parent (`PR_SET_PDEATHSIG`). Restore
+/// sends queued unix messages "from" it when their sender is gone (the kernel takes only an
+/// existing pid in SCM_CREDENTIALS), then kills and reaps it. The child runs raw syscalls only,
+/// so the caller may have other threads.
+pub fn stand_in(pid: Option<i32>) -> io::Result<i32> {
+    let forked = match pid {
+        Some(p) => clone3_with_pid(p)?,
+        None => fork()?,
+    };
+    match forked {
+        Fork::Child => loop {
+            // SAFETY: prctl and pause take plain integers and touch no memory of ours.
+            unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+                libc::pause();
+            }
+        },
+        Fork::Parent(c) => Ok(c),
+    }
+}
+
 /// A plain `fork()` through clone3.
 pub fn fork() -> io::Result<Fork> {
     clone3_flags(0)

@@ -10,9 +10,12 @@
  *   the kernel records no credentials for it (pid 0, uid and gid unmapped: 65534);
  *   nobody reads them before the dump. Both children then block in read() on a pipe until the
  *   parent closes it.
+ *   G (uid 1002, gid 2002) sends "gone" on a fourth (stream) pair, whose other end the parent
+ *   turned SO_PASSCRED on at, and exits; the parent reaps it: the sender is gone, its pid free.
  * After go, the parent reads, with SO_PASSCRED: the stream as three reads "a1a2" (A, 1001, 2001),
  * "b1" (B, 0, 0), "a3" (A, 1001, 2001) (the kernel never glues bytes of different senders into
- * one read), then nothing; the datagrams "da" (A) and "db" (B), then nothing. Pids are the
+ * one read), then nothing; the datagrams "da" (A) and "db" (B), then nothing; "gone" from G's
+ * pid, 1002, 2002, and G's pid names no process (ESRCH), as before the dump. Pids are the
  * children's as the parent sees them (fork's return values). It also reports what SO_PEERCRED
  * shows on each end it holds (informational).
  */
@@ -158,6 +161,23 @@ int main(int argc, char **argv)
 	SETUP(write(to_a[1], "go", 1));
 	SETUP(turn(done[0]) ? 0 : -1); /* A sent a3 */
 	SETUP(setsockopt(nc[0], SOL_SOCKET, SO_PASSCRED, &one, sizeof one));
+	int gs[2];
+	SETUP(socketpair(AF_UNIX, SOCK_STREAM, 0, gs));
+	SETUP(setsockopt(gs[0], SOL_SOCKET, SO_PASSCRED, &one, sizeof one));
+	pid_t g = fork();
+	SETUP(g);
+	if (g == 0) {
+		close(gs[0]);
+		SETUP(setresgid(2002, 2002, 2002));
+		SETUP(setresuid(1002, 1002, 1002));
+		put(gs[1], "gone");
+		_exit(0);
+	}
+	close(gs[1]);
+	int gst;
+	SETUP(waitpid(g, &gst, 0));
+	if (!WIFEXITED(gst) || WEXITSTATUS(gst) != 0)
+		die_setup("child G: %#x", gst);
 	peercred(st[0], "stream (before)");
 	signal_ready();
 	wait_go();
@@ -181,6 +201,10 @@ int main(int argc, char **argv)
 	struct want none = { "nc", 0, 65534, 65534 };
 	expect(nc[0], "stream without credentials", &none);
 	expect(nc[0], "stream without credentials", NULL);
+	struct want gone = { "gone", g, 1002, 2002 };
+	expect(gs[0], "stream from a gone sender", &gone);
+	CHECK(kill(g, 0) < 0 && errno == ESRCH, "the gone sender's pid %d names a process (%s)", (int)g,
+	      kill(g, 0) == 0 ? "alive" : strerror(errno));
 	close(to_a[1]);
 	close(to_b[1]);
 	int status;

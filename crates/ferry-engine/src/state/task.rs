@@ -15,6 +15,7 @@ use ferry_image::{Process, Rlimit};
 use ferry_sys::consts::nr;
 use ferry_sys::process::{set_rlimit, vm_read};
 use ferry_sys::raw;
+use std::time::{Duration, Instant};
 
 const RLIMIT_NLIMITS: u32 = 16;
 const PR_SET_PDEATHSIG: u64 = 1;
@@ -290,6 +291,42 @@ pub fn restore_mm_attrs(inj: &Injector, p: &Process) -> Result<(), Error> {
             .ctx(|| format!("pid {pid}: cannot register membarrier command {cmd:#x}"))?;
     }
     Ok(())
+}
+
+/// How many times thread `tid` of `pid` was put on a CPU (`schedstat`), if the kernel says.
+pub fn timeslices(pid: i32, tid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(crate::procfs::path(pid, &format!("task/{tid}/schedstat"))).ok()?;
+    ferry_proc::parse_schedstat(&text).ok().map(|s| s.timeslices)
+}
+
+/// Wait until every released thread (`held`: pid, tid and its count of turns on a CPU while
+/// held) has been on a CPU since (or is gone). Until then the kernel takes it for a thread
+/// with a signal pending (PTRACE_DETACH woke it with TIF_SIGPENDING set), and a signal sent to
+/// its process goes to another thread that does not block it: a main thread frozen in
+/// sigsuspend(), released, and sent a signal by whoever learnt that the restore was done (the
+/// pidfile), missed it for good when another thread took it (`fds::cycle_pidfds` under load;
+/// the original would have been woken). Once it ran, it took its own pending signals and
+/// went back to what it was doing. Bounded (10 s, then a warning): the tree runs either way.
+pub fn wait_released_ran(held: &[(i32, i32, Option<u64>)]) {
+    let t = Instant::now();
+    let deadline = t + Duration::from_secs(10);
+    let mut left: Vec<&(i32, i32, Option<u64>)> = held.iter().filter(|h| h.2.is_some()).collect();
+    while !left.is_empty() {
+        left.retain(|&&(pid, tid, before)| timeslices(pid, tid).is_some_and(|now| Some(now) == before));
+        if left.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let tids: Vec<i32> = left.iter().map(|h| h.1).collect();
+            tracing::warn!(
+                ?tids,
+                "released threads not run after 10 s: a signal sent to their process now may go to another thread"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    tracing::debug!(waited = ?t.elapsed(), threads = held.len(), "every released thread has run");
 }
 
 #[cfg(test)]

@@ -432,25 +432,17 @@ fn read_queue(
         loop {
             let off = sockopt::get_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF)?;
             let Some(p) = us::peek(c, cap)? else { break };
-            if ty == libc::SOCK_STREAM {
-                if p.data.is_empty() {
-                    break;
-                }
-                if p.fds.is_empty() {
-                    // Bytes of one sender in a row: one message (a peek may stop earlier).
-                    let cred = with_cred(UnixMessage::default(), p.cred);
-                    match out.last_mut() {
-                        Some(m) if same_sender(m, &cred) => m.data.extend_from_slice(&p.data),
-                        _ => out.push(UnixMessage { data: p.data, ..cred }),
-                    }
-                    continue;
-                }
+            let stream = ty == libc::SOCK_STREAM;
+            if stream && p.data.is_empty() {
+                break;
+            }
+            if stream && !p.fds.is_empty() {
                 // A peek glues the bytes of earlier writes to those of the write that carried
                 // fds (and even a one-byte peek brings the fds of the next write): which bytes
                 // carry them cannot be told, and a reader would get them elsewhere.
                 return Err(QueueError::StreamRights(p.fds.len()));
             }
-            if p.len > p.data.len() {
+            if !stream && p.len > p.data.len() {
                 // A datagram bigger than the buffer: read it again, whole.
                 sockopt::set_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF, off)?;
                 cap = p.len;
@@ -460,10 +452,21 @@ fn read_queue(
                 break;
             }
             seen += p.data.len();
+            let from = if stream { Vec::new() } else { p.from };
+            let m = with_cred(UnixMessage { data: p.data, from, ..Default::default() }, p.cred);
+            match out.last_mut() {
+                // A stream: the bytes of one sender in a row are one message (a peek may stop
+                // earlier); a datagram or record is one message by itself.
+                Some(last) if stream && same_sender(last, &m) => {
+                    last.data.extend_from_slice(&m.data);
+                    continue;
+                }
+                _ => {}
+            }
             if !p.fds.is_empty() {
                 rights.push((out.len(), p.fds));
             }
-            out.push(with_cred(UnixMessage { data: p.data, from: p.from, ..Default::default() }, p.cred));
+            out.push(m);
             if out.len() > 1_000_000 {
                 tracing::warn!(object = obj(), "more than a million queued datagrams");
                 return Err(QueueError::Sys(std::io::Error::from_raw_os_error(libc::E2BIG)));

@@ -21,6 +21,24 @@ fn cycle_pidfds() {
     cycle_tree(&pidfd(), &[]);
 }
 
+/// The go signal sent as soon as the tree is released (`FERRY_FAULT=signal-after-release`,
+/// before the pidfile is written), as a supervisor may: it must wake the main thread frozen in
+/// sigsuspend(). Until a released thread has run, the kernel takes it for one with a signal
+/// pending and gives a process-wide signal to another thread: here the thread sleeping in
+/// pause(), which took go for good, and the workload hung (seen once in CI under load).
+#[test]
+fn cycle_pidfds_go_at_release() {
+    let mut run = Run::start(&pidfd());
+    run.dump_ok(&[]);
+    run.reap_dumped();
+    wait_image_pids_gone(&run.img());
+    run.ferry_env.push(("FERRY_FAULT", "signal-after-release:12"));
+    // (No wait for the pidfile: with go at once, the workload may be done before it is read.)
+    run.spawn_restore("restore", &run.img(), &[]);
+    let status = run.wait_restore_exit();
+    run.expect_pass(status, "pidfd");
+}
+
 /// A pidfd of a process outside the tree (the test itself) is refused, naming the fd and the
 /// process; the workload carries on with it.
 #[test]
