@@ -1365,6 +1365,13 @@ pub struct UnixSocket {
     /// socketpair(), connect() or, for a listener, its own at listen(). None if it took none.
     #[prost(message, optional, tag = "641")]
     pub peer_cred: Option<PeerCred>,
+    /// The socket's owner (its inode's uid and gid, fstat; the uid is also `sk_uid`, which
+    /// sock_diag reports): the creator's fsuid/fsgid, or what fchown() made it. 0 and 0 (root,
+    /// what the restore makes sockets with) are left as they come.
+    #[prost(uint32, tag = "642")]
+    pub owner_uid: u32,
+    #[prost(uint32, tag = "643")]
+    pub owner_gid: u32,
 }
 
 /// The credentials a unix socket reports for its peer (SO_PEERCRED, SO_PEERGROUPS).

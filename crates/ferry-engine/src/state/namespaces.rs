@@ -273,6 +273,19 @@ pub fn in_ns<T: Send>(ns: BorrowedFd<'_>, flag: i32, f: impl FnOnce() -> Result<
     })
 }
 
+/// ferry's own mount namespace, kept by the first [`enter`] that left it.
+static FERRY_MNT: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+
+/// ferry's own mount namespace while the calling thread is in another one (a restore inside
+/// the tree's, between [`enter`] and [`Entered::leave`]): where ferry's helper programs (nft)
+/// are found.
+pub fn ferry_mnt_if_left() -> Option<BorrowedFd<'static>> {
+    IN_TREE_MNT.load(std::sync::atomic::Ordering::SeqCst).then(|| FERRY_MNT.get().map(|f| f.as_fd())).flatten()
+}
+
+/// The restoring thread is in the tree's mount namespace ([`enter`] to [`Entered::leave`]).
+static IN_TREE_MNT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// ferry's restoring thread, inside the tree's namespaces until [`Entered::leave`] (or drop).
 pub struct Entered {
     /// ferry's own namespaces it left: (flag, fd).
@@ -299,8 +312,10 @@ impl Entered {
             tracing::warn!(error = %e, "cannot unshare CLONE_FS");
         }
         for (flag, fd) in &self.own {
-            if let Err(e) = ferry_sys::ns::setns(fd.as_fd(), *flag) {
-                tracing::warn!(flag, error = %e, "cannot go back into ferry's own namespace");
+            match ferry_sys::ns::setns(fd.as_fd(), *flag) {
+                Err(e) => tracing::warn!(flag, error = %e, "cannot go back into ferry's own namespace"),
+                Ok(()) if *flag == libc::CLONE_NEWNS => IN_TREE_MNT.store(false, std::sync::atomic::Ordering::SeqCst),
+                Ok(()) => {}
             }
         }
         if let Some(cwd) = &self.cwd {
@@ -348,7 +363,7 @@ pub fn enter(img: &ImageReader, opts: &RestoreNs) -> Result<Option<Entered>, Err
             join.push((flag, fd, k.kind.clone()));
         }
     }
-    let mut own = Vec::new();
+    let mut own: Vec<(i32, OwnedFd)> = Vec::new();
     // (A thread cannot setns back into a time namespace while ferry has other threads, and
     // its own clocks never changed: only its future children's, which timens.rs settles.)
     // (ferry's thread never joins the tree's user namespace: the tree does, state/userns.rs.)
@@ -356,6 +371,12 @@ pub fn enter(img: &ImageReader, opts: &RestoreNs) -> Result<Option<Entered>, Err
         let path = format!("/proc/thread-self/ns/{}", k.kind);
         let f = std::fs::File::open(&path).ctx(|| format!("cannot open {path}"))?;
         own.push((flag_of(&k.kind), OwnedFd::from(f)));
+    }
+    if let Some((_, fd)) = own.iter().find(|(f, _)| *f == libc::CLONE_NEWNS) {
+        if let Ok(fd) = fd.try_clone() {
+            let _ = FERRY_MNT.set(fd);
+        }
+        IN_TREE_MNT.store(true, std::sync::atomic::Ordering::SeqCst);
     }
     let cwd = std::fs::File::open(".").ok().map(OwnedFd::from);
     ferry_sys::ns::unshare(libc::CLONE_FS).ctx(|| "cannot unshare CLONE_FS".into())?;

@@ -95,14 +95,19 @@ pub fn is_lock_table(line: &str) -> bool {
 }
 
 /// Run `nft -f -` with `script`, in network namespace `netns` if given (from a thread that
-/// joined it: nft's process inherits it).
+/// joined it: nft's process inherits it). While a restore's thread is in the tree's mount
+/// namespace (a container's root, which has no nft), from a thread back in ferry's own.
 fn nft_in(netns: Option<&std::os::fd::OwnedFd>, script: &str) -> Result<(), Error> {
-    match netns {
-        Some(ns) => {
-            use std::os::fd::AsFd;
-            crate::state::namespaces::in_ns(ns.as_fd(), libc::CLONE_NEWNET, || nft(script))
-        }
-        None => nft(script),
+    use std::os::fd::AsFd;
+    match (netns, crate::state::namespaces::ferry_mnt_if_left()) {
+        (Some(ns), None) => crate::state::namespaces::in_ns(ns.as_fd(), libc::CLONE_NEWNET, || nft(script)),
+        (None, None) => nft(script),
+        (ns, Some(mnt)) => crate::state::namespaces::in_ns(mnt, libc::CLONE_NEWNS, || match ns {
+            Some(ns) => ferry_sys::ns::setns(ns.as_fd(), libc::CLONE_NEWNET)
+                .map_err(|e| Error::Sys { object: "cannot join the tree's network namespace (setns)".into(), source: e })
+                .and_then(|()| nft(script)),
+            None => nft(script),
+        }),
     }
 }
 
@@ -181,10 +186,11 @@ impl Lock {
                 matcher(local, peer)
             ));
         }
-        // (This thread is in the namespace: nft, its child, too.)
-        nft(&script)?;
+        // (This thread is in the namespace; nft runs from one in ferry's own mount namespace.)
+        let netns = Some(std::os::fd::OwnedFd::from(f));
+        nft_in(netns.as_ref(), &script)?;
         tracing::info!(table, connections = conns.len(), "network lock in the restored tree's network namespace");
-        Ok(RestoreLock { lock: Lock { table, netns: Some(std::os::fd::OwnedFd::from(f)), kept: false }, ns_made })
+        Ok(RestoreLock { lock: Lock { table, netns, kept: false }, ns_made })
     }
 
     /// Drop the packets of the connection between `local` (this node's end) and `peer`.
@@ -244,7 +250,9 @@ pub fn pass_marked(table: &str) -> Result<(), Error> {
     let script = format!(
         "insert rule inet {table} in meta mark {PASS_MARK:#x} accept\ninsert rule inet {table} out meta mark {PASS_MARK:#x} accept\n"
     );
-    match nft(&script) {
+    // (In this thread's network namespace; nft runs from one in ferry's own mount namespace.)
+    let here = std::fs::File::open("/proc/thread-self/ns/net").ok().map(std::os::fd::OwnedFd::from);
+    match nft_in(here.as_ref(), &script) {
         Err(Error::Invalid { what, .. }) if what.contains("No such file") || what.contains("cannot run nft") => Ok(()),
         r => r,
     }

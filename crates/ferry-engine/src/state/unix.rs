@@ -237,6 +237,9 @@ pub fn collect(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -
         return Err(unsupported("of this type".into()));
     }
     let mut u = UnixSocket { ino, sock_type: d.ty, state: d.state, name: d.name.clone(), ..Default::default() };
+    let owner = std::fs::metadata(crate::procfs::path(pid, &format!("fd/{fd}")))
+        .map_err(|e| Error::Sys { object: format!("pid {pid} fd {fd}: cannot stat its socket"), source: e })?;
+    (u.owner_uid, u.owner_gid) = (owner.uid(), owner.gid());
     if is_path(&d.name) && d.name[0] != b'/' {
         // A relative name: sock_diag gives it as bound. Its directory is the working directory
         // or the root of the process if the socket file is found there (as CRIU looks); an
@@ -926,6 +929,13 @@ pub fn prepare(procs: &[Process], creators: &Creators) -> Result<Prepared, Error
             let cfd = fds[&cu.ino].as_fd();
             ferry_sys::process::set_status_flags(cfd, libc::O_NONBLOCK).ctx(|| cobj.clone())?;
             us::connect(cfd, &names.of(u)).ctx(|| format!("{cobj}: cannot connect to {}", show_name(&u.name)))?;
+        }
+    }
+    // Owners: the restore made every socket as root (or in a helper with the peer's ids).
+    for (ino, fd) in &fds {
+        if let Some((u, obj)) = socks.get(ino).filter(|(u, _)| (u.owner_uid, u.owner_gid) != (0, 0)) {
+            ferry_sys::objects::fchown(fd.as_fd(), u.owner_uid, u.owner_gid)
+                .ctx(|| format!("{obj}: cannot give it its owner {}:{}", u.owner_uid, u.owner_gid))?;
         }
     }
     Ok(Prepared { fds, partners, names })

@@ -69,14 +69,22 @@ fn sqlite3_wal_mid_transaction() {
     let img = dump(&w, pid, "img", &[]);
     drop(child.stdin.take());
     reap_dumped(&mut Some(child), &img);
+    let pidfile = w.join("restored.pid");
     let mut restore = Command::new(ferry_bin())
-        .args(["restore", "-D", &path_str(&img)])
+        .args(["restore", "-D", &path_str(&img), "--pidfile", &path_str(&pidfile)])
         .stdin(Stdio::piped())
         .stderr(File::create(w.join("restore.err")).expect("restore.err"))
         .spawn()
         .expect("ferry restore");
     let err = || read_tail(&w.join("restore.err"), 3000);
-    // A reader meanwhile: the restored writer's -shm mapping is the one this reader maps.
+    // A reader meanwhile, once the writer is back (before, the reader would be the database's
+    // last connection, and its close would fold the WAL into the database and delete it, under
+    // the restore's feet): the restored writer's -shm mapping is the one this reader maps.
+    let t = std::time::Instant::now();
+    while !pidfile.exists() {
+        assert!(t.elapsed() < std::time::Duration::from_secs(60), "no pidfile from ferry restore: {}", err());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert_eq!(sql(&w.join("t.db"), "select count(*) from t"), "1");
     restore.stdin.as_mut().expect("stdin").write_all(FINISH).expect("write to the restored sqlite3");
     drop(restore.stdin.take());
