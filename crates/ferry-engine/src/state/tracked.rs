@@ -142,6 +142,97 @@ fn smaps_flags(pid: i32) -> Result<HashMap<u64, (u64, Vec<String>)>, Error> {
         .collect())
 }
 
+/// Buffers of pages in flight between the reading and the writing thread of the rounds.
+const BUFFERS: usize = 4;
+
+/// The rounds before the freeze (at most 4: until one is under 2 MiB or stops shrinking): this
+/// thread reads the pages (`Tracker::round`) and tells the zero ones, another appends the rest
+/// to `stream` and hashes them (its BLAKE3 digest is the slower half), so that both cores work.
+/// Returns the stream and the bytes the last round found written.
+fn copy_rounds(
+    pid: i32,
+    tracker: &mut Tracker,
+    mut stream: StreamFile,
+    copies: &mut Copies,
+) -> Result<(StreamFile, u64), Error> {
+    let path = stream.path().display().to_string();
+    let werr = |e: std::io::Error| Error::Sys { object: format!("cannot write {path}"), source: e };
+    let stopped = || std::io::Error::other("the page writer stopped");
+    let mut next = stream.len();
+    std::thread::scope(|sc| {
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(BUFFERS);
+        let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let writer = sc.spawn(move || -> std::io::Result<StreamFile> {
+            for buf in full_rx {
+                stream.write_all(&buf)?;
+                let _ = free_tx.send(buf);
+            }
+            Ok(stream)
+        });
+        let mut made = 0;
+        let mut rounds = || -> Result<u64, Error> {
+            let (mut prev, mut last) = (u64::MAX, 0);
+            for round in 0..4 {
+                let t = Instant::now();
+                let mut stored = 0u64;
+                let sent = tracker.round(&mut |_, addr, bytes| {
+                    // (Whole pages: zero ones are recorded, not stored.)
+                    let pages: Vec<&[u8]> = bytes.chunks(PAGE_SIZE as usize).collect();
+                    let mut i = 0;
+                    while i < pages.len() {
+                        let zero = is_zero(pages[i]);
+                        let mut j = i + 1;
+                        while j < pages.len() && is_zero(pages[j]) == zero {
+                            j += 1;
+                        }
+                        let (a, b) = (addr + i as u64 * PAGE_SIZE, addr + j as u64 * PAGE_SIZE);
+                        if zero {
+                            copies.insert(a, b, None);
+                        } else {
+                            let mut buf = match free_rx.try_recv() {
+                                Ok(buf) => buf,
+                                Err(_) if made <= BUFFERS => {
+                                    made += 1;
+                                    Vec::new()
+                                }
+                                Err(_) => free_rx.recv().map_err(|_| stopped())?,
+                            };
+                            buf.clear();
+                            buf.extend_from_slice(&bytes[i * PAGE_SIZE as usize..j * PAGE_SIZE as usize]);
+                            full_tx.send(buf).map_err(|_| stopped())?;
+                            copies.insert(a, b, Some(next));
+                            next += b - a;
+                            stored += b - a;
+                        }
+                        i = j;
+                    }
+                    Ok(())
+                })?;
+                tracing::info!(
+                    pid,
+                    round = round + 1,
+                    sent,
+                    stored,
+                    round_ms = t.elapsed().as_secs_f64() * 1e3,
+                    "dump -R: pages copied while running"
+                );
+                last = sent;
+                if sent < 2 << 20 || sent.saturating_mul(10) > prev.saturating_mul(8) {
+                    break;
+                }
+                prev = sent;
+            }
+            Ok(last)
+        };
+        let got = rounds();
+        drop(full_tx);
+        // (The writer's own error first: a failed write stops the reader too.)
+        let stream =
+            writer.join().map_err(|_| werr(std::io::Error::other("the page writer panicked")))?.map_err(werr)?;
+        Ok((stream, got?))
+    })
+}
+
 impl Pre {
     /// Before the freeze: track the only process of the tree, `pid`, and copy its memory into
     /// its page file in `img` (named by the pid the image gives it, `image_pid`).
@@ -155,47 +246,7 @@ impl Pre {
         let werr = |e: std::io::Error| Error::Sys { object: format!("cannot write {path}"), source: e };
         stream.write_all(&ferry_image::pages_header()).map_err(werr)?;
         let mut copies = Copies::default();
-        let (mut prev, mut last) = (u64::MAX, 0);
-        for round in 0..4 {
-            let t = Instant::now();
-            let mut stored = 0u64;
-            let sent = tracker.round(&mut |_, addr, bytes| {
-                // (Whole pages: zero ones are recorded, not stored.)
-                let pages: Vec<&[u8]> = bytes.chunks(PAGE_SIZE as usize).collect();
-                let mut i = 0;
-                while i < pages.len() {
-                    let zero = is_zero(pages[i]);
-                    let mut j = i + 1;
-                    while j < pages.len() && is_zero(pages[j]) == zero {
-                        j += 1;
-                    }
-                    let (a, b) = (addr + i as u64 * PAGE_SIZE, addr + j as u64 * PAGE_SIZE);
-                    if zero {
-                        copies.insert(a, b, None);
-                    } else {
-                        let off = stream.len();
-                        stream.write_all(&bytes[i * PAGE_SIZE as usize..j * PAGE_SIZE as usize])?;
-                        copies.insert(a, b, Some(off));
-                        stored += b - a;
-                    }
-                    i = j;
-                }
-                Ok(())
-            })?;
-            tracing::info!(
-                pid,
-                round = round + 1,
-                sent,
-                stored,
-                round_ms = t.elapsed().as_secs_f64() * 1e3,
-                "dump -R: pages copied while running"
-            );
-            last = sent;
-            if sent < 2 << 20 || sent.saturating_mul(10) > prev.saturating_mul(8) {
-                break;
-            }
-            prev = sent;
-        }
+        let (stream, last) = copy_rounds(pid, &mut tracker, stream, &mut copies)?;
         // Written faster than it is copied: what the last round found is about what the freeze
         // would have to copy. Over twice the limit, the fork is taken at once (and the freeze
         // spares the scan).
