@@ -68,7 +68,7 @@ pub struct DumpReport {
     pub fds: usize,
     /// Time the tree was frozen: from the freeze to the image being committed, or with a
     /// snapshot, to the tree running again (plus the moment each process is frozen again to
-    /// reap its snapshot).
+    /// reap its snapshot, or the moment it was frozen to start tracking its writes: state/tracked.rs).
     pub frozen: Duration,
     pub total: Duration,
     /// Network locks (nftables tables) left blocking the dumped TCP connections on this node.
@@ -146,8 +146,7 @@ fn dump_process(
     tree: &mut files::TreeFiles,
     pidns_root: Option<i32>,
     mut snaps: Option<&mut Vec<Snapshot>>,
-    (root, ns): (i32, &crate::state::namespaces::DumpNs),
-    flags_elsewhere: bool,
+    (root, ns, flags_elsewhere): (i32, &crate::state::namespaces::DumpNs, bool),
 ) -> Result<Process, Error> {
     let pid = f.pid;
     let _span = tracing::info_span!("process", pid).entered();
@@ -338,6 +337,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     dump_with(opts, move || Ok(img), |_| Ok(()))
 }
 
+/// The VmFlags of a process's mappings, by start.
+type VmFlags = HashMap<u64, Vec<String>>;
+
 /// Whether `pid` maps SysV shared memory (whose kind `memory::scan` tells from the VmFlags).
 fn has_sysv(pid: i32) -> bool {
     procfs::read_string(pid, "maps").map_or(true, |m| m.lines().any(|l| l.contains(" /SYSV")))
@@ -492,8 +494,7 @@ fn dump_inner(
         let pids = flags_apart.clone();
         std::thread::spawn(move || {
             let t = Instant::now();
-            let got: Vec<(i32, Result<HashMap<u64, Vec<String>>, Error>)> =
-                pids.into_iter().map(|p| (p, memory::vm_flags(p))).collect();
+            let got: Vec<(i32, Result<VmFlags, Error>)> = pids.into_iter().map(|p| (p, memory::vm_flags(p))).collect();
             tracing::info!(smaps_ms = t.elapsed().as_secs_f64() * 1e3, "VmFlags read (on another thread)");
             got
         })
@@ -513,8 +514,7 @@ fn dump_inner(
             &mut tree,
             pidns_root,
             (want_snapshot && !tracked).then_some(&mut snaps),
-            (root, &opts.ns),
-            tracked || flags_apart.contains(&f.pid),
+            (root, &opts.ns, tracked || flags_apart.contains(&f.pid)),
         )?;
         p.fd_table_of = fd_table_of.get(&f.pid).copied().unwrap_or(0);
         procs.push(p);
