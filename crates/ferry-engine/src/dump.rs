@@ -337,8 +337,15 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     dump_with(opts, move || Ok(img), |_| Ok(()))
 }
 
-/// The VmFlags of a process's mappings, by start.
-type VmFlags = HashMap<u64, Vec<String>>;
+/// The VmFlags of a process's mappings, by (start, end).
+type VmFlags = HashMap<(u64, u64), Vec<String>>;
+
+/// The VmFlags of `pid`'s mappings (smaps: a walk of every page table).
+fn smaps_by_range(pid: i32) -> Result<VmFlags, Error> {
+    let text = procfs::read_string(pid, "smaps")?;
+    let smaps = procfs::parse(pid, "smaps", ferry_proc::parse_smaps(&text))?;
+    Ok(smaps.into_iter().map(|s| ((s.start, s.end), s.vm_flags)).collect())
+}
 
 /// Whether `pid` maps SysV shared memory (whose kind `memory::scan` tells from the VmFlags).
 fn has_sysv(pid: i32) -> bool {
@@ -494,7 +501,7 @@ fn dump_inner(
         let pids = flags_apart.clone();
         std::thread::spawn(move || {
             let t = Instant::now();
-            let got: Vec<(i32, Result<VmFlags, Error>)> = pids.into_iter().map(|p| (p, memory::vm_flags(p))).collect();
+            let got: Vec<(i32, Result<VmFlags, Error>)> = pids.into_iter().map(|p| (p, smaps_by_range(p))).collect();
             tracing::info!(smaps_ms = t.elapsed().as_secs_f64() * 1e3, "VmFlags read (on another thread)");
             got
         })
@@ -526,7 +533,20 @@ fn dump_inner(
             .map_err(|_| Error::Invalid { object: "ferry".into(), what: "the VmFlags reader panicked".into() })?;
         for (pid, flags) in got {
             if let Some(mm) = procs.iter_mut().find(|p| p.pid == pid).and_then(|p| p.mm.as_mut()) {
-                crate::state::snapshot::apply_flags(pid, pid, mm, flags?)?;
+                // By start; a stack the injection window grew down since `scan` read the maps
+                // (its safety net below the stack pointer) is found by its end.
+                let mut flags = flags?;
+                let mut by_start: HashMap<u64, Vec<String>> = HashMap::new();
+                for v in &mm.vmas {
+                    let found = flags.remove(&(v.start, v.end)).or_else(|| {
+                        let k = flags.keys().find(|k| k.1 == v.end && k.0 <= v.start).copied()?;
+                        flags.remove(&k)
+                    });
+                    if let Some(f) = found {
+                        by_start.insert(v.start, f);
+                    }
+                }
+                crate::state::snapshot::apply_flags(pid, pid, mm, by_start)?;
             }
         }
         tracing::info!(waited_ms = t.elapsed().as_secs_f64() * 1e3, "VmFlags applied");
