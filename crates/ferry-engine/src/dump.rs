@@ -161,8 +161,8 @@ fn dump_process(
     files::collect(pid, img, &mut p, done, tree)?;
     let t_maps = Instant::now();
     // (With a snapshot to come, the VmFlags may be read from it once the tree runs again.)
-    // (`flags_elsewhere`: the VmFlags are read by another thread meanwhile, or were read before
-    // the freeze with the pages copied while the tree ran, state/tracked.rs.)
+    // (`flags_elsewhere`: the VmFlags were read before the freeze with the pages copied while the
+    // tree ran, state/tracked.rs.)
     let flags_later = flags_elsewhere || (snaps.is_some() && crate::state::snapshot::flags_later(pid)?);
     let (mut vmas, maps) = memory::scan(pid, img, &mut p.ghosts, !flags_later)?;
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
@@ -337,21 +337,6 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     dump_with(opts, move || Ok(img), |_| Ok(()))
 }
 
-/// The VmFlags of a process's mappings, by (start, end).
-type VmFlags = HashMap<(u64, u64), Vec<String>>;
-
-/// The VmFlags of `pid`'s mappings (smaps: a walk of every page table).
-fn smaps_by_range(pid: i32) -> Result<VmFlags, Error> {
-    let text = procfs::read_string(pid, "smaps")?;
-    let smaps = procfs::parse(pid, "smaps", ferry_proc::parse_smaps(&text))?;
-    Ok(smaps.into_iter().map(|s| ((s.start, s.end), s.vm_flags)).collect())
-}
-
-/// Whether `pid` maps SysV shared memory (whose kind `memory::scan` tells from the VmFlags).
-fn has_sysv(pid: i32) -> bool {
-    procfs::read_string(pid, "maps").map_or(true, |m| m.lines().any(|l| l.contains(" /SYSV")))
-}
-
 /// The pid `pid`, the root of a tree, has in its image: 1 if it is the init of a pid namespace
 /// below ferry's (the image keeps the namespace's ids), else its own.
 fn image_pid_of(pid: i32) -> i32 {
@@ -490,22 +475,6 @@ fn dump_inner(
         }
     }
     let tracked = pre.is_some();
-    // Without a snapshot, the VmFlags (smaps: a walk of every page table, ~10-15 ms per GiB of
-    // 4 KiB pages on a quiet machine) are read on another thread while this one collects the
-    // rest of the state: for processes without SysV segments (`scan` needs their flags).
-    let flags_apart: Vec<i32> = match want_snapshot {
-        true => Vec::new(),
-        false => frozen.iter().map(|f| f.pid).filter(|&p| !has_sysv(p)).collect(),
-    };
-    let flags_thread = (!flags_apart.is_empty()).then(|| {
-        let pids = flags_apart.clone();
-        std::thread::spawn(move || {
-            let t = Instant::now();
-            let got: Vec<(i32, Result<VmFlags, Error>)> = pids.into_iter().map(|p| (p, smaps_by_range(p))).collect();
-            tracing::info!(smaps_ms = t.elapsed().as_secs_f64() * 1e3, "VmFlags read (on another thread)");
-            got
-        })
-    });
     let mut img = make_img()?;
     let mut procs: Vec<Process> = Vec::new();
     let mut tree = files::TreeFiles::default();
@@ -521,35 +490,10 @@ fn dump_inner(
             &mut tree,
             pidns_root,
             (want_snapshot && !tracked).then_some(&mut snaps),
-            (root, &opts.ns, tracked || flags_apart.contains(&f.pid)),
+            (root, &opts.ns, tracked),
         )?;
         p.fd_table_of = fd_table_of.get(&f.pid).copied().unwrap_or(0);
         procs.push(p);
-    }
-    if let Some(th) = flags_thread {
-        let t = Instant::now();
-        let got = th
-            .join()
-            .map_err(|_| Error::Invalid { object: "ferry".into(), what: "the VmFlags reader panicked".into() })?;
-        for (pid, flags) in got {
-            if let Some(mm) = procs.iter_mut().find(|p| p.pid == pid).and_then(|p| p.mm.as_mut()) {
-                // By start; a stack the injection window grew down since `scan` read the maps
-                // (its safety net below the stack pointer) is found by its end.
-                let mut flags = flags?;
-                let mut by_start: HashMap<u64, Vec<String>> = HashMap::new();
-                for v in &mm.vmas {
-                    let found = flags.remove(&(v.start, v.end)).or_else(|| {
-                        let k = flags.keys().find(|k| k.1 == v.end && k.0 <= v.start).copied()?;
-                        flags.remove(&k)
-                    });
-                    if let Some(f) = found {
-                        by_start.insert(v.start, f);
-                    }
-                }
-                crate::state::snapshot::apply_flags(pid, pid, mm, by_start)?;
-            }
-        }
-        tracing::info!(waited_ms = t.elapsed().as_secs_f64() * 1e3, "VmFlags applied");
     }
     // (A process the snapshot could not be taken of: the whole tree stays frozen.)
     let snapshot = want_snapshot && (tracked || snaps.len() == frozen.len());
