@@ -11,6 +11,7 @@ use crate::error::{Ctx, Error};
 use crate::freeze::{borrow, children_of, give_back, precheck, tree_pids, Frozen};
 use crate::procfs;
 use crate::state::snapshot::Snapshot;
+use crate::state::tracked;
 use crate::state::{cpu, creds, files, memory, rseq, seccomp, signals, task, timers, tty};
 use ferry_image::{ImageWriter, Inventory, Process, Thread, Vma};
 use ferry_sys::consts::PTRACE_O_TRACESYSGOOD;
@@ -67,7 +68,7 @@ pub struct DumpReport {
     pub fds: usize,
     /// Time the tree was frozen: from the freeze to the image being committed, or with a
     /// snapshot, to the tree running again (plus the moment each process is frozen again to
-    /// reap its snapshot).
+    /// reap its snapshot, or the moment it was frozen to start tracking its writes: state/tracked.rs).
     pub frozen: Duration,
     pub total: Duration,
     /// Network locks (nftables tables) left blocking the dumped TCP connections on this node,
@@ -156,7 +157,7 @@ fn dump_process(
     tree: &mut files::TreeFiles,
     pidns_root: Option<i32>,
     mut snaps: Option<&mut Vec<Snapshot>>,
-    (root, ns): (i32, &crate::state::namespaces::DumpNs),
+    (root, ns, flags_elsewhere): (i32, &crate::state::namespaces::DumpNs, bool),
 ) -> Result<Process, Error> {
     let pid = f.pid;
     let _span = tracing::info_span!("process", pid).entered();
@@ -171,7 +172,9 @@ fn dump_process(
     files::collect(pid, img, &mut p, done, tree)?;
     let t_maps = Instant::now();
     // (With a snapshot to come, the VmFlags may be read from it once the tree runs again.)
-    let flags_later = snaps.is_some() && crate::state::snapshot::flags_later(pid)?;
+    // (`flags_elsewhere`: the VmFlags were read before the freeze with the pages copied while the
+    // tree ran, state/tracked.rs.)
+    let flags_later = flags_elsewhere || (snaps.is_some() && crate::state::snapshot::flags_later(pid)?);
     let (mut vmas, maps) = memory::scan(pid, img, &mut p.ghosts, !flags_later)?;
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
     let t_window = Instant::now();
@@ -329,7 +332,42 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
         img.sign_with(key.clone());
     }
     reserve_pages(&mut img, opts.pid)?;
+    let tracked = opts.leave_running && opts.snapshot && !opts.leave_stopped && tracked::wanted(opts.pid);
+    if !tracked {
+        return dump_with(opts, move || Ok(img), |_| Ok(()));
+    }
+    let pre = match tracked::Pre::start(opts.pid, image_pid_of(opts.pid), &mut img) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::info!(pid = opts.pid, error = %e, "dump -R: pages not copied ahead: a fork snapshot instead");
+            None
+        }
+    };
+    if let Some(r) = dump_inner(opts, move || Ok(img), |_| Ok(()), pre)? {
+        return Ok(r);
+    }
+    // (The VmFlags of a mapping changed during the dump: again, with the fork snapshot.)
+    let mut img = ImageWriter::prepare(&opts.dir)?;
+    if let Some(key) = &opts.sign {
+        img.sign_with(key.clone());
+    }
+    reserve_pages(&mut img, opts.pid)?;
     dump_with(opts, move || Ok(img), |_| Ok(()))
+}
+
+/// The pid `pid`, the root of a tree, has in its image: 1 if it is the init of a pid namespace
+/// below ferry's (the image keeps the namespace's ids), else its own.
+fn image_pid_of(pid: i32) -> i32 {
+    let ns_pid = procfs::read_string(pid, "status")
+        .ok()
+        .and_then(|t| ferry_proc::parse_status(&t).ok())
+        .map(|st| st.ns_pid)
+        .unwrap_or_default();
+    if ns_pid.len() == 2 && ns_pid.last() == Some(&1) {
+        1
+    } else {
+        pid
+    }
 }
 
 /// Before the freeze: allocate each process's page file about as large as its resident
@@ -379,7 +417,20 @@ pub fn dump_with(
     make_img: impl FnOnce() -> Result<ImageWriter, Error>,
     confirm: impl FnOnce(Instant) -> Result<(), Error>,
 ) -> Result<DumpReport, Error> {
-    let t0 = Instant::now();
+    dump_inner(opts, make_img, confirm, None)?
+        .ok_or_else(|| Error::Invalid { object: format!("pid {}", opts.pid), what: "dump not taken".into() })
+}
+
+/// [`dump_with`], with `pre` the pages of the tree's only process copied while it ran
+/// (state/tracked.rs). `None` only with `pre`: the VmFlags of a mapping changed during the dump,
+/// which must be taken again (the tree runs, nothing was committed).
+fn dump_inner(
+    opts: &DumpOptions,
+    make_img: impl FnOnce() -> Result<ImageWriter, Error>,
+    confirm: impl FnOnce(Instant) -> Result<(), Error>,
+    mut pre: Option<tracked::Pre>,
+) -> Result<Option<DumpReport>, Error> {
+    let t0 = pre.as_ref().map_or_else(Instant::now, |p| p.started);
     let root = opts.pid;
     let _span = tracing::info_span!("dump", pid = root).entered();
     // A root that is pid 1 of a namespace below ferry's takes the whole namespace.
@@ -436,6 +487,16 @@ pub fn dump_with(
     let fd_table_of = check_unshared(&frozen, &parents)?;
     let t_frozen = Instant::now();
     tracing::info!(processes = frozen.len(), "frozen");
+    // (The moment the process was frozen to start tracking it counts too.)
+    let mut frozen_before = Duration::ZERO;
+    if let Some(p) = pre.as_mut() {
+        frozen_before = p.frozen_to_track;
+        // (A tree that forked meanwhile, or much written since the last round: the fork.)
+        if frozen.len() != 1 || frozen[0].pid != p.pid || !p.finish()? {
+            pre = None;
+        }
+    }
+    let tracked = pre.is_some();
     let mut img = make_img()?;
     let mut procs: Vec<Process> = Vec::new();
     let mut tree = files::TreeFiles::default();
@@ -450,14 +511,14 @@ pub fn dump_with(
             &mut procs,
             &mut tree,
             pidns_root,
-            want_snapshot.then_some(&mut snaps),
-            (root, &opts.ns),
+            (want_snapshot && !tracked).then_some(&mut snaps),
+            (root, &opts.ns, tracked),
         )?;
         p.fd_table_of = fd_table_of.get(&f.pid).copied().unwrap_or(0);
         procs.push(p);
     }
     // (A process the snapshot could not be taken of: the whole tree stays frozen.)
-    let snapshot = want_snapshot && snaps.len() == frozen.len();
+    let snapshot = want_snapshot && (tracked || snaps.len() == frozen.len());
     if !snapshot {
         // (VmFlags left for snapshots the dump will not use: read now, still frozen.)
         for s in snaps.iter_mut() {
@@ -538,24 +599,47 @@ pub fn dump_with(
                 snap.hold(mm, &Default::default(), &mut seen, &mut budget)?;
             }
         }
+        if let (Some(pre), Some(mm)) = (pre.as_mut(), procs.first_mut().and_then(|p| p.mm.as_mut())) {
+            pre.hold(mm, &mut seen, &mut budget)?;
+        }
         tracing::info!(hold_ms = t_hold.elapsed().as_secs_f64() * 1e3, "what the snapshots lack taken");
         drop(std::mem::take(&mut tree.connections.repaired));
         for f in frozen.iter_mut() {
             f.resume()?;
         }
-        frozen_for = Some(t_frozen.elapsed());
-        tracing::info!(frozen_ms = t_frozen.elapsed().as_secs_f64() * 1e3, "running again; pages from the snapshots");
+        frozen_for = Some(t_frozen.elapsed() + frozen_before);
+        tracing::info!(
+            frozen_ms = t_frozen.elapsed().as_secs_f64() * 1e3,
+            frozen_to_track_ms = frozen_before.as_secs_f64() * 1e3,
+            "running again; pages from the snapshots"
+        );
         crate::inject::fault_point_named("kill-after-resume");
+        if let Some(pre) = pre.as_mut() {
+            pre.end_tracking();
+            if let Some(mm) = procs.first_mut().and_then(|p| p.mm.as_mut()) {
+                if !pre.check_flags(mm)? {
+                    return Ok(None);
+                }
+            }
+        }
         for (p, snap) in procs.iter_mut().zip(snaps.iter_mut()) {
             if let Some(mm) = p.mm.as_mut() {
                 snap.read_flags(mm, true)?;
             }
         }
-        let snap_pids: Vec<i32> = snaps.iter().map(|s| s.pid).collect();
-        sharing = find_sharing(&mut procs, &snap_pids)?;
+        if tracked {
+            sharing = procs.iter().map(|_| memory::Sharing::default()).collect();
+        } else {
+            let snap_pids: Vec<i32> = snaps.iter().map(|s| s.pid).collect();
+            sharing = find_sharing(&mut procs, &snap_pids)?;
+        }
     }
     let t_memdump = Instant::now();
-    let snap_of = |i: usize| if snapshot { snaps.get(i).map(|s| s as &dyn memory::FrozenMemory) } else { None };
+    let snap_of = |i: usize| match (&pre, snapshot) {
+        (Some(pre), _) => (i == 0).then_some(pre as &dyn memory::FrozenMemory),
+        (None, true) => snaps.get(i).map(|s| s as &dyn memory::FrozenMemory),
+        (None, false) => None,
+    };
     for (i, ((p, &host), sharing)) in procs.iter_mut().zip(&host_pids).zip(&sharing).enumerate() {
         let mut mm =
             p.mm.take()
@@ -640,7 +724,7 @@ pub fn dump_with(
         .flat_map(|mm| mm.vmas.iter())
         .map(|v| v.end.saturating_sub(v.start) / page)
         .sum();
-    Ok(DumpReport {
+    Ok(Some(DumpReport {
         pages_bytes,
         vmas: vmas_n,
         fds,
@@ -652,5 +736,5 @@ pub fn dump_with(
         commit,
         pages_scanned,
         pages_written: pages_bytes / page,
-    })
+    }))
 }

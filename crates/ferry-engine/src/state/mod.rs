@@ -54,6 +54,7 @@ pub mod tcp_repair;
 pub mod timens;
 pub mod timerfd;
 pub mod timers;
+pub mod tracked;
 pub mod tty;
 pub mod unix;
 pub mod userns;

@@ -217,7 +217,7 @@ pub fn read_flags_frozen(pid: i32, mm: &mut Mm) -> Result<(), Error> {
 }
 
 /// Set the VmFlags of `mm`'s mappings from `flags` (smaps of `from`), checked for `pid`.
-fn apply_flags(pid: i32, from: i32, mm: &mut Mm, mut flags: HashMap<u64, Vec<String>>) -> Result<(), Error> {
+pub(crate) fn apply_flags(pid: i32, from: i32, mm: &mut Mm, mut flags: HashMap<u64, Vec<String>>) -> Result<(), Error> {
     for v in mm.vmas.iter_mut() {
         v.vm_flags = flags.remove(&v.end).ok_or_else(|| Error::Invalid {
             object: format!("pid {pid}"),

@@ -15,6 +15,9 @@ fn ferry_with_fault(run: &mut Run, fault: &str, args: &[String], label: &str) ->
     let mut child = Command::new(ferry_bin())
         .args(args)
         .env("FERRY_FAULT", fault)
+        // (`dump -R` of one process would otherwise copy its pages ahead, releasing it once
+        // more after the moment it is frozen to start tracking: a release fault fires there.)
+        .env("FERRY_DUMP_R", "fork")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(err_f)

@@ -162,12 +162,18 @@ fn ferry_killed_during_snapshot_dump_at(fault: &'static str) {
     let spec = Spec::c("dirtier").args(&["64", "100000"]).ready_timeout(Duration::from_secs(60));
     let mut run = Run::start(&spec);
     run.ferry_env.push(("FERRY_FAULT", fault));
+    if fault == "kill-after-snapshot" {
+        run.ferry_env.push(("FERRY_DUMP_R", "fork")); // (one process: pages copied ahead otherwise)
+    }
     let img = run.img();
     let res = run.dump_to("dump", &img, &["-R"]);
     if res.status.success() {
         run.fail("ferry dump -R succeeded although it was to kill itself once the tree ran again");
     }
     run.expect_running_untraced("after ferry died in dump -R");
+    if uffd_registered(run.pid) {
+        run.fail("ferry's userfaultfd registration (uw) is left after ferry died in dump -R");
+    }
     wait_for("the snapshot to die with ferry and be reaped", Duration::from_secs(20), || children(run.pid).is_empty());
     if img.join("inventory.img").exists() {
         run.fail("a dump whose ferry was killed left a complete-looking image");
@@ -247,6 +253,7 @@ fn cow_sharing_found_between_snapshots() {
 #[test]
 fn vm_flags_read_from_snapshot() {
     let mut run = Run::start(&Spec::c("memlayout").args(&["0"]));
+    run.ferry_env.push(("FERRY_DUMP_R", "fork")); // (one process: pages copied ahead otherwise)
     let img = run.img();
     let res = run.dump_to("dump", &img, &["-R", "-v"]);
     if !res.status.success() {
@@ -266,4 +273,80 @@ fn vm_flags_read_from_snapshot() {
     run.expect_running_untraced("after dump -R");
     kill_workload(&mut run);
     run.restore_and_verify("memlayout 0 with VmFlags from the snapshot");
+}
+
+/// Whether `pid`'s mappings still carry a userfaultfd write-protect registration (`uw`).
+fn uffd_registered(pid: i32) -> bool {
+    let smaps = fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    smaps.lines().filter_map(|l| l.strip_prefix("VmFlags:")).any(|f| f.split_whitespace().any(|x| x == "uw"))
+}
+
+/// `dump -R` of one process from pages copied while it runs (state/tracked.rs): dirtier keeps
+/// writing its 256 MiB (2 MB/s) throughout, also with small mappings unmapped, mapped anew and
+/// moved ("churn"), pages dropped ("drop") and pages mapped anew in the middle of the tracked
+/// memory ("remap"). The dump must take that path (no fork), freeze the process for less than a
+/// tenth of its duration, leave it without ferry's userfaultfd registration, and its image must
+/// restore to exactly the memory at the freeze (the workload checks every page).
+#[test]
+fn tracked_pages_memory_exact() {
+    let _heavy = heavy_lock();
+    for mode in [None, Some("churn"), Some("drop"), Some("remap")] {
+        let mut args = vec!["256", "2048"];
+        args.extend(mode);
+        let spec = Spec::c("dirtier").args(&args).ready_timeout(Duration::from_secs(90));
+        let mut run = Run::start(&spec);
+        std::thread::sleep(Duration::from_millis(300));
+        let img = run.img();
+        for attempt in 0..2 {
+            let res = run.dump_to("dump", &img, &["-R", "-v"]);
+            if !res.status.success() {
+                run.fail(&format!("ferry dump -R failed: {}", describe(res.status)));
+            }
+            if !res.stderr.contains("dump -R: the rest copied while frozen") || res.stderr.contains("snapshot taken") {
+                run.fail(&format!("dump -R ({mode:?}) did not take its pages while the process ran:\n{}", res.stderr));
+            }
+            let Some((total, frozen)) = times(&res.stderr) else {
+                run.fail("ferry dump -v printed no 'in T ms (frozen F ms)' line");
+            };
+            eprintln!("dump -R of 256 MiB written at 2 MB/s ({mode:?}): total {total:.1} ms, frozen {frozen:.1} ms");
+            if frozen * 10.0 < total {
+                break;
+            }
+            if attempt == 1 {
+                run.fail(&format!("frozen {frozen:.1} ms of a {total:.1} ms dump: not less than a tenth (twice)"));
+            }
+        }
+        run.expect_running_untraced("after dump -R");
+        if uffd_registered(run.pid) {
+            run.fail("ferry's userfaultfd registration (uw) is left after dump -R");
+        }
+        if !inventory_says_snapshot(&mut run) {
+            run.fail("the inventory does not say the memory is the one at the freeze");
+        }
+        kill_workload(&mut run);
+        run.restore_and_verify(&format!("ferry restore of a dump -R from pages copied while running ({mode:?})"));
+    }
+}
+
+/// A `dump -R` that fails after ferry started tracking the process's writes (its page file
+/// cannot be written) leaves it running, without ferry's userfaultfd registration.
+#[test]
+fn tracked_failed_dump_leaves_no_registration() {
+    let mut run = Run::start(&Spec::c("dirtier").args(&["64", "1024"]));
+    let fault: &'static str = Box::leak(format!("fail-write:pages-{}.img", run.pid).into_boxed_str());
+    run.ferry_env.push(("FERRY_FAULT", fault));
+    let img = run.img();
+    let res = run.dump_to("dump", &img, &["-R", "-v"]);
+    if res.status.success() {
+        run.fail("ferry dump -R succeeded although its page file could not be written");
+    }
+    run.expect_running_untraced("after a failed dump -R");
+    if uffd_registered(run.pid) {
+        run.fail("ferry's userfaultfd registration (uw) is left after a failed dump -R");
+    }
+    if let Some(mut child) = run.child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    run.wait_pid_gone("after killing the workload");
 }

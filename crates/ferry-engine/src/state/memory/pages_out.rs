@@ -38,6 +38,16 @@ pub trait FrozenMemory: Sync {
     fn held(&self, start: u64) -> Option<&Held>;
     /// Copy `i` taken while frozen.
     fn copy(&self, i: usize) -> &[u8];
+    /// Page runs of the mapping at `start` already in the page file (`dump -R` from pages
+    /// copied while the tree ran, state/tracked.rs).
+    fn placed(&self, _start: u64) -> &[PageRun] {
+        &[]
+    }
+    /// The page file, already started (header and the pages [`FrozenMemory::placed`] points
+    /// at), once: the page dump appends to it.
+    fn stream(&self) -> Option<ferry_image::dir::StreamFile> {
+        None
+    }
 }
 
 /// What a snapshot holds for one mapping besides its copy of the memory.
@@ -69,6 +79,12 @@ enum Source {
     Held(usize, usize),
 }
 
+/// Whether `out` was started already (a page file the pages copied while the tree ran went
+/// into, header first: state/tracked.rs).
+fn started_plain(out: &ferry_image::dir::StreamFile) -> bool {
+    !out.is_empty()
+}
+
 /// Whether pages of this kind of mapping are stored in the image.
 fn stores_pages(kind: VmaKind) -> bool {
     matches!(kind, VmaKind::Anon | VmaKind::SharedAnon | VmaKind::FilePrivate)
@@ -95,10 +111,17 @@ pub fn dump_pages(
 ) -> Result<u64, Error> {
     let &PagesFrom { sharing, snap, keep } = from;
     let name = ferry_image::pages_file(image_pid);
-    let out = img.stream(&name)?;
+    let started = snap.and_then(|s| s.stream());
+    let out = match started {
+        Some(s) => s,
+        None => img.stream(&name)?,
+    };
     let path = out.path().display().to_string();
     let werr = |e: std::io::Error| Error::Sys { object: format!("cannot write {path}"), source: e };
-    let mut out = PageSink::new(out, page_compression()).map_err(werr)?;
+    let mut out = match started_plain(&out) {
+        true => PageSink::Plain(out),
+        false => PageSink::new(out, page_compression()).map_err(werr)?,
+    };
     let src = snap.map_or(pid, |s| s.pid());
     let pagemap = procfs::open(src, "pagemap")?;
     let mem = procfs::open(src, "mem")?;
@@ -296,6 +319,17 @@ pub fn dump_pages(
             }
             Ok(())
         })?;
+    }
+    if let Some(snap) = snap {
+        // The pages already in the page file (disjoint from those stored now).
+        for v in mm.vmas.iter_mut() {
+            let placed = snap.placed(v.start);
+            if !placed.is_empty() {
+                stored += placed.iter().map(|r| r.nr_pages * PAGE_SIZE).sum::<u64>();
+                v.runs.extend_from_slice(placed);
+                v.runs.sort_unstable_by_key(|r| r.addr);
+            }
+        }
     }
     img.finish_stream(out.finish().map_err(werr)?)?;
     mm.pages_bytes = stored;

@@ -1,0 +1,468 @@
+//! `dump -R` from pages copied while the tree runs: the write tracking pre-copy migration uses
+//! (precopy.rs: userfaultfd write-protection in async mode, `PAGEMAP_SCAN`), with the image's
+//! page file as the destination.
+//!
+//! Before the freeze, ferry registers each process's private anonymous writable mappings with a
+//! uffd of its own (a moment's freeze per process, counted in the frozen time), and copies every
+//! present page of them into the page file, write-protecting them as it goes; a second or third
+//! round copies what was written meanwhile (appended: the page runs point at the latest copy).
+//! Then it reads the VmFlags (smaps, a walk of every page table: not under the freeze).
+//!
+//! Under the freeze: the tree's state as in any dump, then [`Pre::finish`] keeps the pages that
+//! were copied, are still present and registered, and were not written since (precopy.rs's
+//! invariant); every other page to store (written since, in a mapping made or moved since, or
+//! outside the tracked mappings: stack, file mappings' dirty pages, shared memory up to
+//! [`super::snapshot::shared_hold`]) is copied into ferry's memory ([`Pre::hold`]). The tree
+//! then runs again, the uffds are closed (the kernel unregisters the mappings: no `uw` flag is
+//! left, whatever happens, also when the dump fails), and the image is finished from the page
+//! file and those copies.
+//!
+//! When much was written since the last round (more than [`copy_max`] of the process's anonymous
+//! memory), the copy under the freeze would cost more than a fork: the dump takes the
+//! copy-on-write snapshot of state/snapshot.rs instead, and the page file starts again.
+//!
+//! The VmFlags are read before the freeze and again once the tree runs: a mapping whose flags
+//! differ (a `madvise` during the dump) makes the dump start again with the fork snapshot,
+//! whose flags are the freeze's.
+
+use crate::error::{Ctx, Error};
+use crate::precopy::Tracker;
+use crate::procfs;
+use crate::state::memory::{FrozenMemory, Held};
+use ferry_image::{dir::StreamFile, ImageWriter, Mm, PageRun, VmaKind, PAGE_SIZE};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Whether `dump -R` of the tree rooted at `root` takes its pages while the tree runs (this
+/// module): one process (a tree's pages shared copy-on-write between parent and child are found
+/// from the frozen page tables, which the fork snapshot keeps), plain page files.
+/// `FERRY_DUMP_R=fork` always takes the fork snapshot.
+pub fn wanted(root: i32) -> bool {
+    if std::env::var("FERRY_DUMP_R").is_ok_and(|v| v == "fork") {
+        return false;
+    }
+    crate::state::memory::page_compression() == 0 && crate::freeze::tree_pids(root).len() == 1
+}
+
+/// The most bytes (per process) copied under the freeze before the fork snapshot is cheaper:
+/// 1/32 of its anonymous memory, at least 4 MiB (a fork copies the page tables, ~27 ms per GiB
+/// of 4 KiB pages on a quiet machine here; a copy of 1/32 GiB takes about as long).
+/// `FERRY_DUMP_R_COPY_MAX=BYTES` sets another limit.
+pub fn copy_max(rss_anon: u64) -> u64 {
+    if let Some(v) = std::env::var("FERRY_DUMP_R_COPY_MAX").ok().and_then(|v| v.parse().ok()) {
+        return v;
+    }
+    (rss_anon / 32).max(4 << 20)
+}
+
+/// Where each copied page is in the page file: address → (end, offset, or `None` for a run of
+/// zero pages, not stored). A later copy replaces the earlier one.
+#[derive(Default)]
+struct Copies(BTreeMap<u64, (u64, Option<u64>)>);
+
+impl Copies {
+    fn insert(&mut self, a: u64, b: u64, off: Option<u64>) {
+        // Cut what overlaps a..b out of the entries there.
+        let before = self.0.range(..a).next_back().map(|(&s, &e)| (s, e));
+        if let Some((s, (e, o))) = before {
+            if e > a {
+                self.0.insert(s, (a, o));
+                if e > b {
+                    self.0.insert(b, (e, o.map(|o| o + (b - s))));
+                }
+            }
+        }
+        let inside: Vec<(u64, (u64, Option<u64>))> = self.0.range(a..b).map(|(&s, &v)| (s, v)).collect();
+        for (s, (e, o)) in inside {
+            self.0.remove(&s);
+            if e > b {
+                self.0.insert(b, (e, o.map(|o| o + (b - s))));
+            }
+        }
+        self.0.insert(a, (b, off));
+    }
+
+    /// The page runs of `a..b` (every page of which was copied): stored copies only.
+    fn runs(&self, a: u64, b: u64, out: &mut Vec<PageRun>) {
+        let first = self.0.range(..=a).next_back().map_or(a, |(&s, _)| s);
+        for (&s, &(e, off)) in self.0.range(first..b) {
+            let (lo, hi) = (s.max(a), e.min(b));
+            let Some(off) = off.filter(|_| lo < hi) else { continue };
+            let (addr, offset) = (lo, off + (lo - s));
+            let nr_pages = (hi - lo) / PAGE_SIZE;
+            match out.last_mut() {
+                Some(r) if r.addr + r.nr_pages * PAGE_SIZE == addr && r.offset + r.nr_pages * PAGE_SIZE == offset => {
+                    r.nr_pages += nr_pages
+                }
+                _ => out.push(PageRun { addr, nr_pages, offset }),
+            }
+        }
+    }
+}
+
+/// The pages of one process copied before the freeze, and what is taken of it under it.
+pub struct Pre {
+    pub pid: i32,
+    /// When the dump started (the rounds are part of it).
+    pub started: Instant,
+    tracker: Option<Tracker>,
+    /// Its page file, holding the copies (taken by the page dump, [`FrozenMemory::stream`]).
+    stream: Mutex<Option<StreamFile>>,
+    copies: Copies,
+    /// VmFlags read before the freeze: start → (end, flags).
+    flags_before: HashMap<u64, (u64, Vec<String>)>,
+    /// The pages kept from the rounds (sorted, disjoint), found under the freeze.
+    kept: Vec<(u64, u64)>,
+    /// The pages kept from the rounds, per mapping (by start), as page runs.
+    placed: HashMap<u64, Vec<PageRun>>,
+    held: HashMap<u64, Held>,
+    held_copies: Vec<Vec<u8>>,
+    /// How long the process was frozen to start tracking it.
+    pub frozen_to_track: Duration,
+}
+
+fn is_zero(page: &[u8]) -> bool {
+    page.chunks_exact(16).all(|c| u128::from_ne_bytes(c.try_into().unwrap_or([1; 16])) == 0)
+}
+
+/// VmFlags without the userfaultfd registration that is ferry's own (`uw`: the tracking).
+fn own_flags_out(mut flags: Vec<String>) -> Vec<String> {
+    flags.retain(|f| f != "uw");
+    flags
+}
+
+fn smaps_flags(pid: i32) -> Result<HashMap<u64, (u64, Vec<String>)>, Error> {
+    let text = procfs::read_string(pid, "smaps")?;
+    Ok(procfs::parse(pid, "smaps", ferry_proc::parse_smaps(&text))?
+        .into_iter()
+        .map(|s| (s.start, (s.end, own_flags_out(s.vm_flags))))
+        .collect())
+}
+
+/// Buffers of pages in flight between the reading and the writing thread of the rounds.
+const BUFFERS: usize = 4;
+
+/// The rounds before the freeze (at most 4: until one is under 2 MiB or stops shrinking): this
+/// thread reads the pages (`Tracker::round`) and tells the zero ones, another appends the rest
+/// to `stream` and hashes them (its BLAKE3 digest is the slower half), so that both cores work.
+/// Returns the stream and the bytes the last round found written.
+fn copy_rounds(
+    pid: i32,
+    tracker: &mut Tracker,
+    mut stream: StreamFile,
+    copies: &mut Copies,
+) -> Result<(StreamFile, u64), Error> {
+    let path = stream.path().display().to_string();
+    let werr = |e: std::io::Error| Error::Sys { object: format!("cannot write {path}"), source: e };
+    let stopped = || std::io::Error::other("the page writer stopped");
+    let mut next = stream.len();
+    std::thread::scope(|sc| {
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(BUFFERS);
+        let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let writer = sc.spawn(move || -> std::io::Result<StreamFile> {
+            for buf in full_rx {
+                stream.write_all(&buf)?;
+                let _ = free_tx.send(buf);
+            }
+            Ok(stream)
+        });
+        let mut made = 0;
+        let mut rounds = || -> Result<u64, Error> {
+            let (mut prev, mut last) = (u64::MAX, 0);
+            for round in 0..4 {
+                let t = Instant::now();
+                let mut stored = 0u64;
+                let sent = tracker.round(&mut |_, addr, bytes| {
+                    // (Whole pages: zero ones are recorded, not stored.)
+                    let pages: Vec<&[u8]> = bytes.chunks(PAGE_SIZE as usize).collect();
+                    let mut i = 0;
+                    while i < pages.len() {
+                        let zero = is_zero(pages[i]);
+                        let mut j = i + 1;
+                        while j < pages.len() && is_zero(pages[j]) == zero {
+                            j += 1;
+                        }
+                        let (a, b) = (addr + i as u64 * PAGE_SIZE, addr + j as u64 * PAGE_SIZE);
+                        if zero {
+                            copies.insert(a, b, None);
+                        } else {
+                            let mut buf = match free_rx.try_recv() {
+                                Ok(buf) => buf,
+                                Err(_) if made <= BUFFERS => {
+                                    made += 1;
+                                    Vec::new()
+                                }
+                                Err(_) => free_rx.recv().map_err(|_| stopped())?,
+                            };
+                            buf.clear();
+                            buf.extend_from_slice(&bytes[i * PAGE_SIZE as usize..j * PAGE_SIZE as usize]);
+                            full_tx.send(buf).map_err(|_| stopped())?;
+                            copies.insert(a, b, Some(next));
+                            next += b - a;
+                            stored += b - a;
+                        }
+                        i = j;
+                    }
+                    Ok(())
+                })?;
+                tracing::info!(
+                    pid,
+                    round = round + 1,
+                    sent,
+                    stored,
+                    round_ms = t.elapsed().as_secs_f64() * 1e3,
+                    "dump -R: pages copied while running"
+                );
+                last = sent;
+                if sent < 2 << 20 || sent.saturating_mul(10) > prev.saturating_mul(8) {
+                    break;
+                }
+                prev = sent;
+            }
+            Ok(last)
+        };
+        let got = rounds();
+        drop(full_tx);
+        // (The writer's own error first: a failed write stops the reader too.)
+        let stream =
+            writer.join().map_err(|_| werr(std::io::Error::other("the page writer panicked")))?.map_err(werr)?;
+        Ok((stream, got?))
+    })
+}
+
+impl Pre {
+    /// Before the freeze: track the only process of the tree, `pid`, and copy its memory into
+    /// its page file in `img` (named by the pid the image gives it, `image_pid`).
+    pub fn start(pid: i32, image_pid: i32, img: &mut ImageWriter) -> Result<Pre, Error> {
+        let started = Instant::now();
+        let t = Instant::now();
+        let mut tracker = Tracker::start(pid)?;
+        let frozen_to_track = t.elapsed();
+        let mut stream = img.stream(&ferry_image::pages_file(image_pid))?;
+        let path = stream.path().display().to_string();
+        let werr = |e: std::io::Error| Error::Sys { object: format!("cannot write {path}"), source: e };
+        stream.write_all(&ferry_image::pages_header()).map_err(werr)?;
+        let mut copies = Copies::default();
+        let (stream, last) = copy_rounds(pid, &mut tracker, stream, &mut copies)?;
+        // Written faster than it is copied: what the last round found is about what the freeze
+        // would have to copy. Over twice the limit, the fork is taken at once (and the freeze
+        // spares the scan).
+        let status = procfs::read_string(pid, "status")?;
+        let rss_anon = procfs::parse(pid, "status", ferry_proc::parse_status(&status))?.rss_anon_kib * 1024;
+        if last > 2 * copy_max(rss_anon) {
+            tracing::info!(pid, last, "dump -R: written too fast to copy ahead: a fork snapshot instead");
+            return Err(Error::Invalid {
+                object: format!("pid {pid}"),
+                what: format!("{last} bytes written in the last round"),
+            });
+        }
+        let t = Instant::now();
+        let flags_before = smaps_flags(pid)?;
+        tracing::info!(pid, smaps_ms = t.elapsed().as_secs_f64() * 1e3, "dump -R: VmFlags read before the freeze");
+        Ok(Pre {
+            pid,
+            started,
+            tracker: Some(tracker),
+            stream: Mutex::new(Some(stream)),
+            copies,
+            flags_before,
+            kept: Vec::new(),
+            placed: HashMap::new(),
+            held: HashMap::new(),
+            held_copies: Vec::new(),
+            frozen_to_track,
+        })
+    }
+
+    /// Frozen, first thing: the pages kept from the rounds (precopy.rs's invariant, see the
+    /// module doc). Returns whether what is left is small enough to copy now; if not, the
+    /// tracking ends and the page file is dropped (the fork snapshot takes everything).
+    pub fn finish(&mut self) -> Result<bool, Error> {
+        let pid = self.pid;
+        let t = Instant::now();
+        let Some(tracker) = self.tracker.as_mut() else { return Ok(false) };
+        let keeps = tracker.finish()?;
+        let mut kept: Vec<(u64, u64)> = keeps.into_iter().flat_map(|k| k.ranges).collect();
+        kept.sort_unstable();
+        let kept_bytes: u64 = kept.iter().map(|r| r.1 - r.0).sum();
+        let status = procfs::read_string(pid, "status")?;
+        let rss_anon = procfs::parse(pid, "status", ferry_proc::parse_status(&status))?.rss_anon_kib * 1024;
+        let left = rss_anon.saturating_sub(kept_bytes);
+        let small = left <= copy_max(rss_anon);
+        tracing::info!(
+            pid,
+            kept_bytes,
+            left,
+            small,
+            finish_ms = t.elapsed().as_secs_f64() * 1e3,
+            "dump -R: pages kept from the rounds"
+        );
+        if !small {
+            self.end_tracking();
+            drop(self.stream.lock().unwrap_or_else(|p| p.into_inner()).take());
+            return Ok(false);
+        }
+        self.kept = kept;
+        Ok(true)
+    }
+
+    /// Close the uffd: the kernel unregisters the mappings (no `uw` flag left).
+    pub fn end_tracking(&mut self) {
+        self.tracker = None;
+    }
+
+    /// Still frozen, after the tree's state: the VmFlags of `mm` (as read before the freeze;
+    /// see [`Pre::check_flags`]), and a copy of every page to store that the rounds did not
+    /// keep. `shared_seen` and `budget` are the dump's, as for a snapshot
+    /// ([`super::snapshot::Snapshot::hold`]).
+    pub fn hold(
+        &mut self,
+        mm: &mut Mm,
+        shared_seen: &mut HashSet<(u64, u64, u64)>,
+        budget: &mut u64,
+    ) -> Result<(), Error> {
+        let pid = self.pid;
+        let t = Instant::now();
+        let mem = procfs::open(pid, "mem")?;
+        let pagemap = procfs::open(pid, "pagemap")?;
+        let mut bytes = 0u64;
+        for v in mm.vmas.iter_mut() {
+            if let Some((end, flags)) = self.flags_before.get(&v.start) {
+                if *end == v.end {
+                    v.vm_flags = flags.clone();
+                    crate::state::memory::check_flags(pid, v)?;
+                }
+            }
+            let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Invalid);
+            let len = v.end - v.start;
+            if v.sysv {
+                continue;
+            }
+            if kind == VmaKind::SharedAnon {
+                if !shared_seen.insert((v.shmem_id, v.offset, len)) {
+                    continue;
+                }
+                let mf = procfs::path(pid, &format!("map_files/{:x}-{:x}", v.start, v.end));
+                let obj = std::fs::File::open(&mf)
+                    .ctx(|| format!("pid {pid}: cannot open shared memory at {:#x}", v.start))?;
+                if len > *budget {
+                    v.content_at_end = true;
+                    self.held.insert(v.start, Held::Object(obj));
+                    continue;
+                }
+                *budget -= len;
+                let mut buf = vec![0u8; len as usize];
+                obj.read_exact_at(&mut buf, v.offset)
+                    .ctx(|| format!("pid {pid}: cannot read shared memory at {:#x}", v.start))?;
+                self.held_copies.push(buf);
+                self.held.insert(v.start, Held::Copied(vec![(v.start, self.held_copies.len() - 1)]));
+                continue;
+            }
+            if !matches!(kind, VmaKind::Anon | VmaKind::FilePrivate) {
+                continue;
+            }
+            let from = self.kept.partition_point(|r| r.1 <= v.start);
+            let kept: Vec<(u64, u64)> = self.kept[from..]
+                .iter()
+                .take_while(|r| r.0 < v.end)
+                .map(|r| (r.0.max(v.start), r.1.min(v.end)))
+                .collect();
+            let regions = crate::state::memory::regions_to_store(pagemap.as_fd(), pid, v, &kept)?;
+            let mut parts = Vec::new();
+            for r in regions {
+                let mut buf = vec![0u8; (r.end - r.start) as usize];
+                mem.read_exact_at(&mut buf, r.start)
+                    .ctx(|| format!("pid {pid}: cannot read memory at {:#x}", r.start))?;
+                bytes += buf.len() as u64;
+                self.held_copies.push(buf);
+                parts.push((r.start, self.held_copies.len() - 1));
+            }
+            self.held.insert(v.start, Held::Copied(parts));
+            let mut runs = Vec::new();
+            for (a, b) in kept {
+                self.copies.runs(a, b, &mut runs);
+            }
+            self.placed.insert(v.start, runs);
+        }
+        tracing::info!(pid, bytes, hold_ms = t.elapsed().as_secs_f64() * 1e3, "dump -R: the rest copied while frozen");
+        Ok(())
+    }
+
+    /// Once the tree runs again: the VmFlags read now must be those read before the freeze
+    /// (a mapping made since takes them from now). Returns false if one differs, or a mapping
+    /// of the freeze is in neither read: the dump is then taken again, with a fork snapshot.
+    pub fn check_flags(&self, mm: &mut Mm) -> Result<bool, Error> {
+        let t = Instant::now();
+        let after = smaps_flags(self.pid)?;
+        for v in mm.vmas.iter_mut() {
+            let before = self.flags_before.get(&v.start).filter(|(e, _)| *e == v.end);
+            let now = after.get(&v.start).filter(|(e, _)| *e == v.end);
+            match (before, now) {
+                (Some((_, b)), Some((_, n))) if b == n => {}
+                // (Gone since the thaw: as read before the freeze, which nothing contradicts.)
+                (Some(_), None) => {}
+                (None, Some((_, n))) => {
+                    v.vm_flags = n.clone();
+                    crate::state::memory::check_flags(self.pid, v)?;
+                }
+                _ => {
+                    tracing::info!(
+                        pid = self.pid,
+                        at = v.start,
+                        "dump -R: the VmFlags of a mapping changed during the dump"
+                    );
+                    return Ok(false);
+                }
+            }
+        }
+        tracing::info!(pid = self.pid, smaps_ms = t.elapsed().as_secs_f64() * 1e3, "dump -R: VmFlags checked");
+        Ok(true)
+    }
+}
+
+impl FrozenMemory for Pre {
+    fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    fn held(&self, start: u64) -> Option<&Held> {
+        self.held.get(&start)
+    }
+
+    fn copy(&self, i: usize) -> &[u8] {
+        self.held_copies.get(i).map_or(&[][..], |c| &c[..])
+    }
+
+    fn placed(&self, start: u64) -> &[PageRun] {
+        self.placed.get(&start).map_or(&[][..], |r| &r[..])
+    }
+
+    fn stream(&self) -> Option<StreamFile> {
+        self.stream.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Copies;
+    use ferry_image::PageRun;
+
+    #[test]
+    fn later_copies_replace_earlier_ones() {
+        let mut c = Copies::default();
+        c.insert(0x0, 0x8000, Some(0x1000));
+        c.insert(0x2000, 0x4000, Some(0x20000));
+        c.insert(0x5000, 0x6000, None);
+        let mut runs = Vec::new();
+        c.runs(0x1000, 0x8000, &mut runs);
+        let r = |addr, nr_pages, offset| PageRun { addr, nr_pages, offset };
+        assert_eq!(runs, vec![r(0x1000, 1, 0x2000), r(0x2000, 2, 0x20000), r(0x4000, 1, 0x5000), r(0x6000, 2, 0x7000)]);
+        c.insert(0x0, 0x9000, Some(0x40000));
+        let mut all = Vec::new();
+        c.runs(0x0, 0x9000, &mut all);
+        assert_eq!(all, vec![r(0x0, 9, 0x40000)]);
+    }
+}
