@@ -587,7 +587,8 @@ fn grow_stack_to(pid: i32, maps: &[ferry_proc::MapEntry], orig: &UserRegs, low: 
     let Some(syscall_at) = find_syscall_insn(pid, maps) else { return Ok(()) };
     let mut base = *orig;
     base.rsp = low & !15;
-    let r = Injector::new(pid, syscall_at, base).call(libc::SYS_clock_gettime as u64, &[libc::CLOCK_MONOTONIC as u64, low]);
+    let r =
+        Injector::new(pid, syscall_at, base).call(libc::SYS_clock_gettime as u64, &[libc::CLOCK_MONOTONIC as u64, low]);
     ptrace::set_regs(pid, orig)?;
     r.map(drop)
 }

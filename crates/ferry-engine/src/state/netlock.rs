@@ -104,7 +104,10 @@ fn nft_in(netns: Option<&std::os::fd::OwnedFd>, script: &str) -> Result<(), Erro
         (None, None) => nft(script),
         (ns, Some(mnt)) => crate::state::namespaces::in_ns(mnt, libc::CLONE_NEWNS, || match ns {
             Some(ns) => ferry_sys::ns::setns(ns.as_fd(), libc::CLONE_NEWNET)
-                .map_err(|e| Error::Sys { object: "cannot join the tree's network namespace (setns)".into(), source: e })
+                .map_err(|e| Error::Sys {
+                    object: "cannot join the tree's network namespace (setns)".into(),
+                    source: e,
+                })
                 .and_then(|()| nft(script)),
             None => nft(script),
         }),

@@ -270,7 +270,8 @@ impl Snapshot {
         let t = Instant::now();
         let text = procfs::read_string(pid, "maps")?;
         // By end: a stack may have grown down under ferry's injected syscalls (see memory::vm_flags).
-        let have: HashSet<u64> = procfs::parse(pid, "maps", ferry_proc::parse_maps(&text))?.iter().map(|m| m.end).collect();
+        let have: HashSet<u64> =
+            procfs::parse(pid, "maps", ferry_proc::parse_maps(&text))?.iter().map(|m| m.end).collect();
         if let Some(v) = mm.vmas.iter().find(|v| !have.contains(&v.end)) {
             tracing::info!(
                 target,
