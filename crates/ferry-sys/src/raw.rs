@@ -3,7 +3,7 @@
 
 use crate::{cvt, cvt_i};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 /// The kernel's `struct sigaction` for `rt_sigaction(2)` on x86_64 (not glibc's).
 #[repr(C)]
@@ -440,6 +440,116 @@ impl RawRegion {
             return Err((self, next));
         }
         Ok(RawRegion { start: self.start, end: next.end })
+    }
+
+    /// The same range mapped anew with `MAP_NORESERVE` (no commit charge: smaps VmFlags `nr`
+    /// and not `ac`, which no call can change on an existing mapping), holding the bytes the
+    /// region has in `keep` (page-aligned ranges inside it) and zeros elsewhere. The pages are
+    /// moved, not copied (`UFFDIO_MOVE`, Linux 6.8: page-table entries only, whole 2 MiB huge
+    /// pages included); those the kernel cannot move (an older kernel, a page shared or
+    /// pinned) are copied. Returns the new region and the bytes copied. On an error nothing of
+    /// either mapping is left.
+    pub fn renew_noreserve(self, keep: &[(u64, u64)]) -> io::Result<(RawRegion, u64)> {
+        const PMD: u64 = 2 << 20;
+        let (start, len) = (self.start, self.end - self.start);
+        if keep.iter().any(|&(a, b)| a < self.start || b > self.end || a > b) {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // 1. The pages step aside, to an address at the same offset in a 2 MiB chunk (so that
+        //    huge pages move whole): a reservation with room for the alignment, then mremap.
+        let resv_len = len + PMD;
+        // SAFETY: a new mapping at an address the kernel chooses; nothing references it.
+        let resv = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                resv_len as usize,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if resv == libc::MAP_FAILED {
+            let e = io::Error::last_os_error();
+            let _ = self.unmap();
+            return Err(e);
+        }
+        let resv = resv as u64;
+        let aside = resv + (start % PMD + PMD - resv % PMD) % PMD;
+        // SAFETY: moves this region (referenced by no Rust code) over part of the reservation
+        // just made (MREMAP_FIXED replaces only that).
+        let p = unsafe {
+            libc::mremap(
+                start as *mut libc::c_void,
+                len as usize,
+                len as usize,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                aside as *mut libc::c_void,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            let e = io::Error::last_os_error();
+            // SAFETY: the reservation just made (PROT_NONE, never referenced).
+            unsafe { libc::munmap(resv as *mut libc::c_void, resv_len as usize) };
+            let _ = self.unmap();
+            return Err(e);
+        }
+        for (a, b) in [(resv, aside), (aside + len, resv + resv_len)] {
+            if b > a {
+                // SAFETY: what is left of the reservation (PROT_NONE, never referenced).
+                unsafe { libc::munmap(a as *mut libc::c_void, (b - a) as usize) };
+            }
+        }
+        let aside = RawRegion { start: aside, end: aside + len };
+        // 2. The new mapping where the region was.
+        let new = match RawRegion::map(start, start + len, false, true) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = aside.unmap();
+                return Err(e);
+            }
+        };
+        // 3. The pages move in (the target of UFFDIO_MOVE must be registered with the uffd).
+        let mut left: Vec<(u64, u64)> = keep.iter().copied().filter(|r| r.1 > r.0).collect();
+        let uffd = crate::uffd::own().and_then(|u| {
+            crate::uffd::api(u.as_fd(), crate::uffd::UFFD_FEATURE_MOVE)?;
+            crate::uffd::register(u.as_fd(), start, len, crate::uffd::UFFDIO_REGISTER_MODE_MISSING)?;
+            Ok(u)
+        });
+        if let Ok(u) = &uffd {
+            let mut rest = Vec::new();
+            for &(a, b) in &left {
+                let mut at = a;
+                while at < b {
+                    let (n, err) = crate::uffd::move_pages(u.as_fd(), at, at - start + aside.start, b - at);
+                    at += n;
+                    match err {
+                        None => {}
+                        Some(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
+                        Some(_) => {
+                            rest.push((at, b));
+                            break;
+                        }
+                    }
+                }
+            }
+            left = rest;
+        }
+        // (closing the uffd unregisters the range: a write to it no longer waits for a reader)
+        drop(uffd);
+        // 4. What did not move is copied.
+        let mut copied = 0;
+        for &(a, b) in &left {
+            // SAFETY: both ranges lie in regions this function owns, mapped read+write, which
+            // no Rust reference points into; they do not overlap (different addresses, same
+            // length).
+            unsafe {
+                std::ptr::copy_nonoverlapping((a - start + aside.start) as *const u8, a as *mut u8, (b - a) as usize)
+            };
+            copied += b - a;
+        }
+        let _ = aside.unmap();
+        Ok((new, copied))
     }
 
     /// Unmap the region.

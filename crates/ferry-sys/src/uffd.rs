@@ -218,3 +218,48 @@ pub fn own_fork_uffd(fd: i32) -> io::Result<std::os::fd::OwnedFd> {
     // that was just read; nothing else knows of it, so it gets exactly one owner here.
     Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
+
+// ---- UFFDIO_MOVE, for pages handed from one mapping of this process to another ----
+
+/// UFFDIO_API feature: `UFFDIO_MOVE` (Linux 6.8).
+pub const UFFD_FEATURE_MOVE: u64 = 1 << 16;
+
+const UFFDIO_MOVE: libc::c_ulong = 0xC028_AA05;
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioMove {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    moved: i64,
+}
+
+/// A userfaultfd of the calling process itself (close-on-exec, non-blocking); closing it
+/// unregisters every range registered with it.
+pub fn own() -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: integer arguments only.
+    let fd = crate::cvt(unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) })?;
+    // SAFETY: the kernel just installed `fd` in this process's table for this call alone.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+}
+
+/// `UFFDIO_MOVE` — move the pages of `src..src+len` (private anonymous memory of the uffd's
+/// process, not shared with another process) to `dst..dst+len` (a range registered with `uffd`
+/// where no page is): page-table entries move, the pages are not copied (a 2 MiB huge page
+/// moves whole when both ends are aligned alike). `src` then reads as zeros. Returns the bytes
+/// moved: fewer than asked with the error that stopped it (`EAGAIN`: try again; `EBUSY`: a page
+/// is shared or pinned; `ENOENT`: a page of `src` is not there). See ioctl_userfaultfd(2).
+pub fn move_pages(uffd: BorrowedFd<'_>, dst: u64, src: u64, len: u64) -> (u64, Option<io::Error>) {
+    let mut m = UffdioMove { dst, src, len, mode: 0, moved: 0 };
+    // SAFETY: `m` is a valid uffdio_move for the duration of the call; the kernel checks that
+    // both ranges are mapped in this process and moves no page Rust code references (the caller
+    // only passes ranges of regions it owns, see raw::RawRegion).
+    let r = unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_MOVE, &mut m as *mut UffdioMove) };
+    if r == 0 {
+        return (len, None);
+    }
+    let err = io::Error::last_os_error();
+    (m.moved.max(0) as u64, Some(err))
+}

@@ -27,6 +27,9 @@
  *                 i % 4 == t); each round each thread also has the kernel read one of its pages
  *                 (pwrite to a scratch file) and write it back in place (pread): faults taken
  *                 in kernel mode, from several threads at once.
+ *   argv[4] = "noreserve" (or "noreserve,drop"): the memory is mapped MAP_NORESERVE (as
+ *                 jemalloc maps its heaps); on go its mapping (bounds, permissions, the whole
+ *                 VmFlags line of smaps: "nr", no "ac") must be the one recorded at ready.
  */
 #include "common.h"
 #include <sys/mman.h>
@@ -36,6 +39,32 @@
 
 #define PAGE 4096UL
 #define WORDS (PAGE / 8)
+
+/* The mapping holding addr, as "lo-hi perms [VmFlags]" (empty if none). */
+static void mapping_of(const void *addr, char *out, size_t cap)
+{
+	static char smaps[1 << 20];
+	out[0] = 0;
+	if (read_file("/proc/self/smaps", smaps, sizeof smaps) < 0)
+		die_setup("read /proc/self/smaps: %s", strerror(errno));
+	int in = 0;
+	for (char *line = smaps; line && *line;) {
+		char *nl = strchr(line, '\n');
+		if (nl)
+			*nl = 0;
+		unsigned long lo, hi;
+		char perms[8];
+		if (sscanf(line, "%lx-%lx %7s", &lo, &hi, perms) == 3 && strncmp(line, "VmFlags:", 8) != 0) {
+			in = (unsigned long)addr >= lo && (unsigned long)addr < hi;
+			if (in)
+				snprintf(out, cap, "%lx-%lx %s", lo, hi, perms);
+		} else if (in && strncmp(line, "VmFlags:", 8) == 0) {
+			size_t o = strlen(out);
+			snprintf(out + o, cap - o, " [%s]", line + 8);
+		}
+		line = nl ? nl + 1 : NULL;
+	}
+}
 
 static inline uint64_t mix(uint64_t page, uint64_t gen, uint64_t word)
 {
@@ -165,7 +194,9 @@ int main(int argc, char **argv)
 	size_t mib = argc > 2 ? strtoul(argv[2], NULL, 10) : 64;
 	size_t kib_s = argc > 3 ? strtoul(argv[3], NULL, 10) : 10240;
 	size_t npages = (mib << 20) / PAGE;
-	uint64_t *mem = mmap(NULL, npages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	int noreserve = argc > 4 && strstr(argv[4], "noreserve") != NULL;
+	uint64_t *mem = mmap(NULL, npages * PAGE, PROT_READ | PROT_WRITE,
+			     MAP_PRIVATE | MAP_ANONYMOUS | (noreserve ? MAP_NORESERVE : 0), -1, 0);
 	if (mem == MAP_FAILED)
 		die_setup("mmap %zu MiB: %s", mib, strerror(errno));
 	uint32_t *gen = calloc(npages, sizeof *gen);
@@ -182,7 +213,7 @@ int main(int argc, char **argv)
 	int churning = argc > 4 && strcmp(argv[4], "churn") == 0;
 	int forking = argc > 4 && strcmp(argv[4], "fork") == 0;
 	int threading = argc > 4 && strcmp(argv[4], "threads") == 0;
-	int dropping = argc > 4 && strcmp(argv[4], "drop") == 0;
+	int dropping = argc > 4 && (strcmp(argv[4], "drop") == 0 || strcmp(argv[4], "noreserve,drop") == 0);
 	int remapping = argc > 4 && strcmp(argv[4], "remap") == 0;
 	unsigned long dropped = 0, remapped = 0;
 	struct writer writers[NTHREADS];
@@ -209,6 +240,12 @@ int main(int argc, char **argv)
 	if (churning)
 		for (int k = 0; k < NSLOT; k++)
 			slot_new(k, 32);
+	char mapping[512] = "";
+	if (noreserve) {
+		mapping_of(mem, mapping, sizeof mapping);
+		if (!strstr(mapping, " nr"))
+			die_setup("MAP_NORESERVE memory without nr: %s", mapping);
+	}
 	signal_ready();
 	while (!go) {
 		for (size_t k = 0; !threading && k < per_round; k++) {
@@ -311,6 +348,11 @@ int main(int argc, char **argv)
 				break;
 			}
 	CHECK(dirtied > 0, "no page was ever rewritten");
+	if (noreserve) {
+		char now[512];
+		mapping_of(mem, now, sizeof now);
+		CHECK(strcmp(now, mapping) == 0, "the memory's mapping is %s, it was %s", now, mapping);
+	}
 	if (dropping || remapping)
 		fprintf(stderr, "dirtier: %lu pages dropped, %lu mapped anew\n", dropped, remapped);
 	fprintf(stderr, "dirtier: %zu pages checked, %llu rewrites in %llu rounds\n", npages,

@@ -39,6 +39,8 @@ pub struct InPlace {
     filling: HashMap<u64, Filling>,
     /// Chunks made huge pages.
     pub collapsed: u64,
+    /// Bytes of mappings made anew without reserve that were copied rather than moved.
+    pub copied: u64,
     /// `FERRY_PRECOPY_IN_PLACE=0`: every page goes to the staging file (the path before memory
     /// in place; a way out should it ever misbehave).
     off: bool,
@@ -75,6 +77,7 @@ impl InPlace {
             placed: 0,
             filling: HashMap::new(),
             collapsed: 0,
+            copied: 0,
             off: !enabled || std::env::var_os("FERRY_PRECOPY_IN_PLACE").is_some_and(|v| v == "0"),
         }
     }
@@ -239,13 +242,24 @@ impl InPlace {
                 }
             }
             let region = self.carve(v.start, v.end).with_context(|| format!("pid {pid}: mapping {:#x}", v.start))?;
-            let mut at = v.start;
-            for &(a, b) in mine.iter().chain([(v.end, v.end)].iter()) {
-                if a > at {
-                    region.zero(at, a - at).with_context(|| format!("pid {pid}: cannot drop pages at {at:#x}"))?;
+            let region = if v.vm_flags.iter().any(|f| f == "nr") {
+                // MAP_NORESERVE (jemalloc's heaps): only a mapping made so has it, so the kept
+                // pages move into one (their page-table entries, not their bytes)
+                let (region, copied) = region
+                    .renew_noreserve(&mine)
+                    .with_context(|| format!("pid {pid}: cannot map {:#x} anew without reserve", v.start))?;
+                self.copied += copied;
+                region
+            } else {
+                let mut at = v.start;
+                for &(a, b) in mine.iter().chain([(v.end, v.end)].iter()) {
+                    if a > at {
+                        region.zero(at, a - at).with_context(|| format!("pid {pid}: cannot drop pages at {at:#x}"))?;
+                    }
+                    at = at.max(b);
                 }
-                at = at.max(b);
-            }
+                region
+            };
             self.handed.push(Premapped { region, owner: pid });
             taken.push((v.start, v.end));
         }
@@ -334,12 +348,13 @@ impl InPlace {
 }
 
 /// Mappings that can be handed over: private anonymous, without flags a plain read+write
-/// anonymous mapping would not have (growing down, no reserve, droppable), not marked
-/// MADV_NOHUGEPAGE (serve may have collapsed its pages into huge ones), not SysV, not shared
-/// copy-on-write with a parent (its content is a layer over the parent's).
+/// anonymous mapping would not have (growing down, droppable; no reserve is made anew, see
+/// [`RawRegion::renew_noreserve`]), not marked MADV_NOHUGEPAGE (serve may have collapsed its
+/// pages into huge ones), not SysV, not shared copy-on-write with a parent (its content is a
+/// layer over the parent's).
 fn eligible(v: &Vma) -> bool {
     let has = |f: &str| v.vm_flags.iter().any(|x| x == f);
-    v.kind == VmaKind::Anon as i32 && !v.sysv && !v.cow && !has("gd") && !has("nr") && !has("dp") && !has("nh")
+    v.kind == VmaKind::Anon as i32 && !v.sysv && !v.cow && !has("gd") && !has("dp") && !has("nh")
 }
 
 impl Drop for InPlace {

@@ -995,9 +995,10 @@ fn receive_in(sec: &mut Secure, limits: &Limits, dir: &Path, in_place: bool) -> 
                     }
                     bytes = ferry_image::encode_record(ferry_image::RecordKind::Inventory, &inv);
                     eprintln!(
-                        "serve: pre-copied pages: {} MiB handed over in place ({} MiB as huge pages), {} MiB put in the image, in {} ms",
+                        "serve: pre-copied pages: {} MiB handed over in place ({} MiB as huge pages, {} KiB copied into mappings made anew), {} MiB put in the image, in {} ms",
                         inplace.handed_bytes() >> 20,
                         inplace.collapsed * 2,
+                        inplace.copied >> 10,
                         to_image >> 20,
                         t.elapsed().as_millis()
                     );

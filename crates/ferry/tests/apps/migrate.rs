@@ -6,7 +6,7 @@
 
 use super::redis::{redis_args, REDIS};
 use super::*;
-use crate::migrate::{keygen, run_ok, summary, Migration, Nodes, Server, DEST};
+use crate::migrate::{in_place_mib, keygen, run_ok, summary, Migration, Nodes, Server, DEST};
 
 const ADDR: &str = "10.231.1.1";
 const REDIS_PORT: u16 = 6390;
@@ -104,6 +104,8 @@ fn migrate_redis(mode: &str) {
     // ~40 MiB of data: something for the pre-copy rounds to move while the client writes.
     assert_eq!(cli(&nodes, false, &["DEBUG", "POPULATE", "200000", "key", "100"]), "OK");
     let run_id = info(&nodes, false, "run_id");
+    // (every key and value, to compare on B once the client's counter is gone again)
+    let digest = cli(&nodes, false, &["DEBUG", "DIGEST"]);
     fs::write(w.join("client.py"), CLIENT).expect("client.py");
     let mut client = nodes
         .in_b(&path_str(&python))
@@ -133,6 +135,12 @@ fn migrate_redis(mode: &str) {
         fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
     );
     let at_move = progress(&w);
+    if mode == "--pre-copy" {
+        // jemalloc's heaps (MAP_NORESERVE) were handed over in place, not put in the image
+        wait_for("the destination's timings", Duration::from_secs(20), || server.log().contains("serve: pre-copy:"));
+        let in_place = in_place_mib(&server.log());
+        assert!(in_place >= 32, "{in_place} MiB handed over in place: {}", server.log());
+    }
     // The service address moves to B.
     run_ok(Command::new("ip").args(["-n", &nodes.a, "addr", "del", &format!("{ADDR}/32"), "dev", "lo"]));
     run_ok(Command::new("ip").args(["-n", &nodes.b, "route", "del", &format!("{ADDR}/32")]));
@@ -148,5 +156,7 @@ fn migrate_redis(mode: &str) {
     assert_eq!(info(&nodes, true, "run_id"), run_id, "another redis answers on B");
     assert_eq!(cli(&nodes, true, &["DBSIZE"]), "200001");
     assert_eq!(cli(&nodes, true, &["STRLEN", "key:123456"]), "100");
+    assert_eq!(cli(&nodes, true, &["DEL", "counter"]), "1");
+    assert_eq!(cli(&nodes, true, &["DEBUG", "DIGEST"]), digest, "the data on B differs from A's");
     cli(&nodes, true, &["SHUTDOWN", "NOSAVE"]);
 }

@@ -363,7 +363,7 @@ pub(crate) fn summary(m: &Migration) -> (i32, u64) {
 }
 
 /// The MiB `ferry serve` says it handed over in place (pre-copy), from its log.
-fn in_place_mib(log: &str) -> u64 {
+pub(crate) fn in_place_mib(log: &str) -> u64 {
     log.lines()
         .filter_map(|l| l.split("pre-copied pages: ").nth(1)?.split(" MiB handed over in place").next()?.parse().ok())
         .next_back()

@@ -34,6 +34,16 @@ fn migrate_pre_copy_pages_mapped_anew_come_back_as_at_the_freeze() {
     migrate_and_verify_rate(128, 2048, &["--pre-copy"], "remap");
 }
 
+/// Memory mapped MAP_NORESERVE (as jemalloc maps its heaps: redis) is handed over in place too
+/// (it went into the image after the freeze before), in a mapping made anew without reserve
+/// that the pages move into: the restored process finds its mapping as at ready (bounds,
+/// permissions, the whole VmFlags line: "nr", no "ac") and every page as at the freeze (some
+/// dropped with MADV_DONTNEED, which must read as zeros).
+#[test]
+fn migrate_pre_copy_noreserve_memory_handed_over_in_place() {
+    migrate_and_verify_rate(128, 2048, &["--pre-copy"], "noreserve,drop");
+}
+
 /// The mappings a pre-copy migration made in `ferry serve` (pid `pid`) overlapping `lo..hi`.
 fn serve_maps_in(pid: i32, lo: u64, hi: u64) -> Vec<String> {
     let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
