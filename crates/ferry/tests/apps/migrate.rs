@@ -2,7 +2,8 @@
 //! `ferry migrate --pre-copy --tcp-established` (and `--post-copy`), while a client in node B keeps incrementing a
 //! counter on one connection to the service address 10.231.1.1, which moves from A to B after
 //! the migration. The client's connection survives, no increment is lost or applied twice,
-//! and the server on B is the same redis (run id) with all its data.
+//! and the server on B is the same redis (run id) with all its data (`DEBUG DIGEST`); with
+//! pre-copy its memory (jemalloc's MAP_NORESERVE heaps) was handed over in place.
 
 use super::redis::{redis_args, REDIS};
 use super::*;
@@ -138,6 +139,9 @@ fn migrate_redis(mode: &str) {
     if mode == "--pre-copy" {
         // jemalloc's heaps (MAP_NORESERVE) were handed over in place, not put in the image
         wait_for("the destination's timings", Duration::from_secs(20), || server.log().contains("serve: pre-copy:"));
+        for l in server.log().lines().filter(|l| l.contains("pre-copied pages") || l.contains("serve: pre-copy:")) {
+            eprintln!("{l}");
+        }
         let in_place = in_place_mib(&server.log());
         assert!(in_place >= 32, "{in_place} MiB handed over in place: {}", server.log());
     }
