@@ -572,3 +572,136 @@ pub fn xsave_component(component: u32) -> Option<(u32, u32)> {
     let r = unsafe { std::arch::x86_64::__cpuid_count(0xd, component) };
     (r.eax != 0).then_some((r.eax, r.ebx))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: u64 = 4096;
+
+    /// A fresh private anonymous read+write mapping of `len` bytes, 2 MiB aligned plus one page
+    /// (so that it holds a whole aligned 2 MiB chunk and ends that are not aligned).
+    fn region(len: u64) -> RawRegion {
+        let pmd = 2 << 20;
+        // SAFETY: a new mapping at an address the kernel chooses; nothing references it.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                (len + 2 * pmd) as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let start = (p as u64).next_multiple_of(pmd) + PAGE;
+        let whole = RawRegion { start: p as u64, end: p as u64 + len + 2 * pmd };
+        let (head, rest) = whole.split(start).unwrap();
+        let (mine, tail) = rest.split(start + len).unwrap();
+        head.unmap().unwrap();
+        tail.unmap().unwrap();
+        mine
+    }
+
+    fn page_of(r: &RawRegion, addr: u64) -> Vec<u8> {
+        let mut buf = vec![0u8; PAGE as usize];
+        r.read(addr, &mut buf).unwrap();
+        buf
+    }
+
+    fn pattern(addr: u64) -> Vec<u8> {
+        (0..PAGE).map(|i| ((addr / PAGE).wrapping_mul(31) ^ i) as u8 | 1).collect()
+    }
+
+    /// The bounds and VmFlags of the mapping holding `addr` (this process's smaps).
+    fn flags_at(addr: u64) -> (u64, u64, Vec<String>) {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut cur = None;
+        for l in smaps.lines() {
+            if let Some(f) = l.strip_prefix("VmFlags:") {
+                if let Some((a, b)) = cur.take() {
+                    return (a, b, f.split_whitespace().map(str::to_string).collect());
+                }
+            } else if let Some((a, b)) = l.split_whitespace().next().and_then(|r| r.split_once('-')) {
+                if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                    cur = (a <= addr && addr < b).then_some((a, b));
+                }
+            }
+        }
+        panic!("no mapping at {addr:#x}");
+    }
+
+    /// Renew a filled region keeping `keep`, with `share` forked into a child that keeps the
+    /// pages shared (UFFDIO_MOVE refuses those: they are copied); check bytes and flags.
+    fn renew_and_check(share: bool) -> (u64, u64) {
+        // (one at a time: the child forked by one would share the other's pages too)
+        static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+        let len = (4 << 20) + 3 * PAGE;
+        let r = region(len);
+        let s = r.start();
+        let mut p = s;
+        while p < r.end() {
+            r.write(p, &pattern(p)).unwrap();
+            p += PAGE;
+        }
+        let chunk = (s + (2 << 20)) & !((2 << 20) - 1);
+        let _ = r.collapse(chunk, 2 << 20); // (a huge page, moved whole, where THP exists)
+        let keep = [(s, s + PAGE), (s + 3 * PAGE, chunk + (2 << 20) + PAGE), (r.end() - PAGE, r.end())];
+        let mut child = None;
+        if share {
+            let mut fds = [0i32; 2];
+            // SAFETY: `fds` has room for the two descriptors.
+            assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+            // SAFETY: the child only calls read(2) and _exit(2) (async-signal-safe).
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                let mut b = [0u8; 1];
+                // SAFETY: reads one byte into `b`, then leaves without running any Rust code.
+                unsafe {
+                    libc::read(fds[0], b.as_mut_ptr().cast(), 1);
+                    libc::_exit(0)
+                }
+            }
+            assert!(pid > 0);
+            child = Some((pid, fds));
+        }
+        let (n, copied) = r.renew_noreserve(&keep).unwrap();
+        if let Some((pid, fds)) = child {
+            // SAFETY: plain fd and pid arguments of our own pipe and child.
+            unsafe {
+                libc::write(fds[1], b"x".as_ptr().cast(), 1);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+                libc::close(fds[0]);
+                libc::close(fds[1]);
+            }
+        }
+        assert_eq!((n.start(), n.end()), (s, s + len));
+        let mut p = s;
+        while p < n.end() {
+            let kept = keep.iter().any(|&(a, b)| a <= p && p < b);
+            let want = if kept { pattern(p) } else { vec![0u8; PAGE as usize] };
+            assert!(page_of(&n, p) == want, "page {:#x} (kept: {kept})", p - s);
+            p += PAGE;
+        }
+        let (a, b, flags) = flags_at(s);
+        assert!(a <= s && b >= s + len, "{a:#x}-{b:#x}");
+        assert!(flags.iter().any(|f| f == "nr") && !flags.iter().any(|f| f == "ac"), "{flags:?}");
+        assert!(!flags.iter().any(|f| f.starts_with('u')), "still registered: {flags:?}");
+        n.unmap().unwrap();
+        (copied, keep.iter().map(|r| r.1 - r.0).sum())
+    }
+
+    #[test]
+    fn renew_noreserve_moves_the_kept_pages() {
+        assert_eq!(renew_and_check(false).0, 0, "pages copied, not moved");
+    }
+
+    #[test]
+    fn renew_noreserve_copies_pages_it_cannot_move() {
+        // (every page is shared with the child: none moves)
+        let (copied, kept) = renew_and_check(true);
+        assert_eq!(copied, kept);
+    }
+}
