@@ -913,6 +913,8 @@ pub fn restore_in_place(
     let hold_r = raw::dup_above(hold_r.as_fd(), base).ctx(|| "cannot move a pipe".into())?;
     let pages: Vec<Option<(i32, u64)>> =
         prep.iter().map(|p| p.as_ref().and_then(|p| Some((p.mem.pages_fd?, p.mem.pages_len)))).collect();
+    let init_in_userns = crate::state::userns::owns_pidns(img.inventory().namespaces.as_ref(), img.inventory().pidns);
+    let in_userns = userns.as_ref().map(|fd| fd.as_fd()).filter(|_| init_in_userns);
     let ctx = TreeCtx {
         procs: &procs,
         plan: &plan,
@@ -928,7 +930,8 @@ pub fn restore_in_place(
         cgroup_fds,
         host_proc: host_proc.as_raw_fd(),
         mounts: entered.as_ref().and_then(|e| e.handover.mounts.as_ref()),
-        userns: userns.as_ref().map(|fd| fd.as_raw_fd()),
+        // (An init forked inside the user namespace: the whole tree is in it from the start.)
+        userns: userns.as_ref().map(|fd| fd.as_raw_fd()).filter(|_| !init_in_userns),
         nested: nested.as_ref(),
         time_for_children: crate::state::nested_ns::time_for_children_offsets(&procs)?,
     };
@@ -955,11 +958,13 @@ pub fn restore_in_place(
     // A tree that was a whole pid namespace gets a new one: its init is created by a plain
     // clone3(CLONE_NEWPID) and every other pid is chosen inside it.
     let pidns = img.inventory().pidns;
-    let forked = match (pidns, opts.sibling) {
-        (true, false) => ferry_sys::process::clone3_new_pidns(),
-        (false, false) => clone3_with_pid(root),
-        (true, true) => ferry_sys::process::clone3_sibling(None, libc::CLONE_NEWPID as u64),
-        (false, true) => ferry_sys::process::clone3_sibling(Some(root), 0),
+    let forked = match (in_userns, pidns, opts.sibling) {
+        // (Its pid namespace made from inside its user namespace, owned by it: state/userns.rs.)
+        (Some(fd), _, _) => Ok(crate::state::userns::fork_init(fd, opts.sibling)?),
+        (None, true, false) => ferry_sys::process::clone3_new_pidns(),
+        (None, false, false) => clone3_with_pid(root),
+        (None, true, true) => ferry_sys::process::clone3_sibling(None, libc::CLONE_NEWPID as u64),
+        (None, false, true) => ferry_sys::process::clone3_sibling(Some(root), 0),
     };
     let mut tree = match forked {
         Ok(Fork::Child) => child_main(&ctx, 0, std::mem::take(in_place)),

@@ -4,16 +4,25 @@
  * that its view is the same as before the dump, as seen from inside:
  *   uid_map, gid_map, setgroups; getresuid/getresgid/getgroups; the capability sets and
  *   securebits; /proc/self/cgroup; the host name; and, for its uts, net, ipc, cgroup and mnt
- *   namespaces, whether its user namespace owns them (ioctl NS_GET_USERNS).
+ *   namespaces, whether its user namespace owns them (ioctl NS_GET_USERNS); its pid
+ *   namespace's owner is checked as "pid" (and "pid_for_children").
  *
  *   userns W view         as started
  *   userns W drop         first becomes uid 1000 / gid 1000 with groups 2000, 2001 inside
  *                          (capabilities dropped): the ids must be mapped
  *   userns W cgroupns DIR  joins cgroup DIR (cgroup.procs), unshares a cgroup namespace there,
  *                          then moves to DIR/sub (seen inside as /sub)
+ *   userns W threads      with 3 more threads, each checking after restore that gettid()
+ *                          gives its id from before the dump (restored with clone3(set_tid))
+ *   userns W mountproc    after restore, mounts a proc for its pid namespace on W/procmnt
+ *                          (it must own its mount and pid namespaces) and finds itself in it
+ *   userns W threads-mountproc  both
  */
 #include "common.h"
 #include <grp.h>
+#include <pthread.h>
+#include <sys/mount.h>
+#include <sys/syscall.h>
 #include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
@@ -64,8 +73,8 @@ static void view(char *out, size_t cap)
 	struct stat user;
 	if (stat("/proc/self/ns/user", &user) < 0)
 		die_setup("stat /proc/self/ns/user: %s", strerror(errno));
-	const char *kinds[] = { "uts", "net", "ipc", "cgroup", "mnt" };
-	for (unsigned i = 0; i < 5; i++) {
+	const char *kinds[] = { "uts", "net", "ipc", "cgroup", "mnt", "pid", "pid_for_children" };
+	for (unsigned i = 0; i < 7; i++) {
 		char p[64];
 		snprintf(p, sizeof p, "/proc/self/ns/%s", kinds[i]);
 		int fd = open(p, O_RDONLY | O_CLOEXEC);
@@ -88,6 +97,37 @@ static void write_to(const char *path, const char *text)
 	close(fd);
 }
 
+#define NT 3
+static volatile int thread_go;
+static pid_t tids[NT];
+static int thread_ok[NT];
+
+static void *thread_main(void *arg)
+{
+	int i = (int)(intptr_t)arg;
+	tids[i] = (pid_t)syscall(SYS_gettid);
+	while (!__atomic_load_n(&thread_go, __ATOMIC_SEQ_CST))
+		usleep(1000);
+	thread_ok[i] = (pid_t)syscall(SYS_gettid) == tids[i];
+	return NULL;
+}
+
+/* Mount a proc for its own pid namespace on W/procmnt: its /self must be this process. */
+static void check_mount_proc(void)
+{
+	char dir[2048], self[64] = "", link[4096];
+	snprintf(dir, sizeof dir, "%s/procmnt", W);
+	if (mount("proc", dir, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) {
+		fail("cannot mount proc for its pid namespace on %s after restore: %s", dir, strerror(errno));
+		return;
+	}
+	snprintf(link, sizeof link, "%s/self", dir);
+	ssize_t n = readlink(link, self, sizeof self - 1);
+	if (n < 0 || atoi(self) != getpid())
+		fail("its new proc's /self is %s, not %d", n < 0 ? strerror(errno) : self, getpid());
+	umount2(dir, MNT_DETACH);
+}
+
 int main(int argc, char **argv)
 {
 	workload_init(argc, argv);
@@ -105,9 +145,21 @@ int main(int argc, char **argv)
 		SETUP(unshare(CLONE_NEWCGROUP));
 		snprintf(p, sizeof p, "%s/sub/cgroup.procs", argv[3]);
 		write_to(p, "0");
+	} else if (strstr(mode, "threads") || strstr(mode, "mountproc")) {
+		char dir[4096];
+		snprintf(dir, sizeof dir, "%s/procmnt", W);
+		SETUP(mkdir(dir, 0755));
 	} else if (strcmp(mode, "view") != 0) {
 		die_setup("unknown mode %s", mode);
 	}
+	pthread_t th[NT];
+	int nthreads = strstr(mode, "threads") ? NT : 0;
+	for (int i = 0; i < nthreads; i++)
+		if (pthread_create(&th[i], NULL, thread_main, (void *)(intptr_t)i) != 0)
+			die_setup("pthread_create failed");
+	for (int i = 0; i < nthreads; i++)
+		while (!__atomic_load_n(&tids[i], __ATOMIC_SEQ_CST))
+			usleep(1000);
 	static char before[16384], after[16384];
 	view(before, sizeof before);
 	write_file_atomic("view", before);
@@ -118,5 +170,13 @@ int main(int argc, char **argv)
 		fprintf(stderr, "before:\n%s\nafter:\n%s\n", before, after);
 		fail("the view from inside changed (see out.log)");
 	}
+	__atomic_store_n(&thread_go, 1, __ATOMIC_SEQ_CST);
+	for (int i = 0; i < nthreads; i++) {
+		pthread_join(th[i], NULL);
+		if (!thread_ok[i])
+			fail("thread %d (tid %d before the dump) has another id after restore", i, tids[i]);
+	}
+	if (strstr(mode, "mountproc"))
+		check_mount_proc();
 	finish();
 }

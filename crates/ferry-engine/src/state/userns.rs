@@ -16,7 +16,9 @@
 //! the user namespace (as root of the parent namespace it may configure them), the helper
 //! ends, and every process of the tree joins the user namespace itself, in its forked child,
 //! once it has created its own children (`clone3` with `set_tid` needs privileges in the pid
-//! namespace's owner, which is ferry's).
+//! namespace's owner, which is ferry's). A pid namespace the tree's user namespace owned is
+//! made from inside the new one ([`fork_init`]): then the whole tree runs inside from the
+//! start, and its processes (threads included) choose their ids there.
 
 use super::namespaces::{ns_link, DumpCtx, Handover, RestoreCtx, KINDS};
 use crate::error::{Ctx, Error};
@@ -86,8 +88,11 @@ pub(crate) fn creds_inside(pid: i32, c: &mut Creds) -> Result<(), Error> {
         return Ok(());
     }
     let threads = std::fs::read_dir(crate::procfs::path(pid, "task")).map_or(1, |d| d.count());
-    if threads > 1 {
-        return Err(Error::Unsupported { pid, what: "a multi-threaded process in a user namespace".into() });
+    if threads > 1 && !pidns_levels_owned(pid)? {
+        return Err(Error::Unsupported {
+            pid,
+            what: "a multi-threaded process in a user namespace that does not own its pid namespace".into(),
+        });
     }
     ids_inside(pid, &mut c.uids, &mut c.gids, &mut c.groups, false)
 }
@@ -144,7 +149,103 @@ pub(crate) fn owned_kinds(pid: i32) -> Result<Vec<String>, Error> {
         }
         owned.push(kind.to_string());
     }
+    // Its pid namespace (the tree's, when it is a whole one): made from inside it or not.
+    if ns_link(pid, "pid") != ns_link_self("pid") {
+        let f = open(&format!("/proc/{pid}/ns/pid"))?;
+        let owner = ferry_sys::ns::owner_userns(f.as_fd())
+            .ctx(|| format!("pid {pid}: cannot find the owner of its pid namespace"))?;
+        match inode(owner.as_fd()) {
+            o if o == own_ino => {}
+            o if o == tree_ino => owned.push("pid".into()),
+            _ => {
+                return Err(Error::Unsupported {
+                    pid,
+                    what: "a pid namespace owned by another user namespace than the tree's".into(),
+                })
+            }
+        }
+    }
     Ok(owned)
+}
+
+/// Whether `pid` is in a pid namespace below ferry's and every pid namespace of it below
+/// ferry's is owned by `pid`'s user namespace (so
+/// that a process inside, with capabilities there, may choose ids in all of them with
+/// `clone3(set_tid)`).
+fn pidns_levels_owned(pid: i32) -> Result<bool, Error> {
+    let open = |path: &str| std::fs::File::open(path).ctx(|| format!("cannot open {path}"));
+    let own_pidns = inode(open("/proc/self/ns/pid")?.as_fd());
+    let user = inode(open(&format!("/proc/{pid}/ns/user"))?.as_fd());
+    let mut ns: OwnedFd = open(&format!("/proc/{pid}/ns/pid"))?.into();
+    if inode(ns.as_fd()) == own_pidns {
+        return Ok(false);
+    }
+    while inode(ns.as_fd()) != own_pidns {
+        let owned = ferry_sys::ns::owner_userns(ns.as_fd()).is_ok_and(|o| inode(o.as_fd()) == user);
+        if !owned {
+            return Ok(false);
+        }
+        match ferry_sys::ns::parent_ns(ns.as_fd()) {
+            Ok(p) => ns = p,
+            Err(_) => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
+/// At restore: whether the tree's init is forked into a new pid namespace made from inside its
+/// new user namespace (owned by it, as at dump), by [`fork_init`].
+pub(crate) fn owns_pidns(ns: Option<&Namespaces>, pidns: bool) -> bool {
+    let rec = ns.and_then(|n| n.userns.as_ref());
+    let made = ns.is_some_and(|n| n.kinds.iter().any(|k| k.kind == "user" && k.external.is_empty()));
+    pidns && made && rec.is_some_and(|r| r.owned.iter().any(|o| o == "pid"))
+}
+
+/// Fork the tree's init into a new pid namespace owned by the tree's user namespace `userns`:
+/// an intermediate process joins `userns`, unshares the pid namespace there and forks the init
+/// with `CLONE_PARENT`, so that the init is a child of ferry (with `sibling`, of ferry's parent,
+/// as the intermediate is). The init starts in the user namespace, with all capabilities in it
+/// (it may choose its children's ids with `clone3(set_tid)` there). Returns what a fork does;
+/// the parent gets the init's pid.
+pub(crate) fn fork_init(userns: BorrowedFd<'_>, sibling: bool) -> Result<Fork, Error> {
+    let (r, w) = ferry_sys::process::pipe2(libc::O_CLOEXEC).ctx(|| "cannot create a pipe".into())?;
+    let obj = || "the tree's init (forked from inside its user namespace)".to_string();
+    let mid = if sibling { ferry_sys::process::clone3_sibling(None, 0) } else { ferry_sys::process::fork() };
+    match mid.ctx(obj)? {
+        Fork::Child => {
+            drop(r);
+            let made = ferry_sys::ns::setns(userns, libc::CLONE_NEWUSER)
+                .and_then(|()| ferry_sys::ns::unshare(libc::CLONE_NEWPID))
+                .and_then(|()| ferry_sys::process::clone3_sibling(None, 0));
+            let report = match made {
+                Ok(Fork::Child) => {
+                    drop(w);
+                    return Ok(Fork::Child);
+                }
+                Ok(Fork::Parent(init)) => format!("{init}"),
+                Err(e) => format!("e{}", e.raw_os_error().unwrap_or(0)),
+            };
+            let _ = raw::write_all(w.as_raw_fd(), report.as_bytes());
+            raw::exit_now(0)
+        }
+        Fork::Parent(mid) => {
+            drop(w);
+            let mut buf = [0u8; 16];
+            let n = raw::read_once(r.as_raw_fd(), &mut buf).ctx(obj);
+            if !sibling {
+                let _ = ferry_sys::ptrace::wait(mid, false);
+            }
+            let text = String::from_utf8_lossy(&buf[..n?]).into_owned();
+            match text.strip_prefix('e') {
+                _ if text.is_empty() => Err(Error::Invalid { object: obj(), what: "its maker ended early".into() }),
+                Some(errno) => Err(Error::Sys {
+                    object: format!("{}: joining it, unshare(CLONE_NEWPID) or clone3", obj()),
+                    source: std::io::Error::from_raw_os_error(errno.parse().unwrap_or(0)),
+                }),
+                None => text.parse().map(Fork::Parent).map_err(|_| Error::Invalid { object: obj(), what: text }),
+            }
+        }
+    }
 }
 
 fn ns_link_self(kind: &str) -> Option<String> {

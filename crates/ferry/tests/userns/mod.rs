@@ -119,13 +119,12 @@ fn userns_ferry_run_refused_namespace_reported() {
 }
 
 /// What ferry cannot carry is refused by name: a nested user namespace, a multi-threaded process
-/// in one, a mount namespace owned by one.
+/// in one that does not own its pid namespace.
 #[test]
 fn userns_refusals() {
     let cases = [
         (under_unshare(&["-U", "-r", "unshare", "-U", "-r"], &["view"]), "a user namespace nested in another one"),
-        (threads_in_userns(), "a multi-threaded process in a user namespace"),
-        (under_unshare(&["-U", "-r", "--mount"], &["view"]), "a mnt namespace owned by the tree's user namespace"),
+        (threads_in_userns(), "a multi-threaded process in a user namespace that does not own its pid namespace"),
     ];
     for (spec, expect) in cases {
         let run = Run::start(&spec);
@@ -144,14 +143,29 @@ fn threads_in_userns() -> Spec {
 
 /// `unshare -U -r --pid --fork --uts --net`: the workload is pid 1 of a pid namespace made in
 /// its user namespace, with its own host name and network; dumped as that init, restored in a
-/// new pid namespace (owned by ferry's user namespace: see docs/containers.md).
+/// new pid namespace owned by its new user namespace (the workload checks the owner of its pid
+/// namespace from inside).
 #[test]
 fn userns_pidns_tree_restored() {
     let spec = under_unshare(&["--user", "--map-root-user", "--pid", "--fork", "--uts", "--net"], &["view"]);
-    let mut run = Run::start(&spec);
+    cycle_unshare_init(&spec);
+}
+
+/// Dump the init of the pid namespace `unshare ... --pid --fork` made (its only child) and
+/// restore it.
+fn cycle_unshare_init(spec: &Spec) {
+    let mut run = Run::start(spec);
     let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", run.pid)).expect("unshare's children");
     let init: i32 = children.split_whitespace().next().and_then(|c| c.parse().ok()).expect("the namespace's init");
     cycle_pidns_init(&mut run, init, &[]);
+}
+
+/// A multi-threaded init of a pid namespace made in its user namespace (`unshare -U -r --pid
+/// --fork`): its threads come back with their ids (clone3(set_tid) from inside the user
+/// namespace, which owns the new pid namespace), each checking gettid() itself.
+#[test]
+fn userns_pidns_threads_restored() {
+    cycle_unshare_init(&under_unshare(&["--user", "--map-root-user", "--pid", "--fork"], &["threads"]));
 }
 
 /// `ferry run --uid-map 0:100000:65536 --gid-map 0:100000:65536`: root inside is 100000 outside;
