@@ -1640,7 +1640,7 @@ pub struct NsxNetns {
 pub struct NsxLink {
     #[prost(string, tag = "1")]
     pub name: String,
-    /// "loopback", "bridge", "veth" (the kinds restore recreates).
+    /// "loopback", "bridge", "veth", "macvlan" (the kinds restore recreates).
     #[prost(string, tag = "2")]
     pub kind: String,
     #[prost(uint32, tag = "3")]
@@ -1660,12 +1660,21 @@ pub struct NsxLink {
     #[prost(string, tag = "8")]
     pub master: String,
     /// A veth whose peer is outside the tree's namespaces (`--external veth[NAME]:OUTSIDE`):
-    /// the peer's name, made in the restoring ferry's network namespace.
+    /// the peer's name, made in the restoring ferry's network namespace. A macvlan whose lower
+    /// device is outside (`--external macvlan[NAME]:LOWER`): that device's name in the
+    /// restoring ferry's network namespace.
     #[prost(string, tag = "520")]
     pub outside: String,
     /// The bridge that outside end is a port of (`--external veth[NAME]:OUTSIDE@BRIDGE`).
     #[prost(string, tag = "521")]
     pub outside_bridge: String,
+    /// A macvlan's settings as `ip link add ... type macvlan` takes them ("mode", "bridge",
+    /// and "nopromisc", "nodst", "bcqueuelen", "N" when set).
+    #[prost(string, repeated, tag = "820")]
+    pub macvlan: Vec<String>,
+    /// A macvlan's lower device when it is in the same namespace (else `outside`).
+    #[prost(string, tag = "821")]
+    pub lower: String,
 }
 
 /// An interface address.

@@ -9,6 +9,7 @@
 use crate::common::*;
 use std::fs;
 
+pub mod macvlan;
 pub mod nested;
 pub mod veth;
 use std::process::{Command, Stdio};
