@@ -1721,6 +1721,40 @@ pub struct NsxIpcns {
     /// kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.* (paths below /proc/sys).
     #[prost(message, repeated, tag = "4")]
     pub sysctls: Vec<NsxSysctl>,
+    /// POSIX message queues, with their queued messages.
+    #[prost(message, repeated, tag = "822")]
+    pub mqueues: Vec<NsxPosixMq>,
+}
+
+/// A POSIX message queue of an ipc namespace (its mqueue file system's file NAME).
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct NsxPosixMq {
+    /// Without the leading '/'.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(uint32, tag = "2")]
+    pub mode: u32,
+    #[prost(uint32, tag = "3")]
+    pub uid: u32,
+    #[prost(uint32, tag = "4")]
+    pub gid: u32,
+    #[prost(int64, tag = "5")]
+    pub maxmsg: i64,
+    #[prost(int64, tag = "6")]
+    pub msgsize: i64,
+    /// In the order they are received: highest priority first, oldest first within one.
+    #[prost(message, repeated, tag = "7")]
+    pub messages: Vec<NsxPosixMsg>,
+}
+
+/// A message of a POSIX message queue.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct NsxPosixMsg {
+    #[prost(uint32, tag = "1")]
+    pub prio: u32,
+    #[prost(bytes = "vec", tag = "2")]
+    #[serde(serialize_with = "crate::hex::serialize")]
+    pub data: Vec<u8>,
 }
 
 /// A SysV semaphore set with its values.
