@@ -127,8 +127,11 @@ int main(int argc, char **argv)
 			die_setup("mq_open /nsxq: %s", strerror(errno));
 		SETUP(fchown(mq, 1234, 5678));
 		SETUP(fchmod(mq, 0640));
-		for (int i = 0; i < MQ_N; i++)
-			SETUP(mq_send(mq, mq_body[i], mq_len(i), mq_prio[i]));
+		for (int i = 0; i < MQ_N; i++) {
+			char body[128];
+			mq_fill(i, body);
+			SETUP(mq_send(mq, body, mq_len(i), mq_prio[i]));
+		}
 		mq_close(mq);
 		mq = mq_open("/nsxq2", O_CREAT | O_EXCL | O_RDWR, 0600, NULL);
 		if (mq == (mqd_t)-1)

@@ -182,13 +182,12 @@ fn posix_mqueues(ctx: &DumpCtx<'_>) -> Result<Vec<NsxPosixMq>, Error> {
                     what: format!("{} with a notification registered by pid {notify_pid} (mq_notify)", obj()),
                 });
             }
-            let cname = std::ffi::CString::new(format!("/{name}")).map_err(|_| Error::Invalid {
-                object: obj(),
-                what: "a name with a NUL byte".into(),
-            })?;
+            let cname = std::ffi::CString::new(format!("/{name}"))
+                .map_err(|_| Error::Invalid { object: obj(), what: "a name with a NUL byte".into() })?;
             let q = ferry_sys::posixmq::open(&cname, libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC, 0, None)
                 .ctx(|| format!("cannot open {}", obj()))?;
-            let attr = ferry_sys::posixmq::getattr(q.as_fd()).ctx(|| format!("cannot read the attributes of {}", obj()))?;
+            let attr =
+                ferry_sys::posixmq::getattr(q.as_fd()).ctx(|| format!("cannot read the attributes of {}", obj()))?;
             let mut messages = Vec::with_capacity(attr.curmsgs.max(0) as usize);
             let mut failed = None;
             loop {
@@ -306,7 +305,8 @@ fn restore_posix_mqueue(q: &NsxPosixMq) -> Result<(), Error> {
     let fd = ferry_sys::posixmq::open(&name, flags, 0o600, Some((q.maxmsg, q.msgsize)))
         .ctx(|| format!("cannot create {} ({} messages of {} bytes)", obj(), q.maxmsg, q.msgsize))?;
     for m in &q.messages {
-        ferry_sys::posixmq::send(fd.as_fd(), &m.data, m.prio).ctx(|| format!("cannot queue a message into {}", obj()))?;
+        ferry_sys::posixmq::send(fd.as_fd(), &m.data, m.prio)
+            .ctx(|| format!("cannot queue a message into {}", obj()))?;
     }
     let f = std::fs::File::from(fd);
     std::os::unix::fs::fchown(&f, Some(q.uid), Some(q.gid)).ctx(|| format!("cannot set the owner of {}", obj()))?;
