@@ -1640,7 +1640,7 @@ pub struct NsxNetns {
 pub struct NsxLink {
     #[prost(string, tag = "1")]
     pub name: String,
-    /// "loopback", "bridge", "veth" (the kinds restore recreates).
+    /// "loopback", "bridge", "veth", "macvlan" (the kinds restore recreates).
     #[prost(string, tag = "2")]
     pub kind: String,
     #[prost(uint32, tag = "3")]
@@ -1660,12 +1660,21 @@ pub struct NsxLink {
     #[prost(string, tag = "8")]
     pub master: String,
     /// A veth whose peer is outside the tree's namespaces (`--external veth[NAME]:OUTSIDE`):
-    /// the peer's name, made in the restoring ferry's network namespace.
+    /// the peer's name, made in the restoring ferry's network namespace. A macvlan whose lower
+    /// device is outside (`--external macvlan[NAME]:LOWER`): that device's name in the
+    /// restoring ferry's network namespace.
     #[prost(string, tag = "520")]
     pub outside: String,
     /// The bridge that outside end is a port of (`--external veth[NAME]:OUTSIDE@BRIDGE`).
     #[prost(string, tag = "521")]
     pub outside_bridge: String,
+    /// A macvlan's settings as `ip link add ... type macvlan` takes them ("mode", "bridge",
+    /// and "nopromisc", "nodst", "bcqueuelen", "N" when set).
+    #[prost(string, repeated, tag = "820")]
+    pub macvlan: Vec<String>,
+    /// A macvlan's lower device when it is in the same namespace (else `outside`).
+    #[prost(string, tag = "821")]
+    pub lower: String,
 }
 
 /// An interface address.
@@ -1712,6 +1721,40 @@ pub struct NsxIpcns {
     /// kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.* (paths below /proc/sys).
     #[prost(message, repeated, tag = "4")]
     pub sysctls: Vec<NsxSysctl>,
+    /// POSIX message queues, with their queued messages.
+    #[prost(message, repeated, tag = "822")]
+    pub mqueues: Vec<NsxPosixMq>,
+}
+
+/// A POSIX message queue of an ipc namespace (its mqueue file system's file NAME).
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct NsxPosixMq {
+    /// Without the leading '/'.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(uint32, tag = "2")]
+    pub mode: u32,
+    #[prost(uint32, tag = "3")]
+    pub uid: u32,
+    #[prost(uint32, tag = "4")]
+    pub gid: u32,
+    #[prost(int64, tag = "5")]
+    pub maxmsg: i64,
+    #[prost(int64, tag = "6")]
+    pub msgsize: i64,
+    /// In the order they are received: highest priority first, oldest first within one.
+    #[prost(message, repeated, tag = "7")]
+    pub messages: Vec<NsxPosixMsg>,
+}
+
+/// A message of a POSIX message queue.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct NsxPosixMsg {
+    #[prost(uint32, tag = "1")]
+    pub prio: u32,
+    #[prost(bytes = "vec", tag = "2")]
+    #[serde(serialize_with = "crate::hex::serialize")]
+    pub data: Vec<u8>,
 }
 
 /// A SysV semaphore set with its values.

@@ -20,6 +20,7 @@ pub mod nsctl;
 pub mod objects;
 pub mod pagebuf;
 pub mod pktnl;
+pub mod posixmq;
 pub mod process;
 pub mod ptrace;
 pub mod raw;

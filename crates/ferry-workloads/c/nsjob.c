@@ -3,9 +3,9 @@
  *
  * Before ready it waits for W/setup (the harness configures the namespace from outside, then
  * creates that file), then records its view of the namespace: every interface with its index,
- * flags, MTU and addresses (getifaddrs; IPv6 link-local addresses, which the kernel makes
- * itself, left out), the IPv4 and IPv6 routes (/proc/net/route and /proc/net/ipv6_route without
- * their use counters; lines sorted), a few sysctls. It listens on 127.0.0.1 (TCP, port chosen
+ * flags, MTU, hardware address and addresses (getifaddrs; IPv6 link-local addresses, which
+ * the kernel makes itself, left out), the IPv4 and IPv6 routes (/proc/net/route and
+ * /proc/net/ipv6_route without their use counters; lines sorted), a few sysctls. It listens on 127.0.0.1 (TCP, port chosen
  * by the kernel), holds a UDP socket bound there and a unix socket pair with a byte queued.
  * Then it reads CLOCK_MONOTONIC, CLOCK_BOOTTIME and CLOCK_REALTIME every 20 ms and writes
  * W/rounds ("N longest_step_ms") every 0.5 s until go.
@@ -19,6 +19,7 @@
  */
 #include "common.h"
 #include <ifaddrs.h>
+#include <linux/if_packet.h>
 #include <net/if.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
@@ -74,6 +75,14 @@ static char *view(void)
 		memset(&r, 0, sizeof r);
 		snprintf(r.ifr_name, sizeof r.ifr_name, "%s", i->ifa_name);
 		int mtu = (s >= 0 && ioctl(s, SIOCGIFMTU, &r) == 0) ? r.ifr_mtu : -1;
+		if (fam == AF_PACKET) {
+			/* the hardware address */
+			struct sockaddr_ll *ll = (struct sockaddr_ll *)i->ifa_addr;
+			size_t o = 0;
+			for (int b = 0; b < ll->sll_halen && b < 8; b++)
+				o += (size_t)snprintf(a + o, sizeof a - o, "%02x%s", ll->sll_addr[b],
+						      b + 1 < ll->sll_halen ? ":" : "");
+		}
 		ADD("if %s index %u flags %#x mtu %d family %d addr %s\n", i->ifa_name, if_nametoindex(i->ifa_name),
 		    i->ifa_flags, mtu, fam, a);
 	}

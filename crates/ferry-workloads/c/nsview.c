@@ -10,8 +10,10 @@
  *                  /proc/timer_list (runc's masks), sysfs read-only, a shared /tmp; pivot_root into
  *                  W and exec the copy of itself the test put at W/nsview (with its libraries
  *                  under W) as "nsview / mnt2", which records /proc/self/mountinfo (ids and
- *                  peer group numbers left out) and, on go, checks it, the tmpfs files and the
- *                  mounts' behaviour (read-only, /dev/null, /proc/timer_list masked).
+ *                  peer group numbers left out) and holds a pty pair of its devpts (/dev/ptmx);
+ *                  on go it checks the mountinfo, the tmpfs files, the mounts' behaviour
+ *                  (read-only, /dev/null, /proc/timer_list masked) and the pair (same index,
+ *                  on the root's devpts, bytes both ways).
  *   nsview W runmnt  started by `ferry run --mntns` (W outside /tmp, which is the job's own): a
  *                  file in its private /tmp, a tmpfs of its own on /tmp/own with a file; on
  *                  go: both files, /tmp/own still a tmpfs of its own (not /tmp's).
@@ -26,6 +28,7 @@
 #include <sys/utsname.h>
 #include <sys/vfs.h>
 #include <linux/magic.h>
+#include <termios.h>
 
 static const char HOST[] = "ferry-ns-host";
 static const char DOMAIN[] = "ferry.example";
@@ -216,6 +219,27 @@ static void check_mnt(const char *before)
 	      (int)getpid());
 }
 
+/* The pair opened before ready: still a pair of this root's devpts, at the same index. */
+static void check_pty(int m, int sl, const char *pts)
+{
+	char now[64] = "";
+	CHECK(ptsname_r(m, now, sizeof now) == 0 && strcmp(now, pts) == 0, "the master's slave is %s, not %s", now, pts);
+	struct stat a, b;
+	CHECK(fstat(sl, &a) == 0 && stat(pts, &b) == 0 && a.st_rdev == b.st_rdev, "the slave fd is not %s", pts);
+	struct statfs fs;
+	CHECK(fstatfs(sl, &fs) == 0 && fs.f_type == DEVPTS_SUPER_MAGIC, "the slave is not on a devpts");
+	struct termios t;
+	if (tcgetattr(sl, &t) == 0) {
+		cfmakeraw(&t);
+		tcsetattr(sl, TCSANOW, &t);
+	}
+	char buf[8] = "";
+	CHECK(write(m, "m2s", 3) == 3 && read(sl, buf, sizeof buf) == 3 && memcmp(buf, "m2s", 3) == 0,
+	      "master to slave: %.8s", buf);
+	CHECK(write(sl, "s2m", 3) == 3 && read(m, buf, sizeof buf) == 3 && memcmp(buf, "s2m", 3) == 0,
+	      "slave to master: %.8s", buf);
+}
+
 /* Write text to path (created or truncated); 0 or -1. */
 static int put(const char *path, const char *text)
 {
@@ -255,9 +279,20 @@ int main(int argc, char **argv)
 			die_setup("/out.log: %s", strerror(errno));
 		close(log);
 		mountinfo(before, sizeof before);
+		/* a pty pair of the tree's own devpts, both ends held */
+		int m = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+		if (m < 0 || unlockpt(m) < 0)
+			die_setup("/dev/ptmx: %s", strerror(errno));
+		char pts[64];
+		if (ptsname_r(m, pts, sizeof pts) != 0)
+			die_setup("ptsname: %s", strerror(errno));
+		int sl = open(pts, O_RDWR | O_NOCTTY | O_CLOEXEC);
+		if (sl < 0)
+			die_setup("open %s: %s", pts, strerror(errno));
 		signal_ready();
 		wait_go();
 		check_mnt(before);
+		check_pty(m, sl, pts);
 	} else if (strcmp(mode, "pidmnt") == 0) {
 		/* a container: pid 1 of a new pid namespace in the "mnt" tree (the test dumps it) */
 		SETUP(unshare(CLONE_NEWPID));

@@ -250,7 +250,8 @@ enum Cmd {
         max_migrations: Option<u64>,
         /// This node's side of what arriving trees had outside (repeatable):
         /// veth[INSIDE]:OUTSIDE[@BRIDGE] names the outside end made here for a tree's veth
-        /// INSIDE, and the bridge it joins (else the names the source recorded are used).
+        /// INSIDE, and the bridge it joins; macvlan[INSIDE]:LOWER the device here a tree's
+        /// macvlan INSIDE is made on (else the names the source recorded are used).
         #[arg(long, value_name = "veth[INSIDE]:OUTSIDE[@BRIDGE]")]
         external: Vec<ferry_engine::state::external::External>,
     },
@@ -284,7 +285,8 @@ enum Cmd {
         #[arg(long = "tcp-close")]
         tcp_close: bool,
         /// What the tree has outside it, as for dump (repeatable): veth[INSIDE]:OUTSIDE[@BRIDGE]
-        /// for a veth of the tree's network namespace whose peer is this node's OUTSIDE.
+        /// for a veth of the tree's network namespace whose peer is this node's OUTSIDE,
+        /// macvlan[INSIDE]:LOWER for a macvlan of it on this node's device LOWER.
         #[arg(long, value_name = "KIND[KEY][:VALUE]")]
         external: Vec<ferry_engine::state::external::External>,
     },

@@ -11,12 +11,14 @@
 //! to /proc/sys/kernel/{sem,msg,shm}_next_id before the object is created. Owners and modes
 //! are kept; times, last pids and creator ids are not (the kernel sets them).
 //!
-//! POSIX message queues live in the namespace's mqueue file system: dump mounts it privately
-//! to look, and refuses a namespace holding any queue by name (not carried yet).
+//! POSIX message queues (with their attributes, owner, mode and queued messages) live in the
+//! namespace's mqueue file system: dump mounts it privately to list them, and reads each with
+//! `mq_receive`, putting every message back at once (see `posix_mqueues`). A queue some
+//! process registered for notification (`mq_notify`) is refused by name.
 
 use super::namespaces::{in_ns, DumpCtx, Handover, RestoreCtx};
 use crate::error::{Ctx, Error};
-use ferry_image::{Namespaces, NsxIpcns, NsxMsg, NsxMsgQueue, NsxSemSet, NsxSysctl, SysvShm};
+use ferry_image::{Namespaces, NsxIpcns, NsxMsg, NsxMsgQueue, NsxPosixMq, NsxPosixMsg, NsxSemSet, NsxSysctl, SysvShm};
 use ferry_sys::sysvipc;
 
 const SYSCTLS: &[&str] = &[
@@ -69,9 +71,7 @@ pub(crate) fn dump(ctx: &mut DumpCtx<'_>, out: &mut Namespaces) -> Result<(), Er
         seg.data = format!("ipcns-shm-{}.img", seg.shmid);
         ctx.img.write_file(&seg.data, &content)?;
     }
-    if let Some(q) = mqueue_names(ctx)?.first() {
-        return Err(Error::Unsupported { pid, what: format!("POSIX message queue /{q} in the tree's ipc namespace") });
-    }
+    ns.mqueues = posix_mqueues(ctx)?;
     ns.sysctls.sort_by_key(|s| SYSCTLS.iter().position(|p| *p == s.path));
     out.nsx_ipc = Some(ns);
     Ok(())
@@ -145,9 +145,16 @@ fn collect(pid: i32) -> Result<(NsxIpcns, Vec<Vec<u8>>), Error> {
     Ok((ns, contents))
 }
 
-/// The POSIX message queues of the tree's ipc namespace: its mqueue file system, mounted in a
-/// private mount namespace of a helper thread.
-fn mqueue_names(ctx: &DumpCtx<'_>) -> Result<Vec<String>, Error> {
+/// The POSIX message queues of the tree's ipc namespace, with their messages, from a helper
+/// thread in it: their names, owners and modes from its mqueue file system, mounted in a
+/// private mount namespace of the thread; their attributes and messages through `mq_open`.
+/// A queue cannot be read without taking its messages off, so each is emptied with
+/// `mq_receive` and filled again at once, in the order received (highest priority first,
+/// oldest first within one), which gives the same queue back; this runs under the freeze,
+/// where no process of the tree waits on the queue (ptrace's stop took it out of its wait).
+fn posix_mqueues(ctx: &DumpCtx<'_>) -> Result<Vec<NsxPosixMq>, Error> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
     let pid = ctx.pid;
     in_ns(ctx.ns, libc::CLONE_NEWIPC, || {
         ferry_sys::nsctl::unshare(libc::CLONE_NEWNS).ctx(|| "cannot unshare a mount namespace".into())?;
@@ -156,11 +163,66 @@ fn mqueue_names(ctx: &DumpCtx<'_>) -> Result<Vec<String>, Error> {
         // (the mount shows the ipc namespace of the thread that makes it)
         ferry_sys::nsctl::mount(c"mqueue", c"/tmp", Some(c"mqueue"), 0, None)
             .ctx(|| format!("pid {pid}: cannot mount its ipc namespace's mqueue file system"))?;
-        let names = std::fs::read_dir("/tmp")
+        let mut names: Vec<String> = std::fs::read_dir("/tmp")
             .ctx(|| "cannot list the mqueue file system".into())?
             .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
             .collect();
-        Ok(names)
+        names.sort();
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let obj = || format!("POSIX message queue /{name} in the tree's ipc namespace");
+            let path = format!("/tmp/{name}");
+            let meta = std::fs::metadata(&path).ctx(|| format!("cannot stat {}", obj()))?;
+            // "QSIZE:N NOTIFY:N SIGNO:N NOTIFY_PID:N": a process registered with mq_notify.
+            let status = std::fs::read_to_string(&path).ctx(|| format!("cannot read {}", obj()))?;
+            let notify_pid = status.split_whitespace().find_map(|w| w.strip_prefix("NOTIFY_PID:")).unwrap_or("0");
+            if notify_pid != "0" {
+                return Err(Error::Unsupported {
+                    pid,
+                    what: format!("{} with a notification registered by pid {notify_pid} (mq_notify)", obj()),
+                });
+            }
+            let cname = std::ffi::CString::new(format!("/{name}"))
+                .map_err(|_| Error::Invalid { object: obj(), what: "a name with a NUL byte".into() })?;
+            let q = ferry_sys::posixmq::open(&cname, libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC, 0, None)
+                .ctx(|| format!("cannot open {}", obj()))?;
+            let attr =
+                ferry_sys::posixmq::getattr(q.as_fd()).ctx(|| format!("cannot read the attributes of {}", obj()))?;
+            let mut messages = Vec::with_capacity(attr.curmsgs.max(0) as usize);
+            let mut failed = None;
+            loop {
+                match ferry_sys::posixmq::receive(q.as_fd(), attr.msgsize as usize) {
+                    Ok(Some((data, prio))) => messages.push(NsxPosixMsg { prio, data }),
+                    Ok(None) => break,
+                    Err(e) => {
+                        failed = Some(format!("cannot read a message: {e}"));
+                        break;
+                    }
+                }
+            }
+            // Put every message taken back, even if reading the rest failed.
+            let mut lost = 0;
+            for m in &messages {
+                if let Err(e) = ferry_sys::posixmq::send(q.as_fd(), &m.data, m.prio) {
+                    lost += 1;
+                    failed.get_or_insert(format!("cannot queue a message again: {e}"));
+                }
+            }
+            if let Some(what) = failed {
+                let what = if lost > 0 { format!("{what} ({lost} of its messages lost)") } else { what };
+                return Err(Error::Invalid { object: obj(), what });
+            }
+            out.push(NsxPosixMq {
+                name,
+                mode: meta.mode() & 0o7777,
+                uid: meta.uid(),
+                gid: meta.gid(),
+                maxmsg: attr.maxmsg,
+                msgsize: attr.msgsize,
+                messages,
+            });
+        }
+        Ok(out)
     })
 }
 
@@ -213,6 +275,9 @@ pub(crate) fn restore(ctx: &RestoreCtx<'_>, ns: &Namespaces, _h: &mut Handover) 
         sysvipc::msg_set_owner(id, q.uid, q.gid, q.mode, q.qbytes)
             .ctx(|| format!("cannot set the owner of {}", obj()))?;
     }
+    for q in &ipc.mqueues {
+        restore_posix_mqueue(q)?;
+    }
     for s in &ipc.shms {
         let obj = || format!("SysV shared memory id {} (key {:#x})", s.shmid, s.key);
         let content = ctx.img.read_file(&s.data)?;
@@ -227,6 +292,26 @@ pub(crate) fn restore(ctx: &RestoreCtx<'_>, ns: &Namespaces, _h: &mut Handover) 
             .ctx(|| format!("cannot set the owner of {}", obj()))?;
     }
     Ok(())
+}
+
+/// Make a POSIX message queue again in the calling thread's ipc namespace, with its
+/// attributes, messages, owner and mode (after the namespace's limits: its size must fit them).
+fn restore_posix_mqueue(q: &NsxPosixMq) -> Result<(), Error> {
+    use std::os::fd::AsFd;
+    let obj = || format!("POSIX message queue /{}", q.name);
+    let name = std::ffi::CString::new(format!("/{}", q.name))
+        .map_err(|_| Error::Invalid { object: obj(), what: "a name with a NUL byte".into() })?;
+    let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    let fd = ferry_sys::posixmq::open(&name, flags, 0o600, Some((q.maxmsg, q.msgsize)))
+        .ctx(|| format!("cannot create {} ({} messages of {} bytes)", obj(), q.maxmsg, q.msgsize))?;
+    for m in &q.messages {
+        ferry_sys::posixmq::send(fd.as_fd(), &m.data, m.prio)
+            .ctx(|| format!("cannot queue a message into {}", obj()))?;
+    }
+    let f = std::fs::File::from(fd);
+    std::os::unix::fs::fchown(&f, Some(q.uid), Some(q.gid)).ctx(|| format!("cannot set the owner of {}", obj()))?;
+    use std::os::unix::fs::PermissionsExt;
+    f.set_permissions(std::fs::Permissions::from_mode(q.mode)).ctx(|| format!("cannot set the mode of {}", obj()))
 }
 
 /// Run `f` in the ipc namespace of `root` (the tree's root): in ferry's thread when it is

@@ -56,6 +56,17 @@ pub struct DumpNs {
     /// veth devices of the tree's network namespace whose peer is outside it
     /// (`--external veth[INSIDE]:OUTSIDE[@BRIDGE]`, state/netns.rs).
     pub veths: Vec<ExternalVeth>,
+    /// macvlan devices of the tree's network namespace whose lower device is outside it
+    /// (`--external macvlan[INSIDE]:LOWER`, state/netns.rs).
+    pub macvlans: Vec<ExternalMacvlan>,
+}
+
+/// `--external macvlan[INSIDE]:LOWER` (CRIU's form): the tree's macvlan INSIDE sits on the
+/// device LOWER of ferry's network namespace (at restore: made again on LOWER there).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExternalMacvlan {
+    pub inside: String,
+    pub lower: String,
 }
 
 /// `--external veth[INSIDE]:OUTSIDE[@BRIDGE]`: the tree's veth INSIDE has its peer OUTSIDE in
@@ -81,6 +92,9 @@ pub struct RestoreNs {
     /// Where the outside ends of the tree's external veths go on this node, overriding the
     /// names the image recorded (`--external veth[INSIDE]:OUTSIDE[@BRIDGE]`).
     pub veths: Vec<ExternalVeth>,
+    /// The lower devices of the tree's external macvlans on this node, overriding the names
+    /// the image recorded (`--external macvlan[INSIDE]:LOWER`).
+    pub macvlans: Vec<ExternalMacvlan>,
     /// (local, peer) of the image's TCP connections (filled by the restore from the image, not
     /// an option): held back by a network lock in the tree's network namespace until the tree
     /// runs (state/netlock.rs).

@@ -17,14 +17,17 @@
 //! pair with the inside end in the new namespace and the outside end, named OUTSIDE, in the
 //! restoring ferry's own network namespace, up, a port of BRIDGE if given (a restore's own
 //! `--external veth[..]`, e.g. `ferry serve --external` on a migration's destination, names
-//! them for that node instead). Other kinds (macvlan, tunnels ...) are refused by name, and
-//! so is a non-empty nftables ruleset (iptables on Debian 12 is nftables underneath; the
+//! them for that node instead). A macvlan is recreated on its lower device: one of the same
+//! namespace, or, named with `--external macvlan[INSIDE]:LOWER` (CRIU's form), the device
+//! LOWER of the restoring ferry's namespace, from where it is made straight into the new one
+//! (mode and flags kept; `source` mode refused). Other kinds (vlan, tunnels ...) are refused
+//! by name, and so is a non-empty nftables ruleset (iptables on Debian 12 is nftables underneath; the
 //! tables of ferry's own network lock, state/netlock.rs, do not count): ferry does not carry
 //! packet filtering rules yet. Addresses: every IPv4 one and every IPv6 one but the
 //! link-local addresses the kernel makes itself. Routes: those of the main table that the
 //! kernel did not add itself (a "proto kernel" route comes back with its address).
 
-use super::namespaces::{in_ns, DumpCtx, ExternalVeth, Handover, RestoreCtx};
+use super::namespaces::{in_ns, DumpCtx, ExternalMacvlan, ExternalVeth, Handover, RestoreCtx};
 use crate::error::{Ctx, Error};
 use ferry_image::{Namespaces, NsxAddr, NsxLink, NsxNetns, NsxSysctl};
 use serde_json::Value;
@@ -58,8 +61,8 @@ const ROUTE_STATE_WORDS: &[&str] =
 /// Dump (a namespace module, state/namespaces.rs): read the content from a thread that joined
 /// the tree's network namespace.
 pub(crate) fn dump(ctx: &mut DumpCtx<'_>, out: &mut Namespaces) -> Result<(), Error> {
-    let (pid, veths) = (ctx.pid, &ctx.opts.veths);
-    out.nsx_net = Some(in_ns(ctx.ns, libc::CLONE_NEWNET, || collect(pid, veths))?);
+    let (pid, veths, macvlans) = (ctx.pid, &ctx.opts.veths, &ctx.opts.macvlans);
+    out.nsx_net = Some(in_ns(ctx.ns, libc::CLONE_NEWNET, || collect(pid, veths, macvlans))?);
     Ok(())
 }
 
@@ -111,7 +114,7 @@ fn json(args: &[&str]) -> Result<Vec<Value>, Error> {
     Ok(v.as_array().cloned().unwrap_or_default())
 }
 
-fn collect(pid: i32, veths: &[ExternalVeth]) -> Result<NsxNetns, Error> {
+fn collect(pid: i32, veths: &[ExternalVeth], macvlans: &[ExternalMacvlan]) -> Result<NsxNetns, Error> {
     let refuse = |what: String| Error::Unsupported { pid, what };
     let mut ns = NsxNetns::default();
     for l in json(&["-j", "-d", "link", "show"])? {
@@ -123,6 +126,7 @@ fn collect(pid: i32, veths: &[ExternalVeth]) -> Result<NsxNetns, Error> {
         };
         let mut peer = l["link"].as_str().unwrap_or_default().to_string();
         let mut outside = None;
+        let (mut macvlan, mut lower, mut macvlan_lower) = (Vec::new(), String::new(), None);
         match kind.as_str() {
             "loopback" | "bridge" => {}
             // A pair with both ends inside is recreated; one whose other end is outside (in
@@ -140,6 +144,25 @@ fn collect(pid: i32, veths: &[ExternalVeth]) -> Result<NsxNetns, Error> {
                     )))
                 }
             },
+            // A macvlan on a device of the same namespace is made again on it; one whose lower
+            // device is outside (the node's NIC, typically) on that device of the restoring
+            // ferry's namespace, if the dump was told its name.
+            "macvlan" => {
+                macvlan = macvlan_settings(&name, &l["linkinfo"]["info_data"]).map_err(refuse)?;
+                if l.get("link_netnsid").is_none() && !peer.is_empty() {
+                    lower = std::mem::take(&mut peer);
+                } else {
+                    peer.clear();
+                    match macvlans.iter().find(|m| m.inside == name) {
+                        Some(m) => macvlan_lower = Some(m.lower.clone()),
+                        None => {
+                            return Err(refuse(format!(
+                                "network device {name} (macvlan) in the tree's network namespace, its lower device outside it (name it with --external macvlan[{name}]:LOWER)"
+                            )))
+                        }
+                    }
+                }
+            }
             _ => return Err(refuse(format!("network device {name} ({kind}) in the tree's network namespace"))),
         }
         let up = l["flags"].as_array().is_some_and(|f| f.iter().any(|x| x == "UP"));
@@ -152,8 +175,10 @@ fn collect(pid: i32, veths: &[ExternalVeth]) -> Result<NsxNetns, Error> {
             ifindex: l["ifindex"].as_u64().unwrap_or(0) as u32,
             peer,
             master: l["master"].as_str().unwrap_or_default().to_string(),
-            outside: outside.map(|v| v.outside.clone()).unwrap_or_default(),
+            outside: outside.map(|v| v.outside.clone()).or(macvlan_lower).unwrap_or_default(),
             outside_bridge: outside.and_then(|v| v.bridge.clone()).unwrap_or_default(),
+            macvlan,
+            lower,
         });
     }
     for l in json(&["-j", "addr", "show"])? {
@@ -222,6 +247,29 @@ fn collect(pid: i32, veths: &[ExternalVeth]) -> Result<NsxNetns, Error> {
     Ok(ns)
 }
 
+/// The modes of a macvlan ferry makes again (not "source", whose list of source addresses it
+/// does not read).
+const MACVLAN_MODES: &[&str] = &["private", "vepa", "bridge", "passthru"];
+
+/// A macvlan's settings (`ip -d`'s "info_data") as `ip link add ... type macvlan` takes them.
+fn macvlan_settings(name: &str, info: &Value) -> Result<Vec<String>, String> {
+    let mode = info["mode"].as_str().unwrap_or_default();
+    if !MACVLAN_MODES.contains(&mode) {
+        return Err(format!("network device {name} (macvlan in mode {mode:?}) in the tree's network namespace"));
+    }
+    let mut args = vec!["mode".to_string(), mode.to_string()];
+    for flag in ["nopromisc", "nodst"] {
+        if info[flag] == true {
+            args.push(flag.to_string());
+        }
+    }
+    // (1000 is the kernel's default; an `ip` that does not print it does not take it either)
+    if let Some(n) = info["bcqueuelen"].as_u64().filter(|&n| n != 1000) {
+        args.extend(["bcqueuelen".to_string(), n.to_string()]);
+    }
+    Ok(args)
+}
+
 /// Recreate the recorded content in the calling thread's network namespace (new, holding only
 /// a down `lo`), before any socket of the tree is made.
 fn apply(ns: &NsxNetns, ctx: &RestoreCtx<'_>) -> Result<(), Error> {
@@ -249,6 +297,8 @@ fn apply(ns: &NsxNetns, ctx: &RestoreCtx<'_>) -> Result<(), Error> {
                 make_external_veth(l, &spec(l), ctx)?;
                 continue;
             }
+            // (after every other device: its lower one may be a bridge or veth made here)
+            "macvlan" => continue,
             "veth" => {
                 let Some(p) = ns.links.iter().find(|p| p.name == l.peer && p.peer == l.name) else {
                     return Err(Error::Invalid {
@@ -272,6 +322,9 @@ fn apply(ns: &NsxNetns, ctx: &RestoreCtx<'_>) -> Result<(), Error> {
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         tool("ip", &args)?;
+    }
+    for l in ns.links.iter().filter(|l| l.kind == "macvlan") {
+        make_macvlan(l, &spec(l), ctx)?;
     }
     for l in ns.links.iter().filter(|l| !l.master.is_empty()) {
         tool("ip", &["link", "set", "dev", &l.name, "master", &l.master])?;
@@ -368,5 +421,37 @@ fn make_external_veth(l: &NsxLink, spec: &[String], ctx: &RestoreCtx<'_>) -> Res
     set.push("up");
     in_ns(own, libc::CLONE_NEWNET, || tool("ip", &set))
         .map_err(|e| Error::Invalid { object: obj(), what: format!("cannot set up its outside end: {e}") })?;
+    Ok(())
+}
+
+/// Make the macvlan `l` (its `spec`: name, index, address) here, on its lower device: one of
+/// this namespace, or one of ferry's own network namespace (the restore's own `--external
+/// macvlan[NAME]:LOWER` for it, else the name the dump recorded), where the kernel must look
+/// it up: the device is then made from there, straight into this namespace.
+fn make_macvlan(l: &NsxLink, spec: &[String], ctx: &RestoreCtx<'_>) -> Result<(), Error> {
+    use std::os::fd::AsRawFd;
+    let settings = l.macvlan.iter().map(String::as_str);
+    if l.outside.is_empty() {
+        let mut args: Vec<&str> = vec!["link", "add", "link", l.lower.as_str(), "name"];
+        args.extend(spec.iter().map(String::as_str));
+        args.extend(["type", "macvlan"]);
+        args.extend(settings);
+        return tool("ip", &args).map(drop);
+    }
+    let lower = ctx.opts.macvlans.iter().find(|m| m.inside == l.name).map_or(l.outside.as_str(), |m| &m.lower);
+    let obj = || format!("network device {} (macvlan, its lower device {lower} outside)", l.name);
+    let own = ctx.own_net.ok_or_else(|| Error::Invalid {
+        object: obj(),
+        what: "ferry's own network namespace is unknown (the tree's was not recreated)".into(),
+    })?;
+    let here = std::fs::File::open("/proc/thread-self/ns/net").ctx(|| "cannot open /proc/thread-self/ns/net".into())?;
+    // (`ip` opens the namespace by path: this thread's fd, seen through /proc)
+    let here_path = format!("/proc/{}/fd/{}", std::process::id(), here.as_raw_fd());
+    let mut args: Vec<&str> = vec!["link", "add", "link", lower, "name"];
+    args.extend(spec.iter().map(String::as_str));
+    args.extend(["netns", here_path.as_str(), "type", "macvlan"]);
+    args.extend(settings);
+    in_ns(own, libc::CLONE_NEWNET, || tool("ip", &args))
+        .map_err(|e| Error::Invalid { object: obj(), what: format!("cannot make it: {e}") })?;
     Ok(())
 }

@@ -20,12 +20,12 @@ pub const CRIU_MAJOR: i32 = 3;
 pub const CRIU_MINOR: i32 = 17;
 
 use ferry_engine::state::external::{External, InheritFd};
-use ferry_engine::state::namespaces::{DumpNs, ExternalNs, ExternalVeth, RestoreNs};
+use ferry_engine::state::namespaces::{DumpNs, ExternalMacvlan, ExternalNs, ExternalVeth, RestoreNs};
 use std::path::PathBuf;
 
 /// The namespace part of a dump's CRIU externals (`--external` / RPC `external`, and the RPC's
 /// `ext_mnt` pairs): `mnt[MOUNTPOINT]:KEY` mounts, `net[INO]:KEY` namespaces and
-/// `veth[INSIDE]:OUTSIDE[@BRIDGE]` devices.
+/// `veth[INSIDE]:OUTSIDE[@BRIDGE]` and `macvlan[INSIDE]:LOWER` devices.
 pub fn dump_ns(external: &[External], ext_mnt: &[(String, String)]) -> anyhow::Result<DumpNs> {
     let mut ns = DumpNs { external_mounts: ext_mnt.to_vec(), ..Default::default() };
     for e in external {
@@ -37,6 +37,7 @@ pub fn dump_ns(external: &[External], ext_mnt: &[(String, String)]) -> anyhow::R
                 ns.external.push(ExternalNs { kind: "net".into(), inode, key: value.clone() });
             }
             External::Veth { .. } => ns.veths.extend(veth(e)),
+            External::Macvlan { .. } => ns.macvlans.extend(macvlan(e)),
             _ => {}
         }
     }
@@ -63,6 +64,7 @@ pub fn restore_ns(
         root,
         external_mounts,
         veths: external.iter().filter_map(veth).collect(),
+        macvlans: external.iter().filter_map(macvlan).collect(),
         locked: Vec::new(),
     }
 }
@@ -72,6 +74,16 @@ fn veth(e: &External) -> Option<ExternalVeth> {
     match e {
         External::Veth { inside, outside, bridge } => {
             Some(ExternalVeth { inside: inside.clone(), outside: outside.clone(), bridge: bridge.clone() })
+        }
+        _ => None,
+    }
+}
+
+/// `macvlan[INSIDE]:LOWER`.
+fn macvlan(e: &External) -> Option<ExternalMacvlan> {
+    match e {
+        External::Macvlan { inside, outside } => {
+            Some(ExternalMacvlan { inside: inside.clone(), lower: outside.clone() })
         }
         _ => None,
     }

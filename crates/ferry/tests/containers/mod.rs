@@ -191,13 +191,13 @@ fn rpc_bad_input() {
         pid: Some(std::process::id() as i32),
         track_mem: Some(true),
         lazy_pages: Some(true),
-        external: vec!["macvlan[eth0]:mv0".into()],
+        external: vec!["pid[4026531836]:extRootPidNS".into()],
         log_file: Some("dump.log".into()),
         ..Default::default()
     };
     let resp = s.call(&CriuReq { opts: Some(opts.clone()), keep_open: Some(true), ..req(CriuReqType::Dump) });
     assert!(!resp.success);
-    for name in ["track_mem", "lazy_pages", "macvlan[eth0]"] {
+    for name in ["track_mem", "lazy_pages", "pid[4026531836]"] {
         assert!(errmsg(&resp).contains(name), "the refusal does not name {name}: {}", errmsg(&resp));
     }
     assert!(!img.join("inventory.img").exists(), "a refused dump wrote an image");

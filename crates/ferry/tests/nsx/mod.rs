@@ -9,6 +9,7 @@
 use crate::common::*;
 use std::fs;
 
+pub mod macvlan;
 pub mod nested;
 pub mod veth;
 use std::process::{Command, Stdio};
@@ -204,16 +205,81 @@ fn ipc_namespace_objects_restored() {
     cycle(&spec);
 }
 
-/// A POSIX message queue in the ipc namespace is refused by name (not carried).
+/// POSIX message queues of the ipc namespace come back with their attributes (maximum
+/// messages, message size), owner, mode and queued messages in priority order, as the process
+/// checks from inside (`sysvns mqueue`); and the dump leaves them as they were (the process
+/// also checks them when it is not killed: `dump -R`).
 #[test]
-fn ipc_namespace_posix_mqueue_refused() {
+fn ipc_namespace_posix_mqueues_restored() {
+    cycle(&sysvns_mqueue());
+}
+
+#[test]
+fn ipc_namespace_posix_mqueues_left_running() {
+    let spec = sysvns_mqueue();
+    let mut run = Run::start(&spec);
+    let img = run.w.join("img");
+    let d = ferry(&["dump", "-R", "-t", &run.pid.to_string(), "-D", &path_str(&img)]);
+    assert!(d.status.success(), "ferry dump -R: {}", String::from_utf8_lossy(&d.stderr));
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload left running after its dump");
+}
+
+fn sysvns_mqueue() -> Spec {
     let unshare = need("unshare", "util-linux");
     let mut spec = Spec::c("sysvns").args(&["mqueue"]);
     spec.pre_args = vec!["--ipc".into(), spec.program.clone().into_os_string()];
     spec.program = unshare;
-    let run = Run::start(&spec);
-    dump_refused(run.pid, &run.w.join("img"), "POSIX message queue /nsxq in the tree's ipc namespace");
+    spec
+}
+
+/// A queue some process registered for notification (mq_notify; here a process outside the
+/// tree, in its ipc namespace, since a process of the tree would hold the queue open, refused
+/// as an fd) is refused by name, and the refused dump leaves the queue's messages in place.
+#[test]
+fn ipc_namespace_posix_mqueue_notify_refused() {
+    let python = need("python3", "python3");
+    let nsenter = need("nsenter", "util-linux");
+    let mut run = Run::start(&sysvns_mqueue());
+    // SIGEV_NONE: registered, never sent (struct sigevent: value 8 bytes, signo, notify).
+    let script = "import ctypes,sys,time\n\
+        c=ctypes.CDLL('libc.so.6',use_errno=True)\n\
+        q=c.mq_open(b'/nsxq2',2)\n\
+        ev=(ctypes.c_int*16)()\n\
+        ev[3]=1\n\
+        r=c.mq_notify(q,ev)\n\
+        print(q,r,ctypes.get_errno(),flush=True)\n\
+        time.sleep(600)\n";
+    let mut child = std::process::Command::new(nsenter)
+        .arg(format!("--ipc=/proc/{}/ns/ipc", run.pid))
+        .arg(python)
+        .args(["-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the registering process");
+    let guard = ProcGuard::new();
+    guard.add(child.id() as i32);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().expect("stdout")), &mut line)
+        .expect("read the registration");
+    assert!(line.trim().ends_with(" 0 0"), "mq_notify: {line}");
+    dump_refused(
+        run.pid,
+        &run.w.join("img"),
+        &format!(
+            "POSIX message queue /nsxq2 in the tree's ipc namespace with a notification registered by pid {}",
+            child.id()
+        ),
+    );
     assert!(pid_alive(run.pid), "a refused dump killed the workload");
+    drop(guard);
+    let _ = child.wait();
+    // The queues are whole: the workload's own check passes.
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload after a refused dump");
 }
 
 #[test]
