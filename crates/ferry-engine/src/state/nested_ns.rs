@@ -1,6 +1,6 @@
-//! Nested namespaces: processes of the tree in a net, uts, ipc or time namespace that is not
-//! the root's (a process that unshared its own after fork, a container's init whose child runs
-//! in a further one), and processes in pid namespaces nested below the tree's.
+//! Nested namespaces: processes of the tree in a net, uts, ipc or time namespace that
+//! is not the root's (a process that unshared its own after fork, a container's init whose
+//! child runs in a further one), and processes in pid namespaces nested below the tree's.
 //!
 //! Dump: every namespace of those four kinds in which a process is not in the root's is
 //! recorded once (`Inventory.nested_ns`, identity by inode, content by the kind's module as for
@@ -16,8 +16,9 @@
 //! own children (who inherit them), those of its namespaces that differ from its creator's
 //! ([`Plan::join_in_child`]; setns into a time namespace needs a single-threaded caller, which
 //! it is then). Sockets of a process in a nested network namespace are created there
-//! ([`Plan::enter_net`]). A process in a nested pid namespace is forked with `clone3` and a
-//! `set_tid` array with its pid at every level (`CLONE_NEWPID` for a namespace's init).
+//! ([`Plan::enter_net`]); each unix socket in the namespace it was in ([`Plan::enter_netns`]).
+//! A process in a nested pid namespace is forked with `clone3` and a `set_tid` array with its
+//! pid at every level (`CLONE_NEWPID` for a namespace's init).
 //!
 //! Namespaces for a process's future children: a `pid_for_children` that is not its own is
 //! that of a child of it, the init of a nested pid namespace (`unshare -p -f`), or a new one
@@ -284,6 +285,8 @@ pub struct Plan {
     /// Per process: its nested network namespace, if any.
     net: Vec<Option<i32>>,
     root_net: Option<i32>,
+    /// Each nested network namespace's fd number, by its inode in the image.
+    net_by_inode: HashMap<u64, i32>,
     /// The fds above (the forked tree inherits them).
     _owned: Vec<OwnedFd>,
 }
@@ -383,7 +386,15 @@ impl Made {
             net.push(my_net);
         }
         let root_net = kinds.iter().find(|k| k.1 == "net").map(|k| k.2);
-        Ok(Some(Plan { kinds: kinds.iter().map(|k| (k.0, k.2)).collect(), per_proc, net, root_net, _owned: owned }))
+        let net_by_inode = by_inode.iter().filter(|(k, _)| k.1 == "net").map(|(k, &fd)| (k.0, fd)).collect();
+        Ok(Some(Plan {
+            kinds: kinds.iter().map(|k| (k.0, k.2)).collect(),
+            per_proc,
+            net,
+            root_net,
+            net_by_inode,
+            _owned: owned,
+        }))
     }
 }
 
@@ -413,6 +424,19 @@ impl Plan {
             }
             None => Ok(false),
         }
+    }
+
+    /// Move ferry's restoring thread into the network namespace of inode `inode` in the image
+    /// (a unix socket's `netns`), 0: back into the root's.
+    pub fn enter_netns(&self, inode: u64) -> Result<(), Error> {
+        if inode == 0 {
+            return self.leave_net();
+        }
+        let fd = self.net_by_inode.get(&inode).copied().ok_or_else(|| Error::Invalid {
+            object: format!("network namespace net:[{inode}]"),
+            what: "holds a socket of the image but is not among its nested namespaces".into(),
+        })?;
+        ferry_sys::ns::setns_number(fd, libc::CLONE_NEWNET).ctx(|| "cannot join a nested network namespace".into())
     }
 
     /// Back into the root's network namespace.
