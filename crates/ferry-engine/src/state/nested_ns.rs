@@ -1,8 +1,8 @@
-//! Nested namespaces: processes of the tree in a net, uts, ipc or time namespace that
+//! Nested namespaces: processes of the tree in a net, uts, ipc, time or cgroup namespace that
 //! is not the root's (a process that unshared its own after fork, a container's init whose
 //! child runs in a further one), and processes in pid namespaces nested below the tree's.
 //!
-//! Dump: every namespace of those four kinds in which a process is not in the root's is
+//! Dump: every namespace of those five kinds in which a process is not in the root's is
 //! recorded once (`Inventory.nested_ns`, identity by inode, content by the kind's module as for
 //! a root namespace), and each process lists the inodes of its own (`Process.ns_inodes`), so
 //! processes that shared one share it again. Pid levels below the tree's pid namespace are
@@ -11,7 +11,8 @@
 //!
 //! Restore ([`make`]): before the root's namespaces, ferry's restoring thread creates each
 //! nested namespace (unshare, the module's restore inside, an fd kept, back into its own; a
-//! time namespace is made for the thread's children, with its offsets, and kept by fd too).
+//! time namespace is made for the thread's children, with its offsets, and kept by fd too; a
+//! cgroup namespace by a helper process that joined its recorded root cgroups, state/userns.rs).
 //! Every forked process joins, first thing in `restore::child_main` and before it forks its
 //! own children (who inherit them), those of its namespaces that differ from its creator's
 //! ([`Plan::join_in_child`]; setns into a time namespace needs a single-threaded caller, which
@@ -32,7 +33,7 @@
 //! Not nested: mnt (the tree's mount tree is built under a temporary root then pivot_root in
 //! ferry's thread, and every file of the tree is opened through it; a second mount tree would
 //! need files opened per mount namespace and mounts copied from the parent namespace, not done
-//! yet), cgroup and user namespaces, and any nested namespace in a tree that has a user
+//! yet), user namespaces, and any nested namespace in a tree that has a user
 //! namespace of its own (it would be owned by that user namespace, made from inside it).
 
 use crate::error::{Ctx, Error};
@@ -41,11 +42,13 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 /// The kinds that may be nested, in the order a process joins them.
-pub const KINDS: [(&str, i32); 4] = [
+pub const KINDS: [(&str, i32); 5] = [
     ("uts", libc::CLONE_NEWUTS),
     ("ipc", libc::CLONE_NEWIPC),
     ("net", libc::CLONE_NEWNET),
     ("time", libc::CLONE_NEWTIME),
+    // (made by a helper that joined its root cgroups: see `make`)
+    ("cgroup", libc::CLONE_NEWCGROUP),
 ];
 
 fn flag_of(kind: &str) -> Option<i32> {
@@ -58,7 +61,6 @@ pub fn check(pid: i32, root: i32, kind: &str) -> Result<(), Error> {
     let why = match kind {
         "mnt" => "nested mount namespaces are not recreated yet",
         "user" => "nested user namespaces are not recreated yet",
-        "cgroup" => "nested cgroup namespaces are not recreated yet",
         _ if flag_of(kind).is_none() => "not recreated",
         _ => {
             let ns = crate::state::namespaces::ns_link;
@@ -307,7 +309,14 @@ pub fn make(img: &ImageReader, opts: &crate::state::namespaces::RestoreNs) -> Re
         };
         let flag = flag_of(&n.kind).ok_or_else(|| bad("is of a kind ferry does not nest"))?;
         let content = n.content.as_ref().ok_or_else(|| bad("has no content"))?;
-        let fd = if flag == libc::CLONE_NEWTIME {
+        let fd = if flag == libc::CLONE_NEWCGROUP {
+            // A cgroup namespace's root is the cgroup its maker was in: made by a helper
+            // process that joins the recorded roots first (state/userns.rs, cgroupns.rs), as
+            // for the root's; ferry's thread cannot move alone.
+            let made = crate::state::userns::make(content, flag)?;
+            let fd = made.and_then(|mut m| m.join.pop()).map(|(_, fd)| fd);
+            fd.ok_or_else(|| bad("was not made"))?
+        } else if flag == libc::CLONE_NEWTIME {
             // (made for the thread's children, with its offsets: state/timens.rs)
             crate::state::namespaces::restore_one(img, opts, content, "time")?;
             open("/proc/thread-self/ns/time_for_children")?
