@@ -37,33 +37,6 @@
 static char NAME[64];
 #define DGRAM_NAME "ferry-nestednet-dgram"
 
-static void child_report(const char *name)
-{
-	char file[64], res[1100];
-	snprintf(file, sizeof file, "child-%s", name);
-	if (failures)
-		snprintf(res, sizeof res, "FAIL: %s: %s\n", name, first_failure);
-	else
-		snprintf(res, sizeof res, "PASS\n");
-	write_file_atomic(file, res);
-}
-
-static void verdict(const char *name)
-{
-	char path[4096], buf[1200];
-	snprintf(path, sizeof path, "%s/child-%s", W, name);
-	int ok = 0;
-	for (int t = 0; t < 3000 && !(ok = access(path, F_OK) == 0); t++)
-		usleep(10000);
-	if (!ok) {
-		fail("no verdict from %s", name);
-		return;
-	}
-	read_file(path, buf, sizeof buf);
-	if (strncmp(buf, "PASS", 4) != 0)
-		fail("%s", buf);
-}
-
 static void wait_file(const char *name)
 {
 	char path[4096];
@@ -210,27 +183,11 @@ static void run_unix(void)
 	char x = 0;
 	CHECK(read(pair[0], &x, 1) == 1 && x == 'a', "no byte from A over the pair made before its unshare");
 	CHECK(sock_netns(pair[0]) == own_netns(), "R's end of the pair is in another network namespace");
-	verdict("a");
+	child_verdict("a");
 	waitpid(a, NULL, 0);
 }
 
 static char cg_v1[256], cg_v2[256];
-
-static void write_str(const char *path, const char *s)
-{
-	int fd = open(path, O_WRONLY | O_CLOEXEC);
-	if (fd < 0 || write(fd, s, strlen(s)) != (ssize_t)strlen(s))
-		die_setup("write %s to %s: %s", s, path, strerror(errno));
-	close(fd);
-}
-
-static void join(const char *dir)
-{
-	char p[400], me[32];
-	snprintf(p, sizeof p, "%s/cgroup.procs", dir);
-	snprintf(me, sizeof me, "%d", (int)getpid());
-	write_str(p, me);
-}
 
 static void ns_link(pid_t pid, char *out, size_t cap)
 {
@@ -276,7 +233,7 @@ static void run_c1(void)
 	snprintf(inner, sizeof inner, "%s/inner", cg_v1);
 	if (mkdir(inner, 0755) < 0 && errno != EEXIST)
 		die_setup("mkdir %s: %s", inner, strerror(errno));
-	join(inner);
+	cgroup_join(inner);
 	read_file("/proc/self/cgroup", before, sizeof before);
 	write_file_atomic("ready-c1", "");
 	wait_go();
@@ -293,8 +250,8 @@ static void run_c(pid_t r)
 {
 	mkdir(cg_v1, 0755);
 	mkdir(cg_v2, 0755);
-	join(cg_v1);
-	join(cg_v2);
+	cgroup_join(cg_v1);
+	cgroup_join(cg_v2);
 	SETUP(unshare(CLONE_NEWCGROUP));
 	char before[4096];
 	read_file("/proc/self/cgroup", before, sizeof before);
@@ -332,8 +289,8 @@ static void run_cgroup(void)
 	signal_ready();
 	wait_go();
 	kill(c, SIGUSR2);
-	verdict("c1");
-	verdict("c");
+	child_verdict("c1");
+	child_verdict("c");
 	waitpid(c, NULL, 0);
 	char now[4096];
 	read_file("/proc/self/cgroup", now, sizeof now);
