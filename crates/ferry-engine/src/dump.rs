@@ -541,6 +541,12 @@ fn dump_inner(
     let host_pids: Vec<i32> = frozen.iter().map(|f| f.pid).collect();
     // (Nested namespaces and pid levels: read with ferry's pids, still frozen.)
     let nested_ns = crate::state::nested_ns::collect(&mut procs, root, &mut img)?;
+    {
+        use std::os::unix::fs::MetadataExt;
+        let net = crate::procfs::path(root, "ns/net");
+        let root_net = std::fs::metadata(&net).ctx(|| format!("cannot stat {}", net.display()))?.ino();
+        crate::state::unix::place_in_netns(&mut procs, root_net, &nested_ns)?;
+    }
     crate::state::nested_ns::collect_pid_levels(&mut procs, &mut zombies, usize::from(pidns_root.is_some()))?;
     crate::state::nested_ns::collect_time_for_children(&mut procs)?;
     if pidns_root.is_some() {

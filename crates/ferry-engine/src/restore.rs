@@ -828,7 +828,25 @@ pub fn restore_in_place(
     // (A tree with a pid namespace of its own: its pids do not exist yet to make the sockets'
     // peer credentials with.)
     let creators = crate::state::peercred::Creators::new(!img.inventory().pidns);
-    let mut unix = crate::state::unix::prepare(&procs, &creators)?;
+    // (Each unix socket in its network namespace: a nested one's, state/nested_ns.rs.)
+    let net_now = std::cell::Cell::new(0u64);
+    let enter_net = |inode: u64| -> Result<(), Error> {
+        if net_now.get() == inode {
+            return Ok(());
+        }
+        match &nested {
+            Some(n) => n.enter_netns(inode)?,
+            None => {
+                return Err(Error::Invalid {
+                    object: format!("network namespace net:[{inode}]"),
+                    what: "holds a unix socket of the image, which records no nested network namespace".into(),
+                })
+            }
+        }
+        net_now.set(inode);
+        Ok(())
+    };
+    let mut unix = crate::state::unix::prepare(&procs, &creators, &enter_net)?;
     let mut shared = std::collections::HashMap::new();
     let mut shmem = std::collections::HashMap::new();
     for z in procs.iter().filter(|p| p.zombie && !img.inventory().pidns) {
@@ -1008,7 +1026,7 @@ pub fn restore_in_place(
     // there), before any process of the tree runs its own code.
     let stand_ins = StandIns::default();
     let sender_of = |m: &ferry_image::UnixMessage| sender_cred(m, &host, pidns, &stand_ins);
-    let filled = crate::state::unix::fill(&mut unix, &procs, &fd_of, &sender_of);
+    let filled = crate::state::unix::fill(&mut unix, &procs, &fd_of, &sender_of, &enter_net);
     stand_ins.end();
     filled?;
     drop(unix);

@@ -1372,6 +1372,11 @@ pub struct UnixSocket {
     pub owner_uid: u32,
     #[prost(uint32, tag = "643")]
     pub owner_gid: u32,
+    /// The network namespace the socket is in (where it was created: an abstract name is
+    /// bound and looked up there), by inode: one of `Inventory.nested_ns`; 0 for the tree's
+    /// root's.
+    #[prost(uint64, tag = "780")]
+    pub netns: u64,
 }
 
 /// The credentials a unix socket reports for its peer (SO_PEERCRED, SO_PEERGROUPS).

@@ -153,6 +153,12 @@ pub fn parent_ns(ns: BorrowedFd<'_>) -> io::Result<std::os::fd::OwnedFd> {
     ns_ioctl(ns, 0xb702)
 }
 
+/// `ioctl(SIOCGSKNS)` on a socket: a new fd of the network namespace the socket is in (the
+/// one it was created in).
+pub fn socket_netns(sock: BorrowedFd<'_>) -> io::Result<std::os::fd::OwnedFd> {
+    ns_ioctl(sock, 0x894c)
+}
+
 fn ns_ioctl(ns: BorrowedFd<'_>, req: libc::c_ulong) -> io::Result<std::os::fd::OwnedFd> {
     // SAFETY: these ioctls take no argument and return a new fd.
     let n = cvt_i(unsafe { libc::ioctl(ns.as_raw_fd(), req) })?;

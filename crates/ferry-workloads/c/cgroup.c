@@ -15,22 +15,6 @@
 
 static char v1[256], v2[256], sub[300];
 
-static void write_str(const char *path, const char *s)
-{
-	int fd = open(path, O_WRONLY | O_CLOEXEC);
-	if (fd < 0 || write(fd, s, strlen(s)) != (ssize_t)strlen(s))
-		die_setup("write %s to %s: %s", s, path, strerror(errno));
-	close(fd);
-}
-
-static void join(const char *dir)
-{
-	char p[400], me[32];
-	snprintf(p, sizeof p, "%s/cgroup.procs", dir);
-	snprintf(me, sizeof me, "%d", (int)getpid());
-	write_str(p, me);
-}
-
 static int read_text(const char *path, char *buf, size_t cap)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -65,8 +49,8 @@ int main(int argc, char **argv)
 	char p[400];
 	snprintf(p, sizeof p, "%s/pids.max", v1);
 	write_str(p, "64");
-	join(v1);
-	join(v2);
+	cgroup_join(v1);
+	cgroup_join(v2);
 	pthread_t t;
 	if (pthread_create(&t, NULL, idle, NULL))
 		die_setup("pthread_create");
@@ -77,7 +61,7 @@ int main(int argc, char **argv)
 	pid_t c = fork();
 	SETUP(c);
 	if (c == 0) {
-		join(sub);
+		cgroup_join(sub);
 		static char before[4096], after[4096];
 		if (read_text("/proc/self/cgroup", before, sizeof before) || write(up[1], "c", 1) != 1)
 			_exit(3);
@@ -121,8 +105,8 @@ int main(int argc, char **argv)
 	CHECK(write(go_pipe[1], "g", 1) == 1, "tell the child");
 	int st;
 	CHECK(waitpid(c, &st, 0) == c && WIFEXITED(st) && WEXITSTATUS(st) == 0, "the child: status %#x", st);
-	join("/sys/fs/cgroup/pids");
-	join("/sys/fs/cgroup/unified");
+	cgroup_join("/sys/fs/cgroup/pids");
+	cgroup_join("/sys/fs/cgroup/unified");
 	rmdir(sub);
 	rmdir(v1);
 	rmdir(v2);

@@ -327,4 +327,54 @@ static __attribute__((unused)) double mono_now(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/*
+ * A tree of processes with verdicts of their own: each child writes W/child-NAME ("PASS" or
+ * "FAIL: NAME: why", its first failure) with child_report(); the root waits for it (up to
+ * 30 s) with child_verdict(), which records a failure of the root's if it is not PASS.
+ */
+static __attribute__((unused)) void child_report(const char *name)
+{
+	char file[64], res[1100];
+	snprintf(file, sizeof file, "child-%s", name);
+	if (failures)
+		snprintf(res, sizeof res, "FAIL: %s: %s\n", name, first_failure);
+	else
+		snprintf(res, sizeof res, "PASS\n");
+	write_file_atomic(file, res);
+}
+
+static __attribute__((unused)) void child_verdict(const char *name)
+{
+	char path[4096], buf[1200];
+	snprintf(path, sizeof path, "%s/child-%s", W, name);
+	int ok = 0;
+	for (int t = 0; t < 3000 && !(ok = access(path, F_OK) == 0); t++)
+		usleep(10000);
+	if (!ok) {
+		fail("no verdict from %s", name);
+		return;
+	}
+	read_file(path, buf, sizeof buf);
+	if (strncmp(buf, "PASS", 4) != 0)
+		fail("%s", buf);
+}
+
+/* Write string s to the file at path (a cgroup or /proc file); a failure ends the set-up. */
+static __attribute__((unused)) void write_str(const char *path, const char *s)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0 || write(fd, s, strlen(s)) != (ssize_t)strlen(s))
+		die_setup("write %s to %s: %s", s, path, strerror(errno));
+	close(fd);
+}
+
+/* Move this process into the cgroup at directory dir. */
+static __attribute__((unused)) void cgroup_join(const char *dir)
+{
+	char p[400], me[32];
+	snprintf(p, sizeof p, "%s/cgroup.procs", dir);
+	snprintf(me, sizeof me, "%d", (int)getpid());
+	write_str(p, me);
+}
+
 #endif

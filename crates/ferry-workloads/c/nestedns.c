@@ -50,17 +50,6 @@ static char names[8][16];
 static pid_t pids[8];
 static int nproc;
 
-static void child_report(const char *name)
-{
-	char file[64], res[1100];
-	snprintf(file, sizeof file, "child-%s", name);
-	if (failures)
-		snprintf(res, sizeof res, "FAIL: %s: %s\n", name, first_failure);
-	else
-		snprintf(res, sizeof res, "PASS\n");
-	write_file_atomic(file, res);
-}
-
 /* Publish this process's pid (as R's namespace sees it: R reads it back) under its name. */
 static void publish(const char *name)
 {
@@ -516,22 +505,6 @@ static pid_t read_pid(const char *name)
 	return (pid_t)atoi(buf);
 }
 
-static void verdict(const char *name)
-{
-	char path[4096], buf[1200];
-	snprintf(path, sizeof path, "%s/child-%s", W, name);
-	int ok = 0;
-	for (int t = 0; t < 3000 && !(ok = access(path, F_OK) == 0); t++)
-		usleep(10000);
-	if (!ok) {
-		fail("no verdict from %s", name);
-		return;
-	}
-	read_file(path, buf, sizeof buf);
-	if (strncmp(buf, "PASS", 4) != 0)
-		fail("%s", buf);
-}
-
 int main(int argc, char **argv)
 {
 	workload_init(argc, argv);
@@ -557,7 +530,7 @@ int main(int argc, char **argv)
 		wait_go();
 		for (int i = 0; i < 4; i++) {
 			kill(read_pid(order[i]), SIGUSR2);
-			verdict(order[i]);
+			child_verdict(order[i]);
 		}
 		check_host(host_before);
 		waitpid(a, NULL, 0);
@@ -570,9 +543,9 @@ int main(int argc, char **argv)
 		wait_go();
 		/* N1 and N are not visible from here by their inner pids: U forwards, see below */
 		kill(pids[0], SIGUSR2);
-		verdict("n1");
-		verdict("n");
-		verdict("u");
+		child_verdict("n1");
+		child_verdict("n");
+		child_verdict("u");
 		waitpid(pids[0], NULL, 0);
 	} else if (strcmp(mode, "timekids") == 0 || strcmp(mode, "timebusy") == 0) {
 		pid_t c = fork();
@@ -584,7 +557,7 @@ int main(int argc, char **argv)
 		signal_ready();
 		wait_go();
 		kill(c, SIGUSR2);
-		verdict("c");
+		child_verdict("c");
 		waitpid(c, NULL, 0);
 	} else if (strcmp(mode, "mnt") == 0) {
 		/* a child in a mount namespace of its own: refused */

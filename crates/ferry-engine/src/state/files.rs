@@ -243,7 +243,7 @@ pub fn collect_one(
         } else if fd <= 2 && link.starts_with("socket:") {
             file.kind = FileKind::Inherited as i32;
             unix::collect_stdio(pid, fd, &link, &mut tree.unix, &mut file)?;
-        } else if unix::is_unix(&mut tree.unix, pid, &link)? {
+        } else if unix::is_unix(&mut tree.unix, pid, fd, &link)? {
             file.kind = FileKind::UnixSocket as i32;
             unix::collect(pid, fd, &link, &mut tree.unix, &mut file)?;
         } else if link == "anon_inode:[eventfd]" {

@@ -1,8 +1,8 @@
-//! Nested namespaces: processes of the tree in a net, uts, ipc or time namespace that is not
-//! the root's (a process that unshared its own after fork, a container's init whose child runs
-//! in a further one), and processes in pid namespaces nested below the tree's.
+//! Nested namespaces: processes of the tree in a net, uts, ipc, time or cgroup namespace that
+//! is not the root's (a process that unshared its own after fork, a container's init whose
+//! child runs in a further one), and processes in pid namespaces nested below the tree's.
 //!
-//! Dump: every namespace of those four kinds in which a process is not in the root's is
+//! Dump: every namespace of those five kinds in which a process is not in the root's is
 //! recorded once (`Inventory.nested_ns`, identity by inode, content by the kind's module as for
 //! a root namespace), and each process lists the inodes of its own (`Process.ns_inodes`), so
 //! processes that shared one share it again. Pid levels below the tree's pid namespace are
@@ -11,13 +11,15 @@
 //!
 //! Restore ([`make`]): before the root's namespaces, ferry's restoring thread creates each
 //! nested namespace (unshare, the module's restore inside, an fd kept, back into its own; a
-//! time namespace is made for the thread's children, with its offsets, and kept by fd too).
+//! time namespace is made for the thread's children, with its offsets, and kept by fd too; a
+//! cgroup namespace by a helper process that joined its recorded root cgroups, state/userns.rs).
 //! Every forked process joins, first thing in `restore::child_main` and before it forks its
 //! own children (who inherit them), those of its namespaces that differ from its creator's
 //! ([`Plan::join_in_child`]; setns into a time namespace needs a single-threaded caller, which
 //! it is then). Sockets of a process in a nested network namespace are created there
-//! ([`Plan::enter_net`]). A process in a nested pid namespace is forked with `clone3` and a
-//! `set_tid` array with its pid at every level (`CLONE_NEWPID` for a namespace's init).
+//! ([`Plan::enter_net`]); each unix socket in the namespace it was in ([`Plan::enter_netns`]).
+//! A process in a nested pid namespace is forked with `clone3` and a `set_tid` array with its
+//! pid at every level (`CLONE_NEWPID` for a namespace's init).
 //!
 //! Namespaces for a process's future children: a `pid_for_children` that is not its own is
 //! that of a child of it, the init of a nested pid namespace (`unshare -p -f`), or a new one
@@ -31,7 +33,7 @@
 //! Not nested: mnt (the tree's mount tree is built under a temporary root then pivot_root in
 //! ferry's thread, and every file of the tree is opened through it; a second mount tree would
 //! need files opened per mount namespace and mounts copied from the parent namespace, not done
-//! yet), cgroup and user namespaces, and any nested namespace in a tree that has a user
+//! yet), user namespaces, and any nested namespace in a tree that has a user
 //! namespace of its own (it would be owned by that user namespace, made from inside it).
 
 use crate::error::{Ctx, Error};
@@ -40,11 +42,13 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 /// The kinds that may be nested, in the order a process joins them.
-pub const KINDS: [(&str, i32); 4] = [
+pub const KINDS: [(&str, i32); 5] = [
     ("uts", libc::CLONE_NEWUTS),
     ("ipc", libc::CLONE_NEWIPC),
     ("net", libc::CLONE_NEWNET),
     ("time", libc::CLONE_NEWTIME),
+    // (made by a helper that joined its root cgroups: see `make`)
+    ("cgroup", libc::CLONE_NEWCGROUP),
 ];
 
 fn flag_of(kind: &str) -> Option<i32> {
@@ -57,7 +61,6 @@ pub fn check(pid: i32, root: i32, kind: &str) -> Result<(), Error> {
     let why = match kind {
         "mnt" => "nested mount namespaces are not recreated yet",
         "user" => "nested user namespaces are not recreated yet",
-        "cgroup" => "nested cgroup namespaces are not recreated yet",
         _ if flag_of(kind).is_none() => "not recreated",
         _ => {
             let ns = crate::state::namespaces::ns_link;
@@ -284,6 +287,8 @@ pub struct Plan {
     /// Per process: its nested network namespace, if any.
     net: Vec<Option<i32>>,
     root_net: Option<i32>,
+    /// Each nested network namespace's fd number, by its inode in the image.
+    net_by_inode: HashMap<u64, i32>,
     /// The fds above (the forked tree inherits them).
     _owned: Vec<OwnedFd>,
 }
@@ -304,7 +309,14 @@ pub fn make(img: &ImageReader, opts: &crate::state::namespaces::RestoreNs) -> Re
         };
         let flag = flag_of(&n.kind).ok_or_else(|| bad("is of a kind ferry does not nest"))?;
         let content = n.content.as_ref().ok_or_else(|| bad("has no content"))?;
-        let fd = if flag == libc::CLONE_NEWTIME {
+        let fd = if flag == libc::CLONE_NEWCGROUP {
+            // A cgroup namespace's root is the cgroup its maker was in: made by a helper
+            // process that joins the recorded roots first (state/userns.rs, cgroupns.rs), as
+            // for the root's; ferry's thread cannot move alone.
+            let made = crate::state::userns::make(content, flag)?;
+            let fd = made.and_then(|mut m| m.join.pop()).map(|(_, fd)| fd);
+            fd.ok_or_else(|| bad("was not made"))?
+        } else if flag == libc::CLONE_NEWTIME {
             // (made for the thread's children, with its offsets: state/timens.rs)
             crate::state::namespaces::restore_one(img, opts, content, "time")?;
             open("/proc/thread-self/ns/time_for_children")?
@@ -383,7 +395,15 @@ impl Made {
             net.push(my_net);
         }
         let root_net = kinds.iter().find(|k| k.1 == "net").map(|k| k.2);
-        Ok(Some(Plan { kinds: kinds.iter().map(|k| (k.0, k.2)).collect(), per_proc, net, root_net, _owned: owned }))
+        let net_by_inode = by_inode.iter().filter(|(k, _)| k.1 == "net").map(|(k, &fd)| (k.0, fd)).collect();
+        Ok(Some(Plan {
+            kinds: kinds.iter().map(|k| (k.0, k.2)).collect(),
+            per_proc,
+            net,
+            root_net,
+            net_by_inode,
+            _owned: owned,
+        }))
     }
 }
 
@@ -413,6 +433,19 @@ impl Plan {
             }
             None => Ok(false),
         }
+    }
+
+    /// Move ferry's restoring thread into the network namespace of inode `inode` in the image
+    /// (a unix socket's `netns`), 0: back into the root's.
+    pub fn enter_netns(&self, inode: u64) -> Result<(), Error> {
+        if inode == 0 {
+            return self.leave_net();
+        }
+        let fd = self.net_by_inode.get(&inode).copied().ok_or_else(|| Error::Invalid {
+            object: format!("network namespace net:[{inode}]"),
+            what: "holds a socket of the image but is not among its nested namespaces".into(),
+        })?;
+        ferry_sys::ns::setns_number(fd, libc::CLONE_NEWNET).ctx(|| "cannot join a nested network namespace".into())
     }
 
     /// Back into the root's network namespace.

@@ -83,13 +83,24 @@ pub(crate) fn restore(ctx: &RestoreCtx<'_>, ns: &Namespaces, h: &mut Handover) -
 /// in a thread that joined it (sock_diag queries, which list the asker's namespace).
 pub fn in_netns_of<T: Send>(pid: i32, f: impl FnOnce() -> Result<T, Error> + Send) -> Result<T, Error> {
     let path = format!("/proc/{pid}/ns/net");
-    let theirs = std::fs::read_link(&path).ctx(|| format!("cannot read link {path}"))?;
-    if std::fs::read_link("/proc/self/ns/net").ok().as_ref() == Some(&theirs) {
-        return f();
-    }
     let ns = std::fs::File::open(&path).ctx(|| format!("cannot open {path}"))?;
     use std::os::fd::AsFd;
-    in_ns(ns.as_fd(), libc::CLONE_NEWNET, f)
+    in_netns(ns.as_fd(), f)
+}
+
+/// Run `f` in the network namespace `ns`: in the calling thread when it is already there,
+/// else in a thread that joined it.
+pub fn in_netns<T: Send>(
+    ns: std::os::fd::BorrowedFd<'_>,
+    f: impl FnOnce() -> Result<T, Error> + Send,
+) -> Result<T, Error> {
+    let theirs = ferry_sys::process::fstat(ns).ctx(|| "cannot stat a network namespace".into())?;
+    let own = std::fs::metadata("/proc/thread-self/ns/net").ctx(|| "cannot stat /proc/thread-self/ns/net".into())?;
+    use std::os::unix::fs::MetadataExt;
+    if (theirs.st_dev, theirs.st_ino) == (own.dev(), own.ino()) {
+        return f();
+    }
+    in_ns(ns, libc::CLONE_NEWNET, f)
 }
 
 /// Run `ip ARGS` (or another tool) in the calling thread's network namespace; its stdout.

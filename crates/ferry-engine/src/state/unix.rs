@@ -20,6 +20,14 @@
 //! (which takes the bytes off the queue) shows where they start; CRIU sends the glued bytes
 //! with the fds, which hands a reader the fds earlier than the original would.
 //!
+//! Network namespaces: a unix socket is in the one it was created in (not necessarily its
+//! process's: a pair made before an unshare), and sock_diag lists each namespace's own. Dump
+//! lists the namespace of each process holding a socket and, for one not found there, the
+//! socket's own (`SIOCGSKNS`), and records it (`UnixSocket.netns`: 0 for the tree's root's, or a
+//! nested one of the image, state/nested_ns.rs; any other is refused). Restore makes each socket
+//! from ferry's thread in that namespace: abstract names are bound and looked up in their
+//! socket's, so the same name in two namespaces comes back twice.
+//!
 //! Names: a relative path is bound again in the directory it was bound in, the process's cwd
 //! or root where sock_diag's socket file (device, inode) is found (`name_dir`; bound from a
 //! thread with its own cwd, `unixsock::bind_in`). A socket whose file was unlinked is bound at
@@ -78,12 +86,17 @@ struct Diag {
     /// Bytes sent and not read yet; a listener's backlog.
     wqueue: u32,
     shutdown: u32,
+    /// The network namespace it is in (sock_diag lists each namespace's own), by inode.
+    netns: u64,
 }
 
-/// Every unix socket of the system, read once per dump on first use.
+/// Every unix socket of the network namespaces the tree's sockets are in, each namespace read
+/// once per dump on first use.
 #[derive(Default)]
 pub struct Table {
-    socks: Option<HashMap<u32, Diag>>,
+    socks: HashMap<u32, Diag>,
+    /// The network namespaces listed so far, by inode.
+    listed: std::collections::HashSet<u64>,
     /// Client inode -> listener inode, for connections waiting in an accept queue.
     listener_of: HashMap<u32, u32>,
     /// Fds in flight in the receive queues read so far: (socket inode, (message index, ferry's
@@ -98,17 +111,25 @@ fn u32_at(b: &[u8], o: usize) -> Option<u32> {
 }
 
 impl Table {
-    /// `pid`: a process of the tree, whose network namespace is the one listed (sock_diag
-    /// answers for the namespace of the asking socket).
+    /// List the network namespace of `pid`, a process of the tree (sock_diag answers for the
+    /// namespace of the asking socket), if not listed yet.
     fn load(&mut self, pid: i32) -> Result<(), Error> {
-        if self.socks.is_none() {
+        let path = crate::procfs::path(pid, "ns/net");
+        let ns = std::fs::File::open(&path).ctx(|| format!("cannot open {}", path.display()))?;
+        self.load_ns(ns.as_fd())
+    }
+
+    /// List the network namespace `ns`, if not listed yet.
+    fn load_ns(&mut self, ns: BorrowedFd<'_>) -> Result<(), Error> {
+        let netns = ferry_sys::process::fstat(ns).ctx(|| "cannot stat a network namespace".into())?.st_ino;
+        if !self.listed.contains(&netns) {
             let show = UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN;
-            let msgs = crate::state::netns::in_netns_of(pid, || {
+            let msgs = crate::state::netns::in_netns(ns, || {
                 us::unix_diag_dump(show).ctx(|| "sock_diag dump of unix sockets".into())
             })?;
-            let mut socks = HashMap::new();
+            self.listed.insert(netns);
             for m in msgs {
-                let mut d = Diag { ty: m.ty as u32, state: m.state as u32, ..Default::default() };
+                let mut d = Diag { ty: m.ty as u32, state: m.state as u32, netns, ..Default::default() };
                 for (ty, v) in m.attrs {
                     match ty {
                         UNIX_DIAG_NAME => d.name = v,
@@ -126,15 +147,31 @@ impl Table {
                 for &c in &d.icons {
                     self.listener_of.insert(c, m.ino);
                 }
-                socks.insert(m.ino, d);
+                self.socks.insert(m.ino, d);
             }
-            self.socks = Some(socks);
         }
         Ok(())
     }
 
+    /// Socket `ino` at fd `fd` of `pid`, looked for in the process's network namespace, then
+    /// in the one the socket itself is in (created before the process moved, or passed from
+    /// another namespace): `SIOCGSKNS` on a copy of the fd.
+    fn find(&mut self, pid: i32, fd: i32, ino: u32) -> Result<Option<&Diag>, Error> {
+        self.load(pid)?;
+        if !self.socks.contains_key(&ino) {
+            let pidfd = ferry_sys::process::pidfd_open(pid).ctx(|| format!("pid {pid}: pidfd_open"))?;
+            let copy =
+                ferry_sys::process::pidfd_getfd(pidfd.as_fd(), fd).ctx(|| format!("pid {pid} fd {fd}: pidfd_getfd"))?;
+            // (Not a socket that has a network namespace: not a unix socket either.)
+            if let Ok(ns) = ferry_sys::ns::socket_netns(copy.as_fd()) {
+                self.load_ns(ns.as_fd())?;
+            }
+        }
+        Ok(self.socks.get(&ino))
+    }
+
     fn get(&self, ino: u32) -> Option<&Diag> {
-        self.socks.as_ref().and_then(|s| s.get(&ino))
+        self.socks.get(&ino)
     }
 
     /// The fds in flight of the queues read since the last call: (socket inode, (message
@@ -154,17 +191,17 @@ fn socket_ino(link: &str) -> Option<u32> {
     link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
 }
 
-/// Is the fd target `link` a unix socket?
-pub fn is_unix(table: &mut Table, pid: i32, link: &str) -> Result<bool, Error> {
+/// Is fd `fd` of `pid` (its target `link`) a unix socket?
+pub fn is_unix(table: &mut Table, pid: i32, fd: i32, link: &str) -> Result<bool, Error> {
     match socket_ino(link) {
-        Some(ino) => {
-            if let Err(e) = table.load(pid) {
+        Some(ino) => match table.find(pid, fd, ino) {
+            Ok(d) => Ok(d.is_some()),
+            Err(e) => {
                 // Without sock_diag (no unix_diag in this kernel) the socket is refused as unknown.
                 tracing::warn!(error = %e, "cannot list unix sockets");
-                return Ok(false);
+                Ok(false)
             }
-            Ok(table.get(ino).is_some())
-        }
+        },
         None => Ok(false),
     }
 }
@@ -227,8 +264,7 @@ fn conn_addr(u: &UnixSocket) -> Vec<u8> {
 /// Collect the unix socket behind fd `fd` of `pid` (its link is `link`) into `f`.
 pub fn collect(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -> Result<(), Error> {
     let ino = socket_ino(link).unwrap_or(0);
-    table.load(pid)?;
-    let d = table.get(ino).cloned().unwrap_or_default();
+    let d = table.find(pid, fd, ino)?.cloned().unwrap_or_default();
     let unsupported = |what: String| Error::Unsupported {
         pid,
         what: format!("fd {fd}: unix {} socket:[{ino}] {what}", type_name(d.ty)),
@@ -236,7 +272,9 @@ pub fn collect(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -
     if !matches!(d.ty as i32, libc::SOCK_STREAM | libc::SOCK_DGRAM | libc::SOCK_SEQPACKET) {
         return Err(unsupported("of this type".into()));
     }
-    let mut u = UnixSocket { ino, sock_type: d.ty, state: d.state, name: d.name.clone(), ..Default::default() };
+    // (netns: the namespace's inode until `place_in_netns` tells the root's from nested ones)
+    let mut u =
+        UnixSocket { ino, sock_type: d.ty, state: d.state, name: d.name.clone(), netns: d.netns, ..Default::default() };
     let owner = std::fs::metadata(crate::procfs::path(pid, &format!("fd/{fd}")))
         .map_err(|e| Error::Sys { object: format!("pid {pid} fd {fd}: cannot stat its socket"), source: e })?;
     (u.owner_uid, u.owner_gid) = (owner.uid(), owner.gid());
@@ -368,7 +406,7 @@ pub fn collect(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -
 /// unix socket connected to a socket of the image, which `finish` decides once the whole tree
 /// is collected: collect it as far as possible and mark it.
 pub fn collect_stdio(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -> Result<(), Error> {
-    if !is_unix(table, pid, link)? {
+    if !is_unix(table, pid, fd, link)? {
         return Ok(());
     }
     let mut probe = f.clone();
@@ -592,6 +630,33 @@ pub fn finish(
     Ok(())
 }
 
+/// At dump, once the nested namespaces are known (state/nested_ns.rs): each socket's network
+/// namespace, 0 for the tree's root's (inode `root_net`) or a nested one of the image; a socket
+/// in any other (one no process of the tree is in) is refused.
+pub fn place_in_netns(procs: &mut [Process], root_net: u64, nested: &[ferry_image::NestedNs]) -> Result<(), Error> {
+    for p in procs.iter_mut() {
+        let pid = p.pid;
+        for (i, f) in p.files.iter_mut().enumerate() {
+            let Some(u) = f.unix.as_mut() else { continue };
+            if u.netns == root_net {
+                u.netns = 0;
+            } else if !nested.iter().any(|n| n.kind == "net" && n.inode == u.netns) {
+                let fd = p.fds.iter().find(|d| d.file as usize == i).map(|d| d.fd).unwrap_or(-1);
+                return Err(Error::Unsupported {
+                    pid,
+                    what: format!(
+                        "fd {fd}: unix {} socket:[{}] in a network namespace (net:[{}]) no process of the tree is in",
+                        type_name(u.sock_type),
+                        u.ino,
+                        u.netns
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Mark each queued message whose sender (by the pid ferry saw) is a process of the tree: its
 /// pid follows the process (to the namespace's own id, to the restored host pid).
 fn senders_in_tree(procs: &mut [Process]) {
@@ -809,10 +874,23 @@ fn send_msg<'f>(
     }
 }
 
+/// At restore: moves ferry's restoring thread into a network namespace of the image (a
+/// socket's `netns`: 0 for the tree's root's), where the next sockets are made (an abstract
+/// name is bound and looked up in the namespace of its socket; an accepted socket is made in
+/// its client's).
+pub type EnterNet<'a> = dyn Fn(u64) -> Result<(), Error> + 'a;
+
 /// Recreate every unix socket of the image (all processes together: peers and listeners may be
-/// in different processes), with names, connections, accept queues and queued data.
+/// in different processes), with names, connections, accept queues and queued data, each in
+/// its network namespace (`enter`; the thread is back in the root's when this returns).
 /// `creators` makes each socket's peer credentials (state/peercred.rs).
-pub fn prepare(procs: &[Process], creators: &Creators) -> Result<Prepared, Error> {
+pub fn prepare(procs: &[Process], creators: &Creators, enter: &EnterNet<'_>) -> Result<Prepared, Error> {
+    let r = prepare_in(procs, creators, enter);
+    enter(0)?;
+    r
+}
+
+fn prepare_in(procs: &[Process], creators: &Creators, enter: &EnterNet<'_>) -> Result<Prepared, Error> {
     let socks = sockets(procs);
     let mut fds: HashMap<u32, OwnedFd> = HashMap::new();
     let mut names = Names::default();
@@ -826,6 +904,9 @@ pub fn prepare(procs: &[Process], creators: &Creators) -> Result<Prepared, Error
         }
         let (v, vobj) = &socks[&u.peer];
         let ty = u.sock_type as i32;
+        // (Both ends of a connection are in one namespace: an accepted socket is made in its
+        // client's.)
+        enter(u.netns)?;
         // Ends whose peer credentials differ were connected, not made as a pair: the named
         // end (which carries its listener's name and file) is accepted again (state/peercred.rs).
         let differ = u.peer_cred.is_some() && v.peer_cred.is_some() && u.peer_cred != v.peer_cred;
@@ -861,6 +942,7 @@ pub fn prepare(procs: &[Process], creators: &Creators) -> Result<Prepared, Error
             continue;
         }
         let ty = u.sock_type as i32;
+        enter(u.netns)?;
         let (a, b) = if ty != libc::SOCK_DGRAM && accepted(u) {
             // An accepted socket whose client is gone: accepted again, from a client that goes.
             let c = us::socket(ty).ctx(|| obj.clone())?;
@@ -881,6 +963,7 @@ pub fn prepare(procs: &[Process], creators: &Creators) -> Result<Prepared, Error
             if fds.contains_key(&ino) || (u.state == TCP_LISTEN) != pass {
                 continue;
             }
+            enter(u.netns)?;
             let s = us::socket(u.sock_type as i32).ctx(|| obj.clone())?;
             if u.bound {
                 bind_name(s.as_fd(), u, obj, &mut names)?;
@@ -950,6 +1033,19 @@ pub fn fill<'f>(
     procs: &[Process],
     fd_of: &dyn Fn(&InFlightFd) -> Option<BorrowedFd<'f>>,
     sender_of: &SenderOf<'_>,
+    enter: &EnterNet<'_>,
+) -> Result<(), Error> {
+    let r = fill_in(prep, procs, fd_of, sender_of, enter);
+    enter(0)?;
+    r
+}
+
+fn fill_in<'f>(
+    prep: &mut Prepared,
+    procs: &[Process],
+    fd_of: &dyn Fn(&InFlightFd) -> Option<BorrowedFd<'f>>,
+    sender_of: &SenderOf<'_>,
+    enter: &EnterNet<'_>,
 ) -> Result<(), Error> {
     let socks = sockets(procs);
     let Prepared { fds, partners, names } = prep;
@@ -986,6 +1082,8 @@ pub fn fill<'f>(
             } else if let (true, Some(s)) = (m.from.is_empty() || to.is_none(), peer_fd) {
                 (s.as_fd(), true)
             } else {
+                // (In the receiver's namespace: the names are looked up there.)
+                enter(u.netns)?;
                 let t = us::socket(libc::SOCK_DGRAM).ctx(|| obj.clone())?;
                 if !m.from.is_empty() {
                     let free = !is_path(&m.from) || !path_of(&m.from).exists();

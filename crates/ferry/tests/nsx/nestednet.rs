@@ -1,0 +1,57 @@
+//! Nested network and cgroup namespaces (state/nested_ns.rs, unix.rs, cgroupns.rs): unix
+//! sockets made in the network namespace they were in, and a child's cgroup namespace rooted
+//! in a cgroup of its own. `nestednet` checks from inside each process (see its header).
+
+use crate::common::*;
+
+/// A child in its own network namespace and the root in the tree's bind the same abstract
+/// name (a listener with a connection each), the child has a socketpair and a datagram queued
+/// on another abstract name, and the two share a pair made before the child's unshare: every
+/// socket comes back in its namespace and each name reaches its own listener.
+#[test]
+fn nested_netns_unix_sockets_restored() {
+    cycle(&Spec::c("nestednet").args(&["unix"]));
+}
+
+#[test]
+fn control_nested_netns_unix_sockets() {
+    control(&Spec::c("nestednet").args(&["unix"]));
+}
+
+/// Removes the workload's cgroups (pid: the workload's root) at the end, pass or fail.
+struct Cgroups(i32);
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        let pid = self.0;
+        for d in [
+            format!("/sys/fs/cgroup/pids/ferry-nestednet-{pid}/inner"),
+            format!("/sys/fs/cgroup/pids/ferry-nestednet-{pid}"),
+            format!("/sys/fs/cgroup/unified/ferry-nestednet-{pid}"),
+        ] {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// A child that moved into cgroups of its own and unshared a cgroup namespace there, its child
+/// in a sub-cgroup: after the restore /proc/self/cgroup reads the same inside (the namespace
+/// rooted where it was), and the root's is unchanged.
+#[test]
+fn nested_cgroupns_restored() {
+    let mut run = Run::start(&Spec::c("nestednet").args(&["cgroup"]));
+    let _cg = Cgroups(run.pid);
+    run.dump_ok(&[]);
+    run.reap_dumped();
+    wait_image_pids_gone(&run.img());
+    run.restore_and_verify("ferry restore (nested cgroup namespace)");
+}
+
+#[test]
+fn control_nested_cgroupns() {
+    let mut run = Run::start(&Spec::c("nestednet").args(&["cgroup"]));
+    let _cg = Cgroups(run.pid);
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload");
+}
