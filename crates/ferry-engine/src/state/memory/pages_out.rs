@@ -498,6 +498,23 @@ fn store_chunk(v: &mut Vma, chunk: &[u8], addr: u64, kept: &Kept, out: &mut Page
     Ok(stored)
 }
 
-fn is_zero(page: &[u8]) -> bool {
-    page.chunks_exact(16).all(|c| u128::from_ne_bytes(c.try_into().unwrap_or([1; 16])) == 0)
+/// Whether a page is all zeros.
+pub(crate) fn is_zero(page: &[u8]) -> bool {
+    let mut words = page.chunks_exact(16);
+    words.all(|c| u128::from_ne_bytes(c.try_into().unwrap_or([1; 16])) == 0)
+        && words.remainder().iter().all(|&b| b == 0)
+}
+
+/// `bytes` (pages from `addr`) cut into runs of whole pages that are all zero or not, in order:
+/// (start, end, zero), byte offsets (a last partial page is a page of its own).
+pub(crate) fn zero_runs(bytes: &[u8]) -> Vec<(usize, usize, bool)> {
+    let mut out: Vec<(usize, usize, bool)> = Vec::new();
+    for (i, page) in bytes.chunks(PAGE_SIZE as usize).enumerate() {
+        let (start, zero) = (i * PAGE_SIZE as usize, is_zero(page));
+        match out.last_mut() {
+            Some(r) if r.2 == zero => r.1 = start + page.len(),
+            _ => out.push((start, start + page.len(), zero)),
+        }
+    }
+    out
 }
