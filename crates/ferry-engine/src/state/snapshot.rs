@@ -33,7 +33,7 @@
 use crate::error::{Ctx, Error};
 use crate::inject::Injector;
 use crate::procfs;
-use crate::state::memory::{FrozenMemory, Held, Holds};
+use crate::state::memory::{FrozenMemory, Holds};
 use ferry_image::{Mm, VmaKind};
 use ferry_sys::consts::nr;
 use ferry_sys::ptrace::{self, WaitStatus};
@@ -396,12 +396,8 @@ impl FrozenMemory for Snapshot {
         self.pid
     }
 
-    fn held(&self, start: u64) -> Option<&Held> {
-        self.holds.held(start)
-    }
-
-    fn copy(&self, i: usize) -> &[u8] {
-        self.holds.copy(i)
+    fn holds(&self) -> &Holds {
+        &self.holds
     }
 }
 

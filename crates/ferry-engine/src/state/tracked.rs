@@ -28,7 +28,7 @@
 use crate::error::Error;
 use crate::precopy::Tracker;
 use crate::procfs;
-use crate::state::memory::{FrozenMemory, Held, Holds};
+use crate::state::memory::{FrozenMemory, Holds};
 use ferry_image::{dir::StreamFile, ImageWriter, Mm, PageRun, VmaKind, PAGE_SIZE};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::AsFd;
@@ -392,12 +392,8 @@ impl FrozenMemory for Pre {
         self.pid
     }
 
-    fn held(&self, start: u64) -> Option<&Held> {
-        self.holds.held(start)
-    }
-
-    fn copy(&self, i: usize) -> &[u8] {
-        self.holds.copy(i)
+    fn holds(&self) -> &Holds {
+        &self.holds
     }
 
     fn placed(&self, start: u64) -> &[PageRun] {

@@ -71,12 +71,12 @@ impl Holds {
         Ok(bytes)
     }
 
-    /// What was taken of the mapping at `start` ([`super::FrozenMemory::held`]).
+    /// What was taken of the mapping at `start` while frozen, if anything.
     pub fn held(&self, start: u64) -> Option<&Held> {
         self.held.get(&start)
     }
 
-    /// Copy `i` ([`super::FrozenMemory::copy`]).
+    /// Copy `i` taken while frozen.
     pub fn copy(&self, i: usize) -> &[u8] {
         self.copies.get(i).map_or(&[][..], |c| &c[..])
     }

@@ -34,10 +34,8 @@ pub struct PagesFrom<'a> {
 pub trait FrozenMemory: Sync {
     /// The process whose /proc/PID/pagemap and mem hold that memory.
     fn pid(&self) -> i32;
-    /// What was taken of the mapping at `start` while frozen, if anything.
-    fn held(&self, start: u64) -> Option<&Held>;
-    /// Copy `i` taken while frozen.
-    fn copy(&self, i: usize) -> &[u8];
+    /// What was taken of its mappings while frozen.
+    fn holds(&self) -> &super::Holds;
     /// Page runs of the mapping at `start` already in the page file (`dump -R` from pages
     /// copied while the tree ran, state/tracked.rs).
     fn placed(&self, _start: u64) -> &[PageRun] {
@@ -128,7 +126,7 @@ pub fn dump_pages(
     // (Pieces of a copy taken while frozen, in chunks.)
     let held_jobs = |jobs: &mut Vec<Job>, i: usize, parts: &[(u64, usize)], skip_zero: bool| {
         for &(addr, c) in parts {
-            let len = snap.map_or(0, |s| s.copy(c).len());
+            let len = snap.map_or(0, |s| s.holds().copy(c).len());
             let mut at = 0;
             while at < len {
                 let n = (len - at).min(CHUNK);
@@ -151,7 +149,7 @@ pub fn dump_pages(
             if !shmem_done.insert((v.shmem_id, v.offset, v.end - v.start)) {
                 continue;
             }
-            let obj = match snap.and_then(|s| s.held(v.start)) {
+            let obj = match snap.and_then(|s| s.holds().held(v.start)) {
                 Some(Held::Copied(parts)) => {
                     held_jobs(&mut jobs, i, parts, true);
                     continue;
@@ -183,7 +181,7 @@ pub fn dump_pages(
         }
         // (Zeros of a private file mapping would come back as the file's bytes.)
         let skip_zero = kind != VmaKind::FilePrivate;
-        if let Some(Held::Copied(parts)) = snap.and_then(|s| s.held(v.start)) {
+        if let Some(Held::Copied(parts)) = snap.and_then(|s| s.holds().held(v.start)) {
             held_jobs(&mut jobs, i, parts, skip_zero);
             continue;
         }
@@ -215,7 +213,7 @@ pub fn dump_pages(
                 job.len
             }
             Source::Held(c, off) => {
-                let copy = snap.map_or(&[][..], |s| s.copy(c));
+                let copy = snap.map_or(&[][..], |s| s.holds().copy(c));
                 match copy.get(off..off + job.len) {
                     Some(b) => chunk.copy_from_slice(b),
                     None => {
