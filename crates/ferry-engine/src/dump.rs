@@ -697,9 +697,6 @@ fn dump_inner(
             }
         }
     }
-    if let Some(sig) = crate::inject::fault_signal_after_release().filter(|_| opts.leave_running) {
-        let _ = ferry_sys::process::kill(root, sig);
-    }
     drop(replaced);
     let fds = procs.iter().map(|p| p.fds.len()).sum();
     let mut locks: Vec<String> = match opts.leave_running || !own_net {

@@ -98,8 +98,7 @@ pub fn fault_pause_named(name: &str) -> Option<std::time::Duration> {
 
 /// Fault injection for tests: `FERRY_FAULT=signal-after-release:SIG` makes a restore send
 /// signal SIG to the tree's root as soon as the tree is released, before the pidfile is written
-/// and the restore returns (and `dump -R` as soon as it let the tree go): a supervisor's signal
-/// that comes as early as it can.
+/// and the restore returns: a supervisor's signal that comes as early as it can.
 pub fn fault_signal_after_release() -> Option<i32> {
     std::env::var("FERRY_FAULT").ok()?.strip_prefix("signal-after-release:")?.parse().ok()
 }

@@ -39,19 +39,6 @@ fn cycle_pidfds_go_at_release() {
     run.expect_pass(status, "pidfd");
 }
 
-/// The same go signal sent by `dump -R` as soon as it let the tree go: the original process
-/// must take it in its main thread, frozen in sigsuspend(), as it would have without ferry.
-/// (`dump -R` once returned without waiting for its released threads to run: the signal went to
-/// the thread in pause() and the workload hung.)
-#[test]
-fn dump_r_go_at_release() {
-    let mut run = Run::start(&pidfd());
-    run.ferry_env.push(("FERRY_FAULT", "signal-after-release:12"));
-    run.dump_ok(&["-R"]);
-    let status = run.wait_child_exit();
-    run.expect_pass(status, "pidfd, go sent as dump -R let it go");
-}
-
 /// A pidfd of a process outside the tree (the test itself) is refused, naming the fd and the
 /// process; the workload carries on with it.
 #[test]
