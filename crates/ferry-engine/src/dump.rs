@@ -336,7 +336,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     if !tracked {
         return dump_with(opts, move || Ok(img), |_| Ok(()));
     }
-    let pre = match tracked::Pre::start(opts.pid, image_pid_of(opts.pid), &mut img) {
+    let pre = match tracked::Pre::start(opts.pid, crate::freeze::image_pid(opts.pid, opts.pid), &mut img) {
         Ok(p) => Some(p),
         Err(e) => {
             tracing::info!(pid = opts.pid, error = %e, "dump -R: pages not copied ahead: a fork snapshot instead");
@@ -353,21 +353,6 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     }
     reserve_pages(&mut img, opts.pid)?;
     dump_with(opts, move || Ok(img), |_| Ok(()))
-}
-
-/// The pid `pid`, the root of a tree, has in its image: 1 if it is the init of a pid namespace
-/// below ferry's (the image keeps the namespace's ids), else its own.
-fn image_pid_of(pid: i32) -> i32 {
-    let ns_pid = procfs::read_string(pid, "status")
-        .ok()
-        .and_then(|t| ferry_proc::parse_status(&t).ok())
-        .map(|st| st.ns_pid)
-        .unwrap_or_default();
-    if ns_pid.len() == 2 && ns_pid.last() == Some(&1) {
-        1
-    } else {
-        pid
-    }
 }
 
 /// Before the freeze: allocate each process's page file about as large as its resident
@@ -614,6 +599,7 @@ fn dump_inner(
             f.resume()?;
         }
         frozen_for = Some(t_frozen.elapsed() + frozen_before);
+        frozen.iter().for_each(Frozen::wait_ran);
         tracing::info!(
             frozen_ms = t_frozen.elapsed().as_secs_f64() * 1e3,
             frozen_to_track_ms = frozen_before.as_secs_f64() * 1e3,
@@ -702,6 +688,7 @@ fn dump_inner(
             f.leave_stopped = opts.leave_stopped;
             f.resume()?;
         }
+        frozen.iter().for_each(Frozen::wait_ran);
     } else {
         // Connections in repair mode die with the tree without a FIN or RST.
         tree.connections.repaired.keep = true;

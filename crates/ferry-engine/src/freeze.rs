@@ -38,6 +38,9 @@ pub(crate) struct Frozen {
     pub(crate) stop_signal: i32,
     /// Stop it with SIGSTOP when it is let go (`dump -R --leave-stopped`).
     pub(crate) leave_stopped: bool,
+    /// The threads [`Frozen::resume`] detached, with their count of turns on a CPU before
+    /// (for [`Frozen::wait_ran`]).
+    released: Vec<(i32, i32, Option<u64>)>,
 }
 
 fn list_tids(pid: i32) -> Result<Vec<i32>, Error> {
@@ -101,7 +104,14 @@ impl Frozen {
     /// Seize and stop every thread; threads created meanwhile are caught by listing again
     /// until the list is stable (a stopped thread cannot create more).
     pub(crate) fn seize(pid: i32, deadline: Instant) -> Result<Frozen, Error> {
-        let mut f = Frozen { pid, threads: Vec::new(), done: false, stop_signal: 0, leave_stopped: false };
+        let mut f = Frozen {
+            pid,
+            threads: Vec::new(),
+            done: false,
+            stop_signal: 0,
+            leave_stopped: false,
+            released: Vec::new(),
+        };
         loop {
             let mut new = Vec::new();
             for tid in list_tids(pid)? {
@@ -202,6 +212,7 @@ impl Frozen {
         if let Some(sig) = crate::inject::fault_signal_at_release() {
             let _ = ferry_sys::process::kill(pid, sig);
         }
+        self.released = ready.iter().map(|&tid| (pid, tid, crate::state::task::timeslices(pid, tid))).collect();
         for tid in ready {
             if let Err(e) = ptrace::detach(tid, 0).ctx(|| format!("pid {pid} thread {tid}: cannot detach")) {
                 first_err.get_or_insert(e);
@@ -222,6 +233,14 @@ impl Frozen {
         self.done = true;
         first_err.map_or(Ok(()), Err)
     }
+
+    /// Once resumed: wait until every thread detached has been on a CPU since, as a restore
+    /// waits for the threads it releases (`task::wait_released_ran`, which says why: until
+    /// then a signal sent to the process, by whoever learnt that `dump -R` returned, goes to
+    /// another thread than the one the original would have woken).
+    pub(crate) fn wait_ran(&self) {
+        crate::state::task::wait_released_ran(&self.released);
+    }
 }
 
 impl Drop for Frozen {
@@ -230,6 +249,7 @@ impl Drop for Frozen {
             if let Err(e) = self.resume() {
                 tracing::error!(pid = self.pid, error = %e, "could not resume the target after a failed dump");
             }
+            self.wait_ran();
         }
     }
 }
@@ -369,6 +389,25 @@ pub fn tree_pids(root: i32) -> Vec<i32> {
         i += 1;
     }
     out
+}
+
+/// The pid a process of the tree rooted at `root` has in the image: its id in the tree's pid
+/// namespace when the root is that namespace's init (as `dump` records it), else the host pid.
+pub(crate) fn image_pid(root: i32, pid: i32) -> i32 {
+    let nspid = |p: i32| {
+        procfs::read_string(p, "status")
+            .ok()
+            .and_then(|t| ferry_proc::parse_status(&t).ok())
+            .map(|st| st.ns_pid)
+            .unwrap_or_default()
+    };
+    let r = nspid(root);
+    if r.len() == 2 && r[1] == 1 {
+        // (the tree's level: a process in a pid namespace nested below has more)
+        nspid(pid).get(1).copied().unwrap_or(pid)
+    } else {
+        pid
+    }
 }
 
 pub(crate) fn children_of(pid: i32) -> Result<Vec<i32>, Error> {

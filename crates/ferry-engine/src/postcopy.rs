@@ -229,18 +229,10 @@ impl LazySource {
             return Err(Error::Invalid { object: format!("pid {host}"), what: format!("short read at {addr:#x}") });
         }
         let sent = &mut self.procs[i].sent;
-        let mut at = 0u64;
-        while at < len {
-            let zero = is_zero(&buf[at as usize..(at + PAGE) as usize]);
-            let mut end = at + PAGE;
-            while end < len && is_zero(&buf[end as usize..(end + PAGE) as usize]) == zero {
-                end += PAGE;
-            }
-            let piece = if zero {
-                Piece::Zero(image, addr + at, end - at)
-            } else {
-                Piece::Data(image, addr + at, &buf[at as usize..end as usize])
-            };
+        for (s, e, zero) in crate::state::memory::zero_runs(buf) {
+            let (at, end) = (s as u64, e as u64);
+            let piece =
+                if zero { Piece::Zero(image, addr + at, end - at) } else { Piece::Data(image, addr + at, &buf[s..e]) };
             out(piece).ctx(|| "post-copy: cannot send pages".into())?;
             if !zero {
                 self.bytes_sent += end - at;
@@ -250,7 +242,6 @@ impl LazySource {
                 sent.insert(a);
                 a += PAGE;
             }
-            at = end;
         }
         Ok(())
     }
@@ -309,10 +300,6 @@ impl LazySource {
             return Ok(true);
         }
     }
-}
-
-fn is_zero(page: &[u8]) -> bool {
-    page.chunks_exact(16).all(|c| u128::from_ne_bytes(c.try_into().unwrap_or([1; 16])) == 0)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -62,25 +62,6 @@ type SkipMap = HashMap<i32, Vec<(u64, u64)>>;
 /// Where a round hands its pages: (host pid, address, bytes).
 pub type PageSink<'a> = dyn FnMut(i32, u64, &[u8]) -> std::io::Result<()> + 'a;
 
-/// The pid a process has in the image: its own namespace's id when the root is a pid
-/// namespace's init (as `dump` records it), else the host pid.
-fn image_pid(root: i32, pid: i32) -> i32 {
-    let nspid = |p: i32| {
-        procfs::read_string(p, "status")
-            .ok()
-            .and_then(|t| ferry_proc::parse_status(&t).ok())
-            .map(|st| st.ns_pid)
-            .unwrap_or_default()
-    };
-    let r = nspid(root);
-    if r.len() == 2 && r[1] == 1 {
-        // (the tree's level: a process in a pid namespace nested below has more)
-        nspid(pid).get(1).copied().unwrap_or(pid)
-    } else {
-        pid
-    }
-}
-
 /// Ranges of `pid`'s mappings that may be registered for WP: the private anonymous writable
 /// ones (/proc/PID/maps; smaps, which says `uw`, walks every page to count them, ~0.1 s per GiB
 /// here: too slow under the freeze). Whether each still is, [`Tracker::finish`] asks the
@@ -302,7 +283,15 @@ fn track(root: i32, pid: i32) -> Result<Tracked, Error> {
     })?;
     let pagemap = procfs::open(pid, "pagemap")?;
     let mem = procfs::open(pid, "mem")?;
-    Ok(Tracked { host_pid: pid, image_pid: image_pid(root, pid), _uffd: uffd, pagemap, mem, ranges, sent: Vec::new() })
+    Ok(Tracked {
+        host_pid: pid,
+        image_pid: crate::freeze::image_pid(root, pid),
+        _uffd: uffd,
+        pagemap,
+        mem,
+        ranges,
+        sent: Vec::new(),
+    })
 }
 
 #[cfg(test)]

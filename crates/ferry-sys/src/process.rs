@@ -226,26 +226,34 @@ pub fn clone3_sibling(pid: Option<i32>, flags: u64) -> io::Result<Fork> {
     Ok(if r == 0 { Fork::Child } else { Fork::Parent(r as i32) })
 }
 
-/// A stand-in process: a child (with pid `pid` when given, [`clone3_with_pid`]) that only
-/// waits, in `pause()`, to be killed, and dies with its parent (`PR_SET_PDEATHSIG`). Restore
-/// sends queued unix messages "from" it when their sender is gone (the kernel takes only an
-/// existing pid in SCM_CREDENTIALS), then kills and reaps it. The child runs raw syscalls only,
-/// so the caller may have other threads.
-pub fn stand_in(pid: Option<i32>) -> io::Result<i32> {
+/// A child process that runs `child` and exits with the code it returns: with pid `pid` when
+/// given ([`clone3_with_pid_flags`], which says which `flags` may be given: `CLONE_FILES` to
+/// share the caller's fd table), else any. Returns its pid; the caller reaps it. `child` runs in
+/// a copy of a process that may have other threads: raw syscalls only (no allocation, no lock,
+/// no logging).
+pub fn spawn_raw(pid: Option<i32>, flags: u64, child: &mut dyn FnMut() -> i32) -> io::Result<i32> {
     let forked = match pid {
-        Some(p) => clone3_with_pid(p)?,
-        None => fork()?,
+        Some(p) => clone3_with_pid_flags(p, flags)?,
+        None => clone3_flags(flags)?,
     };
     match forked {
-        Fork::Child => loop {
-            // SAFETY: prctl and pause take plain integers and touch no memory of ours.
-            unsafe {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
-                libc::pause();
-            }
-        },
+        Fork::Child => crate::raw::exit_now(child()),
         Fork::Parent(c) => Ok(c),
     }
+}
+
+/// A stand-in process: a child ([`spawn_raw`], with pid `pid` when given) that only waits, in
+/// `pause()`, to be killed, and dies with its parent (`PR_SET_PDEATHSIG`). Restore sends queued
+/// unix messages "from" it when their sender is gone (the kernel takes only an existing pid in
+/// SCM_CREDENTIALS), then kills and reaps it.
+pub fn stand_in(pid: Option<i32>) -> io::Result<i32> {
+    spawn_raw(pid, 0, &mut || loop {
+        // SAFETY: prctl and pause take plain integers and touch no memory of ours.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+            libc::pause();
+        }
+    })
 }
 
 /// A plain `fork()` through clone3.

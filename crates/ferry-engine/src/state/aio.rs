@@ -53,7 +53,18 @@ fn u32_at(b: &[u8], i: usize) -> u32 {
     u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
 }
 
-fn header(b: &[u8], len: u64) -> Result<Header, String> {
+/// The header of the whole ring `b` (as [`read_ring`] reads it), checked against its size: the
+/// events it counts are all in `b`.
+fn header(b: &[u8]) -> Result<Header, String> {
+    let h = header_only(b)?;
+    if u64::from(h.nr) != (b.len() as u64 - HEADER) / EVENT || h.head >= h.nr || h.tail >= h.nr {
+        return Err(format!("a header that does not fit the mapping (nr {}, head {}, tail {})", h.nr, h.head, h.tail));
+    }
+    Ok(h)
+}
+
+/// The header alone (`b` may hold no event): magic, features and length checked.
+fn header_only(b: &[u8]) -> Result<Header, String> {
     if b.len() < HEADER as usize {
         return Err("shorter than its header".into());
     }
@@ -62,9 +73,6 @@ fn header(b: &[u8], len: u64) -> Result<Header, String> {
     let (magic, compat, incompat, hlen) = (w(4), w(5), w(6), w(7));
     if magic != MAGIC || compat != COMPAT_FEATURES || incompat != 0 || hlen != HEADER as u32 {
         return Err(format!("an unknown header (magic {magic:#x}, features {compat}/{incompat}, length {hlen})"));
-    }
-    if u64::from(h.nr) != (len - HEADER) / EVENT || h.head >= h.nr || h.tail >= h.nr {
-        return Err(format!("a header that does not fit the mapping (nr {}, head {}, tail {})", h.nr, h.head, h.tail));
     }
     Ok(h)
 }
@@ -81,10 +89,22 @@ fn events(ring: &[u8], nr: u32, from: u32, to: u32) -> Vec<&[u8]> {
     out
 }
 
+/// The most a ring maps: `io_setup` takes at most 0x10000000 bytes of events (fs/aio.c), plus
+/// the header, rounded up to pages (up to 64 KiB).
+const MAX_RING: u64 = 0x1000_0000 + (64 << 10);
+
+/// `len` bytes of the ring at `at`, whole: a length out of what the kernel makes or a short read
+/// is an error (the length comes from the target's mappings, or the image).
 fn read_ring(pid: i32, at: u64, len: u64) -> Result<Vec<u8>, Error> {
+    let object = || format!("pid {pid}: the AIO ring at {at:#x}");
+    if !(HEADER..=MAX_RING).contains(&len) {
+        return Err(Error::Invalid { object: object(), what: format!("maps {len} bytes (at most {MAX_RING})") });
+    }
     let mut b = vec![0u8; len as usize];
     let n = vm_read(pid, at, &mut b).ctx(|| format!("pid {pid}: cannot read the AIO ring at {at:#x}"))?;
-    b.truncate(n);
+    if n != b.len() {
+        return Err(Error::Invalid { object: object(), what: format!("only {n} of its {len} bytes could be read") });
+    }
     Ok(b)
 }
 
@@ -203,7 +223,7 @@ fn dump_ring(inj: &Injector, scratch: u64, at: u64, len: u64) -> Result<AioRing,
     let pid = inj.pid();
     let refuse = |what: String| Error::Unsupported { pid, what: format!("an AIO ring (io_setup) at {at:#x} {what}") };
     let ring = read_ring(pid, at, len)?;
-    let h = header(&ring, len).map_err(|e| refuse(format!("with {e}")))?;
+    let h = header(&ring).map_err(|e| refuse(format!("with {e}")))?;
     // (A child forked after io_setup has its parent's ring mapped, but no context.)
     if inj.raw(nr::IO_SUBMIT, &[at, 0, 0]).ctx(|| format!("pid {pid}: io_submit"))? != 0 {
         return Err(refuse("inherited over fork (a mapping of the parent's ring, no context of its own)".into()));
@@ -239,7 +259,7 @@ fn dump_ring(inj: &Injector, scratch: u64, at: u64, len: u64) -> Result<AioRing,
     let theirs = (|| -> Result<u32, Error> {
         loop {
             let now = read_ring(pid, at, len)?;
-            let n = header(&now, len).map_err(|e| refuse(format!("with {e}")))?;
+            let n = header(&now).map_err(|e| refuse(format!("with {e}")))?;
             let theirs: Vec<&[u8]> =
                 events(&now, n.nr, n.head, n.tail).into_iter().filter(|e| !probe.is_ours(e)).collect();
             let from = (n.tail + n.nr - theirs.len() as u32) % n.nr;
@@ -315,7 +335,7 @@ fn restore_ring(inj: &Injector, scratch: u64, v: &Vma) -> Result<(), Error> {
     let mut b = [0u8; 8];
     vm_read(pid, scratch, &mut b).ctx(|| format!("pid {pid}: cannot read the new aio context"))?;
     let ctx = u64::from_le_bytes(b);
-    let made = header(&read_ring(pid, ctx, HEADER + EVENT)?, HEADER + u64::from(a.nr) * EVENT);
+    let made = header_only(&read_ring(pid, ctx, HEADER + EVENT)?);
     if made.as_ref().map(|h| h.nr) != Ok(a.nr) {
         return Err(bad(format!("io_setup here makes a different ring than the image's {} events", a.nr)));
     }
@@ -339,7 +359,7 @@ fn restore_ring(inj: &Injector, scratch: u64, v: &Vma) -> Result<(), Error> {
                 return Err(bad("the new context takes no more requests".into()));
             }
             done += k;
-            let now = header(&read_ring(pid, at, len)?, len).map_err(bad)?;
+            let now = header(&read_ring(pid, at, len)?).map_err(bad)?;
             vm_write(pid, at + 8, &now.tail.to_le_bytes()).ctx(|| format!("{}: cannot write head", object()))?;
         }
         let mut done = 0u64;
@@ -350,7 +370,7 @@ fn restore_ring(inj: &Injector, scratch: u64, v: &Vma) -> Result<(), Error> {
             }
             done += k;
         }
-        let now = header(&read_ring(pid, at, len)?, len).map_err(bad)?;
+        let now = header(&read_ring(pid, at, len)?).map_err(bad)?;
         if (now.head, now.tail) != (a.head, a.tail) {
             return Err(bad(format!("head and tail came out {}/{}, not {}/{}", now.head, now.tail, a.head, a.tail)));
         }
@@ -364,4 +384,31 @@ fn restore_ring(inj: &Injector, scratch: u64, v: &Vma) -> Result<(), Error> {
         inj.call(nr::MPROTECT, &[at, len, u64::from(v.prot)]).ctx(|| format!("{}: mprotect", object()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(nr: u32, head: u32, tail: u32, events: usize) -> Vec<u8> {
+        let mut b = Vec::new();
+        for w in [1, nr, head, tail, MAGIC, COMPAT_FEATURES, 0, HEADER as u32] {
+            b.extend_from_slice(&w.to_le_bytes());
+        }
+        b.resize(HEADER as usize + events * EVENT as usize, 0);
+        b
+    }
+
+    #[test]
+    fn a_header_counts_only_the_events_read() {
+        let whole = ring(4, 1, 3, 4);
+        let h = header(&whole).expect("a whole ring");
+        assert_eq!(events(&whole, h.nr, h.head, h.tail).len(), 2);
+        // (Its mapping's length once said the ring held 4 events, read or not: a short read
+        // then indexed past the bytes read.)
+        assert!(header(&ring(4, 1, 3, 2)).is_err());
+        assert!(header(&ring(4, 4, 0, 4)).is_err());
+        assert!(header(&whole[..HEADER as usize - 1]).is_err());
+        assert!(header_only(&whole[..HEADER as usize]).is_ok_and(|h| h.nr == 4));
+    }
 }

@@ -23,16 +23,18 @@
 //! recreates it; memory shared copy-on-write (state/cow.rs decides which) and memory received
 //! in place (state/premapped.rs) are premapped layer by layer by the process itself.
 
+mod held;
 mod pages_in;
 mod pages_out;
 mod rebuild;
 mod scan;
 pub mod sharing;
 
+pub use held::Holds;
 pub(crate) use pages_in::apply_here;
 pub use pages_in::{decompress_pages, Layer, Premapped, Tracer};
-pub(crate) use pages_out::page_compression;
 pub use pages_out::{dump_pages, set_page_compression, FrozenMemory, Held, PagesFrom};
+pub(crate) use pages_out::{page_compression, zero_runs};
 pub(crate) use rebuild::TASK_SIZE;
 pub use rebuild::{choose_trampoline, own_vdso, prepare, restore, Prepared, Trampoline, TRAMPOLINE_PAGES};
 pub(crate) use scan::{check_flags, regions_to_store, resident, subtract, vm_flags};

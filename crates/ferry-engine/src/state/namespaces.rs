@@ -18,6 +18,8 @@
 //! back into ferry's own namespaces.
 
 use crate::error::{Ctx, Error};
+pub use crate::state::nsfile::ns_link;
+use crate::state::nsfile::{inode_of, own_link};
 use ferry_image::{ImageReader, ImageWriter, Namespaces, NsKind};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
@@ -161,20 +163,6 @@ fn flag_of(kind: &str) -> i32 {
     KINDS.iter().find(|k| k.0 == kind).map_or(0, |k| k.1)
 }
 
-fn link(path: &str) -> Option<String> {
-    std::fs::read_link(path).ok().map(|l| l.to_string_lossy().into_owned())
-}
-
-/// `/proc/PID/ns/KIND` of a process (None if the kernel has no such kind).
-pub fn ns_link(pid: i32, kind: &str) -> Option<String> {
-    link(&format!("/proc/{pid}/ns/{kind}"))
-}
-
-/// The inode number in a link like "net:[4026531840]".
-fn inode_of(link: &str) -> u64 {
-    link.rsplit_once('[').and_then(|(_, r)| r.trim_end_matches(']').parse().ok()).unwrap_or(0)
-}
-
 /// At dump, for every process of the tree: refuse one whose namespaces are not the root's,
 /// except those kinds a nested namespace of which ferry recreates (state/nested_ns.rs).
 pub fn check_same_as_root(pid: i32, root: i32) -> Result<(), Error> {
@@ -201,13 +189,19 @@ pub(crate) fn dump_one(
 ) -> Result<Namespaces, Error> {
     let mut out = Namespaces::default();
     out.kinds.push(NsKind { kind: kind.into(), inode, external: String::new() });
-    let Some(m) = MODULES.iter().find(|m| m.kind == kind) else { return Ok(out) };
+    dump_content(pid, kind, opts, img, &mut out)?;
+    Ok(out)
+}
+
+/// Let the module of `kind`, if there is one, collect the content of `pid`'s namespace of that
+/// kind into `out`.
+fn dump_content(pid: i32, kind: &str, opts: &DumpNs, img: &mut ImageWriter, out: &mut Namespaces) -> Result<(), Error> {
+    let Some(m) = MODULES.iter().find(|m| m.kind == kind) else { return Ok(()) };
     let path = format!("/proc/{pid}/ns/{kind}");
     let f = std::fs::File::open(&path).ctx(|| format!("cannot open {path}"))?;
     let fd: OwnedFd = f.into();
     let mut ctx = DumpCtx { pid, ns: fd.as_fd(), opts, img };
-    (m.dump)(&mut ctx, &mut out)?;
-    Ok(out)
+    (m.dump)(&mut ctx, out)
 }
 
 /// Restore the content of one nested namespace with its kind's module; the calling thread is
@@ -223,7 +217,7 @@ pub(crate) fn restore_one(img: &ImageReader, opts: &RestoreNs, content: &Namespa
 pub fn check_root(pid: i32, opts: &DumpNs) -> Result<(), Error> {
     for (kind, _) in KINDS {
         let theirs = ns_link(pid, kind);
-        if theirs.is_none() || theirs == link(&format!("/proc/self/ns/{kind}")) {
+        if theirs.is_none() || theirs == own_link(kind) {
             continue;
         }
         let ino = theirs.as_deref().map_or(0, inode_of);
@@ -251,21 +245,15 @@ pub fn collect(pid: i32, opts: &DumpNs, img: &mut ImageWriter) -> Result<Option<
     let mut out = Namespaces::default();
     for (kind, _) in KINDS {
         let Some(theirs) = ns_link(pid, kind) else { continue };
-        if Some(&theirs) == link(&format!("/proc/self/ns/{kind}")).as_ref() {
+        if Some(&theirs) == own_link(kind).as_ref() {
             continue;
         }
         let inode = inode_of(&theirs);
         let external = opts.external.iter().find(|e| e.kind == kind && e.inode == inode).map(|e| e.key.clone());
         out.kinds.push(NsKind { kind: kind.into(), inode, external: external.clone().unwrap_or_default() });
-        if external.is_some() {
-            continue;
+        if external.is_none() {
+            dump_content(pid, kind, opts, img, &mut out)?;
         }
-        let Some(m) = MODULES.iter().find(|m| m.kind == kind) else { continue };
-        let path = format!("/proc/{pid}/ns/{kind}");
-        let f = std::fs::File::open(&path).ctx(|| format!("cannot open {path}"))?;
-        let fd: OwnedFd = f.into();
-        let mut ctx = DumpCtx { pid, ns: fd.as_fd(), opts, img };
-        (m.dump)(&mut ctx, &mut out)?;
     }
     Ok((!out.kinds.is_empty()).then_some(out))
 }

@@ -37,6 +37,7 @@
 //! namespace of its own (it would be owned by that user namespace, made from inside it).
 
 use crate::error::{Ctx, Error};
+use crate::state::nsfile::{inode_of, ns_link, own_link};
 use ferry_image::{ImageReader, ImageWriter, NestedNs, Process};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -63,8 +64,7 @@ pub fn check(pid: i32, root: i32, kind: &str) -> Result<(), Error> {
         "user" => "nested user namespaces are not recreated yet",
         _ if flag_of(kind).is_none() => "not recreated",
         _ => {
-            let ns = crate::state::namespaces::ns_link;
-            if ns(root, "user") != std::fs::read_link("/proc/self/ns/user").ok().map(|l| l.display().to_string()) {
+            if ns_link(root, "user") != own_link("user") {
                 "a nested namespace in a tree with its own user namespace is not recreated yet"
             } else {
                 return Ok(());
@@ -77,14 +77,10 @@ pub fn check(pid: i32, root: i32, kind: &str) -> Result<(), Error> {
     })
 }
 
-fn inode_of(link: &str) -> u64 {
-    link.rsplit_once('[').and_then(|(_, r)| r.trim_end_matches(']').parse().ok()).unwrap_or(0)
-}
-
 /// At dump, under the freeze, with `procs` still holding ferry's pids: record every nested
 /// namespace once, with its content, and each process's (`ns_inodes`).
 pub fn collect(procs: &mut [Process], root: i32, img: &mut ImageWriter) -> Result<Vec<NestedNs>, Error> {
-    let ns = crate::state::namespaces::ns_link;
+    let ns = ns_link;
     let mut out: Vec<NestedNs> = Vec::new();
     // (Content dumped for a nested namespace: no external veths or mounts apply to it.)
     let opts = crate::state::namespaces::DumpNs::default();

@@ -24,7 +24,6 @@
 //! at dump).
 
 use ferry_image::{PeerCred, Process, UnixSocket};
-use ferry_sys::process::Fork;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 /// Record SO_PEERCRED and SO_PEERGROUPS of ferry's copy `c` of a unix socket.
@@ -71,7 +70,16 @@ impl Creators {
         op: &mut dyn FnMut() -> std::io::Result<()>,
     ) -> std::io::Result<()> {
         let Some(c) = cred.filter(|_| self.enabled) else { return op() };
-        match ferry_sys::process::clone3_with_pid_flags(c.pid, libc::CLONE_FILES as u64) {
+        let helper = ferry_sys::process::spawn_raw(Some(c.pid), libc::CLONE_FILES as u64, &mut || {
+            if ferry_sys::process::set_ids_raw(c.uid, c.gid, &c.groups).is_err() {
+                return NO_IDS;
+            }
+            match op() {
+                Ok(()) => 0,
+                Err(e) => e.raw_os_error().unwrap_or(libc::EIO).clamp(1, NO_IDS - 1),
+            }
+        });
+        match helper {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 tracing::info!(
                     object = obj,
@@ -81,16 +89,7 @@ impl Creators {
                 op()
             }
             Err(e) => Err(e),
-            Ok(Fork::Child) => {
-                if ferry_sys::process::set_ids_raw(c.uid, c.gid, &c.groups).is_err() {
-                    ferry_sys::raw::exit_now(NO_IDS);
-                }
-                ferry_sys::raw::exit_now(match op() {
-                    Ok(()) => 0,
-                    Err(e) => e.raw_os_error().unwrap_or(libc::EIO).clamp(1, NO_IDS - 1),
-                })
-            }
-            Ok(Fork::Parent(h)) => match ferry_sys::ptrace::wait(h, false)? {
+            Ok(h) => match ferry_sys::ptrace::wait(h, false)? {
                 Some((_, ferry_sys::ptrace::WaitStatus::Exited(0))) => Ok(()),
                 Some((_, ferry_sys::ptrace::WaitStatus::Exited(NO_IDS))) => {
                     tracing::info!(

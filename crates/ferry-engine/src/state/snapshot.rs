@@ -33,13 +33,12 @@
 use crate::error::{Ctx, Error};
 use crate::inject::Injector;
 use crate::procfs;
-use crate::state::memory::{FrozenMemory, Held};
+use crate::state::memory::{FrozenMemory, Holds};
 use ferry_image::{Mm, VmaKind};
 use ferry_sys::consts::nr;
 use ferry_sys::ptrace::{self, WaitStatus};
 use std::collections::{HashMap, HashSet};
 use std::os::fd::AsFd;
-use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 /// The most shared memory (bytes, per dump) copied while frozen; more is read at the end.
@@ -182,8 +181,8 @@ pub struct Snapshot {
     inner: i32,
     /// The process it is a copy of.
     pub target: i32,
-    held: HashMap<u64, Held>,
-    copies: Vec<Vec<u8>>,
+    /// What was taken while frozen.
+    holds: Holds,
     ended: bool,
     /// The target's VmFlags are still to be read (from the snapshot, once the tree runs).
     flags_pending: bool,
@@ -241,8 +240,7 @@ impl Snapshot {
             pid,
             inner: pid,
             target,
-            held: HashMap::new(),
-            copies: Vec::new(),
+            holds: Holds::default(),
             ended: false,
             flags_pending: false,
             wiped: HashSet::new(),
@@ -332,25 +330,8 @@ impl Snapshot {
         let pagemap = procfs::open(pid, "pagemap")?;
         for v in mm.vmas.iter_mut() {
             let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Invalid);
-            let len = v.end - v.start;
             if kind == VmaKind::SharedAnon && !v.sysv {
-                if !shared_seen.insert((v.shmem_id, v.offset, len)) {
-                    continue;
-                }
-                let mf = procfs::path(pid, &format!("map_files/{:x}-{:x}", v.start, v.end));
-                let obj = std::fs::File::open(&mf)
-                    .ctx(|| format!("pid {pid}: cannot open shared memory at {:#x}", v.start))?;
-                if len > *budget {
-                    v.content_at_end = true;
-                    self.held.insert(v.start, Held::Object(obj));
-                    continue;
-                }
-                *budget -= len;
-                let mut buf = vec![0u8; len as usize];
-                obj.read_exact_at(&mut buf, v.offset)
-                    .ctx(|| format!("pid {pid}: cannot read shared memory at {:#x}", v.start))?;
-                self.copies.push(buf);
-                self.held.insert(v.start, Held::Copied(vec![(v.start, self.copies.len() - 1)]));
+                self.holds.shared(pid, v, shared_seen, budget)?;
                 continue;
             }
             let not_forked = match self.flags_pending {
@@ -360,15 +341,8 @@ impl Snapshot {
             if !not_forked || !matches!(kind, VmaKind::Anon | VmaKind::FilePrivate) || v.sysv {
                 continue;
             }
-            let mut parts = Vec::new();
-            for r in crate::state::memory::regions_to_store(pagemap.as_fd(), pid, v, &sharing.exclude)? {
-                let mut buf = vec![0u8; (r.end - r.start) as usize];
-                mem.read_exact_at(&mut buf, r.start)
-                    .ctx(|| format!("pid {pid}: cannot read memory at {:#x}", r.start))?;
-                self.copies.push(buf);
-                parts.push((r.start, self.copies.len() - 1));
-            }
-            self.held.insert(v.start, Held::Copied(parts));
+            let regions = crate::state::memory::regions_to_store(pagemap.as_fd(), pid, v, &sharing.exclude)?;
+            self.holds.copy_regions(&mem, pid, v.start, regions)?;
         }
         Ok(())
     }
@@ -422,12 +396,8 @@ impl FrozenMemory for Snapshot {
         self.pid
     }
 
-    fn held(&self, start: u64) -> Option<&Held> {
-        self.held.get(&start)
-    }
-
-    fn copy(&self, i: usize) -> &[u8] {
-        self.copies.get(i).map_or(&[][..], |c| &c[..])
+    fn holds(&self) -> &Holds {
+        &self.holds
     }
 }
 

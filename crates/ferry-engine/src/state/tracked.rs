@@ -25,14 +25,13 @@
 //! differ (a `madvise` during the dump) makes the dump start again with the fork snapshot,
 //! whose flags are the freeze's.
 
-use crate::error::{Ctx, Error};
+use crate::error::Error;
 use crate::precopy::Tracker;
 use crate::procfs;
-use crate::state::memory::{FrozenMemory, Held};
+use crate::state::memory::{FrozenMemory, Holds};
 use ferry_image::{dir::StreamFile, ImageWriter, Mm, PageRun, VmaKind, PAGE_SIZE};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::AsFd;
-use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -118,14 +117,10 @@ pub struct Pre {
     kept: Vec<(u64, u64)>,
     /// The pages kept from the rounds, per mapping (by start), as page runs.
     placed: HashMap<u64, Vec<PageRun>>,
-    held: HashMap<u64, Held>,
-    held_copies: Vec<Vec<u8>>,
+    /// What was taken while frozen.
+    holds: Holds,
     /// How long the process was frozen to start tracking it.
     pub frozen_to_track: Duration,
-}
-
-fn is_zero(page: &[u8]) -> bool {
-    page.chunks_exact(16).all(|c| u128::from_ne_bytes(c.try_into().unwrap_or([1; 16])) == 0)
 }
 
 /// VmFlags without the userfaultfd registration that is ferry's own (`uw`: the tracking).
@@ -140,6 +135,12 @@ fn smaps_flags(pid: i32) -> Result<HashMap<u64, (u64, Vec<String>)>, Error> {
         .into_iter()
         .map(|s| (s.start, (s.end, own_flags_out(s.vm_flags))))
         .collect())
+}
+
+/// The process's resident anonymous memory, in bytes (`RssAnon`).
+fn rss_anon(pid: i32) -> Result<u64, Error> {
+    let status = procfs::read_string(pid, "status")?;
+    Ok(procfs::parse(pid, "status", ferry_proc::parse_status(&status))?.rss_anon_kib * 1024)
 }
 
 /// Buffers of pages in flight between the reading and the writing thread of the rounds.
@@ -177,15 +178,8 @@ fn copy_rounds(
                 let mut stored = 0u64;
                 let sent = tracker.round(&mut |_, addr, bytes| {
                     // (Whole pages: zero ones are recorded, not stored.)
-                    let pages: Vec<&[u8]> = bytes.chunks(PAGE_SIZE as usize).collect();
-                    let mut i = 0;
-                    while i < pages.len() {
-                        let zero = is_zero(pages[i]);
-                        let mut j = i + 1;
-                        while j < pages.len() && is_zero(pages[j]) == zero {
-                            j += 1;
-                        }
-                        let (a, b) = (addr + i as u64 * PAGE_SIZE, addr + j as u64 * PAGE_SIZE);
+                    for (i, j, zero) in crate::state::memory::zero_runs(bytes) {
+                        let (a, b) = (addr + i as u64, addr + j as u64);
                         if zero {
                             copies.insert(a, b, None);
                         } else {
@@ -198,13 +192,12 @@ fn copy_rounds(
                                 Err(_) => free_rx.recv().map_err(|_| stopped())?,
                             };
                             buf.clear();
-                            buf.extend_from_slice(&bytes[i * PAGE_SIZE as usize..j * PAGE_SIZE as usize]);
+                            buf.extend_from_slice(&bytes[i..j]);
                             full_tx.send(buf).map_err(|_| stopped())?;
                             copies.insert(a, b, Some(next));
                             next += b - a;
                             stored += b - a;
                         }
-                        i = j;
                     }
                     Ok(())
                 })?;
@@ -250,8 +243,7 @@ impl Pre {
         // Written faster than it is copied: what the last round found is about what the freeze
         // would have to copy. Over twice the limit, the fork is taken at once (and the freeze
         // spares the scan).
-        let status = procfs::read_string(pid, "status")?;
-        let rss_anon = procfs::parse(pid, "status", ferry_proc::parse_status(&status))?.rss_anon_kib * 1024;
+        let rss_anon = rss_anon(pid)?;
         if last > 2 * copy_max(rss_anon) {
             tracing::info!(pid, last, "dump -R: written too fast to copy ahead: a fork snapshot instead");
             return Err(Error::Invalid {
@@ -271,8 +263,7 @@ impl Pre {
             flags_before,
             kept: Vec::new(),
             placed: HashMap::new(),
-            held: HashMap::new(),
-            held_copies: Vec::new(),
+            holds: Holds::default(),
             frozen_to_track,
         })
     }
@@ -288,8 +279,7 @@ impl Pre {
         let mut kept: Vec<(u64, u64)> = keeps.into_iter().flat_map(|k| k.ranges).collect();
         kept.sort_unstable();
         let kept_bytes: u64 = kept.iter().map(|r| r.1 - r.0).sum();
-        let status = procfs::read_string(pid, "status")?;
-        let rss_anon = procfs::parse(pid, "status", ferry_proc::parse_status(&status))?.rss_anon_kib * 1024;
+        let rss_anon = rss_anon(pid)?;
         let left = rss_anon.saturating_sub(kept_bytes);
         let small = left <= copy_max(rss_anon);
         tracing::info!(
@@ -337,28 +327,11 @@ impl Pre {
                 }
             }
             let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Invalid);
-            let len = v.end - v.start;
             if v.sysv {
                 continue;
             }
             if kind == VmaKind::SharedAnon {
-                if !shared_seen.insert((v.shmem_id, v.offset, len)) {
-                    continue;
-                }
-                let mf = procfs::path(pid, &format!("map_files/{:x}-{:x}", v.start, v.end));
-                let obj = std::fs::File::open(&mf)
-                    .ctx(|| format!("pid {pid}: cannot open shared memory at {:#x}", v.start))?;
-                if len > *budget {
-                    v.content_at_end = true;
-                    self.held.insert(v.start, Held::Object(obj));
-                    continue;
-                }
-                *budget -= len;
-                let mut buf = vec![0u8; len as usize];
-                obj.read_exact_at(&mut buf, v.offset)
-                    .ctx(|| format!("pid {pid}: cannot read shared memory at {:#x}", v.start))?;
-                self.held_copies.push(buf);
-                self.held.insert(v.start, Held::Copied(vec![(v.start, self.held_copies.len() - 1)]));
+                self.holds.shared(pid, v, shared_seen, budget)?;
                 continue;
             }
             if !matches!(kind, VmaKind::Anon | VmaKind::FilePrivate) {
@@ -371,16 +344,7 @@ impl Pre {
                 .map(|r| (r.0.max(v.start), r.1.min(v.end)))
                 .collect();
             let regions = crate::state::memory::regions_to_store(pagemap.as_fd(), pid, v, &kept)?;
-            let mut parts = Vec::new();
-            for r in regions {
-                let mut buf = vec![0u8; (r.end - r.start) as usize];
-                mem.read_exact_at(&mut buf, r.start)
-                    .ctx(|| format!("pid {pid}: cannot read memory at {:#x}", r.start))?;
-                bytes += buf.len() as u64;
-                self.held_copies.push(buf);
-                parts.push((r.start, self.held_copies.len() - 1));
-            }
-            self.held.insert(v.start, Held::Copied(parts));
+            bytes += self.holds.copy_regions(&mem, pid, v.start, regions)?;
             let mut runs = Vec::new();
             for (a, b) in kept {
                 self.copies.runs(a, b, &mut runs);
@@ -428,12 +392,8 @@ impl FrozenMemory for Pre {
         self.pid
     }
 
-    fn held(&self, start: u64) -> Option<&Held> {
-        self.held.get(&start)
-    }
-
-    fn copy(&self, i: usize) -> &[u8] {
-        self.held_copies.get(i).map_or(&[][..], |c| &c[..])
+    fn holds(&self) -> &Holds {
+        &self.holds
     }
 
     fn placed(&self, start: u64) -> &[PageRun] {

@@ -20,18 +20,13 @@
 //! made from inside the new one ([`fork_init`]): then the whole tree runs inside from the
 //! start, and its processes (threads included) choose their ids there.
 
-use super::namespaces::{ns_link, DumpCtx, Handover, RestoreCtx, KINDS};
+use super::namespaces::{DumpCtx, Handover, RestoreCtx, KINDS};
+use super::nsfile::{fd_inode as inode, ns_link, own_link};
 use crate::error::{Ctx, Error};
 use ferry_image::{Creds, Namespaces, UsernsExtent, UsernsRec};
 use ferry_sys::process::Fork;
 use ferry_sys::raw;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
-
-/// The inode number of a namespace file.
-fn inode(fd: BorrowedFd<'_>) -> u64 {
-    std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_or(0, |m| m.ino())
-}
 
 fn parse_map(pid: i32, file: &str) -> Result<Vec<UsernsExtent>, Error> {
     let text = crate::procfs::read_string(pid, file)?;
@@ -53,9 +48,7 @@ fn to_inside(map: &[UsernsExtent], id: u32) -> Option<u32> {
 
 /// Whether `pid` is in a user namespace other than ferry's.
 fn in_own_userns(pid: i32) -> bool {
-    ns_link(pid, "user").is_some_and(|l| {
-        Some(l) != std::fs::read_link("/proc/self/ns/user").ok().map(|l| l.to_string_lossy().into_owned())
-    })
+    ns_link(pid, "user").is_some_and(|l| Some(l) != own_link("user"))
 }
 
 /// Translate ids read by ferry (uid, gid, groups lines of /proc/PID/status) into `pid`'s user
@@ -114,24 +107,24 @@ pub(crate) fn owned_kinds(pid: i32) -> Result<Vec<String>, Error> {
         return Ok(Vec::new());
     }
     let open = |path: &str| std::fs::File::open(path).ctx(|| format!("cannot open {path}"));
-    let own_ino = inode(open("/proc/self/ns/user")?.as_fd());
+    let own_ino = inode(open("/proc/self/ns/user")?.as_fd())?;
     let tree = open(&format!("/proc/{pid}/ns/user"))?;
     let parent =
         ferry_sys::ns::parent_ns(tree.as_fd()).ctx(|| format!("pid {pid}: cannot find its user namespace's parent"))?;
-    if inode(parent.as_fd()) != own_ino {
+    if inode(parent.as_fd())? != own_ino {
         return Err(Error::Unsupported { pid, what: "a user namespace nested in another one than ferry's".into() });
     }
-    let tree_ino = inode(tree.as_fd());
+    let tree_ino = inode(tree.as_fd())?;
     let mut owned = Vec::new();
     for (kind, _) in KINDS.iter().filter(|k| k.0 != "user") {
         let theirs = ns_link(pid, kind);
-        if theirs.is_none() || theirs == ns_link_self(kind) {
+        if theirs.is_none() || theirs == own_link(kind) {
             continue;
         }
         let f = open(&format!("/proc/{pid}/ns/{kind}"))?;
         let owner = ferry_sys::ns::owner_userns(f.as_fd())
             .ctx(|| format!("pid {pid}: cannot find the owner of its {kind} namespace"))?;
-        let owner = inode(owner.as_fd());
+        let owner = inode(owner.as_fd())?;
         if owner == own_ino {
             continue;
         }
@@ -150,11 +143,11 @@ pub(crate) fn owned_kinds(pid: i32) -> Result<Vec<String>, Error> {
         owned.push(kind.to_string());
     }
     // Its pid namespace (the tree's, when it is a whole one): made from inside it or not.
-    if ns_link(pid, "pid") != ns_link_self("pid") {
+    if ns_link(pid, "pid") != own_link("pid") {
         let f = open(&format!("/proc/{pid}/ns/pid"))?;
         let owner = ferry_sys::ns::owner_userns(f.as_fd())
             .ctx(|| format!("pid {pid}: cannot find the owner of its pid namespace"))?;
-        match inode(owner.as_fd()) {
+        match inode(owner.as_fd())? {
             o if o == own_ino => {}
             o if o == tree_ino => owned.push("pid".into()),
             _ => {
@@ -174,14 +167,14 @@ pub(crate) fn owned_kinds(pid: i32) -> Result<Vec<String>, Error> {
 /// `clone3(set_tid)`).
 fn pidns_levels_owned(pid: i32) -> Result<bool, Error> {
     let open = |path: &str| std::fs::File::open(path).ctx(|| format!("cannot open {path}"));
-    let own_pidns = inode(open("/proc/self/ns/pid")?.as_fd());
-    let user = inode(open(&format!("/proc/{pid}/ns/user"))?.as_fd());
+    let own_pidns = inode(open("/proc/self/ns/pid")?.as_fd())?;
+    let user = inode(open(&format!("/proc/{pid}/ns/user"))?.as_fd())?;
     let mut ns: OwnedFd = open(&format!("/proc/{pid}/ns/pid"))?.into();
-    if inode(ns.as_fd()) == own_pidns {
+    if inode(ns.as_fd())? == own_pidns {
         return Ok(false);
     }
-    while inode(ns.as_fd()) != own_pidns {
-        let owned = ferry_sys::ns::owner_userns(ns.as_fd()).is_ok_and(|o| inode(o.as_fd()) == user);
+    while inode(ns.as_fd())? != own_pidns {
+        let owned = ferry_sys::ns::owner_userns(ns.as_fd()).is_ok_and(|o| inode(o.as_fd()).is_ok_and(|i| i == user));
         if !owned {
             return Ok(false);
         }
@@ -246,10 +239,6 @@ pub(crate) fn fork_init(userns: BorrowedFd<'_>, sibling: bool) -> Result<Fork, E
             }
         }
     }
-}
-
-fn ns_link_self(kind: &str) -> Option<String> {
-    std::fs::read_link(format!("/proc/self/ns/{kind}")).ok().map(|l| l.to_string_lossy().into_owned())
 }
 
 /// Record the tree's user namespace: maps, setgroups, and which of the tree's namespaces it owns.

@@ -34,10 +34,8 @@ pub struct PagesFrom<'a> {
 pub trait FrozenMemory: Sync {
     /// The process whose /proc/PID/pagemap and mem hold that memory.
     fn pid(&self) -> i32;
-    /// What was taken of the mapping at `start` while frozen, if anything.
-    fn held(&self, start: u64) -> Option<&Held>;
-    /// Copy `i` taken while frozen.
-    fn copy(&self, i: usize) -> &[u8];
+    /// What was taken of its mappings while frozen.
+    fn holds(&self) -> &super::Holds;
     /// Page runs of the mapping at `start` already in the page file (`dump -R` from pages
     /// copied while the tree ran, state/tracked.rs).
     fn placed(&self, _start: u64) -> &[PageRun] {
@@ -128,7 +126,7 @@ pub fn dump_pages(
     // (Pieces of a copy taken while frozen, in chunks.)
     let held_jobs = |jobs: &mut Vec<Job>, i: usize, parts: &[(u64, usize)], skip_zero: bool| {
         for &(addr, c) in parts {
-            let len = snap.map_or(0, |s| s.copy(c).len());
+            let len = snap.map_or(0, |s| s.holds().copy(c).len());
             let mut at = 0;
             while at < len {
                 let n = (len - at).min(CHUNK);
@@ -151,7 +149,7 @@ pub fn dump_pages(
             if !shmem_done.insert((v.shmem_id, v.offset, v.end - v.start)) {
                 continue;
             }
-            let obj = match snap.and_then(|s| s.held(v.start)) {
+            let obj = match snap.and_then(|s| s.holds().held(v.start)) {
                 Some(Held::Copied(parts)) => {
                     held_jobs(&mut jobs, i, parts, true);
                     continue;
@@ -183,7 +181,7 @@ pub fn dump_pages(
         }
         // (Zeros of a private file mapping would come back as the file's bytes.)
         let skip_zero = kind != VmaKind::FilePrivate;
-        if let Some(Held::Copied(parts)) = snap.and_then(|s| s.held(v.start)) {
+        if let Some(Held::Copied(parts)) = snap.and_then(|s| s.holds().held(v.start)) {
             held_jobs(&mut jobs, i, parts, skip_zero);
             continue;
         }
@@ -215,7 +213,7 @@ pub fn dump_pages(
                 job.len
             }
             Source::Held(c, off) => {
-                let copy = snap.map_or(&[][..], |s| s.copy(c));
+                let copy = snap.map_or(&[][..], |s| s.holds().copy(c));
                 match copy.get(off..off + job.len) {
                     Some(b) => chunk.copy_from_slice(b),
                     None => {
@@ -498,6 +496,23 @@ fn store_chunk(v: &mut Vma, chunk: &[u8], addr: u64, kept: &Kept, out: &mut Page
     Ok(stored)
 }
 
-fn is_zero(page: &[u8]) -> bool {
-    page.chunks_exact(16).all(|c| u128::from_ne_bytes(c.try_into().unwrap_or([1; 16])) == 0)
+/// Whether a page is all zeros.
+pub(crate) fn is_zero(page: &[u8]) -> bool {
+    let mut words = page.chunks_exact(16);
+    words.all(|c| u128::from_ne_bytes(c.try_into().unwrap_or([1; 16])) == 0)
+        && words.remainder().iter().all(|&b| b == 0)
+}
+
+/// `bytes` (pages from `addr`) cut into runs of whole pages that are all zero or not, in order:
+/// (start, end, zero), byte offsets (a last partial page is a page of its own).
+pub(crate) fn zero_runs(bytes: &[u8]) -> Vec<(usize, usize, bool)> {
+    let mut out: Vec<(usize, usize, bool)> = Vec::new();
+    for (i, page) in bytes.chunks(PAGE_SIZE as usize).enumerate() {
+        let (start, zero) = (i * PAGE_SIZE as usize, is_zero(page));
+        match out.last_mut() {
+            Some(r) if r.2 == zero => r.1 = start + page.len(),
+            _ => out.push((start, start + page.len(), zero)),
+        }
+    }
+    out
 }
