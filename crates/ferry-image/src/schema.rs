@@ -600,6 +600,24 @@ pub struct Thread {
     /// The thread's seccomp filters, oldest first, as indices into `Process.seccomp_filters`.
     #[prost(uint32, repeated, tag = "422")]
     pub seccomp_chain: Vec<u32>,
+    /// The thread's own nice value, scheduling policy and CPU affinity, when any of them
+    /// differs from the process's (`Process.nice` ..., the main thread's); absent when the same.
+    #[prost(message, optional, tag = "811")]
+    pub sched: Option<ThreadSched>,
+}
+
+/// A thread's scheduling settings (`Thread.sched`), as `Process.nice` ... are the process's.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct ThreadSched {
+    #[prost(int32, tag = "1")]
+    pub nice: i32,
+    #[prost(int32, tag = "2")]
+    pub sched_policy: i32,
+    #[prost(int32, tag = "3")]
+    pub sched_priority: i32,
+    #[prost(bytes = "vec", tag = "4")]
+    #[serde(serialize_with = "crate::hex::serialize")]
+    pub cpu_affinity: Vec<u8>,
 }
 
 /// x86_64 general registers in `struct user_regs_struct` terms. The instruction pointer and

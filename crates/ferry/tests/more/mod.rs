@@ -428,12 +428,12 @@ fn posix_shm_shared_with_child() {
     cycle_tree(&Spec::c("posix_shm"), &[]);
 }
 
-/// Kernel state kept per thread (a thread with its own nice value), and a POSIX message queue,
-/// cannot be saved yet: refused in one line, the process intact. (A clone(CLONE_FILES) child,
-/// once refused here, is restored: `external::clone_files`.)
+/// A POSIX message queue cannot be saved yet: refused in one line, the process intact. (A
+/// clone(CLONE_FILES) child and a thread with its own nice value, once refused here, are
+/// restored: `external::clone_files`, `memattr::thread_sched_kept`.)
 #[test]
-fn refuses_per_thread_nice_and_mqueue() {
-    for (mode, expect) in [("nice", "nice value"), ("mqueue", "message queue")] {
+fn refuses_mqueue() {
+    for (mode, expect) in [("mqueue", "message queue")] {
         let mut run = Run::start(&Spec::c("shared_clone").args(&[mode]));
         dump_refused(run.pid, &run.w.join("img"), expect);
         run.go();
