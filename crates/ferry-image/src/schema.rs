@@ -1192,6 +1192,10 @@ pub struct PacketSocket {
     /// PACKET_ADD_MEMBERSHIP entries (promiscuous mode, multicast addresses ...).
     #[prost(message, repeated, tag = "9")]
     pub memberships: Vec<PacketSocketMembership>,
+    /// Its fanout group (PACKET_FANOUT as getsockopt reads it back: id | type << 16 | flags <<
+    /// 24, also what setsockopt takes to join it); absent when in none.
+    #[prost(uint32, optional, tag = "810")]
+    pub fanout: Option<u32>,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize)]
