@@ -504,6 +504,7 @@ fn dump_inner(
     tree.connections.established = opts.tcp_established;
     tree.external_files = crate::state::external::file_keys(&opts.external);
     tree.connections.skip_in_flight = opts.skip_in_flight;
+    tree.pids = frozen.iter().map(|f| f.pid).collect();
     for f in frozen.iter_mut() {
         let mut p = dump_process(
             f,

@@ -1103,6 +1103,10 @@ pub struct File {
     #[prost(bytes = "vec", tag = "43")]
     #[serde(serialize_with = "crate::hex::serialize")]
     pub fifo_data: Vec<u8>,
+    /// For a FIFO (with `fifo_data`): a process outside the tree held it open at dump, so the
+    /// kernel's pipe, bytes and all, outlives the tree while that process keeps it.
+    #[prost(bool, tag = "812")]
+    pub fifo_held_outside: bool,
     /// For a memfd: F_GET_SEALS.
     #[prost(uint32, tag = "44")]
     pub seals: u32,

@@ -907,3 +907,82 @@ fn ghost_limit() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A FIFO whose other end a process outside the tree holds (a supervisor, here the test): the
+/// kernel's pipe outlives the killed tree, bytes and all. Tree writing, test reading: the test
+/// reads the tree's bytes after the dump, and never a second time after the restore (the
+/// restore used to write them back). Tree reading, test writing: the restore keeps the bytes
+/// the test wrote (it used to be refused: "already holds 11 unread bytes"), and they are read
+/// exactly once through the restored fd.
+#[test]
+fn fifo_other_end_outside() {
+    use std::io::{ErrorKind, Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let w = WorkDir::new("fifo-outside");
+    let guard = ProcGuard::new();
+    for (label, redirect) in [("write", ">"), ("read", "<")] {
+        let fifo = w.join(&format!("fifo-{label}"));
+        assert!(Command::new("mkfifo").arg(&fifo).status().expect("run mkfifo").success(), "mkfifo");
+        // The outside end first, so that the shell's open does not wait for a peer.
+        let mut outside = fs::OpenOptions::new()
+            .read(true)
+            .write(label == "read")
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .expect("open the FIFO's outside end");
+        let ready = w.join(&format!("ready-{label}"));
+        let script = format!(
+            "exec 5{redirect}{f}; {write}echo ready > {r}.tmp; mv {r}.tmp {r}; exec sleep 600",
+            f = path_str(&fifo),
+            write = if label == "write" { "printf before-dump >&5; " } else { "" },
+            r = path_str(&ready)
+        );
+        let mut child = workload_command(&ferry_workloads::path("closefds"))
+            .args(["/bin/sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sh");
+        let pid = child.id() as i32;
+        guard.add(pid);
+        wait_for("the shell to open the FIFO", Duration::from_secs(10), || ready.exists());
+        if label == "read" {
+            outside.write_all(b"before-dump").expect("write into the FIFO");
+        }
+        let img = w.join(&format!("img-{label}"));
+        let out = Command::new(ferry_bin())
+            .args(["dump", "-t", &pid.to_string(), "-D", &path_str(&img)])
+            .output()
+            .expect("run ferry dump");
+        assert!(out.status.success(), "{label}: dump: {}", String::from_utf8_lossy(&out.stderr));
+        let _ = child.wait();
+        let mut buf = [0u8; 64];
+        if label == "write" {
+            let n = outside.read(&mut buf).expect("the tree's bytes, read from outside after the dump");
+            assert_eq!(&buf[..n], b"before-dump", "the outside reader after the dump");
+        }
+        let out = Command::new(ferry_bin())
+            .args(["restore", "-D", &path_str(&img), "-d"])
+            .output()
+            .expect("run ferry restore");
+        assert!(out.status.success(), "{label}: restore: {}", String::from_utf8_lossy(&out.stderr));
+        let link = fs::read_link(format!("/proc/{pid}/fd/5")).expect("the restored fd 5");
+        assert_eq!(link, fifo, "{label}: the restored fd 5");
+        if label == "write" {
+            match outside.read(&mut buf) {
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                other => panic!("the outside reader got the tree's bytes again after the restore: {other:?} {buf:?}"),
+            }
+        } else {
+            let mut through = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(format!("/proc/{pid}/fd/5"))
+                .expect("open the restored fd 5");
+            let n = through.read(&mut buf).expect("read the FIFO after the restore");
+            assert_eq!(&buf[..n], b"before-dump", "the FIFO after the restore holds the bytes once");
+        }
+        let _ = send_signal(pid, "KILL");
+    }
+}
