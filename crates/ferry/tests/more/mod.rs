@@ -866,6 +866,18 @@ fn criu_default_flags_accepted() {
     }
 }
 
+/// `/bin/sh -c SCRIPT` with stdio on /dev/null, through closefds (the test runner's stray fds,
+/// such as a jobserver pipe, are not the shell's).
+fn start_sh(script: &str) -> std::process::Child {
+    workload_command(&ferry_workloads::path("closefds"))
+        .args(["/bin/sh", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start sh")
+}
+
 /// CRIU's `--ghost-limit`: a file deleted while open whose data is over the limit fails the
 /// dump in one line naming it (the process running on); under the limit it travels.
 #[test]
@@ -877,14 +889,7 @@ fn ghost_limit() {
         f = path_str(&file),
         r = path_str(&w.join("ready"))
     );
-    // (closefds: the test runner's stray fds, such as a jobserver pipe, are not the shell's)
-    let mut child = workload_command(&ferry_workloads::path("closefds"))
-        .args(["/bin/sh", "-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start sh");
+    let mut child = start_sh(&script);
     let pid = child.id() as i32;
     let guard = ProcGuard::new();
     guard.add(pid);
@@ -937,13 +942,7 @@ fn fifo_other_end_outside() {
             write = if label == "write" { "printf before-dump >&5; " } else { "" },
             r = path_str(&ready)
         );
-        let mut child = workload_command(&ferry_workloads::path("closefds"))
-            .args(["/bin/sh", "-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start sh");
+        let mut child = start_sh(&script);
         let pid = child.id() as i32;
         guard.add(pid);
         wait_for("the shell to open the FIFO", Duration::from_secs(10), || ready.exists());
