@@ -167,7 +167,6 @@ fn dump_process(
     let mut p = Process { stop_signal: f.stop_signal, ..Default::default() };
     task::collect(pid, &st, &stat, &mut p)?;
     let tids: Vec<i32> = f.threads.iter().map(|t| t.tid).collect();
-    task::check_thread_sched(pid, &tids, &p)?;
     crate::state::cgroup::collect(pid, &tids, &mut p)?;
     files::collect(pid, img, &mut p, done, tree)?;
     let t_maps = Instant::now();
@@ -195,7 +194,8 @@ fn dump_process(
     for i in 0..f.threads.len() {
         let tid = f.threads[i].tid;
         let comm = procfs::read_string(pid, &format!("task/{tid}/comm")).unwrap_or_default().trim_end().to_string();
-        let mut t = Thread { tid, comm, ..Default::default() };
+        let sched = task::collect_thread_sched(pid, tid, &p)?;
+        let mut t = Thread { tid, comm, sched, ..Default::default() };
         cpu::collect(tid, &mut t)?;
         seccomp::collect(pid, &mut p, &mut t)?;
         let (inj, scratch) = borrow(pid, &mut f.threads[i], &maps, &t.xstate)?;
@@ -489,6 +489,7 @@ fn dump_inner(
     tree.connections.established = opts.tcp_established;
     tree.external_files = crate::state::external::file_keys(&opts.external);
     tree.connections.skip_in_flight = opts.skip_in_flight;
+    tree.pids = frozen.iter().map(|f| f.pid).collect();
     for f in frozen.iter_mut() {
         let mut p = dump_process(
             f,

@@ -686,7 +686,9 @@ fn rebuild(
     signals::restore_sigtrap(&inj, scratch, p)?;
     inj.call_exit_stop(nr::MUNMAP, &[tr.code, TRAMPOLINE_PAGES * PAGE_SIZE])
         .ctx(|| format!("pid {pid}: cannot unmap the trampoline"))?;
-    task::restore_sched(pid, &tids, p, &pin.mask)?; // last: it unpins the process
+    let sched: Vec<(i32, Option<&ferry_image::ThreadSched>)> =
+        std::iter::once((pid, None)).chain(threads.iter().map(|(tid, th, _)| (*tid, th.sched.as_ref()))).collect();
+    task::restore_sched(pid, &sched, p, &pin.mask)?; // last: it unpins the process
     for &tid in &tids {
         cpu::park(tid)?;
     }

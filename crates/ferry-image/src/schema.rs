@@ -600,6 +600,24 @@ pub struct Thread {
     /// The thread's seccomp filters, oldest first, as indices into `Process.seccomp_filters`.
     #[prost(uint32, repeated, tag = "422")]
     pub seccomp_chain: Vec<u32>,
+    /// The thread's own nice value, scheduling policy and CPU affinity, when any of them
+    /// differs from the process's (`Process.nice` ..., the main thread's); absent when the same.
+    #[prost(message, optional, tag = "811")]
+    pub sched: Option<ThreadSched>,
+}
+
+/// A thread's scheduling settings (`Thread.sched`), as `Process.nice` ... are the process's.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct ThreadSched {
+    #[prost(int32, tag = "1")]
+    pub nice: i32,
+    #[prost(int32, tag = "2")]
+    pub sched_policy: i32,
+    #[prost(int32, tag = "3")]
+    pub sched_priority: i32,
+    #[prost(bytes = "vec", tag = "4")]
+    #[serde(serialize_with = "crate::hex::serialize")]
+    pub cpu_affinity: Vec<u8>,
 }
 
 /// x86_64 general registers in `struct user_regs_struct` terms. The instruction pointer and
@@ -1085,6 +1103,10 @@ pub struct File {
     #[prost(bytes = "vec", tag = "43")]
     #[serde(serialize_with = "crate::hex::serialize")]
     pub fifo_data: Vec<u8>,
+    /// For a FIFO (with `fifo_data`): a process outside the tree held it open at dump, so the
+    /// kernel's pipe, bytes and all, outlives the tree while that process keeps it.
+    #[prost(bool, tag = "812")]
+    pub fifo_held_outside: bool,
     /// For a memfd: F_GET_SEALS.
     #[prost(uint32, tag = "44")]
     pub seals: u32,
@@ -1174,6 +1196,10 @@ pub struct PacketSocket {
     /// PACKET_ADD_MEMBERSHIP entries (promiscuous mode, multicast addresses ...).
     #[prost(message, repeated, tag = "9")]
     pub memberships: Vec<PacketSocketMembership>,
+    /// Its fanout group (PACKET_FANOUT as getsockopt reads it back: id | type << 16 | flags <<
+    /// 24, also what setsockopt takes to join it); absent when in none.
+    #[prost(uint32, optional, tag = "810")]
+    pub fanout: Option<u32>,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize)]

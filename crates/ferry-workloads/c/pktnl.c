@@ -12,12 +12,20 @@
  *            reaches N2 from N3's port.
  *   ring:    a packet socket with a PACKET_RX_RING (no protocol: nothing arrives): dump must
  *            refuse it; after go the ring is still there (PACKET_VERSION cannot change: EBUSY).
- *   fanout:  a packet socket bound to an unused ethertype on lo, in a fanout group: dump must
- *            refuse it; after go it is still in the group (PACKET_FANOUT reads it back).
+ *   fanout:  F1 and F2, packet sockets bound to an unused ethertype E on lo, in one fanout
+ *            group (PACKET_FANOUT_LB with the ROLLOVER flag, id pid & 0xffff); F3 bound to E too,
+ *            alone in a group whose id the kernel chose (PACKET_FANOUT_FLAG_UNIQUEID). After go
+ *            each reads back its PACKET_FANOUT value (id, type, flags), and of 8 frames sent to E
+ *            on lo F1 and F2 share the 8 (round robin: both get some, neither all) while F3
+ *            gets all 8 (a group of its own): sockets restored outside their group, or each in a
+ *            group of its own, would each get all 8.
+ *   fanout_bpf: a packet socket in a PACKET_FANOUT_CBPF group (its program steers the frames
+ *            and cannot be read back): dump must refuse it; after go it is still in the group.
  *   audit:   a NETLINK_AUDIT socket: dump must refuse it; after go it is still one.
  */
 #include "common.h"
 #include <arpa/inet.h>
+#include <linux/filter.h>
 #include <linux/if_packet.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
@@ -209,6 +217,69 @@ static void mode_netlink(void)
 	finish();
 }
 
+#ifndef PACKET_FANOUT_FLAG_UNIQUEID
+#define PACKET_FANOUT_FLAG_UNIQUEID 0x2000
+#endif
+
+/* A SOCK_RAW packet socket bound to ethertype `eth` on lo. */
+static int packet_on_lo(uint16_t eth)
+{
+	int fd = socket(AF_PACKET, SOCK_RAW, htons(eth));
+	SETUP(fd);
+	struct sockaddr_ll ll = { .sll_family = AF_PACKET, .sll_protocol = htons(eth),
+				  .sll_ifindex = (int)if_nametoindex("lo") };
+	SETUP(bind(fd, (struct sockaddr *)&ll, sizeof ll));
+	return fd;
+}
+
+/* How many frames of ethertype `eth` `fd` reads within ~300 ms of the last one. */
+static int count_frames(int fd, uint16_t eth)
+{
+	int n = 0;
+	unsigned char frame[256];
+	while (readable(fd, 300)) {
+		ssize_t r = recv(fd, frame, sizeof frame, MSG_DONTWAIT);
+		if (r >= 14 && frame[12] == (eth >> 8) && frame[13] == (eth & 0xff))
+			n++;
+	}
+	return n;
+}
+
+static void mode_fanout(void)
+{
+	uint16_t eth = (uint16_t)(0xb000 + getpid() % 4096);
+	int f1 = packet_on_lo(eth), f2 = packet_on_lo(eth), f3 = packet_on_lo(eth);
+	int lb = (getpid() & 0xffff) | ((PACKET_FANOUT_LB | PACKET_FANOUT_FLAG_ROLLOVER) << 16);
+	SETUP(setsockopt(f1, SOL_PACKET, PACKET_FANOUT, &lb, sizeof lb));
+	SETUP(setsockopt(f2, SOL_PACKET, PACKET_FANOUT, &lb, sizeof lb));
+	int unique = (PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_UNIQUEID) << 16;
+	SETUP(setsockopt(f3, SOL_PACKET, PACKET_FANOUT, &unique, sizeof unique));
+	int want[3] = { geti(f1, SOL_PACKET, PACKET_FANOUT), geti(f2, SOL_PACKET, PACKET_FANOUT),
+			geti(f3, SOL_PACKET, PACKET_FANOUT) };
+	if (want[0] != want[1] || (want[0] & 0xffff) != (getpid() & 0xffff))
+		die_setup("F1/F2 read back %#x and %#x", want[0], want[1]);
+	int sender = socket(AF_PACKET, SOCK_DGRAM, 0);
+	SETUP(sender);
+
+	signal_ready();
+	wait_go();
+
+	int fds[3] = { f1, f2, f3 };
+	for (int i = 0; i < 3; i++)
+		CHECK(geti(fds[i], SOL_PACKET, PACKET_FANOUT) == want[i], "F%d: PACKET_FANOUT %#x, want %#x", i + 1,
+		      geti(fds[i], SOL_PACKET, PACKET_FANOUT), want[i]);
+	struct sockaddr_ll to = { .sll_family = AF_PACKET, .sll_protocol = htons(eth),
+				  .sll_ifindex = (int)if_nametoindex("lo"), .sll_halen = 6 };
+	for (int i = 0; i < 8; i++)
+		CHECK(sendto(sender, "ferry-fanout", 12, 0, (struct sockaddr *)&to, sizeof to) == 12, "sendto: %s",
+		      strerror(errno));
+	int n1 = count_frames(f1, eth), n2 = count_frames(f2, eth), n3 = count_frames(f3, eth);
+	CHECK(n1 + n2 == 8 && n1 > 0 && n2 > 0, "F1 and F2 got %d and %d of 8 frames: not one round-robin group", n1,
+	      n2);
+	CHECK(n3 == 8, "F3 (a group of its own) got %d of 8 frames", n3);
+	finish();
+}
+
 static void mode_refused(const char *mode)
 {
 	int fd = -1, want = 0;
@@ -217,15 +288,13 @@ static void mode_refused(const char *mode)
 		SETUP(fd);
 		struct tpacket_req req = { .tp_block_size = 4096, .tp_block_nr = 1, .tp_frame_size = 2048, .tp_frame_nr = 2 };
 		SETUP(setsockopt(fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof req));
-	} else if (strcmp(mode, "fanout") == 0) {
-		uint16_t eth = (uint16_t)(0xb000 + getpid() % 4096);
-		fd = socket(AF_PACKET, SOCK_RAW, htons(eth));
-		SETUP(fd);
-		struct sockaddr_ll ll = { .sll_family = AF_PACKET, .sll_protocol = htons(eth),
-					  .sll_ifindex = (int)if_nametoindex("lo") };
-		SETUP(bind(fd, (struct sockaddr *)&ll, sizeof ll));
-		want = (getpid() & 0xffff) | (PACKET_FANOUT_HASH << 16);
+	} else if (strcmp(mode, "fanout_bpf") == 0) {
+		fd = packet_on_lo((uint16_t)(0xb000 + getpid() % 4096));
+		want = (getpid() & 0xffff) | (PACKET_FANOUT_CBPF << 16);
 		SETUP(setsockopt(fd, SOL_PACKET, PACKET_FANOUT, &want, sizeof want));
+		struct sock_filter ret0 = BPF_STMT(BPF_RET | BPF_K, 0);
+		struct sock_fprog prog = { .len = 1, .filter = &ret0 };
+		SETUP(setsockopt(fd, SOL_PACKET, PACKET_FANOUT_DATA, &prog, sizeof prog));
 	} else {
 		fd = socket(AF_NETLINK, SOCK_RAW, NETLINK_AUDIT);
 		SETUP(fd);
@@ -236,7 +305,7 @@ static void mode_refused(const char *mode)
 		int v = TPACKET_V2;
 		CHECK(setsockopt(fd, SOL_PACKET, PACKET_VERSION, &v, sizeof v) < 0 && errno == EBUSY,
 		      "the ring is gone (PACKET_VERSION could change: %s)", strerror(errno));
-	} else if (strcmp(mode, "fanout") == 0) {
+	} else if (strcmp(mode, "fanout_bpf") == 0) {
 		CHECK(geti(fd, SOL_PACKET, PACKET_FANOUT) == want, "not in its fanout group any more (%#x, want %#x)",
 		      geti(fd, SOL_PACKET, PACKET_FANOUT), want);
 	} else {
@@ -249,8 +318,10 @@ int main(int argc, char **argv)
 {
 	workload_init(argc, argv);
 	const char *mode = argc > 2 ? argv[2] : "packet";
-	if (strcmp(mode, "ring") == 0 || strcmp(mode, "fanout") == 0 || strcmp(mode, "audit") == 0)
+	if (strcmp(mode, "ring") == 0 || strcmp(mode, "fanout_bpf") == 0 || strcmp(mode, "audit") == 0)
 		mode_refused(mode);
+	if (strcmp(mode, "fanout") == 0)
+		mode_fanout();
 	if (strcmp(mode, "packet") == 0)
 		mode_packet();
 	if (strcmp(mode, "netlink") == 0)

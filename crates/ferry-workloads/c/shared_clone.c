@@ -1,10 +1,9 @@
 /*
  * shared_clone MODE: state ferry must refuse to dump, then the process must still work.
  *   files: a child created with clone(CLONE_FILES) shares the parent's fd table.
- *   nice:  a second thread with its own nice value.
  *   mqueue: a POSIX message queue fd (its /name path does not lead to it).
- * After go: the parent checks the sharing/nice value is still in place (the refused dump left it
- * as it was) and ends the child/thread.
+ * After go: the parent checks the sharing or the queue is still in place (the refused dump left
+ * it as it was) and ends the child.
  */
 #include "common.h"
 #include <mqueue.h>
@@ -14,7 +13,6 @@
 #include <sys/wait.h>
 
 static char stack[64 * 1024];
-static volatile int stop_thread;
 static int child_fn(void *arg)
 {
 	(void)arg;
@@ -22,21 +20,12 @@ static int child_fn(void *arg)
 		pause();
 	return 0;
 }
-static void *thread_fn(void *arg)
-{
-	(void)arg;
-	setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 7);
-	while (!stop_thread)
-		usleep(10000);
-	return NULL;
-}
 
 int main(int argc, char **argv)
 {
 	workload_init(argc, argv);
 	const char *mode = argc > 2 ? argv[2] : "files";
 	pid_t c = -1;
-	pthread_t t;
 	mqd_t q = (mqd_t)-1;
 	char qname[64];
 	snprintf(qname, sizeof qname, "/ferry-e2e-%d", (int)getpid());
@@ -47,8 +36,7 @@ int main(int argc, char **argv)
 		c = clone(child_fn, stack + sizeof stack, CLONE_FILES | SIGCHLD, NULL);
 		SETUP(c);
 	} else {
-		SETUP(-pthread_create(&t, NULL, thread_fn, NULL));
-		usleep(50000);
+		die_setup("unknown mode %s", mode);
 	}
 	signal_ready();
 	wait_go();
@@ -56,16 +44,13 @@ int main(int argc, char **argv)
 		struct mq_attr a;
 		CHECK(mq_getattr(q, &a) == 0, "the queue fd: %s", strerror(errno));
 		mq_unlink(qname);
-	} else if (c > 0) {
+	} else {
 		int fd = open("/dev/null", O_RDONLY);
 		char path[64];
 		snprintf(path, sizeof path, "/proc/%d/fd/%d", (int)c, fd);
 		CHECK(access(path, F_OK) == 0, "the child no longer shares the fd table");
 		kill(c, SIGKILL);
 		waitpid(c, NULL, 0);
-	} else {
-		stop_thread = 1;
-		pthread_join(t, NULL);
 	}
 	finish();
 }

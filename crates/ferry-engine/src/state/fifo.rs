@@ -13,9 +13,17 @@
 //! raised if the bytes need it; a capacity set with F_SETPIPE_SZ is otherwise not kept.
 //!
 //! A FIFO must exist at its path at restore (not recreated: a FIFO is a file system object that
-//! outlives the processes); a missing path or a path that is no longer a FIFO is an error. A
-//! FIFO that already holds bytes at restore (some process outside the image keeps it open and
-//! wrote into it) is refused rather than mixing old and new bytes.
+//! outlives the processes); a missing path or a path that is no longer a FIFO is an error.
+//!
+//! A FIFO whose other end a process outside the tree holds (a supervisor; found at dump by the
+//! FIFO's device and inode among every process's fds, `File.fifo_held_outside`) keeps the
+//! kernel's pipe alive after the tree is killed, with its bytes: an outside reader may read
+//! them before the restore, an outside writer add to them. If such a holder still has it at
+//! restore, that pipe is the one the dump saw: the bytes are not written again (that would
+//! hand an outside reader what it already read). Otherwise (no holder at dump, or none left
+//! at restore: the pipe died with its last holder), the FIFO is a new pipe and gets the bytes;
+//! one that already holds bytes then (a process outside the image opened it since and wrote
+//! into it) is refused rather than mixing old and new bytes.
 //!
 //! Writing the bytes back moves the FIFO's mtime (and ctime): its atime and mtime as the dump
 //! saw them (stored with the description that carries the bytes) are put back after.
@@ -28,13 +36,37 @@ use ferry_sys::process::{fstat, open_raw, pipe_size, set_pipe_size};
 use std::collections::HashSet;
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 /// FIFOs (device, inode) whose bytes are already in the image.
 pub type Seen = HashSet<(u64, u64)>;
 
-/// Fill `f` for fd `fd` of `pid`, a FIFO at `f.path` with metadata `md`.
-pub fn collect(pid: i32, fd: i32, md: &std::fs::Metadata, seen: &mut Seen, f: &mut File) -> Result<(), Error> {
+/// Whether a process other than those `inside` says (and ferry) holds an fd on the FIFO
+/// (`dev`, `ino`).
+fn held_outside(dev: u64, ino: u64, inside: &dyn Fn(i32) -> bool) -> bool {
+    let me = std::process::id() as i32;
+    let Ok(procs) = std::fs::read_dir("/proc") else { return false };
+    procs.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()).filter(|&p| p != me && !inside(p)).any(
+        |p| {
+            std::fs::read_dir(format!("/proc/{p}/fd")).is_ok_and(|fds| {
+                fds.flatten().any(|fd| {
+                    std::fs::metadata(fd.path())
+                        .is_ok_and(|m| m.file_type().is_fifo() && m.dev() == dev && m.ino() == ino)
+                })
+            })
+        },
+    )
+}
+
+/// Fill `f` for fd `fd` of `pid`, a FIFO at `f.path` with metadata `md`; `tree` are the pids
+/// of the dumped tree.
+pub fn collect(
+    pid: i32,
+    fd: i32,
+    md: &std::fs::Metadata,
+    (seen, tree): (&mut Seen, &HashSet<i32>),
+    f: &mut File,
+) -> Result<(), Error> {
     f.ino = md.ino();
     f.size = 0;
     if !seen.insert((md.dev(), md.ino())) {
@@ -50,6 +82,7 @@ pub fn collect(pid: i32, fd: i32, md: &std::fs::Metadata, seen: &mut Seen, f: &m
         .ctx(|| format!("{}: cannot open a reader", obj()))?;
     let (_, data) = crate::state::pipes::peek(reader.as_fd()).ctx(|| format!("{}: cannot peek", obj()))?;
     f.fifo_data = data;
+    f.fifo_held_outside = !f.fifo_data.is_empty() && held_outside(md.dev(), md.ino(), &|p| tree.contains(&p));
     Ok(())
 }
 
@@ -71,7 +104,12 @@ pub fn prepare(obj: &str, f: &File, flags: i32, at: &str) -> Result<OwnedFd, Err
     }
     let fd = open_raw(&path, flags | libc::O_NONBLOCK, 0).ctx(|| format!("{obj}: cannot open the FIFO {}", f.path))?;
     ferry_sys::process::set_status_flags(fd.as_fd(), flags).ctx(|| obj.to_string())?;
-    if !f.fifo_data.is_empty() {
+    // The pipe the dump saw, kept alive by its holder outside: its bytes are where they were.
+    let alive = f.fifo_held_outside && held_outside(st.st_dev, st.st_ino, &|_| false);
+    if alive {
+        tracing::info!(fifo = %f.path, "a process outside the image still holds the FIFO: its bytes stay as they are");
+    }
+    if !f.fifo_data.is_empty() && !alive {
         let queued = fionread(helper.as_fd()).ctx(|| obj.to_string())?;
         if queued > 0 {
             return Err(Error::Invalid {

@@ -52,6 +52,8 @@ pub struct TreeFiles {
     pub connections: inet::Connections,
     /// FIFOs whose unread bytes are already stored.
     fifos: fifo::Seen,
+    /// The pids of the dumped tree (to tell a FIFO's holders outside it).
+    pub pids: std::collections::HashSet<i32>,
     /// Terminals: pty masters and fds on terminals that may be outside the tree.
     pub tty: tty::TreeTty,
     /// Every unix socket of the system (sock_diag), read on first use.
@@ -232,7 +234,7 @@ pub fn collect_one(
                     return Err(unsupported(format!("deleted FIFO {link}")));
                 }
                 file.kind = FileKind::Fifo as i32;
-                fifo::collect(pid, fd, &md, &mut tree.fifos, &mut file)?;
+                fifo::collect(pid, fd, &md, (&mut tree.fifos, &tree.pids), &mut file)?;
             } else {
                 return Err(unsupported(format!("special file {link}")));
             }

@@ -4,15 +4,22 @@
 //! Dump: through a `pidfd_getfd` copy, getsockname gives the ethertype and the interface the
 //! socket is bound to; options are compared with a fresh packet socket (state/sockopts.rs);
 //! packet_diag lists the memberships (PACKET_ADD_MEMBERSHIP, each with how many times it was
-//! taken). Refused by name: a socket with packets waiting to be read (they cannot be put
-//! back), with an mmap()ed ring (PACKET_RX_RING/PACKET_TX_RING: the ring's frames and its
-//! position in them live in memory shared with the kernel), or in a fanout group
-//! (PACKET_FANOUT: the group is the kernel's, shared with sockets ferry may not see). The
-//! kernel's drop counters (PACKET_STATISTICS, which reading resets) are not kept.
+//! taken); getsockopt(PACKET_FANOUT) gives its fanout group: id, type and flags (packet_diag
+//! gives no flags), which is also the value setsockopt takes to join it. Refused by name: a
+//! socket with packets waiting to be read (they cannot be put back), with an mmap()ed ring
+//! (PACKET_RX_RING/PACKET_TX_RING: the ring's frames and its position in them live in memory
+//! shared with the kernel), or in a fanout group that steers with a BPF program
+//! (PACKET_FANOUT_CBPF/EBPF: the program cannot be read back). Not kept: the kernel's drop
+//! counters (PACKET_STATISTICS, which reading resets), a fanout group's member limit
+//! (`max_num_members`, which nothing reads back: the restored group has the default) and the
+//! order of its members (the group's array, which decides which member a given flow hashes to:
+//! the members rejoin in the order ferry restores them).
 //!
 //! Restore (in ferry, before the fork): socket(AF_PACKET, type, protocol), the options and
 //! the filter, bind to the same interface index (the same network namespace: checked against
-//! its saved name), the memberships taken again as many times.
+//! its saved name), the memberships taken again as many times, then the fanout group joined
+//! (the first member of a group makes it again; the kernel's UNIQUEID flag is not kept in the
+//! group, so an id it chose is joined by value like any other).
 
 use crate::error::{Ctx, Error};
 use crate::state::sockopts;
@@ -52,10 +59,24 @@ fn ifname(ifindex: i32) -> String {
         .map_or_else(|| format!("ifindex {ifindex}"), |e| e.file_name().to_string_lossy().into_owned())
 }
 
+/// PACKET_FANOUT's types, by number (linux/if_packet.h); CBPF and EBPF steer with a program.
+const FANOUT_TYPES: &[&str] = &["hash", "lb", "cpu", "rollover", "rnd", "qm", "cbpf", "ebpf"];
+
+/// "fanout group 7 (lb, flags 0x10)" for a PACKET_FANOUT value.
+fn describe_fanout(v: u32) -> String {
+    let kind = (v >> 16) & 0xff;
+    let name = FANOUT_TYPES.get(kind as usize).copied().unwrap_or("unknown type");
+    format!("fanout group {} ({name}, flags {:#x})", v & 0xffff, v >> 24)
+}
+
 /// One line for `inspect` and errors: "packet SOCK_RAW 0x88b5 on lo".
 pub fn describe(s: &PacketSocket) -> String {
     let ty = if s.sock_type == libc::SOCK_DGRAM { "SOCK_DGRAM" } else { "SOCK_RAW" };
-    format!("packet {ty} {:#06x} on {}", s.protocol, if s.ifindex == 0 { "any" } else { &s.ifname })
+    let on = if s.ifindex == 0 { "any" } else { &s.ifname };
+    match s.fanout {
+        Some(v) => format!("packet {ty} {:#06x} on {on} in {}", s.protocol, describe_fanout(v)),
+        None => format!("packet {ty} {:#06x} on {on}", s.protocol),
+    }
 }
 
 /// If `sock` (a copy of fd `fd` of `pid`) is an AF_PACKET socket, fill `f` with it.
@@ -85,7 +106,16 @@ pub fn collect(pid: i32, fd: i32, link: &str, sock: BorrowedFd<'_>, f: &mut File
         return Err(unsupported(format!("{} with an mmap()ed ring (PACKET_RX_RING/PACKET_TX_RING)", describe(&s))));
     }
     if fanout {
-        return Err(unsupported(format!("{} in a fanout group (PACKET_FANOUT)", describe(&s))));
+        let v = sockopt::get_int(sock, libc::SOL_PACKET, libc::PACKET_FANOUT)
+            .ctx(|| format!("{}: getsockopt(PACKET_FANOUT)", obj()))? as u32;
+        if matches!((v >> 16) & 0xff, 6 | 7) {
+            return Err(unsupported(format!(
+                "{} in a {} (PACKET_FANOUT_CBPF/EBPF: its program cannot be read back)",
+                describe(&s),
+                describe_fanout(v)
+            )));
+        }
+        s.fanout = Some(v);
     }
     let queued = sockopts::queued(sock).ctx(|| format!("{}: SO_MEMINFO", obj()))?;
     if queued > 0 {
@@ -151,6 +181,10 @@ pub fn prepare(obj: &str, f: &File) -> Result<OwnedFd, Error> {
             pktnl::packet_add_membership(sock.as_fd(), &mr)
                 .ctx(|| format!("{obj}: PACKET_ADD_MEMBERSHIP (type {} on ifindex {})", m.kind, m.ifindex))?;
         }
+    }
+    if let Some(v) = s.fanout {
+        sockopt::set_int(sock.as_fd(), libc::SOL_PACKET, libc::PACKET_FANOUT, v as i32)
+            .ctx(|| format!("{obj}: cannot join its {} (PACKET_FANOUT)", describe_fanout(v)))?;
     }
     ferry_sys::process::set_status_flags(sock.as_fd(), f.flags as i32).ctx(|| obj.to_string())?;
     Ok(sock)

@@ -11,7 +11,7 @@
 use crate::error::{Ctx, Error};
 use crate::inject::Injector;
 use crate::procfs;
-use ferry_image::{Process, Rlimit};
+use ferry_image::{Process, Rlimit, ThreadSched};
 use ferry_sys::consts::nr;
 use ferry_sys::process::{set_rlimit, vm_read};
 use ferry_sys::raw;
@@ -83,22 +83,20 @@ pub fn collect(pid: i32, st: &ferry_proc::Status, stat: &ferry_proc::Stat, p: &m
     Ok(())
 }
 
-/// Nice value, scheduling policy and CPU affinity are per thread but saved per process:
-/// refuse a thread whose settings differ from the main thread's rather than lose them.
-pub fn check_thread_sched(pid: i32, tids: &[i32], p: &Process) -> Result<(), Error> {
+/// Nice value, scheduling policy and CPU affinity are per thread; the process's (`p.nice` ...)
+/// are its main thread's. Thread `tid`'s own, when any differs from those (None: the same).
+pub fn collect_thread_sched(pid: i32, tid: i32, p: &Process) -> Result<Option<ThreadSched>, Error> {
     use ferry_sys::process as sp;
-    for &tid in tids.iter().filter(|&&t| t != pid) {
-        let nice = sp::get_nice(tid).ctx(|| format!("pid {pid} thread {tid}: cannot read the nice value"))?;
-        let sched = sp::get_scheduler(tid).ctx(|| format!("pid {pid} thread {tid}: cannot read the policy"))?;
-        let aff = sp::get_affinity(tid).ctx(|| format!("pid {pid} thread {tid}: cannot read the CPU affinity"))?;
-        if nice != p.nice || sched != (p.sched_policy, p.sched_priority) || aff != p.cpu_affinity {
-            return Err(Error::Unsupported {
-                pid,
-                what: format!("thread {tid} with its own nice value, scheduling policy or CPU affinity"),
-            });
-        }
+    if tid == pid {
+        return Ok(None);
     }
-    Ok(())
+    let nice = sp::get_nice(tid).ctx(|| format!("pid {pid} thread {tid}: cannot read the nice value"))?;
+    let (policy, prio) = sp::get_scheduler(tid).ctx(|| format!("pid {pid} thread {tid}: cannot read the policy"))?;
+    let aff = sp::get_affinity(tid).ctx(|| format!("pid {pid} thread {tid}: cannot read the CPU affinity"))?;
+    if nice == p.nice && (policy, prio) == (p.sched_policy, p.sched_priority) && aff == p.cpu_affinity {
+        return Ok(None);
+    }
+    Ok(Some(ThreadSched { nice, sched_policy: policy, sched_priority: prio, cpu_affinity: aff }))
 }
 
 /// Resource limits, read from inside with injected `prlimit64(0, ..)`: reading another
@@ -204,23 +202,31 @@ pub fn apply_in_child(p: &Process, cwd_fd: std::os::fd::BorrowedFd<'_>) -> Resul
 /// policy, CPU affinity. An affinity naming CPUs this machine lacks becomes `fallback` (every
 /// CPU ferry may use), with a warning; with none in the image, `fallback` too (ferry pinned the
 /// process to its own CPU while rebuilding it).
-pub fn restore_sched(pid: i32, tids: &[i32], p: &Process, fallback: &[u8]) -> Result<(), Error> {
+pub fn restore_sched(
+    pid: i32,
+    tids: &[(i32, Option<&ThreadSched>)],
+    p: &Process,
+    fallback: &[u8],
+) -> Result<(), Error> {
     use ferry_sys::process as sp;
-    for &tid in tids {
-        let (policy, prio) =
+    for &(tid, own) in tids {
+        let (nice, policy, priority, affinity) = match own {
+            Some(t) => (t.nice, t.sched_policy, t.sched_priority, &t.cpu_affinity),
+            None => (p.nice, p.sched_policy, p.sched_priority, &p.cpu_affinity),
+        };
+        let now =
             sp::get_scheduler(tid).ctx(|| format!("pid {pid} thread {tid}: cannot read the scheduling policy"))?;
-        if (policy, prio) != (p.sched_policy, p.sched_priority) {
-            sp::set_scheduler(tid, p.sched_policy, p.sched_priority).ctx(|| {
-                format!("pid {pid}: cannot set scheduling policy {} priority {}", p.sched_policy, p.sched_priority)
-            })?;
+        if now != (policy, priority) {
+            sp::set_scheduler(tid, policy, priority)
+                .ctx(|| format!("pid {pid} thread {tid}: cannot set scheduling policy {policy} priority {priority}"))?;
         }
-        sp::set_nice(tid, p.nice).ctx(|| format!("pid {pid}: cannot set nice {}", p.nice))?;
-        let set = match p.cpu_affinity.is_empty() {
+        sp::set_nice(tid, nice).ctx(|| format!("pid {pid} thread {tid}: cannot set nice {nice}"))?;
+        let set = match affinity.is_empty() {
             true => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
-            false => sp::set_affinity(tid, &p.cpu_affinity),
+            false => sp::set_affinity(tid, affinity),
         };
         if let Err(e) = set {
-            if !p.cpu_affinity.is_empty() {
+            if !affinity.is_empty() {
                 tracing::warn!(pid, tid, error = %e, "cannot restore the CPU affinity; keeping every CPU");
             }
             if let Err(e) = sp::set_affinity(tid, fallback) {

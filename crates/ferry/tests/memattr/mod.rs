@@ -44,6 +44,18 @@ fn pty_slave_owner_and_mode() {
     cycle(&procattrs("pty"));
 }
 
+/// Threads with their own nice value, policy (SCHED_BATCH, SCHED_IDLE with reset-on-fork) and
+/// CPU affinity: each thread has its own again after restore (they used to be refused).
+#[test]
+fn thread_sched_kept() {
+    cycle(&Spec::c("threadsched"));
+}
+
+#[test]
+fn control_threadsched() {
+    control(&Spec::c("threadsched"));
+}
+
 /// The property for process attributes: every line of /proc/PID/status reads the same after
 /// restore, but those that change by design (docs/ARCHITECTURE.md).
 #[test]

@@ -428,18 +428,16 @@ fn posix_shm_shared_with_child() {
     cycle_tree(&Spec::c("posix_shm"), &[]);
 }
 
-/// Kernel state kept per thread (a thread with its own nice value), and a POSIX message queue,
-/// cannot be saved yet: refused in one line, the process intact. (A clone(CLONE_FILES) child,
-/// once refused here, is restored: `external::clone_files`.)
+/// A POSIX message queue cannot be saved yet: refused in one line, the process intact. (A
+/// clone(CLONE_FILES) child and a thread with its own nice value, once refused here, are
+/// restored: `external::clone_files`, `memattr::thread_sched_kept`.)
 #[test]
-fn refuses_per_thread_nice_and_mqueue() {
-    for (mode, expect) in [("nice", "nice value"), ("mqueue", "message queue")] {
-        let mut run = Run::start(&Spec::c("shared_clone").args(&[mode]));
-        dump_refused(run.pid, &run.w.join("img"), expect);
-        run.go();
-        let status = run.wait_child_exit();
-        run.expect_pass(status, "the process after the refused dump");
-    }
+fn refuses_mqueue() {
+    let mut run = Run::start(&Spec::c("shared_clone").args(&["mqueue"]));
+    dump_refused(run.pid, &run.w.join("img"), "message queue");
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the process after the refused dump");
 }
 
 /// A memfd held through an fd and a shared mapping, and by a child through the same fd: name,
@@ -868,6 +866,18 @@ fn criu_default_flags_accepted() {
     }
 }
 
+/// `/bin/sh -c SCRIPT` with stdio on /dev/null, through closefds (the test runner's stray fds,
+/// such as a jobserver pipe, are not the shell's).
+fn start_sh(script: &str) -> std::process::Child {
+    workload_command(&ferry_workloads::path("closefds"))
+        .args(["/bin/sh", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start sh")
+}
+
 /// CRIU's `--ghost-limit`: a file deleted while open whose data is over the limit fails the
 /// dump in one line naming it (the process running on); under the limit it travels.
 #[test]
@@ -879,14 +889,7 @@ fn ghost_limit() {
         f = path_str(&file),
         r = path_str(&w.join("ready"))
     );
-    // (closefds: the test runner's stray fds, such as a jobserver pipe, are not the shell's)
-    let mut child = workload_command(&ferry_workloads::path("closefds"))
-        .args(["/bin/sh", "-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start sh");
+    let mut child = start_sh(&script);
     let pid = child.id() as i32;
     let guard = ProcGuard::new();
     guard.add(pid);
@@ -908,4 +911,77 @@ fn ghost_limit() {
     assert!(w.join("large/inventory.img").exists());
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// A FIFO whose other end a process outside the tree holds (a supervisor, here the test): the
+/// kernel's pipe outlives the killed tree, bytes and all. Tree writing, test reading: the test
+/// reads the tree's bytes after the dump, and never a second time after the restore (the
+/// restore used to write them back). Tree reading, test writing: the restore keeps the bytes
+/// the test wrote (it used to be refused: "already holds 11 unread bytes"), and they are read
+/// exactly once through the restored fd.
+#[test]
+fn fifo_other_end_outside() {
+    use std::io::{ErrorKind, Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let w = WorkDir::new("fifo-outside");
+    let guard = ProcGuard::new();
+    for (label, redirect) in [("write", ">"), ("read", "<")] {
+        let fifo = w.join(&format!("fifo-{label}"));
+        assert!(Command::new("mkfifo").arg(&fifo).status().expect("run mkfifo").success(), "mkfifo");
+        // The outside end first, so that the shell's open does not wait for a peer.
+        let mut outside = fs::OpenOptions::new()
+            .read(true)
+            .write(label == "read")
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .expect("open the FIFO's outside end");
+        let ready = w.join(&format!("ready-{label}"));
+        let script = format!(
+            "exec 5{redirect}{f}; {write}echo ready > {r}.tmp; mv {r}.tmp {r}; exec sleep 600",
+            f = path_str(&fifo),
+            write = if label == "write" { "printf before-dump >&5; " } else { "" },
+            r = path_str(&ready)
+        );
+        let mut child = start_sh(&script);
+        let pid = child.id() as i32;
+        guard.add(pid);
+        wait_for("the shell to open the FIFO", Duration::from_secs(10), || ready.exists());
+        if label == "read" {
+            outside.write_all(b"before-dump").expect("write into the FIFO");
+        }
+        let img = w.join(&format!("img-{label}"));
+        let out = Command::new(ferry_bin())
+            .args(["dump", "-t", &pid.to_string(), "-D", &path_str(&img)])
+            .output()
+            .expect("run ferry dump");
+        assert!(out.status.success(), "{label}: dump: {}", String::from_utf8_lossy(&out.stderr));
+        let _ = child.wait();
+        let mut buf = [0u8; 64];
+        if label == "write" {
+            let n = outside.read(&mut buf).expect("the tree's bytes, read from outside after the dump");
+            assert_eq!(&buf[..n], b"before-dump", "the outside reader after the dump");
+        }
+        let out = Command::new(ferry_bin())
+            .args(["restore", "-D", &path_str(&img), "-d"])
+            .output()
+            .expect("run ferry restore");
+        assert!(out.status.success(), "{label}: restore: {}", String::from_utf8_lossy(&out.stderr));
+        let link = fs::read_link(format!("/proc/{pid}/fd/5")).expect("the restored fd 5");
+        assert_eq!(link, fifo, "{label}: the restored fd 5");
+        if label == "write" {
+            match outside.read(&mut buf) {
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                other => panic!("the outside reader got the tree's bytes again after the restore: {other:?} {buf:?}"),
+            }
+        } else {
+            let mut through = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(format!("/proc/{pid}/fd/5"))
+                .expect("open the restored fd 5");
+            let n = through.read(&mut buf).expect("read the FIFO after the restore");
+            assert_eq!(&buf[..n], b"before-dump", "the FIFO after the restore holds the bytes once");
+        }
+        let _ = send_signal(pid, "KILL");
+    }
 }

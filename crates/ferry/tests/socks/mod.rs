@@ -79,7 +79,7 @@ mod control {
     fn pktnl() {
         control(&Spec::c("pktnl").args(&["packet"]));
         control(&Spec::c("pktnl").args(&["netlink"]));
-        for mode in ["ring", "fanout", "audit"] {
+        for mode in ["fanout", "ring", "fanout_bpf", "audit"] {
             control(&Spec::c("pktnl").args(&[mode]));
         }
     }
@@ -236,10 +236,19 @@ fn packet_ring_refused() {
     refused_then_intact(Spec::c("pktnl").args(&["ring"]), &["packet", "PACKET_RX_RING"]);
 }
 
-/// A packet socket in a fanout group: refused by name.
+/// Packet sockets in fanout groups (two sharing a round-robin group with the ROLLOVER flag, one
+/// alone in a group whose id the kernel chose): each comes back in its group, with its id,
+/// type and flags, and the frames are shared out as before.
 #[test]
-fn packet_fanout_refused() {
-    refused_then_intact(Spec::c("pktnl").args(&["fanout"]), &["packet", "PACKET_FANOUT"]);
+fn packet_fanout_cycle() {
+    cycle(&Spec::c("pktnl").args(&["fanout"]));
+}
+
+/// A packet socket in a fanout group steered by a classic BPF program (which cannot be read
+/// back): refused by name.
+#[test]
+fn packet_fanout_bpf_refused() {
+    refused_then_intact(Spec::c("pktnl").args(&["fanout_bpf"]), &["packet", "PACKET_FANOUT_CBPF"]);
 }
 
 /// A netlink protocol whose kernel side keeps state bound to the socket: refused by name.
