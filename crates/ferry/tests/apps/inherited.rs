@@ -2,8 +2,8 @@
 //! it (its image files, /proc, pipes to its helpers) and nothing ferry inherited from its caller
 //! (a CI runner's pipe; here a FIFO at fd 9, open and not close-on-exec). nginx (a master and two
 //! workers) is dumped and restored by a `ferry restore` given that stray fd, staying the parent
-//! and with `-d`: every restored process has the fds its image lists (`ferry inspect`), number
-//! for number, none of them the FIFO, and once a `restore -d` is gone nobody holds the FIFO (its reader sees EOF).
+//! and with `-d`: every restored process has the fds its image lists (`ferry inspect`), none of
+//! them the FIFO, and once a `restore -d` is gone nobody holds the FIFO (its reader sees EOF).
 //! (`ferry serve` gets one too in every `apps::migrate` test: see `Move`.)
 
 use super::nginx::Nginx;
