@@ -24,9 +24,12 @@ set -euo pipefail
 #                   conmon; Debian's crun has no CRIU support, the tests use --runtime runc
 #   netavark        Podman's network backend the bridge scenarios define their networks for
 #                   (without it Podman 4.3 falls back to CNI: "network not found")
+#   iptables        what netavark 1.4 sets bridges and published ports up with (only recommended
+#                   by its package: without it `podman run --network BRIDGE` fails with
+#                   "netavark: No such file or directory")
 #   busybox-static  the containers' root filesystems (built locally: no registry needed)
 #   tar             podman import of those root filesystems
-PACKAGES=(gcc libc6-dev python3 procps iproute2 util-linux sqlite3 nginx nftables postgresql-15 redis-server redis-tools coreutils runc podman netavark busybox-static tar)
+PACKAGES=(gcc libc6-dev python3 procps iproute2 util-linux sqlite3 nginx nftables postgresql-15 redis-server redis-tools coreutils runc podman netavark iptables busybox-static tar)
 
 installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = installed ]

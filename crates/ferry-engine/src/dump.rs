@@ -698,9 +698,17 @@ fn dump_inner(
         }
         for f in frozen.iter_mut().rev() {
             f.done = true;
-            // Other threads first: the leader's exit is only reported once they are gone.
-            for t in f.threads.iter().rev() {
-                let _ = ptrace::wait(t.tid, false);
+            // Every thread reaped, in the order they end: the leader's exit is only reported
+            // once the others are gone, and the last thread of a pid namespace's init waits in
+            // the kernel (zap_pid_ns_processes) until its traced siblings, zombies, are reaped:
+            // waiting for it first would wait for ever (redis as a container's init).
+            let mut left: Vec<i32> = f.threads.iter().map(|t| t.tid).collect();
+            while !left.is_empty() {
+                let before = left.len();
+                left.retain(|&tid| matches!(ptrace::wait(tid, true), Ok(None)));
+                if left.len() == before {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
             }
         }
     }

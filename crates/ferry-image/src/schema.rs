@@ -1403,6 +1403,14 @@ pub struct UnixSocket {
     /// root's.
     #[prost(uint64, tag = "780")]
     pub netns: u64,
+    /// The socket file of a path-bound socket (not unlinked): its device and inode (`stat`).
+    /// A migration's restore on the same machine finds this very file at the name, bound to
+    /// the source's frozen socket, and takes it over (state/unix.rs, `free_path`). 0: unknown
+    /// (an older image).
+    #[prost(uint64, tag = "800")]
+    pub file_dev: u64,
+    #[prost(uint64, tag = "801")]
+    pub file_ino: u64,
 }
 
 /// The credentials a unix socket reports for its peer (SO_PEERCRED, SO_PEERGROUPS).

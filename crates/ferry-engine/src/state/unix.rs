@@ -54,6 +54,9 @@ use ferry_sys::unixsock as us;
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 const UDIAG_SHOW_NAME: u32 = 1;
 const UDIAG_SHOW_VFS: u32 = 2;
@@ -322,6 +325,7 @@ pub fn collect(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -
         u.unlinked = md.is_none();
         if let Some(m) = md {
             (u.file_mode, u.file_uid, u.file_gid) = (m.mode() & 0o7777, m.uid(), m.gid());
+            (u.file_dev, u.file_ino) = (m.dev(), m.ino());
         }
     }
     match d.peer {
@@ -698,13 +702,66 @@ fn sockets(procs: &[Process]) -> BTreeMap<u32, (&UnixSocket, String)> {
     socks
 }
 
-/// Make `name` free for bind(): nothing to do for an abstract name; for a path, remove a stale
-/// socket file (one nobody listens on). Returns whether a file was there.
-fn free_path(name: &[u8], obj: &str) -> Result<bool, Error> {
-    if !is_path(name) {
+/// Restores of a migration (`ferry serve`): the source of the image is frozen until the
+/// restore is confirmed, and dies then; on the same machine (two network namespaces, one file
+/// system) its listeners still hold their socket files. See [`take_over_source_files`].
+static TAKE_OVER: AtomicBool = AtomicBool::new(false);
+static TAKEN: Mutex<Vec<(PathBuf, PathBuf)>> = Mutex::new(Vec::new());
+
+/// For the restores that follow (`on`): a socket file found at a socket's name that is the very
+/// file the image recorded (same device and inode: the frozen source's own socket, on this
+/// machine) is taken over: renamed aside to a hidden name beside it, and the restored socket
+/// bound at the name. [`TakenOver`] (from [`taken_over`]) then removes those files once the
+/// migration is confirmed, or puts them back if it is not (the source resumes with its names).
+/// Off, such a file is refused as in use, as any live socket's.
+pub fn take_over_source_files(on: bool) {
+    TAKE_OVER.store(on, Ordering::SeqCst);
+}
+
+/// The socket files of a migration's source taken over by the restores since the last call:
+/// (hidden name, name).
+pub fn taken_over() -> TakenOver {
+    TakenOver(std::mem::take(&mut *TAKEN.lock().unwrap_or_else(|p| p.into_inner())))
+}
+
+/// Socket files of a migration's source moved aside by its restore: put back on drop unless
+/// [`TakenOver::confirm`]ed.
+#[must_use]
+pub struct TakenOver(Vec<(PathBuf, PathBuf)>);
+
+impl TakenOver {
+    /// The source is gone for good: its socket files go.
+    pub fn confirm(mut self) {
+        for (aside, _) in self.0.drain(..) {
+            let _ = std::fs::remove_file(aside);
+        }
+    }
+}
+
+impl Drop for TakenOver {
+    /// The source goes on: each file back at its name (replacing the restored socket's).
+    fn drop(&mut self) {
+        for (aside, name) in self.0.drain(..) {
+            if let Err(e) = std::fs::rename(&aside, &name) {
+                tracing::warn!(
+                    "cannot put the source's socket file {} back at {}: {e}",
+                    aside.display(),
+                    name.display()
+                );
+            }
+        }
+    }
+}
+
+/// Make the name of `u` free for bind(): nothing to do for an abstract name; for a path, remove
+/// a stale socket file (one nobody listens on), or in a migration take over the source's own
+/// (`take_over_source_files`). Returns whether a file was there.
+fn free_path(u: &UnixSocket, obj: &str) -> Result<bool, Error> {
+    let name = conn_addr(u);
+    if !is_path(&name) {
         return Ok(false);
     }
-    let path = path_of(name);
+    let path = path_of(&name);
     let md = match std::fs::symlink_metadata(&path) {
         Ok(md) => md,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
@@ -714,8 +771,18 @@ fn free_path(name: &[u8], obj: &str) -> Result<bool, Error> {
     if !md.file_type().is_socket() {
         return Err(invalid(format!("{} exists and is not a socket", path.display())));
     }
+    if TAKE_OVER.load(Ordering::SeqCst) && u.file_ino != 0 && (md.dev(), md.ino()) == (u.file_dev, u.file_ino) {
+        // (No probe: a connection in the source's backlog would be one it never had.)
+        let base = path.file_name().map(|b| b.to_string_lossy().into_owned()).unwrap_or_default();
+        let aside = path.with_file_name(format!(".{base}.ferry-source-{}", u.file_ino));
+        std::fs::rename(&path, &aside)
+            .ctx(|| format!("{obj}: cannot move the migration source's {} aside", path.display()))?;
+        tracing::info!(path = %path.display(), "socket file of the migration's source taken over");
+        TAKEN.lock().unwrap_or_else(|p| p.into_inner()).push((aside, path));
+        return Ok(true);
+    }
     let probe = us::socket(libc::SOCK_STREAM).ctx(|| obj.into())?;
-    match us::connect(probe.as_fd(), name) {
+    match us::connect(probe.as_fd(), &name) {
         Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
             std::fs::remove_file(&path).ctx(|| format!("{obj}: cannot remove the stale {}", path.display()))?;
             Ok(true)
@@ -786,7 +853,7 @@ fn bind_name(s: BorrowedFd<'_>, u: &UnixSocket, obj: &str, names: &mut Names) ->
         names.hidden.push(hidden);
         return Ok(());
     }
-    free_path(&addr, obj)?;
+    free_path(u, obj)?;
     bind_as(s, u).ctx(cannot)?;
     if u.file_mode != 0 && is_path(&u.name) {
         // Who may connect: the socket file's owner and mode, not ferry's umask.
@@ -811,7 +878,7 @@ fn accept_via(
     creators: &Creators,
 ) -> Result<OwnedFd, Error> {
     let addr = conn_addr(srv);
-    let existed = free_path(&addr, obj)?;
+    let existed = free_path(srv, obj)?;
     let ctx = || format!("{obj}: cannot connect through a temporary listener at {}", show_name(&srv.name));
     let l = us::socket(ty).ctx(ctx)?;
     bind_as(l.as_fd(), srv).ctx(ctx)?;
@@ -1172,5 +1239,49 @@ mod tests {
         assert_eq!(show_name(b""), "(unnamed)");
         assert!(is_path(b"/a\0") && !is_path(b"\0a") && !is_path(b""));
         assert_eq!(path_of(b"/tmp/s.sock\0"), std::path::PathBuf::from("/tmp/s.sock"));
+    }
+
+    /// A migration's restore takes over the live socket file of the frozen source (the very
+    /// file the image recorded), and gives it back unless the migration is confirmed; any other
+    /// live socket's file is refused as in use, and without a migration so is the source's.
+    #[test]
+    fn migration_takes_over_the_source_socket_file() {
+        use std::io::{Read, Write};
+        let dir = std::env::temp_dir().join(format!("ferry-unix-takeover-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("s.sock");
+        let source = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let md = std::fs::metadata(&path).expect("stat");
+        let mut name = path.as_os_str().as_encoded_bytes().to_vec();
+        name.push(0);
+        let u = UnixSocket { name, bound: true, file_dev: md.dev(), file_ino: md.ino(), ..Default::default() };
+        let other = UnixSocket { file_ino: md.ino() + 1, ..u.clone() };
+        let in_use = |u: &UnixSocket| free_path(u, "t").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(in_use(&u).contains("in use by a live socket"));
+        take_over_source_files(true);
+        assert!(in_use(&other).contains("in use by a live socket"), "another socket's file was taken");
+        for confirm in [false, true] {
+            assert!(free_path(&u, "t").expect("take over"), "no file was there");
+            assert!(!path.exists(), "the source's file is still at its name");
+            let taken = taken_over();
+            if confirm {
+                taken.confirm();
+                assert!(!path.exists() && std::fs::read_dir(&dir).expect("ls").next().is_none(), "left a file");
+            } else {
+                drop(taken);
+                // (The probes' connections, closed, wait in its queue first.)
+                source.set_nonblocking(true).expect("nonblocking");
+                while source.accept().is_ok() {}
+                source.set_nonblocking(false).expect("blocking");
+                let mut c = std::os::unix::net::UnixStream::connect(&path).expect("the source's name is back");
+                let (mut s, _) = source.accept().expect("accept");
+                s.write_all(b"x").expect("write");
+                let mut b = [0u8; 1];
+                c.read_exact(&mut b).expect("read");
+            }
+        }
+        take_over_source_files(false);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -713,7 +713,12 @@ fn handle(
     };
     let post_copy = m == mode::POST_COPY;
     ferry_engine::postcopy::accept_lazy(post_copy);
+    // On this machine the source's listeners still hold their socket files: taken over here,
+    // put back (on drop) if the migration does not go through.
+    ferry_engine::state::unix::take_over_source_files(true);
     let restored = ferry_engine::restore::restore_in_place(&opts, got.inplace.handed(), &mut |_| Ok(()));
+    ferry_engine::state::unix::take_over_source_files(false);
+    let taken = ferry_engine::state::unix::taken_over();
     let lazies = ferry_engine::postcopy::take_registered();
     ferry_engine::postcopy::accept_lazy(false);
     let r = match restored {
@@ -746,6 +751,8 @@ fn handle(
         }
         bail!("cannot confirm to the source ({e}); restored pid {} killed, the source resumes its copy", r.pid);
     }
+    // Confirmed: the source dies now.
+    taken.confirm();
     // The tree has its own copies of the memory in place now: ours go (its writes then find
     // pages of their own, not shared with serve).
     let t_unmap = Instant::now();

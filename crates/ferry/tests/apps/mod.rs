@@ -24,6 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+mod inherited;
 mod migrate;
 mod nginx;
 mod pipeline;
@@ -49,6 +50,83 @@ fn start(w: &WorkDir, label: &str, program: &Path, args: &[&str]) -> Child {
         .stderr(File::create(w.join(&format!("{label}.err"))).expect("stderr file"))
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()))
+}
+
+/// A FIFO in W that a command started through [`Stray::wrapper`] inherits, as ferry's caller's
+/// stray fd (a CI runner's pipe: open, not close-on-exec) at fd 9; the test holds its read end.
+struct Stray {
+    path: PathBuf,
+    reader: File,
+}
+
+impl Stray {
+    fn new(w: &WorkDir) -> Stray {
+        let path = w.join("realapps-stray.fifo");
+        let out = Command::new("mkfifo").arg(&path).output().expect("run mkfifo");
+        assert!(out.status.success(), "mkfifo: {}", String::from_utf8_lossy(&out.stderr));
+        use std::os::unix::fs::OpenOptionsExt;
+        let reader = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&path).expect("open FIFO");
+        Stray { path, reader }
+    }
+
+    /// `sh -c 'exec "$@" 9>FIFO' sh`: a prefix that runs the rest with the FIFO at fd 9.
+    fn wrapper(&self) -> Vec<String> {
+        let exec = format!("exec \"$@\" 9>'{}'", path_str(&self.path));
+        ["sh".to_string(), "-c".to_string(), exec, "sh".to_string()].to_vec()
+    }
+
+    /// The processes of the tree under `root` (itself included) that hold the FIFO.
+    fn holders(&self, root: i32) -> Vec<String> {
+        let mut found = Vec::new();
+        for p in tree(root) {
+            for (fd, link) in fds(p) {
+                if link == path_str(&self.path) {
+                    found.push(format!("pid {p} fd {fd}"));
+                }
+            }
+        }
+        found
+    }
+
+    /// Whether every writer is gone (the reader sees EOF; nothing was written).
+    fn writers_gone(&mut self) -> bool {
+        let mut b = [0u8; 16];
+        matches!(self.reader.read(&mut b), Ok(0))
+    }
+}
+
+/// `root` and every process below it (through every thread's children).
+fn tree(root: i32) -> Vec<i32> {
+    let mut all = vec![root];
+    let mut i = 0;
+    while i < all.len() {
+        let p = all[i];
+        for t in fs::read_dir(format!("/proc/{p}/task")).into_iter().flatten().flatten() {
+            let kids = fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            all.extend(kids.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+        }
+        i += 1;
+    }
+    all
+}
+
+/// The fds of `pid`: number and link, with the inode of an anonymous object left out (a
+/// restored pipe or socket is a new one).
+fn fds(pid: i32) -> std::collections::BTreeMap<i32, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten() {
+        let Ok(fd) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let link = fs::read_link(e.path()).map(|l| path_str(&l)).unwrap_or_default();
+        let anon = link.split_once(":[").filter(|_| !link.starts_with('/')).map(|(k, _)| format!("{k}:[]"));
+        out.insert(fd, anon.unwrap_or(link));
+    }
+    out
+}
+
+/// The children of `pid` (host pids).
+fn children(pid: i32) -> Vec<i32> {
+    let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    children.split_whitespace().filter_map(|c| c.parse().ok()).collect()
 }
 
 /// `ferry dump -t PID -D W/<img> extra...`, which must succeed; returns the image dir.

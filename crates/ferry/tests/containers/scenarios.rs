@@ -1,10 +1,12 @@
 //! The container scenarios users run every day, with Podman 4.3 (+ runc) and runc, ferry the
 //! only `criu` they find: a Python service on Podman's bridge network with a published port, a
 //! container with a tmpfs and a bind mount, export/import to a second Podman store with an
-//! established TCP connection whose client stays outside, and containers with a terminal.
+//! established TCP connection whose client stays outside, containers with a terminal, and a real
+//! program (the host's redis-server) whose client keeps its connection across checkpoint/restore
+//! and export/import.
 //!
 //! Root filesystems are built here (busybox-static; Debian's python3 with its libraries and
-//! standard library: no registry). Every container, store, network (a bridge of this test's own,
+//! standard library; redis-server with its libraries: no registry). Every container, store, network (a bridge of this test's own,
 //! in a network config dir of its own), port and socket is named after the test's pid or picked
 //! free, and removed on drop, also when the test fails.
 
@@ -41,17 +43,7 @@ impl Podman {
     /// (without tests, tkinter, idle ...), imported as this test's image.
     fn import_python(&self, w: &WorkDir) {
         let (py, lib) = host_python();
-        let rootfs = w.join("pyroot");
-        for d in ["usr/bin", "tmp", "proc", "sys", "dev", "etc", "run", "data", "scratch"] {
-            fs::create_dir_all(rootfs.join(d)).expect("create rootfs dir");
-        }
-        fs::copy(&py, rootfs.join("usr/bin/python3")).expect("copy python3");
-        let ldd = run_cmd(Command::new("ldd").arg(&py), "ldd python3");
-        for so in String::from_utf8_lossy(&ldd.stdout).split_whitespace().filter(|t| t.starts_with('/')) {
-            let to = rootfs.join(so.trim_start_matches('/'));
-            fs::create_dir_all(to.parent().unwrap_or(&rootfs)).expect("create lib dir");
-            fs::copy(so, &to).unwrap_or_else(|e| panic!("copy {so}: {e}"));
-        }
+        let rootfs = host_rootfs(w, "pyroot", &[(&py, "python3")]);
         let tar = w.join("pyroot.tar");
         let rel = lib.strip_prefix("/").unwrap_or(&lib);
         let mut c = Command::new("tar");
@@ -73,6 +65,25 @@ impl Podman {
         let out = self.run(&["inspect", "-f", format, &self.name], "inspect");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
+}
+
+/// A root filesystem W/NAME with the host's programs `bins` (each as /usr/bin/ITS_NAME: a
+/// program that looks at its argv[0], as redis-server, gets its name) and their shared libraries.
+fn host_rootfs(w: &WorkDir, name: &str, bins: &[(&Path, &str)]) -> PathBuf {
+    let rootfs = w.join(name);
+    for d in ["usr/bin", "tmp", "proc", "sys", "dev", "etc", "run", "data", "scratch"] {
+        fs::create_dir_all(rootfs.join(d)).expect("create rootfs dir");
+    }
+    for (bin, as_name) in bins {
+        fs::copy(bin, rootfs.join("usr/bin").join(as_name)).unwrap_or_else(|e| panic!("copy {}: {e}", bin.display()));
+        let ldd = run_cmd(Command::new("ldd").arg(bin), "ldd");
+        for so in String::from_utf8_lossy(&ldd.stdout).split_whitespace().filter(|t| t.starts_with('/')) {
+            let to = rootfs.join(so.trim_start_matches('/'));
+            fs::create_dir_all(to.parent().unwrap_or(&rootfs)).expect("create lib dir");
+            fs::copy(so, &to).unwrap_or_else(|e| panic!("copy {so}: {e}"));
+        }
+    }
+    rootfs
 }
 
 /// A bridge network of this test's own (netavark, Podman's backend here): its definition in
@@ -341,19 +352,7 @@ fn podman_export_import_tcp_established() {
     wait_for("20 numbers", Duration::from_secs(30), || now().0 >= 20 || now().1.is_some());
     assert_eq!(now().1, None);
 
-    // Node B: another store, the same image (save/load keeps its id), the same network. (Its
-    // run directory is node A's: Podman 4.3 restores the exported config as it was, with
-    // conmon's pid file under A's --runroot.)
-    let node_b =
-        Podman { base: w.join("podman-b"), bin: pm.bin.clone(), name: pm.name.clone(), image: pm.image.clone() };
-    fs::create_dir_all(&node_b.base).expect("create store B");
-    for shared in ["net", "run"] {
-        std::os::unix::fs::symlink(pm.base.join(shared), node_b.base.join(shared))
-            .expect("share a directory with node B");
-    }
-    let image_tar = w.join("image.tar");
-    pm.run(&["save", "-o", &path_str(&image_tar), &pm.image], "save");
-    node_b.run(&["load", "-i", &path_str(&image_tar)], "load on node B");
+    let node_b = node_b(&w, &pm);
 
     let export = w.join("ck.tar.zst");
     let export_arg = format!("--export={}", path_str(&export));
@@ -376,6 +375,130 @@ fn podman_export_import_tcp_established() {
     assert_eq!(err, None, "the client's connection broke across export/import (last {n}, {at_dump} at the checkpoint)");
     let logs = node_b.logs();
     assert!(logs.contains("serving CRIU's RPC"), "node B's restore did not go through ferry:\n{logs}");
+}
+
+/// Node B of an export/import: another store, the same image (save/load keeps its id), the same
+/// network. (Its run directory is node A's: Podman 4.3 restores the exported config as it was,
+/// with conmon's pid file under A's --runroot.)
+fn node_b(w: &WorkDir, pm: &Podman) -> Podman {
+    let node_b =
+        Podman { base: w.join("podman-b"), bin: pm.bin.clone(), name: pm.name.clone(), image: pm.image.clone() };
+    fs::create_dir_all(&node_b.base).expect("create store B");
+    for shared in ["net", "run"] {
+        std::os::unix::fs::symlink(pm.base.join(shared), node_b.base.join(shared))
+            .expect("share a directory with node B");
+    }
+    let image_tar = w.join("image.tar");
+    pm.run(&["save", "-o", &path_str(&image_tar), &pm.image], "save");
+    node_b.run(&["load", "-i", &path_str(&image_tar)], "load on node B");
+    node_b
+}
+
+/// One RESP command on a redis connection: the reply (status, integer or bulk string) as text.
+fn resp(r: &mut BufReader<TcpStream>, args: &[&str]) -> Result<String, String> {
+    let mut m = format!("*{}\r\n", args.len());
+    for a in args {
+        m += &format!("${}\r\n{a}\r\n", a.len());
+    }
+    r.get_mut().write_all(m.as_bytes()).map_err(|e| format!("send {args:?}: {e}"))?;
+    let mut line = String::new();
+    r.read_line(&mut line).map_err(|e| format!("reply to {args:?}: {e}"))?;
+    let line = line.trim_end().to_string();
+    match line.split_at_checked(1) {
+        Some(("+" | ":", v)) => Ok(v.to_string()),
+        Some(("$", n)) => {
+            let n: usize = n.parse().map_err(|_| format!("reply to {args:?}: {line:?}"))?;
+            let mut b = vec![0u8; n + 2];
+            r.read_exact(&mut b).map_err(|e| format!("reply to {args:?}: {e}"))?;
+            Ok(String::from_utf8_lossy(&b[..n]).into_owned())
+        }
+        _ => Err(format!("reply to {args:?}: {line:?}")),
+    }
+}
+
+/// Scenario 5: a real program, the host's redis-server (with its libraries, in a root file
+/// system built here), on the test's bridge with its port published. This test is its client
+/// from outside (on the host's own address, as a client from another machine), on one
+/// connection throughout: a counter and 500 keys written before, then `container checkpoint
+/// --tcp-established` and `restore --tcp-established`, then `checkpoint --export
+/// --tcp-established`, `rm`, and `restore --import --tcp-established` into a second store (node
+/// B). After each, the same connection gets the next count and every key back, and new clients
+/// through the published port are answered by the same server (run id).
+#[test]
+fn podman_redis_client_keeps_its_connection_across_restore_and_import() {
+    let w = WorkDir::new("realapps-rds");
+    let redis = fs::canonicalize(need("/usr/bin/redis-server", "redis-server")).expect("redis-server");
+    let net = Bridge::new(&w.join("podman/net"));
+    let tag = std::process::id();
+    let pm = Podman {
+        base: w.join("podman"),
+        bin: criu_dir(&w),
+        name: format!("realapps-redis-{tag}"),
+        image: format!("localhost/realapps-redis:{tag}"),
+    };
+    let rootfs = host_rootfs(&w, "redisroot", &[(&redis, "redis-server")]);
+    let tar = w.join("redisroot.tar");
+    run_cmd(Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg("."), "tar");
+    pm.run(&["import", &path_str(&tar), &pm.image], "import");
+    let port = free_port();
+    let publish = format!("{port}:6379");
+    let mut args = vec!["run", "-d", "--name", &pm.name, "--network", &net.name, "-p", &publish];
+    args.extend(LIMITS);
+    args.extend([pm.image.as_str(), "/usr/bin/redis-server", "--bind", "0.0.0.0", "--protected-mode", "no"]);
+    args.extend(["--save", "", "--appendonly", "no"]);
+    pm.run(&args, "run");
+    let addr = std::net::SocketAddr::new(host_address(), port);
+    let connect = || -> Result<BufReader<TcpStream>, String> {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
+        let mut r = BufReader::new(s);
+        match resp(&mut r, &["PING"])?.as_str() {
+            "PONG" => Ok(r),
+            other => Err(format!("PING answered {other:?}")),
+        }
+    };
+    wait_for("redis through the published port", Duration::from_secs(30), || connect().is_ok());
+    let mut c = connect().unwrap_or_else(|e| panic!("connect: {e}"));
+    let run_id = |r: &mut BufReader<TcpStream>| -> String {
+        let info = resp(r, &["INFO", "server"]).unwrap_or_else(|e| panic!("INFO: {e}"));
+        info.lines().find_map(|l| l.strip_prefix("run_id:")).unwrap_or_default().trim().to_string()
+    };
+    let id = run_id(&mut c);
+    for i in 0..500 {
+        assert_eq!(resp(&mut c, &["SET", &format!("key:{i}"), &format!("value-{i}")]).as_deref(), Ok("OK"));
+    }
+    let mut count = 0;
+    let mut step = |c: &mut BufReader<TcpStream>, when: &str, log: &dyn Fn() -> String| {
+        for _ in 0..10 {
+            count += 1;
+            let got = resp(c, &["INCR", "counter"]).unwrap_or_else(|e| panic!("{when}: {e}\n{}", log()));
+            assert_eq!(got, count.to_string(), "{when}: INCR");
+        }
+        for i in [0, 123, 499] {
+            let got = resp(c, &["GET", &format!("key:{i}")]).unwrap_or_else(|e| panic!("{when}: {e}"));
+            assert_eq!(got, format!("value-{i}"), "{when}: key:{i}");
+        }
+    };
+    step(&mut c, "before the checkpoint", &|| String::new());
+    pm.ok(&["container", "checkpoint", "--keep", "--tcp-established", &pm.name], "checkpoint");
+    pm.ok(&["container", "restore", "--keep", "--tcp-established", &pm.name], "restore");
+    step(&mut c, "after the restore", &|| pm.logs());
+    let mut fresh = connect().unwrap_or_else(|e| panic!("a new client after the restore: {e}\n{}", pm.logs()));
+    assert_eq!(run_id(&mut fresh), id, "another redis answers after the restore");
+    drop(fresh);
+
+    let node_b = node_b(&w, &pm);
+    let export = w.join("redis.tar.zst");
+    let export_arg = format!("--export={}", path_str(&export));
+    pm.ok(&["container", "checkpoint", "--tcp-established", &export_arg, &pm.name], "checkpoint --export");
+    pm.run(&["rm", "-f", &pm.name], "rm");
+    let import_arg = format!("--import={}", path_str(&export));
+    node_b.ok(&["container", "restore", "--keep", "--tcp-established", &import_arg], "restore --import on node B");
+    step(&mut c, "after the import on node B", &|| node_b.logs());
+    let mut fresh = connect().unwrap_or_else(|e| panic!("a new client on node B: {e}\n{}", node_b.logs()));
+    assert_eq!(run_id(&mut fresh), id, "another redis answers on node B");
+    assert_eq!(resp(&mut fresh, &["DBSIZE"]).as_deref(), Ok("501"));
+    assert!(node_b.logs().contains("serving CRIU's RPC"), "node B's restore did not go through ferry");
 }
 
 /// The master of the console runc passes to its `--console-socket` (the first connection that

@@ -37,12 +37,17 @@ pub(crate) struct Nodes {
 
 impl Nodes {
     pub(crate) fn new() -> Nodes {
+        Nodes::tagged("mig")
+    }
+
+    /// Nodes named `ferry-TAG-a-...` and `ferry-TAG-b-...` (the test's own, to be found).
+    pub(crate) fn tagged(tag: &str) -> Nodes {
         need("ip", "iproute2");
         need("nsenter", "util-linux");
         static N: AtomicUsize = AtomicUsize::new(0);
         let n = N.fetch_add(1, Ordering::SeqCst);
         let id = format!("{}-{n}", std::process::id());
-        let nodes = Nodes { a: format!("ferry-mig-a-{id}"), b: format!("ferry-mig-b-{id}") };
+        let nodes = Nodes { a: format!("ferry-{tag}-a-{id}"), b: format!("ferry-{tag}-b-{id}") };
         run_ok(Command::new("ip").args(["netns", "add", &nodes.a]));
         run_ok(Command::new("ip").args(["netns", "add", &nodes.b]));
         run_ok(
@@ -70,6 +75,33 @@ impl Nodes {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.b, program]);
         c
+    }
+
+    /// ferry in node B (`in_b`) or A, started by `wrapper` (a command that execs the rest, e.g.
+    /// `prlimit ...`; none if empty).
+    pub(crate) fn ferry_under(&self, in_b: bool, wrapper: &[&str]) -> Command {
+        let node = |program: &str| if in_b { self.in_b(program) } else { self.in_a(program) };
+        match wrapper.split_first() {
+            Some((prog, args)) => {
+                let mut c = node(prog);
+                c.args(args).arg(ferry_bin());
+                c
+            }
+            None => node(ferry_bin()),
+        }
+    }
+
+    /// A TCP connection made from node B: a thread of the test enters B's network namespace
+    /// for the connect (the socket stays B's).
+    pub(crate) fn connect_from_b(&self, host: &str, port: u16) -> std::io::Result<std::net::TcpStream> {
+        let (path, host) = (format!("/run/netns/{}", self.b), host.to_string());
+        std::thread::spawn(move || {
+            let ns = File::open(&path)?;
+            ferry_sys::ns::setns(std::os::fd::AsFd::as_fd(&ns), libc::CLONE_NEWNET)?;
+            std::net::TcpStream::connect((host.as_str(), port))
+        })
+        .join()
+        .expect("connect thread")
     }
 }
 
@@ -126,7 +158,7 @@ impl Server {
     }
 
     /// Started by `wrapper` (a command that execs the rest, e.g. `prlimit`).
-    fn start_under(nodes: &Nodes, w: &WorkDir, auth: &Path, extra: &[&str], wrapper: &[&str]) -> Server {
+    pub(crate) fn start_under(nodes: &Nodes, w: &WorkDir, auth: &Path, extra: &[&str], wrapper: &[&str]) -> Server {
         let out = w.join("serve.out");
         let err = w.join("serve.err");
         let staging = PathBuf::from(format!(
@@ -134,15 +166,8 @@ impl Server {
             w.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
         ));
         fs::create_dir_all(&staging).expect("staging dir");
-        let mut cmd = match wrapper.split_first() {
-            Some((prog, args)) => {
-                let mut c = nodes.in_b(prog);
-                c.args(args).arg(ferry_bin());
-                c
-            }
-            None => nodes.in_b(ferry_bin()),
-        };
-        let child = cmd
+        let child = nodes
+            .ferry_under(true, wrapper)
             .args(["serve", "--listen", &format!("0.0.0.0:{PORT}"), "--auth", &path_str(auth)])
             .args(["--staging", &path_str(&staging)])
             .args(extra)

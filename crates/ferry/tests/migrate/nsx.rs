@@ -87,15 +87,9 @@ fn veth_job_reachable_on_destination_node() {
     assert!(on_b.contains("master br0") && on_b.contains(",UP"), "no outside end on B's bridge: {on_b:?}");
     assert!(link(&nodes.b, &vha).is_empty(), "B got the source's name for the outside end");
     // Reached from B, through the new outside end.
-    let path = format!("/run/netns/{}", nodes.b);
-    let x = std::thread::spawn(move || {
-        let ns = File::open(&path).expect("node B");
-        ferry_sys::ns::setns(std::os::fd::AsFd::as_fd(&ns), libc::CLONE_NEWNET).expect("setns into B");
-        std::net::TcpStream::connect((JOB_ADDR, port))
-    })
-    .join()
-    .expect("connect thread")
-    .unwrap_or_else(|e| panic!("the migrated job is not reachable from B: {e}"));
+    let x = nodes
+        .connect_from_b(JOB_ADDR, port)
+        .unwrap_or_else(|e| panic!("the migrated job is not reachable from B: {e}"));
     let peer = crate::inet::PeerStream::start(x);
     wait_for("the job's ready", Duration::from_secs(60), || w.join("ready").exists());
     send_signal(remote, "USR2").expect("send go");
