@@ -10,6 +10,7 @@ use crate::common::*;
 use std::fs;
 
 pub mod nested;
+pub mod nestedmnt;
 pub mod veth;
 use std::process::{Command, Stdio};
 use std::time::Duration;
