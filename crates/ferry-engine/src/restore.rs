@@ -794,7 +794,7 @@ pub fn restore_in_place(
     };
     let mut entered = crate::state::namespaces::enter(&img, &ns_opts)?;
     // (Nested mount namespaces are copies of the root's: made once it is.)
-    nested_made.make_mnt(&img)?;
+    nested_made.make_mnt(&img, host_proc.as_fd())?;
     let nested = nested_made.plan(&procs, host_proc.as_fd(), base)?;
     // The image's connections are held back in the tree's network namespace until it runs:
     // one the restore made was locked before its devices came up; one it joined is locked now.

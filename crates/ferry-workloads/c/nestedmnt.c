@@ -14,6 +14,10 @@
  *   nestedmnt W deep  the same, and C's child D unshares a further one from C's, mounts a
  *                     second tmpfs on W/tmp/deep (inside C's) with a file it keeps open; D
  *                     checks its tree and both files, C that it does not see D's mount.
+ *   nestedmnt W peer  R unshares a mount namespace of its own (private) with a shared tmpfs on
+ *                     W/shr; C's plain unshare(CLONE_NEWNS) leaves C's copy of it in its peer
+ *                     group. On go C mounts a tmpfs on W/shr/sub with a file: R must see it
+ *                     (the peer group was kept), then C unmounts it.
  *   nestedmnt W sysfs C mounts a fresh sysfs in its own (refused: it shows the network
  *                     namespace of whoever mounts it).
  *
@@ -43,6 +47,8 @@ static void path_in(char *out, size_t cap, const char *rel)
  * system, per-mount options, super-block options, whether shared/slave/unbindable, and the
  * parent's mountpoint (ids and device numbers change with a restore).
  */
+static int only_w; /* R: only the mounts at or below W (others on the host come and go) */
+
 static void mount_tree(char *out, size_t cap)
 {
 	static char text[65536];
@@ -55,6 +61,8 @@ static void mount_tree(char *out, size_t cap)
 	for (char *save = NULL, *l = strtok_r(text, "\n", &save); l && n < 512; l = strtok_r(NULL, "\n", &save)) {
 		char id[16], parent[16], dev[32], root[256], mp[256], opts[256], rest[1024];
 		if (sscanf(l, "%15s %15s %31s %255s %255s %255s %1023[^\n]", id, parent, dev, root, mp, opts, rest) != 7)
+			continue;
+		if (only_w && strncmp(mp, W, strlen(W)) != 0)
 			continue;
 		char *dash = strstr(rest, " - ");
 		if (!dash)
@@ -250,10 +258,38 @@ static void run_d(struct kept *ck)
 	exit(0);
 }
 
+/* C of mode peer: its copy of R's shared W/shr is a peer of it. */
+static void run_c_peer(void)
+{
+	static char before[65536];
+	char sub[4096], flag[4200];
+	SETUP(unshare(CLONE_NEWNS));
+	mount_tree(before, sizeof before);
+	write_file_atomic("ready-c", "");
+	wait_go();
+	check_tree(before, "C");
+	path_in(sub, sizeof sub, "shr/sub");
+	if (mount("peer", sub, "tmpfs", 0, "size=64k") < 0) {
+		fail("C: mount on W/shr/sub: %s", strerror(errno));
+	} else {
+		snprintf(flag, sizeof flag, "%s/flag", sub);
+		int fd = open(flag, O_WRONLY | O_CREAT, 0644);
+		CHECK(fd >= 0, "C: create %s: %s", flag, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+	}
+	child_report("c");
+	/* (R looks, then says done) */
+	wait_file("peer-seen");
+	umount2(sub, MNT_DETACH);
+	exit(0);
+}
+
 static void run_c(int deep, int sysfs)
 {
 	struct kept k;
 	char tmp[4096];
+	only_w = 0; /* (its own namespace: the whole tree) */
 	SETUP(unshare(CLONE_NEWNS));
 	SETUP(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL));
 	if (sysfs) {
@@ -308,16 +344,43 @@ int main(int argc, char **argv)
 {
 	workload_init(argc, argv);
 	const char *mode = argc > 2 ? argv[2] : "one";
-	int deep = strcmp(mode, "deep") == 0, sysfs = strcmp(mode, "sysfs") == 0;
-	if (!deep && !sysfs && strcmp(mode, "one") != 0)
+	int deep = strcmp(mode, "deep") == 0, sysfs = strcmp(mode, "sysfs") == 0, peer = strcmp(mode, "peer") == 0;
+	if (!deep && !sysfs && !peer && strcmp(mode, "one") != 0)
 		die_setup("unknown mode %s", mode);
 	char p[4096];
+	if (peer) {
+		SETUP(unshare(CLONE_NEWNS));
+		SETUP(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL));
+		path_in(p, sizeof p, "shr");
+		SETUP(mkdir(p, 0755));
+		SETUP(mount("shr", p, "tmpfs", 0, "size=64k"));
+		SETUP(mount(NULL, p, NULL, MS_SHARED, NULL));
+		path_in(p, sizeof p, "shr/sub");
+		SETUP(mkdir(p, 0755));
+		mount_tree(tree_before, sizeof tree_before);
+		pid_t c = fork();
+		SETUP(c);
+		if (c == 0)
+			run_c_peer();
+		wait_file("ready-c");
+		signal_ready();
+		wait_go();
+		check_tree(tree_before, "R");
+		kill(c, SIGUSR2);
+		wait_verdict("c");
+		path_in(p, sizeof p, "shr/sub/flag");
+		CHECK(access(p, F_OK) == 0, "R does not see C's mount on W/shr/sub: the peer group was lost");
+		write_file_atomic("peer-seen", "");
+		waitpid(c, NULL, 0);
+		finish();
+	}
 	const char *dirs[] = { "tmp", "src", "ro" };
 	for (int i = 0; i < 3; i++) {
 		path_in(p, sizeof p, dirs[i]);
 		SETUP(mkdir(p, 0755));
 	}
 	SETUP(write_file_atomic("src/hello", "from src\n"));
+	only_w = 1;
 	mount_tree(tree_before, sizeof tree_before);
 	pid_t c = fork();
 	SETUP(c);

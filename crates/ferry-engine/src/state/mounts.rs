@@ -746,14 +746,19 @@ pub(crate) fn mount_deferred(d: &Deferred) -> Result<(), String> {
 /// namespace's own mounts made (tmpfs with its content, proc, binds) as for a root namespace.
 /// Last the result is read back and compared with the image: a difference is an error naming
 /// the mount, never a silently different tree.
-pub(crate) fn restore_nested(img: &ferry_image::ImageReader, mnt: &MountNs) -> Result<(), Error> {
+/// `proc`: ferry's /proc (the tree's may show another pid namespace, or none).
+pub(crate) fn restore_nested(
+    img: &ferry_image::ImageReader,
+    mnt: &MountNs,
+    proc: std::os::fd::BorrowedFd<'_>,
+) -> Result<(), Error> {
     let obj = |r: &MountRecord| format!("mount {} ({}) of a nested mount namespace", r.mountpoint, r.fstype);
     for r in &mnt.mounts {
         if !plain(&r.mountpoint) || !r.mountpoint.starts_with('/') || !plain(&r.root) {
             return Err(Error::Invalid { object: obj(r), what: "not a plain path".into() });
         }
     }
-    let here = read_mountinfo(Path::new("/proc/thread-self/mountinfo"))?;
+    let here = thread_mountinfo(proc)?;
     let copies: Vec<&MountRecord> = mnt.mounts.iter().filter(|r| r.external.starts_with(PARENT_KEY)).collect();
     // Each copy of the image -> the mount of this copy of the parent's tree at its mountpoint
     // (stacked mounts in order).
@@ -793,7 +798,7 @@ pub(crate) fn restore_nested(img: &ferry_image::ImageReader, mnt: &MountNs) -> R
     }
     // What this node's parent namespace has beyond the image: detached, children first, each
     // only from a parent mount that does not propagate it.
-    let now = read_mountinfo(Path::new("/proc/thread-self/mountinfo"))?;
+    let now = thread_mountinfo(proc)?;
     for m in now.iter().rev().filter(|m| !used.contains(&m.mnt_id)) {
         let parent = now.iter().find(|p| p.mnt_id == m.parent_id);
         if parent.is_some_and(|p| propagation(p).0 != 0) {
@@ -828,8 +833,17 @@ pub(crate) fn restore_nested(img: &ferry_image::ImageReader, mnt: &MountNs) -> R
     b.finish().map_err(|what| Error::Invalid { object: "nested mount namespace".into(), what })?;
     // (A peer of its origin is shared already: MS_SHARED again keeps its group.)
     propagate(mnt.mounts.iter()).map_err(|what| Error::Invalid { object: "nested mount namespace".into(), what })?;
-    let built = read_mountinfo(Path::new("/proc/thread-self/mountinfo"))?;
+    let built = thread_mountinfo(proc)?;
     same_tree(&mnt.mounts, &built).map_err(|what| Error::Invalid { object: "nested mount namespace".into(), what })
+}
+
+/// The calling thread's mounts, through ferry's /proc `proc`.
+fn thread_mountinfo(proc: std::os::fd::BorrowedFd<'_>) -> Result<Vec<ferry_proc::MountInfo>, Error> {
+    let object = "/proc/thread-self/mountinfo";
+    let fd = ferry_sys::ns::openat(proc, c"thread-self/mountinfo", libc::O_RDONLY | libc::O_CLOEXEC)
+        .ctx(|| format!("cannot open {object}"))?;
+    let text = std::io::read_to_string(std::fs::File::from(fd)).ctx(|| format!("cannot read {object}"))?;
+    ferry_proc::parse_mountinfo(&text).map_err(|e| Error::Invalid { object: object.into(), what: e.to_string() })
 }
 
 /// Whether `built` (a mountinfo) is the tree `recs` records: the same mounts (mountpoint, file
@@ -861,4 +875,46 @@ fn same_tree(recs: &[MountRecord], built: &[ferry_proc::MountInfo]) -> Result<()
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: u32, parent: u32, mp: &str, fstype: &str, opts: &str, shared: u32) -> MountRecord {
+        MountRecord {
+            id,
+            parent,
+            mountpoint: mp.into(),
+            fstype: fstype.into(),
+            flags: mount_flags(opts),
+            shared,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn read_back_tree_compared_with_the_image() {
+        let recs = [
+            rec(1, 0, "/", "ext4", "rw,relatime", 0),
+            rec(2, 1, "/w/tmp", "tmpfs", "rw,nosuid,nodev,relatime", 0),
+            rec(3, 1, "/w/ro", "ext4", "ro,relatime", 7),
+        ];
+        let built = "40 30 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n\
+                     41 40 0:50 / /w/tmp rw,nosuid,nodev,relatime - tmpfs t rw\n\
+                     42 40 8:1 /w/src /w/ro ro,relatime shared:9 - ext4 /dev/sda1 rw\n";
+        let infos = ferry_proc::parse_mountinfo(built).unwrap();
+        assert_eq!(same_tree(&recs, &infos), Ok(()));
+        // Read-write where it was read-only, private where it was shared, another parent, a
+        // mount too many: each is a difference.
+        for bad in [
+            built.replace("/w/ro ro,", "/w/ro rw,"),
+            built.replace(" shared:9", ""),
+            built.replace("42 40", "42 41"),
+            format!("{built}43 40 0:51 / /w/x rw - tmpfs t rw\n"),
+        ] {
+            let infos = ferry_proc::parse_mountinfo(&bad).unwrap();
+            assert!(same_tree(&recs, &infos).is_err(), "{bad}");
+        }
+    }
 }

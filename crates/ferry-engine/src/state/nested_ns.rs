@@ -383,13 +383,18 @@ impl Made {
     /// namespace): make every nested mount namespace, parents first, each by `unshare` from
     /// its parent with the mounts of state/mounts.rs `restore_nested`. The thread keeps an
     /// fs_struct of its own (setns into a mount namespace needs it), back in the root's.
-    pub fn make_mnt(&mut self, img: &ImageReader) -> Result<(), Error> {
+    /// `host_proc`: ferry's /proc.
+    pub fn make_mnt(&mut self, img: &ImageReader, host_proc: BorrowedFd<'_>) -> Result<(), Error> {
         let mut left: Vec<&NestedNs> = img.inventory().nested_ns.iter().filter(|n| n.kind == "mnt").collect();
         if left.is_empty() {
             return Ok(());
         }
         ferry_sys::ns::unshare(libc::CLONE_FS).ctx(|| "cannot unshare CLONE_FS".into())?;
-        let own = open("/proc/thread-self/ns/mnt")?;
+        let thread_mnt = || {
+            ferry_sys::ns::openat(host_proc, c"thread-self/ns/mnt", libc::O_RDONLY | libc::O_CLOEXEC)
+                .ctx(|| "cannot open /proc/thread-self/ns/mnt".into())
+        };
+        let own = thread_mnt()?;
         let cwd = open(".")?;
         let mut made = || -> Result<(), Error> {
             while !left.is_empty() {
@@ -418,8 +423,8 @@ impl Made {
                     object: format!("nested mount namespace {}", n.inode),
                     what: "has no mount tree".into(),
                 })?;
-                crate::state::mounts::restore_nested(img, mnt)?;
-                self.ns.push((n.inode, n.kind.clone(), open("/proc/thread-self/ns/mnt")?));
+                crate::state::mounts::restore_nested(img, mnt, host_proc)?;
+                self.ns.push((n.inode, n.kind.clone(), thread_mnt()?));
             }
             Ok(())
         };

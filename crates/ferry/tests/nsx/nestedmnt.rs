@@ -48,6 +48,18 @@ fn nested_mntns_in_nested_restored() {
     cycle(&spec("deep"));
 }
 
+/// A mount copied from the parent namespace in its peer group (a plain `unshare(CLONE_NEWNS)`
+/// of a shared mount) stays in it: a mount made below it after the restore shows in the parent.
+#[test]
+fn nested_mntns_peer_group_kept() {
+    cycle(&spec("peer"));
+}
+
+#[test]
+fn control_nested_mnt_peer() {
+    control(&spec("peer"));
+}
+
 /// A fresh sysfs in a nested mount namespace shows the network namespace of whoever mounts it:
 /// refused by name.
 #[test]
