@@ -903,7 +903,7 @@ mod tests {
         let built = "40 30 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n\
                      41 40 0:50 / /w/tmp rw,nosuid,nodev,relatime - tmpfs t rw\n\
                      42 40 8:1 /w/src /w/ro ro,relatime shared:9 - ext4 /dev/sda1 rw\n";
-        let infos = ferry_proc::parse_mountinfo(built).unwrap();
+        let infos = ferry_proc::parse_mountinfo(built).expect("mountinfo");
         assert_eq!(same_tree(&recs, &infos), Ok(()));
         // Read-write where it was read-only, private where it was shared, another parent, a
         // mount too many: each is a difference.
@@ -913,7 +913,7 @@ mod tests {
             built.replace("42 40", "42 41"),
             format!("{built}43 40 0:51 / /w/x rw - tmpfs t rw\n"),
         ] {
-            let infos = ferry_proc::parse_mountinfo(&bad).unwrap();
+            let infos = ferry_proc::parse_mountinfo(&bad).expect("mountinfo");
             assert!(same_tree(&recs, &infos).is_err(), "{bad}");
         }
     }
