@@ -770,7 +770,8 @@ pub fn restore_in_place(
     // process joins through a `cgroup.procs` fd opened here instead.
     let mut cgroup_open = Vec::new();
     let mut cgroup_fds = vec![Vec::new(); procs.len()];
-    if img.inventory().namespaces.as_ref().is_some_and(|n| n.mnt.is_some()) {
+    let nested_mnt = img.inventory().nested_ns.iter().any(|n| n.kind == "mnt");
+    if nested_mnt || img.inventory().namespaces.as_ref().is_some_and(|n| n.mnt.is_some()) {
         for (i, files) in cgroups.iter_mut().enumerate() {
             for f in files.drain(..) {
                 let o =
@@ -788,12 +789,14 @@ pub fn restore_in_place(
     // and terminals are opened there, and the tree inherits them (state/namespaces.rs).
     tty::forget_early_masters();
     // Nested namespaces first, from ferry's own (state/nested_ns.rs), then the root's.
-    let nested_made = crate::state::nested_ns::make(&img, &opts.ns)?;
+    let mut nested_made = crate::state::nested_ns::make(&img, &opts.ns)?;
     let ns_opts = crate::state::namespaces::RestoreNs {
         locked: crate::state::tcp_repair::connections(&procs),
         ..opts.ns.clone()
     };
     let mut entered = crate::state::namespaces::enter(&img, &ns_opts)?;
+    // (Nested mount namespaces are copies of the root's: made once it is.)
+    nested_made.make_mnt(&img, host_proc.as_fd())?;
     let nested = nested_made.plan(&procs, host_proc.as_fd(), base)?;
     // The image's connections are held back in the tree's network namespace until it runs:
     // one the restore made was locked before its devices came up; one it joined is locked now.
@@ -877,24 +880,35 @@ pub fn restore_in_place(
             prep.push(None);
             continue;
         }
-        // (Its sockets in its own network namespace, if nested.)
-        let in_net = match &nested {
-            Some(n) => n.enter_net(i)?,
+        // (Its files, cwd and mappings through its own mount namespace, its sockets in its own
+        // network namespace, if nested.)
+        let in_mnt = match &nested {
+            Some(n) => n.enter_mnt(i)?,
             None => false,
         };
-        let files = files::prepare(p, &img, &objects, base, &mut shared, &mut shmem, &mut ghosts);
-        if let (true, Some(n)) = (in_net, &nested) {
-            n.leave_net()?;
+        let prepared = (|| {
+            let in_net = match &nested {
+                Some(n) => n.enter_net(i)?,
+                None => false,
+            };
+            let files = files::prepare(p, &img, &objects, base, &mut shared, &mut shmem, &mut ghosts);
+            if let (true, Some(n)) = (in_net, &nested) {
+                n.leave_net()?;
+            }
+            let files = files?;
+            let mem = memory::prepare(p, &img, base, &mut shmem, &mut ghosts)?;
+            let cwd: OwnedFd = match &p.cwd_ghost {
+                // Removed while the process was in it: recreated, opened, removed (state/ghost_node.rs).
+                Some(g) => ghosts.nodes.open(&p.cwd, g, libc::O_RDONLY | libc::O_DIRECTORY)?,
+                None => std::fs::File::open(&p.cwd).ctx(|| format!("pid {}: cannot open cwd {}", p.pid, p.cwd))?.into(),
+            };
+            let cwd = raw::dup_above(cwd.as_fd(), base).ctx(|| format!("pid {}: cwd", p.pid))?;
+            Ok::<_, Error>(Prepared { files, mem, cwd })
+        })();
+        if let (true, Some(n)) = (in_mnt, &nested) {
+            n.leave_mnt()?;
         }
-        let files = files?;
-        let mem = memory::prepare(p, &img, base, &mut shmem, &mut ghosts)?;
-        let cwd: OwnedFd = match &p.cwd_ghost {
-            // Removed while the process was in it: recreated, opened, removed (state/ghost_node.rs).
-            Some(g) => ghosts.nodes.open(&p.cwd, g, libc::O_RDONLY | libc::O_DIRECTORY)?,
-            None => std::fs::File::open(&p.cwd).ctx(|| format!("pid {}: cannot open cwd {}", p.pid, p.cwd))?.into(),
-        };
-        let cwd = raw::dup_above(cwd.as_fd(), base).ctx(|| format!("pid {}: cwd", p.pid))?;
-        prep.push(Some(Prepared { files, mem, cwd }));
+        prep.push(Some(prepared?));
     }
     drop(ghosts); // (the fds and mappings hold the recreated files now)
     inherit.warn_unused();

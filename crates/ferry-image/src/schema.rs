@@ -49,7 +49,7 @@ pub struct Inventory {
 /// A namespace of some processes of the tree that is not the root's (state/nested_ns.rs).
 #[derive(Clone, PartialEq, prost::Message, Serialize)]
 pub struct NestedNs {
-    /// "net", "uts", "ipc" or "time".
+    /// "net", "uts", "ipc", "time" or "mnt".
     #[prost(string, tag = "1")]
     pub kind: String,
     /// Its inode number at dump (its identity in `Process.ns_inodes`).
@@ -59,6 +59,10 @@ pub struct NestedNs {
     /// one namespace; the message of its kind is set).
     #[prost(message, optional, tag = "3")]
     pub content: Option<Namespaces>,
+    /// A mount namespace: the inode of the nested mount namespace it is a copy of (made by
+    /// `unshare` from it), 0 for the tree's root's. Restore makes the parent first.
+    #[prost(uint64, tag = "760")]
+    pub parent: u64,
 }
 
 /// The tree's own namespaces (other than pid, which `Inventory.pidns` covers) and their
@@ -202,6 +206,11 @@ pub struct MountRecord {
     /// tmpfs: the image file with its content (`mnt-ID.img`, a `TmpfsContent`).
     #[prost(string, tag = "15")]
     pub content: String,
+    /// In a nested mount namespace, a copy of its parent namespace's mount (`external` =
+    /// "parent:MOUNTPOINT"): 1 when it is in that mount's peer group, 2 when a slave of it,
+    /// 0 when private to the nested namespace (state/mounts.rs, `restore_nested`).
+    #[prost(uint32, tag = "761")]
+    pub parent_peer: u32,
 }
 
 /// The files of a tmpfs mount, parents before children (`mnt-ID.img`).

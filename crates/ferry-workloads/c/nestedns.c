@@ -18,7 +18,6 @@
  *   nestedns W timekids  child C unshares a time namespace for its future children only (500 s
  *                    ahead) and forks none; on go it forks one, which must be in it.
  *   nestedns W timebusy  the same with a child of C already in that namespace (refused).
- *   nestedns W mnt   a child in a mount namespace of its own (a nested one: refused).
  *
  * Each process but R writes W/child-NAME ("PASS" or "FAIL: why"); R forwards go to them, waits
  * for their verdicts and writes the result.
@@ -558,22 +557,6 @@ int main(int argc, char **argv)
 		wait_go();
 		kill(c, SIGUSR2);
 		child_verdict("c");
-		waitpid(c, NULL, 0);
-	} else if (strcmp(mode, "mnt") == 0) {
-		/* a child in a mount namespace of its own: refused */
-		pid_t c = fork();
-		SETUP(c);
-		if (c == 0) {
-			SETUP(unshare(CLONE_NEWNS));
-			write_file_atomic("ready-c", "");
-			for (;;)
-				pause();
-		}
-		const char *ready[] = { "ready-c" };
-		wait_files(ready, 1);
-		signal_ready();
-		wait_go();
-		kill(c, SIGKILL);
 		waitpid(c, NULL, 0);
 	} else {
 		die_setup("unknown mode %s", mode);

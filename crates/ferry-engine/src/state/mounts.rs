@@ -81,6 +81,30 @@ fn under(root: &str, outer: &str) -> Option<String> {
 }
 
 pub(crate) fn dump(ctx: &mut DumpCtx<'_>, out: &mut Namespaces) -> Result<(), Error> {
+    // (Only in a tree whose root is ferry's own: a container's mounts under its own root are
+    // its runtime's business, named by it.)
+    let own = read_mountinfo(Path::new("/proc/self/mountinfo"))?;
+    out.mnt = Some(dump_tree(ctx, &own, None)?);
+    Ok(())
+}
+
+/// A nested mount namespace (state/nested_ns.rs): that of `ctx.pid`, made by `unshare` from
+/// the one `parent` (a process of the tree) is in. `root`: the tree's root process.
+pub(crate) fn dump_nested(ctx: &mut DumpCtx<'_>, parent: i32, root: i32) -> Result<MountNs, Error> {
+    let theirs = read_mountinfo(&procfs::path(parent, "mountinfo"))?;
+    dump_tree(ctx, &theirs, Some(root))
+}
+
+fn read_mountinfo(path: &Path) -> Result<Vec<ferry_proc::MountInfo>, Error> {
+    let text = std::fs::read_to_string(path).ctx(|| format!("cannot read {}", path.display()))?;
+    ferry_proc::parse_mountinfo(&text)
+        .map_err(|e| Error::Invalid { object: path.display().to_string(), what: e.to_string() })
+}
+
+/// The mount tree of `ctx.pid`'s mount namespace. `from`: the mounts copies of which are
+/// external: the dumping ferry's own (`nested` None) or, for a nested namespace (`nested`:
+/// the tree's root process), its parent namespace's.
+fn dump_tree(ctx: &mut DumpCtx<'_>, from: &[ferry_proc::MountInfo], nested: Option<i32>) -> Result<MountNs, Error> {
     let pid = ctx.pid;
     let text = procfs::read_string(pid, "mountinfo")?;
     let infos = procfs::parse(pid, "mountinfo", ferry_proc::parse_mountinfo(&text))?;
@@ -93,10 +117,17 @@ pub(crate) fn dump(ctx: &mut DumpCtx<'_>, out: &mut Namespaces) -> Result<(), Er
     // (major, minor) of each record, for binds.
     let mut devs: Vec<(u32, u32)> = Vec::new();
     let mut total = 0u64;
-    // (Only in a tree whose root is ferry's own: a container's mounts under its own root are
-    // its runtime's business, named by it.)
-    let own = own_mounts()?;
-    let host_copy = own.contains(&host_key(tops[0]));
+    let own: HashMap<HostKey, &ferry_proc::MountInfo> = from.iter().map(|m| (host_key(m), m)).collect();
+    let host_copy = own.contains_key(&host_key(tops[0]));
+    if nested.is_some() && !host_copy {
+        return Err(Error::Unsupported {
+            pid,
+            what:
+                "a nested mount namespace whose root mount is not a copy of its parent namespace's (pivot_root in it)"
+                    .into(),
+        });
+    }
+    let prefix = if nested.is_some() { PARENT_KEY } else { HOST_KEY };
     for m in &infos {
         let mp = &m.mount_point;
         let mut r = MountRecord {
@@ -111,22 +142,24 @@ pub(crate) fn dump(ctx: &mut DumpCtx<'_>, out: &mut Namespaces) -> Result<(), Er
             sb_ro: m.super_options.split(',').any(|o| o == "ro"),
             ..Default::default()
         };
-        for o in &m.optional_fields {
-            match o.split_once(':') {
-                Some(("shared", n)) => r.shared = n.parse().unwrap_or(0),
-                Some(("master", n)) => r.master = n.parse().unwrap_or(0),
-                _ if o == "unbindable" => r.unbindable = true,
-                _ => {}
-            }
-        }
+        (r.shared, r.master, r.unbindable) = propagation(m);
         let dev = (m.dev_major, m.dev_minor);
         let refuse = |what: String| Error::Unsupported { pid, what };
-        if r.parent == 0 {
+        let copy_of = own.get(&host_key(m)).filter(|_| host_copy);
+        if let Some(root) = nested {
+            nested_check(pid, root, m, copy_of.copied(), from)?;
+        }
+        if r.parent == 0 && nested.is_none() {
             r.external = "/".into();
         } else if let Some((_, key)) = ctx.opts.external_mounts.iter().find(|(p, _)| p == mp) {
             r.external = key.clone();
-        } else if host_copy && !matches!(m.fs_type.as_str(), "proc" | "sysfs") && own.contains(&host_key(m)) {
-            r.external = format!("{HOST_KEY}{mp}");
+        } else if let Some(theirs) =
+            copy_of.filter(|_| nested.is_some() || !matches!(m.fs_type.as_str(), "proc" | "sysfs"))
+        {
+            r.external = format!("{prefix}{mp}");
+            if nested.is_some() {
+                r.parent_peer = parent_peer(&r, theirs);
+            }
         } else if let Some(first) =
             recs.iter().zip(&devs).find(|(e, d)| **d == dev && under(&m.root, &e.root).is_some())
         {
@@ -150,26 +183,92 @@ pub(crate) fn dump(ctx: &mut DumpCtx<'_>, out: &mut Namespaces) -> Result<(), Er
         recs.push(r);
         devs.push(dev);
     }
-    out.mnt = Some(MountNs { mounts: recs });
-    Ok(())
+    Ok(MountNs { mounts: recs })
+}
+
+/// mountinfo's propagation: (peer group, master group, unbindable).
+fn propagation(m: &ferry_proc::MountInfo) -> (u32, u32, bool) {
+    let (mut shared, mut master, mut unbindable) = (0, 0, false);
+    for o in &m.optional_fields {
+        match o.split_once(':') {
+            Some(("shared", n)) => shared = n.parse().unwrap_or(0),
+            Some(("master", n)) => master = n.parse().unwrap_or(0),
+            _ if o == "unbindable" => unbindable = true,
+            _ => {}
+        }
+    }
+    (shared, master, unbindable)
+}
+
+/// A copy `r` (in a nested namespace) of its parent namespace's mount `theirs`: in its peer
+/// group (1), a slave of it (2), or neither (0) ([`nested_check`] refused the rest).
+fn parent_peer(r: &MountRecord, theirs: &ferry_proc::MountInfo) -> u32 {
+    let (shared, _, _) = propagation(theirs);
+    match (r.shared, r.master) {
+        (s, 0) if s != 0 && s == shared => 1,
+        (0, m) if m != 0 && m == shared => 2,
+        _ => 0,
+    }
+}
+
+/// What a nested mount namespace (of process `pid`; `root`: the tree's root) may hold: proc
+/// only when it shows the right pid namespace, no fresh file system other than tmpfs and proc
+/// (devpts, mqueue, sysfs and cgroup2 show the namespaces of their mounter), and no peer group
+/// or master shared with its parent namespace (`from`) other than a copy's with its origin
+/// (`copy_of`).
+fn nested_check(
+    pid: i32,
+    root: i32,
+    m: &ferry_proc::MountInfo,
+    copy_of: Option<&ferry_proc::MountInfo>,
+    from: &[ferry_proc::MountInfo],
+) -> Result<(), Error> {
+    let ns = crate::state::namespaces::ns_link;
+    let ferry_pid = std::fs::read_link("/proc/self/ns/pid").ok().map(|l| l.display().to_string());
+    let mp = &m.mount_point;
+    let what = match (m.fs_type.as_str(), copy_of) {
+        ("proc", Some(_)) if ns(root, "pid") != ferry_pid => {
+            Some("a copy of the proc mount of a tree with its own pid namespace (made by its init after the nested namespace)")
+        }
+        ("proc", None) if ns(pid, "pid") != ferry_pid => Some("a proc mount of another pid namespace than ferry's"),
+        ("tmpfs" | "proc", None) => None,
+        (_, None) if FRESH.contains(&m.fs_type.as_str()) => {
+            Some("made in the nested namespace (ferry makes only tmpfs and proc there: the others show the namespaces of whoever mounts them)")
+        }
+        _ => None,
+    };
+    let (shared, master, _) = propagation(m);
+    let what = what.or_else(|| {
+        let theirs = copy_of.map(propagation).unwrap_or_default();
+        let peer_elsewhere = shared != 0 && from.iter().any(|f| propagation(f).0 == shared);
+        if master != 0 && !(shared == 0 && master == theirs.0) {
+            Some("a slave of a peer group other than that of the parent namespace's mount it is a copy of")
+        } else if peer_elsewhere && !(master == 0 && shared == theirs.0 && theirs.1 == 0) {
+            Some("in a peer group with mounts of its parent namespace other than the one it is a copy of, or with a slave")
+        } else {
+            None
+        }
+    });
+    match what {
+        Some(w) => Err(Error::Unsupported {
+            pid,
+            what: format!("mount {mp} ({}) in a nested mount namespace: {w}", m.fs_type),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The key prefix of a mount that is a copy of the dumping ferry's mount at the same place.
 const HOST_KEY: &str = "host:";
+
+/// The key prefix of a nested mount namespace's copy of its parent namespace's mount.
+const PARENT_KEY: &str = "parent:";
 
 /// What makes a mount a copy of another: device, root, mountpoint, file system type.
 type HostKey = (u32, u32, String, String, String);
 
 fn host_key(m: &ferry_proc::MountInfo) -> HostKey {
     (m.dev_major, m.dev_minor, m.root.clone(), m.mount_point.clone(), m.fs_type.clone())
-}
-
-/// The dumping ferry's own mounts.
-fn own_mounts() -> Result<HashSet<HostKey>, Error> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ctx(|| "cannot read /proc/self/mountinfo".into())?;
-    let infos = ferry_proc::parse_mountinfo(&text)
-        .map_err(|e| Error::Invalid { object: "ferry's own /proc/self/mountinfo".into(), what: e.to_string() })?;
-    Ok(infos.iter().map(host_key).collect())
 }
 
 /// External mounts' sources, and the mounts left out.
@@ -636,4 +735,186 @@ pub(crate) fn mount_deferred(d: &Deferred) -> Result<(), String> {
     }
     b.finish()?;
     propagate(d.mounts.iter().map(|m| &m.0))
+}
+
+/// Restore a nested mount namespace `mnt` (state/nested_ns.rs) in ferry's restoring thread,
+/// which has just made it with `unshare(CLONE_NEWNS)` from its parent namespace (restored
+/// first): so it starts as a copy of the parent's, as the dumped one did. Each copy of the
+/// parent's mounts (`parent:MOUNTPOINT`) is found by its mountpoint and given its
+/// propagation (private, or a slave of its origin's peer group; a peer of it stays one), then
+/// what the copy has beyond the image is detached, the copies' per-mount flags set, and the
+/// namespace's own mounts made (tmpfs with its content, proc, binds) as for a root namespace.
+/// Last the result is read back and compared with the image: a difference is an error naming
+/// the mount, never a silently different tree.
+/// `proc`: ferry's /proc (the tree's may show another pid namespace, or none).
+pub(crate) fn restore_nested(
+    img: &ferry_image::ImageReader,
+    mnt: &MountNs,
+    proc: std::os::fd::BorrowedFd<'_>,
+) -> Result<(), Error> {
+    let obj = |r: &MountRecord| format!("mount {} ({}) of a nested mount namespace", r.mountpoint, r.fstype);
+    for r in &mnt.mounts {
+        if !plain(&r.mountpoint) || !r.mountpoint.starts_with('/') || !plain(&r.root) {
+            return Err(Error::Invalid { object: obj(r), what: "not a plain path".into() });
+        }
+    }
+    let here = thread_mountinfo(proc)?;
+    let copies: Vec<&MountRecord> = mnt.mounts.iter().filter(|r| r.external.starts_with(PARENT_KEY)).collect();
+    // Each copy of the image -> the mount of this copy of the parent's tree at its mountpoint
+    // (stacked mounts in order).
+    let mut matched: HashMap<u32, &ferry_proc::MountInfo> = HashMap::new();
+    let mut used: HashSet<u32> = HashSet::new();
+    for r in &copies {
+        let m = here
+            .iter()
+            .find(|m| !used.contains(&m.mnt_id) && m.mount_point == r.mountpoint && m.fs_type == r.fstype)
+            .ok_or_else(|| Error::Invalid {
+                object: obj(r),
+                what: "a copy of its parent namespace's mount, which the restored parent namespace does not have"
+                    .into(),
+            })?;
+        used.insert(m.mnt_id);
+        matched.insert(r.id, m);
+    }
+    let path_of = |mp: &str| cstr(Path::new(mp)).map_err(|what| Error::Invalid { object: mp.into(), what });
+    let set = |mp: &str, flag: u64, what: &str| -> Result<(), Error> {
+        ferry_sys::ns::mount(None, &path_of(mp)?, None, flag, None)
+            .ctx(|| format!("nested mount namespace: cannot make {mp} {what}"))
+    };
+    // Propagation first: nothing made or detached below may reach the parent namespace.
+    if copies.iter().all(|r| r.parent_peer == 0) {
+        set("/", libc::MS_REC | libc::MS_PRIVATE, "private")?;
+    } else {
+        for m in here.iter().filter(|m| !used.contains(&m.mnt_id)) {
+            set(&m.mount_point, libc::MS_PRIVATE, "private")?;
+        }
+        for r in &copies {
+            match r.parent_peer {
+                0 => set(&r.mountpoint, libc::MS_PRIVATE, "private")?,
+                2 => set(&r.mountpoint, libc::MS_SLAVE, "a slave")?,
+                _ => {}
+            }
+        }
+    }
+    // What this node's parent namespace has beyond the image: detached, children first, each
+    // only from a parent mount that does not propagate it.
+    let now = thread_mountinfo(proc)?;
+    for m in now.iter().rev().filter(|m| !used.contains(&m.mnt_id)) {
+        let parent = now.iter().find(|p| p.mnt_id == m.parent_id);
+        if parent.is_some_and(|p| propagation(p).0 != 0) {
+            return Err(Error::Invalid {
+                object: format!("mount {} of the restored parent namespace", m.mount_point),
+                what: "not in the image's nested mount namespace, and on a mount shared with the parent: it cannot be removed from the copy alone".into(),
+            });
+        }
+        ferry_sys::ns::umount2(&path_of(&m.mount_point)?, libc::MNT_DETACH)
+            .ctx(|| format!("nested mount namespace: cannot detach {}", m.mount_point))?;
+    }
+    let mut b = Builder { root: PathBuf::from("/"), made: HashMap::new(), finals: Vec::new(), external: &[] };
+    for r in &copies {
+        b.made.insert(r.id, (*r).clone());
+        if matched.get(&r.id).is_some_and(|m| mount_flags(&m.mount_options) != r.flags) {
+            b.finals.push((PathBuf::from(&r.mountpoint), MS_REMOUNT | MS_BIND | r.flags, String::new()));
+        }
+    }
+    for r in ordered(&mnt.mounts)? {
+        if b.made.contains_key(&r.id) {
+            continue;
+        }
+        let content = match r.content.as_str() {
+            "" => None,
+            name => Some(
+                TmpfsContent::decode(img.read_file(name)?.as_slice())
+                    .map_err(|e| Error::Invalid { object: name.into(), what: e.to_string() })?,
+            ),
+        };
+        b.make(r, content.as_ref()).map_err(|what| Error::Invalid { object: obj(r), what })?;
+    }
+    b.finish().map_err(|what| Error::Invalid { object: "nested mount namespace".into(), what })?;
+    // (A peer of its origin is shared already: MS_SHARED again keeps its group.)
+    propagate(mnt.mounts.iter()).map_err(|what| Error::Invalid { object: "nested mount namespace".into(), what })?;
+    let built = thread_mountinfo(proc)?;
+    same_tree(&mnt.mounts, &built).map_err(|what| Error::Invalid { object: "nested mount namespace".into(), what })
+}
+
+/// The calling thread's mounts, through ferry's /proc `proc`.
+fn thread_mountinfo(proc: std::os::fd::BorrowedFd<'_>) -> Result<Vec<ferry_proc::MountInfo>, Error> {
+    let object = "/proc/thread-self/mountinfo";
+    let fd = ferry_sys::ns::openat(proc, c"thread-self/mountinfo", libc::O_RDONLY | libc::O_CLOEXEC)
+        .ctx(|| format!("cannot open {object}"))?;
+    let text = std::io::read_to_string(std::fs::File::from(fd)).ctx(|| format!("cannot read {object}"))?;
+    ferry_proc::parse_mountinfo(&text).map_err(|e| Error::Invalid { object: object.into(), what: e.to_string() })
+}
+
+/// Whether `built` (a mountinfo) is the tree `recs` records: the same mounts (mountpoint, file
+/// system, per-mount flags, propagation kind) on the same parents, in any order of ids.
+fn same_tree(recs: &[MountRecord], built: &[ferry_proc::MountInfo]) -> Result<(), String> {
+    if recs.len() != built.len() {
+        return Err(format!("came back with {} mounts instead of {}", built.len(), recs.len()));
+    }
+    let mp_of = |id: u32| recs.iter().find(|r| r.id == id).map(|r| r.mountpoint.as_str());
+    let built_mp_of = |id: u32| built.iter().find(|m| m.mnt_id == id).map(|m| m.mount_point.as_str());
+    let mut used: HashSet<u32> = HashSet::new();
+    for r in recs {
+        let kind = |shared: u32, master: u32| (shared != 0, master != 0);
+        let found = built.iter().find(|m| {
+            let (s, ms, u) = propagation(m);
+            !used.contains(&m.mnt_id)
+                && m.mount_point == r.mountpoint
+                && m.fs_type == r.fstype
+                && mount_flags(&m.mount_options) == r.flags
+                && kind(s, ms) == kind(r.shared, r.master)
+                && u == r.unbindable
+                && built_mp_of(m.parent_id) == mp_of(r.parent)
+        });
+        match found {
+            Some(m) => {
+                used.insert(m.mnt_id);
+            }
+            None => return Err(format!("mount {} ({}) did not come back as it was", r.mountpoint, r.fstype)),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: u32, parent: u32, mp: &str, fstype: &str, opts: &str, shared: u32) -> MountRecord {
+        MountRecord {
+            id,
+            parent,
+            mountpoint: mp.into(),
+            fstype: fstype.into(),
+            flags: mount_flags(opts),
+            shared,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn read_back_tree_compared_with_the_image() {
+        let recs = [
+            rec(1, 0, "/", "ext4", "rw,relatime", 0),
+            rec(2, 1, "/w/tmp", "tmpfs", "rw,nosuid,nodev,relatime", 0),
+            rec(3, 1, "/w/ro", "ext4", "ro,relatime", 7),
+        ];
+        let built = "40 30 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n\
+                     41 40 0:50 / /w/tmp rw,nosuid,nodev,relatime - tmpfs t rw\n\
+                     42 40 8:1 /w/src /w/ro ro,relatime shared:9 - ext4 /dev/sda1 rw\n";
+        let infos = ferry_proc::parse_mountinfo(built).expect("mountinfo");
+        assert_eq!(same_tree(&recs, &infos), Ok(()));
+        // Read-write where it was read-only, private where it was shared, another parent, a
+        // mount too many: each is a difference.
+        for bad in [
+            built.replace("/w/ro ro,", "/w/ro rw,"),
+            built.replace(" shared:9", ""),
+            built.replace("42 40", "42 41"),
+            format!("{built}43 40 0:51 / /w/x rw - tmpfs t rw\n"),
+        ] {
+            let infos = ferry_proc::parse_mountinfo(&bad).expect("mountinfo");
+            assert!(same_tree(&recs, &infos).is_err(), "{bad}");
+        }
+    }
 }

@@ -204,6 +204,25 @@ fn dump_content(pid: i32, kind: &str, opts: &DumpNs, img: &mut ImageWriter, out:
     (m.dump)(&mut ctx, out)
 }
 
+/// Dump the nested mount namespace `inode` of `pid`, made from that of `parent` (state/mounts.rs
+/// `dump_nested`; `root`: the tree's root process).
+pub(crate) fn dump_nested_mnt(
+    pid: i32,
+    parent: i32,
+    root: i32,
+    inode: u64,
+    img: &mut ImageWriter,
+) -> Result<Namespaces, Error> {
+    let mut out = Namespaces::default();
+    out.kinds.push(NsKind { kind: "mnt".into(), inode, external: String::new() });
+    let path = format!("/proc/{pid}/ns/mnt");
+    let fd: OwnedFd = std::fs::File::open(&path).ctx(|| format!("cannot open {path}"))?.into();
+    let opts = DumpNs::default();
+    let mut ctx = DumpCtx { pid, ns: fd.as_fd(), opts: &opts, img };
+    out.mnt = Some(crate::state::mounts::dump_nested(&mut ctx, parent, root)?);
+    Ok(out)
+}
+
 /// Restore the content of one nested namespace with its kind's module; the calling thread is
 /// in the new namespace (for time: its children will be).
 pub(crate) fn restore_one(img: &ImageReader, opts: &RestoreNs, content: &Namespaces, kind: &str) -> Result<(), Error> {

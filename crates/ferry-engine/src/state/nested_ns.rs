@@ -43,7 +43,8 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 /// The kinds that may be nested, in the order a process joins them.
-pub const KINDS: [(&str, i32); 5] = [
+pub const KINDS: [(&str, i32); 6] = [
+    ("mnt", libc::CLONE_NEWNS),
     ("uts", libc::CLONE_NEWUTS),
     ("ipc", libc::CLONE_NEWIPC),
     ("net", libc::CLONE_NEWNET),
@@ -60,7 +61,6 @@ fn flag_of(kind: &str) -> Option<i32> {
 /// kinds recreated here, else refused with the reason.
 pub fn check(pid: i32, root: i32, kind: &str) -> Result<(), Error> {
     let why = match kind {
-        "mnt" => "nested mount namespaces are not recreated yet",
         "user" => "nested user namespaces are not recreated yet",
         _ if flag_of(kind).is_none() => "not recreated",
         _ => {
@@ -84,6 +84,8 @@ pub fn collect(procs: &mut [Process], root: i32, img: &mut ImageWriter) -> Resul
     let mut out: Vec<NestedNs> = Vec::new();
     // (Content dumped for a nested namespace: no external veths or mounts apply to it.)
     let opts = crate::state::namespaces::DumpNs::default();
+    // (pid -> parent pid, for a nested mount namespace's parent)
+    let ppids: HashMap<i32, i32> = procs.iter().map(|p| (p.pid, p.ppid)).collect();
     for p in procs.iter_mut().filter(|p| !p.zombie) {
         for (kind, _) in KINDS {
             let Some(mine) = ns(p.pid, kind) else { continue };
@@ -95,13 +97,56 @@ pub fn collect(procs: &mut [Process], root: i32, img: &mut ImageWriter) -> Resul
                 if kind == "ipc" {
                     refuse_sysv_attached(p.pid)?;
                 }
-                let content = crate::state::namespaces::dump_one(p.pid, kind, inode, &opts, img)?;
-                out.push(NestedNs { kind: kind.into(), inode, content: Some(content) });
+                let mut parent = 0;
+                let content = if kind == "mnt" {
+                    refuse_unix_paths(p)?;
+                    let from = mnt_parent(p.pid, root, &ppids);
+                    parent = ns(from, kind).filter(|l| Some(l) != ns(root, kind).as_ref()).map_or(0, |l| inode_of(&l));
+                    crate::state::namespaces::dump_nested_mnt(p.pid, from, root, inode, img)?
+                } else {
+                    crate::state::namespaces::dump_one(p.pid, kind, inode, &opts, img)?
+                };
+                out.push(NestedNs { kind: kind.into(), inode, content: Some(content), parent });
             }
             p.ns_inodes.push(inode);
         }
     }
     Ok(out)
+}
+
+/// The process a nested mount namespace of `pid` was copied from: its nearest ancestor in
+/// another mount namespace (`ppids`: the tree's), else the tree's root.
+fn mnt_parent(pid: i32, root: i32, ppids: &HashMap<i32, i32>) -> i32 {
+    let ns = crate::state::namespaces::ns_link;
+    let mine = ns(pid, "mnt");
+    let mut cur = pid;
+    while let Some(&up) = ppids.get(&cur) {
+        if !ppids.contains_key(&up) {
+            break;
+        }
+        if ns(up, "mnt") != mine {
+            return up;
+        }
+        cur = up;
+    }
+    root
+}
+
+/// A unix socket named by a path, in a nested mount namespace: sockets are made in the tree's
+/// root mount namespace (state/unix.rs), so such a process is refused.
+fn refuse_unix_paths(p: &Process) -> Result<(), Error> {
+    for u in p.files.iter().filter_map(|f| f.unix.as_ref()) {
+        if u.name.first().is_some_and(|&c| c != 0) {
+            return Err(Error::Unsupported {
+                pid: p.pid,
+                what: format!(
+                    "a unix socket named by a path ({}) in a nested mount namespace",
+                    String::from_utf8_lossy(&u.name)
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// SysV shared memory attached in a nested ipc namespace: the segments are looked up in the
@@ -285,6 +330,10 @@ pub struct Plan {
     root_net: Option<i32>,
     /// Each nested network namespace's fd number, by its inode in the image.
     net_by_inode: HashMap<u64, i32>,
+    /// Per process: its nested mount namespace, if any; the root's; ferry's thread's cwd.
+    mnt: Vec<Option<i32>>,
+    root_mnt: Option<i32>,
+    cwd: Option<OwnedFd>,
     /// The fds above (the forked tree inherits them).
     _owned: Vec<OwnedFd>,
 }
@@ -304,6 +353,9 @@ pub fn make(img: &ImageReader, opts: &crate::state::namespaces::RestoreNs) -> Re
             what: what.into(),
         };
         let flag = flag_of(&n.kind).ok_or_else(|| bad("is of a kind ferry does not nest"))?;
+        if flag == libc::CLONE_NEWNS {
+            continue; // (after the root's: `Made::make_mnt`)
+        }
         let content = n.content.as_ref().ok_or_else(|| bad("has no content"))?;
         let fd = if flag == libc::CLONE_NEWCGROUP {
             // A cgroup namespace's root is the cgroup its maker was in: made by a helper
@@ -335,6 +387,62 @@ fn open(path: &str) -> Result<OwnedFd, Error> {
 }
 
 impl Made {
+    /// At restore, after `namespaces::enter` (ferry's thread is in the tree's root mount
+    /// namespace): make every nested mount namespace, parents first, each by `unshare` from
+    /// its parent with the mounts of state/mounts.rs `restore_nested`. The thread keeps an
+    /// fs_struct of its own (setns into a mount namespace needs it), back in the root's.
+    /// `host_proc`: ferry's /proc.
+    pub fn make_mnt(&mut self, img: &ImageReader, host_proc: BorrowedFd<'_>) -> Result<(), Error> {
+        let mut left: Vec<&NestedNs> = img.inventory().nested_ns.iter().filter(|n| n.kind == "mnt").collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        ferry_sys::ns::unshare(libc::CLONE_FS).ctx(|| "cannot unshare CLONE_FS".into())?;
+        let thread_mnt = || {
+            ferry_sys::ns::openat(host_proc, c"thread-self/ns/mnt", libc::O_RDONLY | libc::O_CLOEXEC)
+                .ctx(|| "cannot open /proc/thread-self/ns/mnt".into())
+        };
+        let own = thread_mnt()?;
+        let cwd = open(".")?;
+        let mut made = || -> Result<(), Error> {
+            while !left.is_empty() {
+                let ready =
+                    left.iter().position(|n| n.parent == 0 || self.ns.iter().any(|m| m.1 == "mnt" && m.0 == n.parent));
+                let Some(i) = ready else {
+                    return Err(Error::Invalid {
+                        object: format!("nested mount namespace {}", left[0].inode),
+                        what: format!("its parent namespace {} is not in the image", left[0].parent),
+                    });
+                };
+                let n = left.remove(i);
+                let parent = match n.parent {
+                    0 => own.try_clone(),
+                    p => self
+                        .ns
+                        .iter()
+                        .find(|m| m.1 == "mnt" && m.0 == p)
+                        .map_or_else(|| own.try_clone(), |m| m.2.try_clone()),
+                }
+                .ctx(|| "cannot duplicate an fd".into())?;
+                ferry_sys::ns::setns(parent.as_fd(), libc::CLONE_NEWNS)
+                    .ctx(|| format!("cannot join the parent of nested mount namespace {}", n.inode))?;
+                ferry_sys::ns::unshare(libc::CLONE_NEWNS).ctx(|| "cannot create a nested mount namespace".into())?;
+                let mnt = n.content.as_ref().and_then(|c| c.mnt.as_ref()).ok_or_else(|| Error::Invalid {
+                    object: format!("nested mount namespace {}", n.inode),
+                    what: "has no mount tree".into(),
+                })?;
+                crate::state::mounts::restore_nested(img, mnt, host_proc)?;
+                self.ns.push((n.inode, n.kind.clone(), thread_mnt()?));
+            }
+            Ok(())
+        };
+        let r = made();
+        let back = ferry_sys::ns::setns(own.as_fd(), libc::CLONE_NEWNS)
+            .ctx(|| "cannot go back into the tree's mount namespace".into());
+        let _ = ferry_sys::raw::fchdir(cwd.as_fd());
+        r.and(back)
+    }
+
     /// At restore, in the tree's root namespaces (after `namespaces::enter`): the fds every
     /// forked process needs, moved above `base`. `host_proc`: ferry's /proc (the root's time
     /// namespace is the thread's children's; the others its own).
@@ -371,13 +479,17 @@ impl Made {
         }
         let mut per_proc = Vec::new();
         let mut net = Vec::new();
+        let mut mnt = Vec::new();
         for p in procs {
             let mut set = Vec::new();
             let mut my_net = None;
+            let mut my_mnt = None;
             for &(_, kind, root_fd) in &kinds {
                 let mine = p.ns_inodes.iter().find_map(|&i| by_inode.get(&(i, kind.to_string())).copied());
-                if kind == "net" {
-                    my_net = mine;
+                match kind {
+                    "net" => my_net = mine,
+                    "mnt" => my_mnt = mine,
+                    _ => {}
                 }
                 set.push(mine.unwrap_or(root_fd));
             }
@@ -389,15 +501,24 @@ impl Made {
             }
             per_proc.push(set);
             net.push(my_net);
+            mnt.push(my_mnt);
         }
         let root_net = kinds.iter().find(|k| k.1 == "net").map(|k| k.2);
         let net_by_inode = by_inode.iter().filter(|(k, _)| k.1 == "net").map(|(k, &fd)| (k.0, fd)).collect();
+        let root_mnt = kinds.iter().find(|k| k.1 == "mnt").map(|k| k.2);
+        let cwd = match root_mnt {
+            Some(_) => Some(open(".")?),
+            None => None,
+        };
         Ok(Some(Plan {
             kinds: kinds.iter().map(|k| (k.0, k.2)).collect(),
             per_proc,
             net,
             root_net,
             net_by_inode,
+            mnt,
+            root_mnt,
+            cwd,
             _owned: owned,
         }))
     }
@@ -442,6 +563,34 @@ impl Plan {
             what: "holds a socket of the image but is not among its nested namespaces".into(),
         })?;
         ferry_sys::ns::setns_number(fd, libc::CLONE_NEWNET).ctx(|| "cannot join a nested network namespace".into())
+    }
+
+    /// Move ferry's restoring thread into the mount namespace of process `i` (image index), if
+    /// it has a nested one, until [`Plan::leave_mnt`]: its files, cwd, executable and mapped
+    /// files are opened there.
+    pub fn enter_mnt(&self, i: usize) -> Result<bool, Error> {
+        match self.mnt.get(i).copied().flatten() {
+            Some(fd) => {
+                // (A thread ferry started meanwhile may share its fs_struct again.)
+                ferry_sys::ns::unshare(libc::CLONE_FS).ctx(|| "cannot unshare CLONE_FS".into())?;
+                ferry_sys::ns::setns_number(fd, libc::CLONE_NEWNS)
+                    .ctx(|| "cannot join a nested mount namespace".into())?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Back into the root's mount namespace, and the thread's cwd there.
+    pub fn leave_mnt(&self) -> Result<(), Error> {
+        if let Some(fd) = self.root_mnt {
+            ferry_sys::ns::setns_number(fd, libc::CLONE_NEWNS)
+                .ctx(|| "cannot go back into the tree's mount namespace".into())?;
+        }
+        if let Some(fd) = &self.cwd {
+            ferry_sys::raw::fchdir(fd.as_fd()).ctx(|| "cannot go back to ferry's cwd".into())?;
+        }
+        Ok(())
     }
 
     /// Back into the root's network namespace.

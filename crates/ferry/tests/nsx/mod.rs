@@ -12,6 +12,7 @@ use std::fs;
 pub mod macvlan;
 pub mod nested;
 pub mod nestednet;
+pub mod nestedmnt;
 pub mod veth;
 use std::process::{Command, Stdio};
 use std::time::Duration;

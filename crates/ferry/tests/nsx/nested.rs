@@ -73,14 +73,6 @@ fn nested_pidns_in_pidns_job_restored() {
     go_and_pass(&w, restored);
 }
 
-/// A nested mount namespace is still refused, by name and reason.
-#[test]
-fn nested_mntns_refused() {
-    let run = Run::start(&Spec::c("nestedns").args(&["mnt"]));
-    dump_refused(run.pid, &run.w.join("img"), "mnt namespace than the tree's root");
-    assert!(pid_alive(run.pid), "a refused dump killed the workload");
-}
-
 /// `unshare -T` without a fork: the process's future children go to a time namespace nobody is
 /// in yet (500 s ahead); after the restore a child it forks lands in one with those clocks, and
 /// the process itself stays in its own.

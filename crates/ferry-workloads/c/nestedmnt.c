@@ -1,0 +1,406 @@
+/*
+ * nestedmnt: a process of the tree in a mount namespace of its own below the root's (a nested
+ * one, state/nested_ns.rs), with mounts only it sees.
+ *
+ *   nestedmnt W one   the root R stays in its mount namespace; child C unshares one (made
+ *                     private, as `unshare -m` does), mounts a tmpfs on W/tmp with a file it
+ *                     keeps open (offset 5000) and maps shared, enters it (cwd), and binds
+ *                     W/src read-only on W/ro. On go C checks from inside: its mount tree
+ *                     (mountinfo relative to its root: mountpoints, roots, file systems,
+ *                     per-mount and super-block options, propagation kinds, parents) is the
+ *                     one it had, the file's content, offset and inode through the path, the
+ *                     mapping still shares the file, its cwd, and that W/ro is read-only with
+ *                     W/src's file. R checks it sees neither mount and its own tree is intact.
+ *   nestedmnt W deep  the same, and C's child D unshares a further one from C's, mounts a
+ *                     second tmpfs on W/tmp/deep (inside C's) with a file it keeps open; D
+ *                     checks its tree and both files, C that it does not see D's mount.
+ *   nestedmnt W peer  R unshares a mount namespace of its own (private) with a shared tmpfs on
+ *                     W/shr; C's plain unshare(CLONE_NEWNS) leaves C's copy of it in its peer
+ *                     group. On go C mounts a tmpfs on W/shr/sub with a file: R must see it
+ *                     (the peer group was kept), then C unmounts it.
+ *   nestedmnt W sysfs C mounts a fresh sysfs in its own (refused: it shows the network
+ *                     namespace of whoever mounts it).
+ *
+ * Each child writes W/child-NAME ("PASS" or "FAIL: why"); R forwards go to them, waits for
+ * their verdicts and writes the result.
+ */
+#include "common.h"
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/statfs.h>
+#include <sys/wait.h>
+#include <linux/magic.h>
+
+#define FILE_LEN 12288
+#define OFFSET 5000
+
+static char tree_before[65536];
+
+static void path_in(char *out, size_t cap, const char *rel)
+{
+	snprintf(out, cap, "%s/%s", W, rel);
+}
+
+/*
+ * The mount tree as this process sees it, one sorted line per mount: mountpoint, root, file
+ * system, per-mount options, super-block options, whether shared/slave/unbindable, and the
+ * parent's mountpoint (ids and device numbers change with a restore).
+ */
+static int only_w; /* R: only the mounts at or below W (others on the host come and go) */
+
+static void mount_tree(char *out, size_t cap)
+{
+	static char text[65536];
+	static char lines[512][1200];
+	char ids[512][2][16];
+	char mps[512][256];
+	int n = 0;
+	if (read_file("/proc/self/mountinfo", text, sizeof text) < 0)
+		die_setup("read mountinfo");
+	for (char *save = NULL, *l = strtok_r(text, "\n", &save); l && n < 512; l = strtok_r(NULL, "\n", &save)) {
+		char id[16], parent[16], dev[32], root[256], mp[256], opts[256], rest[1024];
+		if (sscanf(l, "%15s %15s %31s %255s %255s %255s %1023[^\n]", id, parent, dev, root, mp, opts, rest) != 7)
+			continue;
+		if (only_w && strncmp(mp, W, strlen(W)) != 0)
+			continue;
+		char *dash = strstr(rest, " - ");
+		if (!dash)
+			continue;
+		*dash = 0;
+		char fstype[64], source[256], sopts[512] = "";
+		sscanf(dash + 3, "%63s %255s %511s", fstype, source, sopts);
+		const char *prop = strstr(rest, "shared:") ? (strstr(rest, "master:") ? "shared+slave" : "shared")
+				   : strstr(rest, "master:")  ? "slave"
+							      : "private";
+		snprintf(ids[n][0], 16, "%s", id);
+		snprintf(ids[n][1], 16, "%s", parent);
+		snprintf(mps[n], sizeof mps[n], "%s", mp);
+		snprintf(lines[n], sizeof lines[n], "%s %s %s %s %s %s%s", mp, root, fstype, opts, sopts, prop,
+			 strstr(rest, "unbindable") ? "+unbindable" : "");
+		n++;
+	}
+	/* the parent's mountpoint */
+	for (int i = 0; i < n; i++) {
+		const char *pm = "-";
+		for (int j = 0; j < n; j++)
+			if (strcmp(ids[j][0], ids[i][1]) == 0)
+				pm = mps[j];
+		size_t len = strlen(lines[i]);
+		snprintf(lines[i] + len, sizeof lines[i] - len, " on %s", pm);
+	}
+	qsort(lines, (size_t)n, sizeof lines[0], (int (*)(const void *, const void *))strcmp);
+	out[0] = 0;
+	for (int i = 0; i < n; i++) {
+		size_t len = strlen(out);
+		snprintf(out + len, cap - len, "%s\n", lines[i]);
+	}
+}
+
+static void check_tree(const char *before, const char *who)
+{
+	static char now[65536];
+	mount_tree(now, sizeof now);
+	if (strcmp(now, before) != 0) {
+		/* name the first line that differs */
+		const char *a = before, *b = now;
+		while (*a && *a == *b)
+			a++, b++;
+		while (a > before && a[-1] != '\n')
+			a--;
+		while (b > now && b[-1] != '\n')
+			b--;
+		fail("%s: its mount tree changed: was \"%.200s\", now \"%.200s\"", who, a, b);
+	}
+}
+
+static int is_tmpfs(const char *path)
+{
+	struct statfs s;
+	return statfs(path, &s) == 0 && s.f_type == TMPFS_MAGIC;
+}
+
+static void fill(char *buf, size_t len, char seed)
+{
+	for (size_t i = 0; i < len; i++)
+		buf[i] = (char)(seed + (char)(i * 7 % 61));
+}
+
+static void child_report(const char *name)
+{
+	char file[64], res[1100];
+	snprintf(file, sizeof file, "child-%s", name);
+	if (failures)
+		snprintf(res, sizeof res, "FAIL: %s: %s\n", name, first_failure);
+	else
+		snprintf(res, sizeof res, "PASS\n");
+	write_file_atomic(file, res);
+}
+
+/* A tmpfs on W/REL with W/REL/data (FILE_LEN bytes from seed), kept open at OFFSET and mapped. */
+struct kept {
+	int fd;
+	char *map;
+	char seed;
+	char path[4200];
+	struct stat st;
+};
+
+static void make_tmpfs(struct kept *k, const char *rel, char seed)
+{
+	char dir[4096];
+	path_in(dir, sizeof dir, rel);
+	SETUP(mount("nestedmnt", dir, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755"));
+	snprintf(k->path, sizeof k->path, "%s/data", dir);
+	k->fd = open(k->path, O_RDWR | O_CREAT | O_EXCL, 0640);
+	SETUP(k->fd);
+	char buf[FILE_LEN];
+	k->seed = seed;
+	fill(buf, sizeof buf, seed);
+	if (write(k->fd, buf, sizeof buf) != (ssize_t)sizeof buf)
+		die_setup("write %s", k->path);
+	SETUP(lseek(k->fd, OFFSET, SEEK_SET));
+	k->map = mmap(NULL, FILE_LEN, PROT_READ | PROT_WRITE, MAP_SHARED, k->fd, 0);
+	if (k->map == MAP_FAILED)
+		die_setup("mmap %s", k->path);
+	SETUP(fstat(k->fd, &k->st));
+}
+
+/* write: also check the mapping still shares the file (writes a byte through it). */
+static void check_kept(struct kept *k, int write)
+{
+	char want[FILE_LEN], got[FILE_LEN];
+	fill(want, sizeof want, k->seed);
+	off_t off = lseek(k->fd, 0, SEEK_CUR);
+	CHECK(off == OFFSET, "%s: offset %lld, not %d", k->path, (long long)off, OFFSET);
+	CHECK(pread(k->fd, got, sizeof got, 0) == (ssize_t)sizeof got && memcmp(got, want, sizeof got) == 0,
+	      "%s: content differs", k->path);
+	CHECK(memcmp(k->map, want, FILE_LEN) == 0, "%s: mapped content differs", k->path);
+	if (write) {
+		k->map[100] = 'Z';
+		char c = 0;
+		CHECK(pread(k->fd, &c, 1, 100) == 1 && c == 'Z', "%s: a write through the mapping is not in the file",
+		      k->path);
+	}
+	struct stat st, fst;
+	CHECK(stat(k->path, &st) == 0, "%s: not there by its path: %s", k->path, strerror(errno));
+	CHECK(fstat(k->fd, &fst) == 0 && st.st_ino == fst.st_ino && st.st_dev == fst.st_dev,
+	      "%s: the open fd is not the file at its path", k->path);
+	CHECK((fst.st_mode & 07777) == 0640, "%s: mode %o", k->path, fst.st_mode & 07777);
+	CHECK(is_tmpfs(k->path), "%s: not on a tmpfs", k->path);
+}
+
+static void bind_ro(void)
+{
+	char src[4096], dst[4096];
+	path_in(src, sizeof src, "src");
+	path_in(dst, sizeof dst, "ro");
+	SETUP(mount(src, dst, NULL, MS_BIND, NULL));
+	SETUP(mount(NULL, dst, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL));
+}
+
+static void check_ro(void)
+{
+	char f[4096], buf[64] = "";
+	path_in(f, sizeof f, "ro/hello");
+	CHECK(read_file(f, buf, sizeof buf) > 0 && strcmp(buf, "from src\n") == 0, "W/ro/hello: %s", buf);
+	int fd = open(f, O_WRONLY);
+	CHECK(fd < 0 && errno == EROFS, "W/ro/hello opened for writing (%s)", fd < 0 ? strerror(errno) : "ok");
+	if (fd >= 0)
+		close(fd);
+}
+
+static void wait_verdict(const char *name)
+{
+	char path[4096], buf[1200];
+	snprintf(path, sizeof path, "%s/child-%s", W, name);
+	int ok = 0;
+	for (int t = 0; t < 3000 && !(ok = access(path, F_OK) == 0); t++)
+		usleep(10000);
+	if (!ok) {
+		fail("no verdict from %s", name);
+		return;
+	}
+	read_file(path, buf, sizeof buf);
+	if (strncmp(buf, "PASS", 4) != 0)
+		fail("%s", buf);
+}
+
+static void wait_file(const char *name)
+{
+	char path[4096];
+	path_in(path, sizeof path, name);
+	for (int t = 0; t < 3000; t++) {
+		if (access(path, F_OK) == 0)
+			return;
+		usleep(10000);
+	}
+	die_setup("no %s after 30 s", name);
+}
+
+/* D: a further mount namespace from C's, a tmpfs inside C's. */
+static void run_d(struct kept *ck)
+{
+	static char before[65536];
+	struct kept k;
+	SETUP(unshare(CLONE_NEWNS));
+	SETUP(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL));
+	char deep[4096];
+	path_in(deep, sizeof deep, "tmp/deep");
+	make_tmpfs(&k, "tmp/deep", 'd');
+	mount_tree(before, sizeof before);
+	write_file_atomic("ready-d", "");
+	wait_go();
+	check_tree(before, "D");
+	check_kept(&k, 1);
+	check_kept(ck, 0);
+	child_report("d");
+	exit(0);
+}
+
+/* C of mode peer: its copy of R's shared W/shr is a peer of it. */
+static void run_c_peer(void)
+{
+	static char before[65536];
+	char sub[4096], flag[4200];
+	SETUP(unshare(CLONE_NEWNS));
+	mount_tree(before, sizeof before);
+	write_file_atomic("ready-c", "");
+	wait_go();
+	check_tree(before, "C");
+	path_in(sub, sizeof sub, "shr/sub");
+	if (mount("peer", sub, "tmpfs", 0, "size=64k") < 0) {
+		fail("C: mount on W/shr/sub: %s", strerror(errno));
+	} else {
+		snprintf(flag, sizeof flag, "%s/flag", sub);
+		int fd = open(flag, O_WRONLY | O_CREAT, 0644);
+		CHECK(fd >= 0, "C: create %s: %s", flag, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+	}
+	child_report("c");
+	/* (R looks, then says done) */
+	wait_file("peer-seen");
+	umount2(sub, MNT_DETACH);
+	exit(0);
+}
+
+static void run_c(int deep, int sysfs)
+{
+	struct kept k;
+	char tmp[4096];
+	only_w = 0; /* (its own namespace: the whole tree) */
+	SETUP(unshare(CLONE_NEWNS));
+	SETUP(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL));
+	if (sysfs) {
+		path_in(tmp, sizeof tmp, "tmp");
+		SETUP(mount("sysfs", tmp, "sysfs", 0, NULL));
+		write_file_atomic("ready-c", "");
+		wait_go();
+		child_report("c");
+		exit(0);
+	}
+	make_tmpfs(&k, "tmp", 'c');
+	bind_ro();
+	path_in(tmp, sizeof tmp, "tmp");
+	SETUP(chdir(tmp));
+	pid_t d = 0;
+	if (deep) {
+		char dd[4096];
+		path_in(dd, sizeof dd, "tmp/deep");
+		SETUP(mkdir(dd, 0755));
+		d = fork();
+		SETUP(d);
+		if (d == 0)
+			run_d(&k);
+		wait_file("ready-d");
+	}
+	mount_tree(tree_before, sizeof tree_before);
+	char pidtext[32];
+	snprintf(pidtext, sizeof pidtext, "%d\n", (int)d);
+	write_file_atomic("pid-d", pidtext);
+	write_file_atomic("ready-c", "");
+	wait_go();
+	if (deep) {
+		/* (first: D reads C's file before C writes through its mapping) */
+		char f[4096];
+		path_in(f, sizeof f, "tmp/deep/data");
+		CHECK(access(f, F_OK) != 0, "C sees D's tmpfs");
+		kill(d, SIGUSR2);
+		wait_verdict("d");
+		waitpid(d, NULL, 0);
+	}
+	check_tree(tree_before, "C");
+	check_kept(&k, 1);
+	check_ro();
+	char cwd[4096] = "";
+	CHECK(getcwd(cwd, sizeof cwd) && strcmp(cwd, tmp) == 0, "C: cwd %s, not %s", cwd, tmp);
+	CHECK(access("data", F_OK) == 0, "C: no data in its cwd");
+	child_report("c");
+	exit(0);
+}
+
+int main(int argc, char **argv)
+{
+	workload_init(argc, argv);
+	const char *mode = argc > 2 ? argv[2] : "one";
+	int deep = strcmp(mode, "deep") == 0, sysfs = strcmp(mode, "sysfs") == 0, peer = strcmp(mode, "peer") == 0;
+	if (!deep && !sysfs && !peer && strcmp(mode, "one") != 0)
+		die_setup("unknown mode %s", mode);
+	char p[4096];
+	if (peer) {
+		SETUP(unshare(CLONE_NEWNS));
+		SETUP(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL));
+		path_in(p, sizeof p, "shr");
+		SETUP(mkdir(p, 0755));
+		SETUP(mount("shr", p, "tmpfs", 0, "size=64k"));
+		SETUP(mount(NULL, p, NULL, MS_SHARED, NULL));
+		path_in(p, sizeof p, "shr/sub");
+		SETUP(mkdir(p, 0755));
+		mount_tree(tree_before, sizeof tree_before);
+		pid_t c = fork();
+		SETUP(c);
+		if (c == 0)
+			run_c_peer();
+		wait_file("ready-c");
+		signal_ready();
+		wait_go();
+		check_tree(tree_before, "R");
+		kill(c, SIGUSR2);
+		wait_verdict("c");
+		path_in(p, sizeof p, "shr/sub/flag");
+		CHECK(access(p, F_OK) == 0, "R does not see C's mount on W/shr/sub: the peer group was lost");
+		write_file_atomic("peer-seen", "");
+		waitpid(c, NULL, 0);
+		finish();
+	}
+	const char *dirs[] = { "tmp", "src", "ro" };
+	for (int i = 0; i < 3; i++) {
+		path_in(p, sizeof p, dirs[i]);
+		SETUP(mkdir(p, 0755));
+	}
+	SETUP(write_file_atomic("src/hello", "from src\n"));
+	only_w = 1;
+	mount_tree(tree_before, sizeof tree_before);
+	pid_t c = fork();
+	SETUP(c);
+	if (c == 0)
+		run_c(deep, sysfs);
+	char pidtext[32];
+	snprintf(pidtext, sizeof pidtext, "%d\n", (int)c);
+	write_file_atomic("pid-c", pidtext);
+	wait_file("ready-c");
+	signal_ready();
+	wait_go();
+	check_tree(tree_before, "R");
+	path_in(p, sizeof p, "tmp");
+	CHECK(!is_tmpfs(p), "R: W/tmp is a tmpfs here");
+	path_in(p, sizeof p, "tmp/data");
+	CHECK(access(p, F_OK) != 0, "R sees C's W/tmp/data");
+	path_in(p, sizeof p, "ro/hello");
+	CHECK(access(p, F_OK) != 0, "R sees C's bind on W/ro");
+	kill(c, SIGUSR2);
+	wait_verdict("c");
+	waitpid(c, NULL, 0);
+	finish();
+}
