@@ -126,17 +126,6 @@ static void fill(char *buf, size_t len, char seed)
 		buf[i] = (char)(seed + (char)(i * 7 % 61));
 }
 
-static void child_report(const char *name)
-{
-	char file[64], res[1100];
-	snprintf(file, sizeof file, "child-%s", name);
-	if (failures)
-		snprintf(res, sizeof res, "FAIL: %s: %s\n", name, first_failure);
-	else
-		snprintf(res, sizeof res, "PASS\n");
-	write_file_atomic(file, res);
-}
-
 /* A tmpfs on W/REL with W/REL/data (FILE_LEN bytes from seed), kept open at OFFSET and mapped. */
 struct kept {
 	int fd;
@@ -208,22 +197,6 @@ static void check_ro(void)
 	CHECK(fd < 0 && errno == EROFS, "W/ro/hello opened for writing (%s)", fd < 0 ? strerror(errno) : "ok");
 	if (fd >= 0)
 		close(fd);
-}
-
-static void wait_verdict(const char *name)
-{
-	char path[4096], buf[1200];
-	snprintf(path, sizeof path, "%s/child-%s", W, name);
-	int ok = 0;
-	for (int t = 0; t < 3000 && !(ok = access(path, F_OK) == 0); t++)
-		usleep(10000);
-	if (!ok) {
-		fail("no verdict from %s", name);
-		return;
-	}
-	read_file(path, buf, sizeof buf);
-	if (strncmp(buf, "PASS", 4) != 0)
-		fail("%s", buf);
 }
 
 static void wait_file(const char *name)
@@ -327,7 +300,7 @@ static void run_c(int deep, int sysfs)
 		path_in(f, sizeof f, "tmp/deep/data");
 		CHECK(access(f, F_OK) != 0, "C sees D's tmpfs");
 		kill(d, SIGUSR2);
-		wait_verdict("d");
+		child_verdict("d");
 		waitpid(d, NULL, 0);
 	}
 	check_tree(tree_before, "C");
@@ -367,7 +340,7 @@ int main(int argc, char **argv)
 		wait_go();
 		check_tree(tree_before, "R");
 		kill(c, SIGUSR2);
-		wait_verdict("c");
+		child_verdict("c");
 		path_in(p, sizeof p, "shr/sub/flag");
 		CHECK(access(p, F_OK) == 0, "R does not see C's mount on W/shr/sub: the peer group was lost");
 		write_file_atomic("peer-seen", "");
@@ -400,7 +373,7 @@ int main(int argc, char **argv)
 	path_in(p, sizeof p, "ro/hello");
 	CHECK(access(p, F_OK) != 0, "R sees C's bind on W/ro");
 	kill(c, SIGUSR2);
-	wait_verdict("c");
+	child_verdict("c");
 	waitpid(c, NULL, 0);
 	finish();
 }

@@ -19,12 +19,17 @@
  *                       unchanged (C's shows "/" where its namespace is rooted, C1's "/inner"),
  *                       that C and C1 share a cgroup namespace that is not R's, and R that its
  *                       own /proc/self/cgroup is unchanged. R removes the cgroups at the end.
+ *   nestednet W inet-moved  R binds a UDP socket on 127.0.0.1, then unshares a network
+ *                       namespace: the socket stays in the namespace it was made in. ferry
+ *                       must refuse it by name (restore would make it in R's new one); on go
+ *                       R checks the socket kept its address and still reaches itself there.
  *
  * Each process but R writes W/child-NAME ("PASS" or "FAIL: why"); R forwards go to them, waits
  * for their verdicts and writes the result.
  */
 #include "common.h"
 #include <linux/sockios.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <stddef.h>
 #include <sched.h>
@@ -302,6 +307,27 @@ static void run_cgroup(void)
 	rmdir(cg_v2);
 }
 
+static void run_inet_moved(void)
+{
+	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	SETUP(s);
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	SETUP(bind(s, (struct sockaddr *)&a, sizeof a));
+	socklen_t len = sizeof a;
+	SETUP(getsockname(s, (struct sockaddr *)&a, &len));
+	SETUP(unshare(CLONE_NEWNET));
+	signal_ready();
+	wait_go();
+	struct sockaddr_in now;
+	len = sizeof now;
+	CHECK(getsockname(s, (struct sockaddr *)&now, &len) == 0 && now.sin_port == a.sin_port &&
+		      now.sin_addr.s_addr == a.sin_addr.s_addr,
+	      "the UDP socket lost its address 127.0.0.1:%d", ntohs(a.sin_port));
+	char buf[8] = "moved";
+	CHECK(sendto(s, buf, 5, 0, (struct sockaddr *)&a, sizeof a) == 5, "sendto itself: %s", strerror(errno));
+	CHECK(recv(s, buf, sizeof buf, 0) == 5, "recv from itself: %s", strerror(errno));
+}
+
 int main(int argc, char **argv)
 {
 	workload_init(argc, argv);
@@ -310,6 +336,8 @@ int main(int argc, char **argv)
 		run_unix();
 	else if (strcmp(mode, "cgroup") == 0)
 		run_cgroup();
+	else if (strcmp(mode, "inet-moved") == 0)
+		run_inet_moved();
 	else
 		die_setup("unknown mode %s", mode);
 	finish();

@@ -7,8 +7,8 @@
 use crate::error::{Ctx, Error};
 use crate::procfs;
 use crate::state::{
-    epoll, eventfd, external, fanotify, fifo, fown, ghost_node, inet, inotify, locks, memfd_seals, netlink, packet,
-    pidfd, pipes, signalfd, timerfd, tty, unix,
+    epoll, eventfd, external, fanotify, fifo, fown, ghost_node, inet, inotify, locks, memfd_seals, netlink, netns,
+    packet, pidfd, pipes, signalfd, timerfd, tty, unix,
 };
 use ferry_image::{Fd, File, FileKind, ImageWriter, Process};
 use ferry_sys::consts::KCMP_FILE;
@@ -150,6 +150,9 @@ pub fn collect_one(
     {
         let unsupported = |what: String| Error::Unsupported { pid, what: format!("fd {fd}: {what}") };
         let mut file = File { flags, pos: info.pos, describe: link.clone(), ..Default::default() };
+        if link.starts_with("socket:") {
+            netns::refuse_socket_elsewhere(pid, fd, pidfd)?;
+        }
         if let Some(ino) = pipes::pipe_ino(&link) {
             file.kind = FileKind::Pipe as i32;
             file.pipe_ino = ino;

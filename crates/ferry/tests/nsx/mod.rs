@@ -11,8 +11,8 @@ use std::fs;
 
 pub mod macvlan;
 pub mod nested;
-pub mod nestednet;
 pub mod nestedmnt;
+pub mod nestednet;
 pub mod veth;
 use std::process::{Command, Stdio};
 use std::time::Duration;

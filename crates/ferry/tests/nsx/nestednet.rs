@@ -13,6 +13,22 @@ fn nested_netns_unix_sockets_restored() {
     cycle(&Spec::c("nestednet").args(&["unix"]));
 }
 
+/// An inet socket made before its process unshared a network namespace lives in the old one;
+/// restore makes inet sockets in the process's namespace, so the dump is refused by name and
+/// the socket still works afterwards (the workload checks it on go).
+#[test]
+fn inet_socket_left_in_another_netns_refused() {
+    refused_then_intact(
+        Spec::c("nestednet").args(&["inet-moved"]),
+        &["fd 3", "a socket in another network namespace", "than its process's"],
+    );
+}
+
+#[test]
+fn control_inet_socket_left_in_another_netns() {
+    control(&Spec::c("nestednet").args(&["inet-moved"]));
+}
+
 #[test]
 fn control_nested_netns_unix_sockets() {
     control(&Spec::c("nestednet").args(&["unix"]));
