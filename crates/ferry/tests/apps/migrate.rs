@@ -13,7 +13,7 @@
 
 use super::redis::{redis_args, REDIS};
 use super::*;
-use crate::migrate::{in_place_mib, keygen, run_ok, summary, Migration, Nodes, Server, DEST};
+use crate::migrate::{in_place_mib, keygen, migrate_init, run_ok, summary, Nodes, Server};
 
 pub(super) const ADDR: &str = "10.231.1.1";
 const REDIS_PORT: u16 = 6390;
@@ -78,20 +78,8 @@ impl Move {
     /// `ferry migrate -t INIT --to B --tcp-established EXTRA...`, which must succeed: the
     /// moved tree's host pid on B.
     pub(super) fn migrate(&self, extra: &[&str], log: &dyn Fn() -> String) -> i32 {
-        let out = self
-            .nodes
-            .in_a(ferry_bin())
-            .args(["migrate", "-t", &self.init.to_string(), "--to", DEST, "--auth", &path_str(&self.auth)])
-            .arg("--tcp-established")
-            .args(extra)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run ferry migrate");
-        let m = Migration {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
+        let args: Vec<&str> = ["--tcp-established"].into_iter().chain(extra.iter().copied()).collect();
+        let m = migrate_init(&self.nodes, self.init, &self.auth, &args);
         assert!(m.ok, "migration failed: {}\n{}\nserve: {}", m.stderr, log(), self.server.log());
         let (remote, downtime) = summary(&m);
         eprintln!(

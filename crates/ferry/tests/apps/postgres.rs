@@ -6,7 +6,7 @@
 //! it. The test speaks the wire protocol itself (simple queries, trust authentication).
 
 use super::*;
-use crate::contact::{sysv_segments_of, user_ids, SegmentCleanup, PG_BIN};
+use crate::contact::{init_cluster, sysv_segments_of, SegmentCleanup, AS_POSTGRES, PG_BIN};
 
 /// A frontend connection: the simple query protocol.
 struct Pg {
@@ -91,25 +91,8 @@ impl Pg {
 /// socket dir W/sock: the command line of setpriv that starts its postgres as user postgres,
 /// listening on `addr`:`port`.
 fn init(w: &WorkDir, addr: &str, port: u16) -> Vec<String> {
-    let initdb = need(&format!("{PG_BIN}/initdb"), "postgresql-15");
     let postgres = need(&format!("{PG_BIN}/postgres"), "postgresql-15");
-    let setpriv = need("setpriv", "util-linux");
-    let (uid, gid) =
-        user_ids("postgres").unwrap_or_else(|| panic!("{}", missing_tool("the user postgres", "postgresql-15")));
-    let (data, sock) = (w.join("data"), w.join("sock"));
-    for d in [&data, &sock] {
-        fs::create_dir(d).expect("mkdir");
-        std::os::unix::fs::chown(d, Some(uid), Some(gid)).expect("chown to postgres");
-    }
-    let as_postgres = ["--reuid=postgres", "--regid=postgres", "--init-groups"];
-    let out = Command::new(&setpriv)
-        .args(as_postgres)
-        .arg(&initdb)
-        .args(["-D", &path_str(&data), "-A", "trust", "-U", "postgres", "--no-sync"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run initdb");
-    assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+    let (data, sock) = init_cluster(w);
     if addr != "127.0.0.1" {
         // (initdb trusts local clients only: the other node's too.)
         let hba = data.join("pg_hba.conf");
@@ -117,7 +100,7 @@ fn init(w: &WorkDir, addr: &str, port: u16) -> Vec<String> {
         conf += "host all all 10.231.0.0/16 trust\n";
         fs::write(&hba, conf).expect("write pg_hba.conf");
     }
-    let mut args: Vec<String> = as_postgres.iter().map(|s| s.to_string()).collect();
+    let mut args: Vec<String> = AS_POSTGRES.iter().map(|s| s.to_string()).collect();
     args.push(path_str(&postgres));
     args.extend(["-D", &path_str(&data), "-p", &port.to_string(), "-k", &path_str(&sock)].map(String::from));
     args.extend(["-c", &format!("listen_addresses={addr}"), "-c", "fsync=off"].map(String::from));

@@ -208,6 +208,32 @@ impl Drop for SegmentCleanup {
     }
 }
 
+/// `setpriv` arguments that run a command as the user postgres.
+pub(crate) const AS_POSTGRES: [&str; 3] = ["--reuid=postgres", "--regid=postgres", "--init-groups"];
+
+/// A database cluster of the test's own: W/data made by initdb (user postgres, trust) and the
+/// unix socket dir W/sock, both owned by postgres. Returns (data, sock).
+pub(crate) fn init_cluster(w: &WorkDir) -> (PathBuf, PathBuf) {
+    let initdb = need(&format!("{PG_BIN}/initdb"), "postgresql-15");
+    let setpriv = need("setpriv", "util-linux");
+    let (uid, gid) =
+        user_ids("postgres").unwrap_or_else(|| panic!("{}", missing_tool("the user postgres", "postgresql-15")));
+    let (data, sock) = (w.join("data"), w.join("sock"));
+    for d in [&data, &sock] {
+        fs::create_dir(d).expect("mkdir");
+        std::os::unix::fs::chown(d, Some(uid), Some(gid)).expect("chown to postgres");
+    }
+    let out = Command::new(&setpriv)
+        .args(AS_POSTGRES)
+        .arg(&initdb)
+        .args(["-D", &path_str(&data), "-A", "trust", "-U", "postgres", "--no-sync"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run initdb");
+    assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+    (data, sock)
+}
+
 /// A real PostgreSQL 15 (as user postgres, its own data dir, port on 127.0.0.1 and unix socket
 /// dir): a table is created, the postmaster's whole tree (checkpointer, background writer, WAL
 /// writer, autovacuum and logical replication launchers) is dumped and killed, and restored.
@@ -216,30 +242,14 @@ impl Drop for SegmentCleanup {
 /// socket, has the table, takes new rows, and shuts down cleanly.
 #[test]
 fn postgresql_15_dump_restore() {
-    let initdb = need(&format!("{PG_BIN}/initdb"), "postgresql-15");
     let postgres = need(&format!("{PG_BIN}/postgres"), "postgresql-15");
     let psql_bin = need(&format!("{PG_BIN}/psql"), "postgresql-client-15");
     let setpriv = need("setpriv", "util-linux");
-    let (uid, gid) =
-        user_ids("postgres").unwrap_or_else(|| panic!("{}", missing_tool("the user postgres", "postgresql-15")));
     let w = WorkDir::new("postgres");
-    let (data, sock) = (w.join("data"), w.join("sock"));
-    for d in [&data, &sock] {
-        fs::create_dir(d).expect("mkdir");
-        std::os::unix::fs::chown(d, Some(uid), Some(gid)).expect("chown to postgres");
-    }
+    let (data, sock) = init_cluster(&w);
     let as_postgres = |c: &mut Command| {
-        c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"]);
+        c.args(AS_POSTGRES);
     };
-    let mut c = Command::new(&setpriv);
-    as_postgres(&mut c);
-    let out = c
-        .arg(&initdb)
-        .args(["-D", &path_str(&data), "-A", "trust", "-U", "postgres", "--no-sync"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run initdb");
-    assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
     let port_s = port.to_string();
     let log = w.join("postgres.log");

@@ -362,6 +362,22 @@ fn migrate_with(nodes: &Nodes, wl: &Workload, auth: &Path, label: &str, extra: &
     }
 }
 
+/// `ferry migrate -t INIT --to DEST --auth AUTH EXTRA...` run in node A, to the end.
+pub(crate) fn migrate_init(nodes: &Nodes, init: i32, auth: &Path, extra: &[&str]) -> Migration {
+    let out = nodes
+        .in_a(ferry_bin())
+        .args(["migrate", "-t", &init.to_string(), "--to", DEST, "--auth", &path_str(auth)])
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ferry migrate");
+    Migration {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// The summary line: the pid on the destination and the downtime.
 pub(crate) fn summary(m: &Migration) -> (i32, u64) {
     let line = m.stdout.lines().find(|l| l.starts_with("migrated pid")).unwrap_or_else(|| {
@@ -769,17 +785,7 @@ fn migrate_server_with_open_connection_moves_its_address() {
         .expect("start the client");
     wait_for("the client's first exchange", Duration::from_secs(30), || w.join("client-ready").exists());
     wait_for("the server to be ready", Duration::from_secs(30), || w.join("ready").exists());
-    let out = nodes
-        .in_a(ferry_bin())
-        .args(["migrate", "-t", &init.to_string(), "--to", DEST, "--auth", &path_str(&auth), "--tcp-established"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run ferry migrate");
-    let m = Migration {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
+    let m = migrate_init(&nodes, init, &auth, &["--tcp-established"]);
     assert!(m.ok, "migration failed: {}\nserver: {}", m.stderr, server.log());
     let (remote, _) = summary(&m);
     assert!(m.stderr.contains("nft delete table"), "migrate did not say how to lift the network lock: {}", m.stderr);
