@@ -253,8 +253,7 @@ impl Injector {
         let r = ptrace::set_options(pid, options).and(r);
         if let (Err(_), Some(c)) = (&r, child) {
             // (Killed and waited for by its tracer, ferry; see state/snapshot.rs for its parent.)
-            let _ = ferry_sys::process::kill(c, libc::SIGKILL);
-            while let Ok(Some((_, WaitStatus::Stopped { .. } | WaitStatus::Continued))) = ptrace::wait(c, false) {}
+            ferry_sys::process::kill_and_reap(c);
         }
         r
     }

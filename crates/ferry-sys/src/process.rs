@@ -103,6 +103,14 @@ pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
     cvt_i(unsafe { libc::kill(pid, sig) }).map(drop)
 }
 
+/// `kill(pid, SIGKILL)`, then `waitpid` until child `pid` is gone (past the stops a tracer
+/// sees): for a helper or stand-in that failed midway. Errors are ignored (it may be gone).
+pub fn kill_and_reap(pid: i32) {
+    use crate::ptrace::WaitStatus;
+    let _ = kill(pid, libc::SIGKILL);
+    while let Ok(Some((_, WaitStatus::Stopped { .. } | WaitStatus::Continued))) = crate::ptrace::wait(pid, false) {}
+}
+
 // (Defined below this module, in raw.rs, which needs it too.)
 pub use crate::raw::page_size;
 

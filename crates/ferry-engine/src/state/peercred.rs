@@ -89,7 +89,7 @@ impl Creators {
                 op()
             }
             Err(e) => Err(e),
-            Ok(h) => match ferry_sys::ptrace::wait(h, false)? {
+            Ok(h) => match reaped(h)? {
                 Some((_, ferry_sys::ptrace::WaitStatus::Exited(0))) => Ok(()),
                 Some((_, ferry_sys::ptrace::WaitStatus::Exited(NO_IDS))) => {
                     tracing::info!(
@@ -119,5 +119,19 @@ impl Creators {
             })?;
         }
         Ok((a, b))
+    }
+}
+
+/// The end of helper `h`: its status once it exited or was killed. A wait that fails, or that
+/// sees the helper otherwise (stopped), kills it and reaps it before the error, so no helper
+/// is left behind (running with the fd table shared, or a zombie).
+fn reaped(h: i32) -> std::io::Result<Option<(i32, ferry_sys::ptrace::WaitStatus)>> {
+    use ferry_sys::ptrace::WaitStatus;
+    match ferry_sys::ptrace::wait(h, false) {
+        r @ Ok(Some((_, WaitStatus::Exited(_) | WaitStatus::Signaled(_)))) => r,
+        r => {
+            ferry_sys::process::kill_and_reap(h);
+            r
+        }
     }
 }
