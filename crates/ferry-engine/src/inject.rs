@@ -543,6 +543,12 @@ fn within(size: usize) -> u64 {
     mask
 }
 
+/// The little-endian word at byte `at` of an XSAVE area (`None` past its end): XCR0 at 464
+/// (PTRACE_GETREGSET's software-reserved bytes), XSTATE_BV at 512.
+pub fn xsave_word(xstate: &[u8], at: usize) -> Option<u64> {
+    xstate.get(at..at.checked_add(8)?)?.try_into().ok().map(u64::from_le_bytes)
+}
+
 /// How much of the thread's XSAVE area (`xstate`, as PTRACE_GETREGSET gives it: as large as the
 /// largest state this kernel supports, e.g. 11 KiB with AMX) the rescue frame carries: up to the
 /// end of the last component in use (XSTATE_BV, bytes 512..520). A component not in use is in its
@@ -554,9 +560,7 @@ fn frame_xstate_size(xstate: &[u8]) -> usize {
     if xstate.len() <= LEGACY_AND_HEADER {
         return xstate.len();
     }
-    let mut bv = [0u8; 8];
-    bv.copy_from_slice(&xstate[512..520]);
-    let in_use = u64::from_le_bytes(bv);
+    let Some(in_use) = xsave_word(xstate, 512) else { return xstate.len() };
     let mut end = LEGACY_AND_HEADER;
     for c in 2..63 {
         if in_use & (1 << c) != 0 {
@@ -612,21 +616,10 @@ pub fn with_rescue(
     xstate: &[u8],
     sigmask: u64,
 ) -> io::Result<Option<(Injector, Rescue)>> {
-    if xstate.len() < 512 + 64 {
-        return Ok(None);
-    }
     // PTRACE_GETREGSET puts XCR0 in the first software-reserved bytes; a signal frame wants
     // struct _fpx_sw_bytes there instead (magic1, extended size, xfeatures, xstate size).
-    let xcr0 = u64::from_le_bytes([
-        xstate[464],
-        xstate[465],
-        xstate[466],
-        xstate[467],
-        xstate[468],
-        xstate[469],
-        xstate[470],
-        xstate[471],
-    ]);
+    // (An area without the XSAVE header, 576 bytes: no frame, the bare injector.)
+    let (Some(xcr0), true) = (xsave_word(xstate, 464), xstate.len() >= 512 + 64) else { return Ok(None) };
     let xstate_size = frame_xstate_size(xstate);
     let xstate = &xstate[..xstate_size];
     let [Some(syscall_ret), Some(restorer)] =

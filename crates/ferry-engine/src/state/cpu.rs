@@ -205,12 +205,7 @@ pub fn collect(tid: i32, t: &mut Thread) -> Result<UserRegs, Error> {
 /// is at 512; the kernel's xfeatures mask of the whole area lives in the software-reserved
 /// bytes 464..472 of the legacy area).
 pub fn xstate_features(xstate: &[u8]) -> u64 {
-    if xstate.len() < 472 {
-        return 0;
-    }
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&xstate[464..472]);
-    u64::from_le_bytes(w)
+    crate::inject::xsave_word(xstate, 464).unwrap_or(0)
 }
 
 /// Check that this machine can load `img`'s XSAVE area into thread `tid` (a restored child
