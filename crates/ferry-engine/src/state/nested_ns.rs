@@ -152,8 +152,7 @@ fn refuse_unix_paths(p: &Process) -> Result<(), Error> {
 /// SysV shared memory attached in a nested ipc namespace: the segments are looked up in the
 /// root's (state/sysvshm.rs), so such a process is refused.
 fn refuse_sysv_attached(pid: i32) -> Result<(), Error> {
-    let maps = crate::procfs::read_string(pid, "maps")?;
-    if maps.lines().any(|l| l.contains("/SYSV")) {
+    if crate::state::sysvshm::any_attached(pid, &crate::procfs::read_string(pid, "maps")?)? {
         return Err(Error::Unsupported { pid, what: "SysV shared memory attached in a nested ipc namespace".into() });
     }
     Ok(())

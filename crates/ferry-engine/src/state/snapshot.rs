@@ -206,7 +206,7 @@ pub fn flags_later(pid: i32) -> Result<bool, Error> {
     if locked != Some("0") {
         return Ok(false);
     }
-    Ok(!procfs::read_string(pid, "maps")?.lines().any(|l| l.contains(" /SYSV")))
+    Ok(!crate::state::sysvshm::any_attached(pid, &procfs::read_string(pid, "maps")?)?)
 }
 
 /// The VmFlags of `pid`'s mappings `mm`, read now (the tree frozen): for a process whose flags

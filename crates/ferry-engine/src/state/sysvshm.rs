@@ -30,6 +30,21 @@ use std::collections::{BTreeMap, HashSet};
 
 const SHM_DEST: u32 = 0o1000;
 
+/// Whether `m` is a SysV shared memory attachment: the kernel names the segment's file
+/// `SYSV%08x` (its key), unlinked; not any mapped file whose name merely starts so.
+pub fn is_attachment(m: &ferry_proc::MapEntry) -> bool {
+    m.deleted
+        && m.path
+            .as_deref()
+            .and_then(|p| p.strip_prefix("/SYSV"))
+            .is_some_and(|k| k.len() == 8 && k.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Whether a process with maps `maps_text` has a SysV segment attached.
+pub fn any_attached(pid: i32, maps_text: &str) -> Result<bool, Error> {
+    Ok(crate::procfs::parse(pid, "maps", ferry_proc::parse_maps(maps_text))?.iter().any(is_attachment))
+}
+
 /// Mark `v` (a `/SYSV` mapping whose maps inode is `shmid`) as a SysV attachment.
 pub fn scan(v: &mut Vma, shmid: u64) {
     v.sysv = true;
@@ -350,6 +365,17 @@ mod tests {
             parse_live("key shmid perms size cpid lpid nattch\n 4660 7 600 100 1 1 3 0 0 0 0\n"),
             vec![live(0x1234, 7, 100, 3)]
         );
+    }
+
+    #[test]
+    fn attachment_is_the_kernel_name_only() {
+        let attached = |line: &str| any_attached(1, &format!("{line}\n")).expect("maps line");
+        assert!(attached("7f0000000000-7f0000001000 rw-s 00000000 00:01 32770      /SYSV00001234 (deleted)"));
+        // A file whose name merely starts so, under the root or elsewhere: no segment.
+        assert!(!attached("7f0000000000-7f0000001000 rw-s 00000000 08:01 1234       /SYSV00001234"));
+        assert!(!attached("7f0000000000-7f0000001000 rw-s 00000000 08:01 1234       /SYSVnotes (deleted)"));
+        assert!(!attached("7f0000000000-7f0000001000 rw-s 00000000 08:01 1234       /tmp/x/SYSV00001234 (deleted)"));
+        assert!(!attached("7f0000000000-7f0000001000 rw-s 00000000 08:01 1234       /data/SYSV (deleted)"));
     }
 
     #[test]

@@ -107,11 +107,17 @@ pub fn scan(
                 v.file_size = md.size();
                 VmaKind::FilePrivate
             }
-            Some(s) if s.starts_with("/SYSV") && m.perms.shared && !v.vm_flags.iter().any(|f| f == "ht") => {
+            Some(_)
+                if crate::state::sysvshm::is_attachment(m)
+                    && m.perms.shared
+                    && !v.vm_flags.iter().any(|f| f == "ht") =>
+            {
                 crate::state::sysvshm::scan(&mut v, m.inode);
                 VmaKind::SharedAnon
             }
-            Some(s) if s.starts_with("/SYSV") => return Err(at(format!("SysV shared memory {s} in huge pages"))),
+            Some(s) if crate::state::sysvshm::is_attachment(m) => {
+                return Err(at(format!("SysV shared memory {s} in huge pages")))
+            }
             // The ring of an io_setup() context: state/aio.rs reads and recreates it.
             Some(s) if s.starts_with("/[aio]") => VmaKind::AioRing,
             Some(s) if s.starts_with('/') => {
