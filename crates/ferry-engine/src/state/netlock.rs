@@ -89,9 +89,14 @@ fn netns_of(pid: i32) -> Result<Option<std::os::fd::OwnedFd>, Error> {
     Ok(Some(std::os::fd::OwnedFd::from(f)))
 }
 
-/// Whether `line` of `nft list tables` is a lock of ferry's.
+/// The tables this ferry made ([`table_name`]): only these are ferry's locks to a dump that
+/// lists a namespace's tables, not any table a tree may name `ferry_lock_*` itself.
+static MADE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Whether `line` of `nft list tables` is a lock this ferry made.
 pub fn is_lock_table(line: &str) -> bool {
-    line.trim().strip_prefix("table inet ").is_some_and(|t| t.starts_with("ferry_lock_"))
+    let made = MADE.lock().unwrap_or_else(|p| p.into_inner());
+    line.trim().strip_prefix("table inet ").is_some_and(|t| made.iter().any(|m| m == t))
 }
 
 /// Run `nft -f -` with `script`, in network namespace `netns` if given (from a thread that
@@ -137,11 +142,16 @@ fn nft(script: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// A fresh table name (`ferry_lock_PID_NANOS`).
+/// A fresh table name (`ferry_lock_PID_NANOS_N`), recorded as this ferry's. The scripts make
+/// it with `create table`, which fails rather than add chains to a table of the same name that
+/// is already there (a tree's own, or a lock left by another run).
 fn table_name() -> String {
     let nanos =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("ferry_lock_{}_{nanos}", std::process::id())
+    let mut made = MADE.lock().unwrap_or_else(|p| p.into_inner());
+    let name = format!("ferry_lock_{}_{nanos}_{}", std::process::id(), made.len());
+    made.push(name.clone());
+    name
 }
 
 fn matcher(src: &SocketAddr, dst: &SocketAddr) -> String {
@@ -162,7 +172,7 @@ impl Lock {
         let netns = netns_of(pid)?;
         let table = table_name();
         nft_in(netns.as_ref(), &format!(
-            "table inet {table} {{\n chain in {{ type filter hook input priority raw; policy accept; }}\n chain out {{ type filter hook output priority raw; policy accept; }}\n}}\n"
+            "create table inet {table}\ntable inet {table} {{\n chain in {{ type filter hook input priority raw; policy accept; }}\n chain out {{ type filter hook output priority raw; policy accept; }}\n}}\n"
         ))?;
         Ok(Lock { table, netns, kept: false })
     }
@@ -180,7 +190,7 @@ impl Lock {
             std::fs::File::open(path).map_err(|e| Error::Sys { object: format!("cannot open {path}"), source: e })?;
         let table = table_name();
         let mut script = format!(
-            "table inet {table} {{\n chain in {{ type filter hook input priority raw; policy accept; meta mark {PASS_MARK:#x} accept; }}\n chain out {{ type filter hook output priority raw; policy accept; meta mark {PASS_MARK:#x} accept; }}\n}}\n"
+            "create table inet {table}\ntable inet {table} {{\n chain in {{ type filter hook input priority raw; policy accept; meta mark {PASS_MARK:#x} accept; }}\n chain out {{ type filter hook output priority raw; policy accept; meta mark {PASS_MARK:#x} accept; }}\n}}\n"
         );
         for (local, peer) in conns {
             script.push_str(&format!(

@@ -166,14 +166,16 @@ fn netns_timens_job_restored() {
 }
 
 /// A device ferry does not recreate (a veth whose peer is outside) and a filtering rule are
-/// refused by name.
+/// refused by name; also a table the tree named like ferry's network locks (`ferry_lock_*`),
+/// which the dump once took for its own and left out without a word.
 #[test]
 fn netns_veth_and_rules_refused() {
     need("nft", "nftables");
     let out = format!("nsxo{}", std::process::id() % 100_000);
     for (what, expect) in [
         ("veth", "network device nsxv0 (veth) in the tree's network namespace, its peer outside it"),
-        ("nft", "nftables/iptables ruleset"),
+        ("nsxfilter", "nftables/iptables ruleset in the tree's network namespace (table inet nsxfilter)"),
+        ("ferry_lock_nsx", "nftables/iptables ruleset in the tree's network namespace (table inet ferry_lock_nsx)"),
     ] {
         let w = WorkDir::new("nsx-refused");
         let (pid, _g) = start_nsjob(&w, Command::new(ferry_bin()));
@@ -187,7 +189,7 @@ fn netns_veth_and_rules_refused() {
                     .args(["netns", &std::process::id().to_string()]),
             );
         } else {
-            run_ok(Command::new("nsenter").arg(&net).args(["nft", "add", "table", "inet", "nsxfilter"]));
+            run_ok(Command::new("nsenter").arg(&net).args(["nft", "add", "table", "inet", what]));
         }
         fs::write(w.join("setup"), "").expect("setup file");
         wait_for("nsjob to be ready", Duration::from_secs(60), || w.join("ready").exists());
