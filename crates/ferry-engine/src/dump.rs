@@ -476,8 +476,15 @@ fn dump_inner(
     let mut frozen_before = Duration::ZERO;
     if let Some(p) = pre.as_mut() {
         frozen_before = p.frozen_to_track;
-        // (A tree that forked meanwhile, or much written since the last round: the fork.)
-        if frozen.len() != 1 || frozen[0].pid != p.pid || !p.finish()? {
+        // (A tree that forked meanwhile, much written since the last round, or the tracking
+        // that failed to end: the fork. Dropped, the tracking ends and its page file goes.)
+        let fork = frozen.len() != 1
+            || frozen[0].pid != p.pid
+            || !p.finish().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "dump -R: the tracking failed to end: a fork snapshot instead");
+                false
+            });
+        if fork {
             pre = None;
         }
     }

@@ -81,6 +81,15 @@ pub fn fault_point_named(name: &str) {
     }
 }
 
+/// Fault injection for tests: `FERRY_FAULT=NAME` makes the step at the point named `NAME`
+/// fail (an error, where [`fault_point_named`] kills ferry).
+pub fn fault_fail_named(name: &str) -> Result<(), crate::error::Error> {
+    if std::env::var("FERRY_FAULT").is_ok_and(|f| f == name) {
+        return Err(crate::error::Error::Invalid { object: "fault injection".into(), what: name.into() });
+    }
+    Ok(())
+}
+
 /// Fault injection for tests: `FERRY_FAULT=signal-at-release:SIG` makes a restore send signal
 /// SIG to the tree's root just before releasing it — a signal arriving at the worst moment for
 /// a process frozen inside a syscall (it must end or restart the call as the kernel would).

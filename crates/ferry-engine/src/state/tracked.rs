@@ -276,6 +276,7 @@ impl Pre {
         let t = Instant::now();
         let Some(tracker) = self.tracker.as_mut() else { return Ok(false) };
         let keeps = tracker.finish()?;
+        crate::inject::fault_fail_named("fail-tracked-finish")?;
         let mut kept: Vec<(u64, u64)> = keeps.into_iter().flat_map(|k| k.ranges).collect();
         kept.sort_unstable();
         let kept_bytes: u64 = kept.iter().map(|r| r.1 - r.0).sum();

@@ -344,6 +344,30 @@ fn tracked_pages_memory_exact() {
     }
 }
 
+/// A `dump -R` whose tracking of the process's writes fails to end, once frozen, takes the
+/// fork snapshot instead (as when too much was written since the last round), rather than
+/// failing the dump; the process runs on without ferry's registration and the image restores.
+#[test]
+fn tracked_finish_failure_falls_back_to_fork() {
+    let mut run = Run::start(&Spec::c("dirtier").args(&["64", "1024"]));
+    run.ferry_env.push(("FERRY_FAULT", "fail-tracked-finish"));
+    let img = run.img();
+    let res = run.dump_to("dump", &img, &["-R", "-v"]);
+    if !res.status.success() {
+        run.fail(&format!("ferry dump -R failed when its tracking failed to end: {}", res.stderr));
+    }
+    if !res.stderr.contains("the tracking failed to end") || !res.stderr.contains("snapshot taken") {
+        run.fail(&format!("dump -R did not fall back to the fork snapshot:\n{}", res.stderr));
+    }
+    run.expect_running_untraced("after dump -R");
+    if uffd_registered(run.pid) {
+        run.fail("ferry's userfaultfd registration (uw) is left after dump -R");
+    }
+    run.ferry_env.clear();
+    kill_workload(&mut run);
+    run.restore_and_verify("ferry restore of a dump -R that fell back to the fork");
+}
+
 /// A `dump -R` that fails after ferry started tracking the process's writes (its page file
 /// cannot be written) leaves it running, without ferry's userfaultfd registration.
 #[test]
