@@ -150,8 +150,16 @@ pub fn collect_one(
     {
         let unsupported = |what: String| Error::Unsupported { pid, what: format!("fd {fd}: {what}") };
         let mut file = File { flags, pos: info.pos, describe: link.clone(), ..Default::default() };
-        if link.starts_with("socket:") {
-            netns::refuse_socket_elsewhere(pid, fd, pidfd)?;
+        // (A socket: ferry's one copy of it, which every module below asks.)
+        let sock = match link.starts_with("socket:") {
+            true => Some(
+                ferry_sys::process::pidfd_getfd(pidfd, fd)
+                    .ctx(|| format!("pid {pid} fd {fd} ({link}): cannot take a copy with pidfd_getfd"))?,
+            ),
+            false => None,
+        };
+        if let Some(s) = &sock {
+            netns::refuse_socket_elsewhere(pid, fd, std::os::fd::AsFd::as_fd(s))?;
         }
         if let Some(ino) = pipes::pipe_ino(&link) {
             file.kind = FileKind::Pipe as i32;
@@ -241,16 +249,10 @@ pub fn collect_one(
             } else {
                 return Err(unsupported(format!("special file {link}")));
             }
-        } else if link.starts_with("socket:") && inet::collect(pid, fd, &link, &mut tree.connections, &mut file)? {
-            // An AF_INET/AF_INET6 socket, filled in by inet::collect.
-        } else if link.starts_with("socket:") && other_socket(pid, fd, &link, &mut file)? {
-            // An AF_PACKET or AF_NETLINK socket, filled in by its module.
-        } else if fd <= 2 && link.starts_with("socket:") {
-            file.kind = FileKind::Inherited as i32;
-            unix::collect_stdio(pid, fd, &link, &mut tree.unix, &mut file)?;
-        } else if unix::is_unix(&mut tree.unix, pid, fd, &link)? {
-            file.kind = FileKind::UnixSocket as i32;
-            unix::collect(pid, fd, &link, &mut tree.unix, &mut file)?;
+        } else if let Some(s) = &sock {
+            if !collect_socket((pid, fd, s), &link, tree, &mut file)? {
+                return Err(unsupported(unsupported_kind(&link)));
+            }
         } else if link == "anon_inode:[eventfd]" {
             file.kind = FileKind::Eventfd as i32;
             eventfd::collect(pid, fd, info, &mut file)?;
@@ -279,13 +281,34 @@ pub fn collect_one(
     }
 }
 
-/// Packet and netlink sockets (state/packet.rs, state/netlink.rs), asked through a copy.
-fn other_socket(pid: i32, fd: i32, link: &str, file: &mut File) -> Result<bool, Error> {
-    let pidfd = ferry_sys::process::pidfd_open(pid).ctx(|| format!("pid {pid}: pidfd_open"))?;
-    let copy = ferry_sys::process::pidfd_getfd(std::os::fd::AsFd::as_fd(&pidfd), fd)
-        .ctx(|| format!("pid {pid} fd {fd} ({link}): cannot take a copy with pidfd_getfd"))?;
-    let sock = std::os::fd::AsFd::as_fd(&copy);
-    Ok(packet::collect(pid, fd, link, sock, file)? || netlink::collect(pid, fd, link, sock, file)?)
+/// Socket `link` at fd `fd` of `pid`, asked through `copy`, ferry's one copy of it: AF_INET and
+/// AF_INET6 (state/inet.rs), AF_PACKET and AF_NETLINK (state/packet.rs, state/netlink.rs), one
+/// at fds 0-2 (inherited, unless a unix socket of the image), a unix socket (state/unix.rs).
+/// False for another kind.
+fn collect_socket(
+    (pid, fd, copy): (i32, i32, &OwnedFd),
+    link: &str,
+    tree: &mut TreeFiles,
+    file: &mut File,
+) -> Result<bool, Error> {
+    let sock = std::os::fd::AsFd::as_fd(copy);
+    if inet::collect((pid, fd, copy), link, &mut tree.connections, file)?
+        || packet::collect(pid, fd, link, sock, file)?
+        || netlink::collect(pid, fd, link, sock, file)?
+    {
+        return Ok(true);
+    }
+    if fd <= 2 {
+        file.kind = FileKind::Inherited as i32;
+        unix::collect_stdio((pid, fd, sock), link, &mut tree.unix, file)?;
+        return Ok(true);
+    }
+    if unix::is_unix(&mut tree.unix, pid, sock, link)? {
+        file.kind = FileKind::UnixSocket as i32;
+        unix::collect((pid, fd, sock), link, &mut tree.unix, file)?;
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 /// Once every process is collected: pipes with both ends in the tree keep their unread bytes

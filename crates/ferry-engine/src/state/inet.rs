@@ -50,7 +50,6 @@ use crate::error::{Ctx, Error};
 use crate::state::tcp_repair;
 use ferry_image::{File, InetSocket, SockOpt};
 use ferry_sys::inet as net;
-use ferry_sys::process::{pidfd_getfd, pidfd_open};
 use ferry_sys::sockopt;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -268,13 +267,17 @@ pub struct Connections {
     pub repaired: tcp_repair::Repaired,
 }
 
-/// If fd `fd` of `pid` is an AF_INET/AF_INET6 socket, fill `f` with it and return true; false
-/// for other sockets. Connections are refused unless `tcp_close`.
-pub fn collect(pid: i32, fd: i32, link: &str, policy: &mut Connections, f: &mut File) -> Result<bool, Error> {
+/// If fd `fd` of `pid` (ferry's copy `owned`, state/files.rs) is an AF_INET/AF_INET6 socket,
+/// fill `f` with it and return true; false for other sockets. Connections are refused unless
+/// `tcp_close`.
+pub fn collect(
+    (pid, fd, owned): (i32, i32, &OwnedFd),
+    link: &str,
+    policy: &mut Connections,
+    f: &mut File,
+) -> Result<bool, Error> {
     let tcp_close = policy.close;
     let obj = || format!("pid {pid} fd {fd} ({link})");
-    let pidfd = pidfd_open(pid).ctx(|| format!("pid {pid}: pidfd_open"))?;
-    let owned = pidfd_getfd(pidfd.as_fd(), fd).ctx(|| format!("{}: cannot take a copy with pidfd_getfd", obj()))?;
     let sock = owned.as_fd();
     let family = sockopt::get_int(sock, libc::SOL_SOCKET, libc::SO_DOMAIN).ctx(obj)?;
     if family != libc::AF_INET && family != libc::AF_INET6 {
@@ -402,7 +405,8 @@ pub fn collect(pid: i32, fd: i32, link: &str, policy: &mut Connections, f: &mut 
         other => other,
     })?;
     if repair {
-        let (r, state) = tcp_repair::collect(pid, &obj(), owned, peer, &mut policy.repaired)?;
+        let kept = owned.try_clone().ctx(|| format!("{}: dup", obj()))?;
+        let (r, state) = tcp_repair::collect(pid, &obj(), kept, peer, &mut policy.repaired)?;
         s.repair = Some(r);
         s.state = state;
     }

@@ -83,16 +83,14 @@ pub(crate) fn restore(ctx: &RestoreCtx<'_>, ns: &Namespaces, h: &mut Handover) -
 /// network namespace than its process (made before the process moved, or passed to it from
 /// another one): restore creates those sockets in the process's namespace, so it would come
 /// back elsewhere without a word. (Unix sockets are made in their own namespace: state/unix.rs.)
-pub fn refuse_socket_elsewhere(pid: i32, fd: i32, pidfd: std::os::fd::BorrowedFd<'_>) -> Result<(), Error> {
+pub fn refuse_socket_elsewhere(pid: i32, fd: i32, copy: std::os::fd::BorrowedFd<'_>) -> Result<(), Error> {
     use std::os::fd::AsFd;
     let obj = || format!("pid {pid} fd {fd}");
-    let copy = ferry_sys::process::pidfd_getfd(pidfd, fd).ctx(|| format!("{}: cannot take a copy", obj()))?;
-    let domain = ferry_sys::sockopt::get_int(copy.as_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN).ctx(obj)?;
+    let domain = ferry_sys::sockopt::get_int(copy, libc::SOL_SOCKET, libc::SO_DOMAIN).ctx(obj)?;
     if domain == libc::AF_UNIX {
         return Ok(());
     }
-    let ns =
-        ferry_sys::ns::socket_netns(copy.as_fd()).ctx(|| format!("{}: cannot find its network namespace", obj()))?;
+    let ns = ferry_sys::ns::socket_netns(copy).ctx(|| format!("{}: cannot find its network namespace", obj()))?;
     let theirs = ferry_sys::process::fstat(ns.as_fd()).ctx(obj)?.st_ino;
     let path = format!("/proc/{pid}/ns/net");
     let own = std::fs::File::open(&path).ctx(|| format!("cannot open {path}"))?;

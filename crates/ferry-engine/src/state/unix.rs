@@ -156,17 +156,14 @@ impl Table {
         Ok(())
     }
 
-    /// Socket `ino` at fd `fd` of `pid`, looked for in the process's network namespace, then
-    /// in the one the socket itself is in (created before the process moved, or passed from
-    /// another namespace): `SIOCGSKNS` on a copy of the fd.
-    fn find(&mut self, pid: i32, fd: i32, ino: u32) -> Result<Option<&Diag>, Error> {
+    /// Socket `ino` (ferry's copy `copy`) of `pid`, looked for in the process's network
+    /// namespace, then in the one the socket itself is in (created before the process moved, or
+    /// passed from another namespace): `SIOCGSKNS` on the copy.
+    fn find(&mut self, pid: i32, copy: BorrowedFd<'_>, ino: u32) -> Result<Option<&Diag>, Error> {
         self.load(pid)?;
         if !self.socks.contains_key(&ino) {
-            let pidfd = ferry_sys::process::pidfd_open(pid).ctx(|| format!("pid {pid}: pidfd_open"))?;
-            let copy =
-                ferry_sys::process::pidfd_getfd(pidfd.as_fd(), fd).ctx(|| format!("pid {pid} fd {fd}: pidfd_getfd"))?;
             // (Not a socket that has a network namespace: not a unix socket either.)
-            if let Ok(ns) = ferry_sys::ns::socket_netns(copy.as_fd()) {
+            if let Ok(ns) = ferry_sys::ns::socket_netns(copy) {
                 self.load_ns(ns.as_fd())?;
             }
         }
@@ -194,10 +191,10 @@ fn socket_ino(link: &str) -> Option<u32> {
     link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
 }
 
-/// Is fd `fd` of `pid` (its target `link`) a unix socket?
-pub fn is_unix(table: &mut Table, pid: i32, fd: i32, link: &str) -> Result<bool, Error> {
+/// Is socket `link` of `pid` (ferry's copy `copy`) a unix socket?
+pub fn is_unix(table: &mut Table, pid: i32, copy: BorrowedFd<'_>, link: &str) -> Result<bool, Error> {
     match socket_ino(link) {
-        Some(ino) => match table.find(pid, fd, ino) {
+        Some(ino) => match table.find(pid, copy, ino) {
             Ok(d) => Ok(d.is_some()),
             Err(e) => {
                 // Without sock_diag (no unix_diag in this kernel) the socket is refused as unknown.
@@ -264,10 +261,16 @@ fn conn_addr(u: &UnixSocket) -> Vec<u8> {
     a
 }
 
-/// Collect the unix socket behind fd `fd` of `pid` (its link is `link`) into `f`.
-pub fn collect(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -> Result<(), Error> {
+/// Collect the unix socket behind fd `fd` of `pid` (its link is `link`, ferry's copy `c`) into
+/// `f`.
+pub fn collect(
+    (pid, fd, c): (i32, i32, BorrowedFd<'_>),
+    link: &str,
+    table: &mut Table,
+    f: &mut File,
+) -> Result<(), Error> {
     let ino = socket_ino(link).unwrap_or(0);
-    let d = table.find(pid, fd, ino)?.cloned().unwrap_or_default();
+    let d = table.find(pid, c, ino)?.cloned().unwrap_or_default();
     let unsupported = |what: String| Error::Unsupported {
         pid,
         what: format!("fd {fd}: unix {} socket:[{ino}] {what}", type_name(d.ty)),
@@ -347,10 +350,7 @@ pub fn collect(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -
         }
         None => {}
     }
-    let pidfd = ferry_sys::process::pidfd_open(pid).ctx(|| format!("pid {pid}: pidfd_open"))?;
-    let copy = ferry_sys::process::pidfd_getfd(pidfd.as_fd(), fd).ctx(|| format!("pid {pid} fd {fd}: pidfd_getfd"))?;
     let obj = || format!("pid {pid} fd {fd} (unix socket:[{ino}])");
-    let c = copy.as_fd();
     u.passcred = sockopt::get_int(c, libc::SOL_SOCKET, libc::SO_PASSCRED).ctx(obj)? != 0;
     u.rcvbuf = sockopt::get_int(c, libc::SOL_SOCKET, libc::SO_RCVBUF).ctx(obj)? as u32;
     u.sndbuf = sockopt::get_int(c, libc::SOL_SOCKET, libc::SO_SNDBUF).ctx(obj)? as u32;
@@ -409,12 +409,17 @@ pub fn collect(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -
 /// A socket at fd 0-2 stays inherited (ferry hands over its own fd at restore) unless it is a
 /// unix socket connected to a socket of the image, which `finish` decides once the whole tree
 /// is collected: collect it as far as possible and mark it.
-pub fn collect_stdio(pid: i32, fd: i32, link: &str, table: &mut Table, f: &mut File) -> Result<(), Error> {
-    if !is_unix(table, pid, fd, link)? {
+pub fn collect_stdio(
+    (pid, fd, c): (i32, i32, BorrowedFd<'_>),
+    link: &str,
+    table: &mut Table,
+    f: &mut File,
+) -> Result<(), Error> {
+    if !is_unix(table, pid, c, link)? {
         return Ok(());
     }
     let mut probe = f.clone();
-    match collect(pid, fd, link, table, &mut probe) {
+    match collect((pid, fd, c), link, table, &mut probe) {
         Ok(()) => {
             if let Some(u) = probe.unix.as_mut() {
                 u.stdio = true;
