@@ -678,7 +678,12 @@ fn dump_inner(
     let replaced = img.commit(inventory)?;
     let commit = t_commit.elapsed();
     tracing::info!(pages_bytes, "image committed");
-    confirm(t_frozen)?;
+    if let Err(e) = confirm(t_frozen) {
+        // (A migration's destination on this machine may have taken the tree's socket files
+        // over, and died before it gave them back.)
+        crate::state::unix::give_back_taken(&procs);
+        return Err(e);
+    }
     let mut frozen_for = frozen_for.unwrap_or_else(|| t_frozen.elapsed());
 
     if snapshot {

@@ -758,6 +758,36 @@ impl Drop for TakenOver {
     }
 }
 
+/// The hidden name beside `path` that a migration's restore moves the source's socket file
+/// (inode `ino`) to ([`take_over_source_files`]).
+fn source_aside(path: &std::path::Path, ino: u64) -> PathBuf {
+    let base = path.file_name().map(|b| b.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{base}.ferry-source-{ino}"))
+}
+
+/// A migration that failed, at its source, before the tree resumes: the socket files of
+/// `procs` that a destination on this machine moved aside and did not put back (killed before
+/// [`TakenOver`]'s drop) go back to their names, so the source keeps them.
+pub fn give_back_taken(procs: &[Process]) {
+    for u in procs.iter().flat_map(|p| p.files.iter()).filter_map(|f| f.unix.as_ref()) {
+        let name = conn_addr(u);
+        if u.file_ino == 0 || !is_path(&name) {
+            continue;
+        }
+        let path = path_of(&name);
+        let aside = source_aside(&path, u.file_ino);
+        match std::fs::symlink_metadata(&aside) {
+            Ok(md) if (md.dev(), md.ino()) == (u.file_dev, u.file_ino) => match std::fs::rename(&aside, &path) {
+                Ok(()) => tracing::info!(path = %path.display(), "socket file given back by a failed migration"),
+                Err(e) => {
+                    tracing::warn!("cannot put the socket file {} back at {}: {e}", aside.display(), path.display())
+                }
+            },
+            _ => {}
+        }
+    }
+}
+
 /// Make the name of `u` free for bind(): nothing to do for an abstract name; for a path, remove
 /// a stale socket file (one nobody listens on), or in a migration take over the source's own
 /// (`take_over_source_files`). Returns whether a file was there.
@@ -778,12 +808,12 @@ fn free_path(u: &UnixSocket, obj: &str) -> Result<bool, Error> {
     }
     if TAKE_OVER.load(Ordering::SeqCst) && u.file_ino != 0 && (md.dev(), md.ino()) == (u.file_dev, u.file_ino) {
         // (No probe: a connection in the source's backlog would be one it never had.)
-        let base = path.file_name().map(|b| b.to_string_lossy().into_owned()).unwrap_or_default();
-        let aside = path.with_file_name(format!(".{base}.ferry-source-{}", u.file_ino));
+        let aside = source_aside(&path, u.file_ino);
         std::fs::rename(&path, &aside)
             .ctx(|| format!("{obj}: cannot move the migration source's {} aside", path.display()))?;
         tracing::info!(path = %path.display(), "socket file of the migration's source taken over");
         TAKEN.lock().unwrap_or_else(|p| p.into_inner()).push((aside, path));
+        crate::inject::fault_point_named("kill-after-takeover");
         return Ok(true);
     }
     let probe = us::socket(libc::SOCK_STREAM).ctx(|| obj.into())?;

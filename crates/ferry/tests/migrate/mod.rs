@@ -199,6 +199,25 @@ impl Drop for Server {
     }
 }
 
+/// `ferry run --pidns -d` of workload `name` in node A, given the work dir and `args` (its
+/// output in the work dir's run.log and out.log): the host pid of the namespace's init.
+fn run_in_pidns(nodes: &Nodes, w: &WorkDir, name: &str, args: &[&str]) -> i32 {
+    let pidfile = w.join("init.pid");
+    let st = nodes
+        .in_a(ferry_bin())
+        .args(["run", "--pidns", "-d", "--pidfile", &path_str(&pidfile), "--"])
+        .arg(ferry_workloads::path(name))
+        .arg(&w.path)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(File::create(w.join("run.log")).expect("log"))
+        .stderr(File::create(w.join("out.log")).expect("log"))
+        .status()
+        .expect("ferry run");
+    assert!(st.success(), "ferry run: {}", read_tail(&w.join("out.log"), 2000));
+    fs::read_to_string(&pidfile).expect("pidfile").trim().parse().expect("pid")
+}
+
 /// The dirtier workload in node A: a pid namespace of its own (`ferry run --pidns`) so that the
 /// destination, on the same machine, can restore it while the source copy still exists.
 struct Workload {
@@ -235,20 +254,8 @@ impl Workload {
         let prog = ferry_workloads::path("dirtier");
         let pid;
         if pidns {
-            let pidfile = w.join("init.pid");
-            let st = nodes
-                .in_a(ferry_bin())
-                .args(["run", "--pidns", "-d", "--pidfile", &path_str(&pidfile), "--"])
-                .arg(&prog)
-                .arg(&w.path)
-                .args(&args)
-                .stdin(Stdio::null())
-                .stdout(log("run.log"))
-                .stderr(log("out.log"))
-                .status()
-                .expect("ferry run");
-            assert!(st.success(), "ferry run: {}", read_tail(&w.join("out.log"), 2000));
-            pid = fs::read_to_string(&pidfile).expect("pidfile").trim().parse().expect("pid");
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            pid = run_in_pidns(nodes, &w, "dirtier", &args);
         } else {
             // nsenter execs the workload: the pid is the workload's.
             // (setsid(1) execs in place too: no controlling terminal when run from one)
@@ -759,20 +766,7 @@ fn migrate_server_with_open_connection_moves_its_address() {
     let server = Server::start(&nodes, &w, &auth, &[]);
     run_ok(Command::new("ip").args(["-n", &nodes.a, "addr", "add", "10.231.1.1/32", "dev", "lo"]));
     run_ok(Command::new("ip").args(["-n", &nodes.b, "route", "add", "10.231.1.1/32", "via", "10.231.0.1"]));
-    let pidfile = w.join("init.pid");
-    let st = nodes
-        .in_a(ferry_bin())
-        .args(["run", "--pidns", "-d", "--pidfile", &path_str(&pidfile), "--"])
-        .arg(ferry_workloads::path("tcpkeep"))
-        .arg(&w.path)
-        .arg("10.231.1.1")
-        .stdin(Stdio::null())
-        .stdout(File::create(w.join("run.log")).expect("log"))
-        .stderr(File::create(w.join("out.log")).expect("log"))
-        .status()
-        .expect("ferry run");
-    assert!(st.success(), "ferry run: {}", read_tail(&w.join("out.log"), 2000));
-    let init: i32 = fs::read_to_string(&pidfile).expect("pidfile").trim().parse().expect("pid");
+    let init = run_in_pidns(&nodes, &w, "tcpkeep", &["10.231.1.1"]);
     wait_for("the server to listen", Duration::from_secs(30), || w.join("port").exists());
     let port = fs::read_to_string(w.join("port")).expect("port").trim().to_string();
     let mut client = nodes
@@ -806,6 +800,37 @@ fn migrate_server_with_open_connection_moves_its_address() {
     wait_for("the server's verdict", Duration::from_secs(60), || w.join("result").exists());
     let result = fs::read_to_string(w.join("result")).unwrap_or_default();
     assert_eq!(result.trim(), "PASS", "server: {}", read_tail(&w.join("out.log"), 3000));
+}
+
+/// A destination on this machine takes the source's socket files over (the same paths on both
+/// nodes) and is killed right after it moved one aside, before it could put it back: the source
+/// resumes with every socket file back at its name (same inode), and its listener answers there.
+#[test]
+fn migrate_destination_killed_mid_takeover_source_keeps_its_socket_files() {
+    let nodes = Nodes::new();
+    let w = WorkDir::new("mig-takeover-kill");
+    let auth = w.join("auth");
+    keygen(&auth);
+    let _server = Server::start_under(&nodes, &w, &auth, &[], &["env", "FERRY_FAULT=kill-after-takeover"]);
+    let init = run_in_pidns(&nodes, &w, "unix", &[]);
+    let tree = ProcGuard::new();
+    tree.add(init);
+    wait_for("the workload to be ready", Duration::from_secs(60), || w.join("ready").exists());
+    let names = ["srv.sock", "d1.sock", "d2.sock"];
+    let ino = |n: &str| fs::symlink_metadata(w.join(n)).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    let before: Vec<Option<u64>> = names.iter().map(|n| ino(n)).collect();
+    assert!(before.iter().all(Option::is_some), "the workload's socket files: {before:?}");
+    let m = migrate_init(&nodes, init, &auth, &["-v"]);
+    assert!(!m.ok, "the migration succeeded with the destination killed: {}", m.stdout);
+    assert!(m.stderr.contains("keeps running here"), "{}", m.stderr);
+    // (the source, not the killed destination, put the file back)
+    assert!(m.stderr.contains("socket file given back by a failed migration"), "{}", m.stderr);
+    let after: Vec<Option<u64>> = names.iter().map(|n| ino(n)).collect();
+    let left: Vec<String> = fs::read_dir(&w.path)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    assert_eq!(after, before, "the source's socket files {names:?} after the failed migration (dir: {left:?})");
+    std::os::unix::net::UnixStream::connect(w.join("srv.sock")).expect("connect to the source's listener");
 }
 
 /// A migration test that fails leaves nothing behind: the processes in its nodes (a pid
