@@ -27,6 +27,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -375,6 +376,28 @@ static __attribute__((unused)) void cgroup_join(const char *dir)
 	snprintf(p, sizeof p, "%s/cgroup.procs", dir);
 	snprintf(me, sizeof me, "%d", (int)getpid());
 	write_str(p, me);
+}
+
+/* send_with_fds: send `data` on socket `s` with `n` (at most 4) fds in flight (SCM_RIGHTS). */
+static __attribute__((unused)) void send_with_fds(int s, const char *data, const int *fds, int n)
+{
+	struct iovec iov = { (void *)data, strlen(data) };
+	union {
+		char buf[CMSG_SPACE(4 * sizeof(int))];
+		struct cmsghdr align;
+	} u;
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+	if (n > 0) {
+		msg.msg_control = u.buf;
+		msg.msg_controllen = CMSG_SPACE(n * sizeof(int));
+		struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(n * sizeof(int));
+		memcpy(CMSG_DATA(c), fds, n * sizeof(int));
+	}
+	if (sendmsg(s, &msg, 0) != (ssize_t)strlen(data))
+		die_setup("sendmsg \"%s\": %s", data, strerror(errno));
 }
 
 #endif

@@ -21,27 +21,6 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 
-static void send_fds(int s, const char *data, const int *fds, int n)
-{
-	struct iovec iov = { (void *)data, strlen(data) };
-	union {
-		char buf[CMSG_SPACE(4 * sizeof(int))];
-		struct cmsghdr align;
-	} u;
-	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
-	if (n > 0) {
-		msg.msg_control = u.buf;
-		msg.msg_controllen = CMSG_SPACE(n * sizeof(int));
-		struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-		c->cmsg_level = SOL_SOCKET;
-		c->cmsg_type = SCM_RIGHTS;
-		c->cmsg_len = CMSG_LEN(n * sizeof(int));
-		memcpy(CMSG_DATA(c), fds, n * sizeof(int));
-	}
-	if (sendmsg(s, &msg, 0) != (ssize_t)strlen(data))
-		die_setup("sendmsg \"%s\": %s", data, strerror(errno));
-}
-
 /* Receive one message (MSG_DONTWAIT) into a buffer of `cap` bytes: its data must be `want`,
  * and it must carry `nfds` fds, returned in fds. */
 static void recv_fds_n(int s, const char *what, const char *want, size_t cap, int *fds, int nfds)
@@ -117,7 +96,7 @@ int main(int argc, char **argv)
 		int M = memfd_create("inflight-m", 0);
 		if (M < 0 || write(M, "memfd-content", 13) != 13)
 			_exit(2);
-		send_fds(sq[1], "q1", &M, 1);
+		send_with_fds(sq[1], "q1", &M, 1);
 		char b;
 		(void)!read(hold[0], &b, 1);
 		/* restored by now: the inode of its memfd, as it is now */
@@ -126,22 +105,22 @@ int main(int argc, char **argv)
 			_exit(3);
 		_exit(0);
 	}
-	send_fds(dg[0], "before", NULL, 0);
-	send_fds(dg[0], "one", &E, 1);
+	send_with_fds(dg[0], "before", NULL, 0);
+	send_with_fds(dg[0], "one", &E, 1);
 	int two[2] = { E, pp[0] };
-	send_fds(dg[0], "two", two, 2);
-	send_fds(dg[0], "after", NULL, 0);
+	send_with_fds(dg[0], "two", two, 2);
+	send_with_fds(dg[0], "after", NULL, 0);
 	int stream = argc > 2 && strcmp(argv[2], "stream") == 0;
 	static char big[2001];
 	memset(big, 'b', 2000);
 	memcpy(big, "s5", 2);
 	if (stream) {
-		send_fds(st[0], "s1", NULL, 0);
-		send_fds(st[0], "s2", &pp[0], 1);
-		send_fds(st[0], "s3", NULL, 0);
-		send_fds(st[0], "s4", NULL, 0);
-		send_fds(st[0], big, two, 2);
-		send_fds(st[0], "s6", NULL, 0);
+		send_with_fds(st[0], "s1", NULL, 0);
+		send_with_fds(st[0], "s2", &pp[0], 1);
+		send_with_fds(st[0], "s3", NULL, 0);
+		send_with_fds(st[0], "s4", NULL, 0);
+		send_with_fds(st[0], big, two, 2);
+		send_with_fds(st[0], "s6", NULL, 0);
 	}
 	/* the seqpacket message is in sq[0]'s queue once the child sent it */
 	for (int i = 0; i < 500; i++) {

@@ -27,31 +27,10 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 
-static void send_fds(int s, const char *data, const int *fds, int n)
-{
-	struct iovec iov = { (void *)data, strlen(data) };
-	union {
-		char buf[CMSG_SPACE(4 * sizeof(int))];
-		struct cmsghdr align;
-	} u;
-	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
-	if (n > 0) {
-		msg.msg_control = u.buf;
-		msg.msg_controllen = CMSG_SPACE(n * sizeof(int));
-		struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-		c->cmsg_level = SOL_SOCKET;
-		c->cmsg_type = SCM_RIGHTS;
-		c->cmsg_len = CMSG_LEN(n * sizeof(int));
-		memcpy(CMSG_DATA(c), fds, n * sizeof(int));
-	}
-	if (sendmsg(s, &msg, 0) != (ssize_t)strlen(data))
-		die_setup("sendmsg \"%s\": %s", data, strerror(errno));
-}
-
 /* Send and close: only the message holds the files now. */
 static void send_close(int s, const char *data, const int *fds, int n)
 {
-	send_fds(s, data, fds, n);
+	send_with_fds(s, data, fds, n);
 	for (int i = 0; i < n; i++)
 		close(fds[i]);
 }
@@ -165,7 +144,7 @@ int main(int argc, char **argv)
 	send_close(D[0], "pipe-both", Pq, 2);
 	send_close(D[0], "sock", &S[1], 1);
 	int ee[2] = { E, E };
-	send_fds(D[0], "event", ee, 2);
+	send_with_fds(D[0], "event", ee, 2);
 	send_close(D[0], "event2", &E, 1);
 	send_close(Q[0], "file", &F, 1);
 	send_close(Q[0], "ghost", &G, 1);

@@ -305,13 +305,13 @@ mod options {
     /// -R: the dumped process keeps running and passes; then the same image restores and passes.
     #[test]
     fn leave_running_then_restore() {
-        let spec = mem_anon();
-        let mut run = Run::start(&spec);
-        run.dump_ok(&["-R"]);
-        run.expect_running_untraced("after dump -R");
-        run.go();
-        let status = run.wait_child_exit();
-        run.expect_pass(status, "the workload left running");
+        left_running_then_restored(&mem_anon());
+    }
+
+    /// `dump -R` of `spec`'s workload, which goes on and passes; then the image restores and
+    /// passes too.
+    fn left_running_then_restored(spec: &Spec) {
+        let mut run = left_running_intact(spec);
         run.wait_pid_gone("after the left-running workload exited");
         fs::remove_file(run.w.join("result")).expect("remove the first result");
         let img = run.img();
@@ -327,20 +327,7 @@ mod options {
     /// stack as it was): it keeps running and passes, then the image restores and passes.
     #[test]
     fn leave_running_deep_stack() {
-        let mut run = Run::start(&deep_stack());
-        run.dump_ok(&["-R"]);
-        run.expect_running_untraced("after dump -R");
-        run.go();
-        let status = run.wait_child_exit();
-        run.expect_pass(status, "the workload left running");
-        run.wait_pid_gone("after the left-running workload exited");
-        fs::remove_file(run.w.join("result")).expect("remove the first result");
-        let img = run.img();
-        let pidfile = run.spawn_restore("restore", &img, &[]);
-        run.wait_pidfile(&pidfile);
-        run.go();
-        let status = run.wait_restore_exit();
-        run.expect_pass(status, "ferry restore");
+        left_running_then_restored(&deep_stack());
     }
 
     /// -d: ferry returns at once, the process runs on its own and passes.

@@ -974,6 +974,18 @@ impl Drop for HeldTraced {
     }
 }
 
+/// `dump -R` of `spec`'s workload, which goes on untraced and, after go, passes its own checks
+/// (the dump took nothing from it): the run, its workload exited.
+pub fn left_running_intact(spec: &Spec) -> Run {
+    let mut run = Run::start(spec);
+    run.dump_ok(&["-R"]);
+    run.expect_running_untraced("after dump -R");
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload left running");
+    run
+}
+
 /// A dump that must be refused: one line naming the pid and `expect`, no image, and the
 /// workload goes on untouched (its own checks after go prove its state is intact).
 pub fn refused_then_intact(spec: Spec, expect: &[&str]) {

@@ -43,11 +43,7 @@ fn cycle_pidfds_go_at_release() {
 /// process; the workload carries on with it.
 #[test]
 fn refuses_pidfd_of_a_process_outside() {
-    let mut run = Run::start(&pidfd().args(&["outside"]));
-    dump_refused(run.pid, &run.w.join("img"), "fd 20: a pidfd of process");
-    run.go();
-    let status = run.wait_child_exit();
-    run.expect_pass(status, "the workload after a refused dump");
+    refused_then_intact(pidfd().args(&["outside"]), &["fd 20: a pidfd of process"]);
 }
 
 fn inflight() -> Spec {
@@ -71,12 +67,7 @@ fn cycle_fds_in_flight() {
 /// dump -R peeks at the queues without taking a message or an fd off them.
 #[test]
 fn leave_running_fds_in_flight() {
-    let mut run = Run::start(&inflight());
-    run.dump_ok(&["-R"]);
-    run.expect_running_untraced("after dump -R");
-    run.go();
-    let status = run.wait_child_exit();
-    run.expect_pass(status, "the workload left running");
+    left_running_intact(&inflight());
 }
 
 /// Fds in flight in a byte stream are refused (a peek glues the bytes of earlier writes to the
@@ -86,11 +77,7 @@ fn leave_running_fds_in_flight() {
 /// them with the same bytes as before).
 #[test]
 fn refuses_fds_in_flight_in_a_stream() {
-    let mut run = Run::start(&inflight().args(&["stream"]));
-    dump_refused(run.pid, &run.w.join("img"), "in flight (SCM_RIGHTS) in its byte stream");
-    run.go();
-    let status = run.wait_child_exit();
-    run.expect_pass(status, "the workload after a refused dump");
+    refused_then_intact(inflight().args(&["stream"]), &["in flight (SCM_RIGHTS) in its byte stream"]);
 }
 
 fn inflight_only() -> Spec {
@@ -117,21 +104,15 @@ fn cycle_fds_only_in_flight() {
 /// and file where it was.
 #[test]
 fn leave_running_fds_only_in_flight() {
-    let mut run = Run::start(&inflight_only());
-    run.dump_ok(&["-R"]);
-    run.expect_running_untraced("after dump -R");
-    run.go();
-    let status = run.wait_child_exit();
-    run.expect_pass(status, "the workload left running");
+    left_running_intact(&inflight_only());
 }
 
 /// A file of a kind not carried when only a message holds it (an epoll instance) is refused
 /// by name; the message and its fd are still there after the refused dump.
 #[test]
 fn refuses_epoll_only_in_flight() {
-    let mut run = Run::start(&inflight_only().args(&["epoll"]));
-    dump_refused(run.pid, &run.w.join("img"), "anon_inode:[eventpoll], a file of a kind not carried in flight");
-    run.go();
-    let status = run.wait_child_exit();
-    run.expect_pass(status, "the workload after a refused dump");
+    refused_then_intact(
+        inflight_only().args(&["epoll"]),
+        &["anon_inode:[eventpoll], a file of a kind not carried in flight"],
+    );
 }
