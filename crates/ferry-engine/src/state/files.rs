@@ -247,10 +247,10 @@ pub fn collect_one(
             // An AF_PACKET or AF_NETLINK socket, filled in by its module.
         } else if fd <= 2 && link.starts_with("socket:") {
             file.kind = FileKind::Inherited as i32;
-            unix::collect_stdio(pid, fd, &link, &mut tree.unix, &mut file)?;
+            unix::collect_stdio(pid, fd, &link, &mut tree.unix, &tree.pids, &mut file)?;
         } else if unix::is_unix(&mut tree.unix, pid, fd, &link)? {
             file.kind = FileKind::UnixSocket as i32;
-            unix::collect(pid, fd, &link, &mut tree.unix, &mut file)?;
+            unix::collect(pid, fd, &link, &mut tree.unix, &tree.pids, &mut file)?;
         } else if link == "anon_inode:[eventfd]" {
             file.kind = FileKind::Eventfd as i32;
             eventfd::collect(pid, fd, info, &mut file)?;
