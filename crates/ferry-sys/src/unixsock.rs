@@ -136,6 +136,17 @@ pub struct Peeked {
 /// message (from the socket's peek offset, see `SO_PEEK_OFF`) without taking it off the queue.
 /// `None` when nothing (more) is queued.
 pub fn peek(fd: BorrowedFd<'_>, cap: usize) -> io::Result<Option<Peeked>> {
+    recv_msg(fd, cap, libc::MSG_PEEK | libc::MSG_TRUNC)
+}
+
+/// `recvmsg(2)` with `MSG_DONTWAIT | MSG_CMSG_CLOEXEC`: take at most `cap` bytes of the next
+/// message (a stream's next bytes) off the queue, with the fds and credentials that come with
+/// them, as a reader would. `None` when nothing (more) is queued.
+pub fn take(fd: BorrowedFd<'_>, cap: usize) -> io::Result<Option<Peeked>> {
+    recv_msg(fd, cap, 0)
+}
+
+fn recv_msg(fd: BorrowedFd<'_>, cap: usize, flags: libc::c_int) -> io::Result<Option<Peeked>> {
     let mut data = vec![0u8; cap];
     // SAFETY: sockaddr_un is plain integers; all-zero is valid.
     let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
@@ -149,7 +160,7 @@ pub fn peek(fd: BorrowedFd<'_>, cap: usize) -> io::Result<Option<Peeked>> {
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = control.len() * 8;
-    let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_TRUNC | libc::MSG_CMSG_CLOEXEC;
+    let flags = flags | libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC;
     let n = loop {
         // SAFETY: every pointer in msg refers to a live buffer of the length given beside it.
         let r = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, flags) };
@@ -178,7 +189,7 @@ pub fn peek(fd: BorrowedFd<'_>, cap: usize) -> io::Result<Option<Peeked>> {
             let p = unsafe { libc::CMSG_DATA(c) } as *const libc::c_int;
             for i in 0..count {
                 // SAFETY: i < count, within the payload; the fd was just installed in our table
-                // for us (MSG_PEEK duplicates them) and nothing else owns it.
+                // for us (MSG_PEEK duplicates them, a read moves them) and nothing else owns it.
                 fds.push(owned(unsafe { p.add(i).read_unaligned() }));
             }
         }

@@ -4,10 +4,12 @@
  *   dgram pair     "before"; "one" + eventfd E (counter 5); "two" + E and a pipe's read end R;
  *                  "after"
  *   (argv[2] "stream": also a stream pair with the writes "s1", "s2" + R, "s3", "s4", B (2000
- *   bytes starting "s5") + E and R, "s6": the dump must be refused, since a peek cannot tell
- *   where the buffers carrying fds start. After the refused dump the reads show the same
- *   buffers: a 1-byte read gets "s" and no fd, then "1s2" with R, a 4-byte read "s3s4" and no
- *   fd, then B with E and R, then "s6" and no fd.)
+ *   bytes starting "s5") + E and R, "s6". The reads show the same buffers as before: a 1-byte
+ *   read gets "s" and no fd, then "1s2" with R (a buffer with fds starts where it did: not
+ *   glued to "s1"), a 4-byte read "s3s4" and no fd, then B with E and R, then "s6" and no fd.
+ *   argv[2] "stream-closed": a stream pair whose writer sent "p1", "p2" + E and closed its end:
+ *   the dump is refused (the queue cannot be taken off and sent back without the peer); after
+ *   it a 1-byte read gets "p", then "1p2" with E, then the end of the stream.)
  *   seqpacket pair "q1" + a memfd M held by a child C (which sent it from its own end of the
  *                  pair, and keeps M open)
  * After restore: every message comes back in order with its boundaries and its fds; a received
@@ -111,6 +113,14 @@ int main(int argc, char **argv)
 	send_with_fds(dg[0], "two", two, 2);
 	send_with_fds(dg[0], "after", NULL, 0);
 	int stream = argc > 2 && strcmp(argv[2], "stream") == 0;
+	int closed = argc > 2 && strcmp(argv[2], "stream-closed") == 0;
+	int cl[2];
+	SETUP(socketpair(AF_UNIX, SOCK_STREAM, 0, cl));
+	if (closed) {
+		send_fds(cl[0], "p1", NULL, 0);
+		send_fds(cl[0], "p2", &E, 1);
+		close(cl[0]);
+	}
 	static char big[2001];
 	memset(big, 'b', 2000);
 	memcpy(big, "s5", 2);
@@ -159,6 +169,14 @@ int main(int argc, char **argv)
 			same_pipe(fds[1], pp[1], "stream B's pipe", "via-stream-b");
 		recv_fds_n(st[1], "stream s6", "s6", 16, fds, 0);
 		fds[0] = fds[1] = -1;
+	}
+	if (closed) {
+		recv_fds_n(cl[1], "closed stream 1 byte", "p", 1, fds, 0);
+		recv_fds_n(cl[1], "closed stream p2", "1p2", 16, fds, 1);
+		if (fds[0] >= 0)
+			same_eventfd(E, fds[0], "closed stream's eventfd");
+		fds[0] = -1;
+		recv_fds_n(cl[1], "closed stream's end", "", 16, fds, 0);
 	}
 	recv_fds(sq[0], "seqpacket q1", "q1", fds, 1);
 	CHECK(write(hold[1], "x", 1) == 1, "tell the child");

@@ -300,12 +300,12 @@ fn collect_socket(
     }
     if fd <= 2 {
         file.kind = FileKind::Inherited as i32;
-        unix::collect_stdio((pid, fd, sock), link, &mut tree.unix, file)?;
+        unix::collect_stdio((pid, fd, sock), link, &mut tree.unix, &tree.pids, file)?;
         return Ok(true);
     }
     if unix::is_unix(&mut tree.unix, pid, sock, link)? {
         file.kind = FileKind::UnixSocket as i32;
-        unix::collect((pid, fd, sock), link, &mut tree.unix, file)?;
+        unix::collect((pid, fd, sock), link, &mut tree.unix, &tree.pids, file)?;
         return Ok(true);
     }
     Ok(false)

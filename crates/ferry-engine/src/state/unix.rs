@@ -11,14 +11,11 @@
 //!
 //! File descriptors in flight (SCM_RIGHTS): the peek installs copies of them in ferry, which
 //! state/inflight.rs matches with the tree's fds or collects as files only the message holds
-//! (`InFlightFd`). In a byte stream they are
-//! refused: a peek glues the bytes of earlier writes to the buffer (skb) carrying the fds and
-//! stops right after it, so its end is known but not its start. Nor can a one-byte peek tell
-//! (checked on 6.18): once its byte is copied, unix_stream_read_generic's MSG_PEEK path goes
-//! on to the next buffers with nothing left to copy, until one carries fds, and returns those
-//! fds, so a one-byte peek anywhere before that buffer brings them. Only a reading recvmsg
-//! (which takes the bytes off the queue) shows where they start; CRIU sends the glued bytes
-//! with the fds, which hands a reader the fds earlier than the original would.
+//! (`InFlightFd`). In a byte stream a peek glues the bytes of earlier writes to the buffer
+//! (skb) carrying the fds and stops right after it, so its end is known but not its start, and
+//! only a reading recvmsg shows that: the queue is taken off and sent back from the peer at
+//! once (`split_stream`), and each buffer with fds becomes a message of its own. CRIU sends the
+//! glued bytes with the fds, which hands a reader the fds earlier than the original would.
 //!
 //! Network namespaces: a unix socket is in the one it was created in (not necessarily its
 //! process's: a pair made before an unshare), and sock_diag lists each namespace's own. Dump
@@ -51,7 +48,7 @@ use crate::state::peercred::Creators;
 use ferry_image::{File, FileKind, InFlightFd, PeerCred, Process, UnixMessage, UnixSocket};
 use ferry_sys::sockopt;
 use ferry_sys::unixsock as us;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::PathBuf;
@@ -262,11 +259,13 @@ fn conn_addr(u: &UnixSocket) -> Vec<u8> {
 }
 
 /// Collect the unix socket behind fd `fd` of `pid` (its link is `link`, ferry's copy `c`) into
-/// `f`.
+/// `f`. `pids`: the processes of the tree (where the peer of a stream with fds in flight is
+/// looked for).
 pub fn collect(
     (pid, fd, c): (i32, i32, BorrowedFd<'_>),
     link: &str,
     table: &mut Table,
+    pids: &HashSet<i32>,
     f: &mut File,
 ) -> Result<(), Error> {
     let ino = socket_ino(link).unwrap_or(0);
@@ -367,12 +366,22 @@ pub fn collect(
     } else {
         u.peek_off = sockopt::get_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF).ctx(obj)?;
         let queue = read_queue(c, d.ty as i32, u.peek_off, (d.shutdown & 1 != 0, d.rqueue as usize), &obj);
-        let (queue, rights) = queue.map_err(|e| match e {
-            QueueError::StreamRights(n) => unsupported(format!(
-                "has {n} file descriptor(s) in flight (SCM_RIGHTS) in its byte stream (which bytes carry them cannot be read back)"
-            )),
-            QueueError::Sys(source) => Error::Sys { object: obj(), source },
-        })?;
+        let (mut queue, mut rights) = queue.ctx(obj)?;
+        if d.ty as i32 == libc::SOCK_STREAM && !rights.is_empty() {
+            // Where each buffer carrying fds starts: only a read tells (see `split_stream`).
+            let n: usize = rights.iter().map(|(_, f)| f.len()).sum();
+            let refuse = |why: String| {
+                unsupported(format!(
+                    "has {n} file descriptor(s) in flight (SCM_RIGHTS) in its byte stream and {why}: where the bytes carrying them start can only be read by taking the queue off and sending it back from the peer"
+                ))
+            };
+            let peer = stream_peer(&d, pids).map_err(refuse)?;
+            (queue, rights) =
+                split_stream(c, peer.as_fd(), u.peek_off, (&queue, &rights), &obj).map_err(|e| match e {
+                    Split::Refused(why) => refuse(why),
+                    Split::Sys(e) => e,
+                })?;
+        }
         if !rights.is_empty() {
             table.in_flight.push((ino, rights));
         }
@@ -413,13 +422,14 @@ pub fn collect_stdio(
     (pid, fd, c): (i32, i32, BorrowedFd<'_>),
     link: &str,
     table: &mut Table,
+    pids: &HashSet<i32>,
     f: &mut File,
 ) -> Result<(), Error> {
     if !is_unix(table, pid, c, link)? {
         return Ok(());
     }
     let mut probe = f.clone();
-    match collect((pid, fd, c), link, table, &mut probe) {
+    match collect((pid, fd, c), link, table, pids, &mut probe) {
         Ok(()) => {
             if let Some(u) = probe.unix.as_mut() {
                 u.stdio = true;
@@ -439,21 +449,10 @@ pub type Rights = Vec<(usize, Vec<OwnedFd>)>;
 /// The messages of a receive queue, and its fds in flight.
 type Queue = (Vec<UnixMessage>, Rights);
 
-enum QueueError {
-    /// File descriptors in flight in a stream socket's queue.
-    StreamRights(usize),
-    Sys(std::io::Error),
-}
-
-impl From<std::io::Error> for QueueError {
-    fn from(e: std::io::Error) -> Self {
-        QueueError::Sys(e)
-    }
-}
-
 /// Peek at the whole receive queue of a socket (a copy of the target's): one message per
-/// datagram/record, a stream's bytes in one. `SO_PEEK_OFF` is put back to `old_off` whatever
-/// happens.
+/// datagram/record, a stream's bytes in one per sender, and the bytes up to the end of each
+/// stream buffer carrying fds in one with them (where that buffer starts is for
+/// `split_stream`). `SO_PEEK_OFF` is put back to `old_off` whatever happens.
 ///
 /// A seqpacket socket that can receive no more (`shut_rd`: its peer closed or shut down) answers
 /// an empty queue with a zero-length "end of file" rather than EAGAIN: once every queued byte
@@ -464,7 +463,7 @@ fn read_queue(
     old_off: i32,
     (shut_rd, rqueue): (bool, usize),
     obj: &dyn Fn() -> String,
-) -> Result<Queue, QueueError> {
+) -> std::io::Result<Queue> {
     // SO_PASSCRED on for the peek (put back afterwards): each message's sender credentials come
     // with it, and a stream peek stops where they change (the kernel never glues the bytes of
     // different senders into one read then), which gives the boundaries a reader sees.
@@ -472,9 +471,9 @@ fn read_queue(
     sockopt::set_int(c, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)?;
     if let Err(e) = sockopt::set_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0) {
         let _ = sockopt::set_int(c, libc::SOL_SOCKET, libc::SO_PASSCRED, old_passcred);
-        return Err(e.into());
+        return Err(e);
     }
-    let r = (|| -> Result<Queue, QueueError> {
+    let r = (|| -> std::io::Result<Queue> {
         let mut out = Vec::new();
         let mut rights = Vec::new();
         let mut cap = 256 * 1024;
@@ -485,12 +484,6 @@ fn read_queue(
             let stream = ty == libc::SOCK_STREAM;
             if stream && p.data.is_empty() {
                 break;
-            }
-            if stream && !p.fds.is_empty() {
-                // A peek glues the bytes of earlier writes to those of the write that carried
-                // fds (and even a one-byte peek brings the fds of the next write): which bytes
-                // carry them cannot be told, and a reader would get them elsewhere.
-                return Err(QueueError::StreamRights(p.fds.len()));
             }
             if !stream && p.len > p.data.len() {
                 // A datagram bigger than the buffer: read it again, whole.
@@ -504,10 +497,12 @@ fn read_queue(
             seen += p.data.len();
             let from = if stream { Vec::new() } else { p.from };
             let m = with_cred(UnixMessage { data: p.data, from, ..Default::default() }, p.cred);
+            let last_plain = rights.last().is_none_or(|(i, _)| i + 1 != out.len());
             match out.last_mut() {
                 // A stream: the bytes of one sender in a row are one message (a peek may stop
-                // earlier); a datagram or record is one message by itself.
-                Some(last) if stream && same_sender(last, &m) => {
+                // earlier), but a peek that brings fds stops right after their buffer, whose
+                // bytes stay apart; a datagram or record is one message by itself.
+                Some(last) if stream && p.fds.is_empty() && last_plain && same_sender(last, &m) => {
                     last.data.extend_from_slice(&m.data);
                     continue;
                 }
@@ -519,7 +514,7 @@ fn read_queue(
             out.push(m);
             if out.len() > 1_000_000 {
                 tracing::warn!(object = obj(), "more than a million queued datagrams");
-                return Err(QueueError::Sys(std::io::Error::from_raw_os_error(libc::E2BIG)));
+                return Err(std::io::Error::from_raw_os_error(libc::E2BIG));
             }
         }
         Ok((out, rights))
@@ -546,6 +541,195 @@ fn with_cred(m: UnixMessage, cred: Option<libc::ucred>) -> UnixMessage {
 
 fn same_sender(a: &UnixMessage, b: &UnixMessage) -> bool {
     (a.has_cred, a.sender_pid, a.sender_uid, a.sender_gid) == (b.has_cred, b.sender_pid, b.sender_uid, b.sender_gid)
+}
+
+/// Why a stream's fds in flight could not be placed: refused (why, for the message), or a
+/// system error.
+enum Split {
+    Refused(String),
+    Sys(Error),
+}
+
+/// The largest buffer (skb) unix_stream_sendmsg makes: SKB_MAX_HEAD(0) + UNIX_SKB_FRAGS_SZ,
+/// about 36 KiB with 4 KiB pages, 128 KiB with 64 KiB pages; with room to spare. A buffer
+/// carrying fds starts at most this far before its end.
+const STREAM_BUF_MAX: usize = 256 * 1024;
+
+/// A copy of the peer of stream socket `d` (whose queue holds fds in flight), from a process of
+/// the tree (`pids`) holding it; why not, for the refusal.
+fn stream_peer(d: &Diag, pids: &HashSet<i32>) -> Result<OwnedFd, String> {
+    let peer = match d.peer {
+        Some(p) if p != 0 => p,
+        _ => return Err("its peer is closed".into()),
+    };
+    if d.shutdown & 1 != 0 {
+        return Err("it is shut down for reading (or its peer for writing)".into());
+    }
+    let want = format!("socket:[{peer}]");
+    let mut sorted: Vec<i32> = pids.iter().copied().collect();
+    sorted.sort_unstable();
+    for pid in sorted {
+        let Ok(dir) = std::fs::read_dir(crate::procfs::path(pid, "fd")) else { continue };
+        for e in dir.flatten() {
+            let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+            if std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == want.as_str()) {
+                let copy = ferry_sys::process::pidfd_open(pid)
+                    .and_then(|p| ferry_sys::process::pidfd_getfd(p.as_fd(), fd))
+                    .map_err(|e| format!("its peer {want} at pid {pid} fd {fd} cannot be copied ({e})"))?;
+                return Ok(copy);
+            }
+        }
+    }
+    Err(format!("its peer {want} is held by no process of the dump (only in flight, or outside it)"))
+}
+
+/// A stream's queue with fds in flight, in the messages a reader would see: where a buffer
+/// (skb) carrying fds starts cannot be peeked (a peek glues earlier bytes to it, and even a
+/// one-byte peek before it brings its fds: unix_stream_read_generic's MSG_PEEK path goes on
+/// to the next buffers once its size is used up, until one carries fds), but a read of one
+/// byte gets them exactly when that byte is the buffer's first. So the queue is taken off
+/// (`c`, the receiving socket, frozen with its whole tree): in large reads up to
+/// `STREAM_BUF_MAX` before the end of each buffer with fds (a peek stops right after one), then
+/// one byte at a time until the fds come, then the rest of that buffer; and sent straight back
+/// from the peer (`peer`), each piece with one sendmsg, its fds and its sender's credentials,
+/// so the queue holds the same bytes, in buffers starting and ending with fds where they did.
+/// The result is that list of messages: plain bytes (one per sender in a row), and each buffer
+/// carrying fds by itself with them, checked against the peek (`peeked`).
+///
+/// Meanwhile the peer's send buffer is raised (one sendmsg puts a whole buffer back) and
+/// SO_PASSCRED/SO_PASSPIDFD are off on both ends (bytes that had no credentials get none);
+/// they, and `SO_PEEK_OFF` (`old_off`), are put back after.
+fn split_stream(
+    c: BorrowedFd<'_>,
+    peer: BorrowedFd<'_>,
+    old_off: i32,
+    (peeked, peeked_rights): (&[UnixMessage], &Rights),
+    obj: &dyn Fn() -> String,
+) -> Result<Queue, Split> {
+    let sys =
+        |what: &str, e: std::io::Error| Split::Sys(Error::Sys { object: format!("{}: {what}", obj()), source: e });
+    // Where each buffer with fds ends, and how many it carries.
+    let mut ends: Vec<(usize, usize)> = Vec::new();
+    let mut total = 0;
+    for (i, m) in peeked.iter().enumerate() {
+        total += m.data.len();
+        if let Some((_, fds)) = peeked_rights.iter().find(|(j, _)| *j == i) {
+            ends.push((total, fds.len()));
+        }
+    }
+    // Credentials go back as they were: the kernel takes a pid only if it exists.
+    if let Some(m) = peeked.iter().find(|m| m.has_cred && ferry_sys::process::pidfd_open(m.sender_pid).is_err()) {
+        return Err(Split::Refused(format!(
+            "a sender of its queued bytes (SCM_CREDENTIALS), pid {}, has exited",
+            m.sender_pid
+        )));
+    }
+    let get = |s: BorrowedFd<'_>, opt: i32| sockopt::get_int(s, libc::SOL_SOCKET, opt);
+    let opts = |s: BorrowedFd<'_>| -> std::io::Result<(i32, i32)> {
+        // (SO_PASSPIDFD: since Linux 6.5.)
+        Ok((get(s, libc::SO_PASSCRED)?, get(s, libc::SO_PASSPIDFD).unwrap_or(0)))
+    };
+    let (own, theirs) =
+        (opts(c).map_err(|e| sys("SO_PASSCRED", e))?, opts(peer).map_err(|e| sys("its peer's SO_PASSCRED", e))?);
+    let sndbuf = get(peer, libc::SO_SNDBUF).map_err(|e| sys("its peer's SO_SNDBUF", e))?;
+    let set = |s: BorrowedFd<'_>, opt: i32, v: i32| sockopt::set_int(s, libc::SOL_SOCKET, opt, v);
+    let set_opts = |s: BorrowedFd<'_>, (cred, pidfd): (i32, i32)| -> std::io::Result<()> {
+        set(s, libc::SO_PASSCRED, cred)?;
+        if pidfd != 0 || get(s, libc::SO_PASSPIDFD).is_ok_and(|v| v != 0) {
+            set(s, libc::SO_PASSPIDFD, pidfd)?;
+        }
+        Ok(())
+    };
+    // 1. Take the queue off (SO_PASSCRED on: each read's sender credentials come with it, and a
+    // read stops where they change).
+    let mut taken: Vec<(usize, us::Peeked)> = Vec::new();
+    let took = (|| -> std::io::Result<()> {
+        set_opts(peer, (0, 0))?;
+        set_opts(c, (1, 0))?;
+        let (mut pos, mut next, mut seen) = (0, 0, false);
+        loop {
+            let size = match ends.get(next) {
+                Some(&(e, _)) if pos >= e => {
+                    (next, seen) = (next + 1, false);
+                    continue;
+                }
+                Some(&(e, _)) if pos + STREAM_BUF_MAX < e => e - STREAM_BUF_MAX - pos,
+                Some(&(e, _)) if seen => e - pos,
+                Some(_) => 1,
+                None => total.saturating_sub(pos).max(1),
+            };
+            let Some(t) = us::take(c, size.min(4 << 20))? else { break };
+            if t.data.is_empty() {
+                break;
+            }
+            seen |= !t.fds.is_empty();
+            let n = t.data.len();
+            taken.push((pos, t));
+            pos += n;
+        }
+        Ok(())
+    })();
+    // 2. The pieces a reader would see.
+    let mut out: Vec<UnixMessage> = Vec::new();
+    let mut rights: Rights = Vec::new();
+    let mut fd_end = 0;
+    for (start, t) in taken {
+        let m = with_cred(UnixMessage { data: t.data, ..Default::default() }, t.cred);
+        let last_plain = rights.last().is_none_or(|(i, _)| i + 1 != out.len());
+        match out.last_mut() {
+            Some(last) if t.fds.is_empty() && (last_plain || start < fd_end) && same_sender(last, &m) => {
+                last.data.extend_from_slice(&m.data);
+                continue;
+            }
+            _ => {}
+        }
+        if !t.fds.is_empty() {
+            fd_end = ends.iter().map(|&(e, _)| e).find(|&e| e > start).unwrap_or(start + m.data.len());
+            rights.push((out.len(), t.fds));
+        }
+        out.push(m);
+    }
+    // 3. Sent back from the peer, whatever happened.
+    let put = (|| -> std::io::Result<()> {
+        set_opts(c, (0, 0))?;
+        set(peer, libc::SO_SNDBUFFORCE, 64 << 20)?;
+        for (i, m) in out.iter().enumerate() {
+            let fds: Vec<BorrowedFd<'_>> = rights
+                .iter()
+                .find(|(j, _)| *j == i)
+                .map(|(_, f)| f.iter().map(|x| x.as_fd()).collect())
+                .unwrap_or_default();
+            let cred = m.has_cred.then_some(libc::ucred { pid: m.sender_pid, uid: m.sender_uid, gid: m.sender_gid });
+            send_all(peer, &m.data, (None, true), &fds, cred)?;
+        }
+        Ok(())
+    })();
+    let back = set(peer, libc::SO_SNDBUFFORCE, sndbuf / 2)
+        .and_then(|()| set_opts(c, own))
+        .and_then(|()| set_opts(peer, theirs))
+        .and_then(|()| set(c, libc::SO_PEEK_OFF, old_off));
+    if let Err(e) = put {
+        tracing::error!(object = obj(), error = %e, "bytes taken off a stream's queue could not all be sent back: the process lost them");
+        return Err(sys("cannot send the bytes taken off its queue back from its peer (the process lost them)", e));
+    }
+    took.map_err(|e| sys("cannot take its queue off", e))?;
+    back.map_err(|e| sys("cannot put its options back", e))?;
+    // 4. The same bytes as peeked, and the buffers with fds end where a peek stopped.
+    let same = out.iter().flat_map(|m| m.data.iter()).eq(peeked.iter().flat_map(|m| m.data.iter()));
+    let mut pos = 0;
+    let mut got_ends = Vec::new();
+    for (i, m) in out.iter().enumerate() {
+        pos += m.data.len();
+        if let Some((_, f)) = rights.iter().find(|(j, _)| *j == i) {
+            got_ends.push((pos, f.len()));
+        }
+    }
+    if !same || got_ends != ends {
+        return Err(Split::Refused(format!(
+            "its buffers did not read back as peeked (ends with fds {ends:?} peeked, {got_ends:?} read)"
+        )));
+    }
+    Ok((out, rights))
 }
 
 /// Once every process is collected (and the fds in flight named, state/inflight.rs): a
@@ -956,22 +1140,38 @@ fn send_msg<'f>(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    send_all(s, &m.data, (to, stream), &fds, cred).ctx(|| match (fds.is_empty(), cred) {
+        (false, _) => format!("{obj}: cannot queue a message with its fds in flight again"),
+        (true, Some(c)) => {
+            format!("{obj}: cannot queue its data again as sent by pid {} (uid {}, gid {})", c.pid, c.uid, c.gid)
+        }
+        (true, None) => format!("{obj}: cannot queue its data again"),
+    })
+}
+
+/// Send `data` from `s` (to `to`, or the peer) with the fds `fds` and the credentials `cred`;
+/// the rest of a stream's bytes after a short send follow, with no fds and the same
+/// credentials; a short datagram is an error.
+fn send_all(
+    s: BorrowedFd<'_>,
+    data: &[u8],
+    (to, stream): (Option<&[u8]>, bool),
+    fds: &[BorrowedFd<'_>],
+    cred: Option<libc::ucred>,
+) -> std::io::Result<()> {
     let mut off = 0;
     loop {
-        let rights = if off == 0 { fds.as_slice() } else { &[] };
-        let n = us::send_with(s, &m.data[off..], to, rights, cred).ctx(|| match (rights.is_empty(), cred) {
-            (false, _) => format!("{obj}: cannot queue a message with its fds in flight again"),
-            (true, Some(c)) => {
-                format!("{obj}: cannot queue its data again as sent by pid {} (uid {}, gid {})", c.pid, c.uid, c.gid)
-            }
-            (true, None) => format!("{obj}: cannot queue its data again"),
-        })?;
+        let rights = if off == 0 { fds } else { &[] };
+        let n = us::send_with(s, &data[off..], to, rights, cred)?;
         off += n;
-        if off >= m.data.len() {
+        if off >= data.len() {
             return Ok(());
         }
         if !stream || n == 0 {
-            return Err(Error::Invalid { object: obj.into(), what: format!("queued {off} of {} bytes", m.data.len()) });
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                format!("queued {off} of {} bytes", data.len()),
+            ));
         }
     }
 }

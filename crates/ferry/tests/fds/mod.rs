@@ -54,6 +54,8 @@ fn inflight() -> Spec {
 fn control_fds_in_flight() {
     control(&inflight());
     control(&inflight().args(&["stream"]));
+    control(&inflight().args(&["stream-closed"]));
+    control(&inflight_stream());
 }
 
 /// File descriptors in flight (SCM_RIGHTS) in datagram and seqpacket queues, of files the tree
@@ -70,14 +72,51 @@ fn leave_running_fds_in_flight() {
     left_running_intact(&inflight());
 }
 
-/// Fds in flight in a byte stream are refused (a peek glues the bytes of earlier writes to the
-/// buffer that carried them, and a one-byte peek before that buffer brings its fds too: where
-/// the buffer starts cannot be read back); the stream, its buffers and its fds are intact after
-/// the refused dump (a one-byte read gets no fd, a read that reaches a buffer with fds gets
-/// them with the same bytes as before).
+/// Fds in flight in a byte stream: each buffer that carried fds comes back starting and ending
+/// where it did (a peek glues the bytes of earlier writes to it, so dump takes the queue off
+/// and sends it back): a one-byte read gets no fd, a read that reaches a buffer with fds gets
+/// them with the same bytes as before.
 #[test]
-fn refuses_fds_in_flight_in_a_stream() {
-    refused_then_intact(inflight().args(&["stream"]), &["in flight (SCM_RIGHTS) in its byte stream"]);
+fn cycle_fds_in_flight_in_a_stream() {
+    cycle_tree(&inflight().args(&["stream"]), &[]);
+}
+
+fn inflight_stream() -> Spec {
+    Spec::c("inflight_stream")
+}
+
+/// Both directions of a stream socketpair with fds in flight between plain bytes (a pipe end,
+/// a file at its offset and a socket only in flight, the sending socket itself, a child's
+/// memfd), a partly read buffer in each, credentials (SO_PASSCRED) from two senders: after
+/// restore every recvmsg of a schedule of sizes gets the same byte count, fds and sender as
+/// on a reference pair read before the dump, and each fd is the right object.
+#[test]
+fn cycle_fds_in_flight_in_both_directions_of_a_stream() {
+    cycle_tree(&inflight_stream(), &[]);
+}
+
+/// dump -R takes a stream's queue off and sends it back: the reads after it are the reference's.
+#[test]
+fn leave_running_fds_in_flight_in_a_stream() {
+    let mut run = Run::start(&inflight_stream());
+    run.dump_ok(&["-R"]);
+    run.expect_running_untraced("after dump -R");
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload left running");
+}
+
+/// Fds in flight in a byte stream whose writer closed its end are refused by name (where the
+/// buffers carrying them start can only be read by taking the queue off, and it cannot be sent
+/// back without the peer); the stream, its buffers and its fds are intact after the refused
+/// dump.
+#[test]
+fn refuses_fds_in_flight_in_a_stream_whose_peer_is_closed() {
+    let mut run = Run::start(&inflight().args(&["stream-closed"]));
+    dump_refused(run.pid, &run.w.join("img"), "in flight (SCM_RIGHTS) in its byte stream and its peer is closed");
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload after a refused dump");
 }
 
 fn inflight_only() -> Spec {
