@@ -117,8 +117,8 @@ int main(int argc, char **argv)
 	int cl[2];
 	SETUP(socketpair(AF_UNIX, SOCK_STREAM, 0, cl));
 	if (closed) {
-		send_fds(cl[0], "p1", NULL, 0);
-		send_fds(cl[0], "p2", &E, 1);
+		send_with_fds(cl[0], "p1", NULL, 0);
+		send_with_fds(cl[0], "p2", &E, 1);
 		close(cl[0]);
 	}
 	static char big[2001];
