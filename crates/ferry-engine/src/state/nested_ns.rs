@@ -78,12 +78,19 @@ pub fn check(pid: i32, root: i32, kind: &str) -> Result<(), Error> {
 }
 
 /// At dump, under the freeze, with `procs` still holding ferry's pids: record every nested
-/// namespace once, with its content, and each process's (`ns_inodes`).
-pub fn collect(procs: &mut [Process], root: i32, img: &mut ImageWriter) -> Result<Vec<NestedNs>, Error> {
+/// namespace once, with its content, and each process's (`ns_inodes`). `tree_netns`: a
+/// process in each network namespace of the tree whose content is recorded.
+pub fn collect(
+    procs: &mut [Process],
+    root: i32,
+    tree_netns: &[i32],
+    img: &mut ImageWriter,
+) -> Result<Vec<NestedNs>, Error> {
     let ns = ns_link;
     let mut out: Vec<NestedNs> = Vec::new();
-    // (Content dumped for a nested namespace: no external veths or mounts apply to it.)
-    let opts = crate::state::namespaces::DumpNs::default();
+    // (Content dumped for a nested namespace: no external veths or mounts apply to it; a veth
+    // may have its peer in another namespace of the tree.)
+    let opts = crate::state::namespaces::DumpNs { tree_netns: tree_netns.to_vec(), ..Default::default() };
     // (pid -> parent pid, for a nested mount namespace's parent)
     let ppids: HashMap<i32, i32> = procs.iter().map(|p| (p.pid, p.ppid)).collect();
     for p in procs.iter_mut().filter(|p| !p.zombie) {
