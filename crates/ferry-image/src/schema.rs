@@ -166,6 +166,11 @@ pub struct MountRecord {
     /// mountinfo's mount id and parent id (the root mount's parent is not in the list).
     #[prost(uint32, tag = "1")]
     pub id: u32,
+    /// A fresh sysfs or mqueue of a nested mount namespace: the nested network (sysfs) or ipc
+    /// (mqueue) namespace it shows, by its inode at dump, in which restore mounts it; 0: the
+    /// tree root's (state/mounts.rs `nested_check`).
+    #[prost(uint64, tag = "934")]
+    pub ns_inode: u64,
     #[prost(uint32, tag = "2")]
     pub parent: u32,
     /// Where it is mounted, as the root process sees it ("/" for its root).

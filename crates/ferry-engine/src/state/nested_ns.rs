@@ -411,6 +411,10 @@ impl Made {
         };
         let own = thread_mnt()?;
         let cwd = open(".")?;
+        // (The nested network and ipc namespaces, made already: a fresh sysfs or mqueue of a
+        // nested mount namespace is mounted from inside the one it showed.)
+        let others: Vec<(u64, i32)> =
+            self.ns.iter().filter(|m| m.1 == "net" || m.1 == "ipc").map(|m| (m.0, m.2.as_raw_fd())).collect();
         let mut made = || -> Result<(), Error> {
             while !left.is_empty() {
                 let ready =
@@ -438,7 +442,7 @@ impl Made {
                     object: format!("nested mount namespace {}", n.inode),
                     what: "has no mount tree".into(),
                 })?;
-                crate::state::mounts::restore_nested(img, mnt, host_proc)?;
+                crate::state::mounts::restore_nested(img, mnt, host_proc, &others)?;
                 self.ns.push((n.inode, n.kind.clone(), thread_mnt()?));
             }
             Ok(())
