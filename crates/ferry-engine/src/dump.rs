@@ -533,7 +533,10 @@ fn dump_inner(
     // Pids as ferry sees them, to read memory; the image keeps the namespace's own.
     let host_pids: Vec<i32> = frozen.iter().map(|f| f.pid).collect();
     // (Nested namespaces and pid levels: read with ferry's pids, still frozen.)
-    let nested_ns = crate::state::nested_ns::collect(&mut procs, root, &mut img)?;
+    // (One process in each network namespace of the tree whose content is recorded: where a
+    // veth's peer may be, state/netns.rs.)
+    let tree_netns = crate::state::netns::tree_netns(&host_pids, &opts.ns);
+    let nested_ns = crate::state::nested_ns::collect(&mut procs, root, &tree_netns, &mut img)?;
     {
         use std::os::unix::fs::MetadataExt;
         let net = crate::procfs::path(root, "ns/net");
@@ -656,7 +659,8 @@ fn dump_inner(
     }
     tracing::debug!(pages_bytes, "pages written");
     let memdump = t_memdump.elapsed();
-    let namespaces = crate::state::namespaces::collect(root, &opts.ns, &mut img)?;
+    let ns_opts = crate::state::namespaces::DumpNs { tree_netns, ..opts.ns.clone() };
+    let namespaces = crate::state::namespaces::collect(root, &ns_opts, &mut img)?;
     let inventory = Inventory {
         tool_version: env!("CARGO_PKG_VERSION").into(),
         root_pid: procs[0].pid,

@@ -789,12 +789,17 @@ pub fn restore_in_place(
     // and terminals are opened there, and the tree inherits them (state/namespaces.rs).
     tty::forget_early_masters();
     // Nested namespaces first, from ferry's own (state/nested_ns.rs), then the root's.
-    let mut nested_made = crate::state::nested_ns::make(&img, &opts.ns)?;
+    // (A veth pair across two of them is made with the first and handed to the second.)
+    let veth_pairs = crate::state::netns::VethPairs::default();
+    let nested_opts = crate::state::namespaces::RestoreNs { veth_pairs: veth_pairs.clone(), ..opts.ns.clone() };
+    let mut nested_made = crate::state::nested_ns::make(&img, &nested_opts)?;
     let ns_opts = crate::state::namespaces::RestoreNs {
         locked: crate::state::tcp_repair::connections(&procs),
+        veth_pairs: veth_pairs.clone(),
         ..opts.ns.clone()
     };
     let mut entered = crate::state::namespaces::enter(&img, &ns_opts)?;
+    veth_pairs.check_done()?;
     // (Nested mount namespaces are copies of the root's: made once it is.)
     nested_made.make_mnt(&img, host_proc.as_fd())?;
     let nested = nested_made.plan(&procs, host_proc.as_fd(), base)?;

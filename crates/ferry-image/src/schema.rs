@@ -166,6 +166,11 @@ pub struct MountRecord {
     /// mountinfo's mount id and parent id (the root mount's parent is not in the list).
     #[prost(uint32, tag = "1")]
     pub id: u32,
+    /// A fresh sysfs or mqueue of a nested mount namespace: the nested network (sysfs) or ipc
+    /// (mqueue) namespace it shows, by its inode at dump, in which restore mounts it; 0: the
+    /// tree root's (state/mounts.rs `nested_check`).
+    #[prost(uint64, tag = "934")]
+    pub ns_inode: u64,
     #[prost(uint32, tag = "2")]
     pub parent: u32,
     /// Where it is mounted, as the root process sees it ("/" for its root).
@@ -1681,6 +1686,10 @@ pub struct NsxNetns {
     pub routes: Vec<String>,
     #[prost(message, repeated, tag = "4")]
     pub sysctls: Vec<NsxSysctl>,
+    /// The namespace's inode at dump (`net:[INO]`): what a veth of another namespace of the
+    /// tree names as its peer's (`NsxLink.peer_netns`).
+    #[prost(uint64, tag = "930")]
+    pub inode: u64,
 }
 
 /// A network device.
@@ -1701,7 +1710,7 @@ pub struct NsxLink {
     /// The interface index (kept: programs look devices up by it).
     #[prost(uint32, tag = "6")]
     pub ifindex: u32,
-    /// A veth's other end (in the same namespace).
+    /// A veth's other end (in the same namespace, or in `peer_netns`).
     #[prost(string, tag = "7")]
     pub peer: String,
     /// The bridge this device is a port of.
@@ -1723,6 +1732,15 @@ pub struct NsxLink {
     /// A macvlan's lower device when it is in the same namespace (else `outside`).
     #[prost(string, tag = "821")]
     pub lower: String,
+    /// A veth whose peer is in another network namespace of the tree (the root's or a nested
+    /// one): that namespace's inode at dump (`NsxNetns.inode`), and the peer's index and
+    /// hardware address, with which the end made first makes the pair (state/netns.rs).
+    #[prost(uint64, tag = "931")]
+    pub peer_netns: u64,
+    #[prost(uint32, tag = "932")]
+    pub peer_ifindex: u32,
+    #[prost(string, tag = "933")]
+    pub peer_address: String,
 }
 
 /// An interface address.

@@ -57,6 +57,70 @@ pub fn link_set_up(name: &str, up: bool) -> io::Result<()> {
     cvt_i(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) }).map(drop)
 }
 
+/// The id the calling thread's network namespace gives the network namespace `target`
+/// (`RTM_GETNSID`, what `ip link` prints as a device's `link-netnsid`); None when it gave it
+/// none (no device or socket of this namespace points there).
+pub fn netns_id(target: BorrowedFd<'_>) -> io::Result<Option<i32>> {
+    const RTM_GETNSID: u16 = 90;
+    const RTM_NEWNSID: u16 = 88;
+    const NETNSA_NSID: u16 = 1;
+    const NETNSA_FD: u16 = 3;
+    const NLMSG_ERROR: u16 = 2;
+    // SAFETY: integer arguments.
+    let nl = cvt_i(unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) })?;
+    // SAFETY: the kernel just created this fd for us; we are its only owner.
+    let nl = unsafe { OwnedFd::from_raw_fd(nl) };
+    // nlmsghdr (16), rtgenmsg padded to 4, then the attribute NETNSA_FD (4 + u32).
+    let len: u32 = 16 + 4 + 8;
+    let mut req = Vec::with_capacity(len as usize);
+    req.extend_from_slice(&len.to_ne_bytes());
+    req.extend_from_slice(&RTM_GETNSID.to_ne_bytes());
+    req.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    req.extend_from_slice(&0u32.to_ne_bytes()); // pid
+    req.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
+    req.extend_from_slice(&8u16.to_ne_bytes());
+    req.extend_from_slice(&NETNSA_FD.to_ne_bytes());
+    req.extend_from_slice(&(target.as_raw_fd() as u32).to_ne_bytes());
+    // SAFETY: req is valid for reads of req.len() bytes.
+    cvt_i(unsafe { libc::send(nl.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } as i32)?;
+    let mut buf = vec![0u8; 4096];
+    let n = loop {
+        // SAFETY: buf is valid for writes of buf.len() bytes.
+        let n = unsafe { libc::recv(nl.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    let msg = &buf[..n];
+    let len = crate::sockdiag::rd32(msg, 0).ok_or_else(crate::sockdiag::bad)? as usize;
+    let ty = msg.get(4..6).map(|b| u16::from_ne_bytes([b[0], b[1]])).ok_or_else(crate::sockdiag::bad)?;
+    if len < 16 || len > msg.len() {
+        return Err(crate::sockdiag::bad());
+    }
+    let body = &msg[16..len];
+    match ty {
+        NLMSG_ERROR => {
+            let errno = crate::sockdiag::rd32(body, 0).ok_or_else(crate::sockdiag::bad)? as i32;
+            Err(io::Error::from_raw_os_error(-errno))
+        }
+        RTM_NEWNSID => {
+            for (t, v) in crate::sockdiag::attrs(body, 4)? {
+                if t == NETNSA_NSID {
+                    let id = crate::sockdiag::rd32(v, 0).ok_or_else(crate::sockdiag::bad)? as i32;
+                    return Ok((id >= 0).then_some(id));
+                }
+            }
+            Ok(None)
+        }
+        _ => Err(crate::sockdiag::bad()),
+    }
+}
+
 fn ifreq(name: &str) -> io::Result<(OwnedFd, libc::ifreq)> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));

@@ -18,13 +18,22 @@
  *                     W/shr; C's plain unshare(CLONE_NEWNS) leaves C's copy of it in its peer
  *                     group. On go C mounts a tmpfs on W/shr/sub with a file: R must see it
  *                     (the peer group was kept), then C unmounts it.
- *   nestedmnt W sysfs C mounts a fresh sysfs in its own (refused: it shows the network
- *                     namespace of whoever mounts it).
+ *   nestedmnt W fresh C unshares mount, network and ipc namespaces, makes a veth pair npfa0/npfb0
+ *                     in its network namespace and a POSIX queue with a message in its ipc one,
+ *                     and mounts a fresh sysfs on W/sys and mqueue on W/mq. On go C checks its
+ *                     mount tree is the one it had, W/sys/class/net lists exactly the devices of
+ *                     its own network namespace (lo, npfa0, npfb0), and W/mq shows its queue,
+ *                     whose message is still there.
+ *   nestedmnt W devpts C mounts a fresh devpts (newinstance) in its own (refused: ferry does
+ *                     not make its ptys there).
  *
  * Each child writes W/child-NAME ("PASS" or "FAIL: why"); R forwards go to them, waits for
  * their verdicts and writes the result.
  */
 #include "common.h"
+#include <dirent.h>
+#include <mqueue.h>
+#include <net/if.h>
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
@@ -258,16 +267,98 @@ static void run_c_peer(void)
 	exit(0);
 }
 
-static void run_c(int deep, int sysfs)
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The names in directory `dir`, sorted, joined by spaces (or the names of `if_nameindex()`). */
+static void names(const char *dir, char *out, size_t cap)
+{
+	char *v[64];
+	int n = 0;
+	out[0] = 0;
+	if (dir) {
+		DIR *d = opendir(dir);
+		if (!d) {
+			snprintf(out, cap, "(cannot open %s: %s)", dir, strerror(errno));
+			return;
+		}
+		for (struct dirent *e; (e = readdir(d)) && n < 64;)
+			if (e->d_name[0] != '.')
+				v[n++] = strdup(e->d_name);
+		closedir(d);
+	} else {
+		struct if_nameindex *ifs = if_nameindex();
+		for (struct if_nameindex *i = ifs; i && i->if_name && n < 64; i++)
+			v[n++] = strdup(i->if_name);
+		if (ifs)
+			if_freenameindex(ifs);
+	}
+	qsort(v, (size_t)n, sizeof v[0], cmp_str);
+	for (int i = 0; i < n; i++) {
+		size_t len = strlen(out);
+		snprintf(out + len, cap - len, "%s%s", i ? " " : "", v[i]);
+		free(v[i]);
+	}
+}
+
+/* C of mode fresh: sysfs and mqueue made in its own mount namespace, of its own net and ipc. */
+static void run_c_fresh(void)
+{
+	static char before[65536];
+	char sys[4096], mq[4096], qname[64], qpath[4200], got[1024];
+	SETUP(unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC));
+	SETUP(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL));
+	if (system("ip link set lo up && ip link add npfa0 type veth peer name npfb0") != 0)
+		die_setup("ip link add npfa0 failed");
+	path_in(sys, sizeof sys, "sys");
+	path_in(mq, sizeof mq, "mq");
+	SETUP(mount("sysfs", sys, "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL));
+	SETUP(mount("mqueue", mq, "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL));
+	snprintf(qname, sizeof qname, "/ferry-nestedmnt-%d", (int)getppid());
+	struct mq_attr attr = { .mq_maxmsg = 4, .mq_msgsize = 64 };
+	mqd_t q = mq_open(qname, O_CREAT | O_EXCL | O_RDWR, 0600, &attr);
+	if (q == (mqd_t)-1)
+		die_setup("mq_open %s: %s", qname, strerror(errno));
+	SETUP(mq_send(q, "kept", 4, 3));
+	mq_close(q);
+	mount_tree(before, sizeof before);
+	write_file_atomic("ready-c", "");
+	wait_go();
+	check_tree(before, "C");
+	char want[1024], classnet[4200];
+	names(NULL, want, sizeof want);
+	CHECK(strcmp(want, "lo npfa0 npfb0") == 0, "C: its network namespace has %s", want);
+	snprintf(classnet, sizeof classnet, "%s/class/net", sys);
+	names(classnet, got, sizeof got);
+	CHECK(strcmp(got, want) == 0, "C: W/sys/class/net lists %s, its network namespace has %s", got, want);
+	snprintf(qpath, sizeof qpath, "%s%s", mq, qname);
+	CHECK(access(qpath, F_OK) == 0, "C: its queue is not in W/mq (%s): %s", qpath, strerror(errno));
+	q = mq_open(qname, O_RDWR | O_NONBLOCK);
+	CHECK(q != (mqd_t)-1, "C: mq_open %s: %s", qname, strerror(errno));
+	if (q != (mqd_t)-1) {
+		char buf[64] = "";
+		unsigned prio = 0;
+		CHECK(mq_receive(q, buf, sizeof buf, &prio) == 4 && memcmp(buf, "kept", 4) == 0 && prio == 3,
+		      "C: the queued message is not there: %s", strerror(errno));
+		mq_close(q);
+	}
+	mq_unlink(qname);
+	child_report("c");
+	exit(0);
+}
+
+static void run_c(int deep, int devpts)
 {
 	struct kept k;
 	char tmp[4096];
 	only_w = 0; /* (its own namespace: the whole tree) */
 	SETUP(unshare(CLONE_NEWNS));
 	SETUP(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL));
-	if (sysfs) {
+	if (devpts) {
 		path_in(tmp, sizeof tmp, "tmp");
-		SETUP(mount("sysfs", tmp, "sysfs", 0, NULL));
+		SETUP(mount("devpts", tmp, "devpts", 0, "newinstance,ptmxmode=0666"));
 		write_file_atomic("ready-c", "");
 		wait_go();
 		child_report("c");
@@ -317,8 +408,9 @@ int main(int argc, char **argv)
 {
 	workload_init(argc, argv);
 	const char *mode = argc > 2 ? argv[2] : "one";
-	int deep = strcmp(mode, "deep") == 0, sysfs = strcmp(mode, "sysfs") == 0, peer = strcmp(mode, "peer") == 0;
-	if (!deep && !sysfs && !peer && strcmp(mode, "one") != 0)
+	int deep = strcmp(mode, "deep") == 0, devpts = strcmp(mode, "devpts") == 0, peer = strcmp(mode, "peer") == 0;
+	int fresh = strcmp(mode, "fresh") == 0;
+	if (!deep && !devpts && !peer && !fresh && strcmp(mode, "one") != 0)
 		die_setup("unknown mode %s", mode);
 	char p[4096];
 	if (peer) {
@@ -347,8 +439,8 @@ int main(int argc, char **argv)
 		waitpid(c, NULL, 0);
 		finish();
 	}
-	const char *dirs[] = { "tmp", "src", "ro" };
-	for (int i = 0; i < 3; i++) {
+	const char *dirs[] = { "tmp", "src", "ro", "sys", "mq" };
+	for (int i = 0; i < 5; i++) {
 		path_in(p, sizeof p, dirs[i]);
 		SETUP(mkdir(p, 0755));
 	}
@@ -357,8 +449,10 @@ int main(int argc, char **argv)
 	mount_tree(tree_before, sizeof tree_before);
 	pid_t c = fork();
 	SETUP(c);
+	if (c == 0 && fresh)
+		run_c_fresh();
 	if (c == 0)
-		run_c(deep, sysfs);
+		run_c(deep, devpts);
 	char pidtext[32];
 	snprintf(pidtext, sizeof pidtext, "%d\n", (int)c);
 	write_file_atomic("pid-c", pidtext);

@@ -23,12 +23,22 @@
  *                       namespace: the socket stays in the namespace it was made in. ferry
  *                       must refuse it by name (restore would make it in R's new one); on go
  *                       R checks the socket kept its address and still reaches itself there.
+ *   nestednet W veth    R unshares a network namespace (the tree's), forks A, which unshares
+ *                       another; R makes a veth pair npa0 (index 17, MTU 1400) in its own and
+ *                       npb0 (index 23, MTU 1300) in A's, addresses 10.93.0.1/24 and .2/24, up.
+ *                       A listens on 10.93.0.2, R connects (an established connection across the
+ *                       pair: dump with --tcp-established). Each records its end (index, hardware
+ *                       address, MTU, up); on go each checks it from inside, the connection
+ *                       carries bytes both ways, and a new connection from R reaches A's listener.
  *
  * Each process but R writes W/child-NAME ("PASS" or "FAIL: why"); R forwards go to them, waits
  * for their verdicts and writes the result.
  */
 #include "common.h"
+#include <arpa/inet.h>
 #include <linux/sockios.h>
+#include <net/if.h>
+#include <stdarg.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stddef.h>
@@ -328,6 +338,140 @@ static void run_inet_moved(void)
 	CHECK(recv(s, buf, sizeof buf, 0) == 5, "recv from itself: %s", strerror(errno));
 }
 
+/* What a process sees of its end of the veth pair. */
+struct link_seen {
+	unsigned index, mtu, up;
+	unsigned char mac[6];
+};
+
+static struct link_seen link_now(const char *dev)
+{
+	struct link_seen l = { 0 };
+	struct ifreq r;
+	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (s < 0)
+		return l;
+	l.index = if_nametoindex(dev);
+	memset(&r, 0, sizeof r);
+	snprintf(r.ifr_name, sizeof r.ifr_name, "%s", dev);
+	if (ioctl(s, SIOCGIFMTU, &r) == 0)
+		l.mtu = (unsigned)r.ifr_mtu;
+	if (ioctl(s, SIOCGIFHWADDR, &r) == 0)
+		memcpy(l.mac, r.ifr_hwaddr.sa_data, 6);
+	if (ioctl(s, SIOCGIFFLAGS, &r) == 0)
+		l.up = (r.ifr_flags & IFF_UP) != 0;
+	close(s);
+	return l;
+}
+
+static void check_link(const char *who, const char *dev, const struct link_seen *was, unsigned index, unsigned mtu)
+{
+	struct link_seen now = link_now(dev);
+	CHECK(now.index == was->index && now.index == index, "%s: %s has index %u, was %u", who, dev, now.index, was->index);
+	CHECK(now.mtu == was->mtu && now.mtu == mtu, "%s: %s has MTU %u, was %u", who, dev, now.mtu, was->mtu);
+	CHECK(memcmp(now.mac, was->mac, 6) == 0, "%s: %s has hardware address %02x:%02x:%02x:%02x:%02x:%02x", who, dev,
+	      now.mac[0], now.mac[1], now.mac[2], now.mac[3], now.mac[4], now.mac[5]);
+	CHECK(now.up, "%s: %s is down", who, dev);
+}
+
+static void shell(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void shell(const char *fmt, ...)
+{
+	char cmd[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof cmd, fmt, ap);
+	va_end(ap);
+	int st = system(cmd);
+	if (st != 0)
+		die_setup("%s: exit status %d", cmd, st);
+}
+
+#define VETH_PORT 9393
+
+/* One byte from `fd` (-1 if none within 10 s: the wait only bounds a failure). */
+static int read_byte(int fd)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	unsigned char x;
+	if (poll(&p, 1, 10000) != 1 || read(fd, &x, 1) != 1)
+		return -1;
+	return x;
+}
+
+static void run_veth(void)
+{
+	SETUP(unshare(CLONE_NEWNET));
+	shell("ip link set lo up");
+	pid_t a = fork();
+	SETUP(a);
+	if (a == 0) {
+		SETUP(unshare(CLONE_NEWNET));
+		write_file_atomic("ready-a-ns", "");
+		wait_file("veth-made");
+		shell("ip link set lo up && ip addr add 10.93.0.2/24 dev npb0 && ip link set npb0 up");
+		int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		SETUP(l);
+		int one = 1;
+		SETUP(setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one));
+		struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(VETH_PORT) };
+		inet_pton(AF_INET, "10.93.0.2", &sa.sin_addr);
+		SETUP(bind(l, (struct sockaddr *)&sa, sizeof sa));
+		SETUP(listen(l, 4));
+		write_file_atomic("listening-a", "");
+		int c = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+		SETUP(c);
+		struct link_seen was = link_now("npb0");
+		write_file_atomic("ready-a", "");
+		wait_go();
+		check_link("A", "npb0", &was, 23, 1300);
+		char pns[64];
+		struct stat pst;
+		snprintf(pns, sizeof pns, "/proc/%d/ns/net", (int)getppid());
+		CHECK(stat(pns, &pst) == 0 && (unsigned long)pst.st_ino != own_netns(), "A is in R's network namespace");
+		CHECK(read_byte(c) == 'r', "A: no byte from R over the connection: %s", strerror(errno));
+		CHECK(write(c, "a", 1) == 1, "A: write to R: %s", strerror(errno));
+		struct pollfd p = { .fd = l, .events = POLLIN };
+		/* (the wait only bounds a failure) */
+		CHECK(poll(&p, 1, 10000) == 1, "A: no new connection from R reached its listener");
+		int n = accept4(l, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+		CHECK(n >= 0, "A: accept: %s", strerror(errno));
+		if (n >= 0) {
+			CHECK(read_byte(n) == 'n', "A: no byte over the new connection");
+			CHECK(write(n, "m", 1) == 1, "A: write over the new connection: %s", strerror(errno));
+			close(n);
+		}
+		child_report("a");
+		_exit(0);
+	}
+	wait_file("ready-a-ns");
+	shell("ip link add npa0 index 17 mtu 1400 type veth peer name npb0 index 23 mtu 1300 netns %d && "
+	      "ip addr add 10.93.0.1/24 dev npa0 && ip link set npa0 up",
+	      (int)a);
+	write_file_atomic("veth-made", "");
+	wait_file("listening-a");
+	int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	SETUP(c);
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(VETH_PORT) };
+	inet_pton(AF_INET, "10.93.0.2", &sa.sin_addr);
+	SETUP(connect(c, (struct sockaddr *)&sa, sizeof sa));
+	struct link_seen was = link_now("npa0");
+	wait_file("ready-a");
+	signal_ready();
+	wait_go();
+	kill(a, SIGUSR2);
+	check_link("R", "npa0", &was, 17, 1400);
+	CHECK(write(c, "r", 1) == 1, "R: write to A: %s", strerror(errno));
+	CHECK(read_byte(c) == 'a', "R: no byte back from A over the connection: %s", strerror(errno));
+	int n = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	SETUP(n);
+	CHECK(connect(n, (struct sockaddr *)&sa, sizeof sa) == 0, "R: a new connection to A: %s", strerror(errno));
+	CHECK(write(n, "n", 1) == 1 && read_byte(n) == 'm', "R: no byte back over the new connection");
+	close(n);
+	child_verdict("a");
+	waitpid(a, NULL, 0);
+}
+
 int main(int argc, char **argv)
 {
 	workload_init(argc, argv);
@@ -338,6 +482,8 @@ int main(int argc, char **argv)
 		run_cgroup();
 	else if (strcmp(mode, "inet-moved") == 0)
 		run_inet_moved();
+	else if (strcmp(mode, "veth") == 0)
+		run_veth();
 	else
 		die_setup("unknown mode %s", mode);
 	finish();

@@ -147,7 +147,7 @@ fn dump_tree(ctx: &mut DumpCtx<'_>, from: &[ferry_proc::MountInfo], nested: Opti
         let refuse = |what: String| Error::Unsupported { pid, what };
         let copy_of = own.get(&host_key(m)).filter(|_| host_copy);
         if let Some(root) = nested {
-            nested_check(pid, root, m, copy_of.copied(), from)?;
+            r.ns_inode = nested_check(pid, root, m, copy_of.copied(), from)?;
         }
         if r.parent == 0 && nested.is_none() {
             r.external = "/".into();
@@ -212,28 +212,38 @@ fn parent_peer(r: &MountRecord, theirs: &ferry_proc::MountInfo) -> u32 {
 }
 
 /// What a nested mount namespace (of process `pid`; `root`: the tree's root) may hold: proc
-/// only when it shows the right pid namespace, no fresh file system other than tmpfs and proc
-/// (devpts, mqueue, sysfs and cgroup2 show the namespaces of their mounter), and no peer group
-/// or master shared with its parent namespace (`from`) other than a copy's with its origin
-/// (`copy_of`).
+/// only when it shows the right pid namespace; sysfs and mqueue made in it only when they show
+/// the network or ipc namespace of `pid` or of the root (returned: the namespace's inode, 0
+/// for the root's, in which restore mounts them); no other fresh file system than tmpfs (devpts
+/// and cgroup2 show the namespaces of their mounter too); and no peer group or master shared
+/// with its parent namespace (`from`) other than a copy's with its origin (`copy_of`).
 fn nested_check(
     pid: i32,
     root: i32,
     m: &ferry_proc::MountInfo,
     copy_of: Option<&ferry_proc::MountInfo>,
     from: &[ferry_proc::MountInfo],
-) -> Result<(), Error> {
+) -> Result<u64, Error> {
     let ns = crate::state::namespaces::ns_link;
     let ferry_pid = std::fs::read_link("/proc/self/ns/pid").ok().map(|l| l.display().to_string());
     let mp = &m.mount_point;
+    let mut shows = 0;
     let what = match (m.fs_type.as_str(), copy_of) {
         ("proc", Some(_)) if ns(root, "pid") != ferry_pid => {
             Some("a copy of the proc mount of a tree with its own pid namespace (made by its init after the nested namespace)")
         }
         ("proc", None) if ns(pid, "pid") != ferry_pid => Some("a proc mount of another pid namespace than ferry's"),
         ("tmpfs" | "proc", None) => None,
+        (fs @ ("sysfs" | "mqueue"), None) => match fresh_shows(pid, root, m, fs)? {
+            Some(inode) => {
+                shows = inode;
+                None
+            }
+            None if fs == "sysfs" => Some("a sysfs of another network namespace than its process's or the tree root's"),
+            None => Some("an mqueue of another ipc namespace than its process's or the tree root's"),
+        },
         (_, None) if FRESH.contains(&m.fs_type.as_str()) => {
-            Some("made in the nested namespace (ferry makes only tmpfs and proc there: the others show the namespaces of whoever mounts them)")
+            Some("made in the nested namespace (ferry makes only tmpfs, proc, sysfs and mqueue there: devpts and cgroup2 show the namespaces of whoever mounts them, and a devpts its ptys)")
         }
         _ => None,
     };
@@ -254,8 +264,52 @@ fn nested_check(
             pid,
             what: format!("mount {mp} ({}) in a nested mount namespace: {w}", m.fs_type),
         }),
-        None => Ok(()),
+        None => Ok(shows),
     }
+}
+
+/// The namespace a fresh sysfs (network) or mqueue (ipc) mount `m` of `pid`'s nested mount
+/// namespace shows: Some(its inode) if `pid`'s own (not the root's), Some(0) if the tree
+/// root's, None if neither. The kernel keeps one super-block per namespace for each: the mount
+/// shows a namespace when a fresh one made from inside it has the mount's device.
+fn fresh_shows(pid: i32, root: i32, m: &ferry_proc::MountInfo, fs: &str) -> Result<Option<u64>, Error> {
+    let (kind, flag) = if fs == "sysfs" { ("net", libc::CLONE_NEWNET) } else { ("ipc", libc::CLONE_NEWIPC) };
+    let ns = crate::state::namespaces::ns_link;
+    let dev = (m.dev_major, m.dev_minor);
+    let mut candidates = vec![(root, 0)];
+    if ns(pid, kind) != ns(root, kind) {
+        candidates.insert(0, (pid, ns(pid, kind).map_or(0, |l| crate::state::nsfile::inode_of(&l))));
+    }
+    for (p, inode) in candidates {
+        let path = format!("/proc/{p}/ns/{kind}");
+        let f = std::fs::File::open(&path).ctx(|| format!("cannot open {path}"))?;
+        if fresh_dev(std::os::fd::AsFd::as_fd(&f), flag, fs)? == dev {
+            return Ok(Some(inode));
+        }
+    }
+    Ok(None)
+}
+
+/// The device of a fresh `fs` mounted from inside the namespace `ns` (of kind `flag`), by a
+/// short-lived thread in a private mount namespace of its own.
+fn fresh_dev(ns: std::os::fd::BorrowedFd<'_>, flag: i32, fs: &str) -> Result<(u32, u32), Error> {
+    let fstype = CString::new(fs).map_err(|_| Error::Invalid { object: fs.into(), what: "bad fs type".into() })?;
+    let obj = || format!("a fresh {fs} to compare with");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            ferry_sys::ns::unshare(libc::CLONE_FS).ctx(|| "cannot unshare CLONE_FS".into())?;
+            ferry_sys::ns::unshare(libc::CLONE_NEWNS).ctx(|| "cannot unshare a mount namespace".into())?;
+            ferry_sys::ns::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)
+                .ctx(|| "cannot make a private mount namespace".into())?;
+            ferry_sys::ns::setns(ns, flag).ctx(|| format!("{}: cannot join its namespace", obj()))?;
+            let at = c"/tmp";
+            ferry_sys::ns::mount(Some(&fstype), at, Some(&fstype), 0, None).ctx(|| format!("cannot mount {}", obj()))?;
+            let st = std::fs::metadata("/tmp").ctx(|| format!("cannot stat {}", obj()))?;
+            Ok((libc::major(st.dev()), libc::minor(st.dev())))
+        })
+        .join()
+        .unwrap_or_else(|_| Err(Error::Invalid { object: obj(), what: "thread panicked".into() }))
+    })
 }
 
 /// The key prefix of a mount that is a copy of the dumping ferry's mount at the same place.
@@ -747,10 +801,13 @@ pub(crate) fn mount_deferred(d: &Deferred) -> Result<(), String> {
 /// Last the result is read back and compared with the image: a difference is an error naming
 /// the mount, never a silently different tree.
 /// `proc`: ferry's /proc (the tree's may show another pid namespace, or none).
+/// `nested`: the nested network and ipc namespaces made, (inode at dump, fd number), in which
+/// a fresh sysfs or mqueue that showed one is mounted.
 pub(crate) fn restore_nested(
     img: &ferry_image::ImageReader,
     mnt: &MountNs,
     proc: std::os::fd::BorrowedFd<'_>,
+    nested: &[(u64, i32)],
 ) -> Result<(), Error> {
     let obj = |r: &MountRecord| format!("mount {} ({}) of a nested mount namespace", r.mountpoint, r.fstype);
     for r in &mnt.mounts {
@@ -828,13 +885,40 @@ pub(crate) fn restore_nested(
                     .map_err(|e| Error::Invalid { object: name.into(), what: e.to_string() })?,
             ),
         };
-        b.make(r, content.as_ref()).map_err(|what| Error::Invalid { object: obj(r), what })?;
+        let fresh_in = (r.ns_inode != 0 && r.bind_of == 0 && r.external.is_empty()).then_some(r.ns_inode);
+        in_nested(fresh_in, &r.fstype, nested, proc, || b.make(r, content.as_ref()))
+            .map_err(|what| Error::Invalid { object: obj(r), what })?;
     }
     b.finish().map_err(|what| Error::Invalid { object: "nested mount namespace".into(), what })?;
     // (A peer of its origin is shared already: MS_SHARED again keeps its group.)
     propagate(mnt.mounts.iter()).map_err(|what| Error::Invalid { object: "nested mount namespace".into(), what })?;
     let built = thread_mountinfo(proc)?;
     same_tree(&mnt.mounts, &built).map_err(|what| Error::Invalid { object: "nested mount namespace".into(), what })
+}
+
+/// Run `f` (the mount of a fresh `fs`) with the calling thread in the nested network (sysfs)
+/// or ipc (mqueue) namespace of inode `inode` at dump (`nested`: (inode, fd number)), then back;
+/// None: where it is.
+fn in_nested<T>(
+    inode: Option<u64>,
+    fs: &str,
+    nested: &[(u64, i32)],
+    proc: std::os::fd::BorrowedFd<'_>,
+    f: impl FnOnce() -> Result<T, String>,
+) -> Result<T, String> {
+    let Some(inode) = inode else { return f() };
+    let (kind, flag) = if fs == "mqueue" { ("ipc", libc::CLONE_NEWIPC) } else { ("net", libc::CLONE_NEWNET) };
+    let fd = nested.iter().find(|n| n.0 == inode).map(|n| n.1).ok_or_else(|| {
+        format!("it shows the {kind} namespace {kind}:[{inode}], which is not among the image's nested namespaces")
+    })?;
+    let rel = CString::new(format!("thread-self/ns/{kind}")).map_err(|_| "bad path".to_string())?;
+    let back = ferry_sys::ns::openat(proc, &rel, libc::O_RDONLY | libc::O_CLOEXEC)
+        .map_err(|e| format!("cannot open /proc/thread-self/ns/{kind}: {e}"))?;
+    ferry_sys::ns::setns_number(fd, flag).map_err(|e| format!("cannot join its {kind} namespace: {e}"))?;
+    let r = f();
+    ferry_sys::ns::setns(std::os::fd::AsFd::as_fd(&back), flag)
+        .map_err(|e| format!("cannot go back into the tree's {kind} namespace: {e}"))?;
+    r
 }
 
 /// The calling thread's mounts, through ferry's /proc `proc`.

@@ -61,6 +61,10 @@ pub struct DumpNs {
     /// macvlan devices of the tree's network namespace whose lower device is outside it
     /// (`--external macvlan[INSIDE]:LOWER`, state/netns.rs).
     pub macvlans: Vec<ExternalMacvlan>,
+    /// A process in each network namespace of the tree whose content is recorded (the root's
+    /// when it is recreated, and the nested ones): where a veth's peer may be (filled by the
+    /// dump, not an option; state/netns.rs).
+    pub tree_netns: Vec<i32>,
 }
 
 /// `--external macvlan[INSIDE]:LOWER` (CRIU's form): the tree's macvlan INSIDE sits on the
@@ -101,6 +105,9 @@ pub struct RestoreNs {
     /// an option): held back by a network lock in the tree's network namespace until the tree
     /// runs (state/netlock.rs).
     pub locked: Vec<(std::net::SocketAddr, std::net::SocketAddr)>,
+    /// The veth pairs across two of the tree's network namespaces, made with the first of them
+    /// and handed to the second (made by the restore, not an option; state/netns.rs).
+    pub veth_pairs: crate::state::netns::VethPairs,
 }
 
 /// What a module's dump gets.

@@ -78,12 +78,19 @@ pub fn check(pid: i32, root: i32, kind: &str) -> Result<(), Error> {
 }
 
 /// At dump, under the freeze, with `procs` still holding ferry's pids: record every nested
-/// namespace once, with its content, and each process's (`ns_inodes`).
-pub fn collect(procs: &mut [Process], root: i32, img: &mut ImageWriter) -> Result<Vec<NestedNs>, Error> {
+/// namespace once, with its content, and each process's (`ns_inodes`). `tree_netns`: a
+/// process in each network namespace of the tree whose content is recorded.
+pub fn collect(
+    procs: &mut [Process],
+    root: i32,
+    tree_netns: &[i32],
+    img: &mut ImageWriter,
+) -> Result<Vec<NestedNs>, Error> {
     let ns = ns_link;
     let mut out: Vec<NestedNs> = Vec::new();
-    // (Content dumped for a nested namespace: no external veths or mounts apply to it.)
-    let opts = crate::state::namespaces::DumpNs::default();
+    // (Content dumped for a nested namespace: no external veths or mounts apply to it; a veth
+    // may have its peer in another namespace of the tree.)
+    let opts = crate::state::namespaces::DumpNs { tree_netns: tree_netns.to_vec(), ..Default::default() };
     // (pid -> parent pid, for a nested mount namespace's parent)
     let ppids: HashMap<i32, i32> = procs.iter().map(|p| (p.pid, p.ppid)).collect();
     for p in procs.iter_mut().filter(|p| !p.zombie) {
@@ -403,6 +410,10 @@ impl Made {
         };
         let own = thread_mnt()?;
         let cwd = open(".")?;
+        // (The nested network and ipc namespaces, made already: a fresh sysfs or mqueue of a
+        // nested mount namespace is mounted from inside the one it showed.)
+        let others: Vec<(u64, i32)> =
+            self.ns.iter().filter(|m| m.1 == "net" || m.1 == "ipc").map(|m| (m.0, m.2.as_raw_fd())).collect();
         let mut made = || -> Result<(), Error> {
             while !left.is_empty() {
                 let ready =
@@ -430,7 +441,7 @@ impl Made {
                     object: format!("nested mount namespace {}", n.inode),
                     what: "has no mount tree".into(),
                 })?;
-                crate::state::mounts::restore_nested(img, mnt, host_proc)?;
+                crate::state::mounts::restore_nested(img, mnt, host_proc, &others)?;
                 self.ns.push((n.inode, n.kind.clone(), thread_mnt()?));
             }
             Ok(())

@@ -11,7 +11,11 @@
 //!
 //! Devices: `lo`, bridges and veth pairs with both ends inside are recreated (name, index,
 //! hardware address, MTU, bridge port, up/down; a bridge's own settings, such as STP, are left
-//! at their defaults). A veth whose peer is outside (the link of a job or container to its
+//! at their defaults). A veth whose peer is in another network namespace of the tree (the
+//! root's and a nested one, state/nested_ns.rs) is recorded with that namespace (found by the
+//! id this one gives it, `RTM_GETNSID`) and made again by whichever of the two is made first,
+//! the peer held in a namespace of ferry's until the other is made and takes it
+//! ([`VethPairs`]). A veth whose peer is outside (the link of a job or container to its
 //! node) is refused unless named with `--external veth[INSIDE]:OUTSIDE[@BRIDGE]` (CRIU's
 //! form): the image then records the inside end and OUTSIDE/BRIDGE, and restore makes the
 //! pair with the inside end in the new namespace and the outside end, named OUTSIDE, in the
@@ -27,7 +31,7 @@
 //! link-local addresses the kernel makes itself. Routes: those of the main table that the
 //! kernel did not add itself (a "proto kernel" route comes back with its address).
 
-use super::namespaces::{in_ns, DumpCtx, ExternalMacvlan, ExternalVeth, Handover, RestoreCtx};
+use super::namespaces::{in_ns, DumpCtx, DumpNs, ExternalVeth, Handover, RestoreCtx};
 use crate::error::{Ctx, Error};
 use ferry_image::{Namespaces, NsxAddr, NsxLink, NsxNetns, NsxSysctl};
 use serde_json::Value;
@@ -61,8 +65,8 @@ const ROUTE_STATE_WORDS: &[&str] =
 /// Dump (a namespace module, state/namespaces.rs): read the content from a thread that joined
 /// the tree's network namespace.
 pub(crate) fn dump(ctx: &mut DumpCtx<'_>, out: &mut Namespaces) -> Result<(), Error> {
-    let (pid, veths, macvlans) = (ctx.pid, &ctx.opts.veths, &ctx.opts.macvlans);
-    out.nsx_net = Some(in_ns(ctx.ns, libc::CLONE_NEWNET, || collect(pid, veths, macvlans))?);
+    let (pid, opts) = (ctx.pid, ctx.opts);
+    out.nsx_net = Some(in_ns(ctx.ns, libc::CLONE_NEWNET, || collect(pid, opts))?);
     Ok(())
 }
 
@@ -103,6 +107,25 @@ pub fn refuse_socket_elsewhere(pid: i32, fd: i32, copy: std::os::fd::BorrowedFd<
         });
     }
     Ok(())
+}
+
+/// At dump: one process of `pids` (the tree's, as ferry sees them) in each network namespace
+/// whose content is recorded (not ferry's own, not one given as external).
+pub fn tree_netns(pids: &[i32], opts: &DumpNs) -> Vec<i32> {
+    use crate::state::nsfile::{inode_of, ns_link, own_link};
+    let own = own_link("net");
+    let mut seen = Vec::new();
+    let mut out = Vec::new();
+    for &pid in pids {
+        let Some(l) = ns_link(pid, "net") else { continue };
+        let external = opts.external.iter().any(|e| e.kind == "net" && e.inode == inode_of(&l));
+        if Some(&l) == own.as_ref() || external || seen.contains(&l) {
+            continue;
+        }
+        seen.push(l);
+        out.push(pid);
+    }
+    out
 }
 
 /// Run `f` in the network namespace of `pid`: in ferry's thread when it is ferry's own, else
@@ -151,9 +174,10 @@ fn json(args: &[&str]) -> Result<Vec<Value>, Error> {
     Ok(v.as_array().cloned().unwrap_or_default())
 }
 
-fn collect(pid: i32, veths: &[ExternalVeth], macvlans: &[ExternalMacvlan]) -> Result<NsxNetns, Error> {
+fn collect(pid: i32, opts: &DumpNs) -> Result<NsxNetns, Error> {
+    let (veths, macvlans) = (&opts.veths, &opts.macvlans);
     let refuse = |what: String| Error::Unsupported { pid, what };
-    let mut ns = NsxNetns::default();
+    let mut ns = NsxNetns { inode: thread_netns()?, ..Default::default() };
     for l in json(&["-j", "-d", "link", "show"])? {
         let name = l["ifname"].as_str().unwrap_or_default().to_string();
         let kind = if l["link_type"] == "loopback" {
@@ -164,12 +188,21 @@ fn collect(pid: i32, veths: &[ExternalVeth], macvlans: &[ExternalMacvlan]) -> Re
         let mut peer = l["link"].as_str().unwrap_or_default().to_string();
         let mut outside = None;
         let (mut macvlan, mut lower, mut macvlan_lower) = (Vec::new(), String::new(), None);
+        let mut across = None;
         match kind.as_str() {
             "loopback" | "bridge" => {}
-            // A pair with both ends inside is recreated; one whose other end is outside (in
-            // the host, typically) is made again with that end in the restoring ferry's
-            // namespace, if the dump was told its name there.
+            // A pair with both ends inside is recreated; one whose other end is in another
+            // network namespace of the tree too, with each end in its namespace; one whose
+            // other end is outside (in the host, typically) with that end in the restoring
+            // ferry's namespace, if the dump was told its name there.
             "veth" if l.get("link_netnsid").is_none() && !peer.is_empty() => {}
+            "veth" if {
+                across = peer_in_tree(&name, &l, &opts.tree_netns)?;
+                across.is_some()
+            } =>
+            {
+                peer = across.as_ref().map(|a| a.name.clone()).unwrap_or_default();
+            }
             "veth" => match veths.iter().find(|v| v.inside == name) {
                 Some(v) => {
                     peer.clear();
@@ -216,6 +249,9 @@ fn collect(pid: i32, veths: &[ExternalVeth], macvlans: &[ExternalMacvlan]) -> Re
             outside_bridge: outside.and_then(|v| v.bridge.clone()).unwrap_or_default(),
             macvlan,
             lower,
+            peer_netns: across.as_ref().map_or(0, |a| a.netns),
+            peer_ifindex: across.as_ref().map_or(0, |a| a.ifindex),
+            peer_address: across.map(|a| a.address).unwrap_or_default(),
         });
     }
     for l in json(&["-j", "addr", "show"])? {
@@ -284,6 +320,58 @@ fn collect(pid: i32, veths: &[ExternalVeth], macvlans: &[ExternalMacvlan]) -> Re
     Ok(ns)
 }
 
+/// The inode of the calling thread's network namespace.
+fn thread_netns() -> Result<u64, Error> {
+    use std::os::unix::fs::MetadataExt;
+    let p = "/proc/thread-self/ns/net";
+    Ok(std::fs::metadata(p).ctx(|| format!("cannot stat {p}"))?.ino())
+}
+
+/// The other end of a veth, in another network namespace of the tree.
+struct Across {
+    name: String,
+    netns: u64,
+    ifindex: u32,
+    address: String,
+}
+
+/// The other end of the veth `name` (`l`: its `ip -j -d link` record, with a `link_netnsid`)
+/// if it is in one of the tree's network namespaces whose content is recorded (`tree`: a
+/// process in each; the calling thread is in the veth's own): found by the id this namespace
+/// gives each of them (`RTM_GETNSID`), then by index in the one that matches.
+fn peer_in_tree(name: &str, l: &Value, tree: &[i32]) -> Result<Option<Across>, Error> {
+    use std::os::fd::AsFd;
+    let (Some(nsid), Some(index)) = (l["link_netnsid"].as_i64(), l["link_index"].as_u64()) else { return Ok(None) };
+    let here = thread_netns()?;
+    for &pid in tree {
+        let path = format!("/proc/{pid}/ns/net");
+        let f = std::fs::File::open(&path).ctx(|| format!("cannot open {path}"))?;
+        let inode = crate::state::nsfile::fd_inode(f.as_fd())?;
+        if inode == here {
+            continue;
+        }
+        let id = ferry_sys::nsctl::netns_id(f.as_fd())
+            .ctx(|| format!("network device {name} (veth): cannot ask the id of {path}"))?;
+        if id != Some(nsid as i32) {
+            continue;
+        }
+        let links = in_netns(f.as_fd(), || json(&["-j", "link", "show"]))?;
+        let Some(p) = links.iter().find(|p| p["ifindex"].as_u64() == Some(index)) else {
+            return Err(Error::Invalid {
+                object: format!("network device {name} (veth)"),
+                what: format!("its peer {index} is not in {path}"),
+            });
+        };
+        return Ok(Some(Across {
+            name: p["ifname"].as_str().unwrap_or_default().to_string(),
+            netns: inode,
+            ifindex: index as u32,
+            address: p["address"].as_str().unwrap_or_default().to_string(),
+        }));
+    }
+    Ok(None)
+}
+
 /// The modes of a macvlan ferry makes again (not "source", whose list of source addresses it
 /// does not read).
 const MACVLAN_MODES: &[&str] = &["private", "vepa", "bridge", "passthru"];
@@ -332,6 +420,10 @@ fn apply(ns: &NsxNetns, ctx: &RestoreCtx<'_>) -> Result<(), Error> {
             }
             "veth" if !l.outside.is_empty() => {
                 make_external_veth(l, &spec(l), ctx)?;
+                continue;
+            }
+            "veth" if l.peer_netns != 0 => {
+                ctx.opts.veth_pairs.make(l, &spec(l), ns.inode)?;
                 continue;
             }
             // (after every other device: its lower one may be a bridge or veth made here)
@@ -407,6 +499,87 @@ fn apply(ns: &NsxNetns, ctx: &RestoreCtx<'_>) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// At restore: the veth pairs whose ends are in two network namespaces of the tree, from the
+/// moment the first of them is made to the moment the second is. The end made first makes
+/// the pair with its peer in a namespace of ferry's own that only holds it (new and empty: the
+/// peer's index is free there); the peer's namespace, once made, takes it from there (moved
+/// into a new namespace, a device keeps its index, address and MTU). Clones share the state.
+#[derive(Debug, Clone, Default)]
+pub struct VethPairs(std::sync::Arc<std::sync::Mutex<Held>>);
+
+#[derive(Debug, Default)]
+struct Held {
+    /// The holding namespace (made with the first pair).
+    ns: Option<std::os::fd::OwnedFd>,
+    /// The ends it holds: (the inode at dump of the namespace each goes to, its name).
+    ends: Vec<(u64, String)>,
+}
+
+impl VethPairs {
+    /// Make the end `l` (its `spec`: name, index, address) of a pair across namespaces in the
+    /// calling thread's network namespace (`here`: its inode at dump).
+    fn make(&self, l: &NsxLink, spec: &[String], here: u64) -> Result<(), Error> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let obj = || format!("network device {} (veth, its peer {} in net:[{}])", l.name, l.peer, l.peer_netns);
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let held = &mut *held;
+        if let Some(i) = held.ends.iter().position(|(ns, name)| *ns == here && *name == l.name) {
+            // Made with its peer: take it into this namespace.
+            let dest = std::fs::File::open("/proc/thread-self/ns/net")
+                .ctx(|| "cannot open /proc/thread-self/ns/net".into())?;
+            let dest_path = format!("/proc/{}/fd/{}", std::process::id(), dest.as_raw_fd());
+            let from = held.ns.as_ref().ok_or_else(|| Error::Invalid { object: obj(), what: "not held".into() })?;
+            in_ns(from.as_fd(), libc::CLONE_NEWNET, || {
+                tool("ip", &["link", "set", "dev", &l.name, "netns", &dest_path])
+            })
+            .map_err(|e| Error::Invalid { object: obj(), what: format!("cannot move it into its namespace: {e}") })?;
+            held.ends.remove(i);
+            return Ok(());
+        }
+        if held.ns.is_none() {
+            held.ns = Some(std::thread::scope(|s| {
+                s.spawn(|| -> Result<std::os::fd::OwnedFd, Error> {
+                    ferry_sys::ns::unshare(libc::CLONE_NEWNET)
+                        .ctx(|| "cannot create a network namespace to hold veth ends".into())?;
+                    let p = "/proc/thread-self/ns/net";
+                    Ok(std::fs::File::open(p).ctx(|| format!("cannot open {p}"))?.into())
+                })
+                .join()
+                .unwrap_or_else(|_| Err(Error::Invalid { object: obj(), what: "holding thread panicked".into() }))
+            })?);
+        }
+        let hold = held.ns.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
+        let hold_path = format!("/proc/{}/fd/{hold}", std::process::id());
+        let (index, address) = (l.peer_ifindex.to_string(), l.peer_address.clone());
+        let mut args: Vec<&str> = vec!["link", "add"];
+        args.extend(spec.iter().map(String::as_str));
+        args.extend(["type", "veth", "peer", "name", l.peer.as_str()]);
+        if l.peer_ifindex != 0 {
+            args.extend(["index", index.as_str()]);
+        }
+        if !address.is_empty() {
+            args.extend(["address", address.as_str()]);
+        }
+        args.extend(["netns", hold_path.as_str()]);
+        tool("ip", &args).map_err(|e| Error::Invalid { object: obj(), what: format!("cannot make the pair: {e}") })?;
+        held.ends.push((l.peer_netns, l.peer.clone()));
+        Ok(())
+    }
+
+    /// Once every network namespace of the tree is made: none of the pairs is left half-way
+    /// (its other end would go with the holding namespace).
+    pub fn check_done(&self) -> Result<(), Error> {
+        let held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match held.ends.first() {
+            None => Ok(()),
+            Some((ns, name)) => Err(Error::Invalid {
+                object: format!("network device {name} (veth) of network namespace net:[{ns}]"),
+                what: "its namespace is not in the image: its pair was made but cannot be completed".into(),
+            }),
+        }
+    }
 }
 
 /// Where the outside end of the tree's veth `l` goes on this node: the restore's own

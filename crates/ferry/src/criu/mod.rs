@@ -66,6 +66,7 @@ pub fn restore_ns(
         veths: external.iter().filter_map(veth).collect(),
         macvlans: external.iter().filter_map(macvlan).collect(),
         locked: Vec::new(),
+        veth_pairs: Default::default(),
     }
 }
 

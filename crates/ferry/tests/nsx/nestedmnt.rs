@@ -60,15 +60,35 @@ fn control_nested_mnt_peer() {
     control(&spec("peer"));
 }
 
-/// A fresh sysfs in a nested mount namespace shows the network namespace of whoever mounts it:
-/// refused by name.
+/// A fresh sysfs and mqueue in a nested mount namespace of a process in nested network and ipc
+/// namespaces: each is mounted again from inside the namespace it showed (the workload checks
+/// its mount tree, that W/sys/class/net lists the devices of its own network namespace, and
+/// that W/mq shows its queue with its message).
 #[test]
-fn nested_mntns_sysfs_refused() {
-    let run = Run::start(&spec("sysfs"));
+fn nested_mntns_fresh_sysfs_mqueue_restored() {
+    need("ip", "iproute2");
+    let mut run = Run::start(&spec("fresh"));
+    run.dump_ok(&[]);
+    run.reap_dumped();
+    wait_image_pids_gone(&run.img());
+    run.restore_and_verify("ferry restore (fresh sysfs and mqueue in a nested mount namespace)");
+}
+
+#[test]
+fn control_nested_mnt_fresh() {
+    need("ip", "iproute2");
+    control(&spec("fresh"));
+}
+
+/// A fresh devpts in a nested mount namespace (a new instance, with ptys ferry would have to
+/// make there): refused by name.
+#[test]
+fn nested_mntns_devpts_refused() {
+    let run = Run::start(&spec("devpts"));
     let w = &run.w;
     wait_for("pid-c", Duration::from_secs(30), || w.join("pid-c").exists());
     let c = fs::read_to_string(w.join("pid-c")).expect("pid-c").trim().to_string();
-    dump_refused(run.pid, &w.join("img"), "(sysfs) in a nested mount namespace");
+    dump_refused(run.pid, &w.join("img"), "(devpts) in a nested mount namespace");
     let err = std::process::Command::new(ferry_bin())
         .args(["dump", "-t", &run.pid.to_string(), "-D", &path_str(&w.join("img2"))])
         .output()

@@ -71,3 +71,24 @@ fn control_nested_cgroupns() {
     let status = run.wait_child_exit();
     run.expect_pass(status, "the workload");
 }
+
+/// A veth pair between the tree's network namespace and a child's nested one, with an
+/// established TCP connection over it (dumped with --tcp-established): the pair comes back
+/// with each end in its namespace, keeping its index, hardware address, MTU and up state, and
+/// the connection and a new one carry bytes (the workload checks from inside each process).
+#[test]
+fn veth_between_tree_netns_restored() {
+    need("ip", "iproute2");
+    let spec = Spec::c("nestednet").args(&["veth"]);
+    let mut run = Run::start(&spec);
+    run.dump_ok(&["--tcp-established"]);
+    run.reap_dumped();
+    wait_image_pids_gone(&run.img());
+    run.restore_and_verify("ferry restore (veth between two network namespaces of the tree)");
+}
+
+#[test]
+fn control_veth_between_tree_netns() {
+    need("ip", "iproute2");
+    control(&Spec::c("nestednet").args(&["veth"]));
+}
