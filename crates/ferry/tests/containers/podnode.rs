@@ -15,8 +15,8 @@
 //! What the nodes must do for the connection (not ferry's part, documented in
 //! docs/containers.md): route the client's address without masquerading it (netavark
 //! masquerades every flow from the container's subnet to the outside that its node's conntrack
-//! first sees leaving the container: on node B that is the restored connection whenever the
-//! container speaks first, and the client answers the masqueraded segment with a RST), and move
+//! first sees leaving the container: on node B that is the restored connection if the container
+//! speaks first, and the client would answer the masqueraded segment with a RST), and move
 //! the route to node B once `restore --import` has returned (Podman brings the container's
 //! address up on node B before runc starts ferry; a client segment arriving in that window meets
 //! a network namespace without the socket and gets a RST, with CRIU as with ferry).
@@ -347,6 +347,9 @@ fn podman_export_import_to_another_node_tcp_established() {
         conn.is_some()
     });
     let conn = conn.unwrap_or_else(|| unreachable!());
+    // (A stream that stops fails the test rather than hanging it.)
+    conn.set_read_timeout(Some(Duration::from_secs(120))).expect("read timeout");
+    conn.set_write_timeout(Some(Duration::from_secs(120))).expect("write timeout");
     let client = Arc::new(Client::default());
     let (c1, c2) = (client.clone(), client.clone());
     let reader = conn.try_clone().expect("clone the client's socket");
