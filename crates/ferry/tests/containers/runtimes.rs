@@ -263,6 +263,18 @@ pub(super) struct Podman {
     pub(super) bin: PathBuf,
     pub(super) name: String,
     pub(super) image: String,
+    /// The node it runs on, if not this host (podnode.rs).
+    pub(super) node: Option<OnNode>,
+}
+
+/// A "node" of podnode.rs: Podman's commands enter its mount and network namespaces, and its
+/// run directory is the node's own tmpfs mounted at a path all nodes share.
+pub(super) struct OnNode {
+    /// The mount namespace's file (a bind mount of /proc/PID/ns/mnt).
+    pub(super) mntns: PathBuf,
+    /// The network namespace's name (/run/netns/NAME).
+    pub(super) netns: String,
+    pub(super) runroot: PathBuf,
 }
 
 impl Podman {
@@ -283,15 +295,25 @@ impl Podman {
             bin: criu_dir(w),
             name: format!("ferry-pod-{tag}"),
             image: format!("localhost/ferry-busybox:{tag}"),
+            node: None,
         }
     }
 
     pub(super) fn cmd(&self) -> Command {
-        let mut c = Command::new(need("podman", "podman"));
+        let podman = need("podman", "podman");
+        let mut c = match &self.node {
+            Some(n) => {
+                let mut c = Command::new(need("nsenter", "util-linux"));
+                c.arg(format!("--mount={}", n.mntns.display())).arg(format!("--net=/run/netns/{}", n.netns));
+                c.arg("--").arg(podman);
+                c
+            }
+            None => Command::new(podman),
+        };
         c.arg("--root")
             .arg(self.base.join("storage"))
             .arg("--runroot")
-            .arg(self.base.join("run"))
+            .arg(self.node.as_ref().map_or_else(|| self.base.join("run"), |n| n.runroot.clone()))
             .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--runtime", "runc"])
             .args(["--events-backend", "file", "--tmpdir"])
             .arg(self.base.join("tmp"))

@@ -26,7 +26,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 /// Root lacks CAP_SYS_RESOURCE here: Podman's default nofile limit could not be restored.
-const LIMITS: [&str; 4] = ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768"];
+pub(super) const LIMITS: [&str; 4] = ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768"];
 
 /// Debian's python3 (not a pyenv shim) and its standard library: (binary, /usr/lib/pythonX.Y).
 fn host_python() -> (PathBuf, PathBuf) {
@@ -41,7 +41,7 @@ fn host_python() -> (PathBuf, PathBuf) {
 impl Podman {
     /// A root filesystem with the host's python3, its shared libraries and its standard library
     /// (without tests, tkinter, idle ...), imported as this test's image.
-    fn import_python(&self, w: &WorkDir) {
+    pub(super) fn import_python(&self, w: &WorkDir) {
         let (py, lib) = host_python();
         let rootfs = host_rootfs(w, "pyroot", &[(&py, "python3")]);
         let tar = w.join("pyroot.tar");
@@ -56,12 +56,12 @@ impl Podman {
     }
 
     /// `podman ARGS...`, its output on failure with ferry's logs.
-    fn ok(&self, args: &[&str], what: &str) {
+    pub(super) fn ok(&self, args: &[&str], what: &str) {
         let out = self.cmd().args(args).stdin(Stdio::null()).output().expect("run podman");
         assert!(out.status.success(), "podman {what}: {}\n{}", String::from_utf8_lossy(&out.stderr), self.logs());
     }
 
-    fn inspect(&self, format: &str) -> String {
+    pub(super) fn inspect(&self, format: &str) -> String {
         let out = self.run(&["inspect", "-f", format, &self.name], "inspect");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
@@ -89,13 +89,15 @@ fn host_rootfs(w: &WorkDir, name: &str, bins: &[(&Path, &str)]) -> PathBuf {
 /// A bridge network of this test's own (netavark, Podman's backend here): its definition in
 /// the test's network config dir, its own interface name and a /24 not routed on this host.
 /// The bridge goes on drop (after the containers: declare it before the Podman).
-struct Bridge {
-    name: String,
-    iface: String,
+pub(super) struct Bridge {
+    pub(super) name: String,
+    pub(super) iface: String,
+    /// The first three bytes of its /24 ("10.X.Y").
+    pub(super) prefix: String,
 }
 
 impl Bridge {
-    fn new(config_dir: &Path) -> Bridge {
+    pub(super) fn new(config_dir: &Path) -> Bridge {
         // (Tests of one e2e process run at once: the pid alone would give them one network.)
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -107,7 +109,7 @@ impl Bridge {
             .map(|n| format!("10.{}.{}", 160 + n / 256, n % 256))
             .find(|p| !routes.contains(&format!("{p}.")))
             .expect("a free 10.x.y.0/24");
-        let b = Bridge { name: format!("ferrynet-{tag}"), iface: format!("fbr{}", tag % 100_000_000) };
+        let b = Bridge { name: format!("ferrynet-{tag}"), iface: format!("fbr{}", tag % 100_000_000), prefix };
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let def = serde_json::json!({
             "name": b.name,
@@ -115,7 +117,7 @@ impl Bridge {
             "driver": "bridge",
             "network_interface": b.iface,
             "created": "2026-01-01T00:00:00Z",
-            "subnets": [{"subnet": format!("{prefix}.0/24"), "gateway": format!("{prefix}.1")}],
+            "subnets": [{"subnet": format!("{}.0/24", b.prefix), "gateway": format!("{}.1", b.prefix)}],
             "ipv6_enabled": false,
             "internal": false,
             "dns_enabled": false,
@@ -381,8 +383,13 @@ fn podman_export_import_tcp_established() {
 /// network. (Its run directory is node A's: Podman 4.3 restores the exported config as it was,
 /// with conmon's pid file under A's --runroot.)
 fn node_b(w: &WorkDir, pm: &Podman) -> Podman {
-    let node_b =
-        Podman { base: w.join("podman-b"), bin: pm.bin.clone(), name: pm.name.clone(), image: pm.image.clone() };
+    let node_b = Podman {
+        base: w.join("podman-b"),
+        bin: pm.bin.clone(),
+        name: pm.name.clone(),
+        image: pm.image.clone(),
+        node: None,
+    };
     fs::create_dir_all(&node_b.base).expect("create store B");
     for shared in ["net", "run"] {
         std::os::unix::fs::symlink(pm.base.join(shared), node_b.base.join(shared))
@@ -435,6 +442,7 @@ fn podman_redis_client_keeps_its_connection_across_restore_and_import() {
         bin: criu_dir(&w),
         name: format!("realapps-redis-{tag}"),
         image: format!("localhost/realapps-redis:{tag}"),
+        node: None,
     };
     let rootfs = host_rootfs(&w, "redisroot", &[(&redis, "redis-server")]);
     let tar = w.join("redisroot.tar");
