@@ -1,6 +1,6 @@
 //! Namespaces and mounts: `setns`, `unshare`, `mount`, `umount2`, `pivot_root`,
-//! `sethostname`/`setdomainname`, `mknod`, and what tmpfs content needs (`lchown`,
-//! `utimensat` on a symbolic link).
+//! `open_tree`/`move_mount`, `sethostname`/`setdomainname`, `mknod`, and what tmpfs content
+//! needs (`lchown`, `utimensat` on a symbolic link).
 
 use crate::cvt_i;
 use std::ffi::CStr;
@@ -117,21 +117,44 @@ pub fn setns_number(fd: i32, nstype: i32) -> io::Result<()> {
     cvt_i(unsafe { libc::setns(fd, nstype) }).map(drop)
 }
 
-/// `open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC)`: a detached copy of the
-/// one mount at `path` (without the mounts below it), to read what they hide.
-pub fn open_tree_clone(path: &CStr) -> io::Result<std::os::fd::OwnedFd> {
+/// `open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC [| AT_RECURSIVE])`: a
+/// detached copy of the mount at `path`, alone (to read what the mounts below it hide) or with
+/// every mount below it (`recursive`; unbindable ones are left out), for [`move_mount_onto`].
+/// See open_tree(2).
+pub fn open_tree_clone(path: &CStr, recursive: bool) -> io::Result<std::os::fd::OwnedFd> {
     const OPEN_TREE_CLONE: libc::c_long = 1;
+    const AT_RECURSIVE: libc::c_long = 0x8000;
+    let rec = if recursive { AT_RECURSIVE } else { 0 };
     // SAFETY: valid C string; integer flags.
     let n = crate::cvt(unsafe {
         libc::syscall(
             libc::SYS_open_tree,
             libc::AT_FDCWD,
             path.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_long,
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_long | rec,
         )
     })?;
     // SAFETY: the kernel just created fd `n` for us; we are its only owner.
     Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n as i32) })
+}
+
+/// `move_mount(tree, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)`: attach the detached
+/// mount tree `tree` (from [`open_tree_clone`]) at `target` of the caller's mount namespace,
+/// on top of what is mounted there. See move_mount(2).
+pub fn move_mount_onto(tree: BorrowedFd<'_>, target: &CStr) -> io::Result<()> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_long = 4;
+    // SAFETY: valid C strings; integer arguments; `tree` is an open fd.
+    crate::cvt(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    })
+    .map(drop)
 }
 
 /// `openat(2)` of `name` in directory `dir` (an image directory opened before ferry moves into

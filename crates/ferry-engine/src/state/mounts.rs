@@ -127,6 +127,15 @@ fn dump_tree(ctx: &mut DumpCtx<'_>, from: &[ferry_proc::MountInfo], nested: Opti
                     .into(),
         });
     }
+    if nested.is_none() && host_copy && owned_by_tree_userns(ctx.ns)? {
+        return Err(Error::Unsupported {
+            pid,
+            what: format!(
+                "a mount namespace owned by its user namespace whose root mount ({} {}) is a copy of ferry's (the kernel locks such copies there, MNT_LOCKED, and ferry would give them back unlocked; a container's own root, given with --root at restore, is fine)",
+                tops[0].fs_type, tops[0].root
+            ),
+        });
+    }
     let prefix = if nested.is_some() { PARENT_KEY } else { HOST_KEY };
     for m in &infos {
         let mp = &m.mount_point;
@@ -184,6 +193,15 @@ fn dump_tree(ctx: &mut DumpCtx<'_>, from: &[ferry_proc::MountInfo], nested: Opti
         devs.push(dev);
     }
     Ok(MountNs { mounts: recs })
+}
+
+/// Whether the mount namespace `ns` is owned by another user namespace than ferry's (the tree's:
+/// state/userns.rs checked that it is no other).
+fn owned_by_tree_userns(ns: std::os::fd::BorrowedFd<'_>) -> Result<bool, Error> {
+    use crate::state::nsfile::fd_inode;
+    let own = std::fs::File::open("/proc/self/ns/user").ctx(|| "cannot open /proc/self/ns/user".into())?;
+    let owner = ferry_sys::ns::owner_userns(ns).ctx(|| "cannot find the owner of the tree's mount namespace".into())?;
+    Ok(fd_inode(std::os::fd::AsFd::as_fd(&owner))? != fd_inode(std::os::fd::AsFd::as_fd(&own))?)
 }
 
 /// mountinfo's propagation: (peer group, master group, unbindable).
@@ -367,7 +385,8 @@ fn read_tmpfs(ctx: &DumpCtx<'_>, mp: &str, total: &mut u64) -> Result<TmpfsConte
     let pid = ctx.pid;
     let cpath = CString::new(mp).map_err(|_| Error::Unsupported { pid, what: format!("mount {mp:?}") })?;
     let tree = in_ns(ctx.ns, libc::CLONE_NEWNS, || {
-        ferry_sys::ns::open_tree_clone(&cpath).ctx(|| format!("pid {pid}: cannot open the tmpfs at {mp} (open_tree)"))
+        ferry_sys::ns::open_tree_clone(&cpath, false)
+            .ctx(|| format!("pid {pid}: cannot open the tmpfs at {mp} (open_tree)"))
     })?;
     let base = PathBuf::from(format!("/proc/self/fd/{}", tree.as_raw_fd()));
     let mut out = TmpfsContent::default();
@@ -685,6 +704,7 @@ pub(crate) fn restore(ctx: &RestoreCtx<'_>, ns: &Namespaces, h: &mut Handover) -
     // With a new pid namespace: proc mounts and what is below them wait for its init.
     let mut deferred: HashSet<u32> = HashSet::new();
     let mut later = Deferred::default();
+    let init_inside = ns.userns.as_ref().filter(|_| crate::state::userns::owns_pidns(Some(ns), ctx.pidns));
     for r in ordered(&mnt.mounts)? {
         if r.parent == 0 || left_out.contains(&r.id) {
             continue;
@@ -703,7 +723,15 @@ pub(crate) fn restore(ctx: &RestoreCtx<'_>, ns: &Namespaces, h: &mut Handover) -
                 b.make(&temp, None).map_err(|what| Error::Invalid { object: obj(r), what })?;
             }
             deferred.insert(r.id);
-            later.mounts.push((r.clone(), content));
+            let (mut r, mut content) = (r.clone(), content);
+            if let Some(rec) = init_inside {
+                // (made by the tree's init, inside the user namespace: ids as seen there)
+                r.options = crate::state::userns::mount_options_inside(rec, &r.options);
+                if let Some(c) = content.as_mut() {
+                    crate::state::userns::tmpfs_owners_inside(rec, c);
+                }
+            }
+            later.mounts.push((r, content));
             continue;
         }
         b.make(r, content.as_ref()).map_err(|what| Error::Invalid { object: obj(r), what })?;
@@ -717,6 +745,9 @@ pub(crate) fn restore(ctx: &RestoreCtx<'_>, ns: &Namespaces, h: &mut Handover) -
     ferry_sys::ns::pivot_root(dot, dot).ctx(|| format!("cannot pivot_root into {}", root.display()))?;
     ferry_sys::ns::umount2(dot, libc::MNT_DETACH).ctx(|| "cannot detach the old root".into())?;
     std::env::set_current_dir("/").ctx(|| "cannot enter the new root".into())?;
+    if let Some(userns) = ctx.mnt_owner {
+        crate::state::userns::hand_over_mnt(userns)?;
+    }
     propagate(mnt.mounts.iter().filter(|r| !deferred.contains(&r.id) && !left_out.contains(&r.id)))
         .map_err(|what| Error::Invalid { object: "mount tree".into(), what })?;
     if !later.mounts.is_empty() {
@@ -781,14 +812,26 @@ pub(crate) fn mount_deferred(d: &Deferred) -> Result<(), String> {
     let mut b = Builder { root: PathBuf::from("/"), made: d.made.clone(), finals: Vec::new(), external: &d.external };
     let ids: HashSet<u32> = d.mounts.iter().map(|m| m.0.id).collect();
     for (r, content) in &d.mounts {
-        if !ids.contains(&r.parent) {
-            let t = cstr(Path::new(&r.mountpoint))?;
-            ferry_sys::ns::umount2(&t, libc::MNT_DETACH).map_err(|e| format!("umount {}: {e}", r.mountpoint))?;
-        }
         b.make(r, content.as_ref()).map_err(|e| format!("mount {} ({}): {e}", r.mountpoint, r.fstype))?;
+        if !ids.contains(&r.parent) {
+            replace_stacked(&r.mountpoint)?;
+        }
     }
     b.finish()?;
     propagate(d.mounts.iter().map(|m| &m.0))
+}
+
+/// The proc just mounted at `mp` on top of ferry's view of proc takes that one's place: a
+/// detached copy of it replaces both. (It is mounted while ferry's is still visible: in a mount
+/// namespace owned by a user namespace other than the host's, proc can be mounted only while
+/// another full proc is visible there.)
+fn replace_stacked(mp: &str) -> Result<(), String> {
+    let t = cstr(Path::new(mp))?;
+    let copy = ferry_sys::ns::open_tree_clone(&t, false).map_err(|e| format!("open_tree {mp}: {e}"))?;
+    for which in ["the new proc", "ferry's view of proc"] {
+        ferry_sys::ns::umount2(&t, libc::MNT_DETACH).map_err(|e| format!("umount {mp} ({which}): {e}"))?;
+    }
+    ferry_sys::ns::move_mount_onto(std::os::fd::AsFd::as_fd(&copy), &t).map_err(|e| format!("move_mount {mp}: {e}"))
 }
 
 /// Restore a nested mount namespace `mnt` (state/nested_ns.rs) in ferry's restoring thread,

@@ -132,6 +132,10 @@ pub struct RestoreCtx<'a> {
     /// ferry's own network namespace, which the restoring thread left (outside ends of veths
     /// go there); None when the tree's is not recreated.
     pub own_net: Option<BorrowedFd<'a>>,
+    /// The tree's user namespace when it owns the tree's mount namespace: the mount tree is
+    /// built in a mount namespace of ferry's, then handed over into one owned by it
+    /// (state/userns.rs `hand_over_mnt`).
+    pub mnt_owner: Option<BorrowedFd<'a>>,
 }
 
 /// One kind of namespace whose content ferry carries.
@@ -234,7 +238,7 @@ pub(crate) fn dump_nested_mnt(
 /// in the new namespace (for time: its children will be).
 pub(crate) fn restore_one(img: &ImageReader, opts: &RestoreNs, content: &Namespaces, kind: &str) -> Result<(), Error> {
     let Some(m) = MODULES.iter().find(|m| m.kind == kind) else { return Ok(()) };
-    let ctx = RestoreCtx { img, opts, pidns: false, own_net: None };
+    let ctx = RestoreCtx { img, opts, pidns: false, own_net: None, mnt_owner: None };
     (m.restore)(&ctx, content, &mut Handover::default())
 }
 
@@ -425,7 +429,9 @@ pub fn enter(img: &ImageReader, opts: &RestoreNs) -> Result<Option<Entered>, Err
         ferry_sys::ns::unshare(create).ctx(|| format!("cannot create the tree's namespaces (unshare {create:#x})"))?;
     }
     let own_net = entered.own.iter().find(|(f, _)| *f == libc::CLONE_NEWNET).map(|(_, fd)| fd.as_fd());
-    let ctx = RestoreCtx { img, opts, pidns: img.inventory().pidns, own_net };
+    let owns_mnt = ns.userns.as_ref().is_some_and(|u| u.owned.iter().any(|o| o == "mnt"));
+    let mnt_owner = entered.userns.as_ref().filter(|_| owns_mnt).map(|fd| fd.as_fd());
+    let ctx = RestoreCtx { img, opts, pidns: img.inventory().pidns, own_net, mnt_owner };
     for m in MODULES {
         let created = ns.kinds.iter().any(|k| k.kind == m.kind && k.external.is_empty());
         if created {

@@ -46,6 +46,33 @@ fn to_inside(map: &[UsernsExtent], id: u32) -> Option<u32> {
     map.iter().find(|e| id >= e.outside && (id - e.outside) < e.count).map(|e| e.inside + (id - e.outside))
 }
 
+/// Mount options (`uid=N`, `gid=N` of tmpfs or devpts) as given by a process inside the user
+/// namespace `rec`: ferry read them translated into its own namespace. An unmapped id stays
+/// as it is (the mount then fails, naming it).
+pub(crate) fn mount_options_inside(rec: &UsernsRec, opts: &str) -> String {
+    let one = |o: &str| -> String {
+        let (map, key) = match o.split_once('=') {
+            Some(("uid", v)) => (&rec.uid_map, ("uid", v)),
+            Some(("gid", v)) => (&rec.gid_map, ("gid", v)),
+            _ => return o.to_string(),
+        };
+        match key.1.parse().ok().and_then(|id| to_inside(map, id)) {
+            Some(id) => format!("{}={id}", key.0),
+            None => o.to_string(),
+        }
+    };
+    opts.split(',').map(one).collect::<Vec<_>>().join(",")
+}
+
+/// The owners of a tmpfs's files as given by a process inside the user namespace `rec` (ferry
+/// read them in its own). An unmapped id stays as it is (setting it then fails, naming the file).
+pub(crate) fn tmpfs_owners_inside(rec: &UsernsRec, c: &mut ferry_image::TmpfsContent) {
+    for e in &mut c.entries {
+        e.uid = to_inside(&rec.uid_map, e.uid).unwrap_or(e.uid);
+        e.gid = to_inside(&rec.gid_map, e.gid).unwrap_or(e.gid);
+    }
+}
+
 /// Whether `pid` is in a user namespace other than ferry's.
 fn in_own_userns(pid: i32) -> bool {
     ns_link(pid, "user").is_some_and(|l| Some(l) != own_link("user"))
@@ -134,7 +161,7 @@ pub(crate) fn owned_kinds(pid: i32) -> Result<Vec<String>, Error> {
                 what: format!("a {kind} namespace owned by another user namespace than the tree's"),
             });
         }
-        if matches!(*kind, "mnt" | "time") {
+        if *kind == "time" {
             return Err(Error::Unsupported {
                 pid,
                 what: format!("a {kind} namespace owned by the tree's user namespace (made from inside it)"),
@@ -329,8 +356,12 @@ pub(crate) fn make(ns: &Namespaces, create: i32) -> Result<Option<Made>, Error> 
         return Ok(None);
     }
     let rec = ns.userns.clone().unwrap_or_default();
-    let owned: Vec<(&str, i32)> =
-        KINDS.iter().filter(|k| user && create & k.1 != 0 && rec.owned.iter().any(|o| o == k.0)).copied().collect();
+    // (An owned mount namespace is made later, with its tree: [`hand_over_mnt`].)
+    let owned: Vec<(&str, i32)> = KINDS
+        .iter()
+        .filter(|k| user && create & k.1 != 0 && k.0 != "mnt" && rec.owned.iter().any(|o| o == k.0))
+        .copied()
+        .collect();
     let inner = owned.iter().fold(0, |a, k| a | k.1);
     let steps = Steps {
         cgroup_procs: if cgroup { crate::state::cgroupns::root_procs(ns)? } else { Vec::new() },
@@ -401,4 +432,85 @@ pub(crate) fn make(ns: &Namespaces, create: i32) -> Result<Option<Made>, Error> 
     let _ = ferry_sys::process::kill(child, libc::SIGKILL);
     let _ = ferry_sys::ptrace::wait(child, false);
     r.map(Some)
+}
+
+/// Move ferry's restoring thread, which has built the tree's mounts in a mount namespace of
+/// ferry's and pivoted into them, into a new mount namespace owned by the tree's user
+/// namespace `userns`, holding the same mounts. A mount namespace made from inside the user
+/// namespace is a copy whose mounts the kernel locks (`MNT_LOCKED`, with their flags), and
+/// building the tree in it meets two walls: a bind of a mount with locked mounts below it fails
+/// (EINVAL), and proc can be mounted only while a full proc is visible. So the tree is built
+/// outside, then a helper process joins `userns`, unshares a mount namespace, attaches there an
+/// unlocked detached copy of the built tree (`open_tree(OPEN_TREE_CLONE|AT_RECURSIVE)`, taken
+/// by ferry's thread) on top of its root (`move_mount`), pivots into it and detaches the locked
+/// copy below; ferry's thread joins that namespace. The mounts are then unlocked, as the mounts
+/// a container runtime makes inside its user namespace are (state/mounts.rs refuses copies of
+/// the dumping ferry's mounts there, which were locked). Unbindable mounts are not copied:
+/// propagation is set after this.
+pub(crate) fn hand_over_mnt(userns: BorrowedFd<'_>) -> Result<(), Error> {
+    let tree =
+        ferry_sys::ns::open_tree_clone(c"/", true).ctx(|| "cannot copy the tree's mounts (open_tree of /)".into())?;
+    let (rep_r, rep_w) = ferry_sys::process::pipe2(libc::O_CLOEXEC).ctx(|| "cannot create a pipe".into())?;
+    let (go_r, go_w) = ferry_sys::process::pipe2(libc::O_CLOEXEC).ctx(|| "cannot create a pipe".into())?;
+    let child = match ferry_sys::process::fork().ctx(|| "cannot fork the mount namespace helper".into())? {
+        Fork::Child => raw::exit_now(mnt_helper(userns, tree.as_fd(), rep_w.as_raw_fd(), go_r.as_raw_fd())),
+        Fork::Parent(c) => c,
+    };
+    drop((rep_w, go_r));
+    let r = (|| -> Result<(), Error> {
+        let obj = || format!("mount namespace helper {child}");
+        let mut b = [0u8; 3];
+        let n = raw::read_once(rep_r.as_raw_fd(), &mut b).ctx(obj)?;
+        if n == 0 {
+            return Err(Error::Invalid { object: obj(), what: "ended early".into() });
+        }
+        if b[0] == b'e' {
+            let steps = [
+                "joining the tree's user namespace",
+                "unshare(CLONE_NEWNS)",
+                "move_mount of the tree's mounts onto its root",
+                "entering them",
+                "pivot_root into them",
+                "detaching the locked copy",
+            ];
+            let step = (b[1] as usize).checked_sub(1).and_then(|i| steps.get(i)).unwrap_or(&"?");
+            return Err(Error::Sys {
+                object: format!("{}: {step}", obj()),
+                source: std::io::Error::from_raw_os_error(b[2] as i32),
+            });
+        }
+        let p = format!("/proc/{child}/ns/mnt");
+        let ns = std::fs::File::open(&p).ctx(|| format!("cannot open {p}"))?;
+        ferry_sys::ns::setns(ns.as_fd(), libc::CLONE_NEWNS)
+            .ctx(|| "cannot join the tree's mount namespace owned by its user namespace".into())
+    })();
+    drop(go_w);
+    let _ = ferry_sys::process::kill(child, libc::SIGKILL);
+    let _ = ferry_sys::ptrace::wait(child, false);
+    r
+}
+
+/// The forked helper of [`hand_over_mnt`]: only raw system calls. Reports 'k' when done (and
+/// waits, so that its namespace can be opened), or 'e' with the step and errno.
+fn mnt_helper(userns: BorrowedFd<'_>, tree: BorrowedFd<'_>, rep: i32, go: i32) -> i32 {
+    let _ = raw::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as u64, 0, 0, 0);
+    let dot = c".";
+    let steps: [&dyn Fn() -> std::io::Result<()>; 6] = [
+        &|| ferry_sys::ns::setns(userns, libc::CLONE_NEWUSER),
+        &|| ferry_sys::ns::unshare(libc::CLONE_NEWNS),
+        &|| ferry_sys::ns::move_mount_onto(tree, c"/"),
+        &|| raw::fchdir(tree),
+        &|| ferry_sys::ns::pivot_root(dot, dot),
+        &|| ferry_sys::ns::umount2(dot, libc::MNT_DETACH),
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        if let Err(e) = step() {
+            let _ = raw::write_all(rep, &[b'e', i as u8 + 1, e.raw_os_error().unwrap_or(0) as u8]);
+            return 1;
+        }
+    }
+    let _ = raw::write_all(rep, b"k");
+    let mut b = [0u8; 1];
+    let _ = raw::read_once(go, &mut b);
+    0
 }

@@ -499,3 +499,99 @@ fn podman_checkpoint_reaches_ferry() {
         );
     }
 }
+
+/// The job of the user namespace container: a counter, and what it sees from inside (its
+/// uid and gid maps, its mount table), written before each count.
+const USERNS_JOB: &str = "i=0; while true; do i=$((i+1)); cat /proc/self/uid_map /proc/self/gid_map > /tmp/maps; \
+     cat /proc/self/mountinfo > /tmp/mounts; echo $i > /tmp/count; sleep 0.1; done";
+
+/// A mount table as it can come back: per mount its root, mountpoint, per-mount options,
+/// propagation kinds (without group numbers), file system, source and super-block options,
+/// sorted (mount ids and device numbers of fresh mounts are new).
+fn mounts_view(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            let (a, b) = l.split_once(" - ")?;
+            let f: Vec<&str> = a.split(' ').collect();
+            let prop: Vec<&str> = f.get(6..)?.iter().map(|o| o.split(':').next().unwrap_or(o)).collect();
+            Some(format!("{} {} {} [{}] - {b}", f.get(3)?, f.get(4)?, f.get(5)?, prop.join(" ")))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The inode of the user namespace that owns `pid`'s namespace of `kind`, and of `pid`'s own
+/// user namespace.
+fn owner_and_userns(pid: i32, kind: &str) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let ns = fs::File::open(format!("/proc/{pid}/ns/{kind}")).expect("open the namespace file");
+    let owner = ferry_sys::ns::owner_userns(std::os::fd::AsFd::as_fd(&ns)).expect("ioctl(NS_GET_USERNS)");
+    let owner = fs::File::from(owner).metadata().expect("fstat").ino();
+    (owner, fs::metadata(format!("/proc/{pid}/ns/user")).expect("stat ns/user").ino())
+}
+
+/// A runc container with a user namespace (`linux.uidMappings`/`gidMappings`: 0 -> 100000,
+/// 65536 ids; its root filesystem owned by 100000), whose mount namespace (and pid, net, uts,
+/// ipc) runc makes from inside it: `checkpoint` then `restore -d`. The counter continues; from
+/// inside, the maps and the mount table (mountpoints, file systems, options, propagation) are
+/// the same; its mount and pid namespaces are owned by its user namespace again.
+#[test]
+fn runc_userns_checkpoint_restore_counter() {
+    let w = WorkDir::new("runc-userns");
+    let bin = criu_dir(&w);
+    let bundle = runc_bundle(&w);
+    let path = bundle.join("config.json");
+    let mut c: serde_json::Value = serde_json::from_slice(&fs::read(&path).expect("read config.json")).expect("json");
+    c["process"]["args"] = serde_json::json!(["sh", "-c", USERNS_JOB]);
+    c["linux"]["namespaces"].as_array_mut().expect("linux.namespaces").push(serde_json::json!({"type": "user"}));
+    let map = serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    c["linux"]["uidMappings"] = map.clone();
+    c["linux"]["gidMappings"] = map;
+    fs::write(&path, serde_json::to_vec_pretty(&c).expect("json")).expect("write config.json");
+    run_cmd(Command::new("chown").arg("-hR").arg("100000:100000").arg(bundle.join("rootfs")), "chown rootfs");
+    let rc =
+        Runc { state: w.join("state"), id: format!("ferry-userns-{}", std::process::id()), criu: bin.join("criu") };
+    rc.detached(&["run", "-d", "-b", &path_str(&bundle), &rc.id], &w, "run");
+    let pid = rc.pid();
+    wait_counter(pid, 5, "before the checkpoint");
+    let inside = |pid: i32, f: &str| fs::read_to_string(format!("/proc/{pid}/root/tmp/{f}")).unwrap_or_default();
+    let maps = inside(pid, "maps");
+    assert_eq!(maps, "         0     100000      65536\n         0     100000      65536\n", "the container's maps");
+    let (owner, userns) = owner_and_userns(pid, "mnt");
+    assert_eq!(owner, userns, "runc made the container's mount namespace outside its user namespace");
+    let mounts = mounts_view(&inside(pid, "mounts"));
+    let (img, work) = (w.join("img"), w.join("work"));
+    let out = rc
+        .cmd()
+        .args(["checkpoint", "--image-path", &path_str(&img), "--work-path", &path_str(&work), &rc.id])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run runc checkpoint");
+    let log = |name: &str| fs::read_to_string(work.join(name)).unwrap_or_default();
+    assert!(out.status.success(), "runc checkpoint: {}\n{}", String::from_utf8_lossy(&out.stderr), log("dump.log"));
+    let at_dump = counter(pid).unwrap_or(0);
+    assert!(!pid_alive(pid), "the container still runs after the checkpoint");
+    let restore = [
+        "restore",
+        "-d",
+        "--image-path",
+        &path_str(&img),
+        "--work-path",
+        &path_str(&work),
+        "-b",
+        &path_str(&bundle),
+        &rc.id,
+    ];
+    rc.detached(&restore, &w, "restore");
+    let pid2 = rc.pid();
+    let c = wait_counter(pid2, at_dump + 5, "after the restore");
+    assert!(c > at_dump, "the counter did not continue ({c} after {at_dump})");
+    assert_eq!(inside(pid2, "maps"), maps, "the maps seen from inside changed");
+    assert_eq!(mounts_view(&inside(pid2, "mounts")), mounts, "the mount table seen from inside changed");
+    for kind in ["mnt", "pid"] {
+        let (owner, userns) = owner_and_userns(pid2, kind);
+        assert_eq!(owner, userns, "the restored {kind} namespace is not owned by the container's user namespace");
+    }
+}
