@@ -332,18 +332,12 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
         img.sign_with(key.clone());
     }
     reserve_pages(&mut img, opts.pid)?;
-    let tracked = opts.leave_running && opts.snapshot && !opts.leave_stopped && tracked::wanted(opts.pid);
+    let tracked = opts.leave_running && opts.snapshot && !opts.leave_stopped && tracked::wanted();
     if !tracked {
         return dump_with(opts, move || Ok(img), |_| Ok(()));
     }
-    let pre = match tracked::Pre::start(opts.pid, crate::freeze::image_pid(opts.pid, opts.pid), &mut img) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            tracing::info!(pid = opts.pid, error = %e, "dump -R: pages not copied ahead: a fork snapshot instead");
-            None
-        }
-    };
-    if let Some(r) = dump_inner(opts, move || Ok(img), |_| Ok(()), pre)? {
+    let pres = start_tracked(opts.pid, &mut img);
+    if let Some(r) = dump_inner(opts, move || Ok(img), |_| Ok(()), pres)? {
         return Ok(r);
     }
     // (The VmFlags of a mapping changed during the dump: again, with the fork snapshot.)
@@ -353,6 +347,28 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     }
     reserve_pages(&mut img, opts.pid)?;
     dump_with(opts, move || Ok(img), |_| Ok(()))
+}
+
+/// Before the freeze, for `dump -R`: each process of the tree rooted at `root` tracked and its
+/// pages copied while the tree runs (state/tracked.rs), parents first. Empty if one of them
+/// cannot be: the dump then takes the fork snapshots.
+fn start_tracked(root: i32, img: &mut ImageWriter) -> Vec<tracked::Pre> {
+    let mut pres: Vec<tracked::Pre> = Vec::new();
+    let mut parents = HashMap::from([(root, 0)]);
+    for pid in tree_pids(root) {
+        let ppid = parents.get(&pid).copied().unwrap_or(0);
+        match tracked::Pre::start(root, pid, ppid, img) {
+            Ok(p) => pres.push(p),
+            Err(e) => {
+                tracing::info!(pid, error = %e, "dump -R: pages not copied ahead: fork snapshots instead");
+                return Vec::new();
+            }
+        }
+        for c in children_of(pid).unwrap_or_default() {
+            parents.insert(c, pid);
+        }
+    }
+    pres
 }
 
 /// Before the freeze: allocate each process's page file about as large as its resident
@@ -402,20 +418,20 @@ pub fn dump_with(
     make_img: impl FnOnce() -> Result<ImageWriter, Error>,
     confirm: impl FnOnce(Instant) -> Result<(), Error>,
 ) -> Result<DumpReport, Error> {
-    dump_inner(opts, make_img, confirm, None)?
+    dump_inner(opts, make_img, confirm, Vec::new())?
         .ok_or_else(|| Error::Invalid { object: format!("pid {}", opts.pid), what: "dump not taken".into() })
 }
 
-/// [`dump_with`], with `pre` the pages of the tree's only process copied while it ran
-/// (state/tracked.rs). `None` only with `pre`: the VmFlags of a mapping changed during the dump,
-/// which must be taken again (the tree runs, nothing was committed).
+/// [`dump_with`], with `pres` the pages of the tree's processes copied while it ran
+/// (state/tracked.rs; empty: none). `None` only with `pres`: the VmFlags of a mapping changed
+/// during the dump, which must be taken again (the tree runs, nothing was committed).
 fn dump_inner(
     opts: &DumpOptions,
     make_img: impl FnOnce() -> Result<ImageWriter, Error>,
     confirm: impl FnOnce(Instant) -> Result<(), Error>,
-    mut pre: Option<tracked::Pre>,
+    mut pres: Vec<tracked::Pre>,
 ) -> Result<Option<DumpReport>, Error> {
-    let t0 = pre.as_ref().map_or_else(Instant::now, |p| p.started);
+    let t0 = pres.first().map_or_else(Instant::now, |p| p.started);
     let root = opts.pid;
     let _span = tracing::info_span!("dump", pid = root).entered();
     // A root that is pid 1 of a namespace below ferry's takes the whole namespace.
@@ -474,14 +490,24 @@ fn dump_inner(
     tracing::info!(processes = frozen.len(), "frozen");
     // (The moment the process was frozen to start tracking it counts too.)
     let mut frozen_before = Duration::ZERO;
-    if let Some(p) = pre.as_mut() {
-        frozen_before = p.frozen_to_track;
-        // (A tree that forked meanwhile, or much written since the last round: the fork.)
-        if frozen.len() != 1 || frozen[0].pid != p.pid || !p.finish()? {
-            pre = None;
+    if !pres.is_empty() {
+        frozen_before = pres.iter().map(|p| p.frozen_to_track).sum();
+        // (A tree that forked or lost a process meanwhile, or much written since the last
+        // round in one of them: the forks.) In the order of `frozen`, as the processes are.
+        let mut by_pid: HashMap<i32, tracked::Pre> = pres.drain(..).map(|p| (p.pid, p)).collect();
+        pres = frozen.iter().filter_map(|f| by_pid.remove(&f.pid)).collect();
+        if pres.len() != frozen.len() || !by_pid.is_empty() {
+            pres.clear();
+        }
+        for p in pres.iter_mut() {
+            if !p.finish()? {
+                tracing::info!(pid = p.pid, "dump -R: fork snapshots for the whole tree");
+                pres.clear();
+                break;
+            }
         }
     }
-    let tracked = pre.is_some();
+    let tracked = !pres.is_empty();
     let mut img = make_img()?;
     let mut procs: Vec<Process> = Vec::new();
     let mut tree = files::TreeFiles::default();
@@ -591,8 +617,23 @@ fn dump_inner(
                 snap.hold(mm, &Default::default(), &mut seen, &mut budget)?;
             }
         }
-        if let (Some(pre), Some(mm)) = (pre.as_mut(), procs.first_mut().and_then(|p| p.mm.as_mut())) {
-            pre.hold(mm, &mut seen, &mut budget)?;
+        if tracked {
+            // Copy-on-write sharing between the tree's processes, from their frozen frames
+            // (reading them through /proc/PID/mem later keeps it), then what each process
+            // must copy now.
+            for (p, pre) in procs.iter_mut().zip(pres.iter()) {
+                if let Some(mm) = p.mm.as_mut() {
+                    pre.flags_before(mm)?;
+                }
+            }
+            let t_sharing = Instant::now();
+            sharing = find_sharing(&mut procs, &host_pids)?;
+            tracing::info!(sharing_ms = t_sharing.elapsed().as_secs_f64() * 1e3, "copy-on-write sharing found");
+            for ((p, pre), sharing) in procs.iter_mut().zip(pres.iter_mut()).zip(&sharing) {
+                if let Some(mm) = p.mm.as_mut() {
+                    pre.hold(mm, sharing, &mut seen, &mut budget)?;
+                }
+            }
         }
         tracing::info!(hold_ms = t_hold.elapsed().as_secs_f64() * 1e3, "what the snapshots lack taken");
         drop(std::mem::take(&mut tree.connections.repaired));
@@ -607,9 +648,9 @@ fn dump_inner(
             "running again; pages from the snapshots"
         );
         crate::inject::fault_point_named("kill-after-resume");
-        if let Some(pre) = pre.as_mut() {
-            pre.end_tracking();
-            if let Some(mm) = procs.first_mut().and_then(|p| p.mm.as_mut()) {
+        pres.iter_mut().for_each(tracked::Pre::end_tracking);
+        for (p, pre) in procs.iter_mut().zip(pres.iter()) {
+            if let Some(mm) = p.mm.as_mut() {
                 if !pre.check_flags(mm)? {
                     return Ok(None);
                 }
@@ -620,18 +661,16 @@ fn dump_inner(
                 snap.read_flags(mm, true)?;
             }
         }
-        if tracked {
-            sharing = procs.iter().map(|_| memory::Sharing::default()).collect();
-        } else {
+        if !tracked {
             let snap_pids: Vec<i32> = snaps.iter().map(|s| s.pid).collect();
             sharing = find_sharing(&mut procs, &snap_pids)?;
         }
     }
     let t_memdump = Instant::now();
-    let snap_of = |i: usize| match (&pre, snapshot) {
-        (Some(pre), _) => (i == 0).then_some(pre as &dyn memory::FrozenMemory),
-        (None, true) => snaps.get(i).map(|s| s as &dyn memory::FrozenMemory),
-        (None, false) => None,
+    let snap_of = |i: usize| match (tracked, snapshot) {
+        (true, _) => pres.get(i).map(|p| p as &dyn memory::FrozenMemory),
+        (false, true) => snaps.get(i).map(|s| s as &dyn memory::FrozenMemory),
+        (false, false) => None,
     };
     for (i, ((p, &host), sharing)) in procs.iter_mut().zip(&host_pids).zip(&sharing).enumerate() {
         let mut mm =

@@ -65,6 +65,27 @@ fn read_pagemap(pid: i32, f: &std::fs::File, start: u64, pages: u64) -> Result<V
     Ok(b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).collect())
 }
 
+/// Whether two pagemap entries at one address, a process's and its parent's, are the same
+/// anonymous frame: a page they share copy-on-write.
+fn same_frame(x: u64, y: u64) -> bool {
+    let present_anon = |e: u64| e & PM_PRESENT != 0 && e & PM_FILE == 0;
+    present_anon(x) && present_anon(y) && x & PM_PFN != 0 && x & PM_PFN == y & PM_PFN
+}
+
+/// For each of the `pages` pages from `start`: whether process `pid` (its pagemap `mine`) has
+/// it on the same anonymous frame as its parent `ppid` (`theirs`). (`dump -R` leaves those out
+/// of a child's copies made while the tree runs, state/tracked.rs.)
+pub(crate) fn same_frames(
+    (pid, mine): (i32, &std::fs::File),
+    (ppid, theirs): (i32, &std::fs::File),
+    start: u64,
+    pages: u64,
+) -> Result<Vec<bool>, Error> {
+    let a = read_pagemap(pid, mine, start, pages)?;
+    let b = read_pagemap(ppid, theirs, start, pages)?;
+    Ok(a.iter().zip(&b).map(|(&x, &y)| same_frame(x, y)).collect())
+}
+
 /// Before any page of the tree is read: for each process (`host` gives the pid ferry sees for
 /// each entry of `procs`, listed parents first), find the pages of its private anonymous
 /// mappings that are its parent's too, mark those mappings `cow` with their holes, and say
@@ -139,17 +160,9 @@ fn compare(
                     && (!file || r.categories & page_is::FILE == 0 || r.categories & page_is::SWAPPED != 0)
             });
             let (x, y) = (a[i], b[i]);
-            let pfn = x & PM_PFN;
             // (The parent's page of a file mapping that is the file's own is not a layer.)
             let parent_has = y & PM_SWAPPED != 0 || (y & PM_PRESENT != 0 && (!file || y & PM_FILE == 0));
-            if content
-                && x & PM_PRESENT != 0
-                && x & PM_FILE == 0
-                && y & PM_PRESENT != 0
-                && y & PM_FILE == 0
-                && pfn != 0
-                && pfn == y & PM_PFN
-            {
+            if content && same_frame(x, y) {
                 match shared.last_mut() {
                     Some(l) if l.1 == addr => l.1 += PAGE_SIZE,
                     _ => shared.push((addr, addr + PAGE_SIZE)),
