@@ -13,7 +13,7 @@ use crate::procfs;
 use crate::state::snapshot::Snapshot;
 use crate::state::tracked;
 use crate::state::{cpu, creds, files, memory, rseq, seccomp, signals, task, timers, tty};
-use ferry_image::{ImageWriter, Inventory, Process, Thread, Vma};
+use ferry_image::{ImageWriter, Inventory, Mm, Process, Thread, Vma};
 use ferry_sys::consts::PTRACE_O_TRACESYSGOOD;
 use ferry_sys::ptrace;
 
@@ -349,6 +349,68 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     dump_with(opts, move || Ok(img), |_| Ok(()))
 }
 
+/// The VmFlags of a process, by the end of each mapping (see `memory::vm_flags`).
+type VmFlags = HashMap<u64, Vec<String>>;
+
+/// The VmFlags of the processes of a dump without snapshots, read on another thread while this
+/// one goes on with the dump: smaps walks every page table (~10-15 ms per GiB of 4 KiB pages on
+/// a quiet machine), and this was most of a pre-copy migration's downtime at 1 GiB. The thread
+/// starts once every injection window of the tree is closed (started at the freeze, reading
+/// during the windows, it made their preparation fail now and then with EFAULT:
+/// docs/performance.md), and a process's flags are applied (and checked: refused flags) before
+/// its record is written: its page dump and the tree's other passes do not need them. (The
+/// copy-on-write sharing search asks only for `dp`, MAP_DROPPABLE, whose pages a fork never
+/// shares: without the flag it finds none there either.) Not for processes mapping SysV
+/// segments (`memory::scan` and sysvshm.rs need their flags), nor with
+/// `FERRY_DUMP_FLAGS=inline` (read in line, under the freeze, as before).
+struct FlagsApart {
+    pids: Vec<i32>,
+    thread: Option<std::thread::JoinHandle<Vec<(i32, Result<VmFlags, Error>)>>>,
+    got: HashMap<i32, Result<VmFlags, Error>>,
+}
+
+impl FlagsApart {
+    fn new(mut pids: Vec<i32>) -> FlagsApart {
+        if std::env::var("FERRY_DUMP_FLAGS").is_ok_and(|v| v == "inline") {
+            pids.clear();
+        }
+        // (A process whose maps cannot be read keeps its flags in line: its dump fails there.)
+        pids.retain(|&p| procfs::read_string(p, "maps").is_ok_and(|m| !m.lines().any(|l| l.contains(" /SYSV"))));
+        FlagsApart { pids, thread: None, got: HashMap::new() }
+    }
+
+    fn start(&mut self) {
+        if self.pids.is_empty() {
+            return;
+        }
+        let pids = self.pids.clone();
+        self.thread = Some(std::thread::spawn(move || {
+            let t = Instant::now();
+            let got: Vec<(i32, Result<VmFlags, Error>)> = pids.into_iter().map(|p| (p, memory::vm_flags(p))).collect();
+            tracing::info!(smaps_ms = t.elapsed().as_secs_f64() * 1e3, "VmFlags read (on another thread)");
+            got
+        }));
+    }
+
+    /// Set (and check) the VmFlags of `pid`'s mappings `mm`, if they were read apart.
+    fn apply(&mut self, pid: i32, mm: &mut Mm) -> Result<(), Error> {
+        if !self.pids.contains(&pid) {
+            return Ok(());
+        }
+        if let Some(th) = self.thread.take() {
+            let t = Instant::now();
+            let got = th
+                .join()
+                .map_err(|_| Error::Invalid { object: "ferry".into(), what: "the VmFlags reader panicked".into() })?;
+            self.got = got.into_iter().collect();
+            tracing::info!(waited_ms = t.elapsed().as_secs_f64() * 1e3, "VmFlags of the tree applied");
+        }
+        let flags = self.got.remove(&pid).unwrap_or_else(|| memory::vm_flags(pid))?;
+        // (By end: a stack the injection window grew down since the maps were read keeps it.)
+        crate::state::snapshot::apply_flags(pid, pid, mm, flags)
+    }
+}
+
 /// Before the freeze, for `dump -R`: each process of the tree rooted at `root` tracked and its
 /// pages copied while the tree runs (state/tracked.rs), parents first. Empty if one of them
 /// cannot be: the dump then takes the fork snapshots.
@@ -516,7 +578,12 @@ fn dump_inner(
     tree.external_files = crate::state::external::file_keys(&opts.external);
     tree.connections.skip_in_flight = opts.skip_in_flight;
     tree.pids = frozen.iter().map(|f| f.pid).collect();
+    let mut flags_apart = FlagsApart::new(match want_snapshot {
+        true => Vec::new(),
+        false => frozen.iter().map(|f| f.pid).collect(),
+    });
     for f in frozen.iter_mut() {
+        let apart = flags_apart.pids.contains(&f.pid);
         let mut p = dump_process(
             f,
             &mut img,
@@ -524,11 +591,13 @@ fn dump_inner(
             &mut tree,
             pidns_root,
             (want_snapshot && !tracked).then_some(&mut snaps),
-            (root, &opts.ns, tracked),
+            (root, &opts.ns, tracked || apart),
         )?;
         p.fd_table_of = fd_table_of.get(&f.pid).copied().unwrap_or(0);
         procs.push(p);
     }
+    // (Every injection window is closed now.)
+    flags_apart.start();
     // (A process the snapshot could not be taken of: the whole tree stays frozen.)
     let snapshot = want_snapshot && (tracked || snaps.len() == frozen.len());
     if !snapshot {
@@ -676,6 +745,10 @@ fn dump_inner(
         let mut mm =
             p.mm.take()
                 .ok_or_else(|| Error::Invalid { object: format!("pid {}", p.pid), what: "no memory record".into() })?;
+        let lazy = crate::postcopy::lazy_dump();
+        if lazy {
+            flags_apart.apply(host, &mut mm)?; // (`mark` needs them)
+        }
         crate::postcopy::mark(host, p, &mut mm)?; // (post-copy migration only)
                                                   // Not stored now: pages a pre-copy round sent, and those post-copy sends later.
         let keep =
@@ -683,6 +756,9 @@ fn dump_inner(
         let from = memory::PagesFrom { sharing, snap: snap_of(i), keep: &keep };
         pages_bytes += memory::dump_pages(host, p.pid, &mut mm, &mut img, &mut shmem_done, &from)?;
         vmas_n += mm.vmas.len();
+        if !lazy {
+            flags_apart.apply(host, &mut mm)?;
+        }
         p.mm = Some(mm);
         img.write_process(p)?;
     }
