@@ -687,16 +687,17 @@ fn dump_inner(
             }
         }
         if tracked {
-            // Copy-on-write sharing between the tree's processes, from their frozen frames
-            // (reading them through /proc/PID/mem later keeps it), then what each process
-            // must copy now.
+            // Copy-on-write sharing between the tree's processes, from what the rounds found
+            // (no page table read under the freeze), then what each process must copy now.
             for (p, pre) in procs.iter_mut().zip(pres.iter()) {
                 if let Some(mm) = p.mm.as_mut() {
                     pre.flags_before(mm)?;
                 }
             }
             let t_sharing = Instant::now();
-            sharing = find_sharing(&mut procs, &host_pids)?;
+            let found: Vec<Vec<(u64, u64)>> = pres.iter().map(|p| p.kept().1.to_vec()).collect();
+            let stable: Vec<Vec<(u64, u64)>> = pres.iter().map(|p| p.kept().0.to_vec()).collect();
+            sharing = memory::sharing::from_rounds(&mut procs, &found, &stable);
             tracing::info!(sharing_ms = t_sharing.elapsed().as_secs_f64() * 1e3, "copy-on-write sharing found");
             for ((p, pre), sharing) in procs.iter_mut().zip(pres.iter_mut()).zip(&sharing) {
                 if let Some(mm) = p.mm.as_mut() {

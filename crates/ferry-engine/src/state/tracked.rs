@@ -29,7 +29,7 @@ use crate::error::Error;
 use crate::precopy::Tracker;
 use crate::procfs;
 use crate::state::memory::{FrozenMemory, Holds};
-use ferry_image::{dir::StreamFile, ImageWriter, Mm, PageRange, PageRun, VmaKind, PAGE_SIZE};
+use ferry_image::{dir::StreamFile, ImageWriter, Mm, PageRun, VmaKind, PAGE_SIZE};
 use ferry_sys::process::PageRegion;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::AsFd;
@@ -152,6 +152,8 @@ pub struct Pre {
     flags_before: HashMap<u64, (u64, Vec<String>)>,
     /// The pages kept from the rounds (sorted, disjoint), found under the freeze.
     kept: Vec<(u64, u64)>,
+    /// The pages a round found on the parent's frames and not written since (sorted).
+    found_shared: Vec<(u64, u64)>,
     /// The pages kept from the rounds, per mapping (by start), as page runs.
     placed: HashMap<u64, Vec<PageRun>>,
     /// What was taken while frozen.
@@ -358,6 +360,7 @@ impl Pre {
             copies,
             flags_before,
             kept: Vec::new(),
+            found_shared: Vec::new(),
             placed: HashMap::new(),
             holds: Holds::default(),
             frozen_to_track,
@@ -403,7 +406,14 @@ impl Pre {
             return Ok(false);
         }
         self.kept = kept;
+        self.found_shared = shared;
         Ok(true)
+    }
+
+    /// Under the freeze, after [`Pre::finish`]: the pages kept from the rounds, and those found
+    /// on the parent's frames and not written since (see `sharing::from_rounds`).
+    pub fn kept(&self) -> (&[(u64, u64)], &[(u64, u64)]) {
+        (&self.kept, &self.found_shared)
     }
 
     /// Close the uffd: the kernel unregisters the mappings (no `uw` flag left).
@@ -428,8 +438,7 @@ impl Pre {
 
     /// Still frozen, after [`Pre::flags_before`] and the sharing: a copy of every page to store
     /// that the rounds did not keep. Pages on the parent's frames (`sharing.exclude`) are the
-    /// parent's to store, kept or not; a zero page kept in a mapping shared with the parent
-    /// (`cow`) becomes a hole (left out, it would show the parent's page). `shared_seen` and
+    /// parent's to store, kept or not. `shared_seen` and
     /// `budget` are the dump's, as for a snapshot ([`super::snapshot::Snapshot::hold`]).
     pub fn hold(
         &mut self,
@@ -476,14 +485,6 @@ impl Pre {
                 self.copies.runs(a, b, &mut runs);
             }
             self.placed.insert(v.start, runs);
-            if v.cow {
-                let mut zeros = Vec::new();
-                for &(a, b) in &kept {
-                    self.copies.ranges(a, b, |c| c == Copy::Zero, &mut zeros);
-                }
-                let holes = zeros.into_iter().map(|(a, b)| PageRange { addr: a, nr_pages: (b - a) / PAGE_SIZE });
-                v.cow_holes.extend(holes);
-            }
         }
         tracing::info!(pid, bytes, hold_ms = t.elapsed().as_secs_f64() * 1e3, "dump -R: the rest copied while frozen");
         Ok(())

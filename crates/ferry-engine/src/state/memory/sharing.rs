@@ -128,6 +128,78 @@ pub fn find(procs: &mut [Process], host: &[i32]) -> Result<Vec<Sharing>, Error> 
 
 type Ranges = Vec<(u64, u64)>;
 
+/// The parts of `a` (sorted, disjoint) that lie in `b` (sorted, disjoint).
+fn intersect(a: &[(u64, u64)], b: &[(u64, u64)]) -> Ranges {
+    let (mut out, mut j): (Ranges, usize) = (Vec::new(), 0);
+    for &(s, e) in a {
+        while j < b.len() && b[j].1 <= s {
+            j += 1;
+        }
+        let mut k = j;
+        while k < b.len() && b[k].0 < e {
+            out.push((s.max(b[k].0), e.min(b[k].1)));
+            k += 1;
+        }
+    }
+    out
+}
+
+/// [`find`] without reading a page table, for `dump -R` from pages copied while the tree ran
+/// (state/tracked.rs), under the freeze. `found[i]`: the pages process i found on its parent's
+/// frames in a round (`sharing::same_frames`) and did not write since; `stable[i]`: the pages
+/// process i copied in a round and did not write since (both sorted). A page found shared that
+/// the parent did not write since either (it holds it in `stable`, or leaves it to its own
+/// parent) still holds, in both, what it held when it was found shared: it is stored once,
+/// with the parent. A mapping with such pages is marked `cow`, and every other page of it is a
+/// hole in the child's layer (its own pages are written over the holes at restore, the rest
+/// read as zeros, or as the file's bytes).
+pub fn from_rounds(procs: &mut [Process], found: &[Ranges], stable: &[Ranges]) -> Vec<Sharing> {
+    let mut out: Vec<Sharing> = procs.iter().map(|_| Sharing::default()).collect();
+    for i in 0..procs.len() {
+        let Some(j) = procs[..i].iter().position(|q| q.pid == procs[i].ppid && q.mm.is_some()) else { continue };
+        let parent: Vec<Vma> = procs[j]
+            .mm
+            .iter()
+            .flat_map(|m| m.vmas.iter())
+            .filter(|v| shareable(v))
+            .map(|v| Vma { runs: Vec::new(), cow_holes: Vec::new(), ..v.clone() })
+            .collect();
+        let mut theirs: Ranges = stable.get(j).cloned().unwrap_or_default();
+        theirs.extend_from_slice(&out[j].exclude);
+        theirs.sort_unstable();
+        let mut merged: Ranges = Vec::with_capacity(theirs.len());
+        for (a, b) in theirs {
+            match merged.last_mut() {
+                Some(l) if l.1 >= a => l.1 = l.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        let ok = intersect(found.get(i).map_or(&[][..], |f| &f[..]), &merged);
+        let Some(mm) = procs[i].mm.as_mut() else { continue };
+        for v in mm.vmas.iter_mut().filter(|v| shareable(v) && parent.iter().any(|w| same_mapping(v, w))) {
+            let shared = intersect(&ok, &[(v.start, v.end)]);
+            if shared.is_empty() {
+                continue;
+            }
+            let mut holes = Vec::new();
+            let mut at = v.start;
+            for &(a, b) in shared.iter().chain([(v.end, v.end)].iter()) {
+                if a > at {
+                    holes.push(PageRange { addr: at, nr_pages: (a - at) / PAGE_SIZE });
+                }
+                at = b;
+            }
+            v.cow = true;
+            v.cow_holes = holes;
+            out[i].exclude.extend(shared);
+            out[i].via_mem.insert(v.start);
+            out[j].via_mem.insert(v.start);
+        }
+        out[i].exclude.sort_unstable();
+    }
+    out
+}
+
 /// The pages of `v` that process `pid` shares with its parent `ppid` (same frame), and the
 /// holes: pages with no content here (absent, or the zero page) that the parent has.
 fn compare(
