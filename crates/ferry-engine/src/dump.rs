@@ -352,6 +352,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
 /// The VmFlags of a process, by the end of each mapping (see `memory::vm_flags`).
 type VmFlags = HashMap<u64, Vec<String>>;
 
+/// What the VmFlags reader of [`FlagsApart`] found, per pid.
+type FlagsRead = Vec<(i32, Result<VmFlags, Error>)>;
+
 /// The VmFlags of the processes of a dump without snapshots, read on another thread while this
 /// one goes on with the dump: smaps walks every page table (~10-15 ms per GiB of 4 KiB pages on
 /// a quiet machine), and this was most of a pre-copy migration's downtime at 1 GiB. The thread
@@ -365,7 +368,7 @@ type VmFlags = HashMap<u64, Vec<String>>;
 /// `FERRY_DUMP_FLAGS=inline` (read in line, under the freeze, as before).
 struct FlagsApart {
     pids: Vec<i32>,
-    thread: Option<std::thread::JoinHandle<Vec<(i32, Result<VmFlags, Error>)>>>,
+    thread: Option<std::thread::JoinHandle<FlagsRead>>,
     got: HashMap<i32, Result<VmFlags, Error>>,
 }
 
@@ -386,7 +389,7 @@ impl FlagsApart {
         let pids = self.pids.clone();
         self.thread = Some(std::thread::spawn(move || {
             let t = Instant::now();
-            let got: Vec<(i32, Result<VmFlags, Error>)> = pids.into_iter().map(|p| (p, memory::vm_flags(p))).collect();
+            let got: FlagsRead = pids.into_iter().map(|p| (p, memory::vm_flags(p))).collect();
             tracing::info!(smaps_ms = t.elapsed().as_secs_f64() * 1e3, "VmFlags read (on another thread)");
             got
         }));
@@ -695,8 +698,8 @@ fn dump_inner(
                 }
             }
             let t_sharing = Instant::now();
-            let found: Vec<Vec<(u64, u64)>> = pres.iter().map(|p| p.kept().1.to_vec()).collect();
-            let stable: Vec<Vec<(u64, u64)>> = pres.iter().map(|p| p.kept().0.to_vec()).collect();
+            let found: Vec<Vec<(u64, u64)>> = pres.iter().map(|p| p.found_shared().to_vec()).collect();
+            let stable: Vec<Vec<(u64, u64)>> = pres.iter().map(|p| p.kept().to_vec()).collect();
             sharing = memory::sharing::from_rounds(&mut procs, &found, &stable);
             tracing::info!(sharing_ms = t_sharing.elapsed().as_secs_f64() * 1e3, "copy-on-write sharing found");
             for ((p, pre), sharing) in procs.iter_mut().zip(pres.iter_mut()).zip(&sharing) {

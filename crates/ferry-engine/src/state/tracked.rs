@@ -410,10 +410,15 @@ impl Pre {
         Ok(true)
     }
 
-    /// Under the freeze, after [`Pre::finish`]: the pages kept from the rounds, and those found
-    /// on the parent's frames and not written since (see `sharing::from_rounds`).
-    pub fn kept(&self) -> (&[(u64, u64)], &[(u64, u64)]) {
-        (&self.kept, &self.found_shared)
+    /// Under the freeze, after [`Pre::finish`]: the pages kept from the rounds (sorted).
+    pub fn kept(&self) -> &[(u64, u64)] {
+        &self.kept
+    }
+
+    /// Under the freeze, after [`Pre::finish`]: the pages a round found on the parent's frames
+    /// and not written since (sorted; see `sharing::from_rounds`).
+    pub fn found_shared(&self) -> &[(u64, u64)] {
+        &self.found_shared
     }
 
     /// Close the uffd: the kernel unregisters the mappings (no `uw` flag left).

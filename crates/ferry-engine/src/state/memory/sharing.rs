@@ -59,6 +59,20 @@ pub(crate) fn same_mapping(a: &Vma, b: &Vma) -> bool {
         && (!is_file(a) || (a.path == b.path && a.offset == b.offset && a.shmem_id == b.shmem_id))
 }
 
+/// Where the parent of process `i` of `procs` (listed parents first) is, and its mappings whose
+/// pages a child may share (without their pages).
+fn parent_of(procs: &[Process], i: usize) -> Option<(usize, Vec<Vma>)> {
+    let j = procs[..i].iter().position(|q| q.pid == procs[i].ppid && q.mm.is_some())?;
+    let parent = procs[j]
+        .mm
+        .iter()
+        .flat_map(|m| m.vmas.iter())
+        .filter(|v| shareable(v))
+        .map(|v| Vma { runs: Vec::new(), cow_holes: Vec::new(), ..v.clone() })
+        .collect();
+    Some((j, parent))
+}
+
 fn read_pagemap(pid: i32, f: &std::fs::File, start: u64, pages: u64) -> Result<Vec<u64>, Error> {
     let mut b = vec![0u8; pages as usize * 8];
     f.read_exact_at(&mut b, start / PAGE_SIZE * 8).ctx(|| format!("pid {pid}: cannot read pagemap at {start:#x}"))?;
@@ -93,14 +107,7 @@ pub(crate) fn same_frames(
 pub fn find(procs: &mut [Process], host: &[i32]) -> Result<Vec<Sharing>, Error> {
     let mut out: Vec<Sharing> = procs.iter().map(|_| Sharing::default()).collect();
     for i in 0..procs.len() {
-        let Some(j) = procs[..i].iter().position(|q| q.pid == procs[i].ppid && q.mm.is_some()) else { continue };
-        let parent: Vec<Vma> = procs[j]
-            .mm
-            .iter()
-            .flat_map(|m| m.vmas.iter())
-            .filter(|v| shareable(v))
-            .map(|v| Vma { runs: Vec::new(), cow_holes: Vec::new(), ..v.clone() })
-            .collect();
+        let Some((j, parent)) = parent_of(procs, i) else { continue };
         let (pid, ppid) = (host[i], host[j]);
         let Some(mm) = procs[i].mm.as_mut() else { continue };
         let mut files = None;
@@ -156,14 +163,7 @@ fn intersect(a: &[(u64, u64)], b: &[(u64, u64)]) -> Ranges {
 pub fn from_rounds(procs: &mut [Process], found: &[Ranges], stable: &[Ranges]) -> Vec<Sharing> {
     let mut out: Vec<Sharing> = procs.iter().map(|_| Sharing::default()).collect();
     for i in 0..procs.len() {
-        let Some(j) = procs[..i].iter().position(|q| q.pid == procs[i].ppid && q.mm.is_some()) else { continue };
-        let parent: Vec<Vma> = procs[j]
-            .mm
-            .iter()
-            .flat_map(|m| m.vmas.iter())
-            .filter(|v| shareable(v))
-            .map(|v| Vma { runs: Vec::new(), cow_holes: Vec::new(), ..v.clone() })
-            .collect();
+        let Some((j, parent)) = parent_of(procs, i) else { continue };
         let mut theirs: Ranges = stable.get(j).cloned().unwrap_or_default();
         theirs.extend_from_slice(&out[j].exclude);
         theirs.sort_unstable();
