@@ -13,7 +13,7 @@ use crate::procfs;
 use crate::state::snapshot::Snapshot;
 use crate::state::tracked;
 use crate::state::{cpu, creds, files, memory, rseq, seccomp, signals, task, timers, tty};
-use ferry_image::{ImageWriter, Inventory, Process, Thread, Vma};
+use ferry_image::{ImageWriter, Inventory, Mm, Process, Thread, Vma};
 use ferry_sys::consts::PTRACE_O_TRACESYSGOOD;
 use ferry_sys::ptrace;
 
@@ -332,18 +332,12 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
         img.sign_with(key.clone());
     }
     reserve_pages(&mut img, opts.pid)?;
-    let tracked = opts.leave_running && opts.snapshot && !opts.leave_stopped && tracked::wanted(opts.pid);
+    let tracked = opts.leave_running && opts.snapshot && !opts.leave_stopped && tracked::wanted();
     if !tracked {
         return dump_with(opts, move || Ok(img), |_| Ok(()));
     }
-    let pre = match tracked::Pre::start(opts.pid, crate::freeze::image_pid(opts.pid, opts.pid), &mut img) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            tracing::info!(pid = opts.pid, error = %e, "dump -R: pages not copied ahead: a fork snapshot instead");
-            None
-        }
-    };
-    if let Some(r) = dump_inner(opts, move || Ok(img), |_| Ok(()), pre)? {
+    let pres = start_tracked(opts.pid, &mut img);
+    if let Some(r) = dump_inner(opts, move || Ok(img), |_| Ok(()), pres)? {
         return Ok(r);
     }
     // (The VmFlags of a mapping changed during the dump: again, with the fork snapshot.)
@@ -353,6 +347,93 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     }
     reserve_pages(&mut img, opts.pid)?;
     dump_with(opts, move || Ok(img), |_| Ok(()))
+}
+
+/// The VmFlags of a process, by the end of each mapping (see `memory::vm_flags`).
+type VmFlags = HashMap<u64, Vec<String>>;
+
+/// What the VmFlags reader of [`FlagsApart`] found, per pid.
+type FlagsRead = Vec<(i32, Result<VmFlags, Error>)>;
+
+/// The VmFlags of the processes of a dump without snapshots, read on another thread while this
+/// one goes on with the dump: smaps walks every page table (~10-15 ms per GiB of 4 KiB pages on
+/// a quiet machine), and this was most of a pre-copy migration's downtime at 1 GiB. The thread
+/// starts once every injection window of the tree is closed (started at the freeze, reading
+/// during the windows, it made their preparation fail now and then with EFAULT:
+/// docs/performance.md), and a process's flags are applied (and checked: refused flags) before
+/// its record is written: its page dump and the tree's other passes do not need them. (The
+/// copy-on-write sharing search asks only for `dp`, MAP_DROPPABLE, whose pages a fork never
+/// shares: without the flag it finds none there either.) Not for processes mapping SysV
+/// segments (`memory::scan` and sysvshm.rs need their flags), nor with
+/// `FERRY_DUMP_FLAGS=inline` (read in line, under the freeze, as before).
+struct FlagsApart {
+    pids: Vec<i32>,
+    thread: Option<std::thread::JoinHandle<FlagsRead>>,
+    got: HashMap<i32, Result<VmFlags, Error>>,
+}
+
+impl FlagsApart {
+    fn new(mut pids: Vec<i32>) -> FlagsApart {
+        if std::env::var("FERRY_DUMP_FLAGS").is_ok_and(|v| v == "inline") {
+            pids.clear();
+        }
+        // (A process whose maps cannot be read keeps its flags in line: its dump fails there.)
+        pids.retain(|&p| procfs::read_string(p, "maps").is_ok_and(|m| !m.lines().any(|l| l.contains(" /SYSV"))));
+        FlagsApart { pids, thread: None, got: HashMap::new() }
+    }
+
+    fn start(&mut self) {
+        if self.pids.is_empty() {
+            return;
+        }
+        let pids = self.pids.clone();
+        self.thread = Some(std::thread::spawn(move || {
+            let t = Instant::now();
+            let got: FlagsRead = pids.into_iter().map(|p| (p, memory::vm_flags(p))).collect();
+            tracing::info!(smaps_ms = t.elapsed().as_secs_f64() * 1e3, "VmFlags read (on another thread)");
+            got
+        }));
+    }
+
+    /// Set (and check) the VmFlags of `pid`'s mappings `mm`, if they were read apart.
+    fn apply(&mut self, pid: i32, mm: &mut Mm) -> Result<(), Error> {
+        if !self.pids.contains(&pid) {
+            return Ok(());
+        }
+        if let Some(th) = self.thread.take() {
+            let t = Instant::now();
+            let got = th
+                .join()
+                .map_err(|_| Error::Invalid { object: "ferry".into(), what: "the VmFlags reader panicked".into() })?;
+            self.got = got.into_iter().collect();
+            tracing::info!(waited_ms = t.elapsed().as_secs_f64() * 1e3, "VmFlags of the tree applied");
+        }
+        let flags = self.got.remove(&pid).unwrap_or_else(|| memory::vm_flags(pid))?;
+        // (By end: a stack the injection window grew down since the maps were read keeps it.)
+        crate::state::snapshot::apply_flags(pid, pid, mm, flags)
+    }
+}
+
+/// Before the freeze, for `dump -R`: each process of the tree rooted at `root` tracked and its
+/// pages copied while the tree runs (state/tracked.rs), parents first. Empty if one of them
+/// cannot be: the dump then takes the fork snapshots.
+fn start_tracked(root: i32, img: &mut ImageWriter) -> Vec<tracked::Pre> {
+    let mut pres: Vec<tracked::Pre> = Vec::new();
+    let mut parents = HashMap::from([(root, 0)]);
+    for pid in tree_pids(root) {
+        let ppid = parents.get(&pid).copied().unwrap_or(0);
+        match tracked::Pre::start(root, pid, ppid, img) {
+            Ok(p) => pres.push(p),
+            Err(e) => {
+                tracing::info!(pid, error = %e, "dump -R: pages not copied ahead: fork snapshots instead");
+                return Vec::new();
+            }
+        }
+        for c in children_of(pid).unwrap_or_default() {
+            parents.insert(c, pid);
+        }
+    }
+    pres
 }
 
 /// Before the freeze: allocate each process's page file about as large as its resident
@@ -402,20 +483,20 @@ pub fn dump_with(
     make_img: impl FnOnce() -> Result<ImageWriter, Error>,
     confirm: impl FnOnce(Instant) -> Result<(), Error>,
 ) -> Result<DumpReport, Error> {
-    dump_inner(opts, make_img, confirm, None)?
+    dump_inner(opts, make_img, confirm, Vec::new())?
         .ok_or_else(|| Error::Invalid { object: format!("pid {}", opts.pid), what: "dump not taken".into() })
 }
 
-/// [`dump_with`], with `pre` the pages of the tree's only process copied while it ran
-/// (state/tracked.rs). `None` only with `pre`: the VmFlags of a mapping changed during the dump,
-/// which must be taken again (the tree runs, nothing was committed).
+/// [`dump_with`], with `pres` the pages of the tree's processes copied while it ran
+/// (state/tracked.rs; empty: none). `None` only with `pres`: the VmFlags of a mapping changed
+/// during the dump, which must be taken again (the tree runs, nothing was committed).
 fn dump_inner(
     opts: &DumpOptions,
     make_img: impl FnOnce() -> Result<ImageWriter, Error>,
     confirm: impl FnOnce(Instant) -> Result<(), Error>,
-    mut pre: Option<tracked::Pre>,
+    mut pres: Vec<tracked::Pre>,
 ) -> Result<Option<DumpReport>, Error> {
-    let t0 = pre.as_ref().map_or_else(Instant::now, |p| p.started);
+    let t0 = pres.first().map_or_else(Instant::now, |p| p.started);
     let root = opts.pid;
     let _span = tracing::info_span!("dump", pid = root).entered();
     // A root that is pid 1 of a namespace below ferry's takes the whole namespace.
@@ -474,21 +555,29 @@ fn dump_inner(
     tracing::info!(processes = frozen.len(), "frozen");
     // (The moment the process was frozen to start tracking it counts too.)
     let mut frozen_before = Duration::ZERO;
-    if let Some(p) = pre.as_mut() {
-        frozen_before = p.frozen_to_track;
-        // (A tree that forked meanwhile, much written since the last round, or the tracking
-        // that failed to end: the fork. Dropped, the tracking ends and its page file goes.)
-        let fork = frozen.len() != 1
-            || frozen[0].pid != p.pid
-            || !p.finish().unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "dump -R: the tracking failed to end: a fork snapshot instead");
+    if !pres.is_empty() {
+        frozen_before = pres.iter().map(|p| p.frozen_to_track).sum();
+        // (A tree that forked or lost a process meanwhile, much written since the last round
+        // in one of them, or a tracking that failed to end: the forks.) In the order of
+        // `frozen`, as the processes are.
+        let mut by_pid: HashMap<i32, tracked::Pre> = pres.drain(..).map(|p| (p.pid, p)).collect();
+        pres = frozen.iter().filter_map(|f| by_pid.remove(&f.pid)).collect();
+        if pres.len() != frozen.len() || !by_pid.is_empty() {
+            pres.clear();
+        }
+        for p in pres.iter_mut() {
+            let ended = p.finish().unwrap_or_else(|e| {
+                tracing::warn!(pid = p.pid, error = %e, "dump -R: the tracking failed to end: a fork snapshot instead");
                 false
             });
-        if fork {
-            pre = None;
+            if !ended {
+                tracing::info!(pid = p.pid, "dump -R: fork snapshots for the whole tree");
+                pres.clear();
+                break;
+            }
         }
     }
-    let tracked = pre.is_some();
+    let tracked = !pres.is_empty();
     let mut img = make_img()?;
     let mut procs: Vec<Process> = Vec::new();
     let mut tree = files::TreeFiles::default();
@@ -497,7 +586,12 @@ fn dump_inner(
     tree.external_files = crate::state::external::file_keys(&opts.external);
     tree.connections.skip_in_flight = opts.skip_in_flight;
     tree.pids = frozen.iter().map(|f| f.pid).collect();
+    let mut flags_apart = FlagsApart::new(match want_snapshot {
+        true => Vec::new(),
+        false => frozen.iter().map(|f| f.pid).collect(),
+    });
     for f in frozen.iter_mut() {
+        let apart = flags_apart.pids.contains(&f.pid);
         let mut p = dump_process(
             f,
             &mut img,
@@ -505,11 +599,13 @@ fn dump_inner(
             &mut tree,
             pidns_root,
             (want_snapshot && !tracked).then_some(&mut snaps),
-            (root, &opts.ns, tracked),
+            (root, &opts.ns, tracked || apart),
         )?;
         p.fd_table_of = fd_table_of.get(&f.pid).copied().unwrap_or(0);
         procs.push(p);
     }
+    // (Every injection window is closed now.)
+    flags_apart.start();
     // (A process the snapshot could not be taken of: the whole tree stays frozen.)
     let snapshot = want_snapshot && (tracked || snaps.len() == frozen.len());
     if !snapshot {
@@ -601,8 +697,24 @@ fn dump_inner(
                 snap.hold(mm, &Default::default(), &mut seen, &mut budget)?;
             }
         }
-        if let (Some(pre), Some(mm)) = (pre.as_mut(), procs.first_mut().and_then(|p| p.mm.as_mut())) {
-            pre.hold(mm, &mut seen, &mut budget)?;
+        if tracked {
+            // Copy-on-write sharing between the tree's processes, from what the rounds found
+            // (no page table read under the freeze), then what each process must copy now.
+            for (p, pre) in procs.iter_mut().zip(pres.iter()) {
+                if let Some(mm) = p.mm.as_mut() {
+                    pre.flags_before(mm)?;
+                }
+            }
+            let t_sharing = Instant::now();
+            let found: Vec<Vec<(u64, u64)>> = pres.iter().map(|p| p.found_shared().to_vec()).collect();
+            let stable: Vec<Vec<(u64, u64)>> = pres.iter().map(|p| p.kept().to_vec()).collect();
+            sharing = memory::sharing::from_rounds(&mut procs, &found, &stable);
+            tracing::info!(sharing_ms = t_sharing.elapsed().as_secs_f64() * 1e3, "copy-on-write sharing found");
+            for ((p, pre), sharing) in procs.iter_mut().zip(pres.iter_mut()).zip(&sharing) {
+                if let Some(mm) = p.mm.as_mut() {
+                    pre.hold(mm, sharing, &mut seen, &mut budget)?;
+                }
+            }
         }
         tracing::info!(hold_ms = t_hold.elapsed().as_secs_f64() * 1e3, "what the snapshots lack taken");
         drop(std::mem::take(&mut tree.connections.repaired));
@@ -617,9 +729,9 @@ fn dump_inner(
             "running again; pages from the snapshots"
         );
         crate::inject::fault_point_named("kill-after-resume");
-        if let Some(pre) = pre.as_mut() {
-            pre.end_tracking();
-            if let Some(mm) = procs.first_mut().and_then(|p| p.mm.as_mut()) {
+        pres.iter_mut().for_each(tracked::Pre::end_tracking);
+        for (p, pre) in procs.iter_mut().zip(pres.iter()) {
+            if let Some(mm) = p.mm.as_mut() {
                 if !pre.check_flags(mm)? {
                     return Ok(None);
                 }
@@ -630,23 +742,25 @@ fn dump_inner(
                 snap.read_flags(mm, true)?;
             }
         }
-        if tracked {
-            sharing = procs.iter().map(|_| memory::Sharing::default()).collect();
-        } else {
+        if !tracked {
             let snap_pids: Vec<i32> = snaps.iter().map(|s| s.pid).collect();
             sharing = find_sharing(&mut procs, &snap_pids)?;
         }
     }
     let t_memdump = Instant::now();
-    let snap_of = |i: usize| match (&pre, snapshot) {
-        (Some(pre), _) => (i == 0).then_some(pre as &dyn memory::FrozenMemory),
-        (None, true) => snaps.get(i).map(|s| s as &dyn memory::FrozenMemory),
-        (None, false) => None,
+    let snap_of = |i: usize| match (tracked, snapshot) {
+        (true, _) => pres.get(i).map(|p| p as &dyn memory::FrozenMemory),
+        (false, true) => snaps.get(i).map(|s| s as &dyn memory::FrozenMemory),
+        (false, false) => None,
     };
     for (i, ((p, &host), sharing)) in procs.iter_mut().zip(&host_pids).zip(&sharing).enumerate() {
         let mut mm =
             p.mm.take()
                 .ok_or_else(|| Error::Invalid { object: format!("pid {}", p.pid), what: "no memory record".into() })?;
+        let lazy = crate::postcopy::lazy_dump();
+        if lazy {
+            flags_apart.apply(host, &mut mm)?; // (`mark` needs them)
+        }
         crate::postcopy::mark(host, p, &mut mm)?; // (post-copy migration only)
                                                   // Not stored now: pages a pre-copy round sent, and those post-copy sends later.
         let keep =
@@ -654,6 +768,9 @@ fn dump_inner(
         let from = memory::PagesFrom { sharing, snap: snap_of(i), keep: &keep };
         pages_bytes += memory::dump_pages(host, p.pid, &mut mm, &mut img, &mut shmem_done, &from)?;
         vmas_n += mm.vmas.len();
+        if !lazy {
+            flags_apart.apply(host, &mut mm)?;
+        }
         p.mm = Some(mm);
         img.write_process(p)?;
     }

@@ -130,6 +130,12 @@ impl Tracker {
         Ok(Tracker { procs })
     }
 
+    /// Start tracking one process `pid` of the tree rooted at `root` (`dump -R`, one tracker per
+    /// process, state/tracked.rs). Unlike [`Tracker::start`], a failure is the caller's.
+    pub fn start_one(root: i32, pid: i32) -> Result<Tracker, Error> {
+        Ok(Tracker { procs: vec![track(root, pid)?] })
+    }
+
     /// One round: every page written since the last round (all present pages the first time)
     /// is write-protected again and handed to `send(host_pid, addr, bytes)`. Returns the bytes
     /// sent.
@@ -229,7 +235,8 @@ impl Tracker {
             skips.insert(pid, ranges.clone());
             out.push(Keep { host_pid: pid, image_pid: t.image_pid, ranges });
         }
-        *SKIP.lock().unwrap_or_else(|p| p.into_inner()) = Some(skips);
+        // (Added to those of the other trackers of the dump: one per process for `dump -R`.)
+        SKIP.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(HashMap::new).extend(skips);
         Ok(out)
     }
 }

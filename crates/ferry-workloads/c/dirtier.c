@@ -27,6 +27,13 @@
  *                 i % 4 == t); each round each thread also has the kernel read one of its pages
  *                 (pwrite to a scratch file) and write it back in place (pread): faults taken
  *                 in kernel mode, from several threads at once.
+ *   argv[4] = "tree": before ready, fork two children (a tree of three processes sharing the
+ *                 memory copy-on-write). Each child zeroes 8 pages of it and drops 8 others
+ *                 (MADV_DONTNEED), fills a private mapping of its own (a quarter of the size),
+ *                 then, like the parent, rewrites random pages of both at the same rate until
+ *                 the parent passes go on (a pipe); it then checks both against its own
+ *                 generations, sends its verdict (one byte) and waits to be killed. On go the
+ *                 parent requires both verdicts good.
  *   argv[4] = "noreserve" (or "noreserve,drop"): the memory is mapped MAP_NORESERVE (as
  *                 jemalloc maps its heaps); on go its mapping (bounds, permissions, the whole
  *                 VmFlags line of smaps: "nr", no "ac") must be the one recorded at ready.
@@ -188,6 +195,56 @@ static size_t check_pages(const uint64_t *mem, const uint32_t *gen, size_t npage
 	return bad;
 }
 
+/* A child of "tree": see the top. Never returns. */
+static void tree_child(uint64_t *mem, uint32_t *gen, size_t npages, size_t per_round, int c, int go_r, int verdict_w)
+{
+	pid_t parent = getppid();
+	size_t nown = npages / 4 + 1;
+	uint64_t *own = mmap(NULL, nown * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint32_t *own_gen = calloc(nown, sizeof *own_gen);
+	if (own == MAP_FAILED || !own_gen)
+		_exit(10);
+	for (size_t i = 0; i < nown; i++) {
+		own_gen[i] = 100 + (uint32_t)c;
+		fill(own, i, own_gen[i]);
+	}
+	uint64_t rng = 0xC0FFEEULL * (uint64_t)(c + 3) ^ (uint64_t)getpid();
+	for (int k = 0; k < 8 && npages > 64; k++) {
+		rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+		uint64_t z = (rng >> 33) % npages, d = (rng >> 13) % npages;
+		memset(mem + z * WORDS, 0, PAGE); /* a page of zeros of its own */
+		gen[z] = DROPPED;
+		if (madvise(mem + d * WORDS, PAGE, MADV_DONTNEED) != 0)
+			_exit(11);
+		gen[d] = DROPPED;
+	}
+	for (;;) {
+		char b;
+		if (read(go_r, &b, 1) == 1)
+			break;
+		if (getppid() != parent)
+			_exit(12); /* orphaned: the harness is gone */
+		for (size_t k = 0; k < per_round; k++) {
+			rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+			uint64_t i = (rng >> 33) % npages, j = (rng >> 13) % nown;
+			gen[i] = gen[i] == DROPPED ? 1 : gen[i] + 1;
+			fill(mem, i, gen[i]);
+			own_gen[j]++;
+			fill(own, j, own_gen[j]);
+		}
+		struct timespec ts = { 0, 10 * 1000 * 1000 };
+		nanosleep(&ts, NULL);
+	}
+	size_t bad = check_pages(mem, gen, npages, 1) + check_pages(own, own_gen, nown, 1);
+	char v = bad == 0 ? 'y' : 'n';
+	if (bad)
+		fprintf(stderr, "dirtier: tree child %d: %zu pages differ\n", c, bad);
+	if (write(verdict_w, &v, 1) != 1)
+		_exit(13);
+	for (;;)
+		pause();
+}
+
 int main(int argc, char **argv)
 {
 	workload_init(argc, argv);
@@ -240,6 +297,20 @@ int main(int argc, char **argv)
 	if (churning)
 		for (int k = 0; k < NSLOT; k++)
 			slot_new(k, 32);
+	int treeing = argc > 4 && strcmp(argv[4], "tree") == 0;
+	pid_t kids[2] = { -1, -1 };
+	int tree_go[2] = { -1, -1 }, tree_verdicts[2] = { -1, -1 };
+	if (treeing) {
+		if (pipe2(tree_go, O_CLOEXEC | O_NONBLOCK) < 0 || pipe2(tree_verdicts, O_CLOEXEC) < 0)
+			die_setup("pipe2: %s", strerror(errno));
+		for (int c = 0; c < 2; c++) {
+			kids[c] = fork();
+			if (kids[c] < 0)
+				die_setup("fork: %s", strerror(errno));
+			if (kids[c] == 0)
+				tree_child(mem, gen, npages, per_round, c, tree_go[0], tree_verdicts[1]);
+		}
+	}
 	char mapping[512] = "";
 	if (noreserve) {
 		mapping_of(mem, mapping, sizeof mapping);
@@ -347,6 +418,23 @@ int main(int argc, char **argv)
 				fail("churned mapping %d page %zu: wrong content for generation %u", k, i, slots[k].gen);
 				break;
 			}
+	if (treeing) {
+		if (write(tree_go[1], "gg", 2) != 2)
+			fail("cannot pass go on to the children: %s", strerror(errno));
+		int good = 0;
+		for (int c = 0; c < 2; c++) {
+			struct pollfd pfd = { tree_verdicts[0], POLLIN, 0 };
+			char v = 0;
+			if (poll(&pfd, 1, 120000) == 1 && read(tree_verdicts[0], &v, 1) == 1 && v == 'y')
+				good++;
+		}
+		for (int c = 0; c < 2; c++) {
+			kill(kids[c], SIGKILL);
+			waitpid(kids[c], NULL, 0);
+		}
+		CHECK(good == 2, "%d of the 2 children found their memory right", good);
+		fprintf(stderr, "dirtier: both children checked their memory\n");
+	}
 	CHECK(dirtied > 0, "no page was ever rewritten");
 	if (noreserve) {
 		char now[512];

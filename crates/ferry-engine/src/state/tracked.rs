@@ -30,20 +30,19 @@ use crate::precopy::Tracker;
 use crate::procfs;
 use crate::state::memory::{FrozenMemory, Holds};
 use ferry_image::{dir::StreamFile, ImageWriter, Mm, PageRun, VmaKind, PAGE_SIZE};
+use ferry_sys::process::PageRegion;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::AsFd;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Whether `dump -R` of the tree rooted at `root` takes its pages while the tree runs (this
-/// module): one process (a tree's pages shared copy-on-write between parent and child are found
-/// from the frozen page tables, which the fork snapshot keeps), plain page files.
-/// `FERRY_DUMP_R=fork` always takes the fork snapshot.
-pub fn wanted(root: i32) -> bool {
+/// Whether `dump -R` takes its pages while the tree runs (this module): with plain page files.
+/// `FERRY_DUMP_R=fork` always takes the fork snapshots.
+pub fn wanted() -> bool {
     if std::env::var("FERRY_DUMP_R").is_ok_and(|v| v == "fork") {
         return false;
     }
-    crate::state::memory::page_compression() == 0 && crate::freeze::tree_pids(root).len() == 1
+    crate::state::memory::page_compression() == 0
 }
 
 /// The most bytes (per process) copied under the freeze before the fork snapshot is cheaper:
@@ -57,41 +56,79 @@ pub fn copy_max(rss_anon: u64) -> u64 {
     (rss_anon / 32).max(4 << 20)
 }
 
-/// Where each copied page is in the page file: address → (end, offset, or `None` for a run of
-/// zero pages, not stored). A later copy replaces the earlier one.
+/// What the rounds made of a page they read.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Copy {
+    /// Stored in the page file at this offset.
+    At(u64),
+    /// All zeros: recorded, not stored.
+    Zero,
+    /// On the same frame as its parent's page (shared copy-on-write since a fork): not stored,
+    /// the parent's copy serves if it still is at the freeze (see [`Pre::hold`]).
+    Shared,
+}
+
+impl Copy {
+    /// The same kind of copy `by` bytes further on.
+    fn advanced(self, by: u64) -> Copy {
+        match self {
+            Copy::At(o) => Copy::At(o + by),
+            other => other,
+        }
+    }
+}
+
+/// What the rounds made of each page they read: address → (end, copy). A later copy replaces
+/// the earlier one.
 #[derive(Default)]
-struct Copies(BTreeMap<u64, (u64, Option<u64>)>);
+struct Copies(BTreeMap<u64, (u64, Copy)>);
 
 impl Copies {
-    fn insert(&mut self, a: u64, b: u64, off: Option<u64>) {
+    fn insert(&mut self, a: u64, b: u64, copy: Copy) {
         // Cut what overlaps a..b out of the entries there.
         let before = self.0.range(..a).next_back().map(|(&s, &e)| (s, e));
         if let Some((s, (e, o))) = before {
             if e > a {
                 self.0.insert(s, (a, o));
                 if e > b {
-                    self.0.insert(b, (e, o.map(|o| o + (b - s))));
+                    self.0.insert(b, (e, o.advanced(b - s)));
                 }
             }
         }
-        let inside: Vec<(u64, (u64, Option<u64>))> = self.0.range(a..b).map(|(&s, &v)| (s, v)).collect();
+        let inside: Vec<(u64, (u64, Copy))> = self.0.range(a..b).map(|(&s, &v)| (s, v)).collect();
         for (s, (e, o)) in inside {
             self.0.remove(&s);
             if e > b {
-                self.0.insert(b, (e, o.map(|o| o + (b - s))));
+                self.0.insert(b, (e, o.advanced(b - s)));
             }
         }
-        self.0.insert(a, (b, off));
+        self.0.insert(a, (b, copy));
+    }
+
+    /// The entries overlapping `a..b`, cut to it: (start, end, copy at start).
+    fn within(&self, a: u64, b: u64) -> impl Iterator<Item = (u64, u64, Copy)> + '_ {
+        let first = self.0.range(..=a).next_back().map_or(a, |(&s, _)| s);
+        self.0.range(first..b).filter_map(move |(&s, &(e, c))| {
+            let (lo, hi) = (s.max(a), e.min(b));
+            (lo < hi).then(|| (lo, hi, c.advanced(lo - s)))
+        })
+    }
+
+    /// The parts of `a..b` whose copies `want` takes, appended to `out` (merged).
+    fn ranges(&self, a: u64, b: u64, want: impl Fn(Copy) -> bool, out: &mut Vec<(u64, u64)>) {
+        for (lo, hi, _) in self.within(a, b).filter(|&(_, _, c)| want(c)) {
+            match out.last_mut() {
+                Some(last) if last.1 == lo => last.1 = hi,
+                _ => out.push((lo, hi)),
+            }
+        }
     }
 
     /// The page runs of `a..b` (every page of which was copied): stored copies only.
     fn runs(&self, a: u64, b: u64, out: &mut Vec<PageRun>) {
-        let first = self.0.range(..=a).next_back().map_or(a, |(&s, _)| s);
-        for (&s, &(e, off)) in self.0.range(first..b) {
-            let (lo, hi) = (s.max(a), e.min(b));
-            let Some(off) = off.filter(|_| lo < hi) else { continue };
-            let (addr, offset) = (lo, off + (lo - s));
-            let nr_pages = (hi - lo) / PAGE_SIZE;
+        for (addr, hi, copy) in self.within(a, b) {
+            let Copy::At(offset) = copy else { continue };
+            let nr_pages = (hi - addr) / PAGE_SIZE;
             match out.last_mut() {
                 Some(r) if r.addr + r.nr_pages * PAGE_SIZE == addr && r.offset + r.nr_pages * PAGE_SIZE == offset => {
                     r.nr_pages += nr_pages
@@ -115,6 +152,8 @@ pub struct Pre {
     flags_before: HashMap<u64, (u64, Vec<String>)>,
     /// The pages kept from the rounds (sorted, disjoint), found under the freeze.
     kept: Vec<(u64, u64)>,
+    /// The pages a round found on the parent's frames and not written since (sorted).
+    found_shared: Vec<(u64, u64)>,
     /// The pages kept from the rounds, per mapping (by start), as page runs.
     placed: HashMap<u64, Vec<PageRun>>,
     /// What was taken while frozen.
@@ -143,6 +182,43 @@ fn rss_anon(pid: i32) -> Result<u64, Error> {
     Ok(procfs::parse(pid, "status", ferry_proc::parse_status(&status))?.rss_anon_kib * 1024)
 }
 
+/// The parent of a process of the tree, whose pages its child may share copy-on-write.
+struct Parent {
+    pid: i32,
+    /// Its /proc/PID/pagemap, and the child's.
+    pagemap: std::fs::File,
+    child_pagemap: std::fs::File,
+}
+
+impl Parent {
+    /// The parts (byte offsets) of the `len` bytes at `addr` the child read that are not on
+    /// its parent's frames; those that are are recorded in `copies` as [`Copy::Shared`].
+    fn own_pages(&self, pid: i32, addr: u64, len: usize, copies: &mut Copies) -> std::io::Result<Vec<(usize, usize)>> {
+        let pages = len as u64 / PAGE_SIZE;
+        let same = crate::state::memory::sharing::same_frames(
+            (pid, &self.child_pagemap),
+            (self.pid, &self.pagemap),
+            addr,
+            pages,
+        )
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut own: Vec<(usize, usize)> = Vec::new();
+        let page = PAGE_SIZE as usize;
+        for (k, shared) in same.into_iter().enumerate() {
+            let (a, b) = (k * page, (k + 1) * page);
+            if shared {
+                copies.insert(addr + a as u64, addr + b as u64, Copy::Shared);
+                continue;
+            }
+            match own.last_mut() {
+                Some(last) if last.1 == a => last.1 = b,
+                _ => own.push((a, b)),
+            }
+        }
+        Ok(own)
+    }
+}
+
 /// Buffers of pages in flight between the reading and the writing thread of the rounds.
 const BUFFERS: usize = 4;
 
@@ -155,6 +231,7 @@ fn copy_rounds(
     tracker: &mut Tracker,
     mut stream: StreamFile,
     copies: &mut Copies,
+    parent: Option<&Parent>,
 ) -> Result<(StreamFile, u64), Error> {
     let path = stream.path().display().to_string();
     let werr = |e: std::io::Error| Error::Sys { object: format!("cannot write {path}"), source: e };
@@ -177,11 +254,21 @@ fn copy_rounds(
                 let t = Instant::now();
                 let mut stored = 0u64;
                 let sent = tracker.round(&mut |_, addr, bytes| {
-                    // (Whole pages: zero ones are recorded, not stored.)
-                    for (i, j, zero) in crate::state::memory::zero_runs(bytes) {
+                    // (Whole pages: those on the parent's frames and zero ones are recorded, not
+                    // stored.)
+                    let own = match parent {
+                        Some(p) => p.own_pages(pid, addr, bytes.len(), copies)?,
+                        None => vec![(0, bytes.len())],
+                    };
+                    let runs = own.into_iter().flat_map(|(from, to)| {
+                        crate::state::memory::zero_runs(&bytes[from..to])
+                            .into_iter()
+                            .map(move |(i, j, zero)| (from + i, from + j, zero))
+                    });
+                    for (i, j, zero) in runs {
                         let (a, b) = (addr + i as u64, addr + j as u64);
                         if zero {
-                            copies.insert(a, b, None);
+                            copies.insert(a, b, Copy::Zero);
                         } else {
                             let mut buf = match free_rx.try_recv() {
                                 Ok(buf) => buf,
@@ -194,7 +281,7 @@ fn copy_rounds(
                             buf.clear();
                             buf.extend_from_slice(&bytes[i..j]);
                             full_tx.send(buf).map_err(|_| stopped())?;
-                            copies.insert(a, b, Some(next));
+                            copies.insert(a, b, Copy::At(next));
                             next += b - a;
                             stored += b - a;
                         }
@@ -227,19 +314,30 @@ fn copy_rounds(
 }
 
 impl Pre {
-    /// Before the freeze: track the only process of the tree, `pid`, and copy its memory into
-    /// its page file in `img` (named by the pid the image gives it, `image_pid`).
-    pub fn start(pid: i32, image_pid: i32, img: &mut ImageWriter) -> Result<Pre, Error> {
+    /// Before the freeze: track `pid`, a process of the tree rooted at `root`, and copy its
+    /// memory into its page file in `img` (named by the pid the image gives it). Pages it
+    /// shares copy-on-write with its parent `ppid` in the tree (0 for the root) are left to the
+    /// parent's copies.
+    pub fn start(root: i32, pid: i32, ppid: i32, img: &mut ImageWriter) -> Result<Pre, Error> {
         let started = Instant::now();
+        let image_pid = crate::freeze::image_pid(root, pid);
+        let parent = match ppid {
+            0 => None,
+            _ => Some(Parent {
+                pid: ppid,
+                pagemap: procfs::open(ppid, "pagemap")?,
+                child_pagemap: procfs::open(pid, "pagemap")?,
+            }),
+        };
         let t = Instant::now();
-        let mut tracker = Tracker::start(pid)?;
+        let mut tracker = Tracker::start_one(root, pid)?;
         let frozen_to_track = t.elapsed();
         let mut stream = img.stream(&ferry_image::pages_file(image_pid))?;
         let path = stream.path().display().to_string();
         let werr = |e: std::io::Error| Error::Sys { object: format!("cannot write {path}"), source: e };
         stream.write_all(&ferry_image::pages_header()).map_err(werr)?;
         let mut copies = Copies::default();
-        let (stream, last) = copy_rounds(pid, &mut tracker, stream, &mut copies)?;
+        let (stream, last) = copy_rounds(pid, &mut tracker, stream, &mut copies, parent.as_ref())?;
         // Written faster than it is copied: what the last round found is about what the freeze
         // would have to copy. Over twice the limit, the fork is taken at once (and the freeze
         // spares the scan).
@@ -262,6 +360,7 @@ impl Pre {
             copies,
             flags_before,
             kept: Vec::new(),
+            found_shared: Vec::new(),
             placed: HashMap::new(),
             holds: Holds::default(),
             frozen_to_track,
@@ -277,15 +376,26 @@ impl Pre {
         let Some(tracker) = self.tracker.as_mut() else { return Ok(false) };
         let keeps = tracker.finish()?;
         crate::inject::fault_fail_named("fail-tracked-finish")?;
-        let mut kept: Vec<(u64, u64)> = keeps.into_iter().flat_map(|k| k.ranges).collect();
-        kept.sort_unstable();
-        let kept_bytes: u64 = kept.iter().map(|r| r.1 - r.0).sum();
+        let mut clean: Vec<(u64, u64)> = keeps.into_iter().flat_map(|k| k.ranges).collect();
+        clean.sort_unstable();
+        // Kept: the clean pages the rounds copied (or found zero). Those they found on the
+        // parent's frames are not: whether they still are is found under the freeze
+        // (sharing.rs), and the process then copies those no longer shared in `hold`.
+        let (mut kept, mut shared) = (Vec::new(), Vec::new());
+        for &(a, b) in &clean {
+            self.copies.ranges(a, b, |c| c != Copy::Shared, &mut kept);
+            self.copies.ranges(a, b, |c| c == Copy::Shared, &mut shared);
+        }
+        let bytes = |r: &[(u64, u64)]| r.iter().map(|r| r.1 - r.0).sum::<u64>();
+        let (kept_bytes, shared_bytes) = (bytes(&kept), bytes(&shared));
         let rss_anon = rss_anon(pid)?;
-        let left = rss_anon.saturating_sub(kept_bytes);
+        // (Pages shared with the parent are counted as if they still were.)
+        let left = rss_anon.saturating_sub(kept_bytes + shared_bytes);
         let small = left <= copy_max(rss_anon);
         tracing::info!(
             pid,
             kept_bytes,
+            shared_bytes,
             left,
             small,
             finish_ms = t.elapsed().as_secs_f64() * 1e3,
@@ -297,7 +407,19 @@ impl Pre {
             return Ok(false);
         }
         self.kept = kept;
+        self.found_shared = shared;
         Ok(true)
+    }
+
+    /// Under the freeze, after [`Pre::finish`]: the pages kept from the rounds (sorted).
+    pub fn kept(&self) -> &[(u64, u64)] {
+        &self.kept
+    }
+
+    /// Under the freeze, after [`Pre::finish`]: the pages a round found on the parent's frames
+    /// and not written since (sorted; see `sharing::from_rounds`).
+    pub fn found_shared(&self) -> &[(u64, u64)] {
+        &self.found_shared
     }
 
     /// Close the uffd: the kernel unregisters the mappings (no `uw` flag left).
@@ -305,13 +427,29 @@ impl Pre {
         self.tracker = None;
     }
 
-    /// Still frozen, after the tree's state: the VmFlags of `mm` (as read before the freeze;
-    /// see [`Pre::check_flags`]), and a copy of every page to store that the rounds did not
-    /// keep. `shared_seen` and `budget` are the dump's, as for a snapshot
-    /// ([`super::snapshot::Snapshot::hold`]).
+    /// Still frozen, after the tree's state: the VmFlags of `mm` as read before the freeze (see
+    /// [`Pre::check_flags`]), before the tree's copy-on-write sharing is looked for (which
+    /// needs them).
+    pub fn flags_before(&self, mm: &mut Mm) -> Result<(), Error> {
+        for v in mm.vmas.iter_mut() {
+            if let Some((end, flags)) = self.flags_before.get(&v.start) {
+                if *end == v.end {
+                    v.vm_flags = flags.clone();
+                    crate::state::memory::check_flags(self.pid, v)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Still frozen, after [`Pre::flags_before`] and the sharing: a copy of every page to store
+    /// that the rounds did not keep. Pages on the parent's frames (`sharing.exclude`) are the
+    /// parent's to store, kept or not. `shared_seen` and
+    /// `budget` are the dump's, as for a snapshot ([`super::snapshot::Snapshot::hold`]).
     pub fn hold(
         &mut self,
         mm: &mut Mm,
+        sharing: &crate::state::memory::Sharing,
         shared_seen: &mut HashSet<(u64, u64, u64)>,
         budget: &mut u64,
     ) -> Result<(), Error> {
@@ -320,13 +458,10 @@ impl Pre {
         let mem = procfs::open(pid, "mem")?;
         let pagemap = procfs::open(pid, "pagemap")?;
         let mut bytes = 0u64;
+        let as_regions = |r: &[(u64, u64)]| -> Vec<PageRegion> {
+            r.iter().map(|&(start, end)| PageRegion { start, end, categories: 0 }).collect()
+        };
         for v in mm.vmas.iter_mut() {
-            if let Some((end, flags)) = self.flags_before.get(&v.start) {
-                if *end == v.end {
-                    v.vm_flags = flags.clone();
-                    crate::state::memory::check_flags(pid, v)?;
-                }
-            }
             let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Invalid);
             if v.sysv {
                 continue;
@@ -344,10 +479,15 @@ impl Pre {
                 .take_while(|r| r.0 < v.end)
                 .map(|r| (r.0.max(v.start), r.1.min(v.end)))
                 .collect();
-            let regions = crate::state::memory::regions_to_store(pagemap.as_fd(), pid, v, &kept)?;
+            let kept: Vec<(u64, u64)> = crate::state::memory::subtract(as_regions(&kept), &sharing.exclude)
+                .into_iter()
+                .map(|r| (r.start, r.end))
+                .collect();
+            let regions = crate::state::memory::regions_to_store(pagemap.as_fd(), pid, v, &sharing.exclude)?;
+            let regions = crate::state::memory::subtract(regions, &kept);
             bytes += self.holds.copy_regions(&mem, pid, v.start, regions)?;
             let mut runs = Vec::new();
-            for (a, b) in kept {
+            for &(a, b) in &kept {
                 self.copies.runs(a, b, &mut runs);
             }
             self.placed.insert(v.start, runs);
@@ -408,22 +548,46 @@ impl FrozenMemory for Pre {
 
 #[cfg(test)]
 mod tests {
-    use super::Copies;
+    use super::{Copies, Copy};
     use ferry_image::PageRun;
 
     #[test]
     fn later_copies_replace_earlier_ones() {
         let mut c = Copies::default();
-        c.insert(0x0, 0x8000, Some(0x1000));
-        c.insert(0x2000, 0x4000, Some(0x20000));
-        c.insert(0x5000, 0x6000, None);
+        c.insert(0x0, 0x8000, Copy::At(0x1000));
+        c.insert(0x2000, 0x4000, Copy::At(0x20000));
+        c.insert(0x5000, 0x6000, Copy::Zero);
         let mut runs = Vec::new();
         c.runs(0x1000, 0x8000, &mut runs);
         let r = |addr, nr_pages, offset| PageRun { addr, nr_pages, offset };
         assert_eq!(runs, vec![r(0x1000, 1, 0x2000), r(0x2000, 2, 0x20000), r(0x4000, 1, 0x5000), r(0x6000, 2, 0x7000)]);
-        c.insert(0x0, 0x9000, Some(0x40000));
+        c.insert(0x0, 0x9000, Copy::At(0x40000));
         let mut all = Vec::new();
         c.runs(0x0, 0x9000, &mut all);
         assert_eq!(all, vec![r(0x0, 9, 0x40000)]);
+    }
+
+    #[test]
+    fn shared_pages_are_neither_stored_nor_kept() {
+        let mut c = Copies::default();
+        c.insert(0x0, 0x6000, Copy::At(0x1000));
+        c.insert(0x1000, 0x3000, Copy::Shared);
+        c.insert(0x4000, 0x5000, Copy::Zero);
+        let (mut own, mut shared, mut zeros) = (Vec::new(), Vec::new(), Vec::new());
+        c.ranges(0x0, 0x8000, |k| k != Copy::Shared, &mut own);
+        c.ranges(0x0, 0x8000, |k| k == Copy::Shared, &mut shared);
+        c.ranges(0x0, 0x8000, |k| k == Copy::Zero, &mut zeros);
+        assert_eq!(own, vec![(0x0, 0x1000), (0x3000, 0x6000)]);
+        assert_eq!(shared, vec![(0x1000, 0x3000)]);
+        assert_eq!(zeros, vec![(0x4000, 0x5000)]);
+        let mut runs = Vec::new();
+        c.runs(0x0, 0x6000, &mut runs);
+        let r = |addr, nr_pages, offset| PageRun { addr, nr_pages, offset };
+        assert_eq!(runs, vec![r(0x0, 1, 0x1000), r(0x3000, 1, 0x4000), r(0x5000, 1, 0x6000)]);
+        // (The parent wrote a shared page, the child copied it in a later round: its own again.)
+        c.insert(0x2000, 0x3000, Copy::At(0x9000));
+        let mut own = Vec::new();
+        c.ranges(0x0, 0x3000, |k| k != Copy::Shared, &mut own);
+        assert_eq!(own, vec![(0x0, 0x1000), (0x2000, 0x3000)]);
     }
 }

@@ -327,6 +327,8 @@ pub fn dump_pages(
                 v.runs.extend_from_slice(placed);
                 v.runs.sort_unstable_by_key(|r| r.addr);
             }
+            // (Holes found while frozen, from the pages kept, and now, from those stored.)
+            v.cow_holes.sort_unstable_by_key(|h| h.addr);
         }
     }
     img.finish_stream(out.finish().map_err(werr)?)?;
