@@ -13,6 +13,7 @@ pub mod macvlan;
 pub mod nested;
 pub mod nestedmnt;
 pub mod nestednet;
+pub mod nft;
 pub mod veth;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -165,35 +166,29 @@ fn netns_timens_job_restored() {
     go_and_pass(&w, restored);
 }
 
-/// A device ferry does not recreate (a veth whose peer is outside) and a filtering rule are
-/// refused by name.
+/// A device ferry does not recreate (a veth whose peer is outside, not named with
+/// `--external`) is refused by name. (Filtering rules are carried: nsx::nft.)
 #[test]
-fn netns_veth_and_rules_refused() {
-    need("nft", "nftables");
+fn netns_outside_veth_refused() {
     let out = format!("nsxo{}", std::process::id() % 100_000);
-    for (what, expect) in [
-        ("veth", "network device nsxv0 (veth) in the tree's network namespace, its peer outside it"),
-        ("nft", "nftables/iptables ruleset"),
-    ] {
-        let w = WorkDir::new("nsx-refused");
-        let (pid, _g) = start_nsjob(&w, Command::new(ferry_bin()));
-        let net = format!("--net=/proc/{pid}/ns/net");
-        if what == "veth" {
-            // (the peer in the test's namespace goes with the job's namespace)
-            run_ok(
-                Command::new("nsenter")
-                    .arg(&net)
-                    .args(["ip", "link", "add", "nsxv0", "type", "veth", "peer", &out])
-                    .args(["netns", &std::process::id().to_string()]),
-            );
-        } else {
-            run_ok(Command::new("nsenter").arg(&net).args(["nft", "add", "table", "inet", "nsxfilter"]));
-        }
-        fs::write(w.join("setup"), "").expect("setup file");
-        wait_for("nsjob to be ready", Duration::from_secs(60), || w.join("ready").exists());
-        dump_refused(pid, &w.join("img"), expect);
-        assert!(pid_alive(pid), "a refused dump killed the job");
-    }
+    let w = WorkDir::new("nsx-refused");
+    let (pid, _g) = start_nsjob(&w, Command::new(ferry_bin()));
+    let net = format!("--net=/proc/{pid}/ns/net");
+    // (the peer in the test's namespace goes with the job's namespace)
+    run_ok(
+        Command::new("nsenter")
+            .arg(&net)
+            .args(["ip", "link", "add", "nsxv0", "type", "veth", "peer", &out])
+            .args(["netns", &std::process::id().to_string()]),
+    );
+    fs::write(w.join("setup"), "").expect("setup file");
+    wait_for("nsjob to be ready", Duration::from_secs(60), || w.join("ready").exists());
+    dump_refused(
+        pid,
+        &w.join("img"),
+        "network device nsxv0 (veth) in the tree's network namespace, its peer outside it",
+    );
+    assert!(pid_alive(pid), "a refused dump killed the job");
 }
 
 /// SysV semaphores, message queues and an unattached segment of an ipc namespace, with ids,
