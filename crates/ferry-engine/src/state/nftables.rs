@@ -53,8 +53,9 @@ pub(crate) fn collect(pid: i32) -> Result<Vec<NftTable>, Error> {
     for (file, which) in
         [("ip_tables_names", "iptables"), ("ip6_tables_names", "ip6tables"), ("arp_tables_names", "arptables")]
     {
-        // (no such file without the x_tables modules: then there is no such table)
-        let names = std::fs::read_to_string(format!("/proc/net/{file}")).unwrap_or_default();
+        // (this thread's namespace: /proc/net is the process's; no such file without the
+        // x_tables modules, and then there is no such table)
+        let names = std::fs::read_to_string(format!("/proc/thread-self/net/{file}")).unwrap_or_default();
         if let Some(t) = names.split_whitespace().next() {
             return Err(refuse(format!(
                 "a legacy {which} table ({t}: x_tables, not nftables) in the tree's network namespace"

@@ -147,23 +147,30 @@ fn netns_timens_job_restored() {
     let (pid, _g) = start_nsjob(&w, Command::new(ferry_bin()));
     configure_netns(&w, pid);
     expect_progress(&w, "before the dump");
-    let img = w.join("img");
-    let d = ferry(&["dump", "-t", &pid.to_string(), "-D", &path_str(&img)]);
-    assert!(d.status.success(), "ferry dump: {}", String::from_utf8_lossy(&d.stderr));
-    wait_for("the dumped tree to go", Duration::from_secs(20), || !pid_alive(pid));
     // Some time dumped: the clocks must account for it (not jump by more or less).
-    std::thread::sleep(Duration::from_secs(2));
-    let pidfile = w.join("restored.pid");
-    let r = ferry(&["restore", "-d", "-D", &path_str(&img), "--pidfile", &path_str(&pidfile)]);
-    assert!(r.status.success(), "ferry restore: {}", String::from_utf8_lossy(&r.stderr));
-    let restored: i32 = fs::read_to_string(&pidfile).expect("pidfile").trim().parse().expect("pid");
-    _g.add(restored);
+    let restored = dump_and_restore(&w, pid, &_g, Duration::from_secs(2));
     let me = std::process::id() as i32;
     for kind in ["net", "time"] {
         assert_ne!(ns_of(restored, kind), ns_of(me, kind), "the restored job is in ferry's {kind} namespace");
     }
     expect_progress(&w, "after the restore");
     go_and_pass(&w, restored);
+}
+
+/// `ferry dump` the job `pid` (killed), wait for it to go, `pause`, `ferry restore -d`; the
+/// restored init's pid, added to `g`.
+pub fn dump_and_restore(w: &WorkDir, pid: i32, g: &ProcGuard, pause: Duration) -> i32 {
+    let img = w.join("img");
+    let d = ferry(&["dump", "-t", &pid.to_string(), "-D", &path_str(&img)]);
+    assert!(d.status.success(), "ferry dump: {}", String::from_utf8_lossy(&d.stderr));
+    wait_for("the dumped tree to go", Duration::from_secs(20), || !pid_alive(pid));
+    std::thread::sleep(pause);
+    let pidfile = w.join("restored.pid");
+    let r = ferry(&["restore", "-d", "-D", &path_str(&img), "--pidfile", &path_str(&pidfile)]);
+    assert!(r.status.success(), "ferry restore: {}", String::from_utf8_lossy(&r.stderr));
+    let restored: i32 = fs::read_to_string(&pidfile).expect("pidfile").trim().parse().expect("pid");
+    g.add(restored);
+    restored
 }
 
 /// A device ferry does not recreate (a veth whose peer is outside, not named with
