@@ -1690,6 +1690,28 @@ pub struct NsxNetns {
     /// tree names as its peer's (`NsxLink.peer_netns`).
     #[prost(uint64, tag = "930")]
     pub inode: u64,
+    /// The packet filtering tables (nftables, and iptables-nft's), but ferry's own network
+    /// locks (state/nftables.rs).
+    #[prost(message, repeated, tag = "950")]
+    pub nft_tables: Vec<NftTable>,
+}
+
+/// One nftables table of a network namespace, in the text of the tool that writes it back.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct NftTable {
+    /// "ip", "ip6", "inet", "arp", "bridge" or "netdev".
+    #[prost(string, tag = "951")]
+    pub family: String,
+    #[prost(string, tag = "952")]
+    pub name: String,
+    /// "nft" (`nft list table FAMILY NAME`, read back with `nft -f`) or "iptables" (a table of
+    /// iptables-nft: `iptables-nft-save -c -t NAME`, or ip6tables' for family ip6, read back
+    /// with `iptables-nft-restore -c`).
+    #[prost(string, tag = "953")]
+    pub tool: String,
+    /// The table as that tool prints it, with its counters.
+    #[prost(string, tag = "954")]
+    pub text: String,
 }
 
 /// A network device.

@@ -35,6 +35,7 @@ pub mod nested_ns;
 pub mod netlink;
 pub mod netlock;
 pub mod netns;
+pub mod nftables;
 pub mod nsfile;
 pub mod packet;
 pub mod peercred;

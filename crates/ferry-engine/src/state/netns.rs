@@ -25,9 +25,9 @@
 //! namespace, or, named with `--external macvlan[INSIDE]:LOWER` (CRIU's form), the device
 //! LOWER of the restoring ferry's namespace, from where it is made straight into the new one
 //! (mode and flags kept; `source` mode refused). Other kinds (vlan, tunnels ...) are refused
-//! by name, and so is a non-empty nftables ruleset (iptables on Debian 12 is nftables underneath; the
-//! tables of ferry's own network lock, state/netlock.rs, do not count): ferry does not carry
-//! packet filtering rules yet. Addresses: every IPv4 one and every IPv6 one but the
+//! by name. The packet filtering rules (nftables, and iptables, which is nftables underneath on
+//! Debian 12) are state/nftables.rs's, written back after the devices are made and before
+//! any is up. Addresses: every IPv4 one and every IPv6 one but the
 //! link-local addresses the kernel makes itself. Routes: those of the main table that the
 //! kernel did not add itself (a "proto kernel" route comes back with its address).
 
@@ -153,9 +153,32 @@ pub fn in_netns<T: Send>(
 }
 
 /// Run `ip ARGS` (or another tool) in the calling thread's network namespace; its stdout.
-fn tool(prog: &str, args: &[&str]) -> Result<String, Error> {
-    let out =
-        Command::new(prog).args(args).output().ctx(|| format!("cannot run {prog} (install iproute2 / nftables)"))?;
+pub(crate) fn tool(prog: &str, args: &[&str]) -> Result<String, Error> {
+    tool_input(prog, args, None)
+}
+
+/// [`tool`] with `input` on its standard input.
+pub(crate) fn tool_input(prog: &str, args: &[&str], input: Option<&str>) -> Result<String, Error> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let package = match prog {
+        "nft" => "nftables",
+        "ip" => "iproute2",
+        p if p.contains("tables") => "iptables",
+        _ => prog,
+    };
+    let cant = || format!("cannot run {prog} (install {package})");
+    let mut child = Command::new(prog)
+        .args(args)
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ctx(cant)?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin.write_all(text.as_bytes()).ctx(|| format!("cannot write to {prog}"))?;
+    }
+    let out = child.wait_with_output().ctx(cant)?;
     if !out.status.success() {
         return Err(Error::Invalid {
             object: format!("{prog} {}", args.join(" ")),
@@ -292,31 +315,7 @@ fn collect(pid: i32, opts: &DumpNs) -> Result<NsxNetns, Error> {
             ns.sysctls.push(NsxSysctl { path, value: v.trim().to_string() });
         }
     }
-    match Command::new("nft").args(["list", "tables"]).output() {
-        Ok(out) if out.status.success() => {
-            // (ferry's own network lock, made in this namespace for the tree's connections,
-            // is no rule of the tree's)
-            let text = String::from_utf8_lossy(&out.stdout);
-            if let Some(t) =
-                text.lines().map(str::trim).find(|l| !l.is_empty() && !crate::state::netlock::is_lock_table(l))
-            {
-                return Err(refuse(format!("an nftables/iptables ruleset in the tree's network namespace ({t})")));
-            }
-        }
-        Ok(out) => {
-            return Err(Error::Invalid {
-                object: format!("the network namespace of pid {pid}"),
-                what: format!("cannot list its nftables ruleset: {}", String::from_utf8_lossy(&out.stderr).trim()),
-            })
-        }
-        Err(e) => {
-            return Err(Error::Sys {
-                object: "cannot run nft to check the tree's network namespace for filtering rules (install nftables)"
-                    .into(),
-                source: e,
-            })
-        }
-    }
+    ns.nft_tables = crate::state::nftables::collect(pid)?;
     Ok(ns)
 }
 
@@ -461,6 +460,8 @@ fn apply(ns: &NsxNetns, ctx: &RestoreCtx<'_>) -> Result<(), Error> {
     for l in ns.links.iter().filter(|l| l.mtu != 0) {
         tool("ip", &["link", "set", "dev", &l.name, "mtu", &l.mtu.to_string()])?;
     }
+    // (before any device is up: no packet passes unfiltered)
+    crate::state::nftables::apply(&ns.nft_tables)?;
     for s in &ns.sysctls {
         let p = format!("/proc/sys/{}", s.path);
         let cur = std::fs::read_to_string(&p).unwrap_or_default();
