@@ -157,8 +157,7 @@ fn dump_process(
     tree: &mut files::TreeFiles,
     pidns_root: Option<i32>,
     mut snaps: Option<&mut Vec<Snapshot>>,
-    (root, ns, flags_elsewhere): (i32, &crate::state::namespaces::DumpNs, bool),
-    stopped: &[i32],
+    (root, ns, flags_elsewhere, stopped): (i32, &crate::state::namespaces::DumpNs, bool, &[i32]),
 ) -> Result<(Process, Vec<i32>), Error> {
     let pid = f.pid;
     let _span = tracing::info_span!("process", pid).entered();
@@ -505,8 +504,7 @@ fn dump_inner(
             &mut tree,
             pidns_root,
             (want_snapshot && !tracked).then_some(&mut snaps),
-            (root, &opts.ns, tracked),
-            &stopped,
+            (root, &opts.ns, tracked, &stopped),
         )?;
         p.fd_table_of = fd_table_of.get(&f.pid).copied().unwrap_or(0);
         procs.push(p);
