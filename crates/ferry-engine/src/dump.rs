@@ -157,8 +157,8 @@ fn dump_process(
     tree: &mut files::TreeFiles,
     pidns_root: Option<i32>,
     mut snaps: Option<&mut Vec<Snapshot>>,
-    (root, ns, flags_elsewhere): (i32, &crate::state::namespaces::DumpNs, bool),
-) -> Result<Process, Error> {
+    (root, ns, flags_elsewhere, stopped): (i32, &crate::state::namespaces::DumpNs, bool, &[i32]),
+) -> Result<(Process, Vec<i32>), Error> {
     let pid = f.pid;
     let _span = tracing::info_span!("process", pid).entered();
     let t = Instant::now();
@@ -191,6 +191,7 @@ fn dump_process(
     // a sigreturn safety net on the thread's stack so that a SIGKILL of ferry now cannot harm
     // it (inject.rs). The main thread answers for the process; every thread for itself.
     let mut mm = None;
+    let mut collected = Vec::new();
     for i in 0..f.threads.len() {
         let tid = f.threads[i].tid;
         let comm = procfs::read_string(pid, &format!("task/{tid}/comm")).unwrap_or_default().trim_end().to_string();
@@ -209,6 +210,7 @@ fn dump_process(
                 creds::collect(&inj, &st, &mut p)?;
                 task::collect_injected(&inj, scratch, &mut p)?;
                 task::collect_rlimits(&inj, scratch, &mut p)?;
+                collected = crate::state::jobstop::collected_stops(&inj, scratch, pid, stopped)?;
                 let mut m = memory::collect_mm(&inj, &stat, std::mem::take(&mut vmas))?;
                 crate::state::aio::collect(&inj, scratch, &mut m)?;
                 mm = Some(m);
@@ -243,7 +245,7 @@ fn dump_process(
     p.mm =
         Some(mm.ok_or_else(|| Error::Invalid { object: format!("pid {pid}"), what: "main thread not found".into() })?);
     p.shared_pending = signals::peek(pid, true)?;
-    Ok(p)
+    Ok((p, collected))
 }
 
 /// The second entry of an `NS*` status line: the id as the tree's pid namespace (a child of
@@ -590,19 +592,27 @@ fn dump_inner(
         true => Vec::new(),
         false => frozen.iter().map(|f| f.pid).collect(),
     });
+    // (The processes in a job-control stop: whether their parent collected the stop is asked
+    // in the parent's injection window, state/jobstop.rs.)
+    let stopped: Vec<i32> = frozen.iter().filter(|f| f.stop_signal != 0).map(|f| f.pid).collect();
+    let mut collected = Vec::new();
     for f in frozen.iter_mut() {
         let apart = flags_apart.pids.contains(&f.pid);
-        let mut p = dump_process(
+        let (mut p, c) = dump_process(
             f,
             &mut img,
             &mut procs,
             &mut tree,
             pidns_root,
             (want_snapshot && !tracked).then_some(&mut snaps),
-            (root, &opts.ns, tracked || apart),
+            (root, &opts.ns, tracked || apart, &stopped),
         )?;
         p.fd_table_of = fd_table_of.get(&f.pid).copied().unwrap_or(0);
         procs.push(p);
+        collected.extend(c);
+    }
+    for p in procs.iter_mut() {
+        p.stop_collected = collected.contains(&p.pid);
     }
     // (Every injection window is closed now.)
     flags_apart.start();

@@ -18,7 +18,7 @@ use crate::inject::{wait_stopped, Injector};
 use crate::state::cow;
 use crate::state::memory::{Premapped, Trampoline, TRAMPOLINE_PAGES};
 use crate::state::session::{self, Role};
-use crate::state::{cpu, creds, epoll, files, memory, pipes, rseq, seccomp, signals, task, timers, tty};
+use crate::state::{cpu, creds, epoll, files, jobstop, memory, pipes, rseq, seccomp, signals, task, timers, tty};
 use ferry_image::{ImageReader, Process, PAGE_SIZE};
 use ferry_sys::consts::{nr, PTRACE_O_EXITKILL, PTRACE_O_TRACESYSGOOD};
 use ferry_sys::process::{clone3_with_pid, Fork};
@@ -1105,24 +1105,36 @@ pub fn restore_in_place(
     if let Some(sig) = crate::inject::fault_signal_at_release() {
         let _ = ferry_sys::process::kill(root_host, sig);
     }
-    // Processes that were in a job-control stop (or all, with --leave-stopped) get their stop
-    // signal queued while every thread is still in a ptrace stop: released, each thread takes
-    // it before it returns to user space, so they run no instruction before they stop.
-    let stops: Vec<(i32, i32)> = rebuilt
-        .iter()
-        .filter_map(|(p, _)| {
-            let sig = if p.stop_signal != 0 {
-                p.stop_signal
-            } else if opts.leave_stopped {
-                libc::SIGSTOP
-            } else {
-                0
-            };
-            (sig != 0).then(|| (host(p.pid), sig))
-        })
-        .collect();
-    for &(pid, sig) in &stops {
-        ferry_sys::process::kill(pid, sig).ctx(|| format!("pid {pid}: cannot stop it again (signal {sig})"))?;
+    // Processes that were in a job-control stop (or all, with --leave-stopped) run no
+    // instruction before they stop again.
+    // Those that were in one are put in it by the tracer, before the release, and their parents
+    // are left with the reports and SIGCHLDs they had (state/jobstop.rs).
+    let mut stops: Vec<(i32, i32)> = Vec::new();
+    for (p, (_, threads)) in &rebuilt {
+        if p.stop_signal == 0 {
+            continue;
+        }
+        let pid = host(p.pid);
+        let threads = std::iter::once((pid, p.threads[0].sigmask))
+            .chain(threads.iter().map(|(tid, th, _)| (*tid, th.sigmask)))
+            .collect();
+        let sig = jobstop::enter(&jobstop::Stop { pid, sig: p.stop_signal, threads })?;
+        stops.push((pid, sig));
+    }
+    for (q, _) in &rebuilt {
+        let children: Vec<&Process> =
+            rebuilt.iter().map(|(p, _)| *p).filter(|p| p.ppid == q.pid && p.stop_signal != 0).collect();
+        if !children.is_empty() {
+            let collect: Vec<i32> = children.iter().filter(|c| c.stop_collected).map(|c| host(c.pid)).collect();
+            jobstop::tidy_parent(q, host(q.pid), &collect)?;
+        }
+    }
+    // With --leave-stopped, the others stop as CRIU stops them: SIGSTOP queued now, taken by
+    // each thread as it is released, before it returns to user space.
+    for (p, _) in rebuilt.iter().filter(|(p, _)| p.stop_signal == 0 && opts.leave_stopped) {
+        let pid = host(p.pid);
+        ferry_sys::process::kill(pid, libc::SIGSTOP).ctx(|| format!("pid {pid}: cannot stop it (SIGSTOP)"))?;
+        stops.push((pid, libc::SIGSTOP));
     }
     // Each thread's count of turns on a CPU while it is still held (`task::wait_released_ran`).
     let held: Vec<(i32, i32, Option<u64>)> = rebuilt

@@ -383,6 +383,11 @@ pub struct Process {
     /// it again with that signal before it runs a single instruction.
     #[prost(int32, tag = "320")]
     pub stop_signal: i32,
+    /// In a stop (`stop_signal`), and its parent, in the tree, had already collected the stop
+    /// report (`waitpid(WUNTRACED)`): restore collects the new one in the parent, so that it
+    /// is not reported twice. False: the report was still pending, and is again.
+    #[prost(bool, tag = "910")]
+    pub stop_collected: bool,
     /// SysV shared memory segments this process is the first of the tree to attach.
     #[prost(message, repeated, tag = "45")]
     pub sysv_shm: Vec<SysvShm>,

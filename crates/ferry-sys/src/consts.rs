@@ -67,6 +67,7 @@ pub mod nr {
     pub const SETITIMER: u64 = 38;
     pub const GETPID: u64 = 39;
     pub const WAIT4: u64 = 61;
+    pub const WAITID: u64 = 247;
     pub const SETPGID: u64 = 109;
     pub const SETRESUID: u64 = 117;
     pub const SETRESGID: u64 = 119;

@@ -26,6 +26,7 @@ pub mod inet;
 pub mod inflight;
 pub mod inotify;
 pub mod ipcns;
+pub mod jobstop;
 pub mod locks;
 pub mod memfd_seals;
 pub mod memory;

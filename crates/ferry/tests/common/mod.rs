@@ -945,16 +945,30 @@ pub struct HeldTraced(Child);
 
 impl HeldTraced {
     pub fn new(pid: i32) -> HeldTraced {
+        Self::hold(pid, false)
+    }
+
+    /// Seized and held in a ptrace stop (PTRACE_INTERRUPT), as a debugger holds it.
+    pub fn stopped(pid: i32) -> HeldTraced {
+        Self::hold(pid, true)
+    }
+
+    fn hold(pid: i32, stop: bool) -> HeldTraced {
         use std::io::BufRead as _;
-        const SCRIPT: &str = "import ctypes, sys, time\n\
+        const SCRIPT: &str = "import ctypes, os, sys, time\n\
             libc = ctypes.CDLL(None, use_errno=True)\n\
-            if libc.ptrace(0x4206, int(sys.argv[1]), 0, 0) != 0:\n\
+            pid = int(sys.argv[1])\n\
+            if libc.ptrace(0x4206, pid, 0, 0) != 0:\n\
             \x20   sys.exit('PTRACE_SEIZE: errno %d' % ctypes.get_errno())\n\
+            if sys.argv[2] == 'stop':\n\
+            \x20   if libc.ptrace(0x4207, pid, 0, 0) != 0:\n\
+            \x20       sys.exit('PTRACE_INTERRUPT: errno %d' % ctypes.get_errno())\n\
+            \x20   os.waitpid(pid, 0x40000000)\n\
             print('seized', flush=True)\n\
             time.sleep(600)\n";
         let python = python3().unwrap_or_else(|e| panic!("python3 is needed to hold a process traced: {e}"));
         let mut child = Command::new(python)
-            .args(["-c", SCRIPT, &pid.to_string()])
+            .args(["-c", SCRIPT, &pid.to_string(), if stop { "stop" } else { "run" }])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()

@@ -723,6 +723,77 @@ fn stopped_child() {
     cycle_tree(&Spec::c("stopped"), &[]);
 }
 
+/// A child stopped by SIGSTOP sent by its parent (from outside, while it ran) is restored
+/// stopped by SIGSTOP, its stop reported to the parent once, and runs on after SIGCONT.
+#[test]
+fn stopped_child_sigstop() {
+    cycle_tree(&Spec::c("stopped").args(&["sigstop"]), &[]);
+}
+
+/// A stop the parent had already collected (waitpid WUNTRACED) before the dump is not reported
+/// to it again after the restore, and the parent gets no SIGCHLD for it.
+#[test]
+fn stopped_child_report_reaped() {
+    cycle_tree(&Spec::c("stopped").args(&["reaped"]), &[]);
+}
+
+/// A signal sent to a stopped child (with a handler) stays pending and unhandled as long as the
+/// restored child is stopped, and is handled once after SIGCONT.
+#[test]
+fn stopped_child_pending_signal() {
+    cycle_tree(&Spec::c("stopped").args(&["signal", "sigstop"]), &[]);
+}
+
+/// The dumped process itself stopped by SIGSTOP from outside: restored stopped (every thread),
+/// it stays stopped until SIGCONT, then runs on and finds its state as it was.
+#[test]
+fn stopped_root_sigstop() {
+    let stopped = |run: &Run| run.proc_state().is_some_and(|(s, _)| s == 'T');
+    let mut run = Run::start(&Spec::c("threads"));
+    send_signal(run.pid, "STOP").expect("stop the workload");
+    wait_for("the workload to stop", Duration::from_secs(10), || stopped(&run));
+    run.dump_ok(&[]);
+    run.reap_dumped();
+    wait_image_pids_gone(&run.img());
+    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
+    run.wait_pidfile(&pidfile);
+    sleep(Duration::from_millis(100));
+    if !stopped(&run) {
+        run.fail(&format!("not stopped after restore: {:?}", run.proc_state()));
+    }
+    send_signal(run.pid, "CONT").expect("continue the workload");
+    run.go();
+    let status = run.wait_restore_exit();
+    run.expect_pass(status, "the restored workload after SIGCONT");
+}
+
+/// A child held in a ptrace stop by its parent (a debugger in the tree): the dump is refused,
+/// naming it, and the parent still holds it stopped afterwards.
+#[test]
+fn stopped_by_ptrace_in_tree_refused() {
+    refused_then_intact(Spec::c("stopped").args(&["ptraced"]), &["already traced"]);
+}
+
+/// A process held in a ptrace stop by a tracer outside the tree: refused by name, and it runs
+/// on once the tracer lets it go.
+#[test]
+fn stopped_by_ptrace_outside_refused() {
+    let mut run = Run::start(&Spec::c("mem_anon"));
+    {
+        let _held = HeldTraced::stopped(run.pid);
+        if run.proc_state().is_none_or(|(s, _)| s != 't') {
+            run.fail(&format!("the tracer did not stop it: {:?}", run.proc_state()));
+        }
+        dump_refused(run.pid, &run.img(), "already traced");
+        if run.proc_state().is_none_or(|(s, _)| s != 't') {
+            run.fail(&format!("not in its ptrace stop after the refused dump: {:?}", run.proc_state()));
+        }
+    }
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload after its tracer let it go");
+}
+
 /// `dump -R` of a tree with a stopped child leaves the child stopped.
 #[test]
 fn stopped_child_leave_running() {
