@@ -67,7 +67,8 @@ pub fn netns_id(target: BorrowedFd<'_>) -> io::Result<Option<i32>> {
     const NETNSA_FD: u16 = 3;
     const NLMSG_ERROR: u16 = 2;
     // SAFETY: integer arguments.
-    let nl = cvt_i(unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) })?;
+    let nl =
+        cvt_i(unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) })?;
     // SAFETY: the kernel just created this fd for us; we are its only owner.
     let nl = unsafe { OwnedFd::from_raw_fd(nl) };
     // nlmsghdr (16), rtgenmsg padded to 4, then the attribute NETNSA_FD (4 + u32).

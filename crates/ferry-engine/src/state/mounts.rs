@@ -321,7 +321,8 @@ fn fresh_dev(ns: std::os::fd::BorrowedFd<'_>, flag: i32, fs: &str) -> Result<(u3
                 .ctx(|| "cannot make a private mount namespace".into())?;
             ferry_sys::ns::setns(ns, flag).ctx(|| format!("{}: cannot join its namespace", obj()))?;
             let at = c"/tmp";
-            ferry_sys::ns::mount(Some(&fstype), at, Some(&fstype), 0, None).ctx(|| format!("cannot mount {}", obj()))?;
+            ferry_sys::ns::mount(Some(&fstype), at, Some(&fstype), 0, None)
+                .ctx(|| format!("cannot mount {}", obj()))?;
             let st = std::fs::metadata("/tmp").ctx(|| format!("cannot stat {}", obj()))?;
             Ok((libc::major(st.dev()), libc::minor(st.dev())))
         })
