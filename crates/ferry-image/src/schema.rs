@@ -1126,6 +1126,10 @@ pub struct File {
     /// kernel's pipe, bytes and all, outlives the tree while that process keeps it.
     #[prost(bool, tag = "812")]
     pub fifo_held_outside: bool,
+    /// For a FIFO held outside: the processes outside the tree that held it at dump. Restore
+    /// takes the pipe for the dump's only while one of them still holds it (state/fifo.rs).
+    #[prost(message, repeated, tag = "970")]
+    pub fifo_holders: Vec<FifoHolder>,
     /// For a memfd: F_GET_SEALS.
     #[prost(uint32, tag = "44")]
     pub seals: u32,
@@ -1789,6 +1793,20 @@ pub struct NsxAddr {
     /// `ip address add` flags it had: nodad, noprefixroute, home, mngtmpaddr, autojoin.
     #[prost(string, repeated, tag = "7")]
     pub flags: Vec<String>,
+}
+
+/// A process outside the tree that held a FIFO of the tree at dump (`File.fifo_holders`).
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct FifoHolder {
+    #[prost(int32, tag = "971")]
+    pub pid: i32,
+    /// Its start time (field 22 of /proc/PID/stat), so that another process given the same
+    /// pid is not taken for it.
+    #[prost(uint64, tag = "972")]
+    pub start_time: u64,
+    /// One of its fds on the FIFO could read (O_RDONLY or O_RDWR).
+    #[prost(bool, tag = "973")]
+    pub reads: bool,
 }
 
 /// A sysctl under /proc/sys/net, by its path below /proc/sys.

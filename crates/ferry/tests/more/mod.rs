@@ -1056,3 +1056,87 @@ fn fifo_other_end_outside() {
         let _ = send_signal(pid, "KILL");
     }
 }
+
+/// A FIFO whose outside holder at dump let go of it before the restore: the pipe the dump saw
+/// died with it. Only that holder counts, not a process that opened the FIFO since ("late"):
+/// with a writer outside at dump, the tree's unread bytes go back into the new pipe (they were
+/// silently lost while any holder at restore counted); with a reader outside at dump, the
+/// restore is refused naming the FIFO (whether it read the bytes before it closed cannot be
+/// known).
+#[test]
+fn fifo_outside_holder_gone() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let w = WorkDir::new("fifo-holder-gone");
+    let guard = ProcGuard::new();
+    for label in ["writer", "reader"] {
+        let fifo = w.join(&format!("fifo-{label}"));
+        assert!(Command::new("mkfifo").arg(&fifo).status().expect("run mkfifo").success(), "mkfifo");
+        let open = |read: bool, write: bool| {
+            fs::OpenOptions::new()
+                .read(read)
+                .write(write)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo)
+                .expect("open the FIFO from outside")
+        };
+        // (Read and write, so that the shell's open does not wait; then only the outside end.)
+        let both = open(true, true);
+        let ready = w.join(&format!("ready-{label}"));
+        let script = format!(
+            "exec 5<{f}; echo ready > {r}.tmp; mv {r}.tmp {r}; exec sleep 600",
+            f = path_str(&fifo),
+            r = path_str(&ready)
+        );
+        let mut child = start_sh(&script);
+        let pid = child.id() as i32;
+        guard.add(pid);
+        wait_for("the shell to open the FIFO", Duration::from_secs(10), || ready.exists());
+        let mut outside = open(label == "reader", true);
+        outside.write_all(b"before-dump").expect("write into the FIFO");
+        drop(both);
+        let img = w.join(&format!("img-{label}"));
+        let out = Command::new(ferry_bin())
+            .args(["dump", "-t", &pid.to_string(), "-D", &path_str(&img)])
+            .output()
+            .expect("run ferry dump");
+        assert!(out.status.success(), "{label}: dump: {}", String::from_utf8_lossy(&out.stderr));
+        let _ = child.wait();
+        // The dump's pipe dies with its last holder; another process opens the FIFO since.
+        drop(outside);
+        let late_ready = w.join(&format!("late-{label}"));
+        let mut late = start_sh(&format!(
+            "exec 6<>{f}; echo ready > {r}.tmp; mv {r}.tmp {r}; exec sleep 600",
+            f = path_str(&fifo),
+            r = path_str(&late_ready)
+        ));
+        guard.add(late.id() as i32);
+        wait_for("a late process to open the FIFO", Duration::from_secs(10), || late_ready.exists());
+        let out = Command::new(ferry_bin())
+            .args(["restore", "-D", &path_str(&img), "-d"])
+            .output()
+            .expect("run ferry restore");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if label == "reader" {
+            assert!(
+                !out.status.success(),
+                "restore should have been refused: the outside reader may have read the bytes"
+            );
+            assert!(stderr.contains("whether it read them cannot be known"), "reader: the refusal names why: {stderr}");
+            assert!(!pid_alive(pid), "a refused restore left pid {pid} behind");
+        } else {
+            assert!(out.status.success(), "{label}: restore: {stderr}");
+            let mut through = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(format!("/proc/{pid}/fd/5"))
+                .expect("open the restored fd 5");
+            let mut buf = [0u8; 64];
+            let n = through.read(&mut buf).expect("the tree's unread bytes after the restore (lost?)");
+            assert_eq!(&buf[..n], b"before-dump", "the FIFO after the restore");
+            let _ = send_signal(pid, "KILL");
+        }
+        let _ = late.kill();
+        let _ = late.wait();
+    }
+}
