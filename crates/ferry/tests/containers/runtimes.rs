@@ -29,7 +29,7 @@ pub(super) fn busybox_rootfs(dir: &Path) {
     let bin = dir.join("bin");
     fs::create_dir_all(&bin).expect("create rootfs/bin");
     fs::copy(&busybox, bin.join("busybox")).expect("copy busybox");
-    for applet in ["sh", "sleep", "cat", "echo", "httpd", "wget", "ls", "ps"] {
+    for applet in ["sh", "sleep", "cat", "echo", "mv", "httpd", "wget", "ls", "ps"] {
         std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("applet symlink");
     }
     for d in ["proc", "sys", "dev", "tmp", "etc", "www", "run"] {
@@ -502,8 +502,10 @@ fn podman_checkpoint_reaches_ferry() {
 
 /// The job of the user namespace container: a counter, and what it sees from inside (its
 /// uid and gid maps, its mount table), written before each count.
-const USERNS_JOB: &str = "i=0; while true; do i=$((i+1)); cat /proc/self/uid_map /proc/self/gid_map > /tmp/maps; \
-     cat /proc/self/mountinfo > /tmp/mounts; echo $i > /tmp/count; sleep 0.1; done";
+/// (Each file written aside and renamed: the test must not read one the shell just truncated.)
+const USERNS_JOB: &str = "i=0; while true; do i=$((i+1)); cat /proc/self/uid_map /proc/self/gid_map > /tmp/maps.t; \
+     mv /tmp/maps.t /tmp/maps; cat /proc/self/mountinfo > /tmp/mounts.t; mv /tmp/mounts.t /tmp/mounts; \
+     echo $i > /tmp/count; sleep 0.1; done";
 
 /// A mount table as it can come back: per mount its root, mountpoint, per-mount options,
 /// propagation kinds (without group numbers), file system, source and super-block options,
