@@ -507,7 +507,7 @@ const USERNS_JOB: &str = "i=0; while true; do i=$((i+1)); cat /proc/self/uid_map
      mv /tmp/maps.t /tmp/maps; cat /proc/self/mountinfo > /tmp/mounts.t; mv /tmp/mounts.t /tmp/mounts; \
      echo $i > /tmp/count; sleep 0.1; done";
 
-/// A mount table as it can come back: per mount its root, mountpoint, per-mount options,
+/// A mount table as it can come back: per mount its root (but a cgroup v1 mount's), mountpoint, per-mount options,
 /// propagation kinds (without group numbers), file system, source and super-block options,
 /// sorted (mount ids and device numbers of fresh mounts are new).
 fn mounts_view(text: &str) -> Vec<String> {
@@ -517,7 +517,10 @@ fn mounts_view(text: &str) -> Vec<String> {
             let (a, b) = l.split_once(" - ")?;
             let f: Vec<&str> = a.split(' ').collect();
             let prop: Vec<&str> = f.get(6..)?.iter().map(|o| o.split(':').next().unwrap_or(o)).collect();
-            Some(format!("{} {} {} [{}] - {b}", f.get(3)?, f.get(4)?, f.get(5)?, prop.join(" ")))
+            // (A cgroup v1 mount is an external bind whose host directory runc names at
+            // restore, from its own cgroup: its root is runc's choice, not ferry's.)
+            let root = if b.starts_with("cgroup ") { "-" } else { f.get(3)? };
+            Some(format!("{root} {} {} [{}] - {b}", f.get(4)?, f.get(5)?, prop.join(" ")))
         })
         .collect();
     out.sort();
