@@ -24,7 +24,7 @@ pub mod hex;
 pub mod schema;
 pub mod sign;
 
-pub use dir::{ImageReader, ImageSink, ImageWriter};
+pub use dir::{ImageReader, ImageSink, ImageWriter, StreamFile};
 pub use schema::*;
 
 use prost::Message;

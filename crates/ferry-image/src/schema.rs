@@ -211,6 +211,11 @@ pub struct MountRecord {
     /// tmpfs: the image file with its content (`mnt-ID.img`, a `TmpfsContent`).
     #[prost(string, tag = "15")]
     pub content: String,
+    /// tmpfs: the image file with its regular files' data (`mnt-ID-data.img`): the bytes of
+    /// each file's `extents`, one after the other, in the order of `content`'s entries. Empty
+    /// (an older image): each entry's `data` holds its whole file.
+    #[prost(string, tag = "1100")]
+    pub content_data: String,
     /// In a nested mount namespace, a copy of its parent namespace's mount (`external` =
     /// "parent:MOUNTPOINT"): 1 when it is in that mount's peer group, 2 when a slave of it,
     /// 0 when private to the nested namespace (state/mounts.rs, `restore_nested`).
@@ -247,10 +252,17 @@ pub struct TmpfsEntry {
     /// Target of a symbolic link.
     #[prost(string, tag = "8")]
     pub target: String,
-    /// Content of a regular file.
+    /// Content of a regular file (an older image, without `MountRecord::content_data`).
     #[prost(bytes = "vec", tag = "9")]
     #[serde(skip)]
     pub data: Vec<u8>,
+    /// A regular file's data ranges (SEEK_DATA/SEEK_HOLE), whose bytes are in the mount's
+    /// `content_data` file; the rest up to `size` is holes.
+    #[prost(message, repeated, tag = "1100")]
+    pub extents: Vec<Extent>,
+    /// A regular file's size.
+    #[prost(uint64, tag = "1101")]
+    pub size: u64,
 }
 
 /// A job started from the user's terminal (`--shell-job`): what restore needs to put it back

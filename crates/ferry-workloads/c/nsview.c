@@ -19,6 +19,11 @@
  *                  go: both files, /tmp/own still a tmpfs of its own (not /tmp's).
  *   nsview W mnt-ramfs  unshare(CLONE_NEWNS) (a copy of the host's mounts), then a ramfs of
  *                  its own on W/ramfs: a file system ferry does not recreate.
+ *   nsview W bigtmpfs  unshare(CLONE_NEWNS), then a tmpfs of its own on W/big with 300 MiB of
+ *                  files (three of 100 MiB of pseudo-random data, one with its own owner,
+ *                  mode and mtime) and a sparse 1 GiB file with a MiB of data at each end; it
+ *                  holds the first file open at an offset. On go: every byte, the holes
+ *                  (SEEK_DATA/SEEK_HOLE, blocks), the attributes, the fd's offset.
  */
 #include "common.h"
 #include <sched.h>
@@ -251,6 +256,115 @@ static int put(const char *path, const char *text)
 	return n == (ssize_t)strlen(text) ? 0 : -1;
 }
 
+#define BIG_MIB 100
+#define BIG_FILES 3
+#define SPARSE_LEN (1LL << 30)
+#define HELD_AT 12345678LL
+static const struct timespec BIG_MTIME = { 1000000000, 123456789 };
+
+/* The seed of MiB `chunk` of big file `file` (odd, as fill_prng wants). */
+static uint64_t big_seed(int file, long long chunk)
+{
+	return (uint64_t)(file * 100000 + chunk) * 2 + 1;
+}
+
+static void big_write(int fd, int file, long long chunk, char *buf)
+{
+	fill_prng(buf, 1 << 20, big_seed(file, chunk));
+	if (pwrite(fd, buf, 1 << 20, chunk << 20) != 1 << 20)
+		die_setup("write big file %d: %s", file, strerror(errno));
+}
+
+/* Whether MiB `chunk` of `fd` is what big_write(file, chunk) wrote (fails otherwise). */
+static int big_check(int fd, int file, long long chunk, char *buf, const char *name)
+{
+	ssize_t n = pread(fd, buf, 1 << 20, chunk << 20), bad;
+	if (n != 1 << 20) {
+		fail("%s: MiB %lld: read %zd bytes", name, chunk, n);
+		return 0;
+	}
+	if ((bad = check_prng(buf, 1 << 20, big_seed(file, chunk))) >= 0) {
+		fail("%s: byte %lld differs", name, (chunk << 20) + (long long)bad);
+		return 0;
+	}
+	return 1;
+}
+
+static void bigtmpfs(void)
+{
+	static char buf[1 << 20];
+	char name[BIG_FILES + 1][4096];
+	SETUP(unshare(CLONE_NEWNS));
+	SETUP(mount("none", "/", NULL, MS_REC | MS_PRIVATE, NULL));
+	SETUP(mkdir(at(0, "big"), 0755));
+	SETUP(mount("tmpfs", at(0, "big"), "tmpfs", MS_NOSUID, "size=2g,mode=0755"));
+	for (int i = 0; i <= BIG_FILES; i++)
+		snprintf(name[i], sizeof name[i], "%s/big/%s%d", W, i == BIG_FILES ? "sparse" : "f", i);
+	for (int i = 0; i < BIG_FILES; i++) {
+		int fd = open(name[i], O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+		if (fd < 0)
+			die_setup("create %s: %s", name[i], strerror(errno));
+		for (long long c = 0; c < BIG_MIB; c++)
+			big_write(fd, i, c, buf);
+		close(fd);
+	}
+	int sp = open(name[BIG_FILES], O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (sp < 0)
+		die_setup("create %s: %s", name[BIG_FILES], strerror(errno));
+	SETUP(ftruncate(sp, SPARSE_LEN));
+	big_write(sp, BIG_FILES, 0, buf);
+	big_write(sp, BIG_FILES, (SPARSE_LEN >> 20) - 1, buf);
+	close(sp);
+	SETUP(chown(name[1], 1234, 5678));
+	SETUP(chmod(name[1], 0640));
+	struct timespec times[2] = { BIG_MTIME, BIG_MTIME };
+	SETUP(utimensat(AT_FDCWD, name[1], times, 0));
+	int held = open(name[0], O_RDONLY | O_CLOEXEC);
+	if (held < 0 || lseek(held, HELD_AT, SEEK_SET) != HELD_AT)
+		die_setup("open %s at %lld: %s", name[0], HELD_AT, strerror(errno));
+	signal_ready();
+	wait_go();
+	CHECK(lseek(held, 0, SEEK_CUR) == HELD_AT, "the held fd of f0 is at %lld, not %lld",
+	      (long long)lseek(held, 0, SEEK_CUR), HELD_AT);
+	for (int i = 0; i < BIG_FILES; i++) {
+		int fd = open(name[i], O_RDONLY | O_CLOEXEC);
+		struct stat st;
+		CHECK(fd >= 0 && fstat(fd, &st) == 0, "%s: %s", name[i], strerror(errno));
+		if (fd < 0)
+			continue;
+		CHECK(st.st_size == (off_t)BIG_MIB << 20, "%s: size %lld", name[i], (long long)st.st_size);
+		for (long long c = 0; c < BIG_MIB && big_check(fd, i, c, buf, name[i]); c++)
+			;
+		close(fd);
+	}
+	/* the held fd reads the same file, from its offset */
+	char want[64];
+	fill_prng(buf, 1 << 20, big_seed(0, HELD_AT >> 20));
+	memcpy(want, buf + (HELD_AT & ((1 << 20) - 1)), sizeof want);
+	CHECK(read(held, buf, sizeof want) == (ssize_t)sizeof want && memcmp(buf, want, sizeof want) == 0,
+	      "the held fd does not read f0's bytes at its offset");
+	struct stat st;
+	CHECK(stat(name[1], &st) == 0 && st.st_uid == 1234 && st.st_gid == 5678 && (st.st_mode & 07777) == 0640 &&
+		      st.st_mtim.tv_sec == BIG_MTIME.tv_sec && st.st_mtim.tv_nsec == BIG_MTIME.tv_nsec,
+	      "f1: owner %u:%u, mode %o, mtime %lld.%09ld", st.st_uid, st.st_gid, st.st_mode & 07777,
+	      (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
+	sp = open(name[BIG_FILES], O_RDONLY | O_CLOEXEC);
+	CHECK(sp >= 0 && fstat(sp, &st) == 0, "%s: %s", name[BIG_FILES], strerror(errno));
+	if (sp >= 0) {
+		CHECK(st.st_size == SPARSE_LEN, "sparse: size %lld", (long long)st.st_size);
+		CHECK(st.st_blocks * 512 == 2 << 20, "sparse: %lld bytes of blocks, not 2 MiB (holes filled?)",
+		      (long long)st.st_blocks * 512);
+		off_t d0 = lseek(sp, 0, SEEK_DATA), h0 = lseek(sp, 0, SEEK_HOLE);
+		off_t d1 = lseek(sp, 1 << 20, SEEK_DATA), h1 = lseek(sp, d1, SEEK_HOLE);
+		CHECK(d0 == 0 && h0 == 1 << 20 && d1 == SPARSE_LEN - (1 << 20) && h1 == SPARSE_LEN,
+		      "sparse: data at %lld..%lld and %lld..%lld, not 0..1M and 1023M..1G", (long long)d0,
+		      (long long)h0, (long long)d1, (long long)h1);
+		big_check(sp, BIG_FILES, 0, buf, "sparse");
+		big_check(sp, BIG_FILES, (SPARSE_LEN >> 20) - 1, buf, "sparse");
+		close(sp);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	workload_init(argc, argv);
@@ -338,6 +452,8 @@ int main(int argc, char **argv)
 		SETUP(mount("ramfs", dir, "ramfs", 0, NULL));
 		signal_ready();
 		wait_go();
+	} else if (strcmp(mode, "bigtmpfs") == 0) {
+		bigtmpfs();
 	} else if (strcmp(mode, "mnt-host") == 0) {
 		/* a plain unshare -m: a copy of the host's whole mount tree */
 		SETUP(unshare(CLONE_NEWNS));

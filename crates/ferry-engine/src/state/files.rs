@@ -673,21 +673,62 @@ pub mod ghost {
                     what: format!("a deleted file with {bytes} bytes of data, over --ghost-limit {limit}"),
                 });
             }
-            let f = std::fs::File::from(f);
-            let mut buf = vec![0u8; 1 << 20];
-            for e in &g.data {
-                let mut done = 0;
-                while done < e.len {
-                    let n = ((e.len - done) as usize).min(buf.len());
-                    f.read_exact_at(&mut buf[..n], e.offset + done).ctx(obj)?;
-                    out.write_all(&buf[..n]).ctx(obj)?;
-                    done += n as u64;
-                }
-            }
+            copy_out(&std::fs::File::from(f), &g.data, &mut out).ctx(obj)?;
         }
         img.finish_stream(out)?;
         ghosts.push(g);
         Ok(())
+    }
+
+    /// Append the bytes of `f`'s `extents` to `out`, in order, a MiB at a time (shared with
+    /// tmpfs content, state/mounts.rs).
+    pub(crate) fn copy_out(
+        f: &std::fs::File,
+        extents: &[Extent],
+        out: &mut ferry_image::StreamFile,
+    ) -> std::io::Result<()> {
+        let mut buf = vec![0u8; (extents.iter().map(|e| e.len).max().unwrap_or(0)).min(1 << 20) as usize];
+        for e in extents {
+            let mut done = 0;
+            while done < e.len {
+                let n = ((e.len - done) as usize).min(buf.len());
+                f.read_exact_at(&mut buf[..n], e.offset + done)?;
+                out.write_all(&buf[..n])?;
+                done += n as u64;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write into `f` (fresh and empty) the next bytes of `src` at `extents`' offsets, a MiB at
+    /// a time, then make it `size` long: holes stay holes. The inverse of [`copy_out`]; an
+    /// error says what is wrong (extents out of order, `src` too short, a failed write).
+    pub(crate) fn write_extents(
+        src: &mut impl std::io::Read,
+        extents: &[Extent],
+        size: u64,
+        f: &std::fs::File,
+    ) -> Result<(), String> {
+        let mut buf = vec![0u8; (extents.iter().map(|e| e.len).max().unwrap_or(0)).min(1 << 20) as usize];
+        let mut end = 0u64;
+        for e in extents {
+            let stop = e.offset.checked_add(e.len).ok_or("extent overflows")?;
+            if e.offset < end || stop > size {
+                return Err("extents out of order or past the end of the file".into());
+            }
+            let mut done = 0;
+            while done < e.len {
+                let n = ((e.len - done) as usize).min(buf.len());
+                src.read_exact(&mut buf[..n]).map_err(|x| match x.kind() {
+                    std::io::ErrorKind::UnexpectedEof => "shorter than its extents".to_string(),
+                    _ => format!("cannot read: {x}"),
+                })?;
+                f.write_all_at(&buf[..n], e.offset + done).map_err(|x| format!("cannot write: {x}"))?;
+                done += n as u64;
+            }
+            end = stop;
+        }
+        f.set_len(size).map_err(|x| format!("cannot set its size: {x}"))
     }
 
     /// Record only the attributes of memfd `name` (its pages are in the page file).
@@ -699,7 +740,7 @@ pub mod ghost {
 
     /// The data extents of `fd` (size `size`): SEEK_DATA/SEEK_HOLE, or the whole file where the
     /// file system does not report holes.
-    fn extents(fd: std::os::fd::BorrowedFd<'_>, size: u64) -> std::io::Result<Vec<Extent>> {
+    pub(crate) fn extents(fd: std::os::fd::BorrowedFd<'_>, size: u64) -> std::io::Result<Vec<Extent>> {
         use ferry_sys::objects::{seek_data, seek_hole};
         let mut out = Vec::new();
         let mut off = 0;
@@ -745,29 +786,21 @@ pub mod ghost {
         name: &str,
         g: Option<&GhostFile>,
     ) -> Result<(), Error> {
-        let content = img.read_file(name)?;
-        let obj = || format!("cannot write {name} back");
-        let Some(g) = g.filter(|g| !g.attrs_only) else {
-            return f.write_all_at(&content, 0).ctx(obj);
+        // (Streamed: the image's upfront check read the file and its digests already.)
+        let content = img.open_file(name)?;
+        let size = content.metadata().ctx(|| format!("cannot read {name}"))?.len();
+        let whole = [Extent { offset: 0, len: size }];
+        let (extents, len) = match g.filter(|g| !g.attrs_only) {
+            Some(g) => (&g.data[..], g.size),
+            None => (&whole[..], size),
         };
-        let bad = |what: &str| Error::Invalid { object: name.to_string(), what: what.to_string() };
-        let mut at = 0usize;
-        let mut end = 0u64;
-        for e in &g.data {
-            let stop = e.offset.checked_add(e.len).ok_or_else(|| bad("extent overflows"))?;
-            if e.offset < end || stop > g.size {
-                return Err(bad("extents out of order or past the end of the file"));
-            }
-            let next = usize::try_from(e.len).ok().and_then(|l| at.checked_add(l));
-            let bytes = next.and_then(|n| content.get(at..n)).ok_or_else(|| bad("shorter than its extents"))?;
-            f.write_all_at(bytes, e.offset).ctx(obj)?;
-            at += e.len as usize;
-            end = stop;
+        let bad = |what: String| Error::Invalid { object: name.to_string(), what };
+        let mut src = &content;
+        write_extents(&mut src, extents, len, f).map_err(bad)?;
+        if std::io::Read::read(&mut src, &mut [0u8; 1]).map_err(|e| bad(format!("cannot read: {e}")))? != 0 {
+            return Err(bad("longer than its extents".into()));
         }
-        if at != content.len() {
-            return Err(bad("longer than its extents"));
-        }
-        f.set_len(g.size).ctx(obj)
+        Ok(())
     }
 
     /// Put back owner, mode and times of the recreated file `fd` (in this order).

@@ -7,8 +7,10 @@
 //! with its `root` sub-directory). Other mounts are recreated fresh: proc, sysfs, devpts,
 //! mqueue, cgroup2, and tmpfs with its content (files, directories, symbolic links, device
 //! nodes, FIFOs; modes, owners, times), read from a detached copy of the mount
-//! (`open_tree(OPEN_TREE_CLONE)`), so what mounts below it hide is kept too. Anything else is
-//! refused by name.
+//! (`open_tree(OPEN_TREE_CLONE)`), so what mounts below it hide is kept too; the regular files'
+//! data is streamed into its own image file and back (`read_tmpfs`, `fill`: a MiB at a time,
+//! holes kept), so a tmpfs of any size that the image's file system has room for is carried.
+//! Anything else is refused by name.
 //!
 //! Restore, in ferry's restoring thread inside the new mount namespace (a copy of ferry's, made
 //! private first so nothing propagates back): the root directory is bound onto itself, every
@@ -42,9 +44,6 @@ use std::path::{Component, Path, PathBuf};
 
 /// File systems recreated fresh (tmpfs with its content).
 const FRESH: [&str; 6] = ["proc", "sysfs", "devpts", "mqueue", "cgroup2", "tmpfs"];
-
-/// Largest tmpfs content carried in an image.
-const TMPFS_MAX: u64 = 256 << 20;
 
 const MS_RDONLY: u64 = libc::MS_RDONLY;
 const MS_BIND: u64 = libc::MS_BIND;
@@ -116,7 +115,6 @@ fn dump_tree(ctx: &mut DumpCtx<'_>, from: &[ferry_proc::MountInfo], nested: Opti
     let mut recs: Vec<MountRecord> = Vec::new();
     // (major, minor) of each record, for binds.
     let mut devs: Vec<(u32, u32)> = Vec::new();
-    let mut total = 0u64;
     let own: HashMap<HostKey, &ferry_proc::MountInfo> = from.iter().map(|m| (host_key(m), m)).collect();
     let host_copy = own.contains_key(&host_key(tops[0]));
     if nested.is_some() && !host_copy {
@@ -184,10 +182,11 @@ fn dump_tree(ctx: &mut DumpCtx<'_>, from: &[ferry_proc::MountInfo], nested: Opti
                 m.fs_type, m.source
             )));
         } else if m.fs_type == "tmpfs" {
-            let content = read_tmpfs(ctx, mp, &mut total)?;
+            let data = format!("mnt-{}-data.img", m.mnt_id);
+            let content = read_tmpfs(ctx, mp, &data)?;
             let name = format!("mnt-{}.img", m.mnt_id);
             ctx.img.write_file(&name, &content.encode_to_vec())?;
-            r.content = name;
+            (r.content, r.content_data) = (name, data);
         }
         recs.push(r);
         devs.push(dev);
@@ -381,8 +380,11 @@ fn host_sources(mnt: &MountNs, given: &[(String, PathBuf)]) -> Result<Sources, E
 }
 
 /// The files of the tmpfs mounted at `mp` in the tree's mount namespace, from a detached copy
-/// of that one mount (what mounts below it cover is included).
-fn read_tmpfs(ctx: &DumpCtx<'_>, mp: &str, total: &mut u64) -> Result<TmpfsContent, Error> {
+/// of that one mount (what mounts below it cover is included): their list, and their data
+/// streamed into image file `data` (only the data extents: holes stay holes), so that ferry
+/// never holds more than a MiB of it. Refused by name when the image's file system has not
+/// the room for it.
+fn read_tmpfs(ctx: &mut DumpCtx<'_>, mp: &str, data: &str) -> Result<TmpfsContent, Error> {
     let pid = ctx.pid;
     let cpath = CString::new(mp).map_err(|_| Error::Unsupported { pid, what: format!("mount {mp:?}") })?;
     let tree = in_ns(ctx.ns, libc::CLONE_NEWNS, || {
@@ -391,23 +393,56 @@ fn read_tmpfs(ctx: &DumpCtx<'_>, mp: &str, total: &mut u64) -> Result<TmpfsConte
     })?;
     let base = PathBuf::from(format!("/proc/self/fd/{}", tree.as_raw_fd()));
     let mut out = TmpfsContent::default();
-    walk(&base, "", &mut out, total).map_err(|e| match e {
-        Walk::Io(path, source) => Error::Sys { object: format!("pid {pid}: tmpfs {mp}: cannot read {path}"), source },
-        Walk::TooLarge => {
-            Error::Unsupported { pid, what: format!("tmpfs {mp} with more than {} MiB of files", TMPFS_MAX >> 20) }
-        }
+    let mut used = 0u64;
+    walk(&base, "", &mut out, &mut used).map_err(|(path, source)| Error::Sys {
+        object: format!("pid {pid}: tmpfs {mp}: cannot read {path}"),
+        source,
     })?;
+    if ctx.img.dir().is_dir() {
+        let free = ferry_sys::process::free_space(ctx.img.dir())
+            .ctx(|| format!("cannot find the free space of {}", ctx.img.dir().display()))?;
+        if used > free {
+            return Err(Error::Invalid {
+                object: format!("pid {pid}: tmpfs {mp}"),
+                what: format!(
+                    "its files hold {} MiB, and the image's file system ({}) has {} MiB free",
+                    used.div_ceil(1 << 20),
+                    ctx.img.dir().display(),
+                    free >> 20
+                ),
+            });
+        }
+    }
+    let mut stream = ctx.img.stream(data)?;
+    for e in out.entries.iter_mut().filter(|e| e.mode & libc::S_IFMT == libc::S_IFREG) {
+        let io = |source| Error::Sys { object: format!("pid {pid}: tmpfs {mp}: cannot read /{}", e.path), source };
+        let f = open_noatime(&base.join(&e.path)).map_err(io)?;
+        e.extents = crate::state::files::ghost::extents(std::os::fd::AsFd::as_fd(&f), e.size).map_err(io)?;
+        crate::state::files::ghost::copy_out(&f, &e.extents, &mut stream).map_err(|source| Error::Sys {
+            object: format!("pid {pid}: tmpfs {mp}: cannot copy /{} into {}", e.path, stream.path().display()),
+            source,
+        })?;
+    }
+    ctx.img.finish_stream(stream)?;
     Ok(out)
 }
 
-enum Walk {
-    Io(String, std::io::Error),
-    TooLarge,
+/// Open a regular file read-only without following a symbolic link, and without moving its
+/// atime where the caller may (O_NOATIME).
+fn open_noatime(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |flags| std::fs::OpenOptions::new().read(true).custom_flags(flags | libc::O_NOFOLLOW).open(path);
+    match open(libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
+        r => r,
+    }
 }
 
-fn walk(base: &Path, rel: &str, out: &mut TmpfsContent, total: &mut u64) -> Result<(), Walk> {
+/// List the entries of the tree at `base`/`rel` (parents first) into `out`, adding the bytes
+/// its regular files take (their blocks) to `used`. Error: (path, what failed).
+fn walk(base: &Path, rel: &str, out: &mut TmpfsContent, used: &mut u64) -> Result<(), (String, std::io::Error)> {
     let path = if rel.is_empty() { base.to_path_buf() } else { base.join(rel) };
-    let io = |e| Walk::Io(format!("/{rel}"), e);
+    let io = |e| (format!("/{rel}"), e);
     // (The root itself through the fd's magic link, which lstat would not follow.)
     let md = if rel.is_empty() { std::fs::metadata(&path) } else { std::fs::symlink_metadata(&path) }.map_err(io)?;
     let ft = md.file_type();
@@ -426,11 +461,8 @@ fn walk(base: &Path, rel: &str, out: &mut TmpfsContent, total: &mut u64) -> Resu
     if ft.is_symlink() {
         e.target = std::fs::read_link(&path).map_err(io)?.to_string_lossy().into_owned();
     } else if ft.is_file() {
-        *total += md.len();
-        if *total > TMPFS_MAX {
-            return Err(Walk::TooLarge);
-        }
-        e.data = std::fs::read(&path).map_err(io)?;
+        e.size = md.len();
+        *used += md.blocks() * 512;
     } else if ft.is_block_device() || ft.is_char_device() {
         e.rdev = md.rdev();
     }
@@ -443,17 +475,36 @@ fn walk(base: &Path, rel: &str, out: &mut TmpfsContent, total: &mut u64) -> Resu
         names.sort();
         for n in names {
             let child = if rel.is_empty() { n } else { format!("{rel}/{n}") };
-            walk(base, &child, out, total)?;
+            walk(base, &child, out, used)?;
         }
     }
     Ok(())
+}
+
+/// A tmpfs's content at restore: its files, and its data file open (read once, in order).
+#[derive(Debug)]
+pub struct Content {
+    files: TmpfsContent,
+    data: Option<std::fs::File>,
+}
+
+/// The content of mount `r` in image `img`, if it has any (a tmpfs's).
+fn load_content(img: &ferry_image::ImageReader, r: &MountRecord) -> Result<Option<Content>, Error> {
+    if r.content.is_empty() {
+        return Ok(None);
+    }
+    let files = TmpfsContent::decode(img.read_file(&r.content)?.as_slice())
+        .map_err(|e| Error::Invalid { object: r.content.clone(), what: e.to_string() })?;
+    // (Its digests were checked with the image's other files before the restore began.)
+    let data = if r.content_data.is_empty() { None } else { Some(img.open_file(&r.content_data)?) };
+    Ok(Some(Content { files, data }))
 }
 
 /// Mounts the root process of a new pid namespace makes itself, before it forks: the proc
 /// mounts (ferry's own view of proc sits there meanwhile) and everything mounted below them.
 #[derive(Debug, Default)]
 pub struct Deferred {
-    mounts: Vec<(MountRecord, Option<TmpfsContent>)>,
+    mounts: Vec<(MountRecord, Option<Content>)>,
     /// Every mount already made, for binds of them: id -> record.
     made: HashMap<u32, MountRecord>,
     /// External mounts' sources as the root process sees them (after pivot_root): where a
@@ -492,7 +543,7 @@ impl Builder<'_> {
     }
 
     /// Make mount `r` (its parent and bind source exist).
-    fn make(&mut self, r: &MountRecord, content: Option<&TmpfsContent>) -> Result<(), String> {
+    fn make(&mut self, r: &MountRecord, content: Option<&Content>) -> Result<(), String> {
         let target = self.target(r);
         let t = cstr(&target)?;
         let src: Option<PathBuf> = if !r.external.is_empty() {
@@ -568,11 +619,12 @@ impl Builder<'_> {
 
 /// Write a tmpfs's files under `dir` (its fresh mount). Entries come parents first; a path
 /// through one of the content's own symbolic links is refused, as is any ".." (the image says
-/// where to write).
-fn fill(dir: &Path, c: &TmpfsContent) -> Result<(), String> {
+/// where to write). Regular files' data is streamed from the data file, holes kept.
+fn fill(dir: &Path, c: &Content) -> Result<(), String> {
     let mut links: HashSet<&str> = HashSet::new();
     let mut done: Vec<(CString, &TmpfsEntry)> = Vec::new();
-    for e in &c.entries {
+    let mut data = c.data.as_ref();
+    for e in &c.files.entries {
         if !plain(&e.path) || e.path.starts_with('/') {
             return Err(format!("tmpfs content: bad path {:?}", e.path));
         }
@@ -602,7 +654,11 @@ fn fill(dir: &Path, c: &TmpfsContent) -> Result<(), String> {
                     .create_new(true)
                     .open(&path)
                     .map_err(|x| err("create the file", x))?;
-                f.write_all(&e.data).map_err(|x| err("write", x))?;
+                match data.as_mut() {
+                    Some(src) => crate::state::files::ghost::write_extents(src, &e.extents, e.size, &f)
+                        .map_err(|x| format!("tmpfs content {}: {x}", e.path))?,
+                    None => f.write_all(&e.data).map_err(|x| err("write", x))?,
+                }
             }
             libc::S_IFLNK => {
                 std::os::unix::fs::symlink(&e.target, &path).map_err(|x| err("create the symbolic link", x))?;
@@ -620,6 +676,11 @@ fn fill(dir: &Path, c: &TmpfsContent) -> Result<(), String> {
                 .map_err(|x| err("set its mode", x))?;
         }
         done.push((cp, e));
+    }
+    if let Some(src) = data.as_mut() {
+        if std::io::Read::read(src, &mut [0u8; 1]).map_err(|x| format!("tmpfs data: cannot read: {x}"))? != 0 {
+            return Err("tmpfs data: longer than its files' extents".into());
+        }
     }
     // Times last, children first: creating an entry changes its directory's times.
     for (cp, e) in done.iter().rev() {
@@ -710,13 +771,7 @@ pub(crate) fn restore(ctx: &RestoreCtx<'_>, ns: &Namespaces, h: &mut Handover) -
         if r.parent == 0 || left_out.contains(&r.id) {
             continue;
         }
-        let content = match r.content.as_str() {
-            "" => None,
-            name => Some(
-                TmpfsContent::decode(ctx.img.read_file(name)?.as_slice())
-                    .map_err(|e| Error::Invalid { object: name.into(), what: e.to_string() })?,
-            ),
-        };
+        let content = load_content(ctx.img, r)?;
         if ctx.pidns && (r.fstype == "proc" && r.bind_of == 0 || deferred.contains(&r.parent)) {
             if !deferred.contains(&r.parent) {
                 // ferry's own view of proc meanwhile (prepare uses /proc/self/fd).
@@ -729,7 +784,7 @@ pub(crate) fn restore(ctx: &RestoreCtx<'_>, ns: &Namespaces, h: &mut Handover) -
                 // (made by the tree's init, inside the user namespace: ids as seen there)
                 r.options = crate::state::userns::mount_options_inside(rec, &r.options);
                 if let Some(c) = content.as_mut() {
-                    crate::state::userns::tmpfs_owners_inside(rec, c);
+                    crate::state::userns::tmpfs_owners_inside(rec, &mut c.files);
                 }
             }
             later.mounts.push((r, content));
@@ -922,13 +977,7 @@ pub(crate) fn restore_nested(
         if b.made.contains_key(&r.id) {
             continue;
         }
-        let content = match r.content.as_str() {
-            "" => None,
-            name => Some(
-                TmpfsContent::decode(img.read_file(name)?.as_slice())
-                    .map_err(|e| Error::Invalid { object: name.into(), what: e.to_string() })?,
-            ),
-        };
+        let content = load_content(img, r)?;
         let fresh_in = (r.ns_inode != 0 && r.bind_of == 0 && r.external.is_empty()).then_some(r.ns_inode);
         in_nested(fresh_in, &r.fstype, nested, proc, || b.make(r, content.as_ref()))
             .map_err(|what| Error::Invalid { object: obj(r), what })?;

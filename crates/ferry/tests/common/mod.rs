@@ -44,6 +44,16 @@ pub fn heavy_lock() -> MutexGuard<'static, ()> {
     HEAVY.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Peak resident set (VmHWM, KiB) of a live process.
+pub fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read ferry's /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
 pub fn ferry_bin() -> &'static str {
     env!("CARGO_BIN_EXE_ferry")
 }

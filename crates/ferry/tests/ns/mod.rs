@@ -124,6 +124,87 @@ fn ns_mnt_unknown_fs_refused() {
     dump_refused(run.pid, &run.w.join("img"), "ferry recreates only proc, sysfs, devpts, mqueue, cgroup2 and tmpfs");
 }
 
+fn big_tmpfs() -> Spec {
+    nsview("bigtmpfs").without_fingerprint().ready_timeout(Duration::from_secs(180))
+}
+
+/// A tmpfs of its own holding 300 MiB of files and a sparse 1 GiB file (a MiB of data at each
+/// end), one file held open at an offset: its data is streamed into the image and back, so
+/// ferry's own peak resident set stays far below it (dump and restore), and the process finds
+/// every byte, the holes (SEEK_DATA/SEEK_HOLE, blocks), the attributes and its fd's offset.
+/// (ferry used to hold the content in memory, and refused a tmpfs over 256 MiB.)
+#[test]
+fn ns_mnt_big_tmpfs_streamed() {
+    let _heavy = heavy_lock();
+    let time = need("time", "time");
+    let mut run = Run::start(&big_tmpfs());
+    let img = run.img();
+    let peak = run.w.join("dump.peak");
+    let out = Command::new(time)
+        .args(["-f", "%M", "-o"])
+        .arg(&peak)
+        .args([ferry_bin(), "dump", "-t"])
+        .arg(run.pid.to_string())
+        .arg("-D")
+        .arg(&img)
+        .output()
+        .expect("run ferry dump");
+    if !out.status.success() {
+        run.fail(&format!("ferry dump failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    run.reap_dumped();
+    let dump_kib: u64 = fs::read_to_string(&peak)
+        .ok()
+        .and_then(|t| t.lines().last().and_then(|l| l.trim().parse().ok()))
+        .expect("ferry dump's peak RSS from time -f %M");
+    let pidfile = run.spawn_restore("restore", &img, &[]);
+    run.wait_pidfile(&pidfile);
+    // ferry restore (without -d) waits for the process: it is still alive, its VmHWM final.
+    let restore_kib = vm_hwm_kib(run.restore.as_ref().map(|c| c.id()).expect("ferry restore is running"));
+    run.go();
+    let status = run.wait_restore_exit();
+    run.expect_pass(status, "ferry restore");
+    eprintln!("tmpfs of 302 MiB of data: ferry dump peak RSS {dump_kib} KiB, ferry restore {restore_kib} KiB");
+    if dump_kib > 64 << 10 || restore_kib > 64 << 10 {
+        run.fail(&format!(
+            "ferry's peak RSS: dump {} MiB, restore {} MiB (limit 64 MiB, for 302 MiB of tmpfs data)",
+            dump_kib >> 10,
+            restore_kib >> 10
+        ));
+    }
+}
+
+/// Unmounts a mount of the test's when dropped.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The same tmpfs dumped into an image directory on a file system too small for it: refused by
+/// name (how much it holds, how much is free), nothing left behind, and the process runs on
+/// unharmed.
+#[test]
+fn ns_mnt_big_tmpfs_no_room_refused() {
+    let _heavy = heavy_lock();
+    let mut run = Run::start(&big_tmpfs());
+    let small = run.w.join("small");
+    fs::create_dir(&small).expect("mkdir small");
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "ferry-e2e-tmpfs-small"])
+        .arg(&small)
+        .status()
+        .expect("run mount");
+    assert!(st.success(), "cannot mount a small tmpfs on {}", small.display());
+    let _umount = Unmount(small.clone());
+    dump_refused(run.pid, &small.join("img"), "MiB free");
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload after the refused dump");
+}
+
 /// A plain `unshare -m`: a copy of the host's whole mount tree (cgroup v1, devtmpfs, ...), whose
 /// mounts are external automatically (copies of the dumping ferry's) and bound from the same
 /// places at restore.

@@ -11,16 +11,6 @@ fn mem_anon(mib: &str) -> Spec {
     Spec::c("mem_anon").args(&[mib]).ready_timeout(Duration::from_secs(90))
 }
 
-/// Peak resident set (VmHWM, KiB) of a live process.
-fn vm_hwm_kib(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read ferry's /proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status")
-}
-
 /// `dump --compress`: the page file is a zstd stream (its header says so), and the restored
 /// process finds every byte of its memory (64 MiB of random data, the heap, the stack...).
 #[test]
