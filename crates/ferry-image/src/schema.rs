@@ -548,6 +548,9 @@ pub struct SysvShm {
     /// The file of the image holding the segment's content (`sysvshm-ID.img`).
     #[prost(string, tag = "7")]
     pub data: String,
+    /// Made of huge pages of this many bytes (`SHM_HUGETLB`); 0: ordinary pages.
+    #[prost(uint64, tag = "1102")]
+    pub huge_page_size: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize)]

@@ -90,7 +90,7 @@ pub const VMFLAGS: Coverage = Coverage {
     what: "smaps VmFlags",
     saved: &[
         "rd", "wr", "ex", "sh", "mr", "mw", "me", "ms", "gd", "nr", "dp", "dd", "dc", "wf", "hg", "nh", "sr", "rr",
-        "mg", "lo", "lf", "sl", "ac",
+        "mg", "lo", "lf", "sl", "ac", "ht",
     ],
     // Refused at dump (`REFUSED_FLAGS`), or special mappings the kernel recreates (vDSO, vvar)
     // or that are refused (device mappings).

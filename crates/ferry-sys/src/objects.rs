@@ -108,12 +108,37 @@ fn attach(id: i32, flags: i32) -> io::Result<Attached> {
 }
 
 /// Copy the first `buf.len()` bytes of segment `id` (attached read-only, then detached).
-pub fn shm_read(id: i32, buf: &mut [u8]) -> io::Result<()> {
+/// Returns the size of the huge pages it is made of (`SHM_HUGETLB`: its file is on the kernel's
+/// hugetlbfs, whose block size is the page size), or 0 for ordinary pages.
+pub fn shm_read(id: i32, buf: &mut [u8]) -> io::Result<u64> {
     let a = attach(id, libc::SHM_RDONLY)?;
     // SAFETY: the segment is at least buf.len() bytes (the caller read its size) and stays
     // attached while we copy.
     unsafe { std::ptr::copy_nonoverlapping(a.0 as *const u8, buf.as_mut_ptr(), buf.len()) };
-    Ok(())
+    // The attachment's mapping, in /proc/self/map_files ("START-END"), tells its file system.
+    let start = format!("{:x}-", a.0 as usize);
+    let link = std::fs::read_dir("/proc/self/map_files")?
+        .flatten()
+        .find(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(&start)))
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the attachment is not in /proc/self/map_files"))?;
+    let c = std::ffi::CString::new(link.path().as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: zeroed is a valid statfs; `c` is a NUL-terminated path; `st` a valid out-pointer.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    cvt_i(unsafe { libc::statfs(c.as_ptr(), &mut st) })?;
+    const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+    Ok(if st.f_type as i64 == HUGETLBFS_MAGIC { st.f_bsize as u64 } else { 0 })
+}
+
+/// `shmget` flags that make a segment of huge pages of `page` bytes (0: none):
+/// SHM_HUGETLB with the page size's log2 in the SHM_HUGE_SHIFT bits.
+pub fn shm_huge_flags(page: u64) -> i32 {
+    const SHM_HUGE_SHIFT: u32 = 26;
+    match page {
+        0 => 0,
+        p => libc::SHM_HUGETLB | ((p.trailing_zeros() as i32) << SHM_HUGE_SHIFT),
+    }
 }
 
 /// Write `data` at the start of segment `id` (attached, then detached).

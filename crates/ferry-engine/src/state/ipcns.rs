@@ -122,17 +122,17 @@ fn collect(pid: i32) -> Result<(NsxIpcns, Vec<Vec<u8>>), Error> {
         if nattch != 0 {
             continue;
         }
-        let seg = SysvShm {
+        let mut seg = SysvShm {
             key: num(&r, 0, "shm")?,
             shmid: num(&r, 1, "shm")?,
             size: num(&r, 3, "shm")?,
             mode: mode(&r, "shm")?,
             uid: num(&r, 7, "shm")?,
             gid: num(&r, 8, "shm")?,
-            data: String::new(),
+            ..Default::default()
         };
         let mut content = vec![0u8; seg.size as usize];
-        ferry_sys::objects::shm_read(seg.shmid, &mut content)
+        seg.huge_page_size = ferry_sys::objects::shm_read(seg.shmid, &mut content)
             .ctx(|| format!("pid {pid}: cannot read SysV shared memory id {}", seg.shmid))?;
         ns.shms.push(seg);
         contents.push(content);
@@ -285,7 +285,11 @@ pub(crate) fn restore(ctx: &RestoreCtx<'_>, ns: &Namespaces, _h: &mut Handover) 
             return Err(Error::Invalid { object: obj(), what: format!("{} holds {} bytes", s.data, content.len()) });
         }
         set_next_id("shm", s.shmid)?;
-        let id = ferry_sys::objects::shmget(s.key, s.size, excl | 0o600).ctx(|| format!("cannot create {}", obj()))?;
+        let huge = ferry_sys::objects::shm_huge_flags(s.huge_page_size);
+        let id = ferry_sys::objects::shmget(s.key, s.size, excl | huge | 0o600).map_err(|e| match huge {
+            0 => Error::Sys { object: format!("cannot create {}", obj()), source: e },
+            _ => crate::state::sysvshm::no_huge_pages(&obj(), s, e),
+        })?;
         check_id("shm", s.shmid, id)?;
         ferry_sys::objects::shm_write(id, &content).ctx(|| format!("cannot fill {}", obj()))?;
         ferry_sys::objects::shm_set_owner(id, s.uid, s.gid, s.mode)

@@ -4,11 +4,14 @@
 //! shmid. Dump: each segment is recorded once (key, id, size, mode with SHM_DEST when IPC_RMID
 //! was done, owner, from /proc/sysvipc/shm), with the first process of the tree attaching it,
 //! and its content is copied once into `sysvshm-ID.img` (ferry attaches it read-only, copies,
-//! detaches: a SysV shm file has no read()).
+//! detaches: a SysV shm file has no read()). A segment in huge pages (SHM_HUGETLB) records
+//! their size (`huge_page_size`, from the file system of ferry's attachment: hugetlbfs).
 //!
 //! Restore: before the fork, ferry recreates each segment with the same id (the id is written
 //! to /proc/sys/kernel/shm_next_id, then `shmget(key, size, IPC_CREAT|IPC_EXCL|mode)`), sets
-//! its owner and mode and fills it. A keyed segment is not removed when its processes die: if
+//! its owner and mode and fills it (one in huge pages with SHM_HUGETLB and the same page size:
+//! without enough of them free, the restore fails naming the segment and the pages it needs,
+//! before any process is created). A keyed segment is not removed when its processes die: if
 //! the very segment (same key, id and size) outlived the dump and no process is attached to it,
 //! it is removed and recreated from the image (PostgreSQL's case: its postmaster keeps a keyed
 //! segment); a key or id in use otherwise is an error that says what holds it. The tracer then
@@ -69,7 +72,7 @@ fn parse_table(text: &str) -> Vec<SysvShm> {
         ) else {
             continue;
         };
-        out.push(SysvShm { key, shmid, size, mode, uid, gid, data: String::new() });
+        out.push(SysvShm { key, shmid, size, mode, uid, gid, ..Default::default() });
     }
     out
 }
@@ -99,7 +102,7 @@ pub fn collect(procs: &mut [Process], img: &mut ImageWriter) -> Result<(), Error
                 }
             })?;
             let mut content = vec![0u8; seg.size as usize];
-            shm_read(id, &mut content).ctx(|| format!("{}: cannot read it", obj()))?;
+            seg.huge_page_size = shm_read(id, &mut content).ctx(|| format!("{}: cannot read it", obj()))?;
             seg.data = format!("sysvshm-{id}.img");
             img.write_file(&seg.data, &content)?;
             p.sysv_shm.push(seg);
@@ -268,13 +271,15 @@ pub fn prepare(procs: &[Process], img: &ferry_image::ImageReader) -> Result<Crea
         }
         std::fs::write("/proc/sys/kernel/shm_next_id", s.shmid.to_string())
             .ctx(|| format!("{}: cannot write /proc/sys/kernel/shm_next_id", obj()))?;
-        let got = shmget(s.key, s.size, libc::IPC_CREAT | libc::IPC_EXCL | (s.mode & 0o777) as i32);
+        let huge = ferry_sys::objects::shm_huge_flags(s.huge_page_size);
+        let got = shmget(s.key, s.size, libc::IPC_CREAT | libc::IPC_EXCL | huge | (s.mode & 0o777) as i32);
         let _ = std::fs::write("/proc/sys/kernel/shm_next_id", "-1");
         let got = match got {
             Ok(id) => id,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 return Err(Error::Invalid { object: obj(), what: format!("the key {:#x} is taken", s.key) })
             }
+            Err(e) if huge != 0 => return Err(no_huge_pages(&obj(), s, e)),
             Err(e) => return Err(Error::Sys { object: format!("{}: shmget", obj()), source: e }),
         };
         if got != s.shmid {
@@ -286,6 +291,21 @@ pub fn prepare(procs: &[Process], img: &ferry_image::ImageReader) -> Result<Crea
         shm_write(got, &content).ctx(|| format!("{}: cannot fill it", obj()))?;
     }
     Ok(created)
+}
+
+/// The error of a segment of huge pages that cannot be made again: how many pages it needs, and
+/// how many of that size the node has free (`/sys/kernel/mm/hugepages`).
+pub(crate) fn no_huge_pages(obj: &str, s: &SysvShm, e: std::io::Error) -> Error {
+    let kib = s.huge_page_size >> 10;
+    let free = std::fs::read_to_string(format!("/sys/kernel/mm/hugepages/hugepages-{kib}kB/free_hugepages"))
+        .map_or_else(|_| "none configured".to_string(), |t| format!("{} free", t.trim()));
+    Error::Invalid {
+        object: obj.to_string(),
+        what: format!(
+            "cannot make it again in huge pages of {kib} kB ({} needed, {free} on this node; vm.nr_hugepages reserves them): {e}",
+            s.size.div_ceil(s.huge_page_size)
+        ),
+    }
 }
 
 /// By the tracer, in an address space emptied but for the vDSO: attach every segment the
@@ -346,7 +366,7 @@ mod tests {
 
     #[test]
     fn stale_segment_is_recreated_others_refused() {
-        let seg = SysvShm { key: 0x1234, shmid: 7, size: 100, mode: 0o600, uid: 0, gid: 0, data: String::new() };
+        let seg = SysvShm { key: 0x1234, shmid: 7, size: 100, mode: 0o600, ..Default::default() };
         let live = |key, shmid, size, nattch| Live { key, shmid, size, nattch };
         assert_eq!(clash(&seg, &[]), Clash::None);
         assert_eq!(clash(&seg, &[live(0x99, 3, 100, 0)]), Clash::None);

@@ -175,6 +175,75 @@ impl Drop for ShmCleanup {
     }
 }
 
+const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+
+/// A field of /proc/meminfo ("HugePages_Free").
+fn meminfo(key: &str) -> u64 {
+    let text = fs::read_to_string("/proc/meminfo").expect("read /proc/meminfo");
+    text.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in /proc/meminfo"))
+}
+
+/// Huge pages of the default size for a test: vm.nr_hugepages raised until `want` are free,
+/// and put back as it was when dropped.
+struct HugePages(String);
+
+impl HugePages {
+    fn reserve(want: u64) -> HugePages {
+        let before = fs::read_to_string(NR_HUGEPAGES).expect("read vm.nr_hugepages").trim().to_string();
+        let guard = HugePages(before);
+        guard.free(want);
+        guard
+    }
+
+    /// Make exactly `n` huge pages free (those in use stay).
+    fn free(&self, n: u64) {
+        let used = meminfo("HugePages_Total") - meminfo("HugePages_Free");
+        fs::write(NR_HUGEPAGES, (used + n).to_string()).expect("write vm.nr_hugepages");
+        assert_eq!(meminfo("HugePages_Free"), n, "cannot get {n} free huge pages (vm.nr_hugepages)");
+    }
+}
+
+impl Drop for HugePages {
+    fn drop(&mut self) {
+        let _ = fs::write(NR_HUGEPAGES, &self.0);
+    }
+}
+
+/// A SysV shared memory segment in huge pages (SHM_HUGETLB, three of them, marked IPC_RMID):
+/// made again in huge pages of the same size, with the same id, size, mode, address and
+/// content. (ferry refused it at dump.)
+#[test]
+fn sysvshm_huge_pages() {
+    let _heavy = heavy_lock(); // (vm.nr_hugepages is the node's)
+    let _pages = HugePages::reserve(8);
+    tree_cycle(&Spec::c("sysvshm_huge"), |_| {});
+}
+
+/// The same segment, with no huge page free at restore: the restore fails naming the segment,
+/// the pages it needs and how many are free, and leaves nothing behind; with pages free
+/// again, it works.
+#[test]
+fn sysvshm_huge_pages_none_free_refused() {
+    let _heavy = heavy_lock();
+    let pages = HugePages::reserve(8);
+    let mut run = Run::start(&Spec::c("sysvshm_huge"));
+    let id = fs::read_to_string(run.w.join("shmid")).expect("read W/shmid").trim().to_string();
+    run.dump_ok(&[]);
+    run.reap_dumped();
+    wait_image_pids_gone(&run.img());
+    assert!(!shm_exists(&id), "the IPC_RMID segment {id} outlived its process");
+    pages.free(0);
+    let kib = meminfo("Hugepagesize");
+    let what = format!("SysV shared memory id {id} (key 0x0): cannot make it again in huge pages of {kib} kB (3 needed, 0 free on this node");
+    restore_fails(&mut run, &what);
+    assert!(!shm_exists(&id), "the failed restore left segment {id} behind");
+    pages.free(8);
+    run.restore_and_verify("ferry restore with huge pages free again");
+}
+
 /// The key (as /proc/sysvipc/shm prints it, decimal) of segment `id`.
 fn shm_key(id: &str) -> String {
     let table = fs::read_to_string("/proc/sysvipc/shm").expect("read /proc/sysvipc/shm");

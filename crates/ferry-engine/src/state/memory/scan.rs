@@ -107,16 +107,13 @@ pub fn scan(
                 v.file_size = md.size();
                 VmaKind::FilePrivate
             }
-            Some(_)
-                if crate::state::sysvshm::is_attachment(m)
-                    && m.perms.shared
-                    && !v.vm_flags.iter().any(|f| f == "ht") =>
-            {
+            // (In huge pages too: the segment's record says so, state/sysvshm.rs.)
+            Some(_) if crate::state::sysvshm::is_attachment(m) && m.perms.shared => {
                 crate::state::sysvshm::scan(&mut v, m.inode);
                 VmaKind::SharedAnon
             }
             Some(s) if crate::state::sysvshm::is_attachment(m) => {
-                return Err(at(format!("SysV shared memory {s} in huge pages")))
+                return Err(at(format!("SysV shared memory {s} mapped privately")))
             }
             // The ring of an io_setup() context: state/aio.rs reads and recreates it.
             Some(s) if s.starts_with("/[aio]") => VmaKind::AioRing,
