@@ -29,7 +29,8 @@ set -euo pipefail
 #                   "netavark: No such file or directory")
 #   busybox-static  the containers' root filesystems (built locally: no registry needed)
 #   tar             podman import of those root filesystems
-PACKAGES=(gcc libc6-dev python3 procps iproute2 util-linux sqlite3 nginx nftables postgresql-15 redis-server redis-tools coreutils runc podman netavark iptables busybox-static tar)
+#   time            /usr/bin/time -f %M: ferry's peak memory in the big tmpfs test
+PACKAGES=(gcc libc6-dev python3 procps iproute2 util-linux sqlite3 nginx nftables postgresql-15 redis-server redis-tools coreutils runc podman netavark iptables busybox-static tar time)
 
 installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = installed ]
