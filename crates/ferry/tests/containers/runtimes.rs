@@ -339,6 +339,27 @@ impl Podman {
         String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
     }
 
+    /// `container checkpoint` + `restore` of the container (init `pid`), then `checkpoint
+    /// --export`, `rm`, `restore --import`; after each restore `after(pid, counter at dump,
+    /// what, whether imported)`.
+    pub(super) fn checkpoint_restore_export_import(&self, w: &WorkDir, pid: i32, after: &dyn Fn(i32, u64, &str, bool)) {
+        let podman = |args: &[&str], what: &str| {
+            let out = self.cmd().args(args).output().unwrap_or_else(|e| panic!("cannot run podman {what}: {e}"));
+            assert!(out.status.success(), "podman {what}: {}\n{}", String::from_utf8_lossy(&out.stderr), self.logs());
+        };
+        podman(&["container", "checkpoint", &self.name], "checkpoint");
+        let at_dump = counter(pid).unwrap_or(0);
+        podman(&["container", "restore", &self.name], "restore");
+        let pid = self.pid();
+        after(pid, at_dump, "after podman restore", false);
+        let export = format!("--export={}", path_str(&w.join("ck.tar.zst")));
+        podman(&["container", "checkpoint", &export, &self.name], "checkpoint --export");
+        let at_dump = counter(pid).unwrap_or(0);
+        self.run(&["rm", "-f", &self.name], "rm");
+        podman(&["container", "restore", &export.replace("--export=", "--import=")], "restore --import");
+        after(self.pid(), at_dump, "after podman restore --import", true);
+    }
+
     /// The log of the last checkpoint or restore (runc's work dir is the container's userdata).
     pub(super) fn logs(&self) -> String {
         let mut s = String::new();
@@ -386,43 +407,17 @@ fn podman_checkpoint_restore_export_import() {
     let pid = pm.pid();
     wait_counter(pid, 10, "before the checkpoint");
 
-    let out = pm.cmd().args(["container", "checkpoint", &pm.name]).output().expect("podman checkpoint");
-    assert!(out.status.success(), "podman checkpoint: {}\n{}", String::from_utf8_lossy(&out.stderr), pm.logs());
-    let at_dump = counter(pid).unwrap_or(0);
-    let out = pm.cmd().args(["container", "restore", &pm.name]).output().expect("podman restore");
-    assert!(out.status.success(), "podman restore: {}\n{}", String::from_utf8_lossy(&out.stderr), pm.logs());
-    let pid = pm.pid();
-    let c = wait_counter(pid, at_dump + 5, "after podman restore");
-    assert!(c > at_dump);
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    assert!(
-        status.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Seccomp:", "2"]),
-        "the restored container lost Podman's seccomp filter:\n{status}"
-    );
-
-    let export = w.join("ck.tar.zst");
-    let out = pm
-        .cmd()
-        .args(["container", "checkpoint", &format!("--export={}", path_str(&export)), &pm.name])
-        .output()
-        .expect("podman checkpoint --export");
-    assert!(
-        out.status.success(),
-        "podman checkpoint --export: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        pm.logs()
-    );
-    let at_dump = counter(pid).unwrap_or(0);
-    pm.run(&["rm", "-f", &pm.name], "rm");
-    let out = pm
-        .cmd()
-        .args(["container", "restore", &format!("--import={}", path_str(&export))])
-        .output()
-        .expect("podman restore --import");
-    assert!(out.status.success(), "podman restore --import: {}\n{}", String::from_utf8_lossy(&out.stderr), pm.logs());
-    let pid = pm.pid();
-    let c = wait_counter(pid, at_dump + 5, "after podman restore --import");
-    assert!(c > at_dump);
+    pm.checkpoint_restore_export_import(&w, pid, &|pid, at_dump, what, imported| {
+        let c = wait_counter(pid, at_dump + 5, what);
+        assert!(c > at_dump, "{what}: the counter did not continue ({c} after {at_dump})");
+        if !imported {
+            let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            assert!(
+                status.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Seccomp:", "2"]),
+                "the restored container lost Podman's seccomp filter:\n{status}"
+            );
+        }
+    });
 }
 
 /// `podman container checkpoint --print-stats` and `restore --print-stats` show ferry's
@@ -654,33 +649,5 @@ fn podman_userns_checkpoint_restore_export_import() {
         assert_eq!(owner, userns, "{what}: the mount namespace is not owned by the container's user namespace");
     };
 
-    let out = pm.cmd().args(["container", "checkpoint", &pm.name]).output().expect("podman checkpoint");
-    assert!(out.status.success(), "podman checkpoint: {}\n{}", String::from_utf8_lossy(&out.stderr), pm.logs());
-    let at_dump = counter(pid).unwrap_or(0);
-    let out = pm.cmd().args(["container", "restore", &pm.name]).output().expect("podman restore");
-    assert!(out.status.success(), "podman restore: {}\n{}", String::from_utf8_lossy(&out.stderr), pm.logs());
-    let pid = pm.pid();
-    check(pid, at_dump, "after podman restore", false);
-
-    let export = w.join("ck.tar.zst");
-    let out = pm
-        .cmd()
-        .args(["container", "checkpoint", &format!("--export={}", path_str(&export)), &pm.name])
-        .output()
-        .expect("podman checkpoint --export");
-    assert!(
-        out.status.success(),
-        "podman checkpoint --export: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        pm.logs()
-    );
-    let at_dump = counter(pid).unwrap_or(0);
-    pm.run(&["rm", "-f", &pm.name], "rm");
-    let out = pm
-        .cmd()
-        .args(["container", "restore", &format!("--import={}", path_str(&export))])
-        .output()
-        .expect("podman restore --import");
-    assert!(out.status.success(), "podman restore --import: {}\n{}", String::from_utf8_lossy(&out.stderr), pm.logs());
-    check(pm.pid(), at_dump, "after podman restore --import", true);
+    pm.checkpoint_restore_export_import(&w, pid, &check);
 }
