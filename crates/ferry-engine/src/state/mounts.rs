@@ -12,6 +12,10 @@
 //! holes kept), so a tmpfs of any size that the image's file system has room for is carried.
 //! Anything else is refused by name.
 //!
+//! An external cgroup v1 mount is given back showing the directory of its hierarchy that the
+//! image recorded, also when the source given is another one of the same hierarchy (runc names
+//! its own cgroup: [`cgroup_v1_sources`]).
+//!
 //! Restore, in ferry's restoring thread inside the new mount namespace (a copy of ferry's, made
 //! private first so nothing propagates back): the root directory is bound onto itself, every
 //! mount is made below it (parents and bind sources first), then the per-mount flags and the
@@ -376,7 +380,79 @@ fn host_sources(mnt: &MountNs, given: &[(String, PathBuf)]) -> Result<Sources, E
             });
         }
     }
+    cgroup_v1_sources(mnt, &mut out)?;
     Ok((out, left_out))
+}
+
+/// An external cgroup v1 mount shows one directory of its hierarchy, recorded as its root. The
+/// source given at restore must show the same one: runc (1.1, as CRIU's client) names it from
+/// its own /proc/self/cgroup at restore (`getCgroupMounts`), which is its caller's cgroup
+/// (conmon's under Podman, the shell's), not the container's that the mount showed at dump.
+/// Where the given source shows another directory of the same hierarchy, the recorded one is
+/// bound instead if this node has it (runc made the container's cgroups before the restore),
+/// with a warning naming both; else the mount is refused by name.
+fn cgroup_v1_sources(mnt: &MountNs, out: &mut [(String, PathBuf)]) -> Result<(), Error> {
+    if !mnt.mounts.iter().any(|r| r.fstype == "cgroup" && !r.external.is_empty()) {
+        return Ok(());
+    }
+    let own = read_mountinfo(Path::new("/proc/self/mountinfo"))?;
+    let mut fixed: HashMap<String, String> = HashMap::new();
+    for r in mnt.mounts.iter().filter(|r| r.fstype == "cgroup" && !r.external.is_empty()) {
+        let object = || format!("mount {} (cgroup {})", r.mountpoint, r.options);
+        if let Some(root) = fixed.get(&r.external) {
+            if *root != r.root {
+                return Err(Error::Invalid {
+                    object: object(),
+                    what: format!("its key {} names a mount of cgroup {root} too", r.external),
+                });
+            }
+            continue;
+        }
+        let Some(entry) = out.iter_mut().find(|(k, _)| *k == r.external) else { continue };
+        let given = entry.1.canonicalize().ctx(|| format!("{}: cannot resolve {}", object(), entry.1.display()))?;
+        let given_s = given.to_string_lossy();
+        // The cgroup v1 mount of the same hierarchy (same controllers) that holds the given path.
+        let same = |m: &&ferry_proc::MountInfo| {
+            m.fs_type == "cgroup"
+                && m.super_options.split(',').filter(|o| *o != "rw" && *o != "ro").eq(r.options.split(','))
+        };
+        let holder = own
+            .iter()
+            .filter(same)
+            .filter_map(|m| under(&given_s, &m.mount_point).map(|rel| (m, rel)))
+            .max_by_key(|(m, _)| m.mount_point.len());
+        let Some((m, rel)) = holder else { continue };
+        fixed.insert(r.external.clone(), r.root.clone());
+        let shown = match (m.root.as_str(), rel.as_str()) {
+            ("/", rel) => rel.to_string(),
+            (root, "/") => root.to_string(),
+            (root, rel) => format!("{root}{rel}"),
+        };
+        if shown == r.root {
+            continue;
+        }
+        let recorded =
+            under(&r.root, &m.root).filter(|rel| plain(rel)).map(|rel| inside(Path::new(&m.mount_point), &rel));
+        let Some(p) = recorded.filter(|p| p.is_dir()) else {
+            return Err(Error::Invalid {
+                object: object(),
+                what: format!(
+                    "the source given, {}, shows cgroup {shown}; the image recorded {}, which this node does not have",
+                    given.display(),
+                    r.root
+                ),
+            });
+        };
+        tracing::warn!(
+            mount = %r.mountpoint,
+            "the source given, {}, shows cgroup {shown}, not the recorded {}: {} is bound instead (runc names its own cgroup at restore)",
+            given.display(),
+            r.root,
+            p.display()
+        );
+        entry.1 = p;
+    }
+    Ok(())
 }
 
 /// The files of the tmpfs mounted at `mp` in the tree's mount namespace, from a detached copy

@@ -210,7 +210,8 @@ fn runc_checkpoint_reaches_ferry() {
 
 /// The acceptance scenario with runc: a busybox container (own pid, mnt, net, uts, ipc
 /// namespaces) with a counter and a web server on its loopback is checkpointed, and restored
-/// with `restore -d`: the counter continues and the web server answers.
+/// with `restore -d`: the counter continues, the web server answers, and the mount table is
+/// the same (each mount's root too).
 #[test]
 fn runc_checkpoint_restore_counter_and_httpd() {
     let w = WorkDir::new("runc-cr");
@@ -221,6 +222,8 @@ fn runc_checkpoint_restore_counter_and_httpd() {
     let pid = rc.pid();
     wait_counter(pid, 10, "before the checkpoint");
     assert_eq!(http_get(pid), "ferry-ok\n", "the web server does not answer before the checkpoint");
+    let mountinfo = |pid: i32| fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+    let mounts = mounts_view(&mountinfo(pid));
     let (img, work) = (w.join("img"), w.join("work"));
     let out = rc
         .cmd()
@@ -255,6 +258,9 @@ fn runc_checkpoint_restore_counter_and_httpd() {
     let c = wait_counter(pid2, at_dump + 5, "after the restore");
     assert!(c > at_dump, "the counter did not continue ({c} after {at_dump})");
     assert_eq!(http_get(pid2), "ferry-ok\n", "the web server does not answer after the restore");
+    // (With cgroup v1, runc gives its own cgroup as the source of the container's cgroup
+    // mounts at restore: ferry binds the container's, which the image recorded.)
+    assert_eq!(mounts_view(&mountinfo(pid2)), mounts, "the mount table changed");
 }
 
 /// Podman 4.3 with runc and an isolated store (vfs, cgroupfs), ferry the only criu in PATH.
@@ -333,6 +339,27 @@ impl Podman {
         String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
     }
 
+    /// `container checkpoint` + `restore` of the container (init `pid`), then `checkpoint
+    /// --export`, `rm`, `restore --import`; after each restore `after(pid, counter at dump,
+    /// what, whether imported)`.
+    pub(super) fn checkpoint_restore_export_import(&self, w: &WorkDir, pid: i32, after: &dyn Fn(i32, u64, &str, bool)) {
+        let podman = |args: &[&str], what: &str| {
+            let out = self.cmd().args(args).output().unwrap_or_else(|e| panic!("cannot run podman {what}: {e}"));
+            assert!(out.status.success(), "podman {what}: {}\n{}", String::from_utf8_lossy(&out.stderr), self.logs());
+        };
+        podman(&["container", "checkpoint", &self.name], "checkpoint");
+        let at_dump = counter(pid).unwrap_or(0);
+        podman(&["container", "restore", &self.name], "restore");
+        let pid = self.pid();
+        after(pid, at_dump, "after podman restore", false);
+        let export = format!("--export={}", path_str(&w.join("ck.tar.zst")));
+        podman(&["container", "checkpoint", &export, &self.name], "checkpoint --export");
+        let at_dump = counter(pid).unwrap_or(0);
+        self.run(&["rm", "-f", &self.name], "rm");
+        podman(&["container", "restore", &export.replace("--export=", "--import=")], "restore --import");
+        after(self.pid(), at_dump, "after podman restore --import", true);
+    }
+
     /// The log of the last checkpoint or restore (runc's work dir is the container's userdata).
     pub(super) fn logs(&self) -> String {
         let mut s = String::new();
@@ -380,43 +407,17 @@ fn podman_checkpoint_restore_export_import() {
     let pid = pm.pid();
     wait_counter(pid, 10, "before the checkpoint");
 
-    let out = pm.cmd().args(["container", "checkpoint", &pm.name]).output().expect("podman checkpoint");
-    assert!(out.status.success(), "podman checkpoint: {}\n{}", String::from_utf8_lossy(&out.stderr), pm.logs());
-    let at_dump = counter(pid).unwrap_or(0);
-    let out = pm.cmd().args(["container", "restore", &pm.name]).output().expect("podman restore");
-    assert!(out.status.success(), "podman restore: {}\n{}", String::from_utf8_lossy(&out.stderr), pm.logs());
-    let pid = pm.pid();
-    let c = wait_counter(pid, at_dump + 5, "after podman restore");
-    assert!(c > at_dump);
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    assert!(
-        status.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Seccomp:", "2"]),
-        "the restored container lost Podman's seccomp filter:\n{status}"
-    );
-
-    let export = w.join("ck.tar.zst");
-    let out = pm
-        .cmd()
-        .args(["container", "checkpoint", &format!("--export={}", path_str(&export)), &pm.name])
-        .output()
-        .expect("podman checkpoint --export");
-    assert!(
-        out.status.success(),
-        "podman checkpoint --export: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        pm.logs()
-    );
-    let at_dump = counter(pid).unwrap_or(0);
-    pm.run(&["rm", "-f", &pm.name], "rm");
-    let out = pm
-        .cmd()
-        .args(["container", "restore", &format!("--import={}", path_str(&export))])
-        .output()
-        .expect("podman restore --import");
-    assert!(out.status.success(), "podman restore --import: {}\n{}", String::from_utf8_lossy(&out.stderr), pm.logs());
-    let pid = pm.pid();
-    let c = wait_counter(pid, at_dump + 5, "after podman restore --import");
-    assert!(c > at_dump);
+    pm.checkpoint_restore_export_import(&w, pid, &|pid, at_dump, what, imported| {
+        let c = wait_counter(pid, at_dump + 5, what);
+        assert!(c > at_dump, "{what}: the counter did not continue ({c} after {at_dump})");
+        if !imported {
+            let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            assert!(
+                status.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Seccomp:", "2"]),
+                "the restored container lost Podman's seccomp filter:\n{status}"
+            );
+        }
+    });
 }
 
 /// `podman container checkpoint --print-stats` and `restore --print-stats` show ferry's
@@ -507,7 +508,7 @@ const USERNS_JOB: &str = "i=0; while true; do i=$((i+1)); cat /proc/self/uid_map
      mv /tmp/maps.t /tmp/maps; cat /proc/self/mountinfo > /tmp/mounts.t; mv /tmp/mounts.t /tmp/mounts; \
      echo $i > /tmp/count; sleep 0.1; done";
 
-/// A mount table as it can come back: per mount its root (but a cgroup v1 mount's), mountpoint, per-mount options,
+/// A mount table as it can come back: per mount its root, mountpoint, per-mount options,
 /// propagation kinds (without group numbers), file system, source and super-block options,
 /// sorted (mount ids and device numbers of fresh mounts are new).
 fn mounts_view(text: &str) -> Vec<String> {
@@ -517,10 +518,7 @@ fn mounts_view(text: &str) -> Vec<String> {
             let (a, b) = l.split_once(" - ")?;
             let f: Vec<&str> = a.split(' ').collect();
             let prop: Vec<&str> = f.get(6..)?.iter().map(|o| o.split(':').next().unwrap_or(o)).collect();
-            // (A cgroup v1 mount is an external bind whose host directory runc names at
-            // restore, from its own cgroup: its root is runc's choice, not ferry's.)
-            let root = if b.starts_with("cgroup ") { "-" } else { f.get(3)? };
-            Some(format!("{root} {} {} [{}] - {b}", f.get(4)?, f.get(5)?, prop.join(" ")))
+            Some(format!("{} {} {} [{}] - {b}", f.get(3)?, f.get(4)?, f.get(5)?, prop.join(" ")))
         })
         .collect();
     out.sort();
@@ -599,4 +597,57 @@ fn runc_userns_checkpoint_restore_counter() {
         let (owner, userns) = owner_and_userns(pid2, kind);
         assert_eq!(owner, userns, "the restored {kind} namespace is not owned by the container's user namespace");
     }
+}
+
+/// A Podman container with a user namespace (`--uidmap 0:100000:65536 --gidmap
+/// 0:100000:65536`), with Podman's own mounts (/etc/hosts, /etc/hostname, /run/.containerenv,
+/// shm, and with cgroup v1 a bind of the container's cgroup per hierarchy): `container
+/// checkpoint` + `restore`, then `checkpoint --export`, `rm`, `restore --import`. Each time the
+/// counter continues and, from inside, the maps and the mount table (with each mount's root:
+/// runc names its own cgroup, conmon's, as the cgroup mounts' source at restore, and ferry
+/// binds the container's that the image recorded; but the root filesystem's after `--import`)
+/// are the same.
+#[test]
+fn podman_userns_checkpoint_restore_export_import() {
+    let w = WorkDir::new("podman-userns");
+    let pm = Podman::new(&w);
+    pm.import_busybox(&w);
+    let mut args = vec!["run", "-d", "--name", &pm.name, "--network", "none"];
+    args.extend(["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"]);
+    args.extend(["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768"]);
+    args.extend([pm.image.as_str(), "sh", "-c", USERNS_JOB]);
+    pm.run(&args, "run");
+    let pid = pm.pid();
+    wait_counter(pid, 5, "before the checkpoint");
+    let inside = |pid: i32, f: &str| fs::read_to_string(format!("/proc/{pid}/root/tmp/{f}")).unwrap_or_default();
+    let maps = inside(pid, "maps");
+    assert_eq!(maps, "         0     100000      65536\n         0     100000      65536\n", "the container's maps");
+    let (owner, userns) = owner_and_userns(pid, "mnt");
+    assert_eq!(owner, userns, "Podman made the container's mount namespace outside its user namespace");
+    // (`--import` makes the container a new root filesystem in Podman's store, the exported
+    // one with its changes: that mount's root, a directory of the store, is Podman's choice.)
+    let view = |text: &str, new_rootfs: bool| -> Vec<String> {
+        let mut v = mounts_view(text);
+        if new_rootfs {
+            for m in v.iter_mut().filter(|m| m.split(' ').nth(1) == Some("/")) {
+                *m = format!("- {}", m.split_once(' ').map_or("", |x| x.1));
+            }
+        }
+        v
+    };
+    let mounts = inside(pid, "mounts");
+    let check = |pid: i32, at_dump: u64, what: &str, new_rootfs: bool| {
+        let c = wait_counter(pid, at_dump + 5, what);
+        assert!(c > at_dump, "{what}: the counter did not continue ({c} after {at_dump})");
+        assert_eq!(inside(pid, "maps"), maps, "{what}: the maps seen from inside changed");
+        assert_eq!(
+            view(&inside(pid, "mounts"), new_rootfs),
+            view(&mounts, new_rootfs),
+            "{what}: the mount table seen from inside changed"
+        );
+        let (owner, userns) = owner_and_userns(pid, "mnt");
+        assert_eq!(owner, userns, "{what}: the mount namespace is not owned by the container's user namespace");
+    };
+
+    pm.checkpoint_restore_export_import(&w, pid, &check);
 }
