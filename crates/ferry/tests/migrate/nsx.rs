@@ -100,7 +100,8 @@ fn veth_job_reachable_on_destination_node() {
 /// workload as pid 1 checking its clocks) moves from node A to node B, whose `ferry serve` runs
 /// in a time namespace 100000 s ahead: restored by a multi-threaded ferry, its time namespace
 /// is owned by its new user namespace (the workload's view), its CLOCK_MONOTONIC and
-/// CLOCK_BOOTTIME moved as CLOCK_REALTIME did, and its offsets are 100000 s more than before.
+/// CLOCK_BOOTTIME moved as CLOCK_REALTIME did, and its offsets (counted from the host's clocks,
+/// one kernel here) are the same as before.
 #[test]
 fn userns_owned_timens_job_migrated_to_shifted_clocks() {
     need("unshare", "util-linux");
@@ -144,11 +145,10 @@ fn userns_owned_timens_job_migrated_to_shifted_clocks() {
     guard.add(remote);
     wait_for("the source copy to be killed", Duration::from_secs(20), || !pid_alive(init));
     let after = offsets(remote);
-    let shift: i64 = SHIFT_S.parse().expect("shift");
     // (whole seconds: the new offsets also hold the sub-second differences of the two clocks)
     let near = |a: i64, b: i64| (a - b).abs() <= 1;
     assert!(
-        near(secs(&after, "monotonic"), 1000 + shift) && near(secs(&after, "boottime"), 2000 + shift),
+        near(secs(&after, "monotonic"), 1000) && near(secs(&after, "boottime"), 2000),
         "offsets after the migration {after:?}, before {before:?}\nserve: {}",
         server.log()
     );
