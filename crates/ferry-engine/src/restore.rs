@@ -243,6 +243,9 @@ struct TreeCtx<'a> {
     /// The tree's user namespace, joined by each process once it forked its children
     /// (state/userns.rs).
     userns: Option<i32>,
+    /// The tree's time namespace owned by its user namespace, which the tree's init joins
+    /// first (its descendants inherit it; state/userns.rs `make`).
+    timens: Option<i32>,
     /// Nested namespaces, which processes join before they fork (state/nested_ns.rs).
     nested: Option<&'a crate::state::nested_ns::Plan>,
     /// Per process: the offsets of the time namespace it makes for its future children.
@@ -310,6 +313,11 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
             Role::Image(i) => Some(i),
             _ => None,
         };
+        if let (0, Some(fd)) = (n, ctx.timens) {
+            // (Before anything of its memory: setns moves its vvar page to the namespace's.)
+            ferry_sys::ns::setns_number(fd, libc::CLONE_NEWTIME)
+                .map_err(|e| format!("cannot join the tree's time namespace: {e}"))?;
+        }
         if let (Some(i), Some(nested)) = (idx, ctx.nested) {
             // Into its own nested namespaces first: its children inherit them.
             nested.join_in_child(i, image_creator(ctx, n))?;
@@ -821,6 +829,10 @@ pub fn restore_in_place(
         Some(fd) => Some(raw::dup_above(fd.as_fd(), base).ctx(|| "cannot move an fd".into())?),
         None => None,
     };
+    let timens = match entered.as_ref().and_then(|e| e.timens.as_ref()) {
+        Some(fd) => Some(raw::dup_above(fd.as_fd(), base).ctx(|| "cannot move an fd".into())?),
+        None => None,
+    };
     let all_pipes: Vec<ferry_image::Pipe> = procs.iter().flat_map(|p| p.pipes.iter().cloned()).collect();
     let inherit = crate::state::external::Inherit::new(&opts.inherit_fds)?;
     // (An external namespace's key names the namespace joined above, not a file.)
@@ -971,6 +983,7 @@ pub fn restore_in_place(
         mounts: entered.as_ref().and_then(|e| e.handover.mounts.as_ref()),
         // (An init forked inside the user namespace: the whole tree is in it from the start.)
         userns: userns.as_ref().map(|fd| fd.as_raw_fd()).filter(|_| !init_in_userns),
+        timens: timens.as_ref().map(|fd| fd.as_raw_fd()),
         nested: nested.as_ref(),
         time_for_children: crate::state::nested_ns::time_for_children_offsets(&procs)?,
     };

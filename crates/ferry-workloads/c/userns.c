@@ -17,6 +17,12 @@
  *   userns W mountproc    after restore, mounts a proc for its pid namespace on W/procmnt
  *                          (it must own its mount and pid namespaces) and finds itself in it
  *   userns W threads-mountproc  both
+ *   userns W clocks       also: CLOCK_MONOTONIC and CLOCK_BOOTTIME must have moved from ready
+ *                          to go as CLOCK_REALTIME did, within 1 s (for a time namespace of its
+ *                          own: `unshare -U -r --time --monotonic N`; a restore that left it
+ *                          out, or copied offsets meant for another machine, jumps by them)
+ *
+ * The view includes the owner of its time namespace ("time", "time_for_children").
  */
 #include "common.h"
 #include <grp.h>
@@ -73,8 +79,8 @@ static void view(char *out, size_t cap)
 	struct stat user;
 	if (stat("/proc/self/ns/user", &user) < 0)
 		die_setup("stat /proc/self/ns/user: %s", strerror(errno));
-	const char *kinds[] = { "uts", "net", "ipc", "cgroup", "mnt", "pid", "pid_for_children" };
-	for (unsigned i = 0; i < 7; i++) {
+	const char *kinds[] = { "uts", "net", "ipc", "cgroup", "mnt", "pid", "pid_for_children", "time", "time_for_children" };
+	for (unsigned i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
 		char p[64];
 		snprintf(p, sizeof p, "/proc/self/ns/%s", kinds[i]);
 		int fd = open(p, O_RDONLY | O_CLOEXEC);
@@ -87,6 +93,13 @@ static void view(char *out, size_t cap)
 		if (fd >= 0)
 			close(fd);
 	}
+}
+
+static int64_t now_ns(clockid_t c)
+{
+	struct timespec ts;
+	clock_gettime(c, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
 static void write_to(const char *path, const char *text)
@@ -149,7 +162,7 @@ int main(int argc, char **argv)
 		char dir[4096];
 		snprintf(dir, sizeof dir, "%s/procmnt", W);
 		SETUP(mkdir(dir, 0755));
-	} else if (strcmp(mode, "view") != 0) {
+	} else if (strcmp(mode, "view") != 0 && strcmp(mode, "clocks") != 0) {
 		die_setup("unknown mode %s", mode);
 	}
 	pthread_t th[NT];
@@ -163,8 +176,16 @@ int main(int argc, char **argv)
 	static char before[16384], after[16384];
 	view(before, sizeof before);
 	write_file_atomic("view", before);
+	int64_t m0 = now_ns(CLOCK_MONOTONIC), b0 = now_ns(CLOCK_BOOTTIME), r0 = now_ns(CLOCK_REALTIME);
 	signal_ready();
 	wait_go();
+	int64_t m1 = now_ns(CLOCK_MONOTONIC), b1 = now_ns(CLOCK_BOOTTIME), r1 = now_ns(CLOCK_REALTIME);
+	if (strcmp(mode, "clocks") == 0) {
+		int64_t dm = m1 - m0, db = b1 - b0, dr = r1 - r0;
+		CHECK(dm >= 0 && db >= 0 && llabs(dm - dr) <= 1000000000LL && llabs(db - dr) <= 1000000000LL,
+		      "from ready to go CLOCK_MONOTONIC moved %+.3f s, CLOCK_BOOTTIME %+.3f s, CLOCK_REALTIME %+.3f s",
+		      dm / 1e9, db / 1e9, dr / 1e9);
+	}
 	view(after, sizeof after);
 	if (strcmp(before, after) != 0) {
 		fprintf(stderr, "before:\n%s\nafter:\n%s\n", before, after);

@@ -327,6 +327,9 @@ pub struct Entered {
     pub handover: Handover,
     /// The tree's user namespace, which every forked process joins (state/userns.rs).
     pub userns: Option<OwnedFd>,
+    /// The tree's time namespace when its user namespace owns it, which the tree's init joins
+    /// before it forks (state/userns.rs `make`).
+    pub timens: Option<OwnedFd>,
     left: bool,
 }
 
@@ -367,7 +370,10 @@ impl Drop for Entered {
 /// contents recreated. None if the image has none.
 pub fn enter(img: &ImageReader, opts: &RestoreNs) -> Result<Option<Entered>, Error> {
     let kinds = img.inventory().namespaces.as_ref().map(|n| n.kinds.as_slice()).unwrap_or_default();
-    if !kinds.iter().any(|k| k.kind == "time") {
+    // (A time namespace owned by the tree's user namespace is made by the user namespace's
+    // helper and joined by the tree's init: ferry's thread does not make one either.)
+    let time_owned = img.inventory().namespaces.as_ref().is_some_and(crate::state::timens::owned_by_tree);
+    if time_owned || !kinds.iter().any(|k| k.kind == "time") {
         crate::state::timens::settle_children()?;
     }
     let Some(ns) = img.inventory().namespaces.as_ref().filter(|n| !n.kinds.is_empty()) else {
@@ -384,8 +390,9 @@ pub fn enter(img: &ImageReader, opts: &RestoreNs) -> Result<Option<Entered>, Err
             });
         }
         if k.external.is_empty() {
-            // (the time module makes its own namespace: its offsets are computed before)
-            create |= flag & !libc::CLONE_NEWTIME;
+            // (the time module, or the user namespace's helper, makes the time namespace: its
+            // offsets are computed before)
+            create |= flag;
         } else {
             let fd =
                 opts.inherit.iter().find(|(key, _)| *key == k.external).map(|x| x.1).ok_or_else(|| Error::Invalid {
@@ -412,7 +419,7 @@ pub fn enter(img: &ImageReader, opts: &RestoreNs) -> Result<Option<Entered>, Err
     }
     let cwd = std::fs::File::open(".").ok().map(OwnedFd::from);
     ferry_sys::ns::unshare(libc::CLONE_FS).ctx(|| "cannot unshare CLONE_FS".into())?;
-    let mut entered = Entered { own, cwd, handover: Handover::default(), userns: None, left: false };
+    let mut entered = Entered { own, cwd, handover: Handover::default(), userns: None, timens: None, left: false };
     for (flag, fd, kind) in &join {
         ferry_sys::ns::setns_number(*fd, *flag)
             .ctx(|| format!("cannot join the external {kind} namespace (fd {fd})"))?;
@@ -424,7 +431,9 @@ pub fn enter(img: &ImageReader, opts: &RestoreNs) -> Result<Option<Entered>, Err
             ferry_sys::ns::setns(fd.as_fd(), *flag).ctx(|| format!("cannot join the tree's namespace {flag:#x}"))?;
         }
         entered.userns = made.userns;
+        entered.timens = made.timens;
     }
+    create &= !libc::CLONE_NEWTIME;
     if create != 0 {
         ferry_sys::ns::unshare(create).ctx(|| format!("cannot create the tree's namespaces (unshare {create:#x})"))?;
     }

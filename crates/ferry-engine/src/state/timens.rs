@@ -19,6 +19,12 @@
 //! computes them ([`plan`]) before it creates the namespace and writes them ([`write_offsets`])
 //! from the thread that made it (unshare(CLONE_NEWTIME) affects its future children only),
 //! which must be ferry's main thread: `/proc/PID/timens_offsets` is the main thread's.
+//!
+//! A time namespace owned by the tree's user namespace must be made from inside it, and ferry's
+//! thread cannot join one made elsewhere (`setns(CLONE_NEWTIME)` needs a single-threaded
+//! caller: EUSERS): state/userns.rs's helper makes it with the other namespaces it owns, ferry
+//! writes the same planned offsets to the helper's `timens_offsets`, and the tree's init joins
+//! it (restore.rs) before it forks; ferry's thread leaves its own children's namespace as it is.
 
 use super::namespaces::{DumpCtx, Handover, RestoreCtx};
 use crate::error::{Ctx, Error};
@@ -106,14 +112,28 @@ pub(crate) fn dump(ctx: &mut DumpCtx<'_>, out: &mut Namespaces) -> Result<(), Er
 /// out of its unshare), because its offsets must be computed from ferry's own namespace before
 /// the thread's children are switched to the new one, and written before any child exists.
 pub(crate) fn restore(_ctx: &RestoreCtx<'_>, ns: &Namespaces, _h: &mut Handover) -> Result<(), Error> {
-    let t = ns.nsx_time.as_ref().ok_or_else(|| Error::Invalid {
-        object: "image namespaces".into(),
-        what: "a time namespace without its clocks".into(),
-    })?;
+    let t = recorded(ns)?;
+    if owned_by_tree(ns) {
+        // (made, with its offsets, by state/userns.rs's helper inside the tree's user namespace)
+        return Ok(());
+    }
     main_thread()?;
     let o = plan(t)?;
     unshare(CLONE_NEWTIME).ctx(|| "cannot create the tree's time namespace".into())?;
     write_offsets(&o)
+}
+
+/// The clocks the image recorded for the tree's time namespace.
+pub(crate) fn recorded(ns: &Namespaces) -> Result<&NsxTimens, Error> {
+    ns.nsx_time.as_ref().ok_or_else(|| Error::Invalid {
+        object: "image namespaces".into(),
+        what: "a time namespace without its clocks".into(),
+    })
+}
+
+/// Whether the tree's time namespace was owned by its user namespace (made from inside it).
+pub(crate) fn owned_by_tree(ns: &Namespaces) -> bool {
+    ns.userns.as_ref().is_some_and(|u| u.owned.iter().any(|o| o == "time"))
 }
 
 /// The kernel shows and takes a process's offsets (`/proc/PID/timens_offsets`) for its main
@@ -195,8 +215,19 @@ fn offsets_for(rec: &NsxTimens, elapsed: i128, (mono, boot): (i128, i128), own: 
 /// Write the offsets of the time namespace the calling thread's next children will enter
 /// (after unshare(CLONE_NEWTIME), before any child).
 pub fn write_offsets(o: &Offsets) -> Result<(), Error> {
-    std::fs::write("/proc/self/timens_offsets", format_offsets(o))
-        .ctx(|| format!("cannot set the time namespace's offsets ({})", format_offsets(o).trim().replace('\n', ", ")))
+    write_offsets_at("/proc/self/timens_offsets", o)
+}
+
+/// Write the offsets of the time namespace process `pid`'s next children will enter (it made
+/// one with unshare(CLONE_NEWTIME) and has no child in it yet).
+pub(crate) fn write_offsets_of(pid: i32, o: &Offsets) -> Result<(), Error> {
+    write_offsets_at(&format!("/proc/{pid}/timens_offsets"), o)
+}
+
+fn write_offsets_at(path: &str, o: &Offsets) -> Result<(), Error> {
+    std::fs::write(path, format_offsets(o)).ctx(|| {
+        format!("cannot set the time namespace's offsets in {path} ({})", format_offsets(o).trim().replace('\n', ", "))
+    })
 }
 
 #[cfg(test)]

@@ -13,8 +13,9 @@
 //! forked from that thread, makes the namespaces: (the cgroup namespace, state/cgroupns.rs,
 //! after it joined its root cgroups), then the user namespace, whose maps ferry writes from
 //! outside, then, from inside it, the namespaces it owns. ferry's thread joins all of these but
-//! the user namespace (as root of the parent namespace it may configure them), the helper
-//! ends, and every process of the tree joins the user namespace itself, in its forked child,
+//! the user namespace (as root of the parent namespace it may configure them) and a time
+//! namespace (its offsets written from outside before anyone is in it; the tree's init joins
+//! it: state/timens.rs), the helper ends, and every process of the tree joins the user namespace itself, in its forked child,
 //! once it has created its own children (`clone3` with `set_tid` needs privileges in the pid
 //! namespace's owner, which is ferry's). A pid namespace the tree's user namespace owned is
 //! made from inside the new one ([`fork_init`]): then the whole tree runs inside from the
@@ -161,12 +162,6 @@ pub(crate) fn owned_kinds(pid: i32) -> Result<Vec<String>, Error> {
                 what: format!("a {kind} namespace owned by another user namespace than the tree's"),
             });
         }
-        if *kind == "time" {
-            return Err(Error::Unsupported {
-                pid,
-                what: format!("a {kind} namespace owned by the tree's user namespace (made from inside it)"),
-            });
-        }
         owned.push(kind.to_string());
     }
     // Its pid namespace (the tree's, when it is a whole one): made from inside it or not.
@@ -293,6 +288,10 @@ pub(crate) struct Made {
     pub userns: Option<OwnedFd>,
     /// (flag, namespace) for ferry's thread to join.
     pub join: Vec<(i32, OwnedFd)>,
+    /// The tree's time namespace when its user namespace owns it (with its offsets written):
+    /// not joined by ferry's thread (`setns(CLONE_NEWTIME)` needs a single-threaded caller,
+    /// EUSERS otherwise) but by the tree's init before it forks (restore.rs).
+    pub timens: Option<OwnedFd>,
     /// The `CLONE_NEW*` flags of the kinds made here.
     pub flags: i32,
 }
@@ -363,6 +362,11 @@ pub(crate) fn make(ns: &Namespaces, create: i32) -> Result<Option<Made>, Error> 
         .copied()
         .collect();
     let inner = owned.iter().fold(0, |a, k| a | k.1);
+    // An owned time namespace's offsets: computed from ferry's clocks before it is made.
+    let time_offsets = match inner & libc::CLONE_NEWTIME {
+        0 => None,
+        _ => Some(crate::state::timens::plan(crate::state::timens::recorded(ns)?)?),
+    };
     let steps = Steps {
         cgroup_procs: if cgroup { crate::state::cgroupns::root_procs(ns)? } else { Vec::new() },
         cgroup_before: cgroup && inner & libc::CLONE_NEWCGROUP == 0,
@@ -418,8 +422,17 @@ pub(crate) fn make(ns: &Namespaces, create: i32) -> Result<Option<Made>, Error> 
             let p = format!("/proc/{child}/ns/{kind}");
             Ok(std::fs::File::open(&p).ctx(|| format!("cannot open {p}"))?.into())
         };
+        // (unshare(CLONE_NEWTIME) left the helper where it was: the new one is its children's,
+        // whose offsets are written before anything enters it)
+        let timens = match time_offsets {
+            Some(o) => {
+                crate::state::timens::write_offsets_of(child, &o)?;
+                Some(open("time_for_children")?)
+            }
+            None => None,
+        };
         let mut join = Vec::new();
-        for (kind, flag) in &owned {
+        for (kind, flag) in owned.iter().filter(|k| k.1 != libc::CLONE_NEWTIME) {
             join.push((*flag, open(kind)?));
         }
         if cgroup && inner & libc::CLONE_NEWCGROUP == 0 {
@@ -427,7 +440,7 @@ pub(crate) fn make(ns: &Namespaces, create: i32) -> Result<Option<Made>, Error> 
         }
         let userns = if user { Some(open("user")?) } else { None };
         let flags = inner | if user { libc::CLONE_NEWUSER } else { 0 } | if cgroup { libc::CLONE_NEWCGROUP } else { 0 };
-        Ok(Made { userns, join, flags })
+        Ok(Made { userns, join, timens, flags })
     })();
     let _ = ferry_sys::process::kill(child, libc::SIGKILL);
     let _ = ferry_sys::ptrace::wait(child, false);

@@ -13,6 +13,11 @@ use crate::nsx::{configure_netns, expect_progress, go_and_pass, start_nsjob};
 /// How far ahead node B's clocks are.
 const SHIFT_S: &str = "100000";
 
+/// `ferry serve` in node B, in a time namespace whose clocks read [`SHIFT_S`] ahead.
+fn serve_on_shifted_clocks(nodes: &Nodes, w: &WorkDir, auth: &Path) -> Server {
+    Server::start_under(nodes, w, auth, &[], &["unshare", "--time", "--monotonic", SHIFT_S, "--boottime", SHIFT_S])
+}
+
 #[test]
 fn nsx_job_keeps_clocks_and_network_across_nodes() {
     need("unshare", "util-linux");
@@ -22,13 +27,7 @@ fn nsx_job_keeps_clocks_and_network_across_nodes() {
     configure_netns(&w, pid);
     let auth = w.join("auth");
     keygen(&auth);
-    let server = Server::start_under(
-        &nodes,
-        &w,
-        &auth,
-        &[],
-        &["unshare", "--time", "--monotonic", SHIFT_S, "--boottime", SHIFT_S],
-    );
+    let server = serve_on_shifted_clocks(&nodes, &w, &auth);
     expect_progress(&w, "before the migration");
     let wl = Workload { w: WorkDir::new("nsx-migrate-ferry"), pid };
     let m = migrate(&nodes, &wl, &auth, "migrate");
@@ -94,4 +93,64 @@ fn veth_job_reachable_on_destination_node() {
     wait_for("the job's ready", Duration::from_secs(60), || w.join("ready").exists());
     send_signal(remote, "USR2").expect("send go");
     finish_stream(&w, peer, 20);
+}
+
+/// A tree in its own user namespace with a pid namespace and a time namespace made inside it
+/// (`unshare -U -r --pid --fork --time --monotonic 1000 --boottime 2000`, the `userns`
+/// workload as pid 1 checking its clocks) moves from node A to node B, whose `ferry serve` runs
+/// in a time namespace 100000 s ahead: restored by a multi-threaded ferry, its time namespace
+/// is owned by its new user namespace (the workload's view), its CLOCK_MONOTONIC and
+/// CLOCK_BOOTTIME moved as CLOCK_REALTIME did, and its offsets (counted from the host's clocks,
+/// one kernel here) are the same as before.
+#[test]
+fn userns_owned_timens_job_migrated_to_shifted_clocks() {
+    need("unshare", "util-linux");
+    let nodes = Nodes::new();
+    let w = WorkDir::new("userns-timens-migrate");
+    let flags = ["-U", "-r", "--pid", "--fork", "--time", "--monotonic", "1000", "--boottime", "2000"];
+    let unshare = nodes
+        .in_a("unshare")
+        .args(flags)
+        .arg(ferry_workloads::path("userns"))
+        .arg(&w.path)
+        .arg("clocks")
+        .stdin(Stdio::null())
+        .stdout(File::create(w.join("run.log")).expect("log"))
+        .stderr(File::create(w.join("out.log")).expect("log"))
+        .spawn()
+        .expect("start unshare");
+    let guard = ProcGuard::new();
+    let outer = unshare.id() as i32;
+    guard.add(outer);
+    std::mem::forget(unshare); // (killed by the guard and the nodes; reaped by whoever)
+    wait_for("the workload to be ready", Duration::from_secs(60), || w.join("ready").exists());
+    let outer = fs::read_to_string(format!("/proc/{outer}/task/{outer}/children")).unwrap_or_default();
+    let init: i32 = outer.split_whitespace().next().and_then(|p| p.parse().ok()).expect("the namespace's init");
+    guard.add(init);
+    let offsets = |pid: i32| fs::read_to_string(format!("/proc/{pid}/timens_offsets")).unwrap_or_default();
+    let secs = |text: &str, clock: &str| -> i64 {
+        let line = text.lines().find(|l| l.split_whitespace().next() == Some(clock));
+        line.and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or_else(|| panic!("{clock} in {text:?}"))
+    };
+    let before = offsets(init);
+    assert_eq!((secs(&before, "monotonic"), secs(&before, "boottime")), (1000, 2000), "{before}");
+    let view = fs::read_to_string(w.join("view")).unwrap_or_default();
+    assert!(view.contains("time owned by own\n"), "not owned by its user namespace: {view}");
+    let auth = w.join("auth");
+    keygen(&auth);
+    let server = serve_on_shifted_clocks(&nodes, &w, &auth);
+    let m = migrate_init(&nodes, init, &auth, &[]);
+    assert!(m.ok, "ferry migrate failed: {}\nserve: {}", m.stderr, server.log());
+    let (remote, _) = summary(&m);
+    guard.add(remote);
+    wait_for("the source copy to be killed", Duration::from_secs(20), || !pid_alive(init));
+    let after = offsets(remote);
+    // (whole seconds: the new offsets also hold the sub-second differences of the two clocks)
+    let near = |a: i64, b: i64| (a - b).abs() <= 1;
+    assert!(
+        near(secs(&after, "monotonic"), 1000) && near(secs(&after, "boottime"), 2000),
+        "offsets after the migration {after:?}, before {before:?}\nserve: {}",
+        server.log()
+    );
+    go_and_pass(&w, remote);
 }

@@ -202,3 +202,78 @@ fn userns_shifted_map_restored() {
     let status = run.wait_restore_exit();
     run.expect_pass(status, "ferry restore");
 }
+
+/// The offsets of `pid`'s time namespace (`/proc/PID/timens_offsets`), in seconds: (monotonic,
+/// boottime).
+fn time_offsets(run: &Run, pid: i32) -> (f64, f64) {
+    let text = fs::read_to_string(format!("/proc/{pid}/timens_offsets")).unwrap_or_default();
+    let get = |clock: &str| {
+        text.lines().find_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            [c, s, n] if c == clock => Some(s.parse::<f64>().ok()? + n.parse::<f64>().ok()? / 1e9),
+            _ => None,
+        })
+    };
+    match (get("monotonic"), get("boottime")) {
+        (Some(m), Some(b)) => (m, b),
+        _ => run.fail(&format!("unreadable /proc/{pid}/timens_offsets: {text:?}")),
+    }
+}
+
+/// A time namespace made inside the tree's user namespace with offsets of its own
+/// (`unshare -U -r --time --monotonic 1000 --boottime 2000`): restored (by `ferry restore`
+/// running in a time namespace whose clocks read `shift` s ahead, a machine that booted
+/// earlier, when `shift` is not 0) owned by the new user namespace (the workload's view),
+/// with offsets that keep its clocks going on: the workload's CLOCK_MONOTONIC and
+/// CLOCK_BOOTTIME moved as CLOCK_REALTIME did, and the offsets, which the kernel counts from
+/// the host's clocks (the same kernel here), are the same as before whatever the shift.
+fn cycle_owned_timens(shift: u32) {
+    let flags = ["--user", "--map-root-user", "--time", "--monotonic", "1000", "--boottime", "2000"];
+    let mut run = Run::start(&under_unshare(&flags, &["clocks"]));
+    let view = fs::read_to_string(run.w.join("view")).unwrap_or_default();
+    assert!(view.contains("time owned by own\n"), "the workload's time namespace is not its user namespace's: {view}");
+    let before = time_offsets(&run, run.pid);
+    assert_eq!(before, (1000.0, 2000.0), "offsets before the dump");
+    run.dump_ok(&[]);
+    run.reap_dumped();
+    let pidfile = if shift == 0 {
+        run.spawn_restore("restore", &run.img(), &[])
+    } else {
+        let pidfile = run.w.join("restored.pid");
+        let err = fs::File::create(run.w.join("restore-shifted.err")).expect("create restore-shifted.err");
+        let s = shift.to_string();
+        let child = std::process::Command::new(need("unshare", "util-linux"))
+            .args(["--time", "--monotonic", s.as_str(), "--boottime", s.as_str(), ferry_bin(), "restore", "-D"])
+            .arg(run.img())
+            .arg("--pidfile")
+            .arg(&pidfile)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("start unshare ferry restore");
+        run.restore = Some(child);
+        pidfile
+    };
+    run.wait_pidfile(&pidfile);
+    let after = time_offsets(&run, run.pid);
+    if (after.0 - before.0).abs() > 1.0 || (after.1 - before.1).abs() > 1.0 {
+        run.fail(&format!("offsets {after:?} after the restore, {before:?} before (shift {shift} s)"));
+    }
+    let me = std::process::id();
+    if fs::read_link(format!("/proc/{}/ns/time", run.pid)).ok() == fs::read_link(format!("/proc/{me}/ns/time")).ok() {
+        run.fail("the restored workload is in the test's time namespace");
+    }
+    run.go();
+    let status = run.wait_restore_exit();
+    run.expect_pass(status, "ferry restore");
+}
+
+#[test]
+fn userns_owned_timens_restored() {
+    cycle_owned_timens(0);
+}
+
+#[test]
+fn userns_owned_timens_restored_on_shifted_clocks() {
+    cycle_owned_timens(100_000);
+}
