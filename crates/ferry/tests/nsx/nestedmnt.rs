@@ -93,13 +93,15 @@ fn control_nested_mnt_devpts() {
     control(&spec("devpts"));
 }
 
-/// Removes the workload's cgroup (pid: the workload's root) at the end, pass or fail.
-struct Cgroup(i32);
+/// Removes the workload's cgroup (named by the workload's root pid, set once it runs) at the
+/// end, pass or fail: made before the run, so dropped after it (its processes gone).
+#[derive(Default)]
+struct Cgroup(std::cell::Cell<i32>);
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
         for base in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
-            let _ = std::fs::remove_dir(format!("{base}/ferry-nestedmnt-{}", self.0));
+            let _ = std::fs::remove_dir(format!("{base}/ferry-nestedmnt-{}", self.0.get()));
         }
     }
 }
@@ -110,8 +112,9 @@ impl Drop for Cgroup {
 /// directory with its pid in cgroup.procs, and /proc/self/cgroup).
 #[test]
 fn nested_mntns_fresh_cgroup2_restored() {
+    let cg = Cgroup::default();
     let mut run = Run::start(&spec("cgroup"));
-    let _cg = Cgroup(run.pid);
+    cg.0.set(run.pid);
     run.dump_ok(&[]);
     run.reap_dumped();
     wait_image_pids_gone(&run.img());
@@ -120,8 +123,9 @@ fn nested_mntns_fresh_cgroup2_restored() {
 
 #[test]
 fn control_nested_mnt_cgroup() {
+    let cg = Cgroup::default();
     let mut run = Run::start(&spec("cgroup"));
-    let _cg = Cgroup(run.pid);
+    cg.0.set(run.pid);
     run.go();
     let status = run.wait_child_exit();
     run.expect_pass(status, "the workload");
