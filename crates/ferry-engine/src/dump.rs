@@ -588,6 +588,7 @@ fn dump_inner(
     tree.external_files = crate::state::external::file_keys(&opts.external);
     tree.connections.skip_in_flight = opts.skip_in_flight;
     tree.pids = frozen.iter().map(|f| f.pid).collect();
+    tree.tty.root = root;
     let mut flags_apart = FlagsApart::new(match want_snapshot {
         true => Vec::new(),
         false => frozen.iter().map(|f| f.pid).collect(),

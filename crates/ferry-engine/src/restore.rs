@@ -321,6 +321,7 @@ fn child_main(ctx: &TreeCtx<'_>, n: usize, inherited: Vec<Premapped>) -> ! {
         if let (Some(i), Some(nested)) = (idx, ctx.nested) {
             // Into its own nested namespaces first: its children inherit them.
             nested.join_in_child(i, image_creator(ctx, n))?;
+            nested.mount_procs_in_child(i)?;
         }
         if let (0, Some(d)) = (n, ctx.mounts) {
             // pid 1 of the tree's new pid namespace: its own proc (state/mounts.rs).
@@ -809,7 +810,7 @@ pub fn restore_in_place(
     let mut entered = crate::state::namespaces::enter(&img, &ns_opts)?;
     veth_pairs.check_done()?;
     // (Nested mount namespaces are copies of the root's: made once it is.)
-    nested_made.make_mnt(&img, host_proc.as_fd())?;
+    nested_made.make_mnt(&img, host_proc.as_fd(), &tty::instance_pairs(&procs))?;
     let nested = nested_made.plan(&procs, host_proc.as_fd(), base)?;
     // The image's connections are held back in the tree's network namespace until it runs:
     // one the restore made was locked before its devices came up; one it joined is locked now.

@@ -171,6 +171,16 @@ pub struct MountRecord {
     /// tree root's (state/mounts.rs `nested_check`).
     #[prost(uint64, tag = "934")]
     pub ns_inode: u64,
+    /// A fresh devpts of a nested mount namespace: its device at dump (`Pty.devpts_dev` of
+    /// the pairs restore makes in it, with their indexes); 0 otherwise (state/tty.rs).
+    #[prost(uint64, tag = "1040")]
+    pub devpts_dev: u64,
+    /// A proc of a nested mount namespace in a tree with its own pid namespace (made fresh
+    /// there, or its copy of the root's): it shows the tree's pid namespace, so the first
+    /// restored process of that pid namespace in that mount namespace mounts it again
+    /// (ferry's own view of proc sits there until then; state/mounts.rs).
+    #[prost(bool, tag = "1042")]
+    pub pidns_proc: bool,
     #[prost(uint32, tag = "2")]
     pub parent: u32,
     /// Where it is mounted, as the root process sees it ("/" for its root).
@@ -1554,6 +1564,11 @@ pub struct Pty {
     /// the client that asked for it.
     #[prost(bool, tag = "530")]
     pub orphan: bool,
+    /// The device at dump of the devpts instance of the pair when it is not the tree root's
+    /// (a fresh devpts of a nested mount namespace, `MountRecord.devpts_dev`): restore makes the
+    /// pair in that instance, with the same index; 0: the root's instance.
+    #[prost(uint64, tag = "1041")]
+    pub devpts_dev: u64,
 }
 
 /// A TCP or UDP socket over IPv4 or IPv6: what restore needs to recreate it with socket(),

@@ -24,8 +24,24 @@
  *                     mount tree is the one it had, W/sys/class/net lists exactly the devices of
  *                     its own network namespace (lo, npfa0, npfb0), and W/mq shows its queue,
  *                     whose message is still there.
- *   nestedmnt W devpts C mounts a fresh devpts (newinstance) in its own (refused: ferry does
- *                     not make its ptys there).
+ *   nestedmnt W devpts C mounts a fresh devpts (newinstance, ptmxmode=0666, mode=0620) on
+ *                     W/tmp in its own and keeps a pty pair of it with index 1 (index 0 taken
+ *                     first and given back: a pair made in the first free index would be 0),
+ *                     in raw mode, its slave node made mode 0640, and bytes written both ways
+ *                     left unread. On go C checks its mount tree, the master's index (TIOCGPTN)
+ *                     is 1, its slave fd is 136:1 of the devpts on W/tmp and the node W/tmp/1,
+ *                     W/tmp/0 does not exist, the node's mode, the unread bytes of each side,
+ *                     and new bytes both ways.
+ *   nestedmnt W cgroup C moves into a cgroup v2 of its own, CG = ferry-nestedmnt-PID (PID: R's)
+ *                     below the cgroup2 mount (/sys/fs/cgroup/unified, else /sys/fs/cgroup),
+ *                     unshares mount and cgroup namespaces there and mounts a fresh cgroup2 on
+ *                     W/cg (rooted in CG). On go C checks its mount tree (inside, the mount's
+ *                     root is "/"), that W/cg is CG (same directory, its own pid in
+ *                     cgroup.procs) and that /proc/self/cgroup reads "0::/".
+ *   nestedmnt W pidproc  run by `ferry run --pidns --mntns` (W outside /tmp): C unshares a
+ *                     mount namespace and mounts a fresh proc on W/proc, of the job's pid
+ *                     namespace. On go C checks its mount tree and that W/proc/self is its own
+ *                     pid (the proc shows its pid namespace).
  *
  * Each child writes W/child-NAME ("PASS" or "FAIL: why"); R forwards go to them, waits for
  * their verdicts and writes the result.
@@ -38,7 +54,11 @@
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/statfs.h>
+#include <sys/ioctl.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
+#include <poll.h>
+#include <termios.h>
 #include <linux/magic.h>
 
 #define FILE_LEN 12288
@@ -349,21 +369,158 @@ static void run_c_fresh(void)
 	exit(0);
 }
 
-static void run_c(int deep, int devpts)
+/* Read exactly strlen(want) bytes from `fd` (waiting for them up to 10 s) and compare. */
+static void expect(int fd, const char *want, const char *what)
+{
+	char got[256] = "";
+	size_t n = 0, len = strlen(want);
+	while (n < len) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		if (poll(&p, 1, 10000) <= 0)
+			break;
+		ssize_t r = read(fd, got + n, len - n);
+		if (r <= 0)
+			break;
+		n += (size_t)r;
+	}
+	got[n] = 0;
+	CHECK(n == len && memcmp(got, want, len) == 0, "C: %s: read \"%s\", not \"%s\"", what, got, want);
+}
+
+/* C of mode devpts: a fresh devpts instance in its own mount namespace, with a pty pair of it. */
+static void run_c_devpts(void)
+{
+	static char before[65536];
+	char pts[4096], ptmx[4200], node[4200], node0[4200];
+	only_w = 0; /* (its own namespace: the whole tree) */
+	SETUP(unshare(CLONE_NEWNS));
+	SETUP(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL));
+	path_in(pts, sizeof pts, "tmp");
+	SETUP(mount("devpts", pts, "devpts", 0, "newinstance,ptmxmode=0666,mode=0620"));
+	snprintf(ptmx, sizeof ptmx, "%s/ptmx", pts);
+	snprintf(node, sizeof node, "%s/1", pts);
+	snprintf(node0, sizeof node0, "%s/0", pts);
+	int m0 = open(ptmx, O_RDWR | O_NOCTTY);
+	SETUP(m0);
+	int m = open(ptmx, O_RDWR | O_NOCTTY);
+	SETUP(m);
+	close(m0);
+	int idx = -1, unlock = 0;
+	SETUP(ioctl(m, TIOCGPTN, &idx));
+	if (idx != 1)
+		die_setup("the second pty of a fresh devpts is %d", idx);
+	SETUP(ioctl(m, TIOCSPTLCK, &unlock));
+	int s = open(node, O_RDWR | O_NOCTTY);
+	SETUP(s);
+	SETUP(fchmod(s, 0640));
+	struct termios t;
+	SETUP(tcgetattr(s, &t));
+	cfmakeraw(&t);
+	SETUP(tcsetattr(s, TCSANOW, &t));
+	if (write(s, "out-before", 10) != 10 || write(m, "in-before", 9) != 9)
+		die_setup("write to the pty");
+	mount_tree(before, sizeof before);
+	write_file_atomic("ready-c", "");
+	wait_go();
+	check_tree(before, "C");
+	int now = -1;
+	CHECK(ioctl(m, TIOCGPTN, &now) == 0 && now == 1, "C: the master's pty index is %d, not 1", now);
+	struct stat st, dir, nst;
+	CHECK(fstat(s, &st) == 0 && st.st_rdev == makedev(136, 1), "C: the slave fd is device %u:%u, not 136:1",
+	      major(st.st_rdev), minor(st.st_rdev));
+	CHECK(stat(pts, &dir) == 0 && st.st_dev == dir.st_dev, "C: the slave fd is not of the devpts on W/tmp");
+	CHECK(stat(node, &nst) == 0 && nst.st_ino == st.st_ino && nst.st_rdev == st.st_rdev,
+	      "C: W/tmp/1 is not the slave it holds (%s)", strerror(errno));
+	CHECK((nst.st_mode & 07777) == 0640, "C: W/tmp/1 has mode %o, not 640", nst.st_mode & 07777);
+	CHECK(access(node0, F_OK) != 0, "C: W/tmp/0 exists: a pair too many in the instance");
+	expect(m, "out-before", "the master's unread bytes");
+	expect(s, "in-before", "the slave's unread bytes");
+	CHECK(write(m, "ping", 4) == 4, "C: write to the master: %s", strerror(errno));
+	expect(s, "ping", "master to slave");
+	CHECK(write(s, "pong", 4) == 4, "C: write to the slave: %s", strerror(errno));
+	expect(m, "pong", "slave to master");
+	child_report("c");
+	exit(0);
+}
+
+/* The cgroup v2 mount of this host and the test's cgroup below it (for R's pid `r`). */
+static void cgroup_dir(pid_t r, char *out, size_t cap)
+{
+	struct statfs s;
+	const char *base = statfs("/sys/fs/cgroup/unified", &s) == 0 && s.f_type == CGROUP2_SUPER_MAGIC
+				   ? "/sys/fs/cgroup/unified"
+				   : "/sys/fs/cgroup";
+	snprintf(out, cap, "%s/ferry-nestedmnt-%d", base, (int)r);
+}
+
+/* C of mode cgroup: a fresh cgroup2 in its own mount namespace, of its own cgroup namespace. */
+static void run_c_cgroup(void)
+{
+	static char before[65536];
+	char cg[4096], dir[300], procs[4200], buf[4096], me[32];
+	only_w = 0; /* (its own namespace: the whole tree) */
+	cgroup_dir(getppid(), dir, sizeof dir);
+	if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+		die_setup("mkdir %s: %s", dir, strerror(errno));
+	cgroup_join(dir);
+	SETUP(unshare(CLONE_NEWNS | CLONE_NEWCGROUP));
+	SETUP(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL));
+	path_in(cg, sizeof cg, "cg");
+	SETUP(mount("cgroup2", cg, "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL));
+	mount_tree(before, sizeof before);
+	write_file_atomic("ready-c", "");
+	wait_go();
+	check_tree(before, "C");
+	struct stat a, b;
+	CHECK(stat(cg, &a) == 0 && stat(dir, &b) == 0 && a.st_ino == b.st_ino && a.st_dev == b.st_dev,
+	      "C: W/cg is not its cgroup %s", dir);
+	snprintf(procs, sizeof procs, "%s/cgroup.procs", cg);
+	snprintf(me, sizeof me, "%d", (int)getpid());
+	int found = 0;
+	if (read_file(procs, buf, sizeof buf) >= 0)
+		for (char *save = NULL, *l = strtok_r(buf, "\n", &save); l; l = strtok_r(NULL, "\n", &save))
+			found |= strcmp(l, me) == 0;
+	CHECK(found, "C: its pid %s is not in W/cg/cgroup.procs", me);
+	CHECK(read_file("/proc/self/cgroup", buf, sizeof buf) >= 0 && strstr(buf, "0::/\n") != NULL,
+	      "C: /proc/self/cgroup reads %s", buf);
+	child_report("c");
+	exit(0);
+}
+
+/* C of mode pidproc: a fresh proc of its (the job's) pid namespace in its own mount namespace. */
+static void run_c_pidproc(void)
+{
+	static char before[65536];
+	char proc[4096], self[4200], got[64] = "", want[32];
+	only_w = 0; /* (its own namespace: the whole tree) */
+	SETUP(unshare(CLONE_NEWNS));
+	SETUP(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL));
+	path_in(proc, sizeof proc, "proc");
+	SETUP(mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL));
+	snprintf(self, sizeof self, "%s/self", proc);
+	snprintf(want, sizeof want, "%d", (int)getpid());
+	ssize_t n = readlink(self, got, sizeof got - 1);
+	if (n < 0 || strncmp(got, want, (size_t)n) != 0 || (size_t)n != strlen(want))
+		die_setup("W/proc/self is not %s", want);
+	mount_tree(before, sizeof before);
+	write_file_atomic("ready-c", "");
+	wait_go();
+	check_tree(before, "C");
+	memset(got, 0, sizeof got);
+	n = readlink(self, got, sizeof got - 1);
+	CHECK(n > 0 && strcmp(got, want) == 0, "C: W/proc/self is %s (%s), not its pid %s", n > 0 ? got : "-",
+	      n < 0 ? strerror(errno) : "", want);
+	child_report("c");
+	exit(0);
+}
+
+static void run_c(int deep)
 {
 	struct kept k;
 	char tmp[4096];
 	only_w = 0; /* (its own namespace: the whole tree) */
 	SETUP(unshare(CLONE_NEWNS));
 	SETUP(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL));
-	if (devpts) {
-		path_in(tmp, sizeof tmp, "tmp");
-		SETUP(mount("devpts", tmp, "devpts", 0, "newinstance,ptmxmode=0666"));
-		write_file_atomic("ready-c", "");
-		wait_go();
-		child_report("c");
-		exit(0);
-	}
 	make_tmpfs(&k, "tmp", 'c');
 	bind_ro();
 	path_in(tmp, sizeof tmp, "tmp");
@@ -409,8 +566,9 @@ int main(int argc, char **argv)
 	workload_init(argc, argv);
 	const char *mode = argc > 2 ? argv[2] : "one";
 	int deep = strcmp(mode, "deep") == 0, devpts = strcmp(mode, "devpts") == 0, peer = strcmp(mode, "peer") == 0;
-	int fresh = strcmp(mode, "fresh") == 0;
-	if (!deep && !devpts && !peer && !fresh && strcmp(mode, "one") != 0)
+	int fresh = strcmp(mode, "fresh") == 0, cgroup = strcmp(mode, "cgroup") == 0;
+	int pidproc = strcmp(mode, "pidproc") == 0;
+	if (!deep && !devpts && !peer && !fresh && !cgroup && !pidproc && strcmp(mode, "one") != 0)
 		die_setup("unknown mode %s", mode);
 	char p[4096];
 	if (peer) {
@@ -439,8 +597,8 @@ int main(int argc, char **argv)
 		waitpid(c, NULL, 0);
 		finish();
 	}
-	const char *dirs[] = { "tmp", "src", "ro", "sys", "mq" };
-	for (int i = 0; i < 5; i++) {
+	const char *dirs[] = { "tmp", "src", "ro", "sys", "mq", "cg", "proc" };
+	for (int i = 0; i < 7; i++) {
 		path_in(p, sizeof p, dirs[i]);
 		SETUP(mkdir(p, 0755));
 	}
@@ -451,8 +609,14 @@ int main(int argc, char **argv)
 	SETUP(c);
 	if (c == 0 && fresh)
 		run_c_fresh();
+	if (c == 0 && devpts)
+		run_c_devpts();
+	if (c == 0 && cgroup)
+		run_c_cgroup();
+	if (c == 0 && pidproc)
+		run_c_pidproc();
 	if (c == 0)
-		run_c(deep, devpts);
+		run_c(deep);
 	char pidtext[32];
 	snprintf(pidtext, sizeof pidtext, "%d\n", (int)c);
 	write_file_atomic("pid-c", pidtext);
@@ -460,8 +624,10 @@ int main(int argc, char **argv)
 	signal_ready();
 	wait_go();
 	check_tree(tree_before, "R");
+	/* (W itself may be a tmpfs: W/tmp must be no mount of its own here) */
+	struct stat wst, tst;
 	path_in(p, sizeof p, "tmp");
-	CHECK(!is_tmpfs(p), "R: W/tmp is a tmpfs here");
+	CHECK(stat(W, &wst) == 0 && stat(p, &tst) == 0 && wst.st_dev == tst.st_dev, "R: W/tmp is a mount here");
 	path_in(p, sizeof p, "tmp/data");
 	CHECK(access(p, F_OK) != 0, "R sees C's W/tmp/data");
 	path_in(p, sizeof p, "ro/hello");

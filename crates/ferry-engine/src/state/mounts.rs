@@ -139,6 +139,8 @@ fn dump_tree(ctx: &mut DumpCtx<'_>, from: &[ferry_proc::MountInfo], nested: Opti
         });
     }
     let prefix = if nested.is_some() { PARENT_KEY } else { HOST_KEY };
+    let tree_pidns = nested
+        .is_some_and(|root| crate::state::namespaces::ns_link(root, "pid") != crate::state::nsfile::own_link("pid"));
     for m in &infos {
         let mp = &m.mount_point;
         let mut r = MountRecord {
@@ -159,6 +161,19 @@ fn dump_tree(ctx: &mut DumpCtx<'_>, from: &[ferry_proc::MountInfo], nested: Opti
         let copy_of = own.get(&host_key(m)).filter(|_| host_copy);
         if let Some(root) = nested {
             r.ns_inode = nested_check(pid, root, m, copy_of.copied(), from)?;
+            r.pidns_proc = tree_pidns && m.fs_type == "proc";
+            if let Some(p) = recs.iter().find(|p| p.pidns_proc && p.id == m.parent_id) {
+                return Err(Error::Unsupported {
+                    pid,
+                    what: format!(
+                        "mount {mp} in a nested mount namespace, below {} (a proc of the tree's own pid namespace, mounted again by a process of it after the restore)",
+                        p.mountpoint
+                    ),
+                });
+            }
+            if m.fs_type == "devpts" && copy_of.is_none() {
+                r.devpts_dev = libc::makedev(m.dev_major, m.dev_minor);
+            }
         }
         if r.parent == 0 && nested.is_none() {
             r.external = "/".into();
@@ -233,10 +248,11 @@ fn parent_peer(r: &MountRecord, theirs: &ferry_proc::MountInfo) -> u32 {
 }
 
 /// What a nested mount namespace (of process `pid`; `root`: the tree's root) may hold: proc
-/// only when it shows the right pid namespace; sysfs and mqueue made in it only when they show
-/// the network or ipc namespace of `pid` or of the root (returned: the namespace's inode, 0
-/// for the root's, in which restore mounts them); no other fresh file system than tmpfs (devpts
-/// and cgroup2 show the namespaces of their mounter too); and no peer group or master shared
+/// only when it shows the right pid namespace; sysfs, mqueue and cgroup2 made in it only when
+/// they show the network, ipc or cgroup namespace of `pid` or of the root (returned: the
+/// namespace's inode, 0 for the root's, in which restore mounts them); a fresh devpts (a new
+/// instance: restore makes the tree's ptys of it there, state/tty.rs); no other fresh file
+/// system than tmpfs; and no peer group or master shared
 /// with its parent namespace (`from`) other than a copy's with its origin (`copy_of`).
 fn nested_check(
     pid: i32,
@@ -249,23 +265,33 @@ fn nested_check(
     let ferry_pid = std::fs::read_link("/proc/self/ns/pid").ok().map(|l| l.display().to_string());
     let mp = &m.mount_point;
     let mut shows = 0;
+    let tree_pid = ns(root, "pid");
     let what = match (m.fs_type.as_str(), copy_of) {
-        ("proc", Some(_)) if ns(root, "pid") != ferry_pid => {
-            Some("a copy of the proc mount of a tree with its own pid namespace (made by its init after the nested namespace)")
+        // In a tree with its own pid namespace, made again by a process of it (`pidns_proc`):
+        // a copy of the root's proc as the root's own is (state/mounts.rs `Deferred`), a fresh
+        // one when it showed that pid namespace.
+        ("proc", Some(theirs)) if tree_pid != ferry_pid && propagation(theirs).0 != 0 => {
+            Some("a copy of the proc mount of a tree with its own pid namespace, in a peer group")
         }
+        ("proc", Some(_)) if tree_pid != ferry_pid => None,
+        ("proc", None) if tree_pid != ferry_pid => match proc_shows(pid, mp) {
+            Some(l) if Some(&l) == tree_pid.as_ref() => None,
+            _ => Some("a proc mount of another pid namespace than the tree's"),
+        },
         ("proc", None) if ns(pid, "pid") != ferry_pid => Some("a proc mount of another pid namespace than ferry's"),
-        ("tmpfs" | "proc", None) => None,
-        (fs @ ("sysfs" | "mqueue"), None) => match fresh_shows(pid, root, m, fs)? {
+        ("tmpfs" | "proc" | "devpts", None) => None,
+        (fs @ ("sysfs" | "mqueue" | "cgroup2"), None) => match fresh_shows(pid, root, m, fs)? {
             Some(inode) => {
                 shows = inode;
                 None
             }
             None if fs == "sysfs" => Some("a sysfs of another network namespace than its process's or the tree root's"),
+            None if fs == "cgroup2" => Some(
+                "a cgroup2 of another cgroup namespace than its process's or the tree root's (or of a sub-directory)",
+            ),
             None => Some("an mqueue of another ipc namespace than its process's or the tree root's"),
         },
-        (_, None) if FRESH.contains(&m.fs_type.as_str()) => {
-            Some("made in the nested namespace (ferry makes only tmpfs, proc, sysfs and mqueue there: devpts and cgroup2 show the namespaces of whoever mounts them, and a devpts its ptys)")
-        }
+        (_, None) if FRESH.contains(&m.fs_type.as_str()) => Some("made in the nested namespace (not carried)"),
         _ => None,
     };
     let (shared, master, _) = propagation(m);
@@ -289,14 +315,33 @@ fn nested_check(
     }
 }
 
-/// The namespace a fresh sysfs (network) or mqueue (ipc) mount `m` of `pid`'s nested mount
-/// namespace shows: Some(its inode) if `pid`'s own (not the root's), Some(0) if the tree
-/// root's, None if neither. The kernel keeps one super-block per namespace for each: the mount
-/// shows a namespace when a fresh one made from inside it has the mount's device.
+/// The pid namespace the proc mounted at `mp` in `pid`'s mount namespace shows: that of the
+/// task that is pid 1 there (None: it has none).
+fn proc_shows(pid: i32, mp: &str) -> Option<String> {
+    let path = format!("/proc/{pid}/root{}/1/ns/pid", mp.trim_end_matches('/'));
+    std::fs::read_link(path).ok().map(|l| l.display().to_string())
+}
+
+/// The namespace kind a fresh `fs` shows (that of whoever mounts it): sysfs the network
+/// namespace, mqueue the ipc one, cgroup2 the cgroup one (its root is that namespace's root).
+fn shown_kind(fs: &str) -> (&'static str, i32) {
+    match fs {
+        "sysfs" => ("net", libc::CLONE_NEWNET),
+        "cgroup2" => ("cgroup", libc::CLONE_NEWCGROUP),
+        _ => ("ipc", libc::CLONE_NEWIPC),
+    }
+}
+
+/// The namespace a fresh sysfs (network), mqueue (ipc) or cgroup2 (cgroup) mount `m` of
+/// `pid`'s nested mount namespace shows: Some(its inode) if `pid`'s own (not the root's),
+/// Some(0) if the tree root's, None if neither. The kernel keeps one sysfs and mqueue
+/// super-block per namespace: the mount shows a namespace when a fresh one made from inside it
+/// has the mount's device; cgroup2 has one super-block, and a fresh mount's root is the
+/// cgroup namespace's root: also compared (as ferry sees it).
 fn fresh_shows(pid: i32, root: i32, m: &ferry_proc::MountInfo, fs: &str) -> Result<Option<u64>, Error> {
-    let (kind, flag) = if fs == "sysfs" { ("net", libc::CLONE_NEWNET) } else { ("ipc", libc::CLONE_NEWIPC) };
+    let (kind, flag) = shown_kind(fs);
     let ns = crate::state::namespaces::ns_link;
-    let dev = (m.dev_major, m.dev_minor);
+    let dev = (m.dev_major, m.dev_minor, if fs == "cgroup2" { m.root.clone() } else { String::new() });
     let mut candidates = vec![(root, 0)];
     if ns(pid, kind) != ns(root, kind) {
         candidates.insert(0, (pid, ns(pid, kind).map_or(0, |l| crate::state::nsfile::inode_of(&l))));
@@ -312,8 +357,9 @@ fn fresh_shows(pid: i32, root: i32, m: &ferry_proc::MountInfo, fs: &str) -> Resu
 }
 
 /// The device of a fresh `fs` mounted from inside the namespace `ns` (of kind `flag`), by a
-/// short-lived thread in a private mount namespace of its own.
-fn fresh_dev(ns: std::os::fd::BorrowedFd<'_>, flag: i32, fs: &str) -> Result<(u32, u32), Error> {
+/// short-lived thread in a private mount namespace of its own; for cgroup2 also its root as
+/// ferry's cgroup namespace shows it (the thread goes back into it to read it), else "".
+fn fresh_dev(ns: std::os::fd::BorrowedFd<'_>, flag: i32, fs: &str) -> Result<(u32, u32, String), Error> {
     let fstype = CString::new(fs).map_err(|_| Error::Invalid { object: fs.into(), what: "bad fs type".into() })?;
     let obj = || format!("a fresh {fs} to compare with");
     std::thread::scope(|s| {
@@ -322,12 +368,21 @@ fn fresh_dev(ns: std::os::fd::BorrowedFd<'_>, flag: i32, fs: &str) -> Result<(u3
             ferry_sys::ns::unshare(libc::CLONE_NEWNS).ctx(|| "cannot unshare a mount namespace".into())?;
             ferry_sys::ns::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)
                 .ctx(|| "cannot make a private mount namespace".into())?;
+            let own = std::fs::File::open("/proc/thread-self/ns/cgroup")
+                .ctx(|| "cannot open /proc/thread-self/ns/cgroup".into())?;
             ferry_sys::ns::setns(ns, flag).ctx(|| format!("{}: cannot join its namespace", obj()))?;
             let at = c"/tmp";
             ferry_sys::ns::mount(Some(&fstype), at, Some(&fstype), 0, None)
                 .ctx(|| format!("cannot mount {}", obj()))?;
             let st = std::fs::metadata("/tmp").ctx(|| format!("cannot stat {}", obj()))?;
-            Ok((libc::major(st.dev()), libc::minor(st.dev())))
+            let mut root = String::new();
+            if flag == libc::CLONE_NEWCGROUP {
+                ferry_sys::ns::setns(std::os::fd::AsFd::as_fd(&own), flag)
+                    .ctx(|| "cannot go back into ferry's cgroup namespace".into())?;
+                let infos = read_mountinfo(Path::new("/proc/thread-self/mountinfo"))?;
+                root = infos.iter().rev().find(|i| i.mount_point == "/tmp").map(|i| i.root.clone()).unwrap_or_default();
+            }
+            Ok((libc::major(st.dev()), libc::minor(st.dev()), root))
         })
         .join()
         .unwrap_or_else(|_| Err(Error::Invalid { object: obj(), what: "thread panicked".into() }))
@@ -938,8 +993,18 @@ fn propagate<'a>(mounts: impl Iterator<Item = &'a MountRecord>) -> Result<(), St
     Ok(())
 }
 
+/// The proc mounts of a nested mount namespace that show the tree's pid namespace
+/// (`MountRecord.pidns_proc`), made again by a process of it there ([`mount_deferred`]): fresh
+/// ones, also for a copy of its parent namespace's.
+pub(crate) fn deferred_procs(recs: Vec<MountRecord>) -> Deferred {
+    let fresh = |r: MountRecord| MountRecord { external: String::new(), bind_of: 0, ..r };
+    Deferred { mounts: recs.into_iter().map(|r| (fresh(r), None)).collect(), ..Default::default() }
+}
+
 /// In the tree's root process, pid 1 of its new pid namespace, before it forks: replace
-/// ferry's view of proc with the namespace's own, and make what was mounted below it.
+/// ferry's view of proc with the namespace's own, and make what was mounted below it. (Also,
+/// in the first process of that pid namespace in a nested mount namespace, its procs:
+/// [`deferred_procs`].)
 pub(crate) fn mount_deferred(d: &Deferred) -> Result<(), String> {
     let mut b = Builder { root: PathBuf::from("/"), made: d.made.clone(), finals: Vec::new(), external: &d.external };
     let ids: HashSet<u32> = d.mounts.iter().map(|m| m.0.id).collect();
@@ -976,14 +1041,18 @@ fn replace_stacked(mp: &str) -> Result<(), String> {
 /// Last the result is read back and compared with the image: a difference is an error naming
 /// the mount, never a silently different tree.
 /// `proc`: ferry's /proc (the tree's may show another pid namespace, or none).
-/// `nested`: the nested network and ipc namespaces made, (inode at dump, fd number), in which
-/// a fresh sysfs or mqueue that showed one is mounted.
+/// `nested`: the nested network, ipc and cgroup namespaces made, (inode at dump, fd number), in
+/// which a fresh sysfs, mqueue or cgroup2 that showed one is mounted. `ptys`: the image's pairs of devpts
+/// instances other than the root's ((device at dump, index), state/tty.rs `instance_pairs`),
+/// made in a fresh devpts as soon as it is mounted, with their indexes. Returned: the procs of
+/// the tree's own pid namespace (`MountRecord.pidns_proc`), for [`deferred_procs`].
 pub(crate) fn restore_nested(
     img: &ferry_image::ImageReader,
     mnt: &MountNs,
     proc: std::os::fd::BorrowedFd<'_>,
     nested: &[(u64, i32)],
-) -> Result<(), Error> {
+    ptys: &[(u64, u32)],
+) -> Result<Vec<MountRecord>, Error> {
     let obj = |r: &MountRecord| format!("mount {} ({}) of a nested mount namespace", r.mountpoint, r.fstype);
     for r in &mnt.mounts {
         if !plain(&r.mountpoint) || !r.mountpoint.starts_with('/') || !plain(&r.root) {
@@ -1057,16 +1126,23 @@ pub(crate) fn restore_nested(
         let fresh_in = (r.ns_inode != 0 && r.bind_of == 0 && r.external.is_empty()).then_some(r.ns_inode);
         in_nested(fresh_in, &r.fstype, nested, proc, || b.make(r, content.as_ref()))
             .map_err(|what| Error::Invalid { object: obj(r), what })?;
+        if r.devpts_dev != 0 && r.fstype == "devpts" && r.bind_of == 0 && r.external.is_empty() {
+            crate::state::tty::open_in_instance(Path::new(&r.mountpoint), r.devpts_dev, ptys)
+                .map_err(|what| Error::Invalid { object: obj(r), what })?;
+        }
     }
     b.finish().map_err(|what| Error::Invalid { object: "nested mount namespace".into(), what })?;
     // (A peer of its origin is shared already: MS_SHARED again keeps its group.)
     propagate(mnt.mounts.iter()).map_err(|what| Error::Invalid { object: "nested mount namespace".into(), what })?;
     let built = thread_mountinfo(proc)?;
-    same_tree(&mnt.mounts, &built).map_err(|what| Error::Invalid { object: "nested mount namespace".into(), what })
+    same_tree(&mnt.mounts, &built).map_err(|what| Error::Invalid { object: "nested mount namespace".into(), what })?;
+    // (ferry's view of proc sits at those until a process of the tree's pid namespace mounts
+    // its own there.)
+    Ok(mnt.mounts.iter().filter(|r| r.pidns_proc).cloned().collect())
 }
 
-/// Run `f` (the mount of a fresh `fs`) with the calling thread in the nested network (sysfs)
-/// or ipc (mqueue) namespace of inode `inode` at dump (`nested`: (inode, fd number)), then back;
+/// Run `f` (the mount of a fresh `fs`) with the calling thread in the nested network (sysfs),
+/// ipc (mqueue) or cgroup (cgroup2) namespace of inode `inode` at dump (`nested`: (inode, fd number)), then back;
 /// None: where it is.
 fn in_nested<T>(
     inode: Option<u64>,
@@ -1076,7 +1152,7 @@ fn in_nested<T>(
     f: impl FnOnce() -> Result<T, String>,
 ) -> Result<T, String> {
     let Some(inode) = inode else { return f() };
-    let (kind, flag) = if fs == "mqueue" { ("ipc", libc::CLONE_NEWIPC) } else { ("net", libc::CLONE_NEWNET) };
+    let (kind, flag) = shown_kind(fs);
     let fd = nested.iter().find(|n| n.0 == inode).map(|n| n.1).ok_or_else(|| {
         format!("it shows the {kind} namespace {kind}:[{inode}], which is not among the image's nested namespaces")
     })?;

@@ -340,6 +340,9 @@ pub struct Plan {
     mnt: Vec<Option<i32>>,
     root_mnt: Option<i32>,
     cwd: Option<OwnedFd>,
+    /// Per process: the procs of the tree's pid namespace it mounts in its nested mount
+    /// namespace (the first process of that pid namespace there).
+    procs_later: Vec<Option<crate::state::mounts::Deferred>>,
     /// The fds above (the forked tree inherits them).
     _owned: Vec<OwnedFd>,
 }
@@ -348,11 +351,14 @@ pub struct Plan {
 pub struct Made {
     /// (inode, kind, fd)
     ns: Vec<(u64, String, OwnedFd)>,
+    /// Per nested mount namespace (inode): its procs of the tree's pid namespace, mounted
+    /// again by a process of it (`Plan::procs_later`).
+    procs_later: Vec<(u64, Vec<ferry_image::MountRecord>)>,
 }
 
 /// At restore, before `namespaces::enter`: create every nested namespace, from ferry's own.
 pub fn make(img: &ImageReader, opts: &crate::state::namespaces::RestoreNs) -> Result<Made, Error> {
-    let mut made = Made { ns: Vec::new() };
+    let mut made = Made { ns: Vec::new(), procs_later: Vec::new() };
     for n in &img.inventory().nested_ns {
         let bad = |what: &str| Error::Invalid {
             object: format!("nested {} namespace {}", n.kind, n.inode),
@@ -397,8 +403,9 @@ impl Made {
     /// namespace): make every nested mount namespace, parents first, each by `unshare` from
     /// its parent with the mounts of state/mounts.rs `restore_nested`. The thread keeps an
     /// fs_struct of its own (setns into a mount namespace needs it), back in the root's.
-    /// `host_proc`: ferry's /proc.
-    pub fn make_mnt(&mut self, img: &ImageReader, host_proc: BorrowedFd<'_>) -> Result<(), Error> {
+    /// `host_proc`: ferry's /proc. `ptys`: the pairs of nested devpts instances
+    /// (state/tty.rs `instance_pairs`), made in them.
+    pub fn make_mnt(&mut self, img: &ImageReader, host_proc: BorrowedFd<'_>, ptys: &[(u64, u32)]) -> Result<(), Error> {
         let mut left: Vec<&NestedNs> = img.inventory().nested_ns.iter().filter(|n| n.kind == "mnt").collect();
         if left.is_empty() {
             return Ok(());
@@ -410,10 +417,14 @@ impl Made {
         };
         let own = thread_mnt()?;
         let cwd = open(".")?;
-        // (The nested network and ipc namespaces, made already: a fresh sysfs or mqueue of a
-        // nested mount namespace is mounted from inside the one it showed.)
-        let others: Vec<(u64, i32)> =
-            self.ns.iter().filter(|m| m.1 == "net" || m.1 == "ipc").map(|m| (m.0, m.2.as_raw_fd())).collect();
+        // (The nested network, ipc and cgroup namespaces, made already: a fresh sysfs, mqueue
+        // or cgroup2 of a nested mount namespace is mounted from inside the one it showed.)
+        let others: Vec<(u64, i32)> = self
+            .ns
+            .iter()
+            .filter(|m| matches!(m.1.as_str(), "net" | "ipc" | "cgroup"))
+            .map(|m| (m.0, m.2.as_raw_fd()))
+            .collect();
         let mut made = || -> Result<(), Error> {
             while !left.is_empty() {
                 let ready =
@@ -441,7 +452,10 @@ impl Made {
                     object: format!("nested mount namespace {}", n.inode),
                     what: "has no mount tree".into(),
                 })?;
-                crate::state::mounts::restore_nested(img, mnt, host_proc, &others)?;
+                let later = crate::state::mounts::restore_nested(img, mnt, host_proc, &others, ptys)?;
+                if !later.is_empty() {
+                    self.procs_later.push((n.inode, later));
+                }
                 self.ns.push((n.inode, n.kind.clone(), thread_mnt()?));
             }
             Ok(())
@@ -513,6 +527,20 @@ impl Made {
             net.push(my_net);
             mnt.push(my_mnt);
         }
+        let mut procs_later: Vec<Option<crate::state::mounts::Deferred>> = procs.iter().map(|_| None).collect();
+        for (inode, recs) in self.procs_later {
+            // (The first live process in it at the tree's pid level: proc shows the pid
+            // namespace of whoever mounts it.)
+            let i = procs
+                .iter()
+                .position(|p| p.ns_inodes.contains(&inode) && p.ns_pid.is_empty() && !p.zombie)
+                .ok_or_else(|| Error::Invalid {
+                    object: format!("nested mount namespace {inode}"),
+                    what: "it has a proc of the tree's pid namespace, and no live process of that pid namespace to mount it"
+                        .into(),
+                })?;
+            procs_later[i] = Some(crate::state::mounts::deferred_procs(recs));
+        }
         let root_net = kinds.iter().find(|k| k.1 == "net").map(|k| k.2);
         let net_by_inode = by_inode.iter().filter(|(k, _)| k.1 == "net").map(|(k, &fd)| (k.0, fd)).collect();
         let root_mnt = kinds.iter().find(|k| k.1 == "mnt").map(|k| k.2);
@@ -529,6 +557,7 @@ impl Made {
             mnt,
             root_mnt,
             cwd,
+            procs_later,
             _owned: owned,
         }))
     }
@@ -547,6 +576,15 @@ impl Plan {
             }
         }
         Ok(())
+    }
+
+    /// In forked process `me` (image index), once in its namespaces: the procs of the tree's
+    /// pid namespace of its nested mount namespace, if it is the one that mounts them.
+    pub fn mount_procs_in_child(&self, me: usize) -> Result<(), String> {
+        match self.procs_later.get(me) {
+            Some(Some(d)) => crate::state::mounts::mount_deferred(d),
+            _ => Ok(()),
+        }
     }
 
     /// Move ferry's restoring thread into the network namespace of process `i` (image index),

@@ -83,13 +83,17 @@ struct TermFd {
     winsize: [u16; 4],
     /// The process that holds it.
     pid: i32,
+    /// Its devpts instance, for a pty slave (`Pty.devpts_dev`: 0 for the tree root's).
+    devpts_dev: u64,
 }
 
 /// What the fd tables of the tree hold on terminals, gathered while collecting.
 #[derive(Default)]
 pub struct TreeTty {
-    /// Masters seen, by pts index.
-    masters: HashMap<u32, Pty>,
+    /// The tree's root process (its devpts instances are the root's: `Pty.devpts_dev` 0).
+    pub root: i32,
+    /// Masters seen, by devpts instance (`Pty.devpts_dev`) and pts index.
+    masters: HashMap<(u64, u32), Pty>,
     /// Slaves and other terminals, in the order they were seen.
     terms: Vec<TermFd>,
 }
@@ -101,7 +105,7 @@ fn copy_fd(pid: i32, fd: i32) -> Result<OwnedFd, Error> {
 
 /// Read a master's pair state (index, settings, session, foreground group); refuse unread
 /// output. Only read-only ioctls: the master is a copy of the target's own description.
-fn read_pair(pid: i32, fd: i32, master: BorrowedFd<'_>) -> Result<Pty, Error> {
+fn read_pair(pid: i32, fd: i32, master: BorrowedFd<'_>, root: i32) -> Result<Pty, Error> {
     let what = || format!("pid {pid} fd {fd}: pty master");
     let unsupported = |what: String| Error::Unsupported { pid, what: format!("fd {fd}: {what}") };
     let index = sys::get_int(master, libc::TIOCGPTN).ctx(what)? as u32;
@@ -123,12 +127,20 @@ fn read_pair(pid: i32, fd: i32, master: BorrowedFd<'_>) -> Result<Pty, Error> {
         foreground_pgrp: sys::get_int(master, libc::TIOCGPGRP).unwrap_or(0),
         ..Default::default()
     };
-    // The slave node's owner and mode (grantpt, or a chown by the process), from /dev/pts: the
-    // same devpts instance, since the process shares ferry's mount namespace.
-    let node = format!("/dev/pts/{index}");
-    let md = std::fs::metadata(crate::procfs::in_root(pid, &node))
-        .ctx(|| format!("pid {pid} fd {fd}: cannot stat {node}"))?;
-    let pty = Pty { slave_mode: Some(md.mode() & 0o7777), slave_uid: md.uid(), slave_gid: md.gid(), ..pty };
+    // The slave node's owner and mode (grantpt, or a chown by the process): from /dev/pts in
+    // the tree root's devpts instance; in another one (a nested mount namespace's), through a
+    // new slave description of the pair, whose device names the instance.
+    let slave = peer(master).ctx(|| format!("pid {pid} fd {fd}: pty /dev/pts/{index}: cannot open its slave"))?;
+    let smd = std::fs::File::from(slave).metadata().ctx(what)?;
+    let devpts_dev = instance(pid, smd.dev(), root)?;
+    let md = if devpts_dev != 0 {
+        smd
+    } else {
+        let node = format!("/dev/pts/{index}");
+        std::fs::metadata(crate::procfs::in_root(pid, &node))
+            .ctx(|| format!("pid {pid} fd {fd}: cannot stat {node}"))?
+    };
+    let pty = Pty { slave_mode: Some(md.mode() & 0o7777), slave_uid: md.uid(), slave_gid: md.gid(), devpts_dev, ..pty };
     let mut pty = pty;
     take_queued(master, &mut pty)
         .ctx(|| format!("pid {pid} fd {fd}: pty /dev/pts/{index}: cannot save its queued bytes"))?;
@@ -299,25 +311,59 @@ fn queue(
     sys::set_termios(master, termios)
 }
 
+/// The devpts instance of device `dev` a pty of `pid` is in, as `Pty.devpts_dev`: 0 when the
+/// tree root (`root`) shows a devpts of that device (its own instance, restored with its mount
+/// tree; also when `root` is unknown, 0), else `dev` when `pid`'s mount namespace shows one (a
+/// fresh devpts of a nested mount namespace: state/mounts.rs makes the pair there); a pty of an
+/// instance mounted in neither is refused by name.
+fn instance(pid: i32, dev: u64, root: i32) -> Result<u64, Error> {
+    let shows = |p: i32| -> Result<bool, Error> {
+        let text = crate::procfs::read_string(p, "mountinfo")?;
+        let infos = crate::procfs::parse(p, "mountinfo", ferry_proc::parse_mountinfo(&text))?;
+        Ok(infos
+            .iter()
+            .any(|m| m.fs_type == "devpts" && (m.dev_major, m.dev_minor) == (libc::major(dev), libc::minor(dev))))
+    };
+    if root == 0 || shows(root)? {
+        return Ok(0);
+    }
+    if shows(pid)? {
+        return Ok(dev);
+    }
+    Err(Error::Unsupported {
+        pid,
+        what: format!(
+            "a pty of a devpts instance ({}:{}) mounted neither in its mount namespace nor in the tree root's",
+            libc::major(dev),
+            libc::minor(dev)
+        ),
+    })
+}
+
 /// Classify fd `fd` of `pid`, a terminal device `link` with device number `rdev`: a pty master
 /// (its pair's state is saved), a pty slave (decided in [`finish`]: in the image when its master
 /// is), or another terminal (only fds 0-2, handed over at restore with `--shell-job`).
 pub fn collect(pid: i32, fd: i32, link: &str, rdev: u64, file: &mut File, tree: &mut TreeTty) -> Result<(), Error> {
     let copy = copy_fd(pid, fd)?;
     if is_ptmx(rdev) {
-        let pty = read_pair(pid, fd, copy.as_fd())?;
+        let pty = read_pair(pid, fd, copy.as_fd(), tree.root)?;
         file.kind = FileKind::PtyMaster as i32;
         file.path = "/dev/ptmx".into();
         file.describe = format!("{link} (pty master of /dev/pts/{})", pty.index);
-        tree.masters.insert(pty.index, pty.clone());
+        tree.masters.insert((pty.devpts_dev, pty.index), pty.clone());
         file.pty = Some(pty);
         return Ok(());
     }
     let index = pts_index(rdev);
+    let mut devpts_dev = 0;
     match index {
         Some(i) => {
+            let md = std::fs::File::from(copy.try_clone().ctx(|| format!("pid {pid} fd {fd}"))?)
+                .metadata()
+                .ctx(|| format!("pid {pid} fd {fd}: cannot stat {link}"))?;
+            devpts_dev = instance(pid, md.dev(), tree.root)?;
             file.kind = FileKind::PtySlave as i32;
-            file.pty = Some(Pty { index: i, ..Default::default() });
+            file.pty = Some(Pty { index: i, devpts_dev, ..Default::default() });
         }
         None => file.kind = FileKind::Inherited as i32,
     }
@@ -328,6 +374,7 @@ pub fn collect(pid: i32, fd: i32, link: &str, rdev: u64, file: &mut File, tree: 
         exclusive: sys::get_int(copy.as_fd(), libc::TIOCGEXCL).unwrap_or(0) != 0,
         winsize: sys::get_winsize(copy.as_fd()).unwrap_or_default(),
         pid,
+        devpts_dev,
     });
     Ok(())
 }
@@ -362,7 +409,7 @@ pub fn finish(
     }
     // What the slaves tell about their pair: exclusive mode, and input nobody has read.
     for t in &tree.terms {
-        let Some(pty) = t.index.and_then(|i| tree.masters.get_mut(&i)) else { continue };
+        let Some(pty) = t.index.and_then(|i| tree.masters.get_mut(&(t.devpts_dev, i))) else { continue };
         pty.exclusive |= t.exclusive;
     }
     // Every fd on a terminal that is not a master of the tree, in every process (descriptions
@@ -374,8 +421,8 @@ pub fn finish(
             let f = &mut p.files[d.file as usize];
             let name = match FileKind::try_from(f.kind) {
                 Ok(FileKind::PtySlave) => {
-                    let index = f.pty.as_ref().map(|t| t.index).unwrap_or(u32::MAX);
-                    if let Some(pty) = tree.masters.get(&index) {
+                    let key = f.pty.as_ref().map(|t| (t.devpts_dev, t.index)).unwrap_or((0, u32::MAX));
+                    if let Some(pty) = tree.masters.get(&key) {
                         f.pty = Some(pty.clone());
                         continue;
                     }
@@ -425,7 +472,7 @@ pub fn finish(
     let mut ctty_outside = None;
     for p in procs.iter().filter(|p| p.tty_nr != 0) {
         let rdev = p.tty_nr as u64;
-        if pts_index(rdev).is_some_and(|i| tree.masters.contains_key(&i)) {
+        if ctty_pair(p.tty_nr, tree).is_some() {
             continue;
         }
         if !shell_job {
@@ -434,7 +481,7 @@ pub fn finish(
         ctty_outside.get_or_insert_with(|| tty_name(rdev));
     }
     // A pair that is a session's controlling terminal needs that session's leader.
-    for (index, pty) in tree.masters.iter() {
+    for ((_, index), pty) in tree.masters.iter() {
         if pty.session != 0 && !procs.iter().any(|p| p.pid == pty.session && p.sid == pty.session) {
             let pid = procs.iter().find(|p| p.sid == pty.session).map(|p| p.pid).unwrap_or(procs[0].pid);
             return Err(Error::Unsupported {
@@ -471,9 +518,16 @@ pub fn finish(
     }))
 }
 
-/// The image's pair that is controlling terminal `tty_nr` (of /proc/PID/stat), if any.
+/// The image's pair that is controlling terminal `tty_nr` (of /proc/PID/stat), if any: the
+/// device number names no devpts instance, so only a pair whose index no pair of another
+/// instance has (else it counts as a terminal outside the dump, refused by name).
 fn ctty_pair(tty_nr: u32, tree: &TreeTty) -> Option<&Pty> {
-    pts_index(tty_nr as u64).and_then(|i| tree.masters.get(&i)).filter(|_| tty_nr != 0)
+    let i = pts_index(tty_nr as u64).filter(|_| tty_nr != 0)?;
+    let mut of = tree.masters.iter().filter(|((_, index), _)| *index == i);
+    match (of.next(), of.next()) {
+        (Some((_, pty)), None) => Some(pty),
+        _ => None,
+    }
 }
 
 /// Pty slaves of the tree whose master is outside it (a container's console: runc's console
@@ -483,7 +537,7 @@ fn ctty_pair(tty_nr: u32, tree: &TreeTty) -> Option<&Pty> {
 /// cannot be read without the master and are not kept.
 fn orphans(procs: &[Process], tree: &mut TreeTty) -> Result<(), Error> {
     for t in &tree.terms {
-        let Some(index) = t.index.filter(|i| !tree.masters.contains_key(i)) else { continue };
+        let Some(index) = t.index.filter(|i| !tree.masters.contains_key(&(t.devpts_dev, *i))) else { continue };
         let is_ctty = |p: &&Process| p.tty_nr != 0 && pts_index(p.tty_nr as u64) == Some(index);
         let leader = procs.iter().filter(is_ctty).find(|p| p.sid == p.pid && !p.zombie);
         let foreground_pgrp = match leader {
@@ -494,8 +548,11 @@ fn orphans(procs: &[Process], tree: &mut TreeTty) -> Result<(), Error> {
             None => 0,
         };
         let node = format!("/dev/pts/{index}");
-        let md = std::fs::metadata(crate::procfs::in_root(t.pid, &node))
-            .ctx(|| format!("pid {}: pty slave {}: cannot stat {node}", t.pid, t.name))?;
+        let md = match t.devpts_dev {
+            0 => std::fs::metadata(crate::procfs::in_root(t.pid, &node)),
+            _ => std::fs::metadata(crate::procfs::in_root(t.pid, &t.name)),
+        }
+        .ctx(|| format!("pid {}: pty slave {}: cannot stat {node}", t.pid, t.name))?;
         tracing::info!(
             index,
             session = leader.map(|l| l.pid),
@@ -503,7 +560,7 @@ fn orphans(procs: &[Process], tree: &mut TreeTty) -> Result<(), Error> {
         );
         let [rows, cols, xpixel, ypixel] = t.winsize.map(u32::from);
         tree.masters.insert(
-            index,
+            (t.devpts_dev, index),
             Pty {
                 index,
                 termios: t.termios.clone(),
@@ -517,6 +574,7 @@ fn orphans(procs: &[Process], tree: &mut TreeTty) -> Result<(), Error> {
                 slave_uid: md.uid(),
                 slave_gid: md.gid(),
                 orphan: true,
+                devpts_dev: t.devpts_dev,
                 ..Default::default()
             },
         );
@@ -524,16 +582,47 @@ fn orphans(procs: &[Process], tree: &mut TreeTty) -> Result<(), Error> {
     Ok(())
 }
 
-/// Masters opened before the terminals are set up (by index in the tree's devpts instance):
-/// the mount code needs a slave node to exist to bind it (runc bind-mounts the console's slave
-/// onto /dev/console) before [`prepare`] runs; [`set_up_pair`] takes them.
-static EARLY_MASTERS: std::sync::Mutex<Vec<(u32, OwnedFd)>> = std::sync::Mutex::new(Vec::new());
+/// Masters opened before the terminals are set up, by devpts instance (`Pty.devpts_dev`) and
+/// index: the mount code needs a slave node to exist to bind it (runc bind-mounts the console's
+/// slave onto /dev/console) before [`prepare`] runs, and the pairs of a nested mount
+/// namespace's devpts are made in it while ferry's thread is there ([`open_in_instance`]);
+/// [`set_up_pair`] takes them.
+static EARLY_MASTERS: std::sync::Mutex<Vec<((u64, u32), OwnedFd)>> = std::sync::Mutex::new(Vec::new());
 
 /// Make slave `rel` ("N") of the devpts instance mounted at `devpts` exist: open that
 /// instance's ptmx until it hands out index N (lower indexes opened on the way are closed
 /// again), and keep the master for [`set_up_pair`].
 pub fn open_for_bind(devpts: &std::path::Path, rel: &str) -> Result<(), String> {
     let index: u32 = rel.trim_matches('/').parse().map_err(|_| format!("devpts file {rel:?} is not a pty slave"))?;
+    open_index(devpts, 0, index)
+}
+
+/// The pairs of the image in a devpts instance other than the tree root's (`Pty.devpts_dev`,
+/// index), masters and orphans, for [`open_in_instance`].
+pub fn instance_pairs(procs: &[Process]) -> Vec<(u64, u32)> {
+    let mut v: Vec<(u64, u32)> = procs
+        .iter()
+        .flat_map(|p| p.files.iter())
+        .filter_map(|f| f.pty.as_ref().filter(|t| t.devpts_dev != 0).map(|t| (t.devpts_dev, t.index)))
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// In the nested mount namespace that has just mounted the fresh devpts of device `dev` at
+/// dump at `devpts`: make the image's pairs of that instance (`pairs`: [`instance_pairs`])
+/// there with their indexes, for [`set_up_pair`].
+pub fn open_in_instance(devpts: &std::path::Path, dev: u64, pairs: &[(u64, u32)]) -> Result<(), String> {
+    for (_, index) in pairs.iter().filter(|p| p.0 == dev) {
+        open_index(devpts, dev, *index)?;
+    }
+    Ok(())
+}
+
+/// Open the ptmx of the devpts instance mounted at `devpts` until it hands out `index` (lower
+/// ones are closed again) and keep that master as the early one of (`dev`, `index`).
+fn open_index(devpts: &std::path::Path, dev: u64, index: u32) -> Result<(), String> {
     let ptmx = devpts.join("ptmx");
     let mut lower = Vec::new();
     for _ in 0..=index {
@@ -548,7 +637,7 @@ pub fn open_for_bind(devpts: &std::path::Path, rel: &str) -> Result<(), String> 
         match (got as u32).cmp(&index) {
             std::cmp::Ordering::Less => lower.push(m),
             std::cmp::Ordering::Equal => {
-                EARLY_MASTERS.lock().unwrap_or_else(|p| p.into_inner()).push((index, m));
+                EARLY_MASTERS.lock().unwrap_or_else(|p| p.into_inner()).push(((dev, index), m));
                 return Ok(());
             }
             std::cmp::Ordering::Greater => break,
@@ -588,7 +677,7 @@ struct Pair {
 /// ferry's own terminal.
 #[derive(Default)]
 pub struct Restore {
-    pairs: HashMap<u32, Pair>,
+    pairs: HashMap<(u64, u32), Pair>,
     shell_job: Option<TtyShellJob>,
     /// ferry's controlling terminal (/dev/tty), for a shell job.
     own_tty: Option<OwnedFd>,
@@ -598,10 +687,20 @@ fn set_up_pair(pty: &Pty, base: i32) -> Result<Pair, Error> {
     let obj = || format!("pty /dev/pts/{} (new pair)", pty.index);
     let early = {
         let mut e = EARLY_MASTERS.lock().unwrap_or_else(|p| p.into_inner());
-        e.iter().position(|(i, _)| *i == pty.index).map(|at| e.swap_remove(at).1)
+        e.iter().position(|(k, _)| *k == (pty.devpts_dev, pty.index)).map(|at| e.swap_remove(at).1)
     };
     let master = match early {
         Some(m) => m,
+        None if pty.devpts_dev != 0 => {
+            return Err(Error::Invalid {
+                object: obj(),
+                what: format!(
+                    "its devpts instance (device {}:{} at dump, of a nested mount namespace) was not made",
+                    libc::major(pty.devpts_dev),
+                    libc::minor(pty.devpts_dev)
+                ),
+            })
+        }
         None => ferry_sys::process::open_raw(c"/dev/ptmx", libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC, 0)
             .ctx(|| format!("{}: cannot open /dev/ptmx", obj()))?,
     };
@@ -654,7 +753,7 @@ pub fn prepare(
         if f.kind != FileKind::PtyMaster as i32 && !pty.orphan {
             continue;
         }
-        if let std::collections::hash_map::Entry::Vacant(e) = r.pairs.entry(pty.index) {
+        if let std::collections::hash_map::Entry::Vacant(e) = r.pairs.entry((pty.devpts_dev, pty.index)) {
             e.insert(set_up_pair(pty, base)?);
         }
     }
@@ -693,7 +792,7 @@ impl Restore {
     /// The masters of the orphan pairs (dump-time index, fd in ferry), for the client.
     pub fn orphan_masters(&self) -> Vec<(u32, BorrowedFd<'_>)> {
         let mut v: Vec<_> =
-            self.pairs.iter().filter(|(_, p)| p.pty.orphan).map(|(i, p)| (*i, p.master.as_fd())).collect();
+            self.pairs.iter().filter(|(_, p)| p.pty.orphan).map(|(k, p)| (k.1, p.master.as_fd())).collect();
         v.sort_by_key(|(i, _)| *i);
         v
     }
@@ -702,7 +801,7 @@ impl Restore {
 /// Open a new description of a pty end for a `PtyMaster`/`PtySlave` file of the image.
 pub fn open(obj: &str, f: &File, r: &Restore) -> Result<OwnedFd, Error> {
     let pty = f.pty.as_ref().ok_or_else(|| Error::Invalid { object: obj.into(), what: "pty state missing".into() })?;
-    let pair = r.pairs.get(&pty.index).ok_or_else(|| Error::Invalid {
+    let pair = r.pairs.get(&(pty.devpts_dev, pty.index)).ok_or_else(|| Error::Invalid {
         object: obj.into(),
         what: format!("the master of /dev/pts/{} is missing from the image", pty.index),
     })?;

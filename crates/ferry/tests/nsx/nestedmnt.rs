@@ -4,8 +4,6 @@
 //! `nestedmnt` checks from inside each process after the restore (see its header).
 
 use crate::common::*;
-use std::fs;
-use std::time::Duration;
 
 /// (Without the fingerprint: a recreated tmpfs has a new anonymous device number, in
 /// mountinfo and in the maps of the files mapped from it. The workload checks its mounts,
@@ -80,19 +78,113 @@ fn control_nested_mnt_fresh() {
     control(&spec("fresh"));
 }
 
-/// A fresh devpts in a nested mount namespace (a new instance, with ptys ferry would have to
-/// make there): refused by name.
+/// A fresh devpts in a nested mount namespace (a new instance, its options) with a pty pair
+/// of it held across: the instance is mounted again there and the pair made in it with its
+/// index (1, with 0 free), its slave node's mode and the bytes left unread both ways (the
+/// workload checks its mount tree, the index, that its slave is the node W/tmp/1 of the devpts
+/// on W/tmp, and bytes both ways).
 #[test]
-fn nested_mntns_devpts_refused() {
-    let run = Run::start(&spec("devpts"));
-    let w = &run.w;
-    wait_for("pid-c", Duration::from_secs(30), || w.join("pid-c").exists());
-    let c = fs::read_to_string(w.join("pid-c")).expect("pid-c").trim().to_string();
-    dump_refused(run.pid, &w.join("img"), "(devpts) in a nested mount namespace");
-    let err = std::process::Command::new(ferry_bin())
-        .args(["dump", "-t", &run.pid.to_string(), "-D", &path_str(&w.join("img2"))])
-        .output()
-        .expect("run ferry dump");
-    assert!(String::from_utf8_lossy(&err.stderr).contains(&format!("pid {c}")), "the error does not name pid {c}");
-    assert!(pid_alive(run.pid), "a refused dump killed the workload");
+fn nested_mntns_devpts_restored() {
+    cycle(&spec("devpts"));
+}
+
+#[test]
+fn control_nested_mnt_devpts() {
+    control(&spec("devpts"));
+}
+
+/// Removes the workload's cgroup (named by the workload's root pid, set once it runs) at the
+/// end, pass or fail: made before the run, so dropped after it (its processes gone).
+#[derive(Default)]
+struct Cgroup(std::cell::Cell<i32>);
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for base in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+            let _ = std::fs::remove_dir(format!("{base}/ferry-nestedmnt-{}", self.0.get()));
+        }
+    }
+}
+
+/// A fresh cgroup2 in a nested mount namespace of a process in a nested cgroup namespace
+/// rooted in a cgroup of its own: mounted again from inside that cgroup namespace, so rooted
+/// in the same cgroup (the workload checks its mount tree, that the mount is its cgroup's
+/// directory with its pid in cgroup.procs, and /proc/self/cgroup).
+#[test]
+fn nested_mntns_fresh_cgroup2_restored() {
+    let cg = Cgroup::default();
+    let mut run = Run::start(&spec("cgroup"));
+    cg.0.set(run.pid);
+    run.dump_ok(&[]);
+    run.reap_dumped();
+    wait_image_pids_gone(&run.img());
+    run.restore_and_verify("ferry restore (fresh cgroup2 in a nested mount namespace)");
+}
+
+#[test]
+fn control_nested_mnt_cgroup() {
+    let cg = Cgroup::default();
+    let mut run = Run::start(&spec("cgroup"));
+    cg.0.set(run.pid);
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload");
+}
+
+/// A `ferry run --pidns --mntns` job whose child unshares a mount namespace and mounts a fresh
+/// proc there (of the job's pid namespace): after the restore the child's proc shows the new
+/// pid namespace, mounted again by the child itself (the workload checks its mount tree and
+/// that W/proc/self is its pid). Its copy of the job's /proc comes back as the job's own does:
+/// a proc of the job's pid namespace.
+#[test]
+fn nested_mntns_proc_of_tree_pidns_restored() {
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+    // (In /dev/shm: the job's /tmp is its own. ferry and the workload copied there: the job's
+    // init is ferry, whose file must be reachable in the job's mount namespace.)
+    let d = std::path::PathBuf::from(format!("/dev/shm/ferry-e2e-nestedfs-pidproc-{}", std::process::id()));
+    struct Gone(std::path::PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    std::fs::create_dir_all(&d).expect("work dir");
+    let _gone = Gone(d.clone());
+    let dir = path_str(&d);
+    let log = d.join("ferry.log");
+    let bin = d.join("ferry");
+    std::fs::copy(ferry_bin(), &bin).expect("copy ferry");
+    let workload = d.join("nestedmnt");
+    std::fs::copy(ferry_workloads::path("nestedmnt"), &workload).expect("copy the workload");
+    let ferry = |args: &[&str]| {
+        let f = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log");
+        let st = Command::new(&bin)
+            .args(args)
+            .current_dir(&d)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().expect("log"))
+            .stderr(f)
+            .status()
+            .expect("run ferry");
+        assert!(st.success(), "ferry {}: {}", args.join(" "), read_tail(&log, 3000));
+    };
+    let pidfile = format!("{dir}/init.pid");
+    ferry(&["run", "--mntns", "--pidns", "-d", "--pidfile", &pidfile, "--", &path_str(&workload), &dir, "pidproc"]);
+    let pid: i32 = std::fs::read_to_string(&pidfile).expect("pidfile").trim().parse().expect("pid");
+    let guard = ProcGuard::new();
+    guard.add(pid);
+    wait_for("the job's ready", Duration::from_secs(60), || d.join("ready").exists());
+    let img = format!("{dir}/img");
+    ferry(&["dump", "-t", &pid.to_string(), "-D", &img]);
+    wait_for("the dumped tree to go", Duration::from_secs(20), || !pid_alive(pid));
+    let restored_pidfile = format!("{dir}/restored.pid");
+    ferry(&["restore", "-d", "-D", &img, "--pidfile", &restored_pidfile]);
+    let restored: i32 = std::fs::read_to_string(&restored_pidfile).expect("pidfile").trim().parse().expect("pid");
+    guard.add(restored);
+    send_signal(restored, "USR2").expect("send go");
+    wait_for("the job's result", Duration::from_secs(60), || d.join("result").exists());
+    let result = std::fs::read_to_string(d.join("result")).unwrap_or_default();
+    let child = std::fs::read_to_string(d.join("child-c")).unwrap_or_default();
+    assert_eq!(result.trim(), "PASS", "the job's result (C: {child}); log:\n{}", read_tail(&d.join("out.log"), 3000));
 }
