@@ -1699,8 +1699,8 @@ pub struct NsxNetns {
     /// tree names as its peer's (`NsxLink.peer_netns`).
     #[prost(uint64, tag = "930")]
     pub inode: u64,
-    /// The packet filtering tables (nftables, and iptables-nft's), but ferry's own network
-    /// locks (state/nftables.rs).
+    /// The packet filtering tables (nftables, iptables-nft's, and legacy x_tables tables of
+    /// iptables and ip6tables), but ferry's own network locks (state/nftables.rs).
     #[prost(message, repeated, tag = "950")]
     pub nft_tables: Vec<NftTable>,
 }
@@ -1715,7 +1715,8 @@ pub struct NftTable {
     pub name: String,
     /// "nft" (`nft list table FAMILY NAME`, read back with `nft -f`) or "iptables" (a table of
     /// iptables-nft: `iptables-nft-save -c -t NAME`, or ip6tables' for family ip6, read back
-    /// with `iptables-nft-restore -c`).
+    /// with `iptables-nft-restore -c`) or "iptables-legacy" (a legacy x_tables table, family ip
+    /// or ip6: `iptables-legacy-save -c -t NAME`, read back with `iptables-legacy-restore -c`).
     #[prost(string, tag = "953")]
     pub tool: String,
     /// The table as that tool prints it, with its counters.
