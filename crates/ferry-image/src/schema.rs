@@ -1028,6 +1028,8 @@ pub enum FileKind {
     Fanotify = 432,
     /// A pidfd (`anon_inode:[pidfd]`): `pidfd`.
     Pidfd = 410,
+    /// An fd of /dev/net/tun, reopened by `path` and attached again: `tun`.
+    Tun = 1121,
 }
 
 /// One inotify watch: its descriptor number, event mask and the watched file.
@@ -1171,6 +1173,29 @@ pub struct File {
     /// For a pidfd: the process (or thread) it refers to.
     #[prost(message, optional, tag = "413")]
     pub pidfd: Option<PidfdTarget>,
+    /// For `Tun`: the device the fd is attached to.
+    #[prost(message, optional, tag = "1120")]
+    pub tun: Option<TunFile>,
+}
+
+/// An fd of /dev/net/tun (state/tun.rs): what `TUNGETIFF` and the device's getters said of it.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct TunFile {
+    /// The device (in its process's network namespace, the tree's); empty for an fd never
+    /// attached.
+    #[prost(string, tag = "1122")]
+    pub name: String,
+    /// IFF_TUN or IFF_TAP, IFF_NO_PI, IFF_VNET_HDR, IFF_MULTI_QUEUE, IFF_NAPI(_FRAGS),
+    /// IFF_PERSIST (the device's) and IFF_DETACH_QUEUE (this fd's queue detached).
+    #[prost(uint32, tag = "1123")]
+    pub flags: u32,
+    /// The device's `TUNGETVNETHDRSZ`, `TUNGETSNDBUF` and `TUNGETVNETLE`.
+    #[prost(int32, tag = "1124")]
+    pub vnet_hdr_sz: i32,
+    #[prost(int32, tag = "1125")]
+    pub sndbuf: i32,
+    #[prost(bool, tag = "1126")]
+    pub vnet_le: bool,
 }
 
 /// A directory or FIFO that was removed while a process had it open (or as its cwd): the
@@ -1773,6 +1798,26 @@ pub struct NsxLink {
     pub peer_ifindex: u32,
     #[prost(string, tag = "933")]
     pub peer_address: String,
+    /// A tun or tap device (kind "tun").
+    #[prost(message, optional, tag = "1127")]
+    pub tun: Option<TunLink>,
+}
+
+/// A tun or tap device of a network namespace (state/tun.rs): made again persistent with
+/// `flags`, its index, owner and group, before the tree's fds attach to it.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct TunLink {
+    /// IFF_TUN or IFF_TAP, IFF_NO_PI, IFF_VNET_HDR, IFF_MULTI_QUEUE, IFF_PERSIST.
+    #[prost(uint32, tag = "1128")]
+    pub flags: u32,
+    /// `TUNSETOWNER` and `TUNSETGROUP`, if set (ferry's ids).
+    #[prost(uint32, optional, tag = "1129")]
+    pub owner: Option<u32>,
+    #[prost(uint32, optional, tag = "1130")]
+    pub group: Option<u32>,
+    /// The fds attached to it at dump (queues, enabled and detached): all the tree's.
+    #[prost(uint32, tag = "1131")]
+    pub queues: u32,
 }
 
 /// An interface address.
