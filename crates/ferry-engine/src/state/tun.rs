@@ -28,6 +28,9 @@
 //! `TUNSETCARRIER`; the kernel has no call that reads these back. The kernel counts the fds
 //! of a multi-queue device only: a persistent single-queue device that is down and held by a
 //! process outside the tree cannot be told from one held by none, and comes back held by none.
+//! The device's RFC 2863 operational state may read UP where it read UNKNOWN (the kernel leaves
+//! UNKNOWN while the carrier never changed since the device was made; the restore makes it
+//! with no fd, then the tree's fds bring the carrier up): an operating device either way.
 
 use crate::error::{Ctx, Error};
 use crate::state::nsfile::{fd_inode, inode_of, ns_link, own_link};
