@@ -589,6 +589,7 @@ fn dump_inner(
     tree.connections.skip_in_flight = opts.skip_in_flight;
     tree.pids = frozen.iter().map(|f| f.pid).collect();
     tree.tty.root = root;
+    tree.root_net = crate::state::namespaces::ns_link(root, "net").map_or(0, |l| crate::state::nsfile::inode_of(&l));
     let mut flags_apart = FlagsApart::new(match want_snapshot {
         true => Vec::new(),
         false => frozen.iter().map(|f| f.pid).collect(),
@@ -789,6 +790,7 @@ fn dump_inner(
     let memdump = t_memdump.elapsed();
     let ns_opts = crate::state::namespaces::DumpNs { tree_netns, ..opts.ns.clone() };
     let namespaces = crate::state::namespaces::collect(root, &ns_opts, &mut img)?;
+    crate::state::tun::check_queues(root, &procs, namespaces.as_ref().and_then(|n| n.nsx_net.as_ref()))?;
     let inventory = Inventory {
         tool_version: env!("CARGO_PKG_VERSION").into(),
         root_pid: procs[0].pid,

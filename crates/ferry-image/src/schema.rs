@@ -1053,6 +1053,8 @@ pub enum FileKind {
     Fanotify = 432,
     /// A pidfd (`anon_inode:[pidfd]`): `pidfd`.
     Pidfd = 410,
+    /// An fd of /dev/net/tun, reopened by `path` and attached again: `tun`.
+    Tun = 1121,
 }
 
 /// One inotify watch: its descriptor number, event mask and the watched file.
@@ -1196,6 +1198,29 @@ pub struct File {
     /// For a pidfd: the process (or thread) it refers to.
     #[prost(message, optional, tag = "413")]
     pub pidfd: Option<PidfdTarget>,
+    /// For `Tun`: the device the fd is attached to.
+    #[prost(message, optional, tag = "1120")]
+    pub tun: Option<TunFile>,
+}
+
+/// An fd of /dev/net/tun (state/tun.rs): what `TUNGETIFF` and the device's getters said of it.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct TunFile {
+    /// The device (in its process's network namespace, the tree's); empty for an fd never
+    /// attached.
+    #[prost(string, tag = "1122")]
+    pub name: String,
+    /// IFF_TUN or IFF_TAP, IFF_NO_PI, IFF_VNET_HDR, IFF_MULTI_QUEUE, IFF_NAPI(_FRAGS),
+    /// IFF_PERSIST (the device's) and IFF_DETACH_QUEUE (this fd's queue detached).
+    #[prost(uint32, tag = "1123")]
+    pub flags: u32,
+    /// The device's `TUNGETVNETHDRSZ`, `TUNGETSNDBUF` and `TUNGETVNETLE`.
+    #[prost(int32, tag = "1124")]
+    pub vnet_hdr_sz: i32,
+    #[prost(int32, tag = "1125")]
+    pub sndbuf: i32,
+    #[prost(bool, tag = "1126")]
+    pub vnet_le: bool,
 }
 
 /// A directory or FIFO that was removed while a process had it open (or as its cwd): the
@@ -1729,8 +1754,8 @@ pub struct NsxNetns {
     /// tree names as its peer's (`NsxLink.peer_netns`).
     #[prost(uint64, tag = "930")]
     pub inode: u64,
-    /// The packet filtering tables (nftables, and iptables-nft's), but ferry's own network
-    /// locks (state/nftables.rs).
+    /// The packet filtering tables (nftables, iptables-nft's, and legacy x_tables tables of
+    /// iptables and ip6tables), but ferry's own network locks (state/nftables.rs).
     #[prost(message, repeated, tag = "950")]
     pub nft_tables: Vec<NftTable>,
 }
@@ -1745,7 +1770,8 @@ pub struct NftTable {
     pub name: String,
     /// "nft" (`nft list table FAMILY NAME`, read back with `nft -f`) or "iptables" (a table of
     /// iptables-nft: `iptables-nft-save -c -t NAME`, or ip6tables' for family ip6, read back
-    /// with `iptables-nft-restore -c`).
+    /// with `iptables-nft-restore -c`) or "iptables-legacy" (a legacy x_tables table, family ip
+    /// or ip6: `iptables-legacy-save -c -t NAME`, read back with `iptables-legacy-restore -c`).
     #[prost(string, tag = "953")]
     pub tool: String,
     /// The table as that tool prints it, with its counters.
@@ -1802,6 +1828,26 @@ pub struct NsxLink {
     pub peer_ifindex: u32,
     #[prost(string, tag = "933")]
     pub peer_address: String,
+    /// A tun or tap device (kind "tun").
+    #[prost(message, optional, tag = "1127")]
+    pub tun: Option<TunLink>,
+}
+
+/// A tun or tap device of a network namespace (state/tun.rs): made again persistent with
+/// `flags`, its index, owner and group, before the tree's fds attach to it.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct TunLink {
+    /// IFF_TUN or IFF_TAP, IFF_NO_PI, IFF_VNET_HDR, IFF_MULTI_QUEUE, IFF_PERSIST.
+    #[prost(uint32, tag = "1128")]
+    pub flags: u32,
+    /// `TUNSETOWNER` and `TUNSETGROUP`, if set (ferry's ids).
+    #[prost(uint32, optional, tag = "1129")]
+    pub owner: Option<u32>,
+    #[prost(uint32, optional, tag = "1130")]
+    pub group: Option<u32>,
+    /// The fds attached to it at dump (queues, enabled and detached): all the tree's.
+    #[prost(uint32, tag = "1131")]
+    pub queues: u32,
 }
 
 /// An interface address.

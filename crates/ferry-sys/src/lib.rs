@@ -28,6 +28,7 @@ mod sockdiag;
 pub mod sockopt;
 pub mod sysvipc;
 pub mod tty;
+pub mod tun;
 pub mod uffd;
 pub mod unixsock;
 

@@ -8,7 +8,7 @@ use crate::error::{Ctx, Error};
 use crate::procfs;
 use crate::state::{
     epoll, eventfd, external, fanotify, fifo, fown, ghost_node, inet, inotify, locks, memfd_seals, netlink, netns,
-    packet, pidfd, pipes, signalfd, timerfd, tty, unix,
+    packet, pidfd, pipes, signalfd, timerfd, tty, tun, unix,
 };
 use ferry_image::{Fd, File, FileKind, ImageWriter, Process};
 use ferry_sys::consts::KCMP_FILE;
@@ -60,6 +60,8 @@ pub struct TreeFiles {
     pub unix: unix::Table,
     /// `--external file[MNT_ID:INO]` keys: such files are `Inherited` (state/external.rs).
     pub external_files: std::collections::HashSet<String>,
+    /// The tree's root's network namespace (inode): where its tun devices must be (state/tun.rs).
+    pub root_net: u64,
 }
 
 /// Collect the fd table of `pid` into `p.fds` and `p.files`; deleted files' content goes
@@ -235,6 +237,8 @@ pub fn collect_one(
                     }
                 } else if tty::is_tty_major(maj) {
                     tty::collect(pid, fd, &link, md.rdev(), &mut file, &mut tree.tty)?;
+                } else if (maj, min) == tun::TUN_DEVICE && !deleted {
+                    tun::collect(pid, pidfd, fd, tree.root_net, &mut file)?;
                 } else {
                     return Err(unsupported(format!("device {link}")));
                 }
@@ -461,6 +465,7 @@ pub fn prepare(
                 }
                 fd
             }
+            FileKind::Tun => tun::open(f, flags, &obj)?,
             FileKind::Pipe => pipes
                 .open(f.pipe_ino, f.flags as i32)
                 .ctx(obj)?

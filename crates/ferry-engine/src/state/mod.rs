@@ -59,6 +59,7 @@ pub mod timerfd;
 pub mod timers;
 pub mod tracked;
 pub mod tty;
+pub mod tun;
 pub mod unix;
 pub mod userns;
 pub mod uts;

@@ -24,10 +24,11 @@
 //! them for that node instead). A macvlan is recreated on its lower device: one of the same
 //! namespace, or, named with `--external macvlan[INSIDE]:LOWER` (CRIU's form), the device
 //! LOWER of the restoring ferry's namespace, from where it is made straight into the new one
-//! (mode and flags kept; `source` mode refused). Other kinds (vlan, tunnels ...) are refused
-//! by name. The packet filtering rules (nftables, and iptables, which is nftables underneath on
-//! Debian 12) are state/nftables.rs's, written back after the devices are made and before
-//! any is up. Addresses: every IPv4 one and every IPv6 one but the
+//! (mode and flags kept; `source` mode refused). A tun/tap device is made again persistent
+//! with its tun settings, and the tree's fds attach to it later (state/tun.rs). Other kinds
+//! (vlan, sit, ipip ...) are refused by name. The packet filtering rules (nftables, iptables
+//! of either backend) are state/nftables.rs's, written back after the devices are made and
+//! before any is up. Addresses: every IPv4 one and every IPv6 one but the
 //! link-local addresses the kernel makes itself. Routes: those of the main table that the
 //! kernel did not add itself (a "proto kernel" route comes back with its address).
 
@@ -212,8 +213,11 @@ fn collect(pid: i32, opts: &DumpNs) -> Result<NsxNetns, Error> {
         let mut outside = None;
         let (mut macvlan, mut lower, mut macvlan_lower) = (Vec::new(), String::new(), None);
         let mut across = None;
+        let mut tun = None;
         match kind.as_str() {
             "loopback" | "bridge" => {}
+            // (state/tun.rs: its fds are the tree's, checked once they are all read)
+            "tun" => tun = Some(crate::state::tun::link_settings(&name, &l).map_err(refuse)?),
             // A pair with both ends inside is recreated; one whose other end is in another
             // network namespace of the tree too, with each end in its namespace; one whose
             // other end is outside (in the host, typically) with that end in the restoring
@@ -275,6 +279,7 @@ fn collect(pid: i32, opts: &DumpNs) -> Result<NsxNetns, Error> {
             peer_netns: across.as_ref().map_or(0, |a| a.netns),
             peer_ifindex: across.as_ref().map_or(0, |a| a.ifindex),
             peer_address: across.map(|a| a.address).unwrap_or_default(),
+            tun,
         });
     }
     for l in json(&["-j", "addr", "show"])? {
@@ -427,6 +432,17 @@ fn apply(ns: &NsxNetns, ctx: &RestoreCtx<'_>) -> Result<(), Error> {
             }
             // (after every other device: its lower one may be a bridge or veth made here)
             "macvlan" => continue,
+            "tun" => {
+                let t = l.tun.as_ref().ok_or_else(|| Error::Invalid {
+                    object: format!("network device {}", l.name),
+                    what: "a tun device without its settings in the image".into(),
+                })?;
+                crate::state::tun::make(&l.name, l.ifindex, t)?;
+                if !l.address.is_empty() && t.flags & libc::IFF_TAP as u32 != 0 {
+                    tool("ip", &["link", "set", "dev", &l.name, "address", &l.address])?;
+                }
+                continue;
+            }
             "veth" => {
                 let Some(p) = ns.links.iter().find(|p| p.name == l.peer && p.peer == l.name) else {
                     return Err(Error::Invalid {

@@ -10,9 +10,14 @@
 //! ip or ip6, named filter, nat, mangle, raw or security) that `iptables-nft-save` prints whole
 //! is saved with `iptables-nft-save -c -t NAME` (ip6tables' for ip6) and written back with
 //! `iptables-nft-restore -c`; every other table with `nft list table` and `nft -f`, unless a
-//! rule of it holds an `xt` expression, which is refused by name. So are legacy (x_tables)
-//! iptables tables and a table owned by a process (`flags owner`, which goes with its owner).
-//! Read and written by the namespace module's thread, in the namespace.
+//! rule of it holds an `xt` expression, which is refused by name. So is a table owned by a
+//! process (`flags owner`, which goes with its owner). Legacy (x_tables) iptables and ip6tables
+//! tables (filter, nat, mangle, raw, security: the kernel lists them in
+//! /proc/net/ip{,6}_tables_names) are saved with `iptables-legacy-save -c -t NAME`
+//! (ip6tables-legacy's for ip6) and written back with `iptables-legacy-restore -c` before the
+//! nftables tables (a namespace may have both: each hook sees both); legacy arptables tables
+//! (and any other table x_tables lists) are refused by name. Read and written by the namespace
+//! module's thread, in the namespace.
 //!
 //! Restore writes the tables after the devices exist (a rule may name one by index) and before
 //! any is up, so no packet passes the namespace unfiltered; the restore's own network lock
@@ -47,19 +52,49 @@ fn iptables_tools(family: &str) -> Option<(&'static str, &'static str)> {
     }
 }
 
+/// The family and iptables-legacy's save and restore tools of legacy (x_tables) tables of
+/// `which` (as ferry names the kernel's list of them), if ferry carries them.
+fn legacy_tools(which: &str) -> Option<(&'static str, (&'static str, &'static str))> {
+    match which {
+        "iptables" => Some(("ip", ("iptables-legacy-save", "iptables-legacy-restore"))),
+        "ip6tables" => Some(("ip6", ("ip6tables-legacy-save", "ip6tables-legacy-restore"))),
+        _ => None,
+    }
+}
+
+/// The legacy tools of a table of `family` in the image.
+fn legacy_tools_of(family: &str) -> Option<(&'static str, &'static str)> {
+    match family {
+        "ip" => legacy_tools("iptables").map(|t| t.1),
+        "ip6" => legacy_tools("ip6tables").map(|t| t.1),
+        _ => None,
+    }
+}
+
 /// Dump: the tables of the calling thread's network namespace (the tree's), but ferry's locks.
 pub(crate) fn collect(pid: i32) -> Result<Vec<NftTable>, Error> {
     let refuse = |what: String| Error::Unsupported { pid, what };
+    let mut out = Vec::new();
     for (file, which) in
         [("ip_tables_names", "iptables"), ("ip6_tables_names", "ip6tables"), ("arp_tables_names", "arptables")]
     {
         // (this thread's namespace: /proc/net is the process's; no such file without the
         // x_tables modules, and then there is no such table)
         let names = std::fs::read_to_string(format!("/proc/thread-self/net/{file}")).unwrap_or_default();
-        if let Some(t) = names.split_whitespace().next() {
-            return Err(refuse(format!(
-                "a legacy {which} table ({t}: x_tables, not nftables) in the tree's network namespace"
-            )));
+        // (the kernel lists the newest table first: written back oldest first, they list the same)
+        for t in names.split_whitespace().rev() {
+            let Some((family, (save, _))) = legacy_tools(which).filter(|_| IPTABLES_TABLES.contains(&t)) else {
+                return Err(refuse(format!(
+                    "a legacy {which} table ({t}: x_tables, not nftables) in the tree's network namespace"
+                )));
+            };
+            let text = tool(save, &["-c", "-t", t])?;
+            out.push(NftTable {
+                family: family.to_string(),
+                name: t.to_string(),
+                tool: "iptables-legacy".to_string(),
+                text: without_comments(&text),
+            });
         }
     }
     let listing = tool("nft", &["-j", "list", "ruleset"])?;
@@ -68,7 +103,6 @@ pub(crate) fn collect(pid: i32) -> Result<Vec<NftTable>, Error> {
         what: format!("unreadable `nft -j list ruleset` output: {e}"),
     })?;
     let items = v["nftables"].as_array().cloned().unwrap_or_default();
-    let mut out = Vec::new();
     for t in items.iter().filter_map(|i| i.get("table")) {
         let family = t["family"].as_str().unwrap_or_default();
         let name = t["name"].as_str().unwrap_or_default();
@@ -170,6 +204,10 @@ fn read_back(t: &NftTable) -> Result<String, Error> {
             let (save, _) = iptables_tools(&t.family).unwrap_or(("iptables-nft-save", ""));
             without_comments(&tool(save, &["-c", "-t", &t.name])?)
         }
+        "iptables-legacy" => {
+            let (save, _) = legacy_tools_of(&t.family).unwrap_or(("iptables-legacy-save", ""));
+            without_comments(&tool(save, &["-c", "-t", &t.name])?)
+        }
         _ => tool("nft", &["list", "table", &t.family, &t.name])?,
     })
 }
@@ -177,16 +215,25 @@ fn read_back(t: &NftTable) -> Result<String, Error> {
 /// Restore: write `tables` in the calling thread's network namespace (new, its devices made and
 /// still down), then check they read back as saved.
 pub(crate) fn apply(tables: &[NftTable]) -> Result<(), Error> {
-    let bad =
-        |t: &NftTable, what: String| Error::Invalid { object: format!("nftables table {} {}", t.family, t.name), what };
+    let bad = |t: &NftTable, what: String| {
+        let kind = if t.tool == "iptables-legacy" { "legacy (x_tables) iptables table" } else { "nftables table" };
+        Error::Invalid { object: format!("{kind} {} {}", t.family, t.name), what }
+    };
     for t in tables {
         if !FAMILIES.contains(&t.family.as_str()) || !name_ok(&t.name) {
             return Err(bad(t, "an unknown family or name in the image".into()));
         }
-        match (t.tool.as_str(), iptables_tools(&t.family)) {
-            ("nft", _) => tool_input("nft", &["-f", "-"], Some(&t.text)).map(drop),
-            ("iptables", Some((_, restore))) => tool_input(restore, &["-c"], Some(&t.text)).map(drop),
-            (other, _) => return Err(bad(t, format!("written by {other:?} in the image, which ferry does not know"))),
+        let legacy = legacy_tools_of(&t.family).filter(|_| IPTABLES_TABLES.contains(&t.name.as_str()));
+        match (t.tool.as_str(), iptables_tools(&t.family), legacy) {
+            ("nft", _, _) => tool_input("nft", &["-f", "-"], Some(&t.text)).map(drop),
+            ("iptables", Some((_, restore)), _) => tool_input(restore, &["-c"], Some(&t.text)).map(drop),
+            // (-w: x_tables has one lock for the whole machine: wait while another holds it)
+            ("iptables-legacy", _, Some((_, restore))) => {
+                tool_input(restore, &["-c", "-w", "30"], Some(&t.text)).map(drop)
+            }
+            (other, _, _) => {
+                return Err(bad(t, format!("written by {other:?} in the image, which ferry does not know")))
+            }
         }
         .map_err(|e| bad(t, format!("cannot write it back: {e}")))?;
     }

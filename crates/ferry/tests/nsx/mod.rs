@@ -14,6 +14,7 @@ pub mod nested;
 pub mod nestedmnt;
 pub mod nestednet;
 pub mod nft;
+pub mod tun;
 pub mod veth;
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -87,6 +87,86 @@ fn veth_between_tree_netns_restored() {
     run.restore_and_verify("ferry restore (veth between two network namespaces of the tree)");
 }
 
+/// The tree's tables: one of the tree's own named `ferry_lock_*` (as ferry names its network
+/// locks: this one is the tree's, not ferry's, and is carried) and one with a named counter in
+/// the root's network namespace, a table dropping all but the connection's port in the child's.
+const TCP_NFT: [(&str, &str); 2] = [
+    (
+        "R",
+        r#"table inet ferry_lock_nsxtree {
+  chain output { type filter hook output priority 0; policy accept;
+    udp dport 9 counter packets 2 bytes 100 drop comment "the tree's, not ferry's"
+  }
+}
+table inet nsxtcp {
+  counter blocked { packets 3 bytes 180 }
+  chain input { type filter hook input priority 0; policy accept;
+    udp dport 9 counter name "blocked" drop
+  }
+}
+"#,
+    ),
+    (
+        "A",
+        r#"table ip nsxtcpa {
+  chain input { type filter hook input priority 0; policy drop;
+    tcp dport 9393 accept
+    iif "lo" accept
+    udp dport 9 counter packets 4 bytes 200 drop
+  }
+}
+"#,
+    ),
+];
+
+/// `nft list ruleset` in the network namespace of `pid`.
+fn ruleset(pid: i32) -> String {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .args(["nft", "list", "ruleset"])
+        .output()
+        .expect("run nft");
+    assert!(out.status.success(), "nft list ruleset: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The TCP repair path (--tcp-established, which puts ferry's own lock `ferry_lock_*` in each
+/// network namespace of the tree at dump and at restore) with nftables rules in both network
+/// namespaces, one table of the tree named `ferry_lock_nsxtree`: the rules come back the same,
+/// counters included, with the tree's `ferry_lock_*` table and without ferry's, and the
+/// connection across the veth and a new one carry bytes (the workload checks).
+#[test]
+fn veth_tree_netns_nft_tcp_established_restored() {
+    need("ip", "iproute2");
+    need("nft", "nftables");
+    let mut run = Run::start(&Spec::c("nestednet").args(&["veth"]));
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", run.pid)).expect("R's children");
+    let a: i32 = children.split_whitespace().next().and_then(|c| c.parse().ok()).expect("A's pid");
+    let pids = [run.pid, a];
+    for (pid, (_, rules)) in pids.iter().zip(TCP_NFT) {
+        let mut nft = std::process::Command::new("nsenter");
+        nft.arg(format!("--net=/proc/{pid}/ns/net")).args(["nft", "-f", "-"]).stdin(std::process::Stdio::piped());
+        let mut child = nft.spawn().expect("nft");
+        std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), rules.as_bytes()).expect("nft input");
+        assert!(child.wait().expect("nft").success(), "nft -f");
+    }
+    let before: Vec<String> = pids.iter().map(|p| ruleset(*p)).collect();
+    run.dump_ok(&["--tcp-established"]);
+    run.reap_dumped();
+    wait_image_pids_gone(&run.img());
+    let pidfile = run.spawn_restore("restore", &run.img(), &[]);
+    run.wait_pidfile(&pidfile);
+    for ((pid, was), (who, _)) in pids.iter().zip(&before).zip(TCP_NFT) {
+        let now = ruleset(*pid);
+        if &now != was {
+            run.fail(&format!("{who}'s ruleset after the restore:\n{now}\nbefore the dump:\n{was}"));
+        }
+    }
+    run.go();
+    let status = run.wait_restore_exit();
+    run.expect_pass(status, "ferry restore (--tcp-established, nftables rules in both namespaces)");
+}
+
 #[test]
 fn control_veth_between_tree_netns() {
     need("ip", "iproute2");
