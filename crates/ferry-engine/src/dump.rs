@@ -8,8 +8,8 @@
 //! outside that window, the kernel detaches the target and it simply continues.
 
 use crate::error::{Ctx, Error};
-use crate::freeze::{borrow, children_of, give_back, precheck, tree_pids, Frozen};
-use crate::procfs;
+use crate::freeze::{borrow, give_back, precheck, tree_pids, Frozen};
+use crate::procfs::{self, children_of};
 use crate::state::snapshot::Snapshot;
 use crate::state::tracked;
 use crate::state::{cpu, creds, files, memory, rseq, seccomp, signals, task, timers, tty};

@@ -29,7 +29,8 @@
 //! whoever mounts it. Until then ferry's own view of proc sits there, for the prepare step's
 //! /proc/self/fd.
 
-use super::namespaces::{in_ns, DumpCtx, Handover, RestoreCtx};
+use super::nsctx::{Deferred, DumpCtx, Handover, RestoreCtx};
+use super::nsfile::in_ns;
 use crate::error::{Ctx, Error};
 use crate::procfs;
 use ferry_image::{MountNs, MountRecord, Namespaces, TmpfsContent, TmpfsEntry};
@@ -242,7 +243,7 @@ fn nested_check(
     copy_of: Option<&ferry_proc::MountInfo>,
     from: &[ferry_proc::MountInfo],
 ) -> Result<u64, Error> {
-    let ns = crate::state::namespaces::ns_link;
+    let ns = crate::state::nsfile::ns_link;
     let ferry_pid = std::fs::read_link("/proc/self/ns/pid").ok().map(|l| l.display().to_string());
     let mp = &m.mount_point;
     let mut shows = 0;
@@ -292,7 +293,7 @@ fn nested_check(
 /// shows a namespace when a fresh one made from inside it has the mount's device.
 fn fresh_shows(pid: i32, root: i32, m: &ferry_proc::MountInfo, fs: &str) -> Result<Option<u64>, Error> {
     let (kind, flag) = if fs == "sysfs" { ("net", libc::CLONE_NEWNET) } else { ("ipc", libc::CLONE_NEWIPC) };
-    let ns = crate::state::namespaces::ns_link;
+    let ns = crate::state::nsfile::ns_link;
     let dev = (m.dev_major, m.dev_minor);
     let mut candidates = vec![(root, 0)];
     if ns(pid, kind) != ns(root, kind) {
@@ -447,19 +448,6 @@ fn walk(base: &Path, rel: &str, out: &mut TmpfsContent, total: &mut u64) -> Resu
         }
     }
     Ok(())
-}
-
-/// Mounts the root process of a new pid namespace makes itself, before it forks: the proc
-/// mounts (ferry's own view of proc sits there meanwhile) and everything mounted below them.
-#[derive(Debug, Default)]
-pub struct Deferred {
-    mounts: Vec<(MountRecord, Option<TmpfsContent>)>,
-    /// Every mount already made, for binds of them: id -> record.
-    made: HashMap<u32, MountRecord>,
-    /// External mounts' sources as the root process sees them (after pivot_root): where a
-    /// mount of the same key was already made in the tree (runc binds /dev/null at /dev/null
-    /// and over its masked paths under /proc), that mount; else the path given.
-    external: Vec<(String, PathBuf)>,
 }
 
 /// A relative, plain path from the image (no "..", not absolute).

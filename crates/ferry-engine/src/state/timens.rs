@@ -20,7 +20,7 @@
 //! from the thread that made it (unshare(CLONE_NEWTIME) affects its future children only),
 //! which must be ferry's main thread: `/proc/PID/timens_offsets` is the main thread's.
 
-use super::namespaces::{DumpCtx, Handover, RestoreCtx};
+use super::nsctx::{DumpCtx, Handover, RestoreCtx};
 use crate::error::{Ctx, Error};
 use crate::procfs;
 use ferry_image::{Namespaces, NsxTimens};
