@@ -1,7 +1,9 @@
 //! Namespaces of a tree: which of them differ from ferry's, and the framework that dumps and
 //! recreates their contents, one module per kind (`MODULES`; the uts names in state/uts.rs,
 //! the mount tree in state/mounts.rs). /work/notes/s16/ns-interface.md explains how a module
-//! plugs in.
+//! plugs in. What this framework and its modules share (the options, the context a module's
+//! dump and restore get, what is handed on to the tree) is in state/nsctx.rs, below both: the
+//! kinds' modules do not import this file.
 //!
 //! Dump: every process of the tree must be in the root's namespaces (checked in
 //! `dump::precheck`) but for nested net, uts, ipc and time namespaces (state/nested_ns.rs);
