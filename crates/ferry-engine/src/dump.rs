@@ -8,8 +8,8 @@
 //! outside that window, the kernel detaches the target and it simply continues.
 
 use crate::error::{Ctx, Error};
-use crate::freeze::{borrow, children_of, give_back, precheck, tree_pids, Frozen};
-use crate::procfs;
+use crate::freeze::{borrow, give_back, precheck, tree_pids, Frozen};
+use crate::procfs::{self, children_of};
 use crate::state::snapshot::Snapshot;
 use crate::state::tracked;
 use crate::state::{cpu, creds, files, memory, rseq, seccomp, signals, task, timers, tty};
@@ -510,8 +510,8 @@ fn dump_inner(
     let pidns_root = (ns_pid.len() == 2 && ns_pid.last() == Some(&1)).then_some(root);
     precheck(root, root, pidns_root, &opts.ns)?;
     // (where its network locks are: state/netlock.rs)
-    let own_net = crate::state::namespaces::ns_link(root, "net")
-        == crate::state::namespaces::ns_link(std::process::id() as i32, "net");
+    let own_net = crate::state::nsfile::ns_link(root, "net")
+        == crate::state::nsfile::ns_link(std::process::id() as i32, "net");
     // (Declared before `frozen`, so dropped after it: a snapshot is reaped by its target, which
     // must be let go first.)
     let mut snaps: Vec<Snapshot> = Vec::new();
@@ -589,7 +589,7 @@ fn dump_inner(
     tree.connections.skip_in_flight = opts.skip_in_flight;
     tree.pids = frozen.iter().map(|f| f.pid).collect();
     tree.tty.root = root;
-    tree.root_net = crate::state::namespaces::ns_link(root, "net").map_or(0, |l| crate::state::nsfile::inode_of(&l));
+    tree.root_net = crate::state::nsfile::ns_link(root, "net").map_or(0, |l| crate::state::nsfile::inode_of(&l));
     let mut flags_apart = FlagsApart::new(match want_snapshot {
         true => Vec::new(),
         false => frozen.iter().map(|f| f.pid).collect(),

@@ -7,7 +7,7 @@
 
 use crate::error::{Ctx, Error};
 use crate::inject::{find_syscall_insn, Injector};
-use crate::procfs;
+use crate::procfs::{self, children_of, list_tids};
 use crate::state::{cpu, rseq};
 use ferry_image::Thread;
 use ferry_sys::consts::{PTRACE_EVENT_STOP, PTRACE_O_SUSPEND_SECCOMP, PTRACE_O_TRACESYSGOOD};
@@ -41,16 +41,6 @@ pub(crate) struct Frozen {
     /// The threads [`Frozen::resume`] detached, with their count of turns on a CPU before
     /// (for [`Frozen::wait_ran`]).
     released: Vec<(i32, i32, Option<u64>)>,
-}
-
-fn list_tids(pid: i32) -> Result<Vec<i32>, Error> {
-    let dir = procfs::path(pid, "task");
-    let mut tids: Vec<i32> = std::fs::read_dir(&dir)
-        .map_err(|_| Error::NoProcess { pid })?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    tids.sort_unstable();
-    Ok(tids)
 }
 
 /// Wait, until `deadline`, for the interrupt stop of a seized thread (a thread in an
@@ -330,7 +320,7 @@ pub(crate) fn precheck(
     }
     // Every process in the root's namespaces; the root's own, where not ferry's, recreated
     // (or joined, when external) at restore: state/namespaces.rs.
-    crate::state::namespaces::check_same_as_root(pid, root)?;
+    crate::state::nested_ns::check_same_as_root(pid, root)?;
     if pid == root {
         crate::state::namespaces::check_root(pid, ns)?;
     }
@@ -408,15 +398,6 @@ pub(crate) fn image_pid(root: i32, pid: i32) -> i32 {
     } else {
         pid
     }
-}
-
-pub(crate) fn children_of(pid: i32) -> Result<Vec<i32>, Error> {
-    let mut out = Vec::new();
-    for tid in list_tids(pid)? {
-        let text = procfs::read_string(pid, &format!("task/{tid}/children"))?;
-        out.extend(text.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
-    }
-    Ok(out)
 }
 
 /// Freeze process `pid` (every thread) for a moment and run `f` with its main thread borrowed

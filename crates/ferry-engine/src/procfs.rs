@@ -43,3 +43,24 @@ pub(crate) fn in_root(pid: i32, p: &str) -> PathBuf {
     }
     path(pid, &format!("root/{}", p.trim_start_matches('/')))
 }
+
+/// The threads of `pid`, in order.
+pub(crate) fn list_tids(pid: i32) -> Result<Vec<i32>, Error> {
+    let dir = path(pid, "task");
+    let mut tids: Vec<i32> = std::fs::read_dir(&dir)
+        .map_err(|_| Error::NoProcess { pid })?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort_unstable();
+    Ok(tids)
+}
+
+/// The children of `pid` (of every thread of it).
+pub(crate) fn children_of(pid: i32) -> Result<Vec<i32>, Error> {
+    let mut out = Vec::new();
+    for tid in list_tids(pid)? {
+        let text = read_string(pid, &format!("task/{tid}/children"))?;
+        out.extend(text.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+    }
+    Ok(out)
+}

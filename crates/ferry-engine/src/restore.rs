@@ -239,7 +239,7 @@ struct TreeCtx<'a> {
     /// ferry's /proc (its pid namespace's view), open in every forked process.
     host_proc: i32,
     /// Mounts the root of a new pid namespace makes before it forks (state/mounts.rs).
-    mounts: Option<&'a crate::state::mounts::Deferred>,
+    mounts: Option<&'a crate::state::nsctx::Deferred>,
     /// The tree's user namespace, joined by each process once it forked its children
     /// (state/userns.rs).
     userns: Option<i32>,
@@ -799,7 +799,7 @@ pub fn restore_in_place(
     tty::forget_early_masters();
     // Nested namespaces first, from ferry's own (state/nested_ns.rs), then the root's.
     // (A veth pair across two of them is made with the first and handed to the second.)
-    let veth_pairs = crate::state::netns::VethPairs::default();
+    let veth_pairs = crate::state::nsctx::VethPairs::default();
     let nested_opts = crate::state::namespaces::RestoreNs { veth_pairs: veth_pairs.clone(), ..opts.ns.clone() };
     let mut nested_made = crate::state::nested_ns::make(&img, &nested_opts)?;
     let ns_opts = crate::state::namespaces::RestoreNs {

@@ -107,3 +107,22 @@ pub mod nr {
 /// `SO_BUF_LOCK` (asm-generic/socket.h, Linux 5.14): which buffer sizes the program set
 /// itself (SOCK_SNDBUF_LOCK 1, SOCK_RCVBUF_LOCK 2); not in libc yet.
 pub const SO_BUF_LOCK: i32 = 72;
+
+// linux/fs.h
+/// struct pm_scan_arg of PAGEMAP_SCAN (process.rs `pagemap_scan`, uffd.rs).
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct PmScanArg {
+    pub(crate) size: u64,
+    pub(crate) flags: u64,
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) walk_end: u64,
+    pub(crate) vec: u64,
+    pub(crate) vec_len: u64,
+    pub(crate) max_pages: u64,
+    pub(crate) category_inverted: u64,
+    pub(crate) category_mask: u64,
+    pub(crate) category_anyof_mask: u64,
+    pub(crate) return_mask: u64,
+}

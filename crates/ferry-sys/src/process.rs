@@ -1,5 +1,6 @@
 //! Cross-process access: memory, file descriptors, limits, and `clone3` with chosen PIDs.
 
+use crate::consts::PmScanArg;
 use crate::{cvt, cvt_i};
 use std::ffi::CStr;
 use std::io;
@@ -406,24 +407,6 @@ pub mod page_is {
     pub const SWAPPED: u64 = 1 << 4;
     pub const PFNZERO: u64 = 1 << 5;
     pub const HUGE: u64 = 1 << 6;
-}
-
-/// struct pm_scan_arg of PAGEMAP_SCAN (also used by uffd.rs).
-#[repr(C)]
-#[derive(Default)]
-pub(crate) struct PmScanArg {
-    pub(crate) size: u64,
-    pub(crate) flags: u64,
-    pub(crate) start: u64,
-    pub(crate) end: u64,
-    pub(crate) walk_end: u64,
-    pub(crate) vec: u64,
-    pub(crate) vec_len: u64,
-    pub(crate) max_pages: u64,
-    pub(crate) category_inverted: u64,
-    pub(crate) category_mask: u64,
-    pub(crate) category_anyof_mask: u64,
-    pub(crate) return_mask: u64,
 }
 
 const PAGEMAP_SCAN: libc::c_ulong = 0xC060_6610;

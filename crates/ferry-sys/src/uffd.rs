@@ -1,8 +1,8 @@
 //! userfaultfd write-protect tracking and PAGEMAP_SCAN with its write-protect flags, for
 //! pre-copy migration (the uffd itself is created inside the target by an injected syscall).
 
+use crate::consts::PmScanArg;
 use crate::cvt_i;
-use crate::process::PmScanArg;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 

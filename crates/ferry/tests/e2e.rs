@@ -295,11 +295,7 @@ mod options {
         if !(json.status.success() && trimmed.starts_with('{') && trimmed.ends_with('}')) {
             run.fail(&format!("ferry inspect --json {} or did not print a JSON object", describe(json.status)));
         }
-        let pidfile = run.spawn_restore("restore", &img, &[]);
-        run.wait_pidfile(&pidfile);
-        run.go();
-        let status = run.wait_restore_exit();
-        run.expect_pass(status, "ferry restore");
+        run.restore_and_verify("ferry restore");
     }
 
     /// -R: the dumped process keeps running and passes; then the same image restores and passes.
@@ -314,12 +310,7 @@ mod options {
         let mut run = left_running_intact(spec);
         run.wait_pid_gone("after the left-running workload exited");
         fs::remove_file(run.w.join("result")).expect("remove the first result");
-        let img = run.img();
-        let pidfile = run.spawn_restore("restore", &img, &[]);
-        run.wait_pidfile(&pidfile);
-        run.go();
-        let status = run.wait_restore_exit();
-        run.expect_pass(status, "ferry restore");
+        run.restore_and_verify("ferry restore");
     }
 
     /// -R of a process waiting at the very bottom of its stack (ferry's injection frame does not
@@ -450,11 +441,7 @@ mod errors {
             }
         }
 
-        let pidfile = run.spawn_restore("restore", &img, &[]);
-        run.wait_pidfile(&pidfile);
-        run.go();
-        let status = run.wait_restore_exit();
-        run.expect_pass(status, "ferry restore of the intact image");
+        run.restore_and_verify("ferry restore of the intact image");
     }
 
     /// Restore while the original pid is still alive (dump -R): refused, saying the pid is in

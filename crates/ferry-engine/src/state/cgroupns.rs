@@ -10,7 +10,8 @@
 //! unshares CLONE_NEWCGROUP there; ferry's restoring thread joins that namespace, and the tree
 //! inherits it. Each process then moves to its own cgroups as usual (`--manage-cgroups`).
 
-use super::namespaces::{in_ns, DumpCtx, Handover, RestoreCtx};
+use super::nsctx::{DumpCtx, Handover, RestoreCtx};
+use super::nsfile::in_ns;
 use crate::error::{Ctx, Error};
 use ferry_image::{Cgroup, CgroupnsRec, Namespaces};
 use std::os::fd::OwnedFd;

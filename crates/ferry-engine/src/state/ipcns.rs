@@ -16,7 +16,8 @@
 //! `mq_receive`, putting every message back at once (see `posix_mqueues`). A queue some
 //! process registered for notification (`mq_notify`) is refused by name.
 
-use super::namespaces::{in_ns, DumpCtx, Handover, RestoreCtx};
+use super::nsctx::{DumpCtx, Handover, RestoreCtx};
+use super::nsfile::in_ns;
 use crate::error::{Ctx, Error};
 use ferry_image::{Namespaces, NsxIpcns, NsxMsg, NsxMsgQueue, NsxPosixMq, NsxPosixMsg, NsxSemSet, NsxSysctl, SysvShm};
 use ferry_sys::sysvipc;

@@ -53,7 +53,7 @@ fn pid_seen_by(parent: i32, child: i32) -> Result<i32, Error> {
 /// finds no report for them).
 pub fn collected_stops(inj: &Injector, scratch: u64, pid: i32, stopped: &[i32]) -> Result<Vec<i32>, Error> {
     let mut out = Vec::new();
-    let children = crate::freeze::children_of(pid)?;
+    let children = crate::procfs::children_of(pid)?;
     for &c in stopped.iter().filter(|c| children.contains(c)) {
         let id = pid_seen_by(pid, c)?;
         ferry_sys::process::vm_write(pid, scratch, &[0u8; 128]).ctx(|| format!("pid {pid}: cannot clear siginfo"))?;

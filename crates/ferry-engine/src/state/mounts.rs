@@ -35,7 +35,8 @@
 //! whoever mounts it. Until then ferry's own view of proc sits there, for the prepare step's
 //! /proc/self/fd.
 
-use super::namespaces::{in_ns, DumpCtx, Handover, RestoreCtx};
+use super::nsctx::{Content, Deferred, DumpCtx, Handover, RestoreCtx};
+use super::nsfile::in_ns;
 use crate::error::{Ctx, Error};
 use crate::procfs;
 use ferry_image::{MountNs, MountRecord, Namespaces, TmpfsContent, TmpfsEntry};
@@ -140,7 +141,7 @@ fn dump_tree(ctx: &mut DumpCtx<'_>, from: &[ferry_proc::MountInfo], nested: Opti
     }
     let prefix = if nested.is_some() { PARENT_KEY } else { HOST_KEY };
     let tree_pidns = nested
-        .is_some_and(|root| crate::state::namespaces::ns_link(root, "pid") != crate::state::nsfile::own_link("pid"));
+        .is_some_and(|root| crate::state::nsfile::ns_link(root, "pid") != crate::state::nsfile::own_link("pid"));
     for m in &infos {
         let mp = &m.mount_point;
         let mut r = MountRecord {
@@ -261,7 +262,7 @@ fn nested_check(
     copy_of: Option<&ferry_proc::MountInfo>,
     from: &[ferry_proc::MountInfo],
 ) -> Result<u64, Error> {
-    let ns = crate::state::namespaces::ns_link;
+    let ns = crate::state::nsfile::ns_link;
     let ferry_pid = std::fs::read_link("/proc/self/ns/pid").ok().map(|l| l.display().to_string());
     let mp = &m.mount_point;
     let mut shows = 0;
@@ -340,7 +341,7 @@ fn shown_kind(fs: &str) -> (&'static str, i32) {
 /// cgroup namespace's root: also compared (as ferry sees it).
 fn fresh_shows(pid: i32, root: i32, m: &ferry_proc::MountInfo, fs: &str) -> Result<Option<u64>, Error> {
     let (kind, flag) = shown_kind(fs);
-    let ns = crate::state::namespaces::ns_link;
+    let ns = crate::state::nsfile::ns_link;
     let dev = (m.dev_major, m.dev_minor, if fs == "cgroup2" { m.root.clone() } else { String::new() });
     let mut candidates = vec![(root, 0)];
     if ns(pid, kind) != ns(root, kind) {
@@ -612,13 +613,6 @@ fn walk(base: &Path, rel: &str, out: &mut TmpfsContent, used: &mut u64) -> Resul
     Ok(())
 }
 
-/// A tmpfs's content at restore: its files, and its data file open (read once, in order).
-#[derive(Debug)]
-pub struct Content {
-    files: TmpfsContent,
-    data: Option<std::fs::File>,
-}
-
 /// The content of mount `r` in image `img`, if it has any (a tmpfs's).
 fn load_content(img: &ferry_image::ImageReader, r: &MountRecord) -> Result<Option<Content>, Error> {
     if r.content.is_empty() {
@@ -629,19 +623,6 @@ fn load_content(img: &ferry_image::ImageReader, r: &MountRecord) -> Result<Optio
     // (Its digests were checked with the image's other files before the restore began.)
     let data = if r.content_data.is_empty() { None } else { Some(img.open_file(&r.content_data)?) };
     Ok(Some(Content { files, data }))
-}
-
-/// Mounts the root process of a new pid namespace makes itself, before it forks: the proc
-/// mounts (ferry's own view of proc sits there meanwhile) and everything mounted below them.
-#[derive(Debug, Default)]
-pub struct Deferred {
-    mounts: Vec<(MountRecord, Option<Content>)>,
-    /// Every mount already made, for binds of them: id -> record.
-    made: HashMap<u32, MountRecord>,
-    /// External mounts' sources as the root process sees them (after pivot_root): where a
-    /// mount of the same key was already made in the tree (runc binds /dev/null at /dev/null
-    /// and over its masked paths under /proc), that mount; else the path given.
-    external: Vec<(String, PathBuf)>,
 }
 
 /// A relative, plain path from the image (no "..", not absolute).

@@ -1,7 +1,9 @@
 //! Namespaces of a tree: which of them differ from ferry's, and the framework that dumps and
 //! recreates their contents, one module per kind (`MODULES`; the uts names in state/uts.rs,
 //! the mount tree in state/mounts.rs). /work/notes/s16/ns-interface.md explains how a module
-//! plugs in.
+//! plugs in. What this framework and its modules share (the options, the context a module's
+//! dump and restore get, what is handed on to the tree) is in state/nsctx.rs, below both: the
+//! kinds' modules do not import this file.
 //!
 //! Dump: every process of the tree must be in the root's namespaces (checked in
 //! `dump::precheck`) but for nested net, uts, ipc and time namespaces (state/nested_ns.rs);
@@ -18,141 +20,18 @@
 //! back into ferry's own namespaces.
 
 use crate::error::{Ctx, Error};
+use crate::state::nsctx::{DumpCtx, Handover, RestoreCtx, KINDS};
+pub use crate::state::nsctx::{DumpNs, ExternalMacvlan, ExternalNs, ExternalVeth, RestoreNs};
 pub use crate::state::nsfile::ns_link;
-use crate::state::nsfile::{inode_of, own_link};
+use crate::state::nsfile::{inode_of, own_link, FERRY_MNT, IN_TREE_MNT};
 use ferry_image::{ImageReader, ImageWriter, Namespaces, NsKind};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::PathBuf;
-
-/// Every kind of namespace but pid (`Inventory.pidns`), with its `CLONE_NEW*` flag.
-pub const KINDS: [(&str, i32); 7] = [
-    ("mnt", libc::CLONE_NEWNS),
-    ("net", libc::CLONE_NEWNET),
-    ("uts", libc::CLONE_NEWUTS),
-    ("ipc", libc::CLONE_NEWIPC),
-    ("cgroup", libc::CLONE_NEWCGROUP),
-    ("time", libc::CLONE_NEWTIME),
-    ("user", libc::CLONE_NEWUSER),
-];
-
-/// A namespace of the dumped tree that is not recreated but joined at restore (CRIU's
-/// `--external net[INO]:KEY`, runc's "extRootNetNS").
-#[derive(Debug, Clone)]
-pub struct ExternalNs {
-    /// "net", "ipc", "uts", ...
-    pub kind: String,
-    /// The namespace's inode number (as in `/proc/PID/ns/net -> net:[INO]`).
-    pub inode: u64,
-    pub key: String,
-}
-
-/// Dump options about namespaces and mounts.
-#[derive(Debug, Clone, Default)]
-pub struct DumpNs {
-    /// Namespaces to record as external.
-    pub external: Vec<ExternalNs>,
-    /// Mounts not to recreate but to take from the restoring node: (mountpoint as the tree sees
-    /// it, key) (`--external mnt[MOUNTPOINT]:KEY`; runc sends its bind mounts with key =
-    /// destination).
-    pub external_mounts: Vec<(String, String)>,
-    /// veth devices of the tree's network namespace whose peer is outside it
-    /// (`--external veth[INSIDE]:OUTSIDE[@BRIDGE]`, state/netns.rs).
-    pub veths: Vec<ExternalVeth>,
-    /// macvlan devices of the tree's network namespace whose lower device is outside it
-    /// (`--external macvlan[INSIDE]:LOWER`, state/netns.rs).
-    pub macvlans: Vec<ExternalMacvlan>,
-    /// A process in each network namespace of the tree whose content is recorded (the root's
-    /// when it is recreated, and the nested ones): where a veth's peer may be (filled by the
-    /// dump, not an option; state/netns.rs).
-    pub tree_netns: Vec<i32>,
-}
-
-/// `--external macvlan[INSIDE]:LOWER` (CRIU's form): the tree's macvlan INSIDE sits on the
-/// device LOWER of ferry's network namespace (at restore: made again on LOWER there).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExternalMacvlan {
-    pub inside: String,
-    pub lower: String,
-}
-
-/// `--external veth[INSIDE]:OUTSIDE[@BRIDGE]`: the tree's veth INSIDE has its peer OUTSIDE in
-/// the network namespace of ferry (at restore: made there, a port of BRIDGE if given).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExternalVeth {
-    pub inside: String,
-    pub outside: String,
-    pub bridge: Option<String>,
-}
-
-/// Restore options about namespaces and mounts.
-#[derive(Debug, Clone, Default)]
-pub struct RestoreNs {
-    /// External namespaces: (key, fd number of a namespace file in ferry) (`--inherit-fd
-    /// fd[N]:KEY`). The caller keeps the fd open during the restore.
-    pub inherit: Vec<(String, i32)>,
-    /// The directory that becomes the tree's root mount when its root was external (`--root`);
-    /// without it, a root that was ferry's own "/" at dump is "/" again.
-    pub root: Option<PathBuf>,
-    /// External mounts: (key, path on this node) (`--external mnt[KEY]:PATH`).
-    pub external_mounts: Vec<(String, PathBuf)>,
-    /// Where the outside ends of the tree's external veths go on this node, overriding the
-    /// names the image recorded (`--external veth[INSIDE]:OUTSIDE[@BRIDGE]`).
-    pub veths: Vec<ExternalVeth>,
-    /// The lower devices of the tree's external macvlans on this node, overriding the names
-    /// the image recorded (`--external macvlan[INSIDE]:LOWER`).
-    pub macvlans: Vec<ExternalMacvlan>,
-    /// (local, peer) of the image's TCP connections (filled by the restore from the image, not
-    /// an option): held back by a network lock in the tree's network namespace until the tree
-    /// runs (state/netlock.rs).
-    pub locked: Vec<(std::net::SocketAddr, std::net::SocketAddr)>,
-    /// The veth pairs across two of the tree's network namespaces, made with the first of them
-    /// and handed to the second (made by the restore, not an option; state/netns.rs).
-    pub veth_pairs: crate::state::netns::VethPairs,
-}
-
-/// What a module's dump gets.
-pub struct DumpCtx<'a> {
-    /// The root process, as ferry sees it.
-    pub pid: i32,
-    /// Its namespace of the module's kind (`/proc/PID/ns/KIND`).
-    pub ns: BorrowedFd<'a>,
-    pub opts: &'a DumpNs,
-    /// For contents too large for the inventory (tmpfs files).
-    pub img: &'a mut ImageWriter,
-}
-
-/// What a module's restore gets. It runs in ferry's restoring thread, which is already in the
-/// new namespace of the module's kind (and of every kind: all are created before any module
-/// runs); modules run in `MODULES` order.
-pub struct RestoreCtx<'a> {
-    pub img: &'a ImageReader,
-    pub opts: &'a RestoreNs,
-    /// The tree is a whole pid namespace: its init (the root) is forked into a new one.
-    pub pidns: bool,
-    /// ferry's own network namespace, which the restoring thread left (outside ends of veths
-    /// go there); None when the tree's is not recreated.
-    pub own_net: Option<BorrowedFd<'a>>,
-    /// The tree's user namespace when it owns the tree's mount namespace: the mount tree is
-    /// built in a mount namespace of ferry's, then handed over into one owned by it
-    /// (state/userns.rs `hand_over_mnt`).
-    pub mnt_owner: Option<BorrowedFd<'a>>,
-}
+use std::os::fd::{AsFd, OwnedFd};
 
 /// One kind of namespace whose content ferry carries.
 struct Module {
     kind: &'static str,
     dump: fn(&mut DumpCtx<'_>, &mut Namespaces) -> Result<(), Error>,
     restore: fn(&RestoreCtx<'_>, &Namespaces, &mut Handover) -> Result<(), Error>,
-}
-
-/// What modules hand on to the forked tree (the root process of a new pid namespace mounts
-/// the proc file systems: proc shows the pid namespace of whoever mounts it).
-#[derive(Default)]
-pub struct Handover {
-    pub mounts: Option<crate::state::mounts::Deferred>,
-    /// The network lock made in a new network namespace before its devices came up (netns.rs),
-    /// removed once the tree runs.
-    pub netlock: Option<crate::state::netlock::RestoreLock>,
 }
 
 /// Restore order: mnt last (it ends with pivot_root, after which only the tree's files are
@@ -172,21 +51,6 @@ const MODULES: &[Module] = &[
 
 fn flag_of(kind: &str) -> i32 {
     KINDS.iter().find(|k| k.0 == kind).map_or(0, |k| k.1)
-}
-
-/// At dump, for every process of the tree: refuse one whose namespaces are not the root's,
-/// except those kinds a nested namespace of which ferry recreates (state/nested_ns.rs).
-pub fn check_same_as_root(pid: i32, root: i32) -> Result<(), Error> {
-    if pid == root {
-        return Ok(());
-    }
-    for (kind, _) in KINDS {
-        let (mine, theirs) = (ns_link(pid, kind), ns_link(root, kind));
-        if mine != theirs {
-            crate::state::nested_ns::check(pid, root, kind)?;
-        }
-    }
-    Ok(())
 }
 
 /// Dump one namespace of `kind` (one of `pid`'s, not the root's: a nested one) with the kind's
@@ -287,36 +151,6 @@ pub fn collect(pid: i32, opts: &DumpNs, img: &mut ImageWriter) -> Result<Option<
     }
     Ok((!out.kinds.is_empty()).then_some(out))
 }
-
-/// Run `f` in a short-lived thread that has joined the namespace `ns` of kind `flag` (for a
-/// mount namespace, after leaving ferry's fs_struct): reads what only a member of the
-/// namespace can see (uname, sysctls, ...) without moving ferry.
-pub fn in_ns<T: Send>(ns: BorrowedFd<'_>, flag: i32, f: impl FnOnce() -> Result<T, Error> + Send) -> Result<T, Error> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            if flag == libc::CLONE_NEWNS {
-                ferry_sys::ns::unshare(libc::CLONE_FS).ctx(|| "cannot unshare CLONE_FS".into())?;
-            }
-            ferry_sys::ns::setns(ns, flag).ctx(|| "cannot join the tree's namespace (setns)".into())?;
-            f()
-        })
-        .join()
-        .unwrap_or_else(|_| Err(Error::Invalid { object: "namespace reader thread".into(), what: "panicked".into() }))
-    })
-}
-
-/// ferry's own mount namespace, kept by the first [`enter`] that left it.
-static FERRY_MNT: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
-
-/// ferry's own mount namespace while the calling thread is in another one (a restore inside
-/// the tree's, between [`enter`] and [`Entered::leave`]): where ferry's helper programs (nft)
-/// are found.
-pub fn ferry_mnt_if_left() -> Option<BorrowedFd<'static>> {
-    IN_TREE_MNT.load(std::sync::atomic::Ordering::SeqCst).then(|| FERRY_MNT.get().map(|f| f.as_fd())).flatten()
-}
-
-/// The restoring thread is in the tree's mount namespace ([`enter`] to [`Entered::leave`]).
-static IN_TREE_MNT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// ferry's restoring thread, inside the tree's namespaces until [`Entered::leave`] (or drop).
 pub struct Entered {

@@ -57,6 +57,21 @@ fn flag_of(kind: &str) -> Option<i32> {
     KINDS.iter().find(|k| k.0 == kind).map(|k| k.1)
 }
 
+/// At dump, for every process of the tree: refuse one whose namespaces are not the root's,
+/// except those kinds a nested namespace of which ferry recreates (state/nested_ns.rs).
+pub fn check_same_as_root(pid: i32, root: i32) -> Result<(), Error> {
+    if pid == root {
+        return Ok(());
+    }
+    for (kind, _) in crate::state::nsctx::KINDS {
+        let (mine, theirs) = (ns_link(pid, kind), ns_link(root, kind));
+        if mine != theirs {
+            check(pid, root, kind)?;
+        }
+    }
+    Ok(())
+}
+
 /// At dump (precheck): process `pid` is in another `kind` namespace than the root: fine for the
 /// kinds recreated here, else refused with the reason.
 pub fn check(pid: i32, root: i32, kind: &str) -> Result<(), Error> {
@@ -124,7 +139,7 @@ pub fn collect(
 /// The process a nested mount namespace of `pid` was copied from: its nearest ancestor in
 /// another mount namespace (`ppids`: the tree's), else the tree's root.
 fn mnt_parent(pid: i32, root: i32, ppids: &HashMap<i32, i32>) -> i32 {
-    let ns = crate::state::namespaces::ns_link;
+    let ns = crate::state::nsfile::ns_link;
     let mine = ns(pid, "mnt");
     let mut cur = pid;
     while let Some(&up) = ppids.get(&cur) {
@@ -244,7 +259,7 @@ fn pidns_for_children(p: &Process) -> Result<i32, Error> {
         });
     }
     let Some(target) = target else { return Ok(-1) };
-    for c in crate::freeze::children_of(pid)? {
+    for c in crate::procfs::children_of(pid)? {
         let theirs = std::fs::read_link(crate::procfs::path(c, "ns/pid")).ok();
         let st = crate::procfs::read_string(c, "status").ok().and_then(|t| ferry_proc::parse_status(&t).ok());
         if theirs.as_ref() == Some(&target) && st.is_some_and(|s| s.ns_pid.last() == Some(&1)) {
@@ -274,7 +289,7 @@ pub fn time_for_children_refusal(pid: i32) -> Option<String> {
     if link(&format!("/proc/{pid}/ns/time")) != link("/proc/self/ns/time") {
         return Some(" (carried only for a process in ferry's own time namespace)".into());
     }
-    let kids = crate::freeze::children_of(pid).unwrap_or_default();
+    let kids = crate::procfs::children_of(pid).unwrap_or_default();
     if let Some(c) = kids.iter().find(|c| link(&format!("/proc/{c}/ns/time")) == target) {
         return Some(format!(
             " (its child {c} is in it: the process could not be given it back without moving itself into it)"

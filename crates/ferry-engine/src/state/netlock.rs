@@ -104,10 +104,10 @@ pub fn is_lock_table(line: &str) -> bool {
 /// namespace (a container's root, which has no nft), from a thread back in ferry's own.
 fn nft_in(netns: Option<&std::os::fd::OwnedFd>, script: &str) -> Result<(), Error> {
     use std::os::fd::AsFd;
-    match (netns, crate::state::namespaces::ferry_mnt_if_left()) {
-        (Some(ns), None) => crate::state::namespaces::in_ns(ns.as_fd(), libc::CLONE_NEWNET, || nft(script)),
+    match (netns, crate::state::nsfile::ferry_mnt_if_left()) {
+        (Some(ns), None) => crate::state::nsfile::in_ns(ns.as_fd(), libc::CLONE_NEWNET, || nft(script)),
         (None, None) => nft(script),
-        (ns, Some(mnt)) => crate::state::namespaces::in_ns(mnt, libc::CLONE_NEWNS, || match ns {
+        (ns, Some(mnt)) => crate::state::nsfile::in_ns(mnt, libc::CLONE_NEWNS, || match ns {
             Some(ns) => ferry_sys::ns::setns(ns.as_fd(), libc::CLONE_NEWNET)
                 .map_err(|e| Error::Sys {
                     object: "cannot join the tree's network namespace (setns)".into(),

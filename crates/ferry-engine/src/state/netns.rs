@@ -32,11 +32,12 @@
 //! link-local addresses the kernel makes itself. Routes: those of the main table that the
 //! kernel did not add itself (a "proto kernel" route comes back with its address).
 
-use super::namespaces::{in_ns, DumpCtx, DumpNs, ExternalVeth, Handover, RestoreCtx};
+use super::nettools::tool;
+use super::nsctx::{DumpCtx, DumpNs, ExternalVeth, Handover, RestoreCtx, VethPairs};
+use super::nsfile::in_ns;
 use crate::error::{Ctx, Error};
 use ferry_image::{Namespaces, NsxAddr, NsxLink, NsxNetns, NsxSysctl};
 use serde_json::Value;
-use std::process::Command;
 
 /// Namespace-wide sysctls worth keeping (paths below /proc/sys); written in this order, so
 /// that `ip_forward` (which resets every device's `forwarding`) comes before the rest.
@@ -151,42 +152,6 @@ pub fn in_netns<T: Send>(
         return f();
     }
     in_ns(ns, libc::CLONE_NEWNET, f)
-}
-
-/// Run `ip ARGS` (or another tool) in the calling thread's network namespace; its stdout.
-pub(crate) fn tool(prog: &str, args: &[&str]) -> Result<String, Error> {
-    tool_input(prog, args, None)
-}
-
-/// [`tool`] with `input` on its standard input.
-pub(crate) fn tool_input(prog: &str, args: &[&str], input: Option<&str>) -> Result<String, Error> {
-    use std::io::Write;
-    use std::process::Stdio;
-    let package = match prog {
-        "nft" => "nftables",
-        "ip" => "iproute2",
-        p if p.contains("tables") => "iptables",
-        _ => prog,
-    };
-    let cant = || format!("cannot run {prog} (install {package})");
-    let mut child = Command::new(prog)
-        .args(args)
-        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .ctx(cant)?;
-    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin.write_all(text.as_bytes()).ctx(|| format!("cannot write to {prog}"))?;
-    }
-    let out = child.wait_with_output().ctx(cant)?;
-    if !out.status.success() {
-        return Err(Error::Invalid {
-            object: format!("{prog} {}", args.join(" ")),
-            what: format!("failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn json(args: &[&str]) -> Result<Vec<Value>, Error> {
@@ -516,22 +481,6 @@ fn apply(ns: &NsxNetns, ctx: &RestoreCtx<'_>) -> Result<(), Error> {
         }
     }
     Ok(())
-}
-
-/// At restore: the veth pairs whose ends are in two network namespaces of the tree, from the
-/// moment the first of them is made to the moment the second is. The end made first makes
-/// the pair with its peer in a namespace of ferry's own that only holds it (new and empty: the
-/// peer's index is free there); the peer's namespace, once made, takes it from there (moved
-/// into a new namespace, a device keeps its index, address and MTU). Clones share the state.
-#[derive(Debug, Clone, Default)]
-pub struct VethPairs(std::sync::Arc<std::sync::Mutex<Held>>);
-
-#[derive(Debug, Default)]
-struct Held {
-    /// The holding namespace (made with the first pair).
-    ns: Option<std::os::fd::OwnedFd>,
-    /// The ends it holds: (the inode at dump of the namespace each goes to, its name).
-    ends: Vec<(u64, String)>,
 }
 
 impl VethPairs {

@@ -32,7 +32,7 @@
 //! empty one accepts everything, as iptables shows it anyway). ferry's own network locks
 //! (`inet ferry_lock_*`) are not saved: they are ferry's, not the tree's.
 
-use super::netns::{tool, tool_input};
+use super::nettools::{tool, tool_input};
 use crate::error::Error;
 use ferry_image::NftTable;
 use serde_json::Value;

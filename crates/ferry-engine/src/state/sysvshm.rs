@@ -126,7 +126,7 @@ impl Created {
         match &self.ns {
             Some(ns) => {
                 use std::os::fd::AsFd;
-                crate::state::namespaces::in_ns(ns.as_fd(), libc::CLONE_NEWIPC, f)
+                crate::state::nsfile::in_ns(ns.as_fd(), libc::CLONE_NEWIPC, f)
             }
             None => f(),
         }

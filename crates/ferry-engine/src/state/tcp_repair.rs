@@ -511,7 +511,7 @@ pub fn connections(procs: &[ferry_image::Process]) -> Vec<(std::net::SocketAddr,
     let mut v: Vec<_> = procs
         .iter()
         .flat_map(|p| p.files.iter())
-        .filter_map(|f| f.inet.as_ref().filter(|s| crate::state::inet::repaired(s)))
+        .filter_map(|f| f.inet.as_ref().filter(|s| repaired(s)))
         .filter_map(|s| Some((s.local.parse().ok()?, s.peer.parse().ok()?)))
         .collect();
     v.sort_unstable();

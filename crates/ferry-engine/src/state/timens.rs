@@ -26,7 +26,7 @@
 //! writes the same planned offsets to the helper's `timens_offsets`, and the tree's init joins
 //! it (restore.rs) before it forks; ferry's thread leaves its own children's namespace as it is.
 
-use super::namespaces::{DumpCtx, Handover, RestoreCtx};
+use super::nsctx::{DumpCtx, Handover, RestoreCtx};
 use crate::error::{Ctx, Error};
 use crate::procfs;
 use ferry_image::{Namespaces, NsxTimens};

@@ -128,7 +128,7 @@ pub(crate) fn collect(pid: i32, pidfd: BorrowedFd<'_>, fd: i32, root_net: u64, f
         return Err(refuse(format!("tap device {name} with a socket filter (TUNATTACHFILTER)")));
     }
     // (TUNGETIFF's IFF_NO_PI bit also means "no filter": the device's flags are ip's.)
-    let data = crate::state::namespaces::in_ns(dev_ns.as_fd(), libc::CLONE_NEWNET, || {
+    let data = crate::state::nsfile::in_ns(dev_ns.as_fd(), libc::CLONE_NEWNET, || {
         crate::state::netns::tool("ip", &["-j", "-d", "link", "show", "dev", &name])
     })?;
     let v: Value = serde_json::from_str(&data).unwrap_or_default();

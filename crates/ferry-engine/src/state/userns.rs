@@ -21,7 +21,7 @@
 //! made from inside the new one ([`fork_init`]): then the whole tree runs inside from the
 //! start, and its processes (threads included) choose their ids there.
 
-use super::namespaces::{DumpCtx, Handover, RestoreCtx, KINDS};
+use super::nsctx::{DumpCtx, Handover, RestoreCtx, KINDS};
 use super::nsfile::{fd_inode as inode, ns_link, own_link};
 use crate::error::{Ctx, Error};
 use ferry_image::{Creds, Namespaces, UsernsExtent, UsernsRec};

@@ -1,6 +1,7 @@
 //! A uts namespace's host and domain name (a namespace module, see state/namespaces.rs).
 
-use super::namespaces::{in_ns, DumpCtx, Handover, RestoreCtx};
+use super::nsctx::{DumpCtx, Handover, RestoreCtx};
+use super::nsfile::in_ns;
 use crate::error::{Ctx, Error};
 use ferry_image::{Namespaces, UtsNs};
 

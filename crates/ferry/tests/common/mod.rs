@@ -549,7 +549,6 @@ impl Run {
         pidfile
     }
 
-    /// Wait until `pidfile` names our pid (ferry writes it once the process runs).
     /// Restore the image in `img()`, send go, and expect the workload's PASS.
     pub fn restore_and_verify(&mut self, whose: &str) {
         let pidfile = self.spawn_restore("restore", &self.img(), &[]);
@@ -559,6 +558,7 @@ impl Run {
         self.expect_pass(status, whose);
     }
 
+    /// Wait until `pidfile` names our pid (ferry writes it once the process runs).
     pub fn wait_pidfile(&mut self, pidfile: &Path) {
         let deadline = Instant::now() + RESTORE_TIMEOUT;
         loop {
@@ -1035,4 +1035,14 @@ pub fn refused_then_intact(spec: Spec, expect: &[&str]) {
     run.go();
     let status = run.wait_child_exit();
     run.expect_pass(status, "the workload after a refused dump");
+}
+
+/// The bytes of an image's page files (`pages-*.img`): what its memory takes on disk.
+pub fn page_files_bytes(img: &Path) -> u64 {
+    fs::read_dir(img)
+        .expect("image dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .sum()
 }

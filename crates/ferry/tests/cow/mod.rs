@@ -25,15 +25,6 @@ fn tree_kib(pid: i32, field: &str) -> (usize, u64) {
     (pids.len(), total)
 }
 
-fn page_files_bytes(img: &std::path::Path) -> u64 {
-    fs::read_dir(img)
-        .expect("image dir")
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
-        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
-        .sum()
-}
-
 #[test]
 fn cow_control() {
     control(&cow("8"));

@@ -136,11 +136,7 @@ fn vdso_mismatch_is_refused() {
         run.fail("a refused restore left a process behind");
     }
     // The genuine image still restores.
-    let pidfile = run.spawn_restore("restore", &img, &[]);
-    run.wait_pidfile(&pidfile);
-    run.go();
-    let status = run.wait_restore_exit();
-    run.expect_pass(status, "the genuine image");
+    run.restore_and_verify("the genuine image");
 }
 
 fn counter_lines(p: &Path) -> Vec<u64> {

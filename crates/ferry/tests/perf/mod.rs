@@ -26,11 +26,7 @@ fn compressed_cycle() {
     if &head != b"FERRYPGZ" {
         run.fail(&format!("dump --compress wrote a page file with header {head:?}, not a compressed one"));
     }
-    let pidfile = run.spawn_restore("restore", &img, &[]);
-    run.wait_pidfile(&pidfile);
-    run.go();
-    let status = run.wait_restore_exit();
-    run.expect_pass(status, "ferry restore of a compressed image");
+    run.restore_and_verify("ferry restore of a compressed image");
 }
 
 #[test]
@@ -86,11 +82,7 @@ fn flipped_page_byte_refused() {
         run.fail(&format!("the error does not name {name}: {:?}", res.stderr));
     }
     run.wait_pid_gone("after the refused restore");
-    let pidfile = run.spawn_restore("restore", &img, &[]);
-    run.wait_pidfile(&pidfile);
-    run.go();
-    let status = run.wait_restore_exit();
-    run.expect_pass(status, "ferry restore of the intact image");
+    run.restore_and_verify("ferry restore of the intact image");
 }
 
 /// ferry's own memory does not grow with the process: restoring 512 MiB, its peak resident

@@ -230,12 +230,7 @@ fn cow_sharing_found_between_snapshots() {
     let mut run = Run::start(&Spec::c("cow").args(&["64"]).ready_timeout(Duration::from_secs(60)));
     run.dump_ok(&["-R"]);
     run.expect_running_untraced("after dump -R");
-    let stored: u64 = fs::read_dir(run.img())
-        .expect("image dir")
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
-        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
-        .sum();
+    let stored = page_files_bytes(&run.img());
     // 64 MiB + the heap + a sixteenth of the pages rewritten by each process, plus slack (each
     // process storing its own copy would be over 192 MiB).
     if stored >= 90 << 20 {
@@ -369,15 +364,6 @@ fn tracked_finish_failure_falls_back_to_fork() {
 }
 
 /// Sum of the sizes of an image's page files.
-fn page_files_bytes(img: &std::path::Path) -> u64 {
-    fs::read_dir(img)
-        .expect("image dir")
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
-        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
-        .sum()
-}
-
 /// `dump -R` of a tree of three processes from pages copied while they run: dirtier "tree"
 /// (64 MiB shared copy-on-write by a parent and its two children, each child with 16 MiB of its
 /// own, some of the shared pages zeroed or dropped in a child; all three keep rewriting pages
