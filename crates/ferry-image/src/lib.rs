@@ -34,7 +34,7 @@ pub const RECORD_MAGIC: [u8; 8] = *b"FERRYIMG";
 /// Magic at the start of every page file.
 pub const PAGES_MAGIC: [u8; 8] = *b"FERRYPGS";
 /// Version of the on-disk format (independent of the tool's version).
-pub const FORMAT_VERSION: u32 = 9;
+pub const FORMAT_VERSION: u32 = 10;
 /// Oldest format version this build can read.
 pub const MIN_FORMAT_VERSION: u32 = 1;
 /// Size of a record header.
