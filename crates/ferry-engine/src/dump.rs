@@ -655,7 +655,8 @@ fn dump_inner(
     // (Every injection window is closed now.)
     flags_apart.start();
     // (A process the snapshot could not be taken of: the whole tree stays frozen.)
-    let snapshot = (want_snapshot || tracked) && (tracked || snaps.len() == frozen.len());
+    // (Tracked: the pages copied while it ran serve as the snapshot, frozen or not meanwhile.)
+    let snapshot = tracked || (want_snapshot && snaps.len() == frozen.len());
     if !snapshot {
         // (VmFlags left for snapshots the dump will not use: read now, still frozen.)
         for s in snaps.iter_mut() {

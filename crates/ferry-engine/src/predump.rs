@@ -45,12 +45,6 @@ pub struct PreDumpReport {
     pub tracked: usize,
 }
 
-/// A process's start time (clock ticks after boot).
-fn start_time(pid: i32) -> Result<u64, Error> {
-    let text = procfs::read_string(pid, "stat")?;
-    Ok(procfs::parse(pid, "stat", ferry_proc::parse_stat(&text))?.start_time)
-}
-
 /// Pre-dump the tree rooted at `root` into `dir` (from `parents`, see [`take_parent`]): its
 /// memory copied while it runs (never frozen but for the moment each process's mappings are
 /// registered), its tracking handed to a keeper.
@@ -74,7 +68,7 @@ pub fn pre_dump(root: i32, dir: &Path, mut parents: HashMap<i32, FromParent>) ->
         for c in crate::freeze::children_of(pid).unwrap_or_default() {
             ppids.insert(c, pid);
         }
-        let started = start_time(pid)?;
+        let started = procfs::start_time(pid).ok_or(Error::NoProcess { pid })?;
         let image_pid = crate::freeze::image_pid(root, pid);
         let from = parents.remove(&pid);
         let d = tracked::Pre::pre_dump(root, pid, ppid, &mut img, from)?;
@@ -136,7 +130,7 @@ pub fn take_parent(parent: &Path) -> Result<HashMap<i32, FromParent>, Error> {
             tracing::info!(pid = p.pid, "not tracked since the pre-dump: copied whole");
             continue;
         };
-        if start_time(p.pid).ok() != Some(p.start_time) {
+        if procfs::start_time(p.pid) != Some(p.start_time) {
             tracing::info!(pid = p.pid, "not the process of the pre-dump (exited, pid reused): its pages are not kept");
             continue;
         }
