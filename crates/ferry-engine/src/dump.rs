@@ -84,6 +84,9 @@ pub struct DumpReport {
     /// Pages of every mapping the dump looked at, and pages it wrote.
     pub pages_scanned: u64,
     pub pages_written: u64,
+    /// Of `pages_written`, the pages whose copy is a pre-dump's (the parent image: copied
+    /// from its page file, not read again from the tree, predump.rs).
+    pub pages_from_parent: u64,
 }
 
 /// The record of child `c` of `parent` if it is a zombie (what its parent's waitpid() will see).
@@ -338,7 +341,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     if !tracked {
         return dump_with(opts, move || Ok(img), |_| Ok(()));
     }
-    let pres = start_tracked(opts.pid, &mut img);
+    let pres = start_tracked(opts.pid, &mut img, &mut HashMap::new());
     if let Some(r) = dump_inner(opts, move || Ok(img), |_| Ok(()), pres)? {
         return Ok(r);
     }
@@ -349,6 +352,35 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, Error> {
     }
     reserve_pages(&mut img, opts.pid)?;
     dump_with(opts, move || Ok(img), |_| Ok(()))
+}
+
+/// [`dump`] from a pre-dump's copies (`dump --parent`, CRIU's `parent_img`; predump.rs):
+/// every process in `parents` starts from its pre-dump's page file and write tracking, the
+/// others are tracked now; more rounds while the tree runs, then as `dump -R` under the freeze
+/// (the tree stays frozen until the image is committed unless `leave_running`). Whatever cannot
+/// be taken so is copied as in a plain dump.
+pub fn dump_from_parent(
+    opts: &DumpOptions,
+    mut parents: HashMap<i32, tracked::FromParent>,
+) -> Result<DumpReport, Error> {
+    if opts.pid <= 0 || !procfs::path(opts.pid, "").exists() {
+        return Err(Error::NoProcess { pid: opts.pid });
+    }
+    if !tracked::wanted() {
+        tracing::info!("compressed page files: the pre-dump's copies are not used");
+        return dump(opts);
+    }
+    let mut img = ImageWriter::prepare(&opts.dir)?;
+    if let Some(key) = &opts.sign {
+        img.sign_with(key.clone());
+    }
+    reserve_pages(&mut img, opts.pid)?;
+    let pres = start_tracked(opts.pid, &mut img, &mut parents);
+    if let Some(r) = dump_inner(opts, move || Ok(img), |_| Ok(()), pres)? {
+        return Ok(r);
+    }
+    // (The VmFlags of a mapping changed during the dump: the tree runs, nothing is committed.)
+    dump(opts)
 }
 
 /// The VmFlags of a process, by the end of each mapping (see `memory::vm_flags`).
@@ -419,12 +451,16 @@ impl FlagsApart {
 /// Before the freeze, for `dump -R`: each process of the tree rooted at `root` tracked and its
 /// pages copied while the tree runs (state/tracked.rs), parents first. Empty if one of them
 /// cannot be: the dump then takes the fork snapshots.
-fn start_tracked(root: i32, img: &mut ImageWriter) -> Vec<tracked::Pre> {
+fn start_tracked(
+    root: i32,
+    img: &mut ImageWriter,
+    pre_dumped: &mut HashMap<i32, tracked::FromParent>,
+) -> Vec<tracked::Pre> {
     let mut pres: Vec<tracked::Pre> = Vec::new();
     let mut parents = HashMap::from([(root, 0)]);
     for pid in tree_pids(root) {
         let ppid = parents.get(&pid).copied().unwrap_or(0);
-        match tracked::Pre::start(root, pid, ppid, img) {
+        match tracked::Pre::start(root, pid, ppid, img, pre_dumped.remove(&pid)) {
             Ok(p) => pres.push(p),
             Err(e) => {
                 tracing::info!(pid, error = %e, "dump -R: pages not copied ahead: fork snapshots instead");
@@ -580,6 +616,8 @@ fn dump_inner(
         }
     }
     let tracked = !pres.is_empty();
+    // (From a pre-dump, without `leave_running`: the tree stays frozen, as in a plain dump.)
+    let run_again = want_snapshot;
     let mut img = make_img()?;
     let mut procs: Vec<Process> = Vec::new();
     let mut tree = files::TreeFiles::default();
@@ -590,7 +628,7 @@ fn dump_inner(
     tree.pids = frozen.iter().map(|f| f.pid).collect();
     tree.tty.root = root;
     tree.root_net = crate::state::nsfile::ns_link(root, "net").map_or(0, |l| crate::state::nsfile::inode_of(&l));
-    let mut flags_apart = FlagsApart::new(match want_snapshot {
+    let mut flags_apart = FlagsApart::new(match want_snapshot || tracked {
         true => Vec::new(),
         false => frozen.iter().map(|f| f.pid).collect(),
     });
@@ -619,7 +657,8 @@ fn dump_inner(
     // (Every injection window is closed now.)
     flags_apart.start();
     // (A process the snapshot could not be taken of: the whole tree stays frozen.)
-    let snapshot = want_snapshot && (tracked || snaps.len() == frozen.len());
+    // (Tracked: the pages copied while it ran serve as the snapshot, frozen or not meanwhile.)
+    let snapshot = tracked || (want_snapshot && snaps.len() == frozen.len());
     if !snapshot {
         // (VmFlags left for snapshots the dump will not use: read now, still frozen.)
         for s in snaps.iter_mut() {
@@ -729,17 +768,19 @@ fn dump_inner(
             }
         }
         tracing::info!(hold_ms = t_hold.elapsed().as_secs_f64() * 1e3, "what the snapshots lack taken");
-        drop(std::mem::take(&mut tree.connections.repaired));
-        for f in frozen.iter_mut() {
-            f.resume()?;
+        if run_again {
+            drop(std::mem::take(&mut tree.connections.repaired));
+            for f in frozen.iter_mut() {
+                f.resume()?;
+            }
+            frozen_for = Some(t_frozen.elapsed() + frozen_before);
+            frozen.iter().for_each(Frozen::wait_ran);
+            tracing::info!(
+                frozen_ms = t_frozen.elapsed().as_secs_f64() * 1e3,
+                frozen_to_track_ms = frozen_before.as_secs_f64() * 1e3,
+                "running again; pages from the snapshots"
+            );
         }
-        frozen_for = Some(t_frozen.elapsed() + frozen_before);
-        frozen.iter().for_each(Frozen::wait_ran);
-        tracing::info!(
-            frozen_ms = t_frozen.elapsed().as_secs_f64() * 1e3,
-            frozen_to_track_ms = frozen_before.as_secs_f64() * 1e3,
-            "running again; pages from the snapshots"
-        );
         crate::inject::fault_point_named("kill-after-resume");
         pres.iter_mut().for_each(tracked::Pre::end_tracking);
         for (p, pre) in procs.iter_mut().zip(pres.iter()) {
@@ -802,7 +843,7 @@ fn dump_inner(
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
         shell_job,
-        snapshot,
+        snapshot: snapshot && run_again,
         namespaces,
         nested_ns,
         ..Default::default()
@@ -820,7 +861,7 @@ fn dump_inner(
     }
     let mut frozen_for = frozen_for.unwrap_or_else(|| t_frozen.elapsed());
 
-    if snapshot {
+    if snapshot && run_again {
         for s in snaps.drain(..) {
             let (pid, target) = (s.pid, s.target);
             match s.end() {
@@ -866,6 +907,7 @@ fn dump_inner(
     };
     locks.dedup();
     let page = ferry_sys::process::page_size().max(1);
+    let pages_from_parent: u64 = pres.iter().map(|p| p.kept_from_parent).sum();
     let pages_scanned = procs
         .iter()
         .filter_map(|p| p.mm.as_ref())
@@ -884,5 +926,6 @@ fn dump_inner(
         commit,
         pages_scanned,
         pages_written: pages_bytes / page,
+        pages_from_parent: pages_from_parent / page,
     }))
 }

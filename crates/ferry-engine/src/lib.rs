@@ -13,6 +13,7 @@ pub mod inject;
 pub mod launch;
 pub mod postcopy;
 pub mod precopy;
+pub mod predump;
 mod procfs;
 pub mod restore;
 pub mod state;

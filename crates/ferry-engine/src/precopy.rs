@@ -26,7 +26,7 @@ const CHUNK: usize = 1 << 20;
 struct Tracked {
     host_pid: i32,
     image_pid: i32,
-    _uffd: OwnedFd,
+    uffd: OwnedFd,
     pagemap: std::fs::File,
     /// /proc/PID/mem: read through it, not `process_vm_readv`, which would unshare pages the
     /// process shares copy-on-write with its parent or children (see state/cow.rs).
@@ -97,6 +97,19 @@ fn intersect(clean: &[(u64, u64)], sent: &[(u64, u64)], out: &mut Vec<(u64, u64)
     }
 }
 
+/// `ranges` sorted, the overlapping and touching ones merged.
+fn merge(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (a, b) in ranges {
+        match merged.last_mut() {
+            Some(last) if last.1 >= a => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    merged
+}
+
 /// Remove `a..b` from `sent` (unsorted, as sent): the copies sent there are no longer known to
 /// be the latest.
 fn forget(sent: &mut Vec<(u64, u64)>, a: u64, b: u64) {
@@ -134,6 +147,35 @@ impl Tracker {
     /// process, state/tracked.rs). Unlike [`Tracker::start`], a failure is the caller's.
     pub fn start_one(root: i32, pid: i32) -> Result<Tracker, Error> {
         Ok(Tracker { procs: vec![track(root, pid)?] })
+    }
+
+    /// Take up the tracking of `pid` (a process of the tree rooted at `root`) that an earlier
+    /// ferry started and handed over with its userfaultfd `uffd` (a pre-dump, predump.rs):
+    /// `sent` are the pages whose copies that run took, which are kept only under the same
+    /// invariant (still registered, present, not written since).
+    pub fn adopt(root: i32, pid: i32, uffd: OwnedFd, sent: Vec<(u64, u64)>) -> Result<Tracker, Error> {
+        let ranges = maybe_registered(pid)?;
+        let t = Tracked {
+            host_pid: pid,
+            image_pid: crate::freeze::image_pid(root, pid),
+            uffd,
+            pagemap: procfs::open(pid, "pagemap")?,
+            mem: procfs::open(pid, "mem")?,
+            ranges,
+            sent,
+        };
+        Ok(Tracker { procs: vec![t] })
+    }
+
+    /// The pages sent in some round (sorted, merged), of all the tracked processes.
+    pub fn sent(&self) -> Vec<(u64, u64)> {
+        merge(self.procs.iter().flat_map(|t| t.sent.iter().copied()).collect())
+    }
+
+    /// The userfaultfds of the tracked processes, the tracking left on (a pre-dump hands them to
+    /// its keeper).
+    pub fn into_uffds(mut self) -> Vec<(i32, OwnedFd)> {
+        std::mem::take(&mut self.procs).into_iter().map(|t| (t.host_pid, t.uffd)).collect()
     }
 
     /// One round: every page written since the last round (all present pages the first time)
@@ -205,15 +247,7 @@ impl Tracker {
         let mut skips = HashMap::new();
         for t in self.procs.iter() {
             let pid = t.host_pid;
-            let mut sent = t.sent.clone();
-            sent.sort_unstable();
-            let mut merged: Vec<(u64, u64)> = Vec::with_capacity(sent.len());
-            for (a, b) in sent {
-                match merged.last_mut() {
-                    Some(last) if last.1 >= a => last.1 = last.1.max(b),
-                    _ => merged.push((a, b)),
-                }
-            }
+            let merged = merge(t.sent.clone());
             let mut ranges: Vec<(u64, u64)> = Vec::new();
             for (start, end) in maybe_registered(pid)? {
                 // present, not written since last protected, in a mapping still registered
@@ -261,6 +295,12 @@ pub fn without_skipped(pid: i32, regions: Vec<ferry_sys::process::PageRegion>) -
     crate::state::memory::subtract(regions, skip) // (skip ranges are sorted and disjoint)
 }
 
+/// Whether writes can be tracked here (a userfaultfd with write-protection in async mode):
+/// CRIU's `mem_track` feature, which pre-dumps need.
+pub fn can_track() -> bool {
+    uffd::own().is_ok_and(|fd| uffd::api(fd.as_fd(), uffd::UFFD_FEATURE_WP_ASYNC).is_ok())
+}
+
 fn track(root: i32, pid: i32) -> Result<Tracked, Error> {
     let pidfd = ferry_sys::process::pidfd_open(pid).ctx(|| format!("pid {pid}: pidfd_open"))?;
     // Everything under the freeze: the mappings read are the mappings registered (a stale
@@ -293,7 +333,7 @@ fn track(root: i32, pid: i32) -> Result<Tracked, Error> {
     Ok(Tracked {
         host_pid: pid,
         image_pid: crate::freeze::image_pid(root, pid),
-        _uffd: uffd,
+        uffd,
         pagemap,
         mem,
         ranges,

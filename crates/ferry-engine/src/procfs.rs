@@ -64,3 +64,10 @@ pub(crate) fn children_of(pid: i32) -> Result<Vec<i32>, Error> {
     }
     Ok(out)
 }
+
+/// A process's start time (clock ticks after boot, /proc/PID/stat): with its pid, what tells it
+/// from a later process given the same pid. None if it is gone.
+pub(crate) fn start_time(pid: i32) -> Option<u64> {
+    let text = read_string(pid, "stat").ok()?;
+    ferry_proc::parse_stat(&text).ok().map(|s| s.start_time)
+}

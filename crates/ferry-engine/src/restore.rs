@@ -110,6 +110,12 @@ fn is_pages_file(name: &str) -> bool {
 /// image's signature is checked first, before any other file is opened.
 fn open_verified_but_pages(dir: &Path, trusted: Option<&[[u8; 32]]>) -> Result<(ImageReader, Vec<Process>), Error> {
     let img = ImageReader::open(dir)?;
+    if img.inventory().pre_dump.is_some() {
+        return Err(Error::Invalid {
+            object: dir.display().to_string(),
+            what: "a pre-dump (memory only): restore the dump taken with it as its parent".into(),
+        });
+    }
     if let Some(keys) = trusted {
         let key = img.verify_signature(keys)?;
         tracing::info!(key = %ferry_image::hex::hex(&key), "image signed by a trusted key");

@@ -44,6 +44,47 @@ pub struct Inventory {
     /// `Process.ns_inodes` says who is in which (state/nested_ns.rs).
     #[prost(message, repeated, tag = "660")]
     pub nested_ns: Vec<NestedNs>,
+    /// Set in a pre-dump's image (`criu pre-dump`, the RPC's PRE_DUMP): memory only, no
+    /// process record; restore refuses it. A later dump names it as its parent (predump.rs).
+    #[prost(message, optional, tag = "1000")]
+    pub pre_dump: Option<PreDump>,
+}
+
+/// What a pre-dump copied while the tree ran, and where the write tracking it started lives on.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct PreDump {
+    /// The unix socket of the keeper holding the tracking (userfaultfds) until the next dump
+    /// takes it (empty: none, the next dump copies everything).
+    #[prost(string, tag = "1001")]
+    pub keeper_socket: String,
+    /// The keeper's pid (checked with SO_PEERCRED when the next dump connects).
+    #[prost(int32, tag = "1002")]
+    pub keeper_pid: i32,
+    #[prost(message, repeated, tag = "1003")]
+    pub procs: Vec<PreDumpProc>,
+}
+
+/// The pages of one process a pre-dump copied into its `pages-PID.img` (PID: `image_pid`).
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+pub struct PreDumpProc {
+    /// Its pid on this node and its start time (clock ticks after boot, /proc/PID/stat): the
+    /// next dump uses the copies only for this very process.
+    #[prost(int32, tag = "1004")]
+    pub pid: i32,
+    #[prost(uint64, tag = "1005")]
+    pub start_time: u64,
+    #[prost(int32, tag = "1006")]
+    pub image_pid: i32,
+    /// Whether its writes are still tracked (its userfaultfd is with the keeper): without it,
+    /// the copies cannot be trusted and the next dump copies everything.
+    #[prost(bool, tag = "1007")]
+    pub tracked: bool,
+    /// The pages copied, at their offset in the page file (the latest copy of each page).
+    #[prost(message, repeated, tag = "1008")]
+    pub runs: Vec<PageRun>,
+    /// Pages found all zeros (`offset` unused).
+    #[prost(message, repeated, tag = "1009")]
+    pub zeros: Vec<PageRun>,
 }
 
 /// A namespace of some processes of the tree that is not the root's (state/nested_ns.rs).

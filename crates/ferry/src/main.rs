@@ -110,6 +110,19 @@ enum Cmd {
         /// on any node that trusts the key then refuses the image if anything in it changed.
         #[arg(long, value_name = "KEYDIR")]
         sign: Option<PathBuf>,
+        /// A pre-dump (CRIU's `criu pre-dump`): copy the tree's memory while it runs, keep
+        /// tracking its writes (a keeper process holds the tracking), write a memory-only image
+        /// a later dump names with --prev-images-dir. The tree is not frozen (but for the
+        /// moment its mappings are registered) and runs on.
+        #[arg(long, conflicts_with_all = ["leave_running", "leave_stopped", "compress"])]
+        pre_dump: bool,
+        /// The pre-dump this dump starts from (relative to the images directory, as CRIU's):
+        /// its copies of the pages not written since are used, not read again.
+        #[arg(long, value_name = "DIR")]
+        prev_images_dir: Option<PathBuf>,
+        /// Accepted for CRIU's command line (a pre-dump always tracks the writes).
+        #[arg(long)]
+        track_mem: bool,
     },
     /// Recreate a process from an image, with its old PID.
     Restore {
@@ -296,6 +309,10 @@ enum Cmd {
         /// The socket's fd number.
         fd: i32,
     },
+    /// Hold a pre-dump's write tracking until the next dump takes it over SOCKET (started by
+    /// the pre-dump itself, fd 0 its socketpair).
+    #[command(hide = true)]
+    TrackKeeper { socket: PathBuf },
     /// Show what an image holds: process, mappings with sizes, fds, signals, timers.
     Inspect {
         /// Image directory.
@@ -448,6 +465,9 @@ fn run(cli: Cli) -> Result<i32> {
             criu: _,
             external,
             sign,
+            pre_dump,
+            prev_images_dir,
+            track_mem: _,
         } => {
             ferry_engine::state::files::ghost::set_limit(ghost_limit.unwrap_or(u64::MAX));
             ferry_engine::check::require_caps("dump").with_context(|| format!("dump of pid {pid} failed"))?;
@@ -477,7 +497,28 @@ fn run(cli: Cli) -> Result<i32> {
                 external,
                 snapshot: !no_snapshot,
             };
-            let r = ferry_engine::dump::dump(&opts).with_context(|| format!("dump of pid {pid} failed"))?;
+            let parents = match prev_images_dir.as_ref().map(|p| dir.join(p)) {
+                Some(p) => ferry_engine::predump::take_parent(&p)
+                    .with_context(|| format!("dump of pid {pid} failed: parent {}", p.display()))?,
+                None => Default::default(),
+            };
+            if pre_dump {
+                let r = ferry_engine::predump::pre_dump(pid, &dir, parents)
+                    .with_context(|| format!("pre-dump of pid {pid} failed"))?;
+                tracing::info!(
+                    "pre-dumped pid {pid} to {}: {} pages copied, {} from the parent, {} processes tracked",
+                    dir.display(),
+                    r.pages_written,
+                    r.pages_from_parent,
+                    r.tracked
+                );
+                return Ok(0);
+            }
+            let r = match prev_images_dir {
+                Some(_) => ferry_engine::dump::dump_from_parent(&opts, parents),
+                None => ferry_engine::dump::dump(&opts),
+            }
+            .with_context(|| format!("dump of pid {pid} failed"))?;
             tracing::info!(
                 "dumped pid {pid} to {}: {} of pages, {} mappings, {} fds in {:.1} ms (frozen {:.1} ms)",
                 dir.display(),
@@ -619,6 +660,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Swrk { fd } => criu::swrk::serve(fd),
+        Cmd::TrackKeeper { socket } => Ok(ferry_engine::predump::keeper_main(&socket)?),
         Cmd::Inspect { dir, json, verify } => {
             let trusted = trusted_keys(verify.as_deref())?;
             inspect::run(&dir, json, trusted.as_deref())?;

@@ -65,17 +65,16 @@ fn holders(dev: u64, ino: u64, inside: &dyn Fn(i32) -> bool) -> Vec<FifoHolder> 
             {
                 continue;
             }
-            let h = holder.get_or_insert_with(|| FifoHolder { pid: p, start_time: start_time(p), reads: false });
+            let h = holder.get_or_insert_with(|| FifoHolder {
+                pid: p,
+                start_time: procfs::start_time(p).unwrap_or(0),
+                reads: false,
+            });
             h.reads |= reads(p, &fd.file_name().to_string_lossy());
         }
         found.extend(holder);
     }
     found
-}
-
-/// Field 22 of /proc/PID/stat (0 if it cannot be read).
-fn start_time(pid: i32) -> u64 {
-    procfs::read_string(pid, "stat").ok().and_then(|t| ferry_proc::parse_stat(&t).ok()).map_or(0, |s| s.start_time)
 }
 
 /// Whether fd `fd` of `pid` was opened for reading (its fdinfo's access mode; unreadable: yes).

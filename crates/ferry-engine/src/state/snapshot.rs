@@ -102,11 +102,6 @@ fn tell_guard(line: &str) {
     }
 }
 
-fn start_time(pid: i32) -> Option<u64> {
-    let text = procfs::read_string(pid, "stat").ok()?;
-    ferry_proc::parse_stat(&text).ok().map(|s| s.start_time)
-}
-
 /// `ferry __snapshot-guard`: read ferry's messages until it exits, then reap what it left.
 pub fn guard_main() {
     use std::io::{BufRead, Write};
@@ -148,7 +143,7 @@ fn reap_orphan(snap: i32, target: i32, start: u64, inner: i32) -> Result<(), Err
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let state = procfs::read_string(snap, "stat").ok().and_then(|t| t.rsplit_once(") ")?.1.chars().next());
-        if start_time(target) != Some(start) || state.is_none() {
+        if procfs::start_time(target) != Some(start) || state.is_none() {
             return Ok(()); // (the target is gone, or the snapshot was reaped)
         }
         let reaped = match state {
@@ -248,7 +243,7 @@ impl Snapshot {
         let st =
             procfs::read_string(pid, "status").and_then(|t| procfs::parse(pid, "status", ferry_proc::parse_status(&t)));
         snap.inner = st?.ns_pid.last().copied().unwrap_or(pid);
-        tell_guard(&format!("take {target} {} {pid} {}", start_time(target).unwrap_or(0), snap.inner));
+        tell_guard(&format!("take {target} {} {pid} {}", procfs::start_time(target).unwrap_or(0), snap.inner));
         tracing::info!(target, snapshot = pid, fork_ms = t.elapsed().as_secs_f64() * 1e3, "snapshot taken");
         Ok(snap)
     }

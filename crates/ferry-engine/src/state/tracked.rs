@@ -160,6 +160,34 @@ pub struct Pre {
     holds: Holds,
     /// How long the process was frozen to start tracking it.
     pub frozen_to_track: Duration,
+    /// Bytes of the page file copied from a pre-dump's (the parent image, predump.rs): the
+    /// copies below this offset were not read again from the process.
+    parent_len: u64,
+    /// Of the pages kept ([`Pre::finish`]), the bytes whose copy is the pre-dump's.
+    pub kept_from_parent: u64,
+}
+
+/// A pre-dump's copies of one process and its write tracking, for the next dump (or pre-dump)
+/// to start from (predump.rs).
+pub struct FromParent {
+    /// The parent image's page file of the process (verified).
+    pub pages: std::fs::File,
+    /// The userfaultfd the pre-dump registered the process's mappings with, from the keeper.
+    pub uffd: std::os::fd::OwnedFd,
+    /// The pages copied there (the latest copy of each page), and those found zero.
+    pub runs: Vec<PageRun>,
+    pub zeros: Vec<(u64, u64)>,
+}
+
+/// What a pre-dump leaves of one process: its tracking (the userfaultfd) and the copies in its
+/// page file (sorted, disjoint).
+pub struct PreDumped {
+    pub uffd: std::os::fd::OwnedFd,
+    pub runs: Vec<PageRun>,
+    pub zeros: Vec<(u64, u64)>,
+    /// Bytes of the page file copied from the parent's, and written by this pre-dump.
+    pub from_parent: u64,
+    pub written: u64,
 }
 
 /// VmFlags without the userfaultfd registration that is ferry's own (`uw`: the tracking).
@@ -313,31 +341,104 @@ fn copy_rounds(
     })
 }
 
+/// What [`begin`] made of a process before the freeze.
+struct Begun {
+    tracker: Tracker,
+    copies: Copies,
+    stream: StreamFile,
+    /// Bytes the last round found written.
+    last: u64,
+    frozen_to_track: Duration,
+    parent_len: u64,
+}
+
+/// Track `pid` (or take up a pre-dump's tracking of it, `from`) and copy its pages into its
+/// page file in `img`: the pre-dump's page file first, as it is, then what the rounds find.
+fn begin(root: i32, pid: i32, ppid: i32, img: &mut ImageWriter, from: Option<FromParent>) -> Result<Begun, Error> {
+    let image_pid = crate::freeze::image_pid(root, pid);
+    let parent = match ppid {
+        0 => None,
+        _ => Some(Parent {
+            pid: ppid,
+            pagemap: procfs::open(ppid, "pagemap")?,
+            child_pagemap: procfs::open(pid, "pagemap")?,
+        }),
+    };
+    let mut stream = img.stream(&ferry_image::pages_file(image_pid))?;
+    let path = stream.path().display().to_string();
+    let werr = |e: std::io::Error| Error::Sys { object: format!("cannot write {path}"), source: e };
+    let mut copies = Copies::default();
+    let (mut tracker, frozen_to_track, parent_len) = match from {
+        None => {
+            let t = Instant::now();
+            let tracker = Tracker::start_one(root, pid)?;
+            let frozen_to_track = t.elapsed();
+            stream.write_all(&ferry_image::pages_header()).map_err(werr)?;
+            (tracker, frozen_to_track, 0)
+        }
+        Some(f) => {
+            let len = copy_parent_pages(&f.pages, &mut stream).map_err(werr)?;
+            let header = ferry_image::pages_header().len() as u64;
+            let mut sent = Vec::with_capacity(f.runs.len() + f.zeros.len());
+            for r in &f.runs {
+                let bytes = r.nr_pages.saturating_mul(PAGE_SIZE);
+                let fits = r.offset >= header && r.offset.checked_add(bytes).is_some_and(|e| e <= len);
+                if r.addr % PAGE_SIZE != 0 || r.offset % PAGE_SIZE != header % PAGE_SIZE || !fits {
+                    return Err(Error::Invalid {
+                        object: format!("pid {pid}: the pre-dump's page runs"),
+                        what: format!(
+                            "run {:#x}+{} pages at offset {} of a {len}-byte page file",
+                            r.addr, r.nr_pages, r.offset
+                        ),
+                    });
+                }
+                copies.insert(r.addr, r.addr + bytes, Copy::At(r.offset));
+                sent.push((r.addr, r.addr + bytes));
+            }
+            for &(a, z) in &f.zeros {
+                copies.insert(a, z, Copy::Zero);
+                sent.push((a, z));
+            }
+            (Tracker::adopt(root, pid, f.uffd, sent)?, Duration::ZERO, len)
+        }
+    };
+    let (stream, last) = copy_rounds(pid, &mut tracker, stream, &mut copies, parent.as_ref())?;
+    Ok(Begun { tracker, copies, stream, last, frozen_to_track, parent_len })
+}
+
+/// Copy a pre-dump's page file `from` (the whole file, its header included: the offsets stay)
+/// into `to`, before the freeze. Returns its length.
+fn copy_parent_pages(from: &std::fs::File, to: &mut StreamFile) -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut from = from;
+    let mut len = 0u64;
+    loop {
+        let n = from.read(&mut buf)?;
+        if n == 0 {
+            return Ok(len);
+        }
+        to.write_all(&buf[..n])?;
+        len += n as u64;
+    }
+}
+
 impl Pre {
     /// Before the freeze: track `pid`, a process of the tree rooted at `root`, and copy its
     /// memory into its page file in `img` (named by the pid the image gives it). Pages it
     /// shares copy-on-write with its parent `ppid` in the tree (0 for the root) are left to the
     /// parent's copies.
-    pub fn start(root: i32, pid: i32, ppid: i32, img: &mut ImageWriter) -> Result<Pre, Error> {
+    pub fn start(
+        root: i32,
+        pid: i32,
+        ppid: i32,
+        img: &mut ImageWriter,
+        from: Option<FromParent>,
+    ) -> Result<Pre, Error> {
         let started = Instant::now();
-        let image_pid = crate::freeze::image_pid(root, pid);
-        let parent = match ppid {
-            0 => None,
-            _ => Some(Parent {
-                pid: ppid,
-                pagemap: procfs::open(ppid, "pagemap")?,
-                child_pagemap: procfs::open(pid, "pagemap")?,
-            }),
-        };
-        let t = Instant::now();
-        let mut tracker = Tracker::start_one(root, pid)?;
-        let frozen_to_track = t.elapsed();
-        let mut stream = img.stream(&ferry_image::pages_file(image_pid))?;
-        let path = stream.path().display().to_string();
-        let werr = |e: std::io::Error| Error::Sys { object: format!("cannot write {path}"), source: e };
-        stream.write_all(&ferry_image::pages_header()).map_err(werr)?;
-        let mut copies = Copies::default();
-        let (stream, last) = copy_rounds(pid, &mut tracker, stream, &mut copies, parent.as_ref())?;
+        let b = begin(root, pid, ppid, img, from)?;
+        let (tracker, copies, stream, last, frozen_to_track, parent_len) =
+            (b.tracker, b.copies, b.stream, b.last, b.frozen_to_track, b.parent_len);
         // Written faster than it is copied: what the last round found is about what the freeze
         // would have to copy. Over twice the limit, the fork is taken at once (and the freeze
         // spares the scan).
@@ -364,7 +465,36 @@ impl Pre {
             placed: HashMap::new(),
             holds: Holds::default(),
             frozen_to_track,
+            parent_len,
+            kept_from_parent: 0,
         })
+    }
+
+    /// A pre-dump (predump.rs): [`Pre::start`]'s rounds, no freeze; the page file is finished
+    /// into `img` and the tracking handed back, still on.
+    pub fn pre_dump(
+        root: i32,
+        pid: i32,
+        ppid: i32,
+        img: &mut ImageWriter,
+        from: Option<FromParent>,
+    ) -> Result<PreDumped, Error> {
+        let b = begin(root, pid, ppid, img, from)?;
+        // Only the copies the tracker still vouches for (a range it dropped, a page unmapped
+        // meanwhile: not): the next dump keeps them only if not written since.
+        let (mut runs, mut zeros) = (Vec::new(), Vec::new());
+        for (a, z) in b.tracker.sent() {
+            b.copies.runs(a, z, &mut runs);
+            b.copies.ranges(a, z, |c| c == Copy::Zero, &mut zeros);
+        }
+        let written = b.stream.len().saturating_sub(b.parent_len.max(ferry_image::pages_header().len() as u64));
+        img.finish_stream(b.stream)?;
+        let mut uffds = b.tracker.into_uffds();
+        let uffd = uffds.pop().map(|(_, fd)| fd).ok_or_else(|| Error::Invalid {
+            object: format!("pid {pid}"),
+            what: "no write tracking to hand over".into(),
+        })?;
+        Ok(PreDumped { uffd, runs, zeros, from_parent: b.parent_len, written })
     }
 
     /// Frozen, first thing: the pages kept from the rounds (precopy.rs's invariant, see the
@@ -388,6 +518,12 @@ impl Pre {
         }
         let bytes = |r: &[(u64, u64)]| r.iter().map(|r| r.1 - r.0).sum::<u64>();
         let (kept_bytes, shared_bytes) = (bytes(&kept), bytes(&shared));
+        let parent_len = self.parent_len;
+        let mut from_parent = Vec::new();
+        for &(a, b) in &kept {
+            self.copies.ranges(a, b, |c| matches!(c, Copy::At(o) if o < parent_len), &mut from_parent);
+        }
+        self.kept_from_parent = bytes(&from_parent);
         let rss_anon = rss_anon(pid)?;
         // (Pages shared with the parent are counted as if they still were.)
         let left = rss_anon.saturating_sub(kept_bytes + shared_bytes);
@@ -395,6 +531,7 @@ impl Pre {
         tracing::info!(
             pid,
             kept_bytes,
+            kept_from_parent = self.kept_from_parent,
             shared_bytes,
             left,
             small,

@@ -56,6 +56,15 @@ pub fn parse(args: Vec<OsString>) -> Criu {
             Some(Ok(fd)) if fd >= 0 => Criu::Swrk { fd },
             _ => Criu::Bad("swrk needs a file descriptor number".into()),
         },
+        // (`criu pre-dump ...` is ferry's `dump --pre-dump ...`.)
+        Some((i, "pre-dump")) => {
+            let mut v = vec![OsString::from("ferry")];
+            v.extend(args.into_iter().skip(1).enumerate().flat_map(|(k, a)| match k == i {
+                true => vec![OsString::from("dump"), OsString::from("--pre-dump")],
+                false => vec![a],
+            }));
+            Criu::Ferry(v)
+        }
         _ => {
             let mut v = vec![OsString::from("ferry")];
             v.extend(args.into_iter().skip(1));

@@ -10,8 +10,9 @@
 //!   the tree was frozen (with the copy-on-write snapshot of an RPC dump, until it ran again);
 //!   `memdump_time` reading the pages and writing them to the image (one pass in ferry);
 //!   `memwrite_time` committing the image (fsync, rename); `pages_scanned` the pages of every
-//!   mapping looked at; `pages_written` the pages in the image; `pages_skipped_parent` and
-//!   `pages_lazy` 0 (no parent images, no lazy pages through the RPC). Times in microseconds.
+//!   mapping looked at; `pages_written` the pages in the image less `pages_skipped_parent`,
+//!   those whose copy is the parent pre-dump's (`parent_img`, not read again); `pages_lazy` 0
+//!   (no lazy pages through the RPC). Times in microseconds.
 //! - restore: `forking_time` from the start until every process exists, `restore_time` the
 //!   whole restore; `pages_restored` the pages of the image's page files; `pages_compared` and
 //!   `pages_skipped_cow` 0.

@@ -169,15 +169,15 @@ fn handle(conn: &Conn, req: CriuReq) -> CriuResp {
             }
         }
         CriuReqType::FeatureCheck => {
-            // Answered per feature asked: ferry has none of them (no incremental images through
-            // the RPC, no lazy-pages daemon, no pidfd store).
+            // Answered per feature asked: memory tracking (pre-dumps) when userfaultfd's async
+            // write-protection is there; no lazy-pages daemon, no pidfd store.
             let asked = req.features.unwrap_or_default();
             let no = |f: Option<bool>| f.map(|_| false);
             Ok(CriuResp {
                 r#type: ty,
                 success: true,
                 features: Some(CriuFeatures {
-                    mem_track: no(asked.mem_track),
+                    mem_track: asked.mem_track.map(|_| ferry_engine::precopy::can_track()),
                     lazy_pages: no(asked.lazy_pages),
                     pidfd_store: no(asked.pidfd_store),
                 }),
@@ -186,12 +186,12 @@ fn handle(conn: &Conn, req: CriuReq) -> CriuResp {
         }
         CriuReqType::Dump => with_opts(conn, req.opts, "dump.log", |o, dirs| dump(conn, o, dirs)),
         CriuReqType::Restore => with_opts(conn, req.opts, "restore.log", |o, dirs| restore(conn, o, dirs)),
-        CriuReqType::PreDump | CriuReqType::SinglePreDump => Err(anyhow!(
-            "PRE_DUMP is not supported: ferry keeps no incremental images (parent_img, track_mem); `ferry migrate --pre-copy` copies memory while the tree runs"
-        )),
-        CriuReqType::PageServer | CriuReqType::PageServerChld => Err(anyhow!(
-            "PAGE_SERVER is not supported: `ferry serve` and `ferry migrate` move images between nodes"
-        )),
+        CriuReqType::PreDump | CriuReqType::SinglePreDump => {
+            with_opts(conn, req.opts, "dump.log", |o, dirs| pre_dump(o, dirs, ty))
+        }
+        CriuReqType::PageServer | CriuReqType::PageServerChld => {
+            Err(anyhow!("PAGE_SERVER is not supported: `ferry serve` and `ferry migrate` move images between nodes"))
+        }
         CriuReqType::CpuinfoDump | CriuReqType::CpuinfoCheck => Err(anyhow!(
             "CPUINFO_DUMP/CPUINFO_CHECK are not supported: a restore checks the vDSO and the XSAVE layout itself"
         )),
@@ -265,8 +265,7 @@ fn check_opts(o: &CriuOpts) -> Result<()> {
         }
     };
     no(o.ps.is_some(), "ps (page server)");
-    no(o.parent_img.as_deref().is_some_and(|p| !p.is_empty()), "parent_img (incremental images)");
-    no(on(o.track_mem), "track_mem (incremental images)");
+    // (parent_img and track_mem: incremental images, predump.rs; a pre-dump always tracks.)
     no(on(o.auto_dedup), "auto_dedup");
     no(!o.exec_cmd.is_empty(), "exec_cmd");
     no(on(o.auto_ext_mnt), "auto_ext_mnt");
@@ -352,6 +351,12 @@ fn dump(conn: &Conn, o: &CriuOpts, dirs: &Dirs) -> Result<CriuResp> {
             .chain(o.unix_sk_ino.iter().map(|u| External::Unix(u.inode)))
             .collect(),
     };
+    // The pre-dump's copies and tracking (parent_img), taken before the notifications: the
+    // network is not locked while its page files are verified.
+    let parents = match parent_dir(o, dirs)? {
+        Some(p) => Some(ferry_engine::predump::take_parent(&p).with_context(|| format!("parent_img {}", p.display()))?),
+        None => None,
+    };
     // As CRIU: the client locks the network of a tree with its own (not external) net
     // namespace before the freeze (runc detaches its network strategies there), and unlocks it
     // after a dump that leaves the tree running.
@@ -362,7 +367,10 @@ fn dump(conn: &Conn, o: &CriuOpts, dirs: &Dirs) -> Result<CriuResp> {
     if own_net {
         conn.notify("network-lock", None)?;
     }
-    let r = ferry_engine::dump::dump(&opts);
+    let r = match parents {
+        Some(parents) => ferry_engine::dump::dump_from_parent(&opts, parents),
+        None => ferry_engine::dump::dump(&opts),
+    };
     if own_net && (r.is_err() || opts.leave_running) {
         conn.notify("network-unlock", None)?;
     }
@@ -375,7 +383,8 @@ fn dump(conn: &Conn, o: &CriuOpts, dirs: &Dirs) -> Result<CriuResp> {
             memdump_time: stats::micros(r.memdump),
             memwrite_time: stats::micros(r.commit),
             pages_scanned: r.pages_scanned,
-            pages_written: r.pages_written,
+            pages_skipped_parent: r.pages_from_parent,
+            pages_written: r.pages_written.saturating_sub(r.pages_from_parent),
             ..Default::default()
         }),
         restore: None,
@@ -393,6 +402,52 @@ fn dump(conn: &Conn, o: &CriuOpts, dirs: &Dirs) -> Result<CriuResp> {
         dump: Some(CriuDumpResp { restored: Some(false) }),
         ..Default::default()
     })
+}
+
+/// The request's `parent_img` (relative to the images directory, as runc sends `../pre`).
+fn parent_dir(o: &CriuOpts, dirs: &Dirs) -> Result<Option<PathBuf>> {
+    match o.parent_img.as_deref().filter(|p| !p.is_empty()) {
+        Some(p) => {
+            let dir = dirs.images.join(p);
+            if !dir.is_dir() {
+                bail!("parent_img {p}: {} is not a directory", dir.display());
+            }
+            Ok(Some(dir))
+        }
+        None => Ok(None),
+    }
+}
+
+/// PRE_DUMP: the tree's memory copied while it runs, its writes tracked on (predump.rs).
+fn pre_dump(o: &CriuOpts, dirs: &Dirs, ty: i32) -> Result<CriuResp> {
+    let pid = match o.pid {
+        Some(p) if p > 0 => p,
+        Some(p) => bail!("pid {p} is not a process id"),
+        None => bail!("opts.pid is not set: pre-dumping the requesting process itself is not supported"),
+    };
+    ferry_engine::check::require_caps("pre-dump").with_context(|| format!("pre-dump of pid {pid} failed"))?;
+    let parents = match parent_dir(o, dirs)? {
+        Some(p) => ferry_engine::predump::take_parent(&p).with_context(|| format!("parent_img {}", p.display()))?,
+        None => Default::default(),
+    };
+    let t = std::time::Instant::now();
+    let r = ferry_engine::predump::pre_dump(pid, &dirs.images, parents)
+        .with_context(|| format!("pre-dump of pid {pid} failed"))?;
+    tracing::info!(pid, pages = r.pages_written, from_parent = r.pages_from_parent, tracked = r.tracked, "pre-dumped");
+    let stats = stats::StatsEntry {
+        dump: Some(stats::DumpStatsEntry {
+            memdump_time: stats::micros(t.elapsed()),
+            pages_scanned: r.pages_scanned,
+            pages_skipped_parent: r.pages_from_parent,
+            pages_written: r.pages_written,
+            ..Default::default()
+        }),
+        restore: None,
+    };
+    if let Err(e) = stats::write(&dirs.work, "dump", &stats) {
+        tracing::warn!(error = format!("{e:#}"), "no stats-dump");
+    }
+    Ok(CriuResp { r#type: ty, success: true, ..Default::default() })
 }
 
 fn restore(conn: &Conn, o: &CriuOpts, dirs: &Dirs) -> Result<CriuResp> {

@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod podnode;
+mod predump;
 mod runtimes;
 mod scenarios;
 mod veth;
@@ -141,8 +142,9 @@ fn rpc_version() {
     assert_eq!(s.exit_code(Duration::from_secs(10)), 0);
 }
 
-/// CHECK and FEATURE_CHECK: the features asked are answered (all false: no incremental images
-/// nor lazy pages through the RPC), those not asked are left out, as CRIU does.
+/// CHECK and FEATURE_CHECK: the features asked are answered (memory tracking yes: userfaultfd's
+/// async write-protection is there, which pre-dumps use; no lazy pages through the RPC), those
+/// not asked are left out, as CRIU does.
 #[test]
 fn rpc_check_and_features() {
     let w = WorkDir::new("rpc-check");
@@ -154,7 +156,7 @@ fn rpc_check_and_features() {
     let resp = s.call(&CriuReq { features: Some(asked), ..req(CriuReqType::FeatureCheck) });
     assert!(resp.success, "FEATURE_CHECK failed: {}", errmsg(&resp));
     let f = resp.features.expect("a FEATURE_CHECK answer carries criu_features");
-    assert_eq!((f.mem_track, f.lazy_pages, f.pidfd_store), (Some(false), Some(false), None));
+    assert_eq!((f.mem_track, f.lazy_pages, f.pidfd_store), (Some(true), Some(false), None));
     assert_eq!(s.exit_code(Duration::from_secs(10)), 0);
 }
 
@@ -181,7 +183,7 @@ fn rpc_bad_input() {
     let resp = s.call(&CriuReq { keep_open: Some(true), ..req(CriuReqType::Notify) });
     assert!(!resp.success && errmsg(&resp).contains("NOTIFY without a pending notification"), "{}", errmsg(&resp));
     let resp = s.call(&CriuReq { keep_open: Some(true), ..req(CriuReqType::PreDump) });
-    assert!(!resp.success && errmsg(&resp).contains("PRE_DUMP is not supported"), "{}", errmsg(&resp));
+    assert!(!resp.success && errmsg(&resp).contains("no opts"), "{}", errmsg(&resp));
     let resp = s.call(&CriuReq { keep_open: Some(true), ..req(CriuReqType::Dump) });
     assert!(!resp.success && errmsg(&resp).contains("no opts"), "{}", errmsg(&resp));
     // An option ferry cannot honour is named, and nothing is dumped.
@@ -190,7 +192,7 @@ fn rpc_bad_input() {
     let opts = CriuOpts {
         images_dir_fd: fd.as_raw_fd(),
         pid: Some(std::process::id() as i32),
-        track_mem: Some(true),
+        auto_dedup: Some(true),
         lazy_pages: Some(true),
         external: vec!["pid[4026531836]:extRootPidNS".into()],
         log_file: Some("dump.log".into()),
@@ -198,17 +200,27 @@ fn rpc_bad_input() {
     };
     let resp = s.call(&CriuReq { opts: Some(opts.clone()), keep_open: Some(true), ..req(CriuReqType::Dump) });
     assert!(!resp.success);
-    for name in ["track_mem", "lazy_pages", "pid[4026531836]"] {
+    for name in ["auto_dedup", "lazy_pages", "pid[4026531836]"] {
         assert!(errmsg(&resp).contains(name), "the refusal does not name {name}: {}", errmsg(&resp));
     }
     assert!(!img.join("inventory.img").exists(), "a refused dump wrote an image");
     // The log file (runc shows its path, not cr_errmsg) holds the error too.
     let log = fs::read_to_string(img.join("dump.log")).unwrap_or_default();
-    assert!(log.contains("track_mem"), "dump.log does not hold the error: {log:?}");
+    assert!(log.contains("auto_dedup"), "dump.log does not hold the error: {log:?}");
     // A log_file with a directory in it is refused (CRIU: no subdirectories).
-    let bad_log = CriuOpts { log_file: Some("../x.log".into()), track_mem: None, lazy_pages: None, ..opts };
+    let bad_log = CriuOpts { log_file: Some("../x.log".into()), auto_dedup: None, lazy_pages: None, ..opts.clone() };
     let resp = s.call(&CriuReq { opts: Some(bad_log), keep_open: Some(true), ..req(CriuReqType::Dump) });
     assert!(!resp.success && errmsg(&resp).contains("log_file"), "{}", errmsg(&resp));
+    // A parent_img that is no directory, or not a pre-dump: named, nothing dumped.
+    let clean = CriuOpts { auto_dedup: None, lazy_pages: None, external: Vec::new(), ..opts };
+    let no_parent = CriuOpts { parent_img: Some("../nope".into()), ..clean.clone() };
+    let resp = s.call(&CriuReq { opts: Some(no_parent), keep_open: Some(true), ..req(CriuReqType::Dump) });
+    assert!(!resp.success && errmsg(&resp).contains("parent_img ../nope"), "{}", errmsg(&resp));
+    fs::create_dir_all(w.join("not-pre")).expect("create not-pre");
+    let not_pre = CriuOpts { parent_img: Some("../not-pre".into()), ..clean };
+    let resp = s.call(&CriuReq { opts: Some(not_pre), keep_open: Some(true), ..req(CriuReqType::PreDump) });
+    assert!(!resp.success && errmsg(&resp).contains("parent_img"), "{}", errmsg(&resp));
+    assert!(!img.join("inventory.img").exists(), "a refused dump wrote an image");
     // A closed connection ends the server at once.
     drop(std::mem::replace(&mut s.sock, UnixDatagram::unbound().expect("socket")));
     assert_eq!(s.exit_code(Duration::from_secs(10)), 0);

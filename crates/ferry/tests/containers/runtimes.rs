@@ -109,7 +109,7 @@ impl Runc {
 
     /// Start `runc ARGS...` with the container's stdio on pipes (as conmon gives them: runc
     /// passes pipes back with inherit_fd on restore), drained by threads.
-    fn detached(&self, args: &[&str], w: &WorkDir, what: &str) {
+    pub(super) fn detached(&self, args: &[&str], w: &WorkDir, what: &str) {
         let log = w.join(&format!("{what}.out"));
         let mut child = self
             .cmd()
