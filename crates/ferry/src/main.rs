@@ -497,7 +497,7 @@ fn run(cli: Cli) -> Result<i32> {
                 external,
                 snapshot: !no_snapshot,
             };
-            let parents = match prev_images_dir.as_ref().map(|p| dir.join(p)) {
+            let parents = match prev_images_dir.as_ref().map(|p| parent_dir(&dir, p)) {
                 Some(p) => ferry_engine::predump::take_parent(&p)
                     .with_context(|| format!("dump of pid {pid} failed: parent {}", p.display()))?,
                 None => Default::default(),
@@ -514,11 +514,14 @@ fn run(cli: Cli) -> Result<i32> {
                 );
                 return Ok(0);
             }
-            let r = match prev_images_dir {
+            let r = match &prev_images_dir {
                 Some(_) => ferry_engine::dump::dump_from_parent(&opts, parents),
                 None => ferry_engine::dump::dump(&opts),
             }
             .with_context(|| format!("dump of pid {pid} failed"))?;
+            if prev_images_dir.is_some() {
+                tracing::info!("{} pages taken from the pre-dump", r.pages_from_parent);
+            }
             tracing::info!(
                 "dumped pid {pid} to {}: {} of pages, {} mappings, {} fds in {:.1} ms (frozen {:.1} ms)",
                 dir.display(),
@@ -715,4 +718,36 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// The directory `--prev-images-dir P` names: P itself when absolute, else P relative to the
+/// images directory `dir`, which need not exist yet (`ferry dump -D new --prev-images-dir
+/// ../pre`): the part of `dir` that exists is resolved by the kernel, the rest lexically.
+fn parent_dir(dir: &std::path::Path, p: &std::path::Path) -> PathBuf {
+    use std::path::Component;
+    if p.is_absolute() || dir.exists() {
+        return dir.join(p);
+    }
+    let mut base = dir.to_path_buf();
+    let mut rest = Vec::new();
+    while !base.as_os_str().is_empty() && !base.exists() {
+        match base.file_name() {
+            Some(name) => rest.push(name.to_os_string()),
+            None => break,
+        }
+        base.pop();
+    }
+    let mut out = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+    for name in rest.into_iter().rev() {
+        out.push(name);
+    }
+    for c in p.components() {
+        match c {
+            Component::ParentDir if !out.exists() => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
 }

@@ -363,7 +363,6 @@ fn tracked_finish_failure_falls_back_to_fork() {
     run.restore_and_verify("ferry restore of a dump -R that fell back to the fork");
 }
 
-/// Sum of the sizes of an image's page files.
 /// `dump -R` of a tree of three processes from pages copied while they run: dirtier "tree"
 /// (64 MiB shared copy-on-write by a parent and its two children, each child with 16 MiB of its
 /// own, some of the shared pages zeroed or dropped in a child; all three keep rewriting pages
@@ -451,4 +450,39 @@ fn tracked_failed_dump_leaves_no_registration() {
         let _ = child.wait();
     }
     run.wait_pid_gone("after killing the workload");
+}
+
+/// CRIU's command line for incremental images: `ferry dump --pre-dump -D W/pre` while the
+/// process runs (dirtier keeps rewriting pages), then `ferry dump -D W/img --prev-images-dir
+/// ../pre` into a directory not made yet (the parent is named relative to it, as CRIU does).
+/// The final dump must take pages from the pre-dump (its tracking handed over by the keeper)
+/// and the image must restore to the memory at the freeze (dirtier checks every page).
+#[test]
+fn pre_dump_then_dump_with_prev_images_dir() {
+    let mut run = Run::start(&Spec::c("dirtier").args(&["64", "1024"]));
+    let pre = run.img().with_file_name("pre");
+    let res = run.dump_to("pre-dump", &pre, &["--pre-dump"]);
+    if !res.status.success() {
+        run.fail(&format!("ferry dump --pre-dump failed: {}", res.stderr));
+    }
+    run.expect_running_untraced("after the pre-dump");
+    std::thread::sleep(Duration::from_millis(200));
+    let img = run.img();
+    assert!(!img.exists(), "{} exists before the dump", img.display());
+    let res = run.dump_to("dump", &img, &["--prev-images-dir", "../pre"]);
+    if !res.status.success() {
+        run.fail(&format!("ferry dump --prev-images-dir ../pre into a new directory failed: {}", res.stderr));
+    }
+    let taken = res
+        .stderr
+        .lines()
+        .find_map(|l| l.split(" pages taken from the pre-dump").next().filter(|_| l.contains("taken from the pre-dump")))
+        .and_then(|l| l.split_whitespace().last()?.parse::<u64>().ok());
+    match taken {
+        Some(n) if n > 0 => eprintln!("final dump: {n} pages taken from the pre-dump"),
+        _ => run.fail(&format!("the final dump took no page from the pre-dump:\n{}", res.stderr)),
+    }
+    run.reap_dumped();
+    wait_image_pids_gone(&img);
+    run.restore_and_verify("ferry restore of a dump made from a pre-dump");
 }
