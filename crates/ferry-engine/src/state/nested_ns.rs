@@ -357,7 +357,7 @@ pub struct Plan {
     cwd: Option<OwnedFd>,
     /// Per process: the procs of the tree's pid namespace it mounts in its nested mount
     /// namespace (the first process of that pid namespace there).
-    procs_later: Vec<Option<crate::state::mounts::Deferred>>,
+    procs_later: Vec<Option<crate::state::nsctx::Deferred>>,
     /// The fds above (the forked tree inherits them).
     _owned: Vec<OwnedFd>,
 }
@@ -542,7 +542,7 @@ impl Made {
             net.push(my_net);
             mnt.push(my_mnt);
         }
-        let mut procs_later: Vec<Option<crate::state::mounts::Deferred>> = procs.iter().map(|_| None).collect();
+        let mut procs_later: Vec<Option<crate::state::nsctx::Deferred>> = procs.iter().map(|_| None).collect();
         for (inode, recs) in self.procs_later {
             // (The first live process in it at the tree's pid level: proc shows the pid
             // namespace of whoever mounts it.)

@@ -129,7 +129,7 @@ pub(crate) fn collect(pid: i32, pidfd: BorrowedFd<'_>, fd: i32, root_net: u64, f
     }
     // (TUNGETIFF's IFF_NO_PI bit also means "no filter": the device's flags are ip's.)
     let data = crate::state::nsfile::in_ns(dev_ns.as_fd(), libc::CLONE_NEWNET, || {
-        crate::state::netns::tool("ip", &["-j", "-d", "link", "show", "dev", &name])
+        crate::state::nettools::tool("ip", &["-j", "-d", "link", "show", "dev", &name])
     })?;
     let v: Value = serde_json::from_str(&data).unwrap_or_default();
     let link = link_settings(&name, &v[0]).map_err(refuse)?;
