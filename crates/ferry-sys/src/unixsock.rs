@@ -130,18 +130,27 @@ pub struct Peeked {
     /// The sender's credentials (SCM_CREDENTIALS, pid in this process's pid namespace), when
     /// the socket has `SO_PASSCRED` on.
     pub cred: Option<libc::ucred>,
+    /// The kernel dropped control data (`MSG_CTRUNC`): fds that did not fit in this process's
+    /// fd table (`RLIMIT_NOFILE`) were closed, not installed. [`peek`] answers that with
+    /// `EMFILE` (the queue still holds them); after [`take`] they are gone.
+    pub truncated: bool,
 }
 
 /// `recvmsg(2)` with `MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC | MSG_CMSG_CLOEXEC`: copy the next
 /// message (from the socket's peek offset, see `SO_PEEK_OFF`) without taking it off the queue.
-/// `None` when nothing (more) is queued.
+/// `None` when nothing (more) is queued. Fds that do not fit in this process's fd table make
+/// it fail with `EMFILE` (the kernel would hand a partial list, see [`Peeked::truncated`]).
 pub fn peek(fd: BorrowedFd<'_>, cap: usize) -> io::Result<Option<Peeked>> {
-    recv_msg(fd, cap, libc::MSG_PEEK | libc::MSG_TRUNC)
+    match recv_msg(fd, cap, libc::MSG_PEEK | libc::MSG_TRUNC)? {
+        Some(p) if p.truncated => Err(io::Error::from_raw_os_error(libc::EMFILE)),
+        p => Ok(p),
+    }
 }
 
 /// `recvmsg(2)` with `MSG_DONTWAIT | MSG_CMSG_CLOEXEC`: take at most `cap` bytes of the next
 /// message (a stream's next bytes) off the queue, with the fds and credentials that come with
-/// them, as a reader would. `None` when nothing (more) is queued.
+/// them, as a reader would. `None` when nothing (more) is queued. The bytes are returned
+/// even when fds were dropped ([`Peeked::truncated`]): check that there is room for them first.
 pub fn take(fd: BorrowedFd<'_>, cap: usize) -> io::Result<Option<Peeked>> {
     recv_msg(fd, cap, 0)
 }
@@ -205,7 +214,8 @@ fn recv_msg(fd: BorrowedFd<'_>, cap: usize, flags: libc::c_int) -> io::Result<Op
     let from_len = (msg.msg_namelen as usize).saturating_sub(std::mem::size_of::<libc::sa_family_t>());
     let from = sa.sun_path[..from_len.min(sa.sun_path.len())].iter().map(|&c| c as u8).collect();
     data.truncate(n.min(cap));
-    Ok(Some(Peeked { data, len: n, from, fds, cred }))
+    let truncated = msg.msg_flags & libc::MSG_CTRUNC != 0;
+    Ok(Some(Peeked { data, len: n, from, fds, cred, truncated }))
 }
 
 /// `sendmsg(2)` with `MSG_DONTWAIT | MSG_NOSIGNAL` of `data` with the file descriptors `fds`

@@ -119,6 +119,29 @@ fn refuses_fds_in_flight_in_a_stream_whose_peer_is_closed() {
     run.expect_pass(status, "the workload after a refused dump");
 }
 
+fn inflight_many() -> Spec {
+    Spec::c("inflight_many")
+}
+
+#[test]
+fn control_fds_in_flight_beyond_a_small_fd_table() {
+    control(&inflight_many().args(&["stream"]));
+}
+
+/// A stream with 1000 fds in flight (four buffers of 250), dumped by a ferry whose fd table
+/// holds them once (the peek's copies) but not twice (the queue taken off, state/unix.rs
+/// split_stream): the dump fails naming the socket and ferry's RLIMIT_NOFILE before it takes
+/// anything off, and the stream, its buffers and its fds are intact after it. (It took the
+/// queue off: the kernel closed the fds a read could not install, lost to the process.)
+#[test]
+fn stream_fds_in_flight_beyond_ferrys_fd_table_left_intact() {
+    let mut run = Run::start(&inflight_many().args(&["stream"]));
+    dump_refused_with_nofile(run.pid, &run.img(), 1400, "raise its RLIMIT_NOFILE");
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload after a failed dump");
+}
+
 fn inflight_only() -> Spec {
     Spec::c("inflight_only")
 }
