@@ -147,6 +147,36 @@ pub fn peek(fd: BorrowedFd<'_>, cap: usize) -> io::Result<Option<Peeked>> {
     }
 }
 
+/// Whether stream socket `fd` holds an out-of-band byte not read yet (`send(MSG_OOB)`): a
+/// `recv(MSG_OOB | MSG_PEEK)` finds it (and takes nothing). `SO_OOBINLINE`, under which the
+/// kernel answers EINVAL, is off for the probe and put back. A reading `recv` that passes the
+/// byte drops it, and a peek skips it.
+pub fn oob_pending(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let inline = crate::sockopt::get_int(fd, libc::SOL_SOCKET, libc::SO_OOBINLINE)?;
+    if inline != 0 {
+        crate::sockopt::set_int(fd, libc::SOL_SOCKET, libc::SO_OOBINLINE, 0)?;
+    }
+    let mut b = [0u8; 1];
+    let r = loop {
+        // SAFETY: `b` is a live buffer of the length given.
+        let n = unsafe {
+            libc::recv(fd.as_raw_fd(), b.as_mut_ptr().cast(), 1, libc::MSG_OOB | libc::MSG_PEEK | libc::MSG_DONTWAIT)
+        };
+        let e = io::Error::last_os_error();
+        match (n, e.raw_os_error()) {
+            (n, _) if n >= 0 => break Ok(true),
+            (_, Some(libc::EINTR)) => continue,
+            // (none pending, or a kernel without AF_UNIX_OOB)
+            (_, Some(libc::EINVAL | libc::EOPNOTSUPP | libc::EAGAIN)) => break Ok(false),
+            _ => break Err(e),
+        }
+    };
+    if inline != 0 {
+        crate::sockopt::set_int(fd, libc::SOL_SOCKET, libc::SO_OOBINLINE, inline)?;
+    }
+    r
+}
+
 /// `recvmsg(2)` with `MSG_DONTWAIT | MSG_CMSG_CLOEXEC`: take at most `cap` bytes of the next
 /// message (a stream's next bytes) off the queue, with the fds and credentials that come with
 /// them, as a reader would. `None` when nothing (more) is queued. The bytes are returned

@@ -365,6 +365,11 @@ pub fn collect(
         u.peek_off = -1;
     } else {
         u.peek_off = sockopt::get_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF).ctx(obj)?;
+        // (A peek skips an out-of-band byte, and a read that passes it drops it: the image
+        // would lack it, and `split_stream` would take it from the process.)
+        if d.ty as i32 == libc::SOCK_STREAM && us::oob_pending(c).ctx(obj)? {
+            return Err(unsupported("with an out-of-band byte pending (sent with MSG_OOB, not read yet)".into()));
+        }
         let queue = read_queue(c, d.ty as i32, u.peek_off, (d.shutdown & 1 != 0, d.rqueue as usize), &obj);
         let (mut queue, mut rights) = queue.ctx(obj)?;
         if d.ty as i32 == libc::SOCK_STREAM && !rights.is_empty() {

@@ -142,6 +142,18 @@ fn stream_fds_in_flight_beyond_ferrys_fd_table_left_intact() {
     run.expect_pass(status, "the workload after a failed dump");
 }
 
+/// An out-of-band byte (MSG_OOB) pending in a unix stream is refused by name (a peek skips
+/// it: the image lacked it and the restore succeeded without it; with fds in flight the queue
+/// taken off and sent back dropped it from the running process); the byte, its mark and the
+/// stream are intact after the refused dump.
+#[test]
+fn refuses_an_out_of_band_byte_in_a_unix_stream() {
+    let expect = ["out-of-band byte pending", "unix stream socket"];
+    control(&Spec::c("unix_oob"));
+    refused_then_intact(Spec::c("unix_oob"), &expect);
+    refused_then_intact(Spec::c("unix_oob").args(&["fds"]), &expect);
+}
+
 fn inflight_only() -> Spec {
     Spec::c("inflight_only")
 }
