@@ -14,30 +14,6 @@
 #define NMSG 4
 #define PER 250
 
-static void send_many(int s, const char *data, int fd, int n)
-{
-	static int fds[PER];
-	for (int i = 0; i < n; i++)
-		fds[i] = fd;
-	struct iovec iov = { (void *)data, strlen(data) };
-	union {
-		char buf[CMSG_SPACE(PER * sizeof(int))];
-		struct cmsghdr align;
-	} u;
-	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
-	if (n > 0) {
-		msg.msg_control = u.buf;
-		msg.msg_controllen = CMSG_SPACE(n * sizeof(int));
-		struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-		c->cmsg_level = SOL_SOCKET;
-		c->cmsg_type = SCM_RIGHTS;
-		c->cmsg_len = CMSG_LEN(n * sizeof(int));
-		memcpy(CMSG_DATA(c), fds, n * sizeof(int));
-	}
-	if (sendmsg(s, &msg, 0) != (ssize_t)strlen(data))
-		die_setup("sendmsg \"%s\": %s", data, strerror(errno));
-}
-
 /* One recvmsg (MSG_DONTWAIT): its data must be `want` and carry `n` fds, each the eventfd `E`. */
 static void recv_many(int s, const char *want, int E, int n)
 {
@@ -86,12 +62,15 @@ int main(int argc, char **argv)
 	SETUP(E);
 	int sp[2];
 	SETUP(socketpair(AF_UNIX, stream ? SOCK_STREAM : SOCK_DGRAM, 0, sp));
+	static int copies[PER];
+	for (int i = 0; i < PER; i++)
+		copies[i] = E;
 	char name[8];
 	for (int i = 1; i <= NMSG; i++) {
 		snprintf(name, sizeof name, "m%d", i);
-		send_many(sp[0], name, E, PER);
+		send_with_fds(sp[0], name, copies, PER);
 	}
-	send_many(sp[0], "tail", E, 0);
+	send_with_fds(sp[0], "tail", NULL, 0);
 	signal_ready();
 	wait_go();
 
