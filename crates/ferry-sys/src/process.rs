@@ -89,6 +89,23 @@ pub fn set_rlimit(pid: i32, resource: u32, soft: u64, hard: u64) -> io::Result<(
     cvt_i(unsafe { libc::prlimit64(pid, resource as _, &new, std::ptr::null_mut()) }).map(drop)
 }
 
+/// How many more fds this process can open: the free numbers below its soft `RLIMIT_NOFILE`
+/// (the numbers in /proc/self/fd below it are taken).
+pub fn fd_room() -> io::Result<usize> {
+    // SAFETY: rlimit64 is plain integers; all-zero is valid.
+    let mut lim: libc::rlimit64 = unsafe { std::mem::zeroed() };
+    // SAFETY: `lim` is a valid out-pointer; no new limit is given.
+    cvt_i(unsafe { libc::prlimit64(0, libc::RLIMIT_NOFILE, std::ptr::null(), &mut lim) })?;
+    let soft = lim.rlim_cur.min(i32::MAX as u64) as usize;
+    let taken = std::fs::read_dir("/proc/self/fd")?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<usize>().ok())
+        .filter(|&fd| fd < soft)
+        .count();
+    // (the directory's own fd was among them while it was read)
+    Ok(soft.saturating_sub(taken.saturating_sub(1)))
+}
+
 /// `get_robust_list(2)` — (head, len) of the robust futex list of thread `tid`.
 pub fn get_robust_list(tid: i32) -> io::Result<(u64, u64)> {
     let mut head: u64 = 0;

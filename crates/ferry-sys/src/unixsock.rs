@@ -130,18 +130,57 @@ pub struct Peeked {
     /// The sender's credentials (SCM_CREDENTIALS, pid in this process's pid namespace), when
     /// the socket has `SO_PASSCRED` on.
     pub cred: Option<libc::ucred>,
+    /// The kernel dropped control data (`MSG_CTRUNC`): fds that did not fit in this process's
+    /// fd table (`RLIMIT_NOFILE`) were closed, not installed. [`peek`] answers that with
+    /// `EMFILE` (the queue still holds them); after [`take`] they are gone.
+    pub truncated: bool,
 }
 
 /// `recvmsg(2)` with `MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC | MSG_CMSG_CLOEXEC`: copy the next
 /// message (from the socket's peek offset, see `SO_PEEK_OFF`) without taking it off the queue.
-/// `None` when nothing (more) is queued.
+/// `None` when nothing (more) is queued. Fds that do not fit in this process's fd table make
+/// it fail with `EMFILE` (the kernel would hand a partial list, see [`Peeked::truncated`]).
 pub fn peek(fd: BorrowedFd<'_>, cap: usize) -> io::Result<Option<Peeked>> {
-    recv_msg(fd, cap, libc::MSG_PEEK | libc::MSG_TRUNC)
+    match recv_msg(fd, cap, libc::MSG_PEEK | libc::MSG_TRUNC)? {
+        Some(p) if p.truncated => Err(io::Error::from_raw_os_error(libc::EMFILE)),
+        p => Ok(p),
+    }
+}
+
+/// Whether stream socket `fd` holds an out-of-band byte not read yet (`send(MSG_OOB)`): a
+/// `recv(MSG_OOB | MSG_PEEK)` finds it (and takes nothing). `SO_OOBINLINE`, under which the
+/// kernel answers EINVAL, is off for the probe and put back. A reading `recv` that passes the
+/// byte drops it, and a peek skips it.
+pub fn oob_pending(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let inline = crate::sockopt::get_int(fd, libc::SOL_SOCKET, libc::SO_OOBINLINE)?;
+    if inline != 0 {
+        crate::sockopt::set_int(fd, libc::SOL_SOCKET, libc::SO_OOBINLINE, 0)?;
+    }
+    let mut b = [0u8; 1];
+    let r = loop {
+        // SAFETY: `b` is a live buffer of the length given.
+        let n = unsafe {
+            libc::recv(fd.as_raw_fd(), b.as_mut_ptr().cast(), 1, libc::MSG_OOB | libc::MSG_PEEK | libc::MSG_DONTWAIT)
+        };
+        let e = io::Error::last_os_error();
+        match (n, e.raw_os_error()) {
+            (n, _) if n >= 0 => break Ok(true),
+            (_, Some(libc::EINTR)) => continue,
+            // (none pending, or a kernel without AF_UNIX_OOB)
+            (_, Some(libc::EINVAL | libc::EOPNOTSUPP | libc::EAGAIN)) => break Ok(false),
+            _ => break Err(e),
+        }
+    };
+    if inline != 0 {
+        crate::sockopt::set_int(fd, libc::SOL_SOCKET, libc::SO_OOBINLINE, inline)?;
+    }
+    r
 }
 
 /// `recvmsg(2)` with `MSG_DONTWAIT | MSG_CMSG_CLOEXEC`: take at most `cap` bytes of the next
 /// message (a stream's next bytes) off the queue, with the fds and credentials that come with
-/// them, as a reader would. `None` when nothing (more) is queued.
+/// them, as a reader would. `None` when nothing (more) is queued. The bytes are returned
+/// even when fds were dropped ([`Peeked::truncated`]): check that there is room for them first.
 pub fn take(fd: BorrowedFd<'_>, cap: usize) -> io::Result<Option<Peeked>> {
     recv_msg(fd, cap, 0)
 }
@@ -205,7 +244,8 @@ fn recv_msg(fd: BorrowedFd<'_>, cap: usize, flags: libc::c_int) -> io::Result<Op
     let from_len = (msg.msg_namelen as usize).saturating_sub(std::mem::size_of::<libc::sa_family_t>());
     let from = sa.sun_path[..from_len.min(sa.sun_path.len())].iter().map(|&c| c as u8).collect();
     data.truncate(n.min(cap));
-    Ok(Some(Peeked { data, len: n, from, fds, cred }))
+    let truncated = msg.msg_flags & libc::MSG_CTRUNC != 0;
+    Ok(Some(Peeked { data, len: n, from, fds, cred, truncated }))
 }
 
 /// `sendmsg(2)` with `MSG_DONTWAIT | MSG_NOSIGNAL` of `data` with the file descriptors `fds`

@@ -378,12 +378,13 @@ static __attribute__((unused)) void cgroup_join(const char *dir)
 	write_str(p, me);
 }
 
-/* send_with_fds: send `data` on socket `s` with `n` (at most 4) fds in flight (SCM_RIGHTS). */
+/* send_with_fds: send `data` on socket `s` with `n` (at most 253, SCM_MAX_FD) fds in flight
+ * (SCM_RIGHTS). */
 static __attribute__((unused)) void send_with_fds(int s, const char *data, const int *fds, int n)
 {
 	struct iovec iov = { (void *)data, strlen(data) };
 	union {
-		char buf[CMSG_SPACE(4 * sizeof(int))];
+		char buf[CMSG_SPACE(253 * sizeof(int))];
 		struct cmsghdr align;
 	} u;
 	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };

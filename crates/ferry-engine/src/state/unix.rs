@@ -365,6 +365,11 @@ pub fn collect(
         u.peek_off = -1;
     } else {
         u.peek_off = sockopt::get_int(c, libc::SOL_SOCKET, libc::SO_PEEK_OFF).ctx(obj)?;
+        // (A peek skips an out-of-band byte, and a read that passes it drops it: the image
+        // would lack it, and `split_stream` would take it from the process.)
+        if d.ty as i32 == libc::SOCK_STREAM && us::oob_pending(c).ctx(obj)? {
+            return Err(unsupported("with an out-of-band byte pending (sent with MSG_OOB, not read yet)".into()));
+        }
         let queue = read_queue(c, d.ty as i32, u.peek_off, (d.shutdown & 1 != 0, d.rqueue as usize), &obj);
         let (mut queue, mut rights) = queue.ctx(obj)?;
         if d.ty as i32 == libc::SOCK_STREAM && !rights.is_empty() {
@@ -640,6 +645,18 @@ fn split_stream(
         }
         Ok(())
     };
+    // Every fd taken off stays in ferry until it is sent back: one that does not fit in its fd
+    // table would be closed by the kernel, lost to the process (`Peeked::truncated`).
+    let n: usize = ends.iter().map(|&(_, k)| k).sum();
+    let room = ferry_sys::process::fd_room().map_err(|e| sys("ferry's fd table", e))?;
+    if room < n + 16 {
+        return Err(sys(
+            &format!(
+                "{n} fds in flight to take off its queue, and ferry has room for {room} more (raise its RLIMIT_NOFILE)"
+            ),
+            std::io::Error::from_raw_os_error(libc::EMFILE),
+        ));
+    }
     // 1. Take the queue off (SO_PASSCRED on: each read's sender credentials come with it, and a
     // read stops where they change).
     let mut taken: Vec<(usize, us::Peeked)> = Vec::new();
@@ -663,12 +680,28 @@ fn split_stream(
                 break;
             }
             seen |= !t.fds.is_empty();
+            let (n, truncated) = (t.data.len(), t.truncated);
+            taken.push((pos, t));
+            pos += n;
+            if truncated {
+                return Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+            }
+        }
+        Ok(())
+    })();
+    if took.is_err() {
+        // The rest of the queue is taken off too: sent back behind what was taken, it would come
+        // before it.
+        let mut pos = taken.last().map_or(0, |(p, t)| p + t.data.len());
+        while let Ok(Some(t)) = us::take(c, 4 << 20) {
+            if t.data.is_empty() {
+                break;
+            }
             let n = t.data.len();
             taken.push((pos, t));
             pos += n;
         }
-        Ok(())
-    })();
+    }
     // 2. The pieces a reader would see.
     let mut out: Vec<UnixMessage> = Vec::new();
     let mut rights: Rights = Vec::new();

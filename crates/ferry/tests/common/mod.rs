@@ -861,10 +861,18 @@ pub fn wait_image_pids_gone(img: &Path) {
 /// `ferry dump` of `pid` must fail with one line naming `expect` and the pid, and leave no
 /// complete-looking image.
 pub fn dump_refused(pid: i32, dir: &Path, expect: &str) {
-    let out = Command::new(ferry_bin())
-        .args(["dump", "-t", &pid.to_string(), "-D", &path_str(dir)])
-        .output()
-        .expect("run ferry dump");
+    refused_dump(Command::new(ferry_bin()), pid, dir, expect);
+}
+
+/// [`dump_refused`] by a ferry whose fd table holds `nofile` fds (`prlimit --nofile`).
+pub fn dump_refused_with_nofile(pid: i32, dir: &Path, nofile: u32, expect: &str) {
+    let mut cmd = Command::new("prlimit");
+    cmd.arg(format!("--nofile={nofile}:{nofile}")).arg(ferry_bin());
+    refused_dump(cmd, pid, dir, expect);
+}
+
+fn refused_dump(mut ferry: Command, pid: i32, dir: &Path, expect: &str) {
+    let out = ferry.args(["dump", "-t", &pid.to_string(), "-D", &path_str(dir)]).output().expect("run ferry dump");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "dump of pid {pid} should have been refused");
     assert!(

@@ -119,6 +119,41 @@ fn refuses_fds_in_flight_in_a_stream_whose_peer_is_closed() {
     run.expect_pass(status, "the workload after a refused dump");
 }
 
+fn inflight_many() -> Spec {
+    Spec::c("inflight_many")
+}
+
+#[test]
+fn control_fds_in_flight_beyond_a_small_fd_table() {
+    control(&inflight_many().args(&["stream"]));
+}
+
+/// A stream with 1000 fds in flight (four buffers of 250), dumped by a ferry whose fd table
+/// holds them once (the peek's copies) but not twice (the queue taken off, state/unix.rs
+/// split_stream): the dump fails naming the socket and ferry's RLIMIT_NOFILE before it takes
+/// anything off, and the stream, its buffers and its fds are intact after it. (It took the
+/// queue off: the kernel closed the fds a read could not install, lost to the process.)
+#[test]
+fn stream_fds_in_flight_beyond_ferrys_fd_table_left_intact() {
+    let mut run = Run::start(&inflight_many().args(&["stream"]));
+    dump_refused_with_nofile(run.pid, &run.img(), 1400, "raise its RLIMIT_NOFILE");
+    run.go();
+    let status = run.wait_child_exit();
+    run.expect_pass(status, "the workload after a failed dump");
+}
+
+/// An out-of-band byte (MSG_OOB) pending in a unix stream is refused by name (a peek skips
+/// it: the image lacked it and the restore succeeded without it; with fds in flight the queue
+/// taken off and sent back dropped it from the running process); the byte, its mark and the
+/// stream are intact after the refused dump.
+#[test]
+fn refuses_an_out_of_band_byte_in_a_unix_stream() {
+    let expect = ["out-of-band byte pending", "unix stream socket"];
+    control(&Spec::c("unix_oob"));
+    refused_then_intact(Spec::c("unix_oob"), &expect);
+    refused_then_intact(Spec::c("unix_oob").args(&["fds"]), &expect);
+}
+
 fn inflight_only() -> Spec {
     Spec::c("inflight_only")
 }
