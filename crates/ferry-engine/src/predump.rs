@@ -65,7 +65,7 @@ pub fn pre_dump(root: i32, dir: &Path, mut parents: HashMap<i32, FromParent>) ->
     let mut ppids = HashMap::from([(root, 0)]);
     for pid in crate::freeze::tree_pids(root) {
         let ppid = ppids.get(&pid).copied().unwrap_or(0);
-        for c in crate::freeze::children_of(pid).unwrap_or_default() {
+        for c in crate::procfs::children_of(pid).unwrap_or_default() {
             ppids.insert(c, pid);
         }
         let started = procfs::start_time(pid).ok_or(Error::NoProcess { pid })?;
