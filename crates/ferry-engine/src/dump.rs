@@ -546,8 +546,8 @@ fn dump_inner(
     let pidns_root = (ns_pid.len() == 2 && ns_pid.last() == Some(&1)).then_some(root);
     precheck(root, root, pidns_root, &opts.ns)?;
     // (where its network locks are: state/netlock.rs)
-    let own_net = crate::state::nsfile::ns_link(root, "net")
-        == crate::state::nsfile::ns_link(std::process::id() as i32, "net");
+    let own_net =
+        crate::state::nsfile::ns_link(root, "net") == crate::state::nsfile::ns_link(std::process::id() as i32, "net");
     // (Declared before `frozen`, so dropped after it: a snapshot is reaped by its target, which
     // must be let go first.)
     let mut snaps: Vec<Snapshot> = Vec::new();

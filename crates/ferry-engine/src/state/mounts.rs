@@ -140,8 +140,8 @@ fn dump_tree(ctx: &mut DumpCtx<'_>, from: &[ferry_proc::MountInfo], nested: Opti
         });
     }
     let prefix = if nested.is_some() { PARENT_KEY } else { HOST_KEY };
-    let tree_pidns = nested
-        .is_some_and(|root| crate::state::nsfile::ns_link(root, "pid") != crate::state::nsfile::own_link("pid"));
+    let tree_pidns =
+        nested.is_some_and(|root| crate::state::nsfile::ns_link(root, "pid") != crate::state::nsfile::own_link("pid"));
     for m in &infos {
         let mp = &m.mount_point;
         let mut r = MountRecord {

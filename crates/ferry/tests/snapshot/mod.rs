@@ -476,7 +476,9 @@ fn pre_dump_then_dump_with_prev_images_dir() {
     let taken = res
         .stderr
         .lines()
-        .find_map(|l| l.split(" pages taken from the pre-dump").next().filter(|_| l.contains("taken from the pre-dump")))
+        .find_map(|l| {
+            l.split(" pages taken from the pre-dump").next().filter(|_| l.contains("taken from the pre-dump"))
+        })
         .and_then(|l| l.split_whitespace().last()?.parse::<u64>().ok());
     match taken {
         Some(n) if n > 0 => eprintln!("final dump: {n} pages taken from the pre-dump"),
