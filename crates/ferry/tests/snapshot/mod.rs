@@ -469,7 +469,7 @@ fn pre_dump_then_dump_with_prev_images_dir() {
     std::thread::sleep(Duration::from_millis(200));
     let img = run.img();
     assert!(!img.exists(), "{} exists before the dump", img.display());
-    let res = run.dump_to("dump", &img, &["--prev-images-dir", "../pre"]);
+    let res = run.dump_to("dump", &img, &["--prev-images-dir", "../pre", "-v"]);
     if !res.status.success() {
         run.fail(&format!("ferry dump --prev-images-dir ../pre into a new directory failed: {}", res.stderr));
     }
