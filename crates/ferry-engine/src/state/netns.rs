@@ -451,7 +451,7 @@ fn apply(ns: &NsxNetns, ctx: &RestoreCtx<'_>) -> Result<(), Error> {
         }
     }
     for l in ns.links.iter().filter(|l| l.up) {
-        ferry_sys::nsctl::link_set_up(&l.name, true).ctx(|| format!("cannot bring up network device {}", l.name))?;
+        link_up(l)?;
     }
     for a in &ns.addrs {
         let local = format!("{}/{}", a.local, a.prefixlen);
@@ -604,6 +604,35 @@ fn make_external_veth(l: &NsxLink, spec: &[String], ctx: &RestoreCtx<'_>) -> Res
 /// this namespace, or one of ferry's own network namespace (the restore's own `--external
 /// macvlan[NAME]:LOWER` for it, else the name the dump recorded), where the kernel must look
 /// it up: the device is then made from there, straight into this namespace.
+/// Bring device `l` up. A macvlan whose hardware address another device on the same lower
+/// device has (EADDRINUSE) is waited for up to 10 s: the dumped tree's copy goes only when the
+/// kernel cleans its dead network namespace up, asynchronously, a moment after the tree died.
+/// Still there after that (e.g. the tree was left running), the restore fails naming it.
+fn link_up(l: &NsxLink) -> Result<(), Error> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match ferry_sys::nsctl::link_set_up(&l.name, true) {
+            Err(e)
+                if l.kind == "macvlan"
+                    && e.raw_os_error() == Some(libc::EADDRINUSE)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) if l.kind == "macvlan" && e.raw_os_error() == Some(libc::EADDRINUSE) => {
+                return Err(Error::Invalid {
+                    object: format!("network device {}", l.name),
+                    what: format!(
+                        "cannot bring it up: another device on its lower device has its hardware address {} (still there after 10 s: the dumped tree left running?)",
+                        l.address
+                    ),
+                })
+            }
+            r => return r.ctx(|| format!("cannot bring up network device {}", l.name)),
+        }
+    }
+}
+
 fn make_macvlan(l: &NsxLink, spec: &[String], ctx: &RestoreCtx<'_>) -> Result<(), Error> {
     use std::os::fd::AsRawFd;
     let settings = l.macvlan.iter().map(String::as_str);
