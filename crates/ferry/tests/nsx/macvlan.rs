@@ -140,3 +140,30 @@ fn macvlan_without_external_refused() {
     );
     assert!(pid_alive(pid), "a refused dump killed the job");
 }
+
+/// A restore whose macvlan's hardware address is still taken on the lower device (here the
+/// dumped job was left running, `-R`, its macvlan still up there) waits for it to go, then fails
+/// naming the device and the address rather than the bare "Address already in use"; the job
+/// left running is unharmed and still reached through its macvlan.
+#[test]
+fn macvlan_address_still_taken_refused_by_name() {
+    let node = node();
+    let w = WorkDir::new("nsx-macvlan-taken");
+    let (pid, _g) = start_job(&w, &node);
+    let img = path_str(&w.join("img"));
+    let external = format!("macvlan[mv0]:{LOWER}");
+    let d = ferry_in(&node, &w, "dump", &["dump", "-R", "-t", &pid.to_string(), "-D", &img, "--external", &external]);
+    assert!(d.status.success(), "ferry dump -R: {}", String::from_utf8_lossy(&d.stderr));
+    let pidfile = w.join("restored.pid");
+    let r = ferry_in(&node, &w, "restore", &["restore", "-d", "-D", &img, "--pidfile", &path_str(&pidfile)]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success(), "the restore beside the job left running succeeded");
+    assert!(
+        err.contains("network device mv0") && err.contains("02:00:00:81:00:02"),
+        "the refused restore does not name the device and its hardware address: {err}"
+    );
+    assert!(!pidfile.exists(), "a refused restore wrote its pidfile");
+    assert!(pid_alive(pid), "the job left running is gone");
+    reach_job(&node, pid);
+    super::expect_progress(&w, "after the refused restore");
+}
