@@ -1046,18 +1046,31 @@ pub(crate) fn restore_nested(
     // (stacked mounts in order).
     let mut matched: HashMap<u32, &ferry_proc::MountInfo> = HashMap::new();
     let mut used: HashSet<u32> = HashSet::new();
+    // Copies of a namespace file the parent namespace left out (bound from the dumping host,
+    // gone here: `host_sources`) are left out of the copy too, as in the parent.
+    let mut left_out: HashSet<u32> = HashSet::new();
     for r in &copies {
-        let m = here
-            .iter()
-            .find(|m| !used.contains(&m.mnt_id) && m.mount_point == r.mountpoint && m.fs_type == r.fstype)
-            .ok_or_else(|| Error::Invalid {
-                object: obj(r),
-                what: "a copy of its parent namespace's mount, which the restored parent namespace does not have"
-                    .into(),
-            })?;
-        used.insert(m.mnt_id);
-        matched.insert(r.id, m);
+        let found =
+            here.iter().find(|m| !used.contains(&m.mnt_id) && m.mount_point == r.mountpoint && m.fs_type == r.fstype);
+        match found {
+            Some(m) => {
+                used.insert(m.mnt_id);
+                matched.insert(r.id, m);
+            }
+            None if r.fstype == "nsfs" => {
+                tracing::warn!(mount = %r.mountpoint, "a nested mount namespace's copy of a namespace file its parent namespace left out: left out");
+                left_out.insert(r.id);
+            }
+            None => {
+                return Err(Error::Invalid {
+                    object: obj(r),
+                    what: "a copy of its parent namespace's mount, which the restored parent namespace does not have"
+                        .into(),
+                })
+            }
+        }
     }
+    let copies: Vec<&MountRecord> = copies.into_iter().filter(|r| !left_out.contains(&r.id)).collect();
     let path_of = |mp: &str| cstr(Path::new(mp)).map_err(|what| Error::Invalid { object: mp.into(), what });
     let set = |mp: &str, flag: u64, what: &str| -> Result<(), Error> {
         ferry_sys::ns::mount(None, &path_of(mp)?, None, flag, None)
@@ -1100,7 +1113,7 @@ pub(crate) fn restore_nested(
         }
     }
     for r in ordered(&mnt.mounts)? {
-        if b.made.contains_key(&r.id) {
+        if b.made.contains_key(&r.id) || left_out.contains(&r.id) {
             continue;
         }
         let content = load_content(img, r)?;
@@ -1116,7 +1129,8 @@ pub(crate) fn restore_nested(
     // (A peer of its origin is shared already: MS_SHARED again keeps its group.)
     propagate(mnt.mounts.iter()).map_err(|what| Error::Invalid { object: "nested mount namespace".into(), what })?;
     let built = thread_mountinfo(proc)?;
-    same_tree(&mnt.mounts, &built).map_err(|what| Error::Invalid { object: "nested mount namespace".into(), what })?;
+    let kept: Vec<MountRecord> = mnt.mounts.iter().filter(|r| !left_out.contains(&r.id)).cloned().collect();
+    same_tree(&kept, &built).map_err(|what| Error::Invalid { object: "nested mount namespace".into(), what })?;
     // (ferry's view of proc sits at those until a process of the tree's pid namespace mounts
     // its own there.)
     Ok(mnt.mounts.iter().filter(|r| r.pidns_proc).cloned().collect())
