@@ -224,7 +224,14 @@ fn fetch_uffds(pre: &PreDump) -> Result<HashMap<(i32, u64), OwnedFd>, Error> {
     }
     let what = format!("keeper {}", pre.keeper_socket);
     let sock = ferry_sys::unixsock::socket(libc::SOCK_SEQPACKET).ctx(|| format!("{what}: socket"))?;
-    ferry_sys::unixsock::connect(sock.as_fd(), pre.keeper_socket.as_bytes()).ctx(|| format!("{what}: connect"))?;
+    if let Err(e) = ferry_sys::unixsock::connect(sock.as_fd(), pre.keeper_socket.as_bytes()) {
+        if e.raw_os_error() == Some(libc::ECONNREFUSED) {
+            // Nobody listens: the keeper was killed and left its socket file; nothing will
+            // listen there again.
+            let _ = std::fs::remove_file(&pre.keeper_socket);
+        }
+        return Err(e).ctx(|| format!("{what}: connect"));
+    }
     let cred = ferry_sys::unixsock::peer_cred(sock.as_fd()).ctx(|| format!("{what}: SO_PEERCRED"))?;
     if cred.uid != 0 || cred.pid != pre.keeper_pid {
         return Err(Error::Invalid {
