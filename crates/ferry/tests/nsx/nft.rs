@@ -76,9 +76,15 @@ fn rules(pid: i32) -> String {
     for (family, name) in [("inet", "nsxf"), ("ip", "nsxnat")] {
         text += &run_ok(in_net(pid, "nft").args(["list", "table", family, name]));
     }
-    for save in ["iptables-save", "ip6tables-save"] {
-        let out = run_ok(in_net(pid, save).arg("-c"));
-        for l in out.lines().filter(|l| !l.starts_with('#')) {
+    text + &saved(pid, &["iptables-save", "ip6tables-save"])
+}
+
+/// What the `save` tools print with `-c`, but their dated comments and their base chains'
+/// counters.
+fn saved(pid: i32, tools: &[&str]) -> String {
+    let mut text = String::new();
+    for save in tools {
+        for l in run_ok(in_net(pid, save).arg("-c")).lines().filter(|l| !l.starts_with('#')) {
             let l = if l.starts_with(':') { l.split(" [").next().unwrap_or(l) } else { l };
             text += &format!("{l}\n");
         }
@@ -235,14 +241,7 @@ fn netns_legacy_iptables_rules_restored() {
 /// included, but the base chains' (they count every packet of the restored namespace too) and
 /// the dated comments.
 fn legacy_rules(pid: i32) -> String {
-    let mut text = String::new();
-    for save in ["iptables-legacy-save", "ip6tables-legacy-save"] {
-        for l in run_ok(in_net(pid, save).arg("-c")).lines().filter(|l| !l.starts_with('#')) {
-            let l = if l.starts_with(':') { l.split(" [").next().unwrap_or(l) } else { l };
-            text += &format!("{l}\n");
-        }
-    }
-    text
+    saved(pid, &["iptables-legacy-save", "ip6tables-legacy-save"])
 }
 
 /// What ferry cannot write back whole is refused by name: a rule with an xtables extension in
